@@ -1,0 +1,142 @@
+//! The applier: carries a [`Plan`] out step by step, remembering how to undo each step it did.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::firewall::nftables;
+use crate::kernel::{netns, sysctl, Netlink, VethSpec};
+use crate::plan::{Ns, Plan, Step};
+
+/// Runs steps, with one netlink socket per namespace it has touched.
+#[derive(Default)]
+pub struct Applier {
+    sockets: HashMap<Ns, Netlink>,
+}
+
+/// The undo steps of an applied plan, newest first; [`Undo::rollback`] runs them, forgetting them commits.
+#[must_use = "roll back on a later failure, or drop to keep the changes"]
+pub struct Undo(Vec<Step>);
+
+impl Undo {
+    /// Undo everything, best effort; returns the undo steps that failed.
+    pub fn rollback(self, applier: &mut Applier) -> Vec<Error> {
+        self.0.iter().filter_map(|s| applier.run(s).err()).collect()
+    }
+}
+
+impl Applier {
+    pub fn new() -> Applier {
+        Applier::default()
+    }
+
+    fn netlink(&mut self, ns: &Ns) -> Result<&mut Netlink> {
+        if !self.sockets.contains_key(ns) {
+            let nl = match ns {
+                Ns::Host => Netlink::open()?,
+                Ns::Path(p) => netns::netlink_in(p)?,
+            };
+            self.sockets.insert(ns.clone(), nl);
+        }
+        self.sockets
+            .get_mut(ns)
+            .ok_or_else(|| Error::Invalid("netlink socket cache lost an entry".into()))
+    }
+
+    /// Carry out one step.
+    pub fn run(&mut self, step: &Step) -> Result<()> {
+        match step {
+            Step::CreateNetns { name } => {
+                let nl = netns::create(name)?;
+                self.sockets.insert(Ns::Path(netns::named_path(name)), nl);
+            }
+            Step::DeleteNetns { name } => {
+                self.sockets.remove(&Ns::Path(netns::named_path(name)));
+                netns::delete(name)?;
+            }
+            Step::CreateBridge { name, mtu } => {
+                self.netlink(&Ns::Host)?.create_bridge(name, *mtu)?;
+            }
+            Step::CreateVeth {
+                host,
+                peer,
+                peer_ns,
+                master,
+                mtu,
+                peer_mac,
+            } => {
+                let Ns::Path(path) = peer_ns else {
+                    return Err(Error::Invalid(
+                        "a veth peer must go into a sandbox namespace".into(),
+                    ));
+                };
+                let fd = netns::open(path)?;
+                let nl = self.netlink(&Ns::Host)?;
+                let master = match master {
+                    Some(m) => Some(nl.link_index(m)?),
+                    None => None,
+                };
+                nl.create_veth(&VethSpec {
+                    host,
+                    peer,
+                    peer_netns: std::os::fd::AsFd::as_fd(&fd),
+                    master,
+                    mtu: *mtu,
+                    peer_mac: Some(peer_mac.0),
+                })?;
+                self.netlink(peer_ns)?.set_up(peer)?;
+            }
+            Step::DeleteLink { ns, name } => {
+                // A namespace that is gone took its links with it.
+                if let Ns::Path(p) = ns {
+                    if !p.exists() {
+                        return Ok(());
+                    }
+                }
+                self.netlink(ns)?.delete_link(name)?;
+            }
+            Step::AddAddress { ns, dev, addr } => self.netlink(ns)?.add_address(dev, *addr)?,
+            Step::AddDefaultRoute { ns, dev, via } => {
+                self.netlink(ns)?.add_default_route(dev, *via)?
+            }
+            Step::EnableForwarding => sysctl::set("net.ipv4.ip_forward", "1")?,
+            Step::Firewall(batch) => nftables::apply(batch)?,
+        }
+        Ok(())
+    }
+
+    /// Apply a set-up plan all or nothing: when a step fails, the steps already done are undone in reverse
+    /// and the error says so.
+    pub fn apply(&mut self, plan: &Plan) -> Result<Undo> {
+        let mut undo = Vec::new();
+        for step in &plan.steps {
+            if let Err(cause) = self.run(step) {
+                undo.reverse();
+                let rollback = Undo(undo).rollback(self);
+                return Err(Error::RolledBack {
+                    cause: Box::new(cause),
+                    rollback,
+                });
+            }
+            if let Some(u) = step.undo() {
+                undo.push(u);
+            }
+        }
+        undo.reverse();
+        Ok(Undo(undo))
+    }
+
+    /// Apply a teardown plan best effort: every step runs even when an earlier one failed; all failures are
+    /// reported together.
+    pub fn teardown(&mut self, plan: &Plan) -> Result<()> {
+        let errors: Vec<Error> = plan
+            .steps
+            .iter()
+            .filter_map(|s| self.run(s).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Teardown(errors))
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! IP address management: choosing subnets and handing out addresses. Pure functions over the records.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::model::Network;
+
+/// Where subnets come from when the user gives none: 10.89.0.0/16, one /24 per network.
+pub const DEFAULT_POOL: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 89, 0, 0), 16) {
+    Ok(n) => n,
+    Err(_) => panic!("constant pool is valid"),
+};
+/// Prefix length of subnets taken from the pool.
+pub const POOL_PREFIX: u8 = 24;
+
+/// Whether two subnets share any address.
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Parse a `--subnet` value and check that it can hold a network: a network address, a gateway and at least
+/// one sandbox.
+pub fn parse_subnet(text: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = text
+        .parse()
+        .map_err(|_| format!("subnet '{text}' is not an IPv4 CIDR; write it like 10.89.7.0/24"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "subnet '{text}' has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    if net.prefix_len() > 30 {
+        return Err(format!(
+            "subnet '{text}' is too small for a gateway and a sandbox; use a prefix of /30 or shorter"
+        ));
+    }
+    Ok(net)
+}
+
+/// The first free pool subnet that overlaps nothing in `taken` (host addresses, host routes, other networks).
+pub fn pick_subnet(pool: Ipv4Net, prefix: u8, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    pool.subnets(prefix)
+        .ok()?
+        .find(|candidate| !taken.iter().any(|t| overlaps(candidate, t)))
+}
+
+/// The gateway a subnet gets by default: its first host address.
+pub fn default_gateway(subnet: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// Check a `--gateway` for a subnet.
+pub fn check_gateway(subnet: &Ipv4Net, gw: Ipv4Addr) -> Result<(), String> {
+    if !is_host(subnet, gw) {
+        return Err(format!(
+            "gateway {gw} is not a host address of subnet {subnet}; pick one between {} and {}",
+            first_host(subnet),
+            last_host(subnet)
+        ));
+    }
+    Ok(())
+}
+
+fn first_host(subnet: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+fn last_host(subnet: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.broadcast()) - 1)
+}
+
+fn is_host(subnet: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast()
+}
+
+/// Choose the address for a new endpoint: `requested` if it is free and usable, else the lowest free one.
+pub fn allocate(net: &Network, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, String> {
+    if let Some(ip) = requested {
+        if !is_host(&net.subnet, ip) {
+            return Err(format!(
+                "address {ip} is outside network {}'s subnet {} (or is its network/broadcast address); \
+                 pick one between {} and {}",
+                net.name,
+                net.subnet,
+                first_host(&net.subnet),
+                last_host(&net.subnet)
+            ));
+        }
+        if ip == net.gateway {
+            return Err(format!(
+                "address {ip} is the gateway of network {}; pick another --ip",
+                net.name
+            ));
+        }
+        if let Some(owner) = net.allocations.get(&ip) {
+            return Err(format!(
+                "address {ip} is already in use by sandbox {owner}; pick another --ip or leave it out"
+            ));
+        }
+        return Ok(ip);
+    }
+    let (first, last) = (
+        u32::from(first_host(&net.subnet)),
+        u32::from(last_host(&net.subnet)),
+    );
+    (first..=last)
+        .map(Ipv4Addr::from)
+        .find(|ip| *ip != net.gateway && !net.allocations.contains_key(ip))
+        .ok_or_else(|| {
+            format!(
+                "network {} has no free address left in {}; remove a sandbox or create a larger network",
+                net.name, net.subnet
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Driver;
+
+    fn net(subnet: &str) -> Network {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        Network {
+            name: "n".into(),
+            driver: Driver::Bridge,
+            subnet,
+            gateway: default_gateway(&subnet),
+            interface: "br".into(),
+            internal: false,
+            mtu: 1500,
+            allocations: Default::default(),
+            published: vec![],
+        }
+    }
+
+    fn cidr(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn picks_first_free_subnet_skipping_overlaps() {
+        let taken = [
+            cidr("10.89.0.0/24"),
+            cidr("10.89.1.77/32"),
+            cidr("10.89.2.0/23"),
+        ];
+        assert_eq!(
+            pick_subnet(DEFAULT_POOL, 24, &taken),
+            Some(cidr("10.89.4.0/24"))
+        );
+        assert_eq!(
+            pick_subnet(DEFAULT_POOL, 24, &[]),
+            Some(cidr("10.89.0.0/24"))
+        );
+        // A host route covering the whole pool leaves nothing.
+        assert_eq!(pick_subnet(DEFAULT_POOL, 24, &[cidr("10.0.0.0/8")]), None);
+    }
+
+    #[test]
+    fn subnet_parsing() {
+        assert_eq!(
+            parse_subnet("172.16.0.0/24").unwrap(),
+            cidr("172.16.0.0/24")
+        );
+        assert!(parse_subnet("172.16.0.1/24")
+            .unwrap_err()
+            .contains("did you mean 172.16.0.0/24"));
+        assert!(parse_subnet("10.0.0.0/31").is_err());
+        assert!(parse_subnet("10.0.0.0").is_err());
+        assert!(parse_subnet("10.0.0.0/33").is_err());
+        assert!(parse_subnet("banana").is_err());
+    }
+
+    #[test]
+    fn gateway_rules() {
+        let s = cidr("172.16.0.0/24");
+        assert_eq!(default_gateway(&s), Ipv4Addr::new(172, 16, 0, 1));
+        assert!(check_gateway(&s, Ipv4Addr::new(172, 16, 0, 100)).is_ok());
+        assert!(check_gateway(&s, Ipv4Addr::new(172, 16, 1, 1)).is_err());
+        assert!(check_gateway(&s, Ipv4Addr::new(172, 16, 0, 255)).is_err());
+        assert!(check_gateway(&s, Ipv4Addr::new(172, 16, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn allocation_is_lowest_free_and_never_twice() {
+        let mut n = net("172.16.0.0/29"); // hosts .1-.6, gateway .1
+        let mut got = vec![];
+        while let Ok(ip) = allocate(&n, None) {
+            n.allocations.insert(ip, format!("s{ip}"));
+            got.push(ip.octets()[3]);
+        }
+        assert_eq!(got, vec![2, 3, 4, 5, 6]);
+        assert!(allocate(&n, None).unwrap_err().contains("no free address"));
+        n.allocations.remove(&Ipv4Addr::new(172, 16, 0, 4));
+        assert_eq!(allocate(&n, None).unwrap(), Ipv4Addr::new(172, 16, 0, 4));
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let mut n = net("172.16.0.0/24");
+        n.allocations
+            .insert(Ipv4Addr::new(172, 16, 0, 9), "a".into());
+        assert_eq!(
+            allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 102))).unwrap(),
+            Ipv4Addr::new(172, 16, 0, 102)
+        );
+        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 9)))
+            .unwrap_err()
+            .contains("in use by sandbox a"));
+        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 1)))
+            .unwrap_err()
+            .contains("gateway"));
+        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 1, 1)))
+            .unwrap_err()
+            .contains("outside"));
+        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 255))).is_err());
+    }
+}

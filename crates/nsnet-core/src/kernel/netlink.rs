@@ -1,0 +1,382 @@
+//! A small synchronous rtnetlink client: one socket, one request at a time.
+//!
+//! A netlink socket belongs to the network namespace of the thread that created it, for its whole life.
+//! [`crate::netns`] creates sockets inside other namespaces; everything here then works on whatever namespace
+//! the socket was born in, from any thread. No async runtime is involved, so no task can migrate between
+//! threads that sit in different namespaces.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use ipnet::Ipv4Net;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use super::KernelError;
+
+/// A link as seen by the kernel: the facts nsnet reads back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+}
+
+/// What a new veth pair looks like; the host end stays in the socket's namespace.
+#[derive(Debug, Clone)]
+pub struct VethSpec<'a> {
+    pub host: &'a str,
+    pub peer: &'a str,
+    /// The namespace the peer is created in (an open nsfs file).
+    pub peer_netns: BorrowedFd<'a>,
+    /// Bridge index the host end is enslaved to, in the same request.
+    pub master: Option<u32>,
+    pub mtu: u32,
+    pub peer_mac: Option<[u8; 6]>,
+}
+
+/// One rtnetlink socket, bound to the namespace it was created in.
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// Open a socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self, KernelError> {
+        let ctx = |e: io::Error| KernelError::io("open netlink socket", e);
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(ctx)?;
+        sock.bind_auto().map_err(ctx)?;
+        sock.connect(&SocketAddr::new(0, 0)).map_err(ctx)?;
+        // Ask for extended acks so the kernel's own message reaches our errors.
+        let _ = sock.set_ext_ack(true);
+        Ok(Netlink {
+            sock,
+            seq: 0,
+            buf: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Send one request and collect every reply up to the ACK (or DONE for dumps).
+    fn request(
+        &mut self,
+        what: &str,
+        payload: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        msg.finalize();
+        let mut out = vec![0u8; msg.buffer_len()];
+        msg.serialize(&mut out);
+        self.sock
+            .send(&out, 0)
+            .map_err(|e| KernelError::io(what, e))?;
+
+        let mut replies = Vec::new();
+        loop {
+            self.buf.clear();
+            let n = self
+                .sock
+                .recv(&mut self.buf, 0)
+                .map_err(|e| KernelError::io(what, e))?;
+            let data = &self.buf[..n.min(self.buf.len())];
+            let mut off = 0;
+            while off < data.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| KernelError::Decode(format!("{what}: {e}")))?;
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+                if m.header.sequence_number != self.seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(replies),
+                            Some(code) => Err(KernelError::io(
+                                what,
+                                io::Error::from_raw_os_error(-code.get()),
+                            )),
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Look a link up by name; `None` when there is no such link.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(
+            &format!("look up link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from(&l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The index of a link that must exist.
+    pub fn link_index(&mut self, name: &str) -> Result<u32, KernelError> {
+        self.link(name)?
+            .map(|l| l.index)
+            .ok_or_else(|| KernelError::Missing(format!("link {name}")))
+    }
+
+    /// Every link in this namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>, KernelError> {
+        let replies = self.request(
+            "list links",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `ip link add NAME mtu MTU type bridge`, created up.
+    pub fn create_bridge(&mut self, name: &str, mtu: u32) -> Result<u32, KernelError> {
+        let mut msg = LinkMessage::default();
+        up(&mut msg);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request(
+            &format!("create bridge {name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        self.link_index(name)
+    }
+
+    /// Create a veth pair with its peer directly inside the target namespace and the host end already
+    /// enslaved to its bridge and up: one request, no moment where the peer sits in the host. The peer comes
+    /// up separately, from inside its namespace: the kernel refuses to open it (ENOTCONN) before the pair is
+    /// linked, which happens only at the end of this request.
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), KernelError> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.peer.to_string()));
+        peer.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(mac) = spec.peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()));
+
+        let mut msg = LinkMessage::default();
+        up(&mut msg);
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.host.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(master) = spec.master {
+            msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.request(
+            &format!("create veth {} (peer {})", spec.host, spec.peer),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// `ip link del NAME`. Returns false when the link was already gone.
+    pub fn delete_link(&mut self, name: &str) -> Result<bool, KernelError> {
+        let Some(link) = self.link(name)? else {
+            return Ok(false);
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = link.index;
+        match self.request(
+            &format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `ip link set NAME up`.
+    pub fn set_up(&mut self, name: &str) -> Result<(), KernelError> {
+        let index = self.link_index(name)?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        up(&mut msg);
+        self.request(
+            &format!("set {name} up"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// `ip addr add ADDR/LEN dev NAME` (IPv4, with the broadcast address set like `ip addr add ... brd +`).
+    pub fn add_address(&mut self, name: &str, addr: Ipv4Net) -> Result<(), KernelError> {
+        let index = self.link_index(name)?;
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        let ip = IpAddr::V4(addr.addr());
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
+        if addr.prefix_len() < 31 {
+            msg.attributes
+                .push(AddressAttribute::Broadcast(addr.broadcast()));
+        }
+        self.request(
+            &format!("add address {addr} to {name}"),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// `ip route add default via GW dev NAME`.
+    pub fn add_default_route(&mut self, name: &str, via: Ipv4Addr) -> Result<(), KernelError> {
+        let index = self.link_index(name)?;
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
+        msg.attributes.push(RouteAttribute::Oif(index));
+        self.request(
+            &format!("add default route via {via} dev {name}"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// Every IPv4 address in this namespace, in CIDR form.
+    pub fn ipv4_addresses(&mut self) -> Result<Vec<Ipv4Net>, KernelError> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let replies = self.request(
+            "list addresses",
+            RouteNetlinkMessage::GetAddress(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            for attr in &a.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                    if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {
+                        out.push(net);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destinations of the IPv4 routes in this namespace's main table, default routes left out.
+    pub fn ipv4_routes(&mut self) -> Result<Vec<Ipv4Net>, KernelError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let replies = self.request(
+            "list routes",
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            let len = m.header.destination_prefix_length;
+            if m.header.table != RouteHeader::RT_TABLE_MAIN
+                || m.header.kind != RouteType::Unicast
+                || len == 0
+            {
+                continue;
+            }
+            for attr in &m.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet(ip)) = attr {
+                    if let Ok(net) = Ipv4Net::new(*ip, len) {
+                        out.push(net.trunc());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn up(msg: &mut LinkMessage) {
+    msg.header.flags |= LinkFlags::Up;
+    msg.header.change_mask |= LinkFlags::Up;
+}
+
+fn link_from(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: None,
+    };
+    for attr in &l.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(a);
+                link.mac = Some(mac);
+            }
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            _ => {}
+        }
+    }
+    link
+}

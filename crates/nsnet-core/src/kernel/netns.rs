@@ -1,0 +1,176 @@
+//! Network namespaces: named ones under `/run/netns` (as `ip netns` keeps them) and any other nsfs path.
+//!
+//! This is the one door to other namespaces. `setns` only ever runs on a short-lived thread spawned here
+//! (or in a forked child just before `exec`), so no other thread of nsnet changes namespace.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use super::{KernelError, Netlink};
+
+/// Where named namespaces are mounted, shared with iproute2.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The mount path of a named namespace.
+pub fn named_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Identity of a namespace (device and inode of its nsfs file): two paths name the same namespace exactly
+/// when these agree.
+pub fn identity(path: &Path) -> Result<(u64, u64), KernelError> {
+    let md =
+        fs::metadata(path).map_err(|e| KernelError::io(format!("stat {}", path.display()), e))?;
+    Ok((md.dev(), md.ino()))
+}
+
+/// Open a namespace file, checking that it really is a network namespace.
+pub fn open(path: &Path) -> Result<OwnedFd, KernelError> {
+    let file =
+        File::open(path).map_err(|e| KernelError::io(format!("open {}", path.display()), e))?;
+    let fd = OwnedFd::from(file);
+    // SAFETY: NS_GET_NSTYPE only reads the fd's namespace type; the fd is valid for the call.
+    let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(KernelError::io(
+            format!("{} is not a network namespace", path.display()),
+            io::Error::from_raw_os_error(libc::EINVAL),
+        ));
+    }
+    Ok(fd)
+}
+
+/// ioctl(NS_GET_NSTYPE) = _IO(0xb7, 0x3).
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Run `f` on a fresh thread that has entered the namespace `fd`. Whatever `f` opens there (a netlink socket,
+/// a listening socket) stays bound to that namespace after the thread is gone.
+pub fn run_in<T, F>(fd: &OwnedFd, f: F) -> Result<T, KernelError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    thread::scope(|s| {
+        s.spawn(|| {
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| KernelError::io("enter network namespace", e.into()))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(KernelError::Decode("namespace thread panicked".into())))
+    })
+}
+
+/// A netlink socket inside the namespace at `path`.
+pub fn netlink_in(path: &Path) -> Result<Netlink, KernelError> {
+    let fd = open(path)?;
+    run_in(&fd, Netlink::open)?
+}
+
+/// Create the named namespace `/run/netns/NAME`, with `lo` up, and hand back a netlink socket inside it.
+/// Fails if the name is taken. Undone by [`delete`].
+pub fn create(name: &str) -> Result<Netlink, KernelError> {
+    ensure_dir()?;
+    let path = named_path(name);
+    // create_new: of two racing creators exactly one wins the mount point.
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .map_err(|e| KernelError::io(format!("create {}", path.display()), e))?;
+    let made = thread::scope(|s| {
+        s.spawn(|| -> Result<Netlink, KernelError> {
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| KernelError::io("unshare network namespace", e.into()))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| KernelError::io(format!("bind mount {}", path.display()), e.into()))?;
+            let mut nl = Netlink::open()?;
+            nl.set_up("lo")?;
+            Ok(nl)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(KernelError::Decode("namespace thread panicked".into())))
+    });
+    if made.is_err() {
+        let _ = delete(name);
+    }
+    made
+}
+
+/// Remove the named namespace: unmount and unlink its file. The kernel frees the namespace (and the devices in
+/// it) once nothing else holds it. Returns false when it did not exist.
+pub fn delete(name: &str) -> Result<bool, KernelError> {
+    let path = named_path(name);
+    if !path.exists() {
+        return Ok(false);
+    }
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(KernelError::io(
+                format!("unmount {}", path.display()),
+                e.into(),
+            ))
+        }
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(KernelError::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// Make `cmd` run inside the namespace `fd` (network namespace only, like `nsenter --net`).
+pub fn command_in(cmd: &mut Command, fd: OwnedFd) {
+    // SAFETY: the closure runs in the forked child before exec; it only calls setns(2), which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// `/run/netns` exists and is a shared mount, as iproute2 sets it up, so namespaces mounted here show in every
+/// mount namespace that shares it.
+fn ensure_dir() -> Result<(), KernelError> {
+    let dir = Path::new(NETNS_DIR);
+    fs::create_dir_all(dir).map_err(|e| KernelError::io(format!("create {NETNS_DIR}"), e))?;
+    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    match mount(None::<&str>, dir, Some("none"), shared, None::<&str>) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => {
+            // Not a mount point yet: bind it onto itself, then share it.
+            mount(
+                Some(dir),
+                dir,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .and_then(|_| mount(None::<&str>, dir, Some("none"), shared, None::<&str>))
+            .map_err(|e| KernelError::io(format!("make {NETNS_DIR} a shared mount"), e.into()))
+        }
+        Err(e) => Err(KernelError::io(
+            format!("make {NETNS_DIR} a shared mount"),
+            e.into(),
+        )),
+    }
+}

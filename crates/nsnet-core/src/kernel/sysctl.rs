@@ -1,0 +1,27 @@
+//! Sysctls of the calling process's network namespace, through `/proc/sys` (which, unlike `/sys`, follows the
+//! opener's namespace).
+
+use std::fs;
+use std::path::PathBuf;
+
+use super::KernelError;
+
+fn path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Read a sysctl such as `net.ipv4.ip_forward`.
+pub fn get(key: &str) -> Result<String, KernelError> {
+    fs::read_to_string(path(key))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| KernelError::io(format!("read sysctl {key}"), e))
+}
+
+/// Write a sysctl; skips the write when it already holds the value.
+pub fn set(key: &str, value: &str) -> Result<(), KernelError> {
+    if get(key)? == value {
+        return Ok(());
+    }
+    fs::write(path(key), value)
+        .map_err(|e| KernelError::io(format!("write sysctl {key}={value}"), e))
+}

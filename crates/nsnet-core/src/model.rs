@@ -1,0 +1,165 @@
+//! The records nsnet keeps: networks, sandboxes and their endpoints. Plain data, serialised as JSON by
+//! [`crate::store`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::portmap::PortMapping;
+
+/// How a network joins sandboxes to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A Linux bridge holds the gateway address; any number of sandboxes (up to the bridge's 1,024 ports).
+    Bridge,
+    /// A point-to-point veth pair; the host end holds the gateway address; exactly one sandbox.
+    Veth,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Bridge => "bridge",
+            Driver::Veth => "veth",
+        })
+    }
+}
+
+/// A network and the ledger of what it has handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub driver: Driver,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// The host-side interface that holds the gateway: the bridge, or the host end of the veth.
+    pub interface: String,
+    pub internal: bool,
+    pub mtu: u32,
+    /// Every address in use, with the sandbox that holds it.
+    #[serde(default)]
+    pub allocations: BTreeMap<Ipv4Addr, String>,
+    /// Every published port on this network, with the sandbox it leads to.
+    #[serde(default)]
+    pub published: Vec<Published>,
+}
+
+/// One entry of a network's published-port ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub sandbox: String,
+    pub mapping: PortMapping,
+}
+
+impl Network {
+    /// The sandboxes attached to this network.
+    pub fn users(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self.allocations.values().map(String::as_str).collect();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+}
+
+/// A network namespace nsnet has networked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub name: String,
+    /// The nsfs path the namespace was reached by: `/run/netns/NAME` or e.g. `/proc/PID/ns/net`.
+    pub netns: PathBuf,
+    /// True when nsnet created the namespace (and so removes it); false for `nsnet attach`.
+    pub owned: bool,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The veth pair joining a sandbox to one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network: String,
+    /// Interface name inside the sandbox: eth0, eth1, ...
+    pub interface: String,
+    /// Interface name of the host end.
+    pub host_interface: String,
+    pub mac: Mac,
+    /// The sandbox's address in CIDR form.
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Whether this endpoint carries the sandbox's default route.
+    pub default_route: bool,
+    pub mtu: u32,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// An Ethernet address, written `02:6e:0a:59:00:02`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A locally administered unicast address derived from the sandbox's IPv4 address (unique on this host
+    /// because subnets never overlap), so the address is known at plan time.
+    pub fn for_ipv4(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x02, 0x6e, o[0], o[1], o[2], o[3]])
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("'{s}' is not a MAC address like 02:6e:0a:59:00:02"));
+        }
+        for (slot, part) in out.iter_mut().zip(parts) {
+            *slot = u8::from_str_radix(part, 16)
+                .map_err(|_| format!("'{s}' is not a MAC address like 02:6e:0a:59:00:02"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trips() {
+        let m = Mac::for_ipv4(Ipv4Addr::new(10, 89, 0, 2));
+        assert_eq!(m.to_string(), "02:6e:0a:59:00:02");
+        assert_eq!("02:6e:0a:59:00:02".parse::<Mac>().unwrap(), m);
+        assert!("02:6e".parse::<Mac>().is_err());
+        assert!("zz:6e:0a:59:00:02".parse::<Mac>().is_err());
+    }
+}

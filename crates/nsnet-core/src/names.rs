@@ -1,0 +1,71 @@
+//! Names users give to networks, sandboxes and interfaces, checked before they reach netlink, nft or a path.
+
+/// Longest network or sandbox name. Names become file names and nft comments, never interface names.
+pub const MAX_NAME: usize = 64;
+/// Longest Linux interface name (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+
+fn allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+fn check(kind: &str, name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!(
+            "{kind} name is empty; give a name of 1 to {max} characters from [A-Za-z0-9_.-]"
+        ));
+    }
+    if name.len() > max {
+        return Err(format!(
+            "{kind} name '{name}' is {} characters long; use at most {max}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "{kind} name '{name}' contains {bad:?}; use only letters, digits and _ . -"
+        ));
+    }
+    if name == "." || name == ".." || name.starts_with('-') {
+        return Err(format!(
+            "{kind} name '{name}' is not allowed; start it with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A network or sandbox name: 1–64 characters from `[A-Za-z0-9_.-]`.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    check(kind, name, MAX_NAME)
+}
+
+/// An interface name: 1–15 characters from `[A-Za-z0-9_.-]`.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    check("interface", name, MAX_IFNAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_names() {
+        assert!(check_name("sandbox", "web-1_a.b").is_ok());
+        assert!(check_ifname("nsnet0").is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert!(check_name("sandbox", "").is_err());
+        assert!(check_name("sandbox", "a/b").unwrap_err().contains("'/'"));
+        assert!(check_name("sandbox", "..").is_err());
+        assert!(check_name("sandbox", "-x").is_err());
+        assert!(check_name("sandbox", &"a".repeat(65))
+            .unwrap_err()
+            .contains("at most 64"));
+        assert!(check_ifname("a-very-long-ifname")
+            .unwrap_err()
+            .contains("at most 15"));
+        assert!(check_ifname("br 0").is_err());
+    }
+}

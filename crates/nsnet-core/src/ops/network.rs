@@ -1,0 +1,225 @@
+//! `nsnet network create | rm`.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::{find, short_hash, Host, Nsnet, DEFAULT_NETWORK};
+use crate::error::{Error, Result};
+use crate::invalid;
+use crate::ipam;
+use crate::model::{Driver, Network};
+use crate::names;
+use crate::plan::{build, Plan};
+
+/// What `nsnet network create` asks for.
+#[derive(Debug, Clone)]
+pub struct NetworkRequest {
+    pub name: String,
+    pub driver: Driver,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    /// The bridge (or, for `veth`, the host end) name.
+    pub interface: Option<String>,
+    pub internal: bool,
+    pub mtu: Option<u32>,
+}
+
+impl NetworkRequest {
+    /// The request behind the default network.
+    pub fn default_network() -> NetworkRequest {
+        NetworkRequest {
+            name: DEFAULT_NETWORK.into(),
+            driver: Driver::Bridge,
+            subnet: None,
+            gateway: None,
+            interface: Some(DEFAULT_NETWORK.into()),
+            internal: false,
+            mtu: None,
+        }
+    }
+}
+
+impl Nsnet {
+    /// `nsnet network create`.
+    pub fn network_create(&self, req: &NetworkRequest) -> Result<Plan> {
+        let _lock = self.lock()?;
+        let nets = self.store.networks()?;
+        let mut host = Host::open()?;
+        let net = self.validate_network(req, &nets, &mut host)?;
+        let (steps, fw) = build::network_up(&net, !nets.is_empty());
+        self.setup(Plan::setup(steps, fw), |store| Ok(store.put_network(&net)?))
+    }
+
+    /// Check a network request against the state and the host, and build its record.
+    pub(super) fn validate_network(
+        &self,
+        req: &NetworkRequest,
+        nets: &[Network],
+        host: &mut Host,
+    ) -> Result<Network> {
+        names::check_name("network", &req.name).map_err(Error::Invalid)?;
+        if nets.iter().any(|n| n.name == req.name) {
+            return Err(invalid!(
+                "network '{}' already exists; pick another name or `nsnet network rm {}` first",
+                req.name,
+                req.name
+            ));
+        }
+        let mtu = req.mtu.unwrap_or(1500);
+        if !(68..=65535).contains(&mtu) {
+            return Err(invalid!(
+                "--mtu {mtu} is out of range; use 68 to 65535 (1500 is usual)"
+            ));
+        }
+
+        let interface = match &req.interface {
+            Some(i) => {
+                names::check_ifname(i).map_err(|e| invalid!("--bridge: {e}"))?;
+                i.clone()
+            }
+            None => default_interface(req.driver, &req.name),
+        };
+        if let Some(other) = nets.iter().find(|n| n.interface == interface) {
+            return Err(invalid!(
+                "interface {interface} already belongs to network '{}'; choose another with --bridge",
+                other.name
+            ));
+        }
+        if host.link_exists(&interface)? {
+            return Err(invalid!(
+                "interface {interface} already exists on this host; choose another with --bridge"
+            ));
+        }
+
+        // Host addresses and routes, then nsnet's own subnets: a new subnet may overlap none of them.
+        let mut taken: Vec<(Ipv4Net, String)> = Vec::new();
+        for a in host.nl.ipv4_addresses()? {
+            if !a.addr().is_loopback() {
+                taken.push((a.trunc(), format!("host address {a}")));
+            }
+        }
+        for r in host.nl.ipv4_routes()? {
+            if !r.addr().is_loopback() {
+                taken.push((r, format!("host route {r}")));
+            }
+        }
+        for n in nets {
+            taken.push((n.subnet, format!("network '{}' ({})", n.name, n.subnet)));
+        }
+        let subnet = match req.subnet {
+            Some(s) => {
+                if let Some((_, what)) = taken.iter().find(|(t, _)| ipam::overlaps(&s, t)) {
+                    return Err(invalid!(
+                        "subnet {s} overlaps {what}; choose another --subnet or leave it out to get a free one"
+                    ));
+                }
+                s
+            }
+            None => {
+                let nets: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
+                ipam::pick_subnet(ipam::DEFAULT_POOL, ipam::POOL_PREFIX, &nets).ok_or_else(
+                    || {
+                        invalid!(
+                            "no free /{} left in {}; give one with --subnet",
+                            ipam::POOL_PREFIX,
+                            ipam::DEFAULT_POOL
+                        )
+                    },
+                )?
+            }
+        };
+        let gateway = match req.gateway {
+            Some(g) => {
+                ipam::check_gateway(&subnet, g).map_err(Error::Invalid)?;
+                g
+            }
+            None => ipam::default_gateway(&subnet),
+        };
+        Ok(Network {
+            name: req.name.clone(),
+            driver: req.driver,
+            subnet,
+            gateway,
+            interface,
+            internal: req.internal,
+            mtu,
+            allocations: Default::default(),
+            published: vec![],
+        })
+    }
+
+    /// `nsnet network rm`. With `force`, first detaches every sandbox still on the network.
+    pub fn network_rm(&self, name: &str, force: bool) -> Result<Plan> {
+        let _lock = self.lock()?;
+        let nets = self.store.networks()?;
+        let net = find(&nets, name)?.clone();
+        let users = net.users();
+        if !users.is_empty() && !force {
+            return Err(invalid!(
+                "network '{name}' is in use by sandbox{} {}; remove {} first, or use --force to detach {}",
+                if users.len() == 1 { "" } else { "es" },
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "them" },
+                if users.len() == 1 { "it" } else { "them" },
+            ));
+        }
+        let mut sandboxes = Vec::new();
+        for user in &users {
+            if let Some(sb) = self.store.sandbox(user)? {
+                sandboxes.push(sb);
+            }
+        }
+        let mut fw = crate::firewall::Batch::default();
+        let mut steps = Vec::new();
+        for sb in &mut sandboxes {
+            for ep in sb.endpoints.iter().filter(|e| e.network == name) {
+                let (f, s) = build::endpoint_down(ep);
+                fw.0.extend(f.0);
+                steps.extend(s);
+            }
+            sb.endpoints.retain(|e| e.network != name);
+        }
+        let (f, s) = build::network_down(&net, nets.len() == 1);
+        fw.0.extend(f.0);
+        steps.extend(s);
+        self.teardown(Plan::teardown(fw, steps), |store| {
+            for sb in &sandboxes {
+                store.put_sandbox(sb)?;
+            }
+            Ok(store.remove_network(name)?)
+        })
+    }
+}
+
+/// The interface a network gets when `--bridge` is not given: the network's own name for the default network,
+/// `nsbr-NAME` / `nsve-NAME` when that fits in 15 bytes, else a hash of the name.
+fn default_interface(driver: Driver, name: &str) -> String {
+    if name == DEFAULT_NETWORK {
+        return name.into();
+    }
+    let prefix = match driver {
+        Driver::Bridge => "nsbr-",
+        Driver::Veth => "nsve-",
+    };
+    let plain = format!("{prefix}{name}");
+    if plain.len() <= crate::names::MAX_IFNAME && names::check_ifname(&plain).is_ok() {
+        plain
+    } else {
+        format!("{prefix}{:08x}", short_hash(&[name]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_interfaces_fit() {
+        assert_eq!(default_interface(Driver::Bridge, "nsnet0"), "nsnet0");
+        assert_eq!(default_interface(Driver::Bridge, "web"), "nsbr-web");
+        assert_eq!(default_interface(Driver::Veth, "p2p"), "nsve-p2p");
+        let long = default_interface(Driver::Bridge, "a-much-longer-network-name");
+        assert!(long.starts_with("nsbr-") && long.len() == 13, "{long}");
+    }
+}

@@ -1,0 +1,356 @@
+//! `nsnet create | attach | rm`: sandboxes and their endpoints.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use super::network::NetworkRequest;
+use super::{find, short_hash, Host, Nsnet, DEFAULT_NETWORK};
+use crate::error::{Error, Result};
+use crate::firewall::Batch;
+use crate::invalid;
+use crate::ipam;
+use crate::kernel::{netns, Netlink};
+use crate::model::{Driver, Endpoint, Mac, Network, Published, Sandbox};
+use crate::names;
+use crate::plan::{build, Ns, Plan, Step};
+use crate::portmap::PortMapping;
+
+/// Where a sandbox's network joins: which network, which address, which ports.
+#[derive(Debug, Clone, Default)]
+pub struct AttachRequest {
+    /// The network; [`DEFAULT_NETWORK`] (created on first use) when `None`.
+    pub network: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub ports: Vec<PortMapping>,
+}
+
+/// The namespace `nsnet attach` networks.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A sandbox nsnet knows, or a namespace under `/run/netns`.
+    Name(String),
+    /// Any nsfs path, such as `/proc/PID/ns/net`.
+    Path(PathBuf),
+}
+
+impl Target {
+    /// `NAME` or `PATH`, told apart by a slash.
+    pub fn parse(text: &str) -> Target {
+        if text.contains('/') {
+            Target::Path(PathBuf::from(text))
+        } else {
+            Target::Name(text.to_string())
+        }
+    }
+}
+
+/// The work of joining one sandbox to one network.
+struct Join {
+    net: Network,
+    new_network: bool,
+    endpoint: Endpoint,
+}
+
+impl Nsnet {
+    /// `nsnet create NAME`: a new named namespace, wired to a network.
+    pub fn create(&self, name: &str, req: &AttachRequest) -> Result<Plan> {
+        names::check_name("sandbox", name).map_err(Error::Invalid)?;
+        let _lock = self.lock()?;
+        if self.store.sandbox(name)?.is_some() {
+            return Err(invalid!(
+                "sandbox '{name}' already exists; pick another name or `nsnet rm {name}` first"
+            ));
+        }
+        let path = netns::named_path(name);
+        if path.exists() {
+            return Err(invalid!(
+                "namespace {} already exists; network it with `nsnet attach {name}` or pick another name",
+                path.display()
+            ));
+        }
+        let mut sb = Sandbox {
+            name: name.into(),
+            netns: path,
+            owned: true,
+            endpoints: vec![],
+        };
+        let mut steps = vec![Step::CreateNetns { name: name.into() }];
+        self.join(&mut sb, req, None, steps.as_mut())
+    }
+
+    /// `nsnet attach NAME|PATH`: network a namespace nsnet did not create, or give a sandbox one more network.
+    pub fn attach(&self, target: &Target, name: Option<&str>, req: &AttachRequest) -> Result<Plan> {
+        let (path, default_name) = match target {
+            Target::Name(n) => {
+                names::check_name("sandbox", n).map_err(Error::Invalid)?;
+                (netns::named_path(n), n.clone())
+            }
+            Target::Path(p) => {
+                let derived = match p.parent() {
+                    Some(dir) if dir == Path::new(netns::NETNS_DIR) => {
+                        p.file_name().map(|f| f.to_string_lossy().into_owned())
+                    }
+                    _ => None,
+                };
+                (p.clone(), derived.unwrap_or_default())
+            }
+        };
+        let name = name.map(str::to_string).unwrap_or(default_name);
+        if name.is_empty() {
+            return Err(invalid!(
+                "give the sandbox a name with --name when attaching {}",
+                path.display()
+            ));
+        }
+        names::check_name("sandbox", &name).map_err(Error::Invalid)?;
+        let _lock = self.lock()?;
+
+        let known = self.store.sandbox(&name)?;
+        let path = match (&known, target) {
+            (Some(sb), Target::Name(_)) => sb.netns.clone(),
+            _ => path,
+        };
+        if !path.exists() {
+            return Err(invalid!(
+                "no network namespace at {}; create it first (`nsnet create {name}`, `ip netns add {name}`) \
+                 or give the path of a running process's namespace (/proc/PID/ns/net)",
+                path.display()
+            ));
+        }
+        netns::open(&path)
+            .map_err(|e| invalid!("cannot use {} as a network namespace: {e}", path.display()))?;
+        let mut sb = match known {
+            Some(sb) => {
+                if netns::identity(&sb.netns)? != netns::identity(&path)? {
+                    return Err(invalid!(
+                        "sandbox '{name}' already exists with namespace {}; pick another --name",
+                        sb.netns.display()
+                    ));
+                }
+                sb
+            }
+            None => Sandbox {
+                name: name.clone(),
+                netns: path.clone(),
+                owned: false,
+                endpoints: vec![],
+            },
+        };
+        let mut in_ns = netns::netlink_in(&path)?;
+        self.join(&mut sb, req, Some(&mut in_ns), &mut Vec::new())
+    }
+
+    /// Validate, plan and apply one new endpoint for `sb`. `steps` holds steps that must come first (creating
+    /// the namespace); `in_ns` is a socket inside an existing namespace, to avoid its interface names.
+    fn join(
+        &self,
+        sb: &mut Sandbox,
+        req: &AttachRequest,
+        in_ns: Option<&mut Netlink>,
+        steps: &mut Vec<Step>,
+    ) -> Result<Plan> {
+        let nets = self.store.networks()?;
+        let mut host = Host::open()?;
+        let Join {
+            net,
+            new_network,
+            endpoint,
+        } = self.plan_join(sb, req, &nets, &mut host, in_ns)?;
+
+        let mut kernel = Vec::new();
+        let mut fw = Batch::default();
+        if new_network {
+            let (s, f) = build::network_up(&net, !nets.is_empty());
+            kernel.extend(s);
+            fw.0.extend(f.0);
+        }
+        kernel.append(steps);
+        let (s, f) = build::endpoint_up(&net, &endpoint, &Ns::Path(sb.netns.clone()));
+        kernel.extend(s);
+        fw.0.extend(f.0);
+        sb.endpoints.push(endpoint);
+
+        self.setup(Plan::setup(kernel, fw), |store| {
+            store.put_network(&net)?;
+            Ok(store.put_sandbox(sb)?)
+        })
+    }
+
+    /// Choose the network, address, names and ports of a new endpoint; returns the network record as it will be
+    /// once the endpoint exists.
+    fn plan_join(
+        &self,
+        sb: &Sandbox,
+        req: &AttachRequest,
+        nets: &[Network],
+        host: &mut Host,
+        in_ns: Option<&mut Netlink>,
+    ) -> Result<Join> {
+        let net_name = req.network.as_deref().unwrap_or(DEFAULT_NETWORK);
+        let (mut net, new_network) = match nets.iter().find(|n| n.name == net_name) {
+            Some(n) => (n.clone(), false),
+            None if net_name == DEFAULT_NETWORK => (
+                self.validate_network(&NetworkRequest::default_network(), nets, host)?,
+                true,
+            ),
+            None => {
+                return Err(find(nets, net_name)
+                    .err()
+                    .unwrap_or_else(|| invalid!("no network")))
+            }
+        };
+        if sb.endpoints.iter().any(|e| e.network == net.name) {
+            return Err(invalid!(
+                "sandbox '{}' is already on network '{}'; each network joins a sandbox once",
+                sb.name,
+                net.name
+            ));
+        }
+        if net.driver == Driver::Veth {
+            if let Some(other) = net.users().first() {
+                return Err(invalid!(
+                    "network '{}' (driver veth) already links sandbox '{other}'; a veth network joins exactly \
+                     one sandbox: create another, or use --driver bridge",
+                    net.name
+                ));
+            }
+        }
+        self.check_ports(&net, &req.ports, nets)?;
+        let ip = ipam::allocate(&net, req.ip).map_err(Error::Invalid)?;
+
+        // Interface names: ethN inside (the lowest N free in the namespace), a hashed veth name outside.
+        let mut used: Vec<String> = sb.endpoints.iter().map(|e| e.interface.clone()).collect();
+        if let Some(nl) = in_ns {
+            used.extend(nl.links()?.into_iter().map(|l| l.name));
+        }
+        let interface = (0..)
+            .map(|n| format!("eth{n}"))
+            .find(|n| !used.contains(n))
+            .unwrap_or_else(|| "eth0".into());
+        let host_interface = match net.driver {
+            Driver::Veth => net.interface.clone(),
+            Driver::Bridge => {
+                let mut chosen = None;
+                for salt in 0..16 {
+                    let candidate = format!(
+                        "veth{:08x}",
+                        short_hash(&[&sb.name, &net.name, &salt.to_string()])
+                    );
+                    if !host.link_exists(&candidate)? {
+                        chosen = Some(candidate);
+                        break;
+                    }
+                }
+                chosen.ok_or_else(|| {
+                    invalid!(
+                        "could not find a free host interface name for '{}'",
+                        sb.name
+                    )
+                })?
+            }
+        };
+        if net.driver == Driver::Veth && host.link_exists(&host_interface)? {
+            return Err(invalid!(
+                "interface {host_interface} of network '{}' already exists on this host; remove it first",
+                net.name
+            ));
+        }
+
+        let endpoint = Endpoint {
+            network: net.name.clone(),
+            interface,
+            host_interface,
+            mac: Mac::for_ipv4(ip),
+            address: Ipv4Net::new(ip, net.subnet.prefix_len()).map_err(|e| invalid!("{e}"))?,
+            gateway: net.gateway,
+            default_route: !net.internal && !sb.endpoints.iter().any(|e| e.default_route),
+            mtu: net.mtu,
+            ports: req.ports.clone(),
+        };
+        net.allocations.insert(ip, sb.name.clone());
+        net.published.extend(req.ports.iter().map(|m| Published {
+            sandbox: sb.name.clone(),
+            mapping: *m,
+        }));
+        Ok(Join {
+            net,
+            new_network,
+            endpoint,
+        })
+    }
+
+    /// Published ports must be allowed on the network and free on the host.
+    fn check_ports(&self, net: &Network, ports: &[PortMapping], nets: &[Network]) -> Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        if net.internal {
+            return Err(invalid!(
+                "network '{}' is --internal, so it has no published ports; drop -p or use another network",
+                net.name
+            ));
+        }
+        for (i, m) in ports.iter().enumerate() {
+            if let Some(other) = ports[..i].iter().find(|o| o.conflicts_with(m)) {
+                return Err(invalid!(
+                    "-p {m} and -p {other} publish the same host port; keep one"
+                ));
+            }
+            for n in nets {
+                if let Some(p) = n.published.iter().find(|p| p.mapping.conflicts_with(m)) {
+                    return Err(invalid!(
+                        "host port {}/{} is already published by sandbox '{}' ({}); pick another host port",
+                        m.host_port,
+                        m.protocol,
+                        p.sandbox,
+                        p.mapping
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `nsnet rm NAME`: remove the sandbox's endpoints, rules and addresses, and its namespace if nsnet made it.
+    pub fn remove(&self, name: &str) -> Result<Plan> {
+        names::check_name("sandbox", name).map_err(Error::Invalid)?;
+        let _lock = self.lock()?;
+        let sb = self
+            .store
+            .sandbox(name)?
+            .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
+        let mut fw = Batch::default();
+        let mut steps = Vec::new();
+        let mut nets = Vec::new();
+        for ep in &sb.endpoints {
+            let (f, s) = build::endpoint_down(ep);
+            fw.0.extend(f.0);
+            steps.extend(s);
+            if let Some(mut net) = self.store.network(&ep.network)? {
+                net.allocations.retain(|_, owner| owner != name);
+                net.published.retain(|p| p.sandbox != name);
+                nets.push(net);
+            }
+        }
+        if sb.owned {
+            steps.push(Step::DeleteNetns { name: name.into() });
+        }
+        self.teardown(Plan::teardown(fw, steps), |store| {
+            for net in &nets {
+                store.put_network(net)?;
+            }
+            Ok(store.remove_sandbox(name)?)
+        })
+    }
+
+    /// The namespace of a sandbox, for `nsnet exec`.
+    pub fn sandbox_netns(&self, name: &str) -> Result<PathBuf> {
+        names::check_name("sandbox", name).map_err(Error::Invalid)?;
+        self.store
+            .sandbox(name)?
+            .map(|sb| sb.netns)
+            .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))
+    }
+}

@@ -1,0 +1,177 @@
+//! The plan: the kernel objects and firewall rules an operation wants, as plain data.
+//!
+//! Builders in [`build`] make plans from records without touching the system; [`Plan::render`] prints them as
+//! the equivalent `ip` / `nft` / `sysctl` commands (`--dry-run`); [`crate::apply`] carries them out.
+
+pub mod build;
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use crate::firewall::{self, Batch};
+use crate::model::Mac;
+
+/// Which network namespace a step works in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Ns {
+    /// The namespace nsnet itself runs in: the host.
+    Host,
+    /// A namespace reached through an nsfs path (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    Path(PathBuf),
+}
+
+impl Ns {
+    /// How `ip` reaches this namespace: `ip -n NAME` for named ones, `nsenter` for any other path.
+    fn ip(&self) -> String {
+        match self {
+            Ns::Host => "ip".into(),
+            Ns::Path(p) => match (p.parent(), p.file_name()) {
+                (Some(dir), Some(name))
+                    if dir == std::path::Path::new(crate::kernel::netns::NETNS_DIR) =>
+                {
+                    format!("ip -n {}", name.to_string_lossy())
+                }
+                _ => format!("nsenter --net={} ip", p.display()),
+            },
+        }
+    }
+}
+
+/// One change to the system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `ip netns add NAME`, with `lo` up inside.
+    CreateNetns { name: String },
+    /// `ip netns del NAME`.
+    DeleteNetns { name: String },
+    /// `ip link add NAME type bridge`, up.
+    CreateBridge { name: String, mtu: u32 },
+    /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both up.
+    CreateVeth {
+        host: String,
+        peer: String,
+        peer_ns: Ns,
+        master: Option<String>,
+        mtu: u32,
+        peer_mac: Mac,
+    },
+    /// `ip link del NAME`; a link already gone is fine.
+    DeleteLink { ns: Ns, name: String },
+    /// `ip addr add ADDR dev DEV`.
+    AddAddress { ns: Ns, dev: String, addr: Ipv4Net },
+    /// `ip route add default via GW dev DEV`.
+    AddDefaultRoute { ns: Ns, dev: String, via: Ipv4Addr },
+    /// `sysctl -w net.ipv4.ip_forward=1` on the host (never turned off again: other things may rely on it).
+    EnableForwarding,
+    /// One atomic firewall transaction.
+    Firewall(Batch),
+}
+
+impl Step {
+    /// The step that undoes this one, for rollback. Addresses and routes go with their link.
+    pub fn undo(&self) -> Option<Step> {
+        match self {
+            Step::CreateNetns { name } => Some(Step::DeleteNetns { name: name.clone() }),
+            Step::CreateBridge { name, .. } => Some(Step::DeleteLink {
+                ns: Ns::Host,
+                name: name.clone(),
+            }),
+            Step::CreateVeth { host, .. } => Some(Step::DeleteLink {
+                ns: Ns::Host,
+                name: host.clone(),
+            }),
+            Step::Firewall(batch) => Some(Step::Firewall(batch.inverse())),
+            _ => None,
+        }
+    }
+
+    /// The step as the shell commands that would do the same.
+    pub fn render(&self) -> String {
+        match self {
+            Step::CreateNetns { name } => {
+                format!("ip netns add {name}\nip -n {name} link set lo up")
+            }
+            Step::DeleteNetns { name } => format!("ip netns del {name}"),
+            Step::CreateBridge { name, mtu } => {
+                format!("ip link add {name} mtu {mtu} type bridge\nip link set {name} up")
+            }
+            Step::CreateVeth {
+                host,
+                peer,
+                peer_ns,
+                master,
+                mtu,
+                peer_mac,
+            } => {
+                let netns = match peer_ns {
+                    Ns::Host => String::new(),
+                    Ns::Path(p) => match p.strip_prefix(crate::kernel::netns::NETNS_DIR) {
+                        Ok(name) => format!(" netns {}", name.display()),
+                        Err(_) => format!(" netns {}", p.display()),
+                    },
+                };
+                let master = master
+                    .as_ref()
+                    .map(|m| format!(" master {m}"))
+                    .unwrap_or_default();
+                format!(
+                    "ip link add {host} mtu {mtu}{master} up type veth peer name {peer} address {peer_mac}{netns}\n\
+                     {} link set {peer} up",
+                    peer_ns.ip()
+                )
+            }
+            Step::DeleteLink { ns, name } => format!("{} link del {name}", ns.ip()),
+            Step::AddAddress { ns, dev, addr } => format!("{} addr add {addr} dev {dev}", ns.ip()),
+            Step::AddDefaultRoute { ns, dev, via } => {
+                format!("{} route add default via {via} dev {dev}", ns.ip())
+            }
+            Step::EnableForwarding => "sysctl -w net.ipv4.ip_forward=1".into(),
+            Step::Firewall(batch) => {
+                format!("nft -f - <<'EOF'\n{}EOF", firewall::nftables::render(batch))
+            }
+        }
+    }
+}
+
+/// An ordered list of steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// Set-up order: kernel objects first, then the firewall batch (rules for addresses that now exist).
+    pub fn setup(kernel: Vec<Step>, fw: Batch) -> Plan {
+        let mut steps = kernel;
+        if !fw.is_empty() {
+            steps.push(Step::Firewall(fw));
+        }
+        Plan { steps }
+    }
+
+    /// Teardown order: firewall first (stop steering traffic in), then kernel objects.
+    pub fn teardown(fw: Batch, kernel: Vec<Step>) -> Plan {
+        let mut steps = Vec::with_capacity(kernel.len() + 1);
+        if !fw.is_empty() {
+            steps.push(Step::Firewall(fw));
+        }
+        steps.extend(kernel);
+        Plan { steps }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The whole plan as shell commands, one step after another.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for step in &self.steps {
+            let _ = writeln!(out, "{}", step.render());
+        }
+        out
+    }
+}

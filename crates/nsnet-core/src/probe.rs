@@ -1,0 +1,106 @@
+//! Reachability checks from inside namespaces: real packets for `nsnet demo` and the integration tests.
+//!
+//! Servers are bound on a thread that entered the namespace (the socket stays there); each serves one client,
+//! tells it the address it came from, and reports that address back, so a check can see NAT at work.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::kernel::{netns, KernelError};
+
+/// How long a probe waits for its peer.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One `ping -c 1` from inside `ns`. Needs iputils-ping.
+pub fn ping(ns: &Path, ip: std::net::Ipv4Addr) -> Result<bool, KernelError> {
+    let mut cmd = Command::new("ping");
+    cmd.args(["-c", "1", "-W", "2", "-q", &ip.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    netns::command_in(&mut cmd, netns::open(ns)?);
+    let status = cmd
+        .status()
+        .map_err(|e| KernelError::io("run ping (apt-get install iputils-ping)", e))?;
+    Ok(status.success())
+}
+
+/// A one-shot server; [`Server::wait`] gives the client address it saw.
+pub struct Server {
+    handle: JoinHandle<io::Result<SocketAddr>>,
+}
+
+impl Server {
+    /// Wait for the single client; the address it came from, as this namespace saw it.
+    pub fn wait(self) -> io::Result<SocketAddr> {
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("server thread panicked")))
+    }
+}
+
+fn in_ns<T: Send>(ns: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let fd = netns::open(ns).map_err(io::Error::other)?;
+    netns::run_in(&fd, f).map_err(io::Error::other)?
+}
+
+/// Listen on TCP `addr` inside `ns` for one client; greet it with "hello <client address>".
+pub fn tcp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
+    let listener = in_ns(ns, || TcpListener::bind(addr))?;
+    listener.set_nonblocking(true)?;
+    let handle = thread::spawn(move || {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    stream.set_nonblocking(false)?;
+                    writeln!(stream, "hello {peer}")?;
+                    return Ok(peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no client came"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    Ok(Server { handle })
+}
+
+/// Connect over TCP from inside `ns` and read the server's greeting line.
+pub fn tcp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
+    let stream = in_ns(ns, || TcpStream::connect_timeout(&to.into(), TIMEOUT))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+/// Wait on UDP `addr` inside `ns` for one datagram; answer "hello <client address>".
+pub fn udp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
+    let sock = in_ns(ns, || UdpSocket::bind(addr))?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    let handle = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let (_, peer) = sock.recv_from(&mut buf)?;
+        sock.send_to(format!("hello {peer}").as_bytes(), peer)?;
+        Ok(peer)
+    });
+    Ok(Server { handle })
+}
+
+/// Send one UDP datagram from inside `ns` and read the server's answer.
+pub fn udp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
+    let sock = in_ns(ns, || UdpSocket::bind("0.0.0.0:0"))?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    sock.send_to(b"hi", to)?;
+    let mut buf = [0u8; 128];
+    let n = sock.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}

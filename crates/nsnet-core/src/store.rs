@@ -1,0 +1,299 @@
+//! nsnet's state on disk: one human-readable JSON file per network and per sandbox under the state dir.
+//!
+//! ```text
+//! STATE_DIR/            0700
+//!   lock                flock(2): one writer at a time
+//!   networks/NAME.json  a network and the addresses / ports it has handed out
+//!   sandboxes/NAME.json a sandbox and its endpoints
+//! ```
+//! Every write goes to a temp file that is fsynced and renamed over the old one, so a reader sees either the old
+//! or the new file, never half of one. Files are 0600.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{Network, Sandbox};
+
+/// A state-dir failure, naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {}: {error}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    #[error("state file {} is corrupt ({reason}); fix or remove it by hand", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        error: source,
+    }
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while a command changes state; released on drop.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    /// A store rooted at `dir`. Nothing is created until something is written or locked.
+    pub fn new(dir: impl Into<PathBuf>) -> Store {
+        Store { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn ensure_dirs(&self) -> Result<(), StoreError> {
+        for d in [
+            self.dir.clone(),
+            self.dir.join("networks"),
+            self.dir.join("sandboxes"),
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(io_err("create state directory", &d))?;
+        }
+        Ok(())
+    }
+
+    /// Take the writer lock, creating the state dir on first use. Blocks until other writers are done.
+    pub fn lock(&self) -> Result<Lock, StoreError> {
+        self.ensure_dirs()?;
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("open lock file", &path))?;
+        // SAFETY: flock on an fd we own; blocks until granted.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(StoreError::Io {
+                what: "lock",
+                path,
+                error: io::Error::last_os_error(),
+            });
+        }
+        Ok(Lock { _file: file })
+    }
+
+    fn network_path(&self, name: &str) -> PathBuf {
+        self.dir.join("networks").join(format!("{name}.json"))
+    }
+
+    fn sandbox_path(&self, name: &str) -> PathBuf {
+        self.dir.join("sandboxes").join(format!("{name}.json"))
+    }
+
+    pub fn network(&self, name: &str) -> Result<Option<Network>, StoreError> {
+        read(&self.network_path(name))
+    }
+
+    pub fn sandbox(&self, name: &str) -> Result<Option<Sandbox>, StoreError> {
+        read(&self.sandbox_path(name))
+    }
+
+    /// Every network, by name.
+    pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
+        read_all(&self.dir.join("networks"))
+    }
+
+    /// Every sandbox, by name.
+    pub fn sandboxes(&self) -> Result<Vec<Sandbox>, StoreError> {
+        read_all(&self.dir.join("sandboxes"))
+    }
+
+    pub fn put_network(&self, net: &Network) -> Result<(), StoreError> {
+        self.ensure_dirs()?;
+        write_atomic(&self.network_path(&net.name), net)
+    }
+
+    pub fn put_sandbox(&self, sb: &Sandbox) -> Result<(), StoreError> {
+        self.ensure_dirs()?;
+        write_atomic(&self.sandbox_path(&sb.name), sb)
+    }
+
+    pub fn remove_network(&self, name: &str) -> Result<(), StoreError> {
+        remove(&self.network_path(name))
+    }
+
+    pub fn remove_sandbox(&self, name: &str) -> Result<(), StoreError> {
+        remove(&self.sandbox_path(name))
+    }
+
+    /// Remove the state dir itself once it holds no networks and no sandboxes, so that nothing nsnet made
+    /// outlives the last object.
+    pub fn remove_if_empty(&self) -> Result<(), StoreError> {
+        if !self.networks()?.is_empty() || !self.sandboxes()?.is_empty() {
+            return Ok(());
+        }
+        for sub in ["networks", "sandboxes"] {
+            let _ = fs::remove_dir(self.dir.join(sub));
+        }
+        let _ = fs::remove_file(self.dir.join("lock"));
+        let _ = fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
+
+fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: "read state file",
+                path: path.into(),
+                error: e,
+            })
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: path.into(),
+            reason: e.to_string(),
+        })
+}
+
+fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: "list state directory",
+                path: dir.into(),
+                error: e,
+            })
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        if let Some(v) = read(&p)? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| StoreError::Corrupt {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    text.push('\n');
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("write state file", &tmp))?;
+    f.write_all(text.as_bytes())
+        .map_err(io_err("write state file", &tmp))?;
+    f.sync_all().map_err(io_err("sync state file", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("replace state file", path))?;
+    // The rename is durable once the directory is synced too.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync state directory", dir))
+}
+
+fn remove(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io {
+            what: "remove state file",
+            path: path.into(),
+            error: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Driver;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn net(name: &str) -> Network {
+        Network {
+            name: name.into(),
+            driver: Driver::Bridge,
+            subnet: "10.89.0.0/24".parse().unwrap(),
+            gateway: "10.89.0.1".parse().unwrap(),
+            interface: "nsnet0".into(),
+            internal: false,
+            mtu: 1500,
+            allocations: Default::default(),
+            published: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_permissions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("state"));
+        assert!(store.networks().unwrap().is_empty());
+        let _lock = store.lock().unwrap();
+        store.put_network(&net("a")).unwrap();
+        store.put_network(&net("b")).unwrap();
+        assert_eq!(store.network("a").unwrap(), Some(net("a")));
+        assert_eq!(store.networks().unwrap().len(), 2);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(store.dir()), 0o700);
+        assert_eq!(mode(&store.network_path("a")), 0o600);
+        store.remove_network("a").unwrap();
+        store.remove_network("a").unwrap();
+        store.remove_network("b").unwrap();
+        store.remove_if_empty().unwrap();
+        assert!(!store.dir().exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_named_not_reset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        store.put_network(&net("a")).unwrap();
+        fs::write(store.network_path("a"), "{\"name\": \"a\", ").unwrap();
+        let err = store.networks().unwrap_err().to_string();
+        assert!(err.contains("networks/a.json is corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,315 @@
+//! The `nsnet` command line: parses a request, hands it to the library, prints the result.
+
+mod demo;
+mod show;
+
+use std::net::Ipv4Addr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
+use nsnet_core::model::Driver;
+use nsnet_core::ops::{AttachRequest, NetworkRequest, Nsnet, Target};
+use nsnet_core::plan::Plan;
+use nsnet_core::portmap::PortMapping;
+use nsnet_core::store::Store;
+use nsnet_core::{ipam, netns};
+
+/// Container networking for Linux: namespaces, veth pairs, bridges, NAT and published ports.
+#[derive(Parser)]
+#[command(name = "nsnet", version, about)]
+struct Cli {
+    /// Where nsnet keeps its records.
+    #[arg(
+        long,
+        global = true,
+        env = "NSNET_STATE_DIR",
+        default_value = "/var/lib/nsnet"
+    )]
+    state_dir: PathBuf,
+    /// Print listings and inspections as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print what would be done, as ip / nft / sysctl commands, and change nothing.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    /// Log each step to stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Create a sandbox: a new named network namespace, wired to a network.
+    Create {
+        name: String,
+        #[command(flatten)]
+        attach: AttachArgs,
+    },
+    /// Network an existing namespace (NAME under /run/netns, or a path such as /proc/PID/ns/net), or add a
+    /// further network to a sandbox.
+    Attach {
+        target: String,
+        /// Sandbox name to record it under (default: the namespace's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        attach: AttachArgs,
+    },
+    /// Create a sandbox and run a command inside it.
+    Run {
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        attach: AttachArgs,
+        /// Remove the sandbox when the command exits.
+        #[arg(long)]
+        rm: bool,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Run a command inside a sandbox's network namespace.
+    Exec {
+        name: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List sandboxes.
+    Ls,
+    /// Show one sandbox.
+    Inspect { name: String },
+    /// Remove a sandbox: its endpoints, rules, addresses and (if nsnet made it) its namespace.
+    Rm { name: String },
+    /// Build the seed article's topology in a throwaway namespace, check every step, remove it all.
+    Demo,
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// Network to join (default: nsnet0, created on first use).
+    #[arg(long)]
+    network: Option<String>,
+    /// Address to take instead of the next free one.
+    #[arg(long, value_name = "IP")]
+    ip: Option<Ipv4Addr>,
+    /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    ports: Vec<PortMapping>,
+}
+
+impl AttachArgs {
+    fn request(&self) -> AttachRequest {
+        AttachRequest {
+            network: self.network.clone(),
+            ip: self.ip,
+            ports: self.ports.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Create a network.
+    Create {
+        name: String,
+        #[arg(long, value_enum, default_value = "bridge")]
+        driver: DriverArg,
+        /// IPv4 subnet (default: a free /24 from 10.89.0.0/16).
+        #[arg(long, value_name = "CIDR", value_parser = ipam::parse_subnet)]
+        subnet: Option<Ipv4Net>,
+        /// Gateway address (default: the subnet's first address).
+        #[arg(long, value_name = "IP")]
+        gateway: Option<Ipv4Addr>,
+        /// Name of the bridge (or, for --driver veth, of the host end).
+        #[arg(long, value_name = "IFNAME")]
+        bridge: Option<String>,
+        /// No route out, no masquerade, no published ports.
+        #[arg(long)]
+        internal: bool,
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// List networks.
+    Ls,
+    /// Show one network.
+    Inspect { name: String },
+    /// Remove a network.
+    Rm {
+        name: String,
+        /// Detach the sandboxes still on it first.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DriverArg {
+    Bridge,
+    Veth,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: what is wrong; clap's usage hint follows only with --help.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("nsnet: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nsnet: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let changes = !matches!(
+        cli.command,
+        Cmd::Ls | Cmd::Inspect { .. } | Cmd::Network(NetworkCmd::Ls | NetworkCmd::Inspect { .. })
+    );
+    if changes && !cli.dry_run && !nix::unistd::geteuid().is_root() {
+        bail!(
+            "nsnet must run as root to change namespaces, links and firewall rules; \
+             run it with sudo, or add --dry-run to see the plan"
+        );
+    }
+    let nsnet = Nsnet::new(Store::new(&cli.state_dir), cli.dry_run);
+    let done = |plan: Plan, what: String| -> Result<ExitCode> {
+        if cli.dry_run {
+            print!("{}", plan.render());
+        } else {
+            if cli.verbose {
+                eprint!("{}", plan.render());
+            }
+            println!("{what}");
+        }
+        Ok(ExitCode::SUCCESS)
+    };
+    match &cli.command {
+        Cmd::Network(NetworkCmd::Create {
+            name,
+            driver,
+            subnet,
+            gateway,
+            bridge,
+            internal,
+            mtu,
+        }) => {
+            let req = NetworkRequest {
+                name: name.clone(),
+                driver: match driver {
+                    DriverArg::Bridge => Driver::Bridge,
+                    DriverArg::Veth => Driver::Veth,
+                },
+                subnet: *subnet,
+                gateway: *gateway,
+                interface: bridge.clone(),
+                internal: *internal,
+                mtu: *mtu,
+            };
+            let plan = nsnet.network_create(&req)?;
+            done(plan, name.clone())
+        }
+        Cmd::Network(NetworkCmd::Ls) => show::networks(&nsnet.store, cli.json),
+        Cmd::Network(NetworkCmd::Inspect { name }) => show::network(&nsnet.store, name, cli.json),
+        Cmd::Network(NetworkCmd::Rm { name, force }) => {
+            let plan = nsnet.network_rm(name, *force)?;
+            done(plan, name.clone())
+        }
+        Cmd::Create { name, attach } => {
+            let plan = nsnet.create(name, &attach.request())?;
+            done(plan, name.clone())
+        }
+        Cmd::Attach {
+            target,
+            name,
+            attach,
+        } => {
+            let target = Target::parse(target);
+            let plan = nsnet.attach(&target, name.as_deref(), &attach.request())?;
+            let shown = name.clone().unwrap_or_else(|| match &target {
+                Target::Name(n) => n.clone(),
+                Target::Path(p) => p.display().to_string(),
+            });
+            done(plan, shown)
+        }
+        Cmd::Run {
+            name,
+            attach,
+            rm,
+            cmd,
+        } => {
+            let name = name.clone().unwrap_or_else(generated_name);
+            let plan = nsnet.create(&name, &attach.request())?;
+            if cli.dry_run {
+                print!("{}", plan.render());
+                println!("ip netns exec {name} {}", cmd.join(" "));
+                if *rm {
+                    println!("# then, when it exits: nsnet rm {name}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status = exec_in(&nsnet, &name, cmd);
+            if *rm {
+                nsnet
+                    .remove(&name)
+                    .with_context(|| format!("removing sandbox {name}"))?;
+            }
+            status
+        }
+        Cmd::Exec { name, cmd } => exec_in(&nsnet, name, cmd),
+        Cmd::Ls => show::sandboxes(&nsnet.store, cli.json),
+        Cmd::Inspect { name } => show::sandbox(&nsnet.store, name, cli.json),
+        Cmd::Rm { name } => {
+            let plan = nsnet.remove(name)?;
+            done(plan, name.clone())
+        }
+        Cmd::Demo => demo::run(),
+    }
+}
+
+/// Run `cmd` inside the sandbox's namespace and pass its exit status on.
+fn exec_in(nsnet: &Nsnet, name: &str, cmd: &[String]) -> Result<ExitCode> {
+    let path = nsnet.sandbox_netns(name)?;
+    let fd = netns::open(&path)?;
+    let (prog, args) = cmd.split_first().context("no command given after --")?;
+    let mut command = Command::new(prog);
+    command.args(args);
+    netns::command_in(&mut command, fd);
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {prog}"))?;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// A name for `nsnet run` without `--name`.
+fn generated_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("run-{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+}
