@@ -12,7 +12,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -47,10 +47,20 @@ pub struct Store {
     dir: PathBuf,
 }
 
-/// Held while a command changes state; released on drop.
+/// Held while a command changes state. On drop, a store left with no networks and no sandboxes is removed
+/// altogether (so nothing nsnet made outlives its last object, and a failed first command leaves no trace),
+/// then the lock is released.
 #[derive(Debug)]
 pub struct Lock {
     _file: File,
+    store: Store,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Runs before the fields drop: the store is checked and removed while the flock is still held.
+        let _ = self.store.remove_if_empty();
+    }
 }
 
 impl Store {
@@ -80,25 +90,39 @@ impl Store {
 
     /// Take the writer lock, creating the state dir on first use. Blocks until other writers are done.
     pub fn lock(&self) -> Result<Lock, StoreError> {
-        self.ensure_dirs()?;
         let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err("open lock file", &path))?;
-        // SAFETY: flock on an fd we own; blocks until granted.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(StoreError::Io {
-                what: "lock",
-                path,
-                error: io::Error::last_os_error(),
-            });
+        loop {
+            self.ensure_dirs()?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err("open lock file", &path))?;
+            // SAFETY: flock on an fd we own; blocks until granted.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc != 0 {
+                let error = io::Error::last_os_error();
+                return Err(StoreError::Io {
+                    what: "lock",
+                    path,
+                    error,
+                });
+            }
+            // The previous holder may have removed the (empty) store while we waited: then we hold a lock on
+            // an unlinked file, and must lock the current one instead.
+            let held = file.metadata().map_err(io_err("stat lock file", &path))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(Lock {
+                        _file: file,
+                        store: self.clone(),
+                    });
+                }
+                _ => continue,
+            }
         }
-        Ok(Lock { _file: file })
     }
 
     fn network_path(&self, name: &str) -> PathBuf {
@@ -145,10 +169,14 @@ impl Store {
         remove(&self.sandbox_path(name))
     }
 
-    /// Remove the state dir itself once it holds no networks and no sandboxes, so that nothing nsnet made
-    /// outlives the last object.
-    pub fn remove_if_empty(&self) -> Result<(), StoreError> {
-        if !self.networks()?.is_empty() || !self.sandboxes()?.is_empty() {
+    /// Remove the state dir itself when it holds no networks and no sandboxes (called with the lock held).
+    fn remove_if_empty(&self) -> Result<(), StoreError> {
+        let has_files = |sub: &str| {
+            fs::read_dir(self.dir.join(sub))
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        };
+        if has_files("networks") || has_files("sandboxes") {
             return Ok(());
         }
         for sub in ["networks", "sandboxes"] {
@@ -272,7 +300,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path().join("state"));
         assert!(store.networks().unwrap().is_empty());
-        let _lock = store.lock().unwrap();
+        let lock = store.lock().unwrap();
         store.put_network(&net("a")).unwrap();
         store.put_network(&net("b")).unwrap();
         assert_eq!(store.network("a").unwrap(), Some(net("a")));
@@ -283,7 +311,10 @@ mod tests {
         store.remove_network("a").unwrap();
         store.remove_network("a").unwrap();
         store.remove_network("b").unwrap();
-        store.remove_if_empty().unwrap();
+        drop(lock);
+        assert!(!store.dir().exists());
+        // A lock taken and dropped on an empty store leaves nothing either.
+        drop(store.lock().unwrap());
         assert!(!store.dir().exists());
     }
 

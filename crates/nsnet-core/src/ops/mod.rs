@@ -67,7 +67,6 @@ impl Nsnet {
         }
         Applier::new().teardown(&plan)?;
         record(&self.store)?;
-        self.store.remove_if_empty()?;
         Ok(plan)
     }
 }

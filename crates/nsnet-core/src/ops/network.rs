@@ -92,8 +92,12 @@ impl Nsnet {
             ));
         }
 
-        // Host addresses and routes, then nsnet's own subnets: a new subnet may overlap none of them.
+        // nsnet's own subnets first (the better message), then the host's addresses and routes: a new subnet
+        // may overlap none of them.
         let mut taken: Vec<(Ipv4Net, String)> = Vec::new();
+        for n in nets {
+            taken.push((n.subnet, format!("network '{}' ({})", n.name, n.subnet)));
+        }
         for a in host.nl.ipv4_addresses()? {
             if !a.addr().is_loopback() {
                 taken.push((a.trunc(), format!("host address {a}")));
@@ -103,9 +107,6 @@ impl Nsnet {
             if !r.addr().is_loopback() {
                 taken.push((r, format!("host route {r}")));
             }
-        }
-        for n in nets {
-            taken.push((n.subnet, format!("network '{}' ({})", n.name, n.subnet)));
         }
         let subnet = match req.subnet {
             Some(s) => {

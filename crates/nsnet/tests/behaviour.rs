@@ -1,0 +1,345 @@
+//! The commands' behaviour on the real kernel: default network, run/exec, IPAM, attach, internal networks,
+//! UDP and host-address ports, forced network removal, dry runs, rollback and concurrency.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::Command;
+
+use common::{sh, TestHost, HOST_IP, LAN_IP};
+use nsnet_core::probe;
+use serde_json::Value;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("test address")
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("JSON output")
+}
+
+#[test]
+fn default_network_run_exec_and_address_reuse() {
+    let h = TestHost::new("default");
+    let empty = h.snapshot();
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+
+    // `run` without --network creates nsnet0 from the pool; --rm removes the sandbox afterwards.
+    let out = h.ok(&[
+        "run", "--rm", "--name", &a, "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
+    assert!(out.contains("inet 10.89.0.2/24"), "{out}");
+    let nets = json(&h.ok(&["network", "ls", "--json"]));
+    assert_eq!(nets[0]["name"], "nsnet0");
+    assert_eq!(nets[0]["subnet"], "10.89.0.0/24");
+    assert_eq!(nets[0]["interface"], "nsnet0");
+    assert_eq!(json(&h.ok(&["ls", "--json"])), json("[]"));
+
+    // Addresses are handed out lowest first, never twice, and freed on removal.
+    h.ok(&["create", &a]);
+    h.ok(&["create", &b]);
+    assert_eq!(h.inspect(&a)["endpoints"][0]["address"], "10.89.0.2/24");
+    assert_eq!(h.inspect(&b)["endpoints"][0]["address"], "10.89.0.3/24");
+    h.ok(&["rm", &a]);
+    h.ok(&["create", &c]);
+    assert_eq!(h.inspect(&c)["endpoints"][0]["address"], "10.89.0.2/24");
+
+    // exec runs inside the sandbox and passes the exit status on.
+    let routes = h.ok(&["exec", &b, "--", "ip", "route"]);
+    assert!(
+        routes.contains("default via 10.89.0.1 dev eth0"),
+        "{routes}"
+    );
+    let status = h.nsnet(&["exec", &b, "--", "sh", "-c", "exit 7"]).status;
+    assert_eq!(status.code(), Some(7));
+    assert!(
+        probe::ping(&h.sb_path("b"), ip("10.89.0.2")).expect("ping"),
+        "b -> c"
+    );
+
+    let ls = json(&h.ok(&["ls", "--json"]));
+    assert_eq!(ls.as_array().map(Vec::len), Some(2));
+    h.ok(&["rm", &b]);
+    h.ok(&["rm", &c]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn attach_existing_namespaces_and_a_second_network() {
+    let h = TestHost::new("attach");
+    let empty = h.snapshot();
+    h.ok(&["network", "create", "one", "--subnet", "172.18.0.0/24"]);
+    h.ok(&["network", "create", "two", "--subnet", "172.19.0.0/24"]);
+
+    // A namespace made by someone else, by name.
+    let ext = h.sb("ext");
+    sh(&["ip", "netns", "add", &ext]);
+    h.ok(&["attach", &ext, "--network", "one"]);
+    assert!(
+        probe::ping(&h.host_path(), ip("172.18.0.2")).expect("ping"),
+        "host -> attached ns"
+    );
+    // ... and a second network on the same sandbox: eth1, no second default route.
+    h.ok(&["attach", &ext, "--network", "two"]);
+    let j = h.inspect(&ext);
+    assert_eq!(j["owned"], false);
+    assert_eq!(j["endpoints"][1]["interface"], "eth1");
+    assert_eq!(j["endpoints"][1]["default_route"], false);
+    assert!(
+        probe::ping(&h.sb_path("ext"), ip("172.19.0.1")).expect("ping"),
+        "ext -> gateway of two"
+    );
+    // rm takes the endpoints but leaves the namespace nsnet was given.
+    h.ok(&["rm", &ext]);
+    assert!(h.sb_path("ext").exists());
+    sh(&["ip", "netns", "del", &ext]);
+
+    // A running process's namespace, by /proc path.
+    let net = format!("--net={}", h.host_path().display());
+    let mut child = Command::new("nsenter")
+        .args([net.as_str(), "--", "unshare", "-n", "--", "sleep", "30"])
+        .spawn()
+        .expect("spawn sleep");
+    let proc_ns = format!("/proc/{}/ns/net", child.id());
+    // Wait until unshare has run (the process's namespace differs from the host's).
+    for _ in 0..200 {
+        if std::fs::read_link(&proc_ns).ok() != std::fs::read_link(h.host_path()).ok()
+            && std::fs::read_link(&proc_ns).is_ok()
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let proc_name = h.sb("proc");
+    h.ok(&["attach", &proc_ns, "--name", &proc_name, "--network", "one"]);
+    assert!(
+        probe::ping(std::path::Path::new(&proc_ns), ip("172.18.0.1")).expect("ping"),
+        "process ns -> gateway"
+    );
+    assert_eq!(h.inspect(&proc_name)["netns"], proc_ns.as_str());
+    h.ok(&["rm", &proc_name]);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    h.ok(&["network", "rm", "one"]);
+    h.ok(&["network", "rm", "two"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn internal_network_has_no_way_out() {
+    let h = TestHost::with_lan("internal");
+    let empty = h.snapshot();
+    h.ok(&[
+        "network",
+        "create",
+        "int",
+        "--internal",
+        "--subnet",
+        "172.20.0.0/24",
+    ]);
+    let s = h.sb("s");
+    h.ok(&["create", &s, "--network", "int"]);
+    assert_eq!(h.inspect(&s)["endpoints"][0]["default_route"], false);
+    let routes = h.ok(&["exec", &s, "--", "ip", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+    assert!(
+        probe::ping(&h.sb_path("s"), ip("172.20.0.1")).expect("ping"),
+        "the gateway is reachable"
+    );
+    assert!(
+        !probe::ping(&h.sb_path("s"), ip(LAN_IP)).expect("ping"),
+        "the LAN is not"
+    );
+    let ruleset = h.in_host(&["nft", "list", "set", "ip", "nsnet", "masq_nets"]);
+    assert!(!ruleset.contains("172.20.0.0"), "{ruleset}");
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "int"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn udp_ports_and_ports_bound_to_one_host_address() {
+    let h = TestHost::with_lan("ports");
+    let empty = h.snapshot();
+    h.in_host(&["ip", "addr", "add", "10.0.1.49/24", "dev", "uplink0"]);
+    let with_second = h.snapshot();
+    let s = h.sb("s");
+    h.ok(&[
+        "create",
+        &s,
+        "-p",
+        "5353:53/udp",
+        "-p",
+        &format!("{HOST_IP}:8080:80"),
+    ]);
+
+    // UDP through any host address.
+    let server = probe::udp_server(
+        &h.sb_path("s"),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
+    )
+    .expect("bind");
+    let answer = probe::udp_hello(&h.lan_path(), SocketAddrV4::new(ip("10.0.1.49"), 5353))
+        .expect("udp answer");
+    assert!(answer.starts_with(&format!("hello {LAN_IP}:")), "{answer}");
+    server.wait().expect("served");
+
+    // TCP bound to 10.0.1.48 only: works there, not on the host's other address.
+    let server = probe::tcp_server(
+        &h.sb_path("s"),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80),
+    )
+    .expect("listen");
+    probe::tcp_hello(&h.lan_path(), SocketAddrV4::new(ip(HOST_IP), 8080))
+        .expect("bound address works");
+    server.wait().expect("served");
+    assert!(probe::tcp_hello(&h.lan_path(), SocketAddrV4::new(ip("10.0.1.49"), 8080)).is_err());
+
+    // The host itself reaches a published port on its own address.
+    let server = probe::tcp_server(
+        &h.sb_path("s"),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80),
+    )
+    .expect("listen");
+    probe::tcp_hello(&h.host_path(), SocketAddrV4::new(ip(HOST_IP), 8080)).expect("from the host");
+    server.wait().expect("served");
+
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    assert_eq!(h.snapshot(), with_second);
+    h.in_host(&["ip", "addr", "del", "10.0.1.49/24", "dev", "uplink0"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn network_rm_refuses_while_used_unless_forced() {
+    let h = TestHost::new("netrm");
+    let empty = h.snapshot();
+    h.ok(&["network", "create", "n", "--subnet", "172.21.0.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n", "-p", "8000:80"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let before = h.snapshot();
+    let err = h.fails(&["network", "rm", "n"]);
+    assert!(
+        err.contains("in use by sandboxes") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(h.snapshot(), before);
+
+    h.ok(&["network", "rm", "n", "--force"]);
+    assert_eq!(h.inspect(&a)["endpoints"], json("[]"));
+    assert!(
+        h.link_names().iter().all(|l| l == "lo"),
+        "{:?}",
+        h.link_names()
+    );
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let h = TestHost::new("dryrun");
+    let empty = h.snapshot();
+    let s = h.sb("s");
+    let plan = h.ok(&["--dry-run", "create", &s, "-p", "8088:80"]);
+    for expected in [
+        "sysctl -w net.ipv4.ip_forward=1",
+        "ip link add nsnet0 mtu 1500 type bridge",
+        "ip addr add 10.89.0.1/24 dev nsnet0",
+        &format!("ip netns add {s}"),
+        &format!("ip -n {s} addr add 10.89.0.2/24 dev eth0"),
+        &format!("ip -n {s} route add default via 10.89.0.1 dev eth0"),
+        "add element ip nsnet masq_nets { 10.89.0.0/24 }",
+        "add element ip nsnet ports { tcp . 8088 : 10.89.0.2 . 80 }",
+    ] {
+        assert!(plan.contains(expected), "missing {expected:?} in:\n{plan}");
+    }
+    assert_eq!(h.snapshot(), empty);
+    assert!(!h.state.exists(), "a dry run created the state dir");
+
+    h.ok(&["create", &s]);
+    let created = h.snapshot();
+    let plan = h.ok(&["--dry-run", "rm", &s]);
+    assert!(plan.contains(&format!("ip netns del {s}")), "{plan}");
+    let plan = h.ok(&["--dry-run", "network", "rm", "nsnet0", "--force"]);
+    assert!(
+        plan.contains("ip link del nsnet0") && plan.contains("delete table ip nsnet"),
+        "{plan}"
+    );
+    assert_eq!(h.snapshot(), created);
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn a_kernel_failure_midway_rolls_everything_back() {
+    let h = TestHost::new("rollback");
+    let empty = h.snapshot();
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.22.0.0/24",
+        "--bridge",
+        "nsbr-rb",
+    ]);
+    // Pull the bridge out from under nsnet: the veth step will fail after the namespace was made.
+    h.in_host(&["ip", "link", "del", "nsbr-rb"]);
+    let before = h.snapshot();
+    let s = h.sb("s");
+    let err = h.fails(&["create", &s, "--network", "n", "-p", "8000:80"]);
+    assert!(err.contains("nsbr-rb") && err.contains("undone"), "{err}");
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "the failed create left something behind"
+    );
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn concurrent_creates_get_unique_addresses() {
+    let h = TestHost::new("concurrent");
+    let empty = h.snapshot();
+    h.ok(&["network", "create", "n", "--subnet", "172.23.0.0/24"]);
+    let names: Vec<String> = (0..12).map(|i| h.sb(&format!("c{i}"))).collect();
+    std::thread::scope(|scope| {
+        for name in &names {
+            let h = &h;
+            scope.spawn(move || h.ok(&["create", name, "--network", "n"]));
+        }
+    });
+    let mut addrs: Vec<String> = names
+        .iter()
+        .map(|n| {
+            h.inspect(n)["endpoints"][0]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), names.len(), "{addrs:?}");
+    let net = json(&h.ok(&["network", "inspect", "n", "--json"]));
+    assert_eq!(
+        net["allocations"].as_object().map(|o| o.len()),
+        Some(names.len())
+    );
+    std::thread::scope(|scope| {
+        for name in &names {
+            let h = &h;
+            scope.spawn(move || h.ok(&["rm", name]));
+        }
+    });
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}

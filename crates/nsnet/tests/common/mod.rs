@@ -1,0 +1,317 @@
+//! Test harness: every test runs nsnet inside its own throwaway "host" network namespace, optionally with a
+//! "LAN peer" namespace on the host's uplink, and removes everything it made when dropped.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+/// The host's address on its uplink, and the LAN peer's (as in the seed article).
+pub const HOST_IP: &str = "10.0.1.48";
+pub const LAN_IP: &str = "10.0.1.26";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub struct TestHost {
+    /// Netns name of the throwaway host.
+    pub host: String,
+    /// Netns name of the LAN peer, when there is one.
+    pub lan: Option<String>,
+    /// Prefix for every sandbox name this test uses (namespaces under /run/netns are global).
+    pub tag: String,
+    _tmp: tempfile::TempDir,
+    pub state: PathBuf,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Run a command and insist it succeeds.
+pub fn sh(args: &[&str]) -> String {
+    let out = run(Command::new(args[0]).args(&args[1..]));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl TestHost {
+    /// A throwaway host namespace with `lo` up and IPv6 off (no DAD churn in snapshots).
+    pub fn new(test: &str) -> TestHost {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!(
+            "t{}{n}{}",
+            std::process::id() % 100_000,
+            &test[..test.len().min(6)]
+        );
+        let host = format!("nsnt-{tag}-host");
+        sh(&["ip", "netns", "add", &host]);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = tmp.path().join("state");
+        let h = TestHost {
+            host,
+            lan: None,
+            tag,
+            _tmp: tmp,
+            state,
+        };
+        h.in_host(&["ip", "link", "set", "lo", "up"]);
+        h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        h.in_host(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        h
+    }
+
+    /// A host with an uplink `uplink0` (10.0.1.48/24) to a LAN peer namespace (`lan0`, 10.0.1.26/24).
+    pub fn with_lan(test: &str) -> TestHost {
+        let mut h = TestHost::new(test);
+        let lan = format!("nsnt-{}-lan", h.tag);
+        sh(&["ip", "netns", "add", &lan]);
+        h.lan = Some(lan.clone());
+        sh(&[
+            "ip", "-n", &h.host, "link", "add", "uplink0", "type", "veth", "peer", "name", "lan0",
+            "netns", &lan,
+        ]);
+        h.in_host(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            "uplink0",
+        ]);
+        h.in_host(&["ip", "link", "set", "uplink0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &lan,
+            "addr",
+            "add",
+            &format!("{LAN_IP}/24"),
+            "dev",
+            "lan0",
+        ]);
+        sh(&["ip", "-n", &lan, "link", "set", "lan0", "up"]);
+        sh(&["ip", "-n", &lan, "link", "set", "lo", "up"]);
+        h
+    }
+
+    pub fn host_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.host)
+    }
+
+    pub fn lan_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(self.lan.as_ref().expect("test has no LAN peer"))
+    }
+
+    /// This test's name for a sandbox.
+    pub fn sb(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
+    }
+
+    /// The namespace path of one of this test's sandboxes.
+    pub fn sb_path(&self, name: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(self.sb(name))
+    }
+
+    /// Run a command inside the host namespace; must succeed.
+    pub fn in_host(&self, args: &[&str]) -> String {
+        let net = format!("--net={}", self.host_path().display());
+        let mut full = vec!["nsenter", net.as_str(), "--"];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Run nsnet inside the host namespace with this test's state dir.
+    pub fn nsnet_raw(&self, prefix: &[&str], args: &[&str]) -> Output {
+        let net = format!("--net={}", self.host_path().display());
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(&net)
+            .arg("--")
+            .args(prefix)
+            .arg(env!("CARGO_BIN_EXE_nsnet"))
+            .args(args);
+        cmd.env("NSNET_STATE_DIR", &self.state);
+        run(&mut cmd)
+    }
+
+    pub fn nsnet(&self, args: &[&str]) -> Output {
+        self.nsnet_raw(&[], args)
+    }
+
+    /// Run nsnet; it must succeed. Returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.nsnet(args);
+        assert!(
+            out.status.success(),
+            "nsnet {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run nsnet; it must fail with exactly one line on stderr. Returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        check_one_line_failure(args, self.nsnet(args))
+    }
+
+    /// `nsnet inspect NAME --json`, parsed.
+    pub fn inspect(&self, name: &str) -> Value {
+        serde_json::from_str(&self.ok(&["inspect", name, "--json"]))
+            .expect("inspect --json is JSON")
+    }
+
+    /// Everything a command could change: the host's links, addresses, routes and ruleset, the state dir, and
+    /// this test's namespaces.
+    pub fn snapshot(&self) -> Snapshot {
+        let links: Value =
+            serde_json::from_str(&self.in_host(&["ip", "-j", "link"])).expect("ip -j link");
+        let links = links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{} mtu={} master={} mac={}",
+                    l["ifname"], l["mtu"], l["master"], l["address"]
+                )
+            })
+            .collect();
+        let addrs: Value =
+            serde_json::from_str(&self.in_host(&["ip", "-j", "addr"])).expect("ip -j addr");
+        let addrs = addrs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| {
+                let name = l["ifname"].to_string();
+                l["addr_info"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(move |a| format!("{name} {}/{}", a["local"], a["prefixlen"]))
+            })
+            .collect();
+        let routes = self.in_host(&["ip", "-j", "route", "show", "table", "all"]);
+        let ruleset = self.in_host(&["nft", "-j", "list", "ruleset"]);
+        let mut state = Vec::new();
+        walk(&self.state, &self.state, &mut state);
+        let mut namespaces: Vec<String> = fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&self.tag) && !n.starts_with("nsnt-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        namespaces.sort();
+        Snapshot {
+            links,
+            addrs,
+            routes,
+            ruleset,
+            state,
+            namespaces,
+        }
+    }
+
+    /// Listing of every link name in the host.
+    pub fn link_names(&self) -> Vec<String> {
+        let links: Value =
+            serde_json::from_str(&self.in_host(&["ip", "-j", "link"])).expect("ip -j link");
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+pub fn check_one_line_failure(args: &[&str], out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "nsnet {args:?} should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "nsnet {args:?}: error is not one line: {stderr:?}"
+    );
+    assert!(stderr.starts_with("nsnet: "), "{stderr}");
+    stderr.trim_end().to_string()
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+        if p.is_dir() {
+            out.push(format!("{rel}/"));
+            walk(root, &p, out);
+        } else {
+            out.push(format!(
+                "{rel}: {}",
+                fs::read_to_string(&p).unwrap_or_default()
+            ));
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub links: Vec<String>,
+    pub addrs: Vec<String>,
+    pub routes: String,
+    pub ruleset: String,
+    pub state: Vec<String>,
+    pub namespaces: Vec<String>,
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Remove this test's sandboxes' namespaces if a failing test left any, then the host and LAN peer.
+        if let Ok(d) = fs::read_dir("/run/netns") {
+            for e in d.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&self.tag) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                }
+            }
+        }
+        if let Some(lan) = &self.lan {
+            let _ = Command::new("ip").args(["netns", "del", lan]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host])
+            .status();
+        // Nothing may be left behind by the test itself either: all of it went with the namespaces above.
+        let leftovers: Vec<String> = fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains(&self.tag))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !std::thread::panicking() {
+            assert!(
+                leftovers.is_empty(),
+                "namespaces left behind: {leftovers:?}"
+            );
+        }
+    }
+}
