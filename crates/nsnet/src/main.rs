@@ -276,6 +276,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             status
         }
+        Cmd::Exec { name, cmd } if cli.dry_run => {
+            let path = nsnet.sandbox_netns(name)?;
+            println!("nsenter --net={} {}", path.display(), cmd.join(" "));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Exec { name, cmd } => exec_in(&nsnet, name, cmd),
         Cmd::Ls => show::sandboxes(&nsnet.store, cli.json),
         Cmd::Inspect { name } => show::sandbox(&nsnet.store, name, cli.json),
