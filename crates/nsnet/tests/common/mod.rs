@@ -202,15 +202,7 @@ impl TestHost {
         let ruleset = self.in_host(&["nft", "-j", "list", "ruleset"]);
         let mut state = Vec::new();
         walk(&self.state, &self.state, &mut state);
-        let mut namespaces: Vec<String> = fs::read_dir("/run/netns")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&self.tag) && !n.starts_with("nsnt-"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        namespaces.sort();
+        let namespaces = self.tagged_namespaces();
         Snapshot {
             links,
             addrs,
@@ -219,6 +211,20 @@ impl TestHost {
             state,
             namespaces,
         }
+    }
+
+    /// This test's sandbox namespaces under /run/netns (its host and LAN peer are named `nsnt-...`).
+    pub fn tagged_namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&self.tag))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     /// Listing of every link name in the host.
@@ -284,13 +290,8 @@ pub struct Snapshot {
 impl Drop for TestHost {
     fn drop(&mut self) {
         // Remove this test's sandboxes' namespaces if a failing test left any, then the host and LAN peer.
-        if let Ok(d) = fs::read_dir("/run/netns") {
-            for e in d.filter_map(|e| e.ok()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&self.tag) {
-                    let _ = Command::new("ip").args(["netns", "del", &name]).status();
-                }
-            }
+        for name in self.tagged_namespaces() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
         if let Some(lan) = &self.lan {
             let _ = Command::new("ip").args(["netns", "del", lan]).status();
@@ -298,14 +299,12 @@ impl Drop for TestHost {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.host])
             .status();
-        // Nothing may be left behind by the test itself either: all of it went with the namespaces above.
         let leftovers: Vec<String> = fs::read_dir("/run/netns")
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.contains(&self.tag))
-                    .collect()
             })
+            .map(|names| names.filter(|n| n.contains(&self.tag)).collect())
             .unwrap_or_default();
         if !std::thread::panicking() {
             assert!(
