@@ -98,7 +98,8 @@ impl Applier {
             Step::AddDefaultRoute { ns, dev, via } => {
                 self.netlink(ns)?.add_default_route(dev, *via)?
             }
-            Step::EnableForwarding => sysctl::set("net.ipv4.ip_forward", "1")?,
+            Step::Sysctl { key, value } => sysctl::set(key, value)?,
+            Step::SetHairpin { name } => self.netlink(&Ns::Host)?.set_hairpin(name)?,
             Step::Firewall(batch) => nftables::apply(batch)?,
         }
         Ok(())

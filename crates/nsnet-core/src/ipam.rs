@@ -130,6 +130,7 @@ mod tests {
             gateway: default_gateway(&subnet),
             interface: "br".into(),
             internal: false,
+            isolate: true,
             mtu: 1500,
             allocations: Default::default(),
             published: vec![],

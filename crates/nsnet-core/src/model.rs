@@ -41,6 +41,10 @@ pub struct Network {
     /// The host-side interface that holds the gateway: the bridge, or the host end of the veth.
     pub interface: String,
     pub internal: bool,
+    /// Whether sandboxes on other networks are kept from reaching this one's addresses directly (published
+    /// ports stay reachable through the host's addresses).
+    #[serde(default = "yes")]
+    pub isolate: bool,
     pub mtu: u32,
     /// Every address in use, with the sandbox that holds it.
     #[serde(default)]
@@ -48,6 +52,10 @@ pub struct Network {
     /// Every published port on this network, with the sandbox it leads to.
     #[serde(default)]
     pub published: Vec<Published>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One entry of a network's published-port ledger.

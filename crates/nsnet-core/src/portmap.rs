@@ -1,7 +1,11 @@
-//! Published ports: the `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]` spec and its rules.
+//! Published ports: the `-p [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]` spec and its rules.
+//!
+//! A [`PortSpec`] is what the user asked for (the host port may be left to nsnet); a [`PortMapping`] is what is
+//! in force, with every number fixed.
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -23,26 +27,63 @@ impl fmt::Display for Proto {
     }
 }
 
-/// One published port: traffic to `host_ip:host_port` (any host address when `host_ip` is `None`) goes to
-/// the sandbox's `container_port`.
+fn one() -> u16 {
+    1
+}
+
+fn is_one(n: &u16) -> bool {
+    *n == 1
+}
+
+/// Published ports in force: `count` consecutive host ports from `host_port` on `host_ip` (any host address
+/// when `None`) lead to as many consecutive ports from `container_port` in the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PortMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<Ipv4Addr>,
     pub host_port: u16,
     pub container_port: u16,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u16,
     pub protocol: Proto,
 }
 
+/// Whether two host addresses catch the same packets (`None` is every address).
+pub fn addresses_overlap(a: Option<Ipv4Addr>, b: Option<Ipv4Addr>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+fn ranges_overlap(a: &RangeInclusive<u16>, b: &RangeInclusive<u16>) -> bool {
+    a.start() <= b.end() && b.start() <= a.end()
+}
+
 impl PortMapping {
+    /// The host ports this mapping takes.
+    pub fn host_ports(&self) -> RangeInclusive<u16> {
+        self.host_port..=self.host_port.saturating_add(self.count.saturating_sub(1))
+    }
+
+    /// Each single port pair of the mapping: (host port, container port).
+    pub fn pairs(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+        (0..self.count).map(move |i| (self.host_port + i, self.container_port + i))
+    }
+
     /// Two mappings cannot both exist when they would catch the same packets.
     pub fn conflicts_with(&self, other: &PortMapping) -> bool {
         self.protocol == other.protocol
-            && self.host_port == other.host_port
-            && match (self.host_ip, other.host_ip) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
+            && ranges_overlap(&self.host_ports(), &other.host_ports())
+            && addresses_overlap(self.host_ip, other.host_ip)
+    }
+}
+
+fn fmt_range(f: &mut fmt::Formatter<'_>, start: u16, count: u16) -> fmt::Result {
+    if count > 1 {
+        write!(f, "{start}-{}", start + (count - 1))
+    } else {
+        write!(f, "{start}")
     }
 }
 
@@ -51,13 +92,49 @@ impl fmt::Display for PortMapping {
         if let Some(ip) = self.host_ip {
             write!(f, "{ip}:")?;
         }
-        write!(
-            f,
-            "{}:{}/{}",
-            self.host_port, self.container_port, self.protocol
-        )
+        fmt_range(f, self.host_port, self.count)?;
+        f.write_str(":")?;
+        fmt_range(f, self.container_port, self.count)?;
+        write!(f, "/{}", self.protocol)
     }
 }
+
+/// A `-p` request: like a [`PortMapping`], but the host port may be left for nsnet to choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortSpec {
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub count: u16,
+    pub protocol: Proto,
+}
+
+impl PortSpec {
+    /// The mapping this spec becomes once its host port is fixed.
+    pub fn with_host_port(&self, host_port: u16) -> PortMapping {
+        PortMapping {
+            host_ip: self.host_ip,
+            host_port,
+            container_port: self.container_port,
+            count: self.count,
+            protocol: self.protocol,
+        }
+    }
+}
+
+impl From<PortMapping> for PortSpec {
+    fn from(m: PortMapping) -> PortSpec {
+        PortSpec {
+            host_ip: m.host_ip,
+            host_port: Some(m.host_port),
+            container_port: m.container_port,
+            count: m.count,
+            protocol: m.protocol,
+        }
+    }
+}
+
+const FORM: &str = "use [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp], e.g. 8088:80";
 
 fn port(spec: &str, what: &str, text: &str) -> Result<u16, String> {
     match text.parse::<u16>() {
@@ -68,11 +145,26 @@ fn port(spec: &str, what: &str, text: &str) -> Result<u16, String> {
     }
 }
 
-impl FromStr for PortMapping {
+/// `N` or `N-M`: the first port and how many.
+fn range(spec: &str, what: &str, text: &str) -> Result<(u16, u16), String> {
+    match text.split_once('-') {
+        None => Ok((port(spec, what, text)?, 1)),
+        Some((a, b)) => {
+            let (a, b) = (port(spec, what, a)?, port(spec, what, b)?);
+            if b < a {
+                return Err(format!(
+                    "port spec '{spec}': {what} range {a}-{b} runs backwards; write {b}-{a}"
+                ));
+            }
+            Ok((a, b - a + 1))
+        }
+    }
+}
+
+impl FromStr for PortSpec {
     type Err = String;
 
     fn from_str(spec: &str) -> Result<Self, String> {
-        const FORM: &str = "use [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp], e.g. 8088:80";
         let (ports, protocol) = match spec.rsplit_once('/') {
             None => (spec, Proto::Tcp),
             Some((p, "tcp")) => (p, Proto::Tcp),
@@ -84,22 +176,45 @@ impl FromStr for PortMapping {
             }
         };
         let parts: Vec<&str> = ports.split(':').collect();
-        let (host_ip, host_port, container_port) = match parts.as_slice() {
-            [h, c] => (None, *h, *c),
+        let (host_ip, host, container) = match parts.as_slice() {
+            [c] => (None, None, *c),
+            [h, c] => (None, Some(*h), *c),
             [ip, h, c] => {
                 let ip = ip.parse::<Ipv4Addr>().map_err(|_| {
                     format!(
                         "port spec '{spec}': host address '{ip}' is not an IPv4 address; {FORM}"
                     )
                 })?;
-                (Some(ip), *h, *c)
+                (Some(ip), Some(*h), *c)
             }
             _ => return Err(format!("port spec '{spec}' is malformed; {FORM}")),
         };
-        Ok(PortMapping {
+        let (container_port, count) = range(spec, "container port", container)?;
+        let host_port = match host {
+            None => None,
+            Some(h) => {
+                let (h, n) = range(spec, "host port", h)?;
+                if n != count {
+                    return Err(format!(
+                        "port spec '{spec}': the host range has {n} ports and the container range {count}; \
+                         make them the same length"
+                    ));
+                }
+                Some(h)
+            }
+        };
+        if u32::from(container_port) + u32::from(count) - 1 > 65535
+            || host_port.is_some_and(|h| u32::from(h) + u32::from(count) - 1 > 65535)
+        {
+            return Err(format!(
+                "port spec '{spec}': the range runs past port 65535"
+            ));
+        }
+        Ok(PortSpec {
             host_ip: host_ip.filter(|ip| !ip.is_unspecified()),
-            host_port: port(spec, "host port", host_port)?,
-            container_port: port(spec, "container port", container_port)?,
+            host_port,
+            container_port,
+            count,
             protocol,
         })
     }
@@ -109,37 +224,64 @@ impl FromStr for PortMapping {
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<PortMapping, String> {
+    fn p(s: &str) -> Result<PortSpec, String> {
         s.parse()
+    }
+
+    fn m(s: &str) -> PortMapping {
+        let spec = p(s).unwrap();
+        spec.with_host_port(spec.host_port.unwrap())
     }
 
     #[test]
     fn parses_the_forms() {
         assert_eq!(
-            p("8088:80").unwrap(),
+            m("8088:80"),
             PortMapping {
                 host_ip: None,
                 host_port: 8088,
                 container_port: 80,
+                count: 1,
                 protocol: Proto::Tcp
             }
         );
-        let m = p("10.0.1.48:53:5353/udp").unwrap();
-        assert_eq!(m.host_ip, Some(Ipv4Addr::new(10, 0, 1, 48)));
+        let x = m("10.0.1.48:53:5353/udp");
+        assert_eq!(x.host_ip, Some(Ipv4Addr::new(10, 0, 1, 48)));
         assert_eq!(
-            (m.host_port, m.container_port, m.protocol),
+            (x.host_port, x.container_port, x.protocol),
             (53, 5353, Proto::Udp)
         );
-        assert_eq!(p("0.0.0.0:1:2/tcp").unwrap().host_ip, None);
-        assert_eq!(m.to_string(), "10.0.1.48:53:5353/udp");
-        assert_eq!(p(&m.to_string()).unwrap(), m);
+        assert_eq!(m("0.0.0.0:1:2/tcp").host_ip, None);
+        assert_eq!(x.to_string(), "10.0.1.48:53:5353/udp");
+        assert_eq!(m(&x.to_string()), x);
+    }
+
+    #[test]
+    fn ranges_and_automatic_host_ports() {
+        let r = m("8000-8010:80-90");
+        assert_eq!((r.host_port, r.container_port, r.count), (8000, 80, 11));
+        assert_eq!(r.to_string(), "8000-8010:80-90/tcp");
+        assert_eq!(r.pairs().last(), Some((8010, 90)));
+        let auto = p("80").unwrap();
+        assert_eq!(
+            (auto.host_port, auto.container_port, auto.count),
+            (None, 80, 1)
+        );
+        let auto = p("53-54/udp").unwrap();
+        assert_eq!(
+            (auto.host_port, auto.count, auto.protocol),
+            (None, 2, Proto::Udp)
+        );
+        assert!(p("8000-8010:80-85").unwrap_err().contains("same length"));
+        assert!(p("90-80:80-90").unwrap_err().contains("backwards"));
+        assert!(p("65535-65535:1").is_ok());
     }
 
     #[test]
     fn rejects_malformed_specs() {
         for bad in [
-            "", "80", "a:80", "80:b", "0:80", "80:0", "70000:80", "1:2/sctp", "x.y:1:2", "1:2:3:4",
-            "1:2/",
+            "", "a:80", "80:b", "0:80", "80:0", "70000:80", "1:2/sctp", "x.y:1:2", "1:2:3:4",
+            "1:2/", "1-:2",
         ] {
             let err = p(bad).unwrap_err();
             assert!(
@@ -152,12 +294,14 @@ mod tests {
 
     #[test]
     fn conflicts() {
-        let any = p("8080:80").unwrap();
-        let one = p("10.0.0.1:8080:81").unwrap();
-        let other = p("10.0.0.2:8080:81").unwrap();
+        let any = m("8080:80");
+        let one = m("10.0.0.1:8080:81");
+        let other = m("10.0.0.2:8080:81");
         assert!(any.conflicts_with(&one) && one.conflicts_with(&any));
         assert!(!one.conflicts_with(&other));
-        assert!(!any.conflicts_with(&p("8080:80/udp").unwrap()));
-        assert!(!any.conflicts_with(&p("8081:80").unwrap()));
+        assert!(!any.conflicts_with(&m("8080:80/udp")));
+        assert!(!any.conflicts_with(&m("8081:80")));
+        assert!(m("8075-8085:75-85").conflicts_with(&any));
+        assert!(!m("8070-8079:70-79").conflicts_with(&any));
     }
 }

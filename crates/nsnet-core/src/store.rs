@@ -289,6 +289,7 @@ mod tests {
             gateway: "10.89.0.1".parse().unwrap(),
             interface: "nsnet0".into(),
             internal: false,
+            isolate: true,
             mtu: 1500,
             allocations: Default::default(),
             published: vec![],

@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use nsnet_core::model::Driver;
 use nsnet_core::ops::{AttachRequest, NetworkRequest, Nsnet, Target};
 use nsnet_core::plan::Plan;
-use nsnet_core::portmap::PortMapping;
+use nsnet_core::portmap::PortSpec;
 use nsnet_core::store::Store;
 use nsnet_core::{ipam, netns};
 
@@ -86,6 +86,8 @@ enum Cmd {
     Ls,
     /// Show one sandbox.
     Inspect { name: String },
+    /// List a sandbox's published ports.
+    Port { name: String },
     /// Remove a sandbox: its endpoints, rules, addresses and (if nsnet made it) its namespace.
     Rm { name: String },
     /// Build the seed article's topology in a throwaway namespace, check every step, remove it all.
@@ -100,9 +102,10 @@ struct AttachArgs {
     /// Address to take instead of the next free one.
     #[arg(long, value_name = "IP")]
     ip: Option<Ipv4Addr>,
-    /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp].
+    /// Publish ports: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]; without HOST_PORT, a free
+    /// one is chosen.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-    ports: Vec<PortMapping>,
+    ports: Vec<PortSpec>,
 }
 
 impl AttachArgs {
@@ -134,6 +137,10 @@ enum NetworkCmd {
         /// No route out, no masquerade, no published ports.
         #[arg(long)]
         internal: bool,
+        /// Keep sandboxes on other networks from reaching this one directly (published ports stay
+        /// reachable through the host's addresses); --isolate=false opts out.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        isolate: bool,
         #[arg(long)]
         mtu: Option<u32>,
     },
@@ -184,7 +191,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let changes = !matches!(
         cli.command,
-        Cmd::Ls | Cmd::Inspect { .. } | Cmd::Network(NetworkCmd::Ls | NetworkCmd::Inspect { .. })
+        Cmd::Ls
+            | Cmd::Inspect { .. }
+            | Cmd::Port { .. }
+            | Cmd::Network(NetworkCmd::Ls | NetworkCmd::Inspect { .. })
     );
     if changes && !cli.dry_run && !nix::unistd::geteuid().is_root() {
         bail!(
@@ -212,6 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             gateway,
             bridge,
             internal,
+            isolate,
             mtu,
         }) => {
             let req = NetworkRequest {
@@ -224,6 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gateway: *gateway,
                 interface: bridge.clone(),
                 internal: *internal,
+                isolate: *isolate,
                 mtu: *mtu,
             };
             let plan = nsnet.network_create(&req)?;
@@ -284,6 +296,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Exec { name, cmd } => exec_in(&nsnet, name, cmd),
         Cmd::Ls => show::sandboxes(&nsnet.store, cli.json),
         Cmd::Inspect { name } => show::sandbox(&nsnet.store, name, cli.json),
+        Cmd::Port { name } => show::ports(&nsnet.store, name, cli.json),
         Cmd::Rm { name } => {
             let plan = nsnet.remove(name)?;
             done(plan, name.clone())

@@ -132,3 +132,23 @@ pub fn sandbox(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `nsnet port NAME`: one line per published port, like `docker port`.
+pub fn ports(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
+    let sb = find_sandbox(store, name)?;
+    let mappings: Vec<_> = sb
+        .endpoints
+        .iter()
+        .flat_map(|e| e.ports.iter().copied())
+        .collect();
+    if as_json {
+        return json(&mappings);
+    }
+    for m in &mappings {
+        let host = m.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string());
+        for (host_port, container_port) in m.pairs() {
+            println!("{container_port}/{} -> {host}:{host_port}", m.protocol);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

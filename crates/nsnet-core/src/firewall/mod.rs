@@ -11,15 +11,32 @@ use ipnet::Ipv4Net;
 
 use crate::portmap::PortMapping;
 
-/// One thing nsnet keeps in the firewall.
+/// One thing nsnet keeps in the firewall. Everything but [`Rule::Tables`] is a set or map element.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rule {
-    /// nsnet's own table with its chains, sets and maps, holding no elements.
-    Table,
+    /// nsnet's tables with their chains, sets and maps, holding no elements. Adding resets them (so it also
+    /// repairs a damaged ruleset) but never touches the `user` chain. Deleting keeps the `user` chain, and so
+    /// the `ip nsnet` table, when it holds the user's rules.
+    Tables { keep_user_chain: bool },
+    /// A network's host interface: no loopback traffic may enter from it, traffic that is DNATed back into
+    /// its own subnet is masqueraded (hairpin), and an internal network forwards to nothing else.
+    Interface {
+        interface: String,
+        subnet: Ipv4Net,
+        internal: bool,
+    },
     /// Masquerade traffic from `subnet` that leaves through any interface but `interface`
     /// (the article's `-s SUBNET ! -o br0 -j MASQUERADE`).
     Masquerade { subnet: Ipv4Net, interface: String },
-    /// DNAT a published port on the host's addresses to `target`.
+    /// Traffic entering from `from` may not be forwarded out of `to` (network isolation), unless it belongs
+    /// to a published port.
+    Isolate { from: String, to: String },
+    /// A sandbox's endpoint: packets entering from `host_interface` must carry `address` as their source.
+    Endpoint {
+        host_interface: String,
+        address: Ipv4Addr,
+    },
+    /// DNAT a published port (every port of its range) on the host's addresses to `target`.
     Port {
         mapping: PortMapping,
         target: Ipv4Addr,

@@ -1,22 +1,41 @@
 //! The nftables driver: renders a [`Batch`] as `nft -f` text and applies it as one transaction.
 //!
-//! Layout of nsnet's table (`ip nsnet`): published ports are elements of two maps and networks are elements
-//! of two sets, so adding or removing one is an element change, and the packet path does one lookup whatever
-//! the number of entries. Text, not JSON: Debian 12's nft 1.0.6 cannot load maps with concatenated values
-//! from JSON.
+//! nsnet owns two tables. `ip nsnet` does NAT, forwarding policy and loopback guards; `bridge nsnet` stops
+//! sandboxes on a bridge from sending with another source address. Networks, endpoints and published ports
+//! are elements of their sets and maps, so adding or removing one is an element change, and the packet path
+//! does one hash lookup per set, whatever the number of entries. The rules are written as nft text:
+//! Debian 12's nft 1.0.6 cannot load maps with concatenated values from JSON.
+//!
+//! The chain `ip nsnet user` belongs to the user (like Docker's DOCKER-USER): forwarded traffic passes it
+//! before nsnet's own forwarding rules, and nsnet creates it once and never flushes it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use super::{Batch, Change, FirewallError, Rule};
-use crate::portmap::PortMapping;
 
-/// nsnet's table: family and name.
+/// nsnet's main table.
 pub const TABLE: &str = "ip nsnet";
+/// nsnet's bridge-family table (anti-spoofing on bridge ports).
+pub const BRIDGE_TABLE: &str = "bridge nsnet";
+/// The chain the user owns.
+pub const USER_CHAIN: &str = "user";
 
-const SKELETON: &str = r#"table ip nsnet {
-	comment "managed by nsnet: changes here are overwritten"
+const DECLARE: &str = r#"table ip nsnet {
+	comment "managed by nsnet: everything but chain user is rewritten"
+	chain user {
+	}
+	set ifaces {
+		type ifname
+	}
+	set internal {
+		type ifname
+	}
+	set same_net {
+		type ipv4_addr . ipv4_addr
+		flags interval
+	}
 	set masq_nets {
 		type ipv4_addr
 		flags interval
@@ -25,32 +44,168 @@ const SKELETON: &str = r#"table ip nsnet {
 		type ifname . ipv4_addr
 		flags interval
 	}
+	set isolation {
+		type ifname . ifname
+	}
+	set endpoint_ifs {
+		type ifname
+	}
+	set endpoints {
+		type ifname . ipv4_addr
+	}
 	map ports {
 		type inet_proto . inet_service : ipv4_addr . inet_service
 	}
 	map ports_ip {
 		type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
 	}
+	chain guard {
+		type filter hook prerouting priority raw; policy accept;
+	}
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
-		fib daddr type local meta l4proto { tcp, udp } jump published
 	}
 	chain output {
 		type nat hook output priority -100; policy accept;
-		ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto { tcp, udp } jump published
 	}
 	chain published {
-		dnat ip to ip daddr . meta l4proto . th dport map @ports_ip
-		dnat ip to meta l4proto . th dport map @ports
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
 	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat oifname . ip saddr @own_nets masquerade
-		oifname . ip saddr @own_nets return
-		ip saddr @masq_nets masquerade
+	}
+}
+table bridge nsnet {
+	comment "managed by nsnet"
+	set endpoint_ifs {
+		type ifname
+	}
+	set endpoints {
+		type ifname . ipv4_addr
+	}
+	chain prerouting {
+		type filter hook prerouting priority -200; policy accept;
 	}
 }
 "#;
+
+/// nsnet's own sets and maps in `ip nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
+const SETS: [(&str, &str); 10] = [
+    ("set", "ifaces"),
+    ("set", "internal"),
+    ("set", "same_net"),
+    ("set", "masq_nets"),
+    ("set", "own_nets"),
+    ("set", "isolation"),
+    ("set", "endpoint_ifs"),
+    ("set", "endpoints"),
+    ("map", "ports"),
+    ("map", "ports_ip"),
+];
+/// nsnet's own chains in `ip nsnet`, in an order that may be deleted (jumping chains first).
+const CHAINS: [&str; 6] = [
+    "guard",
+    "prerouting",
+    "output",
+    "forward",
+    "postrouting",
+    "published",
+];
+
+/// The rules of nsnet's chains: (table, chain, rule).
+const RULES: &[(&str, &str, &str)] = &[
+    // Nothing from a sandbox may claim or target the host's loopback range: with route_localnet on (needed
+    // for `-p 127.0.0.1:...`), the kernel no longer drops such packets as martians on nsnet's interfaces.
+    (TABLE, "guard", "iifname @ifaces ip saddr 127.0.0.0/8 drop"),
+    (TABLE, "guard", "iifname @ifaces ip daddr 127.0.0.0/8 drop"),
+    // A point-to-point sandbox's packets arrive on its host veth; bridged ones are checked in `bridge nsnet`.
+    (
+        TABLE,
+        "guard",
+        "iifname @endpoint_ifs iifname . ip saddr != @endpoints drop",
+    ),
+    // Published ports: from outside, never for loopback destinations (a LAN peer that routes 127.0.0.0/8 to
+    // this host must not reach `-p 127.0.0.1:...`; moby#45610); from the host itself, loopback included.
+    (
+        TABLE,
+        "prerouting",
+        "ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto { tcp, udp } jump published",
+    ),
+    (
+        TABLE,
+        "output",
+        "fib daddr type local meta l4proto { tcp, udp } jump published",
+    ),
+    (
+        TABLE,
+        "published",
+        "dnat ip to ip daddr . meta l4proto . th dport map @ports_ip",
+    ),
+    (
+        TABLE,
+        "published",
+        "dnat ip to meta l4proto . th dport map @ports",
+    ),
+    (TABLE, "forward", "jump user"),
+    (TABLE, "forward", "ct status dnat accept"),
+    (TABLE, "forward", "iifname . oifname @isolation drop"),
+    (
+        TABLE,
+        "forward",
+        "iifname @internal oifname != @internal drop",
+    ),
+    (
+        TABLE,
+        "forward",
+        "oifname @internal iifname != @internal drop",
+    ),
+    // The host reaching a published port through 127.0.0.1: the sandbox must see a routable source.
+    (
+        TABLE,
+        "postrouting",
+        "ct status dnat ip saddr 127.0.0.0/8 masquerade",
+    ),
+    // Hairpin: a sandbox reaching a published port of its own network through the host's address.
+    (
+        TABLE,
+        "postrouting",
+        "ct status dnat ip saddr . ip daddr @same_net masquerade",
+    ),
+    (TABLE, "postrouting", "oifname . ip saddr @own_nets return"),
+    (TABLE, "postrouting", "ip saddr @masq_nets masquerade"),
+    (
+        BRIDGE_TABLE,
+        "prerouting",
+        "iifname @endpoint_ifs ether type ip iifname . ip saddr != @endpoints drop",
+    ),
+    (
+        BRIDGE_TABLE,
+        "prerouting",
+        "iifname @endpoint_ifs ether type arp iifname . arp saddr ip != @endpoints drop",
+    ),
+];
+
+/// Declare everything, then empty nsnet's own sets and chains and write the rules again: safe to run on a
+/// missing, a half-flushed or an intact ruleset, and never touches the `user` chain.
+fn render_reset(out: &mut String) {
+    out.push_str(DECLARE);
+    for (kind, set) in SETS {
+        let _ = writeln!(out, "flush {kind} {TABLE} {set}");
+    }
+    for chain in CHAINS {
+        let _ = writeln!(out, "flush chain {TABLE} {chain}");
+    }
+    let _ = writeln!(
+        out,
+        "flush set {BRIDGE_TABLE} endpoint_ifs\nflush set {BRIDGE_TABLE} endpoints"
+    );
+    let _ = writeln!(out, "flush chain {BRIDGE_TABLE} prerouting");
+    for (table, chain, rule) in RULES {
+        let _ = writeln!(out, "add rule {table} {chain} {rule}");
+    }
+}
 
 /// Render a batch as an `nft -f` script. Deletions are written as add-then-delete so that deleting something
 /// already gone is not an error (nft 1.0.6 has no `destroy`), which keeps teardown idempotent.
@@ -58,23 +213,39 @@ pub fn render(batch: &Batch) -> String {
     let mut out = String::new();
     for change in &batch.0 {
         match change {
-            // A fresh table: wipe any stale copy first, in the same transaction.
-            Change::Add(Rule::Table) => {
-                let _ = writeln!(out, "add table {TABLE}\ndelete table {TABLE}");
-                out.push_str(SKELETON);
+            Change::Add(Rule::Tables { .. }) => render_reset(&mut out),
+            Change::Delete(Rule::Tables {
+                keep_user_chain: false,
+            }) => {
+                for table in [TABLE, BRIDGE_TABLE] {
+                    let _ = writeln!(out, "add table {table}\ndelete table {table}");
+                }
             }
-            Change::Delete(Rule::Table) => {
-                let _ = writeln!(out, "add table {TABLE}\ndelete table {TABLE}");
+            Change::Delete(Rule::Tables {
+                keep_user_chain: true,
+            }) => {
+                // Everything of nsnet's goes; the user chain, and the table holding it, stay.
+                render_reset(&mut out);
+                for chain in CHAINS {
+                    let _ = writeln!(out, "flush chain {TABLE} {chain}");
+                }
+                for chain in CHAINS {
+                    let _ = writeln!(out, "delete chain {TABLE} {chain}");
+                }
+                for (kind, set) in SETS {
+                    let _ = writeln!(out, "delete {kind} {TABLE} {set}");
+                }
+                let _ = writeln!(out, "delete table {BRIDGE_TABLE}");
             }
             Change::Add(rule) => {
-                for (set, element, _) in elements(rule) {
-                    let _ = writeln!(out, "add element {TABLE} {set} {{ {element} }}");
+                for (table, set, element, _) in elements(rule) {
+                    let _ = writeln!(out, "add element {table} {set} {{ {element} }}");
                 }
             }
             Change::Delete(rule) => {
-                for (set, element, key) in elements(rule) {
-                    let _ = writeln!(out, "add element {TABLE} {set} {{ {element} }}");
-                    let _ = writeln!(out, "delete element {TABLE} {set} {{ {key} }}");
+                for (table, set, element, key) in elements(rule) {
+                    let _ = writeln!(out, "add element {table} {set} {{ {element} }}");
+                    let _ = writeln!(out, "delete element {table} {set} {{ {key} }}");
                 }
             }
         }
@@ -82,31 +253,85 @@ pub fn render(batch: &Batch) -> String {
     out
 }
 
-/// The (set, full element, key) triples a rule stands for.
-fn elements(rule: &Rule) -> Vec<(&'static str, String, String)> {
+/// The (table, set, full element, key) quadruples a rule stands for.
+fn elements(rule: &Rule) -> Vec<(&'static str, &'static str, String, String)> {
+    let same = |table, set, e: String| (table, set, e.clone(), e);
     match rule {
-        Rule::Table => vec![],
-        Rule::Masquerade { subnet, interface } => {
-            let own = format!("\"{interface}\" . {subnet}");
-            vec![
-                ("masq_nets", subnet.to_string(), subnet.to_string()),
-                ("own_nets", own.clone(), own),
-            ]
+        Rule::Tables { .. } => vec![],
+        Rule::Interface {
+            interface,
+            subnet,
+            internal,
+        } => {
+            let mut out = vec![
+                same(TABLE, "ifaces", format!("\"{interface}\"")),
+                same(TABLE, "same_net", format!("{subnet} . {subnet}")),
+            ];
+            if *internal {
+                out.push(same(TABLE, "internal", format!("\"{interface}\"")));
+            }
+            out
         }
-        Rule::Port { mapping, target } => {
-            let PortMapping {
-                host_ip,
-                host_port,
-                container_port,
-                protocol,
-            } = mapping;
-            let (set, key) = match host_ip {
-                Some(ip) => ("ports_ip", format!("{ip} . {protocol} . {host_port}")),
-                None => ("ports", format!("{protocol} . {host_port}")),
-            };
-            vec![(set, format!("{key} : {target} . {container_port}"), key)]
+        Rule::Masquerade { subnet, interface } => vec![
+            same(TABLE, "masq_nets", subnet.to_string()),
+            same(TABLE, "own_nets", format!("\"{interface}\" . {subnet}")),
+        ],
+        Rule::Isolate { from, to } => {
+            vec![same(TABLE, "isolation", format!("\"{from}\" . \"{to}\""))]
         }
+        Rule::Endpoint {
+            host_interface,
+            address,
+        } => {
+            let mut out = Vec::new();
+            for table in [TABLE, BRIDGE_TABLE] {
+                out.push(same(table, "endpoint_ifs", format!("\"{host_interface}\"")));
+                out.push(same(
+                    table,
+                    "endpoints",
+                    format!("\"{host_interface}\" . {address}"),
+                ));
+            }
+            out
+        }
+        Rule::Port { mapping, target } => mapping
+            .pairs()
+            .map(|(host_port, container_port)| {
+                let protocol = mapping.protocol;
+                let (set, key) = match mapping.host_ip {
+                    Some(ip) => ("ports_ip", format!("{ip} . {protocol} . {host_port}")),
+                    None => ("ports", format!("{protocol} . {host_port}")),
+                };
+                (
+                    TABLE,
+                    set,
+                    format!("{key} : {target} . {container_port}"),
+                    key,
+                )
+            })
+            .collect(),
     }
+}
+
+/// Whether the user chain holds rules (then removing the last network keeps it, and its table).
+pub fn user_chain_has_rules() -> bool {
+    Command::new("nft")
+        .args(["list", "chain", "ip", "nsnet", USER_CHAIN])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::trim)
+                    .any(|l| {
+                        !l.is_empty()
+                            && !l.starts_with("table")
+                            && !l.starts_with("chain")
+                            && l != "}"
+                    })
+        })
+        .unwrap_or(false)
 }
 
 /// Apply a batch in one `nft -f -` transaction: all of it, or none of it.
@@ -156,7 +381,7 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portmap::Proto;
+    use crate::portmap::{PortMapping, Proto};
     use std::net::Ipv4Addr;
 
     fn masq() -> Rule {
@@ -166,12 +391,13 @@ mod tests {
         }
     }
 
-    fn port(host_ip: Option<Ipv4Addr>) -> Rule {
+    fn port(host_ip: Option<Ipv4Addr>, count: u16) -> Rule {
         Rule::Port {
             mapping: PortMapping {
                 host_ip,
                 host_port: 8088,
                 container_port: 80,
+                count,
                 protocol: Proto::Tcp,
             },
             target: Ipv4Addr::new(10, 89, 0, 2),
@@ -182,21 +408,47 @@ mod tests {
     fn adds_are_elements() {
         let mut b = Batch::default();
         b.add(masq());
-        b.add(port(None));
-        b.add(port(Some(Ipv4Addr::new(10, 0, 1, 48))));
+        b.add(port(None, 1));
+        b.add(port(Some(Ipv4Addr::new(10, 0, 1, 48)), 1));
+        b.add(Rule::Isolate {
+            from: "a".into(),
+            to: "b".into(),
+        });
         assert_eq!(
             render(&b),
             "add element ip nsnet masq_nets { 10.89.0.0/24 }\n\
              add element ip nsnet own_nets { \"nsnet0\" . 10.89.0.0/24 }\n\
              add element ip nsnet ports { tcp . 8088 : 10.89.0.2 . 80 }\n\
-             add element ip nsnet ports_ip { 10.0.1.48 . tcp . 8088 : 10.89.0.2 . 80 }\n"
+             add element ip nsnet ports_ip { 10.0.1.48 . tcp . 8088 : 10.89.0.2 . 80 }\n\
+             add element ip nsnet isolation { \"a\" . \"b\" }\n"
         );
+    }
+
+    #[test]
+    fn a_range_is_one_element_per_port() {
+        let mut b = Batch::default();
+        b.add(port(None, 3));
+        let text = render(&b);
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.ends_with("add element ip nsnet ports { tcp . 8090 : 10.89.0.2 . 82 }\n"));
+    }
+
+    #[test]
+    fn endpoints_are_guarded_in_both_tables() {
+        let mut b = Batch::default();
+        b.add(Rule::Endpoint {
+            host_interface: "veth1".into(),
+            address: Ipv4Addr::new(10, 89, 0, 2),
+        });
+        let text = render(&b);
+        assert!(text.contains("add element ip nsnet endpoints { \"veth1\" . 10.89.0.2 }"));
+        assert!(text.contains("add element bridge nsnet endpoints { \"veth1\" . 10.89.0.2 }"));
     }
 
     #[test]
     fn deletes_are_idempotent_and_keyed() {
         let mut b = Batch::default();
-        b.delete(port(None));
+        b.delete(port(None, 1));
         assert_eq!(
             render(&b),
             "add element ip nsnet ports { tcp . 8088 : 10.89.0.2 . 80 }\n\
@@ -205,17 +457,42 @@ mod tests {
     }
 
     #[test]
-    fn table_is_created_fresh_and_inverse_reverses() {
+    fn reset_never_flushes_the_user_chain() {
         let mut b = Batch::default();
-        b.add(Rule::Table);
-        b.add(masq());
+        b.add(Rule::Tables {
+            keep_user_chain: false,
+        });
         let text = render(&b);
-        assert!(text.starts_with("add table ip nsnet\ndelete table ip nsnet\ntable ip nsnet {"));
-        let inv = b.inverse();
-        assert_eq!(
-            inv.0,
-            vec![Change::Delete(masq()), Change::Delete(Rule::Table)]
+        assert!(text.starts_with("table ip nsnet {"));
+        assert!(!text.contains("flush chain ip nsnet user"));
+        assert!(!text.contains("delete table"));
+        let keep = render(&Batch(vec![Change::Delete(Rule::Tables {
+            keep_user_chain: true,
+        })]));
+        assert!(
+            !keep.contains("delete table ip nsnet") && !keep.contains("delete chain ip nsnet user")
         );
-        assert!(render(&inv).ends_with("add table ip nsnet\ndelete table ip nsnet\n"));
+        let all = render(&Batch(vec![Change::Delete(Rule::Tables {
+            keep_user_chain: false,
+        })]));
+        assert!(all.contains("delete table ip nsnet") && all.contains("delete table bridge nsnet"));
+    }
+
+    #[test]
+    fn inverse_reverses() {
+        let mut b = Batch::default();
+        b.add(Rule::Tables {
+            keep_user_chain: true,
+        });
+        b.add(masq());
+        assert_eq!(
+            b.inverse().0,
+            vec![
+                Change::Delete(masq()),
+                Change::Delete(Rule::Tables {
+                    keep_user_chain: true
+                })
+            ]
+        );
     }
 }

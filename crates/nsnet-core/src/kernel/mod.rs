@@ -5,6 +5,7 @@
 
 pub mod netlink;
 pub mod netns;
+pub mod sockets;
 pub mod sysctl;
 
 use std::io;

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 
 use super::KernelError;
 
+/// `key` is written with `/` between components (`net/ipv4/conf/br0/route_localnet`), since interface names
+/// may contain dots.
 fn path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    PathBuf::from("/proc/sys").join(key)
 }
 
-/// Read a sysctl such as `net.ipv4.ip_forward`.
+/// Read a sysctl such as `net/ipv4/ip_forward`.
 pub fn get(key: &str) -> Result<String, KernelError> {
     fs::read_to_string(path(key))
         .map(|s| s.trim().to_string())

@@ -88,6 +88,12 @@ impl Host {
     }
 }
 
+/// Whether a command that creates the first network, or removes the last, must also create or delete nsnet's
+/// firewall tables: `Some(keep_user_chain)` then (it reads the user chain), `None` when other networks stay.
+fn tables_change(networks_left: usize) -> Option<bool> {
+    (networks_left == 0).then(crate::firewall::nftables::user_chain_has_rules)
+}
+
 /// Find a network by name in the loaded records.
 fn find<'a>(nets: &'a [Network], name: &str) -> Result<&'a Network> {
     nets.iter().find(|n| n.name == name).ok_or_else(|| {

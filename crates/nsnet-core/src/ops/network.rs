@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{find, short_hash, Host, Nsnet, DEFAULT_NETWORK};
+use super::{find, short_hash, tables_change, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::invalid;
 use crate::ipam;
@@ -22,6 +22,8 @@ pub struct NetworkRequest {
     /// The bridge (or, for `veth`, the host end) name.
     pub interface: Option<String>,
     pub internal: bool,
+    /// Keep sandboxes on other networks from reaching this network's addresses directly.
+    pub isolate: bool,
     pub mtu: Option<u32>,
 }
 
@@ -35,6 +37,7 @@ impl NetworkRequest {
             gateway: None,
             interface: Some(DEFAULT_NETWORK.into()),
             internal: false,
+            isolate: true,
             mtu: None,
         }
     }
@@ -47,7 +50,7 @@ impl Nsnet {
         let nets = self.store.networks()?;
         let mut host = Host::open()?;
         let net = self.validate_network(req, &nets, &mut host)?;
-        let (steps, fw) = build::network_up(&net, !nets.is_empty());
+        let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len()));
         self.setup(Plan::setup(steps, fw), |store| Ok(store.put_network(&net)?))
     }
 
@@ -144,6 +147,7 @@ impl Nsnet {
             gateway,
             interface,
             internal: req.internal,
+            isolate: req.isolate,
             mtu,
             allocations: Default::default(),
             published: vec![],
@@ -181,7 +185,7 @@ impl Nsnet {
             }
             sb.endpoints.retain(|e| e.network != name);
         }
-        let (f, s) = build::network_down(&net, nets.len() == 1);
+        let (f, s) = build::network_down(&net, &nets, tables_change(nets.len() - 1));
         fw.0.extend(f.0);
         steps.extend(s);
         self.teardown(Plan::teardown(fw, steps), |store| {

@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use super::network::NetworkRequest;
-use super::{find, short_hash, Host, Nsnet, DEFAULT_NETWORK};
+use super::{find, short_hash, tables_change, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
 use crate::ipam;
-use crate::kernel::{netns, Netlink};
+use crate::kernel::sockets::{self, Bound};
+use crate::kernel::{netns, sysctl, Netlink};
 use crate::model::{Driver, Endpoint, Mac, Network, Published, Sandbox};
 use crate::names;
 use crate::plan::{build, Ns, Plan, Step};
-use crate::portmap::PortMapping;
+use crate::portmap::{addresses_overlap, PortMapping, PortSpec, Proto};
 
 /// Where a sandbox's network joins: which network, which address, which ports.
 #[derive(Debug, Clone, Default)]
@@ -23,7 +24,7 @@ pub struct AttachRequest {
     /// The network; [`DEFAULT_NETWORK`] (created on first use) when `None`.
     pub network: Option<String>,
     pub ip: Option<Ipv4Addr>,
-    pub ports: Vec<PortMapping>,
+    pub ports: Vec<PortSpec>,
 }
 
 /// The namespace `nsnet attach` networks.
@@ -162,7 +163,7 @@ impl Nsnet {
         let mut kernel = Vec::new();
         let mut fw = Batch::default();
         if new_network {
-            let (s, f) = build::network_up(&net, !nets.is_empty());
+            let (s, f) = build::network_up(&net, &nets, tables_change(nets.len()));
             kernel.extend(s);
             fw.0.extend(f.0);
         }
@@ -217,7 +218,7 @@ impl Nsnet {
                 ));
             }
         }
-        self.check_ports(&net, &req.ports, nets)?;
+        let ports = resolve_ports(&net, &req.ports, nets)?;
         let ip = ipam::allocate(&net, req.ip).map_err(Error::Invalid)?;
 
         // Interface names: ethN inside (the lowest N free in the namespace), a hashed veth name outside.
@@ -267,50 +268,19 @@ impl Nsnet {
             gateway: net.gateway,
             default_route: !net.internal && !sb.endpoints.iter().any(|e| e.default_route),
             mtu: net.mtu,
-            ports: req.ports.clone(),
+            ports,
         };
         net.allocations.insert(ip, sb.name.clone());
-        net.published.extend(req.ports.iter().map(|m| Published {
-            sandbox: sb.name.clone(),
-            mapping: *m,
-        }));
+        net.published
+            .extend(endpoint.ports.iter().map(|m| Published {
+                sandbox: sb.name.clone(),
+                mapping: *m,
+            }));
         Ok(Join {
             net,
             new_network,
             endpoint,
         })
-    }
-
-    /// Published ports must be allowed on the network and free on the host.
-    fn check_ports(&self, net: &Network, ports: &[PortMapping], nets: &[Network]) -> Result<()> {
-        if ports.is_empty() {
-            return Ok(());
-        }
-        if net.internal {
-            return Err(invalid!(
-                "network '{}' is --internal, so it has no published ports; drop -p or use another network",
-                net.name
-            ));
-        }
-        for (i, m) in ports.iter().enumerate() {
-            if let Some(other) = ports[..i].iter().find(|o| o.conflicts_with(m)) {
-                return Err(invalid!(
-                    "-p {m} and -p {other} publish the same host port; keep one"
-                ));
-            }
-            for n in nets {
-                if let Some(p) = n.published.iter().find(|p| p.mapping.conflicts_with(m)) {
-                    return Err(invalid!(
-                        "host port {}/{} is already published by sandbox '{}' ({}); pick another host port",
-                        m.host_port,
-                        m.protocol,
-                        p.sandbox,
-                        p.mapping
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// `nsnet rm NAME`: remove the sandbox's endpoints, rules and addresses, and its namespace if nsnet made it.
@@ -353,4 +323,102 @@ impl Nsnet {
             .map(|sb| sb.netns)
             .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))
     }
+}
+
+/// Fix every requested port: check it against the ports already published and the sockets host processes
+/// hold, and choose free host ports where none was given (the lowest free ones in the kernel's local port
+/// range, like Docker).
+fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<Vec<PortMapping>> {
+    if specs.is_empty() {
+        return Ok(vec![]);
+    }
+    if net.internal {
+        return Err(invalid!(
+            "network '{}' is --internal, so it has no published ports; drop -p or use another network",
+            net.name
+        ));
+    }
+    let published: Vec<&Published> = nets.iter().flat_map(|n| n.published.iter()).collect();
+    let mut bound: Vec<(Proto, Vec<Bound>)> = Vec::new();
+    let mut out: Vec<PortMapping> = Vec::new();
+    for spec in specs {
+        if !bound.iter().any(|(p, _)| *p == spec.protocol) {
+            bound.push((spec.protocol, sockets::bound(spec.protocol)?));
+        }
+        let held = bound
+            .iter()
+            .find(|(p, _)| *p == spec.protocol)
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or(&[]);
+        let mapping = match spec.host_port {
+            Some(port) => {
+                let m = spec.with_host_port(port);
+                if let Some(why) = conflict(&m, &out, &published, held) {
+                    return Err(Error::Invalid(why));
+                }
+                m
+            }
+            None => {
+                let (low, high) = local_port_range();
+                let last_start = high.saturating_sub(spec.count - 1);
+                (low..=last_start)
+                    .map(|start| spec.with_host_port(start))
+                    .find(|m| conflict(m, &out, &published, held).is_none())
+                    .ok_or_else(|| {
+                        invalid!(
+                            "no free host port left in {low}-{high} for -p {}; give one",
+                            spec.container_port
+                        )
+                    })?
+            }
+        };
+        out.push(mapping);
+    }
+    Ok(out)
+}
+
+/// Why `m` cannot be published: it overlaps another port of the same request, a published port, or a socket
+/// a host process holds (which the DNAT would silently shadow).
+fn conflict(
+    m: &PortMapping,
+    same_request: &[PortMapping],
+    published: &[&Published],
+    held: &[Bound],
+) -> Option<String> {
+    if let Some(other) = same_request.iter().find(|o| o.conflicts_with(m)) {
+        return Some(format!(
+            "-p {m} and -p {other} publish the same host port; keep one"
+        ));
+    }
+    if let Some(p) = published.iter().find(|p| p.mapping.conflicts_with(m)) {
+        return Some(format!(
+            "host port {}/{} is already published by sandbox '{}' ({}); pick another host port",
+            m.host_port, m.protocol, p.sandbox, p.mapping
+        ));
+    }
+    if let Some(b) = held
+        .iter()
+        .find(|b| m.host_ports().contains(&b.port) && addresses_overlap(b.address, m.host_ip))
+    {
+        let addr = b.address.map_or("*".to_string(), |a| a.to_string());
+        return Some(format!(
+            "host port {}/{} is already in use by a process on this host (bound to {addr}:{}); \
+             pick another host port",
+            b.port, m.protocol, b.port
+        ));
+    }
+    None
+}
+
+/// The kernel's local port range (`net.ipv4.ip_local_port_range`), where automatic host ports come from.
+fn local_port_range() -> (u16, u16) {
+    sysctl::get("net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text
+                .split_whitespace()
+                .filter_map(|n| n.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999))
 }

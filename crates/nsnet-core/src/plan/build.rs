@@ -11,13 +11,41 @@ fn gateway_cidr(net: &Network) -> Ipv4Net {
     Ipv4Net::new(net.gateway, net.subnet.prefix_len()).unwrap_or(net.subnet)
 }
 
-/// Bring a network up. `table_exists` says whether nsnet's firewall table is already there (another network
-/// exists); if not, the batch creates it.
-pub fn network_up(net: &Network, table_exists: bool) -> (Vec<Step>, Batch) {
-    let mut steps = Vec::new();
-    let mut fw = Batch::default();
+/// The firewall rules a network stands for, given the other networks (isolation pairs both ways between this
+/// network and each other one, unless both opted out).
+fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
+    let mut rules = vec![Rule::Interface {
+        interface: net.interface.clone(),
+        subnet: net.subnet,
+        internal: net.internal,
+    }];
     if !net.internal {
-        steps.push(Step::EnableForwarding);
+        rules.push(Rule::Masquerade {
+            subnet: net.subnet,
+            interface: net.interface.clone(),
+        });
+    }
+    for other in others.iter().filter(|o| o.name != net.name) {
+        if net.isolate || other.isolate {
+            rules.push(Rule::Isolate {
+                from: net.interface.clone(),
+                to: other.interface.clone(),
+            });
+            rules.push(Rule::Isolate {
+                from: other.interface.clone(),
+                to: net.interface.clone(),
+            });
+        }
+    }
+    rules
+}
+
+/// Bring a network up next to `others`. `tables`: `Some(keep_user_chain)` when nsnet's firewall tables must be
+/// created first (no other network exists); the flag is what undoing that must do with the user chain.
+pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (Vec<Step>, Batch) {
+    let mut steps = Vec::new();
+    if !net.internal {
+        steps.push(Step::forwarding());
     }
     if net.driver == Driver::Bridge {
         steps.push(Step::CreateBridge {
@@ -29,30 +57,27 @@ pub fn network_up(net: &Network, table_exists: bool) -> (Vec<Step>, Batch) {
             dev: net.interface.clone(),
             addr: gateway_cidr(net),
         });
+        steps.push(Step::route_localnet(&net.interface));
     }
-    if !table_exists {
-        fw.add(Rule::Table);
+    let mut fw = Batch::default();
+    if let Some(keep_user_chain) = tables {
+        fw.add(Rule::Tables { keep_user_chain });
     }
-    if !net.internal {
-        fw.add(Rule::Masquerade {
-            subnet: net.subnet,
-            interface: net.interface.clone(),
-        });
+    for rule in network_rules(net, others) {
+        fw.add(rule);
     }
     (steps, fw)
 }
 
-/// Take a network down. `last` says it is the last network, so nsnet's table goes too.
-pub fn network_down(net: &Network, last: bool) -> (Batch, Vec<Step>) {
+/// Take a network down. `tables`: `Some(keep_user_chain)` when it is the last network, so nsnet's tables go too
+/// (all but the user chain, if the user has rules there).
+pub fn network_down(net: &Network, others: &[Network], tables: Option<bool>) -> (Batch, Vec<Step>) {
     let mut fw = Batch::default();
-    if !net.internal {
-        fw.delete(Rule::Masquerade {
-            subnet: net.subnet,
-            interface: net.interface.clone(),
-        });
+    for rule in network_rules(net, others) {
+        fw.delete(rule);
     }
-    if last {
-        fw.delete(Rule::Table);
+    if let Some(keep_user_chain) = tables {
+        fw.delete(Rule::Tables { keep_user_chain });
     }
     let mut steps = Vec::new();
     if net.driver == Driver::Bridge {
@@ -62,6 +87,20 @@ pub fn network_down(net: &Network, last: bool) -> (Batch, Vec<Step>) {
         });
     }
     (fw, steps)
+}
+
+fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
+    let mut rules = vec![Rule::Endpoint {
+        host_interface: ep.host_interface.clone(),
+        address: ep.address.addr(),
+    }];
+    for mapping in &ep.ports {
+        rules.push(Rule::Port {
+            mapping: *mapping,
+            target: ep.address.addr(),
+        });
+    }
+    rules
 }
 
 /// Join a sandbox (namespace `ns`) to a network through `ep`.
@@ -74,13 +113,19 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         mtu: ep.mtu,
         peer_mac: ep.mac,
     }];
-    if net.driver == Driver::Veth {
-        // Point to point: the host end itself holds the gateway address.
-        steps.push(Step::AddAddress {
-            ns: Ns::Host,
-            dev: ep.host_interface.clone(),
-            addr: gateway_cidr(net),
-        });
+    match net.driver {
+        Driver::Bridge => steps.push(Step::SetHairpin {
+            name: ep.host_interface.clone(),
+        }),
+        Driver::Veth => {
+            // Point to point: the host end itself holds the gateway address.
+            steps.push(Step::AddAddress {
+                ns: Ns::Host,
+                dev: ep.host_interface.clone(),
+                addr: gateway_cidr(net),
+            });
+            steps.push(Step::route_localnet(&ep.host_interface));
+        }
     }
     steps.push(Step::AddAddress {
         ns: ns.clone(),
@@ -95,23 +140,17 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         });
     }
     let mut fw = Batch::default();
-    for mapping in &ep.ports {
-        fw.add(Rule::Port {
-            mapping: *mapping,
-            target: ep.address.addr(),
-        });
+    for rule in endpoint_rules(ep) {
+        fw.add(rule);
     }
     (steps, fw)
 }
 
-/// Undo [`endpoint_up`]: drop its port mappings and delete the veth (both ends go with the host end).
+/// Undo [`endpoint_up`]: drop its firewall elements and delete the veth (both ends go with the host end).
 pub fn endpoint_down(ep: &Endpoint) -> (Batch, Vec<Step>) {
     let mut fw = Batch::default();
-    for mapping in &ep.ports {
-        fw.delete(Rule::Port {
-            mapping: *mapping,
-            target: ep.address.addr(),
-        });
+    for rule in endpoint_rules(ep) {
+        fw.delete(rule);
     }
     (
         fw,
@@ -140,6 +179,7 @@ mod tests {
             gateway: Ipv4Addr::new(172, 16, 0, 100),
             interface: "br0".into(),
             internal,
+            isolate: true,
             mtu: 1500,
             allocations: Default::default(),
             published: vec![],
@@ -161,42 +201,60 @@ mod tests {
         }
     }
 
+    fn port() -> PortMapping {
+        let spec: crate::portmap::PortSpec = "8088:80".parse().unwrap();
+        spec.with_host_port(8088)
+    }
+
     fn ns() -> Ns {
         Ns::Path(PathBuf::from("/run/netns/netns2"))
     }
 
     #[test]
     fn bridge_network_is_the_articles_br0() {
-        let (steps, fw) = network_up(&net(Driver::Bridge, false), false);
+        let (steps, fw) = network_up(&net(Driver::Bridge, false), &[], Some(false));
         let text = Plan::setup(steps, fw).render();
         assert!(text.starts_with(
             "sysctl -w net.ipv4.ip_forward=1\n\
              ip link add br0 mtu 1500 type bridge\nip link set br0 up\n\
              ip addr add 172.16.0.100/24 dev br0\n\
-             nft -f - <<'EOF'\nadd table ip nsnet\n"
+             sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
+             nft -f - <<'EOF'\ntable ip nsnet {\n"
         ));
         assert!(text.contains("add element ip nsnet masq_nets { 172.16.0.0/24 }\n"));
+        assert!(text.contains("add element ip nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n"));
     }
 
     #[test]
     fn internal_network_has_no_masquerade_or_forwarding() {
-        let (steps, fw) = network_up(&net(Driver::Bridge, true), true);
-        assert!(!steps.contains(&Step::EnableForwarding));
-        assert!(fw.is_empty());
+        let (steps, fw) = network_up(&net(Driver::Bridge, true), &[], None);
+        assert!(!steps.contains(&Step::forwarding()));
+        assert!(!fw
+            .0
+            .iter()
+            .any(|c| matches!(c, Change::Add(Rule::Masquerade { .. }))));
+        assert!(fw.0.contains(&Change::Add(Rule::Interface {
+            interface: "br0".into(),
+            subnet: "172.16.0.0/24".parse().unwrap(),
+            internal: true
+        })));
     }
 
     #[test]
     fn endpoint_on_bridge() {
-        let p: PortMapping = "8088:80".parse().unwrap();
-        let (steps, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![p]), &ns());
-        assert_eq!(
-            Plan::setup(steps, fw).render(),
+        let (steps, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![port()]), &ns());
+        let text = Plan::setup(steps, fw).render();
+        assert!(text.starts_with(
             "ip link add veth12345678 mtu 1500 master br0 up type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
              ip -n netns2 link set eth0 up\n\
+             ip link set veth12345678 type bridge_slave hairpin on\n\
              ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\
              ip -n netns2 route add default via 172.16.0.100 dev eth0\n\
-             nft -f - <<'EOF'\nadd element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\nEOF\n"
-        );
+             nft -f - <<'EOF'\n"
+        ), "{text}");
+        assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
+        assert!(text
+            .contains("add element bridge nsnet endpoints { \"veth12345678\" . 172.16.0.102 }\n"));
     }
 
     #[test]
@@ -206,6 +264,7 @@ mod tests {
         e.default_route = false;
         let (steps, _) = endpoint_up(&net(Driver::Veth, false), &e, &ns());
         assert!(matches!(&steps[0], Step::CreateVeth { master: None, .. }));
+        assert!(steps.contains(&Step::route_localnet("br0")));
         assert_eq!(
             steps[1],
             Step::AddAddress {
@@ -221,11 +280,13 @@ mod tests {
 
     #[test]
     fn teardown_mirrors_setup() {
-        let p: PortMapping = "8088:80".parse().unwrap();
-        let e = ep(vec![p]);
+        let e = ep(vec![port()]);
+        let (_, up) = endpoint_up(&net(Driver::Bridge, false), &e, &ns());
         let (fw, steps) = endpoint_down(&e);
-        assert_eq!(fw.0.len(), 1);
-        assert!(matches!(fw.0[0], Change::Delete(Rule::Port { .. })));
+        // Teardown deletes exactly what set-up added, in the same order.
+        let mut expected = up.inverse();
+        expected.0.reverse();
+        assert_eq!(fw, expected);
         assert_eq!(
             steps,
             vec![Step::DeleteLink {
@@ -233,8 +294,13 @@ mod tests {
                 name: "veth12345678".into()
             }]
         );
-        let (fw, steps) = network_down(&net(Driver::Bridge, false), true);
-        assert_eq!(fw.0.last(), Some(&Change::Delete(Rule::Table)));
+        let (fw, steps) = network_down(&net(Driver::Bridge, false), &[], Some(false));
+        assert_eq!(
+            fw.0.last(),
+            Some(&Change::Delete(Rule::Tables {
+                keep_user_chain: false
+            }))
+        );
         assert_eq!(
             steps,
             vec![Step::DeleteLink {
@@ -245,13 +311,43 @@ mod tests {
     }
 
     #[test]
+    fn isolation_pairs_both_ways_unless_both_opt_out() {
+        let a = net(Driver::Bridge, false);
+        let mut b = net(Driver::Bridge, false);
+        b.name = "n2".into();
+        b.interface = "br2".into();
+        let (_, fw) = network_up(&a, std::slice::from_ref(&b), None);
+        assert!(fw.0.contains(&Change::Add(Rule::Isolate {
+            from: "br0".into(),
+            to: "br2".into()
+        })));
+        assert!(fw.0.contains(&Change::Add(Rule::Isolate {
+            from: "br2".into(),
+            to: "br0".into()
+        })));
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        a2.isolate = false;
+        b2.isolate = false;
+        let (_, fw) = network_up(&a2, &[b2.clone()], None);
+        assert!(!fw
+            .0
+            .iter()
+            .any(|c| matches!(c, Change::Add(Rule::Isolate { .. }))));
+        // One side opting out is not enough.
+        let (_, fw) = network_up(&a2, &[b], None);
+        assert!(fw
+            .0
+            .iter()
+            .any(|c| matches!(c, Change::Add(Rule::Isolate { .. }))));
+    }
+
+    #[test]
     fn undo_of_setup_steps() {
-        let (steps, fw) = network_up(&net(Driver::Bridge, false), false);
+        let (steps, fw) = network_up(&net(Driver::Bridge, false), &[], Some(true));
         let plan = Plan::setup(steps, fw);
         let undos: Vec<Step> = plan.steps.iter().rev().filter_map(Step::undo).collect();
-        assert!(
-            matches!(&undos[0], Step::Firewall(b) if b.0.last() == Some(&Change::Delete(Rule::Table)))
-        );
+        assert!(matches!(&undos[0], Step::Firewall(b)
+            if b.0.last() == Some(&Change::Delete(Rule::Tables { keep_user_chain: true }))));
         assert_eq!(
             undos[1],
             Step::DeleteLink {

@@ -64,8 +64,12 @@ pub enum Step {
     AddAddress { ns: Ns, dev: String, addr: Ipv4Net },
     /// `ip route add default via GW dev DEV`.
     AddDefaultRoute { ns: Ns, dev: String, via: Ipv4Addr },
-    /// `sysctl -w net.ipv4.ip_forward=1` on the host (never turned off again: other things may rely on it).
-    EnableForwarding,
+    /// `sysctl -w KEY=VALUE` on the host. The key is written with `/` between components (interface names
+    /// may contain dots). Never reverted: forwarding stays on, and per-interface keys go with the interface.
+    Sysctl { key: String, value: String },
+    /// `ip link set NAME type bridge_slave hairpin on`: a bridge port may send a frame back out the port it
+    /// came in on, so a sandbox reaches its own published port through the host's address.
+    SetHairpin { name: String },
     /// One atomic firewall transaction.
     Firewall(Batch),
 }
@@ -128,10 +132,37 @@ impl Step {
             Step::AddDefaultRoute { ns, dev, via } => {
                 format!("{} route add default via {via} dev {dev}", ns.ip())
             }
-            Step::EnableForwarding => "sysctl -w net.ipv4.ip_forward=1".into(),
+            Step::Sysctl { key, value } => {
+                let key = if key.split('/').any(|part| part.contains('.')) {
+                    key.clone()
+                } else {
+                    key.replace('/', ".")
+                };
+                format!("sysctl -w {key}={value}")
+            }
+            Step::SetHairpin { name } => format!("ip link set {name} type bridge_slave hairpin on"),
             Step::Firewall(batch) => {
                 format!("nft -f - <<'EOF'\n{}EOF", firewall::nftables::render(batch))
             }
+        }
+    }
+}
+
+impl Step {
+    /// `net.ipv4.ip_forward=1`.
+    pub fn forwarding() -> Step {
+        Step::Sysctl {
+            key: "net/ipv4/ip_forward".into(),
+            value: "1".into(),
+        }
+    }
+
+    /// `net.ipv4.conf.IFNAME.route_localnet=1`: lets the host reach published ports through 127.0.0.1 (the
+    /// DNATed packet leaves through this interface with a loopback source, masqueraded on the way out).
+    pub fn route_localnet(interface: &str) -> Step {
+        Step::Sysctl {
+            key: format!("net/ipv4/conf/{interface}/route_localnet"),
+            value: "1".into(),
         }
     }
 }
