@@ -73,9 +73,14 @@ pub fn tcp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
     Ok(Server { handle })
 }
 
+/// Open a TCP connection from inside `ns` (to any server, not just [`tcp_server`]).
+pub fn tcp_connect(ns: &Path, to: SocketAddrV4) -> io::Result<TcpStream> {
+    in_ns(ns, || TcpStream::connect_timeout(&to.into(), TIMEOUT))
+}
+
 /// Connect over TCP from inside `ns` and read the server's greeting line.
 pub fn tcp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
-    let stream = in_ns(ns, || TcpStream::connect_timeout(&to.into(), TIMEOUT))?;
+    let stream = tcp_connect(ns, to)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
