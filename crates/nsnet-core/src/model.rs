@@ -46,6 +46,10 @@ pub struct Network {
     #[serde(default = "yes")]
     pub isolate: bool,
     pub mtu: u32,
+    /// The host's own forward chains with a drop policy, found when the network was made: nsnet put narrow
+    /// accepts for this network there, and removes them with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_chains: Vec<HostChain>,
     /// Every address in use, with the sandbox that holds it.
     #[serde(default)]
     pub allocations: BTreeMap<Ipv4Addr, String>,
@@ -56,6 +60,20 @@ pub struct Network {
 
 fn yes() -> bool {
     true
+}
+
+/// A base chain of someone else's ruleset (e.g. iptables-nft's `ip filter FORWARD`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostChain {
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+}
+
+impl fmt::Display for HostChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.family, self.table, self.chain)
+    }
 }
 
 /// One entry of a network's published-port ledger.

@@ -90,6 +90,9 @@ enum Cmd {
     Port { name: String },
     /// Remove a sandbox: its endpoints, rules, addresses and (if nsnet made it) its namespace.
     Rm { name: String },
+    /// Manage nsnet's firewall rules.
+    #[command(subcommand)]
+    Firewall(FirewallCmd),
     /// Build the seed article's topology in a throwaway namespace, check every step, remove it all.
     Demo,
 }
@@ -155,6 +158,12 @@ enum NetworkCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum FirewallCmd {
+    /// Re-apply every rule from the state (after something flushed the ruleset); safe to repeat.
+    Reload,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -300,6 +309,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Rm { name } => {
             let plan = nsnet.remove(name)?;
             done(plan, name.clone())
+        }
+        Cmd::Firewall(FirewallCmd::Reload) => {
+            let plan = nsnet.firewall_reload()?;
+            done(plan, "firewall reloaded".into())
         }
         Cmd::Demo => demo::run(),
     }

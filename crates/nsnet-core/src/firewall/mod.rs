@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use crate::model::HostChain;
 use crate::portmap::PortMapping;
 
 /// One thing nsnet keeps in the firewall. Everything but [`Rule::Tables`] is a set or map element.
@@ -41,6 +42,9 @@ pub enum Rule {
         mapping: PortMapping,
         target: Ipv4Addr,
     },
+    /// Narrow accepts for a network's interface in a host forward chain whose policy is drop: the only rules
+    /// nsnet puts outside its own tables, each tagged with a comment naming the interface.
+    HostAccept { chain: HostChain, interface: String },
 }
 
 /// Add or delete one [`Rule`].

@@ -14,6 +14,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use super::{Batch, Change, FirewallError, Rule};
+use crate::model::HostChain;
 
 /// nsnet's main table.
 pub const TABLE: &str = "ip nsnet";
@@ -207,12 +208,63 @@ fn render_reset(out: &mut String) {
     }
 }
 
-/// Render a batch as an `nft -f` script. Deletions are written as add-then-delete so that deleting something
-/// already gone is not an error (nft 1.0.6 has no `destroy`), which keeps teardown idempotent.
+/// The accepts nsnet inserts into a host forward chain for one interface: traffic from the network, replies
+/// to it, and connections to its published ports.
+fn host_accepts(interface: &str) -> [String; 3] {
+    let tag = host_tag(interface);
+    [
+        format!("iifname \"{interface}\" accept comment \"{tag}\""),
+        format!("oifname \"{interface}\" ct state established,related accept comment \"{tag}\""),
+        format!("oifname \"{interface}\" ct status dnat accept comment \"{tag}\""),
+    ]
+}
+
+fn host_tag(interface: &str) -> String {
+    format!("nsnet {interface}")
+}
+
+/// Handles of rules already in host chains, by (chain, interface): what a delete of [`Rule::HostAccept`]
+/// removes. Looked up just before applying; empty for a dry run.
+pub type HostHandles = Vec<((HostChain, String), Vec<u64>)>;
+
+/// Render a batch as an `nft -f` script, for display (`--dry-run`).
 pub fn render(batch: &Batch) -> String {
+    render_with(batch, &Vec::new())
+}
+
+/// Render a batch as an `nft -f` script. Deletions are written as add-then-delete so that deleting something
+/// already gone is not an error (nft 1.0.6 has no `destroy`), which keeps teardown idempotent. Rules in host
+/// chains are deleted by the handles in `handles`.
+fn render_with(batch: &Batch, handles: &HostHandles) -> String {
     let mut out = String::new();
     for change in &batch.0 {
         match change {
+            Change::Add(Rule::HostAccept { chain, interface })
+            | Change::Delete(Rule::HostAccept { chain, interface }) => {
+                let known = handles
+                    .iter()
+                    .find(|(k, _)| k.0 == *chain && k.1 == *interface)
+                    .map(|(_, h)| h.as_slice());
+                match known {
+                    Some(found) => {
+                        for handle in found {
+                            let _ = writeln!(out, "delete rule {chain} handle {handle}");
+                        }
+                    }
+                    None => {
+                        let _ = writeln!(
+                            out,
+                            "# delete the rules commented \"{}\" in {chain}",
+                            host_tag(interface)
+                        );
+                    }
+                }
+                if matches!(change, Change::Add(_)) {
+                    for rule in host_accepts(interface).iter().rev() {
+                        let _ = writeln!(out, "insert rule {chain} {rule}");
+                    }
+                }
+            }
             Change::Add(Rule::Tables { .. }) => render_reset(&mut out),
             Change::Delete(Rule::Tables {
                 keep_user_chain: false,
@@ -257,7 +309,7 @@ pub fn render(batch: &Batch) -> String {
 fn elements(rule: &Rule) -> Vec<(&'static str, &'static str, String, String)> {
     let same = |table, set, e: String| (table, set, e.clone(), e);
     match rule {
-        Rule::Tables { .. } => vec![],
+        Rule::Tables { .. } | Rule::HostAccept { .. } => vec![],
         Rule::Interface {
             interface,
             subnet,
@@ -334,12 +386,83 @@ pub fn user_chain_has_rules() -> bool {
         .unwrap_or(false)
 }
 
+/// Run `nft ARGS` and return its stdout.
+fn nft(args: &[&str]) -> Result<String, FirewallError> {
+    let out = Command::new("nft")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|error| FirewallError::Spawn { tool: "nft", error })?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Base chains of other tables on the forward hook whose policy is drop (an iptables-nft `FORWARD -P DROP`,
+/// a hand-written nft firewall): forwarded sandbox traffic dies there whatever nsnet's own chains say.
+pub fn forward_drop_chains() -> Result<Vec<HostChain>, FirewallError> {
+    let text = nft(&["-j", "list", "chains"])?;
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let chains = json["nftables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    Ok(chains
+        .iter()
+        .filter_map(|item| {
+            let c = &item["chain"];
+            let family = c["family"].as_str()?;
+            let table = c["table"].as_str()?;
+            let ours = table == "nsnet" && (family == "ip" || family == "bridge");
+            let forward =
+                c["hook"] == "forward" && c["policy"] == "drop" && matches!(family, "ip" | "inet");
+            let name = c["name"].as_str()?;
+            (forward && !ours).then(|| HostChain {
+                family: family.into(),
+                table: table.into(),
+                chain: name.into(),
+            })
+        })
+        .collect())
+}
+
+/// The handles of nsnet's rules in the host chains a batch touches.
+fn host_handles(batch: &Batch) -> Result<HostHandles, FirewallError> {
+    let mut out: HostHandles = Vec::new();
+    for change in &batch.0 {
+        let (Change::Add(Rule::HostAccept { chain, interface })
+        | Change::Delete(Rule::HostAccept { chain, interface })) = change
+        else {
+            continue;
+        };
+        let text = nft(&[
+            "-j",
+            "-a",
+            "list",
+            "chain",
+            &chain.family,
+            &chain.table,
+            &chain.chain,
+        ])?;
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let tag = host_tag(interface);
+        let handles = json["nftables"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|item| item["rule"]["comment"] == tag.as_str())
+            .filter_map(|item| item["rule"]["handle"].as_u64())
+            .collect();
+        out.push(((chain.clone(), interface.clone()), handles));
+    }
+    Ok(out)
+}
+
 /// Apply a batch in one `nft -f -` transaction: all of it, or none of it.
 pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     if batch.is_empty() {
         return Ok(());
     }
-    let script = render(batch);
+    let script = render_with(batch, &host_handles(batch)?);
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

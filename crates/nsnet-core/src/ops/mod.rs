@@ -5,6 +5,7 @@
 //! With `dry_run` the plan is returned unapplied; otherwise [`crate::apply`] carries it out and the records are
 //! written last; a failed write rolls the kernel back.
 
+mod firewall;
 mod network;
 mod sandbox;
 

@@ -149,6 +149,7 @@ impl Nsnet {
             internal: req.internal,
             isolate: req.isolate,
             mtu,
+            host_chains: crate::firewall::nftables::forward_drop_chains()?,
             allocations: Default::default(),
             published: vec![],
         })

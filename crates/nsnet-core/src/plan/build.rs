@@ -2,8 +2,8 @@
 //! Nothing here reads or changes the system, so every rule is checked by unit tests without root.
 
 use crate::firewall::{Batch, Rule};
-use crate::model::{Driver, Endpoint, Network};
-use crate::plan::{Ns, Step};
+use crate::model::{Driver, Endpoint, Network, Sandbox};
+use crate::plan::{Ns, Plan, Step};
 use ipnet::Ipv4Net;
 
 fn gateway_cidr(net: &Network) -> Ipv4Net {
@@ -22,6 +22,12 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
     if !net.internal {
         rules.push(Rule::Masquerade {
             subnet: net.subnet,
+            interface: net.interface.clone(),
+        });
+    }
+    for chain in &net.host_chains {
+        rules.push(Rule::HostAccept {
+            chain: chain.clone(),
             interface: net.interface.clone(),
         });
     }
@@ -87,6 +93,35 @@ pub fn network_down(net: &Network, others: &[Network], tables: Option<bool>) -> 
         });
     }
     (fw, steps)
+}
+
+/// Everything nsnet keeps in the firewall for these records, from scratch: the reset tables, then every
+/// network's and endpoint's elements (each isolation pair once). Applied as one transaction, this repairs a
+/// flushed or damaged ruleset and changes nothing on an intact one.
+pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox]) -> Plan {
+    if nets.is_empty() {
+        return Plan::default();
+    }
+    let mut fw = Batch::default();
+    fw.add(Rule::Tables {
+        keep_user_chain: true,
+    });
+    for (i, net) in nets.iter().enumerate() {
+        for rule in network_rules(net, &nets[i + 1..]) {
+            fw.add(rule);
+        }
+    }
+    for ep in sandboxes.iter().flat_map(|sb| sb.endpoints.iter()) {
+        for rule in endpoint_rules(ep) {
+            fw.add(rule);
+        }
+    }
+    let steps = if nets.iter().any(|n| !n.internal) {
+        vec![Step::forwarding()]
+    } else {
+        vec![]
+    };
+    Plan::setup(steps, fw)
 }
 
 fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
@@ -166,7 +201,6 @@ mod tests {
     use super::*;
     use crate::firewall::Change;
     use crate::model::Mac;
-    use crate::plan::Plan;
     use crate::portmap::PortMapping;
     use std::net::Ipv4Addr;
     use std::path::PathBuf;
@@ -181,6 +215,7 @@ mod tests {
             internal,
             isolate: true,
             mtu: 1500,
+            host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
         }
@@ -339,6 +374,40 @@ mod tests {
             .0
             .iter()
             .any(|c| matches!(c, Change::Add(Rule::Isolate { .. }))));
+    }
+
+    #[test]
+    fn reload_has_every_element_once() {
+        let a = net(Driver::Bridge, false);
+        let mut b = net(Driver::Bridge, false);
+        b.name = "n2".into();
+        b.interface = "br2".into();
+        let sb = Sandbox {
+            name: "s".into(),
+            netns: "/run/netns/s".into(),
+            owned: true,
+            endpoints: vec![ep(vec![port()])],
+        };
+        let plan = firewall_reload(&[a, b], &[sb]);
+        let Some(Step::Firewall(fw)) = plan.steps.last() else {
+            panic!("no firewall step")
+        };
+        assert_eq!(
+            fw.0[0],
+            Change::Add(Rule::Tables {
+                keep_user_chain: true
+            })
+        );
+        let isolations =
+            fw.0.iter()
+                .filter(|c| matches!(c, Change::Add(Rule::Isolate { .. })))
+                .count();
+        assert_eq!(isolations, 2);
+        assert!(fw
+            .0
+            .iter()
+            .any(|c| matches!(c, Change::Add(Rule::Port { .. }))));
+        assert!(firewall_reload(&[], &[]).is_empty());
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! The firewall around nsnet: reload after the ruleset was flushed, and hosts whose own forward chain drops
+//! by default. Real packets in throwaway namespaces.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use common::{TestHost, HOST_IP, LAN_IP};
+use nsnet_core::probe;
+
+fn addr(s: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(s.parse().expect("test address"), port)
+}
+
+/// A ruleset's content, independent of the order nft prints set elements in: every rule line and every set
+/// element, sorted.
+fn content(ruleset: &str) -> Vec<String> {
+    let mut items: Vec<String> = ruleset
+        .split(['\n', ',', '{', '}'])
+        .map(|s| s.trim().trim_start_matches("elements = ").to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    items.sort();
+    items
+}
+
+/// LAN peer -> host:8080 reaches sandbox `name`'s port 80.
+fn published_works(h: &TestHost, name: &str) -> bool {
+    let Ok(server) = probe::tcp_server(
+        &h.sb_path(name),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80),
+    ) else {
+        return false;
+    };
+    let hello = probe::tcp_hello(&h.lan_path(), addr(HOST_IP, 8080));
+    server.wait().is_ok() && hello.is_ok()
+}
+
+/// Sandbox `name` -> LAN peer:9000.
+fn egress_works(h: &TestHost, name: &str) -> bool {
+    let Ok(server) = probe::tcp_server(&h.lan_path(), addr(LAN_IP, 9000)) else {
+        return false;
+    };
+    let hello = probe::tcp_hello(&h.sb_path(name), addr(LAN_IP, 9000));
+    server.wait().is_ok() && hello.is_ok()
+}
+
+#[test]
+fn reload_restores_a_flushed_ruleset_and_is_idempotent() {
+    let h = TestHost::with_lan("reload");
+    let empty = h.snapshot();
+    h.ok(&["network", "create", "other", "--subnet", "172.16.7.0/24"]);
+    let (s, o) = (h.sb("s"), h.sb("o"));
+    h.ok(&["create", &s, "-p", "8080:80"]);
+    h.ok(&["create", &o, "--network", "other"]);
+    let o_ip: Ipv4Addr = "172.16.7.2".parse().expect("ip");
+    assert!(published_works(&h, "s"));
+    assert!(
+        !probe::ping(&h.sb_path("s"), o_ip).expect("ping"),
+        "isolation before the flush"
+    );
+    let intact = content(&h.in_host(&["nft", "list", "ruleset"]));
+
+    h.in_host(&["nft", "flush", "ruleset"]);
+    assert!(
+        !published_works(&h, "s"),
+        "the flush took the published port away"
+    );
+    h.ok(&["firewall", "reload"]);
+    assert_eq!(content(&h.in_host(&["nft", "list", "ruleset"])), intact);
+    assert!(published_works(&h, "s"));
+    assert!(egress_works(&h, "s"));
+    assert!(
+        !probe::ping(&h.sb_path("s"), o_ip).expect("ping"),
+        "isolation after the reload"
+    );
+
+    // Again, on an intact ruleset: nothing changes.
+    h.ok(&["firewall", "reload"]);
+    assert_eq!(content(&h.in_host(&["nft", "list", "ruleset"])), intact);
+
+    h.ok(&["rm", &s]);
+    h.ok(&["rm", &o]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    h.ok(&["network", "rm", "other"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn works_on_a_host_whose_forward_chain_drops() {
+    let h = TestHost::with_lan("droppolicy");
+    // The host's own firewall, as iptables-nft writes it: FORWARD with policy drop and a rule of its own.
+    for cmd in [
+        "add table ip filter",
+        "add chain ip filter FORWARD { type filter hook forward priority filter; policy drop; }",
+        "add rule ip filter FORWARD tcp dport 9999 drop",
+    ] {
+        h.in_host(&["nft", cmd]);
+    }
+    let host_firewall = h.snapshot();
+    let s = h.sb("s");
+    h.ok(&["create", &s, "-p", "8080:80"]);
+    assert!(egress_works(&h, "s"), "the sandbox cannot get out");
+    assert!(
+        published_works(&h, "s"),
+        "the published port is unreachable"
+    );
+    let chain = h.in_host(&["nft", "list", "chain", "ip", "filter", "FORWARD"]);
+    assert_eq!(
+        chain.matches("comment \"nsnet nsnet0\"").count(),
+        3,
+        "{chain}"
+    );
+    assert!(chain.contains("tcp dport 9999 drop"), "{chain}");
+
+    // The accepts are what lets traffic through: without them (as before nsnet), it stops.
+    let json = h.in_host(&[
+        "nft", "-j", "-a", "list", "chain", "ip", "filter", "FORWARD",
+    ]);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let handles: Vec<u64> = parsed["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["rule"]["comment"] == "nsnet nsnet0")
+        .filter_map(|i| i["rule"]["handle"].as_u64())
+        .collect();
+    for handle in &handles {
+        h.in_host(&[
+            "nft",
+            "delete",
+            "rule",
+            "ip",
+            "filter",
+            "FORWARD",
+            "handle",
+            &handle.to_string(),
+        ]);
+    }
+    assert!(
+        !egress_works(&h, "s"),
+        "test rig: the drop policy does not drop"
+    );
+    // A reload puts them back, once.
+    h.ok(&["firewall", "reload"]);
+    h.ok(&["firewall", "reload"]);
+    let chain = h.in_host(&["nft", "list", "chain", "ip", "filter", "FORWARD"]);
+    assert_eq!(
+        chain.matches("comment \"nsnet nsnet0\"").count(),
+        3,
+        "{chain}"
+    );
+    assert!(egress_works(&h, "s"));
+
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    assert_eq!(
+        h.snapshot(),
+        host_firewall,
+        "nsnet left rules in the host's chain"
+    );
+}
