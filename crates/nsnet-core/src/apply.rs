@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::firewall::nftables;
 use crate::kernel::{netns, sysctl, Netlink, VethSpec};
 use crate::plan::{Ns, Plan, Step};
 
@@ -100,7 +99,7 @@ impl Applier {
             }
             Step::Sysctl { key, value } => sysctl::set(key, value)?,
             Step::SetHairpin { name } => self.netlink(&Ns::Host)?.set_hairpin(name)?,
-            Step::Firewall(batch) => nftables::apply(batch)?,
+            Step::Firewall { backend, batch } => backend.apply(batch)?,
         }
         Ok(())
     }

@@ -46,6 +46,9 @@ pub struct Network {
     #[serde(default = "yes")]
     pub isolate: bool,
     pub mtu: u32,
+    /// The firewall backend holding this network's rules.
+    #[serde(default)]
+    pub firewall: crate::firewall::Backend,
     /// The host's own forward chains with a drop policy, found when the network was made: nsnet put narrow
     /// accepts for this network there, and removes them with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

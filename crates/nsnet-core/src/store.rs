@@ -291,6 +291,7 @@ mod tests {
             internal: false,
             isolate: true,
             mtu: 1500,
+            firewall: Default::default(),
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],

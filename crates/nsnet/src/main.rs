@@ -11,6 +11,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
+use nsnet_core::firewall::Backend;
 use nsnet_core::model::Driver;
 use nsnet_core::ops::{AttachRequest, NetworkRequest, Nsnet, Target};
 use nsnet_core::plan::Plan;
@@ -36,6 +37,10 @@ struct Cli {
     /// Print what would be done, as ip / nft / sysctl commands, and change nothing.
     #[arg(long, global = true)]
     dry_run: bool,
+    /// Firewall for new networks: nftables (default), iptables (hosts on iptables), or none. One per host;
+    /// later commands use the one recorded with each network.
+    #[arg(long, global = true, env = "NSNET_FIREWALL", value_name = "BACKEND")]
+    firewall: Option<Backend>,
     /// Log each step to stderr.
     #[arg(short, long, global = true)]
     verbose: bool,
@@ -211,7 +216,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
              run it with sudo, or add --dry-run to see the plan"
         );
     }
-    let nsnet = Nsnet::new(Store::new(&cli.state_dir), cli.dry_run);
+    let mut nsnet = Nsnet::new(Store::new(&cli.state_dir), cli.dry_run);
+    nsnet.firewall = cli.firewall;
     let done = |plan: Plan, what: String| -> Result<ExitCode> {
         if cli.dry_run {
             print!("{}", plan.render());

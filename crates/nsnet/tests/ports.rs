@@ -4,9 +4,8 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::path::Path;
 
-use common::{TestHost, HOST_IP, LAN_IP};
+use common::{reach, TestHost, HOST_IP, LAN_IP};
 use nsnet_core::{netns, probe};
 use serde_json::Value;
 
@@ -16,22 +15,6 @@ fn ip(s: &str) -> Ipv4Addr {
 
 fn addr(s: &str, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip(s), port)
-}
-
-/// Connect from `from` to `to`, with a one-shot server on port `listen` in sandbox `server_ns`; returns the
-/// client address the server saw, or `None` when the connection failed.
-fn reach(server_ns: &Path, listen: u16, from: &Path, to: SocketAddrV4) -> Option<Ipv4Addr> {
-    let server = probe::tcp_server(server_ns, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, listen))
-        .expect("listen");
-    let hello = probe::tcp_hello(from, to);
-    let seen = server.wait();
-    match (hello, seen) {
-        (Ok(_), Ok(peer)) => match peer.ip() {
-            std::net::IpAddr::V4(v4) => Some(v4),
-            std::net::IpAddr::V6(_) => None,
-        },
-        _ => None,
-    }
 }
 
 #[test]

@@ -3,11 +3,17 @@
 //! A command's firewall work is one [`Batch`]: applied as a single atomic transaction, undone by its
 //! [`Batch::inverse`]. nsnet only ever touches its own table; everything else on the host stays as it is.
 
+pub mod iptables;
 pub mod nftables;
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 use crate::model::HostChain;
 use crate::portmap::PortMapping;
@@ -83,6 +89,75 @@ impl Batch {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Which firewall nsnet writes its rules to. One per host: recorded with every network, used to tear down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// nftables tables `ip nsnet` and `bridge nsnet`, element changes (the default).
+    #[default]
+    Nftables,
+    /// `NSNET-*` iptables chains, one `iptables-restore --noflush` per operation (hosts on iptables).
+    Iptables,
+    /// No rules at all: no masquerade, no published ports, no isolation; the user manages the firewall.
+    None,
+}
+
+impl Backend {
+    /// Apply a batch as one transaction.
+    pub fn apply(self, batch: &Batch) -> Result<(), FirewallError> {
+        match self {
+            Backend::Nftables => nftables::apply(batch),
+            Backend::Iptables => iptables::apply(batch),
+            Backend::None => Ok(()),
+        }
+    }
+
+    /// The batch as the shell command that applies it.
+    pub fn render(self, batch: &Batch) -> String {
+        match self {
+            Backend::Nftables => format!("nft -f - <<'EOF'\n{}EOF", nftables::render(batch)),
+            Backend::Iptables => format!(
+                "iptables-restore --noflush <<'EOF'\n{}EOF",
+                iptables::render(batch)
+            ),
+            Backend::None => "# --firewall none: no firewall rules".into(),
+        }
+    }
+
+    /// Whether the user chain holds the user's rules.
+    pub fn user_chain_has_rules(self) -> bool {
+        match self {
+            Backend::Nftables => nftables::user_chain_has_rules(),
+            Backend::Iptables => iptables::user_chain_has_rules(),
+            Backend::None => false,
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+            Backend::None => "none",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nftables" => Ok(Backend::Nftables),
+            "iptables" => Ok(Backend::Iptables),
+            "none" => Ok(Backend::None),
+            _ => Err(format!(
+                "unknown firewall '{s}'; use nftables, iptables or none"
+            )),
+        }
     }
 }
 

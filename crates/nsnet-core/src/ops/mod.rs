@@ -14,6 +14,7 @@ pub use sandbox::{AttachRequest, Target};
 
 use crate::apply::Applier;
 use crate::error::{Error, Result};
+use crate::firewall::Backend;
 use crate::kernel::Netlink;
 use crate::model::Network;
 use crate::plan::Plan;
@@ -27,11 +28,18 @@ pub struct Nsnet {
     pub store: Store,
     /// Plan only: return the plan, change nothing (no state dir, no lock file, no kernel change).
     pub dry_run: bool,
+    /// The firewall backend new networks use (`--firewall`); `None` takes the one the host's networks
+    /// already use, or nftables.
+    pub firewall: Option<Backend>,
 }
 
 impl Nsnet {
     pub fn new(store: Store, dry_run: bool) -> Nsnet {
-        Nsnet { store, dry_run }
+        Nsnet {
+            store,
+            dry_run,
+            firewall: None,
+        }
     }
 
     /// The writer lock, except for dry runs, which only read.
@@ -91,8 +99,8 @@ impl Host {
 
 /// Whether a command that creates the first network, or removes the last, must also create or delete nsnet's
 /// firewall tables: `Some(keep_user_chain)` then (it reads the user chain), `None` when other networks stay.
-fn tables_change(networks_left: usize) -> Option<bool> {
-    (networks_left == 0).then(crate::firewall::nftables::user_chain_has_rules)
+fn tables_change(networks_left: usize, backend: Backend) -> Option<bool> {
+    (networks_left == 0).then(|| backend.user_chain_has_rules())
 }
 
 /// Find a network by name in the loaded records.

@@ -6,6 +6,7 @@ use ipnet::Ipv4Net;
 
 use super::{find, short_hash, tables_change, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
+use crate::firewall::Backend;
 use crate::invalid;
 use crate::ipam;
 use crate::model::{Driver, Network};
@@ -50,8 +51,9 @@ impl Nsnet {
         let nets = self.store.networks()?;
         let mut host = Host::open()?;
         let net = self.validate_network(req, &nets, &mut host)?;
-        let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len()));
-        self.setup(Plan::setup(steps, fw), |store| Ok(store.put_network(&net)?))
+        let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
+        let plan = Plan::setup(steps, fw, net.firewall);
+        self.setup(plan, |store| Ok(store.put_network(&net)?))
     }
 
     /// Check a network request against the state and the host, and build its record.
@@ -133,6 +135,25 @@ impl Nsnet {
                 )?
             }
         };
+        // One backend per host: nsnet's chains and tables are shared by all its networks.
+        let firewall = match (self.firewall, nets.first()) {
+            (Some(wanted), Some(n)) if wanted != n.firewall => {
+                return Err(invalid!(
+                    "this host's networks use the {} firewall; nsnet uses one per host: use --firewall {} \
+                     or remove the other networks first",
+                    n.firewall,
+                    n.firewall
+                ))
+            }
+            (Some(wanted), _) => wanted,
+            (None, Some(n)) => n.firewall,
+            (None, None) => Backend::default(),
+        };
+        let host_chains = match firewall {
+            Backend::Nftables => crate::firewall::nftables::forward_drop_chains()?,
+            // iptables: nsnet's own accepts sit in FORWARD itself; none: the user manages the firewall.
+            Backend::Iptables | Backend::None => vec![],
+        };
         let gateway = match req.gateway {
             Some(g) => {
                 ipam::check_gateway(&subnet, g).map_err(Error::Invalid)?;
@@ -149,7 +170,8 @@ impl Nsnet {
             internal: req.internal,
             isolate: req.isolate,
             mtu,
-            host_chains: crate::firewall::nftables::forward_drop_chains()?,
+            firewall,
+            host_chains,
             allocations: Default::default(),
             published: vec![],
         })
@@ -186,10 +208,10 @@ impl Nsnet {
             }
             sb.endpoints.retain(|e| e.network != name);
         }
-        let (f, s) = build::network_down(&net, &nets, tables_change(nets.len() - 1));
+        let (f, s) = build::network_down(&net, &nets, tables_change(nets.len() - 1, net.firewall));
         fw.0.extend(f.0);
         steps.extend(s);
-        self.teardown(Plan::teardown(fw, steps), |store| {
+        self.teardown(Plan::teardown(fw, steps, net.firewall), |store| {
             for sb in &sandboxes {
                 store.put_sandbox(sb)?;
             }

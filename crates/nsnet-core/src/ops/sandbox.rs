@@ -163,7 +163,7 @@ impl Nsnet {
         let mut kernel = Vec::new();
         let mut fw = Batch::default();
         if new_network {
-            let (s, f) = build::network_up(&net, &nets, tables_change(nets.len()));
+            let (s, f) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
             kernel.extend(s);
             fw.0.extend(f.0);
         }
@@ -173,7 +173,7 @@ impl Nsnet {
         fw.0.extend(f.0);
         sb.endpoints.push(endpoint);
 
-        self.setup(Plan::setup(kernel, fw), |store| {
+        self.setup(Plan::setup(kernel, fw, net.firewall), |store| {
             store.put_network(&net)?;
             Ok(store.put_sandbox(sb)?)
         })
@@ -307,7 +307,9 @@ impl Nsnet {
         if sb.owned {
             steps.push(Step::DeleteNetns { name: name.into() });
         }
-        self.teardown(Plan::teardown(fw, steps), |store| {
+        // One backend per host: any of the sandbox's networks names it.
+        let backend = nets.first().map(|n| n.firewall).unwrap_or_default();
+        self.teardown(Plan::teardown(fw, steps, backend), |store| {
             for net in &nets {
                 store.put_network(net)?;
             }
@@ -335,6 +337,12 @@ fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<
     if net.internal {
         return Err(invalid!(
             "network '{}' is --internal, so it has no published ports; drop -p or use another network",
+            net.name
+        ));
+    }
+    if net.firewall == crate::firewall::Backend::None {
+        return Err(invalid!(
+            "network '{}' has --firewall none, so nsnet writes no DNAT rules for it; drop -p or use nftables",
             net.name
         ));
     }

@@ -121,7 +121,7 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox]) -> Plan {
     } else {
         vec![]
     };
-    Plan::setup(steps, fw)
+    Plan::setup(steps, fw, nets[0].firewall)
 }
 
 fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
@@ -215,6 +215,7 @@ mod tests {
             internal,
             isolate: true,
             mtu: 1500,
+            firewall: Default::default(),
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
@@ -248,7 +249,7 @@ mod tests {
     #[test]
     fn bridge_network_is_the_articles_br0() {
         let (steps, fw) = network_up(&net(Driver::Bridge, false), &[], Some(false));
-        let text = Plan::setup(steps, fw).render();
+        let text = Plan::setup(steps, fw, Default::default()).render();
         assert!(text.starts_with(
             "sysctl -w net.ipv4.ip_forward=1\n\
              ip link add br0 mtu 1500 type bridge\nip link set br0 up\n\
@@ -278,7 +279,7 @@ mod tests {
     #[test]
     fn endpoint_on_bridge() {
         let (steps, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![port()]), &ns());
-        let text = Plan::setup(steps, fw).render();
+        let text = Plan::setup(steps, fw, Default::default()).render();
         assert!(text.starts_with(
             "ip link add veth12345678 mtu 1500 master br0 up type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
              ip -n netns2 link set eth0 up\n\
@@ -389,7 +390,7 @@ mod tests {
             endpoints: vec![ep(vec![port()])],
         };
         let plan = firewall_reload(&[a, b], &[sb]);
-        let Some(Step::Firewall(fw)) = plan.steps.last() else {
+        let Some(Step::Firewall { batch: fw, .. }) = plan.steps.last() else {
             panic!("no firewall step")
         };
         assert_eq!(
@@ -413,9 +414,9 @@ mod tests {
     #[test]
     fn undo_of_setup_steps() {
         let (steps, fw) = network_up(&net(Driver::Bridge, false), &[], Some(true));
-        let plan = Plan::setup(steps, fw);
+        let plan = Plan::setup(steps, fw, Default::default());
         let undos: Vec<Step> = plan.steps.iter().rev().filter_map(Step::undo).collect();
-        assert!(matches!(&undos[0], Step::Firewall(b)
+        assert!(matches!(&undos[0], Step::Firewall { batch: b, .. }
             if b.0.last() == Some(&Change::Delete(Rule::Tables { keep_user_chain: true }))));
         assert_eq!(
             undos[1],

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
-use crate::firewall::{self, Batch};
+use crate::firewall::{Backend, Batch};
 use crate::model::Mac;
 
 /// Which network namespace a step works in.
@@ -70,8 +70,8 @@ pub enum Step {
     /// `ip link set NAME type bridge_slave hairpin on`: a bridge port may send a frame back out the port it
     /// came in on, so a sandbox reaches its own published port through the host's address.
     SetHairpin { name: String },
-    /// One atomic firewall transaction.
-    Firewall(Batch),
+    /// One atomic firewall transaction, on the given backend.
+    Firewall { backend: Backend, batch: Batch },
 }
 
 impl Step {
@@ -87,7 +87,10 @@ impl Step {
                 ns: Ns::Host,
                 name: host.clone(),
             }),
-            Step::Firewall(batch) => Some(Step::Firewall(batch.inverse())),
+            Step::Firewall { backend, batch } => Some(Step::Firewall {
+                backend: *backend,
+                batch: batch.inverse(),
+            }),
             _ => None,
         }
     }
@@ -141,9 +144,7 @@ impl Step {
                 format!("sysctl -w {key}={value}")
             }
             Step::SetHairpin { name } => format!("ip link set {name} type bridge_slave hairpin on"),
-            Step::Firewall(batch) => {
-                format!("nft -f - <<'EOF'\n{}EOF", firewall::nftables::render(batch))
-            }
+            Step::Firewall { backend, batch } => backend.render(batch),
         }
     }
 }
@@ -175,19 +176,19 @@ pub struct Plan {
 
 impl Plan {
     /// Set-up order: kernel objects first, then the firewall batch (rules for addresses that now exist).
-    pub fn setup(kernel: Vec<Step>, fw: Batch) -> Plan {
+    pub fn setup(kernel: Vec<Step>, fw: Batch, backend: Backend) -> Plan {
         let mut steps = kernel;
         if !fw.is_empty() {
-            steps.push(Step::Firewall(fw));
+            steps.push(Step::Firewall { backend, batch: fw });
         }
         Plan { steps }
     }
 
     /// Teardown order: firewall first (stop steering traffic in), then kernel objects.
-    pub fn teardown(fw: Batch, kernel: Vec<Step>) -> Plan {
+    pub fn teardown(fw: Batch, kernel: Vec<Step>, backend: Backend) -> Plan {
         let mut steps = Vec::with_capacity(kernel.len() + 1);
         if !fw.is_empty() {
-            steps.push(Step::Firewall(fw));
+            steps.push(Step::Firewall { backend, batch: fw });
         }
         steps.extend(kernel);
         Plan { steps }

@@ -3,10 +3,12 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use nsnet_core::probe;
 use serde_json::Value;
 
 /// The host's address on its uplink, and the LAN peer's (as in the seed article).
@@ -14,6 +16,22 @@ pub const HOST_IP: &str = "10.0.1.48";
 pub const LAN_IP: &str = "10.0.1.26";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Connect from `from` to `to`, with a one-shot server on port `listen` in sandbox `server_ns`; returns the
+/// client address the server saw, or `None` when the connection failed.
+pub fn reach(server_ns: &Path, listen: u16, from: &Path, to: SocketAddrV4) -> Option<Ipv4Addr> {
+    let server = probe::tcp_server(server_ns, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, listen))
+        .expect("listen");
+    let hello = probe::tcp_hello(from, to);
+    let seen = server.wait();
+    match (hello, seen) {
+        (Ok(_), Ok(peer)) => match peer.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        },
+        _ => None,
+    }
+}
 
 pub struct TestHost {
     /// Netns name of the throwaway host.
@@ -24,6 +42,8 @@ pub struct TestHost {
     pub tag: String,
     _tmp: tempfile::TempDir,
     pub state: PathBuf,
+    /// `NSNET_FIREWALL` for every nsnet run, when set.
+    pub firewall: Option<&'static str>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -61,6 +81,7 @@ impl TestHost {
             tag,
             _tmp: tmp,
             state,
+            firewall: None,
         };
         h.in_host(&["ip", "link", "set", "lo", "up"]);
         h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
@@ -138,6 +159,9 @@ impl TestHost {
             .arg(env!("CARGO_BIN_EXE_nsnet"))
             .args(args);
         cmd.env("NSNET_STATE_DIR", &self.state);
+        if let Some(backend) = self.firewall {
+            cmd.env("NSNET_FIREWALL", backend);
+        }
         run(&mut cmd)
     }
 

@@ -1,0 +1,415 @@
+//! The iptables driver, for hosts on iptables: the same rules as the nftables driver, as `NSNET-*` chains,
+//! applied with one `iptables-restore --noflush` per operation.
+//!
+//! iptables has no maps, so each published port is a rule of its own (the packet path walks them). Deleting a
+//! rule that is not there would abort the whole restore, so the driver reads `iptables-save` first and writes
+//! only the changes that are still needed: adds are skipped when present, deletes when absent. That keeps every
+//! operation idempotent. Rule specs are written the way `iptables-save` prints them, so they compare as text.
+//! Anti-spoofing covers IPv4 sources (`physdev` on bridge ports); ARP is not filtered by this driver.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use super::{Batch, Change, FirewallError, Rule};
+
+/// The chain the user owns (like Docker's DOCKER-USER); created once, never flushed by nsnet.
+pub const USER_CHAIN: &str = "NSNET-USER";
+
+/// nsnet's chains, by table. Deleted in this order (the user chain last, and only when empty).
+const CHAINS: [(&str, &str); 5] = [
+    ("raw", "NSNET-GUARD"),
+    ("nat", "NSNET-PORTS"),
+    ("nat", "NSNET-POSTROUTING"),
+    ("filter", "NSNET-FORWARD"),
+    ("filter", USER_CHAIN),
+];
+
+/// Where a rule goes in its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    Append,
+    /// Insert at this 1-based position.
+    Insert(u32),
+}
+
+/// One iptables rule: table, chain, spec (as `iptables-save` prints it), position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    table: &'static str,
+    chain: &'static str,
+    spec: String,
+    at: At,
+}
+
+fn entry(table: &'static str, chain: &'static str, spec: String, at: At) -> Entry {
+    Entry {
+        table,
+        chain,
+        spec,
+        at,
+    }
+}
+
+/// The jumps from the built-in chains, then nsnet's fixed rules. Drops in NSNET-FORWARD are inserted at
+/// position 3 (after the user chain and the published-port accept), accepts appended, so every drop comes
+/// before every accept whatever order networks are made in.
+fn skeleton() -> Vec<Entry> {
+    use At::*;
+    vec![
+        entry("raw", "PREROUTING", "-j NSNET-GUARD".into(), Insert(1)),
+        entry(
+            "nat",
+            "PREROUTING",
+            "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j NSNET-PORTS".into(),
+            Append,
+        ),
+        entry(
+            "nat",
+            "OUTPUT",
+            "-m addrtype --dst-type LOCAL -j NSNET-PORTS".into(),
+            Append,
+        ),
+        entry(
+            "nat",
+            "POSTROUTING",
+            "-j NSNET-POSTROUTING".into(),
+            Insert(1),
+        ),
+        entry(
+            "nat",
+            "NSNET-POSTROUTING",
+            "-s 127.0.0.0/8 -m conntrack --ctstate DNAT -j MASQUERADE".into(),
+            Append,
+        ),
+        entry("filter", "FORWARD", "-j NSNET-FORWARD".into(), Insert(1)),
+        entry(
+            "filter",
+            "NSNET-FORWARD",
+            format!("-j {USER_CHAIN}"),
+            Append,
+        ),
+        entry(
+            "filter",
+            "NSNET-FORWARD",
+            "-m conntrack --ctstate DNAT -j ACCEPT".into(),
+            Append,
+        ),
+    ]
+}
+
+/// The iptables rules a firewall rule stands for.
+fn entries(rule: &Rule) -> Vec<Entry> {
+    use At::*;
+    match rule {
+        Rule::Tables { .. } | Rule::HostAccept { .. } => vec![],
+        Rule::Interface { interface: i, subnet: s, internal } => {
+            let mut out = vec![
+                entry("raw", "NSNET-GUARD", format!("-s 127.0.0.0/8 -i {i} -j DROP"), Append),
+                entry("raw", "NSNET-GUARD", format!("-d 127.0.0.0/8 -i {i} -j DROP"), Append),
+                entry("nat", "NSNET-POSTROUTING", format!("-s {s} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"), Append),
+                // iptables' FORWARD may have policy DROP: let the network's own traffic and its replies through.
+                entry("filter", "NSNET-FORWARD", format!("-i {i} -j ACCEPT"), Append),
+                entry("filter", "NSNET-FORWARD", format!("-o {i} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"), Append),
+            ];
+            if *internal {
+                out.push(entry("filter", "NSNET-FORWARD", format!("-i {i} ! -o {i} -j DROP"), Insert(3)));
+                out.push(entry("filter", "NSNET-FORWARD", format!("! -i {i} -o {i} -j DROP"), Insert(3)));
+            }
+            out
+        }
+        Rule::Masquerade { subnet, interface } => {
+            vec![entry("nat", "NSNET-POSTROUTING", format!("-s {subnet} ! -o {interface} -j MASQUERADE"), Append)]
+        }
+        Rule::Isolate { from, to } => {
+            vec![entry("filter", "NSNET-FORWARD", format!("-i {from} -o {to} -j DROP"), Insert(3))]
+        }
+        Rule::Endpoint { host_interface: h, address: a } => vec![
+            entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -m physdev --physdev-in {h} -j DROP"), Append),
+            entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -i {h} -j DROP"), Append),
+        ],
+        Rule::Port { mapping, target } => mapping
+            .pairs()
+            .map(|(host_port, container_port)| {
+                let dest = mapping.host_ip.map(|ip| format!("-d {ip}/32 ")).unwrap_or_default();
+                let p = mapping.protocol;
+                let spec = format!("{dest}-p {p} -m {p} --dport {host_port} -j DNAT --to-destination {target}:{container_port}");
+                entry("nat", "NSNET-PORTS", spec, Append)
+            })
+            .collect(),
+    }
+}
+
+/// What `iptables-save` shows: chains and rules per table.
+#[derive(Debug, Default)]
+struct Current {
+    chains: BTreeSet<(String, String)>,
+    rules: BTreeSet<(String, String, String)>,
+}
+
+impl Current {
+    fn parse(text: &str) -> Current {
+        let mut cur = Current::default();
+        let mut table = String::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t.to_string();
+            } else if let Some(decl) = line.strip_prefix(':') {
+                if let Some(chain) = decl.split_whitespace().next() {
+                    cur.chains.insert((table.clone(), chain.to_string()));
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                if let Some((chain, spec)) = rule.split_once(' ') {
+                    cur.rules
+                        .insert((table.clone(), chain.to_string(), spec.to_string()));
+                }
+            }
+        }
+        cur
+    }
+
+    fn has_rule(&self, e: &Entry) -> bool {
+        self.rules
+            .contains(&(e.table.into(), e.chain.into(), e.spec.clone()))
+    }
+
+    fn chain_is_empty(&self, table: &str, chain: &str) -> bool {
+        !self.rules.iter().any(|(t, c, _)| t == table && c == chain)
+    }
+}
+
+/// Restore lines per table.
+#[derive(Default)]
+struct Script {
+    tables: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl Script {
+    fn line(&mut self, table: &'static str, line: String) {
+        self.tables.entry(table).or_default().push(line);
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for (table, lines) in &self.tables {
+            let _ = writeln!(out, "*{table}");
+            // Chain declarations first: iptables-restore wants them before the rules that use them.
+            for l in lines.iter().filter(|l| l.starts_with(':')) {
+                let _ = writeln!(out, "{l}");
+            }
+            for l in lines.iter().filter(|l| !l.starts_with(':')) {
+                let _ = writeln!(out, "{l}");
+            }
+            let _ = writeln!(out, "COMMIT");
+        }
+        out
+    }
+}
+
+/// Write the restore script for a batch. With `current` (the live rules), only what is still needed is
+/// written and the simulated state follows along; without it (a dry run), everything is written.
+fn script(batch: &Batch, mut current: Option<&mut Current>) -> String {
+    let mut out = Script::default();
+    for change in &batch.0 {
+        match change {
+            Change::Add(Rule::Tables { .. }) => {
+                for (table, chain) in CHAINS {
+                    let key = (table.to_string(), chain.to_string());
+                    if current.as_ref().is_none_or(|c| !c.chains.contains(&key)) {
+                        out.line(table, format!(":{chain} - [0:0]"));
+                        if let Some(c) = current.as_deref_mut() {
+                            c.chains.insert(key);
+                        }
+                    }
+                }
+                add(&mut out, &mut current, skeleton());
+            }
+            Change::Delete(Rule::Tables { keep_user_chain }) => {
+                // The jumps out of the built-in chains first, then nsnet's chains.
+                let jumps: Vec<Entry> = skeleton()
+                    .into_iter()
+                    .filter(|e| !e.chain.starts_with("NSNET"))
+                    .collect();
+                delete(&mut out, &mut current, jumps);
+                for (table, chain) in CHAINS {
+                    if chain == USER_CHAIN && *keep_user_chain {
+                        continue;
+                    }
+                    let key = (table.to_string(), chain.to_string());
+                    if current.as_ref().is_none_or(|c| c.chains.contains(&key)) {
+                        out.line(table, format!("-F {chain}"));
+                        out.line(table, format!("-X {chain}"));
+                        if let Some(c) = current.as_deref_mut() {
+                            c.chains.remove(&key);
+                            c.rules.retain(|(t, ch, _)| !(t == table && ch == chain));
+                        }
+                    }
+                }
+            }
+            Change::Add(rule) => add(&mut out, &mut current, entries(rule)),
+            Change::Delete(rule) => delete(&mut out, &mut current, entries(rule)),
+        }
+    }
+    out.text()
+}
+
+fn add(out: &mut Script, current: &mut Option<&mut Current>, entries: Vec<Entry>) {
+    for e in entries {
+        if current.as_ref().is_some_and(|c| c.has_rule(&e)) {
+            continue;
+        }
+        let line = match e.at {
+            At::Append => format!("-A {} {}", e.chain, e.spec),
+            At::Insert(n) => format!("-I {} {n} {}", e.chain, e.spec),
+        };
+        out.line(e.table, line);
+        if let Some(c) = current.as_deref_mut() {
+            c.rules.insert((e.table.into(), e.chain.into(), e.spec));
+        }
+    }
+}
+
+fn delete(out: &mut Script, current: &mut Option<&mut Current>, entries: Vec<Entry>) {
+    for e in entries {
+        if current.as_ref().is_some_and(|c| !c.has_rule(&e)) {
+            continue;
+        }
+        out.line(e.table, format!("-D {} {}", e.chain, e.spec));
+        if let Some(c) = current.as_deref_mut() {
+            c.rules.remove(&(e.table.into(), e.chain.into(), e.spec));
+        }
+    }
+}
+
+/// The batch as an `iptables-restore --noflush` script, for display (`--dry-run`).
+pub fn render(batch: &Batch) -> String {
+    script(batch, None)
+}
+
+fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| FirewallError::Spawn { tool, error })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|error| FirewallError::Spawn { tool, error })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|error| FirewallError::Spawn { tool, error })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(FirewallError::Refused(format!(
+            "{tool}: {}",
+            err.lines().next().unwrap_or("no message").trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Apply a batch with one `iptables-restore --noflush`: all of it, or none of it.
+pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut current = Current::parse(&run("iptables-save", &[], None)?);
+    let text = script(batch, Some(&mut current));
+    if text.is_empty() {
+        return Ok(());
+    }
+    run("iptables-restore", &["--noflush"], Some(&text)).map(|_| ())
+}
+
+/// Whether the user chain holds rules (then removing the last network keeps it).
+pub fn user_chain_has_rules() -> bool {
+    run("iptables-save", &["-t", "filter"], None)
+        .map(|text| !Current::parse(&text).chain_is_empty("filter", USER_CHAIN))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portmap::{PortMapping, Proto};
+    use std::net::Ipv4Addr;
+
+    fn port() -> Rule {
+        Rule::Port {
+            mapping: PortMapping {
+                host_ip: None,
+                host_port: 8088,
+                container_port: 80,
+                count: 1,
+                protocol: Proto::Tcp,
+            },
+            target: Ipv4Addr::new(10, 89, 0, 2),
+        }
+    }
+
+    #[test]
+    fn renders_one_restore_script() {
+        let mut b = Batch::default();
+        b.add(Rule::Tables {
+            keep_user_chain: false,
+        });
+        b.add(Rule::Masquerade {
+            subnet: "10.89.0.0/24".parse().unwrap(),
+            interface: "nsnet0".into(),
+        });
+        b.add(port());
+        let text = render(&b);
+        assert!(
+            text.contains("*nat\n:NSNET-PORTS - [0:0]\n:NSNET-POSTROUTING - [0:0]\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "-A NSNET-PORTS -p tcp -m tcp --dport 8088 -j DNAT --to-destination 10.89.0.2:80\n"
+        ));
+        assert!(text.contains("-A NSNET-POSTROUTING -s 10.89.0.0/24 ! -o nsnet0 -j MASQUERADE\n"));
+        assert_eq!(text.matches("COMMIT").count(), 3);
+    }
+
+    #[test]
+    fn only_needed_changes_are_written() {
+        let live = "*nat\n:PREROUTING ACCEPT [0:0]\n:NSNET-PORTS - [0:0]\n\
+                    -A NSNET-PORTS -p tcp -m tcp --dport 8088 -j DNAT --to-destination 10.89.0.2:80\nCOMMIT\n";
+        let mut cur = Current::parse(live);
+        let mut add = Batch::default();
+        add.add(port());
+        assert_eq!(script(&add, Some(&mut cur)), "", "already there");
+        let mut del = Batch::default();
+        del.delete(port());
+        del.delete(port());
+        assert_eq!(
+            script(&del, Some(&mut cur)),
+            "*nat\n-D NSNET-PORTS -p tcp -m tcp --dport 8088 -j DNAT --to-destination 10.89.0.2:80\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn the_user_chain_survives_when_kept() {
+        let live = "*filter\n:FORWARD ACCEPT [0:0]\n:NSNET-FORWARD - [0:0]\n:NSNET-USER - [0:0]\n\
+                    -A FORWARD -j NSNET-FORWARD\n-A NSNET-USER -s 10.0.0.1/32 -j DROP\nCOMMIT\n";
+        let mut cur = Current::parse(live);
+        let mut b = Batch::default();
+        b.delete(Rule::Tables {
+            keep_user_chain: true,
+        });
+        let text = script(&b, Some(&mut cur));
+        assert!(
+            text.contains("-D FORWARD -j NSNET-FORWARD\n-F NSNET-FORWARD\n-X NSNET-FORWARD\n"),
+            "{text}"
+        );
+        assert!(!text.contains("NSNET-USER"), "{text}");
+    }
+}
