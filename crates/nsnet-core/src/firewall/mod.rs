@@ -4,6 +4,7 @@
 //! [`Batch::inverse`]. nsnet only ever touches its own table; everything else on the host stays as it is.
 
 pub mod iptables;
+mod nft_netlink;
 pub mod nftables;
 
 use std::net::Ipv4Addr;

@@ -462,6 +462,22 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     if batch.is_empty() {
         return Ok(());
     }
+    // Endpoints and published ports: straight over netlink, no process, no set dump.
+    if super::nft_netlink::handles(batch) {
+        let deletes_only = batch.0.iter().all(|c| matches!(c, Change::Delete(_)));
+        match super::nft_netlink::apply(batch) {
+            Ok(()) => return Ok(()),
+            // Nothing left to delete from: the table or set is already gone.
+            Err(e) if deletes_only && e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // A kernel without NFT_MSG_DESTROYSETELEM (before 6.3): the nft tool below does the same.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(FirewallError::Refused(e.to_string())),
+        }
+    }
     let script = render_with(batch, &host_handles(batch)?);
     let mut child = Command::new("nft")
         .args(["-f", "-"])
