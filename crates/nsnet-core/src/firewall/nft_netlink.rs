@@ -180,8 +180,21 @@ fn message(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8
     m
 }
 
-/// The whole batch as one nfnetlink transaction. Returns the bytes and the sequence numbers that get acks.
+/// Most elements in one message: keeps each message well under the socket buffers.
+const ELEMENTS_PER_MESSAGE: usize = 256;
+
+/// The whole batch as one nfnetlink transaction. Consecutive elements of the same set and operation share a
+/// message (one ack each, not one per element). Returns the bytes and the sequence numbers that get acks.
 fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
+    // (message type, element) in batch order.
+    let mut ops: Vec<(u16, Element)> = Vec::new();
+    for change in &batch.0 {
+        let (rule, kind) = match change {
+            Change::Add(r) => (r, NFT_MSG_NEWSETELEM),
+            Change::Delete(r) => (r, NFT_MSG_DESTROYSETELEM),
+        };
+        ops.extend(elements(rule).into_iter().map(|e| (kind, e)));
+    }
     let mut out = message(
         NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
@@ -192,16 +205,18 @@ fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
     );
     let mut seqs = Vec::new();
     let mut seq = 1;
-    for change in &batch.0 {
-        let (rule, kind, flags) = match change {
-            Change::Add(r) => (
-                r,
-                NFT_MSG_NEWSETELEM,
-                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-            ),
-            Change::Delete(r) => (r, NFT_MSG_DESTROYSETELEM, NLM_F_REQUEST | NLM_F_ACK),
-        };
-        for e in elements(rule) {
+    let mut i = 0;
+    while i < ops.len() {
+        let (kind, first) = (ops[i].0, &ops[i].1);
+        let same =
+            |(k, e): &(u16, Element)| *k == kind && e.family == first.family && e.set == first.set;
+        let run = ops[i..]
+            .iter()
+            .take(ELEMENTS_PER_MESSAGE)
+            .take_while(|op| same(op))
+            .count();
+        let mut list = Attrs(Vec::new());
+        for (_, e) in &ops[i..i + run] {
             let mut key = Attrs(Vec::new());
             key.put(NFTA_DATA_VALUE, &e.key);
             let mut elem = Attrs(Vec::new());
@@ -211,23 +226,27 @@ fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
                 data.put(NFTA_DATA_VALUE, value);
                 elem.nest(NFTA_SET_ELEM_DATA, data);
             }
-            let mut list = Attrs(Vec::new());
             list.nest(NFTA_LIST_ELEM, elem);
-            let mut attrs = Attrs(Vec::new());
-            attrs.string(NFTA_SET_ELEM_LIST_TABLE, e.table);
-            attrs.string(NFTA_SET_ELEM_LIST_SET, e.set);
-            attrs.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list);
-            seq += 1;
-            seqs.push(seq);
-            out.extend(message(
-                (NFNL_SUBSYS_NFTABLES << 8) | kind,
-                flags,
-                seq,
-                e.family,
-                0,
-                &attrs.0,
-            ));
         }
+        let mut attrs = Attrs(Vec::new());
+        attrs.string(NFTA_SET_ELEM_LIST_TABLE, first.table);
+        attrs.string(NFTA_SET_ELEM_LIST_SET, first.set);
+        attrs.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list);
+        let flags = match kind {
+            NFT_MSG_NEWSETELEM => NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+            _ => NLM_F_REQUEST | NLM_F_ACK,
+        };
+        seq += 1;
+        seqs.push(seq);
+        out.extend(message(
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            flags,
+            seq,
+            first.family,
+            0,
+            &attrs.0,
+        ));
+        i += run;
     }
     out.extend(message(
         NFNL_MSG_BATCH_END,
@@ -240,6 +259,25 @@ fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
     (out, seqs)
 }
 
+fn force_buffer(sock: &Socket, option: libc::c_int, size: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket fd we own, with a pointer to a live c_int and its exact length.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_SOCKET,
+            option,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Apply a fast-path batch as one kernel transaction. Errors carry the kernel's errno (the whole batch is
 /// rolled back by the kernel when any message fails).
 pub fn apply(batch: &Batch) -> io::Result<()> {
@@ -247,6 +285,11 @@ pub fn apply(batch: &Batch) -> io::Result<()> {
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
+    // The kernel runs a batch from one datagram, so a large one (10,000 ports is ~440 KB) needs a send buffer
+    // that big; its acks come back together too. The FORCE options (root) pass the sysctl limits, as nft does.
+    let room = bytes.len() + (64 << 10);
+    force_buffer(&sock, libc::SO_SNDBUFFORCE, room)?;
+    force_buffer(&sock, libc::SO_RCVBUFFORCE, room)?;
     sock.send(&bytes, 0)?;
     let mut pending: Vec<u32> = seqs;
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -313,6 +356,23 @@ mod tests {
         assert_eq!(ep.len(), 4);
         assert_eq!(ep[1].key.len(), 20);
         assert_eq!(ep[2].family, NFPROTO_BRIDGE);
+    }
+
+    #[test]
+    fn elements_of_one_set_share_a_message() {
+        let mut b = Batch::default();
+        b.add(Rule::Port {
+            mapping: PortMapping {
+                host_ip: None,
+                host_port: 20000,
+                container_port: 20000,
+                count: 1000,
+                protocol: Proto::Tcp,
+            },
+            target: Ipv4Addr::new(10, 89, 0, 2),
+        });
+        let (_, seqs) = encode(&b);
+        assert_eq!(seqs.len(), 1000_usize.div_ceil(ELEMENTS_PER_MESSAGE));
     }
 
     #[test]
