@@ -3,6 +3,7 @@
 //! A command's firewall work is one [`Batch`]: applied as a single atomic transaction, undone by its
 //! [`Batch::inverse`]. nsnet only ever touches its own table; everything else on the host stays as it is.
 
+pub mod element;
 pub mod iptables;
 mod nft_netlink;
 pub mod nftables;

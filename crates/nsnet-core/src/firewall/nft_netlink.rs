@@ -11,14 +11,13 @@
 //! integers in network byte order, interface names as 16 zero-padded bytes.
 
 use std::io;
-use std::net::Ipv4Addr;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
+use super::element::{elements, Element};
 use super::{Batch, Change, Rule};
-use crate::portmap::Proto;
 
-/// The name of both of nsnet's tables (`ip nsnet`, `bridge nsnet`).
+/// The name of both of nsnet's tables (`ip nsnet`, `bridge nsnet`); the family tells them apart.
 const TABLE_NAME: &str = "nsnet";
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -33,21 +32,10 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_BRIDGE: u8 = 7;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 2;
-
-/// One element to add or destroy: (family, table name, set name, key, value).
-struct Element {
-    family: u8,
-    table: &'static str,
-    set: &'static str,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-}
 
 /// Whether every change in the batch is an element of a plain (non-interval) set, which this path handles.
 pub fn handles(batch: &Batch) -> bool {
@@ -59,86 +47,6 @@ pub fn handles(batch: &Batch) -> bool {
                     | Change::Delete(Rule::Port { .. } | Rule::Endpoint { .. })
             )
         })
-}
-
-fn pad4(bytes: &[u8]) -> Vec<u8> {
-    let mut v = bytes.to_vec();
-    v.resize(bytes.len().div_ceil(4) * 4, 0);
-    v
-}
-
-fn ifname(name: &str) -> Vec<u8> {
-    let mut v = name.as_bytes().to_vec();
-    v.resize(16, 0);
-    v
-}
-
-fn ipv4(ip: Ipv4Addr) -> Vec<u8> {
-    ip.octets().to_vec()
-}
-
-fn port(p: u16) -> Vec<u8> {
-    pad4(&p.to_be_bytes())
-}
-
-fn proto(p: Proto) -> Vec<u8> {
-    pad4(&[match p {
-        Proto::Tcp => 6,
-        Proto::Udp => 17,
-    }])
-}
-
-/// The elements a fast-path rule stands for (the same ones `nftables::render` writes as text).
-fn elements(rule: &Rule) -> Vec<Element> {
-    match rule {
-        Rule::Endpoint {
-            host_interface,
-            address,
-        } => {
-            let mut out = Vec::new();
-            // `ip nsnet` and `bridge nsnet`: same name, told apart by the family.
-            for family in [NFPROTO_IPV4, NFPROTO_BRIDGE] {
-                out.push(Element {
-                    family,
-                    table: TABLE_NAME,
-                    set: "endpoint_ifs",
-                    key: ifname(host_interface),
-                    value: None,
-                });
-                let mut key = ifname(host_interface);
-                key.extend(ipv4(*address));
-                out.push(Element {
-                    family,
-                    table: TABLE_NAME,
-                    set: "endpoints",
-                    key,
-                    value: None,
-                });
-            }
-            out
-        }
-        Rule::Port { mapping, target } => mapping
-            .pairs()
-            .map(|(host_port, container_port)| {
-                let (set, mut key) = match mapping.host_ip {
-                    Some(ip) => ("ports_ip", ipv4(ip)),
-                    None => ("ports", Vec::new()),
-                };
-                key.extend(proto(mapping.protocol));
-                key.extend(port(host_port));
-                let mut value = ipv4(*target);
-                value.extend(port(container_port));
-                Element {
-                    family: NFPROTO_IPV4,
-                    table: TABLE_NAME,
-                    set,
-                    key,
-                    value: Some(value),
-                }
-            })
-            .collect(),
-        _ => vec![],
-    }
 }
 
 /// A netlink attribute writer.
@@ -185,7 +93,7 @@ const ELEMENTS_PER_MESSAGE: usize = 256;
 
 /// The whole batch as one nfnetlink transaction. Consecutive elements of the same set and operation share a
 /// message (one ack each, not one per element). Returns the bytes and the sequence numbers that get acks.
-fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
+fn encode(batch: &Batch) -> io::Result<(Vec<u8>, Vec<u32>)> {
     // (message type, element) in batch order.
     let mut ops: Vec<(u16, Element)> = Vec::new();
     for change in &batch.0 {
@@ -217,19 +125,25 @@ fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
             .count();
         let mut list = Attrs(Vec::new());
         for (_, e) in &ops[i..i + run] {
+            let Some(key_bytes) = e.key_bytes() else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("set {} needs nft", e.set),
+                ));
+            };
             let mut key = Attrs(Vec::new());
-            key.put(NFTA_DATA_VALUE, &e.key);
+            key.put(NFTA_DATA_VALUE, &key_bytes);
             let mut elem = Attrs(Vec::new());
             elem.nest(NFTA_SET_ELEM_KEY, key);
-            if let (Some(value), NFT_MSG_NEWSETELEM) = (&e.value, kind) {
+            if let (Some(value), NFT_MSG_NEWSETELEM) = (e.value_bytes(), kind) {
                 let mut data = Attrs(Vec::new());
-                data.put(NFTA_DATA_VALUE, value);
+                data.put(NFTA_DATA_VALUE, &value);
                 elem.nest(NFTA_SET_ELEM_DATA, data);
             }
             list.nest(NFTA_LIST_ELEM, elem);
         }
         let mut attrs = Attrs(Vec::new());
-        attrs.string(NFTA_SET_ELEM_LIST_TABLE, first.table);
+        attrs.string(NFTA_SET_ELEM_LIST_TABLE, TABLE_NAME);
         attrs.string(NFTA_SET_ELEM_LIST_SET, first.set);
         attrs.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list);
         let flags = match kind {
@@ -242,7 +156,7 @@ fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
             (NFNL_SUBSYS_NFTABLES << 8) | kind,
             flags,
             seq,
-            first.family,
+            first.family.nfproto(),
             0,
             &attrs.0,
         ));
@@ -256,7 +170,7 @@ fn encode(batch: &Batch) -> (Vec<u8>, Vec<u32>) {
         NFNL_SUBSYS_NFTABLES,
         &[],
     ));
-    (out, seqs)
+    Ok((out, seqs))
 }
 
 fn force_buffer(sock: &Socket, option: libc::c_int, size: usize) -> io::Result<()> {
@@ -281,7 +195,7 @@ fn force_buffer(sock: &Socket, option: libc::c_int, size: usize) -> io::Result<(
 /// Apply a fast-path batch as one kernel transaction. Errors carry the kernel's errno (the whole batch is
 /// rolled back by the kernel when any message fails).
 pub fn apply(batch: &Batch) -> io::Result<()> {
-    let (bytes, seqs) = encode(batch);
+    let (bytes, seqs) = encode(batch)?;
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
@@ -331,32 +245,8 @@ pub fn apply(batch: &Batch) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portmap::PortMapping;
-
-    #[test]
-    fn keys_are_padded_like_nftables() {
-        let rule = Rule::Port {
-            mapping: PortMapping {
-                host_ip: Some(Ipv4Addr::new(10, 0, 1, 48)),
-                host_port: 8088,
-                container_port: 80,
-                count: 1,
-                protocol: Proto::Tcp,
-            },
-            target: Ipv4Addr::new(10, 89, 0, 2),
-        };
-        let e = &elements(&rule)[0];
-        assert_eq!(e.set, "ports_ip");
-        assert_eq!(e.key, vec![10, 0, 1, 48, 6, 0, 0, 0, 0x1f, 0x98, 0, 0]);
-        assert_eq!(e.value, Some(vec![10, 89, 0, 2, 0, 80, 0, 0]));
-        let ep = elements(&Rule::Endpoint {
-            host_interface: "veth1".into(),
-            address: Ipv4Addr::new(10, 89, 0, 2),
-        });
-        assert_eq!(ep.len(), 4);
-        assert_eq!(ep[1].key.len(), 20);
-        assert_eq!(ep[2].family, NFPROTO_BRIDGE);
-    }
+    use crate::portmap::{PortMapping, Proto};
+    use std::net::Ipv4Addr;
 
     #[test]
     fn elements_of_one_set_share_a_message() {
@@ -371,7 +261,7 @@ mod tests {
             },
             target: Ipv4Addr::new(10, 89, 0, 2),
         });
-        let (_, seqs) = encode(&b);
+        let (_, seqs) = encode(&b).unwrap();
         assert_eq!(seqs.len(), 1000_usize.div_ceil(ELEMENTS_PER_MESSAGE));
     }
 
@@ -398,7 +288,7 @@ mod tests {
             host_interface: "v".into(),
             address: Ipv4Addr::new(1, 2, 3, 4),
         });
-        let (bytes, seqs) = encode(&b);
+        let (bytes, seqs) = encode(&b).unwrap();
         assert_eq!(seqs.len(), 4);
         assert_eq!(
             u16::from_ne_bytes([bytes[4], bytes[5]]),

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
+use super::element::elements;
 use super::{Batch, Change, FirewallError, Rule};
 use crate::model::HostChain;
 
@@ -290,79 +291,21 @@ fn render_with(batch: &Batch, handles: &HostHandles) -> String {
                 let _ = writeln!(out, "delete table {BRIDGE_TABLE}");
             }
             Change::Add(rule) => {
-                for (table, set, element, _) in elements(rule) {
-                    let _ = writeln!(out, "add element {table} {set} {{ {element} }}");
+                for e in elements(rule) {
+                    let (table, set) = (e.family.table(), e.set);
+                    let _ = writeln!(out, "add element {table} {set} {{ {} }}", e.text());
                 }
             }
             Change::Delete(rule) => {
-                for (table, set, element, key) in elements(rule) {
-                    let _ = writeln!(out, "add element {table} {set} {{ {element} }}");
-                    let _ = writeln!(out, "delete element {table} {set} {{ {key} }}");
+                for e in elements(rule) {
+                    let (table, set) = (e.family.table(), e.set);
+                    let _ = writeln!(out, "add element {table} {set} {{ {} }}", e.text());
+                    let _ = writeln!(out, "delete element {table} {set} {{ {} }}", e.key_text());
                 }
             }
         }
     }
     out
-}
-
-/// The (table, set, full element, key) quadruples a rule stands for.
-fn elements(rule: &Rule) -> Vec<(&'static str, &'static str, String, String)> {
-    let same = |table, set, e: String| (table, set, e.clone(), e);
-    match rule {
-        Rule::Tables { .. } | Rule::HostAccept { .. } => vec![],
-        Rule::Interface {
-            interface,
-            subnet,
-            internal,
-        } => {
-            let mut out = vec![
-                same(TABLE, "ifaces", format!("\"{interface}\"")),
-                same(TABLE, "same_net", format!("{subnet} . {subnet}")),
-            ];
-            if *internal {
-                out.push(same(TABLE, "internal", format!("\"{interface}\"")));
-            }
-            out
-        }
-        Rule::Masquerade { subnet, interface } => vec![
-            same(TABLE, "masq_nets", subnet.to_string()),
-            same(TABLE, "own_nets", format!("\"{interface}\" . {subnet}")),
-        ],
-        Rule::Isolate { from, to } => {
-            vec![same(TABLE, "isolation", format!("\"{from}\" . \"{to}\""))]
-        }
-        Rule::Endpoint {
-            host_interface,
-            address,
-        } => {
-            let mut out = Vec::new();
-            for table in [TABLE, BRIDGE_TABLE] {
-                out.push(same(table, "endpoint_ifs", format!("\"{host_interface}\"")));
-                out.push(same(
-                    table,
-                    "endpoints",
-                    format!("\"{host_interface}\" . {address}"),
-                ));
-            }
-            out
-        }
-        Rule::Port { mapping, target } => mapping
-            .pairs()
-            .map(|(host_port, container_port)| {
-                let protocol = mapping.protocol;
-                let (set, key) = match mapping.host_ip {
-                    Some(ip) => ("ports_ip", format!("{ip} . {protocol} . {host_port}")),
-                    None => ("ports", format!("{protocol} . {host_port}")),
-                };
-                (
-                    TABLE,
-                    set,
-                    format!("{key} : {target} . {container_port}"),
-                    key,
-                )
-            })
-            .collect(),
-    }
 }
 
 /// Whether the user chain holds rules (then removing the last network keeps it, and its table).

@@ -1,0 +1,258 @@
+//! The set and map elements each [`Rule`] stands for, described once and written two ways: as `nft` text
+//! ([`super::nftables`]) and as nf_tables netlink bytes ([`super::nft_netlink`]).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::Rule;
+use crate::portmap::Proto;
+
+/// Which of nsnet's two nftables tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `ip nsnet`.
+    Ip,
+    /// `bridge nsnet`.
+    Bridge,
+}
+
+impl Family {
+    /// The table as `nft` names it.
+    pub fn table(self) -> &'static str {
+        match self {
+            Family::Ip => "ip nsnet",
+            Family::Bridge => "bridge nsnet",
+        }
+    }
+
+    /// The netfilter protocol family (NFPROTO_IPV4, NFPROTO_BRIDGE).
+    pub fn nfproto(self) -> u8 {
+        match self {
+            Family::Ip => 2,
+            Family::Bridge => 7,
+        }
+    }
+}
+
+/// One field of a (possibly concatenated) key or value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    Ifname(String),
+    Ipv4(Ipv4Addr),
+    /// A prefix: only in interval sets, which have no netlink encoding here.
+    Net(Ipv4Net),
+    Proto(Proto),
+    Port(u16),
+}
+
+impl Field {
+    fn text(&self) -> String {
+        match self {
+            Field::Ifname(name) => format!("\"{name}\""),
+            Field::Ipv4(ip) => ip.to_string(),
+            Field::Net(net) => net.to_string(),
+            Field::Proto(p) => p.to_string(),
+            Field::Port(p) => p.to_string(),
+        }
+    }
+
+    /// As nftables stores it: padded to 4 bytes, integers in network order, names as 16 zero-padded bytes.
+    fn bytes(&self) -> Option<Vec<u8>> {
+        let mut v = match self {
+            Field::Ifname(name) => {
+                let mut v = name.as_bytes().to_vec();
+                v.resize(16, 0);
+                v
+            }
+            Field::Ipv4(ip) => ip.octets().to_vec(),
+            Field::Net(_) => return None,
+            Field::Proto(Proto::Tcp) => vec![6],
+            Field::Proto(Proto::Udp) => vec![17],
+            Field::Port(p) => p.to_be_bytes().to_vec(),
+        };
+        v.resize(v.len().div_ceil(4) * 4, 0);
+        Some(v)
+    }
+}
+
+/// One element: its table, set, key and (for maps) value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub family: Family,
+    pub set: &'static str,
+    pub key: Vec<Field>,
+    pub value: Vec<Field>,
+}
+
+fn join_text(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(Field::text)
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+fn join_bytes(fields: &[Field]) -> Option<Vec<u8>> {
+    fields
+        .iter()
+        .map(Field::bytes)
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.concat())
+}
+
+impl Element {
+    fn new(family: Family, set: &'static str, key: Vec<Field>) -> Element {
+        Element {
+            family,
+            set,
+            key,
+            value: vec![],
+        }
+    }
+
+    /// The key as `nft` writes it, e.g. `tcp . 8088`.
+    pub fn key_text(&self) -> String {
+        join_text(&self.key)
+    }
+
+    /// The whole element as `nft` writes it, e.g. `tcp . 8088 : 10.89.0.2 . 80`.
+    pub fn text(&self) -> String {
+        if self.value.is_empty() {
+            self.key_text()
+        } else {
+            format!("{} : {}", self.key_text(), join_text(&self.value))
+        }
+    }
+
+    /// The key as netlink bytes; `None` for interval keys.
+    pub fn key_bytes(&self) -> Option<Vec<u8>> {
+        join_bytes(&self.key)
+    }
+
+    /// The value as netlink bytes (`None` when the element has no value).
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        if self.value.is_empty() {
+            None
+        } else {
+            join_bytes(&self.value)
+        }
+    }
+}
+
+/// The elements a rule stands for ([`Rule::Tables`] and [`Rule::HostAccept`] are rules, not elements).
+pub fn elements(rule: &Rule) -> Vec<Element> {
+    use Family::*;
+    use Field::*;
+    match rule {
+        Rule::Tables { .. } | Rule::HostAccept { .. } => vec![],
+        Rule::Interface {
+            interface,
+            subnet,
+            internal,
+        } => {
+            let mut out = vec![
+                Element::new(Ip, "ifaces", vec![Ifname(interface.clone())]),
+                Element::new(Ip, "same_net", vec![Net(*subnet), Net(*subnet)]),
+            ];
+            if *internal {
+                out.push(Element::new(
+                    Ip,
+                    "internal",
+                    vec![Ifname(interface.clone())],
+                ));
+            }
+            out
+        }
+        Rule::Masquerade { subnet, interface } => vec![
+            Element::new(Ip, "masq_nets", vec![Net(*subnet)]),
+            Element::new(
+                Ip,
+                "own_nets",
+                vec![Ifname(interface.clone()), Net(*subnet)],
+            ),
+        ],
+        Rule::Isolate { from, to } => {
+            vec![Element::new(
+                Ip,
+                "isolation",
+                vec![Ifname(from.clone()), Ifname(to.clone())],
+            )]
+        }
+        // Checked in both tables: bridged packets in `bridge nsnet`, point-to-point ones in `ip nsnet`.
+        Rule::Endpoint {
+            host_interface,
+            address,
+        } => [Ip, Bridge]
+            .into_iter()
+            .flat_map(|family| {
+                [
+                    Element::new(family, "endpoint_ifs", vec![Ifname(host_interface.clone())]),
+                    Element::new(
+                        family,
+                        "endpoints",
+                        vec![Ifname(host_interface.clone()), Ipv4(*address)],
+                    ),
+                ]
+            })
+            .collect(),
+        Rule::Port { mapping, target } => mapping
+            .pairs()
+            .map(|(host_port, container_port)| {
+                let (set, mut key) = match mapping.host_ip {
+                    Some(ip) => ("ports_ip", vec![Ipv4(ip)]),
+                    None => ("ports", vec![]),
+                };
+                key.extend([Proto(mapping.protocol), Port(host_port)]);
+                Element {
+                    family: Ip,
+                    set,
+                    key,
+                    value: vec![Ipv4(*target), Port(container_port)],
+                }
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portmap::PortMapping;
+
+    #[test]
+    fn one_description_two_encodings() {
+        let rule = Rule::Port {
+            mapping: PortMapping {
+                host_ip: Some(Ipv4Addr::new(10, 0, 1, 48)),
+                host_port: 8088,
+                container_port: 80,
+                count: 1,
+                protocol: Proto::Tcp,
+            },
+            target: Ipv4Addr::new(10, 89, 0, 2),
+        };
+        let e = &elements(&rule)[0];
+        assert_eq!(e.set, "ports_ip");
+        assert_eq!(e.text(), "10.0.1.48 . tcp . 8088 : 10.89.0.2 . 80");
+        assert_eq!(
+            e.key_bytes(),
+            Some(vec![10, 0, 1, 48, 6, 0, 0, 0, 0x1f, 0x98, 0, 0])
+        );
+        assert_eq!(e.value_bytes(), Some(vec![10, 89, 0, 2, 0, 80, 0, 0]));
+        let ep = elements(&Rule::Endpoint {
+            host_interface: "veth1".into(),
+            address: Ipv4Addr::new(10, 89, 0, 2),
+        });
+        assert_eq!(ep.len(), 4);
+        assert_eq!(ep[1].text(), "\"veth1\" . 10.89.0.2");
+        assert_eq!(ep[1].key_bytes().map(|k| k.len()), Some(20));
+        assert_eq!(ep[2].family, Family::Bridge);
+        let net = elements(&Rule::Masquerade {
+            subnet: "10.89.0.0/24".parse().unwrap(),
+            interface: "br".into(),
+        });
+        assert_eq!(net[1].text(), "\"br\" . 10.89.0.0/24");
+        assert_eq!(net[1].key_bytes(), None);
+    }
+}
