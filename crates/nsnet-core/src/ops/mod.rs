@@ -105,11 +105,15 @@ fn tables_change(networks_left: usize, backend: Backend) -> Option<bool> {
 
 /// Find a network by name in the loaded records.
 fn find<'a>(nets: &'a [Network], name: &str) -> Result<&'a Network> {
-    nets.iter().find(|n| n.name == name).ok_or_else(|| {
-        Error::Invalid(format!(
-            "no network named '{name}'; `nsnet network ls` lists them, `nsnet network create {name}` makes it"
-        ))
-    })
+    nets.iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| no_network(name))
+}
+
+fn no_network(name: &str) -> Error {
+    Error::Invalid(format!(
+        "no network named '{name}'; `nsnet network ls` lists them, `nsnet network create {name}` makes it"
+    ))
 }
 
 /// A short stable hash for generated interface names (FNV-1a).

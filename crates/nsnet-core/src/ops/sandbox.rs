@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use super::network::NetworkRequest;
-use super::{find, short_hash, tables_change, Host, Nsnet, DEFAULT_NETWORK};
+use super::{no_network, short_hash, tables_change, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
@@ -77,8 +77,12 @@ impl Nsnet {
             owned: true,
             endpoints: vec![],
         };
-        let mut steps = vec![Step::CreateNetns { name: name.into() }];
-        self.join(&mut sb, req, None, steps.as_mut())
+        self.join(
+            &mut sb,
+            req,
+            None,
+            vec![Step::CreateNetns { name: name.into() }],
+        )
     }
 
     /// `nsnet attach NAME|PATH`: network a namespace nsnet did not create, or give a sandbox one more network.
@@ -140,17 +144,17 @@ impl Nsnet {
             },
         };
         let mut in_ns = netns::netlink_in(&path)?;
-        self.join(&mut sb, req, Some(&mut in_ns), &mut Vec::new())
+        self.join(&mut sb, req, Some(&mut in_ns), vec![])
     }
 
-    /// Validate, plan and apply one new endpoint for `sb`. `steps` holds steps that must come first (creating
+    /// Validate, plan and apply one new endpoint for `sb`. `first` holds steps that must come first (creating
     /// the namespace); `in_ns` is a socket inside an existing namespace, to avoid its interface names.
     fn join(
         &self,
         sb: &mut Sandbox,
         req: &AttachRequest,
         in_ns: Option<&mut Netlink>,
-        steps: &mut Vec<Step>,
+        first: Vec<Step>,
     ) -> Result<Plan> {
         let nets = self.store.networks()?;
         let mut host = Host::open()?;
@@ -167,7 +171,7 @@ impl Nsnet {
             kernel.extend(s);
             fw.0.extend(f.0);
         }
-        kernel.append(steps);
+        kernel.extend(first);
         let (s, f) = build::endpoint_up(&net, &endpoint, &Ns::Path(sb.netns.clone()));
         kernel.extend(s);
         fw.0.extend(f.0);
@@ -196,11 +200,7 @@ impl Nsnet {
                 self.validate_network(&NetworkRequest::default_network(), nets, host)?,
                 true,
             ),
-            None => {
-                return Err(find(nets, net_name)
-                    .err()
-                    .unwrap_or_else(|| invalid!("no network")))
-            }
+            None => return Err(no_network(net_name)),
         };
         if sb.endpoints.iter().any(|e| e.network == net.name) {
             return Err(invalid!(
