@@ -149,6 +149,7 @@ enum NetworkCmd {
         /// reachable through the host's addresses); --isolate=false opts out.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         isolate: bool,
+        /// MTU of the bridge and of every veth on the network (68-65535, default 1500).
         #[arg(long)]
         mtu: Option<u32>,
     },
