@@ -1,0 +1,80 @@
+//! Bad input at scale: the parsers and the state loader take any input without panicking, and whatever they
+//! accept round-trips.
+
+use std::fs;
+
+use nsnet_core::ipam;
+use nsnet_core::model::Mac;
+use nsnet_core::portmap::PortSpec;
+use nsnet_core::store::Store;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn port_specs_never_panic(text in "\\PC{0,40}") {
+        let _ = text.parse::<PortSpec>();
+    }
+
+    #[test]
+    fn port_specs_that_parse_round_trip(
+        ip in proptest::option::of(any::<[u8; 4]>()),
+        host in 1u16..60000,
+        container in 1u16..60000,
+        count in 1u16..100,
+        udp in any::<bool>(),
+    ) {
+        let ip = ip.map(|o| format!("{}.{}.{}.{}:", o[0], o[1], o[2], o[3])).unwrap_or_default();
+        let range = |p: u16| if count > 1 { format!("{p}-{}", p + count - 1) } else { p.to_string() };
+        let text = format!("{ip}{}:{}/{}", range(host), range(container), if udp { "udp" } else { "tcp" });
+        let spec: PortSpec = text.parse().map_err(|e: String| TestCaseError::fail(e))?;
+        let mapping = spec.with_host_port(spec.host_port.unwrap_or(host));
+        let again: PortSpec = mapping.to_string().parse().map_err(|e: String| TestCaseError::fail(e))?;
+        prop_assert_eq!(again.with_host_port(host), mapping);
+    }
+
+    #[test]
+    fn subnets_never_panic_and_accepted_ones_are_usable(text in "[0-9./a-z]{0,24}") {
+        if let Ok(net) = ipam::parse_subnet(&text) {
+            prop_assert_eq!(net.trunc(), net);
+            prop_assert!(net.prefix_len() <= 30);
+            ipam::check_gateway(&net, ipam::default_gateway(&net)).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn macs_never_panic(text in "\\PC{0,30}") {
+        let _ = text.parse::<Mac>();
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_named_never_reset(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let store = Store::new(dir.path());
+        fs::create_dir_all(dir.path().join("networks")).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let file = dir.path().join("networks/n.json");
+        fs::write(&file, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        match store.networks() {
+            Ok(nets) => prop_assert_eq!(nets.len(), 1, "random bytes made a valid network?"),
+            Err(e) => prop_assert!(e.to_string().contains("networks/n.json"), "{}", e),
+        }
+        // The file is still there: a bad file is reported, never replaced.
+        prop_assert_eq!(fs::read(&file).map_err(|e| TestCaseError::fail(e.to_string()))?, bytes);
+    }
+}
+
+#[test]
+fn a_truncated_state_file_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::new(dir.path());
+    let net = r#"{"name":"n","driver":"bridge","subnet":"10.89.0.0/24","gateway":"10.89.0.1","interface":"nsnet0","internal":false,"mtu":1500}"#;
+    fs::create_dir_all(dir.path().join("networks")).expect("mkdir");
+    fs::write(dir.path().join("networks/n.json"), net).expect("write");
+    assert_eq!(store.networks().expect("valid").len(), 1);
+    for cut in [1, net.len() / 2, net.len() - 1] {
+        fs::write(dir.path().join("networks/n.json"), &net[..cut]).expect("write");
+        let err = store.networks().expect_err("truncated").to_string();
+        assert!(err.contains("networks/n.json is corrupt"), "{err}");
+    }
+}
