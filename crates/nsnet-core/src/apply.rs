@@ -12,6 +12,19 @@ pub struct Applier {
     sockets: HashMap<Ns, Netlink>,
 }
 
+/// In test builds with the `fault-injection` feature, `NSNET_FAIL_AT=K` fails the K-th step of a set-up plan
+/// (before it runs), so tests can prove that every step rolls back.
+#[cfg(feature = "fault-injection")]
+fn injected_fault(step: usize) -> Option<Error> {
+    let at: usize = std::env::var("NSNET_FAIL_AT").ok()?.parse().ok()?;
+    (at == step).then(|| Error::Invalid(format!("injected fault at step {step}")))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn injected_fault(_step: usize) -> Option<Error> {
+    None
+}
+
 /// The undo steps of an applied plan, newest first; [`Undo::rollback`] runs them, forgetting them commits.
 #[must_use = "roll back on a later failure, or drop to keep the changes"]
 pub struct Undo(Vec<Step>);
@@ -52,8 +65,8 @@ impl Applier {
                 self.sockets.remove(&Ns::Path(netns::named_path(name)));
                 netns::delete(name)?;
             }
-            Step::CreateBridge { name, mtu } => {
-                self.netlink(&Ns::Host)?.create_bridge(name, *mtu)?;
+            Step::CreateBridge { name, mtu, mac } => {
+                self.netlink(&Ns::Host)?.create_bridge(name, *mtu, mac.0)?;
             }
             Step::CreateVeth {
                 host,
@@ -108,8 +121,8 @@ impl Applier {
     /// and the error says so.
     pub fn apply(&mut self, plan: &Plan) -> Result<Undo> {
         let mut undo = Vec::new();
-        for step in &plan.steps {
-            if let Err(cause) = self.run(step) {
+        for (i, step) in plan.steps.iter().enumerate() {
+            if let Err(cause) = injected_fault(i + 1).map_or_else(|| self.run(step), Err) {
                 undo.reverse();
                 let rollback = Undo(undo).rollback(self);
                 return Err(Error::RolledBack {

@@ -249,7 +249,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let plan = h.ok(&["--dry-run", "create", &s, "-p", "8088:80"]);
     for expected in [
         "sysctl -w net.ipv4.ip_forward=1",
-        "ip link add nsnet0 mtu 1500 type bridge",
+        "ip link add nsnet0 address 02:6e:0a:59:00:01 mtu 1500 type bridge",
         "ip addr add 10.89.0.1/24 dev nsnet0",
         &format!("ip netns add {s}"),
         &format!("ip -n {s} addr add 10.89.0.2/24 dev eth0"),

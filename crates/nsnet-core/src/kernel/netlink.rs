@@ -170,12 +170,18 @@ impl Netlink {
             .collect())
     }
 
-    /// `ip link add NAME mtu MTU type bridge`, created up.
-    pub fn create_bridge(&mut self, name: &str, mtu: u32) -> Result<u32, KernelError> {
+    /// `ip link add NAME address MAC mtu MTU type bridge`, created up.
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> Result<u32, KernelError> {
         let mut msg = LinkMessage::default();
         up(&mut msg);
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,

@@ -2,7 +2,7 @@
 //! Nothing here reads or changes the system, so every rule is checked by unit tests without root.
 
 use crate::firewall::{Batch, Rule};
-use crate::model::{Driver, Endpoint, Network, Sandbox};
+use crate::model::{Driver, Endpoint, Mac, Network, Sandbox};
 use crate::plan::{Ns, Plan, Step};
 use ipnet::Ipv4Net;
 
@@ -57,6 +57,7 @@ pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (V
         steps.push(Step::CreateBridge {
             name: net.interface.clone(),
             mtu: net.mtu,
+            mac: Mac::for_ipv4(net.gateway),
         });
         steps.push(Step::AddAddress {
             ns: Ns::Host,
@@ -200,7 +201,6 @@ pub fn endpoint_down(ep: &Endpoint) -> (Batch, Vec<Step>) {
 mod tests {
     use super::*;
     use crate::firewall::Change;
-    use crate::model::Mac;
     use crate::portmap::PortMapping;
     use std::net::Ipv4Addr;
     use std::path::PathBuf;
@@ -252,7 +252,7 @@ mod tests {
         let text = Plan::setup(steps, fw, Default::default()).render();
         assert!(text.starts_with(
             "sysctl -w net.ipv4.ip_forward=1\n\
-             ip link add br0 mtu 1500 type bridge\nip link set br0 up\n\
+             ip link add br0 address 02:6e:ac:10:00:64 mtu 1500 type bridge\nip link set br0 up\n\
              ip addr add 172.16.0.100/24 dev br0\n\
              sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
              nft -f - <<'EOF'\ntable ip nsnet {\n"

@@ -47,8 +47,9 @@ pub enum Step {
     CreateNetns { name: String },
     /// `ip netns del NAME`.
     DeleteNetns { name: String },
-    /// `ip link add NAME type bridge`, up.
-    CreateBridge { name: String, mtu: u32 },
+    /// `ip link add NAME type bridge`, up, with a fixed MAC: a bridge without one takes its lowest port's
+    /// address, so the gateway's MAC would change as sandboxes come and go (stale ARP in every sandbox).
+    CreateBridge { name: String, mtu: u32, mac: Mac },
     /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both up.
     CreateVeth {
         host: String,
@@ -102,8 +103,10 @@ impl Step {
                 format!("ip netns add {name}\nip -n {name} link set lo up")
             }
             Step::DeleteNetns { name } => format!("ip netns del {name}"),
-            Step::CreateBridge { name, mtu } => {
-                format!("ip link add {name} mtu {mtu} type bridge\nip link set {name} up")
+            Step::CreateBridge { name, mtu, mac } => {
+                format!(
+                    "ip link add {name} address {mac} mtu {mtu} type bridge\nip link set {name} up"
+                )
             }
             Step::CreateVeth {
                 host,

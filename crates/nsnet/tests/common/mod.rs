@@ -169,6 +169,22 @@ impl TestHost {
         self.nsnet_raw(&[], args)
     }
 
+    /// Run nsnet with extra environment variables.
+    pub fn nsnet_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let net = format!("--net={}", self.host_path().display());
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(&net)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_nsnet"))
+            .args(args);
+        cmd.env("NSNET_STATE_DIR", &self.state);
+        if let Some(backend) = self.firewall {
+            cmd.env("NSNET_FIREWALL", backend);
+        }
+        cmd.envs(env.iter().copied());
+        run(&mut cmd)
+    }
+
     /// Run nsnet; it must succeed. Returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.nsnet(args);
@@ -222,7 +238,23 @@ impl TestHost {
                     .map(move |a| format!("{name} {}/{}", a["local"], a["prefixlen"]))
             })
             .collect();
-        let routes = self.in_host(&["ip", "-j", "route", "show", "table", "all"]);
+        // Routes without their flags: `linkdown` follows a bridge's carrier, which the kernel updates
+        // asynchronously (linkwatch) after its last port goes.
+        let routes: Value =
+            serde_json::from_str(&self.in_host(&["ip", "-j", "route", "show", "table", "all"]))
+                .expect("ip -j route");
+        let routes: Vec<String> = routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let mut r = r.clone();
+                if let Some(o) = r.as_object_mut() {
+                    o.remove("flags");
+                }
+                r.to_string()
+            })
+            .collect();
         let ruleset = self.in_host(&["nft", "-j", "list", "ruleset"]);
         let mut state = Vec::new();
         walk(&self.state, &self.state, &mut state);
@@ -305,7 +337,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 pub struct Snapshot {
     pub links: Vec<String>,
     pub addrs: Vec<String>,
-    pub routes: String,
+    pub routes: Vec<String>,
     pub ruleset: String,
     pub state: Vec<String>,
     pub namespaces: Vec<String>,
