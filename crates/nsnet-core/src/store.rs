@@ -19,6 +19,41 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::model::{Network, Sandbox};
+use crate::plan::Step;
+
+/// One change to the records, as data: what a command writes once its kernel work is done.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Network(Network),
+    Sandbox(Sandbox),
+    NoNetwork(String),
+    NoSandbox(String),
+}
+
+/// A record file's content at some moment (`None`: no such file), by path relative to the state dir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FileState {
+    pub path: String,
+    pub content: Option<String>,
+}
+
+/// What a command in flight may have done, written before it touches the kernel and removed when it is
+/// finished. If nsnet is killed in between, recovery reads it: a set-up whose records all landed is done;
+/// otherwise its `undo` steps run and the records go back to `before`. A teardown is finished: `redo` runs
+/// again (every teardown step is idempotent) and the records become `after`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Intent {
+    pub command: String,
+    pub setup: bool,
+    /// Set-up: the undo steps of the whole plan, newest first (undoing a step that never ran is harmless).
+    #[serde(default)]
+    pub undo: Vec<Step>,
+    /// Teardown: the whole plan.
+    #[serde(default)]
+    pub redo: Vec<Step>,
+    pub before: Vec<FileState>,
+    pub after: Vec<FileState>,
+}
 
 /// A state-dir failure, naming the file involved.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +196,128 @@ impl Store {
         write_atomic(&self.sandbox_path(&sb.name), sb)
     }
 
+    fn record_file(&self, r: &Record) -> Result<(String, Option<String>), StoreError> {
+        let (path, value) = match r {
+            Record::Network(n) => (
+                format!("networks/{}.json", n.name),
+                serde_json::to_string_pretty(n).map(Some),
+            ),
+            Record::Sandbox(s) => (
+                format!("sandboxes/{}.json", s.name),
+                serde_json::to_string_pretty(s).map(Some),
+            ),
+            Record::NoNetwork(name) => (format!("networks/{name}.json"), Ok(None)),
+            Record::NoSandbox(name) => (format!("sandboxes/{name}.json"), Ok(None)),
+        };
+        let content = value
+            .map(|c| c.map(|t| t + "\n"))
+            .map_err(|e| StoreError::Corrupt {
+                path: self.dir.join(&path),
+                reason: e.to_string(),
+            })?;
+        Ok((path, content))
+    }
+
+    /// What the files of these records hold now, and what they will hold once the records are written.
+    pub fn file_states(
+        &self,
+        records: &[Record],
+    ) -> Result<(Vec<FileState>, Vec<FileState>), StoreError> {
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for r in records {
+            let (path, content) = self.record_file(r)?;
+            let now = match fs::read_to_string(self.dir.join(&path)) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        what: "read state file",
+                        path: self.dir.join(&path),
+                        error: e,
+                    })
+                }
+            };
+            before.push(FileState {
+                path: path.clone(),
+                content: now,
+            });
+            after.push(FileState { path, content });
+        }
+        Ok((before, after))
+    }
+
+    /// Make the files hold exactly these contents (`None`: removed).
+    pub fn set_files(&self, files: &[FileState]) -> Result<(), StoreError> {
+        self.ensure_dirs()?;
+        for f in files {
+            let path = self.dir.join(&f.path);
+            match &f.content {
+                Some(text) => write_text(&path, text)?,
+                None => remove(&path)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the files hold exactly these contents.
+    pub fn files_are(&self, files: &[FileState]) -> bool {
+        files
+            .iter()
+            .all(|f| fs::read_to_string(self.dir.join(&f.path)).ok() == f.content)
+    }
+
+    /// Record a command in flight; returns the intent file to remove when it is done.
+    pub fn put_intent(&self, intent: &Intent) -> Result<PathBuf, StoreError> {
+        let dir = self.dir.join("intents");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("create state directory", &dir))?;
+        let path = dir.join(format!("{}.json", std::process::id()));
+        write_atomic(&path, intent)?;
+        Ok(path)
+    }
+
+    /// Every intent left by a command that did not finish.
+    pub fn intents(&self) -> Result<Vec<(PathBuf, Intent)>, StoreError> {
+        let dir = self.dir.join("intents");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_some_and(|x| x == "json") {
+                if let Some(intent) = read(&path)? {
+                    out.push((path, intent));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove the temp files of writes that were killed before their rename (call with the lock held: then
+    /// no write is in flight).
+    pub fn remove_stale_temp_files(&self) -> Result<(), StoreError> {
+        for sub in ["networks", "sandboxes", "intents"] {
+            let Ok(entries) = fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for e in entries.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    remove(&e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The intent is dealt with.
+    pub fn remove_intent(&self, path: &Path) -> Result<(), StoreError> {
+        remove(path)
+    }
+
     pub fn remove_network(&self, name: &str) -> Result<(), StoreError> {
         remove(&self.network_path(name))
     }
@@ -179,7 +336,10 @@ impl Store {
         if has_files("networks") || has_files("sandboxes") {
             return Ok(());
         }
-        for sub in ["networks", "sandboxes"] {
+        if has_files("intents") {
+            return Ok(());
+        }
+        for sub in ["networks", "sandboxes", "intents"] {
             let _ = fs::remove_dir(self.dir.join(sub));
         }
         let _ = fs::remove_file(self.dir.join("lock"));
@@ -240,6 +400,11 @@ fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> 
         reason: e.to_string(),
     })?;
     text.push('\n');
+    write_text(path, &text)
+}
+
+/// Write a file atomically: temp file, fsync, rename, fsync the directory.
+fn write_text(path: &Path, text: &str) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()

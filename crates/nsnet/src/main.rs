@@ -95,6 +95,9 @@ enum Cmd {
     Port { name: String },
     /// Remove a sandbox: its endpoints, rules, addresses and (if nsnet made it) its namespace.
     Rm { name: String },
+    /// Finish or roll back what an interrupted (killed) nsnet command left; every command also does this
+    /// first.
+    Gc,
     /// Manage nsnet's firewall rules.
     #[command(subcommand)]
     Firewall(FirewallCmd),
@@ -320,6 +323,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Firewall(FirewallCmd::Reload) => {
             let plan = nsnet.firewall_reload()?;
             done(plan, "firewall reloaded".into())
+        }
+        Cmd::Gc => {
+            let done = nsnet.gc()?;
+            if done.is_empty() {
+                println!("nothing to recover");
+            }
+            for line in done {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo::run(),
     }

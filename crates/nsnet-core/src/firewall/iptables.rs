@@ -288,15 +288,17 @@ pub fn render(batch: &Batch) -> String {
 }
 
 fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
-    let mut child = Command::new(tool)
-        .args(args)
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    super::die_with_parent(&mut cmd);
+    let mut child = cmd
         .spawn()
         .map_err(|error| FirewallError::Spawn { tool, error })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {

@@ -21,7 +21,7 @@ use crate::model::HostChain;
 use crate::portmap::PortMapping;
 
 /// One thing nsnet keeps in the firewall. Everything but [`Rule::Tables`] is a set or map element.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rule {
     /// nsnet's tables with their chains, sets and maps, holding no elements. Adding resets them (so it also
     /// repairs a damaged ruleset) but never touches the `user` chain. Deleting keeps the `user` chain, and so
@@ -56,14 +56,14 @@ pub enum Rule {
 }
 
 /// Add or delete one [`Rule`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     Add(Rule),
     Delete(Rule),
 }
 
 /// The firewall part of one operation, applied all at once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch(pub Vec<Change>);
 
 impl Batch {
@@ -91,6 +91,21 @@ impl Batch {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Make a firewall tool die with nsnet: if nsnet is killed mid-command, a still-running `nft -f` or
+/// `iptables-restore` must not land its transaction after recovery has rolled the command back.
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; prctl(2) is async-signal-safe and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

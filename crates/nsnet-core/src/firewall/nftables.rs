@@ -422,16 +422,16 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
         }
     }
     let script = render_with(batch, &host_handles(batch)?);
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| FirewallError::Spawn {
-            tool: "nft",
-            error: source,
-        })?;
+        .stderr(Stdio::piped());
+    super::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|source| FirewallError::Spawn {
+        tool: "nft",
+        error: source,
+    })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())

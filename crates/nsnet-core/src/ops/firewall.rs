@@ -10,6 +10,6 @@ impl Nsnet {
     pub fn firewall_reload(&self) -> Result<Plan> {
         let _lock = self.lock()?;
         let plan = build::firewall_reload(&self.store.networks()?, &self.store.sandboxes()?);
-        self.setup(plan, |_| Ok(()))
+        self.setup(plan, vec![])
     }
 }

@@ -18,7 +18,8 @@ use crate::firewall::Backend;
 use crate::kernel::Netlink;
 use crate::model::Network;
 use crate::plan::Plan;
-use crate::store::{Lock, Store};
+use crate::plan::Step;
+use crate::store::{Intent, Lock, Record, Store};
 
 /// Name of the network `create`/`run`/`attach` use when none is given; created on first use.
 pub const DEFAULT_NETWORK: &str = "nsnet0";
@@ -42,41 +43,143 @@ impl Nsnet {
         }
     }
 
-    /// The writer lock, except for dry runs, which only read.
+    /// The writer lock, except for dry runs, which only read. Whatever a killed command left half done is
+    /// finished or rolled back first (see [`Nsnet::recover`]).
     fn lock(&self) -> Result<Option<Lock>> {
         if self.dry_run {
-            Ok(None)
-        } else {
-            Ok(Some(self.store.lock()?))
+            return Ok(None);
         }
+        let lock = self.store.lock()?;
+        self.recover()?;
+        Ok(Some(lock))
     }
 
-    /// Apply a set-up plan, then write the records; if writing fails, undo the plan.
-    fn setup(&self, plan: Plan, record: impl FnOnce(&Store) -> Result<()>) -> Result<Plan> {
+    /// Apply a set-up plan, then write the records; if writing fails, undo the plan. An intent on disk covers
+    /// the whole span, so a kill at any point is rolled back by the next command.
+    fn setup(&self, plan: Plan, records: Vec<Record>) -> Result<Plan> {
         if self.dry_run {
             return Ok(plan);
         }
+        let (before, after) = self.store.file_states(&records)?;
+        let undo: Vec<Step> = plan.steps.iter().rev().filter_map(Step::undo).collect();
+        let intent = self.store.put_intent(&Intent {
+            command: self.command(),
+            setup: true,
+            undo,
+            redo: vec![],
+            before,
+            after: after.clone(),
+        })?;
         let mut applier = Applier::new();
-        let undo = applier.apply(&plan)?;
-        if let Err(cause) = record(&self.store) {
-            let rollback = undo.rollback(&mut applier);
+        let done = match applier.apply(&plan) {
+            Ok(undo) => undo,
+            Err(e) => {
+                self.store.remove_intent(&intent)?;
+                return Err(e);
+            }
+        };
+        if let Err(cause) = self.store.set_files(&after) {
+            let rollback = done.rollback(&mut applier);
+            self.store.remove_intent(&intent)?;
             return Err(Error::RolledBack {
-                cause: Box::new(cause),
+                cause: Box::new(cause.into()),
                 rollback,
             });
         }
+        self.store.remove_intent(&intent)?;
         Ok(plan)
     }
 
     /// Apply a teardown plan (best effort, every step tried), then write the records. On failure the records
-    /// stay, so running the command again finishes the job: every teardown step is idempotent.
-    fn teardown(&self, plan: Plan, record: impl FnOnce(&Store) -> Result<()>) -> Result<Plan> {
+    /// stay, so running the command again finishes the job: every teardown step is idempotent. A kill at any
+    /// point is finished by the next command.
+    fn teardown(&self, plan: Plan, records: Vec<Record>) -> Result<Plan> {
         if self.dry_run {
             return Ok(plan);
         }
-        Applier::new().teardown(&plan)?;
-        record(&self.store)?;
-        Ok(plan)
+        let (before, after) = self.store.file_states(&records)?;
+        let intent = self.store.put_intent(&Intent {
+            command: self.command(),
+            setup: false,
+            undo: vec![],
+            redo: plan.steps.clone(),
+            before,
+            after: after.clone(),
+        })?;
+        let result = Applier::new().teardown(&plan);
+        if result.is_ok() {
+            self.store.set_files(&after)?;
+        }
+        self.store.remove_intent(&intent)?;
+        result.map(|()| plan)
+    }
+
+    /// Finish or roll back what killed commands left: for each intent on disk, a set-up whose records all
+    /// landed is kept, any other is undone (kernel, then records); a teardown is run to its end. Runs under
+    /// the lock, so no other command is in flight. Returns what it did, one line per intent.
+    pub fn recover(&self) -> Result<Vec<String>> {
+        self.store.remove_stale_temp_files()?;
+        let mut done = Vec::new();
+        for (path, intent) in self.store.intents()? {
+            let mut applier = Applier::new();
+            if intent.setup && self.store.files_are(&intent.after) {
+                done.push(format!("kept the finished `{}`", intent.command));
+            } else if intent.setup {
+                // Undoing a step that never ran is harmless: every undo treats "already gone" as done.
+                let failed: Vec<String> = intent
+                    .undo
+                    .iter()
+                    .filter_map(|s| applier.run(s).err())
+                    .map(|e| e.to_string())
+                    .collect();
+                if !failed.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "could not roll back the interrupted `{}` ({}); fix that and run `nsnet gc` again",
+                        intent.command,
+                        failed.join("; ")
+                    )));
+                }
+                self.store.set_files(&intent.before)?;
+                done.push(format!("rolled back the interrupted `{}`", intent.command));
+            } else {
+                applier.teardown(&Plan {
+                    steps: intent.redo.clone(),
+                })?;
+                self.store.set_files(&intent.after)?;
+                done.push(format!("finished the interrupted `{}`", intent.command));
+            }
+            self.store.remove_intent(&path)?;
+        }
+        Ok(done)
+    }
+
+    /// `nsnet gc`: recover now (every mutating command also does it first).
+    pub fn gc(&self) -> Result<Vec<String>> {
+        if self.dry_run {
+            return Ok(self
+                .store
+                .intents()?
+                .iter()
+                .map(|(_, i)| {
+                    format!(
+                        "would {} the interrupted `{}`",
+                        if i.setup {
+                            "roll back or keep"
+                        } else {
+                            "finish"
+                        },
+                        i.command
+                    )
+                })
+                .collect());
+        }
+        let _lock = self.store.lock()?;
+        self.recover()
+    }
+
+    /// How this process was invoked, for intents and messages.
+    fn command(&self) -> String {
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     }
 }
 

@@ -12,6 +12,7 @@ use crate::ipam;
 use crate::model::{Driver, Network};
 use crate::names;
 use crate::plan::{build, Plan};
+use crate::store::Record;
 
 /// What `nsnet network create` asks for.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ impl Nsnet {
         let net = self.validate_network(req, &nets, &mut host)?;
         let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
         let plan = Plan::setup(steps, fw, net.firewall);
-        self.setup(plan, |store| Ok(store.put_network(&net)?))
+        self.setup(plan, vec![Record::Network(net)])
     }
 
     /// Check a network request against the state and the host, and build its record.
@@ -211,12 +212,9 @@ impl Nsnet {
         let (f, s) = build::network_down(&net, &nets, tables_change(nets.len() - 1, net.firewall));
         fw.0.extend(f.0);
         steps.extend(s);
-        self.teardown(Plan::teardown(fw, steps, net.firewall), |store| {
-            for sb in &sandboxes {
-                store.put_sandbox(sb)?;
-            }
-            Ok(store.remove_network(name)?)
-        })
+        let mut records: Vec<Record> = sandboxes.into_iter().map(Record::Sandbox).collect();
+        records.push(Record::NoNetwork(name.to_string()));
+        self.teardown(Plan::teardown(fw, steps, net.firewall), records)
     }
 }
 

@@ -17,6 +17,7 @@ use crate::model::{Driver, Endpoint, Mac, Network, Published, Sandbox};
 use crate::names;
 use crate::plan::{build, Ns, Plan, Step};
 use crate::portmap::{addresses_overlap, PortMapping, PortSpec, Proto};
+use crate::store::Record;
 
 /// Where a sandbox's network joins: which network, which address, which ports.
 #[derive(Debug, Clone, Default)]
@@ -177,10 +178,8 @@ impl Nsnet {
         fw.0.extend(f.0);
         sb.endpoints.push(endpoint);
 
-        self.setup(Plan::setup(kernel, fw, net.firewall), |store| {
-            store.put_network(&net)?;
-            Ok(store.put_sandbox(sb)?)
-        })
+        let records = vec![Record::Network(net.clone()), Record::Sandbox(sb.clone())];
+        self.setup(Plan::setup(kernel, fw, net.firewall), records)
     }
 
     /// Choose the network, address, names and ports of a new endpoint; returns the network record as it will be
@@ -309,12 +308,9 @@ impl Nsnet {
         }
         // One backend per host: any of the sandbox's networks names it.
         let backend = nets.first().map(|n| n.firewall).unwrap_or_default();
-        self.teardown(Plan::teardown(fw, steps, backend), |store| {
-            for net in &nets {
-                store.put_network(net)?;
-            }
-            Ok(store.remove_sandbox(name)?)
-        })
+        let mut records: Vec<Record> = nets.into_iter().map(Record::Network).collect();
+        records.push(Record::NoSandbox(name.to_string()));
+        self.teardown(Plan::teardown(fw, steps, backend), records)
     }
 
     /// The namespace of a sandbox, for `nsnet exec`.

@@ -15,7 +15,7 @@ use crate::firewall::{Backend, Batch};
 use crate::model::Mac;
 
 /// Which network namespace a step works in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Ns {
     /// The namespace nsnet itself runs in: the host.
     Host,
@@ -41,7 +41,7 @@ impl Ns {
 }
 
 /// One change to the system.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// `ip netns add NAME`, with `lo` up inside.
     CreateNetns { name: String },
@@ -172,7 +172,7 @@ impl Step {
 }
 
 /// An ordered list of steps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub steps: Vec<Step>,
 }
