@@ -327,7 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Gc => {
             let done = nsnet.gc()?;
             if done.is_empty() {
-                println!("nothing to recover");
+                println!("nothing to do: records and kernel agree");
             }
             for line in done {
                 println!("{line}");

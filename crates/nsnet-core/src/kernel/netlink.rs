@@ -34,6 +34,8 @@ pub struct Link {
     pub name: String,
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
+    /// The index of the bridge (or other master) this link is enslaved to.
+    pub master: Option<u32>,
 }
 
 /// What a new veth pair looks like; the host end stays in the socket's namespace.
@@ -391,6 +393,7 @@ fn link_from(l: &LinkMessage) -> Link {
         name: String::new(),
         mac: None,
         mtu: None,
+        master: None,
     };
     for attr in &l.attributes {
         match attr {
@@ -401,6 +404,7 @@ fn link_from(l: &LinkMessage) -> Link {
                 link.mac = Some(mac);
             }
             LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            LinkAttribute::Controller(m) => link.master = Some(*m),
             _ => {}
         }
     }

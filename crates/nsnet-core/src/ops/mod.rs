@@ -6,6 +6,7 @@
 //! written last; a failed write rolls the kernel back.
 
 mod firewall;
+mod gc;
 mod network;
 mod sandbox;
 
@@ -151,30 +152,6 @@ impl Nsnet {
             self.store.remove_intent(&path)?;
         }
         Ok(done)
-    }
-
-    /// `nsnet gc`: recover now (every mutating command also does it first).
-    pub fn gc(&self) -> Result<Vec<String>> {
-        if self.dry_run {
-            return Ok(self
-                .store
-                .intents()?
-                .iter()
-                .map(|(_, i)| {
-                    format!(
-                        "would {} the interrupted `{}`",
-                        if i.setup {
-                            "roll back or keep"
-                        } else {
-                            "finish"
-                        },
-                        i.command
-                    )
-                })
-                .collect());
-        }
-        let _lock = self.store.lock()?;
-        self.recover()
     }
 
     /// How this process was invoked, for intents and messages.

@@ -255,7 +255,12 @@ impl TestHost {
                 r.to_string()
             })
             .collect();
-        let ruleset = self.in_host(&["nft", "-j", "list", "ruleset"]);
+        // The ruleset without handles: they are the kernel's bookkeeping, and a rebuild (`firewall reload`,
+        // `gc`) gives the same rules new ones.
+        let mut ruleset: Value =
+            serde_json::from_str(&self.in_host(&["nft", "-j", "list", "ruleset"])).expect("nft -j");
+        strip_handles(&mut ruleset);
+        let ruleset = ruleset.to_string();
         let mut state = Vec::new();
         walk(&self.state, &self.state, &mut state);
         let namespaces = self.tagged_namespaces();
@@ -310,6 +315,17 @@ pub fn check_one_line_failure(args: &[&str], out: Output) -> String {
     );
     assert!(stderr.starts_with("nsnet: "), "{stderr}");
     stderr.trim_end().to_string()
+}
+
+fn strip_handles(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.remove("handle");
+            o.values_mut().for_each(strip_handles);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_handles),
+        _ => {}
+    }
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {

@@ -1,0 +1,86 @@
+//! `nsnet gc` reconciles both ways: records whose namespace vanished are released, and what nsnet made that no
+//! record owns (links, firewall elements) goes.
+
+mod common;
+
+use common::{sh, TestHost};
+
+#[test]
+fn gc_reconciles_records_and_kernel() {
+    let h = TestHost::new("gc");
+    let empty = h.snapshot();
+    h.ok(&["network", "create", "n", "--subnet", "172.16.4.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n", "-p", "8080:80"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let clean = h.snapshot();
+    assert_eq!(
+        h.ok(&["gc"]).trim(),
+        "nothing to do: records and kernel agree"
+    );
+    assert_eq!(h.snapshot(), clean);
+
+    // Kernel objects nobody recorded: a veth on nsnet's bridge, a bridge named like nsnet's, a port element.
+    h.in_host(&[
+        "ip",
+        "link",
+        "add",
+        "veth0badbeef",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "strayp",
+    ]);
+    h.in_host(&["ip", "link", "set", "veth0badbeef", "master", "nsbr-n"]);
+    h.in_host(&["ip", "link", "add", "nsbr-stray", "type", "bridge"]);
+    h.in_host(&[
+        "nft",
+        "add",
+        "element",
+        "ip",
+        "nsnet",
+        "ports",
+        "{ tcp . 9999 : 172.16.4.77 . 80 }",
+    ]);
+    // A sandbox whose namespace vanished (its container exited).
+    sh(&["ip", "netns", "del", &a]);
+
+    let plan = h.ok(&["--dry-run", "gc"]);
+    assert!(
+        plan.contains(&format!("would release sandbox '{a}'")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("would delete link veth0badbeef")
+            && plan.contains("would delete link nsbr-stray"),
+        "{plan}"
+    );
+
+    let done = h.ok(&["gc"]);
+    assert!(done.contains(&format!("released sandbox '{a}'")), "{done}");
+    assert!(
+        done.contains("deleted link veth0badbeef") && done.contains("deleted link nsbr-stray"),
+        "{done}"
+    );
+    let ports = h.in_host(&["nft", "list", "map", "ip", "nsnet", "ports"]);
+    assert!(
+        !ports.contains("9999") && !ports.contains("8080"),
+        "{ports}"
+    );
+    let net: serde_json::Value =
+        serde_json::from_str(&h.ok(&["network", "inspect", "n", "--json"])).expect("json");
+    assert_eq!(
+        net["allocations"].as_object().map(|o| o.len()),
+        Some(1),
+        "{net}"
+    );
+    assert_eq!(
+        h.ok(&["gc"]).trim(),
+        "nothing to do: records and kernel agree"
+    );
+
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}
