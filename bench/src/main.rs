@@ -107,7 +107,11 @@ impl Drop for World {
     fn drop(&mut self) {
         // The host namespace takes the bridge, the veths and every rule with it.
         for ns in [&self.sandbox, &self.lan, &self.host] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            // The sandbox may be gone already (the soak removes it).
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_dir_all(&self.state);
     }
@@ -367,6 +371,81 @@ fn ports(sizes: &[u16], reps: usize, portmap_max: u16) -> Result<()> {
     Ok(())
 }
 
+/// Create and remove a sandbox with a published port, `cycles` times, in one throwaway host: time per cycle
+/// by blocks, peak memory of any nsnet process, and what is left at the end.
+fn soak(cycles: usize) -> Result<()> {
+    let w = World::new("soak", "nftables")?;
+    let nsnet = std::env::var("NSNET").unwrap_or_else(|_| "target/release/nsnet".into());
+    let net = format!("--net=/run/netns/{}", w.host);
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("nsenter")
+            .args([net.as_str(), "--", &nsnet])
+            .args(args)
+            .env("NSNET_STATE_DIR", &w.state)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "nsnet {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    let block = (cycles / 10).max(1);
+    let mut times = Vec::with_capacity(block);
+    println!(
+        "Soak: {cycles} cycles of `nsnet create -p PORT:80` + `nsnet rm`. Machine: {}\n",
+        machine()
+    );
+    println!("| cycles | median ms per cycle | slowest ms | peak RSS of any nsnet process |");
+    println!("|---:|---:|---:|---:|");
+    for i in 0..cycles {
+        let name = format!("soak{i}");
+        let port = format!("{}:80", 20000 + (i % 1000));
+        let t = Instant::now();
+        run(&["create", &name, "-p", &port])?;
+        run(&["rm", &name])?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if times.len() == block {
+            let slowest = times.iter().copied().fold(0.0, f64::max);
+            let rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+                .map(|u| u.max_rss())
+                .unwrap_or(0);
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1} MiB |",
+                i + 1,
+                median(std::mem::take(&mut times)),
+                slowest,
+                rss as f64 / 1024.0
+            );
+        }
+    }
+    // Residue: no sandbox namespace, record, element or link may outlive the cycles.
+    run(&["rm", &w.sandbox])?;
+    run(&["network", "rm", "nsnet0"])?;
+    let links: Vec<String> = sh(&["ip", "-n", &w.host, "-o", "link"])?
+        .lines()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
+        .collect();
+    let leftover_ns = sh(&["ip", "netns", "list"])?
+        .lines()
+        .filter(|l| l.starts_with("soak"))
+        .count();
+    let net_arg = format!("--net=/run/netns/{}", w.host);
+    let tables = sh(&["nsenter", &net_arg, "nft", "list", "tables"])?;
+    println!(
+        "\nResidue after the last cycle and `network rm`: host links {links:?} (lo and the uplink were there \
+         before), {leftover_ns} sandbox namespaces, nft tables: {:?}, state dir exists: {}",
+        tables.trim(),
+        w.state.exists()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| {
@@ -395,8 +474,9 @@ fn main() -> Result<()> {
                 .unwrap_or(1000);
             ports(&sizes, reps, portmap_max)
         }
+        Some("soak") => soak(value("--cycles").map(|c| c.parse()).transpose()?.unwrap_or(2000)),
         _ => bail!(
-            "usage: nsnet-bench ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]"
+            "usage: nsnet-bench ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]              | soak [--cycles 2000]"
         ),
     }
 }

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::firewall::HostChain;
 use crate::portmap::PortMapping;
 
 /// How a network joins sandboxes to the host.
@@ -63,20 +64,6 @@ pub struct Network {
 
 fn yes() -> bool {
     true
-}
-
-/// A base chain of someone else's ruleset (e.g. iptables-nft's `ip filter FORWARD`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct HostChain {
-    pub family: String,
-    pub table: String,
-    pub chain: String,
-}
-
-impl fmt::Display for HostChain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.family, self.table, self.chain)
-    }
 }
 
 /// One entry of a network's published-port ledger.

@@ -17,7 +17,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::HostChain;
 use crate::portmap::PortMapping;
 
 /// One thing nsnet keeps in the firewall. Everything but [`Rule::Tables`] is a set or map element.
@@ -91,6 +90,20 @@ impl Batch {
                 })
                 .collect(),
         )
+    }
+}
+
+/// A base chain of someone else's ruleset (e.g. iptables-nft's `ip filter FORWARD`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostChain {
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+}
+
+impl fmt::Display for HostChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.family, self.table, self.chain)
     }
 }
 

@@ -14,8 +14,8 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use super::element::elements;
+use super::HostChain;
 use super::{Batch, Change, FirewallError, Rule};
-use crate::model::HostChain;
 
 /// nsnet's main table.
 pub const TABLE: &str = "ip nsnet";
