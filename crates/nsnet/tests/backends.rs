@@ -64,34 +64,11 @@ fn iptables_backend_publishes_isolates_and_cleans_up() {
     );
     let a_ns = h.sb_path("a");
 
-    // Every path to the published port.
-    assert_eq!(
-        reach(&a_ns, 80, &h.lan_path(), addr(HOST_IP, 8080)),
-        Some(LAN_IP.parse().expect("ip"))
-    );
-    assert!(
-        reach(&a_ns, 80, &h.host_path(), addr("127.0.0.1", 8080)).is_some(),
-        "host -> 127.0.0.1"
-    );
+    // Every path to the published port, and the loopback-only one from the host.
+    common::assert_every_path(&h, "a", "b", "c", 8080);
     assert!(
         reach(&a_ns, 80, &h.host_path(), addr("127.0.0.1", 9090)).is_some(),
         "host -> loopback-only port"
-    );
-    assert!(
-        reach(&a_ns, 80, &h.host_path(), addr(HOST_IP, 8080)).is_some(),
-        "host -> own address"
-    );
-    assert!(
-        reach(&a_ns, 80, &h.sb_path("b"), addr(HOST_IP, 8080)).is_some(),
-        "same network"
-    );
-    assert!(
-        reach(&a_ns, 80, &h.sb_path("c"), addr(HOST_IP, 8080)).is_some(),
-        "other network"
-    );
-    assert!(
-        reach(&a_ns, 80, &a_ns, addr(HOST_IP, 8080)).is_some(),
-        "hairpin to itself"
     );
     assert_eq!(
         reach(&a_ns, 80, &h.lan_path(), addr(HOST_IP, 9090)),

@@ -29,37 +29,11 @@ fn a_published_port_works_from_every_path() {
     h.ok(&["create", &c, "--network", "n2"]);
     let a_ns = h.sb_path("a");
 
-    // 1. A peer outside the host, to the host's address: the sandbox sees the real client.
-    assert_eq!(
-        reach(&a_ns, 80, &h.lan_path(), addr(HOST_IP, 8080)),
-        Some(ip(LAN_IP))
-    );
-    // 2. The host itself, to 127.0.0.1, to its uplink address and to a bridge address.
-    assert!(
-        reach(&a_ns, 80, &h.host_path(), addr("127.0.0.1", 8080)).is_some(),
-        "host -> 127.0.0.1"
-    );
-    assert!(
-        reach(&a_ns, 80, &h.host_path(), addr(HOST_IP, 8080)).is_some(),
-        "host -> own address"
-    );
+    // Paths 1-4: outside peer, the host, other sandboxes, the sandbox itself.
+    common::assert_every_path(&h, "a", "b", "c", 8080);
     assert!(
         reach(&a_ns, 80, &h.host_path(), addr("172.16.2.1", 8080)).is_some(),
         "host -> bridge address"
-    );
-    // 3. Another sandbox on the same network, and one on a different network, through the host's address.
-    assert!(
-        reach(&a_ns, 80, &h.sb_path("b"), addr(HOST_IP, 8080)).is_some(),
-        "same network"
-    );
-    assert!(
-        reach(&a_ns, 80, &h.sb_path("c"), addr(HOST_IP, 8080)).is_some(),
-        "other network"
-    );
-    // 4. The sandbox itself, through the host's address (hairpin).
-    assert!(
-        reach(&a_ns, 80, &a_ns, addr(HOST_IP, 8080)).is_some(),
-        "hairpin to itself"
     );
 
     for s in [&a, &b, &c] {

@@ -33,6 +33,41 @@ pub fn reach(server_ns: &Path, listen: u16, from: &Path, to: SocketAddrV4) -> Op
     }
 }
 
+/// The four paths to a published port (host port `port` -> port 80 of sandbox `a`) must all work: from a LAN
+/// peer to the host's address (the sandbox sees the real client), from the host itself to 127.0.0.1 and to its
+/// own address, from sandboxes `b` (same network) and `c` (another network) through the host's address, and
+/// from `a` itself (hairpin).
+pub fn assert_every_path(h: &TestHost, a: &str, b: &str, c: &str, port: u16) {
+    let to = |ip: &str| SocketAddrV4::new(ip.parse().expect("test address"), port);
+    let a_ns = h.sb_path(a);
+    let lan: Ipv4Addr = LAN_IP.parse().expect("test address");
+    assert_eq!(
+        reach(&a_ns, 80, &h.lan_path(), to(HOST_IP)),
+        Some(lan),
+        "LAN peer -> host"
+    );
+    assert!(
+        reach(&a_ns, 80, &h.host_path(), to("127.0.0.1")).is_some(),
+        "host -> 127.0.0.1"
+    );
+    assert!(
+        reach(&a_ns, 80, &h.host_path(), to(HOST_IP)).is_some(),
+        "host -> own address"
+    );
+    assert!(
+        reach(&a_ns, 80, &h.sb_path(b), to(HOST_IP)).is_some(),
+        "same network"
+    );
+    assert!(
+        reach(&a_ns, 80, &h.sb_path(c), to(HOST_IP)).is_some(),
+        "other network"
+    );
+    assert!(
+        reach(&a_ns, 80, &a_ns, to(HOST_IP)).is_some(),
+        "hairpin to itself"
+    );
+}
+
 pub struct TestHost {
     /// Netns name of the throwaway host.
     pub host: String,
