@@ -161,11 +161,11 @@ impl Store {
     }
 
     fn network_path(&self, name: &str) -> PathBuf {
-        self.dir.join("networks").join(format!("{name}.json"))
+        self.dir.join(network_file(name))
     }
 
     fn sandbox_path(&self, name: &str) -> PathBuf {
-        self.dir.join("sandboxes").join(format!("{name}.json"))
+        self.dir.join(sandbox_file(name))
     }
 
     pub fn network(&self, name: &str) -> Result<Option<Network>, StoreError> {
@@ -186,28 +186,18 @@ impl Store {
         read_all(&self.dir.join("sandboxes"))
     }
 
-    pub fn put_network(&self, net: &Network) -> Result<(), StoreError> {
-        self.ensure_dirs()?;
-        write_atomic(&self.network_path(&net.name), net)
-    }
-
-    pub fn put_sandbox(&self, sb: &Sandbox) -> Result<(), StoreError> {
-        self.ensure_dirs()?;
-        write_atomic(&self.sandbox_path(&sb.name), sb)
-    }
-
     fn record_file(&self, r: &Record) -> Result<(String, Option<String>), StoreError> {
         let (path, value) = match r {
             Record::Network(n) => (
-                format!("networks/{}.json", n.name),
+                network_file(&n.name),
                 serde_json::to_string_pretty(n).map(Some),
             ),
             Record::Sandbox(s) => (
-                format!("sandboxes/{}.json", s.name),
+                sandbox_file(&s.name),
                 serde_json::to_string_pretty(s).map(Some),
             ),
-            Record::NoNetwork(name) => (format!("networks/{name}.json"), Ok(None)),
-            Record::NoSandbox(name) => (format!("sandboxes/{name}.json"), Ok(None)),
+            Record::NoNetwork(name) => (network_file(name), Ok(None)),
+            Record::NoSandbox(name) => (sandbox_file(name), Ok(None)),
         };
         let content = value
             .map(|c| c.map(|t| t + "\n"))
@@ -318,14 +308,6 @@ impl Store {
         remove(path)
     }
 
-    pub fn remove_network(&self, name: &str) -> Result<(), StoreError> {
-        remove(&self.network_path(name))
-    }
-
-    pub fn remove_sandbox(&self, name: &str) -> Result<(), StoreError> {
-        remove(&self.sandbox_path(name))
-    }
-
     /// Remove the state dir itself when it holds no networks and no sandboxes (called with the lock held).
     fn remove_if_empty(&self) -> Result<(), StoreError> {
         let has_files = |sub: &str| {
@@ -346,6 +328,16 @@ impl Store {
         let _ = fs::remove_dir(&self.dir);
         Ok(())
     }
+}
+
+/// Where a network's record lives, relative to the state dir.
+fn network_file(name: &str) -> String {
+    format!("networks/{name}.json")
+}
+
+/// Where a sandbox's record lives, relative to the state dir.
+fn sandbox_file(name: &str) -> String {
+    format!("sandboxes/{name}.json")
 }
 
 fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
@@ -463,22 +455,32 @@ mod tests {
         }
     }
 
+    /// Write records the way commands do: their files as they will be, made so.
+    fn write(store: &Store, records: Vec<Record>) {
+        let (_, after) = store.file_states(&records).unwrap();
+        store.set_files(&after).unwrap();
+    }
+
     #[test]
     fn round_trip_and_permissions() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path().join("state"));
         assert!(store.networks().unwrap().is_empty());
         let lock = store.lock().unwrap();
-        store.put_network(&net("a")).unwrap();
-        store.put_network(&net("b")).unwrap();
+        write(
+            &store,
+            vec![Record::Network(net("a")), Record::Network(net("b"))],
+        );
         assert_eq!(store.network("a").unwrap(), Some(net("a")));
         assert_eq!(store.networks().unwrap().len(), 2);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(store.dir()), 0o700);
         assert_eq!(mode(&store.network_path("a")), 0o600);
-        store.remove_network("a").unwrap();
-        store.remove_network("a").unwrap();
-        store.remove_network("b").unwrap();
+        write(&store, vec![Record::NoNetwork("a".into())]);
+        write(
+            &store,
+            vec![Record::NoNetwork("a".into()), Record::NoNetwork("b".into())],
+        );
         drop(lock);
         assert!(!store.dir().exists());
         // A lock taken and dropped on an empty store leaves nothing either.
@@ -490,7 +492,7 @@ mod tests {
     fn corrupt_file_is_named_not_reset() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
-        store.put_network(&net("a")).unwrap();
+        write(&store, vec![Record::Network(net("a"))]);
         fs::write(store.network_path("a"), "{\"name\": \"a\", ").unwrap();
         let err = store.networks().unwrap_err().to_string();
         assert!(err.contains("networks/a.json is corrupt"), "{err}");

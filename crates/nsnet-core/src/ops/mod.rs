@@ -61,6 +61,12 @@ impl Nsnet {
         if self.dry_run {
             return Ok(plan);
         }
+        if records.is_empty() {
+            // Nothing to record (`firewall reload`): its one transaction lands whole or not at all, so there is
+            // nothing to recover, and rolling it back would wipe the firewall.
+            let _kept = Applier::new().apply(&plan)?;
+            return Ok(plan);
+        }
         let (before, after) = self.store.file_states(&records)?;
         let undo: Vec<Step> = plan.steps.iter().rev().filter_map(Step::undo).collect();
         let intent = self.store.put_intent(&Intent {
