@@ -310,23 +310,12 @@ fn render_with(batch: &Batch, handles: &HostHandles) -> String {
 
 /// Whether the user chain holds rules (then removing the last network keeps it, and its table).
 pub fn user_chain_has_rules() -> bool {
-    Command::new("nft")
-        .args(["list", "chain", "ip", "nsnet", USER_CHAIN])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::trim)
-                    .any(|l| {
-                        !l.is_empty()
-                            && !l.starts_with("table")
-                            && !l.starts_with("chain")
-                            && l != "}"
-                    })
-        })
-        .unwrap_or(false)
+    // No chain (or no table) prints nothing, which parses to no rules.
+    let text = nft(&["-j", "list", "chain", "ip", "nsnet", USER_CHAIN]).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json["nftables"]
+        .as_array()
+        .is_some_and(|items| items.iter().any(|i| i.get("rule").is_some()))
 }
 
 /// Run `nft ARGS` and return its stdout.
