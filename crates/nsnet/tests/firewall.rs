@@ -87,6 +87,24 @@ fn reload_restores_a_flushed_ruleset_and_is_idempotent() {
 }
 
 #[test]
+fn a_flushed_ruleset_does_not_block_removal_and_create_says_how_to_fix_it() {
+    let h = TestHost::new("flushed");
+    let empty = h.snapshot();
+    h.ok(&["network", "create", "a", "--subnet", "172.16.8.0/24"]);
+    let s = h.sb("s");
+    h.ok(&["create", &s, "--network", "a", "-p", "8080:80"]);
+    h.in_host(&["nft", "flush", "ruleset"]);
+    let before = h.snapshot();
+    let err = h.fails(&["network", "create", "b", "--subnet", "172.16.9.0/24"]);
+    assert!(err.contains("nsnet firewall reload"), "{err}");
+    assert_eq!(h.snapshot(), before);
+    // Removal needs no reload: what it would delete is gone already.
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "a"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
 fn works_on_a_host_whose_forward_chain_drops() {
     let h = TestHost::with_lan("droppolicy");
     // The host's own firewall, as iptables-nft writes it: FORWARD with policy drop and a rule of its own.

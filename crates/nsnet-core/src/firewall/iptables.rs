@@ -9,8 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 use super::{Batch, Change, FirewallError, Rule};
 
@@ -287,54 +285,22 @@ pub fn render(batch: &Batch) -> String {
     script(batch, None)
 }
 
-fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, FirewallError> {
-    let mut cmd = Command::new(tool);
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    super::die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|error| FirewallError::Spawn { tool, error })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|error| FirewallError::Spawn { tool, error })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|error| FirewallError::Spawn { tool, error })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(FirewallError::Refused(format!(
-            "{tool}: {}",
-            err.lines().next().unwrap_or("no message").trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Apply a batch with one `iptables-restore --noflush`: all of it, or none of it.
 pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     if batch.is_empty() {
         return Ok(());
     }
-    let mut current = Current::parse(&run("iptables-save", &[], None)?);
+    let mut current = Current::parse(&super::run_tool("iptables-save", &[], None)?);
     let text = script(batch, Some(&mut current));
     if text.is_empty() {
         return Ok(());
     }
-    run("iptables-restore", &["--noflush"], Some(&text)).map(|_| ())
+    super::run_tool("iptables-restore", &["--noflush"], Some(&text)).map(|_| ())
 }
 
 /// Whether the user chain holds rules (then removing the last network keeps it).
 pub fn user_chain_has_rules() -> bool {
-    run("iptables-save", &["-t", "filter"], None)
+    super::run_tool("iptables-save", &["-t", "filter"], None)
         .map(|text| !Current::parse(&text).chain_is_empty("filter", USER_CHAIN))
         .unwrap_or(false)
 }

@@ -122,6 +122,52 @@ fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Run a firewall tool that dies with nsnet, feed it `input`, and return its stdout. A failure carries the
+/// tool's first error line (nft may print warnings before it).
+fn run_tool(
+    tool: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, FirewallError> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let package = if tool.starts_with("iptables") {
+        "iptables"
+    } else {
+        "nftables"
+    };
+    let spawn = |error| FirewallError::Spawn {
+        tool,
+        package,
+        error,
+    };
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(spawn)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).map_err(spawn)?;
+    }
+    let out = child.wait_with_output().map_err(spawn)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("Error"))
+            .or_else(|| stderr.lines().next());
+        let message = line.unwrap_or("no message").trim().to_string();
+        return Err(FirewallError::Refused { tool, message });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Which firewall nsnet writes its rules to. One per host: recorded with every network, used to tear down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -194,11 +240,12 @@ impl FromStr for Backend {
 /// A firewall transaction that the kernel (or the `nft` tool) refused.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    #[error("could not run {tool}: {error}; install it (apt-get install nftables)")]
+    #[error("could not run {tool}: {error}; install it (apt-get install {package})")]
     Spawn {
         tool: &'static str,
+        package: &'static str,
         error: std::io::Error,
     },
-    #[error("nftables refused the change: {0}")]
-    Refused(String),
+    #[error("{tool} refused the change: {message}")]
+    Refused { tool: &'static str, message: String },
 }

@@ -10,7 +10,6 @@
 //! before nsnet's own forwarding rules, and nsnet creates it once and never flushes it.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use super::element::elements;
@@ -324,7 +323,11 @@ fn nft(args: &[&str]) -> Result<String, FirewallError> {
         .args(args)
         .stderr(Stdio::null())
         .output()
-        .map_err(|error| FirewallError::Spawn { tool: "nft", error })?;
+        .map_err(|error| FirewallError::Spawn {
+            tool: "nft",
+            package: "nftables",
+            error,
+        })?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -407,46 +410,45 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
                     e.raw_os_error(),
                     Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
                 ) => {}
-            Err(e) => return Err(FirewallError::Refused(e.to_string())),
+            Err(e) => {
+                return Err(FirewallError::Refused {
+                    tool: "nf_tables",
+                    message: e.to_string(),
+                })
+            }
         }
     }
     let script = render_with(batch, &host_handles(batch)?);
-    let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    super::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|source| FirewallError::Spawn {
-        tool: "nft",
-        error: source,
-    })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|source| FirewallError::Spawn {
-                tool: "nft",
-                error: source,
-            })?;
+    match super::run_tool("nft", &["-f", "-"], Some(&script)) {
+        Ok(_) => Ok(()),
+        // Someone removed nsnet's tables (`nft flush ruleset`): what was to be deleted is gone already, and
+        // what was to be added needs the tables back first.
+        Err(FirewallError::Refused { tool, message }) if !tables_exist() => {
+            if batch.0.iter().all(|c| matches!(c, Change::Delete(_))) {
+                Ok(())
+            } else {
+                Err(FirewallError::Refused {
+                    tool,
+                    message: format!(
+                        "{message} (nsnet's tables are gone: was the ruleset flushed? `nsnet firewall reload` \
+                         restores them)"
+                    ),
+                })
+            }
+        }
+        Err(e) => Err(e),
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| FirewallError::Spawn {
-            tool: "nft",
-            error: source,
-        })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let first = stderr
-        .lines()
-        .find(|l| l.contains("Error"))
-        .or_else(|| stderr.lines().next())
-        .unwrap_or("no message")
-        .trim()
-        .to_string();
-    Err(FirewallError::Refused(first))
+}
+
+/// Whether both of nsnet's tables are there.
+fn tables_exist() -> bool {
+    [TABLE, BRIDGE_TABLE].iter().all(|t| {
+        let (family, name) = t.split_once(' ').unwrap_or((t, ""));
+        !nft(&["list", "table", family, name])
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+    })
 }
 
 #[cfg(test)]
