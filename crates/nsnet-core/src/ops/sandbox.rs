@@ -125,7 +125,7 @@ impl Nsnet {
                 path.display()
             ));
         }
-        netns::open(&path)
+        let fd = netns::open(&path)
             .map_err(|e| invalid!("cannot use {} as a network namespace: {e}", path.display()))?;
         let mut sb = match known {
             Some(sb) => {
@@ -144,7 +144,7 @@ impl Nsnet {
                 endpoints: vec![],
             },
         };
-        let mut in_ns = netns::netlink_in(&path)?;
+        let mut in_ns = netns::run_in(&fd, Netlink::open)??;
         self.join(&mut sb, req, Some(&mut in_ns), vec![])
     }
 
