@@ -10,9 +10,11 @@ use crate::plan::{Ns, Plan, Step};
 #[derive(Default)]
 pub struct Applier {
     sockets: HashMap<Ns, Netlink>,
+    /// Steps started through [`Applier::apply`], counted across calls (a teardown applies in two phases).
+    started: usize,
 }
 
-/// In test builds with the `fault-injection` feature, `NSNET_FAIL_AT=K` fails the K-th step of a set-up plan
+/// In test builds with the `fault-injection` feature, `NSNET_FAIL_AT=K` fails the K-th step a command applies
 /// (before it runs), so tests can prove that every step rolls back.
 #[cfg(feature = "fault-injection")]
 fn injected_fault(step: usize) -> Option<Error> {
@@ -30,6 +32,12 @@ fn injected_fault(_step: usize) -> Option<Error> {
 pub struct Undo(Vec<Step>);
 
 impl Undo {
+    /// This undo followed by an earlier one (`self` is newer).
+    pub fn then(mut self, earlier: Undo) -> Undo {
+        self.0.extend(earlier.0);
+        self
+    }
+
     /// Undo everything, best effort; returns the undo steps that failed.
     pub fn rollback(self, applier: &mut Applier) -> Vec<Error> {
         self.0.iter().filter_map(|s| applier.run(s).err()).collect()
@@ -75,6 +83,7 @@ impl Applier {
                 master,
                 mtu,
                 peer_mac,
+                host_mac,
             } => {
                 let Ns::Path(path) = peer_ns else {
                     return Err(Error::Invalid(
@@ -94,6 +103,7 @@ impl Applier {
                     master,
                     mtu: *mtu,
                     peer_mac: Some(peer_mac.0),
+                    host_mac: Some(host_mac.0),
                 })?;
                 self.netlink(peer_ns)?.set_up(peer)?;
             }
@@ -117,24 +127,24 @@ impl Applier {
         Ok(())
     }
 
-    /// Apply a set-up plan all or nothing: when a step fails, the steps already done are undone in reverse
-    /// and the error says so.
+    /// Apply a plan all or nothing: when a step fails, the steps already done are undone in reverse and the
+    /// error says so. Returns the undo of the whole plan, for a later failure.
     pub fn apply(&mut self, plan: &Plan) -> Result<Undo> {
-        let mut undo = Vec::new();
+        // Kept newest first, each step's undo list in its own order.
+        let mut undo: Vec<Step> = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
-            if let Err(cause) = injected_fault(i + 1).map_or_else(|| self.run(step), Err) {
-                undo.reverse();
+            self.started += 1;
+            if let Err(cause) = injected_fault(self.started).map_or_else(|| self.run(step), Err) {
                 let rollback = Undo(undo).rollback(self);
                 return Err(Error::RolledBack {
                     cause: Box::new(cause),
                     rollback,
                 });
             }
-            if let Some(u) = step.undo() {
-                undo.push(u);
-            }
+            let mut u = plan.undo_of(i);
+            u.extend(undo);
+            undo = u;
         }
-        undo.reverse();
         Ok(Undo(undo))
     }
 

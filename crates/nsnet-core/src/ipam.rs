@@ -136,6 +136,7 @@ mod tests {
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
+            removing: false,
         }
     }
 

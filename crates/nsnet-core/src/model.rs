@@ -60,6 +60,13 @@ pub struct Network {
     /// Every published port on this network, with the sandbox it leads to.
     #[serde(default)]
     pub published: Vec<Published>,
+    /// Set while `nsnet network rm` deletes the network's links outside the lock: nothing may join it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn yes() -> bool {
@@ -92,6 +99,10 @@ pub struct Sandbox {
     /// True when nsnet created the namespace (and so removes it); false for `nsnet attach`.
     pub owned: bool,
     pub endpoints: Vec<Endpoint>,
+    /// Set while `nsnet rm` deletes the sandbox's links and namespace outside the lock; its addresses and
+    /// ports stay reserved until the records are released.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removing: bool,
 }
 
 /// The veth pair joining a sandbox to one network.
@@ -123,6 +134,14 @@ impl Mac {
     pub fn for_ipv4(ip: Ipv4Addr) -> Mac {
         let o = ip.octets();
         Mac([0x02, 0x6e, o[0], o[1], o[2], o[3]])
+    }
+
+    /// The address of the host end of the veth whose sandbox end has this one (`02:6f:` instead of
+    /// `02:6e:`): fixed, so a veth re-created by a rollback is exactly the one deleted.
+    pub fn host_end(self) -> Mac {
+        let mut b = self.0;
+        b[1] ^= 0x01;
+        Mac(b)
     }
 }
 

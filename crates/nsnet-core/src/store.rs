@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! STATE_DIR/            0700
-//!   lock                flock(2): one writer at a time
+//!   lock                flock(2): one writer at a time (readers take it shared)
+//!   intents/PID.json    a command in flight, flocked by its process while it lives
 //!   networks/NAME.json  a network and the addresses / ports it has handed out
 //!   sandboxes/NAME.json a sandbox and its endpoints
 //! ```
@@ -40,7 +41,7 @@ pub struct FileState {
 /// What a command in flight may have done, written before it touches the kernel and removed when it is
 /// finished. If nsnet is killed in between, recovery reads it: a set-up whose records all landed is done;
 /// otherwise its `undo` steps run and the records go back to `before`. A teardown is finished: `redo` runs
-/// again (every teardown step is idempotent) and the records become `after`.
+/// again (every teardown step is idempotent), then `finish` releases the records.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Intent {
     pub command: String,
@@ -48,11 +49,29 @@ pub struct Intent {
     /// Set-up: the undo steps of the whole plan, newest first (undoing a step that never ran is harmless).
     #[serde(default)]
     pub undo: Vec<Step>,
-    /// Teardown: the whole plan.
+    /// Teardown: the kernel steps (link and namespace deletions).
     #[serde(default)]
     pub redo: Vec<Step>,
+    /// Teardown: what releases the records once the kernel steps are done.
+    #[serde(default)]
+    pub finish: Option<Teardown>,
     pub before: Vec<FileState>,
     pub after: Vec<FileState>,
+}
+
+/// The object a teardown removes; its firewall elements and records are worked out from the records current
+/// when it finishes (under the lock), so concurrent commands in between are accounted for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Teardown {
+    Sandbox(String),
+    Network(String),
+}
+
+/// An intent on disk, flocked for as long as its command runs: recovery skips intents whose command is alive.
+#[derive(Debug)]
+pub struct IntentFile {
+    pub path: PathBuf,
+    _file: File,
 }
 
 /// A state-dir failure, naming the file involved.
@@ -123,6 +142,19 @@ impl Store {
         Ok(())
     }
 
+    /// A shared lock for readers (`ls`, `inspect`), so they never see a command's records half written.
+    /// `None` when there is no state at all (nothing to read, and no lock file to create).
+    pub fn read_lock(&self) -> Result<Option<File>, StoreError> {
+        let path = self.dir.join("lock");
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open lock file", &path)(e)),
+        };
+        flock(&file, libc::LOCK_SH).map_err(io_err("lock", &path))?;
+        Ok(Some(file))
+    }
+
     /// Take the writer lock, creating the state dir on first use. Blocks until other writers are done.
     pub fn lock(&self) -> Result<Lock, StoreError> {
         let path = self.dir.join("lock");
@@ -135,16 +167,7 @@ impl Store {
                 .mode(0o600)
                 .open(&path)
                 .map_err(io_err("open lock file", &path))?;
-            // SAFETY: flock on an fd we own; blocks until granted.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc != 0 {
-                let error = io::Error::last_os_error();
-                return Err(StoreError::Io {
-                    what: "lock",
-                    path,
-                    error,
-                });
-            }
+            flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
             // The previous holder may have removed the (empty) store while we waited: then we hold a lock on
             // an unlinked file, and must lock the current one instead.
             let held = file.metadata().map_err(io_err("stat lock file", &path))?;
@@ -256,8 +279,8 @@ impl Store {
             .all(|f| fs::read_to_string(self.dir.join(&f.path)).ok() == f.content)
     }
 
-    /// Record a command in flight; returns the intent file to remove when it is done.
-    pub fn put_intent(&self, intent: &Intent) -> Result<PathBuf, StoreError> {
+    /// Record a command in flight; returns the intent file, flocked, to remove when it is done.
+    pub fn put_intent(&self, intent: &Intent) -> Result<IntentFile, StoreError> {
         let dir = self.dir.join("intents");
         fs::DirBuilder::new()
             .recursive(true)
@@ -266,21 +289,35 @@ impl Store {
             .map_err(io_err("create state directory", &dir))?;
         let path = dir.join(format!("{}.json", std::process::id()));
         write_atomic(&path, intent)?;
-        Ok(path)
+        // Locked only after the rename, so the lock is on the file recovery will open.
+        let file = File::open(&path).map_err(io_err("open intent", &path))?;
+        flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
+        Ok(IntentFile { path, _file: file })
     }
 
-    /// Every intent left by a command that did not finish.
-    pub fn intents(&self) -> Result<Vec<(PathBuf, Intent)>, StoreError> {
+    /// Every intent left by a command that is no longer running (its flock is free), flocked for the caller.
+    pub fn intents(&self) -> Result<Vec<(IntentFile, Intent)>, StoreError> {
         let dir = self.dir.join("intents");
         let Ok(entries) = fs::read_dir(&dir) else {
             return Ok(vec![]);
         };
         let mut out = Vec::new();
         for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            if path.extension().is_some_and(|x| x == "json") {
-                if let Some(intent) = read(&path)? {
-                    out.push((path, intent));
-                }
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("open intent", &path)(e)),
+            };
+            match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_err("lock", &path)(e)),
+            }
+            if let Some(intent) = read(&path)? {
+                out.push((IntentFile { path, _file: file }, intent));
             }
         }
         Ok(out)
@@ -304,8 +341,8 @@ impl Store {
     }
 
     /// The intent is dealt with.
-    pub fn remove_intent(&self, path: &Path) -> Result<(), StoreError> {
-        remove(path)
+    pub fn remove_intent(&self, intent: IntentFile) -> Result<(), StoreError> {
+        remove(&intent.path)
     }
 
     /// Remove the state dir itself when it holds no networks and no sandboxes (called with the lock held).
@@ -338,6 +375,17 @@ fn network_file(name: &str) -> String {
 /// Where a sandbox's record lives, relative to the state dir.
 fn sandbox_file(name: &str) -> String {
     format!("sandboxes/{name}.json")
+}
+
+/// flock(2) on a file we hold open.
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: the fd is valid for the duration of the call; flock has no memory effects.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
@@ -452,6 +500,7 @@ mod tests {
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
+            removing: false,
         }
     }
 

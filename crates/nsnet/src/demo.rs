@@ -51,6 +51,7 @@ impl World {
             master: None,
             mtu: 1500,
             peer_mac: None,
+            host_mac: None,
         })?;
         host.add_address("uplink0", ipnet::Ipv4Net::new(HOST_IP, 24)?)?;
         lan.set_up("lan0")?;

@@ -1,6 +1,8 @@
 //! The commands' behaviour on the real kernel: default network, run/exec, IPAM, attach, internal networks,
 //! UDP and host-address ports, forced network removal, dry runs, rollback and concurrency.
 
+use std::os::unix::fs::MetadataExt;
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -104,9 +106,9 @@ fn attach_existing_namespaces_and_a_second_network() {
     let proc_ns = format!("/proc/{}/ns/net", child.id());
     // Wait until unshare has run (the process's namespace differs from the host's).
     for _ in 0..200 {
-        if std::fs::read_link(&proc_ns).ok() != std::fs::read_link(h.host_path()).ok()
-            && std::fs::read_link(&proc_ns).is_ok()
-        {
+        // nsfs inodes name namespaces (the host's is a bind mount, not a link to read).
+        let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+        if ino(proc_ns.as_ref()).is_some() && ino(proc_ns.as_ref()) != ino(&h.host_path()) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -68,3 +68,91 @@ fn every_setup_step_rolls_back() {
     h.ok(&["network", "rm", "nsnet0"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// Addresses and routes inside each sandbox: a rolled-back teardown must bring these back too.
+fn inside(h: &TestHost, sandboxes: &[&str]) -> Vec<String> {
+    sandboxes
+        .iter()
+        .map(|s| {
+            let ns = format!("--net=/run/netns/{s}");
+            let addrs = sh(&["nsenter", &ns, "ip", "-br", "addr"]);
+            let routes = sh(&["nsenter", &ns, "ip", "route"]);
+            // Without the peer's index (`eth0@if7`), and sorted: a re-created veth gets new indexes.
+            let mut lines: Vec<String> = addrs
+                .lines()
+                .chain(routes.lines())
+                .map(|l| {
+                    let words: Vec<&str> = l
+                        .split_whitespace()
+                        .map(|w| w.split('@').next().unwrap_or(w))
+                        .collect();
+                    words.join(" ")
+                })
+                .collect();
+            lines.sort();
+            format!("{s}: {}", lines.join("\n"))
+        })
+        .collect()
+}
+
+/// Like [`fail_every_step`], for teardown commands: the sandboxes' insides must come back as well, and the
+/// sandboxes must still talk to each other.
+fn fail_every_teardown_step(h: &TestHost, args: &[&str], sandboxes: &[&str]) -> usize {
+    for k in 1..100 {
+        let (before, before_inside) = (h.snapshot(), inside(h, sandboxes));
+        let out = h.nsnet_env(args, &[("NSNET_FAIL_AT", &k.to_string())]);
+        if out.status.success() {
+            return k - 1;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("injected fault at step {k}")) && err.contains("undone"),
+            "{args:?} step {k}: {err}"
+        );
+        assert_eq!(h.snapshot(), before, "{args:?}: failing step {k}");
+        assert_eq!(inside(h, sandboxes), before_inside, "{args:?}: step {k}");
+    }
+    panic!("{args:?} never succeeded");
+}
+
+#[test]
+fn every_teardown_step_rolls_back() {
+    let h = TestHost::new("tfaults");
+    let empty = h.snapshot();
+    let (a, b, ext) = (h.sb("a"), h.sb("b"), h.sb("ext"));
+    h.ok(&["network", "create", "n2", "--subnet", "172.16.3.0/24"]);
+    h.ok(&["create", &a, "-p", "8080:80"]);
+    h.ok(&["attach", &a, "--network", "n2"]);
+    h.ok(&["create", &b, "--network", "n2", "-p", "5353:53/udp"]);
+    sh(&["ip", "netns", "add", &ext]);
+    h.ok(&["attach", &ext, "--network", "n2"]);
+    let ping = |from: &str, to: &str| {
+        let ip = h.inspect(to)["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["network"] == "n2"))
+            .and_then(|e| e["address"].as_str())
+            .and_then(|a| a.split('/').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no address on n2: {}", h.inspect(to)));
+        let ns = format!("--net=/run/netns/{from}");
+        sh(&["nsenter", &ns, "ping", "-c1", "-W2", &ip]);
+    };
+
+    // Sandbox rm: a's two veths, then its namespace, then the firewall step.
+    let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
+    assert_eq!(steps, 4, "rm of a sandbox on two networks");
+    ping(&b, &ext);
+    // An attached namespace keeps its namespace: veth, then firewall.
+    let steps = fail_every_teardown_step(&h, &["rm", &ext], &[&b, &ext]);
+    assert_eq!(steps, 2);
+    sh(&["ip", "netns", "del", &ext]);
+    // network rm --force detaches b (veth), deletes the bridge, then the firewall step.
+    let steps = fail_every_teardown_step(&h, &["network", "rm", "n2", "--force"], &[&b]);
+    assert_eq!(steps, 3);
+    assert_eq!(h.inspect(&b)["endpoints"], serde_json::json!([]));
+    h.ok(&["rm", &b]);
+    // The last network also takes nsnet's tables.
+    let steps = fail_every_teardown_step(&h, &["network", "rm", "nsnet0"], &[]);
+    assert_eq!(steps, 2);
+    assert_eq!(h.snapshot(), empty);
+}

@@ -49,6 +49,7 @@ pub struct VethSpec<'a> {
     pub master: Option<u32>,
     pub mtu: u32,
     pub peer_mac: Option<[u8; 6]>,
+    pub host_mac: Option<[u8; 6]>,
 }
 
 /// One rtnetlink socket, bound to the namespace it was created in.
@@ -216,6 +217,9 @@ impl Netlink {
         msg.attributes
             .push(LinkAttribute::IfName(spec.host.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(mac) = spec.host_mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         if let Some(master) = spec.master {
             msg.attributes.push(LinkAttribute::Controller(master));
         }

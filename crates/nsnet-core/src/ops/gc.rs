@@ -48,7 +48,8 @@ impl Nsnet {
         }
 
         for sb in self.store.sandboxes()? {
-            if sb.netns.exists() {
+            // A sandbox being removed belongs to the command removing it.
+            if sb.netns.exists() || sb.removing {
                 continue;
             }
             report.push(format!(

@@ -20,7 +20,7 @@ use crate::kernel::Netlink;
 use crate::model::Network;
 use crate::plan::Plan;
 use crate::plan::Step;
-use crate::store::{Intent, Lock, Record, Store};
+use crate::store::{Intent, Lock, Record, Store, Teardown};
 
 /// Name of the network `create`/`run`/`attach` use when none is given; created on first use.
 pub const DEFAULT_NETWORK: &str = "nsnet0";
@@ -74,6 +74,7 @@ impl Nsnet {
             setup: true,
             undo,
             redo: vec![],
+            finish: None,
             before,
             after: after.clone(),
         })?;
@@ -81,44 +82,120 @@ impl Nsnet {
         let done = match applier.apply(&plan) {
             Ok(undo) => undo,
             Err(e) => {
-                self.store.remove_intent(&intent)?;
+                self.store.remove_intent(intent)?;
                 return Err(e);
             }
         };
         if let Err(cause) = self.store.set_files(&after) {
             let rollback = done.rollback(&mut applier);
-            self.store.remove_intent(&intent)?;
+            self.store.remove_intent(intent)?;
             return Err(Error::RolledBack {
                 cause: Box::new(cause.into()),
                 rollback,
             });
         }
-        self.store.remove_intent(&intent)?;
+        self.store.remove_intent(intent)?;
         Ok(plan)
     }
 
-    /// Apply a teardown plan (best effort, every step tried), then write the records. On failure the records
-    /// stay, so running the command again finishes the job: every teardown step is idempotent. A kill at any
-    /// point is finished by the next command.
-    fn teardown(&self, plan: Plan, records: Vec<Record>) -> Result<Plan> {
+    /// Take an object down, all or nothing, without holding the lock while the kernel is slow (each link
+    /// deletion waits for an RCU grace period):
+    ///
+    /// 1. under `lock` (held by the caller): write an intent, and `mark` the object as being removed, so
+    ///    nothing joins it and its addresses and ports stay reserved;
+    /// 2. without the lock: delete its links and namespace (`kernel`);
+    /// 3. under the lock again: delete its firewall elements and release its records, both worked out from
+    ///    the records as they are now ([`Nsnet::release`]).
+    ///
+    /// A failure in 2 or 3 restores what was deleted and unmarks the object. A kill is finished by the next
+    /// command's recovery; until then the intent's flock tells recovery this command is still alive.
+    fn teardown(
+        &self,
+        lock: Option<Lock>,
+        what: Teardown,
+        mark: Record,
+        kernel: Plan,
+    ) -> Result<Plan> {
         if self.dry_run {
-            return Ok(plan);
+            let (fw, _) = self.release(&what)?;
+            return Ok(kernel.then(fw));
         }
-        let (before, after) = self.store.file_states(&records)?;
         let intent = self.store.put_intent(&Intent {
             command: self.command(),
             setup: false,
             undo: vec![],
-            redo: plan.steps.clone(),
-            before,
-            after: after.clone(),
+            redo: kernel.steps.clone(),
+            finish: Some(what.clone()),
+            before: vec![],
+            after: vec![],
         })?;
-        let result = Applier::new().teardown(&plan);
-        if result.is_ok() {
+        let (_, marked) = self.store.file_states(&[mark])?;
+        self.store.set_files(&marked)?;
+        drop(lock);
+
+        let mut applier = Applier::new();
+        let kernel_undo = applier.apply(&kernel);
+        let _lock = self.lock()?;
+        let kernel_undo = match kernel_undo {
+            Ok(undo) => undo,
+            Err(e) => {
+                self.unmark(&what)?;
+                self.store.remove_intent(intent)?;
+                return Err(e);
+            }
+        };
+        let (fw, records) = self.release(&what)?;
+        let failure = match applier.apply(&fw) {
+            // One step, so nothing of it to undo: report its own cause.
+            Err(Error::RolledBack { cause, .. }) => Some((*cause, kernel_undo)),
+            Err(e) => Some((e, kernel_undo)),
+            Ok(fw_undo) => {
+                let (_, after) = self.store.file_states(&records)?;
+                match self.store.set_files(&after) {
+                    Err(e) => Some((e.into(), fw_undo.then(kernel_undo))),
+                    Ok(()) => None,
+                }
+            }
+        };
+        if let Some((cause, undo)) = failure {
+            let rollback = undo.rollback(&mut applier);
+            self.unmark(&what)?;
+            self.store.remove_intent(intent)?;
+            return Err(Error::RolledBack {
+                cause: Box::new(cause),
+                rollback,
+            });
+        }
+        self.store.remove_intent(intent)?;
+        Ok(kernel.then(fw))
+    }
+
+    /// The firewall step and the record changes that finish removing `what`, from the records as they are now
+    /// (other commands may have come and gone since the removal started).
+    fn release(&self, what: &Teardown) -> Result<(Plan, Vec<Record>)> {
+        match what {
+            Teardown::Sandbox(name) => self.release_sandbox(name),
+            Teardown::Network(name) => self.release_network(name),
+        }
+    }
+
+    /// Clear the removing mark of `what` after a failed removal, keeping whatever else changed meanwhile.
+    fn unmark(&self, what: &Teardown) -> Result<()> {
+        let record = match what {
+            Teardown::Sandbox(name) => self.store.sandbox(name)?.map(|mut sb| {
+                sb.removing = false;
+                Record::Sandbox(sb)
+            }),
+            Teardown::Network(name) => self.store.network(name)?.map(|mut net| {
+                net.removing = false;
+                Record::Network(net)
+            }),
+        };
+        if let Some(r) = record {
+            let (_, after) = self.store.file_states(&[r])?;
             self.store.set_files(&after)?;
         }
-        self.store.remove_intent(&intent)?;
-        result.map(|()| plan)
+        Ok(())
     }
 
     /// Finish or roll back what killed commands left: for each intent on disk, a set-up whose records all
@@ -127,7 +204,7 @@ impl Nsnet {
     pub fn recover(&self) -> Result<Vec<String>> {
         self.store.remove_stale_temp_files()?;
         let mut done = Vec::new();
-        for (path, intent) in self.store.intents()? {
+        for (file, intent) in self.store.intents()? {
             let mut applier = Applier::new();
             if intent.setup && self.store.files_are(&intent.after) {
                 done.push(format!("kept the finished `{}`", intent.command));
@@ -151,11 +228,20 @@ impl Nsnet {
             } else {
                 applier.teardown(&Plan {
                     steps: intent.redo.clone(),
+                    restore: vec![],
                 })?;
-                self.store.set_files(&intent.after)?;
+                match &intent.finish {
+                    Some(what) => {
+                        let (fw, records) = self.release(what)?;
+                        applier.teardown(&fw)?;
+                        let (_, after) = self.store.file_states(&records)?;
+                        self.store.set_files(&after)?;
+                    }
+                    None => self.store.set_files(&intent.after)?,
+                }
                 done.push(format!("finished the interrupted `{}`", intent.command));
             }
-            self.store.remove_intent(&path)?;
+            self.store.remove_intent(file)?;
         }
         Ok(done)
     }

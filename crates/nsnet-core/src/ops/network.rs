@@ -9,10 +9,10 @@ use crate::error::{Error, Result};
 use crate::firewall::Backend;
 use crate::invalid;
 use crate::ipam;
-use crate::model::{Driver, Network};
+use crate::model::{Driver, Network, Sandbox};
 use crate::names;
 use crate::plan::{build, Plan};
-use crate::store::Record;
+use crate::store::{Record, Teardown};
 
 /// What `nsnet network create` asks for.
 #[derive(Debug, Clone)]
@@ -175,14 +175,20 @@ impl Nsnet {
             host_chains,
             allocations: Default::default(),
             published: vec![],
+            removing: false,
         })
     }
 
     /// `nsnet network rm`. With `force`, first detaches every sandbox still on the network.
     pub fn network_rm(&self, name: &str, force: bool) -> Result<Plan> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         let nets = self.store.networks()?;
-        let net = find(&nets, name)?.clone();
+        let mut net = find(&nets, name)?.clone();
+        if net.removing {
+            return Err(invalid!(
+                "network '{name}' is already being removed by another nsnet command"
+            ));
+        }
         let users = net.users();
         if !users.is_empty() && !force {
             return Err(invalid!(
@@ -193,28 +199,47 @@ impl Nsnet {
                 if users.len() == 1 { "it" } else { "them" },
             ));
         }
+        let kernel = build::network_teardown(&net, &self.users_of(&net)?);
+        net.removing = true;
+        self.teardown(
+            lock,
+            Teardown::Network(name.into()),
+            Record::Network(net),
+            kernel,
+        )
+    }
+
+    /// The records of the sandboxes on `net`.
+    fn users_of(&self, net: &Network) -> Result<Vec<Sandbox>> {
         let mut sandboxes = Vec::new();
-        for user in &users {
+        for user in net.users() {
             if let Some(sb) = self.store.sandbox(user)? {
                 sandboxes.push(sb);
             }
         }
+        Ok(sandboxes)
+    }
+
+    /// What finishes removing network `name`: the firewall elements of its remaining endpoints and its own
+    /// (and nsnet's tables, if it is the last network); its sandboxes' records without it; its record gone.
+    pub(super) fn release_network(&self, name: &str) -> Result<(Plan, Vec<Record>)> {
+        let nets = self.store.networks()?;
+        let Some(net) = nets.iter().find(|n| n.name == name) else {
+            return Ok((Plan::default(), vec![]));
+        };
         let mut fw = crate::firewall::Batch::default();
-        let mut steps = Vec::new();
-        for sb in &mut sandboxes {
+        let mut records = Vec::new();
+        for mut sb in self.users_of(net)? {
             for ep in sb.endpoints.iter().filter(|e| e.network == name) {
-                let (f, s) = build::endpoint_down(ep);
-                fw.0.extend(f.0);
-                steps.extend(s);
+                fw.0.extend(build::endpoint_down(ep).0);
             }
             sb.endpoints.retain(|e| e.network != name);
+            records.push(Record::Sandbox(sb));
         }
-        let (f, s) = build::network_down(&net, &nets, tables_change(nets.len() - 1, net.firewall));
-        fw.0.extend(f.0);
-        steps.extend(s);
-        let mut records: Vec<Record> = sandboxes.into_iter().map(Record::Sandbox).collect();
+        let tables = tables_change(nets.len() - 1, net.firewall);
+        fw.0.extend(build::network_down(net, &nets, tables).0);
         records.push(Record::NoNetwork(name.to_string()));
-        self.teardown(Plan::teardown(fw, steps, net.firewall), records)
+        Ok((Plan::setup(vec![], fw, net.firewall), records))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::model::{Driver, Endpoint, Mac, Network, Published, Sandbox};
 use crate::names;
 use crate::plan::{build, Ns, Plan, Step};
 use crate::portmap::{addresses_overlap, PortMapping, PortSpec, Proto};
-use crate::store::Record;
+use crate::store::{Record, Teardown};
 
 /// Where a sandbox's network joins: which network, which address, which ports.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +77,7 @@ impl Nsnet {
             netns: path,
             owned: true,
             endpoints: vec![],
+            removing: false,
         };
         self.join(
             &mut sb,
@@ -142,6 +143,7 @@ impl Nsnet {
                 netns: path.clone(),
                 owned: false,
                 endpoints: vec![],
+                removing: false,
             },
         };
         let mut in_ns = netns::run_in(&fd, Netlink::open)??;
@@ -201,6 +203,16 @@ impl Nsnet {
             ),
             None => return Err(no_network(net_name)),
         };
+        if net.removing || sb.removing {
+            return Err(invalid!(
+                "{} is being removed by another nsnet command; try again when it is gone",
+                if net.removing {
+                    format!("network '{}'", net.name)
+                } else {
+                    format!("sandbox '{}'", sb.name)
+                }
+            ));
+        }
         if sb.endpoints.iter().any(|e| e.network == net.name) {
             return Err(invalid!(
                 "sandbox '{}' is already on network '{}'; each network joins a sandbox once",
@@ -285,32 +297,50 @@ impl Nsnet {
     /// `nsnet rm NAME`: remove the sandbox's endpoints, rules and addresses, and its namespace if nsnet made it.
     pub fn remove(&self, name: &str) -> Result<Plan> {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
-        let _lock = self.lock()?;
-        let sb = self
+        let lock = self.lock()?;
+        let mut sb = self
             .store
             .sandbox(name)?
             .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
+        if sb.removing {
+            return Err(invalid!(
+                "sandbox '{name}' is already being removed by another nsnet command"
+            ));
+        }
+        let kernel = build::sandbox_teardown(&sb, &self.store.networks()?);
+        sb.removing = true;
+        self.teardown(
+            lock,
+            Teardown::Sandbox(name.into()),
+            Record::Sandbox(sb),
+            kernel,
+        )
+    }
+
+    /// What finishes removing sandbox `name`: its firewall elements, and its records released (addresses and
+    /// ports back to its networks).
+    pub(super) fn release_sandbox(&self, name: &str) -> Result<(Plan, Vec<Record>)> {
+        let Some(sb) = self.store.sandbox(name)? else {
+            return Ok((Plan::default(), vec![]));
+        };
         let mut fw = Batch::default();
-        let mut steps = Vec::new();
-        let mut nets = Vec::new();
+        let mut records = Vec::new();
+        let mut backend = None;
         for ep in &sb.endpoints {
-            let (f, s) = build::endpoint_down(ep);
-            fw.0.extend(f.0);
-            steps.extend(s);
+            fw.0.extend(build::endpoint_down(ep).0);
             if let Some(mut net) = self.store.network(&ep.network)? {
                 net.allocations.retain(|_, owner| owner != name);
                 net.published.retain(|p| p.sandbox != name);
-                nets.push(net);
+                // One backend per host: any of the sandbox's networks names it.
+                backend.get_or_insert(net.firewall);
+                records.push(Record::Network(net));
             }
         }
-        if sb.owned {
-            steps.push(Step::DeleteNetns { name: name.into() });
-        }
-        // One backend per host: any of the sandbox's networks names it.
-        let backend = nets.first().map(|n| n.firewall).unwrap_or_default();
-        let mut records: Vec<Record> = nets.into_iter().map(Record::Network).collect();
         records.push(Record::NoSandbox(name.to_string()));
-        self.teardown(Plan::teardown(fw, steps, backend), records)
+        Ok((
+            Plan::setup(vec![], fw, backend.unwrap_or_default()),
+            records,
+        ))
     }
 
     /// The namespace of a sandbox, for `nsnet exec`.

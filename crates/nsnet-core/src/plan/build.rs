@@ -76,9 +76,9 @@ pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (V
     (steps, fw)
 }
 
-/// Take a network down. `tables`: `Some(keep_user_chain)` when it is the last network, so nsnet's tables go too
-/// (all but the user chain, if the user has rules there).
-pub fn network_down(net: &Network, others: &[Network], tables: Option<bool>) -> (Batch, Vec<Step>) {
+/// A network's firewall elements, to delete. `tables`: `Some(keep_user_chain)` when it is the last network, so
+/// nsnet's tables go too (all but the user chain, if the user has rules there).
+pub fn network_down(net: &Network, others: &[Network], tables: Option<bool>) -> Batch {
     let mut fw = Batch::default();
     for rule in network_rules(net, others) {
         fw.delete(rule);
@@ -86,14 +86,63 @@ pub fn network_down(net: &Network, others: &[Network], tables: Option<bool>) -> 
     if let Some(keep_user_chain) = tables {
         fw.delete(Rule::Tables { keep_user_chain });
     }
-    let mut steps = Vec::new();
-    if net.driver == Driver::Bridge {
-        steps.push(Step::DeleteLink {
-            ns: Ns::Host,
-            name: net.interface.clone(),
-        });
+    fw
+}
+
+/// The kernel side of `nsnet network rm`: the veths of `users` on it (with `--force`), then its bridge. Each
+/// deletion carries the steps that bring it back, should a later step fail.
+pub fn network_teardown(net: &Network, users: &[Sandbox]) -> Plan {
+    let mut plan = Plan::default();
+    for sb in users {
+        for ep in sb.endpoints.iter().filter(|e| e.network == net.name) {
+            let (restore, _) = endpoint_up(net, ep, &Ns::Path(sb.netns.clone()));
+            plan.push_teardown(delete_host_link(&ep.host_interface), restore);
+        }
     }
-    (fw, steps)
+    if net.driver == Driver::Bridge {
+        let (up, _) = network_up(net, &[], None);
+        // Forwarding is never switched off, so it need not come back either.
+        let restore = up
+            .into_iter()
+            .filter(|s| *s != Step::forwarding())
+            .collect();
+        plan.push_teardown(delete_host_link(&net.interface), restore);
+    }
+    plan
+}
+
+/// The kernel side of `nsnet rm`: each endpoint's veth (deleting the host end takes the peer too, even when a
+/// process keeps the namespace alive), then the namespace if nsnet made it, each with the steps that bring it
+/// back. `nets` are the sandbox's networks; an endpoint whose network has no record cannot be restored.
+pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network]) -> Plan {
+    let mut plan = Plan::default();
+    let ns = Ns::Path(sb.netns.clone());
+    for ep in &sb.endpoints {
+        let restore = nets
+            .iter()
+            .find(|n| n.name == ep.network)
+            .map(|net| endpoint_up(net, ep, &ns).0)
+            .unwrap_or_default();
+        plan.push_teardown(delete_host_link(&ep.host_interface), restore);
+    }
+    if sb.owned {
+        plan.push_teardown(
+            Step::DeleteNetns {
+                name: sb.name.clone(),
+            },
+            vec![Step::CreateNetns {
+                name: sb.name.clone(),
+            }],
+        );
+    }
+    plan
+}
+
+fn delete_host_link(name: &str) -> Step {
+    Step::DeleteLink {
+        ns: Ns::Host,
+        name: name.to_string(),
+    }
 }
 
 /// Everything nsnet keeps in the firewall for these records, from scratch: the reset tables, then every
@@ -148,6 +197,7 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         master: (net.driver == Driver::Bridge).then(|| net.interface.clone()),
         mtu: ep.mtu,
         peer_mac: ep.mac,
+        host_mac: ep.mac.host_end(),
     }];
     match net.driver {
         Driver::Bridge => steps.push(Step::SetHairpin {
@@ -182,19 +232,13 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
     (steps, fw)
 }
 
-/// Undo [`endpoint_up`]: drop its firewall elements and delete the veth (both ends go with the host end).
-pub fn endpoint_down(ep: &Endpoint) -> (Batch, Vec<Step>) {
+/// The firewall elements [`endpoint_up`] added, to delete.
+pub fn endpoint_down(ep: &Endpoint) -> Batch {
     let mut fw = Batch::default();
     for rule in endpoint_rules(ep) {
         fw.delete(rule);
     }
-    (
-        fw,
-        vec![Step::DeleteLink {
-            ns: Ns::Host,
-            name: ep.host_interface.clone(),
-        }],
-    )
+    fw
 }
 
 #[cfg(test)]
@@ -219,6 +263,7 @@ mod tests {
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
+            removing: false,
         }
     }
 
@@ -318,32 +363,56 @@ mod tests {
     fn teardown_mirrors_setup() {
         let e = ep(vec![port()]);
         let (_, up) = endpoint_up(&net(Driver::Bridge, false), &e, &ns());
-        let (fw, steps) = endpoint_down(&e);
+        let fw = endpoint_down(&e);
         // Teardown deletes exactly what set-up added, in the same order.
         let mut expected = up.inverse();
         expected.0.reverse();
         assert_eq!(fw, expected);
-        assert_eq!(
-            steps,
-            vec![Step::DeleteLink {
-                ns: Ns::Host,
-                name: "veth12345678".into()
-            }]
-        );
-        let (fw, steps) = network_down(&net(Driver::Bridge, false), &[], Some(false));
+        let fw = network_down(&net(Driver::Bridge, false), &[], Some(false));
         assert_eq!(
             fw.0.last(),
             Some(&Change::Delete(Rule::Tables {
                 keep_user_chain: false
             }))
         );
+    }
+
+    #[test]
+    fn kernel_teardown_restores_what_it_deletes() {
+        let n = net(Driver::Bridge, false);
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: true,
+            endpoints: vec![ep(vec![port()])],
+            removing: false,
+        };
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n));
         assert_eq!(
-            steps,
-            vec![Step::DeleteLink {
-                ns: Ns::Host,
-                name: "br0".into()
+            plan.steps,
+            vec![
+                delete_host_link("veth12345678"),
+                Step::DeleteNetns {
+                    name: "netns2".into()
+                }
+            ]
+        );
+        // The veth comes back exactly as set-up made it; the namespace before it (undo runs in reverse).
+        assert_eq!(plan.undo_of(0), endpoint_up(&n, &sb.endpoints[0], &ns()).0);
+        assert_eq!(
+            plan.undo_of(1),
+            vec![Step::CreateNetns {
+                name: "netns2".into()
             }]
         );
+
+        let plan = network_teardown(&n, &[sb]);
+        assert_eq!(
+            plan.steps,
+            vec![delete_host_link("veth12345678"), delete_host_link("br0")]
+        );
+        assert!(matches!(plan.undo_of(1)[0], Step::CreateBridge { .. }));
+        assert!(!plan.undo_of(1).contains(&Step::forwarding()));
     }
 
     #[test]
@@ -388,6 +457,7 @@ mod tests {
             netns: "/run/netns/s".into(),
             owned: true,
             endpoints: vec![ep(vec![port()])],
+            removing: false,
         };
         let plan = firewall_reload(&[a, b], &[sb]);
         let Some(Step::Firewall { batch: fw, .. }) = plan.steps.last() else {

@@ -58,6 +58,7 @@ pub enum Step {
         master: Option<String>,
         mtu: u32,
         peer_mac: Mac,
+        host_mac: Mac,
     },
     /// `ip link del NAME`; a link already gone is fine.
     DeleteLink { ns: Ns, name: String },
@@ -115,6 +116,7 @@ impl Step {
                 master,
                 mtu,
                 peer_mac,
+                host_mac,
             } => {
                 let netns = match peer_ns {
                     Ns::Host => String::new(),
@@ -128,7 +130,7 @@ impl Step {
                     .map(|m| format!(" master {m}"))
                     .unwrap_or_default();
                 format!(
-                    "ip link add {host} mtu {mtu}{master} up type veth peer name {peer} address {peer_mac}{netns}\n\
+                    "ip link add {host} address {host_mac} mtu {mtu}{master} up type veth peer name {peer} address {peer_mac}{netns}\n\
                      {} link set {peer} up",
                     peer_ns.ip()
                 )
@@ -175,6 +177,11 @@ impl Step {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub steps: Vec<Step>,
+    /// For teardown steps, which have no one-step undo: `restore[i]` brings back what `steps[i]` removes (a
+    /// deleted veth comes back with its addresses and routes). Empty for set-up plans, whose steps undo
+    /// themselves ([`Step::undo`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restore: Vec<Vec<Step>>,
 }
 
 impl Plan {
@@ -184,17 +191,34 @@ impl Plan {
         if !fw.is_empty() {
             steps.push(Step::Firewall { backend, batch: fw });
         }
-        Plan { steps }
+        Plan {
+            steps,
+            restore: vec![],
+        }
     }
 
-    /// Teardown order: firewall first (stop steering traffic in), then kernel objects.
-    pub fn teardown(fw: Batch, kernel: Vec<Step>, backend: Backend) -> Plan {
-        let mut steps = Vec::with_capacity(kernel.len() + 1);
-        if !fw.is_empty() {
-            steps.push(Step::Firewall { backend, batch: fw });
+    /// A teardown step and what restores it if a later step fails.
+    pub fn push_teardown(&mut self, step: Step, restore: Vec<Step>) {
+        self.restore.resize(self.steps.len(), vec![]);
+        self.steps.push(step);
+        self.restore.push(restore);
+    }
+
+    /// The steps that undo step `i`, in order: its restore list, or its own undo.
+    pub fn undo_of(&self, i: usize) -> Vec<Step> {
+        match self.restore.get(i) {
+            Some(r) if !r.is_empty() => r.clone(),
+            _ => self.steps.get(i).and_then(Step::undo).into_iter().collect(),
         }
-        steps.extend(kernel);
-        Plan { steps }
+    }
+
+    /// This plan followed by `other`.
+    pub fn then(mut self, other: Plan) -> Plan {
+        for (i, step) in other.steps.iter().enumerate() {
+            let restore = other.restore.get(i).cloned().unwrap_or_default();
+            self.push_teardown(step.clone(), restore);
+        }
+        self
     }
 
     pub fn is_empty(&self) -> bool {

@@ -296,6 +296,12 @@ impl TestHost {
             serde_json::from_str(&self.in_host(&["nft", "-j", "list", "ruleset"])).expect("nft -j");
         strip_handles(&mut ruleset);
         let ruleset = ruleset.to_string();
+        // Sorted: listing order follows interface indexes, which a deleted and re-created link changes.
+        let (mut links, mut addrs, mut routes): (Vec<String>, Vec<String>, Vec<String>) =
+            (links, addrs, routes);
+        links.sort();
+        addrs.sort();
+        routes.sort();
         let mut state = Vec::new();
         walk(&self.state, &self.state, &mut state);
         let namespaces = self.tagged_namespaces();
