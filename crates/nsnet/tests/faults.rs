@@ -70,7 +70,7 @@ fn every_setup_step_rolls_back() {
 }
 
 /// Addresses and routes inside each sandbox: a rolled-back teardown must bring these back too.
-fn inside(h: &TestHost, sandboxes: &[&str]) -> Vec<String> {
+fn inside(sandboxes: &[&str]) -> Vec<String> {
     sandboxes
         .iter()
         .map(|s| {
@@ -99,7 +99,7 @@ fn inside(h: &TestHost, sandboxes: &[&str]) -> Vec<String> {
 /// sandboxes must still talk to each other.
 fn fail_every_teardown_step(h: &TestHost, args: &[&str], sandboxes: &[&str]) -> usize {
     for k in 1..100 {
-        let (before, before_inside) = (h.snapshot(), inside(h, sandboxes));
+        let (before, before_inside) = (h.snapshot(), inside(sandboxes));
         let out = h.nsnet_env(args, &[("NSNET_FAIL_AT", &k.to_string())]);
         if out.status.success() {
             return k - 1;
@@ -110,7 +110,7 @@ fn fail_every_teardown_step(h: &TestHost, args: &[&str], sandboxes: &[&str]) -> 
             "{args:?} step {k}: {err}"
         );
         assert_eq!(h.snapshot(), before, "{args:?}: failing step {k}");
-        assert_eq!(inside(h, sandboxes), before_inside, "{args:?}: step {k}");
+        assert_eq!(inside(sandboxes), before_inside, "{args:?}: step {k}");
     }
     panic!("{args:?} never succeeded");
 }
