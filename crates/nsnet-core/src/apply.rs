@@ -65,8 +65,8 @@ impl Applier {
     /// Carry out one step.
     pub fn run(&mut self, step: &Step) -> Result<()> {
         match step {
-            Step::CreateNetns { name } => {
-                let nl = netns::create(name)?;
+            Step::CreateNetns { name, owner } => {
+                let nl = netns::create(name, Some(owner))?;
                 self.sockets.insert(Ns::Path(netns::named_path(name)), nl);
             }
             Step::DeleteNetns { name } => {

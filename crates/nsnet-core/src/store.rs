@@ -127,6 +127,13 @@ impl Store {
         &self.dir
     }
 
+    /// The tag on the namespaces this store's sandboxes own (`lo`'s alias inside them): `nsnet:STATE_DIR`.
+    /// Several stores can share a host (tests do); `gc` reaps only namespaces with its own tag.
+    pub fn owner_tag(&self) -> String {
+        let dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        format!("nsnet:{}", dir.display())
+    }
+
     fn ensure_dirs(&self) -> Result<(), StoreError> {
         for d in [
             self.dir.clone(),

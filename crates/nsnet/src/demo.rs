@@ -41,8 +41,9 @@ impl World {
             passed: 0,
             failed: 0,
         };
-        let mut host = netns::create(&world.host).context("creating the demo host namespace")?;
-        let mut lan = netns::create(&world.lan).context("creating the demo LAN namespace")?;
+        let mut host =
+            netns::create(&world.host, None).context("creating the demo host namespace")?;
+        let mut lan = netns::create(&world.lan, None).context("creating the demo LAN namespace")?;
         let lan_fd = netns::open(&netns::named_path(&world.lan))?;
         host.create_veth(&VethSpec {
             host: "uplink0",

@@ -307,19 +307,86 @@ fn a_kernel_failure_midway_rolls_everything_back() {
     assert_eq!(h.snapshot(), empty);
 }
 
+/// 64 commands at once against one network: 32 `create -p`, 16 `run --rm` (each pings the gateway from
+/// inside) and 16 `rm` of sandboxes made beforehand, while readers list the state in a loop. Every command
+/// succeeds, addresses and ports are unique, records and kernel agree, and nothing is left.
 #[test]
-fn concurrent_creates_get_unique_addresses() {
+fn sixty_four_commands_at_once() {
     let h = TestHost::new("concurrent");
     let empty = h.snapshot();
     h.ok(&["network", "create", "n", "--subnet", "172.23.0.0/24"]);
-    let names: Vec<String> = (0..12).map(|i| h.sb(&format!("c{i}"))).collect();
+    let doomed: Vec<String> = (0..16).map(|i| h.sb(&format!("d{i}"))).collect();
+    for name in &doomed {
+        h.ok(&["create", name, "--network", "n"]);
+    }
+    let created: Vec<String> = (0..32).map(|i| h.sb(&format!("c{i}"))).collect();
+    let runs: Vec<String> = (0..16).map(|i| h.sb(&format!("r{i}"))).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        for name in &names {
-            let h = &h;
-            scope.spawn(move || h.ok(&["create", name, "--network", "n"]));
+        let (h, done, reads) = (&h, &done, &reads);
+        // Readers: every listing is whole (a half-written record would fail to parse).
+        for _ in 0..2 {
+            scope.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ls = json(&h.ok(&["ls", "--json"]));
+                    assert!(ls.is_array(), "{ls}");
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
         }
+        let mut workers = Vec::new();
+        for (i, name) in created.iter().enumerate() {
+            let port = format!("{}:80", 20000 + i);
+            workers.push(scope.spawn(move || {
+                h.ok(&["create", name, "--network", "n", "-p", &port]);
+            }));
+        }
+        for name in &runs {
+            workers.push(scope.spawn(move || {
+                h.ok(&[
+                    "run",
+                    "--name",
+                    name,
+                    "--network",
+                    "n",
+                    "--rm",
+                    "--",
+                    "ping",
+                    "-c1",
+                    "-W2",
+                    "172.23.0.1",
+                ]);
+            }));
+        }
+        for name in &doomed {
+            workers.push(scope.spawn(move || {
+                h.ok(&["rm", name]);
+            }));
+        }
+        for w in workers {
+            w.join().expect("a command failed");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let mut addrs: Vec<String> = names
+    assert!(reads.into_inner() > 0);
+
+    // Exactly the 32 created sandboxes remain, each with its own address and port, in records and kernel.
+    let net = json(&h.ok(&["network", "inspect", "n", "--json"]));
+    let mut owners: Vec<String> = net["allocations"]
+        .as_object()
+        .map(|o| {
+            o.values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    owners.sort();
+    let mut expected = created.clone();
+    expected.sort();
+    assert_eq!(owners, expected, "allocations");
+    assert_eq!(net["published"].as_array().map(Vec::len), Some(32));
+    let mut addrs: Vec<String> = created
         .iter()
         .map(|n| {
             h.inspect(n)["endpoints"][0]["address"]
@@ -330,14 +397,22 @@ fn concurrent_creates_get_unique_addresses() {
         .collect();
     addrs.sort();
     addrs.dedup();
-    assert_eq!(addrs.len(), names.len(), "{addrs:?}");
-    let net = json(&h.ok(&["network", "inspect", "n", "--json"]));
-    assert_eq!(
-        net["allocations"].as_object().map(|o| o.len()),
-        Some(names.len())
+    assert_eq!(addrs.len(), created.len(), "{addrs:?}");
+    let veths = h
+        .link_names()
+        .iter()
+        .filter(|l| l.starts_with("veth"))
+        .count();
+    assert_eq!(veths, created.len(), "host veths");
+    assert_eq!(h.tagged_namespaces().len(), created.len());
+    let first = addrs[0].split('/').next().unwrap_or_default().to_string();
+    assert!(
+        probe::ping(&h.sb_path("c1"), ip(&first)).expect("ping"),
+        "sandbox to sandbox"
     );
+
     std::thread::scope(|scope| {
-        for name in &names {
+        for name in &created {
             let h = &h;
             scope.spawn(move || h.ok(&["rm", name]));
         }

@@ -80,6 +80,28 @@ fn gc_reconciles_records_and_kernel() {
         "nothing to do: records and kernel agree"
     );
 
+    // A sandbox whose record was lost: its namespace (nsnet's tag), veth and addresses go; a namespace
+    // someone else made stays.
+    let (c, other) = (h.sb("c"), h.sb("other"));
+    h.ok(&["create", &c, "--network", "n", "-p", "8081:80"]);
+    sh(&["ip", "netns", "add", &other]);
+    std::fs::remove_file(h.state.join(format!("sandboxes/{c}.json"))).expect("remove record");
+    let plan = h.ok(&["--dry-run", "gc"]);
+    assert!(
+        plan.contains(&format!("would delete namespace {c}"))
+            && plan.contains(&format!("would release the addresses of {c}"))
+            && !plan.contains(&other),
+        "{plan}"
+    );
+    let done = h.ok(&["gc"]);
+    assert!(done.contains(&format!("deleted namespace {c}")), "{done}");
+    assert!(h.sb_path("other").exists() && !h.sb_path("c").exists());
+    sh(&["ip", "netns", "del", &other]);
+    assert_eq!(
+        h.ok(&["gc"]).trim(),
+        "nothing to do: records and kernel agree"
+    );
+
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "n"]);
     assert_eq!(h.snapshot(), empty);

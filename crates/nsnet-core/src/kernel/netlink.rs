@@ -36,6 +36,8 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// The index of the bridge (or other master) this link is enslaved to.
     pub master: Option<u32>,
+    /// `ip link set NAME alias TEXT`.
+    pub alias: Option<String>,
 }
 
 /// What a new veth pair looks like; the host end stays in the socket's namespace.
@@ -254,6 +256,21 @@ impl Netlink {
     }
 
     /// `ip link set NAME up`.
+    /// `ip link set NAME alias TEXT`.
+    pub fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), KernelError> {
+        let index = self.link_index(name)?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(
+            &format!("set the alias of {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )?;
+        Ok(())
+    }
+
     pub fn set_up(&mut self, name: &str) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
         let mut msg = LinkMessage::default();
@@ -398,6 +415,7 @@ fn link_from(l: &LinkMessage) -> Link {
         mac: None,
         mtu: None,
         master: None,
+        alias: None,
     };
     for attr in &l.attributes {
         match attr {
@@ -409,6 +427,7 @@ fn link_from(l: &LinkMessage) -> Link {
             }
             LinkAttribute::Mtu(m) => link.mtu = Some(*m),
             LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
             _ => {}
         }
     }

@@ -78,7 +78,7 @@ pub fn netlink_in(path: &Path) -> Result<Netlink, KernelError> {
 
 /// Create the named namespace `/run/netns/NAME`, with `lo` up, and hand back a netlink socket inside it.
 /// Fails if the name is taken. Undone by [`delete`].
-pub fn create(name: &str) -> Result<Netlink, KernelError> {
+pub fn create(name: &str, tag: Option<&str>) -> Result<Netlink, KernelError> {
     ensure_dir()?;
     let path = named_path(name);
     // create_new: of two racing creators exactly one wins the mount point.
@@ -102,6 +102,9 @@ pub fn create(name: &str) -> Result<Netlink, KernelError> {
             .map_err(|e| KernelError::io(format!("bind mount {}", path.display()), e.into()))?;
             let mut nl = Netlink::open()?;
             nl.set_up("lo")?;
+            if let Some(tag) = tag {
+                nl.set_alias("lo", tag)?;
+            }
             Ok(nl)
         })
         .join()
@@ -111,6 +114,32 @@ pub fn create(name: &str) -> Result<Netlink, KernelError> {
         let _ = delete(name);
     }
     made
+}
+
+/// The names under /run/netns.
+pub fn named() -> Result<Vec<String>, KernelError> {
+    let entries = match std::fs::read_dir(NETNS_DIR) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(KernelError::io(format!("list {NETNS_DIR}"), e)),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether the namespace at `path` carries `tag` as its `lo`'s alias (see [`create`]). A path that is not a
+/// namespace, or cannot be entered, carries no tag.
+pub fn has_tag(path: &Path, tag: &str) -> bool {
+    netlink_in(path)
+        .and_then(|mut nl| nl.link("lo"))
+        .ok()
+        .flatten()
+        .and_then(|lo| lo.alias)
+        .is_some_and(|a| a == tag)
 }
 
 /// Remove the named namespace: unmount and unlink its file. The kernel frees the namespace (and the devices in

@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use super::Nsnet;
 use crate::apply::Applier;
 use crate::error::Result;
-use crate::kernel::Netlink;
+use crate::kernel::{netns, Netlink};
 use crate::model::Driver;
 use crate::plan::{build, Ns, Step};
+use crate::store::Record;
 
 /// Whether nsnet would have named a host link this way: its bridges and point-to-point host ends, and the
 /// `vethXXXXXXXX` host ends of endpoints.
@@ -68,8 +69,33 @@ impl Nsnet {
         } else {
             Some(self.store.lock()?)
         };
-        let nets = self.store.networks()?;
+        let mut nets = self.store.networks()?;
         let sandboxes = self.store.sandboxes()?;
+        // Addresses and ports held for sandboxes that have no record any more go back to their network.
+        let names: HashSet<&str> = sandboxes.iter().map(|s| s.name.as_str()).collect();
+        for net in &mut nets {
+            let stale: Vec<String> = net
+                .users()
+                .into_iter()
+                .filter(|u| !names.contains(u))
+                .map(str::to_string)
+                .collect();
+            if stale.is_empty() {
+                continue;
+            }
+            report.push(format!(
+                "{} the addresses of {} on network '{}': no such sandbox",
+                verb("released", "would release"),
+                stale.join(", "),
+                net.name
+            ));
+            net.allocations.retain(|_, owner| !stale.contains(owner));
+            net.published.retain(|p| !stale.contains(&p.sandbox));
+            if !self.dry_run {
+                let (_, after) = self.store.file_states(&[Record::Network(net.clone())])?;
+                self.store.set_files(&after)?;
+            }
+        }
         let mut owned: HashSet<&str> = nets.iter().map(|n| n.interface.as_str()).collect();
         owned.extend(
             sandboxes
@@ -104,6 +130,24 @@ impl Nsnet {
                     ns: Ns::Host,
                     name: link.name.clone(),
                 })?;
+            }
+        }
+
+        // Namespaces this store made (tagged with its owner tag) that no sandbox record holds: their record was
+        // lost (a state dir restored from backup, a hand-deleted file). Anyone else's namespaces are left alone.
+        let tag = self.store.owner_tag();
+        let held: HashSet<&std::path::Path> = sandboxes.iter().map(|s| s.netns.as_path()).collect();
+        for name in netns::named()? {
+            let path = netns::named_path(&name);
+            if held.contains(path.as_path()) || !netns::has_tag(&path, &tag) {
+                continue;
+            }
+            report.push(format!(
+                "{} namespace {name}: nsnet made it, no record owns it",
+                verb("deleted", "would delete")
+            ));
+            if !self.dry_run {
+                applier.run(&Step::DeleteNetns { name })?;
             }
         }
 

@@ -83,7 +83,10 @@ impl Nsnet {
             &mut sb,
             req,
             None,
-            vec![Step::CreateNetns { name: name.into() }],
+            vec![Step::CreateNetns {
+                name: name.into(),
+                owner: self.store.owner_tag(),
+            }],
         )
     }
 
@@ -307,7 +310,7 @@ impl Nsnet {
                 "sandbox '{name}' is already being removed by another nsnet command"
             ));
         }
-        let kernel = build::sandbox_teardown(&sb, &self.store.networks()?);
+        let kernel = build::sandbox_teardown(&sb, &self.store.networks()?, &self.store.owner_tag());
         sb.removing = true;
         self.teardown(
             lock,

@@ -114,7 +114,7 @@ pub fn network_teardown(net: &Network, users: &[Sandbox]) -> Plan {
 /// The kernel side of `nsnet rm`: each endpoint's veth (deleting the host end takes the peer too, even when a
 /// process keeps the namespace alive), then the namespace if nsnet made it, each with the steps that bring it
 /// back. `nets` are the sandbox's networks; an endpoint whose network has no record cannot be restored.
-pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network]) -> Plan {
+pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str) -> Plan {
     let mut plan = Plan::default();
     let ns = Ns::Path(sb.netns.clone());
     for ep in &sb.endpoints {
@@ -132,6 +132,7 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network]) -> Plan {
             },
             vec![Step::CreateNetns {
                 name: sb.name.clone(),
+                owner: owner.to_string(),
             }],
         );
     }
@@ -326,7 +327,7 @@ mod tests {
         let (steps, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![port()]), &ns());
         let text = Plan::setup(steps, fw, Default::default()).render();
         assert!(text.starts_with(
-            "ip link add veth12345678 mtu 1500 master br0 up type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
+            "ip link add veth12345678 address 02:6f:ac:10:00:66 mtu 1500 master br0 up type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
              ip -n netns2 link set eth0 up\n\
              ip link set veth12345678 type bridge_slave hairpin on\n\
              ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\
@@ -387,7 +388,7 @@ mod tests {
             endpoints: vec![ep(vec![port()])],
             removing: false,
         };
-        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n));
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), "nsnet:/s");
         assert_eq!(
             plan.steps,
             vec![
@@ -402,7 +403,8 @@ mod tests {
         assert_eq!(
             plan.undo_of(1),
             vec![Step::CreateNetns {
-                name: "netns2".into()
+                name: "netns2".into(),
+                owner: "nsnet:/s".into()
             }]
         );
 

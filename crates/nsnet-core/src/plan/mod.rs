@@ -43,8 +43,9 @@ impl Ns {
 /// One change to the system.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
-    /// `ip netns add NAME`, with `lo` up inside.
-    CreateNetns { name: String },
+    /// `ip netns add NAME`, with `lo` up inside and tagged with `owner` (its alias), so `nsnet gc` can tell
+    /// the namespaces it made from anyone else's.
+    CreateNetns { name: String, owner: String },
     /// `ip netns del NAME`.
     DeleteNetns { name: String },
     /// `ip link add NAME type bridge`, up, with a fixed MAC: a bridge without one takes its lowest port's
@@ -80,7 +81,7 @@ impl Step {
     /// The step that undoes this one, for rollback. Addresses and routes go with their link.
     pub fn undo(&self) -> Option<Step> {
         match self {
-            Step::CreateNetns { name } => Some(Step::DeleteNetns { name: name.clone() }),
+            Step::CreateNetns { name, .. } => Some(Step::DeleteNetns { name: name.clone() }),
             Step::CreateBridge { name, .. } => Some(Step::DeleteLink {
                 ns: Ns::Host,
                 name: name.clone(),
@@ -100,8 +101,8 @@ impl Step {
     /// The step as the shell commands that would do the same.
     pub fn render(&self) -> String {
         match self {
-            Step::CreateNetns { name } => {
-                format!("ip netns add {name}\nip -n {name} link set lo up")
+            Step::CreateNetns { name, owner } => {
+                format!("ip netns add {name}\nip -n {name} link set lo up alias {owner}")
             }
             Step::DeleteNetns { name } => format!("ip netns del {name}"),
             Step::CreateBridge { name, mtu, mac } => {
