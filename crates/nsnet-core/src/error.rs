@@ -10,6 +10,9 @@ pub enum Error {
     /// Bad input; the message says what is wrong and how to fix it. Nothing was changed.
     #[error("{0}")]
     Invalid(String),
+    /// Another nsnet command is working on the same object; trying again later will do. Nothing was changed.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Kernel(#[from] KernelError),
     #[error("{0}")]

@@ -131,6 +131,7 @@ mod tests {
             interface: "br".into(),
             internal: false,
             isolate: true,
+            options: Default::default(),
             mtu: 1500,
             firewall: Default::default(),
             host_chains: vec![],

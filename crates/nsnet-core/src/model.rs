@@ -46,6 +46,9 @@ pub struct Network {
     /// ports stay reachable through the host's addresses).
     #[serde(default = "yes")]
     pub isolate: bool,
+    /// Switches a CNI configuration can turn off (`ipMasq`, `isGateway`, `hairpinMode`).
+    #[serde(default, skip_serializing_if = "NetOptions::is_default")]
+    pub options: NetOptions,
     pub mtu: u32,
     /// The firewall backend holding this network's rules.
     #[serde(default)]
@@ -73,6 +76,34 @@ fn yes() -> bool {
     true
 }
 
+/// Parts of a bridge network that are on unless a CNI configuration turns them off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetOptions {
+    /// Masquerade traffic from the subnet leaving the host (`ipMasq`).
+    pub masquerade: bool,
+    /// The bridge holds the gateway address (`isGateway`); off, the gateway is a router elsewhere.
+    pub host_gateway: bool,
+    /// Bridge ports may send a frame back where it came from (`hairpinMode`), so a sandbox reaches its own
+    /// published port through the host's address.
+    pub hairpin: bool,
+}
+
+impl Default for NetOptions {
+    fn default() -> NetOptions {
+        NetOptions {
+            masquerade: true,
+            host_gateway: true,
+            hairpin: true,
+        }
+    }
+}
+
+impl NetOptions {
+    fn is_default(&self) -> bool {
+        *self == NetOptions::default()
+    }
+}
+
 /// One entry of a network's published-port ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
@@ -98,6 +129,10 @@ pub struct Sandbox {
     pub netns: PathBuf,
     /// True when nsnet created the namespace (and so removes it); false for `nsnet attach`.
     pub owned: bool,
+    /// Networked through the CNI plugin: the sandbox is named after the container ID, and CNI `GC` may
+    /// remove its endpoints.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cni: bool,
     pub endpoints: Vec<Endpoint>,
     /// Set while `nsnet rm` deletes the sandbox's links and namespace outside the lock; its addresses and
     /// ports stay reserved until the records are released.

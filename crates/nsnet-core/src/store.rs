@@ -65,6 +65,11 @@ pub struct Intent {
 pub enum Teardown {
     Sandbox(String),
     Network(String),
+    /// One sandbox's endpoint on one network (`nsnet detach`, CNI `DEL`).
+    Endpoint {
+        sandbox: String,
+        network: String,
+    },
 }
 
 /// An intent on disk, flocked for as long as its command runs: recovery skips intents whose command is alive.
@@ -502,6 +507,7 @@ mod tests {
             interface: "nsnet0".into(),
             internal: false,
             isolate: true,
+            options: Default::default(),
             mtu: 1500,
             firewall: Default::default(),
             host_chains: vec![],

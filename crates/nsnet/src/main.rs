@@ -125,6 +125,7 @@ impl AttachArgs {
             network: self.network.clone(),
             ip: self.ip,
             ports: self.ports.clone(),
+            ..Default::default()
         }
     }
 }
@@ -261,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 interface: bridge.clone(),
                 internal: *internal,
                 isolate: *isolate,
+                options: Default::default(),
                 mtu: *mtu,
             };
             let plan = nsnet.network_create(&req)?;

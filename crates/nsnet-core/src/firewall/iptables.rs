@@ -298,6 +298,16 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     super::run_tool("iptables-restore", &["--noflush"], Some(&text)).map(|_| ())
 }
 
+/// The rules of `rules` whose iptables rules are not all in place.
+pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
+    let current = Current::parse(&super::run_tool("iptables-save", &[], None)?);
+    Ok(rules
+        .iter()
+        .filter(|r| !entries(r).iter().all(|e| current.has_rule(e)))
+        .cloned()
+        .collect())
+}
+
 /// Whether the user chain holds rules (then removing the last network keeps it).
 pub fn user_chain_has_rules() -> bool {
     super::run_tool("iptables-save", &["-t", "filter"], None)

@@ -203,6 +203,16 @@ impl Backend {
         }
     }
 
+    /// Which of these rules are not (all) in the firewall now: endpoint and port rules are checked, for CNI
+    /// `CHECK`; others count as present.
+    pub fn missing(self, rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
+        match self {
+            Backend::Nftables => nftables::missing(rules),
+            Backend::Iptables => iptables::missing(rules),
+            Backend::None => Ok(vec![]),
+        }
+    }
+
     /// Whether the user chain holds the user's rules.
     pub fn user_chain_has_rules(self) -> bool {
         match self {

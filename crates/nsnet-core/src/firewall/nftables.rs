@@ -331,6 +331,50 @@ fn nft(args: &[&str]) -> Result<String, FirewallError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The endpoint and port rules of `rules` whose elements are not all in `ip nsnet` (other rules are not
+/// checked). One listing of the table, read as JSON.
+pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
+    let text = nft(&["-j", "list", "table", "ip", "nsnet"])?;
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut elements: Vec<(String, serde_json::Value)> = Vec::new();
+    for item in json["nftables"].as_array().into_iter().flatten() {
+        for kind in ["set", "map"] {
+            let set = &item[kind];
+            if let Some(name) = set["name"].as_str() {
+                for e in set["elem"].as_array().into_iter().flatten() {
+                    elements.push((name.to_string(), e.clone()));
+                }
+            }
+        }
+    }
+    let has = |set: &str, e: serde_json::Value| elements.iter().any(|(s, v)| s == set && *v == e);
+    Ok(rules
+        .iter()
+        .filter(|r| match r {
+            Rule::Endpoint {
+                host_interface,
+                address,
+            } => !has(
+                "endpoints",
+                serde_json::json!({"concat": [host_interface, address.to_string()]}),
+            ),
+            Rule::Port { mapping, target } => mapping.pairs().any(|(host, container)| {
+                let to = serde_json::json!({"concat": [target.to_string(), container]});
+                let proto = mapping.protocol.to_string();
+                match mapping.host_ip {
+                    None => !has("ports", serde_json::json!([{"concat": [proto, host]}, to])),
+                    Some(ip) => !has(
+                        "ports_ip",
+                        serde_json::json!([{"concat": [ip.to_string(), proto, host]}, to]),
+                    ),
+                }
+            }),
+            _ => false,
+        })
+        .cloned()
+        .collect())
+}
+
 /// Base chains of other tables on the forward hook whose policy is drop (an iptables-nft `FORWARD -P DROP`,
 /// a hand-written nft firewall): forwarded sandbox traffic dies there whatever nsnet's own chains say.
 pub fn forward_drop_chains() -> Result<Vec<HostChain>, FirewallError> {

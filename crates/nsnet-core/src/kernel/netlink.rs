@@ -40,6 +40,13 @@ pub struct Link {
     pub alias: Option<String>,
 }
 
+/// A default route: its output link and gateway, when it has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultRoute {
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
 /// What a new veth pair looks like; the host end stays in the socket's namespace.
 #[derive(Debug, Clone)]
 pub struct VethSpec<'a> {
@@ -347,6 +354,54 @@ impl Netlink {
 
     /// Every IPv4 address in this namespace, in CIDR form.
     pub fn ipv4_addresses(&mut self) -> Result<Vec<Ipv4Net>, KernelError> {
+        Ok(self.addresses()?.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// The IPv4 addresses of one link.
+    pub fn addresses_of(&mut self, name: &str) -> Result<Vec<Ipv4Net>, KernelError> {
+        let index = self.link_index(name)?;
+        Ok(self
+            .addresses()?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// The IPv4 default routes in the main table.
+    pub fn default_routes(&mut self) -> Result<Vec<DefaultRoute>, KernelError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let replies = self.request(
+            "list routes",
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            if m.header.table != RouteHeader::RT_TABLE_MAIN
+                || m.header.destination_prefix_length != 0
+            {
+                continue;
+            }
+            let (mut oif, mut gw) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    _ => {}
+                }
+            }
+            out.push(DefaultRoute { oif, gateway: gw });
+        }
+        Ok(out)
+    }
+
+    /// Every IPv4 address with the index of its link.
+    fn addresses(&mut self) -> Result<Vec<(u32, Ipv4Net)>, KernelError> {
         let mut req = AddressMessage::default();
         req.header.family = AddressFamily::Inet;
         let replies = self.request(
@@ -362,7 +417,7 @@ impl Netlink {
             for attr in &a.attributes {
                 if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
                     if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {
-                        out.push(net);
+                        out.push((a.header.index, net));
                     }
                 }
             }

@@ -5,6 +5,7 @@
 //! With `dry_run` the plan is returned unapplied; otherwise [`crate::apply`] carries it out and the records are
 //! written last; a failed write rolls the kernel back.
 
+mod check;
 mod firewall;
 mod gc;
 mod network;
@@ -176,16 +177,19 @@ impl Nsnet {
         match what {
             Teardown::Sandbox(name) => self.release_sandbox(name),
             Teardown::Network(name) => self.release_network(name),
+            Teardown::Endpoint { sandbox, network } => self.release_endpoint(sandbox, network),
         }
     }
 
     /// Clear the removing mark of `what` after a failed removal, keeping whatever else changed meanwhile.
     fn unmark(&self, what: &Teardown) -> Result<()> {
         let record = match what {
-            Teardown::Sandbox(name) => self.store.sandbox(name)?.map(|mut sb| {
-                sb.removing = false;
-                Record::Sandbox(sb)
-            }),
+            Teardown::Sandbox(name) | Teardown::Endpoint { sandbox: name, .. } => {
+                self.store.sandbox(name)?.map(|mut sb| {
+                    sb.removing = false;
+                    Record::Sandbox(sb)
+                })
+            }
             Teardown::Network(name) => self.store.network(name)?.map(|mut net| {
                 net.removing = false;
                 Record::Network(net)

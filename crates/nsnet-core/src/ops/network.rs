@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::firewall::Backend;
 use crate::invalid;
 use crate::ipam;
-use crate::model::{Driver, Network, Sandbox};
+use crate::model::{Driver, NetOptions, Network, Sandbox};
 use crate::names;
 use crate::plan::{build, Plan};
 use crate::store::{Record, Teardown};
@@ -27,6 +27,7 @@ pub struct NetworkRequest {
     /// Keep sandboxes on other networks from reaching this network's addresses directly.
     pub isolate: bool,
     pub mtu: Option<u32>,
+    pub options: NetOptions,
 }
 
 impl NetworkRequest {
@@ -40,6 +41,7 @@ impl NetworkRequest {
             interface: Some(DEFAULT_NETWORK.into()),
             internal: false,
             isolate: true,
+            options: Default::default(),
             mtu: None,
         }
     }
@@ -55,6 +57,47 @@ impl Nsnet {
         let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
         let plan = Plan::setup(steps, fw, net.firewall);
         self.setup(plan, vec![Record::Network(net)])
+    }
+
+    /// The network `req` names, created from `req` if it does not exist yet (one lock, so concurrent callers
+    /// agree); an existing network must match the subnet, gateway and bridge `req` gives. The flag says
+    /// whether this call created it.
+    pub fn ensure_network(&self, req: &NetworkRequest) -> Result<(Network, bool)> {
+        let _lock = self.lock()?;
+        let nets = self.store.networks()?;
+        if let Some(net) = nets.iter().find(|n| n.name == req.name) {
+            let differs = |what: &str, want: String, have: String| {
+                invalid!(
+                    "network '{}' already exists with {what} {have}, not {want}; use the same {what} or \
+                     another network name",
+                    req.name
+                )
+            };
+            if let Some(s) = req.subnet.filter(|s| *s != net.subnet) {
+                return Err(differs("subnet", s.to_string(), net.subnet.to_string()));
+            }
+            if let Some(g) = req.gateway.filter(|g| *g != net.gateway) {
+                return Err(differs("gateway", g.to_string(), net.gateway.to_string()));
+            }
+            if let Some(i) = req.interface.as_ref().filter(|i| **i != net.interface) {
+                return Err(differs("bridge", i.clone(), net.interface.clone()));
+            }
+            if net.removing {
+                return Err(Error::Busy(format!(
+                    "network '{}' is being removed by another nsnet command; try again",
+                    req.name
+                )));
+            }
+            return Ok((net.clone(), false));
+        }
+        let mut host = Host::open()?;
+        let net = self.validate_network(req, &nets, &mut host)?;
+        let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
+        self.setup(
+            Plan::setup(steps, fw, net.firewall),
+            vec![Record::Network(net.clone())],
+        )?;
+        Ok((net, true))
     }
 
     /// Check a network request against the state and the host, and build its record.
@@ -170,6 +213,7 @@ impl Nsnet {
             interface,
             internal: req.internal,
             isolate: req.isolate,
+            options: req.options,
             mtu,
             firewall,
             host_chains,
@@ -185,9 +229,9 @@ impl Nsnet {
         let nets = self.store.networks()?;
         let mut net = find(&nets, name)?.clone();
         if net.removing {
-            return Err(invalid!(
+            return Err(Error::Busy(format!(
                 "network '{name}' is already being removed by another nsnet command"
-            ));
+            )));
         }
         let users = net.users();
         if !users.is_empty() && !force {

@@ -26,6 +26,12 @@ pub struct AttachRequest {
     pub network: Option<String>,
     pub ip: Option<Ipv4Addr>,
     pub ports: Vec<PortSpec>,
+    /// The interface name inside the sandbox; the lowest free `ethN` when `None`.
+    pub interface: Option<String>,
+    /// The sandbox end's MAC address; derived from the IPv4 address when `None`.
+    pub mac: Option<Mac>,
+    /// Made by the CNI plugin (recorded on a new sandbox).
+    pub cni: bool,
 }
 
 /// The namespace `nsnet attach` networks.
@@ -76,6 +82,7 @@ impl Nsnet {
             name: name.into(),
             netns: path,
             owned: true,
+            cni: false,
             endpoints: vec![],
             removing: false,
         };
@@ -145,6 +152,7 @@ impl Nsnet {
                 name: name.clone(),
                 netns: path.clone(),
                 owned: false,
+                cni: req.cni,
                 endpoints: vec![],
                 removing: false,
             },
@@ -207,14 +215,14 @@ impl Nsnet {
             None => return Err(no_network(net_name)),
         };
         if net.removing || sb.removing {
-            return Err(invalid!(
+            return Err(Error::Busy(format!(
                 "{} is being removed by another nsnet command; try again when it is gone",
                 if net.removing {
                     format!("network '{}'", net.name)
                 } else {
                     format!("sandbox '{}'", sb.name)
                 }
-            ));
+            )));
         }
         if sb.endpoints.iter().any(|e| e.network == net.name) {
             return Err(invalid!(
@@ -240,10 +248,22 @@ impl Nsnet {
         if let Some(nl) = in_ns {
             used.extend(nl.links()?.into_iter().map(|l| l.name));
         }
-        let interface = (0..)
-            .map(|n| format!("eth{n}"))
-            .find(|n| !used.contains(n))
-            .unwrap_or_else(|| "eth0".into());
+        let interface = match &req.interface {
+            Some(name) => {
+                names::check_ifname(name).map_err(|e| invalid!("interface: {e}"))?;
+                if used.contains(name) {
+                    return Err(invalid!(
+                        "interface {name} already exists in the namespace of '{}'; pick another name",
+                        sb.name
+                    ));
+                }
+                name.clone()
+            }
+            None => (0..)
+                .map(|n| format!("eth{n}"))
+                .find(|n| !used.contains(n))
+                .unwrap_or_else(|| "eth0".into()),
+        };
         let host_interface = match net.driver {
             Driver::Veth => net.interface.clone(),
             Driver::Bridge => {
@@ -277,7 +297,7 @@ impl Nsnet {
             network: net.name.clone(),
             interface,
             host_interface,
-            mac: Mac::for_ipv4(ip),
+            mac: req.mac.unwrap_or_else(|| Mac::for_ipv4(ip)),
             address: Ipv4Net::new(ip, net.subnet.prefix_len()).map_err(|e| invalid!("{e}"))?,
             gateway: net.gateway,
             default_route: !net.internal && !sb.endpoints.iter().any(|e| e.default_route),
@@ -306,9 +326,9 @@ impl Nsnet {
             .sandbox(name)?
             .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
         if sb.removing {
-            return Err(invalid!(
+            return Err(Error::Busy(format!(
                 "sandbox '{name}' is already being removed by another nsnet command"
-            ));
+            )));
         }
         let kernel = build::sandbox_teardown(&sb, &self.store.networks()?, &self.store.owner_tag());
         sb.removing = true;
@@ -344,6 +364,88 @@ impl Nsnet {
             Plan::setup(vec![], fw, backend.unwrap_or_default()),
             records,
         ))
+    }
+
+    /// `nsnet detach NAME --network NET`: take one endpoint away, keeping the sandbox's others. A sandbox nsnet
+    /// did not create goes from the records with its last endpoint. With `missing_ok`, a sandbox or endpoint
+    /// that is not there is success with an empty plan (CNI `DEL` must succeed twice).
+    pub fn detach(&self, name: &str, network: &str, missing_ok: bool) -> Result<Plan> {
+        names::check_name("sandbox", name).map_err(Error::Invalid)?;
+        let lock = self.lock()?;
+        let sb = match self.store.sandbox(name)? {
+            Some(sb) if sb.endpoints.iter().any(|e| e.network == network) => sb,
+            _ if missing_ok => return Ok(Plan::default()),
+            None => return Err(invalid!("no sandbox named '{name}'; `nsnet ls` lists them")),
+            Some(_) => {
+                return Err(invalid!(
+                    "sandbox '{name}' is not on network '{network}'; `nsnet inspect {name}` shows its networks"
+                ))
+            }
+        };
+        if sb.removing {
+            return Err(Error::Busy(format!(
+                "sandbox '{name}' is being changed by another nsnet command; try again"
+            )));
+        }
+        let mut kernel = Plan::default();
+        let nets = self.store.networks()?;
+        if let (Some(ep), Some(net)) = (
+            sb.endpoints.iter().find(|e| e.network == network),
+            nets.iter().find(|n| n.name == network),
+        ) {
+            let (restore, _) = build::endpoint_up(net, ep, &Ns::Path(sb.netns.clone()));
+            kernel.push_teardown(
+                Step::DeleteLink {
+                    ns: Ns::Host,
+                    name: ep.host_interface.clone(),
+                },
+                restore,
+            );
+        }
+        let mut marked = sb;
+        marked.removing = true;
+        self.teardown(
+            lock,
+            Teardown::Endpoint {
+                sandbox: name.into(),
+                network: network.into(),
+            },
+            Record::Sandbox(marked),
+            kernel,
+        )
+    }
+
+    /// What finishes detaching `name` from `network`: the endpoint's firewall elements, its address and ports
+    /// back to the network, and the sandbox record without it (gone, if nsnet did not create the namespace and
+    /// nothing else is left).
+    pub(super) fn release_endpoint(
+        &self,
+        name: &str,
+        network: &str,
+    ) -> Result<(Plan, Vec<Record>)> {
+        let Some(mut sb) = self.store.sandbox(name)? else {
+            return Ok((Plan::default(), vec![]));
+        };
+        let mut records = Vec::new();
+        let mut fw = Batch::default();
+        let mut backend = Default::default();
+        if let Some(ep) = sb.endpoints.iter().find(|e| e.network == network) {
+            fw = build::endpoint_down(ep);
+            if let Some(mut net) = self.store.network(network)? {
+                net.allocations.retain(|_, owner| owner != name);
+                net.published.retain(|p| p.sandbox != name);
+                backend = net.firewall;
+                records.push(Record::Network(net));
+            }
+        }
+        sb.endpoints.retain(|e| e.network != network);
+        sb.removing = false;
+        records.push(if sb.endpoints.is_empty() && !sb.owned {
+            Record::NoSandbox(name.to_string())
+        } else {
+            Record::Sandbox(sb)
+        });
+        Ok((Plan::setup(vec![], fw, backend), records))
     }
 
     /// The namespace of a sandbox, for `nsnet exec`.

@@ -19,7 +19,7 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
         subnet: net.subnet,
         internal: net.internal,
     }];
-    if !net.internal {
+    if !net.internal && net.options.masquerade {
         rules.push(Rule::Masquerade {
             subnet: net.subnet,
             interface: net.interface.clone(),
@@ -59,12 +59,14 @@ pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (V
             mtu: net.mtu,
             mac: Mac::for_ipv4(net.gateway),
         });
-        steps.push(Step::AddAddress {
-            ns: Ns::Host,
-            dev: net.interface.clone(),
-            addr: gateway_cidr(net),
-        });
-        steps.push(Step::route_localnet(&net.interface));
+        if net.options.host_gateway {
+            steps.push(Step::AddAddress {
+                ns: Ns::Host,
+                dev: net.interface.clone(),
+                addr: gateway_cidr(net),
+            });
+            steps.push(Step::route_localnet(&net.interface));
+        }
     }
     let mut fw = Batch::default();
     if let Some(keep_user_chain) = tables {
@@ -175,7 +177,8 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox]) -> Plan {
     Plan::setup(steps, fw, nets[0].firewall)
 }
 
-fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
+/// The firewall elements of one endpoint: its anti-spoofing pair and its published ports.
+pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
     let mut rules = vec![Rule::Endpoint {
         host_interface: ep.host_interface.clone(),
         address: ep.address.addr(),
@@ -201,9 +204,10 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         host_mac: ep.mac.host_end(),
     }];
     match net.driver {
-        Driver::Bridge => steps.push(Step::SetHairpin {
+        Driver::Bridge if net.options.hairpin => steps.push(Step::SetHairpin {
             name: ep.host_interface.clone(),
         }),
+        Driver::Bridge => {}
         Driver::Veth => {
             // Point to point: the host end itself holds the gateway address.
             steps.push(Step::AddAddress {
@@ -259,6 +263,7 @@ mod tests {
             interface: "br0".into(),
             internal,
             isolate: true,
+            options: Default::default(),
             mtu: 1500,
             firewall: Default::default(),
             host_chains: vec![],
@@ -385,6 +390,7 @@ mod tests {
             name: "netns2".into(),
             netns: "/run/netns/netns2".into(),
             owned: true,
+            cni: false,
             endpoints: vec![ep(vec![port()])],
             removing: false,
         };
@@ -458,6 +464,7 @@ mod tests {
             name: "s".into(),
             netns: "/run/netns/s".into(),
             owned: true,
+            cni: false,
             endpoints: vec![ep(vec![port()])],
             removing: false,
         };

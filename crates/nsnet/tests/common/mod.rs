@@ -17,6 +17,22 @@ pub const LAN_IP: &str = "10.0.1.26";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The nsnet binary: this package's, or, for the CNI plugin's tests (which share this harness), the one
+/// built beside `nsnet-cni` (`cargo test --workspace` builds both).
+pub fn nsnet_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_nsnet") {
+        return PathBuf::from(p);
+    }
+    let cni = PathBuf::from(option_env!("CARGO_BIN_EXE_nsnet-cni").unwrap_or("nsnet-cni"));
+    let nsnet = cni.with_file_name("nsnet");
+    assert!(
+        nsnet.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        nsnet.display()
+    );
+    nsnet
+}
+
 /// Connect from `from` to `to`, with a one-shot server on port `listen` in sandbox `server_ns`; returns the
 /// client address the server saw, or `None` when the connection failed.
 pub fn reach(server_ns: &Path, listen: u16, from: &Path, to: SocketAddrV4) -> Option<Ipv4Addr> {
@@ -191,7 +207,7 @@ impl TestHost {
         cmd.arg(&net)
             .arg("--")
             .args(prefix)
-            .arg(env!("CARGO_BIN_EXE_nsnet"))
+            .arg(nsnet_bin())
             .args(args);
         cmd.env("NSNET_STATE_DIR", &self.state);
         if let Some(backend) = self.firewall {
@@ -208,10 +224,7 @@ impl TestHost {
     pub fn nsnet_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let net = format!("--net={}", self.host_path().display());
         let mut cmd = Command::new("nsenter");
-        cmd.arg(&net)
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_nsnet"))
-            .args(args);
+        cmd.arg(&net).arg("--").arg(nsnet_bin()).args(args);
         cmd.env("NSNET_STATE_DIR", &self.state);
         if let Some(backend) = self.firewall {
             cmd.env("NSNET_FIREWALL", backend);
@@ -398,6 +411,26 @@ pub struct Snapshot {
     pub ruleset: String,
     pub state: Vec<String>,
     pub namespaces: Vec<String>,
+}
+
+impl Snapshot {
+    /// The fields that differ, for a readable failure message.
+    pub fn diff(&self, other: &Snapshot) -> String {
+        let mut out = String::new();
+        let mut field = |name: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+            let (a, b) = (format!("{a:#?}"), format!("{b:#?}"));
+            if a != b {
+                out.push_str(&format!("{name}:\n  left:  {a}\n  right: {b}\n"));
+            }
+        };
+        field("links", &self.links, &other.links);
+        field("addrs", &self.addrs, &other.addrs);
+        field("routes", &self.routes, &other.routes);
+        field("ruleset", &self.ruleset, &other.ruleset);
+        field("state", &self.state, &other.state);
+        field("namespaces", &self.namespaces, &other.namespaces);
+        out
+    }
 }
 
 impl Drop for TestHost {

@@ -1,0 +1,392 @@
+//! The CNI commands on top of nsnet's operations. Each validates all it can before anything changes.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use nsnet_core::model::{Mac, Network, Sandbox};
+use nsnet_core::ops::{AttachRequest, Nsnet, Target};
+use nsnet_core::store::Store;
+use serde_json::Value;
+
+use crate::config::NetConf;
+use crate::delegate::Delegate;
+use crate::env::Env;
+use crate::error::{code, CniError, CniResult};
+use crate::result::{AddResult, Interface, IpConfig, Route, Version, SUPPORTED};
+
+fn nsnet(conf: &NetConf) -> CniResult<Nsnet> {
+    let mut n = Nsnet::new(Store::new(conf.state_dir()), false);
+    n.firewall = conf.backend()?;
+    Ok(n)
+}
+
+fn needs(conf: &NetConf, at_least: Version, command: &str) -> CniResult<()> {
+    if Version::parse(&conf.cni_version)? < at_least {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "{command} needs a newer cniVersion than {}",
+                conf.cni_version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `VERSION`.
+pub fn version(raw: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(raw)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "1.1.0".into());
+    serde_json::json!({ "cniVersion": asked, "supportedVersions": SUPPORTED })
+}
+
+/// `ADD`: join the container's namespace to the network (made on first use), and return the result, after any
+/// `prevResult`. On failure nothing is left: the network if this ADD made it, the delegated IPAM lease.
+pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
+    let netns = env.netns_path()?;
+    let ports = conf.ports()?;
+    let mac = conf.mac()?;
+    let requested = conf.requested_ip(env.ip.as_deref())?;
+    let prev = match &conf.prev_result {
+        Some(v) => AddResult::from_value(v)?,
+        None => AddResult::default(),
+    };
+    let nsnet = nsnet(conf)?;
+    let delegate = conf.ipam_plugin().map(Delegate::find).transpose()?;
+    if delegate.is_none() {
+        conf.network_request(None)?;
+    }
+
+    let mut ipam_dns = None;
+    let (ip, delegated) = match &delegate {
+        None => (requested, None),
+        Some(d) => {
+            let lease = AddResult::from_value(&d.run("ADD", raw)?)?;
+            match first_ipv4(&lease) {
+                Some((addr, gw)) => {
+                    ipam_dns = lease.dns;
+                    (Some(addr.addr()), Some((addr.trunc(), gw)))
+                }
+                None => {
+                    let _ = d.run("DEL", raw);
+                    return Err(CniError::new(
+                        code::FAILED,
+                        "the ipam plugin handed out no IPv4 address; nsnet networks are IPv4",
+                    ));
+                }
+            }
+        }
+    };
+
+    let attached = (|| -> CniResult<Value> {
+        let (net, created) = nsnet.ensure_network(&conf.network_request(delegated)?)?;
+        let req = AttachRequest {
+            network: Some(conf.name.clone()),
+            ip,
+            ports,
+            interface: Some(env.ifname.clone()),
+            mac,
+            cni: true,
+        };
+        if let Err(e) = nsnet.attach(&Target::Path(netns.clone()), Some(&env.container_id), &req) {
+            if created {
+                // Someone else may have joined it meanwhile: then it stays.
+                let _ = nsnet.network_rm(&net.name, false);
+            }
+            return Err(e.into());
+        }
+        let sb = nsnet
+            .store
+            .sandbox(&env.container_id)
+            .map_err(nsnet_core::Error::from)?;
+        let dns = conf.dns.clone().or(ipam_dns).or(prev.dns.clone());
+        Ok(result_for(
+            prev.clone(),
+            &net,
+            sb.as_ref(),
+            &env.ifname,
+            &netns.to_string_lossy(),
+            dns,
+        )
+        .to_json(&conf.cni_version))
+    })();
+    if attached.is_err() {
+        if let Some(d) = &delegate {
+            let _ = d.run("DEL", raw);
+        }
+    }
+    attached
+}
+
+/// The first IPv4 address of an IPAM result, with its gateway.
+fn first_ipv4(r: &AddResult) -> Option<(Ipv4Net, Option<Ipv4Addr>)> {
+    r.ips.iter().find_map(|ip| {
+        let addr = ip.address.parse::<Ipv4Net>().ok()?;
+        Some((addr, ip.gateway.as_deref().and_then(|g| g.parse().ok())))
+    })
+}
+
+/// `prev` with this attachment's interfaces (bridge, host veth, container side), address and default route.
+fn result_for(
+    mut prev: AddResult,
+    net: &Network,
+    sb: Option<&Sandbox>,
+    ifname: &str,
+    netns: &str,
+    dns: Option<Value>,
+) -> AddResult {
+    let Some(ep) = sb.and_then(|s| s.endpoints.iter().find(|e| e.network == net.name)) else {
+        return prev;
+    };
+    let base = prev.interfaces.len();
+    prev.interfaces.extend([
+        Interface {
+            name: net.interface.clone(),
+            mac: Mac::for_ipv4(net.gateway).to_string(),
+            mtu: Some(net.mtu),
+            sandbox: String::new(),
+        },
+        Interface {
+            name: ep.host_interface.clone(),
+            mac: ep.mac.host_end().to_string(),
+            mtu: Some(ep.mtu),
+            sandbox: String::new(),
+        },
+        Interface {
+            name: ifname.to_string(),
+            mac: ep.mac.to_string(),
+            mtu: Some(ep.mtu),
+            sandbox: netns.to_string(),
+        },
+    ]);
+    prev.ips.push(IpConfig {
+        address: ep.address.to_string(),
+        gateway: Some(ep.gateway.to_string()),
+        interface: Some(base + 2),
+    });
+    if ep.default_route {
+        prev.routes.push(Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(ep.gateway.to_string()),
+        });
+    }
+    prev.dns = dns;
+    prev
+}
+
+/// `DEL`: best effort and idempotent. Removes this attachment (the container's endpoint on this network with
+/// this interface name) if it is there, whatever became of the namespace, then releases the delegated lease.
+pub fn del(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
+    let nsnet = nsnet(conf)?;
+    let mut errors: Vec<CniError> = Vec::new();
+    let ours = nsnet
+        .store
+        .sandbox(&env.container_id)
+        .map_err(nsnet_core::Error::from)?
+        .is_some_and(|sb| {
+            sb.endpoints
+                .iter()
+                .any(|e| e.network == conf.name && e.interface == env.ifname)
+        });
+    if ours {
+        if let Err(e) = nsnet.detach(&env.container_id, &conf.name, true) {
+            errors.push(e.into());
+        }
+    }
+    if let Some(name) = conf.ipam_plugin() {
+        if let Err(e) = Delegate::find(name).and_then(|d| d.run("DEL", raw)) {
+            errors.push(e);
+        }
+    }
+    first_of(errors)
+}
+
+fn first_of(errors: Vec<CniError>) -> CniResult<()> {
+    let mut it = errors.into_iter();
+    match it.next() {
+        None => Ok(()),
+        Some(first) => {
+            let rest: Vec<String> = it.map(|e| e.to_string()).collect();
+            Err(if rest.is_empty() {
+                first
+            } else {
+                first.with_details(format!("also: {}", rest.join("; ")))
+            })
+        }
+    }
+}
+
+/// `CHECK`: the attachment in `prevResult` against nsnet's records and the kernel, and the port mappings asked
+/// for; then the delegated IPAM plugin's own CHECK.
+pub fn check(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
+    needs(conf, Version::new(0, 4, 0), "CHECK")?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::BAD_CONFIG,
+            "prevResult: CHECK needs the result of the ADD it checks",
+        )
+    })?;
+    let prev = AddResult::from_value(prev)?;
+    let netns = env.netns_path()?;
+    let ports = conf.ports()?;
+    let nsnet = nsnet(conf)?;
+    let mut problems = nsnet.check_endpoint(&env.container_id, &conf.name)?;
+
+    let sb = nsnet
+        .store
+        .sandbox(&env.container_id)
+        .map_err(nsnet_core::Error::from)?;
+    if let Some(ep) = sb
+        .as_ref()
+        .and_then(|s| s.endpoints.iter().find(|e| e.network == conf.name))
+    {
+        if ep.interface != env.ifname {
+            problems.push(format!(
+                "the attachment's interface is {}, not {}",
+                ep.interface, env.ifname
+            ));
+        }
+        let same_ns = sb.as_ref().is_some_and(|s| {
+            matches!(
+                (nsnet_core::netns::identity(&s.netns), nsnet_core::netns::identity(netns)),
+                (Ok(a), Ok(b)) if a == b
+            )
+        });
+        if !same_ns {
+            problems.push(format!(
+                "CNI_NETNS {} is not the namespace the ADD joined",
+                netns.display()
+            ));
+        }
+        let netns_text = netns.to_string_lossy();
+        match prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == env.ifname && i.sandbox == netns_text)
+        {
+            None => problems.push(format!(
+                "prevResult has no interface {} in {netns_text}",
+                env.ifname
+            )),
+            Some(index) => {
+                if !prev.interfaces[index]
+                    .mac
+                    .eq_ignore_ascii_case(&ep.mac.to_string())
+                {
+                    problems.push(format!(
+                        "interface {} has MAC {}, prevResult says {}",
+                        env.ifname, ep.mac, prev.interfaces[index].mac
+                    ));
+                }
+                let listed = prev
+                    .ips
+                    .iter()
+                    .any(|ip| ip.interface == Some(index) && ip.address == ep.address.to_string());
+                if !listed {
+                    problems.push(format!(
+                        "address {} of {} is not in prevResult",
+                        ep.address, env.ifname
+                    ));
+                }
+            }
+        }
+        for spec in ports.iter().filter(|p| p.host_port.is_some()) {
+            if !ep
+                .ports
+                .iter()
+                .any(|m| nsnet_core::portmap::PortSpec::from(*m) == *spec)
+            {
+                let m = spec.with_host_port(spec.host_port.unwrap_or_default());
+                problems.push(format!("port mapping {m} is not published"));
+            }
+        }
+    }
+    if let Some(name) = conf.ipam_plugin() {
+        if let Err(e) = Delegate::find(name).and_then(|d| d.run("CHECK", raw)) {
+            problems.push(e.msg);
+        }
+    }
+    match problems.split_first() {
+        None => Ok(()),
+        Some((first, _)) => Err(
+            CniError::new(code::FAILED, format!("CHECK failed: {first}"))
+                .with_details(problems.join("; ")),
+        ),
+    }
+}
+
+/// `GC`: detach every CNI attachment on this network that `cni.dev/valid-attachments` does not list (best
+/// effort, all errors reported), then pass GC on to a delegated IPAM plugin that speaks 1.1.0.
+pub fn gc(conf: &NetConf, raw: &Value) -> CniResult<()> {
+    needs(conf, Version::new(1, 1, 0), "GC")?;
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::BAD_CONFIG,
+            "cni.dev/valid-attachments is missing; GC needs the list of attachments to keep",
+        )
+    })?;
+    let nsnet = nsnet(conf)?;
+    let mut errors = Vec::new();
+    for sb in nsnet.store.sandboxes().map_err(nsnet_core::Error::from)? {
+        if !sb.cni {
+            continue;
+        }
+        let stale = sb.endpoints.iter().any(|e| {
+            e.network == conf.name
+                && !valid
+                    .iter()
+                    .any(|a| a.container_id == sb.name && a.ifname == e.interface)
+        });
+        if stale {
+            if let Err(e) = nsnet.detach(&sb.name, &conf.name, true) {
+                errors.push(CniError::from(e));
+            }
+        }
+    }
+    if let Some(name) = conf.ipam_plugin() {
+        match Delegate::find(name) {
+            Ok(d) if d.speaks("1.1.0") => {
+                if let Err(e) = d.run("GC", raw) {
+                    errors.push(e);
+                }
+            }
+            Ok(_) => eprintln!(
+                "nsnet-cni: ipam plugin {name} predates GC (CNI 1.1.0); its leases are its own"
+            ),
+            Err(e) => errors.push(e),
+        }
+    }
+    first_of(errors)
+}
+
+/// `STATUS`: can this network take another ADD? Not when its address pool is exhausted (code 50), nor when a
+/// delegated IPAM plugin says it cannot.
+pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
+    needs(conf, Version::new(1, 1, 0), "STATUS")?;
+    let delegate = conf.ipam_plugin().map(Delegate::find).transpose()?;
+    if delegate.is_none() {
+        conf.network_request(None)?;
+    }
+    let nsnet = nsnet(conf)?;
+    if let Some(net) = nsnet
+        .store
+        .network(&conf.name)
+        .map_err(nsnet_core::Error::from)?
+    {
+        if delegate.is_none() && nsnet_core::ipam::allocate(&net, None).is_err() {
+            return Err(CniError::new(
+                code::UNAVAILABLE,
+                format!(
+                    "network '{}' has no free address left in {}; remove containers or use a larger subnet",
+                    net.name, net.subnet
+                ),
+            ));
+        }
+    }
+    match delegate {
+        Some(d) if d.speaks("1.1.0") => d.run("STATUS", raw).map(|_| ()),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,74 @@
+//! CNI errors: a code from the spec's table, a one-line message naming what is wrong, and details.
+
+use std::fmt;
+
+/// Codes from the CNI specification (section 5, "Error"), and nsnet's own above 100.
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const BAD_ENV: u32 = 4;
+    pub const IO: u32 = 5;
+    pub const DECODE: u32 = 6;
+    pub const BAD_CONFIG: u32 = 7;
+    pub const TRY_AGAIN: u32 = 11;
+    pub const UNAVAILABLE: u32 = 50;
+    /// nsnet could not do what was asked (a kernel, firewall or state failure), or CHECK found a problem.
+    pub const FAILED: u32 = 100;
+}
+
+/// An error as the runtime receives it on stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>) -> CniError {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: impl Into<String>) -> CniError {
+        self.details = details.into();
+        self
+    }
+
+    /// The error object, in the version the runtime asked for.
+    pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "cniVersion": cni_version,
+            "code": self.code,
+            "msg": self.msg,
+        });
+        if !self.details.is_empty() {
+            v["details"] = self.details.clone().into();
+        }
+        v
+    }
+}
+
+impl fmt::Display for CniError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.msg, self.code)
+    }
+}
+
+/// Library errors: refused input is a configuration error, a busy object is "try again", anything else a
+/// failure of nsnet itself.
+impl From<nsnet_core::Error> for CniError {
+    fn from(e: nsnet_core::Error) -> CniError {
+        let code = match &e {
+            nsnet_core::Error::Invalid(_) => code::BAD_CONFIG,
+            nsnet_core::Error::Busy(_) => code::TRY_AGAIN,
+            _ => code::FAILED,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
+pub type CniResult<T> = Result<T, CniError>;

@@ -1,0 +1,876 @@
+//! CNI spec conformance: this suite plays the runtime. It runs the `nsnet-cni` binary with the `CNI_*`
+//! environment and a configuration on stdin, for every command, inside throwaway host namespaces, and checks
+//! results, error codes, real traffic and that nothing is left behind.
+
+#[path = "../../nsnet/tests/common/mod.rs"]
+mod common;
+
+use std::io::Write as _;
+use std::net::SocketAddrV4;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{reach, sh, TestHost, HOST_IP, LAN_IP};
+use nsnet_core::probe;
+use serde_json::{json, Value};
+
+/// What the runtime got back: exit status and the JSON on stdout (`Null` when empty).
+struct Reply {
+    ok: bool,
+    out: Value,
+    stderr: String,
+}
+
+impl Reply {
+    /// The error code, asserting this is a well-formed error object in the given version.
+    fn code(&self, version: &str) -> u64 {
+        assert!(!self.ok, "expected a failure, got {}", self.out);
+        assert_eq!(self.out["cniVersion"], version, "{}", self.out);
+        let msg = self.out["msg"].as_str().unwrap_or_default();
+        assert!(
+            !msg.is_empty() && !msg.contains('\n'),
+            "one-line msg: {}",
+            self.out
+        );
+        self.out["code"].as_u64().expect("code")
+    }
+}
+
+/// Run the plugin in the test's host namespace.
+fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply {
+    let net = format!("--net={}", h.host_path().display());
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(&net)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_nsnet-cni"))
+        .env_remove("NSNET_STATE_DIR")
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn nsnet-cni");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(conf.to_string().as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("nsnet-cni");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {text}"))
+    };
+    Reply {
+        ok: out.status.success(),
+        out: value,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A network configuration for this test's state dir.
+fn conf(h: &TestHost, version: &str, extra: Value) -> Value {
+    let mut c = json!({
+        "cniVersion": version,
+        "name": "cninet",
+        "type": "nsnet",
+        "stateDir": h.state,
+    });
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+/// The per-container environment for namespace `ns` (a path) and interface `ifname`.
+fn ctr<'a>(id: &'a str, ns: &'a str, ifname: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", ns),
+        ("CNI_IFNAME", ifname),
+    ]
+}
+
+fn with_prev(mut conf: Value, prev: &Value) -> Value {
+    conf["prevResult"] = prev.clone();
+    conf
+}
+
+/// The address (without prefix) the result gave the container interface.
+fn address(result: &Value) -> String {
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("an address")
+        .to_string()
+}
+
+fn nsnet_json(h: &TestHost, args: &[&str]) -> Value {
+    serde_json::from_str(&h.ok(args)).expect("nsnet --json")
+}
+
+#[test]
+fn add_check_del_with_real_traffic() {
+    let h = TestHost::with_lan("cniadd");
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    sh(&["ip", "netns", "add", &a]);
+    sh(&["ip", "netns", "add", &b]);
+    let (a_ns, b_ns) = (h.sb_path("a"), h.sb_path("b"));
+    let (a_path, b_path) = (
+        a_ns.to_string_lossy().into_owned(),
+        b_ns.to_string_lossy().into_owned(),
+    );
+    let c = conf(
+        &h,
+        "1.1.0",
+        json!({
+            "bridge": "cnibr0",
+            "ipam": {"subnet": "10.66.0.0/24"},
+            "dns": {"nameservers": ["10.66.0.1"], "search": ["cluster.local"]},
+            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+        }),
+    );
+    let ra = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
+    assert!(ra.ok, "{} {}", ra.out, ra.stderr);
+    let r = &ra.out;
+    assert_eq!(r["cniVersion"], "1.1.0");
+    assert_eq!(r["interfaces"].as_array().map(Vec::len), Some(3), "{r}");
+    assert_eq!(r["interfaces"][0]["name"], "cnibr0");
+    assert_eq!(r["interfaces"][2]["name"], "eth0");
+    assert_eq!(r["interfaces"][2]["sandbox"], a_path.as_str());
+    assert_eq!(r["ips"][0]["interface"], 2);
+    assert_eq!(r["ips"][0]["gateway"], "10.66.0.1");
+    assert!(r["ips"][0].get("version").is_none());
+    assert_eq!(
+        r["routes"][0],
+        json!({"dst": "0.0.0.0/0", "gw": "10.66.0.1"})
+    );
+    assert_eq!(r["dns"]["search"][0], "cluster.local");
+    // The result's MAC is the interface's.
+    let mac = sh(&["ip", "-n", &a, "-j", "link", "show", "eth0"]);
+    assert!(
+        mac.contains(r["interfaces"][2]["mac"].as_str().unwrap_or("?")),
+        "{mac}"
+    );
+
+    let no_ports = conf(
+        &h,
+        "1.1.0",
+        json!({"bridge": "cnibr0", "ipam": {"subnet": "10.66.0.0/24"}}),
+    );
+    let rb = cni(&h, "ADD", &no_ports, &ctr(&b, &b_path, "eth0"));
+    assert!(rb.ok, "{}", rb.out);
+    let (ip_a, ip_b) = (address(&ra.out), address(&rb.out));
+    assert_ne!(ip_a, ip_b);
+
+    // Traffic: container to container, a published port from the LAN peer (the container sees the peer),
+    // and masquerade on the way out (the peer sees the host).
+    assert!(
+        probe::ping(&a_ns, ip_b.parse().expect("ip")).expect("ping"),
+        "a -> b"
+    );
+    let to_host = SocketAddrV4::new(HOST_IP.parse().expect("ip"), 8080);
+    assert_eq!(
+        reach(&a_ns, 80, &h.lan_path(), to_host),
+        Some(LAN_IP.parse().expect("ip")),
+        "LAN peer -> host:8080 -> a:80"
+    );
+    let to_peer = SocketAddrV4::new(LAN_IP.parse().expect("ip"), 9000);
+    assert_eq!(
+        reach(&h.lan_path(), 9000, &b_ns, to_peer),
+        Some(HOST_IP.parse().expect("ip")),
+        "b -> LAN peer, masqueraded"
+    );
+
+    // The CLI sees CNI containers.
+    let ls = nsnet_json(&h, &["ls", "--json"]);
+    let names: Vec<&str> = ls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&a.as_str()) && names.contains(&b.as_str()),
+        "{ls}"
+    );
+    assert_eq!(nsnet_json(&h, &["inspect", &a, "--json"])["cni"], true);
+
+    // CHECK passes on the ADD's result, and fails, naming the problem, when something is missing.
+    let check = |env: &[(&str, &str)]| cni(&h, "CHECK", &with_prev(c.clone(), &ra.out), env);
+    let ok = check(&ctr(&a, &a_path, "eth0"));
+    assert!(ok.ok, "{} {}", ok.out, ok.stderr);
+    let no_prev = cni(&h, "CHECK", &c, &ctr(&a, &a_path, "eth0"));
+    assert_eq!(no_prev.code("1.1.0"), 7);
+    assert!(no_prev.out["msg"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("prevResult"));
+
+    let element = format!("{{ tcp . 8080 : {ip_a} . 80 }}");
+    h.in_host(&["nft", "delete", "element", "ip", "nsnet", "ports", &element]);
+    let bad = check(&ctr(&a, &a_path, "eth0"));
+    assert_eq!(bad.code("1.1.0"), 100);
+    assert!(
+        bad.out["msg"].as_str().unwrap_or_default().contains("8080"),
+        "{}",
+        bad.out
+    );
+    h.in_host(&["nft", "add", "element", "ip", "nsnet", "ports", &element]);
+    assert!(check(&ctr(&a, &a_path, "eth0")).ok);
+
+    sh(&["ip", "-n", &a, "addr", "flush", "dev", "eth0"]);
+    let bad = check(&ctr(&a, &a_path, "eth0"));
+    assert_eq!(bad.code("1.1.0"), 100);
+    assert!(
+        bad.out["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lost address"),
+        "{}",
+        bad.out
+    );
+    // The IPAM reservation: take a's address out of the network's ledger by hand.
+    let ledger = h.state.join("networks/cninet.json");
+    let text = std::fs::read_to_string(&ledger).expect("ledger");
+    let mut net: Value = serde_json::from_str(&text).expect("json");
+    if let Some(alloc) = net["allocations"].as_object_mut() {
+        alloc.remove(&ip_a);
+    }
+    std::fs::write(&ledger, net.to_string()).expect("write");
+    let bad = check(&ctr(&a, &a_path, "eth0"));
+    assert!(
+        bad.out["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not reserved"),
+        "{}",
+        bad.out
+    );
+    std::fs::write(&ledger, text).expect("restore");
+
+    // DEL: twice for a; for b after its namespace is gone, with CNI_NETNS empty.
+    for _ in 0..2 {
+        let del = cni(
+            &h,
+            "DEL",
+            &with_prev(c.clone(), &ra.out),
+            &ctr(&a, &a_path, "eth0"),
+        );
+        assert!(del.ok && del.out.is_null(), "{} {}", del.out, del.stderr);
+    }
+    sh(&["ip", "netns", "del", &b]);
+    let del = cni(&h, "DEL", &no_ports, &ctr(&b, "", "eth0"));
+    assert!(del.ok, "{}", del.out);
+    let del = cni(&h, "DEL", &no_ports, &ctr(&b, "", "eth0"));
+    assert!(del.ok, "{}", del.out);
+    assert!(nsnet_json(&h, &["ls", "--json"])
+        .as_array()
+        .is_some_and(Vec::is_empty));
+    sh(&["ip", "netns", "del", &a]);
+    // Like the reference bridge plugin, DEL keeps the network (the bridge): nsnet removes it.
+    h.ok(&["network", "rm", "cninet"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn versions_shape_results_and_errors() {
+    let h = TestHost::new("cniver");
+    let empty = h.snapshot();
+    let v = cni(&h, "VERSION", &json!({"cniVersion": "1.0.0"}), &[]);
+    assert!(v.ok);
+    assert_eq!(v.out["cniVersion"], "1.0.0");
+    assert_eq!(
+        v.out["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+
+    let a = h.sb("a");
+    sh(&["ip", "netns", "add", &a]);
+    let a_path = h.sb_path("a").to_string_lossy().into_owned();
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let c = conf(&h, version, json!({"ipam": {"subnet": "10.66.1.0/24"}}));
+        let r = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
+        assert!(r.ok, "{version}: {}", r.out);
+        assert_eq!(r.out["cniVersion"], version);
+        let old = version.starts_with("0.");
+        assert_eq!(
+            r.out["ips"][0].get("version").is_some(),
+            old,
+            "{version}: {}",
+            r.out
+        );
+        if version != "0.3.0" && version != "0.3.1" {
+            let chk = cni(
+                &h,
+                "CHECK",
+                &with_prev(c.clone(), &r.out),
+                &ctr(&a, &a_path, "eth0"),
+            );
+            assert!(chk.ok, "{version}: {}", chk.out);
+        } else {
+            let chk = cni(
+                &h,
+                "CHECK",
+                &with_prev(c.clone(), &r.out),
+                &ctr(&a, &a_path, "eth0"),
+            );
+            assert_eq!(chk.code(version), 1, "CHECK arrived in 0.4.0");
+        }
+        assert!(cni(&h, "DEL", &c, &ctr(&a, &a_path, "eth0")).ok);
+    }
+    h.ok(&["network", "rm", "cninet"]);
+    let before = h.snapshot();
+
+    // Every bad input: a one-line error with the spec's code, in the runtime's version; nothing changes.
+    let good = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.1.0/24"}}));
+    let env = ctr(&a, &a_path, "eth0");
+    let cases: Vec<(&str, Value, Vec<(&str, &str)>, u64, &str)> = vec![
+        (
+            "ADD",
+            conf(&h, "0.2.0", json!({})),
+            env.to_vec(),
+            1,
+            "cniVersion",
+        ),
+        (
+            "ADD",
+            conf(&h, "9.9.9", json!({})),
+            env.to_vec(),
+            1,
+            "cniVersion",
+        ),
+        (
+            "GC",
+            conf(&h, "1.0.0", json!({"cni.dev/valid-attachments": []})),
+            vec![],
+            1,
+            "GC",
+        ),
+        ("STATUS", conf(&h, "1.0.0", json!({})), vec![], 1, "STATUS"),
+        (
+            "ADD",
+            good.clone(),
+            vec![("CNI_NETNS", &a_path), ("CNI_IFNAME", "eth0")],
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            "ADD",
+            good.clone(),
+            vec![
+                ("CNI_CONTAINERID", "-bad"),
+                ("CNI_NETNS", &a_path),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            "ADD",
+            good.clone(),
+            vec![("CNI_CONTAINERID", "x"), ("CNI_IFNAME", "eth0")],
+            4,
+            "CNI_NETNS",
+        ),
+        (
+            "ADD",
+            good.clone(),
+            vec![("CNI_CONTAINERID", "x"), ("CNI_NETNS", &a_path)],
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "ADD",
+            good.clone(),
+            vec![
+                ("CNI_CONTAINERID", "x"),
+                ("CNI_NETNS", &a_path),
+                ("CNI_IFNAME", "a-name-far-too-long"),
+            ],
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "ADD",
+            good.clone(),
+            vec![
+                ("CNI_CONTAINERID", "x"),
+                ("CNI_NETNS", "/run/netns/nsnt-none"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            3,
+            "CNI_NETNS",
+        ),
+        (
+            "ADD",
+            good.clone(),
+            vec![
+                ("CNI_CONTAINERID", "x"),
+                ("CNI_NETNS", &a_path),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "nokey"),
+            ],
+            4,
+            "CNI_ARGS",
+        ),
+        ("FROB", good.clone(), env.to_vec(), 4, "CNI_COMMAND"),
+        (
+            "ADD",
+            conf(&h, "1.1.0", json!({"mtu": "big"})),
+            env.to_vec(),
+            6,
+            "mtu",
+        ),
+        (
+            "ADD",
+            conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.1.0/33"}})),
+            env.to_vec(),
+            7,
+            "ipam.subnet",
+        ),
+        (
+            "ADD",
+            conf(&h, "1.1.0", json!({"mtu": 20})),
+            env.to_vec(),
+            7,
+            "mtu",
+        ),
+        (
+            "ADD",
+            conf(&h, "1.1.0", json!({"bridge": "bad name!"})),
+            env.to_vec(),
+            7,
+            "bridge",
+        ),
+        (
+            "ADD",
+            conf(&h, "1.1.0", json!({"type": "bridge"})),
+            env.to_vec(),
+            7,
+            "type",
+        ),
+        (
+            "ADD",
+            conf(
+                &h,
+                "1.1.0",
+                json!({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]}}),
+            ),
+            env.to_vec(),
+            7,
+            "protocol",
+        ),
+        (
+            "ADD",
+            conf(
+                &h,
+                "1.1.0",
+                json!({"runtimeConfig": {"ips": ["10.66.1.300"]}}),
+            ),
+            env.to_vec(),
+            7,
+            "runtimeConfig.ips",
+        ),
+        (
+            "ADD",
+            conf(&h, "1.1.0", json!({"runtimeConfig": {"mac": "zz"}})),
+            env.to_vec(),
+            7,
+            "runtimeConfig.mac",
+        ),
+        (
+            "ADD",
+            conf(&h, "1.1.0", json!({"ipam": {"type": "no-such-plugin"}})),
+            env.to_vec(),
+            7,
+            "ipam.type",
+        ),
+        (
+            "ADD",
+            conf(
+                &h,
+                "1.1.0",
+                json!({"ipam": {"ranges": [[{"subnet": "10.66.1.0/24"}, {"subnet": "10.66.2.0/24"}]]}}),
+            ),
+            env.to_vec(),
+            2,
+            "ipam.ranges",
+        ),
+        (
+            "ADD",
+            conf(
+                &h,
+                "1.1.0",
+                json!({"ipam": {"subnet": "10.66.1.0/24"}, "runtimeConfig": {"ips": ["10.99.0.5"]}}),
+            ),
+            env.to_vec(),
+            7,
+            "10.99.0.5",
+        ),
+        (
+            "GC",
+            conf(&h, "1.1.0", json!({})),
+            vec![],
+            7,
+            "valid-attachments",
+        ),
+    ];
+    for (command, c, env, code, names) in cases {
+        let r = cni(&h, command, &c, &env);
+        let version = c["cniVersion"].as_str().unwrap_or("1.1.0");
+        let version = if ["0.2.0", "9.9.9"].contains(&version) {
+            "1.1.0"
+        } else {
+            version
+        };
+        assert_eq!(r.code(version), code, "{command} {c} {env:?}: {}", r.out);
+        assert!(
+            r.out["msg"].as_str().unwrap_or_default().contains(names),
+            "{command}: the message should name {names}: {}",
+            r.out
+        );
+        let after = h.snapshot();
+        assert!(
+            after == before,
+            "{command} {c} changed: {}",
+            after.diff(&before)
+        );
+    }
+    // Not JSON at all.
+    let net = format!("--net={}", h.host_path().display());
+    let mut child = Command::new("nsenter")
+        .args([net.as_str(), "--", env!("CARGO_BIN_EXE_nsnet-cni")])
+        .env("CNI_COMMAND", "ADD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().map(|mut s| s.write_all(b"{not json"));
+    let out = child.wait_with_output().expect("run");
+    let err: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+    assert_eq!(err["code"], 6);
+
+    // ADD fails when the interface already exists in the container, and leaves nothing behind (not even the
+    // network this ADD would have created).
+    sh(&[
+        "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let r = cni(&h, "ADD", &good, &ctr(&a, &a_path, "eth0"));
+    assert_eq!(r.code("1.1.0"), 7);
+    assert!(
+        r.out["msg"].as_str().unwrap_or_default().contains("eth0"),
+        "{}",
+        r.out
+    );
+    let after = h.snapshot();
+    assert!(after == before, "{}", after.diff(&before));
+    sh(&["ip", "netns", "del", &a]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn capabilities_and_options() {
+    let h = TestHost::new("cnicap");
+    let empty = h.snapshot();
+    let ids: Vec<String> = (0..4).map(|i| h.sb(&format!("c{i}"))).collect();
+    for id in &ids {
+        sh(&["ip", "netns", "add", id]);
+    }
+    let path = |id: &str| format!("/run/netns/{id}");
+    let base = json!({
+        "bridge": "cnibr1", "mtu": 1400, "ipMasq": false, "hairpinMode": false, "isGateway": false,
+        "ipam": {"ranges": [[{"subnet": "10.66.2.0/24", "gateway": "10.66.2.254"}]]},
+    });
+    // The ips and mac capabilities.
+    let mut c = conf(&h, "1.1.0", base.clone());
+    c["runtimeConfig"] = json!({"ips": ["10.66.2.50/24"], "mac": "02:aa:bb:cc:dd:01"});
+    let r = cni(&h, "ADD", &c, &ctr(&ids[0], &path(&ids[0]), "net1"));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    assert_eq!(r.out["ips"][0]["address"], "10.66.2.50/24");
+    assert_eq!(r.out["ips"][0]["gateway"], "10.66.2.254");
+    assert_eq!(r.out["interfaces"][2]["mac"], "02:aa:bb:cc:dd:01");
+    let link = sh(&["ip", "-n", &ids[0], "-d", "link", "show", "net1"]);
+    assert!(
+        link.contains("02:aa:bb:cc:dd:01") && link.contains("mtu 1400"),
+        "{link}"
+    );
+    // args.cni.ips, then CNI_ARGS IP=.
+    let mut c = conf(&h, "1.1.0", base.clone());
+    c["args"] = json!({"cni": {"ips": ["10.66.2.60"]}});
+    let r = cni(&h, "ADD", &c, &ctr(&ids[1], &path(&ids[1]), "eth0"));
+    assert_eq!(r.out["ips"][0]["address"], "10.66.2.60/24", "{}", r.out);
+    let c = conf(&h, "1.1.0", base.clone());
+    let p2 = path(&ids[2]);
+    let mut env = ctr(&ids[2], &p2, "eth0").to_vec();
+    env.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.66.2.70"));
+    let r = cni(&h, "ADD", &c, &env);
+    assert_eq!(r.out["ips"][0]["address"], "10.66.2.70/24", "{}", r.out);
+    // An address already taken is refused.
+    let mut c = conf(&h, "1.1.0", base.clone());
+    c["runtimeConfig"] = json!({"ips": ["10.66.2.70"]});
+    let r = cni(&h, "ADD", &c, &ctr(&ids[3], &path(&ids[3]), "eth0"));
+    assert_eq!(r.code("1.1.0"), 7);
+
+    // isGateway=false: the bridge holds no address; ipMasq=false: no masquerade for the subnet;
+    // hairpinMode=false: ports are not in hairpin mode.
+    let br = h.in_host(&["ip", "-4", "addr", "show", "cnibr1"]);
+    assert!(!br.contains("inet "), "{br}");
+    let masq = h.in_host(&["nft", "list", "set", "ip", "nsnet", "masq_nets"]);
+    assert!(!masq.contains("10.66.2.0/24"), "{masq}");
+    let ports = h.in_host(&["ip", "-d", "link", "show", "master", "cnibr1"]);
+    assert!(
+        ports.contains("hairpin off") && !ports.contains("hairpin on"),
+        "{ports}"
+    );
+
+    for id in &ids[..3] {
+        assert!(
+            cni(
+                &h,
+                "DEL",
+                &conf(&h, "1.1.0", base.clone()),
+                &ctr(id, &path(id), "x")
+            )
+            .ok
+        );
+    }
+    // DEL with another interface name than the ADD's touches nothing.
+    assert_eq!(
+        nsnet_json(&h, &["ls", "--json"]).as_array().map(Vec::len),
+        Some(3)
+    );
+    assert!(
+        cni(
+            &h,
+            "DEL",
+            &conf(&h, "1.1.0", base.clone()),
+            &ctr(&ids[0], &path(&ids[0]), "net1")
+        )
+        .ok
+    );
+    for id in &ids[1..3] {
+        assert!(
+            cni(
+                &h,
+                "DEL",
+                &conf(&h, "1.1.0", base.clone()),
+                &ctr(id, &path(id), "eth0")
+            )
+            .ok
+        );
+    }
+    h.ok(&["network", "rm", "cninet"]);
+    for id in &ids {
+        sh(&["ip", "netns", "del", id]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn gc_and_status() {
+    let h = TestHost::new("cnigc");
+    let empty = h.snapshot();
+    let ids: Vec<String> = (0..5).map(|i| h.sb(&format!("g{i}"))).collect();
+    for id in &ids {
+        sh(&["ip", "netns", "add", id]);
+    }
+    let path = |id: &str| format!("/run/netns/{id}");
+    // A /29: gateway plus five addresses.
+    let c = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.3.0/29"}}));
+    assert!(
+        cni(&h, "STATUS", &c, &[]).ok,
+        "STATUS before the network exists"
+    );
+    for id in &ids {
+        let r = cni(&h, "ADD", &c, &ctr(id, &path(id), "eth0"));
+        assert!(r.ok, "{}", r.out);
+    }
+    let full = cni(&h, "STATUS", &c, &[]);
+    assert_eq!(full.code("1.1.0"), 50, "{}", full.out);
+    // A sandbox made with the CLI on the same network is not CNI's to collect.
+    let cli = h.sb("cli");
+    h.ok(&["network", "create", "other", "--subnet", "10.66.4.0/24"]);
+    h.ok(&["create", &cli, "--network", "other"]);
+
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": ids[0], "ifname": "eth0"},
+        {"containerID": ids[1], "ifname": "eth0"},
+        // Same container, another interface: not this attachment.
+        {"containerID": ids[2], "ifname": "eth9"},
+    ]);
+    let r = cni(&h, "GC", &gc, &[]);
+    assert!(r.ok && r.out.is_null(), "{} {}", r.out, r.stderr);
+    let left: Vec<String> = nsnet_json(&h, &["ls", "--json"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    let mut want = vec![ids[0].clone(), ids[1].clone(), cli.clone()];
+    want.sort();
+    let mut got = left.clone();
+    got.sort();
+    assert_eq!(got, want);
+    // Their veths went with them; the pool has room again.
+    let links = h.link_names();
+    assert_eq!(
+        links.iter().filter(|l| l.starts_with("veth")).count(),
+        3,
+        "{links:?}"
+    );
+    assert!(cni(&h, "STATUS", &c, &[]).ok);
+    assert!(cni(&h, "GC", &gc, &[]).ok, "GC twice");
+
+    for id in &ids[..2] {
+        assert!(cni(&h, "DEL", &c, &ctr(id, &path(id), "eth0")).ok);
+    }
+    h.ok(&["rm", &cli]);
+    h.ok(&["network", "rm", "other"]);
+    h.ok(&["network", "rm", "cninet"]);
+    for id in &ids {
+        sh(&["ip", "netns", "del", id]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn delegated_ipam_host_local() {
+    let h = TestHost::new("cniipam");
+    let empty = h.snapshot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    sh(&["ip", "netns", "add", &a]);
+    sh(&["ip", "netns", "add", &b]);
+    let path = |id: &str| format!("/run/netns/{id}");
+    // cniVersion 1.1.0, though Debian's host-local stops at 1.0.0: nsnet-cni asks it in 1.0.0.
+    let c = conf(
+        &h,
+        "1.1.0",
+        json!({"ipam": {"type": "host-local", "dataDir": data.path(),
+                        "ranges": [[{"subnet": "10.66.5.0/24", "rangeStart": "10.66.5.100"}]]}}),
+    );
+    let r = cni(&h, "ADD", &c, &ctr(&a, &path(&a), "eth0"));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    assert_eq!(r.out["ips"][0]["address"], "10.66.5.100/24");
+    assert_eq!(r.out["ips"][0]["interface"], 2);
+    let lease = data.path().join("cninet/10.66.5.100");
+    assert!(lease.exists(), "host-local holds the lease");
+    let net = nsnet_json(&h, &["network", "inspect", "cninet", "--json"]);
+    assert_eq!(net["subnet"], "10.66.5.0/24");
+    assert!(
+        cni(
+            &h,
+            "CHECK",
+            &with_prev(c.clone(), &r.out),
+            &ctr(&a, &path(&a), "eth0")
+        )
+        .ok
+    );
+
+    // A failed ADD gives its lease back.
+    sh(&[
+        "ip", "-n", &b, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let fail = cni(&h, "ADD", &c, &ctr(&b, &path(&b), "eth0"));
+    assert_eq!(fail.code("1.1.0"), 7);
+    assert!(
+        !data.path().join("cninet/10.66.5.101").exists(),
+        "lease released"
+    );
+
+    assert!(cni(&h, "DEL", &c, &ctr(&a, &path(&a), "eth0")).ok);
+    assert!(!lease.exists(), "DEL released the lease");
+    assert!(cni(&h, "DEL", &c, &ctr(&a, &path(&a), "eth0")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    sh(&["ip", "netns", "del", &b]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn prev_result_is_passed_through() {
+    let h = TestHost::new("cniprev");
+    let empty = h.snapshot();
+    let a = h.sb("a");
+    sh(&["ip", "netns", "add", &a]);
+    let a_path = format!("/run/netns/{a}");
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "lo0", "sandbox": a_path}],
+        "ips": [{"address": "192.0.2.9/32", "interface": 0}],
+        "dns": {"nameservers": ["192.0.2.53"]},
+    });
+    let c = with_prev(
+        conf(&h, "1.0.0", json!({"ipam": {"subnet": "10.66.6.0/24"}})),
+        &prev,
+    );
+    let r = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth1"));
+    assert!(r.ok, "{}", r.out);
+    assert_eq!(r.out["interfaces"][0]["name"], "lo0");
+    assert_eq!(r.out["interfaces"][3]["name"], "eth1");
+    assert_eq!(r.out["ips"][0]["address"], "192.0.2.9/32");
+    assert_eq!(r.out["ips"][1]["interface"], 3);
+    assert_eq!(r.out["dns"]["nameservers"][0], "192.0.2.53");
+    assert!(cni(&h, "DEL", &c, &ctr(&a, &a_path, "eth1")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn concurrent_adds_and_dels() {
+    let h = TestHost::new("cnicon");
+    let empty = h.snapshot();
+    let ids: Vec<String> = (0..24).map(|i| h.sb(&format!("p{i}"))).collect();
+    for id in &ids {
+        sh(&["ip", "netns", "add", id]);
+    }
+    let c = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.7.0/24"}}));
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (h, c) = (&h, &c);
+                s.spawn(move || {
+                    let p = format!("/run/netns/{id}");
+                    let r = cni(h, "ADD", c, &ctr(id, &p, "eth0"));
+                    assert!(r.ok, "{} {}", r.out, r.stderr);
+                    r.out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|t| t.join().expect("ADD"))
+            .collect()
+    });
+    let mut addrs: Vec<String> = results.iter().map(address).collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), ids.len());
+    let first = format!("/run/netns/{}", ids[0]);
+    assert!(probe::ping(Path::new(&first), addrs[5].parse().expect("ip")).expect("ping"));
+    std::thread::scope(|s| {
+        for id in &ids {
+            let (h, c) = (&h, &c);
+            s.spawn(move || {
+                let p = format!("/run/netns/{id}");
+                assert!(cni(h, "DEL", c, &ctr(id, &p, "eth0")).ok);
+            });
+        }
+    });
+    h.ok(&["network", "rm", "cninet"]);
+    for id in &ids {
+        sh(&["ip", "netns", "del", id]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}

@@ -1,0 +1,111 @@
+//! Checking one endpoint against the kernel: what CNI `CHECK` asks.
+
+use super::Nsnet;
+use crate::error::Result;
+use crate::firewall::Rule;
+use crate::kernel::netlink::DefaultRoute;
+use crate::kernel::{netns, Netlink};
+use crate::plan::build;
+
+impl Nsnet {
+    /// What is wrong with sandbox `name`'s endpoint on `network`: one line per problem, empty when the records,
+    /// the address reservation, the links, addresses, default route and firewall elements are all in place.
+    pub fn check_endpoint(&self, name: &str, network: &str) -> Result<Vec<String>> {
+        let _read = self.store.read_lock()?;
+        let Some(sb) = self.store.sandbox(name)? else {
+            return Ok(vec![format!("nsnet has no sandbox '{name}'")]);
+        };
+        let Some(ep) = sb.endpoints.iter().find(|e| e.network == network) else {
+            return Ok(vec![format!(
+                "sandbox '{name}' is not on network '{network}'"
+            )]);
+        };
+        let Some(net) = self.store.network(network)? else {
+            return Ok(vec![format!("nsnet has no network '{network}'")]);
+        };
+        let mut problems = Vec::new();
+        let ip = ep.address.addr();
+        if net.allocations.get(&ip).map(String::as_str) != Some(name) {
+            problems.push(format!(
+                "address {ip} is not reserved for '{name}' on network '{network}'"
+            ));
+        }
+        for m in &ep.ports {
+            if !net
+                .published
+                .iter()
+                .any(|p| p.sandbox == name && p.mapping == *m)
+            {
+                problems.push(format!("port {m} is not in network '{network}''s ledger"));
+            }
+        }
+
+        let mut host = Netlink::open()?;
+        match host.link(&ep.host_interface)? {
+            None => problems.push(format!("host interface {} is missing", ep.host_interface)),
+            Some(link) if net.driver == crate::model::Driver::Bridge => {
+                let bridge = host.link(&net.interface)?.map(|b| b.index);
+                if bridge.is_none() || link.master != bridge {
+                    problems.push(format!(
+                        "host interface {} is not on bridge {}",
+                        ep.host_interface, net.interface
+                    ));
+                }
+            }
+            Some(_) => {}
+        }
+
+        if !sb.netns.exists() {
+            problems.push(format!("namespace {} is gone", sb.netns.display()));
+        } else {
+            let mut inside = netns::netlink_in(&sb.netns)?;
+            match inside.link(&ep.interface)? {
+                None => problems.push(format!(
+                    "interface {} is missing in {}",
+                    ep.interface,
+                    sb.netns.display()
+                )),
+                Some(link) => {
+                    if link.mac.is_some_and(|m| m != ep.mac.0) {
+                        problems.push(format!(
+                            "interface {} has another MAC address than {}",
+                            ep.interface, ep.mac
+                        ));
+                    }
+                    if !inside.addresses_of(&ep.interface)?.contains(&ep.address) {
+                        problems.push(format!(
+                            "interface {} has lost address {}",
+                            ep.interface, ep.address
+                        ));
+                    }
+                    let via = DefaultRoute {
+                        oif: Some(link.index),
+                        gateway: Some(ep.gateway),
+                    };
+                    if ep.default_route && !inside.default_routes()?.contains(&via) {
+                        problems.push(format!(
+                            "the default route via {} on {} is missing",
+                            ep.gateway, ep.interface
+                        ));
+                    }
+                }
+            }
+        }
+
+        for rule in net.firewall.missing(&build::endpoint_rules(ep))? {
+            problems.push(match rule {
+                Rule::Port { mapping, target } => {
+                    format!("the firewall does not publish {mapping} to {target}")
+                }
+                Rule::Endpoint {
+                    host_interface,
+                    address,
+                } => {
+                    format!("the firewall lacks the anti-spoofing entry {host_interface} {address}")
+                }
+                other => format!("the firewall lacks {other:?}"),
+            });
+        }
+        Ok(problems)
+    }
+}
