@@ -332,7 +332,9 @@ fn versions_shape_results_and_errors() {
     // Every bad input: a one-line error with the spec's code, in the runtime's version; nothing changes.
     let good = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.1.0/24"}}));
     let env = ctr(&a, &a_path, "eth0");
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>, u64, &str)> = vec![
+    // (command, configuration, environment, expected code, what the message must name)
+    type Case<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "ADD",
             conf(&h, "0.2.0", json!({})),
