@@ -95,6 +95,13 @@ enum Cmd {
     Port { name: String },
     /// Remove a sandbox: its endpoints, rules, addresses and (if nsnet made it) its namespace.
     Rm { name: String },
+    /// Take a sandbox off one network, keeping its others (a sandbox nsnet did not create is forgotten
+    /// with its last network).
+    Detach {
+        name: String,
+        #[arg(long)]
+        network: String,
+    },
     /// Finish or roll back what an interrupted (killed) nsnet command left; every command also does this
     /// first.
     Gc,
@@ -326,6 +333,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Port { name } => show::ports(&nsnet.store, name, cli.json),
         Cmd::Rm { name } => {
             let plan = nsnet.remove(name)?;
+            done(plan, name.clone())
+        }
+        Cmd::Detach { name, network } => {
+            let plan = nsnet.detach(name, network, false)?;
             done(plan, name.clone())
         }
         Cmd::Firewall(FirewallCmd::Reload) => {

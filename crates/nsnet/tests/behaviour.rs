@@ -92,6 +92,17 @@ fn attach_existing_namespaces_and_a_second_network() {
         probe::ping(&h.sb_path("ext"), ip("172.19.0.1")).expect("ping"),
         "ext -> gateway of two"
     );
+    // detach takes one network away and keeps the other.
+    h.ok(&["detach", &ext, "--network", "two"]);
+    let j = h.inspect(&ext);
+    assert_eq!(j["endpoints"].as_array().map(Vec::len), Some(1));
+    let links = sh(&["ip", "-n", &ext, "-br", "link"]);
+    assert!(links.contains("eth0") && !links.contains("eth1"), "{links}");
+    assert!(
+        probe::ping(&h.sb_path("ext"), ip("172.18.0.1")).expect("ping"),
+        "ext -> gateway of one"
+    );
+    h.fails(&["detach", &ext, "--network", "two"]);
     // rm takes the endpoints but leaves the namespace nsnet was given.
     h.ok(&["rm", &ext]);
     assert!(h.sb_path("ext").exists());

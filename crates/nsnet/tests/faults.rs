@@ -138,6 +138,10 @@ fn every_teardown_step_rolls_back() {
         sh(&["nsenter", &ns, "ping", "-c1", "-W2", &ip]);
     };
 
+    // Detach: the veth, then the firewall step; then put it back.
+    let steps = fail_every_teardown_step(&h, &["detach", &a, "--network", "n2"], &[&a, &b, &ext]);
+    assert_eq!(steps, 2, "detach");
+    h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
     // Sandbox rm: a's two veths, then its namespace, then the firewall step.
     let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
     assert_eq!(steps, 4, "rm of a sandbox on two networks");
