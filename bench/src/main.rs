@@ -1,35 +1,20 @@
-//! nsnet's benchmarks against its peers. Each case runs in throwaway namespaces of its own and removes them.
-//!
-//! `nsnet-bench ports [--sizes 1,1000,10000] [--reps 15]`: published ports at scale. With N mappings already
-//! in place, how long adding and removing one more takes, and how many TCP connections per second reach the
-//! last-added port, for nsnet's nftables driver (map elements), nsnet's iptables driver (one DNAT rule per
-//! port, one iptables-restore per change) and the CNI reference `portmap` plugin (Debian's
-//! containernetworking-plugins), the iptables way most runtimes use.
+//! nsnet's benchmarks against its peers. Each case runs in throwaway namespaces of its own and removes them;
+//! see bench/README.md for what each measures.
 
-use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod curve;
+mod datapath;
+mod lifecycle;
+mod peers;
+mod ports;
+mod soak;
+mod world;
+
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use nsnet_core::firewall::{Backend, Batch, Rule};
-use nsnet_core::netns;
-use nsnet_core::portmap::{PortMapping, Proto};
 
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 48);
-const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 26);
-/// The sandbox's address on the default network (the first one handed out).
-const SANDBOX_IP: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 2);
-const PORTMAP: &str = "/usr/lib/cni/portmap";
-/// The host port of the "one more" mapping; the bulk ones start at 20000.
-const ONE_MORE: u16 = 40000;
-
-fn sh(args: &[&str]) -> Result<String> {
+pub fn sh(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -40,253 +25,77 @@ fn sh(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A throwaway host with an uplink to a LAN peer, and one nsnet sandbox on the default network.
-struct World {
-    host: String,
-    lan: String,
-    sandbox: String,
-    state: PathBuf,
+/// One finished process: wall time, peak RSS, and what it printed.
+pub struct Run {
+    pub ms: f64,
+    pub rss_kib: i64,
+    pub ok: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
 }
 
-impl World {
-    fn new(tag: &str, firewall: &str) -> Result<World> {
-        let pid = std::process::id();
-        let w = World {
-            host: format!("nsb-{pid}-{tag}-h"),
-            lan: format!("nsb-{pid}-{tag}-l"),
-            sandbox: format!("nsb-{pid}-{tag}-s"),
-            state: std::env::temp_dir().join(format!("nsnet-bench-{pid}-{tag}")),
-        };
-        sh(&["ip", "netns", "add", &w.host])?;
-        sh(&["ip", "netns", "add", &w.lan])?;
-        sh(&[
-            "ip", "-n", &w.host, "link", "add", "uplink0", "type", "veth", "peer", "name", "lan0",
-            "netns", &w.lan,
-        ])?;
-        for (ns, dev, addr) in [(&w.host, "uplink0", HOST_IP), (&w.lan, "lan0", LAN_IP)] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ])?;
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
-        let nsnet = std::env::var("NSNET").unwrap_or_else(|_| "target/release/nsnet".into());
-        let net = format!("--net=/run/netns/{}", w.host);
-        let out = Command::new("nsenter")
-            .args([net.as_str(), "--", &nsnet, "create", &w.sandbox])
-            .env("NSNET_STATE_DIR", &w.state)
-            .env("NSNET_FIREWALL", firewall)
-            .output()
-            .context("run nsnet (build it first: cargo build --release)")?;
-        if !out.status.success() {
-            bail!(
-                "nsnet create: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(w)
-    }
-
-    fn path(name: &str) -> PathBuf {
-        netns::named_path(name)
-    }
-
-    fn host_fd(&self) -> Result<OwnedFd> {
-        Ok(netns::open(&World::path(&self.host))?)
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        // The host namespace takes the bridge, the veths and every rule with it.
-        for ns in [&self.sandbox, &self.lan, &self.host] {
-            // The sandbox may be gone already (the soak removes it).
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
-
-/// Who publishes the ports.
-#[derive(Clone, Copy)]
-enum Peer {
-    Nsnet(Backend),
-    Portmap,
-}
-
-impl Peer {
-    fn name(self) -> &'static str {
-        match self {
-            Peer::Nsnet(Backend::Nftables) => "nsnet, nftables (map elements)",
-            Peer::Nsnet(Backend::Iptables) => "nsnet, iptables (rule per port)",
-            Peer::Nsnet(Backend::None) => "nsnet, no firewall",
-            Peer::Portmap => "CNI portmap 1.1.1 (iptables)",
-        }
-    }
-
-    /// Publish host ports `first..first+count` to the same ports of the sandbox.
-    fn publish(self, w: &World, container: &str, first: u16, count: u16, add: bool) -> Result<()> {
-        match self {
-            Peer::Nsnet(backend) => {
-                let mapping = PortMapping {
-                    host_ip: None,
-                    host_port: first,
-                    container_port: first,
-                    count,
-                    protocol: Proto::Tcp,
-                };
-                let mut batch = Batch::default();
-                let rule = Rule::Port {
-                    mapping,
-                    target: SANDBOX_IP,
-                };
-                if add {
-                    batch.add(rule);
-                } else {
-                    batch.delete(rule);
-                }
-                // The driver's tools are spawned from a thread inside the host namespace, so they act there.
-                netns::run_in(&w.host_fd()?, || backend.apply(&batch))??;
-                Ok(())
-            }
-            Peer::Portmap => portmap(w, if add { "ADD" } else { "DEL" }, container, first, count),
-        }
-    }
-}
-
-/// Run the CNI portmap plugin as a runtime would: environment, config on stdin, inside the host namespace.
-fn portmap(w: &World, command: &str, container: &str, first: u16, count: u16) -> Result<()> {
-    let mappings: Vec<serde_json::Value> = (0..count)
-        .map(|i| serde_json::json!({"hostPort": first + i, "containerPort": first + i, "protocol": "tcp"}))
-        .collect();
-    let sandbox = World::path(&w.sandbox);
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "bench",
-        "type": "portmap",
-        "capabilities": {"portMappings": true},
-        "runtimeConfig": {"portMappings": mappings},
-        "prevResult": {
-            "cniVersion": "1.0.0",
-            "interfaces": [{"name": "eth0", "sandbox": sandbox}],
-            "ips": [{"address": format!("{SANDBOX_IP}/24"), "interface": 0}],
-        },
-    });
-    let mut cmd = Command::new(PORTMAP);
-    cmd.env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", &sandbox)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    netns::command_in(&mut cmd, w.host_fd()?);
+/// Run `cmd` (with `stdin` fed to it) and account for it with wait4: wall time and the kernel's peak RSS of
+/// that one process.
+pub fn measured(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Run> {
+    use std::io::{Read as _, Write as _};
+    use std::process::Stdio;
+    let start = std::time::Instant::now();
     let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .context("run the CNI portmap plugin (apt-get install containernetworking-plugins)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(conf.to_string().as_bytes())?;
+        .with_context(|| format!("run {cmd:?}"))?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(data);
     }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "portmap {command}: {}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
+    let mut stdout = Vec::new();
+    let mut stderr = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout)?;
     }
-    Ok(())
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut stderr)?;
+    }
+    let pid = i32::try_from(child.id()).context("pid")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child, which nothing else reaps.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to locals, for the duration of the call.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        bail!("wait4 for {cmd:?} failed");
+    }
+    Ok(Run {
+        ms: start.elapsed().as_secs_f64() * 1e3,
+        rss_kib: usage.ru_maxrss,
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        stdout,
+        stderr,
+    })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The `q`-quantile (0..=1) of `v`, by nearest rank.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// New TCP connections per second from the LAN peer to the host's published port, over `secs`.
-fn connection_rate(w: &World, port: u16, secs: f64) -> Result<f64> {
-    let listener = netns::run_in(&netns::open(&World::path(&w.sandbox))?, || {
-        TcpListener::bind(("0.0.0.0", port))
-    })??;
-    listener.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let server_stop = stop.clone();
-    let server = thread::spawn(move || {
-        while !server_stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((s, _)) => drop(s),
-                Err(_) => thread::sleep(Duration::from_micros(50)),
-            }
-        }
-    });
-    let lan = netns::open(&World::path(&w.lan))?;
-    let to = SocketAddrV4::new(HOST_IP, port);
-    let count = netns::run_in(&lan, || {
-        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        let mut n = 0u64;
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&to.into(), Duration::from_secs(1)).is_ok() {
-                n += 1;
-            }
-        }
-        n
-    })?;
-    stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
-    Ok(count as f64 / secs)
-}
-
-struct Row {
-    peer: &'static str,
-    mappings: u32,
-    setup_s: f64,
-    add_ms: f64,
-    del_ms: f64,
-    conns: f64,
-}
-
-fn measure(peer: Peer, n: u16, reps: usize) -> Result<Row> {
-    let firewall = match peer {
-        Peer::Nsnet(b) => b.to_string(),
-        Peer::Portmap => "none".into(),
-    };
-    let tag = format!("{}{n}", &firewall[..3]);
-    let w = World::new(&tag, &firewall)?;
-    let t = Instant::now();
-    peer.publish(&w, "bulk", 20000, n, true)?;
-    let setup_s = t.elapsed().as_secs_f64();
-    let (mut adds, mut dels) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let t = Instant::now();
-        peer.publish(&w, "one", ONE_MORE, 1, true)?;
-        adds.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        peer.publish(&w, "one", ONE_MORE, 1, false)?;
-        dels.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    peer.publish(&w, "one", ONE_MORE, 1, true)?;
-    let conns = connection_rate(&w, ONE_MORE, 2.0)?;
-    Ok(Row {
-        peer: peer.name(),
-        mappings: u32::from(n),
-        setup_s,
-        add_ms: median(adds),
-        del_ms: median(dels),
-        conns,
-    })
-}
-
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -309,142 +118,10 @@ fn machine() -> String {
     )
 }
 
-fn ports(sizes: &[u16], reps: usize, portmap_max: u16) -> Result<()> {
-    let mut peers = vec![
-        Peer::Nsnet(Backend::Nftables),
-        Peer::Nsnet(Backend::Iptables),
-    ];
-    if Path::new(PORTMAP).exists() {
-        peers.push(Peer::Portmap);
-    } else {
-        eprintln!("{PORTMAP} not found (apt-get install containernetworking-plugins): skipping the CNI peer");
-    }
-    let mut rows = Vec::new();
-    let mut skipped = Vec::new();
-    for &n in sizes {
-        for &peer in &peers {
-            if matches!(peer, Peer::Portmap) && n > portmap_max {
-                skipped.push(n);
-                continue;
-            }
-            eprintln!("{} with {n} mappings...", peer.name());
-            rows.push(measure(peer, n, reps)?);
-        }
-    }
-    println!(
-        "Published ports at scale ({reps} repetitions, medians). Machine: {}\n",
-        machine()
-    );
-    println!("| publisher | mappings already there | publishing them took | add one more | remove it | new TCP connections/s to the last port |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.2} s | {:.2} ms | {:.2} ms | {:.0} |",
-            r.peer, r.mappings, r.setup_s, r.add_ms, r.del_ms, r.conns
-        );
-    }
-    for n in skipped {
-        println!(
-            "| {} | {n} | not run: one iptables process per rule takes minutes to set up (raise --portmap-max) | | | |",
-            Peer::Portmap.name()
-        );
-    }
-    // Ratios against nsnet's nftables driver at each size.
-    println!("\nRatios (peer / nsnet nftables) at each size:\n");
-    println!("| publisher | mappings | add one | remove one | connections/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for r in rows.iter().filter(|r| !r.peer.contains("nftables")) {
-        if let Some(base) = rows
-            .iter()
-            .find(|b| b.mappings == r.mappings && b.peer.contains("nftables"))
-        {
-            println!(
-                "| {} | {} | {:.1}x | {:.1}x | {:.2}x |",
-                r.peer,
-                r.mappings,
-                r.add_ms / base.add_ms,
-                r.del_ms / base.del_ms,
-                r.conns / base.conns
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Create and remove a sandbox with a published port, `cycles` times, in one throwaway host: time per cycle
-/// by blocks, peak memory of any nsnet process, and what is left at the end.
-fn soak(cycles: usize) -> Result<()> {
-    let w = World::new("soak", "nftables")?;
-    let nsnet = std::env::var("NSNET").unwrap_or_else(|_| "target/release/nsnet".into());
-    let net = format!("--net=/run/netns/{}", w.host);
-    let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new("nsenter")
-            .args([net.as_str(), "--", &nsnet])
-            .args(args)
-            .env("NSNET_STATE_DIR", &w.state)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "nsnet {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    };
-    let block = (cycles / 10).max(1);
-    let mut times = Vec::with_capacity(block);
-    println!(
-        "Soak: {cycles} cycles of `nsnet create -p PORT:80` + `nsnet rm`. Machine: {}\n",
-        machine()
-    );
-    println!("| cycles | median ms per cycle | slowest ms | peak RSS of any nsnet process |");
-    println!("|---:|---:|---:|---:|");
-    for i in 0..cycles {
-        let name = format!("soak{i}");
-        let port = format!("{}:80", 20000 + (i % 1000));
-        let t = Instant::now();
-        run(&["create", &name, "-p", &port])?;
-        run(&["rm", &name])?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        if times.len() == block {
-            let slowest = times.iter().copied().fold(0.0, f64::max);
-            let rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
-                .map(|u| u.max_rss())
-                .unwrap_or(0);
-            println!(
-                "| {} | {:.1} | {:.1} | {:.1} MiB |",
-                i + 1,
-                median(std::mem::take(&mut times)),
-                slowest,
-                rss as f64 / 1024.0
-            );
-        }
-    }
-    // Residue: no sandbox namespace, record, element or link may outlive the cycles.
-    run(&["rm", &w.sandbox])?;
-    run(&["network", "rm", "nsnet0"])?;
-    let links: Vec<String> = sh(&["ip", "-n", &w.host, "-o", "link"])?
-        .lines()
-        .filter_map(|l| {
-            l.split(": ")
-                .nth(1)
-                .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        })
-        .collect();
-    let leftover_ns = sh(&["ip", "netns", "list"])?
-        .lines()
-        .filter(|l| l.starts_with("soak"))
-        .count();
-    let net_arg = format!("--net=/run/netns/{}", w.host);
-    let tables = sh(&["nsenter", &net_arg, "nft", "list", "tables"])?;
-    println!(
-        "\nResidue after the last cycle and `network rm`: host links {links:?} (lo and the uplink were there \
-         before), {leftover_ns} sandbox namespaces, nft tables: {:?}, state dir exists: {}",
-        tables.trim(),
-        w.state.exists()
-    );
-    Ok(())
-}
+const USAGE: &str = "usage: nsnet-bench all [--out bench/results] [--quick]
+       nsnet-bench lifecycle [--reps 30] | concurrent [--creators 16] [--each 8] | curve [--n 1000]
+       nsnet-bench datapath [--secs 5] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
+       nsnet-bench soak [--cycles 2000]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -454,29 +131,101 @@ fn main() -> Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let number = |flag: &str, default: usize| -> Result<usize> {
+        value(flag)
+            .map(|v| v.parse().with_context(|| format!("{flag} takes a number")))
+            .transpose()
+            .map(|v| v.unwrap_or(default))
+    };
     if !nix::unistd::geteuid().is_root() {
         bail!("run as root: the benchmark creates network namespaces");
     }
+    let quick = args.iter().any(|a| a == "--quick");
+    let sizes = || -> Result<Vec<u16>> {
+        value("--sizes")
+            .unwrap_or_else(|| "1,1000,10000".into())
+            .split(',')
+            .map(|s| s.parse().context("--sizes takes numbers like 1,1000,10000"))
+            .collect()
+    };
+    let kinds = peers::Kind::available();
     match args.first().map(String::as_str) {
-        Some("ports") => {
-            let sizes: Vec<u16> = value("--sizes")
-                .unwrap_or_else(|| "1,1000,10000".into())
-                .split(',')
-                .map(|s| s.parse().context("--sizes takes numbers like 1,1000,10000"))
-                .collect::<Result<_>>()?;
-            let reps = value("--reps")
-                .map(|r| r.parse())
-                .transpose()?
-                .unwrap_or(15);
-            let portmap_max = value("--portmap-max")
-                .map(|r| r.parse())
-                .transpose()?
-                .unwrap_or(1000);
-            ports(&sizes, reps, portmap_max)
+        Some("all") => {
+            let out =
+                std::path::PathBuf::from(value("--out").unwrap_or_else(|| "bench/results".into()));
+            std::fs::create_dir_all(&out)?;
+            let (reps, n, each, secs) = if quick {
+                (5, 100, 2, 2)
+            } else {
+                (30, 1000, 8, 5)
+            };
+            let mut md = format!(
+                "# nsnet benchmark results\n\nMachine: {}\n\nEvery figure comes from one run of `nsnet-bench all`; \
+                 each tool ran in throwaway network namespaces of its own.\n\n",
+                machine()
+            );
+            let life = lifecycle::run(&kinds, reps)?;
+            md += &lifecycle::table(&life, reps);
+            let conc = lifecycle::concurrent(&kinds, 16, each)?;
+            md += "\n";
+            md += &lifecycle::concurrency_table(&conc, 16, each);
+            let curve_kinds: Vec<peers::Kind> = kinds
+                .iter()
+                .copied()
+                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables") | peers::Kind::NsnetCni))
+                .collect();
+            let curves = curve::run(&curve_kinds, n)?;
+            md += "\n";
+            md += &curve::table(&curves, n);
+            std::fs::write(out.join("curve.svg"), curve::svg(&curves, n))?;
+            md += "\n![cost curve](curve.svg)\n\n";
+            md += &datapath::run(secs as u32, 3)?;
+            md += "\n";
+            let sizes = if quick { vec![1, 1000] } else { sizes()? };
+            md += &ports::ports(&sizes, if quick { 5 } else { 15 }, 1000)?;
+            std::fs::write(out.join("results.md"), &md)?;
+            print!("{md}");
+            Ok(())
         }
-        Some("soak") => soak(value("--cycles").map(|c| c.parse()).transpose()?.unwrap_or(2000)),
-        _ => bail!(
-            "usage: nsnet-bench ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]              | soak [--cycles 2000]"
-        ),
+        Some("lifecycle") => {
+            let reps = number("--reps", 30)?;
+            print!("{}", lifecycle::table(&lifecycle::run(&kinds, reps)?, reps));
+            Ok(())
+        }
+        Some("concurrent") => {
+            let (c, e) = (number("--creators", 16)?, number("--each", 8)?);
+            print!(
+                "{}",
+                lifecycle::concurrency_table(&lifecycle::concurrent(&kinds, c, e)?, c, e)
+            );
+            Ok(())
+        }
+        Some("curve") => {
+            let n = number("--n", 1000)?;
+            let kinds: Vec<peers::Kind> = kinds
+                .into_iter()
+                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables") | peers::Kind::NsnetCni))
+                .collect();
+            let curves = curve::run(&kinds, n)?;
+            std::fs::write("curve.svg", curve::svg(&curves, n))?;
+            print!("{}", curve::table(&curves, n));
+            eprintln!("plot written to curve.svg");
+            Ok(())
+        }
+        Some("datapath") => {
+            print!("{}", datapath::run(number("--secs", 5)? as u32, 3)?);
+            Ok(())
+        }
+        Some("ports") => {
+            let out = ports::ports(
+                &sizes()?,
+                number("--reps", 15)?,
+                number("--portmap-max", 1000)? as u16,
+            )?;
+            print!("{out}");
+            Ok(())
+        }
+        Some("soak") => soak::soak(number("--cycles", 2000)?),
+        _ => bail!("{USAGE}"),
     }
 }

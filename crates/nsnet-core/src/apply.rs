@@ -29,6 +29,7 @@ fn injected_fault(_step: usize) -> Option<Error> {
 
 /// The undo steps of an applied plan, newest first; [`Undo::rollback`] runs them, forgetting them commits.
 #[must_use = "roll back on a later failure, or drop to keep the changes"]
+#[derive(Default)]
 pub struct Undo(Vec<Step>);
 
 impl Undo {
@@ -47,6 +48,15 @@ impl Undo {
 impl Applier {
     pub fn new() -> Applier {
         Applier::default()
+    }
+
+    /// An applier whose steps are numbered from `n + 1` (for fault injection): the second of two appliers
+    /// working on one command at once.
+    pub fn counting_from(n: usize) -> Applier {
+        Applier {
+            started: n,
+            ..Applier::default()
+        }
     }
 
     fn netlink(&mut self, ns: &Ns) -> Result<&mut Netlink> {

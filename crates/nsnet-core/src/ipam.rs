@@ -105,7 +105,15 @@ pub fn allocate(net: &Network, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, 
         u32::from(first_host(&net.subnet)),
         u32::from(last_host(&net.subnet)),
     );
-    (first..=last)
+    // Next fit, like Docker's and host-local's allocators: start after the address handed out last, so a
+    // removed sandbox's address is not given out again at once (its veth may still be going away).
+    let after = net
+        .last_allocated
+        .map(u32::from)
+        .filter(|a| (first..=last).contains(a))
+        .map_or(first, |a| a + 1);
+    (after..=last)
+        .chain(first..after)
         .map(Ipv4Addr::from)
         .find(|ip| *ip != net.gateway && !net.allocations.contains_key(ip))
         .ok_or_else(|| {
@@ -137,6 +145,7 @@ mod tests {
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
+            last_allocated: None,
             removing: false,
         }
     }
@@ -190,17 +199,23 @@ mod tests {
     }
 
     #[test]
-    fn allocation_is_lowest_free_and_never_twice() {
+    fn allocation_is_next_fit_and_never_twice() {
         let mut n = net("172.16.0.0/29"); // hosts .1-.6, gateway .1
         let mut got = vec![];
         while let Ok(ip) = allocate(&n, None) {
             n.allocations.insert(ip, format!("s{ip}"));
+            n.last_allocated = Some(ip);
             got.push(ip.octets()[3]);
         }
         assert_eq!(got, vec![2, 3, 4, 5, 6]);
         assert!(allocate(&n, None).unwrap_err().contains("no free address"));
+        // Freed addresses come back only once the search wraps around past the last one handed out.
         n.allocations.remove(&Ipv4Addr::new(172, 16, 0, 4));
+        n.allocations.remove(&Ipv4Addr::new(172, 16, 0, 3));
+        n.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 3));
         assert_eq!(allocate(&n, None).unwrap(), Ipv4Addr::new(172, 16, 0, 4));
+        n.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 6));
+        assert_eq!(allocate(&n, None).unwrap(), Ipv4Addr::new(172, 16, 0, 3));
     }
 
     #[test]

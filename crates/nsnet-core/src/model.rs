@@ -63,6 +63,9 @@ pub struct Network {
     /// Every published port on this network, with the sandbox it leads to.
     #[serde(default)]
     pub published: Vec<Published>,
+    /// The address handed out last: the next one comes after it (next fit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated: Option<Ipv4Addr>,
     /// Set while `nsnet network rm` deletes the network's links outside the lock: nothing may join it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub removing: bool,
@@ -157,6 +160,9 @@ pub struct Endpoint {
     pub mtu: u32,
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Set while `nsnet detach` (CNI `DEL`) takes this endpoint away outside the lock.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removing: bool,
 }
 
 /// An Ethernet address, written `02:6e:0a:59:00:02`.

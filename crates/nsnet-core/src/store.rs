@@ -513,6 +513,7 @@ mod tests {
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
+            last_allocated: None,
             removing: false,
         }
     }

@@ -37,14 +37,15 @@ fn default_network_run_exec_and_address_reuse() {
     assert_eq!(nets[0]["interface"], "nsnet0");
     assert_eq!(json(&h.ok(&["ls", "--json"])), json("[]"));
 
-    // Addresses are handed out lowest first, never twice, and freed on removal.
+    // Addresses are handed out next fit (after the last one given), never twice, and freed on removal, but not
+    // handed out again until the search comes round.
     h.ok(&["create", &a]);
     h.ok(&["create", &b]);
-    assert_eq!(h.inspect(&a)["endpoints"][0]["address"], "10.89.0.2/24");
-    assert_eq!(h.inspect(&b)["endpoints"][0]["address"], "10.89.0.3/24");
+    assert_eq!(h.inspect(&a)["endpoints"][0]["address"], "10.89.0.3/24");
+    assert_eq!(h.inspect(&b)["endpoints"][0]["address"], "10.89.0.4/24");
     h.ok(&["rm", &a]);
     h.ok(&["create", &c]);
-    assert_eq!(h.inspect(&c)["endpoints"][0]["address"], "10.89.0.2/24");
+    assert_eq!(h.inspect(&c)["endpoints"][0]["address"], "10.89.0.5/24");
 
     // exec runs inside the sandbox and passes the exit status on.
     let routes = h.ok(&["exec", &b, "--", "ip", "route"]);
@@ -55,7 +56,7 @@ fn default_network_run_exec_and_address_reuse() {
     let status = h.nsnet(&["exec", &b, "--", "sh", "-c", "exit 7"]).status;
     assert_eq!(status.code(), Some(7));
     assert!(
-        probe::ping(&h.sb_path("b"), ip("10.89.0.2")).expect("ping"),
+        probe::ping(&h.sb_path("b"), ip("10.89.0.5")).expect("ping"),
         "b -> c"
     );
 

@@ -142,10 +142,25 @@ fn every_teardown_step_rolls_back() {
     let steps = fail_every_teardown_step(&h, &["detach", &a, "--network", "n2"], &[&a, &b, &ext]);
     assert_eq!(steps, 2, "detach");
     h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
-    // Sandbox rm: a's two veths, then its namespace, then the firewall step.
+    // Sandbox rm while a process is inside a: its two veths one by one, then its namespace, with the firewall
+    // step alongside. Each failure must bring everything back.
+    let ns = format!("--net=/run/netns/{a}");
+    let mut sleeper = std::process::Command::new("nsenter")
+        .args([ns.as_str(), "--", "sleep", "60"])
+        .spawn()
+        .expect("sleep inside a");
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
-    assert_eq!(steps, 4, "rm of a sandbox on two networks");
+    assert_eq!(steps, 4, "rm of a busy sandbox on two networks");
     ping(&b, &ext);
+    // The process kept the namespace; its veths are gone all the same.
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    // An idle sandbox goes with one unmount (the kernel takes its veths): the firewall step, then the unmount.
+    h.ok(&["create", &a, "-p", "8080:80"]);
+    h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
+    let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
+    assert_eq!(steps, 2, "rm of an idle sandbox");
     // An attached namespace keeps its namespace: veth, then firewall.
     let steps = fail_every_teardown_step(&h, &["rm", &ext], &[&b, &ext]);
     assert_eq!(steps, 2);

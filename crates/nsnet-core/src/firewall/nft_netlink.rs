@@ -12,6 +12,8 @@
 
 use std::io;
 
+use std::os::fd::AsRawFd;
+
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::element::{elements, Element};
@@ -239,7 +241,43 @@ pub fn apply(batch: &Batch) -> io::Result<()> {
             off += len.div_ceil(4) * 4;
         }
     }
+    if batch.0.iter().any(|c| matches!(c, Change::Delete(_))) {
+        release_later(sock);
+    }
     Ok(())
+}
+
+/// Closing an nf_tables socket whose batch deleted elements blocks until the kernel has freed them: the
+/// socket's NETLINK_URELEASE handler flushes nf_tables' destroy work, which waits for an RCU grace period
+/// (10–20 ms here). The deletions are committed and in force already, so the last reference to the socket goes
+/// to a detached grandchild that exits at once: the kernel waits there, not on the command's path. If `fork`
+/// fails, the socket is simply closed here.
+fn release_later(sock: Socket) {
+    let fd = sock.as_raw_fd();
+    // SAFETY: the child runs only async-signal-safe calls (fork, close_range, _exit), so forking while other
+    // threads run is sound. The middle child exits at once, so the grandchild is reparented to init, which
+    // reaps it; the parent reaps the middle child here and never waits on the grandchild.
+    unsafe {
+        match libc::fork() {
+            0 => {
+                if libc::fork() == 0 {
+                    // Keep only the socket: no lock file, pipe or other descriptor may outlive the command here.
+                    let last = libc::c_uint::MAX;
+                    if fd > 0 {
+                        libc::syscall(libc::SYS_close_range, 0, (fd - 1) as libc::c_uint, 0);
+                    }
+                    libc::syscall(libc::SYS_close_range, (fd + 1) as libc::c_uint, last, 0);
+                }
+                libc::_exit(0);
+            }
+            pid if pid > 0 => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+            _ => {}
+        }
+    }
+    drop(sock);
 }
 
 #[cfg(test)]

@@ -116,6 +116,26 @@ pub fn create(name: &str, tag: Option<&str>) -> Result<Netlink, KernelError> {
     made
 }
 
+/// Whether any process is in the namespace at `path` (compared by nsfs inode across `/proc/*/ns/net`). A
+/// namespace that cannot be identified counts as in use.
+pub fn in_use(path: &Path) -> bool {
+    let Ok(target) = identity(path) else {
+        return true;
+    };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return true;
+    };
+    procs
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| fs::metadata(e.path().join("ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == target))
+}
+
 /// The names under /run/netns.
 pub fn named() -> Result<Vec<String>, KernelError> {
     let entries = match std::fs::read_dir(NETNS_DIR) {

@@ -14,7 +14,7 @@ mod sandbox;
 pub use network::NetworkRequest;
 pub use sandbox::{AttachRequest, Target};
 
-use crate::apply::Applier;
+use crate::apply::{Applier, Undo};
 use crate::error::{Error, Result};
 use crate::firewall::Backend;
 use crate::kernel::Netlink;
@@ -100,13 +100,16 @@ impl Nsnet {
     }
 
     /// Take an object down, all or nothing, without holding the lock while the kernel is slow (each link
-    /// deletion waits for an RCU grace period):
+    /// deletion, and each nf_tables commit that deletes elements, waits for an RCU grace period):
     ///
     /// 1. under `lock` (held by the caller): write an intent, and `mark` the object as being removed, so
     ///    nothing joins it and its addresses and ports stay reserved;
-    /// 2. without the lock: delete its links and namespace (`kernel`);
-    /// 3. under the lock again: delete its firewall elements and release its records, both worked out from
-    ///    the records as they are now ([`Nsnet::release`]).
+    /// 2. without the lock: delete its links and namespace (`kernel`). A sandbox's or endpoint's own nftables
+    ///    elements are deleted at the same time, on a second thread, so the two grace periods overlap: the
+    ///    mark keeps anyone else from being handed those addresses and ports, and `firewall reload` leaves
+    ///    marked endpoints out;
+    /// 3. under the lock again: delete the remaining firewall elements (a network's, worked out from the
+    ///    records as they are now) and release the records ([`Nsnet::release`]).
     ///
     /// A failure in 2 or 3 restores what was deleted and unmarks the object. A kill is finished by the next
     /// command's recovery; until then the intent's flock tells recovery this command is still alive.
@@ -121,6 +124,20 @@ impl Nsnet {
             let (fw, _) = self.release(&what)?;
             return Ok(kernel.then(fw));
         }
+        let early = match what {
+            Teardown::Network(_) => None,
+            _ => Some(self.release(&what)?.0).filter(|p| {
+                p.steps.iter().all(|s| {
+                    matches!(
+                        s,
+                        Step::Firewall {
+                            backend: Backend::Nftables,
+                            ..
+                        }
+                    )
+                })
+            }),
+        };
         let intent = self.store.put_intent(&Intent {
             command: self.command(),
             setup: false,
@@ -135,25 +152,69 @@ impl Nsnet {
         drop(lock);
 
         let mut applier = Applier::new();
-        let kernel_undo = applier.apply(&kernel);
+        let kernel_steps = kernel.steps.len();
+        let overlap = kernel
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::DeleteLink { .. }));
+        let (kernel_done, early_done) = if !overlap {
+            // Nothing slow to overlap with (a namespace goes with one unmount): the firewall first, so that a
+            // failure of either leaves at most the firewall step to undo.
+            match early.as_ref().map(|p| applier.apply(p)).transpose() {
+                Err(e) => (Ok(Undo::default()), Err(e)),
+                Ok(f) => (applier.apply(&kernel), Ok(f)),
+            }
+        } else {
+            std::thread::scope(|s| {
+                let fw = early.as_ref().map(|p| {
+                    // Numbered after the kernel steps, so a test's injected fault hits the same step every run.
+                    s.spawn(move || Applier::counting_from(kernel_steps).apply(p))
+                });
+                let k = applier.apply(&kernel);
+                let f = fw.map(|t| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(Error::Invalid("the firewall thread panicked".into()))
+                    })
+                });
+                (k, f.transpose())
+            })
+        };
         let _lock = self.lock()?;
-        let kernel_undo = match kernel_undo {
+        let done = match (kernel_done, early_done) {
+            (Ok(k), Ok(f)) => Ok(f.unwrap_or_default().then(k)),
+            (Err(e), Ok(f)) => Err((e, f.unwrap_or_default())),
+            (Ok(k), Err(e)) => Err((e, k)),
+            (Err(e), Err(_)) => Err((e, Undo::default())),
+        };
+        let done = match done {
             Ok(undo) => undo,
-            Err(e) => {
+            Err((e, undo)) => {
+                let rollback = undo.rollback(&mut applier);
                 self.unmark(&what)?;
                 self.store.remove_intent(intent)?;
-                return Err(e);
+                return Err(match (e, rollback.is_empty()) {
+                    (e, true) => e,
+                    (Error::RolledBack { cause, rollback: r }, false) => Error::RolledBack {
+                        cause,
+                        rollback: r.into_iter().chain(rollback).collect(),
+                    },
+                    (e, false) => Error::RolledBack {
+                        cause: Box::new(e),
+                        rollback,
+                    },
+                });
             }
         };
         let (fw, records) = self.release(&what)?;
+        let fw = if early.is_some() { Plan::default() } else { fw };
         let failure = match applier.apply(&fw) {
             // One step, so nothing of it to undo: report its own cause.
-            Err(Error::RolledBack { cause, .. }) => Some((*cause, kernel_undo)),
-            Err(e) => Some((e, kernel_undo)),
+            Err(Error::RolledBack { cause, .. }) => Some((*cause, done)),
+            Err(e) => Some((e, done)),
             Ok(fw_undo) => {
                 let (_, after) = self.store.file_states(&records)?;
                 match self.store.set_files(&after) {
-                    Err(e) => Some((e.into(), fw_undo.then(kernel_undo))),
+                    Err(e) => Some((e.into(), fw_undo.then(done))),
                     Ok(()) => None,
                 }
             }
@@ -168,7 +229,7 @@ impl Nsnet {
             });
         }
         self.store.remove_intent(intent)?;
-        Ok(kernel.then(fw))
+        Ok(kernel.then(early.unwrap_or(fw)))
     }
 
     /// The firewall step and the record changes that finish removing `what`, from the records as they are now
@@ -187,6 +248,9 @@ impl Nsnet {
             Teardown::Sandbox(name) | Teardown::Endpoint { sandbox: name, .. } => {
                 self.store.sandbox(name)?.map(|mut sb| {
                     sb.removing = false;
+                    for ep in &mut sb.endpoints {
+                        ep.removing = false;
+                    }
                     Record::Sandbox(sb)
                 })
             }

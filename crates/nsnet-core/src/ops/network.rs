@@ -219,6 +219,7 @@ impl Nsnet {
             host_chains,
             allocations: Default::default(),
             published: vec![],
+            last_allocated: None,
             removing: false,
         })
     }

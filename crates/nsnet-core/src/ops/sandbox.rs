@@ -11,12 +11,12 @@ use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
 use crate::ipam;
-use crate::kernel::sockets::{self, Bound};
+use crate::kernel::sockets;
 use crate::kernel::{netns, sysctl, Netlink};
 use crate::model::{Driver, Endpoint, Mac, Network, Published, Sandbox};
 use crate::names;
 use crate::plan::{build, Ns, Plan, Step};
-use crate::portmap::{addresses_overlap, PortMapping, PortSpec, Proto};
+use crate::portmap::{addresses_overlap, PortMapping, PortSpec};
 use crate::store::{Record, Teardown};
 
 /// Where a sandbox's network joins: which network, which address, which ports.
@@ -303,8 +303,10 @@ impl Nsnet {
             default_route: !net.internal && !sb.endpoints.iter().any(|e| e.default_route),
             mtu: net.mtu,
             ports,
+            removing: false,
         };
         net.allocations.insert(ip, sb.name.clone());
+        net.last_allocated = Some(ip);
         net.published
             .extend(endpoint.ports.iter().map(|m| Published {
                 sandbox: sb.name.clone(),
@@ -330,7 +332,15 @@ impl Nsnet {
                 "sandbox '{name}' is already being removed by another nsnet command"
             )));
         }
-        let kernel = build::sandbox_teardown(&sb, &self.store.networks()?, &self.store.owner_tag());
+        // Unmounting alone tears an idle namespace down, veths and all, without waiting; a namespace a process
+        // is in would keep its veths alive, so those are deleted one by one.
+        let namespace_only = sb.owned && !netns::in_use(&sb.netns);
+        let kernel = build::sandbox_teardown(
+            &sb,
+            &self.store.networks()?,
+            &self.store.owner_tag(),
+            namespace_only,
+        );
         sb.removing = true;
         self.teardown(
             lock,
@@ -382,7 +392,12 @@ impl Nsnet {
                 ))
             }
         };
-        if sb.removing {
+        if sb.removing
+            || sb
+                .endpoints
+                .iter()
+                .any(|e| e.network == network && e.removing)
+        {
             return Err(Error::Busy(format!(
                 "sandbox '{name}' is being changed by another nsnet command; try again"
             )));
@@ -403,7 +418,9 @@ impl Nsnet {
             );
         }
         let mut marked = sb;
-        marked.removing = true;
+        for ep in marked.endpoints.iter_mut().filter(|e| e.network == network) {
+            ep.removing = true;
+        }
         self.teardown(
             lock,
             Teardown::Endpoint {
@@ -478,21 +495,15 @@ fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<
         ));
     }
     let published: Vec<&Published> = nets.iter().flat_map(|n| n.published.iter()).collect();
-    let mut bound: Vec<(Proto, Vec<Bound>)> = Vec::new();
     let mut out: Vec<PortMapping> = Vec::new();
     for spec in specs {
-        if !bound.iter().any(|(p, _)| *p == spec.protocol) {
-            bound.push((spec.protocol, sockets::bound(spec.protocol)?));
-        }
-        let held = bound
-            .iter()
-            .find(|(p, _)| *p == spec.protocol)
-            .map(|(_, b)| b.as_slice())
-            .unwrap_or(&[]);
         let mapping = match spec.host_port {
             Some(port) => {
                 let m = spec.with_host_port(port);
-                if let Some(why) = conflict(&m, &out, &published, held) {
+                if let Some(why) = conflict(&m, &out, &published) {
+                    return Err(Error::Invalid(why));
+                }
+                if let Some(why) = held_by_host(&m)? {
                     return Err(Error::Invalid(why));
                 }
                 m
@@ -500,15 +511,20 @@ fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<
             None => {
                 let (low, high) = local_port_range();
                 let last_start = high.saturating_sub(spec.count - 1);
-                (low..=last_start)
-                    .map(|start| spec.with_host_port(start))
-                    .find(|m| conflict(m, &out, &published, held).is_none())
-                    .ok_or_else(|| {
-                        invalid!(
-                            "no free host port left in {low}-{high} for -p {}; give one",
-                            spec.container_port
-                        )
-                    })?
+                let mut found = None;
+                for start in low..=last_start {
+                    let m = spec.with_host_port(start);
+                    if conflict(&m, &out, &published).is_none() && held_by_host(&m)?.is_none() {
+                        found = Some(m);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| {
+                    invalid!(
+                        "no free host port left in {low}-{high} for -p {}; give one",
+                        spec.container_port
+                    )
+                })?
             }
         };
         out.push(mapping);
@@ -516,13 +532,11 @@ fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<
     Ok(out)
 }
 
-/// Why `m` cannot be published: it overlaps another port of the same request, a published port, or a socket
-/// a host process holds (which the DNAT would silently shadow).
+/// Why `m` cannot be published: it overlaps another port of the same request, or a published port.
 fn conflict(
     m: &PortMapping,
     same_request: &[PortMapping],
     published: &[&Published],
-    held: &[Bound],
 ) -> Option<String> {
     if let Some(other) = same_request.iter().find(|o| o.conflicts_with(m)) {
         return Some(format!(
@@ -535,18 +549,32 @@ fn conflict(
             m.host_port, m.protocol, p.sandbox, p.mapping
         ));
     }
-    if let Some(b) = held
-        .iter()
-        .find(|b| m.host_ports().contains(&b.port) && addresses_overlap(b.address, m.host_ip))
-    {
-        let addr = b.address.map_or("*".to_string(), |a| a.to_string());
-        return Some(format!(
-            "host port {}/{} is already in use by a process on this host (bound to {addr}:{}); \
-             pick another host port",
-            b.port, m.protocol, b.port
-        ));
-    }
     None
+}
+
+/// Why `m` cannot be published because a host process holds one of its ports (the DNAT would silently shadow
+/// it). A bind probe per port answers in microseconds; only a taken port costs a read of /proc/net (a
+/// millisecond a read: the kernel walks its whole socket hash) to say who holds it.
+fn held_by_host(m: &PortMapping) -> Result<Option<String>> {
+    for port in m.host_ports() {
+        if !sockets::port_in_use(m.protocol, m.host_ip, port)? {
+            continue;
+        }
+        let holder = sockets::bound(m.protocol)?
+            .into_iter()
+            .find(|b| b.port == port && addresses_overlap(b.address, m.host_ip));
+        let at = holder
+            .map(|b| {
+                let addr = b.address.map_or("*".to_string(), |a| a.to_string());
+                format!(" (bound to {addr}:{port})")
+            })
+            .unwrap_or_default();
+        return Ok(Some(format!(
+            "host port {port}/{} is already in use by a process on this host{at}; pick another host port",
+            m.protocol
+        )));
+    }
+    Ok(None)
 }
 
 /// The kernel's local port range (`net.ipv4.ip_local_port_range`), where automatic host ports come from.

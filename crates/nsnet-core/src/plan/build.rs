@@ -113,12 +113,35 @@ pub fn network_teardown(net: &Network, users: &[Sandbox]) -> Plan {
     plan
 }
 
-/// The kernel side of `nsnet rm`: each endpoint's veth (deleting the host end takes the peer too, even when a
-/// process keeps the namespace alive), then the namespace if nsnet made it, each with the steps that bring it
-/// back. `nets` are the sandbox's networks; an endpoint whose network has no record cannot be restored.
-pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str) -> Plan {
+/// The kernel side of `nsnet rm`, each step with the steps that bring it back (`nets` are the sandbox's
+/// networks; an endpoint whose network has no record cannot be restored).
+///
+/// With `namespace_only` (nsnet made the namespace and no process is in it), the plan is one unmount: the
+/// kernel then destroys the namespace with its veth pairs in one batch, in the background. Otherwise each
+/// endpoint's veth is deleted first (the host end takes the peer with it, even while a process keeps the
+/// namespace alive), each waiting for an RCU grace period, then the namespace if nsnet made it.
+pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_only: bool) -> Plan {
     let mut plan = Plan::default();
     let ns = Ns::Path(sb.netns.clone());
+    let create = Step::CreateNetns {
+        name: sb.name.clone(),
+        owner: owner.to_string(),
+    };
+    if sb.owned && namespace_only {
+        let mut restore = vec![create];
+        for ep in &sb.endpoints {
+            if let Some(net) = nets.iter().find(|n| n.name == ep.network) {
+                restore.extend(endpoint_up(net, ep, &ns).0);
+            }
+        }
+        plan.push_teardown(
+            Step::DeleteNetns {
+                name: sb.name.clone(),
+            },
+            restore,
+        );
+        return plan;
+    }
     for ep in &sb.endpoints {
         let restore = nets
             .iter()
@@ -132,10 +155,7 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str) -> Plan {
             Step::DeleteNetns {
                 name: sb.name.clone(),
             },
-            vec![Step::CreateNetns {
-                name: sb.name.clone(),
-                owner: owner.to_string(),
-            }],
+            vec![create],
         );
     }
     plan
@@ -164,7 +184,14 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox]) -> Plan {
             fw.add(rule);
         }
     }
-    for ep in sandboxes.iter().flat_map(|sb| sb.endpoints.iter()) {
+    // Endpoints being removed are left out: their command deletes their elements without the lock, and a
+    // reload in between must not bring them back.
+    let live = sandboxes
+        .iter()
+        .filter(|sb| !sb.removing)
+        .flat_map(|sb| sb.endpoints.iter())
+        .filter(|ep| !ep.removing);
+    for ep in live {
         for rule in endpoint_rules(ep) {
             fw.add(rule);
         }
@@ -269,6 +296,7 @@ mod tests {
             host_chains: vec![],
             allocations: Default::default(),
             published: vec![],
+            last_allocated: None,
             removing: false,
         }
     }
@@ -285,6 +313,7 @@ mod tests {
             default_route: true,
             mtu: 1500,
             ports,
+            removing: false,
         }
     }
 
@@ -394,7 +423,7 @@ mod tests {
             endpoints: vec![ep(vec![port()])],
             removing: false,
         };
-        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), "nsnet:/s");
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), "nsnet:/s", false);
         assert_eq!(
             plan.steps,
             vec![

@@ -258,6 +258,7 @@ impl TestHost {
     /// Everything a command could change: the host's links, addresses, routes and ruleset, the state dir, and
     /// this test's namespaces.
     pub fn snapshot(&self) -> Snapshot {
+        self.settle();
         let links: Value =
             serde_json::from_str(&self.in_host(&["ip", "-j", "link"])).expect("ip -j link");
         let links = links
@@ -328,6 +329,36 @@ impl TestHost {
         }
     }
 
+    /// Wait (up to 3 s) until no nsnet host veth is left that no record owns. `nsnet rm` of an idle namespace
+    /// only unmounts it; the kernel destroys the namespace and its veth pairs moments later, in the background.
+    /// A veth that outlives the wait is a real leak, and the snapshot shows it.
+    pub fn settle(&self) {
+        for _ in 0..150 {
+            let mut owned: Vec<String> = Vec::new();
+            if let Ok(dir) = fs::read_dir(self.state.join("sandboxes")) {
+                for e in dir.flatten() {
+                    let text = fs::read_to_string(e.path()).unwrap_or_default();
+                    let sb: Value = serde_json::from_str(&text).unwrap_or_default();
+                    for ep in sb["endpoints"].as_array().into_iter().flatten() {
+                        if let Some(h) = ep["host_interface"].as_str() {
+                            owned.push(h.to_string());
+                        }
+                    }
+                }
+            }
+            let stray = self.link_names().into_iter().any(|l| {
+                l.len() == 12
+                    && l.starts_with("veth")
+                    && l[4..].chars().all(|c| c.is_ascii_hexdigit())
+                    && !owned.contains(&l)
+            });
+            if !stray {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// This test's sandbox namespaces under /run/netns (its host and LAN peer are named `nsnt-...`).
     pub fn tagged_namespaces(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir("/run/netns")
@@ -395,10 +426,17 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             out.push(format!("{rel}/"));
             walk(root, &p, out);
         } else {
-            out.push(format!(
-                "{rel}: {}",
-                fs::read_to_string(&p).unwrap_or_default()
-            ));
+            // Without a network's allocation cursor: it moves on with every address handed out (next fit), so
+            // a sandbox created and removed again rightly leaves it elsewhere.
+            let text = fs::read_to_string(&p).unwrap_or_default();
+            let text = match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(mut o)) if rel.starts_with("networks/") => {
+                    o.remove("last_allocated");
+                    Value::Object(o).to_string()
+                }
+                _ => text,
+            };
+            out.push(format!("{rel}: {text}"));
         }
     }
 }

@@ -1,0 +1,245 @@
+//! The cost curve: N sandboxes created one after another on one network, then removed; the time of each, by
+//! position. Also what the state weighs at N, and what nsnet does when a bridge is full (1,024 ports).
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::peers::{total_ms, Kind, Peer};
+use crate::{measured, median};
+
+pub struct Curve {
+    pub kind: Kind,
+    pub create: Vec<f64>,
+    pub remove: Vec<f64>,
+    /// nsnet only: state dir size, `nsnet ls` peak RSS and time, at N sandboxes.
+    pub state_bytes: Option<u64>,
+    pub ls: Option<(f64, i64)>,
+    /// nsnet only: what the 1,025th sandbox on one bridge gets.
+    pub bridge_full: Option<String>,
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+pub fn run(kinds: &[Kind], n: usize) -> Result<Vec<Curve>> {
+    let mut out = Vec::new();
+    for (k, &kind) in kinds.iter().enumerate() {
+        eprintln!("curve: {} x {n} ...", kind.name());
+        let p = Peer::new(kind, &format!("u{k}"))?;
+        let mut c = Curve {
+            kind,
+            create: vec![],
+            remove: vec![],
+            state_bytes: None,
+            ls: None,
+            bridge_full: None,
+        };
+        for i in 0..n {
+            p.prepare(i)?;
+            c.create.push(total_ms(&p.up(i, 20000 + i as u16)?));
+        }
+        if let Kind::Nsnet(fw) = kind {
+            c.state_bytes = Some(dir_bytes(&p.host.state));
+            let nsnet = std::env::var("NSNET_BIN_DIR").unwrap_or_else(|_| "target/release".into())
+                + "/nsnet";
+            let mut ls = p.host.cmd(&nsnet);
+            ls.env("NSNET_STATE_DIR", &p.host.state)
+                .env("NSNET_FIREWALL", fw)
+                .arg("ls");
+            let r = measured(&mut ls, None)?;
+            c.ls = Some((r.ms, r.rss_kib));
+            // Fill the bridge to its 1,024 ports, then ask for one more.
+            let mut extra = n;
+            while extra < 1024 {
+                p.prepare(extra)?;
+                p.up(extra, 20000 + extra as u16)?;
+                extra += 1;
+            }
+            p.prepare(extra)?;
+            c.bridge_full = Some(match p.up(extra, 20000 + extra as u16) {
+                Ok(_) => "accepted (unexpected)".into(),
+                Err(e) => e
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            });
+            let _ = p.cleanup(extra);
+            for i in (n..extra).rev() {
+                p.down(i, 20000 + i as u16)?;
+                p.cleanup(i)?;
+            }
+        }
+        for i in 0..n {
+            c.remove.push(total_ms(&p.down(i, 20000 + i as u16)?));
+            p.cleanup(i)?;
+        }
+        let _ = Command::new("true").status();
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Median of the window of 10 ending at 1-based position `pos`.
+fn at(v: &[f64], pos: usize) -> f64 {
+    let end = pos.min(v.len());
+    let start = end.saturating_sub(10);
+    median(v[start..end].to_vec())
+}
+
+pub fn table(rows: &[Curve], n: usize) -> String {
+    let mut s = String::new();
+    let marks: Vec<usize> = [10, 100, n / 2, n]
+        .into_iter()
+        .filter(|&m| m >= 10 && m <= n)
+        .collect();
+    let _ = writeln!(
+        s,
+        "### Cost curve: {n} sandboxes one after another on one network, then removed (ms, median of the 10 \
+         operations ending at each position)\n"
+    );
+    let head: Vec<String> = marks.iter().map(|m| format!("#{m}")).collect();
+    let _ = writeln!(
+        s,
+        "| tool | operation | {} | #{n} / #10 |",
+        head.join(" | ")
+    );
+    let _ = writeln!(s, "|---|---|{}---:|", "---:|".repeat(marks.len()));
+    for r in rows {
+        for (what, v) in [("create", &r.create), ("remove", &r.remove)] {
+            let cells: Vec<String> = marks.iter().map(|&m| format!("{:.1}", at(v, m))).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {what} | {} | {:.2} |",
+                r.kind.name(),
+                cells.join(" | "),
+                at(v, n) / at(v, 10)
+            );
+        }
+    }
+    for r in rows {
+        if let (Some(bytes), Some((ms, kib))) = (r.state_bytes, r.ls) {
+            let _ = writeln!(
+                s,
+                "\nAt {n} sandboxes, {}: the state dir holds {:.1} KiB ({:.0} bytes per sandbox); `nsnet ls` \
+                 takes {ms:.1} ms and {:.1} MiB peak RSS.",
+                r.kind.name(),
+                bytes as f64 / 1024.0,
+                bytes as f64 / n as f64,
+                kib as f64 / 1024.0
+            );
+        }
+        if let Some(full) = &r.bridge_full {
+            let _ = writeln!(s, "\nThe 1,025th sandbox on one bridge network: `{full}`");
+        }
+    }
+    s
+}
+
+/// The curve as an SVG: one panel for creates, one for removes; x the position, y the time (rolling median of
+/// 15 to show the trend through the noise).
+pub fn svg(rows: &[Curve], n: usize) -> String {
+    const COLORS: [&str; 6] = [
+        "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02",
+    ];
+    let (w, h, pad) = (900.0, 300.0, 60.0);
+    let roll = |v: &[f64]| -> Vec<f64> {
+        (0..v.len())
+            .map(|i| median(v[i.saturating_sub(7)..(i + 8).min(v.len())].to_vec()))
+            .collect()
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{}" font-family="sans-serif" font-size="12">"#,
+        2.0 * h + 40.0
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    for (panel, what) in ["create", "remove"].iter().enumerate() {
+        let series: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|r| {
+                roll(if *what == "create" {
+                    &r.create
+                } else {
+                    &r.remove
+                })
+            })
+            .collect();
+        let ymax = series.iter().flatten().copied().fold(1.0_f64, f64::max) * 1.1;
+        let top = panel as f64 * (h + 20.0) + 20.0;
+        let (x0, y0, pw, ph) = (pad, top + 10.0, w - pad - 220.0, h - 50.0);
+        let _ = writeln!(
+            out,
+            r#"<text x="{x0}" y="{}" font-weight="bold">{what} (ms) by position, 1..{n}</text>"#,
+            top + 4.0
+        );
+        let _ = writeln!(
+            out,
+            r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
+        );
+        for t in 0..=4 {
+            let v = ymax * t as f64 / 4.0;
+            let y = y0 + ph - ph * t as f64 / 4.0;
+            let _ = writeln!(
+                out,
+                r##"<text x="{}" y="{}" text-anchor="end">{v:.0}</text><line x1="{x0}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/>"##,
+                x0 - 5.0,
+                y + 4.0,
+                x0 + pw
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{n}</text>"#,
+            x0 + pw,
+            y0 + ph + 15.0
+        );
+        for (k, (r, s)) in rows.iter().zip(&series).enumerate() {
+            let color = COLORS[k % COLORS.len()];
+            let pts: Vec<String> = s
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x0 + pw * i as f64 / (n.max(2) - 1) as f64,
+                        y0 + ph - ph * v / ymax
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+                pts.join(" ")
+            );
+            let ly = y0 + 15.0 + 16.0 * k as f64;
+            let _ = writeln!(
+                out,
+                r#"<rect x="{}" y="{}" width="12" height="3" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+                x0 + pw + 10.0,
+                ly - 4.0,
+                x0 + pw + 28.0,
+                ly,
+                r.kind.name()
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}

@@ -1,0 +1,190 @@
+//! The data path: TCP throughput (iperf3) and round-trip latency (ping) sandbox to sandbox over an nsnet
+//! bridge, and sandbox to an outside peer through masquerade, against a bare veth pair as the ceiling.
+
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::world::{Host, World, LAN_IP};
+use crate::{median, sh};
+
+/// Throughput in Gbit/s from namespace `client` to `server` (listening on `ip`), over `secs`.
+fn iperf(server: &str, client: &str, ip: &str, secs: u32) -> Result<f64> {
+    let mut srv = Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{server}"),
+            "--",
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5299",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run iperf3 (apt-get install iperf3)")?;
+    thread::sleep(Duration::from_millis(300));
+    let out = Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{client}"),
+            "--",
+            "iperf3",
+            "-c",
+            ip,
+            "-p",
+            "5299",
+            "-J",
+        ])
+        .args(["-t", &secs.to_string()])
+        .output()?;
+    let _ = srv.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J")?;
+    match json["end"]["sum_received"]["bits_per_second"].as_f64() {
+        Some(bps) => Ok(bps / 1e9),
+        None => bail!("iperf3: {}", json["error"]),
+    }
+}
+
+/// Average round-trip time in µs, 500 pings 2 ms apart.
+fn rtt(client: &str, ip: &str) -> Result<f64> {
+    let out = sh(&[
+        "nsenter",
+        &format!("--net=/run/netns/{client}"),
+        "--",
+        "ping",
+        "-q",
+        "-c",
+        "500",
+        "-i",
+        "0.002",
+        ip,
+    ])?;
+    // rtt min/avg/max/mdev = 0.031/0.045/0.090/0.010 ms
+    let line = out
+        .lines()
+        .find(|l| l.contains("min/avg"))
+        .context("ping summary")?;
+    let avg = line
+        .split('=')
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("ping avg")?;
+    Ok(avg * 1000.0)
+}
+
+struct Path {
+    name: &'static str,
+    gbps: f64,
+    rtt_us: f64,
+}
+
+fn measure(
+    name: &'static str,
+    server: &str,
+    client: &str,
+    ip: &str,
+    secs: u32,
+    reps: usize,
+) -> Result<Path> {
+    let mut g = Vec::new();
+    for _ in 0..reps {
+        g.push(iperf(server, client, ip, secs)?);
+    }
+    Ok(Path {
+        name,
+        gbps: median(g),
+        rtt_us: rtt(client, ip)?,
+    })
+}
+
+fn nsnet(w_host: &str, state: &std::path::Path, args: &[&str]) -> Result<()> {
+    let nsnet =
+        std::env::var("NSNET_BIN_DIR").unwrap_or_else(|_| "target/release".into()) + "/nsnet";
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{w_host}"))
+        .arg("--")
+        .arg(&nsnet)
+        .args(args)
+        .env("NSNET_STATE_DIR", state)
+        .output()?;
+    if !out.status.success() {
+        bail!("nsnet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+pub fn run(secs: u32, reps: usize) -> Result<String> {
+    let mut paths = Vec::new();
+    // Ceiling: two namespaces joined by a bare veth pair, no bridge, no rules.
+    {
+        let h = Host::new("dpv")?;
+        let (a, b) = (format!("{}-a", h.prefix), format!("{}-b", h.prefix));
+        sh(&["ip", "netns", "add", &a])?;
+        sh(&["ip", "netns", "add", &b])?;
+        sh(&[
+            "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &b,
+        ])?;
+        for (ns, ip) in [(&a, "10.250.0.1/30"), (&b, "10.250.0.2/30")] {
+            sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        paths.push(measure(
+            "bare veth pair (ceiling)",
+            &b,
+            &a,
+            "10.250.0.2",
+            secs,
+            reps,
+        )?);
+    }
+    // nsnet: two sandboxes on one bridge network, with nsnet's rules in place; and a sandbox to the LAN peer.
+    {
+        let w = World::new("dpn", "nftables")?;
+        let other = format!("{}-2", w.sandbox);
+        nsnet(&w.host, &w.state, &["create", &other, "-p", "8080:80"])?;
+        // World's sandbox is 10.89.0.2, the new one 10.89.0.3.
+        paths.push(measure(
+            "nsnet: sandbox -> sandbox over the bridge",
+            &other,
+            &w.sandbox,
+            "10.89.0.3",
+            secs,
+            reps,
+        )?);
+        paths.push(measure(
+            "nsnet: sandbox -> outside peer, masqueraded",
+            &w.lan,
+            &w.sandbox,
+            &LAN_IP.to_string(),
+            secs,
+            reps,
+        )?);
+        nsnet(&w.host, &w.state, &["rm", &other])?;
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Data path: one TCP stream (iperf3, {secs} s, median of {reps}) and ping round trip (500 pings)\n"
+    );
+    let _ = writeln!(s, "| path | throughput | vs bare veth | round trip |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let ceiling = paths.first().map(|p| p.gbps).unwrap_or(f64::NAN);
+    for p in &paths {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} Gbit/s | {:.1}% | {:.0} µs |",
+            p.name,
+            p.gbps,
+            100.0 * p.gbps / ceiling,
+            p.rtt_us
+        );
+    }
+    Ok(s)
+}
