@@ -2,7 +2,6 @@
 //! position. Also what the state weighs at N, and what nsnet does when a bridge is full (1,024 ports).
 
 use std::fmt::Write as _;
-use std::process::Command;
 
 use anyhow::Result;
 
@@ -16,7 +15,7 @@ pub struct Curve {
     /// nsnet only: state dir size, `nsnet ls` peak RSS and time, at N sandboxes.
     pub state_bytes: Option<u64>,
     pub ls: Option<(f64, i64)>,
-    /// nsnet only: what the 1,025th sandbox on one bridge gets.
+    /// nsnet only: what the sandbox after the bridge's last port gets.
     pub bridge_full: Option<String>,
 }
 
@@ -61,9 +60,9 @@ pub fn run(kinds: &[Kind], n: usize) -> Result<Vec<Curve>> {
                 .arg("ls");
             let r = measured(&mut ls, None)?;
             c.ls = Some((r.ms, r.rss_kib));
-            // Fill the bridge to its 1,024 ports, then ask for one more.
+            // Fill the bridge to its 1,023 ports, then ask for one more.
             let mut extra = n;
-            while extra < 1024 {
+            while extra < nsnet_core::model::MAX_BRIDGE_PORTS {
                 p.prepare(extra)?;
                 p.up(extra, 20000 + extra as u16)?;
                 extra += 1;
@@ -89,7 +88,6 @@ pub fn run(kinds: &[Kind], n: usize) -> Result<Vec<Curve>> {
             c.remove.push(total_ms(&p.down(i, 20000 + i as u16)?));
             p.cleanup(i)?;
         }
-        let _ = Command::new("true").status();
         out.push(c);
     }
     Ok(out)
@@ -104,10 +102,12 @@ fn at(v: &[f64], pos: usize) -> f64 {
 
 pub fn table(rows: &[Curve], n: usize) -> String {
     let mut s = String::new();
-    let marks: Vec<usize> = [10, 100, n / 2, n]
+    let mut marks: Vec<usize> = [10, 100, n / 2, n]
         .into_iter()
         .filter(|&m| m >= 10 && m <= n)
         .collect();
+    marks.sort_unstable();
+    marks.dedup();
     let _ = writeln!(
         s,
         "### Cost curve: {n} sandboxes one after another on one network, then removed (ms, median of the 10 \
@@ -145,7 +145,10 @@ pub fn table(rows: &[Curve], n: usize) -> String {
             );
         }
         if let Some(full) = &r.bridge_full {
-            let _ = writeln!(s, "\nThe 1,025th sandbox on one bridge network: `{full}`");
+            let _ = writeln!(
+                s,
+                "\nThe 1,024th sandbox on one bridge network (a bridge has 1,023 ports): `{full}`"
+            );
         }
     }
     s

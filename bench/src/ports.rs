@@ -172,9 +172,14 @@ fn measure(peer: Peer, n: u16, reps: usize) -> Result<Row> {
     let setup_s = t.elapsed().as_secs_f64();
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for _ in 0..reps {
+        // Each change measured on its own, as separate commands are: right after a deletion, the kernel is
+        // still freeing the deleted element (one RCU grace period, under nf_tables' commit lock), and the next
+        // change in the same namespace would wait for that.
+        thread::sleep(Duration::from_millis(30));
         let t = Instant::now();
         peer.publish(&w, "one", ONE_MORE, 1, true)?;
         adds.push(t.elapsed().as_secs_f64() * 1e3);
+        thread::sleep(Duration::from_millis(30));
         let t = Instant::now();
         peer.publish(&w, "one", ONE_MORE, 1, false)?;
         dels.push(t.elapsed().as_secs_f64() * 1e3);

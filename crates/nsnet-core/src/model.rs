@@ -114,7 +114,23 @@ pub struct Published {
     pub mapping: PortMapping,
 }
 
+/// The most ports a Linux bridge takes: `BR_MAX_PORTS` is 1,024 port numbers, and number 0 is reserved.
+pub const MAX_BRIDGE_PORTS: usize = 1023;
+
 impl Network {
+    /// Whether one more sandbox fits: a bridge takes at most [`MAX_BRIDGE_PORTS`] ports, so a bridge network
+    /// stops there (the kernel would refuse the next veth with a bare EXFULL, "Exchange full").
+    pub fn has_room(&self) -> Result<(), String> {
+        if self.driver == Driver::Bridge && self.allocations.len() >= MAX_BRIDGE_PORTS {
+            return Err(format!(
+                "network '{}' already has {MAX_BRIDGE_PORTS} sandboxes, the most a Linux bridge takes; \
+                 create another network for more",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
     /// The sandboxes attached to this network.
     pub fn users(&self) -> Vec<&str> {
         let mut users: Vec<&str> = self.allocations.values().map(String::as_str).collect();
@@ -237,5 +253,33 @@ mod tests {
         assert_eq!("02:6e:0a:59:00:02".parse::<Mac>().unwrap(), m);
         assert!("02:6e".parse::<Mac>().is_err());
         assert!("zz:6e:0a:59:00:02".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn a_bridge_network_stops_at_1023_sandboxes() {
+        let mut n = Network {
+            name: "big".into(),
+            driver: Driver::Bridge,
+            subnet: "10.0.0.0/20".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            interface: "br0".into(),
+            internal: false,
+            isolate: true,
+            options: NetOptions::default(),
+            mtu: 1500,
+            firewall: Default::default(),
+            host_chains: vec![],
+            allocations: Default::default(),
+            published: vec![],
+            last_allocated: None,
+            removing: false,
+        };
+        for i in 0..MAX_BRIDGE_PORTS as u32 {
+            assert!(n.has_room().is_ok());
+            n.allocations
+                .insert(Ipv4Addr::from(0x0a00_0002 + i), format!("s{i}"));
+        }
+        let e = n.has_room().unwrap_err();
+        assert!(e.contains("1023") && e.contains("another network"), "{e}");
     }
 }

@@ -250,23 +250,40 @@ pub fn apply(batch: &Batch) -> io::Result<()> {
 /// Closing an nf_tables socket whose batch deleted elements blocks until the kernel has freed them: the
 /// socket's NETLINK_URELEASE handler flushes nf_tables' destroy work, which waits for an RCU grace period
 /// (10–20 ms here). The deletions are committed and in force already, so the last reference to the socket goes
-/// to a detached grandchild that exits at once: the kernel waits there, not on the command's path. If `fork`
+/// to a detached grandchild: it holds its copy until this process has closed its own (a pipe's end of file
+/// tells it), then exits, and the kernel's wait happens there, off the command's path. If `fork` or `pipe`
 /// fails, the socket is simply closed here.
 fn release_later(sock: Socket) {
     let fd = sock.as_raw_fd();
-    // SAFETY: the child runs only async-signal-safe calls (fork, close_range, _exit), so forking while other
-    // threads run is sound. The middle child exits at once, so the grandchild is reparented to init, which
-    // reaps it; the parent reaps the middle child here and never waits on the grandchild.
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 fills the two-element array on success.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    let [read_end, write_end] = pipe;
+    // SAFETY: the children run only async-signal-safe calls (fork, close, close_range, read, _exit), so forking
+    // while other threads run is sound. The middle child exits at once, so the grandchild is reparented to
+    // init, which reaps it; this process reaps the middle child and never waits on the grandchild.
     unsafe {
         match libc::fork() {
             0 => {
                 if libc::fork() == 0 {
-                    // Keep only the socket: no lock file, pipe or other descriptor may outlive the command here.
-                    let last = libc::c_uint::MAX;
-                    if fd > 0 {
-                        libc::syscall(libc::SYS_close_range, 0, (fd - 1) as libc::c_uint, 0);
+                    // Keep only the socket and the pipe's read end: no lock file, pipe or other descriptor of
+                    // the command may outlive it here.
+                    let mut keep = [fd, read_end];
+                    keep.sort_unstable();
+                    let mut from: libc::c_uint = 0;
+                    for k in keep {
+                        let k = k as libc::c_uint;
+                        if k > from {
+                            libc::syscall(libc::SYS_close_range, from, k - 1, 0);
+                        }
+                        from = k + 1;
                     }
-                    libc::syscall(libc::SYS_close_range, (fd + 1) as libc::c_uint, last, 0);
+                    libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0);
+                    let mut byte = 0u8;
+                    // Returns at end of file: when every copy of the write end is closed.
+                    while libc::read(read_end, std::ptr::addr_of_mut!(byte).cast(), 1) > 0 {}
                 }
                 libc::_exit(0);
             }
@@ -276,8 +293,13 @@ fn release_later(sock: Socket) {
             }
             _ => {}
         }
+        libc::close(read_end);
     }
     drop(sock);
+    // SAFETY: our own descriptor, closed once.
+    unsafe {
+        libc::close(write_end);
+    }
 }
 
 #[cfg(test)]

@@ -240,6 +240,7 @@ impl Nsnet {
                 ));
             }
         }
+        net.has_room().map_err(Error::Invalid)?;
         let ports = resolve_ports(&net, &req.ports, nets)?;
         let ip = ipam::allocate(&net, req.ip).map_err(Error::Invalid)?;
 
