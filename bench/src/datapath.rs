@@ -83,25 +83,6 @@ struct Path {
     rtt_us: f64,
 }
 
-fn measure(
-    name: &'static str,
-    server: &str,
-    client: &str,
-    ip: &str,
-    secs: u32,
-    reps: usize,
-) -> Result<Path> {
-    let mut g = Vec::new();
-    for _ in 0..reps {
-        g.push(iperf(server, client, ip, secs)?);
-    }
-    Ok(Path {
-        name,
-        gbps: median(g),
-        rtt_us: rtt(client, ip)?,
-    })
-}
-
 fn nsnet(w_host: &str, state: &std::path::Path, args: &[&str]) -> Result<()> {
     let nsnet =
         std::env::var("NSNET_BIN_DIR").unwrap_or_else(|_| "target/release".into()) + "/nsnet";
@@ -119,59 +100,89 @@ fn nsnet(w_host: &str, state: &std::path::Path, args: &[&str]) -> Result<()> {
 }
 
 pub fn run(secs: u32, reps: usize) -> Result<String> {
-    let mut paths = Vec::new();
     // Ceiling: two namespaces joined by a bare veth pair, no bridge, no rules.
-    {
-        let h = Host::new("dpv")?;
-        let (a, b) = (format!("{}-a", h.prefix), format!("{}-b", h.prefix));
-        sh(&["ip", "netns", "add", &a])?;
-        sh(&["ip", "netns", "add", &b])?;
-        sh(&[
-            "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
-            &b,
-        ])?;
-        for (ns, ip) in [(&a, "10.250.0.1/30"), (&b, "10.250.0.2/30")] {
-            sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
-            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
-        paths.push(measure(
-            "bare veth pair (ceiling)",
-            &b,
-            &a,
-            "10.250.0.2",
-            secs,
-            reps,
-        )?);
+    let hv = Host::new("dpv")?;
+    let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
+    sh(&["ip", "netns", "add", &a])?;
+    sh(&["ip", "netns", "add", &b])?;
+    sh(&[
+        "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ])?;
+    for (ns, ip) in [(&a, "10.250.0.1/30"), (&b, "10.250.0.2/30")] {
+        sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
     }
-    // nsnet: two sandboxes on one bridge network, with nsnet's rules in place; and a sandbox to the LAN peer.
-    {
-        let w = World::new("dpn", "nftables")?;
-        let other = format!("{}-2", w.sandbox);
-        nsnet(&w.host, &w.state, &["create", &other, "-p", "8080:80"])?;
-        // World's sandbox is 10.89.0.2, the new one 10.89.0.3.
-        paths.push(measure(
+    // Reference: the same two namespaces' worth of veths on a plain Linux bridge, no firewall at all.
+    let hb = Host::new("dpb")?;
+    let (c, d) = (format!("{}-c", hb.prefix), format!("{}-d", hb.prefix));
+    sh(&["ip", "-n", &hb.name, "link", "add", "br0", "type", "bridge"])?;
+    sh(&["ip", "-n", &hb.name, "link", "set", "br0", "up"])?;
+    for (ns, ip, port) in [(&c, "10.251.0.1/24", "vc"), (&d, "10.251.0.2/24", "vd")] {
+        sh(&["ip", "netns", "add", ns])?;
+        sh(&[
+            "ip", "-n", &hb.name, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+            "netns", ns,
+        ])?;
+        sh(&[
+            "ip", "-n", &hb.name, "link", "set", port, "master", "br0", "up",
+        ])?;
+        sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    }
+    // nsnet: two sandboxes on one bridge network with nsnet's rules in place, and a LAN peer outside.
+    let w = World::new("dpn", "nftables")?;
+    let other = format!("{}-2", w.sandbox);
+    nsnet(&w.host, &w.state, &["create", &other, "-p", "8080:80"])?;
+    let lan = LAN_IP.to_string();
+    // (name, server namespace, client namespace, server address). World's sandbox is 10.89.0.2, the new
+    // one 10.89.0.3.
+    let cases: [(&'static str, &str, &str, &str); 4] = [
+        ("bare veth pair (ceiling)", &b, &a, "10.250.0.2"),
+        (
+            "plain Linux bridge, no firewall (reference)",
+            &d,
+            &c,
+            "10.251.0.2",
+        ),
+        (
             "nsnet: sandbox -> sandbox over the bridge",
             &other,
             &w.sandbox,
             "10.89.0.3",
-            secs,
-            reps,
-        )?);
-        paths.push(measure(
+        ),
+        (
             "nsnet: sandbox -> outside peer, masqueraded",
             &w.lan,
             &w.sandbox,
-            &LAN_IP.to_string(),
-            secs,
-            reps,
-        )?);
-        nsnet(&w.host, &w.state, &["rm", &other])?;
+            &lan,
+        ),
+    ];
+    // Interleaved (A B C D, A B C D, ...), so the machine's drift hits every path alike.
+    let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..reps {
+        for (i, (_, server, client, ip)) in cases.iter().enumerate() {
+            gbps[i].push(iperf(server, client, ip, secs)?);
+        }
     }
+    let mut paths = Vec::new();
+    for (i, (name, _, client, ip)) in cases.iter().enumerate() {
+        paths.push(Path {
+            name,
+            gbps: median(gbps[i].clone()),
+            rtt_us: rtt(client, ip)?,
+        });
+    }
+    nsnet(&w.host, &w.state, &["rm", &other])?;
+    drop(w);
+    drop(hb);
+    drop(hv);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Data path: one TCP stream (iperf3, {secs} s, median of {reps}) and ping round trip (500 pings)\n"
+        "### Data path: one TCP stream (iperf3, {secs} s, median of {reps}, paths interleaved) and ping round \
+         trip (500 pings)\n"
     );
     let _ = writeln!(s, "| path | throughput | vs bare veth | round trip |");
     let _ = writeln!(s, "|---|---:|---:|---:|");

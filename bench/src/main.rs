@@ -172,14 +172,14 @@ fn main() -> Result<()> {
             let curve_kinds: Vec<peers::Kind> = kinds
                 .iter()
                 .copied()
-                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables") | peers::Kind::NsnetCni))
+                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables")))
                 .collect();
             let curves = curve::run(&curve_kinds, n)?;
             md += "\n";
             md += &curve::table(&curves, n);
             std::fs::write(out.join("curve.svg"), curve::svg(&curves, n))?;
             md += "\n![cost curve](curve.svg)\n\n";
-            md += &datapath::run(secs as u32, 3)?;
+            md += &datapath::run(secs as u32, 5)?;
             md += "\n";
             let sizes = if quick { vec![1, 1000] } else { sizes()? };
             md += &ports::ports(&sizes, if quick { 5 } else { 15 }, 1000)?;
@@ -204,7 +204,7 @@ fn main() -> Result<()> {
             let n = number("--n", 1000)?;
             let kinds: Vec<peers::Kind> = kinds
                 .into_iter()
-                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables") | peers::Kind::NsnetCni))
+                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables")))
                 .collect();
             let curves = curve::run(&kinds, n)?;
             std::fs::write("curve.svg", curve::svg(&curves, n))?;
@@ -213,7 +213,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("datapath") => {
-            print!("{}", datapath::run(number("--secs", 5)? as u32, 3)?);
+            print!(
+                "{}",
+                datapath::run(number("--secs", 5)? as u32, number("--reps", 5)?)?
+            );
             Ok(())
         }
         Some("ports") => {

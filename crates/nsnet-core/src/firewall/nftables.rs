@@ -150,6 +150,8 @@ const RULES: &[(&str, &str, &str)] = &[
         "dnat ip to meta l4proto . th dport map @ports",
     ),
     (TABLE, "forward", "jump user"),
+    // A packet of an open connection costs one rule: its first packet already passed isolation and internal.
+    (TABLE, "forward", "ct state established,related accept"),
     (TABLE, "forward", "ct status dnat accept"),
     (TABLE, "forward", "iifname . oifname @isolation drop"),
     (

@@ -368,8 +368,8 @@ impl Netlink {
             .collect())
     }
 
-    /// The IPv4 default routes in the main table.
-    pub fn default_routes(&mut self) -> Result<Vec<DefaultRoute>, KernelError> {
+    /// Every IPv4 route of the main table.
+    fn main_routes(&mut self) -> Result<Vec<RouteMessage>, KernelError> {
         let mut req = RouteMessage::default();
         req.header.address_family = AddressFamily::Inet;
         let replies = self.request(
@@ -377,14 +377,24 @@ impl Netlink {
             RouteNetlinkMessage::GetRoute(req),
             NLM_F_DUMP,
         )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(m)
+                    if m.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    Some(m)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv4 default routes in the main table.
+    pub fn default_routes(&mut self) -> Result<Vec<DefaultRoute>, KernelError> {
         let mut out = Vec::new();
-        for r in replies {
-            let RouteNetlinkMessage::NewRoute(m) = r else {
-                continue;
-            };
-            if m.header.table != RouteHeader::RT_TABLE_MAIN
-                || m.header.destination_prefix_length != 0
-            {
+        for m in self.main_routes()? {
+            if m.header.destination_prefix_length != 0 {
                 continue;
             }
             let (mut oif, mut gw) = (None, None);
@@ -427,23 +437,10 @@ impl Netlink {
 
     /// Destinations of the IPv4 routes in this namespace's main table, default routes left out.
     pub fn ipv4_routes(&mut self) -> Result<Vec<Ipv4Net>, KernelError> {
-        let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
-        let replies = self.request(
-            "list routes",
-            RouteNetlinkMessage::GetRoute(req),
-            NLM_F_DUMP,
-        )?;
         let mut out = Vec::new();
-        for r in replies {
-            let RouteNetlinkMessage::NewRoute(m) = r else {
-                continue;
-            };
+        for m in self.main_routes()? {
             let len = m.header.destination_prefix_length;
-            if m.header.table != RouteHeader::RT_TABLE_MAIN
-                || m.header.kind != RouteType::Unicast
-                || len == 0
-            {
+            if m.header.kind != RouteType::Unicast || len == 0 {
                 continue;
             }
             for attr in &m.attributes {
