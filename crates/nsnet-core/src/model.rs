@@ -131,6 +131,12 @@ impl Network {
         Ok(())
     }
 
+    /// Give back every address and port `sandbox` holds here.
+    pub fn release(&mut self, sandbox: &str) {
+        self.allocations.retain(|_, owner| owner != sandbox);
+        self.published.retain(|p| p.sandbox != sandbox);
+    }
+
     /// The sandboxes attached to this network.
     pub fn users(&self) -> Vec<&str> {
         let mut users: Vec<&str> = self.allocations.values().map(String::as_str).collect();

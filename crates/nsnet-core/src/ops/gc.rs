@@ -89,8 +89,9 @@ impl Nsnet {
                 stale.join(", "),
                 net.name
             ));
-            net.allocations.retain(|_, owner| !stale.contains(owner));
-            net.published.retain(|p| !stale.contains(&p.sandbox));
+            for sandbox in &stale {
+                net.release(sandbox);
+            }
             if !self.dry_run {
                 let (_, after) = self.store.file_states(&[Record::Network(net.clone())])?;
                 self.store.set_files(&after)?;

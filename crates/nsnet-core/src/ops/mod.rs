@@ -152,57 +152,15 @@ impl Nsnet {
         drop(lock);
 
         let mut applier = Applier::new();
-        let kernel_steps = kernel.steps.len();
-        let overlap = kernel
-            .steps
-            .iter()
-            .any(|s| matches!(s, Step::DeleteLink { .. }));
-        let (kernel_done, early_done) = if !overlap {
-            // Nothing slow to overlap with (a namespace goes with one unmount): the firewall first, so that a
-            // failure of either leaves at most the firewall step to undo.
-            match early.as_ref().map(|p| applier.apply(p)).transpose() {
-                Err(e) => (Ok(Undo::default()), Err(e)),
-                Ok(f) => (applier.apply(&kernel), Ok(f)),
-            }
-        } else {
-            std::thread::scope(|s| {
-                let fw = early.as_ref().map(|p| {
-                    // Numbered after the kernel steps, so a test's injected fault hits the same step every run.
-                    s.spawn(move || Applier::counting_from(kernel_steps).apply(p))
-                });
-                let k = applier.apply(&kernel);
-                let f = fw.map(|t| {
-                    t.join().unwrap_or_else(|_| {
-                        Err(Error::Invalid("the firewall thread panicked".into()))
-                    })
-                });
-                (k, f.transpose())
-            })
-        };
+        let deleted = delete_unlocked(&mut applier, &kernel, early.as_ref());
         let _lock = self.lock()?;
-        let done = match (kernel_done, early_done) {
-            (Ok(k), Ok(f)) => Ok(f.unwrap_or_default().then(k)),
-            (Err(e), Ok(f)) => Err((e, f.unwrap_or_default())),
-            (Ok(k), Err(e)) => Err((e, k)),
-            (Err(e), Err(_)) => Err((e, Undo::default())),
-        };
-        let done = match done {
+        let done = match deleted {
             Ok(undo) => undo,
             Err((e, undo)) => {
                 let rollback = undo.rollback(&mut applier);
                 self.unmark(&what)?;
                 self.store.remove_intent(intent)?;
-                return Err(match (e, rollback.is_empty()) {
-                    (e, true) => e,
-                    (Error::RolledBack { cause, rollback: r }, false) => Error::RolledBack {
-                        cause,
-                        rollback: r.into_iter().chain(rollback).collect(),
-                    },
-                    (e, false) => Error::RolledBack {
-                        cause: Box::new(e),
-                        rollback,
-                    },
-                });
+                return Err(with_rollback(e, rollback));
             }
         };
         let (fw, records) = self.release(&what)?;
@@ -317,6 +275,62 @@ impl Nsnet {
     /// How this process was invoked, for intents and messages.
     fn command(&self) -> String {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Phase 2 of a teardown, without the lock: the kernel deletions, and the object's own firewall elements
+/// (`early`). With veths to delete, the two run at once on two threads, so their RCU grace periods overlap;
+/// otherwise (a namespace goes with one unmount) the firewall goes first. On failure, returns the error and
+/// the undo of whatever of the two did land.
+fn delete_unlocked(
+    applier: &mut Applier,
+    kernel: &Plan,
+    early: Option<&Plan>,
+) -> std::result::Result<Undo, (Error, Undo)> {
+    let overlap = kernel
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::DeleteLink { .. }));
+    let (kernel_done, early_done) = if !overlap {
+        match early.map(|p| applier.apply(p)).transpose() {
+            Err(e) => (Ok(Undo::default()), Err(e)),
+            Ok(f) => (applier.apply(kernel), Ok(f)),
+        }
+    } else {
+        let kernel_steps = kernel.steps.len();
+        std::thread::scope(|s| {
+            let fw = early.map(|p| {
+                // Numbered after the kernel steps, so a test's injected fault hits the same step every run.
+                s.spawn(move || Applier::counting_from(kernel_steps).apply(p))
+            });
+            let k = applier.apply(kernel);
+            let f = fw.map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("the firewall thread panicked".into())))
+            });
+            (k, f.transpose())
+        })
+    };
+    match (kernel_done, early_done) {
+        (Ok(k), Ok(f)) => Ok(f.unwrap_or_default().then(k)),
+        (Err(e), Ok(f)) => Err((e, f.unwrap_or_default())),
+        (Ok(k), Err(e)) => Err((e, k)),
+        (Err(e), Err(_)) => Err((e, Undo::default())),
+    }
+}
+
+/// `e`, with the failures of undoing what came before it (if any) added to its report.
+fn with_rollback(e: Error, rollback: Vec<Error>) -> Error {
+    match (e, rollback.is_empty()) {
+        (e, true) => e,
+        (Error::RolledBack { cause, rollback: r }, false) => Error::RolledBack {
+            cause,
+            rollback: r.into_iter().chain(rollback).collect(),
+        },
+        (e, false) => Error::RolledBack {
+            cause: Box::new(e),
+            rollback,
+        },
     }
 }
 

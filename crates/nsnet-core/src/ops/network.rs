@@ -52,11 +52,17 @@ impl Nsnet {
     pub fn network_create(&self, req: &NetworkRequest) -> Result<Plan> {
         let _lock = self.lock()?;
         let nets = self.store.networks()?;
+        self.create_network(req, &nets).map(|(plan, _)| plan)
+    }
+
+    /// Validate, plan and bring up a new network next to `nets` (the caller holds the lock).
+    fn create_network(&self, req: &NetworkRequest, nets: &[Network]) -> Result<(Plan, Network)> {
         let mut host = Host::open()?;
-        let net = self.validate_network(req, &nets, &mut host)?;
-        let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
+        let net = self.validate_network(req, nets, &mut host)?;
+        let (steps, fw) = build::network_up(&net, nets, tables_change(nets.len(), net.firewall));
         let plan = Plan::setup(steps, fw, net.firewall);
-        self.setup(plan, vec![Record::Network(net)])
+        let plan = self.setup(plan, vec![Record::Network(net.clone())])?;
+        Ok((plan, net))
     }
 
     /// The network `req` names, created from `req` if it does not exist yet (one lock, so concurrent callers
@@ -90,14 +96,7 @@ impl Nsnet {
             }
             return Ok((net.clone(), false));
         }
-        let mut host = Host::open()?;
-        let net = self.validate_network(req, &nets, &mut host)?;
-        let (steps, fw) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
-        self.setup(
-            Plan::setup(steps, fw, net.firewall),
-            vec![Record::Network(net.clone())],
-        )?;
-        Ok((net, true))
+        self.create_network(req, &nets).map(|(_, net)| (net, true))
     }
 
     /// Check a network request against the state and the host, and build its record.

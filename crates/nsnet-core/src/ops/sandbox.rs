@@ -363,8 +363,7 @@ impl Nsnet {
         for ep in &sb.endpoints {
             fw.0.extend(build::endpoint_down(ep).0);
             if let Some(mut net) = self.store.network(&ep.network)? {
-                net.allocations.retain(|_, owner| owner != name);
-                net.published.retain(|p| p.sandbox != name);
+                net.release(name);
                 // One backend per host: any of the sandbox's networks names it.
                 backend.get_or_insert(net.firewall);
                 records.push(Record::Network(net));
@@ -450,8 +449,7 @@ impl Nsnet {
         if let Some(ep) = sb.endpoints.iter().find(|e| e.network == network) {
             fw = build::endpoint_down(ep);
             if let Some(mut net) = self.store.network(network)? {
-                net.allocations.retain(|_, owner| owner != name);
-                net.published.retain(|p| p.sandbox != name);
+                net.release(name);
                 backend = net.firewall;
                 records.push(Record::Network(net));
             }
