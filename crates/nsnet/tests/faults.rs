@@ -56,6 +56,13 @@ fn every_setup_step_rolls_back() {
             "5353:53/udp",
         ],
     );
+    // run is create, the command, then (with --rm) rm: a failed step of its create leaves nothing either.
+    let r = h.sb("r");
+    let steps = fail_every_step(
+        &h,
+        &["run", "--rm", "--name", &r, "--network", "n2", "--", "true"],
+    );
+    assert!(steps >= 4, "run has {steps} set-up steps");
     sh(&["ip", "netns", "add", &ext]);
     fail_every_step(&h, &["attach", &ext, "--network", "n2"]);
     fail_every_step(&h, &["attach", &a, "--network", "n2"]);
