@@ -127,27 +127,10 @@ pub fn allocate(net: &Network, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Driver;
 
     fn net(subnet: &str) -> Network {
         let subnet: Ipv4Net = subnet.parse().unwrap();
-        Network {
-            name: "n".into(),
-            driver: Driver::Bridge,
-            subnet,
-            gateway: default_gateway(&subnet),
-            interface: "br".into(),
-            internal: false,
-            isolate: true,
-            options: Default::default(),
-            mtu: 1500,
-            firewall: Default::default(),
-            host_chains: vec![],
-            allocations: Default::default(),
-            published: vec![],
-            last_allocated: None,
-            removing: false,
-        }
+        Network::bridge("n", subnet, default_gateway(&subnet), "br")
     }
 
     fn cidr(s: &str) -> Ipv4Net {

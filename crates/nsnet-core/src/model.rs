@@ -118,6 +118,28 @@ pub struct Published {
 pub const MAX_BRIDGE_PORTS: usize = 1023;
 
 impl Network {
+    /// A bridge network with nothing handed out yet and every option at its default (MTU 1500, isolated,
+    /// nftables); callers change the few fields they need with struct update syntax.
+    pub fn bridge(name: &str, subnet: Ipv4Net, gateway: Ipv4Addr, interface: &str) -> Network {
+        Network {
+            name: name.into(),
+            driver: Driver::Bridge,
+            subnet,
+            gateway,
+            interface: interface.into(),
+            internal: false,
+            isolate: true,
+            options: NetOptions::default(),
+            mtu: 1500,
+            firewall: Default::default(),
+            host_chains: vec![],
+            allocations: Default::default(),
+            published: vec![],
+            last_allocated: None,
+            removing: false,
+        }
+    }
+
     /// Whether one more sandbox fits: a bridge takes at most [`MAX_BRIDGE_PORTS`] ports, so a bridge network
     /// stops there (the kernel would refuse the next veth with a bare EXFULL, "Exchange full").
     pub fn has_room(&self) -> Result<(), String> {
@@ -263,23 +285,12 @@ mod tests {
 
     #[test]
     fn a_bridge_network_stops_at_1023_sandboxes() {
-        let mut n = Network {
-            name: "big".into(),
-            driver: Driver::Bridge,
-            subnet: "10.0.0.0/20".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-            interface: "br0".into(),
-            internal: false,
-            isolate: true,
-            options: NetOptions::default(),
-            mtu: 1500,
-            firewall: Default::default(),
-            host_chains: vec![],
-            allocations: Default::default(),
-            published: vec![],
-            last_allocated: None,
-            removing: false,
-        };
+        let mut n = Network::bridge(
+            "big",
+            "10.0.0.0/20".parse().unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+            "br0",
+        );
         for i in 0..MAX_BRIDGE_PORTS as u32 {
             assert!(n.has_room().is_ok());
             n.allocations

@@ -495,27 +495,15 @@ fn remove(path: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Driver;
     use std::os::unix::fs::PermissionsExt;
 
     fn net(name: &str) -> Network {
-        Network {
-            name: name.into(),
-            driver: Driver::Bridge,
-            subnet: "10.89.0.0/24".parse().unwrap(),
-            gateway: "10.89.0.1".parse().unwrap(),
-            interface: "nsnet0".into(),
-            internal: false,
-            isolate: true,
-            options: Default::default(),
-            mtu: 1500,
-            firewall: Default::default(),
-            host_chains: vec![],
-            allocations: Default::default(),
-            published: vec![],
-            last_allocated: None,
-            removing: false,
-        }
+        Network::bridge(
+            name,
+            "10.89.0.0/24".parse().unwrap(),
+            "10.89.0.1".parse().unwrap(),
+            "nsnet0",
+        )
     }
 
     /// Write records the way commands do: their files as they will be, made so.

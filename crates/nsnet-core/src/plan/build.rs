@@ -283,21 +283,14 @@ mod tests {
 
     fn net(driver: Driver, internal: bool) -> Network {
         Network {
-            name: "n1".into(),
             driver,
-            subnet: "172.16.0.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(172, 16, 0, 100),
-            interface: "br0".into(),
             internal,
-            isolate: true,
-            options: Default::default(),
-            mtu: 1500,
-            firewall: Default::default(),
-            host_chains: vec![],
-            allocations: Default::default(),
-            published: vec![],
-            last_allocated: None,
-            removing: false,
+            ..Network::bridge(
+                "n1",
+                "172.16.0.0/24".parse().unwrap(),
+                Ipv4Addr::new(172, 16, 0, 100),
+                "br0",
+            )
         }
     }
 
