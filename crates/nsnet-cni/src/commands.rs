@@ -97,10 +97,7 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
             }
             return Err(e.into());
         }
-        let sb = nsnet
-            .store
-            .sandbox(&env.container_id)
-            .map_err(nsnet_core::Error::from)?;
+        let sb = nsnet.store.sandbox(&env.container_id)?;
         let dns = conf.dns.clone().or(ipam_dns).or(prev.dns.clone());
         Ok(result_for(
             prev.clone(),
@@ -181,15 +178,11 @@ fn result_for(
 pub fn del(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
     let nsnet = nsnet(conf)?;
     let mut errors: Vec<CniError> = Vec::new();
-    let ours = nsnet
-        .store
-        .sandbox(&env.container_id)
-        .map_err(nsnet_core::Error::from)?
-        .is_some_and(|sb| {
-            sb.endpoints
-                .iter()
-                .any(|e| e.network == conf.name && e.interface == env.ifname)
-        });
+    let ours = nsnet.store.sandbox(&env.container_id)?.is_some_and(|sb| {
+        sb.endpoints
+            .iter()
+            .any(|e| e.network == conf.name && e.interface == env.ifname)
+    });
     if ours {
         if let Err(e) = nsnet.detach(&env.container_id, &conf.name, true) {
             errors.push(e.into());
@@ -234,10 +227,7 @@ pub fn check(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
     let nsnet = nsnet(conf)?;
     let mut problems = nsnet.check_endpoint(&env.container_id, &conf.name)?;
 
-    let sb = nsnet
-        .store
-        .sandbox(&env.container_id)
-        .map_err(nsnet_core::Error::from)?;
+    let sb = nsnet.store.sandbox(&env.container_id)?;
     if let Some(ep) = sb
         .as_ref()
         .and_then(|s| s.endpoints.iter().find(|e| e.network == conf.name))
@@ -329,7 +319,7 @@ pub fn gc(conf: &NetConf, raw: &Value) -> CniResult<()> {
     })?;
     let nsnet = nsnet(conf)?;
     let mut errors = Vec::new();
-    for sb in nsnet.store.sandboxes().map_err(nsnet_core::Error::from)? {
+    for sb in nsnet.store.sandboxes()? {
         if !sb.cni {
             continue;
         }
@@ -370,11 +360,7 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
         conf.network_request(None)?;
     }
     let nsnet = nsnet(conf)?;
-    if let Some(net) = nsnet
-        .store
-        .network(&conf.name)
-        .map_err(nsnet_core::Error::from)?
-    {
+    if let Some(net) = nsnet.store.network(&conf.name)? {
         if delegate.is_none() && nsnet_core::ipam::allocate(&net, None).is_err() {
             return Err(CniError::new(
                 code::UNAVAILABLE,

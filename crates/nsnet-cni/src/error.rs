@@ -71,4 +71,11 @@ impl From<nsnet_core::Error> for CniError {
     }
 }
 
+/// Reading nsnet's state failed: a failure of nsnet itself.
+impl From<nsnet_core::store::StoreError> for CniError {
+    fn from(e: nsnet_core::store::StoreError) -> CniError {
+        nsnet_core::Error::from(e).into()
+    }
+}
+
 pub type CniResult<T> = Result<T, CniError>;

@@ -402,21 +402,14 @@ impl Nsnet {
                 "sandbox '{name}' is being changed by another nsnet command; try again"
             )));
         }
-        let mut kernel = Plan::default();
         let nets = self.store.networks()?;
-        if let (Some(ep), Some(net)) = (
+        let kernel = match (
             sb.endpoints.iter().find(|e| e.network == network),
             nets.iter().find(|n| n.name == network),
         ) {
-            let (restore, _) = build::endpoint_up(net, ep, &Ns::Path(sb.netns.clone()));
-            kernel.push_teardown(
-                Step::DeleteLink {
-                    ns: Ns::Host,
-                    name: ep.host_interface.clone(),
-                },
-                restore,
-            );
-        }
+            (Some(ep), Some(net)) => build::endpoint_teardown(&sb, ep, Some(net)),
+            _ => Plan::default(),
+        };
         let mut marked = sb;
         for ep in marked.endpoints.iter_mut().filter(|e| e.network == network) {
             ep.removing = true;

@@ -97,8 +97,7 @@ pub fn network_teardown(net: &Network, users: &[Sandbox]) -> Plan {
     let mut plan = Plan::default();
     for sb in users {
         for ep in sb.endpoints.iter().filter(|e| e.network == net.name) {
-            let (restore, _) = endpoint_up(net, ep, &Ns::Path(sb.netns.clone()));
-            plan.push_teardown(delete_host_link(&ep.host_interface), restore);
+            plan = plan.then(endpoint_teardown(sb, ep, Some(net)));
         }
     }
     if net.driver == Driver::Bridge {
@@ -143,12 +142,8 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_o
         return plan;
     }
     for ep in &sb.endpoints {
-        let restore = nets
-            .iter()
-            .find(|n| n.name == ep.network)
-            .map(|net| endpoint_up(net, ep, &ns).0)
-            .unwrap_or_default();
-        plan.push_teardown(delete_host_link(&ep.host_interface), restore);
+        let net = nets.iter().find(|n| n.name == ep.network);
+        plan = plan.then(endpoint_teardown(sb, ep, net));
     }
     if sb.owned {
         plan.push_teardown(
@@ -158,6 +153,17 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_o
             vec![create],
         );
     }
+    plan
+}
+
+/// Delete one endpoint's veth (the host end takes the peer with it), with the steps that bring it back as
+/// [`endpoint_up`] made it; without its network's record it cannot be brought back.
+pub fn endpoint_teardown(sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) -> Plan {
+    let restore = net
+        .map(|net| endpoint_up(net, ep, &Ns::Path(sb.netns.clone())).0)
+        .unwrap_or_default();
+    let mut plan = Plan::default();
+    plan.push_teardown(delete_host_link(&ep.host_interface), restore);
     plan
 }
 
