@@ -115,7 +115,11 @@ impl Applier {
                     peer_mac: Some(peer_mac.0),
                     host_mac: Some(host_mac.0),
                 })?;
-                self.netlink(peer_ns)?.set_up(peer)?;
+                sysctl::disable_ipv6(host)?;
+                nl.set_up(host)?;
+                let inside = self.netlink(peer_ns)?;
+                inside.no_ipv6_link_local(peer)?;
+                inside.set_up(peer)?;
             }
             Step::DeleteLink { ns, name } => {
                 // A namespace that is gone took its links with it.

@@ -16,8 +16,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -47,7 +47,7 @@ pub struct DefaultRoute {
     pub gateway: Option<Ipv4Addr>,
 }
 
-/// What a new veth pair looks like; the host end stays in the socket's namespace.
+/// What a new veth pair looks like; the host end stays in the socket's namespace. Both ends are created down.
 #[derive(Debug, Clone)]
 pub struct VethSpec<'a> {
     pub host: &'a str,
@@ -221,8 +221,8 @@ impl Netlink {
         peer.attributes
             .push(LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()));
 
+        // Both ends start down: the caller turns IPv6 off on them first (see `sysctl::disable_ipv6`).
         let mut msg = LinkMessage::default();
-        up(&mut msg);
         msg.attributes
             .push(LinkAttribute::IfName(spec.host.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
@@ -262,7 +262,6 @@ impl Netlink {
         }
     }
 
-    /// `ip link set NAME up`.
     /// `ip link set NAME alias TEXT`.
     pub fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
@@ -278,6 +277,27 @@ impl Netlink {
         Ok(())
     }
 
+    /// `ip link set NAME addrgenmode none`, on a link that is still down: it comes up with no IPv6 link-local
+    /// address, so it sends no DAD or MLD multicast (see [`super::sysctl::disable_ipv6`] for why that
+    /// matters). Used inside sandboxes, where the sysctl would cost a `/proc/sys` lookup that grows with the
+    /// number of namespaces (each leaves its own `net/ipv6` entry in one dcache chain).
+    pub fn no_ipv6_link_local(&mut self, name: &str) -> Result<(), KernelError> {
+        let index = self.link_index(name)?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        self.request(
+            &format!("set addrgenmode none on {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// `ip link set NAME up`.
     pub fn set_up(&mut self, name: &str) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
         let mut msg = LinkMessage::default();

@@ -27,3 +27,14 @@ pub fn set(key: &str, value: &str) -> Result<(), KernelError> {
     fs::write(path(key), value)
         .map_err(|e| KernelError::io(format!("write sysctl {key}={value}"), e))
 }
+
+/// `net.ipv6.conf.IFNAME.disable_ipv6=1`, for an interface that is still down. nsnet's networks are IPv4:
+/// an IPv6 link-local address on a veth would only make it send DAD and MLD multicast as it comes up, which
+/// the bridge floods to every other port (every sandbox), so each new sandbox would cost all the others
+/// work. A kernel booted without IPv6 has nothing to turn off.
+pub fn disable_ipv6(interface: &str) -> Result<(), KernelError> {
+    if !path("net/ipv6").exists() {
+        return Ok(());
+    }
+    set(&format!("net/ipv6/conf/{interface}/disable_ipv6"), "1")
+}

@@ -360,7 +360,10 @@ mod tests {
         let (steps, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![port()]), &ns());
         let text = Plan::setup(steps, fw, Default::default()).render();
         assert!(text.starts_with(
-            "ip link add veth12345678 address 02:6f:ac:10:00:66 mtu 1500 master br0 up type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
+            "ip link add veth12345678 address 02:6f:ac:10:00:66 mtu 1500 master br0 type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
+             sysctl -w net.ipv6.conf.veth12345678.disable_ipv6=1\n\
+             ip link set veth12345678 up\n\
+             ip -n netns2 link set eth0 addrgenmode none\n\
              ip -n netns2 link set eth0 up\n\
              ip link set veth12345678 type bridge_slave hairpin on\n\
              ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\

@@ -51,7 +51,9 @@ pub enum Step {
     /// `ip link add NAME type bridge`, up, with a fixed MAC: a bridge without one takes its lowest port's
     /// address, so the gateway's MAC would change as sandboxes come and go (stale ARP in every sandbox).
     CreateBridge { name: String, mtu: u32, mac: Mac },
-    /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both up.
+    /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both up. The
+    /// networks are IPv4, so neither end gets an IPv6 address: IPv6 is off on the host end and the peer has no
+    /// link-local address (see [`crate::kernel::sysctl::disable_ipv6`]).
     CreateVeth {
         host: String,
         peer: String,
@@ -131,9 +133,12 @@ impl Step {
                     .map(|m| format!(" master {m}"))
                     .unwrap_or_default();
                 format!(
-                    "ip link add {host} address {host_mac} mtu {mtu}{master} up type veth peer name {peer} address {peer_mac}{netns}\n\
-                     {} link set {peer} up",
-                    peer_ns.ip()
+                    "ip link add {host} address {host_mac} mtu {mtu}{master} type veth peer name {peer} address {peer_mac}{netns}\n\
+                     sysctl -w net.ipv6.conf.{host}.disable_ipv6=1\n\
+                     ip link set {host} up\n\
+                     {ip} link set {peer} addrgenmode none\n\
+                     {ip} link set {peer} up",
+                    ip = peer_ns.ip()
                 )
             }
             Step::DeleteLink { ns, name } => format!("{} link del {name}", ns.ip()),

@@ -413,6 +413,34 @@ fn strip_handles(v: &mut Value) {
     }
 }
 
+/// A network ledger by its live entries, sorted: a sandbox created and removed again appends lines (and moves
+/// the cursor) but hands back exactly what it took. `None` when nothing is live.
+fn live_ledger(text: &str) -> Option<String> {
+    let mut ips = std::collections::BTreeMap::new();
+    let mut ports: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match kind {
+            "+ip" => {
+                let (ip, owner) = rest.split_once(' ').unwrap_or((rest, ""));
+                ips.insert(ip, owner);
+            }
+            "-ip" => {
+                ips.remove(rest);
+            }
+            "+port" => ports.push(rest),
+            "-port" => {
+                if let Some(i) = ports.iter().position(|p| *p == rest) {
+                    ports.remove(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    ports.sort_unstable();
+    (!ips.is_empty() || !ports.is_empty()).then(|| format!("{ips:?} {ports:?}"))
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -429,6 +457,13 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             // Without a network's allocation cursor: it moves on with every address handed out (next fit), so
             // a sandbox created and removed again rightly leaves it elsewhere.
             let text = fs::read_to_string(&p).unwrap_or_default();
+            if rel.ends_with(".ledger") {
+                // One with nothing live holds only history (and the cursor): the same as none.
+                if let Some(live) = live_ledger(&text) {
+                    out.push(format!("{rel}: {live}"));
+                }
+                continue;
+            }
             let text = match serde_json::from_str::<Value>(&text) {
                 Ok(Value::Object(mut o)) if rel.starts_with("networks/") => {
                     o.remove("last_allocated");

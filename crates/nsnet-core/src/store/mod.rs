@@ -1,14 +1,18 @@
-//! nsnet's state on disk: one human-readable JSON file per network and per sandbox under the state dir.
+//! nsnet's state on disk: human-readable files under the state dir.
 //!
 //! ```text
-//! STATE_DIR/            0700
-//!   lock                flock(2): one writer at a time (readers take it shared)
-//!   intents/PID.json    a command in flight, flocked by its process while it lives
-//!   networks/NAME.json  a network and the addresses / ports it has handed out
-//!   sandboxes/NAME.json a sandbox and its endpoints
+//! STATE_DIR/              0700
+//!   lock                  flock(2): one writer at a time (readers take it shared)
+//!   intents/PID.json      a command in flight, flocked by its process while it lives
+//!   networks/NAME.json    a network's settings
+//!   networks/NAME.ledger  the addresses and ports it has handed out, one line each (see [`ledger`])
+//!   sandboxes/NAME.json   a sandbox and its endpoints
+//!   tmp/                  files being written
 //! ```
-//! Every write goes to a temp file that is fsynced and renamed over the old one, so a reader sees either the old
-//! or the new file, never half of one. Files are 0600.
+//! A JSON file is written to `tmp/`, fsynced and renamed over the old one, so a reader sees either the old or the
+//! new file, never half of one. A ledger only grows by appended lines, written under the lock. Files are 0600.
+
+pub mod ledger;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -21,6 +25,7 @@ use serde::Serialize;
 
 use crate::model::{Network, Sandbox};
 use crate::plan::Step;
+use ledger::Ledger;
 
 /// One change to the records, as data: what a command writes once its kernel work is done.
 #[derive(Debug, Clone)]
@@ -31,11 +36,21 @@ pub enum Record {
     NoSandbox(String),
 }
 
-/// A record file's content at some moment (`None`: no such file), by path relative to the state dir.
+/// A record file's content at some moment, by path relative to the state dir.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct FileState {
-    pub path: String,
-    pub content: Option<String>,
+pub enum FileState {
+    /// The whole file (`None`: no such file).
+    Whole {
+        path: String,
+        content: Option<String>,
+    },
+    /// A ledger: its first `len` bytes, then `append`. Making a file so truncates it to `len` and appends, so
+    /// the same state written twice is the same file; `len` 0 with nothing to append is no file.
+    Ledger {
+        path: String,
+        len: u64,
+        append: String,
+    },
 }
 
 /// What a command in flight may have done, written before it touches the kernel and removed when it is
@@ -144,6 +159,7 @@ impl Store {
             self.dir.clone(),
             self.dir.join("networks"),
             self.dir.join("sandboxes"),
+            self.dir.join("tmp"),
         ] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -195,6 +211,36 @@ impl Store {
         }
     }
 
+    /// Write a file atomically: a temp file in `tmp/`, fsync, rename over `path`, fsync its directory.
+    fn write_text(&self, path: &Path, text: &str) -> Result<(), StoreError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.{name}",
+            dir.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("write state file", &tmp))?;
+        f.write_all(text.as_bytes())
+            .map_err(io_err("write state file", &tmp))?;
+        f.sync_all().map_err(io_err("sync state file", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("replace state file", path))?;
+        // The rename is durable once the directory is synced too.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync state directory", dir))
+    }
+
     fn network_path(&self, name: &str) -> PathBuf {
         self.dir.join(network_file(name))
     }
@@ -203,8 +249,23 @@ impl Store {
         self.dir.join(sandbox_file(name))
     }
 
+    fn ledger_path(&self, name: &str) -> PathBuf {
+        self.dir.join(ledger_file(name))
+    }
+
+    /// A network's settings with its ledger entries.
     pub fn network(&self, name: &str) -> Result<Option<Network>, StoreError> {
-        read(&self.network_path(name))
+        read(&self.network_path(name))?
+            .map(|n| self.with_ledger(n))
+            .transpose()
+    }
+
+    fn with_ledger(&self, mut net: Network) -> Result<Network, StoreError> {
+        let path = self.ledger_path(&net.name);
+        if let Some(text) = read_text(&path)? {
+            parse_ledger(&path, &text)?.fill(&mut net);
+        }
+        Ok(net)
     }
 
     pub fn sandbox(&self, name: &str) -> Result<Option<Sandbox>, StoreError> {
@@ -213,7 +274,10 @@ impl Store {
 
     /// Every network, by name.
     pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
-        read_all(&self.dir.join("networks"))
+        read_all(&self.dir.join("networks"))?
+            .into_iter()
+            .map(|n| self.with_ledger(n))
+            .collect()
     }
 
     /// Every sandbox, by name.
@@ -221,64 +285,111 @@ impl Store {
         read_all(&self.dir.join("sandboxes"))
     }
 
-    fn record_file(&self, r: &Record) -> Result<(String, Option<String>), StoreError> {
-        let (path, value) = match r {
-            Record::Network(n) => (
-                network_file(&n.name),
-                serde_json::to_string_pretty(n).map(Some),
-            ),
-            Record::Sandbox(s) => (
-                sandbox_file(&s.name),
-                serde_json::to_string_pretty(s).map(Some),
-            ),
-            Record::NoNetwork(name) => (network_file(name), Ok(None)),
-            Record::NoSandbox(name) => (sandbox_file(name), Ok(None)),
+    /// The settings file of a network: the record without its ledger entries.
+    fn settings_text(&self, n: &Network) -> Result<String, StoreError> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            path: self.network_path(&n.name),
+            reason: e.to_string(),
         };
-        let content = value
-            .map(|c| c.map(|t| t + "\n"))
+        let mut value = serde_json::to_value(n).map_err(corrupt)?;
+        if let Some(o) = value.as_object_mut() {
+            for key in ["allocations", "published", "last_allocated"] {
+                o.remove(key);
+            }
+        }
+        Ok(serde_json::to_string_pretty(&value).map_err(corrupt)? + "\n")
+    }
+
+    fn sandbox_text(&self, sb: &Sandbox) -> Result<String, StoreError> {
+        serde_json::to_string_pretty(sb)
+            .map(|t| t + "\n")
             .map_err(|e| StoreError::Corrupt {
-                path: self.dir.join(&path),
+                path: self.sandbox_path(&sb.name),
                 reason: e.to_string(),
-            })?;
-        Ok((path, content))
+            })
+    }
+
+    /// A network's ledger as it is on disk, with the file's length. A ledger that is mostly dead lines is
+    /// compacted first (call with the lock held).
+    fn current_ledger(&self, name: &str) -> Result<(Ledger, u64), StoreError> {
+        let path = self.ledger_path(name);
+        let Some(text) = read_text(&path)? else {
+            return Ok((Ledger::default(), 0));
+        };
+        let ledger = parse_ledger(&path, &text)?;
+        if !ledger.wants_compaction() {
+            return Ok((ledger, text.len() as u64));
+        }
+        let fresh = ledger.compacted();
+        self.write_text(&path, &fresh)?;
+        Ok((parse_ledger(&path, &fresh)?, fresh.len() as u64))
     }
 
     /// What the files of these records hold now, and what they will hold once the records are written.
+    /// Files that do not change are left out of both.
     pub fn file_states(
         &self,
         records: &[Record],
     ) -> Result<(Vec<FileState>, Vec<FileState>), StoreError> {
         let (mut before, mut after) = (Vec::new(), Vec::new());
+        let mut whole = |path: String, content: Option<String>| -> Result<(), StoreError> {
+            let now = read_text(&self.dir.join(&path))?;
+            if now != content {
+                before.push(FileState::Whole {
+                    path: path.clone(),
+                    content: now,
+                });
+                after.push(FileState::Whole { path, content });
+            }
+            Ok(())
+        };
+        let mut ledgers = Vec::new();
         for r in records {
-            let (path, content) = self.record_file(r)?;
-            let now = match fs::read_to_string(self.dir.join(&path)) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(StoreError::Io {
-                        what: "read state file",
-                        path: self.dir.join(&path),
-                        error: e,
-                    })
+            match r {
+                Record::Network(n) => {
+                    whole(network_file(&n.name), Some(self.settings_text(n)?))?;
+                    ledgers.push(n);
                 }
-            };
-            before.push(FileState {
-                path: path.clone(),
-                content: now,
-            });
-            after.push(FileState { path, content });
+                Record::NoNetwork(name) => {
+                    whole(network_file(name), None)?;
+                    whole(ledger_file(name), None)?;
+                }
+                Record::Sandbox(sb) => whole(sandbox_file(&sb.name), Some(self.sandbox_text(sb)?))?,
+                Record::NoSandbox(name) => whole(sandbox_file(name), None)?,
+            }
+        }
+        for n in ledgers {
+            let (current, len) = self.current_ledger(&n.name)?;
+            let append = current.changes_to(n);
+            if !append.is_empty() {
+                let path = ledger_file(&n.name);
+                before.push(FileState::Ledger {
+                    path: path.clone(),
+                    len,
+                    append: String::new(),
+                });
+                after.push(FileState::Ledger { path, len, append });
+            }
         }
         Ok((before, after))
     }
 
-    /// Make the files hold exactly these contents (`None`: removed).
+    /// Make the files hold exactly these contents.
     pub fn set_files(&self, files: &[FileState]) -> Result<(), StoreError> {
         self.ensure_dirs()?;
         for f in files {
-            let path = self.dir.join(&f.path);
-            match &f.content {
-                Some(text) => write_text(&path, text)?,
-                None => remove(&path)?,
+            match f {
+                FileState::Whole {
+                    path,
+                    content: Some(text),
+                } => self.write_text(&self.dir.join(path), text)?,
+                FileState::Whole {
+                    path,
+                    content: None,
+                } => remove(&self.dir.join(path))?,
+                FileState::Ledger { path, len, append } => {
+                    append_at(&self.dir.join(path), *len, append)?
+                }
             }
         }
         Ok(())
@@ -286,9 +397,16 @@ impl Store {
 
     /// Whether the files hold exactly these contents.
     pub fn files_are(&self, files: &[FileState]) -> bool {
-        files
-            .iter()
-            .all(|f| fs::read_to_string(self.dir.join(&f.path)).ok() == f.content)
+        files.iter().all(|f| match f {
+            FileState::Whole { path, content } => {
+                fs::read_to_string(self.dir.join(path)).ok() == *content
+            }
+            FileState::Ledger { path, len, append } => {
+                fs::read(self.dir.join(path)).is_ok_and(|b| {
+                    b.len() as u64 == len + append.len() as u64 && b.ends_with(append.as_bytes())
+                })
+            }
+        })
     }
 
     /// Record a command in flight; returns the intent file, flocked, to remove when it is done.
@@ -300,7 +418,11 @@ impl Store {
             .create(&dir)
             .map_err(io_err("create state directory", &dir))?;
         let path = dir.join(format!("{}.json", std::process::id()));
-        write_atomic(&path, intent)?;
+        let text = serde_json::to_string_pretty(intent).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.write_text(&path, &(text + "\n"))?;
         // Locked only after the rename, so the lock is on the file recovery will open.
         let file = File::open(&path).map_err(io_err("open intent", &path))?;
         flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
@@ -338,16 +460,11 @@ impl Store {
     /// Remove the temp files of writes that were killed before their rename (call with the lock held: then
     /// no write is in flight).
     pub fn remove_stale_temp_files(&self) -> Result<(), StoreError> {
-        for sub in ["networks", "sandboxes", "intents"] {
-            let Ok(entries) = fs::read_dir(self.dir.join(sub)) else {
-                continue;
-            };
-            for e in entries.filter_map(|e| e.ok()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') && name.ends_with(".tmp") {
-                    remove(&e.path())?;
-                }
-            }
+        let Ok(entries) = fs::read_dir(self.dir.join("tmp")) else {
+            return Ok(());
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            remove(&e.path())?;
         }
         Ok(())
     }
@@ -370,7 +487,7 @@ impl Store {
         if has_files("intents") {
             return Ok(());
         }
-        for sub in ["networks", "sandboxes", "intents"] {
+        for sub in ["networks", "sandboxes", "intents", "tmp"] {
             let _ = fs::remove_dir(self.dir.join(sub));
         }
         let _ = fs::remove_file(self.dir.join("lock"));
@@ -382,6 +499,11 @@ impl Store {
 /// Where a network's record lives, relative to the state dir.
 fn network_file(name: &str) -> String {
     format!("networks/{name}.json")
+}
+
+/// Where a network's ledger lives, relative to the state dir.
+fn ledger_file(name: &str) -> String {
+    format!("networks/{name}.ledger")
 }
 
 /// Where a sandbox's record lives, relative to the state dir.
@@ -400,17 +522,29 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// A file's text; `None` when there is no such file.
+fn read_text(path: &Path) -> Result<Option<String>, StoreError> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io {
+            what: "read state file",
+            path: path.into(),
+            error: e,
+        }),
+    }
+}
+
+fn parse_ledger(path: &Path, text: &str) -> Result<Ledger, StoreError> {
+    Ledger::parse(text).map_err(|reason| StoreError::Corrupt {
+        path: path.into(),
+        reason,
+    })
+}
+
 fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(StoreError::Io {
-                what: "read state file",
-                path: path.into(),
-                error: e,
-            })
-        }
+    let Some(text) = read_text(path)? else {
+        return Ok(None);
     };
     serde_json::from_str(&text)
         .map(Some)
@@ -446,38 +580,30 @@ fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
     Ok(out)
 }
 
-fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let mut text = serde_json::to_string_pretty(value).map_err(|e| StoreError::Corrupt {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    text.push('\n');
-    write_text(path, &text)
-}
-
-/// Write a file atomically: temp file, fsync, rename, fsync the directory.
-fn write_text(path: &Path, text: &str) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
+/// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty), and sync it.
+fn append_at(path: &Path, len: u64, append: &str) -> Result<(), StoreError> {
+    if len == 0 && append.is_empty() {
+        return remove(path);
+    }
+    let f = OpenOptions::new()
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("write state file", &tmp))?;
-    f.write_all(text.as_bytes())
-        .map_err(io_err("write state file", &tmp))?;
-    f.sync_all().map_err(io_err("sync state file", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("replace state file", path))?;
-    // The rename is durable once the directory is synced too.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync state directory", dir))
+        .open(path)
+        .map_err(io_err("open ledger", path))?;
+    f.set_len(len).map_err(io_err("truncate ledger", path))?;
+    std::os::unix::fs::FileExt::write_all_at(&f, append.as_bytes(), len)
+        .map_err(io_err("append to ledger", path))?;
+    f.sync_data().map_err(io_err("sync ledger", path))?;
+    if len == 0 {
+        // A new file: its directory entry must be durable too.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync state directory", dir))?;
+    }
+    Ok(())
 }
 
 fn remove(path: &Path) -> Result<(), StoreError> {
@@ -537,6 +663,55 @@ mod tests {
         // A lock taken and dropped on an empty store leaves nothing either.
         drop(store.lock().unwrap());
         assert!(!store.dir().exists());
+    }
+
+    #[test]
+    fn a_ledger_grows_by_lines_rolls_back_by_truncation_and_stays_small() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let _lock = store.lock().unwrap();
+        let empty = net("a");
+        write(&store, vec![Record::Network(empty.clone())]);
+        let mut n = empty.clone();
+        let ip: std::net::Ipv4Addr = "10.89.0.2".parse().unwrap();
+        n.allocations.insert(ip, "s".into());
+        n.last_allocated = Some(ip);
+        let (before, after) = store.file_states(&[Record::Network(n.clone())]).unwrap();
+        // The settings did not change: only one line goes to the ledger.
+        assert_eq!(
+            after,
+            vec![FileState::Ledger {
+                path: "networks/a.ledger".into(),
+                len: 0,
+                append: "+ip 10.89.0.2 s\n".into()
+            }]
+        );
+        store.set_files(&after).unwrap();
+        assert!(store.files_are(&after));
+        assert_eq!(store.network("a").unwrap(), Some(n.clone()));
+        assert!(!fs::read_to_string(store.network_path("a"))
+            .unwrap()
+            .contains("10.89.0.2"));
+        // Rolling back truncates to where the command started: here, no ledger at all.
+        store.set_files(&before).unwrap();
+        assert_eq!(store.network("a").unwrap(), Some(empty));
+        assert!(!store.ledger_path("a").exists());
+
+        // Hand out and give back 500 addresses: the file is compacted as it goes.
+        for i in 0..500u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a59_0002 + i % 250);
+            n.allocations.insert(ip, format!("t{i}"));
+            n.last_allocated = Some(ip);
+            write(&store, vec![Record::Network(n.clone())]);
+            n.allocations.remove(&ip);
+            write(&store, vec![Record::Network(n.clone())]);
+        }
+        assert_eq!(store.network("a").unwrap(), Some(n.clone()));
+        let lines = fs::read_to_string(store.ledger_path("a"))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines <= 70, "{lines} lines");
     }
 
     #[test]

@@ -1,0 +1,307 @@
+//! A network's ledger: the addresses and ports it has handed out, kept apart from its settings so that handing
+//! one out costs one appended line, not a rewrite of every entry (which made the 1,000th sandbox pay for the
+//! 999 before it).
+//!
+//! `networks/NAME.ledger` is plain text, one entry per line, oldest first:
+//! ```text
+//! +ip 10.88.0.5 web            address 10.88.0.5 is held by sandbox web
+//! -ip 10.88.0.5                it is free again
+//! +port web tcp * 8080 80 1    host port 8080 (any host address) leads to port 80 of web; 1 port
+//! -port web tcp * 8080 80 1    that mapping is gone
+//! cursor 10.88.0.5             the address handed out last (next fit); also set by each +ip
+//! ```
+//! Lines are only appended under the state lock, and a command's appends are undone by truncating back to
+//! the length it started from. Once dead lines outnumber live ones the file is rewritten with the live
+//! entries only (atomically, under the lock, with no command in flight).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use crate::model::{Network, Published};
+use crate::portmap::{PortMapping, Proto};
+
+/// The entries of a ledger file, as the network record holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub allocations: BTreeMap<Ipv4Addr, String>,
+    pub published: Vec<Published>,
+    pub cursor: Option<Ipv4Addr>,
+    /// Lines in the file, live or dead: the file is compacted when most are dead.
+    pub lines: usize,
+}
+
+impl Ledger {
+    /// Read a ledger's text. Errors name the line.
+    pub fn parse(text: &str) -> Result<Ledger, String> {
+        let mut l = Ledger::default();
+        for (n, line) in text.lines().enumerate() {
+            l.apply(line)
+                .map_err(|e| format!("line {}: {e}: '{line}'", n + 1))?;
+            l.lines += 1;
+        }
+        Ok(l)
+    }
+
+    fn apply(&mut self, line: &str) -> Result<(), String> {
+        let mut f = line.split(' ');
+        let kind = f.next().unwrap_or_default();
+        let rest: Vec<&str> = f.collect();
+        match (kind, rest.as_slice()) {
+            ("+ip", [ip, sandbox]) => {
+                let ip = addr(ip)?;
+                self.allocations.insert(ip, (*sandbox).to_string());
+                self.cursor = Some(ip);
+            }
+            ("-ip", [ip]) => {
+                self.allocations.remove(&addr(ip)?);
+            }
+            ("+port", [sandbox, m @ ..]) => self.published.push(Published {
+                sandbox: (*sandbox).to_string(),
+                mapping: mapping(m)?,
+            }),
+            ("-port", [sandbox, m @ ..]) => {
+                let gone = Published {
+                    sandbox: (*sandbox).to_string(),
+                    mapping: mapping(m)?,
+                };
+                if let Some(i) = self.published.iter().position(|p| *p == gone) {
+                    self.published.remove(i);
+                }
+            }
+            ("cursor", [ip]) => self.cursor = Some(addr(ip)?),
+            _ => return Err("not a ledger entry".into()),
+        }
+        Ok(())
+    }
+
+    /// Whether rewriting the file would drop more lines than it keeps.
+    pub fn wants_compaction(&self) -> bool {
+        let live = self.allocations.len() + self.published.len() + 1;
+        self.lines > 64 && self.lines > 2 * live
+    }
+
+    /// The lines that turn this ledger into `net`'s entries (empty when they already agree).
+    pub fn changes_to(&self, net: &Network) -> String {
+        let mut out = String::new();
+        for (ip, owner) in &self.allocations {
+            if net.allocations.get(ip) != Some(owner) {
+                let _ = writeln!(out, "-ip {ip}");
+            }
+        }
+        let mut kept = self.published.clone();
+        for p in &self.published {
+            if !net.published.contains(p) {
+                let _ = writeln!(out, "-port {}", port_entry(p));
+                if let Some(i) = kept.iter().position(|k| k == p) {
+                    kept.remove(i);
+                }
+            }
+        }
+        let mut cursor = self.cursor;
+        for (ip, owner) in &net.allocations {
+            if self.allocations.get(ip) != Some(owner) {
+                let _ = writeln!(out, "+ip {ip} {owner}");
+                cursor = Some(*ip);
+            }
+        }
+        for p in &net.published {
+            match kept.iter().position(|k| k == p) {
+                Some(i) => {
+                    kept.remove(i);
+                }
+                None => {
+                    let _ = writeln!(out, "+port {}", port_entry(p));
+                }
+            }
+        }
+        if let Some(want) = net.last_allocated {
+            if cursor != Some(want) {
+                let _ = writeln!(out, "cursor {want}");
+            }
+        }
+        out
+    }
+
+    /// The live entries only, as the text of a fresh file.
+    pub fn compacted(&self) -> String {
+        let mut out = String::new();
+        for (ip, owner) in &self.allocations {
+            let _ = writeln!(out, "+ip {ip} {owner}");
+        }
+        for p in &self.published {
+            let _ = writeln!(out, "+port {}", port_entry(p));
+        }
+        if let Some(c) = self.cursor {
+            let _ = writeln!(out, "cursor {c}");
+        }
+        out
+    }
+
+    /// Put these entries into the network record.
+    pub fn fill(self, net: &mut Network) {
+        net.allocations.extend(self.allocations);
+        net.published.extend(self.published);
+        if self.cursor.is_some() {
+            net.last_allocated = self.cursor;
+        }
+    }
+}
+
+fn port_entry(p: &Published) -> String {
+    let m = &p.mapping;
+    let host_ip = m.host_ip.map_or("*".to_string(), |ip| ip.to_string());
+    format!(
+        "{} {} {host_ip} {} {} {}",
+        p.sandbox, m.protocol, m.host_port, m.container_port, m.count
+    )
+}
+
+fn addr(text: &str) -> Result<Ipv4Addr, String> {
+    text.parse()
+        .map_err(|_| format!("'{text}' is not an IPv4 address"))
+}
+
+fn port(text: &str) -> Result<u16, String> {
+    text.parse()
+        .map_err(|_| format!("'{text}' is not a port number"))
+}
+
+fn mapping(fields: &[&str]) -> Result<PortMapping, String> {
+    let [proto, host_ip, host_port, container_port, count] = fields else {
+        return Err("a port entry has 5 fields after the sandbox".into());
+    };
+    Ok(PortMapping {
+        protocol: match *proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            other => return Err(format!("'{other}' is not tcp or udp")),
+        },
+        host_ip: match *host_ip {
+            "*" => None,
+            ip => Some(addr(ip)?),
+        },
+        host_port: port(host_port)?,
+        container_port: port(container_port)?,
+        count: port(count)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> Network {
+        Network::bridge(
+            "n",
+            "10.89.0.0/24".parse().unwrap(),
+            "10.89.0.1".parse().unwrap(),
+            "nsnet0",
+        )
+    }
+
+    fn published(sandbox: &str, host_port: u16) -> Published {
+        Published {
+            sandbox: sandbox.into(),
+            mapping: PortMapping {
+                host_ip: None,
+                host_port,
+                container_port: 80,
+                count: 1,
+                protocol: Proto::Tcp,
+            },
+        }
+    }
+
+    /// Apply `changes_to` to a ledger's text, the way the store appends it.
+    fn step(text: &mut String, want: &Network) -> Ledger {
+        let l = Ledger::parse(text).unwrap();
+        text.push_str(&l.changes_to(want));
+        let after = Ledger::parse(text).unwrap();
+        let mut got = Network { ..want.clone() };
+        got.allocations.clear();
+        got.published.clear();
+        got.last_allocated = None;
+        after.clone().fill(&mut got);
+        assert_eq!(&got, want, "ledger text:\n{text}");
+        after
+    }
+
+    #[test]
+    fn appends_only_what_changed_and_reads_back() {
+        let mut text = String::new();
+        let mut n = net();
+        for i in 2..6u8 {
+            let ip = Ipv4Addr::new(10, 89, 0, i);
+            n.allocations.insert(ip, format!("s{i}"));
+            n.published
+                .push(published(&format!("s{i}"), 8000 + u16::from(i)));
+            n.last_allocated = Some(ip);
+            let before = text.len();
+            step(&mut text, &n);
+            // One address and one port: two lines, whatever came before.
+            assert_eq!(text[before..].lines().count(), 2, "{text}");
+        }
+        n.release("s3");
+        step(&mut text, &n);
+        assert!(
+            text.ends_with("-ip 10.89.0.3\n-port s3 tcp * 8003 80 1\n"),
+            "{text}"
+        );
+        // The cursor stays where it was when an earlier address is taken again.
+        n.allocations
+            .insert(Ipv4Addr::new(10, 89, 0, 3), "t".into());
+        step(&mut text, &n);
+        assert!(
+            text.ends_with("+ip 10.89.0.3 t\ncursor 10.89.0.5\n"),
+            "{text}"
+        );
+        // Nothing changed: nothing to append.
+        assert_eq!(Ledger::parse(&text).unwrap().changes_to(&n), "");
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_entries_and_the_cursor() {
+        let mut text = String::new();
+        let mut n = net();
+        for round in 0..40u8 {
+            let ip = Ipv4Addr::new(10, 89, 0, 2 + round);
+            n.allocations.insert(ip, "x".into());
+            n.last_allocated = Some(ip);
+            step(&mut text, &n);
+            n.release("x");
+            step(&mut text, &n);
+        }
+        n.allocations
+            .insert(Ipv4Addr::new(10, 89, 0, 100), "keep".into());
+        let l = step(&mut text, &n);
+        assert!(l.wants_compaction());
+        let fresh = l.compacted();
+        // The cursor is where the last hand-out left it, not at the address given by hand.
+        assert_eq!(fresh, "+ip 10.89.0.100 keep\ncursor 10.89.0.41\n");
+        assert_eq!(
+            Ledger {
+                lines: 0,
+                ..Ledger::parse(&fresh).unwrap()
+            },
+            Ledger { lines: 0, ..l }
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        for (text, what) in [
+            ("+ip 10.89.0.2\n", "line 1"),
+            (
+                "+ip 10.89.0.2 a\n+ip 300.1.1.1 b\n",
+                "line 2: '300.1.1.1' is not an IPv4 address",
+            ),
+            ("+port a sctp * 1 2 1\n", "'sctp' is not tcp or udp"),
+            ("+port a tcp * 1 2\n", "5 fields"),
+            ("hello\n", "not a ledger entry"),
+        ] {
+            let e = Ledger::parse(text).unwrap_err();
+            assert!(e.contains(what), "{text:?}: {e}");
+        }
+    }
+}
