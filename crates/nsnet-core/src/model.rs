@@ -108,7 +108,7 @@ impl NetOptions {
 }
 
 /// One entry of a network's published-port ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Published {
     pub sandbox: String,
     pub mapping: PortMapping,

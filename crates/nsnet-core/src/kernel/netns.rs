@@ -202,7 +202,9 @@ pub fn command_in(cmd: &mut Command, fd: OwnedFd) {
 fn ensure_dir() -> Result<(), KernelError> {
     let dir = Path::new(NETNS_DIR);
     fs::create_dir_all(dir).map_err(|e| KernelError::io(format!("create {NETNS_DIR}"), e))?;
-    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+    // Only /run/netns itself: mounts made under a shared mount are shared already, and MS_REC would walk
+    // every namespace mounted there (a cost that grows with each sandbox).
+    let shared = MsFlags::MS_SHARED;
     match mount(None::<&str>, dir, Some("none"), shared, None::<&str>) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EINVAL) => {

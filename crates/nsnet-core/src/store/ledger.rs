@@ -14,7 +14,7 @@
 //! the length it started from. Once dead lines outnumber live ones the file is rewritten with the live
 //! entries only (atomically, under the lock, with no command in flight).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -89,13 +89,19 @@ impl Ledger {
                 let _ = writeln!(out, "-ip {ip}");
             }
         }
-        let mut kept = self.published.clone();
+        // Ports as multisets: +1 for each wanted, -1 for each held. Hashing keeps this linear: a network with
+        // thousands of ports pays per line changed, not per pair of entries.
+        let mut balance: HashMap<&Published, isize> = HashMap::new();
+        for p in &net.published {
+            *balance.entry(p).or_default() += 1;
+        }
         for p in &self.published {
-            if !net.published.contains(p) {
+            *balance.entry(p).or_default() -= 1;
+        }
+        for p in &self.published {
+            if let Some(b) = balance.get_mut(p).filter(|b| **b < 0) {
+                *b += 1;
                 let _ = writeln!(out, "-port {}", port_entry(p));
-                if let Some(i) = kept.iter().position(|k| k == p) {
-                    kept.remove(i);
-                }
             }
         }
         let mut cursor = self.cursor;
@@ -106,13 +112,9 @@ impl Ledger {
             }
         }
         for p in &net.published {
-            match kept.iter().position(|k| k == p) {
-                Some(i) => {
-                    kept.remove(i);
-                }
-                None => {
-                    let _ = writeln!(out, "+port {}", port_entry(p));
-                }
+            if let Some(b) = balance.get_mut(p).filter(|b| **b > 0) {
+                *b -= 1;
+                let _ = writeln!(out, "+port {}", port_entry(p));
             }
         }
         if let Some(want) = net.last_allocated {

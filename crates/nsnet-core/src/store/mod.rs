@@ -3,7 +3,8 @@
 //! ```text
 //! STATE_DIR/              0700
 //!   lock                  flock(2): one writer at a time (readers take it shared)
-//!   intents/PID.json      a command in flight, flocked by its process while it lives
+//!   intents/N.json        intent slots: a command in flight, flocked by its process while it lives; empty
+//!                         when free (reused, so commands do not create and delete a file each)
 //!   networks/NAME.json    a network's settings
 //!   networks/NAME.ledger  the addresses and ports it has handed out, one line each (see [`ledger`])
 //!   sandboxes/NAME.json   a sandbox and its endpoints
@@ -91,7 +92,7 @@ pub enum Teardown {
 #[derive(Debug)]
 pub struct IntentFile {
     pub path: PathBuf,
-    _file: File,
+    file: File,
 }
 
 /// A state-dir failure, naming the file involved.
@@ -409,7 +410,9 @@ impl Store {
         })
     }
 
-    /// Record a command in flight; returns the intent file, flocked, to remove when it is done.
+    /// Record a command in flight, in the first free intent slot; returns it flocked, to clear when done.
+    /// The slot is written in place: a command killed mid-write has done nothing yet, and recovery discards the
+    /// torn intent it leaves.
     pub fn put_intent(&self, intent: &Intent) -> Result<IntentFile, StoreError> {
         let dir = self.dir.join("intents");
         fs::DirBuilder::new()
@@ -417,19 +420,44 @@ impl Store {
             .mode(0o700)
             .create(&dir)
             .map_err(io_err("create state directory", &dir))?;
-        let path = dir.join(format!("{}.json", std::process::id()));
         let text = serde_json::to_string_pretty(intent).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
+            path: dir.clone(),
             reason: e.to_string(),
-        })?;
-        self.write_text(&path, &(text + "\n"))?;
-        // Locked only after the rename, so the lock is on the file recovery will open.
-        let file = File::open(&path).map_err(io_err("open intent", &path))?;
-        flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
-        Ok(IntentFile { path, _file: file })
+        })? + "\n";
+        for slot in 0.. {
+            let path = dir.join(format!("{slot}.json"));
+            let existed = path.exists();
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err("open intent", &path))?;
+            match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_err("lock", &path)(e)),
+            }
+            // A killed command's intent is recovery's to finish, never to overwrite.
+            if file.metadata().map_err(io_err("stat intent", &path))?.len() != 0 {
+                continue;
+            }
+            std::os::unix::fs::FileExt::write_all_at(&file, text.as_bytes(), 0)
+                .map_err(io_err("write intent", &path))?;
+            file.sync_data().map_err(io_err("sync intent", &path))?;
+            if !existed {
+                File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err("sync state directory", &dir))?;
+            }
+            return Ok(IntentFile { path, file });
+        }
+        unreachable!("the slot loop only ends by returning")
     }
 
     /// Every intent left by a command that is no longer running (its flock is free), flocked for the caller.
+    /// A torn one (its command was killed while writing it, before touching anything) is cleared on the way.
     pub fn intents(&self) -> Result<Vec<(IntentFile, Intent)>, StoreError> {
         let dir = self.dir.join("intents");
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -440,7 +468,7 @@ impl Store {
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }
-            let file = match File::open(&path) {
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err("open intent", &path)(e)),
@@ -450,8 +478,14 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(io_err("lock", &path)(e)),
             }
-            if let Some(intent) = read(&path)? {
-                out.push((IntentFile { path, _file: file }, intent));
+            let text = fs::read_to_string(&path).map_err(io_err("read intent", &path))?;
+            if text.is_empty() {
+                continue;
+            }
+            let slot = IntentFile { path, file };
+            match serde_json::from_str(&text) {
+                Ok(intent) => out.push((slot, intent)),
+                Err(_) => self.remove_intent(slot)?,
             }
         }
         Ok(out)
@@ -469,9 +503,12 @@ impl Store {
         Ok(())
     }
 
-    /// The intent is dealt with.
+    /// The intent is dealt with: its slot is free again.
     pub fn remove_intent(&self, intent: IntentFile) -> Result<(), StoreError> {
-        remove(&intent.path)
+        intent
+            .file
+            .set_len(0)
+            .map_err(io_err("clear intent", &intent.path))
     }
 
     /// Remove the state dir itself when it holds no networks and no sandboxes (called with the lock held).
@@ -484,8 +521,19 @@ impl Store {
         if has_files("networks") || has_files("sandboxes") {
             return Ok(());
         }
-        if has_files("intents") {
-            return Ok(());
+        // Free intent slots go with the store; one in use (or left by a killed command) keeps it.
+        if let Ok(slots) = fs::read_dir(self.dir.join("intents")) {
+            for slot in slots.filter_map(|e| e.ok()) {
+                let path = slot.path();
+                let free = File::open(&path).is_ok_and(|f| {
+                    flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok()
+                        && f.metadata().is_ok_and(|m| m.len() == 0)
+                });
+                if !free {
+                    return Ok(());
+                }
+                remove(&path)?;
+            }
         }
         for sub in ["networks", "sandboxes", "intents", "tmp"] {
             let _ = fs::remove_dir(self.dir.join(sub));

@@ -457,6 +457,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             // Without a network's allocation cursor: it moves on with every address handed out (next fit), so
             // a sandbox created and removed again rightly leaves it elsewhere.
             let text = fs::read_to_string(&p).unwrap_or_default();
+            // A free intent slot: left for the next command to reuse.
+            if rel.starts_with("intents/") && text.is_empty() {
+                continue;
+            }
             if rel.ends_with(".ledger") {
                 // One with nothing live holds only history (and the cursor): the same as none.
                 if let Some(live) = live_ledger(&text) {
