@@ -3,6 +3,7 @@
 
 mod curve;
 mod datapath;
+mod floor;
 mod lifecycle;
 mod peers;
 mod ports;
@@ -118,10 +119,18 @@ pub fn machine() -> String {
     )
 }
 
-const USAGE: &str = "usage: nsnet-bench all [--out bench/results] [--quick]
+const USAGE: &str = "usage: nsnet-bench all [--out bench/results] [--quick] [--only nsnet,netavark,CNI,floor]
        nsnet-bench lifecycle [--reps 30] | concurrent [--creators 16] [--each 8] | curve [--n 1000]
        nsnet-bench datapath [--secs 5] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
        nsnet-bench soak [--cycles 2000]";
+
+/// The positional argument at `i`, as a number.
+fn number_at(args: &[String], i: usize) -> Result<u32> {
+    args.get(i)
+        .context("a number is missing")?
+        .parse()
+        .context("not a number")
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -140,6 +149,14 @@ fn main() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("run as root: the benchmark creates network namespaces");
     }
+    // Run by the benchmark itself, inside a throwaway host, and timed: nothing else first (see floor.rs).
+    if args.first().is_some_and(|a| a == "floor") {
+        return match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("up"), Some(name)) => floor::up(name, number_at(&args, 3)?),
+            (Some("down"), Some(name)) => floor::down(name),
+            _ => bail!("usage: nsnet-bench floor up NAME I | floor down NAME"),
+        };
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let sizes = || -> Result<Vec<u16>> {
         value("--sizes")
@@ -148,7 +165,11 @@ fn main() -> Result<()> {
             .map(|s| s.parse().context("--sizes takes numbers like 1,1000,10000"))
             .collect()
     };
-    let kinds = peers::Kind::available();
+    let mut kinds = peers::Kind::available();
+    if let Some(only) = value("--only") {
+        // A comma-separated list of name fragments: `--only nsnet,floor`.
+        kinds.retain(|k| only.split(',').any(|o| k.name().contains(o)));
+    }
     match args.first().map(String::as_str) {
         Some("all") => {
             let out =
@@ -229,6 +250,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("soak") => soak::soak(number("--cycles", 2000)?),
+
         _ => bail!("{USAGE}"),
     }
 }

@@ -25,6 +25,8 @@ pub enum Kind {
     Netavark(&'static str),
     /// The CNI reference chain: bridge + host-local, then portmap.
     CniChain,
+    /// The kernel floor: the kernel objects of `nsnet create` and nothing else (see `floor.rs`).
+    Floor,
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
                 format!("{} (iptables)", v.trim())
             }
             Kind::CniChain => "CNI bridge + host-local + portmap 1.1.1".into(),
+            Kind::Floor => "kernel floor (nsnet's netlink calls only, no port)".into(),
         }
     }
 
@@ -66,6 +69,7 @@ impl Kind {
         } else {
             eprintln!("{CNI_DIR}/bridge not found (apt-get install containernetworking-plugins): skipping CNI");
         }
+        out.push(Kind::Floor);
         out
     }
 }
@@ -116,6 +120,13 @@ impl Peer {
                 );
             }
         }
+        if kind == Kind::Floor {
+            let ns = p.host.name.as_str();
+            let gw = format!("{}/16", crate::floor::GATEWAY);
+            sh(&["ip", "-n", ns, "link", "add", crate::floor::BRIDGE, "type", "bridge"])?;
+            sh(&["ip", "-n", ns, "addr", "add", &gw, "dev", crate::floor::BRIDGE])?;
+            sh(&["ip", "-n", ns, "link", "set", crate::floor::BRIDGE, "up"])?;
+        }
         Ok(p)
     }
 
@@ -126,13 +137,21 @@ impl Peer {
         c
     }
 
+    /// This benchmark's own `floor` subcommand, in the host.
+    fn floor_cmd(&self) -> Command {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("nsnet-bench"));
+        let mut c = self.host.cmd(&exe.to_string_lossy());
+        c.arg("floor");
+        c
+    }
+
     fn netns(&self, i: usize) -> String {
         format!("/run/netns/{}", self.host.sandbox(i))
     }
 
     /// What the runtime does before asking for a network: make the namespace (not timed).
     pub fn prepare(&self, i: usize) -> Result<()> {
-        if !matches!(self.kind, Kind::Nsnet(_)) {
+        if !matches!(self.kind, Kind::Nsnet(_) | Kind::Floor) {
             sh(&["ip", "netns", "add", &self.host.sandbox(i)])?;
         }
         Ok(())
@@ -140,7 +159,7 @@ impl Peer {
 
     /// After the teardown: remove the namespace the runtime made (not timed).
     pub fn cleanup(&self, i: usize) -> Result<()> {
-        if !matches!(self.kind, Kind::Nsnet(_)) {
+        if !matches!(self.kind, Kind::Nsnet(_) | Kind::Floor) {
             sh(&["ip", "netns", "del", &self.host.sandbox(i)])?;
         }
         Ok(())
@@ -161,6 +180,10 @@ impl Peer {
             Kind::NsnetCni => vec![self.nsnet_cni("ADD", i, port)?],
             Kind::Netavark(bin) => vec![self.netavark(bin, "setup", i, port)?],
             Kind::CniChain => self.cni_chain_add(i, port)?,
+            Kind::Floor => vec![measured(
+                self.floor_cmd().args(["up", &name, &i.to_string()]),
+                None,
+            )?],
         };
         check(&runs, "up")?;
         Ok(runs)
@@ -176,6 +199,10 @@ impl Peer {
             Kind::NsnetCni => vec![self.nsnet_cni("DEL", i, port)?],
             Kind::Netavark(bin) => vec![self.netavark(bin, "teardown", i, port)?],
             Kind::CniChain => self.cni_chain_del(i, port)?,
+            Kind::Floor => vec![measured(
+                self.floor_cmd().args(["down", &self.host.sandbox(i)]),
+                None,
+            )?],
         };
         check(&runs, "down")?;
         Ok(runs)

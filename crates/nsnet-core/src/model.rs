@@ -140,6 +140,28 @@ impl Network {
         }
     }
 
+    /// The network's settings without its ledger (addresses, ports, cursor): what `networks/NAME.json` holds.
+    /// Every field is listed, so a new one cannot be forgotten here.
+    pub fn settings(&self) -> Network {
+        Network {
+            name: self.name.clone(),
+            driver: self.driver,
+            subnet: self.subnet,
+            gateway: self.gateway,
+            interface: self.interface.clone(),
+            internal: self.internal,
+            isolate: self.isolate,
+            options: self.options,
+            mtu: self.mtu,
+            firewall: self.firewall,
+            host_chains: self.host_chains.clone(),
+            allocations: BTreeMap::new(),
+            published: vec![],
+            last_allocated: None,
+            removing: self.removing,
+        }
+    }
+
     /// Whether one more sandbox fits: a bridge takes at most [`MAX_BRIDGE_PORTS`] ports, so a bridge network
     /// stops there (the kernel would refuse the next veth with a bare EXFULL, "Exchange full").
     pub fn has_room(&self) -> Result<(), String> {

@@ -35,41 +35,41 @@ impl Ledger {
     /// Read a ledger's text. Errors name the line.
     pub fn parse(text: &str) -> Result<Ledger, String> {
         let mut l = Ledger::default();
+        // Removed ports are dropped after the pass, not searched for line by line: a long ledger would pay
+        // for every pair. The ledger only ever removes a port it holds, so the result is the same.
+        let mut gone: HashMap<Published, usize> = HashMap::new();
         for (n, line) in text.lines().enumerate() {
-            l.apply(line)
+            l.apply(line, &mut gone)
                 .map_err(|e| format!("line {}: {e}: '{line}'", n + 1))?;
             l.lines += 1;
+        }
+        if !gone.is_empty() {
+            l.published.retain(|p| match gone.get_mut(p) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    false
+                }
+                _ => true,
+            });
         }
         Ok(l)
     }
 
-    fn apply(&mut self, line: &str) -> Result<(), String> {
-        let mut f = line.split(' ');
-        let kind = f.next().unwrap_or_default();
-        let rest: Vec<&str> = f.collect();
-        match (kind, rest.as_slice()) {
-            ("+ip", [ip, sandbox]) => {
+    fn apply(&mut self, line: &str, gone: &mut HashMap<Published, usize>) -> Result<(), String> {
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match kind {
+            "+ip" => {
+                let (ip, sandbox) = two(rest)?;
                 let ip = addr(ip)?;
-                self.allocations.insert(ip, (*sandbox).to_string());
+                self.allocations.insert(ip, sandbox.to_string());
                 self.cursor = Some(ip);
             }
-            ("-ip", [ip]) => {
-                self.allocations.remove(&addr(ip)?);
+            "-ip" => {
+                self.allocations.remove(&addr(rest)?);
             }
-            ("+port", [sandbox, m @ ..]) => self.published.push(Published {
-                sandbox: (*sandbox).to_string(),
-                mapping: mapping(m)?,
-            }),
-            ("-port", [sandbox, m @ ..]) => {
-                let gone = Published {
-                    sandbox: (*sandbox).to_string(),
-                    mapping: mapping(m)?,
-                };
-                if let Some(i) = self.published.iter().position(|p| *p == gone) {
-                    self.published.remove(i);
-                }
-            }
-            ("cursor", [ip]) => self.cursor = Some(addr(ip)?),
+            "+port" => self.published.push(published(rest)?),
+            "-port" => *gone.entry(published(rest)?).or_default() += 1,
+            "cursor" => self.cursor = Some(addr(rest)?),
             _ => return Err("not a ledger entry".into()),
         }
         Ok(())
@@ -81,41 +81,63 @@ impl Ledger {
         self.lines > 64 && self.lines > 2 * live
     }
 
-    /// The lines that turn this ledger into `net`'s entries (empty when they already agree).
+    /// The lines that turn this ledger into `net`'s entries (empty when they already agree). One linear walk
+    /// over each list: a command changes a few entries of thousands, and pays for the walk, not for pairs.
     pub fn changes_to(&self, net: &Network) -> String {
         let mut out = String::new();
-        for (ip, owner) in &self.allocations {
-            if net.allocations.get(ip) != Some(owner) {
-                let _ = writeln!(out, "-ip {ip}");
+        // Addresses: both maps are sorted, so walk them side by side.
+        let (mut held, mut wanted) = (
+            self.allocations.iter().peekable(),
+            net.allocations.iter().peekable(),
+        );
+        let mut added = Vec::new();
+        loop {
+            match (held.peek(), wanted.peek()) {
+                (None, None) => break,
+                (Some((ip, _)), None) => {
+                    let _ = writeln!(out, "-ip {ip}");
+                    held.next();
+                }
+                (None, Some(w)) => {
+                    added.push(*w);
+                    wanted.next();
+                }
+                (Some((hip, howner)), Some((wip, wowner))) => {
+                    if hip < wip {
+                        let _ = writeln!(out, "-ip {hip}");
+                        held.next();
+                    } else if wip < hip {
+                        added.push((*wip, *wowner));
+                        wanted.next();
+                    } else {
+                        if howner != wowner {
+                            let _ = writeln!(out, "-ip {hip}");
+                            added.push((*wip, *wowner));
+                        }
+                        held.next();
+                        wanted.next();
+                    }
+                }
             }
         }
-        // Ports as multisets: +1 for each wanted, -1 for each held. Hashing keeps this linear: a network with
-        // thousands of ports pays per line changed, not per pair of entries.
-        let mut balance: HashMap<&Published, isize> = HashMap::new();
-        for p in &net.published {
-            *balance.entry(p).or_default() += 1;
-        }
+        // Ports: `net`'s list is normally this one with some entries dropped and new ones at the end (the order
+        // they were published in). Walk both: an entry that is not next in `net` is gone; whatever of `net` is
+        // left after the walk is new. Any other order still comes out right, as removals and re-adds.
+        let mut next = 0;
         for p in &self.published {
-            *balance.entry(p).or_default() -= 1;
-        }
-        for p in &self.published {
-            if let Some(b) = balance.get_mut(p).filter(|b| **b < 0) {
-                *b += 1;
+            if net.published.get(next) == Some(p) {
+                next += 1;
+            } else {
                 let _ = writeln!(out, "-port {}", port_entry(p));
             }
         }
         let mut cursor = self.cursor;
-        for (ip, owner) in &net.allocations {
-            if self.allocations.get(ip) != Some(owner) {
-                let _ = writeln!(out, "+ip {ip} {owner}");
-                cursor = Some(*ip);
-            }
+        for (ip, owner) in added {
+            let _ = writeln!(out, "+ip {ip} {owner}");
+            cursor = Some(*ip);
         }
-        for p in &net.published {
-            if let Some(b) = balance.get_mut(p).filter(|b| **b > 0) {
-                *b -= 1;
-                let _ = writeln!(out, "+port {}", port_entry(p));
-            }
+        for p in &net.published[next..] {
+            let _ = writeln!(out, "+port {}", port_entry(p));
         }
         if let Some(want) = net.last_allocated {
             if cursor != Some(want) {
@@ -142,8 +164,16 @@ impl Ledger {
 
     /// Put these entries into the network record.
     pub fn fill(self, net: &mut Network) {
-        net.allocations.extend(self.allocations);
-        net.published.extend(self.published);
+        if net.allocations.is_empty() {
+            net.allocations = self.allocations;
+        } else {
+            net.allocations.extend(self.allocations);
+        }
+        if net.published.is_empty() {
+            net.published = self.published;
+        } else {
+            net.published.extend(self.published);
+        }
         if self.cursor.is_some() {
             net.last_allocated = self.cursor;
         }
@@ -169,24 +199,39 @@ fn port(text: &str) -> Result<u16, String> {
         .map_err(|_| format!("'{text}' is not a port number"))
 }
 
-fn mapping(fields: &[&str]) -> Result<PortMapping, String> {
-    let [proto, host_ip, host_port, container_port, count] = fields else {
-        return Err("a port entry has 5 fields after the sandbox".into());
+/// `A B`: two space-separated fields.
+fn two(text: &str) -> Result<(&str, &str), String> {
+    match text.split_once(' ') {
+        Some((a, b)) if !b.contains(' ') => Ok((a, b)),
+        _ => Err("an address entry has an address and a sandbox".into()),
+    }
+}
+
+/// `SANDBOX PROTO HOST_IP|* HOST_PORT CONTAINER_PORT COUNT`.
+fn published(text: &str) -> Result<Published, String> {
+    let mut f = text.split(' ');
+    let mut field = || f.next().ok_or("a port entry has 6 fields");
+    let sandbox = field()?.to_string();
+    let protocol = match field()? {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => return Err(format!("'{other}' is not tcp or udp")),
     };
-    Ok(PortMapping {
-        protocol: match *proto {
-            "tcp" => Proto::Tcp,
-            "udp" => Proto::Udp,
-            other => return Err(format!("'{other}' is not tcp or udp")),
-        },
-        host_ip: match *host_ip {
-            "*" => None,
-            ip => Some(addr(ip)?),
-        },
-        host_port: port(host_port)?,
-        container_port: port(container_port)?,
-        count: port(count)?,
-    })
+    let host_ip = match field()? {
+        "*" => None,
+        ip => Some(addr(ip)?),
+    };
+    let mapping = PortMapping {
+        protocol,
+        host_ip,
+        host_port: port(field()?)?,
+        container_port: port(field()?)?,
+        count: port(field()?)?,
+    };
+    if f.next().is_some() {
+        return Err("a port entry has 6 fields".into());
+    }
+    Ok(Published { sandbox, mapping })
 }
 
 #[cfg(test)]
@@ -299,7 +344,8 @@ mod tests {
                 "line 2: '300.1.1.1' is not an IPv4 address",
             ),
             ("+port a sctp * 1 2 1\n", "'sctp' is not tcp or udp"),
-            ("+port a tcp * 1 2\n", "5 fields"),
+            ("+port a tcp * 1 2\n", "6 fields"),
+            ("+port a tcp * 1 2 1 9\n", "6 fields"),
             ("hello\n", "not a ledger entry"),
         ] {
             let e = Ledger::parse(text).unwrap_err();

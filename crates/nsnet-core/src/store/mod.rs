@@ -15,6 +15,7 @@
 
 pub mod ledger;
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
@@ -120,7 +121,15 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Ledgers this process has parsed, by path, with the file identity they were parsed at: a command reads
+    /// a ledger to load the network and again to work out what to append, and a long one is worth parsing once.
+    ledgers: std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, (FileId, std::sync::Arc<Ledger>)>>>,
 }
+
+/// Inode, length and modification time: a ledger only grows by appends (or is replaced whole, which changes
+/// the inode), so these name its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64, i64, i64);
 
 /// Held while a command changes state. On drop, a store left with no networks and no sandboxes is removed
 /// altogether (so nothing nsnet made outlives its last object, and a failed first command leaves no trace),
@@ -141,7 +150,10 @@ impl Drop for Lock {
 impl Store {
     /// A store rooted at `dir`. Nothing is created until something is written or locked.
     pub fn new(dir: impl Into<PathBuf>) -> Store {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            ledgers: Default::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -262,11 +274,35 @@ impl Store {
     }
 
     fn with_ledger(&self, mut net: Network) -> Result<Network, StoreError> {
-        let path = self.ledger_path(&net.name);
-        if let Some(text) = read_text(&path)? {
-            parse_ledger(&path, &text)?.fill(&mut net);
+        if let Some((ledger, _)) = self.ledger(&self.ledger_path(&net.name))? {
+            Ledger::clone(&ledger).fill(&mut net);
         }
         Ok(net)
+    }
+
+    /// A ledger file parsed, with its length; `None` when there is none.
+    fn ledger(&self, path: &Path) -> Result<Option<(std::sync::Arc<Ledger>, u64)>, StoreError> {
+        let id = match fs::metadata(path) {
+            Ok(m) => FileId(m.ino(), m.len(), m.mtime(), m.mtime_nsec()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read state file", path)(e)),
+        };
+        let mut cache = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, ledger)) = cache.get(path) {
+            if *seen == id {
+                return Ok(Some((ledger.clone(), id.1)));
+            }
+        }
+        let Some(text) = read_text(path)? else {
+            return Ok(None);
+        };
+        let ledger = std::sync::Arc::new(parse_ledger(path, &text)?);
+        let len = text.len() as u64;
+        // Cached only if the file did not change while it was read.
+        if id.1 == len {
+            cache.insert(path.to_path_buf(), (id, ledger.clone()));
+        }
+        Ok(Some((ledger, len)))
     }
 
     pub fn sandbox(&self, name: &str) -> Result<Option<Sandbox>, StoreError> {
@@ -288,17 +324,12 @@ impl Store {
 
     /// The settings file of a network: the record without its ledger entries.
     fn settings_text(&self, n: &Network) -> Result<String, StoreError> {
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
-            path: self.network_path(&n.name),
-            reason: e.to_string(),
-        };
-        let mut value = serde_json::to_value(n).map_err(corrupt)?;
-        if let Some(o) = value.as_object_mut() {
-            for key in ["allocations", "published", "last_allocated"] {
-                o.remove(key);
-            }
-        }
-        Ok(serde_json::to_string_pretty(&value).map_err(corrupt)? + "\n")
+        serde_json::to_string_pretty(&n.settings())
+            .map(|t| t + "\n")
+            .map_err(|e| StoreError::Corrupt {
+                path: self.network_path(&n.name),
+                reason: e.to_string(),
+            })
     }
 
     fn sandbox_text(&self, sb: &Sandbox) -> Result<String, StoreError> {
@@ -312,18 +343,17 @@ impl Store {
 
     /// A network's ledger as it is on disk, with the file's length. A ledger that is mostly dead lines is
     /// compacted first (call with the lock held).
-    fn current_ledger(&self, name: &str) -> Result<(Ledger, u64), StoreError> {
+    fn current_ledger(&self, name: &str) -> Result<(std::sync::Arc<Ledger>, u64), StoreError> {
         let path = self.ledger_path(name);
-        let Some(text) = read_text(&path)? else {
-            return Ok((Ledger::default(), 0));
+        let Some((ledger, len)) = self.ledger(&path)? else {
+            return Ok((Default::default(), 0));
         };
-        let ledger = parse_ledger(&path, &text)?;
         if !ledger.wants_compaction() {
-            return Ok((ledger, text.len() as u64));
+            return Ok((ledger, len));
         }
         let fresh = ledger.compacted();
         self.write_text(&path, &fresh)?;
-        Ok((parse_ledger(&path, &fresh)?, fresh.len() as u64))
+        Ok((std::sync::Arc::new(parse_ledger(&path, &fresh)?), fresh.len() as u64))
     }
 
     /// What the files of these records hold now, and what they will hold once the records are written.

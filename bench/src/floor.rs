@@ -1,0 +1,52 @@
+//! The kernel floor: what one sandbox costs the kernel alone. `nsnet-bench floor up NAME I` makes exactly the
+//! objects `nsnet create` makes (a named namespace with `lo` up, a veth pair on the bridge with IPv6 off, the
+//! address and the default route), through the same netlink calls, and nothing else: no state, no lock, no
+//! firewall, no checks. `floor down NAME` removes the namespace as `nsnet rm` does for an idle one. The gap
+//! between nsnet and this row is nsnet's own work.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd as _;
+
+use anyhow::{Context as _, Result};
+use ipnet::Ipv4Net;
+use nsnet_core::kernel::{netns, sysctl, Netlink, VethSpec};
+
+/// The bridge the floor's sandboxes join, and its gateway on 10.92.0.0/16.
+pub const BRIDGE: &str = "brfloor";
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 92, 0, 1);
+
+/// Sandbox `i`'s address: from 10.92.0.10 on.
+fn address(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(GATEWAY) + 9 + i)
+}
+
+pub fn up(name: &str, i: u32) -> Result<()> {
+    let mut inside = netns::create(name, None).context("namespace")?;
+    let fd = netns::open(&netns::named_path(name))?;
+    let mut host = Netlink::open()?;
+    let master = host.link_index(BRIDGE)?;
+    let veth = format!("vf{i}");
+    let ip = address(i);
+    let o = ip.octets();
+    host.create_veth(&VethSpec {
+        host: &veth,
+        peer: "eth0",
+        peer_netns: fd.as_fd(),
+        master: Some(master),
+        mtu: 1500,
+        peer_mac: Some([0x02, 0x6e, o[0], o[1], o[2], o[3]]),
+        host_mac: Some([0x02, 0x6f, o[0], o[1], o[2], o[3]]),
+    })?;
+    sysctl::disable_ipv6(&veth)?;
+    host.set_up(&veth)?;
+    inside.no_ipv6_link_local("eth0")?;
+    inside.set_up("eth0")?;
+    inside.add_address("eth0", Ipv4Net::new(ip, 16)?)?;
+    inside.add_default_route("eth0", GATEWAY)?;
+    Ok(())
+}
+
+pub fn down(name: &str) -> Result<()> {
+    netns::delete(name)?;
+    Ok(())
+}
