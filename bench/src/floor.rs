@@ -1,7 +1,7 @@
 //! The kernel floor: what one sandbox costs the kernel alone. `nsnet-bench floor up NAME I` makes exactly the
 //! objects `nsnet create` makes (a named namespace with `lo` up, a veth pair on the bridge with IPv6 off, the
-//! address and the default route), through the same netlink calls, and nothing else: no state, no lock, no
-//! firewall, no checks. `floor down NAME` removes the namespace as `nsnet rm` does for an idle one. The gap
+//! address and the default route), through the same netlink calls in the same order, and nothing else: no
+//! state, no lock, no firewall, no hairpin, no checks. `floor down NAME` removes the namespace as `nsnet rm` does for an idle one. The gap
 //! between nsnet and this row is nsnet's own work.
 
 use std::net::Ipv4Addr;
@@ -38,11 +38,11 @@ pub fn up(name: &str, i: u32) -> Result<()> {
         host_mac: Some([0x02, 0x6f, o[0], o[1], o[2], o[3]]),
     })?;
     sysctl::disable_ipv6(&veth)?;
-    host.set_up(&veth)?;
     inside.no_ipv6_link_local("eth0")?;
-    inside.set_up("eth0")?;
     inside.add_address("eth0", Ipv4Net::new(ip, 16)?)?;
+    inside.set_up("eth0")?;
     inside.add_default_route("eth0", GATEWAY)?;
+    host.set_up(&veth)?;
     Ok(())
 }
 

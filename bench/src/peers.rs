@@ -123,8 +123,26 @@ impl Peer {
         if kind == Kind::Floor {
             let ns = p.host.name.as_str();
             let gw = format!("{}/16", crate::floor::GATEWAY);
-            sh(&["ip", "-n", ns, "link", "add", crate::floor::BRIDGE, "type", "bridge"])?;
-            sh(&["ip", "-n", ns, "addr", "add", &gw, "dev", crate::floor::BRIDGE])?;
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "link",
+                "add",
+                crate::floor::BRIDGE,
+                "type",
+                "bridge",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &gw,
+                "dev",
+                crate::floor::BRIDGE,
+            ])?;
             sh(&["ip", "-n", ns, "link", "set", crate::floor::BRIDGE, "up"])?;
         }
         Ok(p)

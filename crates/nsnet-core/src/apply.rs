@@ -116,11 +116,9 @@ impl Applier {
                     host_mac: Some(host_mac.0),
                 })?;
                 sysctl::disable_ipv6(host)?;
-                nl.set_up(host)?;
-                let inside = self.netlink(peer_ns)?;
-                inside.no_ipv6_link_local(peer)?;
-                inside.set_up(peer)?;
+                self.netlink(peer_ns)?.no_ipv6_link_local(peer)?;
             }
+            Step::LinkUp { ns, name } => self.netlink(ns)?.set_up(name)?,
             Step::DeleteLink { ns, name } => {
                 // A namespace that is gone took its links with it.
                 if let Ns::Path(p) = ns {

@@ -256,13 +256,22 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         dev: ep.interface.clone(),
         addr: ep.address,
     });
+    steps.push(Step::LinkUp {
+        ns: ns.clone(),
+        name: ep.interface.clone(),
+    });
     if ep.default_route {
+        // Accepted while the host end is down (the route is marked linkdown until the carrier comes).
         steps.push(Step::AddDefaultRoute {
             ns: ns.clone(),
             dev: ep.interface.clone(),
             via: ep.gateway,
         });
     }
+    steps.push(Step::LinkUp {
+        ns: Ns::Host,
+        name: ep.host_interface.clone(),
+    });
     let mut fw = Batch::default();
     for rule in endpoint_rules(ep) {
         fw.add(rule);
@@ -362,12 +371,12 @@ mod tests {
         assert!(text.starts_with(
             "ip link add veth12345678 address 02:6f:ac:10:00:66 mtu 1500 master br0 type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
              sysctl -w net.ipv6.conf.veth12345678.disable_ipv6=1\n\
-             ip link set veth12345678 up\n\
              ip -n netns2 link set eth0 addrgenmode none\n\
-             ip -n netns2 link set eth0 up\n\
              ip link set veth12345678 type bridge_slave hairpin on\n\
              ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\
+             ip -n netns2 link set eth0 up\n\
              ip -n netns2 route add default via 172.16.0.100 dev eth0\n\
+             ip link set veth12345678 up\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
         assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));

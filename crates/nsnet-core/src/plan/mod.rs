@@ -51,9 +51,9 @@ pub enum Step {
     /// `ip link add NAME type bridge`, up, with a fixed MAC: a bridge without one takes its lowest port's
     /// address, so the gateway's MAC would change as sandboxes come and go (stale ARP in every sandbox).
     CreateBridge { name: String, mtu: u32, mac: Mac },
-    /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both up. The
-    /// networks are IPv4, so neither end gets an IPv6 address: IPv6 is off on the host end and the peer has no
-    /// link-local address (see [`crate::kernel::sysctl::disable_ipv6`]).
+    /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both left down
+    /// until configured ([`Step::LinkUp`]). The networks are IPv4, so neither end gets an IPv6 address: IPv6 is
+    /// off on the host end and the peer has no link-local address (see [`crate::kernel::sysctl::disable_ipv6`]).
     CreateVeth {
         host: String,
         peer: String,
@@ -63,6 +63,10 @@ pub enum Step {
         peer_mac: Mac,
         host_mac: Mac,
     },
+    /// `ip link set NAME up`. A veth's host end comes up last: the carrier it brings makes the bridge
+    /// re-evaluate every port under the kernel's RTNL lock (a cost that grows with the bridge), and no later
+    /// step of ours then has to wait for that.
+    LinkUp { ns: Ns, name: String },
     /// `ip link del NAME`; a link already gone is fine.
     DeleteLink { ns: Ns, name: String },
     /// `ip addr add ADDR dev DEV`.
@@ -135,12 +139,11 @@ impl Step {
                 format!(
                     "ip link add {host} address {host_mac} mtu {mtu}{master} type veth peer name {peer} address {peer_mac}{netns}\n\
                      sysctl -w net.ipv6.conf.{host}.disable_ipv6=1\n\
-                     ip link set {host} up\n\
-                     {ip} link set {peer} addrgenmode none\n\
-                     {ip} link set {peer} up",
-                    ip = peer_ns.ip()
+                     {} link set {peer} addrgenmode none",
+                    peer_ns.ip()
                 )
             }
+            Step::LinkUp { ns, name } => format!("{} link set {name} up", ns.ip()),
             Step::DeleteLink { ns, name } => format!("{} link del {name}", ns.ip()),
             Step::AddAddress { ns, dev, addr } => format!("{} addr add {addr} dev {dev}", ns.ip()),
             Step::AddDefaultRoute { ns, dev, via } => {

@@ -21,6 +21,7 @@ use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -123,8 +124,11 @@ pub struct Store {
     dir: PathBuf,
     /// Ledgers this process has parsed, by path, with the file identity they were parsed at: a command reads
     /// a ledger to load the network and again to work out what to append, and a long one is worth parsing once.
-    ledgers: std::sync::Arc<std::sync::Mutex<HashMap<PathBuf, (FileId, std::sync::Arc<Ledger>)>>>,
+    ledgers: Arc<Mutex<LedgerCache>>,
 }
+
+/// Parsed ledgers by path, each with the file identity it was parsed at.
+type LedgerCache = HashMap<PathBuf, (FileId, Arc<Ledger>)>;
 
 /// Inode, length and modification time: a ledger only grows by appends (or is replaced whole, which changes
 /// the inode), so these name its content.
@@ -281,7 +285,7 @@ impl Store {
     }
 
     /// A ledger file parsed, with its length; `None` when there is none.
-    fn ledger(&self, path: &Path) -> Result<Option<(std::sync::Arc<Ledger>, u64)>, StoreError> {
+    fn ledger(&self, path: &Path) -> Result<Option<(Arc<Ledger>, u64)>, StoreError> {
         let id = match fs::metadata(path) {
             Ok(m) => FileId(m.ino(), m.len(), m.mtime(), m.mtime_nsec()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -296,7 +300,7 @@ impl Store {
         let Some(text) = read_text(path)? else {
             return Ok(None);
         };
-        let ledger = std::sync::Arc::new(parse_ledger(path, &text)?);
+        let ledger = Arc::new(parse_ledger(path, &text)?);
         let len = text.len() as u64;
         // Cached only if the file did not change while it was read.
         if id.1 == len {
@@ -343,7 +347,7 @@ impl Store {
 
     /// A network's ledger as it is on disk, with the file's length. A ledger that is mostly dead lines is
     /// compacted first (call with the lock held).
-    fn current_ledger(&self, name: &str) -> Result<(std::sync::Arc<Ledger>, u64), StoreError> {
+    fn current_ledger(&self, name: &str) -> Result<(Arc<Ledger>, u64), StoreError> {
         let path = self.ledger_path(name);
         let Some((ledger, len)) = self.ledger(&path)? else {
             return Ok((Default::default(), 0));
@@ -353,7 +357,7 @@ impl Store {
         }
         let fresh = ledger.compacted();
         self.write_text(&path, &fresh)?;
-        Ok((std::sync::Arc::new(parse_ledger(&path, &fresh)?), fresh.len() as u64))
+        Ok((Arc::new(parse_ledger(&path, &fresh)?), fresh.len() as u64))
     }
 
     /// What the files of these records hold now, and what they will hold once the records are written.
