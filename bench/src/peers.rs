@@ -121,29 +121,17 @@ impl Peer {
             }
         }
         if kind == Kind::Floor {
-            let ns = p.host.name.as_str();
             let gw = format!("{}/16", crate::floor::GATEWAY);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "link",
-                "add",
-                crate::floor::BRIDGE,
-                "type",
-                "bridge",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &gw,
-                "dev",
-                crate::floor::BRIDGE,
-            ])?;
-            sh(&["ip", "-n", ns, "link", "set", crate::floor::BRIDGE, "up"])?;
+            let bridge = crate::floor::BRIDGE;
+            for args in [
+                ["link", "add", bridge, "type", "bridge"].as_slice(),
+                &["addr", "add", &gw, "dev", bridge],
+                &["link", "set", bridge, "up"],
+            ] {
+                let mut cmd = vec!["ip", "-n", p.host.name.as_str()];
+                cmd.extend_from_slice(args);
+                sh(&cmd)?;
+            }
         }
         Ok(p)
     }

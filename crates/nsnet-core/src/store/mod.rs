@@ -205,13 +205,7 @@ impl Store {
         let path = self.dir.join("lock");
         loop {
             self.ensure_dirs()?;
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_err("open lock file", &path))?;
+            let file = open_for_writing(&path).map_err(io_err("open lock file", &path))?;
             flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
             // The previous holder may have removed the (empty) store while we waited: then we hold a lock on
             // an unlinked file, and must lock the current one instead.
@@ -461,13 +455,7 @@ impl Store {
         for slot in 0.. {
             let path = dir.join(format!("{slot}.json"));
             let existed = path.exists();
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_err("open intent", &path))?;
+            let file = open_for_writing(&path).map_err(io_err("open intent", &path))?;
             match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -662,18 +650,22 @@ fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
     Ok(out)
 }
 
-/// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty), and sync it.
-fn append_at(path: &Path, len: u64, append: &str) -> Result<(), StoreError> {
-    if len == 0 && append.is_empty() {
-        return remove(path);
-    }
-    let f = OpenOptions::new()
+/// Open a state file for writing, creating it (0600) if missing, never truncating it.
+fn open_for_writing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .open(path)
-        .map_err(io_err("open ledger", path))?;
+}
+
+/// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty), and sync it.
+fn append_at(path: &Path, len: u64, append: &str) -> Result<(), StoreError> {
+    if len == 0 && append.is_empty() {
+        return remove(path);
+    }
+    let f = open_for_writing(path).map_err(io_err("open ledger", path))?;
     f.set_len(len).map_err(io_err("truncate ledger", path))?;
     std::os::unix::fs::FileExt::write_all_at(&f, append.as_bytes(), len)
         .map_err(io_err("append to ledger", path))?;
