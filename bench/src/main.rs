@@ -250,7 +250,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("soak") => soak::soak(number("--cycles", 2000)?),
-
         _ => bail!("{USAGE}"),
     }
 }

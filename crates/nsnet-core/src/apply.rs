@@ -160,6 +160,26 @@ impl Applier {
         Ok(Undo(undo))
     }
 
+    /// Wait until the bridge ports this set-up plan made forward frames (see [`Netlink::wait_forwarding`]), so
+    /// a command returns with its sandbox reachable. Called last, after the rules and records, so the
+    /// kernel's work on the new carrier overlaps nsnet's own. Best effort: the set-up is done and recorded by
+    /// then, and a port still not forwarding after a second (a bridge someone runs STP on takes far longer)
+    /// gets there on its own.
+    pub fn settle(&mut self, plan: &Plan) {
+        for step in &plan.steps {
+            if let Step::CreateVeth {
+                host,
+                master: Some(_),
+                ..
+            } = step
+            {
+                if let Ok(nl) = self.netlink(&Ns::Host) {
+                    let _ = nl.wait_forwarding(host, std::time::Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
     /// Apply a teardown plan best effort: every step runs even when an earlier one failed; all failures are
     /// reported together.
     pub fn teardown(&mut self, plan: &Plan) -> Result<()> {

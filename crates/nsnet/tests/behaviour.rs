@@ -432,3 +432,56 @@ fn sixty_four_commands_at_once() {
     h.ok(&["network", "rm", "n"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// When `create` returns, the sandbox is on the wire: its bridge port forwards (the kernel moves a port there
+/// asynchronously once its carrier comes up, and nsnet waits for that last) and a single ping gets through.
+/// Creates on a second network run meanwhile, so the kernel is busy when each check runs.
+#[test]
+fn create_returns_with_the_sandbox_reachable() {
+    let h = TestHost::new("ready");
+    let empty = h.snapshot();
+    h.ok(&["network", "create", "n", "--subnet", "172.16.9.0/24"]);
+    h.ok(&["network", "create", "busy", "--subnet", "172.16.10.0/24"]);
+    let names: Vec<String> = (0..6).map(|i| h.sb(&format!("r{i}"))).collect();
+    let others: Vec<String> = (0..12).map(|i| h.sb(&format!("o{i}"))).collect();
+    std::thread::scope(|s| {
+        for chunk in others.chunks(6) {
+            let h = &h;
+            s.spawn(move || {
+                for o in chunk {
+                    h.ok(&["create", o, "--network", "busy"]);
+                }
+            });
+        }
+        for name in &names {
+            h.ok(&["create", name, "--network", "n"]);
+            // Every port of the bridge, this sandbox's included, at once: no other command in between.
+            let ports = json(&h.in_host(&["ip", "-d", "-j", "link", "show", "master", "nsbr-n"]));
+            let ports = ports.as_array().expect("ports");
+            assert!(!ports.is_empty());
+            for p in ports {
+                assert_eq!(
+                    p["linkinfo"]["info_slave_data"]["state"], "forwarding",
+                    "after creating {name}: {p}"
+                );
+            }
+        }
+    });
+    for (i, name) in names.iter().enumerate().skip(1) {
+        let addr = h.inspect(name)["endpoints"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .expect("address")
+            .to_string();
+        assert!(
+            probe::ping(&h.sb_path("r0"), ip(&addr)).expect("ping"),
+            "r0 -> r{i}"
+        );
+    }
+    for name in names.iter().chain(&others) {
+        h.ok(&["rm", name]);
+    }
+    h.ok(&["network", "rm", "n"]);
+    h.ok(&["network", "rm", "busy"]);
+    assert_eq!(h.snapshot(), empty);
+}

@@ -15,6 +15,7 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::BridgePortState;
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
     InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -38,6 +39,8 @@ pub struct Link {
     pub master: Option<u32>,
     /// `ip link set NAME alias TEXT`.
     pub alias: Option<String>,
+    /// A bridge port that is forwarding frames.
+    pub forwarding: bool,
 }
 
 /// A default route: its output link and gateway, when it has them.
@@ -297,6 +300,25 @@ impl Netlink {
         Ok(())
     }
 
+    /// Wait (up to `limit`) until the bridge port NAME forwards. The kernel moves a port to forwarding
+    /// when it handles the port's carrier, asynchronously (linkwatch); returns whether it got there.
+    pub fn wait_forwarding(
+        &mut self,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Result<bool, KernelError> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.link(name)?.is_some_and(|l| l.forwarding) {
+                return Ok(true);
+            }
+            if start.elapsed() > limit {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// `ip link set NAME up`.
     pub fn set_up(&mut self, name: &str) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
@@ -488,6 +510,7 @@ fn link_from(l: &LinkMessage) -> Link {
         mtu: None,
         master: None,
         alias: None,
+        forwarding: false,
     };
     for attr in &l.attributes {
         match attr {
@@ -500,6 +523,12 @@ fn link_from(l: &LinkMessage) -> Link {
             LinkAttribute::Mtu(m) => link.mtu = Some(*m),
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+            LinkAttribute::LinkInfo(info) => {
+                link.forwarding = info.iter().any(|i| {
+                    matches!(i, LinkInfo::PortData(InfoPortData::BridgePort(port))
+                        if port.contains(&InfoBridgePort::State(BridgePortState::Forwarding)))
+                })
+            }
             _ => {}
         }
     }

@@ -96,6 +96,7 @@ impl Nsnet {
             });
         }
         self.store.remove_intent(intent)?;
+        applier.settle(&plan);
         Ok(plan)
     }
 

@@ -320,25 +320,6 @@ impl Store {
         read_all(&self.dir.join("sandboxes"))
     }
 
-    /// The settings file of a network: the record without its ledger entries.
-    fn settings_text(&self, n: &Network) -> Result<String, StoreError> {
-        serde_json::to_string_pretty(&n.settings())
-            .map(|t| t + "\n")
-            .map_err(|e| StoreError::Corrupt {
-                path: self.network_path(&n.name),
-                reason: e.to_string(),
-            })
-    }
-
-    fn sandbox_text(&self, sb: &Sandbox) -> Result<String, StoreError> {
-        serde_json::to_string_pretty(sb)
-            .map(|t| t + "\n")
-            .map_err(|e| StoreError::Corrupt {
-                path: self.sandbox_path(&sb.name),
-                reason: e.to_string(),
-            })
-    }
-
     /// A network's ledger as it is on disk, with the file's length. A ledger that is mostly dead lines is
     /// compacted first (call with the lock held).
     fn current_ledger(&self, name: &str) -> Result<(Arc<Ledger>, u64), StoreError> {
@@ -376,14 +357,19 @@ impl Store {
         for r in records {
             match r {
                 Record::Network(n) => {
-                    whole(network_file(&n.name), Some(self.settings_text(n)?))?;
+                    // The settings only: the ledger entries go to the ledger, below.
+                    let text = pretty(&n.settings(), &self.network_path(&n.name))?;
+                    whole(network_file(&n.name), Some(text))?;
                     ledgers.push(n);
                 }
                 Record::NoNetwork(name) => {
                     whole(network_file(name), None)?;
                     whole(ledger_file(name), None)?;
                 }
-                Record::Sandbox(sb) => whole(sandbox_file(&sb.name), Some(self.sandbox_text(sb)?))?,
+                Record::Sandbox(sb) => {
+                    let text = pretty(sb, &self.sandbox_path(&sb.name))?;
+                    whole(sandbox_file(&sb.name), Some(text))?
+                }
                 Record::NoSandbox(name) => whole(sandbox_file(name), None)?,
             }
         }
@@ -448,18 +434,13 @@ impl Store {
             .mode(0o700)
             .create(&dir)
             .map_err(io_err("create state directory", &dir))?;
-        let text = serde_json::to_string_pretty(intent).map_err(|e| StoreError::Corrupt {
-            path: dir.clone(),
-            reason: e.to_string(),
-        })? + "\n";
+        let text = pretty(intent, &dir)?;
         for slot in 0.. {
             let path = dir.join(format!("{slot}.json"));
             let existed = path.exists();
             let file = open_for_writing(&path).map_err(io_err("open intent", &path))?;
-            match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(io_err("lock", &path)(e)),
+            if !try_lock(&file, &path)? {
+                continue;
             }
             // A killed command's intent is recovery's to finish, never to overwrite.
             if file.metadata().map_err(io_err("stat intent", &path))?.len() != 0 {
@@ -495,10 +476,8 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err("open intent", &path)(e)),
             };
-            match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(io_err("lock", &path)(e)),
+            if !try_lock(&file, &path)? {
+                continue;
             }
             let text = fs::read_to_string(&path).map_err(io_err("read intent", &path))?;
             if text.is_empty() {
@@ -590,6 +569,25 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Take an intent's flock without waiting: false when its command still holds it.
+fn try_lock(file: &File, path: &Path) -> Result<bool, StoreError> {
+    match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(io_err("lock", path)(e)),
+    }
+}
+
+/// A record as the pretty JSON text of its file (`path` names it in the error).
+fn pretty<T: Serialize>(value: &T, path: &Path) -> Result<String, StoreError> {
+    serde_json::to_string_pretty(value)
+        .map(|t| t + "\n")
+        .map_err(|e| StoreError::Corrupt {
+            path: path.into(),
+            reason: e.to_string(),
+        })
 }
 
 /// A file's text; `None` when there is no such file.
