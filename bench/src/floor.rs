@@ -1,8 +1,8 @@
 //! The kernel floor: what one sandbox costs the kernel alone. `nsnet-bench floor up NAME I` makes exactly the
 //! objects `nsnet create` makes (a named namespace with `lo` up, a veth pair on the bridge with IPv6 off, the
 //! address and the default route), through the same netlink calls in the same order, and nothing else: no
-//! state, no lock, no firewall, no hairpin, no checks. `floor down NAME` removes the namespace as `nsnet rm` does for an idle one. The gap
-//! between nsnet and this row is nsnet's own work.
+//! state, no lock, no firewall, no hairpin, no checks. `floor down NAME` removes the namespace as `nsnet rm`
+//! does for an idle one. The gap between nsnet and this row is nsnet's own work.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd as _;
@@ -10,6 +10,7 @@ use std::os::fd::AsFd as _;
 use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
 use nsnet_core::kernel::{netns, sysctl, Netlink, VethSpec};
+use nsnet_core::model::Mac;
 
 /// The bridge the floor's sandboxes join, and its gateway on 10.92.0.0/16.
 pub const BRIDGE: &str = "brfloor";
@@ -27,15 +28,15 @@ pub fn up(name: &str, i: u32) -> Result<()> {
     let master = host.link_index(BRIDGE)?;
     let veth = format!("vf{i}");
     let ip = address(i);
-    let o = ip.octets();
+    let mac = Mac::for_ipv4(ip);
     host.create_veth(&VethSpec {
         host: &veth,
         peer: "eth0",
         peer_netns: fd.as_fd(),
         master: Some(master),
         mtu: 1500,
-        peer_mac: Some([0x02, 0x6e, o[0], o[1], o[2], o[3]]),
-        host_mac: Some([0x02, 0x6f, o[0], o[1], o[2], o[3]]),
+        peer_mac: Some(mac.0),
+        host_mac: Some(mac.host_end().0),
     })?;
     sysctl::disable_ipv6(&veth)?;
     inside.no_ipv6_link_local("eth0")?;
