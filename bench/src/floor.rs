@@ -1,14 +1,17 @@
 //! The kernel floor: what one sandbox costs the kernel alone. `nsnet-bench floor up NAME I` makes exactly the
 //! objects `nsnet create` makes (a named namespace with `lo` up, a veth pair on the bridge with IPv6 off, the
-//! address and the default route), through the same netlink calls in the same order, and nothing else: no
-//! state, no lock, no firewall, no hairpin, no checks. `floor down NAME` removes the namespace as `nsnet rm`
-//! does for an idle one. The gap between nsnet and this row is nsnet's own work.
+//! address and the default route, the port on the fast path), through the same netlink and bpf calls in the
+//! same order, and nothing else: no state, no lock, no firewall, no hairpin, no checks. `floor down NAME I`
+//! takes the address off the fast path and removes the namespace as `nsnet rm` does for an idle one;
+//! `floor bridge` gives the bridge its fast path, as `nsnet network create` does. The gap between nsnet and
+//! this row is nsnet's own work.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
+use nsnet_core::kernel::fastpath::FastPath;
 use nsnet_core::kernel::{netns, sysctl, Netlink, VethSpec};
 use nsnet_core::model::Mac;
 
@@ -44,10 +47,27 @@ pub fn up(name: &str, i: u32) -> Result<()> {
     inside.set_up("eth0")?;
     inside.add_default_route("eth0", GATEWAY)?;
     host.set_up(&veth)?;
+    let port = host.link_index(&veth)?;
+    if let Some(fp) = FastPath::of_bridge(&mut host, master)? {
+        fp.add(&mut host, port, ip, mac.0)?;
+    }
     Ok(())
 }
 
-pub fn down(name: &str) -> Result<()> {
+pub fn down(name: &str, i: u32) -> Result<()> {
+    let mut host = Netlink::open()?;
+    let bridge = host.link_index(BRIDGE)?;
+    if let Some(fp) = FastPath::of_bridge(&mut host, bridge)? {
+        fp.remove(address(i))?;
+    }
     netns::delete(name)?;
+    Ok(())
+}
+
+/// The bridge's fast path (its program and empty map), made once before the runs.
+pub fn bridge() -> Result<()> {
+    let mut host = Netlink::open()?;
+    let bridge = host.link_index(BRIDGE)?;
+    FastPath::create(&mut host, bridge)?;
     Ok(())
 }

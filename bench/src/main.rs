@@ -153,8 +153,9 @@ fn main() -> Result<()> {
     if args.first().is_some_and(|a| a == "floor") {
         return match (args.get(1).map(String::as_str), args.get(2)) {
             (Some("up"), Some(name)) => floor::up(name, number_at(&args, 3)?),
-            (Some("down"), Some(name)) => floor::down(name),
-            _ => bail!("usage: nsnet-bench floor up NAME I | floor down NAME"),
+            (Some("down"), Some(name)) => floor::down(name, number_at(&args, 3)?),
+            (Some("bridge"), None) => floor::bridge(),
+            _ => bail!("usage: nsnet-bench floor up NAME I | floor down NAME I | floor bridge"),
         };
     }
     let quick = args.iter().any(|a| a == "--quick");

@@ -39,7 +39,7 @@ impl Kind {
                 format!("{} (iptables)", v.trim())
             }
             Kind::CniChain => "CNI bridge + host-local + portmap 1.1.1".into(),
-            Kind::Floor => "kernel floor (nsnet's netlink calls only, no port)".into(),
+            Kind::Floor => "kernel floor (nsnet's netlink and bpf calls only, no port)".into(),
         }
     }
 
@@ -132,6 +132,10 @@ impl Peer {
                 cmd.extend_from_slice(args);
                 sh(&cmd)?;
             }
+            let out = p.floor_cmd().arg("bridge").output()?;
+            if !out.status.success() {
+                bail!("floor bridge: {}", String::from_utf8_lossy(&out.stderr));
+            }
         }
         Ok(p)
     }
@@ -206,7 +210,8 @@ impl Peer {
             Kind::Netavark(bin) => vec![self.netavark(bin, "teardown", i, port)?],
             Kind::CniChain => self.cni_chain_del(i, port)?,
             Kind::Floor => vec![measured(
-                self.floor_cmd().args(["down", &self.host.sandbox(i)]),
+                self.floor_cmd()
+                    .args(["down", &self.host.sandbox(i), &i.to_string()]),
                 None,
             )?],
         };

@@ -33,6 +33,8 @@ pub struct NetConf {
     pub hairpin_mode: Option<bool>,
     /// Keep other networks' sandboxes out (default true).
     pub isolate: Option<bool>,
+    /// Pod-to-pod IPv4 on the bridge goes veth to veth, skipping the bridge (default true).
+    pub fast_path: Option<bool>,
     /// `nftables` (default), `iptables` or `none`.
     pub firewall: Option<String>,
     /// nsnet's state dir; `NSNET_STATE_DIR`, then /var/lib/nsnet, when absent (shared with the CLI).
@@ -196,6 +198,7 @@ impl NetConf {
             interface: self.bridge.clone(),
             internal: false,
             isolate: self.isolate.unwrap_or(true),
+            fast_path: self.fast_path.unwrap_or(true),
             mtu: self.mtu,
             options: NetOptions {
                 masquerade: self.ip_masq.unwrap_or(true),

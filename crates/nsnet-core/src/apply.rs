@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
+use crate::kernel::fastpath::FastPath;
 use crate::kernel::{netns, sysctl, Netlink, VethSpec};
 use crate::plan::{Ns, Plan, Step};
 
@@ -134,6 +135,47 @@ impl Applier {
             }
             Step::Sysctl { key, value } => sysctl::set(key, value)?,
             Step::SetHairpin { name } => self.netlink(&Ns::Host)?.set_hairpin(name)?,
+            Step::FastPathInit { bridge } => {
+                let nl = self.netlink(&Ns::Host)?;
+                let index = nl.link_index(bridge)?;
+                if FastPath::of_bridge(nl, index)?.is_none() {
+                    FastPath::create(nl, index)?;
+                }
+            }
+            Step::FastPathAdd {
+                bridge,
+                port,
+                peer_ns,
+                ip,
+                mac,
+            } => {
+                // bpf_redirect_peer only reaches a peer in another namespace than the host's.
+                if in_host_namespace(peer_ns)? {
+                    return Ok(());
+                }
+                let nl = self.netlink(&Ns::Host)?;
+                let (Some(br), Some(port)) = (nl.link(bridge)?, nl.link(port)?) else {
+                    // Undoing a removal whose port is gone: there is nothing left to speed up.
+                    return Ok(());
+                };
+                // A bridge made before nsnet had a fast path gets one now.
+                let fp = match FastPath::of_bridge(nl, br.index)? {
+                    Some(fp) => Some(fp),
+                    None => FastPath::create(nl, br.index)?,
+                };
+                if let Some(fp) = fp {
+                    fp.add(nl, port.index, *ip, mac.0)?;
+                }
+            }
+            Step::FastPathRemove { bridge, ip, .. } => {
+                let nl = self.netlink(&Ns::Host)?;
+                let Some(br) = nl.link(bridge)? else {
+                    return Ok(());
+                };
+                if let Some(fp) = FastPath::of_bridge(nl, br.index)? {
+                    fp.remove(*ip)?;
+                }
+            }
             Step::Firewall { backend, batch } => backend.apply(batch)?,
         }
         Ok(())
@@ -193,5 +235,14 @@ impl Applier {
         } else {
             Err(Error::Teardown(errors))
         }
+    }
+}
+
+/// Whether `ns` is the namespace nsnet runs in.
+fn in_host_namespace(ns: &Ns) -> Result<bool> {
+    match ns {
+        Ns::Host => Ok(true),
+        Ns::Path(p) => Ok(netns::identity(p)?
+            == netns::identity(std::path::Path::new("/proc/thread-self/ns/net"))?),
     }
 }

@@ -46,6 +46,10 @@ pub struct Network {
     /// ports stay reachable through the host's addresses).
     #[serde(default = "yes")]
     pub isolate: bool,
+    /// IPv4 between two of this network's sandboxes skips the bridge ([`crate::kernel::fastpath`]); off, every
+    /// frame crosses the bridge and its netfilter hooks. Bridge networks only.
+    #[serde(default = "yes")]
+    pub fast_path: bool,
     /// Switches a CNI configuration can turn off (`ipMasq`, `isGateway`, `hairpinMode`).
     #[serde(default, skip_serializing_if = "NetOptions::is_default")]
     pub options: NetOptions,
@@ -129,6 +133,7 @@ impl Network {
             interface: interface.into(),
             internal: false,
             isolate: true,
+            fast_path: true,
             options: NetOptions::default(),
             mtu: 1500,
             firewall: Default::default(),
@@ -151,6 +156,7 @@ impl Network {
             interface: self.interface.clone(),
             internal: self.internal,
             isolate: self.isolate,
+            fast_path: self.fast_path,
             options: self.options,
             mtu: self.mtu,
             firewall: self.firewall,

@@ -160,6 +160,10 @@ enum NetworkCmd {
         /// reachable through the host's addresses); --isolate=false opts out.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         isolate: bool,
+        /// IPv4 between two sandboxes of the network goes veth to veth, skipping the bridge and its netfilter
+        /// hooks (a tcx program on each bridge port; Linux 6.6+); --fast-path=false sends it all through the bridge.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        fast_path: bool,
         /// MTU of the bridge and of every veth on the network (68-65535, default 1500).
         #[arg(long)]
         mtu: Option<u32>,
@@ -256,6 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bridge,
             internal,
             isolate,
+            fast_path,
             mtu,
         }) => {
             let req = NetworkRequest {
@@ -269,6 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 interface: bridge.clone(),
                 internal: *internal,
                 isolate: *isolate,
+                fast_path: *fast_path,
                 options: Default::default(),
                 mtu: *mtu,
             };

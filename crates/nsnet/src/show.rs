@@ -54,6 +54,10 @@ pub fn network(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
     println!("gateway:    {}", n.gateway);
     println!("interface:  {}", n.interface);
     println!("internal:   {}", n.internal);
+    println!("isolate:    {}", n.isolate);
+    if n.driver == nsnet_core::model::Driver::Bridge {
+        println!("fast path:  {}", n.fast_path);
+    }
     println!("mtu:        {}", n.mtu);
     for (ip, sb) in &n.allocations {
         println!("address:    {ip} -> {sb}");

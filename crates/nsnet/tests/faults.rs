@@ -145,12 +145,12 @@ fn every_teardown_step_rolls_back() {
         sh(&["nsenter", &ns, "ping", "-c1", "-W2", &ip]);
     };
 
-    // Detach: the veth, then the firewall step; then put it back.
+    // Detach: the fast path entry, the veth, then the firewall step; then put it back.
     let steps = fail_every_teardown_step(&h, &["detach", &a, "--network", "n2"], &[&a, &b, &ext]);
-    assert_eq!(steps, 2, "detach");
+    assert_eq!(steps, 3, "detach");
     h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
-    // Sandbox rm while a process is inside a: its two veths one by one, then its namespace, with the firewall
-    // step alongside. Each failure must bring everything back.
+    // Sandbox rm while a process is inside a: its two fast path entries, its two veths one by one, then its
+    // namespace, with the firewall step alongside. Each failure must bring everything back.
     let ns = format!("--net=/run/netns/{a}");
     let mut sleeper = std::process::Command::new("nsenter")
         .args([ns.as_str(), "--", "sleep", "60"])
@@ -158,23 +158,24 @@ fn every_teardown_step_rolls_back() {
         .expect("sleep inside a");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
-    assert_eq!(steps, 4, "rm of a busy sandbox on two networks");
+    assert_eq!(steps, 6, "rm of a busy sandbox on two networks");
     ping(&b, &ext);
     // The process kept the namespace; its veths are gone all the same.
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    // An idle sandbox goes with one unmount (the kernel takes its veths): the firewall step, then the unmount.
+    // An idle sandbox goes with one unmount (the kernel takes its veths): the firewall step, then its two fast
+    // path entries and the unmount.
     h.ok(&["create", &a, "-p", "8080:80"]);
     h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
     let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
-    assert_eq!(steps, 2, "rm of an idle sandbox");
-    // An attached namespace keeps its namespace: veth, then firewall.
+    assert_eq!(steps, 4, "rm of an idle sandbox");
+    // An attached namespace keeps its namespace: fast path entry, veth, then firewall.
     let steps = fail_every_teardown_step(&h, &["rm", &ext], &[&b, &ext]);
-    assert_eq!(steps, 2);
-    sh(&["ip", "netns", "del", &ext]);
-    // network rm --force detaches b (veth), deletes the bridge, then the firewall step.
-    let steps = fail_every_teardown_step(&h, &["network", "rm", "n2", "--force"], &[&b]);
     assert_eq!(steps, 3);
+    sh(&["ip", "netns", "del", &ext]);
+    // network rm --force detaches b (fast path entry, veth), deletes the bridge, then the firewall step.
+    let steps = fail_every_teardown_step(&h, &["network", "rm", "n2", "--force"], &[&b]);
+    assert_eq!(steps, 4);
     assert_eq!(h.inspect(&b)["endpoints"], serde_json::json!([]));
     h.ok(&["rm", &b]);
     // The last network also takes nsnet's tables.

@@ -1,8 +1,10 @@
-//! The only code that changes the host: netlink, network namespaces and sysctls.
+//! The only code that changes the host: netlink, network namespaces, sysctls and the fast path's bpf.
 //!
 //! Everything above this layer works on plain data; the applier in [`crate::apply`] turns plan steps into
 //! calls here and keeps the undo list.
 
+pub mod bpf;
+pub mod fastpath;
 pub mod netlink;
 pub mod netns;
 pub mod sockets;
@@ -10,7 +12,7 @@ pub mod sysctl;
 
 use std::io;
 
-pub use netlink::{Link, Netlink, VethSpec};
+pub use netlink::{Link, Netlink, TcHook, VethSpec};
 
 /// A failure talking to the kernel, with what nsnet was doing at the time.
 #[derive(Debug, thiserror::Error)]

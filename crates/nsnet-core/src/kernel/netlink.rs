@@ -23,6 +23,9 @@ use netlink_packet_route::link::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::tc::{
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -63,6 +66,29 @@ pub struct VethSpec<'a> {
     pub peer_mac: Option<[u8; 6]>,
     pub host_mac: Option<[u8; 6]>,
 }
+
+/// Where on a link a tc filter runs: on the frames it receives, or on those it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcHook {
+    Ingress,
+    Egress,
+}
+
+impl TcHook {
+    /// The clsact qdisc's class for this hook (`ffff:fff2`, `ffff:fff3`).
+    fn parent(self) -> TcHandle {
+        TcHandle {
+            major: 0xffff,
+            minor: match self {
+                TcHook::Ingress => TcHandle::MIN_INGRESS,
+                TcHook::Egress => TcHandle::MIN_EGRESS,
+            },
+        }
+    }
+}
+
+/// The preference (priority) of nsnet's tc filters: first, before any filter added with tc's defaults.
+const FILTER_PREF: u16 = 1;
 
 /// One rtnetlink socket, bound to the namespace it was created in.
 pub struct Netlink {
@@ -331,6 +357,98 @@ impl Netlink {
             0,
         )?;
         Ok(())
+    }
+
+    /// `tc qdisc add dev INDEX clsact`: the hook points tc filters hang on. Already there is fine.
+    pub fn add_clsact(&mut self, index: u32) -> Result<(), KernelError> {
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        msg.header.parent = TcHandle::CLSACT;
+        msg.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self.request(
+            "add a clsact qdisc",
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `tc filter add dev INDEX {ingress|egress} pref 1 handle 1 bpf direct-action fd FD name NAME`, under
+    /// [`Netlink::add_clsact`]. Already there (same preference and handle) is fine.
+    pub fn add_bpf_filter(
+        &mut self,
+        index: u32,
+        hook: TcHook,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), KernelError> {
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = hook.parent();
+        msg.header.handle = TcHandle::from(1u32);
+        // TC_H_MAKE(preference << 16, protocol in network order): every protocol (ETH_P_ALL).
+        msg.header.info = (u32::from(FILTER_PREF) << 16) | u32::from(0x0003u16.to_be());
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        match self.request(
+            &format!("attach bpf program {name} to link {index}"),
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The bpf programs tc runs on link `index` at `hook`: (name given when attached, program id).
+    pub fn bpf_filters(
+        &mut self,
+        index: u32,
+        hook: TcHook,
+    ) -> Result<Vec<(String, u32)>, KernelError> {
+        let mut msg = TcMessage::with_index(index as i32);
+        msg.header.parent = hook.parent();
+        let replies = match self.request(
+            "list tc filters",
+            RouteNetlinkMessage::GetTrafficFilter(msg),
+            NLM_F_DUMP,
+        ) {
+            Ok(r) => r,
+            // No clsact qdisc on the link: no filters.
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::ENOENT)) => vec![],
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewTrafficFilter(m) = reply else {
+                continue;
+            };
+            let (mut name, mut id) = (None, None);
+            for attr in &m.attributes {
+                let TcAttribute::Options(opts) = attr else {
+                    continue;
+                };
+                for opt in opts {
+                    match opt {
+                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.clone()),
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                        _ => {}
+                    }
+                }
+            }
+            if let (Some(name), Some(id)) = (name, id) {
+                out.push((name, id));
+            }
+        }
+        Ok(out)
     }
 
     /// `ip link set NAME type bridge_slave hairpin on`.

@@ -26,6 +26,8 @@ pub struct NetworkRequest {
     pub internal: bool,
     /// Keep sandboxes on other networks from reaching this network's addresses directly.
     pub isolate: bool,
+    /// Sandbox-to-sandbox IPv4 skips the bridge (bridge networks; see [`crate::kernel::fastpath`]).
+    pub fast_path: bool,
     pub mtu: Option<u32>,
     pub options: NetOptions,
 }
@@ -41,6 +43,7 @@ impl NetworkRequest {
             interface: Some(DEFAULT_NETWORK.into()),
             internal: false,
             isolate: true,
+            fast_path: true,
             options: Default::default(),
             mtu: None,
         }
@@ -212,6 +215,7 @@ impl Nsnet {
             interface,
             internal: req.internal,
             isolate: req.isolate,
+            fast_path: req.fast_path && req.driver == Driver::Bridge,
             options: req.options,
             mtu,
             firewall,

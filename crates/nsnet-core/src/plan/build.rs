@@ -59,6 +59,9 @@ pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (V
             mtu: net.mtu,
             mac: Mac::for_ipv4(net.gateway),
         });
+        if let Some(bridge) = fast_path_bridge(net) {
+            steps.push(Step::FastPathInit { bridge });
+        }
         if net.options.host_gateway {
             steps.push(Step::AddAddress {
                 ns: Ns::Host,
@@ -129,7 +132,9 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_o
     if sb.owned && namespace_only {
         let mut restore = vec![create];
         for ep in &sb.endpoints {
-            if let Some(net) = nets.iter().find(|n| n.name == ep.network) {
+            let net = nets.iter().find(|n| n.name == ep.network);
+            leave_fast_path(&mut plan, sb, ep, net);
+            if let Some(net) = net {
                 restore.extend(endpoint_up(net, ep, &ns).0);
             }
         }
@@ -163,6 +168,7 @@ pub fn endpoint_teardown(sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) -> 
         .map(|net| endpoint_up(net, ep, &Ns::Path(sb.netns.clone())).0)
         .unwrap_or_default();
     let mut plan = Plan::default();
+    leave_fast_path(&mut plan, sb, ep, net);
     plan.push_teardown(delete_host_link(&ep.host_interface), restore);
     plan
 }
@@ -272,11 +278,42 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         ns: Ns::Host,
         name: ep.host_interface.clone(),
     });
+    if let Some(bridge) = fast_path_bridge(net) {
+        steps.push(Step::FastPathAdd {
+            bridge,
+            port: ep.host_interface.clone(),
+            peer_ns: ns.clone(),
+            ip: ep.address.addr(),
+            mac: ep.mac,
+        });
+    }
     let mut fw = Batch::default();
     for rule in endpoint_rules(ep) {
         fw.add(rule);
     }
     (steps, fw)
+}
+
+/// The bridge whose fast path the network's sandboxes join, if it has one.
+fn fast_path_bridge(net: &Network) -> Option<String> {
+    (net.driver == Driver::Bridge && net.fast_path).then(|| net.interface.clone())
+}
+
+/// Take the endpoint of sandbox `sb` off its network's fast path, first thing in its teardown (undone by
+/// putting it back).
+fn leave_fast_path(plan: &mut Plan, sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) {
+    if let Some(bridge) = net.and_then(fast_path_bridge) {
+        plan.push_teardown(
+            Step::FastPathRemove {
+                bridge,
+                port: ep.host_interface.clone(),
+                peer_ns: Ns::Path(sb.netns.clone()),
+                ip: ep.address.addr(),
+                mac: ep.mac,
+            },
+            vec![],
+        );
+    }
 }
 
 /// The firewall elements [`endpoint_up`] added, to delete.
@@ -341,6 +378,9 @@ mod tests {
         assert!(text.starts_with(
             "sysctl -w net.ipv4.ip_forward=1\n\
              ip link add br0 address 02:6e:ac:10:00:64 mtu 1500 type bridge\nip link set br0 up\n\
+             tc qdisc add dev br0 clsact\n\
+             # fast path: bpf program nsnet_fastpath (with an empty map of sandboxes) as filter egress pref 1 \
+             handle 1 bpf direct-action on br0\n\
              ip addr add 172.16.0.100/24 dev br0\n\
              sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
              nft -f - <<'EOF'\ntable ip nsnet {\n"
@@ -377,6 +417,9 @@ mod tests {
              ip -n netns2 link set eth0 up\n\
              ip -n netns2 route add default via 172.16.0.100 dev eth0\n\
              ip link set veth12345678 up\n\
+             tc qdisc add dev veth12345678 clsact\n\
+             # fast path: bpf program nsnet_fastpath of br0 as filter ingress pref 1 handle 1 bpf \
+             direct-action on veth12345678; its map: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
         assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
@@ -435,32 +478,62 @@ mod tests {
             removing: false,
         };
         let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), "nsnet:/s", false);
+        let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns());
+        let Some(add @ Step::FastPathAdd { .. }) = up.last() else {
+            panic!("set-up ends by joining the fast path: {up:?}");
+        };
+        let remove = add.undo().expect("undo of FastPathAdd");
         assert_eq!(
             plan.steps,
             vec![
+                remove,
                 delete_host_link("veth12345678"),
                 Step::DeleteNetns {
                     name: "netns2".into()
                 }
             ]
         );
-        // The veth comes back exactly as set-up made it; the namespace before it (undo runs in reverse).
-        assert_eq!(plan.undo_of(0), endpoint_up(&n, &sb.endpoints[0], &ns()).0);
+        // The fast path entry comes back; the veth exactly as set-up made it; the namespace before it (undo
+        // runs in reverse).
+        assert_eq!(plan.undo_of(0), vec![add.clone()]);
+        assert_eq!(plan.undo_of(1), up);
         assert_eq!(
-            plan.undo_of(1),
+            plan.undo_of(2),
             vec![Step::CreateNetns {
                 name: "netns2".into(),
                 owner: "nsnet:/s".into()
             }]
         );
 
-        let plan = network_teardown(&n, &[sb]);
+        let plan = network_teardown(&n, std::slice::from_ref(&sb));
+        assert_eq!(
+            plan.steps[1..],
+            [delete_host_link("veth12345678"), delete_host_link("br0")]
+        );
+        assert!(matches!(plan.undo_of(2)[0], Step::CreateBridge { .. }));
+        assert!(plan.undo_of(2).contains(&Step::FastPathInit {
+            bridge: "br0".into()
+        }));
+        assert!(!plan.undo_of(2).contains(&Step::forwarding()));
+
+        // Without the fast path (or on a point-to-point network) there is nothing to join or leave.
+        let slow = Network {
+            fast_path: false,
+            ..n.clone()
+        };
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&slow), "nsnet:/s", true);
         assert_eq!(
             plan.steps,
-            vec![delete_host_link("veth12345678"), delete_host_link("br0")]
+            vec![Step::DeleteNetns {
+                name: "netns2".into()
+            }]
         );
-        assert!(matches!(plan.undo_of(1)[0], Step::CreateBridge { .. }));
-        assert!(!plan.undo_of(1).contains(&Step::forwarding()));
+        let (up, _) = endpoint_up(&slow, &sb.endpoints[0], &ns());
+        assert!(!up.iter().any(|s| matches!(s, Step::FastPathAdd { .. })));
+        let (up, _) = network_up(&slow, &[], None);
+        assert!(!up.iter().any(|s| matches!(s, Step::FastPathInit { .. })));
+        let (up, _) = endpoint_up(&net(Driver::Veth, false), &sb.endpoints[0], &ns());
+        assert!(!up.iter().any(|s| matches!(s, Step::FastPathAdd { .. })));
     }
 
     #[test]

@@ -79,6 +79,28 @@ pub enum Step {
     /// `ip link set NAME type bridge_slave hairpin on`: a bridge port may send a frame back out the port it
     /// came in on, so a sandbox reaches its own published port through the host's address.
     SetHairpin { name: String },
+    /// Give a new bridge its fast path ([`crate::kernel::fastpath`]): the program and its empty map, as a tc
+    /// egress filter on the bridge. Goes with the bridge, so it needs no undo of its own.
+    FastPathInit { bridge: String },
+    /// Put a sandbox on its network's fast path ([`crate::kernel::fastpath`]): its address, host `port` and
+    /// MAC into the map of `bridge`'s program, and the program on the port (a tc ingress filter). Where the
+    /// kernel or the caller cannot run bpf programs there is no fast path, and the bridge carries everything.
+    FastPathAdd {
+        bridge: String,
+        port: String,
+        peer_ns: Ns,
+        ip: Ipv4Addr,
+        mac: Mac,
+    },
+    /// Take a sandbox's address off its network's fast path; frames from its port then all go to the bridge.
+    /// Already gone is fine. Carries what [`Step::FastPathAdd`] needs to undo it.
+    FastPathRemove {
+        bridge: String,
+        port: String,
+        peer_ns: Ns,
+        ip: Ipv4Addr,
+        mac: Mac,
+    },
     /// One atomic firewall transaction, on the given backend.
     Firewall { backend: Backend, batch: Batch },
 }
@@ -99,6 +121,32 @@ impl Step {
             Step::Firewall { backend, batch } => Some(Step::Firewall {
                 backend: *backend,
                 batch: batch.inverse(),
+            }),
+            Step::FastPathAdd {
+                bridge,
+                port,
+                peer_ns,
+                ip,
+                mac,
+            } => Some(Step::FastPathRemove {
+                bridge: bridge.clone(),
+                port: port.clone(),
+                peer_ns: peer_ns.clone(),
+                ip: *ip,
+                mac: *mac,
+            }),
+            Step::FastPathRemove {
+                bridge,
+                port,
+                peer_ns,
+                ip,
+                mac,
+            } => Some(Step::FastPathAdd {
+                bridge: bridge.clone(),
+                port: port.clone(),
+                peer_ns: peer_ns.clone(),
+                ip: *ip,
+                mac: *mac,
             }),
             _ => None,
         }
@@ -158,6 +206,30 @@ impl Step {
                 format!("sysctl -w {key}={value}")
             }
             Step::SetHairpin { name } => format!("ip link set {name} type bridge_slave hairpin on"),
+            // The program is built in memory and attached by descriptor: tc has no command line for that, so
+            // a comment names the filter.
+            Step::FastPathInit { bridge } => format!(
+                "tc qdisc add dev {bridge} clsact\n\
+                 # fast path: bpf program {name} (with an empty map of sandboxes) as filter egress pref 1 \
+                 handle 1 bpf direct-action on {bridge}",
+                name = crate::kernel::fastpath::NAME
+            ),
+            Step::FastPathAdd {
+                bridge,
+                port,
+                ip,
+                mac,
+                ..
+            } => format!(
+                "tc qdisc add dev {port} clsact\n\
+                 # fast path: bpf program {name} of {bridge} as filter ingress pref 1 handle 1 bpf \
+                 direct-action on {port}; its map: {ip} -> {port} {mac}",
+                name = crate::kernel::fastpath::NAME
+            ),
+            Step::FastPathRemove { bridge, ip, .. } => format!(
+                "# fast path: {ip} off the map of bpf program {} of {bridge}",
+                crate::kernel::fastpath::NAME
+            ),
             Step::Firewall { backend, batch } => backend.render(batch),
         }
     }

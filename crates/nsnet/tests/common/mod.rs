@@ -319,6 +319,7 @@ impl TestHost {
         let mut state = Vec::new();
         walk(&self.state, &self.state, &mut state);
         let namespaces = self.tagged_namespaces();
+        let fast_path = self.fast_path();
         Snapshot {
             links,
             addrs,
@@ -326,7 +327,56 @@ impl TestHost {
             ruleset,
             state,
             namespaces,
+            fast_path,
         }
+    }
+
+    /// The fast path as the kernel holds it in the host namespace: the tcx programs on every link (by name),
+    /// and every bridge's map (address -> port name and MAC). Port indexes are shown as names, since a
+    /// re-created veth gets a new index.
+    pub fn fast_path(&self) -> Vec<String> {
+        use nsnet_core::kernel::fastpath::FastPath;
+        use nsnet_core::kernel::{Netlink, TcHook};
+        let links: Value =
+            serde_json::from_str(&self.in_host(&["ip", "-j", "link"])).expect("ip -j link");
+        let names: std::collections::HashMap<u32, String> = links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| {
+                Some((
+                    l["ifindex"].as_u64()? as u32,
+                    l["ifname"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let name = |i: &u32| names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
+        let fd =
+            nsnet_core::kernel::netns::open(&self.host_path()).expect("open the host namespace");
+        let mut out = nsnet_core::kernel::netns::run_in(&fd, || {
+            let mut nl = Netlink::open().expect("netlink in the host namespace");
+            let mut out = Vec::new();
+            for index in names.keys() {
+                for (hook, side) in [(TcHook::Ingress, "ingress"), (TcHook::Egress, "egress")] {
+                    for (prog, _) in nl.bpf_filters(*index, hook).expect("list tc filters") {
+                        out.push(format!("{} tc {side}: {prog}", name(index)));
+                    }
+                }
+                if let Some(fp) = FastPath::of_bridge(&mut nl, *index).expect("find a fast path") {
+                    for (ip, port, mac) in fp.entries().expect("list a fast path") {
+                        out.push(format!(
+                            "{} fast path: {ip} -> {} {mac:02x?}",
+                            name(index),
+                            name(&port)
+                        ));
+                    }
+                }
+            }
+            out
+        })
+        .expect("enter the host namespace");
+        out.sort();
+        out
     }
 
     /// Wait (up to 3 s) until no nsnet host veth is left that no record owns. `nsnet rm` of an idle namespace
@@ -488,6 +538,7 @@ pub struct Snapshot {
     pub ruleset: String,
     pub state: Vec<String>,
     pub namespaces: Vec<String>,
+    pub fast_path: Vec<String>,
 }
 
 impl Snapshot {
@@ -506,6 +557,7 @@ impl Snapshot {
         field("ruleset", &self.ruleset, &other.ruleset);
         field("state", &self.state, &other.state);
         field("namespaces", &self.namespaces, &other.namespaces);
+        field("fast_path", &self.fast_path, &other.fast_path);
         out
     }
 }

@@ -1,0 +1,408 @@
+//! Raw `bpf(2)`, just what the fast path needs: a hash map, a `sched_cls` program built from instructions,
+//! finding both again by id, and a test run. Attaching the program to devices is tc's business, over
+//! rtnetlink ([`crate::kernel::Netlink::add_bpf_filter`]).
+//!
+//! No libbpf, no BTF, no object files: the one program nsnet loads is a few dozen instructions assembled in
+//! [`crate::kernel::fastpath`], so there is no C toolchain in the build.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+// `enum bpf_cmd` (include/uapi/linux/bpf.h).
+const MAP_CREATE: libc::c_long = 0;
+const MAP_LOOKUP_ELEM: libc::c_long = 1;
+const MAP_UPDATE_ELEM: libc::c_long = 2;
+const MAP_DELETE_ELEM: libc::c_long = 3;
+const MAP_GET_NEXT_KEY: libc::c_long = 4;
+const PROG_LOAD: libc::c_long = 5;
+const PROG_TEST_RUN: libc::c_long = 10;
+const PROG_GET_FD_BY_ID: libc::c_long = 13;
+const MAP_GET_FD_BY_ID: libc::c_long = 14;
+const OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+const MAP_TYPE_HASH: u32 = 1;
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are added, not all up front.
+const F_NO_PREALLOC: u32 = 1;
+const PROG_TYPE_SCHED_CLS: u32 = 3;
+const OBJ_NAME_LEN: usize = 16;
+
+/// Calls `bpf(cmd, attr, sizeof attr)`.
+///
+/// # Safety
+/// `T` must be the `repr(C)` member of `union bpf_attr` that `cmd` reads, with every field the kernel does
+/// not know zeroed, and every pointer in it valid for the length given next to it for the whole call.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    let r = libc::syscall(
+        libc::SYS_bpf,
+        cmd,
+        attr as *mut T,
+        size_of::<T>() as libc::c_uint,
+    );
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// A `bpf()` call that returns a new file descriptor.
+///
+/// # Safety
+/// As [`sys_bpf`]; `cmd` must be one that returns a new descriptor.
+unsafe fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    let fd = sys_bpf(cmd, attr)?;
+    // The kernel just handed us this descriptor; nothing else owns it.
+    Ok(OwnedFd::from_raw_fd(fd as i32))
+}
+
+fn obj_name(name: &str) -> [u8; OBJ_NAME_LEN] {
+    let mut out = [0u8; OBJ_NAME_LEN];
+    // The kernel wants a NUL inside the 16 bytes and only [A-Za-z0-9_.]; callers pass constants.
+    for (o, b) in out.iter_mut().zip(name.bytes().take(OBJ_NAME_LEN - 1)) {
+        *o = b;
+    }
+    out
+}
+
+fn fd_u32(fd: &OwnedFd) -> u32 {
+    fd.as_raw_fd() as u32
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; OBJ_NAME_LEN],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; OBJ_NAME_LEN],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_prog_info`, up to the name; the kernel fills as much as it is given.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; OBJ_NAME_LEN],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u8,
+    /// Destination register in the low nibble, source in the high one.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+/// A BPF map, by its file descriptor.
+#[derive(Debug)]
+pub struct Map(OwnedFd);
+
+impl Map {
+    /// A hash map with fixed-size keys and values, entries allocated as they come.
+    pub fn hash(name: &str, key_size: u32, value_size: u32, max: u32) -> io::Result<Map> {
+        let mut attr = MapCreateAttr {
+            map_type: MAP_TYPE_HASH,
+            key_size,
+            value_size,
+            max_entries: max,
+            map_flags: F_NO_PREALLOC,
+            map_name: obj_name(name),
+            ..Default::default()
+        };
+        // SAFETY: MapCreateAttr is the BPF_MAP_CREATE member; it holds no pointers.
+        unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
+    }
+
+    /// The map with this id, if it still exists.
+    pub fn from_id(id: u32) -> io::Result<Map> {
+        let mut attr = GetByIdAttr {
+            id,
+            ..Default::default()
+        };
+        // SAFETY: GetByIdAttr is the BPF_*_GET_FD_BY_ID member; it holds no pointers.
+        unsafe { sys_bpf_fd(MAP_GET_FD_BY_ID, &mut attr) }.map(Map)
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.0
+    }
+
+    /// Insert or replace `key`. Both slices must have the map's key and value sizes (the kernel reads
+    /// exactly that many bytes), which is checked here.
+    pub fn update(&self, key: &[u8], value: &[u8], sizes: (usize, usize)) -> io::Result<()> {
+        if key.len() != sizes.0 || value.len() != sizes.1 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut attr = ElemAttr {
+            map_fd: fd_u32(&self.0),
+            key: key.as_ptr() as u64,
+            value: value.as_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: ElemAttr is the BPF_MAP_*_ELEM member; key and value point to buffers of the map's sizes
+        // (checked above) that outlive the call, and the kernel only reads them.
+        unsafe { sys_bpf(MAP_UPDATE_ELEM, &mut attr) }.map(drop)
+    }
+
+    /// The value of `key` into `value`; `Ok(false)` when there is none. Slices as for [`Map::update`].
+    pub fn lookup(&self, key: &[u8], value: &mut [u8], sizes: (usize, usize)) -> io::Result<bool> {
+        if key.len() != sizes.0 || value.len() != sizes.1 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut attr = ElemAttr {
+            map_fd: fd_u32(&self.0),
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: as in `update`; the kernel writes exactly value_size bytes into `value`, which is that long.
+        match unsafe { sys_bpf(MAP_LOOKUP_ELEM, &mut attr) } {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every key in the map (`key_size` bytes each), in the map's own order.
+    pub fn keys(&self, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut next = vec![0u8; key_size];
+            let mut attr = ElemAttr {
+                map_fd: fd_u32(&self.0),
+                // No key: start at the first one.
+                key: keys.last().map_or(0, |k| k.as_ptr() as u64),
+                value: next.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            // SAFETY: ElemAttr is the BPF_MAP_GET_NEXT_KEY member (`value` is `next_key`); `key` is null or a
+            // key_size buffer, and `next` is writable for key_size bytes, both alive for the call.
+            match unsafe { sys_bpf(MAP_GET_NEXT_KEY, &mut attr) } {
+                Ok(_) => keys.push(next),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Remove `key`; `Ok(false)` when it was not there.
+    pub fn delete(&self, key: &[u8], key_size: usize) -> io::Result<bool> {
+        if key.len() != key_size {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut attr = ElemAttr {
+            map_fd: fd_u32(&self.0),
+            key: key.as_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: as in `update`, without a value.
+        match unsafe { sys_bpf(MAP_DELETE_ELEM, &mut attr) } {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A loaded BPF program, by its file descriptor.
+#[derive(Debug)]
+pub struct Program(OwnedFd);
+
+/// What the kernel says about a loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramInfo {
+    pub id: u32,
+    pub name: String,
+    /// The maps its instructions use (at most the first four).
+    pub map_ids: Vec<u32>,
+}
+
+impl Program {
+    /// Load a traffic-control classifier (`sched_cls`, for a tc filter in direct-action mode). On a verifier
+    /// rejection the error carries the verifier's log.
+    pub fn load_sched_cls(name: &str, insns: &[Insn], license: &str) -> io::Result<Program> {
+        let license = std::ffi::CString::new(license)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut log = vec![0u8; 64 * 1024];
+        let mut attr = ProgLoadAttr {
+            prog_type: PROG_TYPE_SCHED_CLS,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name: obj_name(name),
+            ..Default::default()
+        };
+        // SAFETY: ProgLoadAttr is the BPF_PROG_LOAD member; `insns` holds insn_cnt repr(C) instructions and
+        // `license` is NUL-terminated, both alive for the call; no log buffer is given.
+        match unsafe { sys_bpf_fd(PROG_LOAD, &mut attr) } {
+            Ok(fd) => return Ok(Program(fd)),
+            Err(e)
+                if e.raw_os_error() != Some(libc::EACCES)
+                    && e.raw_os_error() != Some(libc::EINVAL) =>
+            {
+                return Err(e)
+            }
+            Err(_) => {}
+        }
+        // Rejected: load again with the verifier's log on, to say why.
+        attr.log_level = 1;
+        attr.log_size = log.len() as u32;
+        attr.log_buf = log.as_mut_ptr() as u64;
+        // SAFETY: as above, and `log` is writable for log_size bytes for the call.
+        match unsafe { sys_bpf_fd(PROG_LOAD, &mut attr) } {
+            Ok(fd) => Ok(Program(fd)),
+            Err(e) => {
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                let text = String::from_utf8_lossy(&log[..end]);
+                let last = text.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                Err(io::Error::new(e.kind(), format!("{e}; verifier: {last}")))
+            }
+        }
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.0
+    }
+
+    /// The program with this id, if it still exists.
+    pub fn from_id(id: u32) -> io::Result<Program> {
+        let mut attr = GetByIdAttr {
+            id,
+            ..Default::default()
+        };
+        // SAFETY: GetByIdAttr is the BPF_*_GET_FD_BY_ID member; it holds no pointers.
+        unsafe { sys_bpf_fd(PROG_GET_FD_BY_ID, &mut attr) }.map(Program)
+    }
+
+    pub fn info(&self) -> io::Result<ProgramInfo> {
+        let mut ids = [0u32; 4];
+        let mut info = ProgInfo {
+            nr_map_ids: ids.len() as u32,
+            map_ids: ids.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        let mut attr = InfoAttr {
+            bpf_fd: fd_u32(&self.0),
+            info_len: size_of::<ProgInfo>() as u32,
+            info: &mut info as *mut ProgInfo as u64,
+        };
+        // SAFETY: InfoAttr is the BPF_OBJ_GET_INFO_BY_FD member; `info` is writable for info_len bytes and
+        // its map_ids points to nr_map_ids writable u32s, all alive for the call.
+        unsafe { sys_bpf(OBJ_GET_INFO_BY_FD, &mut attr) }?;
+        let end = info
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(OBJ_NAME_LEN);
+        // The kernel reports how many maps the program uses, possibly more than it copied.
+        let n = (info.nr_map_ids as usize).min(ids.len());
+        Ok(ProgramInfo {
+            id: info.id,
+            name: String::from_utf8_lossy(&info.name[..end]).into_owned(),
+            map_ids: ids[..n].to_vec(),
+        })
+    }
+
+    /// Run the program once on `packet` (an Ethernet frame) as if device `ifindex` had received it; returns
+    /// its verdict. Nothing is sent: a redirect only reports `TC_ACT_REDIRECT`.
+    pub fn test_run(&self, packet: &[u8], ifindex: u32) -> io::Result<u32> {
+        // struct __sk_buff up to and including ifindex (offset 40); the rest stays zero.
+        let mut ctx = [0u32; 12];
+        ctx[10] = ifindex;
+        let mut attr = TestRunAttr {
+            prog_fd: fd_u32(&self.0),
+            data_size_in: packet.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            repeat: 1,
+            ctx_size_in: size_of::<[u32; 12]>() as u32,
+            ctx_in: ctx.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: TestRunAttr is the BPF_PROG_TEST_RUN member; data_in and ctx_in point to buffers of the sizes
+        // given, alive for the call and only read (no data_out / ctx_out given).
+        unsafe { sys_bpf(PROG_TEST_RUN, &mut attr) }?;
+        Ok(attr.retval)
+    }
+}

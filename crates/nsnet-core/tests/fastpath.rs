@@ -1,0 +1,177 @@
+//! The fast path's program on the real kernel: which frames it takes and which it leaves to the bridge,
+//! checked with `BPF_PROG_TEST_RUN` (the kernel runs the program on a frame and reports the verdict without
+//! sending anything). Runs as root in a private network namespace of its own thread, which goes away with
+//! the thread and takes the bridge, the ports, the program and the map with it.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nsnet_core::kernel::bpf::Program;
+use nsnet_core::kernel::fastpath::{FastPath, PASSED, REDIRECTED};
+use nsnet_core::kernel::{Netlink, TcHook, VethSpec};
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const B_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+const A_MAC: [u8; 6] = [2, 0x6e, 10, 77, 0, 2];
+const B_MAC: [u8; 6] = [2, 0x6e, 10, 77, 0, 3];
+const GW_MAC: [u8; 6] = [2, 0x6e, 10, 77, 0, 1];
+
+/// A minimal Ethernet + IPv4 frame (UDP, no payload), padded to 60 bytes.
+fn frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    ethertype: u16,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.resize(60, 0);
+    f
+}
+
+fn in_private_netns<F: FnOnce() + Send + 'static>(f: F) {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let t = thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare a network namespace");
+        f();
+    });
+    if let Err(panic) = t.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn the_program_takes_exactly_the_frames_the_bridge_would_forward_port_to_port() {
+    in_private_netns(|| {
+        let mut nl = Netlink::open().expect("netlink");
+        nl.create_bridge("br0", 1500, GW_MAC).expect("bridge");
+        let bridge = nl.link_index("br0").expect("bridge index");
+        let me = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
+        for (host, peer) in [("ha", "pa"), ("hb", "pb")] {
+            nl.create_veth(&VethSpec {
+                host,
+                peer,
+                peer_netns: me.as_fd(),
+                master: Some(bridge),
+                mtu: 1500,
+                peer_mac: None,
+                host_mac: None,
+            })
+            .expect("veth");
+        }
+        let (ha, hb) = (nl.link_index("ha").unwrap(), nl.link_index("hb").unwrap());
+
+        let fp = FastPath::create(&mut nl, bridge)
+            .expect("create")
+            .expect("this kernel runs bpf");
+        fp.add(&mut nl, ha, A_IP, A_MAC).expect("add a");
+        fp.add(&mut nl, hb, B_IP, B_MAC).expect("add b");
+        fp.add(&mut nl, hb, B_IP, B_MAC)
+            .expect("adding twice is fine");
+        assert_eq!(fp.entry(B_IP).unwrap(), Some((hb, B_MAC)));
+
+        // A later command finds the same program and map through the bridge.
+        let found = FastPath::of_bridge(&mut nl, bridge)
+            .unwrap()
+            .expect("found on the bridge");
+        assert_eq!(found.entry(A_IP).unwrap(), Some((ha, A_MAC)));
+
+        let ok = frame(B_MAC, A_MAC, 0x0800, A_IP, B_IP);
+        assert_eq!(
+            found.verdict(&ok, ha).unwrap(),
+            REDIRECTED,
+            "a to b, as the bridge would"
+        );
+        assert_eq!(
+            found
+                .verdict(&frame(A_MAC, B_MAC, 0x0800, B_IP, A_IP), hb)
+                .unwrap(),
+            REDIRECTED,
+            "b to a"
+        );
+        let passed = [
+            (
+                frame(B_MAC, A_MAC, 0x0800, A_IP, B_IP),
+                hb,
+                "arrived on the other sandbox's port",
+            ),
+            (
+                frame(B_MAC, A_MAC, 0x0800, Ipv4Addr::new(10, 77, 0, 9), B_IP),
+                ha,
+                "spoofed source address",
+            ),
+            (
+                frame(B_MAC, [2, 0, 0, 0, 0, 9], 0x0800, A_IP, B_IP),
+                ha,
+                "spoofed source MAC",
+            ),
+            (
+                frame(GW_MAC, A_MAC, 0x0800, A_IP, B_IP),
+                ha,
+                "sent to the gateway's MAC (routed)",
+            ),
+            (
+                frame(B_MAC, A_MAC, 0x0800, A_IP, Ipv4Addr::new(10, 77, 0, 1)),
+                ha,
+                "to the gateway",
+            ),
+            (
+                frame(
+                    [0xff; 6],
+                    A_MAC,
+                    0x0800,
+                    A_IP,
+                    Ipv4Addr::new(10, 77, 0, 255),
+                ),
+                ha,
+                "broadcast",
+            ),
+            (frame([0xff; 6], A_MAC, 0x0806, A_IP, B_IP), ha, "ARP"),
+            (ok.clone(), bridge, "on the bridge itself"),
+            (frame(B_MAC, A_MAC, 0x8100, A_IP, B_IP), ha, "VLAN-tagged"),
+        ];
+        for (f, port, why) in &passed {
+            assert_eq!(found.verdict(f, *port).unwrap(), PASSED, "{why}");
+        }
+
+        fp.remove(B_IP).expect("remove b");
+        fp.remove(B_IP).expect("removing twice is fine");
+        assert_eq!(fp.entry(B_IP).unwrap(), None);
+        assert_eq!(found.verdict(&ok, ha).unwrap(), PASSED, "b is gone");
+
+        // Deleting the bridge and its ports frees the program: nothing outlives the network.
+        let on = |nl: &mut Netlink, link: u32, hook| nl.bpf_filters(link, hook).unwrap();
+        assert_eq!(
+            on(&mut nl, ha, TcHook::Ingress).len(),
+            1,
+            "one filter on a port"
+        );
+        let filters = on(&mut nl, bridge, TcHook::Egress);
+        assert_eq!(filters.len(), 1, "one filter on the bridge");
+        let id = filters[0].1;
+        drop((fp, found));
+        for link in ["ha", "hb", "br0"] {
+            nl.delete_link(link).expect("delete");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Program::from_id(id).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "program {id} outlived its bridge"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
