@@ -135,10 +135,27 @@ pub fn run(secs: u32, reps: usize) -> Result<String> {
     let w = World::new("dpn", "nftables")?;
     let other = format!("{}-2", w.sandbox);
     nsnet(&w.host, &w.state, &["create", &other, "-p", "8080:80"])?;
+    // The same two sandboxes' worth on a network without the fast path: nsnet's bridge path.
+    let (s1, s2) = (format!("{}-s1", w.sandbox), format!("{}-s2", w.sandbox));
+    nsnet(
+        &w.host,
+        &w.state,
+        &[
+            "network",
+            "create",
+            "slow",
+            "--subnet",
+            "10.93.0.0/24",
+            "--fast-path=false",
+        ],
+    )?;
+    for s in [&s1, &s2] {
+        nsnet(&w.host, &w.state, &["create", s, "--network", "slow"])?;
+    }
     let lan = LAN_IP.to_string();
     // (name, server namespace, client namespace, server address). World's sandbox is 10.89.0.2, the new
     // one 10.89.0.3.
-    let cases: [(&'static str, &str, &str, &str); 4] = [
+    let cases: [(&'static str, &str, &str, &str); 5] = [
         ("bare veth pair (ceiling)", &b, &a, "10.250.0.2"),
         (
             "plain Linux bridge, no firewall (reference)",
@@ -147,10 +164,16 @@ pub fn run(secs: u32, reps: usize) -> Result<String> {
             "10.251.0.2",
         ),
         (
-            "nsnet: sandbox -> sandbox over the bridge",
+            "nsnet: sandbox -> sandbox (fast path, the default)",
             &other,
             &w.sandbox,
             "10.89.0.3",
+        ),
+        (
+            "nsnet --fast-path=false: sandbox -> sandbox over the bridge",
+            &s2,
+            &s1,
+            "10.93.0.3",
         ),
         (
             "nsnet: sandbox -> outside peer, masqueraded",
@@ -174,7 +197,10 @@ pub fn run(secs: u32, reps: usize) -> Result<String> {
             rtt_us: rtt(client, ip)?,
         });
     }
-    nsnet(&w.host, &w.state, &["rm", &other])?;
+    for s in [&other, &s1, &s2] {
+        nsnet(&w.host, &w.state, &["rm", s])?;
+    }
+    nsnet(&w.host, &w.state, &["network", "rm", "slow"])?;
     drop(w);
     drop(hb);
     drop(hv);
