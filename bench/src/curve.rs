@@ -100,6 +100,26 @@ fn at(v: &[f64], pos: usize) -> f64 {
     median(v[start..end].to_vec())
 }
 
+/// The Theil–Sen line through the series (x = 1-based position): the median of the slopes between every pair
+/// of points, and the median intercept for it. Unlike a window median it uses every operation, and unlike a
+/// least-squares fit a few stalls of the VM do not tilt it.
+fn trend(v: &[f64]) -> (f64, f64) {
+    let mut slopes = Vec::with_capacity(v.len() * v.len() / 2);
+    for i in 0..v.len() {
+        for j in i + 1..v.len() {
+            slopes.push((v[j] - v[i]) / (j - i) as f64);
+        }
+    }
+    let slope = median(slopes);
+    let intercept = median(
+        v.iter()
+            .enumerate()
+            .map(|(i, y)| y - slope * (i + 1) as f64)
+            .collect(),
+    );
+    (intercept, slope)
+}
+
 pub fn table(rows: &[Curve], n: usize) -> String {
     let mut s = String::new();
     let mut marks: Vec<usize> = [10, 100, n / 2, n]
@@ -116,22 +136,30 @@ pub fn table(rows: &[Curve], n: usize) -> String {
     let head: Vec<String> = marks.iter().map(|m| format!("#{m}")).collect();
     let _ = writeln!(
         s,
-        "| tool | operation | {} | #{n} / #10 |",
+        "| tool | operation | {} | #{n} / #10 | trend line: #{n} / #10 | trend: ms per 100 more |",
         head.join(" | ")
     );
-    let _ = writeln!(s, "|---|---|{}---:|", "---:|".repeat(marks.len()));
+    let _ = writeln!(s, "|---|---|{}---:|---:|---:|", "---:|".repeat(marks.len()));
     for r in rows {
         for (what, v) in [("create", &r.create), ("remove", &r.remove)] {
             let cells: Vec<String> = marks.iter().map(|&m| format!("{:.1}", at(v, m))).collect();
+            let (a, b) = trend(v);
             let _ = writeln!(
                 s,
-                "| {} | {what} | {} | {:.2} |",
+                "| {} | {what} | {} | {:.2} | {:.2} | {:+.2} |",
                 r.kind.name(),
                 cells.join(" | "),
-                at(v, n) / at(v, 10)
+                at(v, n) / at(v, 10),
+                (a + b * n as f64) / (a + b * 10.0),
+                b * 100.0
             );
         }
     }
+    let _ = writeln!(
+        s,
+        "\nThe window medians follow the machine's moment-to-moment noise (ten operations each); the trend line \
+         (Theil–Sen: the median slope over every pair of operations) uses all {n}."
+    );
     for r in rows {
         if let (Some(bytes), Some((ms, kib))) = (r.state_bytes, r.ls) {
             let _ = writeln!(

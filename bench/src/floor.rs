@@ -46,11 +46,11 @@ pub fn up(name: &str, i: u32) -> Result<()> {
     inside.add_address("eth0", Ipv4Net::new(ip, 16)?)?;
     inside.set_up("eth0")?;
     inside.add_default_route("eth0", GATEWAY)?;
-    host.set_up(&veth)?;
     let port = host.link_index(&veth)?;
     if let Some(fp) = FastPath::of_bridge(&mut host, master)? {
         fp.add(&mut host, port, ip, mac.0)?;
     }
+    host.set_up(&veth)?;
     Ok(())
 }
 

@@ -251,6 +251,28 @@ fn add_check_del_with_real_traffic() {
         bad.out
     );
     std::fs::write(&ledger, text).expect("restore");
+    // The fast path: a's entry taken off the bridge's map by hand.
+    let a_ip: std::net::Ipv4Addr = ip_a.parse().expect("address");
+    let entry = h.with_fast_path("cnibr0", |fp, _| {
+        let entry = fp
+            .entry(a_ip)
+            .expect("entry")
+            .expect("a is on the fast path");
+        fp.remove(a_ip).expect("remove");
+        entry
+    });
+    let bad = check(&ctr(&a, &a_path, "eth0"));
+    assert!(
+        bad.out["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fast path"),
+        "{}",
+        bad.out
+    );
+    h.with_fast_path("cnibr0", |fp, nl| {
+        fp.add(nl, entry.0, a_ip, entry.1).expect("put back")
+    });
 
     // DEL: twice for a; for b after its namespace is gone, with CNI_NETNS empty.
     for _ in 0..2 {
@@ -856,7 +878,10 @@ fn concurrent_adds_and_dels() {
     addrs.dedup();
     assert_eq!(addrs.len(), ids.len());
     let first = format!("/run/netns/{}", ids[0]);
-    assert!(probe::ping(Path::new(&first), addrs[5].parse().expect("ip")).expect("ping"));
+    // Up to three single pings: the point is that the 24 sandboxes work, and on a loaded 2-CPU machine one
+    // echo now and then misses its 2 s (seen about once in ten runs, with and without the fast path).
+    let to = addrs[5].parse().expect("ip");
+    assert!((0..3).any(|_| probe::ping(Path::new(&first), to).expect("ping")));
     std::thread::scope(|s| {
         for id in &ids {
             let (h, c) = (&h, &c);

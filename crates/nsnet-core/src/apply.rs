@@ -149,15 +149,15 @@ impl Applier {
                 ip,
                 mac,
             } => {
-                // bpf_redirect_peer only reaches a peer in another namespace than the host's.
-                if in_host_namespace(peer_ns)? {
-                    return Ok(());
-                }
                 let nl = self.netlink(&Ns::Host)?;
                 let (Some(br), Some(port)) = (nl.link(bridge)?, nl.link(port)?) else {
                     // Undoing a removal whose port is gone: there is nothing left to speed up.
                     return Ok(());
                 };
+                // bpf_redirect_peer only reaches a peer in another namespace than the host's.
+                if in_host_namespace(peer_ns)? {
+                    return Ok(());
+                }
                 // A bridge made before nsnet had a fast path gets one now.
                 let fp = match FastPath::of_bridge(nl, br.index)? {
                     Some(fp) => Some(fp),

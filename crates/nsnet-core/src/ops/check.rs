@@ -3,13 +3,15 @@
 use super::Nsnet;
 use crate::error::Result;
 use crate::firewall::Rule;
+use crate::kernel::fastpath::FastPath;
 use crate::kernel::netlink::DefaultRoute;
 use crate::kernel::{netns, Netlink};
 use crate::plan::build;
 
 impl Nsnet {
     /// What is wrong with sandbox `name`'s endpoint on `network`: one line per problem, empty when the records,
-    /// the address reservation, the links, addresses, default route and firewall elements are all in place.
+    /// the address reservation, the links, addresses, default route, fast path entry and firewall elements are
+    /// all in place.
     pub fn check_endpoint(&self, name: &str, network: &str) -> Result<Vec<String>> {
         let _read = self.store.read_lock()?;
         let Some(sb) = self.store.sandbox(name)? else {
@@ -50,6 +52,19 @@ impl Nsnet {
                         "host interface {} is not on bridge {}",
                         ep.host_interface, net.interface
                     ));
+                }
+                // A bridge without a fast path is a kernel (or caller) that cannot have one: nothing to check.
+                let fast_path = match bridge {
+                    Some(b) if net.fast_path => FastPath::of_bridge(&mut host, b)?,
+                    _ => None,
+                };
+                if let Some(fp) = fast_path {
+                    if fp.entry(ip)? != Some((link.index, ep.mac.0)) {
+                        problems.push(format!(
+                            "the fast path does not send {ip} to {} ({})",
+                            ep.host_interface, ep.mac
+                        ));
+                    }
                 }
             }
             Some(_) => {}

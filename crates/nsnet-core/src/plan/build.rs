@@ -274,10 +274,8 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
             via: ep.gateway,
         });
     }
-    steps.push(Step::LinkUp {
-        ns: Ns::Host,
-        name: ep.host_interface.clone(),
-    });
+    // Before the host end comes up: bringing it up sets off the bridge's walk over every port under RTNL,
+    // and the fast path's netlink requests would queue behind it.
     if let Some(bridge) = fast_path_bridge(net) {
         steps.push(Step::FastPathAdd {
             bridge,
@@ -287,6 +285,10 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
             mac: ep.mac,
         });
     }
+    steps.push(Step::LinkUp {
+        ns: Ns::Host,
+        name: ep.host_interface.clone(),
+    });
     let mut fw = Batch::default();
     for rule in endpoint_rules(ep) {
         fw.add(rule);
@@ -416,10 +418,10 @@ mod tests {
              ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\
              ip -n netns2 link set eth0 up\n\
              ip -n netns2 route add default via 172.16.0.100 dev eth0\n\
-             ip link set veth12345678 up\n\
              tc qdisc add dev veth12345678 clsact\n\
              # fast path: bpf program nsnet_fastpath of br0 as filter ingress pref 1 handle 1 bpf \
              direct-action on veth12345678; its map: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66\n\
+             ip link set veth12345678 up\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
         assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
@@ -479,8 +481,8 @@ mod tests {
         };
         let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), "nsnet:/s", false);
         let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns());
-        let Some(add @ Step::FastPathAdd { .. }) = up.last() else {
-            panic!("set-up ends by joining the fast path: {up:?}");
+        let Some(add) = up.iter().find(|s| matches!(s, Step::FastPathAdd { .. })) else {
+            panic!("set-up joins the fast path: {up:?}");
         };
         let remove = add.undo().expect("undo of FastPathAdd");
         assert_eq!(

@@ -379,6 +379,27 @@ impl TestHost {
         out
     }
 
+    /// Run `f` on the fast path of bridge `bridge` in the host namespace (with a netlink socket there).
+    pub fn with_fast_path<T: Send>(
+        &self,
+        bridge: &str,
+        f: impl FnOnce(&nsnet_core::kernel::fastpath::FastPath, &mut nsnet_core::kernel::Netlink) -> T
+            + Send,
+    ) -> T {
+        use nsnet_core::kernel::fastpath::FastPath;
+        let fd =
+            nsnet_core::kernel::netns::open(&self.host_path()).expect("open the host namespace");
+        nsnet_core::kernel::netns::run_in(&fd, || {
+            let mut nl = nsnet_core::kernel::Netlink::open().expect("netlink");
+            let index = nl.link_index(bridge).expect("bridge");
+            let fp = FastPath::of_bridge(&mut nl, index)
+                .expect("find the fast path")
+                .expect("the bridge has a fast path");
+            f(&fp, &mut nl)
+        })
+        .expect("enter the host namespace")
+    }
+
     /// Wait (up to 3 s) until no nsnet host veth is left that no record owns. `nsnet rm` of an idle namespace
     /// only unmounts it; the kernel destroys the namespace and its veth pairs moments later, in the background.
     /// A veth that outlives the wait is a real leak, and the snapshot shows it.
