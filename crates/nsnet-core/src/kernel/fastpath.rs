@@ -96,9 +96,12 @@ impl FastPath {
         let insns = program(map.fd().as_raw_fd(), bridge);
         let prog = Program::load_sched_cls(NAME, &insns, LICENSE)
             .map_err(io("load the fast path's program"))?;
-        nl.add_clsact(bridge)?;
-        match nl.add_bpf_filter(bridge, TcHook::Egress, prog.fd().as_fd(), NAME) {
+        let attached = nl
+            .add_clsact(bridge)
+            .and_then(|()| nl.add_bpf_filter(bridge, TcHook::Egress, prog.fd().as_fd(), NAME));
+        match attached {
             Ok(()) => Ok(Some(FastPath { prog, map })),
+            // No clsact or cls_bpf in this kernel.
             Err(KernelError::Io { error, .. }) if unsupported(&error) => Ok(None),
             Err(e) => Err(e),
         }

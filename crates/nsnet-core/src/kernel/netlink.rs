@@ -90,6 +90,14 @@ impl TcHook {
 /// The preference (priority) of nsnet's tc filters: first, before any filter added with tc's defaults.
 const FILTER_PREF: u16 = 1;
 
+/// A create request's outcome, where "it is already there" (EEXIST) counts as done.
+fn exists_ok(reply: Result<Vec<RouteNetlinkMessage>, KernelError>) -> Result<(), KernelError> {
+    match reply {
+        Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// One rtnetlink socket, bound to the namespace it was created in.
 pub struct Netlink {
     sock: Socket,
@@ -368,14 +376,11 @@ impl Netlink {
         };
         msg.header.parent = TcHandle::CLSACT;
         msg.attributes.push(TcAttribute::Kind("clsact".into()));
-        match self.request(
+        exists_ok(self.request(
             "add a clsact qdisc",
             RouteNetlinkMessage::NewQueueDiscipline(msg),
             NLM_F_CREATE | NLM_F_EXCL,
-        ) {
-            Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
-            _ => Ok(()),
-        }
+        ))
     }
 
     /// `tc filter add dev INDEX {ingress|egress} pref 1 handle 1 bpf direct-action fd FD name NAME`, under
@@ -398,14 +403,11 @@ impl Netlink {
             TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
             TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
         ]));
-        match self.request(
+        exists_ok(self.request(
             &format!("attach bpf program {name} to link {index}"),
             RouteNetlinkMessage::NewTrafficFilter(msg),
             NLM_F_CREATE | NLM_F_EXCL,
-        ) {
-            Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
-            _ => Ok(()),
-        }
+        ))
     }
 
     /// The bpf programs tc runs on link `index` at `hook`: (name given when attached, program id).
