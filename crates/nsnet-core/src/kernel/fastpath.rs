@@ -251,6 +251,25 @@ impl Asm {
         self.op(0, 0, 0, 0, 0);
     }
 
+    /// `r0 = map[key at fp+key]`, or on to `pass` when there is no such entry.
+    fn lookup_or_pass(&mut self, map_fd: i32, key: i32) {
+        self.map(R1, map_fd);
+        self.op(MOV64_X, R2, R10, 0, 0);
+        self.op(ADD64_K, R2, 0, 0, key);
+        self.op(CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+        self.or_pass(JEQ_K, R0, 0, 0);
+    }
+
+    /// On to `pass` unless the MAC in the entry at r0 is the one at `frame` bytes into the frame (r7).
+    fn same_mac_or_pass(&mut self, frame: i16) {
+        self.op(LDX_W, R2, R0, 4, 0);
+        self.op(LDX_W, R3, R7, frame, 0);
+        self.or_pass(JNE_X, R2, R3, 0);
+        self.op(LDX_H, R2, R0, 8, 0);
+        self.op(LDX_H, R3, R7, frame + 4, 0);
+        self.or_pass(JNE_X, R2, R3, 0);
+    }
+
     /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump there.
     fn finish(mut self) -> Vec<Insn> {
         let pass = self.insns.len();
@@ -290,32 +309,14 @@ pub fn program(map_fd: i32, bridge: u32) -> Vec<Insn> {
     a.op(LDX_W, R2, R7, IP_DADDR, 0);
     a.op(STX_W, R10, R2, -4, 0);
     // The sender: a sandbox of this network, on the port the frame came in by, with its own MAC.
-    a.map(R1, map_fd);
-    a.op(MOV64_X, R2, R10, 0, 0);
-    a.op(ADD64_K, R2, 0, 0, -8);
-    a.op(CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
-    a.or_pass(JEQ_K, R0, 0, 0);
+    a.lookup_or_pass(map_fd, -8);
     a.op(LDX_W, R2, R0, 0, 0);
     a.op(LDX_W, R3, R6, SKB_IFINDEX, 0);
     a.or_pass(JNE_X, R2, R3, 0);
-    a.op(LDX_W, R2, R0, 4, 0);
-    a.op(LDX_W, R3, R7, ETH_SRC, 0);
-    a.or_pass(JNE_X, R2, R3, 0);
-    a.op(LDX_H, R2, R0, 8, 0);
-    a.op(LDX_H, R3, R7, ETH_SRC + 4, 0);
-    a.or_pass(JNE_X, R2, R3, 0);
+    a.same_mac_or_pass(ETH_SRC);
     // The receiver: a sandbox of this network, addressed by its own MAC.
-    a.map(R1, map_fd);
-    a.op(MOV64_X, R2, R10, 0, 0);
-    a.op(ADD64_K, R2, 0, 0, -4);
-    a.op(CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
-    a.or_pass(JEQ_K, R0, 0, 0);
-    a.op(LDX_W, R2, R0, 4, 0);
-    a.op(LDX_W, R3, R7, ETH_DST, 0);
-    a.or_pass(JNE_X, R2, R3, 0);
-    a.op(LDX_H, R2, R0, 8, 0);
-    a.op(LDX_H, R3, R7, ETH_DST + 4, 0);
-    a.or_pass(JNE_X, R2, R3, 0);
+    a.lookup_or_pass(map_fd, -4);
+    a.same_mac_or_pass(ETH_DST);
     // Into the receiver's namespace, through the peer of its host port.
     a.op(LDX_W, R1, R0, 0, 0);
     a.op(MOV64_K, R2, 0, 0, 0);
