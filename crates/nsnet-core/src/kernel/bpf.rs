@@ -65,6 +65,24 @@ fn obj_name(name: &str) -> [u8; OBJ_NAME_LEN] {
     out
 }
 
+/// `EINVAL` unless a key and a value have the map's sizes: the kernel reads or writes exactly that many bytes.
+fn check_sizes(key: usize, value: usize, sizes: (usize, usize)) -> io::Result<()> {
+    if (key, value) == sizes {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+/// An element call's outcome as "was the key there": `ENOENT` is `Ok(false)`.
+fn found(r: io::Result<libc::c_long>) -> io::Result<bool> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn fd_u32(fd: &OwnedFd) -> u32 {
     fd.as_raw_fd() as u32
 }
@@ -212,9 +230,7 @@ impl Map {
     /// Insert or replace `key`. Both slices must have the map's key and value sizes (the kernel reads
     /// exactly that many bytes), which is checked here.
     pub fn update(&self, key: &[u8], value: &[u8], sizes: (usize, usize)) -> io::Result<()> {
-        if key.len() != sizes.0 || value.len() != sizes.1 {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
+        check_sizes(key.len(), value.len(), sizes)?;
         let mut attr = ElemAttr {
             map_fd: fd_u32(&self.0),
             key: key.as_ptr() as u64,
@@ -228,9 +244,7 @@ impl Map {
 
     /// The value of `key` into `value`; `Ok(false)` when there is none. Slices as for [`Map::update`].
     pub fn lookup(&self, key: &[u8], value: &mut [u8], sizes: (usize, usize)) -> io::Result<bool> {
-        if key.len() != sizes.0 || value.len() != sizes.1 {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
+        check_sizes(key.len(), value.len(), sizes)?;
         let mut attr = ElemAttr {
             map_fd: fd_u32(&self.0),
             key: key.as_ptr() as u64,
@@ -238,11 +252,7 @@ impl Map {
             ..Default::default()
         };
         // SAFETY: as in `update`; the kernel writes exactly value_size bytes into `value`, which is that long.
-        match unsafe { sys_bpf(MAP_LOOKUP_ELEM, &mut attr) } {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+        found(unsafe { sys_bpf(MAP_LOOKUP_ELEM, &mut attr) })
     }
 
     /// Every key in the map (`key_size` bytes each), in the map's own order.
@@ -278,11 +288,7 @@ impl Map {
             ..Default::default()
         };
         // SAFETY: as in `update`, without a value.
-        match unsafe { sys_bpf(MAP_DELETE_ELEM, &mut attr) } {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+        found(unsafe { sys_bpf(MAP_DELETE_ELEM, &mut attr) })
     }
 }
 

@@ -259,9 +259,9 @@ impl TestHost {
     /// this test's namespaces.
     pub fn snapshot(&self) -> Snapshot {
         self.settle();
-        let links: Value =
+        let link_list: Value =
             serde_json::from_str(&self.in_host(&["ip", "-j", "link"])).expect("ip -j link");
-        let links = links
+        let links = link_list
             .as_array()
             .into_iter()
             .flatten()
@@ -319,7 +319,7 @@ impl TestHost {
         let mut state = Vec::new();
         walk(&self.state, &self.state, &mut state);
         let namespaces = self.tagged_namespaces();
-        let fast_path = self.fast_path();
+        let fast_path = self.fast_path_of(&link_list);
         Snapshot {
             links,
             addrs,
@@ -331,14 +331,19 @@ impl TestHost {
         }
     }
 
-    /// The fast path as the kernel holds it in the host namespace: the tcx programs on every link (by name),
-    /// and every bridge's map (address -> port name and MAC). Port indexes are shown as names, since a
-    /// re-created veth gets a new index.
+    /// The fast path as the kernel holds it in the host namespace: the tc bpf filters on every link (by
+    /// program name), and every bridge's map (address -> port name and MAC). Port indexes are shown as names,
+    /// since a re-created veth gets a new index.
     pub fn fast_path(&self) -> Vec<String> {
-        use nsnet_core::kernel::fastpath::FastPath;
-        use nsnet_core::kernel::{Netlink, TcHook};
         let links: Value =
             serde_json::from_str(&self.in_host(&["ip", "-j", "link"])).expect("ip -j link");
+        self.fast_path_of(&links)
+    }
+
+    /// [`TestHost::fast_path`], given the host's links as `ip -j link` lists them.
+    fn fast_path_of(&self, links: &Value) -> Vec<String> {
+        use nsnet_core::kernel::fastpath::FastPath;
+        use nsnet_core::kernel::{Netlink, TcHook};
         let names: std::collections::HashMap<u32, String> = links
             .as_array()
             .into_iter()
