@@ -182,6 +182,19 @@ pub fn table(rows: &[Curve], n: usize) -> String {
     s
 }
 
+/// Every operation's time, one line each: `tool,operation,position,ms` (position from 1).
+pub fn csv(rows: &[Curve]) -> String {
+    let mut s = String::from("tool,operation,position,ms\n");
+    for r in rows {
+        for (what, v) in [("create", &r.create), ("remove", &r.remove)] {
+            for (i, ms) in v.iter().enumerate() {
+                let _ = writeln!(s, "\"{}\",{what},{},{ms:.3}", r.kind.name(), i + 1);
+            }
+        }
+    }
+    s
+}
+
 /// The curve as an SVG: one panel for creates, one for removes; x the position, y the time (rolling median of
 /// 15 to show the trend through the noise).
 pub fn svg(rows: &[Curve], n: usize) -> String {

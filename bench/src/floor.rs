@@ -47,7 +47,7 @@ pub fn up(name: &str, i: u32) -> Result<()> {
     inside.set_up("eth0")?;
     inside.add_default_route("eth0", GATEWAY)?;
     let port = host.link_index(&veth)?;
-    if let Some(fp) = FastPath::of_bridge(&mut host, master)? {
+    if let Some(fp) = FastPath::of_bridge(&mut host, BRIDGE)? {
         fp.add(&mut host, port, ip, mac.0)?;
     }
     host.set_up(&veth)?;
@@ -56,8 +56,7 @@ pub fn up(name: &str, i: u32) -> Result<()> {
 
 pub fn down(name: &str, i: u32) -> Result<()> {
     let mut host = Netlink::open()?;
-    let bridge = host.link_index(BRIDGE)?;
-    if let Some(fp) = FastPath::of_bridge(&mut host, bridge)? {
+    if let Some(fp) = FastPath::of_bridge(&mut host, BRIDGE)? {
         fp.remove(address(i))?;
     }
     netns::delete(name)?;
@@ -68,6 +67,6 @@ pub fn down(name: &str, i: u32) -> Result<()> {
 pub fn bridge() -> Result<()> {
     let mut host = Netlink::open()?;
     let bridge = host.link_index(BRIDGE)?;
-    FastPath::create(&mut host, bridge)?;
+    FastPath::create(&mut host, BRIDGE, bridge)?;
     Ok(())
 }

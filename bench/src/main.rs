@@ -200,6 +200,7 @@ fn main() -> Result<()> {
             md += "\n";
             md += &curve::table(&curves, n);
             std::fs::write(out.join("curve.svg"), curve::svg(&curves, n))?;
+            std::fs::write(out.join("curve.csv"), curve::csv(&curves))?;
             md += "\n![cost curve](curve.svg)\n\n";
             md += &datapath::run(secs as u32, 5)?;
             md += "\n";
@@ -230,8 +231,9 @@ fn main() -> Result<()> {
                 .collect();
             let curves = curve::run(&kinds, n)?;
             std::fs::write("curve.svg", curve::svg(&curves, n))?;
+            std::fs::write("curve.csv", curve::csv(&curves))?;
             print!("{}", curve::table(&curves, n));
-            eprintln!("plot written to curve.svg");
+            eprintln!("plot written to curve.svg, every operation's time to curve.csv");
             Ok(())
         }
         Some("datapath") => {

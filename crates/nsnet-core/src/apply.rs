@@ -138,8 +138,8 @@ impl Applier {
             Step::FastPathInit { bridge } => {
                 let nl = self.netlink(&Ns::Host)?;
                 let index = nl.link_index(bridge)?;
-                if FastPath::of_bridge(nl, index)?.is_none() {
-                    FastPath::create(nl, index)?;
+                if FastPath::of_bridge(nl, bridge)?.is_none() {
+                    FastPath::create(nl, bridge, index)?;
                 }
             }
             Step::FastPathAdd {
@@ -150,7 +150,7 @@ impl Applier {
                 mac,
             } => {
                 let nl = self.netlink(&Ns::Host)?;
-                let (Some(br), Some(port)) = (nl.link(bridge)?, nl.link(port)?) else {
+                let Some(port) = nl.link(port)? else {
                     // Undoing a removal whose port is gone: there is nothing left to speed up.
                     return Ok(());
                 };
@@ -158,21 +158,21 @@ impl Applier {
                 if in_host_namespace(peer_ns)? {
                     return Ok(());
                 }
-                // A bridge made before nsnet had a fast path gets one now.
-                let fp = match FastPath::of_bridge(nl, br.index)? {
+                let fp = match FastPath::of_bridge(nl, bridge)? {
                     Some(fp) => Some(fp),
-                    None => FastPath::create(nl, br.index)?,
+                    // A bridge made before nsnet had a fast path gets one now.
+                    None => match nl.link(bridge)? {
+                        Some(br) => FastPath::create(nl, bridge, br.index)?,
+                        None => None,
+                    },
                 };
                 if let Some(fp) = fp {
                     fp.add(nl, port.index, *ip, mac.0)?;
                 }
             }
             Step::FastPathRemove { bridge, ip, .. } => {
-                let nl = self.netlink(&Ns::Host)?;
-                let Some(br) = nl.link(bridge)? else {
-                    return Ok(());
-                };
-                if let Some(fp) = FastPath::of_bridge(nl, br.index)? {
+                // No bridge, no block: nothing to take the address off.
+                if let Some(fp) = FastPath::of_bridge(self.netlink(&Ns::Host)?, bridge)? {
                     fp.remove(*ip)?;
                 }
             }

@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nsnet_core::kernel::bpf::Program;
-use nsnet_core::kernel::fastpath::{FastPath, PASSED, REDIRECTED};
-use nsnet_core::kernel::{Netlink, TcHook, VethSpec};
+use nsnet_core::kernel::fastpath::{block_of, FastPath, PASSED, REDIRECTED};
+use nsnet_core::kernel::{FilterAt, Netlink, TcHook, VethSpec};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const B_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
@@ -73,7 +73,7 @@ fn the_program_takes_exactly_the_frames_the_bridge_would_forward_port_to_port() 
         }
         let (ha, hb) = (nl.link_index("ha").unwrap(), nl.link_index("hb").unwrap());
 
-        let fp = FastPath::create(&mut nl, bridge)
+        let fp = FastPath::create(&mut nl, "br0", bridge)
             .expect("create")
             .expect("this kernel runs bpf");
         fp.add(&mut nl, ha, A_IP, A_MAC).expect("add a");
@@ -83,7 +83,7 @@ fn the_program_takes_exactly_the_frames_the_bridge_would_forward_port_to_port() 
         assert_eq!(fp.entry(B_IP).unwrap(), Some((hb, B_MAC)));
 
         // A later command finds the same program and map through the bridge.
-        let found = FastPath::of_bridge(&mut nl, bridge)
+        let found = FastPath::of_bridge(&mut nl, "br0")
             .unwrap()
             .expect("found on the bridge");
         assert_eq!(found.entry(A_IP).unwrap(), Some((ha, A_MAC)));
@@ -151,16 +151,20 @@ fn the_program_takes_exactly_the_frames_the_bridge_would_forward_port_to_port() 
         assert_eq!(fp.entry(B_IP).unwrap(), None);
         assert_eq!(found.verdict(&ok, ha).unwrap(), PASSED, "b is gone");
 
+        // One filter, on the network's block, which the ports and the bridge run.
+        let on = |nl: &mut Netlink, at| nl.bpf_filters(at).unwrap();
+        let filters = on(&mut nl, FilterAt::Block(block_of("br0")));
+        assert_eq!(filters.len(), 1, "one filter on the block");
+        for link in [ha, bridge] {
+            assert_eq!(
+                on(&mut nl, FilterAt::Link(link, TcHook::Ingress)),
+                filters,
+                "link {link} runs the block"
+            );
+        }
+        assert_eq!(filters[0].block, Some(block_of("br0")));
         // Deleting the bridge and its ports frees the program: nothing outlives the network.
-        let on = |nl: &mut Netlink, link: u32, hook| nl.bpf_filters(link, hook).unwrap();
-        assert_eq!(
-            on(&mut nl, ha, TcHook::Ingress).len(),
-            1,
-            "one filter on a port"
-        );
-        let filters = on(&mut nl, bridge, TcHook::Egress);
-        assert_eq!(filters.len(), 1, "one filter on the bridge");
-        let id = filters[0].1;
+        let id = filters[0].id;
         drop((fp, found));
         for link in ["ha", "hb", "br0"] {
             nl.delete_link(link).expect("delete");

@@ -7,6 +7,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{sh, TestHost};
+use nsnet_core::kernel::fastpath::block_of;
 use nsnet_core::probe;
 use serde_json::Value;
 
@@ -92,7 +93,10 @@ fn sandbox_traffic_skips_the_bridge_only_where_the_bridge_would_forward_it() {
         "a and b, nobody on the slow network: {fast:#?}"
     );
     assert!(
-        fast.contains(&"nsbr-fast tc egress: nsnet_fastpath".to_string()),
+        fast.contains(&format!(
+            "nsbr-fast tc ingress: nsnet_fastpath (block {})",
+            block_of("nsbr-fast")
+        )),
         "{fast:#?}"
     );
     assert!(

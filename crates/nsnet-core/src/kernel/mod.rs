@@ -12,7 +12,7 @@ pub mod sysctl;
 
 use std::io;
 
-pub use netlink::{Link, Netlink, TcHook, VethSpec};
+pub use netlink::{BpfFilter, FilterAt, Link, Netlink, TcHook, VethSpec};
 
 /// A failure talking to the kernel, with what nsnet was doing at the time.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::BridgePortState;
@@ -24,7 +24,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::tc::{
-    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
+    TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -74,18 +74,62 @@ pub enum TcHook {
     Egress,
 }
 
-impl TcHook {
-    /// The clsact qdisc's class for this hook (`ffff:fff2`, `ffff:fff3`).
-    fn parent(self) -> TcHandle {
-        TcHandle {
-            major: 0xffff,
-            minor: match self {
-                TcHook::Ingress => TcHandle::MIN_INGRESS,
-                TcHook::Egress => TcHandle::MIN_EGRESS,
-            },
+/// Where tc filters hang: one hook of one link, or a shared filter block (`tc filter ... block N`), which
+/// every qdisc bound to it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterAt {
+    Link(u32, TcHook),
+    Block(u32),
+}
+
+impl FilterAt {
+    /// A filter message addressed here: the link's index and its hook's class (`ffff:fff2`, `ffff:fff3`,
+    /// which an `ingress` qdisc answers to as well as clsact), or the block's magic index and number.
+    fn message(self) -> TcMessage {
+        match self {
+            FilterAt::Link(index, hook) => {
+                let mut msg = TcMessage::with_index(index as i32);
+                msg.header.parent = TcHandle {
+                    major: 0xffff,
+                    minor: match hook {
+                        TcHook::Ingress => TcHandle::MIN_INGRESS,
+                        TcHook::Egress => TcHandle::MIN_EGRESS,
+                    },
+                };
+                msg
+            }
+            FilterAt::Block(block) => {
+                let mut msg = TcMessage::with_index(TcHeader::TCM_IFINDEX_MAGIC_BLOCK as i32);
+                // `tcm_parent` doubles as `tcm_block_index`.
+                msg.header.parent = TcHandle::from(block);
+                msg
+            }
         }
     }
 }
+
+impl std::fmt::Display for FilterAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterAt::Link(index, hook) => write!(f, "link {index} {hook:?}"),
+            FilterAt::Block(block) => write!(f, "block {block}"),
+        }
+    }
+}
+
+/// A bpf program tc runs, as [`Netlink::bpf_filters`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfFilter {
+    /// The name given when it was attached.
+    pub name: String,
+    /// The program's id.
+    pub id: u32,
+    /// The shared block it hangs on, if it is on one.
+    pub block: Option<u32>,
+}
+
+/// `TCA_INGRESS_BLOCK`: the shared block a qdisc's ingress filters come from (not in netlink-packet-route).
+const TCA_INGRESS_BLOCK: u16 = 13;
 
 /// The preference (priority) of nsnet's tc filters: first, before any filter added with tc's defaults.
 const FILTER_PREF: u16 = 1;
@@ -367,33 +411,37 @@ impl Netlink {
         Ok(())
     }
 
-    /// `tc qdisc add dev INDEX clsact`: the hook points tc filters hang on. Already there is fine.
-    pub fn add_clsact(&mut self, index: u32) -> Result<(), KernelError> {
+    /// `tc qdisc add dev INDEX ingress_block BLOCK ingress`: the link's received frames go through the filters
+    /// of shared block `BLOCK` (made with the first qdisc bound to it, freed with the last).
+    pub fn add_ingress_qdisc(&mut self, index: u32, block: u32) -> Result<(), KernelError> {
         let mut msg = TcMessage::with_index(index as i32);
         msg.header.handle = TcHandle {
             major: 0xffff,
             minor: 0,
         };
-        msg.header.parent = TcHandle::CLSACT;
-        msg.attributes.push(TcAttribute::Kind("clsact".into()));
-        exists_ok(self.request(
-            "add a clsact qdisc",
+        msg.header.parent = TcHandle::INGRESS;
+        msg.attributes.push(TcAttribute::Kind("ingress".into()));
+        msg.attributes.push(TcAttribute::Other(DefaultNla::new(
+            TCA_INGRESS_BLOCK,
+            block.to_ne_bytes().to_vec(),
+        )));
+        self.request(
+            &format!("add an ingress qdisc on block {block} to link {index}"),
             RouteNetlinkMessage::NewQueueDiscipline(msg),
             NLM_F_CREATE | NLM_F_EXCL,
-        ))
+        )
+        .map(drop)
     }
 
-    /// `tc filter add dev INDEX {ingress|egress} pref 1 handle 1 bpf direct-action fd FD name NAME`, under
-    /// [`Netlink::add_clsact`]. Already there (same preference and handle) is fine.
+    /// `tc filter add {dev INDEX {ingress|egress} | block N} pref 1 handle 1 bpf direct-action fd FD name
+    /// NAME`. Already there (same preference and handle) is fine.
     pub fn add_bpf_filter(
         &mut self,
-        index: u32,
-        hook: TcHook,
+        at: FilterAt,
         prog: BorrowedFd<'_>,
         name: &str,
     ) -> Result<(), KernelError> {
-        let mut msg = TcMessage::with_index(index as i32);
-        msg.header.parent = hook.parent();
+        let mut msg = at.message();
         msg.header.handle = TcHandle::from(1u32);
         // TC_H_MAKE(preference << 16, protocol in network order): every protocol (ETH_P_ALL).
         msg.header.info = (u32::from(FILTER_PREF) << 16) | u32::from(0x0003u16.to_be());
@@ -404,27 +452,20 @@ impl Netlink {
             TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
         ]));
         exists_ok(self.request(
-            &format!("attach bpf program {name} to link {index}"),
+            &format!("attach bpf program {name} to {at}"),
             RouteNetlinkMessage::NewTrafficFilter(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         ))
     }
 
-    /// The bpf programs tc runs on link `index` at `hook`: (name given when attached, program id).
-    pub fn bpf_filters(
-        &mut self,
-        index: u32,
-        hook: TcHook,
-    ) -> Result<Vec<(String, u32)>, KernelError> {
-        let mut msg = TcMessage::with_index(index as i32);
-        msg.header.parent = hook.parent();
+    /// The bpf programs tc runs at `at`. None there (no qdisc on the link, no such block) is an empty list.
+    pub fn bpf_filters(&mut self, at: FilterAt) -> Result<Vec<BpfFilter>, KernelError> {
         let replies = match self.request(
             "list tc filters",
-            RouteNetlinkMessage::GetTrafficFilter(msg),
+            RouteNetlinkMessage::GetTrafficFilter(at.message()),
             NLM_F_DUMP,
         ) {
             Ok(r) => r,
-            // No clsact qdisc on the link: no filters.
             Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::ENOENT)) => vec![],
             Err(e) => return Err(e),
         };
@@ -446,8 +487,11 @@ impl Netlink {
                     }
                 }
             }
+            // A shared block's filters come back under its magic index, whatever link they were asked of.
+            let block = (m.header.index as u32 == TcHeader::TCM_IFINDEX_MAGIC_BLOCK)
+                .then(|| u32::from(m.header.parent));
             if let (Some(name), Some(id)) = (name, id) {
-                out.push((name, id));
+                out.push(BpfFilter { name, id, block });
             }
         }
         Ok(out)

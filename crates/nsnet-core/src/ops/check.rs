@@ -55,7 +55,7 @@ impl Nsnet {
                 }
                 // A bridge without a fast path is a kernel (or caller) that cannot have one: nothing to check.
                 let fast_path = match bridge {
-                    Some(b) if net.fast_path => FastPath::of_bridge(&mut host, b)?,
+                    Some(_) if net.fast_path => FastPath::of_bridge(&mut host, &net.interface)?,
                     _ => None,
                 };
                 if let Some(fp) = fast_path {

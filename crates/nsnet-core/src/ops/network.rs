@@ -69,12 +69,12 @@ impl Nsnet {
     }
 
     /// The network `req` names, created from `req` if it does not exist yet (one lock, so concurrent callers
-    /// agree); an existing network must match the subnet, gateway and bridge `req` gives. The flag says
-    /// whether this call created it.
+    /// agree); an existing network must match the subnet, gateway and bridge `req` gives, and comes back with
+    /// its settings only (no addresses or ports). The flag says whether this call created it.
     pub fn ensure_network(&self, req: &NetworkRequest) -> Result<(Network, bool)> {
         let _lock = self.lock()?;
-        let nets = self.store.networks()?;
-        if let Some(net) = nets.iter().find(|n| n.name == req.name) {
+        // The settings decide; the network's addresses and ports are not needed, and not read.
+        if let Some(net) = self.store.network_settings(&req.name)? {
             let differs = |what: &str, want: String, have: String| {
                 invalid!(
                     "network '{}' already exists with {what} {have}, not {want}; use the same {what} or \
@@ -97,9 +97,10 @@ impl Nsnet {
                     req.name
                 )));
             }
-            return Ok((net.clone(), false));
+            return Ok((net, false));
         }
-        self.create_network(req, &nets).map(|(_, net)| (net, true))
+        self.create_network(req, &self.store.networks()?)
+            .map(|(_, net)| (net, true))
     }
 
     /// Check a network request against the state and the host, and build its record.

@@ -170,13 +170,13 @@ impl Nsnet {
         in_ns: Option<&mut Netlink>,
         first: Vec<Step>,
     ) -> Result<Plan> {
-        let nets = self.store.networks()?;
+        let mut nets = self.store.networks()?;
         let mut host = Host::open()?;
         let Join {
             net,
             new_network,
             endpoint,
-        } = self.plan_join(sb, req, &nets, &mut host, in_ns)?;
+        } = self.plan_join(sb, req, &mut nets, &mut host, in_ns)?;
 
         let mut kernel = Vec::new();
         let mut fw = Batch::default();
@@ -191,23 +191,25 @@ impl Nsnet {
         fw.0.extend(f.0);
         sb.endpoints.push(endpoint);
 
-        let records = vec![Record::Network(net.clone()), Record::Sandbox(sb.clone())];
-        self.setup(Plan::setup(kernel, fw, net.firewall), records)
+        let firewall = net.firewall;
+        let records = vec![Record::Network(net), Record::Sandbox(sb.clone())];
+        self.setup(Plan::setup(kernel, fw, firewall), records)
     }
 
     /// Choose the network, address, names and ports of a new endpoint; returns the network record as it will be
-    /// once the endpoint exists.
+    /// once the endpoint exists, taken out of `nets` (not copied: at a thousand sandboxes the copy costs more
+    /// than the rest of the planning).
     fn plan_join(
         &self,
         sb: &Sandbox,
         req: &AttachRequest,
-        nets: &[Network],
+        nets: &mut Vec<Network>,
         host: &mut Host,
         in_ns: Option<&mut Netlink>,
     ) -> Result<Join> {
         let net_name = req.network.as_deref().unwrap_or(DEFAULT_NETWORK);
-        let (mut net, new_network) = match nets.iter().find(|n| n.name == net_name) {
-            Some(n) => (n.clone(), false),
+        let (mut net, new_network) = match nets.iter().position(|n| n.name == net_name) {
+            Some(i) => (nets.swap_remove(i), false),
             None if net_name == DEFAULT_NETWORK => (
                 self.validate_network(&NetworkRequest::default_network(), nets, host)?,
                 true,
@@ -486,7 +488,13 @@ fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<
             net.name
         ));
     }
-    let published: Vec<&Published> = nets.iter().flat_map(|n| n.published.iter()).collect();
+    // Every port published on this host: `net`'s and the other networks' (`nets` may or may not hold `net`).
+    let published: Vec<&Published> = nets
+        .iter()
+        .filter(|n| n.name != net.name)
+        .chain(std::iter::once(net))
+        .flat_map(|n| n.published.iter())
+        .collect();
     let mut out: Vec<PortMapping> = Vec::new();
     for spec in specs {
         let mapping = match spec.host_port {

@@ -209,9 +209,10 @@ impl Step {
             // The program is built in memory and attached by descriptor: tc has no command line for that, so
             // a comment names the filter.
             Step::FastPathInit { bridge } => format!(
-                "tc qdisc add dev {bridge} clsact\n\
-                 # fast path: bpf program {name} (with an empty map of sandboxes) as filter egress pref 1 \
-                 handle 1 bpf direct-action on {bridge}",
+                "tc qdisc add dev {bridge} ingress_block {block} ingress\n\
+                 # fast path: bpf program {name} (with an empty map of sandboxes) as filter pref 1 handle 1 \
+                 bpf direct-action on block {block}",
+                block = crate::kernel::fastpath::block_of(bridge),
                 name = crate::kernel::fastpath::NAME
             ),
             Step::FastPathAdd {
@@ -221,9 +222,9 @@ impl Step {
                 mac,
                 ..
             } => format!(
-                "tc qdisc add dev {port} clsact\n\
-                 # fast path: bpf program {name} of {bridge} as filter ingress pref 1 handle 1 bpf \
-                 direct-action on {port}; its map: {ip} -> {port} {mac}",
+                "tc qdisc add dev {port} ingress_block {block} ingress\n\
+                 # fast path: {ip} -> {port} {mac} in the map of bpf program {name} of {bridge}",
+                block = crate::kernel::fastpath::block_of(bridge),
                 name = crate::kernel::fastpath::NAME
             ),
             Step::FastPathRemove { bridge, ip, .. } => format!(

@@ -33,46 +33,18 @@ pub struct Ledger {
 
 impl Ledger {
     /// Read a ledger's text. Errors name the line.
+    ///
+    /// Every command reads its network's ledger, a line per address and per port, so this is built to cost
+    /// little per line: entries are collected as borrowed text and in the order written, and only the live
+    /// ones are copied out at the end, the addresses into their map in one sorted build (not a search per
+    /// line).
     pub fn parse(text: &str) -> Result<Ledger, String> {
-        let mut l = Ledger::default();
-        // Removed ports are dropped after the pass, not searched for line by line: a long ledger would pay
-        // for every pair. The ledger only ever removes a port it holds, so the result is the same.
-        let mut gone: HashMap<Published, usize> = HashMap::new();
+        let mut pass = Pass::default();
         for (n, line) in text.lines().enumerate() {
-            l.apply(line, &mut gone)
+            pass.line(line)
                 .map_err(|e| format!("line {}: {e}: '{line}'", n + 1))?;
-            l.lines += 1;
         }
-        if !gone.is_empty() {
-            l.published.retain(|p| match gone.get_mut(p) {
-                Some(left) if *left > 0 => {
-                    *left -= 1;
-                    false
-                }
-                _ => true,
-            });
-        }
-        Ok(l)
-    }
-
-    fn apply(&mut self, line: &str, gone: &mut HashMap<Published, usize>) -> Result<(), String> {
-        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
-        match kind {
-            "+ip" => {
-                let (ip, sandbox) = two(rest)?;
-                let ip = addr(ip)?;
-                self.allocations.insert(ip, sandbox.to_string());
-                self.cursor = Some(ip);
-            }
-            "-ip" => {
-                self.allocations.remove(&addr(rest)?);
-            }
-            "+port" => self.published.push(published(rest)?),
-            "-port" => *gone.entry(published(rest)?).or_default() += 1,
-            "cursor" => self.cursor = Some(addr(rest)?),
-            _ => return Err("not a ledger entry".into()),
-        }
-        Ok(())
+        Ok(pass.finish())
     }
 
     /// Whether rewriting the file would drop more lines than it keeps.
@@ -180,6 +152,93 @@ impl Ledger {
     }
 }
 
+/// One read through a ledger's text, in the order it was written.
+#[derive(Default)]
+struct Pass<'a> {
+    /// Every `+ip` (with its sandbox) and `-ip` (without), as written.
+    addresses: Vec<(Ipv4Addr, Option<&'a str>)>,
+    ports: Vec<(&'a str, PortMapping)>,
+    /// Removed ports, by count: dropped after the pass rather than searched for line by line. The ledger
+    /// only ever removes a port it holds, so the result is the same.
+    gone: HashMap<(&'a str, PortMapping), usize>,
+    cursor: Option<Ipv4Addr>,
+    lines: usize,
+}
+
+impl<'a> Pass<'a> {
+    fn line(&mut self, line: &'a str) -> Result<(), String> {
+        let mut f = Fields(line);
+        match f.next().unwrap_or_default() {
+            "+ip" => {
+                let (ip, sandbox) = (f.next(), f.next());
+                let (Some(ip), Some(sandbox), None) = (ip, sandbox, f.next()) else {
+                    return Err("an address entry has an address and a sandbox".into());
+                };
+                let ip = addr(ip)?;
+                self.addresses.push((ip, Some(sandbox)));
+                self.cursor = Some(ip);
+            }
+            "-ip" => self.addresses.push((addr(f.rest())?, None)),
+            "+port" => self.ports.push(published(f)?),
+            "-port" => *self.gone.entry(published(f)?).or_default() += 1,
+            "cursor" => self.cursor = Some(addr(f.rest())?),
+            _ => return Err("not a ledger entry".into()),
+        }
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Ledger {
+        // The last word on each address holds: a stable sort keeps each address's entries in order, and the
+        // map is built from sorted entries in one pass.
+        self.addresses.sort_by_key(|&(ip, _)| ip);
+        let allocations = self
+            .addresses
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter_map(|entries| {
+                let (ip, sandbox) = entries.last()?;
+                Some((*ip, sandbox.as_ref()?.to_string()))
+            })
+            .collect();
+        if !self.gone.is_empty() {
+            // Most entries are live: a bit per host port spares them the hash lookup.
+            let mut maybe = vec![0u64; 1024];
+            for (_, m) in self.gone.keys() {
+                let port = usize::from(m.host_port);
+                maybe[port / 64] |= 1 << (port % 64);
+            }
+            let gone = &mut self.gone;
+            self.ports.retain(|p| {
+                let port = usize::from(p.1.host_port);
+                if maybe[port / 64] & (1 << (port % 64)) == 0 {
+                    return true;
+                }
+                match gone.get_mut(p) {
+                    Some(left) if *left > 0 => {
+                        *left -= 1;
+                        false
+                    }
+                    _ => true,
+                }
+            });
+        }
+        let published = self
+            .ports
+            .into_iter()
+            .map(|(sandbox, mapping)| Published {
+                sandbox: sandbox.to_string(),
+                mapping,
+            })
+            .collect();
+        Ledger {
+            allocations,
+            published,
+            cursor: self.cursor,
+            lines: self.lines,
+        }
+    }
+}
+
 fn port_entry(p: &Published) -> String {
     let m = &p.mapping;
     let host_ip = m.host_ip.map_or("*".to_string(), |ip| ip.to_string());
@@ -199,19 +258,40 @@ fn port(text: &str) -> Result<u16, String> {
         .map_err(|_| format!("'{text}' is not a port number"))
 }
 
-/// `A B`: two space-separated fields.
-fn two(text: &str) -> Result<(&str, &str), String> {
-    match text.split_once(' ') {
-        Some((a, b)) if !b.contains(' ') => Ok((a, b)),
-        _ => Err("an address entry has an address and a sandbox".into()),
+/// The space-separated fields of a line. A plain byte loop: the fields are a few bytes long and a ledger has a
+/// line per address and per port, read by every command, where the general `str` searchers cost more than the
+/// search.
+struct Fields<'a>(&'a str);
+
+impl<'a> Fields<'a> {
+    /// What is left of the line, spaces and all.
+    fn rest(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let end = self.0.bytes().position(|b| b == b' ');
+        // Splitting at an ASCII space keeps both halves on char boundaries.
+        let (field, rest) = match end {
+            Some(i) => (&self.0[..i], &self.0[i + 1..]),
+            None => (self.0, ""),
+        };
+        self.0 = rest;
+        Some(field)
     }
 }
 
 /// `SANDBOX PROTO HOST_IP|* HOST_PORT CONTAINER_PORT COUNT`.
-fn published(text: &str) -> Result<Published, String> {
-    let mut f = text.split(' ');
+fn published(mut f: Fields<'_>) -> Result<(&str, PortMapping), String> {
     let mut field = || f.next().ok_or("a port entry has 6 fields");
-    let sandbox = field()?.to_string();
+    let sandbox = field()?;
     let protocol = match field()? {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
@@ -231,7 +311,7 @@ fn published(text: &str) -> Result<Published, String> {
     if f.next().is_some() {
         return Err("a port entry has 6 fields".into());
     }
-    Ok(Published { sandbox, mapping })
+    Ok((sandbox, mapping))
 }
 
 #[cfg(test)]
@@ -333,6 +413,35 @@ mod tests {
             },
             Ledger { lines: 0, ..l }
         );
+    }
+
+    #[test]
+    fn the_last_word_on_each_address_and_port_holds() {
+        let l = Ledger::parse(
+            "+ip 10.89.0.9 a\n+ip 10.89.0.2 b\n-ip 10.89.0.9\n+ip 10.89.0.9 c\n+ip 10.89.0.3 d\n\
+             -ip 10.89.0.3\n-ip 10.89.0.7\n+port b tcp * 80 80 1\n+port b tcp * 80 80 1\n\
+             +port c udp 10.0.0.1 53 53 1\n-port b tcp * 80 80 1\n",
+        )
+        .unwrap();
+        let owners: Vec<(String, &str)> = l
+            .allocations
+            .iter()
+            .map(|(ip, o)| (ip.to_string(), o.as_str()))
+            .collect();
+        assert_eq!(
+            owners,
+            [("10.89.0.2".into(), "b"), ("10.89.0.9".into(), "c")]
+        );
+        // The cursor is the last address handed out, whatever became of it.
+        assert_eq!(l.cursor, Some(Ipv4Addr::new(10, 89, 0, 3)));
+        // One removal takes one of two equal entries.
+        let ports: Vec<(&str, u16)> = l
+            .published
+            .iter()
+            .map(|p| (p.sandbox.as_str(), p.mapping.host_port))
+            .collect();
+        assert_eq!(ports, [("b", 80), ("c", 53)]);
+        assert_eq!(l.lines, 11);
     }
 
     #[test]

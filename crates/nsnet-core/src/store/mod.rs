@@ -271,6 +271,11 @@ impl Store {
             .transpose()
     }
 
+    /// A network's settings alone: its addresses and ports (the ledger) are left out, and not read.
+    pub fn network_settings(&self, name: &str) -> Result<Option<Network>, StoreError> {
+        read(&self.network_path(name))
+    }
+
     fn with_ledger(&self, mut net: Network) -> Result<Network, StoreError> {
         if let Some((ledger, _)) = self.ledger(&self.ledger_path(&net.name))? {
             Ledger::clone(&ledger).fill(&mut net);

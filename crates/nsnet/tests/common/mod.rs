@@ -343,7 +343,7 @@ impl TestHost {
     /// [`TestHost::fast_path`], given the host's links as `ip -j link` lists them.
     fn fast_path_of(&self, links: &Value) -> Vec<String> {
         use nsnet_core::kernel::fastpath::FastPath;
-        use nsnet_core::kernel::{Netlink, TcHook};
+        use nsnet_core::kernel::{FilterAt, Netlink, TcHook};
         let names: std::collections::HashMap<u32, String> = links
             .as_array()
             .into_iter()
@@ -363,11 +363,18 @@ impl TestHost {
             let mut out = Vec::new();
             for index in names.keys() {
                 for (hook, side) in [(TcHook::Ingress, "ingress"), (TcHook::Egress, "egress")] {
-                    for (prog, _) in nl.bpf_filters(*index, hook).expect("list tc filters") {
-                        out.push(format!("{} tc {side}: {prog}", name(index)));
+                    let at = FilterAt::Link(*index, hook);
+                    for f in nl.bpf_filters(at).expect("list tc filters") {
+                        // An `ingress` qdisc answers for both hooks: its block is listed once.
+                        if hook == TcHook::Egress && f.block.is_some() {
+                            continue;
+                        }
+                        let on = f.block.map(|b| format!(" (block {b})")).unwrap_or_default();
+                        out.push(format!("{} tc {side}: {}{on}", name(index), f.name));
                     }
                 }
-                if let Some(fp) = FastPath::of_bridge(&mut nl, *index).expect("find a fast path") {
+                let fast_path = FastPath::of_bridge(&mut nl, &name(index));
+                if let Some(fp) = fast_path.expect("find a fast path") {
                     for (ip, port, mac) in fp.entries().expect("list a fast path") {
                         out.push(format!(
                             "{} fast path: {ip} -> {} {mac:02x?}",
@@ -396,8 +403,7 @@ impl TestHost {
             nsnet_core::kernel::netns::open(&self.host_path()).expect("open the host namespace");
         nsnet_core::kernel::netns::run_in(&fd, || {
             let mut nl = nsnet_core::kernel::Netlink::open().expect("netlink");
-            let index = nl.link_index(bridge).expect("bridge");
-            let fp = FastPath::of_bridge(&mut nl, index)
+            let fp = FastPath::of_bridge(&mut nl, bridge)
                 .expect("find the fast path")
                 .expect("the bridge has a fast path");
             f(&fp, &mut nl)
