@@ -161,7 +161,7 @@ enum NetworkCmd {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         isolate: bool,
         /// IPv4 between two sandboxes of the network goes veth to veth, skipping the bridge and its netfilter
-        /// hooks (a tcx program on each bridge port; Linux 6.6+); --fast-path=false sends it all through the bridge.
+        /// hooks (a bpf program on the bridge's ports); --fast-path=false sends it all through the bridge.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         fast_path: bool,
         /// MTU of the bridge and of every veth on the network (68-65535, default 1500).

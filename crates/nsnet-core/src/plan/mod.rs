@@ -79,11 +79,12 @@ pub enum Step {
     /// `ip link set NAME type bridge_slave hairpin on`: a bridge port may send a frame back out the port it
     /// came in on, so a sandbox reaches its own published port through the host's address.
     SetHairpin { name: String },
-    /// Give a new bridge its fast path ([`crate::kernel::fastpath`]): the program and its empty map, as a tc
-    /// egress filter on the bridge. Goes with the bridge, so it needs no undo of its own.
+    /// Give a new bridge its fast path ([`crate::kernel::fastpath`]): the program and its empty map, as the
+    /// filter of a tc block the bridge's ingress is bound to. Goes with the bridge, so it needs no undo of
+    /// its own.
     FastPathInit { bridge: String },
     /// Put a sandbox on its network's fast path ([`crate::kernel::fastpath`]): its address, host `port` and
-    /// MAC into the map of `bridge`'s program, and the program on the port (a tc ingress filter). Where the
+    /// MAC into the map of `bridge`'s program, and the port's ingress onto the program's block. Where the
     /// kernel or the caller cannot run bpf programs there is no fast path, and the bridge carries everything.
     FastPathAdd {
         bridge: String,
