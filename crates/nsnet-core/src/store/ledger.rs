@@ -40,7 +40,7 @@ impl Ledger {
     /// line).
     pub fn parse(text: &str) -> Result<Ledger, String> {
         let mut pass = Pass::default();
-        for (n, line) in text.lines().enumerate() {
+        for (n, line) in Lines(text).enumerate() {
             pass.line(line)
                 .map_err(|e| format!("line {}: {e}: '{line}'", n + 1))?;
         }
@@ -270,6 +270,25 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The lines of a text, like `str::lines` (a final `\r` dropped too), by the same byte loop as [`Fields`].
+struct Lines<'a>(&'a str);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let (line, rest) = match self.0.bytes().position(|b| b == b'\n') {
+            Some(i) => (&self.0[..i], &self.0[i + 1..]),
+            None => (self.0, ""),
+        };
+        self.0 = rest;
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    }
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = &'a str;
 
@@ -442,6 +461,19 @@ mod tests {
             .collect();
         assert_eq!(ports, [("b", 80), ("c", 53)]);
         assert_eq!(l.lines, 11);
+    }
+
+    #[test]
+    fn lines_and_fields_split_like_std() {
+        for text in ["", "a", "a\n", "a\r\nb\n\nc", "\n\n", "x y\r\n"] {
+            assert_eq!(
+                Lines(text).collect::<Vec<_>>(),
+                text.lines().collect::<Vec<_>>(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(Fields("+ip 1 b").collect::<Vec<_>>(), ["+ip", "1", "b"]);
+        assert_eq!(Fields("a  b").collect::<Vec<_>>(), ["a", "", "b"]);
     }
 
     #[test]
