@@ -34,6 +34,19 @@ fn check(kind: &str, name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A short stable hash of some names, for the names and numbers nsnet derives from them (veth names, tc
+/// blocks): FNV-1a over each part and a NUL after it.
+pub fn short_hash(parts: &[&str]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
 /// A network or sandbox name: 1–64 characters from `[A-Za-z0-9_.-]`.
 pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
     check(kind, name, MAX_NAME)

@@ -64,12 +64,7 @@ pub struct FastPath {
 /// The shared tc block of the bridge named `bridge`: a hash of the name with the top bit set, well away
 /// from the small numbers people give blocks by hand. Names are unique in a namespace, and so are blocks.
 pub fn block_of(bridge: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bridge.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h | 0x8000_0000
+    crate::names::short_hash(&[bridge]) | 0x8000_0000
 }
 
 /// A caller without `CAP_BPF`, or a kernel without bpf or cls_bpf: no fast path, the bridge does it all.

@@ -370,15 +370,3 @@ fn no_network(name: &str) -> Error {
         "no network named '{name}'; `nsnet network ls` lists them, `nsnet network create {name}` makes it"
     ))
 }
-
-/// A short stable hash for generated interface names (FNV-1a).
-fn short_hash(parts: &[&str]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0)) {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
-}

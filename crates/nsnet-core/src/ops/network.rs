@@ -4,13 +4,14 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{find, short_hash, tables_change, Host, Nsnet, DEFAULT_NETWORK};
+use super::{find, tables_change, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Backend;
 use crate::invalid;
 use crate::ipam;
 use crate::model::{Driver, NetOptions, Network, Sandbox};
 use crate::names;
+use crate::names::short_hash;
 use crate::plan::{build, Plan};
 use crate::store::{Record, Teardown};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use super::network::NetworkRequest;
-use super::{no_network, short_hash, tables_change, Host, Nsnet, DEFAULT_NETWORK};
+use super::{no_network, tables_change, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
@@ -15,6 +15,7 @@ use crate::kernel::sockets;
 use crate::kernel::{netns, sysctl, Netlink};
 use crate::model::{Driver, Endpoint, Mac, Network, Published, Sandbox};
 use crate::names;
+use crate::names::short_hash;
 use crate::plan::{build, Ns, Plan, Step};
 use crate::portmap::{addresses_overlap, PortMapping, PortSpec};
 use crate::store::{Record, Teardown};

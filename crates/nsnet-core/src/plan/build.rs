@@ -380,9 +380,9 @@ mod tests {
         assert!(text.starts_with(
             "sysctl -w net.ipv4.ip_forward=1\n\
              ip link add br0 address 02:6e:ac:10:00:64 mtu 1500 type bridge\nip link set br0 up\n\
-             tc qdisc add dev br0 ingress_block 2800115039 ingress\n\
+             tc qdisc add dev br0 ingress_block 2611281037 ingress\n\
              # fast path: bpf program nsnet_fastpath (with an empty map of sandboxes) as filter pref 1 \
-             handle 1 bpf direct-action on block 2800115039\n\
+             handle 1 bpf direct-action on block 2611281037\n\
              ip addr add 172.16.0.100/24 dev br0\n\
              sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
              nft -f - <<'EOF'\ntable ip nsnet {\n"
@@ -418,7 +418,7 @@ mod tests {
              ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\
              ip -n netns2 link set eth0 up\n\
              ip -n netns2 route add default via 172.16.0.100 dev eth0\n\
-             tc qdisc add dev veth12345678 ingress_block 2800115039 ingress\n\
+             tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
              # fast path: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
              nsnet_fastpath of br0\n\
              ip link set veth12345678 up\n\
