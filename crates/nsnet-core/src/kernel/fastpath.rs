@@ -120,12 +120,11 @@ impl FastPath {
         let insns = program(map.fd().as_raw_fd(), index);
         let prog = Program::load_sched_cls(NAME, &insns, LICENSE)
             .map_err(io("load the fast path's program"))?;
-        // A qdisc already there is ours from a command that died before the filter, or someone else's; with
-        // someone else's the block does not exist and the filter is refused (EINVAL).
-        let attached = match nl.add_ingress_qdisc(index, block) {
-            Err(e) if e.errno() != Some(libc::EEXIST) => Err(e),
-            _ => nl.add_bpf_filter(FilterAt::Block(block), prog.fd().as_fd(), NAME),
-        };
+        // A qdisc already on the bridge is ours from a command that died before the filter, or someone
+        // else's; with someone else's the block does not exist and the filter is refused (EINVAL).
+        let attached = nl
+            .add_ingress_qdisc(index, block)
+            .and_then(|()| nl.add_bpf_filter(FilterAt::Block(block), prog.fd().as_fd(), NAME));
         match attached {
             Ok(()) => Ok(Some(FastPath { prog, map, block })),
             // No ingress qdisc or cls_bpf in this kernel, or the bridge's ingress is not on our block.
@@ -147,10 +146,7 @@ impl FastPath {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<(), KernelError> {
-        match nl.add_ingress_qdisc(port, self.block) {
-            Err(e) if e.errno() != Some(libc::EEXIST) => return Err(e),
-            _ => {}
-        }
+        nl.add_ingress_qdisc(port, self.block)?;
         self.map
             .update(&ip.octets(), &peer(port, mac), (KEY, VALUE))
             .map_err(io("add a sandbox to the fast path's map"))

@@ -412,7 +412,8 @@ impl Netlink {
     }
 
     /// `tc qdisc add dev INDEX ingress_block BLOCK ingress`: the link's received frames go through the filters
-    /// of shared block `BLOCK` (made with the first qdisc bound to it, freed with the last).
+    /// of shared block `BLOCK` (made with the first qdisc bound to it, freed with the last). An ingress qdisc
+    /// already there is fine; which block it is bound to is not checked here.
     pub fn add_ingress_qdisc(&mut self, index: u32, block: u32) -> Result<(), KernelError> {
         let mut msg = TcMessage::with_index(index as i32);
         msg.header.handle = TcHandle {
@@ -425,12 +426,11 @@ impl Netlink {
             TCA_INGRESS_BLOCK,
             block.to_ne_bytes().to_vec(),
         )));
-        self.request(
+        exists_ok(self.request(
             &format!("add an ingress qdisc on block {block} to link {index}"),
             RouteNetlinkMessage::NewQueueDiscipline(msg),
             NLM_F_CREATE | NLM_F_EXCL,
-        )
-        .map(drop)
+        ))
     }
 
     /// `tc filter add {dev INDEX {ingress|egress} | block N} pref 1 handle 1 bpf direct-action fd FD name
