@@ -47,9 +47,24 @@ fn in_ns<T: Send>(ns: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Re
     netns::run_in(&fd, f).map_err(io::Error::other)?
 }
 
+/// Bind in `ns`, trying again for up to a second while the address is in use. A socket this process just
+/// closed can still be open for a moment: another thread's spawn copies the descriptor table, and the copy
+/// holds the socket until the child execs (close-on-exec closes it only then).
+fn bind_in<T: Send>(ns: &Path, bind: impl Fn() -> io::Result<T> + Send + Sync) -> io::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match in_ns(ns, &bind) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Listen on TCP `addr` inside `ns` for one client; greet it with "hello <client address>".
 pub fn tcp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
-    let listener = in_ns(ns, || TcpListener::bind(addr))?;
+    let listener = bind_in(ns, || TcpListener::bind(addr))?;
     listener.set_nonblocking(true)?;
     let handle = thread::spawn(move || {
         let deadline = Instant::now() + TIMEOUT;
@@ -89,7 +104,7 @@ pub fn tcp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
 
 /// Wait on UDP `addr` inside `ns` for one datagram; answer "hello <client address>".
 pub fn udp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
-    let sock = in_ns(ns, || UdpSocket::bind(addr))?;
+    let sock = bind_in(ns, || UdpSocket::bind(addr))?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     let handle = thread::spawn(move || {
         let mut buf = [0u8; 64];
