@@ -65,8 +65,6 @@ pub fn down(name: &str, i: u32) -> Result<()> {
 
 /// The bridge's fast path (its program and empty map), made once before the runs.
 pub fn bridge() -> Result<()> {
-    let mut host = Netlink::open()?;
-    let bridge = host.link_index(BRIDGE)?;
-    FastPath::create(&mut host, BRIDGE, bridge)?;
+    FastPath::ensure(&mut Netlink::open()?, BRIDGE)?;
     Ok(())
 }

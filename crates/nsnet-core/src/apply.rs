@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::kernel::fastpath::FastPath;
-use crate::kernel::{netns, sysctl, Netlink, VethSpec};
+use crate::kernel::{netns, sysctl, KernelError, Netlink, VethSpec};
 use crate::plan::{Ns, Plan, Step};
 
 /// Runs steps, with one netlink socket per namespace it has touched.
@@ -136,11 +136,7 @@ impl Applier {
             Step::Sysctl { key, value } => sysctl::set(key, value)?,
             Step::SetHairpin { name } => self.netlink(&Ns::Host)?.set_hairpin(name)?,
             Step::FastPathInit { bridge } => {
-                let nl = self.netlink(&Ns::Host)?;
-                let index = nl.link_index(bridge)?;
-                if FastPath::of_bridge(nl, bridge)?.is_none() {
-                    FastPath::create(nl, bridge, index)?;
-                }
+                FastPath::ensure(self.netlink(&Ns::Host)?, bridge)?;
             }
             Step::FastPathAdd {
                 bridge,
@@ -158,13 +154,10 @@ impl Applier {
                 if in_host_namespace(peer_ns)? {
                     return Ok(());
                 }
-                let fp = match FastPath::of_bridge(nl, bridge)? {
-                    Some(fp) => Some(fp),
-                    // A bridge made before nsnet had a fast path gets one now.
-                    None => match nl.link(bridge)? {
-                        Some(br) => FastPath::create(nl, bridge, br.index)?,
-                        None => None,
-                    },
+                // A bridge made before nsnet had a fast path gets one now; a bridge that is gone, none.
+                let fp = match FastPath::ensure(nl, bridge) {
+                    Err(KernelError::Missing(_)) => None,
+                    other => other?,
                 };
                 if let Some(fp) = fp {
                     fp.add(nl, port.index, *ip, mac.0)?;

@@ -73,7 +73,7 @@ fn the_program_takes_exactly_the_frames_the_bridge_would_forward_port_to_port() 
         }
         let (ha, hb) = (nl.link_index("ha").unwrap(), nl.link_index("hb").unwrap());
 
-        let fp = FastPath::create(&mut nl, "br0", bridge)
+        let fp = FastPath::ensure(&mut nl, "br0")
             .expect("create")
             .expect("this kernel runs bpf");
         fp.add(&mut nl, ha, A_IP, A_MAC).expect("add a");

@@ -34,7 +34,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use super::bpf::{Insn, Map, Program};
-use super::{FilterAt, KernelError, Netlink};
+use super::{BpfFilter, FilterAt, KernelError, Netlink};
 
 /// The name of the program, of its map and of its tc filters (`tc filter show`, `bpftool prog show`).
 pub const NAME: &str = "nsnet_fastpath";
@@ -83,7 +83,28 @@ impl FastPath {
     /// The fast path of the bridge named `bridge`, if it has one.
     pub fn of_bridge(nl: &mut Netlink, bridge: &str) -> Result<Option<FastPath>, KernelError> {
         let block = block_of(bridge);
-        for f in nl.bpf_filters(FilterAt::Block(block))? {
+        Self::open(&nl.bpf_filters(FilterAt::Block(block))?, block)
+    }
+
+    /// The fast path of the bridge named `bridge`: the one it has, or else a new one ([`FastPath::create`]).
+    /// One dump of the block answers both. `None` when the block holds someone else's filters, or when this
+    /// kernel or this caller cannot have a fast path; a missing bridge is [`KernelError::Missing`].
+    pub fn ensure(nl: &mut Netlink, bridge: &str) -> Result<Option<FastPath>, KernelError> {
+        let block = block_of(bridge);
+        let filters = nl.bpf_filters(FilterAt::Block(block))?;
+        if let Some(fp) = Self::open(&filters, block)? {
+            return Ok(Some(fp));
+        }
+        if !filters.is_empty() {
+            return Ok(None);
+        }
+        let index = nl.link_index(bridge)?;
+        Self::create(nl, block, index)
+    }
+
+    /// The fast path whose program is among `filters`, the filters of `block`.
+    fn open(filters: &[BpfFilter], block: u32) -> Result<Option<FastPath>, KernelError> {
+        for f in filters {
             if f.name != NAME {
                 continue;
             }
@@ -100,18 +121,10 @@ impl FastPath {
         Ok(None)
     }
 
-    /// A new fast path for bridge `name` (index `index`): a map, the program, and the bridge's ingress bound
-    /// to the network's block with the program on it. `None` when this kernel or this caller cannot have
-    /// one, or when the bridge's ingress or the block number is already someone else's.
-    pub fn create(
-        nl: &mut Netlink,
-        name: &str,
-        index: u32,
-    ) -> Result<Option<FastPath>, KernelError> {
-        let block = block_of(name);
-        if !nl.bpf_filters(FilterAt::Block(block))?.is_empty() {
-            return Ok(None);
-        }
+    /// A new fast path on `block` for the bridge with index `index`, whose block holds no filter yet: a map,
+    /// the program, and the bridge's ingress bound to the block with the program on it. `None` when this
+    /// kernel or this caller cannot have one, or when the bridge's ingress is already someone else's.
+    fn create(nl: &mut Netlink, block: u32, index: u32) -> Result<Option<FastPath>, KernelError> {
         let map = match Map::hash(NAME, KEY as u32, VALUE as u32, MAX_ENTRIES) {
             Ok(m) => m,
             Err(e) if unsupported(&e) => return Ok(None),
