@@ -361,7 +361,7 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
     }
     let nsnet = nsnet(conf)?;
     if let Some(net) = nsnet.store.network(&conf.name)? {
-        if delegate.is_none() && nsnet_core::ipam::allocate(&net, None).is_err() {
+        if delegate.is_none() && nsnet_core::ipam::allocate(&net, &net, None).is_err() {
             return Err(CniError::new(
                 code::UNAVAILABLE,
                 format!(

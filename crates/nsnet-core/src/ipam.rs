@@ -75,8 +75,40 @@ fn is_host(subnet: &Ipv4Net, ip: Ipv4Addr) -> bool {
     subnet.contains(&ip) && ip != subnet.network() && ip != subnet.broadcast()
 }
 
-/// Choose the address for a new endpoint: `requested` if it is free and usable, else the lowest free one.
-pub fn allocate(net: &Network, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, String> {
+/// The addresses a network has handed out, wherever they are read from: the network record's map, its ledger
+/// read in place, or the ledger's index (which knows only which addresses are held, not by whom).
+pub trait Held {
+    /// Whether `ip` is held.
+    fn holds(&self, ip: Ipv4Addr) -> bool;
+    /// The sandbox that holds `ip`, when this source knows it.
+    fn holder(&self, _ip: Ipv4Addr) -> Option<&str> {
+        None
+    }
+    /// The address handed out last: the next search starts after it.
+    fn cursor(&self) -> Option<Ipv4Addr>;
+}
+
+impl Held for Network {
+    fn holds(&self, ip: Ipv4Addr) -> bool {
+        self.allocations.contains_key(&ip)
+    }
+
+    fn holder(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.allocations.get(&ip).map(String::as_str)
+    }
+
+    fn cursor(&self) -> Option<Ipv4Addr> {
+        self.last_allocated
+    }
+}
+
+/// Choose the address for a new endpoint on `net`, whose addresses `held` tells: `requested` if it is free
+/// and usable, else the next free one.
+pub fn allocate(
+    net: &Network,
+    held: &impl Held,
+    requested: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, String> {
     if let Some(ip) = requested {
         if !is_host(&net.subnet, ip) {
             return Err(format!(
@@ -94,9 +126,13 @@ pub fn allocate(net: &Network, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, 
                 net.name
             ));
         }
-        if let Some(owner) = net.allocations.get(&ip) {
+        if held.holds(ip) {
+            let by = held
+                .holder(ip)
+                .map(|owner| format!(" by sandbox {owner}"))
+                .unwrap_or_default();
             return Err(format!(
-                "address {ip} is already in use by sandbox {owner}; pick another --ip or leave it out"
+                "address {ip} is already in use{by}; pick another --ip or leave it out"
             ));
         }
         return Ok(ip);
@@ -107,15 +143,15 @@ pub fn allocate(net: &Network, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, 
     );
     // Next fit, like Docker's and host-local's allocators: start after the address handed out last, so a
     // removed sandbox's address is not given out again at once (its veth may still be going away).
-    let after = net
-        .last_allocated
+    let after = held
+        .cursor()
         .map(u32::from)
         .filter(|a| (first..=last).contains(a))
         .map_or(first, |a| a + 1);
     (after..=last)
         .chain(first..after)
         .map(Ipv4Addr::from)
-        .find(|ip| *ip != net.gateway && !net.allocations.contains_key(ip))
+        .find(|ip| *ip != net.gateway && !held.holds(*ip))
         .ok_or_else(|| {
             format!(
                 "network {} has no free address left in {}; remove a sandbox or create a larger network",
@@ -185,20 +221,28 @@ mod tests {
     fn allocation_is_next_fit_and_never_twice() {
         let mut n = net("172.16.0.0/29"); // hosts .1-.6, gateway .1
         let mut got = vec![];
-        while let Ok(ip) = allocate(&n, None) {
+        while let Ok(ip) = allocate(&n, &n, None) {
             n.allocations.insert(ip, format!("s{ip}"));
             n.last_allocated = Some(ip);
             got.push(ip.octets()[3]);
         }
         assert_eq!(got, vec![2, 3, 4, 5, 6]);
-        assert!(allocate(&n, None).unwrap_err().contains("no free address"));
+        assert!(allocate(&n, &n, None)
+            .unwrap_err()
+            .contains("no free address"));
         // Freed addresses come back only once the search wraps around past the last one handed out.
         n.allocations.remove(&Ipv4Addr::new(172, 16, 0, 4));
         n.allocations.remove(&Ipv4Addr::new(172, 16, 0, 3));
         n.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 3));
-        assert_eq!(allocate(&n, None).unwrap(), Ipv4Addr::new(172, 16, 0, 4));
+        assert_eq!(
+            allocate(&n, &n, None).unwrap(),
+            Ipv4Addr::new(172, 16, 0, 4)
+        );
         n.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 6));
-        assert_eq!(allocate(&n, None).unwrap(), Ipv4Addr::new(172, 16, 0, 3));
+        assert_eq!(
+            allocate(&n, &n, None).unwrap(),
+            Ipv4Addr::new(172, 16, 0, 3)
+        );
     }
 
     #[test]
@@ -207,18 +251,18 @@ mod tests {
         n.allocations
             .insert(Ipv4Addr::new(172, 16, 0, 9), "a".into());
         assert_eq!(
-            allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 102))).unwrap(),
+            allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 102))).unwrap(),
             Ipv4Addr::new(172, 16, 0, 102)
         );
-        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 9)))
+        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 9)))
             .unwrap_err()
             .contains("in use by sandbox a"));
-        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 1)))
+        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 1)))
             .unwrap_err()
             .contains("gateway"));
-        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 1, 1)))
+        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 1, 1)))
             .unwrap_err()
             .contains("outside"));
-        assert!(allocate(&n, Some(Ipv4Addr::new(172, 16, 0, 255))).is_err());
+        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 255))).is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
@@ -10,15 +11,15 @@ use super::{no_network, tables_change, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
-use crate::ipam;
+use crate::ipam::{self, Held as _};
 use crate::kernel::sockets;
 use crate::kernel::{netns, sysctl, Netlink};
-use crate::model::{Driver, Endpoint, Mac, Network, Published, Sandbox};
+use crate::model::{Driver, Endpoint, Mac, Network, Sandbox};
 use crate::names;
 use crate::names::short_hash;
 use crate::plan::{build, Ns, Plan, Step};
 use crate::portmap::{addresses_overlap, PortMapping, PortSpec};
-use crate::store::{Record, Teardown};
+use crate::store::{Holdings, Record, Teardown};
 
 /// Where a sandbox's network joins: which network, which address, which ports.
 #[derive(Debug, Clone, Default)]
@@ -171,7 +172,7 @@ impl Nsnet {
         in_ns: Option<&mut Netlink>,
         first: Vec<Step>,
     ) -> Result<Plan> {
-        let mut nets = self.store.networks()?;
+        let mut nets = self.store.networks_in_place()?;
         let mut host = Host::open()?;
         let Join {
             net,
@@ -182,7 +183,9 @@ impl Nsnet {
         let mut kernel = Vec::new();
         let mut fw = Batch::default();
         if new_network {
-            let (s, f) = build::network_up(&net, &nets, tables_change(nets.len(), net.firewall));
+            let others: Vec<Network> = nets.into_iter().map(|(n, _)| n).collect();
+            let (s, f) =
+                build::network_up(&net, &others, tables_change(others.len(), net.firewall));
             kernel.extend(s);
             fw.0.extend(f.0);
         }
@@ -190,33 +193,60 @@ impl Nsnet {
         let (s, f) = build::endpoint_up(&net, &endpoint, &Ns::Path(sb.netns.clone()));
         kernel.extend(s);
         fw.0.extend(f.0);
-        sb.endpoints.push(endpoint);
 
         let firewall = net.firewall;
-        let records = vec![Record::Network(net), Record::Sandbox(sb.clone())];
+        let mut records = Vec::new();
+        if new_network {
+            records.push(Record::Network(net));
+        }
+        // The network's own record stays as it is: the join only adds entries to its ledger.
+        records.push(Record::Joined {
+            network: endpoint.network.clone(),
+            sandbox: sb.name.clone(),
+            ip: endpoint.address.addr(),
+            ports: endpoint.ports.clone(),
+        });
+        sb.endpoints.push(endpoint);
+        records.push(Record::Sandbox(sb.clone()));
         self.setup(Plan::setup(kernel, fw, firewall), records)
     }
 
-    /// Choose the network, address, names and ports of a new endpoint; returns the network record as it will be
-    /// once the endpoint exists, taken out of `nets` (not copied: at a thousand sandboxes the copy costs more
-    /// than the rest of the planning).
+    /// Choose the network, address, names and ports of a new endpoint. The network (taken out of `nets`, which
+    /// keeps the others) is read, not changed: what is taken is looked up in the indexes, or in the ledgers as
+    /// they are, never copied out (at a thousand sandboxes, parsing and copying the entries cost more than the
+    /// rest of the planning, and grew with every sandbox).
     fn plan_join(
         &self,
         sb: &Sandbox,
         req: &AttachRequest,
-        nets: &mut Vec<Network>,
+        nets: &mut Vec<(Network, Holdings)>,
         host: &mut Host,
         in_ns: Option<&mut Netlink>,
     ) -> Result<Join> {
         let net_name = req.network.as_deref().unwrap_or(DEFAULT_NETWORK);
-        let (mut net, new_network) = match nets.iter().position(|n| n.name == net_name) {
-            Some(i) => (nets.swap_remove(i), false),
-            None if net_name == DEFAULT_NETWORK => (
-                self.validate_network(&NetworkRequest::default_network(), nets, host)?,
-                true,
-            ),
+        let (net, mut held, new_network) = match nets.iter().position(|(n, _)| n.name == net_name) {
+            Some(i) => {
+                let (net, held) = nets.swap_remove(i);
+                (net, held, false)
+            }
+            None if net_name == DEFAULT_NETWORK => {
+                let settings: Vec<Network> = nets.iter().map(|(n, _)| n.clone()).collect();
+                let req = NetworkRequest::default_network();
+                let net = self.validate_network(&req, &settings, host)?;
+                (net, Holdings::Ledger(Arc::default()), true)
+            }
             None => return Err(no_network(net_name)),
         };
+        // An index tells only that an address or a host port is taken: a request that touches one reads the
+        // ledgers, which say by whom, and for a port on which host address (which decides a conflict).
+        if touches_taken(&net, &held, req, nets) {
+            if held.ledger().is_none() {
+                held = Holdings::Ledger(self.store.ledger_of(&net.name)?);
+            }
+            for (n, h) in nets.iter_mut().filter(|(_, h)| h.ledger().is_none()) {
+                *h = Holdings::Ledger(self.store.ledger_of(&n.name)?);
+            }
+        }
         if net.removing || sb.removing {
             return Err(Error::Busy(format!(
                 "{} is being removed by another nsnet command; try again when it is gone",
@@ -234,18 +264,21 @@ impl Nsnet {
                 net.name
             ));
         }
-        if net.driver == Driver::Veth {
-            if let Some(other) = net.users().first() {
-                return Err(invalid!(
-                    "network '{}' (driver veth) already links sandbox '{other}'; a veth network joins exactly \
-                     one sandbox: create another, or use --driver bridge",
-                    net.name
-                ));
-            }
+        if net.driver == Driver::Veth && held.addresses() > 0 {
+            let other = held
+                .ledger()
+                .and_then(|l| l.holders().next())
+                .map_or("another sandbox", |(_, o)| o);
+            return Err(invalid!(
+                "network '{}' (driver veth) already links sandbox '{other}'; a veth network joins exactly one \
+                 sandbox: create another, or use --driver bridge",
+                net.name
+            ));
         }
-        net.has_room().map_err(Error::Invalid)?;
-        let ports = resolve_ports(&net, &req.ports, nets)?;
-        let ip = ipam::allocate(&net, req.ip).map_err(Error::Invalid)?;
+        net.has_room(held.addresses()).map_err(Error::Invalid)?;
+        let every: Vec<&Holdings> = nets.iter().map(|(_, h)| h).chain([&held]).collect();
+        let ports = resolve_ports(&net, &req.ports, &every)?;
+        let ip = ipam::allocate(&net, &held, req.ip).map_err(Error::Invalid)?;
 
         // Interface names: ethN inside (the lowest N free in the namespace), a hashed veth name outside.
         let mut used: Vec<String> = sb.endpoints.iter().map(|e| e.interface.clone()).collect();
@@ -309,13 +342,6 @@ impl Nsnet {
             ports,
             removing: false,
         };
-        net.allocations.insert(ip, sb.name.clone());
-        net.last_allocated = Some(ip);
-        net.published
-            .extend(endpoint.ports.iter().map(|m| Published {
-                sandbox: sb.name.clone(),
-                mapping: *m,
-            }));
         Ok(Join {
             net,
             new_network,
@@ -473,7 +499,34 @@ impl Nsnet {
 /// Fix every requested port: check it against the ports already published and the sockets host processes
 /// hold, and choose free host ports where none was given (the lowest free ones in the kernel's local port
 /// range, like Docker).
-fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<Vec<PortMapping>> {
+/// Whether a join's request touches an address or host port that an index shows taken (or, read from a
+/// ledger, that is taken): then the join must read the ledgers to say by whom, or whether it conflicts.
+fn touches_taken(
+    net: &Network,
+    held: &Holdings,
+    req: &AttachRequest,
+    others: &[(Network, Holdings)],
+) -> bool {
+    req.ip.is_some_and(|ip| held.holds(ip))
+        || (net.driver == Driver::Veth && held.addresses() > 0)
+        || req.ports.iter().any(|spec| match spec.host_port {
+            // A host port left to nsnet is searched for among the published ones.
+            None => true,
+            Some(port) => {
+                let m = spec.with_host_port(port);
+                held.may_conflict(&m) || others.iter().any(|(_, h)| h.may_conflict(&m))
+            }
+        })
+}
+
+/// The host ports of a new endpoint's `-p` specs on `net`, checked against every port published on this host
+/// (every network's `held`). A network read from its index lists no ports: [`touches_taken`] has made sure
+/// none of its ports can conflict.
+fn resolve_ports(
+    net: &Network,
+    specs: &[PortSpec],
+    held: &[&Holdings],
+) -> Result<Vec<PortMapping>> {
     if specs.is_empty() {
         return Ok(vec![]);
     }
@@ -489,12 +542,10 @@ fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<
             net.name
         ));
     }
-    // Every port published on this host: `net`'s and the other networks' (`nets` may or may not hold `net`).
-    let published: Vec<&Published> = nets
+    let published: Vec<(&str, &PortMapping)> = held
         .iter()
-        .filter(|n| n.name != net.name)
-        .chain(std::iter::once(net))
-        .flat_map(|n| n.published.iter())
+        .filter_map(|h| h.ledger())
+        .flat_map(|l| l.published())
         .collect();
     let mut out: Vec<PortMapping> = Vec::new();
     for spec in specs {
@@ -537,17 +588,17 @@ fn resolve_ports(net: &Network, specs: &[PortSpec], nets: &[Network]) -> Result<
 fn conflict(
     m: &PortMapping,
     same_request: &[PortMapping],
-    published: &[&Published],
+    published: &[(&str, &PortMapping)],
 ) -> Option<String> {
     if let Some(other) = same_request.iter().find(|o| o.conflicts_with(m)) {
         return Some(format!(
             "-p {m} and -p {other} publish the same host port; keep one"
         ));
     }
-    if let Some(p) = published.iter().find(|p| p.mapping.conflicts_with(m)) {
+    if let Some((sandbox, other)) = published.iter().find(|(_, o)| o.conflicts_with(m)) {
         return Some(format!(
-            "host port {}/{} is already published by sandbox '{}' ({}); pick another host port",
-            m.host_port, m.protocol, p.sandbox, p.mapping
+            "host port {}/{} is already published by sandbox '{sandbox}' ({other}); pick another host port",
+            m.host_port, m.protocol
         ));
     }
     None
@@ -589,4 +640,88 @@ fn local_port_range() -> (u16, u16) {
             Some((it.next()?, it.next()?))
         })
         .unwrap_or((32768, 60999))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::index::Index;
+    use crate::store::ledger::Ledger;
+
+    fn net() -> Network {
+        Network::bridge(
+            "n",
+            "10.89.0.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 89, 0, 1),
+            "br0",
+        )
+    }
+
+    fn request(ip: Option<Ipv4Addr>, ports: &[&str]) -> AttachRequest {
+        AttachRequest {
+            ip,
+            ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_request_touching_what_an_index_shows_taken_reads_the_ledgers() {
+        let ledger =
+            Ledger::parse("+ip 10.89.0.2 a\n+port a tcp 127.0.0.1 8080 80 1\n".into()).unwrap();
+        let index = Holdings::Index(Index::of(&ledger, [0; 4]));
+        let other = vec![(
+            net(),
+            Holdings::Index(Index::of(&Ledger::default(), [0; 4])),
+        )];
+        let n = net();
+        // Free address, free port: the index answers.
+        assert!(!touches_taken(
+            &n,
+            &index,
+            &request(None, &["8081:80"]),
+            &other
+        ));
+        assert!(!touches_taken(
+            &n,
+            &index,
+            &request(Some(Ipv4Addr::new(10, 89, 0, 3)), &[]),
+            &other
+        ));
+        // A held address, a host port in use on some address, or a host port left to nsnet: the ledgers say.
+        assert!(touches_taken(
+            &n,
+            &index,
+            &request(Some(Ipv4Addr::new(10, 89, 0, 2)), &[]),
+            &other
+        ));
+        assert!(touches_taken(
+            &n,
+            &index,
+            &request(None, &["10.0.0.1:8080:80"]),
+            &other
+        ));
+        assert!(touches_taken(&n, &index, &request(None, &["80"]), &other));
+        // Read from the ledger, the port on another host address does not conflict.
+        let exact = Holdings::Ledger(std::sync::Arc::new(ledger));
+        assert!(!touches_taken(
+            &n,
+            &exact,
+            &request(None, &["10.0.0.1:8080:80"]),
+            &other
+        ));
+        assert!(touches_taken(
+            &n,
+            &exact,
+            &request(None, &["8080:80"]),
+            &other
+        ));
+        // A port taken on another network counts too.
+        assert!(touches_taken(
+            &net(),
+            &other[0].1,
+            &request(None, &["8080:80"]),
+            &[(n, index)]
+        ));
+    }
 }

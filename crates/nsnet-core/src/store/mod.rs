@@ -7,12 +7,14 @@
 //!                         when free (reused, so commands do not create and delete a file each)
 //!   networks/NAME.json    a network's settings
 //!   networks/NAME.ledger  the addresses and ports it has handed out, one line each (see [`ledger`])
+//!   networks/NAME.index   the same as sorted numbers, stamped with the ledger it describes (see [`index`])
 //!   sandboxes/NAME.json   a sandbox and its endpoints
 //!   tmp/                  files being written
 //! ```
 //! A JSON file is written to `tmp/`, fsynced and renamed over the old one, so a reader sees either the old or the
 //! new file, never half of one. A ledger only grows by appended lines, written under the lock. Files are 0600.
 
+pub mod index;
 pub mod ledger;
 
 use std::collections::HashMap;
@@ -26,8 +28,11 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::ipam::Held;
 use crate::model::{Network, Sandbox};
 use crate::plan::Step;
+use crate::portmap::PortMapping;
+use index::{Index, Stamp};
 use ledger::Ledger;
 
 /// One change to the records, as data: what a command writes once its kernel work is done.
@@ -37,6 +42,14 @@ pub enum Record {
     Sandbox(Sandbox),
     NoNetwork(String),
     NoSandbox(String),
+    /// A join's entries, appended to its network's ledger as they are: `sandbox` holds `ip` and publishes
+    /// `ports`. A join records this rather than the whole network, so it never reads the entries into memory.
+    Joined {
+        network: String,
+        sandbox: String,
+        ip: std::net::Ipv4Addr,
+        ports: Vec<crate::portmap::PortMapping>,
+    },
 }
 
 /// A record file's content at some moment, by path relative to the state dir.
@@ -134,6 +147,71 @@ type LedgerCache = HashMap<PathBuf, (FileId, Arc<Ledger>)>;
 /// the inode), so these name its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId(u64, u64, i64, i64);
+
+impl FileId {
+    fn of(m: &fs::Metadata) -> FileId {
+        FileId(m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+    }
+
+    fn stamp(self) -> Stamp {
+        [self.0, self.1, self.2 as u64, self.3 as u64]
+    }
+}
+
+/// What a join reads of a network's ledger: its index when that is current (a few KiB, whatever the number of
+/// sandboxes), else the ledger itself.
+#[derive(Debug, Clone)]
+pub enum Holdings {
+    Index(Index),
+    Ledger(Arc<Ledger>),
+}
+
+impl Holdings {
+    /// How many addresses are held.
+    pub fn addresses(&self) -> usize {
+        match self {
+            Holdings::Index(ix) => ix.addresses(),
+            Holdings::Ledger(l) => l.addresses(),
+        }
+    }
+
+    /// Whether a published port may conflict with `m`: an index knows only that one of its host ports is in
+    /// use, the ledger knows on which host address (and whether that overlaps).
+    pub fn may_conflict(&self, m: &PortMapping) -> bool {
+        match self {
+            Holdings::Index(ix) => ix.port_taken(m),
+            Holdings::Ledger(l) => l.published().any(|(_, p)| p.conflicts_with(m)),
+        }
+    }
+
+    /// The ledger, when that is what was read.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        match self {
+            Holdings::Index(_) => None,
+            Holdings::Ledger(l) => Some(l),
+        }
+    }
+}
+
+impl Held for Holdings {
+    fn holds(&self, ip: std::net::Ipv4Addr) -> bool {
+        match self {
+            Holdings::Index(ix) => ix.holds(ip),
+            Holdings::Ledger(l) => l.holds(ip),
+        }
+    }
+
+    fn holder(&self, ip: std::net::Ipv4Addr) -> Option<&str> {
+        self.ledger()?.holder(ip)
+    }
+
+    fn cursor(&self) -> Option<std::net::Ipv4Addr> {
+        match self {
+            Holdings::Index(ix) => ix.cursor(),
+            Holdings::Ledger(l) => l.cursor(),
+        }
+    }
+}
 
 /// Held while a command changes state. On drop, a store left with no networks and no sandboxes is removed
 /// altogether (so nothing nsnet made outlives its last object, and a failed first command leaves no trace),
@@ -277,35 +355,105 @@ impl Store {
     }
 
     fn with_ledger(&self, mut net: Network) -> Result<Network, StoreError> {
-        if let Some((ledger, _)) = self.ledger(&self.ledger_path(&net.name))? {
-            Ledger::clone(&ledger).fill(&mut net);
+        if let Some(ledger) = self.ledger(&self.ledger_path(&net.name))? {
+            ledger.fill(&mut net);
         }
         Ok(net)
     }
 
-    /// A ledger file parsed, with its length; `None` when there is none.
-    fn ledger(&self, path: &Path) -> Result<Option<(Arc<Ledger>, u64)>, StoreError> {
+    /// Every network's settings, each with what it has handed out as its index says, or its ledger where the
+    /// index is not current: what a join plans from.
+    pub fn networks_in_place(&self) -> Result<Vec<(Network, Holdings)>, StoreError> {
+        read_all::<Network>(&self.dir.join("networks"))?
+            .into_iter()
+            .map(|n| {
+                let held = match self.current_index(&n.name) {
+                    Some(ix) => Holdings::Index(ix),
+                    None => Holdings::Ledger(self.ledger_of(&n.name)?),
+                };
+                Ok((n, held))
+            })
+            .collect()
+    }
+
+    /// A network's ledger, parsed (empty when it has none).
+    pub fn ledger_of(&self, name: &str) -> Result<Arc<Ledger>, StoreError> {
+        Ok(self.ledger(&self.ledger_path(name))?.unwrap_or_default())
+    }
+
+    fn index_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("networks/{name}.index"))
+    }
+
+    /// A network's index, if it describes its ledger as the ledger is now.
+    fn current_index(&self, name: &str) -> Option<Index> {
+        let bytes = fs::read(self.index_path(name)).ok()?;
+        let ix = Index::decode(&bytes)?;
+        let now = fs::metadata(self.ledger_path(name)).ok()?;
+        (ix.stamp == FileId::of(&now).stamp()).then_some(ix)
+    }
+
+    /// Whether a network's index, if it claims to describe the ledger as it is now, says what the ledger says
+    /// (a stale or missing index is fine: it is not used). For tests that kill commands halfway.
+    pub fn index_agrees(&self, name: &str) -> bool {
+        let Some(ix) = self.current_index(name) else {
+            return true;
+        };
+        self.ledger_of(name)
+            .is_ok_and(|ledger| Index::of(&ledger, ix.stamp) == ix)
+    }
+
+    /// Write a network's index for its ledger as it is now; best effort (a failed write leaves no index, and
+    /// the next command parses the ledger instead).
+    fn put_index(&self, name: &str, mut ix: Index) {
+        let path = self.index_path(name);
+        let written = fs::metadata(self.ledger_path(name)).and_then(|m| {
+            ix.stamp = FileId::of(&m).stamp();
+            let bytes = ix.encode();
+            let f = open_for_writing(&path)?;
+            std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0)?;
+            f.set_len(bytes.len() as u64)
+        });
+        if written.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
+    /// The index of a ledger about to be appended to, if it costs no parse: the current index, or one built
+    /// from the ledger this process parsed while the file was as it is now.
+    fn index_before_append(&self, name: &str) -> Option<Index> {
+        if let Some(ix) = self.current_index(name) {
+            return Some(ix);
+        }
+        let path = self.ledger_path(name);
+        let id = FileId::of(&fs::metadata(&path).ok()?);
+        let cache = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, ledger) = cache.get(&path)?;
+        (*seen == id).then(|| Index::of(ledger, id.stamp()))
+    }
+
+    /// A ledger file parsed; `None` when there is none.
+    fn ledger(&self, path: &Path) -> Result<Option<Arc<Ledger>>, StoreError> {
         let id = match fs::metadata(path) {
-            Ok(m) => FileId(m.ino(), m.len(), m.mtime(), m.mtime_nsec()),
+            Ok(m) => FileId::of(&m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read state file", path)(e)),
         };
         let mut cache = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, ledger)) = cache.get(path) {
             if *seen == id {
-                return Ok(Some((ledger.clone(), id.1)));
+                return Ok(Some(ledger.clone()));
             }
         }
         let Some(text) = read_text(path)? else {
             return Ok(None);
         };
-        let ledger = Arc::new(parse_ledger(path, &text)?);
-        let len = text.len() as u64;
+        let ledger = Arc::new(parse_ledger(path, text)?);
         // Cached only if the file did not change while it was read.
-        if id.1 == len {
+        if id.1 == ledger.len() {
             cache.insert(path.to_path_buf(), (id, ledger.clone()));
         }
-        Ok(Some((ledger, len)))
+        Ok(Some(ledger))
     }
 
     pub fn sandbox(&self, name: &str) -> Result<Option<Sandbox>, StoreError> {
@@ -327,17 +475,28 @@ impl Store {
 
     /// A network's ledger as it is on disk, with the file's length. A ledger that is mostly dead lines is
     /// compacted first (call with the lock held).
-    fn current_ledger(&self, name: &str) -> Result<(Arc<Ledger>, u64), StoreError> {
+    fn current_ledger(&self, name: &str) -> Result<Arc<Ledger>, StoreError> {
         let path = self.ledger_path(name);
-        let Some((ledger, len)) = self.ledger(&path)? else {
-            return Ok((Default::default(), 0));
+        let Some(ledger) = self.ledger(&path)? else {
+            return Ok(Default::default());
         };
         if !ledger.wants_compaction() {
-            return Ok((ledger, len));
+            return Ok(ledger);
         }
         let fresh = ledger.compacted();
         self.write_text(&path, &fresh)?;
-        Ok((Arc::new(parse_ledger(&path, &fresh)?), fresh.len() as u64))
+        let fresh = Arc::new(parse_ledger(&path, fresh)?);
+        self.put_index(name, Index::of(&fresh, [0; 4]));
+        Ok(fresh)
+    }
+
+    /// The length of a network's ledger before a command appends to it, compacting it first when most of it
+    /// is dead lines. Read from the index when that is current, so a join never parses the ledger.
+    fn ledger_len(&self, name: &str) -> Result<u64, StoreError> {
+        match self.current_index(name) {
+            Some(ix) if !ix.wants_compaction() => Ok(ix.stamp[1]),
+            _ => Ok(self.current_ledger(name)?.len()),
+        }
     }
 
     /// What the files of these records hold now, and what they will hold once the records are written.
@@ -359,6 +518,7 @@ impl Store {
             Ok(())
         };
         let mut ledgers = Vec::new();
+        let mut joins = Vec::new();
         for r in records {
             match r {
                 Record::Network(n) => {
@@ -376,20 +536,38 @@ impl Store {
                     whole(sandbox_file(&sb.name), Some(text))?
                 }
                 Record::NoSandbox(name) => whole(sandbox_file(name), None)?,
+                Record::Joined {
+                    network,
+                    sandbox,
+                    ip,
+                    ports,
+                } => joins.push((network, Ledger::joined(sandbox, *ip, ports))),
             }
         }
+        // Each ledger's lines, gathered into one append per file at the length it has now (a new network's
+        // record and its first join both write to its ledger).
+        let mut appends: Vec<(&str, u64, String)> = Vec::new();
         for n in ledgers {
-            let (current, len) = self.current_ledger(&n.name)?;
-            let append = current.changes_to(n);
-            if !append.is_empty() {
-                let path = ledger_file(&n.name);
-                before.push(FileState::Ledger {
-                    path: path.clone(),
-                    len,
-                    append: String::new(),
-                });
-                after.push(FileState::Ledger { path, len, append });
+            let current = self.current_ledger(&n.name)?;
+            appends.push((&n.name, current.len(), current.changes_to(n)));
+        }
+        for (name, lines) in &joins {
+            match appends.iter_mut().find(|(n, _, _)| n == name) {
+                Some((_, _, all)) => all.push_str(lines),
+                None => appends.push((name, self.ledger_len(name)?, lines.clone())),
             }
+        }
+        for (name, len, append) in appends {
+            if append.is_empty() {
+                continue;
+            }
+            let path = ledger_file(name);
+            before.push(FileState::Ledger {
+                path: path.clone(),
+                len,
+                append: String::new(),
+            });
+            after.push(FileState::Ledger { path, len, append });
         }
         Ok((before, after))
     }
@@ -406,11 +584,40 @@ impl Store {
                 FileState::Whole {
                     path,
                     content: None,
-                } => remove(&self.dir.join(path))?,
-                FileState::Ledger { path, len, append } => {
-                    append_at(&self.dir.join(path), *len, append)?
+                } => {
+                    remove(&self.dir.join(path))?;
+                    if let Some(name) = ledger_name(path) {
+                        remove(&self.index_path(name))?;
+                    }
                 }
+                FileState::Ledger { path, len, append } => self.set_ledger(path, *len, append)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Make a ledger its first `len` bytes followed by `append`, and keep its index: an append takes the same
+    /// lines; anything else (a rollback's truncation) drops it, for the next command to rebuild.
+    fn set_ledger(&self, path: &str, len: u64, append: &str) -> Result<(), StoreError> {
+        let full = self.dir.join(path);
+        let name = ledger_name(path);
+        let appending = !append.is_empty()
+            && match fs::metadata(&full) {
+                Ok(m) => m.len() == len,
+                Err(_) => len == 0,
+            };
+        let index = match name {
+            Some(_) if appending && len == 0 => Some(Index::of(&Ledger::default(), [0; 4])),
+            Some(n) if appending => self.index_before_append(n),
+            _ => None,
+        };
+        append_at(&full, len, append)?;
+        let Some(name) = name else {
+            return Ok(());
+        };
+        match index.map(|mut ix| ix.follow(append).map(|()| ix)) {
+            Some(Ok(ix)) => self.put_index(name, ix),
+            _ => remove(&self.index_path(name))?,
         }
         Ok(())
     }
@@ -561,6 +768,11 @@ fn ledger_file(name: &str) -> String {
 }
 
 /// Where a sandbox's record lives, relative to the state dir.
+/// The network whose ledger is at `path` (relative to the state dir).
+fn ledger_name(path: &str) -> Option<&str> {
+    path.strip_prefix("networks/")?.strip_suffix(".ledger")
+}
+
 fn sandbox_file(name: &str) -> String {
     format!("sandboxes/{name}.json")
 }
@@ -608,7 +820,7 @@ fn read_text(path: &Path) -> Result<Option<String>, StoreError> {
     }
 }
 
-fn parse_ledger(path: &Path, text: &str) -> Result<Ledger, StoreError> {
+fn parse_ledger(path: &Path, text: String) -> Result<Ledger, StoreError> {
     Ledger::parse(text).map_err(|reason| StoreError::Corrupt {
         path: path.into(),
         reason,
@@ -789,6 +1001,64 @@ mod tests {
             .lines()
             .count();
         assert!(lines <= 70, "{lines} lines");
+    }
+
+    #[test]
+    fn joins_keep_the_index_current_and_anything_else_drops_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _lock = Store::new(tmp.path()).lock().unwrap();
+        // Each command is a new process: a fresh store, with nothing parsed yet.
+        let store = || Store::new(tmp.path());
+        let indexed = |s: &Store| match &s.networks_in_place().unwrap()[0].1 {
+            Holdings::Index(ix) => Some(ix.addresses()),
+            Holdings::Ledger(_) => None,
+        };
+        write(&store(), vec![Record::Network(net("a"))]);
+        let join = |i: u32| Record::Joined {
+            network: "a".into(),
+            sandbox: format!("s{i}"),
+            ip: std::net::Ipv4Addr::from(0x0a59_0002 + i),
+            ports: vec![],
+        };
+        for i in 0..3 {
+            write(&store(), vec![join(i)]);
+        }
+        // The first join made the index; the next ones read it, never the ledger, and kept it current.
+        assert_eq!(indexed(&store()), Some(3));
+        assert!(store().index_agrees("a"));
+
+        // A rolled-back join truncates the ledger: the index is dropped, and the ledger is read instead.
+        let (before, after) = store().file_states(&[join(3)]).unwrap();
+        store().set_files(&after).unwrap();
+        assert_eq!(indexed(&store()), Some(4));
+        store().set_files(&before).unwrap();
+        assert_eq!(indexed(&store()), None);
+        assert_eq!(store().ledger_of("a").unwrap().addresses(), 3);
+        // The next join that parsed the ledger writes the index again.
+        write(&store(), vec![join(3)]);
+        assert_eq!(indexed(&store()), Some(4));
+
+        // Removals (written from the whole record) and compaction keep it current too.
+        for _ in 0..40 {
+            let s = store();
+            let mut n = s.network("a").unwrap().unwrap();
+            n.release("s3");
+            write(&s, vec![Record::Network(n)]);
+            write(&store(), vec![join(3)]);
+        }
+        assert!(store().ledger_of("a").unwrap().lines() < 64);
+        assert_eq!(indexed(&store()), Some(4));
+        assert!(store().index_agrees("a"));
+
+        // A ledger changed behind nsnet's back no longer matches the index's stamp.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store().ledger_path("a"))
+            .unwrap();
+        f.write_all(b"-ip 10.89.0.2\n").unwrap();
+        assert_eq!(indexed(&store()), None);
+        write(&store(), vec![Record::NoNetwork("a".into())]);
+        assert!(!store().index_path("a").exists());
     }
 
     #[test]

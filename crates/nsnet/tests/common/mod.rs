@@ -543,6 +543,19 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             if rel.starts_with("intents/") && text.is_empty() {
                 continue;
             }
+            if let Some(name) = rel
+                .strip_prefix("networks/")
+                .and_then(|r| r.strip_suffix(".index"))
+            {
+                // A cache of the ledger: it may be stale or missing, but one that claims to be current must
+                // agree with the ledger exactly. It is not part of the state compared.
+                let store = nsnet_core::store::Store::new(root);
+                assert!(
+                    store.index_agrees(name),
+                    "the index of network {name} is current but disagrees with its ledger"
+                );
+                continue;
+            }
             if rel.ends_with(".ledger") {
                 // One with nothing live holds only history (and the cursor): the same as none.
                 if let Some(live) = live_ledger(&text) {

@@ -1,0 +1,285 @@
+//! A network's ledger index: the held addresses and the host ports in use, as sorted numbers in a small
+//! binary file (`networks/NAME.index`), so a join reads a few KiB of numbers instead of parsing a line per
+//! sandbox.
+//!
+//! The index is a cache, never the truth. It is stamped with the identity of the ledger file it describes
+//! (inode, length, modification time) and carries a checksum; a stale, torn or missing index is simply not
+//! used, and the next command that parses the ledger writes a fresh one. The store keeps it current as lines
+//! are appended to the ledger (it applies the same lines to the numbers). Nothing is fsynced: losing it
+//! costs one parse.
+//!
+//! It knows *that* an address or a host port is taken, not by whom or on which host address: a join whose
+//! request touches anything the index shows taken reads the ledgers, which say.
+
+use std::net::Ipv4Addr;
+
+use super::ledger::{Entry, Ledger};
+use crate::ipam::Held;
+use crate::portmap::{PortMapping, Proto};
+
+/// The file identity an index was built for: inode, length, modification time (seconds, nanoseconds).
+pub type Stamp = [u64; 4];
+
+const MAGIC: u64 = u64::from_le_bytes(*b"nsnetix1");
+/// Words before the numbers: magic, stamp (4), cursor, lines, address count, port count, checksum.
+const HEADER: usize = 10;
+
+/// See the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    pub stamp: Stamp,
+    cursor: Option<Ipv4Addr>,
+    lines: u64,
+    /// Held addresses, sorted, each once.
+    addresses: Vec<u32>,
+    /// Each live mapping's host ports as `protocol << 16 | port`, sorted; a port two mappings share (on
+    /// different host addresses) is in twice, so removing one mapping leaves the other's.
+    ports: Vec<u32>,
+}
+
+fn key(protocol: Proto, port: u16) -> u32 {
+    let p = match protocol {
+        Proto::Tcp => 0,
+        Proto::Udp => 1,
+    };
+    p << 16 | u32::from(port)
+}
+
+fn keys(m: &PortMapping) -> impl Iterator<Item = u32> + '_ {
+    m.host_ports().map(|p| key(m.protocol, p))
+}
+
+impl Index {
+    /// The index of a parsed ledger.
+    pub fn of(ledger: &Ledger, stamp: Stamp) -> Index {
+        let addresses = ledger.holders().map(|(ip, _)| u32::from(ip)).collect();
+        let mut ports: Vec<u32> = ledger.published().flat_map(|(_, m)| keys(m)).collect();
+        ports.sort_unstable();
+        Index {
+            stamp,
+            cursor: ledger.cursor(),
+            lines: ledger.lines() as u64,
+            addresses,
+            ports,
+        }
+    }
+
+    /// Whether `ip` is held.
+    pub fn holds(&self, ip: Ipv4Addr) -> bool {
+        self.addresses.binary_search(&u32::from(ip)).is_ok()
+    }
+
+    /// How many addresses are held.
+    pub fn addresses(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// The address handed out last.
+    pub fn cursor(&self) -> Option<Ipv4Addr> {
+        self.cursor
+    }
+
+    /// Whether a published mapping uses any host port of `m` (on any host address, so it may or may not
+    /// conflict: the ledger says).
+    pub fn port_taken(&self, m: &PortMapping) -> bool {
+        keys(m).any(|k| self.ports.binary_search(&k).is_ok())
+    }
+
+    /// Apply lines appended to the ledger. Errors name the bad line (the caller then drops the index).
+    pub fn follow(&mut self, text: &str) -> Result<(), String> {
+        for line in text.lines() {
+            match Entry::parse(line)? {
+                Entry::Hold(ip, _) => {
+                    let n = u32::from(ip);
+                    if let Err(i) = self.addresses.binary_search(&n) {
+                        self.addresses.insert(i, n);
+                    }
+                    self.cursor = Some(ip);
+                }
+                Entry::Free(ip) => {
+                    if let Ok(i) = self.addresses.binary_search(&u32::from(ip)) {
+                        self.addresses.remove(i);
+                    }
+                }
+                Entry::Publish(_, m) => {
+                    for k in keys(&m) {
+                        let i = self.ports.partition_point(|&p| p < k);
+                        self.ports.insert(i, k);
+                    }
+                }
+                Entry::Unpublish(_, m) => {
+                    for k in keys(&m) {
+                        if let Ok(i) = self.ports.binary_search(&k) {
+                            self.ports.remove(i);
+                        }
+                    }
+                }
+                Entry::Cursor(ip) => self.cursor = Some(ip),
+            }
+            self.lines += 1;
+        }
+        Ok(())
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut words = vec![
+            MAGIC,
+            self.stamp[0],
+            self.stamp[1],
+            self.stamp[2],
+            self.stamp[3],
+            self.cursor.map_or(0, |c| u64::from(u32::from(c)) + 1),
+            self.lines,
+            self.addresses.len() as u64,
+            self.ports.len() as u64,
+            0,
+        ];
+        let mut out =
+            Vec::with_capacity(8 * HEADER + 4 * (self.addresses.len() + self.ports.len()));
+        words[HEADER - 1] = checksum(&words[..HEADER - 1], &self.addresses, &self.ports);
+        for w in words {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        for n in self.addresses.iter().chain(&self.ports) {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    /// Read a file's bytes; `None` unless they are a whole, intact index.
+    pub fn decode(bytes: &[u8]) -> Option<Index> {
+        let (head, rest) = bytes.split_at_checked(8 * HEADER)?;
+        let words: Vec<u64> = head
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        if words[0] != MAGIC {
+            return None;
+        }
+        let (na, np) = (
+            usize::try_from(words[7]).ok()?,
+            usize::try_from(words[8]).ok()?,
+        );
+        if rest.len() != 4 * na.checked_add(np)? {
+            return None;
+        }
+        let numbers: Vec<u32> = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let (addresses, ports) = numbers.split_at(na);
+        if checksum(&words[..HEADER - 1], addresses, ports) != words[HEADER - 1] {
+            return None;
+        }
+        let cursor = match words[5] {
+            0 => None,
+            c => Some(Ipv4Addr::from(u32::try_from(c - 1).ok()?)),
+        };
+        Some(Index {
+            stamp: [words[1], words[2], words[3], words[4]],
+            cursor,
+            lines: words[6],
+            addresses: addresses.to_vec(),
+            ports: ports.to_vec(),
+        })
+    }
+
+    /// Whether rewriting the ledger would drop more lines than it keeps (as [`Ledger::wants_compaction`]).
+    pub fn wants_compaction(&self) -> bool {
+        let live = self.addresses.len() + self.ports.len() + 1;
+        self.lines > 64 && self.lines > 2 * live as u64
+    }
+}
+
+impl Held for Index {
+    fn holds(&self, ip: Ipv4Addr) -> bool {
+        Index::holds(self, ip)
+    }
+
+    fn cursor(&self) -> Option<Ipv4Addr> {
+        self.cursor
+    }
+}
+
+/// FNV-1a over the words, 64 bits at a time: it catches a torn or truncated write, nothing more.
+fn checksum(head: &[u64], addresses: &[u32], ports: &[u32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |w: u64| {
+        h ^= w;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    head.iter().for_each(|&w| mix(w));
+    addresses.iter().for_each(|&n| mix(u64::from(n)));
+    mix(u64::MAX);
+    ports.iter().for_each(|&n| mix(u64::from(n)));
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(text: &str) -> Ledger {
+        Ledger::parse(text.to_string()).unwrap()
+    }
+
+    const TEXT: &str = "+ip 10.89.0.2 a\n+port a tcp * 8080 80 1\n+ip 10.89.0.3 b\n\
+                        +port b tcp 127.0.0.1 8080 80 1\n+port b udp * 53 53 2\n";
+
+    #[test]
+    fn follows_the_ledger_line_by_line() {
+        // The index of a ledger, then of that ledger with more lines, equals the first one following them.
+        let more =
+            "-ip 10.89.0.2\n-port a tcp * 8080 80 1\n+ip 10.89.0.9 c\n+port c tcp * 9000 90 3\n\
+                    cursor 10.89.0.4\n+ip 10.89.0.2 d\n-port b udp * 53 53 2\n";
+        let mut followed = Index::of(&ledger(TEXT), [0; 4]);
+        followed.follow(more).unwrap();
+        let whole = Index::of(&ledger(&format!("{TEXT}{more}")), [0; 4]);
+        assert_eq!(followed, whole);
+        assert!(
+            whole.holds(Ipv4Addr::new(10, 89, 0, 2)) && !whole.holds(Ipv4Addr::new(10, 89, 0, 4))
+        );
+        assert_eq!(whole.addresses(), 3);
+        assert_eq!(whole.cursor(), Some(Ipv4Addr::new(10, 89, 0, 2)));
+    }
+
+    #[test]
+    fn a_shared_port_stays_taken_until_its_last_mapping_goes() {
+        let mut ix = Index::of(&ledger(TEXT), [0; 4]);
+        let tcp8080 = PortMapping {
+            host_ip: None,
+            host_port: 8080,
+            container_port: 1,
+            count: 1,
+            protocol: Proto::Tcp,
+        };
+        let udp = |port| PortMapping {
+            protocol: Proto::Udp,
+            host_port: port,
+            ..tcp8080
+        };
+        assert!(ix.port_taken(&tcp8080));
+        assert!(ix.port_taken(&udp(54)) && !ix.port_taken(&udp(55)) && !ix.port_taken(&udp(8080)));
+        ix.follow("-port a tcp * 8080 80 1\n").unwrap();
+        assert!(ix.port_taken(&tcp8080));
+        ix.follow("-port b tcp 127.0.0.1 8080 80 1\n").unwrap();
+        assert!(!ix.port_taken(&tcp8080));
+        assert!(ix.follow("+port x sctp * 1 1 1\n").is_err());
+    }
+
+    #[test]
+    fn round_trips_and_refuses_anything_torn() {
+        let mut ix = Index::of(&ledger(TEXT), [7, 100, 3, 4]);
+        ix.follow("cursor 10.89.0.200\n").unwrap();
+        let bytes = ix.encode();
+        assert_eq!(Index::decode(&bytes), Some(ix));
+        assert_eq!(Index::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(Index::decode(&[]), None);
+        for at in [0, 9, 8 * HEADER + 2] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert_eq!(Index::decode(&bad), None, "flipped byte {at}");
+        }
+    }
+}
