@@ -473,8 +473,8 @@ impl Store {
         read_all(&self.dir.join("sandboxes"))
     }
 
-    /// A network's ledger as it is on disk, with the file's length. A ledger that is mostly dead lines is
-    /// compacted first (call with the lock held).
+    /// A network's ledger as it is on disk. A ledger that is mostly dead lines is compacted first, and its index
+    /// written afresh (call with the lock held).
     fn current_ledger(&self, name: &str) -> Result<Arc<Ledger>, StoreError> {
         let path = self.ledger_path(name);
         let Some(ledger) = self.ledger(&path)? else {
@@ -767,12 +767,12 @@ fn ledger_file(name: &str) -> String {
     format!("networks/{name}.ledger")
 }
 
-/// Where a sandbox's record lives, relative to the state dir.
 /// The network whose ledger is at `path` (relative to the state dir).
 fn ledger_name(path: &str) -> Option<&str> {
     path.strip_prefix("networks/")?.strip_suffix(".ledger")
 }
 
+/// Where a sandbox's record lives, relative to the state dir.
 fn sandbox_file(name: &str) -> String {
     format!("sandboxes/{name}.json")
 }
