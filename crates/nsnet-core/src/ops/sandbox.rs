@@ -675,47 +675,20 @@ mod tests {
             Holdings::Index(Index::of(&Ledger::default(), [0; 4])),
         )];
         let n = net();
+        let touches =
+            |h: &Holdings, ip, ports: &[&str]| touches_taken(&n, h, &request(ip, ports), &other);
+        let ip = |last| Some(Ipv4Addr::new(10, 89, 0, last));
         // Free address, free port: the index answers.
-        assert!(!touches_taken(
-            &n,
-            &index,
-            &request(None, &["8081:80"]),
-            &other
-        ));
-        assert!(!touches_taken(
-            &n,
-            &index,
-            &request(Some(Ipv4Addr::new(10, 89, 0, 3)), &[]),
-            &other
-        ));
+        assert!(!touches(&index, None, &["8081:80"]));
+        assert!(!touches(&index, ip(3), &[]));
         // A held address, a host port in use on some address, or a host port left to nsnet: the ledgers say.
-        assert!(touches_taken(
-            &n,
-            &index,
-            &request(Some(Ipv4Addr::new(10, 89, 0, 2)), &[]),
-            &other
-        ));
-        assert!(touches_taken(
-            &n,
-            &index,
-            &request(None, &["10.0.0.1:8080:80"]),
-            &other
-        ));
-        assert!(touches_taken(&n, &index, &request(None, &["80"]), &other));
+        assert!(touches(&index, ip(2), &[]));
+        assert!(touches(&index, None, &["10.0.0.1:8080:80"]));
+        assert!(touches(&index, None, &["80"]));
         // Read from the ledger, the port on another host address does not conflict.
         let exact = Holdings::Ledger(std::sync::Arc::new(ledger));
-        assert!(!touches_taken(
-            &n,
-            &exact,
-            &request(None, &["10.0.0.1:8080:80"]),
-            &other
-        ));
-        assert!(touches_taken(
-            &n,
-            &exact,
-            &request(None, &["8080:80"]),
-            &other
-        ));
+        assert!(!touches(&exact, None, &["10.0.0.1:8080:80"]));
+        assert!(touches(&exact, None, &["8080:80"]));
         // A port taken on another network counts too.
         assert!(touches_taken(
             &net(),
