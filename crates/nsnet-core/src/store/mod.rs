@@ -138,6 +138,9 @@ pub struct Store {
     /// Ledgers this process has parsed, by path, with the file identity they were parsed at: a command reads
     /// a ledger to load the network and again to work out what to append, and a long one is worth parsing once.
     ledgers: Arc<Mutex<LedgerCache>>,
+    /// Indexes this process has read or written, by network: a join looks at its network's index three times
+    /// (to plan, for the ledger's length, to update it), and reads the file once.
+    indexes: Arc<Mutex<HashMap<String, Index>>>,
 }
 
 /// Parsed ledgers by path, each with the file identity it was parsed at.
@@ -235,6 +238,7 @@ impl Store {
         Store {
             dir: dir.into(),
             ledgers: Default::default(),
+            indexes: Default::default(),
         }
     }
 
@@ -387,10 +391,17 @@ impl Store {
 
     /// A network's index, if it describes its ledger as the ledger is now.
     fn current_index(&self, name: &str) -> Option<Index> {
-        let bytes = fs::read(self.index_path(name)).ok()?;
-        let ix = Index::decode(&bytes)?;
-        let now = fs::metadata(self.ledger_path(name)).ok()?;
-        (ix.stamp == FileId::of(&now).stamp()).then_some(ix)
+        let now = FileId::of(&fs::metadata(self.ledger_path(name)).ok()?).stamp();
+        let mut cache = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ix) = cache.get(name).filter(|ix| ix.stamp == now) {
+            return Some(ix.clone());
+        }
+        let ix = Index::decode(&fs::read(self.index_path(name)).ok()?)?;
+        if ix.stamp != now {
+            return None;
+        }
+        cache.insert(name.to_string(), ix.clone());
+        Some(ix)
     }
 
     /// Whether a network's index, if it claims to describe the ledger as it is now, says what the ledger says
@@ -414,9 +425,25 @@ impl Store {
             std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0)?;
             f.set_len(bytes.len() as u64)
         });
-        if written.is_err() {
-            let _ = fs::remove_file(&path);
+        let mut cache = self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+        match written {
+            Ok(()) => {
+                cache.insert(name.to_string(), ix);
+            }
+            Err(_) => {
+                cache.remove(name);
+                let _ = fs::remove_file(&path);
+            }
         }
+    }
+
+    /// Remove a network's index, file and cached copy.
+    fn drop_index(&self, name: &str) -> Result<(), StoreError> {
+        self.indexes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        remove(&self.index_path(name))
     }
 
     /// The index of a ledger about to be appended to, if it costs no parse: the current index, or one built
@@ -587,7 +614,7 @@ impl Store {
                 } => {
                     remove(&self.dir.join(path))?;
                     if let Some(name) = ledger_name(path) {
-                        remove(&self.index_path(name))?;
+                        self.drop_index(name)?;
                     }
                 }
                 FileState::Ledger { path, len, append } => self.set_ledger(path, *len, append)?,
@@ -617,7 +644,7 @@ impl Store {
         };
         match index.map(|mut ix| ix.follow(append).map(|()| ix)) {
             Some(Ok(ix)) => self.put_index(name, ix),
-            _ => remove(&self.index_path(name))?,
+            _ => self.drop_index(name)?,
         }
         Ok(())
     }
