@@ -13,7 +13,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::ledger::{Entry, Ledger};
+use super::ledger::{worth_compacting, Entry, Ledger};
 use crate::ipam::Held;
 use crate::portmap::{PortMapping, Proto};
 
@@ -185,10 +185,12 @@ impl Index {
         })
     }
 
-    /// Whether rewriting the ledger would drop more lines than it keeps (as [`Ledger::wants_compaction`]).
+    /// Whether rewriting the ledger would drop more lines than it keeps, by the ledger's own rule. The index
+    /// counts host ports, not mappings, so a port range counts as many lines as ports: compaction may come a
+    /// little later than [`Ledger::wants_compaction`] would have it, never sooner.
     pub fn wants_compaction(&self) -> bool {
-        let live = self.addresses.len() + self.ports.len() + 1;
-        self.lines > 64 && self.lines > 2 * live as u64
+        let lines = usize::try_from(self.lines).unwrap_or(usize::MAX);
+        worth_compacting(lines, self.addresses.len() + self.ports.len())
     }
 }
 

@@ -109,16 +109,15 @@ impl Ledger {
 
     /// Whether rewriting the file would drop more lines than it keeps.
     pub fn wants_compaction(&self) -> bool {
-        let live = self.allocations.len() + self.published.len() + 1;
-        self.lines > 64 && self.lines > 2 * live
+        worth_compacting(self.lines, self.allocations.len() + self.published.len())
     }
 
     /// The lines a join appends: `sandbox` holds `ip` and publishes `ports` (the `+ip` moves the cursor too).
     pub fn joined(sandbox: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "+ip {ip} {sandbox}");
+        hold(&mut out, ip, sandbox);
         for m in ports {
-            let _ = writeln!(out, "+port {}", port_entry(sandbox, m));
+            publish(&mut out, sandbox, m);
         }
         out
     }
@@ -176,11 +175,11 @@ impl Ledger {
         }
         let mut cursor = self.cursor;
         for (ip, owner) in added {
-            let _ = writeln!(out, "+ip {ip} {owner}");
+            hold(&mut out, *ip, owner);
             cursor = Some(*ip);
         }
         for p in &net.published[next..] {
-            let _ = writeln!(out, "+port {}", port_entry(&p.sandbox, &p.mapping));
+            publish(&mut out, &p.sandbox, &p.mapping);
         }
         if let Some(want) = net.last_allocated {
             if cursor != Some(want) {
@@ -194,10 +193,10 @@ impl Ledger {
     pub fn compacted(&self) -> String {
         let mut out = String::new();
         for (ip, owner) in self.holders() {
-            let _ = writeln!(out, "+ip {ip} {owner}");
+            hold(&mut out, ip, owner);
         }
         for (sandbox, m) in self.published() {
-            let _ = writeln!(out, "+port {}", port_entry(sandbox, m));
+            publish(&mut out, sandbox, m);
         }
         if let Some(c) = self.cursor {
             let _ = writeln!(out, "cursor {c}");
@@ -348,6 +347,22 @@ impl<'a> Pass<'a> {
         }
         (allocations, self.ports.iter().copied())
     }
+}
+
+/// Whether a ledger of `lines` lines, `live` of them entries in force, is worth rewriting: when it would drop
+/// more lines than it keeps (the cursor line counts as kept).
+pub(super) fn worth_compacting(lines: usize, live: usize) -> bool {
+    lines > 64 && lines > 2 * (live + 1)
+}
+
+/// Write the line `+ip IP SANDBOX`.
+fn hold(out: &mut String, ip: Ipv4Addr, sandbox: &str) {
+    let _ = writeln!(out, "+ip {ip} {sandbox}");
+}
+
+/// Write the line `+port SANDBOX ...`.
+fn publish(out: &mut String, sandbox: &str, m: &PortMapping) {
+    let _ = writeln!(out, "+port {}", port_entry(sandbox, m));
 }
 
 fn port_entry(sandbox: &str, m: &PortMapping) -> String {
