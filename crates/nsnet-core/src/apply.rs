@@ -134,7 +134,9 @@ impl Applier {
                 self.netlink(ns)?.add_default_route(dev, *via)?
             }
             Step::Sysctl { key, value } => sysctl::set(key, value)?,
-            Step::SetHairpin { name } => self.netlink(&Ns::Host)?.set_hairpin(name)?,
+            Step::BindPort { name, mac, hairpin } => {
+                self.netlink(&Ns::Host)?.bind_port(name, mac.0, *hairpin)?
+            }
             Step::FastPathInit { bridge } => {
                 FastPath::ensure(self.netlink(&Ns::Host)?, bridge)?;
             }

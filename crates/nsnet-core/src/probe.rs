@@ -124,3 +124,46 @@ pub fn udp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
     let n = sock.recv(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// Send raw Ethernet frames (destination MAC first, no FCS) out of `ifname` inside `ns`, the way a hostile
+/// sandbox would: forged source MACs, forged ARP, any ether type. For the tests that attack nsnet's guards.
+pub fn send_frames(ns: &Path, ifname: &str, frames: &[Vec<u8>]) -> io::Result<()> {
+    let ifname = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+    in_ns(ns, || {
+        // SAFETY: if_nametoindex reads a NUL-terminated string that lives across the call.
+        let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: plain socket(2) call; the descriptor is owned right below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value that the fields below complete.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = index as i32;
+        to.sll_halen = 6;
+        for frame in frames {
+            to.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
+            // SAFETY: the buffer and the address are valid for the lengths given, for the whole call.
+            let sent = unsafe {
+                libc::sendto(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&to as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+}

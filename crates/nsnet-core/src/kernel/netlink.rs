@@ -12,13 +12,16 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::BridgePortState;
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
     InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -497,21 +500,44 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip link set NAME type bridge_slave hairpin on`.
-    pub fn set_hairpin(&mut self, name: &str) -> Result<(), KernelError> {
+    /// Bind a bridge port to the one MAC its sandbox owns: `ip link set NAME type bridge_slave learning off
+    /// locked on [hairpin on]`, then `bridge fdb add MAC dev NAME master static`. On a locked port the bridge
+    /// drops every frame (of any type) whose source MAC has no FDB entry on that very port, before it learns
+    /// anything, so a sandbox cannot claim a neighbour's MAC and pull the neighbour's traffic to itself; with
+    /// learning off its static entry is the only one the port ever has.
+    pub fn bind_port(&mut self, name: &str, mac: [u8; 6], hairpin: bool) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
+        let mut port = vec![
+            InfoBridgePort::Learning(false),
+            InfoBridgePort::Locked(true),
+        ];
+        if hairpin {
+            port.push(InfoBridgePort::HairpinMode(true));
+        }
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                true,
-            )])),
+            LinkInfo::PortData(InfoPortData::BridgePort(port)),
         ]));
         self.request(
-            &format!("set hairpin mode on {name}"),
+            &format!("lock bridge port {name}"),
             RouteNetlinkMessage::NewLink(msg),
             0,
+        )?;
+        // NUD_NOARP without NUD_PERMANENT is iproute2's `static`: an entry pointing at the port. A permanent
+        // (local) entry would mean "this MAC is the bridge's own", which a locked port refuses as a source.
+        let mut fdb = NeighbourMessage::default();
+        fdb.header.family = AddressFamily::Bridge;
+        fdb.header.ifindex = index;
+        fdb.header.state = NeighbourState::Noarp;
+        fdb.header.flags = NeighbourFlags::Controller;
+        fdb.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            &format!("add the fdb entry of {name}"),
+            RouteNetlinkMessage::NewNeighbour(fdb),
+            NLM_F_CREATE | NLM_F_REPLACE,
         )?;
         Ok(())
     }

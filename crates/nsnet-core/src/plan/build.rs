@@ -243,10 +243,11 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         host_mac: ep.mac.host_end(),
     }];
     match net.driver {
-        Driver::Bridge if net.options.hairpin => steps.push(Step::SetHairpin {
+        Driver::Bridge => steps.push(Step::BindPort {
             name: ep.host_interface.clone(),
+            mac: ep.mac,
+            hairpin: net.options.hairpin,
         }),
-        Driver::Bridge => {}
         Driver::Veth => {
             // Point to point: the host end itself holds the gateway address.
             steps.push(Step::AddAddress {
@@ -414,7 +415,8 @@ mod tests {
             "ip link add veth12345678 address 02:6f:ac:10:00:66 mtu 1500 master br0 type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
              sysctl -w net.ipv6.conf.veth12345678.disable_ipv6=1\n\
              ip -n netns2 link set eth0 addrgenmode none\n\
-             ip link set veth12345678 type bridge_slave hairpin on\n\
+             ip link set veth12345678 type bridge_slave learning off locked on hairpin on\n\
+             bridge fdb add 02:6e:ac:10:00:66 dev veth12345678 master static\n\
              ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\
              ip -n netns2 link set eth0 up\n\
              ip -n netns2 route add default via 172.16.0.100 dev eth0\n\

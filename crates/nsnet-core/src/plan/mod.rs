@@ -76,9 +76,11 @@ pub enum Step {
     /// `sysctl -w KEY=VALUE` on the host. The key is written with `/` between components (interface names
     /// may contain dots). Never reverted: forwarding stays on, and per-interface keys go with the interface.
     Sysctl { key: String, value: String },
-    /// `ip link set NAME type bridge_slave hairpin on`: a bridge port may send a frame back out the port it
-    /// came in on, so a sandbox reaches its own published port through the host's address.
-    SetHairpin { name: String },
+    /// Bind bridge port NAME to its sandbox's MAC: learning off, the port locked, one static FDB entry for
+    /// `mac` (see [`crate::kernel::Netlink::bind_port`]), so frames from any other source MAC are dropped. With
+    /// `hairpin`, the port may send a frame back out the port it came in on, so a sandbox reaches its own
+    /// published port through the host's address. Goes with the port, so it needs no undo of its own.
+    BindPort { name: String, mac: Mac, hairpin: bool },
     /// Give a new bridge its fast path ([`crate::kernel::fastpath`]): the program and its empty map, as the
     /// filter of a tc block the bridge's ingress is bound to. Goes with the bridge, so it needs no undo of
     /// its own.
@@ -206,7 +208,11 @@ impl Step {
                 };
                 format!("sysctl -w {key}={value}")
             }
-            Step::SetHairpin { name } => format!("ip link set {name} type bridge_slave hairpin on"),
+            Step::BindPort { name, mac, hairpin } => format!(
+                "ip link set {name} type bridge_slave learning off locked on{}\n\
+                 bridge fdb add {mac} dev {name} master static",
+                if *hairpin { " hairpin on" } else { "" }
+            ),
             // The program is built in memory and attached by descriptor: tc has no command line for that, so
             // a comment names the filter.
             Step::FastPathInit { bridge } => format!(
