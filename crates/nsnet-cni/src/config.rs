@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use nsnet_core::firewall::Backend;
-use nsnet_core::model::{Driver, Mac, NetOptions};
+use nsnet_core::model::{Driver, GatewayMode, Mac, NetOptions};
 use nsnet_core::ops::NetworkRequest;
 use nsnet_core::portmap::{PortSpec, Proto};
 use serde::Deserialize;
@@ -35,6 +35,9 @@ pub struct NetConf {
     pub isolate: Option<bool>,
     /// Pod-to-pod IPv4 on the bridge goes veth to veth, skipping the bridge (default true).
     pub fast_path: Option<bool>,
+    /// `nat` (default: from outside the host, pods are reached through published ports only) or `routed`
+    /// (direct routing to pod addresses, no masquerade).
+    pub gateway_mode: Option<GatewayMode>,
     /// `nftables` (default), `iptables` or `none`.
     pub firewall: Option<String>,
     /// nsnet's state dir; `NSNET_STATE_DIR`, then /var/lib/nsnet, when absent (shared with the CLI).
@@ -204,6 +207,7 @@ impl NetConf {
                 masquerade: self.ip_masq.unwrap_or(true),
                 host_gateway: self.is_gateway.unwrap_or(true),
                 hairpin: self.hairpin_mode.unwrap_or(true),
+                gateway_mode: self.gateway_mode.unwrap_or_default(),
             },
         })
     }

@@ -83,6 +83,29 @@ fn yes() -> bool {
     true
 }
 
+/// How machines beyond the host reach a network's sandboxes, and how the sandboxes reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayMode {
+    /// Through published ports only: a connection routed in from outside to a sandbox's own address is
+    /// dropped unless a published port DNATed it (as Docker 28 does in NAT mode), and traffic leaving the
+    /// host is masqueraded.
+    #[default]
+    Nat,
+    /// Direct routing: a peer that routes the subnet via the host reaches every port of every sandbox, and
+    /// traffic leaves with the sandbox's own address (no masquerade). Published ports work as well.
+    Routed,
+}
+
+impl fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::Routed => "routed",
+        })
+    }
+}
+
 /// Parts of a bridge network that are on unless a CNI configuration turns them off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetOptions {
@@ -93,6 +116,9 @@ pub struct NetOptions {
     /// Bridge ports may send a frame back where it came from (`hairpinMode`), so a sandbox reaches its own
     /// published port through the host's address.
     pub hairpin: bool,
+    /// Nat (the default) or direct routing (`--gateway-mode`, CNI `gatewayMode`).
+    #[serde(default)]
+    pub gateway_mode: GatewayMode,
 }
 
 impl Default for NetOptions {
@@ -101,6 +127,7 @@ impl Default for NetOptions {
             masquerade: true,
             host_gateway: true,
             hairpin: true,
+            gateway_mode: GatewayMode::Nat,
         }
     }
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
 use nsnet_core::firewall::Backend;
-use nsnet_core::model::Driver;
+use nsnet_core::model::{Driver, GatewayMode, NetOptions};
 use nsnet_core::ops::{AttachRequest, NetworkRequest, Nsnet, Target};
 use nsnet_core::plan::Plan;
 use nsnet_core::portmap::PortSpec;
@@ -164,6 +164,11 @@ enum NetworkCmd {
         /// hooks (a bpf program on the bridge's ports); --fast-path=false sends it all through the bridge.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         fast_path: bool,
+        /// nat: machines beyond the host reach sandboxes only through published ports, and traffic leaving is
+        /// masqueraded; routed: a peer that routes the subnet via this host reaches every sandbox port
+        /// directly, and traffic leaves with the sandbox's own address.
+        #[arg(long, value_enum, default_value = "nat", value_name = "MODE")]
+        gateway_mode: GatewayModeArg,
         /// MTU of the bridge and of every veth on the network (68-65535, default 1500).
         #[arg(long)]
         mtu: Option<u32>,
@@ -191,6 +196,12 @@ enum FirewallCmd {
 enum DriverArg {
     Bridge,
     Veth,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GatewayModeArg {
+    Nat,
+    Routed,
 }
 
 fn main() -> ExitCode {
@@ -261,6 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             internal,
             isolate,
             fast_path,
+            gateway_mode,
             mtu,
         }) => {
             let req = NetworkRequest {
@@ -275,7 +287,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 internal: *internal,
                 isolate: *isolate,
                 fast_path: *fast_path,
-                options: Default::default(),
+                options: NetOptions {
+                    gateway_mode: match gateway_mode {
+                        GatewayModeArg::Nat => GatewayMode::Nat,
+                        GatewayModeArg::Routed => GatewayMode::Routed,
+                    },
+                    ..Default::default()
+                },
                 mtu: *mtu,
             };
             let plan = nsnet.network_create(&req)?;

@@ -124,3 +124,130 @@ fn a_sandbox_cannot_take_a_neighbours_mac() {
         h.ok(&["network", "rm", "n"]);
     }
 }
+
+fn addr(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse().expect("test address"), port)
+}
+
+#[test]
+fn internal_networks_reach_no_other_network_through_published_ports() {
+    for backend in ["nftables", "iptables"] {
+        let mut h = TestHost::with_lan("intpub");
+        h.firewall = Some(backend);
+        h.ok(&["network", "create", "pub", "--subnet", "172.16.3.0/24"]);
+        h.ok(&[
+            "network",
+            "create",
+            "int",
+            "--subnet",
+            "172.16.4.0/24",
+            "--internal",
+        ]);
+        let (web, inside, other) = (h.sb("web"), h.sb("in"), h.sb("other"));
+        h.ok(&["create", &web, "--network", "pub", "-p", "8080:80"]);
+        h.ok(&["create", &inside, "--network", "int"]);
+        h.ok(&["create", &other, "--network", "pub"]);
+        let web_ns = h.sb_path("web");
+        // The port works (so a refusal below is the guard's doing, not a broken port).
+        assert!(
+            reach(
+                &web_ns,
+                80,
+                &h.sb_path("other"),
+                addr(common::HOST_IP, 8080)
+            )
+            .is_some(),
+            "{backend}: a sandbox of a normal network reaches the published port"
+        );
+        // From the internal network: through the host's uplink address and through its own gateway, which
+        // is a host address too.
+        for to in [common::HOST_IP, "172.16.4.1"] {
+            assert!(
+                reach(&web_ns, 80, &h.sb_path("in"), addr(to, 8080)).is_none(),
+                "{backend}: an internal sandbox reached another network's sandbox through {to}:8080"
+            );
+        }
+        for sb in [&web, &inside, &other] {
+            h.ok(&["rm", sb]);
+        }
+        h.ok(&["network", "rm", "pub"]);
+        h.ok(&["network", "rm", "int"]);
+    }
+}
+
+#[test]
+fn a_lan_peer_routing_to_sandboxes_reaches_published_ports_only_unless_routed() {
+    for backend in ["nftables", "iptables"] {
+        let mut h = TestHost::with_lan("routed");
+        h.firewall = Some(backend);
+        h.ok(&["network", "create", "n", "--subnet", "172.16.5.0/24"]);
+        h.ok(&[
+            "network",
+            "create",
+            "r",
+            "--subnet",
+            "172.16.6.0/24",
+            "--gateway-mode",
+            "routed",
+        ]);
+        let (s, t) = (h.sb("s"), h.sb("t"));
+        h.ok(&[
+            "create",
+            &s,
+            "--network",
+            "n",
+            "--ip",
+            "172.16.5.2",
+            "-p",
+            "8080:80",
+        ]);
+        h.ok(&["create", &t, "--network", "r", "--ip", "172.16.6.2"]);
+        // The attacker on the LAN routes both subnets through the host.
+        let lan = h.lan.clone().expect("a LAN peer");
+        for subnet in ["172.16.5.0/24", "172.16.6.0/24"] {
+            common::sh(&[
+                "ip",
+                "-n",
+                &lan,
+                "route",
+                "add",
+                subnet,
+                "via",
+                common::HOST_IP,
+            ]);
+        }
+        let lan_ip: Ipv4Addr = common::LAN_IP.parse().unwrap();
+        let (s_ns, t_ns) = (h.sb_path("s"), h.sb_path("t"));
+        assert_eq!(
+            reach(&s_ns, 80, &h.lan_path(), addr(common::HOST_IP, 8080)),
+            Some(lan_ip),
+            "{backend}: the published port"
+        );
+        for port in [80, 81] {
+            assert!(
+                reach(&s_ns, port, &h.lan_path(), addr("172.16.5.2", port)).is_none(),
+                "{backend}: the LAN peer reached port {port} of a nat-mode sandbox directly"
+            );
+        }
+        // UDP too: nothing routed in gets an answer.
+        let udp = probe::udp_server(&s_ns, addr("0.0.0.0", 53)).expect("udp server");
+        assert!(probe::udp_hello(&h.lan_path(), addr("172.16.5.2", 53)).is_err());
+        assert!(udp.wait().is_err(), "{backend}: a datagram got in");
+        // Routed: every port, and the sandbox sees the real client, and the LAN sees the sandbox's own
+        // address (no masquerade).
+        assert_eq!(
+            reach(&t_ns, 81, &h.lan_path(), addr("172.16.6.2", 81)),
+            Some(lan_ip),
+            "{backend}: a routed network is reached directly"
+        );
+        assert_eq!(
+            reach(&h.lan_path(), 82, &t_ns, addr(common::LAN_IP, 82)),
+            Some("172.16.6.2".parse().unwrap()),
+            "{backend}: a routed network's traffic leaves unmasqueraded"
+        );
+        h.ok(&["rm", &s]);
+        h.ok(&["rm", &t]);
+        h.ok(&["network", "rm", "n"]);
+        h.ok(&["network", "rm", "r"]);
+    }
+}

@@ -172,6 +172,11 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
                 vec![Ifname(interface.clone()), Net(*subnet)],
             ),
         ],
+        Rule::PublishedOnly { interface } => vec![Element::new(
+            Ip,
+            "published_only",
+            vec![Ifname(interface.clone())],
+        )],
         Rule::Isolate { from, to } => {
             vec![Element::new(
                 Ip,

@@ -15,12 +15,17 @@ use super::{Batch, Change, FirewallError, Rule};
 /// The chain the user owns (like Docker's DOCKER-USER); created once, never flushed by nsnet.
 pub const USER_CHAIN: &str = "NSNET-USER";
 
-/// nsnet's chains, by table. Deleted in this order (the user chain last, and only when empty).
-const CHAINS: [(&str, &str); 5] = [
+/// nsnet's chains, by table. Deleted in this order (chains that jump first, the user chain last, and only when
+/// empty).
+const CHAINS: [(&str, &str); 9] = [
     ("raw", "NSNET-GUARD"),
     ("nat", "NSNET-PORTS"),
     ("nat", "NSNET-POSTROUTING"),
     ("filter", "NSNET-FORWARD"),
+    ("filter", "NSNET-INTERNAL"),
+    ("filter", "NSNET-ISOLATE"),
+    ("filter", "NSNET-ACCEPT"),
+    ("filter", "NSNET-INBOUND"),
     ("filter", USER_CHAIN),
 ];
 
@@ -50,9 +55,11 @@ fn entry(table: &'static str, chain: &'static str, spec: String, at: At) -> Entr
     }
 }
 
-/// The jumps from the built-in chains, then nsnet's fixed rules. Drops in NSNET-FORWARD are inserted at
-/// position 3 (after the user chain and the published-port accept), accepts appended, so every drop comes
-/// before every accept whatever order networks are made in.
+/// The jumps from the built-in chains, then nsnet's fixed rules. NSNET-FORWARD is fixed: it passes a packet
+/// through one chain per purpose, in this order, so rules keep their precedence whatever order networks are
+/// made in: the user's rules; internal networks' drops (before anything accepts, published ports
+/// included); published ports; isolation; each network's own traffic and replies; and last, the drops for
+/// connections routed in from outside to networks in gateway mode nat.
 fn skeleton() -> Vec<Entry> {
     use At::*;
     vec![
@@ -91,9 +98,18 @@ fn skeleton() -> Vec<Entry> {
         entry(
             "filter",
             "NSNET-FORWARD",
+            "-j NSNET-INTERNAL".into(),
+            Append,
+        ),
+        entry(
+            "filter",
+            "NSNET-FORWARD",
             "-m conntrack --ctstate DNAT -j ACCEPT".into(),
             Append,
         ),
+        entry("filter", "NSNET-FORWARD", "-j NSNET-ISOLATE".into(), Append),
+        entry("filter", "NSNET-FORWARD", "-j NSNET-ACCEPT".into(), Append),
+        entry("filter", "NSNET-FORWARD", "-j NSNET-INBOUND".into(), Append),
     ]
 }
 
@@ -108,12 +124,12 @@ fn entries(rule: &Rule) -> Vec<Entry> {
                 entry("raw", "NSNET-GUARD", format!("-d 127.0.0.0/8 -i {i} -j DROP"), Append),
                 entry("nat", "NSNET-POSTROUTING", format!("-s {s} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"), Append),
                 // iptables' FORWARD may have policy DROP: let the network's own traffic and its replies through.
-                entry("filter", "NSNET-FORWARD", format!("-i {i} -j ACCEPT"), Append),
-                entry("filter", "NSNET-FORWARD", format!("-o {i} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"), Append),
+                entry("filter", "NSNET-ACCEPT", format!("-i {i} -j ACCEPT"), Append),
+                entry("filter", "NSNET-ACCEPT", format!("-o {i} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"), Append),
             ];
             if *internal {
-                out.push(entry("filter", "NSNET-FORWARD", format!("-i {i} ! -o {i} -j DROP"), Insert(3)));
-                out.push(entry("filter", "NSNET-FORWARD", format!("! -i {i} -o {i} -j DROP"), Insert(3)));
+                out.push(entry("filter", "NSNET-INTERNAL", format!("-i {i} ! -o {i} -j DROP"), Append));
+                out.push(entry("filter", "NSNET-INTERNAL", format!("! -i {i} -o {i} -j DROP"), Append));
             }
             out
         }
@@ -121,7 +137,11 @@ fn entries(rule: &Rule) -> Vec<Entry> {
             vec![entry("nat", "NSNET-POSTROUTING", format!("-s {subnet} ! -o {interface} -j MASQUERADE"), Append)]
         }
         Rule::Isolate { from, to } => {
-            vec![entry("filter", "NSNET-FORWARD", format!("-i {from} -o {to} -j DROP"), Insert(3))]
+            vec![entry("filter", "NSNET-ISOLATE", format!("-i {from} -o {to} -j DROP"), Append)]
+        }
+        // What is left by here is a new connection that no network of nsnet's accepted as its own.
+        Rule::PublishedOnly { interface: i } => {
+            vec![entry("filter", "NSNET-INBOUND", format!("-o {i} -j DROP"), Append)]
         }
         Rule::Endpoint { host_interface: h, address: a } => vec![
             entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -m physdev --physdev-in {h} -j DROP"), Append),

@@ -36,6 +36,9 @@ pub enum Rule {
     /// Masquerade traffic from `subnet` that leaves through any interface but `interface`
     /// (the article's `-s SUBNET ! -o br0 -j MASQUERADE`).
     Masquerade { subnet: Ipv4Net, interface: String },
+    /// Connections from beyond nsnet's interfaces reach `interface` only through published ports: one routed
+    /// in to a sandbox's own address is dropped unless DNATed (gateway mode nat).
+    PublishedOnly { interface: String },
     /// Traffic entering from `from` may not be forwarded out of `to` (network isolation), unless it belongs
     /// to a published port.
     Isolate { from: String, to: String },

@@ -48,6 +48,9 @@ const DECLARE: &str = r#"table ip nsnet {
 	set isolation {
 		type ifname . ifname
 	}
+	set published_only {
+		type ifname
+	}
 	set endpoint_ifs {
 		type ifname
 	}
@@ -93,13 +96,14 @@ table bridge nsnet {
 "#;
 
 /// nsnet's own sets and maps in `ip nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
-const SETS: [(&str, &str); 10] = [
+const SETS: [(&str, &str); 11] = [
     ("set", "ifaces"),
     ("set", "internal"),
     ("set", "same_net"),
     ("set", "masq_nets"),
     ("set", "own_nets"),
     ("set", "isolation"),
+    ("set", "published_only"),
     ("set", "endpoint_ifs"),
     ("set", "endpoints"),
     ("map", "ports"),
@@ -154,8 +158,7 @@ const RULES: &[(&str, &str, &str)] = &[
     (TABLE, "forward", "jump user"),
     // A packet of an open connection costs one rule: its first packet already passed isolation and internal.
     (TABLE, "forward", "ct state established,related accept"),
-    (TABLE, "forward", "ct status dnat accept"),
-    (TABLE, "forward", "iifname . oifname @isolation drop"),
+    // An internal network forwards to nothing else, published ports included: before the DNAT accept.
     (
         TABLE,
         "forward",
@@ -165,6 +168,16 @@ const RULES: &[(&str, &str, &str)] = &[
         TABLE,
         "forward",
         "oifname @internal iifname != @internal drop",
+    ),
+    // Published ports cross networks (through the host's address); direct addresses do not.
+    (TABLE, "forward", "ct status dnat accept"),
+    (TABLE, "forward", "iifname . oifname @isolation drop"),
+    // A LAN peer that routes a subnet via this host reaches its sandboxes only through published ports,
+    // unless the network is routed. Other nsnet networks are isolation's business.
+    (
+        TABLE,
+        "forward",
+        "oifname @published_only iifname != @ifaces drop",
     ),
     // The host reaching a published port through 127.0.0.1: the sandbox must see a routable source.
     (

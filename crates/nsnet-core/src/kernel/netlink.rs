@@ -505,7 +505,12 @@ impl Netlink {
     /// drops every frame (of any type) whose source MAC has no FDB entry on that very port, before it learns
     /// anything, so a sandbox cannot claim a neighbour's MAC and pull the neighbour's traffic to itself; with
     /// learning off its static entry is the only one the port ever has.
-    pub fn bind_port(&mut self, name: &str, mac: [u8; 6], hairpin: bool) -> Result<(), KernelError> {
+    pub fn bind_port(
+        &mut self,
+        name: &str,
+        mac: [u8; 6],
+        hairpin: bool,
+    ) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
         let mut port = vec![
             InfoBridgePort::Learning(false),

@@ -2,7 +2,7 @@
 //! Nothing here reads or changes the system, so every rule is checked by unit tests without root.
 
 use crate::firewall::{Batch, Rule};
-use crate::model::{Driver, Endpoint, Mac, Network, Sandbox};
+use crate::model::{Driver, Endpoint, GatewayMode, Mac, Network, Sandbox};
 use crate::plan::{Ns, Plan, Step};
 use ipnet::Ipv4Net;
 
@@ -19,9 +19,15 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
         subnet: net.subnet,
         internal: net.internal,
     }];
-    if !net.internal && net.options.masquerade {
+    let nat = net.options.gateway_mode == GatewayMode::Nat;
+    if !net.internal && nat && net.options.masquerade {
         rules.push(Rule::Masquerade {
             subnet: net.subnet,
+            interface: net.interface.clone(),
+        });
+    }
+    if !net.internal && nat {
+        rules.push(Rule::PublishedOnly {
             interface: net.interface.clone(),
         });
     }
@@ -405,6 +411,24 @@ mod tests {
             subnet: "172.16.0.0/24".parse().unwrap(),
             internal: true
         })));
+    }
+
+    #[test]
+    fn gateway_modes() {
+        let has = |net: &Network, want: fn(&Rule) -> bool| {
+            let (_, fw) = network_up(net, &[], None);
+            fw.0.iter().any(|c| matches!(c, Change::Add(r) if want(r)))
+        };
+        let masq = |r: &Rule| matches!(r, Rule::Masquerade { .. });
+        let guarded = |r: &Rule| matches!(r, Rule::PublishedOnly { .. });
+        let nat = net(Driver::Bridge, false);
+        assert!(has(&nat, masq) && has(&nat, guarded));
+        let mut routed = nat.clone();
+        routed.options.gateway_mode = GatewayMode::Routed;
+        assert!(!has(&routed, masq) && !has(&routed, guarded));
+        // Internal: nothing leaves and nothing enters; its own drops cover it.
+        let internal = net(Driver::Bridge, true);
+        assert!(!has(&internal, masq) && !has(&internal, guarded));
     }
 
     #[test]

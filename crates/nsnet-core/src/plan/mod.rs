@@ -80,7 +80,11 @@ pub enum Step {
     /// `mac` (see [`crate::kernel::Netlink::bind_port`]), so frames from any other source MAC are dropped. With
     /// `hairpin`, the port may send a frame back out the port it came in on, so a sandbox reaches its own
     /// published port through the host's address. Goes with the port, so it needs no undo of its own.
-    BindPort { name: String, mac: Mac, hairpin: bool },
+    BindPort {
+        name: String,
+        mac: Mac,
+        hairpin: bool,
+    },
     /// Give a new bridge its fast path ([`crate::kernel::fastpath`]): the program and its empty map, as the
     /// filter of a tc block the bridge's ingress is bound to. Goes with the bridge, so it needs no undo of
     /// its own.
