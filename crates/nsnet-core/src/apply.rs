@@ -84,8 +84,15 @@ impl Applier {
                 self.sockets.remove(&Ns::Path(netns::named_path(name)));
                 netns::delete(name)?;
             }
-            Step::CreateBridge { name, mtu, mac } => {
-                self.netlink(&Ns::Host)?.create_bridge(name, *mtu, mac.0)?;
+            Step::CreateBridge {
+                name,
+                mtu,
+                mac,
+                tag,
+            } => {
+                let nl = self.netlink(&Ns::Host)?;
+                nl.create_bridge(name, *mtu, mac.0)?;
+                tag_new_link(nl, name, tag)?;
             }
             Step::CreateVeth {
                 host,
@@ -95,6 +102,7 @@ impl Applier {
                 mtu,
                 peer_mac,
                 host_mac,
+                tag,
             } => {
                 let Ns::Path(path) = peer_ns else {
                     return Err(Error::Invalid(
@@ -116,18 +124,29 @@ impl Applier {
                     peer_mac: Some(peer_mac.0),
                     host_mac: Some(host_mac.0),
                 })?;
+                tag_new_link(nl, host, tag)?;
                 sysctl::disable_ipv6(host)?;
                 self.netlink(peer_ns)?.no_ipv6_link_local(peer)?;
             }
             Step::LinkUp { ns, name } => self.netlink(ns)?.set_up(name)?,
-            Step::DeleteLink { ns, name } => {
+            Step::DeleteLink { ns, name, tag } => {
                 // A namespace that is gone took its links with it.
                 if let Ns::Path(p) = ns {
                     if !p.exists() {
                         return Ok(());
                     }
                 }
-                self.netlink(ns)?.delete_link(name)?;
+                let nl = self.netlink(ns)?;
+                let Some(link) = nl.link(name)? else {
+                    return Ok(());
+                };
+                if !tag.is_empty() && link.alias.as_deref() != Some(tag.as_str()) {
+                    return Err(Error::Invalid(format!(
+                        "link {name} is not one nsnet made for this state dir (its alias is not {tag}); \
+                         nsnet leaves it alone: check the state file that names it"
+                    )));
+                }
+                nl.delete(&link)?;
             }
             Step::AddAddress { ns, dev, addr } => self.netlink(ns)?.add_address(dev, *addr)?,
             Step::AddDefaultRoute { ns, dev, via } => {
@@ -240,4 +259,17 @@ fn in_host_namespace(ns: &Ns) -> Result<bool> {
         Ns::Path(p) => Ok(netns::identity(p)?
             == netns::identity(std::path::Path::new("/proc/thread-self/ns/net"))?),
     }
+}
+
+/// Tag a link this step just made with its owner's alias. Should that fail, the link goes at once: its undo
+/// deletes only tagged links, so an untagged one would be left behind.
+fn tag_new_link(nl: &mut Netlink, name: &str, tag: &str) -> Result<()> {
+    if tag.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = nl.set_alias(name, tag) {
+        let _ = nl.delete_link(name);
+        return Err(e.into());
+    }
+    Ok(())
 }

@@ -251,3 +251,66 @@ fn a_lan_peer_routing_to_sandboxes_reaches_published_ports_only_unless_routed() 
         h.ok(&["network", "rm", "r"]);
     }
 }
+
+#[test]
+fn a_second_state_dir_cannot_take_over_the_firewall_or_the_links() {
+    for backend in ["nftables", "iptables"] {
+        let mut h = TestHost::with_lan("2state");
+        h.firewall = Some(backend);
+        h.ok(&["network", "create", "a", "--subnet", "172.16.7.0/24"]);
+        let web = h.sb("web");
+        h.ok(&["create", &web, "--network", "a", "-p", "8080:80"]);
+        let before = h.snapshot();
+        let other = tempfile::tempdir().expect("tempdir");
+        let b_state = other.path().join("b");
+        let b =
+            |args: &[&str]| h.nsnet_env(args, &[("NSNET_STATE_DIR", b_state.to_str().unwrap())]);
+        let args = ["network", "create", "b", "--subnet", "172.16.8.0/24"];
+        let line = common::check_one_line_failure(&args, b(&args));
+        let a_dir = std::fs::canonicalize(&h.state).expect("state dir");
+        assert!(
+            line.contains(&format!("state dir {}", a_dir.display()))
+                && line.contains("--state-dir"),
+            "{backend}: {line}"
+        );
+        // B's housekeeping leaves A's bridge, veths and rules alone.
+        for args in [&["gc"][..], &["firewall", "reload"], &["network", "ls"]] {
+            assert!(b(args).status.success(), "{backend}: nsnet {args:?} in B");
+        }
+        assert_eq!(h.snapshot(), before, "{}", h.snapshot().diff(&before));
+        let lan: Ipv4Addr = common::LAN_IP.parse().unwrap();
+        assert_eq!(
+            reach(
+                &h.sb_path("web"),
+                80,
+                &h.lan_path(),
+                addr(common::HOST_IP, 8080)
+            ),
+            Some(lan),
+            "{backend}: A's published port"
+        );
+        h.ok(&["rm", &web]);
+        h.ok(&["network", "rm", "a"]);
+        // Once A's tables are gone, B may have them.
+        assert!(b(&args).status.success(), "{backend}: B after A");
+        assert!(b(&["network", "rm", "b"]).status.success());
+    }
+}
+
+#[test]
+fn a_record_cannot_make_nsnet_delete_a_link_it_did_not_make() {
+    let h = TestHost::with_lan("uplink");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.9.0/24"]);
+    // The network record now names the host's uplink as its bridge (a hand-edited or planted state file).
+    let file = h.state.join("networks/n.json");
+    let text = std::fs::read_to_string(&file).expect("network record");
+    std::fs::write(&file, text.replace("\"nsbr-n\"", "\"uplink0\"")).expect("write record");
+    let out = h.nsnet(&["network", "rm", "n"]);
+    assert!(!out.status.success(), "network rm deleted the uplink");
+    assert!(
+        h.link_names().iter().any(|l| l == "uplink0"),
+        "the uplink is gone"
+    );
+    std::fs::write(&file, text).expect("write record");
+    h.ok(&["network", "rm", "n"]);
+}

@@ -34,6 +34,37 @@ fn gc_reconciles_records_and_kernel() {
     ]);
     h.in_host(&["ip", "link", "set", "veth0badbeef", "master", "nsbr-n"]);
     h.in_host(&["ip", "link", "add", "nsbr-stray", "type", "bridge"]);
+    // Made by this state dir (they carry its tag), then their records were lost.
+    let tag = format!(
+        "nsnet:{}",
+        std::fs::canonicalize(&h.state)
+            .expect("state dir")
+            .display()
+    );
+    for link in ["veth0badbeef", "nsbr-stray"] {
+        h.in_host(&["ip", "link", "set", link, "alias", &tag]);
+    }
+    // Named like nsnet's, but nobody's tag (or another state dir's): never touched.
+    h.in_host(&["ip", "link", "add", "nsbr-theirs", "type", "bridge"]);
+    h.in_host(&[
+        "ip",
+        "link",
+        "add",
+        "veth0000beef",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "theirsp",
+    ]);
+    h.in_host(&[
+        "ip",
+        "link",
+        "set",
+        "veth0000beef",
+        "alias",
+        "nsnet:/elsewhere",
+    ]);
     h.in_host(&[
         "nft",
         "add",
@@ -57,8 +88,19 @@ fn gc_reconciles_records_and_kernel() {
         "{plan}"
     );
 
+    assert!(
+        !plan.contains("nsbr-theirs") && !plan.contains("veth0000beef"),
+        "{plan}"
+    );
     let done = h.ok(&["gc"]);
     assert!(done.contains(&format!("released sandbox '{a}'")), "{done}");
+    let links = h.link_names();
+    assert!(
+        links.iter().any(|l| l == "nsbr-theirs") && links.iter().any(|l| l == "veth0000beef"),
+        "gc deleted links it did not make: {links:?}"
+    );
+    h.in_host(&["ip", "link", "del", "nsbr-theirs"]);
+    h.in_host(&["ip", "link", "del", "veth0000beef"]);
     assert!(
         done.contains("deleted link veth0badbeef") && done.contains("deleted link nsbr-stray"),
         "{done}"
@@ -105,4 +147,64 @@ fn gc_reconciles_records_and_kernel() {
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "n"]);
     assert_eq!(h.snapshot(), empty);
+}
+
+/// Links deleted by hand: `gc` says so and brings them back as set-up made them (a sandbox's host veth, a
+/// network's bridge with its ports), and the sandboxes talk again.
+#[test]
+fn gc_repairs_links_deleted_by_hand() {
+    let h = TestHost::new("gcfix");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.14.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&[
+        "create",
+        &a,
+        "--network",
+        "n",
+        "--ip",
+        "172.16.14.2",
+        "-p",
+        "8080:80",
+    ]);
+    h.ok(&["create", &b, "--network", "n", "--ip", "172.16.14.3"]);
+    let whole = h.snapshot();
+    let veth = h.inspect(&a)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ping = |from: &str, to: &str| {
+        h.nsnet(&["exec", from, "--", "ping", "-c", "1", "-W", "2", to])
+            .status
+            .success()
+    };
+    assert!(ping(&a, "172.16.14.3"));
+
+    h.in_host(&["ip", "link", "del", &veth]);
+    let plan = h.ok(&["--dry-run", "gc"]);
+    assert!(
+        plan.contains(&format!("would re-create veth {veth} of sandbox '{a}'")),
+        "{plan}"
+    );
+    let done = h.ok(&["gc"]);
+    assert!(done.contains(&format!("re-created veth {veth}")), "{done}");
+    assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
+    assert!(ping(&a, "172.16.14.3") && ping(&b, "172.16.14.2"));
+
+    h.in_host(&["ip", "link", "del", "nsbr-n"]);
+    let done = h.ok(&["gc"]);
+    assert!(
+        done.contains("re-created bridge nsbr-n of network 'n'")
+            && done.contains(&format!("sandbox '{b}'")),
+        "{done}"
+    );
+    assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
+    assert!(ping(&a, "172.16.14.3") && ping(&b, "172.16.14.2"));
+    assert_eq!(
+        h.ok(&["gc"]).trim(),
+        "nothing to do: records and kernel agree"
+    );
+
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
 }

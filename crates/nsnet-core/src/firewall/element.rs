@@ -145,7 +145,7 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
     use Family::*;
     use Field::*;
     match rule {
-        Rule::Tables { .. } | Rule::HostAccept { .. } => vec![],
+        Rule::Tables(_) | Rule::HostAccept { .. } => vec![],
         Rule::Interface {
             interface,
             subnet,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::{Batch, Change, FirewallError, Rule};
+use super::{Batch, Change, FirewallError, Rule, Tables, TablesOwner};
 
 /// The chain the user owns (like Docker's DOCKER-USER); created once, never flushed by nsnet.
 pub const USER_CHAIN: &str = "NSNET-USER";
@@ -60,9 +60,11 @@ fn entry(table: &'static str, chain: &'static str, spec: String, at: At) -> Entr
 /// made in: the user's rules; internal networks' drops (before anything accepts, published ports
 /// included); published ports; isolation; each network's own traffic and replies; and last, the drops for
 /// connections routed in from outside to networks in gateway mode nat.
-fn skeleton() -> Vec<Entry> {
+fn skeleton(owner: &str) -> Vec<Entry> {
     use At::*;
     vec![
+        // Who the chains belong to: a rule with no target, matched by the first packet of each connection.
+        entry("nat", "NSNET-POSTROUTING", owner_mark(owner), Append),
         entry("raw", "PREROUTING", "-j NSNET-GUARD".into(), Insert(1)),
         entry(
             "nat",
@@ -113,11 +115,34 @@ fn skeleton() -> Vec<Entry> {
     ]
 }
 
+/// The owner marker as `iptables-save` prints it.
+fn owner_mark(owner: &str) -> String {
+    format!("-m comment --comment \"{}\"", owner.replace('"', "'"))
+}
+
+/// Who made nsnet's chains: the owner marker in NSNET-POSTROUTING.
+pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
+    let current = Current::parse(&super::run_tool("iptables-save", &["-t", "nat"], None)?);
+    if !current
+        .chains
+        .contains(&("nat".to_string(), "NSNET-POSTROUTING".to_string()))
+    {
+        return Ok(TablesOwner::Absent);
+    }
+    let mark = current.rules.iter().find_map(|(t, c, spec)| {
+        let owner = spec
+            .strip_prefix("-m comment --comment \"")?
+            .strip_suffix('"')?;
+        (t == "nat" && c == "NSNET-POSTROUTING").then(|| owner.to_string())
+    });
+    Ok(mark.map_or(TablesOwner::Unknown, TablesOwner::Of))
+}
+
 /// The iptables rules a firewall rule stands for.
 fn entries(rule: &Rule) -> Vec<Entry> {
     use At::*;
     match rule {
-        Rule::Tables { .. } | Rule::HostAccept { .. } => vec![],
+        Rule::Tables(_) | Rule::HostAccept { .. } => vec![],
         Rule::Interface { interface: i, subnet: s, internal } => {
             let mut out = vec![
                 entry("raw", "NSNET-GUARD", format!("-s 127.0.0.0/8 -i {i} -j DROP"), Append),
@@ -231,7 +256,7 @@ fn script(batch: &Batch, mut current: Option<&mut Current>) -> String {
     let mut out = Script::default();
     for change in &batch.0 {
         match change {
-            Change::Add(Rule::Tables { .. }) => {
+            Change::Add(Rule::Tables(Tables { owner, .. })) => {
                 for (table, chain) in CHAINS {
                     let key = (table.to_string(), chain.to_string());
                     if current.as_ref().is_none_or(|c| !c.chains.contains(&key)) {
@@ -241,11 +266,14 @@ fn script(batch: &Batch, mut current: Option<&mut Current>) -> String {
                         }
                     }
                 }
-                add(&mut out, &mut current, skeleton());
+                add(&mut out, &mut current, skeleton(owner));
             }
-            Change::Delete(Rule::Tables { keep_user_chain }) => {
+            Change::Delete(Rule::Tables(Tables {
+                keep_user_chain,
+                owner,
+            })) => {
                 // The jumps out of the built-in chains first, then nsnet's chains.
-                let jumps: Vec<Entry> = skeleton()
+                let jumps: Vec<Entry> = skeleton(owner)
                     .into_iter()
                     .filter(|e| !e.chain.starts_with("NSNET"))
                     .collect();
@@ -357,9 +385,10 @@ mod tests {
     #[test]
     fn renders_one_restore_script() {
         let mut b = Batch::default();
-        b.add(Rule::Tables {
+        b.add(Rule::Tables(Tables {
             keep_user_chain: false,
-        });
+            owner: "nsnet:/s".into(),
+        }));
         b.add(Rule::Masquerade {
             subnet: "10.89.0.0/24".parse().unwrap(),
             interface: "nsnet0".into(),
@@ -400,9 +429,10 @@ mod tests {
                     -A FORWARD -j NSNET-FORWARD\n-A NSNET-USER -s 10.0.0.1/32 -j DROP\nCOMMIT\n";
         let mut cur = Current::parse(live);
         let mut b = Batch::default();
-        b.delete(Rule::Tables {
+        b.delete(Rule::Tables(Tables {
             keep_user_chain: true,
-        });
+            owner: "nsnet:/s".into(),
+        }));
         let text = script(&b, Some(&mut cur));
         assert!(
             text.contains("-D FORWARD -j NSNET-FORWARD\n-F NSNET-FORWARD\n-X NSNET-FORWARD\n"),

@@ -25,7 +25,7 @@ pub enum Rule {
     /// nsnet's tables with their chains, sets and maps, holding no elements. Adding resets them (so it also
     /// repairs a damaged ruleset) but never touches the `user` chain. Deleting keeps the `user` chain, and so
     /// the `ip nsnet` table, when it holds the user's rules.
-    Tables { keep_user_chain: bool },
+    Tables(Tables),
     /// A network's host interface: no loopback traffic may enter from it, traffic that is DNATed back into
     /// its own subnet is masqueraded (hairpin), and an internal network forwards to nothing else.
     Interface {
@@ -55,6 +55,29 @@ pub enum Rule {
     /// Narrow accepts for a network's interface in a host forward chain whose policy is drop: the only rules
     /// nsnet puts outside its own tables, each tagged with a comment naming the interface.
     HostAccept { chain: HostChain, interface: String },
+}
+
+/// nsnet's tables (or chains), as one state dir holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tables {
+    /// Deleting keeps the user chain (and the table holding it): the user has rules there.
+    pub keep_user_chain: bool,
+    /// The state dir whose networks the tables serve ([`crate::store::Store::owner_tag`]), written into the
+    /// tables when they are made. One state dir per host holds nsnet's firewall: another one's commands
+    /// would rewrite its tables and flush its sets.
+    #[serde(default)]
+    pub owner: String,
+}
+
+/// Who holds nsnet's firewall tables on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TablesOwner {
+    /// There are none.
+    Absent,
+    /// Made by an nsnet that did not write its owner down.
+    Unknown,
+    /// The state dir with this tag.
+    Of(String),
 }
 
 /// Add or delete one [`Rule`].
@@ -213,6 +236,15 @@ impl Backend {
             Backend::Nftables => nftables::missing(rules),
             Backend::Iptables => iptables::missing(rules),
             Backend::None => Ok(vec![]),
+        }
+    }
+
+    /// Who holds nsnet's tables (or chains) now.
+    pub fn tables_owner(self) -> Result<TablesOwner, FirewallError> {
+        match self {
+            Backend::Nftables => nftables::tables_owner(),
+            Backend::Iptables => iptables::tables_owner(),
+            Backend::None => Ok(TablesOwner::Absent),
         }
     }
 

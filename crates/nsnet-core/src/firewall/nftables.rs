@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use super::element::elements;
 use super::HostChain;
-use super::{Batch, Change, FirewallError, Rule};
+use super::{Batch, Change, FirewallError, Rule, Tables, TablesOwner};
 
 /// nsnet's main table.
 pub const TABLE: &str = "ip nsnet";
@@ -23,8 +23,10 @@ pub const BRIDGE_TABLE: &str = "bridge nsnet";
 /// The chain the user owns.
 pub const USER_CHAIN: &str = "user";
 
+/// The tables' comment, written when they are made (the kernel keeps the first one): the owner, then this.
+const COMMENT_TAIL: &str = ": managed by nsnet, everything but chain user is rewritten";
+
 const DECLARE: &str = r#"table ip nsnet {
-	comment "managed by nsnet: everything but chain user is rewritten"
 	chain user {
 	}
 	set ifaces {
@@ -82,7 +84,6 @@ const DECLARE: &str = r#"table ip nsnet {
 	}
 }
 table bridge nsnet {
-	comment "managed by nsnet"
 	set endpoint_ifs {
 		type ifname
 	}
@@ -206,8 +207,14 @@ const RULES: &[(&str, &str, &str)] = &[
 ];
 
 /// Declare everything, then empty nsnet's own sets and chains and write the rules again: safe to run on a
-/// missing, a half-flushed or an intact ruleset, and never touches the `user` chain.
-fn render_reset(out: &mut String) {
+/// missing, a half-flushed or an intact ruleset, and never touches the `user` chain. New tables carry their
+/// owner in their comment.
+fn render_reset(out: &mut String, owner: &str) {
+    let comment = format!("comment \"{}{COMMENT_TAIL}\"", owner.replace('"', "'"));
+    let _ = writeln!(
+        out,
+        "table ip nsnet {{ {comment}; }}\ntable bridge nsnet {{ {comment}; }}"
+    );
     out.push_str(DECLARE);
     for (kind, set) in SETS {
         let _ = writeln!(out, "flush {kind} {TABLE} {set}");
@@ -282,19 +289,21 @@ fn render_with(batch: &Batch, handles: &HostHandles) -> String {
                     }
                 }
             }
-            Change::Add(Rule::Tables { .. }) => render_reset(&mut out),
-            Change::Delete(Rule::Tables {
+            Change::Add(Rule::Tables(t)) => render_reset(&mut out, &t.owner),
+            Change::Delete(Rule::Tables(Tables {
                 keep_user_chain: false,
-            }) => {
+                ..
+            })) => {
                 for table in [TABLE, BRIDGE_TABLE] {
                     let _ = writeln!(out, "add table {table}\ndelete table {table}");
                 }
             }
-            Change::Delete(Rule::Tables {
+            Change::Delete(Rule::Tables(Tables {
                 keep_user_chain: true,
-            }) => {
+                owner,
+            })) => {
                 // Everything of nsnet's goes; the user chain, and the table holding it, stay.
-                render_reset(&mut out);
+                render_reset(&mut out, owner);
                 for chain in CHAINS {
                     let _ = writeln!(out, "flush chain {TABLE} {chain}");
                 }
@@ -322,6 +331,24 @@ fn render_with(batch: &Batch, handles: &HostHandles) -> String {
         }
     }
     out
+}
+
+/// Who made `ip nsnet`: the owner in its comment. JSON listings of nft 1.0.6 leave table comments out, so this
+/// reads the terse text listing (no set elements), whose first lines are the table's.
+pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
+    let text = nft(&["-t", "list", "table", "ip", "nsnet"])?;
+    if text.trim().is_empty() {
+        return Ok(TablesOwner::Absent);
+    }
+    let comment = text
+        .lines()
+        .take(3)
+        .find_map(|l| l.trim().strip_prefix("comment \""))
+        .and_then(|c| c.strip_suffix('"'));
+    Ok(match comment.and_then(|c| c.strip_suffix(COMMENT_TAIL)) {
+        Some(owner) => TablesOwner::Of(owner.to_string()),
+        None => TablesOwner::Unknown,
+    })
 }
 
 /// Whether the user chain holds rules (then removing the last network keeps it, and its table).
@@ -593,40 +620,43 @@ mod tests {
     #[test]
     fn reset_never_flushes_the_user_chain() {
         let mut b = Batch::default();
-        b.add(Rule::Tables {
+        b.add(Rule::Tables(Tables {
             keep_user_chain: false,
-        });
+            owner: "nsnet:/var/lib/nsnet".into(),
+        }));
         let text = render(&b);
-        assert!(text.starts_with("table ip nsnet {"));
+        assert!(text.starts_with(
+            "table ip nsnet { comment \"nsnet:/var/lib/nsnet: managed by nsnet, everything but chain user is \
+             rewritten\"; }"
+        ));
         assert!(!text.contains("flush chain ip nsnet user"));
         assert!(!text.contains("delete table"));
-        let keep = render(&Batch(vec![Change::Delete(Rule::Tables {
+        let keep = render(&Batch(vec![Change::Delete(Rule::Tables(Tables {
             keep_user_chain: true,
-        })]));
+            owner: String::new(),
+        }))]));
         assert!(
             !keep.contains("delete table ip nsnet") && !keep.contains("delete chain ip nsnet user")
         );
-        let all = render(&Batch(vec![Change::Delete(Rule::Tables {
+        let all = render(&Batch(vec![Change::Delete(Rule::Tables(Tables {
             keep_user_chain: false,
-        })]));
+            owner: String::new(),
+        }))]));
         assert!(all.contains("delete table ip nsnet") && all.contains("delete table bridge nsnet"));
     }
 
     #[test]
     fn inverse_reverses() {
         let mut b = Batch::default();
-        b.add(Rule::Tables {
+        let tables = Rule::Tables(Tables {
             keep_user_chain: true,
+            owner: String::new(),
         });
+        b.add(tables.clone());
         b.add(masq());
         assert_eq!(
             b.inverse().0,
-            vec![
-                Change::Delete(masq()),
-                Change::Delete(Rule::Tables {
-                    keep_user_chain: true
-                })
-            ]
+            vec![Change::Delete(masq()), Change::Delete(tables)]
         );
     }
 }

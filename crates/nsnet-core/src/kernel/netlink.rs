@@ -330,9 +330,15 @@ impl Netlink {
 
     /// `ip link del NAME`. Returns false when the link was already gone.
     pub fn delete_link(&mut self, name: &str) -> Result<bool, KernelError> {
-        let Some(link) = self.link(name)? else {
-            return Ok(false);
-        };
+        match self.link(name)? {
+            Some(link) => self.delete(&link),
+            None => Ok(false),
+        }
+    }
+
+    /// Delete a link looked up before. Returns false when it was already gone.
+    pub fn delete(&mut self, link: &Link) -> Result<bool, KernelError> {
+        let name = &link.name;
         let mut msg = LinkMessage::default();
         msg.header.index = link.index;
         match self.request(

@@ -6,19 +6,9 @@ use super::Nsnet;
 use crate::apply::Applier;
 use crate::error::Result;
 use crate::kernel::{netns, Netlink};
-use crate::model::Driver;
-use crate::plan::{build, Ns, Step};
+use crate::model::{Driver, Network, Sandbox};
+use crate::plan::{build, Ns, Plan, Step};
 use crate::store::Record;
-
-/// Whether nsnet would have named a host link this way: its bridges and point-to-point host ends, and the
-/// `vethXXXXXXXX` host ends of endpoints.
-fn nsnet_bridge_name(name: &str) -> bool {
-    name == super::DEFAULT_NETWORK || name.starts_with("nsbr-") || name.starts_with("nsve-")
-}
-
-fn nsnet_veth_name(name: &str) -> bool {
-    name.len() == 12 && name.starts_with("veth") && name[4..].chars().all(|c| c.is_ascii_hexdigit())
-}
 
 impl Nsnet {
     /// `nsnet gc`: finish or roll back interrupted commands; release sandboxes whose namespace is gone (a
@@ -105,20 +95,12 @@ impl Nsnet {
         );
         let mut nl = Netlink::open()?;
         let links = nl.links()?;
-        let bridges: HashSet<u32> = links
-            .iter()
-            .filter(|l| {
-                nets.iter()
-                    .any(|n| n.driver == Driver::Bridge && n.interface == l.name)
-            })
-            .map(|l| l.index)
-            .collect();
+        let tag = self.store.owner_tag();
         let mut applier = Applier::new();
+        // Host links this state dir made carry its tag; anyone else's (another state dir's included) are left
+        // alone whatever their names.
         for link in &links {
-            let ours = nsnet_bridge_name(&link.name)
-                || (nsnet_veth_name(&link.name)
-                    && link.master.is_some_and(|m| bridges.contains(&m)));
-            if !ours || owned.contains(link.name.as_str()) {
+            if link.alias.as_deref() != Some(tag.as_str()) || owned.contains(link.name.as_str()) {
                 continue;
             }
             report.push(format!(
@@ -130,7 +112,20 @@ impl Nsnet {
                 applier.run(&Step::DeleteLink {
                     ns: Ns::Host,
                     name: link.name.clone(),
+                    tag: tag.clone(),
                 })?;
+            }
+        }
+
+        // The reverse: links the records want that the kernel lacks (a bridge or a host veth deleted by hand).
+        let present: HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        for net in nets.iter().filter(|n| !n.removing) {
+            let (lines, plan) = repair_network(net, &sandboxes, &present, &tag);
+            for line in lines {
+                report.push(format!("{} {line}", verb("re-created", "would re-create")));
+            }
+            if !self.dry_run && !plan.is_empty() {
+                let _kept = applier.apply(&plan)?;
             }
         }
 
@@ -154,22 +149,76 @@ impl Nsnet {
 
         // Rebuilding is idempotent; it drops any element no record stands for.
         if !self.dry_run {
-            let _kept = applier.apply(&build::firewall_reload(&nets, &sandboxes))?;
+            let plan = build::firewall_reload(&nets, &sandboxes, &self.store.owner_tag());
+            let _kept = applier.apply(&plan)?;
         }
         Ok(report)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_nsnet_link_names() {
-        assert!(nsnet_veth_name("veth0bce226a"));
-        assert!(!nsnet_veth_name("veth0"));
-        assert!(!nsnet_veth_name("vethzzzzzzzz"));
-        assert!(nsnet_bridge_name("nsbr-web") && nsnet_bridge_name("nsnet0"));
-        assert!(!nsnet_bridge_name("docker0") && !nsnet_bridge_name("br0"));
+/// What brings back the kernel objects of `net` that are missing (`present`: the host's link names): its
+/// bridge, and the veth pair of each endpoint whose host end is gone. A bridge deleted by hand left its ports
+/// loose, so those veths are made again too. Returns a line per object, and the plan (kernel only: the
+/// firewall is rebuilt from the records afterwards).
+fn repair_network(
+    net: &Network,
+    sandboxes: &[Sandbox],
+    present: &HashSet<&str>,
+    tag: &str,
+) -> (Vec<String>, Plan) {
+    let mut lines = Vec::new();
+    let mut plan = Plan::default();
+    let bridge_gone = net.driver == Driver::Bridge && !present.contains(net.interface.as_str());
+    if bridge_gone {
+        lines.push(format!(
+            "bridge {} of network '{}': it was missing",
+            net.interface, net.name
+        ));
+        // Its loose ports go first: their qdiscs keep the old fast path's block alive, with a program made
+        // for the old bridge, which the new bridge must not inherit.
+        for sb in sandboxes.iter().filter(|s| !s.removing && s.netns.exists()) {
+            for ep in sb
+                .endpoints
+                .iter()
+                .filter(|e| e.network == net.name && !e.removing)
+            {
+                if present.contains(ep.host_interface.as_str()) {
+                    plan.steps.push(Step::DeleteLink {
+                        ns: Ns::Host,
+                        name: ep.host_interface.clone(),
+                        tag: tag.to_string(),
+                    });
+                }
+            }
+        }
+        let (steps, _) = build::network_up(net, &[], None, tag);
+        plan.steps
+            .extend(steps.into_iter().filter(|s| *s != Step::forwarding()));
     }
+    for sb in sandboxes.iter().filter(|s| !s.removing && s.netns.exists()) {
+        for ep in sb
+            .endpoints
+            .iter()
+            .filter(|e| e.network == net.name && !e.removing)
+        {
+            let veth_gone = !present.contains(ep.host_interface.as_str());
+            if !veth_gone && !bridge_gone {
+                continue;
+            }
+            lines.push(format!(
+                "veth {} of sandbox '{}' on network '{}'{}",
+                ep.host_interface,
+                sb.name,
+                net.name,
+                if veth_gone {
+                    ": it was missing"
+                } else {
+                    ": its bridge was missing"
+                }
+            ));
+            let ns = Ns::Path(sb.netns.clone());
+            plan.steps.extend(build::endpoint_up(net, ep, &ns, tag).0);
+        }
+    }
+    (lines, plan)
 }

@@ -16,7 +16,8 @@ pub use sandbox::{AttachRequest, Target};
 
 use crate::apply::{Applier, Undo};
 use crate::error::{Error, Result};
-use crate::firewall::Backend;
+use crate::firewall::{Backend, Tables, TablesOwner};
+use crate::invalid;
 use crate::kernel::Netlink;
 use crate::model::Network;
 use crate::plan::Plan;
@@ -352,10 +353,41 @@ impl Host {
     }
 }
 
-/// Whether a command that creates the first network, or removes the last, must also create or delete nsnet's
-/// firewall tables: `Some(keep_user_chain)` then (it reads the user chain), `None` when other networks stay.
-fn tables_change(networks_left: usize, backend: Backend) -> Option<bool> {
-    (networks_left == 0).then(|| backend.user_chain_has_rules())
+impl Nsnet {
+    /// Whether a command that creates the first network, or removes the last, must also create or delete
+    /// nsnet's firewall tables: `Some` then (it reads the user chain), `None` when other networks stay. Refused
+    /// when the tables are another state dir's.
+    fn tables_change(&self, networks_left: usize, backend: Backend) -> Result<Option<Tables>> {
+        if networks_left > 0 || backend == Backend::None {
+            return Ok(None);
+        }
+        self.check_tables_owner(backend)?;
+        Ok(Some(Tables {
+            keep_user_chain: backend.user_chain_has_rules(),
+            owner: self.store.owner_tag(),
+        }))
+    }
+
+    /// Refuse to touch nsnet's tables when another state dir made them: its published ports, isolation and
+    /// anti-spoofing live in the same sets, which this one's commands would rewrite or flush.
+    fn check_tables_owner(&self, backend: Backend) -> Result<()> {
+        let mine = self.store.owner_tag();
+        match backend.tables_owner()? {
+            TablesOwner::Of(other) if other != mine => {
+                let dir = other.strip_prefix("nsnet:").unwrap_or(&other);
+                let what = match backend {
+                    Backend::Iptables => "iptables chains (NSNET-*)",
+                    _ => "nftables tables (ip nsnet, bridge nsnet)",
+                };
+                Err(invalid!(
+                    "nsnet's {what} on this host belong to the state dir {dir}, and one state dir per host \
+                     holds them; use --state-dir {dir} (NSNET_STATE_DIR, CNI stateDir), or remove that state \
+                     dir's networks first"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Find a network by name in the loaded records.

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{find, tables_change, Host, Nsnet, DEFAULT_NETWORK};
+use super::{find, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Backend;
 use crate::invalid;
@@ -63,7 +63,8 @@ impl Nsnet {
     fn create_network(&self, req: &NetworkRequest, nets: &[Network]) -> Result<(Plan, Network)> {
         let mut host = Host::open()?;
         let net = self.validate_network(req, nets, &mut host)?;
-        let (steps, fw) = build::network_up(&net, nets, tables_change(nets.len(), net.firewall));
+        let tables = self.tables_change(nets.len(), net.firewall)?;
+        let (steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
         let plan = Plan::setup(steps, fw, net.firewall);
         let plan = self.setup(plan, vec![Record::Network(net.clone())])?;
         Ok((plan, net))
@@ -249,7 +250,7 @@ impl Nsnet {
                 if users.len() == 1 { "it" } else { "them" },
             ));
         }
-        let kernel = build::network_teardown(&net, &self.users_of(&net)?);
+        let kernel = build::network_teardown(&net, &self.users_of(&net)?, &self.store.owner_tag());
         net.removing = true;
         self.teardown(
             lock,
@@ -286,7 +287,7 @@ impl Nsnet {
             sb.endpoints.retain(|e| e.network != name);
             records.push(Record::Sandbox(sb));
         }
-        let tables = tables_change(nets.len() - 1, net.firewall);
+        let tables = self.tables_change(nets.len() - 1, net.firewall)?;
         fw.0.extend(build::network_down(net, &nets, tables).0);
         records.push(Record::NoNetwork(name.to_string()));
         Ok((Plan::setup(vec![], fw, net.firewall), records))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use super::network::NetworkRequest;
-use super::{no_network, tables_change, Host, Nsnet, DEFAULT_NETWORK};
+use super::{no_network, Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
@@ -184,13 +184,18 @@ impl Nsnet {
         let mut fw = Batch::default();
         if new_network {
             let others: Vec<Network> = nets.into_iter().map(|(n, _)| n).collect();
-            let (s, f) =
-                build::network_up(&net, &others, tables_change(others.len(), net.firewall));
+            let (s, f) = build::network_up(
+                &net,
+                &others,
+                self.tables_change(others.len(), net.firewall)?,
+                &self.store.owner_tag(),
+            );
             kernel.extend(s);
             fw.0.extend(f.0);
         }
         kernel.extend(first);
-        let (s, f) = build::endpoint_up(&net, &endpoint, &Ns::Path(sb.netns.clone()));
+        let ns = Ns::Path(sb.netns.clone());
+        let (s, f) = build::endpoint_up(&net, &endpoint, &ns, &self.store.owner_tag());
         kernel.extend(s);
         fw.0.extend(f.0);
 
@@ -436,7 +441,9 @@ impl Nsnet {
             sb.endpoints.iter().find(|e| e.network == network),
             nets.iter().find(|n| n.name == network),
         ) {
-            (Some(ep), Some(net)) => build::endpoint_teardown(&sb, ep, Some(net)),
+            (Some(ep), Some(net)) => {
+                build::endpoint_teardown(&sb, ep, Some(net), &self.store.owner_tag())
+            }
             _ => Plan::default(),
         };
         let mut marked = sb;

@@ -1,7 +1,7 @@
 //! Pure plan builders: from records to the steps that bring them up or take them down.
 //! Nothing here reads or changes the system, so every rule is checked by unit tests without root.
 
-use crate::firewall::{Batch, Rule};
+use crate::firewall::{Batch, Rule, Tables};
 use crate::model::{Driver, Endpoint, GatewayMode, Mac, Network, Sandbox};
 use crate::plan::{Ns, Plan, Step};
 use ipnet::Ipv4Net;
@@ -52,9 +52,15 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
     rules
 }
 
-/// Bring a network up next to `others`. `tables`: `Some(keep_user_chain)` when nsnet's firewall tables must be
-/// created first (no other network exists); the flag is what undoing that must do with the user chain.
-pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (Vec<Step>, Batch) {
+/// Bring a network up next to `others`. `tables`: `Some` when nsnet's firewall tables must be created first (no
+/// other network exists); it says what undoing that must do with the user chain. `owner` tags the links made
+/// ([`crate::store::Store::owner_tag`]).
+pub fn network_up(
+    net: &Network,
+    others: &[Network],
+    tables: Option<Tables>,
+    owner: &str,
+) -> (Vec<Step>, Batch) {
     let mut steps = Vec::new();
     if !net.internal {
         steps.push(Step::forwarding());
@@ -64,6 +70,7 @@ pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (V
             name: net.interface.clone(),
             mtu: net.mtu,
             mac: Mac::for_ipv4(net.gateway),
+            tag: owner.to_string(),
         });
         if let Some(bridge) = fast_path_bridge(net) {
             steps.push(Step::FastPathInit { bridge });
@@ -78,8 +85,8 @@ pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (V
         }
     }
     let mut fw = Batch::default();
-    if let Some(keep_user_chain) = tables {
-        fw.add(Rule::Tables { keep_user_chain });
+    if let Some(tables) = tables {
+        fw.add(Rule::Tables(tables));
     }
     for rule in network_rules(net, others) {
         fw.add(rule);
@@ -87,36 +94,36 @@ pub fn network_up(net: &Network, others: &[Network], tables: Option<bool>) -> (V
     (steps, fw)
 }
 
-/// A network's firewall elements, to delete. `tables`: `Some(keep_user_chain)` when it is the last network, so
-/// nsnet's tables go too (all but the user chain, if the user has rules there).
-pub fn network_down(net: &Network, others: &[Network], tables: Option<bool>) -> Batch {
+/// A network's firewall elements, to delete. `tables`: `Some` when it is the last network, so nsnet's tables go
+/// too (all but the user chain, if the user has rules there).
+pub fn network_down(net: &Network, others: &[Network], tables: Option<Tables>) -> Batch {
     let mut fw = Batch::default();
     for rule in network_rules(net, others) {
         fw.delete(rule);
     }
-    if let Some(keep_user_chain) = tables {
-        fw.delete(Rule::Tables { keep_user_chain });
+    if let Some(tables) = tables {
+        fw.delete(Rule::Tables(tables));
     }
     fw
 }
 
 /// The kernel side of `nsnet network rm`: the veths of `users` on it (with `--force`), then its bridge. Each
 /// deletion carries the steps that bring it back, should a later step fail.
-pub fn network_teardown(net: &Network, users: &[Sandbox]) -> Plan {
+pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
     let mut plan = Plan::default();
     for sb in users {
         for ep in sb.endpoints.iter().filter(|e| e.network == net.name) {
-            plan = plan.then(endpoint_teardown(sb, ep, Some(net)));
+            plan = plan.then(endpoint_teardown(sb, ep, Some(net), owner));
         }
     }
     if net.driver == Driver::Bridge {
-        let (up, _) = network_up(net, &[], None);
+        let (up, _) = network_up(net, &[], None, owner);
         // Forwarding is never switched off, so it need not come back either.
         let restore = up
             .into_iter()
             .filter(|s| *s != Step::forwarding())
             .collect();
-        plan.push_teardown(delete_host_link(&net.interface), restore);
+        plan.push_teardown(delete_host_link(&net.interface, owner), restore);
     }
     plan
 }
@@ -141,7 +148,7 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_o
             let net = nets.iter().find(|n| n.name == ep.network);
             leave_fast_path(&mut plan, sb, ep, net);
             if let Some(net) = net {
-                restore.extend(endpoint_up(net, ep, &ns).0);
+                restore.extend(endpoint_up(net, ep, &ns, owner).0);
             }
         }
         plan.push_teardown(
@@ -154,7 +161,7 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_o
     }
     for ep in &sb.endpoints {
         let net = nets.iter().find(|n| n.name == ep.network);
-        plan = plan.then(endpoint_teardown(sb, ep, net));
+        plan = plan.then(endpoint_teardown(sb, ep, net, owner));
     }
     if sb.owned {
         plan.push_teardown(
@@ -169,34 +176,37 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_o
 
 /// Delete one endpoint's veth (the host end takes the peer with it), with the steps that bring it back as
 /// [`endpoint_up`] made it; without its network's record it cannot be brought back.
-pub fn endpoint_teardown(sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) -> Plan {
+pub fn endpoint_teardown(sb: &Sandbox, ep: &Endpoint, net: Option<&Network>, owner: &str) -> Plan {
     let restore = net
-        .map(|net| endpoint_up(net, ep, &Ns::Path(sb.netns.clone())).0)
+        .map(|net| endpoint_up(net, ep, &Ns::Path(sb.netns.clone()), owner).0)
         .unwrap_or_default();
     let mut plan = Plan::default();
     leave_fast_path(&mut plan, sb, ep, net);
-    plan.push_teardown(delete_host_link(&ep.host_interface), restore);
+    plan.push_teardown(delete_host_link(&ep.host_interface, owner), restore);
     plan
 }
 
-fn delete_host_link(name: &str) -> Step {
+/// Delete a host link nsnet made: only while it carries `owner`'s tag.
+fn delete_host_link(name: &str, owner: &str) -> Step {
     Step::DeleteLink {
         ns: Ns::Host,
         name: name.to_string(),
+        tag: owner.to_string(),
     }
 }
 
 /// Everything nsnet keeps in the firewall for these records, from scratch: the reset tables, then every
 /// network's and endpoint's elements (each isolation pair once). Applied as one transaction, this repairs a
 /// flushed or damaged ruleset and changes nothing on an intact one.
-pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox]) -> Plan {
+pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox], owner: &str) -> Plan {
     if nets.is_empty() {
         return Plan::default();
     }
     let mut fw = Batch::default();
-    fw.add(Rule::Tables {
+    fw.add(Rule::Tables(Tables {
         keep_user_chain: true,
-    });
+        owner: owner.to_string(),
+    }));
     for (i, net) in nets.iter().enumerate() {
         for rule in network_rules(net, &nets[i + 1..]) {
             fw.add(rule);
@@ -237,8 +247,8 @@ pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
     rules
 }
 
-/// Join a sandbox (namespace `ns`) to a network through `ep`.
-pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) {
+/// Join a sandbox (namespace `ns`) to a network through `ep`; `owner` tags the host end.
+pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<Step>, Batch) {
     let mut steps = vec![Step::CreateVeth {
         host: ep.host_interface.clone(),
         peer: ep.interface.clone(),
@@ -247,6 +257,7 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns) -> (Vec<Step>, Batch) 
         mtu: ep.mtu,
         peer_mac: ep.mac,
         host_mac: ep.mac.host_end(),
+        tag: owner.to_string(),
     }];
     match net.driver {
         Driver::Bridge => steps.push(Step::BindPort {
@@ -337,6 +348,8 @@ pub fn endpoint_down(ep: &Endpoint) -> Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OWNER: &str = "nsnet:/s";
     use crate::firewall::Change;
     use crate::portmap::PortMapping;
     use std::net::Ipv4Addr;
@@ -382,25 +395,30 @@ mod tests {
 
     #[test]
     fn bridge_network_is_the_articles_br0() {
-        let (steps, fw) = network_up(&net(Driver::Bridge, false), &[], Some(false));
+        let tables = Tables {
+            keep_user_chain: false,
+            owner: OWNER.into(),
+        };
+        let (steps, fw) = network_up(&net(Driver::Bridge, false), &[], Some(tables), OWNER);
         let text = Plan::setup(steps, fw, Default::default()).render();
         assert!(text.starts_with(
             "sysctl -w net.ipv4.ip_forward=1\n\
-             ip link add br0 address 02:6e:ac:10:00:64 mtu 1500 type bridge\nip link set br0 up\n\
+             ip link add br0 address 02:6e:ac:10:00:64 mtu 1500 type bridge\n\
+             ip link set br0 alias nsnet:/s up\n\
              tc qdisc add dev br0 ingress_block 2611281037 ingress\n\
              # fast path: bpf program nsnet_fastpath (with an empty map of sandboxes) as filter pref 1 \
              handle 1 bpf direct-action on block 2611281037\n\
              ip addr add 172.16.0.100/24 dev br0\n\
              sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
-             nft -f - <<'EOF'\ntable ip nsnet {\n"
-        ));
+             nft -f - <<'EOF'\ntable ip nsnet { comment \"nsnet:/s: managed by nsnet"
+        ), "{text}");
         assert!(text.contains("add element ip nsnet masq_nets { 172.16.0.0/24 }\n"));
         assert!(text.contains("add element ip nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n"));
     }
 
     #[test]
     fn internal_network_has_no_masquerade_or_forwarding() {
-        let (steps, fw) = network_up(&net(Driver::Bridge, true), &[], None);
+        let (steps, fw) = network_up(&net(Driver::Bridge, true), &[], None, OWNER);
         assert!(!steps.contains(&Step::forwarding()));
         assert!(!fw
             .0
@@ -416,7 +434,7 @@ mod tests {
     #[test]
     fn gateway_modes() {
         let has = |net: &Network, want: fn(&Rule) -> bool| {
-            let (_, fw) = network_up(net, &[], None);
+            let (_, fw) = network_up(net, &[], None, OWNER);
             fw.0.iter().any(|c| matches!(c, Change::Add(r) if want(r)))
         };
         let masq = |r: &Rule| matches!(r, Rule::Masquerade { .. });
@@ -433,10 +451,11 @@ mod tests {
 
     #[test]
     fn endpoint_on_bridge() {
-        let (steps, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![port()]), &ns());
+        let (steps, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![port()]), &ns(), OWNER);
         let text = Plan::setup(steps, fw, Default::default()).render();
         assert!(text.starts_with(
             "ip link add veth12345678 address 02:6f:ac:10:00:66 mtu 1500 master br0 type veth peer name eth0 address 02:6e:ac:10:00:66 netns netns2\n\
+             ip link set veth12345678 alias nsnet:/s\n\
              sysctl -w net.ipv6.conf.veth12345678.disable_ipv6=1\n\
              ip -n netns2 link set eth0 addrgenmode none\n\
              ip link set veth12345678 type bridge_slave learning off locked on hairpin on\n\
@@ -460,7 +479,7 @@ mod tests {
         let mut e = ep(vec![]);
         e.host_interface = "br0".into();
         e.default_route = false;
-        let (steps, _) = endpoint_up(&net(Driver::Veth, false), &e, &ns());
+        let (steps, _) = endpoint_up(&net(Driver::Veth, false), &e, &ns(), OWNER);
         assert!(matches!(&steps[0], Step::CreateVeth { master: None, .. }));
         assert!(steps.contains(&Step::route_localnet("br0")));
         assert_eq!(
@@ -479,19 +498,18 @@ mod tests {
     #[test]
     fn teardown_mirrors_setup() {
         let e = ep(vec![port()]);
-        let (_, up) = endpoint_up(&net(Driver::Bridge, false), &e, &ns());
+        let (_, up) = endpoint_up(&net(Driver::Bridge, false), &e, &ns(), OWNER);
         let fw = endpoint_down(&e);
         // Teardown deletes exactly what set-up added, in the same order.
         let mut expected = up.inverse();
         expected.0.reverse();
         assert_eq!(fw, expected);
-        let fw = network_down(&net(Driver::Bridge, false), &[], Some(false));
-        assert_eq!(
-            fw.0.last(),
-            Some(&Change::Delete(Rule::Tables {
-                keep_user_chain: false
-            }))
-        );
+        let tables = Tables {
+            keep_user_chain: false,
+            owner: OWNER.into(),
+        };
+        let fw = network_down(&net(Driver::Bridge, false), &[], Some(tables.clone()));
+        assert_eq!(fw.0.last(), Some(&Change::Delete(Rule::Tables(tables))));
     }
 
     #[test]
@@ -505,8 +523,8 @@ mod tests {
             endpoints: vec![ep(vec![port()])],
             removing: false,
         };
-        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), "nsnet:/s", false);
-        let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns());
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, false);
+        let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns(), OWNER);
         let Some(add) = up.iter().find(|s| matches!(s, Step::FastPathAdd { .. })) else {
             panic!("set-up joins the fast path: {up:?}");
         };
@@ -515,7 +533,7 @@ mod tests {
             plan.steps,
             vec![
                 remove,
-                delete_host_link("veth12345678"),
+                delete_host_link("veth12345678", OWNER),
                 Step::DeleteNetns {
                     name: "netns2".into()
                 }
@@ -529,14 +547,17 @@ mod tests {
             plan.undo_of(2),
             vec![Step::CreateNetns {
                 name: "netns2".into(),
-                owner: "nsnet:/s".into()
+                owner: OWNER.into()
             }]
         );
 
-        let plan = network_teardown(&n, std::slice::from_ref(&sb));
+        let plan = network_teardown(&n, std::slice::from_ref(&sb), OWNER);
         assert_eq!(
             plan.steps[1..],
-            [delete_host_link("veth12345678"), delete_host_link("br0")]
+            [
+                delete_host_link("veth12345678", OWNER),
+                delete_host_link("br0", OWNER)
+            ]
         );
         assert!(matches!(plan.undo_of(2)[0], Step::CreateBridge { .. }));
         assert!(plan.undo_of(2).contains(&Step::FastPathInit {
@@ -549,18 +570,18 @@ mod tests {
             fast_path: false,
             ..n.clone()
         };
-        let plan = sandbox_teardown(&sb, std::slice::from_ref(&slow), "nsnet:/s", true);
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&slow), OWNER, true);
         assert_eq!(
             plan.steps,
             vec![Step::DeleteNetns {
                 name: "netns2".into()
             }]
         );
-        let (up, _) = endpoint_up(&slow, &sb.endpoints[0], &ns());
+        let (up, _) = endpoint_up(&slow, &sb.endpoints[0], &ns(), OWNER);
         assert!(!up.iter().any(|s| matches!(s, Step::FastPathAdd { .. })));
-        let (up, _) = network_up(&slow, &[], None);
+        let (up, _) = network_up(&slow, &[], None, OWNER);
         assert!(!up.iter().any(|s| matches!(s, Step::FastPathInit { .. })));
-        let (up, _) = endpoint_up(&net(Driver::Veth, false), &sb.endpoints[0], &ns());
+        let (up, _) = endpoint_up(&net(Driver::Veth, false), &sb.endpoints[0], &ns(), OWNER);
         assert!(!up.iter().any(|s| matches!(s, Step::FastPathAdd { .. })));
     }
 
@@ -570,7 +591,7 @@ mod tests {
         let mut b = net(Driver::Bridge, false);
         b.name = "n2".into();
         b.interface = "br2".into();
-        let (_, fw) = network_up(&a, std::slice::from_ref(&b), None);
+        let (_, fw) = network_up(&a, std::slice::from_ref(&b), None, OWNER);
         assert!(fw.0.contains(&Change::Add(Rule::Isolate {
             from: "br0".into(),
             to: "br2".into()
@@ -582,13 +603,13 @@ mod tests {
         let (mut a2, mut b2) = (a.clone(), b.clone());
         a2.isolate = false;
         b2.isolate = false;
-        let (_, fw) = network_up(&a2, &[b2.clone()], None);
+        let (_, fw) = network_up(&a2, &[b2.clone()], None, OWNER);
         assert!(!fw
             .0
             .iter()
             .any(|c| matches!(c, Change::Add(Rule::Isolate { .. }))));
         // One side opting out is not enough.
-        let (_, fw) = network_up(&a2, &[b], None);
+        let (_, fw) = network_up(&a2, &[b], None, OWNER);
         assert!(fw
             .0
             .iter()
@@ -609,15 +630,16 @@ mod tests {
             endpoints: vec![ep(vec![port()])],
             removing: false,
         };
-        let plan = firewall_reload(&[a, b], &[sb]);
+        let plan = firewall_reload(&[a, b], &[sb], OWNER);
         let Some(Step::Firewall { batch: fw, .. }) = plan.steps.last() else {
             panic!("no firewall step")
         };
         assert_eq!(
             fw.0[0],
-            Change::Add(Rule::Tables {
-                keep_user_chain: true
-            })
+            Change::Add(Rule::Tables(Tables {
+                keep_user_chain: true,
+                owner: OWNER.into()
+            }))
         );
         let isolations =
             fw.0.iter()
@@ -628,21 +650,31 @@ mod tests {
             .0
             .iter()
             .any(|c| matches!(c, Change::Add(Rule::Port { .. }))));
-        assert!(firewall_reload(&[], &[]).is_empty());
+        assert!(firewall_reload(&[], &[], OWNER).is_empty());
     }
 
     #[test]
     fn undo_of_setup_steps() {
-        let (steps, fw) = network_up(&net(Driver::Bridge, false), &[], Some(true));
+        let tables = Tables {
+            keep_user_chain: true,
+            owner: OWNER.into(),
+        };
+        let (steps, fw) = network_up(
+            &net(Driver::Bridge, false),
+            &[],
+            Some(tables.clone()),
+            OWNER,
+        );
         let plan = Plan::setup(steps, fw, Default::default());
         let undos: Vec<Step> = plan.steps.iter().rev().filter_map(Step::undo).collect();
         assert!(matches!(&undos[0], Step::Firewall { batch: b, .. }
-            if b.0.last() == Some(&Change::Delete(Rule::Tables { keep_user_chain: true }))));
+            if b.0.last() == Some(&Change::Delete(Rule::Tables(tables)))));
         assert_eq!(
             undos[1],
             Step::DeleteLink {
                 ns: Ns::Host,
-                name: "br0".into()
+                name: "br0".into(),
+                tag: OWNER.into(),
             }
         );
         assert_eq!(undos.len(), 2);

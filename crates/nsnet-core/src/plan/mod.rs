@@ -50,7 +50,14 @@ pub enum Step {
     DeleteNetns { name: String },
     /// `ip link add NAME type bridge`, up, with a fixed MAC: a bridge without one takes its lowest port's
     /// address, so the gateway's MAC would change as sandboxes come and go (stale ARP in every sandbox).
-    CreateBridge { name: String, mtu: u32, mac: Mac },
+    /// Tagged with `tag` (its alias), as every host link nsnet makes: see [`Step::DeleteLink`].
+    CreateBridge {
+        name: String,
+        mtu: u32,
+        mac: Mac,
+        #[serde(default)]
+        tag: String,
+    },
     /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both left down
     /// until configured ([`Step::LinkUp`]). The networks are IPv4, so neither end gets an IPv6 address: IPv6 is
     /// off on the host end and the peer has no link-local address (see [`crate::kernel::sysctl::disable_ipv6`]).
@@ -62,13 +69,23 @@ pub enum Step {
         mtu: u32,
         peer_mac: Mac,
         host_mac: Mac,
+        /// The host end's alias: see [`Step::DeleteLink`].
+        #[serde(default)]
+        tag: String,
     },
     /// `ip link set NAME up`. A veth's host end comes up last: the carrier it brings makes the bridge
     /// re-evaluate every port under the kernel's RTNL lock (a cost that grows with the bridge), and no later
     /// step of ours then has to wait for that.
     LinkUp { ns: Ns, name: String },
-    /// `ip link del NAME`; a link already gone is fine.
-    DeleteLink { ns: Ns, name: String },
+    /// `ip link del NAME`; a link already gone is fine. With a `tag`, only a link whose alias is that tag: a
+    /// record that names a link nsnet did not make (a hand-edited state file naming the uplink) cannot make
+    /// nsnet delete it.
+    DeleteLink {
+        ns: Ns,
+        name: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        tag: String,
+    },
     /// `ip addr add ADDR dev DEV`.
     AddAddress { ns: Ns, dev: String, addr: Ipv4Net },
     /// `ip route add default via GW dev DEV`.
@@ -117,13 +134,15 @@ impl Step {
     pub fn undo(&self) -> Option<Step> {
         match self {
             Step::CreateNetns { name, .. } => Some(Step::DeleteNetns { name: name.clone() }),
-            Step::CreateBridge { name, .. } => Some(Step::DeleteLink {
+            Step::CreateBridge { name, tag, .. } => Some(Step::DeleteLink {
                 ns: Ns::Host,
                 name: name.clone(),
+                tag: tag.clone(),
             }),
-            Step::CreateVeth { host, .. } => Some(Step::DeleteLink {
+            Step::CreateVeth { host, tag, .. } => Some(Step::DeleteLink {
                 ns: Ns::Host,
                 name: host.clone(),
+                tag: tag.clone(),
             }),
             Step::Firewall { backend, batch } => Some(Step::Firewall {
                 backend: *backend,
@@ -166,9 +185,15 @@ impl Step {
                 format!("ip netns add {name}\nip -n {name} link set lo up alias {owner}")
             }
             Step::DeleteNetns { name } => format!("ip netns del {name}"),
-            Step::CreateBridge { name, mtu, mac } => {
+            Step::CreateBridge {
+                name,
+                mtu,
+                mac,
+                tag,
+            } => {
                 format!(
-                    "ip link add {name} address {mac} mtu {mtu} type bridge\nip link set {name} up"
+                    "ip link add {name} address {mac} mtu {mtu} type bridge\n\
+                     ip link set {name} alias {tag} up"
                 )
             }
             Step::CreateVeth {
@@ -179,6 +204,7 @@ impl Step {
                 mtu,
                 peer_mac,
                 host_mac,
+                tag,
             } => {
                 let netns = match peer_ns {
                     Ns::Host => String::new(),
@@ -193,13 +219,14 @@ impl Step {
                     .unwrap_or_default();
                 format!(
                     "ip link add {host} address {host_mac} mtu {mtu}{master} type veth peer name {peer} address {peer_mac}{netns}\n\
+                     ip link set {host} alias {tag}\n\
                      sysctl -w net.ipv6.conf.{host}.disable_ipv6=1\n\
                      {} link set {peer} addrgenmode none",
                     peer_ns.ip()
                 )
             }
             Step::LinkUp { ns, name } => format!("{} link set {name} up", ns.ip()),
-            Step::DeleteLink { ns, name } => format!("{} link del {name}", ns.ip()),
+            Step::DeleteLink { ns, name, .. } => format!("{} link del {name}", ns.ip()),
             Step::AddAddress { ns, dev, addr } => format!("{} addr add {addr} dev {dev}", ns.ip()),
             Step::AddDefaultRoute { ns, dev, via } => {
                 format!("{} route add default via {via} dev {dev}", ns.ip())

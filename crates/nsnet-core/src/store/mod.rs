@@ -248,8 +248,16 @@ impl Store {
 
     /// The tag on the namespaces this store's sandboxes own (`lo`'s alias inside them): `nsnet:STATE_DIR`.
     /// Several stores can share a host (tests do); `gc` reaps only namespaces with its own tag.
+    /// Host links carry it too (their alias). The same before and after the state dir exists: a missing dir is
+    /// named through its parent's canonical path.
     pub fn owner_tag(&self) -> String {
-        let dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| {
+            let parent = self.dir.parent().filter(|p| !p.as_os_str().is_empty());
+            match (parent.map(fs::canonicalize), self.dir.file_name()) {
+                (Some(Ok(p)), Some(name)) => p.join(name),
+                _ => std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone()),
+            }
+        });
         format!("nsnet:{}", dir.display())
     }
 
