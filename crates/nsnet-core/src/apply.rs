@@ -129,7 +129,12 @@ impl Applier {
                 self.netlink(peer_ns)?.no_ipv6_link_local(peer)?;
             }
             Step::LinkUp { ns, name } => self.netlink(ns)?.set_up(name)?,
-            Step::DeleteLink { ns, name, tag } => {
+            Step::DeleteLink {
+                ns,
+                name,
+                tag,
+                made_with,
+            } => {
                 // A namespace that is gone took its links with it.
                 if let Ns::Path(p) = ns {
                     if !p.exists() {
@@ -140,7 +145,9 @@ impl Applier {
                 let Some(link) = nl.link(name)? else {
                     return Ok(());
                 };
-                if !tag.is_empty() && link.alias.as_deref() != Some(tag.as_str()) {
+                let half_made =
+                    link.alias.is_none() && made_with.is_some_and(|m| link.mac == Some(m.0));
+                if !tag.is_empty() && link.alias.as_deref() != Some(tag.as_str()) && !half_made {
                     return Err(Error::Invalid(format!(
                         "link {name} is not one nsnet made for this state dir (its alias is not {tag}); \
                          nsnet leaves it alone: check the state file that names it"

@@ -36,7 +36,48 @@ pub fn parse_subnet(text: &str) -> Result<Ipv4Net, String> {
             "subnet '{text}' is too small for a gateway and a sandbox; use a prefix of /30 or shorter"
         ));
     }
+    check_usable(&net)?;
     Ok(net)
+}
+
+/// Refuse a subnet that reaches into a special-use range (see [`SPECIAL_USE`]).
+pub fn check_usable(net: &Ipv4Net) -> Result<(), String> {
+    match SPECIAL_USE.iter().find(|(r, _)| overlaps(net, &special(r))) {
+        Some((range, why)) => Err(format!(
+            "subnet '{net}' reaches into {range}, {why}; use a private range such as 10.0.0.0/8, \
+             172.16.0.0/12 or 192.168.0.0/16"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// IPv4 ranges a container network cannot be (RFC 6890 and the kernel's own rules), with why.
+const SPECIAL_USE: [(&str, &str); 5] = [
+    (
+        "0.0.0.0/8",
+        "'this network', which no packet may carry as an address",
+    ),
+    (
+        "127.0.0.0/8",
+        "the loopback range, which the host keeps for itself (every address there is the host's own)",
+    ),
+    (
+        "169.254.0.0/16",
+        "the link-local range, which is never routed (and holds cloud metadata services)",
+    ),
+    (
+        "224.0.0.0/4",
+        "the multicast range, which no interface can hold as its address",
+    ),
+    (
+        "240.0.0.0/4",
+        "the reserved range (with the broadcast address 255.255.255.255), which hosts drop",
+    ),
+];
+
+fn special(range: &str) -> Ipv4Net {
+    // The table above holds valid CIDRs only; the unit test parses every one.
+    range.parse().unwrap_or_default()
 }
 
 /// The first free pool subnet that overlaps nothing in `taken` (host addresses, host routes, other networks).
@@ -162,6 +203,35 @@ pub fn allocate(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn special_use_ranges_are_refused() {
+        for (range, _) in SPECIAL_USE {
+            assert!(range.parse::<Ipv4Net>().is_ok(), "{range}");
+        }
+        for bad in [
+            "127.0.0.0/24",
+            "224.0.0.0/24",
+            "0.0.0.0/8",
+            "255.255.255.0/24",
+            "169.254.1.0/24",
+            "240.1.0.0/16",
+            "0.0.0.0/1",
+        ] {
+            let e = parse_subnet(bad).unwrap_err();
+            assert!(e.contains("private range"), "{bad}: {e}");
+        }
+        let e = parse_subnet("127.0.0.0/24").unwrap_err();
+        assert!(e.contains("127.0.0.0/8, the loopback range"), "{e}");
+        for good in [
+            "10.89.0.0/24",
+            "172.16.0.0/12",
+            "192.168.1.0/24",
+            "100.64.0.0/24",
+        ] {
+            assert!(parse_subnet(good).is_ok(), "{good}");
+        }
+    }
+
     use super::*;
 
     fn net(subnet: &str) -> Network {

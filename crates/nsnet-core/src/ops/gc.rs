@@ -113,6 +113,7 @@ impl Nsnet {
                     ns: Ns::Host,
                     name: link.name.clone(),
                     tag: tag.clone(),
+                    made_with: None,
                 })?;
             }
         }
@@ -187,6 +188,7 @@ fn repair_network(
                         ns: Ns::Host,
                         name: ep.host_interface.clone(),
                         tag: tag.to_string(),
+                        made_with: None,
                     });
                 }
             }

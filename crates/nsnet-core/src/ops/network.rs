@@ -164,6 +164,7 @@ impl Nsnet {
         }
         let subnet = match req.subnet {
             Some(s) => {
+                ipam::check_usable(&s).map_err(Error::Invalid)?;
                 if let Some((_, what)) = taken.iter().find(|(t, _)| ipam::overlaps(&s, t)) {
                     return Err(invalid!(
                         "subnet {s} overlaps {what}; choose another --subnet or leave it out to get a free one"

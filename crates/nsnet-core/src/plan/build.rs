@@ -192,6 +192,7 @@ fn delete_host_link(name: &str, owner: &str) -> Step {
         ns: Ns::Host,
         name: name.to_string(),
         tag: owner.to_string(),
+        made_with: None,
     }
 }
 
@@ -675,6 +676,7 @@ mod tests {
                 ns: Ns::Host,
                 name: "br0".into(),
                 tag: OWNER.into(),
+                made_with: Some(Mac::for_ipv4(Ipv4Addr::new(172, 16, 0, 100))),
             }
         );
         assert_eq!(undos.len(), 2);

@@ -85,6 +85,10 @@ pub enum Step {
         name: String,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         tag: String,
+        /// The undo of a create: an untagged link with this MAC is the one that create made (killed before it
+        /// could tag it), and goes too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        made_with: Option<Mac>,
     },
     /// `ip addr add ADDR dev DEV`.
     AddAddress { ns: Ns, dev: String, addr: Ipv4Net },
@@ -134,15 +138,22 @@ impl Step {
     pub fn undo(&self) -> Option<Step> {
         match self {
             Step::CreateNetns { name, .. } => Some(Step::DeleteNetns { name: name.clone() }),
-            Step::CreateBridge { name, tag, .. } => Some(Step::DeleteLink {
+            Step::CreateBridge { name, tag, mac, .. } => Some(Step::DeleteLink {
                 ns: Ns::Host,
                 name: name.clone(),
                 tag: tag.clone(),
+                made_with: Some(*mac),
             }),
-            Step::CreateVeth { host, tag, .. } => Some(Step::DeleteLink {
+            Step::CreateVeth {
+                host,
+                tag,
+                host_mac,
+                ..
+            } => Some(Step::DeleteLink {
                 ns: Ns::Host,
                 name: host.clone(),
                 tag: tag.clone(),
+                made_with: Some(*host_mac),
             }),
             Step::Firewall { backend, batch } => Some(Step::Firewall {
                 backend: *backend,
