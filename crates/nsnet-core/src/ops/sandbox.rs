@@ -584,24 +584,35 @@ fn resolve_ports(
     Ok(out)
 }
 
-/// Why `m` cannot be published: it overlaps another port of the same request, or a published port.
+/// Why `m` cannot be published: it overlaps another port of the same request, or a published port. The message
+/// names the lowest port that clashes (for `-p 1-65535:1-65535`, not port 1).
 fn conflict(
     m: &PortMapping,
     same_request: &[PortMapping],
     published: &[(&str, &PortMapping)],
 ) -> Option<String> {
-    if let Some(other) = same_request.iter().find(|o| o.conflicts_with(m)) {
+    if let Some((port, ((), other))) = lowest_clash(m, same_request.iter().map(|o| ((), o))) {
         return Some(format!(
-            "-p {m} and -p {other} publish the same host port; keep one"
+            "-p {m} and -p {other} publish the same host port {port}/{}; keep one",
+            m.protocol
         ));
     }
-    if let Some((sandbox, other)) = published.iter().find(|(_, o)| o.conflicts_with(m)) {
-        return Some(format!(
-            "host port {}/{} is already published by sandbox '{sandbox}' ({other}); pick another host port",
-            m.host_port, m.protocol
-        ));
-    }
-    None
+    let (port, (sandbox, other)) = lowest_clash(m, published.iter().map(|(s, o)| (*s, *o)))?;
+    Some(format!(
+        "host port {port}/{} is already published by sandbox '{sandbox}' ({other}); pick another host port",
+        m.protocol
+    ))
+}
+
+/// The mapping among `others` (each with a tag: who publishes it) that clashes with `m` at the lowest host port,
+/// and that port.
+fn lowest_clash<'a, T>(
+    m: &PortMapping,
+    others: impl Iterator<Item = (T, &'a PortMapping)>,
+) -> Option<(u16, (T, &'a PortMapping))> {
+    others
+        .filter_map(|(tag, o)| m.first_clash(o).map(|port| (port, (tag, o))))
+        .min_by_key(|(port, _)| *port)
 }
 
 /// Why `m` cannot be published because a host process holds one of its ports (the DNAT would silently shadow
