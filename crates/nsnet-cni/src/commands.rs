@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nsnet_core::model::{Mac, Network, Sandbox};
-use nsnet_core::ops::{AttachRequest, Nsnet, Target};
+use nsnet_core::ops::{AttachRequest, Nsnet, Target, Terms};
 use nsnet_core::store::Store;
 use serde_json::Value;
 
@@ -14,9 +14,11 @@ use crate::env::Env;
 use crate::error::{code, CniError, CniResult};
 use crate::result::{AddResult, Interface, IpConfig, Route, Version, SUPPORTED};
 
+/// nsnet over the configuration's state dir; its messages name the configuration's fields, not CLI flags.
 fn nsnet(conf: &NetConf) -> CniResult<Nsnet> {
     let mut n = Nsnet::new(Store::new(conf.state_dir()), false);
     n.firewall = conf.backend()?;
+    n.terms = Terms::CNI;
     Ok(n)
 }
 
@@ -53,7 +55,10 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
         Some(v) => AddResult::from_value(v)?,
         None => AddResult::default(),
     };
-    let nsnet = nsnet(conf)?;
+    let mut nsnet = nsnet(conf)?;
+    if let Some((_, field)) = requested {
+        nsnet.terms.ip = field;
+    }
     let delegate = conf.ipam_plugin().map(Delegate::find).transpose()?;
     if delegate.is_none() {
         conf.network_request(None)?;
@@ -61,7 +66,7 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
 
     let mut ipam_dns = None;
     let (ip, delegated) = match &delegate {
-        None => (requested, None),
+        None => (requested.map(|(ip, _)| ip), None),
         Some(d) => {
             let lease = AddResult::from_value(&d.run("ADD", raw)?)?;
             match first_ipv4(&lease) {
@@ -175,13 +180,16 @@ fn result_for(
 
 /// `DEL`: best effort and idempotent. Removes this attachment (the container's endpoint on this network with
 /// this interface name) if it is there, whatever became of the namespace, then releases the delegated lease.
+/// A sandbox made with the CLI is never CNI's to remove, even when the container ID names it (as for GC).
 pub fn del(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
     let nsnet = nsnet(conf)?;
     let mut errors: Vec<CniError> = Vec::new();
     let ours = nsnet.store.sandbox(&env.container_id)?.is_some_and(|sb| {
-        sb.endpoints
-            .iter()
-            .any(|e| e.network == conf.name && e.interface == env.ifname)
+        sb.cni
+            && sb
+                .endpoints
+                .iter()
+                .any(|e| e.network == conf.name && e.interface == env.ifname)
     });
     if ours {
         if let Err(e) = nsnet.detach(&env.container_id, &conf.name, true) {

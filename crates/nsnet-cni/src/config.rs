@@ -252,10 +252,16 @@ impl NetConf {
             if p.container_port == 0 {
                 return Err(bad(&field("containerPort"), "must be 1 to 65535"));
             }
+            // The reference portmap plugin refuses 0 too: it would publish on a port nobody chose.
+            if p.host_port == 0 {
+                return Err(bad(
+                    &field("hostPort"),
+                    "0 would publish on a random host port; give one from 1 to 65535",
+                ));
+            }
             out.push(PortSpec {
                 host_ip,
-                // 0: let nsnet choose a free host port.
-                host_port: (p.host_port != 0).then_some(p.host_port),
+                host_port: Some(p.host_port),
                 container_port: p.container_port,
                 count: 1,
                 protocol,
@@ -264,8 +270,12 @@ impl NetConf {
         Ok(out)
     }
 
-    /// The address asked for: the `ips` capability, then `args.cni.ips`, then `CNI_ARGS` `IP=`.
-    pub fn requested_ip(&self, cni_args_ip: Option<&str>) -> CniResult<Option<Ipv4Addr>> {
+    /// The address asked for: the `ips` capability, then `args.cni.ips`, then `CNI_ARGS` `IP=`; with the field
+    /// it came from, for messages about it.
+    pub fn requested_ip(
+        &self,
+        cni_args_ip: Option<&str>,
+    ) -> CniResult<Option<(Ipv4Addr, &'static str)>> {
         let (text, field) = if let Some(ip) = self.runtime_config.ips.first() {
             (ip.as_str(), "runtimeConfig.ips")
         } else if let Some(ip) = self
@@ -282,17 +292,21 @@ impl NetConf {
         };
         let addr = text.split('/').next().unwrap_or(text);
         addr.parse::<Ipv4Addr>()
-            .map(Some)
+            .map(|ip| Some((ip, field)))
             .map_err(|_| bad(field, format!("'{text}' is not an IPv4 address")))
     }
 
-    /// The `mac` capability.
+    /// The `mac` capability: a unicast address (whether another endpoint has it is nsnet's check, on ADD).
     pub fn mac(&self) -> CniResult<Option<Mac>> {
-        self.runtime_config
-            .mac
-            .as_deref()
-            .map(|m| m.parse::<Mac>().map_err(|e| bad("runtimeConfig.mac", e)))
-            .transpose()
+        let Some(text) = self.runtime_config.mac.as_deref() else {
+            return Ok(None);
+        };
+        let mac = text
+            .parse::<Mac>()
+            .map_err(|e| bad("runtimeConfig.mac", e))?;
+        mac.check_unicast()
+            .map_err(|e| bad("runtimeConfig.mac", e))?;
+        Ok(Some(mac))
     }
 
     /// Where nsnet keeps its state.
@@ -332,7 +346,7 @@ mod tests {
         );
         assert_eq!(
             c.requested_ip(None).unwrap(),
-            Some("10.7.0.9".parse().unwrap())
+            Some(("10.7.0.9".parse().unwrap(), "runtimeConfig.ips"))
         );
         assert!(c.mac().unwrap().is_some());
     }

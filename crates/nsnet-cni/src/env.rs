@@ -80,11 +80,20 @@ impl Env {
                 }
                 Some(p) if !p.exists() => {
                     return Err(CniError::new(
-                        3,
+                        code::UNKNOWN_CONTAINER,
                         format!("CNI_NETNS: no network namespace at {}", p.display()),
                     ))
                 }
-                Some(_) => {}
+                // A path that is there but is no network namespace (a plain file, another namespace type)
+                // names no container either.
+                Some(p) => {
+                    if let Err(e) = nsnet_core::netns::open(p) {
+                        return Err(CniError::new(
+                            code::UNKNOWN_CONTAINER,
+                            format!("CNI_NETNS: {e}; give the path of the container's network namespace"),
+                        ));
+                    }
+                }
             }
         }
         let mut ip = None;

@@ -6,14 +6,21 @@ use std::fmt;
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
     pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// The container (its network namespace) does not exist, or `CNI_NETNS` is not a network namespace.
+    pub const UNKNOWN_CONTAINER: u32 = 3;
     pub const BAD_ENV: u32 = 4;
     pub const IO: u32 = 5;
     pub const DECODE: u32 = 6;
     pub const BAD_CONFIG: u32 = 7;
     pub const TRY_AGAIN: u32 = 11;
+    /// The plugin cannot serve ADD: STATUS, and an ADD that finds the address pool (or the bridge's ports, or
+    /// the subnets to pick from) exhausted.
     pub const UNAVAILABLE: u32 = 50;
     /// nsnet could not do what was asked (a kernel, firewall or state failure), or CHECK found a problem.
     pub const FAILED: u32 = 100;
+    /// nsnet's own: the attachment is already there (an ADD repeated for the same container and network), or
+    /// the container already has an interface named `CNI_IFNAME`. Nothing was changed.
+    pub const ALREADY_EXISTS: u32 = 101;
 }
 
 /// An error as the runtime receives it on stdout.
@@ -58,13 +65,15 @@ impl fmt::Display for CniError {
     }
 }
 
-/// Library errors: refused input is a configuration error, a busy object is "try again", anything else a
-/// failure of nsnet itself.
+/// Library errors: refused input is a configuration error, a busy object is "try again", an attachment that is
+/// already there is nsnet's own code, an exhausted pool "unavailable", anything else a failure of nsnet itself.
 impl From<nsnet_core::Error> for CniError {
     fn from(e: nsnet_core::Error) -> CniError {
         let code = match &e {
             nsnet_core::Error::Invalid(_) => code::BAD_CONFIG,
             nsnet_core::Error::Busy(_) => code::TRY_AGAIN,
+            nsnet_core::Error::Exists(_) => code::ALREADY_EXISTS,
+            nsnet_core::Error::Exhausted(_) => code::UNAVAILABLE,
             _ => code::FAILED,
         };
         CniError::new(code, e.to_string())

@@ -32,6 +32,12 @@ impl Reply {
             "one-line msg: {}",
             self.out
         );
+        // A runtime's operator has a configuration, not the CLI: messages name its fields, never CLI flags.
+        assert!(
+            !msg.contains("--") && !msg.contains("-p ") && !msg.contains("nsnet create"),
+            "a CLI flag in a CNI message: {}",
+            self.out
+        );
         self.out["code"].as_u64().expect("code")
     }
 }
@@ -584,7 +590,7 @@ fn versions_shape_results_and_errors() {
         "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
     ]);
     let r = cni(&h, "ADD", &good, &ctr(&a, &a_path, "eth0"));
-    assert_eq!(r.code("1.1.0"), 7);
+    assert_eq!(r.code("1.1.0"), 101, "already there: nsnet's own code");
     assert!(
         r.out["msg"].as_str().unwrap_or_default().contains("eth0"),
         "{}",
@@ -801,7 +807,7 @@ fn delegated_ipam_host_local() {
         "ip", "-n", &b, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
     ]);
     let fail = cni(&h, "ADD", &c, &ctr(&b, &path(&b), "eth0"));
-    assert_eq!(fail.code("1.1.0"), 7);
+    assert_eq!(fail.code("1.1.0"), 101);
     assert!(
         !data.path().join("cninet/10.66.5.101").exists(),
         "lease released"
@@ -895,5 +901,241 @@ fn concurrent_adds_and_dels() {
     for id in &ids {
         sh(&["ip", "netns", "del", id]);
     }
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// The message of a failed reply.
+fn msg(r: &Reply) -> String {
+    r.out["msg"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn add_refuses_bad_macs_ports_and_host_addresses() {
+    let h = TestHost::with_lan("cnibad");
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    sh(&["ip", "netns", "add", &a]);
+    sh(&["ip", "netns", "add", &b]);
+    let (a_path, b_path) = (format!("/run/netns/{a}"), format!("/run/netns/{b}"));
+    let with = |runtime: Value| {
+        let mut c = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.8.0/24"}}));
+        c["runtimeConfig"] = runtime;
+        c
+    };
+    // Published on the host's own address and on 127.0.0.1: both allowed.
+    let r = cni(
+        &h,
+        "ADD",
+        &with(json!({"mac": "02:aa:bb:cc:dd:01", "portMappings": [
+            {"hostPort": 8081, "containerPort": 80, "hostIP": HOST_IP},
+            {"hostPort": 8082, "containerPort": 80, "hostIP": "127.0.0.1"}]})),
+        &ctr(&a, &a_path, "eth0"),
+    );
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    let before = h.snapshot();
+
+    // (configuration, code, what the message names)
+    let cases = [
+        // The MAC of another endpoint on the network, or its host end's.
+        (
+            with(json!({"mac": "02:aa:bb:cc:dd:01"})),
+            7,
+            "02:aa:bb:cc:dd:01",
+        ),
+        (
+            with(json!({"mac": "02:ab:bb:cc:dd:01"})),
+            7,
+            "already used by sandbox",
+        ),
+        // The bridge's (derived from the gateway 10.66.8.1).
+        (with(json!({"mac": "02:6e:0a:42:08:01"})), 7, "bridge"),
+        (
+            with(json!({"mac": "01:00:5e:00:00:01"})),
+            7,
+            "runtimeConfig.mac",
+        ),
+        (with(json!({"mac": "ff:ff:ff:ff:ff:ff"})), 7, "multicast"),
+        (with(json!({"mac": "00:00:00:00:00:00"})), 7, "all-zero"),
+        (
+            with(json!({"portMappings": [{"hostPort": 0, "containerPort": 80}]})),
+            7,
+            "portMappings[0].hostPort",
+        ),
+        (
+            with(
+                json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "hostIP": "10.0.1.99"}]}),
+            ),
+            7,
+            "hostIP: 10.0.1.99 is not an address of this host",
+        ),
+        // Messages from the library name the configuration's fields.
+        (with(json!({"ips": ["10.66.8.1"]})), 7, "runtimeConfig.ips"),
+        (
+            with(
+                json!({"portMappings": [{"hostPort": 9000, "containerPort": 80},
+                                         {"hostPort": 9000, "containerPort": 81}]}),
+            ),
+            7,
+            "runtimeConfig.portMappings",
+        ),
+    ];
+    for (c, code, names) in cases {
+        let r = cni(&h, "ADD", &c, &ctr(&b, &b_path, "eth0"));
+        assert_eq!(r.code("1.1.0"), code, "{c}: {}", r.out);
+        assert!(msg(&r).contains(names), "should name {names}: {}", r.out);
+        let after = h.snapshot();
+        assert!(after == before, "{c} changed: {}", after.diff(&before));
+    }
+    // The subnet overlaps the host's uplink: named as the configuration's field.
+    let mut other = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.0.1.0/25"}}));
+    other["name"] = json!("other");
+    let r = cni(&h, "ADD", &other, &ctr(&b, &b_path, "eth0"));
+    assert_eq!(r.code("1.1.0"), 7);
+    assert!(msg(&r).contains("ipam.subnet"), "{}", r.out);
+
+    assert!(cni(&h, "DEL", &with(json!({})), &ctr(&a, &a_path, "eth0")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    sh(&["ip", "netns", "del", &b]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn an_existing_network_must_match_the_configuration() {
+    let h = TestHost::new("cnimatch");
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    sh(&["ip", "netns", "add", &a]);
+    sh(&["ip", "netns", "add", &b]);
+    let (a_path, b_path) = (format!("/run/netns/{a}"), format!("/run/netns/{b}"));
+    let base = json!({"ipam": {"subnet": "10.66.9.0/24"}, "mtu": 1400, "ipMasq": false});
+    let r = cni(
+        &h,
+        "ADD",
+        &conf(&h, "1.1.0", base.clone()),
+        &ctr(&a, &a_path, "eth0"),
+    );
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    let before = h.snapshot();
+    // Each setting changed on its own, against the network the first ADD made.
+    for (key, value) in [
+        ("mtu", json!(1500)),
+        ("ipMasq", json!(true)),
+        ("isolate", json!(false)),
+        ("fastPath", json!(false)),
+        ("isGateway", json!(false)),
+        ("hairpinMode", json!(false)),
+        ("firewall", json!("iptables")),
+    ] {
+        let mut c = conf(&h, "1.1.0", base.clone());
+        c[key] = value.clone();
+        let r = cni(&h, "ADD", &c, &ctr(&b, &b_path, "eth0"));
+        assert_eq!(r.code("1.1.0"), 7, "{key}={value}: {}", r.out);
+        assert!(
+            msg(&r).contains(&format!("network 'cninet' already exists with {key}")),
+            "{key}: {}",
+            r.out
+        );
+        let after = h.snapshot();
+        assert!(after == before, "{key} changed: {}", after.diff(&before));
+    }
+    // Leaving mtu out asks for the default (1500), not "whatever the network has".
+    let mut c = conf(&h, "1.1.0", base.clone());
+    c.as_object_mut().map(|o| o.remove("mtu"));
+    assert_eq!(
+        cni(&h, "ADD", &c, &ctr(&b, &b_path, "eth0")).code("1.1.0"),
+        7
+    );
+    // The same configuration joins.
+    let c = conf(&h, "1.1.0", base);
+    assert!(cni(&h, "ADD", &c, &ctr(&b, &b_path, "eth0")).ok);
+    for (id, p) in [(&a, &a_path), (&b, &b_path)] {
+        assert!(cni(&h, "DEL", &c, &ctr(id, p, "eth0")).ok);
+    }
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    sh(&["ip", "netns", "del", &b]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn error_codes_say_what_went_wrong() {
+    let h = TestHost::new("cnicode");
+    let empty = h.snapshot();
+    let ids: Vec<String> = (0..3).map(|i| h.sb(&format!("e{i}"))).collect();
+    for id in &ids {
+        sh(&["ip", "netns", "add", id]);
+    }
+    let path = |id: &str| format!("/run/netns/{id}");
+    // A /30: the gateway and one address.
+    let c = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.10.0/30"}}));
+    assert!(cni(&h, "ADD", &c, &ctr(&ids[0], &path(&ids[0]), "eth0")).ok);
+    let before = h.snapshot();
+
+    // ADD again for the same attachment: already there, not a configuration error.
+    let again = cni(&h, "ADD", &c, &ctr(&ids[0], &path(&ids[0]), "eth0"));
+    assert_eq!(again.code("1.1.0"), 101, "{}", again.out);
+    assert!(
+        msg(&again).contains("already on network 'cninet'"),
+        "{}",
+        again.out
+    );
+    // No address left: unavailable, like STATUS says.
+    let full = cni(&h, "ADD", &c, &ctr(&ids[1], &path(&ids[1]), "eth0"));
+    assert_eq!(full.code("1.1.0"), 50, "{}", full.out);
+    assert!(msg(&full).contains("no free address"), "{}", full.out);
+    // CNI_NETNS is there but is no network namespace: no such container.
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let not_ns = file.path().to_string_lossy().into_owned();
+    let r = cni(&h, "ADD", &c, &ctr(&ids[1], &not_ns, "eth0"));
+    assert_eq!(r.code("1.1.0"), 3, "{}", r.out);
+    assert!(msg(&r).contains("CNI_NETNS"), "{}", r.out);
+    let mnt = format!("/proc/{}/ns/mnt", std::process::id());
+    let r = cni(&h, "ADD", &c, &ctr(&ids[1], &mnt, "eth0"));
+    assert_eq!(r.code("1.1.0"), 3, "{}", r.out);
+    let after = h.snapshot();
+    assert!(after == before, "{}", after.diff(&before));
+
+    assert!(cni(&h, "DEL", &c, &ctr(&ids[0], &path(&ids[0]), "eth0")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    for id in &ids {
+        sh(&["ip", "netns", "del", id]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn del_leaves_cli_sandboxes_alone() {
+    let h = TestHost::new("cnicli");
+    let empty = h.snapshot();
+    let cli = h.sb("cli");
+    h.ok(&["network", "create", "cninet", "--subnet", "10.66.11.0/24"]);
+    h.ok(&["create", &cli, "--network", "cninet"]);
+    let before = h.snapshot();
+    let c = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.11.0/24"}}));
+    // The container ID names the CLI's sandbox: DEL succeeds and touches nothing.
+    let del = cni(
+        &h,
+        "DEL",
+        &c,
+        &ctr(&cli, &format!("/run/netns/{cli}"), "eth0"),
+    );
+    assert!(del.ok, "{} {}", del.out, del.stderr);
+    let after = h.snapshot();
+    assert!(after == before, "{}", after.diff(&before));
+    // Nor may ADD add to it: DEL would then leave that endpoint behind.
+    let add = cni(
+        &h,
+        "ADD",
+        &c,
+        &ctr(&cli, &format!("/run/netns/{cli}"), "eth1"),
+    );
+    assert_eq!(add.code("1.1.0"), 7, "{}", add.out);
+    assert!(msg(&add).contains("made with the nsnet CLI"), "{}", add.out);
+    let after = h.snapshot();
+    assert!(after == before, "{}", after.diff(&before));
+
+    h.ok(&["rm", &cli]);
+    h.ok(&["network", "rm", "cninet"]);
     assert_eq!(h.snapshot(), empty);
 }

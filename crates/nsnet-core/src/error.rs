@@ -13,6 +13,15 @@ pub enum Error {
     /// Another nsnet command is working on the same object; trying again later will do. Nothing was changed.
     #[error("{0}")]
     Busy(String),
+    /// What the request would add is already there: the sandbox is on the network, or has an interface by that
+    /// name. Nothing was changed. (Apart from [`Error::Invalid`] so that CNI can tell a repeated ADD from a bad
+    /// configuration.)
+    #[error("{0}")]
+    Exists(String),
+    /// The request is fine but there is no room for it: no free address, bridge port or subnet is left.
+    /// Nothing was changed.
+    #[error("{0}")]
+    Exhausted(String),
     #[error("{0}")]
     Kernel(#[from] KernelError),
     #[error("{0}")]

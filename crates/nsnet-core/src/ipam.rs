@@ -163,7 +163,7 @@ pub fn allocate(
         }
         if ip == net.gateway {
             return Err(format!(
-                "address {ip} is the gateway of network {}; pick another --ip",
+                "address {ip} is the gateway of network {}; pick another address",
                 net.name
             ));
         }
@@ -173,7 +173,7 @@ pub fn allocate(
                 .map(|owner| format!(" by sandbox {owner}"))
                 .unwrap_or_default();
             return Err(format!(
-                "address {ip} is already in use{by}; pick another --ip or leave it out"
+                "address {ip} is already in use{by}; pick another address or leave it out"
             ));
         }
         return Ok(ip);

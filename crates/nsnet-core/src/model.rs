@@ -277,6 +277,23 @@ impl Mac {
         Mac([0x02, 0x6e, o[0], o[1], o[2], o[3]])
     }
 
+    /// Refuse what an interface cannot use as its own address: a multicast (or broadcast) address, whose
+    /// first octet has its low bit set, and the all-zero address.
+    pub fn check_unicast(self) -> Result<(), String> {
+        if self.0 == [0; 6] {
+            return Err(format!(
+                "{self} is the all-zero MAC address; give a unicast one like 02:6e:0a:59:00:02"
+            ));
+        }
+        if self.0[0] & 1 == 1 {
+            return Err(format!(
+                "{self} is a multicast MAC address (the first octet is odd); give a unicast one like \
+                 02:6e:0a:59:00:02"
+            ));
+        }
+        Ok(())
+    }
+
     /// The address of the host end of the veth whose sandbox end has this one (`02:6f:` instead of
     /// `02:6e:`): fixed, so a veth re-created by a rollback is exactly the one deleted.
     pub fn host_end(self) -> Mac {
@@ -337,6 +354,22 @@ mod tests {
         assert_eq!("02:6e:0a:59:00:02".parse::<Mac>().unwrap(), m);
         assert!("02:6e".parse::<Mac>().is_err());
         assert!("zz:6e:0a:59:00:02".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn only_unicast_macs_pass() {
+        let mac = |s: &str| s.parse::<Mac>().unwrap();
+        assert!(mac("02:aa:bb:cc:dd:01").check_unicast().is_ok());
+        assert!(mac("00:16:3e:00:00:01").check_unicast().is_ok());
+        for bad in [
+            "01:00:5e:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
+            "03:00:00:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            let e = mac(bad).check_unicast().unwrap_err();
+            assert!(e.contains(bad) && e.contains("unicast"), "{e}");
+        }
     }
 
     #[test]

@@ -73,9 +73,17 @@ impl PortMapping {
 
     /// Two mappings cannot both exist when they would catch the same packets.
     pub fn conflicts_with(&self, other: &PortMapping) -> bool {
-        self.protocol == other.protocol
-            && ranges_overlap(&self.host_ports(), &other.host_ports())
-            && addresses_overlap(self.host_ip, other.host_ip)
+        self.first_clash(other).is_some()
+    }
+
+    /// The lowest host port both mappings would catch packets for, if any: the port a refusal names (for a
+    /// range, its first port may well be free).
+    pub fn first_clash(&self, other: &PortMapping) -> Option<u16> {
+        let (a, b) = (self.host_ports(), other.host_ports());
+        (self.protocol == other.protocol
+            && ranges_overlap(&a, &b)
+            && addresses_overlap(self.host_ip, other.host_ip))
+        .then(|| *a.start().max(b.start()))
     }
 }
 
@@ -303,5 +311,10 @@ mod tests {
         assert!(!any.conflicts_with(&m("8081:80")));
         assert!(m("8075-8085:75-85").conflicts_with(&any));
         assert!(!m("8070-8079:70-79").conflicts_with(&any));
+        // The port named is the one both take, not the first of the range.
+        assert_eq!(m("1-65535:1-65535").first_clash(&any), Some(8080));
+        assert_eq!(any.first_clash(&m("8075-8085:75-85")), Some(8080));
+        assert_eq!(m("8081-8090:1-10").first_clash(&m("8085:80")), Some(8085));
+        assert_eq!(one.first_clash(&other), None);
     }
 }

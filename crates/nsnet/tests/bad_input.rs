@@ -207,6 +207,18 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     rejects(
         &h,
+        &[
+            "create",
+            &new,
+            "--network",
+            "used",
+            "-p",
+            "10.0.1.99:8080:80",
+        ],
+        "-p HOST_IP: 10.0.1.99 is not an address of this host",
+    );
+    rejects(
+        &h,
         &["create", &new, "--network", "nope"],
         "no network named 'nope'",
     );

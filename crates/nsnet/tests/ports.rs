@@ -342,6 +342,21 @@ fn ranges_automatic_ports_and_host_listeners() {
         err.contains(&format!("already published by sandbox '{r}'")),
         "{err}"
     );
+    // A range names the port that clashes, not its first one: 8000 is r's, 7070 the listener's.
+    let err = h.fails(&["create", &h.sb("x"), "-p", "1-65535:1-65535"]);
+    assert!(
+        err.contains(&format!(
+            "host port 8000/tcp is already published by sandbox '{r}'"
+        )),
+        "{err}"
+    );
+    let err = h.fails(&["create", &h.sb("x"), "-p", "1-7999:1-7999"]);
+    assert!(
+        err.contains("host port 7070/tcp is already in use"),
+        "{err}"
+    );
+    let err = h.fails(&["create", &h.sb("x"), "-p", "1-100:1-100", "-p", "50:80"]);
+    assert!(err.contains("publish the same host port 50/tcp"), "{err}");
     assert_eq!(h.snapshot(), before);
     drop(listener);
 

@@ -35,6 +35,81 @@ pub struct Nsnet {
     /// The firewall backend new networks use (`--firewall`); `None` takes the one the host's networks
     /// already use, or nftables.
     pub firewall: Option<Backend>,
+    /// How the caller names its inputs in messages ([`Terms::CLI`] unless the caller says otherwise).
+    pub terms: Terms,
+}
+
+/// How the caller names the inputs a message may tell the user to change: the CLI's flags, or the CNI
+/// configuration's fields. A CNI error that says `--ip` sends an operator looking for a flag that does not
+/// exist in a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    /// The address asked for.
+    pub ip: &'static str,
+    /// A published port.
+    pub port: &'static str,
+    /// A published port's host address.
+    pub host_ip: &'static str,
+    /// The MAC address asked for.
+    pub mac: &'static str,
+    /// The sandbox's name.
+    pub name: &'static str,
+    pub subnet: &'static str,
+    pub bridge: &'static str,
+    pub firewall: &'static str,
+    pub mtu: &'static str,
+    pub isolate: &'static str,
+    pub fast_path: &'static str,
+    /// [`crate::model::NetOptions`]: masquerade, the gateway on the bridge, hairpin mode.
+    pub masquerade: &'static str,
+    pub host_gateway: &'static str,
+    pub hairpin: &'static str,
+    pub gateway_mode: &'static str,
+}
+
+impl Terms {
+    /// The CLI's flags (settings it has no flag for are named in words).
+    pub const CLI: Terms = Terms {
+        ip: "--ip",
+        port: "-p",
+        host_ip: "-p HOST_IP",
+        mac: "MAC address",
+        name: "--name",
+        subnet: "--subnet",
+        bridge: "--bridge",
+        firewall: "--firewall",
+        mtu: "--mtu",
+        isolate: "--isolate",
+        fast_path: "--fast-path",
+        masquerade: "masquerade",
+        host_gateway: "gateway on the bridge",
+        hairpin: "hairpin mode",
+        gateway_mode: "--gateway-mode",
+    };
+    /// A CNI network configuration's fields.
+    pub const CNI: Terms = Terms {
+        ip: "runtimeConfig.ips",
+        port: "runtimeConfig.portMappings",
+        host_ip: "runtimeConfig.portMappings hostIP",
+        mac: "runtimeConfig.mac",
+        name: "CNI_CONTAINERID",
+        subnet: "ipam.subnet",
+        bridge: "bridge",
+        firewall: "firewall",
+        mtu: "mtu",
+        isolate: "isolate",
+        fast_path: "fastPath",
+        masquerade: "ipMasq",
+        host_gateway: "isGateway",
+        hairpin: "hairpinMode",
+        gateway_mode: "gatewayMode",
+    };
+}
+
+impl Default for Terms {
+    fn default() -> Terms {
+        Terms::CLI
+    }
 }
 
 impl Nsnet {
@@ -43,6 +118,7 @@ impl Nsnet {
             store,
             dry_run,
             firewall: None,
+            terms: Terms::CLI,
         }
     }
 

@@ -51,6 +51,9 @@ impl NetworkRequest {
     }
 }
 
+/// The MTU of a network that asks for none.
+const DEFAULT_MTU: u32 = 1500;
+
 impl Nsnet {
     /// `nsnet network create`.
     pub fn network_create(&self, req: &NetworkRequest) -> Result<Plan> {
@@ -71,28 +74,14 @@ impl Nsnet {
     }
 
     /// The network `req` names, created from `req` if it does not exist yet (one lock, so concurrent callers
-    /// agree); an existing network must match the subnet, gateway and bridge `req` gives, and comes back with
-    /// its settings only (no addresses or ports). The flag says whether this call created it.
+    /// agree); an existing network must match every setting `req` gives (subnet, gateway and bridge when given;
+    /// driver, MTU, isolation, fast path, options, and the firewall when `self.firewall` names one), and comes
+    /// back with its settings only (no addresses or ports). The flag says whether this call created it.
     pub fn ensure_network(&self, req: &NetworkRequest) -> Result<(Network, bool)> {
         let _lock = self.lock()?;
         // The settings decide; the network's addresses and ports are not needed, and not read.
         if let Some(net) = self.store.network_settings(&req.name)? {
-            let differs = |what: &str, want: String, have: String| {
-                invalid!(
-                    "network '{}' already exists with {what} {have}, not {want}; use the same {what} or \
-                     another network name",
-                    req.name
-                )
-            };
-            if let Some(s) = req.subnet.filter(|s| *s != net.subnet) {
-                return Err(differs("subnet", s.to_string(), net.subnet.to_string()));
-            }
-            if let Some(g) = req.gateway.filter(|g| *g != net.gateway) {
-                return Err(differs("gateway", g.to_string(), net.gateway.to_string()));
-            }
-            if let Some(i) = req.interface.as_ref().filter(|i| **i != net.interface) {
-                return Err(differs("bridge", i.clone(), net.interface.clone()));
-            }
+            self.same_settings(req, &net)?;
             if net.removing {
                 return Err(Error::Busy(format!(
                     "network '{}' is being removed by another nsnet command; try again",
@@ -103,6 +92,79 @@ impl Nsnet {
         }
         self.create_network(req, &self.store.networks()?)
             .map(|(_, net)| (net, true))
+    }
+
+    /// Refuse a request for an existing network that asks for other settings than it has: they would be
+    /// silently ignored (the network is not rebuilt), so the caller would get what it did not ask for.
+    fn same_settings(&self, req: &NetworkRequest, net: &Network) -> Result<()> {
+        let t = &self.terms;
+        let differs = |what: &str, want: String, have: String| {
+            invalid!(
+                "network '{}' already exists with {what} {have}, not {want}; use the same {what} or another \
+                 network name",
+                req.name
+            )
+        };
+        let check = |what: &str, want: String, have: String| {
+            if want == have {
+                Ok(())
+            } else {
+                Err(differs(what, want, have))
+            }
+        };
+        if let Some(s) = req.subnet {
+            check(t.subnet, s.to_string(), net.subnet.to_string())?;
+        }
+        if let Some(g) = req.gateway {
+            check("gateway", g.to_string(), net.gateway.to_string())?;
+        }
+        if let Some(i) = &req.interface {
+            check(t.bridge, i.clone(), net.interface.clone())?;
+        }
+        check("driver", req.driver.to_string(), net.driver.to_string())?;
+        check(
+            "internal",
+            req.internal.to_string(),
+            net.internal.to_string(),
+        )?;
+        check(
+            t.mtu,
+            req.mtu.unwrap_or(DEFAULT_MTU).to_string(),
+            net.mtu.to_string(),
+        )?;
+        check(t.isolate, req.isolate.to_string(), net.isolate.to_string())?;
+        // A veth network never has the fast path, whatever was asked.
+        let fast_path = req.fast_path && req.driver == Driver::Bridge;
+        check(
+            t.fast_path,
+            fast_path.to_string(),
+            net.fast_path.to_string(),
+        )?;
+        let (want, have) = (req.options, net.options);
+        check(
+            t.masquerade,
+            want.masquerade.to_string(),
+            have.masquerade.to_string(),
+        )?;
+        check(
+            t.host_gateway,
+            want.host_gateway.to_string(),
+            have.host_gateway.to_string(),
+        )?;
+        check(
+            t.hairpin,
+            want.hairpin.to_string(),
+            have.hairpin.to_string(),
+        )?;
+        check(
+            t.gateway_mode,
+            want.gateway_mode.to_string(),
+            have.gateway_mode.to_string(),
+        )?;
+        if let Some(f) = self.firewall {
+            check(t.firewall, f.to_string(), net.firewall.to_string())?;
+        }
+        Ok(())
     }
 
     /// Check a network request against the state and the host, and build its record.
@@ -120,29 +182,32 @@ impl Nsnet {
                 req.name
             ));
         }
-        let mtu = req.mtu.unwrap_or(1500);
+        let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
         if !(68..=65535).contains(&mtu) {
             return Err(invalid!(
-                "--mtu {mtu} is out of range; use 68 to 65535 (1500 is usual)"
+                "{} {mtu} is out of range; use 68 to 65535 (1500 is usual)",
+                self.terms.mtu
             ));
         }
 
         let interface = match &req.interface {
             Some(i) => {
-                names::check_ifname(i).map_err(|e| invalid!("--bridge: {e}"))?;
+                names::check_ifname(i).map_err(|e| invalid!("{}: {e}", self.terms.bridge))?;
                 i.clone()
             }
             None => default_interface(req.driver, &req.name),
         };
         if let Some(other) = nets.iter().find(|n| n.interface == interface) {
             return Err(invalid!(
-                "interface {interface} already belongs to network '{}'; choose another with --bridge",
-                other.name
+                "interface {interface} already belongs to network '{}'; choose another with {}",
+                other.name,
+                self.terms.bridge
             ));
         }
         if host.link_exists(&interface)? {
             return Err(invalid!(
-                "interface {interface} already exists on this host; choose another with --bridge"
+                "interface {interface} already exists on this host; choose another with {}",
+                self.terms.bridge
             ));
         }
 
@@ -167,7 +232,8 @@ impl Nsnet {
                 ipam::check_usable(&s).map_err(Error::Invalid)?;
                 if let Some((_, what)) = taken.iter().find(|(t, _)| ipam::overlaps(&s, t)) {
                     return Err(invalid!(
-                        "subnet {s} overlaps {what}; choose another --subnet or leave it out to get a free one"
+                        "subnet {s} overlaps {what}; choose another {} or leave it out to get a free one",
+                        self.terms.subnet
                     ));
                 }
                 s
@@ -176,11 +242,12 @@ impl Nsnet {
                 let nets: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
                 ipam::pick_subnet(ipam::DEFAULT_POOL, ipam::POOL_PREFIX, &nets).ok_or_else(
                     || {
-                        invalid!(
-                            "no free /{} left in {}; give one with --subnet",
+                        Error::Exhausted(format!(
+                            "no free /{} left in {}; give one with {}",
                             ipam::POOL_PREFIX,
-                            ipam::DEFAULT_POOL
-                        )
+                            ipam::DEFAULT_POOL,
+                            self.terms.subnet
+                        ))
                     },
                 )?
             }
@@ -189,9 +256,10 @@ impl Nsnet {
         let firewall = match (self.firewall, nets.first()) {
             (Some(wanted), Some(n)) if wanted != n.firewall => {
                 return Err(invalid!(
-                    "this host's networks use the {} firewall; nsnet uses one per host: use --firewall {} \
+                    "this host's networks use the {} firewall; nsnet uses one per host: use {} {} \
                      or remove the other networks first",
                     n.firewall,
+                    self.terms.firewall,
                     n.firewall
                 ))
             }

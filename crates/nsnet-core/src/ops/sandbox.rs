@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use super::network::NetworkRequest;
-use super::{no_network, Host, Nsnet, DEFAULT_NETWORK};
+use super::{no_network, Host, Nsnet, Terms, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
@@ -144,8 +144,17 @@ impl Nsnet {
             Some(sb) => {
                 if netns::identity(&sb.netns)? != netns::identity(&path)? {
                     return Err(invalid!(
-                        "sandbox '{name}' already exists with namespace {}; pick another --name",
-                        sb.netns.display()
+                        "sandbox '{name}' already exists with namespace {}; pick another {}",
+                        sb.netns.display(),
+                        self.terms.name
+                    ));
+                }
+                // CNI's DEL and GC leave CLI sandboxes alone, so CNI may not add to one either: the endpoint
+                // would outlive the container.
+                if req.cni && !sb.cni {
+                    return Err(invalid!(
+                        "sandbox '{name}' was made with the nsnet CLI, not by CNI; pick another {}",
+                        self.terms.name
                     ));
                 }
                 sb
@@ -263,11 +272,10 @@ impl Nsnet {
             )));
         }
         if sb.endpoints.iter().any(|e| e.network == net.name) {
-            return Err(invalid!(
+            return Err(Error::Exists(format!(
                 "sandbox '{}' is already on network '{}'; each network joins a sandbox once",
-                sb.name,
-                net.name
-            ));
+                sb.name, net.name
+            )));
         }
         if net.driver == Driver::Veth && held.addresses() > 0 {
             let other = held
@@ -280,10 +288,18 @@ impl Nsnet {
                 net.name
             ));
         }
-        net.has_room(held.addresses()).map_err(Error::Invalid)?;
+        net.has_room(held.addresses()).map_err(Error::Exhausted)?;
+        if let Some(mac) = req.mac {
+            self.check_mac(&net, mac)?;
+        }
+        check_host_ips(&req.ports, host, &self.terms)?;
         let every: Vec<&Holdings> = nets.iter().map(|(_, h)| h).chain([&held]).collect();
-        let ports = resolve_ports(&net, &req.ports, &every)?;
-        let ip = ipam::allocate(&net, &held, req.ip).map_err(Error::Invalid)?;
+        let ports = resolve_ports(&net, &req.ports, &every, &self.terms)?;
+        // With an address asked for, what fails is that address; without, the pool is exhausted.
+        let ip = ipam::allocate(&net, &held, req.ip).map_err(|e| match req.ip {
+            Some(_) => invalid!("{}: {e}", self.terms.ip),
+            None => Error::Exhausted(e),
+        })?;
 
         // Interface names: ethN inside (the lowest N free in the namespace), a hashed veth name outside.
         let mut used: Vec<String> = sb.endpoints.iter().map(|e| e.interface.clone()).collect();
@@ -294,10 +310,10 @@ impl Nsnet {
             Some(name) => {
                 names::check_ifname(name).map_err(|e| invalid!("interface: {e}"))?;
                 if used.contains(name) {
-                    return Err(invalid!(
+                    return Err(Error::Exists(format!(
                         "interface {name} already exists in the namespace of '{}'; pick another name",
                         sb.name
-                    ));
+                    )));
                 }
                 name.clone()
             }
@@ -352,6 +368,42 @@ impl Nsnet {
             new_network,
             endpoint,
         })
+    }
+
+    /// Refuse a MAC address asked for that is not a unicast address, or that is already on `net`'s segment:
+    /// the bridge's, another endpoint's, or either's host end (a new endpoint's host end is derived from its
+    /// MAC too). Two ports with one MAC make the bridge deliver each one's frames to the other.
+    fn check_mac(&self, net: &Network, mac: Mac) -> Result<()> {
+        let t = &self.terms;
+        mac.check_unicast()
+            .map_err(|e| invalid!("{}: {e}", t.mac))?;
+        let ours = [mac, mac.host_end()];
+        if ours.contains(&Mac::for_ipv4(net.gateway)) {
+            return Err(invalid!(
+                "{}: {mac} is the MAC address of network '{}''s bridge {}; pick another or leave it out",
+                t.mac,
+                net.name,
+                net.interface
+            ));
+        }
+        // Only a request with a MAC reads every sandbox record: derived MACs are unique by construction.
+        for sb in self.store.sandboxes()? {
+            let clash = sb.endpoints.iter().find(|e| {
+                e.network == net.name && (ours.contains(&e.mac) || ours.contains(&e.mac.host_end()))
+            });
+            if let Some(e) = clash {
+                return Err(invalid!(
+                    "{}: {mac} is already used by sandbox '{}' on network '{}' (its {} is {}); pick another \
+                     MAC address or leave it out",
+                    t.mac,
+                    sb.name,
+                    net.name,
+                    e.interface,
+                    e.mac
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `nsnet rm NAME`: remove the sandbox's endpoints, rules and addresses, and its namespace if nsnet made it.
@@ -526,6 +578,29 @@ fn touches_taken(
         })
 }
 
+/// Refuse a published port on a host address this host does not have: its DNAT would catch nothing, silently
+/// (a typo, or an address that moved). 127.0.0.1 is always the host's (even before `lo` is up); no address
+/// (0.0.0.0) means all of them.
+fn check_host_ips(specs: &[PortSpec], host: &mut Host, t: &Terms) -> Result<()> {
+    let asked: Vec<Ipv4Addr> = specs
+        .iter()
+        .filter_map(|s| s.host_ip)
+        .filter(|ip| *ip != Ipv4Addr::LOCALHOST)
+        .collect();
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let own = host.nl.ipv4_addresses()?;
+    match asked.iter().find(|ip| !own.iter().any(|a| a.addr() == **ip)) {
+        None => Ok(()),
+        Some(ip) => Err(invalid!(
+            "{}: {ip} is not an address of this host; use one of its addresses (`ip -4 addr` lists them), \
+             127.0.0.1, or no address (0.0.0.0) for all of them",
+            t.host_ip
+        )),
+    }
+}
+
 /// The host ports of a new endpoint's `-p` specs on `net`, checked against every port published on this host
 /// (every network's `held`). A network read from its index lists no ports: [`touches_taken`] has made sure
 /// none of its ports can conflict.
@@ -533,20 +608,24 @@ fn resolve_ports(
     net: &Network,
     specs: &[PortSpec],
     held: &[&Holdings],
+    t: &Terms,
 ) -> Result<Vec<PortMapping>> {
     if specs.is_empty() {
         return Ok(vec![]);
     }
     if net.internal {
         return Err(invalid!(
-            "network '{}' is --internal, so it has no published ports; drop -p or use another network",
-            net.name
+            "network '{}' is --internal, so it has no published ports; drop {} or use another network",
+            net.name,
+            t.port
         ));
     }
     if net.firewall == crate::firewall::Backend::None {
         return Err(invalid!(
-            "network '{}' has --firewall none, so nsnet writes no DNAT rules for it; drop -p or use nftables",
-            net.name
+            "network '{}' has {} none, so nsnet writes no DNAT rules for it; drop {} or use nftables",
+            net.name,
+            t.firewall,
+            t.port
         ));
     }
     let published: Vec<(&str, &PortMapping)> = held
@@ -559,7 +638,7 @@ fn resolve_ports(
         let mapping = match spec.host_port {
             Some(port) => {
                 let m = spec.with_host_port(port);
-                if let Some(why) = conflict(&m, &out, &published) {
+                if let Some(why) = conflict(&m, &out, &published, t) {
                     return Err(Error::Invalid(why));
                 }
                 if let Some(why) = held_by_host(&m)? {
@@ -573,16 +652,16 @@ fn resolve_ports(
                 let mut found = None;
                 for start in low..=last_start {
                     let m = spec.with_host_port(start);
-                    if conflict(&m, &out, &published).is_none() && held_by_host(&m)?.is_none() {
+                    if conflict(&m, &out, &published, t).is_none() && held_by_host(&m)?.is_none() {
                         found = Some(m);
                         break;
                     }
                 }
                 found.ok_or_else(|| {
-                    invalid!(
-                        "no free host port left in {low}-{high} for -p {}; give one",
-                        spec.container_port
-                    )
+                    Error::Exhausted(format!(
+                        "no free host port left in {low}-{high} for {} {}; give one",
+                        t.port, spec.container_port
+                    ))
                 })?
             }
         };
@@ -591,24 +670,37 @@ fn resolve_ports(
     Ok(out)
 }
 
-/// Why `m` cannot be published: it overlaps another port of the same request, or a published port.
+/// Why `m` cannot be published: it overlaps another port of the same request, or a published port. The message
+/// names the lowest port that clashes (for `-p 1-65535:1-65535`, not port 1).
 fn conflict(
     m: &PortMapping,
     same_request: &[PortMapping],
     published: &[(&str, &PortMapping)],
+    t: &Terms,
 ) -> Option<String> {
-    if let Some(other) = same_request.iter().find(|o| o.conflicts_with(m)) {
+    if let Some((port, ((), other))) = lowest_clash(m, same_request.iter().map(|o| ((), o))) {
         return Some(format!(
-            "-p {m} and -p {other} publish the same host port; keep one"
+            "{p} {m} and {p} {other} publish the same host port {port}/{}; keep one",
+            m.protocol,
+            p = t.port
         ));
     }
-    if let Some((sandbox, other)) = published.iter().find(|(_, o)| o.conflicts_with(m)) {
-        return Some(format!(
-            "host port {}/{} is already published by sandbox '{sandbox}' ({other}); pick another host port",
-            m.host_port, m.protocol
-        ));
-    }
-    None
+    let (port, (sandbox, other)) = lowest_clash(m, published.iter().map(|(s, o)| (*s, *o)))?;
+    Some(format!(
+        "host port {port}/{} is already published by sandbox '{sandbox}' ({other}); pick another host port",
+        m.protocol
+    ))
+}
+
+/// The mapping among `others` (each with a tag: who publishes it) that clashes with `m` at the lowest host port,
+/// and that port.
+fn lowest_clash<'a, T>(
+    m: &PortMapping,
+    others: impl Iterator<Item = (T, &'a PortMapping)>,
+) -> Option<(u16, (T, &'a PortMapping))> {
+    others
+        .filter_map(|(tag, o)| m.first_clash(o).map(|port| (port, (tag, o))))
+        .min_by_key(|(port, _)| *port)
 }
 
 /// Why `m` cannot be published because a host process holds one of its ports (the DNAT would silently shadow
