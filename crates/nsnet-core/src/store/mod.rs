@@ -780,6 +780,7 @@ impl Store {
     pub fn set_files(&self, files: &[FileState]) -> Result<(), StoreError> {
         self.ensure_dirs()?;
         for f in files {
+            die_before_write();
             match f {
                 FileState::Whole {
                     path,
@@ -919,6 +920,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether a command that is no longer running left an intent (its slot is not empty, and nobody holds
+    /// its flock): its records may be half written until recovery deals with it. Only looks; takes nothing.
+    pub fn has_unfinished_intents(&self) -> Result<bool, StoreError> {
+        let dir = self.dir.join("intents");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(false);
+        };
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            let file = match trust::open_read(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if trust::is_link(&e) => return Err(linked(&path)),
+                Err(e) => return Err(io_err("open intent", &path)(e)),
+            };
+            let used = file.metadata().is_ok_and(|m| m.len() > 0);
+            // A live command holds its slot exclusively; a shared try succeeds only on a dead one's.
+            if used && flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Remove the temp files of writes that were killed before their rename (call with the lock held: then
     /// no write is in flight).
     pub fn remove_stale_temp_files(&self) -> Result<(), StoreError> {
@@ -972,6 +996,26 @@ impl Store {
         Ok(())
     }
 }
+
+/// In test builds with the `fault-injection` feature, `NSNET_KILL_AT_WRITE=K` SIGKILLs the process just before
+/// the K-th record file it writes (counting from 1), to stop a command at an exact point between its kernel
+/// work and its records, or between two of its records.
+#[cfg(feature = "fault-injection")]
+fn die_before_write() {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(at) = std::env::var("NSNET_KILL_AT_WRITE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == at {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn die_before_write() {}
 
 /// Where a network's record lives, relative to the state dir.
 fn network_file(name: &str) -> String {
