@@ -1559,4 +1559,31 @@ mod tests {
         drop(store.lock().unwrap());
         assert_eq!(store.networks().unwrap(), vec![net("a")]);
     }
+
+    #[test]
+    fn an_intent_is_unfinished_only_once_its_command_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let _lock = store.lock().unwrap();
+        assert!(!store.has_unfinished_intents().unwrap());
+        let intent = Intent {
+            command: "create a".into(),
+            setup: true,
+            undo: vec![],
+            redo: vec![],
+            finish: None,
+            before: vec![],
+            after: vec![],
+        };
+        // Held by its (live) command: a reader leaves it alone.
+        let slot = store.put_intent(&intent).unwrap();
+        assert!(!store.has_unfinished_intents().unwrap());
+        // Its command died (its flock went with it): a reader must recover before it reads.
+        drop(slot);
+        assert!(store.has_unfinished_intents().unwrap());
+        for (slot, _) in store.intents().unwrap() {
+            store.remove_intent(slot).unwrap();
+        }
+        assert!(!store.has_unfinished_intents().unwrap());
+    }
 }
