@@ -22,11 +22,13 @@ pub enum Error {
     /// Nothing was changed.
     #[error("{0}")]
     Exhausted(String),
-    #[error("{0}")]
+    // Transparent, not "{0}": a wrapper that printed its source's text and also named it as its source made
+    // the CLI's error line (which prints the chain) say everything twice.
+    #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error("{0}")]
+    #[error(transparent)]
     Firewall(#[from] FirewallError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// A step failed; the steps before it were undone (and these undo steps failed too, if any).
     #[error("{cause}{}", rollback_note(.rollback))]
@@ -65,3 +67,31 @@ fn rollback_note(rollback: &[Error]) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// The CLI prints an error with its chain of sources (`{:#}`): a wrapper that shows its source's text as its
+    /// own must not also name it as its source, or the line reads "X: X".
+    #[test]
+    fn a_wrapped_error_is_printed_once() {
+        let wrapped = [
+            Error::from(StoreError::Corrupt {
+                path: "networks/n.json".into(),
+                reason: "bad".into(),
+            }),
+            Error::from(KernelError::Missing("eth0".into())),
+        ];
+        for e in wrapped {
+            let mut line = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                line = format!("{line}: {s}");
+                source = s.source();
+            }
+            assert_eq!(line, e.to_string(), "the chain repeats itself");
+        }
+    }
+}

@@ -49,23 +49,24 @@ proptest! {
     }
 
     #[test]
-    fn a_corrupt_state_file_is_named_never_reset(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn a_corrupt_state_file_is_set_aside_never_reset(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
         let store = Store::new(dir.path());
         fs::create_dir_all(dir.path().join("networks")).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let file = dir.path().join("networks/n.json");
         fs::write(&file, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        match store.networks() {
-            Ok(nets) => prop_assert_eq!(nets.len(), 1, "random bytes made a valid network?"),
-            Err(e) => prop_assert!(e.to_string().contains("networks/n.json"), "{}", e),
-        }
-        // The file is still there: a bad file is reported, never replaced.
-        prop_assert_eq!(fs::read(&file).map_err(|e| TestCaseError::fail(e.to_string()))?, bytes);
+        let nets = store.networks().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(nets.is_empty(), "random bytes made a valid network?");
+        // The file is moved to quarantine/ as it was: a bad file is set aside, never replaced.
+        let moved = store.quarantined();
+        prop_assert_eq!(moved.len(), 1);
+        prop_assert_eq!(fs::read(&moved[0]).map_err(|e| TestCaseError::fail(e.to_string()))?, bytes);
+        prop_assert!(!file.exists());
     }
 }
 
 #[test]
-fn a_truncated_state_file_is_named() {
+fn a_truncated_state_file_is_set_aside() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::new(dir.path());
     let net = r#"{"name":"n","driver":"bridge","subnet":"10.89.0.0/24","gateway":"10.89.0.1","interface":"nsnet0","internal":false,"mtu":1500}"#;
@@ -74,7 +75,16 @@ fn a_truncated_state_file_is_named() {
     assert_eq!(store.networks().expect("valid").len(), 1);
     for cut in [1, net.len() / 2, net.len() - 1] {
         fs::write(dir.path().join("networks/n.json"), &net[..cut]).expect("write");
-        let err = store.networks().expect_err("truncated").to_string();
-        assert!(err.contains("networks/n.json is corrupt"), "{err}");
+        assert!(store.networks().expect("set aside").is_empty());
     }
+    let mut kept: Vec<String> = store
+        .quarantined()
+        .iter()
+        .map(|p| fs::read_to_string(p).expect("quarantined file"))
+        .collect();
+    kept.sort_by_key(|t| t.len());
+    let cuts: Vec<&str> = [1, net.len() / 2, net.len() - 1]
+        .map(|c| &net[..c])
+        .to_vec();
+    assert_eq!(kept, cuts);
 }

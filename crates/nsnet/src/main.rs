@@ -244,12 +244,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         );
     }
     let mut nsnet = Nsnet::new(Store::new(&cli.state_dir), cli.dry_run);
-    // Readers share the lock, so they never see a command's records half written.
-    let _read_lock = if changes {
-        None
-    } else {
-        nsnet.store.read_lock()?
-    };
+    // Readers share the lock, so they never see a command's records half written (and finish what a killed
+    // command left half written before they read).
+    let _read_lock = if changes { None } else { nsnet.read_lock()? };
     nsnet.firewall = cli.firewall;
     let done = |plan: Plan, what: String| -> Result<ExitCode> {
         if cli.dry_run {

@@ -13,7 +13,7 @@ impl Nsnet {
     /// the address reservation, the links, addresses, default route, fast path entry and firewall elements are
     /// all in place.
     pub fn check_endpoint(&self, name: &str, network: &str) -> Result<Vec<String>> {
-        let _read = self.store.read_lock()?;
+        let _read = self.read_lock()?;
         let Some(sb) = self.store.sandbox(name)? else {
             return Ok(vec![format!("nsnet has no sandbox '{name}'")]);
         };

@@ -61,6 +61,19 @@ impl Nsnet {
         };
         let mut nets = self.store.networks()?;
         let sandboxes = self.store.sandboxes()?;
+        // A record in quarantine may own what looks like nobody's from here on: its addresses, links,
+        // namespace and firewall elements. Reaping them would destroy what a human may still restore.
+        let quarantined = self.store.quarantined();
+        if !quarantined.is_empty() {
+            report.push(format!(
+                "left addresses, links, namespaces and firewall elements no record owns alone: {} holds {} \
+                 record file(s) that could not be read; repair and move them back, or delete them, then run \
+                 `nsnet gc` again",
+                self.store.dir().join("quarantine").display(),
+                quarantined.len()
+            ));
+            return Ok(report);
+        }
         // Addresses and ports held for sandboxes that have no record any more go back to their network.
         let names: HashSet<&str> = sandboxes.iter().map(|s| s.name.as_str()).collect();
         for net in &mut nets {

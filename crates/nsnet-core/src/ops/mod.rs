@@ -115,7 +115,8 @@ impl Default for Terms {
 impl Nsnet {
     pub fn new(store: Store, dry_run: bool) -> Nsnet {
         Nsnet {
-            store,
+            // A dry run changes nothing, not even by moving a corrupt record aside.
+            store: if dry_run { store.read_only() } else { store },
             dry_run,
             firewall: None,
             terms: Terms::CLI,
@@ -126,11 +127,31 @@ impl Nsnet {
     /// finished or rolled back first (see [`Nsnet::recover`]).
     fn lock(&self) -> Result<Option<Lock>> {
         if self.dry_run {
+            // No lock, but the same trust in what it reads.
+            self.store.check()?;
             return Ok(None);
         }
         let lock = self.store.lock()?;
         self.recover()?;
         Ok(Some(lock))
+    }
+
+    /// The shared lock for readers (`ls`, `inspect`, CNI `CHECK`), so they never see a command's records half
+    /// written. Records can also be half written by a command that was killed: its intent is still on disk,
+    /// and no live process holds it. Then the reader first takes the writer lock, which runs the recovery
+    /// every changing command runs ([`Nsnet::recover`]), and reads after that. `None` when there is no state.
+    pub fn read_lock(&self) -> Result<Option<std::fs::File>> {
+        // Each round recovers what was left before it; a command killed between two rounds is rare, and
+        // three rounds bound a reader racing a crash loop.
+        for _ in 0..3 {
+            let shared = self.store.read_lock()?;
+            if self.dry_run || shared.is_none() || !self.store.has_unfinished_intents()? {
+                return Ok(shared);
+            }
+            drop(shared);
+            drop(self.lock()?);
+        }
+        Ok(self.store.read_lock()?)
     }
 
     /// Apply a set-up plan, then write the records; if writing fails, undo the plan. An intent on disk covers

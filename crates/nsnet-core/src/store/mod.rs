@@ -10,12 +10,19 @@
 //!   networks/NAME.index   the same as sorted numbers, stamped with the ledger it describes (see [`index`])
 //!   sandboxes/NAME.json   a sandbox and its endpoints
 //!   tmp/                  files being written
+//!   quarantine/           records that could not be read, moved aside (never deleted) for a human to repair
 //! ```
 //! A JSON file is written to `tmp/`, fsynced and renamed over the old one, so a reader sees either the old or the
 //! new file, never half of one. A ledger only grows by appended lines, written under the lock. Files are 0600.
+//!
+//! Nothing in the state dir is trusted blindly (see [`trust`]): the directories must be this user's and writable
+//! by nobody else, no entry may be a symlink, and each record must carry its file's name and valid interface
+//! names. A sandbox record that fails is moved to `quarantine/` with a warning, and the others stay usable; so
+//! is a network's (settings, ledger and index together), unless sandboxes are still on it.
 
 pub mod index;
 pub mod ledger;
+mod trust;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -121,6 +128,26 @@ pub enum StoreError {
     },
     #[error("state file {} is corrupt ({reason}); fix or remove it by hand", path.display())]
     Corrupt { path: PathBuf, reason: String },
+    /// The state dir, a subdirectory or the lock file could have been changed by someone else.
+    #[error("refusing state dir entry {}: it {problem}; {fix}", path.display())]
+    Untrusted {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+    /// A network's files are corrupt, and sandboxes still use it: setting it aside would leave them with a
+    /// network nsnet no longer knows (its bridge, addresses and rules would look like nobody's).
+    #[error(
+        "state file {} is corrupt ({reason}) and sandboxes {} are still on network '{network}', so nsnet \
+         leaves it in place; repair the file by hand",
+        path.display(), users.join(", ")
+    )]
+    CorruptInUse {
+        path: PathBuf,
+        reason: String,
+        network: String,
+        users: Vec<String>,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -141,6 +168,9 @@ pub struct Store {
     /// Indexes this process has read or written, by network: a join looks at its network's index three times
     /// (to plan, for the ledger's length, to update it), and reads the file once.
     indexes: Arc<Mutex<HashMap<String, Index>>>,
+    /// Whether a record that cannot be read is moved to `quarantine/` (false for dry runs, which change
+    /// nothing: it is only left out, with a warning).
+    set_aside: bool,
 }
 
 /// Parsed ledgers by path, each with the file identity it was parsed at.
@@ -239,7 +269,21 @@ impl Store {
             dir: dir.into(),
             ledgers: Default::default(),
             indexes: Default::default(),
+            set_aside: true,
         }
+    }
+
+    /// The same store for a dry run: a record that cannot be read is left out with a warning, not moved.
+    pub fn read_only(mut self) -> Store {
+        self.set_aside = false;
+        self
+    }
+
+    /// Check that the state dir can be trusted: it, its subdirectories and its lock file are owned by this
+    /// user, writable by nobody else, and not symlinks. The lock functions do this; dry runs, which take no
+    /// lock, call it themselves.
+    pub fn check(&self) -> Result<(), StoreError> {
+        trust::check_dir(&self.dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -262,6 +306,8 @@ impl Store {
     }
 
     fn ensure_dirs(&self) -> Result<(), StoreError> {
+        // Checked first, so nothing is made inside a directory someone else could change.
+        self.check()?;
         for d in [
             self.dir.clone(),
             self.dir.join("networks"),
@@ -280,8 +326,9 @@ impl Store {
     /// A shared lock for readers (`ls`, `inspect`), so they never see a command's records half written.
     /// `None` when there is no state at all (nothing to read, and no lock file to create).
     pub fn read_lock(&self) -> Result<Option<File>, StoreError> {
+        self.check()?;
         let path = self.dir.join("lock");
-        let file = match File::open(&path) {
+        let file = match trust::open_read(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("open lock file", &path)(e)),
@@ -330,6 +377,7 @@ impl Store {
             .truncate(true)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io_err("write state file", &tmp))?;
         f.write_all(text.as_bytes())
@@ -354,16 +402,110 @@ impl Store {
         self.dir.join(ledger_file(name))
     }
 
-    /// A network's settings with its ledger entries.
+    /// A network's settings with its ledger entries. A network whose files cannot be read is set aside
+    /// (see [`Store::network_or_aside`]) and reads as none.
     pub fn network(&self, name: &str) -> Result<Option<Network>, StoreError> {
-        read(&self.network_path(name))?
-            .map(|n| self.with_ledger(n))
-            .transpose()
+        let loaded = read(&self.network_path(name), name)
+            .and_then(|n| n.map(|n| self.with_ledger(n)).transpose());
+        self.network_or_aside(name, loaded)
     }
 
     /// A network's settings alone: its addresses and ports (the ledger) are left out, and not read.
     pub fn network_settings(&self, name: &str) -> Result<Option<Network>, StoreError> {
-        read(&self.network_path(name))
+        self.network_or_aside(name, read(&self.network_path(name), name))
+    }
+
+    /// `loaded`, unless it failed because the network's files are corrupt: then they are set aside (settings,
+    /// ledger and index together: a ledger without its network, or a network without its ledger, would hand
+    /// out addresses that are taken) and the network reads as none. Not while sandboxes are still on it: they
+    /// would be left on a network nsnet no longer knows, whose bridge `gc` would take for nobody's.
+    fn network_or_aside<T>(
+        &self,
+        name: &str,
+        loaded: Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let (path, reason) = match loaded {
+            Err(StoreError::Corrupt { path, reason }) => (path, reason),
+            other => return other,
+        };
+        let users: Vec<String> = self
+            .sandboxes()?
+            .into_iter()
+            .filter(|sb| sb.endpoints.iter().any(|e| e.network == name))
+            .map(|sb| sb.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(StoreError::CorruptInUse {
+                path,
+                reason,
+                network: name.into(),
+                users,
+            });
+        }
+        let files = [
+            self.network_path(name),
+            self.ledger_path(name),
+            self.index_path(name),
+        ];
+        self.put_aside(&path, &reason, &files)?;
+        self.indexes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        Ok(None)
+    }
+
+    /// `loaded`, unless it failed because the sandbox's record is corrupt: then the record is set aside and
+    /// the sandbox reads as none. Its addresses stay held in its networks' ledgers, under its name.
+    fn sandbox_or_aside(
+        &self,
+        name: &str,
+        loaded: Result<Option<Sandbox>, StoreError>,
+    ) -> Result<Option<Sandbox>, StoreError> {
+        match loaded {
+            Err(StoreError::Corrupt { path, reason }) => {
+                self.put_aside(&path, &reason, &[self.sandbox_path(name)])?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Move `files` to `quarantine/` because `path` (one of them) is corrupt, and say so in one line on
+    /// stderr; a dry run only says it leaves them out.
+    fn put_aside(&self, path: &Path, reason: &str, files: &[PathBuf]) -> Result<(), StoreError> {
+        if !self.set_aside {
+            eprintln!(
+                "nsnet: warning: state file {} is corrupt ({reason}); left out (a command that is not a dry \
+                 run moves it to {})",
+                path.display(),
+                self.dir.join(trust::QUARANTINE).display()
+            );
+            return Ok(());
+        }
+        let moved = trust::move_aside(&self.dir, files)?;
+        if moved.is_empty() {
+            // Another reader set it aside meanwhile, and said so.
+            return Ok(());
+        }
+        let to: Vec<String> = moved.iter().map(|(_, d)| d.display().to_string()).collect();
+        eprintln!(
+            "nsnet: warning: state file {} is corrupt ({reason}); moved it to {} and carrying on without it: \
+             repair it and move it back, or remove what it describes by hand",
+            path.display(),
+            to.join(", ")
+        );
+        Ok(())
+    }
+
+    /// The files set aside in `quarantine/`, by path.
+    pub fn quarantined(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(self.dir.join(trust::QUARANTINE)) else {
+            return vec![];
+        };
+        let mut out: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        out.sort();
+        out
     }
 
     fn with_ledger(&self, mut net: Network) -> Result<Network, StoreError> {
@@ -376,16 +518,44 @@ impl Store {
     /// Every network's settings, each with what it has handed out as its index says, or its ledger where the
     /// index is not current: what a join plans from.
     pub fn networks_in_place(&self) -> Result<Vec<(Network, Holdings)>, StoreError> {
-        read_all::<Network>(&self.dir.join("networks"))?
-            .into_iter()
-            .map(|n| {
+        let mut out = Vec::new();
+        for name in self.names("networks")? {
+            let loaded = read::<Network>(&self.network_path(&name), &name).and_then(|n| {
+                let Some(n) = n else { return Ok(None) };
                 let held = match self.current_index(&n.name) {
                     Some(ix) => Holdings::Index(ix),
                     None => Holdings::Ledger(self.ledger_of(&n.name)?),
                 };
-                Ok((n, held))
-            })
-            .collect()
+                Ok(Some((n, held)))
+            });
+            out.extend(self.network_or_aside(&name, loaded)?);
+        }
+        Ok(out)
+    }
+
+    /// The names of the records in `networks/` or `sandboxes/` (their `.json` files), sorted.
+    fn names(&self, sub: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.dir.join(sub);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io_err("list state directory", &dir)(e)),
+        };
+        let mut names = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".json") else {
+                continue;
+            };
+            // nsnet writes no such file, and no command could name it: set it aside rather than skip it.
+            if let Err(reason) = crate::names::check_name("record", name) {
+                self.put_aside(&e.path(), &reason, &[e.path()])?;
+                continue;
+            }
+            names.push(name.to_string());
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// A network's ledger, parsed (empty when it has none).
@@ -404,7 +574,7 @@ impl Store {
         if let Some(ix) = cache.get(name).filter(|ix| ix.stamp == now) {
             return Some(ix.clone());
         }
-        let ix = Index::decode(&fs::read(self.index_path(name)).ok()?)?;
+        let ix = Index::decode(&read_bytes(&self.index_path(name)).ok()?)?;
         if ix.stamp != now {
             return None;
         }
@@ -469,7 +639,8 @@ impl Store {
 
     /// A ledger file parsed; `None` when there is none.
     fn ledger(&self, path: &Path) -> Result<Option<Arc<Ledger>>, StoreError> {
-        let id = match fs::metadata(path) {
+        // Its own metadata, not a symlink target's: a symlink fails to open below, as corrupt.
+        let id = match fs::symlink_metadata(path) {
             Ok(m) => FileId::of(&m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read state file", path)(e)),
@@ -491,21 +662,27 @@ impl Store {
         Ok(Some(ledger))
     }
 
+    /// A sandbox's record. One that cannot be read is set aside and reads as none.
     pub fn sandbox(&self, name: &str) -> Result<Option<Sandbox>, StoreError> {
-        read(&self.sandbox_path(name))
+        self.sandbox_or_aside(name, read(&self.sandbox_path(name), name))
     }
 
-    /// Every network, by name.
+    /// Every network, by name; those whose files cannot be read are set aside (see [`Store::network`]).
     pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
-        read_all(&self.dir.join("networks"))?
-            .into_iter()
-            .map(|n| self.with_ledger(n))
-            .collect()
+        let mut out = Vec::new();
+        for name in self.names("networks")? {
+            out.extend(self.network(&name)?);
+        }
+        Ok(out)
     }
 
-    /// Every sandbox, by name.
+    /// Every sandbox, by name; those whose records cannot be read are set aside.
     pub fn sandboxes(&self) -> Result<Vec<Sandbox>, StoreError> {
-        read_all(&self.dir.join("sandboxes"))
+        let mut out = Vec::new();
+        for name in self.names("sandboxes")? {
+            out.extend(self.sandbox(&name)?);
+        }
+        Ok(out)
     }
 
     /// A network's ledger as it is on disk. A ledger that is mostly dead lines is compacted first, and its index
@@ -611,6 +788,7 @@ impl Store {
     pub fn set_files(&self, files: &[FileState]) -> Result<(), StoreError> {
         self.ensure_dirs()?;
         for f in files {
+            die_before_write();
             match f {
                 FileState::Whole {
                     path,
@@ -661,10 +839,13 @@ impl Store {
     pub fn files_are(&self, files: &[FileState]) -> bool {
         files.iter().all(|f| match f {
             FileState::Whole { path, content } => {
-                fs::read_to_string(self.dir.join(path)).ok() == *content
+                read_bytes(&self.dir.join(path))
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    == *content
             }
             FileState::Ledger { path, len, append } => {
-                fs::read(self.dir.join(path)).is_ok_and(|b| {
+                read_bytes(&self.dir.join(path)).is_ok_and(|b| {
                     b.len() as u64 == len + append.len() as u64 && b.ends_with(append.as_bytes())
                 })
             }
@@ -718,15 +899,23 @@ impl Store {
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }
-            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            let file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+            {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if trust::is_link(&e) => return Err(linked(&path)),
                 Err(e) => return Err(io_err("open intent", &path)(e)),
             };
             if !try_lock(&file, &path)? {
                 continue;
             }
-            let text = fs::read_to_string(&path).map_err(io_err("read intent", &path))?;
+            let mut text = String::new();
+            io::Read::read_to_string(&mut &file, &mut text)
+                .map_err(io_err("read intent", &path))?;
             if text.is_empty() {
                 continue;
             }
@@ -737,6 +926,29 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether a command that is no longer running left an intent (its slot is not empty, and nobody holds
+    /// its flock): its records may be half written until recovery deals with it. Only looks; takes nothing.
+    pub fn has_unfinished_intents(&self) -> Result<bool, StoreError> {
+        let dir = self.dir.join("intents");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(false);
+        };
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            let file = match trust::open_read(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if trust::is_link(&e) => return Err(linked(&path)),
+                Err(e) => return Err(io_err("open intent", &path)(e)),
+            };
+            let used = file.metadata().is_ok_and(|m| m.len() > 0);
+            // A live command holds its slot exclusively; a shared try succeeds only on a dead one's.
+            if used && flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Remove the temp files of writes that were killed before their rename (call with the lock held: then
@@ -766,7 +978,8 @@ impl Store {
                 .map(|mut d| d.next().is_some())
                 .unwrap_or(false)
         };
-        if has_files("networks") || has_files("sandboxes") {
+        // Records set aside keep the store too: they are for a human to repair, never to lose.
+        if has_files("networks") || has_files("sandboxes") || has_files(trust::QUARANTINE) {
             return Ok(());
         }
         // Free intent slots go with the store; one in use (or left by a killed command) keeps it.
@@ -783,7 +996,7 @@ impl Store {
                 remove(&path)?;
             }
         }
-        for sub in ["networks", "sandboxes", "intents", "tmp"] {
+        for sub in trust::SUBDIRS {
             let _ = fs::remove_dir(self.dir.join(sub));
         }
         let _ = fs::remove_file(self.dir.join("lock"));
@@ -791,6 +1004,26 @@ impl Store {
         Ok(())
     }
 }
+
+/// In test builds with the `fault-injection` feature, `NSNET_KILL_AT_WRITE=K` SIGKILLs the process just before
+/// the K-th record file it writes (counting from 1), to stop a command at an exact point between its kernel
+/// work and its records, or between two of its records.
+#[cfg(feature = "fault-injection")]
+fn die_before_write() {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(at) = std::env::var("NSNET_KILL_AT_WRITE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == at {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn die_before_write() {}
 
 /// Where a network's record lives, relative to the state dir.
 fn network_file(name: &str) -> String {
@@ -842,16 +1075,43 @@ fn pretty<T: Serialize>(value: &T, path: &Path) -> Result<String, StoreError> {
         })
 }
 
-/// A file's text; `None` when there is no such file.
+/// A state file's text; `None` when there is no such file. A symlink or anything but a regular file is corrupt:
+/// nsnet wrote neither.
 fn read_text(path: &Path) -> Result<Option<String>, StoreError> {
-    match fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::Io {
-            what: "read state file",
-            path: path.into(),
-            error: e,
-        }),
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        path: path.into(),
+        reason: reason.into(),
+    };
+    let mut file = match trust::open_read(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if trust::is_link(&e) => return Err(corrupt("it is a symlink")),
+        Err(e) => return Err(io_err("read state file", path)(e)),
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(corrupt("it is not a regular file"));
+    }
+    let mut text = String::new();
+    match io::Read::read_to_string(&mut file, &mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(corrupt("it is not UTF-8 text")),
+        Err(e) => Err(io_err("read state file", path)(e)),
+    }
+}
+
+/// A state file's bytes, without following a symlink.
+fn read_bytes(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut trust::open_read(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// The error for an intent slot that is a symlink.
+fn linked(path: &Path) -> StoreError {
+    StoreError::Untrusted {
+        path: path.into(),
+        problem: "is a symlink, and nsnet follows none inside its state dir".into(),
+        fix: "remove it (it is no intent nsnet wrote)".into(),
     }
 }
 
@@ -862,42 +1122,58 @@ fn parse_ledger(path: &Path, text: String) -> Result<Ledger, StoreError> {
     })
 }
 
-fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+/// A record, checked against the name it is read under (its file's); `None` when there is no such file. A
+/// name that no record can have (one a ledger line or an endpoint gave) has no file either.
+fn read<T: Loaded>(path: &Path, name: &str) -> Result<Option<T>, StoreError> {
+    if crate::names::check_name("record", name).is_err() {
+        return Ok(None);
+    }
     let Some(text) = read_text(path)? else {
         return Ok(None);
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt {
-            path: path.into(),
-            reason: e.to_string(),
-        })
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.into(),
+        reason,
+    };
+    let record: T = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    record.check(name).map_err(corrupt)?;
+    Ok(Some(record))
 }
 
-fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => {
-            return Err(StoreError::Io {
-                what: "list state directory",
-                path: dir.into(),
-                error: e,
-            })
-        }
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    let mut out = Vec::with_capacity(paths.len());
-    for p in paths {
-        if let Some(v) = read(&p)? {
-            out.push(v);
-        }
+/// A record as read from its file: what must hold before nsnet acts on it.
+trait Loaded: DeserializeOwned {
+    /// Whether the record is what its file `name` says (a record named otherwise would make `rm a` remove
+    /// `b`), and the interface names it would hand the kernel are names.
+    fn check(&self, name: &str) -> Result<(), String>;
+}
+
+fn same_name(kind: &str, recorded: &str, file: &str) -> Result<(), String> {
+    if recorded == file {
+        Ok(())
+    } else {
+        Err(format!(
+            "it names {kind} '{recorded}', but its file is that of '{file}'"
+        ))
     }
-    Ok(out)
+}
+
+impl Loaded for Network {
+    fn check(&self, name: &str) -> Result<(), String> {
+        same_name("network", &self.name, name)?;
+        crate::names::check_ifname(&self.interface)
+    }
+}
+
+impl Loaded for Sandbox {
+    fn check(&self, name: &str) -> Result<(), String> {
+        same_name("sandbox", &self.name, name)?;
+        for ep in &self.endpoints {
+            crate::names::check_name("network", &ep.network)?;
+            crate::names::check_ifname(&ep.host_interface)?;
+            crate::names::check_ifname(&ep.interface)?;
+        }
+        Ok(())
+    }
 }
 
 /// Open a state file for writing, creating it (0600) if missing, never truncating it.
@@ -907,6 +1183,7 @@ fn open_for_writing(path: &Path) -> io::Result<File> {
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -1096,13 +1373,225 @@ mod tests {
         assert!(!store().index_path("a").exists());
     }
 
+    fn sandbox(name: &str, network: &str) -> Sandbox {
+        Sandbox {
+            name: name.into(),
+            netns: format!("/run/netns/{name}").into(),
+            owned: true,
+            cni: false,
+            endpoints: vec![crate::model::Endpoint {
+                network: network.into(),
+                interface: "eth0".into(),
+                host_interface: "veth0bce226a".into(),
+                mac: crate::model::Mac::for_ipv4("10.89.0.2".parse().unwrap()),
+                address: "10.89.0.2/24".parse().unwrap(),
+                gateway: "10.89.0.1".parse().unwrap(),
+                default_route: true,
+                mtu: 1500,
+                ports: vec![],
+                removing: false,
+            }],
+            removing: false,
+        }
+    }
+
+    /// What `quarantine/` holds: each file's name (without the time it was moved) and content.
+    fn quarantine(store: &Store) -> Vec<(String, String)> {
+        store
+            .quarantined()
+            .iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                let name = name.rsplit_once('.').unwrap().0.to_string();
+                let content = fs::read_link(p)
+                    .map(|t| format!("-> {}", t.display()))
+                    .unwrap_or_else(|_| fs::read_to_string(p).unwrap());
+                (name, content)
+            })
+            .collect()
+    }
+
     #[test]
-    fn corrupt_file_is_named_not_reset() {
+    fn a_corrupt_record_is_set_aside_and_the_rest_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("state"));
+        let lock = store.lock().unwrap();
+        write(
+            &store,
+            vec![
+                Record::Network(net("a")),
+                Record::Network(net("b")),
+                Record::Sandbox(sandbox("s", "a")),
+                Record::Sandbox(sandbox("t", "a")),
+            ],
+        );
+        fs::write(store.sandbox_path("s"), "{\"name\": \"s\", ").unwrap();
+        assert_eq!(store.sandboxes().unwrap(), vec![sandbox("t", "a")]);
+        assert_eq!(store.sandbox("s").unwrap(), None);
+        assert_eq!(
+            quarantine(&store),
+            vec![("sandboxes.s.json".into(), "{\"name\": \"s\", ".into())]
+        );
+        let mode = fs::metadata(store.dir().join("quarantine")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        // A network's corrupt ledger: while a sandbox is on it, it stays, and the error says why.
+        fs::write(store.ledger_path("a"), "+ip nonsense\n").unwrap();
+        let err = store.networks().unwrap_err().to_string();
+        assert!(
+            err.contains("networks/a.ledger is corrupt")
+                && err.contains("sandboxes t are still on"),
+            "{err}"
+        );
+        assert!(store.ledger_path("a").exists());
+        // Once nobody is on it, the network goes aside whole: its settings with its ledger.
+        write(&store, vec![Record::NoSandbox("t".into())]);
+        assert_eq!(store.networks().unwrap(), vec![net("b")]);
+        let names: Vec<String> = quarantine(&store).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            ["networks.a.json", "networks.a.ledger", "sandboxes.s.json"]
+        );
+
+        // The store is not removed with its last record while something sits in quarantine.
+        write(&store, vec![Record::NoNetwork("b".into())]);
+        drop(lock);
+        assert_eq!(quarantine(&store).len(), 3);
+    }
+
+    #[test]
+    fn records_under_another_name_with_bad_interfaces_or_symlinked_are_set_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("state"));
+        let _lock = store.lock().unwrap();
+        write(
+            &store,
+            vec![
+                Record::Network(net("n")),
+                Record::Sandbox(sandbox("b", "n")),
+            ],
+        );
+        // sandboxes/a.json saying it is b: `rm a` would remove b's namespace.
+        let b = fs::read_to_string(store.sandbox_path("b")).unwrap();
+        fs::write(store.sandbox_path("a"), &b).unwrap();
+        assert_eq!(store.sandbox("a").unwrap(), None);
+        assert_eq!(store.sandbox("b").unwrap(), Some(sandbox("b", "n")));
+        assert_eq!(quarantine(&store), vec![("sandboxes.a.json".into(), b)]);
+
+        let mut bad = sandbox("c", "n");
+        bad.endpoints[0].host_interface = "../../etc/x".into();
+        write(&store, vec![Record::Sandbox(bad)]);
+        let mut long = net("m");
+        long.interface = "a-very-long-ifname".into();
+        write(&store, vec![Record::Network(long)]);
+        let mut empty = net("e");
+        empty.interface = String::new();
+        write(&store, vec![Record::Network(empty)]);
+        assert_eq!(store.sandboxes().unwrap(), vec![sandbox("b", "n")]);
+        assert_eq!(store.networks().unwrap(), vec![net("n")]);
+
+        // A record that is a symlink is set aside as the link; its target is not touched.
+        let elsewhere = tmp.path().join("elsewhere.json");
+        fs::write(
+            &elsewhere,
+            fs::read_to_string(store.sandbox_path("b")).unwrap(),
+        )
+        .unwrap();
+        fs::remove_file(store.sandbox_path("b")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, store.sandbox_path("b")).unwrap();
+        assert_eq!(store.sandboxes().unwrap(), vec![]);
+        assert!(elsewhere.exists());
+        let q = quarantine(&store);
+        assert!(
+            q.contains(&(
+                "sandboxes.b.json".into(),
+                format!("-> {}", elsewhere.display())
+            )),
+            "{q:?}"
+        );
+        assert_eq!(q.len(), 5, "{q:?}");
+    }
+
+    #[test]
+    fn an_untrusted_state_dir_is_refused_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("state"));
+        drop(
+            store
+                .lock()
+                .map(|_l| write(&store, vec![Record::Network(net("a"))])),
+        );
+        let dir = store.dir().to_path_buf();
+        let refused = |want: &str| {
+            let w = store.lock().map(|_| ()).unwrap_err().to_string();
+            let r = store.read_lock().map(|_| ()).unwrap_err().to_string();
+            assert!(w.contains(want), "{w}");
+            assert_eq!(w, r);
+            w
+        };
+        let chmod =
+            |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+
+        chmod(&dir, 0o777);
+        let e = refused(&format!("run `chmod 0700 {}`", dir.display()));
+        assert!(e.contains("writable by group or others (mode 0777)"), "{e}");
+        chmod(&dir, 0o700);
+        chmod(&dir.join("networks"), 0o770);
+        refused(&format!("run `chmod 0700 {}/networks`", dir.display()));
+        chmod(&dir.join("networks"), 0o700);
+
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let e = refused(&format!(
+            "chown {} {}",
+            nix::unistd::geteuid(),
+            dir.display()
+        ));
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        std::os::unix::fs::chown(&dir, Some(nix::unistd::geteuid().as_raw()), None).unwrap();
+
+        // A symlinked subdirectory, and a symlinked lock file.
+        let real = tmp.path().join("real-sandboxes");
+        fs::create_dir(&real).unwrap();
+        fs::remove_dir(dir.join("sandboxes")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.join("sandboxes")).unwrap();
+        refused("sandboxes: it is a symlink");
+        fs::remove_file(dir.join("sandboxes")).unwrap();
+        let lock = tmp.path().join("other-lock");
+        fs::write(&lock, "").unwrap();
+        fs::remove_file(dir.join("lock")).unwrap();
+        std::os::unix::fs::symlink(&lock, dir.join("lock")).unwrap();
+        refused("lock: it is a symlink");
+        fs::remove_file(dir.join("lock")).unwrap();
+
+        // Repaired, it is used again; the record was never touched.
+        drop(store.lock().unwrap());
+        assert_eq!(store.networks().unwrap(), vec![net("a")]);
+    }
+
+    #[test]
+    fn an_intent_is_unfinished_only_once_its_command_is_gone() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::new(tmp.path());
-        write(&store, vec![Record::Network(net("a"))]);
-        fs::write(store.network_path("a"), "{\"name\": \"a\", ").unwrap();
-        let err = store.networks().unwrap_err().to_string();
-        assert!(err.contains("networks/a.json is corrupt"), "{err}");
+        let _lock = store.lock().unwrap();
+        assert!(!store.has_unfinished_intents().unwrap());
+        let intent = Intent {
+            command: "create a".into(),
+            setup: true,
+            undo: vec![],
+            redo: vec![],
+            finish: None,
+            before: vec![],
+            after: vec![],
+        };
+        // Held by its (live) command: a reader leaves it alone.
+        let slot = store.put_intent(&intent).unwrap();
+        assert!(!store.has_unfinished_intents().unwrap());
+        // Its command died (its flock went with it): a reader must recover before it reads.
+        drop(slot);
+        assert!(store.has_unfinished_intents().unwrap());
+        for (slot, _) in store.intents().unwrap() {
+            store.remove_intent(slot).unwrap();
+        }
+        assert!(!store.has_unfinished_intents().unwrap());
     }
 }
