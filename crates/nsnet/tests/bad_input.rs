@@ -222,6 +222,11 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     rejects(&h, &["create", &a, "--network", "used"], "already exists");
     rejects(&h, &["create", "bad name"], "contains ' '");
+    // A leading dot would hide the namespace (/run/netns/.NAME) and the records; a trailing one is a typo.
+    rejects(&h, &["create", &format!(".{new}")], "starts with '.'");
+    rejects(&h, &["create", &format!("{new}.")], "ends with '.'");
+    rejects(&h, &["network", "create", ".x"], "starts with '.'");
+    rejects(&h, &["network", "create", "x.."], "ends with '.'");
     rejects(&h, &["create", &long], "use at most 64");
     rejects(
         &h,
