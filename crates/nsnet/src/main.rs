@@ -1,10 +1,10 @@
 //! The `nsnet` command line: parses a request, hands it to the library, prints the result.
 
+mod child;
 mod demo;
 mod show;
 
 use std::net::Ipv4Addr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
@@ -213,10 +213,29 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("nsnet: error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
+
+/// An error that ends nsnet with an exit status of its own instead of 1 (127 for a command that is not there,
+/// as a shell does).
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let changes = !matches!(
@@ -311,16 +330,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd,
         } => {
             let name = name.clone().unwrap_or_else(generated_name);
+            // From before the sandbox exists: a signal meanwhile must not leave it behind (see child.rs).
+            let supervisor = (!cli.dry_run).then(child::Supervisor::start).transpose()?;
             let plan = nsnet.create(&name, &attach.request())?;
-            if cli.dry_run {
+            let Some(supervisor) = supervisor else {
                 print!("{}", plan.render());
-                println!("ip netns exec {name} {}", cmd.join(" "));
+                println!("{}", nsenter_line(&netns::named_path(&name), cmd));
                 if *rm {
                     println!("# then, when it exits: nsnet rm {name}");
                 }
                 return Ok(ExitCode::SUCCESS);
-            }
-            let status = exec_in(&nsnet, &name, cmd);
+            };
+            let status = exec_in(&nsnet, &supervisor, &name, cmd);
             if *rm {
                 nsnet
                     .remove(&name)
@@ -330,10 +351,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Exec { name, cmd } if cli.dry_run => {
             let path = nsnet.sandbox_netns(name)?;
-            println!("nsenter --net={} {}", path.display(), cmd.join(" "));
+            println!("{}", nsenter_line(&path, cmd));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Exec { name, cmd } => exec_in(&nsnet, name, cmd),
+        Cmd::Exec { name, cmd } => {
+            let supervisor = child::Supervisor::start()?;
+            exec_in(&nsnet, &supervisor, name, cmd)
+        }
         Cmd::Ls => show::sandboxes(&nsnet.store, cli.json),
         Cmd::Inspect { name } => show::sandbox(&nsnet.store, name, cli.json),
         Cmd::Port { name } => show::ports(&nsnet.store, name, cli.json),
@@ -363,22 +387,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Run `cmd` inside the sandbox's namespace and pass its exit status on.
-fn exec_in(nsnet: &Nsnet, name: &str, cmd: &[String]) -> Result<ExitCode> {
+/// Run `cmd` inside the sandbox's namespace, passing signals on to it, and pass its exit status on.
+fn exec_in(
+    nsnet: &Nsnet,
+    supervisor: &child::Supervisor,
+    name: &str,
+    cmd: &[String],
+) -> Result<ExitCode> {
     let path = nsnet.sandbox_netns(name)?;
     let fd = netns::open(&path)?;
     let (prog, args) = cmd.split_first().context("no command given after --")?;
     let mut command = Command::new(prog);
     command.args(args);
     netns::command_in(&mut command, fd);
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {prog}"))?;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1);
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    Ok(ExitCode::from(supervisor.run(&mut command, prog)?))
+}
+
+/// The command that runs `cmd` in the namespace at `path` as nsnet does: only the network namespace changes
+/// (`ip netns exec` would also remount /sys and apply /etc/netns).
+fn nsenter_line(path: &std::path::Path, cmd: &[String]) -> String {
+    let words: Vec<String> = cmd.iter().map(|w| shell_word(w)).collect();
+    format!("nsenter --net={} -- {}", path.display(), words.join(" "))
+}
+
+/// `word` as a shell reads it back: as it is when it holds nothing special, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// A name for `nsnet run` without `--name`.
