@@ -132,6 +132,75 @@ fn a_missing_command_exits_127() {
     h.ok(&["network", "rm", "nsnet0"]);
 }
 
+/// Every row of a table starts each column where its header does.
+fn assert_aligned(table: &str) {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header");
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .collect();
+    for line in lines {
+        for &at in &starts[1..] {
+            let (before, here) = (line.as_bytes().get(at - 1), line.as_bytes().get(at));
+            assert!(
+                before == Some(&b' ') && here.is_some_and(|c| *c != b' '),
+                "column at {at} does not line up:\n{table}"
+            );
+        }
+    }
+}
+
+/// `network ls` and `ls` line their columns up whatever the names' lengths, and `ls` shows each sandbox's
+/// networks and status.
+#[test]
+fn listings_line_up() {
+    let h = TestHost::new("listing");
+    let long_net = "a-network-name-longer-than-sixteen";
+    h.ok(&["network", "create", long_net, "--subnet", "172.16.6.0/24"]);
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.7.0/24",
+        "--internal",
+    ]);
+    let (a, b) = (h.sb("a"), h.sb("a-sandbox-name-much-longer-than-twenty"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["attach", &a, "--network", long_net]);
+    h.ok(&["create", &b, "--network", long_net, "-p", "8080:80"]);
+
+    let nets = h.ok(&["network", "ls"]);
+    assert!(nets.starts_with("NAME "), "{nets}");
+    assert_aligned(&nets);
+    let ls = h.ok(&["ls"]);
+    assert!(
+        ls.lines().next().is_some_and(|l| {
+            l.split_whitespace().collect::<Vec<_>>()
+                == ["NAME", "NETNS", "NETWORKS", "ADDRESSES", "PORTS", "STATUS"]
+        }),
+        "{ls}"
+    );
+    assert_aligned(&ls);
+    let row = |name: &str| -> Vec<String> {
+        let line = ls.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row(&a)[2], format!("n,{long_net}"), "{ls}");
+    assert_eq!(row(&a)[5], "up", "{ls}");
+    assert_eq!(row(&b)[4], "8080:80/tcp", "{ls}");
+
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", long_net]);
+    h.ok(&["network", "rm", "n"]);
+}
+
 #[test]
 fn attach_existing_namespaces_and_a_second_network() {
     let h = TestHost::new("attach");
