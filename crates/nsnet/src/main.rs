@@ -31,7 +31,8 @@ struct Cli {
         default_value = "/var/lib/nsnet"
     )]
     state_dir: PathBuf,
-    /// Print listings and inspections as JSON.
+    /// Print JSON: listings and inspections; the record a create, attach, detach or network create leaves;
+    /// a summary of rm, network rm, gc and firewall reload.
     #[arg(long, global = true)]
     json: bool,
     /// Print what would be done, as ip / nft / sysctl commands, and change nothing.
@@ -251,6 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
              run it with sudo, or add --dry-run to see the plan"
         );
     }
+    check_json(&cli, changes)?;
     let mut nsnet = Nsnet::new(Store::new(&cli.state_dir), cli.dry_run);
     // Readers share the lock, so they never see a command's records half written.
     let _read_lock = if changes {
@@ -259,16 +261,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         nsnet.store.read_lock()?
     };
     nsnet.firewall = cli.firewall;
-    let done = |plan: Plan, what: String| -> Result<ExitCode> {
+    let done = |plan: Plan, report: Report| -> Result<ExitCode> {
         if cli.dry_run {
             print!("{}", plan.render());
-        } else {
-            if cli.verbose {
-                eprint!("{}", plan.render());
-            }
-            println!("{what}");
+            return Ok(ExitCode::SUCCESS);
         }
-        Ok(ExitCode::SUCCESS)
+        if cli.verbose {
+            eprint!("{}", plan.render());
+        }
+        report.print(&nsnet.store, cli.json)
     };
     match &cli.command {
         Cmd::Network(NetworkCmd::Create {
@@ -298,17 +299,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mtu: *mtu,
             };
             let plan = nsnet.network_create(&req)?;
-            done(plan, name.clone())
+            done(plan, Report::Network(name.clone()))
         }
         Cmd::Network(NetworkCmd::Ls) => show::networks(&nsnet.store, cli.json),
         Cmd::Network(NetworkCmd::Inspect { name }) => show::network(&nsnet.store, name, cli.json),
         Cmd::Network(NetworkCmd::Rm { name, force }) => {
             let plan = nsnet.network_rm(name, *force)?;
-            done(plan, name.clone())
+            done(plan, Report::Removed("network", name.clone()))
         }
         Cmd::Create { name, attach } => {
             let plan = nsnet.create(name, &attach.request())?;
-            done(plan, name.clone())
+            done(plan, Report::sandbox(name, name))
         }
         Cmd::Attach {
             target,
@@ -317,11 +318,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let target = Target::parse(target);
             let plan = nsnet.attach(&target, name.as_deref(), &attach.request())?;
-            let shown = name.clone().unwrap_or_else(|| match &target {
-                Target::Name(n) => n.clone(),
-                Target::Path(p) => p.display().to_string(),
-            });
-            done(plan, shown)
+            let report = match (name, &target) {
+                (Some(n), _) | (None, Target::Name(n)) => Report::sandbox(n, n),
+                // Attached by a path under /run/netns: the sandbox is named after the file.
+                (None, Target::Path(p)) => Report::Sandbox {
+                    name: p
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    shown: p.display().to_string(),
+                },
+            };
+            done(plan, report)
         }
         Cmd::Run {
             name,
@@ -363,18 +371,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Port { name } => show::ports(&nsnet.store, name, cli.json),
         Cmd::Rm { name } => {
             let plan = nsnet.remove(name)?;
-            done(plan, name.clone())
+            done(plan, Report::Removed("sandbox", name.clone()))
         }
         Cmd::Detach { name, network } => {
             let plan = nsnet.detach(name, network, false)?;
-            done(plan, name.clone())
+            done(plan, Report::sandbox(name, name))
         }
         Cmd::Firewall(FirewallCmd::Reload) => {
             let plan = nsnet.firewall_reload()?;
-            done(plan, "firewall reloaded".into())
+            done(plan, Report::Reloaded)
         }
         Cmd::Gc => {
             let done = nsnet.gc()?;
+            if cli.json && !cli.dry_run {
+                return show::json(&serde_json::json!({ "done": done }));
+            }
             if done.is_empty() {
                 println!("nothing to do: records and kernel agree");
             }
@@ -384,6 +395,73 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo::run(),
+    }
+}
+
+/// `--json` where it means something, else a clear refusal rather than silence. `changes`: the command changes
+/// something (so `--dry-run` applies to it).
+fn check_json(cli: &Cli, changes: bool) -> Result<()> {
+    if !cli.json {
+        return Ok(());
+    }
+    let what = match cli.command {
+        Cmd::Run { .. } | Cmd::Exec { .. } => "run and exec print the command's own output",
+        Cmd::Demo => "demo prints its checks as text",
+        _ if cli.dry_run && changes => "--dry-run prints the plan as ip / nft / sysctl commands",
+        _ => return Ok(()),
+    };
+    bail!("--json does not apply here: {what}; drop --json")
+}
+
+/// What a changing command prints when it is done: the object's name, or with `--json` the record it left (as
+/// `inspect --json` shows it) or a summary of what went.
+enum Report {
+    /// A sandbox (`shown` is what the text line says: the name, or the path given to `attach`).
+    Sandbox {
+        name: String,
+        shown: String,
+    },
+    Network(String),
+    /// A removed object: its kind and name.
+    Removed(&'static str, String),
+    Reloaded,
+}
+
+impl Report {
+    fn sandbox(name: &str, shown: &str) -> Report {
+        Report::Sandbox {
+            name: name.into(),
+            shown: shown.into(),
+        }
+    }
+
+    fn print(self, store: &Store, as_json: bool) -> Result<ExitCode> {
+        if !as_json {
+            println!(
+                "{}",
+                match self {
+                    Report::Sandbox { shown, .. } => shown,
+                    Report::Network(name) | Report::Removed(_, name) => name,
+                    Report::Reloaded => "firewall reloaded".into(),
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        match self {
+            // `detach` forgets a sandbox nsnet did not create with its last network.
+            Report::Sandbox { name, .. } => match store.sandbox(&name)? {
+                Some(sb) => show::json(&sb),
+                None => show::json(&serde_json::json!({ "sandbox": name, "removed": true })),
+            },
+            Report::Network(name) => match store.network(&name)? {
+                Some(net) => show::json(&net),
+                None => bail!("network '{name}' is not in the records after creating it"),
+            },
+            Report::Removed(kind, name) => {
+                show::json(&serde_json::json!({ kind: name, "removed": true }))
+            }
+            Report::Reloaded => show::json(&serde_json::json!({ "firewall": "reloaded" })),
+        }
     }
 }
 

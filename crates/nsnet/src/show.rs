@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result};
 use nsnet_core::model::{Endpoint, Network, Sandbox};
 use nsnet_core::store::Store;
 
-fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<ExitCode> {
+/// Print `value` as pretty JSON, the shape every `--json` output has.
+pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(ExitCode::SUCCESS)
 }

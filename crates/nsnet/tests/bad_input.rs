@@ -238,6 +238,22 @@ fn bad_input_is_refused_and_changes_nothing() {
         &["attach", &a, "--network", "used"],
         "already on network 'used'",
     );
+    // --json where it would be ignored.
+    rejects(
+        &h,
+        &["run", "--json", "--rm", "--name", &new, "--", "true"],
+        "--json does not apply here",
+    );
+    rejects(
+        &h,
+        &["exec", "--json", &a, "--", "true"],
+        "--json does not apply here",
+    );
+    rejects(
+        &h,
+        &["--dry-run", "--json", "create", &new],
+        "--json does not apply here",
+    );
     rejects(&h, &["rm", "nope"], "no sandbox named 'nope'");
     rejects(&h, &["inspect", "nope"], "no sandbox named 'nope'");
     rejects(

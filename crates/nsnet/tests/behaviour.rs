@@ -132,6 +132,43 @@ fn a_missing_command_exits_127() {
     h.ok(&["network", "rm", "nsnet0"]);
 }
 
+/// `--json` on the changing commands: the record they leave, as `inspect --json` shows it, or a summary.
+#[test]
+fn changing_commands_print_json() {
+    let h = TestHost::new("json");
+    let empty = h.snapshot();
+    let s = h.sb("s");
+    let net = json(&h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.8.0/24",
+        "--json",
+    ]));
+    assert_eq!(net, json(&h.ok(&["network", "inspect", "n", "--json"])));
+    let created = json(&h.ok(&["create", &s, "--network", "n", "--json"]));
+    assert_eq!(created, h.inspect(&s));
+    assert_eq!(created["endpoints"][0]["address"], "172.16.8.2/24");
+    assert_eq!(
+        json(&h.ok(&["gc", "--json"])),
+        serde_json::json!({ "done": [] })
+    );
+    assert_eq!(
+        json(&h.ok(&["firewall", "reload", "--json"])),
+        serde_json::json!({ "firewall": "reloaded" })
+    );
+    assert_eq!(
+        json(&h.ok(&["rm", &s, "--json"])),
+        serde_json::json!({ "sandbox": s, "removed": true })
+    );
+    assert_eq!(
+        json(&h.ok(&["network", "rm", "n", "--json"])),
+        serde_json::json!({ "network": "n", "removed": true })
+    );
+    assert_eq!(h.snapshot(), empty);
+}
+
 /// Every row of a table starts each column where its header does.
 fn assert_aligned(table: &str) {
     let mut lines = table.lines();
