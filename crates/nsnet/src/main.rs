@@ -56,6 +56,8 @@ enum Cmd {
     Network(NetworkCmd),
     /// Create a sandbox: a new named network namespace, wired to a network.
     Create {
+        /// Sandbox name, also its namespace's (/run/netns/NAME): 1-64 of [A-Za-z0-9_.-], with no . or -
+        /// first and no . last.
         name: String,
         #[command(flatten)]
         attach: AttachArgs,
@@ -63,6 +65,7 @@ enum Cmd {
     /// Network an existing namespace (NAME under /run/netns, or a path such as /proc/PID/ns/net), or add a
     /// further network to a sandbox.
     Attach {
+        /// A sandbox or a namespace under /run/netns by name, or a namespace's path (/proc/PID/ns/net).
         target: String,
         /// Sandbox name to record it under (default: the namespace's name).
         #[arg(long)]
@@ -72,6 +75,7 @@ enum Cmd {
     },
     /// Create a sandbox and run a command inside it.
     Run {
+        /// Sandbox name (default: run-<random>).
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -79,27 +83,41 @@ enum Cmd {
         /// Remove the sandbox when the command exits.
         #[arg(long)]
         rm: bool,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
     /// Run a command inside a sandbox's network namespace.
     Exec {
+        /// The sandbox.
         name: String,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
     /// List sandboxes.
     Ls,
     /// Show one sandbox.
-    Inspect { name: String },
+    Inspect {
+        /// The sandbox.
+        name: String,
+    },
     /// List a sandbox's published ports.
-    Port { name: String },
+    Port {
+        /// The sandbox.
+        name: String,
+    },
     /// Remove a sandbox: its endpoints, rules, addresses and (if nsnet made it) its namespace.
-    Rm { name: String },
+    Rm {
+        /// The sandbox.
+        name: String,
+    },
     /// Take a sandbox off one network, keeping its others (a sandbox nsnet did not create is forgotten
     /// with its last network).
     Detach {
+        /// The sandbox.
         name: String,
+        /// The network to take it off.
         #[arg(long)]
         network: String,
     },
@@ -142,7 +160,9 @@ impl AttachArgs {
 enum NetworkCmd {
     /// Create a network.
     Create {
+        /// Network name: 1-64 of [A-Za-z0-9_.-], with no . or - first and no . last.
         name: String,
+        /// How sandboxes are linked: bridge (any number) or veth (one sandbox, point to point).
         #[arg(long, value_enum, default_value = "bridge")]
         driver: DriverArg,
         /// IPv4 subnet (default: a free /24 from 10.89.0.0/16).
@@ -151,7 +171,8 @@ enum NetworkCmd {
         /// Gateway address (default: the subnet's first address).
         #[arg(long, value_name = "IP")]
         gateway: Option<Ipv4Addr>,
-        /// Name of the bridge (or, for --driver veth, of the host end).
+        /// Name of the bridge, or for --driver veth of the host end (default: nsbr-NAME / nsve-NAME, or
+        /// nsbr-HASH when that is over 15 characters).
         #[arg(long, value_name = "IFNAME")]
         bridge: Option<String>,
         /// No route out, no masquerade, no published ports.
@@ -172,9 +193,13 @@ enum NetworkCmd {
     /// List networks.
     Ls,
     /// Show one network.
-    Inspect { name: String },
-    /// Remove a network.
+    Inspect {
+        /// The network.
+        name: String,
+    },
+    /// Remove a network: its bridge, rules and records.
     Rm {
+        /// The network.
         name: String,
         /// Detach the sandboxes still on it first.
         #[arg(long)]
@@ -505,4 +530,41 @@ fn generated_name() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("run-{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument and option of every (sub)command, as `--help` shows them, has a description.
+    fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                out.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_is_described() {
+        let mut missing = Vec::new();
+        undescribed(&Cli::command(), "nsnet", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn shell_words_read_back() {
+        assert_eq!(shell_word("ip"), "ip");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -159,7 +159,10 @@ pub fn sandboxes(store: &Store, as_json: bool) -> Result<ExitCode> {
     );
     if sbs.iter().any(|sb| status(sb) == "namespace gone") {
         // On stderr, so the table on stdout stays as it is for scripts.
-        eprintln!("nsnet: a sandbox whose namespace is gone keeps its addresses and ports until `nsnet gc` releases it");
+        eprintln!(
+            "nsnet: a sandbox whose namespace is gone keeps its addresses and ports until \
+             `nsnet gc` releases it"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
