@@ -26,9 +26,17 @@ fn check(kind: &str, name: &str, max: usize) -> Result<(), String> {
             "{kind} name '{name}' contains {bad:?}; use only letters, digits and _ . -"
         ));
     }
-    if name == "." || name == ".." || name.starts_with('-') {
+    // A leading dot makes a hidden file (`/run/netns/.x`, `networks/.x.json`) and covers `.` and `..`; a
+    // leading dash reads as an option to ip, nft and the rest.
+    if let Some(first @ ('.' | '-')) = name.chars().next() {
         return Err(format!(
-            "{kind} name '{name}' is not allowed; start it with a letter or digit"
+            "{kind} name '{name}' starts with {first:?}; start it with a letter, digit or _"
+        ));
+    }
+    // A trailing dot is easy to lose (`x.` vs `x`) and the shell completes it away; never a name anyone meant.
+    if name.ends_with('.') {
+        return Err(format!(
+            "{kind} name '{name}' ends with '.'; end it with a letter, digit, _ or -"
         ));
     }
     Ok(())
@@ -47,12 +55,13 @@ pub fn short_hash(parts: &[&str]) -> u32 {
     h
 }
 
-/// A network or sandbox name: 1–64 characters from `[A-Za-z0-9_.-]`.
+/// A network or sandbox name: 1–64 characters from `[A-Za-z0-9_.-]`, not starting with `.` or `-`, not ending
+/// with `.`.
 pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
     check(kind, name, MAX_NAME)
 }
 
-/// An interface name: 1–15 characters from `[A-Za-z0-9_.-]`.
+/// An interface name: 1–15 characters from `[A-Za-z0-9_.-]`, with the same rule for the first and last.
 pub fn check_ifname(name: &str) -> Result<(), String> {
     check("interface", name, MAX_IFNAME)
 }
@@ -64,6 +73,8 @@ mod tests {
     #[test]
     fn accepts_plain_names() {
         assert!(check_name("sandbox", "web-1_a.b").is_ok());
+        assert!(check_name("sandbox", "_x-").is_ok());
+        assert!(check_name("sandbox", "a..b").is_ok());
         assert!(check_ifname("nsnet0").is_ok());
     }
 
@@ -73,6 +84,19 @@ mod tests {
         assert!(check_name("sandbox", "a/b").unwrap_err().contains("'/'"));
         assert!(check_name("sandbox", "..").is_err());
         assert!(check_name("sandbox", "-x").is_err());
+        assert!(check_name("sandbox", ".")
+            .unwrap_err()
+            .contains("starts with"));
+        assert!(check_name("sandbox", ".x")
+            .unwrap_err()
+            .contains("starts with '.'"));
+        assert!(check_name("network", ".hidden.net").is_err());
+        assert!(check_name("sandbox", "x.")
+            .unwrap_err()
+            .contains("ends with '.'"));
+        assert!(check_name("sandbox", "x..").is_err());
+        assert!(check_ifname(".br0").is_err());
+        assert!(check_ifname("br0.").is_err());
         assert!(check_name("sandbox", &"a".repeat(65))
             .unwrap_err()
             .contains("at most 64"));

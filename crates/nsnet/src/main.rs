@@ -1,10 +1,10 @@
 //! The `nsnet` command line: parses a request, hands it to the library, prints the result.
 
+mod child;
 mod demo;
 mod show;
 
 use std::net::Ipv4Addr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
@@ -31,7 +31,8 @@ struct Cli {
         default_value = "/var/lib/nsnet"
     )]
     state_dir: PathBuf,
-    /// Print listings and inspections as JSON.
+    /// Print JSON: listings and inspections; the record a create, attach, detach or network create leaves;
+    /// a summary of rm, network rm, gc and firewall reload.
     #[arg(long, global = true)]
     json: bool,
     /// Print what would be done, as ip / nft / sysctl commands, and change nothing.
@@ -55,6 +56,8 @@ enum Cmd {
     Network(NetworkCmd),
     /// Create a sandbox: a new named network namespace, wired to a network.
     Create {
+        /// Sandbox name, also its namespace's (/run/netns/NAME): 1-64 of [A-Za-z0-9_.-], with no . or -
+        /// first and no . last.
         name: String,
         #[command(flatten)]
         attach: AttachArgs,
@@ -62,6 +65,7 @@ enum Cmd {
     /// Network an existing namespace (NAME under /run/netns, or a path such as /proc/PID/ns/net), or add a
     /// further network to a sandbox.
     Attach {
+        /// A sandbox or a namespace under /run/netns by name, or a namespace's path (/proc/PID/ns/net).
         target: String,
         /// Sandbox name to record it under (default: the namespace's name).
         #[arg(long)]
@@ -71,6 +75,7 @@ enum Cmd {
     },
     /// Create a sandbox and run a command inside it.
     Run {
+        /// Sandbox name (default: run-<random>).
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -78,27 +83,41 @@ enum Cmd {
         /// Remove the sandbox when the command exits.
         #[arg(long)]
         rm: bool,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
     /// Run a command inside a sandbox's network namespace.
     Exec {
+        /// The sandbox.
         name: String,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
     /// List sandboxes.
     Ls,
     /// Show one sandbox.
-    Inspect { name: String },
+    Inspect {
+        /// The sandbox.
+        name: String,
+    },
     /// List a sandbox's published ports.
-    Port { name: String },
+    Port {
+        /// The sandbox.
+        name: String,
+    },
     /// Remove a sandbox: its endpoints, rules, addresses and (if nsnet made it) its namespace.
-    Rm { name: String },
+    Rm {
+        /// The sandbox.
+        name: String,
+    },
     /// Take a sandbox off one network, keeping its others (a sandbox nsnet did not create is forgotten
     /// with its last network).
     Detach {
+        /// The sandbox.
         name: String,
+        /// The network to take it off.
         #[arg(long)]
         network: String,
     },
@@ -141,7 +160,9 @@ impl AttachArgs {
 enum NetworkCmd {
     /// Create a network.
     Create {
+        /// Network name: 1-64 of [A-Za-z0-9_.-], with no . or - first and no . last.
         name: String,
+        /// How sandboxes are linked: bridge (any number) or veth (one sandbox, point to point).
         #[arg(long, value_enum, default_value = "bridge")]
         driver: DriverArg,
         /// IPv4 subnet (default: a free /24 from 10.89.0.0/16).
@@ -150,7 +171,8 @@ enum NetworkCmd {
         /// Gateway address (default: the subnet's first address).
         #[arg(long, value_name = "IP")]
         gateway: Option<Ipv4Addr>,
-        /// Name of the bridge (or, for --driver veth, of the host end).
+        /// Name of the bridge, or for --driver veth of the host end (default: nsbr-NAME / nsve-NAME, or
+        /// nsbr-HASH when that is over 15 characters).
         #[arg(long, value_name = "IFNAME")]
         bridge: Option<String>,
         /// No route out, no masquerade, no published ports.
@@ -176,9 +198,13 @@ enum NetworkCmd {
     /// List networks.
     Ls,
     /// Show one network.
-    Inspect { name: String },
-    /// Remove a network.
+    Inspect {
+        /// The network.
+        name: String,
+    },
+    /// Remove a network: its bridge, rules and records.
     Rm {
+        /// The network.
         name: String,
         /// Detach the sandboxes still on it first.
         #[arg(long)]
@@ -224,10 +250,29 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("nsnet: error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
+
+/// An error that ends nsnet with an exit status of its own instead of 1 (127 for a command that is not there,
+/// as a shell does).
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let changes = !matches!(
@@ -243,21 +288,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
              run it with sudo, or add --dry-run to see the plan"
         );
     }
+    check_json(&cli, changes)?;
     let mut nsnet = Nsnet::new(Store::new(&cli.state_dir), cli.dry_run);
     // Readers share the lock, so they never see a command's records half written (and finish what a killed
     // command left half written before they read).
     let _read_lock = if changes { None } else { nsnet.read_lock()? };
     nsnet.firewall = cli.firewall;
-    let done = |plan: Plan, what: String| -> Result<ExitCode> {
+    let done = |plan: Plan, report: Report| -> Result<ExitCode> {
         if cli.dry_run {
             print!("{}", plan.render());
-        } else {
-            if cli.verbose {
-                eprint!("{}", plan.render());
-            }
-            println!("{what}");
+            return Ok(ExitCode::SUCCESS);
         }
-        Ok(ExitCode::SUCCESS)
+        if cli.verbose {
+            eprint!("{}", plan.render());
+        }
+        report.print(&nsnet.store, cli.json)
     };
     match &cli.command {
         Cmd::Network(NetworkCmd::Create {
@@ -294,17 +339,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mtu: *mtu,
             };
             let plan = nsnet.network_create(&req)?;
-            done(plan, name.clone())
+            done(plan, Report::Network(name.clone()))
         }
         Cmd::Network(NetworkCmd::Ls) => show::networks(&nsnet.store, cli.json),
         Cmd::Network(NetworkCmd::Inspect { name }) => show::network(&nsnet.store, name, cli.json),
         Cmd::Network(NetworkCmd::Rm { name, force }) => {
             let plan = nsnet.network_rm(name, *force)?;
-            done(plan, name.clone())
+            done(plan, Report::Removed("network", name.clone()))
         }
         Cmd::Create { name, attach } => {
             let plan = nsnet.create(name, &attach.request())?;
-            done(plan, name.clone())
+            done(plan, Report::sandbox(name, name))
         }
         Cmd::Attach {
             target,
@@ -313,11 +358,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let target = Target::parse(target);
             let plan = nsnet.attach(&target, name.as_deref(), &attach.request())?;
-            let shown = name.clone().unwrap_or_else(|| match &target {
-                Target::Name(n) => n.clone(),
-                Target::Path(p) => p.display().to_string(),
-            });
-            done(plan, shown)
+            let report = match (name, &target) {
+                (Some(n), _) | (None, Target::Name(n)) => Report::sandbox(n, n),
+                // Attached by a path under /run/netns: the sandbox is named after the file.
+                (None, Target::Path(p)) => Report::Sandbox {
+                    name: p
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    shown: p.display().to_string(),
+                },
+            };
+            done(plan, report)
         }
         Cmd::Run {
             name,
@@ -326,16 +378,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd,
         } => {
             let name = name.clone().unwrap_or_else(generated_name);
+            // From before the sandbox exists: a signal meanwhile must not leave it behind (see child.rs).
+            let supervisor = (!cli.dry_run).then(child::Supervisor::start).transpose()?;
             let plan = nsnet.create(&name, &attach.request())?;
-            if cli.dry_run {
+            let Some(supervisor) = supervisor else {
                 print!("{}", plan.render());
-                println!("ip netns exec {name} {}", cmd.join(" "));
+                println!("{}", nsenter_line(&netns::named_path(&name), cmd));
                 if *rm {
                     println!("# then, when it exits: nsnet rm {name}");
                 }
                 return Ok(ExitCode::SUCCESS);
-            }
-            let status = exec_in(&nsnet, &name, cmd);
+            };
+            let status = exec_in(&nsnet, &supervisor, &name, cmd);
             if *rm {
                 nsnet
                     .remove(&name)
@@ -345,27 +399,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Exec { name, cmd } if cli.dry_run => {
             let path = nsnet.sandbox_netns(name)?;
-            println!("nsenter --net={} {}", path.display(), cmd.join(" "));
+            println!("{}", nsenter_line(&path, cmd));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Exec { name, cmd } => exec_in(&nsnet, name, cmd),
+        Cmd::Exec { name, cmd } => {
+            let supervisor = child::Supervisor::start()?;
+            exec_in(&nsnet, &supervisor, name, cmd)
+        }
         Cmd::Ls => show::sandboxes(&nsnet.store, cli.json),
         Cmd::Inspect { name } => show::sandbox(&nsnet.store, name, cli.json),
         Cmd::Port { name } => show::ports(&nsnet.store, name, cli.json),
         Cmd::Rm { name } => {
             let plan = nsnet.remove(name)?;
-            done(plan, name.clone())
+            done(plan, Report::Removed("sandbox", name.clone()))
         }
         Cmd::Detach { name, network } => {
             let plan = nsnet.detach(name, network, false)?;
-            done(plan, name.clone())
+            done(plan, Report::sandbox(name, name))
         }
         Cmd::Firewall(FirewallCmd::Reload) => {
             let plan = nsnet.firewall_reload()?;
-            done(plan, "firewall reloaded".into())
+            done(plan, Report::Reloaded)
         }
         Cmd::Gc => {
             let done = nsnet.gc()?;
+            if cli.json && !cli.dry_run {
+                return show::json(&serde_json::json!({ "done": done }));
+            }
             if done.is_empty() {
                 println!("nothing to do: records and kernel agree");
             }
@@ -378,22 +438,104 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Run `cmd` inside the sandbox's namespace and pass its exit status on.
-fn exec_in(nsnet: &Nsnet, name: &str, cmd: &[String]) -> Result<ExitCode> {
+/// `--json` where it means something, else a clear refusal rather than silence. `changes`: the command changes
+/// something (so `--dry-run` applies to it).
+fn check_json(cli: &Cli, changes: bool) -> Result<()> {
+    if !cli.json {
+        return Ok(());
+    }
+    let what = match cli.command {
+        Cmd::Run { .. } | Cmd::Exec { .. } => "run and exec print the command's own output",
+        Cmd::Demo => "demo prints its checks as text",
+        _ if cli.dry_run && changes => "--dry-run prints the plan as ip / nft / sysctl commands",
+        _ => return Ok(()),
+    };
+    bail!("--json does not apply here: {what}; drop --json")
+}
+
+/// What a changing command prints when it is done: the object's name, or with `--json` the record it left (as
+/// `inspect --json` shows it) or a summary of what went.
+enum Report {
+    /// A sandbox (`shown` is what the text line says: the name, or the path given to `attach`).
+    Sandbox {
+        name: String,
+        shown: String,
+    },
+    Network(String),
+    /// A removed object: its kind and name.
+    Removed(&'static str, String),
+    Reloaded,
+}
+
+impl Report {
+    fn sandbox(name: &str, shown: &str) -> Report {
+        Report::Sandbox {
+            name: name.into(),
+            shown: shown.into(),
+        }
+    }
+
+    fn print(self, store: &Store, as_json: bool) -> Result<ExitCode> {
+        if !as_json {
+            println!(
+                "{}",
+                match self {
+                    Report::Sandbox { shown, .. } => shown,
+                    Report::Network(name) | Report::Removed(_, name) => name,
+                    Report::Reloaded => "firewall reloaded".into(),
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        match self {
+            // `detach` forgets a sandbox nsnet did not create with its last network.
+            Report::Sandbox { name, .. } => match store.sandbox(&name)? {
+                Some(sb) => show::json(&sb),
+                None => show::json(&serde_json::json!({ "sandbox": name, "removed": true })),
+            },
+            Report::Network(name) => match store.network(&name)? {
+                Some(net) => show::json(&net),
+                None => bail!("network '{name}' is not in the records after creating it"),
+            },
+            Report::Removed(kind, name) => {
+                show::json(&serde_json::json!({ kind: name, "removed": true }))
+            }
+            Report::Reloaded => show::json(&serde_json::json!({ "firewall": "reloaded" })),
+        }
+    }
+}
+
+/// Run `cmd` inside the sandbox's namespace, passing signals on to it, and pass its exit status on.
+fn exec_in(
+    nsnet: &Nsnet,
+    supervisor: &child::Supervisor,
+    name: &str,
+    cmd: &[String],
+) -> Result<ExitCode> {
     let path = nsnet.sandbox_netns(name)?;
     let fd = netns::open(&path)?;
     let (prog, args) = cmd.split_first().context("no command given after --")?;
     let mut command = Command::new(prog);
     command.args(args);
     netns::command_in(&mut command, fd);
-    let status = command
-        .status()
-        .with_context(|| format!("cannot run {prog}"))?;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1);
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    Ok(ExitCode::from(supervisor.run(&mut command, prog)?))
+}
+
+/// The command that runs `cmd` in the namespace at `path` as nsnet does: only the network namespace changes
+/// (`ip netns exec` would also remount /sys and apply /etc/netns).
+fn nsenter_line(path: &std::path::Path, cmd: &[String]) -> String {
+    let words: Vec<String> = cmd.iter().map(|w| shell_word(w)).collect();
+    format!("nsenter --net={} -- {}", path.display(), words.join(" "))
+}
+
+/// `word` as a shell reads it back: as it is when it holds nothing special, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// A name for `nsnet run` without `--name`.
@@ -403,4 +545,41 @@ fn generated_name() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("run-{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument and option of every (sub)command, as `--help` shows them, has a description.
+    fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                out.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                out.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_is_described() {
+        let mut missing = Vec::new();
+        undescribed(&Cli::command(), "nsnet", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn shell_words_read_back() {
+        assert_eq!(shell_word("ip"), "ip");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -3,12 +3,44 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use nsnet_core::model::{Network, Sandbox};
+use nsnet_core::model::{Endpoint, Network, Sandbox};
 use nsnet_core::store::Store;
 
-fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<ExitCode> {
+/// Print `value` as pretty JSON, the shape every `--json` output has.
+pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Print a table: each column as wide as its widest cell (names run up to 64 characters), two spaces between
+/// columns, the last one unpadded.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let text: String = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}  ")
+                }
+            })
+            .collect();
+        println!("{}", text.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }
 
 /// `nsnet network ls`.
@@ -17,22 +49,31 @@ pub fn networks(store: &Store, as_json: bool) -> Result<ExitCode> {
     if as_json {
         return json(&nets);
     }
-    println!(
-        "{:<16} {:<7} {:<18} {:<16} {:<16} SANDBOXES",
-        "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERFACE"
+    let rows: Vec<Vec<String>> = nets
+        .iter()
+        .map(|n| {
+            let flag = if n.internal { " (internal)" } else { "" };
+            vec![
+                n.name.clone(),
+                n.driver.to_string(),
+                n.subnet.to_string(),
+                n.gateway.to_string(),
+                n.interface.clone(),
+                format!("{}{flag}", n.users().len()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "DRIVER",
+            "SUBNET",
+            "GATEWAY",
+            "INTERFACE",
+            "SANDBOXES",
+        ],
+        &rows,
     );
-    for n in &nets {
-        let flag = if n.internal { " (internal)" } else { "" };
-        println!(
-            "{:<16} {:<7} {:<18} {:<16} {:<16} {}{flag}",
-            n.name,
-            n.driver,
-            n.subnet,
-            n.gateway,
-            n.interface,
-            n.users().len()
-        );
-    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -68,30 +109,59 @@ pub fn network(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `nsnet ls` says of a sandbox: `removing` while an `rm` or `detach` is at work on it, `namespace gone`
+/// when its namespace vanished behind nsnet's back (only `nsnet gc` helps then), else `up`.
+fn status(sb: &Sandbox) -> &'static str {
+    if sb.removing || sb.endpoints.iter().any(|e| e.removing) {
+        "removing"
+    } else if !sb.netns.exists() {
+        "namespace gone"
+    } else {
+        "up"
+    }
+}
+
 /// `nsnet ls`.
 pub fn sandboxes(store: &Store, as_json: bool) -> Result<ExitCode> {
     let sbs = store.sandboxes()?;
     if as_json {
         return json(&sbs);
     }
-    println!("{:<20} {:<28} {:<24} PORTS", "NAME", "NETNS", "ADDRESSES");
-    for sb in &sbs {
-        let addrs: Vec<String> = sb
-            .endpoints
-            .iter()
-            .map(|e| format!("{}", e.address))
-            .collect();
-        let ports: Vec<String> = sb
-            .endpoints
-            .iter()
-            .flat_map(|e| e.ports.iter().map(|p| p.to_string()))
-            .collect();
-        println!(
-            "{:<20} {:<28} {:<24} {}",
-            sb.name,
-            sb.netns.display(),
-            addrs.join(","),
-            ports.join(",")
+    let joined = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(",")
+        }
+    };
+    let rows: Vec<Vec<String>> = sbs
+        .iter()
+        .map(|sb| {
+            let each = |f: &dyn Fn(&Endpoint) -> String| sb.endpoints.iter().map(f).collect();
+            let ports = sb
+                .endpoints
+                .iter()
+                .flat_map(|e| e.ports.iter().map(|p| p.to_string()))
+                .collect();
+            vec![
+                sb.name.clone(),
+                sb.netns.display().to_string(),
+                joined(each(&|e| e.network.clone())),
+                joined(each(&|e| e.address.to_string())),
+                joined(ports),
+                status(sb).to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "NETNS", "NETWORKS", "ADDRESSES", "PORTS", "STATUS"],
+        &rows,
+    );
+    if sbs.iter().any(|sb| status(sb) == "namespace gone") {
+        // On stderr, so the table on stdout stays as it is for scripts.
+        eprintln!(
+            "nsnet: a sandbox whose namespace is gone keeps its addresses and ports until \
+             `nsnet gc` releases it"
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -155,4 +225,34 @@ pub fn ports(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(netns: &str, removing: bool) -> Sandbox {
+        Sandbox {
+            name: "s".into(),
+            netns: netns.into(),
+            owned: true,
+            cni: false,
+            endpoints: vec![],
+            removing,
+        }
+    }
+
+    #[test]
+    fn status_says_up_gone_or_removing() {
+        assert_eq!(status(&sandbox("/proc/self/ns/net", false)), "up");
+        assert_eq!(
+            status(&sandbox("/run/netns/no-such-ns-here", false)),
+            "namespace gone"
+        );
+        // Being removed comes first: `rm` unmounts the namespace before it releases the record.
+        assert_eq!(
+            status(&sandbox("/run/netns/no-such-ns-here", true)),
+            "removing"
+        );
+    }
 }

@@ -234,6 +234,11 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     rejects(&h, &["create", &a, "--network", "used"], "already exists");
     rejects(&h, &["create", "bad name"], "contains ' '");
+    // A leading dot would hide the namespace (/run/netns/.NAME) and the records; a trailing one is a typo.
+    rejects(&h, &["create", &format!(".{new}")], "starts with '.'");
+    rejects(&h, &["create", &format!("{new}.")], "ends with '.'");
+    rejects(&h, &["network", "create", ".x"], "starts with '.'");
+    rejects(&h, &["network", "create", "x.."], "ends with '.'");
     rejects(&h, &["create", &long], "use at most 64");
     rejects(
         &h,
@@ -244,6 +249,22 @@ fn bad_input_is_refused_and_changes_nothing() {
         &h,
         &["attach", &a, "--network", "used"],
         "already on network 'used'",
+    );
+    // --json where it would be ignored.
+    rejects(
+        &h,
+        &["run", "--json", "--rm", "--name", &new, "--", "true"],
+        "--json does not apply here",
+    );
+    rejects(
+        &h,
+        &["exec", "--json", &a, "--", "true"],
+        "--json does not apply here",
+    );
+    rejects(
+        &h,
+        &["--dry-run", "--json", "create", &new],
+        "--json does not apply here",
     );
     rejects(&h, &["rm", "nope"], "no sandbox named 'nope'");
     rejects(&h, &["inspect", "nope"], "no sandbox named 'nope'");

@@ -8,7 +8,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 
-use common::{sh, TestHost, HOST_IP, LAN_IP};
+use common::{sh, wait_exit, wait_for_child, wait_for_exec, TestHost, HOST_IP, LAN_IP};
 use nsnet_core::probe;
 use serde_json::Value;
 
@@ -66,6 +66,176 @@ fn default_network_run_exec_and_address_reuse() {
     h.ok(&["rm", &c]);
     h.ok(&["network", "rm", "nsnet0"]);
     assert_eq!(h.snapshot(), empty);
+}
+
+/// `run --rm` stopped by a signal behaves like `docker run --rm`: the command gets the signal, nsnet waits for
+/// it, removes the sandbox, and exits with 128 + the signal.
+#[test]
+fn run_rm_passes_a_signal_on_and_removes_the_sandbox() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let h = TestHost::new("runsig");
+    // The default network, made beforehand so the snapshot holds it.
+    h.ok(&["run", "--rm", "--name", &h.sb("first"), "--", "true"]);
+    let before = h.snapshot();
+    for (sig, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let name = h.sb("sig");
+        let mut nsnet = h.spawn(&["run", "--rm", "--name", &name, "--", "sleep", "60"]);
+        wait_for_exec(nsnet.id(), "nsnet");
+        let sleep = wait_for_child(nsnet.id(), "sleep");
+        let pid = Pid::from_raw(i32::try_from(nsnet.id()).expect("pid"));
+        kill(pid, sig).expect("signal nsnet");
+        let status = wait_exit(&mut nsnet);
+        let orphan = common::process(sleep).is_some();
+        if orphan {
+            let _ = kill(
+                Pid::from_raw(i32::try_from(sleep).expect("pid")),
+                Signal::SIGKILL,
+            );
+        }
+        assert!(!orphan, "{sig}: the command outlived nsnet");
+        assert_eq!(status.code(), Some(code), "{sig}: {status:?}");
+        assert!(!h.sb_path("sig").exists(), "{sig}: the namespace is left");
+        assert_eq!(json(&h.ok(&["ls", "--json"])), json("[]"), "{sig}");
+        assert_eq!(h.snapshot(), before, "{sig}");
+    }
+    h.ok(&["network", "rm", "nsnet0"]);
+}
+
+/// `run` and `exec` of a command that is not there, or not executable, exit as a shell does (127, 126) with a
+/// one-line message; `run --rm` still removes the sandbox.
+#[test]
+fn a_missing_command_exits_127() {
+    let h = TestHost::new("exit127");
+    let s = h.sb("s");
+    h.ok(&["create", &s]);
+    let with_sandbox = h.snapshot();
+    let script = tempfile::NamedTempFile::new().expect("temp file"); // mode 0600: no x bit
+    let plain = script.path().display().to_string();
+    for (cmd, code, why) in [
+        ("no-such-command", 127, "command not found"),
+        ("/no/such/file", 127, "no such file"),
+        (plain.as_str(), 126, "not executable"),
+    ] {
+        for args in [
+            &["exec", &s, "--", cmd][..],
+            &["run", "--rm", "--name", &h.sb("r"), "--", cmd][..],
+        ] {
+            let out = h.nsnet(args);
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+            let line = common::check_one_line_failure(args, out);
+            assert!(line.contains(&format!("cannot run {cmd}: {why}")), "{line}");
+            assert_eq!(h.snapshot(), with_sandbox, "{args:?}");
+        }
+    }
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "nsnet0"]);
+}
+
+/// `--json` on the changing commands: the record they leave, as `inspect --json` shows it, or a summary.
+#[test]
+fn changing_commands_print_json() {
+    let h = TestHost::new("json");
+    let empty = h.snapshot();
+    let s = h.sb("s");
+    let net = json(&h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.8.0/24",
+        "--json",
+    ]));
+    assert_eq!(net, json(&h.ok(&["network", "inspect", "n", "--json"])));
+    let created = json(&h.ok(&["create", &s, "--network", "n", "--json"]));
+    assert_eq!(created, h.inspect(&s));
+    assert_eq!(created["endpoints"][0]["address"], "172.16.8.2/24");
+    assert_eq!(
+        json(&h.ok(&["gc", "--json"])),
+        serde_json::json!({ "done": [] })
+    );
+    assert_eq!(
+        json(&h.ok(&["firewall", "reload", "--json"])),
+        serde_json::json!({ "firewall": "reloaded" })
+    );
+    assert_eq!(
+        json(&h.ok(&["rm", &s, "--json"])),
+        serde_json::json!({ "sandbox": s, "removed": true })
+    );
+    assert_eq!(
+        json(&h.ok(&["network", "rm", "n", "--json"])),
+        serde_json::json!({ "network": "n", "removed": true })
+    );
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// Every row of a table starts each column where its header does.
+fn assert_aligned(table: &str) {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header");
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .collect();
+    for line in lines {
+        for &at in &starts[1..] {
+            let (before, here) = (line.as_bytes().get(at - 1), line.as_bytes().get(at));
+            assert!(
+                before == Some(&b' ') && here.is_some_and(|c| *c != b' '),
+                "column at {at} does not line up:\n{table}"
+            );
+        }
+    }
+}
+
+/// `network ls` and `ls` line their columns up whatever the names' lengths, and `ls` shows each sandbox's
+/// networks and status.
+#[test]
+fn listings_line_up() {
+    let h = TestHost::new("listing");
+    let long_net = "a-network-name-longer-than-sixteen";
+    h.ok(&["network", "create", long_net, "--subnet", "172.16.6.0/24"]);
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.7.0/24",
+        "--internal",
+    ]);
+    let (a, b) = (h.sb("a"), h.sb("a-sandbox-name-much-longer-than-twenty"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["attach", &a, "--network", long_net]);
+    h.ok(&["create", &b, "--network", long_net, "-p", "8080:80"]);
+
+    let nets = h.ok(&["network", "ls"]);
+    assert!(nets.starts_with("NAME "), "{nets}");
+    assert_aligned(&nets);
+    let ls = h.ok(&["ls"]);
+    assert!(
+        ls.lines().next().is_some_and(|l| {
+            l.split_whitespace().collect::<Vec<_>>()
+                == ["NAME", "NETNS", "NETWORKS", "ADDRESSES", "PORTS", "STATUS"]
+        }),
+        "{ls}"
+    );
+    assert_aligned(&ls);
+    let row = |name: &str| -> Vec<String> {
+        let line = ls.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row(&a)[2], format!("n,{long_net}"), "{ls}");
+    assert_eq!(row(&a)[5], "up", "{ls}");
+    assert_eq!(row(&b)[4], "8080:80/tcp", "{ls}");
+
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", long_net]);
+    h.ok(&["network", "rm", "n"]);
 }
 
 #[test]
@@ -275,9 +445,29 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     }
     assert_eq!(h.snapshot(), empty);
     assert!(!h.state.exists(), "a dry run created the state dir");
+    // `run` and `exec` enter only the network namespace: `ip netns exec` would also remount /sys and bind
+    // /etc/netns files, so the plan names the command that does what nsnet does.
+    let plan = h.ok(&[
+        "--dry-run",
+        "run",
+        "--name",
+        &s,
+        "--",
+        "sh",
+        "-c",
+        "echo it's",
+    ]);
+    let line = format!("nsenter --net=/run/netns/{s} -- sh -c 'echo it'\\''s'");
+    assert!(plan.lines().any(|l| l == line), "no {line:?} in:\n{plan}");
+    assert!(!plan.contains("ip netns exec"), "{plan}");
 
     h.ok(&["create", &s]);
     let created = h.snapshot();
+    let plan = h.ok(&["--dry-run", "exec", &s, "--", "ip", "addr"]);
+    assert_eq!(
+        plan.trim(),
+        format!("nsenter --net=/run/netns/{s} -- ip addr")
+    );
     let plan = h.ok(&["--dry-run", "rm", &s]);
     assert!(plan.contains(&format!("ip netns del {s}")), "{plan}");
     let plan = h.ok(&["--dry-run", "network", "rm", "nsnet0", "--force"]);

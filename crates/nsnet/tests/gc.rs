@@ -208,3 +208,57 @@ fn gc_repairs_links_deleted_by_hand() {
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "n"]);
 }
+
+/// A sandbox whose namespace vanished behind nsnet's back: `ls` says so, and every command that needs the
+/// namespace says what happened and that `nsnet gc` is the way out (not `nsnet create`, nor a raw `open` error).
+#[test]
+fn a_lost_namespace_points_to_gc() {
+    let h = TestHost::new("lostns");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.5.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let status = |name: &str| -> String {
+        let ls = h.ok(&["ls"]);
+        let line = ls
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in {ls}"));
+        line.split("  ")
+            .filter(|c| !c.is_empty())
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(status(&a), "up");
+    sh(&["ip", "netns", "del", &a]);
+    assert_eq!(status(&a), "namespace gone");
+    assert_eq!(status(&b), "up");
+    let out = h.nsnet(&["ls"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`nsnet gc`"),
+        "{out:?}"
+    );
+
+    let before = h.snapshot();
+    for args in [
+        &["exec", &a, "--", "true"][..],
+        &["run", "--name", &a, "--", "true"][..],
+        &["create", &a, "--network", "n"][..],
+        &["attach", &a, "--network", "n"][..],
+    ] {
+        let line = h.fails(args);
+        assert!(
+            line.contains("has lost its network namespace") && line.contains("`nsnet gc`"),
+            "{args:?}: {line}"
+        );
+        assert!(!line.contains("No such file"), "{args:?}: {line}");
+        assert_eq!(h.snapshot(), before, "{args:?}");
+    }
+
+    assert!(h.ok(&["gc"]).contains(&format!("released sandbox '{a}'")));
+    assert!(!h.ok(&["ls"]).contains(&a));
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+}

@@ -68,7 +68,10 @@ impl Nsnet {
     pub fn create(&self, name: &str, req: &AttachRequest) -> Result<Plan> {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
         let _lock = self.lock()?;
-        if self.store.sandbox(name)?.is_some() {
+        if let Some(sb) = self.store.sandbox(name)? {
+            if !sb.netns.exists() {
+                return Err(lost_netns(&sb));
+            }
             return Err(invalid!(
                 "sandbox '{name}' already exists; pick another name or `nsnet rm {name}` first"
             ));
@@ -131,6 +134,9 @@ impl Nsnet {
             (Some(sb), Target::Name(_)) => sb.netns.clone(),
             _ => path,
         };
+        if let Some(sb) = known.as_ref().filter(|sb| !sb.netns.exists()) {
+            return Err(lost_netns(sb));
+        }
         if !path.exists() {
             return Err(invalid!(
                 "no network namespace at {}; create it first (`nsnet create {name}`, `ip netns add {name}`) \
@@ -545,14 +551,28 @@ impl Nsnet {
         Ok((Plan::setup(vec![], fw, backend), records))
     }
 
-    /// The namespace of a sandbox, for `nsnet exec`.
+    /// The namespace of a sandbox, for `nsnet exec`; an error if it is gone.
     pub fn sandbox_netns(&self, name: &str) -> Result<PathBuf> {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
-        self.store
+        let sb = self
+            .store
             .sandbox(name)?
-            .map(|sb| sb.netns)
-            .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))
+            .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
+        if !sb.netns.exists() {
+            return Err(lost_netns(&sb));
+        }
+        Ok(sb.netns)
     }
+}
+
+/// A sandbox whose namespace vanished behind nsnet's back (`ip netns del`, its process exited): what to do is
+/// `nsnet gc`, which releases its records, addresses and ports, not creating it again.
+fn lost_netns(sb: &Sandbox) -> Error {
+    invalid!(
+        "sandbox '{}' has lost its network namespace ({} is gone); `nsnet gc` releases what is left of it",
+        sb.name,
+        sb.netns.display()
+    )
 }
 
 /// Fix every requested port: check it against the ports already published and the sockets host processes

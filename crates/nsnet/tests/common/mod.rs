@@ -216,6 +216,21 @@ impl TestHost {
         run(&mut cmd)
     }
 
+    /// Start nsnet inside the host namespace without waiting for it. `nsenter` execs it (no fork), so the
+    /// child's pid is nsnet's once [`wait_for_exec`] says so.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let net = format!("--net={}", self.host_path().display());
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(&net).arg("--").arg(nsnet_bin()).args(args);
+        cmd.env("NSNET_STATE_DIR", &self.state);
+        if let Some(backend) = self.firewall {
+            cmd.env("NSNET_FIREWALL", backend);
+        }
+        cmd.stdin(std::process::Stdio::null());
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    }
+
     pub fn nsnet(&self, args: &[&str]) -> Output {
         self.nsnet_raw(&[], args)
     }
@@ -466,6 +481,55 @@ impl TestHost {
             .filter_map(|l| l["ifname"].as_str().map(str::to_string))
             .collect()
     }
+}
+
+/// The name (`comm`) and parent pid of process `pid`, from `/proc/PID/stat`; `None` once it is gone.
+pub fn process(pid: u32) -> Option<(String, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `PID (COMM) STATE PPID ...`; COMM may hold spaces and parentheses, so split at the last ')'.
+    let (head, tail) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// Wait (up to 10 s) until a child of `parent` runs program `comm`; returns its pid.
+pub fn wait_for_child(parent: u32, comm: &str) -> u32 {
+    for _ in 0..500 {
+        let found = fs::read_dir("/proc").ok().and_then(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .find(|pid| process(*pid).is_some_and(|(c, pp)| pp == parent && c == comm))
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("process {parent} started no {comm} within 10 s");
+}
+
+/// Wait (up to 10 s) until `pid` has exec'ed program `comm`.
+pub fn wait_for_exec(pid: u32, comm: &str) {
+    for _ in 0..500 {
+        if process(pid).is_some_and(|(c, _)| c == comm) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("process {pid} did not become {comm} within 10 s");
+}
+
+/// Wait (up to 15 s) for `child` to exit; kills it and fails the test if it does not.
+pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..750 {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("process {} did not exit within 15 s", child.id());
 }
 
 pub fn check_one_line_failure(args: &[&str], out: Output) -> String {
