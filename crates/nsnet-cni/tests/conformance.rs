@@ -1093,6 +1093,15 @@ fn error_codes_say_what_went_wrong() {
     let mnt = format!("/proc/{}/ns/mnt", std::process::id());
     let r = cni(&h, "ADD", &c, &ctr(&ids[1], &mnt, "eth0"));
     assert_eq!(r.code("1.1.0"), 3, "{}", r.out);
+    // CNI_NETNS naming the host's own namespace (the plugin's): refused, nothing put into the host.
+    let host = h.host_path().to_string_lossy().into_owned();
+    let r = cni(&h, "ADD", &c, &ctr(&ids[1], &host, "eth0"));
+    assert!(!r.ok, "{}", r.out);
+    assert!(
+        msg(&r).contains("this host's own network namespace"),
+        "{}",
+        r.out
+    );
     let after = h.snapshot();
     assert!(after == before, "{}", after.diff(&before));
 

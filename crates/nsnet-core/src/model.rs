@@ -232,6 +232,11 @@ pub struct Sandbox {
     pub netns: PathBuf,
     /// True when nsnet created the namespace (and so removes it); false for `nsnet attach`.
     pub owned: bool,
+    /// The namespace's identity (device, inode of its nsfs file) when it was attached: a path such as
+    /// `/proc/PID/ns/net` names another namespace once the process is gone and its PID reused, and the
+    /// sandbox's namespace counts as gone when the identity no longer matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<(u64, u64)>,
     /// Networked through the CNI plugin: the sandbox is named after the container ID, and CNI `GC` may
     /// remove its endpoints.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -241,6 +246,17 @@ pub struct Sandbox {
     /// ports stay reserved until the records are released.
     #[serde(default, skip_serializing_if = "is_false")]
     pub removing: bool,
+}
+
+impl Sandbox {
+    /// Whether the sandbox's namespace is still there: its path exists and, when recorded, names the same
+    /// namespace as when it was attached.
+    pub fn namespace_is_there(&self) -> bool {
+        match self.netns_id {
+            None => self.netns.exists(),
+            Some(id) => crate::kernel::netns::identity(&self.netns).is_ok_and(|now| now == id),
+        }
+    }
 }
 
 /// The veth pair joining a sandbox to one network.

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
+use nsnet_core::kernel::sockets;
 use nsnet_core::model::{Endpoint, Network, Sandbox};
 use nsnet_core::store::Store;
 
@@ -114,7 +115,7 @@ pub fn network(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
 fn status(sb: &Sandbox) -> &'static str {
     if sb.removing || sb.endpoints.iter().any(|e| e.removing) {
         "removing"
-    } else if !sb.netns.exists() {
+    } else if !sb.namespace_is_there() {
         "namespace gone"
     } else {
         "up"
@@ -221,7 +222,18 @@ pub fn ports(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
     for m in &mappings {
         let host = m.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string());
         for (host_port, container_port) in m.pairs() {
-            println!("{container_port}/{} -> {host}:{host_port}", m.protocol);
+            // nsnet refuses a port a host process holds, but cannot stop one from binding it afterwards; the
+            // DNAT then sends that process's connections to the sandbox, so say so where the user looks.
+            let shadowed = sockets::port_in_use(m.protocol, m.host_ip, host_port).unwrap_or(false);
+            let note = if shadowed {
+                "  (a host process listens here too; it gets no connections, the sandbox gets them all)"
+            } else {
+                ""
+            };
+            println!(
+                "{container_port}/{} -> {host}:{host_port}{note}",
+                m.protocol
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -236,6 +248,7 @@ mod tests {
             name: "s".into(),
             netns: netns.into(),
             owned: true,
+            netns_id: None,
             cni: false,
             endpoints: vec![],
             removing,

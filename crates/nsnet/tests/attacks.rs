@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
 use common::{reach, TestHost};
@@ -313,4 +314,123 @@ fn a_record_cannot_make_nsnet_delete_a_link_it_did_not_make() {
     );
     std::fs::write(&file, text).expect("write record");
     h.ok(&["network", "rm", "n"]);
+}
+
+/// The pid of a `sleep` started in namespace `ns` (a path under /run/netns), once it runs there.
+fn sleeper(ns: &std::path::Path) -> std::process::Child {
+    let net = format!("--net={}", ns.display());
+    let child = std::process::Command::new("nsenter")
+        .args([net.as_str(), "--", "sleep", "60"])
+        .spawn()
+        .expect("spawn sleep");
+    let proc_ns = format!("/proc/{}/ns/net", child.id());
+    let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    for _ in 0..1000 {
+        if ino(proc_ns.as_ref()).is_some() && ino(proc_ns.as_ref()) == ino(ns) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        ino(proc_ns.as_ref()),
+        ino(ns),
+        "sleep did not enter {}",
+        ns.display()
+    );
+    child
+}
+
+#[test]
+fn the_hosts_own_namespace_is_not_a_sandbox() {
+    let h = TestHost::new("hostns");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.11.0/24"]);
+    let before = h.snapshot();
+    let mut host_proc = sleeper(&h.host_path());
+    let by_pid = format!("/proc/{}/ns/net", host_proc.id());
+    let host = h.host_path().to_string_lossy().into_owned();
+    let name = h.sb("x");
+    for target in [by_pid.as_str(), host.as_str(), "/proc/self/ns/net"] {
+        let line = h.fails(&["attach", target, "--name", &name, "--network", "n"]);
+        assert!(
+            line.contains("this host's own network namespace"),
+            "{target}: {line}"
+        );
+        assert_eq!(h.snapshot(), before, "{target}");
+    }
+    let _ = host_proc.kill();
+    let _ = host_proc.wait();
+    h.ok(&["network", "rm", "n"]);
+}
+
+#[test]
+fn a_reused_pid_does_not_make_the_host_a_sandbox() {
+    let h = TestHost::new("pidre");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.12.0/24"]);
+    h.ok(&["network", "create", "m", "--subnet", "172.16.13.0/24"]);
+    // A container: a process in a namespace of its own, attached by its /proc path.
+    let ctr = h.sb("ctr");
+    common::sh(&["ip", "netns", "add", &ctr]);
+    let mut ctr_proc = sleeper(&h.sb_path("ctr"));
+    let app = h.sb("app");
+    let path = format!("/proc/{}/ns/net", ctr_proc.id());
+    h.ok(&["attach", &path, "--name", &app, "--network", "n"]);
+    // The container exits and its PID goes to a host process: the recorded path now names the host.
+    let _ = ctr_proc.kill();
+    let _ = ctr_proc.wait();
+    common::sh(&["ip", "netns", "del", &ctr]);
+    let mut host_proc = sleeper(&h.host_path());
+    let file = h.state.join(format!("sandboxes/{app}.json"));
+    let record = std::fs::read_to_string(&file).expect("record");
+    let reused = format!("/proc/{}/ns/net", host_proc.id());
+    std::fs::write(&file, record.replace(&path, &reused)).expect("write record");
+    assert_eq!(
+        std::fs::metadata(&reused).map(|m| m.ino()).ok(),
+        std::fs::metadata(h.host_path()).map(|m| m.ino()).ok()
+    );
+
+    let before = h.snapshot();
+    // Not a command runs in the host, not an interface goes into it.
+    for args in [
+        &["exec", &app, "--", "true"][..],
+        &["attach", &app, "--network", "m"][..],
+    ] {
+        let line = h.fails(args);
+        assert!(
+            line.contains("has lost its network namespace"),
+            "{args:?}: {line}"
+        );
+        assert_eq!(h.snapshot(), before, "{args:?}");
+    }
+    let ls = h.ok(&["ls"]);
+    assert!(ls.contains("namespace gone"), "{ls}");
+    let done = h.ok(&["gc"]);
+    assert!(
+        done.contains(&format!("released sandbox '{app}'")),
+        "{done}"
+    );
+    assert!(!h.link_names().iter().any(|l| l == "eth0" || l == "eth1"));
+    let _ = host_proc.kill();
+    let _ = host_proc.wait();
+    h.ok(&["network", "rm", "n"]);
+    h.ok(&["network", "rm", "m"]);
+}
+
+#[test]
+fn a_foreign_namespace_is_forgotten_with_its_last_network() {
+    let h = TestHost::new("forget");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.15.0/24"]);
+    let ext = h.sb("ext");
+    common::sh(&["ip", "netns", "add", &ext]);
+    h.ok(&["attach", &ext, "--network", "n"]);
+    h.ok(&["network", "rm", "n", "--force"]);
+    assert!(
+        !h.ok(&["ls"]).contains(&ext),
+        "an empty record stayed behind"
+    );
+    assert!(!h.state.join(format!("sandboxes/{ext}.json")).exists());
+    assert!(
+        h.sb_path("ext").exists(),
+        "nsnet removed a namespace it did not make"
+    );
+    common::sh(&["ip", "netns", "del", &ext]);
 }

@@ -287,14 +287,17 @@ fn attach_existing_namespaces_and_a_second_network() {
         .expect("spawn sleep");
     let proc_ns = format!("/proc/{}/ns/net", child.id());
     // Wait until unshare has run (the process's namespace differs from the host's).
-    for _ in 0..200 {
-        // nsfs inodes name namespaces (the host's is a bind mount, not a link to read).
-        let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.ino()).ok();
-        if ino(proc_ns.as_ref()).is_some() && ino(proc_ns.as_ref()) != ino(&h.host_path()) {
+    // nsfs inodes name namespaces (the host's is a bind mount, not a link to read).
+    let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let unshared =
+        || ino(proc_ns.as_ref()).is_some() && ino(proc_ns.as_ref()) != ino(&h.host_path());
+    for _ in 0..1000 {
+        if unshared() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    assert!(unshared(), "unshare did not run within 5 s");
     let proc_name = h.sb("proc");
     h.ok(&["attach", &proc_ns, "--name", &proc_name, "--network", "one"]);
     assert!(

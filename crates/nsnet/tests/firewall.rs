@@ -178,3 +178,42 @@ fn works_on_a_host_whose_forward_chain_drops() {
         "nsnet left rules in the host's chain"
     );
 }
+
+#[test]
+fn reload_lets_traffic_through_a_forward_chain_that_turned_drop_later() {
+    let h = TestHost::with_lan("dropl8r");
+    let empty = h.snapshot();
+    let s = h.sb("s");
+    h.ok(&["create", &s, "-p", "8080:80"]);
+    assert!(egress_works(&h, "s"));
+    // The host's firewall comes up after the network was made (a firewall service started at boot, late).
+    for cmd in [
+        "add table ip filter",
+        "add chain ip filter FORWARD { type filter hook forward priority filter; policy drop; }",
+    ] {
+        h.in_host(&["nft", cmd]);
+    }
+    assert!(
+        !egress_works(&h, "s"),
+        "test rig: the drop policy does not drop"
+    );
+    h.ok(&["firewall", "reload"]);
+    assert!(egress_works(&h, "s"), "reload did not let the sandbox out");
+    assert!(
+        published_works(&h, "s"),
+        "reload did not let the published port in"
+    );
+    let chain = h.in_host(&["nft", "list", "chain", "ip", "filter", "FORWARD"]);
+    assert_eq!(
+        chain.matches("comment \"nsnet nsnet0\"").count(),
+        3,
+        "{chain}"
+    );
+    // Recorded with the network, so they go with it.
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    let chain = h.in_host(&["nft", "list", "chain", "ip", "filter", "FORWARD"]);
+    assert!(!chain.contains("nsnet"), "{chain}");
+    h.in_host(&["nft", "delete", "table", "ip", "filter"]);
+    assert_eq!(h.snapshot(), empty);
+}

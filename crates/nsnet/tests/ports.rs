@@ -410,3 +410,28 @@ fn the_user_chain_runs_first_and_is_never_flushed() {
         "an empty user chain goes with the last network"
     );
 }
+
+/// A host process that binds a published port afterwards gets none of its connections (the DNAT wins);
+/// nsnet cannot stop it from binding, so `nsnet port` says so.
+#[test]
+fn a_port_a_host_process_binds_later_is_marked() {
+    let h = TestHost::new("shadow");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.16.0/24"]);
+    let s = h.sb("s");
+    h.ok(&["create", &s, "--network", "n", "-p", "8090:80"]);
+    assert_eq!(h.ok(&["port", &s]).trim(), "80/tcp -> 0.0.0.0:8090");
+    let listener = probe::tcp_server(
+        &h.host_path(),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8090),
+    )
+    .expect("a host listener");
+    let shown = h.ok(&["port", &s]);
+    assert!(
+        shown.contains("80/tcp -> 0.0.0.0:8090")
+            && shown.contains("a host process listens here too"),
+        "{shown}"
+    );
+    assert!(listener.wait().is_err(), "nobody connected");
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "n"]);
+}

@@ -422,6 +422,14 @@ pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
 /// Base chains of other tables on the forward hook whose policy is drop (an iptables-nft `FORWARD -P DROP`,
 /// a hand-written nft firewall): forwarded sandbox traffic dies there whatever nsnet's own chains say.
 pub fn forward_drop_chains() -> Result<Vec<HostChain>, FirewallError> {
+    Ok(forward_chains()?
+        .into_iter()
+        .filter_map(|(chain, drop)| drop.then_some(chain))
+        .collect())
+}
+
+/// Base chains of other tables on the IPv4 forward hook, each with whether its policy is drop.
+pub fn forward_chains() -> Result<Vec<(HostChain, bool)>, FirewallError> {
     let text = nft(&["-j", "list", "chains"])?;
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let chains = json["nftables"]
@@ -435,14 +443,14 @@ pub fn forward_drop_chains() -> Result<Vec<HostChain>, FirewallError> {
             let family = c["family"].as_str()?;
             let table = c["table"].as_str()?;
             let ours = table == "nsnet" && (family == "ip" || family == "bridge");
-            let forward =
-                c["hook"] == "forward" && c["policy"] == "drop" && matches!(family, "ip" | "inet");
+            let forward = c["hook"] == "forward" && matches!(family, "ip" | "inet");
             let name = c["name"].as_str()?;
-            (forward && !ours).then(|| HostChain {
+            let chain = HostChain {
                 family: family.into(),
                 table: table.into(),
                 chain: name.into(),
-            })
+            };
+            (forward && !ours).then_some((chain, c["policy"] == "drop"))
         })
         .collect())
 }

@@ -70,7 +70,7 @@ impl Nsnet {
             Some(_) => {}
         }
 
-        if !sb.netns.exists() {
+        if !sb.namespace_is_there() {
             problems.push(format!("namespace {} is gone", sb.netns.display()));
         } else {
             let mut inside = netns::netlink_in(&sb.netns)?;

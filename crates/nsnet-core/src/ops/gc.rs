@@ -40,7 +40,7 @@ impl Nsnet {
 
         for sb in self.store.sandboxes()? {
             // A sandbox being removed belongs to the command removing it.
-            if sb.netns.exists() || sb.removing {
+            if sb.namespace_is_there() || sb.removing {
                 continue;
             }
             report.push(format!(
@@ -163,8 +163,10 @@ impl Nsnet {
 
         // Rebuilding is idempotent; it drops any element no record stands for.
         if !self.dry_run {
+            let changed = super::firewall::refresh_host_chains(&mut nets)?;
             let plan = build::firewall_reload(&nets, &sandboxes, &self.store.owner_tag());
             let _kept = applier.apply(&plan)?;
+            self.record_host_chains(changed)?;
         }
         Ok(report)
     }
@@ -190,7 +192,10 @@ fn repair_network(
         ));
         // Its loose ports go first: their qdiscs keep the old fast path's block alive, with a program made
         // for the old bridge, which the new bridge must not inherit.
-        for sb in sandboxes.iter().filter(|s| !s.removing && s.netns.exists()) {
+        for sb in sandboxes
+            .iter()
+            .filter(|s| !s.removing && s.namespace_is_there())
+        {
             for ep in sb
                 .endpoints
                 .iter()
@@ -210,7 +215,10 @@ fn repair_network(
         plan.steps
             .extend(steps.into_iter().filter(|s| *s != Step::forwarding()));
     }
-    for sb in sandboxes.iter().filter(|s| !s.removing && s.netns.exists()) {
+    for sb in sandboxes
+        .iter()
+        .filter(|s| !s.removing && s.namespace_is_there())
+    {
         for ep in sb
             .endpoints
             .iter()

@@ -487,6 +487,16 @@ impl Nsnet {
     }
 }
 
+/// The record of a sandbox that just lost an endpoint: a sandbox on no network whose namespace nsnet did not
+/// make is nothing of nsnet's any more, so it is forgotten (`detach`, `network rm --force` alike).
+fn left_with(sb: crate::model::Sandbox) -> Record {
+    if sb.endpoints.is_empty() && !sb.owned {
+        Record::NoSandbox(sb.name)
+    } else {
+        Record::Sandbox(sb)
+    }
+}
+
 /// Find a network by name in the loaded records.
 fn find<'a>(nets: &'a [Network], name: &str) -> Result<&'a Network> {
     nets.iter()

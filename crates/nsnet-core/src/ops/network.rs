@@ -354,7 +354,7 @@ impl Nsnet {
                 fw.0.extend(build::endpoint_down(ep).0);
             }
             sb.endpoints.retain(|e| e.network != name);
-            records.push(Record::Sandbox(sb));
+            records.push(super::left_with(sb));
         }
         let tables = self.tables_change(nets.len() - 1, net.firewall)?;
         fw.0.extend(build::network_down(net, &nets, tables).0);

@@ -69,7 +69,7 @@ impl Nsnet {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
         let _lock = self.lock()?;
         if let Some(sb) = self.store.sandbox(name)? {
-            if !sb.netns.exists() {
+            if !sb.namespace_is_there() {
                 return Err(lost_netns(&sb));
             }
             return Err(invalid!(
@@ -87,6 +87,7 @@ impl Nsnet {
             name: name.into(),
             netns: path,
             owned: true,
+            netns_id: None,
             cni: false,
             endpoints: vec![],
             removing: false,
@@ -134,7 +135,7 @@ impl Nsnet {
             (Some(sb), Target::Name(_)) => sb.netns.clone(),
             _ => path,
         };
-        if let Some(sb) = known.as_ref().filter(|sb| !sb.netns.exists()) {
+        if let Some(sb) = known.as_ref().filter(|sb| !sb.namespace_is_there()) {
             return Err(lost_netns(sb));
         }
         if !path.exists() {
@@ -146,9 +147,18 @@ impl Nsnet {
         }
         let fd = netns::open(&path)
             .map_err(|e| invalid!("cannot use {} as a network namespace: {e}", path.display()))?;
+        let id = netns::identity(&path)?;
+        // The caller's own namespace is the host: an endpoint there would put eth0 and a default route into
+        // the host, and `rm` would delete them.
+        if netns::identity(Path::new("/proc/self/ns/net"))? == id {
+            return Err(invalid!(
+                "{} is this host's own network namespace, not a sandbox's; give a container's namespace",
+                path.display()
+            ));
+        }
         let mut sb = match known {
             Some(sb) => {
-                if netns::identity(&sb.netns)? != netns::identity(&path)? {
+                if netns::identity(&sb.netns)? != id {
                     return Err(invalid!(
                         "sandbox '{name}' already exists with namespace {}; pick another {}",
                         sb.netns.display(),
@@ -169,6 +179,7 @@ impl Nsnet {
                 name: name.clone(),
                 netns: path.clone(),
                 owned: false,
+                netns_id: Some(id),
                 cni: req.cni,
                 endpoints: vec![],
                 removing: false,
@@ -428,12 +439,14 @@ impl Nsnet {
         // Unmounting alone tears an idle namespace down, veths and all, without waiting; a namespace a process
         // is in would keep its veths alive, so those are deleted one by one.
         let namespace_only = sb.owned && !netns::in_use(&sb.netns);
-        let kernel = build::sandbox_teardown(
-            &sb,
-            &self.store.networks()?,
-            &self.store.owner_tag(),
-            namespace_only,
-        );
+        // A namespace that is gone (or that its path no longer names) gets nothing put back into it should the
+        // removal fail: without the networks' records there is nothing to restore.
+        let nets = if sb.namespace_is_there() {
+            self.store.networks()?
+        } else {
+            vec![]
+        };
+        let kernel = build::sandbox_teardown(&sb, &nets, &self.store.owner_tag(), namespace_only);
         sb.removing = true;
         self.teardown(
             lock,
@@ -543,11 +556,7 @@ impl Nsnet {
         }
         sb.endpoints.retain(|e| e.network != network);
         sb.removing = false;
-        records.push(if sb.endpoints.is_empty() && !sb.owned {
-            Record::NoSandbox(name.to_string())
-        } else {
-            Record::Sandbox(sb)
-        });
+        records.push(super::left_with(sb));
         Ok((Plan::setup(vec![], fw, backend), records))
     }
 
@@ -558,7 +567,7 @@ impl Nsnet {
             .store
             .sandbox(name)?
             .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
-        if !sb.netns.exists() {
+        if !sb.namespace_is_there() {
             return Err(lost_netns(&sb));
         }
         Ok(sb.netns)

@@ -1378,6 +1378,7 @@ mod tests {
             name: name.into(),
             netns: format!("/run/netns/{name}").into(),
             owned: true,
+            netns_id: None,
             cni: false,
             endpoints: vec![crate::model::Endpoint {
                 network: network.into(),
