@@ -378,6 +378,7 @@ fn a_reused_pid_does_not_make_the_host_a_sandbox() {
     let _ = ctr_proc.kill();
     let _ = ctr_proc.wait();
     common::sh(&["ip", "netns", "del", &ctr]);
+    h.wait_veths_gone(&app);
     let mut host_proc = sleeper(&h.host_path());
     let file = h.state.join(format!("sandboxes/{app}.json"));
     let record = std::fs::read_to_string(&file).expect("record");

@@ -233,6 +233,7 @@ fn a_lost_namespace_points_to_gc() {
     };
     assert_eq!(status(&a), "up");
     sh(&["ip", "netns", "del", &a]);
+    h.wait_veths_gone(&a);
     assert_eq!(status(&a), "namespace gone");
     assert_eq!(status(&b), "up");
     let out = h.nsnet(&["ls"]);

@@ -185,6 +185,13 @@ fn repair_network(
     let mut lines = Vec::new();
     let mut plan = Plan::default();
     let bridge_gone = net.driver == Driver::Bridge && !present.contains(net.interface.as_str());
+    // The live endpoints on this network, of sandboxes whose namespace is there to put a veth back into.
+    let endpoints: Vec<(&Sandbox, &crate::model::Endpoint)> = sandboxes
+        .iter()
+        .filter(|s| !s.removing && s.namespace_is_there())
+        .flat_map(|sb| sb.endpoints.iter().map(move |ep| (sb, ep)))
+        .filter(|(_, ep)| ep.network == net.name && !ep.removing)
+        .collect();
     if bridge_gone {
         lines.push(format!(
             "bridge {} of network '{}': it was missing",
@@ -192,56 +199,37 @@ fn repair_network(
         ));
         // Its loose ports go first: their qdiscs keep the old fast path's block alive, with a program made
         // for the old bridge, which the new bridge must not inherit.
-        for sb in sandboxes
+        for (_, ep) in endpoints
             .iter()
-            .filter(|s| !s.removing && s.namespace_is_there())
+            .filter(|(_, ep)| present.contains(ep.host_interface.as_str()))
         {
-            for ep in sb
-                .endpoints
-                .iter()
-                .filter(|e| e.network == net.name && !e.removing)
-            {
-                if present.contains(ep.host_interface.as_str()) {
-                    plan.steps.push(Step::DeleteLink {
-                        ns: Ns::Host,
-                        name: ep.host_interface.clone(),
-                        tag: tag.to_string(),
-                        made_with: None,
-                    });
-                }
-            }
+            plan.steps.push(Step::DeleteLink {
+                ns: Ns::Host,
+                name: ep.host_interface.clone(),
+                tag: tag.to_string(),
+                made_with: None,
+            });
         }
         let (steps, _) = build::network_up(net, &[], None, tag);
         plan.steps
             .extend(steps.into_iter().filter(|s| *s != Step::forwarding()));
     }
-    for sb in sandboxes
-        .iter()
-        .filter(|s| !s.removing && s.namespace_is_there())
-    {
-        for ep in sb
-            .endpoints
-            .iter()
-            .filter(|e| e.network == net.name && !e.removing)
-        {
-            let veth_gone = !present.contains(ep.host_interface.as_str());
-            if !veth_gone && !bridge_gone {
-                continue;
-            }
-            lines.push(format!(
-                "veth {} of sandbox '{}' on network '{}'{}",
-                ep.host_interface,
-                sb.name,
-                net.name,
-                if veth_gone {
-                    ": it was missing"
-                } else {
-                    ": its bridge was missing"
-                }
-            ));
-            let ns = Ns::Path(sb.netns.clone());
-            plan.steps.extend(build::endpoint_up(net, ep, &ns, tag).0);
+    for (sb, ep) in endpoints {
+        let veth_gone = !present.contains(ep.host_interface.as_str());
+        if !veth_gone && !bridge_gone {
+            continue;
         }
+        let why = if veth_gone {
+            "it was missing"
+        } else {
+            "its bridge was missing"
+        };
+        lines.push(format!(
+            "veth {} of sandbox '{}' on network '{}': {why}",
+            ep.host_interface, sb.name, net.name
+        ));
+        let ns = Ns::Path(sb.netns.clone());
+        plan.steps.extend(build::endpoint_up(net, ep, &ns, tag).0);
     }
     (lines, plan)
 }

@@ -470,6 +470,28 @@ impl TestHost {
         names
     }
 
+    /// Wait (up to 3 s) until sandbox `sb`'s host veths are gone: a namespace deleted behind nsnet's back (`ip
+    /// netns del`, a container that exited) is destroyed by the kernel in the background, veths and all.
+    pub fn wait_veths_gone(&self, sb: &str) {
+        let veths: Vec<String> = self.inspect(sb)["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["host_interface"].as_str().map(str::to_string))
+            .collect();
+        let left = || {
+            let links = self.link_names();
+            veths.iter().any(|v| links.contains(v))
+        };
+        for _ in 0..300 {
+            if !left() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!left(), "the veths of {sb} outlived its namespace");
+    }
+
     /// Listing of every link name in the host.
     pub fn link_names(&self) -> Vec<String> {
         let links: Value =
