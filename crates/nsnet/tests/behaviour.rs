@@ -287,10 +287,16 @@ fn attach_existing_namespaces_and_a_second_network() {
         .expect("spawn sleep");
     let proc_ns = format!("/proc/{}/ns/net", child.id());
     // Wait until unshare has run (the process's namespace differs from the host's).
-    // nsfs inodes name namespaces (the host's is a bind mount, not a link to read).
+    // nsfs inodes name namespaces (the host's is a bind mount, not a link to read). Until nsenter has entered
+    // the test host, the process is in this test's own namespace; then in the host's; only after unshare in
+    // its own.
     let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.ino()).ok();
-    let unshared =
-        || ino(proc_ns.as_ref()).is_some() && ino(proc_ns.as_ref()) != ino(&h.host_path());
+    let unshared = || {
+        let now = ino(proc_ns.as_ref());
+        now.is_some()
+            && now != ino(&h.host_path())
+            && now != ino(std::path::Path::new("/proc/self/ns/net"))
+    };
     for _ in 0..1000 {
         if unshared() {
             break;
