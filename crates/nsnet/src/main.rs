@@ -422,14 +422,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             done(plan, Report::Reloaded)
         }
         Cmd::Gc => {
-            let done = nsnet.gc()?;
-            if cli.json && !cli.dry_run {
-                return show::json(&serde_json::json!({ "done": done }));
+            let found = nsnet.gc()?;
+            if cli.dry_run {
+                // What it found, then the same steps a real run applies.
+                for line in &found.lines {
+                    println!("# would {line}");
+                }
+                print!("{}", found.plan.render());
+                return Ok(ExitCode::SUCCESS);
             }
-            if done.is_empty() {
+            if cli.json {
+                return show::json(&serde_json::json!({ "done": found.lines }));
+            }
+            if found.lines.is_empty() {
                 println!("nothing to do: records and kernel agree");
             }
-            for line in done {
+            for line in found.lines {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)

@@ -92,6 +92,13 @@ fn gc_reconciles_records_and_kernel() {
         !plan.contains("nsbr-theirs") && !plan.contains("veth0000beef"),
         "{plan}"
     );
+    // The dry run shows the steps a real run applies, as commands.
+    assert!(
+        plan.contains("ip link del veth0badbeef\n")
+            && plan.contains("ip link del nsbr-stray\n")
+            && plan.contains("nft -f - <<'EOF'"),
+        "{plan}"
+    );
     let done = h.ok(&["gc"]);
     assert!(done.contains(&format!("released sandbox '{a}'")), "{done}");
     let links = h.link_names();

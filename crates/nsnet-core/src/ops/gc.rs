@@ -10,72 +10,91 @@ use crate::model::{Driver, Network, Sandbox};
 use crate::plan::{build, Ns, Plan, Step};
 use crate::store::Record;
 
+/// What `nsnet gc` found and will do: a line per thing, the kernel steps (deletions and re-creations first,
+/// the firewall rebuilt from the records last) and the records as they will be.
+#[derive(Debug, Default)]
+pub struct Reconcile {
+    /// One line per thing found, saying what will be (or was) done about it.
+    pub lines: Vec<String>,
+    /// The kernel and firewall steps, as every other command's plan (`--dry-run` prints them).
+    pub plan: Plan,
+    records: Vec<Record>,
+}
+
 impl Nsnet {
     /// `nsnet gc`: finish or roll back interrupted commands; release sandboxes whose namespace is gone (a
-    /// container that exited), with their addresses and rules; delete host links nsnet made that no record
-    /// owns; and rebuild the firewall from the records, which drops elements no record owns. With `dry_run`,
-    /// only says what it would do. Returns one line per thing done.
-    pub fn gc(&self) -> Result<Vec<String>> {
-        let verb = |done: &str, would: &str| {
-            if self.dry_run {
-                would.to_string()
-            } else {
-                done.to_string()
-            }
-        };
-        let mut report = Vec::new();
-        if self.dry_run {
+    /// container that exited), with their addresses and ports; delete host links and namespaces this state
+    /// dir made that no record owns; re-create the links the records want that are missing; rebuild the
+    /// firewall from the records, which drops elements no record owns. One flow, as every command: validate
+    /// (read the state and the host), plan ([`Reconcile`]), apply, record. With `dry_run`, only the plan.
+    pub fn gc(&self) -> Result<Reconcile> {
+        let mut lines = Vec::new();
+        let _lock = if self.dry_run {
             for (_, i) in self.store.intents()? {
                 let what = if i.setup {
                     "roll back or keep"
                 } else {
                     "finish"
                 };
-                report.push(format!("would {what} the interrupted `{}`", i.command));
+                lines.push(format!("{what} the interrupted `{}`", i.command));
             }
-        } else {
-            let _lock = self.store.lock()?;
-            report.extend(self.recover()?);
-        }
-
-        for sb in self.store.sandboxes()? {
-            // A sandbox being removed belongs to the command removing it.
-            if sb.namespace_is_there() || sb.removing {
-                continue;
-            }
-            report.push(format!(
-                "{} sandbox '{}': its namespace {} is gone",
-                verb("released", "would release"),
-                sb.name,
-                sb.netns.display()
-            ));
-            if !self.dry_run {
-                self.remove(&sb.name)?;
-            }
-        }
-
-        let _lock = if self.dry_run {
             None
         } else {
-            Some(self.store.lock()?)
+            let lock = self.store.lock()?;
+            lines.extend(self.recover()?);
+            Some(lock)
         };
-        let mut nets = self.store.networks()?;
-        let sandboxes = self.store.sandboxes()?;
         // A record in quarantine may own what looks like nobody's from here on: its addresses, links,
         // namespace and firewall elements. Reaping them would destroy what a human may still restore.
         let quarantined = self.store.quarantined();
         if !quarantined.is_empty() {
-            report.push(format!(
+            lines.push(format!(
                 "left addresses, links, namespaces and firewall elements no record owns alone: {} holds {} \
                  record file(s) that could not be read; repair and move them back, or delete them, then run \
                  `nsnet gc` again",
                 self.store.dir().join("quarantine").display(),
                 quarantined.len()
             ));
-            return Ok(report);
+            return Ok(Reconcile {
+                lines,
+                ..Default::default()
+            });
         }
-        // Addresses and ports held for sandboxes that have no record any more go back to their network.
+        let mut r = self.reconcile()?;
+        lines.append(&mut r.lines);
+        r.lines = lines;
+        if !self.dry_run {
+            // Deletions and re-creations are not rolled back should a later one fail: each is right on its own,
+            // and the next gc picks up where this one stopped. The records are written last.
+            let _kept = Applier::new().apply(&r.plan)?;
+            let (_, after) = self.store.file_states(&r.records)?;
+            self.store.set_files(&after)?;
+            r.lines = r.lines.iter().map(|l| done(l)).collect();
+        }
+        Ok(r)
+    }
+
+    /// Compare the records and the host, and plan what makes them agree (the caller holds the lock).
+    fn reconcile(&self) -> Result<Reconcile> {
+        let mut r = Reconcile::default();
+        let tag = self.store.owner_tag();
+        let mut nets = self.store.networks()?;
+        let all = self.store.sandboxes()?;
+        // A sandbox whose namespace is gone goes (one being removed belongs to the command removing it).
+        let (sandboxes, gone): (Vec<Sandbox>, Vec<Sandbox>) = all
+            .into_iter()
+            .partition(|sb| sb.removing || sb.namespace_is_there());
+        for sb in &gone {
+            r.lines.push(format!(
+                "release sandbox '{}': its namespace {} is gone",
+                sb.name,
+                sb.netns.display()
+            ));
+            r.records.push(Record::NoSandbox(sb.name.clone()));
+        }
+        // Addresses and ports held for sandboxes that have no record (any more) go back to their network.
         let names: HashSet<&str> = sandboxes.iter().map(|s| s.name.as_str()).collect();
+        let mut changed: HashSet<String> = HashSet::new();
         for net in &mut nets {
             let stale: Vec<String> = net
                 .users()
@@ -83,93 +102,96 @@ impl Nsnet {
                 .filter(|u| !names.contains(u))
                 .map(str::to_string)
                 .collect();
-            if stale.is_empty() {
-                continue;
+            let unrecorded: Vec<&str> = stale
+                .iter()
+                .map(String::as_str)
+                .filter(|u| !gone.iter().any(|g| g.name == *u))
+                .collect();
+            if !unrecorded.is_empty() {
+                r.lines.push(format!(
+                    "release the addresses of {} on network '{}': no such sandbox",
+                    unrecorded.join(", "),
+                    net.name
+                ));
             }
-            report.push(format!(
-                "{} the addresses of {} on network '{}': no such sandbox",
-                verb("released", "would release"),
-                stale.join(", "),
-                net.name
-            ));
             for sandbox in &stale {
                 net.release(sandbox);
-            }
-            if !self.dry_run {
-                let (_, after) = self.store.file_states(&[Record::Network(net.clone())])?;
-                self.store.set_files(&after)?;
+                changed.insert(net.name.clone());
             }
         }
+
+        // Host links this state dir made carry its tag; anyone else's (another state dir's included) are left
+        // alone whatever their names.
         let mut owned: HashSet<&str> = nets.iter().map(|n| n.interface.as_str()).collect();
         owned.extend(
             sandboxes
                 .iter()
                 .flat_map(|s| s.endpoints.iter().map(|e| e.host_interface.as_str())),
         );
-        let mut nl = Netlink::open()?;
-        let links = nl.links()?;
-        let tag = self.store.owner_tag();
-        let mut applier = Applier::new();
-        // Host links this state dir made carry its tag; anyone else's (another state dir's included) are left
-        // alone whatever their names.
+        let links = Netlink::open()?.links()?;
         for link in &links {
             if link.alias.as_deref() != Some(tag.as_str()) || owned.contains(link.name.as_str()) {
                 continue;
             }
-            report.push(format!(
-                "{} link {}: no record owns it",
-                verb("deleted", "would delete"),
-                link.name
-            ));
-            if !self.dry_run {
-                applier.run(&Step::DeleteLink {
-                    ns: Ns::Host,
-                    name: link.name.clone(),
-                    tag: tag.clone(),
-                    made_with: None,
-                })?;
-            }
+            r.lines
+                .push(format!("delete link {}: no record owns it", link.name));
+            r.plan.steps.push(Step::DeleteLink {
+                ns: Ns::Host,
+                name: link.name.clone(),
+                tag: tag.clone(),
+                made_with: None,
+            });
         }
-
         // The reverse: links the records want that the kernel lacks (a bridge or a host veth deleted by hand).
         let present: HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         for net in nets.iter().filter(|n| !n.removing) {
             let (lines, plan) = repair_network(net, &sandboxes, &present, &tag);
-            for line in lines {
-                report.push(format!("{} {line}", verb("re-created", "would re-create")));
-            }
-            if !self.dry_run && !plan.is_empty() {
-                let _kept = applier.apply(&plan)?;
-            }
+            r.lines
+                .extend(lines.into_iter().map(|l| format!("re-create {l}")));
+            r.plan.steps.extend(plan.steps);
         }
-
         // Namespaces this store made (tagged with its owner tag) that no sandbox record holds: their record was
         // lost (a state dir restored from backup, a hand-deleted file). Anyone else's namespaces are left alone.
-        let tag = self.store.owner_tag();
         let held: HashSet<&std::path::Path> = sandboxes.iter().map(|s| s.netns.as_path()).collect();
         for name in netns::named()? {
             let path = netns::named_path(&name);
             if held.contains(path.as_path()) || !netns::has_tag(&path, &tag) {
                 continue;
             }
-            report.push(format!(
-                "{} namespace {name}: nsnet made it, no record owns it",
-                verb("deleted", "would delete")
+            r.lines.push(format!(
+                "delete namespace {name}: nsnet made it, no record owns it"
             ));
-            if !self.dry_run {
-                applier.run(&Step::DeleteNetns { name })?;
-            }
+            r.plan.steps.push(Step::DeleteNetns { name });
         }
 
-        // Rebuilding is idempotent; it drops any element no record stands for.
-        if !self.dry_run {
-            let changed = super::firewall::refresh_host_chains(&mut nets)?;
-            let plan = build::firewall_reload(&nets, &sandboxes, &self.store.owner_tag());
-            let _kept = applier.apply(&plan)?;
-            self.record_host_chains(changed)?;
+        // Last, the firewall from the records as they will be: idempotent, and it drops any element no record
+        // stands for. Host forward chains that turned `policy drop` get the networks' accepts.
+        for net in super::firewall::refresh_host_chains(&mut nets)? {
+            changed.insert(net.name);
         }
-        Ok(report)
+        let reload = build::firewall_reload(&nets, &sandboxes, &tag);
+        r.plan.steps.extend(reload.steps);
+        r.records.extend(
+            nets.into_iter()
+                .filter(|n| changed.contains(&n.name))
+                .map(Record::Network),
+        );
+        Ok(r)
     }
+}
+
+/// A planned line ("delete link X: ...") as done ("deleted link X: ..."); recovery's lines are done already.
+fn done(line: &str) -> String {
+    for (verb, past) in [
+        ("release ", "released "),
+        ("delete ", "deleted "),
+        ("re-create ", "re-created "),
+    ] {
+        if let Some(rest) = line.strip_prefix(verb) {
+            return format!("{past}{rest}");
+        }
+    }
+    line.to_string()
 }
 
 /// What brings back the kernel objects of `net` that are missing (`present`: the host's link names): its
