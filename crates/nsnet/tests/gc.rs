@@ -101,6 +101,12 @@ fn gc_reconciles_records_and_kernel() {
     );
     let done = h.ok(&["gc"]);
     assert!(done.contains(&format!("released sandbox '{a}'")), "{done}");
+    // Its entry on the fast path went too.
+    let fast_path = h.fast_path();
+    assert!(
+        !fast_path.iter().any(|l| l.contains("172.16.4.2 ")),
+        "{fast_path:?}"
+    );
     let links = h.link_names();
     assert!(
         links.iter().any(|l| l == "nsbr-theirs") && links.iter().any(|l| l == "veth0000beef"),

@@ -91,6 +91,7 @@ impl Nsnet {
                 sb.netns.display()
             ));
             r.records.push(Record::NoSandbox(sb.name.clone()));
+            r.plan.steps.extend(build::sandbox_gone(sb, &nets).steps);
         }
         // Addresses and ports held for sandboxes that have no record (any more) go back to their network.
         let names: HashSet<&str> = sandboxes.iter().map(|s| s.name.as_str()).collect();

@@ -337,6 +337,17 @@ fn leave_fast_path(plan: &mut Plan, sb: &Sandbox, ep: &Endpoint, net: Option<&Ne
     }
 }
 
+/// What is left to take down of a sandbox whose namespace vanished (its veths went with it): its entries on
+/// its networks' fast paths. Its host links, if any are left, and its firewall elements go with `gc`'s sweeps.
+pub fn sandbox_gone(sb: &Sandbox, nets: &[Network]) -> Plan {
+    let mut plan = Plan::default();
+    for ep in &sb.endpoints {
+        let net = nets.iter().find(|n| n.name == ep.network);
+        leave_fast_path(&mut plan, sb, ep, net);
+    }
+    plan
+}
+
 /// The firewall elements [`endpoint_up`] added, to delete.
 pub fn endpoint_down(ep: &Endpoint) -> Batch {
     let mut fw = Batch::default();
