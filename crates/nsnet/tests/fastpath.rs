@@ -170,6 +170,8 @@ fn sandbox_traffic_skips_the_bridge_only_where_the_bridge_would_forward_it() {
         !fast.iter().any(|l| l.contains(&b_ip.to_string())),
         "{fast:#?}"
     );
+    // rm unmounted b's namespace; the kernel destroys it (and its veth pair) in the background.
+    h.settle();
     assert!(
         !probe::ping(&pa, b_ip).expect("ping"),
         "a still reaches b's address"
