@@ -6,17 +6,31 @@ use crate::firewall::Rule;
 use crate::kernel::fastpath::FastPath;
 use crate::kernel::netlink::DefaultRoute;
 use crate::kernel::{netns, Netlink};
+use crate::model::Sandbox;
 use crate::plan::build;
 
 impl Nsnet {
     /// What is wrong with sandbox `name`'s endpoint on `network`: one line per problem, empty when the records,
     /// the address reservation, the links, addresses, default route, fast path entry and firewall elements are
-    /// all in place.
-    pub fn check_endpoint(&self, name: &str, network: &str) -> Result<Vec<String>> {
+    /// all in place. With it, the sandbox's record, read under the same shared lock (the caller compares it
+    /// with what it was told, as CNI `CHECK` does with `prevResult`).
+    pub fn check_endpoint(
+        &self,
+        name: &str,
+        network: &str,
+    ) -> Result<(Vec<String>, Option<Sandbox>)> {
         let _read = self.read_lock()?;
-        let Some(sb) = self.store.sandbox(name)? else {
-            return Ok(vec![format!("nsnet has no sandbox '{name}'")]);
+        let sb = self.store.sandbox(name)?;
+        let problems = match &sb {
+            None => vec![format!("nsnet has no sandbox '{name}'")],
+            Some(sb) => self.endpoint_problems(sb, network)?,
         };
+        Ok((problems, sb))
+    }
+
+    /// What is wrong with `sb`'s endpoint on `network` (call under the lock).
+    fn endpoint_problems(&self, sb: &Sandbox, network: &str) -> Result<Vec<String>> {
+        let name = sb.name.as_str();
         let Some(ep) = sb.endpoints.iter().find(|e| e.network == network) else {
             return Ok(vec![format!(
                 "sandbox '{name}' is not on network '{network}'"

@@ -9,9 +9,11 @@ mod check;
 mod firewall;
 mod gc;
 mod network;
+mod query;
 mod sandbox;
 
 pub use network::NetworkRequest;
+pub use query::SandboxStatus;
 pub use sandbox::{AttachRequest, Target};
 
 use crate::apply::{Applier, Undo};
@@ -29,7 +31,9 @@ pub const DEFAULT_NETWORK: &str = "nsnet0";
 
 /// nsnet's operations over one state dir.
 pub struct Nsnet {
-    pub store: Store,
+    /// The records. Private to the library: commands change them under the writer lock, and readers go
+    /// through the queries (`networks`, `sandbox`, ...), which take the shared lock.
+    pub(crate) store: Store,
     /// Plan only: return the plan, change nothing (no state dir, no lock file, no kernel change).
     pub dry_run: bool,
     /// The firewall backend new networks use (`--firewall`); `None` takes the one the host's networks
@@ -113,7 +117,10 @@ impl Default for Terms {
 }
 
 impl Nsnet {
-    pub fn new(store: Store, dry_run: bool) -> Nsnet {
+    /// nsnet over the state dir `state_dir` (nothing is read or made until a command runs). A dry run plans
+    /// and reads, and changes nothing.
+    pub fn new(state_dir: impl Into<std::path::PathBuf>, dry_run: bool) -> Nsnet {
+        let store = Store::new(state_dir);
         Nsnet {
             // A dry run changes nothing, not even by moving a corrupt record aside.
             store: if dry_run { store.read_only() } else { store },
@@ -136,11 +143,11 @@ impl Nsnet {
         Ok(Some(lock))
     }
 
-    /// The shared lock for readers (`ls`, `inspect`, CNI `CHECK`), so they never see a command's records half
-    /// written. Records can also be half written by a command that was killed: its intent is still on disk,
+    /// The shared lock for readers (the queries, CNI `CHECK`, `exec`), so they never see a command's records
+    /// half written. Records can also be half written by a command that was killed: its intent is still on disk,
     /// and no live process holds it. Then the reader first takes the writer lock, which runs the recovery
     /// every changing command runs ([`Nsnet::recover`]), and reads after that. `None` when there is no state.
-    pub fn read_lock(&self) -> Result<Option<std::fs::File>> {
+    fn read_lock(&self) -> Result<Option<std::fs::File>> {
         // Each round recovers what was left before it; a command killed between two rounds is rare, and
         // three rounds bound a reader racing a crash loop.
         for _ in 0..3 {

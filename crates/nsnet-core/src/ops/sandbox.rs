@@ -564,7 +564,6 @@ impl Nsnet {
     pub fn sandbox_netns(&self, name: &str) -> Result<PathBuf> {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
         let sb = self
-            .store
             .sandbox(name)?
             .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
         if !sb.namespace_is_there() {
