@@ -5,7 +5,8 @@
 //! - [`names`], [`ipam`], [`portmap`]: pure validation and allocation;
 //! - [`plan`]: the wanted kernel objects and rules as data, printable as `ip`/`nft` commands;
 //! - [`apply`]: carries a plan out with undo; the only callers of [`kernel`] and [`firewall`];
-//! - [`store`]: the records on disk.
+//! - [`store`]: the records on disk;
+//! - [`scenario`]: the seed article's walkthrough, which `nsnet demo` and the article test both run.
 
 pub mod apply;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod ops;
 pub mod plan;
 pub mod portmap;
 pub mod probe;
+pub mod scenario;
 pub mod store;
 
 pub use error::{Error, Result};
