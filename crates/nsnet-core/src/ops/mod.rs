@@ -8,6 +8,7 @@
 mod check;
 mod firewall;
 mod gc;
+pub(crate) mod host;
 mod network;
 mod query;
 mod sandbox;
@@ -20,11 +21,11 @@ use crate::apply::{Applier, Undo};
 use crate::error::{Error, Result};
 use crate::firewall::{Backend, Tables, TablesOwner};
 use crate::invalid;
-use crate::kernel::Netlink;
 use crate::model::Network;
 use crate::plan::Plan;
 use crate::plan::Step;
 use crate::store::{Intent, Lock, Record, Store, Teardown};
+use host::Host;
 
 /// Name of the network `create`/`run`/`attach` use when none is given; created on first use.
 pub const DEFAULT_NETWORK: &str = "nsnet0";
@@ -440,23 +441,6 @@ fn with_rollback(e: Error, rollback: Vec<Error>) -> Error {
     }
 }
 
-/// What validation needs to know about the host, read once per command.
-struct Host {
-    nl: Netlink,
-}
-
-impl Host {
-    fn open() -> Result<Host> {
-        Ok(Host {
-            nl: Netlink::open()?,
-        })
-    }
-
-    fn link_exists(&mut self, name: &str) -> Result<bool> {
-        Ok(self.nl.link(name)?.is_some())
-    }
-}
-
 impl Nsnet {
     /// Whether a command that creates the first network, or removes the last, must also create or delete
     /// nsnet's firewall tables: `Some` then (it reads the user chain), `None` when other networks stay. Refused
@@ -467,7 +451,7 @@ impl Nsnet {
         }
         self.check_tables_owner(backend)?;
         Ok(Some(Tables {
-            keep_user_chain: backend.user_chain_has_rules(),
+            keep_user_chain: Host::user_chain_has_rules(backend),
             owner: self.store.owner_tag(),
         }))
     }
@@ -476,7 +460,7 @@ impl Nsnet {
     /// anti-spoofing live in the same sets, which this one's commands would rewrite or flush.
     fn check_tables_owner(&self, backend: Backend) -> Result<()> {
         let mine = self.store.owner_tag();
-        match backend.tables_owner()? {
+        match Host::tables_owner(backend)? {
             TablesOwner::Of(other) if other != mine => {
                 let dir = other.strip_prefix("nsnet:").unwrap_or(&other);
                 let what = match backend {

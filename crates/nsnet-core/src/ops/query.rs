@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::Nsnet;
+use super::{Host, Nsnet};
 use crate::error::Result;
 use crate::model::{Network, Sandbox};
 use crate::portmap::PortMapping;
@@ -72,19 +72,18 @@ impl Nsnet {
     /// but cannot stop a process from binding it afterwards, and the DNAT then sends that process's
     /// connections to the sandbox. False when the host cannot say.
     pub fn port_shadowed(&self, m: &PortMapping, host_port: u16) -> bool {
-        crate::kernel::sockets::port_in_use(m.protocol, m.host_ip, host_port).unwrap_or(false)
+        Host::port_in_use(m.protocol, m.host_ip, host_port).unwrap_or(false)
     }
 
     /// What `nsnet ls` says of `sb`: removing, its namespace gone, or up.
     pub fn status(&self, sb: &Sandbox) -> SandboxStatus {
-        status_of(sb, sb.namespace_is_there())
+        status_of(sb, Host::namespace_is_there(sb))
     }
 
     /// Whether `path` names the namespace sandbox `sb` is in (CNI `CHECK`: is `CNI_NETNS` the namespace the
     /// `ADD` joined?).
     pub fn same_namespace(&self, sb: &Sandbox, path: &Path) -> bool {
-        use crate::kernel::netns::identity;
-        matches!((identity(&sb.netns), identity(path)), (Ok(a), Ok(b)) if a == b)
+        Host::same_namespace(&sb.netns, path)
     }
 }
 
