@@ -5,7 +5,6 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use nsnet_core::model::{Mac, Network, Sandbox};
 use nsnet_core::ops::{AttachRequest, Nsnet, Target, Terms};
-use nsnet_core::store::Store;
 use serde_json::Value;
 
 use crate::config::NetConf;
@@ -16,7 +15,7 @@ use crate::result::{AddResult, Interface, IpConfig, Route, Version, SUPPORTED};
 
 /// nsnet over the configuration's state dir; its messages name the configuration's fields, not CLI flags.
 fn nsnet(conf: &NetConf) -> CniResult<Nsnet> {
-    let mut n = Nsnet::new(Store::new(conf.state_dir()), false);
+    let mut n = Nsnet::new(conf.state_dir(), false);
     n.firewall = conf.backend()?;
     n.terms = Terms::CNI;
     Ok(n)
@@ -102,7 +101,7 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
             }
             return Err(e.into());
         }
-        let sb = nsnet.store.sandbox(&env.container_id)?;
+        let sb = nsnet.sandbox(&env.container_id)?;
         let dns = conf.dns.clone().or(ipam_dns).or(prev.dns.clone());
         Ok(result_for(
             prev.clone(),
@@ -184,7 +183,7 @@ fn result_for(
 pub fn del(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
     let nsnet = nsnet(conf)?;
     let mut errors: Vec<CniError> = Vec::new();
-    let ours = nsnet.store.sandbox(&env.container_id)?.is_some_and(|sb| {
+    let ours = nsnet.sandbox(&env.container_id)?.is_some_and(|sb| {
         sb.cni
             && sb
                 .endpoints
@@ -233,9 +232,8 @@ pub fn check(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
     let netns = env.netns_path()?;
     let ports = conf.ports()?;
     let nsnet = nsnet(conf)?;
-    let mut problems = nsnet.check_endpoint(&env.container_id, &conf.name)?;
-
-    let sb = nsnet.store.sandbox(&env.container_id)?;
+    // The problems and the record come from one read under the shared lock: they agree with each other.
+    let (mut problems, sb) = nsnet.check_endpoint(&env.container_id, &conf.name)?;
     if let Some(ep) = sb
         .as_ref()
         .and_then(|s| s.endpoints.iter().find(|e| e.network == conf.name))
@@ -246,12 +244,7 @@ pub fn check(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
                 ep.interface, env.ifname
             ));
         }
-        let same_ns = sb.as_ref().is_some_and(|s| {
-            matches!(
-                (nsnet_core::netns::identity(&s.netns), nsnet_core::netns::identity(netns)),
-                (Ok(a), Ok(b)) if a == b
-            )
-        });
+        let same_ns = sb.as_ref().is_some_and(|s| nsnet.same_namespace(s, netns));
         if !same_ns {
             problems.push(format!(
                 "CNI_NETNS {} is not the namespace the ADD joined",
@@ -327,7 +320,7 @@ pub fn gc(conf: &NetConf, raw: &Value) -> CniResult<()> {
     })?;
     let nsnet = nsnet(conf)?;
     let mut errors = Vec::new();
-    for sb in nsnet.store.sandboxes()? {
+    for sb in nsnet.sandboxes()? {
         if !sb.cni {
             continue;
         }
@@ -368,7 +361,7 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
         conf.network_request(None)?;
     }
     let nsnet = nsnet(conf)?;
-    if let Some(net) = nsnet.store.network(&conf.name)? {
+    if let Some(net) = nsnet.network(&conf.name)? {
         if delegate.is_none() && nsnet_core::ipam::allocate(&net, &net, None).is_err() {
             return Err(CniError::new(
                 code::UNAVAILABLE,

@@ -44,6 +44,16 @@ impl Reply {
 
 /// Run the plugin in the test's host namespace.
 fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply {
+    reply(cni_spawn(h, command, conf, env))
+}
+
+/// Start the plugin in the test's host namespace, its configuration written, without waiting for it.
+fn cni_spawn(
+    h: &TestHost,
+    command: &str,
+    conf: &Value,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let net = format!("--net={}", h.host_path().display());
     let mut cmd = Command::new("nsenter");
     cmd.arg(&net)
@@ -64,6 +74,11 @@ fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply
             .write_all(conf.to_string().as_bytes())
             .expect("write stdin");
     }
+    child
+}
+
+/// What a plugin run started by [`cni_spawn`] answered.
+fn reply(child: std::process::Child) -> Reply {
     let out = child.wait_with_output().expect("nsnet-cni");
     let text = String::from_utf8_lossy(&out.stdout);
     let value = if text.trim().is_empty() {
@@ -1146,5 +1161,236 @@ fn del_leaves_cli_sandboxes_alone() {
 
     h.ok(&["rm", &cli]);
     h.ok(&["network", "rm", "cninet"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// Every reader waits for a writer in the middle of a ledger append: no reader may see a half-written line
+/// (it would call the ledger corrupt, or even set the network's files aside). A writer's append is one
+/// `write`, but one that crosses a page boundary lands in two steps, and between them a reader that does not
+/// take the shared lock reads half a line; that window is microseconds wide, so this test opens it for as
+/// long as it likes: it holds the writer lock itself (as a command does while it appends), leaves half a
+/// line in the ledger, starts every kind of reader, CNI (STATUS, GC, CHECK, DEL of an unknown container) and
+/// CLI (ls, inspect, port, network ls, network inspect), and checks that none of them has finished while the
+/// lock is held. Then the "writer" rolls its append back, as a failed command does, and every reader must
+/// succeed.
+#[test]
+fn readers_wait_for_a_writer_mid_append() {
+    let h = TestHost::new("cnimid");
+    let empty = h.snapshot();
+    let a = h.sb("a");
+    sh(&["ip", "netns", "add", &a]);
+    let a_path = format!("/run/netns/{a}");
+    let c = conf(
+        &h,
+        "1.1.0",
+        json!({"ipam": {"subnet": "10.66.12.0/24"},
+               "runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]}}),
+    );
+    let added = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
+    assert!(added.ok, "{} {}", added.out, added.stderr);
+
+    // The writer: flock(1) takes the lock exclusively, says so, and holds it until its stdin closes.
+    let lock = h.state.join("lock");
+    let mut writer = Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .args(["sh", "-c", "echo locked; cat >/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("flock");
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.take().expect("stdout")),
+        &mut said,
+    )
+    .expect("flock says it holds the lock");
+    assert_eq!(said.trim(), "locked");
+    let ledger = h.state.join("networks/cninet.ledger");
+    let whole = std::fs::read(&ledger).expect("the network's ledger");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&ledger)
+        .expect("open ledger");
+    f.write_all(b"+ip 10.66.12.9").expect("half a line");
+
+    let mut gc = c.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": a, "ifname": "eth0"}]);
+    let check = with_prev(c.clone(), &added.out);
+    let mut cni_readers = vec![
+        ("STATUS", cni_spawn(&h, "STATUS", &c, &[])),
+        ("GC", cni_spawn(&h, "GC", &gc, &[])),
+        (
+            "CHECK",
+            cni_spawn(&h, "CHECK", &check, &ctr(&a, &a_path, "eth0")),
+        ),
+        (
+            "DEL of an unknown container",
+            cni_spawn(&h, "DEL", &c, &ctr("nobody", "", "eth0")),
+        ),
+    ];
+    let cli_args: Vec<Vec<&str>> = vec![
+        vec!["ls"],
+        vec!["inspect", &a],
+        vec!["port", &a],
+        vec!["network", "ls"],
+        vec!["network", "inspect", "cninet"],
+    ];
+    let mut cli_readers: Vec<(String, std::process::Child)> = cli_args
+        .iter()
+        .map(|args| {
+            let child = Command::new("nsenter")
+                .arg(format!("--net={}", h.host_path().display()))
+                .arg("--")
+                .arg(common::nsnet_bin())
+                .args(args)
+                .env("NSNET_STATE_DIR", &h.state)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn nsnet");
+            (format!("nsnet {}", args.join(" ")), child)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let mut early = Vec::new();
+    for (what, child) in &mut cni_readers {
+        if child.try_wait().expect("try_wait").is_some() {
+            early.push(what.to_string());
+        }
+    }
+    for (what, child) in &mut cli_readers {
+        if child.try_wait().expect("try_wait").is_some() {
+            early.push(what.clone());
+        }
+    }
+
+    // The writer rolls back (truncates to the length before its append) and lets go.
+    f.set_len(whole.len() as u64).expect("roll the append back");
+    drop(f);
+    drop(writer.stdin.take());
+    assert!(writer.wait().expect("flock").success());
+
+    let mut failed = Vec::new();
+    for (what, child) in cni_readers {
+        let r = reply(child);
+        if !r.ok {
+            failed.push(format!("{what}: {} {}", r.out, r.stderr.trim()));
+        }
+    }
+    for (what, child) in cli_readers {
+        let out = child.wait_with_output().expect("nsnet");
+        if !out.status.success() {
+            failed.push(format!(
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(
+        early.is_empty() && failed.is_empty(),
+        "readers that did not wait for the writer: {early:?}; readers that failed: {failed:?}"
+    );
+    assert!(
+        !h.state.join("quarantine").exists(),
+        "a reader set records aside"
+    );
+
+    assert!(cni(&h, "DEL", &c, &ctr(&a, &a_path, "eth0")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// Readers racing writers: while the CLI creates and removes sandboxes on a network and CNI adds and deletes a
+/// container on it, CLI listings and inspections and CNI CHECK and STATUS run over and over, and not one of
+/// them may fail. A torn read needs a writer's append to cross a page boundary at the moment a reader reads,
+/// so this alone rarely catches a reader that skips the lock; `readers_wait_for_a_writer_mid_append` holds
+/// that moment open and fails on such a reader every time.
+#[test]
+fn readers_never_fail_while_writers_work() {
+    let h = TestHost::new("cnirace");
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    sh(&["ip", "netns", "add", &a]);
+    sh(&["ip", "netns", "add", &b]);
+    let (a_path, b_path) = (format!("/run/netns/{a}"), format!("/run/netns/{b}"));
+    let c = conf(
+        &h,
+        "1.1.0",
+        json!({"ipam": {"subnet": "10.66.13.0/24"},
+               "runtimeConfig": {"portMappings": [{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}]}}),
+    );
+    let added = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
+    assert!(added.ok, "{} {}", added.out, added.stderr);
+    let check = with_prev(c.clone(), &added.out);
+    let plain = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.13.0/24"}}));
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    let cli_reads: [Vec<&str>; 5] = [
+        vec!["ls", "--json"],
+        vec!["inspect", &a],
+        vec!["port", &a],
+        vec!["network", "ls"],
+        vec!["network", "inspect", "cninet", "--json"],
+    ];
+    let a_env = ctr(&a, &a_path, "eth0");
+    let no_env: [(&str, &str); 0] = [];
+    let cni_reads = [("CHECK", &check, &a_env[..]), ("STATUS", &c, &no_env[..])];
+    std::thread::scope(|s| {
+        for args in &cli_reads {
+            let (h, done, failures, reads) = (&h, &done, &failures, &reads);
+            s.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = h.nsnet(args);
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if !out.status.success() {
+                        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                        failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("nsnet {args:?}: {err}"));
+                    }
+                }
+            });
+        }
+        for &(what, conf, env) in &cni_reads {
+            let (h, done, failures, reads) = (&h, &done, &failures, &reads);
+            s.spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = cni(h, what, conf, env);
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if !r.ok {
+                        failures.lock().expect("lock").push(format!(
+                            "{what}: {} {}",
+                            r.out,
+                            r.stderr.trim()
+                        ));
+                    }
+                }
+            });
+        }
+        // The writers: a CLI sandbox with a published port, and a CNI container, come and go.
+        let w = h.sb("w");
+        for i in 0..12 {
+            let port = format!("{}:80", 9000 + i);
+            h.ok(&["create", &w, "--network", "cninet", "-p", &port]);
+            assert!(cni(&h, "ADD", &plain, &ctr(&b, &b_path, "eth0")).ok);
+            h.ok(&["rm", &w]);
+            assert!(cni(&h, "DEL", &plain, &ctr(&b, &b_path, "eth0")).ok);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().expect("lock");
+    assert!(failures.is_empty(), "readers failed: {failures:#?}");
+    assert!(reads.into_inner() > 20, "the readers hardly ran");
+
+    assert!(cni(&h, "DEL", &c, &ctr(&a, &a_path, "eth0")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    sh(&["ip", "netns", "del", &b]);
     assert_eq!(h.snapshot(), empty);
 }

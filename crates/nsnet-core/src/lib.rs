@@ -4,8 +4,14 @@
 //! - [`ops`]: the operations, one method per command;
 //! - [`names`], [`ipam`], [`portmap`]: pure validation and allocation;
 //! - [`plan`]: the wanted kernel objects and rules as data, printable as `ip`/`nft` commands;
-//! - [`apply`]: carries a plan out with undo; the only callers of [`kernel`] and [`firewall`];
-//! - [`store`]: the records on disk.
+//! - [`apply`]: carries a plan out with undo; the only code that changes the kernel and the firewall (through
+//!   [`kernel`] and [`firewall`]);
+//! - `ops::host::Host`: the one reader of host facts (links, addresses, routes, namespaces, sockets, sysctls,
+//!   the fast path's map, the firewall's contents) for validation, queries and CNI `CHECK`; `ops/gc.rs` still
+//!   lists links and named namespaces itself, and [`probe`] opens sockets inside namespaces for the demo and
+//!   the tests;
+//! - [`store`]: the records on disk;
+//! - [`scenario`]: the seed article's walkthrough, which `nsnet demo` and the article test both run.
 
 pub mod apply;
 pub mod error;
@@ -18,6 +24,7 @@ pub mod ops;
 pub mod plan;
 pub mod portmap;
 pub mod probe;
+pub mod scenario;
 pub mod store;
 
 pub use error::{Error, Result};

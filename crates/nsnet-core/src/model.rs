@@ -251,11 +251,9 @@ pub struct Sandbox {
 impl Sandbox {
     /// Whether the sandbox's namespace is still there: its path exists and, when recorded, names the same
     /// namespace as when it was attached.
+    /// Read through [`crate::ops`]' one reader of host facts.
     pub fn namespace_is_there(&self) -> bool {
-        match self.netns_id {
-            None => self.netns.exists(),
-            Some(id) => crate::kernel::netns::identity(&self.netns).is_ok_and(|now| now == id),
-        }
+        crate::ops::host::Host::namespace_is_there(self)
     }
 }
 

@@ -1,17 +1,14 @@
-//! `nsnet demo`: the seed article's walkthrough, built with nsnet's own commands inside a throwaway host
-//! namespace, each step checked with real packets, then everything removed.
+//! `nsnet demo`: the seed article's walkthrough ([`nsnet_core::scenario`], which `tests/article.rs` runs too),
+//! built with nsnet's own commands inside a throwaway host namespace, each step checked with real packets, then
+//! everything removed.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result};
 use nsnet_core::kernel::{netns, Netlink, VethSpec};
-use nsnet_core::probe;
-
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 48);
-const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 26);
+use nsnet_core::scenario::{self, Runner, HOST_IP, LAN_IP};
 
 /// The throwaway world: a "host" namespace with an uplink to a "LAN peer" namespace.
 struct World {
@@ -61,18 +58,15 @@ impl World {
         Ok(world)
     }
 
-    fn host_path(&self) -> PathBuf {
-        netns::named_path(&self.host)
-    }
-
     /// Run `nsnet ARGS` inside the demo host, showing the command and its output.
-    fn nsnet(&mut self, args: &[&str]) -> Result<()> {
+    fn run_nsnet(&mut self, args: &[&str]) -> Result<Option<String>> {
         println!("$ nsnet {}", args.join(" "));
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("--state-dir").arg(&self.state).args(args);
-        netns::command_in(&mut cmd, netns::open(&self.host_path())?);
+        netns::command_in(&mut cmd, netns::open(&self.host())?);
         let out = cmd.output().context("running nsnet")?;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in stdout.lines() {
             println!("  {line}");
         }
         let ok = out.status.success();
@@ -80,7 +74,54 @@ impl World {
             println!("  {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         self.check(ok, "the command succeeded");
-        Ok(())
+        Ok(ok.then_some(stdout))
+    }
+
+    /// The host's links, by name.
+    fn host_links(&self) -> Result<Vec<String>> {
+        let fd = netns::open(&self.host())?;
+        Ok(
+            netns::run_in(&fd, || Netlink::open().and_then(|mut nl| nl.links()))??
+                .into_iter()
+                .map(|l| l.name)
+                .collect(),
+        )
+    }
+
+    /// What `nft list tables` prints in the host.
+    fn host_tables(&self) -> Result<String> {
+        let mut nft = Command::new("nft");
+        nft.args(["list", "tables"]);
+        netns::command_in(&mut nft, netns::open(&self.host())?);
+        Ok(nft
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default())
+    }
+}
+
+impl Runner for World {
+    fn host(&self) -> PathBuf {
+        netns::named_path(&self.host)
+    }
+
+    fn lan(&self) -> PathBuf {
+        netns::named_path(&self.lan)
+    }
+
+    fn sandbox(&self, name: &str) -> String {
+        format!("{name}-{}", std::process::id())
+    }
+
+    fn step(&mut self, title: &str) {
+        println!("\n{title}");
+    }
+
+    fn nsnet(&mut self, args: &[&str]) -> Option<String> {
+        self.run_nsnet(args).unwrap_or_else(|e| {
+            self.check(false, &format!("nsnet ran: {e:#}"));
+            None
+        })
     }
 
     fn check(&mut self, ok: bool, what: &str) {
@@ -92,163 +133,30 @@ impl World {
         println!("  {} {what}", if ok { "ok  " } else { "FAIL" });
     }
 
-    fn ping(&mut self, from: &Path, label: &str, ip: Ipv4Addr) -> Result<()> {
-        let ok = probe::ping(from, ip)?;
-        self.check(ok, &format!("{label}: ping {ip}"));
-        Ok(())
+    fn clean(&mut self, after: &str) {
+        let links = self.host_links().unwrap_or_default();
+        self.check(
+            links == ["lo", "uplink0"],
+            &format!("after {after}, host links are back to {links:?}"),
+        );
+        let tables = self.host_tables().unwrap_or_default();
+        self.check(tables.trim().is_empty(), "no nftables table left");
+        let left = ["netns1", "netns2", "netns3"]
+            .iter()
+            .any(|n| netns::named_path(&self.sandbox(n)).exists());
+        self.check(!left, "the sandboxes' namespaces are gone");
+        self.check(!self.state.exists(), "the state dir is gone");
     }
 }
 
-fn sandbox(name: &str) -> PathBuf {
-    netns::named_path(name)
-}
-
+/// `nsnet demo`.
 pub fn run() -> Result<ExitCode> {
     let mut w = World::new()?;
-    let pid = std::process::id();
-    let (ns1, ns2, ns3) = (
-        format!("netns1-{pid}"),
-        format!("netns2-{pid}"),
-        format!("netns3-{pid}"),
-    );
-    let host = w.host_path();
-    let lan = netns::named_path(&w.lan);
     println!(
-        "The seed article's topology, inside throwaway namespace {} (host {HOST_IP}, uplink0) with a LAN peer {} ({LAN_IP}).\n",
+        "The seed article's topology, inside throwaway namespace {} (host {HOST_IP}, uplink0) with a LAN peer {} ({LAN_IP}).",
         w.host, w.lan
     );
-
-    println!("1. A veth pair, point to point: host end 172.16.0.1, sandbox end 172.16.0.2");
-    w.nsnet(&[
-        "network",
-        "create",
-        "p2p",
-        "--driver",
-        "veth",
-        "--subnet",
-        "172.16.0.0/24",
-        "--bridge",
-        "veth1",
-    ])?;
-    w.nsnet(&["create", &ns1, "--network", "p2p", "--ip", "172.16.0.2"])?;
-    w.ping(&host, "host -> sandbox", Ipv4Addr::new(172, 16, 0, 2))?;
-    w.ping(
-        &sandbox(&ns1),
-        "sandbox -> host",
-        Ipv4Addr::new(172, 16, 0, 1),
-    )?;
-    w.nsnet(&["rm", &ns1])?;
-    w.nsnet(&["network", "rm", "p2p"])?;
-
-    println!(
-        "\n2. A bridge br0 (172.16.0.100) joining two sandboxes, 172.16.0.102 and 172.16.0.103"
-    );
-    w.nsnet(&[
-        "network",
-        "create",
-        "br0net",
-        "--subnet",
-        "172.16.0.0/24",
-        "--gateway",
-        "172.16.0.100",
-        "--bridge",
-        "br0",
-    ])?;
-    w.nsnet(&[
-        "create",
-        &ns2,
-        "--network",
-        "br0net",
-        "--ip",
-        "172.16.0.102",
-        "-p",
-        "8088:80",
-    ])?;
-    w.nsnet(&[
-        "create",
-        &ns3,
-        "--network",
-        "br0net",
-        "--ip",
-        "172.16.0.103",
-    ])?;
-    w.ping(
-        &sandbox(&ns2),
-        "netns2 -> netns3",
-        Ipv4Addr::new(172, 16, 0, 103),
-    )?;
-    w.ping(
-        &sandbox(&ns3),
-        "netns3 -> netns2",
-        Ipv4Addr::new(172, 16, 0, 102),
-    )?;
-
-    println!("\n3. Out to the LAN: default route via br0, forwarding, masquerade");
-    let server = probe::tcp_server(&lan, SocketAddrV4::new(LAN_IP, 9000))?;
-    let hello = probe::tcp_hello(&sandbox(&ns2), SocketAddrV4::new(LAN_IP, 9000));
-    let seen = server.wait();
-    w.check(
-        hello.is_ok(),
-        &format!("netns2 -> LAN peer {LAN_IP}:9000 connected"),
-    );
-    let seen_ip = seen
-        .as_ref()
-        .ok()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    w.check(
-        seen_ip == HOST_IP.to_string(),
-        &format!("the LAN peer saw the host's address {HOST_IP} (saw {seen_ip:?})"),
-    );
-
-    println!("\n4. A published port: LAN peer -> {HOST_IP}:8088 reaches netns2:80");
-    let server = probe::tcp_server(&sandbox(&ns2), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80))?;
-    let hello = probe::tcp_hello(&lan, SocketAddrV4::new(HOST_IP, 8088));
-    let seen = server.wait();
-    w.check(
-        hello.is_ok(),
-        &format!(
-            "LAN peer -> {HOST_IP}:8088 answered: {:?}",
-            hello.unwrap_or_default()
-        ),
-    );
-    let seen_ip = seen
-        .as_ref()
-        .ok()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    w.check(
-        seen_ip == LAN_IP.to_string(),
-        &format!("netns2 saw the real client {LAN_IP} (saw {seen_ip:?})"),
-    );
-
-    println!("\n5. Teardown");
-    w.nsnet(&["rm", &ns2])?;
-    w.nsnet(&["rm", &ns3])?;
-    w.nsnet(&["network", "rm", "br0net"])?;
-    let fd = netns::open(&host)?;
-    let links: Vec<String> = netns::run_in(&fd, || Netlink::open().and_then(|mut nl| nl.links()))??
-        .into_iter()
-        .map(|l| l.name)
-        .collect();
-    w.check(
-        links == ["lo", "uplink0"],
-        &format!("host links are back to {links:?}"),
-    );
-    let mut nft = Command::new("nft");
-    nft.args(["list", "tables"]);
-    netns::command_in(&mut nft, netns::open(&host)?);
-    let tables = nft
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    w.check(tables.trim().is_empty(), "no nftables table left");
-    w.check(
-        !sandbox(&ns2).exists() && !sandbox(&ns3).exists(),
-        "the sandboxes' namespaces are gone",
-    );
-    w.check(!w.state.exists(), "the state dir is gone");
-
+    scenario::run(&mut w);
     let (passed, failed) = (w.passed, w.failed);
     drop(w);
     println!("\n{passed} passed, {failed} failed");

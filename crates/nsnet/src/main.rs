@@ -16,7 +16,6 @@ use nsnet_core::model::{Driver, GatewayMode, NetOptions};
 use nsnet_core::ops::{AttachRequest, NetworkRequest, Nsnet, Target};
 use nsnet_core::plan::Plan;
 use nsnet_core::portmap::PortSpec;
-use nsnet_core::store::Store;
 use nsnet_core::{ipam, netns};
 
 /// Container networking for Linux: namespaces, veth pairs, bridges, NAT and published ports.
@@ -289,10 +288,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         );
     }
     check_json(&cli, changes)?;
-    let mut nsnet = Nsnet::new(Store::new(&cli.state_dir), cli.dry_run);
-    // Readers share the lock, so they never see a command's records half written (and finish what a killed
-    // command left half written before they read).
-    let _read_lock = if changes { None } else { nsnet.read_lock()? };
+    // Listings and inspections read through nsnet's queries, which share the lock, so they never see a
+    // command's records half written (and finish what a killed command left half written before they read).
+    let mut nsnet = Nsnet::new(&cli.state_dir, cli.dry_run);
     nsnet.firewall = cli.firewall;
     let done = |plan: Plan, report: Report| -> Result<ExitCode> {
         if cli.dry_run {
@@ -302,7 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         if cli.verbose {
             eprint!("{}", plan.render());
         }
-        report.print(&nsnet.store, cli.json)
+        report.print(&nsnet, cli.json)
     };
     match &cli.command {
         Cmd::Network(NetworkCmd::Create {
@@ -341,8 +339,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let plan = nsnet.network_create(&req)?;
             done(plan, Report::Network(name.clone()))
         }
-        Cmd::Network(NetworkCmd::Ls) => show::networks(&nsnet.store, cli.json),
-        Cmd::Network(NetworkCmd::Inspect { name }) => show::network(&nsnet.store, name, cli.json),
+        Cmd::Network(NetworkCmd::Ls) => show::networks(&nsnet, cli.json),
+        Cmd::Network(NetworkCmd::Inspect { name }) => show::network(&nsnet, name, cli.json),
         Cmd::Network(NetworkCmd::Rm { name, force }) => {
             let plan = nsnet.network_rm(name, *force)?;
             done(plan, Report::Removed("network", name.clone()))
@@ -406,9 +404,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let supervisor = child::Supervisor::start()?;
             exec_in(&nsnet, &supervisor, name, cmd)
         }
-        Cmd::Ls => show::sandboxes(&nsnet.store, cli.json),
-        Cmd::Inspect { name } => show::sandbox(&nsnet.store, name, cli.json),
-        Cmd::Port { name } => show::ports(&nsnet.store, name, cli.json),
+        Cmd::Ls => show::sandboxes(&nsnet, cli.json),
+        Cmd::Inspect { name } => show::sandbox(&nsnet, name, cli.json),
+        Cmd::Port { name } => show::ports(&nsnet, name, cli.json),
         Cmd::Rm { name } => {
             let plan = nsnet.remove(name)?;
             done(plan, Report::Removed("sandbox", name.clone()))
@@ -483,7 +481,7 @@ impl Report {
         }
     }
 
-    fn print(self, store: &Store, as_json: bool) -> Result<ExitCode> {
+    fn print(self, nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
         if !as_json {
             println!(
                 "{}",
@@ -497,11 +495,11 @@ impl Report {
         }
         match self {
             // `detach` forgets a sandbox nsnet did not create with its last network.
-            Report::Sandbox { name, .. } => match store.sandbox(&name)? {
+            Report::Sandbox { name, .. } => match nsnet.sandbox(&name)? {
                 Some(sb) => show::json(&sb),
                 None => show::json(&serde_json::json!({ "sandbox": name, "removed": true })),
             },
-            Report::Network(name) => match store.network(&name)? {
+            Report::Network(name) => match nsnet.network(&name)? {
                 Some(net) => show::json(&net),
                 None => bail!("network '{name}' is not in the records after creating it"),
             },

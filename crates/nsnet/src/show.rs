@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use nsnet_core::kernel::sockets;
 use nsnet_core::model::{Endpoint, Network, Sandbox};
-use nsnet_core::store::Store;
+use nsnet_core::ops::{Nsnet, SandboxStatus};
 
 /// Print `value` as pretty JSON, the shape every `--json` output has.
 pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<ExitCode> {
@@ -45,8 +44,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// `nsnet network ls`.
-pub fn networks(store: &Store, as_json: bool) -> Result<ExitCode> {
-    let nets = store.networks()?;
+pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
+    let nets = nsnet.networks()?;
     if as_json {
         return json(&nets);
     }
@@ -78,15 +77,15 @@ pub fn networks(store: &Store, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn find_network(store: &Store, name: &str) -> Result<Network> {
-    store
+fn find_network(nsnet: &Nsnet, name: &str) -> Result<Network> {
+    nsnet
         .network(name)?
         .with_context(|| format!("no network named '{name}'; `nsnet network ls` lists them"))
 }
 
 /// `nsnet network inspect NAME`.
-pub fn network(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
-    let n = find_network(store, name)?;
+pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
+    let n = find_network(nsnet, name)?;
     if as_json {
         return json(&n);
     }
@@ -110,21 +109,9 @@ pub fn network(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `nsnet ls` says of a sandbox: `removing` while an `rm` or `detach` is at work on it, `namespace gone`
-/// when its namespace vanished behind nsnet's back (only `nsnet gc` helps then), else `up`.
-fn status(sb: &Sandbox) -> &'static str {
-    if sb.removing || sb.endpoints.iter().any(|e| e.removing) {
-        "removing"
-    } else if !sb.namespace_is_there() {
-        "namespace gone"
-    } else {
-        "up"
-    }
-}
-
 /// `nsnet ls`.
-pub fn sandboxes(store: &Store, as_json: bool) -> Result<ExitCode> {
-    let sbs = store.sandboxes()?;
+pub fn sandboxes(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
+    let sbs = nsnet.sandboxes()?;
     if as_json {
         return json(&sbs);
     }
@@ -135,9 +122,11 @@ pub fn sandboxes(store: &Store, as_json: bool) -> Result<ExitCode> {
             items.join(",")
         }
     };
+    let statuses: Vec<SandboxStatus> = sbs.iter().map(|sb| nsnet.status(sb)).collect();
     let rows: Vec<Vec<String>> = sbs
         .iter()
-        .map(|sb| {
+        .zip(&statuses)
+        .map(|(sb, status)| {
             let each = |f: &dyn Fn(&Endpoint) -> String| sb.endpoints.iter().map(f).collect();
             let ports = sb
                 .endpoints
@@ -150,7 +139,7 @@ pub fn sandboxes(store: &Store, as_json: bool) -> Result<ExitCode> {
                 joined(each(&|e| e.network.clone())),
                 joined(each(&|e| e.address.to_string())),
                 joined(ports),
-                status(sb).to_string(),
+                status.to_string(),
             ]
         })
         .collect();
@@ -158,7 +147,7 @@ pub fn sandboxes(store: &Store, as_json: bool) -> Result<ExitCode> {
         &["NAME", "NETNS", "NETWORKS", "ADDRESSES", "PORTS", "STATUS"],
         &rows,
     );
-    if sbs.iter().any(|sb| status(sb) == "namespace gone") {
+    if statuses.contains(&SandboxStatus::NamespaceGone) {
         // On stderr, so the table on stdout stays as it is for scripts.
         eprintln!(
             "nsnet: a sandbox whose namespace is gone keeps its addresses and ports until \
@@ -168,15 +157,15 @@ pub fn sandboxes(store: &Store, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn find_sandbox(store: &Store, name: &str) -> Result<Sandbox> {
-    store
+fn find_sandbox(nsnet: &Nsnet, name: &str) -> Result<Sandbox> {
+    nsnet
         .sandbox(name)?
         .with_context(|| format!("no sandbox named '{name}'; `nsnet ls` lists them"))
 }
 
 /// `nsnet inspect NAME`.
-pub fn sandbox(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
-    let sb = find_sandbox(store, name)?;
+pub fn sandbox(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
+    let sb = find_sandbox(nsnet, name)?;
     if as_json {
         return json(&sb);
     }
@@ -209,13 +198,10 @@ pub fn sandbox(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
 }
 
 /// `nsnet port NAME`: one line per published port, like `docker port`.
-pub fn ports(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
-    let sb = find_sandbox(store, name)?;
-    let mappings: Vec<_> = sb
-        .endpoints
-        .iter()
-        .flat_map(|e| e.ports.iter().copied())
-        .collect();
+pub fn ports(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
+    let mappings = nsnet
+        .ports(name)?
+        .with_context(|| format!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
     if as_json {
         return json(&mappings);
     }
@@ -224,8 +210,7 @@ pub fn ports(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
         for (host_port, container_port) in m.pairs() {
             // nsnet refuses a port a host process holds, but cannot stop one from binding it afterwards; the
             // DNAT then sends that process's connections to the sandbox, so say so where the user looks.
-            let shadowed = sockets::port_in_use(m.protocol, m.host_ip, host_port).unwrap_or(false);
-            let note = if shadowed {
+            let note = if nsnet.port_shadowed(m, host_port) {
                 "  (a host process listens here too; it gets no connections, the sandbox gets them all)"
             } else {
                 ""
@@ -237,35 +222,4 @@ pub fn ports(store: &Store, name: &str, as_json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sandbox(netns: &str, removing: bool) -> Sandbox {
-        Sandbox {
-            name: "s".into(),
-            netns: netns.into(),
-            owned: true,
-            netns_id: None,
-            cni: false,
-            endpoints: vec![],
-            removing,
-        }
-    }
-
-    #[test]
-    fn status_says_up_gone_or_removing() {
-        assert_eq!(status(&sandbox("/proc/self/ns/net", false)), "up");
-        assert_eq!(
-            status(&sandbox("/run/netns/no-such-ns-here", false)),
-            "namespace gone"
-        );
-        // Being removed comes first: `rm` unmounts the namespace before it releases the record.
-        assert_eq!(
-            status(&sandbox("/run/netns/no-such-ns-here", true)),
-            "removing"
-        );
-    }
 }

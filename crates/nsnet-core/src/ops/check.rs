@@ -1,22 +1,35 @@
 //! Checking one endpoint against the kernel: what CNI `CHECK` asks.
 
+use super::Host;
 use super::Nsnet;
 use crate::error::Result;
 use crate::firewall::Rule;
-use crate::kernel::fastpath::FastPath;
 use crate::kernel::netlink::DefaultRoute;
-use crate::kernel::{netns, Netlink};
+use crate::model::Sandbox;
 use crate::plan::build;
 
 impl Nsnet {
     /// What is wrong with sandbox `name`'s endpoint on `network`: one line per problem, empty when the records,
     /// the address reservation, the links, addresses, default route, fast path entry and firewall elements are
-    /// all in place.
-    pub fn check_endpoint(&self, name: &str, network: &str) -> Result<Vec<String>> {
+    /// all in place. With it, the sandbox's record, read under the same shared lock (the caller compares it
+    /// with what it was told, as CNI `CHECK` does with `prevResult`).
+    pub fn check_endpoint(
+        &self,
+        name: &str,
+        network: &str,
+    ) -> Result<(Vec<String>, Option<Sandbox>)> {
         let _read = self.read_lock()?;
-        let Some(sb) = self.store.sandbox(name)? else {
-            return Ok(vec![format!("nsnet has no sandbox '{name}'")]);
+        let sb = self.store.sandbox(name)?;
+        let problems = match &sb {
+            None => vec![format!("nsnet has no sandbox '{name}'")],
+            Some(sb) => self.endpoint_problems(sb, network)?,
         };
+        Ok((problems, sb))
+    }
+
+    /// What is wrong with `sb`'s endpoint on `network` (call under the lock).
+    fn endpoint_problems(&self, sb: &Sandbox, network: &str) -> Result<Vec<String>> {
+        let name = sb.name.as_str();
         let Some(ep) = sb.endpoints.iter().find(|e| e.network == network) else {
             return Ok(vec![format!(
                 "sandbox '{name}' is not on network '{network}'"
@@ -42,7 +55,7 @@ impl Nsnet {
             }
         }
 
-        let mut host = Netlink::open()?;
+        let mut host = Host::new();
         match host.link(&ep.host_interface)? {
             None => problems.push(format!("host interface {} is missing", ep.host_interface)),
             Some(link) if net.driver == crate::model::Driver::Bridge => {
@@ -55,11 +68,11 @@ impl Nsnet {
                 }
                 // A bridge without a fast path is a kernel (or caller) that cannot have one: nothing to check.
                 let fast_path = match bridge {
-                    Some(_) if net.fast_path => FastPath::of_bridge(&mut host, &net.interface)?,
+                    Some(_) if net.fast_path => host.fast_path_entry(&net.interface, ip)?,
                     _ => None,
                 };
-                if let Some(fp) = fast_path {
-                    if fp.entry(ip)? != Some((link.index, ep.mac.0)) {
+                if let Some(entry) = fast_path {
+                    if entry != Some((link.index, ep.mac.0)) {
                         problems.push(format!(
                             "the fast path does not send {ip} to {} ({})",
                             ep.host_interface, ep.mac
@@ -70,10 +83,10 @@ impl Nsnet {
             Some(_) => {}
         }
 
-        if !sb.namespace_is_there() {
+        if !Host::namespace_is_there(sb) {
             problems.push(format!("namespace {} is gone", sb.netns.display()));
         } else {
-            let mut inside = netns::netlink_in(&sb.netns)?;
+            let mut inside = Host::inside(&sb.netns)?;
             match inside.link(&ep.interface)? {
                 None => problems.push(format!(
                     "interface {} is missing in {}",
@@ -107,7 +120,7 @@ impl Nsnet {
             }
         }
 
-        for rule in net.firewall.missing(&build::endpoint_rules(ep))? {
+        for rule in Host::firewall_missing(net.firewall, &build::endpoint_rules(ep))? {
             problems.push(match rule {
                 Rule::Port { mapping, target } => {
                     format!("the firewall does not publish {mapping} to {target}")

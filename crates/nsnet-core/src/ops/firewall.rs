@@ -1,8 +1,9 @@
 //! `nsnet firewall reload`.
 
+use super::Host;
 use super::Nsnet;
 use crate::error::Result;
-use crate::firewall::{nftables, Backend};
+use crate::firewall::Backend;
 use crate::model::Network;
 use crate::plan::{build, Plan};
 use crate::store::Record;
@@ -44,7 +45,7 @@ pub(super) fn refresh_host_chains(nets: &mut [Network]) -> Result<Vec<Network>> 
     if !nets.iter().any(|n| n.firewall == Backend::Nftables) {
         return Ok(vec![]);
     }
-    let chains = nftables::forward_chains()?;
+    let chains = Host::forward_chains()?;
     let mut changed = Vec::new();
     for net in nets.iter_mut().filter(|n| n.firewall == Backend::Nftables) {
         let wanted: Vec<_> = chains

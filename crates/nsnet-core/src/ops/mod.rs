@@ -8,28 +8,33 @@
 mod check;
 mod firewall;
 mod gc;
+pub(crate) mod host;
 mod network;
+mod query;
 mod sandbox;
 
 pub use network::NetworkRequest;
+pub use query::SandboxStatus;
 pub use sandbox::{AttachRequest, Target};
 
 use crate::apply::{Applier, Undo};
 use crate::error::{Error, Result};
 use crate::firewall::{Backend, Tables, TablesOwner};
 use crate::invalid;
-use crate::kernel::Netlink;
 use crate::model::Network;
 use crate::plan::Plan;
 use crate::plan::Step;
 use crate::store::{Intent, Lock, Record, Store, Teardown};
+use host::Host;
 
 /// Name of the network `create`/`run`/`attach` use when none is given; created on first use.
 pub const DEFAULT_NETWORK: &str = "nsnet0";
 
 /// nsnet's operations over one state dir.
 pub struct Nsnet {
-    pub store: Store,
+    /// The records. Private to the library: commands change them under the writer lock, and readers go
+    /// through the queries (`networks`, `sandbox`, ...), which take the shared lock.
+    pub(crate) store: Store,
     /// Plan only: return the plan, change nothing (no state dir, no lock file, no kernel change).
     pub dry_run: bool,
     /// The firewall backend new networks use (`--firewall`); `None` takes the one the host's networks
@@ -113,7 +118,10 @@ impl Default for Terms {
 }
 
 impl Nsnet {
-    pub fn new(store: Store, dry_run: bool) -> Nsnet {
+    /// nsnet over the state dir `state_dir` (nothing is read or made until a command runs). A dry run plans
+    /// and reads, and changes nothing.
+    pub fn new(state_dir: impl Into<std::path::PathBuf>, dry_run: bool) -> Nsnet {
+        let store = Store::new(state_dir);
         Nsnet {
             // A dry run changes nothing, not even by moving a corrupt record aside.
             store: if dry_run { store.read_only() } else { store },
@@ -136,11 +144,11 @@ impl Nsnet {
         Ok(Some(lock))
     }
 
-    /// The shared lock for readers (`ls`, `inspect`, CNI `CHECK`), so they never see a command's records half
-    /// written. Records can also be half written by a command that was killed: its intent is still on disk,
+    /// The shared lock for readers (the queries, CNI `CHECK`, `exec`), so they never see a command's records
+    /// half written. Records can also be half written by a command that was killed: its intent is still on disk,
     /// and no live process holds it. Then the reader first takes the writer lock, which runs the recovery
     /// every changing command runs ([`Nsnet::recover`]), and reads after that. `None` when there is no state.
-    pub fn read_lock(&self) -> Result<Option<std::fs::File>> {
+    fn read_lock(&self) -> Result<Option<std::fs::File>> {
         // Each round recovers what was left before it; a command killed between two rounds is rare, and
         // three rounds bound a reader racing a crash loop.
         for _ in 0..3 {
@@ -433,23 +441,6 @@ fn with_rollback(e: Error, rollback: Vec<Error>) -> Error {
     }
 }
 
-/// What validation needs to know about the host, read once per command.
-struct Host {
-    nl: Netlink,
-}
-
-impl Host {
-    fn open() -> Result<Host> {
-        Ok(Host {
-            nl: Netlink::open()?,
-        })
-    }
-
-    fn link_exists(&mut self, name: &str) -> Result<bool> {
-        Ok(self.nl.link(name)?.is_some())
-    }
-}
-
 impl Nsnet {
     /// Whether a command that creates the first network, or removes the last, must also create or delete
     /// nsnet's firewall tables: `Some` then (it reads the user chain), `None` when other networks stay. Refused
@@ -460,7 +451,7 @@ impl Nsnet {
         }
         self.check_tables_owner(backend)?;
         Ok(Some(Tables {
-            keep_user_chain: backend.user_chain_has_rules(),
+            keep_user_chain: Host::user_chain_has_rules(backend),
             owner: self.store.owner_tag(),
         }))
     }
@@ -469,7 +460,7 @@ impl Nsnet {
     /// anti-spoofing live in the same sets, which this one's commands would rewrite or flush.
     fn check_tables_owner(&self, backend: Backend) -> Result<()> {
         let mine = self.store.owner_tag();
-        match backend.tables_owner()? {
+        match Host::tables_owner(backend)? {
             TablesOwner::Of(other) if other != mine => {
                 let dir = other.strip_prefix("nsnet:").unwrap_or(&other);
                 let what = match backend {

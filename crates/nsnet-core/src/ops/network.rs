@@ -64,7 +64,7 @@ impl Nsnet {
 
     /// Validate, plan and bring up a new network next to `nets` (the caller holds the lock).
     fn create_network(&self, req: &NetworkRequest, nets: &[Network]) -> Result<(Plan, Network)> {
-        let mut host = Host::open()?;
+        let mut host = Host::new();
         let net = self.validate_network(req, nets, &mut host)?;
         let tables = self.tables_change(nets.len(), net.firewall)?;
         let (steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
@@ -217,12 +217,12 @@ impl Nsnet {
         for n in nets {
             taken.push((n.subnet, format!("network '{}' ({})", n.name, n.subnet)));
         }
-        for a in host.nl.ipv4_addresses()? {
+        for a in host.ipv4_addresses()? {
             if !a.addr().is_loopback() {
                 taken.push((a.trunc(), format!("host address {a}")));
             }
         }
-        for r in host.nl.ipv4_routes()? {
+        for r in host.ipv4_routes()? {
             if !r.addr().is_loopback() {
                 taken.push((r, format!("host route {r}")));
             }
@@ -268,7 +268,7 @@ impl Nsnet {
             (None, None) => Backend::default(),
         };
         let host_chains = match firewall {
-            Backend::Nftables => crate::firewall::nftables::forward_drop_chains()?,
+            Backend::Nftables => Host::forward_drop_chains()?,
             // iptables: nsnet's own accepts sit in FORWARD itself; none: the user manages the firewall.
             Backend::Iptables | Backend::None => vec![],
         };

@@ -12,8 +12,7 @@ use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
 use crate::ipam::{self, Held as _};
-use crate::kernel::sockets;
-use crate::kernel::{netns, sysctl, Netlink};
+use crate::kernel::netns;
 use crate::model::{Driver, Endpoint, Mac, Network, Sandbox};
 use crate::names;
 use crate::names::short_hash;
@@ -69,7 +68,7 @@ impl Nsnet {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
         let _lock = self.lock()?;
         if let Some(sb) = self.store.sandbox(name)? {
-            if !sb.namespace_is_there() {
+            if !Host::namespace_is_there(&sb) {
                 return Err(lost_netns(&sb));
             }
             return Err(invalid!(
@@ -77,7 +76,7 @@ impl Nsnet {
             ));
         }
         let path = netns::named_path(name);
-        if path.exists() {
+        if Host::namespace_exists(&path) {
             return Err(invalid!(
                 "namespace {} already exists; network it with `nsnet attach {name}` or pick another name",
                 path.display()
@@ -135,22 +134,22 @@ impl Nsnet {
             (Some(sb), Target::Name(_)) => sb.netns.clone(),
             _ => path,
         };
-        if let Some(sb) = known.as_ref().filter(|sb| !sb.namespace_is_there()) {
+        if let Some(sb) = known.as_ref().filter(|sb| !Host::namespace_is_there(sb)) {
             return Err(lost_netns(sb));
         }
-        if !path.exists() {
+        if !Host::namespace_exists(&path) {
             return Err(invalid!(
                 "no network namespace at {}; create it first (`nsnet create {name}`, `ip netns add {name}`) \
                  or give the path of a running process's namespace (/proc/PID/ns/net)",
                 path.display()
             ));
         }
-        let fd = netns::open(&path)
+        let mut in_ns = Host::inside(&path)
             .map_err(|e| invalid!("cannot use {} as a network namespace: {e}", path.display()))?;
-        let id = netns::identity(&path)?;
+        let id = Host::namespace_identity(&path)?;
         // The caller's own namespace is the host: an endpoint there would put eth0 and a default route into
         // the host, and `rm` would delete them.
-        if netns::identity(Path::new("/proc/self/ns/net"))? == id {
+        if Host::namespace_identity(Path::new("/proc/self/ns/net"))? == id {
             return Err(invalid!(
                 "{} is this host's own network namespace, not a sandbox's; give a container's namespace",
                 path.display()
@@ -158,7 +157,7 @@ impl Nsnet {
         }
         let mut sb = match known {
             Some(sb) => {
-                if netns::identity(&sb.netns)? != id {
+                if Host::namespace_identity(&sb.netns)? != id {
                     return Err(invalid!(
                         "sandbox '{name}' already exists with namespace {}; pick another {}",
                         sb.netns.display(),
@@ -185,7 +184,6 @@ impl Nsnet {
                 removing: false,
             },
         };
-        let mut in_ns = netns::run_in(&fd, Netlink::open)??;
         self.join(&mut sb, req, Some(&mut in_ns), vec![])
     }
 
@@ -195,11 +193,11 @@ impl Nsnet {
         &self,
         sb: &mut Sandbox,
         req: &AttachRequest,
-        in_ns: Option<&mut Netlink>,
+        in_ns: Option<&mut Host>,
         first: Vec<Step>,
     ) -> Result<Plan> {
         let mut nets = self.store.networks_in_place()?;
-        let mut host = Host::open()?;
+        let mut host = Host::new();
         let Join {
             net,
             new_network,
@@ -252,7 +250,7 @@ impl Nsnet {
         req: &AttachRequest,
         nets: &mut Vec<(Network, Holdings)>,
         host: &mut Host,
-        in_ns: Option<&mut Netlink>,
+        in_ns: Option<&mut Host>,
     ) -> Result<Join> {
         let net_name = req.network.as_deref().unwrap_or(DEFAULT_NETWORK);
         let (net, mut held, new_network) = match nets.iter().position(|(n, _)| n.name == net_name) {
@@ -320,8 +318,8 @@ impl Nsnet {
 
         // Interface names: ethN inside (the lowest N free in the namespace), a hashed veth name outside.
         let mut used: Vec<String> = sb.endpoints.iter().map(|e| e.interface.clone()).collect();
-        if let Some(nl) = in_ns {
-            used.extend(nl.links()?.into_iter().map(|l| l.name));
+        if let Some(inside) = in_ns {
+            used.extend(inside.link_names()?);
         }
         let interface = match &req.interface {
             Some(name) => {
@@ -438,10 +436,10 @@ impl Nsnet {
         }
         // Unmounting alone tears an idle namespace down, veths and all, without waiting; a namespace a process
         // is in would keep its veths alive, so those are deleted one by one.
-        let namespace_only = sb.owned && !netns::in_use(&sb.netns);
+        let namespace_only = sb.owned && !Host::namespace_in_use(&sb.netns);
         // A namespace that is gone (or that its path no longer names) gets nothing put back into it should the
         // removal fail: without the networks' records there is nothing to restore.
-        let nets = if sb.namespace_is_there() {
+        let nets = if Host::namespace_is_there(&sb) {
             self.store.networks()?
         } else {
             vec![]
@@ -564,10 +562,9 @@ impl Nsnet {
     pub fn sandbox_netns(&self, name: &str) -> Result<PathBuf> {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
         let sb = self
-            .store
             .sandbox(name)?
             .ok_or_else(|| invalid!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
-        if !sb.namespace_is_there() {
+        if !Host::namespace_is_there(&sb) {
             return Err(lost_netns(&sb));
         }
         Ok(sb.netns)
@@ -619,7 +616,7 @@ fn check_host_ips(specs: &[PortSpec], host: &mut Host, t: &Terms) -> Result<()> 
     if asked.is_empty() {
         return Ok(());
     }
-    let own = host.nl.ipv4_addresses()?;
+    let own = host.ipv4_addresses()?;
     match asked.iter().find(|ip| !own.iter().any(|a| a.addr() == **ip)) {
         None => Ok(()),
         Some(ip) => Err(invalid!(
@@ -676,7 +673,7 @@ fn resolve_ports(
                 m
             }
             None => {
-                let (low, high) = local_port_range();
+                let (low, high) = Host::local_port_range();
                 let last_start = high.saturating_sub(spec.count - 1);
                 let mut found = None;
                 for start in low..=last_start {
@@ -737,10 +734,10 @@ fn lowest_clash<'a, T>(
 /// millisecond a read: the kernel walks its whole socket hash) to say who holds it.
 fn held_by_host(m: &PortMapping) -> Result<Option<String>> {
     for port in m.host_ports() {
-        if !sockets::port_in_use(m.protocol, m.host_ip, port)? {
+        if !Host::port_in_use(m.protocol, m.host_ip, port)? {
             continue;
         }
-        let holder = sockets::bound(m.protocol)?
+        let holder = Host::bound(m.protocol)?
             .into_iter()
             .find(|b| b.port == port && addresses_overlap(b.address, m.host_ip));
         let at = holder
@@ -755,19 +752,6 @@ fn held_by_host(m: &PortMapping) -> Result<Option<String>> {
         )));
     }
     Ok(None)
-}
-
-/// The kernel's local port range (`net.ipv4.ip_local_port_range`), where automatic host ports come from.
-fn local_port_range() -> (u16, u16) {
-    sysctl::get("net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut it = text
-                .split_whitespace()
-                .filter_map(|n| n.parse::<u16>().ok());
-            Some((it.next()?, it.next()?))
-        })
-        .unwrap_or((32768, 60999))
 }
 
 #[cfg(test)]
