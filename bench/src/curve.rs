@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use crate::peers::{total_ms, Kind, Peer};
-use crate::{measured, median};
+use crate::{f64_of, f64_of_i64, f64_of_u64, measured, median, port_of};
 
 #[derive(Clone)]
 pub struct Curve {
@@ -83,7 +83,7 @@ fn run_one(kind: Kind, tag: &str, n: usize, extras: bool) -> Result<Curve> {
     };
     for i in 0..n {
         p.prepare(i)?;
-        c.create.push(total_ms(&p.up(i, 20000 + i as u16)?));
+        c.create.push(total_ms(&p.up(i, port_of(i)?)?));
     }
     if let (Kind::Nsnet(fw), true) = (kind, extras) {
         c.state_bytes = Some(dir_bytes(&p.host.state));
@@ -99,11 +99,11 @@ fn run_one(kind: Kind, tag: &str, n: usize, extras: bool) -> Result<Curve> {
         let mut extra = n;
         while extra < nsnet_core::model::MAX_BRIDGE_PORTS {
             p.prepare(extra)?;
-            p.up(extra, 20000 + extra as u16)?;
+            p.up(extra, port_of(extra)?)?;
             extra += 1;
         }
         p.prepare(extra)?;
-        c.bridge_full = Some(match p.up(extra, 20000 + extra as u16) {
+        c.bridge_full = Some(match p.up(extra, port_of(extra)?) {
             Ok(_) => "accepted (unexpected)".into(),
             Err(e) => e
                 .to_string()
@@ -115,12 +115,12 @@ fn run_one(kind: Kind, tag: &str, n: usize, extras: bool) -> Result<Curve> {
         });
         let _ = p.cleanup(extra);
         for i in (n..extra).rev() {
-            p.down(i, 20000 + i as u16)?;
+            p.down(i, port_of(i)?)?;
             p.cleanup(i)?;
         }
     }
     for i in 0..n {
-        c.remove.push(total_ms(&p.down(i, 20000 + i as u16)?));
+        c.remove.push(total_ms(&p.down(i, port_of(i)?)?));
         p.cleanup(i)?;
     }
     Ok(c)
@@ -129,7 +129,7 @@ fn run_one(kind: Kind, tag: &str, n: usize, extras: bool) -> Result<Curve> {
 /// The trend line's value at #n over its value at #10.
 fn trend_ratio(v: &[f64], n: usize) -> f64 {
     let (a, b) = trend(v);
-    (a + b * n as f64) / (a + b * 10.0)
+    (a + b * f64_of(n)) / (a + b * 10.0)
 }
 
 /// Median of the window of 10 ending at 1-based position `pos`.
@@ -146,14 +146,14 @@ fn trend(v: &[f64]) -> (f64, f64) {
     let mut slopes = Vec::with_capacity(v.len() * v.len() / 2);
     for i in 0..v.len() {
         for j in i + 1..v.len() {
-            slopes.push((v[j] - v[i]) / (j - i) as f64);
+            slopes.push((v[j] - v[i]) / f64_of(j - i));
         }
     }
     let slope = median(slopes);
     let intercept = median(
         v.iter()
             .enumerate()
-            .map(|(i, y)| y - slope * (i + 1) as f64)
+            .map(|(i, y)| y - slope * f64_of(i + 1))
             .collect(),
     );
     (intercept, slope)
@@ -216,9 +216,9 @@ pub fn table(rows: &[Curve], n: usize) -> String {
                 "\nAt {n} sandboxes, {}: the state dir holds {:.1} KiB ({:.0} bytes per sandbox); `nsnet ls` \
                  takes {ms:.1} ms and {:.1} MiB peak RSS.",
                 r.kind.name(),
-                bytes as f64 / 1024.0,
-                bytes as f64 / n as f64,
-                kib as f64 / 1024.0
+                f64_of_u64(bytes) / 1024.0,
+                f64_of_u64(bytes) / f64_of(n),
+                f64_of_i64(kib) / 1024.0
             );
         }
         if let Some(full) = &r.bridge_full {
@@ -275,7 +275,7 @@ pub fn svg(rows: &[Curve], n: usize) -> String {
             })
             .collect();
         let ymax = series.iter().flatten().copied().fold(1.0_f64, f64::max) * 1.1;
-        let top = panel as f64 * (h + 20.0) + 20.0;
+        let top = f64_of(panel) * (h + 20.0) + 20.0;
         let (x0, y0, pw, ph) = (pad, top + 10.0, w - pad - 220.0, h - 50.0);
         let _ = writeln!(
             out,
@@ -287,8 +287,8 @@ pub fn svg(rows: &[Curve], n: usize) -> String {
             r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
         );
         for t in 0..=4 {
-            let v = ymax * t as f64 / 4.0;
-            let y = y0 + ph - ph * t as f64 / 4.0;
+            let v = ymax * f64::from(t) / 4.0;
+            let y = y0 + ph - ph * f64::from(t) / 4.0;
             let _ = writeln!(
                 out,
                 r##"<text x="{}" y="{}" text-anchor="end">{v:.0}</text><line x1="{x0}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/>"##,
@@ -311,7 +311,7 @@ pub fn svg(rows: &[Curve], n: usize) -> String {
                 .map(|(i, v)| {
                     format!(
                         "{:.1},{:.1}",
-                        x0 + pw * i as f64 / (n.max(2) - 1) as f64,
+                        x0 + pw * f64_of(i) / f64_of(n.max(2) - 1),
                         y0 + ph - ph * v / ymax
                     )
                 })
@@ -321,7 +321,7 @@ pub fn svg(rows: &[Curve], n: usize) -> String {
                 r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
                 pts.join(" ")
             );
-            let ly = y0 + 15.0 + 16.0 * k as f64;
+            let ly = y0 + 15.0 + 16.0 * f64_of(k);
             let _ = writeln!(
                 out,
                 r#"<rect x="{}" y="{}" width="12" height="3" fill="{color}"/><text x="{}" y="{}">{}</text>"#,

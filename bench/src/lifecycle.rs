@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use crate::peers::{peak_kib, total_ms, Kind, Peer};
-use crate::{median, quantile};
+use crate::{f64_of, f64_of_i64, median, port_of, quantile};
 
 /// Per-tool figures of the lifecycle run.
 pub struct Lifecycle {
@@ -84,7 +84,7 @@ pub fn table(rows: &[Lifecycle], reps: usize) -> String {
             spread(&r.up),
             spread(&r.down),
             spread(&r.total),
-            r.peak_kib as f64 / 1024.0,
+            f64_of_i64(r.peak_kib) / 1024.0,
             t / base
         );
     }
@@ -122,8 +122,13 @@ pub fn concurrent(kinds: &[Kind], creators: usize, each: usize) -> Result<Vec<Co
                             let mut errs = Vec::new();
                             for k in 0..each {
                                 let i = 1 + c * each + k;
-                                let port = 20000 + i as u16;
-                                let r = if up { p.up(i, port) } else { p.down(i, port) };
+                                let r = port_of(i).and_then(|port| {
+                                    if up {
+                                        p.up(i, port)
+                                    } else {
+                                        p.down(i, port)
+                                    }
+                                });
                                 if let Err(e) = r {
                                     errs.push(e.to_string());
                                 }
@@ -137,7 +142,7 @@ pub fn concurrent(kinds: &[Kind], creators: usize, each: usize) -> Result<Vec<Co
                     .flat_map(|h| h.join().unwrap_or_else(|_| vec!["thread panicked".into()]))
                     .collect()
             });
-            (total as f64 / t.elapsed().as_secs_f64(), errors)
+            (f64_of(total) / t.elapsed().as_secs_f64(), errors)
         };
         let (creates, mut errors) = phase(true);
         let (removes, more) = phase(false);

@@ -87,8 +87,44 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    // Nearest rank: round(q * (len - 1)), counted instead of cast back from the float (q below 0 or NaN is
+    // the first, above 1 the last).
+    let target = f64_of(v.len() - 1) * q;
+    let i = (1..v.len())
+        .take_while(|&k| f64_of(k) <= target + 0.5)
+        .count();
     v[i.min(v.len() - 1)]
+}
+
+/// `n` as an `f64`, for figures and plots: exact up to 2^53 and rounded to nearest above, as `as` would,
+/// but assembled from two exact halves instead of a lossy cast.
+pub fn f64_of_u64(n: u64) -> f64 {
+    let [a, b, c, d, e, f, g, h] = n.to_be_bytes();
+    f64::from(u32::from_be_bytes([a, b, c, d])) * 4_294_967_296.0
+        + f64::from(u32::from_be_bytes([e, f, g, h]))
+}
+
+/// A count as an `f64` (see [`f64_of_u64`]; a usize is at most 64 bits on every Linux target).
+pub fn f64_of(n: usize) -> f64 {
+    f64_of_u64(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+/// A signed figure (getrusage's KiB) as an `f64` (see [`f64_of_u64`]).
+pub fn f64_of_i64(n: i64) -> f64 {
+    let magnitude = f64_of_u64(n.unsigned_abs());
+    if n < 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// The host port of sandbox `i` in the runs that publish one port per sandbox: 20000 + i.
+pub fn port_of(i: usize) -> Result<u16> {
+    20000usize
+        .checked_add(i)
+        .and_then(|p| u16::try_from(p).ok())
+        .with_context(|| format!("sandbox {i} has no port to publish (20000 + {i} > 65535)"))
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -176,7 +212,7 @@ fn main() -> Result<()> {
             let out =
                 std::path::PathBuf::from(value("--out").unwrap_or_else(|| "bench/results".into()));
             std::fs::create_dir_all(&out)?;
-            let (reps, n, each, secs) = if quick {
+            let (reps, n, each, secs): (usize, usize, usize, u32) = if quick {
                 (5, 100, 2, 2)
             } else {
                 (30, 1000, 8, 5)
@@ -202,7 +238,7 @@ fn main() -> Result<()> {
             std::fs::write(out.join("curve.svg"), curve::svg(&curves, n))?;
             std::fs::write(out.join("curve.csv"), curve::csv(&curves))?;
             md += "\n![cost curve](curve.svg)\n\n";
-            md += &datapath::run(secs as u32, 5)?;
+            md += &datapath::run(secs, 5)?;
             md += "\n";
             let sizes = if quick { vec![1, 1000] } else { sizes()? };
             md += &ports::ports(&sizes, if quick { 5 } else { 15 }, 1000)?;
@@ -239,7 +275,10 @@ fn main() -> Result<()> {
         Some("datapath") => {
             print!(
                 "{}",
-                datapath::run(number("--secs", 5)? as u32, number("--reps", 5)?)?
+                datapath::run(
+                    u32::try_from(number("--secs", 5)?).context("--secs is too large")?,
+                    number("--reps", 5)?
+                )?
             );
             Ok(())
         }
@@ -247,12 +286,46 @@ fn main() -> Result<()> {
             let out = ports::ports(
                 &sizes()?,
                 number("--reps", 15)?,
-                number("--portmap-max", 1000)? as u16,
+                u16::try_from(number("--portmap-max", 1000)?)
+                    .context("--portmap-max takes a number up to 65535")?,
             )?;
             print!("{out}");
             Ok(())
         }
         Some("soak") => soak::soak(number("--cycles", 2000)?),
         _ => bail!("{USAGE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_of_u64_rounds_to_nearest_even() {
+        assert_eq!(f64_of_u64(0), 0.0);
+        assert_eq!(f64_of_u64(1 << 32), 4_294_967_296.0);
+        assert_eq!(f64_of_u64((1 << 53) - 1), 9_007_199_254_740_991.0);
+        // Above 2^53 the spacing is 2: ties go to the even mantissa.
+        assert_eq!(f64_of_u64((1 << 53) + 1), 9_007_199_254_740_992.0);
+        assert_eq!(f64_of_u64((1 << 53) + 3), 9_007_199_254_740_996.0);
+        assert_eq!(f64_of_u64(u64::MAX), 18_446_744_073_709_551_616.0);
+        assert_eq!(f64_of_i64(-1536), -1536.0);
+        assert_eq!(f64_of_i64(i64::MIN), -9_223_372_036_854_775_808.0);
+    }
+
+    #[test]
+    fn quantile_is_the_nearest_rank() {
+        let v: Vec<f64> = (0..11).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.0), 0.0);
+        assert_eq!(quantile(&v, 0.5), 5.0);
+        // 2.5 rounds away from zero, as f64::round does.
+        assert_eq!(quantile(&v, 0.25), 3.0);
+        assert_eq!(quantile(&v, 0.3), 3.0);
+        assert_eq!(quantile(&v, 1.0), 10.0);
+        assert_eq!(quantile(&v, 2.0), 10.0);
+        assert_eq!(quantile(&v, -1.0), 0.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.5), 2.0);
+        assert!(quantile(&[], 0.5).is_nan());
     }
 }

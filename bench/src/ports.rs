@@ -19,7 +19,7 @@ use nsnet_core::netns;
 use nsnet_core::portmap::{PortMapping, Proto};
 
 use crate::world::{World, HOST_IP};
-use crate::{machine, median};
+use crate::{f64_of_u64, machine, median};
 
 /// The sandbox's address on the default network (the first one handed out).
 const SANDBOX_IP: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 2);
@@ -148,7 +148,7 @@ fn connection_rate(w: &World, port: u16, secs: f64) -> Result<f64> {
     })?;
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
-    Ok(count as f64 / secs)
+    Ok(f64_of_u64(count) / secs)
 }
 
 struct Row {

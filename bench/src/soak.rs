@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use crate::world::World;
-use crate::{machine, median, sh};
+use crate::{f64_of_i64, machine, median, sh};
 
 /// Create and remove a sandbox with a published port, `cycles` times, in one throwaway host: time per cycle
 /// by blocks, peak memory of any nsnet process, and what is left at the end.
@@ -53,7 +53,7 @@ pub fn soak(cycles: usize) -> Result<()> {
                 i + 1,
                 median(std::mem::take(&mut times)),
                 slowest,
-                rss as f64 / 1024.0
+                f64_of_i64(rss) / 1024.0
             );
         }
     }

@@ -5,10 +5,16 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use nix::net::if_::if_nametoindex;
+use nix::sys::socket::{
+    sendto, socket, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike,
+};
 
 use crate::kernel::{netns, KernelError};
 
@@ -130,40 +136,36 @@ pub fn udp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
 pub fn send_frames(ns: &Path, ifname: &str, frames: &[Vec<u8>]) -> io::Result<()> {
     let ifname = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
     in_ns(ns, || {
-        // SAFETY: if_nametoindex reads a NUL-terminated string that lives across the call.
-        let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        if index == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: plain socket(2) call; the descriptor is owned right below.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value that the fields below complete.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = index as i32;
-        to.sll_halen = 6;
+        let index = if_nametoindex(ifname.as_c_str())?;
+        let sock = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            None,
+        )?;
+        let mut to = libc::sockaddr_ll {
+            sll_family: u16::try_from(libc::AF_PACKET).map_err(io::Error::other)?,
+            sll_protocol: 0,
+            sll_ifindex: i32::try_from(index).map_err(io::Error::other)?,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 6,
+            sll_addr: [0; 8],
+        };
         for frame in frames {
             to.sll_addr[..6].copy_from_slice(&frame[..6.min(frame.len())]);
-            // SAFETY: the buffer and the address are valid for the lengths given, for the whole call.
-            let sent = unsafe {
-                libc::sendto(
-                    std::os::fd::AsRawFd::as_raw_fd(&sock),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&to as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            sendto(sock.as_raw_fd(), frame, &link_addr(&to)?, MsgFlags::empty())?;
         }
         Ok(())
     })
+}
+
+/// `ll` as nix's `LinkAddr`, which has no constructor of its own on Linux.
+fn link_addr(ll: &libc::sockaddr_ll) -> io::Result<LinkAddr> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>())
+        .map_err(io::Error::other)?;
+    // SAFETY: `ll` points to a whole, initialized sockaddr_ll and `len` is its size; from_raw only copies it
+    // (after checking the length and the family).
+    unsafe { LinkAddr::from_raw(std::ptr::from_ref(ll).cast(), Some(len)) }
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::{Context as _, Result};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
@@ -48,11 +49,14 @@ impl Supervisor {
     pub fn start() -> Result<Supervisor> {
         let set = forwarded();
         set.thread_block().context("block signals")?;
+        // Blocked signals queue up here (the command does not inherit it).
+        let signals =
+            SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).context("open a signalfd")?;
         let stage = Arc::new(Mutex::new(Stage::Before(None)));
         let shared = Arc::clone(&stage);
         std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || take_signals(&set, &shared))
+            .spawn(move || take_signals(&signals, &shared))
             .context("start the signal thread")?;
         Ok(Supervisor { stage })
     }
@@ -106,14 +110,16 @@ fn forwarded() -> SigSet {
 }
 
 /// The signal thread: forwards each signal to the command, or remembers it while there is none yet.
-fn take_signals(set: &SigSet, stage: &Mutex<Stage>) {
+fn take_signals(signals: &SignalFd, stage: &Mutex<Stage>) {
     loop {
-        // SAFETY: a zeroed siginfo_t is a valid value for sigwaitinfo to overwrite.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid for the call; `set` holds only the signals this thread has blocked.
-        let n = unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) };
-        let Ok(sig) = Signal::try_from(n) else {
+        let Ok(Some(info)) = signals.read_signal() else {
             continue; // EINTR
+        };
+        let Some(sig) = i32::try_from(info.ssi_signo)
+            .ok()
+            .and_then(|n| Signal::try_from(n).ok())
+        else {
+            continue;
         };
         let mut stage = lock(stage);
         match *stage {
@@ -122,7 +128,7 @@ fn take_signals(set: &SigSet, stage: &Mutex<Stage>) {
             }
             // A terminal's ^C or ^\ (sent by the kernel) goes to the whole foreground process group, the
             // command included: passing it on would deliver it twice.
-            Stage::Running(_) if info.si_code == libc::SI_KERNEL => {}
+            Stage::Running(_) if info.ssi_code == libc::SI_KERNEL => {}
             Stage::Running(pid) => {
                 // The pid is the command's until it is reaped, and it is not reaped while this lock is held.
                 let _ = kill(pid, sig);

@@ -31,7 +31,9 @@ fn checksum(bytes: &[u8]) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    // Folded: `sum` fits in its low 16 bits now.
+    let [_, _, hi, lo] = sum.to_be_bytes();
+    !u16::from_be_bytes([hi, lo])
 }
 
 /// An Ethernet frame carrying a UDP datagram from `src` to `dst` (port 9), with the given MACs.
@@ -39,7 +41,8 @@ fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -
     let payload = b"forged";
     let udp_len = 8 + payload.len();
     let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    let ip_len = u16::try_from(20 + udp_len).expect("a small datagram");
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
     ip.extend(src.octets());
     ip.extend(dst.octets());
     let sum = checksum(&ip);
@@ -48,7 +51,11 @@ fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -
     frame.extend([0x08, 0x00]);
     frame.extend(ip);
     frame.extend([0x30, 0x39, 0, 9]);
-    frame.extend((udp_len as u16).to_be_bytes());
+    frame.extend(
+        u16::try_from(udp_len)
+            .expect("a small datagram")
+            .to_be_bytes(),
+    );
     frame.extend([0, 0]);
     frame.extend(payload);
     frame

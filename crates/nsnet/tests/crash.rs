@@ -40,7 +40,8 @@ fn spawn(h: &TestHost, args: &[&str]) -> Child {
 
 fn kill_after(mut child: Child, micros: u64) {
     std::thread::sleep(Duration::from_micros(micros));
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = child.wait();
 }
 

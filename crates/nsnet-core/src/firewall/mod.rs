@@ -137,13 +137,12 @@ impl fmt::Display for HostChain {
 /// `iptables-restore` must not land its transaction after recovery has rolled the command back.
 fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: runs in the forked child before exec; prctl(2) is async-signal-safe and nothing is allocated.
+    // SAFETY: the closure runs in the forked child before exec; prctl(2) is async-signal-safe and nothing is
+    // allocated.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
         });
     }
 }

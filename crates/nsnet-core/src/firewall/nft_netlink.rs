@@ -11,10 +11,13 @@
 //! integers in network byte order, interface names as 16 zero-padded bytes.
 
 use std::io;
-
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use nix::fcntl::OFlag;
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, pipe2, read, ForkResult};
 
 use super::element::{elements, Element};
 use super::{Batch, Change, Rule};
@@ -55,30 +58,44 @@ pub fn handles(batch: &Batch) -> bool {
 struct Attrs(Vec<u8>);
 
 impl Attrs {
-    fn put(&mut self, kind: u16, payload: &[u8]) {
-        let len = 4 + payload.len();
-        self.0.extend((len as u16).to_ne_bytes());
+    /// One attribute; an attribute's length is a `u16`, so a longer one is an error (a message holds at most
+    /// [`ELEMENTS_PER_MESSAGE`] elements, which keeps its element list far below that).
+    fn put(&mut self, kind: u16, payload: &[u8]) -> io::Result<()> {
+        let len = u16::try_from(4 + payload.len()).map_err(|_| too_long("attribute"))?;
+        self.0.extend(len.to_ne_bytes());
         self.0.extend(kind.to_ne_bytes());
         self.0.extend(payload);
         self.0.resize(self.0.len().div_ceil(4) * 4, 0);
+        Ok(())
     }
 
-    fn nest(&mut self, kind: u16, inner: Attrs) {
-        self.put(kind | NLA_F_NESTED, &inner.0);
+    fn nest(&mut self, kind: u16, inner: Attrs) -> io::Result<()> {
+        self.put(kind | NLA_F_NESTED, &inner.0)
     }
 
-    fn string(&mut self, kind: u16, s: &str) {
+    fn string(&mut self, kind: u16, s: &str) -> io::Result<()> {
         let mut b = s.as_bytes().to_vec();
         b.push(0);
-        self.put(kind, &b);
+        self.put(kind, &b)
     }
 }
 
 /// An nfnetlink message: netlink header, nfgenmsg, attributes.
-fn message(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) -> Vec<u8> {
+fn message(
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    attrs: &[u8],
+) -> io::Result<Vec<u8>> {
     let len = 16 + 4 + attrs.len();
     let mut m = Vec::with_capacity(len);
-    m.extend((len as u32).to_ne_bytes());
+    m.extend(
+        u32::try_from(len)
+            .map_err(|_| too_long("message"))?
+            .to_ne_bytes(),
+    );
     m.extend(kind.to_ne_bytes());
     m.extend(flags.to_ne_bytes());
     m.extend(seq.to_ne_bytes());
@@ -87,7 +104,14 @@ fn message(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8
     m.push(0); // NFNETLINK_V0
     m.extend(res_id.to_be_bytes());
     m.extend(attrs);
-    m
+    Ok(m)
+}
+
+fn too_long(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("nfnetlink {what} too long"),
+    )
 }
 
 /// Most elements in one message: keeps each message well under the socket buffers.
@@ -112,7 +136,7 @@ fn encode(batch: &Batch) -> io::Result<(Vec<u8>, Vec<u32>)> {
         0,
         NFNL_SUBSYS_NFTABLES,
         &[],
-    );
+    )?;
     let mut seqs = Vec::new();
     let mut seq = 1;
     let mut i = 0;
@@ -134,20 +158,20 @@ fn encode(batch: &Batch) -> io::Result<(Vec<u8>, Vec<u32>)> {
                 ));
             };
             let mut key = Attrs(Vec::new());
-            key.put(NFTA_DATA_VALUE, &key_bytes);
+            key.put(NFTA_DATA_VALUE, &key_bytes)?;
             let mut elem = Attrs(Vec::new());
-            elem.nest(NFTA_SET_ELEM_KEY, key);
+            elem.nest(NFTA_SET_ELEM_KEY, key)?;
             if let (Some(value), NFT_MSG_NEWSETELEM) = (e.value_bytes(), kind) {
                 let mut data = Attrs(Vec::new());
-                data.put(NFTA_DATA_VALUE, &value);
-                elem.nest(NFTA_SET_ELEM_DATA, data);
+                data.put(NFTA_DATA_VALUE, &value)?;
+                elem.nest(NFTA_SET_ELEM_DATA, data)?;
             }
-            list.nest(NFTA_LIST_ELEM, elem);
+            list.nest(NFTA_LIST_ELEM, elem)?;
         }
         let mut attrs = Attrs(Vec::new());
-        attrs.string(NFTA_SET_ELEM_LIST_TABLE, TABLE_NAME);
-        attrs.string(NFTA_SET_ELEM_LIST_SET, first.set);
-        attrs.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list);
+        attrs.string(NFTA_SET_ELEM_LIST_TABLE, TABLE_NAME)?;
+        attrs.string(NFTA_SET_ELEM_LIST_SET, first.set)?;
+        attrs.nest(NFTA_SET_ELEM_LIST_ELEMENTS, list)?;
         let flags = match kind {
             NFT_MSG_NEWSETELEM => NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
             _ => NLM_F_REQUEST | NLM_F_ACK,
@@ -161,7 +185,7 @@ fn encode(batch: &Batch) -> io::Result<(Vec<u8>, Vec<u32>)> {
             first.family.nfproto(),
             0,
             &attrs.0,
-        ));
+        )?);
         i += run;
     }
     out.extend(message(
@@ -171,27 +195,14 @@ fn encode(batch: &Batch) -> io::Result<(Vec<u8>, Vec<u32>)> {
         0,
         NFNL_SUBSYS_NFTABLES,
         &[],
-    ));
+    )?);
     Ok((out, seqs))
 }
 
-fn force_buffer(sock: &Socket, option: libc::c_int, size: usize) -> io::Result<()> {
-    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt on a socket fd we own, with a pointer to a live c_int and its exact length.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(sock),
-            libc::SOL_SOCKET,
-            option,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+/// A socket buffer size as the kernel takes it, an `int` (nix passes the value on as one): a larger request
+/// gets the largest.
+fn buffer_size(size: usize) -> usize {
+    size.min(usize::try_from(libc::c_int::MAX).unwrap_or(usize::MAX))
 }
 
 /// Apply a fast-path batch as one kernel transaction. Errors carry the kernel's errno (the whole batch is
@@ -203,9 +214,9 @@ pub fn apply(batch: &Batch) -> io::Result<()> {
     sock.connect(&SocketAddr::new(0, 0))?;
     // The kernel runs a batch from one datagram, so a large one (10,000 ports is ~440 KB) needs a send buffer
     // that big; its acks come back together too. The FORCE options (root) pass the sysctl limits, as nft does.
-    let room = bytes.len() + (64 << 10);
-    force_buffer(&sock, libc::SO_SNDBUFFORCE, room)?;
-    force_buffer(&sock, libc::SO_RCVBUFFORCE, room)?;
+    let room = buffer_size(bytes.len() + (64 << 10));
+    setsockopt(&sock, sockopt::SndBufForce, &room)?;
+    setsockopt(&sock, sockopt::RcvBufForce, &room)?;
     sock.send(&bytes, 0)?;
     let mut pending: Vec<u32> = seqs;
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -254,52 +265,59 @@ pub fn apply(batch: &Batch) -> io::Result<()> {
 /// tells it), then exits, and the kernel's wait happens there, off the command's path. If `fork` or `pipe`
 /// fails, the socket is simply closed here.
 fn release_later(sock: Socket) {
-    let fd = sock.as_raw_fd();
-    let mut pipe = [0; 2];
-    // SAFETY: pipe2 fills the two-element array on success.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    let Ok((read_end, write_end)) = pipe2(OFlag::O_CLOEXEC) else {
         return;
-    }
-    let [read_end, write_end] = pipe;
-    // SAFETY: the children run only async-signal-safe calls (fork, close, close_range, read, _exit), so forking
-    // while other threads run is sound. The middle child exits at once, so the grandchild is reparented to
-    // init, which reaps it; this process reaps the middle child and never waits on the grandchild.
-    unsafe {
-        match libc::fork() {
-            0 => {
-                if libc::fork() == 0 {
-                    // Keep only the socket and the pipe's read end: no lock file, pipe or other descriptor of
-                    // the command may outlive it here.
-                    let mut keep = [fd, read_end];
-                    keep.sort_unstable();
-                    let mut from: libc::c_uint = 0;
-                    for k in keep {
-                        let k = k as libc::c_uint;
-                        if k > from {
-                            libc::syscall(libc::SYS_close_range, from, k - 1, 0);
-                        }
-                        from = k + 1;
-                    }
-                    libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0);
-                    let mut byte = 0u8;
-                    // Returns at end of file: when every copy of the write end is closed.
-                    while libc::read(read_end, std::ptr::addr_of_mut!(byte).cast(), 1) > 0 {}
-                }
-                libc::_exit(0);
+    };
+    // SAFETY: the children run only async-signal-safe calls (fork, close_range, read, _exit) and allocate
+    // nothing, so forking while other threads run is sound. The middle child exits at once, so the grandchild
+    // is reparented to init, which reaps it; this process reaps the middle child and never waits on the
+    // grandchild.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // SAFETY: as above.
+            if let Ok(ForkResult::Child) = unsafe { fork() } {
+                hold_until_closed(sock.as_raw_fd(), &read_end);
             }
-            pid if pid > 0 => {
-                let mut status = 0;
-                libc::waitpid(pid, &mut status, 0);
-            }
-            _ => {}
+            // SAFETY: _exit(2) is async-signal-safe and ends the middle child (also when the second fork failed)
+            // without running the parent's exit handlers or destructors.
+            unsafe { libc::_exit(0) }
         }
-        libc::close(read_end);
+        Ok(ForkResult::Parent { child }) => {
+            let _ = waitpid(child, None);
+        }
+        Err(_) => {}
     }
+    drop(read_end);
     drop(sock);
-    // SAFETY: our own descriptor, closed once.
-    unsafe {
-        libc::close(write_end);
+    drop(write_end);
+}
+
+/// The grandchild of [`release_later`]: keeps only the socket and the pipe's read end (no lock file, pipe or
+/// other descriptor of the command may outlive it here), waits for the pipe's end of file (every copy of the
+/// write end closed: the command has closed its socket), then exits, closing the socket's last reference.
+fn hold_until_closed(sock: RawFd, read_end: &OwnedFd) -> ! {
+    let mut keep = [sock, read_end.as_raw_fd()];
+    keep.sort_unstable();
+    let mut from: libc::c_uint = 0;
+    for k in keep {
+        // Open descriptors are never negative.
+        let Ok(k) = libc::c_uint::try_from(k) else {
+            continue;
+        };
+        if k > from {
+            // SAFETY: close_range(2) only closes descriptors; none in [from, k) is used by this process again
+            // (it runs nothing but this function, which uses only the two kept descriptors).
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = k + 1;
     }
+    // SAFETY: as above, for every descriptor above the last kept one.
+    unsafe { libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0) };
+    let mut byte = [0u8; 1];
+    // Returns at end of file: when every copy of the write end is closed.
+    while matches!(read(read_end, &mut byte), Ok(n) if n > 0) {}
+    // SAFETY: _exit(2) is async-signal-safe and ends this process without running destructors.
+    unsafe { libc::_exit(0) }
 }
 
 #[cfg(test)]
@@ -307,6 +325,16 @@ mod tests {
     use super::*;
     use crate::portmap::{PortMapping, Proto};
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn an_attribute_longer_than_its_u16_length_is_refused() {
+        let mut a = Attrs(Vec::new());
+        assert!(a.put(1, &vec![0; usize::from(u16::MAX) - 4]).is_ok());
+        let mut b = Attrs(Vec::new());
+        let e = b.put(1, &vec![0; usize::from(u16::MAX) - 3]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(b.0.is_empty());
+    }
 
     #[test]
     fn elements_of_one_set_share_a_message() {

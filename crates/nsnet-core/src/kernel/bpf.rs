@@ -7,7 +7,7 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 // `enum bpf_cmd` (include/uapi/linux/bpf.h).
 const MAP_CREATE: libc::c_long = 0;
@@ -33,12 +33,11 @@ const OBJ_NAME_LEN: usize = 16;
 /// `T` must be the `repr(C)` member of `union bpf_attr` that `cmd` reads, with every field the kernel does
 /// not know zeroed, and every pointer in it valid for the length given next to it for the whole call.
 unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    let r = libc::syscall(
-        libc::SYS_bpf,
-        cmd,
-        attr as *mut T,
-        size_of::<T>() as libc::c_uint,
-    );
+    let size = len_u32(size_of::<T>())?;
+    // SAFETY: the caller guarantees that `attr` is the member of `union bpf_attr` that `cmd` reads, zeroed
+    // where the kernel does not know it, and that its pointers are valid; `size` is its exact size, so the
+    // kernel reads and writes only inside it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -51,9 +50,19 @@ unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
 /// # Safety
 /// As [`sys_bpf`]; `cmd` must be one that returns a new descriptor.
 unsafe fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
-    let fd = sys_bpf(cmd, attr)?;
-    // The kernel just handed us this descriptor; nothing else owns it.
-    Ok(OwnedFd::from_raw_fd(fd as i32))
+    // SAFETY: the caller's guarantees are this function's own.
+    let r = unsafe { sys_bpf(cmd, attr) }?;
+    // bpf() returns descriptors as an `int`; the wider `long` of syscall(2) always holds one.
+    let fd = RawFd::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    // SAFETY: `cmd` returns a new descriptor (the caller's guarantee) and the call succeeded, so `fd` is
+    // open and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A length as the `u32` that `bpf_attr` carries; `E2BIG` for one that does not fit (none that nsnet
+/// passes comes close).
+fn len_u32(len: usize) -> io::Result<u32> {
+    u32::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))
 }
 
 fn obj_name(name: &str) -> [u8; OBJ_NAME_LEN] {
@@ -83,8 +92,10 @@ fn found(r: io::Result<libc::c_long>) -> io::Result<bool> {
     }
 }
 
-fn fd_u32(fd: &OwnedFd) -> u32 {
-    fd.as_raw_fd() as u32
+/// A descriptor as `bpf_attr`'s `__u32` field. An open descriptor is never negative, so this fails
+/// (`EBADF`) only on a descriptor that is not one.
+fn fd_u32(fd: &OwnedFd) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))
 }
 
 #[repr(C)]
@@ -199,11 +210,11 @@ pub struct Map(OwnedFd);
 
 impl Map {
     /// A hash map with fixed-size keys and values, entries allocated as they come.
-    pub fn hash(name: &str, key_size: u32, value_size: u32, max: u32) -> io::Result<Map> {
+    pub fn hash(name: &str, key_size: usize, value_size: usize, max: u32) -> io::Result<Map> {
         let mut attr = MapCreateAttr {
             map_type: MAP_TYPE_HASH,
-            key_size,
-            value_size,
+            key_size: len_u32(key_size)?,
+            value_size: len_u32(value_size)?,
             max_entries: max,
             map_flags: F_NO_PREALLOC,
             map_name: obj_name(name),
@@ -232,7 +243,7 @@ impl Map {
     pub fn update(&self, key: &[u8], value: &[u8], sizes: (usize, usize)) -> io::Result<()> {
         check_sizes(key.len(), value.len(), sizes)?;
         let mut attr = ElemAttr {
-            map_fd: fd_u32(&self.0),
+            map_fd: fd_u32(&self.0)?,
             key: key.as_ptr() as u64,
             value: value.as_ptr() as u64,
             ..Default::default()
@@ -246,7 +257,7 @@ impl Map {
     pub fn lookup(&self, key: &[u8], value: &mut [u8], sizes: (usize, usize)) -> io::Result<bool> {
         check_sizes(key.len(), value.len(), sizes)?;
         let mut attr = ElemAttr {
-            map_fd: fd_u32(&self.0),
+            map_fd: fd_u32(&self.0)?,
             key: key.as_ptr() as u64,
             value: value.as_mut_ptr() as u64,
             ..Default::default()
@@ -261,7 +272,7 @@ impl Map {
         loop {
             let mut next = vec![0u8; key_size];
             let mut attr = ElemAttr {
-                map_fd: fd_u32(&self.0),
+                map_fd: fd_u32(&self.0)?,
                 // No key: start at the first one.
                 key: keys.last().map_or(0, |k| k.as_ptr() as u64),
                 value: next.as_mut_ptr() as u64,
@@ -283,7 +294,7 @@ impl Map {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let mut attr = ElemAttr {
-            map_fd: fd_u32(&self.0),
+            map_fd: fd_u32(&self.0)?,
             key: key.as_ptr() as u64,
             ..Default::default()
         };
@@ -314,7 +325,7 @@ impl Program {
         let mut log = vec![0u8; 64 * 1024];
         let mut attr = ProgLoadAttr {
             prog_type: PROG_TYPE_SCHED_CLS,
-            insn_cnt: insns.len() as u32,
+            insn_cnt: len_u32(insns.len())?,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
             prog_name: obj_name(name),
@@ -334,7 +345,7 @@ impl Program {
         }
         // Rejected: load again with the verifier's log on, to say why.
         attr.log_level = 1;
-        attr.log_size = log.len() as u32;
+        attr.log_size = len_u32(log.len())?;
         attr.log_buf = log.as_mut_ptr() as u64;
         // SAFETY: as above, and `log` is writable for log_size bytes for the call.
         match unsafe { sys_bpf_fd(PROG_LOAD, &mut attr) } {
@@ -365,13 +376,13 @@ impl Program {
     pub fn info(&self) -> io::Result<ProgramInfo> {
         let mut ids = [0u32; 4];
         let mut info = ProgInfo {
-            nr_map_ids: ids.len() as u32,
+            nr_map_ids: len_u32(ids.len())?,
             map_ids: ids.as_mut_ptr() as u64,
             ..Default::default()
         };
         let mut attr = InfoAttr {
-            bpf_fd: fd_u32(&self.0),
-            info_len: size_of::<ProgInfo>() as u32,
+            bpf_fd: fd_u32(&self.0)?,
+            info_len: len_u32(size_of::<ProgInfo>())?,
             info: &mut info as *mut ProgInfo as u64,
         };
         // SAFETY: InfoAttr is the BPF_OBJ_GET_INFO_BY_FD member; `info` is writable for info_len bytes and
@@ -383,7 +394,7 @@ impl Program {
             .position(|&b| b == 0)
             .unwrap_or(OBJ_NAME_LEN);
         // The kernel reports how many maps the program uses, possibly more than it copied.
-        let n = (info.nr_map_ids as usize).min(ids.len());
+        let n = usize::try_from(info.nr_map_ids).map_or(ids.len(), |n| n.min(ids.len()));
         Ok(ProgramInfo {
             id: info.id,
             name: String::from_utf8_lossy(&info.name[..end]).into_owned(),
@@ -398,11 +409,11 @@ impl Program {
         let mut ctx = [0u32; 12];
         ctx[10] = ifindex;
         let mut attr = TestRunAttr {
-            prog_fd: fd_u32(&self.0),
-            data_size_in: packet.len() as u32,
+            prog_fd: fd_u32(&self.0)?,
+            data_size_in: len_u32(packet.len())?,
             data_in: packet.as_ptr() as u64,
             repeat: 1,
-            ctx_size_in: size_of::<[u32; 12]>() as u32,
+            ctx_size_in: len_u32(size_of::<[u32; 12]>())?,
             ctx_in: ctx.as_mut_ptr() as u64,
             ..Default::default()
         };

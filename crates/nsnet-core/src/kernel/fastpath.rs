@@ -79,6 +79,10 @@ fn io(what: &str) -> impl FnOnce(io::Error) -> KernelError + '_ {
     move |e| KernelError::io(what, e)
 }
 
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, why)
+}
+
 impl FastPath {
     /// The fast path of the bridge named `bridge`, if it has one.
     pub fn of_bridge(nl: &mut Netlink, bridge: &str) -> Result<Option<FastPath>, KernelError> {
@@ -125,12 +129,13 @@ impl FastPath {
     /// the program, and the bridge's ingress bound to the block with the program on it. `None` when this
     /// kernel or this caller cannot have one, or when the bridge's ingress is already someone else's.
     fn create(nl: &mut Netlink, block: u32, index: u32) -> Result<Option<FastPath>, KernelError> {
-        let map = match Map::hash(NAME, KEY as u32, VALUE as u32, MAX_ENTRIES) {
+        let map = match Map::hash(NAME, KEY, VALUE, MAX_ENTRIES) {
             Ok(m) => m,
             Err(e) if unsupported(&e) => return Ok(None),
             Err(e) => return Err(KernelError::io("create the fast path's map", e)),
         };
-        let insns = program(map.fd().as_raw_fd(), index);
+        let insns =
+            program(map.fd().as_raw_fd(), index).map_err(io("assemble the fast path's program"))?;
         let prog = Program::load_sched_cls(NAME, &insns, LICENSE)
             .map_err(io("load the fast path's program"))?;
         // A qdisc already on the bridge is ours from a command that died before the filter, or someone
@@ -312,20 +317,25 @@ impl Asm {
         self.or_pass(JNE_X, R2, R3, 0);
     }
 
-    /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump there.
-    fn finish(mut self) -> Vec<Insn> {
+    /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump there. A jump's offset is an `i16`:
+    /// a program too long for one is an error (this one is a few dozen instructions).
+    fn finish(mut self) -> io::Result<Vec<Insn>> {
         let pass = self.insns.len();
         self.op(MOV64_K, R0, 0, 0, -1);
         self.op(EXIT, 0, 0, 0, 0);
         for at in self.to_pass {
-            self.insns[at].off = (pass - at - 1) as i16;
+            self.insns[at].off = i16::try_from(pass - at - 1)
+                .map_err(|_| invalid("the fast path's program is too long for its jumps"))?;
         }
-        self.insns
+        Ok(self.insns)
     }
 }
 
 /// The program for the bridge with index `bridge` and the map `map_fd` (see the module doc for what it does).
-pub fn program(map_fd: i32, bridge: u32) -> Vec<Insn> {
+pub fn program(map_fd: i32, bridge: u32) -> io::Result<Vec<Insn>> {
+    // The kernel's ifindexes are positive `int`s. A jump's immediate is sign-extended before it is compared
+    // with the 32-bit ifindex the program loads, so only an index that fits in an i32 compares right.
+    let bridge = i32::try_from(bridge).map_err(|_| invalid("bridge ifindex out of range"))?;
     let mut a = Asm {
         insns: Vec::new(),
         to_pass: Vec::new(),
@@ -333,7 +343,7 @@ pub fn program(map_fd: i32, bridge: u32) -> Vec<Insn> {
     a.op(MOV64_X, R6, R1, 0, 0); // r6 = skb
                                  // On the bridge itself the program only holds the map; leave at once.
     a.op(LDX_W, R2, R6, SKB_IFINDEX, 0);
-    a.or_pass(JEQ_K, R2, 0, bridge as i32);
+    a.or_pass(JEQ_K, R2, 0, bridge);
     // Untagged frames only (a VLAN tag the veth offloaded would not show in the header).
     a.op(LDX_W, R2, R6, SKB_VLAN_PRESENT, 0);
     a.or_pass(JNE_K, R2, 0, 0);
@@ -373,7 +383,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_on_pass_and_pass_leaves_it_to_the_bridge() {
-        let p = program(3, 7);
+        let p = program(3, 7).expect("assembles");
         let n = p.len();
         assert_eq!(p[n - 2].code, MOV64_K);
         assert_eq!(p[n - 2].imm, -1);
@@ -384,8 +394,8 @@ mod tests {
         assert_eq!(jumps.len(), 11);
         for i in jumps {
             assert_eq!(
-                i as i64 + 1 + i64::from(p[i].off),
-                n as i64 - 2,
+                (i + 1).checked_add_signed(isize::from(p[i].off)),
+                Some(n - 2),
                 "jump at {i}"
             );
         }
@@ -393,7 +403,7 @@ mod tests {
 
     #[test]
     fn the_map_is_loaded_by_descriptor_and_the_bridge_index_is_baked_in() {
-        let p = program(42, 9);
+        let p = program(42, 9).expect("assembles");
         let loads: Vec<&Insn> = p.iter().filter(|i| i.code == LD_DW_IMM).collect();
         assert_eq!(loads.len(), 2);
         assert!(loads
@@ -409,6 +419,13 @@ mod tests {
                 HELPER_REDIRECT_PEER
             ]
         );
+    }
+
+    #[test]
+    fn a_bridge_index_beyond_an_int_is_refused() {
+        assert!(program(3, i32::MAX.unsigned_abs()).is_ok());
+        let e = program(3, i32::MAX.unsigned_abs() + 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -88,10 +88,10 @@ pub enum FilterAt {
 impl FilterAt {
     /// A filter message addressed here: the link's index and its hook's class (`ffff:fff2`, `ffff:fff3`,
     /// which an `ingress` qdisc answers to as well as clsact), or the block's magic index and number.
-    fn message(self) -> TcMessage {
-        match self {
+    fn message(self) -> Result<TcMessage, KernelError> {
+        Ok(match self {
             FilterAt::Link(index, hook) => {
-                let mut msg = TcMessage::with_index(index as i32);
+                let mut msg = TcMessage::with_index(tc_ifindex(index)?);
                 msg.header.parent = TcHandle {
                     major: 0xffff,
                     minor: match hook {
@@ -102,13 +102,23 @@ impl FilterAt {
                 msg
             }
             FilterAt::Block(block) => {
-                let mut msg = TcMessage::with_index(TcHeader::TCM_IFINDEX_MAGIC_BLOCK as i32);
+                let mut msg = TcMessage::with_index(MAGIC_BLOCK_INDEX);
                 // `tcm_parent` doubles as `tcm_block_index`.
                 msg.header.parent = TcHandle::from(block);
                 msg
             }
-        }
+        })
     }
+}
+
+/// `TCM_IFINDEX_MAGIC_BLOCK` (0xffffffff) in `tcm_ifindex`, which is an `int`: the same 32 bits, read as
+/// the kernel reads them.
+const MAGIC_BLOCK_INDEX: i32 = i32::from_ne_bytes(TcHeader::TCM_IFINDEX_MAGIC_BLOCK.to_ne_bytes());
+
+/// A link's index as tc's `tcm_ifindex`, an `int`. The kernel's ifindexes are positive `int`s, so an index
+/// that does not fit names no link.
+fn tc_ifindex(index: u32) -> Result<i32, KernelError> {
+    i32::try_from(index).map_err(|_| KernelError::Missing(format!("link {index}")))
 }
 
 impl std::fmt::Display for FilterAt {
@@ -424,7 +434,7 @@ impl Netlink {
     /// of shared block `BLOCK` (made with the first qdisc bound to it, freed with the last). An ingress qdisc
     /// already there is fine; which block it is bound to is not checked here.
     pub fn add_ingress_qdisc(&mut self, index: u32, block: u32) -> Result<(), KernelError> {
-        let mut msg = TcMessage::with_index(index as i32);
+        let mut msg = TcMessage::with_index(tc_ifindex(index)?);
         msg.header.handle = TcHandle {
             major: 0xffff,
             minor: 0,
@@ -450,13 +460,20 @@ impl Netlink {
         prog: BorrowedFd<'_>,
         name: &str,
     ) -> Result<(), KernelError> {
-        let mut msg = at.message();
+        let mut msg = at.message()?;
+        // An open descriptor is never negative.
+        let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| {
+            KernelError::io(
+                format!("attach bpf program {name}"),
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
         msg.header.handle = TcHandle::from(1u32);
         // TC_H_MAKE(preference << 16, protocol in network order): every protocol (ETH_P_ALL).
         msg.header.info = (u32::from(FILTER_PREF) << 16) | u32::from(0x0003u16.to_be());
         msg.attributes.push(TcAttribute::Kind("bpf".into()));
         msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
             TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
             TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
         ]));
@@ -471,7 +488,7 @@ impl Netlink {
     pub fn bpf_filters(&mut self, at: FilterAt) -> Result<Vec<BpfFilter>, KernelError> {
         let replies = match self.request(
             "list tc filters",
-            RouteNetlinkMessage::GetTrafficFilter(at.message()),
+            RouteNetlinkMessage::GetTrafficFilter(at.message()?),
             NLM_F_DUMP,
         ) {
             Ok(r) => r,
@@ -497,8 +514,7 @@ impl Netlink {
                 }
             }
             // A shared block's filters come back under its magic index, whatever link they were asked of.
-            let block = (m.header.index as u32 == TcHeader::TCM_IFINDEX_MAGIC_BLOCK)
-                .then(|| u32::from(m.header.parent));
+            let block = (m.header.index == MAGIC_BLOCK_INDEX).then(|| u32::from(m.header.parent));
             if let (Some(name), Some(id)) = (name, id) {
                 out.push(BpfFilter { name, id, block });
             }

@@ -2,8 +2,13 @@
 //! network namespace): a published port must not silently shadow one of them.
 
 use std::fs;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+};
 
 use super::KernelError;
 use crate::portmap::Proto;
@@ -20,62 +25,24 @@ pub struct Bound {
 /// it, which any bound socket refuses. An address that is not the host's holds nothing.
 pub fn port_in_use(proto: Proto, ip: Option<Ipv4Addr>, port: u16) -> Result<bool, KernelError> {
     let kind = match proto {
-        Proto::Tcp => libc::SOCK_STREAM,
-        Proto::Udp => libc::SOCK_DGRAM,
+        Proto::Tcp => SockType::Stream,
+        Proto::Udp => SockType::Datagram,
     };
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(KernelError::io(
-            "open a probe socket",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `raw` is a fresh fd nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| KernelError::io("open a probe socket", e.into()))?;
     if proto == Proto::Tcp {
-        let one: libc::c_int = 1;
-        // SAFETY: a valid int option for a socket we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                std::ptr::addr_of!(one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(KernelError::io(
-                "set SO_REUSEADDR",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(|e| KernelError::io("set SO_REUSEADDR", e.into()))?;
     }
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip.unwrap_or(Ipv4Addr::UNSPECIFIED)).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: a properly sized sockaddr_in for a socket we own.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            std::ptr::addr_of!(addr).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(false);
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EADDRINUSE) => Ok(true),
-        Some(libc::EADDRNOTAVAIL) => Ok(false),
-        _ => Err(KernelError::io(format!("probe port {port}/{proto}"), err)),
+    let addr = SockaddrIn::from(SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
+    match bind(fd.as_raw_fd(), &addr) {
+        Ok(()) => Ok(false),
+        Err(Errno::EADDRINUSE) => Ok(true),
+        Err(Errno::EADDRNOTAVAIL) => Ok(false),
+        Err(e) => Err(KernelError::io(
+            format!("probe port {port}/{proto}"),
+            e.into(),
+        )),
     }
 }
 

@@ -45,13 +45,17 @@ impl Ledger {
     /// Read a ledger's text. Errors name the line.
     pub fn parse(text: String) -> Result<Ledger, String> {
         let base = text.as_ptr() as usize;
+        let too_large = || "the file is larger than 4 GiB".to_string();
         if u32::try_from(text.len()).is_err() {
-            return Err("the file is larger than 4 GiB".into());
+            return Err(too_large());
         }
-        // Slices of `text` to spans: both ends fit in u32, checked above.
+        // Slices of `text` to spans (both ends fit in u32, as the text's length does).
         let span = |part: &str| {
             let start = part.as_ptr() as usize - base;
-            Span(start as u32, (start + part.len()) as u32)
+            match (u32::try_from(start), u32::try_from(start + part.len())) {
+                (Ok(start), Ok(end)) => Ok(Span(start, end)),
+                _ => Err(too_large()),
+            }
         };
         let mut pass = Pass::default();
         for (n, line) in Lines(&text).enumerate() {
@@ -59,8 +63,12 @@ impl Ledger {
                 .map_err(|e| format!("line {}: {e}: '{line}'", n + 1))?;
         }
         let (allocations, published) = pass.live();
-        let allocations = allocations.map(|(ip, o)| (ip, span(o))).collect();
-        let published = published.map(|(o, m)| (m, span(o))).collect();
+        let allocations = allocations
+            .map(|(ip, o)| Ok((ip, span(o)?)))
+            .collect::<Result<_, String>>()?;
+        let published = published
+            .map(|(o, m)| Ok((m, span(o)?)))
+            .collect::<Result<_, String>>()?;
         let (cursor, lines) = (pass.cursor, pass.lines);
         Ok(Ledger {
             text,

@@ -187,7 +187,13 @@ impl FileId {
     }
 
     fn stamp(self) -> Stamp {
-        [self.0, self.1, self.2 as u64, self.3 as u64]
+        // The times' bits as they are (a stamp is only compared for equality): the same value as always.
+        [
+            self.0,
+            self.1,
+            u64::from_ne_bytes(self.2.to_ne_bytes()),
+            u64::from_ne_bytes(self.3.to_ne_bytes()),
+        ]
     }
 }
 

@@ -365,7 +365,7 @@ impl TestHost {
             .flatten()
             .filter_map(|l| {
                 Some((
-                    l["ifindex"].as_u64()? as u32,
+                    u32::try_from(l["ifindex"].as_u64()?).ok()?,
                     l["ifname"].as_str()?.to_string(),
                 ))
             })
