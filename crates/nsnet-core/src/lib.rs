@@ -7,9 +7,8 @@
 //! - [`apply`]: carries a plan out with undo; the only code that changes the kernel and the firewall (through
 //!   [`kernel`] and [`firewall`]);
 //! - `ops::host::Host`: the one reader of host facts (links, addresses, routes, namespaces, sockets, sysctls,
-//!   the fast path's map, the firewall's contents) for validation, queries and CNI `CHECK`; `ops/gc.rs` still
-//!   lists links and named namespaces itself, and [`probe`] opens sockets inside namespaces for the demo and
-//!   the tests;
+//!   the fast path's map, the firewall's contents) for validation, queries, `gc` and CNI `CHECK`; [`probe`]
+//!   opens sockets inside namespaces for the demo and the tests;
 //! - [`store`]: the records on disk;
 //! - [`scenario`]: the seed article's walkthrough, which `nsnet demo` and the article test both run.
 

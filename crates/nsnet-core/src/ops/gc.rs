@@ -2,10 +2,11 @@
 
 use std::collections::HashSet;
 
+use super::host::Host;
 use super::Nsnet;
 use crate::apply::Applier;
 use crate::error::Result;
-use crate::kernel::{netns, Netlink};
+use crate::kernel::netns;
 use crate::model::{Driver, Network, Sandbox};
 use crate::plan::{build, Ns, Plan, Step};
 use crate::store::Record;
@@ -83,7 +84,7 @@ impl Nsnet {
         // A sandbox whose namespace is gone goes (one being removed belongs to the command removing it).
         let (sandboxes, gone): (Vec<Sandbox>, Vec<Sandbox>) = all
             .into_iter()
-            .partition(|sb| sb.removing || sb.namespace_is_there());
+            .partition(|sb| sb.removing || Host::namespace_is_there(sb));
         for sb in &gone {
             r.lines.push(format!(
                 "release sandbox '{}': its namespace {} is gone",
@@ -129,7 +130,7 @@ impl Nsnet {
                 .iter()
                 .flat_map(|s| s.endpoints.iter().map(|e| e.host_interface.as_str())),
         );
-        let links = Netlink::open()?.links()?;
+        let links = Host::new().links()?;
         for link in &links {
             if link.alias.as_deref() != Some(tag.as_str()) || owned.contains(link.name.as_str()) {
                 continue;
@@ -154,9 +155,8 @@ impl Nsnet {
         // Namespaces this store made (tagged with its owner tag) that no sandbox record holds: their record was
         // lost (a state dir restored from backup, a hand-deleted file). Anyone else's namespaces are left alone.
         let held: HashSet<&std::path::Path> = sandboxes.iter().map(|s| s.netns.as_path()).collect();
-        for name in netns::named()? {
-            let path = netns::named_path(&name);
-            if held.contains(path.as_path()) || !netns::has_tag(&path, &tag) {
+        for name in Host::tagged_namespaces(&tag)? {
+            if held.contains(netns::named_path(&name).as_path()) {
                 continue;
             }
             r.lines.push(format!(
@@ -211,7 +211,7 @@ fn repair_network(
     // The live endpoints on this network, of sandboxes whose namespace is there to put a veth back into.
     let endpoints: Vec<(&Sandbox, &crate::model::Endpoint)> = sandboxes
         .iter()
-        .filter(|s| !s.removing && s.namespace_is_there())
+        .filter(|s| !s.removing && Host::namespace_is_there(s))
         .flat_map(|sb| sb.endpoints.iter().map(move |ep| (sb, ep)))
         .filter(|(_, ep)| ep.network == net.name && !ep.removing)
         .collect();
