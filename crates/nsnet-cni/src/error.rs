@@ -66,7 +66,8 @@ impl fmt::Display for CniError {
 }
 
 /// Library errors: refused input is a configuration error, a busy object is "try again", an attachment that is
-/// already there is nsnet's own code, an exhausted pool "unavailable", anything else a failure of nsnet itself.
+/// already there is nsnet's own code, an exhausted pool "unavailable", anything else (a bug of nsnet's included:
+/// no configuration fixes that) a failure of nsnet itself.
 impl From<nsnet_core::Error> for CniError {
     fn from(e: nsnet_core::Error) -> CniError {
         let code = match &e {
@@ -74,6 +75,7 @@ impl From<nsnet_core::Error> for CniError {
             nsnet_core::Error::Busy(_) => code::TRY_AGAIN,
             nsnet_core::Error::Exists(_) => code::ALREADY_EXISTS,
             nsnet_core::Error::Exhausted(_) => code::UNAVAILABLE,
+            nsnet_core::Error::Internal(_) => code::FAILED,
             _ => code::FAILED,
         };
         CniError::new(code, e.to_string())
@@ -88,3 +90,23 @@ impl From<nsnet_core::store::StoreError> for CniError {
 }
 
 pub type CniResult<T> = Result<T, CniError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bug of nsnet's (here a panicked namespace thread) is no configuration error: code 100, and a message
+    /// that asks for a bug report.
+    #[test]
+    fn an_internal_error_is_a_failure_not_bad_configuration() {
+        let fd =
+            nsnet_core::netns::open(std::path::Path::new("/proc/self/ns/net")).expect("own ns");
+        let panicked = nsnet_core::netns::run_in(&fd, || -> u8 { panic!("boom") })
+            .expect_err("the thread panicked");
+        let e = CniError::from(nsnet_core::Error::from(panicked));
+        assert_eq!(e.code, code::FAILED, "{e}");
+        assert!(e.msg.contains("this is a bug"), "{e}");
+        let refused = CniError::from(nsnet_core::Error::Invalid("bad subnet".into()));
+        assert_eq!(refused.code, code::BAD_CONFIG);
+    }
+}

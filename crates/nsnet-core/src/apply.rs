@@ -1,6 +1,7 @@
 //! The applier: carries a [`Plan`] out step by step, remembering how to undo each step it did.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kernel::fastpath::FastPath;
@@ -13,6 +14,21 @@ pub struct Applier {
     sockets: HashMap<Ns, Netlink>,
     /// Steps started through [`Applier::apply`], counted across calls (a teardown applies in two phases).
     started: usize,
+    observer: Option<Observer>,
+}
+
+/// Told about each step just before the applier runs it (`nsnet -v` prints it), so what is shown is what is
+/// being done, in the order it is done, even when a later step fails or nsnet is killed halfway. Shared by the
+/// threads of one command (a teardown deletes links and firewall elements at once).
+pub type Observer = Arc<dyn Fn(&Step, Phase) + Send + Sync>;
+
+/// Why a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// It is part of the plan.
+    Do,
+    /// It undoes an earlier step: a rollback after a failure, or recovery rolling back a killed command.
+    Undo,
 }
 
 /// In test builds with the `fault-injection` feature, `NSNET_FAIL_AT=K` fails the K-th step a command applies
@@ -20,7 +36,13 @@ pub struct Applier {
 #[cfg(feature = "fault-injection")]
 fn injected_fault(step: usize) -> Option<Error> {
     let at: usize = std::env::var("NSNET_FAIL_AT").ok()?.parse().ok()?;
-    (at == step).then(|| Error::Invalid(format!("injected fault at step {step}")))
+    // A simulated kernel failure, not bad input: it must be reported (and coded by CNI) as a real one would.
+    (at == step).then(|| {
+        Error::from(KernelError::io(
+            format!("injected fault at step {step}"),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ))
+    })
 }
 
 #[cfg(not(feature = "fault-injection"))]
@@ -42,7 +64,10 @@ impl Undo {
 
     /// Undo everything, best effort; returns the undo steps that failed.
     pub fn rollback(self, applier: &mut Applier) -> Vec<Error> {
-        self.0.iter().filter_map(|s| applier.run(s).err()).collect()
+        self.0
+            .iter()
+            .filter_map(|s| applier.undo(s).err())
+            .collect()
     }
 }
 
@@ -51,12 +76,27 @@ impl Applier {
         Applier::default()
     }
 
-    /// An applier whose steps are numbered from `n + 1` (for fault injection): the second of two appliers
-    /// working on one command at once.
-    pub fn counting_from(n: usize) -> Applier {
+    /// An applier that tells `observer` about each step before it runs it.
+    pub fn observed(observer: Option<Observer>) -> Applier {
+        Applier {
+            observer,
+            ..Applier::default()
+        }
+    }
+
+    /// A second applier for the same command, to work at the same time as this one: the same observer, and
+    /// its steps numbered from `n + 1` (for fault injection, so a test's fault hits the same step every run).
+    pub fn sibling(&self, n: usize) -> Applier {
         Applier {
             started: n,
+            observer: self.observer.clone(),
             ..Applier::default()
+        }
+    }
+
+    fn observe(&self, step: &Step, phase: Phase) {
+        if let Some(o) = &self.observer {
+            o(step, phase);
         }
     }
 
@@ -70,11 +110,22 @@ impl Applier {
         }
         self.sockets
             .get_mut(ns)
-            .ok_or_else(|| Error::Invalid("netlink socket cache lost an entry".into()))
+            .ok_or_else(|| Error::Internal("the netlink socket cache lost an entry".into()))
     }
 
-    /// Carry out one step.
+    /// Carry out one step of a plan.
     pub fn run(&mut self, step: &Step) -> Result<()> {
+        self.observe(step, Phase::Do);
+        self.exec(step)
+    }
+
+    /// Carry out a step that undoes an earlier one.
+    pub fn undo(&mut self, step: &Step) -> Result<()> {
+        self.observe(step, Phase::Undo);
+        self.exec(step)
+    }
+
+    fn exec(&mut self, step: &Step) -> Result<()> {
         match step {
             Step::CreateNetns { name, owner } => {
                 let nl = netns::create(name, Some(owner))?;
@@ -105,8 +156,9 @@ impl Applier {
                 tag,
             } => {
                 let Ns::Path(path) = peer_ns else {
-                    return Err(Error::Invalid(
-                        "a veth peer must go into a sandbox namespace".into(),
+                    // The plan builders always put the peer in a sandbox: a plan that does not is a bug.
+                    return Err(Error::Internal(
+                        "the plan puts a veth peer into the host namespace, not a sandbox's".into(),
                     ));
                 };
                 let fd = netns::open(path)?;
@@ -209,7 +261,9 @@ impl Applier {
         let mut undo: Vec<Step> = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
             self.started += 1;
-            if let Err(cause) = injected_fault(self.started).map_or_else(|| self.run(step), Err) {
+            // Shown before the injected fault too: it stands for the step failing in the kernel.
+            self.observe(step, Phase::Do);
+            if let Err(cause) = injected_fault(self.started).map_or_else(|| self.exec(step), Err) {
                 let rollback = Undo(undo).rollback(self);
                 return Err(Error::RolledBack {
                     cause: Box::new(cause),

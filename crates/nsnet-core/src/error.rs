@@ -1,4 +1,4 @@
-//! The library's error: bad input, or a layer's failure with its context.
+//! The library's error: bad input, a layer's failure with its context, or a bug of nsnet's own.
 
 use crate::firewall::FirewallError;
 use crate::kernel::KernelError;
@@ -7,9 +7,17 @@ use crate::store::StoreError;
 /// Everything an nsnet operation can fail with. Each renders as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad input; the message says what is wrong and how to fix it. Nothing was changed.
+    /// Bad input; the message says what is wrong and how to fix it. Nothing was changed. Only for what the user
+    /// can change (arguments, configuration, the state dir they point at): CNI reports it as a configuration
+    /// error (code 7), so a failure of nsnet itself must not be one.
     #[error("{0}")]
     Invalid(String),
+    /// Something that cannot happen did: a thread panicked, an invariant of nsnet's own code did not hold. No
+    /// input can fix it, so the message asks for a bug report (CNI code 100).
+    #[error(
+        "internal error: {0}; this is a bug: please report it with the output of the same command with --dry-run"
+    )]
+    Internal(String),
     /// Another nsnet command is working on the same object; trying again later will do. Nothing was changed.
     #[error("{0}")]
     Busy(String),
@@ -24,8 +32,10 @@ pub enum Error {
     Exhausted(String),
     // Transparent, not "{0}": a wrapper that printed its source's text and also named it as its source made
     // the CLI's error line (which prints the chain) say everything twice.
+    /// Not `#[from]`: a kernel-layer failure that is a bug of nsnet's own (a panicked namespace thread)
+    /// becomes [`Error::Internal`], see the `From` impl below.
     #[error(transparent)]
-    Kernel(#[from] KernelError),
+    Kernel(KernelError),
     #[error(transparent)]
     Firewall(#[from] FirewallError),
     #[error(transparent)]
@@ -39,9 +49,25 @@ pub enum Error {
     /// Teardown went through every step, and these failed.
     #[error("teardown incomplete: {}", join(.0))]
     Teardown(Vec<Error>),
+    /// Recovery could not roll back the set-up a killed command left: these undo steps failed. Its intent stays
+    /// on disk, so the next command (or `nsnet gc`) tries again.
+    #[error(
+        "could not roll back the interrupted `{command}` ({}); fix that and run `nsnet gc` again",
+        join(.failed)
+    )]
+    Recovery { command: String, failed: Vec<Error> },
 }
 
-/// Shorthand for `Err(Error::Invalid(...))` with a formatted message.
+impl From<KernelError> for Error {
+    fn from(e: KernelError) -> Error {
+        match e {
+            KernelError::Internal(what) => Error::Internal(what),
+            e => Error::Kernel(e),
+        }
+    }
+}
+
+/// Shorthand for `Error::Invalid(...)` with a formatted message: bad input only (see [`Error::Invalid`]).
 #[macro_export]
 macro_rules! invalid {
     ($($arg:tt)*) => { $crate::Error::Invalid(format!($($arg)*)) };

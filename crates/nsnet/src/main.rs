@@ -7,14 +7,16 @@ mod show;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
+use nsnet_core::apply::Phase;
 use nsnet_core::firewall::Backend;
 use nsnet_core::model::{Driver, GatewayMode, NetOptions};
 use nsnet_core::ops::{AttachRequest, NetworkRequest, Nsnet, Target};
-use nsnet_core::plan::Plan;
+use nsnet_core::plan::{Plan, Step};
 use nsnet_core::portmap::PortSpec;
 use nsnet_core::{ipam, netns};
 
@@ -41,7 +43,8 @@ struct Cli {
     /// later commands use the one recorded with each network.
     #[arg(long, global = true, env = "NSNET_FIREWALL", value_name = "BACKEND")]
     firewall: Option<Backend>,
-    /// Log each step to stderr.
+    /// Print each step to stderr, as ip / nft / sysctl commands, just before it is applied (and each step
+    /// that undoes one, after a failure).
     #[arg(short, long, global = true)]
     verbose: bool,
     #[command(subcommand)]
@@ -248,7 +251,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nsnet: error: {e:#}");
+            // A bug of nsnet's says so itself ("internal error: ...; this is a bug: ..."), not "error: internal error".
+            match e.downcast_ref::<nsnet_core::Error>() {
+                Some(nsnet_core::Error::Internal(_)) => eprintln!("nsnet: {e:#}"),
+                _ => eprintln!("nsnet: error: {e:#}"),
+            }
             match e.downcast_ref::<Exit>() {
                 Some(exit) => ExitCode::from(exit.code),
                 None => ExitCode::FAILURE,
@@ -292,13 +299,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     // command's records half written (and finish what a killed command left half written before they read).
     let mut nsnet = Nsnet::new(&cli.state_dir, cli.dry_run);
     nsnet.firewall = cli.firewall;
+    if cli.verbose && !cli.dry_run {
+        nsnet.observer = Some(Arc::new(print_step));
+    }
     let done = |plan: Plan, report: Report| -> Result<ExitCode> {
         if cli.dry_run {
             print!("{}", plan.render());
             return Ok(ExitCode::SUCCESS);
-        }
-        if cli.verbose {
-            eprint!("{}", plan.render());
         }
         report.print(&nsnet, cli.json)
     };
@@ -441,6 +448,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo::run(),
+    }
+}
+
+/// `-v`: a step on stderr just before it runs, as the commands that do the same; one that undoes an earlier
+/// step is marked so. One `eprint!` per step, so the steps of two threads do not interleave.
+fn print_step(step: &Step, phase: Phase) {
+    match phase {
+        Phase::Do => eprintln!("{}", step.render()),
+        Phase::Undo => eprintln!("# undo:\n{}", step.render()),
     }
 }
 

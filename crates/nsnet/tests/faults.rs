@@ -183,3 +183,32 @@ fn every_teardown_step_rolls_back() {
     assert_eq!(steps, 2);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// `-v` prints each step just before it runs, as `--dry-run` renders it: a create that succeeds prints its
+/// whole plan, and one whose third step fails has printed its first three steps (not the rest), then the
+/// steps that undo the first two.
+#[test]
+fn verbose_prints_each_step_as_it_is_applied() {
+    let h = TestHost::new("verbose");
+    let a = h.sb("a");
+    let plan = h.ok(&["--dry-run", "create", &a]);
+    let out = h.nsnet_env(&["-v", "create", &a], &[("NSNET_FAIL_AT", "3")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let (done, undone) = err
+        .split_once("# undo:\n")
+        .unwrap_or_else(|| panic!("no undo steps shown: {err}"));
+    assert!(
+        !done.is_empty() && plan.starts_with(done) && plan.len() > done.len(),
+        "not the plan's first steps:\n{done}\nplan:\n{plan}"
+    );
+    // The bridge made by step 2 goes again (step 1, a sysctl, is never reverted).
+    assert!(undone.starts_with("ip link del "), "{err}");
+    assert!(err.contains("injected fault at step 3"), "{err}");
+
+    let plan = h.ok(&["--dry-run", "create", &a]);
+    let out = h.nsnet(&["-v", "create", &a]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), plan);
+    h.ok(&["rm", &a]);
+}

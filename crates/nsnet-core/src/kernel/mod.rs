@@ -23,6 +23,10 @@ pub enum KernelError {
     Decode(String),
     #[error("{0} does not exist")]
     Missing(String),
+    /// Not the kernel's doing but nsnet's: a thread that entered a namespace panicked. Becomes
+    /// [`crate::Error::Internal`].
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl KernelError {

@@ -66,8 +66,21 @@ where
             Ok(f())
         })
         .join()
-        .unwrap_or_else(|_| Err(KernelError::Decode("namespace thread panicked".into())))
+        .unwrap_or_else(|payload| Err(panicked(payload.as_ref())))
     })
+}
+
+/// A thread in another namespace panicked: a bug of nsnet's, not a reply the kernel sent (so not
+/// [`KernelError::Decode`]); it becomes [`crate::Error::Internal`], with the panic's own message.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> KernelError {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    KernelError::Internal(format!(
+        "a thread working in another network namespace panicked ({what})"
+    ))
 }
 
 /// A netlink socket inside the namespace at `path`.
@@ -108,7 +121,7 @@ pub fn create(name: &str, tag: Option<&str>) -> Result<Netlink, KernelError> {
             Ok(nl)
         })
         .join()
-        .unwrap_or_else(|_| Err(KernelError::Decode("namespace thread panicked".into())))
+        .unwrap_or_else(|payload| Err(panicked(payload.as_ref())))
     });
     if made.is_err() {
         let _ = delete(name);
@@ -223,5 +236,25 @@ fn ensure_dir() -> Result<(), KernelError> {
             format!("make {NETNS_DIR} a shared mount"),
             e.into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic on the namespace thread is a bug of nsnet's: it must reach the user as an internal error that
+    /// asks for a bug report, not as a kernel reply that could not be decoded, nor as bad input.
+    #[test]
+    fn a_panicking_namespace_thread_is_an_internal_error() {
+        let fd = open(Path::new("/proc/self/ns/net")).expect("own namespace");
+        let err = run_in(&fd, || -> u8 { panic!("boom") }).expect_err("the thread panicked");
+        let err = crate::Error::from(err);
+        assert!(matches!(err, crate::Error::Internal(_)), "{err:?}");
+        let line = err.to_string();
+        assert!(
+            line.contains("panicked (boom)") && line.contains("this is a bug"),
+            "{line}"
+        );
     }
 }

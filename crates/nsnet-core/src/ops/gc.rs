@@ -4,7 +4,6 @@ use std::collections::HashSet;
 
 use super::host::Host;
 use super::Nsnet;
-use crate::apply::Applier;
 use crate::error::Result;
 use crate::kernel::netns;
 use crate::model::{Driver, Network, Sandbox};
@@ -67,9 +66,10 @@ impl Nsnet {
         if !self.dry_run {
             // Deletions and re-creations are not rolled back should a later one fail: each is right on its own,
             // and the next gc picks up where this one stopped. The records are written last.
-            let _kept = Applier::new().apply(&r.plan)?;
+            let _kept = self.applier().apply(&r.plan)?;
             let (_, after) = self.store.file_states(&r.records)?;
             self.store.set_files(&after)?;
+            self.compact(&after);
             r.lines = r.lines.iter().map(|l| done(l)).collect();
         }
         Ok(r)

@@ -17,7 +17,7 @@ pub use network::NetworkRequest;
 pub use query::SandboxStatus;
 pub use sandbox::{AttachRequest, Target};
 
-use crate::apply::{Applier, Undo};
+use crate::apply::{Applier, Observer, Undo};
 use crate::error::{Error, Result};
 use crate::firewall::{Backend, Tables, TablesOwner};
 use crate::invalid;
@@ -42,6 +42,8 @@ pub struct Nsnet {
     pub firewall: Option<Backend>,
     /// How the caller names its inputs in messages ([`Terms::CLI`] unless the caller says otherwise).
     pub terms: Terms,
+    /// Told about each kernel and firewall step just before it runs (`nsnet -v`).
+    pub observer: Option<Observer>,
 }
 
 /// How the caller names the inputs a message may tell the user to change: the CLI's flags, or the CNI
@@ -128,7 +130,13 @@ impl Nsnet {
             dry_run,
             firewall: None,
             terms: Terms::CLI,
+            observer: None,
         }
+    }
+
+    /// An applier for this command's steps, telling [`Nsnet::observer`] about each.
+    fn applier(&self) -> Applier {
+        Applier::observed(self.observer.clone())
     }
 
     /// The writer lock, except for dry runs, which only read. Whatever a killed command left half done is
@@ -171,7 +179,7 @@ impl Nsnet {
         if records.is_empty() {
             // Nothing to record (`firewall reload`): its one transaction lands whole or not at all, so there is
             // nothing to recover, and rolling it back would wipe the firewall.
-            let _kept = Applier::new().apply(&plan)?;
+            let _kept = self.applier().apply(&plan)?;
             return Ok(plan);
         }
         let (before, after) = self.store.file_states(&records)?;
@@ -185,7 +193,7 @@ impl Nsnet {
             before,
             after: after.clone(),
         })?;
-        let mut applier = Applier::new();
+        let mut applier = self.applier();
         let done = match applier.apply(&plan) {
             Ok(undo) => undo,
             Err(e) => {
@@ -202,8 +210,19 @@ impl Nsnet {
             });
         }
         self.store.remove_intent(intent)?;
+        self.compact(&after);
         applier.settle(&plan);
         Ok(plan)
+    }
+
+    /// Compact the ledgers a command just wrote, once its intent is cleared (see [`Store::compact`]). Best
+    /// effort: the command is done and recorded, and a ledger left long is still right.
+    fn compact(&self, written: &[crate::store::FileState]) {
+        if let Err(e) = self.store.compact(written) {
+            eprintln!(
+                "nsnet: warning: {e} (compacting the ledger; it stays as it is, which is fine)"
+            );
+        }
     }
 
     /// Take an object down, all or nothing, without holding the lock while the kernel is slow (each link
@@ -258,7 +277,7 @@ impl Nsnet {
         self.store.set_files(&marked)?;
         drop(lock);
 
-        let mut applier = Applier::new();
+        let mut applier = self.applier();
         let deleted = delete_unlocked(&mut applier, &kernel, early.as_ref());
         let _lock = self.lock()?;
         let done = match deleted {
@@ -272,6 +291,7 @@ impl Nsnet {
         };
         let (fw, records) = self.release(&what)?;
         let fw = if early.is_some() { Plan::default() } else { fw };
+        let mut written = Vec::new();
         let failure = match applier.apply(&fw) {
             // One step, so nothing of it to undo: report its own cause.
             Err(Error::RolledBack { cause, .. }) => Some((*cause, done)),
@@ -280,7 +300,10 @@ impl Nsnet {
                 let (_, after) = self.store.file_states(&records)?;
                 match self.store.set_files(&after) {
                     Err(e) => Some((e.into(), fw_undo.then(done))),
-                    Ok(()) => None,
+                    Ok(()) => {
+                        written = after;
+                        None
+                    }
                 }
             }
         };
@@ -294,6 +317,7 @@ impl Nsnet {
             });
         }
         self.store.remove_intent(intent)?;
+        self.compact(&written);
         Ok(kernel.then(early.unwrap_or(fw)))
     }
 
@@ -338,23 +362,22 @@ impl Nsnet {
         self.store.remove_stale_temp_files()?;
         let mut done = Vec::new();
         for (file, intent) in self.store.intents()? {
-            let mut applier = Applier::new();
+            let mut applier = self.applier();
             if intent.setup && self.store.files_are(&intent.after) {
                 done.push(format!("kept the finished `{}`", intent.command));
             } else if intent.setup {
                 // Undoing a step that never ran is harmless: every undo treats "already gone" as done.
-                let failed: Vec<String> = intent
+                let failed: Vec<Error> = intent
                     .undo
                     .iter()
-                    .filter_map(|s| applier.run(s).err())
-                    .map(|e| e.to_string())
+                    .filter_map(|s| applier.undo(s).err())
                     .collect();
                 if !failed.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "could not roll back the interrupted `{}` ({}); fix that and run `nsnet gc` again",
-                        intent.command,
-                        failed.join("; ")
-                    )));
+                    // The kernel's failures, not bad input: the intent stays for the next try.
+                    return Err(Error::Recovery {
+                        command: intent.command.clone(),
+                        failed,
+                    });
                 }
                 self.store.set_files(&intent.before)?;
                 done.push(format!("rolled back the interrupted `{}`", intent.command));
@@ -408,12 +431,16 @@ fn delete_unlocked(
         std::thread::scope(|s| {
             let fw = early.map(|p| {
                 // Numbered after the kernel steps, so a test's injected fault hits the same step every run.
-                s.spawn(move || Applier::counting_from(kernel_steps).apply(p))
+                let mut second = applier.sibling(kernel_steps);
+                s.spawn(move || second.apply(p))
             });
             let k = applier.apply(kernel);
             let f = fw.map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(Error::Invalid("the firewall thread panicked".into())))
+                t.join().unwrap_or_else(|_| {
+                    Err(Error::Internal(
+                        "the thread deleting the firewall elements panicked".into(),
+                    ))
+                })
             });
             (k, f.transpose())
         })

@@ -351,10 +351,13 @@ impl Nsnet {
                         break;
                     }
                 }
+                // Sixteen hashed names all taken on this host: another sandbox name hashes elsewhere.
                 chosen.ok_or_else(|| {
                     invalid!(
-                        "could not find a free host interface name for '{}'",
-                        sb.name
+                        "could not find a free host interface name for '{}' on network '{}' (the 16 \
+                         names nsnet derives from it are all taken on this host); use another sandbox name",
+                        sb.name,
+                        net.name
                     )
                 })?
             }
@@ -371,7 +374,9 @@ impl Nsnet {
             interface,
             host_interface,
             mac: req.mac.unwrap_or_else(|| Mac::for_ipv4(ip)),
-            address: Ipv4Net::new(ip, net.subnet.prefix_len()).map_err(|e| invalid!("{e}"))?,
+            // The prefix is the subnet's own, always valid: a failure here is a bug, not bad input.
+            address: Ipv4Net::new(ip, net.subnet.prefix_len())
+                .map_err(|e| Error::Internal(format!("address {ip} in {}: {e}", net.subnet)))?,
             gateway: net.gateway,
             default_route: !net.internal && !sb.endpoints.iter().any(|e| e.default_route),
             mtu: net.mtu,

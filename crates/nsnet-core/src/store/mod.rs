@@ -76,10 +76,19 @@ pub enum FileState {
     },
 }
 
+/// The format of the intents this nsnet writes, stored in each one (`"format"`, with `"written_by"`: the nsnet
+/// version). An intent outlives the nsnet that wrote it: a command killed before an upgrade is recovered by the
+/// new version. So a change under which an intent already on disk would not parse the same (a renamed or
+/// removed field or variant of [`Intent`], [`Step`], [`crate::firewall::Rule`] or what they hold) bumps this,
+/// and reading goes on accepting every older format. `tests/golden/` holds one intent of each format, with
+/// every variant, that must keep parsing. Intents written before formats were numbered carry none: format 1.
+pub const INTENT_FORMAT: u64 = 1;
+
 /// What a command in flight may have done, written before it touches the kernel and removed when it is
 /// finished. If nsnet is killed in between, recovery reads it: a set-up whose records all landed is done;
 /// otherwise its `undo` steps run and the records go back to `before`. A teardown is finished: `redo` runs
-/// again (every teardown step is idempotent), then `finish` releases the records.
+/// again (every teardown step is idempotent), then `finish` releases the records. On disk it also carries its
+/// format ([`INTENT_FORMAT`]) and the version of nsnet that wrote it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Intent {
     pub command: String,
@@ -95,6 +104,77 @@ pub struct Intent {
     pub finish: Option<Teardown>,
     pub before: Vec<FileState>,
     pub after: Vec<FileState>,
+}
+
+/// An intent as written to its slot: with its format and the nsnet that wrote it, so a later nsnet knows
+/// what it reads, and a message can name the version that can finish it.
+#[derive(Serialize)]
+struct IntentOnDisk<'a> {
+    format: u64,
+    written_by: &'a str,
+    #[serde(flatten)]
+    intent: &'a Intent,
+}
+
+/// Why an intent slot holds no intent this nsnet can act on.
+#[derive(Debug, PartialEq, Eq)]
+enum Unreadable {
+    /// A write cut short: a prefix of an intent (perhaps padded with NUL bytes, as a file can be after a power
+    /// loss). The slot is written before its command touches anything, so there is nothing to undo.
+    Torn,
+    /// A whole file, but not an intent in a format this nsnet knows (a newer nsnet's, or one it no longer
+    /// reads): its command may have changed the kernel, so it must not be guessed at, nor dropped.
+    Format {
+        command: Option<String>,
+        written_by: Option<String>,
+        reason: String,
+    },
+}
+
+/// The intent in a slot's bytes. A torn write is told apart from a format this nsnet cannot read by the
+/// JSON itself: a prefix of a JSON document always ends early (serde_json's EOF error), while a whole one
+/// that does not fit [`Intent`] fails on its content.
+fn parse_intent(bytes: &[u8]) -> Result<Intent, Unreadable> {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let body = &bytes[..end];
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Unreadable::Torn);
+    }
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) if e.is_eof() => return Err(Unreadable::Torn),
+        Err(e) => {
+            return Err(Unreadable::Format {
+                command: None,
+                written_by: None,
+                reason: format!("not JSON: {e}"),
+            })
+        }
+    };
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(String::from);
+    let unreadable = |reason: String| Unreadable::Format {
+        command: text("command"),
+        written_by: text("written_by"),
+        reason,
+    };
+    match value.get("format") {
+        // Written before intents carried their format: the format they had then is format 1.
+        None => {}
+        Some(f) => match f.as_u64() {
+            Some(1..=INTENT_FORMAT) => {}
+            Some(n) if n > INTENT_FORMAT => {
+                return Err(unreadable(format!(
+                    "it is in format {n}, newer than this nsnet's {INTENT_FORMAT}"
+                )))
+            }
+            _ => {
+                return Err(unreadable(format!(
+                    "its format {f} is no format nsnet wrote"
+                )))
+            }
+        },
+    }
+    serde_json::from_value(value.clone()).map_err(|e| unreadable(e.to_string()))
 }
 
 /// The object a teardown removes; its firewall elements and records are worked out from the records current
@@ -135,6 +215,10 @@ pub enum StoreError {
         problem: String,
         fix: String,
     },
+    /// A killed command's intent that this nsnet cannot read. Its command may have changed the kernel, so
+    /// nothing goes on until someone deals with it: the nsnet that wrote it, or a human.
+    #[error("{0}")]
+    UnreadableIntent(Box<UnreadableIntent>),
     /// A network's files are corrupt, and sandboxes still use it: setting it aside would leave them with a
     /// network nsnet no longer knows (its bridge, addresses and rules would look like nobody's).
     #[error(
@@ -148,6 +232,58 @@ pub enum StoreError {
         network: String,
         users: Vec<String>,
     },
+}
+
+/// An intent this nsnet cannot read ([`StoreError::UnreadableIntent`]), with what it could make out of it.
+#[derive(Debug)]
+pub struct UnreadableIntent {
+    pub path: PathBuf,
+    /// The command that left it, when that much could be read.
+    pub command: Option<String>,
+    /// The version of nsnet that wrote it, when it says.
+    pub written_by: Option<String>,
+    /// What this nsnet could not read.
+    pub reason: String,
+}
+
+impl std::fmt::Display for UnreadableIntent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&unreadable_intent(
+            &self.path,
+            self.command.as_deref(),
+            self.written_by.as_deref(),
+            &self.reason,
+        ))
+    }
+}
+
+/// The one line that says what an unreadable intent is, and what to do about it.
+fn unreadable_intent(
+    path: &Path,
+    command: Option<&str>,
+    written_by: Option<&str>,
+    reason: &str,
+) -> String {
+    let what = command.map_or("a killed nsnet command".into(), |c| {
+        format!("the killed `nsnet {c}`")
+    });
+    let (by, with) = match written_by {
+        Some(v) => (format!("nsnet {v}"), format!("nsnet {v}")),
+        None => (
+            "an nsnet from before intents named their version".into(),
+            "that nsnet".into(),
+        ),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    format!(
+        "nsnet {ours} cannot read the intent {what} left in {path} ({reason}); it was written by {by}, and \
+         its changes may still be in the kernel, so nsnet does nothing until it is dealt with: run `nsnet gc` \
+         with {with}, or check by hand that the kernel holds nothing of that command, then move the file out of \
+         {dir}",
+        ours = env!("CARGO_PKG_VERSION"),
+        path = path.display(),
+        dir = dir.display(),
+    )
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -691,34 +827,52 @@ impl Store {
         Ok(out)
     }
 
-    /// A network's ledger as it is on disk. A ledger that is mostly dead lines is compacted first, and its index
-    /// written afresh (call with the lock held).
-    fn current_ledger(&self, name: &str) -> Result<Arc<Ledger>, StoreError> {
-        let path = self.ledger_path(name);
-        let Some(ledger) = self.ledger(&path)? else {
-            return Ok(Default::default());
-        };
-        if !ledger.wants_compaction() {
-            return Ok(ledger);
-        }
-        let fresh = ledger.compacted();
-        self.write_text(&path, &fresh)?;
-        let fresh = Arc::new(parse_ledger(&path, fresh)?);
-        self.put_index(name, Index::of(&fresh, [0; 4]));
-        Ok(fresh)
-    }
-
-    /// The length of a network's ledger before a command appends to it, compacting it first when most of it
-    /// is dead lines. Read from the index when that is current, so a join never parses the ledger.
+    /// The length of a network's ledger before a command appends to it. Read from the index when that is
+    /// current, so a join never parses the ledger.
     fn ledger_len(&self, name: &str) -> Result<u64, StoreError> {
         match self.current_index(name) {
-            Some(ix) if !ix.wants_compaction() => Ok(ix.stamp[1]),
-            _ => Ok(self.current_ledger(name)?.len()),
+            Some(ix) => Ok(ix.stamp[1]),
+            None => Ok(self.ledger_of(name)?.len()),
         }
+    }
+
+    /// Rewrite the ledgers among `files` that are mostly dead lines, and write their indexes afresh. A separate
+    /// step, called under the lock once a command's records are written and its intent is cleared: an intent
+    /// holds a ledger's length (a rollback truncates to it), so a ledger must not be rewritten while an intent
+    /// that names it may still be acted on, and [`Store::file_states`], which writes those lengths, only reads.
+    /// The content stays the same (the rewrite is atomic), so a failure here loses nothing but space.
+    pub fn compact(&self, files: &[FileState]) -> Result<(), StoreError> {
+        for f in files {
+            let FileState::Ledger { path, .. } = f else {
+                continue;
+            };
+            let Some(name) = ledger_name(path) else {
+                continue;
+            };
+            // The index says so without parsing the ledger (a join's common case).
+            if self
+                .current_index(name)
+                .is_some_and(|ix| !ix.wants_compaction())
+            {
+                continue;
+            }
+            let full = self.ledger_path(name);
+            let Some(ledger) = self.ledger(&full)? else {
+                continue;
+            };
+            if !ledger.wants_compaction() {
+                continue;
+            }
+            let fresh = ledger.compacted();
+            self.write_text(&full, &fresh)?;
+            let fresh = parse_ledger(&full, fresh)?;
+            self.put_index(name, Index::of(&fresh, [0; 4]));
+        }
+        Ok(())
     }
 
     /// What the files of these records hold now, and what they will hold once the records are written.
-    /// Files that do not change are left out of both.
+    /// Files that do not change are left out of both. Only reads: it changes no file (see [`Store::compact`]).
     pub fn file_states(
         &self,
         records: &[Record],
@@ -766,7 +920,7 @@ impl Store {
         // record and its first join both write to its ledger).
         let mut appends: Vec<(&str, u64, String)> = Vec::new();
         for n in ledgers {
-            let current = self.current_ledger(&n.name)?;
+            let current = self.ledger_of(&n.name)?;
             appends.push((&n.name, current.len(), current.changes_to(n)));
         }
         for (name, lines) in &joins {
@@ -859,8 +1013,10 @@ impl Store {
     }
 
     /// Record a command in flight, in the first free intent slot; returns it flocked, to clear when done.
-    /// The slot is written in place: a command killed mid-write has done nothing yet, and recovery discards the
-    /// torn intent it leaves.
+    /// The slot is written in place (not through a rename: the flock that tells recovery its command is alive
+    /// is on the slot's inode), so a kill or a power loss mid-write can leave a prefix of it. Its command has
+    /// done nothing yet then, and recovery discards the torn intent; a whole intent it cannot read, it never
+    /// discards (see [`Store::intents`]).
     pub fn put_intent(&self, intent: &Intent) -> Result<IntentFile, StoreError> {
         let dir = self.dir.join("intents");
         fs::DirBuilder::new()
@@ -868,7 +1024,14 @@ impl Store {
             .mode(0o700)
             .create(&dir)
             .map_err(io_err("create state directory", &dir))?;
-        let text = pretty(intent, &dir)?;
+        let text = pretty(
+            &IntentOnDisk {
+                format: INTENT_FORMAT,
+                written_by: env!("CARGO_PKG_VERSION"),
+                intent,
+            },
+            &dir,
+        )?;
         for slot in 0.. {
             let path = dir.join(format!("{slot}.json"));
             let existed = path.exists();
@@ -895,6 +1058,9 @@ impl Store {
 
     /// Every intent left by a command that is no longer running (its flock is free), flocked for the caller.
     /// A torn one (its command was killed while writing it, before touching anything) is cleared on the way.
+    /// One this nsnet cannot read (a newer nsnet's, or a format it no longer reads) is an error that names it
+    /// and says what to do, and stays where it is: its command may have changed the kernel, and dropping it
+    /// would lose the only record of how to undo that.
     pub fn intents(&self) -> Result<Vec<(IntentFile, Intent)>, StoreError> {
         let dir = self.dir.join("intents");
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -919,16 +1085,26 @@ impl Store {
             if !try_lock(&file, &path)? {
                 continue;
             }
-            let mut text = String::new();
-            io::Read::read_to_string(&mut &file, &mut text)
-                .map_err(io_err("read intent", &path))?;
-            if text.is_empty() {
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut &file, &mut bytes).map_err(io_err("read intent", &path))?;
+            if bytes.is_empty() {
                 continue;
             }
-            let slot = IntentFile { path, file };
-            match serde_json::from_str(&text) {
-                Ok(intent) => out.push((slot, intent)),
-                Err(_) => self.remove_intent(slot)?,
+            match parse_intent(&bytes) {
+                Ok(intent) => out.push((IntentFile { path, file }, intent)),
+                Err(Unreadable::Torn) => self.remove_intent(IntentFile { path, file })?,
+                Err(Unreadable::Format {
+                    command,
+                    written_by,
+                    reason,
+                }) => {
+                    return Err(StoreError::UnreadableIntent(Box::new(UnreadableIntent {
+                        path,
+                        command,
+                        written_by,
+                        reason,
+                    })))
+                }
             }
         }
         Ok(out)
@@ -1239,10 +1415,11 @@ mod tests {
         )
     }
 
-    /// Write records the way commands do: their files as they will be, made so.
+    /// Write records the way commands do: their files as they will be, made so, then compacted.
     fn write(store: &Store, records: Vec<Record>) {
         let (_, after) = store.file_states(&records).unwrap();
         store.set_files(&after).unwrap();
+        store.compact(&after).unwrap();
     }
 
     #[test]
@@ -1600,5 +1777,257 @@ mod tests {
             store.remove_intent(slot).unwrap();
         }
         assert!(!store.has_unfinished_intents().unwrap());
+    }
+
+    /// An intent as a command of format 1 writes it, with one of every step, firewall rule and change,
+    /// namespace, backend and file state. Intents on disk outlive the nsnet that wrote them (a command killed
+    /// before an upgrade), so this file is frozen: it must keep parsing, to the same values. A change that
+    /// breaks that needs a new format ([`INTENT_FORMAT`]) that still reads this one, and a golden file of its own.
+    const GOLDEN_1: &str = include_str!("../../tests/golden/intent-format-1.json");
+
+    /// The variant names of an externally tagged enum, as serde lists them when asked for one it does not have
+    /// ("unknown variant `x`, expected one of `A`, `B`"): a variant added later is found without anyone
+    /// remembering to list it here.
+    fn variants<T: DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+        let err = serde_json::from_str::<T>(r#"{"no such variant": null}"#)
+            .expect_err("no such variant")
+            .to_string();
+        let (_, expected) = err
+            .split_once("expected")
+            .expect("serde lists the variants");
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect()
+    }
+
+    /// Every object key and string in a JSON value: where the variant names of a serialized value show.
+    fn words(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.insert(s.clone());
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| words(v, out)),
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    out.insert(k.clone());
+                    words(v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether everything `old` says, `new` says the same way (`new` may say more: a field added since, with a
+    /// default). A field renamed with `#[serde(default)]` would parse from old files silently wrong; this
+    /// catches it.
+    fn said_again(old: &serde_json::Value, new: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (old, new) {
+            (Value::Object(o), Value::Object(n)) => o
+                .iter()
+                .all(|(k, v)| n.get(k).is_some_and(|w| said_again(v, w))),
+            (Value::Array(o), Value::Array(n)) => {
+                o.len() == n.len() && o.iter().zip(n).all(|(v, w)| said_again(v, w))
+            }
+            _ => old == new,
+        }
+    }
+
+    #[test]
+    fn intents_of_format_1_keep_parsing() {
+        let intent = parse_intent(GOLDEN_1.as_bytes()).expect("the golden intent parses");
+        let mut golden: serde_json::Value = serde_json::from_str(GOLDEN_1).unwrap();
+        assert_eq!(golden["format"], 1);
+        // Parsed to the same values: written again, it says all the file said, under the same names.
+        let again = serde_json::to_value(&intent).unwrap();
+        let envelope = golden.as_object_mut().unwrap();
+        envelope.remove("format");
+        envelope.remove("written_by");
+        assert!(
+            said_again(&golden, &again),
+            "the golden intent no longer reads as it was written:\n{golden:#}\nreads as\n{again:#}"
+        );
+        // Every variant is in it, so renaming any of them breaks this test.
+        let mut seen = Default::default();
+        words(&golden, &mut seen);
+        let all = [
+            ("Step", variants::<Step>()),
+            ("Rule", variants::<crate::firewall::Rule>()),
+            ("Change", variants::<crate::firewall::Change>()),
+            ("Backend", variants::<crate::firewall::Backend>()),
+            ("Ns", variants::<crate::plan::Ns>()),
+            ("FileState", variants::<FileState>()),
+            ("Proto", variants::<crate::portmap::Proto>()),
+        ];
+        for (kind, names) in all {
+            assert!(names.len() > 1, "{kind}: {names:?}");
+            let missing: Vec<&String> = names.iter().filter(|n| !seen.contains(*n)).collect();
+            assert!(
+                missing.is_empty(),
+                "{kind} variants {missing:?} are not in tests/golden/intent-format-1.json: a new variant \
+                 goes into a new format's golden file"
+            );
+        }
+        // The golden intent finishes one kind of teardown; the others, as format 1 writes them.
+        assert_eq!(variants::<Teardown>(), ["Sandbox", "Network", "Endpoint"]);
+        for (json, want) in [
+            (r#"{"Sandbox": "s"}"#, Teardown::Sandbox("s".into())),
+            (r#"{"Network": "n"}"#, Teardown::Network("n".into())),
+        ] {
+            assert_eq!(serde_json::from_str::<Teardown>(json).unwrap(), want);
+        }
+        // Written before intents carried a format: the same, format 1.
+        let unnumbered = serde_json::to_string(&golden).unwrap();
+        assert!(parse_intent(unnumbered.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_torn_intent_is_any_prefix_and_nothing_else() {
+        let whole = GOLDEN_1.as_bytes();
+        let json_end = whole.len() - 1; // the text ends with "}\n"
+        for cut in 0..json_end {
+            assert_eq!(
+                parse_intent(&whole[..cut]).map(|_| ()),
+                Err(Unreadable::Torn),
+                "cut at {cut}"
+            );
+        }
+        // A power loss can leave the file's new length with zeros where the data did not land.
+        let mut padded = whole[..100].to_vec();
+        padded.extend([0; 300]);
+        assert_eq!(parse_intent(&padded).map(|_| ()), Err(Unreadable::Torn));
+        assert!(parse_intent(&whole[..json_end]).is_ok());
+        // Whole, but not JSON (a hand edit, a damaged disk): not torn, so not dropped.
+        let garbled = GOLDEN_1.replacen("\"undo\"", "undo", 1);
+        assert!(matches!(
+            parse_intent(garbled.as_bytes()),
+            Err(Unreadable::Format { .. })
+        ));
+    }
+
+    #[test]
+    fn an_intent_this_nsnet_cannot_read_is_refused_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("state"));
+        let _lock = store.lock().unwrap();
+        let slot = store
+            .put_intent(&Intent {
+                command: "create a".into(),
+                setup: true,
+                undo: vec![Step::DeleteNetns { name: "a".into() }],
+                redo: vec![],
+                finish: None,
+                before: vec![],
+                after: vec![],
+            })
+            .unwrap();
+        let path = slot.path.clone();
+        drop(slot); // its command died
+        let written = fs::read_to_string(&path).unwrap();
+        assert!(written.contains("\"format\": 1") && written.contains("\"written_by\""));
+
+        // A later nsnet renamed a step, then was killed and downgraded: this one cannot read the step.
+        let renamed = written.replace("DeleteNetns", "RemoveNetns");
+        fs::write(&path, &renamed).unwrap();
+        let err = store.intents().map(|_| ()).unwrap_err().to_string();
+        for want in [
+            format!(
+                "cannot read the intent the killed `nsnet create a` left in {}",
+                path.display()
+            ),
+            "unknown variant `RemoveNetns`".into(),
+            format!("written by nsnet {}", env!("CARGO_PKG_VERSION")),
+            "run `nsnet gc` with nsnet".into(),
+            format!("move the file out of {}", path.parent().unwrap().display()),
+        ] {
+            assert!(err.contains(&want), "{want:?} not in: {err}");
+        }
+        assert!(!err.contains('\n'), "{err}");
+        // Still there, untouched, and still what readers must recover first (so they refuse too).
+        assert_eq!(fs::read_to_string(&path).unwrap(), renamed);
+        assert!(store.has_unfinished_intents().unwrap());
+        // The next command does not take the slot over either.
+        let other = store
+            .put_intent(&Intent {
+                command: "create b".into(),
+                ..Intent::clone(&serde_json::from_str(&written).unwrap())
+            })
+            .unwrap();
+        assert_ne!(other.path, path);
+        drop(other);
+
+        // A newer format is not guessed at, even where it would parse.
+        fs::write(&path, written.replace("\"format\": 1", "\"format\": 2")).unwrap();
+        let err = store.intents().map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("format 2, newer than this nsnet's 1"), "{err}");
+        assert!(fs::metadata(&path).unwrap().len() > 0);
+
+        // One from before intents carried a format is format 1, and read.
+        let mut old: serde_json::Value = serde_json::from_str(&written).unwrap();
+        old.as_object_mut().unwrap().remove("format");
+        old.as_object_mut().unwrap().remove("written_by");
+        fs::write(&path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
+        let found = store.intents().unwrap();
+        assert_eq!(found.len(), 2, "the old intent and create b's");
+
+        // A torn one is cleared: its command had done nothing yet.
+        drop(found);
+        fs::write(&path, &written[..written.len() / 2]).unwrap();
+        let found = store.intents().unwrap();
+        assert_eq!(found.len(), 1, "create b's");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn file_states_only_reads_and_compaction_is_its_own_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let _lock = store.lock().unwrap();
+        let mut n = net("a");
+        write(&store, vec![Record::Network(n.clone())]);
+        // Hand out and give back addresses, writing without compacting: mostly dead lines.
+        for i in 0..100u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a59_0002 + i);
+            for held in [true, false] {
+                if held {
+                    n.allocations.insert(ip, format!("t{i}"));
+                    n.last_allocated = Some(ip);
+                } else {
+                    n.allocations.remove(&ip);
+                }
+                let (_, after) = store.file_states(&[Record::Network(n.clone())]).unwrap();
+                store.set_files(&after).unwrap();
+            }
+        }
+        let ledger = fs::read(store.ledger_path("a")).unwrap();
+        assert!(store.ledger_of("a").unwrap().wants_compaction());
+
+        // Working out a command's files changes none of them.
+        let ip = std::net::Ipv4Addr::from(0x0a59_00f0);
+        n.allocations.insert(ip, "u".into());
+        let (before, after) = store.file_states(&[Record::Network(n.clone())]).unwrap();
+        assert_eq!(fs::read(store.ledger_path("a")).unwrap(), ledger);
+        assert_eq!(
+            before,
+            vec![FileState::Ledger {
+                path: "networks/a.ledger".into(),
+                len: ledger.len() as u64,
+                append: String::new()
+            }]
+        );
+
+        // Written, then compacted as its own step: the same entries, in a few lines, with a current index.
+        store.set_files(&after).unwrap();
+        store.compact(&after).unwrap();
+        let lines = fs::read_to_string(store.ledger_path("a"))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines < 5, "{lines} lines");
+        assert_eq!(store.network("a").unwrap(), Some(n));
+        assert!(store.index_agrees("a"));
     }
 }
