@@ -34,7 +34,7 @@ fn seed_from(var: Option<&str>) -> u64 {
         None => {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
+                .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs());
             nanos ^ (u64::from(std::process::id()) << 32)
         }
     }
