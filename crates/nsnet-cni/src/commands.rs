@@ -361,8 +361,10 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
         conf.network_request(None)?;
     }
     let nsnet = nsnet(conf)?;
-    if let Some(net) = nsnet.network(&conf.name)? {
-        if delegate.is_none() && nsnet_core::ipam::allocate(&net, &net, None).is_err() {
+    if let Some(record) = nsnet.network(&conf.name)? {
+        let net = &record.settings;
+        if delegate.is_none() && nsnet_core::ipam::allocate(net, &record.allocations, None).is_err()
+        {
             return Err(CniError::new(
                 code::UNAVAILABLE,
                 format!(

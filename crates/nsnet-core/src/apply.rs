@@ -308,7 +308,7 @@ impl Applier {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(Error::Teardown(errors))
+            Err(Error::Removal(errors))
         }
     }
 }

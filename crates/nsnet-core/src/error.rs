@@ -46,9 +46,9 @@ pub enum Error {
         cause: Box<Error>,
         rollback: Vec<Error>,
     },
-    /// Teardown went through every step, and these failed.
+    /// Removal went through every step, and these failed.
     #[error("teardown incomplete: {}", join(.0))]
-    Teardown(Vec<Error>),
+    Removal(Vec<Error>),
     /// Recovery could not roll back the set-up a killed command left: these undo steps failed. Its intent stays
     /// on disk, so the next command (or `nsnet gc`) tries again.
     #[error(

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::model::Network;
+use crate::model::{Allocations, Network};
 
 /// Where subnets come from when the user gives none: 10.89.0.0/16, one /24 per network.
 pub const DEFAULT_POOL: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 89, 0, 0), 16) {
@@ -117,10 +117,10 @@ fn is_host(subnet: &Ipv4Net, ip: Ipv4Addr) -> bool {
 }
 
 /// The addresses a network has handed out, wherever they are read from: the network record's map, its ledger
-/// read in place, or the ledger's index (which knows only which addresses are held, not by whom).
-pub trait Held {
-    /// Whether `ip` is held.
-    fn holds(&self, ip: Ipv4Addr) -> bool;
+/// read in place, or the ledger's index (which knows only which addresses are allocated, not by whom).
+pub trait Allocated {
+    /// Whether `ip` is allocated.
+    fn is_allocated(&self, ip: Ipv4Addr) -> bool;
     /// The sandbox that holds `ip`, when this source knows it.
     fn holder(&self, _ip: Ipv4Addr) -> Option<&str> {
         None
@@ -129,13 +129,13 @@ pub trait Held {
     fn cursor(&self) -> Option<Ipv4Addr>;
 }
 
-impl Held for Network {
-    fn holds(&self, ip: Ipv4Addr) -> bool {
-        self.allocations.contains_key(&ip)
+impl Allocated for Allocations {
+    fn is_allocated(&self, ip: Ipv4Addr) -> bool {
+        self.addresses.contains_key(&ip)
     }
 
     fn holder(&self, ip: Ipv4Addr) -> Option<&str> {
-        self.allocations.get(&ip).map(String::as_str)
+        self.addresses.get(&ip).map(String::as_str)
     }
 
     fn cursor(&self) -> Option<Ipv4Addr> {
@@ -143,11 +143,11 @@ impl Held for Network {
     }
 }
 
-/// Choose the address for a new endpoint on `net`, whose addresses `held` tells: `requested` if it is free
+/// Choose the address for a new endpoint on `net`, whose addresses `allocated` tells: `requested` if it is free
 /// and usable, else the next free one.
 pub fn allocate(
     net: &Network,
-    held: &impl Held,
+    allocated: &impl Allocated,
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, String> {
     if let Some(ip) = requested {
@@ -167,8 +167,8 @@ pub fn allocate(
                 net.name
             ));
         }
-        if held.holds(ip) {
-            let by = held
+        if allocated.is_allocated(ip) {
+            let by = allocated
                 .holder(ip)
                 .map(|owner| format!(" by sandbox {owner}"))
                 .unwrap_or_default();
@@ -184,7 +184,7 @@ pub fn allocate(
     );
     // Next fit, like Docker's and host-local's allocators: start after the address handed out last, so a
     // removed sandbox's address is not given out again at once (its veth may still be going away).
-    let after = held
+    let after = allocated
         .cursor()
         .map(u32::from)
         .filter(|a| (first..=last).contains(a))
@@ -192,7 +192,7 @@ pub fn allocate(
     (after..=last)
         .chain(first..after)
         .map(Ipv4Addr::from)
-        .find(|ip| *ip != net.gateway && !held.holds(*ip))
+        .find(|ip| *ip != net.gateway && !allocated.is_allocated(*ip))
         .ok_or_else(|| {
             format!(
                 "network {} has no free address left in {}; remove a sandbox or create a larger network",
@@ -289,50 +289,51 @@ mod tests {
 
     #[test]
     fn allocation_is_next_fit_and_never_twice() {
-        let mut n = net("172.16.0.0/29"); // hosts .1-.6, gateway .1
+        let n = net("172.16.0.0/29"); // hosts .1-.6, gateway .1
+        let mut a = Allocations::default();
         let mut got = vec![];
-        while let Ok(ip) = allocate(&n, &n, None) {
-            n.allocations.insert(ip, format!("s{ip}"));
-            n.last_allocated = Some(ip);
+        while let Ok(ip) = allocate(&n, &a, None) {
+            a.addresses.insert(ip, format!("s{ip}"));
+            a.last_allocated = Some(ip);
             got.push(ip.octets()[3]);
         }
         assert_eq!(got, vec![2, 3, 4, 5, 6]);
-        assert!(allocate(&n, &n, None)
+        assert!(allocate(&n, &a, None)
             .unwrap_err()
             .contains("no free address"));
         // Freed addresses come back only once the search wraps around past the last one handed out.
-        n.allocations.remove(&Ipv4Addr::new(172, 16, 0, 4));
-        n.allocations.remove(&Ipv4Addr::new(172, 16, 0, 3));
-        n.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 3));
+        a.addresses.remove(&Ipv4Addr::new(172, 16, 0, 4));
+        a.addresses.remove(&Ipv4Addr::new(172, 16, 0, 3));
+        a.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 3));
         assert_eq!(
-            allocate(&n, &n, None).unwrap(),
+            allocate(&n, &a, None).unwrap(),
             Ipv4Addr::new(172, 16, 0, 4)
         );
-        n.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 6));
+        a.last_allocated = Some(Ipv4Addr::new(172, 16, 0, 6));
         assert_eq!(
-            allocate(&n, &n, None).unwrap(),
+            allocate(&n, &a, None).unwrap(),
             Ipv4Addr::new(172, 16, 0, 3)
         );
     }
 
     #[test]
     fn requested_addresses() {
-        let mut n = net("172.16.0.0/24");
-        n.allocations
-            .insert(Ipv4Addr::new(172, 16, 0, 9), "a".into());
+        let n = net("172.16.0.0/24");
+        let mut a = Allocations::default();
+        a.addresses.insert(Ipv4Addr::new(172, 16, 0, 9), "a".into());
         assert_eq!(
-            allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 102))).unwrap(),
+            allocate(&n, &a, Some(Ipv4Addr::new(172, 16, 0, 102))).unwrap(),
             Ipv4Addr::new(172, 16, 0, 102)
         );
-        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 9)))
+        assert!(allocate(&n, &a, Some(Ipv4Addr::new(172, 16, 0, 9)))
             .unwrap_err()
             .contains("in use by sandbox a"));
-        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 1)))
+        assert!(allocate(&n, &a, Some(Ipv4Addr::new(172, 16, 0, 1)))
             .unwrap_err()
             .contains("gateway"));
-        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 1, 1)))
+        assert!(allocate(&n, &a, Some(Ipv4Addr::new(172, 16, 1, 1)))
             .unwrap_err()
             .contains("outside"));
-        assert!(allocate(&n, &n, Some(Ipv4Addr::new(172, 16, 0, 255))).is_err());
+        assert!(allocate(&n, &a, Some(Ipv4Addr::new(172, 16, 0, 255))).is_err());
     }
 }

@@ -32,7 +32,8 @@ impl fmt::Display for Driver {
     }
 }
 
-/// A network and the ledger of what it has handed out.
+/// A network's settings: what `networks/NAME.json` holds. What the network has handed out is apart, in
+/// [`Allocations`] (its ledger), so a copy of the settings cannot pass for a network nobody uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     pub name: String,
@@ -61,18 +62,59 @@ pub struct Network {
     /// accepts for this network there, and removes them with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_chains: Vec<HostChain>,
+    /// Set while `nsnet network rm` deletes the network's links outside the lock: nothing may join it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub removing: bool,
+}
+
+/// What a network has handed out, as its ledger (`networks/NAME.ledger`) says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocations {
     /// Every address in use, with the sandbox that holds it.
-    #[serde(default)]
-    pub allocations: BTreeMap<Ipv4Addr, String>,
+    #[serde(default, rename = "allocations")]
+    pub addresses: BTreeMap<Ipv4Addr, String>,
     /// Every published port on this network, with the sandbox it leads to.
     #[serde(default)]
     pub published: Vec<Published>,
     /// The address handed out last: the next one comes after it (next fit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_allocated: Option<Ipv4Addr>,
-    /// Set while `nsnet network rm` deletes the network's links outside the lock: nothing may join it.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub removing: bool,
+}
+
+impl Allocations {
+    /// Give back every address and port `sandbox` holds here.
+    pub fn release(&mut self, sandbox: &str) {
+        self.addresses.retain(|_, owner| owner != sandbox);
+        self.published.retain(|p| p.sandbox != sandbox);
+    }
+
+    /// The sandboxes that hold something here: the network's users.
+    pub fn users(&self) -> Vec<&str> {
+        let mut users: Vec<&str> = self.addresses.values().map(String::as_str).collect();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+}
+
+/// A network as the state dir holds it: its settings and what it has handed out. `nsnet network inspect
+/// --json` prints it as one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    #[serde(flatten)]
+    pub settings: Network,
+    #[serde(flatten)]
+    pub allocations: Allocations,
+}
+
+impl NetworkRecord {
+    /// A network that has handed out nothing yet.
+    pub fn new(settings: Network) -> NetworkRecord {
+        NetworkRecord {
+            settings,
+            allocations: Allocations::default(),
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -165,33 +207,7 @@ impl Network {
             mtu: 1500,
             firewall: Default::default(),
             host_chains: vec![],
-            allocations: Default::default(),
-            published: vec![],
-            last_allocated: None,
             removing: false,
-        }
-    }
-
-    /// The network's settings without its ledger (addresses, ports, cursor): what `networks/NAME.json` holds.
-    /// Every field is listed, so a new one cannot be forgotten here.
-    pub fn settings(&self) -> Network {
-        Network {
-            name: self.name.clone(),
-            driver: self.driver,
-            subnet: self.subnet,
-            gateway: self.gateway,
-            interface: self.interface.clone(),
-            internal: self.internal,
-            isolate: self.isolate,
-            fast_path: self.fast_path,
-            options: self.options,
-            mtu: self.mtu,
-            firewall: self.firewall,
-            host_chains: self.host_chains.clone(),
-            allocations: BTreeMap::new(),
-            published: vec![],
-            last_allocated: None,
-            removing: self.removing,
         }
     }
 
@@ -207,20 +223,6 @@ impl Network {
             ));
         }
         Ok(())
-    }
-
-    /// Give back every address and port `sandbox` holds here.
-    pub fn release(&mut self, sandbox: &str) {
-        self.allocations.retain(|_, owner| owner != sandbox);
-        self.published.retain(|p| p.sandbox != sandbox);
-    }
-
-    /// The sandboxes attached to this network.
-    pub fn users(&self) -> Vec<&str> {
-        let mut users: Vec<&str> = self.allocations.values().map(String::as_str).collect();
-        users.sort_unstable();
-        users.dedup();
-        users
     }
 }
 

@@ -130,7 +130,7 @@ pub fn run(r: &mut impl Runner) {
         &format!("LAN peer -> {HOST_IP}:8088"),
     );
 
-    r.step("5. Teardown");
+    r.step("5. Removal");
     r.nsnet(&["rm", &ns2]);
     r.nsnet(&["rm", &ns3]);
     r.nsnet(&["network", "rm", "br0net"]);

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use nsnet_core::model::{Endpoint, Network, Sandbox};
+use nsnet_core::model::{Endpoint, NetworkRecord, Sandbox};
 use nsnet_core::ops::{Nsnet, SandboxStatus};
 
 /// Print `value` as pretty JSON, the shape every `--json` output has.
@@ -51,7 +51,8 @@ pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
     }
     let rows: Vec<Vec<String>> = nets
         .iter()
-        .map(|n| {
+        .map(|record| {
+            let n = &record.settings;
             let flag = if n.internal { " (internal)" } else { "" };
             vec![
                 n.name.clone(),
@@ -59,7 +60,7 @@ pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
                 n.subnet.to_string(),
                 n.gateway.to_string(),
                 n.interface.clone(),
-                format!("{}{flag}", n.users().len()),
+                format!("{}{flag}", record.allocations.users().len()),
             ]
         })
         .collect();
@@ -77,7 +78,7 @@ pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn find_network(nsnet: &Nsnet, name: &str) -> Result<Network> {
+fn find_network(nsnet: &Nsnet, name: &str) -> Result<NetworkRecord> {
     nsnet
         .network(name)?
         .with_context(|| format!("no network named '{name}'; `nsnet network ls` lists them"))
@@ -85,10 +86,11 @@ fn find_network(nsnet: &Nsnet, name: &str) -> Result<Network> {
 
 /// `nsnet network inspect NAME`.
 pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
-    let n = find_network(nsnet, name)?;
+    let record = find_network(nsnet, name)?;
     if as_json {
-        return json(&n);
+        return json(&record);
     }
+    let n = &record.settings;
     println!("name:       {}", n.name);
     println!("driver:     {}", n.driver);
     println!("subnet:     {}", n.subnet);
@@ -100,10 +102,10 @@ pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
         println!("fast path:  {}", n.fast_path);
     }
     println!("mtu:        {}", n.mtu);
-    for (ip, sb) in &n.allocations {
+    for (ip, sb) in &record.allocations.addresses {
         println!("address:    {ip} -> {sb}");
     }
-    for p in &n.published {
+    for p in &record.allocations.published {
         println!("published:  {} -> {}", p.mapping, p.sandbox);
     }
     Ok(ExitCode::SUCCESS)

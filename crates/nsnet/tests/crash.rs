@@ -186,20 +186,20 @@ fn killed_commands_are_finished_or_rolled_back() {
     h.ok(&["network", "rm", "n"]);
 }
 
-/// `ls` right after a killed create (before any gc) shows the sandbox whole, its address held, or not at all:
+/// `ls` right after a killed create (before any gc) shows the sandbox whole, its address allocated, or not at all:
 /// a reader finishes or rolls back what the killed command left before it reads, so `gc` finds nothing more.
 fn reader_sees_whole_or_nothing(h: &TestHost, name: &str, port: u16, what: &str) {
     let shown = whole_or_absent(h, name, port);
     let net: Value =
         serde_json::from_str(&h.ok(&["network", "inspect", "n", "--json"])).expect("json");
-    let held = net["allocations"]
+    let allocated = net["allocations"]
         .as_object()
         .into_iter()
         .flatten()
         .any(|(_, holder)| holder == name);
     assert_eq!(
-        shown, held,
-        "{what}: ls shows {name}: {shown}, its address held: {held}"
+        shown, allocated,
+        "{what}: ls shows {name}: {shown}, its address allocated: {allocated}"
     );
     assert_eq!(
         h.ok(&["gc"]).trim(),

@@ -35,18 +35,19 @@ impl Nsnet {
                 "sandbox '{name}' is not on network '{network}'"
             )]);
         };
-        let Some(net) = self.store.network(network)? else {
+        let Some(record) = self.store.network_record(network)? else {
             return Ok(vec![format!("nsnet has no network '{network}'")]);
         };
+        let (net, allocations) = (&record.settings, &record.allocations);
         let mut problems = Vec::new();
         let ip = ep.address.addr();
-        if net.allocations.get(&ip).map(String::as_str) != Some(name) {
+        if allocations.addresses.get(&ip).map(String::as_str) != Some(name) {
             problems.push(format!(
                 "address {ip} is not reserved for '{name}' on network '{network}'"
             ));
         }
         for m in &ep.ports {
-            if !net
+            if !allocations
                 .published
                 .iter()
                 .any(|p| p.sandbox == name && p.mapping == *m)

@@ -20,7 +20,7 @@ impl Nsnet {
         }
         let changed = refresh_host_chains(&mut nets)?;
         let plan = build::firewall_reload(&nets, &self.store.sandboxes()?, &self.store.owner_tag());
-        let plan = self.setup(plan, vec![])?;
+        let plan = self.bring_up(plan, vec![])?;
         self.record_host_chains(changed)?;
         Ok(plan)
     }
@@ -31,7 +31,7 @@ impl Nsnet {
         if self.dry_run || changed.is_empty() {
             return Ok(());
         }
-        let records: Vec<Record> = changed.into_iter().map(Record::Network).collect();
+        let records: Vec<Record> = changed.into_iter().map(Record::Settings).collect();
         let (_, after) = self.store.file_states(&records)?;
         self.store.set_files(&after)?;
         Ok(())
@@ -55,8 +55,6 @@ pub(super) fn refresh_host_chains(nets: &mut [Network]) -> Result<Vec<Network>> 
             .collect();
         if wanted != net.host_chains {
             net.host_chains = wanted;
-            // Whole, allocations included: a record without them would release every address (the ledger is
-            // diffed against it).
             changed.push(net.clone());
         }
     }

@@ -6,7 +6,7 @@ use super::host::Host;
 use super::Nsnet;
 use crate::error::Result;
 use crate::kernel::netns;
-use crate::model::{Driver, Network, Sandbox};
+use crate::model::{Driver, Network, NetworkRecord, Sandbox};
 use crate::plan::{build, Ns, Plan, Step};
 use crate::store::Record;
 
@@ -79,7 +79,8 @@ impl Nsnet {
     fn reconcile(&self) -> Result<Reconcile> {
         let mut r = Reconcile::default();
         let tag = self.store.owner_tag();
-        let mut nets = self.store.networks()?;
+        let mut ledgers = self.store.network_records()?;
+        let mut nets: Vec<Network> = ledgers.iter().map(|n| n.settings.clone()).collect();
         let all = self.store.sandboxes()?;
         // A sandbox whose namespace is gone goes (one being removed belongs to the command removing it).
         let (sandboxes, gone): (Vec<Sandbox>, Vec<Sandbox>) = all
@@ -96,9 +97,10 @@ impl Nsnet {
         }
         // Addresses and ports held for sandboxes that have no record (any more) go back to their network.
         let names: HashSet<&str> = sandboxes.iter().map(|s| s.name.as_str()).collect();
-        let mut changed: HashSet<String> = HashSet::new();
-        for net in &mut nets {
+        let mut released: HashSet<String> = HashSet::new();
+        for net in &mut ledgers {
             let stale: Vec<String> = net
+                .allocations
                 .users()
                 .into_iter()
                 .filter(|u| !names.contains(u))
@@ -113,12 +115,12 @@ impl Nsnet {
                 r.lines.push(format!(
                     "release the addresses of {} on network '{}': no such sandbox",
                     unrecorded.join(", "),
-                    net.name
+                    net.settings.name
                 ));
             }
             for sandbox in &stale {
-                net.release(sandbox);
-                changed.insert(net.name.clone());
+                net.allocations.release(sandbox);
+                released.insert(net.settings.name.clone());
             }
         }
 
@@ -154,9 +156,10 @@ impl Nsnet {
         }
         // Namespaces this store made (tagged with its owner tag) that no sandbox record holds: their record was
         // lost (a state dir restored from backup, a hand-deleted file). Anyone else's namespaces are left alone.
-        let held: HashSet<&std::path::Path> = sandboxes.iter().map(|s| s.netns.as_path()).collect();
+        let recorded: HashSet<&std::path::Path> =
+            sandboxes.iter().map(|s| s.netns.as_path()).collect();
         for name in Host::tagged_namespaces(&tag)? {
-            if held.contains(netns::named_path(&name).as_path()) {
+            if recorded.contains(netns::named_path(&name).as_path()) {
                 continue;
             }
             r.lines.push(format!(
@@ -167,16 +170,21 @@ impl Nsnet {
 
         // Last, the firewall from the records as they will be: idempotent, and it drops any element no record
         // stands for. Host forward chains that turned `policy drop` get the networks' accepts.
-        for net in super::firewall::refresh_host_chains(&mut nets)? {
-            changed.insert(net.name);
-        }
+        let rechained = super::firewall::refresh_host_chains(&mut nets)?;
         let reload = build::firewall_reload(&nets, &sandboxes, &tag);
         r.plan.steps.extend(reload.steps);
-        r.records.extend(
-            nets.into_iter()
-                .filter(|n| changed.contains(&n.name))
-                .map(Record::Network),
-        );
+        // What changed of each network: its ledger (with its settings, new host chains and all), or only its
+        // settings.
+        for (net, ledger) in nets.into_iter().zip(ledgers) {
+            if released.contains(&net.name) {
+                r.records.push(Record::Network(NetworkRecord {
+                    settings: net,
+                    allocations: ledger.allocations,
+                }));
+            } else if rechained.iter().any(|n| n.name == net.name) {
+                r.records.push(Record::Settings(net));
+            }
+        }
         Ok(r)
     }
 }

@@ -21,10 +21,9 @@ use crate::apply::{Applier, Observer, Undo};
 use crate::error::{Error, Result};
 use crate::firewall::{Backend, Tables, TablesOwner};
 use crate::invalid;
-use crate::model::Network;
 use crate::plan::Plan;
 use crate::plan::Step;
-use crate::store::{Intent, Lock, Record, Store, Teardown};
+use crate::store::{Intent, Lock, Record, Removal, Store};
 use host::Host;
 
 /// Name of the network `create`/`run`/`attach` use when none is given; created on first use.
@@ -172,7 +171,7 @@ impl Nsnet {
 
     /// Apply a set-up plan, then write the records; if writing fails, undo the plan. An intent on disk covers
     /// the whole span, so a kill at any point is rolled back by the next command.
-    fn setup(&self, plan: Plan, records: Vec<Record>) -> Result<Plan> {
+    fn bring_up(&self, plan: Plan, records: Vec<Record>) -> Result<Plan> {
         if self.dry_run {
             return Ok(plan);
         }
@@ -235,24 +234,24 @@ impl Nsnet {
     ///    mark keeps anyone else from being handed those addresses and ports, and `firewall reload` leaves
     ///    marked endpoints out;
     /// 3. under the lock again: delete the remaining firewall elements (a network's, worked out from the
-    ///    records as they are now) and release the records ([`Nsnet::release`]).
+    ///    records as they are now) and release the records ([`Nsnet::finish_removal`]).
     ///
     /// A failure in 2 or 3 restores what was deleted and unmarks the object. A kill is finished by the next
     /// command's recovery; until then the intent's flock tells recovery this command is still alive.
-    fn teardown(
+    fn take_down(
         &self,
         lock: Option<Lock>,
-        what: Teardown,
+        what: Removal,
         mark: Record,
         kernel: Plan,
     ) -> Result<Plan> {
         if self.dry_run {
-            let (fw, _) = self.release(&what)?;
+            let (fw, _) = self.finish_removal(&what)?;
             return Ok(kernel.then(fw));
         }
         let early = match what {
-            Teardown::Network(_) => None,
-            _ => Some(self.release(&what)?.0).filter(|p| {
+            Removal::Network(_) => None,
+            _ => Some(self.finish_removal(&what)?.0).filter(|p| {
                 p.steps.iter().all(|s| {
                     matches!(
                         s,
@@ -289,7 +288,7 @@ impl Nsnet {
                 return Err(with_rollback(e, rollback));
             }
         };
-        let (fw, records) = self.release(&what)?;
+        let (fw, records) = self.finish_removal(&what)?;
         let fw = if early.is_some() { Plan::default() } else { fw };
         let mut written = Vec::new();
         let failure = match applier.apply(&fw) {
@@ -323,18 +322,20 @@ impl Nsnet {
 
     /// The firewall step and the record changes that finish removing `what`, from the records as they are now
     /// (other commands may have come and gone since the removal started).
-    fn release(&self, what: &Teardown) -> Result<(Plan, Vec<Record>)> {
+    fn finish_removal(&self, what: &Removal) -> Result<(Plan, Vec<Record>)> {
         match what {
-            Teardown::Sandbox(name) => self.release_sandbox(name),
-            Teardown::Network(name) => self.release_network(name),
-            Teardown::Endpoint { sandbox, network } => self.release_endpoint(sandbox, network),
+            Removal::Sandbox(name) => self.finish_sandbox_removal(name),
+            Removal::Network(name) => self.finish_network_removal(name),
+            Removal::Endpoint { sandbox, network } => {
+                self.finish_endpoint_removal(sandbox, network)
+            }
         }
     }
 
     /// Clear the removing mark of `what` after a failed removal, keeping whatever else changed meanwhile.
-    fn unmark(&self, what: &Teardown) -> Result<()> {
+    fn unmark(&self, what: &Removal) -> Result<()> {
         let record = match what {
-            Teardown::Sandbox(name) | Teardown::Endpoint { sandbox: name, .. } => {
+            Removal::Sandbox(name) | Removal::Endpoint { sandbox: name, .. } => {
                 self.store.sandbox(name)?.map(|mut sb| {
                     sb.removing = false;
                     for ep in &mut sb.endpoints {
@@ -343,9 +344,9 @@ impl Nsnet {
                     Record::Sandbox(sb)
                 })
             }
-            Teardown::Network(name) => self.store.network(name)?.map(|mut net| {
+            Removal::Network(name) => self.store.network(name)?.map(|mut net| {
                 net.removing = false;
-                Record::Network(net)
+                Record::Settings(net)
             }),
         };
         if let Some(r) = record {
@@ -388,7 +389,7 @@ impl Nsnet {
                 })?;
                 match &intent.finish {
                     Some(what) => {
-                        let (fw, records) = self.release(what)?;
+                        let (fw, records) = self.finish_removal(what)?;
                         applier.teardown(&fw)?;
                         let (_, after) = self.store.file_states(&records)?;
                         self.store.set_files(&after)?;
@@ -513,13 +514,6 @@ fn left_with(sb: crate::model::Sandbox) -> Record {
     } else {
         Record::Sandbox(sb)
     }
-}
-
-/// Find a network by name in the loaded records.
-fn find<'a>(nets: &'a [Network], name: &str) -> Result<&'a Network> {
-    nets.iter()
-        .find(|n| n.name == name)
-        .ok_or_else(|| no_network(name))
 }
 
 fn no_network(name: &str) -> Error {

@@ -4,16 +4,16 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{find, Host, Nsnet, DEFAULT_NETWORK};
+use super::{Host, Nsnet, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Backend;
 use crate::invalid;
 use crate::ipam;
-use crate::model::{Driver, NetOptions, Network, Sandbox};
+use crate::model::{Allocations, Driver, NetOptions, Network, NetworkRecord, Sandbox};
 use crate::names;
 use crate::names::short_hash;
 use crate::plan::{build, Plan};
-use crate::store::{Record, Teardown};
+use crate::store::{Record, Removal};
 
 /// What `nsnet network create` asks for.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ impl Nsnet {
         let tables = self.tables_change(nets.len(), net.firewall)?;
         let (steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
         let plan = Plan::setup(steps, fw, net.firewall);
-        let plan = self.setup(plan, vec![Record::Network(net.clone())])?;
+        let plan = self.bring_up(plan, vec![Record::Network(NetworkRecord::new(net.clone()))])?;
         Ok((plan, net))
     }
 
@@ -80,7 +80,7 @@ impl Nsnet {
     pub fn ensure_network(&self, req: &NetworkRequest) -> Result<(Network, bool)> {
         let _lock = self.lock()?;
         // The settings decide; the network's addresses and ports are not needed, and not read.
-        if let Some(net) = self.store.network_settings(&req.name)? {
+        if let Some(net) = self.store.network(&req.name)? {
             self.same_settings(req, &net)?;
             if net.removing {
                 return Err(Error::Busy(format!(
@@ -292,9 +292,6 @@ impl Nsnet {
             mtu,
             firewall,
             host_chains,
-            allocations: Default::default(),
-            published: vec![],
-            last_allocated: None,
             removing: false,
         })
     }
@@ -302,14 +299,19 @@ impl Nsnet {
     /// `nsnet network rm`. With `force`, first detaches every sandbox still on the network.
     pub fn network_rm(&self, name: &str, force: bool) -> Result<Plan> {
         let lock = self.lock()?;
-        let nets = self.store.networks()?;
-        let mut net = find(&nets, name)?.clone();
+        let NetworkRecord {
+            settings: mut net,
+            allocations,
+        } = self
+            .store
+            .network_record(name)?
+            .ok_or_else(|| super::no_network(name))?;
         if net.removing {
             return Err(Error::Busy(format!(
                 "network '{name}' is already being removed by another nsnet command"
             )));
         }
-        let users = net.users();
+        let users = allocations.users();
         if !users.is_empty() && !force {
             return Err(invalid!(
                 "network '{name}' is in use by sandbox{} {}; remove {} first, or use --force to detach {}",
@@ -319,20 +321,21 @@ impl Nsnet {
                 if users.len() == 1 { "it" } else { "them" },
             ));
         }
-        let kernel = build::network_teardown(&net, &self.users_of(&net)?, &self.store.owner_tag());
+        let kernel =
+            build::network_teardown(&net, &self.users_of(&allocations)?, &self.store.owner_tag());
         net.removing = true;
-        self.teardown(
+        self.take_down(
             lock,
-            Teardown::Network(name.into()),
-            Record::Network(net),
+            Removal::Network(name.into()),
+            Record::Settings(net),
             kernel,
         )
     }
 
-    /// The records of the sandboxes on `net`.
-    fn users_of(&self, net: &Network) -> Result<Vec<Sandbox>> {
+    /// The records of the sandboxes that hold something of a network's `allocations`.
+    fn users_of(&self, allocations: &Allocations) -> Result<Vec<Sandbox>> {
         let mut sandboxes = Vec::new();
-        for user in net.users() {
+        for user in allocations.users() {
             if let Some(sb) = self.store.sandbox(user)? {
                 sandboxes.push(sb);
             }
@@ -342,14 +345,14 @@ impl Nsnet {
 
     /// What finishes removing network `name`: the firewall elements of its remaining endpoints and its own
     /// (and nsnet's tables, if it is the last network); its sandboxes' records without it; its record gone.
-    pub(super) fn release_network(&self, name: &str) -> Result<(Plan, Vec<Record>)> {
-        let nets = self.store.networks()?;
-        let Some(net) = nets.iter().find(|n| n.name == name) else {
+    pub(super) fn finish_network_removal(&self, name: &str) -> Result<(Plan, Vec<Record>)> {
+        let Some(record) = self.store.network_record(name)? else {
             return Ok((Plan::default(), vec![]));
         };
+        let (net, nets) = (&record.settings, self.store.networks()?);
         let mut fw = crate::firewall::Batch::default();
         let mut records = Vec::new();
-        for mut sb in self.users_of(net)? {
+        for mut sb in self.users_of(&record.allocations)? {
             for ep in sb.endpoints.iter().filter(|e| e.network == name) {
                 fw.0.extend(build::endpoint_down(ep).0);
             }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{Host, Nsnet};
 use crate::error::Result;
-use crate::model::{Network, Sandbox};
+use crate::model::{NetworkRecord, Sandbox};
 use crate::portmap::PortMapping;
 
 /// What `nsnet ls` says of a sandbox.
@@ -35,15 +35,15 @@ impl std::fmt::Display for SandboxStatus {
 
 impl Nsnet {
     /// Every network, by name, with its addresses and published ports.
-    pub fn networks(&self) -> Result<Vec<Network>> {
+    pub fn networks(&self) -> Result<Vec<NetworkRecord>> {
         let _read = self.read_lock()?;
-        Ok(self.store.networks()?)
+        Ok(self.store.network_records()?)
     }
 
     /// One network, with its addresses and published ports; `None` when there is no such network.
-    pub fn network(&self, name: &str) -> Result<Option<Network>> {
+    pub fn network(&self, name: &str) -> Result<Option<NetworkRecord>> {
         let _read = self.read_lock()?;
-        Ok(self.store.network(name)?)
+        Ok(self.store.network_record(name)?)
     }
 
     /// Every sandbox, by name.

@@ -11,14 +11,14 @@ use super::{no_network, Host, Nsnet, Terms, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
-use crate::ipam::{self, Held as _};
+use crate::ipam::{self, Allocated as _};
 use crate::kernel::netns;
-use crate::model::{Driver, Endpoint, Mac, Network, Sandbox};
+use crate::model::{Driver, Endpoint, Mac, Network, NetworkRecord, Sandbox};
 use crate::names;
 use crate::names::short_hash;
 use crate::plan::{build, Ns, Plan, Step};
 use crate::portmap::{addresses_overlap, PortMapping, PortSpec};
-use crate::store::{Holdings, Record, Teardown};
+use crate::store::{AllocationsView, Record, Removal};
 
 /// Where a sandbox's network joins: which network, which address, which ports.
 #[derive(Debug, Clone, Default)]
@@ -226,7 +226,7 @@ impl Nsnet {
         let firewall = net.firewall;
         let mut records = Vec::new();
         if new_network {
-            records.push(Record::Network(net));
+            records.push(Record::Network(NetworkRecord::new(net)));
         }
         // The network's own record stays as it is: the join only adds entries to its ledger.
         records.push(Record::Joined {
@@ -237,7 +237,7 @@ impl Nsnet {
         });
         sb.endpoints.push(endpoint);
         records.push(Record::Sandbox(sb.clone()));
-        self.setup(Plan::setup(kernel, fw, firewall), records)
+        self.bring_up(Plan::setup(kernel, fw, firewall), records)
     }
 
     /// Choose the network, address, names and ports of a new endpoint. The network (taken out of `nets`, which
@@ -248,32 +248,33 @@ impl Nsnet {
         &self,
         sb: &Sandbox,
         req: &AttachRequest,
-        nets: &mut Vec<(Network, Holdings)>,
+        nets: &mut Vec<(Network, AllocationsView)>,
         host: &mut Host,
         in_ns: Option<&mut Host>,
     ) -> Result<Join> {
         let net_name = req.network.as_deref().unwrap_or(DEFAULT_NETWORK);
-        let (net, mut held, new_network) = match nets.iter().position(|(n, _)| n.name == net_name) {
-            Some(i) => {
-                let (net, held) = nets.swap_remove(i);
-                (net, held, false)
-            }
-            None if net_name == DEFAULT_NETWORK => {
-                let settings: Vec<Network> = nets.iter().map(|(n, _)| n.clone()).collect();
-                let req = NetworkRequest::default_network();
-                let net = self.validate_network(&req, &settings, host)?;
-                (net, Holdings::Ledger(Arc::default()), true)
-            }
-            None => return Err(no_network(net_name)),
-        };
+        let (net, mut allocated, new_network) =
+            match nets.iter().position(|(n, _)| n.name == net_name) {
+                Some(i) => {
+                    let (net, allocated) = nets.swap_remove(i);
+                    (net, allocated, false)
+                }
+                None if net_name == DEFAULT_NETWORK => {
+                    let settings: Vec<Network> = nets.iter().map(|(n, _)| n.clone()).collect();
+                    let req = NetworkRequest::default_network();
+                    let net = self.validate_network(&req, &settings, host)?;
+                    (net, AllocationsView::Ledger(Arc::default()), true)
+                }
+                None => return Err(no_network(net_name)),
+            };
         // An index tells only that an address or a host port is taken: a request that touches one reads the
         // ledgers, which say by whom, and for a port on which host address (which decides a conflict).
-        if touches_taken(&net, &held, req, nets) {
-            if held.ledger().is_none() {
-                held = Holdings::Ledger(self.store.ledger_of(&net.name)?);
+        if touches_taken(&net, &allocated, req, nets) {
+            if allocated.ledger().is_none() {
+                allocated = AllocationsView::Ledger(self.store.ledger_of(&net.name)?);
             }
             for (n, h) in nets.iter_mut().filter(|(_, h)| h.ledger().is_none()) {
-                *h = Holdings::Ledger(self.store.ledger_of(&n.name)?);
+                *h = AllocationsView::Ledger(self.store.ledger_of(&n.name)?);
             }
         }
         if net.removing || sb.removing {
@@ -292,8 +293,8 @@ impl Nsnet {
                 sb.name, net.name
             )));
         }
-        if net.driver == Driver::Veth && held.addresses() > 0 {
-            let other = held
+        if net.driver == Driver::Veth && allocated.addresses() > 0 {
+            let other = allocated
                 .ledger()
                 .and_then(|l| l.holders().next())
                 .map_or("another sandbox", |(_, o)| o);
@@ -303,15 +304,17 @@ impl Nsnet {
                 net.name
             ));
         }
-        net.has_room(held.addresses()).map_err(Error::Exhausted)?;
+        net.has_room(allocated.addresses())
+            .map_err(Error::Exhausted)?;
         if let Some(mac) = req.mac {
             self.check_mac(&net, mac)?;
         }
         check_host_ips(&req.ports, host, &self.terms)?;
-        let every: Vec<&Holdings> = nets.iter().map(|(_, h)| h).chain([&held]).collect();
+        let every: Vec<&AllocationsView> =
+            nets.iter().map(|(_, h)| h).chain([&allocated]).collect();
         let ports = resolve_ports(&net, &req.ports, &every, &self.terms)?;
         // With an address asked for, what fails is that address; without, the pool is exhausted.
-        let ip = ipam::allocate(&net, &held, req.ip).map_err(|e| match req.ip {
+        let ip = ipam::allocate(&net, &allocated, req.ip).map_err(|e| match req.ip {
             Some(_) => invalid!("{}: {e}", self.terms.ip),
             None => Error::Exhausted(e),
         })?;
@@ -441,7 +444,11 @@ impl Nsnet {
         }
         // Unmounting alone tears an idle namespace down, veths and all, without waiting; a namespace a process
         // is in would keep its veths alive, so those are deleted one by one.
-        let namespace_only = sb.owned && !Host::namespace_in_use(&sb.netns);
+        let veths = if sb.owned && !Host::namespace_in_use(&sb.netns) {
+            build::VethRemoval::WithNamespace
+        } else {
+            build::VethRemoval::OneByOne
+        };
         // A namespace that is gone (or that its path no longer names) gets nothing put back into it should the
         // removal fail: without the networks' records there is nothing to restore.
         let nets = if Host::namespace_is_there(&sb) {
@@ -449,11 +456,11 @@ impl Nsnet {
         } else {
             vec![]
         };
-        let kernel = build::sandbox_teardown(&sb, &nets, &self.store.owner_tag(), namespace_only);
+        let kernel = build::sandbox_teardown(&sb, &nets, &self.store.owner_tag(), veths);
         sb.removing = true;
-        self.teardown(
+        self.take_down(
             lock,
-            Teardown::Sandbox(name.into()),
+            Removal::Sandbox(name.into()),
             Record::Sandbox(sb),
             kernel,
         )
@@ -461,7 +468,7 @@ impl Nsnet {
 
     /// What finishes removing sandbox `name`: its firewall elements, and its records released (addresses and
     /// ports back to its networks).
-    pub(super) fn release_sandbox(&self, name: &str) -> Result<(Plan, Vec<Record>)> {
+    pub(super) fn finish_sandbox_removal(&self, name: &str) -> Result<(Plan, Vec<Record>)> {
         let Some(sb) = self.store.sandbox(name)? else {
             return Ok((Plan::default(), vec![]));
         };
@@ -470,10 +477,10 @@ impl Nsnet {
         let mut backend = None;
         for ep in &sb.endpoints {
             fw.0.extend(build::endpoint_down(ep).0);
-            if let Some(mut net) = self.store.network(&ep.network)? {
-                net.release(name);
+            if let Some(mut net) = self.store.network_record(&ep.network)? {
+                net.allocations.release(name);
                 // One backend per host: any of the sandbox's networks names it.
-                backend.get_or_insert(net.firewall);
+                backend.get_or_insert(net.settings.firewall);
                 records.push(Record::Network(net));
             }
         }
@@ -524,9 +531,9 @@ impl Nsnet {
         for ep in marked.endpoints.iter_mut().filter(|e| e.network == network) {
             ep.removing = true;
         }
-        self.teardown(
+        self.take_down(
             lock,
-            Teardown::Endpoint {
+            Removal::Endpoint {
                 sandbox: name.into(),
                 network: network.into(),
             },
@@ -538,7 +545,7 @@ impl Nsnet {
     /// What finishes detaching `name` from `network`: the endpoint's firewall elements, its address and ports
     /// back to the network, and the sandbox record without it (gone, if nsnet did not create the namespace and
     /// nothing else is left).
-    pub(super) fn release_endpoint(
+    pub(super) fn finish_endpoint_removal(
         &self,
         name: &str,
         network: &str,
@@ -551,9 +558,9 @@ impl Nsnet {
         let mut backend = Default::default();
         if let Some(ep) = sb.endpoints.iter().find(|e| e.network == network) {
             fw = build::endpoint_down(ep);
-            if let Some(mut net) = self.store.network(network)? {
-                net.release(name);
-                backend = net.firewall;
+            if let Some(mut net) = self.store.network_record(network)? {
+                net.allocations.release(name);
+                backend = net.settings.firewall;
                 records.push(Record::Network(net));
             }
         }
@@ -593,18 +600,18 @@ fn lost_netns(sb: &Sandbox) -> Error {
 /// ledger, that is taken): then the join must read the ledgers to say by whom, or whether it conflicts.
 fn touches_taken(
     net: &Network,
-    held: &Holdings,
+    allocated: &AllocationsView,
     req: &AttachRequest,
-    others: &[(Network, Holdings)],
+    others: &[(Network, AllocationsView)],
 ) -> bool {
-    req.ip.is_some_and(|ip| held.holds(ip))
-        || (net.driver == Driver::Veth && held.addresses() > 0)
+    req.ip.is_some_and(|ip| allocated.is_allocated(ip))
+        || (net.driver == Driver::Veth && allocated.addresses() > 0)
         || req.ports.iter().any(|spec| match spec.host_port {
             // A host port left to nsnet is searched for among the published ones.
             None => true,
             Some(port) => {
                 let m = spec.with_host_port(port);
-                held.may_conflict(&m) || others.iter().any(|(_, h)| h.may_conflict(&m))
+                allocated.may_conflict(&m) || others.iter().any(|(_, h)| h.may_conflict(&m))
             }
         })
 }
@@ -633,12 +640,12 @@ fn check_host_ips(specs: &[PortSpec], host: &mut Host, t: &Terms) -> Result<()> 
 }
 
 /// The host ports of a new endpoint's `-p` specs on `net`, checked against every port published on this host
-/// (every network's `held`). A network read from its index lists no ports: [`touches_taken`] has made sure
+/// (every network's `allocated`). A network read from its index lists no ports: [`touches_taken`] has made sure
 /// none of its ports can conflict.
 fn resolve_ports(
     net: &Network,
     specs: &[PortSpec],
-    held: &[&Holdings],
+    allocated: &[&AllocationsView],
     t: &Terms,
 ) -> Result<Vec<PortMapping>> {
     if specs.is_empty() {
@@ -659,7 +666,7 @@ fn resolve_ports(
             t.port
         ));
     }
-    let published: Vec<(&str, &PortMapping)> = held
+    let published: Vec<(&str, &PortMapping)> = allocated
         .iter()
         .filter_map(|h| h.ledger())
         .flat_map(|l| l.published())
@@ -786,24 +793,25 @@ mod tests {
     fn a_request_touching_what_an_index_shows_taken_reads_the_ledgers() {
         let ledger =
             Ledger::parse("+ip 10.89.0.2 a\n+port a tcp 127.0.0.1 8080 80 1\n".into()).unwrap();
-        let index = Holdings::Index(Index::of(&ledger, [0; 4]));
+        let index = AllocationsView::Index(Index::of(&ledger, [0; 4]));
         let other = vec![(
             net(),
-            Holdings::Index(Index::of(&Ledger::default(), [0; 4])),
+            AllocationsView::Index(Index::of(&Ledger::default(), [0; 4])),
         )];
         let n = net();
-        let touches =
-            |h: &Holdings, ip, ports: &[&str]| touches_taken(&n, h, &request(ip, ports), &other);
+        let touches = |h: &AllocationsView, ip, ports: &[&str]| {
+            touches_taken(&n, h, &request(ip, ports), &other)
+        };
         let ip = |last| Some(Ipv4Addr::new(10, 89, 0, last));
         // Free address, free port: the index answers.
         assert!(!touches(&index, None, &["8081:80"]));
         assert!(!touches(&index, ip(3), &[]));
-        // A held address, a host port in use on some address, or a host port left to nsnet: the ledgers say.
+        // An allocated address, a host port in use on some address, or a host port left to nsnet: the ledgers say.
         assert!(touches(&index, ip(2), &[]));
         assert!(touches(&index, None, &["10.0.0.1:8080:80"]));
         assert!(touches(&index, None, &["80"]));
         // Read from the ledger, the port on another host address does not conflict.
-        let exact = Holdings::Ledger(std::sync::Arc::new(ledger));
+        let exact = AllocationsView::Ledger(std::sync::Arc::new(ledger));
         assert!(!touches(&exact, None, &["10.0.0.1:8080:80"]));
         assert!(touches(&exact, None, &["8080:80"]));
         // A port taken on another network counts too.

@@ -128,21 +128,27 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
     plan
 }
 
+/// How a sandbox's veths go when it is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VethRemoval {
+    /// With its namespace (nsnet made it and no process is in it): one unmount, and the kernel destroys the
+    /// namespace with its veth pairs in one batch, in the background.
+    WithNamespace,
+    /// One by one (the host end takes the peer with it, even while a process keeps the namespace alive),
+    /// each waiting for an RCU grace period; then the namespace, if nsnet made it.
+    OneByOne,
+}
+
 /// The kernel side of `nsnet rm`, each step with the steps that bring it back (`nets` are the sandbox's
 /// networks; an endpoint whose network has no record cannot be restored).
-///
-/// With `namespace_only` (nsnet made the namespace and no process is in it), the plan is one unmount: the
-/// kernel then destroys the namespace with its veth pairs in one batch, in the background. Otherwise each
-/// endpoint's veth is deleted first (the host end takes the peer with it, even while a process keeps the
-/// namespace alive), each waiting for an RCU grace period, then the namespace if nsnet made it.
-pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, namespace_only: bool) -> Plan {
+pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, veths: VethRemoval) -> Plan {
     let mut plan = Plan::default();
     let ns = Ns::Path(sb.netns.clone());
     let create = Step::CreateNetns {
         name: sb.name.clone(),
         owner: owner.to_string(),
     };
-    if sb.owned && namespace_only {
+    if sb.owned && veths == VethRemoval::WithNamespace {
         let mut restore = vec![create];
         for ep in &sb.endpoints {
             let net = nets.iter().find(|n| n.name == ep.network);
@@ -512,7 +518,7 @@ mod tests {
         let e = ep(vec![port()]);
         let (_, up) = endpoint_up(&net(Driver::Bridge, false), &e, &ns(), OWNER);
         let fw = endpoint_down(&e);
-        // Teardown deletes exactly what set-up added, in the same order.
+        // Removal deletes exactly what set-up added, in the same order.
         let mut expected = up.inverse();
         expected.0.reverse();
         assert_eq!(fw, expected);
@@ -536,7 +542,7 @@ mod tests {
             endpoints: vec![ep(vec![port()])],
             removing: false,
         };
-        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, false);
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, VethRemoval::OneByOne);
         let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns(), OWNER);
         let Some(add) = up.iter().find(|s| matches!(s, Step::FastPathAdd { .. })) else {
             panic!("set-up joins the fast path: {up:?}");
@@ -583,7 +589,12 @@ mod tests {
             fast_path: false,
             ..n.clone()
         };
-        let plan = sandbox_teardown(&sb, std::slice::from_ref(&slow), OWNER, true);
+        let plan = sandbox_teardown(
+            &sb,
+            std::slice::from_ref(&slow),
+            OWNER,
+            VethRemoval::WithNamespace,
+        );
         assert_eq!(
             plan.steps,
             vec![Step::DeleteNetns {

@@ -1,4 +1,4 @@
-//! A network's ledger index: the held addresses and the host ports in use, as sorted numbers in a small
+//! A network's ledger index: the allocated addresses and the host ports in use, as sorted numbers in a small
 //! binary file (`networks/NAME.index`), so a join reads a few KiB of numbers instead of parsing a line per
 //! sandbox.
 //!
@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 
 use super::ledger::{worth_compacting, Entry, Ledger};
-use crate::ipam::Held;
+use crate::ipam::Allocated;
 use crate::portmap::{PortMapping, Proto};
 
 /// The file identity an index was built for: inode, length, modification time (seconds, nanoseconds).
@@ -30,7 +30,7 @@ pub struct Index {
     pub stamp: Stamp,
     cursor: Option<Ipv4Addr>,
     lines: u64,
-    /// Held addresses, sorted, each once.
+    /// Allocated addresses, sorted, each once.
     addresses: Vec<u32>,
     /// Each live mapping's host ports as `protocol << 16 | port`, sorted; a port two mappings share (on
     /// different host addresses) is in twice, so removing one mapping leaves the other's.
@@ -64,12 +64,12 @@ impl Index {
         }
     }
 
-    /// Whether `ip` is held.
-    pub fn holds(&self, ip: Ipv4Addr) -> bool {
+    /// Whether `ip` is allocated.
+    pub fn is_allocated(&self, ip: Ipv4Addr) -> bool {
         self.addresses.binary_search(&u32::from(ip)).is_ok()
     }
 
-    /// How many addresses are held.
+    /// How many addresses are allocated.
     pub fn addresses(&self) -> usize {
         self.addresses.len()
     }
@@ -194,9 +194,9 @@ impl Index {
     }
 }
 
-impl Held for Index {
-    fn holds(&self, ip: Ipv4Addr) -> bool {
-        Index::holds(self, ip)
+impl Allocated for Index {
+    fn is_allocated(&self, ip: Ipv4Addr) -> bool {
+        Index::is_allocated(self, ip)
     }
 
     fn cursor(&self) -> Option<Ipv4Addr> {
@@ -240,7 +240,8 @@ mod tests {
         let whole = Index::of(&ledger(&format!("{TEXT}{more}")), [0; 4]);
         assert_eq!(followed, whole);
         assert!(
-            whole.holds(Ipv4Addr::new(10, 89, 0, 2)) && !whole.holds(Ipv4Addr::new(10, 89, 0, 4))
+            whole.is_allocated(Ipv4Addr::new(10, 89, 0, 2))
+                && !whole.is_allocated(Ipv4Addr::new(10, 89, 0, 4))
         );
         assert_eq!(whole.addresses(), 3);
         assert_eq!(whole.cursor(), Some(Ipv4Addr::new(10, 89, 0, 2)));

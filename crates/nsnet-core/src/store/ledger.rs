@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use crate::ipam::Held;
-use crate::model::{Network, Published};
+use crate::ipam::Allocated;
+use crate::model::{Allocations, Published};
 use crate::portmap::{PortMapping, Proto};
 
 /// A ledger file read in place: its text, and its live entries pointing into it. Nothing is copied per entry,
@@ -28,7 +28,7 @@ use crate::portmap::{PortMapping, Proto};
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
     text: String,
-    /// Held addresses, sorted, each with its holder's name in `text`.
+    /// Allocated addresses, sorted, each with its holder's name in `text`.
     allocations: Vec<(Ipv4Addr, Span)>,
     /// Published ports in the order they were published, each with its sandbox's name in `text`.
     published: Vec<(PortMapping, Span)>,
@@ -100,12 +100,12 @@ impl Ledger {
         self.lines
     }
 
-    /// How many addresses are held.
+    /// How many addresses are allocated.
     pub fn addresses(&self) -> usize {
         self.allocations.len()
     }
 
-    /// The held addresses with their sandboxes, by address.
+    /// The allocated addresses with their sandboxes, by address.
     pub fn holders(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> + '_ {
         self.allocations.iter().map(|&(ip, o)| (ip, self.name(o)))
     }
@@ -132,17 +132,18 @@ impl Ledger {
 
     /// The lines that turn this ledger into `net`'s entries (empty when they already agree). One linear walk
     /// over each list: a command changes a few entries of thousands, and pays for the walk, not for pairs.
-    pub fn changes_to(&self, net: &Network) -> String {
+    pub fn changes_to(&self, net: &Allocations) -> String {
         let mut out = String::new();
         // Addresses: both lists are sorted, so walk them side by side.
-        let (mut held, mut wanted) = (self.holders().peekable(), net.allocations.iter().peekable());
+        let (mut allocated, mut wanted) =
+            (self.holders().peekable(), net.addresses.iter().peekable());
         let mut added = Vec::new();
         loop {
-            match (held.peek(), wanted.peek()) {
+            match (allocated.peek(), wanted.peek()) {
                 (None, None) => break,
                 (Some((ip, _)), None) => {
                     let _ = writeln!(out, "-ip {ip}");
-                    held.next();
+                    allocated.next();
                 }
                 (None, Some(w)) => {
                     added.push(*w);
@@ -151,7 +152,7 @@ impl Ledger {
                 (Some((hip, howner)), Some((wip, wowner))) => {
                     if hip < *wip {
                         let _ = writeln!(out, "-ip {hip}");
-                        held.next();
+                        allocated.next();
                     } else if *wip < hip {
                         added.push((*wip, *wowner));
                         wanted.next();
@@ -160,7 +161,7 @@ impl Ledger {
                             let _ = writeln!(out, "-ip {hip}");
                             added.push((*wip, *wowner));
                         }
-                        held.next();
+                        allocated.next();
                         wanted.next();
                     }
                 }
@@ -213,22 +214,23 @@ impl Ledger {
     }
 
     /// Copy these entries into the network record.
-    pub fn fill(&self, net: &mut Network) {
-        net.allocations
-            .extend(self.holders().map(|(ip, o)| (ip, o.to_string())));
-        net.published
-            .extend(self.published().map(|(o, m)| Published {
-                sandbox: o.to_string(),
-                mapping: *m,
-            }));
-        if self.cursor.is_some() {
-            net.last_allocated = self.cursor;
+    pub fn allocations(&self) -> Allocations {
+        Allocations {
+            addresses: self.holders().map(|(ip, o)| (ip, o.to_string())).collect(),
+            published: self
+                .published()
+                .map(|(o, m)| Published {
+                    sandbox: o.to_string(),
+                    mapping: *m,
+                })
+                .collect(),
+            last_allocated: self.cursor,
         }
     }
 }
 
-impl Held for Ledger {
-    fn holds(&self, ip: Ipv4Addr) -> bool {
+impl Allocated for Ledger {
+    fn is_allocated(&self, ip: Ipv4Addr) -> bool {
         self.holder(ip).is_some()
     }
 
@@ -314,7 +316,7 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// The live entries: the held addresses by address, and the published ports in order.
+    /// The live entries: the allocated addresses by address, and the published ports in order.
     #[allow(clippy::type_complexity)]
     fn live(
         &mut self,
@@ -511,13 +513,8 @@ fn published(mut f: Fields<'_>) -> Result<(&str, PortMapping), String> {
 mod tests {
     use super::*;
 
-    fn net() -> Network {
-        Network::bridge(
-            "n",
-            "10.89.0.0/24".parse().unwrap(),
-            "10.89.0.1".parse().unwrap(),
-            "nsnet0",
-        )
+    fn net() -> Allocations {
+        Allocations::default()
     }
 
     fn published(sandbox: &str, host_port: u16) -> Published {
@@ -534,13 +531,11 @@ mod tests {
     }
 
     /// Apply `changes_to` to a ledger's text, the way the store appends it.
-    fn step(text: &mut String, want: &Network) -> Ledger {
+    fn step(text: &mut String, want: &Allocations) -> Ledger {
         let l = Ledger::parse(text.clone()).unwrap();
         text.push_str(&l.changes_to(want));
         let after = Ledger::parse(text.clone()).unwrap();
-        let mut got = want.settings();
-        after.fill(&mut got);
-        assert_eq!(&got, want, "ledger text:\n{text}");
+        assert_eq!(&after.allocations(), want, "ledger text:\n{text}");
         after
     }
 
@@ -550,7 +545,7 @@ mod tests {
         let mut n = net();
         for i in 2..6u8 {
             let ip = Ipv4Addr::new(10, 89, 0, i);
-            n.allocations.insert(ip, format!("s{i}"));
+            n.addresses.insert(ip, format!("s{i}"));
             n.published
                 .push(published(&format!("s{i}"), 8000 + u16::from(i)));
             n.last_allocated = Some(ip);
@@ -566,8 +561,7 @@ mod tests {
             "{text}"
         );
         // The cursor stays where it was when an earlier address is taken again.
-        n.allocations
-            .insert(Ipv4Addr::new(10, 89, 0, 3), "t".into());
+        n.addresses.insert(Ipv4Addr::new(10, 89, 0, 3), "t".into());
         step(&mut text, &n);
         assert!(
             text.ends_with("+ip 10.89.0.3 t\ncursor 10.89.0.5\n"),
@@ -583,13 +577,13 @@ mod tests {
         let mut n = net();
         for round in 0..40u8 {
             let ip = Ipv4Addr::new(10, 89, 0, 2 + round);
-            n.allocations.insert(ip, "x".into());
+            n.addresses.insert(ip, "x".into());
             n.last_allocated = Some(ip);
             step(&mut text, &n);
             n.release("x");
             step(&mut text, &n);
         }
-        n.allocations
+        n.addresses
             .insert(Ipv4Addr::new(10, 89, 0, 100), "keep".into());
         let l = step(&mut text, &n);
         assert!(l.wants_compaction());
@@ -645,7 +639,7 @@ mod tests {
         let ip = Ipv4Addr::new(10, 89, 0, 7);
         let m = published("j", 8080).mapping;
         text.push_str(&Ledger::joined("j", ip, &[m]));
-        n.allocations.insert(ip, "j".into());
+        n.addresses.insert(ip, "j".into());
         n.published.push(published("j", 8080));
         n.last_allocated = Some(ip);
         // The join's lines are exactly what the diff of the records would append.

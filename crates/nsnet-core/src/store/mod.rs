@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::ipam::Held;
-use crate::model::{Network, Sandbox};
+use crate::ipam::Allocated;
+use crate::model::{Allocations, Network, NetworkRecord, Sandbox};
 use crate::plan::Step;
 use crate::portmap::PortMapping;
 use index::{Index, Stamp};
@@ -45,7 +45,11 @@ use ledger::Ledger;
 /// One change to the records, as data: what a command writes once its kernel work is done.
 #[derive(Debug, Clone)]
 pub enum Record {
-    Network(Network),
+    /// A network's settings and what it has handed out: the settings file is written, and the ledger gets
+    /// the lines that turn what it holds into these allocations.
+    Network(NetworkRecord),
+    /// A network's settings alone (a mark, a new host chain): its ledger is left as it is.
+    Settings(Network),
     Sandbox(Sandbox),
     NoNetwork(String),
     NoSandbox(String),
@@ -96,12 +100,12 @@ pub struct Intent {
     /// Set-up: the undo steps of the whole plan, newest first (undoing a step that never ran is harmless).
     #[serde(default)]
     pub undo: Vec<Step>,
-    /// Teardown: the kernel steps (link and namespace deletions).
+    /// Removal: the kernel steps (link and namespace deletions).
     #[serde(default)]
     pub redo: Vec<Step>,
-    /// Teardown: what releases the records once the kernel steps are done.
+    /// Removal: what releases the records once the kernel steps are done.
     #[serde(default)]
-    pub finish: Option<Teardown>,
+    pub finish: Option<Removal>,
     pub before: Vec<FileState>,
     pub after: Vec<FileState>,
 }
@@ -180,7 +184,7 @@ fn parse_intent(bytes: &[u8]) -> Result<Intent, Unreadable> {
 /// The object a teardown removes; its firewall elements and records are worked out from the records current
 /// when it finishes (under the lock), so concurrent commands in between are accounted for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub enum Teardown {
+pub enum Removal {
     Sandbox(String),
     Network(String),
     /// One sandbox's endpoint on one network (`nsnet detach`, CNI `DEL`).
@@ -336,17 +340,17 @@ impl FileId {
 /// What a join reads of a network's ledger: its index when that is current (a few KiB, whatever the number of
 /// sandboxes), else the ledger itself.
 #[derive(Debug, Clone)]
-pub enum Holdings {
+pub enum AllocationsView {
     Index(Index),
     Ledger(Arc<Ledger>),
 }
 
-impl Holdings {
-    /// How many addresses are held.
+impl AllocationsView {
+    /// How many addresses are allocated.
     pub fn addresses(&self) -> usize {
         match self {
-            Holdings::Index(ix) => ix.addresses(),
-            Holdings::Ledger(l) => l.addresses(),
+            AllocationsView::Index(ix) => ix.addresses(),
+            AllocationsView::Ledger(l) => l.addresses(),
         }
     }
 
@@ -354,25 +358,25 @@ impl Holdings {
     /// use, the ledger knows on which host address (and whether that overlaps).
     pub fn may_conflict(&self, m: &PortMapping) -> bool {
         match self {
-            Holdings::Index(ix) => ix.port_taken(m),
-            Holdings::Ledger(l) => l.published().any(|(_, p)| p.conflicts_with(m)),
+            AllocationsView::Index(ix) => ix.port_taken(m),
+            AllocationsView::Ledger(l) => l.published().any(|(_, p)| p.conflicts_with(m)),
         }
     }
 
     /// The ledger, when that is what was read.
     pub fn ledger(&self) -> Option<&Ledger> {
         match self {
-            Holdings::Index(_) => None,
-            Holdings::Ledger(l) => Some(l),
+            AllocationsView::Index(_) => None,
+            AllocationsView::Ledger(l) => Some(l),
         }
     }
 }
 
-impl Held for Holdings {
-    fn holds(&self, ip: std::net::Ipv4Addr) -> bool {
+impl Allocated for AllocationsView {
+    fn is_allocated(&self, ip: std::net::Ipv4Addr) -> bool {
         match self {
-            Holdings::Index(ix) => ix.holds(ip),
-            Holdings::Ledger(l) => l.holds(ip),
+            AllocationsView::Index(ix) => ix.is_allocated(ip),
+            AllocationsView::Ledger(l) => l.is_allocated(ip),
         }
     }
 
@@ -382,8 +386,8 @@ impl Held for Holdings {
 
     fn cursor(&self) -> Option<std::net::Ipv4Addr> {
         match self {
-            Holdings::Index(ix) => ix.cursor(),
-            Holdings::Ledger(l) => l.cursor(),
+            AllocationsView::Index(ix) => ix.cursor(),
+            AllocationsView::Ledger(l) => l.cursor(),
         }
     }
 }
@@ -488,9 +492,9 @@ impl Store {
             flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
             // The previous holder may have removed the (empty) store while we waited: then we hold a lock on
             // an unlinked file, and must lock the current one instead.
-            let held = file.metadata().map_err(io_err("stat lock file", &path))?;
+            let locked = file.metadata().map_err(io_err("stat lock file", &path))?;
             match fs::metadata(&path) {
-                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
                     return Ok(Lock {
                         _file: file,
                         store: self.clone(),
@@ -544,16 +548,16 @@ impl Store {
         self.dir.join(ledger_file(name))
     }
 
-    /// A network's settings with its ledger entries. A network whose files cannot be read is set aside
-    /// (see [`Store::network_or_aside`]) and reads as none.
-    pub fn network(&self, name: &str) -> Result<Option<Network>, StoreError> {
+    /// A network with what it has handed out (its ledger, read). A network whose files cannot be read is set
+    /// aside (see [`Store::network_or_aside`]) and reads as none.
+    pub fn network_record(&self, name: &str) -> Result<Option<NetworkRecord>, StoreError> {
         let loaded = read(&self.network_path(name), name)
             .and_then(|n| n.map(|n| self.with_ledger(n)).transpose());
         self.network_or_aside(name, loaded)
     }
 
-    /// A network's settings alone: its addresses and ports (the ledger) are left out, and not read.
-    pub fn network_settings(&self, name: &str) -> Result<Option<Network>, StoreError> {
+    /// A network's settings: its ledger is not read.
+    pub fn network(&self, name: &str) -> Result<Option<Network>, StoreError> {
         self.network_or_aside(name, read(&self.network_path(name), name))
     }
 
@@ -598,7 +602,7 @@ impl Store {
     }
 
     /// `loaded`, unless it failed because the sandbox's record is corrupt: then the record is set aside and
-    /// the sandbox reads as none. Its addresses stay held in its networks' ledgers, under its name.
+    /// the sandbox reads as none. Its addresses stay allocated in its networks' ledgers, under its name.
     fn sandbox_or_aside(
         &self,
         name: &str,
@@ -650,25 +654,29 @@ impl Store {
         out
     }
 
-    fn with_ledger(&self, mut net: Network) -> Result<Network, StoreError> {
-        if let Some(ledger) = self.ledger(&self.ledger_path(&net.name))? {
-            ledger.fill(&mut net);
-        }
-        Ok(net)
+    fn with_ledger(&self, settings: Network) -> Result<NetworkRecord, StoreError> {
+        let allocations = match self.ledger(&self.ledger_path(&settings.name))? {
+            Some(ledger) => ledger.allocations(),
+            None => Allocations::default(),
+        };
+        Ok(NetworkRecord {
+            settings,
+            allocations,
+        })
     }
 
     /// Every network's settings, each with what it has handed out as its index says, or its ledger where the
     /// index is not current: what a join plans from.
-    pub fn networks_in_place(&self) -> Result<Vec<(Network, Holdings)>, StoreError> {
+    pub fn networks_in_place(&self) -> Result<Vec<(Network, AllocationsView)>, StoreError> {
         let mut out = Vec::new();
         for name in self.names("networks")? {
             let loaded = read::<Network>(&self.network_path(&name), &name).and_then(|n| {
                 let Some(n) = n else { return Ok(None) };
-                let held = match self.current_index(&n.name) {
-                    Some(ix) => Holdings::Index(ix),
-                    None => Holdings::Ledger(self.ledger_of(&n.name)?),
+                let allocated = match self.current_index(&n.name) {
+                    Some(ix) => AllocationsView::Index(ix),
+                    None => AllocationsView::Ledger(self.ledger_of(&n.name)?),
                 };
-                Ok(Some((n, held)))
+                Ok(Some((n, allocated)))
             });
             out.extend(self.network_or_aside(&name, loaded)?);
         }
@@ -809,7 +817,17 @@ impl Store {
         self.sandbox_or_aside(name, read(&self.sandbox_path(name), name))
     }
 
-    /// Every network, by name; those whose files cannot be read are set aside (see [`Store::network`]).
+    /// Every network with what it has handed out, by name; those whose files cannot be read are set aside
+    /// (see [`Store::network_record`]).
+    pub fn network_records(&self) -> Result<Vec<NetworkRecord>, StoreError> {
+        let mut out = Vec::new();
+        for name in self.names("networks")? {
+            out.extend(self.network_record(&name)?);
+        }
+        Ok(out)
+    }
+
+    /// Every network's settings, by name (no ledger is read).
     pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
         let mut out = Vec::new();
         for name in self.names("networks")? {
@@ -894,10 +912,13 @@ impl Store {
         for r in records {
             match r {
                 Record::Network(n) => {
-                    // The settings only: the ledger entries go to the ledger, below.
-                    let text = pretty(&n.settings(), &self.network_path(&n.name))?;
-                    whole(network_file(&n.name), Some(text))?;
+                    let text = pretty(&n.settings, &self.network_path(&n.settings.name))?;
+                    whole(network_file(&n.settings.name), Some(text))?;
                     ledgers.push(n);
+                }
+                Record::Settings(n) => {
+                    let text = pretty(n, &self.network_path(&n.name))?;
+                    whole(network_file(&n.name), Some(text))?;
                 }
                 Record::NoNetwork(name) => {
                     whole(network_file(name), None)?;
@@ -920,8 +941,12 @@ impl Store {
         // record and its first join both write to its ledger).
         let mut appends: Vec<(&str, u64, String)> = Vec::new();
         for n in ledgers {
-            let current = self.ledger_of(&n.name)?;
-            appends.push((&n.name, current.len(), current.changes_to(n)));
+            let current = self.ledger_of(&n.settings.name)?;
+            appends.push((
+                &n.settings.name,
+                current.len(),
+                current.changes_to(&n.allocations),
+            ));
         }
         for (name, lines) in &joins {
             match appends.iter_mut().find(|(n, _, _)| n == name) {
@@ -1406,13 +1431,13 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn net(name: &str) -> Network {
-        Network::bridge(
+    fn net(name: &str) -> NetworkRecord {
+        NetworkRecord::new(Network::bridge(
             name,
             "10.89.0.0/24".parse().unwrap(),
             "10.89.0.1".parse().unwrap(),
             "nsnet0",
-        )
+        ))
     }
 
     /// Write records the way commands do: their files as they will be, made so, then compacted.
@@ -1420,6 +1445,34 @@ mod tests {
         let (_, after) = store.file_states(&records).unwrap();
         store.set_files(&after).unwrap();
         store.compact(&after).unwrap();
+    }
+
+    /// Settings are written apart from what a network has handed out: changing a setting (a mark, a host chain)
+    /// cannot release anybody's address, whatever the copy of the settings it started from.
+    #[test]
+    fn writing_settings_leaves_the_allocations_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let _lock = store.lock().unwrap();
+        let mut n = net("a");
+        let ip: std::net::Ipv4Addr = "10.89.0.2".parse().unwrap();
+        n.allocations.addresses.insert(ip, "s".into());
+        n.allocations.last_allocated = Some(ip);
+        write(&store, vec![Record::Network(n.clone())]);
+        let mut settings = store.network("a").unwrap().unwrap();
+        settings.removing = true;
+        let (_, after) = store
+            .file_states(&[Record::Settings(settings.clone())])
+            .unwrap();
+        assert!(
+            after.iter().all(|f| !matches!(f, FileState::Ledger { .. })),
+            "{after:?}"
+        );
+        store.set_files(&after).unwrap();
+        let back = store.network_record("a").unwrap().unwrap();
+        assert_eq!(back.settings, settings);
+        assert_eq!(back.allocations, n.allocations);
+        assert_eq!(back.allocations.users(), vec!["s"]);
     }
 
     #[test]
@@ -1432,7 +1485,7 @@ mod tests {
             &store,
             vec![Record::Network(net("a")), Record::Network(net("b"))],
         );
-        assert_eq!(store.network("a").unwrap(), Some(net("a")));
+        assert_eq!(store.network_record("a").unwrap(), Some(net("a")));
         assert_eq!(store.networks().unwrap().len(), 2);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(store.dir()), 0o700);
@@ -1458,8 +1511,8 @@ mod tests {
         write(&store, vec![Record::Network(empty.clone())]);
         let mut n = empty.clone();
         let ip: std::net::Ipv4Addr = "10.89.0.2".parse().unwrap();
-        n.allocations.insert(ip, "s".into());
-        n.last_allocated = Some(ip);
+        n.allocations.addresses.insert(ip, "s".into());
+        n.allocations.last_allocated = Some(ip);
         let (before, after) = store.file_states(&[Record::Network(n.clone())]).unwrap();
         // The settings did not change: only one line goes to the ledger.
         assert_eq!(
@@ -1472,25 +1525,25 @@ mod tests {
         );
         store.set_files(&after).unwrap();
         assert!(store.files_are(&after));
-        assert_eq!(store.network("a").unwrap(), Some(n.clone()));
+        assert_eq!(store.network_record("a").unwrap(), Some(n.clone()));
         assert!(!fs::read_to_string(store.network_path("a"))
             .unwrap()
             .contains("10.89.0.2"));
         // Rolling back truncates to where the command started: here, no ledger at all.
         store.set_files(&before).unwrap();
-        assert_eq!(store.network("a").unwrap(), Some(empty));
+        assert_eq!(store.network_record("a").unwrap(), Some(empty));
         assert!(!store.ledger_path("a").exists());
 
         // Hand out and give back 500 addresses: the file is compacted as it goes.
         for i in 0..500u32 {
             let ip = std::net::Ipv4Addr::from(0x0a59_0002 + i % 250);
-            n.allocations.insert(ip, format!("t{i}"));
-            n.last_allocated = Some(ip);
+            n.allocations.addresses.insert(ip, format!("t{i}"));
+            n.allocations.last_allocated = Some(ip);
             write(&store, vec![Record::Network(n.clone())]);
-            n.allocations.remove(&ip);
+            n.allocations.addresses.remove(&ip);
             write(&store, vec![Record::Network(n.clone())]);
         }
-        assert_eq!(store.network("a").unwrap(), Some(n.clone()));
+        assert_eq!(store.network_record("a").unwrap(), Some(n.clone()));
         let lines = fs::read_to_string(store.ledger_path("a"))
             .unwrap()
             .lines()
@@ -1505,8 +1558,8 @@ mod tests {
         // Each command is a new process: a fresh store, with nothing parsed yet.
         let store = || Store::new(tmp.path());
         let indexed = |s: &Store| match &s.networks_in_place().unwrap()[0].1 {
-            Holdings::Index(ix) => Some(ix.addresses()),
-            Holdings::Ledger(_) => None,
+            AllocationsView::Index(ix) => Some(ix.addresses()),
+            AllocationsView::Ledger(_) => None,
         };
         write(&store(), vec![Record::Network(net("a"))]);
         let join = |i: u32| Record::Joined {
@@ -1536,8 +1589,8 @@ mod tests {
         // Removals (written from the whole record) and compaction keep it current too.
         for _ in 0..40 {
             let s = store();
-            let mut n = s.network("a").unwrap().unwrap();
-            n.release("s3");
+            let mut n = s.network_record("a").unwrap().unwrap();
+            n.allocations.release("s3");
             write(&s, vec![Record::Network(n)]);
             write(&store(), vec![join(3)]);
         }
@@ -1621,7 +1674,7 @@ mod tests {
 
         // A network's corrupt ledger: while a sandbox is on it, it stays, and the error says why.
         fs::write(store.ledger_path("a"), "+ip nonsense\n").unwrap();
-        let err = store.networks().unwrap_err().to_string();
+        let err = store.network_records().unwrap_err().to_string();
         assert!(
             err.contains("networks/a.ledger is corrupt")
                 && err.contains("sandboxes t are still on"),
@@ -1630,7 +1683,7 @@ mod tests {
         assert!(store.ledger_path("a").exists());
         // Once nobody is on it, the network goes aside whole: its settings with its ledger.
         write(&store, vec![Record::NoSandbox("t".into())]);
-        assert_eq!(store.networks().unwrap(), vec![net("b")]);
+        assert_eq!(store.network_records().unwrap(), vec![net("b")]);
         let names: Vec<String> = quarantine(&store).into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
@@ -1666,13 +1719,13 @@ mod tests {
         bad.endpoints[0].host_interface = "../../etc/x".into();
         write(&store, vec![Record::Sandbox(bad)]);
         let mut long = net("m");
-        long.interface = "a-very-long-ifname".into();
+        long.settings.interface = "a-very-long-ifname".into();
         write(&store, vec![Record::Network(long)]);
         let mut empty = net("e");
-        empty.interface = String::new();
+        empty.settings.interface = String::new();
         write(&store, vec![Record::Network(empty)]);
         assert_eq!(store.sandboxes().unwrap(), vec![sandbox("b", "n")]);
-        assert_eq!(store.networks().unwrap(), vec![net("n")]);
+        assert_eq!(store.network_records().unwrap(), vec![net("n")]);
 
         // A record that is a symlink is set aside as the link; its target is not touched.
         let elsewhere = tmp.path().join("elsewhere.json");
@@ -1749,7 +1802,7 @@ mod tests {
 
         // Repaired, it is used again; the record was never touched.
         drop(store.lock().unwrap());
-        assert_eq!(store.networks().unwrap(), vec![net("a")]);
+        assert_eq!(store.network_records().unwrap(), vec![net("a")]);
     }
 
     #[test]
@@ -1872,12 +1925,12 @@ mod tests {
             );
         }
         // The golden intent finishes one kind of teardown; the others, as format 1 writes them.
-        assert_eq!(variants::<Teardown>(), ["Sandbox", "Network", "Endpoint"]);
+        assert_eq!(variants::<Removal>(), ["Sandbox", "Network", "Endpoint"]);
         for (json, want) in [
-            (r#"{"Sandbox": "s"}"#, Teardown::Sandbox("s".into())),
-            (r#"{"Network": "n"}"#, Teardown::Network("n".into())),
+            (r#"{"Sandbox": "s"}"#, Removal::Sandbox("s".into())),
+            (r#"{"Network": "n"}"#, Removal::Network("n".into())),
         ] {
-            assert_eq!(serde_json::from_str::<Teardown>(json).unwrap(), want);
+            assert_eq!(serde_json::from_str::<Removal>(json).unwrap(), want);
         }
         // Written before intents carried a format: the same, format 1.
         let unnumbered = serde_json::to_string(&golden).unwrap();
@@ -1991,12 +2044,12 @@ mod tests {
         // Hand out and give back addresses, writing without compacting: mostly dead lines.
         for i in 0..100u32 {
             let ip = std::net::Ipv4Addr::from(0x0a59_0002 + i);
-            for held in [true, false] {
-                if held {
-                    n.allocations.insert(ip, format!("t{i}"));
-                    n.last_allocated = Some(ip);
+            for allocated in [true, false] {
+                if allocated {
+                    n.allocations.addresses.insert(ip, format!("t{i}"));
+                    n.allocations.last_allocated = Some(ip);
                 } else {
-                    n.allocations.remove(&ip);
+                    n.allocations.addresses.remove(&ip);
                 }
                 let (_, after) = store.file_states(&[Record::Network(n.clone())]).unwrap();
                 store.set_files(&after).unwrap();
@@ -2007,7 +2060,7 @@ mod tests {
 
         // Working out a command's files changes none of them.
         let ip = std::net::Ipv4Addr::from(0x0a59_00f0);
-        n.allocations.insert(ip, "u".into());
+        n.allocations.addresses.insert(ip, "u".into());
         let (before, after) = store.file_states(&[Record::Network(n.clone())]).unwrap();
         assert_eq!(fs::read(store.ledger_path("a")).unwrap(), ledger);
         assert_eq!(
@@ -2027,7 +2080,7 @@ mod tests {
             .lines()
             .count();
         assert!(lines < 5, "{lines} lines");
-        assert_eq!(store.network("a").unwrap(), Some(n));
+        assert_eq!(store.network_record("a").unwrap(), Some(n));
         assert!(store.index_agrees("a"));
     }
 }
