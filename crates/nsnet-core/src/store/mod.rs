@@ -27,7 +27,6 @@ mod trust;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -479,7 +478,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("open lock file", &path)(e)),
         };
-        flock(&file, libc::LOCK_SH).map_err(io_err("lock", &path))?;
+        file.lock_shared().map_err(io_err("lock", &path))?;
         Ok(Some(file))
     }
 
@@ -489,7 +488,7 @@ impl Store {
         loop {
             self.ensure_dirs()?;
             let file = open_for_writing(&path).map_err(io_err("open lock file", &path))?;
-            flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
+            file.lock().map_err(io_err("lock", &path))?;
             // The previous holder may have removed the (empty) store while we waited: then we hold a lock on
             // an unlinked file, and must lock the current one instead.
             let locked = file.metadata().map_err(io_err("stat lock file", &path))?;
@@ -1151,7 +1150,7 @@ impl Store {
             };
             let used = file.metadata().is_ok_and(|m| m.len() > 0);
             // A live command holds its slot exclusively; a shared try succeeds only on a dead one's.
-            if used && flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+            if used && file.try_lock_shared().is_ok() {
                 return Ok(true);
             }
         }
@@ -1194,8 +1193,7 @@ impl Store {
             for slot in slots.filter_map(|e| e.ok()) {
                 let path = slot.path();
                 let free = File::open(&path).is_ok_and(|f| {
-                    flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok()
-                        && f.metadata().is_ok_and(|m| m.len() == 0)
+                    f.try_lock().is_ok() && f.metadata().is_ok_and(|m| m.len() == 0)
                 });
                 if !free {
                     return Ok(());
@@ -1252,23 +1250,13 @@ fn sandbox_file(name: &str) -> String {
     format!("sandboxes/{name}.json")
 }
 
-/// flock(2) on a file we hold open.
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: the fd is valid for the duration of the call; flock has no memory effects.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Take an intent's flock without waiting: false when its command still holds it.
+/// Take an intent's lock without waiting: false when its command still holds it. (std's file locks are
+/// flock(2) on Linux, the same lock the nsnet of any version takes.)
 fn try_lock(file: &File, path: &Path) -> Result<bool, StoreError> {
-    match flock(file, libc::LOCK_EX | libc::LOCK_NB) {
+    match file.try_lock() {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(io_err("lock", path)(e)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("lock", path)(e)),
     }
 }
 

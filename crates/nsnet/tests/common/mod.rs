@@ -202,6 +202,12 @@ impl TestHost {
 
     /// Run nsnet inside the host namespace with this test's state dir.
     pub fn nsnet_raw(&self, prefix: &[&str], args: &[&str]) -> Output {
+        run(&mut self.command(prefix, args))
+    }
+
+    /// nsnet (after `prefix`, a wrapper such as `strace`) inside the host namespace, with this test's state
+    /// dir and firewall backend.
+    fn command(&self, prefix: &[&str], args: &[&str]) -> Command {
         let net = format!("--net={}", self.host_path().display());
         let mut cmd = Command::new("nsenter");
         cmd.arg(&net)
@@ -213,19 +219,13 @@ impl TestHost {
         if let Some(backend) = self.firewall {
             cmd.env("NSNET_FIREWALL", backend);
         }
-        run(&mut cmd)
+        cmd
     }
 
     /// Start nsnet inside the host namespace without waiting for it. `nsenter` execs it (no fork), so the
     /// child's pid is nsnet's once [`wait_for_exec`] says so.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let net = format!("--net={}", self.host_path().display());
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(&net).arg("--").arg(nsnet_bin()).args(args);
-        cmd.env("NSNET_STATE_DIR", &self.state);
-        if let Some(backend) = self.firewall {
-            cmd.env("NSNET_FIREWALL", backend);
-        }
+        let mut cmd = self.command(&[], args);
         cmd.stdin(std::process::Stdio::null());
         cmd.spawn()
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
@@ -237,13 +237,7 @@ impl TestHost {
 
     /// Run nsnet with extra environment variables.
     pub fn nsnet_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let net = format!("--net={}", self.host_path().display());
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(&net).arg("--").arg(nsnet_bin()).args(args);
-        cmd.env("NSNET_STATE_DIR", &self.state);
-        if let Some(backend) = self.firewall {
-            cmd.env("NSNET_FIREWALL", backend);
-        }
+        let mut cmd = self.command(&[], args);
         cmd.envs(env.iter().copied());
         run(&mut cmd)
     }
