@@ -442,3 +442,70 @@ fn a_foreign_namespace_is_forgotten_with_its_last_network() {
     );
     common::sh(&["ip", "netns", "del", &ext]);
 }
+
+#[test]
+fn an_internal_network_cannot_inject_into_another_internal_network() {
+    for backend in ["nftables", "iptables"] {
+        let mut h = TestHost::new("int2int");
+        h.firewall = Some(backend);
+        // A normal network too: it turns forwarding on, as on any host that has one. Both internal networks
+        // opt out of isolation, so only the internal rule stands between them.
+        h.ok(&["network", "create", "pub", "--subnet", "172.16.19.0/24"]);
+        h.ok(&[
+            "network",
+            "create",
+            "i1",
+            "--subnet",
+            "172.16.17.0/24",
+            "--internal",
+            "--isolate=false",
+        ]);
+        h.ok(&[
+            "network",
+            "create",
+            "i2",
+            "--subnet",
+            "172.16.18.0/24",
+            "--internal",
+            "--isolate=false",
+        ]);
+        let (x, y) = (h.sb("x"), h.sb("y"));
+        h.ok(&["create", &x, "--network", "i1"]);
+        h.ok(&["create", &y, "--network", "i2", "--ip", "172.16.18.2"]);
+        // The attacker is root in its sandbox: it routes the other internal subnet through its gateway.
+        h.ok(&[
+            "exec",
+            &x,
+            "--",
+            "ip",
+            "route",
+            "add",
+            "172.16.18.0/24",
+            "via",
+            "172.16.17.1",
+        ]);
+        // The victim answers along a route back, so the probe can tell whether the datagram arrived.
+        h.ok(&[
+            "exec",
+            &y,
+            "--",
+            "ip",
+            "route",
+            "add",
+            "172.16.17.0/24",
+            "via",
+            "172.16.18.1",
+        ]);
+        let server = probe::udp_server(&h.sb_path("y"), addr("0.0.0.0", 53)).expect("udp server");
+        let _ = probe::udp_hello(&h.sb_path("x"), addr("172.16.18.2", 53));
+        assert!(
+            server.wait().is_err(),
+            "{backend}: a datagram crossed from one internal network into another"
+        );
+        h.ok(&["rm", &x]);
+        h.ok(&["rm", &y]);
+        h.ok(&["network", "rm", "i1"]);
+        h.ok(&["network", "rm", "i2"]);
+        h.ok(&["network", "rm", "pub"]);
+    }
+}

@@ -161,6 +161,11 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
                     "internal",
                     vec![Ifname(interface.clone())],
                 ));
+                out.push(Element::new(
+                    Ip,
+                    "internal_self",
+                    vec![Ifname(interface.clone()), Ifname(interface.clone())],
+                ));
             }
             out
         }

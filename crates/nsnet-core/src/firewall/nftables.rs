@@ -35,6 +35,9 @@ const DECLARE: &str = r#"table ip nsnet {
 	set internal {
 		type ifname
 	}
+	set internal_self {
+		type ifname . ifname
+	}
 	set same_net {
 		type ipv4_addr . ipv4_addr
 		flags interval
@@ -97,9 +100,10 @@ table bridge nsnet {
 "#;
 
 /// nsnet's own sets and maps in `ip nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
-const SETS: [(&str, &str); 11] = [
+const SETS: [(&str, &str); 12] = [
     ("set", "ifaces"),
     ("set", "internal"),
+    ("set", "internal_self"),
     ("set", "same_net"),
     ("set", "masq_nets"),
     ("set", "own_nets"),
@@ -159,16 +163,17 @@ const RULES: &[(&str, &str, &str)] = &[
     (TABLE, "forward", "jump user"),
     // A packet of an open connection costs one rule: its first packet already passed isolation and internal.
     (TABLE, "forward", "ct state established,related accept"),
-    // An internal network forwards to nothing else, published ports included: before the DNAT accept.
+    // An internal network forwards to nothing else (another internal network included), published ports
+    // included: before the DNAT accept. `internal_self` holds `i . i` for each internal interface.
     (
         TABLE,
         "forward",
-        "iifname @internal oifname != @internal drop",
+        "iifname @internal iifname . oifname != @internal_self drop",
     ),
     (
         TABLE,
         "forward",
-        "oifname @internal iifname != @internal drop",
+        "oifname @internal iifname . oifname != @internal_self drop",
     ),
     // Published ports cross networks (through the host's address); direct addresses do not.
     (TABLE, "forward", "ct status dnat accept"),

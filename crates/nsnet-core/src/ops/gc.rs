@@ -170,6 +170,10 @@ impl Nsnet {
 
         // Last, the firewall from the records as they will be: idempotent, and it drops any element no record
         // stands for. Host forward chains that turned `policy drop` get the networks' accepts.
+        if let Some(net) = nets.first() {
+            // The rebuild resets the tables: never another state dir's.
+            self.check_tables_owner(net.firewall)?;
+        }
         let rechained = super::firewall::refresh_host_chains(&mut nets)?;
         let reload = build::firewall_reload(&nets, &sandboxes, &tag);
         r.plan.steps.extend(reload.steps);

@@ -272,8 +272,15 @@ impl Nsnet {
             before: vec![],
             after: vec![],
         })?;
-        let (_, marked) = self.store.file_states(&[mark])?;
-        self.store.set_files(&marked)?;
+        // Nothing has changed yet: a failure to mark leaves no intent behind to "finish" later.
+        let marked = self
+            .store
+            .file_states(&[mark])
+            .and_then(|(_, marked)| self.store.set_files(&marked));
+        if let Err(e) = marked {
+            self.store.remove_intent(intent)?;
+            return Err(e.into());
+        }
         drop(lock);
 
         let mut applier = self.applier();
@@ -288,21 +295,28 @@ impl Nsnet {
                 return Err(with_rollback(e, rollback));
             }
         };
-        let (fw, records) = self.finish_removal(&what)?;
-        let fw = if early.is_some() { Plan::default() } else { fw };
-        let mut written = Vec::new();
-        let failure = match applier.apply(&fw) {
-            // One step, so nothing of it to undo: report its own cause.
-            Err(Error::RolledBack { cause, .. }) => Some((*cause, done)),
+        let (mut written, mut last) = (Vec::new(), Plan::default());
+        // Every failure from here on goes through the same rollback: the links come back, the mark goes.
+        let failure = match self.finish_removal(&what) {
             Err(e) => Some((e, done)),
-            Ok(fw_undo) => {
-                let (_, after) = self.store.file_states(&records)?;
-                match self.store.set_files(&after) {
-                    Err(e) => Some((e.into(), fw_undo.then(done))),
-                    Ok(()) => {
-                        written = after;
-                        None
-                    }
+            Ok((fw, records)) => {
+                let fw = if early.is_some() { Plan::default() } else { fw };
+                last = fw.clone();
+                match applier.apply(&fw) {
+                    // One step, so nothing of it to undo: report its own cause.
+                    Err(Error::RolledBack { cause, .. }) => Some((*cause, done)),
+                    Err(e) => Some((e, done)),
+                    Ok(fw_undo) => match self
+                        .store
+                        .file_states(&records)
+                        .and_then(|(_, after)| self.store.set_files(&after).map(|()| after))
+                    {
+                        Err(e) => Some((e.into(), fw_undo.then(done))),
+                        Ok(after) => {
+                            written = after;
+                            None
+                        }
+                    },
                 }
             }
         };
@@ -317,7 +331,7 @@ impl Nsnet {
         }
         self.store.remove_intent(intent)?;
         self.compact(&written);
-        Ok(kernel.then(early.unwrap_or(fw)))
+        Ok(kernel.then(early.unwrap_or(last)))
     }
 
     /// The firewall step and the record changes that finish removing `what`, from the records as they are now

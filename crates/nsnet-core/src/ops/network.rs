@@ -311,6 +311,11 @@ impl Nsnet {
                 "network '{name}' is already being removed by another nsnet command"
             )));
         }
+        // The last network takes nsnet's tables with it: refuse now, before anything is deleted, if they are
+        // another state dir's.
+        if self.store.networks()?.len() == 1 {
+            self.check_tables_owner(net.firewall)?;
+        }
         let users = allocations.users();
         if !users.is_empty() && !force {
             return Err(invalid!(
