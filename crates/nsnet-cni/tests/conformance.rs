@@ -965,6 +965,11 @@ fn add_refuses_bad_macs_ports_and_host_addresses() {
         // The bridge's (derived from the gateway 10.66.8.1).
         (with(json!({"mac": "02:6e:0a:42:08:01"})), 7, "bridge"),
         (
+            with(json!({"mac": "02:6e:0a:42:08:09"})),
+            7,
+            "derives sandbox MACs",
+        ),
+        (
             with(json!({"mac": "01:00:5e:00:00:01"})),
             7,
             "runtimeConfig.mac",

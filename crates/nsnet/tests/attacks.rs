@@ -509,3 +509,31 @@ fn an_internal_network_cannot_inject_into_another_internal_network() {
         h.ok(&["network", "rm", "pub"]);
     }
 }
+
+/// Links made before nsnet tagged its links (an upgrade): still nsnet's to remove, recognised by the MAC nsnet
+/// gave them, while a link with another MAC (the uplink, above) never is.
+#[test]
+fn links_made_before_tags_are_still_removed() {
+    let h = TestHost::new("untag");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.20.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    // A process in b's namespace: its veth is deleted explicitly (not with the namespace).
+    let mut inside = sleeper(&h.sb_path("b"));
+    let veth = |sb: &str| {
+        h.inspect(sb)["endpoints"][0]["host_interface"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for link in [veth(&a), veth(&b), "nsbr-n".to_string()] {
+        h.in_host(&["ip", "link", "set", &link, "alias", ""]);
+    }
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+    assert!(!h.link_names().iter().any(|l| l == "nsbr-n"));
+    let _ = inside.kill();
+    let _ = inside.wait();
+}

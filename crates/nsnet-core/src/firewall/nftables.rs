@@ -341,10 +341,15 @@ fn render_with(batch: &Batch, handles: &HostHandles) -> String {
 /// Who made `ip nsnet`: the owner in its comment. JSON listings of nft 1.0.6 leave table comments out, so this
 /// reads the terse text listing (no set elements), whose first lines are the table's.
 pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
-    let text = nft(&["-t", "list", "table", "ip", "nsnet"])?;
-    if text.trim().is_empty() {
-        return Ok(TablesOwner::Absent);
-    }
+    // A missing table is the one failure that means "nobody's"; any other is an error, never taken for
+    // "nobody's" (which would let this state dir reset another's tables).
+    let text = match super::run_tool("nft", &["-t", "list", "table", "ip", "nsnet"], None) {
+        Ok(text) => text,
+        Err(FirewallError::Refused { message, .. }) if message.contains("No such file") => {
+            return Ok(TablesOwner::Absent)
+        }
+        Err(e) => return Err(e),
+    };
     let comment = text
         .lines()
         .take(3)

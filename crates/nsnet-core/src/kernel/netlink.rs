@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::BridgePortState;
@@ -301,9 +301,9 @@ impl Netlink {
     }
 
     /// Create a veth pair with its peer directly inside the target namespace and the host end already
-    /// enslaved to its bridge and up: one request, no moment where the peer sits in the host. The peer comes
-    /// up separately, from inside its namespace: the kernel refuses to open it (ENOTCONN) before the pair is
-    /// linked, which happens only at the end of this request.
+    /// enslaved to its bridge: one request, no moment where the peer sits in the host. Both ends start down;
+    /// the peer comes up from inside its namespace (the kernel refuses to open it, ENOTCONN, before the pair
+    /// is linked, which happens only at the end of this request), the host end last.
     pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<(), KernelError> {
         let mut peer = LinkMessage::default();
         peer.attributes
@@ -364,9 +364,9 @@ impl Netlink {
 
     /// `ip link set NAME alias TEXT`.
     pub fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), KernelError> {
-        let index = self.link_index(name)?;
+        // Addressed by name (index 0): the kernel looks the link up itself, one round trip instead of two.
         let mut msg = LinkMessage::default();
-        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes
             .push(LinkAttribute::IfAlias(alias.to_string()));
         self.request(
@@ -563,8 +563,10 @@ impl Netlink {
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         self.request(
             &format!("add the fdb entry of {name}"),
+            // Exclusive: an entry for this MAC on another port means two sandboxes claim one MAC, which must
+            // fail loudly rather than move the other sandbox's binding here.
             RouteNetlinkMessage::NewNeighbour(fdb),
-            NLM_F_CREATE | NLM_F_REPLACE,
+            NLM_F_CREATE | NLM_F_EXCL,
         )?;
         Ok(())
     }

@@ -64,8 +64,8 @@ impl Nsnet {
         lines.append(&mut r.lines);
         r.lines = lines;
         if !self.dry_run {
-            // Deletions and re-creations are not rolled back should a later one fail: each is right on its own,
-            // and the next gc picks up where this one stopped. The records are written last.
+            // All or nothing, as every plan: should a step fail, the links this gc re-created go again (what it
+            // deleted was nobody's, and stays deleted), no record is written, and the next gc starts afresh.
             let _kept = self.applier().apply(&r.plan)?;
             let (_, after) = self.store.file_states(&r.records)?;
             self.store.set_files(&after)?;

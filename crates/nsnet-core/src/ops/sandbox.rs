@@ -409,6 +409,15 @@ impl Nsnet {
                 net.interface
             ));
         }
+        // nsnet derives MACs from addresses, in 02:6e (sandbox ends) and 02:6f (host ends): one asked for
+        // there could be derived again for a later sandbox, and the two bridge ports would fight over it.
+        if mac.0[0] == 0x02 && matches!(mac.0[1], 0x6e | 0x6f) {
+            return Err(invalid!(
+                "{}: {mac} is in the range nsnet derives sandbox MACs from (02:6e:..., 02:6f:...); pick \
+                 another or leave it out",
+                t.mac
+            ));
+        }
         // Only a request with a MAC reads every sandbox record: derived MACs are unique by construction.
         for sb in self.store.sandboxes()? {
             let clash = sb.endpoints.iter().find(|e| {

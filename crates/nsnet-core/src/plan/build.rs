@@ -123,7 +123,8 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
             .into_iter()
             .filter(|s| *s != Step::forwarding())
             .collect();
-        plan.push_teardown(delete_host_link(&net.interface, owner), restore);
+        let mac = Mac::for_ipv4(net.gateway);
+        plan.push_teardown(delete_host_link(&net.interface, owner, mac), restore);
     }
     plan
 }
@@ -188,17 +189,21 @@ pub fn endpoint_teardown(sb: &Sandbox, ep: &Endpoint, net: Option<&Network>, own
         .unwrap_or_default();
     let mut plan = Plan::default();
     leave_fast_path(&mut plan, sb, ep, net);
-    plan.push_teardown(delete_host_link(&ep.host_interface, owner), restore);
+    plan.push_teardown(
+        delete_host_link(&ep.host_interface, owner, ep.mac.host_end()),
+        restore,
+    );
     plan
 }
 
-/// Delete a host link nsnet made: only while it carries `owner`'s tag.
-fn delete_host_link(name: &str, owner: &str) -> Step {
+/// Delete a host link nsnet made: only while it carries `owner`'s tag, or (made before links were tagged)
+/// carries no tag and the MAC nsnet gave it.
+fn delete_host_link(name: &str, owner: &str, mac: Mac) -> Step {
     Step::DeleteLink {
         ns: Ns::Host,
         name: name.to_string(),
         tag: owner.to_string(),
-        made_with: None,
+        made_with: Some(mac),
     }
 }
 
@@ -552,7 +557,7 @@ mod tests {
             plan.steps,
             vec![
                 remove,
-                delete_host_link("veth12345678", OWNER),
+                delete_host_link("veth12345678", OWNER, sb.endpoints[0].mac.host_end()),
                 Step::DeleteNetns {
                     name: "netns2".into()
                 }
@@ -574,8 +579,8 @@ mod tests {
         assert_eq!(
             plan.steps[1..],
             [
-                delete_host_link("veth12345678", OWNER),
-                delete_host_link("br0", OWNER)
+                delete_host_link("veth12345678", OWNER, sb.endpoints[0].mac.host_end()),
+                delete_host_link("br0", OWNER, Mac::for_ipv4(n.gateway))
             ]
         );
         assert!(matches!(plan.undo_of(2)[0], Step::CreateBridge { .. }));

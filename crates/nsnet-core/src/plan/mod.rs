@@ -85,8 +85,8 @@ pub enum Step {
         name: String,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         tag: String,
-        /// The undo of a create: an untagged link with this MAC is the one that create made (killed before it
-        /// could tag it), and goes too.
+        /// An untagged link with this MAC is nsnet's too: the one a create made and was killed before it could
+        /// tag, or one made before nsnet tagged its links. A link with another MAC (the uplink) never is.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         made_with: Option<Mac>,
     },

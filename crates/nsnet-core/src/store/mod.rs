@@ -447,7 +447,18 @@ impl Store {
                 _ => std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone()),
             }
         });
-        format!("nsnet:{}", dir.display())
+        let dir = dir.display().to_string();
+        // The tag goes into link aliases, table comments and iptables comments (256 bytes at most, quoted):
+        // a long or unusual path is named by its hash instead.
+        let plain = dir.len() <= 160
+            && dir
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+        if plain {
+            format!("nsnet:{dir}")
+        } else {
+            format!("nsnet:#{:08x}", crate::names::short_hash(&[&dir]))
+        }
     }
 
     fn ensure_dirs(&self) -> Result<(), StoreError> {
@@ -1461,6 +1472,24 @@ mod tests {
         assert_eq!(back.settings, settings);
         assert_eq!(back.allocations, n.allocations);
         assert_eq!(back.allocations.users(), vec!["s"]);
+    }
+
+    #[test]
+    fn an_unusual_state_dir_is_tagged_by_its_hash() {
+        let plain = Store::new("/var/lib/nsnet").owner_tag();
+        assert_eq!(plain, "nsnet:/var/lib/nsnet");
+        for odd in [
+            "/tmp/a b",
+            "/tmp/it's",
+            "/tmp/back\\slash",
+            &format!("/{}", "d".repeat(200)),
+        ] {
+            let tag = Store::new(odd).owner_tag();
+            assert!(
+                tag.starts_with("nsnet:#") && tag.len() == 15,
+                "{odd}: {tag}"
+            );
+        }
     }
 
     #[test]
