@@ -899,10 +899,11 @@ fn concurrent_adds_and_dels() {
     addrs.dedup();
     assert_eq!(addrs.len(), ids.len());
     let first = format!("/run/netns/{}", ids[0]);
-    // Up to three single pings: the point is that the 24 sandboxes work, and on a loaded 2-CPU machine one
-    // echo now and then misses its 2 s (seen about once in ten runs, with and without the fast path).
+    // Up to five single pings: the point is that the 24 sandboxes work, and on a loaded 2-CPU machine one
+    // echo now and then misses its 2 s (seen about once in ten runs, with and without the fast path; three
+    // misses in a row once, with a release build compiling beside the suite).
     let to = addrs[5].parse().expect("ip");
-    assert!((0..3).any(|_| probe::ping(Path::new(&first), to).expect("ping")));
+    assert!((0..5).any(|_| probe::ping(Path::new(&first), to).expect("ping")));
     std::thread::scope(|s| {
         for id in &ids {
             let (h, c) = (&h, &c);
