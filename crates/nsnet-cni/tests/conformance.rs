@@ -1400,3 +1400,32 @@ fn readers_never_fail_while_writers_work() {
     sh(&["ip", "netns", "del", &b]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// A CNI configuration naming another `stateDir` than the CLI's on the same host: nsnet's firewall belongs to
+/// the first state dir, so the second one's ADD is refused and the first one's rules and links stay as they are.
+#[test]
+fn a_second_state_dir_in_a_configuration_is_refused() {
+    let h = TestHost::new("cnistate");
+    h.ok(&["network", "create", "clinet", "--subnet", "10.66.12.0/24"]);
+    let web = h.sb("web");
+    h.ok(&["create", &web, "--network", "clinet", "-p", "8080:80"]);
+    let id = h.sb("pod");
+    sh(&["ip", "netns", "add", &id]);
+    let before = h.snapshot();
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut c = conf(&h, "1.1.0", json!({"ipam": {"subnet": "10.66.13.0/24"}}));
+    c["stateDir"] = json!(other.path().join("state"));
+    let add = cni(
+        &h,
+        "ADD",
+        &c,
+        &ctr(&id, &format!("/run/netns/{id}"), "eth0"),
+    );
+    assert!(!add.ok, "{}", add.out);
+    assert!(msg(&add).contains("belong to the state dir"), "{}", add.out);
+    let after = h.snapshot();
+    assert!(after == before, "{}", after.diff(&before));
+    sh(&["ip", "netns", "del", &id]);
+    h.ok(&["rm", &web]);
+    h.ok(&["network", "rm", "clinet"]);
+}
