@@ -220,10 +220,11 @@ fn repair_network(
     let mut lines = Vec::new();
     let mut plan = Plan::default();
     let bridge_gone = net.driver == Driver::Bridge && !present.contains(net.interface.as_str());
-    // The live endpoints on this network, of sandboxes whose namespace is there to put a veth back into.
+    // The live endpoints on this network. `sandboxes` are those whose namespace is there (the caller left the
+    // others out) or that are being removed: those belong to the command removing them.
     let endpoints: Vec<(&Sandbox, &crate::model::Endpoint)> = sandboxes
         .iter()
-        .filter(|s| !s.removing && Host::namespace_is_there(s))
+        .filter(|s| !s.removing)
         .flat_map(|sb| sb.endpoints.iter().map(move |ep| (sb, ep)))
         .filter(|(_, ep)| ep.network == net.name && !ep.removing)
         .collect();

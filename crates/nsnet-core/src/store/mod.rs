@@ -310,6 +310,9 @@ pub struct Store {
     /// Whether a record that cannot be read is moved to `quarantine/` (false for dry runs, which change
     /// nothing: it is only left out, with a warning).
     set_aside: bool,
+    /// [`Store::owner_tag`], worked out once: a command asks for it several times, and each time would
+    /// canonicalize the path again.
+    owner: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Parsed ledgers by path, each with the file identity it was parsed at.
@@ -415,6 +418,7 @@ impl Store {
             ledgers: Default::default(),
             indexes: Default::default(),
             set_aside: true,
+            owner: Default::default(),
         }
     }
 
@@ -440,6 +444,10 @@ impl Store {
     /// Host links carry it too (their alias). The same before and after the state dir exists: a missing dir is
     /// named through its parent's canonical path.
     pub fn owner_tag(&self) -> String {
+        self.owner.get_or_init(|| self.work_out_owner_tag()).clone()
+    }
+
+    fn work_out_owner_tag(&self) -> String {
         let dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| {
             let parent = self.dir.parent().filter(|p| !p.as_os_str().is_empty());
             match (parent.map(fs::canonicalize), self.dir.file_name()) {
