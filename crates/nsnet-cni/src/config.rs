@@ -209,6 +209,7 @@ impl NetConf {
                 hairpin: self.hairpin_mode.unwrap_or(true),
                 gateway_mode: self.gateway_mode.unwrap_or_default(),
             },
+            overlay: None,
         })
     }
 

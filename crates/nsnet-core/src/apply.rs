@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kernel::fastpath::FastPath;
+use crate::kernel::netlink::{RouteSpec, VxlanSpec};
 use crate::kernel::{netns, sysctl, KernelError, Netlink, VethSpec};
-use crate::plan::{Ns, Plan, Step};
+use crate::model::{OverlayBackend, Peer};
+use crate::plan::{Ns, PeerLink, Plan, Step};
 
 /// Runs steps, with one netlink socket per namespace it has touched.
 #[derive(Default)]
@@ -250,6 +252,51 @@ impl Applier {
                 }
             }
             Step::Firewall { backend, batch } => backend.apply(batch)?,
+            Step::CreateVxlan {
+                name,
+                vni,
+                port,
+                mtu,
+                mac,
+                tag,
+            } => {
+                let nl = self.netlink(&Ns::Host)?;
+                nl.create_vxlan(&VxlanSpec {
+                    name,
+                    vni: *vni,
+                    port: *port,
+                    mtu: *mtu,
+                    mac: mac.0,
+                    underlay_dev: None,
+                })?;
+                tag_new_link(nl, name, tag)?;
+                nl.set_up(name)?;
+            }
+            Step::SetPeer { overlay, peer } => {
+                let nl = self.netlink(&Ns::Host)?;
+                let dev = nl.link_index(&overlay.device)?;
+                for route in peer_routes(overlay, peer, dev) {
+                    if let (OverlayBackend::Vxlan, Some(mac)) = (overlay.backend, peer.vtep_mac) {
+                        nl.fdb_replace(dev, mac.0, peer.underlay)?;
+                        nl.neigh_replace(dev, peer.vxlan_gateway(), mac.0)?;
+                    }
+                    nl.route_replace(&route)?;
+                }
+            }
+            Step::RemovePeer { overlay, peer } => {
+                let nl = self.netlink(&Ns::Host)?;
+                // A device that is gone took the peer's entries with it.
+                let Some(link) = nl.link(&overlay.device)? else {
+                    return Ok(());
+                };
+                for route in peer_routes(overlay, peer, link.index) {
+                    nl.route_delete(&route)?;
+                    if let (OverlayBackend::Vxlan, Some(mac)) = (overlay.backend, peer.vtep_mac) {
+                        nl.neigh_delete(link.index, peer.vxlan_gateway())?;
+                        nl.fdb_delete(link.index, mac.0)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -311,6 +358,25 @@ impl Applier {
             Err(Error::Removal(errors))
         }
     }
+}
+
+/// The route to a peer's subnet: onlink through its VXLAN gateway (whose neighbour entry is permanent), or
+/// via its underlay address (host-gw). Leaves from this host's gateway address.
+fn peer_routes(o: &PeerLink, peer: &Peer, dev_index: u32) -> Option<RouteSpec> {
+    let (via, onlink) = match o.backend {
+        OverlayBackend::Vxlan => (peer.vxlan_gateway(), true),
+        OverlayBackend::HostGw => (peer.underlay, false),
+    };
+    if o.backend == OverlayBackend::Vxlan && peer.vtep_mac.is_none() {
+        return None;
+    }
+    Some(RouteSpec {
+        dst: peer.subnet,
+        via,
+        dev_index,
+        onlink,
+        prefsrc: Some(o.src),
+    })
 }
 
 /// Whether `ns` is the namespace nsnet runs in.

@@ -12,6 +12,7 @@
 //! - [`store`]: the records on disk;
 //! - [`scenario`]: the seed article's walkthrough, which `nsnet demo` and the article test both run.
 
+pub mod agent;
 pub mod apply;
 pub mod error;
 pub mod firewall;

@@ -65,6 +65,83 @@ pub struct Network {
     /// Set while `nsnet network rm` deletes the network's links outside the lock: nothing may join it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub removing: bool,
+    /// This host's part of a multi-host overlay network, kept by `nsnet agent`: the network's `subnet` is the
+    /// host's lease out of the cluster subnet, and its sandboxes reach the other hosts' sandboxes directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Overlay>,
+}
+
+/// How an overlay network carries traffic between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverlayBackend {
+    /// A VXLAN device; one FDB entry, one neighbour entry and one route per remote host. Works across
+    /// routed underlays.
+    #[default]
+    Vxlan,
+    /// One route per remote host via its underlay address: no encapsulation, but every host must be on one
+    /// L2 segment.
+    HostGw,
+}
+
+impl fmt::Display for OverlayBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverlayBackend::Vxlan => "vxlan",
+            OverlayBackend::HostGw => "host-gw",
+        })
+    }
+}
+
+impl FromStr for OverlayBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vxlan" => Ok(OverlayBackend::Vxlan),
+            "host-gw" => Ok(OverlayBackend::HostGw),
+            _ => Err(format!("unknown overlay backend '{s}'; use vxlan or host-gw")),
+        }
+    }
+}
+
+/// A host's part in an overlay network ([`Network::overlay`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// The whole network across every host; this host's subnet is one block of it.
+    pub cluster: Ipv4Net,
+    pub backend: OverlayBackend,
+    pub vni: u32,
+    /// The VXLAN UDP port.
+    pub port: u16,
+    /// The interface peers' traffic leaves by: the VXLAN device nsnet made (vxlan), or the underlay
+    /// interface (host-gw, not nsnet's).
+    pub device: String,
+    /// This host's VTEP MAC (the VXLAN device's address), which the other hosts put in their FDB.
+    pub vtep_mac: Mac,
+    /// The other hosts as this host last programmed them (from etcd): the agent's record of its peers, so
+    /// `gc`, `firewall reload` and a restarted agent know them while etcd is away.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// A remote host of an overlay network, as one host programs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Peer {
+    /// The host's block of the cluster subnet.
+    pub subnet: Ipv4Net,
+    /// Its underlay address: where VXLAN packets (or host-gw routes) go.
+    pub underlay: Ipv4Addr,
+    /// Its VTEP MAC (vxlan backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<Mac>,
+}
+
+impl Peer {
+    /// The address the route to this peer's subnet goes via on a VXLAN device: the subnet's first address
+    /// (never handed out), bound to the peer's VTEP MAC by a permanent neighbour entry, so nothing ARPs.
+    pub fn vxlan_gateway(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
 }
 
 /// What a network has handed out, as its ledger (`networks/NAME.ledger`) says.
@@ -208,7 +285,17 @@ impl Network {
             firewall: Default::default(),
             host_chains: vec![],
             removing: false,
+            overlay: None,
         }
+    }
+
+    /// The interface an overlay network's peers are reached by, when it is one nsnet made (the VXLAN
+    /// device): it is part of the network, isolated from other networks like the bridge.
+    pub fn overlay_device(&self) -> Option<&str> {
+        self.overlay
+            .as_ref()
+            .filter(|o| o.backend == OverlayBackend::Vxlan)
+            .map(|o| o.device.as_str())
     }
 
     /// Whether one more sandbox fits beside the `sandboxes` there are: a bridge takes at most
@@ -282,7 +369,7 @@ pub struct Endpoint {
 }
 
 /// An Ethernet address, written `02:6e:0a:59:00:02`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {

@@ -1,6 +1,7 @@
 //! The `nsnet` command line: parses a request, hands it to the library, prints the result.
 
 mod child;
+mod cluster;
 mod demo;
 mod show;
 
@@ -131,6 +132,9 @@ enum Cmd {
     Firewall(FirewallCmd),
     /// Build the seed article's topology in a throwaway namespace, check every step, remove it all.
     Demo,
+    /// Keep this host in the cluster's overlay networks (etcd): lease a subnet of each, build its bridge and
+    /// VXLAN device, program every other host, follow changes. Runs in the foreground.
+    Agent(cluster::AgentArgs),
 }
 
 #[derive(Args)]
@@ -193,24 +197,37 @@ enum NetworkCmd {
         /// directly, and traffic leaves with the sandbox's own address.
         #[arg(long, value_enum, default_value = "nat", value_name = "MODE")]
         gateway_mode: GatewayModeArg,
-        /// MTU of the bridge and of every veth on the network (68-65535, default 1500).
+        /// MTU of the bridge and of every veth on the network (68-65535, default 1500; overlay: the underlay's
+        /// less 50 for VXLAN).
         #[arg(long)]
         mtu: Option<u32>,
+        #[command(flatten)]
+        overlay: cluster::OverlayArgs,
     },
-    /// List networks.
-    Ls,
-    /// Show one network.
+    /// List networks (with --etcd, the cluster's overlay networks).
+    Ls {
+        /// etcd's client URLs: list the overlay networks the cluster has, with their hosts.
+        #[arg(long, value_name = "URLS")]
+        etcd: Option<String>,
+    },
+    /// Show one network (with --etcd, an overlay network and every host's subnet).
     Inspect {
         /// The network.
         name: String,
+        /// etcd's client URLs: show the overlay network as the cluster has it.
+        #[arg(long, value_name = "URLS")]
+        etcd: Option<String>,
     },
-    /// Remove a network: its bridge, rules and records.
+    /// Remove a network: its bridge, rules and records (with --etcd, an overlay network from the cluster).
     Rm {
         /// The network.
         name: String,
         /// Detach the sandboxes still on it first.
         #[arg(long)]
         force: bool,
+        /// etcd's client URLs: remove the overlay network from the cluster; every agent removes its part.
+        #[arg(long, value_name = "URLS")]
+        etcd: Option<String>,
     },
 }
 
@@ -224,6 +241,8 @@ enum FirewallCmd {
 enum DriverArg {
     Bridge,
     Veth,
+    /// Across hosts, kept in etcd (see `nsnet agent`).
+    Overlay,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -286,7 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ls
             | Cmd::Inspect { .. }
             | Cmd::Port { .. }
-            | Cmd::Network(NetworkCmd::Ls | NetworkCmd::Inspect { .. })
+            | Cmd::Network(NetworkCmd::Ls { .. } | NetworkCmd::Inspect { .. })
     );
     if changes && !cli.dry_run && !nix::unistd::geteuid().is_root() {
         bail!(
@@ -321,12 +340,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fast_path,
             gateway_mode,
             mtu,
+            overlay,
         }) => {
+            if matches!(driver, DriverArg::Overlay) {
+                let bridge_only = [
+                    (gateway.is_some(), "--gateway"),
+                    (bridge.is_some(), "--bridge"),
+                    (*internal, "--internal"),
+                    (matches!(gateway_mode, GatewayModeArg::Routed), "--gateway-mode"),
+                ]
+                .into_iter()
+                .find_map(|(given, flag)| given.then_some(flag));
+                let common = cluster::Common {
+                    name,
+                    subnet: *subnet,
+                    mtu: *mtu,
+                    bridge_only,
+                };
+                return cluster::create(overlay, &common, cli.dry_run, cli.json);
+            }
+            cluster::check_not_overlay(overlay)?;
             let req = NetworkRequest {
                 name: name.clone(),
                 driver: match driver {
                     DriverArg::Bridge => Driver::Bridge,
-                    DriverArg::Veth => Driver::Veth,
+                    DriverArg::Veth | DriverArg::Overlay => Driver::Veth,
                 },
                 subnet: *subnet,
                 gateway: *gateway,
@@ -342,13 +380,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ..Default::default()
                 },
                 mtu: *mtu,
+                overlay: None,
             };
             let plan = nsnet.network_create(&req)?;
             done(plan, Report::Network(name.clone()))
         }
-        Cmd::Network(NetworkCmd::Ls) => show::networks(&nsnet, cli.json),
-        Cmd::Network(NetworkCmd::Inspect { name }) => show::network(&nsnet, name, cli.json),
-        Cmd::Network(NetworkCmd::Rm { name, force }) => {
+        Cmd::Network(NetworkCmd::Ls { etcd: Some(urls) }) => cluster::show(urls, None, cli.json),
+        Cmd::Network(NetworkCmd::Ls { etcd: None }) => show::networks(&nsnet, cli.json),
+        Cmd::Network(NetworkCmd::Inspect {
+            name,
+            etcd: Some(urls),
+        }) => cluster::show(urls, Some(name), cli.json),
+        Cmd::Network(NetworkCmd::Inspect { name, etcd: None }) => {
+            show::network(&nsnet, name, cli.json)
+        }
+        Cmd::Network(NetworkCmd::Rm {
+            name,
+            etcd: Some(urls),
+            ..
+        }) => cluster::remove(urls, name, cli.dry_run),
+        Cmd::Agent(args) => cluster::agent(nsnet, args, cli.dry_run),
+        Cmd::Network(NetworkCmd::Rm {
+            name,
+            force,
+            etcd: None,
+        }) => {
             let plan = nsnet.network_rm(name, *force)?;
             done(plan, Report::Removed("network", name.clone()))
         }

@@ -54,9 +54,13 @@ pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
         .map(|record| {
             let n = &record.settings;
             let flag = if n.internal { " (internal)" } else { "" };
+            let driver = match &n.overlay {
+                Some(o) => format!("overlay/{}", o.backend),
+                None => n.driver.to_string(),
+            };
             vec![
                 n.name.clone(),
-                n.driver.to_string(),
+                driver,
                 n.subnet.to_string(),
                 n.gateway.to_string(),
                 n.interface.clone(),
@@ -102,6 +106,15 @@ pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
         println!("fast path:  {}", n.fast_path);
     }
     println!("mtu:        {}", n.mtu);
+    if let Some(o) = &n.overlay {
+        println!(
+            "overlay:    {} of cluster {}, vni {} port {}, via {}",
+            o.backend, o.cluster, o.vni, o.port, o.device
+        );
+        for p in &o.peers {
+            println!("peer:       {} at {}", p.subnet, p.underlay);
+        }
+    }
     for (ip, sb) in &record.allocations.addresses {
         println!("address:    {ip} -> {sb}");
     }

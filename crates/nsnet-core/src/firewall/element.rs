@@ -206,6 +206,24 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
                 ]
             })
             .collect(),
+        Rule::Overlay {
+            device,
+            cluster,
+            subnet,
+        } => vec![
+            Element::new(
+                Ip,
+                "overlay_in",
+                vec![Ifname(device.clone()), Net(*cluster), Net(*subnet)],
+            ),
+            Element::new(Ip, "no_masq", vec![Net(*subnet), Net(*cluster)]),
+        ],
+        Rule::VxlanPort { port } => vec![Element::new(Ip, "vxlan_ports", vec![Port(*port)])],
+        Rule::VxlanMember { underlay, port } => vec![Element::new(
+            Ip,
+            "vxlan_members",
+            vec![Ipv4(*underlay), Port(*port)],
+        )],
         Rule::Port { mapping, target } => mapping
             .pairs()
             .map(|(host_port, container_port)| {

@@ -17,8 +17,9 @@ pub const USER_CHAIN: &str = "NSNET-USER";
 
 /// nsnet's chains, by table. Deleted in this order (chains that jump first, the user chain last, and only when
 /// empty).
-const CHAINS: [(&str, &str); 9] = [
+const CHAINS: [(&str, &str); 10] = [
     ("raw", "NSNET-GUARD"),
+    ("filter", "NSNET-INPUT"),
     ("nat", "NSNET-PORTS"),
     ("nat", "NSNET-POSTROUTING"),
     ("filter", "NSNET-FORWARD"),
@@ -91,6 +92,7 @@ fn skeleton(owner: &str) -> Vec<Entry> {
             Append,
         ),
         entry("filter", "FORWARD", "-j NSNET-FORWARD".into(), Insert(1)),
+        entry("filter", "INPUT", "-j NSNET-INPUT".into(), Insert(1)),
         entry(
             "filter",
             "NSNET-FORWARD",
@@ -172,6 +174,19 @@ fn entries(rule: &Rule) -> Vec<Entry> {
             entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -m physdev --physdev-in {h} -j DROP"), Append),
             entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -i {h} -j DROP"), Append),
         ],
+        // Accepted in NSNET-ACCEPT, which comes before NSNET-INBOUND's drops; hairpin masquerades (DNATed) still
+        // apply, so the return leaves them alone.
+        Rule::Overlay { device: d, cluster: c, subnet: s } => vec![
+            entry("filter", "NSNET-ACCEPT", format!("-s {c} -d {s} -i {d} -j ACCEPT"), Append),
+            entry("nat", "NSNET-POSTROUTING", format!("-s {s} -d {c} -m conntrack ! --ctstate DNAT -j RETURN"), Insert(1)),
+        ],
+        // Members' returns are inserted first in NSNET-INPUT, the port's drop appended after them.
+        Rule::VxlanPort { port } => {
+            vec![entry("filter", "NSNET-INPUT", format!("-p udp -m udp --dport {port} -j DROP"), Append)]
+        }
+        Rule::VxlanMember { underlay, port } => {
+            vec![entry("filter", "NSNET-INPUT", format!("-s {underlay}/32 -p udp -m udp --dport {port} -j RETURN"), Insert(1))]
+        }
         Rule::Port { mapping, target } => mapping
             .pairs()
             .map(|(host_port, container_port)| {

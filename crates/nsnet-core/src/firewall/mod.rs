@@ -55,6 +55,19 @@ pub enum Rule {
     /// Narrow accepts for a network's interface in a host forward chain whose policy is drop: the only rules
     /// nsnet puts outside its own tables, each tagged with a comment naming the interface.
     HostAccept { chain: HostChain, interface: String },
+    /// This host's part of an overlay network: traffic from the cluster's sandboxes entering from `device`
+    /// (the VXLAN device, or the underlay interface for host-gw) may reach `subnet`, and traffic from `subnet`
+    /// to the cluster keeps its source address (no masquerade): the Kubernetes network model.
+    Overlay {
+        device: String,
+        cluster: Ipv4Net,
+        subnet: Ipv4Net,
+    },
+    /// VXLAN to UDP `port` is dropped unless it comes from a member host ([`Rule::VxlanMember`]): VXLAN has
+    /// no authentication, so without this anyone who can send UDP to the host can inject frames.
+    VxlanPort { port: u16 },
+    /// A member host of an overlay network may send VXLAN to `port` from `underlay`.
+    VxlanMember { underlay: Ipv4Addr, port: u16 },
 }
 
 /// nsnet's tables (or chains), as one state dir holds them.

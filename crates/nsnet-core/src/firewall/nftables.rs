@@ -68,6 +68,20 @@ const DECLARE: &str = r#"table ip nsnet {
 	map ports_ip {
 		type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
 	}
+	set overlay_in {
+		type ifname . ipv4_addr . ipv4_addr
+		flags interval
+	}
+	set no_masq {
+		type ipv4_addr . ipv4_addr
+		flags interval
+	}
+	set vxlan_ports {
+		type inet_service
+	}
+	set vxlan_members {
+		type ipv4_addr . inet_service
+	}
 	chain guard {
 		type filter hook prerouting priority raw; policy accept;
 	}
@@ -85,6 +99,9 @@ const DECLARE: &str = r#"table ip nsnet {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+	}
 }
 table bridge nsnet {
 	set endpoint_ifs {
@@ -100,7 +117,7 @@ table bridge nsnet {
 "#;
 
 /// nsnet's own sets and maps in `ip nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
-const SETS: [(&str, &str); 12] = [
+const SETS: [(&str, &str); 16] = [
     ("set", "ifaces"),
     ("set", "internal"),
     ("set", "internal_self"),
@@ -113,10 +130,15 @@ const SETS: [(&str, &str); 12] = [
     ("set", "endpoints"),
     ("map", "ports"),
     ("map", "ports_ip"),
+    ("set", "overlay_in"),
+    ("set", "no_masq"),
+    ("set", "vxlan_ports"),
+    ("set", "vxlan_members"),
 ];
 /// nsnet's own chains in `ip nsnet`, in an order that may be deleted (jumping chains first).
-const CHAINS: [&str; 6] = [
+const CHAINS: [&str; 7] = [
     "guard",
+    "input",
     "prerouting",
     "output",
     "forward",
@@ -178,6 +200,12 @@ const RULES: &[(&str, &str, &str)] = &[
     // Published ports cross networks (through the host's address); direct addresses do not.
     (TABLE, "forward", "ct status dnat accept"),
     (TABLE, "forward", "iifname . oifname @isolation drop"),
+    // Other hosts' sandboxes reach this host's part of an overlay network by their own addresses.
+    (
+        TABLE,
+        "forward",
+        "iifname . ip saddr . ip daddr @overlay_in accept",
+    ),
     // A LAN peer that routes a subnet via this host reaches its sandboxes only through published ports,
     // unless the network is routed. Other nsnet networks are isolation's business.
     (
@@ -197,7 +225,15 @@ const RULES: &[(&str, &str, &str)] = &[
         "postrouting",
         "ct status dnat ip saddr . ip daddr @same_net masquerade",
     ),
+    // Between an overlay network's hosts, sandboxes keep their addresses.
+    (TABLE, "postrouting", "ip saddr . ip daddr @no_masq return"),
     (TABLE, "postrouting", "oifname . ip saddr @own_nets return"),
+    // VXLAN is unauthenticated: only member hosts may send it.
+    (
+        TABLE,
+        "input",
+        "udp dport @vxlan_ports ip saddr . udp dport != @vxlan_members drop",
+    ),
     (TABLE, "postrouting", "ip saddr @masq_nets masquerade"),
     (
         BRIDGE_TABLE,
@@ -423,6 +459,11 @@ pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
                     ),
                 }
             }),
+            Rule::VxlanMember { underlay, port } => !has(
+                "vxlan_members",
+                serde_json::json!({"concat": [underlay.to_string(), port]}),
+            ),
+            Rule::VxlanPort { port } => !has("vxlan_ports", serde_json::json!(port)),
             _ => false,
         })
         .cloned()

@@ -246,9 +246,25 @@ fn repair_network(
                 made_with: None,
             });
         }
+        // An overlay's VXLAN device comes back with the bridge (its peers' routes leave from the bridge's
+        // address): one still there goes first.
+        if let Some(dev) = net.overlay_device().filter(|d| present.contains(d)) {
+            plan.steps.push(Step::DeleteLink {
+                ns: Ns::Host,
+                name: dev.to_string(),
+                tag: tag.to_string(),
+                made_with: net.overlay.as_ref().map(|o| o.vtep_mac),
+            });
+        }
         let (steps, _) = build::network_up(net, &[], None, tag);
         plan.steps
             .extend(steps.into_iter().filter(|s| *s != Step::forwarding()));
+    } else if let Some(dev) = net.overlay_device().filter(|d| !present.contains(d)) {
+        lines.push(format!(
+            "VXLAN device {dev} of network '{}': it was missing",
+            net.name
+        ));
+        plan.steps.extend(build::overlay_up(net, tag));
     }
     for (sb, ep) in endpoints {
         let veth_gone = !present.contains(ep.host_interface.as_str());

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::firewall::{nftables, Backend, HostChain, Rule, TablesOwner};
 use crate::kernel::fastpath::FastPath;
-use crate::kernel::netlink::DefaultRoute;
+use crate::kernel::netlink::{DefaultRoute, RouteSpec, RTPROT_NSNET};
 use crate::kernel::sockets::{self, Bound};
 use crate::kernel::{netns, sysctl, Link, Netlink};
 use crate::model::Sandbox;
@@ -25,6 +25,26 @@ pub(crate) type FastPathEntry = (u32, [u8; 6]);
 /// opened on first use and kept for the command.
 pub(crate) struct Host {
     nl: Option<Netlink>,
+}
+
+/// An overlay device's entries, as the kernel holds them ([`Host::overlay_entries`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OverlayEntries {
+    pub index: u32,
+    /// FDB entries: VTEP MAC, and the underlay address it points at.
+    pub fdb: Vec<([u8; 6], Option<Ipv4Addr>)>,
+    /// Neighbour entries: address, MAC.
+    pub neighbours: Vec<(Ipv4Addr, [u8; 6])>,
+    /// nsnet's overlay routes through the device.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// The host's underlay ([`Host::underlay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub ip: Ipv4Addr,
+    pub interface: String,
+    pub mtu: u32,
 }
 
 impl Host {
@@ -85,6 +105,89 @@ impl Host {
     /// The default routes.
     pub(crate) fn default_routes(&mut self) -> Result<Vec<DefaultRoute>> {
         Ok(self.nl()?.default_routes()?)
+    }
+
+    /// What the kernel holds for the peers of an overlay network programmed on `device`: its FDB entries and
+    /// neighbour entries, and nsnet's overlay routes through it. `None` when the device is not there.
+    pub(crate) fn overlay_entries(&mut self, device: &str) -> Result<Option<OverlayEntries>> {
+        let nl = self.nl()?;
+        let Some(link) = nl.link(device)? else {
+            return Ok(None);
+        };
+        let routes = nl
+            .routes_with_protocol(RTPROT_NSNET)?
+            .into_iter()
+            .filter(|r| r.dev_index == link.index)
+            .collect();
+        Ok(Some(OverlayEntries {
+            fdb: nl.fdb_entries(link.index)?,
+            neighbours: nl
+                .neighbours(link.index)?
+                .into_iter()
+                .map(|(ip, mac, _)| (ip, mac))
+                .collect(),
+            routes,
+            index: link.index,
+        }))
+    }
+
+    /// Whether `ip` is on a link of this host (no router between): host-gw can only route to such peers.
+    pub(crate) fn on_link(&mut self, ip: Ipv4Addr) -> Result<bool> {
+        Ok(matches!(self.nl()?.route_get(ip)?, Some((_, None))))
+    }
+
+    /// The underlay: the address this host is reached by and its interface (with its MTU), from the
+    /// interface given, or the address given, or the interface of the default route.
+    pub(crate) fn underlay(&mut self, iface: Option<&str>, ip: Option<Ipv4Addr>) -> Result<Underlay> {
+        let nl = self.nl()?;
+        let (name, address) = match (iface, ip) {
+            (_, Some(ip)) => match nl.address_owner(ip)? {
+                Some((name, _, _)) => (name, ip),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "no interface of this host has the underlay address {ip}; give one it has \
+                         (--underlay-ip) or the interface (--iface)"
+                    )))
+                }
+            },
+            (Some(name), None) => {
+                let first = nl.addresses_of(name)?.into_iter().next();
+                match first {
+                    Some(a) => (name.to_string(), a.addr()),
+                    None => {
+                        return Err(Error::Invalid(format!(
+                            "interface {name} has no IPv4 address to reach the other hosts by; give one \
+                             with an address (--iface) or the address (--underlay-ip)"
+                        )))
+                    }
+                }
+            }
+            (None, None) => {
+                let links = nl.links()?;
+                let oif = nl.default_routes()?.into_iter().find_map(|r| r.oif);
+                let Some(link) = oif.and_then(|i| links.into_iter().find(|l| l.index == i)) else {
+                    return Err(Error::Invalid(
+                        "this host has no default route to find its underlay interface by; name it with \
+                         --iface or --underlay-ip"
+                            .into(),
+                    ));
+                };
+                let Some(a) = nl.addresses_of(&link.name)?.into_iter().next() else {
+                    return Err(Error::Invalid(format!(
+                        "the default route's interface {} has no IPv4 address; name the underlay with \
+                         --iface or --underlay-ip",
+                        link.name
+                    )));
+                };
+                (link.name, a.addr())
+            }
+        };
+        let mtu = nl.link(&name)?.and_then(|l| l.mtu).unwrap_or(1500);
+        Ok(Underlay {
+            ip: address,
+            interface: name,
+            mtu,
+        })
     }
 
     /// Where bridge `bridge`'s fast path sends `ip` (host port ifindex, sandbox MAC): `None` inside when the
@@ -198,6 +301,7 @@ mod tests {
             ("ops/firewall.rs", include_str!("firewall.rs")),
             ("ops/gc.rs", include_str!("gc.rs")),
             ("ops/network.rs", include_str!("network.rs")),
+            ("ops/overlay.rs", include_str!("overlay.rs")),
             ("ops/query.rs", include_str!("query.rs")),
             ("ops/sandbox.rs", include_str!("sandbox.rs")),
             ("model.rs", include_str!("../model.rs")),

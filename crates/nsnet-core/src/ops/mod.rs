@@ -10,10 +10,13 @@ mod firewall;
 mod gc;
 pub(crate) mod host;
 mod network;
+mod overlay;
 mod query;
 mod sandbox;
 
+pub use host::Underlay;
 pub use network::NetworkRequest;
+pub use overlay::{vtep_mac, vxlan_device, OverlayJoin, PeerSync, VXLAN_OVERHEAD};
 pub use query::SandboxStatus;
 pub use sandbox::{AttachRequest, Target};
 

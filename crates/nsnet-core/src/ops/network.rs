@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::firewall::Backend;
 use crate::invalid;
 use crate::ipam;
-use crate::model::{Allocations, Driver, NetOptions, Network, NetworkRecord, Sandbox};
+use crate::model::{Allocations, Driver, NetOptions, Network, NetworkRecord, Overlay, Sandbox};
 use crate::names;
 use crate::names::short_hash;
 use crate::plan::{build, Plan};
@@ -31,6 +31,8 @@ pub struct NetworkRequest {
     pub fast_path: bool,
     pub mtu: Option<u32>,
     pub options: NetOptions,
+    /// This host's part of an overlay network (only `nsnet agent` asks for one).
+    pub overlay: Option<Overlay>,
 }
 
 impl NetworkRequest {
@@ -47,6 +49,7 @@ impl NetworkRequest {
             fast_path: true,
             options: Default::default(),
             mtu: None,
+            overlay: None,
         }
     }
 }
@@ -293,11 +296,18 @@ impl Nsnet {
             firewall,
             host_chains,
             removing: false,
+            overlay: req.overlay.clone(),
         })
     }
 
-    /// `nsnet network rm`. With `force`, first detaches every sandbox still on the network.
+    /// `nsnet network rm`. With `force`, first detaches every sandbox still on the network. This host's part
+    /// of an overlay network is the agent's to remove (when the network leaves the cluster).
     pub fn network_rm(&self, name: &str, force: bool) -> Result<Plan> {
+        self.remove_network(name, force, false)
+    }
+
+    /// Remove network `name`; `overlay`: the caller is the agent, which may remove an overlay network's part.
+    pub(super) fn remove_network(&self, name: &str, force: bool, overlay: bool) -> Result<Plan> {
         let lock = self.lock()?;
         let NetworkRecord {
             settings: mut net,
@@ -310,6 +320,12 @@ impl Nsnet {
             return Err(Error::Busy(format!(
                 "network '{name}' is already being removed by another nsnet command"
             )));
+        }
+        if net.overlay.is_some() && !overlay {
+            return Err(invalid!(
+                "network '{name}' is this host's part of an overlay network, kept by nsnet agent; remove it \
+                 from the cluster with `nsnet network rm {name} --etcd URL`"
+            ));
         }
         // The last network takes nsnet's tables with it: refuse now, before anything is deleted, if they are
         // another state dir's.

@@ -2,8 +2,8 @@
 //! Nothing here reads or changes the system, so every rule is checked by unit tests without root.
 
 use crate::firewall::{Batch, Rule, Tables};
-use crate::model::{Driver, Endpoint, GatewayMode, Mac, Network, Sandbox};
-use crate::plan::{Ns, Plan, Step};
+use crate::model::{Driver, Endpoint, GatewayMode, Mac, Network, Overlay, OverlayBackend, Peer, Sandbox};
+use crate::plan::{Ns, PeerLink, Plan, Step};
 use ipnet::Ipv4Net;
 
 fn gateway_cidr(net: &Network) -> Ipv4Net {
@@ -37,19 +37,164 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
             interface: net.interface.clone(),
         });
     }
+    rules.extend(overlay_rules(net));
     for other in others.iter().filter(|o| o.name != net.name) {
         if net.isolate || other.isolate {
-            rules.push(Rule::Isolate {
-                from: net.interface.clone(),
-                to: other.interface.clone(),
-            });
-            rules.push(Rule::Isolate {
-                from: other.interface.clone(),
-                to: net.interface.clone(),
-            });
+            // A VXLAN device is part of its network: other networks reach neither through it.
+            for mine in interfaces(net) {
+                for theirs in interfaces(other) {
+                    rules.push(Rule::Isolate {
+                        from: mine.to_string(),
+                        to: theirs.to_string(),
+                    });
+                    rules.push(Rule::Isolate {
+                        from: theirs.to_string(),
+                        to: mine.to_string(),
+                    });
+                }
+            }
         }
     }
     rules
+}
+
+/// Every firewall rule network `net` stands for beside `others` (what `firewall reload` would add for it).
+pub fn network_firewall(net: &Network, others: &[Network]) -> Vec<Rule> {
+    network_rules(net, others)
+}
+
+/// A network's own host interfaces: its bridge (or veth host end), and its VXLAN device.
+fn interfaces(net: &Network) -> impl Iterator<Item = &str> {
+    std::iter::once(net.interface.as_str()).chain(net.overlay_device())
+}
+
+/// An overlay network's rules on this host: the cluster's traffic in and out of its subnet, and (vxlan) the
+/// member hosts that may send VXLAN.
+fn overlay_rules(net: &Network) -> Vec<Rule> {
+    let Some(o) = &net.overlay else {
+        return vec![];
+    };
+    let mut rules = vec![Rule::Overlay {
+        device: o.device.clone(),
+        cluster: o.cluster,
+        subnet: net.subnet,
+    }];
+    if o.backend == OverlayBackend::Vxlan {
+        rules.push(Rule::VxlanPort { port: o.port });
+        rules.extend(o.peers.iter().map(|p| member(o, p)));
+    }
+    rules
+}
+
+fn member(o: &Overlay, p: &Peer) -> Rule {
+    Rule::VxlanMember {
+        underlay: p.underlay,
+        port: o.port,
+    }
+}
+
+/// Firewall elements two overlay networks can share (a VXLAN port, a member host): a network going must not
+/// delete those another one still needs.
+fn shared_with(rule: &Rule, net: &Network, others: &[Network]) -> bool {
+    matches!(rule, Rule::VxlanPort { .. } | Rule::VxlanMember { .. })
+        && others
+            .iter()
+            .filter(|o| o.name != net.name)
+            .any(|o| overlay_rules(o).contains(rule))
+}
+
+/// Where an overlay network's peers are programmed.
+pub fn peer_link(net: &Network) -> Option<PeerLink> {
+    net.overlay.as_ref().map(|o| PeerLink {
+        backend: o.backend,
+        device: o.device.clone(),
+        src: net.gateway,
+    })
+}
+
+/// Bring an overlay network's peers from what its record says (`net.overlay.peers`) to `peers`: each new or
+/// changed peer programmed (replacing what is there), each gone one removed, and the VXLAN members' firewall
+/// elements to match (a member another network still has stays). `others`: the host's other networks.
+pub fn peers_change(net: &Network, peers: &[Peer], others: &[Network]) -> Plan {
+    let (Some(o), Some(link)) = (&net.overlay, peer_link(net)) else {
+        return Plan::default();
+    };
+    let mut steps = Vec::new();
+    let mut fw = Batch::default();
+    for old in &o.peers {
+        let now = peers.iter().find(|p| p.subnet == old.subnet);
+        // Same subnet, same VTEP: replacing in place moves it without a gap. A new VTEP MAC needs the old
+        // FDB entry gone first.
+        let moved_vtep = now.is_some_and(|p| p.vtep_mac != old.vtep_mac);
+        if now.is_none() || (moved_vtep && o.backend == OverlayBackend::Vxlan) {
+            steps.push(Step::RemovePeer {
+                overlay: link.clone(),
+                peer: old.clone(),
+            });
+        }
+        if !peers.iter().any(|p| p.underlay == old.underlay) && o.backend == OverlayBackend::Vxlan {
+            let rule = member(o, old);
+            if !shared_with(&rule, net, others) {
+                fw.delete(rule);
+            }
+        }
+    }
+    for new in peers {
+        if !o.peers.contains(new) {
+            if o.backend == OverlayBackend::Vxlan && !o.peers.iter().any(|p| p.underlay == new.underlay) {
+                fw.add(member(o, new));
+            }
+            steps.push(Step::SetPeer {
+                overlay: link.clone(),
+                peer: new.clone(),
+            });
+        }
+    }
+    // Members first: a new peer's VXLAN is accepted by the time it is routed to.
+    let mut plan_steps = Vec::new();
+    if !fw.is_empty() {
+        plan_steps.push(Step::Firewall {
+            backend: net.firewall,
+            batch: fw,
+        });
+    }
+    plan_steps.extend(steps);
+    Plan {
+        steps: plan_steps,
+        restore: vec![],
+    }
+}
+
+/// The steps that program every recorded peer of an overlay network (its device, and its bridge's gateway
+/// address, exist).
+fn peers_up(net: &Network) -> Vec<Step> {
+    let (Some(o), Some(link)) = (&net.overlay, peer_link(net)) else {
+        return vec![];
+    };
+    o.peers
+        .iter()
+        .map(|p| Step::SetPeer {
+            overlay: link.clone(),
+            peer: p.clone(),
+        })
+        .collect()
+}
+
+/// An overlay network's VXLAN device (vxlan backend), then its peers.
+pub fn overlay_up(net: &Network, owner: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(o) = net.overlay.as_ref().filter(|o| o.backend == OverlayBackend::Vxlan) {
+        steps.push(Step::CreateVxlan {
+            name: o.device.clone(),
+            vni: o.vni,
+            port: o.port,
+            mtu: net.mtu,
+            mac: o.vtep_mac,
+            tag: owner.to_string(),
+        });
+    }
+    steps.extend(peers_up(net));
+    steps
 }
 
 /// Bring a network up next to `others`. `tables`: `Some` when nsnet's firewall tables must be created first (no
@@ -83,6 +228,7 @@ pub fn network_up(
             });
             steps.push(Step::route_localnet(&net.interface));
         }
+        steps.extend(overlay_up(net, owner));
     }
     let mut fw = Batch::default();
     if let Some(tables) = tables {
@@ -99,7 +245,9 @@ pub fn network_up(
 pub fn network_down(net: &Network, others: &[Network], tables: Option<Tables>) -> Batch {
     let mut fw = Batch::default();
     for rule in network_rules(net, others) {
-        fw.delete(rule);
+        if !shared_with(&rule, net, others) {
+            fw.delete(rule);
+        }
     }
     if let Some(tables) = tables {
         fw.delete(Rule::Tables(tables));
@@ -117,12 +265,34 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
         }
     }
     if net.driver == Driver::Bridge {
+        // Peers' routes by the underlay interface (host-gw) are not nsnet's links: they go one by one. A VXLAN
+        // device takes its entries with it.
+        if let (Some(o), Some(link)) = (&net.overlay, peer_link(net)) {
+            if o.backend == OverlayBackend::HostGw {
+                for p in &o.peers {
+                    let undo = Step::SetPeer {
+                        overlay: link.clone(),
+                        peer: p.clone(),
+                    };
+                    let step = Step::RemovePeer {
+                        overlay: link.clone(),
+                        peer: p.clone(),
+                    };
+                    plan.push_teardown(step, vec![undo]);
+                }
+            }
+        }
+        let overlay = overlay_up(net, owner);
         let (up, _) = network_up(net, &[], None, owner);
-        // Forwarding is never switched off, so it need not come back either.
+        // Forwarding is never switched off, so it need not come back either; the overlay's part comes back
+        // with its own deletion.
         let restore = up
             .into_iter()
-            .filter(|s| *s != Step::forwarding())
+            .filter(|s| *s != Step::forwarding() && !overlay.contains(s))
             .collect();
+        if let Some(o) = net.overlay.as_ref().filter(|o| o.backend == OverlayBackend::Vxlan) {
+            plan.push_teardown(delete_host_link(&o.device, owner, o.vtep_mac), overlay);
+        }
         let mac = Mac::for_ipv4(net.gateway);
         plan.push_teardown(delete_host_link(&net.interface, owner, mac), restore);
     }

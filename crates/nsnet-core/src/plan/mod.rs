@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 
 use crate::firewall::{Backend, Batch};
-use crate::model::Mac;
+use crate::model::{Mac, OverlayBackend, Peer};
 
 /// Which network namespace a step works in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -131,6 +131,39 @@ pub enum Step {
     },
     /// One atomic firewall transaction, on the given backend.
     Firewall { backend: Backend, batch: Batch },
+    /// An overlay network's VXLAN device, up: learning off (peers are programmed, never learned), no local
+    /// address (a change of the host's underlay address needs nothing here), the VTEP MAC the other hosts
+    /// know. Tagged like every host link nsnet makes.
+    CreateVxlan {
+        name: String,
+        vni: u32,
+        port: u16,
+        mtu: u32,
+        mac: Mac,
+        tag: String,
+    },
+    /// Program one remote host of an overlay network, replacing whatever is there (idempotent): for vxlan
+    /// its FDB entry, its permanent neighbour entry and an onlink route to its subnet; for host-gw a route
+    /// via its underlay address. Routes leave with source `src`, this host's gateway address, so the other
+    /// host sees an address of the cluster.
+    SetPeer {
+        overlay: PeerLink,
+        peer: Peer,
+    },
+    /// Remove what [`Step::SetPeer`] programmed; already gone is fine.
+    RemovePeer {
+        overlay: PeerLink,
+        peer: Peer,
+    },
+}
+
+/// Where an overlay network's peers are programmed: which device, how, and the source address of routes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerLink {
+    pub backend: OverlayBackend,
+    /// The VXLAN device (vxlan) or the underlay interface (host-gw).
+    pub device: String,
+    pub src: Ipv4Addr,
 }
 
 impl Step {
@@ -171,6 +204,20 @@ impl Step {
                 peer_ns: peer_ns.clone(),
                 ip: *ip,
                 mac: *mac,
+            }),
+            Step::CreateVxlan { name, tag, mac, .. } => Some(Step::DeleteLink {
+                ns: Ns::Host,
+                name: name.clone(),
+                tag: tag.clone(),
+                made_with: Some(*mac),
+            }),
+            Step::SetPeer { overlay, peer } => Some(Step::RemovePeer {
+                overlay: overlay.clone(),
+                peer: peer.clone(),
+            }),
+            Step::RemovePeer { overlay, peer } => Some(Step::SetPeer {
+                overlay: overlay.clone(),
+                peer: peer.clone(),
             }),
             Step::FastPathRemove {
                 bridge,
@@ -281,6 +328,63 @@ impl Step {
                 crate::kernel::fastpath::NAME
             ),
             Step::Firewall { backend, batch } => backend.render(batch),
+            Step::CreateVxlan {
+                name,
+                vni,
+                port,
+                mtu,
+                mac,
+                tag,
+            } => format!(
+                "ip link add {name} type vxlan id {vni} dstport {port} nolearning\n\
+                 ip link set {name} address {mac} mtu {mtu} alias {tag} up"
+            ),
+            Step::SetPeer { overlay, peer } => render_peer(overlay, peer, "replace"),
+            Step::RemovePeer { overlay, peer } => render_peer(overlay, peer, "del"),
+        }
+    }
+}
+
+/// A peer's entries as `bridge`/`ip` commands: `verb` is `replace` or `del`.
+fn render_peer(o: &PeerLink, peer: &Peer, verb: &str) -> String {
+    let (dev, src, subnet) = (&o.device, o.src, peer.subnet);
+    let proto = crate::kernel::netlink::RTPROT_NSNET;
+    match (o.backend, peer.vtep_mac) {
+        (OverlayBackend::Vxlan, Some(mac)) => {
+            let via = peer.vxlan_gateway();
+            let dst = peer.underlay;
+            let (fdb, neigh, route) = if verb == "del" {
+                (
+                    format!("bridge fdb del {mac} dev {dev} self"),
+                    format!("ip neigh del {via} dev {dev}"),
+                    format!("ip route del {subnet} via {via} dev {dev} onlink proto {proto}"),
+                )
+            } else {
+                (
+                    format!("bridge fdb replace {mac} dev {dev} dst {dst} self permanent"),
+                    format!("ip neigh replace {via} lladdr {mac} dev {dev} nud permanent"),
+                    format!(
+                        "ip route replace {subnet} via {via} dev {dev} onlink src {src} proto {proto}"
+                    ),
+                )
+            };
+            // Set-up order: the FDB and neighbour entries before the route that needs them; removal in reverse.
+            if verb == "del" {
+                format!("{route}\n{neigh}\n{fdb}")
+            } else {
+                format!("{fdb}\n{neigh}\n{route}")
+            }
+        }
+        (OverlayBackend::Vxlan, None) => {
+            format!("# peer {subnet} at {} has no VTEP MAC: nothing to program", peer.underlay)
+        }
+        (OverlayBackend::HostGw, _) => {
+            let via = peer.underlay;
+            if verb == "del" {
+                format!("ip route del {subnet} via {via} dev {dev} proto {proto}")
+            } else {
+                format!("ip route replace {subnet} via {via} dev {dev} src {src} proto {proto}")
+            }
         }
     }
 }

@@ -85,7 +85,7 @@ pub enum FileState {
 /// removed field or variant of [`Intent`], [`Step`], [`crate::firewall::Rule`] or what they hold) bumps this,
 /// and reading goes on accepting every older format. `tests/golden/` holds one intent of each format, with
 /// every variant, that must keep parsing. Intents written before formats were numbered carry none: format 1.
-pub const INTENT_FORMAT: u64 = 1;
+pub const INTENT_FORMAT: u64 = 2;
 
 /// What a command in flight may have done, written before it touches the kernel and removed when it is
 /// finished. If nsnet is killed in between, recovery reads it: a set-up whose records all landed is done;
@@ -485,6 +485,30 @@ impl Store {
                 .map_err(io_err("create state directory", &d))?;
         }
         Ok(())
+    }
+
+    /// This host's identity in overlay networks (`host-id`): made once at random and kept with the state, so a
+    /// restarted agent knows its own leases (an address or a hostname can change; the state stays).
+    pub fn host_id(&self) -> Result<String, StoreError> {
+        let path = self.dir.join("host-id");
+        if let Some(text) = read_text(&path)? {
+            let id = text.trim();
+            if (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id.to_string());
+            }
+            return Err(StoreError::Corrupt {
+                path,
+                reason: "it is not a host id (8 to 64 hex digits)".into(),
+            });
+        }
+        self.ensure_dirs()?;
+        let mut bytes = [0u8; 8];
+        File::open("/dev/urandom")
+            .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes))
+            .map_err(io_err("read random bytes", Path::new("/dev/urandom")))?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.write_text(&path, &format!("{id}\n"))?;
+        Ok(id)
     }
 
     /// A shared lock for readers (`ls`, `inspect`), so they never see a command's records half written.
@@ -1862,6 +1886,9 @@ mod tests {
     /// before an upgrade), so this file is frozen: it must keep parsing, to the same values. A change that
     /// breaks that needs a new format ([`INTENT_FORMAT`]) that still reads this one, and a golden file of its own.
     const GOLDEN_1: &str = include_str!("../../tests/golden/intent-format-1.json");
+    /// Format 2 added the overlay network's steps and rules (a VXLAN device, peers, VXLAN members): an nsnet
+    /// of format 1 cannot know them, so it refuses such an intent by its format instead of by a parse error.
+    const GOLDEN_2: &str = include_str!("../../tests/golden/intent-format-2.json");
 
     /// The variant names of an externally tagged enum, as serde lists them when asked for one it does not have
     /// ("unknown variant `x`, expected one of `A`, `B`"): a variant added later is found without anyone
@@ -1916,9 +1943,20 @@ mod tests {
 
     #[test]
     fn intents_of_format_1_keep_parsing() {
-        let intent = parse_intent(GOLDEN_1.as_bytes()).expect("the golden intent parses");
-        let mut golden: serde_json::Value = serde_json::from_str(GOLDEN_1).unwrap();
-        assert_eq!(golden["format"], 1);
+        golden_parses(GOLDEN_1, 1, false);
+    }
+
+    #[test]
+    fn intents_of_format_2_keep_parsing() {
+        golden_parses(GOLDEN_2, 2, true);
+    }
+
+    /// A golden intent of `format` parses to the values it holds; `every_variant`: it holds every variant there
+    /// is (the newest format's file does).
+    fn golden_parses(text: &str, format: u64, every_variant: bool) {
+        let intent = parse_intent(text.as_bytes()).expect("the golden intent parses");
+        let mut golden: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(golden["format"], format);
         // Parsed to the same values: written again, it says all the file said, under the same names.
         let again = serde_json::to_value(&intent).unwrap();
         let envelope = golden.as_object_mut().unwrap();
@@ -1940,13 +1978,13 @@ mod tests {
             ("FileState", variants::<FileState>()),
             ("Proto", variants::<crate::portmap::Proto>()),
         ];
-        for (kind, names) in all {
+        for (kind, names) in all.into_iter().filter(|_| every_variant) {
             assert!(names.len() > 1, "{kind}: {names:?}");
             let missing: Vec<&String> = names.iter().filter(|n| !seen.contains(*n)).collect();
             assert!(
                 missing.is_empty(),
-                "{kind} variants {missing:?} are not in tests/golden/intent-format-1.json: a new variant \
-                 goes into a new format's golden file"
+                "{kind} variants {missing:?} are not in tests/golden/intent-format-{format}.json: a new \
+                 variant goes into a new format's golden file"
             );
         }
         // The golden intent finishes one kind of teardown; the others, as format 1 writes them.
@@ -2038,9 +2076,20 @@ mod tests {
         drop(other);
 
         // A newer format is not guessed at, even where it would parse.
-        fs::write(&path, written.replace("\"format\": 1", "\"format\": 2")).unwrap();
+        let newer = INTENT_FORMAT + 1;
+        fs::write(
+            &path,
+            written.replace(
+                &format!("\"format\": {INTENT_FORMAT}"),
+                &format!("\"format\": {newer}"),
+            ),
+        )
+        .unwrap();
         let err = store.intents().map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("format 2, newer than this nsnet's 1"), "{err}");
+        assert!(
+            err.contains(&format!("format {newer}, newer than this nsnet's {INTENT_FORMAT}")),
+            "{err}"
+        );
         assert!(fs::metadata(&path).unwrap().len() > 0);
 
         // One from before intents carried a format is format 1, and read.

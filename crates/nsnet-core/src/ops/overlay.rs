@@ -1,0 +1,380 @@
+//! This host's part of overlay networks, as `nsnet agent` keeps it, in the same one direction as every
+//! command: the agent's request (a lease, the peers etcd lists) is validated against the state and the host,
+//! planned ([`build::peers_change`]), applied and recorded (the peers live in the network's record).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::host::{OverlayEntries, Underlay};
+use super::{Host, NetworkRequest, Nsnet};
+use crate::error::{Error, Result};
+use crate::invalid;
+use crate::model::{Driver, Mac, Network, Overlay, OverlayBackend, Peer};
+use crate::plan::{build, Plan, Step};
+use crate::store::Record;
+
+/// What the agent asks for one overlay network on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayJoin {
+    pub name: String,
+    /// This host's lease: its block of the cluster subnet.
+    pub subnet: Ipv4Net,
+    pub cluster: Ipv4Net,
+    pub backend: OverlayBackend,
+    pub vni: u32,
+    pub port: u16,
+    /// The network's MTU when its settings give one; else derived from the underlay.
+    pub mtu: Option<u32>,
+    pub underlay: Underlay,
+    /// The other hosts: programmed with the network when it is made here (later changes go through
+    /// [`Nsnet::overlay_sync`]).
+    pub peers: Vec<Peer>,
+}
+
+/// VXLAN over IPv4 adds 50 bytes: outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+impl OverlayJoin {
+    /// The MTU of the network's bridge, VXLAN device and veths.
+    pub fn mtu(&self) -> u32 {
+        self.mtu.unwrap_or(match self.backend {
+            OverlayBackend::Vxlan => self.underlay.mtu.saturating_sub(VXLAN_OVERHEAD),
+            OverlayBackend::HostGw => self.underlay.mtu,
+        })
+    }
+
+    fn overlay(&self) -> Overlay {
+        Overlay {
+            cluster: self.cluster,
+            backend: self.backend,
+            vni: self.vni,
+            port: self.port,
+            device: match self.backend {
+                OverlayBackend::Vxlan => vxlan_device(self.vni),
+                OverlayBackend::HostGw => self.underlay.interface.clone(),
+            },
+            vtep_mac: vtep_mac(self.subnet),
+            peers: vec![],
+        }
+    }
+}
+
+/// The VXLAN device of VNI `vni`: one per VNI on a host.
+pub fn vxlan_device(vni: u32) -> String {
+    format!("nsvx{vni}")
+}
+
+/// The VTEP MAC of the host holding `subnet`: derived from the subnet (unique in the cluster), so it stays
+/// the same across agent restarts and re-creations, and peers' FDB entries stay right. Locally administered,
+/// and outside the range nsnet derives sandboxes' MACs from.
+pub fn vtep_mac(subnet: Ipv4Net) -> Mac {
+    let o = subnet.network().octets();
+    Mac([0x0e, 0x6e, o[0], o[1], o[2], o[3]])
+}
+
+/// What one [`Nsnet::overlay_sync`] did.
+#[derive(Debug, Default)]
+pub struct PeerSync {
+    /// What was applied (empty when everything was as wanted).
+    pub plan: Plan,
+    /// One line per peer this host cannot program, saying why.
+    pub refused: Vec<String>,
+    /// One line per entry the kernel had lost, put back.
+    pub repaired: Vec<String>,
+    /// The network's bridge is gone: `gc` rebuilds it.
+    pub needs_gc: bool,
+}
+
+impl Nsnet {
+    /// This host's id in overlay networks ([`crate::store::Store::host_id`]).
+    pub fn host_id(&self) -> Result<String> {
+        Ok(self.store.host_id()?)
+    }
+
+    /// This host's underlay: its address, interface and MTU (see [`Host::underlay`]).
+    pub fn underlay(&self, iface: Option<&str>, ip: Option<Ipv4Addr>) -> Result<Underlay> {
+        Host::new().underlay(iface, ip)
+    }
+
+    /// Make this host's part of an overlay network (a bridge network on the host's lease, with the VXLAN
+    /// device and the peers it can program), or check the one there is matches. The plan is empty when the
+    /// network was there.
+    pub fn overlay_join(&self, join: &OverlayJoin) -> Result<(Network, Plan)> {
+        let _lock = self.lock()?;
+        let nets = self.store.networks()?;
+        let mut want = join.overlay();
+        if let Some(net) = nets.iter().find(|n| n.name == join.name) {
+            let Some(have) = &net.overlay else {
+                return Err(invalid!(
+                    "a network named '{}' already exists on this host and is not the overlay network; \
+                     remove it (nsnet network rm {}) so the agent can join the overlay",
+                    join.name,
+                    join.name
+                ));
+            };
+            if net.subnet != join.subnet {
+                return Err(invalid!(
+                    "this host's part of overlay network '{}' has subnet {}, but its lease is {}; remove the \
+                     sandboxes on it so the agent can rebuild it",
+                    join.name,
+                    net.subnet,
+                    join.subnet
+                ));
+            }
+            let same = have.cluster == want.cluster
+                && have.backend == want.backend
+                && have.vni == want.vni
+                && have.port == want.port;
+            if !same {
+                return Err(invalid!(
+                    "this host's part of overlay network '{}' was made with other settings (cluster {}, {} \
+                     vni {} port {}) than the cluster now has; remove its sandboxes so the agent can rebuild it",
+                    join.name,
+                    have.cluster,
+                    have.backend,
+                    have.vni,
+                    have.port
+                ));
+            }
+            return Ok((net.clone(), Plan::default()));
+        }
+        let mut host = Host::new();
+        for p in &join.peers {
+            if refusal(&mut host, &want, p)?.is_none() {
+                want.peers.push(p.clone());
+            }
+        }
+        want.peers.sort();
+        want.peers.dedup();
+        let req = NetworkRequest {
+            name: join.name.clone(),
+            driver: Driver::Bridge,
+            subnet: Some(join.subnet),
+            gateway: None,
+            interface: None,
+            internal: false,
+            isolate: true,
+            fast_path: true,
+            mtu: Some(join.mtu()),
+            options: Default::default(),
+            overlay: Some(want),
+        };
+        self.create_network(&req, &nets)
+            .map(|(plan, net)| (net, plan))
+    }
+
+    /// Bring overlay network `name`'s peers on this host to `peers` (every other host's lease), and put back
+    /// whatever the kernel lost of those it already has; with `check_firewall`, their firewall elements too.
+    /// Peers are recorded with the network.
+    pub fn overlay_sync(
+        &self,
+        name: &str,
+        peers: &[Peer],
+        check_firewall: bool,
+    ) -> Result<PeerSync> {
+        let _lock = self.lock()?;
+        let nets = self.store.networks()?;
+        let net = nets
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| super::no_network(name))?;
+        let Some(overlay) = &net.overlay else {
+            return Err(invalid!("network '{name}' is not an overlay network"));
+        };
+        let mut sync = PeerSync::default();
+        if net.removing {
+            return Ok(sync);
+        }
+        let mut host = Host::new();
+        let mut accepted = Vec::new();
+        for p in peers {
+            if let Some(why) = refusal(&mut host, overlay, p)? {
+                sync.refused.push(why);
+            } else {
+                accepted.push(p.clone());
+            }
+        }
+        accepted.sort();
+        accepted.dedup();
+        let others: Vec<Network> = nets.iter().filter(|n| n.name != name).cloned().collect();
+        let mut wanted = net.clone();
+        if let Some(o) = wanted.overlay.as_mut() {
+            o.peers = accepted.clone();
+        }
+        if !host.link_exists(&net.interface)? {
+            sync.needs_gc = true;
+            return Ok(sync);
+        }
+        let mut plan = build::peers_change(net, &accepted, &others);
+        match host.overlay_entries(&overlay.device)? {
+            // The VXLAN device is gone (with every entry on it): it comes back with all its peers.
+            None if overlay.backend == OverlayBackend::Vxlan => {
+                sync.repaired
+                    .push(format!("VXLAN device {} (it was missing)", overlay.device));
+                plan.steps.retain(|s| matches!(s, Step::Firewall { .. }));
+                plan.steps
+                    .extend(build::overlay_up(&wanted, &self.store.owner_tag()));
+            }
+            None => {
+                return Err(invalid!(
+                    "the underlay interface {} of overlay network '{name}' is gone",
+                    overlay.device
+                ))
+            }
+            Some(entries) => {
+                for p in accepted.iter().filter(|p| overlay.peers.contains(p)) {
+                    if let Some(lost) = lost_entry(overlay, net.gateway, p, &entries) {
+                        sync.repaired
+                            .push(format!("{lost} of peer {} at {}", p.subnet, p.underlay));
+                        if let Some(link) = build::peer_link(net) {
+                            plan.steps.push(Step::SetPeer {
+                                overlay: link,
+                                peer: p.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if check_firewall {
+            let rules = build::network_firewall(&wanted, &others);
+            let missing = Host::firewall_missing(net.firewall, &rules)?;
+            if !missing.is_empty() {
+                sync.repaired
+                    .push(format!("{} firewall element(s)", missing.len()));
+                let mut fw = crate::firewall::Batch::default();
+                for rule in missing {
+                    fw.add(rule);
+                }
+                plan.steps.push(Step::Firewall {
+                    backend: net.firewall,
+                    batch: fw,
+                });
+            }
+        }
+        if plan.is_empty() {
+            return Ok(sync);
+        }
+        let records = if accepted == overlay.peers {
+            vec![]
+        } else {
+            vec![Record::Settings(wanted)]
+        };
+        sync.plan = self.bring_up(plan, records)?;
+        Ok(sync)
+    }
+
+    /// Take this host out of overlay network `name` (it left the cluster): the network goes when no sandbox
+    /// uses it; until then only its peers go, and `false` says the network is still here.
+    pub fn overlay_leave(&self, name: &str) -> Result<bool> {
+        let users = match self.network(name)? {
+            None => return Ok(true),
+            Some(r) if r.settings.overlay.is_none() => return Ok(true),
+            Some(r) => r.allocations.users().len(),
+        };
+        if users > 0 {
+            self.overlay_sync(name, &[], false)?;
+            return Ok(false);
+        }
+        match self.remove_network(name, false, true) {
+            Ok(_) => Ok(true),
+            // A sandbox joined meanwhile: next time.
+            Err(Error::Invalid(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Why this host cannot program `peer`, if it cannot.
+fn refusal(host: &mut Host, o: &Overlay, peer: &Peer) -> Result<Option<String>> {
+    if !o.cluster.contains(&peer.subnet) {
+        return Ok(Some(format!(
+            "peer subnet {} is outside the cluster subnet {}",
+            peer.subnet, o.cluster
+        )));
+    }
+    match o.backend {
+        OverlayBackend::Vxlan if peer.vtep_mac.is_none() => Ok(Some(format!(
+            "peer {} at {} has no VTEP MAC (it runs another backend?)",
+            peer.subnet, peer.underlay
+        ))),
+        // A route via an address that is not on-link would black-hole the subnet.
+        OverlayBackend::HostGw if !host.on_link(peer.underlay)? => Ok(Some(format!(
+            "peer {} at {} is not on this host's L2 segment (a router is between): host-gw cannot route \
+             to it; use the vxlan backend for hosts on different segments",
+            peer.subnet, peer.underlay
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// The first entry of `peer` the kernel no longer has (or has pointing elsewhere), if any.
+fn lost_entry(
+    o: &Overlay,
+    gateway: Ipv4Addr,
+    peer: &Peer,
+    have: &OverlayEntries,
+) -> Option<&'static str> {
+    let route_ok = |via: Ipv4Addr| {
+        have.routes
+            .iter()
+            .any(|r| r.dst == peer.subnet && r.via == via && r.prefsrc == Some(gateway))
+    };
+    match (o.backend, peer.vtep_mac) {
+        (OverlayBackend::Vxlan, Some(mac)) => {
+            if !have.fdb.contains(&(mac.0, Some(peer.underlay))) {
+                Some("FDB entry")
+            } else if !have.neighbours.contains(&(peer.vxlan_gateway(), mac.0)) {
+                Some("neighbour entry")
+            } else if !route_ok(peer.vxlan_gateway()) {
+                Some("route")
+            } else {
+                None
+            }
+        }
+        (OverlayBackend::Vxlan, None) => None,
+        (OverlayBackend::HostGw, _) => (!route_ok(peer.underlay)).then_some("route"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vtep_macs_are_unicast_local_and_not_sandbox_macs() {
+        let m = vtep_mac("10.244.3.0/24".parse().unwrap());
+        assert_eq!(m.to_string(), "0e:6e:0a:f4:03:00");
+        assert!(m.check_unicast().is_ok());
+        assert_eq!(m.0[0] & 2, 2, "locally administered");
+        assert_ne!(m.0[..2], [0x02, 0x6e]);
+    }
+
+    #[test]
+    fn mtu_follows_the_underlay_unless_given() {
+        let mut j = OverlayJoin {
+            name: "pods".into(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            backend: OverlayBackend::Vxlan,
+            vni: 1,
+            port: 4789,
+            mtu: None,
+            underlay: Underlay {
+                ip: Ipv4Addr::new(192, 168, 200, 11),
+                interface: "eth0".into(),
+                mtu: 1500,
+            },
+            peers: vec![],
+        };
+        assert_eq!(j.mtu(), 1450);
+        j.backend = OverlayBackend::HostGw;
+        assert_eq!(j.mtu(), 1500);
+        j.mtu = Some(1400);
+        assert_eq!(j.mtu(), 1400);
+        assert_eq!(j.overlay().device, "eth0");
+        j.backend = OverlayBackend::Vxlan;
+        assert_eq!(j.overlay().device, "nsvx1");
+    }
+}
