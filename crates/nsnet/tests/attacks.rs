@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
-use common::{reach, TestHost};
+use common::{ipv4_header, reach, TestHost};
 use nsnet_core::probe;
 use serde_json::Value;
 
@@ -23,33 +23,13 @@ fn mac_of(h: &TestHost, sb: &str) -> [u8; 6] {
     mac
 }
 
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    // Folded: `sum` fits in its low 16 bits now.
-    let [_, _, hi, lo] = sum.to_be_bytes();
-    !u16::from_be_bytes([hi, lo])
-}
-
 /// An Ethernet frame carrying a UDP datagram from `src` to `dst` (port 9), with the given MACs.
 fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let payload = b"forged";
     let udp_len = 8 + payload.len();
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
-    let ip_len = u16::try_from(20 + udp_len).expect("a small datagram");
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let sum = checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let mut frame = [dst_mac, src_mac].concat();
     frame.extend([0x08, 0x00]);
-    frame.extend(ip);
+    frame.extend(ipv4_header(17, src, dst, udp_len));
     frame.extend([0x30, 0x39, 0, 9]);
     frame.extend(
         u16::try_from(udp_len)

@@ -188,6 +188,7 @@ fn killed_commands_are_finished_or_rolled_back() {
 
 /// `ls` right after a killed create (before any gc) shows the sandbox whole, its address allocated, or not at all:
 /// a reader finishes or rolls back what the killed command left before it reads, so `gc` finds nothing more.
+#[cfg(feature = "fault-injection")]
 fn reader_sees_whole_or_nothing(h: &TestHost, name: &str, port: u16, what: &str) {
     let shown = whole_or_absent(h, name, port);
     let net: Value =

@@ -548,6 +548,34 @@ pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     panic!("process {} did not exit within 15 s", child.id());
 }
 
+/// The Internet checksum (RFC 1071) of `bytes`, ready to store big-endian: over a header whose checksum field
+/// is zero it gives the field's value; over a whole, correct header it gives 0.
+pub fn inet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    // Folded: `sum` fits in its low 16 bits now.
+    let [_, _, hi, lo] = sum.to_be_bytes();
+    !u16::from_be_bytes([hi, lo])
+}
+
+/// An IPv4 header (no options) for `payload_len` bytes of protocol `protocol` from `src` to `dst`: ID 1, DF,
+/// TTL 64, header checksum filled in.
+pub fn ipv4_header(protocol: u8, src: Ipv4Addr, dst: Ipv4Addr, payload_len: usize) -> Vec<u8> {
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, protocol, 0, 0];
+    let total = u16::try_from(20 + payload_len).expect("a packet of at most 64 KiB");
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let sum = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip
+}
+
 pub fn check_one_line_failure(args: &[&str], out: Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
