@@ -115,3 +115,622 @@ fn forged_vxlan_from_the_outside_peer_reaches_host_udp_4789() {
         "host 1 did not take the echo request"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Overlay networks, end to end: real etcd, real agents, real packets.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+
+use serde_json::Value;
+use world::{common, try_in_ns, wait_until, Signal};
+
+const NET: &str = "pods";
+const CLUSTER: &str = "10.244.0.0/16";
+/// Agents renew every second in the tests, so a lost host goes within seconds.
+const TTL: &str = "3";
+const CONVERGE: Duration = Duration::from_secs(15);
+
+/// `network create pods --driver overlay` on host 1, with `extra` options.
+fn make_overlay(w: &World, extra: &[&str]) {
+    let url = w.etcd_url();
+    let mut args = vec![
+        "network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url,
+    ];
+    args.extend_from_slice(extra);
+    w.ok(1, &args);
+}
+
+/// Host `i`'s record of the overlay network, once its agent made it.
+fn local(w: &World, i: usize) -> Option<Value> {
+    let out = w.nsnet(i, &["network", "inspect", NET, "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("inspect --json is JSON"))
+}
+
+/// Wait until every host in `hosts` has joined with `peers` peers programmed.
+fn wait_joined(w: &World, hosts: &[usize], peers: usize) {
+    for &i in hosts {
+        let ok = wait_until(CONVERGE, || {
+            local(w, i).is_some_and(|v| {
+                v["overlay"]["peers"].as_array().map(Vec::len) == Some(peers)
+            })
+        });
+        assert!(
+            ok,
+            "host {i} did not join with {peers} peers: {:?}\nagent log:\n{}",
+            local(w, i),
+            w.agent_log(i)
+        );
+    }
+}
+
+/// This host's block of the cluster, from its record.
+fn block(w: &World, i: usize) -> String {
+    local(w, i).expect("joined")["subnet"]
+        .as_str()
+        .expect("a subnet")
+        .to_string()
+}
+
+/// Create sandbox `name` on host `i` on the overlay network; returns its address.
+fn sandbox(w: &World, i: usize, name: &str, extra: &[&str]) -> Ipv4Addr {
+    let sb = w.sb(name);
+    let mut args = vec!["create", sb.as_str(), "--network", NET];
+    args.extend_from_slice(extra);
+    w.ok(i, &args);
+    let v: Value = serde_json::from_str(&w.ok(i, &["inspect", &sb, "--json"])).expect("JSON");
+    let cidr = v["endpoints"][0]["address"].as_str().expect("an address");
+    cidr.split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("an IPv4 address")
+}
+
+fn pings(from: &Path, to: Ipv4Addr) -> bool {
+    probe::ping(from, to).unwrap_or(false)
+}
+
+/// The lines of `cmd` run in host `i`'s namespace (e.g. `bridge fdb show dev nsvx1`).
+fn lines(w: &World, i: usize, cmd: &[&str]) -> Vec<String> {
+    in_ns(&w.host_path(i), cmd)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// nsnet's overlay routes on host `i` (protocol 110 in the kernel's table).
+fn overlay_routes(w: &World, i: usize) -> Vec<String> {
+    lines(w, i, &["ip", "route", "show", "proto", "110"])
+}
+
+/// Remove the overlay network from the cluster and wait until every host's agent removed its part.
+fn remove_overlay(w: &World, hosts: &[usize]) {
+    w.ok(1, &["network", "rm", NET, "--etcd", &w.etcd_url()]);
+    for &i in hosts {
+        assert!(
+            wait_until(CONVERGE, || local(w, i).is_none()),
+            "host {i} kept its part of the network:\n{}",
+            w.agent_log(i)
+        );
+        assert!(
+            !in_ns(&w.host_path(i), &["ip", "-o", "link"]).contains("nsvx"),
+            "host {i} kept its VXLAN device"
+        );
+        assert_eq!(overlay_routes(w, i), Vec::<String>::new(), "host {i}'s routes");
+    }
+    assert_eq!(
+        w.etcdctl(&["get", "--prefix", "/nsnet/", "--keys-only"]).trim(),
+        "",
+        "etcd keeps keys of the removed network"
+    );
+}
+
+#[test]
+fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
+    let w = World::new("vxlan3", 3);
+    make_overlay(&w, &[]);
+    for i in 1..=3 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2, 3], 2);
+    let blocks: Vec<String> = (1..=3).map(|i| block(&w, i)).collect();
+    let mut unique = blocks.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "blocks shared: {blocks:?}");
+
+    // The cluster's view, from any host.
+    let ls = w.ok(2, &["network", "ls", "--etcd", &w.etcd_url()]);
+    assert!(ls.contains(NET) && ls.contains(CLUSTER), "{ls}");
+    let inspect: Value = serde_json::from_str(&w.ok(
+        3,
+        &["network", "inspect", NET, "--etcd", &w.etcd_url(), "--json"],
+    ))
+    .expect("JSON");
+    assert_eq!(inspect["hosts"].as_array().map(Vec::len), Some(3), "{inspect}");
+
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    let c = sandbox(&w, 3, "c", &[]);
+    let (pa, pb, pc) = (w.sb_path("a"), w.sb_path("b"), w.sb_path("c"));
+    for (from, to, what) in [
+        (&pa, b, "a -> b"),
+        (&pb, a, "b -> a"),
+        (&pb, c, "b -> c"),
+        (&pc, a, "c -> a"),
+    ] {
+        assert!(pings(from, to), "{what}");
+    }
+    // TCP and UDP both ways, and the receiver sees the sender's own address (no NAT inside the cluster).
+    assert_eq!(common::reach(&pb, 80, &pa, SocketAddrV4::new(b, 80)), Some(a));
+    assert_eq!(common::reach(&pa, 81, &pc, SocketAddrV4::new(a, 81)), Some(c));
+    let server = probe::udp_server(&pa, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5353)).expect("udp");
+    let reply = probe::udp_hello(&pb, SocketAddrV4::new(a, 5353)).expect("UDP b -> a");
+    assert!(reply.contains(&b.to_string()), "{reply}");
+    assert_eq!(server.wait().expect("udp peer").ip(), std::net::IpAddr::V4(b));
+    // Every host reaches every sandbox.
+    assert!(pings(&w.host_path(3), a), "host 3 -> a");
+    assert!(pings(&w.host_path(1), c), "host 1 -> c");
+
+    // Leaving the cluster subnet: masqueraded to the host's underlay address.
+    let seen = common::reach(&w.outside_path(), 8000, &pa, SocketAddrV4::new(OUTSIDE_IP, 8000));
+    assert_eq!(seen, Some(w.host_ip(1)), "a -> outside is masqueraded");
+
+    // A published port on host 2, from the outside peer: the sandbox sees the real client.
+    let d = sandbox(&w, 2, "d", &["-p", "8080:80"]);
+    let seen = common::reach(
+        &w.sb_path("d"),
+        80,
+        &w.outside_path(),
+        SocketAddrV4::new(w.host_ip(2), 8080),
+    );
+    assert_eq!(seen, Some(OUTSIDE_IP), "outside -> host 2:8080 -> d ({d})");
+
+    // MTU: the underlay's 1500 less 50, on the device, the bridge and the veths; a don't-fragment packet
+    // of the full size crosses, one byte more is refused at the sender.
+    let mtu = |ns: &Path, dev: &str| -> String {
+        let v: Value =
+            serde_json::from_str(&in_ns(ns, &["ip", "-j", "link", "show", dev])).expect("JSON");
+        v[0]["mtu"].to_string()
+    };
+    assert_eq!(mtu(&w.host_path(1), "nsvx1"), "1450");
+    assert_eq!(mtu(&pa, "eth0"), "1450");
+    let full = try_in_ns(&pa, &["ping", "-c1", "-W2", "-M", "do", "-s", "1422", &b.to_string()]);
+    assert!(full.status.success(), "a full-MTU DF ping a -> b failed");
+    let over = try_in_ns(&pa, &["ping", "-c1", "-W2", "-M", "do", "-s", "1423", &b.to_string()]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&over.stdout),
+        String::from_utf8_lossy(&over.stderr)
+    );
+    assert!(
+        !over.status.success() && said.contains("message too long"),
+        "one byte over the MTU: {said}"
+    );
+
+    // Per remote host exactly one FDB entry, one permanent neighbour entry, one route.
+    let fdb: Vec<String> = lines(&w, 1, &["bridge", "fdb", "show", "dev", "nsvx1"])
+        .into_iter()
+        .filter(|l| l.contains(" dst "))
+        .collect();
+    assert_eq!(fdb.len(), 2, "{fdb:?}");
+    for j in [2, 3] {
+        assert!(fdb.iter().any(|l| l.contains(&w.host_ip(j).to_string())), "{fdb:?}");
+    }
+    let neigh = lines(&w, 1, &["ip", "neigh", "show", "dev", "nsvx1"]);
+    assert_eq!(neigh.len(), 2, "{neigh:?}");
+    assert!(neigh.iter().all(|l| l.contains("PERMANENT")), "{neigh:?}");
+    assert_eq!(overlay_routes(&w, 1).len(), 2, "{:?}", overlay_routes(&w, 1));
+    let link = in_ns(&w.host_path(1), &["ip", "-d", "link", "show", "nsvx1"]);
+    assert!(link.contains("nolearning"), "{link}");
+
+    for (i, name) in [(1, "a"), (2, "b"), (3, "c"), (2, "d")] {
+        w.ok(i, &["rm", &w.sb(name)]);
+    }
+    remove_overlay(&w, &[1, 2, 3]);
+}
+
+#[test]
+fn host_gw_routes_via_the_underlay_and_refuses_a_peer_behind_a_router() {
+    let w = World::new("hostgw", 2);
+    make_overlay(&w, &["--backend", "host-gw"]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    assert!(pings(&w.sb_path("a"), b), "a -> b");
+    assert_eq!(
+        common::reach(&w.sb_path("a"), 80, &w.sb_path("b"), SocketAddrV4::new(a, 80)),
+        Some(b),
+        "a sees b's own address"
+    );
+    assert!(pings(&w.host_path(2), a), "host 2 -> a");
+    let routes = overlay_routes(&w, 1);
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert!(routes[0].contains(&format!("via {}", w.host_ip(2))), "{routes:?}");
+    let mtu = in_ns(&w.sb_path("a"), &["ip", "-o", "link", "show", "eth0"]);
+    assert!(mtu.contains("mtu 1500"), "host-gw keeps the underlay's MTU: {mtu}");
+
+    // A host whose underlay address host 1 reaches only through a router: its route would black-hole.
+    in_ns(&w.host_path(1), &["ip", "route", "add", "192.168.201.0/24", "via", &w.host_ip(2).to_string()]);
+    let fake = r#"{"host":"00ff00ff00ff00ff","hostname":"far","underlay":"192.168.201.5"}"#;
+    w.etcdctl(&["put", "/nsnet/leases/pods/10.244.200.0-24", fake]);
+    assert!(
+        wait_until(CONVERGE, || w.agent_log(1).contains("not on this host's L2 segment")),
+        "no refusal in the log:\n{}",
+        w.agent_log(1)
+    );
+    assert!(
+        !overlay_routes(&w, 1).iter().any(|r| r.contains("10.244.200.0")),
+        "a route to the far host's block: {:?}",
+        overlay_routes(&w, 1)
+    );
+    w.etcdctl(&["del", "/nsnet/leases/pods/10.244.200.0-24"]);
+    in_ns(&w.host_path(1), &["ip", "route", "del", "192.168.201.0/24"]);
+
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+}
+
+/// ICMP echo requests received inside a sandbox.
+fn echos(ns: &Path) -> u64 {
+    in_echos(ns)
+}
+
+#[test]
+fn forged_vxlan_from_a_non_member_never_reaches_a_sandbox() {
+    let w = World::new("forge", 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let a = sandbox(&w, 1, "a", &[]);
+    let pa = w.sb_path("a");
+    let vtep = world::mac_of(&w.host_path(1), "nsvx1");
+    // The inner frame claims to come from host 2's block, to host 1's VTEP, for sandbox a.
+    let b2 = block(&w, 2);
+    let spoofed: Ipv4Addr = b2
+        .split('/')
+        .next()
+        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        .map(|n| Ipv4Addr::from(u32::from(n) + 9))
+        .expect("host 2's block");
+    let frame = icmp_echo_frame(vtep, [0x0e, 0x6e, 1, 2, 3, 4], spoofed, a);
+
+    let before = echos(&pa);
+    for _ in 0..5 {
+        send_forged_vxlan(&w.outside_path(), w.host_ip(1), VXLAN_PORT, 1, &frame);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(echos(&pa), before, "a forged VXLAN packet from a non-member reached sandbox a");
+
+    // The same packet from a member's address is delivered: the test can see a delivery when there is one.
+    send_forged_vxlan(&w.host_path(2), w.host_ip(1), VXLAN_PORT, 1, &frame);
+    assert!(
+        wait_until(Duration::from_secs(3), || echos(&pa) > before),
+        "the control packet from member host 2 did not arrive"
+    );
+
+    w.ok(1, &["rm", &w.sb("a")]);
+    remove_overlay(&w, &[1, 2]);
+}
+
+/// The kernel objects whose identity a restart must keep: VXLAN device and bridge ifindexes, and every entry.
+fn kernel_state(w: &World, i: usize) -> Vec<String> {
+    let mut out = lines(w, i, &["ip", "-o", "link", "show", "type", "vxlan"]);
+    out.extend(lines(w, i, &["ip", "-o", "link", "show", "type", "bridge"]));
+    out.extend(lines(w, i, &["bridge", "fdb", "show", "dev", "nsvx1"]));
+    out.extend(lines(w, i, &["ip", "neigh", "show", "dev", "nsvx1"]));
+    out.extend(overlay_routes(w, i));
+    // Counters and flags that move on their own are not identity.
+    out.iter()
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|t| !matches!(*t, "state" | "UP" | "DOWN" | "UNKNOWN" | "LOWER_UP"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn an_agent_restart_or_crash_changes_nothing_and_connections_survive() {
+    let w = World::new("restart", 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let _a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    let subnet = block(&w, 1);
+
+    // An echo server in b; a connection from a that stays open through the restarts.
+    let fd = netns::open(&w.sb_path("b")).expect("open b");
+    let listener = netns::run_in(&fd, || TcpListener::bind(SocketAddrV4::new(b, 7000)))
+        .expect("enter b")
+        .expect("listen in b");
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (conn, _) = listener.accept()?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut conn = conn;
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            conn.write_all(line.as_bytes())?;
+            line.clear();
+        }
+        Ok(())
+    });
+    let mut client = probe::tcp_connect(&w.sb_path("a"), SocketAddrV4::new(b, 7000)).expect("connect");
+    client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut reader = BufReader::new(client.try_clone().expect("clone"));
+    let mut echo = |text: &str| {
+        client.write_all(format!("{text}\n").as_bytes()).expect("send");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("echo back");
+        assert_eq!(line.trim(), text);
+    };
+    echo("before");
+
+    let before = kernel_state(&w, 1);
+    for signal in [Signal::SIGKILL, Signal::SIGTERM] {
+        w.kill_agent(1, signal);
+        echo("agent away");
+        w.start_agent(1, &["--lease-ttl", TTL]);
+        // Give it a few rounds to do anything it would do.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(w.agent_running(1), "{}", w.agent_log(1));
+        assert_eq!(kernel_state(&w, 1), before, "{signal:?}: the kernel changed across the restart");
+        assert_eq!(block(&w, 1), subnet, "the host kept its block");
+        echo("after restart");
+    }
+    drop(client);
+    drop(reader);
+    let _ = server.join();
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+}
+
+/// Count of ping replies of `ping -c N -i 0.1` from `from` to `to`.
+fn ping_many(from: &Path, to: Ipv4Addr, n: u32) -> std::process::Child {
+    let ns = format!("--net={}", from.display());
+    std::process::Command::new("nsenter")
+        .args([ns.as_str(), "--", "ping", "-q", "-c", &n.to_string(), "-i", "0.1", "-W", "1"])
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping")
+}
+
+#[test]
+fn etcd_away_hurts_nothing_and_the_agents_catch_up_after_a_compaction() {
+    let w = World::new("etcddown", 3);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+
+    // etcd stops while traffic flows: not one packet lost.
+    let pinger = ping_many(&w.sb_path("a"), b, 40);
+    std::thread::sleep(Duration::from_millis(500));
+    w.stop_etcd();
+    let out = pinger.wait_with_output().expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0% packet loss"), "{text}");
+    // A host that holds its block still creates sandboxes, reachable across hosts.
+    let a2 = sandbox(&w, 1, "a2", &[]);
+    assert!(pings(&w.sb_path("b"), a2), "b -> a2 with etcd down");
+    w.start_etcd();
+
+    // Host 1 is cut off from etcd (connections refused); meanwhile host 3 joins and etcd compacts its history.
+    let cut = ["nft", "add", "table", "ip", "cut"];
+    let host1 = w.host_path(1);
+    in_ns(&host1, &cut);
+    in_ns(&host1, &["nft", "add", "chain", "ip", "cut", "out", "{ type filter hook output priority 0; }"]);
+    let etcd_ip = world::ETCD_IP.to_string();
+    in_ns(&host1, &["nft", "add", "rule", "ip", "cut", "out", "ip", "daddr", &etcd_ip, "tcp", "dport", "2379", "reject", "with", "tcp", "reset"]);
+    // Break host 1's watch: etcd restarts (its connections close) while host 1 cannot reconnect.
+    w.stop_etcd();
+    w.start_etcd();
+    w.start_agent(3, &["--lease-ttl", TTL]);
+    wait_joined(&w, &[3], 2);
+    let c = sandbox(&w, 3, "c", &[]);
+    let status = w.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let rev = serde_json::from_str::<Value>(&status).expect("JSON")[0]["Status"]["header"]["revision"]
+        .as_i64()
+        .expect("a revision");
+    w.etcdctl(&["compact", &rev.to_string()]);
+    in_ns(&host1, &["nft", "delete", "table", "ip", "cut"]);
+
+    // Host 1 converges on what it missed: host 3 is its peer, a reaches c.
+    wait_joined(&w, &[1], 2);
+    assert!(pings(&w.sb_path("a"), c), "a -> c after catching up\n{}", w.agent_log(1));
+    assert!(pings(&w.sb_path("c"), a), "c -> a");
+
+    for (i, name) in [(1, "a"), (1, "a2"), (2, "b"), (3, "c")] {
+        w.ok(i, &["rm", &w.sb(name)]);
+    }
+    remove_overlay(&w, &[1, 2, 3]);
+}
+
+#[test]
+fn a_lost_host_is_withdrawn_and_gets_its_block_back_when_it_returns() {
+    let w = World::new("hostloss", 3);
+    make_overlay(&w, &[]);
+    for i in 1..=3 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2, 3], 2);
+    let lost = block(&w, 3);
+    w.kill_agent(3, Signal::SIGKILL);
+    w.host_link_down(3);
+    // Its lease expires after the TTL; every other host withdraws its entries.
+    wait_joined(&w, &[1, 2], 1);
+    for i in [1, 2] {
+        assert!(
+            !overlay_routes(&w, i).iter().any(|r| r.starts_with(lost.as_str())),
+            "host {i} still routes {lost}: {:?}",
+            overlay_routes(&w, i)
+        );
+        let fdb = lines(&w, i, &["bridge", "fdb", "show", "dev", "nsvx1"]);
+        assert!(
+            !fdb.iter().any(|l| l.contains(&w.host_ip(3).to_string())),
+            "host {i} keeps host 3's FDB entry: {fdb:?}"
+        );
+    }
+    // Back: its old block again.
+    w.host_link_up(3);
+    w.start_agent(3, &["--lease-ttl", TTL]);
+    wait_joined(&w, &[1, 2, 3], 2);
+    assert_eq!(block(&w, 3), lost, "host 3 came back with another block");
+    remove_overlay(&w, &[1, 2, 3]);
+}
+
+#[test]
+fn racing_agents_never_share_a_block_and_a_full_cluster_says_so() {
+    let w = World::new("race", 3);
+    // Two /24 blocks for three hosts.
+    let url = w.etcd_url();
+    w.ok(1, &["network", "create", NET, "--driver", "overlay", "--subnet", "10.250.0.0/23", "--etcd", &url]);
+    for i in 1..=3 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    let joined = || (1..=3).filter(|i| local(&w, *i).is_some()).count();
+    assert!(wait_until(CONVERGE, || joined() == 2), "joined: {}", joined());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(joined(), 2, "a third host joined a two-block network");
+    let mut blocks: Vec<String> = (1..=3).filter_map(|i| local(&w, i)).map(|v| v["subnet"].to_string()).collect();
+    blocks.dedup();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    let left = (1..=3).find(|i| local(&w, *i).is_none()).expect("one host left out");
+    assert!(
+        w.agent_log(left).contains("is full"),
+        "no clear error:\n{}",
+        w.agent_log(left)
+    );
+    remove_overlay(&w, &[1, 2, 3]);
+}
+
+#[test]
+fn peers_follow_an_underlay_address_change() {
+    let w = World::new("readdr", 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let _a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    assert!(pings(&w.sb_path("a"), b));
+    let new_ip = Ipv4Addr::new(192, 168, 200, 99);
+    w.set_host_ip(2, new_ip);
+    let follows = wait_until(CONVERGE, || {
+        lines(&w, 1, &["bridge", "fdb", "show", "dev", "nsvx1"])
+            .iter()
+            .any(|l| l.contains("dst 192.168.200.99"))
+    });
+    assert!(follows, "host 1 kept the old address:\n{}", w.agent_log(2));
+    assert!(pings(&w.sb_path("a"), b), "a -> b after host 2 moved");
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+}
+
+#[test]
+fn entries_deleted_by_hand_come_back() {
+    let w = World::new("repair", 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let _a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    let peer = block(&w, 2);
+    let h1 = w.host_path(1);
+    let want = kernel_state(&w, 1);
+    let back = |what: &str| {
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                let now = kernel_state(&w, 1);
+                // A re-created device gets a new ifindex: compare without the index.
+                let strip = |v: Vec<String>| -> Vec<String> {
+                    v.into_iter().map(|l| l.split_once(": ").map_or(l.clone(), |(_, r)| r.to_string())).collect()
+                };
+                strip(now) == strip(want.clone())
+            }),
+            "{what} did not come back: {:?}\n{}",
+            kernel_state(&w, 1),
+            w.agent_log(1)
+        );
+        assert!(pings(&w.sb_path("a"), b), "a -> b after {what} came back");
+    };
+    in_ns(&h1, &["ip", "route", "del", &peer]);
+    back("the route");
+    let mac = world::mac_of(&w.host_path(2), "nsvx1");
+    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    in_ns(&h1, &["bridge", "fdb", "del", &mac, "dev", "nsvx1", "self"]);
+    back("the FDB entry");
+    let via = peer.split('/').next().expect("block");
+    in_ns(&h1, &["ip", "neigh", "del", via, "dev", "nsvx1"]);
+    back("the neighbour entry");
+    in_ns(&h1, &["ip", "link", "del", "nsvx1"]);
+    back("the VXLAN device");
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+}
+
+#[test]
+fn bad_overlay_input_is_refused_in_one_line_and_changes_nothing() {
+    let w = World::new("badov", 1);
+    let url = w.etcd_url();
+    let keys = || w.etcdctl(&["get", "--prefix", "/", "--keys-only"]);
+    let before = keys();
+    let state_before = std::fs::read_dir(w.state_dir(1)).map(|d| d.count()).unwrap_or(0);
+    for (args, want) in [
+        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER], "--etcd"),
+        (vec!["network", "create", NET, "--driver", "overlay", "--etcd", &url], "--subnet"),
+        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--vni", "0"], "VNI"),
+        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--host-subnet-len", "12"], "host-subnet-len"),
+        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--backend", "gre"], "vxlan or host-gw"),
+        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--internal"], "--internal"),
+        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", "https://1.2.3.4:2379"], "TLS"),
+        (vec!["network", "create", NET, "--subnet", "10.9.0.0/24", "--vni", "5"], "--driver overlay"),
+        (vec!["network", "rm", "nothere", "--etcd", &url], "no overlay network"),
+        (vec!["agent", "--etcd", &url, "--iface", "nosuch0"], "nosuch0"),
+        (vec!["agent", "--etcd", &url, "--lease-ttl", "1"], "lease-ttl"),
+    ] {
+        let line = w.fails(1, &args);
+        assert!(line.contains(want), "{args:?}: {line}");
+    }
+    assert_eq!(keys(), before, "etcd changed");
+    assert_eq!(
+        std::fs::read_dir(w.state_dir(1)).map(|d| d.count()).unwrap_or(0),
+        state_before,
+        "the state dir changed"
+    );
+    // An existing name is refused, and the cluster keeps the first one's settings.
+    make_overlay(&w, &[]);
+    let line = w.fails(1, &["network", "create", NET, "--driver", "overlay", "--subnet", "10.9.0.0/16", "--etcd", &url]);
+    assert!(line.contains("already exists"), "{line}");
+    let line = w.fails(1, &["network", "create", "other", "--driver", "overlay", "--subnet", "10.9.0.0/16", "--etcd", &url]);
+    assert!(line.contains("VNI 1"), "{line}");
+    // On a host, the agent's part of the network is not removed by hand.
+    w.start_agent(1, &["--lease-ttl", TTL]);
+    wait_joined(&w, &[1], 0);
+    let line = w.fails(1, &["network", "rm", NET]);
+    assert!(line.contains("nsnet agent") && line.contains("--etcd"), "{line}");
+    remove_overlay(&w, &[1]);
+}
