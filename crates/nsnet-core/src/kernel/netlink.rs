@@ -12,19 +12,20 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::BridgePortState;
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
-    NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption,
@@ -141,6 +142,62 @@ pub struct BpfFilter {
     pub block: Option<u32>,
 }
 
+/// `rtm_protocol` of the routes nsnet's overlay makes (110: neither a kernel `RTPROT_*` value nor one in
+/// iproute2's `rt_protos`). [`Netlink::routes_with_protocol`] finds exactly them, and [`Netlink::route_delete`]
+/// never matches a route anyone else made.
+pub const NSNET_ROUTE_PROTOCOL: u8 = 0x6e;
+
+/// `NUD_PERMANENT` in `ndm_state`: an entry that never expires and is never probed.
+pub const NUD_PERMANENT: u16 = 0x80;
+
+/// A neighbour entry: address, MAC and `ndm_state` (NUD_* bits).
+pub type Neighbour = (Ipv4Addr, [u8; 6], u16);
+
+/// A VXLAN FDB entry: MAC and the underlay address frames for it are sent to.
+pub type FdbEntry = ([u8; 6], Option<Ipv4Addr>);
+
+/// A VXLAN device as nsnet makes it. Learning is always off and there is no remote or group: every
+/// destination comes from FDB entries ([`Netlink::fdb_replace`]). No local address either, so a change of the
+/// host's underlay address needs no re-creation.
+#[derive(Debug, Clone)]
+pub struct VxlanSpec<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    /// The UDP destination port (4789 is IANA's).
+    pub port: u16,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    /// The underlay link (`IFLA_VXLAN_LINK`): packets leave by it, and its MTU bounds this one's.
+    pub underlay_dev: Option<u32>,
+}
+
+/// A VXLAN device as the kernel reports it ([`Netlink::vxlan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub index: u32,
+    pub vni: u32,
+    pub port: u16,
+    pub learning: bool,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    pub up: bool,
+    pub underlay_dev: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+}
+
+/// An IPv4 main-table route through one gateway: what the overlay installs for each peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: Ipv4Net,
+    pub via: Ipv4Addr,
+    pub dev_index: u32,
+    /// The gateway counts as reachable on `dev_index` although no local subnet holds it (a peer's overlay
+    /// address behind the VXLAN device).
+    pub onlink: bool,
+    /// The source address of packets this host sends by the route.
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
 /// `TCA_INGRESS_BLOCK`: the shared block a qdisc's ingress filters come from (not in netlink-packet-route).
 const TCA_INGRESS_BLOCK: u16 = 13;
 
@@ -237,6 +294,11 @@ impl Netlink {
 
     /// Look a link up by name; `None` when there is no such link.
     pub fn link(&mut self, name: &str) -> Result<Option<Link>, KernelError> {
+        Ok(self.link_message(name)?.map(|l| link_from(&l)))
+    }
+
+    /// The kernel's whole answer about link NAME; `None` when there is no such link.
+    fn link_message(&mut self, name: &str) -> Result<Option<LinkMessage>, KernelError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.request(
@@ -245,7 +307,25 @@ impl Netlink {
             0,
         ) {
             Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
-                RouteNetlinkMessage::NewLink(l) => Some(link_from(&l)),
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The name of link `index`; `None` when there is no such link.
+    fn link_name(&mut self, index: u32) -> Result<Option<String>, KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(
+            &format!("look up link {index}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_from(&l).name),
                 _ => None,
             })),
             Err(e) if e.is_not_found() => Ok(None),
@@ -714,6 +794,454 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// The overlay's primitives: a VXLAN device, its FDB, permanent neighbours and gateway routes.
+impl Netlink {
+    /// `ip link add NAME address MAC mtu MTU type vxlan id VNI dstport PORT nolearning noudpcsum [dev LINK]`,
+    /// created down so the caller can finish it (e.g. [`Self::no_ipv6_link_local`]) before [`Self::set_up`].
+    /// A link of that name already there fails with EEXIST; [`Self::vxlan`] tells the caller whether it is
+    /// the same device. The kernel also answers EEXIST to a second VXLAN device with the same VNI and port
+    /// in one namespace.
+    pub fn create_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<(), KernelError> {
+        let mut data = vec![
+            InfoVxlan::Id(spec.vni),
+            InfoVxlan::Port(spec.port),
+            InfoVxlan::Learning(false),
+            // The kernel checksums IPv4 VXLAN by default; the inner packets carry their own checksums.
+            InfoVxlan::UDPCsum(false),
+        ];
+        if let Some(dev) = spec.underlay_dev {
+            data.push(InfoVxlan::Link(dev));
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        msg.attributes
+            .push(LinkAttribute::Address(spec.mac.to_vec()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        self.request(
+            &format!(
+                "create vxlan {} (vni {}, port {})",
+                spec.name, spec.vni, spec.port
+            ),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// The VXLAN device NAME as it is; `None` when no link has that name or it is not a VXLAN device.
+    pub fn vxlan(&mut self, name: &str) -> Result<Option<VxlanInfo>, KernelError> {
+        let Some(msg) = self.link_message(name)? else {
+            return Ok(None);
+        };
+        let Some(data) = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Data(InfoData::Vxlan(d)) => Some(d),
+                _ => None,
+            }),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let link = link_from(&msg);
+        let mut info = VxlanInfo {
+            index: link.index,
+            vni: 0,
+            port: 0,
+            learning: false,
+            mtu: link.mtu.unwrap_or(0),
+            mac: link.mac.unwrap_or([0; 6]),
+            up: msg.header.flags.contains(LinkFlags::Up),
+            underlay_dev: None,
+            local: None,
+        };
+        for attr in data {
+            match attr {
+                InfoVxlan::Id(v) => info.vni = *v,
+                InfoVxlan::Port(p) => info.port = *p,
+                InfoVxlan::Learning(l) => info.learning = *l,
+                InfoVxlan::Link(i) if *i != 0 => info.underlay_dev = Some(*i),
+                InfoVxlan::Local(ip) if !ip.is_unspecified() => info.local = Some(*ip),
+                _ => {}
+            }
+        }
+        Ok(Some(info))
+    }
+
+    /// `ip link set NAME mtu MTU`. A VXLAN device on an underlay link refuses (EINVAL) more than that link's
+    /// MTU less the 50 bytes of encapsulation.
+    pub fn set_mtu(&mut self, name: &str, mtu: u32) -> Result<(), KernelError> {
+        // Addressed by name: one round trip.
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(
+            &format!("set the MTU of {name} to {mtu}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`: the overlay answers ARP for a peer's
+    /// address itself, so no ARP request ever has to cross the VXLAN device. Running it again changes
+    /// nothing; a new MAC replaces the old one. The kernel drops a device's neighbours, permanent ones too,
+    /// when the device goes down (its routes as well; its FDB stays): re-program after bringing it back up.
+    pub fn neigh_replace(
+        &mut self,
+        dev_index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), KernelError> {
+        let msg = neighbour(AddressFamily::Inet, dev_index, Some(ip), Some(mac));
+        let what = |dev: &str| format!("add neighbour {ip} -> {} on {dev}", mac_str(mac));
+        self.request_on(
+            dev_index,
+            what,
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// `ip neigh del IP dev INDEX`. Returns false when there was no such entry.
+    pub fn neigh_delete(&mut self, dev_index: u32, ip: Ipv4Addr) -> Result<bool, KernelError> {
+        let msg = neighbour(AddressFamily::Inet, dev_index, Some(ip), None);
+        let what = |dev: &str| format!("delete neighbour {ip} on {dev}");
+        gone_ok(self.request_on(dev_index, what, RouteNetlinkMessage::DelNeighbour(msg), 0))
+    }
+
+    /// The IPv4 neighbour entries of link `dev_index` that have a MAC, with their `ndm_state` (NUD_* bits;
+    /// [`NUD_PERMANENT`] marks those [`Self::neigh_replace`] makes).
+    pub fn neighbours(&mut self, dev_index: u32) -> Result<Vec<Neighbour>, KernelError> {
+        let mut req = neighbour(AddressFamily::Inet, 0, None, None);
+        // NDA_IFINDEX: the kernel dumps only this link's entries.
+        req.attributes.push(NeighbourAttribute::IfIndex(dev_index));
+        let replies = self.request(
+            &format!("list the neighbours of link {dev_index}"),
+            RouteNetlinkMessage::GetNeighbour(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewNeighbour(m) = r else {
+                continue;
+            };
+            if m.header.ifindex != dev_index || m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac, u16::from(m.header.state)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `bridge fdb replace MAC dev INDEX dst DST self permanent` on a VXLAN device: frames for MAC (a peer's
+    /// VXLAN device) go in UDP to DST (the peer's underlay address). Replace moves an entry for MAC to the new
+    /// DST instead of giving it a second destination.
+    pub fn fdb_replace(
+        &mut self,
+        dev_index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<(), KernelError> {
+        let msg = neighbour(AddressFamily::Bridge, dev_index, Some(dst), Some(mac));
+        let what = |dev: &str| format!("add FDB entry {} -> {dst} on {dev}", mac_str(mac));
+        self.request_on(
+            dev_index,
+            what,
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// `bridge fdb del MAC dev INDEX self`: the entry with all its destinations. Returns false when there was
+    /// none.
+    pub fn fdb_delete(&mut self, dev_index: u32, mac: [u8; 6]) -> Result<bool, KernelError> {
+        let msg = neighbour(AddressFamily::Bridge, dev_index, None, Some(mac));
+        let what = |dev: &str| format!("delete FDB entry {} on {dev}", mac_str(mac));
+        gone_ok(self.request_on(dev_index, what, RouteNetlinkMessage::DelNeighbour(msg), 0))
+    }
+
+    /// The device's own FDB entries (`bridge fdb show dev INDEX`, the `self` ones): MAC and IPv4
+    /// destination, `None` for an entry without one (nsnet makes none). All-zero MACs (default destinations,
+    /// which nsnet never sets) are left out; a MAC with several destinations appears once per destination.
+    pub fn fdb_entries(&mut self, dev_index: u32) -> Result<Vec<FdbEntry>, KernelError> {
+        // The kernel filters on `ndm_ifindex` only for strict sockets; the loop below filters anyway.
+        let req = neighbour(AddressFamily::Bridge, dev_index, None, None);
+        let replies = self.request(
+            &format!("list the FDB of link {dev_index}"),
+            RouteNetlinkMessage::GetNeighbour(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewNeighbour(m) = r else {
+                continue;
+            };
+            // NTF_SELF: the device's own table; a bridge's entries for its port have no flag but NDA_MASTER.
+            if m.header.ifindex != dev_index || !m.header.flags.contains(NeighbourFlags::Own) {
+                continue;
+            }
+            let (mut mac, mut dst) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
+                    // AF_BRIDGE addresses come undecoded: four bytes are IPv4.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(a)) => {
+                        dst = <[u8; 4]>::try_from(a.as_slice()).ok().map(Ipv4Addr::from)
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                    _ => {}
+                }
+            }
+            if let Some(mac) = mac.filter(|m| *m != [0; 6]) {
+                out.push((mac, dst));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace DST via VIA dev INDEX [onlink] [src PREFSRC] proto 0x6e` in the main table. The
+    /// kernel replaces by destination (same TOS, metric 0), so this takes over any route to exactly DST,
+    /// whoever made it, and running it again changes nothing. `onlink` needs the device up (ENETDOWN), and
+    /// PREFSRC must be an address of this namespace (EINVAL). Gone when the device goes down.
+    pub fn route_replace(&mut self, route: &RouteSpec) -> Result<(), KernelError> {
+        let mut msg = route_message(route);
+        msg.header.scope = RouteScope::Universe;
+        if route.onlink {
+            msg.header.flags |= RouteFlags::Onlink;
+        }
+        if let Some(src) = route.prefsrc {
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
+        }
+        let what = |dev: &str| format!("add route {} via {} dev {dev}", route.dst, route.via);
+        self.request_on(
+            route.dev_index,
+            what,
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// `ip route del DST via VIA dev INDEX proto 0x6e`: matches only a route nsnet made, whatever its
+    /// `onlink` and source. An unspecified VIA or a zero index (as [`Self::routes_with_protocol`] reports a
+    /// route without them) matches any. Returns false when there was no such route.
+    pub fn route_delete(&mut self, route: &RouteSpec) -> Result<bool, KernelError> {
+        let mut msg = route_message(route);
+        // RT_SCOPE_NOWHERE: a route of any scope, as `ip route del` asks.
+        msg.header.scope = RouteScope::NoWhere;
+        let what = |dev: &str| format!("delete route {} via {} dev {dev}", route.dst, route.via);
+        gone_ok(self.request_on(route.dev_index, what, RouteNetlinkMessage::DelRoute(msg), 0))
+    }
+
+    /// The main table's IPv4 unicast routes with protocol `proto` (see [`NSNET_ROUTE_PROTOCOL`]). A route
+    /// without a gateway or an output link (multipath) has an unspecified `via` or a zero `dev_index`.
+    pub fn routes_with_protocol(&mut self, proto: u8) -> Result<Vec<RouteSpec>, KernelError> {
+        let mut out = Vec::new();
+        for m in self.main_routes()? {
+            if u8::from(m.header.protocol) != proto || m.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut route = RouteSpec {
+                dst: Ipv4Net::default(),
+                via: Ipv4Addr::UNSPECIFIED,
+                dev_index: 0,
+                onlink: m.header.flags.contains(RouteFlags::Onlink),
+                prefsrc: None,
+            };
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.via = *ip,
+                    RouteAttribute::Oif(i) => route.dev_index = *i,
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => route.prefsrc = Some(*ip),
+                    _ => {}
+                }
+            }
+            let Ok(dst) = Ipv4Net::new(dst, m.header.destination_prefix_length) else {
+                continue;
+            };
+            route.dst = dst;
+            out.push(route);
+        }
+        Ok(out)
+    }
+
+    /// The link holding IPv4 address IP (its name and index) and the address with its prefix: which
+    /// interface an underlay address belongs to. The first one when several links hold it.
+    pub fn address_owner(
+        &mut self,
+        ip: Ipv4Addr,
+    ) -> Result<Option<(String, u32, Ipv4Net)>, KernelError> {
+        let Some((index, net)) = self.addresses()?.into_iter().find(|(_, a)| a.addr() == ip) else {
+            return Ok(None);
+        };
+        Ok(self.link_name(index)?.map(|name| (name, index, net)))
+    }
+
+    /// `ip route get DST`: the output link and the gateway, if any, the kernel would use to reach DST. No
+    /// gateway means DST is on-link, on that link's segment (a local address answers with `lo`). `None` when
+    /// DST is unreachable.
+    pub fn route_get(
+        &mut self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, KernelError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let replies = match self.request(
+            &format!("look up the route to {dst}"),
+            RouteNetlinkMessage::GetRoute(msg),
+            0,
+        ) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            let (mut oif, mut gw) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                    _ => {}
+                }
+            }
+            return Ok(oif.map(|oif| (oif, gw)));
+        }
+        Ok(None)
+    }
+
+    /// [`Self::request`] about link `index`, whose errors name the link as `what` puts it: by its name, looked
+    /// up only once something failed ("link N" when it cannot be, or when the link is gone).
+    fn request_on(
+        &mut self,
+        index: u32,
+        what: impl Fn(&str) -> String,
+        payload: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        let by_index = format!("link {index}");
+        match self.request(&what(&by_index), payload, flags) {
+            Err(KernelError::Io { error, .. }) if !is_gone(&error) => {
+                let dev = self.link_name(index).ok().flatten().unwrap_or(by_index);
+                Err(KernelError::io(what(&dev), error))
+            }
+            other => other,
+        }
+    }
+}
+
+/// ENODEV, ENOENT, ESRCH: what [`KernelError::is_not_found`] takes for "already gone".
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
+    )
+}
+
+/// A delete's outcome: true when it removed something, false when it was already gone.
+fn gone_ok(reply: Result<Vec<RouteNetlinkMessage>, KernelError>) -> Result<bool, KernelError> {
+    match reply {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A neighbour (or, in `AF_BRIDGE`, FDB) message about link `index`, permanent; `NTF_SELF` in `AF_BRIDGE`,
+/// where it addresses the device's own table (a VXLAN device's) rather than a bridge's.
+fn neighbour(
+    family: AddressFamily,
+    index: u32,
+    ip: Option<Ipv4Addr>,
+    mac: Option<[u8; 6]>,
+) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family;
+    msg.header.ifindex = index;
+    if ip.is_some() || mac.is_some() {
+        msg.header.state = NeighbourState::Permanent;
+        if family == AddressFamily::Bridge {
+            msg.header.flags = NeighbourFlags::Own;
+        }
+    }
+    if let Some(ip) = ip {
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    }
+    if let Some(mac) = mac {
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    }
+    msg
+}
+
+/// The main-table unicast route message of `route`, with protocol [`NSNET_ROUTE_PROTOCOL`], its destination,
+/// and its gateway and link when they are set.
+fn route_message(route: &RouteSpec) -> RouteMessage {
+    let dst = route.dst.trunc();
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(NSNET_ROUTE_PROTOCOL);
+    msg.header.kind = RouteType::Unicast;
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(dst.addr())));
+    if !route.via.is_unspecified() {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(route.via)));
+    }
+    if route.dev_index != 0 {
+        msg.attributes.push(RouteAttribute::Oif(route.dev_index));
+    }
+    msg
+}
+
+/// A six-byte link-layer address; `None` for any other length.
+fn mac6(a: &[u8]) -> Option<[u8; 6]> {
+    <[u8; 6]>::try_from(a).ok()
+}
+
+/// A MAC as `ip` prints it.
+fn mac_str(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 fn up(msg: &mut LinkMessage) {
