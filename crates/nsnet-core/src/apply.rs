@@ -270,18 +270,20 @@ impl Applier {
                     underlay_dev: None,
                 })?;
                 tag_new_link(nl, name, tag)?;
+                sysctl::disable_ipv6(name)?;
                 nl.set_up(name)?;
             }
             Step::SetPeer { overlay, peer } => {
                 let nl = self.netlink(&Ns::Host)?;
                 let dev = nl.link_index(&overlay.device)?;
-                for route in peer_routes(overlay, peer, dev) {
-                    if let (OverlayBackend::Vxlan, Some(mac)) = (overlay.backend, peer.vtep_mac) {
-                        nl.fdb_replace(dev, mac.0, peer.underlay)?;
-                        nl.neigh_replace(dev, peer.vxlan_gateway(), mac.0)?;
-                    }
-                    nl.route_replace(&route)?;
+                let Some(route) = peer_route(overlay, peer, dev) else {
+                    return Ok(());
+                };
+                if let (OverlayBackend::Vxlan, Some(mac)) = (overlay.backend, peer.vtep_mac) {
+                    nl.fdb_replace(dev, mac.0, peer.underlay)?;
+                    nl.neigh_replace(dev, peer.vxlan_gateway(), mac.0)?;
                 }
+                nl.route_replace(&route)?;
             }
             Step::RemovePeer { overlay, peer } => {
                 let nl = self.netlink(&Ns::Host)?;
@@ -289,12 +291,12 @@ impl Applier {
                 let Some(link) = nl.link(&overlay.device)? else {
                     return Ok(());
                 };
-                for route in peer_routes(overlay, peer, link.index) {
+                if let Some(route) = peer_route(overlay, peer, link.index) {
                     nl.route_delete(&route)?;
-                    if let (OverlayBackend::Vxlan, Some(mac)) = (overlay.backend, peer.vtep_mac) {
-                        nl.neigh_delete(link.index, peer.vxlan_gateway())?;
-                        nl.fdb_delete(link.index, mac.0)?;
-                    }
+                }
+                if let (OverlayBackend::Vxlan, Some(mac)) = (overlay.backend, peer.vtep_mac) {
+                    nl.neigh_delete(link.index, peer.vxlan_gateway())?;
+                    nl.fdb_delete(link.index, mac.0)?;
                 }
             }
         }
@@ -362,7 +364,7 @@ impl Applier {
 
 /// The route to a peer's subnet: onlink through its VXLAN gateway (whose neighbour entry is permanent), or
 /// via its underlay address (host-gw). Leaves from this host's gateway address.
-fn peer_routes(o: &PeerLink, peer: &Peer, dev_index: u32) -> Option<RouteSpec> {
+fn peer_route(o: &PeerLink, peer: &Peer, dev_index: u32) -> Option<RouteSpec> {
     let (via, onlink) = match o.backend {
         OverlayBackend::Vxlan => (peer.vxlan_gateway(), true),
         OverlayBackend::HostGw => (peer.underlay, false),

@@ -734,3 +734,65 @@ fn bad_overlay_input_is_refused_in_one_line_and_changes_nothing() {
     assert!(line.contains("nsnet agent") && line.contains("--etcd"), "{line}");
     remove_overlay(&w, &[1]);
 }
+
+#[test]
+fn a_cni_container_on_the_overlay_reaches_a_sandbox_on_another_host() {
+    let w = World::new("ovcni", 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let a = sandbox(&w, 1, "a", &[]);
+    let cni = world::nsnet_bin().with_file_name("nsnet-cni");
+    assert!(cni.exists(), "{} is not built; run `cargo test --workspace`", cni.display());
+    // The runtime's namespace, on host 2.
+    let ctr = w.sb("ctr");
+    world::sh(&["ip", "netns", "add", &ctr]);
+    let conf = r#"{"cniVersion": "1.0.0", "name": "pods", "type": "nsnet-cni"}"#;
+    let cni_run = |command: &str| {
+        let ns = format!("--net={}", w.host_path(2).display());
+        let mut child = std::process::Command::new("nsenter")
+            .args([ns.as_str(), "--"])
+            .arg(&cni)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &ctr)
+            .env("CNI_NETNS", format!("/run/netns/{ctr}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/nonexistent")
+            .env("NSNET_STATE_DIR", w.state_dir(2))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nsnet-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.as_bytes())
+            .expect("config");
+        let out = child.wait_with_output().expect("nsnet-cni");
+        assert!(
+            out.status.success(),
+            "CNI {command}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let result: Value = serde_json::from_str(&cni_run("ADD")).expect("a CNI result");
+    let ip = result["ips"][0]["address"].as_str().expect("an address").to_string();
+    let ip: Ipv4Addr = ip.split('/').next().and_then(|s| s.parse().ok()).expect("IPv4");
+    let ctr_path = Path::new("/run/netns").join(&ctr);
+    assert!(pings(&ctr_path, a), "container on host 2 -> a on host 1");
+    assert_eq!(
+        common::reach(&w.sb_path("a"), 80, &ctr_path, SocketAddrV4::new(a, 80)),
+        Some(ip),
+        "a sees the container's own address"
+    );
+    cni_run("DEL");
+    world::sh(&["ip", "netns", "del", &ctr]);
+    w.ok(1, &["rm", &w.sb("a")]);
+    remove_overlay(&w, &[1, 2]);
+}

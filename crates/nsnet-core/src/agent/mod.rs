@@ -58,7 +58,7 @@ pub struct AgentConfig {
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 enum Event {
-    Changes(Vec<Change>),
+    Changes(Vec<Change>, i64),
     Compacted,
     Broken(String),
 }
@@ -83,6 +83,10 @@ pub struct Agent {
     hostname: String,
     view: Option<View>,
     watch: Option<Watching>,
+    /// The newest etcd revision the view holds: a broken watch resumes after it, without listing again.
+    revision: i64,
+    /// Set when a watch broke: the next one resumes from here (a compacted one makes the agent list again).
+    resume: bool,
     lease: Option<i64>,
     next_keepalive: Instant,
     retry_at: Instant,
@@ -107,8 +111,8 @@ impl Agent {
         // The underlay must make sense now, not at the first reconcile.
         nsnet.underlay(cfg.iface.as_deref(), cfg.underlay_ip)?;
         let me = nsnet.host_id()?;
-        let hostname = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
             .unwrap_or_default();
         let now = Instant::now();
         Ok(Agent {
@@ -119,6 +123,8 @@ impl Agent {
             hostname,
             view: None,
             watch: None,
+            revision: 0,
+            resume: false,
             lease: None,
             next_keepalive: now,
             retry_at: now,
@@ -134,7 +140,11 @@ impl Agent {
         self.say("host", format!("host id {}, etcd {}", self.me, self.cfg.etcd.join(",")));
         while !STOP.load(Ordering::Relaxed) {
             if self.watch.is_none() && Instant::now() >= self.retry_at {
-                self.resync();
+                if self.resume && self.view.is_some() {
+                    self.resume_watch();
+                } else {
+                    self.resync();
+                }
             }
             self.keep_lease();
             if self.view.is_some() {
@@ -146,7 +156,7 @@ impl Agent {
         self.say("host", "stopping; the kernel keeps what it has".into());
     }
 
-    fn fail_etcd(&mut self, what: &str, e: &EtcdError) {
+    fn fail_etcd(&mut self, what: &str, e: &dyn std::fmt::Display) {
         self.say(
             "etcd",
             format!("{what}: {e}; peers stay as programmed, retrying in {:?}", self.backoff),
@@ -168,8 +178,24 @@ impl Agent {
             Err(e) => return self.fail_etcd("cannot watch the cluster", &e),
         }
         self.view = Some(view);
+        self.revision = revision;
+        self.resume = false;
         self.backoff = Duration::from_millis(250);
         self.settled("etcd", format!("following the cluster at revision {revision}"));
+    }
+
+    /// Watch again from just after the newest revision the view holds: what changed meanwhile comes as
+    /// events. If etcd compacted that revision away, the watch says so and the agent lists again.
+    fn resume_watch(&mut self) {
+        match self.start_watch(self.revision + 1) {
+            Ok(w) => {
+                self.watch = Some(w);
+                self.backoff = Duration::from_millis(250);
+                let line = format!("following the cluster again from revision {}", self.revision + 1);
+                self.settled("etcd", line);
+            }
+            Err(e) => self.fail_etcd("cannot watch the cluster", &e),
+        }
     }
 
     fn start_watch(&self, from: i64) -> Result<Watching, EtcdError> {
@@ -178,12 +204,12 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || loop {
             let event = match watch.next() {
-                Ok(WatchEvent::Changes { events, .. }) => Event::Changes(events),
+                Ok(WatchEvent::Changes { events, revision }) => Event::Changes(events, revision),
                 Ok(WatchEvent::Progress { .. }) => continue,
                 Ok(WatchEvent::Compacted { .. }) => Event::Compacted,
                 Err(e) => Event::Broken(e.to_string()),
             };
-            let last = !matches!(event, Event::Changes(_));
+            let last = !matches!(event, Event::Changes(..));
             if tx.send(event).is_err() || last {
                 return;
             }
@@ -209,41 +235,42 @@ impl Agent {
                 Err(RecvTimeoutError::Disconnected) => Event::Broken("the watch ended".into()),
             };
             match event {
-                Event::Changes(changes) => {
-                    if let Some(view) = self.view.as_mut() {
-                        for c in changes {
-                            match c {
-                                Change::Put(kv) => view.keys.insert(kv.key, kv.value),
-                                Change::Delete { key, .. } => view.keys.remove(&key),
-                            };
-                        }
-                    }
+                Event::Changes(changes, revision) => {
+                    self.apply_changes(changes, revision);
                     // Act on a change at once; more that came with it are applied first.
-                    while let Some(Ok(Event::Changes(more))) = self.watch.as_ref().map(|w| w.rx.try_recv()) {
-                        if let Some(view) = self.view.as_mut() {
-                            for c in more {
-                                match c {
-                                    Change::Put(kv) => view.keys.insert(kv.key, kv.value),
-                                    Change::Delete { key, .. } => view.keys.remove(&key),
-                                };
-                            }
-                        }
+                    while let Some(Ok(Event::Changes(more, revision))) =
+                        self.watch.as_ref().map(|w| w.rx.try_recv())
+                    {
+                        self.apply_changes(more, revision);
                     }
                     return;
                 }
                 Event::Compacted => {
                     // etcd cancelled the watch: its revision is gone. List again and watch from there.
-                    self.say("etcd", "watch compacted away; listing again".into());
+                    self.say("etcd", "the watch's revision was compacted away; listing again".into());
                     self.watch = None;
+                    self.resume = false;
                     return;
                 }
                 Event::Broken(why) => {
                     self.watch = None;
-                    let e = EtcdError::Protocol(why);
-                    return self.fail_etcd("the watch broke", &e);
+                    self.resume = true;
+                    return self.fail_etcd("the watch broke", &why);
                 }
             }
         }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>, revision: i64) {
+        if let Some(view) = self.view.as_mut() {
+            for c in changes {
+                match c {
+                    Change::Put(kv) => view.keys.insert(kv.key, kv.value),
+                    Change::Delete { key, .. } => view.keys.remove(&key),
+                };
+            }
+        }
+        self.revision = self.revision.max(revision);
     }
 
     /// Keep this host's etcd lease alive; take a new one when it expired (etcd then deleted our keys, and the
@@ -339,15 +366,21 @@ impl Agent {
             .as_ref()
             .filter(|r| r.settings.overlay.is_some())
             .map(|r| r.settings.subnet);
+        let (me, hostname) = (self.me.clone(), self.hostname.clone());
         let value = |subnet: Ipv4Net| LeaseValue {
-            host: self.me.clone(),
-            hostname: self.hostname.clone(),
+            host: me.clone(),
+            hostname: hostname.clone(),
             underlay: underlay.ip,
             vtep_mac: (spec.backend == OverlayBackend::Vxlan).then(|| vtep_mac(subnet)),
         };
         let subnet = match view.held_by(&spec.name, &self.me) {
             Some((subnet, _)) => {
-                self.publish(&cluster::lease_key(&spec.name, subnet), &value(subnet))?;
+                // Not being able to publish (etcd away) stops nothing here: the block is this host's.
+                let key = cluster::lease_key(&spec.name, subnet);
+                match self.publish(&key, &value(subnet)) {
+                    Ok(()) => self.settled(&key, format!("published {key}")),
+                    Err(e) => self.say(&key, format!("cannot publish {key}: {e}")),
+                }
                 subnet
             }
             None => match self.acquire(view, spec, remembered, &value)? {

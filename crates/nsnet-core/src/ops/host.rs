@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use crate::error::{Error, Result};
 use crate::firewall::{nftables, Backend, HostChain, Rule, TablesOwner};
 use crate::kernel::fastpath::FastPath;
-use crate::kernel::netlink::{DefaultRoute, RouteSpec, RTPROT_NSNET};
+use crate::kernel::netlink::{DefaultRoute, RouteSpec, NSNET_ROUTE_PROTOCOL};
 use crate::kernel::sockets::{self, Bound};
 use crate::kernel::{netns, sysctl, Link, Netlink};
 use crate::model::Sandbox;
@@ -30,7 +30,6 @@ pub(crate) struct Host {
 /// An overlay device's entries, as the kernel holds them ([`Host::overlay_entries`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OverlayEntries {
-    pub index: u32,
     /// FDB entries: VTEP MAC, and the underlay address it points at.
     pub fdb: Vec<([u8; 6], Option<Ipv4Addr>)>,
     /// Neighbour entries: address, MAC.
@@ -115,7 +114,7 @@ impl Host {
             return Ok(None);
         };
         let routes = nl
-            .routes_with_protocol(RTPROT_NSNET)?
+            .routes_with_protocol(NSNET_ROUTE_PROTOCOL)?
             .into_iter()
             .filter(|r| r.dev_index == link.index)
             .collect();
@@ -127,7 +126,6 @@ impl Host {
                 .map(|(ip, mac, _)| (ip, mac))
                 .collect(),
             routes,
-            index: link.index,
         }))
     }
 

@@ -66,7 +66,11 @@ impl Nsnet {
     }
 
     /// Validate, plan and bring up a new network next to `nets` (the caller holds the lock).
-    fn create_network(&self, req: &NetworkRequest, nets: &[Network]) -> Result<(Plan, Network)> {
+    pub(super) fn create_network(
+        &self,
+        req: &NetworkRequest,
+        nets: &[Network],
+    ) -> Result<(Plan, Network)> {
         let mut host = Host::new();
         let net = self.validate_network(req, nets, &mut host)?;
         let tables = self.tables_change(nets.len(), net.firewall)?;
@@ -84,7 +88,22 @@ impl Nsnet {
         let _lock = self.lock()?;
         // The settings decide; the network's addresses and ports are not needed, and not read.
         if let Some(net) = self.store.network(&req.name)? {
-            self.same_settings(req, &net)?;
+            // This host's part of an overlay network has the cluster's settings, which the agent keeps: a
+            // runtime's configuration names it, and only a subnet it gives must agree.
+            match &net.overlay {
+                Some(o) => {
+                    if let Some(s) = req.subnet.filter(|s| *s != net.subnet && *s != o.cluster) {
+                        return Err(invalid!(
+                            "network '{}' is an overlay network of {} (this host: {}), not {s}; leave the \
+                             subnet out or give one of those",
+                            req.name,
+                            o.cluster,
+                            net.subnet
+                        ));
+                    }
+                }
+                None => self.same_settings(req, &net)?,
+            }
             if net.removing {
                 return Err(Error::Busy(format!(
                     "network '{}' is being removed by another nsnet command; try again",

@@ -348,7 +348,7 @@ impl Step {
 /// A peer's entries as `bridge`/`ip` commands: `verb` is `replace` or `del`.
 fn render_peer(o: &PeerLink, peer: &Peer, verb: &str) -> String {
     let (dev, src, subnet) = (&o.device, o.src, peer.subnet);
-    let proto = crate::kernel::netlink::RTPROT_NSNET;
+    let proto = crate::kernel::netlink::NSNET_ROUTE_PROTOCOL;
     match (o.backend, peer.vtep_mac) {
         (OverlayBackend::Vxlan, Some(mac)) => {
             let via = peer.vxlan_gateway();
