@@ -99,7 +99,9 @@ impl FromStr for OverlayBackend {
         match s {
             "vxlan" => Ok(OverlayBackend::Vxlan),
             "host-gw" => Ok(OverlayBackend::HostGw),
-            _ => Err(format!("unknown overlay backend '{s}'; use vxlan or host-gw")),
+            _ => Err(format!(
+                "unknown overlay backend '{s}'; use vxlan or host-gw"
+            )),
         }
     }
 }

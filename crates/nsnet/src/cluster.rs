@@ -112,7 +112,10 @@ pub fn create(args: &OverlayArgs, c: &Common<'_>, dry_run: bool, json: bool) -> 
     let etcd = etcd_of(urls)?;
     let text = serde_json::to_string(&spec)?;
     if dry_run {
-        println!("# etcd at {urls}: create {} = {text}", cluster::network_key(&spec.name));
+        println!(
+            "# etcd at {urls}: create {} = {text}",
+            cluster::network_key(&spec.name)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     agent::create_network(&etcd, &spec)?;
@@ -161,7 +164,10 @@ pub fn show(urls: &str, name: Option<&str>, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if name.is_none() {
-        println!("{:<16} {:<18} {:<8} {:>8} {:>6} {:>5}", "NAME", "SUBNET", "BACKEND", "VNI", "PORT", "HOSTS");
+        println!(
+            "{:<16} {:<18} {:<8} {:>8} {:>6} {:>5}",
+            "NAME", "SUBNET", "BACKEND", "VNI", "PORT", "HOSTS"
+        );
         for n in &nets {
             let s = &n.spec;
             println!(
@@ -225,7 +231,11 @@ extern "C" fn on_stop(_: libc::c_int) {
 /// change goes through an intent).
 fn stop_on_signals() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(SigHandler::Handler(on_stop), SaFlags::empty(), SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe; no other handler is
         // replaced that anything relies on.

@@ -347,7 +347,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     (gateway.is_some(), "--gateway"),
                     (bridge.is_some(), "--bridge"),
                     (*internal, "--internal"),
-                    (matches!(gateway_mode, GatewayModeArg::Routed), "--gateway-mode"),
+                    (
+                        matches!(gateway_mode, GatewayModeArg::Routed),
+                        "--gateway-mode",
+                    ),
                 ]
                 .into_iter()
                 .find_map(|(given, flag)| given.then_some(flag));

@@ -154,9 +154,8 @@ fn local(w: &World, i: usize) -> Option<Value> {
 fn wait_joined(w: &World, hosts: &[usize], peers: usize) {
     for &i in hosts {
         let ok = wait_until(CONVERGE, || {
-            local(w, i).is_some_and(|v| {
-                v["overlay"]["peers"].as_array().map(Vec::len) == Some(peers)
-            })
+            local(w, i)
+                .is_some_and(|v| v["overlay"]["peers"].as_array().map(Vec::len) == Some(peers))
         });
         assert!(
             ok,
@@ -195,7 +194,9 @@ fn pings(from: &Path, to: Ipv4Addr) -> bool {
 
 /// The lines of `cmd` run in host `i`'s namespace (e.g. `bridge fdb show dev nsvx1`).
 fn lines(w: &World, i: usize, cmd: &[&str]) -> Vec<String> {
-    in_ns(&w.host_path(i), cmd)
+    // A device that is gone has no entries (the repair test deletes it).
+    let out = try_in_ns(&w.host_path(i), cmd);
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
         .filter(|l| !l.trim().is_empty())
@@ -220,10 +221,15 @@ fn remove_overlay(w: &World, hosts: &[usize]) {
             !in_ns(&w.host_path(i), &["ip", "-o", "link"]).contains("nsvx"),
             "host {i} kept its VXLAN device"
         );
-        assert_eq!(overlay_routes(w, i), Vec::<String>::new(), "host {i}'s routes");
+        assert_eq!(
+            overlay_routes(w, i),
+            Vec::<String>::new(),
+            "host {i}'s routes"
+        );
     }
     assert_eq!(
-        w.etcdctl(&["get", "--prefix", "/nsnet/", "--keys-only"]).trim(),
+        w.etcdctl(&["get", "--prefix", "/nsnet/", "--keys-only"])
+            .trim(),
         "",
         "etcd keeps keys of the removed network"
     );
@@ -250,7 +256,11 @@ fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
         &["network", "inspect", NET, "--etcd", &w.etcd_url(), "--json"],
     ))
     .expect("JSON");
-    assert_eq!(inspect["hosts"].as_array().map(Vec::len), Some(3), "{inspect}");
+    assert_eq!(
+        inspect["hosts"].as_array().map(Vec::len),
+        Some(3),
+        "{inspect}"
+    );
 
     let a = sandbox(&w, 1, "a", &[]);
     let b = sandbox(&w, 2, "b", &[]);
@@ -265,18 +275,33 @@ fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
         assert!(pings(from, to), "{what}");
     }
     // TCP and UDP both ways, and the receiver sees the sender's own address (no NAT inside the cluster).
-    assert_eq!(common::reach(&pb, 80, &pa, SocketAddrV4::new(b, 80)), Some(a));
-    assert_eq!(common::reach(&pa, 81, &pc, SocketAddrV4::new(a, 81)), Some(c));
-    let server = probe::udp_server(&pa, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5353)).expect("udp");
+    assert_eq!(
+        common::reach(&pb, 80, &pa, SocketAddrV4::new(b, 80)),
+        Some(a)
+    );
+    assert_eq!(
+        common::reach(&pa, 81, &pc, SocketAddrV4::new(a, 81)),
+        Some(c)
+    );
+    let server =
+        probe::udp_server(&pa, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5353)).expect("udp");
     let reply = probe::udp_hello(&pb, SocketAddrV4::new(a, 5353)).expect("UDP b -> a");
     assert!(reply.contains(&b.to_string()), "{reply}");
-    assert_eq!(server.wait().expect("udp peer").ip(), std::net::IpAddr::V4(b));
+    assert_eq!(
+        server.wait().expect("udp peer").ip(),
+        std::net::IpAddr::V4(b)
+    );
     // Every host reaches every sandbox.
     assert!(pings(&w.host_path(3), a), "host 3 -> a");
     assert!(pings(&w.host_path(1), c), "host 1 -> c");
 
     // Leaving the cluster subnet: masqueraded to the host's underlay address.
-    let seen = common::reach(&w.outside_path(), 8000, &pa, SocketAddrV4::new(OUTSIDE_IP, 8000));
+    let seen = common::reach(
+        &w.outside_path(),
+        8000,
+        &pa,
+        SocketAddrV4::new(OUTSIDE_IP, 8000),
+    );
     assert_eq!(seen, Some(w.host_ip(1)), "a -> outside is masqueraded");
 
     // A published port on host 2, from the outside peer: the sandbox sees the real client.
@@ -298,9 +323,33 @@ fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
     };
     assert_eq!(mtu(&w.host_path(1), "nsvx1"), "1450");
     assert_eq!(mtu(&pa, "eth0"), "1450");
-    let full = try_in_ns(&pa, &["ping", "-c1", "-W2", "-M", "do", "-s", "1422", &b.to_string()]);
+    let full = try_in_ns(
+        &pa,
+        &[
+            "ping",
+            "-c1",
+            "-W2",
+            "-M",
+            "do",
+            "-s",
+            "1422",
+            &b.to_string(),
+        ],
+    );
     assert!(full.status.success(), "a full-MTU DF ping a -> b failed");
-    let over = try_in_ns(&pa, &["ping", "-c1", "-W2", "-M", "do", "-s", "1423", &b.to_string()]);
+    let over = try_in_ns(
+        &pa,
+        &[
+            "ping",
+            "-c1",
+            "-W2",
+            "-M",
+            "do",
+            "-s",
+            "1423",
+            &b.to_string(),
+        ],
+    );
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&over.stdout),
@@ -318,12 +367,20 @@ fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
         .collect();
     assert_eq!(fdb.len(), 2, "{fdb:?}");
     for j in [2, 3] {
-        assert!(fdb.iter().any(|l| l.contains(&w.host_ip(j).to_string())), "{fdb:?}");
+        assert!(
+            fdb.iter().any(|l| l.contains(&w.host_ip(j).to_string())),
+            "{fdb:?}"
+        );
     }
     let neigh = lines(&w, 1, &["ip", "neigh", "show", "dev", "nsvx1"]);
     assert_eq!(neigh.len(), 2, "{neigh:?}");
     assert!(neigh.iter().all(|l| l.contains("PERMANENT")), "{neigh:?}");
-    assert_eq!(overlay_routes(&w, 1).len(), 2, "{:?}", overlay_routes(&w, 1));
+    assert_eq!(
+        overlay_routes(&w, 1).len(),
+        2,
+        "{:?}",
+        overlay_routes(&w, 1)
+    );
     let link = in_ns(&w.host_path(1), &["ip", "-d", "link", "show", "nsvx1"]);
     assert!(link.contains("nolearning"), "{link}");
 
@@ -345,28 +402,53 @@ fn host_gw_routes_via_the_underlay_and_refuses_a_peer_behind_a_router() {
     let b = sandbox(&w, 2, "b", &[]);
     assert!(pings(&w.sb_path("a"), b), "a -> b");
     assert_eq!(
-        common::reach(&w.sb_path("a"), 80, &w.sb_path("b"), SocketAddrV4::new(a, 80)),
+        common::reach(
+            &w.sb_path("a"),
+            80,
+            &w.sb_path("b"),
+            SocketAddrV4::new(a, 80)
+        ),
         Some(b),
         "a sees b's own address"
     );
     assert!(pings(&w.host_path(2), a), "host 2 -> a");
     let routes = overlay_routes(&w, 1);
     assert_eq!(routes.len(), 1, "{routes:?}");
-    assert!(routes[0].contains(&format!("via {}", w.host_ip(2))), "{routes:?}");
+    assert!(
+        routes[0].contains(&format!("via {}", w.host_ip(2))),
+        "{routes:?}"
+    );
     let mtu = in_ns(&w.sb_path("a"), &["ip", "-o", "link", "show", "eth0"]);
-    assert!(mtu.contains("mtu 1500"), "host-gw keeps the underlay's MTU: {mtu}");
+    assert!(
+        mtu.contains("mtu 1500"),
+        "host-gw keeps the underlay's MTU: {mtu}"
+    );
 
     // A host whose underlay address host 1 reaches only through a router: its route would black-hole.
-    in_ns(&w.host_path(1), &["ip", "route", "add", "192.168.201.0/24", "via", &w.host_ip(2).to_string()]);
+    in_ns(
+        &w.host_path(1),
+        &[
+            "ip",
+            "route",
+            "add",
+            "192.168.201.0/24",
+            "via",
+            &w.host_ip(2).to_string(),
+        ],
+    );
     let fake = r#"{"host":"00ff00ff00ff00ff","hostname":"far","underlay":"192.168.201.5"}"#;
     w.etcdctl(&["put", "/nsnet/leases/pods/10.244.200.0-24", fake]);
     assert!(
-        wait_until(CONVERGE, || w.agent_log(1).contains("not on this host's L2 segment")),
+        wait_until(CONVERGE, || w
+            .agent_log(1)
+            .contains("not on this host's L2 segment")),
         "no refusal in the log:\n{}",
         w.agent_log(1)
     );
     assert!(
-        !overlay_routes(&w, 1).iter().any(|r| r.contains("10.244.200.0")),
+        !overlay_routes(&w, 1)
+            .iter()
+            .any(|r| r.contains("10.244.200.0")),
         "a route to the far host's block: {:?}",
         overlay_routes(&w, 1)
     );
@@ -409,7 +491,11 @@ fn forged_vxlan_from_a_non_member_never_reaches_a_sandbox() {
         send_forged_vxlan(&w.outside_path(), w.host_ip(1), VXLAN_PORT, 1, &frame);
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(echos(&pa), before, "a forged VXLAN packet from a non-member reached sandbox a");
+    assert_eq!(
+        echos(&pa),
+        before,
+        "a forged VXLAN packet from a non-member reached sandbox a"
+    );
 
     // The same packet from a member's address is delivered: the test can see a delivery when there is one.
     send_forged_vxlan(&w.host_path(2), w.host_ip(1), VXLAN_PORT, 1, &frame);
@@ -468,11 +554,16 @@ fn an_agent_restart_or_crash_changes_nothing_and_connections_survive() {
         }
         Ok(())
     });
-    let mut client = probe::tcp_connect(&w.sb_path("a"), SocketAddrV4::new(b, 7000)).expect("connect");
-    client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut client =
+        probe::tcp_connect(&w.sb_path("a"), SocketAddrV4::new(b, 7000)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut reader = BufReader::new(client.try_clone().expect("clone"));
     let mut echo = |text: &str| {
-        client.write_all(format!("{text}\n").as_bytes()).expect("send");
+        client
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("send");
         let mut line = String::new();
         reader.read_line(&mut line).expect("echo back");
         assert_eq!(line.trim(), text);
@@ -487,7 +578,11 @@ fn an_agent_restart_or_crash_changes_nothing_and_connections_survive() {
         // Give it a few rounds to do anything it would do.
         std::thread::sleep(Duration::from_secs(3));
         assert!(w.agent_running(1), "{}", w.agent_log(1));
-        assert_eq!(kernel_state(&w, 1), before, "{signal:?}: the kernel changed across the restart");
+        assert_eq!(
+            kernel_state(&w, 1),
+            before,
+            "{signal:?}: the kernel changed across the restart"
+        );
         assert_eq!(block(&w, 1), subnet, "the host kept its block");
         echo("after restart");
     }
@@ -503,7 +598,18 @@ fn an_agent_restart_or_crash_changes_nothing_and_connections_survive() {
 fn ping_many(from: &Path, to: Ipv4Addr, n: u32) -> std::process::Child {
     let ns = format!("--net={}", from.display());
     std::process::Command::new("nsenter")
-        .args([ns.as_str(), "--", "ping", "-q", "-c", &n.to_string(), "-i", "0.1", "-W", "1"])
+        .args([
+            ns.as_str(),
+            "--",
+            "ping",
+            "-q",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+        ])
         .arg(to.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -537,26 +643,60 @@ fn etcd_away_hurts_nothing_and_the_agents_catch_up_after_a_compaction() {
     let cut = ["nft", "add", "table", "ip", "cut"];
     let host1 = w.host_path(1);
     in_ns(&host1, &cut);
-    in_ns(&host1, &["nft", "add", "chain", "ip", "cut", "out", "{ type filter hook output priority 0; }"]);
+    in_ns(
+        &host1,
+        &[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "cut",
+            "out",
+            "{ type filter hook output priority 0; }",
+        ],
+    );
     let etcd_ip = world::ETCD_IP.to_string();
-    in_ns(&host1, &["nft", "add", "rule", "ip", "cut", "out", "ip", "daddr", &etcd_ip, "tcp", "dport", "2379", "reject", "with", "tcp", "reset"]);
+    in_ns(
+        &host1,
+        &[
+            "nft", "add", "rule", "ip", "cut", "out", "ip", "daddr", &etcd_ip, "tcp", "dport",
+            "2379", "reject", "with", "tcp", "reset",
+        ],
+    );
     // Break host 1's watch: etcd restarts (its connections close) while host 1 cannot reconnect.
     w.stop_etcd();
     w.start_etcd();
     w.start_agent(3, &["--lease-ttl", TTL]);
     wait_joined(&w, &[3], 2);
     let c = sandbox(&w, 3, "c", &[]);
-    let status = w.etcdctl(&["endpoint", "status", "-w", "json"]);
-    let rev = serde_json::from_str::<Value>(&status).expect("JSON")[0]["Status"]["header"]["revision"]
+    // Host 1 is cut off, so etcdctl runs beside etcd.
+    let url = w.etcd_url();
+    let etcdctl = |args: &[&str]| {
+        let mut full = vec!["etcdctl", "--endpoints", url.as_str()];
+        full.extend_from_slice(args);
+        in_ns(&w.etcd_path(), &full)
+    };
+    let status = etcdctl(&["endpoint", "status", "-w", "json"]);
+    let rev = serde_json::from_str::<Value>(&status).expect("JSON")[0]["Status"]["header"]
+        ["revision"]
         .as_i64()
         .expect("a revision");
-    w.etcdctl(&["compact", &rev.to_string()]);
+    etcdctl(&["compact", &rev.to_string()]);
     in_ns(&host1, &["nft", "delete", "table", "ip", "cut"]);
 
     // Host 1 converges on what it missed: host 3 is its peer, a reaches c.
     wait_joined(&w, &[1], 2);
-    assert!(pings(&w.sb_path("a"), c), "a -> c after catching up\n{}", w.agent_log(1));
+    assert!(
+        pings(&w.sb_path("a"), c),
+        "a -> c after catching up\n{}",
+        w.agent_log(1)
+    );
     assert!(pings(&w.sb_path("c"), a), "c -> a");
+    let log = w.agent_log(1);
+    assert!(
+        log.contains("compacted away; listing again"),
+        "host 1 did not meet the compaction it was set up to meet:\n{log}"
+    );
 
     for (i, name) in [(1, "a"), (1, "a2"), (2, "b"), (3, "c")] {
         w.ok(i, &["rm", &w.sb(name)]);
@@ -579,7 +719,9 @@ fn a_lost_host_is_withdrawn_and_gets_its_block_back_when_it_returns() {
     wait_joined(&w, &[1, 2], 1);
     for i in [1, 2] {
         assert!(
-            !overlay_routes(&w, i).iter().any(|r| r.starts_with(lost.as_str())),
+            !overlay_routes(&w, i)
+                .iter()
+                .any(|r| r.starts_with(lost.as_str())),
             "host {i} still routes {lost}: {:?}",
             overlay_routes(&w, i)
         );
@@ -602,18 +744,40 @@ fn racing_agents_never_share_a_block_and_a_full_cluster_says_so() {
     let w = World::new("race", 3);
     // Two /24 blocks for three hosts.
     let url = w.etcd_url();
-    w.ok(1, &["network", "create", NET, "--driver", "overlay", "--subnet", "10.250.0.0/23", "--etcd", &url]);
+    w.ok(
+        1,
+        &[
+            "network",
+            "create",
+            NET,
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.250.0.0/23",
+            "--etcd",
+            &url,
+        ],
+    );
     for i in 1..=3 {
         w.start_agent(i, &["--lease-ttl", TTL]);
     }
     let joined = || (1..=3).filter(|i| local(&w, *i).is_some()).count();
-    assert!(wait_until(CONVERGE, || joined() == 2), "joined: {}", joined());
+    assert!(
+        wait_until(CONVERGE, || joined() == 2),
+        "joined: {}",
+        joined()
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(joined(), 2, "a third host joined a two-block network");
-    let mut blocks: Vec<String> = (1..=3).filter_map(|i| local(&w, i)).map(|v| v["subnet"].to_string()).collect();
+    let mut blocks: Vec<String> = (1..=3)
+        .filter_map(|i| local(&w, i))
+        .map(|v| v["subnet"].to_string())
+        .collect();
     blocks.dedup();
     assert_eq!(blocks.len(), 2, "{blocks:?}");
-    let left = (1..=3).find(|i| local(&w, *i).is_none()).expect("one host left out");
+    let left = (1..=3)
+        .find(|i| local(&w, *i).is_none())
+        .expect("one host left out");
     assert!(
         w.agent_log(left).contains("is full"),
         "no clear error:\n{}",
@@ -666,7 +830,9 @@ fn entries_deleted_by_hand_come_back() {
                 let now = kernel_state(&w, 1);
                 // A re-created device gets a new ifindex: compare without the index.
                 let strip = |v: Vec<String>| -> Vec<String> {
-                    v.into_iter().map(|l| l.split_once(": ").map_or(l.clone(), |(_, r)| r.to_string())).collect()
+                    v.into_iter()
+                        .map(|l| l.split_once(": ").map_or(l.clone(), |(_, r)| r.to_string()))
+                        .collect()
                 };
                 strip(now) == strip(want.clone())
             }),
@@ -679,7 +845,11 @@ fn entries_deleted_by_hand_come_back() {
     in_ns(&h1, &["ip", "route", "del", &peer]);
     back("the route");
     let mac = world::mac_of(&w.host_path(2), "nsvx1");
-    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mac = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
     in_ns(&h1, &["bridge", "fdb", "del", &mac, "dev", "nsvx1", "self"]);
     back("the FDB entry");
     let via = peer.split('/').next().expect("block");
@@ -698,40 +868,166 @@ fn bad_overlay_input_is_refused_in_one_line_and_changes_nothing() {
     let url = w.etcd_url();
     let keys = || w.etcdctl(&["get", "--prefix", "/", "--keys-only"]);
     let before = keys();
-    let state_before = std::fs::read_dir(w.state_dir(1)).map(|d| d.count()).unwrap_or(0);
+    let state_before = std::fs::read_dir(w.state_dir(1))
+        .map(|d| d.count())
+        .unwrap_or(0);
     for (args, want) in [
-        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER], "--etcd"),
-        (vec!["network", "create", NET, "--driver", "overlay", "--etcd", &url], "--subnet"),
-        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--vni", "0"], "VNI"),
-        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--host-subnet-len", "12"], "host-subnet-len"),
-        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--backend", "gre"], "vxlan or host-gw"),
-        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", &url, "--internal"], "--internal"),
-        (vec!["network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd", "https://1.2.3.4:2379"], "TLS"),
-        (vec!["network", "create", NET, "--subnet", "10.9.0.0/24", "--vni", "5"], "--driver overlay"),
-        (vec!["network", "rm", "nothere", "--etcd", &url], "no overlay network"),
-        (vec!["agent", "--etcd", &url, "--iface", "nosuch0"], "nosuch0"),
-        (vec!["agent", "--etcd", &url, "--lease-ttl", "1"], "lease-ttl"),
+        (
+            vec![
+                "network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER,
+            ],
+            "--etcd",
+        ),
+        (
+            vec![
+                "network", "create", NET, "--driver", "overlay", "--etcd", &url,
+            ],
+            "--subnet",
+        ),
+        (
+            vec![
+                "network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--etcd",
+                &url, "--vni", "0",
+            ],
+            "VNI",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                NET,
+                "--driver",
+                "overlay",
+                "--subnet",
+                CLUSTER,
+                "--etcd",
+                &url,
+                "--host-subnet-len",
+                "12",
+            ],
+            "host-subnet-len",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                NET,
+                "--driver",
+                "overlay",
+                "--subnet",
+                CLUSTER,
+                "--etcd",
+                &url,
+                "--backend",
+                "gre",
+            ],
+            "vxlan or host-gw",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                NET,
+                "--driver",
+                "overlay",
+                "--subnet",
+                CLUSTER,
+                "--etcd",
+                &url,
+                "--internal",
+            ],
+            "--internal",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                NET,
+                "--driver",
+                "overlay",
+                "--subnet",
+                CLUSTER,
+                "--etcd",
+                "https://1.2.3.4:2379",
+            ],
+            "TLS",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                NET,
+                "--subnet",
+                "10.9.0.0/24",
+                "--vni",
+                "5",
+            ],
+            "--driver overlay",
+        ),
+        (
+            vec!["network", "rm", "nothere", "--etcd", &url],
+            "no overlay network",
+        ),
+        (
+            vec!["agent", "--etcd", &url, "--iface", "nosuch0"],
+            "nosuch0",
+        ),
+        (
+            vec!["agent", "--etcd", &url, "--lease-ttl", "1"],
+            "lease-ttl",
+        ),
     ] {
         let line = w.fails(1, &args);
         assert!(line.contains(want), "{args:?}: {line}");
     }
     assert_eq!(keys(), before, "etcd changed");
     assert_eq!(
-        std::fs::read_dir(w.state_dir(1)).map(|d| d.count()).unwrap_or(0),
+        std::fs::read_dir(w.state_dir(1))
+            .map(|d| d.count())
+            .unwrap_or(0),
         state_before,
         "the state dir changed"
     );
     // An existing name is refused, and the cluster keeps the first one's settings.
     make_overlay(&w, &[]);
-    let line = w.fails(1, &["network", "create", NET, "--driver", "overlay", "--subnet", "10.9.0.0/16", "--etcd", &url]);
+    let line = w.fails(
+        1,
+        &[
+            "network",
+            "create",
+            NET,
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.9.0.0/16",
+            "--etcd",
+            &url,
+        ],
+    );
     assert!(line.contains("already exists"), "{line}");
-    let line = w.fails(1, &["network", "create", "other", "--driver", "overlay", "--subnet", "10.9.0.0/16", "--etcd", &url]);
+    let line = w.fails(
+        1,
+        &[
+            "network",
+            "create",
+            "other",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.9.0.0/16",
+            "--etcd",
+            &url,
+        ],
+    );
     assert!(line.contains("VNI 1"), "{line}");
     // On a host, the agent's part of the network is not removed by hand.
     w.start_agent(1, &["--lease-ttl", TTL]);
     wait_joined(&w, &[1], 0);
     let line = w.fails(1, &["network", "rm", NET]);
-    assert!(line.contains("nsnet agent") && line.contains("--etcd"), "{line}");
+    assert!(
+        line.contains("nsnet agent") && line.contains("--etcd"),
+        "{line}"
+    );
     remove_overlay(&w, &[1]);
 }
 
@@ -745,11 +1041,15 @@ fn a_cni_container_on_the_overlay_reaches_a_sandbox_on_another_host() {
     wait_joined(&w, &[1, 2], 1);
     let a = sandbox(&w, 1, "a", &[]);
     let cni = world::nsnet_bin().with_file_name("nsnet-cni");
-    assert!(cni.exists(), "{} is not built; run `cargo test --workspace`", cni.display());
+    assert!(
+        cni.exists(),
+        "{} is not built; run `cargo test --workspace`",
+        cni.display()
+    );
     // The runtime's namespace, on host 2.
     let ctr = w.sb("ctr");
     world::sh(&["ip", "netns", "add", &ctr]);
-    let conf = r#"{"cniVersion": "1.0.0", "name": "pods", "type": "nsnet-cni"}"#;
+    let conf = r#"{"cniVersion": "1.0.0", "name": "pods", "type": "nsnet"}"#;
     let cni_run = |command: &str| {
         let ns = format!("--net={}", w.host_path(2).display());
         let mut child = std::process::Command::new("nsenter")
@@ -782,8 +1082,15 @@ fn a_cni_container_on_the_overlay_reaches_a_sandbox_on_another_host() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let result: Value = serde_json::from_str(&cni_run("ADD")).expect("a CNI result");
-    let ip = result["ips"][0]["address"].as_str().expect("an address").to_string();
-    let ip: Ipv4Addr = ip.split('/').next().and_then(|s| s.parse().ok()).expect("IPv4");
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .expect("an address")
+        .to_string();
+    let ip: Ipv4Addr = ip
+        .split('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("IPv4");
     let ctr_path = Path::new("/run/netns").join(&ctr);
     assert!(pings(&ctr_path, a), "container on host 2 -> a on host 1");
     assert_eq!(
@@ -795,4 +1102,59 @@ fn a_cni_container_on_the_overlay_reaches_a_sandbox_on_another_host() {
     world::sh(&["ip", "netns", "del", &ctr]);
     w.ok(1, &["rm", &w.sb("a")]);
     remove_overlay(&w, &[1, 2]);
+}
+
+#[test]
+fn the_iptables_backend_keeps_the_same_guarantees() {
+    let w = World::new("ovipt", 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL, "--firewall", "iptables"]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    let (pa, pb) = (w.sb_path("a"), w.sb_path("b"));
+    assert!(pings(&pa, b), "a -> b");
+    assert_eq!(
+        common::reach(&pb, 80, &pa, SocketAddrV4::new(b, 80)),
+        Some(a),
+        "no NAT inside"
+    );
+    let seen = common::reach(
+        &w.outside_path(),
+        8000,
+        &pb,
+        SocketAddrV4::new(OUTSIDE_IP, 8000),
+    );
+    assert_eq!(seen, Some(w.host_ip(2)), "masquerade leaving the cluster");
+    let rules = in_ns(&w.host_path(1), &["iptables-save"]);
+    assert!(
+        rules.contains("NSNET-INPUT") && rules.contains("--dport 4789 -j DROP"),
+        "{rules}"
+    );
+    // A forged VXLAN packet from a non-member never reaches a; from a member it does.
+    let vtep = world::mac_of(&w.host_path(1), "nsvx1");
+    let frame = icmp_echo_frame(vtep, [0x0e, 0x6e, 9, 9, 9, 9], b, a);
+    let before = echos(&pa);
+    for _ in 0..5 {
+        send_forged_vxlan(&w.outside_path(), w.host_ip(1), VXLAN_PORT, 1, &frame);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(echos(&pa), before, "forged VXLAN reached a under iptables");
+    send_forged_vxlan(&w.host_path(2), w.host_ip(1), VXLAN_PORT, 1, &frame);
+    assert!(
+        wait_until(Duration::from_secs(3), || echos(&pa) > before),
+        "control packet"
+    );
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+    for i in [1, 2] {
+        let left = in_ns(&w.host_path(i), &["iptables-save"]);
+        assert!(
+            !left.contains("NSNET"),
+            "host {i} keeps nsnet's chains:\n{left}"
+        );
+    }
 }

@@ -77,7 +77,10 @@ impl NetworkSpec {
 
     /// Every host block of the cluster subnet, in order.
     pub fn blocks(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
-        self.subnet.subnets(self.host_subnet_len).into_iter().flatten()
+        self.subnet
+            .subnets(self.host_subnet_len)
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -136,6 +139,13 @@ pub struct View {
 }
 
 impl View {
+    /// The view of a listing.
+    pub fn of(kvs: Vec<crate::etcd::Kv>) -> View {
+        View {
+            keys: kvs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        }
+    }
+
     /// The overlay networks, skipping (and naming) any value that does not parse.
     pub fn networks(&self) -> (Vec<NetworkSpec>, Vec<String>) {
         let mut nets = Vec::new();
@@ -196,7 +206,12 @@ impl View {
 /// The subnets host `me` should try for, best first: the one it remembers (its local record), then those it
 /// held before, then never-used ones, then others' old ones; none that is leased now. Empty: the cluster
 /// subnet is full.
-pub fn candidates(spec: &NetworkSpec, view: &View, me: &str, remembered: Option<Ipv4Net>) -> Vec<Ipv4Net> {
+pub fn candidates(
+    spec: &NetworkSpec,
+    view: &View,
+    me: &str,
+    remembered: Option<Ipv4Net>,
+) -> Vec<Ipv4Net> {
     let leases = view.leases(&spec.name);
     let owners = view.owners(&spec.name);
     let free = |s: &Ipv4Net| !leases.contains_key(s);
@@ -204,14 +219,24 @@ pub fn candidates(spec: &NetworkSpec, view: &View, me: &str, remembered: Option<
         .filter(|s| spec.subnet.contains(s) && s.prefix_len() == spec.host_subnet_len && free(s))
         .into_iter()
         .collect();
-    out.extend(owners.iter().filter(|(s, o)| *o == me && free(s)).map(|(s, _)| *s));
+    out.extend(
+        owners
+            .iter()
+            .filter(|(s, o)| *o == me && free(s))
+            .map(|(s, _)| *s),
+    );
     // A block of a handful of first ones is enough: a create race loser tries the next.
     out.extend(
         spec.blocks()
             .filter(|s| free(s) && !owners.contains_key(s))
             .take(8),
     );
-    out.extend(owners.iter().filter(|(s, o)| *o != me && free(s)).map(|(s, _)| *s));
+    out.extend(
+        owners
+            .iter()
+            .filter(|(s, o)| *o != me && free(s))
+            .map(|(s, _)| *s),
+    );
     let mut seen = std::collections::BTreeSet::new();
     out.retain(|s| seen.insert(*s));
     out
@@ -268,37 +293,66 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let mut view = View::default();
-        view.keys.insert(lease_key("pods", net("10.244.1.0/24")), lease("a", [192, 168, 200, 11]));
-        view.keys.insert(lease_key("pods", net("10.244.2.0/24")), lease("b", [192, 168, 200, 12]));
-        view.keys.insert(lease_key("podsx", net("10.9.0.0/24")), lease("c", [192, 168, 200, 13]));
-        view.keys.insert(owner_key("pods", net("10.244.0.0/24")), b"c".to_vec());
         view.keys.insert(
-            network_key("pods"),
-            serde_json::to_vec(&spec()).unwrap(),
+            lease_key("pods", net("10.244.1.0/24")),
+            lease("a", [192, 168, 200, 11]),
         );
+        view.keys.insert(
+            lease_key("pods", net("10.244.2.0/24")),
+            lease("b", [192, 168, 200, 12]),
+        );
+        view.keys.insert(
+            lease_key("podsx", net("10.9.0.0/24")),
+            lease("c", [192, 168, 200, 13]),
+        );
+        view.keys
+            .insert(owner_key("pods", net("10.244.0.0/24")), b"c".to_vec());
+        view.keys
+            .insert(network_key("pods"), serde_json::to_vec(&spec()).unwrap());
         view.keys.insert(network_key("broken"), b"{".to_vec());
         let (nets, bad) = view.networks();
         assert_eq!(nets, vec![spec()]);
         assert_eq!(bad, vec![network_key("broken")]);
-        assert_eq!(view.leases("pods").len(), 2, "another network's lease is not this one's");
-        assert_eq!(view.held_by("pods", "b").map(|l| l.0), Some(net("10.244.2.0/24")));
+        assert_eq!(
+            view.leases("pods").len(),
+            2,
+            "another network's lease is not this one's"
+        );
+        assert_eq!(
+            view.held_by("pods", "b").map(|l| l.0),
+            Some(net("10.244.2.0/24"))
+        );
         let peers = view.peers("pods", "a");
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].underlay, Ipv4Addr::new(192, 168, 200, 12));
-        assert_eq!(view.owners("pods").get(&net("10.244.0.0/24")).map(String::as_str), Some("c"));
+        assert_eq!(
+            view.owners("pods")
+                .get(&net("10.244.0.0/24"))
+                .map(String::as_str),
+            Some("c")
+        );
     }
 
     #[test]
     fn a_host_gets_back_what_it_had_and_others_take_fresh_blocks_first() {
         let s = spec();
         let mut view = View::default();
-        view.keys.insert(lease_key("pods", net("10.244.1.0/24")), lease("a", [192, 168, 200, 11]));
-        view.keys.insert(owner_key("pods", net("10.244.0.0/24")), b"gone".to_vec());
-        view.keys.insert(owner_key("pods", net("10.244.2.0/24")), b"me".to_vec());
+        view.keys.insert(
+            lease_key("pods", net("10.244.1.0/24")),
+            lease("a", [192, 168, 200, 11]),
+        );
+        view.keys
+            .insert(owner_key("pods", net("10.244.0.0/24")), b"gone".to_vec());
+        view.keys
+            .insert(owner_key("pods", net("10.244.2.0/24")), b"me".to_vec());
         // Its own old block first, then never-used ones, then someone else's old one; never a leased one.
         assert_eq!(
             candidates(&s, &view, "me", None),
-            vec![net("10.244.2.0/24"), net("10.244.3.0/24"), net("10.244.0.0/24")]
+            vec![
+                net("10.244.2.0/24"),
+                net("10.244.3.0/24"),
+                net("10.244.0.0/24")
+            ]
         );
         // What it remembers locally comes first, when free.
         assert_eq!(

@@ -93,6 +93,9 @@ pub struct Agent {
     backoff: Duration,
     /// What this agent put with its current lease: key → value.
     published: HashMap<String, Vec<u8>>,
+    /// The underlay address last seen: when it changes, the watch's connection (from the old address) is
+    /// dead without knowing it, and is made again at once.
+    underlay_ip: Option<Ipv4Addr>,
     /// The last message per topic, so a condition that lasts is said once, and its end too.
     said: BTreeMap<String, String>,
     ticks: u64,
@@ -130,6 +133,7 @@ impl Agent {
             retry_at: now,
             backoff: Duration::from_millis(250),
             published: HashMap::new(),
+            underlay_ip: None,
             said: BTreeMap::new(),
             ticks: 0,
         })
@@ -137,7 +141,10 @@ impl Agent {
 
     /// Run until [`STOP`] is set.
     pub fn run(&mut self) {
-        self.say("host", format!("host id {}, etcd {}", self.me, self.cfg.etcd.join(",")));
+        self.say(
+            "host",
+            format!("host id {}, etcd {}", self.me, self.cfg.etcd.join(",")),
+        );
         while !STOP.load(Ordering::Relaxed) {
             if self.watch.is_none() && Instant::now() >= self.retry_at {
                 if self.resume && self.view.is_some() {
@@ -159,7 +166,10 @@ impl Agent {
     fn fail_etcd(&mut self, what: &str, e: &dyn std::fmt::Display) {
         self.say(
             "etcd",
-            format!("{what}: {e}; peers stay as programmed, retrying in {:?}", self.backoff),
+            format!(
+                "{what}: {e}; peers stay as programmed, retrying in {:?}",
+                self.backoff
+            ),
         );
         self.retry_at = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(Duration::from_secs(8));
@@ -171,8 +181,7 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return self.fail_etcd("cannot list the cluster", &e),
         };
-        let mut view = View::default();
-        view.keys = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        let view = View::of(kvs);
         match self.start_watch(revision + 1) {
             Ok(w) => self.watch = Some(w),
             Err(e) => return self.fail_etcd("cannot watch the cluster", &e),
@@ -181,7 +190,10 @@ impl Agent {
         self.revision = revision;
         self.resume = false;
         self.backoff = Duration::from_millis(250);
-        self.settled("etcd", format!("following the cluster at revision {revision}"));
+        self.settled(
+            "etcd",
+            format!("following the cluster at revision {revision}"),
+        );
     }
 
     /// Watch again from just after the newest revision the view holds: what changed meanwhile comes as
@@ -191,7 +203,10 @@ impl Agent {
             Ok(w) => {
                 self.watch = Some(w);
                 self.backoff = Duration::from_millis(250);
-                let line = format!("following the cluster again from revision {}", self.revision + 1);
+                let line = format!(
+                    "following the cluster again from revision {}",
+                    self.revision + 1
+                );
                 self.settled("etcd", line);
             }
             Err(e) => self.fail_etcd("cannot watch the cluster", &e),
@@ -247,7 +262,10 @@ impl Agent {
                 }
                 Event::Compacted => {
                     // etcd cancelled the watch: its revision is gone. List again and watch from there.
-                    self.say("etcd", "the watch's revision was compacted away; listing again".into());
+                    self.say(
+                        "etcd",
+                        "the watch's revision was compacted away; listing again".into(),
+                    );
                     self.watch = None;
                     self.resume = false;
                     return;
@@ -315,13 +333,28 @@ impl Agent {
         };
         let (specs, bad) = view.networks();
         for key in bad {
-            self.say(&key, format!("{key} does not hold valid overlay settings; skipped"));
+            self.say(
+                &key,
+                format!("{key} does not hold valid overlay settings; skipped"),
+            );
         }
-        let underlay = match self.nsnet.underlay(self.cfg.iface.as_deref(), self.cfg.underlay_ip) {
+        let underlay = match self
+            .nsnet
+            .underlay(self.cfg.iface.as_deref(), self.cfg.underlay_ip)
+        {
             Ok(u) => u,
             Err(e) => return self.say("underlay", format!("{e}")),
         };
-        self.settled("underlay", format!("underlay {} on {}", underlay.ip, underlay.interface));
+        self.settled(
+            "underlay",
+            format!("underlay {} on {}", underlay.ip, underlay.interface),
+        );
+        if self.underlay_ip.is_some_and(|old| old != underlay.ip) && self.watch.is_some() {
+            self.watch = None;
+            self.resume = true;
+            self.retry_at = Instant::now();
+        }
+        self.underlay_ip = Some(underlay.ip);
         for spec in &specs {
             let topic = format!("network {}", spec.name);
             match self.reconcile_network(&view, spec, &underlay) {
@@ -393,28 +426,44 @@ impl Agent {
             },
         };
         let peers = view.peers(&spec.name, &self.me);
-        let (_, made) = self.nsnet.overlay_join(&join_of(spec, subnet, underlay, &peers))?;
+        let (_, made) = self
+            .nsnet
+            .overlay_join(&join_of(spec, subnet, underlay, &peers))?;
         if !made.is_empty() {
             self.say(
                 &format!("joined {}", spec.name),
                 format!("network {}: this host holds {subnet}", spec.name),
             );
         }
-        let check_firewall = self.ticks % 10 == 0;
-        let sync = self.nsnet.overlay_sync(&spec.name, &peers, check_firewall)?;
+        let check_firewall = self.ticks.is_multiple_of(10);
+        let sync = self
+            .nsnet
+            .overlay_sync(&spec.name, &peers, check_firewall)?;
         for line in &sync.refused {
-            self.say(&format!("refused {line}"), format!("network {}: {line}", spec.name));
+            self.say(
+                &format!("refused {line}"),
+                format!("network {}: {line}", spec.name),
+            );
         }
         for line in &sync.repaired {
             eprintln!("nsnet agent: network {}: put back {line}", spec.name);
         }
         if sync.needs_gc {
-            eprintln!("nsnet agent: network {}: its bridge is gone; running gc", spec.name);
+            eprintln!(
+                "nsnet agent: network {}: its bridge is gone; running gc",
+                spec.name
+            );
             self.nsnet.gc()?;
         }
         for step in &sync.plan.steps {
-            if let crate::plan::Step::SetPeer { peer, .. } | crate::plan::Step::RemovePeer { peer, .. } = step {
-                let verb = if matches!(step, crate::plan::Step::SetPeer { .. }) { "programmed" } else { "removed" };
+            if let crate::plan::Step::SetPeer { peer, .. }
+            | crate::plan::Step::RemovePeer { peer, .. } = step
+            {
+                let verb = if matches!(step, crate::plan::Step::SetPeer { .. }) {
+                    "programmed"
+                } else {
+                    "removed"
+                };
                 eprintln!(
                     "nsnet agent: network {}: {verb} peer {} at {}",
                     spec.name, peer.subnet, peer.underlay
@@ -432,8 +481,7 @@ impl Agent {
     /// would take, the network's set-up, and its peers. Reads etcd, writes nothing.
     pub fn plan_once(&mut self) -> Result<String, AgentError> {
         let (kvs, revision) = self.etcd.get_prefix(PREFIX)?;
-        let mut view = View::default();
-        view.keys = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        let view = View::of(kvs);
         let underlay = self
             .nsnet
             .underlay(self.cfg.iface.as_deref(), self.cfg.underlay_ip)?;
@@ -453,14 +501,22 @@ impl Agent {
                 None => match cluster::candidates(spec, &view, &self.me, remembered).first() {
                     Some(s) => *s,
                     None => {
-                        out.push_str(&format!("# network {}: the cluster subnet is full\n", spec.name));
+                        out.push_str(&format!(
+                            "# network {}: the cluster subnet is full\n",
+                            spec.name
+                        ));
                         continue;
                     }
                 },
             };
-            out.push_str(&format!("# network {}: this host holds {subnet}\n", spec.name));
+            out.push_str(&format!(
+                "# network {}: this host holds {subnet}\n",
+                spec.name
+            ));
             let peers = view.peers(&spec.name, &self.me);
-            let (_, plan) = self.nsnet.overlay_join(&join_of(spec, subnet, &underlay, &peers))?;
+            let (_, plan) = self
+                .nsnet
+                .overlay_join(&join_of(spec, subnet, &underlay, &peers))?;
             out.push_str(&plan.render());
             if plan.is_empty() {
                 let sync = self.nsnet.overlay_sync(&spec.name, &peers, false)?;
@@ -512,11 +568,14 @@ impl Agent {
         }
         for subnet in candidates {
             let key = cluster::lease_key(&spec.name, subnet);
-            let bytes =
-                serde_json::to_vec(&value(subnet)).map_err(|e| AgentError::Invalid(e.to_string()))?;
+            let bytes = serde_json::to_vec(&value(subnet))
+                .map_err(|e| AgentError::Invalid(e.to_string()))?;
             if self.etcd.create(&key, &bytes, Some(lease))? {
-                self.etcd
-                    .put(&cluster::owner_key(&spec.name, subnet), self.me.as_bytes(), None)?;
+                self.etcd.put(
+                    &cluster::owner_key(&spec.name, subnet),
+                    self.me.as_bytes(),
+                    None,
+                )?;
                 self.published.insert(key, bytes);
                 return Ok(Some(subnet));
             }
@@ -541,7 +600,12 @@ impl Agent {
 }
 
 /// The join request for network `spec` on this host.
-fn join_of(spec: &NetworkSpec, subnet: Ipv4Net, underlay: &Underlay, peers: &[crate::model::Peer]) -> OverlayJoin {
+fn join_of(
+    spec: &NetworkSpec,
+    subnet: Ipv4Net,
+    underlay: &Underlay,
+    peers: &[crate::model::Peer],
+) -> OverlayJoin {
     OverlayJoin {
         name: spec.name.clone(),
         subnet,
@@ -560,8 +624,7 @@ fn join_of(spec: &NetworkSpec, subnet: Ipv4Net, underlay: &Underlay, peers: &[cr
 pub fn create_network(etcd: &Etcd, spec: &NetworkSpec) -> Result<(), AgentError> {
     spec.validate().map_err(AgentError::Invalid)?;
     let (kvs, _) = etcd.get_prefix(&format!("{PREFIX}networks/"))?;
-    let mut view = View::default();
-    view.keys = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let view = View::of(kvs);
     let (nets, _) = view.networks();
     if let Some(other) = nets
         .iter()
@@ -624,8 +687,7 @@ pub struct ClusterHost {
 /// Every overlay network in etcd, with its hosts.
 pub fn describe(etcd: &Etcd) -> Result<Vec<ClusterNetwork>, AgentError> {
     let (kvs, _) = etcd.get_prefix(PREFIX)?;
-    let mut view = View::default();
-    view.keys = kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let view = View::of(kvs);
     let (nets, _) = view.networks();
     Ok(nets
         .into_iter()

@@ -136,7 +136,11 @@ impl Host {
 
     /// The underlay: the address this host is reached by and its interface (with its MTU), from the
     /// interface given, or the address given, or the interface of the default route.
-    pub(crate) fn underlay(&mut self, iface: Option<&str>, ip: Option<Ipv4Addr>) -> Result<Underlay> {
+    pub(crate) fn underlay(
+        &mut self,
+        iface: Option<&str>,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Underlay> {
         let nl = self.nl()?;
         let (name, address) = match (iface, ip) {
             (_, Some(ip)) => match nl.address_owner(ip)? {

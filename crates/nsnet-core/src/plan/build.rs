@@ -2,7 +2,9 @@
 //! Nothing here reads or changes the system, so every rule is checked by unit tests without root.
 
 use crate::firewall::{Batch, Rule, Tables};
-use crate::model::{Driver, Endpoint, GatewayMode, Mac, Network, Overlay, OverlayBackend, Peer, Sandbox};
+use crate::model::{
+    Driver, Endpoint, GatewayMode, Mac, Network, Overlay, OverlayBackend, Peer, Sandbox,
+};
 use crate::plan::{Ns, PeerLink, Plan, Step};
 use ipnet::Ipv4Net;
 
@@ -141,7 +143,9 @@ pub fn peers_change(net: &Network, peers: &[Peer], others: &[Network]) -> Plan {
     }
     for new in peers {
         if !o.peers.contains(new) {
-            if o.backend == OverlayBackend::Vxlan && !o.peers.iter().any(|p| p.underlay == new.underlay) {
+            if o.backend == OverlayBackend::Vxlan
+                && !o.peers.iter().any(|p| p.underlay == new.underlay)
+            {
                 fw.add(member(o, new));
             }
             steps.push(Step::SetPeer {
@@ -183,7 +187,11 @@ fn peers_up(net: &Network) -> Vec<Step> {
 /// An overlay network's VXLAN device (vxlan backend), then its peers.
 pub fn overlay_up(net: &Network, owner: &str) -> Vec<Step> {
     let mut steps = Vec::new();
-    if let Some(o) = net.overlay.as_ref().filter(|o| o.backend == OverlayBackend::Vxlan) {
+    if let Some(o) = net
+        .overlay
+        .as_ref()
+        .filter(|o| o.backend == OverlayBackend::Vxlan)
+    {
         steps.push(Step::CreateVxlan {
             name: o.device.clone(),
             vni: o.vni,
@@ -290,7 +298,11 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
             .into_iter()
             .filter(|s| *s != Step::forwarding() && !overlay.contains(s))
             .collect();
-        if let Some(o) = net.overlay.as_ref().filter(|o| o.backend == OverlayBackend::Vxlan) {
+        if let Some(o) = net
+            .overlay
+            .as_ref()
+            .filter(|o| o.backend == OverlayBackend::Vxlan)
+        {
             plan.push_teardown(delete_host_link(&o.device, owner, o.vtep_mac), overlay);
         }
         let mac = Mac::for_ipv4(net.gateway);

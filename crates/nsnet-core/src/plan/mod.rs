@@ -146,15 +146,9 @@ pub enum Step {
     /// its FDB entry, its permanent neighbour entry and an onlink route to its subnet; for host-gw a route
     /// via its underlay address. Routes leave with source `src`, this host's gateway address, so the other
     /// host sees an address of the cluster.
-    SetPeer {
-        overlay: PeerLink,
-        peer: Peer,
-    },
+    SetPeer { overlay: PeerLink, peer: Peer },
     /// Remove what [`Step::SetPeer`] programmed; already gone is fine.
-    RemovePeer {
-        overlay: PeerLink,
-        peer: Peer,
-    },
+    RemovePeer { overlay: PeerLink, peer: Peer },
 }
 
 /// Where an overlay network's peers are programmed: which device, how, and the source address of routes.
@@ -376,7 +370,10 @@ fn render_peer(o: &PeerLink, peer: &Peer, verb: &str) -> String {
             }
         }
         (OverlayBackend::Vxlan, None) => {
-            format!("# peer {subnet} at {} has no VTEP MAC: nothing to program", peer.underlay)
+            format!(
+                "# peer {subnet} at {} has no VTEP MAC: nothing to program",
+                peer.underlay
+            )
         }
         (OverlayBackend::HostGw, _) => {
             let via = peer.underlay;

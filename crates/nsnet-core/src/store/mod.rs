@@ -2087,7 +2087,9 @@ mod tests {
         .unwrap();
         let err = store.intents().map(|_| ()).unwrap_err().to_string();
         assert!(
-            err.contains(&format!("format {newer}, newer than this nsnet's {INTENT_FORMAT}")),
+            err.contains(&format!(
+                "format {newer}, newer than this nsnet's {INTENT_FORMAT}"
+            )),
             "{err}"
         );
         assert!(fs::metadata(&path).unwrap().len() > 0);
