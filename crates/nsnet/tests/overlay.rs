@@ -394,9 +394,36 @@ fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
 fn host_gw_routes_via_the_underlay_and_refuses_a_peer_behind_a_router() {
     let w = World::new("hostgw", 2);
     make_overlay(&w, &["--backend", "host-gw"]);
-    for i in 1..=2 {
-        w.start_agent(i, &["--lease-ttl", TTL]);
+    w.start_agent(1, &["--lease-ttl", TTL]);
+    wait_joined(&w, &[1], 0);
+    // What host 2's agent would do, as commands, changing nothing: its bridge, and the route to host 1.
+    let url = w.etcd_url();
+    let links_before = lines(&w, 2, &["ip", "-o", "link"]);
+    let plan = w.ok(
+        2,
+        &["agent", "--etcd", &url, "--iface", "eth0", "--dry-run"],
+    );
+    for want in [
+        "# network pods: this host holds 10.244.",
+        "type bridge",
+        &format!("via {} dev eth0 src 10.244.", w.host_ip(1)),
+        "proto 110",
+    ] {
+        assert!(plan.contains(want), "{want:?} not in:\n{plan}");
     }
+    assert_eq!(
+        lines(&w, 2, &["ip", "-o", "link"]),
+        links_before,
+        "a dry run changed links"
+    );
+    assert!(local(&w, 2).is_none(), "a dry run recorded a network");
+    let leases = w.etcdctl(&["get", "--prefix", "/nsnet/leases/", "--keys-only"]);
+    assert_eq!(
+        leases.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "{leases}"
+    );
+    w.start_agent(2, &["--lease-ttl", TTL]);
     wait_joined(&w, &[1, 2], 1);
     let a = sandbox(&w, 1, "a", &[]);
     let b = sandbox(&w, 2, "b", &[]);

@@ -892,4 +892,228 @@ mod tests {
         );
         assert_eq!(undos.len(), 2);
     }
+
+    fn overlay_net(
+        name: &str,
+        block: &str,
+        backend: OverlayBackend,
+        peers: &[(&str, [u8; 4])],
+    ) -> Network {
+        let subnet: Ipv4Net = block.parse().unwrap();
+        let gw = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        Network {
+            overlay: Some(Overlay {
+                cluster: "10.244.0.0/16".parse().unwrap(),
+                backend,
+                vni: 1,
+                port: 4789,
+                device: match backend {
+                    OverlayBackend::Vxlan => "nsvx1".into(),
+                    OverlayBackend::HostGw => "eth0".into(),
+                },
+                vtep_mac: Mac([0x0e, 0x6e, 10, 244, 1, 0]),
+                peers: peers.iter().map(|(b, ip)| peer(b, *ip)).collect(),
+            }),
+            mtu: 1450,
+            ..Network::bridge(name, subnet, gw, &format!("nsbr-{name}"))
+        }
+    }
+
+    fn peer(block: &str, ip: [u8; 4]) -> Peer {
+        Peer {
+            subnet: block.parse().unwrap(),
+            underlay: Ipv4Addr::from(ip),
+            vtep_mac: Some(Mac([0x0e, 0x6e, 0, 0, 0, ip[3]])),
+        }
+    }
+
+    #[test]
+    fn an_overlay_network_comes_up_with_its_device_peers_and_rules() {
+        let n = overlay_net(
+            "pods",
+            "10.244.1.0/24",
+            OverlayBackend::Vxlan,
+            &[("10.244.2.0/24", [192, 168, 200, 12])],
+        );
+        let other = net(Driver::Bridge, false);
+        let (steps, fw) = network_up(&n, &[other.clone()], None, OWNER);
+        let at = |f: fn(&Step) -> bool| steps.iter().position(f).unwrap();
+        let vx = at(|s| matches!(s, Step::CreateVxlan { mtu: 1450, .. }));
+        let addr = at(|s| matches!(s, Step::AddAddress { .. }));
+        let peer_at = at(|s| matches!(s, Step::SetPeer { .. }));
+        assert!(
+            addr < peer_at && vx < peer_at,
+            "peers' routes leave from the gateway address: {steps:?}"
+        );
+        let added: Vec<&Rule> =
+            fw.0.iter()
+                .map(|c| match c {
+                    Change::Add(r) => r,
+                    Change::Delete(r) => r,
+                })
+                .collect();
+        assert!(added.contains(&&Rule::VxlanPort { port: 4789 }));
+        assert!(added.contains(&&Rule::VxlanMember {
+            underlay: Ipv4Addr::new(192, 168, 200, 12),
+            port: 4789
+        }));
+        assert!(added
+            .iter()
+            .any(|r| matches!(r, Rule::Overlay { device, .. } if device == "nsvx1")));
+        // The VXLAN device is isolated from other networks like the bridge, both ways.
+        for (from, to) in [("nsvx1", "br0"), ("br0", "nsvx1")] {
+            assert!(
+                added.contains(&&Rule::Isolate {
+                    from: from.into(),
+                    to: to.into()
+                }),
+                "{from} -> {to}"
+            );
+        }
+        let rendered = Plan::setup(steps, fw, n.firewall).render();
+        assert!(
+            rendered.contains("ip link add nsvx1 type vxlan id 1 dstport 4789 nolearning"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "bridge fdb replace 0e:6e:00:00:00:0c dev nsvx1 dst 192.168.200.12 self permanent"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "ip route replace 10.244.2.0/24 via 10.244.2.0 dev nsvx1 onlink src 10.244.1.1"
+            ),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn peers_change_only_what_changed() {
+        let n = overlay_net(
+            "pods",
+            "10.244.1.0/24",
+            OverlayBackend::Vxlan,
+            &[
+                ("10.244.2.0/24", [192, 168, 200, 12]),
+                ("10.244.3.0/24", [192, 168, 200, 13]),
+            ],
+        );
+        // Host 3 gone, host 2 moved, host 4 new.
+        let now = vec![
+            peer("10.244.2.0/24", [192, 168, 200, 12]),
+            peer("10.244.4.0/24", [192, 168, 200, 14]),
+        ];
+        let mut moved = now.clone();
+        moved[0].underlay = Ipv4Addr::new(192, 168, 200, 99);
+        let plan = peers_change(&n, &moved, &[]);
+        let set: Vec<&Peer> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::SetPeer { peer, .. } => Some(peer),
+                _ => None,
+            })
+            .collect();
+        let removed: Vec<&Peer> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::RemovePeer { peer, .. } => Some(peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(set, vec![&moved[0], &moved[1]]);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].subnet.to_string(), "10.244.3.0/24");
+        // Members follow: the moved and new addresses in, the gone ones out; first, before any route.
+        let Step::Firewall { batch, .. } = &plan.steps[0] else {
+            panic!("members first: {plan:?}")
+        };
+        let member = |ip: [u8; 4]| Rule::VxlanMember {
+            underlay: Ipv4Addr::from(ip),
+            port: 4789,
+        };
+        assert!(batch.0.contains(&Change::Add(member([192, 168, 200, 99]))));
+        assert!(batch.0.contains(&Change::Add(member([192, 168, 200, 14]))));
+        assert!(batch
+            .0
+            .contains(&Change::Delete(member([192, 168, 200, 13]))));
+        assert!(batch
+            .0
+            .contains(&Change::Delete(member([192, 168, 200, 12]))));
+        // Nothing changed: nothing to do.
+        let same = n.overlay.as_ref().unwrap().peers.clone();
+        assert!(peers_change(&n, &same, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_member_another_overlay_network_has_stays() {
+        let a = overlay_net(
+            "a",
+            "10.244.1.0/24",
+            OverlayBackend::Vxlan,
+            &[("10.244.2.0/24", [192, 168, 200, 12])],
+        );
+        let mut b = overlay_net(
+            "b",
+            "10.245.1.0/24",
+            OverlayBackend::Vxlan,
+            &[("10.245.2.0/24", [192, 168, 200, 12])],
+        );
+        b.overlay.as_mut().unwrap().cluster = "10.245.0.0/16".parse().unwrap();
+        let plan = peers_change(&a, &[], &[b.clone()]);
+        assert!(
+            plan.steps
+                .iter()
+                .all(|s| !matches!(s, Step::Firewall { .. })),
+            "{plan:?}"
+        );
+        let down = network_down(&a, &[a.clone(), b], None);
+        assert!(
+            !down.0.iter().any(|c| matches!(
+                c,
+                Change::Delete(Rule::VxlanMember { .. } | Rule::VxlanPort { .. })
+            )),
+            "{down:?}"
+        );
+        let alone = network_down(&a, std::slice::from_ref(&a), None);
+        assert!(alone
+            .0
+            .contains(&Change::Delete(Rule::VxlanPort { port: 4789 })));
+    }
+
+    #[test]
+    fn host_gw_peers_are_routes_and_go_one_by_one() {
+        let n = overlay_net(
+            "pods",
+            "10.244.1.0/24",
+            OverlayBackend::HostGw,
+            &[("10.244.2.0/24", [192, 168, 200, 12])],
+        );
+        let (steps, fw) = network_up(&n, &[], None, OWNER);
+        assert!(!steps.iter().any(|s| matches!(s, Step::CreateVxlan { .. })));
+        assert!(
+            !fw.0
+                .iter()
+                .any(|c| matches!(c, Change::Add(Rule::VxlanPort { .. }))),
+            "no VXLAN, no port"
+        );
+        let text = Plan::setup(steps, fw, n.firewall).render();
+        assert!(
+            text.contains(
+                "ip route replace 10.244.2.0/24 via 192.168.200.12 dev eth0 src 10.244.1.1"
+            ),
+            "{text}"
+        );
+        let down = network_teardown(&n, &[], OWNER);
+        assert!(matches!(down.steps[0], Step::RemovePeer { .. }), "{down:?}");
+        assert!(
+            down.steps
+                .iter()
+                .all(|s| !matches!(s, Step::DeleteLink { name, .. } if name == "eth0")),
+            "the underlay is never deleted"
+        );
+    }
 }

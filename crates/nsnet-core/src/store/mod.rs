@@ -2043,7 +2043,10 @@ mod tests {
         let path = slot.path.clone();
         drop(slot); // its command died
         let written = fs::read_to_string(&path).unwrap();
-        assert!(written.contains("\"format\": 1") && written.contains("\"written_by\""));
+        assert!(
+            written.contains(&format!("\"format\": {INTENT_FORMAT}"))
+                && written.contains("\"written_by\"")
+        );
 
         // A later nsnet renamed a step, then was killed and downgraded: this one cannot read the step.
         let renamed = written.replace("DeleteNetns", "RemoveNetns");
