@@ -10,10 +10,14 @@
 //!   the fast path's map, the firewall's contents) for validation, queries, `gc` and CNI `CHECK`; [`probe`]
 //!   opens sockets inside namespaces for the demo and the tests;
 //! - [`store`]: the records on disk;
-//! - [`scenario`]: the seed article's walkthrough, which `nsnet demo` and the article test both run.
+//! - [`scenario`]: the seed article's walkthrough, which `nsnet demo` and the article test both run;
+//! - [`etcd`]: a small synchronous etcd v3 client (over etcd's JSON gateway) for agents that coordinate through
+//!   etcd.
 
 pub mod apply;
 pub mod error;
+/// A small synchronous etcd v3 client over etcd's JSON/HTTP gateway.
+pub mod etcd;
 pub mod firewall;
 pub mod ipam;
 pub mod kernel;
