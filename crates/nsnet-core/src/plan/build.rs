@@ -936,7 +936,7 @@ mod tests {
             &[("10.244.2.0/24", [192, 168, 200, 12])],
         );
         let other = net(Driver::Bridge, false);
-        let (steps, fw) = network_up(&n, &[other.clone()], None, OWNER);
+        let (steps, fw) = network_up(&n, std::slice::from_ref(&other), None, OWNER);
         let at = |f: fn(&Step) -> bool| steps.iter().position(f).unwrap();
         let vx = at(|s| matches!(s, Step::CreateVxlan { mtu: 1450, .. }));
         let addr = at(|s| matches!(s, Step::AddAddress { .. }));
