@@ -1169,6 +1169,16 @@ fn the_iptables_backend_keeps_the_same_guarantees() {
     }
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(echos(&pa), before, "forged VXLAN reached a under iptables");
+    // Nor from a sandbox, whose packets would leave masqueraded to its host's (a member's) address.
+    for _ in 0..5 {
+        send_forged_vxlan(&pb, w.host_ip(1), VXLAN_PORT, 1, &frame);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        echos(&pa),
+        before,
+        "a sandbox's VXLAN reached a under iptables"
+    );
     send_forged_vxlan(&w.host_path(2), w.host_ip(1), VXLAN_PORT, 1, &frame);
     assert!(
         wait_until(Duration::from_secs(3), || echos(&pa) > before),
@@ -1184,4 +1194,45 @@ fn the_iptables_backend_keeps_the_same_guarantees() {
             "host {i} keeps nsnet's chains:\n{left}"
         );
     }
+}
+
+#[test]
+fn a_sandbox_cannot_inject_vxlan_through_its_own_host_s_membership() {
+    // A hostile sandbox on host 1 sends VXLAN to host 2: masqueraded, it would come from host 1's underlay
+    // address, a member's, and carry any inner frame it likes (another sandbox's address as the source).
+    let w = World::new("ovinj", 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    let pb = w.sb_path("b");
+    let vtep2 = world::mac_of(&w.host_path(2), "nsvx1");
+    let spoofed = Ipv4Addr::from(u32::from(a) + 7);
+    let frame = icmp_echo_frame(vtep2, [0x0e, 0x6e, 7, 7, 7, 7], spoofed, b);
+    let before = echos(&pb);
+    for _ in 0..5 {
+        send_forged_vxlan(&w.sb_path("a"), w.host_ip(2), VXLAN_PORT, 1, &frame);
+    }
+    // Nor through its gateway to its own host's VXLAN socket.
+    for _ in 0..5 {
+        send_forged_vxlan(&w.sb_path("a"), w.host_ip(1), VXLAN_PORT, 1, &frame);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        echos(&pb),
+        before,
+        "a sandbox's VXLAN reached another host's sandbox"
+    );
+    // The host itself (a member) still can: the test sees a delivery when there is one.
+    send_forged_vxlan(&w.host_path(1), w.host_ip(2), VXLAN_PORT, 1, &frame);
+    assert!(
+        wait_until(Duration::from_secs(3), || echos(&pb) > before),
+        "control packet"
+    );
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
 }

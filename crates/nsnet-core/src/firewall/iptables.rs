@@ -184,9 +184,12 @@ fn entries(rule: &Rule) -> Vec<Entry> {
         Rule::VxlanPort { port } => {
             vec![entry("filter", "NSNET-INPUT", format!("-p udp -m udp --dport {port} -j DROP"), Append)]
         }
-        Rule::VxlanMember { underlay, port } => {
-            vec![entry("filter", "NSNET-INPUT", format!("-s {underlay}/32 -p udp -m udp --dport {port} -j RETURN"), Insert(1))]
-        }
+        // Forwarded VXLAN to a member is dropped before anything accepts (NSNET-INTERNAL comes first): a sandbox
+        // sending it would be masqueraded to this host's address, a member's, and inject frames into the overlay.
+        Rule::VxlanMember { underlay, port } => vec![
+            entry("filter", "NSNET-INPUT", format!("-s {underlay}/32 -p udp -m udp --dport {port} -j RETURN"), Insert(1)),
+            entry("filter", "NSNET-INTERNAL", format!("-d {underlay}/32 -p udp -m udp --dport {port} -j DROP"), Insert(1)),
+        ],
         Rule::Port { mapping, target } => mapping
             .pairs()
             .map(|(host_port, container_port)| {

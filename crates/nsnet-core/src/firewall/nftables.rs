@@ -183,6 +183,13 @@ const RULES: &[(&str, &str, &str)] = &[
         "dnat ip to meta l4proto . th dport map @ports",
     ),
     (TABLE, "forward", "jump user"),
+    // A sandbox never sends VXLAN to a member host: masqueraded, it would carry this host's (a member's)
+    // address, and inject any inner frame into the overlay.
+    (
+        TABLE,
+        "forward",
+        "iifname @ifaces ip daddr . udp dport @vxlan_members drop",
+    ),
     // A packet of an open connection costs one rule: its first packet already passed isolation and internal.
     (TABLE, "forward", "ct state established,related accept"),
     // An internal network forwards to nothing else (another internal network included), published ports
