@@ -283,4 +283,24 @@ mod tests {
         assert_eq!(net[1].text(), "\"br\" . 10.89.0.0/24");
         assert_eq!(net[1].key_bytes(), None);
     }
+
+    #[test]
+    fn overlay_rules_are_elements_too() {
+        let cluster: ipnet::Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let subnet: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let e = elements(&Rule::Overlay {
+            device: "nsvx1".into(),
+            cluster,
+            subnet,
+        });
+        assert_eq!(e[0].text(), "\"nsvx1\" . 10.244.0.0/16 . 10.244.3.0/24");
+        assert_eq!(e[1].text(), "10.244.3.0/24 . 10.244.0.0/16");
+        let m = &elements(&Rule::VxlanMember {
+            underlay: Ipv4Addr::new(192, 168, 200, 12),
+            port: 4789,
+        })[0];
+        assert_eq!((m.set, m.text()), ("vxlan_members", "192.168.200.12 . 4789".into()));
+        assert_eq!(m.key_bytes(), Some(vec![192, 168, 200, 12, 0x12, 0xb5, 0, 0]));
+    }
+
 }

@@ -899,8 +899,20 @@ impl Netlink {
         ip: Ipv4Addr,
         mac: [u8; 6],
     ) -> Result<(), KernelError> {
-        let msg = neighbour(AddressFamily::Inet, dev_index, Some(ip), Some(mac));
         let what = |dev: &str| format!("add neighbour {ip} -> {} on {dev}", mac_str(mac));
+        self.replace_neighbour(AddressFamily::Inet, dev_index, ip, mac, what)
+    }
+
+    /// Create or replace one permanent entry: an ARP neighbour (`Inet`) or an FDB entry (`Bridge`).
+    fn replace_neighbour(
+        &mut self,
+        family: AddressFamily,
+        dev_index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        what: impl Fn(&str) -> String,
+    ) -> Result<(), KernelError> {
+        let msg = neighbour(family, dev_index, Some(ip), Some(mac));
         self.request_on(
             dev_index,
             what,
@@ -960,15 +972,8 @@ impl Netlink {
         mac: [u8; 6],
         dst: Ipv4Addr,
     ) -> Result<(), KernelError> {
-        let msg = neighbour(AddressFamily::Bridge, dev_index, Some(dst), Some(mac));
         let what = |dev: &str| format!("add FDB entry {} -> {dst} on {dev}", mac_str(mac));
-        self.request_on(
-            dev_index,
-            what,
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )?;
-        Ok(())
+        self.replace_neighbour(AddressFamily::Bridge, dev_index, dst, mac, what)
     }
 
     /// `bridge fdb del MAC dev INDEX self`: the entry with all its destinations. Returns false when there was
