@@ -241,6 +241,12 @@ fn remove_overlay(w: &World, hosts: &[usize]) {
             Vec::<String>::new(),
             "host {i}'s routes"
         );
+        // Its last network gone, nsnet's tables went with it.
+        let tables = in_ns(&w.host_path(i), &["nft", "list", "tables"]);
+        assert!(
+            !tables.contains("nsnet"),
+            "host {i} keeps nsnet's tables: {tables}"
+        );
     }
     assert_eq!(
         w.etcdctl(&["get", "--prefix", "/nsnet/", "--keys-only"])
@@ -300,6 +306,13 @@ fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
     assert_eq!(
         server.wait().expect("udp peer").ip(),
         std::net::IpAddr::V4(b)
+    );
+    let server =
+        probe::udp_server(&pb, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5353)).expect("udp");
+    probe::udp_hello(&pa, SocketAddrV4::new(b, 5353)).expect("UDP a -> b");
+    assert_eq!(
+        server.wait().expect("udp peer").ip(),
+        std::net::IpAddr::V4(a)
     );
     // Every host reaches every sandbox.
     assert!(pings(&w.host_path(3), a), "host 3 -> a");

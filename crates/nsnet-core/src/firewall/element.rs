@@ -299,8 +299,13 @@ mod tests {
             underlay: Ipv4Addr::new(192, 168, 200, 12),
             port: 4789,
         })[0];
-        assert_eq!((m.set, m.text()), ("vxlan_members", "192.168.200.12 . 4789".into()));
-        assert_eq!(m.key_bytes(), Some(vec![192, 168, 200, 12, 0x12, 0xb5, 0, 0]));
+        assert_eq!(
+            (m.set, m.text()),
+            ("vxlan_members", "192.168.200.12 . 4789".into())
+        );
+        assert_eq!(
+            m.key_bytes(),
+            Some(vec![192, 168, 200, 12, 0x12, 0xb5, 0, 0])
+        );
     }
-
 }
