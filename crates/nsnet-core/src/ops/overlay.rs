@@ -73,6 +73,9 @@ pub fn vtep_mac(subnet: Ipv4Net) -> Mac {
     Mac([0x0e, 0x6e, o[0], o[1], o[2], o[3]])
 }
 
+/// A plan to apply and the records it leaves.
+type Change = (Plan, Vec<Record>);
+
 /// What one [`Nsnet::overlay_sync`] did.
 #[derive(Debug, Default)]
 pub struct PeerSync {
@@ -101,42 +104,19 @@ impl Nsnet {
     /// device and the peers it can program), or check the one there is matches. The plan is empty when the
     /// network was there.
     pub fn overlay_join(&self, join: &OverlayJoin) -> Result<(Network, Plan)> {
+        // The agent asks every second: when the part is there, a shared read answers.
+        {
+            let _read = self.read_lock()?;
+            if let Some(net) = self.store.network(&join.name)? {
+                same_part(&net, join)?;
+                return Ok((net, Plan::default()));
+            }
+        }
         let _lock = self.lock()?;
         let nets = self.store.networks()?;
         let mut want = join.overlay();
         if let Some(net) = nets.iter().find(|n| n.name == join.name) {
-            let Some(have) = &net.overlay else {
-                return Err(invalid!(
-                    "a network named '{}' already exists on this host and is not the overlay network; \
-                     remove it (nsnet network rm {}) so the agent can join the overlay",
-                    join.name,
-                    join.name
-                ));
-            };
-            if net.subnet != join.subnet {
-                return Err(invalid!(
-                    "this host's part of overlay network '{}' has subnet {}, but its lease is {}; remove the \
-                     sandboxes on it so the agent can rebuild it",
-                    join.name,
-                    net.subnet,
-                    join.subnet
-                ));
-            }
-            let same = have.cluster == want.cluster
-                && have.backend == want.backend
-                && have.vni == want.vni
-                && have.port == want.port;
-            if !same {
-                return Err(invalid!(
-                    "this host's part of overlay network '{}' was made with other settings (cluster {}, {} \
-                     vni {} port {}) than the cluster now has; remove its sandboxes so the agent can rebuild it",
-                    join.name,
-                    have.cluster,
-                    have.backend,
-                    have.vni,
-                    have.port
-                ));
-            }
+            same_part(net, join)?;
             return Ok((net.clone(), Plan::default()));
         }
         let mut host = Host::new();
@@ -166,14 +146,37 @@ impl Nsnet {
 
     /// Bring overlay network `name`'s peers on this host to `peers` (every other host's lease), and put back
     /// whatever the kernel lost of those it already has; with `check_firewall`, their firewall elements too.
-    /// Peers are recorded with the network.
+    /// Peers are recorded with the network. A round with nothing to do (the agent's usual second) only reads,
+    /// under the shared lock; a change is planned again under the writer lock and applied.
     pub fn overlay_sync(
         &self,
         name: &str,
         peers: &[Peer],
         check_firewall: bool,
     ) -> Result<PeerSync> {
+        {
+            let _read = self.read_lock()?;
+            let (sync, change) = self.plan_sync(name, peers, check_firewall)?;
+            if change.is_none() {
+                return Ok(sync);
+            }
+        }
         let _lock = self.lock()?;
+        let (mut sync, change) = self.plan_sync(name, peers, check_firewall)?;
+        if let Some((plan, records)) = change {
+            sync.plan = self.bring_up(plan, records)?;
+        }
+        Ok(sync)
+    }
+
+    /// What [`Nsnet::overlay_sync`] would do now: the report, and the plan with its records when there is
+    /// anything to change. Reads the state and the host only (the caller holds a lock).
+    fn plan_sync(
+        &self,
+        name: &str,
+        peers: &[Peer],
+        check_firewall: bool,
+    ) -> Result<(PeerSync, Option<Change>)> {
         let nets = self.store.networks()?;
         let net = nets
             .iter()
@@ -184,7 +187,7 @@ impl Nsnet {
         };
         let mut sync = PeerSync::default();
         if net.removing {
-            return Ok(sync);
+            return Ok((sync, None));
         }
         let mut host = Host::new();
         let mut accepted = Vec::new();
@@ -204,7 +207,7 @@ impl Nsnet {
         }
         if !host.link_exists(&net.interface)? {
             sync.needs_gc = true;
-            return Ok(sync);
+            return Ok((sync, None));
         }
         let mut plan = build::peers_change(net, &accepted, &others);
         match host.overlay_entries(&overlay.device)? {
@@ -254,15 +257,14 @@ impl Nsnet {
             }
         }
         if plan.is_empty() {
-            return Ok(sync);
+            return Ok((sync, None));
         }
         let records = if accepted == overlay.peers {
             vec![]
         } else {
             vec![Record::Settings(wanted)]
         };
-        sync.plan = self.bring_up(plan, records)?;
-        Ok(sync)
+        Ok((sync, Some((plan, records))))
     }
 
     /// Take this host out of overlay network `name` (it left the cluster): the network goes when no sandbox
@@ -284,6 +286,45 @@ impl Nsnet {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Check that `net`, the network of the join's name there is, is this host's part of the overlay the join
+/// asks for: made from the same cluster settings, on the same lease.
+fn same_part(net: &Network, join: &OverlayJoin) -> Result<()> {
+    let want = join.overlay();
+    let Some(have) = &net.overlay else {
+        return Err(invalid!(
+            "a network named '{}' already exists on this host and is not the overlay network; remove it \
+             (nsnet network rm {}) so the agent can join the overlay",
+            join.name,
+            join.name
+        ));
+    };
+    if net.subnet != join.subnet {
+        return Err(invalid!(
+            "this host's part of overlay network '{}' has subnet {}, but its lease is {}; remove the \
+             sandboxes on it so the agent can rebuild it",
+            join.name,
+            net.subnet,
+            join.subnet
+        ));
+    }
+    let same = have.cluster == want.cluster
+        && have.backend == want.backend
+        && have.vni == want.vni
+        && have.port == want.port;
+    if !same {
+        return Err(invalid!(
+            "this host's part of overlay network '{}' was made with other settings (cluster {}, {} vni {} \
+             port {}) than the cluster now has; remove its sandboxes so the agent can rebuild it",
+            join.name,
+            have.cluster,
+            have.backend,
+            have.vni,
+            have.port
+        ));
+    }
+    Ok(())
 }
 
 /// Why this host cannot program `peer`, if it cannot.
