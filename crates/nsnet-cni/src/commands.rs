@@ -18,6 +18,8 @@ fn nsnet(conf: &NetConf) -> CniResult<Nsnet> {
     let mut n = Nsnet::new(conf.state_dir(), false);
     n.firewall = conf.backend()?;
     n.terms = Terms::CNI;
+    // DEL retires the container's veth and leaves its deletion to a reaper: this binary, started again.
+    n.reaper = std::env::current_exe().ok();
     Ok(n)
 }
 

@@ -17,6 +17,15 @@ use std::process::ExitCode;
 use error::{code, CniError, CniResult};
 
 fn main() -> ExitCode {
+    // Started by a DEL to delete the veths it retired (see nsnet_core::ops::reaper_for).
+    if let Some(dir) = nsnet_core::ops::reaper_for() {
+        let reaped = nsnet_core::ops::Nsnet::new(dir, false).reap();
+        return if reaped.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let mut raw = Vec::new();
     let read = std::io::stdin().read_to_end(&mut raw);
     // Errors answer in the runtime's version when the input says which.

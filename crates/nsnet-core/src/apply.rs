@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kernel::fastpath::FastPath;
-use crate::kernel::netlink::{RouteSpec, VxlanSpec};
-use crate::kernel::{netns, sysctl, KernelError, Netlink, VethSpec};
-use crate::model::{OverlayBackend, Peer};
+use crate::kernel::netlink::{RouteSpec, VxlanSpec, RETIRED_GROUP};
+use crate::kernel::{netns, sysctl, KernelError, Link, Netlink, VethSpec};
+use crate::model::{Mac, OverlayBackend, Peer};
 use crate::plan::{Ns, PeerLink, Plan, Step};
 
 /// Runs steps, with one netlink socket per namespace it has touched.
@@ -199,15 +199,64 @@ impl Applier {
                 let Some(link) = nl.link(name)? else {
                     return Ok(());
                 };
-                let half_made =
-                    link.alias.is_none() && made_with.is_some_and(|m| link.mac == Some(m.0));
-                if !tag.is_empty() && link.alias.as_deref() != Some(tag.as_str()) && !half_made {
-                    return Err(Error::Invalid(format!(
-                        "link {name} is not one nsnet made for this state dir (its alias is not {tag}); \
-                         nsnet leaves it alone: check the state file that names it"
-                    )));
-                }
+                check_owned(&link, tag, *made_with)?;
                 nl.delete(&link)?;
+            }
+            Step::RetireVeth {
+                host,
+                peer,
+                peer_ns,
+                retired,
+                tag,
+                made_with,
+                ..
+            } => {
+                let nl = self.netlink(&Ns::Host)?;
+                let Some(link) = nl.link(host)? else {
+                    return Ok(());
+                };
+                check_owned(&link, tag, *made_with)?;
+                // The sandbox's end first: its name is what the next ADD wants free.
+                if namespace_exists(peer_ns) {
+                    self.netlink(peer_ns)?.retire(peer, retired, None)?;
+                }
+                self.netlink(&Ns::Host)?
+                    .retire(host, retired, Some(RETIRED_GROUP))?;
+            }
+            Step::UnretireVeth {
+                host,
+                peer,
+                peer_ns,
+                retired,
+                master,
+                ..
+            } => {
+                self.netlink(&Ns::Host)?
+                    .unretire(retired, host, master.as_deref())?;
+                if namespace_exists(peer_ns) {
+                    self.netlink(peer_ns)?.unretire(retired, peer, None)?;
+                }
+            }
+            Step::DeleteRetired { tag } => {
+                let nl = self.netlink(&Ns::Host)?;
+                let retired: Vec<Link> = nl
+                    .links()?
+                    .into_iter()
+                    .filter(|l| l.group == RETIRED_GROUP)
+                    .collect();
+                // One request for the whole group, unless someone else's link sits in it.
+                let all_nsnet = retired.iter().all(|l| {
+                    l.alias
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with(crate::store::TAG_PREFIX))
+                });
+                if all_nsnet && !retired.is_empty() {
+                    nl.delete_group(RETIRED_GROUP)?;
+                } else if !all_nsnet {
+                    for l in retired.iter().filter(|l| l.alias.as_deref() == Some(tag)) {
+                        nl.delete(l)?;
+                    }
+                }
             }
             Step::AddAddress { ns, dev, addr } => self.netlink(ns)?.add_address(dev, *addr)?,
             Step::AddDefaultRoute { ns, dev, via } => {
@@ -379,6 +428,29 @@ fn peer_route(o: &PeerLink, peer: &Peer, dev_index: u32) -> Option<RouteSpec> {
         onlink,
         prefsrc: Some(o.src),
     })
+}
+
+/// A link nsnet may delete or retire: one with `tag` as its alias, or (made before links were tagged, or by a
+/// create killed before it tagged it) one with no alias and the MAC nsnet gave it. Never anything else, whatever
+/// a record names.
+fn check_owned(link: &Link, tag: &str, made_with: Option<Mac>) -> Result<()> {
+    let half_made = link.alias.is_none() && made_with.is_some_and(|m| link.mac == Some(m.0));
+    if !tag.is_empty() && link.alias.as_deref() != Some(tag) && !half_made {
+        return Err(Error::Invalid(format!(
+            "link {} is not one nsnet made for this state dir (its alias is not {tag}); nsnet leaves it \
+             alone: check the state file that names it",
+            link.name
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the namespace of `ns` is still there (a sandbox's may be gone: its ends went with it).
+fn namespace_exists(ns: &Ns) -> bool {
+    match ns {
+        Ns::Host => true,
+        Ns::Path(p) => p.exists(),
+    }
 }
 
 /// Whether `ns` is the namespace nsnet runs in.

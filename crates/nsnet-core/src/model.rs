@@ -167,9 +167,23 @@ impl Allocations {
         self.published.retain(|p| p.sandbox != sandbox);
     }
 
-    /// The sandboxes that hold something here: the network's users.
+    /// Hand the addresses `sandbox` holds here to `holder` (a retired veth, `~NAME`, which keeps them until
+    /// it is gone), and give back its ports.
+    pub fn retire(&mut self, sandbox: &str, holder: &str) {
+        for owner in self.addresses.values_mut().filter(|o| *o == sandbox) {
+            *owner = holder.to_string();
+        }
+        self.published.retain(|p| p.sandbox != sandbox);
+    }
+
+    /// The sandboxes that hold something here: the network's users (retired veths, `~NAME`, are not).
     pub fn users(&self) -> Vec<&str> {
-        let mut users: Vec<&str> = self.addresses.values().map(String::as_str).collect();
+        let mut users: Vec<&str> = self
+            .addresses
+            .values()
+            .map(String::as_str)
+            .filter(|o| !o.starts_with('~'))
+            .collect();
         users.sort_unstable();
         users.dedup();
         users

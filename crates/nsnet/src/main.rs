@@ -252,6 +252,16 @@ enum GatewayModeArg {
 }
 
 fn main() -> ExitCode {
+    // Started by a removal to delete the veths it retired, off its path (see nsnet_core::ops::reaper_for).
+    if let Some(dir) = nsnet_core::ops::reaper_for() {
+        return match Nsnet::new(dir, false).reap() {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nsnet: reaper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -318,6 +328,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     // command's records half written (and finish what a killed command left half written before they read).
     let mut nsnet = Nsnet::new(&cli.state_dir, cli.dry_run);
     nsnet.firewall = cli.firewall;
+    // A removal that retires veths (a sandbox a process keeps alive) starts this binary again to delete them.
+    nsnet.reaper = std::env::current_exe().ok();
     if cli.verbose && !cli.dry_run {
         nsnet.observer = Some(Arc::new(print_step));
     }

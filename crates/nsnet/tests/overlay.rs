@@ -620,6 +620,14 @@ fn an_agent_restart_or_crash_changes_nothing_and_connections_survive() {
         assert_eq!(block(&w, 1), subnet, "the host kept its block");
         echo("after restart");
     }
+    // gc finds everything of the overlay's owned by a record, and leaves it alone.
+    w.ok(1, &["gc"]);
+    assert_eq!(
+        kernel_state(&w, 1),
+        before,
+        "gc changed the overlay's kernel state"
+    );
+    echo("after gc");
     drop(client);
     drop(reader);
     let _ = server.join();

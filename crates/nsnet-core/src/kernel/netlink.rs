@@ -48,7 +48,12 @@ pub struct Link {
     pub alias: Option<String>,
     /// A bridge port that is forwarding frames.
     pub forwarding: bool,
+    /// Its link group (`ip link set NAME group N`); 0 by default.
+    pub group: u32,
 }
+
+/// The link group of retired veths ([`Netlink::retire`]), deleted together ([`Netlink::delete_group`]).
+pub const RETIRED_GROUP: u32 = 0x6e73_7274;
 
 /// A default route: its output link and gateway, when it has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,6 +513,92 @@ impl Netlink {
             0,
         )?;
         Ok(())
+    }
+
+    /// Take a veth end out of use without deleting it: down, off its bridge, renamed to `new_name` (so its
+    /// name is free at once) and, with `group`, put in that link group, to be deleted with the rest of the
+    /// group later in one request. Each of these is quick; what is slow is unregistering a device, which waits
+    /// for an RCU grace period. False when there is no link `name`.
+    pub fn retire(
+        &mut self,
+        name: &str,
+        new_name: &str,
+        group: Option<u32>,
+    ) -> Result<bool, KernelError> {
+        let Some(link) = self.link(name)? else {
+            return Ok(false);
+        };
+        // A running device cannot be renamed: down first, then the rest in one message.
+        let mut down = LinkMessage::default();
+        down.header.index = link.index;
+        down.header.change_mask |= LinkFlags::Up;
+        self.request(
+            &format!("set {name} down"),
+            RouteNetlinkMessage::SetLink(down),
+            0,
+        )?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = link.index;
+        msg.attributes
+            .push(LinkAttribute::IfName(new_name.to_string()));
+        if link.master.is_some() {
+            msg.attributes.push(LinkAttribute::Controller(0));
+        }
+        if let Some(g) = group {
+            msg.attributes.push(LinkAttribute::Group(g));
+        }
+        self.request(
+            &format!("retire {name} as {new_name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )?;
+        Ok(true)
+    }
+
+    /// Undo [`Self::retire`]: the link `retired` gets its name back, its bridge (`master`), group 0, and comes
+    /// up. False when there is no link `retired`.
+    pub fn unretire(
+        &mut self,
+        retired: &str,
+        name: &str,
+        master: Option<&str>,
+    ) -> Result<bool, KernelError> {
+        let Some(link) = self.link(retired)? else {
+            return Ok(false);
+        };
+        let master = match master {
+            Some(m) => Some(self.link_index(m)?),
+            None => None,
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = link.index;
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Group(0));
+        if let Some(m) = master {
+            msg.attributes.push(LinkAttribute::Controller(m));
+        }
+        self.request(
+            &format!("bring {retired} back as {name}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )?;
+        self.set_up(name)?;
+        Ok(true)
+    }
+
+    /// `ip link delete group GROUP`: every link of the group, in one request, so the kernel unregisters them
+    /// as one batch (one RCU grace period for all, not one each).
+    pub fn delete_group(&mut self, group: u32) -> Result<(), KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::Group(group));
+        match self.request(
+            &format!("delete link group {group}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        ) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// `tc qdisc add dev INDEX ingress_block BLOCK ingress`: the link's received frames go through the filters
@@ -1263,6 +1354,7 @@ fn link_from(l: &LinkMessage) -> Link {
         master: None,
         alias: None,
         forwarding: false,
+        group: 0,
     };
     for attr in &l.attributes {
         match attr {
@@ -1275,6 +1367,7 @@ fn link_from(l: &LinkMessage) -> Link {
             LinkAttribute::Mtu(m) => link.mtu = Some(*m),
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+            LinkAttribute::Group(g) => link.group = *g,
             LinkAttribute::LinkInfo(info) => {
                 link.forwarding = info.iter().any(|i| {
                     matches!(i, LinkInfo::PortData(InfoPortData::BridgePort(port))

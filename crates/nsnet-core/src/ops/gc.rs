@@ -71,6 +71,11 @@ impl Nsnet {
             self.store.set_files(&after)?;
             self.compact(&after);
             r.lines = r.lines.iter().map(|l| done(l)).collect();
+            // Retired veths this gc deleted (no record names them) give their addresses back.
+            for link in self.release_retired()? {
+                r.lines
+                    .push(done(&format!("address of retired veth {link}: released")));
+            }
         }
         Ok(r)
     }
@@ -127,6 +132,7 @@ impl Nsnet {
         // Host links this state dir made carry its tag; anyone else's (another state dir's included) are left
         // alone whatever their names.
         let mut owned: HashSet<&str> = nets.iter().map(|n| n.interface.as_str()).collect();
+        owned.extend(nets.iter().filter_map(Network::overlay_device));
         owned.extend(
             sandboxes
                 .iter()

@@ -12,12 +12,14 @@ pub(crate) mod host;
 mod network;
 mod overlay;
 mod query;
+mod reap;
 mod sandbox;
 
 pub use host::Underlay;
 pub use network::NetworkRequest;
 pub use overlay::{vtep_mac, vxlan_device, OverlayJoin, PeerSync, VXLAN_OVERHEAD};
 pub use query::SandboxStatus;
+pub use reap::{reaper_for, REAPER_ENV};
 pub use sandbox::{AttachRequest, Target};
 
 use crate::apply::{Applier, Observer, Undo};
@@ -46,6 +48,9 @@ pub struct Nsnet {
     pub terms: Terms,
     /// Told about each kernel and firewall step just before it runs (`nsnet -v`).
     pub observer: Option<Observer>,
+    /// The program started (with [`REAPER_ENV`]) to delete the veths a removal retired, off its path: the
+    /// binaries name themselves. `None`: the next reaper or `gc` deletes them.
+    pub reaper: Option<std::path::PathBuf>,
 }
 
 /// How the caller names the inputs a message may tell the user to change: the CLI's flags, or the CNI
@@ -133,6 +138,7 @@ impl Nsnet {
             firewall: None,
             terms: Terms::CLI,
             observer: None,
+            reaper: None,
         }
     }
 
@@ -334,6 +340,7 @@ impl Nsnet {
         }
         self.store.remove_intent(intent)?;
         self.compact(&written);
+        self.start_reaper(&kernel);
         Ok(kernel.then(early.unwrap_or(last)))
     }
 

@@ -484,10 +484,11 @@ impl Nsnet {
         let mut fw = Batch::default();
         let mut records = Vec::new();
         let mut backend = None;
+        let mut host = Host::new();
         for ep in &sb.endpoints {
             fw.0.extend(build::endpoint_down(ep).0);
             if let Some(mut net) = self.store.network_record(&ep.network)? {
-                net.allocations.release(name);
+                hand_back(&mut host, &mut net.allocations, name, ep)?;
                 // One backend per host: any of the sandbox's networks names it.
                 backend.get_or_insert(net.settings.firewall);
                 records.push(Record::Network(net));
@@ -531,9 +532,13 @@ impl Nsnet {
             sb.endpoints.iter().find(|e| e.network == network),
             nets.iter().find(|n| n.name == network),
         ) {
-            (Some(ep), Some(net)) => {
-                build::endpoint_teardown(&sb, ep, Some(net), &self.store.owner_tag())
-            }
+            (Some(ep), Some(net)) => build::endpoint_teardown(
+                &sb,
+                ep,
+                Some(net),
+                &self.store.owner_tag(),
+                build::EndpointRemoval::Retire,
+            ),
             _ => Plan::default(),
         };
         let mut marked = sb;
@@ -568,7 +573,7 @@ impl Nsnet {
         if let Some(ep) = sb.endpoints.iter().find(|e| e.network == network) {
             fw = build::endpoint_down(ep);
             if let Some(mut net) = self.store.network_record(network)? {
-                net.allocations.release(name);
+                hand_back(&mut Host::new(), &mut net.allocations, name, ep)?;
                 backend = net.settings.firewall;
                 records.push(Record::Network(net));
             }
@@ -594,6 +599,24 @@ impl Nsnet {
 
 /// A sandbox whose namespace vanished behind nsnet's back (`ip netns del`, its process exited): what to do is
 /// `nsnet gc`, which releases its records, addresses and ports, not creating it again.
+/// Give back what sandbox `name` holds through endpoint `ep`: its ports, and its address, unless its veth was
+/// retired and is not gone yet: then the retired link holds the address until it is (no one else may have an
+/// address a link still carries), and [`Nsnet::reap`] gives it back.
+fn hand_back(
+    host: &mut Host,
+    allocations: &mut crate::model::Allocations,
+    name: &str,
+    ep: &Endpoint,
+) -> Result<()> {
+    let retired = build::retired_name(&ep.host_interface);
+    if host.link_exists(&retired)? {
+        allocations.retire(name, &format!("~{retired}"));
+    } else {
+        allocations.release(name);
+    }
+    Ok(())
+}
+
 fn lost_netns(sb: &Sandbox) -> Error {
     invalid!(
         "sandbox '{}' has lost its network namespace ({} is gone); `nsnet gc` releases what is left of it",

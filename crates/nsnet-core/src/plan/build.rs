@@ -269,7 +269,13 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
     let mut plan = Plan::default();
     for sb in users {
         for ep in sb.endpoints.iter().filter(|e| e.network == net.name) {
-            plan = plan.then(endpoint_teardown(sb, ep, Some(net), owner));
+            plan = plan.then(endpoint_teardown(
+                sb,
+                ep,
+                Some(net),
+                owner,
+                EndpointRemoval::Delete,
+            ));
         }
     }
     if net.driver == Driver::Bridge {
@@ -317,8 +323,8 @@ pub enum VethRemoval {
     /// With its namespace (nsnet made it and no process is in it): one unmount, and the kernel destroys the
     /// namespace with its veth pairs in one batch, in the background.
     WithNamespace,
-    /// One by one (the host end takes the peer with it, even while a process keeps the namespace alive),
-    /// each waiting for an RCU grace period; then the namespace, if nsnet made it.
+    /// One by one, each retired ([`EndpointRemoval::Retire`]: out of use at once, deleted later, since a
+    /// process keeps the namespace and so the veths alive); then the namespace, if nsnet made it.
     OneByOne,
 }
 
@@ -350,7 +356,13 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, veths: Veth
     }
     for ep in &sb.endpoints {
         let net = nets.iter().find(|n| n.name == ep.network);
-        plan = plan.then(endpoint_teardown(sb, ep, net, owner));
+        plan = plan.then(endpoint_teardown(
+            sb,
+            ep,
+            net,
+            owner,
+            EndpointRemoval::Retire,
+        ));
     }
     if sb.owned {
         plan.push_teardown(
@@ -363,19 +375,67 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, veths: Veth
     plan
 }
 
-/// Delete one endpoint's veth (the host end takes the peer with it), with the steps that bring it back as
-/// [`endpoint_up`] made it; without its network's record it cannot be brought back.
-pub fn endpoint_teardown(sb: &Sandbox, ep: &Endpoint, net: Option<&Network>, owner: &str) -> Plan {
+/// How an endpoint's veth goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointRemoval {
+    /// Deleted now (the host end takes the peer with it), waiting for an RCU grace period.
+    Delete,
+    /// Retired now ([`Step::RetireVeth`]) and deleted later with every other retired link, off the command's
+    /// path: for a bridge network's endpoint. A point-to-point one is deleted (its host end holds the
+    /// gateway address, which its network's next sandbox needs).
+    Retire,
+}
+
+/// Take one endpoint's veth away, as `how` says, with the steps that bring it back as [`endpoint_up`] made
+/// it; without its network's record a deleted one cannot be brought back.
+pub fn endpoint_teardown(
+    sb: &Sandbox,
+    ep: &Endpoint,
+    net: Option<&Network>,
+    owner: &str,
+    how: EndpointRemoval,
+) -> Plan {
+    let mut plan = Plan::default();
+    leave_fast_path(&mut plan, sb, ep, net);
+    let master = net
+        .filter(|n| n.driver == Driver::Bridge)
+        .map(|n| n.interface.clone());
+    if let (EndpointRemoval::Retire, Some(master)) = (how, master) {
+        let retire = Step::RetireVeth {
+            host: ep.host_interface.clone(),
+            peer: ep.interface.clone(),
+            peer_ns: Ns::Path(sb.netns.clone()),
+            retired: retired_name(&ep.host_interface),
+            master: Some(master),
+            tag: owner.to_string(),
+            made_with: Some(ep.mac.host_end()),
+        };
+        // Its own undo (both ends back, as they were) restores it.
+        plan.push_teardown(retire, vec![]);
+        return plan;
+    }
     let restore = net
         .map(|net| endpoint_up(net, ep, &Ns::Path(sb.netns.clone()), owner).0)
         .unwrap_or_default();
-    let mut plan = Plan::default();
-    leave_fast_path(&mut plan, sb, ep, net);
     plan.push_teardown(
         delete_host_link(&ep.host_interface, owner, ep.mac.host_end()),
         restore,
     );
     plan
+}
+
+/// The name both ends of a retired veth take ([`Step::RetireVeth`]): `nsrt` and the host end's hash.
+pub fn retired_name(host_interface: &str) -> String {
+    format!(
+        "nsrt{:08x}",
+        crate::names::short_hash(&["retired", host_interface])
+    )
+}
+
+/// Whether `holder`, an owner in a network's allocations, is a retired veth (the address waits there until
+/// the link is gone), and which link.
+pub fn retired_holder(holder: &str) -> Option<&str> {
+    holder.strip_prefix('~')
 }
 
 /// Delete a host link nsnet made: only while it carries `owner`'s tag, or (made before links were tagged)
@@ -735,20 +795,33 @@ mod tests {
             panic!("set-up joins the fast path: {up:?}");
         };
         let remove = add.undo().expect("undo of FastPathAdd");
+        // A process keeps the namespace: the veth is retired (out of use now, deleted later), not deleted.
+        let retire = Step::RetireVeth {
+            host: "veth12345678".into(),
+            peer: "eth0".into(),
+            peer_ns: ns(),
+            retired: retired_name("veth12345678"),
+            master: Some("br0".into()),
+            tag: OWNER.into(),
+            made_with: Some(sb.endpoints[0].mac.host_end()),
+        };
         assert_eq!(
             plan.steps,
             vec![
                 remove,
-                delete_host_link("veth12345678", OWNER, sb.endpoints[0].mac.host_end()),
+                retire.clone(),
                 Step::DeleteNetns {
                     name: "netns2".into()
                 }
             ]
         );
-        // The fast path entry comes back; the veth exactly as set-up made it; the namespace before it (undo
-        // runs in reverse).
+        // The fast path entry comes back; the veth as it was; the namespace before it (undo runs in reverse).
         assert_eq!(plan.undo_of(0), vec![add.clone()]);
-        assert_eq!(plan.undo_of(1), up);
+        assert_eq!(
+            plan.undo_of(1),
+            vec![retire.undo().expect("retire has an undo")]
+        );
+        assert!(matches!(plan.undo_of(1)[0], Step::UnretireVeth { .. }));
         assert_eq!(
             plan.undo_of(2),
             vec![Step::CreateNetns {

@@ -149,6 +149,34 @@ pub enum Step {
     SetPeer { overlay: PeerLink, peer: Peer },
     /// Remove what [`Step::SetPeer`] programmed; already gone is fine.
     RemovePeer { overlay: PeerLink, peer: Peer },
+    /// Take a sandbox's veth pair out of use at once instead of deleting it (deleting waits an RCU grace
+    /// period per link): the peer inside `peer_ns` goes down and is renamed `retired` (its name is free for the
+    /// next interface at once), and the host end goes down, off its bridge, is renamed `retired` and joins
+    /// [`crate::kernel::netlink::RETIRED_GROUP`]. Retired links are deleted together, off the command's path
+    /// ([`Step::DeleteRetired`]). Only a host end with `tag` (or `made_with`, see [`Step::DeleteLink`]).
+    RetireVeth {
+        host: String,
+        peer: String,
+        peer_ns: Ns,
+        retired: String,
+        /// The bridge it leaves, to go back to on undo.
+        master: Option<String>,
+        tag: String,
+        made_with: Option<Mac>,
+    },
+    /// Undo [`Step::RetireVeth`]: both ends get their names back and come up, the host end on its bridge.
+    UnretireVeth {
+        host: String,
+        peer: String,
+        peer_ns: Ns,
+        retired: String,
+        master: Option<String>,
+        tag: String,
+        made_with: Option<Mac>,
+    },
+    /// Delete every retired link: in one request (one grace period for all) when every link of the retired
+    /// group is nsnet's, else only those with `tag`, one by one.
+    DeleteRetired { tag: String },
 }
 
 /// Where an overlay network's peers are programmed: which device, how, and the source address of routes.
@@ -204,6 +232,23 @@ impl Step {
                 name: name.clone(),
                 tag: tag.clone(),
                 made_with: Some(*mac),
+            }),
+            Step::RetireVeth {
+                host,
+                peer,
+                peer_ns,
+                retired,
+                master,
+                tag,
+                made_with,
+            } => Some(Step::UnretireVeth {
+                host: host.clone(),
+                peer: peer.clone(),
+                peer_ns: peer_ns.clone(),
+                retired: retired.clone(),
+                master: master.clone(),
+                tag: tag.clone(),
+                made_with: *made_with,
             }),
             Step::SetPeer { overlay, peer } => Some(Step::RemovePeer {
                 overlay: overlay.clone(),
@@ -332,6 +377,41 @@ impl Step {
             } => format!(
                 "ip link add {name} type vxlan id {vni} dstport {port} nolearning\n\
                  ip link set {name} address {mac} mtu {mtu} alias {tag} up"
+            ),
+            Step::RetireVeth {
+                host,
+                peer,
+                peer_ns,
+                retired,
+                ..
+            } => format!(
+                "{ip} link set {peer} down\n{ip} link set {peer} name {retired}\n\
+                 ip link set {host} down\n\
+                 ip link set {host} name {retired} nomaster group {group}",
+                ip = peer_ns.ip(),
+                group = crate::kernel::netlink::RETIRED_GROUP
+            ),
+            Step::UnretireVeth {
+                host,
+                peer,
+                peer_ns,
+                retired,
+                master,
+                ..
+            } => {
+                let master = master
+                    .as_ref()
+                    .map(|m| format!(" master {m}"))
+                    .unwrap_or_default();
+                format!(
+                    "ip link set {retired} name {host} group 0{master} up\n\
+                     {ip} link set {retired} name {peer} up",
+                    ip = peer_ns.ip()
+                )
+            }
+            Step::DeleteRetired { .. } => format!(
+                "ip link delete group {}",
+                crate::kernel::netlink::RETIRED_GROUP
             ),
             Step::SetPeer { overlay, peer } => render_peer(overlay, peer, "replace"),
             Step::RemovePeer { overlay, peer } => render_peer(overlay, peer, "del"),

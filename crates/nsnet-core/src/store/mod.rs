@@ -87,6 +87,10 @@ pub enum FileState {
 /// every variant, that must keep parsing. Intents written before formats were numbered carry none: format 1.
 pub const INTENT_FORMAT: u64 = 2;
 
+/// How every owner tag starts ([`Store::owner_tag`]): a link alias or table comment with it is some state
+/// dir's nsnet's.
+pub const TAG_PREFIX: &str = "nsnet:";
+
 /// What a command in flight may have done, written before it touches the kernel and removed when it is
 /// finished. If nsnet is killed in between, recovery reads it: a set-up whose records all landed is done;
 /// otherwise its `undo` steps run and the records go back to `before`. A teardown is finished: `redo` runs
@@ -463,9 +467,9 @@ impl Store {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
         if plain {
-            format!("nsnet:{dir}")
+            format!("{TAG_PREFIX}{dir}")
         } else {
-            format!("nsnet:#{:08x}", crate::names::short_hash(&[&dir]))
+            format!("{TAG_PREFIX}#{:08x}", crate::names::short_hash(&[&dir]))
         }
     }
 

@@ -437,13 +437,19 @@ impl TestHost {
                     }
                 }
             }
-            let stray = self.link_names().into_iter().any(|l| {
+            let links = self.link_names();
+            let stray = links.iter().any(|l| {
                 l.len() == 12
                     && l.starts_with("veth")
                     && l[4..].chars().all(|c| c.is_ascii_hexdigit())
-                    && !owned.contains(&l)
+                    && !owned.contains(l)
             });
-            if !stray {
+            // Retired veths go with their reaper, which then gives their addresses back.
+            let retired = links.iter().any(|l| l.starts_with("nsrt"))
+                || (self.state.join("networks").exists()
+                    && String::from_utf8_lossy(&self.nsnet(&["network", "ls", "--json"]).stdout)
+                        .contains("\"~nsrt"));
+            if !stray && !retired {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));

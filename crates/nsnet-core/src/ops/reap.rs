@@ -1,0 +1,106 @@
+//! Retired veths ([`Step::RetireVeth`]): a removal takes a runtime-owned sandbox's veth out of use at once and
+//! leaves its deletion, which waits for an RCU grace period, to a reaper off the command's path. The reaper
+//! deletes every retired link in one request, then gives their addresses back.
+//!
+//! Tracked so nothing leaks and no address is reused early: a retired link keeps its address in its network's
+//! allocations (held by `~NAME`) until it is gone. If the reaper is killed (or the host reboots), the next
+//! reaper (every removal that retires starts one) or `nsnet gc` finds the links, or finds them gone, and
+//! finishes.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use super::{Host, Nsnet};
+use crate::error::Result;
+use crate::plan::{build, Plan, Step};
+use crate::store::Record;
+
+/// The environment variable that makes `nsnet` (or `nsnet-cni`) a reaper for the state dir it names.
+pub const REAPER_ENV: &str = "NSNET_REAP";
+
+impl Nsnet {
+    /// Delete every retired link (one request, without the lock: it waits for a grace period), then, under
+    /// the lock, give back the addresses of those that are gone. Returns those links.
+    pub fn reap(&self) -> Result<Vec<String>> {
+        if !self.dry_run {
+            let tag = self.store.owner_tag();
+            self.applier().run(&Step::DeleteRetired { tag })?;
+        }
+        let _lock = self.lock()?;
+        self.release_retired()
+    }
+
+    /// Under the lock: the addresses held by retired links that are gone go back to their networks.
+    pub(super) fn release_retired(&self) -> Result<Vec<String>> {
+        let mut host = Host::new();
+        let (mut records, mut gone) = (Vec::new(), Vec::new());
+        for mut net in self.store.network_records()? {
+            let mut holders: Vec<String> = net
+                .allocations
+                .addresses
+                .values()
+                .filter(|o| build::retired_holder(o).is_some())
+                .cloned()
+                .collect();
+            holders.dedup();
+            let mut changed = false;
+            for holder in holders {
+                let link = build::retired_holder(&holder).unwrap_or_default();
+                if !host.link_exists(link)? {
+                    net.allocations.release(&holder);
+                    gone.push(link.to_string());
+                    changed = true;
+                }
+            }
+            if changed {
+                records.push(Record::Network(net));
+            }
+        }
+        if !records.is_empty() {
+            self.bring_up(Plan::default(), records)?;
+        }
+        Ok(gone)
+    }
+
+    /// Start a reaper for this state dir, detached (its own session, no terminal, nothing inherited), if the
+    /// caller named a program for it ([`Nsnet::reaper`]) and `plan` retired a link. Best effort: without one,
+    /// the next reaper or `gc` deletes the links.
+    pub(super) fn start_reaper(&self, plan: &Plan) {
+        let retired = plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::RetireVeth { .. }));
+        let (Some(program), false, true) = (&self.reaper, self.dry_run, retired) else {
+            return;
+        };
+        // Test builds only: a reaper that never comes, to prove what holds until one does.
+        if cfg!(feature = "fault-injection") && std::env::var_os("NSNET_NO_REAPER").is_some() {
+            return;
+        }
+        let mut cmd = Command::new(program);
+        cmd.env(REAPER_ENV, self.store.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        detach(&mut cmd);
+        // Not waited for: it outlives this process. Its exit is reaped by init.
+        let _ = cmd.spawn();
+    }
+}
+
+/// Run `cmd` in a session of its own, so the caller's exit (or its terminal's) does not take it along.
+fn detach(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid(2) is async-signal-safe and allocates nothing; it runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// The state dir a reaper was started for, when this process is one ([`REAPER_ENV`]).
+pub fn reaper_for() -> Option<PathBuf> {
+    std::env::var_os(REAPER_ENV).map(PathBuf::from)
+}
