@@ -168,8 +168,15 @@ pub fn allocate(
             ));
         }
         if allocated.is_allocated(ip) {
-            let by = allocated
-                .holder(ip)
+            let holder = allocated.holder(ip);
+            // A veth retired moments ago (`~NAME`) holds its address until its reaper deletes it.
+            if let Some(link) = holder.and_then(|h| h.strip_prefix('~')) {
+                return Err(format!(
+                    "address {ip} is still held by veth {link}, retired moments ago and being deleted; try \
+                     again in a moment (or run `nsnet gc`)"
+                ));
+            }
+            let by = holder
                 .map(|owner| format!(" by sandbox {owner}"))
                 .unwrap_or_default();
             return Err(format!(

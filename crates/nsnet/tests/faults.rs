@@ -148,6 +148,8 @@ fn every_teardown_step_rolls_back() {
     // Detach: the fast path entry, the veth, then the firewall step; then put it back.
     let steps = fail_every_teardown_step(&h, &["detach", &a, "--network", "n2"], &[&a, &b, &ext]);
     assert_eq!(steps, 3, "detach");
+    // The detached veth was retired: its address is back once its reaper deleted it.
+    h.settle();
     h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
     // Sandbox rm while a process is inside a: its two fast path entries, its two veths one by one, then its
     // namespace, with the firewall step alongside. Each failure must bring everything back.
@@ -163,6 +165,7 @@ fn every_teardown_step_rolls_back() {
     // The process kept the namespace; its veths are gone all the same.
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    h.settle();
     // An idle sandbox goes with one unmount (the kernel takes its veths): the firewall step, then its two fast
     // path entries and the unmount.
     h.ok(&["create", &a, "-p", "8080:80"]);

@@ -410,8 +410,23 @@ pub fn endpoint_teardown(
             tag: owner.to_string(),
             made_with: Some(ep.mac.host_end()),
         };
-        // Its own undo (both ends back, as they were) restores it.
-        plan.push_teardown(retire, vec![]);
+        // Back as it was: both ends renamed back and up, on the bridge again; a port re-added to a bridge is a
+        // new port (bound again to the sandbox's MAC), and the sandbox's routes through the downed end went.
+        let ns = Ns::Path(sb.netns.clone());
+        let mut restore: Vec<Step> = retire.undo().into_iter().collect();
+        restore.push(Step::BindPort {
+            name: ep.host_interface.clone(),
+            mac: ep.mac,
+            hairpin: net.is_some_and(|n| n.options.hairpin),
+        });
+        if ep.default_route {
+            restore.push(Step::AddDefaultRoute {
+                ns,
+                dev: ep.interface.clone(),
+                via: ep.gateway,
+            });
+        }
+        plan.push_teardown(retire, restore);
         return plan;
     }
     let restore = net
@@ -817,11 +832,11 @@ mod tests {
         );
         // The fast path entry comes back; the veth as it was; the namespace before it (undo runs in reverse).
         assert_eq!(plan.undo_of(0), vec![add.clone()]);
-        assert_eq!(
-            plan.undo_of(1),
-            vec![retire.undo().expect("retire has an undo")]
-        );
-        assert!(matches!(plan.undo_of(1)[0], Step::UnretireVeth { .. }));
+        let back = plan.undo_of(1);
+        assert_eq!(back[0], retire.undo().expect("retire has an undo"));
+        assert!(matches!(back[0], Step::UnretireVeth { .. }));
+        assert!(matches!(back[1], Step::BindPort { .. }), "{back:?}");
+        assert!(matches!(back[2], Step::AddDefaultRoute { .. }), "{back:?}");
         assert_eq!(
             plan.undo_of(2),
             vec![Step::CreateNetns {
