@@ -26,6 +26,10 @@ impl Nsnet {
             let tag = self.store.owner_tag();
             self.applier().run(&Step::DeleteRetired { tag })?;
         }
+        // No store (its last network went meanwhile): no address to give back, and nothing to make.
+        if !self.store.dir().join("lock").exists() {
+            return Ok(vec![]);
+        }
         let _lock = self.lock()?;
         self.release_retired()
     }
