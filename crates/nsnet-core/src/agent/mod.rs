@@ -190,7 +190,7 @@ impl Agent {
         self.revision = revision;
         self.resume = false;
         self.backoff = Duration::from_millis(250);
-        self.settled(
+        self.say(
             "etcd",
             format!("following the cluster at revision {revision}"),
         );
@@ -207,7 +207,7 @@ impl Agent {
                     "following the cluster again from revision {}",
                     self.revision + 1
                 );
-                self.settled("etcd", line);
+                self.say("etcd", line);
             }
             Err(e) => self.fail_etcd("cannot watch the cluster", &e),
         }
@@ -345,7 +345,7 @@ impl Agent {
             Ok(u) => u,
             Err(e) => return self.say("underlay", format!("{e}")),
         };
-        self.settled(
+        self.say(
             "underlay",
             format!("underlay {} on {}", underlay.ip, underlay.interface),
         );
@@ -358,7 +358,7 @@ impl Agent {
         for spec in &specs {
             let topic = format!("network {}", spec.name);
             match self.reconcile_network(&view, spec, &underlay) {
-                Ok(line) => self.settled(&topic, line),
+                Ok(line) => self.say(&topic, line),
                 Err(e) => self.say(&topic, format!("network {}: {e}", spec.name)),
             }
         }
@@ -376,14 +376,15 @@ impl Agent {
             if specs.iter().any(|s| &s.name == name) {
                 continue;
             }
-            match self.nsnet.overlay_leave(name) {
-                Ok(true) => self.say(&format!("network {name}"), format!("network {name} left the cluster; removed here")),
-                Ok(false) => self.say(
-                    &format!("network {name}"),
-                    format!("network {name} left the cluster; its peers are gone, and it stays here while sandboxes use it"),
+            let line = match self.nsnet.overlay_leave(name) {
+                Ok(true) => format!("network {name} left the cluster; removed here"),
+                Ok(false) => format!(
+                    "network {name} left the cluster; its peers are gone, and it stays here while \
+                     sandboxes use it"
                 ),
-                Err(e) => self.say(&format!("network {name}"), format!("network {name}: cannot leave: {e}")),
-            }
+                Err(e) => format!("network {name}: cannot leave: {e}"),
+            };
+            self.say(&format!("network {name}"), line);
         }
     }
 
@@ -411,7 +412,7 @@ impl Agent {
                 // Not being able to publish (etcd away) stops nothing here: the block is this host's.
                 let key = cluster::lease_key(&spec.name, subnet);
                 match self.publish(&key, &value(subnet)) {
-                    Ok(()) => self.settled(&key, format!("published {key}")),
+                    Ok(()) => self.say(&key, format!("published {key}")),
                     Err(e) => self.say(&key, format!("cannot publish {key}: {e}")),
                 }
                 subnet
@@ -591,11 +592,6 @@ impl Agent {
             eprintln!("nsnet agent: {line}");
             self.said.insert(topic.to_string(), line);
         }
-    }
-
-    /// A topic that is fine now: said only when it was not before (an error is over, or first news).
-    fn settled(&mut self, topic: &str, line: String) {
-        self.say(topic, line);
     }
 }
 
