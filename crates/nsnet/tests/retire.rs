@@ -1,6 +1,7 @@
 //! Removing a sandbox whose namespace someone else owns (`nsnet rm` after `attach`, CNI `DEL`): its veth is
-//! retired at once (down, renamed, off the bridge) and deleted later by a reaper, off the command's path.
-//! Nothing leaks and no address is handed out while a link still carries it.
+//! retired at once (down, the sandbox's end renamed, the host end in the retired link group) and deleted later
+//! by a reaper, off the command's path. Nothing leaks, and no address is handed out while a link still
+//! carries it.
 
 mod common;
 
@@ -24,6 +25,13 @@ fn links_in(ns: &str) -> String {
     sh(&["ip", "-n", ns, "-o", "link"])
 }
 
+fn host_veth(h: &TestHost, sb: &str) -> String {
+    h.inspect(sb)["endpoints"][0]["host_interface"]
+        .as_str()
+        .expect("a host veth")
+        .to_string()
+}
+
 #[test]
 fn a_runtime_owned_namespace_is_free_at_once_and_its_veth_goes_later() {
     let h = TestHost::new("retire");
@@ -31,16 +39,16 @@ fn a_runtime_owned_namespace_is_free_at_once_and_its_veth_goes_later() {
     let ctr = h.sb("ctr");
     sh(&["ip", "netns", "add", &ctr]);
     h.ok(&["attach", &ctr, "--network", "n"]);
-    let veth = h.inspect(&ctr)["endpoints"][0]["host_interface"]
-        .as_str()
-        .expect("a host veth")
-        .to_string();
+    let veth = host_veth(&h, &ctr);
     h.ok(&["rm", &ctr]);
-    // At once: the interface name inside is free, the host end is out of the bridge's way.
+    // At once: the interface name inside is free, and the host end is down (or already gone).
     assert!(!links_in(&ctr).contains(" eth0"), "{}", links_in(&ctr));
+    let host_links = h.in_host(&["ip", "-o", "link"]);
     assert!(
-        !h.link_names().contains(&veth),
-        "the host end kept its name"
+        !host_links
+            .lines()
+            .any(|l| l.contains(&veth) && l.contains(",UP")),
+        "{host_links}"
     );
     // The runtime networks the same namespace again with the same interface name, at once.
     h.ok(&["attach", &ctr, "--network", "n"]);
@@ -48,11 +56,7 @@ fn a_runtime_owned_namespace_is_free_at_once_and_its_veth_goes_later() {
     h.ok(&["rm", &ctr]);
     // Later, off the command's path: the retired veths are gone and their addresses back.
     h.settle();
-    assert!(
-        !h.link_names().iter().any(|l| l.starts_with("nsrt")),
-        "{:?}",
-        h.link_names()
-    );
+    assert!(!h.link_names().contains(&veth), "{:?}", h.link_names());
     assert_eq!(holders(&h, "n"), Vec::<String>::new());
     sh(&["ip", "netns", "del", &ctr]);
     h.ok(&["network", "rm", "n"]);
@@ -68,6 +72,7 @@ fn a_retired_veth_keeps_its_address_until_it_is_gone() {
         sh(&["ip", "netns", "add", ns]);
     }
     h.ok(&["attach", &a, "--network", "tiny"]);
+    let veth = host_veth(&h, &a);
     // No reaper comes (the fault-injection knob): the retired veth stays, and so does its hold on .2.
     let out = h.nsnet_env(&["rm", &a], &[("NSNET_NO_REAPER", "1")]);
     assert!(
@@ -75,19 +80,15 @@ fn a_retired_veth_keeps_its_address_until_it_is_gone() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        h.link_names().iter().any(|l| l.starts_with("nsrt")),
-        "{:?}",
-        h.link_names()
-    );
-    let held = holders(&h, "tiny");
-    assert_eq!(held.len(), 1, "{held:?}");
-    assert!(held[0].starts_with("~nsrt"), "{held:?}");
+    assert!(h.link_names().contains(&veth), "{:?}", h.link_names());
+    assert_eq!(holders(&h, "tiny"), vec![format!("~{veth}")]);
     let line = h.fails(&["attach", &b, "--network", "tiny"]);
     assert!(line.contains("tiny"), "{line}");
+    let line = h.fails(&["attach", &b, "--network", "tiny", "--ip", "172.16.61.2"]);
+    assert!(line.contains("being deleted"), "{line}");
     // gc deletes the retired veth and gives the address back; now b gets it.
     h.ok(&["gc"]);
-    assert!(!h.link_names().iter().any(|l| l.starts_with("nsrt")));
+    assert!(!h.link_names().contains(&veth));
     assert_eq!(holders(&h, "tiny"), Vec::<String>::new());
     h.ok(&["attach", &b, "--network", "tiny"]);
     let ip = h.inspect(&b)["endpoints"][0]["address"].to_string();
@@ -115,7 +116,7 @@ fn a_reaper_that_never_ran_is_made_up_for_by_the_next() {
     h.ok(&["rm", &c]);
     h.settle();
     assert!(
-        !h.link_names().iter().any(|l| l.starts_with("nsrt")),
+        !h.link_names().iter().any(|l| l.starts_with("veth")),
         "{:?}",
         h.link_names()
     );

@@ -515,14 +515,15 @@ impl Netlink {
         Ok(())
     }
 
-    /// Take a veth end out of use without deleting it: down, off its bridge, renamed to `new_name` (so its
-    /// name is free at once) and, with `group`, put in that link group, to be deleted with the rest of the
-    /// group later in one request. Each of these is quick; what is slow is unregistering a device, which waits
-    /// for an RCU grace period. False when there is no link `name`.
+    /// Take a veth end out of use without deleting it: down, renamed to `rename` if given (so its name is
+    /// free at once), and, with `group`, put in that link group, to be deleted with the rest of the group later
+    /// in one request. Each of these is quick; what is slow is unregistering a device, which waits for an RCU
+    /// grace period. A bridge port stays on its bridge, disabled while down (leaving the bridge would wait for
+    /// a grace period too). False when there is no link `name`.
     pub fn retire(
         &mut self,
         name: &str,
-        new_name: &str,
+        rename: Option<&str>,
         group: Option<u32>,
     ) -> Result<bool, KernelError> {
         let Some(link) = self.link(name)? else {
@@ -539,46 +540,37 @@ impl Netlink {
         )?;
         let mut msg = LinkMessage::default();
         msg.header.index = link.index;
-        msg.attributes
-            .push(LinkAttribute::IfName(new_name.to_string()));
-        if link.master.is_some() {
-            msg.attributes.push(LinkAttribute::Controller(0));
+        if let Some(new_name) = rename {
+            msg.attributes
+                .push(LinkAttribute::IfName(new_name.to_string()));
         }
         if let Some(g) = group {
             msg.attributes.push(LinkAttribute::Group(g));
         }
-        self.request(
-            &format!("retire {name} as {new_name}"),
-            RouteNetlinkMessage::SetLink(msg),
-            0,
-        )?;
+        if !msg.attributes.is_empty() {
+            self.request(
+                &format!("retire {name}"),
+                RouteNetlinkMessage::SetLink(msg),
+                0,
+            )?;
+        }
         Ok(true)
     }
 
-    /// Undo [`Self::retire`]: the link `retired` gets its name back, its bridge (`master`), group 0, and comes
-    /// up. False when there is no link `retired`.
-    pub fn unretire(
-        &mut self,
-        retired: &str,
-        name: &str,
-        master: Option<&str>,
-    ) -> Result<bool, KernelError> {
-        let Some(link) = self.link(retired)? else {
+    /// Undo [`Self::retire`]: the link now called `current` gets `name` back and group 0, and comes up. False
+    /// when there is no link `current`.
+    pub fn unretire(&mut self, current: &str, name: &str) -> Result<bool, KernelError> {
+        let Some(link) = self.link(current)? else {
             return Ok(false);
-        };
-        let master = match master {
-            Some(m) => Some(self.link_index(m)?),
-            None => None,
         };
         let mut msg = LinkMessage::default();
         msg.header.index = link.index;
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        msg.attributes.push(LinkAttribute::Group(0));
-        if let Some(m) = master {
-            msg.attributes.push(LinkAttribute::Controller(m));
+        if current != name {
+            msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         }
+        msg.attributes.push(LinkAttribute::Group(0));
         self.request(
-            &format!("bring {retired} back as {name}"),
+            &format!("bring {current} back as {name}"),
             RouteNetlinkMessage::SetLink(msg),
             0,
         )?;

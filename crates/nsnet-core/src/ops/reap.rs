@@ -50,7 +50,11 @@ impl Nsnet {
             let mut changed = false;
             for holder in holders {
                 let link = build::retired_holder(&holder).unwrap_or_default();
-                if !host.link_exists(link)? {
+                // Gone, or (deleted, and the name taken again since) no longer a retired link.
+                let still = host
+                    .link(link)?
+                    .is_some_and(|l| l.group == crate::kernel::netlink::RETIRED_GROUP);
+                if !still {
                     net.allocations.release(&holder);
                     gone.push(link.to_string());
                     changed = true;

@@ -608,9 +608,11 @@ fn hand_back(
     name: &str,
     ep: &Endpoint,
 ) -> Result<()> {
-    let retired = build::retired_name(&ep.host_interface);
-    if host.link_exists(&retired)? {
-        allocations.retire(name, &format!("~{retired}"));
+    let retired = host
+        .link(&ep.host_interface)?
+        .is_some_and(|l| l.group == crate::kernel::netlink::RETIRED_GROUP);
+    if retired {
+        allocations.retire(name, &build::retired_holder_of(&ep.host_interface));
     } else {
         allocations.release(name);
     }

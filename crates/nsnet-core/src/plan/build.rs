@@ -410,15 +410,10 @@ pub fn endpoint_teardown(
             tag: owner.to_string(),
             made_with: Some(ep.mac.host_end()),
         };
-        // Back as it was: both ends renamed back and up, on the bridge again; a port re-added to a bridge is a
-        // new port (bound again to the sandbox's MAC), and the sandbox's routes through the downed end went.
+        // Back as it was: both ends renamed back and up (the port kept its bridge and its binding); the
+        // sandbox's routes through the downed end went.
         let ns = Ns::Path(sb.netns.clone());
         let mut restore: Vec<Step> = retire.undo().into_iter().collect();
-        restore.push(Step::BindPort {
-            name: ep.host_interface.clone(),
-            mac: ep.mac,
-            hairpin: net.is_some_and(|n| n.options.hairpin),
-        });
         if ep.default_route {
             restore.push(Step::AddDefaultRoute {
                 ns,
@@ -439,7 +434,7 @@ pub fn endpoint_teardown(
     plan
 }
 
-/// The name both ends of a retired veth take ([`Step::RetireVeth`]): `nsrt` and the host end's hash.
+/// The name the sandbox's end of a retired veth takes ([`Step::RetireVeth`]): `nsrt` and the host end's hash.
 pub fn retired_name(host_interface: &str) -> String {
     format!(
         "nsrt{:08x}",
@@ -447,8 +442,13 @@ pub fn retired_name(host_interface: &str) -> String {
     )
 }
 
+/// The holder of a retired veth's address in its network's allocations: `~` and its host end's name.
+pub fn retired_holder_of(host_interface: &str) -> String {
+    format!("~{host_interface}")
+}
+
 /// Whether `holder`, an owner in a network's allocations, is a retired veth (the address waits there until
-/// the link is gone), and which link.
+/// the link is gone), and which host link.
 pub fn retired_holder(holder: &str) -> Option<&str> {
     holder.strip_prefix('~')
 }
@@ -835,8 +835,7 @@ mod tests {
         let back = plan.undo_of(1);
         assert_eq!(back[0], retire.undo().expect("retire has an undo"));
         assert!(matches!(back[0], Step::UnretireVeth { .. }));
-        assert!(matches!(back[1], Step::BindPort { .. }), "{back:?}");
-        assert!(matches!(back[2], Step::AddDefaultRoute { .. }), "{back:?}");
+        assert!(matches!(back[1], Step::AddDefaultRoute { .. }), "{back:?}");
         assert_eq!(
             plan.undo_of(2),
             vec![Step::CreateNetns {

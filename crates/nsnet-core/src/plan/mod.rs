@@ -151,20 +151,22 @@ pub enum Step {
     RemovePeer { overlay: PeerLink, peer: Peer },
     /// Take a sandbox's veth pair out of use at once instead of deleting it (deleting waits an RCU grace
     /// period per link): the peer inside `peer_ns` goes down and is renamed `retired` (its name is free for the
-    /// next interface at once), and the host end goes down, off its bridge, is renamed `retired` and joins
-    /// [`crate::kernel::netlink::RETIRED_GROUP`]. Retired links are deleted together, off the command's path
-    /// ([`Step::DeleteRetired`]). Only a host end with `tag` (or `made_with`, see [`Step::DeleteLink`]).
+    /// next interface at once), and the host end goes down (a disabled port of its bridge, whose static FDB
+    /// entry keeps the sandbox's MAC: the address, and so the MAC, stay taken until it is gone) and joins
+    /// [`crate::kernel::netlink::RETIRED_GROUP`], keeping its name (the next endpoint's is chosen among free
+    /// ones). Retired links are deleted together, off the command's path ([`Step::DeleteRetired`]). Only a
+    /// host end with `tag` (or `made_with`, see [`Step::DeleteLink`]).
     RetireVeth {
         host: String,
         peer: String,
         peer_ns: Ns,
         retired: String,
-        /// The bridge it leaves, to go back to on undo.
+        /// Its bridge, if it is a bridge port.
         master: Option<String>,
         tag: String,
         made_with: Option<Mac>,
     },
-    /// Undo [`Step::RetireVeth`]: both ends get their names back and come up, the host end on its bridge.
+    /// Undo [`Step::RetireVeth`]: both ends get their names back and come up.
     UnretireVeth {
         host: String,
         peer: String,
@@ -387,7 +389,7 @@ impl Step {
             } => format!(
                 "{ip} link set {peer} down\n{ip} link set {peer} name {retired}\n\
                  ip link set {host} down\n\
-                 ip link set {host} name {retired} nomaster group {group}",
+                 ip link set {host} group {group}",
                 ip = peer_ns.ip(),
                 group = crate::kernel::netlink::RETIRED_GROUP
             ),
@@ -396,19 +398,12 @@ impl Step {
                 peer,
                 peer_ns,
                 retired,
-                master,
                 ..
-            } => {
-                let master = master
-                    .as_ref()
-                    .map(|m| format!(" master {m}"))
-                    .unwrap_or_default();
-                format!(
-                    "ip link set {retired} name {host} group 0{master} up\n\
-                     {ip} link set {retired} name {peer} up",
-                    ip = peer_ns.ip()
-                )
-            }
+            } => format!(
+                "ip link set {host} group 0 up\n\
+                 {ip} link set {retired} name {peer} up",
+                ip = peer_ns.ip()
+            ),
             Step::DeleteRetired { .. } => format!(
                 "ip link delete group {}",
                 crate::kernel::netlink::RETIRED_GROUP

@@ -1105,7 +1105,6 @@ impl Store {
         )?;
         for slot in 0.. {
             let path = dir.join(format!("{slot}.json"));
-            let existed = path.exists();
             let file = open_for_writing(&path).map_err(io_err("open intent", &path))?;
             if !try_lock(&file, &path)? {
                 continue;
@@ -1114,14 +1113,13 @@ impl Store {
             if file.metadata().map_err(io_err("stat intent", &path))?.len() != 0 {
                 continue;
             }
+            // Not synced to disk: an intent is for a command that dies (killed, OOM, a panic), and the page
+            // cache keeps its write for the next command whatever becomes of the writer. A power loss takes the
+            // kernel objects it describes along; the records it would reconcile are each written atomically
+            // and synced, and `nsnet gc` matches them to the (empty) kernel. Its sync was the one fsync on
+            // every command's path before any kernel change, and the widest spread of their times.
             std::os::unix::fs::FileExt::write_all_at(&file, text.as_bytes(), 0)
                 .map_err(io_err("write intent", &path))?;
-            file.sync_data().map_err(io_err("sync intent", &path))?;
-            if !existed {
-                File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err("sync state directory", &dir))?;
-            }
             return Ok(IntentFile { path, file });
         }
         unreachable!("the slot loop only ends by returning")

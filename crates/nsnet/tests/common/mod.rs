@@ -444,11 +444,11 @@ impl TestHost {
                     && l[4..].chars().all(|c| c.is_ascii_hexdigit())
                     && !owned.contains(l)
             });
-            // Retired veths go with their reaper, which then gives their addresses back.
-            let retired = links.iter().any(|l| l.starts_with("nsrt"))
-                || (self.state.join("networks").exists()
-                    && String::from_utf8_lossy(&self.nsnet(&["network", "ls", "--json"]).stdout)
-                        .contains("\"~nsrt"));
+            // Retired veths (strays above, until deleted) go with their reaper, which then gives their
+            // addresses back.
+            let retired = self.state.join("networks").exists()
+                && String::from_utf8_lossy(&self.nsnet(&["network", "ls", "--json"]).stdout)
+                    .contains("\"~veth");
             if !stray && !retired {
                 return;
             }
