@@ -230,7 +230,7 @@ fn main() -> Result<()> {
             let curve_kinds: Vec<peers::Kind> = kinds
                 .iter()
                 .copied()
-                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables")))
+                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables") | peers::Kind::NsnetAttach))
                 .collect();
             let curves = curve::run(&curve_kinds, n)?;
             md += "\n";
@@ -263,7 +263,7 @@ fn main() -> Result<()> {
             let n = number("--n", 1000)?;
             let kinds: Vec<peers::Kind> = kinds
                 .into_iter()
-                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables")))
+                .filter(|k| !matches!(k, peers::Kind::Nsnet("iptables") | peers::Kind::NsnetAttach))
                 .collect();
             let curves = curve::run(&kinds, n)?;
             std::fs::write("curve.svg", curve::svg(&curves, n))?;

@@ -21,6 +21,9 @@ pub enum Kind {
     Nsnet(&'static str),
     /// nsnet-cni ADD / DEL, as a runtime runs it.
     NsnetCni,
+    /// `nsnet attach NS -p` / `nsnet rm`: the CLI on a namespace the runtime made (like for like with the
+    /// CNI-style peers).
+    NsnetAttach,
     /// netavark `setup` / `teardown` (Debian's, or another binary at the path).
     Netavark(&'static str),
     /// The CNI reference chain: bridge + host-local, then portmap.
@@ -34,6 +37,7 @@ impl Kind {
         match self {
             Kind::Nsnet(fw) => format!("nsnet ({fw})"),
             Kind::NsnetCni => "nsnet-cni (ADD/DEL)".into(),
+            Kind::NsnetAttach => "nsnet attach + rm (runtime's namespace)".into(),
             Kind::Netavark(path) => {
                 let v = sh(&[path, "--version"]).unwrap_or_default();
                 format!("{} (iptables)", v.trim())
@@ -49,6 +53,7 @@ impl Kind {
             Kind::Nsnet("nftables"),
             Kind::Nsnet("iptables"),
             Kind::NsnetCni,
+            Kind::NsnetAttach,
         ];
         if Path::new(NETAVARK).exists() {
             out.push(Kind::Netavark(NETAVARK));
@@ -108,7 +113,12 @@ impl Peer {
                 p.nsnet.display()
             );
         }
-        if let Kind::Nsnet(fw) = kind {
+        let fw = match kind {
+            Kind::Nsnet(fw) => Some(fw),
+            Kind::NsnetAttach => Some("nftables"),
+            _ => None,
+        };
+        if let Some(fw) = fw {
             let out = p
                 .nsnet_cmd(fw)
                 .args(["network", "create", "bench", "--subnet", "10.90.0.0/16"])
@@ -188,6 +198,20 @@ impl Peer {
                 )?]
             }
             Kind::NsnetCni => vec![self.nsnet_cni("ADD", i, port)?],
+            Kind::NsnetAttach => {
+                let p = format!("{port}:80");
+                vec![measured(
+                    self.nsnet_cmd("nftables").args([
+                        "attach",
+                        &name,
+                        "--network",
+                        "bench",
+                        "-p",
+                        &p,
+                    ]),
+                    None,
+                )?]
+            }
             Kind::Netavark(bin) => vec![self.netavark(bin, "setup", i, port)?],
             Kind::CniChain => self.cni_chain_add(i, port)?,
             Kind::Floor => vec![measured(
@@ -207,6 +231,11 @@ impl Peer {
                 None,
             )?],
             Kind::NsnetCni => vec![self.nsnet_cni("DEL", i, port)?],
+            Kind::NsnetAttach => vec![measured(
+                self.nsnet_cmd("nftables")
+                    .args(["rm", &self.host.sandbox(i)]),
+                None,
+            )?],
             Kind::Netavark(bin) => vec![self.netavark(bin, "teardown", i, port)?],
             Kind::CniChain => self.cni_chain_del(i, port)?,
             Kind::Floor => vec![measured(
