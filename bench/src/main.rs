@@ -5,6 +5,7 @@ mod curve;
 mod datapath;
 mod floor;
 mod lifecycle;
+mod overlay;
 mod peers;
 mod ports;
 mod soak;
@@ -158,7 +159,8 @@ pub fn machine() -> String {
 const USAGE: &str = "usage: nsnet-bench all [--out bench/results] [--quick] [--only nsnet,netavark,CNI,floor]
        nsnet-bench lifecycle [--reps 30] | concurrent [--creators 16] [--each 8] | curve [--n 1000]
        nsnet-bench datapath [--secs 5] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
-       nsnet-bench soak [--cycles 2000]";
+       nsnet-bench soak [--cycles 2000]
+       nsnet-bench overlay [--out bench/results] [--quick] [--secs 4] [--reps 10] [--hosts 3,50] [--cycles 12] [--window 30]";
 
 /// The positional argument at `i`, as a number.
 fn number_at(args: &[String], i: usize) -> Result<u32> {
@@ -293,6 +295,28 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("soak") => soak::soak(number("--cycles", 2000)?),
+        Some("overlay") => {
+            let mut o = overlay::Opts::new(quick);
+            o.secs = u32::try_from(number("--secs", usize::try_from(o.secs)?)?)
+                .context("--secs is too large")?;
+            o.reps = number("--reps", o.reps)?;
+            o.cycles = number("--cycles", o.cycles)?;
+            o.window = u64::try_from(number("--window", usize::try_from(o.window)?)?)?;
+            if let Some(h) = value("--hosts") {
+                o.hosts = h
+                    .split(',')
+                    .filter(|s| *s != "0")
+                    .map(|s| s.parse().context("--hosts takes numbers like 3,50"))
+                    .collect::<Result<_>>()?;
+            }
+            let out =
+                std::path::PathBuf::from(value("--out").unwrap_or_else(|| "bench/results".into()));
+            let md = overlay::run(&o)?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("overlay.md"), &md)?;
+            print!("{md}");
+            Ok(())
+        }
         _ => bail!("{USAGE}"),
     }
 }
