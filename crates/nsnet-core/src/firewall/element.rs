@@ -217,10 +217,7 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
                 vec![Ifname(device.clone()), Net(*cluster), Net(*subnet)],
             ),
             Element::new(Ip, "no_masq", vec![Net(*subnet), Net(*cluster)]),
-        ]
-        .into_iter()
-        .chain(untracked(*cluster, *subnet))
-        .collect(),
+        ],
         Rule::VxlanPort { port } => vec![Element::new(Ip, "vxlan_ports", vec![Port(*port)])],
         Rule::VxlanMember { underlay, port } => vec![Element::new(
             Ip,
@@ -244,50 +241,6 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             })
             .collect(),
     }
-}
-
-/// The overlay traffic that skips connection tracking: between this host's sandboxes (its subnet but the
-/// gateway, whose own connections a host firewall may want tracked) and the rest of the cluster, both ways.
-/// Traffic within the subnet stays tracked: published ports reached through the host's address (hairpin)
-/// need their NAT undone on the way back.
-fn untracked(cluster: Ipv4Net, subnet: Ipv4Net) -> Vec<Element> {
-    use Field::Net;
-    let gateway = u32::from(subnet.network()).saturating_add(1);
-    let range = |from: u32, to: u32| {
-        ipnet::Ipv4Subnets::new(Ipv4Addr::from(from), Ipv4Addr::from(to), 0).collect::<Vec<_>>()
-    };
-    let (c0, c1) = (u32::from(cluster.network()), u32::from(cluster.broadcast()));
-    let (s0, s1) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
-    let mut others = Vec::new();
-    if s0 > c0 {
-        others.extend(range(c0, s0 - 1));
-    }
-    if s1 < c1 {
-        others.extend(range(s1 + 1, c1));
-    }
-    let mut mine = Vec::new();
-    if gateway > s0 {
-        mine.extend(range(s0, gateway - 1));
-    }
-    if gateway < s1 {
-        mine.extend(range(gateway + 1, s1));
-    }
-    let mut out = Vec::new();
-    for o in &others {
-        for m in &mine {
-            out.push(Element::new(
-                Family::Ip,
-                "untracked",
-                vec![Net(*m), Net(*o)],
-            ));
-            out.push(Element::new(
-                Family::Ip,
-                "untracked",
-                vec![Net(*o), Net(*m)],
-            ));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -342,19 +295,6 @@ mod tests {
         });
         assert_eq!(e[0].text(), "\"nsvx1\" . 10.244.0.0/16 . 10.244.3.0/24");
         assert_eq!(e[1].text(), "10.244.3.0/24 . 10.244.0.0/16");
-        // Untracked: the subnet but its gateway (.1), to and from the cluster but the subnet.
-        let untracked: Vec<String> = e[2..].iter().map(Element::text).collect();
-        assert!(
-            untracked.contains(&"10.244.3.2/31 . 10.244.0.0/23".to_string()),
-            "{untracked:?}"
-        );
-        assert!(
-            untracked.contains(&"10.244.128.0/17 . 10.244.3.128/25".to_string()),
-            "{untracked:?}"
-        );
-        assert!(!untracked
-            .iter()
-            .any(|t| t.contains("10.244.3.1/32") || t.contains("10.244.3.0/24")));
         let m = &elements(&Rule::VxlanMember {
             underlay: Ipv4Addr::new(192, 168, 200, 12),
             port: 4789,

@@ -82,10 +82,6 @@ const DECLARE: &str = r#"table ip nsnet {
 	set vxlan_members {
 		type ipv4_addr . inet_service
 	}
-	set untracked {
-		type ipv4_addr . ipv4_addr
-		flags interval
-	}
 	chain guard {
 		type filter hook prerouting priority raw; policy accept;
 	}
@@ -121,7 +117,7 @@ table bridge nsnet {
 "#;
 
 /// nsnet's own sets and maps in `ip nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
-const SETS: [(&str, &str); 17] = [
+const SETS: [(&str, &str); 16] = [
     ("set", "ifaces"),
     ("set", "internal"),
     ("set", "internal_self"),
@@ -138,7 +134,6 @@ const SETS: [(&str, &str); 17] = [
     ("set", "no_masq"),
     ("set", "vxlan_ports"),
     ("set", "vxlan_members"),
-    ("set", "untracked"),
 ];
 /// nsnet's own chains in `ip nsnet`, in an order that may be deleted (jumping chains first).
 const CHAINS: [&str; 7] = [
@@ -157,9 +152,6 @@ const RULES: &[(&str, &str, &str)] = &[
     // for `-p 127.0.0.1:...`), the kernel no longer drops such packets as martians on nsnet's interfaces.
     // Every packet (bridged ones too, through br_netfilter) passes here: the address test comes first, so
     // ordinary traffic costs one compare per rule and no set lookup.
-    // Between this host's sandboxes and the other hosts' on an overlay network, nothing needs connection
-    // tracking (no NAT, only stateless accepts): skipping it keeps the overlay near the bare tunnel's speed.
-    (TABLE, "guard", "ip saddr . ip daddr @untracked notrack"),
     (TABLE, "guard", "ip saddr 127.0.0.0/8 iifname @ifaces drop"),
     (TABLE, "guard", "ip daddr 127.0.0.0/8 iifname @ifaces drop"),
     // A point-to-point sandbox's packets arrive on its host veth; bridged ones are checked in `bridge nsnet`.
