@@ -336,6 +336,22 @@ fn three_hosts_on_vxlan_reach_each_other_by_their_own_addresses() {
         SocketAddrV4::new(w.host_ip(2), 8080),
     );
     assert_eq!(seen, Some(OUTSIDE_IP), "outside -> host 2:8080 -> d ({d})");
+    // The same port from sandboxes of the network: on host 2, on host 1 (masqueraded to host 1's address on
+    // the underlay), and from d itself (hairpin).
+    let to_d = SocketAddrV4::new(w.host_ip(2), 8080);
+    let pd = w.sb_path("d");
+    assert!(
+        common::reach(&pd, 80, &pb, to_d).is_some(),
+        "b -> host 2:8080 -> d"
+    );
+    assert!(
+        common::reach(&pd, 80, &pa, to_d).is_some(),
+        "a -> host 2:8080 -> d"
+    );
+    assert!(
+        common::reach(&pd, 80, &pd, to_d).is_some(),
+        "d -> itself (hairpin)"
+    );
 
     // MTU: the underlay's 1500 less 50, on the device, the bridge and the veths; a don't-fragment packet
     // of the full size crosses, one byte more is refused at the sender.
