@@ -1006,6 +1006,24 @@ fn bad_overlay_input_is_refused_in_one_line_and_changes_nothing() {
         ],
     );
     assert!(line.contains("VNI 1"), "{line}");
+    // host-gw uses neither VNI nor port: another network on the same defaults is fine.
+    w.ok(
+        1,
+        &[
+            "network",
+            "create",
+            "gw",
+            "--driver",
+            "overlay",
+            "--backend",
+            "host-gw",
+            "--subnet",
+            "10.11.0.0/16",
+            "--etcd",
+            &url,
+        ],
+    );
+    w.ok(1, &["network", "rm", "gw", "--etcd", &url]);
     // On a host, the agent's part of the network is not removed by hand.
     w.start_agent(1, &["--lease-ttl", TTL]);
     wait_joined(&w, &[1], 0);

@@ -622,10 +622,11 @@ pub fn create_network(etcd: &Etcd, spec: &NetworkSpec) -> Result<(), AgentError>
     let (kvs, _) = etcd.get_prefix(&format!("{PREFIX}networks/"))?;
     let view = View::of(kvs);
     let (nets, _) = view.networks();
-    if let Some(other) = nets
-        .iter()
-        .find(|n| n.vni == spec.vni && n.port == spec.port && n.name != spec.name)
-    {
+    // VNI and port matter between two vxlan networks only: host-gw uses neither.
+    let vxlan = |n: &NetworkSpec| n.backend == OverlayBackend::Vxlan;
+    if let Some(other) = nets.iter().find(|n| {
+        vxlan(n) && vxlan(spec) && n.vni == spec.vni && n.port == spec.port && n.name != spec.name
+    }) {
         return Err(AgentError::Invalid(format!(
             "overlay network '{}' already uses VNI {} on port {}; give another --vni",
             other.name, spec.vni, spec.port

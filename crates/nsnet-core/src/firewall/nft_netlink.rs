@@ -1,5 +1,5 @@
 //! The hot path of the nftables driver: adding and removing set and map elements (published ports, endpoint
-//! guards) straight over nf_tables netlink, in one nfnetlink batch (one kernel transaction).
+//! guards, an overlay's member hosts) straight over nf_tables netlink, in one nfnetlink batch (one kernel transaction).
 //!
 //! Why not `nft -f`: every `nft` run costs a process (~3 ms), and nft 1.0.6 loads a set's whole contents before
 //! deleting one element from it, so removing a published port grew with the number of ports. Here both are
@@ -48,8 +48,10 @@ pub fn handles(batch: &Batch) -> bool {
         && batch.0.iter().all(|c| {
             matches!(
                 c,
-                Change::Add(Rule::Port { .. } | Rule::Endpoint { .. })
-                    | Change::Delete(Rule::Port { .. } | Rule::Endpoint { .. })
+                Change::Add(Rule::Port { .. } | Rule::Endpoint { .. } | Rule::VxlanMember { .. })
+                    | Change::Delete(
+                        Rule::Port { .. } | Rule::Endpoint { .. } | Rule::VxlanMember { .. }
+                    )
             )
         })
 }
