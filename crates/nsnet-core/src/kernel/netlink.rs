@@ -1018,17 +1018,10 @@ impl Netlink {
         let mut req = neighbour(AddressFamily::Inet, 0, None, None);
         // NDA_IFINDEX: the kernel dumps only this link's entries.
         req.attributes.push(NeighbourAttribute::IfIndex(dev_index));
-        let replies = self.request(
-            &format!("list the neighbours of link {dev_index}"),
-            RouteNetlinkMessage::GetNeighbour(req),
-            NLM_F_DUMP,
-        )?;
         let mut out = Vec::new();
-        for r in replies {
-            let RouteNetlinkMessage::NewNeighbour(m) = r else {
-                continue;
-            };
-            if m.header.ifindex != dev_index || m.header.family != AddressFamily::Inet {
+        let what = format!("list the neighbours of link {dev_index}");
+        for m in self.dump_neighbours(&what, req, dev_index)? {
+            if m.header.family != AddressFamily::Inet {
                 continue;
             }
             let (mut ip, mut mac) = (None, None);
@@ -1044,6 +1037,24 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Dump neighbour (or FDB) entries with `req`, keeping link `dev_index`'s: the kernel filters a dump by
+    /// link only for strict sockets, so this filters too.
+    fn dump_neighbours(
+        &mut self,
+        what: &str,
+        req: NeighbourMessage,
+        dev_index: u32,
+    ) -> Result<Vec<NeighbourMessage>, KernelError> {
+        let replies = self.request(what, RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewNeighbour(m) if m.header.ifindex == dev_index => Some(m),
+                _ => None,
+            })
+            .collect())
     }
 
     /// `bridge fdb replace MAC dev INDEX dst DST self permanent` on a VXLAN device: frames for MAC (a peer's
@@ -1071,20 +1082,12 @@ impl Netlink {
     /// destination, `None` for an entry without one (nsnet makes none). All-zero MACs (default destinations,
     /// which nsnet never sets) are left out; a MAC with several destinations appears once per destination.
     pub fn fdb_entries(&mut self, dev_index: u32) -> Result<Vec<FdbEntry>, KernelError> {
-        // The kernel filters on `ndm_ifindex` only for strict sockets; the loop below filters anyway.
         let req = neighbour(AddressFamily::Bridge, dev_index, None, None);
-        let replies = self.request(
-            &format!("list the FDB of link {dev_index}"),
-            RouteNetlinkMessage::GetNeighbour(req),
-            NLM_F_DUMP,
-        )?;
         let mut out = Vec::new();
-        for r in replies {
-            let RouteNetlinkMessage::NewNeighbour(m) = r else {
-                continue;
-            };
+        let what = format!("list the FDB of link {dev_index}");
+        for m in self.dump_neighbours(&what, req, dev_index)? {
             // NTF_SELF: the device's own table; a bridge's entries for its port have no flag but NDA_MASTER.
-            if m.header.ifindex != dev_index || !m.header.flags.contains(NeighbourFlags::Own) {
+            if !m.header.flags.contains(NeighbourFlags::Own) {
                 continue;
             }
             let (mut mac, mut dst) = (None, None);
