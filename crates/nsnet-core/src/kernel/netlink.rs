@@ -821,14 +821,7 @@ impl Netlink {
             if m.header.destination_prefix_length != 0 {
                 continue;
             }
-            let (mut oif, mut gw) = (None, None);
-            for attr in &m.attributes {
-                match attr {
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
-                    _ => {}
-                }
-            }
+            let (oif, gw) = oif_and_gateway(&m);
             out.push(DefaultRoute { oif, gateway: gw });
         }
         Ok(out)
@@ -1222,14 +1215,7 @@ impl Netlink {
             let RouteNetlinkMessage::NewRoute(m) = r else {
                 continue;
             };
-            let (mut oif, mut gw) = (None, None);
-            for attr in &m.attributes {
-                match attr {
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
-                    _ => {}
-                }
-            }
+            let (oif, gw) = oif_and_gateway(&m);
             return Ok(oif.map(|oif| (oif, gw)));
         }
         Ok(None)
@@ -1270,6 +1256,19 @@ fn gone_ok(reply: Result<Vec<RouteNetlinkMessage>, KernelError>) -> Result<bool,
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// A route's output link and IPv4 gateway, when it has them.
+fn oif_and_gateway(m: &RouteMessage) -> (Option<u32>, Option<Ipv4Addr>) {
+    let (mut oif, mut gw) = (None, None);
+    for attr in &m.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+            _ => {}
+        }
+    }
+    (oif, gw)
 }
 
 /// A neighbour (or, in `AF_BRIDGE`, FDB) message about link `index`, permanent; `NTF_SELF` in `AF_BRIDGE`,
