@@ -1,5 +1,5 @@
 //! The overlay's netlink primitives (VXLAN device, FDB, permanent neighbours, gateway routes, route and
-//! address look-ups) on the real kernel, each checked against what `ip`/`bridge` report. Every test works in
+//! address look-ups) and the retiring of veths, on the real kernel, each checked against what `ip`/`bridge` report. Every test works in
 //! named namespaces of its own (`/run/netns/nsovl<pid>-<tag>`), removed by a guard even when the test panics;
 //! the host's own namespace is never touched. Needs root; skipped without it.
 
@@ -560,4 +560,51 @@ fn two_namespaces_reach_each_other_over_the_vxlan_overlay() {
     }
     let after = a.run(&["ping", "-c1", "-W1", "10.244.2.1"]);
     assert!(!after.status.success(), "gone with the overlay");
+}
+
+/// A veth whose peer's namespace is being destroyed vanishes on its own, at a moment the kernel chooses
+/// (after `ip netns del`, CNI DEL with the runtime's namespace already gone). Retiring it then is done, never
+/// an error, whichever side of that moment the request lands on: CI once saw "retire vethX: No such device".
+/// Retiring again and again until the link is gone puts requests on every side of that moment.
+#[test]
+fn retiring_a_veth_that_vanishes_is_not_an_error() {
+    let Some((_a, mut nl_a)) = Ns::create("rta") else {
+        return;
+    };
+    let mut calls = 0;
+    for round in 0..20 {
+        let Some((b, nl_b)) = Ns::create(&format!("rtb{round}")) else {
+            return;
+        };
+        let b_fd = File::open(b.path()).expect("open b");
+        nl_a.create_veth(&VethSpec {
+            host: "vr",
+            peer: "vp",
+            peer_netns: b_fd.as_fd(),
+            master: None,
+            mtu: 1500,
+            peer_mac: None,
+            host_mac: None,
+        })
+        .expect("veth");
+        nl_a.set_up("vr").expect("up");
+        // The namespace goes: its last references are the file and the socket, then the kernel's cleanup.
+        drop(b_fd);
+        drop(nl_b);
+        drop(b);
+        let start = std::time::Instant::now();
+        loop {
+            calls += 1;
+            match nl_a.retire("vr", None, Some(0x6e73_7274)) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => panic!("round {round}: {e}"),
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "round {round}: the veth outlived its namespace"
+            );
+        }
+    }
+    eprintln!("{calls} retire requests");
 }

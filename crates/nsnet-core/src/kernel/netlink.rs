@@ -533,11 +533,16 @@ impl Netlink {
         let mut down = LinkMessage::default();
         down.header.index = link.index;
         down.header.change_mask |= LinkFlags::Up;
-        self.request(
+        // The link can vanish under us: a veth whose namespace is being destroyed goes with it (the kernel
+        // does that asynchronously, after the last reference to the namespace is dropped). Gone is retired.
+        match self.request(
             &format!("set {name} down"),
             RouteNetlinkMessage::SetLink(down),
             0,
-        )?;
+        ) {
+            Err(e) if e.is_not_found() => return Ok(false),
+            other => other?,
+        };
         let mut msg = LinkMessage::default();
         msg.header.index = link.index;
         if let Some(new_name) = rename {
@@ -548,11 +553,14 @@ impl Netlink {
             msg.attributes.push(LinkAttribute::Group(g));
         }
         if !msg.attributes.is_empty() {
-            self.request(
+            match self.request(
                 &format!("retire {name}"),
                 RouteNetlinkMessage::SetLink(msg),
                 0,
-            )?;
+            ) {
+                Err(e) if e.is_not_found() => return Ok(false),
+                other => other?,
+            };
         }
         Ok(true)
     }
@@ -569,13 +577,18 @@ impl Netlink {
             msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         }
         msg.attributes.push(LinkAttribute::Group(0));
-        self.request(
-            &format!("bring {current} back as {name}"),
-            RouteNetlinkMessage::SetLink(msg),
-            0,
-        )?;
-        self.set_up(name)?;
-        Ok(true)
+        // As in `retire`: a link that vanished meanwhile has nothing to come back to.
+        match self
+            .request(
+                &format!("bring {current} back as {name}"),
+                RouteNetlinkMessage::SetLink(msg),
+                0,
+            )
+            .and_then(|_| self.set_up(name))
+        {
+            Err(e) if e.is_not_found() => Ok(false),
+            other => other.map(|()| true),
+        }
     }
 
     /// `ip link delete group GROUP`: every link of the group, in one request, so the kernel unregisters them
