@@ -1186,3 +1186,78 @@ fn a_sandbox_cannot_inject_vxlan_through_its_own_host_s_membership() {
     w.ok(2, &["rm", &w.sb("b")]);
     remove_overlay(&w, &[1, 2]);
 }
+
+/// New connections between sandboxes on different hosts cross a host firewall whose forward policy is drop
+/// (Docker sets one), both ways: nsnet finds the chain when the agent joins and lets its network's bridge and
+/// VXLAN device through. The host's firewall is left as it was when the network goes.
+fn across_a_host_firewall(test: &str, firewall: &str) {
+    let w = World::new(test, 2);
+    make_overlay(&w, &[]);
+    for i in 1..=2 {
+        let h = w.host_path(i);
+        if firewall == "iptables" {
+            in_ns(&h, &["iptables", "-P", "FORWARD", "DROP"]);
+        } else {
+            in_ns(&h, &["nft", "add", "table", "ip", "hostfw"]);
+            in_ns(
+                &h,
+                &[
+                    "nft",
+                    "add",
+                    "chain",
+                    "ip",
+                    "hostfw",
+                    "forward",
+                    "{ type filter hook forward priority 0; policy drop; }",
+                ],
+            );
+        }
+        w.start_agent(i, &["--lease-ttl", TTL, "--firewall", firewall]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &["-p", "8080:80"]);
+    let (pa, pb) = (w.sb_path("a"), w.sb_path("b"));
+    assert_eq!(
+        common::reach(&pb, 80, &pa, SocketAddrV4::new(b, 80)),
+        Some(a),
+        "a -> b"
+    );
+    assert_eq!(
+        common::reach(&pa, 81, &pb, SocketAddrV4::new(a, 81)),
+        Some(b),
+        "b -> a"
+    );
+    assert!(pings(&pa, b) && pings(&pb, a), "ping both ways");
+    assert!(pings(&w.host_path(1), b), "host 1 -> b");
+    assert_eq!(
+        common::reach(&pb, 80, &pa, SocketAddrV4::new(w.host_ip(2), 8080)),
+        Some(w.host_ip(1)),
+        "a -> host 2:8080 -> b"
+    );
+
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+    for i in 1..=2 {
+        let rules = match firewall {
+            "iptables" => in_ns(&w.host_path(i), &["iptables-save"]),
+            _ => in_ns(&w.host_path(i), &["nft", "list", "table", "ip", "hostfw"]),
+        };
+        assert!(
+            !rules.contains("nsnet") && !rules.contains("NSNET"),
+            "host {i}:\n{rules}"
+        );
+    }
+}
+
+#[test]
+fn cross_host_connections_cross_a_host_firewall_with_policy_drop_nftables() {
+    across_a_host_firewall("ovdrpn", "nftables");
+}
+
+#[test]
+fn cross_host_connections_cross_a_host_firewall_with_policy_drop_iptables() {
+    across_a_host_firewall("ovdrpi", "iptables");
+}

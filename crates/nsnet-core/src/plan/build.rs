@@ -33,11 +33,15 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
             interface: net.interface.clone(),
         });
     }
+    // A VXLAN device's traffic is the cluster's: without its accepts, a host chain with policy drop would
+    // let replies through (to the bridge, established) but no new connection from another host's sandbox.
     for chain in &net.host_chains {
-        rules.push(Rule::HostAccept {
-            chain: chain.clone(),
-            interface: net.interface.clone(),
-        });
+        for interface in interfaces(net) {
+            rules.push(Rule::HostAccept {
+                chain: chain.clone(),
+                interface: interface.to_string(),
+            });
+        }
     }
     rules.extend(overlay_rules(net));
     for other in others.iter().filter(|o| o.name != net.name) {
