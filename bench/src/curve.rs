@@ -29,7 +29,7 @@ pub struct Curve {
 fn runs_of(kind: Kind) -> usize {
     match kind {
         Kind::Nsnet(_) | Kind::NsnetCni | Kind::NsnetAttach | Kind::Floor => 3,
-        Kind::Netavark(_) | Kind::CniChain => 1,
+        Kind::Netavark(..) | Kind::CniChain => 1,
     }
 }
 

@@ -12,6 +12,8 @@ use crate::world::Host;
 use crate::{measured, sh, Run};
 
 pub const NETAVARK: &str = "/usr/lib/podman/netavark";
+/// Where `bench/setup-peers` builds the newest netavark from crates.io (it needs `protobuf-compiler`).
+pub const NETAVARK_BUILT: &str = "/var/cache/nsnet-bench/netavark/bin/netavark";
 pub const CNI_DIR: &str = "/usr/lib/cni";
 
 /// Which tool.
@@ -24,8 +26,9 @@ pub enum Kind {
     /// `nsnet attach NS -p` / `nsnet rm`: the CLI on a namespace the runtime made (like for like with the
     /// CNI-style peers).
     NsnetAttach,
-    /// netavark `setup` / `teardown` (Debian's, or another binary at the path).
-    Netavark(&'static str),
+    /// netavark `setup` / `teardown`: the binary, and the firewall driver it is told to use (`NETAVARK_FW`;
+    /// `None` for Debian's 1.4, whose only driver is iptables and which has no such setting).
+    Netavark(&'static str, Option<&'static str>),
     /// The CNI reference chain: bridge + host-local, then portmap.
     CniChain,
     /// The kernel floor: the kernel objects of `nsnet create` and nothing else (see `floor.rs`).
@@ -38,9 +41,10 @@ impl Kind {
             Kind::Nsnet(fw) => format!("nsnet ({fw})"),
             Kind::NsnetCni => "nsnet-cni (ADD/DEL)".into(),
             Kind::NsnetAttach => "nsnet attach + rm (runtime's namespace)".into(),
-            Kind::Netavark(path) => {
+            // Named by what ran: the binary's own version, and the driver it used.
+            Kind::Netavark(path, driver) => {
                 let v = sh(&[path, "--version"]).unwrap_or_default();
-                format!("{} (iptables)", v.trim())
+                format!("{} ({})", v.trim(), driver.unwrap_or("iptables"))
             }
             Kind::CniChain => "CNI bridge + host-local + portmap 1.1.1".into(),
             Kind::Floor => "kernel floor (nsnet's netlink and bpf calls only, no port)".into(),
@@ -56,18 +60,18 @@ impl Kind {
             Kind::NsnetAttach,
         ];
         if Path::new(NETAVARK).exists() {
-            out.push(Kind::Netavark(NETAVARK));
+            out.push(Kind::Netavark(NETAVARK, None));
         } else {
             eprintln!("{NETAVARK} not found (apt-get install netavark): skipping netavark");
         }
-        // A newer netavark, when one was installed with `cargo install netavark`.
-        if let Some(home) = std::env::var_os("HOME") {
-            let newer = Path::new(&home).join(".cargo/bin/netavark");
-            if newer.exists() {
-                let leaked: &'static str =
-                    Box::leak(newer.to_string_lossy().into_owned().into_boxed_str());
-                out.push(Kind::Netavark(leaked));
-            }
+        // The newest netavark (2.x), built by bench/setup-peers: its only kernel firewall driver is nftables
+        // (2.0 dropped iptables), asked for by name so that the row cannot silently be another.
+        if Path::new(NETAVARK_BUILT).exists() {
+            out.push(Kind::Netavark(NETAVARK_BUILT, Some("nftables")));
+        } else {
+            eprintln!(
+                "{NETAVARK_BUILT} not found (bench/setup-peers builds it): skipping netavark 2.x"
+            );
         }
         if Path::new(CNI_DIR).join("bridge").exists() {
             out.push(Kind::CniChain);
@@ -212,7 +216,7 @@ impl Peer {
                     None,
                 )?]
             }
-            Kind::Netavark(bin) => vec![self.netavark(bin, "setup", i, port)?],
+            Kind::Netavark(bin, driver) => vec![self.netavark(bin, driver, "setup", i, port)?],
             Kind::CniChain => self.cni_chain_add(i, port)?,
             Kind::Floor => vec![measured(
                 self.floor_cmd().args(["up", &name, &i.to_string()]),
@@ -220,6 +224,9 @@ impl Peer {
             )?],
         };
         check(&runs, "up")?;
+        if i == 0 {
+            self.driver_check()?;
+        }
         Ok(runs)
     }
 
@@ -236,7 +243,9 @@ impl Peer {
                     .args(["rm", &self.host.sandbox(i)]),
                 None,
             )?],
-            Kind::Netavark(bin) => vec![self.netavark(bin, "teardown", i, port)?],
+            Kind::Netavark(bin, driver) => {
+                vec![self.netavark(bin, driver, "teardown", i, port)?]
+            }
             Kind::CniChain => self.cni_chain_del(i, port)?,
             Kind::Floor => vec![measured(
                 self.floor_cmd()
@@ -246,6 +255,42 @@ impl Peer {
         };
         check(&runs, "down")?;
         Ok(runs)
+    }
+
+    /// A netavark row must be named by the driver that really ran: after its first set-up, its rules are
+    /// where that driver puts them (nftables: `table inet netavark`; iptables: `NETAVARK-*` chains).
+    fn driver_check(&self) -> Result<()> {
+        let Kind::Netavark(_, driver) = self.kind else {
+            return Ok(());
+        };
+        let (listing, want) = match driver {
+            Some("nftables") => (
+                sh(&[
+                    "nsenter",
+                    &format!("--net=/run/netns/{}", self.host.name),
+                    "nft",
+                    "list",
+                    "tables",
+                ])?,
+                "netavark",
+            ),
+            _ => (
+                sh(&[
+                    "nsenter",
+                    &format!("--net=/run/netns/{}", self.host.name),
+                    "iptables-save",
+                ])?,
+                "NETAVARK",
+            ),
+        };
+        if !listing.contains(want) {
+            bail!(
+                "{} claims the {} driver, but its host shows none of that driver's rules:\n{listing}",
+                self.kind.name(),
+                driver.unwrap_or("iptables")
+            );
+        }
+        Ok(())
     }
 
     fn cni_env(&self, cmd: &mut Command, command: &str, i: usize) {
@@ -267,7 +312,14 @@ impl Peer {
         measured(&mut cmd, Some(conf.to_string().as_bytes()))
     }
 
-    fn netavark(&self, bin: &str, command: &str, i: usize, port: u16) -> Result<Run> {
+    fn netavark(
+        &self,
+        bin: &str,
+        driver: Option<&str>,
+        command: &str,
+        i: usize,
+        port: u16,
+    ) -> Result<Run> {
         let opts = json!({
             "container_id": format!("{:064x}", i + 1),
             "container_name": format!("bench{i}"),
@@ -282,6 +334,9 @@ impl Peer {
         let conf_dir = self.host.state.join("netavark");
         std::fs::create_dir_all(&conf_dir)?;
         let mut cmd = self.host.cmd(bin);
+        if let Some(driver) = driver {
+            cmd.env("NETAVARK_FW", driver);
+        }
         cmd.arg("--config")
             .arg(&conf_dir)
             .args([command, &self.netns(i)]);

@@ -322,6 +322,25 @@ impl Applier {
                 sysctl::disable_ipv6(name)?;
                 nl.set_up(name)?;
             }
+            Step::FastPathTunnel {
+                bridge,
+                device,
+                decap,
+                routes,
+            } => {
+                let nl = self.netlink(&Ns::Host)?;
+                // No fast path on this bridge (or on this kernel): the slow path carries it all.
+                let Some(fp) = FastPath::of_bridge(nl, bridge)? else {
+                    return Ok(());
+                };
+                let out = nl.link_index(device)?;
+                let bridge_mac = nl
+                    .link(bridge)?
+                    .and_then(|l| l.mac)
+                    .ok_or_else(|| KernelError::Missing(bridge.clone()))?;
+                fp.set_tunnel(nl, out, decap.then_some(out), bridge_mac)?;
+                fp.set_remotes(routes)?;
+            }
             Step::SetPeer { overlay, peer } => {
                 let nl = self.netlink(&Ns::Host)?;
                 let dev = nl.link_index(&overlay.device)?;

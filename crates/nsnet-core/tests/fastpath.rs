@@ -179,3 +179,122 @@ fn the_program_takes_exactly_the_frames_the_bridge_would_forward_port_to_port() 
         }
     });
 }
+
+/// Across hosts: with a tunnel configured, the program sends a sandbox's routed frames for a remote block out
+/// by the tunnel's device, and delivers what that device receives from a remote block to the sandbox. What
+/// the bridge or the firewall must judge still passes: spoofed senders, blocks nobody holds, frames not sent
+/// to the gateway, decapsulated frames from outside the cluster's blocks or for no sandbox here.
+#[test]
+fn with_a_tunnel_the_program_takes_remote_blocks_both_ways_and_nothing_else() {
+    in_private_netns(|| {
+        let mut nl = Netlink::open().expect("netlink");
+        nl.create_bridge("br0", 1500, GW_MAC).expect("bridge");
+        let bridge = nl.link_index("br0").expect("bridge index");
+        let me = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
+        // ha: a sandbox's port; vx/vy: stand-ins for the overlay device (only their index matters here).
+        for (host, peer, master) in [("ha", "pa", Some(bridge)), ("vx", "vy", None)] {
+            nl.create_veth(&VethSpec {
+                host,
+                peer,
+                peer_netns: me.as_fd(),
+                master,
+                mtu: 1500,
+                peer_mac: None,
+                host_mac: None,
+            })
+            .expect("veth");
+        }
+        let (ha, vx) = (nl.link_index("ha").unwrap(), nl.link_index("vx").unwrap());
+        let fp = FastPath::ensure(&mut nl, "br0")
+            .expect("create")
+            .expect("this kernel runs bpf");
+        fp.add(&mut nl, ha, A_IP, A_MAC).expect("add a");
+        let far = Ipv4Addr::new(10, 78, 0, 5);
+        let out = frame(GW_MAC, A_MAC, 0x0800, A_IP, far);
+        let back = frame(
+            [2, 0, 0, 0, 0, 0x42],
+            [2, 0, 0, 0, 0, 0x43],
+            0x0800,
+            far,
+            A_IP,
+        );
+        // No tunnel yet: as before, the bridge carries it all.
+        assert_eq!(fp.verdict(&out, ha).unwrap(), PASSED, "no tunnel");
+        assert_eq!(fp.verdict(&back, vx).unwrap(), PASSED, "no tunnel");
+
+        assert!(fp
+            .set_tunnel(&mut nl, vx, Some(vx), GW_MAC)
+            .expect("tunnel"));
+        let block: ipnet::Ipv4Net = "10.78.0.0/24".parse().unwrap();
+        fp.set_remotes(&[(block, Ipv4Addr::new(10, 78, 0, 0))])
+            .expect("remote");
+        // A later command finds the tunnel through the bridge.
+        let found = FastPath::of_bridge(&mut nl, "br0").unwrap().expect("found");
+        assert_eq!(found.tunnel().unwrap(), Some((vx, vx, GW_MAC)));
+        assert_eq!(
+            found.remotes().unwrap(),
+            [(block, Ipv4Addr::new(10, 78, 0, 0))]
+        );
+        // The device that delivers has joined the network's block.
+        assert_eq!(
+            nl.bpf_filters(FilterAt::Link(vx, TcHook::Ingress)).unwrap(),
+            nl.bpf_filters(FilterAt::Block(block_of("br0"))).unwrap()
+        );
+        assert_eq!(found.verdict(&out, ha).unwrap(), REDIRECTED, "a -> far");
+        assert_eq!(found.verdict(&back, vx).unwrap(), REDIRECTED, "far -> a");
+        let passed = [
+            (
+                frame(GW_MAC, A_MAC, 0x0800, Ipv4Addr::new(10, 77, 0, 9), far),
+                ha,
+                "out: spoofed source address",
+            ),
+            (
+                frame(GW_MAC, [2, 0, 0, 0, 0, 9], 0x0800, A_IP, far),
+                ha,
+                "out: spoofed source MAC",
+            ),
+            (
+                frame(B_MAC, A_MAC, 0x0800, A_IP, far),
+                ha,
+                "out: not sent to the gateway",
+            ),
+            (
+                frame(GW_MAC, A_MAC, 0x0800, A_IP, Ipv4Addr::new(10, 79, 0, 5)),
+                ha,
+                "out: a block nobody holds",
+            ),
+            (frame(GW_MAC, A_MAC, 0x0806, A_IP, far), ha, "out: ARP"),
+            (
+                frame(GW_MAC, A_MAC, 0x0800, A_IP, far),
+                bridge,
+                "out: on the bridge itself",
+            ),
+            (
+                frame(B_MAC, A_MAC, 0x0800, Ipv4Addr::new(192, 0, 2, 7), A_IP),
+                vx,
+                "in: from outside the remote blocks",
+            ),
+            (
+                frame(B_MAC, A_MAC, 0x0800, far, B_IP),
+                vx,
+                "in: for no sandbox here",
+            ),
+            (
+                frame(B_MAC, A_MAC, 0x0800, far, A_IP),
+                ha,
+                "in: a remote source on a sandbox's port",
+            ),
+        ];
+        for (f, port, why) in &passed {
+            assert_eq!(found.verdict(f, *port).unwrap(), PASSED, "{why}");
+        }
+        // The remote blocks follow the peers: one gone, its frames pass.
+        found.set_remotes(&[]).expect("no remotes");
+        assert_eq!(found.remotes().unwrap(), []);
+        assert_eq!(found.verdict(&out, ha).unwrap(), PASSED, "block gone");
+        assert_eq!(found.verdict(&back, vx).unwrap(), PASSED, "block gone");
+        for link in ["ha", "vx", "br0"] {
+            nl.delete_link(link).expect("delete");
+        }
+    });
+}

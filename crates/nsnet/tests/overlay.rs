@@ -1261,3 +1261,78 @@ fn cross_host_connections_cross_a_host_firewall_with_policy_drop_nftables() {
 fn cross_host_connections_cross_a_host_firewall_with_policy_drop_iptables() {
     across_a_host_firewall("ovdrpi", "iptables");
 }
+
+/// `Ip: ForwDatagrams` of the namespace at `ns`: the packets its kernel routed on.
+fn forwarded_datagrams(ns: &Path) -> u64 {
+    let snmp = in_ns(ns, &["cat", "/proc/net/snmp"]);
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip: "));
+    let (names, values) = (ip.next().expect("Ip names"), ip.next().expect("Ip values"));
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ForwDatagrams")
+        .expect("a ForwDatagrams counter");
+    values
+        .split_whitespace()
+        .nth(at)
+        .and_then(|v| v.parse().ok())
+        .expect("a number")
+}
+
+/// Sandbox-to-sandbox traffic across hosts takes the fast path on both: the sender's host hands it to the
+/// VXLAN device, the receiver's hands it from the device to the sandbox, and neither kernel routes it (or
+/// runs netfilter on it). What the fast path must not take, it leaves to the slow path, whose firewall
+/// still decides: here a member's decapsulated frame from outside the cluster's blocks.
+#[test]
+fn cross_host_traffic_between_sandboxes_is_never_routed_by_either_host() {
+    let w = cluster("ovfast", 2, 2, &[]);
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    let (pa, pb) = (w.sb_path("a"), w.sb_path("b"));
+    let (h1, h2) = (w.host_path(1), w.host_path(2));
+    assert!(
+        pings(&pa, b),
+        "a -> b (and the gateways' neighbours learned)"
+    );
+    let before = (forwarded_datagrams(&h1), forwarded_datagrams(&h2));
+    let ping = try_in_ns(
+        &pa,
+        &["ping", "-c", "30", "-i", "0.01", "-W", "1", &b.to_string()],
+    );
+    assert!(ping.status.success(), "30 pings a -> b");
+    assert_eq!(
+        common::reach(&pb, 80, &pa, SocketAddrV4::new(b, 80)),
+        Some(a)
+    );
+    assert_eq!(
+        common::reach(&pa, 81, &pb, SocketAddrV4::new(a, 81)),
+        Some(b)
+    );
+    let routed = (
+        forwarded_datagrams(&h1) - before.0,
+        forwarded_datagrams(&h2) - before.1,
+    );
+    assert!(
+        routed.0 < 5 && routed.1 < 5,
+        "60 echo packets and two TCP exchanges, routed {routed:?} times by hosts 1 and 2"
+    );
+    // The counter counts: traffic leaving the cluster is routed (and masqueraded) by host 1.
+    let before = forwarded_datagrams(&h1);
+    assert!(pings(&pa, OUTSIDE_IP), "a -> outside");
+    assert!(forwarded_datagrams(&h1) > before, "routed to the outside");
+
+    // A member's VXLAN frame whose inner source is outside the cluster's blocks (the outside peer's
+    // address) is not the fast path's to deliver, and the slow path's firewall drops it.
+    let vtep = world::mac_of(&h1, "nsvx1");
+    let frame = icmp_echo_frame(vtep, [0x0e, 0x6e, 1, 2, 3, 5], OUTSIDE_IP, a);
+    assert_vxlan_dropped(
+        &h2,
+        w.host_ip(1),
+        &frame,
+        &pa,
+        "a member, from outside the blocks",
+    );
+
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+}

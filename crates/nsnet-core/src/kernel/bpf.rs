@@ -1,4 +1,4 @@
-//! Raw `bpf(2)`, just what the fast path needs: a hash map, a `sched_cls` program built from instructions,
+//! Raw `bpf(2)`, just what the fast path needs: hash, array and LPM-trie maps, a `sched_cls` program built from instructions,
 //! finding both again by id, and a test run. Attaching the program to devices is tc's business, over
 //! rtnetlink ([`crate::kernel::Netlink::add_bpf_filter`]).
 //!
@@ -22,6 +22,8 @@ const MAP_GET_FD_BY_ID: libc::c_long = 14;
 const OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 const MAP_TYPE_HASH: u32 = 1;
+const MAP_TYPE_ARRAY: u32 = 2;
+const MAP_TYPE_LPM_TRIE: u32 = 11;
 /// `BPF_F_NO_PREALLOC`: entries are allocated as they are added, not all up front.
 const F_NO_PREALLOC: u32 = 1;
 const PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -208,6 +210,28 @@ pub struct Insn {
 #[derive(Debug)]
 pub struct Map(OwnedFd);
 
+/// The kinds of map nsnet makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapType {
+    Hash,
+    Array,
+    LpmTrie,
+    Other,
+}
+
+/// The head of `struct bpf_map_info`; the kernel fills as much as it is given.
+#[repr(C)]
+#[derive(Default)]
+struct MapInfo {
+    map_type: u32,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    name: [u8; OBJ_NAME_LEN],
+}
+
 impl Map {
     /// A hash map with fixed-size keys and values, entries allocated as they come.
     pub fn hash(name: &str, key_size: usize, value_size: usize, max: u32) -> io::Result<Map> {
@@ -222,6 +246,56 @@ impl Map {
         };
         // SAFETY: MapCreateAttr is the BPF_MAP_CREATE member; it holds no pointers.
         unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
+    }
+
+    /// An array of `max` values, all zero to begin with.
+    pub fn array(name: &str, value_size: usize, max: u32) -> io::Result<Map> {
+        let mut attr = MapCreateAttr {
+            map_type: MAP_TYPE_ARRAY,
+            key_size: len_u32(size_of::<u32>())?,
+            value_size: len_u32(value_size)?,
+            max_entries: max,
+            map_name: obj_name(name),
+            ..Default::default()
+        };
+        // SAFETY: MapCreateAttr is the BPF_MAP_CREATE member; it holds no pointers.
+        unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
+    }
+
+    /// A longest-prefix-match trie: keys are a `u32` prefix length (native order) and then the address
+    /// bytes; a lookup with a full-length key finds the longest prefix holding it. The kernel allocates its
+    /// entries as they come (it refuses a preallocated trie).
+    pub fn lpm(name: &str, key_size: usize, value_size: usize, max: u32) -> io::Result<Map> {
+        let mut attr = MapCreateAttr {
+            map_type: MAP_TYPE_LPM_TRIE,
+            key_size: len_u32(key_size)?,
+            value_size: len_u32(value_size)?,
+            max_entries: max,
+            map_flags: F_NO_PREALLOC,
+            map_name: obj_name(name),
+            ..Default::default()
+        };
+        // SAFETY: MapCreateAttr is the BPF_MAP_CREATE member; it holds no pointers.
+        unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
+    }
+
+    /// The map's type (`BPF_MAP_TYPE_*`), from the kernel.
+    pub fn map_type(&self) -> io::Result<MapType> {
+        let mut info = MapInfo::default();
+        let mut attr = InfoAttr {
+            bpf_fd: fd_u32(&self.0)?,
+            info_len: len_u32(size_of::<MapInfo>())?,
+            info: &mut info as *mut MapInfo as u64,
+        };
+        // SAFETY: InfoAttr is the BPF_OBJ_GET_INFO_BY_FD member; `info` is writable for info_len bytes and
+        // alive for the call.
+        unsafe { sys_bpf(OBJ_GET_INFO_BY_FD, &mut attr) }?;
+        Ok(match info.map_type {
+            MAP_TYPE_HASH => MapType::Hash,
+            MAP_TYPE_ARRAY => MapType::Array,
+            MAP_TYPE_LPM_TRIE => MapType::LpmTrie,
+            _ => MapType::Other,
+        })
     }
 
     /// The map with this id, if it still exists.

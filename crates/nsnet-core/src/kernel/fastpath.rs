@@ -26,6 +26,24 @@
 //! number is derived from the bridge's name ([`block_of`]), which is how the next nsnet command finds them.
 //! So deleting the bridge frees them, and nothing can be left behind.
 //!
+//! **Across hosts** (an overlay network): the same program also takes a sandbox's frames for another host's
+//! block, and the frames the VXLAN device decapsulates for a sandbox here, so cross-host traffic skips the
+//! bridge, routing and netfilter on both hosts, as traffic between two sandboxes of one bridge does:
+//!
+//! - Out: a frame from a sandbox (checked as above), addressed to the gateway's MAC, for an address in a
+//!   remote block (the `remote` trie: block -> next hop) goes to the overlay device with
+//!   `bpf_redirect_neigh`, towards the next hop the slow path's route names (the peer's VXLAN gateway, whose
+//!   permanent neighbour entry gives its VTEP MAC; for host-gw, the peer's underlay address). The kernel
+//!   fills in the MACs from that neighbour entry and the device encapsulates as usual.
+//! - In: a frame the VXLAN device received (the tunnel's `decap` device, whose ingress joins the block)
+//!   from an address in a remote block, for a sandbox of this network, is handed to the sandbox's veth
+//!   peer with the sandbox's MAC as destination and the gateway's as source, as the bridge would deliver it.
+//!
+//! Everything else takes the slow path, where the firewall decides. What the fast path skips is nftables'
+//! per-packet work on traffic the cluster allows anyway (sandbox to sandbox, both ends checked); the VXLAN
+//! datagrams themselves still meet the input chain's member check before the device decapsulates them.
+//! Without a tunnel configured (`config` all zero, any bridge network), the program does as before.
+//!
 //! Why tc filters (cls_bpf) and not tcx links: attaching a tcx program waits for an RCU grace period (~9 ms
 //! here, holding the RTNL lock), a qdisc on a new veth takes ~30 µs.
 
@@ -33,7 +51,9 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd};
 
-use super::bpf::{Insn, Map, Program};
+use ipnet::Ipv4Net;
+
+use super::bpf::{Insn, Map, MapType, Program};
 use super::{BpfFilter, FilterAt, KernelError, Netlink};
 
 /// The name of the program, of its map and of its tc filters (`tc filter show`, `bpftool prog show`).
@@ -46,6 +66,15 @@ const KEY: usize = 4;
 const VALUE: usize = 12;
 /// The program is nsnet's own; it calls no GPL-only helper.
 const LICENSE: &str = "Apache-2.0";
+/// The `config` array's one value: the device remote blocks go out by (ifindex, 0 for none), the device whose
+/// received frames are delivered to sandboxes (ifindex, 0 for none), the bridge's MAC, 2 bytes of padding.
+const CONFIG: usize = 16;
+/// The `remote` trie: a key is a prefix length (`u32`, native order) and an IPv4 address; a value, the next
+/// hop (IPv4, network order).
+const REMOTE_KEY: usize = 8;
+const REMOTE_VALUE: usize = 4;
+/// Remote blocks one network can have: a /8 cut into /24s.
+const MAX_REMOTE: u32 = 65_536;
 
 /// `TC_ACT_REDIRECT`: what the program returns when it took a frame.
 pub const REDIRECTED: u32 = 7;
@@ -57,6 +86,8 @@ pub const PASSED: u32 = u32::MAX;
 pub struct FastPath {
     prog: Program,
     map: Map,
+    /// The tunnel's maps (`config`, `remote`); `None` for a program made before nsnet had them.
+    tunnel: Option<(Map, Map)>,
     /// The shared tc block its ports join ([`block_of`] the bridge).
     block: u32,
 }
@@ -116,11 +147,26 @@ impl FastPath {
             let info = prog
                 .info()
                 .map_err(io("read the fast path's program info"))?;
-            let Some(&map_id) = info.map_ids.first() else {
+            let (mut map, mut config, mut remote) = (None, None, None);
+            for &id in &info.map_ids {
+                let m = Map::from_id(id).map_err(io("open the fast path's maps"))?;
+                match m.map_type().map_err(io("read a fast path map's type"))? {
+                    MapType::Hash => map = Some(m),
+                    MapType::Array => config = Some(m),
+                    MapType::LpmTrie => remote = Some(m),
+                    MapType::Other => {}
+                }
+            }
+            let Some(map) = map else {
                 continue;
             };
-            let map = Map::from_id(map_id).map_err(io("open the fast path's map"))?;
-            return Ok(Some(FastPath { prog, map, block }));
+            let tunnel = config.zip(remote);
+            return Ok(Some(FastPath {
+                prog,
+                map,
+                tunnel,
+                block,
+            }));
         }
         Ok(None)
     }
@@ -129,13 +175,23 @@ impl FastPath {
     /// the program, and the bridge's ingress bound to the block with the program on it. `None` when this
     /// kernel or this caller cannot have one, or when the bridge's ingress is already someone else's.
     fn create(nl: &mut Netlink, block: u32, index: u32) -> Result<Option<FastPath>, KernelError> {
-        let map = match Map::hash(NAME, KEY, VALUE, MAX_ENTRIES) {
+        let maps = Map::hash(NAME, KEY, VALUE, MAX_ENTRIES).and_then(|map| {
+            let config = Map::array(NAME, CONFIG, 1)?;
+            let remote = Map::lpm(NAME, REMOTE_KEY, REMOTE_VALUE, MAX_REMOTE)?;
+            Ok((map, config, remote))
+        });
+        let (map, config, remote) = match maps {
             Ok(m) => m,
             Err(e) if unsupported(&e) => return Ok(None),
-            Err(e) => return Err(KernelError::io("create the fast path's map", e)),
+            Err(e) => return Err(KernelError::io("create the fast path's maps", e)),
         };
-        let insns =
-            program(map.fd().as_raw_fd(), index).map_err(io("assemble the fast path's program"))?;
+        let fds = Fds {
+            local: map.fd().as_raw_fd(),
+            config: config.fd().as_raw_fd(),
+            remote: remote.fd().as_raw_fd(),
+        };
+        let insns = program(fds, index).map_err(io("assemble the fast path's program"))?;
+        let tunnel = Some((config, remote));
         let prog = Program::load_sched_cls(NAME, &insns, LICENSE)
             .map_err(io("load the fast path's program"))?;
         // A qdisc already on the bridge is ours from a command that died before the filter, or someone
@@ -144,7 +200,12 @@ impl FastPath {
             .add_ingress_qdisc(index, block)
             .and_then(|()| nl.add_bpf_filter(FilterAt::Block(block), prog.fd().as_fd(), NAME));
         match attached {
-            Ok(()) => Ok(Some(FastPath { prog, map, block })),
+            Ok(()) => Ok(Some(FastPath {
+                prog,
+                map,
+                tunnel,
+                block,
+            })),
             // No ingress qdisc or cls_bpf in this kernel, or the bridge's ingress is not on our block.
             Err(KernelError::Io { error, .. })
                 if unsupported(&error) || error.raw_os_error() == Some(libc::EINVAL) =>
@@ -210,12 +271,112 @@ impl FastPath {
         Ok(out)
     }
 
+    /// Send remote blocks out by device `out` and deliver what device `decap` receives (`None`: nothing;
+    /// its ingress joins the block otherwise), with `bridge_mac` as the gateway's MAC. `Ok(false)` for a
+    /// program made before nsnet had tunnels (the slow path then carries it all).
+    pub fn set_tunnel(
+        &self,
+        nl: &mut Netlink,
+        out: u32,
+        decap: Option<u32>,
+        bridge_mac: [u8; 6],
+    ) -> Result<bool, KernelError> {
+        let Some((config, _)) = &self.tunnel else {
+            return Ok(false);
+        };
+        if let Some(dev) = decap {
+            nl.add_ingress_qdisc(dev, self.block)?;
+        }
+        let mut v = [0u8; CONFIG];
+        v[..4].copy_from_slice(&out.to_ne_bytes());
+        v[4..8].copy_from_slice(&decap.unwrap_or(0).to_ne_bytes());
+        v[8..14].copy_from_slice(&bridge_mac);
+        config
+            .update(&0u32.to_ne_bytes(), &v, (4, CONFIG))
+            .map_err(io("configure the fast path's tunnel"))?;
+        Ok(true)
+    }
+
+    /// The tunnel as configured: (out, decap, bridge MAC); all zero when there is none.
+    pub fn tunnel(&self) -> Result<Option<(u32, u32, [u8; 6])>, KernelError> {
+        let Some((config, _)) = &self.tunnel else {
+            return Ok(None);
+        };
+        let mut v = [0u8; CONFIG];
+        config
+            .lookup(&0u32.to_ne_bytes(), &mut v, (4, CONFIG))
+            .map_err(io("read the fast path's tunnel"))?;
+        let word = |at: usize| u32::from_ne_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&v[8..14]);
+        Ok(Some((word(0), word(4), mac)))
+    }
+
+    /// Make the remote blocks exactly `routes` (block, next hop): entries not in it go, the others are
+    /// written. Nothing without a tunnel map.
+    pub fn set_remotes(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<(), KernelError> {
+        let Some((_, remote)) = &self.tunnel else {
+            return Ok(());
+        };
+        for (block, _) in self.remotes()? {
+            if !routes.iter().any(|(b, _)| *b == block) {
+                remote
+                    .delete(&remote_key(block), REMOTE_KEY)
+                    .map_err(io("remove a remote block from the fast path"))?;
+            }
+        }
+        for (block, via) in routes {
+            remote
+                .update(
+                    &remote_key(*block),
+                    &via.octets(),
+                    (REMOTE_KEY, REMOTE_VALUE),
+                )
+                .map_err(io("add a remote block to the fast path"))?;
+        }
+        Ok(())
+    }
+
+    /// Every remote block and its next hop.
+    pub fn remotes(&self) -> Result<Vec<(Ipv4Net, Ipv4Addr)>, KernelError> {
+        let Some((_, remote)) = &self.tunnel else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for key in remote
+            .keys(REMOTE_KEY)
+            .map_err(io("list the fast path's remote blocks"))?
+        {
+            let mut via = [0u8; REMOTE_VALUE];
+            let found = remote
+                .lookup(&key, &mut via, (REMOTE_KEY, REMOTE_VALUE))
+                .map_err(io("read a remote block"))?;
+            let len = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
+            let addr = Ipv4Addr::new(key[4], key[5], key[6], key[7]);
+            let block = u8::try_from(len)
+                .ok()
+                .and_then(|len| Ipv4Net::new(addr, len).ok());
+            if let (true, Some(block)) = (found, block) {
+                out.push((block, Ipv4Addr::from(via)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Run the program on `frame` as if port `ifindex` had received it: [`REDIRECTED`] or [`PASSED`].
     pub fn verdict(&self, frame: &[u8], ifindex: u32) -> Result<u32, KernelError> {
         self.prog
             .test_run(frame, ifindex)
             .map_err(io("test-run the fast path's program"))
     }
+}
+
+/// A `remote` trie key: the prefix length (native order), then the block's address.
+fn remote_key(block: Ipv4Net) -> [u8; REMOTE_KEY] {
+    let mut k = [0u8; REMOTE_KEY];
+    k[..4].copy_from_slice(&u32::from(block.prefix_len()).to_ne_bytes());
+    k[4..].copy_from_slice(&block.network().octets());
+    k
 }
 
 /// A map value: the port's ifindex as the program loads it (native order), then the MAC.
@@ -232,18 +393,24 @@ const R0: u8 = 0;
 const R1: u8 = 1;
 const R2: u8 = 2;
 const R3: u8 = 3;
+const R4: u8 = 4;
 const R6: u8 = 6;
 const R7: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
 const R10: u8 = 10;
 
 // Opcodes (class | size or operation | source).
 const LDX_W: u8 = 0x61;
 const LDX_H: u8 = 0x69;
 const STX_W: u8 = 0x63;
+const STX_H: u8 = 0x6b;
+const ST_W: u8 = 0x62;
 const MOV64_X: u8 = 0xbf;
 const MOV64_K: u8 = 0xb7;
 const ADD64_K: u8 = 0x07;
 const JEQ_K: u8 = 0x15;
+const JEQ_X: u8 = 0x1d;
 const JNE_K: u8 = 0x55;
 const JNE_X: u8 = 0x5d;
 const JGT_X: u8 = 0x2d;
@@ -254,7 +421,10 @@ const LD_DW_IMM: u8 = 0x18;
 const PSEUDO_MAP_FD: u8 = 1;
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_REDIRECT_NEIGH: i32 = 152;
 const HELPER_REDIRECT_PEER: i32 = 155;
+/// `struct bpf_redir_neigh`: `nh_family`, then the address (room for IPv6): what `bpf_redirect_neigh` reads.
+const REDIR_NEIGH: i32 = 20;
 
 // Offsets in `struct __sk_buff`.
 const SKB_VLAN_PRESENT: i16 = 20;
@@ -270,13 +440,38 @@ const IP_SADDR: i16 = 26;
 const IP_DADDR: i16 = 30;
 const HEADERS: i32 = 34;
 
-/// Instructions with forward jumps to one label, `pass`, at the end.
+// The stack (below r10): the addresses as keys of the sandboxes' map, the config key, a trie key, and the
+// next hop for `bpf_redirect_neigh`.
+const AT_SADDR: i16 = -8;
+const AT_DADDR: i16 = -4;
+const AT_CONFIG_KEY: i16 = -12;
+const AT_TRIE_KEY: i16 = -20;
+const AT_NEXT_HOP: i16 = -40;
+
+/// A place in the program that jumps go to, bound once with [`Asm::bind`].
+#[derive(Clone, Copy)]
+struct Label(usize);
+
+/// Instructions with forward jumps to labels; `pass` (leave the frame to the bridge) is the last one.
 struct Asm {
     insns: Vec<Insn>,
-    to_pass: Vec<usize>,
+    /// Where each label was bound, by label number.
+    bound: Vec<Option<usize>>,
+    /// Jumps to patch: (instruction, label).
+    jumps: Vec<(usize, Label)>,
+    pass: Label,
 }
 
 impl Asm {
+    fn new() -> Asm {
+        Asm {
+            insns: Vec::new(),
+            bound: vec![None],
+            jumps: Vec::new(),
+            pass: Label(0),
+        }
+    }
+
     fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
         self.insns.push(Insn {
             code,
@@ -286,10 +481,24 @@ impl Asm {
         });
     }
 
+    fn label(&mut self) -> Label {
+        self.bound.push(None);
+        Label(self.bound.len() - 1)
+    }
+
+    fn bind(&mut self, label: Label) {
+        self.bound[label.0] = Some(self.insns.len());
+    }
+
+    /// A conditional jump to `label`.
+    fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, label: Label) {
+        self.jumps.push((self.insns.len(), label));
+        self.op(code, dst, src, 0, imm);
+    }
+
     /// A conditional jump to `pass`.
     fn or_pass(&mut self, code: u8, dst: u8, src: u8, imm: i32) {
-        self.to_pass.push(self.insns.len());
-        self.op(code, dst, src, 0, imm);
+        self.jump(code, dst, src, imm, self.pass);
     }
 
     /// `dst = map` (two instruction slots).
@@ -298,50 +507,82 @@ impl Asm {
         self.op(0, 0, 0, 0, 0);
     }
 
-    /// `r0 = map[key at fp+key]`, or on to `pass` when there is no such entry.
-    fn lookup_or_pass(&mut self, map_fd: i32, key: i32) {
+    /// `r0 = map[key at fp+key]` (r0 is 0 when there is no such entry).
+    fn lookup(&mut self, map_fd: i32, key: i16) {
         self.map(R1, map_fd);
         self.op(MOV64_X, R2, R10, 0, 0);
-        self.op(ADD64_K, R2, 0, 0, key);
+        self.op(ADD64_K, R2, 0, 0, i32::from(key));
         self.op(CALL, 0, 0, 0, HELPER_MAP_LOOKUP_ELEM);
+    }
+
+    /// `r0 = map[key at fp+key]`, or on to `pass` when there is no such entry.
+    fn lookup_or_pass(&mut self, map_fd: i32, key: i16) {
+        self.lookup(map_fd, key);
         self.or_pass(JEQ_K, R0, 0, 0);
     }
 
-    /// On to `pass` unless the MAC in the entry at r0 is the one at `frame` bytes into the frame (r7).
-    fn same_mac_or_pass(&mut self, frame: i16) {
-        self.op(LDX_W, R2, R0, 4, 0);
+    /// On to `pass` unless the 6 bytes at `value` bytes into the map value at `reg` are the MAC at `frame`
+    /// bytes into the frame (r7).
+    fn same_mac_or_pass(&mut self, reg: u8, value: i16, frame: i16) {
+        self.op(LDX_W, R2, reg, value, 0);
         self.op(LDX_W, R3, R7, frame, 0);
         self.or_pass(JNE_X, R2, R3, 0);
-        self.op(LDX_H, R2, R0, 8, 0);
+        self.op(LDX_H, R2, reg, value + 4, 0);
         self.op(LDX_H, R3, R7, frame + 4, 0);
         self.or_pass(JNE_X, R2, R3, 0);
     }
 
-    /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump there. A jump's offset is an `i16`:
-    /// a program too long for one is an error (this one is a few dozen instructions).
+    /// Write the 6 bytes at `value` bytes into the map value at `reg` over the MAC at `frame` in the frame.
+    fn put_mac(&mut self, reg: u8, value: i16, frame: i16) {
+        self.op(LDX_W, R2, reg, value, 0);
+        self.op(STX_W, R7, R2, frame, 0);
+        self.op(LDX_H, R2, reg, value + 4, 0);
+        self.op(STX_H, R7, R2, frame + 4, 0);
+    }
+
+    /// The trie key for the address stored at `addr` on the stack: a full-length prefix.
+    fn trie_key(&mut self, addr: i16) {
+        self.op(ST_W, R10, 0, AT_TRIE_KEY, 32);
+        self.op(LDX_W, R2, R10, addr, 0);
+        self.op(STX_W, R10, R2, AT_TRIE_KEY + 4, 0);
+    }
+
+    /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump at its label. A jump's offset is an
+    /// `i16`: a program too long for one is an error (this one is about a hundred instructions).
     fn finish(mut self) -> io::Result<Vec<Insn>> {
-        let pass = self.insns.len();
+        let pass = self.pass;
+        self.bind(pass);
         self.op(MOV64_K, R0, 0, 0, -1);
         self.op(EXIT, 0, 0, 0, 0);
-        for at in self.to_pass {
-            self.insns[at].off = i16::try_from(pass - at - 1)
+        for (at, label) in self.jumps {
+            let to = self.bound[label.0].ok_or_else(|| invalid("a jump to a label never bound"))?;
+            let off = to
+                .checked_sub(at + 1)
+                .ok_or_else(|| invalid("a backward jump in the fast path's program"))?;
+            self.insns[at].off = i16::try_from(off)
                 .map_err(|_| invalid("the fast path's program is too long for its jumps"))?;
         }
         Ok(self.insns)
     }
 }
 
-/// The program for the bridge with index `bridge` and the map `map_fd` (see the module doc for what it does).
-pub fn program(map_fd: i32, bridge: u32) -> io::Result<Vec<Insn>> {
+/// The program's maps, by file descriptor: the sandboxes, the tunnel's config, the remote blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Fds {
+    pub local: i32,
+    pub config: i32,
+    pub remote: i32,
+}
+
+/// The program for the bridge with index `bridge` and the maps `fds` (see the module doc for what it does).
+pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     // The kernel's ifindexes are positive `int`s. A jump's immediate is sign-extended before it is compared
     // with the 32-bit ifindex the program loads, so only an index that fits in an i32 compares right.
     let bridge = i32::try_from(bridge).map_err(|_| invalid("bridge ifindex out of range"))?;
-    let mut a = Asm {
-        insns: Vec::new(),
-        to_pass: Vec::new(),
-    };
+    let mut a = Asm::new();
+    let (remote, decap) = (a.label(), a.label());
     a.op(MOV64_X, R6, R1, 0, 0); // r6 = skb
-                                 // On the bridge itself the program only holds the map; leave at once.
+                                 // On the bridge itself the program only holds the maps; leave at once.
     a.op(LDX_W, R2, R6, SKB_IFINDEX, 0);
     a.or_pass(JEQ_K, R2, 0, bridge);
     // Untagged frames only (a VLAN tag the veth offloaded would not show in the header).
@@ -355,22 +596,68 @@ pub fn program(map_fd: i32, bridge: u32) -> io::Result<Vec<Insn>> {
     a.or_pass(JGT_X, R2, R3, 0);
     a.op(LDX_H, R2, R7, ETH_TYPE, 0);
     a.or_pass(JNE_K, R2, 0, i32::from(u16::from_ne_bytes([0x08, 0x00])));
-    // Keys on the stack: source at fp-8, destination at fp-4.
+    // The addresses on the stack, as keys.
     a.op(LDX_W, R2, R7, IP_SADDR, 0);
-    a.op(STX_W, R10, R2, -8, 0);
+    a.op(STX_W, R10, R2, AT_SADDR, 0);
     a.op(LDX_W, R2, R7, IP_DADDR, 0);
-    a.op(STX_W, R10, R2, -4, 0);
+    a.op(STX_W, R10, R2, AT_DADDR, 0);
+    // r8 = the tunnel's config (an array's entry always exists: zeros when there is no tunnel).
+    a.op(ST_W, R10, 0, AT_CONFIG_KEY, 0);
+    a.lookup_or_pass(fds.config, AT_CONFIG_KEY);
+    a.op(MOV64_X, R8, R0, 0, 0);
+    // Received by the tunnel's device (never index 0, which means none): delivery, below.
+    a.op(LDX_W, R2, R6, SKB_IFINDEX, 0);
+    a.op(LDX_W, R3, R8, 4, 0);
+    a.jump(JEQ_X, R2, R3, 0, decap);
+
     // The sender: a sandbox of this network, on the port the frame came in by, with its own MAC.
-    a.lookup_or_pass(map_fd, -8);
+    a.lookup_or_pass(fds.local, AT_SADDR);
     a.op(LDX_W, R2, R0, 0, 0);
     a.op(LDX_W, R3, R6, SKB_IFINDEX, 0);
     a.or_pass(JNE_X, R2, R3, 0);
-    a.same_mac_or_pass(ETH_SRC);
-    // The receiver: a sandbox of this network, addressed by its own MAC.
-    a.lookup_or_pass(map_fd, -4);
-    a.same_mac_or_pass(ETH_DST);
+    a.same_mac_or_pass(R0, 4, ETH_SRC);
+    // The receiver: a sandbox of this network, addressed by its own MAC; or else maybe a remote one.
+    a.lookup(fds.local, AT_DADDR);
+    a.jump(JEQ_K, R0, 0, 0, remote);
+    a.same_mac_or_pass(R0, 4, ETH_DST);
     // Into the receiver's namespace, through the peer of its host port.
     a.op(LDX_W, R1, R0, 0, 0);
+    a.op(MOV64_K, R2, 0, 0, 0);
+    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
+    a.op(EXIT, 0, 0, 0, 0);
+
+    // Another host's block: routed, so addressed to the gateway; out by the tunnel's device, to the next
+    // hop its route names (the kernel's neighbour entry gives the MACs).
+    a.bind(remote);
+    a.op(LDX_W, R2, R8, 0, 0);
+    a.or_pass(JEQ_K, R2, 0, 0);
+    a.same_mac_or_pass(R8, 8, ETH_DST);
+    a.trie_key(AT_DADDR);
+    a.lookup_or_pass(fds.remote, AT_TRIE_KEY);
+    a.op(ST_W, R10, 0, AT_NEXT_HOP, libc::AF_INET);
+    a.op(LDX_W, R2, R0, 0, 0);
+    a.op(STX_W, R10, R2, AT_NEXT_HOP + 4, 0);
+    for word in [8, 12, 16] {
+        a.op(ST_W, R10, 0, AT_NEXT_HOP + word, 0);
+    }
+    a.op(LDX_W, R1, R8, 0, 0);
+    a.op(MOV64_X, R2, R10, 0, 0);
+    a.op(ADD64_K, R2, 0, 0, i32::from(AT_NEXT_HOP));
+    a.op(MOV64_K, R3, 0, 0, REDIR_NEIGH);
+    a.op(MOV64_K, R4, 0, 0, 0);
+    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_NEIGH);
+    a.op(EXIT, 0, 0, 0, 0);
+
+    // Decapsulated: from another host's block, for a sandbox of this network; delivered as the bridge would
+    // (the sandbox's MAC as destination, the gateway's as source).
+    a.bind(decap);
+    a.trie_key(AT_SADDR);
+    a.lookup_or_pass(fds.remote, AT_TRIE_KEY);
+    a.lookup_or_pass(fds.local, AT_DADDR);
+    a.op(MOV64_X, R9, R0, 0, 0);
+    a.put_mac(R9, 4, ETH_DST);
+    a.put_mac(R8, 8, ETH_SRC);
+    a.op(LDX_W, R1, R9, 0, 0);
     a.op(MOV64_K, R2, 0, 0, 0);
     a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
     a.op(EXIT, 0, 0, 0, 0);
@@ -381,34 +668,44 @@ pub fn program(map_fd: i32, bridge: u32) -> io::Result<Vec<Insn>> {
 mod tests {
     use super::*;
 
+    const FDS: Fds = Fds {
+        local: 3,
+        config: 4,
+        remote: 5,
+    };
+
     #[test]
-    fn every_jump_lands_on_pass_and_pass_leaves_it_to_the_bridge() {
-        let p = program(3, 7).expect("assembles");
+    fn every_jump_goes_forward_inside_the_program_and_pass_leaves_it_to_the_bridge() {
+        let p = program(FDS, 7).expect("assembles");
         let n = p.len();
         assert_eq!(p[n - 2].code, MOV64_K);
         assert_eq!(p[n - 2].imm, -1);
         assert_eq!(p[n - 1].code, EXIT);
         let jumps: Vec<usize> = (0..n)
-            .filter(|&i| matches!(p[i].code, JEQ_K | JNE_K | JNE_X | JGT_X))
+            .filter(|&i| matches!(p[i].code, JEQ_K | JEQ_X | JNE_K | JNE_X | JGT_X))
             .collect();
-        assert_eq!(jumps.len(), 11);
+        assert!(jumps.len() > 15, "{}", jumps.len());
+        let to_pass = jumps
+            .iter()
+            .filter(|&&i| (i + 1).checked_add_signed(isize::from(p[i].off)) == Some(n - 2))
+            .count();
+        assert!(to_pass >= 15, "{to_pass}");
         for i in jumps {
-            assert_eq!(
-                (i + 1).checked_add_signed(isize::from(p[i].off)),
-                Some(n - 2),
-                "jump at {i}"
-            );
+            assert!(p[i].off >= 0, "jump at {i} goes back");
+            let to = (i + 1).checked_add_signed(isize::from(p[i].off));
+            assert!(to.is_some_and(|t| t < n), "jump at {i} leaves the program");
         }
+        // Every way out is an exit after a verdict: three redirects, and pass.
+        assert_eq!(p.iter().filter(|i| i.code == EXIT).count(), 4);
     }
 
     #[test]
-    fn the_map_is_loaded_by_descriptor_and_the_bridge_index_is_baked_in() {
-        let p = program(42, 9).expect("assembles");
+    fn the_maps_are_loaded_by_descriptor_and_the_bridge_index_is_baked_in() {
+        let p = program(FDS, 9).expect("assembles");
         let loads: Vec<&Insn> = p.iter().filter(|i| i.code == LD_DW_IMM).collect();
-        assert_eq!(loads.len(), 2);
-        assert!(loads
-            .iter()
-            .all(|i| i.imm == 42 && i.regs >> 4 == PSEUDO_MAP_FD));
+        assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD));
+        let fds: std::collections::BTreeSet<i32> = loads.iter().map(|i| i.imm).collect();
+        assert_eq!(fds, [3, 4, 5].into());
         assert!(p.iter().any(|i| i.code == JEQ_K && i.imm == 9));
         let calls: Vec<i32> = p.iter().filter(|i| i.code == CALL).map(|i| i.imm).collect();
         assert_eq!(
@@ -416,16 +713,29 @@ mod tests {
             [
                 HELPER_MAP_LOOKUP_ELEM,
                 HELPER_MAP_LOOKUP_ELEM,
-                HELPER_REDIRECT_PEER
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_REDIRECT_PEER,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_REDIRECT_NEIGH,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_REDIRECT_PEER,
             ]
         );
     }
 
     #[test]
     fn a_bridge_index_beyond_an_int_is_refused() {
-        assert!(program(3, i32::MAX.unsigned_abs()).is_ok());
-        let e = program(3, i32::MAX.unsigned_abs() + 1).unwrap_err();
+        assert!(program(FDS, i32::MAX.unsigned_abs()).is_ok());
+        let e = program(FDS, i32::MAX.unsigned_abs() + 1).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn remote_keys_are_the_prefix_length_then_the_block() {
+        let k = remote_key("10.244.2.0/24".parse().unwrap());
+        assert_eq!(&k[..4], &24u32.to_ne_bytes());
+        assert_eq!(&k[4..], &[10, 244, 2, 0]);
     }
 
     #[test]

@@ -158,6 +158,11 @@ pub fn peers_change(net: &Network, peers: &[Peer], others: &[Network]) -> Plan {
             });
         }
     }
+    // The fast path last: a new peer's neighbour entry is there before it sends to it (in between, a
+    // leaving peer's block goes nowhere on either path).
+    if !steps.is_empty() {
+        steps.extend(fast_path_tunnel(net, peers));
+    }
     // Members first: a new peer's VXLAN is accepted by the time it is routed to.
     let mut plan_steps = Vec::new();
     if !fw.is_empty() {
@@ -188,6 +193,27 @@ fn peers_up(net: &Network) -> Vec<Step> {
         .collect()
 }
 
+/// The fast path's part in an overlay network with `peers` ([`Step::FastPathTunnel`]): every peer's block
+/// by the next hop its route names. `None` without a fast path.
+fn fast_path_tunnel(net: &Network, peers: &[Peer]) -> Option<Step> {
+    let (o, bridge) = (net.overlay.as_ref()?, fast_path_bridge(net)?);
+    let decap = o.backend == OverlayBackend::Vxlan;
+    let routes = peers
+        .iter()
+        .filter(|p| !decap || p.vtep_mac.is_some())
+        .map(|p| {
+            let via = if decap { p.vxlan_gateway() } else { p.underlay };
+            (p.subnet, via)
+        })
+        .collect();
+    Some(Step::FastPathTunnel {
+        bridge,
+        device: o.device.clone(),
+        decap,
+        routes,
+    })
+}
+
 /// An overlay network's VXLAN device (vxlan backend), then its peers.
 pub fn overlay_up(net: &Network, owner: &str) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -206,6 +232,10 @@ pub fn overlay_up(net: &Network, owner: &str) -> Vec<Step> {
         });
     }
     steps.extend(peers_up(net));
+    // Last: the fast path sends to peers whose routes and neighbours are there.
+    if let Some(o) = &net.overlay {
+        steps.extend(fast_path_tunnel(net, &o.peers));
+    }
     steps
 }
 

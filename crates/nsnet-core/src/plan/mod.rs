@@ -129,6 +129,17 @@ pub enum Step {
         ip: Ipv4Addr,
         mac: Mac,
     },
+    /// Cross-host traffic on `bridge`'s fast path ([`crate::kernel::fastpath`]): its program sends a
+    /// sandbox's frames for a remote block out by `device`, to the block's next hop (the one its route
+    /// names), and with `decap` delivers what `device` receives to the sandboxes (the device's ingress joins
+    /// the program's block). The remote blocks become exactly `routes`. Idempotent; without a fast path (or
+    /// with one made before tunnels) nothing: the slow path carries it all.
+    FastPathTunnel {
+        bridge: String,
+        device: String,
+        decap: bool,
+        routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    },
     /// One atomic firewall transaction, on the given backend.
     Firewall { backend: Backend, batch: Batch },
     /// An overlay network's VXLAN device, up: learning off (peers are programmed, never learned), no local
@@ -368,6 +379,36 @@ impl Step {
                 "# fast path: {ip} off the map of bpf program {} of {bridge}",
                 crate::kernel::fastpath::NAME
             ),
+            Step::FastPathTunnel {
+                bridge,
+                device,
+                decap,
+                routes,
+            } => {
+                let mut out = String::new();
+                if *decap {
+                    let _ = writeln!(
+                        out,
+                        "tc qdisc add dev {device} ingress_block {} ingress",
+                        crate::kernel::fastpath::block_of(bridge)
+                    );
+                }
+                let blocks: Vec<String> = routes
+                    .iter()
+                    .map(|(block, via)| format!("{block} via {via}"))
+                    .collect();
+                let _ = write!(
+                    out,
+                    "# fast path: bpf program {} of {bridge} sends to {device}: {}",
+                    crate::kernel::fastpath::NAME,
+                    if blocks.is_empty() {
+                        "no remote block".to_string()
+                    } else {
+                        blocks.join(", ")
+                    }
+                );
+                out
+            }
             Step::Firewall { backend, batch } => backend.render(batch),
             Step::CreateVxlan {
                 name,
