@@ -1236,6 +1236,18 @@ fn across_a_host_firewall(test: &str, firewall: &str) {
         Some(w.host_ip(1)),
         "a -> host 2:8080 -> b"
     );
+    // Through host 2's gateway address (one of the cluster's): b sees the gateway, whose masquerade brings
+    // the replies back to host 2 to undo the DNAT (sandbox to sandbox they would take the fast path, which
+    // does no NAT).
+    let gw2: Ipv4Addr = local(&w, 2).expect("joined")["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .expect("a gateway");
+    assert_eq!(
+        common::reach(&pb, 80, &pa, SocketAddrV4::new(gw2, 8080)),
+        Some(gw2),
+        "a -> host 2's gateway:8080 -> b"
+    );
 
     w.ok(1, &["rm", &w.sb("a")]);
     w.ok(2, &["rm", &w.sb("b")]);

@@ -179,6 +179,9 @@ fn entries(rule: &Rule) -> Vec<Entry> {
         Rule::Overlay { device: d, cluster: c, subnet: s } => vec![
             entry("filter", "NSNET-ACCEPT", format!("-s {c} -d {s} -i {d} -j ACCEPT"), Append),
             entry("nat", "NSNET-POSTROUTING", format!("-s {s} -d {c} -m conntrack ! --ctstate DNAT -j RETURN"), Insert(1)),
+            // A published port reached from the cluster through the gateway address: its replies must come
+            // back to this host (the fast path does no NAT), as with nftables.
+            entry("nat", "NSNET-POSTROUTING", format!("-s {c} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"), Insert(1)),
         ],
         // Members' returns are inserted first in NSNET-INPUT, the port's drop appended after them.
         Rule::VxlanPort { port } => {

@@ -232,6 +232,15 @@ const RULES: &[(&str, &str, &str)] = &[
         "postrouting",
         "ct status dnat ip saddr . ip daddr @same_net masquerade",
     ),
+    // Another host's sandbox reaching a published port through this host's gateway address: the replies
+    // would go from sandbox to sandbox, on the fast path, which does no NAT. Masqueraded to the gateway,
+    // they come back to this host, which undoes the DNAT. (Through the host's own address, the usual way,
+    // the client arrives masqueraded by its own host already.)
+    (
+        TABLE,
+        "postrouting",
+        "ct status dnat iifname . ip saddr . ip daddr @overlay_in masquerade",
+    ),
     // Between an overlay network's hosts, sandboxes keep their addresses.
     (TABLE, "postrouting", "ip saddr . ip daddr @no_masq return"),
     (TABLE, "postrouting", "oifname . ip saddr @own_nets return"),
