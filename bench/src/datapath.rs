@@ -2,52 +2,14 @@
 //! bridge, and sandbox to an outside peer through masquerade, against a bare veth pair as the ceiling.
 
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::overlay::iperf;
 use crate::world::{Host, World, LAN_IP};
-use crate::{median, sh};
-
-/// Throughput in Gbit/s from namespace `client` to `server` (listening on `ip`), over `secs`.
-fn iperf(server: &str, client: &str, ip: &str, secs: u32) -> Result<f64> {
-    let mut srv = Command::new("nsenter")
-        .args([
-            &format!("--net=/run/netns/{server}"),
-            "--",
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5299",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("run iperf3 (apt-get install iperf3)")?;
-    thread::sleep(Duration::from_millis(300));
-    let out = Command::new("nsenter")
-        .args([
-            &format!("--net=/run/netns/{client}"),
-            "--",
-            "iperf3",
-            "-c",
-            ip,
-            "-p",
-            "5299",
-            "-J",
-        ])
-        .args(["-t", &secs.to_string()])
-        .output()?;
-    let _ = srv.wait();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J")?;
-    match json["end"]["sum_received"]["bits_per_second"].as_f64() {
-        Some(bps) => Ok(bps / 1e9),
-        None => bail!("iperf3: {}", json["error"]),
-    }
-}
+use crate::{median, quantile, sh};
 
 /// Average round-trip time in µs, 500 pings 2 ms apart.
 fn rtt(client: &str, ip: &str) -> Result<f64> {
@@ -80,6 +42,10 @@ fn rtt(client: &str, ip: &str) -> Result<f64> {
 struct Path {
     name: &'static str,
     gbps: f64,
+    p10: f64,
+    p90: f64,
+    /// Each round's throughput over the ceiling's in the same round.
+    same_round: Vec<f64>,
     rtt_us: f64,
 }
 
@@ -100,6 +66,11 @@ fn nsnet(w_host: &str, state: &std::path::Path, args: &[&str]) -> Result<()> {
 }
 
 pub fn run(secs: u32, reps: usize) -> Result<String> {
+    run_with(secs, reps, true)
+}
+
+/// [`run`], with iperf3's ends pinned to CPUs 0 and 1 (`pin`, where there are two) or left to the scheduler.
+pub fn run_with(secs: u32, reps: usize, pin: bool) -> Result<String> {
     // Ceiling: two namespaces joined by a bare veth pair, no bridge, no rules.
     let hv = Host::new("dpv")?;
     let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
@@ -182,18 +153,29 @@ pub fn run(secs: u32, reps: usize) -> Result<String> {
             &lan,
         ),
     ];
-    // Interleaved (A B C D, A B C D, ...), so the machine's drift hits every path alike.
+    // Interleaved (A B C D, A B C D, ...), so the machine's drift hits every path alike; each path's
+    // same-round ratio to the ceiling cancels what drift is left. iperf3's two ends pinned to two CPUs, the
+    // client to CPU 0 and the server to CPU 1: with veths the sender's CPU carries the whole path in softirq
+    // and the receiver's the copy to user space, and left to the scheduler that split changes from run to
+    // run (both ends on one CPU is another path altogether).
+    let pin = pin && thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    for _ in 0..reps {
-        for (i, (_, server, client, ip)) in cases.iter().enumerate() {
-            gbps[i].push(iperf(server, client, ip, secs)?);
+    for round in 0..reps {
+        for (i, (name, server, client, ip)) in cases.iter().enumerate() {
+            let g = iperf(server, client, ip, secs, pin)?;
+            eprintln!("datapath: round {}: {name}: {g:.2} Gbit/s", round + 1);
+            gbps[i].push(g);
         }
     }
     let mut paths = Vec::new();
     for (i, (name, _, client, ip)) in cases.iter().enumerate() {
+        let same_round: Vec<f64> = gbps[i].iter().zip(&gbps[0]).map(|(g, c)| g / c).collect();
         paths.push(Path {
             name,
             gbps: median(gbps[i].clone()),
+            p10: quantile(&gbps[i], 0.1),
+            p90: quantile(&gbps[i], 0.9),
+            same_round,
             rtt_us: rtt(client, ip)?,
         });
     }
@@ -205,21 +187,34 @@ pub fn run(secs: u32, reps: usize) -> Result<String> {
     drop(hb);
     drop(hv);
     let mut s = String::new();
+    let pinned = if pin {
+        "iperf3's client on CPU 0, its server on CPU 1"
+    } else {
+        "iperf3 not pinned"
+    };
     let _ = writeln!(
         s,
-        "### Data path: one TCP stream (iperf3, {secs} s, median of {reps}, paths interleaved) and ping round \
-         trip (500 pings)\n"
+        "### Data path: one TCP stream (iperf3, {secs} s, {reps} runs per path, paths interleaved; {pinned}) \
+         and ping round trip (500 pings)\n"
     );
-    let _ = writeln!(s, "| path | throughput | vs bare veth | round trip |");
-    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| path | throughput (median) | p10–p90 | vs bare veth | same round vs bare veth: median (p10–p90) | round trip |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     let ceiling = paths.first().map(|p| p.gbps).unwrap_or(f64::NAN);
     for p in &paths {
         let _ = writeln!(
             s,
-            "| {} | {:.1} Gbit/s | {:.1}% | {:.0} µs |",
+            "| {} | {:.1} Gbit/s | {:.1}–{:.1} | {:.1}% | {:.1}% ({:.1}–{:.1}%) | {:.0} µs |",
             p.name,
             p.gbps,
+            p.p10,
+            p.p90,
             100.0 * p.gbps / ceiling,
+            100.0 * quantile(&p.same_round, 0.5),
+            100.0 * quantile(&p.same_round, 0.1),
+            100.0 * quantile(&p.same_round, 0.9),
             p.rtt_us
         );
     }

@@ -158,7 +158,7 @@ pub fn machine() -> String {
 
 const USAGE: &str = "usage: nsnet-bench all [--out bench/results] [--quick] [--only nsnet,netavark,CNI,floor]
        nsnet-bench lifecycle [--reps 30] | concurrent [--creators 16] [--each 8] | curve [--n 1000]
-       nsnet-bench datapath [--secs 5] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
+       nsnet-bench datapath [--secs 4] [--reps 10] [--unpinned] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
        nsnet-bench soak [--cycles 2000]
        nsnet-bench overlay [--out bench/results] [--quick] [--secs 4] [--reps 10] [--hosts 3,50] [--cycles 12] [--window 30]";
 
@@ -240,7 +240,7 @@ fn main() -> Result<()> {
             std::fs::write(out.join("curve.svg"), curve::svg(&curves, n))?;
             std::fs::write(out.join("curve.csv"), curve::csv(&curves))?;
             md += "\n![cost curve](curve.svg)\n\n";
-            md += &datapath::run(secs, 5)?;
+            md += &datapath::run(secs, if quick { 3 } else { 10 })?;
             md += "\n";
             let sizes = if quick { vec![1, 1000] } else { sizes()? };
             md += &ports::ports(&sizes, if quick { 5 } else { 15 }, 1000)?;
@@ -277,9 +277,10 @@ fn main() -> Result<()> {
         Some("datapath") => {
             print!(
                 "{}",
-                datapath::run(
-                    u32::try_from(number("--secs", 5)?).context("--secs is too large")?,
-                    number("--reps", 5)?
+                datapath::run_with(
+                    u32::try_from(number("--secs", 4)?).context("--secs is too large")?,
+                    number("--reps", 10)?,
+                    !args.iter().any(|a| a == "--unpinned"),
                 )?
             );
             Ok(())

@@ -436,7 +436,7 @@ impl Drop for Cluster {
 
 /// Throughput in Gbit/s from namespace `client` to `server` (listening on `ip`), over `secs`. On two or more
 /// CPUs the client runs on CPU 0 and the server on CPU 1, every run alike.
-fn iperf(server: &str, client: &str, ip: &str, secs: u32, pin: bool) -> Result<f64> {
+pub(crate) fn iperf(server: &str, client: &str, ip: &str, secs: u32, pin: bool) -> Result<f64> {
     let (scpu, ccpu) = if pin { ("1", "0") } else { ("0-63", "0-63") };
     let mut srv = in_ns(server, "taskset")
         .args(["-c", scpu, "iperf3", "-s", "-1", "-p", "5299"])
