@@ -429,6 +429,9 @@ fn host_gw_routes_via_the_underlay_and_refuses_a_peer_behind_a_router() {
         "type bridge",
         &format!("via {} dev eth0 src 10.244.", w.host_ip(1)),
         "proto 110",
+        // The fast path's tunnel: host 1's block straight out of eth0, to host 1.
+        "# fast path: bpf program nsnet_fastpath of",
+        "sends to eth0: 10.244.",
     ] {
         assert!(plan.contains(want), "{want:?} not in:\n{plan}");
     }
