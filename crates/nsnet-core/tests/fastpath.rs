@@ -37,6 +37,12 @@ fn frame(
     f
 }
 
+/// `f` with IPv4 TTL `ttl` (the program does not check the header's checksum).
+fn with_ttl(mut f: Vec<u8>, ttl: u8) -> Vec<u8> {
+    f[22] = ttl;
+    f
+}
+
 fn in_private_netns<F: FnOnce() + Send + 'static>(f: F) {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: needs root");
@@ -192,7 +198,11 @@ fn with_a_tunnel_the_program_takes_remote_blocks_both_ways_and_nothing_else() {
         let bridge = nl.link_index("br0").expect("bridge index");
         let me = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
         // ha: a sandbox's port; vx/vy: stand-ins for the overlay device (only their index matters here).
-        for (host, peer, master) in [("ha", "pa", Some(bridge)), ("vx", "vy", None)] {
+        let vx_mac = [2, 0, 0, 0, 0, 0x44];
+        for (host, peer, master, host_mac) in [
+            ("ha", "pa", Some(bridge), None),
+            ("vx", "vy", None, Some(vx_mac)),
+        ] {
             nl.create_veth(&VethSpec {
                 host,
                 peer,
@@ -200,7 +210,7 @@ fn with_a_tunnel_the_program_takes_remote_blocks_both_ways_and_nothing_else() {
                 master,
                 mtu: 1500,
                 peer_mac: None,
-                host_mac: None,
+                host_mac,
             })
             .expect("veth");
         }
@@ -211,13 +221,8 @@ fn with_a_tunnel_the_program_takes_remote_blocks_both_ways_and_nothing_else() {
         fp.add(&mut nl, ha, A_IP, A_MAC).expect("add a");
         let far = Ipv4Addr::new(10, 78, 0, 5);
         let out = frame(GW_MAC, A_MAC, 0x0800, A_IP, far);
-        let back = frame(
-            [2, 0, 0, 0, 0, 0x42],
-            [2, 0, 0, 0, 0, 0x43],
-            0x0800,
-            far,
-            A_IP,
-        );
+        // The kernel sets the frame's type against the receiving device's MAC: the tunnel takes only its own.
+        let back = frame(vx_mac, [2, 0, 0, 0, 0, 0x43], 0x0800, far, A_IP);
         // No tunnel yet: as before, the bridge carries it all.
         assert_eq!(fp.verdict(&out, ha).unwrap(), PASSED, "no tunnel");
         assert_eq!(fp.verdict(&back, vx).unwrap(), PASSED, "no tunnel");
@@ -242,6 +247,18 @@ fn with_a_tunnel_the_program_takes_remote_blocks_both_ways_and_nothing_else() {
         );
         assert_eq!(found.verdict(&out, ha).unwrap(), REDIRECTED, "a -> far");
         assert_eq!(found.verdict(&back, vx).unwrap(), REDIRECTED, "far -> a");
+        // The slow path routes twice on the way (TTL 3 arrives with 1), the receiving host once.
+        let (out3, back2) = (with_ttl(out.clone(), 3), with_ttl(back.clone(), 2));
+        assert_eq!(
+            found.verdict(&out3, ha).unwrap(),
+            REDIRECTED,
+            "a -> far, TTL 3"
+        );
+        assert_eq!(
+            found.verdict(&back2, vx).unwrap(),
+            REDIRECTED,
+            "far -> a, TTL 2"
+        );
         let passed = [
             (
                 frame(GW_MAC, A_MAC, 0x0800, Ipv4Addr::new(10, 77, 0, 9), far),
@@ -283,6 +300,25 @@ fn with_a_tunnel_the_program_takes_remote_blocks_both_ways_and_nothing_else() {
                 frame(B_MAC, A_MAC, 0x0800, far, A_IP),
                 ha,
                 "in: a remote source on a sandbox's port",
+            ),
+            (
+                frame([2, 0, 0, 0, 0, 0x42], A_MAC, 0x0800, far, A_IP),
+                vx,
+                "in: for another MAC than the device's",
+            ),
+            (with_ttl(out.clone(), 2), ha, "out: TTL 2"),
+            (with_ttl(out.clone(), 0), ha, "out: TTL 0"),
+            (with_ttl(back.clone(), 1), vx, "in: TTL 1"),
+            (with_ttl(back.clone(), 0), vx, "in: TTL 0"),
+            (
+                frame([0xff; 6], A_MAC, 0x0800, far, A_IP),
+                vx,
+                "in: broadcast",
+            ),
+            (
+                frame([0x01, 0, 0x5e, 0, 0, 1], A_MAC, 0x0800, far, A_IP),
+                vx,
+                "in: multicast",
             ),
         ];
         for (f, port, why) in &passed {

@@ -35,9 +35,13 @@
 //!   `bpf_redirect_neigh`, towards the next hop the slow path's route names (the peer's VXLAN gateway, whose
 //!   permanent neighbour entry gives its VTEP MAC; for host-gw, the peer's underlay address). The kernel
 //!   fills in the MACs from that neighbour entry and the device encapsulates as usual.
-//! - In: a frame the VXLAN device received (the tunnel's `decap` device, whose ingress joins the block)
-//!   from an address in a remote block, for a sandbox of this network, is handed to the sandbox's veth
+//! - In: a frame the VXLAN device received (the tunnel's `decap` device, whose ingress joins the block),
+//!   addressed to the device's own MAC, from an address in a remote block, for a sandbox of this network, is
+//!   handed to the sandbox's veth
 //!   peer with the sandbox's MAC as destination and the gateway's as source, as the bridge would deliver it.
+//!
+//! Neither branch decrements the TTL (a sandbox sees the sender's): a frame the slow path would expire on
+//! the way (TTL 2 or less out, 1 or less in) takes the slow path, which expires it and says so (ICMP).
 //!
 //! Everything else takes the slow path, where the firewall decides. What the fast path skips is nftables'
 //! per-packet work on traffic the cluster allows anyway (sandbox to sandbox, both ends checked); the VXLAN
@@ -403,6 +407,7 @@ const R10: u8 = 10;
 // Opcodes (class | size or operation | source).
 const LDX_W: u8 = 0x61;
 const LDX_H: u8 = 0x69;
+const LDX_B: u8 = 0x71;
 const STX_W: u8 = 0x63;
 const STX_H: u8 = 0x6b;
 const ST_W: u8 = 0x62;
@@ -414,6 +419,7 @@ const JEQ_X: u8 = 0x1d;
 const JNE_K: u8 = 0x55;
 const JNE_X: u8 = 0x5d;
 const JGT_X: u8 = 0x2d;
+const JLT_K: u8 = 0xa5;
 const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 const LD_DW_IMM: u8 = 0x18;
@@ -425,8 +431,11 @@ const HELPER_REDIRECT_NEIGH: i32 = 152;
 const HELPER_REDIRECT_PEER: i32 = 155;
 /// `struct bpf_redir_neigh`: `nh_family`, then the address (room for IPv6): what `bpf_redirect_neigh` reads.
 const REDIR_NEIGH: i32 = 20;
+/// `PACKET_HOST`: the frame's destination MAC is the receiving device's own.
+const PACKET_HOST: i32 = 0;
 
 // Offsets in `struct __sk_buff`.
+const SKB_PKT_TYPE: i16 = 4;
 const SKB_VLAN_PRESENT: i16 = 20;
 const SKB_IFINDEX: i16 = 40;
 const SKB_DATA: i16 = 76;
@@ -436,6 +445,7 @@ const SKB_DATA_END: i16 = 80;
 const ETH_DST: i16 = 0;
 const ETH_SRC: i16 = 6;
 const ETH_TYPE: i16 = 12;
+const IP_TTL: i16 = 22;
 const IP_SADDR: i16 = 26;
 const IP_DADDR: i16 = 30;
 const HEADERS: i32 = 34;
@@ -632,6 +642,10 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     a.op(LDX_W, R2, R8, 0, 0);
     a.or_pass(JEQ_K, R2, 0, 0);
     a.same_mac_or_pass(R8, 8, ETH_DST);
+    // The fast path does not decrement the TTL, where the slow path routes twice (this host, then the
+    // other): a frame the slow path would expire on the way (TTL 2 or less) takes it, and its ICMP error.
+    a.op(LDX_B, R2, R7, IP_TTL, 0);
+    a.or_pass(JLT_K, R2, 0, 3);
     a.trie_key(AT_DADDR);
     a.lookup_or_pass(fds.remote, AT_TRIE_KEY);
     a.op(ST_W, R10, 0, AT_NEXT_HOP, libc::AF_INET);
@@ -651,6 +665,14 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     // Decapsulated: from another host's block, for a sandbox of this network; delivered as the bridge would
     // (the sandbox's MAC as destination, the gateway's as source).
     a.bind(decap);
+    // Only a frame addressed to the device's own MAC, as the kernel would route it: `bpf_redirect_peer` makes
+    // any frame the sandbox's own (it resets the type), so a member's inner frame for another MAC, or a
+    // broadcast or multicast one, would otherwise reach the sandbox where the slow path drops it.
+    a.op(LDX_W, R2, R6, SKB_PKT_TYPE, 0);
+    a.or_pass(JNE_K, R2, 0, PACKET_HOST);
+    // Nor one this host's routing would expire (TTL 1 or less; see the sender's check).
+    a.op(LDX_B, R2, R7, IP_TTL, 0);
+    a.or_pass(JLT_K, R2, 0, 2);
     a.trie_key(AT_SADDR);
     a.lookup_or_pass(fds.remote, AT_TRIE_KEY);
     a.lookup_or_pass(fds.local, AT_DADDR);
@@ -682,7 +704,7 @@ mod tests {
         assert_eq!(p[n - 2].imm, -1);
         assert_eq!(p[n - 1].code, EXIT);
         let jumps: Vec<usize> = (0..n)
-            .filter(|&i| matches!(p[i].code, JEQ_K | JEQ_X | JNE_K | JNE_X | JGT_X))
+            .filter(|&i| matches!(p[i].code, JEQ_K | JEQ_X | JNE_K | JNE_X | JGT_X | JLT_K))
             .collect();
         assert!(jumps.len() > 15, "{}", jumps.len());
         let to_pass = jumps

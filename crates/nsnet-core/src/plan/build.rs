@@ -29,9 +29,15 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
         });
     }
     if !net.internal && nat {
-        rules.push(Rule::PublishedOnly {
-            interface: net.interface.clone(),
-        });
+        // An overlay's VXLAN device too: a LAN peer that routes a remote block via this host would otherwise
+        // have it forward the frames into the tunnel, where they reach the other host's sandboxes from a
+        // member, with any cluster source it likes (the other host cannot tell them from our sandboxes'). Only
+        // nsnet's own networks (`ifaces`) may send into the tunnel, as into the bridge.
+        for interface in interfaces(net) {
+            rules.push(Rule::PublishedOnly {
+                interface: interface.to_string(),
+            });
+        }
     }
     // A VXLAN device's traffic is the cluster's: without its accepts, a host chain with policy drop would
     // let replies through (to the bridge, established) but no new connection from another host's sandbox.
@@ -1081,6 +1087,15 @@ mod tests {
         assert!(added
             .iter()
             .any(|r| matches!(r, Rule::Overlay { device, .. } if device == "nsvx1")));
+        // A LAN peer may not route into the tunnel through this host, as into the bridge.
+        for interface in ["nsvx1", n.interface.as_str()] {
+            assert!(
+                added.contains(&&Rule::PublishedOnly {
+                    interface: interface.into()
+                }),
+                "{interface} is published-only"
+            );
+        }
         // The VXLAN device is isolated from other networks like the bridge, both ways.
         for (from, to) in [("nsvx1", "br0"), ("br0", "nsvx1")] {
             assert!(
