@@ -365,8 +365,9 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
     let nsnet = nsnet(conf)?;
     if let Some(record) = nsnet.network(&conf.name)? {
         let net = &record.settings;
-        if delegate.is_none() && nsnet_core::ipam::allocate(net, &record.allocations, None).is_err()
-        {
+        // Addresses of veths retired moments ago count as free: an ADD deletes them and takes one.
+        let allocations = record.allocations.without_retired();
+        if delegate.is_none() && nsnet_core::ipam::allocate(net, &allocations, None).is_err() {
             return Err(CniError::new(
                 code::UNAVAILABLE,
                 format!(

@@ -176,6 +176,14 @@ impl Allocations {
         self.published.retain(|p| p.sandbox != sandbox);
     }
 
+    /// The allocations as they will be once every retired veth (`~NAME`) is gone: what an exhausted pool can
+    /// still give, by deleting them first (see `Nsnet::reclaim_retired`).
+    pub fn without_retired(&self) -> Allocations {
+        let mut out = self.clone();
+        out.addresses.retain(|_, owner| !owner.starts_with('~'));
+        out
+    }
+
     /// The sandboxes that hold something here: the network's users (retired veths, `~NAME`, are not).
     pub fn users(&self) -> Vec<&str> {
         let mut users: Vec<&str> = self

@@ -34,6 +34,24 @@ impl Nsnet {
         self.release_retired()
     }
 
+    /// Under the lock, for a command that found its network's pool exhausted: if retired links hold
+    /// addresses (a removal moments ago, whose reaper has not finished), delete them now, on this command's
+    /// path (it waits for a grace period), and give their addresses back. True when any came back.
+    pub(super) fn reclaim_retired(&self) -> Result<bool> {
+        let any = self.store.network_records()?.iter().any(|n| {
+            n.allocations
+                .addresses
+                .values()
+                .any(|o| build::retired_holder(o).is_some())
+        });
+        if !any || self.dry_run {
+            return Ok(false);
+        }
+        let tag = self.store.owner_tag();
+        self.applier().run(&Step::DeleteRetired { tag })?;
+        Ok(!self.release_retired()?.is_empty())
+    }
+
     /// Under the lock: the addresses held by retired links that are gone go back to their networks.
     pub(super) fn release_retired(&self) -> Result<Vec<String>> {
         let mut host = Host::new();

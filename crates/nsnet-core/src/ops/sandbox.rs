@@ -198,11 +198,24 @@ impl Nsnet {
     ) -> Result<Plan> {
         let mut nets = self.store.networks_in_place()?;
         let mut host = Host::new();
+        let mut in_ns = in_ns;
+        let joined = match self.plan_join(sb, req, &mut nets, &mut host, in_ns.as_deref_mut()) {
+            // The pool's last addresses are held by veths retired moments ago, whose reaper has not finished:
+            // delete them here and take one, rather than refuse. Never an address whose link is still there.
+            Err(Error::Exhausted(why)) => {
+                if !self.reclaim_retired()? {
+                    return Err(Error::Exhausted(why));
+                }
+                nets = self.store.networks_in_place()?;
+                self.plan_join(sb, req, &mut nets, &mut host, in_ns)?
+            }
+            other => other?,
+        };
         let Join {
             net,
             new_network,
             endpoint,
-        } = self.plan_join(sb, req, &mut nets, &mut host, in_ns)?;
+        } = joined;
 
         let mut kernel = Vec::new();
         let mut fw = Batch::default();
