@@ -235,43 +235,49 @@ struct MapInfo {
 impl Map {
     /// A hash map with fixed-size keys and values, entries allocated as they come.
     pub fn hash(name: &str, key_size: usize, value_size: usize, max: u32) -> io::Result<Map> {
-        let mut attr = MapCreateAttr {
-            map_type: MAP_TYPE_HASH,
-            key_size: len_u32(key_size)?,
-            value_size: len_u32(value_size)?,
-            max_entries: max,
-            map_flags: F_NO_PREALLOC,
-            map_name: obj_name(name),
-            ..Default::default()
-        };
-        // SAFETY: MapCreateAttr is the BPF_MAP_CREATE member; it holds no pointers.
-        unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
+        Self::create(
+            MAP_TYPE_HASH,
+            F_NO_PREALLOC,
+            name,
+            key_size,
+            value_size,
+            max,
+        )
     }
 
     /// An array of `max` values, all zero to begin with.
     pub fn array(name: &str, value_size: usize, max: u32) -> io::Result<Map> {
-        let mut attr = MapCreateAttr {
-            map_type: MAP_TYPE_ARRAY,
-            key_size: len_u32(size_of::<u32>())?,
-            value_size: len_u32(value_size)?,
-            max_entries: max,
-            map_name: obj_name(name),
-            ..Default::default()
-        };
-        // SAFETY: MapCreateAttr is the BPF_MAP_CREATE member; it holds no pointers.
-        unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
+        Self::create(MAP_TYPE_ARRAY, 0, name, size_of::<u32>(), value_size, max)
     }
 
     /// A longest-prefix-match trie: keys are a `u32` prefix length (native order) and then the address
     /// bytes; a lookup with a full-length key finds the longest prefix holding it. The kernel allocates its
     /// entries as they come (it refuses a preallocated trie).
     pub fn lpm(name: &str, key_size: usize, value_size: usize, max: u32) -> io::Result<Map> {
+        Self::create(
+            MAP_TYPE_LPM_TRIE,
+            F_NO_PREALLOC,
+            name,
+            key_size,
+            value_size,
+            max,
+        )
+    }
+
+    fn create(
+        map_type: u32,
+        map_flags: u32,
+        name: &str,
+        key_size: usize,
+        value_size: usize,
+        max: u32,
+    ) -> io::Result<Map> {
         let mut attr = MapCreateAttr {
-            map_type: MAP_TYPE_LPM_TRIE,
+            map_type,
             key_size: len_u32(key_size)?,
             value_size: len_u32(value_size)?,
             max_entries: max,
-            map_flags: F_NO_PREALLOC,
+            map_flags,
             map_name: obj_name(name),
             ..Default::default()
         };
