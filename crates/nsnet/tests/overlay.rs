@@ -13,29 +13,9 @@ use world::{
     VXLAN_PORT,
 };
 
-/// Counter `field` of protocol `proto` (`Icmp`, `Ip`) in the namespace at `ns`'s /proc/net/snmp.
-fn snmp(ns: &std::path::Path, proto: &str, field: &str) -> u64 {
-    let snmp = in_ns(ns, &["cat", "/proc/net/snmp"]);
-    let prefix = format!("{proto}: ");
-    let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
-    let (names, values) = (
-        lines.next().expect("counter names"),
-        lines.next().expect("counter values"),
-    );
-    let at = names
-        .split_whitespace()
-        .position(|n| n == field)
-        .unwrap_or_else(|| panic!("no counter {proto}:{field}"));
-    values
-        .split_whitespace()
-        .nth(at)
-        .and_then(|v| v.parse().ok())
-        .expect("a number")
-}
-
 /// ICMP echo requests the namespace at `ns` has received.
 fn in_echos(ns: &std::path::Path) -> u64 {
-    snmp(ns, "Icmp", "InEchos")
+    world::snmp(ns, "Icmp", "InEchos")
 }
 
 #[test]
@@ -1285,7 +1265,7 @@ fn cross_host_connections_cross_a_host_firewall_with_policy_drop_iptables() {
 
 /// `Ip: ForwDatagrams` of the namespace at `ns`: the packets its kernel routed on.
 fn forwarded_datagrams(ns: &Path) -> u64 {
-    snmp(ns, "Ip", "ForwDatagrams")
+    world::snmp(ns, "Ip", "ForwDatagrams")
 }
 
 /// Sandbox-to-sandbox traffic across hosts takes the fast path on both: the sender's host hands it to the

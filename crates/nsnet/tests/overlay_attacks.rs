@@ -12,9 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use world::{
-    icmp_echo_frame, in_ns, inet_checksum, send_forged_vxlan, wait_until, World, VXLAN_PORT,
-};
+use world::{icmp_echo_frame, inet_checksum, send_forged_vxlan, wait_until, World, VXLAN_PORT};
 
 const NET: &str = "pods";
 const CLUSTER: &str = "10.244.0.0/16";
@@ -96,23 +94,7 @@ fn sandbox(w: &World, i: usize, name: &str) -> Ipv4Addr {
 
 /// ICMP echo requests the namespace at `ns` has received (`Icmp: InEchos`).
 fn echos(ns: &Path) -> u64 {
-    snmp(ns, "Icmp: ", "InEchos")
-}
-
-/// A counter of the namespace at `ns`'s /proc/net/snmp: the line pair starting with `prefix`, column `name`.
-fn snmp(ns: &Path, prefix: &str, name: &str) -> u64 {
-    let text = in_ns(ns, &["cat", "/proc/net/snmp"]);
-    let mut rows = text.lines().filter(|l| l.starts_with(prefix));
-    let (names, values) = (rows.next().expect("names"), rows.next().expect("values"));
-    let at = names
-        .split_whitespace()
-        .position(|n| n == name)
-        .unwrap_or_else(|| panic!("no {name} counter"));
-    values
-        .split_whitespace()
-        .nth(at)
-        .and_then(|v| v.parse().ok())
-        .expect("a number")
+    world::snmp(ns, "Icmp", "InEchos")
 }
 
 /// Send each of `frames` as it is (an Ethernet frame without FCS) out of `ifname` in the namespace at `ns`,
@@ -417,7 +399,7 @@ fn frames_that_would_expire_on_the_way_take_the_slow_path_and_expire() {
     let (_, gw1_mac) = gateway(&w, 1);
     let mac_a = world::mac_of(&pa, "eth0");
     let frame = icmp_echo_frame(gw1_mac, mac_a, a, b);
-    let expired = |i: usize| snmp(&w.host_path(i), "Icmp: ", "OutTimeExcds");
+    let expired = |i: usize| world::snmp(&w.host_path(i), "Icmp", "OutTimeExcds");
     for (ttl, host) in [(0, 1), (1, 1), (2, 2)] {
         let before = expired(host);
         assert_raw_dropped(

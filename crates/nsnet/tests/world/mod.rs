@@ -112,6 +112,26 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Counter `field` of protocol `proto` (`Icmp`, `Ip`) in the /proc/net/snmp of the namespace at `ns`.
+pub fn snmp(ns: &Path, proto: &str, field: &str) -> u64 {
+    let text = in_ns(ns, &["cat", "/proc/net/snmp"]);
+    let prefix = format!("{proto}: ");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (
+        rows.next().expect("counter names"),
+        rows.next().expect("counter values"),
+    );
+    let at = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .unwrap_or_else(|| panic!("no counter {proto}:{field}"));
+    values
+        .split_whitespace()
+        .nth(at)
+        .and_then(|v| v.parse().ok())
+        .expect("a number")
+}
+
 /// The MAC address of interface `ifname` inside the namespace at `ns`.
 pub fn mac_of(ns: &Path, ifname: &str) -> [u8; 6] {
     let links: Value = serde_json::from_str(&in_ns(ns, &["ip", "-j", "link", "show", ifname]))
