@@ -1179,6 +1179,17 @@ mod tests {
         assert!(batch
             .0
             .contains(&Change::Delete(member([192, 168, 200, 12]))));
+        // The fast path follows, last, with exactly the peers there are now.
+        assert!(n.fast_path);
+        let Some(Step::FastPathTunnel { decap, routes, .. }) = plan.steps.last() else {
+            panic!("the fast path's tunnel last: {plan:?}")
+        };
+        assert!(*decap);
+        let blocks: Vec<String> = routes.iter().map(|(b, via)| format!("{b} {via}")).collect();
+        assert_eq!(
+            blocks,
+            ["10.244.2.0/24 10.244.2.0", "10.244.4.0/24 10.244.4.0"]
+        );
         // Nothing changed: nothing to do.
         let same = n.overlay.as_ref().unwrap().peers.clone();
         assert!(peers_change(&n, &same, &[]).is_empty());
