@@ -181,12 +181,7 @@ fn sandbox(w: &World, i: usize, name: &str, extra: &[&str]) -> Ipv4Addr {
     let mut args = vec!["create", sb.as_str(), "--network", NET];
     args.extend_from_slice(extra);
     w.ok(i, &args);
-    let v: Value = serde_json::from_str(&w.ok(i, &["inspect", &sb, "--json"])).expect("JSON");
-    let cidr = v["endpoints"][0]["address"].as_str().expect("an address");
-    cidr.split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("an IPv4 address")
+    w.address(i, name)
 }
 
 fn pings(from: &Path, to: Ipv4Addr) -> bool {

@@ -80,12 +80,7 @@ fn in_block(w: &World, i: usize, n: u32) -> Ipv4Addr {
 fn sandbox_on(w: &World, i: usize, name: &str, net: &str) -> Ipv4Addr {
     let sb = w.sb(name);
     w.ok(i, &["create", sb.as_str(), "--network", net]);
-    let v: Value = serde_json::from_str(&w.ok(i, &["inspect", &sb, "--json"])).expect("JSON");
-    let cidr = v["endpoints"][0]["address"].as_str().expect("an address");
-    cidr.split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("an IPv4 address")
+    w.address(i, name)
 }
 
 fn sandbox(w: &World, i: usize, name: &str) -> Ipv4Addr {

@@ -423,6 +423,19 @@ impl World {
         netns::named_path(&self.sb(name))
     }
 
+    /// The first address of sandbox `name` (this world's name for it, see [`World::sb`]) on host `i`, from
+    /// `nsnet inspect --json`.
+    pub fn address(&self, i: usize, name: &str) -> Ipv4Addr {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(i, &["inspect", &self.sb(name), "--json"]))
+                .expect("JSON");
+        let cidr = v["endpoints"][0]["address"].as_str().expect("an address");
+        cidr.split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("an IPv4 address")
+    }
+
     /// A command for nsnet inside host `i`, with its state dir.
     fn nsnet_command(&self, i: usize, args: &[&str]) -> Command {
         let mut cmd = command_in(&self.host_path(i), nsnet_bin(), args);
