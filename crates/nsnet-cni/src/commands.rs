@@ -95,6 +95,13 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
             interface: Some(env.ifname.clone()),
             mac,
             cni: true,
+            aliases: conf
+                .runtime_config
+                .aliases
+                .get(&conf.name)
+                .cloned()
+                .unwrap_or_default(),
+            dns_servers: vec![],
         };
         if let Err(e) = nsnet.attach(&Target::Path(netns.clone()), Some(&env.container_id), &req) {
             if created {
@@ -105,6 +112,11 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
         }
         let sb = nsnet.sandbox(&env.container_id)?;
         let dns = conf.dns.clone().or(ipam_dns).or(prev.dns.clone());
+        let dns = if net.dns {
+            Some(with_resolver(dns))
+        } else {
+            dns
+        };
         Ok(result_for(
             prev.clone(),
             &net,
@@ -381,4 +393,14 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
         Some(d) if d.speaks("1.1.0") => d.run("STATUS", raw).map(|_| ()),
         _ => Ok(()),
     }
+}
+
+/// The result's `dns` with nsnet's resolver as the one nameserver (it forwards what is not local to the
+/// upstream servers; `search` and `options` stay as configured).
+fn with_resolver(dns: Option<Value>) -> Value {
+    let mut v = dns
+        .filter(Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    v["nameservers"] = serde_json::json!([nsnet_core::dns::RESOLVER_ADDR.to_string()]);
+    v
 }

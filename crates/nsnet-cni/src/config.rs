@@ -43,8 +43,11 @@ pub struct NetConf {
     /// nsnet's state dir; `NSNET_STATE_DIR`, then /var/lib/nsnet, when absent (shared with the CLI).
     pub state_dir: Option<PathBuf>,
     pub ipam: Option<IpamConf>,
-    /// Passed through to the result.
+    /// Passed through to the result (with nsnet's resolver first when `resolver` is on).
     pub dns: Option<Value>,
+    /// nsnet's resolver answers the containers' names on 127.0.0.11 (default false: Kubernetes brings its own
+    /// DNS, and a runtime that wants names turns it on).
+    pub resolver: Option<bool>,
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
     pub args: Option<Args>,
@@ -80,6 +83,9 @@ pub struct RuntimeConfig {
     #[serde(default)]
     pub ips: Vec<String>,
     pub mac: Option<String>,
+    /// The `aliases` capability (Podman's): more names for the container, by network name.
+    #[serde(default)]
+    pub aliases: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// One entry of the `portMappings` capability.
@@ -132,6 +138,17 @@ fn bad(field: &str, why: impl std::fmt::Display) -> CniError {
 }
 
 impl NetConf {
+    /// The IPv4 `dns.nameservers` of the configuration (others are not servers the resolver can use).
+    fn nameservers(&self) -> Vec<Ipv4Addr> {
+        self.dns
+            .as_ref()
+            .and_then(|d| d["nameservers"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str()?.parse().ok())
+            .collect()
+    }
+
     /// The delegated IPAM plugin, if `ipam.type` names one other than nsnet.
     pub fn ipam_plugin(&self) -> Option<&str> {
         self.ipam
@@ -210,6 +227,12 @@ impl NetConf {
                 gateway_mode: self.gateway_mode.unwrap_or_default(),
             },
             overlay: None,
+            dns: self.resolver.unwrap_or(false),
+            // With the resolver on, the configuration's own nameservers are where it forwards.
+            dns_servers: match self.resolver {
+                Some(true) => self.nameservers(),
+                _ => vec![],
+            },
         })
     }
 

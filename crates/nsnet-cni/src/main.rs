@@ -26,6 +26,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    // Started by a command to answer names (see nsnet_core::dns).
+    if let Some(dir) = nsnet_core::dns::resolver_for() {
+        return ExitCode::from(nsnet_core::dns::server::main(&dir));
+    }
     let mut raw = Vec::new();
     let read = std::io::stdin().read_to_end(&mut raw);
     // Errors answer in the runtime's version when the input says which.

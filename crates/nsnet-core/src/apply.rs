@@ -237,6 +237,8 @@ impl Applier {
                     self.netlink(peer_ns)?.unretire(retired, peer)?;
                 }
             }
+            Step::WriteResolvConf { netns: name, text } => netns::write_resolv_conf(name, text)?,
+            Step::RemoveResolvConf { netns: name, .. } => netns::remove_resolv_conf(name)?,
             Step::DeleteRetired { tag } => {
                 let nl = self.netlink(&Ns::Host)?;
                 let retired: Vec<Link> = nl

@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod dns;
 pub mod error;
 /// A small synchronous etcd v3 client over etcd's JSON/HTTP gateway.
 pub mod etcd;

@@ -69,6 +69,14 @@ pub struct Network {
     /// host's lease out of the cluster subnet, and its sandboxes reach the other hosts' sandboxes directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<Overlay>,
+    /// Sandboxes on the network find each other by name through nsnet's resolver ([`crate::dns`]). Off for
+    /// networks recorded before nsnet had names, so an upgrade starts nothing new.
+    #[serde(default)]
+    pub dns: bool,
+    /// Where the resolver forwards names that are not the network's own (`--dns IP`); empty: the host's
+    /// resolvers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<Ipv4Addr>,
 }
 
 /// How an overlay network carries traffic between hosts.
@@ -310,6 +318,8 @@ impl Network {
             host_chains: vec![],
             removing: false,
             overlay: None,
+            dns: false,
+            dns_servers: vec![],
         }
     }
 
@@ -359,6 +369,10 @@ pub struct Sandbox {
     /// ports stay reserved until the records are released.
     #[serde(default, skip_serializing_if = "is_false")]
     pub removing: bool,
+    /// Where the resolver forwards this sandbox's queries for names that are not local (`--dns IP`); before
+    /// its networks' servers and the host's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<Ipv4Addr>,
 }
 
 impl Sandbox {
@@ -390,6 +404,9 @@ pub struct Endpoint {
     /// Set while `nsnet detach` (CNI `DEL`) takes this endpoint away outside the lock.
     #[serde(default, skip_serializing_if = "is_false")]
     pub removing: bool,
+    /// More names the sandbox answers to on this network (`--alias`), besides its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// An Ethernet address, written `02:6e:0a:59:00:02`.

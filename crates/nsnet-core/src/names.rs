@@ -66,9 +66,76 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
     check("interface", name, MAX_IFNAME)
 }
 
+/// A name other sandboxes look a sandbox up by (`--alias`): a DNS name of labels of 1-63 letters, digits,
+/// `-` and `_` (no `-` first or last), separated by dots, 253 characters at most.
+pub fn check_alias(alias: &str) -> Result<(), String> {
+    let fix = "use letters, digits, '-' and '_', in dot-separated labels like db or db.internal";
+    if alias.is_empty() || alias.len() > 253 {
+        return Err(format!(
+            "alias '{alias}' must be 1-253 characters long; {fix}"
+        ));
+    }
+    for label in alias.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!(
+                "alias '{alias}' has an empty label or one over 63 characters; {fix}"
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("alias '{alias}' has {c:?}; {fix}"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "alias '{alias}' has a label that starts or ends with '-'; {fix}"
+            ));
+        }
+    }
+    // An all-digit last label would read as an address (and `in-addr.arpa` names are the resolver's own).
+    if alias
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
+        || alias.to_ascii_lowercase().ends_with(".arpa")
+    {
+        return Err(format!(
+            "alias '{alias}' looks like an address or a reverse name; {fix}"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_are_dns_names() {
+        for good in ["db", "db-1", "cache.internal", "_svc", "a1"] {
+            assert!(check_alias(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-db",
+            "db-",
+            "a..b",
+            "db/x",
+            "db x",
+            "10.0.0.1",
+            "x.in-addr.arpa",
+            "1",
+        ] {
+            let e = check_alias(bad).unwrap_err();
+            assert!(
+                e.contains("alias") && e.contains("labels like"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(check_alias(&"a".repeat(64)).is_err());
+        assert!(check_alias(&["a"; 130].join(".")).is_err());
+    }
 
     #[test]
     fn accepts_plain_names() {

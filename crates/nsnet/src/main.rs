@@ -149,6 +149,13 @@ struct AttachArgs {
     /// one is chosen.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     ports: Vec<PortSpec>,
+    /// Another name the sandbox answers to on this network (repeatable), besides its own.
+    #[arg(long = "alias", value_name = "NAME")]
+    aliases: Vec<String>,
+    /// An upstream resolver for this sandbox's other names (repeatable), instead of its network's or the
+    /// host's.
+    #[arg(long = "dns", value_name = "IP")]
+    dns: Vec<Ipv4Addr>,
 }
 
 impl AttachArgs {
@@ -157,8 +164,27 @@ impl AttachArgs {
             network: self.network.clone(),
             ip: self.ip,
             ports: self.ports.clone(),
+            aliases: self.aliases.clone(),
+            dns_servers: self.dns.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// One `network create --dns` value.
+#[derive(Clone, Copy)]
+enum DnsArg {
+    On(bool),
+    Server(Ipv4Addr),
+}
+
+fn parse_dns(text: &str) -> std::result::Result<DnsArg, String> {
+    match text {
+        "true" => Ok(DnsArg::On(true)),
+        "false" => Ok(DnsArg::On(false)),
+        _ => text.parse().map(DnsArg::Server).map_err(|_| {
+            format!("'{text}' is neither true, false nor an IPv4 address like 192.0.2.53")
+        }),
     }
 }
 
@@ -201,6 +227,10 @@ enum NetworkCmd {
         /// less 50 for VXLAN).
         #[arg(long)]
         mtu: Option<u32>,
+        /// Names: on (the default) the network's sandboxes find each other by name; false turns that off; an
+        /// IP (repeatable) is an upstream resolver for the network's sandboxes instead of the host's.
+        #[arg(long = "dns", value_name = "true|false|IP", value_parser = parse_dns)]
+        dns: Vec<DnsArg>,
         #[command(flatten)]
         overlay: cluster::OverlayArgs,
     },
@@ -261,6 +291,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    // Started by a command to answer names (see nsnet_core::dns).
+    if let Some(dir) = nsnet_core::dns::resolver_for() {
+        return ExitCode::from(nsnet_core::dns::server::main(&dir));
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -352,10 +386,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             fast_path,
             gateway_mode,
             mtu,
+            dns,
             overlay,
         }) => {
+            let servers: Vec<Ipv4Addr> = dns
+                .iter()
+                .filter_map(|d| match d {
+                    DnsArg::Server(ip) => Some(*ip),
+                    DnsArg::On(_) => None,
+                })
+                .collect();
+            let names = !dns.iter().any(|d| matches!(d, DnsArg::On(false)));
             if matches!(driver, DriverArg::Overlay) {
                 let bridge_only = [
+                    (!dns.is_empty(), "--dns"),
                     (gateway.is_some(), "--gateway"),
                     (bridge.is_some(), "--bridge"),
                     (*internal, "--internal"),
@@ -396,6 +440,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 mtu: *mtu,
                 overlay: None,
+                dns: names,
+                dns_servers: servers,
             };
             let plan = nsnet.network_create(&req)?;
             done(plan, Report::Network(name.clone()))
@@ -611,6 +657,11 @@ fn exec_in(
     let mut command = Command::new(prog);
     command.args(args);
     netns::command_in(&mut command, fd);
+    // As `ip netns exec` does: the sandbox's own resolv.conf (its names), when it has one.
+    let resolv = netns::etc_dir(name).join("resolv.conf");
+    if path == netns::named_path(name) && resolv.exists() {
+        netns::resolv_conf_in(&mut command, &resolv)?;
+    }
     Ok(ExitCode::from(supervisor.run(&mut command, prog)?))
 }
 

@@ -169,6 +169,13 @@ pub fn sandboxes(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
              `nsnet gc` releases it"
         );
     }
+    let networks: Vec<_> = nsnet.networks()?.into_iter().map(|n| n.settings).collect();
+    if nsnet.resolver_status(&sbs, &networks) == nsnet_core::ops::ResolverStatus::Down {
+        eprintln!(
+            "nsnet: names: the resolver is down, so sandboxes cannot look each other up; the next nsnet \
+             command that changes something, or `nsnet gc`, starts it again"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -198,6 +198,54 @@ pub fn delete(name: &str) -> Result<bool, KernelError> {
     }
 }
 
+/// Where `ip netns exec NAME` finds files to show as the namespace's own /etc ones.
+pub const ETC_NETNS: &str = "/etc/netns";
+
+/// `/etc/netns/NAME`.
+pub fn etc_dir(name: &str) -> PathBuf {
+    Path::new(ETC_NETNS).join(name)
+}
+
+/// The first line of every resolv.conf nsnet writes: how it knows its own.
+const RESOLV_MARK: &str = "# written by nsnet";
+
+/// Write `/etc/netns/NAME/resolv.conf` (atomically), unless a file that is not nsnet's is there.
+pub fn write_resolv_conf(name: &str, text: &str) -> Result<(), KernelError> {
+    let dir = etc_dir(name);
+    let path = dir.join("resolv.conf");
+    if let Ok(old) = fs::read_to_string(&path) {
+        if !old.starts_with(RESOLV_MARK) {
+            return Ok(());
+        }
+    }
+    fs::create_dir_all(&dir)
+        .map_err(|e| KernelError::io(format!("create {}", dir.display()), e))?;
+    let tmp = dir.join(".resolv.conf.nsnet");
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|e| KernelError::io(format!("write {}", path.display()), e))
+}
+
+/// Remove nsnet's `/etc/netns/NAME/resolv.conf`, and the directory (and `/etc/netns`) when nothing else is
+/// in it. Someone else's file stays; one already gone is fine.
+pub fn remove_resolv_conf(name: &str) -> Result<(), KernelError> {
+    let dir = etc_dir(name);
+    let path = dir.join("resolv.conf");
+    match fs::read_to_string(&path) {
+        Ok(text) if text.starts_with(RESOLV_MARK) => {
+            fs::remove_file(&path)
+                .map_err(|e| KernelError::io(format!("remove {}", path.display()), e))?;
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(KernelError::io(format!("read {}", path.display()), e)),
+    }
+    // Only empty directories go (remove_dir refuses others).
+    let _ = fs::remove_dir(&dir);
+    let _ = fs::remove_dir(ETC_NETNS);
+    Ok(())
+}
+
 /// Make `cmd` run inside the namespace `fd` (network namespace only, like `nsenter --net`).
 pub fn command_in(cmd: &mut Command, fd: OwnedFd) {
     // SAFETY: the closure runs in the forked child before exec; it only calls setns(2), which is
@@ -208,6 +256,53 @@ pub fn command_in(cmd: &mut Command, fd: OwnedFd) {
             Ok(())
         });
     }
+}
+
+/// Make `cmd` see `file` as /etc/resolv.conf, in a mount namespace of its own (so nothing else sees it), as
+/// `ip netns exec` shows /etc/netns/NAME's files.
+pub fn resolv_conf_in(cmd: &mut Command, file: &Path) -> Result<(), KernelError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| KernelError::io(format!("path {}", p.display()), io::Error::other(e)))
+    };
+    // Made before the fork: the child may not allocate.
+    let (source, target, root) = (
+        c(file)?,
+        c(Path::new("/etc/resolv.conf"))?,
+        c(Path::new("/"))?,
+    );
+    fn mount(
+        src: Option<&std::ffi::CStr>,
+        dst: &std::ffi::CStr,
+        flags: libc::c_ulong,
+    ) -> io::Result<()> {
+        let src = src.map_or(std::ptr::null(), std::ffi::CStr::as_ptr);
+        // SAFETY: `src` is null or a C string, `dst` a C string, both alive for the call; the rest is null.
+        let r =
+            unsafe { libc::mount(src, dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    let child = move || -> io::Result<()> {
+        // SAFETY: unshare(2) takes no pointer; it gives this process a mount namespace of its own.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Nothing mounted here from now on reaches the host's mount namespace.
+        mount(None, &root, libc::MS_REC | libc::MS_SLAVE)?;
+        mount(Some(&source), &target, libc::MS_BIND)
+    };
+    // SAFETY: the closure runs in the forked child before exec; it only calls unshare(2) and mount(2), which
+    // are async-signal-safe, with C strings made before the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(child);
+    }
+    Ok(())
 }
 
 /// `/run/netns` exists and is a shared mount, as iproute2 sets it up, so namespaces mounted here show in every

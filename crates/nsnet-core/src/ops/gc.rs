@@ -69,6 +69,14 @@ impl Nsnet {
             let _kept = self.applier().apply(&r.plan)?;
             let (_, after) = self.store.file_states(&r.records)?;
             self.store.set_files(&after)?;
+            self.tell_resolver(&r.records);
+            // A resolver that died comes back, if any sandbox needs one.
+            let (sandboxes, networks) = (self.store.sandboxes()?, self.store.networks()?);
+            if self.resolver_status(&sandboxes, &networks) == super::ResolverStatus::Down {
+                self.revive_resolver(true);
+                r.lines
+                    .push("start the resolver: sandboxes need names and none answered".into());
+            }
             self.compact(&after);
             r.lines = r.lines.iter().map(|l| done(l)).collect();
             // Retired veths this gc deleted (no record names them) give their addresses back.
@@ -99,6 +107,10 @@ impl Nsnet {
             ));
             r.records.push(Record::NoSandbox(sb.name.clone()));
             r.plan.steps.extend(build::sandbox_gone(sb, &nets).steps);
+            let settings: Vec<&Network> = nets.iter().collect();
+            if sb.owned && super::resolver::has_names(sb, &settings) {
+                r.plan.steps.extend(super::resolver::resolv_conf(sb).undo());
+            }
         }
         // Addresses and ports held for sandboxes that have no record (any more) go back to their network.
         let names: HashSet<&str> = sandboxes.iter().map(|s| s.name.as_str()).collect();

@@ -215,6 +215,11 @@ impl Host {
         matches!((netns::identity(a), netns::identity(b)), (Ok(x), Ok(y)) if x == y)
     }
 
+    /// The host's resolv.conf (its `search` and `options` go into the sandboxes' own).
+    pub(crate) fn resolv_conf() -> crate::dns::upstream::ResolvConf {
+        crate::dns::upstream::host_conf()
+    }
+
     /// Whether there is a file at `path` (a namespace's mount point, or a /proc path to one).
     pub(crate) fn namespace_exists(path: &Path) -> bool {
         path.exists()

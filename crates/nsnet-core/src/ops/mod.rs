@@ -13,13 +13,16 @@ mod network;
 mod overlay;
 mod query;
 mod reap;
+mod resolver;
 mod sandbox;
 
 pub use host::Underlay;
 pub use network::NetworkRequest;
 pub use overlay::{vtep_mac, vxlan_device, OverlayJoin, PeerSync, VXLAN_OVERHEAD};
 pub use query::SandboxStatus;
+pub(crate) use reap::detach;
 pub use reap::{reaper_for, REAPER_ENV};
+pub use resolver::ResolverStatus;
 pub use sandbox::{AttachRequest, Target};
 
 use crate::apply::{Applier, Observer, Undo};
@@ -79,6 +82,10 @@ pub struct Terms {
     pub host_gateway: &'static str,
     pub hairpin: &'static str,
     pub gateway_mode: &'static str,
+    /// Names and upstream resolvers ([`crate::dns`]).
+    pub dns: &'static str,
+    /// A sandbox's other names.
+    pub alias: &'static str,
 }
 
 impl Terms {
@@ -99,6 +106,8 @@ impl Terms {
         host_gateway: "gateway on the bridge",
         hairpin: "hairpin mode",
         gateway_mode: "--gateway-mode",
+        dns: "--dns",
+        alias: "--alias",
     };
     /// A CNI network configuration's fields.
     pub const CNI: Terms = Terms {
@@ -117,6 +126,8 @@ impl Terms {
         host_gateway: "isGateway",
         hairpin: "hairpinMode",
         gateway_mode: "gatewayMode",
+        dns: "resolver",
+        alias: "runtimeConfig.aliases",
     };
 }
 
@@ -157,6 +168,7 @@ impl Nsnet {
         }
         let lock = self.store.lock()?;
         self.recover()?;
+        self.revive_resolver(false);
         Ok(Some(lock))
     }
 
@@ -218,6 +230,7 @@ impl Nsnet {
             });
         }
         self.store.remove_intent(intent)?;
+        self.tell_resolver(&records);
         self.compact(&after);
         applier.settle(&plan);
         Ok(plan)
@@ -284,12 +297,14 @@ impl Nsnet {
         // Nothing has changed yet: a failure to mark leaves no intent behind to "finish" later.
         let marked = self
             .store
-            .file_states(&[mark])
+            .file_states(std::slice::from_ref(&mark))
             .and_then(|(_, marked)| self.store.set_files(&marked));
         if let Err(e) = marked {
             self.store.remove_intent(intent)?;
             return Err(e.into());
         }
+        // The resolver lets go of the sandbox's namespace (its sockets there) before the namespace goes.
+        self.tell_resolver(&[mark]);
         drop(lock);
 
         let mut applier = self.applier();
@@ -323,6 +338,7 @@ impl Nsnet {
                         Err(e) => Some((e.into(), fw_undo.then(done))),
                         Ok(after) => {
                             written = after;
+                            self.tell_resolver(&records);
                             None
                         }
                     },
@@ -374,8 +390,9 @@ impl Nsnet {
             }),
         };
         if let Some(r) = record {
-            let (_, after) = self.store.file_states(&[r])?;
+            let (_, after) = self.store.file_states(std::slice::from_ref(&r))?;
             self.store.set_files(&after)?;
+            self.tell_resolver(&[r]);
         }
         Ok(())
     }

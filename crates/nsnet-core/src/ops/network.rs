@@ -33,6 +33,10 @@ pub struct NetworkRequest {
     pub options: NetOptions,
     /// This host's part of an overlay network (only `nsnet agent` asks for one).
     pub overlay: Option<Overlay>,
+    /// Sandboxes find each other by name ([`crate::dns`]).
+    pub dns: bool,
+    /// Upstream resolvers for the network's sandboxes (`--dns IP`); empty: the host's.
+    pub dns_servers: Vec<Ipv4Addr>,
 }
 
 impl NetworkRequest {
@@ -50,6 +54,9 @@ impl NetworkRequest {
             options: Default::default(),
             mtu: None,
             overlay: None,
+            // As Docker's default bridge and Podman's default network: names are for networks made for them.
+            dns: false,
+            dns_servers: vec![],
         }
     }
 }
@@ -316,6 +323,8 @@ impl Nsnet {
             host_chains,
             removing: false,
             overlay: req.overlay.clone(),
+            dns: req.dns,
+            dns_servers: check_dns_servers(&req.dns_servers, req.dns, req.internal, &self.terms)?,
         })
     }
 
@@ -422,6 +431,33 @@ fn default_interface(driver: Driver, name: &str) -> String {
     } else {
         format!("{prefix}{:08x}", short_hash(&[name]))
     }
+}
+
+/// Refuse upstream resolvers nothing can be sent to, and servers for a network that would never use them.
+pub(super) fn check_dns_servers(
+    servers: &[Ipv4Addr],
+    dns: bool,
+    internal: bool,
+    t: &super::Terms,
+) -> Result<Vec<Ipv4Addr>> {
+    if servers.is_empty() {
+        return Ok(vec![]);
+    }
+    if !dns {
+        return Err(invalid!(
+            "{} IP needs the network's names on; drop {}=false or the servers",
+            t.dns,
+            t.dns
+        ));
+    }
+    if internal {
+        return Err(invalid!(
+            "an --internal network resolves only its own names and forwards nothing; drop {} IP",
+            t.dns
+        ));
+    }
+    crate::dns::check_servers(servers).map_err(|e| invalid!("{} {e}", t.dns))?;
+    Ok(servers.to_vec())
 }
 
 #[cfg(test)]

@@ -139,6 +139,9 @@ impl Nsnet {
             mtu: Some(join.mtu()),
             options: Default::default(),
             overlay: Some(want),
+            // The resolver knows this host's sandboxes only; names across hosts would need etcd's view.
+            dns: false,
+            dns_servers: vec![],
         };
         self.create_network(&req, &nets)
             .map(|(plan, net)| (net, plan))

@@ -111,6 +111,7 @@ mod tests {
             cni: false,
             endpoints: vec![],
             removing,
+            dns_servers: vec![],
         }
     }
 

@@ -115,7 +115,7 @@ impl Nsnet {
 }
 
 /// Run `cmd` in a session of its own, so the caller's exit (or its terminal's) does not take it along.
-fn detach(cmd: &mut Command) {
+pub(crate) fn detach(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid(2) is async-signal-safe and allocates nothing; it runs in the forked child before exec.
     unsafe {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 
 use super::network::NetworkRequest;
-use super::{no_network, Host, Nsnet, Terms, DEFAULT_NETWORK};
+use super::{no_network, resolver, Host, Nsnet, Terms, DEFAULT_NETWORK};
 use crate::error::{Error, Result};
 use crate::firewall::Batch;
 use crate::invalid;
@@ -33,6 +33,10 @@ pub struct AttachRequest {
     pub mac: Option<Mac>,
     /// Made by the CNI plugin (recorded on a new sandbox).
     pub cni: bool,
+    /// More names for the sandbox on this network (`--alias`).
+    pub aliases: Vec<String>,
+    /// The sandbox's own upstream resolvers (`--dns IP`); kept for the sandbox, replacing earlier ones.
+    pub dns_servers: Vec<Ipv4Addr>,
 }
 
 /// The namespace `nsnet attach` networks.
@@ -90,6 +94,7 @@ impl Nsnet {
             cni: false,
             endpoints: vec![],
             removing: false,
+            dns_servers: vec![],
         };
         self.join(
             &mut sb,
@@ -182,6 +187,7 @@ impl Nsnet {
                 cni: req.cni,
                 endpoints: vec![],
                 removing: false,
+                dns_servers: vec![],
             },
         };
         self.join(&mut sb, req, Some(&mut in_ns), vec![])
@@ -217,6 +223,16 @@ impl Nsnet {
             endpoint,
         } = joined;
 
+        if !req.dns_servers.is_empty() {
+            crate::dns::check_servers(&req.dns_servers)
+                .map_err(|e| invalid!("{} {e}", self.terms.dns))?;
+            sb.dns_servers = req.dns_servers.clone();
+        }
+        // The sandbox's first network with names gives a sandbox nsnet made its resolv.conf.
+        let named_before = {
+            let settings: Vec<&Network> = nets.iter().map(|(n, _)| n).collect();
+            resolver::has_names(sb, &settings)
+        };
         let mut kernel = Vec::new();
         let mut fw = Batch::default();
         if new_network {
@@ -235,6 +251,9 @@ impl Nsnet {
         let (s, f) = build::endpoint_up(&net, &endpoint, &ns, &self.store.owner_tag());
         kernel.extend(s);
         fw.0.extend(f.0);
+        if sb.owned && net.dns && !named_before {
+            kernel.push(resolver::resolv_conf(sb));
+        }
 
         let firewall = net.firewall;
         let mut records = Vec::new();
@@ -398,6 +417,7 @@ impl Nsnet {
             mtu: net.mtu,
             ports,
             removing: false,
+            aliases: check_aliases(&req.aliases, &self.terms)?,
         };
         Ok(Join {
             net,
@@ -478,7 +498,15 @@ impl Nsnet {
         } else {
             vec![]
         };
-        let kernel = build::sandbox_teardown(&sb, &nets, &self.store.owner_tag(), veths);
+        let mut kernel = build::sandbox_teardown(&sb, &nets, &self.store.owner_tag(), veths);
+        // Its resolv.conf, when it has one (with its namespace gone, the networks are not read: any).
+        let settings: Vec<&Network> = nets.iter().collect();
+        if sb.owned && (nets.is_empty() || resolver::has_names(&sb, &settings)) {
+            let write = resolver::resolv_conf(&sb);
+            if let Some(remove) = write.undo() {
+                kernel.push_teardown(remove, vec![write]);
+            }
+        }
         sb.removing = true;
         self.take_down(
             lock,
@@ -554,9 +582,19 @@ impl Nsnet {
             ),
             _ => Plan::default(),
         };
+        let mut kernel = kernel;
+        let settings: Vec<&Network> = nets.iter().collect();
+        let named_before = resolver::has_names(&sb, &settings);
         let mut marked = sb;
         for ep in marked.endpoints.iter_mut().filter(|e| e.network == network) {
             ep.removing = true;
+        }
+        // Off its last network with names: its resolv.conf goes too.
+        if marked.owned && named_before && !resolver::has_names(&marked, &settings) {
+            let write = resolver::resolv_conf(&marked);
+            if let Some(remove) = write.undo() {
+                kernel.push_teardown(remove, vec![write]);
+            }
         }
         self.take_down(
             lock,
@@ -638,6 +676,20 @@ fn lost_netns(sb: &Sandbox) -> Error {
         sb.name,
         sb.netns.display()
     )
+}
+
+/// The aliases asked for, each a DNS name, none twice.
+fn check_aliases(aliases: &[String], t: &Terms) -> Result<Vec<String>> {
+    for (i, a) in aliases.iter().enumerate() {
+        names::check_alias(a).map_err(|e| invalid!("{}: {e}", t.alias))?;
+        if aliases[..i].iter().any(|b| b.eq_ignore_ascii_case(a)) {
+            return Err(invalid!(
+                "{} {a} is given twice; give each alias once",
+                t.alias
+            ));
+        }
+    }
+    Ok(aliases.to_vec())
 }
 
 /// Fix every requested port: check it against the ports already published and the sockets host processes

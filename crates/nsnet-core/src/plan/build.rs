@@ -701,6 +701,7 @@ mod tests {
             mtu: 1500,
             ports,
             removing: false,
+            aliases: vec![],
         }
     }
 
@@ -843,6 +844,7 @@ mod tests {
             cni: false,
             endpoints: vec![ep(vec![port()])],
             removing: false,
+            dns_servers: vec![],
         };
         let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, VethRemoval::OneByOne);
         let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns(), OWNER);
@@ -968,6 +970,7 @@ mod tests {
             cni: false,
             endpoints: vec![ep(vec![port()])],
             removing: false,
+            dns_servers: vec![],
         };
         let plan = firewall_reload(&[a, b], &[sb], OWNER);
         let Some(Step::Firewall { batch: fw, .. }) = plan.steps.last() else {

@@ -190,6 +190,12 @@ pub enum Step {
     /// Delete every retired link: in one request (one grace period for all) when every link of the retired
     /// group is nsnet's, else only those with `tag`, one by one.
     DeleteRetired { tag: String },
+    /// `/etc/netns/NAME/resolv.conf` for a sandbox with names: what `ip netns exec`, `nsnet exec` and
+    /// `nsnet run` show its commands as /etc/resolv.conf. A file someone else put there is left alone.
+    WriteResolvConf { netns: String, text: String },
+    /// Remove what [`Step::WriteResolvConf`] wrote (`text`, so an undo writes it again); a file that is not
+    /// nsnet's is left alone, and so is one already gone.
+    RemoveResolvConf { netns: String, text: String },
 }
 
 /// Where an overlay network's peers are programmed: which device, how, and the source address of routes.
@@ -270,6 +276,14 @@ impl Step {
             Step::RemovePeer { overlay, peer } => Some(Step::SetPeer {
                 overlay: overlay.clone(),
                 peer: peer.clone(),
+            }),
+            Step::WriteResolvConf { netns, text } => Some(Step::RemoveResolvConf {
+                netns: netns.clone(),
+                text: text.clone(),
+            }),
+            Step::RemoveResolvConf { netns, text } => Some(Step::WriteResolvConf {
+                netns: netns.clone(),
+                text: text.clone(),
             }),
             Step::FastPathRemove {
                 bridge,
@@ -451,6 +465,19 @@ impl Step {
             ),
             Step::SetPeer { overlay, peer } => render_peer(overlay, peer, "replace"),
             Step::RemovePeer { overlay, peer } => render_peer(overlay, peer, "del"),
+            Step::WriteResolvConf { netns, text } => {
+                let dir = crate::kernel::netns::etc_dir(netns);
+                let lines: Vec<String> = text.lines().map(|l| format!("'{l}'")).collect();
+                format!(
+                    "mkdir -p {d}\nprintf '%s\\n' {} > {d}/resolv.conf",
+                    lines.join(" "),
+                    d = dir.display()
+                )
+            }
+            Step::RemoveResolvConf { netns, .. } => {
+                let dir = crate::kernel::netns::etc_dir(netns);
+                format!("rm {d}/resolv.conf\nrmdir {d}", d = dir.display())
+            }
         }
     }
 }

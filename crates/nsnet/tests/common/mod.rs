@@ -126,6 +126,10 @@ impl TestHost {
         sh(&["ip", "netns", "add", &host]);
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = tmp.path().join("state");
+        // The host's resolv.conf as nsnet's resolver reads it: no upstream server, so no query ever leaves
+        // for a real resolver (tests that forward name one they start).
+        fs::write(tmp.path().join("resolv.conf"), "# test host: no upstream\n")
+            .expect("resolv.conf");
         let h = TestHost {
             host,
             lan: None,
@@ -178,6 +182,38 @@ impl TestHost {
         PathBuf::from("/run/netns").join(&self.host)
     }
 
+    /// The host's resolv.conf as this test's nsnet reads it (`NSNET_RESOLV_CONF`).
+    pub fn resolv_conf(&self) -> PathBuf {
+        self._tmp.path().join("resolv.conf")
+    }
+
+    /// This test's sandboxes' files under /etc/netns (their resolv.conf).
+    pub fn etc_netns(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir("/etc/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&self.tag))
+                    .map(|n| format!("/etc/netns/{n}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The pid of the resolver serving this test's state dir, if one runs.
+    pub fn resolver_pid(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.state.join("dns.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .is_ok()
+            .then_some(pid)
+    }
+
     pub fn lan_path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(self.lan.as_ref().expect("test has no LAN peer"))
     }
@@ -216,6 +252,7 @@ impl TestHost {
             .arg(nsnet_bin())
             .args(args);
         cmd.env("NSNET_STATE_DIR", &self.state);
+        cmd.env("NSNET_RESOLV_CONF", self.resolv_conf());
         if let Some(backend) = self.firewall {
             cmd.env("NSNET_FIREWALL", backend);
         }
@@ -327,7 +364,8 @@ impl TestHost {
         routes.sort();
         let mut state = Vec::new();
         walk(&self.state, &self.state, &mut state);
-        let namespaces = self.tagged_namespaces();
+        let mut namespaces = self.tagged_namespaces();
+        namespaces.extend(self.etc_netns());
         let fast_path = self.fast_path_of(&link_list);
         Snapshot {
             links,
@@ -657,6 +695,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             if rel.starts_with("intents/") && text.is_empty() {
                 continue;
             }
+            // The resolver's own files (its lock, pid and socket): a process's, not records.
+            if rel.starts_with("dns.") {
+                continue;
+            }
             if let Some(name) = rel
                 .strip_prefix("networks/")
                 .and_then(|r| r.strip_suffix(".index"))
@@ -723,6 +765,20 @@ impl Snapshot {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
+        // A resolver still running serves sandboxes the test left: it goes first (its sockets hold their
+        // namespaces).
+        let resolver = self.resolver_pid();
+        if let Some(pid) = resolver {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let etc = self.etc_netns();
+        for dir in &etc {
+            let _ = fs::remove_dir_all(dir);
+        }
+        let _ = fs::remove_dir("/etc/netns");
         // Remove this test's sandboxes' namespaces if a failing test left any, then the host and LAN peer.
         for name in self.tagged_namespaces() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
@@ -745,6 +801,7 @@ impl Drop for TestHost {
                 leftovers.is_empty(),
                 "namespaces left behind: {leftovers:?}"
             );
+            assert!(etc.is_empty(), "files left behind: {etc:?}");
         }
     }
 }

@@ -440,7 +440,9 @@ impl World {
     fn nsnet_command(&self, i: usize, args: &[&str]) -> Command {
         let mut cmd = command_in(&self.host_path(i), nsnet_bin(), args);
         cmd.env("NSNET_STATE_DIR", self.state_dir(i))
-            .env(TAG_ENV, &self.tag);
+            .env(TAG_ENV, &self.tag)
+            // No upstream resolver: nothing is forwarded beyond the world.
+            .env("NSNET_RESOLV_CONF", "/dev/null");
         cmd
     }
 

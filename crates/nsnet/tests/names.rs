@@ -1,0 +1,682 @@
+//! Names (issue #18): sandboxes find each other by name through nsnet's resolver, on 127.0.0.11 inside each
+//! sandbox. Real queries (`dig`, `getent`) from real sandboxes; upstream resolvers are dnsmasq instances the
+//! tests start on their own LAN peer, never a real resolver.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A dig answer: its status, and the data of its answer records, in order.
+#[derive(Debug)]
+struct Dig {
+    status: String,
+    answers: Vec<String>,
+    truncated: bool,
+}
+
+/// `dig` run inside sandbox `sb` (through `nsnet exec`) against its resolver; `extra` are dig's options.
+fn dig(h: &TestHost, sb: &str, extra: &[&str]) -> Dig {
+    let mut args = vec![
+        "exec",
+        sb,
+        "--",
+        "dig",
+        "+time=3",
+        "+tries=1",
+        "+nocookie",
+        "@127.0.0.11",
+    ];
+    args.extend_from_slice(extra);
+    let out = h.nsnet(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_dig(&text)
+}
+
+fn parse_dig(text: &str) -> Dig {
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("NO ANSWER")
+        .to_string();
+    let truncated = text
+        .lines()
+        .find(|l| l.contains(";; flags:"))
+        .is_some_and(|l| l.split(';').nth(2).is_some_and(|f| f.contains(" tc")));
+    let answers = text
+        .split(";; ANSWER SECTION:")
+        .nth(1)
+        .map(|sec| {
+            sec.lines()
+                .skip(1)
+                .take_while(|l| !l.trim().is_empty())
+                .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Dig {
+        status,
+        answers,
+        truncated,
+    }
+}
+
+fn address(h: &TestHost, sb: &str) -> String {
+    let v = h.inspect(sb);
+    v["endpoints"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("an address")
+        .to_string()
+}
+
+/// A process the test started, killed when the test ends however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// dnsmasq on the LAN peer (10.0.1.26:53), answering `*.example.test` with 192.0.2.7 and nothing else.
+fn upstream(h: &TestHost) -> Killed {
+    let child = Killed(upstream_process(h));
+    let lan = format!("--net={}", h.lan_path().display());
+    // Ready when it answers.
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        let out = Command::new("nsenter")
+            .args([
+                &lan,
+                "--",
+                "dig",
+                "+time=1",
+                "+tries=1",
+                "@10.0.1.26",
+                "www.example.test",
+            ])
+            .output()
+            .expect("dig");
+        if String::from_utf8_lossy(&out.stdout).contains("192.0.2.7") {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("dnsmasq did not answer");
+}
+
+fn upstream_process(h: &TestHost) -> Child {
+    let lan = format!("--net={}", h.lan_path().display());
+    Command::new("nsenter")
+        .args([
+            &lan,
+            "--",
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=10.0.1.26",
+            "--address=/example.test/192.0.2.7",
+            // No such names: NXDOMAIN (without, dnsmasq refuses what it cannot forward).
+            "--address=/invalid/",
+            "--pid-file=",
+            "--user=root",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq")
+}
+
+fn stop(c: Killed) {
+    drop(c);
+}
+
+#[test]
+fn names_resolve_within_a_network_and_never_across() {
+    let h = TestHost::new("names");
+    let (a, b, c, d) = (h.sb("a"), h.sb("b"), h.sb("c"), h.sb("d"));
+    h.ok(&["network", "create", "front", "--subnet", "10.77.1.0/24"]);
+    h.ok(&["network", "create", "back", "--subnet", "10.77.2.0/24"]);
+    h.ok(&["create", &a, "--network", "front"]);
+    h.ok(&[
+        "create",
+        &b,
+        "--network",
+        "front",
+        "--alias",
+        "web",
+        "--alias",
+        "Api",
+    ]);
+    h.ok(&["create", &c, "--network", "back", "--alias", "db"]);
+    // d is on both networks (its second endpoint through attach, with an alias of that network only).
+    h.ok(&["create", &d, "--network", "front"]);
+    h.ok(&["attach", &d, "--network", "back", "--alias", "cache"]);
+    let (ab, ac) = (address(&h, &b), address(&h, &c));
+
+    // Within a network: the name, every alias (any case), and the reverse name.
+    for name in [b.as_str(), "web", "api", "WEB."] {
+        let r = dig(&h, &a, &[name]);
+        assert_eq!(
+            (r.status.as_str(), r.answers.clone()),
+            ("NOERROR", vec![ab.clone()]),
+            "{name}"
+        );
+    }
+    let r = dig(&h, &a, &["-x", &ab]);
+    assert_eq!(r.answers, vec![format!("{b}.")]);
+    // A local name has no AAAA: an empty answer, not NXDOMAIN (which would spoil the A lookup).
+    let r = dig(&h, &a, &[&b, "AAAA"]);
+    assert_eq!((r.status.as_str(), r.answers.len()), ("NOERROR", 0));
+
+    // Across networks: NXDOMAIN, both ways, and never the other network's address.
+    for (from, name) in [
+        (&a, c.as_str()),
+        (&a, "db"),
+        (&a, "cache"),
+        (&c, a.as_str()),
+        (&c, "web"),
+    ] {
+        let r = dig(&h, from, &[name]);
+        assert_eq!(r.status, "NXDOMAIN", "{from} asking for {name}: {r:?}");
+    }
+    let r = dig(&h, &a, &["-x", &ac]);
+    assert!(r.answers.is_empty(), "{r:?}");
+    // d sees both networks' names; its back-only alias is seen on back only.
+    assert_eq!(dig(&h, &d, &[&c]).answers, vec![ac.clone()]);
+    assert_eq!(dig(&h, &d, &["web"]).answers, vec![ab.clone()]);
+    let dc = h.inspect(&d)["endpoints"][1]["address"]
+        .as_str()
+        .and_then(|x| x.split('/').next())
+        .expect("d's back address")
+        .to_string();
+    assert_eq!(dig(&h, &c, &["cache"]).answers, vec![dc]);
+
+    // The sandbox's resolv.conf points at the resolver; `nsnet exec` shows it as /etc/resolv.conf, so the C
+    // library resolves names too.
+    let conf = fs::read_to_string(format!("/etc/netns/{a}/resolv.conf")).expect("resolv.conf");
+    assert!(conf.contains("nameserver 127.0.0.11"), "{conf}");
+    let seen = h.ok(&["exec", &a, "--", "cat", "/etc/resolv.conf"]);
+    assert_eq!(seen, conf);
+    let got = h.ok(&["exec", &a, "--", "getent", "hosts", "web"]);
+    assert!(got.starts_with(&ab), "{got}");
+    // The host's own /etc/resolv.conf is untouched by that.
+    assert_ne!(
+        fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        conf
+    );
+
+    for sb in [&a, &b, &c, &d] {
+        h.ok(&["rm", sb]);
+    }
+    // The last sandbox with names gone, the resolver goes too.
+    assert!(
+        wait(|| h.resolver_pid().is_none()),
+        "the resolver outlived its last sandbox"
+    );
+    assert!(h.etc_netns().is_empty());
+}
+
+fn wait(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_shared_alias_answers_every_address_turning_each_time() {
+    let h = TestHost::new("alias");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.3.0/24"]);
+    let names: Vec<String> = (1..=3).map(|i| h.sb(&format!("w{i}"))).collect();
+    for n in &names {
+        h.ok(&["create", n, "--network", "n", "--alias", "web"]);
+    }
+    let mut want: Vec<String> = names.iter().map(|n| address(&h, n)).collect();
+    want.sort();
+    let mut firsts = Vec::new();
+    for _ in 0..3 {
+        let r = dig(&h, &names[0], &["web"]);
+        let mut got = r.answers.clone();
+        got.sort();
+        assert_eq!(got, want, "{r:?}");
+        firsts.push(r.answers[0].clone());
+    }
+    firsts.sort();
+    assert_eq!(firsts, want, "each address comes first in turn");
+    for n in &names {
+        h.ok(&["rm", n]);
+    }
+}
+
+#[test]
+fn a_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
+    let h = TestHost::new("nowait");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.4.0/24"]);
+    let (asker, x) = (h.sb("asker"), h.sb("x"));
+    h.ok(&["create", &asker, "--network", "n"]);
+    for round in 0..5 {
+        h.ok(&["create", &x, "--network", "n"]);
+        let r = dig(&h, &asker, &[&x]);
+        assert_eq!(r.answers, vec![address(&h, &x)], "round {round}: {r:?}");
+        h.ok(&["rm", &x]);
+        let r = dig(&h, &asker, &[&x]);
+        assert_eq!(r.status, "NXDOMAIN", "round {round}: {r:?}");
+    }
+    h.ok(&["rm", &asker]);
+}
+
+#[test]
+fn an_answer_too_long_for_udp_comes_whole_over_tcp() {
+    let h = TestHost::new("tcp");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.5.0/24"]);
+    let names: Vec<String> = (0..40).map(|i| h.sb(&format!("m{i}"))).collect();
+    for n in &names {
+        h.ok(&["create", n, "--network", "n", "--alias", "many"]);
+    }
+    // Over UDP (no retry): truncated, no records.
+    let r = dig(&h, &names[0], &["+ignore", "+noedns", "many"]);
+    assert!(r.truncated && r.answers.is_empty(), "{r:?}");
+    // dig's default: it retries over TCP and gets all 40.
+    let r = dig(&h, &names[0], &["+noedns", "many"]);
+    assert_eq!(r.answers.len(), 40, "{r:?}");
+    let r = dig(&h, &names[0], &["+tcp", "many"]);
+    assert_eq!(r.answers.len(), 40, "{r:?}");
+    for n in &names {
+        h.ok(&["rm", n]);
+    }
+}
+
+#[test]
+fn other_names_go_to_the_hosts_upstream_resolvers() {
+    let h = TestHost::with_lan("fwd");
+    let dnsmasq = upstream(&h);
+    fs::write(
+        h.resolv_conf(),
+        "nameserver 10.0.1.26\nsearch corp.example\noptions ndots:2\n",
+    )
+    .unwrap();
+    h.ok(&["network", "create", "n", "--subnet", "10.77.6.0/24"]);
+    let a = h.sb("a");
+    h.ok(&["create", &a, "--network", "n"]);
+    let r = dig(&h, &a, &["www.example.test"]);
+    assert_eq!(
+        (r.status.as_str(), r.answers.clone()),
+        ("NOERROR", vec!["192.0.2.7".to_string()])
+    );
+    // Over TCP, forwarded over TCP.
+    let r = dig(&h, &a, &["+tcp", "www.example.test"]);
+    assert_eq!(r.answers, vec!["192.0.2.7".to_string()]);
+    // Names upstream does not have: its NXDOMAIN, passed on.
+    assert_eq!(dig(&h, &a, &["nothing.invalid"]).status, "NXDOMAIN");
+    // search and options come from the host's resolv.conf.
+    let conf = fs::read_to_string(format!("/etc/netns/{a}/resolv.conf")).unwrap();
+    assert!(
+        conf.contains("search corp.example") && conf.contains("options ndots:2"),
+        "{conf}"
+    );
+    h.ok(&["rm", &a]);
+    stop(dnsmasq);
+}
+
+#[test]
+fn behind_a_loopback_stub_the_servers_behind_it_are_used() {
+    let h = TestHost::with_lan("stub");
+    let dnsmasq = upstream(&h);
+    // systemd-resolved's shape: the host points at its stub; the real servers are listed elsewhere.
+    fs::write(
+        h.resolv_conf(),
+        "nameserver 127.0.0.53\noptions edns0 trust-ad\n",
+    )
+    .unwrap();
+    let behind = h.resolv_conf().with_file_name("resolved.conf");
+    fs::write(&behind, "nameserver 10.0.1.26\n").unwrap();
+    let behind = behind.display().to_string();
+    h.ok(&["network", "create", "n", "--subnet", "10.77.7.0/24"]);
+    let a = h.sb("a");
+    let out = h.nsnet_env(
+        &["create", &a, "--network", "n"],
+        &[("NSNET_RESOLVED_CONF", &behind)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = dig(&h, &a, &["www.example.test"]);
+    assert_eq!(r.answers, vec!["192.0.2.7".to_string()], "{r:?}");
+    h.ok(&["rm", &a]);
+    stop(dnsmasq);
+}
+
+#[test]
+fn a_silent_upstream_stalls_no_local_answer_and_ends_in_servfail() {
+    let h = TestHost::with_lan("slow");
+    // The LAN peer runs no DNS server: queries to it go unanswered.
+    fs::write(h.resolv_conf(), "nameserver 10.0.1.26\n").unwrap();
+    h.ok(&["network", "create", "n", "--subnet", "10.77.8.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let host = format!("--net={}", h.host_path().display());
+    let slow = Command::new("nsenter")
+        .args([&host, "--"])
+        .arg(nsnet_bin())
+        .args([
+            "exec",
+            &a,
+            "--",
+            "dig",
+            "+time=8",
+            "+tries=1",
+            "@127.0.0.11",
+            "www.example.test",
+        ])
+        .env("NSNET_STATE_DIR", &h.state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dig");
+    std::thread::sleep(Duration::from_millis(200));
+    // While that waits on upstream, local names answer at once.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = dig(&h, &a, &[&b]);
+        assert_eq!(r.answers, vec![address(&h, &b)]);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    let out = slow.wait_with_output().expect("dig");
+    let r = parse_dig(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(r.status, "SERVFAIL", "{r:?}");
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+}
+
+#[test]
+fn a_sandbox_or_a_network_can_name_its_own_upstream() {
+    let h = TestHost::with_lan("own");
+    let dnsmasq = upstream(&h);
+    // The host has no upstream at all.
+    h.ok(&["network", "create", "n", "--subnet", "10.77.9.0/24"]);
+    h.ok(&[
+        "network",
+        "create",
+        "m",
+        "--subnet",
+        "10.77.10.0/24",
+        "--dns",
+        "10.0.1.26",
+    ]);
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+    h.ok(&["create", &a, "--network", "n", "--dns", "10.0.1.26"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    h.ok(&["create", &c, "--network", "m"]);
+    assert_eq!(
+        dig(&h, &a, &["www.example.test"]).answers,
+        vec!["192.0.2.7".to_string()]
+    );
+    assert_eq!(
+        dig(&h, &c, &["www.example.test"]).answers,
+        vec!["192.0.2.7".to_string()]
+    );
+    // b has no server to ask: NXDOMAIN, not a wait.
+    assert_eq!(dig(&h, &b, &["www.example.test"]).status, "NXDOMAIN");
+    for sb in [&a, &b, &c] {
+        h.ok(&["rm", sb]);
+    }
+    stop(dnsmasq);
+}
+
+#[test]
+fn internal_networks_resolve_their_own_names_and_forward_nothing() {
+    let h = TestHost::with_lan("intern");
+    let dnsmasq = upstream(&h);
+    fs::write(h.resolv_conf(), "nameserver 10.0.1.26\n").unwrap();
+    h.ok(&[
+        "network",
+        "create",
+        "in",
+        "--internal",
+        "--subnet",
+        "10.77.11.0/24",
+    ]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "in"]);
+    h.ok(&["create", &b, "--network", "in"]);
+    assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
+    assert_eq!(dig(&h, &a, &["www.example.test"]).status, "NXDOMAIN");
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    stop(dnsmasq);
+}
+
+#[test]
+fn it_works_beside_a_dns_server_on_the_hosts_port_53() {
+    let h = TestHost::new("beside");
+    // A host DNS server on every address of the host, port 53 (dnsmasq's default).
+    let host = format!("--net={}", h.host_path().display());
+    let mut hostdns = Killed(
+        Command::new("nsenter")
+            .args([
+                &host,
+                "--",
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file=",
+                "--user=root",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        hostdns.0.try_wait().expect("dnsmasq").is_none(),
+        "dnsmasq runs"
+    );
+    h.ok(&["network", "create", "n", "--subnet", "10.77.12.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    drop(hostdns);
+}
+
+#[test]
+fn a_killed_resolver_is_reported_and_brought_back() {
+    let h = TestHost::new("revive");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.13.0/24"]);
+    h.ok(&[
+        "network",
+        "create",
+        "plain",
+        "--dns",
+        "false",
+        "--subnet",
+        "10.77.14.0/24",
+    ]);
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let revivals: Vec<Vec<&str>> = vec![vec!["gc"], vec!["create", &c, "--network", "plain"]];
+    for (round, revive) in revivals.iter().enumerate() {
+        let pid = h.resolver_pid().expect("a resolver runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        assert!(wait(|| h.resolver_pid().is_none()));
+        assert_eq!(dig(&h, &a, &[&b]).status, "NO ANSWER", "round {round}");
+        let out = h.nsnet(&["ls"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("resolver is down") && err.contains("nsnet gc"),
+            "{err}"
+        );
+        // `gc`, then any changing command (on a network without names, even): it comes back.
+        let out = h.nsnet(revive);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            dig(&h, &a, &[&b]).answers,
+            vec![address(&h, &b)],
+            "round {round}"
+        );
+        let out = h.nsnet(&["ls"]);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("resolver"));
+    }
+    // A network without names gives its sandboxes no resolv.conf.
+    assert!(!std::path::Path::new(&format!("/etc/netns/{c}")).exists());
+    for sb in [&a, &b, &c] {
+        h.ok(&["rm", sb]);
+    }
+}
+
+#[test]
+fn networks_without_names_start_no_resolver() {
+    let h = TestHost::new("nodns");
+    h.ok(&[
+        "network",
+        "create",
+        "plain",
+        "--dns=false",
+        "--subnet",
+        "10.77.15.0/24",
+    ]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "plain"]);
+    // The default network has no names either (as Docker's default bridge, Podman's default network).
+    h.ok(&["create", &b]);
+    assert!(h.resolver_pid().is_none());
+    assert!(h.etc_netns().is_empty());
+    assert_eq!(dig(&h, &a, &[&b]).status, "NO ANSWER");
+    let net: serde_json::Value =
+        serde_json::from_str(&h.ok(&["network", "inspect", "plain", "--json"])).unwrap();
+    assert_eq!(net["dns"], false);
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+}
+
+#[test]
+fn bad_names_and_servers_are_refused_and_change_nothing() {
+    let h = TestHost::new("badns");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.16.0/24"]);
+    let a = h.sb("a");
+    h.ok(&["create", &a, "--network", "n"]);
+    let before = h.snapshot();
+    let x = h.sb("x");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["create", &x, "--network", "n", "--alias", "bad name"],
+            "alias 'bad name'",
+        ),
+        (
+            vec!["create", &x, "--network", "n", "--alias=-db"],
+            "starts or ends with '-'",
+        ),
+        (
+            vec!["create", &x, "--network", "n", "--alias", "10.0.0.1"],
+            "looks like an address",
+        ),
+        (
+            vec![
+                "create",
+                &x,
+                "--network",
+                "n",
+                "--alias",
+                "db",
+                "--alias",
+                "DB",
+            ],
+            "given twice",
+        ),
+        (
+            vec!["create", &x, "--network", "n", "--dns", "224.0.0.1"],
+            "not the address of a DNS server",
+        ),
+        (
+            vec!["create", &x, "--network", "n", "--dns", "not-an-ip"],
+            "not-an-ip",
+        ),
+        (
+            vec!["network", "create", "m", "--dns", "maybe"],
+            "neither true, false nor an IPv4 address",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "m",
+                "--dns",
+                "false",
+                "--dns",
+                "192.0.2.1",
+            ],
+            "names on",
+        ),
+        (
+            vec!["network", "create", "m", "--internal", "--dns", "192.0.2.1"],
+            "forwards nothing",
+        ),
+    ];
+    for (args, want) in cases {
+        let line = h.fails(&args);
+        assert!(line.contains(want), "{args:?}: {line}");
+        assert_eq!(
+            h.snapshot(),
+            before,
+            "{args:?} changed something:\n{}",
+            before.diff(&h.snapshot())
+        );
+    }
+    h.ok(&["rm", &a]);
+}
+
+#[test]
+fn dry_run_shows_the_resolv_conf_as_commands() {
+    let h = TestHost::new("dryns");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.17.0/24"]);
+    let a = h.sb("a");
+    let plan = h.ok(&[
+        "--dry-run",
+        "create",
+        &a,
+        "--network",
+        "n",
+        "--alias",
+        "web",
+    ]);
+    assert!(plan.contains(&format!("mkdir -p /etc/netns/{a}")), "{plan}");
+    assert!(plan.contains("'nameserver 127.0.0.11'"), "{plan}");
+    assert!(h.resolver_pid().is_none());
+    h.ok(&["create", &a, "--network", "n"]);
+    let plan = h.ok(&["--dry-run", "rm", &a]);
+    assert!(
+        plan.contains(&format!("rm /etc/netns/{a}/resolv.conf")),
+        "{plan}"
+    );
+    h.ok(&["rm", &a]);
+}
