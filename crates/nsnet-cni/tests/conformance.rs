@@ -1429,3 +1429,96 @@ fn a_second_state_dir_in_a_configuration_is_refused() {
     h.ok(&["rm", &web]);
     h.ok(&["network", "rm", "clinet"]);
 }
+
+#[test]
+fn resolver_names_containers_by_id_and_alias() {
+    let h = TestHost::new("cnidns");
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    for n in [&a, &b] {
+        sh(&["ip", "netns", "add", n]);
+        // The loopback plugin's part: 127.0.0.11 lives on lo.
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    let (a_path, b_path) = (
+        h.sb_path("a").to_string_lossy().into_owned(),
+        h.sb_path("b").to_string_lossy().into_owned(),
+    );
+    // No upstream for the resolver: nothing leaves for a real one.
+    let resolv = h.resolv_conf().display().to_string();
+    let with = |alias: &str| {
+        conf(
+            &h,
+            "1.1.0",
+            json!({
+                "ipam": {"subnet": "10.66.9.0/24"},
+                "resolver": true,
+                "dns": {"nameservers": ["192.0.2.53"], "search": ["cluster.local"]},
+                "runtimeConfig": {"aliases": {"cninet": [alias]}},
+            }),
+        )
+    };
+    let run = |command: &str, c: &Value, id: &str, ns: &str| {
+        let mut e: Vec<(&str, &str)> = ctr(id, ns, "eth0").to_vec();
+        e.push(("NSNET_RESOLV_CONF", &resolv));
+        cni(&h, command, c, &e)
+    };
+    let ra = run("ADD", &with("front"), &a, &a_path);
+    assert!(ra.ok, "{} {}", ra.out, ra.stderr);
+    // The result names the resolver; search stays as configured.
+    assert_eq!(ra.out["dns"]["nameservers"], json!(["127.0.0.11"]));
+    assert_eq!(ra.out["dns"]["search"], json!(["cluster.local"]));
+    let rb = run("ADD", &with("back"), &b, &b_path);
+    assert!(rb.ok, "{} {}", rb.out, rb.stderr);
+    let ip_b = address(&rb.out);
+    let dig = |ns: &str, name: &str| {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=1",
+            "@127.0.0.11",
+            name,
+        ])
+    };
+    // By container ID and by the alias the runtime gave.
+    assert_eq!(dig(&a, &b).trim(), ip_b);
+    assert_eq!(dig(&a, "back").trim(), ip_b);
+    // The configuration's nameservers are the network's upstream servers.
+    let net = nsnet_json(&h, &["network", "inspect", "cninet", "--json"]);
+    assert_eq!(net["dns"], true);
+    assert_eq!(net["dns_servers"], json!(["192.0.2.53"]));
+    // DEL: the name is gone when it returns.
+    let del = run("DEL", &with("back"), &b, &b_path);
+    assert!(del.ok, "{}", del.out);
+    let status = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "dig",
+        "+time=2",
+        "+tries=1",
+        "@127.0.0.11",
+        &b,
+    ]);
+    assert!(status.contains("status: NXDOMAIN"), "{status}");
+    let del = run("DEL", &with("front"), &a, &a_path);
+    assert!(del.ok, "{}", del.out);
+    // No container left with names: the resolver stops.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while h.resolver_pid().is_some() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        h.resolver_pid().is_none(),
+        "the resolver outlived its containers"
+    );
+    for n in [&a, &b] {
+        sh(&["ip", "netns", "del", n]);
+    }
+    h.ok(&["network", "rm", "cninet"]);
+}
