@@ -365,12 +365,26 @@ fn behind_a_loopback_stub_the_servers_behind_it_are_used() {
 #[test]
 fn a_silent_upstream_stalls_no_local_answer_and_ends_in_servfail() {
     let h = TestHost::with_lan("slow");
-    // The LAN peer runs no DNS server: queries to it go unanswered.
+    // The LAN peer runs no DNS server: it refuses (ICMP), and the query fails at once.
     fs::write(h.resolv_conf(), "nameserver 10.0.1.26\n").unwrap();
     h.ok(&["network", "create", "n", "--subnet", "10.77.8.0/24"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
     h.ok(&["create", &a, "--network", "n"]);
     h.ok(&["create", &b, "--network", "n"]);
+    let t = Instant::now();
+    assert_eq!(dig(&h, &a, &["www.example.test"]).status, "SERVFAIL");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Now it drops DNS without a word: the query waits for the server's 2 s, then SERVFAIL.
+    let lan = format!("--net={}", h.lan_path().display());
+    for rule in [
+        "add table inet blackhole",
+        "add chain inet blackhole input { type filter hook input priority 0; }",
+        "add rule inet blackhole input udp dport 53 drop",
+    ] {
+        let mut args = vec!["nsenter", &lan, "--", "nft"];
+        args.extend(rule.split(' '));
+        sh(&args);
+    }
     let host = format!("--net={}", h.host_path().display());
     let slow = Command::new("nsenter")
         .args([&host, "--"])
@@ -679,4 +693,67 @@ fn dry_run_shows_the_resolv_conf_as_commands() {
         "{plan}"
     );
     h.ok(&["rm", &a]);
+}
+
+/// A DNS query for an A record of `name`, with `id` (a test's own client: dig per query would be too slow to
+/// keep the resolver busy).
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).expect("short label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+#[test]
+fn updating_names_drops_no_query() {
+    let h = TestHost::new("nodrop");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.18.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    // A client socket inside a's namespace.
+    let fd = nsnet_core::kernel::netns::open(&h.sb_path("a")).expect("a's namespace");
+    let socket = nsnet_core::kernel::netns::run_in(&fd, || std::net::UdpSocket::bind("0.0.0.0:0"))
+        .expect("enter")
+        .expect("socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    socket.connect("127.0.0.11:53").expect("connect");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = {
+        let (stop, b) = (stop.clone(), b.clone());
+        std::thread::spawn(move || {
+            let (mut sent, mut answered) = (0u32, 0u32);
+            let mut buf = [0u8; 512];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < 200 {
+                let id = u16::try_from(sent % 65536).unwrap_or(0);
+                socket.send(&query(id, &b)).expect("send");
+                sent += 1;
+                if let Ok(n) = socket.recv(&mut buf) {
+                    // The right answer: the same ID, NOERROR, one record.
+                    if n > 12 && buf[..2] == id.to_be_bytes() && buf[3] & 0x0f == 0 && buf[7] == 1 {
+                        answered += 1;
+                    }
+                }
+            }
+            (sent, answered)
+        })
+    };
+    // Meanwhile, sandboxes come and go on the same network (each a change the resolver takes).
+    for i in 0..10 {
+        let x = h.sb(&format!("x{i}"));
+        h.ok(&["create", &x, "--network", "n", "--alias", "churn"]);
+        h.ok(&["rm", &x]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, answered) = asking.join().expect("asker");
+    assert!(sent >= 200, "{sent}");
+    assert_eq!(answered, sent, "queries lost or wrong while names changed");
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
 }

@@ -1,8 +1,8 @@
 //! The resolver process: one thread waits (epoll) on every sandbox's UDP and TCP sockets, the upstream
 //! sockets and the control socket. A TCP connection gets a thread of its own (rare: answers too long for UDP).
 //!
-//! Forwarding never blocks the loop: a forwarded query is sent upstream with a fresh random ID and kept
-//! pending; the answer, or the next server after [`upstream::TRY_FOR`], comes in a later turn of the loop. So
+//! Forwarding never blocks the loop: a forwarded query is sent upstream from a socket of its own (a random
+//! source port, with a random ID: an off-path attacker must guess both to forge an answer) and kept pending; the answer, or the next server after [`upstream::TRY_FOR`], comes in a later turn of the loop. So
 //! an upstream that does not answer stalls nothing local.
 
 use std::collections::HashMap;
@@ -47,7 +47,8 @@ const IDLE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 enum Source {
     Control,
-    Upstream,
+    /// The socket of the pending query with this upstream ID.
+    Upstream(u16),
     /// A directory of namespace mount points changed (`ip netns del`).
     Namespaces,
     Udp(String),
@@ -69,6 +70,8 @@ struct Pending {
     id: u16,
     /// The query as sent upstream (with the upstream ID).
     bytes: Vec<u8>,
+    /// The socket it was last sent from, and its epoll token.
+    socket: Option<(UdpSocket, u64)>,
     servers: Vec<SocketAddr>,
     tried: usize,
     deadline: Instant,
@@ -81,8 +84,6 @@ struct Resolver {
     listening: HashMap<String, Listen>,
     sources: HashMap<u64, Source>,
     next_token: u64,
-    upstream: UdpSocket,
-    upstream6: Option<UdpSocket>,
     pending: HashMap<u16, Pending>,
     host_servers: Vec<SocketAddr>,
     tcp_open: Arc<AtomicUsize>,
@@ -146,9 +147,6 @@ impl Resolver {
     fn new(store: Store) -> Result<Resolver, String> {
         let epoll =
             Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
-        let upstream = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .map_err(|e| format!("upstream socket: {e}"))?;
-        upstream.set_nonblocking(true).map_err(|e| e.to_string())?;
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| format!("inotify: {e}"))?;
         let mut r = Resolver {
@@ -160,26 +158,16 @@ impl Resolver {
             listening: HashMap::new(),
             sources: HashMap::new(),
             next_token: 0,
-            upstream6: None,
             pending: HashMap::new(),
             host_servers: upstream::host_servers(),
             tcp_open: Arc::default(),
-            upstream,
         };
-        let up = r.upstream.try_clone().map_err(|e| e.to_string())?;
-        r.watch(&up, Source::Upstream)?;
         let fd = r
             .inotify
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| e.to_string())?;
         r.watch(&fd, Source::Namespaces)?;
-        // A host without IPv6 has no upstream over it either.
-        if let Ok(s) = UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)) {
-            if s.set_nonblocking(true).is_ok() && r.watch(&s, Source::Upstream).is_ok() {
-                r.upstream6 = Some(s);
-            }
-        }
         Ok(r)
     }
 
@@ -230,7 +218,7 @@ impl Resolver {
                             return Ok(());
                         }
                     }
-                    Source::Upstream => self.upstream_answers(),
+                    Source::Upstream(id) => self.upstream_answer(id),
                     Source::Namespaces => {
                         if self.namespaces_gone() {
                             return Ok(());
@@ -460,14 +448,16 @@ impl Resolver {
             servers,
             tried: 0,
             deadline: Instant::now(),
+            socket: None,
         };
         self.pending.insert(upstream_id, p);
         self.send_next(upstream_id);
     }
 
-    /// Send a pending query to its next server, or answer SERVFAIL when none is left.
+    /// Send a pending query to its next server, from a fresh socket, or answer SERVFAIL when none is left.
     fn send_next(&mut self, upstream_id: u16) {
         loop {
+            self.drop_socket(upstream_id);
             let Some(p) = self.pending.get_mut(&upstream_id) else {
                 return;
             };
@@ -481,14 +471,40 @@ impl Resolver {
             };
             p.tried += 1;
             p.deadline = Instant::now() + upstream::TRY_FOR;
-            let socket = match server.ip() {
-                IpAddr::V4(_) => Some(&self.upstream),
-                IpAddr::V6(_) => self.upstream6.as_ref(),
+            let local: SocketAddr = match server.ip() {
+                IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
             };
-            if socket.is_some_and(|s| s.send_to(&p.bytes, server).is_ok()) {
-                return;
+            // Connected: the kernel drops datagrams from anyone but the server asked.
+            let Ok(socket) = UdpSocket::bind(local).and_then(|s| {
+                s.set_nonblocking(true)?;
+                s.connect(server)?;
+                s.send(&p.bytes)?;
+                Ok(s)
+            }) else {
+                continue;
+            };
+            let Ok(token) = self.watch(&socket, Source::Upstream(upstream_id)) else {
+                continue;
+            };
+            if let Some(p) = self.pending.get_mut(&upstream_id) {
+                p.socket = Some((socket, token));
             }
+            return;
         }
+    }
+
+    /// Close a pending query's socket, if it has one.
+    fn drop_socket(&mut self, upstream_id: u16) {
+        let Some((socket, token)) = self
+            .pending
+            .get_mut(&upstream_id)
+            .and_then(|p| p.socket.take())
+        else {
+            return;
+        };
+        let _ = self.epoll.delete(&socket);
+        self.sources.remove(&token);
     }
 
     fn reply(&self, member: &str, client: SocketAddr, bytes: Option<Vec<u8>>) {
@@ -497,34 +513,35 @@ impl Resolver {
         }
     }
 
-    /// Answers from upstream: each goes back to its asker with the asker's ID.
-    fn upstream_answers(&mut self) {
+    /// The answer to pending query `upstream_id`: back to its asker with the asker's ID.
+    fn upstream_answer(&mut self, upstream_id: u16) {
         let mut buf = [0u8; 65535];
-        for socket in [Some(&self.upstream), self.upstream6.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                if n < 12 {
-                    continue;
-                }
-                let id = u16::from_be_bytes([buf[0], buf[1]]);
-                // Only from a server it was sent to (a stray datagram with a guessed ID is ignored).
-                let ours = self
-                    .pending
-                    .get(&id)
-                    .is_some_and(|p| p.servers[..p.tried].contains(&from));
-                if !ours {
-                    continue;
-                }
-                let Some(p) = self.pending.remove(&id) else {
-                    continue;
-                };
-                buf[..2].copy_from_slice(&p.id.to_be_bytes());
-                if let Some(l) = self.listening.get(&p.member) {
-                    let _ = l.udp.send_to(&buf[..n], p.client);
-                }
+        let Some((socket, _)) = self
+            .pending
+            .get(&upstream_id)
+            .and_then(|p| p.socket.as_ref())
+        else {
+            return;
+        };
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            // Refused (ICMP): the server is not there; the next one, now.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return self.send_next(upstream_id)
             }
+            Err(_) => return,
+        };
+        // Only the answer to this query (a stray datagram with another ID is dropped).
+        if n < 12 || buf[..2] != upstream_id.to_be_bytes() {
+            return;
+        }
+        self.drop_socket(upstream_id);
+        let Some(p) = self.pending.remove(&upstream_id) else {
+            return;
+        };
+        buf[..2].copy_from_slice(&p.id.to_be_bytes());
+        if let Some(l) = self.listening.get(&p.member) {
+            let _ = l.udp.send_to(&buf[..n], p.client);
         }
     }
 
