@@ -106,6 +106,12 @@ pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
         println!("fast path:  {}", n.fast_path);
     }
     println!("mtu:        {}", n.mtu);
+    let servers: Vec<String> = n.dns_servers.iter().map(|s| s.to_string()).collect();
+    match (n.dns, servers.is_empty()) {
+        (false, _) => println!("names:      off"),
+        (true, true) => println!("names:      on (upstream: the host's resolvers)"),
+        (true, false) => println!("names:      on (upstream: {})", servers.join(", ")),
+    }
     if let Some(o) = &n.overlay {
         println!(
             "overlay:    {} of cluster {}, vni {} port {}, via {}",
@@ -212,9 +218,16 @@ pub fn sandbox(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
             },
             e.host_interface
         );
+        if !e.aliases.is_empty() {
+            println!("  aliases {}", e.aliases.join(", "));
+        }
         for p in &e.ports {
             println!("  publish {p}");
         }
+    }
+    if !sb.dns_servers.is_empty() {
+        let servers: Vec<String> = sb.dns_servers.iter().map(|s| s.to_string()).collect();
+        println!("dns:    {}", servers.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }
