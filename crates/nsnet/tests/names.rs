@@ -757,3 +757,103 @@ fn updating_names_drops_no_query() {
     h.ok(&["rm", &a]);
     h.ok(&["rm", &b]);
 }
+
+#[test]
+fn port_53_stays_free_for_the_sandboxs_own_dns_server() {
+    let h = TestHost::new("own53");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.19.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    // A DNS server in a, on every address of a, port 53 (as a containerised DNS server binds).
+    let own = Killed(
+        Command::new("nsenter")
+            .arg(format!("--net={}", h.sb_path("a").display()))
+            .args([
+                "--",
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=53",
+                "--address=/own.test/192.0.2.9",
+                "--pid-file=",
+                "--user=root",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    let aa = address(&h, &a);
+    let asked = |from: &str, server: &str, name: &str| {
+        let out = h.nsnet(&[
+            "exec",
+            from,
+            "--",
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=1",
+            &format!("@{server}"),
+            name,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        wait(|| asked(&b, &aa, "x.own.test") == "192.0.2.9"),
+        "a's own server on its address, port 53"
+    );
+    // And the names still answer on 127.0.0.11:53 in a, over UDP and TCP.
+    assert_eq!(asked(&a, "127.0.0.11", &b), address(&h, &b));
+    let out = h.nsnet(&[
+        "exec",
+        &a,
+        "--",
+        "dig",
+        "+tcp",
+        "+short",
+        "+time=2",
+        "+tries=1",
+        "@127.0.0.11",
+        &b,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), address(&h, &b));
+    drop(own);
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+}
+
+#[test]
+fn an_attached_namespace_is_let_go_when_its_process_exits() {
+    let h = TestHost::new("letgo");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.20.0/24"]);
+    let ctr = h.sb("ctr");
+    common::sh(&["ip", "netns", "add", &ctr]);
+    let sleeper = Killed(
+        Command::new("nsenter")
+            .arg(format!("--net={}", h.sb_path("ctr").display()))
+            .args(["--", "sleep", "60"])
+            .spawn()
+            .expect("sleep"),
+    );
+    let path = format!("/proc/{}/ns/net", sleeper.0.id());
+    // Wait for nsenter to have entered (its /proc path then names ctr's namespace).
+    let want = std::fs::metadata(h.sb_path("ctr"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok();
+    assert!(wait(|| std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok()
+        == want));
+    let app = h.sb("app");
+    h.ok(&["attach", &path, "--name", &app, "--network", "n"]);
+    assert!(h.resolver_pid().is_some());
+    // The process goes and so does the namespace's mount: the resolver must not keep the namespace (and its
+    // veth) alive until a resync.
+    drop(sleeper);
+    common::sh(&["ip", "netns", "del", &ctr]);
+    h.wait_veths_gone(&app);
+    h.ok(&["gc"]);
+    assert!(wait(|| h.resolver_pid().is_none()));
+}

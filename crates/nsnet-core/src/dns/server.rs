@@ -26,7 +26,7 @@ use nix::sys::socket::{self as sock, sockopt, AddressFamily, SockFlag, SockType,
 use super::names::{Answer, Names};
 use super::wire::{self, Parsed};
 use super::{upstream, Member, Update, RESOLVER_ADDR};
-use crate::kernel::netns;
+use crate::kernel::{dnsport, netns};
 use crate::store::Store;
 
 /// Files in the state dir: the control socket, the flock one resolver holds, its pid.
@@ -51,6 +51,8 @@ enum Source {
     Upstream(u16),
     /// A directory of namespace mount points changed (`ip netns del`).
     Namespaces,
+    /// The process whose namespace a sandbox is exited.
+    Exited(String),
     Udp(String),
     Tcp(String),
 }
@@ -59,6 +61,9 @@ enum Source {
 struct Listen {
     udp: UdpSocket,
     tcp: TcpListener,
+    /// For a namespace reached through a process (`/proc/PID/ns/net`): that process, as a pidfd, readable
+    /// once it exits (then the path no longer names the namespace, and the sandbox counts as gone).
+    process: Option<(OwnedFd, u64)>,
     tokens: [u64; 2],
     netns: PathBuf,
 }
@@ -224,6 +229,12 @@ impl Resolver {
                             return Ok(());
                         }
                     }
+                    Source::Exited(member) => {
+                        let _ = self.apply(Update::Down(member));
+                        if self.names().is_empty() {
+                            return Ok(());
+                        }
+                    }
                     Source::Udp(member) => self.serve_udp(&member),
                     Source::Tcp(member) => self.accept_tcp(&member),
                 }
@@ -314,6 +325,13 @@ impl Resolver {
                 }
             }
         }
+        let process = match process_of(&m.netns).and_then(pidfd) {
+            Some(fd) => Some((
+                fd.try_clone().map_err(|e| e.to_string())?,
+                self.watch(&fd, Source::Exited(m.name.clone()))?,
+            )),
+            None => None,
+        };
         let t1 = self.watch(&udp, Source::Udp(m.name.clone()))?;
         let t2 = self.watch(&tcp, Source::Tcp(m.name.clone()))?;
         self.listening.insert(
@@ -321,6 +339,7 @@ impl Resolver {
             Listen {
                 udp,
                 tcp,
+                process,
                 tokens: [t1, t2],
                 netns: m.netns.clone(),
             },
@@ -334,6 +353,10 @@ impl Resolver {
             let _ = self.epoll.delete(&l.tcp);
             for t in l.tokens {
                 self.sources.remove(&t);
+            }
+            if let Some((fd, token)) = l.process {
+                let _ = self.epoll.delete(&fd);
+                self.sources.remove(&token);
             }
         }
     }
@@ -649,12 +672,13 @@ fn write_framed(c: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
     c.write_all(&out)
 }
 
-/// The UDP socket and TCP listener on 127.0.0.11:53 in the calling thread's namespace. IP_FREEBIND: a
-/// namespace whose `lo` is not up yet (a runtime's, before its loopback plugin ran) has no 127.0.0.11 to bind
-/// to; the sockets receive once it is up.
+/// The UDP socket and TCP listener the sandbox reaches as 127.0.0.11:53, made in the calling thread's
+/// namespace: on 127.0.0.11 at a random port, which the `lo` program maps to 53 ([`dnsport`]), so port 53
+/// stays free for the sandbox's own programs. Where that program cannot be had (no bpf), on port 53 itself.
+/// IP_FREEBIND: a namespace whose `lo` is not up yet (a runtime's, before its loopback plugin ran) has no
+/// 127.0.0.11 to bind to; the sockets receive once it is up.
 fn bind_resolver() -> io::Result<(UdpSocket, TcpListener)> {
-    let addr = SockaddrIn::from(SocketAddrV4::new(RESOLVER_ADDR, 53));
-    let make = |kind: SockType| -> io::Result<OwnedFd> {
+    let make = |kind: SockType, port: u16| -> io::Result<OwnedFd> {
         let fd = sock::socket(
             AddressFamily::Inet,
             kind,
@@ -663,13 +687,52 @@ fn bind_resolver() -> io::Result<(UdpSocket, TcpListener)> {
         )?;
         sock::setsockopt(&fd, sockopt::IpFreebind, &true)?;
         sock::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-        sock::bind(fd.as_raw_fd(), &addr)?;
+        sock::bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(RESOLVER_ADDR, port)),
+        )?;
         Ok(fd)
     };
-    let udp = UdpSocket::from(make(SockType::Datagram)?);
-    let tcp = make(SockType::Stream)?;
-    sock::listen(&tcp, sock::Backlog::new(64).map_err(io::Error::from)?)?;
-    Ok((udp, TcpListener::from(tcp)))
+    let listen = |fd: OwnedFd| -> io::Result<TcpListener> {
+        sock::listen(&fd, sock::Backlog::new(64).map_err(io::Error::from)?)?;
+        Ok(TcpListener::from(fd))
+    };
+    // One port for both (the program maps both protocols to it): the TCP listener's, if UDP has it free.
+    for _ in 0..8 {
+        let tcp = listen(make(SockType::Stream, 0)?)?;
+        let port = tcp.local_addr()?.port();
+        let Ok(udp) = make(SockType::Datagram, port) else {
+            continue;
+        };
+        let mapped = crate::kernel::Netlink::open()
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|mut nl| {
+                dnsport::redirect(&mut nl, port).map_err(|e| io::Error::other(e.to_string()))
+            });
+        if mapped.is_ok() {
+            return Ok((UdpSocket::from(udp), tcp));
+        }
+        break;
+    }
+    let udp = UdpSocket::from(make(SockType::Datagram, 53)?);
+    Ok((udp, listen(make(SockType::Stream, 53)?)?))
+}
+
+/// The process a namespace path goes through (`/proc/PID/ns/net`), if any.
+fn process_of(netns: &Path) -> Option<i32> {
+    let rest = netns.strip_prefix("/proc").ok()?;
+    let mut parts = rest.components();
+    let pid = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    (parts.as_path() == Path::new("ns/net")).then_some(pid)
+}
+
+/// A pidfd for process `pid` (readable once it exits); `None` if it is gone already or the kernel has none.
+fn pidfd(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor (or -1), nothing else.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by the kernel, is open, and nothing else owns it.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Two sockets per sandbox: a thousand sandboxes need more than the usual 1,024 descriptors.

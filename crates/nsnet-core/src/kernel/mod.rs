@@ -4,6 +4,7 @@
 //! calls here and keeps the undo list.
 
 pub mod bpf;
+pub mod dnsport;
 pub mod fastpath;
 pub mod netlink;
 pub mod netns;

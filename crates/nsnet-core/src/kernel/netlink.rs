@@ -660,6 +660,54 @@ impl Netlink {
         ))
     }
 
+    /// `tc qdisc add dev INDEX ingress`: an ingress qdisc of the link's own (no shared block). One already
+    /// there is fine.
+    pub fn add_own_ingress_qdisc(&mut self, index: u32) -> Result<(), KernelError> {
+        let mut msg = TcMessage::with_index(tc_ifindex(index)?);
+        msg.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        msg.header.parent = TcHandle::INGRESS;
+        msg.attributes.push(TcAttribute::Kind("ingress".into()));
+        exists_ok(self.request(
+            &format!("add an ingress qdisc to link {index}"),
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ))
+    }
+
+    /// `tc filter replace ... pref 1 handle 1 bpf direct-action fd FD name NAME`: as
+    /// [`Netlink::add_bpf_filter`], but a filter already there gets this program instead.
+    pub fn replace_bpf_filter(
+        &mut self,
+        at: FilterAt,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), KernelError> {
+        let mut msg = at.message()?;
+        let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| {
+            KernelError::io(
+                format!("attach bpf program {name}"),
+                io::Error::from_raw_os_error(libc::EBADF),
+            )
+        })?;
+        msg.header.handle = TcHandle::from(1u32);
+        msg.header.info = (u32::from(FILTER_PREF) << 16) | u32::from(0x0003u16.to_be());
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        self.request(
+            &format!("attach bpf program {name} to {at}"),
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(|_| ())
+    }
+
     /// The bpf programs tc runs at `at`. None there (no qdisc on the link, no such block) is an empty list.
     pub fn bpf_filters(&mut self, at: FilterAt) -> Result<Vec<BpfFilter>, KernelError> {
         let replies = match self.request(
