@@ -857,3 +857,36 @@ fn an_attached_namespace_is_let_go_when_its_process_exits() {
     h.ok(&["gc"]);
     assert!(wait(|| h.resolver_pid().is_none()));
 }
+
+#[test]
+fn off_its_last_network_with_names_a_sandbox_keeps_nothing_of_them() {
+    let h = TestHost::new("detns");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.21.0/24"]);
+    h.ok(&[
+        "network",
+        "create",
+        "plain",
+        "--dns=false",
+        "--subnet",
+        "10.77.22.0/24",
+    ]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "plain"]);
+    h.ok(&["attach", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let lo_filters = || common::sh(&["tc", "-n", &a, "filter", "show", "dev", "lo", "ingress"]);
+    assert!(lo_filters().contains("nsnet_dns"));
+    assert_eq!(
+        h.etc_netns(),
+        vec![format!("/etc/netns/{a}"), format!("/etc/netns/{b}")]
+    );
+    assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
+    h.ok(&["detach", &a, "--network", "n"]);
+    // Its names, its resolv.conf and the port map on its lo: gone; the other network stays.
+    assert_eq!(dig(&h, &b, &[&a]).status, "NXDOMAIN");
+    assert!(lo_filters().trim().is_empty(), "{}", lo_filters());
+    assert!(common::sh(&["tc", "-n", &a, "qdisc", "show", "dev", "lo"]).contains("noqueue"));
+    assert_eq!(h.etc_netns(), vec![format!("/etc/netns/{b}")]);
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+}

@@ -358,6 +358,12 @@ impl Resolver {
                 let _ = self.epoll.delete(&fd);
                 self.sources.remove(&token);
             }
+            // A sandbox that stays (off its last network with names) keeps nothing of the resolver's.
+            if let Ok(fd) = netns::open(&l.netns) {
+                let _ = netns::run_in(&fd, || {
+                    crate::kernel::Netlink::open().and_then(|mut nl| dnsport::unredirect(&mut nl))
+                });
+            }
         }
     }
 

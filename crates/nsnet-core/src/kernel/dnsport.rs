@@ -190,6 +190,17 @@ pub fn redirect(nl: &mut Netlink, port: u16) -> Result<(), KernelError> {
     nl.replace_bpf_filter(FilterAt::Link(LO, TcHook::Ingress), prog.fd().as_fd(), NAME)
 }
 
+/// Undo [`redirect`] in the namespace `nl` is bound to: the ingress qdisc of `lo` goes, if the program is
+/// all it holds (a filter someone else put there keeps it, and the program with it: mapping a port nothing
+/// listens on is harmless).
+pub fn unredirect(nl: &mut Netlink) -> Result<(), KernelError> {
+    let filters = nl.bpf_filters(FilterAt::Link(LO, TcHook::Ingress))?;
+    if !filters.is_empty() && filters.iter().all(|f| f.name == NAME) {
+        nl.delete_ingress_qdisc(LO)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

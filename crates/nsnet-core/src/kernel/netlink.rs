@@ -677,6 +677,25 @@ impl Netlink {
         ))
     }
 
+    /// `tc qdisc del dev INDEX ingress`: the link's ingress qdisc goes, with every filter on it. None there is
+    /// fine.
+    pub fn delete_ingress_qdisc(&mut self, index: u32) -> Result<(), KernelError> {
+        let mut msg = TcMessage::with_index(tc_ifindex(index)?);
+        msg.header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        msg.header.parent = TcHandle::INGRESS;
+        match self.request(
+            &format!("delete the ingress qdisc of link {index}"),
+            RouteNetlinkMessage::DelQueueDiscipline(msg),
+            0,
+        ) {
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
     /// `tc filter replace ... pref 1 handle 1 bpf direct-action fd FD name NAME`: as
     /// [`Netlink::add_bpf_filter`], but a filter already there gets this program instead.
     pub fn replace_bpf_filter(
