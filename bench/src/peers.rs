@@ -125,7 +125,16 @@ impl Peer {
         if let Some(fw) = fw {
             let out = p
                 .nsnet_cmd(fw)
-                .args(["network", "create", "bench", "--subnet", "10.90.0.0/16"])
+                // Like for like: the peers run without names (netavark's `dns_enabled: false`); the names'
+                // cost is `nsnet-bench dns`'s business.
+                .args([
+                    "network",
+                    "create",
+                    "bench",
+                    "--subnet",
+                    "10.90.0.0/16",
+                    "--dns=false",
+                ])
                 .output()?;
             if !out.status.success() {
                 bail!(
