@@ -132,6 +132,7 @@ pub fn serve(state_dir: &Path) -> Result<bool, String> {
     let mut r = Resolver::new(store)?;
     r.resync();
     if r.names().is_empty() {
+        remove_files(state_dir);
         return Ok(true);
     }
     let control = UnixListener::bind(&control_path)
@@ -143,9 +144,16 @@ pub fn serve(state_dir: &Path) -> Result<bool, String> {
     let _ = fs::write(state_dir.join(PID), format!("{}\n", std::process::id()));
     let result = r.run(&control);
     // Gone before the lock is let go, so the next resolver binds a fresh socket.
-    let _ = fs::remove_file(&control_path);
-    let _ = fs::remove_file(state_dir.join(PID));
+    remove_files(state_dir);
     result.map(|()| true)
+}
+
+/// The resolver's files in the state dir: its socket, its pid, and its lock file (unlinked while still held:
+/// a resolver started meanwhile locks a new one, and this one serves nothing any more).
+fn remove_files(state_dir: &Path) {
+    for f in [SOCKET, PID, LOCK] {
+        let _ = fs::remove_file(state_dir.join(f));
+    }
 }
 
 impl Resolver {
@@ -401,6 +409,7 @@ impl Resolver {
         conn.set_nonblocking(false)?;
         conn.set_read_timeout(Some(IDLE))?;
         let mut out = conn.try_clone()?;
+        let mut replies = String::new();
         for line in BufReader::new(conn).lines() {
             let line = line?;
             let reply = match serde_json::from_str::<Update>(&line) {
@@ -410,9 +419,15 @@ impl Resolver {
                 },
                 Err(e) => format!("not an update: {e}"),
             };
-            writeln!(out, "{}", reply.replace('\n', " "))?;
+            replies.push_str(&reply.replace('\n', " "));
+            replies.push('\n');
         }
-        Ok(())
+        // Stopping: its files go before the command hears back, so the command that removed the last sandbox
+        // (and the `network rm` after it) finds the state dir as the resolver never was.
+        if self.names().is_empty() {
+            remove_files(self.store.dir());
+        }
+        out.write_all(replies.as_bytes())
     }
 
     /// Queries from a sandbox over UDP.

@@ -1250,6 +1250,11 @@ impl Store {
             let _ = fs::remove_dir(self.dir.join(sub));
         }
         let _ = fs::remove_file(self.dir.join("lock"));
+        // The resolver's lock file, when no resolver holds it (it stops with its last sandbox, and removes it).
+        let resolver = self.dir.join("dns.lock");
+        if File::open(&resolver).is_ok_and(|f| f.try_lock().is_ok()) {
+            let _ = fs::remove_file(&resolver);
+        }
         let _ = fs::remove_dir(&self.dir);
         Ok(())
     }
