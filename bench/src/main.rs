@@ -3,6 +3,7 @@
 
 mod curve;
 mod datapath;
+mod dns;
 mod floor;
 mod lifecycle;
 mod overlay;
@@ -160,7 +161,8 @@ const USAGE: &str = "usage: nsnet-bench all [--out bench/results] [--quick] [--o
        nsnet-bench lifecycle [--reps 30] | concurrent [--creators 16] [--each 8] | curve [--n 1000]
        nsnet-bench datapath [--secs 4] [--reps 10] [--unpinned] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
        nsnet-bench soak [--cycles 2000]
-       nsnet-bench overlay [--out bench/results] [--quick] [--secs 4] [--reps 10] [--hosts 3,50] [--cycles 12] [--window 30]";
+       nsnet-bench overlay [--out bench/results] [--quick] [--secs 4] [--reps 10] [--hosts 3,50] [--cycles 12] [--window 30]
+       nsnet-bench dns [--out bench/results] [--quick] [--rounds 5] [--secs 2] [--window 16] [--creates 20] [--names 1000]";
 
 /// The positional argument at `i`, as a number.
 fn number_at(args: &[String], i: usize) -> Result<u32> {
@@ -315,6 +317,23 @@ fn main() -> Result<()> {
             let md = overlay::run(&o)?;
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("overlay.md"), &md)?;
+            print!("{md}");
+            Ok(())
+        }
+        Some("dns") => {
+            let mut o = dns::Opts::new(quick);
+            o.rounds = number("--rounds", o.rounds)?;
+            if let Some(secs) = value("--secs") {
+                o.secs = secs.parse().context("--secs takes a number of seconds")?;
+            }
+            o.window = number("--window", o.window)?.max(1);
+            o.creates = number("--creates", o.creates)?;
+            o.names = number("--names", o.names)?;
+            let out =
+                std::path::PathBuf::from(value("--out").unwrap_or_else(|| "bench/results".into()));
+            let md = dns::run(&o)?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("dns.md"), &md)?;
             print!("{md}");
             Ok(())
         }

@@ -1276,7 +1276,7 @@ struct Cost {
 
 /// utime + stime of `pid` (all its threads, live and exited), and cutime + cstime (the children it reaped),
 /// in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat.rsplit(')').next().context("stat")?;
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -1286,7 +1286,7 @@ fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// Clock ticks per second (`/proc` times are in these).
-fn clock_ticks() -> u64 {
+pub(crate) fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
