@@ -890,3 +890,64 @@ fn off_its_last_network_with_names_a_sandbox_keeps_nothing_of_them() {
     h.ok(&["rm", &a]);
     h.ok(&["rm", &b]);
 }
+
+#[test]
+fn a_hostile_sandbox_cannot_crash_or_turn_the_resolver() {
+    let h = TestHost::new("hostile");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.23.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let pid = h.resolver_pid().expect("a resolver");
+    let fd = nsnet_core::kernel::netns::open(&h.sb_path("a")).expect("a's namespace");
+    let (udp, tcp) = nsnet_core::kernel::netns::run_in(&fd, || {
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        udp.connect("127.0.0.11:53").expect("connect");
+        udp.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let tcp = std::net::TcpStream::connect("127.0.0.11:53").expect("tcp");
+        (udp, tcp)
+    })
+    .expect("enter");
+    let mut header_only = query(7, "x");
+    header_only.truncate(12);
+    let mut huge_counts = query(8, "x");
+    huge_counts[4..12].copy_from_slice(&[0xff; 8]);
+    // A name whose label points at itself (a compression loop).
+    let mut looped = query(9, "x");
+    looped.truncate(12);
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    let mut long_label = query(10, "x");
+    long_label.truncate(12);
+    long_label.push(63);
+    long_label.extend_from_slice(&[b'a'; 10]);
+    let mut answer = query(11, &b);
+    answer[2] |= 0x80;
+    for junk in [
+        vec![],
+        vec![0],
+        header_only,
+        huge_counts,
+        looped,
+        long_label,
+        answer.clone(),
+    ] {
+        let _ = udp.send(&junk);
+    }
+    let mut buf = [0u8; 512];
+    // Answers are never answered (no loop between two resolvers); bad queries get at most a FORMERR.
+    while let Ok(n) = udp.recv(&mut buf) {
+        assert!(n >= 12 && buf[..2] != answer[..2], "answered an answer");
+        assert_eq!(buf[3] & 0x0f, 1, "FORMERR, got rcode {}", buf[3] & 0x0f);
+    }
+    // TCP: a length that never comes, then gone.
+    let mut tcp = tcp;
+    use std::io::Write as _;
+    let _ = tcp.write_all(&[0xff, 0xff, 1, 2, 3]);
+    drop(tcp);
+    // Still the same resolver, answering.
+    assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
+    assert_eq!(h.resolver_pid(), Some(pid));
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+}
