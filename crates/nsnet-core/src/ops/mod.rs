@@ -229,8 +229,9 @@ impl Nsnet {
                 rollback,
             });
         }
-        self.store.remove_intent(intent)?;
+        // Told while the intent is still there: a kill before it leaves the telling to the recovery.
         self.tell_resolver(&records);
+        self.store.remove_intent(intent)?;
         self.compact(&after);
         applier.settle(&plan);
         Ok(plan)
@@ -406,6 +407,8 @@ impl Nsnet {
         for (file, intent) in self.store.intents()? {
             let mut applier = self.applier();
             if intent.setup && self.store.files_are(&intent.after) {
+                // What the killed command had left to do: tell the resolver.
+                self.tell_resolver(&sandbox_records(&intent.after));
                 done.push(format!("kept the finished `{}`", intent.command));
             } else if intent.setup {
                 // Undoing a step that never ran is harmless: every undo treats "already gone" as done.
@@ -422,6 +425,7 @@ impl Nsnet {
                     });
                 }
                 self.store.set_files(&intent.before)?;
+                self.tell_resolver(&sandbox_records(&intent.before));
                 done.push(format!("rolled back the interrupted `{}`", intent.command));
             } else {
                 applier.teardown(&Plan {
@@ -434,8 +438,12 @@ impl Nsnet {
                         applier.teardown(&fw)?;
                         let (_, after) = self.store.file_states(&records)?;
                         self.store.set_files(&after)?;
+                        self.tell_resolver(&records);
                     }
-                    None => self.store.set_files(&intent.after)?,
+                    None => {
+                        self.store.set_files(&intent.after)?;
+                        self.tell_resolver(&sandbox_records(&intent.after));
+                    }
                 }
                 done.push(format!("finished the interrupted `{}`", intent.command));
             }
@@ -448,6 +456,23 @@ impl Nsnet {
     fn command(&self) -> String {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     }
+}
+
+/// The sandbox records among file states (as an intent holds them), for the resolver.
+fn sandbox_records(states: &[crate::store::FileState]) -> Vec<Record> {
+    states
+        .iter()
+        .filter_map(|f| match f {
+            crate::store::FileState::Whole { path, content } => {
+                let name = path.strip_prefix("sandboxes/")?.strip_suffix(".json")?;
+                Some(match content {
+                    Some(text) => Record::Sandbox(serde_json::from_str(text).ok()?),
+                    None => Record::NoSandbox(name.to_string()),
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Phase 2 of a teardown, without the lock: the kernel deletions, and the object's own firewall elements
