@@ -206,6 +206,9 @@ pub fn etc_dir(name: &str) -> PathBuf {
     Path::new(ETC_NETNS).join(name)
 }
 
+/// Where a resolv.conf is written before it is renamed into place.
+const RESOLV_TMP: &str = ".resolv.conf.nsnet";
+
 /// The first line of every resolv.conf nsnet writes: how it knows its own.
 const RESOLV_MARK: &str = "# written by nsnet";
 
@@ -220,7 +223,7 @@ pub fn write_resolv_conf(name: &str, text: &str) -> Result<(), KernelError> {
     }
     fs::create_dir_all(&dir)
         .map_err(|e| KernelError::io(format!("create {}", dir.display()), e))?;
-    let tmp = dir.join(".resolv.conf.nsnet");
+    let tmp = dir.join(RESOLV_TMP);
     fs::write(&tmp, text)
         .and_then(|()| fs::rename(&tmp, &path))
         .map_err(|e| KernelError::io(format!("write {}", path.display()), e))
@@ -240,7 +243,9 @@ pub fn remove_resolv_conf(name: &str) -> Result<(), KernelError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(KernelError::io(format!("read {}", path.display()), e)),
     }
-    // Only empty directories go (remove_dir refuses others).
+    // A write a kill cut short leaves its temp file; then only empty directories go (remove_dir refuses
+    // others).
+    let _ = fs::remove_file(dir.join(RESOLV_TMP));
     let _ = fs::remove_dir(&dir);
     let _ = fs::remove_dir(ETC_NETNS);
     Ok(())
