@@ -145,14 +145,16 @@ fn every_teardown_step_rolls_back() {
         sh(&["nsenter", &ns, "ping", "-c1", "-W2", &ip]);
     };
 
-    // Detach: the fast path entry, the veth, then the firewall step; then put it back.
+    // Detach: the fast path entry, the veth, its resolv.conf (n2 is its only network with names), then the
+    // firewall step; then put it back.
     let steps = fail_every_teardown_step(&h, &["detach", &a, "--network", "n2"], &[&a, &b, &ext]);
-    assert_eq!(steps, 3, "detach");
+    assert_eq!(steps, 4, "detach");
     // The detached veth was retired: its address is back once its reaper deleted it.
     h.settle();
     h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
-    // Sandbox rm while a process is inside a: its two fast path entries, its two veths one by one, then its
-    // namespace, with the firewall step alongside. Each failure must bring everything back.
+    // Sandbox rm while a process is inside a: its resolv.conf (n2 has names), its two fast path entries, its
+    // two veths one by one, then its namespace, with the firewall step alongside. Each failure must bring
+    // everything back.
     let ns = format!("--net=/run/netns/{a}");
     let mut sleeper = std::process::Command::new("nsenter")
         .args([ns.as_str(), "--", "sleep", "60"])
@@ -160,25 +162,27 @@ fn every_teardown_step_rolls_back() {
         .expect("sleep inside a");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
-    assert_eq!(steps, 6, "rm of a busy sandbox on two networks");
+    assert_eq!(steps, 7, "rm of a busy sandbox on two networks");
     ping(&b, &ext);
     // The process kept the namespace; its veths are gone all the same.
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     h.settle();
-    // An idle sandbox goes with one unmount (the kernel takes its veths): the firewall step, then its two fast
-    // path entries and the unmount.
+    // An idle sandbox goes with one unmount (the kernel takes its veths): the firewall step, then its
+    // resolv.conf, its two fast path entries and the unmount.
     h.ok(&["create", &a, "-p", "8080:80"]);
     h.ok(&["attach", &a, "--network", "n2", "--ip", "172.16.3.2"]);
     let steps = fail_every_teardown_step(&h, &["rm", &a], &[&a, &b, &ext]);
-    assert_eq!(steps, 4, "rm of an idle sandbox");
+    assert_eq!(steps, 5, "rm of an idle sandbox");
     // An attached namespace keeps its namespace: fast path entry, veth, then firewall.
     let steps = fail_every_teardown_step(&h, &["rm", &ext], &[&b, &ext]);
     assert_eq!(steps, 3);
     sh(&["ip", "netns", "del", &ext]);
-    // network rm --force detaches b (fast path entry, veth), deletes the bridge, then the firewall step.
+    // network rm --force detaches b (its resolv.conf: n2 was its network with names, its fast path entry,
+    // veth), deletes the bridge, then the firewall step.
     let steps = fail_every_teardown_step(&h, &["network", "rm", "n2", "--force"], &[&b]);
-    assert_eq!(steps, 4);
+    assert_eq!(steps, 5);
+    assert!(h.etc_netns().is_empty());
     assert_eq!(h.inspect(&b)["endpoints"], serde_json::json!([]));
     h.ok(&["rm", &b]);
     // The last network also takes nsnet's tables.

@@ -138,10 +138,11 @@ pub fn check_servers(servers: &[Ipv4Addr]) -> Result<(), String> {
 }
 
 /// The text nsnet puts in `/etc/netns/NAME/resolv.conf` for a sandbox with names (used by `ip netns exec`,
-/// `nsnet exec` and `nsnet run`): the resolver, and the host's `search` and `options` lines as they are.
-pub fn sandbox_resolv_conf(host: &upstream::ResolvConf) -> String {
+/// `nsnet exec` and `nsnet run`): the resolver, and the host's `search` and `options` lines as they are. The
+/// first line names the state dir (`owner`, its tag), so `nsnet gc` finds the files whose record was lost.
+pub fn sandbox_resolv_conf(host: &upstream::ResolvConf, owner: &str) -> String {
     let mut text = format!(
-        "# written by nsnet: the sandbox's names and the host's upstream resolvers\nnameserver {RESOLVER_ADDR}\n"
+        "# written by nsnet ({owner}): the sandbox's names, then the host's resolvers\nnameserver {RESOLVER_ADDR}\n"
     );
     if !host.search.is_empty() {
         text.push_str(&format!("search {}\n", host.search.join(" ")));
@@ -242,7 +243,11 @@ mod tests {
         let host = upstream::ResolvConf::parse(
             "nameserver 10.0.0.2\nsearch corp.example\noptions ndots:2\n",
         );
-        let text = sandbox_resolv_conf(&host);
+        let text = sandbox_resolv_conf(&host, "nsnet:/var/lib/nsnet");
+        assert!(
+            text.starts_with("# written by nsnet (nsnet:/var/lib/nsnet)"),
+            "{text}"
+        );
         assert!(text.contains("nameserver 127.0.0.11\n"), "{text}");
         assert!(!text.contains("10.0.0.2"), "{text}");
         assert!(text.contains("search corp.example\n"), "{text}");

@@ -229,6 +229,21 @@ pub fn write_resolv_conf(name: &str, text: &str) -> Result<(), KernelError> {
         .map_err(|e| KernelError::io(format!("write {}", path.display()), e))
 }
 
+/// The names under /etc/netns whose resolv.conf nsnet wrote for the state dir tagged `tag`, with the text.
+pub fn tagged_resolv_confs(tag: &str) -> Vec<(String, String)> {
+    let Ok(dir) = fs::read_dir(ETC_NETNS) else {
+        return vec![];
+    };
+    let mark = format!("{RESOLV_MARK} ({tag})");
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let text = fs::read_to_string(e.path().join("resolv.conf")).ok()?;
+            text.starts_with(&mark)
+                .then(|| (e.file_name().to_string_lossy().into_owned(), text))
+        })
+        .collect()
+}
+
 /// Remove nsnet's `/etc/netns/NAME/resolv.conf`, and the directory (and `/etc/netns`) when nothing else is
 /// in it. Someone else's file stays; one already gone is fine.
 pub fn remove_resolv_conf(name: &str) -> Result<(), KernelError> {

@@ -109,7 +109,9 @@ impl Nsnet {
             r.plan.steps.extend(build::sandbox_gone(sb, &nets).steps);
             let settings: Vec<&Network> = nets.iter().collect();
             if sb.owned && super::resolver::has_names(sb, &settings) {
-                r.plan.steps.extend(super::resolver::resolv_conf(sb).undo());
+                r.plan
+                    .steps
+                    .extend(super::resolver::resolv_conf(sb, &tag).undo());
             }
         }
         // Addresses and ports held for sandboxes that have no record (any more) go back to their network.
@@ -184,6 +186,19 @@ impl Nsnet {
                 "delete namespace {name}: nsnet made it, no record owns it"
             ));
             r.plan.steps.push(Step::DeleteNetns { name });
+        }
+        // This store's sandboxes' resolv.conf files (the owner tag in their first line) that no record holds.
+        let named: HashSet<&str> = sandboxes.iter().map(|s| s.name.as_str()).collect();
+        for (name, text) in Host::tagged_resolv_confs(&tag) {
+            if named.contains(name.as_str()) || gone.iter().any(|g| g.name == name) {
+                continue;
+            }
+            r.lines.push(format!(
+                "remove /etc/netns/{name}/resolv.conf: nsnet wrote it, no record owns it"
+            ));
+            r.plan
+                .steps
+                .push(Step::RemoveResolvConf { netns: name, text });
         }
 
         // Last, the firewall from the records as they will be: idempotent, and it drops any element no record

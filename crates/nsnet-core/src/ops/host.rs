@@ -215,6 +215,11 @@ impl Host {
         matches!((netns::identity(a), netns::identity(b)), (Ok(x), Ok(y)) if x == y)
     }
 
+    /// The sandboxes under /etc/netns whose resolv.conf the state dir tagged `tag` wrote, with its text.
+    pub(crate) fn tagged_resolv_confs(tag: &str) -> Vec<(String, String)> {
+        netns::tagged_resolv_confs(tag)
+    }
+
     /// The host's resolv.conf (its `search` and `options` go into the sandboxes' own).
     pub(crate) fn resolv_conf() -> crate::dns::upstream::ResolvConf {
         crate::dns::upstream::host_conf()

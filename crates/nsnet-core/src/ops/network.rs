@@ -370,8 +370,31 @@ impl Nsnet {
                 if users.len() == 1 { "it" } else { "them" },
             ));
         }
-        let kernel =
-            build::network_teardown(&net, &self.users_of(&allocations)?, &self.store.owner_tag());
+        let users = self.users_of(&allocations)?;
+        // Sandboxes nsnet made that this was the last network with names of lose their resolv.conf.
+        let mut kernel = Plan::default();
+        if net.dns {
+            let others: Vec<Network> = self
+                .store
+                .networks()?
+                .into_iter()
+                .filter(|n| n.name != name)
+                .collect();
+            let others: Vec<&Network> = others.iter().collect();
+            for sb in users.iter().filter(|sb| sb.owned) {
+                if !super::resolver::has_names(sb, &others) {
+                    let write = super::resolver::resolv_conf(sb, &self.store.owner_tag());
+                    if let Some(remove) = write.undo() {
+                        kernel.push_teardown(remove, vec![write]);
+                    }
+                }
+            }
+        }
+        let kernel = kernel.then(build::network_teardown(
+            &net,
+            &users,
+            &self.store.owner_tag(),
+        ));
         net.removing = true;
         self.take_down(
             lock,

@@ -80,11 +80,12 @@ impl Nsnet {
     }
 }
 
-/// The sandbox's resolv.conf, as a step: for a sandbox nsnet made (its namespace is `/run/netns/NAME`).
-pub(super) fn resolv_conf(sb: &Sandbox) -> Step {
+/// The sandbox's resolv.conf, as a step: for a sandbox nsnet made (its namespace is `/run/netns/NAME`) in the
+/// state dir tagged `owner`.
+pub(super) fn resolv_conf(sb: &Sandbox, owner: &str) -> Step {
     Step::WriteResolvConf {
         netns: sb.name.clone(),
-        text: dns::sandbox_resolv_conf(&Host::resolv_conf()),
+        text: dns::sandbox_resolv_conf(&Host::resolv_conf(), owner),
     }
 }
 

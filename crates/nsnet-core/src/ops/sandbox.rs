@@ -252,7 +252,7 @@ impl Nsnet {
         kernel.extend(s);
         fw.0.extend(f.0);
         if sb.owned && net.dns && !named_before {
-            kernel.push(resolver::resolv_conf(sb));
+            kernel.push(resolver::resolv_conf(sb, &self.store.owner_tag()));
         }
 
         let firewall = net.firewall;
@@ -498,15 +498,23 @@ impl Nsnet {
         } else {
             vec![]
         };
-        let mut kernel = build::sandbox_teardown(&sb, &nets, &self.store.owner_tag(), veths);
-        // Its resolv.conf, when it has one (with its namespace gone, the networks are not read: any).
+        // Its resolv.conf first, when it has one (with its namespace gone, the networks are not read: any):
+        // deleting the namespace must be the last kernel step, since the kernel destroys it in the background
+        // and a rollback after it could not re-create its veths under their names yet.
+        let mut kernel = Plan::default();
         let settings: Vec<&Network> = nets.iter().collect();
         if sb.owned && (nets.is_empty() || resolver::has_names(&sb, &settings)) {
-            let write = resolver::resolv_conf(&sb);
+            let write = resolver::resolv_conf(&sb, &self.store.owner_tag());
             if let Some(remove) = write.undo() {
                 kernel.push_teardown(remove, vec![write]);
             }
         }
+        let kernel = kernel.then(build::sandbox_teardown(
+            &sb,
+            &nets,
+            &self.store.owner_tag(),
+            veths,
+        ));
         sb.removing = true;
         self.take_down(
             lock,
@@ -591,7 +599,7 @@ impl Nsnet {
         }
         // Off its last network with names: its resolv.conf goes too.
         if marked.owned && named_before && !resolver::has_names(&marked, &settings) {
-            let write = resolver::resolv_conf(&marked);
+            let write = resolver::resolv_conf(&marked, &self.store.owner_tag());
             if let Some(remove) = write.undo() {
                 kernel.push_teardown(remove, vec![write]);
             }
