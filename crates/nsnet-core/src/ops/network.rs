@@ -301,7 +301,7 @@ impl Nsnet {
             }
             None => ipam::default_gateway(&subnet),
         };
-        Ok(Network {
+        let mut net = Network {
             name: req.name.clone(),
             driver: req.driver,
             subnet,
@@ -316,7 +316,15 @@ impl Nsnet {
             host_chains,
             removing: false,
             overlay: req.overlay.clone(),
-        })
+        };
+        // host-gw's fast path hangs a filter on the underlay's ingress: the qdisc is nsnet's to make (and to
+        // remove) only when there is none.
+        if crate::plan::build::underlay_filter(&net).is_some() {
+            if let Some(o) = net.overlay.as_mut() {
+                o.underlay_qdisc = !host.has_ingress_qdisc(&o.device)?;
+            }
+        }
+        Ok(net)
     }
 
     /// `nsnet network rm`. With `force`, first detaches every sandbox still on the network. This host's part

@@ -85,7 +85,7 @@ pub enum FileState {
 /// removed field or variant of [`Intent`], [`Step`], [`crate::firewall::Rule`] or what they hold) bumps this,
 /// and reading goes on accepting every older format. `tests/golden/` holds one intent of each format, with
 /// every variant, that must keep parsing. Intents written before formats were numbered carry none: format 1.
-pub const INTENT_FORMAT: u64 = 3;
+pub const INTENT_FORMAT: u64 = 4;
 
 /// How every owner tag starts ([`Store::owner_tag`]): a link alias or table comment with it is some state
 /// dir's nsnet's.
@@ -1893,6 +1893,8 @@ mod tests {
     const GOLDEN_2: &str = include_str!("../../tests/golden/intent-format-2.json");
     /// Format 3 added the fast path's tunnel (cross-host traffic on the fast path).
     const GOLDEN_3: &str = include_str!("../../tests/golden/intent-format-3.json");
+    /// Format 4 added host-gw's fast path filter on the underlay (`UnderlayFilter`, `RemoveUnderlayFilter`).
+    const GOLDEN_4: &str = include_str!("../../tests/golden/intent-format-4.json");
 
     /// The variant names of an externally tagged enum, as serde lists them when asked for one it does not have
     /// ("unknown variant `x`, expected one of `A`, `B`"): a variant added later is found without anyone
@@ -1957,7 +1959,12 @@ mod tests {
 
     #[test]
     fn intents_of_format_3_keep_parsing() {
-        golden_parses(GOLDEN_3, 3, true);
+        golden_parses(GOLDEN_3, 3, false);
+    }
+
+    #[test]
+    fn intents_of_format_4_keep_parsing() {
+        golden_parses(GOLDEN_4, 4, true);
     }
 
     /// A golden intent of `format` parses to the values it holds; `every_variant`: it holds every variant there
