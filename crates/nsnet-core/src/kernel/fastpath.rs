@@ -35,17 +35,31 @@
 //!   `bpf_redirect_neigh`, towards the next hop the slow path's route names (the peer's VXLAN gateway, whose
 //!   permanent neighbour entry gives its VTEP MAC; for host-gw, the peer's underlay address). The kernel
 //!   fills in the MACs from that neighbour entry and the device encapsulates as usual.
-//! - In: a frame the VXLAN device received (the tunnel's `decap` device, whose ingress joins the block),
-//!   addressed to the device's own MAC, from an address in a remote block, for a sandbox of this network, is
-//!   handed to the sandbox's veth
-//!   peer with the sandbox's MAC as destination and the gateway's as source, as the bridge would deliver it.
+//! - In: a frame the tunnel's `decap` device received, addressed to the device's own MAC (`PACKET_HOST`),
+//!   from an address in a remote block, for a sandbox of this network, is handed to the sandbox's veth peer
+//!   with the sandbox's MAC as destination and the gateway's as source, as the bridge would deliver it. For
+//!   vxlan the device is the VXLAN device (nsnet's own), whose ingress joins the block. For host-gw it is the
+//!   host's underlay interface, which is not nsnet's: a NIC has one ingress qdisc, and another tool may own
+//!   it and have filters there. So the interface is never bound to the block; the program is added as one
+//!   filter of its ingress ([`FastPath::attach_underlay`]), with a preference and handle of the network's own
+//!   ([`underlay_filter`]: the block number, a preference after tc's defaults), and an `ingress` qdisc is
+//!   made only when there is none, recorded so that it goes (when no filter is left on it) with the network.
+//!   [`detach_underlay`] deletes exactly that filter. Every frame the host receives there meets the program:
+//!   anything not IPv4 leaves after the first checks, and the host's own IPv4 after one hash lookup (the
+//!   destination is no sandbox).
 //!
 //! Neither branch decrements the TTL (a sandbox sees the sender's): a frame the slow path would expire on
 //! the way (TTL 2 or less out, 1 or less in) takes the slow path, which expires it and says so (ICMP).
 //!
 //! Everything else takes the slow path, where the firewall decides. What the fast path skips is nftables'
-//! per-packet work on traffic the cluster allows anyway (sandbox to sandbox, both ends checked); the VXLAN
-//! datagrams themselves still meet the input chain's member check before the device decapsulates them.
+//! per-packet work on traffic the cluster allows anyway (sandbox to sandbox, both ends checked, which
+//! nsnet's forward chain accepts from the overlay with `overlay_in` before anything else could drop it); the
+//! VXLAN datagrams themselves still meet the input chain's member check before the device decapsulates them.
+//! host-gw trusts its L2 segment on either path: a frame from a remote block's address is accepted from any
+//! machine on the underlay. Under a host forward chain with policy drop, which nsnet opens for its bridges'
+//! traffic but not for what comes in from the underlay, host-gw's slow path drops new connections from other
+//! hosts, so the network then has no filter on the underlay. Rules of other tables on the forward hook (and
+//! nsnet's user chain) are skipped by every branch of the fast path alike.
 //! Without a tunnel configured (`config` all zero, any bridge network), the program does as before.
 //!
 //! Why tc filters (cls_bpf) and not tcx links: attaching a tcx program waits for an RCU grace period (~9 ms
