@@ -498,16 +498,15 @@ pub fn on_underlay(
     else {
         return Ok(None);
     };
-    if nl.ingress_qdisc(dev)?.is_some_and(|q| q.block.is_some()) {
-        return Ok(Some(OnUnderlay::Blocked));
-    }
     let (pref, handle) = underlay_filter(bridge);
     let at = FilterAt::Link(dev, TcHook::Ingress);
     let mine = |f: &&BpfFilter| f.pref == pref && f.handle == handle;
     let filters = nl.bpf_filters(at)?;
+    // The usual answer first, from the two dumps; the qdisc dump (every link's) only when it is not there.
     Ok(Some(match filters.iter().find(mine) {
-        Some(f) if f.name == NAME && f.id == prog.id => OnUnderlay::There,
+        Some(f) if f.name == NAME && f.id == prog.id && f.block.is_none() => OnUnderlay::There,
         Some(f) if f.name != NAME => OnUnderlay::Blocked,
+        _ if nl.ingress_qdisc(dev)?.is_some_and(|q| q.block.is_some()) => OnUnderlay::Blocked,
         _ if nl.filter_kinds(at, pref)?.iter().any(|k| k != "bpf") => OnUnderlay::Blocked,
         _ => OnUnderlay::Missing,
     }))
