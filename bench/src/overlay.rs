@@ -720,14 +720,24 @@ fn datapath(o: &Opts) -> Result<String> {
     floor_host(&mut c, 3, 4)?;
     floor_host(&mut c, 4, 3)?;
     let underlay = c.ip(4)?.to_string();
+    let underlay6 = c.ip(6)?.to_string();
     // (name, index of its floor, server namespace, client namespace, server address)
-    let cases: [(&'static str, Option<usize>, String, String, String); 7] = [
+    let cases: [(&'static str, Option<usize>, String, String, String); 8] = [
         (
             "underlay: host -> host",
             None,
             c.host(4),
             c.host(3),
             underlay,
+        ),
+        // The hosts' own traffic through the eth0 filters of host-gw's fast path (which it does not match),
+        // on hosts without nsnet's firewall (whose conntrack would cost the host's traffic too).
+        (
+            "underlay: host -> host, nsnet's host-gw filter on both eth0s (diagnostic)",
+            Some(0),
+            c.host(6),
+            c.host(5),
+            underlay6,
         ),
         (
             "VXLAN by hand (floor for vxlan)",
@@ -736,10 +746,10 @@ fn datapath(o: &Opts) -> Result<String> {
             sb("fv3"),
             "10.246.4.2".into(),
         ),
-        ("nsnet vxlan", Some(1), sb("v2"), sb("v1"), v2),
+        ("nsnet vxlan", Some(2), sb("v2"), sb("v1"), v2),
         (
             "nsnet vxlan, `--firewall none` (diagnostic)",
-            Some(1),
+            Some(2),
             sb("v6"),
             sb("v5"),
             v6,
@@ -751,10 +761,10 @@ fn datapath(o: &Opts) -> Result<String> {
             sb("fg3"),
             "10.247.4.2".into(),
         ),
-        ("nsnet host-gw", Some(4), sb("g2"), sb("g1"), g2),
+        ("nsnet host-gw", Some(5), sb("g2"), sb("g1"), g2),
         (
             "nsnet host-gw, `--firewall none` (diagnostic)",
-            Some(4),
+            Some(5),
             sb("g6"),
             sb("g5"),
             g6,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernel::fastpath::FastPath;
+use crate::kernel::fastpath::{self, FastPath};
 use crate::kernel::netlink::{RouteSpec, VxlanSpec, RETIRED_GROUP};
 use crate::kernel::{netns, sysctl, KernelError, Link, Netlink, VethSpec};
 use crate::model::{Mac, OverlayBackend, Peer};
@@ -342,6 +342,30 @@ impl Applier {
                     .ok_or_else(|| KernelError::Missing(bridge.clone()))?;
                 fp.set_tunnel(nl, out, decap.then_some(out), bridge_mac)?;
                 fp.set_remotes(routes)?;
+            }
+            Step::UnderlayFilter {
+                bridge,
+                device,
+                qdisc,
+            } => {
+                let nl = self.netlink(&Ns::Host)?;
+                // No fast path on this bridge (or on this kernel): the slow path delivers.
+                let Some(fp) = FastPath::of_bridge(nl, bridge)? else {
+                    return Ok(());
+                };
+                let dev = nl.link_index(device)?;
+                fp.attach_underlay(nl, bridge, dev, *qdisc)?;
+            }
+            Step::RemoveUnderlayFilter {
+                device,
+                handle,
+                qdisc,
+            } => {
+                let nl = self.netlink(&Ns::Host)?;
+                // A device that is gone took its filters and qdiscs with it.
+                if let Some(link) = nl.link(device)? {
+                    fastpath::detach_underlay(nl, link.index, *handle, *qdisc)?;
+                }
             }
             Step::SetPeer { overlay, peer } => {
                 let nl = self.netlink(&Ns::Host)?;

@@ -132,6 +132,11 @@ pub struct Overlay {
     /// `gc`, `firewall reload` and a restarted agent know them while etcd is away.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// host-gw: nsnet made the underlay interface's `ingress` qdisc (it had none) for its fast path's filter
+    /// ([`crate::plan::Step::UnderlayFilter`]), so the qdisc goes with that filter when no other filter is
+    /// left. Never set for a qdisc that was there: that one is someone else's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub underlay_qdisc: bool,
 }
 
 /// A remote host of an overlay network, as one host programs it.

@@ -9,7 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nsnet_core::kernel::bpf::Program;
-use nsnet_core::kernel::fastpath::{block_of, FastPath, PASSED, REDIRECTED};
+use nsnet_core::kernel::fastpath::{
+    block_of, detach_underlay, on_underlay, stale_underlay_filters, underlay_filter, FastPath,
+    OnUnderlay, PASSED, REDIRECTED,
+};
 use nsnet_core::kernel::{FilterAt, Netlink, TcHook, VethSpec};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -332,5 +335,269 @@ fn with_a_tunnel_the_program_takes_remote_blocks_both_ways_and_nothing_else() {
         for link in ["ha", "vx", "br0"] {
             nl.delete_link(link).expect("delete");
         }
+    });
+}
+
+/// Another tool's filter: classic bpf that matches no frame (so nsnet's, later, still runs).
+const NO_MATCH: &str = "1,6 0 0 0,";
+
+/// `tc ARGS` in this thread's namespace (the test's own): what another tool on the host does.
+fn tc(args: &[&str]) -> String {
+    let out = std::process::Command::new("tc")
+        .args(args)
+        .output()
+        .expect("run tc");
+    assert!(
+        out.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// host-gw's receiving side: the program as one filter on an underlay interface nsnet does not own. It
+/// delivers exactly what the kernel would route from a remote block to a sandbox (addressed to the
+/// interface's own MAC, TTL above 1) and passes everything else, the host's own traffic included. Its
+/// filter sits beside other tools' filters and qdiscs (never binding the interface to nsnet's block) and
+/// goes alone: a foreign filter, a foreign `clsact` qdisc and a qdisc nsnet did not make all stay; the
+/// `ingress` qdisc nsnet made goes when no filter is left on it, and only then.
+#[test]
+fn on_host_gw_s_underlay_the_program_is_one_filter_among_others_and_delivers_only_what_routing_would(
+) {
+    in_private_netns(|| {
+        let mut nl = Netlink::open().expect("netlink");
+        nl.create_bridge("br0", 1500, GW_MAC).expect("bridge");
+        let me = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
+        let bridge = nl.link_index("br0").unwrap();
+        let ul_mac = [2, 0, 0, 0, 0, 0x55];
+        for (host, peer, master, host_mac) in [
+            ("ha", "pa", Some(bridge), None),
+            ("ul", "ulp", None, Some(ul_mac)),
+        ] {
+            nl.create_veth(&VethSpec {
+                host,
+                peer,
+                peer_netns: me.as_fd(),
+                master,
+                mtu: 1500,
+                peer_mac: None,
+                host_mac,
+            })
+            .expect("veth");
+        }
+        let (ha, ul) = (nl.link_index("ha").unwrap(), nl.link_index("ul").unwrap());
+        let fp = FastPath::ensure(&mut nl, "br0").unwrap().expect("bpf");
+        fp.add(&mut nl, ha, A_IP, A_MAC).expect("add a");
+        let far = Ipv4Addr::new(10, 78, 0, 5);
+        let block: ipnet::Ipv4Net = "10.78.0.0/24".parse().unwrap();
+        // host-gw: out by the underlay to the peer's underlay address; delivery left as it is (none yet).
+        assert!(fp.set_tunnel(&mut nl, ul, None, GW_MAC).unwrap());
+        fp.set_remotes(&[(block, Ipv4Addr::new(192, 168, 200, 12))])
+            .unwrap();
+        assert_eq!(fp.tunnel().unwrap(), Some((ul, 0, GW_MAC)));
+        let (pref, handle) = underlay_filter("br0");
+        let at = FilterAt::Link(ul, TcHook::Ingress);
+
+        // No qdisc there: nsnet may make one (the record says it owns it).
+        assert_eq!(nl.ingress_qdisc(ul).unwrap(), None);
+        assert_eq!(
+            on_underlay(&mut nl, "br0", ul).unwrap(),
+            Some(OnUnderlay::Missing)
+        );
+        assert!(fp.attach_underlay(&mut nl, "br0", ul, true).unwrap());
+        assert!(
+            fp.attach_underlay(&mut nl, "br0", ul, true).unwrap(),
+            "twice"
+        );
+        assert_eq!(
+            on_underlay(&mut nl, "br0", ul).unwrap(),
+            Some(OnUnderlay::There)
+        );
+        let q = nl.ingress_qdisc(ul).unwrap().expect("an ingress qdisc");
+        assert_eq!(
+            (q.kind.as_str(), q.block),
+            ("ingress", None),
+            "never bound to a block"
+        );
+        let filters = nl.bpf_filters(at).unwrap();
+        assert_eq!(filters.len(), 1, "{filters:?}");
+        assert_eq!(
+            (filters[0].pref, filters[0].handle, filters[0].block),
+            (pref, handle, None)
+        );
+        assert_eq!(fp.tunnel().unwrap(), Some((ul, ul, GW_MAC)));
+
+        let back = frame(ul_mac, [2, 0, 0, 0, 0, 0x43], 0x0800, far, A_IP);
+        assert_eq!(fp.verdict(&back, ul).unwrap(), REDIRECTED, "far -> a");
+        assert_eq!(
+            fp.verdict(&with_ttl(back.clone(), 2), ul).unwrap(),
+            REDIRECTED,
+            "TTL 2"
+        );
+        let host_ip = Ipv4Addr::new(192, 168, 200, 11);
+        let passed = [
+            (
+                frame(ul_mac, [2, 0, 0, 0, 0, 0x43], 0x0800, far, host_ip),
+                "for the host itself",
+            ),
+            (
+                frame(ul_mac, [2, 0, 0, 0, 0, 0x43], 0x0800, host_ip, A_IP),
+                "from outside the remote blocks",
+            ),
+            (
+                frame(
+                    ul_mac,
+                    [2, 0, 0, 0, 0, 0x43],
+                    0x0800,
+                    Ipv4Addr::new(10, 77, 0, 9),
+                    A_IP,
+                ),
+                "from this host's own block",
+            ),
+            (
+                frame(ul_mac, [2, 0, 0, 0, 0, 0x43], 0x0800, far, B_IP),
+                "for no sandbox here",
+            ),
+            (
+                frame(A_MAC, [2, 0, 0, 0, 0, 0x43], 0x0800, far, A_IP),
+                "to the sandbox's MAC",
+            ),
+            (
+                frame(
+                    [2, 0, 0, 0, 0, 0x42],
+                    [2, 0, 0, 0, 0, 0x43],
+                    0x0800,
+                    far,
+                    A_IP,
+                ),
+                "to another MAC",
+            ),
+            (
+                frame([0xff; 6], [2, 0, 0, 0, 0, 0x43], 0x0800, far, A_IP),
+                "broadcast",
+            ),
+            (
+                frame(
+                    [0x01, 0, 0x5e, 0, 0, 1],
+                    [2, 0, 0, 0, 0, 0x43],
+                    0x0800,
+                    far,
+                    A_IP,
+                ),
+                "multicast",
+            ),
+            (with_ttl(back.clone(), 1), "TTL 1"),
+            (with_ttl(back.clone(), 0), "TTL 0"),
+            (
+                frame(ul_mac, [2, 0, 0, 0, 0, 0x43], 0x0806, far, A_IP),
+                "ARP",
+            ),
+            (
+                frame(ul_mac, [2, 0, 0, 0, 0, 0x43], 0x8100, far, A_IP),
+                "VLAN-tagged",
+            ),
+        ];
+        for (f, why) in &passed {
+            assert_eq!(fp.verdict(f, ul).unwrap(), PASSED, "{why}");
+        }
+        // The same frame on a sandbox's port is a sender's, and no sandbox sends from a remote block.
+        assert_eq!(
+            fp.verdict(&back, ha).unwrap(),
+            PASSED,
+            "on a sandbox's port"
+        );
+
+        // Another tool's filter beside it: taking nsnet's away leaves that one, and the qdisc it is on.
+        tc(&[
+            "filter", "add", "dev", "ul", "ingress", "pref", "7", "protocol", "all", "bpf",
+            "bytecode", NO_MATCH,
+        ]);
+        detach_underlay(&mut nl, ul, handle, true).expect("detach");
+        detach_underlay(&mut nl, ul, handle, true).expect("twice");
+        assert_eq!(
+            nl.bpf_filters(at).unwrap(),
+            vec![],
+            "nsnet's filter is gone"
+        );
+        assert_eq!(fp.tunnel().unwrap(), Some((ul, 0, GW_MAC)), "delivery off");
+        let left = tc(&["filter", "show", "dev", "ul", "ingress"]);
+        assert!(
+            left.contains("bytecode") && left.contains("pref 7"),
+            "{left}"
+        );
+        assert!(
+            nl.ingress_qdisc(ul).unwrap().is_some(),
+            "a filter is left on it"
+        );
+        // That one gone too, the qdisc nsnet made goes with nsnet's filter.
+        assert!(fp.attach_underlay(&mut nl, "br0", ul, true).unwrap());
+        tc(&["filter", "del", "dev", "ul", "ingress", "pref", "7"]);
+        detach_underlay(&mut nl, ul, handle, true).expect("detach");
+        assert_eq!(nl.ingress_qdisc(ul).unwrap(), None);
+
+        // Someone else's clsact with a filter: nsnet uses it, never makes or removes a qdisc.
+        tc(&["qdisc", "add", "dev", "ul", "clsact"]);
+        tc(&[
+            "filter", "add", "dev", "ul", "ingress", "pref", "7", "protocol", "all", "bpf",
+            "bytecode", NO_MATCH,
+        ]);
+        tc(&[
+            "filter", "add", "dev", "ul", "egress", "pref", "7", "protocol", "all", "bpf",
+            "bytecode", NO_MATCH,
+        ]);
+        assert!(fp.attach_underlay(&mut nl, "br0", ul, false).unwrap());
+        assert_eq!(fp.verdict(&back, ul).unwrap(), REDIRECTED, "far -> a");
+        detach_underlay(&mut nl, ul, handle, false).expect("detach");
+        assert_eq!(
+            nl.ingress_qdisc(ul).unwrap().map(|q| q.kind),
+            Some("clsact".into())
+        );
+        let left = tc(&["filter", "show", "dev", "ul", "ingress"])
+            + &tc(&["filter", "show", "dev", "ul", "egress"]);
+        assert_eq!(left.matches("bytecode").count(), 2, "{left}");
+        tc(&["qdisc", "del", "dev", "ul", "clsact"]);
+        // An empty ingress qdisc nsnet did not make stays, filter or no filter.
+        tc(&["qdisc", "add", "dev", "ul", "ingress"]);
+        assert!(fp.attach_underlay(&mut nl, "br0", ul, false).unwrap());
+        detach_underlay(&mut nl, ul, handle, false).expect("detach");
+        assert!(nl.ingress_qdisc(ul).unwrap().is_some(), "not nsnet's qdisc");
+        tc(&["qdisc", "del", "dev", "ul", "ingress"]);
+        // A qdisc that went away since the plan (the record says it is someone else's): nothing made.
+        assert!(!fp.attach_underlay(&mut nl, "br0", ul, false).unwrap());
+        assert_eq!(nl.ingress_qdisc(ul).unwrap(), None);
+        // An ingress bound to a shared block is someone else's: no filter goes there.
+        tc(&[
+            "qdisc",
+            "add",
+            "dev",
+            "ul",
+            "ingress_block",
+            "77",
+            "ingress",
+        ]);
+        assert_eq!(
+            on_underlay(&mut nl, "br0", ul).unwrap(),
+            Some(OnUnderlay::Blocked)
+        );
+        assert!(!fp.attach_underlay(&mut nl, "br0", ul, true).unwrap());
+        assert_eq!(nl.bpf_filters(FilterAt::Block(77)).unwrap(), vec![]);
+        tc(&["qdisc", "del", "dev", "ul", "ingress"]);
+
+        // A filter left on the underlay after its bridge went is found as stale; a live one is not.
+        assert!(fp.attach_underlay(&mut nl, "br0", ul, true).unwrap());
+        let links = nl.links().unwrap();
+        assert_eq!(stale_underlay_filters(&mut nl, &links).unwrap(), vec![]);
+        drop(fp);
+        for link in ["ha", "br0"] {
+            nl.delete_link(link).expect("delete");
+        }
+        let links = nl.links().unwrap();
+        assert_eq!(
+            stale_underlay_filters(&mut nl, &links).unwrap(),
+            vec![("ul".to_string(), handle)]
+        );
+        detach_underlay(&mut nl, ul, handle, true).expect("detach");
+        assert_eq!(nl.ingress_qdisc(ul).unwrap(), None);
+        nl.delete_link("ul").expect("delete");
     });
 }

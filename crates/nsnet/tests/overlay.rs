@@ -131,8 +131,19 @@ fn make_overlay(w: &World, extra: &[&str]) {
 /// A world of `hosts` hosts with the overlay network made, and agents (with `agent_extra`) on the first `joined`
 /// hosts, which have all joined.
 fn cluster(test: &str, hosts: usize, joined: usize, agent_extra: &[&str]) -> World {
+    cluster_of(test, hosts, joined, agent_extra, &[])
+}
+
+/// [`cluster`], the network made with `overlay_extra` (`--backend host-gw`).
+fn cluster_of(
+    test: &str,
+    hosts: usize,
+    joined: usize,
+    agent_extra: &[&str],
+    overlay_extra: &[&str],
+) -> World {
     let w = World::new(test, hosts);
-    make_overlay(&w, &[]);
+    make_overlay(&w, overlay_extra);
     let mut args = vec!["--lease-ttl", TTL];
     args.extend_from_slice(agent_extra);
     for i in 1..=joined {
@@ -413,6 +424,10 @@ fn host_gw_routes_via_the_underlay_and_refuses_a_peer_behind_a_router() {
         // The fast path's tunnel: host 1's block straight out of eth0, to host 1.
         "# fast path: bpf program nsnet_fastpath of",
         "sends to eth0: 10.244.",
+        // ... and delivers what arrives on eth0 from there: one filter of its own on eth0's ingress, whose
+        // qdisc nsnet makes (host 2 has none).
+        "tc qdisc add dev eth0 ingress",
+        "tc filter replace dev eth0 ingress protocol all pref ",
     ] {
         assert!(plan.contains(want), "{want:?} not in:\n{plan}");
     }
@@ -420,6 +435,11 @@ fn host_gw_routes_via_the_underlay_and_refuses_a_peer_behind_a_router() {
         lines(&w, 2, &["ip", "-o", "link"]),
         links_before,
         "a dry run changed links"
+    );
+    assert_eq!(
+        lines(&w, 2, &["tc", "qdisc", "show", "dev", "eth0", "ingress"]),
+        Vec::<String>::new(),
+        "a dry run made a qdisc"
     );
     assert!(local(&w, 2).is_none(), "a dry run recorded a network");
     let leases = w.etcdctl(&["get", "--prefix", "/nsnet/leases/", "--keys-only"]);
@@ -1269,7 +1289,19 @@ fn forwarded_datagrams(ns: &Path) -> u64 {
 /// still decides: here a member's decapsulated frame from outside the cluster's blocks.
 #[test]
 fn cross_host_traffic_between_sandboxes_is_never_routed_by_either_host() {
-    let w = cluster("ovfast", 2, 2, &[]);
+    never_routed("ovfast", &[]);
+}
+
+/// The same on host-gw: out by the underlay straight from the sender's bridge port, and in from the
+/// underlay straight into the sandbox (the fast path's own filter on eth0's ingress).
+#[test]
+fn cross_host_traffic_on_host_gw_is_never_routed_by_either_host() {
+    never_routed("ovfasthg", &["--backend", "host-gw"]);
+}
+
+fn never_routed(test: &str, overlay_extra: &[&str]) {
+    let w = cluster_of(test, 2, 2, &[], overlay_extra);
+    let hostgw = !overlay_extra.is_empty();
     let a = sandbox(&w, 1, "a", &[]);
     let b = sandbox(&w, 2, "b", &[]);
     let (pa, pb) = (w.sb_path("a"), w.sb_path("b"));
@@ -1305,19 +1337,148 @@ fn cross_host_traffic_between_sandboxes_is_never_routed_by_either_host() {
     assert!(pings(&pa, OUTSIDE_IP), "a -> outside");
     assert!(forwarded_datagrams(&h1) > before, "routed to the outside");
 
-    // A member's VXLAN frame whose inner source is outside the cluster's blocks (the outside peer's
-    // address) is not the fast path's to deliver, and the slow path's firewall drops it.
-    let vtep = world::mac_of(&h1, "nsvx1");
-    let frame = icmp_echo_frame(vtep, [0x0e, 0x6e, 1, 2, 3, 5], OUTSIDE_IP, a);
-    assert_vxlan_dropped(
-        &h2,
-        w.host_ip(1),
-        &frame,
-        &pa,
-        "a member, from outside the blocks",
+    if hostgw {
+        // The hosts' own traffic on the underlay still reaches them; host 2's to a leaves from its gateway
+        // address (of its block), so it is a remote block's frame for host 1's fast path too.
+        assert!(pings(&h2, w.host_ip(1)), "host 2 -> host 1");
+        assert!(pings(&h2, a), "host 2 -> a");
+    } else {
+        // A member's VXLAN frame whose inner source is outside the cluster's blocks (the outside peer's
+        // address) is not the fast path's to deliver, and the slow path's firewall drops it.
+        let vtep = world::mac_of(&h1, "nsvx1");
+        let frame = icmp_echo_frame(vtep, [0x0e, 0x6e, 1, 2, 3, 5], OUTSIDE_IP, a);
+        assert_vxlan_dropped(
+            &h2,
+            w.host_ip(1),
+            &frame,
+            &pa,
+            "a member, from outside the blocks",
+        );
+    }
+
+    w.ok(1, &["rm", &w.sb("a")]);
+    w.ok(2, &["rm", &w.sb("b")]);
+    remove_overlay(&w, &[1, 2]);
+}
+
+/// `tc filter show dev eth0 ingress` on host `i`.
+fn eth0_filters(w: &World, i: usize) -> String {
+    lines(w, i, &["tc", "filter", "show", "dev", "eth0", "ingress"]).join("\n")
+}
+
+/// host-gw's filter on the underlay is one among others: another tool's ingress qdisc and filter on host
+/// 1's eth0 are there before the agent joins and after the network goes, untouched through a sync that puts
+/// back nsnet's filter deleted by hand, and through `gc`; on host 2, which had no qdisc, nsnet's own goes
+/// with the network.
+#[test]
+fn host_gw_leaves_another_tool_s_filter_and_qdisc_on_the_underlay_alone() {
+    let w = World::new("hgwtc", 2);
+    make_overlay(&w, &["--backend", "host-gw"]);
+    let h1 = w.host_path(1);
+    in_ns(&h1, &["tc", "qdisc", "add", "dev", "eth0", "ingress"]);
+    // Classic bpf that matches nothing (nsnet's filter, later in order, still runs).
+    in_ns(
+        &h1,
+        &[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "eth0",
+            "ingress",
+            "pref",
+            "7",
+            "protocol",
+            "all",
+            "bpf",
+            "bytecode",
+            "1,6 0 0 0,",
+        ],
+    );
+    let foreign = eth0_filters(&w, 1);
+    assert!(foreign.contains("pref 7 bpf"), "{foreign}");
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    wait_joined(&w, &[1, 2], 1);
+    for i in 1..=2 {
+        let f = eth0_filters(&w, i);
+        assert!(f.contains("nsnet_fastpath"), "host {i}: {f}");
+        assert!(!f.contains("block"), "host {i}: eth0 bound to a block: {f}");
+    }
+    assert!(
+        eth0_filters(&w, 1).contains(&foreign),
+        "{}",
+        eth0_filters(&w, 1)
+    );
+    let owned = |i: usize| local(&w, i).expect("joined")["overlay"]["underlay_qdisc"] == true;
+    assert!(!owned(1), "host 1's qdisc is the other tool's");
+    assert!(owned(2), "host 2's qdisc is nsnet's");
+    let a = sandbox(&w, 1, "a", &[]);
+    let b = sandbox(&w, 2, "b", &[]);
+    assert!(
+        pings(&w.sb_path("a"), b) && pings(&w.sb_path("b"), a),
+        "a <-> b"
+    );
+
+    // nsnet's filter deleted by hand: the agent puts it back, and only it.
+    for i in 1..=2 {
+        let ours = eth0_filters(&w, i);
+        let pref = ours
+            .lines()
+            .find(|l| l.contains("nsnet_fastpath"))
+            .and_then(|l| l.split("pref ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("nsnet's filter's pref")
+            .to_string();
+        in_ns(
+            &w.host_path(i),
+            &[
+                "tc", "filter", "del", "dev", "eth0", "ingress", "pref", &pref,
+            ],
+        );
+        assert!(!eth0_filters(&w, i).contains("nsnet_fastpath"));
+        assert!(
+            wait_until(CONVERGE, || eth0_filters(&w, i).contains("nsnet_fastpath")),
+            "host {i}: the agent did not put the filter back:\n{}",
+            w.agent_log(i)
+        );
+    }
+    assert!(eth0_filters(&w, 1).contains(&foreign));
+    for i in 1..=2 {
+        w.ok(i, &["gc"]);
+        assert!(
+            eth0_filters(&w, i).contains("nsnet_fastpath"),
+            "host {i} after gc"
+        );
+    }
+    assert!(eth0_filters(&w, 1).contains(&foreign));
+    assert!(
+        pings(&w.sb_path("a"), b) && pings(&w.sb_path("b"), a),
+        "a <-> b"
     );
 
     w.ok(1, &["rm", &w.sb("a")]);
     w.ok(2, &["rm", &w.sb("b")]);
     remove_overlay(&w, &[1, 2]);
+    assert_eq!(eth0_filters(&w, 1), foreign, "host 1's other filter");
+    assert_eq!(
+        lines(&w, 1, &["tc", "qdisc", "show", "dev", "eth0", "ingress"]).len(),
+        1,
+        "host 1's other qdisc"
+    );
+    assert_eq!(eth0_filters(&w, 2), "", "host 2");
+    assert_eq!(
+        lines(&w, 2, &["tc", "qdisc", "show", "dev", "eth0", "ingress"]),
+        Vec::<String>::new(),
+        "host 2's qdisc, nsnet's, went with the network"
+    );
+    for i in 1..=2 {
+        w.ok(i, &["gc"]);
+    }
+    assert_eq!(
+        eth0_filters(&w, 1),
+        foreign,
+        "host 1's other filter after gc"
+    );
 }

@@ -474,3 +474,204 @@ fn a_removed_sandbox_or_a_lost_host_gets_nothing_and_nobody_gets_its_frames() {
     assert_raw_delivered(&pa, "eth0", &to_b, &pb2, "to b2, host 2 back");
     teardown(&w, &[(1, "a"), (2, "b2"), (2, "c")]);
 }
+
+/// [`cluster`] on the host-gw backend.
+fn cluster_host_gw(test: &str, hosts: usize) -> World {
+    let w = World::new(test, hosts);
+    let url = w.etcd_url();
+    w.ok(
+        1,
+        &[
+            "network",
+            "create",
+            NET,
+            "--driver",
+            "overlay",
+            "--subnet",
+            CLUSTER,
+            "--backend",
+            "host-gw",
+            "--etcd",
+            &url,
+        ],
+    );
+    for i in 1..=hosts {
+        w.start_agent(i, &["--lease-ttl", TTL]);
+    }
+    for i in 1..=hosts {
+        let ok = wait_until(CONVERGE, || {
+            local(&w, i)
+                .is_some_and(|v| v["overlay"]["peers"].as_array().map(Vec::len) == Some(hosts - 1))
+        });
+        assert!(ok, "host {i} did not join:\n{}", w.agent_log(i));
+    }
+    w
+}
+
+/// The preference of nsnet's fast path filter on host `i`'s eth0, if it has one there.
+fn underlay_filter_pref(w: &World, i: usize) -> Option<String> {
+    let out = world::in_ns(
+        &w.host_path(i),
+        &["tc", "filter", "show", "dev", "eth0", "ingress"],
+    );
+    out.lines()
+        .find(|l| l.contains("nsnet_fastpath"))
+        .and_then(|l| l.split("pref ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// Whether `frame`, sent three times out of the outside peer's eth0, reaches the namespace at `victim` (an
+/// echo request counted there).
+fn from_outside_arrives(w: &World, frame: &[u8], victim: &Path) -> bool {
+    let before = echos(victim);
+    send_raw(&w.outside_path(), "eth0", &vec![frame.to_vec(); 3]);
+    wait_until(Duration::from_millis(1500), || echos(victim) > before)
+}
+
+/// host-gw's fast path on the receiving host delivers exactly what its slow path (routing and the firewall)
+/// would: a LAN peer that is no member sends raw frames onto the underlay, and each gets the same verdict
+/// with nsnet's filter on host 2's eth0 as without it (host 2's agent stopped and the filter deleted, then
+/// the agent restarted, which puts it back). host-gw trusts the L2 segment, on either path: a LAN peer that
+/// forges a remote block's source reaches a sandbox (the control: it arrives, on the fast path without
+/// host 2 routing it); to another MAC, broadcast, TTL 1, from outside the remote blocks, for what is not a
+/// sandbox, it is the slow path's call either way.
+#[test]
+fn on_host_gw_the_receiving_fast_path_gives_every_frame_the_slow_path_s_verdict() {
+    let w = cluster_host_gw("atkhgw", 2);
+    let a = sandbox(&w, 1, "a");
+    let b = sandbox(&w, 2, "b");
+    let (pa, pb, h2) = (w.sb_path("a"), w.sb_path("b"), w.host_path(2));
+    assert!(pings(&pa, b) && pings(&pb, a), "a <-> b");
+    let (gw2, _) = gateway(&w, 2);
+    let out_mac = world::mac_of(&w.outside_path(), "eth0");
+    let to2 = w.host_mac(2);
+    let cases: Vec<(Vec<u8>, &Path, &str)> = vec![
+        (
+            icmp_echo_frame(to2, out_mac, a, b),
+            &pb,
+            "from host 1's sandbox's address",
+        ),
+        (
+            icmp_echo_frame(to2, out_mac, in_block(&w, 1, 200), b),
+            &pb,
+            "from an unused address of host 1's block",
+        ),
+        (
+            icmp_echo_frame(to2, out_mac, Ipv4Addr::new(10, 244, 255, 7), b),
+            &pb,
+            "from an address of no block",
+        ),
+        (
+            icmp_echo_frame(to2, out_mac, in_block(&w, 2, 77), b),
+            &pb,
+            "from an address of host 2's own block",
+        ),
+        (
+            icmp_echo_frame([0x02, 0, 0, 0, 0, 0x99], out_mac, a, b),
+            &pb,
+            "to another MAC",
+        ),
+        (icmp_echo_frame([0xff; 6], out_mac, a, b), &pb, "broadcast"),
+        (
+            icmp_echo_frame([0x01, 0, 0x5e, 0, 0, 1], out_mac, a, b),
+            &pb,
+            "multicast",
+        ),
+        (
+            with_ttl(icmp_echo_frame(to2, out_mac, a, b), 0),
+            &pb,
+            "TTL 0",
+        ),
+        (
+            with_ttl(icmp_echo_frame(to2, out_mac, a, b), 1),
+            &pb,
+            "TTL 1",
+        ),
+        (
+            with_ttl(icmp_echo_frame(to2, out_mac, a, b), 2),
+            &pb,
+            "TTL 2",
+        ),
+        (
+            icmp_echo_frame(to2, out_mac, a, gw2),
+            &h2,
+            "for host 2's gateway",
+        ),
+        (
+            icmp_echo_frame(to2, out_mac, a, w.host_ip(2)),
+            &h2,
+            "for host 2's underlay address",
+        ),
+    ];
+    let verdicts = |w: &World| -> Vec<bool> {
+        cases
+            .iter()
+            .map(|(f, victim, _)| from_outside_arrives(w, f, victim))
+            .collect()
+    };
+    let routed = || world::snmp(&h2, "Ip", "ForwDatagrams");
+
+    // The fast path: the first frame arrives and host 2 does not route it.
+    let pref = underlay_filter_pref(&w, 2).expect("nsnet's filter on host 2's eth0");
+    let before = routed();
+    assert!(from_outside_arrives(&w, &cases[0].0, &pb), "the control");
+    assert!(routed() - before < 3, "the fast path took it");
+    let fast = verdicts(&w);
+
+    // The slow path: host 2's agent stopped, nsnet's filter (and only it) deleted.
+    w.kill_agent(2, world::Signal::SIGKILL);
+    world::in_ns(
+        &h2,
+        &[
+            "tc", "filter", "del", "dev", "eth0", "ingress", "pref", &pref,
+        ],
+    );
+    assert_eq!(underlay_filter_pref(&w, 2), None);
+    let before = routed();
+    assert!(
+        from_outside_arrives(&w, &cases[0].0, &pb),
+        "the control, slow"
+    );
+    assert!(routed() - before >= 3, "host 2 routed it");
+    let slow = verdicts(&w);
+
+    // The agent back: it puts the filter back.
+    w.start_agent(2, &["--lease-ttl", TTL]);
+    assert!(
+        wait_until(CONVERGE, || underlay_filter_pref(&w, 2).is_some()),
+        "the agent did not put the filter back:\n{}",
+        w.agent_log(2)
+    );
+    let again = verdicts(&w);
+    for (i, (_, _, what)) in cases.iter().enumerate() {
+        assert_eq!(
+            fast[i], slow[i],
+            "{what}: fast path {} slow path {}",
+            fast[i], slow[i]
+        );
+        assert_eq!(again[i], slow[i], "{what}, after the restart");
+    }
+    // What the slow path does with them, for the record: host-gw trusts its L2 segment.
+    let arrived: Vec<&str> = cases
+        .iter()
+        .zip(&slow)
+        .filter(|(_, v)| **v)
+        .map(|((_, _, what), _)| *what)
+        .collect();
+    eprintln!("arrived on both paths: {arrived:?}");
+    for want in [
+        "from host 1's sandbox's address",
+        "TTL 2",
+        "for host 2's gateway",
+    ] {
+        assert!(
+            arrived.contains(&want),
+            "{want} did not arrive: {arrived:?}"
+        );
+    }
+    for never in ["to another MAC", "broadcast", "multicast", "TTL 0", "TTL 1"] {
+        assert!(!arrived.contains(&never), "{never} arrived: {arrived:?}");
+    }
+    teardown(&w, &[(1, "a"), (2, "b")]);
+}

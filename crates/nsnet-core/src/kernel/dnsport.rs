@@ -187,7 +187,12 @@ pub fn redirect(nl: &mut Netlink, port: u16) -> Result<(), KernelError> {
     let prog = Program::load_sched_cls(NAME, &insns, "Apache-2.0")
         .map_err(|e| KernelError::io("load the dns port program", e))?;
     nl.add_own_ingress_qdisc(LO)?;
-    nl.replace_bpf_filter(FilterAt::Link(LO, TcHook::Ingress), prog.fd().as_fd(), NAME)
+    nl.replace_bpf_filter(
+        FilterAt::Link(LO, TcHook::Ingress),
+        (1, 1),
+        prog.fd().as_fd(),
+        NAME,
+    )
 }
 
 /// Undo [`redirect`] in the namespace `nl` is bound to: the ingress qdisc of `lo` goes, if the program is

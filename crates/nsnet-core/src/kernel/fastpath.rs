@@ -35,17 +35,31 @@
 //!   `bpf_redirect_neigh`, towards the next hop the slow path's route names (the peer's VXLAN gateway, whose
 //!   permanent neighbour entry gives its VTEP MAC; for host-gw, the peer's underlay address). The kernel
 //!   fills in the MACs from that neighbour entry and the device encapsulates as usual.
-//! - In: a frame the VXLAN device received (the tunnel's `decap` device, whose ingress joins the block),
-//!   addressed to the device's own MAC, from an address in a remote block, for a sandbox of this network, is
-//!   handed to the sandbox's veth
-//!   peer with the sandbox's MAC as destination and the gateway's as source, as the bridge would deliver it.
+//! - In: a frame the tunnel's `decap` device received, addressed to the device's own MAC (`PACKET_HOST`),
+//!   from an address in a remote block, for a sandbox of this network, is handed to the sandbox's veth peer
+//!   with the sandbox's MAC as destination and the gateway's as source, as the bridge would deliver it. For
+//!   vxlan the device is the VXLAN device (nsnet's own), whose ingress joins the block. For host-gw it is the
+//!   host's underlay interface, which is not nsnet's: a NIC has one ingress qdisc, and another tool may own
+//!   it and have filters there. So the interface is never bound to the block; the program is added as one
+//!   filter of its ingress ([`FastPath::attach_underlay`]), with a preference and handle of the network's own
+//!   ([`underlay_filter`]: the block number, a preference after tc's defaults), and an `ingress` qdisc is
+//!   made only when there is none, recorded so that it goes (when no filter is left on it) with the network.
+//!   [`detach_underlay`] deletes exactly that filter. Every frame the host receives there meets the program:
+//!   anything not IPv4 leaves after the first checks, and the host's own IPv4 after one hash lookup (the
+//!   destination is no sandbox).
 //!
 //! Neither branch decrements the TTL (a sandbox sees the sender's): a frame the slow path would expire on
 //! the way (TTL 2 or less out, 1 or less in) takes the slow path, which expires it and says so (ICMP).
 //!
 //! Everything else takes the slow path, where the firewall decides. What the fast path skips is nftables'
-//! per-packet work on traffic the cluster allows anyway (sandbox to sandbox, both ends checked); the VXLAN
-//! datagrams themselves still meet the input chain's member check before the device decapsulates them.
+//! per-packet work on traffic the cluster allows anyway (sandbox to sandbox, both ends checked, which
+//! nsnet's forward chain accepts from the overlay with `overlay_in` before anything else could drop it); the
+//! VXLAN datagrams themselves still meet the input chain's member check before the device decapsulates them.
+//! host-gw trusts its L2 segment on either path: a frame from a remote block's address is accepted from any
+//! machine on the underlay. Under a host forward chain with policy drop, which nsnet opens for its bridges'
+//! traffic but not for what comes in from the underlay, host-gw's slow path drops new connections from other
+//! hosts, so the network then has no filter on the underlay. Rules of other tables on the forward hook (and
+//! nsnet's user chain) are skipped by every branch of the fast path alike.
 //! Without a tunnel configured (`config` all zero, any bridge network), the program does as before.
 //!
 //! Why tc filters (cls_bpf) and not tcx links: attaching a tcx program waits for an RCU grace period (~9 ms
@@ -58,7 +72,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use ipnet::Ipv4Net;
 
 use super::bpf::{Insn, Map, MapType, Program};
-use super::{BpfFilter, FilterAt, KernelError, Netlink};
+use super::{BpfFilter, FilterAt, KernelError, Netlink, TcHook};
 
 /// The name of the program, of its map and of its tc filters (`tc filter show`, `bpftool prog show`).
 pub const NAME: &str = "nsnet_fastpath";
@@ -275,9 +289,10 @@ impl FastPath {
         Ok(out)
     }
 
-    /// Send remote blocks out by device `out` and deliver what device `decap` receives (`None`: nothing;
-    /// its ingress joins the block otherwise), with `bridge_mac` as the gateway's MAC. `Ok(false)` for a
-    /// program made before nsnet had tunnels (the slow path then carries it all).
+    /// Send remote blocks out by device `out` and deliver what device `decap` receives (its ingress joins
+    /// the block), with `bridge_mac` as the gateway's MAC. `None` leaves delivery as it is: none, or host-gw's
+    /// underlay ([`FastPath::attach_underlay`]). `Ok(false)` for a program made before nsnet had tunnels
+    /// (the slow path then carries it all).
     pub fn set_tunnel(
         &self,
         nl: &mut Netlink,
@@ -285,31 +300,83 @@ impl FastPath {
         decap: Option<u32>,
         bridge_mac: [u8; 6],
     ) -> Result<bool, KernelError> {
-        let Some((config, _)) = &self.tunnel else {
+        let Some(config) = self.config() else {
             return Ok(false);
         };
         if let Some(dev) = decap {
             nl.add_ingress_qdisc(dev, self.block)?;
         }
-        let mut v = [0u8; CONFIG];
+        let mut v = read_config(config)?;
         v[..4].copy_from_slice(&out.to_ne_bytes());
-        v[4..8].copy_from_slice(&decap.unwrap_or(0).to_ne_bytes());
+        if let Some(dev) = decap {
+            v[4..8].copy_from_slice(&dev.to_ne_bytes());
+        }
         v[8..14].copy_from_slice(&bridge_mac);
-        config
-            .update(&0u32.to_ne_bytes(), &v, (4, CONFIG))
-            .map_err(io("configure the fast path's tunnel"))?;
+        write_config(config, &v)?;
         Ok(true)
+    }
+
+    fn config(&self) -> Option<&Map> {
+        self.tunnel.as_ref().map(|(config, _)| config)
+    }
+
+    /// Deliver what underlay device `dev` (host-gw's, not nsnet's) receives from remote blocks to this
+    /// network's sandboxes: the program becomes one filter of the device's ingress ([`underlay_filter`] of the
+    /// bridge), beside whatever filters others have there. Without an ingress qdisc there, one is made only
+    /// when `make_qdisc` (the record says nsnet owns it). `Ok(false)` when the program is not there: an
+    /// ingress bound to a shared block (someone else's: filters go to the block, never by the device), a
+    /// qdisc that went away since the plan, a filter of someone else's with the same preference and handle,
+    /// or no tunnel map; the slow path then carries it.
+    pub fn attach_underlay(
+        &self,
+        nl: &mut Netlink,
+        bridge: &str,
+        dev: u32,
+        make_qdisc: bool,
+    ) -> Result<bool, KernelError> {
+        let Some(config) = self.config() else {
+            return Ok(false);
+        };
+        let made = match nl.ingress_qdisc(dev)? {
+            Some(q) if q.block.is_some() => return Ok(false),
+            Some(_) => false,
+            None if make_qdisc => nl.add_own_ingress_qdisc(dev)?,
+            None => return Ok(false),
+        };
+        let (pref, handle) = underlay_filter(bridge);
+        let at = FilterAt::Link(dev, TcHook::Ingress);
+        let foreign = nl
+            .bpf_filters(at)?
+            .iter()
+            .any(|f| f.pref == pref && f.handle == handle && f.name != NAME);
+        if foreign {
+            return Ok(false);
+        }
+        // Delivery on before the filter: the program on the device does nothing until it is there.
+        let mut v = read_config(config)?;
+        v[4..8].copy_from_slice(&dev.to_ne_bytes());
+        write_config(config, &v)?;
+        match nl.replace_bpf_filter(at, (pref, handle), self.prog.fd().as_fd(), NAME) {
+            Ok(()) => Ok(true),
+            // Another kind of filter holds that preference (EINVAL), or no cls_bpf: not ours to have.
+            Err(KernelError::Io { error, .. })
+                if unsupported(&error) || error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                if made {
+                    nl.delete_ingress_qdisc(dev)?;
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The tunnel as configured: (out, decap, bridge MAC); all zero when there is none.
     pub fn tunnel(&self) -> Result<Option<(u32, u32, [u8; 6])>, KernelError> {
-        let Some((config, _)) = &self.tunnel else {
+        let Some(config) = self.config() else {
             return Ok(None);
         };
-        let mut v = [0u8; CONFIG];
-        config
-            .lookup(&0u32.to_ne_bytes(), &mut v, (4, CONFIG))
-            .map_err(io("read the fast path's tunnel"))?;
+        let v = read_config(config)?;
         let word = |at: usize| u32::from_ne_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&v[8..14]);
@@ -373,6 +440,149 @@ impl FastPath {
             .test_run(frame, ifindex)
             .map_err(io("test-run the fast path's program"))
     }
+}
+
+/// The `config` array's one value.
+fn read_config(config: &Map) -> Result<[u8; CONFIG], KernelError> {
+    let mut v = [0u8; CONFIG];
+    config
+        .lookup(&0u32.to_ne_bytes(), &mut v, (4, CONFIG))
+        .map_err(io("read the fast path's tunnel"))?;
+    Ok(v)
+}
+
+fn write_config(config: &Map, v: &[u8; CONFIG]) -> Result<(), KernelError> {
+    config
+        .update(&0u32.to_ne_bytes(), v, (4, CONFIG))
+        .map_err(io("configure the fast path's tunnel"))
+}
+
+/// The preference and handle of the filter that runs the fast path of the bridge named `bridge` on an
+/// underlay device (host-gw). The handle is the bridge's block number, unique on the host like the bridge's
+/// name; the preference comes from it too, in 0xf000..=0xffff: after the preferences tc picks by itself
+/// (49152 and down), so other tools' filters there run first, and rarely the same as another network's
+/// (two networks sharing one is fine: their handles differ).
+pub fn underlay_filter(bridge: &str) -> (u16, u32) {
+    let handle = block_of(bridge);
+    (underlay_pref(handle), handle)
+}
+
+/// The preference of the underlay filter with handle `handle`.
+pub fn underlay_pref(handle: u32) -> u16 {
+    0xf000 | u16::try_from(handle & 0x0fff).unwrap_or(0)
+}
+
+/// Where the fast path of a bridge stands on an underlay device ([`on_underlay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnderlay {
+    /// The device runs the bridge's program as its [`underlay_filter`].
+    There,
+    /// It does not, or runs another program there (a re-created bridge's).
+    Missing,
+    /// It cannot: the device's ingress is bound to a shared block (someone else's), or someone else's filter
+    /// holds the preference and handle.
+    Blocked,
+}
+
+/// Where the fast path of the bridge named `bridge` stands on underlay device `dev`; `None` when the bridge
+/// has no fast path. A few dumps and no bpf call: the agent asks every second.
+pub fn on_underlay(
+    nl: &mut Netlink,
+    bridge: &str,
+    dev: u32,
+) -> Result<Option<OnUnderlay>, KernelError> {
+    let Some(prog) = nl
+        .bpf_filters(FilterAt::Block(block_of(bridge)))?
+        .into_iter()
+        .find(|f| f.name == NAME)
+    else {
+        return Ok(None);
+    };
+    let (pref, handle) = underlay_filter(bridge);
+    let at = FilterAt::Link(dev, TcHook::Ingress);
+    let mine = |f: &&BpfFilter| f.pref == pref && f.handle == handle;
+    let filters = nl.bpf_filters(at)?;
+    // The usual answer first, from the two dumps; the qdisc dump (every link's) only when it is not there.
+    Ok(Some(match filters.iter().find(mine) {
+        Some(f) if f.name == NAME && f.id == prog.id && f.block.is_none() => OnUnderlay::There,
+        Some(f) if f.name != NAME => OnUnderlay::Blocked,
+        _ if nl.ingress_qdisc(dev)?.is_some_and(|q| q.block.is_some()) => OnUnderlay::Blocked,
+        _ if nl.filter_kinds(at, pref)?.iter().any(|k| k != "bpf") => OnUnderlay::Blocked,
+        _ => OnUnderlay::Missing,
+    }))
+}
+
+/// The fast path filters on the host's underlay devices whose bridge is gone (or runs another program now):
+/// (device, handle). Such a filter keeps its program and map of sandboxes alive, and would hand frames to
+/// port indexes that no longer exist, or that other links have taken since. Only links with an ingress qdisc
+/// of their own are looked at (nsnet's ports are bound to blocks); `links` are the host's links.
+pub fn stale_underlay_filters(
+    nl: &mut Netlink,
+    links: &[super::Link],
+) -> Result<Vec<(String, u32)>, KernelError> {
+    let mut out = Vec::new();
+    for (index, q) in nl.ingress_qdiscs()? {
+        if q.block.is_some() {
+            continue;
+        }
+        let Some(dev) = links.iter().find(|l| l.index == index) else {
+            continue;
+        };
+        for f in nl.bpf_filters(FilterAt::Link(index, TcHook::Ingress))? {
+            if f.name != NAME || f.pref != underlay_pref(f.handle) || f.handle & 0x8000_0000 == 0 {
+                continue;
+            }
+            let mut live = false;
+            for bridge in links.iter().filter(|l| block_of(&l.name) == f.handle) {
+                live |= nl
+                    .bpf_filters(FilterAt::Block(block_of(&bridge.name)))?
+                    .iter()
+                    .any(|b| b.name == NAME && b.id == f.id);
+            }
+            if !live {
+                out.push((dev.name.clone(), f.handle));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Take the fast path's filter with handle `handle` (see [`underlay_filter`]) off underlay device `dev`, and
+/// nothing else: another filter there, whoever's, stays. With `drop_qdisc` (nsnet made the device's ingress
+/// qdisc), the qdisc goes too when no filter at all is left on it. The program it ran stops delivering from
+/// `dev` first (its bridge's sandboxes may outlive this: a stale device index must not name a port later).
+pub fn detach_underlay(
+    nl: &mut Netlink,
+    dev: u32,
+    handle: u32,
+    drop_qdisc: bool,
+) -> Result<(), KernelError> {
+    let at = FilterAt::Link(dev, TcHook::Ingress);
+    let pref = underlay_pref(handle);
+    let ours: Vec<BpfFilter> = nl
+        .bpf_filters(at)?
+        .into_iter()
+        .filter(|f| f.pref == pref && f.handle == handle && f.name == NAME)
+        .collect();
+    if let Some(fp) = FastPath::open(&ours, handle)? {
+        if let Some(config) = fp.config() {
+            let mut v = read_config(config)?;
+            if v[4..8] == dev.to_ne_bytes() {
+                v[4..8].copy_from_slice(&0u32.to_ne_bytes());
+                write_config(config, &v)?;
+            }
+        }
+    }
+    if !ours.is_empty() {
+        nl.delete_bpf_filter(at, (pref, handle))?;
+    }
+    let plain = nl
+        .ingress_qdisc(dev)?
+        .is_some_and(|q| q.kind == "ingress" && q.block.is_none());
+    if drop_qdisc && plain && nl.filter_count(at)? == 0 {
+        nl.delete_ingress_qdisc(dev)?;
+    }
+    Ok(())
 }
 
 /// A `remote` trie key: the prefix length (native order), then the block's address.
@@ -673,10 +883,12 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     // Nor one this host's routing would expire (TTL 1 or less; see the sender's check).
     a.op(LDX_B, R2, R7, IP_TTL, 0);
     a.or_pass(JLT_K, R2, 0, 2);
-    a.trie_key(AT_SADDR);
-    a.lookup_or_pass(fds.remote, AT_TRIE_KEY);
+    // The sandbox first: on host-gw's underlay every frame for the host comes this way, and a hash miss is
+    // the cheapest way to let it go. r9 keeps the entry across the trie's lookup.
     a.lookup_or_pass(fds.local, AT_DADDR);
     a.op(MOV64_X, R9, R0, 0, 0);
+    a.trie_key(AT_SADDR);
+    a.lookup_or_pass(fds.remote, AT_TRIE_KEY);
     a.put_mac(R9, 4, ETH_DST);
     a.put_mac(R8, 8, ETH_SRC);
     a.op(LDX_W, R1, R9, 0, 0);

@@ -14,8 +14,8 @@ pub mod sysctl;
 use std::io;
 
 pub use netlink::{
-    BpfFilter, FdbEntry, FilterAt, Link, Neighbour, Netlink, RouteSpec, TcHook, VethSpec,
-    VxlanInfo, VxlanSpec, NSNET_ROUTE_PROTOCOL, NUD_PERMANENT,
+    BpfFilter, FdbEntry, FilterAt, IngressQdisc, Link, Neighbour, Netlink, RouteSpec, TcHook,
+    VethSpec, VxlanInfo, VxlanSpec, NSNET_ROUTE_PROTOCOL, NUD_PERMANENT,
 };
 
 /// A failure talking to the kernel, with what nsnet was doing at the time.

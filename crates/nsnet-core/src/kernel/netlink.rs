@@ -11,8 +11,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use ipnet::Ipv4Net;
 use netlink_packet_core::{
-    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::BridgePortState;
@@ -145,6 +145,20 @@ pub struct BpfFilter {
     pub id: u32,
     /// The shared block it hangs on, if it is on one.
     pub block: Option<u32>,
+    /// Its preference (priority) and handle: together, which filter it is.
+    pub pref: u16,
+    pub handle: u32,
+}
+
+/// A link's ingress qdisc (`ingress`, or `clsact`, which has an ingress hook too), as
+/// [`Netlink::ingress_qdisc`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressQdisc {
+    /// `ingress` or `clsact`.
+    pub kind: String,
+    /// The shared filter block its ingress is bound to, if it is bound to one: filters are then added to the
+    /// block, never by the link.
+    pub block: Option<u32>,
 }
 
 /// `rtm_protocol` of the routes nsnet's overlay makes (110: neither a kernel `RTPROT_*` value nor one in
@@ -208,6 +222,37 @@ const TCA_INGRESS_BLOCK: u16 = 13;
 
 /// The preference (priority) of nsnet's tc filters: first, before any filter added with tc's defaults.
 const FILTER_PREF: u16 = 1;
+
+/// `ETH_P_ALL`: a filter's protocol when it sees every frame.
+const ETH_P_ALL: u16 = 0x0003;
+
+/// A new bpf filter at `at` (direct action, every protocol) running `prog`, named `name`.
+fn bpf_filter_message(
+    at: FilterAt,
+    pref: u16,
+    handle: u32,
+    prog: BorrowedFd<'_>,
+    name: &str,
+) -> Result<TcMessage, KernelError> {
+    let mut msg = at.message()?;
+    // An open descriptor is never negative.
+    let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| {
+        KernelError::io(
+            format!("attach bpf program {name}"),
+            io::Error::from_raw_os_error(libc::EBADF),
+        )
+    })?;
+    msg.header.handle = TcHandle::from(handle);
+    // TC_H_MAKE(preference << 16, protocol in network order).
+    msg.header.info = (u32::from(pref) << 16) | u32::from(ETH_P_ALL.to_be());
+    msg.attributes.push(TcAttribute::Kind("bpf".into()));
+    msg.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ]));
+    Ok(msg)
+}
 
 /// A create request's outcome, where "it is already there" (EEXIST) counts as done.
 fn exists_ok(reply: Result<Vec<RouteNetlinkMessage>, KernelError>) -> Result<(), KernelError> {
@@ -636,23 +681,7 @@ impl Netlink {
         prog: BorrowedFd<'_>,
         name: &str,
     ) -> Result<(), KernelError> {
-        let mut msg = at.message()?;
-        // An open descriptor is never negative.
-        let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| {
-            KernelError::io(
-                format!("attach bpf program {name}"),
-                io::Error::from_raw_os_error(libc::EBADF),
-            )
-        })?;
-        msg.header.handle = TcHandle::from(1u32);
-        // TC_H_MAKE(preference << 16, protocol in network order): every protocol (ETH_P_ALL).
-        msg.header.info = (u32::from(FILTER_PREF) << 16) | u32::from(0x0003u16.to_be());
-        msg.attributes.push(TcAttribute::Kind("bpf".into()));
-        msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
-            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
-            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-        ]));
+        let msg = bpf_filter_message(at, FILTER_PREF, 1, prog, name)?;
         exists_ok(self.request(
             &format!("attach bpf program {name} to {at}"),
             RouteNetlinkMessage::NewTrafficFilter(msg),
@@ -660,9 +689,138 @@ impl Netlink {
         ))
     }
 
-    /// `tc qdisc add dev INDEX ingress`: an ingress qdisc of the link's own (no shared block). One already
-    /// there is fine.
-    pub fn add_own_ingress_qdisc(&mut self, index: u32) -> Result<(), KernelError> {
+    /// `tc filter replace {dev INDEX {ingress|egress} | block N} pref PREF handle HANDLE bpf direct-action fd
+    /// FD name NAME`: the filter with that preference and handle runs `prog` now, whatever it ran before.
+    pub fn replace_bpf_filter(
+        &mut self,
+        at: FilterAt,
+        (pref, handle): (u16, u32),
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), KernelError> {
+        let msg = bpf_filter_message(at, pref, handle, prog, name)?;
+        self.request(
+            &format!("attach bpf program {name} to {at} as pref {pref} handle {handle:#x}"),
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE,
+        )
+        .map(drop)
+    }
+
+    /// `tc filter del {dev INDEX {ingress|egress} | block N} pref PREF handle HANDLE bpf`: that one filter,
+    /// nothing else. Already gone is fine.
+    pub fn delete_bpf_filter(
+        &mut self,
+        at: FilterAt,
+        (pref, handle): (u16, u32),
+    ) -> Result<(), KernelError> {
+        let mut msg = at.message()?;
+        msg.header.handle = TcHandle::from(handle);
+        msg.header.info = (u32::from(pref) << 16) | u32::from(ETH_P_ALL.to_be());
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        match self.request(
+            &format!("delete tc filter pref {pref} handle {handle:#x} from {at}"),
+            RouteNetlinkMessage::DelTrafficFilter(msg),
+            0,
+        ) {
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// How many tc filters (of any kind, any chain, anyone's) `at` holds; none there is 0.
+    pub fn filter_count(&mut self, at: FilterAt) -> Result<usize, KernelError> {
+        Ok(self.filter_dump(at)?.len())
+    }
+
+    /// The kinds of the filters with preference `pref` at `at` (one classifier holds a preference).
+    pub fn filter_kinds(&mut self, at: FilterAt, pref: u16) -> Result<Vec<String>, KernelError> {
+        Ok(self
+            .filter_dump(at)?
+            .into_iter()
+            .filter(|m| m.header.info >> 16 == u32::from(pref))
+            .flat_map(|m| {
+                m.attributes.into_iter().filter_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Every filter message of a dump of `at` (a classifier's head, with handle 0, included).
+    fn filter_dump(&mut self, at: FilterAt) -> Result<Vec<TcMessage>, KernelError> {
+        let replies = match self.request(
+            "list tc filters",
+            RouteNetlinkMessage::GetTrafficFilter(at.message()?),
+            NLM_F_DUMP,
+        ) {
+            Ok(r) => r,
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::ENOENT)) => vec![],
+            Err(e) => return Err(e),
+        };
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewTrafficFilter(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The ingress qdisc of link `index` (`ingress` or `clsact`), if it has one.
+    pub fn ingress_qdisc(&mut self, index: u32) -> Result<Option<IngressQdisc>, KernelError> {
+        Ok(self
+            .ingress_qdiscs()?
+            .into_iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, q)| q))
+    }
+
+    /// Every link's ingress qdisc, by link index (one dump: the kernel lists every link's qdiscs).
+    pub fn ingress_qdiscs(&mut self) -> Result<Vec<(u32, IngressQdisc)>, KernelError> {
+        let replies = self.request(
+            "list qdiscs",
+            RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewQueueDiscipline(m) = reply else {
+                continue;
+            };
+            let Ok(index) = u32::try_from(m.header.index) else {
+                continue;
+            };
+            if m.header.parent != TcHandle::INGRESS {
+                continue;
+            }
+            let mut q = IngressQdisc {
+                kind: String::new(),
+                block: None,
+            };
+            for attr in &m.attributes {
+                match attr {
+                    TcAttribute::Kind(k) => q.kind = k.clone(),
+                    // A value of another length is no block number (and would not fit the buffer).
+                    TcAttribute::Other(nla)
+                        if nla.kind() == TCA_INGRESS_BLOCK && nla.value_len() == 4 =>
+                    {
+                        let mut v = [0u8; 4];
+                        nla.emit_value(&mut v);
+                        q.block = Some(u32::from_ne_bytes(v)).filter(|b| *b != 0);
+                    }
+                    _ => {}
+                }
+            }
+            out.push((index, q));
+        }
+        Ok(out)
+    }
+
+    /// `tc qdisc add dev INDEX ingress` (a block of its own): `true` when this call made it, `false` when the
+    /// link already had an ingress qdisc.
+    pub fn add_own_ingress_qdisc(&mut self, index: u32) -> Result<bool, KernelError> {
         let mut msg = TcMessage::with_index(tc_ifindex(index)?);
         msg.header.handle = TcHandle {
             major: 0xffff,
@@ -670,15 +828,18 @@ impl Netlink {
         };
         msg.header.parent = TcHandle::INGRESS;
         msg.attributes.push(TcAttribute::Kind("ingress".into()));
-        exists_ok(self.request(
+        match self.request(
             &format!("add an ingress qdisc to link {index}"),
             RouteNetlinkMessage::NewQueueDiscipline(msg),
             NLM_F_CREATE | NLM_F_EXCL,
-        ))
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    /// `tc qdisc del dev INDEX ingress`: the link's ingress qdisc goes, with every filter on it. None there is
-    /// fine.
+    /// `tc qdisc del dev INDEX ingress`. Already gone is fine.
     pub fn delete_ingress_qdisc(&mut self, index: u32) -> Result<(), KernelError> {
         let mut msg = TcMessage::with_index(tc_ifindex(index)?);
         msg.header.handle = TcHandle {
@@ -691,58 +852,15 @@ impl Netlink {
             RouteNetlinkMessage::DelQueueDiscipline(msg),
             0,
         ) {
-            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(()),
-            other => other.map(|_| ()),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
+            other => other.map(drop),
         }
-    }
-
-    /// `tc filter replace ... pref 1 handle 1 bpf direct-action fd FD name NAME`: as
-    /// [`Netlink::add_bpf_filter`], but a filter already there gets this program instead.
-    pub fn replace_bpf_filter(
-        &mut self,
-        at: FilterAt,
-        prog: BorrowedFd<'_>,
-        name: &str,
-    ) -> Result<(), KernelError> {
-        let mut msg = at.message()?;
-        let fd = u32::try_from(prog.as_raw_fd()).map_err(|_| {
-            KernelError::io(
-                format!("attach bpf program {name}"),
-                io::Error::from_raw_os_error(libc::EBADF),
-            )
-        })?;
-        msg.header.handle = TcHandle::from(1u32);
-        msg.header.info = (u32::from(FILTER_PREF) << 16) | u32::from(0x0003u16.to_be());
-        msg.attributes.push(TcAttribute::Kind("bpf".into()));
-        msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
-            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
-            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-        ]));
-        self.request(
-            &format!("attach bpf program {name} to {at}"),
-            RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(|_| ())
     }
 
     /// The bpf programs tc runs at `at`. None there (no qdisc on the link, no such block) is an empty list.
     pub fn bpf_filters(&mut self, at: FilterAt) -> Result<Vec<BpfFilter>, KernelError> {
-        let replies = match self.request(
-            "list tc filters",
-            RouteNetlinkMessage::GetTrafficFilter(at.message()?),
-            NLM_F_DUMP,
-        ) {
-            Ok(r) => r,
-            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::ENOENT)) => vec![],
-            Err(e) => return Err(e),
-        };
         let mut out = Vec::new();
-        for reply in replies {
-            let RouteNetlinkMessage::NewTrafficFilter(m) = reply else {
-                continue;
-            };
+        for m in self.filter_dump(at)? {
             let (mut name, mut id) = (None, None);
             for attr in &m.attributes {
                 let TcAttribute::Options(opts) = attr else {
@@ -758,8 +876,17 @@ impl Netlink {
             }
             // A shared block's filters come back under its magic index, whatever link they were asked of.
             let block = (m.header.index == MAGIC_BLOCK_INDEX).then(|| u32::from(m.header.parent));
+            // `tcm_info` is TC_H_MAKE(preference << 16, protocol).
+            let pref = u16::try_from(m.header.info >> 16).unwrap_or(0);
+            let handle = u32::from(m.header.handle);
             if let (Some(name), Some(id)) = (name, id) {
-                out.push(BpfFilter { name, id, block });
+                out.push(BpfFilter {
+                    name,
+                    id,
+                    block,
+                    pref,
+                    handle,
+                });
             }
         }
         Ok(out)

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use super::host::Host;
 use super::Nsnet;
 use crate::error::Result;
+use crate::kernel::fastpath::OnUnderlay;
 use crate::kernel::netns;
 use crate::model::{Driver, Network, NetworkRecord, Sandbox};
 use crate::plan::{build, Ns, Plan, Step};
@@ -166,14 +167,56 @@ impl Nsnet {
                 made_with: None,
             });
         }
+        // host-gw's fast path filters on the underlay whose bridge is gone (whichever state dir made it): they
+        // would keep delivering to ports that are no more. Only the filter: whose the qdisc is, no record says.
+        let mut host = Host::new();
+        for (device, handle) in host.stale_underlay_filters(&links)? {
+            r.lines.push(format!(
+                "delete fast path filter {handle:#x} on {device}: its bridge is gone"
+            ));
+            r.plan.steps.push(Step::RemoveUnderlayFilter {
+                device,
+                handle,
+                qdisc: false,
+            });
+        }
         // The reverse: links the records want that the kernel lacks (a bridge or a host veth deleted by hand).
         let present: HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let mut refiltered = Vec::new();
         for net in nets.iter().filter(|n| !n.removing) {
             let (lines, plan) = repair_network(net, &sandboxes, &present, &tag);
+            let remade = !plan.is_empty();
             r.lines
                 .extend(lines.into_iter().map(|l| format!("re-create {l}")));
             r.plan.steps.extend(plan.steps);
+            // A bridge that is there and the fast path filter on its underlay that is not.
+            if let (false, Some(Step::UnderlayFilter { device, .. })) =
+                (remade, build::underlay_filter(net))
+            {
+                if host.underlay_filter_there(&net.interface, &device)? == Some(OnUnderlay::Missing)
+                {
+                    let mut net = net.clone();
+                    if let Some(o) = net.overlay.as_mut() {
+                        o.underlay_qdisc |= !host.has_ingress_qdisc(&device)?;
+                    }
+                    r.lines.push(format!(
+                        "re-create fast path filter of network '{}' on {device}: it was missing",
+                        net.name
+                    ));
+                    r.plan.steps.extend(build::underlay_filter(&net));
+                    refiltered.push(net);
+                }
+            }
         }
+        // Their records say now whether nsnet owns the qdisc.
+        let refiltered: HashSet<String> = refiltered
+            .into_iter()
+            .filter_map(|net| {
+                let n = nets.iter_mut().find(|n| n.name == net.name)?;
+                *n = net;
+                Some(n.name.clone())
+            })
+            .collect();
         // Namespaces this store made (tagged with its owner tag) that no sandbox record holds: their record was
         // lost (a state dir restored from backup, a hand-deleted file). Anyone else's namespaces are left alone.
         let recorded: HashSet<&std::path::Path> =
@@ -218,7 +261,8 @@ impl Nsnet {
                     settings: net,
                     allocations: ledger.allocations,
                 }));
-            } else if rechained.iter().any(|n| n.name == net.name) {
+            } else if rechained.iter().any(|n| n.name == net.name) || refiltered.contains(&net.name)
+            {
                 r.records.push(Record::Settings(net));
             }
         }

@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
 use crate::firewall::{nftables, Backend, HostChain, Rule, TablesOwner};
-use crate::kernel::fastpath::FastPath;
+use crate::kernel::fastpath::{self, FastPath, OnUnderlay};
 use crate::kernel::netlink::{DefaultRoute, RouteSpec, NSNET_ROUTE_PROTOCOL};
 use crate::kernel::sockets::{self, Bound};
 use crate::kernel::{netns, sysctl, Link, Netlink};
@@ -190,6 +190,34 @@ impl Host {
             interface: name,
             mtu,
         })
+    }
+
+    /// Whether `device` has an ingress qdisc (`ingress` or `clsact`, anyone's); a missing device has none.
+    pub(crate) fn has_ingress_qdisc(&mut self, device: &str) -> Result<bool> {
+        let nl = self.nl()?;
+        let Some(link) = nl.link(device)? else {
+            return Ok(false);
+        };
+        Ok(nl.ingress_qdisc(link.index)?.is_some())
+    }
+
+    /// Where bridge `bridge`'s fast path stands on underlay `device` ([`crate::plan::Step::UnderlayFilter`]):
+    /// `None` when the bridge has no fast path (nothing to run there).
+    pub(crate) fn underlay_filter_there(
+        &mut self,
+        bridge: &str,
+        device: &str,
+    ) -> Result<Option<OnUnderlay>> {
+        let nl = self.nl()?;
+        let Some(link) = nl.link(device)? else {
+            return Ok(Some(OnUnderlay::Blocked));
+        };
+        Ok(fastpath::on_underlay(nl, bridge, link.index)?)
+    }
+
+    /// Fast path filters on underlay devices whose bridge is gone: (device, handle).
+    pub(crate) fn stale_underlay_filters(&mut self, links: &[Link]) -> Result<Vec<(String, u32)>> {
+        Ok(fastpath::stale_underlay_filters(self.nl()?, links)?)
     }
 
     /// Where bridge `bridge`'s fast path sends `ip` (host port ifindex, sandbox MAC): `None` inside when the

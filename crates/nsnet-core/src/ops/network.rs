@@ -308,7 +308,7 @@ impl Nsnet {
             }
             None => ipam::default_gateway(&subnet),
         };
-        Ok(Network {
+        let mut net = Network {
             name: req.name.clone(),
             driver: req.driver,
             subnet,
@@ -325,7 +325,15 @@ impl Nsnet {
             overlay: req.overlay.clone(),
             dns: req.dns,
             dns_servers: check_dns_servers(&req.dns_servers, req.dns, req.internal, &self.terms)?,
-        })
+        };
+        // host-gw's fast path hangs a filter on the underlay's ingress: the qdisc is nsnet's to make (and to
+        // remove) only when there is none.
+        if crate::plan::build::underlay_filter(&net).is_some() {
+            if let Some(o) = net.overlay.as_mut() {
+                o.underlay_qdisc = !host.has_ingress_qdisc(&o.device)?;
+            }
+        }
+        Ok(net)
     }
 
     /// `nsnet network rm`. With `force`, first detaches every sandbox still on the network. This host's part

@@ -10,6 +10,7 @@ use super::host::{OverlayEntries, Underlay};
 use super::{Host, NetworkRequest, Nsnet};
 use crate::error::{Error, Result};
 use crate::invalid;
+use crate::kernel::fastpath::OnUnderlay;
 use crate::model::{Driver, Mac, Network, Overlay, OverlayBackend, Peer};
 use crate::plan::{build, Plan, Step};
 use crate::store::Record;
@@ -56,6 +57,7 @@ impl OverlayJoin {
             },
             vtep_mac: vtep_mac(self.subnet),
             peers: vec![],
+            underlay_qdisc: false,
         }
     }
 }
@@ -243,6 +245,29 @@ impl Nsnet {
                 }
             }
         }
+        // host-gw's fast path on the underlay: its filter can go with someone else's qdisc, and a re-created
+        // bridge has a new program.
+        if overlay.backend == OverlayBackend::HostGw {
+            let there = host.underlay_filter_there(&net.interface, &overlay.device)?;
+            match build::underlay_filter(&wanted) {
+                Some(_) if there == Some(OnUnderlay::Missing) => {
+                    // A qdisc there is someone else's, unless nsnet made it; none there, nsnet makes one.
+                    let owned =
+                        overlay.underlay_qdisc || !host.has_ingress_qdisc(&overlay.device)?;
+                    if let Some(o) = wanted.overlay.as_mut() {
+                        o.underlay_qdisc = owned;
+                    }
+                    sync.repaired
+                        .push(format!("fast path filter on {}", overlay.device));
+                    plan.steps.extend(build::underlay_filter(&wanted));
+                }
+                // The host's firewall now drops what the filter would deliver (see build::underlay_filter).
+                None if there == Some(OnUnderlay::There) => {
+                    plan.steps.extend(build::remove_underlay_filter(net));
+                }
+                _ => {}
+            }
+        }
         if check_firewall {
             let rules = build::network_firewall(&wanted, &others);
             let missing = Host::firewall_missing(net.firewall, &rules)?;
@@ -262,7 +287,7 @@ impl Nsnet {
         if plan.is_empty() {
             return Ok((sync, None));
         }
-        let records = if accepted == overlay.peers {
+        let records = if wanted == *net {
             vec![]
         } else {
             vec![Record::Settings(wanted)]

@@ -220,6 +220,20 @@ fn fast_path_tunnel(net: &Network, peers: &[Peer]) -> Option<Step> {
     })
 }
 
+/// Take host-gw's fast path filter off the underlay ([`Step::RemoveUnderlayFilter`]), whether or not the
+/// network has one now (the host's firewall may have changed since it was put there).
+pub fn remove_underlay_filter(net: &Network) -> Option<Step> {
+    let o = net
+        .overlay
+        .as_ref()
+        .filter(|o| o.backend == OverlayBackend::HostGw)?;
+    Some(Step::RemoveUnderlayFilter {
+        device: o.device.clone(),
+        handle: crate::kernel::fastpath::underlay_filter(&net.interface).1,
+        qdisc: o.underlay_qdisc,
+    })
+}
+
 /// An overlay network's VXLAN device (vxlan backend), then its peers.
 pub fn overlay_up(net: &Network, owner: &str) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -242,7 +256,25 @@ pub fn overlay_up(net: &Network, owner: &str) -> Vec<Step> {
     if let Some(o) = &net.overlay {
         steps.extend(fast_path_tunnel(net, &o.peers));
     }
+    steps.extend(underlay_filter(net));
     steps
+}
+
+/// host-gw's receiving side of the fast path ([`Step::UnderlayFilter`]), if the network has one. Not under a
+/// host forward chain with policy drop (`host_chains`): nsnet lets its bridge's traffic through such a chain,
+/// but nothing in from the underlay, so the slow path drops a remote sandbox's new connections there, and
+/// the fast path must not deliver them either.
+pub fn underlay_filter(net: &Network) -> Option<Step> {
+    let o = net
+        .overlay
+        .as_ref()
+        .filter(|o| o.backend == OverlayBackend::HostGw)?;
+    let bridge = fast_path_bridge(net).filter(|_| net.host_chains.is_empty())?;
+    Some(Step::UnderlayFilter {
+        bridge,
+        device: o.device.clone(),
+        qdisc: o.underlay_qdisc,
+    })
 }
 
 /// Bring a network up next to `others`. `tables`: `Some` when nsnet's firewall tables must be created first (no
@@ -323,6 +355,16 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
         // device takes its entries with it.
         if let (Some(o), Some(link)) = (&net.overlay, peer_link(net)) {
             if o.backend == OverlayBackend::HostGw {
+                // The fast path's filter on the underlay first: it is not nsnet's link either, and it would
+                // keep the program (and its map of sandboxes) alive after the bridge.
+                // Undone last, once the bridge and the peers are back: the tunnel, then the filter.
+                let restore: Vec<Step> = fast_path_tunnel(net, &o.peers)
+                    .into_iter()
+                    .chain(underlay_filter(net))
+                    .collect();
+                if let Some(remove) = remove_underlay_filter(net) {
+                    plan.push_teardown(remove, restore);
+                }
                 for p in &o.peers {
                     let undo = Step::SetPeer {
                         overlay: link.clone(),
@@ -1043,6 +1085,7 @@ mod tests {
                 },
                 vtep_mac: Mac([0x0e, 0x6e, 10, 244, 1, 0]),
                 peers: peers.iter().map(|(b, ip)| peer(b, *ip)).collect(),
+                underlay_qdisc: false,
             }),
             mtu: 1450,
             ..Network::bridge(name, subnet, gw, &format!("nsbr-{name}"))
@@ -1198,6 +1241,82 @@ mod tests {
         assert!(peers_change(&n, &same, &[]).is_empty());
     }
 
+    /// host-gw's receiving side: one filter on the underlay (never its block), made last with the network,
+    /// deleted first with it (the qdisc too when nsnet owns it), and none under a host firewall whose forward
+    /// policy is drop. A peers change leaves it alone.
+    #[test]
+    fn host_gw_puts_one_filter_on_the_underlay_and_takes_exactly_it_away() {
+        let mut n = overlay_net(
+            "pods",
+            "10.244.1.0/24",
+            OverlayBackend::HostGw,
+            &[("10.244.2.0/24", [192, 168, 200, 12])],
+        );
+        n.overlay.as_mut().unwrap().underlay_qdisc = true;
+        let up = overlay_up(&n, "nsnet:/s");
+        let filter = Step::UnderlayFilter {
+            bridge: n.interface.clone(),
+            device: "eth0".into(),
+            qdisc: true,
+        };
+        assert_eq!(up.last(), Some(&filter), "{up:?}");
+        let Some(Step::FastPathTunnel { decap, .. }) = up.iter().rev().nth(1) else {
+            panic!("the tunnel before the filter: {up:?}")
+        };
+        assert!(!decap, "host-gw's underlay never joins the block");
+        let handle = crate::kernel::fastpath::underlay_filter(&n.interface).1;
+        let remove = Step::RemoveUnderlayFilter {
+            device: "eth0".into(),
+            handle,
+            qdisc: true,
+        };
+        assert_eq!(filter.undo(), Some(remove.clone()));
+        let text = filter.render();
+        assert!(text.starts_with("tc qdisc add dev eth0 ingress"), "{text}");
+        assert!(
+            text.contains("tc filter replace dev eth0 ingress protocol all pref "),
+            "{text}"
+        );
+        assert!(!text.contains("ingress_block"), "{text}");
+        let text = remove.render();
+        assert!(
+            text.contains(&format!(
+                "handle {handle:#x} bpf\ntc qdisc del dev eth0 ingress"
+            )),
+            "{text}"
+        );
+
+        let down = network_teardown(&n, &[], "nsnet:/s");
+        assert_eq!(down.steps[0], remove, "{down:?}");
+        assert_eq!(down.undo_of(0).last(), Some(&filter));
+        let last = &down.steps[down.steps.len() - 1];
+        assert!(matches!(last, Step::DeleteLink { name, .. } if *name == n.interface));
+
+        assert!(peers_change(&n, &[], &[])
+            .steps
+            .iter()
+            .all(|s| !matches!(s, Step::UnderlayFilter { .. })));
+        // Another bridge, another filter; no fast path, no filter.
+        let mut other = n.clone();
+        other.interface = "nsbr-other".into();
+        assert_ne!(
+            crate::kernel::fastpath::underlay_filter(&other.interface),
+            crate::kernel::fastpath::underlay_filter(&n.interface)
+        );
+        other.fast_path = false;
+        assert_eq!(underlay_filter(&other), None);
+        n.host_chains = vec![crate::firewall::HostChain {
+            family: "inet".into(),
+            table: "filter".into(),
+            chain: "forward".into(),
+        }];
+        assert_eq!(underlay_filter(&n), None);
+        // vxlan has none: its device joins the block.
+        let vx = overlay_net("pods", "10.244.1.0/24", OverlayBackend::Vxlan, &[]);
+        assert_eq!(underlay_filter(&vx), None);
+        assert_eq!(remove_underlay_filter(&vx), None);
+    }
+
     #[test]
     fn a_member_another_overlay_network_has_stays() {
         let a = overlay_net(
@@ -1258,7 +1377,12 @@ mod tests {
             "{text}"
         );
         let down = network_teardown(&n, &[], OWNER);
-        assert!(matches!(down.steps[0], Step::RemovePeer { .. }), "{down:?}");
+        // The fast path's filter on the underlay first, then the routes.
+        assert!(
+            matches!(down.steps[0], Step::RemoveUnderlayFilter { .. }),
+            "{down:?}"
+        );
+        assert!(matches!(down.steps[1], Step::RemovePeer { .. }), "{down:?}");
         assert!(
             down.steps
                 .iter()

@@ -132,13 +132,35 @@ pub enum Step {
     /// Cross-host traffic on `bridge`'s fast path ([`crate::kernel::fastpath`]): its program sends a
     /// sandbox's frames for a remote block out by `device`, to the block's next hop (the one its route
     /// names), and with `decap` delivers what `device` receives to the sandboxes (the device's ingress joins
-    /// the program's block). The remote blocks become exactly `routes`. Idempotent; without a fast path (or
-    /// with one made before tunnels) nothing: the slow path carries it all.
+    /// the program's block); without, delivery stays as it is (host-gw's comes from
+    /// [`Step::UnderlayFilter`]). The remote blocks become exactly `routes`. Idempotent; without a fast path
+    /// (or with one made before tunnels) nothing: the slow path carries it all.
     FastPathTunnel {
         bridge: String,
         device: String,
         decap: bool,
         routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    },
+    /// host-gw's receiving side of `bridge`'s fast path: its program becomes one tc filter on the ingress of
+    /// `device`, the host's underlay interface (not nsnet's), with a preference and handle of the network's
+    /// own ([`crate::kernel::fastpath::underlay_filter`]), and delivers what arrives there from a remote
+    /// block to the sandboxes. The device's ingress is never bound to nsnet's block: another tool may own
+    /// the qdisc and have filters there. `qdisc`: nsnet owns the device's `ingress` qdisc (there was none),
+    /// so it makes one if there is none and [`Step::RemoveUnderlayFilter`] deletes it when no filter is
+    /// left. Replaces the filter's program if there is one (a re-created bridge's). Without a fast path, or
+    /// where the filter cannot go, nothing: the slow path carries it.
+    UnderlayFilter {
+        bridge: String,
+        device: String,
+        qdisc: bool,
+    },
+    /// Undo [`Step::UnderlayFilter`]: delete exactly the filter with `handle` (a bridge's block number) from
+    /// `device`'s ingress, and with `qdisc` the ingress qdisc too if no filter at all is left on it. Already
+    /// gone is fine; anyone else's filters and qdiscs stay as they are.
+    RemoveUnderlayFilter {
+        device: String,
+        handle: u32,
+        qdisc: bool,
     },
     /// One atomic firewall transaction, on the given backend.
     Firewall { backend: Backend, batch: Batch },
@@ -268,6 +290,15 @@ impl Step {
                 master: master.clone(),
                 tag: tag.clone(),
                 made_with: *made_with,
+            }),
+            Step::UnderlayFilter {
+                bridge,
+                device,
+                qdisc,
+            } => Some(Step::RemoveUnderlayFilter {
+                device: device.clone(),
+                handle: crate::kernel::fastpath::underlay_filter(bridge).1,
+                qdisc: *qdisc,
             }),
             Step::SetPeer { overlay, peer } => Some(Step::RemovePeer {
                 overlay: overlay.clone(),
@@ -423,6 +454,38 @@ impl Step {
                 );
                 out
             }
+            Step::UnderlayFilter {
+                bridge,
+                device,
+                qdisc,
+            } => {
+                let (pref, handle) = crate::kernel::fastpath::underlay_filter(bridge);
+                format!(
+                    "{}tc filter replace dev {device} ingress protocol all pref {pref} handle {handle:#x} bpf \
+                     direct-action
+                     # fast path: the filter runs bpf program {name} of {bridge} (by descriptor): frames from \
+                     remote blocks to {bridge}'s sandboxes",
+                    if *qdisc {
+                        format!("tc qdisc add dev {device} ingress  # if there is none\n")
+                    } else {
+                        String::new()
+                    },
+                    name = crate::kernel::fastpath::NAME
+                )
+            }
+            Step::RemoveUnderlayFilter {
+                device,
+                handle,
+                qdisc,
+            } => format!(
+                "tc filter del dev {device} ingress protocol all pref {} handle {handle:#x} bpf{}",
+                crate::kernel::fastpath::underlay_pref(*handle),
+                if *qdisc {
+                    format!("\ntc qdisc del dev {device} ingress  # if no filter is left")
+                } else {
+                    String::new()
+                }
+            ),
             Step::Firewall { backend, batch } => backend.render(batch),
             Step::CreateVxlan {
                 name,

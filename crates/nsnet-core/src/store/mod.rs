@@ -1900,7 +1900,8 @@ mod tests {
     const GOLDEN_2: &str = include_str!("../../tests/golden/intent-format-2.json");
     /// Format 3 added the fast path's tunnel (cross-host traffic on the fast path).
     const GOLDEN_3: &str = include_str!("../../tests/golden/intent-format-3.json");
-    /// Format 4 added the sandboxes' resolv.conf files (names, `dns`).
+    /// Format 4 added the sandboxes' resolv.conf files (names, `dns`) and host-gw's fast path filter on the
+    /// underlay (`UnderlayFilter`, `RemoveUnderlayFilter`).
     const GOLDEN_4: &str = include_str!("../../tests/golden/intent-format-4.json");
 
     /// The variant names of an externally tagged enum, as serde lists them when asked for one it does not have
