@@ -146,6 +146,10 @@ impl Applier {
                 let nl = self.netlink(&Ns::Host)?;
                 nl.create_bridge(name, *mtu, mac.0)?;
                 tag_new_link(nl, name, tag)?;
+                // Before it comes up: nsnet's networks are IPv4, and a bridge with IPv6 on takes any
+                // sandbox's router advertisement for the host's own (a default route, an address: the class
+                // of CVE-2020-13401), besides sending DAD and MLD as it comes up.
+                sysctl::disable_ipv6(name)?;
             }
             Step::CreateVeth {
                 host,

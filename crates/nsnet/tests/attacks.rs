@@ -517,3 +517,105 @@ fn links_made_before_tags_are_still_removed() {
     let _ = inside.kill();
     let _ = inside.wait();
 }
+
+/// A router advertisement for `prefix`/64 from `mac` (link-local source fe80::bad), to all nodes.
+fn router_advertisement(mac: [u8; 6], prefix: [u8; 16]) -> Vec<u8> {
+    let src: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0b, 0xad];
+    let dst: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    // RA: type 134, code 0, checksum, hop limit 64, flags 0, router lifetime 1800 s, reachable 0, retrans 0.
+    let mut icmp = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    // Prefix information: /64, on-link and autonomous, valid 1 day, preferred 4 h.
+    icmp.extend([
+        3, 4, 64, 0xc0, 0, 1, 0x51, 0x80, 0, 0, 0x38, 0x40, 0, 0, 0, 0,
+    ]);
+    icmp.extend(prefix);
+    // Source link-layer address.
+    icmp.extend([1, 1]);
+    icmp.extend(mac);
+    let len = u32::try_from(icmp.len()).expect("short");
+    let mut pseudo = [
+        src.as_slice(),
+        dst.as_slice(),
+        &len.to_be_bytes(),
+        &[0, 0, 0, 58],
+    ]
+    .concat();
+    pseudo.extend(&icmp);
+    let sum = common::inet_checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = [[0x33, 0x33, 0, 0, 0, 1], mac].concat();
+    frame.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend(u16::try_from(icmp.len()).expect("short").to_be_bytes());
+    frame.extend([58, 255]);
+    frame.extend(src);
+    frame.extend(dst);
+    frame.extend(icmp);
+    frame
+}
+
+#[test]
+fn a_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_advertisements() {
+    // nftables guards the host and the neighbours (the bridge table drops the sandbox's IPv6); with the
+    // iptables driver, which filters nothing at the bridge, the host is still guarded (its bridge has IPv6
+    // off).
+    for (backend, neighbours) in [("nftables", true), ("iptables", false)] {
+        router_advertisements(backend, neighbours);
+    }
+}
+
+fn router_advertisements(backend: &'static str, neighbours: bool) {
+    let mut h = TestHost::new("ra");
+    h.firewall = Some(backend);
+    // A host that runs IPv6 (the harness turns it off by default), as most do.
+    for key in ["all", "default"] {
+        h.in_host(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{key}.disable_ipv6=0"),
+        ]);
+    }
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.30.0/24",
+        "--bridge",
+        "nsbr-ra",
+    ]);
+    let (evil, victim) = (h.sb("evil"), h.sb("victim"));
+    h.ok(&["create", &evil, "--network", "n"]);
+    h.ok(&["create", &victim, "--network", "n"]);
+    // The victim's eth0 takes router advertisements, as a sandbox's defaults have it.
+    let ra = router_advertisement(
+        mac_of(&h, &evil),
+        [
+            0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    for _ in 0..3 {
+        probe::send_frames(&h.sb_path("evil"), "eth0", std::slice::from_ref(&ra)).expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let seen = |ns: &str| {
+        let addrs = common::sh(&["nsenter", ns, "--", "ip", "-6", "addr"]);
+        let routes = common::sh(&["nsenter", ns, "--", "ip", "-6", "route"]);
+        format!("{addrs}{routes}")
+    };
+    let host = format!("--net={}", h.host_path().display());
+    let victim_ns = format!("--net={}", h.sb_path("victim").display());
+    let mut guarded = vec![("the host", host)];
+    if neighbours {
+        guarded.push(("the neighbour", victim_ns));
+    }
+    for (who, ns) in guarded {
+        let text = seen(&ns);
+        assert!(
+            !text.contains("2001:db8:bad") && !text.contains("default"),
+            "{backend}: {who} took the sandbox's router advertisement:\n{text}"
+        );
+    }
+    h.ok(&["rm", &evil]);
+    h.ok(&["rm", &victim]);
+    h.ok(&["network", "rm", "n"]);
+}

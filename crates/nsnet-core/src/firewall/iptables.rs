@@ -5,7 +5,8 @@
 //! rule that is not there would abort the whole restore, so the driver reads `iptables-save` first and writes
 //! only the changes that are still needed: adds are skipped when present, deletes when absent. That keeps every
 //! operation idempotent. Rule specs are written the way `iptables-save` prints them, so they compare as text.
-//! Anti-spoofing covers IPv4 sources (`physdev` on bridge ports); ARP is not filtered by this driver.
+//! Anti-spoofing covers IPv4 sources (`physdev` on bridge ports); ARP and IPv6 between sandboxes are not
+//! filtered by this driver (the host itself takes no IPv6 from them: its bridges have IPv6 off).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -1,7 +1,8 @@
 //! The nftables driver: renders a [`Batch`] as `nft -f` text and applies it as one transaction.
 //!
 //! nsnet owns two tables. `ip nsnet` does NAT, forwarding policy and loopback guards; `bridge nsnet` stops
-//! sandboxes on a bridge from sending with another source address. Networks, endpoints and published ports
+//! sandboxes on a bridge from sending with another source address, and from sending IPv6 at all (nsnet's
+//! networks are IPv4: a router advertisement would otherwise configure the neighbours). Networks, endpoints and published ports
 //! are elements of their sets and maps, so adding or removing one is an element change, and the packet path
 //! does one hash lookup per set, whatever the number of entries. The rules are written as nft text:
 //! Debian 12's nft 1.0.6 cannot load maps with concatenated values from JSON.
@@ -260,6 +261,13 @@ const RULES: &[(&str, &str, &str)] = &[
         BRIDGE_TABLE,
         "prerouting",
         "ether type arp iifname @endpoint_ifs iifname . arp saddr ip != @endpoints drop",
+    ),
+    // nsnet's networks are IPv4: nothing IPv6 from a sandbox reaches a neighbour or the host, router
+    // advertisements, neighbour advertisements and redirects included (the host's bridges have IPv6 off too).
+    (
+        BRIDGE_TABLE,
+        "prerouting",
+        "ether type ip6 iifname @endpoint_ifs drop",
     ),
 ];
 
