@@ -136,6 +136,22 @@ fn upstream_process(h: &TestHost) -> Child {
         .expect("dnsmasq")
 }
 
+/// Network `n` on `subnet`, with sandboxes `a` and `b` on it; their names.
+fn two_on_a_network(h: &TestHost, subnet: &str) -> (String, String) {
+    h.ok(&["network", "create", "n", "--subnet", subnet]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    (a, b)
+}
+
+/// `nsnet rm` each of `sandboxes`.
+fn remove(h: &TestHost, sandboxes: &[&str]) {
+    for sb in sandboxes {
+        h.ok(&["rm", sb]);
+    }
+}
+
 fn stop(c: Killed) {
     drop(c);
 }
@@ -367,10 +383,7 @@ fn a_silent_upstream_stalls_no_local_answer_and_ends_in_servfail() {
     let h = TestHost::with_lan("slow");
     // The LAN peer runs no DNS server: it refuses (ICMP), and the query fails at once.
     fs::write(h.resolv_conf(), "nameserver 10.0.1.26\n").unwrap();
-    h.ok(&["network", "create", "n", "--subnet", "10.77.8.0/24"]);
-    let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok(&["create", &a, "--network", "n"]);
-    h.ok(&["create", &b, "--network", "n"]);
+    let (a, b) = two_on_a_network(&h, "10.77.8.0/24");
     let t = Instant::now();
     assert_eq!(dig(&h, &a, &["www.example.test"]).status, "SERVFAIL");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
@@ -415,8 +428,7 @@ fn a_silent_upstream_stalls_no_local_answer_and_ends_in_servfail() {
     let out = slow.wait_with_output().expect("dig");
     let r = parse_dig(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(r.status, "SERVFAIL", "{r:?}");
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
 }
 
 #[test]
@@ -472,8 +484,7 @@ fn internal_networks_resolve_their_own_names_and_forward_nothing() {
     h.ok(&["create", &b, "--network", "in"]);
     assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
     assert_eq!(dig(&h, &a, &["www.example.test"]).status, "NXDOMAIN");
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
     stop(dnsmasq);
 }
 
@@ -504,13 +515,9 @@ fn it_works_beside_a_dns_server_on_the_hosts_port_53() {
         hostdns.0.try_wait().expect("dnsmasq").is_none(),
         "dnsmasq runs"
     );
-    h.ok(&["network", "create", "n", "--subnet", "10.77.12.0/24"]);
-    let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok(&["create", &a, "--network", "n"]);
-    h.ok(&["create", &b, "--network", "n"]);
+    let (a, b) = two_on_a_network(&h, "10.77.12.0/24");
     assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
     drop(hostdns);
 }
 
@@ -589,8 +596,7 @@ fn networks_without_names_start_no_resolver() {
     let net: serde_json::Value =
         serde_json::from_str(&h.ok(&["network", "inspect", "plain", "--json"])).unwrap();
     assert_eq!(net["dns"], false);
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
 }
 
 #[test]
@@ -711,10 +717,7 @@ fn query(id: u16, name: &str) -> Vec<u8> {
 #[test]
 fn updating_names_drops_no_query() {
     let h = TestHost::new("nodrop");
-    h.ok(&["network", "create", "n", "--subnet", "10.77.18.0/24"]);
-    let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok(&["create", &a, "--network", "n"]);
-    h.ok(&["create", &b, "--network", "n"]);
+    let (a, b) = two_on_a_network(&h, "10.77.18.0/24");
     // A client socket inside a's namespace.
     let fd = nsnet_core::kernel::netns::open(&h.sb_path("a")).expect("a's namespace");
     let socket = nsnet_core::kernel::netns::run_in(&fd, || std::net::UdpSocket::bind("0.0.0.0:0"))
@@ -754,17 +757,13 @@ fn updating_names_drops_no_query() {
     let (sent, answered) = asking.join().expect("asker");
     assert!(sent >= 200, "{sent}");
     assert_eq!(answered, sent, "queries lost or wrong while names changed");
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
 }
 
 #[test]
 fn port_53_stays_free_for_the_sandboxs_own_dns_server() {
     let h = TestHost::new("own53");
-    h.ok(&["network", "create", "n", "--subnet", "10.77.19.0/24"]);
-    let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok(&["create", &a, "--network", "n"]);
-    h.ok(&["create", &b, "--network", "n"]);
+    let (a, b) = two_on_a_network(&h, "10.77.19.0/24");
     // A DNS server in a, on every address of a, port 53 (as a containerised DNS server binds).
     let own = Killed(
         Command::new("nsenter")
@@ -820,8 +819,7 @@ fn port_53_stays_free_for_the_sandboxs_own_dns_server() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), address(&h, &b));
     drop(own);
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
 }
 
 #[test]
@@ -887,17 +885,13 @@ fn off_its_last_network_with_names_a_sandbox_keeps_nothing_of_them() {
     assert!(lo_filters().trim().is_empty(), "{}", lo_filters());
     assert!(common::sh(&["tc", "-n", &a, "qdisc", "show", "dev", "lo"]).contains("noqueue"));
     assert_eq!(h.etc_netns(), vec![format!("/etc/netns/{b}")]);
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
 }
 
 #[test]
 fn a_hostile_sandbox_cannot_crash_or_turn_the_resolver() {
     let h = TestHost::new("hostile");
-    h.ok(&["network", "create", "n", "--subnet", "10.77.23.0/24"]);
-    let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok(&["create", &a, "--network", "n"]);
-    h.ok(&["create", &b, "--network", "n"]);
+    let (a, b) = two_on_a_network(&h, "10.77.23.0/24");
     let pid = h.resolver_pid().expect("a resolver");
     let fd = nsnet_core::kernel::netns::open(&h.sb_path("a")).expect("a's namespace");
     let (udp, tcp) = nsnet_core::kernel::netns::run_in(&fd, || {
@@ -948,6 +942,5 @@ fn a_hostile_sandbox_cannot_crash_or_turn_the_resolver() {
     // Still the same resolver, answering.
     assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
     assert_eq!(h.resolver_pid(), Some(pid));
-    h.ok(&["rm", &a]);
-    h.ok(&["rm", &b]);
+    remove(&h, &[&a, &b]);
 }

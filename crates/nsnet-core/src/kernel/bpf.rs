@@ -195,6 +195,54 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+/// The registers, opcodes and `struct __sk_buff` offsets nsnet's hand-assembled programs use
+/// ([`super::fastpath`], [`super::dnsport`]).
+pub mod op {
+    // Registers: r0 return value, r1-r5 helper arguments (clobbered by calls), r6-r9 kept across calls, r10
+    // the read-only frame pointer.
+    pub const R0: u8 = 0;
+    pub const R1: u8 = 1;
+    pub const R2: u8 = 2;
+    pub const R3: u8 = 3;
+    pub const R4: u8 = 4;
+    pub const R5: u8 = 5;
+    pub const R6: u8 = 6;
+    pub const R7: u8 = 7;
+    pub const R8: u8 = 8;
+    pub const R9: u8 = 9;
+    pub const R10: u8 = 10;
+
+    // Opcodes (class | size or operation | source).
+    pub const LDX_W: u8 = 0x61;
+    pub const LDX_H: u8 = 0x69;
+    pub const LDX_B: u8 = 0x71;
+    pub const STX_W: u8 = 0x63;
+    pub const STX_H: u8 = 0x6b;
+    pub const ST_W: u8 = 0x62;
+    pub const ST_H: u8 = 0x6a;
+    pub const MOV64_X: u8 = 0xbf;
+    pub const MOV64_K: u8 = 0xb7;
+    pub const ADD64_K: u8 = 0x07;
+    pub const OR64_K: u8 = 0x47;
+    pub const JA: u8 = 0x05;
+    pub const JEQ_K: u8 = 0x15;
+    pub const JEQ_X: u8 = 0x1d;
+    pub const JNE_K: u8 = 0x55;
+    pub const JNE_X: u8 = 0x5d;
+    pub const JGT_X: u8 = 0x2d;
+    pub const JLT_K: u8 = 0xa5;
+    pub const CALL: u8 = 0x85;
+    pub const EXIT: u8 = 0x95;
+    pub const LD_DW_IMM: u8 = 0x18;
+
+    // Offsets in `struct __sk_buff`.
+    pub const SKB_PKT_TYPE: i16 = 4;
+    pub const SKB_VLAN_PRESENT: i16 = 20;
+    pub const SKB_IFINDEX: i16 = 40;
+    pub const SKB_DATA: i16 = 76;
+    pub const SKB_DATA_END: i16 = 80;
+}
+
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

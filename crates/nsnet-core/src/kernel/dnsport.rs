@@ -11,6 +11,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
+use super::bpf::op::*;
 use super::bpf::{Insn, Program};
 use super::{FilterAt, KernelError, Netlink, TcHook};
 use crate::dns::RESOLVER_ADDR;
@@ -20,38 +21,10 @@ pub const NAME: &str = "nsnet_dns";
 /// `lo` is always the first link of a namespace.
 const LO: u32 = 1;
 
-const R0: u8 = 0;
-const R1: u8 = 1;
-const R2: u8 = 2;
-const R3: u8 = 3;
-const R4: u8 = 4;
-const R5: u8 = 5;
-const R6: u8 = 6;
-const R7: u8 = 7;
-const R8: u8 = 8;
-const R9: u8 = 9;
-const R10: u8 = 10;
-const LDX_W: u8 = 0x61;
-const LDX_H: u8 = 0x69;
-const LDX_B: u8 = 0x71;
-const ST_H: u8 = 0x6a;
-const MOV64_X: u8 = 0xbf;
-const MOV64_K: u8 = 0xb7;
-const ADD64_K: u8 = 0x07;
-const OR64_K: u8 = 0x47;
-const JA: u8 = 0x05;
-const JEQ_K: u8 = 0x15;
-const JNE_K: u8 = 0x55;
-const JGT_X: u8 = 0x2d;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
 const HELPER_SKB_STORE_BYTES: i32 = 9;
 const HELPER_L4_CSUM_REPLACE: i32 = 11;
 /// `BPF_F_MARK_MANGLED_0`: a UDP checksum of 0 (none) stays 0.
 const MANGLED_0: i32 = 0x20;
-/// `__sk_buff` offsets.
-const SKB_DATA: i16 = 76;
-const SKB_DATA_END: i16 = 80;
 /// Frame offsets on `lo` (an Ethernet header of zeros, then IPv4 without options).
 const ETH_TYPE: i16 = 12;
 const IP_VHL: i16 = 14;

@@ -71,6 +71,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use ipnet::Ipv4Net;
 
+use super::bpf::op::*;
 use super::bpf::{Insn, Map, MapType, Program};
 use super::{BpfFilter, FilterAt, KernelError, Netlink, TcHook};
 
@@ -601,38 +602,6 @@ fn peer(port: u32, mac: [u8; 6]) -> [u8; VALUE] {
     v
 }
 
-// Registers: r0 return value, r1-r5 helper arguments (clobbered by calls), r6-r9 kept across calls, r10 the
-// read-only frame pointer.
-const R0: u8 = 0;
-const R1: u8 = 1;
-const R2: u8 = 2;
-const R3: u8 = 3;
-const R4: u8 = 4;
-const R6: u8 = 6;
-const R7: u8 = 7;
-const R8: u8 = 8;
-const R9: u8 = 9;
-const R10: u8 = 10;
-
-// Opcodes (class | size or operation | source).
-const LDX_W: u8 = 0x61;
-const LDX_H: u8 = 0x69;
-const LDX_B: u8 = 0x71;
-const STX_W: u8 = 0x63;
-const STX_H: u8 = 0x6b;
-const ST_W: u8 = 0x62;
-const MOV64_X: u8 = 0xbf;
-const MOV64_K: u8 = 0xb7;
-const ADD64_K: u8 = 0x07;
-const JEQ_K: u8 = 0x15;
-const JEQ_X: u8 = 0x1d;
-const JNE_K: u8 = 0x55;
-const JNE_X: u8 = 0x5d;
-const JGT_X: u8 = 0x2d;
-const JLT_K: u8 = 0xa5;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-const LD_DW_IMM: u8 = 0x18;
 /// `BPF_PSEUDO_MAP_FD`: the 64-bit immediate is a map's file descriptor, turned into the map by the loader.
 const PSEUDO_MAP_FD: u8 = 1;
 
@@ -643,13 +612,6 @@ const HELPER_REDIRECT_PEER: i32 = 155;
 const REDIR_NEIGH: i32 = 20;
 /// `PACKET_HOST`: the frame's destination MAC is the receiving device's own.
 const PACKET_HOST: i32 = 0;
-
-// Offsets in `struct __sk_buff`.
-const SKB_PKT_TYPE: i16 = 4;
-const SKB_VLAN_PRESENT: i16 = 20;
-const SKB_IFINDEX: i16 = 40;
-const SKB_DATA: i16 = 76;
-const SKB_DATA_END: i16 = 80;
 
 // Offsets in the frame: Ethernet (destination, source, type), then the IPv4 header's addresses.
 const ETH_DST: i16 = 0;

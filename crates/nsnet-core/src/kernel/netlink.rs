@@ -262,6 +262,17 @@ fn exists_ok(reply: Result<Vec<RouteNetlinkMessage>, KernelError>) -> Result<(),
     }
 }
 
+/// A message about link `index`'s ingress qdisc (`ffff:`, under the ingress parent).
+fn ingress_qdisc_message(index: u32) -> Result<TcMessage, KernelError> {
+    let mut msg = TcMessage::with_index(tc_ifindex(index)?);
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    msg.header.parent = TcHandle::INGRESS;
+    Ok(msg)
+}
+
 /// One rtnetlink socket, bound to the namespace it was created in.
 pub struct Netlink {
     sock: Socket,
@@ -655,12 +666,7 @@ impl Netlink {
     /// of shared block `BLOCK` (made with the first qdisc bound to it, freed with the last). An ingress qdisc
     /// already there is fine; which block it is bound to is not checked here.
     pub fn add_ingress_qdisc(&mut self, index: u32, block: u32) -> Result<(), KernelError> {
-        let mut msg = TcMessage::with_index(tc_ifindex(index)?);
-        msg.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        msg.header.parent = TcHandle::INGRESS;
+        let mut msg = ingress_qdisc_message(index)?;
         msg.attributes.push(TcAttribute::Kind("ingress".into()));
         msg.attributes.push(TcAttribute::Other(DefaultNla::new(
             TCA_INGRESS_BLOCK,
@@ -821,12 +827,7 @@ impl Netlink {
     /// `tc qdisc add dev INDEX ingress` (a block of its own): `true` when this call made it, `false` when the
     /// link already had an ingress qdisc.
     pub fn add_own_ingress_qdisc(&mut self, index: u32) -> Result<bool, KernelError> {
-        let mut msg = TcMessage::with_index(tc_ifindex(index)?);
-        msg.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        msg.header.parent = TcHandle::INGRESS;
+        let mut msg = ingress_qdisc_message(index)?;
         msg.attributes.push(TcAttribute::Kind("ingress".into()));
         match self.request(
             &format!("add an ingress qdisc to link {index}"),
@@ -841,12 +842,7 @@ impl Netlink {
 
     /// `tc qdisc del dev INDEX ingress`. Already gone is fine.
     pub fn delete_ingress_qdisc(&mut self, index: u32) -> Result<(), KernelError> {
-        let mut msg = TcMessage::with_index(tc_ifindex(index)?);
-        msg.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        msg.header.parent = TcHandle::INGRESS;
+        let msg = ingress_qdisc_message(index)?;
         match self.request(
             &format!("delete the ingress qdisc of link {index}"),
             RouteNetlinkMessage::DelQueueDiscipline(msg),

@@ -391,10 +391,7 @@ impl Nsnet {
             let others: Vec<&Network> = others.iter().collect();
             for sb in users.iter().filter(|sb| sb.owned) {
                 if !super::resolver::has_names(sb, &others) {
-                    let write = super::resolver::resolv_conf(sb, &self.store.owner_tag());
-                    if let Some(remove) = write.undo() {
-                        kernel.push_teardown(remove, vec![write]);
-                    }
+                    super::resolver::remove_resolv_conf(&mut kernel, sb, &self.store.owner_tag());
                 }
             }
         }

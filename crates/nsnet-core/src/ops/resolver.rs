@@ -89,6 +89,14 @@ pub(super) fn resolv_conf(sb: &Sandbox, owner: &str) -> Step {
     }
 }
 
+/// Add the removal of `sb`'s resolv.conf to `plan`, with its rewrite as what restores it.
+pub(super) fn remove_resolv_conf(plan: &mut crate::plan::Plan, sb: &Sandbox, owner: &str) {
+    let write = resolv_conf(sb, owner);
+    if let Some(remove) = write.undo() {
+        plan.push_teardown(remove, vec![write]);
+    }
+}
+
 /// Whether `sb` has an endpoint on a network with names among `nets` (endpoints being removed count not).
 pub(super) fn has_names(sb: &Sandbox, nets: &[&Network]) -> bool {
     sb.endpoints

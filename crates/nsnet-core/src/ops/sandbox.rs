@@ -504,10 +504,7 @@ impl Nsnet {
         let mut kernel = Plan::default();
         let settings: Vec<&Network> = nets.iter().collect();
         if sb.owned && (nets.is_empty() || resolver::has_names(&sb, &settings)) {
-            let write = resolver::resolv_conf(&sb, &self.store.owner_tag());
-            if let Some(remove) = write.undo() {
-                kernel.push_teardown(remove, vec![write]);
-            }
+            resolver::remove_resolv_conf(&mut kernel, &sb, &self.store.owner_tag());
         }
         let kernel = kernel.then(build::sandbox_teardown(
             &sb,
@@ -599,10 +596,7 @@ impl Nsnet {
         }
         // Off its last network with names: its resolv.conf goes too.
         if marked.owned && named_before && !resolver::has_names(&marked, &settings) {
-            let write = resolver::resolv_conf(&marked, &self.store.owner_tag());
-            if let Some(remove) = write.undo() {
-                kernel.push_teardown(remove, vec![write]);
-            }
+            resolver::remove_resolv_conf(&mut kernel, &marked, &self.store.owner_tag());
         }
         self.take_down(
             lock,
