@@ -1,8 +1,10 @@
 //! The resolver process: one thread waits (epoll) on every sandbox's UDP and TCP sockets, the upstream
 //! sockets and the control socket. A TCP connection gets a thread of its own (rare: answers too long for UDP).
 //!
-//! Forwarding never blocks the loop: a forwarded query is sent upstream from a socket of its own (a random
-//! source port, with a random ID: an off-path attacker must guess both to forge an answer) and kept pending; the answer, or the next server after [`upstream::TRY_FOR`], comes in a later turn of the loop. So
+//! Forwarding never blocks the loop: a forwarded query is sent upstream with a random ID from one of a pool
+//! of sockets connected to that server, each on its own random port (as dnsmasq keeps random sockets: an
+//! off-path attacker must guess port and ID to forge an answer; a refusal reaches the connected socket, so
+//! the next server is tried at once), and kept pending; the answer, or the next server after [`upstream::TRY_FOR`], comes in a later turn of the loop. So
 //! an upstream that does not answer stalls nothing local.
 
 use std::collections::HashMap;
@@ -38,6 +40,8 @@ pub const PID: &str = "dns.pid";
 const RESYNC: Duration = Duration::from_secs(5);
 /// Forwarded queries in flight at once; beyond, SERVFAIL at once rather than unbounded memory.
 const MAX_PENDING: usize = 4096;
+/// Sockets per upstream server: each on a random port of its own.
+const POOL: usize = 16;
 /// TCP connections served at once.
 const MAX_TCP: usize = 64;
 /// How long a TCP connection may sit idle, and a command may take to send its updates.
@@ -47,8 +51,8 @@ const IDLE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 enum Source {
     Control,
-    /// The socket of the pending query with this upstream ID.
-    Upstream(u16),
+    /// Socket number N of the pool connected to this upstream server.
+    Upstream(SocketAddr, usize),
     /// A directory of namespace mount points changed (`ip netns del`).
     Namespaces,
     /// The process whose namespace a sandbox is exited.
@@ -75,8 +79,8 @@ struct Pending {
     id: u16,
     /// The query as sent upstream (with the upstream ID).
     bytes: Vec<u8>,
-    /// The socket it was last sent from, and its epoll token.
-    socket: Option<(UdpSocket, u64)>,
+    /// The pool socket it was last sent from (its server, and its number there).
+    socket: Option<(SocketAddr, usize)>,
     servers: Vec<SocketAddr>,
     tried: usize,
     deadline: Instant,
@@ -96,6 +100,8 @@ struct Resolver {
     /// its namespace, so the resolver must let go as soon as the mount point goes, not at the next resync.
     inotify: Inotify,
     watched: HashMap<WatchDescriptor, PathBuf>,
+    /// Per upstream server, its pool of connected sockets ([`POOL`]), made when it is first asked.
+    upstreams: HashMap<SocketAddr, Vec<UdpSocket>>,
 }
 
 /// The exit status of a resolver that found another one serving the state dir (or one still stopping): the
@@ -165,6 +171,7 @@ impl Resolver {
         let mut r = Resolver {
             inotify,
             watched: HashMap::new(),
+            upstreams: HashMap::new(),
             store,
             epoll,
             names: Arc::default(),
@@ -231,7 +238,7 @@ impl Resolver {
                             return Ok(());
                         }
                     }
-                    Source::Upstream(id) => self.upstream_answer(id),
+                    Source::Upstream(server, n) => self.upstream_answers(server, n),
                     Source::Namespaces => {
                         if self.namespaces_gone() {
                             return Ok(());
@@ -498,10 +505,9 @@ impl Resolver {
         self.send_next(upstream_id);
     }
 
-    /// Send a pending query to its next server, from a fresh socket, or answer SERVFAIL when none is left.
+    /// Send a pending query to its next server, or answer SERVFAIL when none is left.
     fn send_next(&mut self, upstream_id: u16) {
         loop {
-            self.drop_socket(upstream_id);
             let Some(p) = self.pending.get_mut(&upstream_id) else {
                 return;
             };
@@ -515,40 +521,40 @@ impl Resolver {
             };
             p.tried += 1;
             p.deadline = Instant::now() + upstream::TRY_FOR;
+            let n = usize::from(random_u16()) % POOL;
+            let bytes = p.bytes.clone();
+            let sent = self
+                .pool(server)
+                .and_then(|pool| pool.get(n)?.send(&bytes).ok());
+            if sent.is_some() {
+                if let Some(p) = self.pending.get_mut(&upstream_id) {
+                    p.socket = Some((server, n));
+                }
+                return;
+            }
+        }
+    }
+
+    /// The pool of sockets connected to `server`, made on first use; `None` if it cannot be made.
+    fn pool(&mut self, server: SocketAddr) -> Option<&Vec<UdpSocket>> {
+        if !self.upstreams.contains_key(&server) {
             let local: SocketAddr = match server.ip() {
                 IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
                 IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
             };
-            // Connected: the kernel drops datagrams from anyone but the server asked.
-            let Ok(socket) = UdpSocket::bind(local).and_then(|s| {
-                s.set_nonblocking(true)?;
-                s.connect(server)?;
-                s.send(&p.bytes)?;
-                Ok(s)
-            }) else {
-                continue;
-            };
-            let Ok(token) = self.watch(&socket, Source::Upstream(upstream_id)) else {
-                continue;
-            };
-            if let Some(p) = self.pending.get_mut(&upstream_id) {
-                p.socket = Some((socket, token));
+            let mut pool = Vec::with_capacity(POOL);
+            for n in 0..POOL {
+                // Connected: the kernel drops datagrams from anyone but the server, and reports its refusals.
+                let socket = UdpSocket::bind(local)
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .and_then(|s| s.connect(server).map(|()| s))
+                    .ok()?;
+                self.watch(&socket, Source::Upstream(server, n)).ok()?;
+                pool.push(socket);
             }
-            return;
+            self.upstreams.insert(server, pool);
         }
-    }
-
-    /// Close a pending query's socket, if it has one.
-    fn drop_socket(&mut self, upstream_id: u16) {
-        let Some((socket, token)) = self
-            .pending
-            .get_mut(&upstream_id)
-            .and_then(|p| p.socket.take())
-        else {
-            return;
-        };
-        let _ = self.epoll.delete(&socket);
-        self.sources.remove(&token);
+        self.upstreams.get(&server)
     }
 
     fn reply(&self, member: &str, client: SocketAddr, bytes: Option<Vec<u8>>) {
@@ -557,35 +563,45 @@ impl Resolver {
         }
     }
 
-    /// The answer to pending query `upstream_id`: back to its asker with the asker's ID.
-    fn upstream_answer(&mut self, upstream_id: u16) {
+    /// Answers on pool socket `n` of `server`: each back to its asker with the asker's ID.
+    fn upstream_answers(&mut self, server: SocketAddr, n: usize) {
         let mut buf = [0u8; 65535];
-        let Some((socket, _)) = self
-            .pending
-            .get(&upstream_id)
-            .and_then(|p| p.socket.as_ref())
-        else {
-            return;
-        };
-        let n = match socket.recv(&mut buf) {
-            Ok(n) => n,
-            // Refused (ICMP): the server is not there; the next one, now.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return self.send_next(upstream_id)
+        loop {
+            let Some(socket) = self.upstreams.get(&server).and_then(|pool| pool.get(n)) else {
+                return;
+            };
+            let len = match socket.recv(&mut buf) {
+                Ok(len) => len,
+                // Refused (ICMP): the server is not there; whatever waits on it moves to the next one, now.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    let waiting: Vec<u16> = self
+                        .pending
+                        .iter()
+                        .filter(|(_, p)| p.socket == Some((server, n)))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in waiting {
+                        self.send_next(id);
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            };
+            if len < 12 {
+                continue;
             }
-            Err(_) => return,
-        };
-        // Only the answer to this query (a stray datagram with another ID is dropped).
-        if n < 12 || buf[..2] != upstream_id.to_be_bytes() {
-            return;
-        }
-        self.drop_socket(upstream_id);
-        let Some(p) = self.pending.remove(&upstream_id) else {
-            return;
-        };
-        buf[..2].copy_from_slice(&p.id.to_be_bytes());
-        if let Some(l) = self.listening.get(&p.member) {
-            let _ = l.udp.send_to(&buf[..n], p.client);
+            // Only the answer to a query sent from this very socket (a stray datagram is dropped).
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            if self.pending.get(&id).and_then(|p| p.socket) != Some((server, n)) {
+                continue;
+            }
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            buf[..2].copy_from_slice(&p.id.to_be_bytes());
+            if let Some(l) = self.listening.get(&p.member) {
+                let _ = l.udp.send_to(&buf[..len], p.client);
+            }
         }
     }
 
