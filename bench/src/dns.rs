@@ -22,7 +22,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use nsnet_core::netns;
 
 use crate::overlay::{clock_ticks, cpu_ticks};
-use crate::world::{Host, HOST_IP, LAN_IP};
+use crate::world::{Host, LAN_IP};
 use crate::{f64_of, f64_of_i64, f64_of_u64, machine, median, quantile, sh};
 
 const AARDVARK: &str = "/usr/lib/podman/aardvark-dns";
@@ -137,25 +137,7 @@ impl Bench {
     /// The upstream: dnsmasq in a namespace of its own, on a veth from the host, answering `*.example.test`.
     fn start_dnsmasq(&mut self) -> Result<()> {
         let (host, up) = (&self.host.name, &self.upstream_ns);
-        sh(&["ip", "netns", "add", up])?;
-        sh(&[
-            "ip", "-n", host, "link", "add", "uplink0", "type", "veth", "peer", "name", "lan0",
-            "netns", up,
-        ])?;
-        for (ns, dev, addr) in [(host, "uplink0", HOST_IP), (up, "lan0", LAN_IP)] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ])?;
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
-        }
-        sh(&["ip", "-n", up, "link", "set", "lo", "up"])?;
+        crate::world::add_lan(host, up)?;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{up}"))
             .args([

@@ -14,6 +14,23 @@ use crate::sh;
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 48);
 pub const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 26);
 
+/// A LAN peer namespace `lan` (LAN_IP on `lan0`) on a veth from `host` (HOST_IP on `uplink0`), both ends
+/// and both `lo`s up.
+pub fn add_lan(host: &str, lan: &str) -> Result<()> {
+    sh(&["ip", "netns", "add", lan])?;
+    sh(&[
+        "ip", "-n", host, "link", "add", "uplink0", "type", "veth", "peer", "name", "lan0",
+        "netns", lan,
+    ])?;
+    for (ns, dev, addr) in [(host, "uplink0", HOST_IP), (lan, "lan0", LAN_IP)] {
+        let addr = format!("{addr}/24");
+        sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev])?;
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
 /// A throwaway host with an uplink to a LAN peer, and one nsnet sandbox on the default network.
 pub struct World {
     pub host: String,
@@ -32,25 +49,7 @@ impl World {
             state: std::env::temp_dir().join(format!("nsnet-bench-{pid}-{tag}")),
         };
         sh(&["ip", "netns", "add", &w.host])?;
-        sh(&["ip", "netns", "add", &w.lan])?;
-        sh(&[
-            "ip", "-n", &w.host, "link", "add", "uplink0", "type", "veth", "peer", "name", "lan0",
-            "netns", &w.lan,
-        ])?;
-        for (ns, dev, addr) in [(&w.host, "uplink0", HOST_IP), (&w.lan, "lan0", LAN_IP)] {
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ])?;
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
+        add_lan(&w.host, &w.lan)?;
         let nsnet = std::env::var("NSNET").unwrap_or_else(|_| "target/release/nsnet".into());
         let net = format!("--net=/run/netns/{}", w.host);
         let out = Command::new("nsenter")
