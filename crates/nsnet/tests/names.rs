@@ -944,3 +944,30 @@ fn a_hostile_sandbox_cannot_crash_or_turn_the_resolver() {
     assert_eq!(h.resolver_pid(), Some(pid));
     remove(&h, &[&a, &b]);
 }
+
+#[test]
+fn a_resolver_started_by_run_blocks_no_signal() {
+    let h = TestHost::new("runsig");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.24.0/24"]);
+    let a = h.sb("a");
+    // `nsnet run` blocks the signals it passes on to its command: the resolver it starts must not keep that.
+    h.ok(&["run", "--name", &a, "--network", "n", "--", "true"]);
+    let pid = h.resolver_pid().expect("a resolver");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(str::trim)
+        .expect("SigBlk");
+    assert_eq!(blocked, "0000000000000000", "{status}");
+    // So a plain SIGTERM stops it, and the next changing command brings it back.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    assert!(wait(|| h.resolver_pid().is_none()));
+    h.ok(&["gc"]);
+    assert!(h.resolver_pid().is_some());
+    remove(&h, &[&a]);
+}

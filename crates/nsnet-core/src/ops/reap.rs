@@ -115,12 +115,19 @@ impl Nsnet {
 }
 
 /// Run `cmd` in a session of its own, so the caller's exit (or its terminal's) does not take it along.
+///
+/// Its signal mask starts empty: a process's blocked signals survive exec, and `nsnet run` blocks the ones it
+/// passes on to its command, so a resolver it started would otherwise ignore SIGTERM for its whole life.
 pub(crate) fn detach(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: setsid(2) is async-signal-safe and allocates nothing; it runs in the forked child before exec.
+    // SAFETY: setsid(2) and sigprocmask(2) are async-signal-safe and allocate nothing (the empty set is built
+    // on the stack); they run in the forked child before exec.
     unsafe {
         cmd.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)?;
             Ok(())
         });
     }
