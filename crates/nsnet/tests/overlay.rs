@@ -852,7 +852,12 @@ fn peers_follow_an_underlay_address_change() {
             .any(|l| l.contains("dst 192.168.200.99"))
     });
     assert!(follows, "host 1 kept the old address:\n{}", w.agent_log(2));
-    assert!(pings(&w.sb_path("a"), b), "a -> b after host 2 moved");
+    // Host 1's FDB entry is one side of the move; the path works once host 2's agent has taken its new
+    // address too, in its own sync (the two agents follow the change independently).
+    assert!(
+        wait_until(CONVERGE, || pings(&w.sb_path("a"), b)),
+        "a -> b after host 2 moved"
+    );
     w.ok(1, &["rm", &w.sb("a")]);
     w.ok(2, &["rm", &w.sb("b")]);
     remove_overlay(&w, &[1, 2]);
