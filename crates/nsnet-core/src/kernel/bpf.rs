@@ -243,6 +243,80 @@ pub mod op {
     pub const SKB_DATA_END: i16 = 80;
 }
 
+/// A place in a program that jumps go to, bound once with [`Asm::bind`].
+#[derive(Clone, Copy)]
+pub(crate) struct Label(usize);
+
+/// A program being assembled: instructions with forward jumps to labels; `pass` (`r0 = TC_ACT_UNSPEC`: leave
+/// the frame as it is, to whatever comes next) is the last one.
+pub(crate) struct Asm {
+    insns: Vec<Insn>,
+    /// Where each label was bound, by label number.
+    bound: Vec<Option<usize>>,
+    /// Jumps to patch: (instruction, label).
+    jumps: Vec<(usize, Label)>,
+    pass: Label,
+}
+
+impl Asm {
+    pub(crate) fn new() -> Asm {
+        Asm {
+            insns: Vec::new(),
+            bound: vec![None],
+            jumps: Vec::new(),
+            pass: Label(0),
+        }
+    }
+
+    pub(crate) fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.insns.push(Insn {
+            code,
+            regs: dst | (src << 4),
+            off,
+            imm,
+        });
+    }
+
+    pub(crate) fn label(&mut self) -> Label {
+        self.bound.push(None);
+        Label(self.bound.len() - 1)
+    }
+
+    pub(crate) fn bind(&mut self, label: Label) {
+        self.bound[label.0] = Some(self.insns.len());
+    }
+
+    /// A jump to `label` (conditional, or `op::JA`).
+    pub(crate) fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, label: Label) {
+        self.jumps.push((self.insns.len(), label));
+        self.op(code, dst, src, 0, imm);
+    }
+
+    /// A conditional jump to `pass`.
+    pub(crate) fn or_pass(&mut self, code: u8, dst: u8, src: u8, imm: i32) {
+        self.jump(code, dst, src, imm, self.pass);
+    }
+
+    /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump at its label. A jump's offset is an
+    /// `i16`: a program too long for one is an error.
+    pub(crate) fn finish(mut self) -> io::Result<Vec<Insn>> {
+        let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_string());
+        let pass = self.pass;
+        self.bind(pass);
+        self.op(op::MOV64_K, op::R0, 0, 0, -1);
+        self.op(op::EXIT, 0, 0, 0, 0);
+        for (at, label) in self.jumps {
+            let to = self.bound[label.0].ok_or_else(|| invalid("a jump to a label never bound"))?;
+            let off = to
+                .checked_sub(at + 1)
+                .ok_or_else(|| invalid("a backward jump in a bpf program"))?;
+            self.insns[at].off =
+                i16::try_from(off).map_err(|_| invalid("a bpf program too long for its jumps"))?;
+        }
+        Ok(self.insns)
+    }
+}
+
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::AsFd;
 
 use super::bpf::op::*;
-use super::bpf::{Insn, Program};
+use super::bpf::{Asm, Insn, Program};
 use super::{FilterAt, KernelError, Netlink, TcHook};
 use crate::dns::RESOLVER_ADDR;
 
@@ -31,8 +31,8 @@ const IP_VHL: i16 = 14;
 const IP_PROTO: i16 = 23;
 const IP_SADDR: i16 = 26;
 const IP_DADDR: i16 = 30;
-const L4_SPORT: i32 = 34;
-const L4_DPORT: i32 = 36;
+const L4_SPORT: i16 = 34;
+const L4_DPORT: i16 = 36;
 const UDP_CSUM: i32 = 40;
 const TCP_CSUM: i32 = 50;
 const HEADERS: i32 = 38;
@@ -42,115 +42,69 @@ fn wire16(v: u16) -> i32 {
     i32::from(u16::from_ne_bytes(v.to_be_bytes()))
 }
 
-fn op(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
-}
-
-/// The program for port `port`: straight-line, every jump forward, counted by hand below.
+/// The program for port `port`.
 pub fn program(port: u16) -> io::Result<Vec<Insn>> {
     let addr = i32::from_ne_bytes(RESOLVER_ADDR.octets());
     let (dns, p) = (wire16(53), wire16(port));
-    // One rewrite: the port at `at` goes from `from` to `to`; the checksum's offset is in r8, its flags in r9.
-    let rewrite = |at: i32, from: i32, to: i32| -> Vec<Insn> {
-        vec![
-            op(MOV64_X, R1, R6, 0, 0),
-            op(MOV64_X, R2, R8, 0, 0),
-            op(MOV64_K, R3, 0, 0, from),
-            op(MOV64_K, R4, 0, 0, to),
-            op(MOV64_X, R5, R9, 0, 0),
-            op(OR64_K, R5, 0, 0, 2),
-            op(CALL, 0, 0, 0, HELPER_L4_CSUM_REPLACE),
-            op(ST_H, R10, 0, -2, to),
-            op(MOV64_X, R1, R6, 0, 0),
-            op(MOV64_K, R2, 0, 0, at),
-            op(MOV64_X, R3, R10, 0, 0),
-            op(ADD64_K, R3, 0, 0, -2),
-            op(MOV64_K, R4, 0, 0, 2),
-        ]
-    };
-    // The tail of a rewrite: flags 0 and the store.
-    let store = [
-        op(MOV64_K, R5, 0, 0, 0),
-        op(CALL, 0, 0, 0, HELPER_SKB_STORE_BYTES),
-    ];
-    let request = [rewrite(L4_DPORT, dns, p), store.to_vec()].concat();
-    let reply = [rewrite(L4_SPORT, p, dns), store.to_vec()].concat();
-    let rq = len(&request)?;
-    let mut v = vec![
-        op(MOV64_X, R6, R1, 0, 0),
-        op(LDX_W, R2, R6, SKB_DATA, 0),
-        op(LDX_W, R3, R6, SKB_DATA_END, 0),
-        op(MOV64_X, R4, R2, 0, 0),
-        op(ADD64_K, R4, 0, 0, HEADERS),
-    ];
-    // From here every "pass" jumps to the last instruction pair; offsets are filled in below.
-    let head = v.len();
-    v.extend([
-        op(JGT_X, R4, R3, PASS, 0),
-        op(LDX_H, R4, R2, ETH_TYPE, 0),
-        op(JNE_K, R4, 0, PASS, wire16(0x0800)),
-        op(LDX_B, R4, R2, IP_VHL, 0),
-        op(JNE_K, R4, 0, PASS, 0x45),
-        op(LDX_B, R7, R2, IP_PROTO, 0),
-        // UDP: the checksum at 40, and a zero one stays zero.
-        op(MOV64_K, R8, 0, 0, UDP_CSUM),
-        op(MOV64_K, R9, 0, 0, MANGLED_0),
-        op(JEQ_K, R7, 0, 3, 17),
-        op(JNE_K, R7, 0, PASS, 6),
-        op(MOV64_K, R8, 0, 0, TCP_CSUM),
-        op(MOV64_K, R9, 0, 0, 0),
-        // To 127.0.0.11:53: the request rewrite; else from 127.0.0.11:P: the reply rewrite.
-        op(LDX_W, R4, R2, IP_DADDR, 0),
-        op(JNE_K, R4, 0, 2, addr),
-        op(LDX_H, R4, R2, L4_DPORT_16, 0),
-        op(JEQ_K, R4, 0, 4, dns),
-        op(LDX_W, R4, R2, IP_SADDR, 0),
-        op(JNE_K, R4, 0, PASS, addr),
-        op(LDX_H, R4, R2, L4_SPORT_16, 0),
-        op(JNE_K, R4, 0, PASS, p),
-    ]);
-    // The reply rewrite comes first (falls through from the checks), then a jump over the request one.
-    v.extend(reply);
-    v.push(op(JA, 0, 0, rq, 0));
-    let request_at = v.len();
-    v.extend(request);
-    let pass = v.len();
-    v.push(op(MOV64_K, R0, 0, 0, -1));
-    v.push(op(EXIT, 0, 0, 0, 0));
-    // The `JEQ dport == 53` jumps over the saddr/sport checks and the reply rewrite and its jump: to request.
-    for (i, insn) in v.iter_mut().enumerate().skip(head) {
-        if i >= request_at {
-            break;
-        }
-        if insn.off == PASS {
-            insn.off = i16::try_from(pass - i - 1).map_err(|_| too_long())?;
-        }
-        if insn.code == JEQ_K && insn.imm == dns {
-            insn.off = i16::try_from(request_at - i - 1).map_err(|_| too_long())?;
-        }
-    }
-    Ok(v)
+    let mut a = Asm::new();
+    let (tcp, ports, reply, request) = (a.label(), a.label(), a.label(), a.label());
+    a.op(MOV64_X, R6, R1, 0, 0);
+    a.op(LDX_W, R2, R6, SKB_DATA, 0);
+    a.op(LDX_W, R3, R6, SKB_DATA_END, 0);
+    a.op(MOV64_X, R4, R2, 0, 0);
+    a.op(ADD64_K, R4, 0, 0, HEADERS);
+    a.or_pass(JGT_X, R4, R3, 0);
+    // IPv4 without options.
+    a.op(LDX_H, R4, R2, ETH_TYPE, 0);
+    a.or_pass(JNE_K, R4, 0, wire16(0x0800));
+    a.op(LDX_B, R4, R2, IP_VHL, 0);
+    a.or_pass(JNE_K, R4, 0, 0x45);
+    // The checksum's offset in r8, its flags in r9 (kept across helper calls). UDP: a zero one stays zero.
+    a.op(LDX_B, R7, R2, IP_PROTO, 0);
+    a.jump(JNE_K, R7, 0, 17, tcp);
+    a.op(MOV64_K, R8, 0, 0, UDP_CSUM);
+    a.op(MOV64_K, R9, 0, 0, MANGLED_0);
+    a.jump(JA, 0, 0, 0, ports);
+    a.bind(tcp);
+    a.or_pass(JNE_K, R7, 0, 6);
+    a.op(MOV64_K, R8, 0, 0, TCP_CSUM);
+    a.op(MOV64_K, R9, 0, 0, 0);
+    // To 127.0.0.11:53: the request; else from 127.0.0.11:P: the reply.
+    a.bind(ports);
+    a.op(LDX_W, R4, R2, IP_DADDR, 0);
+    a.jump(JNE_K, R4, 0, addr, reply);
+    a.op(LDX_H, R4, R2, L4_DPORT, 0);
+    a.jump(JEQ_K, R4, 0, dns, request);
+    a.bind(reply);
+    a.op(LDX_W, R4, R2, IP_SADDR, 0);
+    a.or_pass(JNE_K, R4, 0, addr);
+    a.op(LDX_H, R4, R2, L4_SPORT, 0);
+    a.or_pass(JNE_K, R4, 0, p);
+    rewrite(&mut a, L4_SPORT, p, dns);
+    a.or_pass(JA, 0, 0, 0);
+    a.bind(request);
+    rewrite(&mut a, L4_DPORT, dns, p);
+    a.finish()
 }
 
-/// A jump target not yet known: the pass at the end.
-const PASS: i16 = i16::MIN;
-const L4_DPORT_16: i16 = 36;
-const L4_SPORT_16: i16 = 34;
-
-fn len(v: &[Insn]) -> io::Result<i16> {
-    i16::try_from(v.len()).map_err(|_| too_long())
-}
-
-fn too_long() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "the dns port program is too long for its jumps",
-    )
+/// The port at `at` in the frame goes from `from` to `to` (as the program loads them), with the checksum fixed
+/// (its offset in r8, its flags in r9).
+fn rewrite(a: &mut Asm, at: i16, from: i32, to: i32) {
+    a.op(MOV64_X, R1, R6, 0, 0);
+    a.op(MOV64_X, R2, R8, 0, 0);
+    a.op(MOV64_K, R3, 0, 0, from);
+    a.op(MOV64_K, R4, 0, 0, to);
+    a.op(MOV64_X, R5, R9, 0, 0);
+    a.op(OR64_K, R5, 0, 0, 2);
+    a.op(CALL, 0, 0, 0, HELPER_L4_CSUM_REPLACE);
+    a.op(ST_H, R10, 0, -2, to);
+    a.op(MOV64_X, R1, R6, 0, 0);
+    a.op(MOV64_K, R2, 0, 0, i32::from(at));
+    a.op(MOV64_X, R3, R10, 0, 0);
+    a.op(ADD64_K, R3, 0, 0, -2);
+    a.op(MOV64_K, R4, 0, 0, 2);
+    a.op(MOV64_K, R5, 0, 0, 0);
+    a.op(CALL, 0, 0, 0, HELPER_SKB_STORE_BYTES);
 }
 
 /// In the namespace `nl` is bound to: 127.0.0.11:53 on `lo` goes to `port` (a filter already there, for an

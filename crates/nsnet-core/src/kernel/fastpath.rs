@@ -72,7 +72,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use ipnet::Ipv4Net;
 
 use super::bpf::op::*;
-use super::bpf::{Insn, Map, MapType, Program};
+use super::bpf::{Asm, Insn, Map, MapType, Program};
 use super::{BpfFilter, FilterAt, KernelError, Netlink, TcHook};
 
 /// The name of the program, of its map and of its tc filters (`tc filter show`, `bpftool prog show`).
@@ -630,59 +630,8 @@ const AT_CONFIG_KEY: i16 = -12;
 const AT_TRIE_KEY: i16 = -20;
 const AT_NEXT_HOP: i16 = -40;
 
-/// A place in the program that jumps go to, bound once with [`Asm::bind`].
-#[derive(Clone, Copy)]
-struct Label(usize);
-
-/// Instructions with forward jumps to labels; `pass` (leave the frame to the bridge) is the last one.
-struct Asm {
-    insns: Vec<Insn>,
-    /// Where each label was bound, by label number.
-    bound: Vec<Option<usize>>,
-    /// Jumps to patch: (instruction, label).
-    jumps: Vec<(usize, Label)>,
-    pass: Label,
-}
-
+/// The fast path's own instructions, on top of the shared assembler.
 impl Asm {
-    fn new() -> Asm {
-        Asm {
-            insns: Vec::new(),
-            bound: vec![None],
-            jumps: Vec::new(),
-            pass: Label(0),
-        }
-    }
-
-    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.insns.push(Insn {
-            code,
-            regs: dst | (src << 4),
-            off,
-            imm,
-        });
-    }
-
-    fn label(&mut self) -> Label {
-        self.bound.push(None);
-        Label(self.bound.len() - 1)
-    }
-
-    fn bind(&mut self, label: Label) {
-        self.bound[label.0] = Some(self.insns.len());
-    }
-
-    /// A conditional jump to `label`.
-    fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, label: Label) {
-        self.jumps.push((self.insns.len(), label));
-        self.op(code, dst, src, 0, imm);
-    }
-
-    /// A conditional jump to `pass`.
-    fn or_pass(&mut self, code: u8, dst: u8, src: u8, imm: i32) {
-        self.jump(code, dst, src, imm, self.pass);
-    }
-
     /// `dst = map` (two instruction slots).
     fn map(&mut self, dst: u8, fd: i32) {
         self.op(LD_DW_IMM, dst, PSEUDO_MAP_FD, 0, fd);
@@ -727,24 +676,6 @@ impl Asm {
         self.op(ST_W, R10, 0, AT_TRIE_KEY, 32);
         self.op(LDX_W, R2, R10, addr, 0);
         self.op(STX_W, R10, R2, AT_TRIE_KEY + 4, 0);
-    }
-
-    /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump at its label. A jump's offset is an
-    /// `i16`: a program too long for one is an error (this one is about a hundred instructions).
-    fn finish(mut self) -> io::Result<Vec<Insn>> {
-        let pass = self.pass;
-        self.bind(pass);
-        self.op(MOV64_K, R0, 0, 0, -1);
-        self.op(EXIT, 0, 0, 0, 0);
-        for (at, label) in self.jumps {
-            let to = self.bound[label.0].ok_or_else(|| invalid("a jump to a label never bound"))?;
-            let off = to
-                .checked_sub(at + 1)
-                .ok_or_else(|| invalid("a backward jump in the fast path's program"))?;
-            self.insns[at].off = i16::try_from(off)
-                .map_err(|_| invalid("the fast path's program is too long for its jumps"))?;
-        }
-        Ok(self.insns)
     }
 }
 
