@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -56,9 +57,10 @@ enum Source {
     /// A directory of namespace mount points changed (`ip netns del`).
     Namespaces,
     /// The process whose namespace a sandbox is exited.
-    Exited(String),
-    Udp(String),
-    Tcp(String),
+    Exited(Rc<str>),
+    // A sandbox's sockets, by its name (an `Rc`: the loop clones the source of every event it takes).
+    Udp(Rc<str>),
+    Tcp(Rc<str>),
 }
 
 /// A sandbox's two listening sockets, inside its namespace.
@@ -245,7 +247,7 @@ impl Resolver {
                         }
                     }
                     Source::Exited(member) => {
-                        let _ = self.apply(Update::Down(member));
+                        let _ = self.apply(Update::Down(member.to_string()));
                         if self.names().is_empty() {
                             return Ok(());
                         }
@@ -343,12 +345,13 @@ impl Resolver {
         let process = match process_of(&m.netns).and_then(pidfd) {
             Some(fd) => Some((
                 fd.try_clone().map_err(|e| e.to_string())?,
-                self.watch(&fd, Source::Exited(m.name.clone()))?,
+                self.watch(&fd, Source::Exited(m.name.as_str().into()))?,
             )),
             None => None,
         };
-        let t1 = self.watch(&udp, Source::Udp(m.name.clone()))?;
-        let t2 = self.watch(&tcp, Source::Tcp(m.name.clone()))?;
+        let name: Rc<str> = m.name.as_str().into();
+        let t1 = self.watch(&udp, Source::Udp(Rc::clone(&name)))?;
+        let t2 = self.watch(&tcp, Source::Tcp(name))?;
         self.listening.insert(
             m.name.clone(),
             Listen {
