@@ -32,6 +32,7 @@ pub mod portmap;
 pub mod probe;
 pub mod scenario;
 pub mod store;
+pub mod topology;
 
 pub use error::{Error, Result};
 pub use kernel::netns;

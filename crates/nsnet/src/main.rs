@@ -3,7 +3,9 @@
 mod child;
 mod cluster;
 mod demo;
+mod polish;
 mod show;
+mod topology;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use nsnet_core::{ipam, netns};
 
 /// Container networking for Linux: namespaces, veth pairs, bridges, NAT and published ports.
 #[derive(Parser)]
-#[command(name = "nsnet", version, about)]
+#[command(name = "nsnet", version = polish::VERSION, about)]
 struct Cli {
     /// Where nsnet keeps its records.
     #[arg(
@@ -135,6 +137,29 @@ enum Cmd {
     /// Keep this host in the cluster's overlay networks (etcd): lease a subnet of each, build its bridge and
     /// VXLAN device, program every other host, follow changes. Runs in the foreground.
     Agent(cluster::AgentArgs),
+    /// Draw what exists now (host, networks, sandboxes, veth pairs, published ports), checked against the
+    /// kernel: anything broken is marked.
+    Topology(TopologyArgs),
+    /// Print a shell completion script for bash, zsh or fish.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or with --dir write one page per command there.
+    Man {
+        /// Write nsnet.1 and one nsnet-COMMAND.1 per (sub)command into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct TopologyArgs {
+    /// Only this network (with its sandboxes) or this sandbox (with its networks).
+    name: Option<String>,
+    /// text (the default), dot (Graphviz) or svg (a picture, self-contained).
+    #[arg(long, value_enum)]
+    format: Option<topology::Format>,
 }
 
 #[derive(Args)]
@@ -314,6 +339,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
+            polish::clear_progress();
             // A bug of nsnet's says so itself ("internal error: ...; this is a bug: ..."), not "error: internal error".
             match e.downcast_ref::<nsnet_core::Error>() {
                 Some(nsnet_core::Error::Internal(_)) => eprintln!("nsnet: {e:#}"),
@@ -350,6 +376,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             | Cmd::Inspect { .. }
             | Cmd::Port { .. }
             | Cmd::Network(NetworkCmd::Ls { .. } | NetworkCmd::Inspect { .. })
+            | Cmd::Topology(_)
+            | Cmd::Completions { .. }
+            | Cmd::Man { .. }
     );
     if changes && !cli.dry_run && !nix::unistd::geteuid().is_root() {
         bail!(
@@ -366,6 +395,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     nsnet.reaper = std::env::current_exe().ok();
     if cli.verbose && !cli.dry_run {
         nsnet.observer = Some(Arc::new(print_step));
+    } else {
+        // Not with -v: its lines would break a line rewritten in place.
+        nsnet.progress = polish::progress();
     }
     let done = |plan: Plan, report: Report| -> Result<ExitCode> {
         if cli.dry_run {
@@ -565,6 +597,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo::run(),
+        Cmd::Topology(args) => topology::run(&nsnet, args.name.as_deref(), args.format, cli.json),
+        Cmd::Completions { shell } => polish::completions(*shell),
+        Cmd::Man { dir } => polish::man(dir.as_deref()),
     }
 }
 
@@ -586,6 +621,7 @@ fn check_json(cli: &Cli, changes: bool) -> Result<()> {
     let what = match cli.command {
         Cmd::Run { .. } | Cmd::Exec { .. } => "run and exec print the command's own output",
         Cmd::Demo => "demo prints its checks as text",
+        Cmd::Completions { .. } | Cmd::Man { .. } => "completions and man print scripts and roff",
         _ if cli.dry_run && changes => "--dry-run prints the plan as ip / nft / sysctl commands",
         _ => return Ok(()),
     };

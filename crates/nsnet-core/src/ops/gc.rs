@@ -67,7 +67,12 @@ impl Nsnet {
         if !self.dry_run {
             // All or nothing, as every plan: should a step fail, the links this gc re-created go again (what it
             // deleted was nobody's, and stays deleted), no record is written, and the next gc starts afresh.
-            let _kept = self.applier().apply(&r.plan)?;
+            let tally = super::Tally {
+                what: "gc: step".into(),
+                total: r.plan.steps.len(),
+                counts: Box::new(|_| true),
+            };
+            let _kept = self.applier_with(Some(tally)).apply(&r.plan)?;
             let (_, after) = self.store.file_states(&r.records)?;
             self.store.set_files(&after)?;
             self.tell_resolver(&r.records);

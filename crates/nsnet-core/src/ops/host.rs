@@ -233,6 +233,13 @@ impl Host {
         }
     }
 
+    /// The host's name (the UTS namespace's), or `?` when it cannot be read.
+    pub(crate) fn hostname() -> String {
+        sysctl::get("kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    }
+
     /// The identity (device, inode) of the namespace at `path`.
     pub(crate) fn namespace_identity(path: &Path) -> Result<(u64, u64)> {
         Ok(netns::identity(path)?)
@@ -344,6 +351,8 @@ mod tests {
             ("ops/overlay.rs", include_str!("overlay.rs")),
             ("ops/query.rs", include_str!("query.rs")),
             ("ops/sandbox.rs", include_str!("sandbox.rs")),
+            ("ops/topology.rs", include_str!("topology.rs")),
+            ("topology.rs", include_str!("../topology.rs")),
             ("model.rs", include_str!("../model.rs")),
             (
                 "nsnet/src/show.rs",

@@ -15,6 +15,7 @@ mod query;
 mod reap;
 mod resolver;
 mod sandbox;
+mod topology;
 
 pub use host::Underlay;
 pub use network::NetworkRequest;
@@ -37,6 +38,17 @@ use host::Host;
 /// Name of the network `create`/`run`/`attach` use when none is given; created on first use.
 pub const DEFAULT_NETWORK: &str = "nsnet0";
 
+/// Told how far a long command has got: what it is doing, how many of how many things are done (`nsnet`
+/// draws it as a line on a terminal). The library only counts.
+pub type Progress = std::sync::Arc<dyn Fn(&str, usize, usize) + Send + Sync>;
+
+/// What a long command counts for [`Nsnet::progress`]: the steps `counts` picks, out of `total`.
+pub(crate) struct Tally {
+    pub what: String,
+    pub total: usize,
+    pub counts: Box<dyn Fn(&Step) -> bool + Send + Sync>,
+}
+
 /// nsnet's operations over one state dir.
 pub struct Nsnet {
     /// The records. Private to the library: commands change them under the writer lock, and readers go
@@ -51,6 +63,8 @@ pub struct Nsnet {
     pub terms: Terms,
     /// Told about each kernel and firewall step just before it runs (`nsnet -v`).
     pub observer: Option<Observer>,
+    /// Told how far `network rm --force` and `gc` have got.
+    pub progress: Option<Progress>,
     /// The program started (with [`REAPER_ENV`]) to delete the veths a removal retired, off its path: the
     /// binaries name themselves. `None`: the next reaper or `gc` deletes them.
     pub reaper: Option<std::path::PathBuf>,
@@ -149,6 +163,7 @@ impl Nsnet {
             firewall: None,
             terms: Terms::CLI,
             observer: None,
+            progress: None,
             reaper: None,
         }
     }
@@ -156,6 +171,27 @@ impl Nsnet {
     /// An applier for this command's steps, telling [`Nsnet::observer`] about each.
     fn applier(&self) -> Applier {
         Applier::observed(self.observer.clone())
+    }
+
+    /// An applier that also tells [`Nsnet::progress`] of each step `tally` counts, as it is done.
+    fn applier_with(&self, tally: Option<Tally>) -> Applier {
+        let (Some(progress), Some(tally)) = (self.progress.clone(), tally) else {
+            return self.applier();
+        };
+        if tally.total == 0 {
+            return self.applier();
+        }
+        let inner = self.observer.clone();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        Applier::observed(Some(std::sync::Arc::new(move |step: &Step, phase| {
+            if let Some(o) = &inner {
+                o(step, phase);
+            }
+            if matches!(phase, crate::apply::Phase::Do) && (tally.counts)(step) {
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress(&tally.what, n.min(tally.total), tally.total);
+            }
+        })))
     }
 
     /// The writer lock, except for dry runs, which only read. Whatever a killed command left half done is
@@ -267,6 +303,7 @@ impl Nsnet {
         what: Removal,
         mark: Record,
         kernel: Plan,
+        tally: Option<Tally>,
     ) -> Result<Plan> {
         if self.dry_run {
             let (fw, _) = self.finish_removal(&what)?;
@@ -308,7 +345,7 @@ impl Nsnet {
         self.tell_resolver(&[mark]);
         drop(lock);
 
-        let mut applier = self.applier();
+        let mut applier = self.applier_with(tally);
         let deleted = delete_unlocked(&mut applier, &kernel, early.as_ref());
         let _lock = self.lock()?;
         let done = match deleted {

@@ -12,7 +12,7 @@ use crate::ipam;
 use crate::model::{Allocations, Driver, NetOptions, Network, NetworkRecord, Overlay, Sandbox};
 use crate::names;
 use crate::names::short_hash;
-use crate::plan::{build, Plan};
+use crate::plan::{build, Plan, Step};
 use crate::store::{Record, Removal};
 
 /// What `nsnet network create` asks for.
@@ -400,12 +400,28 @@ impl Nsnet {
             &users,
             &self.store.owner_tag(),
         ));
+        // Each sandbox's endpoint ends with the deletion (or retirement) of its host veth: one step to count.
+        let ends: std::collections::HashSet<String> = users
+            .iter()
+            .flat_map(|sb| sb.endpoints.iter().filter(|e| e.network == name))
+            .map(|e| e.host_interface.clone())
+            .collect();
+        let tally = super::Tally {
+            what: format!("detaching sandboxes from {name}"),
+            total: ends.len(),
+            counts: Box::new(move |step| match step {
+                Step::DeleteLink { name, .. } => ends.contains(name),
+                Step::RetireVeth { host, .. } => ends.contains(host),
+                _ => false,
+            }),
+        };
         net.removing = true;
         self.take_down(
             lock,
             Removal::Network(name.into()),
             Record::Settings(net),
             kernel,
+            Some(tally),
         )
     }
 

@@ -518,6 +518,7 @@ impl Nsnet {
             Removal::Sandbox(name.into()),
             Record::Sandbox(sb),
             kernel,
+            None,
         )
     }
 
@@ -606,6 +607,7 @@ impl Nsnet {
             },
             Record::Sandbox(marked),
             kernel,
+            None,
         )
     }
 

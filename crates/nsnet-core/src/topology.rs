@@ -1,0 +1,902 @@
+//! `nsnet topology`: what exists now, as plain data. [`build`] is pure: it takes the records and what the
+//! kernel holds ([`Facts`], read by `Nsnet::topology` through the host reader) and marks every item the
+//! records want that the kernel lacks, and every tagged kernel object no record owns, as broken. The CLI
+//! draws the result as text, dot or SVG, or prints it as JSON.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::firewall::Rule;
+use crate::kernel::netlink::RETIRED_GROUP;
+use crate::kernel::Link;
+use crate::model::{Driver, Mac, NetworkRecord, OverlayBackend, Sandbox};
+use crate::portmap::Proto;
+
+/// How an item of the picture stands against the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The records and the kernel agree.
+    Ok,
+    /// A command is removing it right now.
+    Removing,
+    /// The records want something the kernel lacks (or the reverse): see the item's `problems`.
+    Broken,
+    /// nsnet could not look (another namespace without the privilege to enter it, a firewall it cannot list).
+    Unknown,
+}
+
+/// Everything `nsnet topology` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Topology {
+    pub host: HostNode,
+    pub networks: Vec<NetworkNode>,
+    pub sandboxes: Vec<SandboxNode>,
+    /// Kernel objects that carry this state dir's tag but that no record owns (`nsnet gc` deletes them).
+    pub strays: Vec<Stray>,
+    /// One line per broken item, naming it and what is wrong: empty when records and kernel agree.
+    pub broken: Vec<String>,
+    /// What could not be checked, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// The host nsnet runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostNode {
+    pub name: String,
+    /// The interface of the default route, when there is one.
+    pub uplink: Option<Uplink>,
+}
+
+/// The host's way out: the default route's interface and gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Uplink {
+    pub interface: String,
+    pub addresses: Vec<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// One network on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkNode {
+    pub name: String,
+    /// `bridge`, `veth`, or `overlay/vxlan` / `overlay/host-gw`.
+    pub driver: String,
+    /// The bridge, or the host end of a veth network, holding the gateway.
+    pub interface: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub internal: bool,
+    pub isolate: bool,
+    pub fast_path: bool,
+    pub gateway_mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayNode>,
+    pub state: State,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// This host's part of an overlay network, and the other hosts as the record knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverlayNode {
+    pub cluster: Ipv4Net,
+    pub backend: String,
+    /// The VXLAN device, or the underlay interface (host-gw).
+    pub device: String,
+    pub vni: u32,
+    pub peers: Vec<PeerNode>,
+}
+
+/// Another host of an overlay network: its block and where its tunnel (or route) goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerNode {
+    pub subnet: Ipv4Net,
+    pub underlay: Ipv4Addr,
+    pub state: State,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// One sandbox: a namespace and its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SandboxNode {
+    pub name: String,
+    pub netns: PathBuf,
+    /// nsnet made the namespace (false: `attach`ed).
+    pub owned: bool,
+    pub endpoints: Vec<EndpointNode>,
+    pub state: State,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// A veth pair from a sandbox to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointNode {
+    pub network: String,
+    /// The sandbox's end (eth0, ...).
+    pub interface: String,
+    /// The host's end.
+    pub host_interface: String,
+    pub address: Ipv4Net,
+    pub mac: Mac,
+    pub gateway: Ipv4Addr,
+    pub default_route: bool,
+    pub ports: Vec<PortNode>,
+    pub state: State,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// A published port: host address and port(s) to the sandbox's address and port(s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortNode {
+    pub protocol: Proto,
+    /// `None`: every host address.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub target: Ipv4Addr,
+    pub container_port: u16,
+    /// How many consecutive ports (a range).
+    pub count: u16,
+    pub state: State,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+impl PortNode {
+    /// `0.0.0.0:8088/tcp -> 10.89.0.2:80` (ranges as `8000-8010`).
+    pub fn describe(&self) -> String {
+        let range = |start: u16| {
+            if self.count > 1 {
+                format!("{start}-{}", start.saturating_add(self.count - 1))
+            } else {
+                start.to_string()
+            }
+        };
+        let host = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        format!(
+            "{host}:{}/{} -> {}:{}",
+            range(self.host_port),
+            self.protocol,
+            self.target,
+            range(self.container_port)
+        )
+    }
+}
+
+/// A kernel object of this state dir's that no record owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stray {
+    /// `link` or `namespace`.
+    pub kind: String,
+    pub name: String,
+}
+
+/// What the kernel holds, as read for [`build`]: the host's links, its uplink, inside each sandbox, the
+/// firewall elements missing, the overlay routes.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub hostname: String,
+    pub links: Vec<Link>,
+    pub uplink: Option<Uplink>,
+    /// By sandbox name; a sandbox with no entry was not looked into (being removed).
+    pub inside: BTreeMap<String, Inside>,
+    /// Namespaces under /run/netns carrying this state dir's tag.
+    pub tagged_namespaces: Vec<String>,
+    /// The firewall elements the records want that the firewall lacks (endpoint and port elements only).
+    pub missing_rules: Vec<Rule>,
+    /// The firewall could not be read for these networks' endpoints, with why.
+    pub firewall_unread: Option<String>,
+    /// The destinations of nsnet's routes on each overlay network's device; `None`: no such device.
+    pub overlay_routes: BTreeMap<String, Option<Vec<Ipv4Net>>>,
+}
+
+/// A sandbox's namespace as seen from inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inside {
+    /// The namespace is not there (or its path names another one now).
+    Gone,
+    /// It is there, but could not be entered or read (the reason).
+    Unreadable(String),
+    /// Its links: name, MAC, IPv4 addresses.
+    Links(Vec<(String, Option<[u8; 6]>, Vec<Ipv4Net>)>),
+}
+
+/// The picture of `networks` and `sandboxes` as the kernel (`facts`) has them; `tag` is this state dir's
+/// tag on the links and namespaces it made.
+pub fn build(
+    networks: &[NetworkRecord],
+    sandboxes: &[Sandbox],
+    facts: &Facts,
+    tag: &str,
+) -> Topology {
+    let by_name: BTreeMap<&str, &Link> = facts.links.iter().map(|l| (l.name.as_str(), l)).collect();
+    let mut notes = Vec::new();
+    if let Some(why) = &facts.firewall_unread {
+        notes.push(format!("published ports not checked: {why}"));
+    }
+    let nets: Vec<NetworkNode> = networks
+        .iter()
+        .map(|r| network_node(r, facts, &by_name))
+        .collect();
+    let sbs: Vec<SandboxNode> = sandboxes
+        .iter()
+        .map(|sb| sandbox_node(sb, networks, facts, &by_name))
+        .collect();
+    if sbs
+        .iter()
+        .any(|s| s.state == State::Unknown || s.endpoints.iter().any(|e| e.state == State::Unknown))
+    {
+        notes.push(
+            "some namespaces could not be looked into; run nsnet topology as root to check them"
+                .into(),
+        );
+    }
+
+    // The reverse: what carries this state dir's tag and no record owns. A retired veth (renamed, in its
+    // group) is a removal's, on its way out through the reaper: not a stray.
+    let mut owned: HashSet<&str> = networks
+        .iter()
+        .map(|n| n.settings.interface.as_str())
+        .collect();
+    owned.extend(networks.iter().filter_map(|n| n.settings.overlay_device()));
+    owned.extend(
+        sandboxes
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.host_interface.as_str())),
+    );
+    let mut strays: Vec<Stray> = facts
+        .links
+        .iter()
+        .filter(|l| l.alias.as_deref() == Some(tag) && l.group != RETIRED_GROUP)
+        .filter(|l| !owned.contains(l.name.as_str()))
+        .map(|l| Stray {
+            kind: "link".into(),
+            name: l.name.clone(),
+        })
+        .collect();
+    let spaces: HashSet<PathBuf> = sandboxes.iter().map(|s| s.netns.clone()).collect();
+    strays.extend(
+        facts
+            .tagged_namespaces
+            .iter()
+            .filter(|n| !spaces.contains(&crate::netns::named_path(n)))
+            .map(|n| Stray {
+                kind: "namespace".into(),
+                name: n.clone(),
+            }),
+    );
+
+    let mut t = Topology {
+        host: HostNode {
+            name: facts.hostname.clone(),
+            uplink: facts.uplink.clone(),
+        },
+        networks: nets,
+        sandboxes: sbs,
+        strays,
+        broken: vec![],
+        notes,
+    };
+    t.broken = broken_lines(&t);
+    t
+}
+
+fn state_of(problems: &[String]) -> State {
+    if problems.is_empty() {
+        State::Ok
+    } else {
+        State::Broken
+    }
+}
+
+fn network_node(r: &NetworkRecord, facts: &Facts, links: &BTreeMap<&str, &Link>) -> NetworkNode {
+    let n = &r.settings;
+    let mut problems = Vec::new();
+    let what = match n.driver {
+        Driver::Bridge => "bridge",
+        Driver::Veth => "host end",
+    };
+    if !n.removing && !links.contains_key(n.interface.as_str()) {
+        problems.push(format!("{what} {} is missing", n.interface));
+    }
+    let overlay = n.overlay.as_ref().map(|o| {
+        let routes = facts.overlay_routes.get(&o.device);
+        if !n.removing && o.backend == OverlayBackend::Vxlan && matches!(routes, Some(None)) {
+            problems.push(format!("VXLAN device {} is missing", o.device));
+        }
+        let peers = o
+            .peers
+            .iter()
+            .map(|p| {
+                let mut problems = Vec::new();
+                match routes {
+                    Some(Some(dsts)) if !dsts.contains(&p.subnet) => problems.push(format!(
+                        "no route to {} via {} (the agent puts it back)",
+                        p.subnet, o.device
+                    )),
+                    Some(None) => problems.push(format!("{} is missing", o.device)),
+                    _ => {}
+                }
+                PeerNode {
+                    subnet: p.subnet,
+                    underlay: p.underlay,
+                    state: state_of(&problems),
+                    problems,
+                }
+            })
+            .collect();
+        OverlayNode {
+            cluster: o.cluster,
+            backend: o.backend.to_string(),
+            device: o.device.clone(),
+            vni: o.vni,
+            peers,
+        }
+    });
+    let driver = match &n.overlay {
+        Some(o) => format!("overlay/{}", o.backend),
+        None => n.driver.to_string(),
+    };
+    NetworkNode {
+        name: n.name.clone(),
+        driver,
+        interface: n.interface.clone(),
+        subnet: n.subnet,
+        gateway: n.gateway,
+        internal: n.internal,
+        isolate: n.isolate,
+        fast_path: n.fast_path && n.driver == Driver::Bridge,
+        gateway_mode: n.options.gateway_mode.to_string(),
+        overlay,
+        state: if n.removing {
+            State::Removing
+        } else {
+            state_of(&problems)
+        },
+        problems,
+    }
+}
+
+fn sandbox_node(
+    sb: &Sandbox,
+    networks: &[NetworkRecord],
+    facts: &Facts,
+    links: &BTreeMap<&str, &Link>,
+) -> SandboxNode {
+    let inside = facts.inside.get(&sb.name);
+    let mut problems = Vec::new();
+    if inside == Some(&Inside::Gone) {
+        problems.push(format!("namespace {} is gone", sb.netns.display()));
+    }
+    let endpoints = sb
+        .endpoints
+        .iter()
+        .map(|ep| {
+            let net = networks.iter().find(|n| n.settings.name == ep.network);
+            let mut problems = Vec::new();
+            let removing = sb.removing || ep.removing;
+            if !removing {
+                endpoint_problems(ep, net, inside, links, &mut problems);
+            }
+            let ports = ep
+                .ports
+                .iter()
+                .map(|m| {
+                    let rule = Rule::Port {
+                        mapping: *m,
+                        target: ep.address.addr(),
+                    };
+                    let mut problems = Vec::new();
+                    if !removing && facts.missing_rules.contains(&rule) {
+                        problems.push("the firewall lacks its DNAT element".to_string());
+                    }
+                    PortNode {
+                        protocol: m.protocol,
+                        host_ip: m.host_ip,
+                        host_port: m.host_port,
+                        target: ep.address.addr(),
+                        container_port: m.container_port,
+                        count: m.count,
+                        state: match (removing, facts.firewall_unread.is_some()) {
+                            (true, _) => State::Removing,
+                            (false, true) => State::Unknown,
+                            (false, false) => state_of(&problems),
+                        },
+                        problems,
+                    }
+                })
+                .collect();
+            let anti_spoofing = Rule::Endpoint {
+                host_interface: ep.host_interface.clone(),
+                address: ep.address.addr(),
+            };
+            if !removing && facts.missing_rules.contains(&anti_spoofing) {
+                problems.push("the firewall lacks its anti-spoofing element".into());
+            }
+            let state = if removing {
+                State::Removing
+            } else if problems.is_empty() && matches!(inside, Some(Inside::Unreadable(_))) {
+                State::Unknown
+            } else {
+                state_of(&problems)
+            };
+            EndpointNode {
+                network: ep.network.clone(),
+                interface: ep.interface.clone(),
+                host_interface: ep.host_interface.clone(),
+                address: ep.address,
+                mac: ep.mac,
+                gateway: ep.gateway,
+                default_route: ep.default_route,
+                ports,
+                state,
+                problems,
+            }
+        })
+        .collect();
+    let state = if sb.removing {
+        State::Removing
+    } else if !problems.is_empty() {
+        State::Broken
+    } else if matches!(inside, Some(Inside::Unreadable(_))) {
+        State::Unknown
+    } else {
+        State::Ok
+    };
+    SandboxNode {
+        name: sb.name.clone(),
+        netns: sb.netns.clone(),
+        owned: sb.owned,
+        endpoints,
+        state,
+        problems,
+    }
+}
+
+/// What is wrong with one endpoint: its host end, its bridge port, and inside the sandbox its interface,
+/// MAC and address.
+fn endpoint_problems(
+    ep: &crate::model::Endpoint,
+    net: Option<&NetworkRecord>,
+    inside: Option<&Inside>,
+    links: &BTreeMap<&str, &Link>,
+    problems: &mut Vec<String>,
+) {
+    let Some(net) = net else {
+        problems.push(format!("network {} has no record", ep.network));
+        return;
+    };
+    match links.get(ep.host_interface.as_str()) {
+        None => problems.push(format!("host end {} is missing", ep.host_interface)),
+        Some(link) if net.settings.driver == Driver::Bridge => {
+            let bridge = links.get(net.settings.interface.as_str()).map(|b| b.index);
+            if bridge.is_some() && link.master != bridge {
+                problems.push(format!(
+                    "host end {} is not on bridge {}",
+                    ep.host_interface, net.settings.interface
+                ));
+            }
+        }
+        Some(_) => {}
+    }
+    let Some(Inside::Links(inside)) = inside else {
+        return;
+    };
+    match inside.iter().find(|(name, _, _)| *name == ep.interface) {
+        None => problems.push(format!("{} is missing inside the sandbox", ep.interface)),
+        Some((_, mac, addresses)) => {
+            if mac.is_some_and(|m| m != ep.mac.0) {
+                problems.push(format!("{} has another MAC than {}", ep.interface, ep.mac));
+            }
+            if !addresses.contains(&ep.address) {
+                problems.push(format!("{} has lost address {}", ep.interface, ep.address));
+            }
+        }
+    }
+}
+
+/// One line per broken item: `sandbox web-1: host end veth1234 is missing`.
+fn broken_lines(t: &Topology) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in t.networks.iter().filter(|n| n.state == State::Broken) {
+        out.push(format!("network {}: {}", n.name, n.problems.join("; ")));
+    }
+    for n in &t.networks {
+        for p in n.overlay.iter().flat_map(|o| &o.peers) {
+            if p.state == State::Broken {
+                out.push(format!(
+                    "network {} peer {} at {}: {}",
+                    n.name,
+                    p.subnet,
+                    p.underlay,
+                    p.problems.join("; ")
+                ));
+            }
+        }
+    }
+    for s in &t.sandboxes {
+        if s.state == State::Broken {
+            out.push(format!("sandbox {}: {}", s.name, s.problems.join("; ")));
+        }
+        for e in s.endpoints.iter().filter(|e| e.state == State::Broken) {
+            out.push(format!(
+                "sandbox {} {} on {}: {}",
+                s.name,
+                e.interface,
+                e.network,
+                e.problems.join("; ")
+            ));
+        }
+        for e in &s.endpoints {
+            for p in e.ports.iter().filter(|p| p.state == State::Broken) {
+                out.push(format!(
+                    "sandbox {} port {}: {}",
+                    s.name,
+                    p.describe(),
+                    p.problems.join("; ")
+                ));
+            }
+        }
+    }
+    for s in &t.strays {
+        out.push(format!(
+            "{} {}: carries this state dir's tag, but no record owns it (`nsnet gc` deletes it)",
+            s.kind, s.name
+        ));
+    }
+    out
+}
+
+impl Topology {
+    /// The part about `name`: the network of that name with its sandboxes (their endpoints on it), and the
+    /// sandbox of that name with its networks. `None` when there is neither.
+    pub fn only(&self, name: &str) -> Option<Topology> {
+        let net = self.networks.iter().find(|n| n.name == name);
+        let sb = self.sandboxes.iter().find(|s| s.name == name);
+        if net.is_none() && sb.is_none() {
+            return None;
+        }
+        let mut sandboxes: Vec<SandboxNode> = Vec::new();
+        if let Some(net) = net {
+            for s in &self.sandboxes {
+                let eps: Vec<EndpointNode> = s
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.network == net.name)
+                    .cloned()
+                    .collect();
+                if !eps.is_empty() || s.name == name {
+                    sandboxes.push(SandboxNode {
+                        endpoints: if s.name == name {
+                            s.endpoints.clone()
+                        } else {
+                            eps
+                        },
+                        ..s.clone()
+                    });
+                }
+            }
+        } else if let Some(sb) = sb {
+            sandboxes.push(sb.clone());
+        }
+        let wanted: HashSet<&str> = sandboxes
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.network.as_str()))
+            .chain(net.map(|n| n.name.as_str()))
+            .collect();
+        let networks = self
+            .networks
+            .iter()
+            .filter(|n| wanted.contains(n.name.as_str()))
+            .cloned()
+            .collect();
+        let mut t = Topology {
+            host: self.host.clone(),
+            networks,
+            sandboxes,
+            strays: vec![],
+            broken: vec![],
+            notes: self.notes.clone(),
+        };
+        t.broken = broken_lines(&t);
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Network, Published};
+    use crate::portmap::PortMapping;
+
+    const TAG: &str = "nsnet:/var/lib/nsnet";
+
+    fn link(index: u32, name: &str, master: Option<u32>, tagged: bool) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: None,
+            mtu: Some(1500),
+            master,
+            alias: tagged.then(|| TAG.to_string()),
+            forwarding: true,
+            group: 0,
+        }
+    }
+
+    fn endpoint(net: &Network, ip: [u8; 4], host: &str, ports: Vec<PortMapping>) -> Endpoint {
+        let addr = Ipv4Addr::from(ip);
+        Endpoint {
+            network: net.name.clone(),
+            interface: "eth0".into(),
+            host_interface: host.into(),
+            mac: Mac::for_ipv4(addr),
+            address: Ipv4Net::new(addr, 24).expect("prefix"),
+            gateway: net.gateway,
+            default_route: true,
+            mtu: 1500,
+            ports,
+            removing: false,
+            aliases: vec![],
+        }
+    }
+
+    fn sandbox(name: &str, endpoints: Vec<Endpoint>) -> Sandbox {
+        Sandbox {
+            name: name.into(),
+            netns: crate::netns::named_path(name),
+            owned: true,
+            netns_id: None,
+            cni: false,
+            endpoints,
+            removing: false,
+            dns_servers: vec![],
+        }
+    }
+
+    /// Two networks, three sandboxes (one with a published port), and the kernel agreeing with all of it.
+    fn world() -> (Vec<NetworkRecord>, Vec<Sandbox>, Facts) {
+        let web = Network::bridge(
+            "web",
+            "172.16.0.0/24".parse().expect("subnet"),
+            Ipv4Addr::new(172, 16, 0, 1),
+            "nsbr-web",
+        );
+        let db = Network {
+            internal: true,
+            ..Network::bridge(
+                "db",
+                "172.16.1.0/24".parse().expect("subnet"),
+                Ipv4Addr::new(172, 16, 1, 1),
+                "nsbr-db",
+            )
+        };
+        let port = PortMapping {
+            host_ip: None,
+            host_port: 8088,
+            container_port: 80,
+            count: 1,
+            protocol: Proto::Tcp,
+        };
+        let sbs = vec![
+            sandbox(
+                "app",
+                vec![endpoint(&web, [172, 16, 0, 2], "veth-app", vec![port])],
+            ),
+            sandbox(
+                "api",
+                vec![endpoint(&web, [172, 16, 0, 3], "veth-api", vec![])],
+            ),
+            sandbox(
+                "pg",
+                vec![endpoint(&db, [172, 16, 1, 2], "veth-pg", vec![])],
+            ),
+        ];
+        let mut web = NetworkRecord::new(web);
+        web.allocations.published.push(Published {
+            sandbox: "app".into(),
+            mapping: port,
+        });
+        let nets = vec![web, NetworkRecord::new(db)];
+        let mut facts = Facts {
+            hostname: "node1".into(),
+            links: vec![
+                link(1, "lo", None, false),
+                link(2, "eth0", None, false),
+                link(10, "nsbr-web", None, true),
+                link(11, "nsbr-db", None, true),
+                link(20, "veth-app", Some(10), true),
+                link(21, "veth-api", Some(10), true),
+                link(22, "veth-pg", Some(11), true),
+            ],
+            uplink: Some(Uplink {
+                interface: "eth0".into(),
+                addresses: vec!["192.0.2.10/24".parse().expect("address")],
+                gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            }),
+            tagged_namespaces: vec!["app".into(), "api".into(), "pg".into()],
+            ..Default::default()
+        };
+        for sb in &sbs {
+            let ep = &sb.endpoints[0];
+            facts.inside.insert(
+                sb.name.clone(),
+                Inside::Links(vec![
+                    ("lo".into(), None, vec![]),
+                    ("eth0".into(), Some(ep.mac.0), vec![ep.address]),
+                ]),
+            );
+        }
+        (nets, sbs, facts)
+    }
+
+    #[test]
+    fn an_agreeing_kernel_is_all_ok() {
+        let (nets, sbs, facts) = world();
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert!(t.broken.is_empty(), "{:#?}", t.broken);
+        assert!(t.strays.is_empty());
+        assert_eq!(t.host.name, "node1");
+        assert_eq!(t.networks.len(), 2);
+        assert!(t.networks[1].internal);
+        assert_eq!(t.sandboxes.len(), 3);
+        let app = &t.sandboxes[0];
+        assert_eq!(app.endpoints[0].host_interface, "veth-app");
+        assert_eq!(app.endpoints[0].mac.to_string(), "02:6e:ac:10:00:02");
+        assert_eq!(
+            app.endpoints[0].ports[0].describe(),
+            "0.0.0.0:8088/tcp -> 172.16.0.2:80"
+        );
+        assert!(t.sandboxes.iter().all(|s| s.state == State::Ok));
+    }
+
+    #[test]
+    fn a_missing_host_veth_breaks_exactly_its_endpoint() {
+        let (nets, sbs, mut facts) = world();
+        facts.links.retain(|l| l.name != "veth-api");
+        // The kernel deletes both ends of a pair.
+        facts.inside.insert(
+            "api".into(),
+            Inside::Links(vec![("lo".into(), None, vec![])]),
+        );
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
+        assert!(t.broken[0].starts_with("sandbox api eth0 on web: host end veth-api is missing"));
+        let api = &t.sandboxes[1];
+        assert_eq!(api.state, State::Ok);
+        assert_eq!(api.endpoints[0].state, State::Broken);
+        assert_eq!(api.endpoints[0].problems.len(), 2);
+        assert!(t.networks.iter().all(|n| n.state == State::Ok));
+    }
+
+    #[test]
+    fn a_gone_namespace_breaks_its_sandbox() {
+        let (nets, sbs, mut facts) = world();
+        facts.inside.insert("pg".into(), Inside::Gone);
+        facts.links.retain(|l| l.name != "veth-pg");
+        facts.tagged_namespaces.retain(|n| n != "pg");
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.sandboxes[2].state, State::Broken);
+        assert!(t.broken[0].contains("namespace /run/netns/pg is gone"));
+        assert!(t.sandboxes[..2].iter().all(|s| s.state == State::Ok));
+    }
+
+    #[test]
+    fn wrong_mac_lost_address_and_bridge_port_are_named() {
+        let (nets, sbs, mut facts) = world();
+        facts.inside.insert(
+            "app".into(),
+            Inside::Links(vec![("eth0".into(), Some([2, 0, 0, 0, 0, 1]), vec![])]),
+        );
+        if let Some(l) = facts.links.iter_mut().find(|l| l.name == "veth-app") {
+            l.master = None;
+        }
+        let t = build(&nets, &sbs, &facts, TAG);
+        let p = &t.sandboxes[0].endpoints[0].problems;
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(p[0].contains("not on bridge nsbr-web"));
+        assert!(p[1].contains("another MAC"));
+        assert!(p[2].contains("lost address 172.16.0.2/24"));
+    }
+
+    #[test]
+    fn missing_bridge_unowned_links_and_namespaces_and_firewall_elements() {
+        let (nets, sbs, mut facts) = world();
+        facts.links.retain(|l| l.name != "nsbr-db");
+        facts.links.push(link(30, "vethdead", Some(10), true));
+        facts.links.push(link(31, "someones", None, false));
+        facts.links.push(Link {
+            group: RETIRED_GROUP,
+            ..link(32, "nsrt00000001", None, true)
+        });
+        facts.tagged_namespaces.push("leftover".into());
+        facts.missing_rules.push(Rule::Port {
+            mapping: sbs[0].endpoints[0].ports[0],
+            target: Ipv4Addr::new(172, 16, 0, 2),
+        });
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.networks[1].state, State::Broken);
+        assert_eq!(t.networks[1].problems, ["bridge nsbr-db is missing"]);
+        let strays: Vec<&str> = t.strays.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(strays, ["vethdead", "leftover"]);
+        assert_eq!(t.sandboxes[0].endpoints[0].ports[0].state, State::Broken);
+        assert_eq!(t.sandboxes[0].endpoints[0].state, State::Ok);
+        assert_eq!(t.broken.len(), 4, "{:#?}", t.broken);
+    }
+
+    #[test]
+    fn removing_and_unreadable_are_not_broken() {
+        let (nets, mut sbs, mut facts) = world();
+        sbs[0].removing = true;
+        facts.inside.remove("app");
+        facts.links.retain(|l| l.name != "veth-app");
+        facts
+            .inside
+            .insert("api".into(), Inside::Unreadable("EPERM".into()));
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert!(t.broken.is_empty(), "{:#?}", t.broken);
+        assert_eq!(t.sandboxes[0].state, State::Removing);
+        assert_eq!(t.sandboxes[1].state, State::Unknown);
+        assert!(!t.notes.is_empty());
+    }
+
+    #[test]
+    fn overlay_peers_without_routes_are_broken() {
+        let (mut nets, sbs, mut facts) = world();
+        nets[0].settings.overlay = Some(crate::model::Overlay {
+            cluster: "172.16.0.0/16".parse().expect("cluster"),
+            backend: OverlayBackend::Vxlan,
+            vni: 7,
+            port: 4789,
+            device: "nsvx-web".into(),
+            vtep_mac: Mac([2, 0, 0, 0, 0, 9]),
+            peers: vec![
+                crate::model::Peer {
+                    subnet: "172.16.5.0/24".parse().expect("block"),
+                    underlay: Ipv4Addr::new(192, 0, 2, 11),
+                    vtep_mac: None,
+                },
+                crate::model::Peer {
+                    subnet: "172.16.6.0/24".parse().expect("block"),
+                    underlay: Ipv4Addr::new(192, 0, 2, 12),
+                    vtep_mac: None,
+                },
+            ],
+            underlay_qdisc: false,
+        });
+        facts.links.push(link(40, "nsvx-web", None, true));
+        facts.overlay_routes.insert(
+            "nsvx-web".into(),
+            Some(vec!["172.16.5.0/24".parse().expect("block")]),
+        );
+        let t = build(&nets, &sbs, &facts, TAG);
+        let o = t.networks[0].overlay.as_ref().expect("overlay");
+        assert_eq!(t.networks[0].driver, "overlay/vxlan");
+        assert_eq!(o.peers[0].state, State::Ok);
+        assert_eq!(o.peers[1].state, State::Broken);
+        assert!(t.strays.is_empty());
+        assert_eq!(t.broken.len(), 1);
+    }
+
+    #[test]
+    fn only_keeps_one_network_or_one_sandbox() {
+        let (nets, sbs, facts) = world();
+        let t = build(&nets, &sbs, &facts, TAG);
+        let web = t.only("web").expect("network web");
+        assert_eq!(web.networks.len(), 1);
+        let names: Vec<&str> = web.sandboxes.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["app", "api"]);
+        let pg = t.only("pg").expect("sandbox pg");
+        assert_eq!(pg.sandboxes.len(), 1);
+        assert_eq!(pg.networks[0].name, "db");
+        assert!(t.only("nope").is_none());
+    }
+}
