@@ -1,0 +1,340 @@
+//! `nsnet topology` on the real kernel: what it lists, what it marks broken once something is deleted behind
+//! nsnet's back, the NAME filter and a bad NAME; the progress line of `network rm --force`; `--version`,
+//! `completions` and `man` from the binary.
+
+mod common;
+
+use std::process::Command;
+
+use common::{nsnet_bin, sh, TestHost, LAN_IP};
+use serde_json::Value;
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("JSON output")
+}
+
+fn broken(t: &Value) -> Vec<String> {
+    t["broken"]
+        .as_array()
+        .expect("broken is a list")
+        .iter()
+        .map(|b| b.as_str().expect("a line").to_string())
+        .collect()
+}
+
+fn sandbox<'a>(t: &'a Value, name: &str) -> &'a Value {
+    t["sandboxes"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no sandbox {name} in {t:#}"))
+}
+
+/// The MAC of `ifname` inside namespace `ns`, as the kernel has it.
+fn kernel_mac(ns: &str, ifname: &str) -> String {
+    let links = json(&sh(&["ip", "-j", "-n", ns, "link", "show", ifname]));
+    links[0]["address"].as_str().expect("address").to_string()
+}
+
+#[test]
+fn topology_shows_what_exists_and_marks_exactly_what_broke() {
+    let h = TestHost::with_lan("topo");
+    // An uplink with a default route, as a real host has.
+    h.in_host(&[
+        "ip", "route", "add", "default", "via", LAN_IP, "dev", "uplink0",
+    ]);
+    let empty = h.snapshot();
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+    h.ok(&[
+        "network",
+        "create",
+        "web",
+        "--subnet",
+        "172.16.0.0/24",
+        "--bridge",
+        "nstweb",
+    ]);
+    h.ok(&[
+        "network",
+        "create",
+        "db",
+        "--subnet",
+        "172.16.1.0/24",
+        "--internal",
+    ]);
+    h.ok(&["create", &a, "--network", "web", "-p", "8088:80"]);
+    h.ok(&["create", &b, "--network", "web"]);
+    h.ok(&["create", &c, "--network", "db"]);
+
+    let t = json(&h.ok(&["topology", "--json"]));
+    assert_eq!(broken(&t), Vec::<String>::new(), "{t:#}");
+    assert_eq!(t["host"]["uplink"]["interface"], "uplink0");
+    assert_eq!(t["host"]["uplink"]["addresses"][0], "10.0.1.48/24");
+    assert_eq!(t["host"]["uplink"]["gateway"], LAN_IP);
+    let nets: Vec<&str> = t["networks"]
+        .as_array()
+        .expect("networks")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(nets, ["db", "web"]);
+    assert_eq!(t["networks"][0]["internal"], true);
+    assert_eq!(t["networks"][1]["interface"], "nstweb");
+    assert_eq!(t["networks"][1]["gateway"], "172.16.0.1");
+    assert_eq!(t["networks"][1]["fast_path"], true);
+    for (name, address) in [
+        (&a, "172.16.0.2/24"),
+        (&b, "172.16.0.3/24"),
+        (&c, "172.16.1.2/24"),
+    ] {
+        let sb = sandbox(&t, name);
+        assert_eq!(sb["state"], "ok", "{sb:#}");
+        let ep = &sb["endpoints"][0];
+        assert_eq!(ep["address"], address);
+        assert_eq!(ep["state"], "ok");
+        // The MAC is the kernel's, on both ends of the pair.
+        assert_eq!(ep["mac"].as_str(), Some(kernel_mac(name, "eth0").as_str()));
+        let host_end = ep["host_interface"].as_str().expect("host end");
+        let links = json(&h.in_host(&["ip", "-j", "link", "show", host_end]));
+        assert!(links[0]["ifname"] == host_end);
+    }
+    let port = &sandbox(&t, &a)["endpoints"][0]["ports"][0];
+    assert_eq!(
+        (port["host_port"].as_u64(), port["container_port"].as_u64()),
+        (Some(8088), Some(80))
+    );
+    assert_eq!(port["target"], "172.16.0.2");
+    assert_eq!(port["protocol"], "tcp");
+    assert_eq!(port["state"], "ok");
+    let text = h.ok(&["topology"]);
+    assert!(!text.contains('✗') && !text.contains('\x1b'), "{text}");
+    assert!(
+        text.contains("port 0.0.0.0:8088/tcp -> 172.16.0.2:80"),
+        "{text}"
+    );
+
+    // NAME: one network with its sandboxes, or one sandbox with its networks.
+    let db = json(&h.ok(&["topology", "db", "--json"]));
+    assert_eq!(db["networks"].as_array().map(Vec::len), Some(1));
+    assert_eq!(db["sandboxes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(db["sandboxes"][0]["name"], c.as_str());
+    let one = json(&h.ok(&["topology", &a, "--json"]));
+    assert_eq!(one["sandboxes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one["networks"][0]["name"], "web");
+
+    // A bad NAME, or two formats: one line, non-zero, nothing changed.
+    let before = h.snapshot();
+    let err = h.fails(&["topology", "nosuch"]);
+    assert!(
+        err.contains("no network or sandbox named 'nosuch'") && err.contains("nsnet ls"),
+        "{err}"
+    );
+    let err = h.fails(&["topology", "--json", "--format", "dot"]);
+    assert!(err.contains("--json") && err.contains("--format"), "{err}");
+    let err = h.fails(&["topology", "--format", "png"]);
+    assert!(err.contains("png"), "{err}");
+    assert_eq!(h.snapshot(), before);
+
+    // Behind nsnet's back: b's host veth goes (and its pair with it).
+    let b_host = sandbox(&t, &b)["endpoints"][0]["host_interface"]
+        .as_str()
+        .expect("host end")
+        .to_string();
+    h.in_host(&["ip", "link", "del", &b_host]);
+    let t = json(&h.ok(&["topology", "--json"]));
+    let lines = broken(&t);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "sandbox {b} eth0 on web: host end {b_host} is missing"
+        )),
+        "{lines:#?}"
+    );
+    assert_eq!(sandbox(&t, &b)["endpoints"][0]["state"], "broken");
+    for ok in [&a, &c] {
+        assert_eq!(sandbox(&t, ok)["endpoints"][0]["state"], "ok");
+    }
+    assert!(t["networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|n| n["state"] == "ok"));
+    let text = h.ok(&["topology"]);
+    let marked: Vec<&str> = text.lines().filter(|l| l.contains("✗ BROKEN")).collect();
+    assert_eq!(marked.len(), 2, "{text}"); // the endpoint's line and the summary
+    assert!(marked[0].contains(&b_host), "{text}");
+    let dot = h.ok(&["topology", "--format", "dot"]);
+    assert_eq!(
+        dot.lines().filter(|l| l.contains("color=red")).count(),
+        1,
+        "{dot}"
+    );
+    let svg = h.ok(&["topology", "--format", "svg"]);
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("stroke-dasharray=\"7 4\"") && svg.contains(&a));
+
+    // Its namespace goes from under c: c is broken, and only c.
+    sh(&["ip", "netns", "del", &c]);
+    let t = json(&h.ok(&["topology", "--json"]));
+    assert_eq!(sandbox(&t, &c)["state"], "broken");
+    assert!(sandbox(&t, &c)["problems"][0]
+        .as_str()
+        .is_some_and(|p| p.contains("is gone")));
+    let lines = broken(&t);
+    assert!(
+        lines.iter().all(|l| l.contains(&c) || l.contains(&b_host)),
+        "{lines:#?}"
+    );
+    assert_eq!(sandbox(&t, &a)["state"], "ok");
+
+    // gc puts it right, and topology says so.
+    h.ok(&["gc"]);
+    let t = json(&h.ok(&["topology", "--json"]));
+    assert_eq!(broken(&t), Vec::<String>::new(), "{t:#}");
+    assert_eq!(t["sandboxes"].as_array().map(Vec::len), Some(2));
+
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "web"]);
+    h.ok(&["network", "rm", "db"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// A tagged link no record owns shows up as broken, and so does a missing bridge.
+#[test]
+fn topology_marks_strays_and_missing_bridges() {
+    let h = TestHost::new("topostray");
+    let empty = h.snapshot();
+    let a = h.sb("a");
+    h.ok(&["network", "create", "web", "--subnet", "172.16.0.0/24"]);
+    h.ok(&["create", &a, "--network", "web"]);
+    let tag = {
+        let links = json(&h.in_host(&["ip", "-j", "link", "show", "nsbr-web"]));
+        links[0]["ifalias"]
+            .as_str()
+            .expect("tagged bridge")
+            .to_string()
+    };
+    h.in_host(&["ip", "link", "add", "nststray", "type", "bridge"]);
+    h.in_host(&["ip", "link", "set", "nststray", "alias", &tag]);
+    let t = json(&h.ok(&["topology", "--json"]));
+    assert_eq!(t["strays"][0]["name"], "nststray", "{t:#}");
+    assert_eq!(broken(&t).len(), 1, "{t:#}");
+    // The bridge goes, and the veth's host end with it.
+    h.in_host(&["ip", "link", "del", "nsbr-web"]);
+    let t = json(&h.ok(&["topology", "web", "--json"]));
+    assert_eq!(t["networks"][0]["state"], "broken");
+    assert_eq!(
+        t["networks"][0]["problems"][0],
+        "bridge nsbr-web is missing"
+    );
+    h.ok(&["gc"]);
+    let t = json(&h.ok(&["topology", "--json"]));
+    assert_eq!(broken(&t), Vec::<String>::new(), "{t:#}");
+    h.ok(&["network", "rm", "web", "--force"]);
+    h.ok(&["rm", &a]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `network rm --force` draws its progress on a terminal (here a pseudo-terminal from `script`), and prints
+/// nothing of it when stderr is not one.
+#[test]
+fn network_rm_force_shows_progress_only_on_a_terminal() {
+    let h = TestHost::new("progress");
+    let empty = h.snapshot();
+    let names: Vec<String> = (0..4).map(|i| h.sb(&format!("p{i}"))).collect();
+    let create_all = |net: &str| {
+        h.ok(&["network", "create", net, "--subnet", "172.16.2.0/24"]);
+        for n in &names {
+            h.ok(&["create", n, "--network", net]);
+        }
+    };
+    create_all("many");
+    let out = h.nsnet(&["network", "rm", "many", "--force"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "no progress off a terminal"
+    );
+    for n in &names {
+        h.ok(&["rm", n]);
+    }
+
+    create_all("many");
+    let line = format!(
+        "NSNET_STATE_DIR={} NSNET_RESOLV_CONF={} nsenter --net={} -- {} network rm many --force",
+        h.state.display(),
+        h.resolv_conf().display(),
+        h.host_path().display(),
+        nsnet_bin().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("script");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{seen}");
+    for i in 1..4 {
+        assert!(
+            seen.contains(&format!("\rdetaching sandboxes from many {i}/4")),
+            "{seen:?}"
+        );
+    }
+    // The line is cleared at the end; the command's own output follows.
+    assert!(seen.contains("\r\x1b[K"), "{seen:?}");
+    assert!(seen.trim_end().ends_with("many"), "{seen:?}");
+    for n in &names {
+        h.ok(&["rm", n]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn version_completions_and_man_come_from_the_binary() {
+    let run = |args: &[&str]| {
+        let out = Command::new(nsnet_bin())
+            .args(args)
+            .output()
+            .expect("nsnet");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let version = run(&["--version"]);
+    assert!(
+        version.starts_with(&format!("nsnet {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let head = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(head) = head {
+        assert_eq!(
+            version.trim_end(),
+            format!("nsnet {} (commit {head})", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("topology") && bash.contains("network"),
+        "{bash}"
+    );
+    assert!(run(&["completions", "zsh"]).contains("#compdef nsnet"));
+    assert!(run(&["completions", "fish"]).contains("complete -c nsnet"));
+    let page = run(&["man"]);
+    assert!(page.contains(".TH nsnet 1"), "{page}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_string_lossy().into_owned();
+    run(&["man", "--dir", &path]);
+    for page in ["nsnet.1", "nsnet-topology.1", "nsnet-network-rm.1"] {
+        assert!(dir.path().join(page).exists(), "no {page}");
+    }
+    let out = Command::new(nsnet_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("nsnet");
+    assert_eq!(out.status.code(), Some(2));
+}
