@@ -444,14 +444,10 @@ impl Boxed {
             state,
         }
     }
+    /// One character more than the longest line: fonts' monospace widths vary around `CHAR_W`.
     fn w(&self) -> usize {
-        self.lines
-            .iter()
-            .map(|l| l.chars().count())
-            .max()
-            .unwrap_or(0)
-            * CHAR_W
-            + 2 * PAD
+        let chars = self.lines.iter().map(|l| l.chars().count()).max();
+        (chars.unwrap_or(0) + 1) * CHAR_W + 2 * PAD
     }
     fn h(&self) -> usize {
         self.lines.len() * LINE_H + PAD
@@ -498,10 +494,13 @@ fn draw_box(out: &mut String, b: &Boxed, fill: &str) {
     }
 }
 
+/// A line from `from` to `to`, its label `along` tenths of the way: a network's edges to its sandboxes
+/// have theirs near the sandboxes, where the edges are apart.
 fn draw_edge(
     out: &mut String,
     from: (usize, usize),
     to: (usize, usize),
+    along: usize,
     state: State,
     label: &[String],
 ) {
@@ -514,8 +513,9 @@ fn draw_edge(
         to.1,
         svg_style(state)
     );
-    // The label sits on the edge's midpoint, over a white patch so lines do not cross it.
-    let (mx, my) = ((from.0 + to.0) / 2, (from.1 + to.1) / 2);
+    // Over a white patch, so lines do not cross it.
+    let at = |a: usize, b: usize| (a * (10 - along) + b * along) / 10;
+    let (mx, my) = (at(from.0, to.0), at(from.1, to.1));
     let width = label.iter().map(|l| l.chars().count()).max().unwrap_or(0) * 6 + 6;
     let height = label.len() * 13;
     if width > 6 {
@@ -596,6 +596,17 @@ pub fn svg(t: &Topology) -> String {
                 lines.push(format!("  {}", e.mac));
                 for p in &e.ports {
                     lines.push(format!("  port {}/{}", p.container_port, p.protocol));
+                }
+                // What is wrong with the pair or its ports, in the box: an edge has no room for it.
+                if e.state == State::Broken {
+                    lines.extend(e.problems.iter().map(|p| format!("✗ {p}")));
+                }
+                for p in e.ports.iter().filter(|p| p.state == State::Broken) {
+                    lines.extend(
+                        p.problems
+                            .iter()
+                            .map(|q| format!("✗ port {}: {q}", p.host_port)),
+                    );
                 }
             }
             Boxed::new(with_problems(lines, s.state, &s.problems), s.state)
@@ -717,6 +728,7 @@ pub fn svg(t: &Topology) -> String {
             &mut out,
             host.bottom(),
             b.top(),
+            5,
             n.state,
             std::slice::from_ref(&n.interface),
         );
@@ -731,7 +743,7 @@ pub fn svg(t: &Topology) -> String {
                 .map(|o| format!("{} {}", o.backend, o.device))
                 .unwrap_or_default();
             let from = (n.x + n.w(), n.y + n.h() / 2);
-            draw_edge(&mut out, from, p.bottom(), state, &[device]);
+            draw_edge(&mut out, from, p.bottom(), 5, state, &[device]);
         }
     }
     for (s, b) in t.sandboxes.iter().zip(&sbs) {
@@ -740,17 +752,14 @@ pub fn svg(t: &Topology) -> String {
                 continue;
             };
             if let Some(nb) = nets.get(n) {
-                let label = with_problems(
-                    vec![format!("{} <-> {}", e.host_interface, e.interface)],
-                    e.state,
-                    &e.problems,
-                );
+                let mark = if e.state == State::Broken { "✗ " } else { "" };
+                let label = [format!("{mark}{} <-> {}", e.host_interface, e.interface)];
                 let state = if e.state == State::Broken || s.state == State::Broken {
                     State::Broken
                 } else {
                     e.state
                 };
-                draw_edge(&mut out, nb.bottom(), b.top(), state, &label);
+                draw_edge(&mut out, nb.bottom(), b.top(), 7, state, &label);
             }
         }
     }
