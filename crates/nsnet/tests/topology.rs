@@ -260,20 +260,25 @@ fn network_rm_force_shows_progress_only_on_a_terminal() {
         h.ok(&["rm", n]);
     }
 
+    // nsnet with a pseudo-terminal for stdout and stderr: what it wrote to them, together.
+    let on_terminal = |args: &str| {
+        let line = format!(
+            "NSNET_STATE_DIR={} NSNET_RESOLV_CONF={} nsenter --net={} -- {} {args}",
+            h.state.display(),
+            h.resolv_conf().display(),
+            h.host_path().display(),
+            nsnet_bin().display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .output()
+            .expect("script");
+        let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{seen}");
+        seen
+    };
     create_all("many");
-    let line = format!(
-        "NSNET_STATE_DIR={} NSNET_RESOLV_CONF={} nsenter --net={} -- {} network rm many --force",
-        h.state.display(),
-        h.resolv_conf().display(),
-        h.host_path().display(),
-        nsnet_bin().display()
-    );
-    let out = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .output()
-        .expect("script");
-    let seen = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{seen}");
+    let seen = on_terminal("network rm many --force");
     for i in 1..4 {
         assert!(
             seen.contains(&format!("\rdetaching sandboxes from many {i}/4")),
@@ -286,6 +291,16 @@ fn network_rm_force_shows_progress_only_on_a_terminal() {
     for n in &names {
         h.ok(&["rm", n]);
     }
+
+    // gc counts its steps: here releasing sandboxes whose namespaces went behind nsnet's back.
+    create_all("many");
+    for n in &names {
+        sh(&["ip", "netns", "del", n]);
+    }
+    let seen = on_terminal("gc");
+    assert!(seen.contains("\rgc: step 1/"), "{seen:?}");
+    assert!(seen.contains("released sandbox"), "{seen:?}");
+    h.ok(&["network", "rm", "many"]);
     assert_eq!(h.snapshot(), empty);
 }
 
