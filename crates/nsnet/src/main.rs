@@ -143,7 +143,8 @@ enum Cmd {
     /// Print a shell completion script for bash, zsh or fish.
     Completions {
         /// The shell.
-        shell: clap_complete::Shell,
+        #[arg(value_enum)]
+        shell: polish::Shell,
     },
     /// Print the manual page (roff), or with --dir write one page per command there.
     Man {

@@ -19,8 +19,21 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// The shells `nsnet completions` writes for: the ones scripts/setup installs for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 /// `nsnet completions SHELL`: the completion script, from the CLI's own definition.
-pub fn completions(shell: clap_complete::Shell) -> Result<ExitCode> {
+pub fn completions(shell: Shell) -> Result<ExitCode> {
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
     let mut cmd = crate::Cli::command();
     clap_complete::generate(shell, &mut cmd, "nsnet", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)
