@@ -46,7 +46,12 @@ pub fn run(
         return crate::show::json(&t);
     }
     match format.unwrap_or(Format::Text) {
-        Format::Text => print!("{}", text(&t, std::io::stdout().is_terminal())),
+        Format::Text => {
+            // Colour on a terminal, unless the user asked for none (the NO_COLOR convention).
+            let colour = std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            print!("{}", text(&t, colour));
+        }
         Format::Dot => print!("{}", dot(&t)),
         Format::Svg => print!("{}", svg(&t)),
     }
