@@ -1,13 +1,15 @@
 //! `nsnet topology` on the real kernel: what it lists, what it marks broken once something is deleted behind
-//! nsnet's back, the NAME filter and a bad NAME; the progress line of `network rm --force`; `--version`,
+//! nsnet's back, the NAME filter and a bad NAME, an overlay network's other hosts; the progress line of `network rm --force`; `--version`,
 //! `completions` and `man` from the binary.
 
-mod common;
+mod world;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::{nsnet_bin, sh, TestHost, LAN_IP};
 use serde_json::Value;
+use world::common::{nsnet_bin, sh, TestHost, LAN_IP};
+use world::{in_ns, wait_until, Signal, World};
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("JSON output")
@@ -352,4 +354,92 @@ fn version_completions_and_man_come_from_the_binary() {
         .output()
         .expect("nsnet");
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// An overlay network's other hosts, with their blocks and underlay addresses; a route to one that goes while
+/// the agent is away is marked, and the agent's return puts it right.
+#[test]
+fn topology_shows_an_overlay_networks_other_hosts() {
+    let w = World::new("topoovl", 2);
+    let url = w.etcd_url();
+    w.ok(
+        1,
+        &[
+            "network",
+            "create",
+            "pods",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.244.0.0/16",
+            "--etcd",
+            &url,
+        ],
+    );
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", "3"]);
+    }
+    let topo = |i: usize| json(&w.ok(i, &["topology", "--json"]));
+    let peers = |t: &Value| {
+        t["networks"][0]["overlay"]["peers"]
+            .as_array()
+            .map(Vec::len)
+    };
+    for i in 1..=2 {
+        assert!(
+            wait_until(Duration::from_secs(15), || peers(&topo(i)) == Some(1)),
+            "host {i} did not join: {}",
+            w.agent_log(i)
+        );
+    }
+    let (t1, t2) = (topo(1), topo(2));
+    assert_eq!(broken(&t1), Vec::<String>::new(), "{t1:#}");
+    let net = &t1["networks"][0];
+    assert_eq!(net["driver"], "overlay/vxlan");
+    assert_eq!(net["overlay"]["cluster"], "10.244.0.0/16");
+    let peer = &net["overlay"]["peers"][0];
+    let block2 = t2["networks"][0]["subnet"]
+        .as_str()
+        .expect("block")
+        .to_string();
+    assert_eq!(peer["subnet"], block2.as_str());
+    assert_eq!(peer["underlay"], w.host_ip(2).to_string());
+    assert_eq!(peer["state"], "ok");
+    let text = w.ok(1, &["topology"]);
+    assert!(
+        text.contains(&format!("host at {} has {block2}", w.host_ip(2))),
+        "{text}"
+    );
+
+    // The agent away, the route to host 2's block goes.
+    w.kill_agent(1, Signal::SIGKILL);
+    in_ns(&w.host_path(1), &["ip", "route", "del", &block2]);
+    let t = topo(1);
+    let lines = broken(&t);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains(&block2) && lines[0].contains("no route"),
+        "{lines:#?}"
+    );
+    assert_eq!(t["networks"][0]["overlay"]["peers"][0]["state"], "broken");
+    assert_eq!(t["networks"][0]["state"], "ok");
+    assert!(w.ok(1, &["topology"]).contains("✗ BROKEN"));
+    w.start_agent(1, &["--lease-ttl", "3"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || broken(&topo(1)).is_empty()),
+        "the agent did not put the route back: {}",
+        w.agent_log(1)
+    );
+
+    w.ok(1, &["network", "rm", "pods", "--etcd", &url]);
+    for i in 1..=2 {
+        assert!(
+            wait_until(Duration::from_secs(15), || !w
+                .nsnet(i, &["network", "inspect", "pods"])
+                .status
+                .success()),
+            "host {i} kept its part: {}",
+            w.agent_log(i)
+        );
+    }
 }
