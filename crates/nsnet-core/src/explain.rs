@@ -264,6 +264,68 @@ impl fmt::Display for Explanation {
     }
 }
 
+/// What a real probe packet did (`--probe`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeReport {
+    /// Whether the packet reached where the question asked (the sandbox behind a published port, say).
+    pub delivered: bool,
+    /// What was sent and what came of it.
+    pub detail: String,
+    /// The real packet did what the static verdict says.
+    pub agrees: bool,
+    /// The rules the packet met, in order, when nftables tracing was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Vec<TraceStep>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// One rule a traced packet met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceStep {
+    /// `ip nsnet forward`.
+    pub chain: String,
+    /// The rule's text, or `policy`.
+    pub rule: String,
+    pub verdict: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iif: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oif: Option<String>,
+}
+
+impl fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = if self.delivered {
+            "DELIVERED"
+        } else {
+            "DROPPED"
+        };
+        let agree = if self.agrees {
+            "agrees with the verdict"
+        } else {
+            "DISAGREES with the verdict"
+        };
+        writeln!(f, "probe: {word} ({agree}): {}", self.detail)?;
+        if let Some(trace) = &self.trace {
+            writeln!(f, "trace (nftables, the rules the probe packet met):")?;
+            for t in trace {
+                let dev = match (&t.iif, &t.oif) {
+                    (Some(i), Some(o)) => format!(" [in {i} out {o}]"),
+                    (Some(i), None) => format!(" [in {i}]"),
+                    (None, Some(o)) => format!(" [out {o}]"),
+                    (None, None) => String::new(),
+                };
+                writeln!(f, "  {}{dev}: {} -> {}", t.chain, t.rule, t.verdict)?;
+            }
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
 /// nsnet's rules, with what a backend calls them.
 enum Fw<'a> {
     /// A forged source from a bridged sandbox port / a point-to-point veth.
@@ -644,11 +706,15 @@ impl<'a> Walk<'a> {
         best
     }
 
-    /// Every published mapping of `proto`/`port`, whatever its address: to say why one does not apply.
-    fn published_elsewhere(&self, proto: Proto, port: u16) -> Option<&'a PortMapping> {
-        self.endpoints()
-            .flat_map(|e| e.ep.ports.iter())
-            .find(|m| m.protocol == proto && m.host_ports().contains(&port))
+    /// A published mapping of `proto`/`port`, whatever its address, with its sandbox: to say why it does not
+    /// apply, and where a probe listens to see that nothing arrives.
+    fn published_elsewhere(&self, proto: Proto, port: u16) -> Option<(Ep<'a>, &'a PortMapping)> {
+        self.endpoints().find_map(|e| {
+            e.ep.ports
+                .iter()
+                .find(|m| m.protocol == proto && m.host_ports().contains(&port))
+                .map(|m| (e, m))
+        })
     }
 
     fn dnat_rule(&self, m: &PortMapping, port: u16, target: Ep<'_>) -> RuleRef {
@@ -1001,9 +1067,10 @@ fn host_address_for(w: &Walk<'_>, from: &From<'_>) -> Option<Ipv4Addr> {
 
 /// After the DNAT decision at the host's prerouting (or output), with the packet for a host address:
 /// delivered locally, or not to the published port asked about.
-fn local_delivery(w: &mut Walk<'_>, q: &Query, dst: Ipv4Addr, probe: ProbePlan) -> Outcome {
+fn local_delivery(w: &mut Walk<'_>, q: &Query, dst: Ipv4Addr, mut probe: ProbePlan) -> Outcome {
     if let (Some(port), Some(proto)) = (q.port, q.protocol.port_proto()) {
-        if let Some(m) = w.published_elsewhere(proto, port) {
+        if let Some((t, m)) = w.published_elsewhere(proto, port) {
+            probe.receiver = Some((t.name().to_string(), Some(container_port(m, port))));
             let on = m
                 .host_ip
                 .map_or("every address".to_string(), |ip| ip.to_string());
@@ -1303,6 +1370,14 @@ fn host_ip_layer(
                 }
             }
             if let Dest::Loopback(_) = dest {
+                if let Some((t, m)) = q
+                    .port
+                    .zip(q.protocol.port_proto())
+                    .and_then(|(p, proto)| w.published_elsewhere(proto, p).map(|x| (x, p)))
+                    .map(|((t, m), p)| (t, container_port(m, p)))
+                {
+                    probe.receiver = Some((t.name().to_string(), Some(m)));
+                }
                 let rule = fw(b, Fw::NoLoopbackDnat);
                 w.hop("host", "a loopback destination from outside: nsnet never DNATs it, and the kernel drops it as a martian unless route_localnet is on", Some(rule.clone()));
                 return dropped("loopback addresses are not reachable from outside the host (published ports on 127.0.0.1 are for the host alone)", Some(rule), Some(probe));
@@ -1346,7 +1421,8 @@ fn host_ip_layer(
             let last = match w.forward(in_if, &route.interface, false) {
                 Ok(r) => r,
                 Err(rule) => {
-                    w.hop("host", "dropped", Some(rule.clone()));
+                    let what = format!("forward {in_if} -> {}: dropped", route.interface);
+                    w.hop("host", what, Some(rule.clone()));
                     return dropped(verdict_reason(&rule), Some(rule), Some(probe));
                 }
             };
@@ -1382,7 +1458,11 @@ fn forward_to_sandbox(
     let last = match w.forward(in_if, out_if, dnat) {
         Ok(r) => r,
         Err(rule) => {
-            w.hop("host", "dropped", Some(rule.clone()));
+            w.hop(
+                "host",
+                format!("forward {in_if} -> {out_if}: dropped"),
+                Some(rule.clone()),
+            );
             return dropped(verdict_reason(&rule), Some(rule), Some(probe));
         }
     };
@@ -1563,6 +1643,12 @@ fn from_peer(
         w.caveats.push(format!("{dst} on {peer} is its own loopback: it reaches this host only if {peer} routes 127.0.0.0/8 here"));
     }
     host_ip_layer(w, q, &in_if, peer, dest, dst, None, probe)
+}
+
+/// The sandbox port host port `port` of mapping `m` leads to.
+fn container_port(m: &PortMapping, port: u16) -> u16 {
+    m.container_port
+        .saturating_add(port.saturating_sub(m.host_port))
 }
 
 fn verdict_reason(rule: &RuleRef) -> String {

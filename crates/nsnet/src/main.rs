@@ -3,6 +3,7 @@
 mod child;
 mod cluster;
 mod demo;
+mod explain;
 mod show;
 
 use std::net::Ipv4Addr;
@@ -132,6 +133,9 @@ enum Cmd {
     Firewall(FirewallCmd),
     /// Build the seed article's topology in a throwaway namespace, check every step, remove it all.
     Demo,
+    /// Explain the path and verdict of one packet: FROM TO[:PORT[/PROTO]] (exit 0 delivered, 1 dropped, 2 bad
+    /// input); --probe sends a real one.
+    Explain(explain::ExplainArgs),
     /// Keep this host in the cluster's overlay networks (etcd): lease a subnet of each, build its bridge and
     /// VXLAN device, program every other host, follow changes. Runs in the foreground.
     Agent(cluster::AgentArgs),
@@ -349,6 +353,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ls
             | Cmd::Inspect { .. }
             | Cmd::Port { .. }
+            | Cmd::Explain(_)
             | Cmd::Network(NetworkCmd::Ls { .. } | NetworkCmd::Inspect { .. })
     );
     if changes && !cli.dry_run && !nix::unistd::geteuid().is_root() {
@@ -565,6 +570,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo::run(),
+        Cmd::Explain(args) => explain::run(&nsnet, args, cli.json),
     }
 }
 
