@@ -1176,10 +1176,16 @@ fn from_sandbox(
                     format!("no route to {dst}: the sandbox has no default route"),
                     None,
                 );
+                // A probe still tries, and meets the same missing route.
+                let src = sb.sandbox.endpoints.first().map(|e| e.address.addr());
+                let receiver = match dest {
+                    Dest::Sandbox(e) => Some((e.name().to_string(), q.port)),
+                    _ => None,
+                };
                 return dropped(
                     "no route: the sandbox's networks are internal (no default route), so nothing is sent",
                     Some(kernel("route lookup in the sandbox: network unreachable")),
-                    None,
+                    src.map(|src| probe(src, receiver)),
                 );
             }
         },

@@ -70,11 +70,19 @@ pub fn run(nsnet: &Nsnet, args: &ExplainArgs, json: bool) -> Result<ExitCode> {
         None
     };
     if json {
-        let mut value = serde_json::to_value(&e)?;
-        if let (Some(r), Some(obj)) = (&report, value.as_object_mut()) {
-            obj.insert("probe".into(), serde_json::to_value(r)?);
+        /// The explanation with the probe's report beside its fields, in their order.
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            #[serde(flatten)]
+            explanation: &'a nsnet_core::explain::Explanation,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            probe: Option<&'a nsnet_core::explain::ProbeReport>,
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        let out = Out {
+            explanation: &e,
+            probe: report.as_ref(),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{e}");
         if let Some(r) = &report {
