@@ -869,7 +869,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The last hop into a sandbox.
-    fn into_sandbox(&mut self, e: Ep<'_>, from_if: Option<&str>) -> Result<(), String> {
+    fn enter_sandbox(&mut self, e: Ep<'_>, from_if: Option<&str>) -> Result<(), String> {
         if !e.sb.up {
             return Err(format!(
                 "sandbox {}'s namespace is gone (`nsnet gc` releases it)",
@@ -1301,7 +1301,7 @@ fn from_sandbox(
                 if w.facts.user_rules && w.facts.backend != Backend::None {
                     w.caveats.push("with br_netfilter, bridged traffic passes the user chain, whose rules explain does not evaluate; `--probe` shows their effect".into());
                 }
-                if let Err(why) = w.into_sandbox(*t, Some(&ep.host_interface)) {
+                if let Err(why) = w.enter_sandbox(*t, Some(&ep.host_interface)) {
                     return dropped(why, None, Some(probe(src, receiver_of(dest))));
                 }
                 return delivered(
@@ -1473,7 +1473,7 @@ fn forward_to_sandbox(
         }
     };
     w.postrouting(src, t.ip(), out_if, dnat);
-    if let Err(why) = w.into_sandbox(t, in_port) {
+    if let Err(why) = w.enter_sandbox(t, in_port) {
         return dropped(why, None, Some(probe));
     }
     let reason = if dnat {
@@ -1519,7 +1519,7 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
                     );
                     w.postrouting(dst, t.ip(), &t.net.interface, true);
                     probe.receiver = Some((t.name().to_string(), Some(cport)));
-                    if let Err(why) = w.into_sandbox(t, None) {
+                    if let Err(why) = w.enter_sandbox(t, None) {
                         return dropped(why, None, Some(probe));
                     }
                     return delivered(
@@ -1545,7 +1545,7 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
                 ),
                 None,
             );
-            if let Err(why) = w.into_sandbox(t, None) {
+            if let Err(why) = w.enter_sandbox(t, None) {
                 return dropped(why, None, Some(probe));
             }
             delivered(
