@@ -776,8 +776,16 @@ impl<'a> Walk<'a> {
         // The host's own chains with policy drop: nsnet's accepts there (commented "nsnet IFACE") cover the
         // network's own traffic and connections to its published ports.
         for chain in &self.facts.drop_chains {
-            let from_ok = in_net.is_some_and(|n| n.host_chains.contains(chain));
-            let to_ok = dnat && out_net.is_some_and(|n| n.host_chains.contains(chain));
+            // With iptables, nsnet's own chains hang off `filter FORWARD` itself, and accept there what comes
+            // from its networks (NSNET-ACCEPT) and DNATed connections.
+            let ours = b == Backend::Iptables
+                && (
+                    chain.family.as_str(),
+                    chain.table.as_str(),
+                    chain.chain.as_str(),
+                ) == ("ip", "filter", "FORWARD");
+            let from_ok = in_net.is_some_and(|n| ours || n.host_chains.contains(chain));
+            let to_ok = dnat && out_net.is_some_and(|n| ours || n.host_chains.contains(chain));
             let rule = |text: String| RuleRef {
                 chain: chain.to_string(),
                 rule: text,

@@ -448,3 +448,102 @@ fn the_text_names_hops_and_the_rule() {
     h.ok(&["network", "rm", "n1"]);
     h.ok(&["network", "rm", "n2"]);
 }
+
+/// A host whose own forward chain drops by policy: explain knows which of nsnet's accepts there cover the
+/// packet, and says so when none does.
+#[test]
+fn a_drop_policy_host_is_explained() {
+    let h = TestHost::with_lan("expldrop");
+    // The host's own firewall, there before nsnet's first network: nsnet puts its accepts in it.
+    for cmd in [
+        "add table ip hostfw",
+        "add chain ip hostfw forward { type filter hook forward priority filter; policy drop; }",
+    ] {
+        h.in_host(&["nft", cmd]);
+    }
+    h.ok(&["network", "create", "n1", "--subnet", "172.16.1.0/24"]);
+    h.ok(&[
+        "network",
+        "create",
+        "r",
+        "--subnet",
+        "172.16.6.0/24",
+        "--gateway-mode",
+        "routed",
+    ]);
+    h.ok(&[
+        "network",
+        "create",
+        "slow",
+        "--subnet",
+        "172.16.7.0/24",
+        "--fast-path=false",
+    ]);
+    let (a, t, p, q) = (h.sb("a"), h.sb("t"), h.sb("p"), h.sb("q"));
+    h.ok(&[
+        "create",
+        &a,
+        "--network",
+        "n1",
+        "--ip",
+        "172.16.1.2",
+        "-p",
+        "8080:80",
+    ]);
+    h.ok(&["create", &t, "--network", "r", "--ip", "172.16.6.2"]);
+    h.ok(&["create", &p, "--network", "slow", "--ip", "172.16.7.2"]);
+    h.ok(&["create", &q, "--network", "slow", "--ip", "172.16.7.3"]);
+    let lan = h.lan.clone().expect("a LAN peer");
+    common::sh(&[
+        "ip",
+        "-n",
+        &lan,
+        "route",
+        "add",
+        "172.16.6.0/24",
+        "via",
+        HOST_IP,
+    ]);
+    let before = ruleset(&h);
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let cases = vec![
+        Case {
+            name: "drop policy: published port from the LAN",
+            args: s(&[LAN_IP, &format!("{HOST_IP}:8080")]),
+            delivered: true,
+            real: Some(("a".into(), 80, h.lan_path(), addr(HOST_IP, 8080))),
+            word: "@ports",
+        },
+        Case {
+            name: "drop policy: a sandbox to the LAN",
+            args: s(&[&a, &format!("{LAN_IP}:83/udp")]),
+            delivered: true,
+            real: None,
+            word: "nsnet nsbr-n1",
+        },
+        Case {
+            name: "drop policy: the LAN to a routed sandbox directly",
+            args: s(&[LAN_IP, &format!("{t}:81")]),
+            delivered: false,
+            real: Some(("t".into(), 81, h.lan_path(), addr("172.16.6.2", 81))),
+            word: "policy",
+        },
+        Case {
+            name: "no fast path: the bridge forwards",
+            args: s(&[&p, &format!("{q}:80")]),
+            delivered: true,
+            real: Some(("q".into(), 80, h.sb_path("p"), addr("172.16.7.3", 80))),
+            word: "bridge",
+        },
+    ];
+    check(&h, &cases, true);
+    assert_eq!(ruleset(&h), before, "a probe left something in the ruleset");
+    for sb in [&a, &t, &p, &q] {
+        h.ok(&["rm", sb]);
+    }
+    for n in ["n1", "r", "slow"] {
+        h.ok(&["network", "rm", n]);
+    }
+    common::sh(&["ip", "-n", &lan, "route", "del", "172.16.6.0/24"]);
+    h.in_host(&["nft", "delete", "table", "ip", "hostfw"]);
+}
