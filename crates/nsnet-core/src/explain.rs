@@ -887,10 +887,10 @@ impl<'a> Walk<'a> {
         let bridge = e.net.driver == Driver::Bridge;
         let what = match (bridge, from_if) {
             (true, Some(i)) if i == e.ep.host_interface => format!(
-                "bridge {} sends it back out of the port it came in by (hairpin) to {}",
-                e.net.interface, e.ep.host_interface
+                "back out of the port it came in by (hairpin): {} ->",
+                e.ep.host_interface
             ),
-            (true, _) => format!("bridge {} -> {}", e.net.interface, e.ep.host_interface),
+            (true, _) => format!("out of port {} ->", e.ep.host_interface),
             (false, _) => format!("veth {} ->", e.ep.host_interface),
         };
         if bridge && from_if == Some(e.ep.host_interface.as_str()) && !e.net.options.hairpin {
@@ -899,8 +899,13 @@ impl<'a> Walk<'a> {
                 e.ep.host_interface
             ));
         }
+        let at = if bridge {
+            format!("bridge {}", e.net.interface)
+        } else {
+            "host".to_string()
+        };
         self.hop(
-            format!("bridge {}", e.net.interface),
+            at,
             format!("{what} {}'s {} ({})", e.name(), e.ep.interface, e.ip()),
             None,
         );

@@ -547,3 +547,41 @@ fn a_drop_policy_host_is_explained() {
     common::sh(&["ip", "-n", &lan, "route", "del", "172.16.6.0/24"]);
     h.in_host(&["nft", "delete", "table", "ip", "hostfw"]);
 }
+
+/// The probe's trace tables go even when the probe is interrupted, and a probe deletes those a killed probe
+/// left; nothing else in the ruleset changes.
+#[test]
+fn the_probe_leaves_no_table_behind() {
+    let h = TestHost::new("explclean");
+    h.ok(&["network", "create", "n1", "--subnet", "172.16.1.0/24"]);
+    h.ok(&["network", "create", "n2", "--subnet", "172.16.2.0/24"]);
+    let (a, c) = (h.sb("a"), h.sb("c"));
+    h.ok(&["create", &a, "--network", "n1"]);
+    h.ok(&["create", &c, "--network", "n2"]);
+    let before = ruleset(&h);
+    // A dropped probe waits for its listener (seconds): interrupt it meanwhile.
+    let to = format!("{c}:80");
+    let mut child = h.spawn(&["explain", &a, &to, "--probe"]);
+    common::wait_for_exec(child.id(), "nsnet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut traced = false;
+    while !traced && std::time::Instant::now() < deadline {
+        traced = ruleset(&h).contains("nsnet_probe_");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(traced, "the probe's tables never appeared");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = common::wait_exit(&mut child);
+    assert!(!status.success());
+    assert_eq!(ruleset(&h), before, "an interrupted probe left its tables");
+    // Tables of a probe that was killed outright (its pid gone): the next probe deletes them.
+    h.in_host(&["nft", "add table ip nsnet_probe_4999999"]);
+    let (code, _) = explain(&h, &[&a, &to, "--probe"]);
+    assert_eq!(code, 1);
+    assert_eq!(ruleset(&h), before);
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &c]);
+    h.ok(&["network", "rm", "n1"]);
+    h.ok(&["network", "rm", "n2"]);
+}

@@ -166,6 +166,9 @@ impl Nsnet {
             None => None,
         };
         let dst = SocketAddrV4::new(plan.dst, dport.unwrap_or(0));
+        // From here until the trace tables are gone, a ^C (or a kill) waits: it would leave them behind. Held
+        // before any thread starts, so none of them takes it either.
+        let _hold = HoldSignals::new();
         // The listener, where the packet should land.
         let server = match (&receiver, protocol) {
             (Some((name, ns, Some(port))), Protocol::Tcp | Protocol::Udp) => {
@@ -262,6 +265,14 @@ impl Nsnet {
                     "udp {}:{sport} -> {dst}: port unreachable (it arrived where nothing listens)",
                     plan.src
                 )),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Err(format!("udp {}:{sport} -> {dst}: no answer", plan.src))
+                }
                 Err(err) => Err(format!("udp {}:{sport} -> {dst}: {err}", plan.src)),
             },
         };
@@ -346,6 +357,38 @@ impl Nsnet {
             });
         }
         out
+    }
+}
+
+/// Blocks the signals that end nsnet (SIGINT, SIGTERM, SIGHUP, SIGQUIT) while it lives, on this thread and the
+/// threads it starts; one that came meanwhile is taken when it is dropped, after the trace tables (dropped
+/// first, being made later) are gone.
+struct HoldSignals(Option<nix::sys::signal::SigSet>);
+
+impl HoldSignals {
+    fn new() -> HoldSignals {
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            set.add(s);
+        }
+        let mut old = SigSet::empty();
+        let held = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+        HoldSignals(held.then_some(old))
+    }
+}
+
+impl Drop for HoldSignals {
+    fn drop(&mut self) {
+        use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+        if let Some(old) = self.0 {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
     }
 }
 
