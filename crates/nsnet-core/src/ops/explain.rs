@@ -301,12 +301,12 @@ impl Nsnet {
 
     /// The events of the first traced packet, with each rule's text and the interfaces by name. A packet's
     /// trace id changes from hook to hook (the kernel hashes the skb), so the first packet's events are those
-    /// up to the next entry into the chain it met first: every later packet of the probe (a retransmission,
-    /// the rest of the connection) starts there again.
+    /// up to its next entry into the chain it met first (an entry is the first event of a hook, the one that
+    /// names the interfaces): every later packet of the probe (a retransmission, the rest of the connection)
+    /// starts there again.
     fn trace_steps(&self, events: Vec<TraceEvent>, notes: &mut Vec<String>) -> Vec<TraceStep> {
         let chain_of = |e: &TraceEvent| (e.family.clone(), e.table.clone(), e.chain.clone());
-        // A rule event without a handle is the notice of the packet entering a chain.
-        let entry = |e: &TraceEvent| e.kind == "rule" && e.handle.is_none();
+        let entry = |e: &TraceEvent| e.iif.is_some() || e.oif.is_some();
         let Some(first) = events.first().map(chain_of) else {
             notes.push(
                 "no netfilter hook of the host saw the packet (the fast path, or it never left its sender)"
@@ -335,6 +335,9 @@ impl Nsnet {
         for e in events.into_iter().take(end) {
             if entry(&e) {
                 devices = (name(e.iif), name(e.oif));
+            }
+            // A rule event without a handle: the chain ran out of rules (its policy, or a return, follows).
+            if e.kind == "rule" && e.handle.is_none() {
                 continue;
             }
             let text = match (e.kind.as_str(), e.handle) {
