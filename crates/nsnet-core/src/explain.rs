@@ -169,6 +169,8 @@ pub struct Facts {
     pub drop_chains: Vec<HostChain>,
     /// Sandbox addresses with an entry in their network's fast path map (the fast path is live for them).
     pub fast_path: BTreeSet<Ipv4Addr>,
+    /// What could not be read (without root, the ruleset): said with the verdict.
+    pub unread: Vec<String>,
 }
 
 /// A rule of the ruleset, as the firewall driver writes it.
@@ -1005,6 +1007,7 @@ pub fn explain(q: &Query, facts: &Facts) -> Result<Explanation, BadInput> {
         rule,
         probe,
     } = outcome;
+    w.caveats.extend(facts.unread.iter().cloned());
     Ok(Explanation {
         from: from_text,
         to: to_text,
@@ -1782,6 +1785,7 @@ mod tests {
             backend: Backend::Nftables,
             user_rules: false,
             drop_chains: vec![],
+            unread: vec![],
             fast_path: ["172.16.1.2", "172.16.1.3"]
                 .iter()
                 .map(|s| s.parse().unwrap())

@@ -86,6 +86,13 @@ impl Nsnet {
         }
         // Without nft to list them, no host chain is known to drop (iptables-legacy hosts).
         let drop_chains = Host::forward_drop_chains().unwrap_or_default();
+        let mut unread = Vec::new();
+        if !nix::unistd::geteuid().is_root() {
+            unread.push(
+                "not run as root: the ruleset (the user chain, the host's own forward chains) could not be read"
+                    .to_string(),
+            );
+        }
         let user_rules = Host::user_chain_has_rules(backend);
         let sandboxes = sandboxes
             .into_iter()
@@ -103,6 +110,7 @@ impl Nsnet {
             user_rules,
             drop_chains,
             fast_path,
+            unread,
         })
     }
 }
@@ -122,6 +130,12 @@ impl Nsnet {
         peer_netns: Option<&Path>,
     ) -> Result<ProbeReport> {
         let mut notes = Vec::new();
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::Invalid(
+                "--probe needs root: it sends from other namespaces and traces with nftables; run it with sudo"
+                    .into(),
+            ));
+        }
         let Some(plan) = e.probe.clone() else {
             return Ok(ProbeReport {
                 delivered: false,
