@@ -21,6 +21,7 @@ pub mod dns;
 pub mod error;
 /// A small synchronous etcd v3 client over etcd's JSON/HTTP gateway.
 pub mod etcd;
+pub mod explain;
 pub mod firewall;
 pub mod ipam;
 pub mod kernel;

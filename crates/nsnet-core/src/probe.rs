@@ -169,3 +169,56 @@ fn link_addr(ll: &libc::sockaddr_ll) -> io::Result<LinkAddr> {
     unsafe { LinkAddr::from_raw(std::ptr::from_ref(ll).cast(), Some(len)) }
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
 }
+
+/// A client socket of `nsnet explain --probe`, made inside `ns` and bound to `src` (port 0: the kernel picks
+/// one, returned with it) before it connects, so the trace can match the packet's exact ports. `forged`: `src`
+/// is not the namespace's own (`--src`); `IP_TRANSPARENT` lets the socket send from it anyway.
+pub fn bound_socket(
+    ns: &Path,
+    stream: bool,
+    src: SocketAddrV4,
+    forged: bool,
+) -> io::Result<(std::os::fd::OwnedFd, u16)> {
+    use nix::sys::socket::{bind, getsockname, setsockopt, sockopt, SockaddrIn};
+    let kind = if stream {
+        SockType::Stream
+    } else {
+        SockType::Datagram
+    };
+    in_ns(ns, move || {
+        let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)?;
+        if forged {
+            setsockopt(&fd, sockopt::IpTransparent, &true)?;
+        }
+        bind(fd.as_raw_fd(), &SockaddrIn::from(src))?;
+        let port = getsockname::<SockaddrIn>(fd.as_raw_fd())?.port();
+        Ok((fd, port))
+    })
+}
+
+/// Connect a socket from [`bound_socket`] over TCP within [`TIMEOUT`].
+pub fn connect_bound(fd: std::os::fd::OwnedFd, to: SocketAddrV4) -> io::Result<TcpStream> {
+    use nix::sys::socket::{connect, setsockopt, sockopt, SockaddrIn};
+    // A blocking connect gives up after the send timeout (EINPROGRESS).
+    let limit = nix::sys::time::TimeVal::new(i64::try_from(TIMEOUT.as_secs()).unwrap_or(3), 0);
+    setsockopt(&fd, sockopt::SendTimeout, &limit)?;
+    match connect(fd.as_raw_fd(), &SockaddrIn::from(to)) {
+        Ok(()) => Ok(TcpStream::from(fd)),
+        Err(nix::errno::Errno::EINPROGRESS) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Send one datagram from a socket from [`bound_socket`] and wait for an answer: `Ok` with it, or the error
+/// (connection refused: an ICMP port unreachable came back; timed out: nothing did).
+pub fn udp_exchange(fd: std::os::fd::OwnedFd, to: SocketAddrV4) -> io::Result<String> {
+    let sock = UdpSocket::from(fd);
+    sock.connect(to)?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    sock.send(b"hi")?;
+    let mut buf = [0u8; 128];
+    let n = sock.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}

@@ -3,6 +3,7 @@
 mod child;
 mod cluster;
 mod demo;
+mod explain;
 mod polish;
 mod show;
 mod topology;
@@ -134,6 +135,9 @@ enum Cmd {
     Firewall(FirewallCmd),
     /// Build the seed article's topology in a throwaway namespace, check every step, remove it all.
     Demo,
+    /// Explain the path and verdict of one packet: FROM TO[:PORT[/PROTO]] (exit 0 delivered, 1 dropped, 2 bad
+    /// input); --probe sends a real one.
+    Explain(explain::ExplainArgs),
     /// Keep this host in the cluster's overlay networks (etcd): lease a subnet of each, build its bridge and
     /// VXLAN device, program every other host, follow changes. Runs in the foreground.
     Agent(cluster::AgentArgs),
@@ -376,6 +380,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Ls
             | Cmd::Inspect { .. }
             | Cmd::Port { .. }
+            | Cmd::Explain(_)
             | Cmd::Network(NetworkCmd::Ls { .. } | NetworkCmd::Inspect { .. })
             | Cmd::Topology(_)
             | Cmd::Completions { .. }
@@ -601,6 +606,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Topology(args) => topology::run(&nsnet, args.name.as_deref(), args.format, cli.json),
         Cmd::Completions { shell } => polish::completions(*shell),
         Cmd::Man { dir } => polish::man(dir.as_deref()),
+        Cmd::Explain(args) => explain::run(&nsnet, args, cli.json),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod element;
 pub mod iptables;
 mod nft_netlink;
 pub mod nftables;
+pub mod trace;
 
 use std::net::Ipv4Addr;
 

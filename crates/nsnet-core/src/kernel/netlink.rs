@@ -1030,6 +1030,32 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every IPv4 address with the name of its link (an address whose link is gone meanwhile is left out).
+    pub fn addresses_by_link(&mut self) -> Result<Vec<(String, Ipv4Net)>, KernelError> {
+        let links = self.links()?;
+        Ok(self
+            .addresses()?
+            .into_iter()
+            .filter_map(|(i, a)| {
+                links
+                    .iter()
+                    .find(|l| l.index == i)
+                    .map(|l| (l.name.clone(), a))
+            })
+            .collect())
+    }
+
+    /// `ip route get DST` with the output link by name: `None` when DST is unreachable.
+    pub fn route_get_named(
+        &mut self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(String, Option<Ipv4Addr>)>, KernelError> {
+        let Some((oif, gw)) = self.route_get(dst)? else {
+            return Ok(None);
+        };
+        Ok(self.link_name(oif)?.map(|name| (name, gw)))
+    }
+
     /// Every IPv4 address with the index of its link.
     fn addresses(&mut self) -> Result<Vec<(u32, Ipv4Net)>, KernelError> {
         let mut req = AddressMessage::default();

@@ -96,6 +96,16 @@ impl Host {
         Ok(self.nl()?.addresses_of(name)?)
     }
 
+    /// Every IPv4 address, with its link's name.
+    pub(crate) fn addresses_by_link(&mut self) -> Result<Vec<(String, Ipv4Net)>> {
+        Ok(self.nl()?.addresses_by_link()?)
+    }
+
+    /// The link and gateway the kernel would route `ip` by; `None` when it is unreachable.
+    pub(crate) fn route_to(&mut self, ip: Ipv4Addr) -> Result<Option<(String, Option<Ipv4Addr>)>> {
+        Ok(self.nl()?.route_get_named(ip)?)
+    }
+
     /// The destinations of every IPv4 route.
     pub(crate) fn ipv4_routes(&mut self) -> Result<Vec<Ipv4Net>> {
         Ok(self.nl()?.ipv4_routes()?)
@@ -345,6 +355,7 @@ mod tests {
         let sources = [
             ("ops/mod.rs", include_str!("mod.rs")),
             ("ops/check.rs", include_str!("check.rs")),
+            ("ops/explain.rs", include_str!("explain.rs")),
             ("ops/firewall.rs", include_str!("firewall.rs")),
             ("ops/gc.rs", include_str!("gc.rs")),
             ("ops/network.rs", include_str!("network.rs")),

@@ -6,6 +6,7 @@
 //! written last; a failed write rolls the kernel back.
 
 mod check;
+mod explain;
 mod firewall;
 mod gc;
 pub(crate) mod host;

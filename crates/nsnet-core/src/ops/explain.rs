@@ -1,0 +1,416 @@
+//! `nsnet explain`: reads what [`crate::explain`] decides from (the records under the shared lock, and the
+//! host through [`Host`]), and `--probe`: a real packet, with nftables tracing of that packet alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use super::{Host, Nsnet};
+use crate::error::{Error, Result};
+use crate::explain::{
+    self, Explanation, Facts, HostRoute, Party, ProbeReport, Protocol, Query, SandboxFacts,
+    TraceStep,
+};
+use crate::firewall::trace::{self, TraceEvent, TraceMatch, Tracer};
+use crate::firewall::Backend;
+use crate::model::Driver;
+use crate::probe;
+
+impl Nsnet {
+    /// The path and verdict of the packet `q` asks about, from the records and the host as they are now.
+    /// Bad input (an unknown sandbox, neither end on this host) is [`Error::Invalid`].
+    pub fn explain(&self, q: &Query) -> Result<Explanation> {
+        let facts = self.explain_facts(q)?;
+        explain::explain(q, &facts).map_err(|e| Error::Invalid(e.0))
+    }
+
+    fn explain_facts(&self, q: &Query) -> Result<Facts> {
+        let (records, sandboxes) = {
+            let _read = self.read_lock()?;
+            (self.store.network_records()?, self.store.sandboxes()?)
+        };
+        let networks: Vec<_> = records.into_iter().map(|r| r.settings).collect();
+        // One backend per host: the networks' own, else the one new networks would get.
+        let backend = networks
+            .first()
+            .map(|n| n.firewall)
+            .or(self.firewall)
+            .unwrap_or_default();
+        let mut host = Host::new();
+        let host_addresses = host.addresses_by_link()?;
+        let mut routes = Vec::new();
+        let mut wanted: Vec<Ipv4Addr> = Vec::new();
+        for party in [&q.from, &q.to] {
+            if let Party::Address(ip) = party {
+                wanted.push(*ip);
+            }
+        }
+        for ip in wanted {
+            let route = host
+                .route_to(ip)?
+                .map(|(interface, gateway)| HostRoute { interface, gateway });
+            routes.push((ip, route));
+        }
+        // The fast path is live for an address when its network's map holds it (a host without bpf has none).
+        let named: BTreeSet<&str> = [&q.from, &q.to]
+            .into_iter()
+            .filter_map(|p| match p {
+                Party::Sandbox(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut fast_path = BTreeSet::new();
+        for sb in &sandboxes {
+            let asked = named.contains(sb.name.as_str())
+                || sb.endpoints.iter().any(|e| {
+                    [&q.from, &q.to]
+                        .iter()
+                        .any(|p| **p == Party::Address(e.address.addr()))
+                });
+            if !asked {
+                continue;
+            }
+            for ep in &sb.endpoints {
+                let Some(net) = networks.iter().find(|n| n.name == ep.network) else {
+                    continue;
+                };
+                if net.driver != Driver::Bridge || !net.fast_path {
+                    continue;
+                }
+                let ip = ep.address.addr();
+                if matches!(host.fast_path_entry(&net.interface, ip), Ok(Some(Some(_)))) {
+                    fast_path.insert(ip);
+                }
+            }
+        }
+        // Without nft to list them, no host chain is known to drop (iptables-legacy hosts).
+        let drop_chains = Host::forward_drop_chains().unwrap_or_default();
+        let mut unread = Vec::new();
+        if !nix::unistd::geteuid().is_root() {
+            unread.push(
+                "not run as root: the ruleset (the user chain, the host's own forward chains) could not be read"
+                    .to_string(),
+            );
+        }
+        let user_rules = Host::user_chain_has_rules(backend);
+        let sandboxes = sandboxes
+            .into_iter()
+            .map(|sandbox| SandboxFacts {
+                up: Host::namespace_is_there(&sandbox),
+                sandbox,
+            })
+            .collect();
+        Ok(Facts {
+            networks,
+            sandboxes,
+            host_addresses,
+            routes,
+            backend,
+            user_rules,
+            drop_chains,
+            fast_path,
+            unread,
+        })
+    }
+}
+
+/// The port a forged-source probe uses when the question names none (the discard service).
+const DISCARD_PORT: u16 = 9;
+
+impl Nsnet {
+    /// `--probe`: send the packet `e` explains for real, from FROM's namespace (`peer_netns` for a LAN peer:
+    /// nsnet has no way onto another machine), with a one-shot listener where it should land when that is a
+    /// sandbox, and trace it through nftables (the nftables backend only). Says whether it arrived and
+    /// whether that agrees with `e`'s verdict.
+    pub fn explain_probe(
+        &self,
+        q: &Query,
+        e: &Explanation,
+        peer_netns: Option<&Path>,
+    ) -> Result<ProbeReport> {
+        let mut notes = Vec::new();
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::Invalid(
+                "--probe needs root: it sends from other namespaces and traces with nftables; run it with sudo"
+                    .into(),
+            ));
+        }
+        let Some(plan) = e.probe.clone() else {
+            return Ok(ProbeReport {
+                delivered: false,
+                detail: "nothing is sent: the packet never leaves its sender".into(),
+                agrees: !e.verdict.delivered,
+                trace: None,
+                notes,
+            });
+        };
+        let sender: PathBuf = match &plan.sender {
+            s if s == "host" => PathBuf::from("/proc/self/ns/net"),
+            s if s.parse::<Ipv4Addr>().is_ok() => match peer_netns {
+                Some(p) => p.to_path_buf(),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "a probe from {s} must be sent from there, and nsnet has no way onto that machine;                          give --peer-netns PATH of a namespace that holds {s} (or run the probe there)"
+                    )))
+                }
+            },
+            name => self.sandbox_netns(name)?,
+        };
+        let backend = self
+            .networks()?
+            .first()
+            .map(|n| n.settings.firewall)
+            .unwrap_or_default();
+        // A forged source never gets an answer back: a datagram, watched for at the receiver, tells.
+        let forged = q.src.is_some();
+        let mut protocol = plan.protocol;
+        let mut dport = plan.port;
+        if forged && protocol != Protocol::Udp {
+            protocol = Protocol::Udp;
+            dport = Some(dport.unwrap_or(DISCARD_PORT));
+            notes.push(
+                "a forged source gets no answer, so the probe sends a UDP datagram and watches for it at the \
+                 receiver"
+                    .into(),
+            );
+        }
+        let receiver = match &plan.receiver {
+            Some((name, port)) => Some((name.clone(), self.sandbox_netns(name)?, port.or(dport))),
+            None => None,
+        };
+        let dst = SocketAddrV4::new(plan.dst, dport.unwrap_or(0));
+        // From here until the trace tables are gone, a ^C (or a kill) waits: it would leave them behind. Held
+        // before any thread starts, so none of them takes it either.
+        let _hold = HoldSignals::new();
+        // The listener, where the packet should land.
+        let server = match (&receiver, protocol) {
+            (Some((name, ns, Some(port))), Protocol::Tcp | Protocol::Udp) => {
+                let at = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port);
+                let made = if protocol == Protocol::Tcp {
+                    probe::tcp_server(ns, at)
+                } else {
+                    probe::udp_server(ns, at)
+                };
+                match made {
+                    Ok(s) => Some((name.clone(), s)),
+                    Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+                        notes.push(format!(
+                            "something in {name} already listens on {port}/{protocol}: its answer counts"
+                        ));
+                        None
+                    }
+                    Err(err) => {
+                        return Err(Error::Invalid(format!(
+                            "cannot listen on {port}/{protocol} in {name}: {err}"
+                        )))
+                    }
+                }
+            }
+            _ => None,
+        };
+        let proto_name = match protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        };
+        let socket = match protocol {
+            Protocol::Icmp => None,
+            _ => {
+                let src = SocketAddrV4::new(plan.src, 0);
+                let stream = protocol == Protocol::Tcp;
+                Some(
+                    probe::bound_socket(&sender, stream, src, forged).map_err(|err| {
+                        Error::Invalid(format!(
+                            "cannot send from {} in {}'s namespace: {err}",
+                            plan.src, plan.sender
+                        ))
+                    })?,
+                )
+            }
+        };
+        let tracer = match backend {
+            Backend::Nftables => {
+                let m = TraceMatch {
+                    src: plan.src,
+                    dst: plan.dst,
+                    protocol: proto_name,
+                    sport: socket.as_ref().map(|(_, p)| *p),
+                    dport,
+                };
+                Some(Tracer::start(&m)?)
+            }
+            Backend::Iptables => {
+                notes.push(
+                    "iptables backend: the probe confirms the verdict without tracing the rules"
+                        .into(),
+                );
+                None
+            }
+            Backend::None => None,
+        };
+        let ours = server.is_some();
+        // Sent: Ok(text) when an answer came (or the receiver got it), Err when nothing arrived.
+        let sent: std::result::Result<String, String> = match (protocol, socket) {
+            (Protocol::Icmp, _) | (_, None) => match probe::ping(&sender, plan.dst) {
+                Ok(true) => Ok(format!("ping {} answered", plan.dst)),
+                Ok(false) => Err(format!("ping {} got no answer", plan.dst)),
+                Err(err) => Err(format!("ping failed: {err}")),
+            },
+            (Protocol::Tcp, Some((fd, sport))) => match probe::connect_bound(fd, dst) {
+                Ok(stream) => {
+                    // Read what a listener of ours says before closing, so its greeting is not cut short.
+                    if ours {
+                        let _ = stream.set_read_timeout(Some(probe::TIMEOUT));
+                        let mut line = String::new();
+                        let _ = io::BufRead::read_line(&mut io::BufReader::new(stream), &mut line);
+                    }
+                    Ok(format!("tcp {}:{sport} -> {dst} connected", plan.src))
+                }
+                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => Ok(format!(
+                    "tcp {}:{sport} -> {dst}: connection refused (it arrived where nothing listens)",
+                    plan.src
+                )),
+                Err(err) => Err(format!("tcp {}:{sport} -> {dst}: {err}", plan.src)),
+            },
+            (Protocol::Udp, Some((fd, sport))) => match probe::udp_exchange(fd, dst) {
+                Ok(_) => Ok(format!("udp {}:{sport} -> {dst} answered", plan.src)),
+                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => Ok(format!(
+                    "udp {}:{sport} -> {dst}: port unreachable (it arrived where nothing listens)",
+                    plan.src
+                )),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Err(format!("udp {}:{sport} -> {dst}: no answer", plan.src))
+                }
+                Err(err) => Err(format!("udp {}:{sport} -> {dst}: {err}", plan.src)),
+            },
+        };
+        let (delivered, detail) = match server {
+            Some((name, s)) => match s.wait() {
+                Ok(peer) => (
+                    true,
+                    format!("{name} received it from {peer} ({})", brief(&sent)),
+                ),
+                Err(_) => (false, format!("{name} received nothing ({})", brief(&sent))),
+            },
+            None => match &sent {
+                Ok(t) => (true, t.clone()),
+                Err(t) => (false, t.clone()),
+            },
+        };
+        let trace = tracer.map(|t| self.trace_steps(t.finish(), &mut notes));
+        Ok(ProbeReport {
+            delivered,
+            detail,
+            agrees: delivered == e.verdict.delivered,
+            trace,
+            notes,
+        })
+    }
+
+    /// The events of the first traced packet, with each rule's text and the interfaces by name. A packet's
+    /// trace id changes from hook to hook (the kernel hashes the skb), so the first packet's events are those
+    /// up to its next entry into the chain it met first (an entry is the first event of a hook, the one that
+    /// names the interfaces): every later packet of the probe (a retransmission, the rest of the connection)
+    /// starts there again.
+    fn trace_steps(&self, events: Vec<TraceEvent>, notes: &mut Vec<String>) -> Vec<TraceStep> {
+        let chain_of = |e: &TraceEvent| (e.family.clone(), e.table.clone(), e.chain.clone());
+        let entry = |e: &TraceEvent| e.iif.is_some() || e.oif.is_some();
+        let Some(first) = events.first().map(chain_of) else {
+            notes.push(
+                "no netfilter hook of the host saw the packet (the fast path, or it never left its sender)"
+                    .into(),
+            );
+            return vec![];
+        };
+        let starts: Vec<usize> = (0..events.len())
+            .filter(|&i| entry(&events[i]) && chain_of(&events[i]) == first)
+            .collect();
+        if starts.len() > 1 {
+            notes.push(format!(
+                "{} packets were traced (retransmissions, or the rest of the connection); the first one is shown",
+                starts.len()
+            ));
+        }
+        let end = starts.get(1).copied().unwrap_or(events.len());
+        let links: BTreeMap<u32, String> = Host::new()
+            .links()
+            .map(|l| l.into_iter().map(|l| (l.index, l.name)).collect())
+            .unwrap_or_default();
+        let name = |i: Option<u32>| i.map(|i| links.get(&i).cloned().unwrap_or(i.to_string()));
+        let mut rules: BTreeMap<(String, String, String), Vec<(u64, String)>> = BTreeMap::new();
+        let mut devices = (None, None);
+        let mut out = Vec::new();
+        for e in events.into_iter().take(end) {
+            if entry(&e) {
+                devices = (name(e.iif), name(e.oif));
+            }
+            // A rule event without a handle: the chain ran out of rules (its policy, or a return, follows).
+            if e.kind == "rule" && e.handle.is_none() {
+                continue;
+            }
+            let text = match (e.kind.as_str(), e.handle) {
+                ("rule", Some(h)) => rules
+                    .entry(chain_of(&e))
+                    .or_insert_with(|| trace::chain_rules(&e.family, &e.table, &e.chain))
+                    .iter()
+                    .find(|(handle, _)| *handle == h)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_else(|| format!("rule handle {h}")),
+                (kind, _) => kind.to_string(),
+            };
+            let (iif, oif) = std::mem::take(&mut devices);
+            out.push(TraceStep {
+                chain: format!("{} {} {}", e.family, e.table, e.chain),
+                rule: text,
+                verdict: e.verdict,
+                iif,
+                oif,
+            });
+        }
+        out
+    }
+}
+
+/// Blocks the signals that end nsnet (SIGINT, SIGTERM, SIGHUP, SIGQUIT) while it lives, on this thread and the
+/// threads it starts; one that came meanwhile is taken when it is dropped, after the trace tables (dropped
+/// first, being made later) are gone.
+struct HoldSignals(Option<nix::sys::signal::SigSet>);
+
+impl HoldSignals {
+    fn new() -> HoldSignals {
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            set.add(s);
+        }
+        let mut old = SigSet::empty();
+        let held = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+        HoldSignals(held.then_some(old))
+    }
+}
+
+impl Drop for HoldSignals {
+    fn drop(&mut self) {
+        use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+        if let Some(old) = self.0 {
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+    }
+}
+
+fn brief(sent: &std::result::Result<String, String>) -> &str {
+    match sent {
+        Ok(t) | Err(t) => t,
+    }
+}
