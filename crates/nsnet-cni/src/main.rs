@@ -30,6 +30,16 @@ fn main() -> ExitCode {
     if let Some(dir) = nsnet_core::dns::resolver_for() {
         return ExitCode::from(nsnet_core::dns::server::main(&dir));
     }
+    // Its slow leftovers (sockets whose close waits for the kernel, the reaper) go to one child forked at the
+    // end, after the result is printed.
+    nsnet_core::afterwards::enable();
+    let code = cni_main();
+    nsnet_core::afterwards::finish();
+    code
+}
+
+/// The plugin proper: read the configuration, run the command, print its result.
+fn cni_main() -> ExitCode {
     let mut raw = Vec::new();
     let read = std::io::stdin().read_to_end(&mut raw);
     // Errors answer in the runtime's version when the input says which.

@@ -13,8 +13,10 @@
 //! - [`scenario`]: the seed article's walkthrough, which `nsnet demo` and the article test both run;
 //! - [`etcd`]: a small synchronous etcd v3 client (over etcd's JSON gateway) for agents that coordinate through
 //!   etcd;
-//! - [`agent`]: `nsnet agent`, this host's member of the overlay networks kept in etcd.
+//! - [`agent`]: `nsnet agent`, this host's member of the overlay networks kept in etcd;
+//! - [`afterwards`]: what a command leaves to a detached child so that its exit does not wait for the kernel.
 
+pub mod afterwards;
 pub mod agent;
 pub mod apply;
 pub mod dns;

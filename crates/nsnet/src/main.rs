@@ -341,7 +341,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    // A command leaves its slow leftovers (sockets whose close waits for the kernel, the reaper) to one child
+    // forked at its end; the agent runs for good, so it closes and starts them as it goes.
+    if !matches!(cli.command, Cmd::Agent(_)) {
+        nsnet_core::afterwards::enable();
+    }
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             polish::clear_progress();
@@ -355,7 +360,9 @@ fn main() -> ExitCode {
                 None => ExitCode::FAILURE,
             }
         }
-    }
+    };
+    nsnet_core::afterwards::finish();
+    code
 }
 
 /// An error that ends nsnet with an exit status of its own instead of 1 (127 for a command that is not there,

@@ -11,7 +11,7 @@
 //! integers in network byte order, interface names as 16 zero-padded bytes.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use nix::fcntl::OFlag;
@@ -266,7 +266,17 @@ pub fn apply(batch: &Batch) -> io::Result<()> {
 /// to a detached grandchild: it holds its copy until this process has closed its own (a pipe's end of file
 /// tells it), then exits, and the kernel's wait happens there, off the command's path. If `fork` or `pipe`
 /// fails, the socket is simply closed here.
+///
+/// A binary that has opted in to [`crate::afterwards`] hands the socket there instead: one child for all
+/// of the command's leftovers, forked once at its end and never waited for.
 fn release_later(sock: Socket) {
+    // SAFETY: `into_raw_fd` gives up the socket's descriptor, which this OwnedFd now owns alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(sock.into_raw_fd()) };
+    let sock = match crate::afterwards::close_later(fd) {
+        Ok(()) => return,
+        // SAFETY: the descriptor came back unused and is owned by the Socket alone again.
+        Err(fd) => unsafe { Socket::from_raw_fd(fd.into_raw_fd()) },
+    };
     let Ok((read_end, write_end)) = pipe2(OFlag::O_CLOEXEC) else {
         return;
     };

@@ -1,7 +1,8 @@
 //! Network namespaces: named ones under `/run/netns` (as `ip netns` keeps them) and any other nsfs path.
 //!
-//! This is the one door to other namespaces. `setns` only ever runs on a short-lived thread spawned here
-//! (or in a forked child just before `exec`), so no other thread of nsnet changes namespace.
+//! This is the one door to other namespaces. `setns` only runs here: for the span of one closure on the
+//! calling thread, which is always put back in its own namespace before the closure's result is returned (or
+//! its panic resumed), and in a forked child just before `exec`. No other code of nsnet changes namespace.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -10,7 +11,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
@@ -52,25 +52,40 @@ pub fn open(path: &Path) -> Result<OwnedFd, KernelError> {
 /// ioctl(NS_GET_NSTYPE) = _IO(0xb7, 0x3).
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
-/// Run `f` on a fresh thread that has entered the namespace `fd`. Whatever `f` opens there (a netlink socket,
-/// a listening socket) stays bound to that namespace after the thread is gone.
+/// Run `f` on this thread, inside the namespace `fd`, then put the thread back in the namespace it was in.
+/// Whatever `f` opens there (a netlink socket, a listening socket) stays bound to that namespace.
+///
+/// No thread is spawned: on a busy machine, handing work to a new thread and waiting for it cost a scheduling
+/// delay (up to milliseconds) on every command that touches a sandbox. If `f` panics, the thread is put back
+/// and the panic becomes an error ([`KernelError::Internal`]). If the thread cannot be put back (the kernel refusing `setns` into a namespace
+/// this thread was just in, through a descriptor held open), the process aborts rather than go on working in
+/// the wrong namespace.
 pub fn run_in<T, F>(fd: &OwnedFd, f: F) -> Result<T, KernelError>
 where
-    T: Send,
-    F: FnOnce() -> T + Send,
+    F: FnOnce() -> T,
 {
-    thread::scope(|s| {
-        s.spawn(|| {
-            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| KernelError::io("enter network namespace", e.into()))?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|payload| Err(panicked(payload.as_ref())))
-    })
+    let home = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| KernelError::io("open this thread's network namespace", e))?;
+    setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| KernelError::io("enter network namespace", e.into()))?;
+    let _back = Return(home);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|payload| panicked(payload.as_ref()))
 }
 
-/// A thread in another namespace panicked: a bug of nsnet's, not a reply the kernel sent (so not
+/// Puts the thread back in its namespace when dropped (also while a panic unwinds).
+struct Return(File);
+
+impl Drop for Return {
+    fn drop(&mut self) {
+        if setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+            eprintln!("nsnet: cannot return to this process's network namespace; stopping");
+            std::process::abort();
+        }
+    }
+}
+
+/// Code working in another namespace panicked: a bug of nsnet's, not a reply the kernel sent (so not
 /// [`KernelError::Decode`]); it becomes [`crate::Error::Internal`], with the panic's own message.
 fn panicked(payload: &(dyn std::any::Any + Send)) -> KernelError {
     let what = payload
@@ -79,7 +94,7 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> KernelError {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into());
     KernelError::Internal(format!(
-        "a thread working in another network namespace panicked ({what})"
+        "code working in another network namespace panicked ({what})"
     ))
 }
 
@@ -101,28 +116,27 @@ pub fn create(name: &str, tag: Option<&str>) -> Result<Netlink, KernelError> {
         .mode(0o444)
         .open(&path)
         .map_err(|e| KernelError::io(format!("create {}", path.display()), e))?;
-    let made = thread::scope(|s| {
-        s.spawn(|| -> Result<Netlink, KernelError> {
-            unshare(CloneFlags::CLONE_NEWNET)
-                .map_err(|e| KernelError::io("unshare network namespace", e.into()))?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| KernelError::io(format!("bind mount {}", path.display()), e.into()))?;
-            let mut nl = Netlink::open()?;
-            nl.set_up("lo")?;
-            if let Some(tag) = tag {
-                nl.set_alias("lo", tag)?;
-            }
-            Ok(nl)
-        })
-        .join()
-        .unwrap_or_else(|payload| Err(panicked(payload.as_ref())))
-    });
+    let made = (|| -> Result<Netlink, KernelError> {
+        let home = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| KernelError::io("open this thread's network namespace", e))?;
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| KernelError::io("unshare network namespace", e.into()))?;
+        let _back = Return(home);
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| KernelError::io(format!("bind mount {}", path.display()), e.into()))?;
+        let mut nl = Netlink::open()?;
+        nl.set_up("lo")?;
+        if let Some(tag) = tag {
+            nl.set_alias("lo", tag)?;
+        }
+        Ok(nl)
+    })();
     if made.is_err() {
         let _ = delete(name);
     }
@@ -358,18 +372,57 @@ fn ensure_dir() -> Result<(), KernelError> {
 mod tests {
     use super::*;
 
-    /// A panic on the namespace thread is a bug of nsnet's: it must reach the user as an internal error that
+    /// A panic inside another namespace is a bug of nsnet's: it must reach the user as an internal error that
     /// asks for a bug report, not as a kernel reply that could not be decoded, nor as bad input.
     #[test]
-    fn a_panicking_namespace_thread_is_an_internal_error() {
+    fn a_panic_in_another_namespace_is_an_internal_error() {
         let fd = open(Path::new("/proc/self/ns/net")).expect("own namespace");
-        let err = run_in(&fd, || -> u8 { panic!("boom") }).expect_err("the thread panicked");
+        let err = run_in(&fd, || -> u8 { panic!("boom") }).expect_err("the closure panicked");
         let err = crate::Error::from(err);
         assert!(matches!(err, crate::Error::Internal(_)), "{err:?}");
         let line = err.to_string();
         assert!(
             line.contains("panicked (boom)") && line.contains("this is a bug"),
             "{line}"
+        );
+    }
+
+    /// `run_in` works on the calling thread: inside, the thread is in the other namespace (and a socket opened
+    /// there stays there); after, returning or panicking, it is back in its own.
+    #[test]
+    fn run_in_puts_the_thread_back() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to make a namespace");
+            return;
+        }
+        let here = Path::new("/proc/thread-self/ns/net");
+        // A namespace of our own, made on a thread of its own and kept by the descriptor.
+        let other = std::thread::spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare");
+            open(Path::new("/proc/thread-self/ns/net")).expect("open the new namespace")
+        })
+        .join()
+        .expect("thread");
+        let home = identity(here).expect("home");
+        let other_id = {
+            let md = fs::metadata(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&other)
+            ))
+            .expect("stat");
+            (md.dev(), md.ino())
+        };
+        assert_ne!(home, other_id);
+        let inside = run_in(&other, || identity(here))
+            .expect("run_in")
+            .expect("identity");
+        assert_eq!(inside, other_id, "the closure ran in the other namespace");
+        assert_eq!(identity(here).expect("after"), home, "back home after");
+        let _ = run_in(&other, || panic!("boom"));
+        assert_eq!(
+            identity(here).expect("after a panic"),
+            home,
+            "back home after a panic"
         );
     }
 }

@@ -310,6 +310,9 @@ impl Nsnet {
             let (fw, _) = self.finish_removal(&what)?;
             return Ok(kernel.then(fw));
         }
+        if !kernel.steps.iter().any(Step::waits_for_the_kernel) {
+            return self.take_down_at_once(lock, &what, mark, kernel);
+        }
         let early = match what {
             Removal::Network(_) => None,
             _ => Some(self.finish_removal(&what)?.0).filter(|p| {
@@ -397,6 +400,73 @@ impl Nsnet {
         self.compact(&written);
         self.start_reaper(&kernel);
         Ok(kernel.then(early.unwrap_or(last)))
+    }
+
+    /// [`Nsnet::take_down`] when no kernel step waits (a namespace unmounted, veths retired, map entries
+    /// deleted): all under the lock the caller holds, in one pass, so nothing needs marking as being removed.
+    /// Not writing the mark and not taking the lock again are what make a CNI `DEL` or an `rm` quick. The
+    /// intent is the same as the two-phase one's (the kernel steps to redo, then the finish from the records),
+    /// so a kill is finished by the next command's recovery the same way.
+    fn take_down_at_once(
+        &self,
+        _lock: Option<Lock>,
+        what: &Removal,
+        mark: Record,
+        kernel: Plan,
+    ) -> Result<Plan> {
+        let (fw, _) = self.finish_removal(what)?;
+        let intent = self.store.put_intent(&Intent {
+            command: self.command(),
+            setup: false,
+            undo: vec![],
+            redo: kernel.steps.clone(),
+            finish: Some(what.clone()),
+            before: vec![],
+            after: vec![],
+        })?;
+        // The resolver lets go of the sandbox's namespace (its sockets there) before the namespace goes.
+        self.tell_resolver(&[mark]);
+        let mut applier = self.applier();
+        let (records, after) = match self.remove_now(&mut applier, what, &fw, &kernel) {
+            Ok(written) => written,
+            Err((cause, undo)) => {
+                let rollback = undo.rollback(&mut applier);
+                // The resolver gets the sandbox back (its record was never changed).
+                self.unmark(what)?;
+                self.store.remove_intent(intent)?;
+                return Err(with_rollback(cause, rollback));
+            }
+        };
+        self.tell_resolver(&records);
+        self.store.remove_intent(intent)?;
+        self.compact(&after);
+        self.start_reaper(&kernel);
+        Ok(kernel.then(fw))
+    }
+
+    /// The one pass of [`Nsnet::take_down_at_once`], returning the records it wrote; on failure, the error and
+    /// the undo of what landed. The firewall goes first: unmounting the namespace must be the last kernel step,
+    /// since the kernel destroys it in the background and a rollback after it could not re-create its veths
+    /// under their names yet. The records are worked out after the kernel steps, from the kernel as it is
+    /// then: a retired veth keeps its address until it is gone.
+    fn remove_now(
+        &self,
+        applier: &mut Applier,
+        what: &Removal,
+        fw: &Plan,
+        kernel: &Plan,
+    ) -> std::result::Result<(Vec<Record>, Vec<crate::store::FileState>), (Error, Undo)> {
+        let fw_undo = applier.apply(fw).map_err(|e| (e, Undo::default()))?;
+        let undo = match applier.apply(kernel) {
+            Ok(undo) => undo.then(fw_undo),
+            Err(e) => return Err((e, fw_undo)),
+        };
+        let written = self.finish_removal(what).and_then(|(_, records)| {
+            let (_, after) = self.store.file_states(&records)?;
+            self.store.set_files(&after)?;
+            Ok((records, after))
+        });
+        written.map_err(|e| (e, undo))
     }
 
     /// The firewall step and the record changes that finish removing `what`, from the records as they are now

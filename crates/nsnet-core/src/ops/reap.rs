@@ -103,6 +103,10 @@ impl Nsnet {
         if cfg!(feature = "fault-injection") && std::env::var_os("NSNET_NO_REAPER").is_some() {
             return;
         }
+        // Started after this process exits, by the child it leaves its other slow work to, when it has one.
+        if crate::afterwards::reap_later(program.clone(), REAPER_ENV, self.store.dir().into()) {
+            return;
+        }
         let mut cmd = Command::new(program);
         cmd.env(REAPER_ENV, self.store.dir())
             .stdin(Stdio::null())

@@ -230,6 +230,13 @@ pub struct PeerLink {
 }
 
 impl Step {
+    /// Whether applying this step waits for the kernel: deleting a link unregisters it, which waits for an
+    /// RCU grace period (tens of milliseconds). Unmounting a namespace, retiring a veth and deleting map
+    /// entries do not (the kernel destroys an unused namespace in the background).
+    pub fn waits_for_the_kernel(&self) -> bool {
+        matches!(self, Step::DeleteLink { .. } | Step::DeleteRetired { .. })
+    }
+
     /// The step that undoes this one, for rollback. Addresses and routes go with their link.
     pub fn undo(&self) -> Option<Step> {
         match self {

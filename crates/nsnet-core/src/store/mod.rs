@@ -12,8 +12,9 @@
 //!   tmp/                  files being written
 //!   quarantine/           records that could not be read, moved aside (never deleted) for a human to repair
 //! ```
-//! A JSON file is written to `tmp/`, fsynced and renamed over the old one, so a reader sees either the old or the
-//! new file, never half of one. A ledger only grows by appended lines, written under the lock. Files are 0600.
+//! A JSON file is written to `tmp/` and renamed over the old one, so a reader sees either the old or the new file,
+//! never half of one; settings are fsynced first, sandbox records are not (they describe what a reboot removes
+//! anyway: see [`Store::write_file`]). A ledger only grows by appended lines, written under the lock. Files are 0600.
 //!
 //! Nothing in the state dir is trusted blindly (see [`trust`]): the directories must be this user's and writable
 //! by nobody else, no entry may be a symlink, and each record must carry its file's name and valid interface
@@ -553,6 +554,19 @@ impl Store {
 
     /// Write a file atomically: a temp file in `tmp/`, fsync, rename over `path`, fsync its directory.
     fn write_text(&self, path: &Path, text: &str) -> Result<(), StoreError> {
+        self.write_file(path, text, true)
+    }
+
+    /// Write a file atomically (a temp file in `tmp/` renamed over `path`), and with `durable`, make it survive
+    /// a power loss (fsync the file, then its directory).
+    ///
+    /// Sandbox records are written without: what they describe (a namespace, its veths, its firewall
+    /// elements) dies with the kernel, so a power loss that tears or loses a record has removed its sandbox
+    /// too, and `nsnet gc` matches what is left to the empty kernel (a record whose namespace is gone is
+    /// released, addresses held by no record go back, an unreadable record is set aside). The rename alone
+    /// keeps a killed command's write whole for the next one (the page cache outlives the process). Settings,
+    /// which outlive a reboot, are synced. The two fsyncs were about a millisecond of every create and removal.
+    fn write_file(&self, path: &Path, text: &str, durable: bool) -> Result<(), StoreError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = path
             .file_name()
@@ -574,8 +588,13 @@ impl Store {
             .map_err(io_err("write state file", &tmp))?;
         f.write_all(text.as_bytes())
             .map_err(io_err("write state file", &tmp))?;
-        f.sync_all().map_err(io_err("sync state file", &tmp))?;
+        if durable {
+            f.sync_all().map_err(io_err("sync state file", &tmp))?;
+        }
         fs::rename(&tmp, path).map_err(io_err("replace state file", path))?;
+        if !durable {
+            return Ok(());
+        }
         // The rename is durable once the directory is synced too.
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -1024,7 +1043,7 @@ impl Store {
                 FileState::Whole {
                     path,
                     content: Some(text),
-                } => self.write_text(&self.dir.join(path), text)?,
+                } => self.write_file(&self.dir.join(path), text, !is_sandbox_file(path))?,
                 FileState::Whole {
                     path,
                     content: None,
@@ -1433,6 +1452,11 @@ fn open_for_writing(path: &Path) -> io::Result<File> {
 }
 
 /// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty), and sync it.
+/// Whether `path` (relative to the state dir) is a sandbox record, which lives only as long as the boot.
+fn is_sandbox_file(path: &str) -> bool {
+    path.starts_with("sandboxes/")
+}
+
 fn append_at(path: &Path, len: u64, append: &str) -> Result<(), StoreError> {
     if len == 0 && append.is_empty() {
         return remove(path);
