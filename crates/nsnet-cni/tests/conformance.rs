@@ -761,7 +761,8 @@ fn gc_and_status() {
     let mut got = left.clone();
     got.sort();
     assert_eq!(got, want);
-    // Their veths went with them; the pool has room again.
+    // Their veths go with them (retired at once, deleted by the reaper just after); the pool has room again.
+    h.settle();
     let links = h.link_names();
     assert_eq!(
         links.iter().filter(|l| l.starts_with("veth")).count(),

@@ -6,9 +6,9 @@
 //! - deleting the veths a removal retired waits for one too: the reaper does it ([`reap_later`]).
 //!
 //! A binary that exits right after its command opts in ([`enable`]) and calls [`finish`] last, once everything
-//! is printed. `finish` forks once, without `exec` and without waiting for the child: the child keeps the
-//! sockets until the command has closed its own copies (a pipe's end of file tells it), closes them, then
-//! becomes the reaper by `exec`, all after the command has exited. A process that has not opted in (a library
+//! is printed. `finish` forks once, without `exec` and without waiting for the child: the child waits until
+//! the command has closed its own copies of the sockets (a pipe's end of file tells it), starts the reaper,
+//! and closes the sockets once nf_tables has finished with them, all after the command has exited. A process that has not opted in (a library
 //! user, the agent, the tests' in-process calls) keeps today's behaviour: sockets closed by a short-lived
 //! grandchild, the reaper spawned at once.
 //!
@@ -126,6 +126,11 @@ fn child(pending: Pending, read_end: OwnedFd) -> ! {
     let mut byte = [0u8; 1];
     // Returns at end of file: the command has closed its copies of the sockets (and exited, or is about to).
     while matches!(read(&read_end, &mut byte), Ok(n) if n > 0) {}
+    drop(read_end);
+    // The reaper at once, as if the command had started it (not waited for: it is reparented when this exits).
+    if let Some((program, var, value)) = pending.reaper {
+        let _ = reaper(&program, &var, &value).spawn();
+    }
     // The last reference to each socket. Closing one flushes nf_tables' pending destroy work while holding its
     // commit mutex, which every other nf_tables transaction on the host needs: closed at once, the next
     // command's batch would wait out the grace period too. The destroy work finishes by itself after one grace
@@ -134,11 +139,6 @@ fn child(pending: Pending, read_end: OwnedFd) -> ! {
         std::thread::sleep(DESTROY_WORK_DONE);
     }
     drop(pending.sockets);
-    drop(read_end);
-    if let Some((program, var, value)) = pending.reaper {
-        use std::os::unix::process::CommandExt;
-        let _ = reaper(&program, &var, &value).exec();
-    }
     // SAFETY: _exit(2) ends this process without running the command's exit handlers or destructors.
     unsafe { libc::_exit(0) }
 }

@@ -318,6 +318,11 @@ pub struct Store {
     /// [`Store::owner_tag`], worked out once: a command asks for it several times, and each time would
     /// canonicalize the path again.
     owner: Arc<std::sync::OnceLock<String>>,
+    /// Set while this process holds the writer lock, whose taking checked the state dir and made its
+    /// directories: until it is let go nobody else changes them (they are this user's alone, and the store is
+    /// only removed under the lock), so the check is not repeated for every file (it was a hundred `stat`s per
+    /// command).
+    verified: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Parsed ledgers by path, each with the file identity it was parsed at.
@@ -412,6 +417,9 @@ impl Drop for Lock {
     fn drop(&mut self) {
         // Runs before the fields drop: the store is checked and removed while the flock is still held.
         let _ = self.store.remove_if_empty();
+        self.store
+            .verified
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -424,6 +432,7 @@ impl Store {
             indexes: Default::default(),
             set_aside: true,
             owner: Default::default(),
+            verified: Default::default(),
         }
     }
 
@@ -437,6 +446,9 @@ impl Store {
     /// user, writable by nobody else, and not symlinks. The lock functions do this; dry runs, which take no
     /// lock, call it themselves.
     pub fn check(&self) -> Result<(), StoreError> {
+        if self.verified.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         trust::check_dir(&self.dir)
     }
 
@@ -475,6 +487,9 @@ impl Store {
     }
 
     fn ensure_dirs(&self) -> Result<(), StoreError> {
+        if self.verified.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         // Checked first, so nothing is made inside a directory someone else could change.
         self.check()?;
         for d in [
@@ -542,6 +557,8 @@ impl Store {
             let locked = file.metadata().map_err(io_err("stat lock file", &path))?;
             match fs::metadata(&path) {
                 Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
+                    self.verified
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     return Ok(Lock {
                         _file: file,
                         store: self.clone(),
