@@ -691,6 +691,21 @@ impl Store {
         loaded: Result<Option<Sandbox>, StoreError>,
     ) -> Result<Option<Sandbox>, StoreError> {
         match loaded {
+            Err(StoreError::Corrupt { path, .. }) if torn_by_power_loss(&path) => {
+                // Only a power loss leaves one (nsnet renames every record into place whole, and writes
+                // sandbox records without fsync), and it took the sandbox away with the kernel: set aside,
+                // it would stop every `gc` until a human came. Removed, its addresses, held by no record
+                // now, are released by `gc` as a missing record's are.
+                if self.set_aside {
+                    remove(&path)?;
+                    eprintln!(
+                        "nsnet: warning: state file {} was emptied by a power loss, which took its sandbox \
+                         too; removed it",
+                        path.display()
+                    );
+                }
+                Ok(None)
+            }
             Err(StoreError::Corrupt { path, reason }) => {
                 self.put_aside(&path, &reason, &[self.sandbox_path(name)])?;
                 Ok(None)
@@ -1468,12 +1483,25 @@ fn open_for_writing(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty), and sync it.
+/// Whether a record file is what a power loss leaves of one whose data was not yet on disk: a regular file,
+/// empty or its length in NUL bytes.
+fn torn_by_power_loss(path: &Path) -> bool {
+    if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut bytes = Vec::new();
+    trust::open_read(path)
+        .and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes))
+        .is_ok()
+        && bytes.iter().all(|b| *b == 0)
+}
+
 /// Whether `path` (relative to the state dir) is a sandbox record, which lives only as long as the boot.
 fn is_sandbox_file(path: &str) -> bool {
     path.starts_with("sandboxes/")
 }
 
+/// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty), and sync it.
 fn append_at(path: &Path, len: u64, append: &str) -> Result<(), StoreError> {
     if len == 0 && append.is_empty() {
         return remove(path);

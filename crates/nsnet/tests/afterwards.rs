@@ -1,0 +1,352 @@
+//! What a command leaves behind when it returns (`afterwards.rs`, one-pass removals): a runtime reading its
+//! output sees end of file when it exits, the state lock and every intent slot are free at once, the detached
+//! child and the reaper it starts finish the work and go, a SIGKILL inside a one-pass removal is finished by
+//! the next command, and what a power loss can do to a sandbox record (now written without fsync) is
+//! reconciled by `gc` without a human.
+
+mod common;
+
+use std::fs;
+use std::io::Read as _;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{nsnet_bin, sh, TestHost};
+use serde_json::Value;
+
+/// What a run with its output on pipes gave: its status, its stdout, and how long after its exit the later of
+/// its two pipes reached end of file (zero when both did before).
+struct Piped {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    eof_after_exit: Duration,
+}
+
+/// Run nsnet in the test's host with stdout and stderr on pipes read to end of file, as a runtime (or a
+/// shell's `$(...)`) does.
+fn piped(h: &TestHost, args: &[&str]) -> Piped {
+    let net = format!("--net={}", h.host_path().display());
+    // nsenter without --fork execs nsnet in place: the child's exit is nsnet's.
+    let mut child = Command::new("nsenter")
+        .arg(&net)
+        .arg("--")
+        .arg(nsnet_bin())
+        .args(args)
+        .env("NSNET_STATE_DIR", &h.state)
+        .env("NSNET_RESOLV_CONF", h.resolv_conf())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nsnet");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            (text, Instant::now())
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = child.wait().expect("wait for nsnet");
+    let exited = Instant::now();
+    let (stdout, out_eof) = out.join().expect("stdout reader");
+    let (stderr, err_eof) = err.join().expect("stderr reader");
+    Piped {
+        status,
+        stdout,
+        stderr,
+        eof_after_exit: out_eof.max(err_eof).saturating_duration_since(exited),
+    }
+}
+
+/// The detached child holds the sockets for 250 ms: a pipe it kept would reach end of file that late.
+const EOF_SLACK: Duration = Duration::from_millis(150);
+
+/// The state lock and every intent slot can be taken at once (nobody, the detached child included, holds
+/// them), and every slot is free (empty).
+fn nothing_held(h: &TestHost) {
+    let lock = fs::File::open(h.state.join("lock")).expect("the lock file");
+    assert!(lock.try_lock().is_ok(), "the state lock is still held");
+    drop(lock);
+    for slot in fs::read_dir(h.state.join("intents"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let f = fs::File::open(slot.path()).expect("an intent slot");
+        assert!(
+            f.try_lock().is_ok(),
+            "intent slot {} is still held",
+            slot.path().display()
+        );
+        assert_eq!(
+            f.metadata().map(|m| m.len()).unwrap_or(1),
+            0,
+            "intent slot {} is not free",
+            slot.path().display()
+        );
+    }
+}
+
+/// Processes (other than a resolver) whose environment holds `marker`: nsnet's detached child and its reaper
+/// carry the command's environment.
+fn processes_with(marker: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && *pid != me)
+        .filter_map(|pid| {
+            let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let has = |needle: &[u8]| env.split(|b| *b == 0).any(|v| v.starts_with(needle));
+            (has(marker.as_bytes()) && !has(b"NSNET_RESOLVER=")).then(|| {
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!(
+                    "{pid}: {}",
+                    String::from_utf8_lossy(&cmd).replace('\0', " ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Wait (up to `limit`) until `done` holds; says whether it did.
+fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn holders(h: &TestHost, net: &str) -> Vec<String> {
+    let v: Value =
+        serde_json::from_str(&h.ok(&["network", "inspect", net, "--json"])).expect("JSON");
+    v["allocations"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|o| o.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn host_veth(h: &TestHost, sb: &str) -> String {
+    h.inspect(sb)["endpoints"][0]["host_interface"]
+        .as_str()
+        .expect("a host veth")
+        .to_string()
+}
+
+/// `nsnet rm` of an attached sandbox with a published port: a one-pass removal that retires a veth (the
+/// reaper is left to do) and deletes firewall elements (a socket is left to close). Its pipes reach end of
+/// file when it exits, nothing is held after, and the detached child and the reaper do their work and go.
+#[test]
+fn an_rm_returns_with_nothing_held_and_its_leftovers_go() {
+    let h = TestHost::new("aftrm");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.90.0/24",
+        "--dns",
+        "false",
+    ]);
+    let ctr = h.sb("ctr");
+    sh(&["ip", "netns", "add", &ctr]);
+    let marker = format!("NSNET_STATE_DIR={}", h.state.display());
+    for round in 0..3 {
+        h.ok(&["attach", &ctr, "--network", "n", "-p", "18080:80"]);
+        let veth = host_veth(&h, &ctr);
+        let rm = piped(&h, &["rm", &ctr]);
+        assert!(rm.status.success(), "round {round}: {}", rm.stderr);
+        assert!(rm.stdout.contains(&ctr), "round {round}: {}", rm.stdout);
+        assert!(
+            rm.eof_after_exit < EOF_SLACK,
+            "round {round}: stdout/stderr reached end of file {:?} after nsnet exited",
+            rm.eof_after_exit
+        );
+        nothing_held(&h);
+        // The reaper ran: the retired veth is gone and its address back.
+        assert!(
+            within(Duration::from_secs(3), || !h.link_names().contains(&veth)),
+            "round {round}: retired veth {veth} outlived its reaper"
+        );
+        assert!(
+            within(Duration::from_secs(3), || holders(&h, "n").is_empty()),
+            "round {round}: {:?}",
+            holders(&h, "n")
+        );
+        // And everything the command left went with it.
+        assert!(
+            within(Duration::from_secs(2), || processes_with(&marker)
+                .is_empty()),
+            "round {round}: left running: {:?}",
+            processes_with(&marker)
+        );
+    }
+    sh(&["ip", "netns", "del", &ctr]);
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// A one-pass removal SIGKILLed before each of its record writes (after its firewall and kernel steps) is
+/// finished by the next command: the sandbox is gone from the records, and after `gc` (which makes up for the
+/// reaper the killed command never left) nothing of it is left.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_killed_one_pass_removal_is_finished_by_the_next_command() {
+    let h = TestHost::new("aftkill");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.91.0/24",
+        "--dns",
+        "false",
+    ]);
+    let baseline = h.snapshot();
+    let ctr = h.sb("ctr");
+    sh(&["ip", "netns", "add", &ctr]);
+    for (how, owned) in [("attached", false), ("owned", true)] {
+        for k in 1.. {
+            let sb = if owned { h.sb("own") } else { ctr.clone() };
+            if owned {
+                h.ok(&["create", &sb, "--network", "n", "-p", "18081:80"]);
+            } else {
+                h.ok(&["attach", &sb, "--network", "n", "-p", "18081:80"]);
+            }
+            let out = h.nsnet_env(&["rm", &sb], &[("NSNET_KILL_AT_WRITE", &k.to_string())]);
+            if out.status.success() {
+                assert!(k > 1, "{how}: rm wrote no record");
+                h.ok(&["gc"]);
+                break;
+            }
+            // The next command (a reader) finishes it, and holds nothing after.
+            let ls: Value = serde_json::from_str(&h.ok(&["ls", "--json"])).expect("ls --json");
+            assert!(
+                !ls.to_string().contains(&sb),
+                "{how}, killed before write {k}: {ls}"
+            );
+            nothing_held(&h);
+            h.ok(&["gc"]);
+            let gc = h.ok(&["gc"]);
+            assert_eq!(
+                gc.trim(),
+                "nothing to do: records and kernel agree",
+                "{how}, killed before write {k}"
+            );
+            let mut now = h.snapshot();
+            now.namespaces.retain(|n| *n != ctr);
+            assert_eq!(
+                now,
+                baseline,
+                "{how}, killed before write {k}: {}",
+                now.diff(&baseline)
+            );
+        }
+    }
+    sh(&["ip", "netns", "del", &ctr]);
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// A sandbox that a power loss took away: its namespace and veths gone with the kernel.
+fn lose_to_a_power_loss(h: &TestHost, sb: &str) {
+    let veth = host_veth(h, sb);
+    sh(&["ip", "netns", "del", sb]);
+    assert!(
+        within(Duration::from_secs(3), || !h.link_names().contains(&veth)),
+        "the veth of {sb} outlived its namespace"
+    );
+}
+
+/// After a power loss, `gc` alone brings records and kernel back in agreement, and the next `gc` finds
+/// nothing to do: no record set aside for a human, nothing held.
+fn gc_recovers_alone(h: &TestHost, what: &str, baseline: &common::Snapshot) {
+    let out = h.nsnet(&["gc"]);
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = h.ok(&["gc"]);
+    assert_eq!(
+        again.trim(),
+        "nothing to do: records and kernel agree",
+        "{what}"
+    );
+    assert!(
+        !h.state.join("quarantine").exists(),
+        "{what}: a record was set aside for a human"
+    );
+    assert_eq!(holders(h, "n"), Vec::<String>::new(), "{what}");
+    let now = h.snapshot();
+    assert_eq!(&now, baseline, "{what}: {}", now.diff(baseline));
+}
+
+/// Sandbox records are written without fsync: a power loss can leave one empty (delayed allocation: the
+/// rename landed, the data did not) or its length filled with NUL bytes. Its sandbox died with the kernel, so
+/// `gc` must reconcile on its own, as it does for a record that is missing altogether, or one whose
+/// release line made it to the (synced) ledger while its removal did not.
+#[test]
+fn gc_reconciles_what_a_power_loss_leaves_of_sandbox_records() {
+    let h = TestHost::new("aftpwr");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.92.0/24",
+        "--dns",
+        "false",
+        // The fast path's map lives in the kernel and a power loss empties it; here it would outlive the
+        // simulated one.
+        "--fast-path=false",
+    ]);
+    let baseline = h.snapshot();
+    let sb = h.sb("a");
+    let record = h.state.join("sandboxes").join(format!("{sb}.json"));
+    let ledger = h.state.join("networks").join("n.ledger");
+
+    // Empty: the rename landed, the data did not.
+    h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
+    lose_to_a_power_loss(&h, &sb);
+    fs::write(&record, "").expect("truncate the record");
+    gc_recovers_alone(&h, "an empty record", &baseline);
+
+    // Its length in NUL bytes: the size landed, the data did not.
+    h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
+    lose_to_a_power_loss(&h, &sb);
+    let len = fs::metadata(&record).expect("the record").len();
+    fs::write(&record, vec![0u8; usize::try_from(len).expect("small")]).expect("zero the record");
+    gc_recovers_alone(&h, "a record of NUL bytes", &baseline);
+
+    // Missing: the ledger line holding its address landed (synced), the record did not.
+    h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
+    lose_to_a_power_loss(&h, &sb);
+    fs::remove_file(&record).expect("remove the record");
+    gc_recovers_alone(&h, "a missing record", &baseline);
+
+    // Present, with the ledger as it was before its address was handed out: the record landed, the
+    // ledger line did not.
+    let before = fs::read(&ledger).unwrap_or_default();
+    h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
+    lose_to_a_power_loss(&h, &sb);
+    fs::write(&ledger, &before).expect("roll the ledger back");
+    gc_recovers_alone(&h, "a record without its ledger line", &baseline);
+
+    h.ok(&["network", "rm", "n"]);
+}
