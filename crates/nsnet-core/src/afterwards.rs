@@ -102,7 +102,12 @@ pub fn finish() {
     // lock can be held by a thread that does not exist in it. The child never returns into the caller's code:
     // it ends in `exec` or `_exit`.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => child(pending, read_end),
+        Ok(ForkResult::Child) => {
+            // Its own copy of the write end goes first: the end of file it waits for must not depend on
+            // close_range(2), which kernels before 5.9 lack and some seccomp profiles refuse.
+            drop(write_end);
+            child(pending, read_end)
+        }
         Ok(ForkResult::Parent { .. }) => {
             // Not waited for: the child is reaped by whoever adopts it once this process exits.
             drop(pending.sockets);
@@ -185,22 +190,38 @@ fn quiet_stdio() {
     }
 }
 
-/// Close every descriptor not in `keep`.
+/// Close every descriptor not in `keep`: with close_range(2), or where that fails, one by one as
+/// /proc/self/fd lists them (a runtime's descriptor left open would otherwise go on to the reaper).
 fn close_all_but(keep: &[i32]) {
-    let mut keep: Vec<libc::c_uint> = keep
+    let mut sorted: Vec<libc::c_uint> = keep
         .iter()
         .filter_map(|&k| libc::c_uint::try_from(k).ok())
         .collect();
-    keep.sort_unstable();
-    keep.dedup();
+    sorted.sort_unstable();
+    sorted.dedup();
     let mut from: libc::c_uint = 0;
-    for k in keep {
+    let mut failed = false;
+    for k in sorted {
         if k > from {
             // SAFETY: close_range(2) only closes descriptors; none in [from, k) is used by this process again.
-            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+            failed |= unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) } != 0;
         }
         from = k.saturating_add(1);
     }
     // SAFETY: as above, for every descriptor above the last kept one.
-    unsafe { libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0) };
+    failed |= unsafe { libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0) } != 0;
+    if !failed {
+        return;
+    }
+    // Listed first, closed after: the listing's own descriptor is gone by then (closing it again is EBADF).
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open.into_iter().filter(|fd| !keep.contains(fd)) {
+        // SAFETY: close(2) of a descriptor this process does not use again.
+        unsafe { libc::close(fd) };
+    }
 }

@@ -350,3 +350,77 @@ fn gc_reconciles_what_a_power_loss_leaves_of_sandbox_records() {
 
     h.ok(&["network", "rm", "n"]);
 }
+
+/// The detached child learns that the command is done from end of file on a pipe. Where `close_range(2)` is
+/// missing (a kernel before 5.9) or refused (a container's seccomp profile), it must still see it: run under
+/// strace, which refuses every `close_range` and exits once every process it follows has, the command, its
+/// child and the reaper all go, and the reaper does its work.
+#[test]
+fn the_detached_child_goes_without_close_range() {
+    let h = TestHost::new("aftcr");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.93.0/24",
+        "--dns",
+        "false",
+    ]);
+    let ctr = h.sb("ctr");
+    sh(&["ip", "netns", "add", &ctr]);
+    h.ok(&["attach", &ctr, "--network", "n", "-p", "18083:80"]);
+    let veth = host_veth(&h, &ctr);
+    let net = format!("--net={}", h.host_path().display());
+    let mut strace = Command::new("nsenter")
+        .arg(&net)
+        .args(["--", "strace", "-f", "-qq", "-o", "/dev/null"])
+        .args([
+            "-e",
+            "trace=close_range",
+            "-e",
+            "inject=close_range:error=ENOSYS",
+        ])
+        .arg(nsnet_bin())
+        .args(["rm", &ctr])
+        .env("NSNET_STATE_DIR", &h.state)
+        .env("NSNET_RESOLV_CONF", h.resolv_conf())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn strace");
+    let marker = format!("NSNET_STATE_DIR={}", h.state.display());
+    let ended = within(Duration::from_secs(5), || {
+        strace.try_wait().ok().flatten().is_some()
+    });
+    if !ended {
+        // Leave nothing behind: what strace still follows, then strace.
+        let left = processes_with(&marker);
+        for line in &left {
+            if let Some(pid) = line.split(':').next().and_then(|p| p.parse().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = strace.kill();
+        let _ = strace.wait();
+        h.ok(&["gc"]);
+        sh(&["ip", "netns", "del", &ctr]);
+        h.ok(&["network", "rm", "n"]);
+        panic!("still running 5 s after the rm: {left:?}");
+    }
+    assert!(
+        within(Duration::from_secs(3), || !h.link_names().contains(&veth)),
+        "retired veth {veth} outlived its reaper"
+    );
+    assert!(
+        within(Duration::from_secs(3), || holders(&h, "n").is_empty()),
+        "{:?}",
+        holders(&h, "n")
+    );
+    sh(&["ip", "netns", "del", &ctr]);
+    h.ok(&["network", "rm", "n"]);
+}

@@ -288,6 +288,9 @@ fn release_later(sock: Socket) {
         Ok(ForkResult::Child) => {
             // SAFETY: as above.
             if let Ok(ForkResult::Child) = unsafe { fork() } {
+                // Its own copy of the write end goes first (close(2) is async-signal-safe): the end of file it
+                // waits for must not depend on close_range(2), which some kernels and seccomp profiles refuse.
+                drop(write_end);
                 hold_until_closed(sock.as_raw_fd(), &read_end);
             }
             // SAFETY: _exit(2) is async-signal-safe and ends the middle child (also when the second fork failed)
