@@ -87,20 +87,16 @@ pub fn finish() {
     }
     if !single_threaded() {
         // A fork that runs Rust code is only sound with no other thread (one could hold the allocator's lock).
-        // Never the case at the end of nsnet's binaries; close here and start the reaper the plain way.
-        drop(pending.sockets);
-        if let Some((program, var, value)) = pending.reaper {
-            let _ = detached(&program, &var, &value).spawn();
-        }
-        return;
+        // Never the case at the end of nsnet's binaries.
+        return plainly(pending);
     }
     quiet_stdio();
     let Ok((read_end, write_end)) = pipe2(OFlag::O_CLOEXEC) else {
-        return;
+        return plainly(pending);
     };
     // SAFETY: this process has a single thread (checked above), so the child may run ordinary Rust code: no
     // lock can be held by a thread that does not exist in it. The child never returns into the caller's code:
-    // it ends in `exec` or `_exit`.
+    // it ends in `_exit`.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             // Its own copy of the write end goes first: the end of file it waits for must not depend on
@@ -114,7 +110,16 @@ pub fn finish() {
             drop(read_end);
             drop(write_end);
         }
-        Err(_) => {}
+        Err(_) => plainly(pending),
+    }
+}
+
+/// Without the child: close the sockets here (waiting for the kernel) and start the reaper the plain way, so
+/// that what the command retired is still deleted.
+fn plainly(pending: Pending) {
+    drop(pending.sockets);
+    if let Some((program, var, value)) = pending.reaper {
+        let _ = detached(&program, &var, &value).spawn();
     }
 }
 
