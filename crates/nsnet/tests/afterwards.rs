@@ -424,3 +424,46 @@ fn the_detached_child_goes_without_close_range() {
 fn the_reaper_starts_when_the_child_cannot_be_made() {
     rm_under_strace("aftpipe", "172.16.94.0/24", "pipe2", "error=EMFILE:when=1");
 }
+
+/// `nsnet rm` of an idle sandbox SIGKILLed as it unmounts the namespace (its firewall elements and fast
+/// path entry already gone, its records not yet written): the next command finishes the removal.
+#[test]
+fn an_rm_killed_at_its_unmount_is_finished_by_the_next_command() {
+    let h = TestHost::new("aftumnt");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.95.0/24",
+        "--dns",
+        "false",
+    ]);
+    let baseline = h.snapshot();
+    let sb = h.sb("a");
+    h.ok(&["create", &sb, "--network", "n", "-p", "18084:80"]);
+    let out = h.nsnet_raw(
+        &[
+            "strace",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=umount2",
+            "-e",
+            "inject=umount2:signal=SIGKILL",
+        ],
+        &["rm", &sb],
+    );
+    assert!(!out.status.success(), "rm was not killed at its unmount");
+    let ls: Value = serde_json::from_str(&h.ok(&["ls", "--json"])).expect("ls --json");
+    assert!(!ls.to_string().contains(&sb), "{ls}");
+    nothing_held(&h);
+    assert_eq!(
+        h.ok(&["gc"]).trim(),
+        "nothing to do: records and kernel agree"
+    );
+    let now = h.snapshot();
+    assert_eq!(now, baseline, "{}", now.diff(&baseline));
+    h.ok(&["network", "rm", "n"]);
+}
