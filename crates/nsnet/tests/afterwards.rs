@@ -334,6 +334,15 @@ fn gc_reconciles_what_a_power_loss_leaves_of_sandbox_records() {
     fs::write(&record, vec![0u8; usize::try_from(len).expect("small")]).expect("zero the record");
     gc_recovers_alone(&h, "a record of NUL bytes", &baseline);
 
+    // Its first half, then NUL bytes: a record longer than what made it to disk.
+    h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
+    lose_to_a_power_loss(&h, &sb);
+    let mut bytes = fs::read(&record).expect("the record");
+    let half = bytes.len() / 2;
+    bytes[half..].fill(0);
+    fs::write(&record, bytes).expect("tear the record");
+    gc_recovers_alone(&h, "a record torn in half", &baseline);
+
     // Missing: the ledger line holding its address landed (synced), the record did not.
     h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
     lose_to_a_power_loss(&h, &sb);

@@ -580,7 +580,7 @@ impl Store {
     /// Sandbox records are written without: what they describe (a namespace, its veths, its firewall
     /// elements) dies with the kernel, so a power loss that tears or loses a record has removed its sandbox
     /// too, and `nsnet gc` matches what is left to the empty kernel (a record whose namespace is gone is
-    /// released, addresses held by no record go back, an unreadable record is set aside). The rename alone
+    /// released, addresses held by no record go back, a record left empty is removed). The rename alone
     /// keeps a killed command's write whole for the next one (the page cache outlives the process). Settings,
     /// which outlive a reboot, are synced. The two fsyncs were about a millisecond of every create and removal.
     fn write_file(&self, path: &Path, text: &str, durable: bool) -> Result<(), StoreError> {
@@ -699,8 +699,8 @@ impl Store {
                 if self.set_aside {
                     remove(&path)?;
                     eprintln!(
-                        "nsnet: warning: state file {} was emptied by a power loss, which took its sandbox \
-                         too; removed it",
+                        "nsnet: warning: state file {} was torn by a power loss, which took its sandbox too; \
+                         removed it",
                         path.display()
                     );
                 }
@@ -1483,17 +1483,26 @@ fn open_for_writing(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Whether a record file is what a power loss leaves of one whose data was not yet on disk: a regular file,
-/// empty or its length in NUL bytes.
+/// Whether a record file is what a power loss leaves of one whose data was not all on disk yet (its length
+/// landed, some of its bytes did not): a regular file holding nothing, NUL bytes, or a prefix of a JSON
+/// document followed by NULs. A prefix alone, or a whole document that is not a record, is not torn: a hand
+/// edit or a damaged disk, for a human to look at.
 fn torn_by_power_loss(path: &Path) -> bool {
     if !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
         return false;
     }
     let mut bytes = Vec::new();
-    trust::open_read(path)
+    if trust::open_read(path)
         .and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes))
-        .is_ok()
-        && bytes.iter().all(|b| *b == 0)
+        .is_err()
+    {
+        return false;
+    }
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let body = &bytes[..end];
+    body.iter().all(u8::is_ascii_whitespace)
+        || (end < bytes.len()
+            && serde_json::from_slice::<serde_json::Value>(body).is_err_and(|e| e.is_eof()))
 }
 
 /// Whether `path` (relative to the state dir) is a sandbox record, which lives only as long as the boot.
@@ -1821,6 +1830,26 @@ mod tests {
         write(&store, vec![Record::NoNetwork("b".into())]);
         drop(lock);
         assert_eq!(quarantine(&store).len(), 3);
+    }
+
+    /// What a power loss leaves of a record written without fsync (nothing, NULs, a prefix then NULs) is
+    /// removed, not set aside: its sandbox went with the power. A prefix alone still goes aside.
+    #[test]
+    fn a_record_torn_by_a_power_loss_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("state"));
+        let _lock = store.lock().unwrap();
+        let torn: [&[u8]; 4] = [b"", b"\0\0\0\0", b"{\"name\": \"s\", \0\0", b"\n"];
+        for bytes in torn {
+            write(&store, vec![Record::Sandbox(sandbox("s", "a"))]);
+            fs::write(store.sandbox_path("s"), bytes).unwrap();
+            assert_eq!(store.sandbox("s").unwrap(), None, "{bytes:?}");
+            assert!(!store.sandbox_path("s").exists(), "{bytes:?}");
+            assert!(quarantine(&store).is_empty(), "{bytes:?}");
+        }
+        fs::write(store.sandbox_path("s"), "{\"name\": \"s\"}\0").unwrap();
+        assert_eq!(store.sandbox("s").unwrap(), None);
+        assert_eq!(quarantine(&store).len(), 1);
     }
 
     #[test]
