@@ -476,3 +476,82 @@ fn an_rm_killed_at_its_unmount_is_finished_by_the_next_command() {
     assert_eq!(now, baseline, "{}", now.diff(&baseline));
     h.ok(&["network", "rm", "n"]);
 }
+
+/// `chattr +i` on a file for as long as it lives: root cannot write it either.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(path: std::path::PathBuf) -> Immutable {
+        sh(&["chattr", "+i", &path.to_string_lossy()]);
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr")
+            .args(["-i", &self.0.to_string_lossy()])
+            .status();
+    }
+}
+
+/// The addresses and routes inside a namespace, without interface indexes.
+fn inside(ns: &str) -> Vec<String> {
+    let net = format!("--net=/run/netns/{ns}");
+    let mut lines: Vec<String> = sh(&["nsenter", &net, "ip", "-br", "addr"])
+        .lines()
+        .chain(sh(&["nsenter", &net, "ip", "route"]).lines())
+        .map(|l| {
+            l.split_whitespace()
+                .map(|w| w.split('@').next().unwrap_or(w))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A one-pass removal whose records cannot be written (its network's ledger immutable) is undone whole:
+/// the kernel as it was, the sandbox still recorded, nothing that failed to come back. For an idle
+/// sandbox this means its namespace must not have been unmounted yet: the kernel destroys an unmounted
+/// namespace in the background, and its veths' names stay taken until then.
+#[test]
+fn a_removal_whose_records_cannot_be_written_is_undone() {
+    let h = TestHost::new("aftro");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.96.0/24",
+        "--dns",
+        "false",
+    ]);
+    let (own, ctr) = (h.sb("own"), h.sb("ctr"));
+    h.ok(&["create", &own, "--network", "n", "-p", "18085:80"]);
+    sh(&["ip", "netns", "add", &ctr]);
+    h.ok(&["attach", &ctr, "--network", "n", "-p", "18086:80"]);
+    let ledger = h.state.join("networks").join("n.ledger");
+    for sb in [&own, &ctr] {
+        let (before, before_inside) = (h.snapshot(), inside(sb));
+        let out = {
+            let _frozen = Immutable::new(ledger.clone());
+            h.nsnet(&["rm", sb])
+        };
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sb}: rm wrote an immutable ledger");
+        assert!(
+            err.contains("undone") && !err.contains("also failed"),
+            "{sb}: {err}"
+        );
+        assert_eq!(h.inspect(sb)["name"], sb.as_str(), "{sb}: its record");
+        assert_eq!(inside(sb), before_inside, "{sb}: inside");
+        let now = h.snapshot();
+        assert_eq!(now, before, "{sb}: {}", now.diff(&before));
+    }
+    h.ok(&["rm", &own]);
+    h.ok(&["rm", &ctr]);
+    sh(&["ip", "netns", "del", &ctr]);
+    h.ok(&["network", "rm", "n"]);
+}

@@ -434,7 +434,14 @@ impl Nsnet {
                 // The resolver gets the sandbox back (its record was never changed).
                 self.unmark(what)?;
                 self.store.remove_intent(intent)?;
-                return Err(with_rollback(cause, rollback));
+                // A step's failure says already that what came before was undone; the records' must say so.
+                return Err(match cause {
+                    e @ Error::RolledBack { .. } => with_rollback(e, rollback),
+                    e => Error::RolledBack {
+                        cause: Box::new(e),
+                        rollback,
+                    },
+                });
             }
         };
         self.tell_resolver(&records);
@@ -445,10 +452,11 @@ impl Nsnet {
     }
 
     /// The one pass of [`Nsnet::take_down_at_once`], returning the records it wrote; on failure, the error and
-    /// the undo of what landed. The firewall goes first: unmounting the namespace must be the last kernel step,
-    /// since the kernel destroys it in the background and a rollback after it could not re-create its veths
-    /// under their names yet. The records are worked out after the kernel steps, from the kernel as it is
-    /// then: a retired veth keeps its address until it is gone.
+    /// the undo of what landed. The firewall goes first, the namespace's unmount last, after the records: the
+    /// kernel destroys an unmounted namespace in the background, so a rollback after it could not re-create
+    /// its veths under their names yet, while records written can be put back. The records are worked out
+    /// after the other kernel steps, from the kernel as it is then: a retired veth keeps its address until it
+    /// is gone.
     fn remove_now(
         &self,
         applier: &mut Applier,
@@ -457,16 +465,32 @@ impl Nsnet {
         kernel: &Plan,
     ) -> std::result::Result<(Vec<Record>, Vec<crate::store::FileState>), (Error, Undo)> {
         let fw_undo = applier.apply(fw).map_err(|e| (e, Undo::default()))?;
-        let undo = match applier.apply(kernel) {
+        let (kernel, unmount) = split_unmount(kernel);
+        let undo = match applier.apply(&kernel) {
             Ok(undo) => undo.then(fw_undo),
             Err(e) => return Err((e, fw_undo)),
         };
-        let written = self.finish_removal(what).and_then(|(_, records)| {
-            let (_, after) = self.store.file_states(&records)?;
-            self.store.set_files(&after)?;
-            Ok((records, after))
+        let worked_out = self.finish_removal(what).and_then(|(_, records)| {
+            let (before, after) = self.store.file_states(&records)?;
+            Ok((records, before, after))
         });
-        written.map_err(|e| (e, undo))
+        let (records, before, after) = match worked_out {
+            Ok(w) => w,
+            Err(e) => return Err((e, undo)),
+        };
+        let done = self
+            .store
+            .set_files(&after)
+            .map_err(Error::from)
+            .and_then(|()| applier.apply(&unmount));
+        match done {
+            Ok(_) => Ok((records, after)),
+            Err(e) => {
+                // Best effort: what was written goes back, so the records describe what the rollback restores.
+                let _ = self.store.set_files(&before);
+                Err((e, undo))
+            }
+        }
     }
 
     /// The firewall step and the record changes that finish removing `what`, from the records as they are now
@@ -625,6 +649,27 @@ fn delete_unlocked(
         (Err(e), Ok(f)) => Err((e, f.unwrap_or_default())),
         (Ok(k), Err(e)) => Err((e, k)),
         (Err(e), Err(_)) => Err((e, Undo::default())),
+    }
+}
+
+/// `kernel` without its last step when that unmounts a namespace, and that step alone (else an empty plan).
+fn split_unmount(kernel: &Plan) -> (Plan, Plan) {
+    match kernel.steps.split_last() {
+        Some((last @ Step::DeleteNetns { .. }, head)) => {
+            let n = head.len();
+            let part = |steps: Vec<Step>, restore: Vec<Vec<Step>>| Plan { steps, restore };
+            (
+                part(
+                    head.to_vec(),
+                    kernel.restore.iter().take(n).cloned().collect(),
+                ),
+                part(
+                    vec![last.clone()],
+                    kernel.restore.get(n).cloned().into_iter().collect(),
+                ),
+            )
+        }
+        _ => (kernel.clone(), Plan::default()),
     }
 }
 
