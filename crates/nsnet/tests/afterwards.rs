@@ -468,6 +468,8 @@ fn an_rm_killed_at_its_unmount_is_finished_by_the_next_command() {
     let ls: Value = serde_json::from_str(&h.ok(&["ls", "--json"])).expect("ls --json");
     assert!(!ls.to_string().contains(&sb), "{ls}");
     nothing_held(&h);
+    // The kernel destroys the unmounted namespace, veths and all, in the background.
+    h.settle();
     assert_eq!(
         h.ok(&["gc"]).trim(),
         "nothing to do: records and kernel agree"
@@ -512,7 +514,7 @@ fn inside(ns: &str) -> Vec<String> {
     lines
 }
 
-/// A one-pass removal whose records cannot be written (its network's ledger immutable) is undone whole:
+/// A removal whose records cannot be written (its network's ledger immutable) is undone whole:
 /// the kernel as it was, the sandbox still recorded, nothing that failed to come back. For an idle
 /// sandbox this means its namespace must not have been unmounted yet: the kernel destroys an unmounted
 /// namespace in the background, and its veths' names stay taken until then.
@@ -550,6 +552,25 @@ fn a_removal_whose_records_cannot_be_written_is_undone() {
         let now = h.snapshot();
         assert_eq!(now, before, "{sb}: {}", now.diff(&before));
     }
+    // The same for a removal in three phases (the bridge is deleted without the lock).
+    let (before, before_inside) = (h.snapshot(), [inside(&own), inside(&ctr)]);
+    let out = {
+        let _frozen = Immutable::new(ledger.clone());
+        h.nsnet(&["network", "rm", "n", "--force"])
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "network rm wrote an immutable ledger"
+    );
+    assert!(
+        err.contains("undone") && !err.contains("also failed"),
+        "{err}"
+    );
+    assert_eq!(h.inspect(&own)["endpoints"][0]["network"], "n");
+    assert_eq!([inside(&own), inside(&ctr)], before_inside);
+    let now = h.snapshot();
+    assert_eq!(now, before, "network rm: {}", now.diff(&before));
     h.ok(&["rm", &own]);
     h.ok(&["rm", &ctr]);
     sh(&["ip", "netns", "del", &ctr]);

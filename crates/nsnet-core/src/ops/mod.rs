@@ -372,13 +372,9 @@ impl Nsnet {
                     // One step, so nothing of it to undo: report its own cause.
                     Err(Error::RolledBack { cause, .. }) => Some((*cause, done)),
                     Err(e) => Some((e, done)),
-                    Ok(fw_undo) => match self
-                        .store
-                        .file_states(&records)
-                        .and_then(|(_, after)| self.store.set_files(&after).map(|()| after))
-                    {
-                        Err(e) => Some((e.into(), fw_undo.then(done))),
-                        Ok(after) => {
+                    Ok(fw_undo) => match self.write_records(&records) {
+                        Err(e) => Some((e, fw_undo.then(done))),
+                        Ok((_, after)) => {
                             written = after;
                             self.tell_resolver(&records);
                             None
@@ -470,27 +466,35 @@ impl Nsnet {
             Ok(undo) => undo.then(fw_undo),
             Err(e) => return Err((e, fw_undo)),
         };
-        let worked_out = self.finish_removal(what).and_then(|(_, records)| {
-            let (before, after) = self.store.file_states(&records)?;
+        let written = self.finish_removal(what).and_then(|(_, records)| {
+            let (before, after) = self.write_records(&records)?;
             Ok((records, before, after))
         });
-        let (records, before, after) = match worked_out {
+        let (records, before, after) = match written {
             Ok(w) => w,
             Err(e) => return Err((e, undo)),
         };
-        let done = self
-            .store
-            .set_files(&after)
-            .map_err(Error::from)
-            .and_then(|()| applier.apply(&unmount));
-        match done {
-            Ok(_) => Ok((records, after)),
-            Err(e) => {
-                // Best effort: what was written goes back, so the records describe what the rollback restores.
-                let _ = self.store.set_files(&before);
-                Err((e, undo))
-            }
+        if let Err(e) = applier.apply(&unmount) {
+            // Best effort, as in `write_records`.
+            let _ = self.store.set_files(&before);
+            return Err((e, undo));
         }
+        Ok((records, after))
+    }
+
+    /// Write the files of `records` ([`crate::store::Store::file_states`]), returning what they held before and
+    /// hold now. If a write fails, what was written is put back (best effort), so the records still describe
+    /// what the caller's rollback restores.
+    fn write_records(
+        &self,
+        records: &[Record],
+    ) -> Result<(Vec<crate::store::FileState>, Vec<crate::store::FileState>)> {
+        let (before, after) = self.store.file_states(records)?;
+        if let Err(e) = self.store.set_files(&after) {
+            let _ = self.store.set_files(&before);
+            return Err(e.into());
+        }
+        Ok((before, after))
     }
 
     /// The firewall step and the record changes that finish removing `what`, from the records as they are now

@@ -608,7 +608,11 @@ impl Store {
         if durable {
             f.sync_all().map_err(io_err("sync state file", &tmp))?;
         }
-        fs::rename(&tmp, path).map_err(io_err("replace state file", path))?;
+        if let Err(e) = fs::rename(&tmp, path) {
+            // Not left for the next command's recovery to find.
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("replace state file", path)(e));
+        }
         if !durable {
             return Ok(());
         }
