@@ -576,3 +576,37 @@ fn a_removal_whose_records_cannot_be_written_is_undone() {
     sh(&["ip", "netns", "del", &ctr]);
     h.ok(&["network", "rm", "n"]);
 }
+
+/// A removal killed after it retired a veth (before its records, so before it could leave a reaper): the
+/// command that finishes it leaves one, and the veth goes and its address comes back without a `gc`.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_killed_removal_s_retired_veth_is_reaped_once_it_is_finished() {
+    let h = TestHost::new("aftreap");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.97.0/24",
+        "--dns",
+        "false",
+    ]);
+    let ctr = h.sb("ctr");
+    sh(&["ip", "netns", "add", &ctr]);
+    h.ok(&["attach", &ctr, "--network", "n"]);
+    let veth = host_veth(&h, &ctr);
+    let out = h.nsnet_env(&["rm", &ctr], &[("NSNET_KILL_AT_WRITE", "1")]);
+    assert!(!out.status.success(), "rm was not killed");
+    // A reader finishes it.
+    h.ok(&["ls"]);
+    let reaped = within(Duration::from_secs(3), || {
+        !h.link_names().contains(&veth) && holders(&h, "n").is_empty()
+    });
+    if !reaped {
+        h.ok(&["gc"]);
+    }
+    sh(&["ip", "netns", "del", &ctr]);
+    h.ok(&["network", "rm", "n"]);
+    assert!(reaped, "retired veth {veth} waits for a gc");
+}

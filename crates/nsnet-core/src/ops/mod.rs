@@ -581,6 +581,11 @@ impl Nsnet {
                         self.tell_resolver(&sandbox_records(&intent.after));
                     }
                 }
+                // The killed command may not have got to leaving a reaper for the veths it retired.
+                self.start_reaper(&Plan {
+                    steps: intent.redo.clone(),
+                    restore: vec![],
+                });
                 done.push(format!("finished the interrupted `{}`", intent.command));
             }
             self.store.remove_intent(file)?;
