@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::{sh, TestHost};
 use serde_json::{json, Value};
 
-/// What the runtime got: success, stdout, stderr, and how long after the plugin's exit the later of its
-/// two pipes reached end of file (zero when both did before).
+/// What the runtime got: success, stdout, stderr, and how long after the plugin's exit the last of its
+/// pipes reached end of file (zero when all did before).
 struct Reply {
     ok: bool,
     out: String,
@@ -22,7 +22,8 @@ struct Reply {
     eof_after_exit: Duration,
 }
 
-/// Run the plugin as a runtime does: configuration on stdin, stdout and stderr on pipes read to end of file.
+/// Run the plugin as a runtime does: configuration on stdin, stdout and stderr on pipes read to end of file,
+/// and (as a careless runtime may) a third pipe's write end left open in it as descriptor 3.
 fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply {
     let net = format!("--net={}", h.host_path().display());
     // nsenter without --fork execs the plugin in place: the child's exit is the plugin's.
@@ -37,7 +38,13 @@ fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.envs(env.iter().copied());
+    // pipe(2) without O_CLOEXEC: the plugin inherits the write end under its number (the read end is kept
+    // from it). Nothing else is spawned meanwhile, and the test's copy goes right after the spawn.
+    let (extra_read, extra_write) = nix::unistd::pipe().expect("a pipe");
+    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+    nix::fcntl::fcntl(&extra_read, cloexec).expect("close-on-exec");
     let mut child = cmd.spawn().expect("spawn nsnet-cni");
+    drop(extra_write);
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(conf.to_string().as_bytes())
@@ -54,15 +61,20 @@ fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply
     };
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let extra = drain(Some(Box::new(std::fs::File::from(extra_read)) as _));
     let status = child.wait().expect("wait for nsnet-cni");
     let exited = Instant::now();
     let (out, out_eof) = out.join().expect("stdout reader");
     let (err, err_eof) = err.join().expect("stderr reader");
+    let (_, extra_eof) = extra.join().expect("descriptor 3's reader");
     Reply {
         ok: status.success(),
         out,
         err,
-        eof_after_exit: out_eof.max(err_eof).saturating_duration_since(exited),
+        eof_after_exit: out_eof
+            .max(err_eof)
+            .max(extra_eof)
+            .saturating_duration_since(exited),
     }
 }
 
