@@ -427,7 +427,7 @@ impl Nsnet {
             Ok(written) => written,
             Err((cause, undo)) => {
                 let rollback = undo.rollback(&mut applier);
-                // The resolver gets the sandbox back (its record was never changed).
+                // The resolver gets the sandbox back (its record is as it was: never written, or put back).
                 self.unmark(what)?;
                 self.store.remove_intent(intent)?;
                 // A step's failure says already that what came before was undone; the records' must say so.
