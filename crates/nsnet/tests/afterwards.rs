@@ -343,7 +343,20 @@ fn gc_reconciles_what_a_power_loss_leaves_of_sandbox_records() {
     fs::write(&record, bytes).expect("tear the record");
     gc_recovers_alone(&h, "a record torn in half", &baseline);
 
-    // Missing: the ledger line holding its address landed (synced), the record did not.
+    // The ledger's last append torn: its line cut short and padded with NULs (appends are not synced either).
+    h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
+    lose_to_a_power_loss(&h, &sb);
+    let mut bytes = fs::read(&ledger).expect("the ledger");
+    let last = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let cut = last + (bytes.len() - last) / 2;
+    bytes[cut..].fill(0);
+    fs::write(&ledger, bytes).expect("tear the ledger");
+    gc_recovers_alone(&h, "a ledger whose last line is torn", &baseline);
+
+    // Missing: the ledger line holding its address landed, the record did not.
     h.ok(&["create", &sb, "--network", "n", "-p", "18082:80"]);
     lose_to_a_power_loss(&h, &sb);
     fs::remove_file(&record).expect("remove the record");

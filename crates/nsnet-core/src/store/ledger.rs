@@ -43,7 +43,14 @@ struct Span(u32, u32);
 
 impl Ledger {
     /// Read a ledger's text. Errors name the line.
-    pub fn parse(text: String) -> Result<Ledger, String> {
+    ///
+    /// Appends are not synced (see [`super::Store::write_file`]), so a power loss can leave the last append
+    /// torn: cut short, or padded with NUL bytes where the file grew before its data landed. Every line nsnet
+    /// writes ends with a newline, so whatever follows the last newline is such a tail: it is left out, and
+    /// [`Ledger::len`] (where the next append truncates to) ends before it. A torn line never names anything:
+    /// the sandbox it was about died with the kernel.
+    pub fn parse(mut text: String) -> Result<Ledger, String> {
+        text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
         let base = text.as_ptr() as usize;
         let too_large = || "the file is larger than 4 GiB".to_string();
         if u32::try_from(text.len()).is_err() {
@@ -537,6 +544,27 @@ mod tests {
         let after = Ledger::parse(text.clone()).unwrap();
         assert_eq!(&after.allocations(), want, "ledger text:\n{text}");
         after
+    }
+
+    /// What a power loss can leave of an unsynced append: the line cut short, or NUL bytes where the file grew
+    /// before its data landed. The tail is left out, and the next append goes where it began.
+    #[test]
+    fn a_torn_last_append_is_left_out() {
+        let whole = "+ip 10.89.0.2 a\n+ip 10.89.0.3 b\n".to_string();
+        for torn in [
+            format!("{whole}+ip 10.89.0.4 c"),
+            format!("{whole}+ip 10.8"),
+            format!("{whole}\0\0\0\0\0\0"),
+            format!("{whole}+ip 10.89.0.4\0\0\0"),
+        ] {
+            let l = Ledger::parse(torn.clone()).unwrap_or_else(|e| panic!("{torn:?}: {e}"));
+            assert_eq!(l.len(), whole.len() as u64, "{torn:?}");
+            let held: Vec<Ipv4Addr> = l.allocations().addresses.keys().copied().collect();
+            assert_eq!(
+                held,
+                [Ipv4Addr::new(10, 89, 0, 2), Ipv4Addr::new(10, 89, 0, 3)]
+            );
+        }
     }
 
     #[test]

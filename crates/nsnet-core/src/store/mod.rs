@@ -14,7 +14,8 @@
 //! ```
 //! A JSON file is written to `tmp/` and renamed over the old one, so a reader sees either the old or the new file,
 //! never half of one; settings are fsynced first, sandbox records are not (they describe what a reboot removes
-//! anyway: see [`Store::write_file`]). A ledger only grows by appended lines, written under the lock. Files are 0600.
+//! anyway: see [`Store::write_file`]). A ledger only grows by appended lines, written under the lock and not
+//! synced either (a torn last line is left out when it is read). Files are 0600.
 //!
 //! Nothing in the state dir is trusted blindly (see [`trust`]): the directories must be this user's and writable
 //! by nobody else, no entry may be a symlink, and each record must carry its file's name and valid interface
@@ -1170,8 +1171,8 @@ impl Store {
             }
             // Not synced to disk: an intent is for a command that dies (killed, OOM, a panic), and the page
             // cache keeps its write for the next command whatever becomes of the writer. A power loss takes the
-            // kernel objects it describes along; the records it would reconcile are each written atomically
-            // and synced, and `nsnet gc` matches them to the (empty) kernel. Its sync was the one fsync on
+            // kernel objects it describes along; the records it would reconcile are each written atomically,
+            // and `nsnet gc` matches them to the (empty) kernel. Its sync was the one fsync on
             // every command's path before any kernel change, and the widest spread of their times.
             std::os::unix::fs::FileExt::write_all_at(&file, text.as_bytes(), 0)
                 .map_err(io_err("write intent", &path))?;
@@ -1514,7 +1515,12 @@ fn is_sandbox_file(path: &str) -> bool {
     path.starts_with("sandboxes/")
 }
 
-/// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty), and sync it.
+/// Make a ledger file its first `len` bytes followed by `append` (no file when both are empty).
+///
+/// Not synced, like sandbox records (see [`Store::write_file`]): every line is about a sandbox's address or
+/// port, which a power loss takes away with the kernel; a lost line leaves an address held by a sandbox that
+/// `nsnet gc` releases (its namespace is gone, or it has no record), and a torn last line is left out when the
+/// ledger is read ([`Ledger::parse`]). The sync was a fifth of a millisecond on every create and removal.
 fn append_at(path: &Path, len: u64, append: &str) -> Result<(), StoreError> {
     if len == 0 && append.is_empty() {
         return remove(path);
@@ -1523,14 +1529,6 @@ fn append_at(path: &Path, len: u64, append: &str) -> Result<(), StoreError> {
     f.set_len(len).map_err(io_err("truncate ledger", path))?;
     std::os::unix::fs::FileExt::write_all_at(&f, append.as_bytes(), len)
         .map_err(io_err("append to ledger", path))?;
-    f.sync_data().map_err(io_err("sync ledger", path))?;
-    if len == 0 {
-        // A new file: its directory entry must be durable too.
-        let dir = path.parent().unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("sync state directory", dir))?;
-    }
     Ok(())
 }
 
