@@ -197,17 +197,9 @@ fn result_for(
 pub fn del(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
     let nsnet = nsnet(conf)?;
     let mut errors: Vec<CniError> = Vec::new();
-    let ours = nsnet.sandbox(&env.container_id)?.is_some_and(|sb| {
-        sb.cni
-            && sb
-                .endpoints
-                .iter()
-                .any(|e| e.network == conf.name && e.interface == env.ifname)
-    });
-    if ours {
-        if let Err(e) = nsnet.detach(&env.container_id, &conf.name, true) {
-            errors.push(e.into());
-        }
+    // Only this container's attachment, and only if CNI made it (a CLI sandbox of the same name is left alone).
+    if let Err(e) = nsnet.detach_cni(&env.container_id, &conf.name, &env.ifname) {
+        errors.push(e.into());
     }
     if let Some(name) = conf.ipam_plugin() {
         if let Err(e) = Delegate::find(name).and_then(|d| d.run("DEL", raw)) {

@@ -552,9 +552,33 @@ impl Nsnet {
     /// did not create goes from the records with its last endpoint. With `missing_ok`, a sandbox or endpoint
     /// that is not there is success with an empty plan (CNI `DEL` must succeed twice).
     pub fn detach(&self, name: &str, network: &str, missing_ok: bool) -> Result<Plan> {
+        self.detach_where(name, network, missing_ok, |_| true)
+    }
+
+    /// CNI `DEL`: [`Nsnet::detach`] of a container's attachment, only when the sandbox is CNI's and its endpoint
+    /// on `network` is the interface `ifname`; anything else is not this attachment, and there is nothing to do.
+    /// Checked under the writer lock, so a `DEL` takes the lock once.
+    pub fn detach_cni(&self, name: &str, network: &str, ifname: &str) -> Result<Plan> {
+        self.detach_where(name, network, true, |sb| {
+            sb.cni
+                && sb
+                    .endpoints
+                    .iter()
+                    .any(|e| e.network == network && e.interface == ifname)
+        })
+    }
+
+    /// [`Nsnet::detach`] of a sandbox for which `ours` holds; one for which it does not counts as missing.
+    fn detach_where(
+        &self,
+        name: &str,
+        network: &str,
+        missing_ok: bool,
+        ours: impl Fn(&Sandbox) -> bool,
+    ) -> Result<Plan> {
         names::check_name("sandbox", name).map_err(Error::Invalid)?;
         let lock = self.lock()?;
-        let sb = match self.store.sandbox(name)? {
+        let sb = match self.store.sandbox(name)?.filter(|sb| ours(sb)) {
             Some(sb) if sb.endpoints.iter().any(|e| e.network == network) => sb,
             _ if missing_ok => return Ok(Plan::default()),
             None => return Err(invalid!("no sandbox named '{name}'; `nsnet ls` lists them")),
