@@ -30,8 +30,25 @@ impl Nsnet {
         if !self.store.dir().join("lock").exists() {
             return Ok(vec![]);
         }
+        // A look without the lock first: a removal since has usually given the addresses back already (it
+        // releases retired veths that are gone with its own write), and taking the lock for nothing would hold
+        // up the commands running now. A record that cannot be read takes the locked way.
+        if !self.anything_to_release().unwrap_or(true) {
+            return Ok(vec![]);
+        }
         let _lock = self.lock()?;
         self.release_retired()
+    }
+
+    /// Whether any network holds an address for a retired veth that is gone (read without the lock: a hint).
+    fn anything_to_release(&self) -> Result<bool> {
+        let mut host = Host::new();
+        for mut net in self.store.network_records()? {
+            if super::sandbox::release_gone_retired(&mut host, &mut net.allocations)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Under the lock, for a command that found its network's pool exhausted: if retired links hold
@@ -57,28 +74,10 @@ impl Nsnet {
         let mut host = Host::new();
         let (mut records, mut gone) = (Vec::new(), Vec::new());
         for mut net in self.store.network_records()? {
-            let mut holders: Vec<String> = net
-                .allocations
-                .addresses
-                .values()
-                .filter(|o| build::retired_holder(o).is_some())
-                .cloned()
-                .collect();
-            holders.dedup();
-            let mut changed = false;
-            for holder in holders {
-                let link = build::retired_holder(&holder).unwrap_or_default();
-                // Gone, or (deleted, and the name taken again since) no longer a retired link.
-                let still = host
-                    .link(link)?
-                    .is_some_and(|l| l.group == crate::kernel::netlink::RETIRED_GROUP);
-                if !still {
-                    net.allocations.release(&holder);
-                    gone.push(link.to_string());
-                    changed = true;
-                }
-            }
-            if changed {
+            let before: Vec<String> = retired_links(&net.allocations);
+            if super::sandbox::release_gone_retired(&mut host, &mut net.allocations)? {
+                let after = retired_links(&net.allocations);
+                gone.extend(before.into_iter().filter(|l| !after.contains(l)));
                 records.push(Record::Network(net));
             }
         }
@@ -116,6 +115,18 @@ impl Nsnet {
         // Not waited for: it outlives this process. Its exit is reaped by init.
         let _ = cmd.spawn();
     }
+}
+
+/// The retired veths `allocations` holds addresses for, by link name.
+fn retired_links(allocations: &crate::model::Allocations) -> Vec<String> {
+    let mut links: Vec<String> = allocations
+        .addresses
+        .values()
+        .filter_map(|o| build::retired_holder(o).map(str::to_string))
+        .collect();
+    links.sort_unstable();
+    links.dedup();
+    links
 }
 
 /// Run `cmd` in a session of its own, so the caller's exit (or its terminal's) does not take it along.

@@ -695,7 +695,37 @@ fn hand_back(
     } else {
         allocations.release(name);
     }
-    Ok(())
+    // Earlier removals' retired veths that are gone by now give their addresses back with this write, so
+    // their reaper finds nothing left to do and does not take the lock while commands run.
+    release_gone_retired(host, allocations).map(|_| ())
+}
+
+/// Give back the addresses of `allocations`' retired veths whose link is gone (or is no longer a retired
+/// link: the name was taken again since). Returns whether any were.
+pub(super) fn release_gone_retired(
+    host: &mut Host,
+    allocations: &mut crate::model::Allocations,
+) -> Result<bool> {
+    let mut holders: Vec<String> = allocations
+        .addresses
+        .values()
+        .filter(|o| build::retired_holder(o).is_some())
+        .cloned()
+        .collect();
+    holders.sort_unstable();
+    holders.dedup();
+    let mut any = false;
+    for holder in holders {
+        let link = build::retired_holder(&holder).unwrap_or_default();
+        let still = host
+            .link(link)?
+            .is_some_and(|l| l.group == crate::kernel::netlink::RETIRED_GROUP);
+        if !still {
+            allocations.release(&holder);
+            any = true;
+        }
+    }
+    Ok(any)
 }
 
 fn lost_netns(sb: &Sandbox) -> Error {
