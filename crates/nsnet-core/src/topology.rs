@@ -646,6 +646,7 @@ mod tests {
             ports,
             removing: false,
             aliases: vec![],
+            ipv6: None,
         }
     }
 

@@ -325,6 +325,7 @@ impl Nsnet {
             overlay: req.overlay.clone(),
             dns: req.dns,
             dns_servers: check_dns_servers(&req.dns_servers, req.dns, req.internal, &self.terms)?,
+            ipv6: None,
         };
         // host-gw's fast path hangs a filter on the underlay's ingress: the qdisc is nsnet's to make (and to
         // remove) only when there is none.

@@ -418,6 +418,7 @@ impl Nsnet {
             ports,
             removing: false,
             aliases: check_aliases(&req.aliases, &self.terms)?,
+            ipv6: None,
         };
         Ok(Join {
             net,

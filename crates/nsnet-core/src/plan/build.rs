@@ -744,6 +744,7 @@ mod tests {
             ports,
             removing: false,
             aliases: vec![],
+            ipv6: None,
         }
     }
 

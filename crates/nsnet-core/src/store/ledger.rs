@@ -225,6 +225,7 @@ impl Ledger {
                 })
                 .collect(),
             last_allocated: self.cursor,
+            ..Allocations::default()
         }
     }
 }
@@ -537,6 +538,28 @@ mod tests {
         let after = Ledger::parse(text.clone()).unwrap();
         assert_eq!(&after.allocations(), want, "ledger text:\n{text}");
         after
+    }
+
+    /// A ledger as nsnet wrote it before IPv6 reads to the same entries.
+    #[test]
+    fn a_ledger_written_before_ipv6_reads_the_same() {
+        let l = Ledger::parse(include_str!("../../tests/golden/ledger-ipv4.txt").into()).unwrap();
+        let a = l.allocations();
+        let held: Vec<String> = a
+            .addresses
+            .iter()
+            .map(|(ip, o)| format!("{ip} {o}"))
+            .collect();
+        assert_eq!(held, ["10.89.3.2 app", "10.89.3.4 ~nsrt1a2b3c4d"]);
+        assert_eq!(a.last_allocated, Some(Ipv4Addr::new(10, 89, 3, 4)));
+        let ports: Vec<String> = a.published.iter().map(|p| p.mapping.to_string()).collect();
+        assert_eq!(ports, ["8080:80/tcp", "10.0.1.48:5300-5301:53-54/udp"]);
+        assert!(a.addresses6.is_empty() && a.last_allocated6.is_none());
+        assert_eq!(
+            l.compacted(),
+            "+ip 10.89.3.2 app\n+ip 10.89.3.4 ~nsrt1a2b3c4d\n+port app tcp * 8080 80 1\n\
+             +port app udp 10.0.1.48 5300 53 2\ncursor 10.89.3.4\n"
+        );
     }
 
     #[test]

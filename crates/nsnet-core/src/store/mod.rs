@@ -1725,6 +1725,7 @@ mod tests {
                 ports: vec![],
                 removing: false,
                 aliases: vec![],
+                ipv6: None,
             }],
             removing: false,
             dns_servers: vec![],
