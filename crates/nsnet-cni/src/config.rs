@@ -284,7 +284,7 @@ impl NetConf {
                 ));
             }
             out.push(PortSpec {
-                host_ip,
+                host_ip: host_ip.map(Into::into),
                 host_port: Some(p.host_port),
                 container_port: p.container_port,
                 count: 1,

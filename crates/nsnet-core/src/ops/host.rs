@@ -298,7 +298,11 @@ impl Host {
     }
 
     /// Whether a host socket holds `port` (on `ip`, or on any address).
-    pub(crate) fn port_in_use(proto: Proto, ip: Option<Ipv4Addr>, port: u16) -> Result<bool> {
+    pub(crate) fn port_in_use(
+        proto: Proto,
+        ip: Option<std::net::IpAddr>,
+        port: u16,
+    ) -> Result<bool> {
         Ok(sockets::port_in_use(proto, ip, port)?)
     }
 

@@ -724,9 +724,24 @@ fn touches_taken(
 /// (a typo, or an address that moved). 127.0.0.1 is always the host's (even before `lo` is up); no address
 /// (0.0.0.0) means all of them.
 fn check_host_ips(specs: &[PortSpec], host: &mut Host, t: &Terms) -> Result<()> {
-    let asked: Vec<Ipv4Addr> = specs
+    // IPv6 published ports need dual-stack networks and their rules (issue #19), not there yet.
+    if let Some(ip) = specs
         .iter()
         .filter_map(|s| s.host_ip)
+        .find(|ip| ip.is_ipv6())
+    {
+        return Err(invalid!(
+            "{}: {ip} is an IPv6 address, and published ports on IPv6 are not finished yet; use an IPv4 \
+             address, or no address for all of them",
+            t.host_ip
+        ));
+    }
+    let asked: Vec<Ipv4Addr> = specs
+        .iter()
+        .filter_map(|s| match s.host_ip {
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        })
         .filter(|ip| *ip != Ipv4Addr::LOCALHOST)
         .collect();
     if asked.is_empty() {
@@ -855,7 +870,7 @@ fn held_by_host(m: &PortMapping) -> Result<Option<String>> {
         }
         let holder = Host::bound(m.protocol)?
             .into_iter()
-            .find(|b| b.port == port && addresses_overlap(b.address, m.host_ip));
+            .find(|b| b.port == port && addresses_overlap(b.address.map(Into::into), m.host_ip));
         let at = holder
             .map(|b| {
                 let addr = b.address.map_or("*".to_string(), |a| a.to_string());

@@ -399,7 +399,27 @@ impl Allocated for AllocationsView {
     fn cursor(&self) -> Option<std::net::Ipv4Addr> {
         match self {
             AllocationsView::Index(ix) => ix.cursor(),
-            AllocationsView::Ledger(l) => l.cursor(),
+            AllocationsView::Ledger(l) => Allocated::<std::net::Ipv4Addr>::cursor(l.as_ref()),
+        }
+    }
+}
+
+impl Allocated<std::net::Ipv6Addr> for AllocationsView {
+    fn is_allocated(&self, ip: std::net::Ipv6Addr) -> bool {
+        match self {
+            AllocationsView::Index(ix) => ix.is_allocated6(ip),
+            AllocationsView::Ledger(l) => l.is_allocated(ip),
+        }
+    }
+
+    fn holder(&self, ip: std::net::Ipv6Addr) -> Option<&str> {
+        self.ledger()?.holder(ip)
+    }
+
+    fn cursor(&self) -> Option<std::net::Ipv6Addr> {
+        match self {
+            AllocationsView::Index(ix) => Allocated::<std::net::Ipv6Addr>::cursor(ix),
+            AllocationsView::Ledger(l) => l.cursor6(),
         }
     }
 }
