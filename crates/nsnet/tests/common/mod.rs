@@ -180,13 +180,14 @@ impl TestHost {
 
     /// A host with an uplink `uplink0` (10.0.1.48/24) to a LAN peer namespace (`lan0`, 10.0.1.26/24).
     pub fn with_lan(test: &str) -> TestHost {
-        TestHost::lan_of(TestHost::new(test))
+        TestHost::lan_of(TestHost::new(test), false)
     }
 
     /// [`TestHost::with_lan`] with IPv6 on: `uplink0` also holds 2001:db8:1::48/64 and `lan0`
-    /// 2001:db8:1::26/64, both without DAD, so they are usable at once.
+    /// 2001:db8:1::26/64, both without DAD (link-local addresses too), so they are usable at once and no
+    /// address or route turns up later in a snapshot.
     pub fn with_lan6(test: &str) -> TestHost {
-        let h = TestHost::lan_of(TestHost::with_ipv6(test));
+        let h = TestHost::lan_of(TestHost::with_ipv6(test), true);
         let lan = h.lan.clone().expect("the LAN peer was just made");
         h.in_host(&[
             "ip",
@@ -211,7 +212,7 @@ impl TestHost {
         h
     }
 
-    fn lan_of(mut h: TestHost) -> TestHost {
+    fn lan_of(mut h: TestHost, ipv6: bool) -> TestHost {
         let lan = format!("nsnt-{}-lan", h.tag);
         sh(&["ip", "netns", "add", &lan]);
         h.lan = Some(lan.clone());
@@ -227,6 +228,18 @@ impl TestHost {
             "dev",
             "uplink0",
         ]);
+        if ipv6 {
+            h.in_host(&["sysctl", "-qw", "net.ipv6.conf.uplink0.accept_dad=0"]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &lan,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.lan0.accept_dad=0",
+            ]);
+        }
         h.in_host(&["ip", "link", "set", "uplink0", "up"]);
         sh(&[
             "ip",
@@ -400,10 +413,11 @@ impl TestHost {
             .collect();
         // Routes without their flags: `linkdown` follows a bridge's carrier, which the kernel updates
         // asynchronously (linkwatch) after its last port goes.
-        let routes: Value =
-            serde_json::from_str(&self.in_host(&["ip", "-j", "route", "show", "table", "all"]))
-                .expect("ip -j route");
-        // IPv6 routes too: `ip route` lists one family (empty on a host with IPv6 off).
+        let routes: Value = serde_json::from_str(
+            &self.in_host(&["ip", "-4", "-j", "route", "show", "table", "all"]),
+        )
+        .expect("ip -j route");
+        // IPv6 routes apart (none on a host with IPv6 off): `table all` without a family lists some of them.
         let routes6: Value = serde_json::from_str(
             &self.in_host(&["ip", "-6", "-j", "route", "show", "table", "all"]),
         )
