@@ -233,6 +233,8 @@ impl NetConf {
                 Some(true) => self.nameservers(),
                 _ => vec![],
             },
+            // Dual-stack ranges come with issue #19's CNI step.
+            ipv6: None,
         })
     }
 

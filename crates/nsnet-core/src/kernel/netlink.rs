@@ -9,7 +9,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -1074,6 +1074,64 @@ impl Netlink {
                 if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
                     if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {
                         out.push((a.header.index, net));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv6 address in this namespace, in CIDR form (link-local ones included).
+    pub fn ipv6_addresses(&mut self) -> Result<Vec<Ipv6Net>, KernelError> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet6;
+        let replies = self.request(
+            "list IPv6 addresses",
+            RouteNetlinkMessage::GetAddress(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            // IFA_ADDRESS holds an IPv6 address (IFA_LOCAL only differs on point-to-point links).
+            let ip = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(net) = ip.and_then(|ip| Ipv6Net::new(ip, a.header.prefix_len).ok()) {
+                out.push(net);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destinations of the IPv6 routes in this namespace's main table, default routes left out.
+    pub fn ipv6_routes(&mut self) -> Result<Vec<Ipv6Net>, KernelError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet6;
+        let replies = self.request(
+            "list IPv6 routes",
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            let len = m.header.destination_prefix_length;
+            if m.header.table != RouteHeader::RT_TABLE_MAIN
+                || m.header.kind != RouteType::Unicast
+                || len == 0
+            {
+                continue;
+            }
+            for attr in &m.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet6(ip)) = attr {
+                    if let Ok(net) = Ipv6Net::new(*ip, len) {
+                        out.push(net.trunc());
                     }
                 }
             }

@@ -144,10 +144,19 @@ impl Ledger {
         )
     }
 
-    /// The lines a join appends: `sandbox` holds `ip` and publishes `ports` (the `+ip` moves the cursor too).
-    pub fn joined(sandbox: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> String {
+    /// The lines a join appends: `sandbox` holds `ip` (and `ip6`, on a dual-stack network) and publishes
+    /// `ports` (each `+ip` moves its family's cursor too).
+    pub fn joined(
+        sandbox: &str,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        ports: &[PortMapping],
+    ) -> String {
         let mut out = String::new();
         hold(&mut out, ip.into(), sandbox);
+        if let Some(ip6) = ip6 {
+            hold(&mut out, ip6.into(), sandbox);
+        }
         for m in ports {
             publish(&mut out, sandbox, m);
         }
@@ -801,7 +810,7 @@ mod tests {
         let mut n = net();
         let ip = Ipv4Addr::new(10, 89, 0, 7);
         let m = published("j", 8080).mapping;
-        text.push_str(&Ledger::joined("j", ip, &[m]));
+        text.push_str(&Ledger::joined("j", ip, None, &[m]));
         n.addresses.insert(ip, "j".into());
         n.published.push(published("j", 8080));
         n.last_allocated = Some(ip);

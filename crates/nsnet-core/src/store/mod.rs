@@ -59,6 +59,8 @@ pub enum Record {
         network: String,
         sandbox: String,
         ip: std::net::Ipv4Addr,
+        /// Its IPv6 address, on a dual-stack network.
+        ip6: Option<std::net::Ipv6Addr>,
         ports: Vec<crate::portmap::PortMapping>,
     },
 }
@@ -1035,8 +1037,9 @@ impl Store {
                     network,
                     sandbox,
                     ip,
+                    ip6,
                     ports,
-                } => joins.push((network, Ledger::joined(sandbox, *ip, ports))),
+                } => joins.push((network, Ledger::joined(sandbox, *ip, *ip6, ports))),
             }
         }
         // Each ledger's lines, gathered into one append per file at the length it has now (a new network's
@@ -1683,6 +1686,7 @@ mod tests {
             network: "a".into(),
             sandbox: format!("s{i}"),
             ip: std::net::Ipv4Addr::from(0x0a59_0002 + i),
+            ip6: None,
             ports: vec![],
         };
         for i in 0..3 {
