@@ -88,7 +88,7 @@ pub enum FileState {
 /// removed field or variant of [`Intent`], [`Step`], [`crate::firewall::Rule`] or what they hold) bumps this,
 /// and reading goes on accepting every older format. `tests/golden/` holds one intent of each format, with
 /// every variant, that must keep parsing. Intents written before formats were numbered carry none: format 1.
-pub const INTENT_FORMAT: u64 = 4;
+pub const INTENT_FORMAT: u64 = 5;
 
 /// How every owner tag starts ([`Store::owner_tag`]): a link alias or table comment with it is some state
 /// dir's nsnet's.
@@ -1969,6 +1969,9 @@ mod tests {
     /// Format 4 added the sandboxes' resolv.conf files (names, `dns`) and host-gw's fast path filter on the
     /// underlay (`UnderlayFilter`, `RemoveUnderlayFilter`).
     const GOLDEN_4: &str = include_str!("../../tests/golden/intent-format-4.json");
+    /// Format 5 (IPv6, issue #19) widened addresses and default routes to either family and gave `Sysctl` a
+    /// namespace: an nsnet of format 4 would read such a sysctl as the host's, so it must refuse the intent.
+    const GOLDEN_5: &str = include_str!("../../tests/golden/intent-format-5.json");
 
     /// The variant names of an externally tagged enum, as serde lists them when asked for one it does not have
     /// ("unknown variant `x`, expected one of `A`, `B`"): a variant added later is found without anyone
@@ -2038,7 +2041,12 @@ mod tests {
 
     #[test]
     fn intents_of_format_4_keep_parsing() {
-        golden_parses(GOLDEN_4, 4, true);
+        golden_parses(GOLDEN_4, 4, false);
+    }
+
+    #[test]
+    fn intents_of_format_5_keep_parsing() {
+        golden_parses(GOLDEN_5, 5, true);
     }
 
     /// A golden intent of `format` parses to the values it holds; `every_variant`: it holds every variant there
