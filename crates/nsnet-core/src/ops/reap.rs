@@ -42,6 +42,7 @@ impl Nsnet {
             n.allocations
                 .addresses
                 .values()
+                .chain(n.allocations.addresses6.values())
                 .any(|o| build::retired_holder(o).is_some())
         });
         if !any || self.dry_run {
@@ -61,9 +62,11 @@ impl Nsnet {
                 .allocations
                 .addresses
                 .values()
+                .chain(net.allocations.addresses6.values())
                 .filter(|o| build::retired_holder(o).is_some())
                 .cloned()
                 .collect();
+            holders.sort_unstable();
             holders.dedup();
             let mut changed = false;
             for holder in holders {
