@@ -43,9 +43,9 @@ pub fn up(name: &str, i: u32) -> Result<()> {
     })?;
     sysctl::disable_ipv6(&veth)?;
     inside.no_ipv6_link_local("eth0")?;
-    inside.add_address("eth0", Ipv4Net::new(ip, 16)?)?;
+    inside.add_address("eth0", Ipv4Net::new(ip, 16)?.into())?;
     inside.set_up("eth0")?;
-    inside.add_default_route("eth0", GATEWAY)?;
+    inside.add_default_route("eth0", GATEWAY.into())?;
     let port = host.link_index(&veth)?;
     if let Some(fp) = FastPath::of_bridge(&mut host, BRIDGE)? {
         fp.add(&mut host, port, ip, mac.0)?;

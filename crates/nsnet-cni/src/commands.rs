@@ -102,6 +102,7 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
                 .cloned()
                 .unwrap_or_default(),
             dns_servers: vec![],
+            ip6: None,
         };
         if let Err(e) = nsnet.attach(&Target::Path(netns.clone()), Some(&env.container_id), &req) {
             if created {

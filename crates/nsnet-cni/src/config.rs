@@ -233,6 +233,8 @@ impl NetConf {
                 Some(true) => self.nameservers(),
                 _ => vec![],
             },
+            // Dual-stack ranges come with issue #19's CNI step.
+            ipv6: None,
         })
     }
 
@@ -284,7 +286,7 @@ impl NetConf {
                 ));
             }
             out.push(PortSpec {
-                host_ip,
+                host_ip: host_ip.map(Into::into),
                 host_port: Some(p.host_port),
                 container_port: p.container_port,
                 count: 1,

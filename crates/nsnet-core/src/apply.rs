@@ -268,7 +268,17 @@ impl Applier {
             Step::AddDefaultRoute { ns, dev, via } => {
                 self.netlink(ns)?.add_default_route(dev, *via)?
             }
-            Step::Sysctl { key, value } => sysctl::set(key, value)?,
+            Step::Sysctl {
+                ns: Ns::Host,
+                key,
+                value,
+            } => sysctl::set(key, value)?,
+            // /proc/sys follows the namespace of the thread that opens it: enter for the write.
+            Step::Sysctl {
+                ns: Ns::Path(path),
+                key,
+                value,
+            } => netns::run_in(&netns::open(path)?, || sysctl::set(key, value))??,
             Step::BindPort { name, mac, hairpin } => {
                 self.netlink(&Ns::Host)?.bind_port(name, mac.0, *hairpin)?
             }

@@ -1727,6 +1727,7 @@ mod tests {
                     ports,
                     removing: false,
                     aliases: vec![],
+                    ipv6: None,
                 }],
                 removing: false,
                 dns_servers: vec![],

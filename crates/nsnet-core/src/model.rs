@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::firewall::HostChain;
@@ -77,6 +77,23 @@ pub struct Network {
     /// resolvers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_servers: Vec<Ipv4Addr>,
+    /// The network's IPv6 part, on a dual-stack network (`--ipv6`); absent on IPv4-only networks, whose
+    /// records then read and write exactly as before IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Net6>,
+}
+
+/// A network's IPv6 part ([`Network::ipv6`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Net6 {
+    /// A /48 to /120 (by default a /64 of the host's ULA prefix, [`crate::ipam::ula_prefix`]).
+    pub subnet: Ipv6Net,
+    /// The gateway's global address (by default the subnet's `::1`). The gateway also holds `fe80::1`.
+    pub gateway: Ipv6Addr,
+    /// Masquerade IPv6 leaving the host (NAT66, the default, for ULA subnets); off with `--ipv6-nat=false`
+    /// for routed global addresses.
+    #[serde(default = "yes")]
+    pub nat: bool,
 }
 
 /// How an overlay network carries traffic between hosts.
@@ -171,19 +188,35 @@ pub struct Allocations {
     /// The address handed out last: the next one comes after it (next fit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_allocated: Option<Ipv4Addr>,
+    /// Every IPv6 address in use (dual-stack networks), with the sandbox that holds it.
+    #[serde(
+        default,
+        rename = "allocations6",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub addresses6: BTreeMap<Ipv6Addr, String>,
+    /// The IPv6 address handed out last (next fit, as for IPv4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated6: Option<Ipv6Addr>,
 }
 
 impl Allocations {
     /// Give back every address and port `sandbox` holds here.
     pub fn release(&mut self, sandbox: &str) {
         self.addresses.retain(|_, owner| owner != sandbox);
+        self.addresses6.retain(|_, owner| owner != sandbox);
         self.published.retain(|p| p.sandbox != sandbox);
     }
 
     /// Hand the addresses `sandbox` holds here to `holder` (a retired veth, `~NAME`, which keeps them until
     /// it is gone), and give back its ports.
     pub fn retire(&mut self, sandbox: &str, holder: &str) {
-        for owner in self.addresses.values_mut().filter(|o| *o == sandbox) {
+        for owner in self
+            .addresses
+            .values_mut()
+            .chain(self.addresses6.values_mut())
+            .filter(|o| *o == sandbox)
+        {
             *owner = holder.to_string();
         }
         self.published.retain(|p| p.sandbox != sandbox);
@@ -194,6 +227,7 @@ impl Allocations {
     pub fn without_retired(&self) -> Allocations {
         let mut out = self.clone();
         out.addresses.retain(|_, owner| !owner.starts_with('~'));
+        out.addresses6.retain(|_, owner| !owner.starts_with('~'));
         out
     }
 
@@ -202,6 +236,7 @@ impl Allocations {
         let mut users: Vec<&str> = self
             .addresses
             .values()
+            .chain(self.addresses6.values())
             .map(String::as_str)
             .filter(|o| !o.starts_with('~'))
             .collect();
@@ -325,6 +360,7 @@ impl Network {
             overlay: None,
             dns: false,
             dns_servers: vec![],
+            ipv6: None,
         }
     }
 
@@ -412,6 +448,19 @@ pub struct Endpoint {
     /// More names the sandbox answers to on this network (`--alias`), besides its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The sandbox's IPv6 side on a dual-stack network. Its link-local address is not stored: it is derived
+    /// from `mac` ([`Mac::link_local6`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ep6>,
+}
+
+/// An endpoint's IPv6 side ([`Endpoint::ipv6`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ep6 {
+    /// The sandbox's global address, with its network's prefix length.
+    pub address: Ipv6Net,
+    /// Its network's IPv6 gateway: the sandbox's IPv6 default route goes via it.
+    pub gateway: Ipv6Addr,
 }
 
 /// An Ethernet address, written `02:6e:0a:59:00:02`.
@@ -424,6 +473,31 @@ impl Mac {
     pub fn for_ipv4(ip: Ipv4Addr) -> Mac {
         let o = ip.octets();
         Mac([0x02, 0x6e, o[0], o[1], o[2], o[3]])
+    }
+
+    /// The fixed link-local address of the interface holding this MAC: `fe80::/64` plus the modified EUI-64
+    /// interface identifier (RFC 4291 appendix A), which is what the kernel would generate. nsnet adds it
+    /// itself, without DAD, since sandboxes have automatic link-local addresses turned off.
+    pub fn link_local6(self) -> Ipv6Addr {
+        let b = self.0;
+        Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            b[0] ^ 0x02,
+            b[1],
+            b[2],
+            0xff,
+            0xfe,
+            b[3],
+            b[4],
+            b[5],
+        ])
     }
 
     /// Refuse what an interface cannot use as its own address: a multicast (or broadcast) address, whose
@@ -519,6 +593,99 @@ mod tests {
             let e = mac(bad).check_unicast().unwrap_err();
             assert!(e.contains(bad) && e.contains("unicast"), "{e}");
         }
+    }
+
+    /// Records as nsnet wrote them before IPv6: they must read to the same values and, being IPv4-only, be
+    /// written back byte for byte, so a downgrade still reads what this version writes.
+    #[test]
+    fn records_written_before_ipv6_read_and_write_the_same() {
+        let text = include_str!("../tests/golden/network-ipv4.json");
+        let net: Network = serde_json::from_str(text).unwrap();
+        assert_eq!(net.ipv6, None);
+        assert_eq!(net.subnet, "10.89.3.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(pretty(&net), text);
+        let text = include_str!("../tests/golden/sandbox-ipv4.json");
+        let sb: Sandbox = serde_json::from_str(text).unwrap();
+        assert_eq!(sb.endpoints[0].ipv6, None);
+        assert_eq!(pretty(&sb), text);
+    }
+
+    /// A record's text as the store writes it: pretty JSON and a newline.
+    fn pretty<T: Serialize>(value: &T) -> String {
+        serde_json::to_string_pretty(value).unwrap() + "\n"
+    }
+
+    #[test]
+    fn dual_stack_records_round_trip() {
+        let mut net = Network::bridge(
+            "ds",
+            "10.0.0.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+            "br0",
+        );
+        net.ipv6 = Some(Net6 {
+            subnet: "fd12:3456:789a:1::/64".parse().unwrap(),
+            gateway: "fd12:3456:789a:1::1".parse().unwrap(),
+            nat: false,
+        });
+        let text = serde_json::to_string(&net).unwrap();
+        assert!(
+            text.contains(r#""ipv6":{"subnet":"fd12:3456:789a:1::/64""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Network>(&text).unwrap(), net);
+        // NAT66 is on unless the record says otherwise.
+        let n6: Net6 =
+            serde_json::from_str(r#"{"subnet":"fd00::/64","gateway":"fd00::1"}"#).unwrap();
+        assert!(n6.nat);
+
+        let ep: Ep6 =
+            serde_json::from_str(r#"{"address":"fd00::2/64","gateway":"fd00::1"}"#).unwrap();
+        assert_eq!(ep.address.addr(), "fd00::2".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
+    fn ipv6_allocations_are_released_and_retired_with_the_rest() {
+        let mut a = Allocations::default();
+        a.addresses.insert(Ipv4Addr::new(10, 0, 0, 2), "a".into());
+        a.addresses6.insert("fd00::2".parse().unwrap(), "a".into());
+        a.addresses6.insert("fd00::3".parse().unwrap(), "b".into());
+        a.last_allocated6 = Some("fd00::3".parse().unwrap());
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(
+            text.contains(
+                r#""allocations6":{"fd00::2":"a","fd00::3":"b"},"last_allocated6":"fd00::3""#
+            ),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Allocations>(&text).unwrap(), a);
+        // Nothing IPv6 held: nothing IPv6 written.
+        assert!(!serde_json::to_string(&Allocations::default())
+            .unwrap()
+            .contains('6'));
+        assert_eq!(a.users(), vec!["a", "b"]);
+        let mut r = a.clone();
+        r.retire("b", "~nsrt1");
+        assert_eq!(r.users(), vec!["a"]);
+        assert_eq!(r.without_retired().addresses6.len(), 1);
+        a.release("a");
+        assert!(a.addresses.is_empty());
+        assert_eq!(a.users(), vec!["b"]);
+    }
+
+    #[test]
+    fn the_link_local_address_is_the_modified_eui64_of_the_mac() {
+        let m: Mac = "02:6e:0a:59:00:02".parse().unwrap();
+        assert_eq!(
+            m.link_local6(),
+            "fe80::6e:aff:fe59:2".parse::<Ipv6Addr>().unwrap()
+        );
+        // The universal/local bit flips: a globally unique MAC gets it set.
+        let m: Mac = "00:16:3e:00:00:01".parse().unwrap();
+        assert_eq!(
+            m.link_local6(),
+            "fe80::216:3eff:fe00:1".parse::<Ipv6Addr>().unwrap()
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! Published ports: the `-p [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]` spec and its rules.
+//! Published ports: the `-p [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp]` spec and its rules. An
+//! IPv6 host address is written in brackets: `-p [2001:db8::5]:80:80`.
 //!
 //! A [`PortSpec`] is what the user asked for (the host port may be left to nsnet); a [`PortMapping`] is what is
 //! in force, with every number fixed.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
@@ -35,12 +36,13 @@ fn is_one(n: &u16) -> bool {
     *n == 1
 }
 
-/// Published ports in force: `count` consecutive host ports from `host_port` on `host_ip` (any host address
-/// when `None`) lead to as many consecutive ports from `container_port` in the sandbox.
+/// Published ports in force: `count` consecutive host ports from `host_port` on `host_ip` lead to as many
+/// consecutive ports from `container_port` in the sandbox. `host_ip` `None` is every host address of every
+/// family the network has; `::` is every IPv6 one (IPv4's 0.0.0.0 reads as `None`, as it always has).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PortMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     #[serde(default = "one", skip_serializing_if = "is_one")]
@@ -48,10 +50,13 @@ pub struct PortMapping {
     pub protocol: Proto,
 }
 
-/// Whether two host addresses catch the same packets (`None` is every address).
-pub fn addresses_overlap(a: Option<Ipv4Addr>, b: Option<Ipv4Addr>) -> bool {
+/// Whether two host addresses catch the same packets (`None` is every address of either family; an
+/// unspecified address, every address of its own family). Addresses of different families never do.
+pub fn addresses_overlap(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => a == b,
+        (Some(a), Some(b)) => {
+            a.is_ipv4() == b.is_ipv4() && (a == b || a.is_unspecified() || b.is_unspecified())
+        }
         _ => true,
     }
 }
@@ -97,8 +102,10 @@ fn fmt_range(f: &mut fmt::Formatter<'_>, start: u16, count: u16) -> fmt::Result 
 
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
         }
         fmt_range(f, self.host_port, self.count)?;
         f.write_str(":")?;
@@ -110,7 +117,7 @@ impl fmt::Display for PortMapping {
 /// A `-p` request: like a [`PortMapping`], but the host port may be left for nsnet to choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortSpec {
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: Option<u16>,
     pub container_port: u16,
     pub count: u16,
@@ -142,7 +149,9 @@ impl From<PortMapping> for PortSpec {
     }
 }
 
-const FORM: &str = "use [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp], e.g. 8088:80";
+const FORM: &str =
+    "use [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp], e.g. 8088:80 (an IPv6 \
+                    HOST_IP in brackets: [2001:db8::5]:8088:80)";
 
 fn port(spec: &str, what: &str, text: &str) -> Result<u16, String> {
     match text.parse::<u16>() {
@@ -183,17 +192,34 @@ impl FromStr for PortSpec {
                 ))
             }
         };
-        let parts: Vec<&str> = ports.split(':').collect();
-        let (host_ip, host, container) = match parts.as_slice() {
-            [c] => (None, None, *c),
-            [h, c] => (None, Some(*h), *c),
-            [ip, h, c] => {
-                let ip = ip.parse::<Ipv4Addr>().map_err(|_| {
+        // An IPv6 host address comes first, in brackets (its colons would read as separators).
+        let (bracketed, ports) = match ports.strip_prefix('[') {
+            None => (None, ports),
+            Some(rest) => {
+                let (ip, rest) = rest
+                    .split_once("]:")
+                    .ok_or_else(|| format!("port spec '{spec}' is malformed; {FORM}"))?;
+                let ip = ip.parse::<Ipv6Addr>().map_err(|_| {
                     format!(
-                        "port spec '{spec}': host address '{ip}' is not an IPv4 address; {FORM}"
+                        "port spec '{spec}': host address '[{ip}]' is not an IPv6 address; {FORM}"
                     )
                 })?;
-                (Some(ip), Some(*h), *c)
+                (Some(ip), rest)
+            }
+        };
+        let parts: Vec<&str> = ports.split(':').collect();
+        let (host_ip, host, container) = match (bracketed, parts.as_slice()) {
+            (None, [c]) => (None, None, *c),
+            (None, [h, c]) => (None, Some(*h), *c),
+            (Some(ip), [h, c]) => (Some(IpAddr::V6(ip)), Some(*h), *c),
+            (None, [ip, h, c]) => {
+                let ip = ip.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                    format!(
+                        "port spec '{spec}': host address '{ip}' is not an IPv4 address (write an IPv6 one \
+                         in brackets); {FORM}"
+                    )
+                })?;
+                (Some(IpAddr::V4(ip)), Some(*h), *c)
             }
             _ => return Err(format!("port spec '{spec}' is malformed; {FORM}")),
         };
@@ -219,7 +245,8 @@ impl FromStr for PortSpec {
             ));
         }
         Ok(PortSpec {
-            host_ip: host_ip.filter(|ip| !ip.is_unspecified()),
+            // 0.0.0.0 has always meant every address; `[::]` means every IPv6 one, so it stays.
+            host_ip: host_ip.filter(|ip| !(ip.is_ipv4() && ip.is_unspecified())),
             host_port,
             container_port,
             count,
@@ -254,7 +281,10 @@ mod tests {
             }
         );
         let x = m("10.0.1.48:53:5353/udp");
-        assert_eq!(x.host_ip, Some(Ipv4Addr::new(10, 0, 1, 48)));
+        assert_eq!(
+            x.host_ip,
+            Some(std::net::Ipv4Addr::new(10, 0, 1, 48).into())
+        );
         assert_eq!(
             (x.host_port, x.container_port, x.protocol),
             (53, 5353, Proto::Udp)
@@ -298,6 +328,54 @@ mod tests {
             );
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn ipv6_host_addresses_go_in_brackets() {
+        let x = m("[2001:db8::5]:8080:80");
+        assert_eq!(x.host_ip, Some("2001:db8::5".parse::<IpAddr>().unwrap()));
+        assert_eq!((x.host_port, x.container_port), (8080, 80));
+        assert_eq!(x.to_string(), "[2001:db8::5]:8080:80/tcp");
+        assert_eq!(m(&x.to_string()), x);
+        let lo = p("[::1]:53-54:53-54/udp").unwrap();
+        assert_eq!(lo.host_ip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!((lo.count, lo.protocol), (2, Proto::Udp));
+        // `[::]` is every IPv6 address, not every address.
+        assert_eq!(
+            m("[::]:1:2").host_ip,
+            Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+        );
+        for bad in [
+            "[::1]:80",
+            "[::1]8080:80",
+            "[::1:8080:80",
+            "[10.0.0.1]:1:2",
+            "[zz::1]:1:2",
+            "::1:8080:80",
+            "[::1]:1:2:3",
+            "[]:1:2",
+        ] {
+            let err = p(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("port spec '{bad}'")),
+                "{bad}: {err}"
+            );
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn families_conflict_only_where_they_meet() {
+        let any = m("8080:80");
+        let v4 = m("10.0.0.1:8080:80");
+        let v6 = m("[2001:db8::5]:8080:80");
+        let all6 = m("[::]:8080:80");
+        assert!(any.conflicts_with(&v6) && v6.conflicts_with(&any));
+        assert!(!v4.conflicts_with(&v6) && !v6.conflicts_with(&v4));
+        assert!(all6.conflicts_with(&v6) && v6.conflicts_with(&all6));
+        assert!(!all6.conflicts_with(&v4));
+        assert!(all6.conflicts_with(&any));
+        assert!(!v6.conflicts_with(&m("[2001:db8::6]:8080:80")));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! tells it the address it came from, and reports that address back, so a check can see NAT at work.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,9 +24,19 @@ use crate::kernel::{netns, KernelError};
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One `ping -c 1` from inside `ns`. Needs iputils-ping.
-pub fn ping(ns: &Path, ip: std::net::Ipv4Addr) -> Result<bool, KernelError> {
+pub fn ping(ns: &Path, ip: Ipv4Addr) -> Result<bool, KernelError> {
+    ping_ip(ns, ip.into())
+}
+
+/// [`ping`] to an IPv6 address.
+pub fn ping6(ns: &Path, ip: Ipv6Addr) -> Result<bool, KernelError> {
+    ping_ip(ns, ip.into())
+}
+
+fn ping_ip(ns: &Path, ip: IpAddr) -> Result<bool, KernelError> {
+    let family = if ip.is_ipv6() { "-6" } else { "-4" };
     let mut cmd = Command::new("ping");
-    cmd.args(["-c", "1", "-W", "2", "-q", &ip.to_string()])
+    cmd.args([family, "-c", "1", "-W", "2", "-q", &ip.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     netns::command_in(&mut cmd, netns::open(ns)?);
@@ -69,7 +81,8 @@ fn bind_in<T: Send>(ns: &Path, bind: impl Fn() -> io::Result<T> + Send + Sync) -
 }
 
 /// Listen on TCP `addr` inside `ns` for one client; greet it with "hello <client address>".
-pub fn tcp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
+pub fn tcp_server(ns: &Path, addr: impl Into<SocketAddr>) -> io::Result<Server> {
+    let addr = addr.into();
     let listener = bind_in(ns, || TcpListener::bind(addr))?;
     listener.set_nonblocking(true)?;
     let handle = thread::spawn(move || {
@@ -95,12 +108,13 @@ pub fn tcp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
 }
 
 /// Open a TCP connection from inside `ns` (to any server, not just [`tcp_server`]).
-pub fn tcp_connect(ns: &Path, to: SocketAddrV4) -> io::Result<TcpStream> {
-    in_ns(ns, || TcpStream::connect_timeout(&to.into(), TIMEOUT))
+pub fn tcp_connect(ns: &Path, to: impl Into<SocketAddr>) -> io::Result<TcpStream> {
+    let to = to.into();
+    in_ns(ns, || TcpStream::connect_timeout(&to, TIMEOUT))
 }
 
 /// Connect over TCP from inside `ns` and read the server's greeting line.
-pub fn tcp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
+pub fn tcp_hello(ns: &Path, to: impl Into<SocketAddr>) -> io::Result<String> {
     let stream = tcp_connect(ns, to)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     let mut line = String::new();
@@ -109,7 +123,8 @@ pub fn tcp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
 }
 
 /// Wait on UDP `addr` inside `ns` for one datagram; answer "hello <client address>".
-pub fn udp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
+pub fn udp_server(ns: &Path, addr: impl Into<SocketAddr>) -> io::Result<Server> {
+    let addr = addr.into();
     let sock = bind_in(ns, || UdpSocket::bind(addr))?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     let handle = thread::spawn(move || {
@@ -122,8 +137,15 @@ pub fn udp_server(ns: &Path, addr: SocketAddrV4) -> io::Result<Server> {
 }
 
 /// Send one UDP datagram from inside `ns` and read the server's answer.
-pub fn udp_hello(ns: &Path, to: SocketAddrV4) -> io::Result<String> {
-    let sock = in_ns(ns, || UdpSocket::bind("0.0.0.0:0"))?;
+pub fn udp_hello(ns: &Path, to: impl Into<SocketAddr>) -> io::Result<String> {
+    let to = to.into();
+    // A socket of the destination's family, on any address and port.
+    let any: IpAddr = if to.is_ipv6() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let sock = in_ns(ns, || UdpSocket::bind((any, 0)))?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     sock.send_to(b"hi", to)?;
     let mut buf = [0u8; 128];

@@ -139,7 +139,7 @@ pub struct EndpointNode {
 pub struct PortNode {
     pub protocol: Proto,
     /// `None`: every host address.
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<std::net::IpAddr>,
     pub host_port: u16,
     pub target: Ipv4Addr,
     pub container_port: u16,
@@ -160,7 +160,11 @@ impl PortNode {
                 start.to_string()
             }
         };
-        let host = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let host = match self.host_ip {
+            None => Ipv4Addr::UNSPECIFIED.to_string(),
+            Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            Some(ip) => ip.to_string(),
+        };
         format!(
             "{host}:{}/{} -> {}:{}",
             range(self.host_port),
@@ -646,6 +650,7 @@ mod tests {
             ports,
             removing: false,
             aliases: vec![],
+            ipv6: None,
         }
     }
 

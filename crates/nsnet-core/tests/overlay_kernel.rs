@@ -275,7 +275,8 @@ fn overlay_routes_are_replaced_listed_and_deleted_by_protocol() {
         return;
     };
     nl.create_bridge("pods0", 1500, BR_MAC).unwrap();
-    nl.add_address("pods0", net("10.244.1.1/24")).unwrap();
+    nl.add_address("pods0", net("10.244.1.1/24").into())
+        .unwrap();
     nl.create_vxlan(&vxlan_spec()).unwrap();
     let vx = nl.link_index(VX).unwrap();
     let route = RouteSpec {
@@ -358,7 +359,8 @@ fn a_device_going_down_loses_its_neighbours_and_routes_but_keeps_its_fdb() {
         return;
     };
     nl.create_bridge("pods0", 1500, BR_MAC).unwrap();
-    nl.add_address("pods0", net("10.244.1.1/24")).unwrap();
+    nl.add_address("pods0", net("10.244.1.1/24").into())
+        .unwrap();
     nl.create_vxlan(&vxlan_spec()).unwrap();
     nl.set_up(VX).unwrap();
     let vx = nl.link_index(VX).unwrap();
@@ -394,9 +396,11 @@ fn underlay(nl_a: &mut Netlink, b: &Ns, nl_b: &mut Netlink) -> u32 {
         host_mac: None,
     })
     .expect("veth");
-    nl_b.add_address("vb", net("192.168.77.2/24")).unwrap();
+    nl_b.add_address("vb", net("192.168.77.2/24").into())
+        .unwrap();
     nl_b.set_up("vb").unwrap();
-    nl_a.add_address("va", net("192.168.77.1/24")).unwrap();
+    nl_a.add_address("va", net("192.168.77.1/24").into())
+        .unwrap();
     nl_a.set_up("va").unwrap();
     nl_a.link_index("va").unwrap()
 }
@@ -502,7 +506,7 @@ fn two_namespaces_reach_each_other_over_the_vxlan_overlay() {
         vx[i] = nl.link_index(VX).unwrap();
         // The pod network's gateway address, on a bridge with no ports (this kernel has no dummy).
         nl.create_bridge("pods0", 1500, BR_MAC).unwrap();
-        nl.add_address("pods0", net(pods)).unwrap();
+        nl.add_address("pods0", net(pods).into()).unwrap();
     }
     // Then each side's view of the other.
     let plan = |me: usize| -> (RouteSpec, [u8; 6], Ipv4Addr) {

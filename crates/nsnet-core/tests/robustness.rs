@@ -44,6 +44,38 @@ proptest! {
     }
 
     #[test]
+    fn ipv6_port_specs_never_panic(text in "\\[[0-9a-f:.]{0,20}\\]?:?[0-9:/a-z-]{0,14}") {
+        let _ = text.parse::<PortSpec>();
+    }
+
+    #[test]
+    fn ipv6_port_specs_that_parse_round_trip(
+        ip in any::<[u16; 8]>(),
+        host in 1u16..60000,
+        container in 1u16..60000,
+        udp in any::<bool>(),
+    ) {
+        let ip = std::net::Ipv6Addr::from(ip);
+        let text = format!("[{ip}]:{host}:{container}/{}", if udp { "udp" } else { "tcp" });
+        let spec: PortSpec = text.parse().map_err(|e: String| TestCaseError::fail(e))?;
+        prop_assert_eq!(spec.host_ip, Some(std::net::IpAddr::V6(ip)));
+        let mapping = spec.with_host_port(host);
+        let again: PortSpec = mapping.to_string().parse().map_err(|e: String| TestCaseError::fail(e))?;
+        prop_assert_eq!(again.with_host_port(host), mapping);
+    }
+
+    #[test]
+    fn ipv6_subnets_never_panic_and_accepted_ones_are_usable(text in "[0-9a-f:/]{0,44}") {
+        if let Ok(net) = ipam::parse_subnet6(&text) {
+            prop_assert_eq!(net.trunc(), net);
+            prop_assert!(ipam::IPV6_PREFIXES.contains(&net.prefix_len()));
+            ipam::check_gateway6(&net, ipam::default_gateway6(&net)).map_err(TestCaseError::fail)?;
+            let again = ipam::parse_subnet6(&net.to_string()).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(again, net);
+        }
+    }
+
+    #[test]
     fn macs_never_panic(text in "\\PC{0,30}") {
         let _ = text.parse::<Mac>();
     }

@@ -52,9 +52,9 @@ impl World {
             host_mac: None,
         })?;
         host.set_up("uplink0")?;
-        host.add_address("uplink0", ipnet::Ipv4Net::new(HOST_IP, 24)?)?;
+        host.add_address("uplink0", ipnet::Ipv4Net::new(HOST_IP, 24)?.into())?;
         lan.set_up("lan0")?;
-        lan.add_address("lan0", ipnet::Ipv4Net::new(LAN_IP, 24)?)?;
+        lan.add_address("lan0", ipnet::Ipv4Net::new(LAN_IP, 24)?.into())?;
         Ok(world)
     }
 

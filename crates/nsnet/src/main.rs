@@ -8,18 +8,18 @@ mod polish;
 mod show;
 mod topology;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nsnet_core::apply::Phase;
 use nsnet_core::firewall::Backend;
 use nsnet_core::model::{Driver, GatewayMode, NetOptions};
-use nsnet_core::ops::{AttachRequest, NetworkRequest, Nsnet, Target};
+use nsnet_core::ops::{AttachRequest, Ipv6Request, NetworkRequest, Nsnet, Target};
 use nsnet_core::plan::{Plan, Step};
 use nsnet_core::portmap::PortSpec;
 use nsnet_core::{ipam, netns};
@@ -175,6 +175,10 @@ struct AttachArgs {
     /// Address to take instead of the next free one.
     #[arg(long, value_name = "IP")]
     ip: Option<Ipv4Addr>,
+    /// IPv6 address to take on a dual-stack network instead of the next free one (unfinished: needs
+    /// NSNET_IPV6=1).
+    #[arg(long, value_name = "IP6")]
+    ip6: Option<Ipv6Addr>,
     /// Publish ports: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]; without HOST_PORT, a free
     /// one is chosen.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
@@ -196,6 +200,7 @@ impl AttachArgs {
             ports: self.ports.clone(),
             aliases: self.aliases.clone(),
             dns_servers: self.dns.clone(),
+            ip6: self.ip6,
             ..Default::default()
         }
     }
@@ -218,6 +223,38 @@ fn parse_dns(text: &str) -> std::result::Result<DnsArg, String> {
     }
 }
 
+/// A `--subnet` of either family: IPv6 when it has a colon.
+fn parse_subnet(text: &str) -> std::result::Result<IpNet, String> {
+    if text.contains(':') {
+        ipam::parse_subnet6(text).map(IpNet::V6)
+    } else {
+        ipam::parse_subnet(text).map(IpNet::V4)
+    }
+}
+
+/// At most one of each family among `values` (`flag`'s): the IPv4 one and the IPv6 one.
+fn per_family<T: Copy + std::fmt::Display, V4, V6>(
+    flag: &str,
+    values: &[T],
+    split: impl Fn(T) -> (Option<V4>, Option<V6>),
+) -> Result<(Option<V4>, Option<V6>)> {
+    let (mut v4, mut v6) = (None, None);
+    let (mut seen4, mut seen6): (Option<T>, Option<T>) = (None, None);
+    for &v in values {
+        let (a, b) = split(v);
+        let seen = if a.is_some() { &mut seen4 } else { &mut seen6 };
+        if let Some(first) = seen.replace(v) {
+            let family = if a.is_some() { "IPv4" } else { "IPv6" };
+            bail!(
+                "{flag} is given twice for {family} ({first} and {v}); give at most one per family"
+            );
+        }
+        v4 = v4.or(a);
+        v6 = v6.or(b);
+    }
+    Ok((v4, v6))
+}
+
 #[derive(Subcommand)]
 enum NetworkCmd {
     /// Create a network.
@@ -227,12 +264,19 @@ enum NetworkCmd {
         /// How sandboxes are linked: bridge (any number) or veth (one sandbox, point to point).
         #[arg(long, value_enum, default_value = "bridge")]
         driver: DriverArg,
-        /// IPv4 subnet (default: a free /24 from 10.89.0.0/16).
-        #[arg(long, value_name = "CIDR", value_parser = ipam::parse_subnet)]
-        subnet: Option<Ipv4Net>,
-        /// Gateway address (default: the subnet's first address).
+        /// Subnet, at most one per family (default: a free /24 from 10.89.0.0/16; with --ipv6, a free /64 of
+        /// this host's unique local prefix).
+        #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+        subnet: Vec<IpNet>,
+        /// Gateway address, at most one per family (default: the subnet's first address, ::1 for IPv6).
         #[arg(long, value_name = "IP")]
-        gateway: Option<Ipv4Addr>,
+        gateway: Vec<IpAddr>,
+        /// Dual stack: give the network an IPv6 subnet too (unfinished: needs NSNET_IPV6=1).
+        #[arg(long)]
+        ipv6: bool,
+        /// Masquerade IPv6 leaving the host (NAT66, the default); false for routed global addresses.
+        #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+        ipv6_nat: Option<bool>,
         /// Name of the bridge, or for --driver veth of the host end (default: nsbr-NAME / nsve-NAME, or
         /// nsbr-HASH when that is over 15 characters).
         #[arg(long, value_name = "IFNAME")]
@@ -425,6 +469,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             driver,
             subnet,
             gateway,
+            ipv6,
+            ipv6_nat,
             bridge,
             internal,
             isolate,
@@ -434,6 +480,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dns,
             overlay,
         }) => {
+            let (subnet, subnet6): (Option<Ipv4Net>, Option<Ipv6Net>) =
+                per_family("--subnet", subnet, |s| match s {
+                    IpNet::V4(n) => (Some(n), None),
+                    IpNet::V6(n) => (None, Some(n)),
+                })?;
+            let (gateway, gateway6): (Option<Ipv4Addr>, Option<Ipv6Addr>) =
+                per_family("--gateway", gateway, |g| match g {
+                    IpAddr::V4(a) => (Some(a), None),
+                    IpAddr::V6(a) => (None, Some(a)),
+                })?;
+            // IPv6 is asked for with --ipv6 or an IPv6 subnet; its other settings need one of them.
+            let wants6 = *ipv6 || subnet6.is_some();
+            if !wants6 {
+                if let Some(g) = gateway6 {
+                    bail!("--gateway {g} is IPv6, but the network has no IPv6; add --ipv6 (or an IPv6 --subnet)");
+                }
+                if ipv6_nat.is_some() {
+                    bail!("--ipv6-nat applies to networks with IPv6; add --ipv6 or leave it out");
+                }
+            }
+            let ipv6 = wants6.then_some(Ipv6Request {
+                subnet: subnet6,
+                gateway: gateway6,
+                nat: ipv6_nat.unwrap_or(true),
+            });
             let servers: Vec<Ipv4Addr> = dns
                 .iter()
                 .filter_map(|d| match d {
@@ -443,6 +514,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .collect();
             let names = !dns.iter().any(|d| matches!(d, DnsArg::On(false)));
             if matches!(driver, DriverArg::Overlay) {
+                if ipv6.is_some() {
+                    bail!("--ipv6 (or an IPv6 --subnet) does not apply to --driver overlay: overlay networks are IPv4 only for now; leave it out");
+                }
                 let bridge_only = [
                     (!dns.is_empty(), "--dns"),
                     (gateway.is_some(), "--gateway"),
@@ -457,7 +531,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .find_map(|(given, flag)| given.then_some(flag));
                 let common = cluster::Common {
                     name,
-                    subnet: *subnet,
+                    subnet,
                     mtu: *mtu,
                     bridge_only,
                 };
@@ -470,8 +544,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     DriverArg::Bridge => Driver::Bridge,
                     DriverArg::Veth | DriverArg::Overlay => Driver::Veth,
                 },
-                subnet: *subnet,
-                gateway: *gateway,
+                subnet,
+                gateway,
                 interface: bridge.clone(),
                 internal: *internal,
                 isolate: *isolate,
@@ -487,6 +561,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 overlay: None,
                 dns: names,
                 dns_servers: servers,
+                ipv6,
             };
             let plan = nsnet.network_create(&req)?;
             done(plan, Report::Network(name.clone()))

@@ -333,3 +333,194 @@ fn bad_input_on_a_fresh_host_creates_no_state() {
         assert!(!h.state.exists(), "{args:?} created the state dir");
     }
 }
+
+/// Like [`rejects`], with extra environment (the IPv6 gate).
+fn rejects_with(h: &TestHost, env: &[(&str, &str)], args: &[&str], expect: &str) {
+    let before = h.snapshot();
+    let line = check_one_line_failure(args, h.nsnet_env(args, env));
+    assert!(
+        line.contains(expect),
+        "nsnet {args:?}: expected {expect:?} in {line:?}"
+    );
+    let after = h.snapshot();
+    assert!(
+        after == before,
+        "nsnet {args:?} changed something:\n{}",
+        before.diff(&after)
+    );
+}
+
+/// IPv6 (issue #19) is refused without its gate, and each IPv6 refusal with it changes nothing.
+#[test]
+fn ipv6_bad_input_is_refused_and_changes_nothing() {
+    let h = TestHost::with_lan6("badin6");
+    let gate = [("NSNET_IPV6", "1")];
+    h.ok(&["network", "create", "v4", "--subnet", "172.16.0.0/24"]);
+    let new = h.sb("new");
+
+    // Without the gate: one line saying IPv6 is not finished.
+    for args in [
+        &["network", "create", "x", "--ipv6"][..],
+        &["network", "create", "x", "--subnet", "fd00:1::/64"][..],
+        &[
+            "network",
+            "create",
+            "x",
+            "--subnet",
+            "10.9.0.0/24",
+            "--subnet",
+            "fd00:1::/64",
+        ][..],
+        &["create", &new, "--network", "v4", "-p", "[::1]:8080:80"][..],
+    ] {
+        rejects(&h, args, "IPv6 is not finished yet");
+    }
+
+    // With it, a dual-stack network to refuse things against.
+    let out = h.nsnet_env(
+        &[
+            "network",
+            "create",
+            "ds",
+            "--subnet",
+            "fd00:89:1::/64",
+            "--ipv6-nat=false",
+        ],
+        &gate,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad: &[(&[&str], &str)] = &[
+        (
+            &["network", "create", "x", "--ipv6", "--mtu", "1200"],
+            "below 1280",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "fd00:2::/64",
+                "--subnet",
+                "fd00:3::/64",
+            ],
+            "--subnet is given twice for IPv6 (fd00:2::/64 and fd00:3::/64)",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "fe80::/64"],
+            "link-local",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "fd00::1/64"],
+            "did you mean fd00::/64",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "fd00::/121"],
+            "/48 to /120",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "fd00:89:1::/56"],
+            "overlaps network 'ds' (fd00:89:1::/64)",
+        ),
+        (
+            &["network", "create", "x", "--subnet", "2001:db8:1::/64"],
+            "overlaps host address 2001:db8:1::48/64",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "fd00:4::/64",
+                "--gateway",
+                "fd00:5::1",
+            ],
+            "not a host address of subnet fd00:4::/64",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "fd00:4::/64",
+                "--gateway",
+                "fd00:4::",
+            ],
+            "not a host address of subnet fd00:4::/64",
+        ),
+        (
+            &["network", "create", "x", "--gateway", "fd00::1"],
+            "add --ipv6",
+        ),
+        (
+            &["network", "create", "x", "--ipv6-nat=false"],
+            "add --ipv6",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "x",
+                "--driver",
+                "overlay",
+                "--ipv6",
+                "--subnet",
+                "10.244.0.0/16",
+            ],
+            "overlay networks are IPv4 only",
+        ),
+        (
+            &["create", &new, "--network", "v4", "--ip6", "fd00:89:1::5"],
+            "network 'v4' has no IPv6",
+        ),
+        (
+            &["create", &new, "--network", "v4", "-p", "[::1]:8080:80"],
+            "network 'v4' has no IPv6",
+        ),
+        (
+            &[
+                "create",
+                &new,
+                "--network",
+                "ds",
+                "-p",
+                "[2001:db8:9::1]:8080:80",
+            ],
+            "2001:db8:9::1 is not an address of this host",
+        ),
+        (
+            &["create", &new, "--network", "ds", "--ip6", "fd00:89:1::1"],
+            "is the IPv6 gateway of network ds",
+        ),
+        (
+            &["create", &new, "--network", "ds", "--ip6", "fd00:89:2::5"],
+            "outside network ds's IPv6 subnet fd00:89:1::/64",
+        ),
+        (
+            &["create", &new, "--network", "ds", "--ip6", "nope"],
+            "invalid value 'nope'",
+        ),
+    ];
+    for (args, expect) in bad {
+        rejects_with(&h, &gate, args, expect);
+    }
+    // The host turning IPv6 off: refused for new dual-stack networks.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    rejects_with(
+        &h,
+        &gate,
+        &["network", "create", "x", "--ipv6"],
+        "this host has IPv6 turned off",
+    );
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+
+    h.ok(&["network", "rm", "ds"]);
+    h.ok(&["network", "rm", "v4"]);
+    assert!(!h.state.exists(), "the state dir outlived the last network");
+}

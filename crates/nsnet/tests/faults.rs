@@ -84,10 +84,12 @@ fn inside(sandboxes: &[&str]) -> Vec<String> {
             let ns = format!("--net=/run/netns/{s}");
             let addrs = sh(&["nsenter", &ns, "ip", "-br", "addr"]);
             let routes = sh(&["nsenter", &ns, "ip", "route"]);
+            let routes6 = sh(&["nsenter", &ns, "ip", "-6", "route"]);
             // Without the peer's index (`eth0@if7`), and sorted: a re-created veth gets new indexes.
             let mut lines: Vec<String> = addrs
                 .lines()
                 .chain(routes.lines())
+                .chain(routes6.lines())
                 .map(|l| {
                     let words: Vec<&str> = l
                         .split_whitespace()

@@ -185,6 +185,7 @@ mod tests {
             ports: vec![],
             removing: false,
             aliases: vec!["db".into()],
+            ipv6: None,
         }
     }
 

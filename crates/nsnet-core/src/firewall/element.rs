@@ -226,18 +226,20 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
         )],
         Rule::Port { mapping, target } => mapping
             .pairs()
-            .map(|(host_port, container_port)| {
+            .filter_map(|(host_port, container_port)| {
                 let (set, mut key) = match mapping.host_ip {
-                    Some(ip) => ("ports_ip", vec![Ipv4(ip)]),
+                    Some(std::net::IpAddr::V4(ip)) => ("ports_ip", vec![Ipv4(ip)]),
+                    // IPv6 ports have no sets yet (issue #19's C8); validation refuses them until then.
+                    Some(std::net::IpAddr::V6(_)) => return None,
                     None => ("ports", vec![]),
                 };
                 key.extend([Proto(mapping.protocol), Port(host_port)]);
-                Element {
+                Some(Element {
                     family: Ip,
                     set,
                     key,
                     value: vec![Ipv4(*target), Port(container_port)],
-                }
+                })
             })
             .collect(),
     }
@@ -252,7 +254,7 @@ mod tests {
     fn one_description_two_encodings() {
         let rule = Rule::Port {
             mapping: PortMapping {
-                host_ip: Some(Ipv4Addr::new(10, 0, 1, 48)),
+                host_ip: Some(Ipv4Addr::new(10, 0, 1, 48).into()),
                 host_port: 8088,
                 container_port: 80,
                 count: 1,

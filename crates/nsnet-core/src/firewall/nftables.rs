@@ -638,7 +638,7 @@ mod tests {
     fn port(host_ip: Option<Ipv4Addr>, count: u16) -> Rule {
         Rule::Port {
             mapping: PortMapping {
-                host_ip,
+                host_ip: host_ip.map(Into::into),
                 host_port: 8088,
                 container_port: 80,
                 count,

@@ -9,12 +9,14 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{
     DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::BridgePortState;
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
@@ -937,19 +939,32 @@ impl Netlink {
         Ok(())
     }
 
-    /// `ip addr add ADDR/LEN dev NAME` (IPv4, with the broadcast address set like `ip addr add ... brd +`).
-    pub fn add_address(&mut self, name: &str, addr: Ipv4Net) -> Result<(), KernelError> {
+    /// `ip addr add ADDR/LEN dev NAME`: IPv4 with the broadcast address set (like `ip addr add ... brd +`),
+    /// IPv6 with `nodad`.
+    pub fn add_address(&mut self, name: &str, addr: IpNet) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        let ip = IpAddr::V4(addr.addr());
+        let ip = addr.addr();
         msg.attributes.push(AddressAttribute::Local(ip));
         msg.attributes.push(AddressAttribute::Address(ip));
-        if addr.prefix_len() < 31 {
-            msg.attributes
-                .push(AddressAttribute::Broadcast(addr.broadcast()));
+        match addr {
+            IpNet::V4(addr) => {
+                msg.header.family = AddressFamily::Inet;
+                if addr.prefix_len() < 31 {
+                    msg.attributes
+                        .push(AddressAttribute::Broadcast(addr.broadcast()));
+                }
+            }
+            IpNet::V6(_) => {
+                // No DAD: usable at once (never tentative), and no solicitation flooded to the bridge. The
+                // header's flags hold the low 8 bits, IFA_FLAGS all of them; the kernel reads the latter.
+                msg.header.family = AddressFamily::Inet6;
+                msg.header.flags = AddressHeaderFlags::Nodad;
+                msg.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
         }
         self.request(
             &format!("add address {addr} to {name}"),
@@ -959,17 +974,20 @@ impl Netlink {
         Ok(())
     }
 
-    /// `ip route add default via GW dev NAME`.
-    pub fn add_default_route(&mut self, name: &str, via: Ipv4Addr) -> Result<(), KernelError> {
+    /// `ip route add default via GW dev NAME`, for GW's family.
+    pub fn add_default_route(&mut self, name: &str, via: IpAddr) -> Result<(), KernelError> {
         let index = self.link_index(name)?;
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Static;
         msg.header.scope = RouteScope::Universe;
         msg.header.kind = RouteType::Unicast;
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
+        let (family, gateway) = match via {
+            IpAddr::V4(v4) => (AddressFamily::Inet, RouteAddress::Inet(v4)),
+            IpAddr::V6(v6) => (AddressFamily::Inet6, RouteAddress::Inet6(v6)),
+        };
+        msg.header.address_family = family;
+        msg.attributes.push(RouteAttribute::Gateway(gateway));
         msg.attributes.push(RouteAttribute::Oif(index));
         self.request(
             &format!("add default route via {via} dev {name}"),
@@ -1074,6 +1092,64 @@ impl Netlink {
                 if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
                     if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {
                         out.push((a.header.index, net));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv6 address in this namespace, in CIDR form (link-local ones included).
+    pub fn ipv6_addresses(&mut self) -> Result<Vec<Ipv6Net>, KernelError> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet6;
+        let replies = self.request(
+            "list IPv6 addresses",
+            RouteNetlinkMessage::GetAddress(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            // IFA_ADDRESS holds an IPv6 address (IFA_LOCAL only differs on point-to-point links).
+            let ip = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(net) = ip.and_then(|ip| Ipv6Net::new(ip, a.header.prefix_len).ok()) {
+                out.push(net);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destinations of the IPv6 routes in this namespace's main table, default routes left out.
+    pub fn ipv6_routes(&mut self) -> Result<Vec<Ipv6Net>, KernelError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet6;
+        let replies = self.request(
+            "list IPv6 routes",
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            let len = m.header.destination_prefix_length;
+            if m.header.table != RouteHeader::RT_TABLE_MAIN
+                || m.header.kind != RouteType::Unicast
+                || len == 0
+            {
+                continue;
+            }
+            for attr in &m.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet6(ip)) = attr {
+                    if let Ok(net) = Ipv6Net::new(*ip, len) {
+                        out.push(net.trunc());
                     }
                 }
             }

@@ -2,12 +2,12 @@
 //! network namespace): a published port must not silently shadow one of them.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6,
 };
 
 use super::KernelError;
@@ -22,20 +22,42 @@ pub struct Bound {
 
 /// Whether a socket of this namespace holds `port` on `ip` (any address when `None`), as a bind probe: TCP
 /// with SO_REUSEADDR, which the kernel refuses only for a listener (or a socket bound without it), UDP without
-/// it, which any bound socket refuses. An address that is not the host's holds nothing.
-pub fn port_in_use(proto: Proto, ip: Option<Ipv4Addr>, port: u16) -> Result<bool, KernelError> {
+/// it, which any bound socket refuses. An address that is not the host's holds nothing. An IPv6 address is
+/// probed with `IPV6_V6ONLY`, so only IPv6 sockets count (and `::` is every IPv6 address).
+pub fn port_in_use(proto: Proto, ip: Option<IpAddr>, port: u16) -> Result<bool, KernelError> {
     let kind = match proto {
         Proto::Tcp => SockType::Stream,
         Proto::Udp => SockType::Datagram,
     };
-    let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)
+    let family = match ip {
+        Some(IpAddr::V6(_)) => AddressFamily::Inet6,
+        _ => AddressFamily::Inet,
+    };
+    let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)
         .map_err(|e| KernelError::io("open a probe socket", e.into()))?;
     if proto == Proto::Tcp {
         setsockopt(&fd, sockopt::ReuseAddr, &true)
             .map_err(|e| KernelError::io("set SO_REUSEADDR", e.into()))?;
     }
-    let addr = SockaddrIn::from(SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
-    match bind(fd.as_raw_fd(), &addr) {
+    let bound = match ip {
+        Some(IpAddr::V6(ip)) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+                .map_err(|e| KernelError::io("set IPV6_V6ONLY", e.into()))?;
+            bind(
+                fd.as_raw_fd(),
+                &SockaddrIn6::from(SocketAddrV6::new(ip, port, 0, 0)),
+            )
+        }
+        Some(IpAddr::V4(ip)) => bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(ip, port)),
+        ),
+        None => bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)),
+        ),
+    };
+    match bound {
         Ok(()) => Ok(false),
         Err(Errno::EADDRINUSE) => Ok(true),
         Err(Errno::EADDRNOTAVAIL) => Ok(false),

@@ -106,6 +106,30 @@ impl Host {
         Ok(self.nl()?.route_get_named(ip)?)
     }
 
+    /// Every IPv6 address, with its prefix.
+    pub(crate) fn ipv6_addresses(&mut self) -> Result<Vec<ipnet::Ipv6Net>> {
+        Ok(self.nl()?.ipv6_addresses()?)
+    }
+
+    /// The destinations of every IPv6 route of the main table (default routes left out).
+    pub(crate) fn ipv6_routes(&mut self) -> Result<Vec<ipnet::Ipv6Net>> {
+        Ok(self.nl()?.ipv6_routes()?)
+    }
+
+    /// Whether this namespace has IPv6: the kernel has it (`/proc/sys/net/ipv6`) and it is not turned off
+    /// for every interface (`net.ipv6.conf.all.disable_ipv6`).
+    pub(crate) fn has_ipv6() -> bool {
+        sysctl::get("net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0")
+    }
+
+    /// The machine's identity (`/etc/machine-id`), empty when there is none: the seed of the host's ULA
+    /// prefix, with the state dir's tag.
+    pub(crate) fn machine_id() -> String {
+        std::fs::read_to_string("/etc/machine-id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
     /// The destinations of every IPv4 route.
     pub(crate) fn ipv4_routes(&mut self) -> Result<Vec<Ipv4Net>> {
         Ok(self.nl()?.ipv4_routes()?)
@@ -298,7 +322,11 @@ impl Host {
     }
 
     /// Whether a host socket holds `port` (on `ip`, or on any address).
-    pub(crate) fn port_in_use(proto: Proto, ip: Option<Ipv4Addr>, port: u16) -> Result<bool> {
+    pub(crate) fn port_in_use(
+        proto: Proto,
+        ip: Option<std::net::IpAddr>,
+        port: u16,
+    ) -> Result<bool> {
         Ok(sockets::port_in_use(proto, ip, port)?)
     }
 

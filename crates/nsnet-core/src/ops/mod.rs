@@ -19,7 +19,7 @@ mod sandbox;
 mod topology;
 
 pub use host::Underlay;
-pub use network::NetworkRequest;
+pub use network::{Ipv6Request, NetworkRequest, IPV6_GATE};
 pub use overlay::{vtep_mac, vxlan_device, OverlayJoin, PeerSync, VXLAN_OVERHEAD};
 pub use query::SandboxStatus;
 pub(crate) use reap::detach;
@@ -101,6 +101,10 @@ pub struct Terms {
     pub dns: &'static str,
     /// A sandbox's other names.
     pub alias: &'static str,
+    /// The IPv6 address asked for.
+    pub ip6: &'static str,
+    /// What gives a network its IPv6 part.
+    pub ipv6: &'static str,
 }
 
 impl Terms {
@@ -123,6 +127,8 @@ impl Terms {
         gateway_mode: "--gateway-mode",
         dns: "--dns",
         alias: "--alias",
+        ip6: "--ip6",
+        ipv6: "--ipv6 (or an IPv6 --subnet)",
     };
     /// A CNI network configuration's fields.
     pub const CNI: Terms = Terms {
@@ -143,6 +149,8 @@ impl Terms {
         gateway_mode: "gatewayMode",
         dns: "resolver",
         alias: "runtimeConfig.aliases",
+        ip6: "runtimeConfig.ips",
+        ipv6: "IPv6 (ipam.ranges)",
     };
 }
 

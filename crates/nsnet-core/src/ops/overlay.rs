@@ -144,6 +144,7 @@ impl Nsnet {
             // The resolver knows this host's sandboxes only; names across hosts would need etcd's view.
             dns: false,
             dns_servers: vec![],
+            ipv6: None,
         };
         self.create_network(&req, &nets)
             .map(|(plan, net)| (net, plan))

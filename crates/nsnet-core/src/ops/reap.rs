@@ -59,6 +59,7 @@ impl Nsnet {
             n.allocations
                 .addresses
                 .values()
+                .chain(n.allocations.addresses6.values())
                 .any(|o| build::retired_holder(o).is_some())
         });
         if !any || self.dry_run {
@@ -122,6 +123,7 @@ fn retired_links(allocations: &crate::model::Allocations) -> Vec<String> {
     let mut links: Vec<String> = allocations
         .addresses
         .values()
+        .chain(allocations.addresses6.values())
         .filter_map(|o| build::retired_holder(o).map(str::to_string))
         .collect();
     links.sort_unstable();

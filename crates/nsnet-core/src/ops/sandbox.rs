@@ -1,10 +1,10 @@
 //! `nsnet create | attach | rm`: sandboxes and their endpoints.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::network::NetworkRequest;
 use super::{no_network, resolver, Host, Nsnet, Terms, DEFAULT_NETWORK};
@@ -13,7 +13,7 @@ use crate::firewall::Batch;
 use crate::invalid;
 use crate::ipam::{self, Allocated as _};
 use crate::kernel::netns;
-use crate::model::{Driver, Endpoint, Mac, Network, NetworkRecord, Sandbox};
+use crate::model::{Driver, Endpoint, Ep6, Mac, Network, NetworkRecord, Sandbox};
 use crate::names;
 use crate::names::short_hash;
 use crate::plan::{build, Ns, Plan, Step};
@@ -37,6 +37,8 @@ pub struct AttachRequest {
     pub aliases: Vec<String>,
     /// The sandbox's own upstream resolvers (`--dns IP`); kept for the sandbox, replacing earlier ones.
     pub dns_servers: Vec<Ipv4Addr>,
+    /// The IPv6 address to take on a dual-stack network (`--ip6`) instead of the next free one.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// The namespace `nsnet attach` networks.
@@ -265,6 +267,7 @@ impl Nsnet {
             network: endpoint.network.clone(),
             sandbox: sb.name.clone(),
             ip: endpoint.address.addr(),
+            ip6: endpoint.ipv6.map(|e| e.address.addr()),
             ports: endpoint.ports.clone(),
         });
         sb.endpoints.push(endpoint);
@@ -341,7 +344,7 @@ impl Nsnet {
         if let Some(mac) = req.mac {
             self.check_mac(&net, mac)?;
         }
-        check_host_ips(&req.ports, host, &self.terms)?;
+        check_host_ips(&net, &req.ports, host, &self.terms)?;
         let every: Vec<&AllocationsView> =
             nets.iter().map(|(_, h)| h).chain([&allocated]).collect();
         let ports = resolve_ports(&net, &req.ports, &every, &self.terms)?;
@@ -350,6 +353,36 @@ impl Nsnet {
             Some(_) => invalid!("{}: {e}", self.terms.ip),
             None => Error::Exhausted(e),
         })?;
+        let ipv6 = match (net.ipv6, req.ip6) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid!(
+                    "{}: network '{}' has no IPv6; leave it out, or use a network made with {}",
+                    self.terms.ip6,
+                    net.name,
+                    self.terms.ipv6
+                ))
+            }
+            (Some(n6), asked) => {
+                if asked.is_some() {
+                    super::network::ipv6_gate(self.terms.ip6)?;
+                }
+                let ip6 =
+                    ipam::allocate6(&net.name, &n6, &allocated, asked).map_err(
+                        |e| match asked {
+                            Some(_) => invalid!("{}: {e}", self.terms.ip6),
+                            None => Error::Exhausted(e),
+                        },
+                    )?;
+                Some(Ep6 {
+                    // The prefix is the subnet's own, always valid: a failure here is a bug.
+                    address: Ipv6Net::new(ip6, n6.subnet.prefix_len()).map_err(|e| {
+                        Error::Internal(format!("address {ip6} in {}: {e}", n6.subnet))
+                    })?,
+                    gateway: n6.gateway,
+                })
+            }
+        };
 
         // Interface names: ethN inside (the lowest N free in the namespace), a hashed veth name outside.
         let mut used: Vec<String> = sb.endpoints.iter().map(|e| e.interface.clone()).collect();
@@ -418,6 +451,7 @@ impl Nsnet {
             ports,
             removing: false,
             aliases: check_aliases(&req.aliases, &self.terms)?,
+            ipv6,
         };
         Ok(Join {
             net,
@@ -709,6 +743,7 @@ pub(super) fn release_gone_retired(
     let mut holders: Vec<String> = allocations
         .addresses
         .values()
+        .chain(allocations.addresses6.values())
         .filter(|o| build::retired_holder(o).is_some())
         .cloned()
         .collect();
@@ -762,6 +797,7 @@ fn touches_taken(
     others: &[(Network, AllocationsView)],
 ) -> bool {
     req.ip.is_some_and(|ip| allocated.is_allocated(ip))
+        || req.ip6.is_some_and(|ip| allocated.is_allocated(ip))
         || (net.driver == Driver::Veth && allocated.addresses() > 0)
         || req.ports.iter().any(|spec| match spec.host_port {
             // A host port left to nsnet is searched for among the published ones.
@@ -774,12 +810,45 @@ fn touches_taken(
 }
 
 /// Refuse a published port on a host address this host does not have: its DNAT would catch nothing, silently
-/// (a typo, or an address that moved). 127.0.0.1 is always the host's (even before `lo` is up); no address
-/// (0.0.0.0) means all of them.
-fn check_host_ips(specs: &[PortSpec], host: &mut Host, t: &Terms) -> Result<()> {
+/// (a typo, or an address that moved). 127.0.0.1 and ::1 are always the host's (even before `lo` is up); no
+/// address (0.0.0.0) means all of them, and `::` all IPv6 ones. An IPv6 address needs a network with IPv6.
+fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms) -> Result<()> {
+    let asked6: Vec<Ipv6Addr> = specs
+        .iter()
+        .filter_map(|s| match s.host_ip {
+            Some(std::net::IpAddr::V6(ip)) => Some(ip),
+            _ => None,
+        })
+        .collect();
+    if let Some(ip) = asked6.first() {
+        super::network::ipv6_gate(&format!("{} [{ip}]", t.host_ip))?;
+        if net.ipv6.is_none() {
+            return Err(invalid!(
+                "{}: {ip} is an IPv6 address, and network '{}' has no IPv6; use an IPv4 address, or a network \
+                 made with {}",
+                t.host_ip,
+                net.name,
+                t.ipv6
+            ));
+        }
+        let own = host.ipv6_addresses()?;
+        let theirs = |ip: &Ipv6Addr| {
+            ip.is_loopback() || ip.is_unspecified() || own.iter().any(|a| a.addr() == *ip)
+        };
+        if let Some(ip) = asked6.iter().find(|ip| !theirs(ip)) {
+            return Err(invalid!(
+                "{}: {ip} is not an address of this host; use one of its addresses (`ip -6 addr` lists them), \
+                 ::1, or :: for all of them",
+                t.host_ip
+            ));
+        }
+    }
     let asked: Vec<Ipv4Addr> = specs
         .iter()
-        .filter_map(|s| s.host_ip)
+        .filter_map(|s| match s.host_ip {
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        })
         .filter(|ip| *ip != Ipv4Addr::LOCALHOST)
         .collect();
     if asked.is_empty() {
@@ -823,6 +892,9 @@ fn resolve_ports(
             t.port
         ));
     }
+    // On a dual-stack network a port on every address takes it on both families: a host process on IPv6
+    // alone (`[::]:P`, v6only) holds it too.
+    let dual = net.ipv6.is_some();
     let published: Vec<(&str, &PortMapping)> = allocated
         .iter()
         .filter_map(|h| h.ledger())
@@ -836,7 +908,7 @@ fn resolve_ports(
                 if let Some(why) = conflict(&m, &out, &published, t) {
                     return Err(Error::Invalid(why));
                 }
-                if let Some(why) = held_by_host(&m)? {
+                if let Some(why) = held_by_host(&m, dual)? {
                     return Err(Error::Invalid(why));
                 }
                 m
@@ -847,7 +919,9 @@ fn resolve_ports(
                 let mut found = None;
                 for start in low..=last_start {
                     let m = spec.with_host_port(start);
-                    if conflict(&m, &out, &published, t).is_none() && held_by_host(&m)?.is_none() {
+                    if conflict(&m, &out, &published, t).is_none()
+                        && held_by_host(&m, dual)?.is_none()
+                    {
                         found = Some(m);
                         break;
                     }
@@ -900,15 +974,22 @@ fn lowest_clash<'a, T>(
 
 /// Why `m` cannot be published because a host process holds one of its ports (the DNAT would silently shadow
 /// it). A bind probe per port answers in microseconds; only a taken port costs a read of /proc/net (a
-/// millisecond a read: the kernel walks its whole socket hash) to say who holds it.
-fn held_by_host(m: &PortMapping) -> Result<Option<String>> {
+/// millisecond a read: the kernel walks its whole socket hash) to say who holds it. `dual`: the network has
+/// IPv6, so a mapping on every address is probed on IPv6's every address too.
+fn held_by_host(m: &PortMapping, dual: bool) -> Result<Option<String>> {
+    let also6 =
+        (dual && m.host_ip.is_none()).then_some(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     for port in m.host_ports() {
-        if !Host::port_in_use(m.protocol, m.host_ip, port)? {
+        let mut in_use = Host::port_in_use(m.protocol, m.host_ip, port)?;
+        if let Some(any6) = also6 {
+            in_use = in_use || Host::port_in_use(m.protocol, Some(any6), port)?;
+        }
+        if !in_use {
             continue;
         }
         let holder = Host::bound(m.protocol)?
             .into_iter()
-            .find(|b| b.port == port && addresses_overlap(b.address, m.host_ip));
+            .find(|b| b.port == port && addresses_overlap(b.address.map(Into::into), m.host_ip));
         let at = holder
             .map(|b| {
                 let addr = b.address.map_or("*".to_string(), |a| a.to_string());

@@ -304,7 +304,7 @@ pub fn network_up(
             steps.push(Step::AddAddress {
                 ns: Ns::Host,
                 dev: net.interface.clone(),
-                addr: gateway_cidr(net),
+                addr: gateway_cidr(net).into(),
             });
             steps.push(Step::route_localnet(&net.interface));
         }
@@ -500,7 +500,7 @@ pub fn endpoint_teardown(
             restore.push(Step::AddDefaultRoute {
                 ns,
                 dev: ep.interface.clone(),
-                via: ep.gateway,
+                via: ep.gateway.into(),
             });
         }
         plan.push_teardown(retire, restore);
@@ -621,7 +621,7 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
             steps.push(Step::AddAddress {
                 ns: Ns::Host,
                 dev: ep.host_interface.clone(),
-                addr: gateway_cidr(net),
+                addr: gateway_cidr(net).into(),
             });
             steps.push(Step::route_localnet(&ep.host_interface));
         }
@@ -629,7 +629,7 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
     steps.push(Step::AddAddress {
         ns: ns.clone(),
         dev: ep.interface.clone(),
-        addr: ep.address,
+        addr: ep.address.into(),
     });
     steps.push(Step::LinkUp {
         ns: ns.clone(),
@@ -640,7 +640,7 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
         steps.push(Step::AddDefaultRoute {
             ns: ns.clone(),
             dev: ep.interface.clone(),
-            via: ep.gateway,
+            via: ep.gateway.into(),
         });
     }
     // Before the host end comes up: bringing it up sets off the bridge's walk over every port under RTNL,
@@ -744,6 +744,7 @@ mod tests {
             ports,
             removing: false,
             aliases: vec![],
+            ipv6: None,
         }
     }
 

@@ -6,18 +6,19 @@
 pub mod build;
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::firewall::{Backend, Batch};
 use crate::model::{Mac, OverlayBackend, Peer};
 
 /// Which network namespace a step works in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Ns {
     /// The namespace nsnet itself runs in: the host.
+    #[default]
     Host,
     /// A namespace reached through an nsfs path (`/run/netns/NAME`, `/proc/PID/ns/net`).
     Path(PathBuf),
@@ -35,6 +36,22 @@ impl Ns {
                     format!("ip -n {}", name.to_string_lossy())
                 }
                 _ => format!("nsenter --net={} ip", p.display()),
+            },
+        }
+    }
+
+    /// How a command runs in this namespace: as it is on the host, after `ip netns exec NAME` in a named
+    /// one, after `nsenter --net=PATH` in any other.
+    fn exec(&self) -> String {
+        match self {
+            Ns::Host => String::new(),
+            Ns::Path(p) => match (p.parent(), p.file_name()) {
+                (Some(dir), Some(name))
+                    if dir == std::path::Path::new(crate::kernel::netns::NETNS_DIR) =>
+                {
+                    format!("ip netns exec {} ", name.to_string_lossy())
+                }
+                _ => format!("nsenter --net={} ", p.display()),
             },
         }
     }
@@ -90,13 +107,21 @@ pub enum Step {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         made_with: Option<Mac>,
     },
-    /// `ip addr add ADDR dev DEV`.
-    AddAddress { ns: Ns, dev: String, addr: Ipv4Net },
-    /// `ip route add default via GW dev DEV`.
-    AddDefaultRoute { ns: Ns, dev: String, via: Ipv4Addr },
-    /// `sysctl -w KEY=VALUE` on the host. The key is written with `/` between components (interface names
-    /// may contain dots). Never reverted: forwarding stays on, and per-interface keys go with the interface.
-    Sysctl { key: String, value: String },
+    /// `ip addr add ADDR dev DEV`. An IPv6 address is added with `IFA_F_NODAD` (`nodad`): usable at once,
+    /// with no duplicate address detection to wait for or to flood the bridge with (nsnet's addresses are
+    /// unique by construction).
+    AddAddress { ns: Ns, dev: String, addr: IpNet },
+    /// `ip route add default via GW dev DEV`, for GW's family. An IPv6 one needs DEV up (not its carrier).
+    AddDefaultRoute { ns: Ns, dev: String, via: IpAddr },
+    /// `sysctl -w KEY=VALUE` in namespace `ns` (the host's unless said). The key is written with `/` between
+    /// components (interface names may contain dots). Never reverted: forwarding stays on, and per-interface
+    /// keys go with the interface.
+    Sysctl {
+        #[serde(default)]
+        ns: Ns,
+        key: String,
+        value: String,
+    },
     /// Bind bridge port NAME to its sandbox's MAC: learning off, the port locked, one static FDB entry for
     /// `mac` (see [`crate::kernel::Netlink::bind_port`]), so frames from any other source MAC are dropped. With
     /// `hairpin`, the port may send a frame back out the port it came in on, so a sandbox reaches its own
@@ -389,17 +414,25 @@ impl Step {
             }
             Step::LinkUp { ns, name } => format!("{} link set {name} up", ns.ip()),
             Step::DeleteLink { ns, name, .. } => format!("{} link del {name}", ns.ip()),
-            Step::AddAddress { ns, dev, addr } => format!("{} addr add {addr} dev {dev}", ns.ip()),
-            Step::AddDefaultRoute { ns, dev, via } => {
-                format!("{} route add default via {via} dev {dev}", ns.ip())
+            Step::AddAddress { ns, dev, addr } => {
+                let nodad = if matches!(addr, IpNet::V6(_)) {
+                    " nodad"
+                } else {
+                    ""
+                };
+                format!("{} addr add {addr} dev {dev}{nodad}", ns.ip())
             }
-            Step::Sysctl { key, value } => {
+            Step::AddDefaultRoute { ns, dev, via } => {
+                let family = if via.is_ipv6() { " -6" } else { "" };
+                format!("{}{family} route add default via {via} dev {dev}", ns.ip())
+            }
+            Step::Sysctl { ns, key, value } => {
                 let key = if key.split('/').any(|part| part.contains('.')) {
                     key.clone()
                 } else {
                     key.replace('/', ".")
                 };
-                format!("sysctl -w {key}={value}")
+                format!("{}sysctl -w {key}={value}", ns.exec())
             }
             Step::BindPort { name, mac, hairpin } => format!(
                 "ip link set {name} type bridge_slave learning off locked on{}\n\
@@ -603,6 +636,7 @@ impl Step {
     /// `net.ipv4.ip_forward=1`.
     pub fn forwarding() -> Step {
         Step::Sysctl {
+            ns: Ns::Host,
             key: "net/ipv4/ip_forward".into(),
             value: "1".into(),
         }
@@ -612,6 +646,7 @@ impl Step {
     /// DNATed packet leaves through this interface with a loopback source, masqueraded on the way out).
     pub fn route_localnet(interface: &str) -> Step {
         Step::Sysctl {
+            ns: Ns::Host,
             key: format!("net/ipv4/conf/{interface}/route_localnet"),
             value: "1".into(),
         }
@@ -677,5 +712,70 @@ impl Plan {
             let _ = writeln!(out, "{}", step.render());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_of_either_family_render_as_the_commands_that_do_the_same() {
+        let app = Ns::Path(PathBuf::from("/run/netns/app"));
+        let pid = Ns::Path(PathBuf::from("/proc/42/ns/net"));
+        let render = |step: Step| step.render();
+        let addr = |addr: &str| Step::AddAddress {
+            ns: app.clone(),
+            dev: "eth0".into(),
+            addr: addr.parse().unwrap(),
+        };
+        assert_eq!(
+            render(addr("fd89::2/64")),
+            "ip -n app addr add fd89::2/64 dev eth0 nodad"
+        );
+        assert_eq!(
+            render(addr("10.89.0.2/24")),
+            "ip -n app addr add 10.89.0.2/24 dev eth0"
+        );
+        let route = |via: &str| Step::AddDefaultRoute {
+            ns: app.clone(),
+            dev: "eth0".into(),
+            via: via.parse().unwrap(),
+        };
+        assert_eq!(
+            render(route("fd89::1")),
+            "ip -n app -6 route add default via fd89::1 dev eth0"
+        );
+        assert_eq!(
+            render(route("10.89.0.1")),
+            "ip -n app route add default via 10.89.0.1 dev eth0"
+        );
+        let sysctl = |ns: &Ns| Step::Sysctl {
+            ns: ns.clone(),
+            key: "net/ipv6/conf/eth0/accept_ra".into(),
+            value: "0".into(),
+        };
+        assert_eq!(
+            render(sysctl(&app)),
+            "ip netns exec app sysctl -w net.ipv6.conf.eth0.accept_ra=0"
+        );
+        assert_eq!(
+            render(sysctl(&pid)),
+            "nsenter --net=/proc/42/ns/net sysctl -w net.ipv6.conf.eth0.accept_ra=0"
+        );
+        assert_eq!(
+            render(Step::forwarding()),
+            "sysctl -w net.ipv4.ip_forward=1"
+        );
+        // Addresses and routes go with their link: no undo of their own.
+        assert_eq!(addr("fd89::2/64").undo(), None);
+    }
+
+    #[test]
+    fn a_sysctl_without_a_namespace_is_the_hosts() {
+        let step: Step =
+            serde_json::from_str(r#"{"Sysctl":{"key":"net/ipv4/ip_forward","value":"1"}}"#)
+                .unwrap();
+        assert_eq!(step, Step::forwarding());
     }
 }

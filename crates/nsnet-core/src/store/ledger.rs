@@ -9,6 +9,8 @@
 //! +port web tcp * 8080 80 1    host port 8080 (any host address) leads to port 80 of web; 1 port
 //! -port web tcp * 8080 80 1    that mapping is gone
 //! cursor 10.88.0.5             the address handed out last (next fit); also set by each +ip
+//! +ip fd89::2 web              IPv6 (dual-stack networks): the same lines, the family read from the address;
+//! cursor fd89::2               each family has its own cursor
 //! ```
 //! Lines are only appended under the state lock, and a command's appends are undone by truncating back to
 //! the length it started from. Once dead lines outnumber live ones the file is rewritten with the live
@@ -16,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::ipam::Allocated;
 use crate::model::{Allocations, Published};
@@ -30,9 +32,12 @@ pub struct Ledger {
     text: String,
     /// Allocated addresses, sorted, each with its holder's name in `text`.
     allocations: Vec<(Ipv4Addr, Span)>,
+    /// Allocated IPv6 addresses, likewise.
+    allocations6: Vec<(Ipv6Addr, Span)>,
     /// Published ports in the order they were published, each with its sandbox's name in `text`.
     published: Vec<(PortMapping, Span)>,
     cursor: Option<Ipv4Addr>,
+    cursor6: Option<Ipv6Addr>,
     /// Lines in the file, live or dead: the file is compacted when most are dead.
     lines: usize,
 }
@@ -69,6 +74,10 @@ impl Ledger {
             pass.line(line)
                 .map_err(|e| format!("line {}: {e}: '{line}'", n + 1))?;
         }
+        let allocations6 = pass
+            .live6()
+            .map(|(ip, o)| Ok((ip, span(o)?)))
+            .collect::<Result<_, String>>()?;
         let (allocations, published) = pass.live();
         let allocations = allocations
             .map(|(ip, o)| Ok((ip, span(o)?)))
@@ -76,12 +85,14 @@ impl Ledger {
         let published = published
             .map(|(o, m)| Ok((m, span(o)?)))
             .collect::<Result<_, String>>()?;
-        let (cursor, lines) = (pass.cursor, pass.lines);
+        let (cursor, cursor6, lines) = (pass.cursor, pass.cursor6, pass.lines);
         Ok(Ledger {
             text,
             allocations,
+            allocations6,
             published,
             cursor,
+            cursor6,
             lines,
         })
     }
@@ -107,14 +118,24 @@ impl Ledger {
         self.lines
     }
 
-    /// How many addresses are allocated.
+    /// How many IPv4 addresses are allocated.
     pub fn addresses(&self) -> usize {
         self.allocations.len()
     }
 
-    /// The allocated addresses with their sandboxes, by address.
+    /// The allocated IPv4 addresses with their sandboxes, by address.
     pub fn holders(&self) -> impl Iterator<Item = (Ipv4Addr, &str)> + '_ {
         self.allocations.iter().map(|&(ip, o)| (ip, self.name(o)))
+    }
+
+    /// The allocated IPv6 addresses with their sandboxes, by address.
+    pub fn holders6(&self) -> impl Iterator<Item = (Ipv6Addr, &str)> + '_ {
+        self.allocations6.iter().map(|&(ip, o)| (ip, self.name(o)))
+    }
+
+    /// The IPv6 address handed out last.
+    pub fn cursor6(&self) -> Option<Ipv6Addr> {
+        self.cursor6
     }
 
     /// The published ports with their sandboxes, in the order they were published.
@@ -124,13 +145,25 @@ impl Ledger {
 
     /// Whether rewriting the file would drop more lines than it keeps.
     pub fn wants_compaction(&self) -> bool {
-        worth_compacting(self.lines, self.allocations.len() + self.published.len())
+        worth_compacting(
+            self.lines,
+            self.allocations.len() + self.allocations6.len() + self.published.len(),
+        )
     }
 
-    /// The lines a join appends: `sandbox` holds `ip` and publishes `ports` (the `+ip` moves the cursor too).
-    pub fn joined(sandbox: &str, ip: Ipv4Addr, ports: &[PortMapping]) -> String {
+    /// The lines a join appends: `sandbox` holds `ip` (and `ip6`, on a dual-stack network) and publishes
+    /// `ports` (each `+ip` moves its family's cursor too).
+    pub fn joined(
+        sandbox: &str,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        ports: &[PortMapping],
+    ) -> String {
         let mut out = String::new();
-        hold(&mut out, ip, sandbox);
+        hold(&mut out, ip.into(), sandbox);
+        if let Some(ip6) = ip6 {
+            hold(&mut out, ip6.into(), sandbox);
+        }
         for m in ports {
             publish(&mut out, sandbox, m);
         }
@@ -142,38 +175,8 @@ impl Ledger {
     pub fn changes_to(&self, net: &Allocations) -> String {
         let mut out = String::new();
         // Addresses: both lists are sorted, so walk them side by side.
-        let (mut allocated, mut wanted) =
-            (self.holders().peekable(), net.addresses.iter().peekable());
-        let mut added = Vec::new();
-        loop {
-            match (allocated.peek(), wanted.peek()) {
-                (None, None) => break,
-                (Some((ip, _)), None) => {
-                    let _ = writeln!(out, "-ip {ip}");
-                    allocated.next();
-                }
-                (None, Some(w)) => {
-                    added.push(*w);
-                    wanted.next();
-                }
-                (Some((hip, howner)), Some((wip, wowner))) => {
-                    if hip < *wip {
-                        let _ = writeln!(out, "-ip {hip}");
-                        allocated.next();
-                    } else if *wip < hip {
-                        added.push((*wip, *wowner));
-                        wanted.next();
-                    } else {
-                        if howner != wowner {
-                            let _ = writeln!(out, "-ip {hip}");
-                            added.push((*wip, *wowner));
-                        }
-                        allocated.next();
-                        wanted.next();
-                    }
-                }
-            }
-        }
+        let added = walk(&mut out, self.holders(), net.addresses.iter());
+        let added6 = walk(&mut out, self.holders6(), net.addresses6.iter());
         // Ports: `net`'s list is normally this one with some entries dropped and new ones at the end (the order
         // they were published in). Walk both: an entry that is not next in `net` is gone; whatever of `net` is
         // left after the walk is new. Any other order still comes out right, as removals and re-adds.
@@ -191,14 +194,24 @@ impl Ledger {
         }
         let mut cursor = self.cursor;
         for (ip, owner) in added {
-            hold(&mut out, *ip, owner);
-            cursor = Some(*ip);
+            hold(&mut out, ip.into(), owner);
+            cursor = Some(ip);
+        }
+        let mut cursor6 = self.cursor6;
+        for (ip, owner) in added6 {
+            hold(&mut out, ip.into(), owner);
+            cursor6 = Some(ip);
         }
         for p in &net.published[next..] {
             publish(&mut out, &p.sandbox, &p.mapping);
         }
         if let Some(want) = net.last_allocated {
             if cursor != Some(want) {
+                let _ = writeln!(out, "cursor {want}");
+            }
+        }
+        if let Some(want) = net.last_allocated6 {
+            if cursor6 != Some(want) {
                 let _ = writeln!(out, "cursor {want}");
             }
         }
@@ -209,12 +222,18 @@ impl Ledger {
     pub fn compacted(&self) -> String {
         let mut out = String::new();
         for (ip, owner) in self.holders() {
-            hold(&mut out, ip, owner);
+            hold(&mut out, ip.into(), owner);
+        }
+        for (ip, owner) in self.holders6() {
+            hold(&mut out, ip.into(), owner);
         }
         for (sandbox, m) in self.published() {
             publish(&mut out, sandbox, m);
         }
         if let Some(c) = self.cursor {
+            let _ = writeln!(out, "cursor {c}");
+        }
+        if let Some(c) = self.cursor6 {
             let _ = writeln!(out, "cursor {c}");
         }
         out
@@ -232,6 +251,8 @@ impl Ledger {
                 })
                 .collect(),
             last_allocated: self.cursor,
+            addresses6: self.holders6().map(|(ip, o)| (ip, o.to_string())).collect(),
+            last_allocated6: self.cursor6,
         }
     }
 }
@@ -254,31 +275,93 @@ impl Allocated for Ledger {
     }
 }
 
+impl Allocated<Ipv6Addr> for Ledger {
+    fn is_allocated(&self, ip: Ipv6Addr) -> bool {
+        Allocated::<Ipv6Addr>::holder(self, ip).is_some()
+    }
+
+    fn holder(&self, ip: Ipv6Addr) -> Option<&str> {
+        let i = self
+            .allocations6
+            .binary_search_by_key(&ip, |&(a, _)| a)
+            .ok()?;
+        Some(self.name(self.allocations6[i].1))
+    }
+
+    fn cursor(&self) -> Option<Ipv6Addr> {
+        self.cursor6
+    }
+}
+
+/// Walk a family's allocated addresses (`allocated`, sorted) beside the ones wanted (`wanted`, sorted),
+/// writing a `-ip` line for each that goes or changes hands; returns the ones to add, in order.
+fn walk<'w, A: Copy + Ord + std::fmt::Display + 'w>(
+    out: &mut String,
+    allocated: impl Iterator<Item = (A, &'w str)>,
+    wanted: impl Iterator<Item = (&'w A, &'w String)>,
+) -> Vec<(A, &'w str)> {
+    let (mut allocated, mut wanted) = (allocated.peekable(), wanted.peekable());
+    let mut added = Vec::new();
+    loop {
+        match (allocated.peek(), wanted.peek()) {
+            (None, None) => break,
+            (Some((ip, _)), None) => {
+                let _ = writeln!(out, "-ip {ip}");
+                allocated.next();
+            }
+            (None, Some((wip, wowner))) => {
+                added.push((**wip, wowner.as_str()));
+                wanted.next();
+            }
+            (Some((hip, howner)), Some((wip, wowner))) => {
+                if hip < *wip {
+                    let _ = writeln!(out, "-ip {hip}");
+                    allocated.next();
+                } else if *wip < hip {
+                    added.push((**wip, wowner.as_str()));
+                    wanted.next();
+                } else {
+                    if howner != wowner {
+                        let _ = writeln!(out, "-ip {hip}");
+                        added.push((**wip, wowner.as_str()));
+                    }
+                    allocated.next();
+                    wanted.next();
+                }
+            }
+        }
+    }
+    added
+}
+
 /// One read through a ledger's text, in the order it was written.
 #[derive(Default)]
 struct Pass<'a> {
     /// Every `+ip` (with its sandbox) and `-ip` (without), as written.
     addresses: Vec<(Ipv4Addr, Option<&'a str>)>,
+    /// The same for IPv6 addresses.
+    addresses6: Vec<(Ipv6Addr, Option<&'a str>)>,
     ports: Vec<(&'a str, PortMapping)>,
     /// Removed ports, by count: dropped after the pass rather than searched for line by line. The ledger
     /// only ever removes a port it holds, so the result is the same.
     gone: HashMap<(&'a str, PortMapping), usize>,
     cursor: Option<Ipv4Addr>,
+    cursor6: Option<Ipv6Addr>,
     lines: usize,
 }
 
 /// One line of a ledger.
 pub(super) enum Entry<'a> {
-    /// `+ip ADDRESS SANDBOX`
-    Hold(Ipv4Addr, &'a str),
+    /// `+ip ADDRESS SANDBOX`, either family
+    Hold(IpAddr, &'a str),
     /// `-ip ADDRESS`
-    Free(Ipv4Addr),
+    Free(IpAddr),
     /// `+port SANDBOX PROTO HOST_IP|* HOST_PORT CONTAINER_PORT COUNT`
     Publish(&'a str, PortMapping),
     /// `-port ...`, as `+port`
     Unpublish(&'a str, PortMapping),
-    /// `cursor ADDRESS`
-    Cursor(Ipv4Addr),
+    /// `cursor ADDRESS`, each family's own
+    Cursor(IpAddr),
 }
 
 impl<'a> Entry<'a> {
@@ -310,17 +393,34 @@ impl<'a> Entry<'a> {
 impl<'a> Pass<'a> {
     fn line(&mut self, line: &'a str) -> Result<(), String> {
         match Entry::parse(line)? {
-            Entry::Hold(ip, sandbox) => {
+            Entry::Hold(IpAddr::V4(ip), sandbox) => {
                 self.addresses.push((ip, Some(sandbox)));
                 self.cursor = Some(ip);
             }
-            Entry::Free(ip) => self.addresses.push((ip, None)),
+            Entry::Hold(IpAddr::V6(ip), sandbox) => {
+                self.addresses6.push((ip, Some(sandbox)));
+                self.cursor6 = Some(ip);
+            }
+            Entry::Free(IpAddr::V4(ip)) => self.addresses.push((ip, None)),
+            Entry::Free(IpAddr::V6(ip)) => self.addresses6.push((ip, None)),
             Entry::Publish(sandbox, m) => self.ports.push((sandbox, m)),
             Entry::Unpublish(sandbox, m) => *self.gone.entry((sandbox, m)).or_default() += 1,
-            Entry::Cursor(ip) => self.cursor = Some(ip),
+            Entry::Cursor(IpAddr::V4(ip)) => self.cursor = Some(ip),
+            Entry::Cursor(IpAddr::V6(ip)) => self.cursor6 = Some(ip),
         }
         self.lines += 1;
         Ok(())
+    }
+
+    /// The live IPv6 addresses, by address: the last word on each holds.
+    fn live6(&mut self) -> impl Iterator<Item = (Ipv6Addr, &'a str)> + '_ {
+        self.addresses6.sort_by_key(|&(ip, _)| ip);
+        self.addresses6
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter_map(|entries| {
+                let (ip, sandbox) = entries.last()?;
+                Some((*ip, (*sandbox)?))
+            })
     }
 
     /// The live entries: the allocated addresses by address, and the published ports in order.
@@ -373,7 +473,7 @@ pub(super) fn worth_compacting(lines: usize, live: usize) -> bool {
 }
 
 /// Write the line `+ip IP SANDBOX`.
-fn hold(out: &mut String, ip: Ipv4Addr, sandbox: &str) {
+fn hold(out: &mut String, ip: IpAddr, sandbox: &str) {
     let _ = writeln!(out, "+ip {ip} {sandbox}");
 }
 
@@ -390,9 +490,18 @@ fn port_entry(sandbox: &str, m: &PortMapping) -> String {
     )
 }
 
-/// A dotted quad, as nsnet writes it (no leading zeros). A byte loop: the ledger holds one or two per line.
-fn addr(text: &str) -> Result<Ipv4Addr, String> {
-    quad(text.as_bytes()).ok_or_else(|| format!("'{text}' is not an IPv4 address"))
+/// An address as nsnet writes it: a dotted quad (no leading zeros; a byte loop, as the ledger holds one or
+/// two per line), or an IPv6 address (any form std reads).
+fn addr(text: &str) -> Result<IpAddr, String> {
+    if text.contains(':') {
+        return text
+            .parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .map_err(|_| format!("'{text}' is not an IPv6 address"));
+    }
+    quad(text.as_bytes())
+        .map(IpAddr::V4)
+        .ok_or_else(|| format!("'{text}' is not an IPv4 address"))
 }
 
 fn quad(text: &[u8]) -> Option<Ipv4Addr> {
@@ -567,6 +676,69 @@ mod tests {
         }
     }
 
+    /// A ledger as nsnet wrote it before IPv6 reads to the same entries.
+    #[test]
+    fn a_ledger_written_before_ipv6_reads_the_same() {
+        let l = Ledger::parse(include_str!("../../tests/golden/ledger-ipv4.txt").into()).unwrap();
+        let a = l.allocations();
+        let held: Vec<String> = a
+            .addresses
+            .iter()
+            .map(|(ip, o)| format!("{ip} {o}"))
+            .collect();
+        assert_eq!(held, ["10.89.3.2 app", "10.89.3.4 ~nsrt1a2b3c4d"]);
+        assert_eq!(a.last_allocated, Some(Ipv4Addr::new(10, 89, 3, 4)));
+        let ports: Vec<String> = a.published.iter().map(|p| p.mapping.to_string()).collect();
+        assert_eq!(ports, ["8080:80/tcp", "10.0.1.48:5300-5301:53-54/udp"]);
+        assert!(a.addresses6.is_empty() && a.last_allocated6.is_none());
+        assert_eq!(
+            l.compacted(),
+            "+ip 10.89.3.2 app\n+ip 10.89.3.4 ~nsrt1a2b3c4d\n+port app tcp * 8080 80 1\n\
+             +port app udp 10.0.1.48 5300 53 2\ncursor 10.89.3.4\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_have_their_own_lines_and_cursor() {
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let mut want = net();
+        want.addresses
+            .insert(Ipv4Addr::new(10, 0, 0, 2), "a".into());
+        want.addresses6.insert(ip6("fd00::2"), "a".into());
+        want.last_allocated = Some(Ipv4Addr::new(10, 0, 0, 2));
+        want.last_allocated6 = Some(ip6("fd00::2"));
+        let mut text = String::new();
+        step(&mut text, &want);
+        assert_eq!(text, "+ip 10.0.0.2 a\n+ip fd00::2 a\n");
+        want.addresses6.insert(ip6("fd00::3"), "b".into());
+        want.last_allocated6 = Some(ip6("fd00::3"));
+        step(&mut text, &want);
+        assert!(text.ends_with("+ip fd00::3 b\n"), "{text}");
+        want.release("a");
+        let l = step(&mut text, &want);
+        assert!(text.ends_with("-ip 10.0.0.2\n-ip fd00::2\n"), "{text}");
+        assert_eq!(l.holder(ip6("fd00::3")), Some("b"));
+        assert!(!l.is_allocated(ip6("fd00::2")));
+        // The cursor of one family never moves the other's.
+        assert_eq!(
+            Allocated::<Ipv4Addr>::cursor(&l),
+            Some(Ipv4Addr::new(10, 0, 0, 2))
+        );
+        assert_eq!(l.cursor6(), Some(ip6("fd00::3")));
+        want.last_allocated6 = Some(ip6("fd00::9"));
+        step(&mut text, &want);
+        assert!(text.ends_with("cursor fd00::9\n"), "{text}");
+        let compacted = Ledger::parse(text).unwrap().compacted();
+        assert_eq!(
+            compacted,
+            "+ip fd00::3 b\ncursor 10.0.0.2\ncursor fd00::9\n"
+        );
+        assert_eq!(Ledger::parse(compacted).unwrap().allocations(), want);
+        assert!(Ledger::parse("+ip fd00::zz a\n".into())
+            .unwrap_err()
+            .contains("not an IPv6 address"));
+    }
+
     #[test]
     fn appends_only_what_changed_and_reads_back() {
         let mut text = String::new();
@@ -666,7 +838,7 @@ mod tests {
         let mut n = net();
         let ip = Ipv4Addr::new(10, 89, 0, 7);
         let m = published("j", 8080).mapping;
-        text.push_str(&Ledger::joined("j", ip, &[m]));
+        text.push_str(&Ledger::joined("j", ip, None, &[m]));
         n.addresses.insert(ip, "j".into());
         n.published.push(published("j", 8080));
         n.last_allocated = Some(ip);
@@ -693,7 +865,11 @@ mod tests {
             "1.2.3.4 ",
             "-1.2.3.4",
         ] {
-            assert_eq!(addr(t).ok(), t.parse::<Ipv4Addr>().ok(), "{t:?}");
+            assert_eq!(
+                addr(t).ok(),
+                t.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+                "{t:?}"
+            );
         }
         for t in ["0", "80", "65535", "65536", "", "x", "99999", "123456"] {
             assert_eq!(port(t).ok(), t.parse::<u16>().ok(), "{t:?}");

@@ -60,6 +60,8 @@ pub enum Record {
         network: String,
         sandbox: String,
         ip: std::net::Ipv4Addr,
+        /// Its IPv6 address, on a dual-stack network.
+        ip6: Option<std::net::Ipv6Addr>,
         ports: Vec<crate::portmap::PortMapping>,
     },
 }
@@ -87,7 +89,7 @@ pub enum FileState {
 /// removed field or variant of [`Intent`], [`Step`], [`crate::firewall::Rule`] or what they hold) bumps this,
 /// and reading goes on accepting every older format. `tests/golden/` holds one intent of each format, with
 /// every variant, that must keep parsing. Intents written before formats were numbered carry none: format 1.
-pub const INTENT_FORMAT: u64 = 4;
+pub const INTENT_FORMAT: u64 = 5;
 
 /// How every owner tag starts ([`Store::owner_tag`]): a link alias or table comment with it is some state
 /// dir's nsnet's.
@@ -400,7 +402,27 @@ impl Allocated for AllocationsView {
     fn cursor(&self) -> Option<std::net::Ipv4Addr> {
         match self {
             AllocationsView::Index(ix) => ix.cursor(),
-            AllocationsView::Ledger(l) => l.cursor(),
+            AllocationsView::Ledger(l) => Allocated::<std::net::Ipv4Addr>::cursor(l.as_ref()),
+        }
+    }
+}
+
+impl Allocated<std::net::Ipv6Addr> for AllocationsView {
+    fn is_allocated(&self, ip: std::net::Ipv6Addr) -> bool {
+        match self {
+            AllocationsView::Index(ix) => ix.is_allocated6(ip),
+            AllocationsView::Ledger(l) => l.is_allocated(ip),
+        }
+    }
+
+    fn holder(&self, ip: std::net::Ipv6Addr) -> Option<&str> {
+        self.ledger()?.holder(ip)
+    }
+
+    fn cursor(&self) -> Option<std::net::Ipv6Addr> {
+        match self {
+            AllocationsView::Index(ix) => Allocated::<std::net::Ipv6Addr>::cursor(ix),
+            AllocationsView::Ledger(l) => l.cursor6(),
         }
     }
 }
@@ -1035,8 +1057,9 @@ impl Store {
                     network,
                     sandbox,
                     ip,
+                    ip6,
                     ports,
-                } => joins.push((network, Ledger::joined(sandbox, *ip, ports))),
+                } => joins.push((network, Ledger::joined(sandbox, *ip, *ip6, ports))),
             }
         }
         // Each ledger's lines, gathered into one append per file at the length it has now (a new network's
@@ -1702,6 +1725,7 @@ mod tests {
             network: "a".into(),
             sandbox: format!("s{i}"),
             ip: std::net::Ipv4Addr::from(0x0a59_0002 + i),
+            ip6: None,
             ports: vec![],
         };
         for i in 0..3 {
@@ -1764,6 +1788,7 @@ mod tests {
                 ports: vec![],
                 removing: false,
                 aliases: vec![],
+                ipv6: None,
             }],
             removing: false,
             dns_servers: vec![],
@@ -2003,6 +2028,9 @@ mod tests {
     /// Format 4 added the sandboxes' resolv.conf files (names, `dns`) and host-gw's fast path filter on the
     /// underlay (`UnderlayFilter`, `RemoveUnderlayFilter`).
     const GOLDEN_4: &str = include_str!("../../tests/golden/intent-format-4.json");
+    /// Format 5 (IPv6, issue #19) widened addresses and default routes to either family and gave `Sysctl` a
+    /// namespace: an nsnet of format 4 would read such a sysctl as the host's, so it must refuse the intent.
+    const GOLDEN_5: &str = include_str!("../../tests/golden/intent-format-5.json");
 
     /// The variant names of an externally tagged enum, as serde lists them when asked for one it does not have
     /// ("unknown variant `x`, expected one of `A`, `B`"): a variant added later is found without anyone
@@ -2072,7 +2100,12 @@ mod tests {
 
     #[test]
     fn intents_of_format_4_keep_parsing() {
-        golden_parses(GOLDEN_4, 4, true);
+        golden_parses(GOLDEN_4, 4, false);
+    }
+
+    #[test]
+    fn intents_of_format_5_keep_parsing() {
+        golden_parses(GOLDEN_5, 5, true);
     }
 
     /// A golden intent of `format` parses to the values it holds; `every_variant`: it holds every variant there

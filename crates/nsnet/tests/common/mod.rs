@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +14,9 @@ use serde_json::Value;
 /// The host's address on its uplink, and the LAN peer's (as in the seed article).
 pub const HOST_IP: &str = "10.0.1.48";
 pub const LAN_IP: &str = "10.0.1.26";
+/// Their IPv6 addresses on the same link ([`TestHost::with_lan6`]; documentation prefix, RFC 3849).
+pub const HOST_IP6: &str = "2001:db8:1::48";
+pub const LAN_IP6: &str = "2001:db8:1::26";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -45,6 +48,26 @@ pub fn reach(server_ns: &Path, listen: u16, from: &Path, to: SocketAddrV4) -> Op
             std::net::IpAddr::V4(v4) => Some(v4),
             std::net::IpAddr::V6(_) => None,
         },
+        _ => None,
+    }
+}
+
+/// [`reach`] over either family: the server listens on the destination's family's any-address.
+pub fn reach_any(
+    server_ns: &Path,
+    listen: u16,
+    from: &Path,
+    to: std::net::SocketAddr,
+) -> Option<std::net::IpAddr> {
+    let any: std::net::IpAddr = if to.is_ipv6() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let server = probe::tcp_server(server_ns, (any, listen)).expect("listen");
+    let hello = probe::tcp_hello(from, to);
+    match (hello, server.wait()) {
+        (Ok(_), Ok(peer)) => Some(peer.ip()),
         _ => None,
     }
 }
@@ -116,6 +139,15 @@ pub fn sh(args: &[&str]) -> String {
 impl TestHost {
     /// A throwaway host namespace with `lo` up and IPv6 off (no DAD churn in snapshots).
     pub fn new(test: &str) -> TestHost {
+        TestHost::make(test, false)
+    }
+
+    /// A throwaway host namespace with `lo` up and IPv6 left on, for dual-stack tests.
+    pub fn with_ipv6(test: &str) -> TestHost {
+        TestHost::make(test, true)
+    }
+
+    fn make(test: &str, ipv6: bool) -> TestHost {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!(
             "t{}{n}{}",
@@ -139,14 +171,48 @@ impl TestHost {
             firewall: None,
         };
         h.in_host(&["ip", "link", "set", "lo", "up"]);
-        h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        h.in_host(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        if !ipv6 {
+            h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            h.in_host(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        }
         h
     }
 
     /// A host with an uplink `uplink0` (10.0.1.48/24) to a LAN peer namespace (`lan0`, 10.0.1.26/24).
     pub fn with_lan(test: &str) -> TestHost {
-        let mut h = TestHost::new(test);
+        TestHost::lan_of(TestHost::new(test), false)
+    }
+
+    /// [`TestHost::with_lan`] with IPv6 on: `uplink0` also holds 2001:db8:1::48/64 and `lan0`
+    /// 2001:db8:1::26/64, both without DAD (link-local addresses too), so they are usable at once and no
+    /// address or route turns up later in a snapshot.
+    pub fn with_lan6(test: &str) -> TestHost {
+        let h = TestHost::lan_of(TestHost::with_ipv6(test), true);
+        let lan = h.lan.clone().expect("the LAN peer was just made");
+        h.in_host(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{HOST_IP6}/64"),
+            "dev",
+            "uplink0",
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &lan,
+            "addr",
+            "add",
+            &format!("{LAN_IP6}/64"),
+            "dev",
+            "lan0",
+            "nodad",
+        ]);
+        h
+    }
+
+    fn lan_of(mut h: TestHost, ipv6: bool) -> TestHost {
         let lan = format!("nsnt-{}-lan", h.tag);
         sh(&["ip", "netns", "add", &lan]);
         h.lan = Some(lan.clone());
@@ -162,6 +228,18 @@ impl TestHost {
             "dev",
             "uplink0",
         ]);
+        if ipv6 {
+            h.in_host(&["sysctl", "-qw", "net.ipv6.conf.uplink0.accept_dad=0"]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &lan,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.lan0.accept_dad=0",
+            ]);
+        }
         h.in_host(&["ip", "link", "set", "uplink0", "up"]);
         sh(&[
             "ip",
@@ -335,13 +413,20 @@ impl TestHost {
             .collect();
         // Routes without their flags: `linkdown` follows a bridge's carrier, which the kernel updates
         // asynchronously (linkwatch) after its last port goes.
-        let routes: Value =
-            serde_json::from_str(&self.in_host(&["ip", "-j", "route", "show", "table", "all"]))
-                .expect("ip -j route");
+        let routes: Value = serde_json::from_str(
+            &self.in_host(&["ip", "-4", "-j", "route", "show", "table", "all"]),
+        )
+        .expect("ip -j route");
+        // IPv6 routes apart (none on a host with IPv6 off): `table all` without a family lists some of them.
+        let routes6: Value = serde_json::from_str(
+            &self.in_host(&["ip", "-6", "-j", "route", "show", "table", "all"]),
+        )
+        .expect("ip -6 -j route");
         let routes: Vec<String> = routes
             .as_array()
             .into_iter()
             .flatten()
+            .chain(routes6.as_array().into_iter().flatten())
             .map(|r| {
                 let mut r = r.clone();
                 if let Some(o) = r.as_object_mut() {
@@ -618,6 +703,54 @@ pub fn ipv4_header(protocol: u8, src: Ipv4Addr, dst: Ipv4Addr, payload_len: usiz
     let sum = inet_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     ip
+}
+
+/// An IPv6 header for `payload_len` bytes of next header `next` from `src` to `dst`: hop limit 255 (as
+/// neighbour discovery requires), no flow label.
+pub fn ipv6_header(next: u8, src: Ipv6Addr, dst: Ipv6Addr, payload_len: usize) -> Vec<u8> {
+    let mut ip = vec![0x60, 0, 0, 0];
+    let len = u16::try_from(payload_len).expect("a payload of at most 64 KiB");
+    ip.extend(len.to_be_bytes());
+    ip.extend([next, 255]);
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    ip
+}
+
+/// The checksum of an upper-layer IPv6 message (ICMPv6, TCP, UDP): over the pseudo-header (RFC 8200 §8.1)
+/// and `message`, whose checksum field is zero.
+pub fn ipv6_checksum(next: u8, src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + message.len());
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    let len = u32::try_from(message.len()).expect("a message of at most 4 GiB");
+    pseudo.extend(len.to_be_bytes());
+    pseudo.extend([0, 0, 0, next]);
+    pseudo.extend(message);
+    inet_checksum(&pseudo)
+}
+
+/// An Ethernet frame carrying one ICMPv6 message of `kind` and `code` with `body` (what follows the
+/// checksum), from `src` to `dst`, the checksum filled in.
+pub fn icmpv6_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    code: u8,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend(body);
+    let sum = ipv6_checksum(58, src, dst, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = dst_mac.to_vec();
+    frame.extend(src_mac);
+    frame.extend(0x86ddu16.to_be_bytes());
+    frame.extend(ipv6_header(58, src, dst, icmp.len()));
+    frame.extend(icmp);
+    frame
 }
 
 pub fn check_one_line_failure(args: &[&str], out: Output) -> String {

@@ -1,0 +1,217 @@
+//! IPv6 (issue #19), behind `NSNET_IPV6=1` until it is finished: the harness's IPv6 host and LAN, and the
+//! dual-stack behaviour as it lands.
+
+mod common;
+
+use std::net::{Ipv6Addr, SocketAddr};
+
+use common::{TestHost, HOST_IP6, LAN_IP6};
+use ipnet::Ipv6Net;
+use nsnet_core::probe;
+use serde_json::Value;
+
+/// The environment that lets IPv6 through while it is unfinished.
+const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
+
+/// nsnet with the IPv6 gate open; it must succeed. Returns stdout.
+fn ok6(h: &TestHost, args: &[&str]) -> String {
+    let out = h.nsnet_env(args, &GATE);
+    assert!(
+        out.status.success(),
+        "nsnet {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).expect("JSON")
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("test address")
+}
+
+#[test]
+fn the_ipv6_test_host_reaches_its_lan_peer_at_once() {
+    let h = TestHost::with_lan6("v6lan");
+    // No DAD: usable the moment they are added.
+    assert!(probe::ping6(&h.host_path(), v6(LAN_IP6)).expect("ping"));
+    let to = SocketAddr::new(v6(HOST_IP6).into(), 7000);
+    assert_eq!(
+        common::reach_any(&h.host_path(), 7000, &h.lan_path(), to),
+        Some(v6(LAN_IP6).into()),
+        "LAN peer -> host over IPv6, the real client address"
+    );
+    let snap = h.snapshot();
+    assert!(
+        snap.routes.iter().any(|r| r.contains("2001:db8:1::/64")),
+        "the snapshot lists IPv6 routes: {:?}",
+        snap.routes
+    );
+}
+
+#[test]
+fn icmpv6_frames_carry_a_valid_checksum() {
+    let (src, dst) = (v6("fe80::1"), v6("ff02::1"));
+    let frame = common::icmpv6_frame(
+        [0x33, 0x33, 0, 0, 0, 1],
+        [2; 6],
+        src,
+        dst,
+        128,
+        0,
+        &[0, 1, 0, 1],
+    );
+    assert_eq!(&frame[12..14], &[0x86, 0xdd]);
+    let message = &frame[14 + 40..];
+    // Summed with its checksum in place, a correct message gives 0.
+    assert_eq!(common::ipv6_checksum(58, src, dst, message), 0);
+    assert_eq!(frame[14 + 6], 58, "next header: ICMPv6");
+}
+
+#[test]
+fn dual_stack_networks_and_sandboxes_are_recorded_behind_the_gate() {
+    let h = TestHost::with_lan6("v6rec");
+    let net = json(&ok6(&h, &["network", "create", "ds", "--ipv6", "--json"]));
+    let subnet: Ipv6Net = net["ipv6"]["subnet"]
+        .as_str()
+        .expect("an IPv6 subnet")
+        .parse()
+        .expect("a CIDR");
+    // A /64 of this host's unique local prefix (fd00::/8), the gateway its ::1, NAT66 on.
+    assert_eq!(subnet.prefix_len(), 64, "{net}");
+    assert_eq!(subnet.network().octets()[0], 0xfd, "{net}");
+    let at = |n: u128| Ipv6Addr::from(u128::from(subnet.network()) + n);
+    assert_eq!(net["ipv6"]["gateway"], at(1).to_string());
+    assert_eq!(net["ipv6"]["nat"], true);
+    // The next network takes the next /64 of the same prefix.
+    let next = json(&ok6(&h, &["network", "create", "ds2", "--ipv6", "--json"]));
+    let next: Ipv6Net = next["ipv6"]["subnet"]
+        .as_str()
+        .unwrap_or("")
+        .parse()
+        .expect("CIDR");
+    let p48 = |n: Ipv6Net| {
+        Ipv6Net::new(n.network(), 48)
+            .map(|p| p.trunc())
+            .expect("a /48")
+    };
+    assert_eq!(p48(next), p48(subnet));
+    assert_ne!(next, subnet);
+
+    // Sandboxes: the next free address from ::2, or the one asked for.
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "ds"]);
+    ok6(
+        &h,
+        &[
+            "create",
+            &b,
+            "--network",
+            "ds",
+            "--ip6",
+            &at(0x99).to_string(),
+        ],
+    );
+    let ep = &h.inspect(&a)["endpoints"][0];
+    assert_eq!(ep["ipv6"]["address"], format!("{}/64", at(2)), "{ep}");
+    assert_eq!(ep["ipv6"]["gateway"], at(1).to_string());
+    assert_eq!(
+        h.inspect(&b)["endpoints"][0]["ipv6"]["address"],
+        format!("{}/64", at(0x99))
+    );
+    let ledger = std::fs::read_to_string(h.state.join("networks/ds.ledger")).expect("ledger");
+    assert!(ledger.contains(&format!("+ip {} {a}\n", at(2))), "{ledger}");
+    // Taken addresses are refused by whom, also without the gate (the network exists).
+    let err = h.fails(&[
+        "create",
+        &h.sb("c"),
+        "--network",
+        "ds",
+        "--ip6",
+        &at(2).to_string(),
+    ]);
+    assert!(err.contains("IPv6 is not finished yet"), "{err}");
+    let out = h.nsnet_env(
+        &[
+            "create",
+            &h.sb("c"),
+            "--network",
+            "ds",
+            "--ip6",
+            &at(2).to_string(),
+        ],
+        &GATE,
+    );
+    let err = common::check_one_line_failure(&[], out);
+    assert!(err.contains(&format!("in use by sandbox {a}")), "{err}");
+    // A sandbox on an IPv4 network beside them has no IPv6.
+    h.ok(&["network", "create", "v4"]);
+    let c = h.sb("c");
+    h.ok(&["create", &c, "--network", "v4"]);
+    assert!(h.inspect(&c)["endpoints"][0].get("ipv6").is_none());
+
+    h.ok(&["rm", &a]);
+    let held = json(&h.ok(&["network", "inspect", "ds", "--json"]));
+    assert_eq!(
+        held["allocations6"],
+        serde_json::json!({ at(0x99).to_string(): b.clone() }),
+        "{held}"
+    );
+    for s in [&b, &c] {
+        h.ok(&["rm", s]);
+    }
+    for n in ["ds", "ds2", "v4"] {
+        h.ok(&["network", "rm", n]);
+    }
+    assert!(!h.state.exists(), "the state dir outlived the last network");
+}
+
+/// A host process listening on IPv6 alone (`[::]:P`, v6only) holds the port on a dual-stack network, for a
+/// port asked for and for one nsnet picks; an IPv4-only network does not see it.
+#[test]
+fn a_host_listener_on_ipv6_only_holds_its_port_on_dual_stack_networks() {
+    let h = TestHost::with_lan6("v6lis");
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "v4"]);
+    h.in_host(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40010"]);
+    // Sockets on `::` take IPv6 only in this namespace.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.bindv6only=1"]);
+    let fd = nsnet_core::netns::open(&h.host_path()).expect("host ns");
+    let listener = nsnet_core::netns::run_in(&fd, || {
+        std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 40000))
+    })
+    .expect("enter")
+    .expect("bind");
+
+    let before = h.snapshot();
+    let out = h.nsnet_env(
+        &["create", &h.sb("x"), "--network", "ds", "-p", "40000:80"],
+        &GATE,
+    );
+    let err = common::check_one_line_failure(&[], out);
+    assert!(
+        err.contains("host port 40000/tcp is already in use by a process"),
+        "{err}"
+    );
+    assert_eq!(h.snapshot(), before, "the refusal changed something");
+
+    let (d, v) = (h.sb("d"), h.sb("v"));
+    ok6(&h, &["create", &d, "--network", "ds", "-p", "80"]);
+    assert_eq!(
+        h.inspect(&d)["endpoints"][0]["ports"][0]["host_port"],
+        40001
+    );
+    h.ok(&["create", &v, "--network", "v4", "-p", "80"]);
+    assert_eq!(
+        h.inspect(&v)["endpoints"][0]["ports"][0]["host_port"],
+        40000
+    );
+    drop(listener);
+
+    h.ok(&["rm", &d]);
+    h.ok(&["rm", &v]);
+    h.ok(&["network", "rm", "ds"]);
+    h.ok(&["network", "rm", "v4"]);
+}
