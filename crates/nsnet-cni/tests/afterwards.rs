@@ -10,7 +10,7 @@ use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{sh, TestHost};
+use common::{holders, processes_with, sh, within, TestHost};
 use serde_json::{json, Value};
 
 /// What the runtime got: success, stdout, stderr, and how long after the plugin's exit the last of its
@@ -98,55 +98,6 @@ fn nothing_held(h: &TestHost) {
         );
         assert_eq!(f.metadata().map(|m| m.len()).unwrap_or(1), 0);
     }
-}
-
-/// Processes (other than a resolver) whose environment holds `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && *pid != me)
-        .filter_map(|pid| {
-            let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let has = |needle: &[u8]| env.split(|b| *b == 0).any(|v| v.starts_with(needle));
-            (has(marker.as_bytes()) && !has(b"NSNET_RESOLVER=")).then(|| {
-                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                format!(
-                    "{pid}: {}",
-                    String::from_utf8_lossy(&cmd).replace('\0', " ")
-                )
-            })
-        })
-        .collect()
-}
-
-fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn holders(h: &TestHost, net: &str) -> Vec<String> {
-    let v: Value =
-        serde_json::from_str(&h.ok(&["network", "inspect", net, "--json"])).expect("JSON");
-    v["allocations"]
-        .as_object()
-        .map(|m| {
-            m.values()
-                .filter_map(|o| o.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

@@ -7,76 +7,32 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsFd;
-use std::process::{Command, Output};
 
 use ipnet::{IpNet, Ipv6Net};
-use nsnet_core::kernel::{netns, Netlink, VethSpec};
+use nsnet_core::kernel::{Netlink, VethSpec};
 use nsnet_core::model::Mac;
 use serde_json::Value;
 
-/// A named namespace made for one test; deleted when dropped, panic or not.
-struct Ns(String);
+mod test_ns;
+use test_ns::Ns;
 
-impl Ns {
-    /// `/run/netns/nsv6<pid>-<tag>` and a netlink socket inside it, or `None` when not root.
-    fn create(tag: &str) -> Option<(Ns, Netlink)> {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
-            return None;
-        }
-        let name = format!("nsv6{}-{tag}", std::process::id());
-        let nl = netns::create(&name, None).expect("create namespace");
-        Some((Ns(name), nl))
-    }
+/// This file's namespaces: `/run/netns/nsv6<pid>-<tag>`.
+const PREFIX: &str = "nsv6";
 
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    /// Run a command inside this namespace.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path()))
-            .args(args)
-            .output()
-            .expect("run nsenter")
-    }
-
-    /// Run a command inside this namespace that must succeed.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} in {}: {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The IPv6 addresses of `dev` as `ip -j -6 addr` reports them: (address/prefix, tentative).
-    fn addresses6(&self, dev: &str) -> Vec<(String, bool)> {
-        let out = self.ok(&["ip", "-j", "-6", "addr", "show", "dev", dev]);
-        let links: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
-        links
-            .iter()
-            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-            .map(|a| {
-                (
-                    format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]),
-                    a["tentative"].as_bool().unwrap_or(false),
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete(&self.0) {
-            eprintln!("could not delete namespace {}: {e}", self.0);
-        }
-    }
+/// The IPv6 addresses of `dev` in `ns` as `ip -j -6 addr` reports them: (address/prefix, tentative).
+fn addresses6(ns: &Ns, dev: &str) -> Vec<(String, bool)> {
+    let out = ns.ok(&["ip", "-j", "-6", "addr", "show", "dev", dev]);
+    let links: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+    links
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            (
+                format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]),
+                a["tentative"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
 }
 
 const MAC_A: [u8; 6] = [0x02, 0x6e, 0x0a, 0x59, 0x00, 0x02];
@@ -117,10 +73,10 @@ fn pings6(ns: &Ns, dst: &str) -> bool {
 /// one added with DAD is tentative first. Every IPv6 address goes when its link goes down.
 #[test]
 fn a_nodad_address_is_never_tentative_answers_and_goes_with_the_link() {
-    let Some((a, mut nl_a)) = Ns::create("nodad-a") else {
+    let Some((a, mut nl_a)) = Ns::create(PREFIX, "nodad-a") else {
         return;
     };
-    let Some((b, mut nl_b)) = Ns::create("nodad-b") else {
+    let Some((b, mut nl_b)) = Ns::create(PREFIX, "nodad-b") else {
         return;
     };
     veth(&mut nl_a, &b, &mut nl_b);
@@ -137,7 +93,7 @@ fn a_nodad_address_is_never_tentative_answers_and_goes_with_the_link() {
     }
     // For contrast, an address `ip` adds with DAD on.
     a.ok(&["ip", "addr", "add", "fd00:2::1/64", "dev", "va"]);
-    let listed = a.addresses6("va");
+    let listed = addresses6(&a, "va");
     assert!(
         listed.contains(&("fd00:1::1/64".into(), false)),
         "{listed:?}"
@@ -170,7 +126,7 @@ fn a_nodad_address_is_never_tentative_answers_and_goes_with_the_link() {
 
     // Down, the link loses every IPv6 address (keep_addr_on_down is 0): a restore must add them again.
     a.ok(&["ip", "link", "set", "va", "down"]);
-    assert_eq!(a.addresses6("va"), vec![]);
+    assert_eq!(addresses6(&a, "va"), vec![]);
     let addrs = nl_a.ipv6_addresses().expect("addresses");
     assert!(
         !addrs.iter().any(|a| a.addr() == v6("fd00:1::1")),
@@ -181,10 +137,10 @@ fn a_nodad_address_is_never_tentative_answers_and_goes_with_the_link() {
 /// Fact 10 of the plan: an IPv6 default route needs its link up, but not its carrier.
 #[test]
 fn an_ipv6_default_route_needs_the_link_up_not_its_carrier() {
-    let Some((a, mut nl_a)) = Ns::create("route-a") else {
+    let Some((a, mut nl_a)) = Ns::create(PREFIX, "route-a") else {
         return;
     };
-    let Some((b, mut nl_b)) = Ns::create("route-b") else {
+    let Some((b, mut nl_b)) = Ns::create(PREFIX, "route-b") else {
         return;
     };
     veth(&mut nl_a, &b, &mut nl_b);
@@ -229,10 +185,10 @@ fn an_ipv6_default_route_needs_the_link_up_not_its_carrier() {
 fn ipv6_steps_apply_inside_their_namespace() {
     use nsnet_core::apply::Applier;
     use nsnet_core::plan::{Ns as StepNs, Step};
-    let Some((a, mut nl_a)) = Ns::create("steps-a") else {
+    let Some((a, mut nl_a)) = Ns::create(PREFIX, "steps-a") else {
         return;
     };
-    let Some((b, mut nl_b)) = Ns::create("steps-b") else {
+    let Some((b, mut nl_b)) = Ns::create(PREFIX, "steps-b") else {
         return;
     };
     veth(&mut nl_a, &b, &mut nl_b);
@@ -270,7 +226,7 @@ fn ipv6_steps_apply_inside_their_namespace() {
         "0"
     );
     assert_eq!(
-        a.addresses6("va"),
+        addresses6(&a, "va"),
         vec![("fd00:7::2/64".to_string(), false)]
     );
     let out = a.ok(&["ip", "-6", "route", "show", "default"]);

@@ -6,80 +6,24 @@
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::process::{Command, Output};
 
 use ipnet::Ipv4Net;
 use nsnet_core::kernel::{
-    netns, Netlink, RouteSpec, VethSpec, VxlanSpec, NSNET_ROUTE_PROTOCOL, NUD_PERMANENT,
+    Netlink, RouteSpec, VethSpec, VxlanSpec, NSNET_ROUTE_PROTOCOL, NUD_PERMANENT,
 };
 use serde_json::Value;
+
+mod test_ns;
+use test_ns::Ns;
+
+/// This file's namespaces: `/run/netns/nsovl<pid>-<tag>`.
+const PREFIX: &str = "nsovl";
 
 const VX: &str = "nsvx42";
 const VX_MAC: [u8; 6] = [0x02, 0x6e, 0x76, 0x78, 0x00, 0x01];
 const PEER_MAC: [u8; 6] = [0x0e, 0x00, 0x00, 0x00, 0x00, 0x01];
 const BR_MAC: [u8; 6] = [0x02, 0x6e, 0x62, 0x72, 0x00, 0x01];
 const PEER_MAC_STR: &str = "0e:00:00:00:00:01";
-
-/// A named namespace made for one test; deleted when dropped, panic or not.
-struct Ns(String);
-
-impl Ns {
-    /// `/run/netns/nsovl<pid>-<tag>` and a netlink socket inside it, or `None` when not root.
-    fn create(tag: &str) -> Option<(Ns, Netlink)> {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
-            return None;
-        }
-        let name = format!("nsovl{}-{tag}", std::process::id());
-        let nl = netns::create(&name, None).expect("create namespace");
-        Some((Ns(name), nl))
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    /// Run a command inside this namespace.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path()))
-            .args(args)
-            .output()
-            .expect("run nsenter")
-    }
-
-    /// Run a command inside this namespace that must succeed.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} in {}: {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The JSON a `-j` command prints (an empty array when it prints nothing).
-    fn json(&self, args: &[&str]) -> Vec<Value> {
-        let out = self.ok(args);
-        if out.trim().is_empty() {
-            return vec![];
-        }
-        match serde_json::from_str(&out) {
-            Ok(Value::Array(a)) => a,
-            other => panic!("{args:?} printed {out:?}: {other:?}"),
-        }
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete(&self.0) {
-            eprintln!("could not delete namespace {}: {e}", self.0);
-        }
-    }
-}
 
 /// `nsvx42`: VNI 42 on port 4789, MTU 1450, no underlay link.
 fn vxlan_spec() -> VxlanSpec<'static> {
@@ -99,7 +43,7 @@ fn net(s: &str) -> Ipv4Net {
 
 #[test]
 fn vxlan_device_is_created_as_asked_and_read_back() {
-    let Some((ns, mut nl)) = Ns::create("vx") else {
+    let Some((ns, mut nl)) = Ns::create(PREFIX, "vx") else {
         return;
     };
     nl.create_vxlan(&vxlan_spec()).expect("create vxlan");
@@ -173,7 +117,7 @@ fn vxlan_device_is_created_as_asked_and_read_back() {
 
 #[test]
 fn permanent_neighbours_are_replaced_listed_and_deleted() {
-    let Some((ns, mut nl)) = Ns::create("neigh") else {
+    let Some((ns, mut nl)) = Ns::create(PREFIX, "neigh") else {
         return;
     };
     nl.create_vxlan(&vxlan_spec()).unwrap();
@@ -217,7 +161,7 @@ fn permanent_neighbours_are_replaced_listed_and_deleted() {
 
 #[test]
 fn vxlan_fdb_entries_are_replaced_moved_listed_and_deleted() {
-    let Some((ns, mut nl)) = Ns::create("fdb") else {
+    let Some((ns, mut nl)) = Ns::create(PREFIX, "fdb") else {
         return;
     };
     nl.create_vxlan(&vxlan_spec()).unwrap();
@@ -271,7 +215,7 @@ fn vxlan_fdb_entries_are_replaced_moved_listed_and_deleted() {
 
 #[test]
 fn overlay_routes_are_replaced_listed_and_deleted_by_protocol() {
-    let Some((ns, mut nl)) = Ns::create("route") else {
+    let Some((ns, mut nl)) = Ns::create(PREFIX, "route") else {
         return;
     };
     nl.create_bridge("pods0", 1500, BR_MAC).unwrap();
@@ -355,7 +299,7 @@ fn overlay_routes_are_replaced_listed_and_deleted_by_protocol() {
 
 #[test]
 fn a_device_going_down_loses_its_neighbours_and_routes_but_keeps_its_fdb() {
-    let Some((ns, mut nl)) = Ns::create("down") else {
+    let Some((ns, mut nl)) = Ns::create(PREFIX, "down") else {
         return;
     };
     nl.create_bridge("pods0", 1500, BR_MAC).unwrap();
@@ -407,10 +351,10 @@ fn underlay(nl_a: &mut Netlink, b: &Ns, nl_b: &mut Netlink) -> u32 {
 
 #[test]
 fn address_owner_and_route_get_across_a_veth() {
-    let Some((a, mut nl_a)) = Ns::create("own-a") else {
+    let Some((a, mut nl_a)) = Ns::create(PREFIX, "own-a") else {
         return;
     };
-    let Some((b, mut nl_b)) = Ns::create("own-b") else {
+    let Some((b, mut nl_b)) = Ns::create(PREFIX, "own-b") else {
         return;
     };
     let va = underlay(&mut nl_a, &b, &mut nl_b);
@@ -468,10 +412,10 @@ fn tx_packets(ns: &Ns) -> u64 {
 
 #[test]
 fn two_namespaces_reach_each_other_over_the_vxlan_overlay() {
-    let Some((a, mut nl_a)) = Ns::create("e2e-a") else {
+    let Some((a, mut nl_a)) = Ns::create(PREFIX, "e2e-a") else {
         return;
     };
-    let Some((b, mut nl_b)) = Ns::create("e2e-b") else {
+    let Some((b, mut nl_b)) = Ns::create(PREFIX, "e2e-b") else {
         return;
     };
     underlay(&mut nl_a, &b, &mut nl_b);
@@ -572,12 +516,12 @@ fn two_namespaces_reach_each_other_over_the_vxlan_overlay() {
 /// Retiring again and again until the link is gone puts requests on every side of that moment.
 #[test]
 fn retiring_a_veth_that_vanishes_is_not_an_error() {
-    let Some((_a, mut nl_a)) = Ns::create("rta") else {
+    let Some((_a, mut nl_a)) = Ns::create(PREFIX, "rta") else {
         return;
     };
     let mut calls = 0;
     for round in 0..20 {
-        let Some((b, nl_b)) = Ns::create(&format!("rtb{round}")) else {
+        let Some((b, nl_b)) = Ns::create(PREFIX, &format!("rtb{round}")) else {
             return;
         };
         let b_fd = File::open(b.path()).expect("open b");

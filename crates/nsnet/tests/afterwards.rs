@@ -11,7 +11,7 @@ use std::io::Read as _;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{nsnet_bin, sh, TestHost};
+use common::{holders, host_veth, nsnet_bin, processes_with, sh, within, TestHost};
 use serde_json::Value;
 
 /// What a run with its output on pipes gave: its status, its stdout, and how long after its exit the later of
@@ -90,64 +90,6 @@ fn nothing_held(h: &TestHost) {
             slot.path().display()
         );
     }
-}
-
-/// Processes (other than a resolver) whose environment holds `marker`: nsnet's detached child and its reaper
-/// carry the command's environment.
-fn processes_with(marker: &str) -> Vec<String> {
-    let me = std::process::id().to_string();
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && *pid != me)
-        .filter_map(|pid| {
-            let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let has = |needle: &[u8]| env.split(|b| *b == 0).any(|v| v.starts_with(needle));
-            (has(marker.as_bytes()) && !has(b"NSNET_RESOLVER=")).then(|| {
-                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                format!(
-                    "{pid}: {}",
-                    String::from_utf8_lossy(&cmd).replace('\0', " ")
-                )
-            })
-        })
-        .collect()
-}
-
-/// Wait (up to `limit`) until `done` holds; says whether it did.
-fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn holders(h: &TestHost, net: &str) -> Vec<String> {
-    let v: Value =
-        serde_json::from_str(&h.ok(&["network", "inspect", net, "--json"])).expect("JSON");
-    v["allocations"]
-        .as_object()
-        .map(|m| {
-            m.values()
-                .filter_map(|o| o.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn host_veth(h: &TestHost, sb: &str) -> String {
-    h.inspect(sb)["endpoints"][0]["host_interface"]
-        .as_str()
-        .expect("a host veth")
-        .to_string()
 }
 
 /// `nsnet rm` of an attached sandbox with a published port: a one-pass removal that retires a veth (the

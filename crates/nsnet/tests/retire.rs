@@ -5,31 +5,10 @@
 
 mod common;
 
-use common::{sh, TestHost};
-use serde_json::Value;
-
-fn holders(h: &TestHost, net: &str) -> Vec<String> {
-    let v: Value =
-        serde_json::from_str(&h.ok(&["network", "inspect", net, "--json"])).expect("JSON");
-    v["allocations"]
-        .as_object()
-        .map(|m| {
-            m.values()
-                .filter_map(|o| o.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use common::{holders, host_veth, sh, TestHost};
 
 fn links_in(ns: &str) -> String {
     sh(&["ip", "-n", ns, "-o", "link"])
-}
-
-fn host_veth(h: &TestHost, sb: &str) -> String {
-    h.inspect(sb)["endpoints"][0]["host_interface"]
-        .as_str()
-        .expect("a host veth")
-        .to_string()
 }
 
 #[test]

@@ -335,15 +335,9 @@ impl Nsnet {
                 })
             }),
         };
-        let intent = self.store.put_intent(&Intent {
-            command: self.command(),
-            setup: false,
-            undo: vec![],
-            redo: kernel.steps.clone(),
-            finish: Some(what.clone()),
-            before: vec![],
-            after: vec![],
-        })?;
+        let intent = self
+            .store
+            .put_intent(&self.removal_intent(&what, &kernel))?;
         // Nothing has changed yet: a failure to mark leaves no intent behind to "finish" later.
         let marked = self
             .store
@@ -419,15 +413,7 @@ impl Nsnet {
         kernel: Plan,
     ) -> Result<Plan> {
         let (fw, _) = self.finish_removal(what)?;
-        let intent = self.store.put_intent(&Intent {
-            command: self.command(),
-            setup: false,
-            undo: vec![],
-            redo: kernel.steps.clone(),
-            finish: Some(what.clone()),
-            before: vec![],
-            after: vec![],
-        })?;
+        let intent = self.store.put_intent(&self.removal_intent(what, &kernel))?;
         // The resolver lets go of the sandbox's namespace (its sockets there) before the namespace goes.
         self.tell_resolver(&[mark]);
         let mut applier = self.applier();
@@ -503,6 +489,19 @@ impl Nsnet {
             return Err(e.into());
         }
         Ok((before, after))
+    }
+
+    /// The intent of a removal: its kernel steps to redo, then the finish worked out from the records.
+    fn removal_intent(&self, what: &Removal, kernel: &Plan) -> Intent {
+        Intent {
+            command: self.command(),
+            setup: false,
+            undo: vec![],
+            redo: kernel.steps.clone(),
+            finish: Some(what.clone()),
+            before: vec![],
+            after: vec![],
+        }
     }
 
     /// The firewall step and the record changes that finish removing `what`, from the records as they are now

@@ -940,3 +940,63 @@ impl Drop for TestHost {
         }
     }
 }
+
+/// The holders of a network's addresses (sandbox names, `~LINK` for a retired veth), from `network inspect`.
+pub fn holders(h: &TestHost, net: &str) -> Vec<String> {
+    let v: Value =
+        serde_json::from_str(&h.ok(&["network", "inspect", net, "--json"])).expect("JSON");
+    v["allocations"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|o| o.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A sandbox's first endpoint's host veth.
+pub fn host_veth(h: &TestHost, sb: &str) -> String {
+    h.inspect(sb)["endpoints"][0]["host_interface"]
+        .as_str()
+        .expect("a host veth")
+        .to_string()
+}
+
+/// Wait (up to `limit`) until `done` holds; says whether it did.
+pub fn within(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Processes (other than a resolver) whose environment holds `marker`: nsnet's detached child and its reaper
+/// carry the command's environment.
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && *pid != me)
+        .filter_map(|pid| {
+            let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let has = |needle: &[u8]| env.split(|b| *b == 0).any(|v| v.starts_with(needle));
+            (has(marker.as_bytes()) && !has(b"NSNET_RESOLVER=")).then(|| {
+                let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!(
+                    "{pid}: {}",
+                    String::from_utf8_lossy(&cmd).replace('\0', " ")
+                )
+            })
+        })
+        .collect()
+}
