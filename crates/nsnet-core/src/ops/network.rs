@@ -122,7 +122,8 @@ impl Nsnet {
         let mut host = Host::new();
         let net = self.validate_network(req, nets, &mut host)?;
         let tables = self.tables_change(nets.len(), net.firewall)?;
-        let (steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
+        let (mut steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
+        host.keep_router_advertisements(&mut steps)?;
         let plan = Plan::setup(steps, fw, net.firewall);
         let plan = self.bring_up(plan, vec![Record::Network(NetworkRecord::new(net.clone()))])?;
         Ok((plan, net))

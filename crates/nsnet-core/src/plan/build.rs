@@ -318,6 +318,9 @@ pub fn network_up(
     let mut steps = Vec::new();
     if !net.internal {
         steps.push(Step::forwarding());
+        if net.ipv6.is_some() {
+            steps.push(Step::forwarding6());
+        }
     }
     if net.driver == Driver::Bridge {
         steps.push(Step::CreateBridge {
@@ -356,6 +359,15 @@ pub fn network_up(
         fw.add(rule);
     }
     (steps, fw)
+}
+
+/// Before IPv6 forwarding comes on in `steps`, let each of `uplinks` (links taking router advertisements,
+/// [`crate::ops`]' `Host::ra_uplinks`) keep taking them: otherwise the host loses the default route its
+/// LAN's router gives it (moby#43466, docker/for-linux#844).
+pub fn keep_router_advertisements(steps: &mut Vec<Step>, uplinks: &[String]) {
+    if let Some(i) = steps.iter().position(|s| *s == Step::forwarding6()) {
+        steps.splice(i..i, uplinks.iter().map(|u| Step::accept_ra_as_router(u)));
+    }
 }
 
 /// A network's firewall elements, to delete. `tables`: `Some` when it is the last network, so nsnet's tables go
@@ -422,7 +434,7 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
         // with its own deletion.
         let restore = up
             .into_iter()
-            .filter(|s| *s != Step::forwarding() && !overlay.contains(s))
+            .filter(|s| !s.is_forwarding() && !overlay.contains(s))
             .collect();
         if let Some(o) = net
             .overlay
@@ -614,11 +626,13 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox], owner: &str) -> 
             fw.add(rule);
         }
     }
-    let steps = if nets.iter().any(|n| !n.internal) {
-        vec![Step::forwarding()]
-    } else {
-        vec![]
-    };
+    let mut steps = Vec::new();
+    if nets.iter().any(|n| !n.internal) {
+        steps.push(Step::forwarding());
+    }
+    if nets.iter().any(|n| !n.internal && n.ipv6.is_some()) {
+        steps.push(Step::forwarding6());
+    }
     Plan::setup(steps, fw, nets[0].firewall)
 }
 
@@ -1071,6 +1085,42 @@ mod tests {
             matches!(restore[0], Step::CreateBridge { ipv6: true, .. }),
             "{restore:?}"
         );
+    }
+
+    #[test]
+    fn a_dual_stack_network_forwards_ipv6_once_its_uplinks_keep_their_router() {
+        let (mut steps, _) = network_up(&net6(Driver::Bridge), &[], None, OWNER);
+        assert_eq!(steps[..2], [Step::forwarding(), Step::forwarding6()]);
+        keep_router_advertisements(&mut steps, &["eth0".into(), "wlan0".into()]);
+        let text: Vec<String> = steps[..4].iter().map(Step::render).collect();
+        assert_eq!(
+            text,
+            [
+                "sysctl -w net.ipv4.ip_forward=1",
+                "sysctl -w net.ipv6.conf.eth0.accept_ra=2",
+                "sysctl -w net.ipv6.conf.wlan0.accept_ra=2",
+                "sysctl -w net.ipv6.conf.all.forwarding=1",
+            ]
+        );
+        // An internal network switches neither on; an IPv4 one leaves IPv6 alone.
+        let mut internal = net6(Driver::Bridge);
+        internal.internal = true;
+        let (steps, _) = network_up(&internal, &[], None, OWNER);
+        assert!(!steps.iter().any(Step::is_forwarding));
+        let (mut steps, _) = network_up(&net(Driver::Bridge, false), &[], None, OWNER);
+        keep_router_advertisements(&mut steps, &["eth0".into()]);
+        assert!(!steps.contains(&Step::forwarding6()));
+        assert!(!steps.iter().any(|s| s.render().contains("accept_ra")));
+        // A reload switches it on again (after a reboot); a deleted bridge's restore does not (never undone).
+        let reload = firewall_reload(&[net6(Driver::Bridge)], &[], OWNER);
+        assert!(reload.steps.contains(&Step::forwarding6()));
+        let reload = firewall_reload(&[internal, net(Driver::Bridge, false)], &[], OWNER);
+        assert!(!reload.steps.contains(&Step::forwarding6()));
+        let plan = network_teardown(&net6(Driver::Bridge), &[], OWNER);
+        assert!(!plan
+            .undo_of(plan.steps.len() - 1)
+            .iter()
+            .any(Step::is_forwarding));
     }
 
     #[test]

@@ -680,6 +680,32 @@ impl Step {
         }
     }
 
+    /// `net.ipv6.conf.all.forwarding=1`: IPv6 forwarding is global (a link's own `forwarding` only picks host
+    /// or router behaviour). It also makes every link a router, which purges the routes router advertisements
+    /// gave and ignores later ones, except on links with `accept_ra=2` ([`Step::accept_ra_as_router`]).
+    pub fn forwarding6() -> Step {
+        Step::Sysctl {
+            ns: Ns::Host,
+            key: "net/ipv6/conf/all/forwarding".into(),
+            value: "1".into(),
+        }
+    }
+
+    /// `net.ipv6.conf.IFNAME.accept_ra=2`: the link keeps taking router advertisements once the host forwards
+    /// IPv6. Never reverted, like forwarding itself.
+    pub fn accept_ra_as_router(interface: &str) -> Step {
+        Step::Sysctl {
+            ns: Ns::Host,
+            key: format!("net/ipv6/conf/{interface}/accept_ra"),
+            value: "2".into(),
+        }
+    }
+
+    /// Whether this step switches forwarding on, for either family (never undone, so never restored).
+    pub fn is_forwarding(&self) -> bool {
+        *self == Step::forwarding() || *self == Step::forwarding6()
+    }
+
     /// `net.ipv4.conf.IFNAME.route_localnet=1`: lets the host reach published ports through 127.0.0.1 (the
     /// DNATed packet leaves through this interface with a loopback source, masqueraded on the way out).
     pub fn route_localnet(interface: &str) -> Step {
@@ -804,6 +830,14 @@ mod tests {
         assert_eq!(
             render(Step::forwarding()),
             "sysctl -w net.ipv4.ip_forward=1"
+        );
+        assert_eq!(
+            render(Step::forwarding6()),
+            "sysctl -w net.ipv6.conf.all.forwarding=1"
+        );
+        assert_eq!(
+            render(Step::accept_ra_as_router("eth0")),
+            "sysctl -w net.ipv6.conf.eth0.accept_ra=2"
         );
         // Addresses and routes go with their link: no undo of their own.
         assert_eq!(addr("fd89::2/64").undo(), None);
