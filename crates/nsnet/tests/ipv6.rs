@@ -443,3 +443,62 @@ fn a_dual_stack_sandbox_detached_and_attached_again_talks_ipv6() {
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "ds"]);
 }
+
+/// The veth driver on a dual-stack network: its host end is the gateway of both families (`fe80::1` and
+/// the IPv6 gateway, no router advertisements taken). Without nsnet's firewall (`none`), nothing at the bridge
+/// drops a neighbour's router advertisements, so each sandbox ignores them itself (`accept_ra=0`).
+#[test]
+fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
+    let mut h = TestHost::with_ipv6("v6p2p");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "p", "--driver", "veth", "--ipv6"],
+    );
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "p"]);
+    let host_end = h.inspect(&s)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let gw6 = gateway6(&h, "p");
+    let addrs = h.in_host(&["ip", "-6", "addr", "show", "dev", &host_end]);
+    assert!(
+        addrs.contains("inet6 fe80::1/64") && addrs.contains(&format!("inet6 {gw6}/64")),
+        "{addrs}"
+    );
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    let sysctl = |key: &str| h.in_host(&["sysctl", "-n", key]).trim().to_string();
+    assert_eq!(sysctl(&format!("net.ipv6.conf.{host_end}.accept_ra")), "0");
+    assert!(
+        probe::ping6(&h.sb_path("s"), gw6).expect("ping"),
+        "s -> its gateway"
+    );
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "p"]);
+    assert_eq!(h.snapshot(), empty);
+
+    h.firewall = Some("none");
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "n"]);
+    ok6(&h, &["create", &b, "--network", "n"]);
+    let ns = format!("--net=/run/netns/{a}");
+    let accept_ra = common::sh(&[
+        "nsenter",
+        &ns,
+        "--",
+        "sysctl",
+        "-n",
+        "net.ipv6.conf.eth0.accept_ra",
+    ]);
+    assert_eq!(accept_ra.trim(), "0");
+    assert!(
+        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        "a -> b"
+    );
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}
