@@ -502,3 +502,142 @@ fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
     h.ok(&["network", "rm", "n"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// `behaviour.rs::attach_existing_namespaces_and_a_second_network` on dual-stack networks: the second
+/// network's endpoint has both addresses but neither default route (only the first network carries them),
+/// and the sandbox reaches both gateways over IPv6.
+#[test]
+fn a_second_dual_stack_network_adds_addresses_but_no_default_route() {
+    let h = TestHost::with_ipv6("v6two");
+    ok6(&h, &["network", "create", "one", "--ipv6"]);
+    ok6(&h, &["network", "create", "two", "--ipv6"]);
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "one"]);
+    ok6(&h, &["attach", &s, "--network", "two"]);
+    let ns = format!("--net=/run/netns/{s}");
+    let routes = common::sh(&["nsenter", &ns, "--", "ip", "-6", "route", "show", "default"]);
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+    assert!(
+        routes.contains(&format!("default via {} dev eth0", gateway6(&h, "one"))),
+        "{routes}"
+    );
+    let routes4 = common::sh(&["nsenter", &ns, "--", "ip", "route", "show", "default"]);
+    assert_eq!(routes4.lines().count(), 1, "{routes4}");
+    let second = &h.inspect(&s)["endpoints"][1];
+    let dev = second["interface"].as_str().unwrap_or_default().to_string();
+    let addrs = common::sh(&[
+        "nsenter", &ns, "--", "ip", "-6", "addr", "show", "dev", &dev,
+    ]);
+    assert!(
+        addrs.contains("scope link")
+            && addrs.contains("scope global")
+            && !addrs.contains("tentative"),
+        "{addrs}"
+    );
+    for net in ["one", "two"] {
+        assert!(
+            probe::ping6(&h.sb_path("s"), gateway6(&h, net)).expect("ping"),
+            "s -> {net}'s gateway"
+        );
+    }
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "one"]);
+    h.ok(&["network", "rm", "two"]);
+}
+
+/// `gc.rs::gc_repairs_links_deleted_by_hand` on a dual-stack network: a veth or the bridge deleted by hand
+/// comes back with its IPv6 addresses and routes, and the sandboxes talk IPv6 again.
+#[test]
+fn gc_repairs_dual_stack_links_deleted_by_hand() {
+    let h = TestHost::with_ipv6("v6gc");
+    ok6(
+        &h,
+        &["network", "create", "n", "--ipv6", "--bridge", "nsbr-gc6"],
+    );
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "n"]);
+    ok6(&h, &["create", &b, "--network", "n"]);
+    let inside = |s: &str| {
+        let ns = format!("--net=/run/netns/{s}");
+        let addrs = common::sh(&["nsenter", &ns, "--", "ip", "-6", "-br", "addr"]);
+        let routes = common::sh(&["nsenter", &ns, "--", "ip", "-6", "route"]);
+        // Without the peer's index (`eth0@if7`): a re-created veth gets a new one.
+        format!("{addrs}{routes}")
+            .split_whitespace()
+            .map(|w| w.split('@').next().unwrap_or(w).to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (whole, inside_a) = (h.snapshot(), inside(&a));
+    let talk = || {
+        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping")
+            && probe::ping6(&h.sb_path("b"), address6(&h, &a)).expect("ping")
+    };
+    assert!(talk());
+    let veth = h.inspect(&a)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    h.in_host(&["ip", "link", "del", &veth]);
+    let done = ok6(&h, &["gc"]);
+    assert!(done.contains(&format!("re-created veth {veth}")), "{done}");
+    assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
+    assert_eq!(inside(&a), inside_a);
+    assert!(talk());
+
+    h.in_host(&["ip", "link", "del", "nsbr-gc6"]);
+    let done = ok6(&h, &["gc"]);
+    assert!(done.contains("re-created bridge nsbr-gc6"), "{done}");
+    assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
+    assert!(talk());
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// `behaviour.rs::sixty_four_commands_at_once` on a dual-stack network, smaller: 24 creates and 8 removals at
+/// once; every command succeeds, IPv6 addresses are unique, every sandbox reaches the first over IPv6 with
+/// nothing tentative, and nothing is left.
+#[test]
+fn dual_stack_commands_at_once() {
+    let h = TestHost::with_ipv6("v6many");
+    let empty = h.snapshot();
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    let doomed: Vec<String> = (0..8).map(|i| h.sb(&format!("d{i}"))).collect();
+    for name in &doomed {
+        ok6(&h, &["create", name, "--network", "n"]);
+    }
+    let created: Vec<String> = (0..24).map(|i| h.sb(&format!("c{i}"))).collect();
+    std::thread::scope(|s| {
+        for chunk in created.chunks(3) {
+            let h = &h;
+            s.spawn(move || {
+                for name in chunk {
+                    ok6(h, &["create", name, "--network", "n"]);
+                }
+            });
+        }
+        for name in &doomed {
+            let h = &h;
+            s.spawn(move || h.ok(&["rm", name]));
+        }
+    });
+    let addrs: std::collections::BTreeSet<Ipv6Addr> =
+        created.iter().map(|s| address6(&h, s)).collect();
+    assert_eq!(addrs.len(), created.len(), "IPv6 addresses are unique");
+    let first = address6(&h, &created[0]);
+    for (i, name) in created.iter().enumerate().skip(1) {
+        let ns = format!("--net=/run/netns/{name}");
+        let a = common::sh(&["nsenter", &ns, "--", "ip", "-6", "addr"]);
+        assert!(!a.contains("tentative"), "{name}: {a}");
+        assert!(
+            probe::ping6(&h.sb_path(&format!("c{i}")), first).expect("ping"),
+            "c{i} -> c0"
+        );
+    }
+    for name in &created {
+        h.ok(&["rm", name]);
+    }
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}
