@@ -641,3 +641,33 @@ fn dual_stack_commands_at_once() {
     h.ok(&["network", "rm", "n"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// Tables an older nsnet made lack the bridge set that lets a dual-stack port's IPv6 through (and drop all of
+/// it): a dual-stack network is refused in one line, changing nothing, until `firewall reload` brings them up
+/// to date.
+#[test]
+fn tables_from_before_dual_stack_are_reloaded_first() {
+    let h = TestHost::with_ipv6("v6old");
+    h.ok(&["network", "create", "v4"]);
+    // As an older nsnet left them: no endpoint_ifs6 and no rules using it.
+    h.in_host(&["nft", "flush", "chain", "bridge", "nsnet", "prerouting"]);
+    h.in_host(&["nft", "delete", "set", "bridge", "nsnet", "endpoint_ifs6"]);
+    let before = h.snapshot();
+    let out = h.nsnet_env(&["network", "create", "ds", "--ipv6"], &GATE);
+    let err = common::check_one_line_failure(&[], out);
+    assert!(err.contains("run `nsnet firewall reload` once"), "{err}");
+    assert_eq!(h.snapshot(), before, "the refusal changed something");
+    h.ok(&["firewall", "reload"]);
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "ds"]);
+    ok6(&h, &["create", &b, "--network", "ds"]);
+    assert!(
+        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        "a -> b"
+    );
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "ds"]);
+    h.ok(&["network", "rm", "v4"]);
+}

@@ -440,6 +440,22 @@ pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
     })
 }
 
+/// Whether nsnet's bridge table knows dual-stack ports (its set `endpoint_ifs6` and the rules that use it, which
+/// came with IPv6): tables an older nsnet made lack them until a reset ([`render_reset`]) brings them up to date.
+pub fn knows_dual_stack_ports() -> Result<bool, FirewallError> {
+    match super::run_tool(
+        "nft",
+        &["-t", "list", "set", "bridge", "nsnet", "endpoint_ifs6"],
+        None,
+    ) {
+        Ok(_) => Ok(true),
+        Err(FirewallError::Refused { message, .. }) if message.contains("No such file") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether the user chain holds rules (then removing the last network keeps it, and its table).
 pub fn user_chain_has_rules() -> bool {
     // No chain (or no table) prints nothing, which parses to no rules.

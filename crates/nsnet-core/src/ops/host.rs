@@ -399,6 +399,15 @@ impl Host {
         backend.user_chain_has_rules()
     }
 
+    /// Whether nsnet's nftables tables, made before, know dual-stack ports
+    /// ([`nftables::knows_dual_stack_ports`]); other backends have nothing to know.
+    pub(crate) fn firewall_knows_dual_stack(backend: Backend) -> Result<bool> {
+        match backend {
+            Backend::Nftables => Ok(nftables::knows_dual_stack_ports()?),
+            Backend::Iptables | Backend::None => Ok(true),
+        }
+    }
+
     /// Which of `rules` are not (all) in `backend`'s firewall now.
     pub(crate) fn firewall_missing(backend: Backend, rules: &[Rule]) -> Result<Vec<Rule>> {
         Ok(backend.missing(rules)?)

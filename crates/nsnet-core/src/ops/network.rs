@@ -392,6 +392,16 @@ impl Nsnet {
                 self.terms.ipv6
             ));
         }
+        // Tables an older nsnet made drop all IPv6 from sandbox ports and lack the set that lets a dual-stack
+        // port's through; only a reset brings them up to date (the first network's create does one). Until
+        // C7 migrates tables on its own, the user runs it.
+        if net.ipv6.is_some() && !nets.is_empty() && !Host::firewall_knows_dual_stack(net.firewall)?
+        {
+            return Err(invalid!(
+                "nsnet's firewall tables on this host predate dual-stack networks; run `nsnet firewall \
+                 reload` once, then create the network again"
+            ));
+        }
         // host-gw's fast path hangs a filter on the underlay's ingress: the qdisc is nsnet's to make (and to
         // remove) only when there is none.
         if crate::plan::build::underlay_filter(&net).is_some() {
