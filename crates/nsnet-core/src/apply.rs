@@ -142,14 +142,19 @@ impl Applier {
                 mtu,
                 mac,
                 tag,
+                ipv6,
             } => {
                 let nl = self.netlink(&Ns::Host)?;
                 nl.create_bridge(name, *mtu, mac.0)?;
                 tag_new_link(nl, name, tag)?;
-                // Before it comes up: nsnet's networks are IPv4, and a bridge with IPv6 on takes any
-                // sandbox's router advertisement for the host's own (a default route, an address: the class
-                // of CVE-2020-13401), besides sending DAD and MLD as it comes up.
-                sysctl::disable_ipv6(name)?;
+                if *ipv6 {
+                    ipv6_gateway_link(nl, name)?;
+                } else {
+                    // Before it has a carrier: an IPv4 network's bridge with IPv6 on takes any sandbox's
+                    // router advertisement for the host's own (a default route, an address: the class of
+                    // CVE-2020-13401), besides sending DAD and MLD.
+                    sysctl::disable_ipv6(name)?;
+                }
             }
             Step::CreateVeth {
                 host,
@@ -160,6 +165,7 @@ impl Applier {
                 peer_mac,
                 host_mac,
                 tag,
+                host_ipv6,
             } => {
                 let Ns::Path(path) = peer_ns else {
                     // The plan builders always put the peer in a sandbox: a plan that does not is a bug.
@@ -183,7 +189,11 @@ impl Applier {
                     host_mac: Some(host_mac.0),
                 })?;
                 tag_new_link(nl, host, tag)?;
-                sysctl::disable_ipv6(host)?;
+                if *host_ipv6 {
+                    ipv6_gateway_link(nl, host)?;
+                } else {
+                    sysctl::disable_ipv6(host)?;
+                }
                 self.netlink(peer_ns)?.no_ipv6_link_local(peer)?;
             }
             Step::LinkUp { ns, name } => self.netlink(ns)?.set_up(name)?,
@@ -523,6 +533,17 @@ fn in_host_namespace(ns: &Ns) -> Result<bool> {
 
 /// Tag a link this step just made with its owner's alias. Should that fail, the link goes at once: its undo
 /// deletes only tagged links, so an untagged one would be left behind.
+/// A dual-stack network's gateway link (its bridge, or a veth driver's host end), before it has a carrier:
+/// no link-local address of its own (nsnet adds `fe80::1`, without DAD), no router advertisements taken
+/// (a sandbox's must never give the host a route or an address), then IPv6 on, in case the host's default
+/// has it off.
+fn ipv6_gateway_link(nl: &mut Netlink, name: &str) -> Result<()> {
+    nl.no_ipv6_link_local(name)?;
+    sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0")?;
+    sysctl::set(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0")?;
+    Ok(())
+}
+
 fn tag_new_link(nl: &mut Netlink, name: &str, tag: &str) -> Result<()> {
     if tag.is_empty() {
         return Ok(());

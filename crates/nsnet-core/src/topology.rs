@@ -418,11 +418,13 @@ fn sandbox_node(
                     }
                 })
                 .collect();
-            let anti_spoofing = Rule::Endpoint {
-                host_interface: ep.host_interface.clone(),
-                address: ep.address.addr(),
-            };
-            if !removing && facts.missing_rules.contains(&anti_spoofing) {
+            // The endpoint's first rule is its anti-spoofing one.
+            let anti_spoofing = crate::plan::build::endpoint_rules(ep).into_iter().next();
+            if !removing
+                && anti_spoofing.is_some_and(|r| {
+                    matches!(r, Rule::Endpoint { .. }) && facts.missing_rules.contains(&r)
+                })
+            {
                 problems.push("the firewall lacks its anti-spoofing element".into());
             }
             let state = if removing {

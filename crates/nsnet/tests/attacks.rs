@@ -563,6 +563,90 @@ fn a_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_advertiseme
     }
 }
 
+/// The twin on a dual-stack network: the sandboxes talk IPv6 now, so the bridge table lets their IPv6
+/// through, but never a router advertisement (the bridge itself takes none either: `accept_ra=0`). The
+/// iptables driver filters no IPv6 between sandboxes yet, so it refuses dual-stack networks.
+#[test]
+fn a_dual_stack_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_advertisements() {
+    const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
+    let mut h = TestHost::with_ipv6("ra6");
+    h.firewall = Some("iptables");
+    let before = h.snapshot();
+    let out = h.nsnet_env(&["network", "create", "n", "--ipv6"], &GATE);
+    let err = common::check_one_line_failure(&[], out);
+    assert!(
+        err.contains("iptables firewall does not filter IPv6"),
+        "{err}"
+    );
+    assert_eq!(h.snapshot(), before);
+    h.firewall = Some("nftables");
+    let ok = |args: &[&str]| {
+        let out = h.nsnet_env(args, &GATE);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&["network", "create", "n", "--ipv6", "--bridge", "nsbr-ra6"]);
+    let (evil, victim) = (h.sb("evil"), h.sb("victim"));
+    ok(&["create", &evil, "--network", "n"]);
+    ok(&["create", &victim, "--network", "n"]);
+    let ns = |s: &str| format!("--net={}", h.sb_path(s).display());
+    // The neighbour takes router advertisements, as a sandbox's defaults have it, and talks IPv6.
+    let victim_ns = ns("victim");
+    let accept_ra = common::sh(&[
+        "nsenter",
+        &victim_ns,
+        "--",
+        "sysctl",
+        "-n",
+        "net.ipv6.conf.eth0.accept_ra",
+    ]);
+    assert_eq!(accept_ra.trim(), "1");
+    let victim_ip = h.inspect(&victim)["endpoints"][0]["ipv6"]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("an IPv6 address");
+    assert!(
+        probe::ping6(&h.sb_path("evil"), victim_ip).expect("ping"),
+        "evil -> victim over IPv6"
+    );
+    let seen = |ns: &str| {
+        let addrs = common::sh(&["nsenter", ns, "--", "ip", "-6", "addr"]);
+        let routes = common::sh(&["nsenter", ns, "--", "ip", "-6", "route"]);
+        format!("{addrs}{routes}")
+    };
+    let host = format!("--net={}", h.host_path().display());
+    let (host_before, victim_before) = (seen(&host), seen(&victim_ns));
+    let ra = router_advertisement(
+        mac_of(&h, &evil),
+        [
+            0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    for _ in 0..3 {
+        probe::send_frames(&h.sb_path("evil"), "eth0", std::slice::from_ref(&ra)).expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (who, ns, was) in [
+        ("the host", &host, host_before),
+        ("the neighbour", &victim_ns, victim_before),
+    ] {
+        let text = seen(ns);
+        assert!(
+            !text.contains("2001:db8:bad") && !text.contains("fe80::bad"),
+            "{who} took the sandbox's router advertisement:\n{text}"
+        );
+        assert_eq!(text, was, "{who}");
+    }
+    assert!(!seen(&host).contains("default"));
+    h.ok(&["rm", &evil]);
+    h.ok(&["rm", &victim]);
+    h.ok(&["network", "rm", "n"]);
+}
+
 fn router_advertisements(backend: &'static str, neighbours: bool) {
     let mut h = TestHost::new("ra");
     h.firewall = Some(backend);

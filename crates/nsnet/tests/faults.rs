@@ -9,9 +9,17 @@ use common::{sh, TestHost};
 /// Fail step 1, 2, ... of `args` until the command gets through; after each failure nothing may have changed.
 /// Returns how many steps the command has.
 fn fail_every_step(h: &TestHost, args: &[&str]) -> usize {
+    fail_every_step_with(h, args, &[])
+}
+
+/// [`fail_every_step`] with more environment (the IPv6 gate).
+fn fail_every_step_with(h: &TestHost, args: &[&str], env: &[(&str, &str)]) -> usize {
     for k in 1..100 {
         let before = h.snapshot();
-        let out = h.nsnet_env(args, &[("NSNET_FAIL_AT", &k.to_string())]);
+        let at = k.to_string();
+        let mut env = env.to_vec();
+        env.push(("NSNET_FAIL_AT", &at));
+        let out = h.nsnet_env(args, &env);
         if out.status.success() {
             return k - 1;
         }
@@ -107,9 +115,22 @@ fn inside(sandboxes: &[&str]) -> Vec<String> {
 /// Like [`fail_every_step`], for teardown commands: the sandboxes' insides must come back as well, and the
 /// sandboxes must still talk to each other.
 fn fail_every_teardown_step(h: &TestHost, args: &[&str], sandboxes: &[&str]) -> usize {
+    fail_every_teardown_step_with(h, args, sandboxes, &[])
+}
+
+/// [`fail_every_teardown_step`] with more environment (the IPv6 gate).
+fn fail_every_teardown_step_with(
+    h: &TestHost,
+    args: &[&str],
+    sandboxes: &[&str],
+    env: &[(&str, &str)],
+) -> usize {
     for k in 1..100 {
         let (before, before_inside) = (h.snapshot(), inside(sandboxes));
-        let out = h.nsnet_env(args, &[("NSNET_FAIL_AT", &k.to_string())]);
+        let at = k.to_string();
+        let mut env = env.to_vec();
+        env.push(("NSNET_FAIL_AT", &at));
+        let out = h.nsnet_env(args, &env);
         if out.status.success() {
             return k - 1;
         }
@@ -190,6 +211,57 @@ fn every_teardown_step_rolls_back() {
     // The last network also takes nsnet's tables.
     let steps = fail_every_teardown_step(&h, &["network", "rm", "nsnet0"], &[]);
     assert_eq!(steps, 2);
+    assert_eq!(h.snapshot(), empty);
+}
+
+const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
+
+/// The set-up and teardown twins on a dual-stack network: every failed step leaves the kernel, the state and
+/// the sandboxes' insides (IPv6 addresses and routes included, which go when a veth is retired) as before.
+#[test]
+fn every_dual_stack_step_rolls_back() {
+    let h = TestHost::with_ipv6("faults6");
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    let steps = fail_every_step_with(
+        &h,
+        &[
+            "network",
+            "create",
+            "ds",
+            "--ipv6",
+            "--subnet",
+            "172.16.4.0/24",
+        ],
+        &GATE,
+    );
+    assert!(steps >= 4, "network create has {steps} steps");
+    fail_every_step_with(
+        &h,
+        &["create", &a, "--network", "ds", "-p", "8080:80"],
+        &GATE,
+    );
+    fail_every_step_with(&h, &["create", &b, "--network", "ds"], &GATE);
+    // rm while a process keeps a's namespace: its veth is retired, and a failure after that must give the
+    // sandbox back its IPv6 addresses and default route.
+    let ns = format!("--net=/run/netns/{a}");
+    let mut sleeper = std::process::Command::new("nsenter")
+        .args([ns.as_str(), "--", "sleep", "60"])
+        .spawn()
+        .expect("sleep inside a");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let before = inside(&[&a]);
+    // Its IPv6 is there to lose: the link-local and the ULA address, and the IPv6 default route.
+    assert!(
+        before[0].contains("fe80::") && before[0].contains("default via fd"),
+        "{before:?}"
+    );
+    fail_every_teardown_step_with(&h, &["rm", &a], &[&a, &b], &GATE);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    h.settle();
+    fail_every_teardown_step_with(&h, &["network", "rm", "ds", "--force"], &[&b], &GATE);
+    h.ok(&["rm", &b]);
     assert_eq!(h.snapshot(), empty);
 }
 

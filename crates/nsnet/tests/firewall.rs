@@ -217,3 +217,125 @@ fn reload_lets_traffic_through_a_forward_chain_that_turned_drop_later() {
     h.in_host(&["nft", "delete", "table", "ip", "filter"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// A router advertisement from the LAN peer's `lan0` (link-local source fe80::bad) to all nodes, giving a
+/// default route for `lifetime` seconds (0 withdraws it).
+fn lan_router_advertisement(h: &TestHost, lifetime: u16) -> Vec<u8> {
+    let links: serde_json::Value = serde_json::from_str(&common::sh(&[
+        "ip",
+        "-n",
+        &h.lan_path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        "-j",
+        "link",
+        "show",
+        "lan0",
+    ]))
+    .expect("ip -j link");
+    let mac: Vec<u8> = links[0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("a MAC"))
+        .collect();
+    let mac: [u8; 6] = mac.try_into().expect("six bytes");
+    // Hop limit 64, no flags, the lifetime, reachable and retransmit times 0; the source link-layer address.
+    let mut body = vec![64, 0];
+    body.extend(lifetime.to_be_bytes());
+    body.extend([0; 8]);
+    body.extend([1, 1]);
+    body.extend(mac);
+    common::icmpv6_frame(
+        [0x33, 0x33, 0, 0, 0, 1],
+        mac,
+        "fe80::bad".parse().expect("address"),
+        "ff02::1".parse().expect("address"),
+        134,
+        0,
+        &body,
+    )
+}
+
+/// C6 of issue #19: switching IPv6 forwarding on purges the routes router advertisements gave and ignores
+/// later ones (moby#43466). A dual-stack network therefore first sets `accept_ra=2` on each uplink that takes
+/// them, so the host keeps its default route and keeps listening to its router; an internal one switches
+/// nothing on, and an IPv4 network leaves IPv6 forwarding alone.
+#[test]
+fn a_host_taking_router_advertisements_keeps_its_default_route() {
+    const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
+    let h = TestHost::with_lan6("v6fwd");
+    let ok6 = |args: &[&str]| {
+        let out = h.nsnet_env(args, &GATE);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sysctl = |key: &str| h.in_host(&["sysctl", "-n", key]).trim().to_string();
+    let advertise = |lifetime: u16| {
+        let ra = lan_router_advertisement(&h, lifetime);
+        probe::send_frames(&h.lan_path(), "lan0", &[ra]).expect("send");
+    };
+    let has_default = || {
+        h.in_host(&["ip", "-6", "route", "show", "default"])
+            .contains("default via fe80::bad dev uplink0 proto ra")
+    };
+    let wait_for = |want: bool| {
+        for _ in 0..100 {
+            if has_default() == want {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+        false
+    };
+    advertise(1800);
+    assert!(
+        wait_for(true),
+        "the host took no default route from its router"
+    );
+    assert_eq!(sysctl("net.ipv6.conf.uplink0.accept_ra"), "1");
+
+    // Neither an IPv4 network nor an internal dual-stack one switches IPv6 forwarding on.
+    h.ok(&["network", "create", "v4"]);
+    ok6(&["network", "create", "int", "--ipv6", "--internal"]);
+    assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "0");
+    assert_eq!(sysctl("net.ipv6.conf.uplink0.accept_ra"), "1");
+
+    let plan = ok6(&["--dry-run", "network", "create", "ds", "--ipv6"]);
+    assert!(
+        plan.contains(
+            "sysctl -w net.ipv6.conf.uplink0.accept_ra=2\nsysctl -w net.ipv6.conf.all.forwarding=1\n"
+        ),
+        "{plan}"
+    );
+    ok6(&["network", "create", "ds", "--ipv6"]);
+    assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(sysctl("net.ipv6.conf.uplink0.accept_ra"), "2");
+    assert!(
+        has_default(),
+        "switching forwarding on purged the router's default route"
+    );
+    // The host still listens to its router: a withdrawal takes the route away, a new advertisement brings it
+    // back.
+    advertise(0);
+    assert!(wait_for(false), "the router's withdrawal went unheard");
+    advertise(1800);
+    assert!(wait_for(true), "the router's advertisement went unheard");
+    // A reload (forwarding already on) plans no accept_ra change, and removing the network reverts nothing.
+    let plan = ok6(&["--dry-run", "firewall", "reload"]);
+    assert!(
+        plan.contains("sysctl -w net.ipv6.conf.all.forwarding=1"),
+        "{plan}"
+    );
+    assert!(!plan.contains("accept_ra"), "{plan}");
+    for n in ["ds", "int", "v4"] {
+        h.ok(&["network", "rm", n]);
+    }
+    assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
+    assert!(has_default());
+}

@@ -215,3 +215,459 @@ fn a_host_listener_on_ipv6_only_holds_its_port_on_dual_stack_networks() {
     h.ok(&["network", "rm", "ds"]);
     h.ok(&["network", "rm", "v4"]);
 }
+
+/// A network's IPv6 gateway and an endpoint's IPv6 address (without its prefix), from their records.
+fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
+    let n = json(&h.ok(&["network", "inspect", net, "--json"]));
+    v6(n["ipv6"]["gateway"].as_str().unwrap_or_default())
+}
+
+fn address6(h: &TestHost, sb: &str) -> Ipv6Addr {
+    let ep = &h.inspect(sb)["endpoints"][0];
+    v6(ep["ipv6"]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default())
+}
+
+fn address4(h: &TestHost, sb: &str) -> std::net::Ipv4Addr {
+    let ep = &h.inspect(sb)["endpoints"][0];
+    ep["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("an IPv4 address")
+}
+
+/// `behaviour.rs::create_returns_with_the_sandbox_reachable` over IPv6: a dual-stack sandbox reaches its
+/// gateway and a neighbour over both families as soon as `create` returns. Its addresses were added without
+/// DAD, so none is ever `tentative` (moby#18871). The bridge holds `fe80::1` and the gateway and takes no
+/// router advertisements; an IPv4 network's bridge beside it still has IPv6 off. Everything goes with `rm`.
+#[test]
+fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
+    let h = TestHost::with_ipv6("v6up");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-v6"],
+    );
+    h.ok(&["network", "create", "v4", "--bridge", "nsbr-v4"]);
+    let gw6 = gateway6(&h, "ds");
+    let bridge = h.in_host(&["ip", "-6", "addr", "show", "dev", "nsbr-v6"]);
+    assert!(
+        bridge.contains("inet6 fe80::1/64") && bridge.contains(&format!("inet6 {gw6}/64")),
+        "{bridge}"
+    );
+    // Only the addresses nsnet gave it: no link-local address of the bridge's own.
+    assert_eq!(bridge.matches("inet6").count(), 2, "{bridge}");
+    let sysctl = |key: &str| h.in_host(&["sysctl", "-n", key]).trim().to_string();
+    assert_eq!(sysctl("net.ipv6.conf.nsbr-v6.accept_ra"), "0");
+    assert_eq!(sysctl("net.ipv6.conf.nsbr-v6.disable_ipv6"), "0");
+    assert_eq!(sysctl("net.ipv6.conf.nsbr-v4.disable_ipv6"), "1");
+
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    for s in [&a, &b] {
+        ok6(&h, &["create", s, "--network", "ds"]);
+        let ns = format!("--net=/run/netns/{s}");
+        let addrs = common::sh(&[
+            "nsenter", &ns, "--", "ip", "-6", "addr", "show", "dev", "eth0",
+        ]);
+        assert!(!addrs.contains("tentative"), "{s}: {addrs}");
+        assert!(
+            addrs.contains("scope link") && addrs.contains("scope global"),
+            "{addrs}"
+        );
+    }
+    // At once: no try but the first.
+    assert!(
+        probe::ping6(&h.sb_path("a"), gw6).expect("ping"),
+        "a -> gateway"
+    );
+    assert!(
+        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        "a -> b"
+    );
+    assert!(
+        probe::ping(&h.sb_path("b"), address4(&h, &a)).expect("ping"),
+        "b -> a over IPv4"
+    );
+    let routes = common::sh(&[
+        "nsenter",
+        &format!("--net=/run/netns/{a}"),
+        "--",
+        "ip",
+        "-6",
+        "route",
+    ]);
+    assert!(
+        routes.contains(&format!("default via {gw6} dev eth0")),
+        "{routes}"
+    );
+    // A sandbox on the IPv4 network has no IPv6 at all, and does not reach the dual-stack ones over it.
+    let c = h.sb("c");
+    h.ok(&["create", &c, "--network", "v4"]);
+    let addrs = common::sh(&[
+        "nsenter",
+        &format!("--net=/run/netns/{c}"),
+        "--",
+        "ip",
+        "-6",
+        "addr",
+    ]);
+    assert!(!addrs.contains("eth0"), "{addrs}");
+
+    for s in [&a, &b, &c] {
+        h.ok(&["rm", s]);
+    }
+    h.ok(&["network", "rm", "ds"]);
+    h.ok(&["network", "rm", "v4"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `behaviour.rs::dry_run_prints_the_plan_and_changes_nothing` for a dual-stack network and sandbox.
+#[test]
+fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
+    let h = TestHost::with_ipv6("v6dry");
+    let empty = h.snapshot();
+    let plan = ok6(
+        &h,
+        &[
+            "--dry-run",
+            "network",
+            "create",
+            "ds",
+            "--ipv6",
+            "--bridge",
+            "nsbr-v6",
+            "--subnet",
+            "fd89:5:5:5::/64",
+        ],
+    );
+    for expected in [
+        "ip link set nsbr-v6 addrgenmode none",
+        "sysctl -w net.ipv6.conf.nsbr-v6.accept_ra=0",
+        "sysctl -w net.ipv6.conf.nsbr-v6.disable_ipv6=0",
+        "ip addr add fe80::1/64 dev nsbr-v6 nodad",
+        "ip addr add fd89:5:5:5::1/64 dev nsbr-v6 nodad",
+    ] {
+        assert!(plan.contains(expected), "missing {expected:?} in:\n{plan}");
+    }
+    assert_eq!(h.snapshot(), empty);
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "ds",
+            "--ipv6",
+            "--bridge",
+            "nsbr-v6",
+            "--subnet",
+            "fd89:5:5:5::/64",
+        ],
+    );
+    let made = h.snapshot();
+    let s = h.sb("s");
+    let plan = ok6(&h, &["--dry-run", "create", &s, "--network", "ds"]);
+    for expected in [
+        format!("ip -n {s} addr add fd89:5:5:5::2/64 dev eth0 nodad"),
+        format!("ip -n {s} -6 route add default via fd89:5:5:5::1 dev eth0"),
+    ] {
+        assert!(plan.contains(&expected), "missing {expected:?} in:\n{plan}");
+    }
+    assert!(
+        plan.contains(&format!("ip -n {s} addr add fe80::")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("add element bridge nsnet endpoint_ifs6"),
+        "{plan}"
+    );
+    assert_eq!(h.snapshot(), made);
+    h.ok(&["network", "rm", "ds"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `behaviour.rs::a_kernel_failure_midway_rolls_everything_back` on a dual-stack network.
+#[test]
+fn a_kernel_failure_midway_rolls_a_dual_stack_create_back() {
+    let h = TestHost::with_ipv6("v6rb");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "n", "--ipv6", "--bridge", "nsbr-rb6"],
+    );
+    // Pull the bridge out from under nsnet: the veth step will fail after the namespace was made.
+    h.in_host(&["ip", "link", "del", "nsbr-rb6"]);
+    let before = h.snapshot();
+    let out = h.nsnet_env(
+        &["create", &h.sb("s"), "--network", "n", "-p", "8000:80"],
+        &GATE,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nsbr-rb6") && err.contains("undone"), "{err}");
+    assert_eq!(
+        h.snapshot(),
+        before,
+        "the failed create left something behind"
+    );
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `retire.rs` over IPv6: a dual-stack sandbox whose namespace a process keeps is detached (its veth
+/// retired) and attached again, and its IPv6 works as before.
+#[test]
+fn a_dual_stack_sandbox_detached_and_attached_again_talks_ipv6() {
+    let h = TestHost::with_ipv6("v6ret");
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "ds"]);
+    ok6(&h, &["create", &b, "--network", "ds"]);
+    let ns = format!("--net=/run/netns/{a}");
+    let mut inside = std::process::Command::new("nsenter")
+        .args([ns.as_str(), "--", "sleep", "60"])
+        .spawn()
+        .expect("sleep inside a");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ok6(&h, &["detach", &a, "--network", "ds"]);
+    ok6(&h, &["attach", &a, "--network", "ds"]);
+    assert!(
+        probe::ping6(&h.sb_path("b"), address6(&h, &a)).expect("ping"),
+        "b -> a"
+    );
+    let _ = inside.kill();
+    let _ = inside.wait();
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "ds"]);
+}
+
+/// The veth driver on a dual-stack network: its host end is the gateway of both families (`fe80::1` and
+/// the IPv6 gateway, no router advertisements taken). Without nsnet's firewall (`none`), nothing at the bridge
+/// drops a neighbour's router advertisements, so each sandbox ignores them itself (`accept_ra=0`).
+#[test]
+fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
+    let mut h = TestHost::with_ipv6("v6p2p");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "p", "--driver", "veth", "--ipv6"],
+    );
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "p"]);
+    let host_end = h.inspect(&s)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let gw6 = gateway6(&h, "p");
+    let addrs = h.in_host(&["ip", "-6", "addr", "show", "dev", &host_end]);
+    assert!(
+        addrs.contains("inet6 fe80::1/64") && addrs.contains(&format!("inet6 {gw6}/64")),
+        "{addrs}"
+    );
+    assert!(!addrs.contains("tentative"), "{addrs}");
+    let sysctl = |key: &str| h.in_host(&["sysctl", "-n", key]).trim().to_string();
+    assert_eq!(sysctl(&format!("net.ipv6.conf.{host_end}.accept_ra")), "0");
+    assert!(
+        probe::ping6(&h.sb_path("s"), gw6).expect("ping"),
+        "s -> its gateway"
+    );
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "p"]);
+    assert_eq!(h.snapshot(), empty);
+
+    h.firewall = Some("none");
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "n"]);
+    ok6(&h, &["create", &b, "--network", "n"]);
+    let ns = format!("--net=/run/netns/{a}");
+    let accept_ra = common::sh(&[
+        "nsenter",
+        &ns,
+        "--",
+        "sysctl",
+        "-n",
+        "net.ipv6.conf.eth0.accept_ra",
+    ]);
+    assert_eq!(accept_ra.trim(), "0");
+    assert!(
+        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        "a -> b"
+    );
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `behaviour.rs::attach_existing_namespaces_and_a_second_network` on dual-stack networks: the second
+/// network's endpoint has both addresses but neither default route (only the first network carries them),
+/// and the sandbox reaches both gateways over IPv6.
+#[test]
+fn a_second_dual_stack_network_adds_addresses_but_no_default_route() {
+    let h = TestHost::with_ipv6("v6two");
+    ok6(&h, &["network", "create", "one", "--ipv6"]);
+    ok6(&h, &["network", "create", "two", "--ipv6"]);
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "one"]);
+    ok6(&h, &["attach", &s, "--network", "two"]);
+    let ns = format!("--net=/run/netns/{s}");
+    let routes = common::sh(&["nsenter", &ns, "--", "ip", "-6", "route", "show", "default"]);
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+    assert!(
+        routes.contains(&format!("default via {} dev eth0", gateway6(&h, "one"))),
+        "{routes}"
+    );
+    let routes4 = common::sh(&["nsenter", &ns, "--", "ip", "route", "show", "default"]);
+    assert_eq!(routes4.lines().count(), 1, "{routes4}");
+    let second = &h.inspect(&s)["endpoints"][1];
+    let dev = second["interface"].as_str().unwrap_or_default().to_string();
+    let addrs = common::sh(&[
+        "nsenter", &ns, "--", "ip", "-6", "addr", "show", "dev", &dev,
+    ]);
+    assert!(
+        addrs.contains("scope link")
+            && addrs.contains("scope global")
+            && !addrs.contains("tentative"),
+        "{addrs}"
+    );
+    for net in ["one", "two"] {
+        assert!(
+            probe::ping6(&h.sb_path("s"), gateway6(&h, net)).expect("ping"),
+            "s -> {net}'s gateway"
+        );
+    }
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "one"]);
+    h.ok(&["network", "rm", "two"]);
+}
+
+/// `gc.rs::gc_repairs_links_deleted_by_hand` on a dual-stack network: a veth or the bridge deleted by hand
+/// comes back with its IPv6 addresses and routes, and the sandboxes talk IPv6 again.
+#[test]
+fn gc_repairs_dual_stack_links_deleted_by_hand() {
+    let h = TestHost::with_ipv6("v6gc");
+    ok6(
+        &h,
+        &["network", "create", "n", "--ipv6", "--bridge", "nsbr-gc6"],
+    );
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "n"]);
+    ok6(&h, &["create", &b, "--network", "n"]);
+    let inside = |s: &str| {
+        let ns = format!("--net=/run/netns/{s}");
+        let addrs = common::sh(&["nsenter", &ns, "--", "ip", "-6", "-br", "addr"]);
+        let routes = common::sh(&["nsenter", &ns, "--", "ip", "-6", "route"]);
+        // Without the peer's index (`eth0@if7`): a re-created veth gets a new one.
+        format!("{addrs}{routes}")
+            .split_whitespace()
+            .map(|w| w.split('@').next().unwrap_or(w).to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (whole, inside_a) = (h.snapshot(), inside(&a));
+    let talk = || {
+        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping")
+            && probe::ping6(&h.sb_path("b"), address6(&h, &a)).expect("ping")
+    };
+    assert!(talk());
+    let veth = h.inspect(&a)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    h.in_host(&["ip", "link", "del", &veth]);
+    let done = ok6(&h, &["gc"]);
+    assert!(done.contains(&format!("re-created veth {veth}")), "{done}");
+    assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
+    assert_eq!(inside(&a), inside_a);
+    assert!(talk());
+
+    h.in_host(&["ip", "link", "del", "nsbr-gc6"]);
+    let done = ok6(&h, &["gc"]);
+    assert!(done.contains("re-created bridge nsbr-gc6"), "{done}");
+    assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
+    assert!(talk());
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// `behaviour.rs::sixty_four_commands_at_once` on a dual-stack network, smaller: 24 creates and 8 removals at
+/// once; every command succeeds, IPv6 addresses are unique, every sandbox reaches the first over IPv6 with
+/// nothing tentative, and nothing is left.
+#[test]
+fn dual_stack_commands_at_once() {
+    let h = TestHost::with_ipv6("v6many");
+    let empty = h.snapshot();
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    let doomed: Vec<String> = (0..8).map(|i| h.sb(&format!("d{i}"))).collect();
+    for name in &doomed {
+        ok6(&h, &["create", name, "--network", "n"]);
+    }
+    let created: Vec<String> = (0..24).map(|i| h.sb(&format!("c{i}"))).collect();
+    std::thread::scope(|s| {
+        for chunk in created.chunks(3) {
+            let h = &h;
+            s.spawn(move || {
+                for name in chunk {
+                    ok6(h, &["create", name, "--network", "n"]);
+                }
+            });
+        }
+        for name in &doomed {
+            let h = &h;
+            s.spawn(move || h.ok(&["rm", name]));
+        }
+    });
+    let addrs: std::collections::BTreeSet<Ipv6Addr> =
+        created.iter().map(|s| address6(&h, s)).collect();
+    assert_eq!(addrs.len(), created.len(), "IPv6 addresses are unique");
+    let first = address6(&h, &created[0]);
+    for (i, name) in created.iter().enumerate().skip(1) {
+        let ns = format!("--net=/run/netns/{name}");
+        let a = common::sh(&["nsenter", &ns, "--", "ip", "-6", "addr"]);
+        assert!(!a.contains("tentative"), "{name}: {a}");
+        assert!(
+            probe::ping6(&h.sb_path(&format!("c{i}")), first).expect("ping"),
+            "c{i} -> c0"
+        );
+    }
+    for name in &created {
+        h.ok(&["rm", name]);
+    }
+    h.ok(&["network", "rm", "n"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// Tables an older nsnet made lack the bridge set that lets a dual-stack port's IPv6 through (and drop all of
+/// it): a dual-stack network is refused in one line, changing nothing, until `firewall reload` brings them up
+/// to date.
+#[test]
+fn tables_from_before_dual_stack_are_reloaded_first() {
+    let h = TestHost::with_ipv6("v6old");
+    h.ok(&["network", "create", "v4"]);
+    // As an older nsnet left them: no endpoint_ifs6 and no rules using it.
+    h.in_host(&["nft", "flush", "chain", "bridge", "nsnet", "prerouting"]);
+    h.in_host(&["nft", "delete", "set", "bridge", "nsnet", "endpoint_ifs6"]);
+    let before = h.snapshot();
+    let out = h.nsnet_env(&["network", "create", "ds", "--ipv6"], &GATE);
+    let err = common::check_one_line_failure(&[], out);
+    assert!(err.contains("run `nsnet firewall reload` once"), "{err}");
+    assert_eq!(h.snapshot(), before, "the refusal changed something");
+    h.ok(&["firewall", "reload"]);
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "ds"]);
+    ok6(&h, &["create", &b, "--network", "ds"]);
+    assert!(
+        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        "a -> b"
+    );
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "ds"]);
+    h.ok(&["network", "rm", "v4"]);
+}

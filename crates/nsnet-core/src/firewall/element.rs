@@ -190,9 +190,12 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             )]
         }
         // Checked in both tables: bridged packets in `bridge nsnet`, point-to-point ones in `ip nsnet`.
+        // A dual-stack port is also in the bridge's `endpoint_ifs6`, whose IPv6 passes (bar router
+        // advertisements and the like); every other port's IPv6 is dropped.
         Rule::Endpoint {
             host_interface,
             address,
+            ipv6,
         } => [Ip, Bridge]
             .into_iter()
             .flat_map(|family| {
@@ -205,6 +208,13 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
                     ),
                 ]
             })
+            .chain((!ipv6.is_empty()).then(|| {
+                Element::new(
+                    Bridge,
+                    "endpoint_ifs6",
+                    vec![Ifname(host_interface.clone())],
+                )
+            }))
             .collect(),
         Rule::Overlay {
             device,
@@ -273,6 +283,7 @@ mod tests {
         let ep = elements(&Rule::Endpoint {
             host_interface: "veth1".into(),
             address: Ipv4Addr::new(10, 89, 0, 2),
+            ipv6: vec![],
         });
         assert_eq!(ep.len(), 4);
         assert_eq!(ep[1].text(), "\"veth1\" . 10.89.0.2");

@@ -171,7 +171,7 @@ fn entries(rule: &Rule) -> Vec<Entry> {
         Rule::PublishedOnly { interface: i } => {
             vec![entry("filter", "NSNET-INBOUND", format!("-o {i} -j DROP"), Append)]
         }
-        Rule::Endpoint { host_interface: h, address: a } => vec![
+        Rule::Endpoint { host_interface: h, address: a, .. } => vec![
             entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -m physdev --physdev-in {h} -j DROP"), Append),
             entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -i {h} -j DROP"), Append),
         ],

@@ -9,7 +9,7 @@ mod nft_netlink;
 pub mod nftables;
 pub mod trace;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 
@@ -44,9 +44,14 @@ pub enum Rule {
     /// to a published port.
     Isolate { from: String, to: String },
     /// A sandbox's endpoint: packets entering from `host_interface` must carry `address` as their source.
+    /// `ipv6`: its IPv6 addresses (link-local, then global) on a dual-stack network, where IPv6 from it is
+    /// let through the bridge but router advertisements, redirects and MLD are not; on an IPv4 network
+    /// (empty) every IPv6 frame from it is dropped. Per-address IPv6 anti-spoofing is C8's (issue #19).
     Endpoint {
         host_interface: String,
         address: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ipv6: Vec<Ipv6Addr>,
     },
     /// DNAT a published port (every port of its range) on the host's addresses to `target`.
     Port {

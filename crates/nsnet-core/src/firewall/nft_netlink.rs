@@ -374,6 +374,7 @@ mod tests {
         b.add(Rule::Endpoint {
             host_interface: "v".into(),
             address: Ipv4Addr::new(1, 2, 3, 4),
+            ipv6: vec![],
         });
         assert!(handles(&b));
         b.add(Rule::Isolate {
@@ -390,6 +391,7 @@ mod tests {
         b.delete(Rule::Endpoint {
             host_interface: "v".into(),
             address: Ipv4Addr::new(1, 2, 3, 4),
+            ipv6: vec![],
         });
         let (bytes, seqs) = encode(&b).unwrap();
         assert_eq!(seqs.len(), 4);

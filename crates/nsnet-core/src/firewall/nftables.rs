@@ -108,6 +108,9 @@ table bridge nsnet {
 	set endpoint_ifs {
 		type ifname
 	}
+	set endpoint_ifs6 {
+		type ifname
+	}
 	set endpoints {
 		type ifname . ipv4_addr
 	}
@@ -262,8 +265,23 @@ const RULES: &[(&str, &str, &str)] = &[
         "prerouting",
         "ether type arp iifname @endpoint_ifs iifname . arp saddr ip != @endpoints drop",
     ),
-    // nsnet's networks are IPv4: nothing IPv6 from a sandbox reaches a neighbour or the host, router
-    // advertisements, neighbour advertisements and redirects included (the host's bridges have IPv6 off too).
+    // A dual-stack sandbox's IPv6 passes, but never a router advertisement, a router solicitation, a
+    // redirect or an MLD message: a sandbox must not give a neighbour (or, if its bridge took them, the
+    // host) a route or an address. Written `icmpv6 type`, which also matches behind extension headers.
+    // Per-address anti-spoofing (neighbour advertisements included) is C8's (issue #19).
+    (
+        BRIDGE_TABLE,
+        "prerouting",
+        "iifname @endpoint_ifs6 icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect, \
+         mld-listener-query, mld-listener-report, mld2-listener-report, mld-listener-done } drop",
+    ),
+    (
+        BRIDGE_TABLE,
+        "prerouting",
+        "ether type ip6 iifname @endpoint_ifs6 accept",
+    ),
+    // An IPv4 network's sandbox: nothing IPv6 from it reaches a neighbour or the host, router
+    // advertisements, neighbour advertisements and redirects included (those bridges have IPv6 off too).
     (
         BRIDGE_TABLE,
         "prerouting",
@@ -289,7 +307,8 @@ fn render_reset(out: &mut String, owner: &str) {
     }
     let _ = writeln!(
         out,
-        "flush set {BRIDGE_TABLE} endpoint_ifs\nflush set {BRIDGE_TABLE} endpoints"
+        "flush set {BRIDGE_TABLE} endpoint_ifs\nflush set {BRIDGE_TABLE} endpoints\n\
+         flush set {BRIDGE_TABLE} endpoint_ifs6"
     );
     let _ = writeln!(out, "flush chain {BRIDGE_TABLE} prerouting");
     for (table, chain, rule) in RULES {
@@ -421,6 +440,22 @@ pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
     })
 }
 
+/// Whether nsnet's bridge table knows dual-stack ports (its set `endpoint_ifs6` and the rules that use it, which
+/// came with IPv6): tables an older nsnet made lack them until a reset ([`render_reset`]) brings them up to date.
+pub fn knows_dual_stack_ports() -> Result<bool, FirewallError> {
+    match super::run_tool(
+        "nft",
+        &["-t", "list", "set", "bridge", "nsnet", "endpoint_ifs6"],
+        None,
+    ) {
+        Ok(_) => Ok(true),
+        Err(FirewallError::Refused { message, .. }) if message.contains("No such file") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether the user chain holds rules (then removing the last network keeps it, and its table).
 pub fn user_chain_has_rules() -> bool {
     // No chain (or no table) prints nothing, which parses to no rules.
@@ -468,6 +503,7 @@ pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
             Rule::Endpoint {
                 host_interface,
                 address,
+                ..
             } => !has(
                 "endpoints",
                 serde_json::json!({"concat": [host_interface, address.to_string()]}),
@@ -683,6 +719,7 @@ mod tests {
         b.add(Rule::Endpoint {
             host_interface: "veth1".into(),
             address: Ipv4Addr::new(10, 89, 0, 2),
+            ipv6: vec![],
         });
         let text = render(&b);
         assert!(text.contains("add element ip nsnet endpoints { \"veth1\" . 10.89.0.2 }"));

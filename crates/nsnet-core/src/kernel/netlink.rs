@@ -1125,6 +1125,32 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The links that hold an IPv6 route learnt from a router advertisement (`proto ra`), by index, each once.
+    pub fn ipv6_ra_route_links(&mut self) -> Result<Vec<u32>, KernelError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet6;
+        let replies = self.request(
+            "list IPv6 routes",
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            if m.header.protocol != RouteProtocol::Ra {
+                continue;
+            }
+            if let (Some(oif), _) = oif_and_gateway(&m) {
+                if !out.contains(&oif) {
+                    out.push(oif);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Destinations of the IPv6 routes in this namespace's main table, default routes left out.
     pub fn ipv6_routes(&mut self) -> Result<Vec<Ipv6Net>, KernelError> {
         let mut req = RouteMessage::default();

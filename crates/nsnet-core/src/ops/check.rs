@@ -129,6 +129,7 @@ impl Nsnet {
                 Rule::Endpoint {
                     host_interface,
                     address,
+                    ..
                 } => {
                     format!("the firewall lacks the anti-spoofing entry {host_interface} {address}")
                 }

@@ -19,7 +19,9 @@ impl Nsnet {
             self.check_tables_owner(net.firewall)?;
         }
         let changed = refresh_host_chains(&mut nets)?;
-        let plan = build::firewall_reload(&nets, &self.store.sandboxes()?, &self.store.owner_tag());
+        let mut plan =
+            build::firewall_reload(&nets, &self.store.sandboxes()?, &self.store.owner_tag());
+        Host::new().keep_router_advertisements(&mut plan.steps)?;
         let plan = self.bring_up(plan, vec![])?;
         self.record_host_chains(changed)?;
         Ok(plan)

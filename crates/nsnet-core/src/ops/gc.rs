@@ -256,7 +256,8 @@ impl Nsnet {
             self.check_tables_owner(net.firewall)?;
         }
         let rechained = super::firewall::refresh_host_chains(&mut nets)?;
-        let reload = build::firewall_reload(&nets, &sandboxes, &tag);
+        let mut reload = build::firewall_reload(&nets, &sandboxes, &tag);
+        Host::new().keep_router_advertisements(&mut reload.steps)?;
         r.plan.steps.extend(reload.steps);
         // What changed of each network: its ledger (with its settings, new host chains and all), or only its
         // settings.
@@ -340,7 +341,7 @@ fn repair_network(
         }
         let (steps, _) = build::network_up(net, &[], None, tag);
         plan.steps
-            .extend(steps.into_iter().filter(|s| *s != Step::forwarding()));
+            .extend(steps.into_iter().filter(|s| !s.is_forwarding()));
     } else if let Some(dev) = net.overlay_device().filter(|d| !present.contains(d)) {
         lines.push(format!(
             "VXLAN device {dev} of network '{}': it was missing",

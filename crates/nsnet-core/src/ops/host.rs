@@ -16,6 +16,7 @@ use crate::kernel::netlink::{DefaultRoute, RouteSpec, NSNET_ROUTE_PROTOCOL};
 use crate::kernel::sockets::{self, Bound};
 use crate::kernel::{netns, sysctl, Link, Netlink};
 use crate::model::Sandbox;
+use crate::plan::Step;
 use crate::portmap::Proto;
 
 /// A fast path map entry: the host port's ifindex and the sandbox's MAC.
@@ -128,6 +129,36 @@ impl Host {
         std::fs::read_to_string("/etc/machine-id")
             .map(|s| s.trim().to_string())
             .unwrap_or_default()
+    }
+
+    /// The links that would lose their router advertisements when IPv6 forwarding comes on: with
+    /// `net.ipv6.conf.all.forwarding` at 0, those taking RAs as a host does (`accept_ra=1`) and holding a
+    /// route learnt from one. Switching forwarding on purges such routes and ignores later RAs unless the
+    /// link says `accept_ra=2` first (moby#43466). Empty once forwarding is on, or on a host without IPv6.
+    pub(crate) fn ra_uplinks(&mut self) -> Result<Vec<String>> {
+        if !Host::has_ipv6() || sysctl::get("net/ipv6/conf/all/forwarding")? != "0" {
+            return Ok(Vec::new());
+        }
+        let holders = self.nl()?.ipv6_ra_route_links()?;
+        let links = self.links()?;
+        Ok(links
+            .into_iter()
+            .filter(|l| holders.contains(&l.index))
+            .filter(|l| {
+                sysctl::get(&format!("net/ipv6/conf/{}/accept_ra", l.name)).is_ok_and(|v| v == "1")
+            })
+            .map(|l| l.name)
+            .collect())
+    }
+
+    /// [`crate::plan::build::keep_router_advertisements`] for `steps`, with this host's uplinks; looks at the
+    /// host only when the steps switch IPv6 forwarding on.
+    pub(crate) fn keep_router_advertisements(&mut self, steps: &mut Vec<Step>) -> Result<()> {
+        if steps.contains(&Step::forwarding6()) {
+            let uplinks = self.ra_uplinks()?;
+            crate::plan::build::keep_router_advertisements(steps, &uplinks);
+        }
+        Ok(())
     }
 
     /// The destinations of every IPv4 route.
@@ -366,6 +397,15 @@ impl Host {
     /// Whether the user chain on `backend` holds the user's rules.
     pub(crate) fn user_chain_has_rules(backend: Backend) -> bool {
         backend.user_chain_has_rules()
+    }
+
+    /// Whether nsnet's nftables tables, made before, know dual-stack ports
+    /// ([`nftables::knows_dual_stack_ports`]); other backends have nothing to know.
+    pub(crate) fn firewall_knows_dual_stack(backend: Backend) -> Result<bool> {
+        match backend {
+            Backend::Nftables => Ok(nftables::knows_dual_stack_ports()?),
+            Backend::Iptables | Backend::None => Ok(true),
+        }
     }
 
     /// Which of `rules` are not (all) in `backend`'s firewall now.

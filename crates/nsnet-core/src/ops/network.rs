@@ -122,7 +122,8 @@ impl Nsnet {
         let mut host = Host::new();
         let net = self.validate_network(req, nets, &mut host)?;
         let tables = self.tables_change(nets.len(), net.firewall)?;
-        let (steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
+        let (mut steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
+        host.keep_router_advertisements(&mut steps)?;
         let plan = Plan::setup(steps, fw, net.firewall);
         let plan = self.bring_up(plan, vec![Record::Network(NetworkRecord::new(net.clone()))])?;
         Ok((plan, net))
@@ -381,6 +382,26 @@ impl Nsnet {
                 None => None,
             },
         };
+        // The iptables firewall filters no IPv6 between sandboxes yet (C9 of issue #19): a sandbox's router
+        // advertisement would configure its neighbours.
+        if net.ipv6.is_some() && net.firewall == Backend::Iptables {
+            return Err(invalid!(
+                "{}: the iptables firewall does not filter IPv6 between sandboxes yet; use the nftables one, \
+                 or leave out {}",
+                self.terms.ipv6,
+                self.terms.ipv6
+            ));
+        }
+        // Tables an older nsnet made drop all IPv6 from sandbox ports and lack the set that lets a dual-stack
+        // port's through; only a reset brings them up to date (the first network's create does one). Until
+        // C7 migrates tables on its own, the user runs it.
+        if net.ipv6.is_some() && !nets.is_empty() && !Host::firewall_knows_dual_stack(net.firewall)?
+        {
+            return Err(invalid!(
+                "nsnet's firewall tables on this host predate dual-stack networks; run `nsnet firewall \
+                 reload` once, then create the network again"
+            ));
+        }
         // host-gw's fast path hangs a filter on the underlay's ingress: the qdisc is nsnet's to make (and to
         // remove) only when there is none.
         if crate::plan::build::underlay_filter(&net).is_some() {

@@ -239,12 +239,13 @@ impl Nsnet {
         let mut fw = Batch::default();
         if new_network {
             let others: Vec<Network> = nets.into_iter().map(|(n, _)| n).collect();
-            let (s, f) = build::network_up(
+            let (mut s, f) = build::network_up(
                 &net,
                 &others,
                 self.tables_change(others.len(), net.firewall)?,
                 &self.store.owner_tag(),
             );
+            Host::new().keep_router_advertisements(&mut s)?;
             kernel.extend(s);
             fw.0.extend(f.0);
         }

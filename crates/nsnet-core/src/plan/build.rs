@@ -6,11 +6,40 @@ use crate::model::{
     Driver, Endpoint, GatewayMode, Mac, Network, Overlay, OverlayBackend, Peer, Sandbox,
 };
 use crate::plan::{Ns, PeerLink, Plan, Step};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::net::Ipv6Addr;
 
 fn gateway_cidr(net: &Network) -> Ipv4Net {
     // The subnet is valid, so the gateway with its prefix length is too.
     Ipv4Net::new(net.gateway, net.subnet.prefix_len()).unwrap_or(net.subnet)
+}
+
+/// The fixed link-local address of every dual-stack gateway link (bridge, or veth driver host end).
+const GATEWAY_LINK_LOCAL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// A dual-stack network's gateway addresses, in the order they are added: `fe80::1/64`, then the gateway
+/// with its subnet's prefix length. None on an IPv4 network.
+fn gateway_addresses6(net: &Network) -> Vec<IpNet> {
+    let Some(n6) = &net.ipv6 else {
+        return Vec::new();
+    };
+    let gateway = Ipv6Net::new(n6.gateway, n6.subnet.prefix_len()).unwrap_or(n6.subnet);
+    vec![link_local6(GATEWAY_LINK_LOCAL6).into(), gateway.into()]
+}
+
+/// `addr/64`, a link-local address with its prefix.
+fn link_local6(addr: Ipv6Addr) -> Ipv6Net {
+    // 64 is a valid IPv6 prefix length.
+    Ipv6Net::new(addr, 64).unwrap_or_default()
+}
+
+/// The addresses a dual-stack endpoint's sandbox end gets, in order: its link-local address (derived from its
+/// MAC; without one the kernel sends no neighbour-unreachability probes), then its global one.
+fn endpoint_addresses6(ep: &Endpoint) -> Vec<Ipv6Net> {
+    ep.ipv6
+        .iter()
+        .flat_map(|e6| [link_local6(ep.mac.link_local6()), e6.address])
+        .collect()
 }
 
 /// The firewall rules a network stands for, given the other networks (isolation pairs both ways between this
@@ -289,6 +318,9 @@ pub fn network_up(
     let mut steps = Vec::new();
     if !net.internal {
         steps.push(Step::forwarding());
+        if net.ipv6.is_some() {
+            steps.push(Step::forwarding6());
+        }
     }
     if net.driver == Driver::Bridge {
         steps.push(Step::CreateBridge {
@@ -296,6 +328,7 @@ pub fn network_up(
             mtu: net.mtu,
             mac: Mac::for_ipv4(net.gateway),
             tag: owner.to_string(),
+            ipv6: net.ipv6.is_some(),
         });
         if let Some(bridge) = fast_path_bridge(net) {
             steps.push(Step::FastPathInit { bridge });
@@ -307,6 +340,14 @@ pub fn network_up(
                 addr: gateway_cidr(net).into(),
             });
             steps.push(Step::route_localnet(&net.interface));
+            // IPv6 has no route_localnet: the host reaching [::1] comes with C10.
+            for addr in gateway_addresses6(net) {
+                steps.push(Step::AddAddress {
+                    ns: Ns::Host,
+                    dev: net.interface.clone(),
+                    addr,
+                });
+            }
         }
         steps.extend(overlay_up(net, owner));
     }
@@ -318,6 +359,15 @@ pub fn network_up(
         fw.add(rule);
     }
     (steps, fw)
+}
+
+/// Before IPv6 forwarding comes on in `steps`, let each of `uplinks` (links taking router advertisements,
+/// [`crate::ops`]' `Host::ra_uplinks`) keep taking them: otherwise the host loses the default route its
+/// LAN's router gives it (moby#43466, docker/for-linux#844).
+pub fn keep_router_advertisements(steps: &mut Vec<Step>, uplinks: &[String]) {
+    if let Some(i) = steps.iter().position(|s| *s == Step::forwarding6()) {
+        steps.splice(i..i, uplinks.iter().map(|u| Step::accept_ra_as_router(u)));
+    }
 }
 
 /// A network's firewall elements, to delete. `tables`: `Some` when it is the last network, so nsnet's tables go
@@ -384,7 +434,7 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
         // with its own deletion.
         let restore = up
             .into_iter()
-            .filter(|s| *s != Step::forwarding() && !overlay.contains(s))
+            .filter(|s| !s.is_forwarding() && !overlay.contains(s))
             .collect();
         if let Some(o) = net
             .overlay
@@ -493,16 +543,17 @@ pub fn endpoint_teardown(
             made_with: Some(ep.mac.host_end()),
         };
         // Back as it was: both ends renamed back and up (the port kept its bridge and its binding); the
-        // sandbox's routes through the downed end went.
+        // sandbox's routes through the downed end went, and so did its IPv6 addresses (IPv4 ones stay).
         let ns = Ns::Path(sb.netns.clone());
         let mut restore: Vec<Step> = retire.undo().into_iter().collect();
-        if ep.default_route {
-            restore.push(Step::AddDefaultRoute {
-                ns,
+        for addr in endpoint_addresses6(ep) {
+            restore.push(Step::AddAddress {
+                ns: ns.clone(),
                 dev: ep.interface.clone(),
-                via: ep.gateway.into(),
+                addr: addr.into(),
             });
         }
+        restore.extend(default_routes(ep, &ns));
         plan.push_teardown(retire, restore);
         return plan;
     }
@@ -575,12 +626,30 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox], owner: &str) -> 
             fw.add(rule);
         }
     }
-    let steps = if nets.iter().any(|n| !n.internal) {
-        vec![Step::forwarding()]
-    } else {
-        vec![]
-    };
+    let mut steps = Vec::new();
+    if nets.iter().any(|n| !n.internal) {
+        steps.push(Step::forwarding());
+    }
+    if nets.iter().any(|n| !n.internal && n.ipv6.is_some()) {
+        steps.push(Step::forwarding6());
+    }
     Plan::setup(steps, fw, nets[0].firewall)
+}
+
+/// The sandbox's default routes through `ep`, if it carries them: IPv4's, then IPv6's (which needs the link
+/// up, not its carrier).
+fn default_routes(ep: &Endpoint, ns: &Ns) -> Vec<Step> {
+    if !ep.default_route {
+        return Vec::new();
+    }
+    let route = |via: std::net::IpAddr| Step::AddDefaultRoute {
+        ns: ns.clone(),
+        dev: ep.interface.clone(),
+        via,
+    };
+    std::iter::once(route(ep.gateway.into()))
+        .chain(ep.ipv6.map(|e6| route(e6.gateway.into())))
+        .collect()
 }
 
 /// The firewall elements of one endpoint: its anti-spoofing pair and its published ports.
@@ -588,6 +657,7 @@ pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
     let mut rules = vec![Rule::Endpoint {
         host_interface: ep.host_interface.clone(),
         address: ep.address.addr(),
+        ipv6: endpoint_addresses6(ep).iter().map(|a| a.addr()).collect(),
     }];
     for mapping in &ep.ports {
         rules.push(Rule::Port {
@@ -609,6 +679,7 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
         peer_mac: ep.mac,
         host_mac: ep.mac.host_end(),
         tag: owner.to_string(),
+        host_ipv6: net.driver == Driver::Veth && net.ipv6.is_some(),
     }];
     match net.driver {
         Driver::Bridge => steps.push(Step::BindPort {
@@ -624,6 +695,13 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
                 addr: gateway_cidr(net).into(),
             });
             steps.push(Step::route_localnet(&ep.host_interface));
+            for addr in gateway_addresses6(net) {
+                steps.push(Step::AddAddress {
+                    ns: Ns::Host,
+                    dev: ep.host_interface.clone(),
+                    addr,
+                });
+            }
         }
     }
     steps.push(Step::AddAddress {
@@ -631,16 +709,27 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
         dev: ep.interface.clone(),
         addr: ep.address.into(),
     });
+    // Without DAD (see Step::AddAddress): usable as soon as the carrier comes, no `tentative` wait.
+    for addr in endpoint_addresses6(ep) {
+        steps.push(Step::AddAddress {
+            ns: ns.clone(),
+            dev: ep.interface.clone(),
+            addr: addr.into(),
+        });
+    }
     steps.push(Step::LinkUp {
         ns: ns.clone(),
         name: ep.interface.clone(),
     });
-    if ep.default_route {
-        // Accepted while the host end is down (the route is marked linkdown until the carrier comes).
-        steps.push(Step::AddDefaultRoute {
+    // Accepted while the host end is down (the route is marked linkdown until the carrier comes); the IPv6
+    // one needs the sandbox end up, which it now is.
+    steps.extend(default_routes(ep, ns));
+    if ep.ipv6.is_some() && net.firewall == crate::firewall::Backend::None {
+        // No bridge rules drop a neighbour's router advertisements: the sandbox itself ignores them.
+        steps.push(Step::Sysctl {
             ns: ns.clone(),
-            dev: ep.interface.clone(),
-            via: ep.gateway.into(),
+            key: format!("net/ipv6/conf/{}/accept_ra", ep.interface),
+            value: "0".into(),
         });
     }
     // Before the host end comes up: bringing it up sets off the bridge's walk over every port under RTNL,
@@ -836,6 +925,202 @@ mod tests {
         assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
         assert!(text
             .contains("add element bridge nsnet endpoints { \"veth12345678\" . 172.16.0.102 }\n"));
+    }
+
+    fn net6(driver: Driver) -> Network {
+        let mut n = net(driver, false);
+        n.ipv6 = Some(crate::model::Net6 {
+            subnet: "fd89:1:2:3::/64".parse().unwrap(),
+            gateway: "fd89:1:2:3::1".parse().unwrap(),
+            nat: true,
+        });
+        n
+    }
+
+    fn ep6() -> Endpoint {
+        Endpoint {
+            ipv6: Some(crate::model::Ep6 {
+                address: "fd89:1:2:3::2/64".parse().unwrap(),
+                gateway: "fd89:1:2:3::1".parse().unwrap(),
+            }),
+            ..ep(vec![])
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_bridge_takes_no_router_advertisements_and_holds_both_gateways() {
+        let (steps, _) = network_up(&net6(Driver::Bridge), &[], None, OWNER);
+        let text = Plan::setup(steps, Batch::default(), Default::default()).render();
+        assert!(
+            text.contains(
+                "ip link add br0 address 02:6e:ac:10:00:64 mtu 1500 type bridge\n\
+                 ip link set br0 alias nsnet:/s up\n\
+                 ip link set br0 addrgenmode none\n\
+                 sysctl -w net.ipv6.conf.br0.accept_ra=0\n\
+                 sysctl -w net.ipv6.conf.br0.disable_ipv6=0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ip addr add 172.16.0.100/24 dev br0\n\
+                 sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
+                 ip addr add fe80::1/64 dev br0 nodad\n\
+                 ip addr add fd89:1:2:3::1/64 dev br0 nodad\n"
+            ),
+            "{text}"
+        );
+        // An IPv4 network's bridge is as it was: nothing IPv6 in its plan.
+        let (steps, _) = network_up(&net(Driver::Bridge, false), &[], None, OWNER);
+        let text = Plan::setup(steps, Batch::default(), Default::default()).render();
+        assert!(!text.contains("ipv6") && !text.contains("fe80"), "{text}");
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_gets_both_addresses_without_dad_before_its_routes() {
+        let (steps, fw) = endpoint_up(&net6(Driver::Bridge), &ep6(), &ns(), OWNER);
+        let text = Plan::setup(steps, fw, Default::default()).render();
+        assert!(
+            text.contains(
+                "sysctl -w net.ipv6.conf.veth12345678.disable_ipv6=1\n\
+                 ip -n netns2 link set eth0 addrgenmode none\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ip -n netns2 addr add 172.16.0.102/24 dev eth0\n\
+                 ip -n netns2 addr add fe80::6e:acff:fe10:66/64 dev eth0 nodad\n\
+                 ip -n netns2 addr add fd89:1:2:3::2/64 dev eth0 nodad\n\
+                 ip -n netns2 link set eth0 up\n\
+                 ip -n netns2 route add default via 172.16.0.100 dev eth0\n\
+                 ip -n netns2 -6 route add default via fd89:1:2:3::1 dev eth0\n"
+            ),
+            "{text}"
+        );
+        // Its port lets IPv6 through the bridge (bar router advertisements and the like).
+        assert!(text.contains("add element bridge nsnet endpoint_ifs6 { \"veth12345678\" }\n"));
+        assert!(!text.contains("accept_ra"), "{text}");
+        // Without nsnet's firewall nothing drops a neighbour's router advertisements: the sandbox ignores them.
+        let mut n = net6(Driver::Bridge);
+        n.firewall = crate::firewall::Backend::None;
+        let (steps, _) = endpoint_up(&n, &ep6(), &ns(), OWNER);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.render()
+                    == "ip netns exec netns2 sysctl -w net.ipv6.conf.eth0.accept_ra=0")
+        );
+        // An IPv4 endpoint's port does not.
+        let (_, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![]), &ns(), OWNER);
+        let text = Plan::setup(vec![], fw, Default::default()).render();
+        assert!(!text.contains("endpoint_ifs6"), "{text}");
+    }
+
+    #[test]
+    fn a_dual_stack_point_to_point_host_end_is_the_ipv6_gateway() {
+        let mut e = ep6();
+        e.host_interface = "vh1".into();
+        let (steps, _) = endpoint_up(&net6(Driver::Veth), &e, &ns(), OWNER);
+        let text = steps
+            .iter()
+            .map(Step::render)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains(
+                "ip link set vh1 alias nsnet:/s\n\
+                 ip link set vh1 addrgenmode none\n\
+                 sysctl -w net.ipv6.conf.vh1.accept_ra=0\n\
+                 sysctl -w net.ipv6.conf.vh1.disable_ipv6=0\n\
+                 ip -n netns2 link set eth0 addrgenmode none\n\
+                 ip addr add 172.16.0.100/24 dev vh1\n\
+                 sysctl -w net.ipv4.conf.vh1.route_localnet=1\n\
+                 ip addr add fe80::1/64 dev vh1 nodad\n\
+                 ip addr add fd89:1:2:3::1/64 dev vh1 nodad\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_retired_dual_stack_veth_comes_back_with_its_ipv6_addresses_and_route() {
+        let n = net6(Driver::Bridge);
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: false,
+            netns_id: None,
+            cni: false,
+            endpoints: vec![ep6()],
+            removing: false,
+            dns_servers: vec![],
+        };
+        let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, VethRemoval::OneByOne);
+        let i = plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::RetireVeth { .. }))
+            .expect("the veth is retired");
+        // IPv6 addresses go when a link goes down (IPv4 ones stay): they come back before the routes.
+        let back: Vec<String> = plan.undo_of(i)[1..].iter().map(Step::render).collect();
+        assert_eq!(
+            back,
+            [
+                "ip -n netns2 addr add fe80::6e:acff:fe10:66/64 dev eth0 nodad",
+                "ip -n netns2 addr add fd89:1:2:3::2/64 dev eth0 nodad",
+                "ip -n netns2 route add default via 172.16.0.100 dev eth0",
+                "ip -n netns2 -6 route add default via fd89:1:2:3::1 dev eth0",
+            ]
+        );
+        // A deleted bridge comes back with its IPv6 (its restore replays the set-up).
+        let plan = network_teardown(&n, &[], OWNER);
+        let restore = plan.undo_of(plan.steps.len() - 1);
+        assert!(restore.contains(&Step::AddAddress {
+            ns: Ns::Host,
+            dev: "br0".into(),
+            addr: "fe80::1/64".parse().unwrap(),
+        }));
+        assert!(
+            matches!(restore[0], Step::CreateBridge { ipv6: true, .. }),
+            "{restore:?}"
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_network_forwards_ipv6_once_its_uplinks_keep_their_router() {
+        let (mut steps, _) = network_up(&net6(Driver::Bridge), &[], None, OWNER);
+        assert_eq!(steps[..2], [Step::forwarding(), Step::forwarding6()]);
+        keep_router_advertisements(&mut steps, &["eth0".into(), "wlan0".into()]);
+        let text: Vec<String> = steps[..4].iter().map(Step::render).collect();
+        assert_eq!(
+            text,
+            [
+                "sysctl -w net.ipv4.ip_forward=1",
+                "sysctl -w net.ipv6.conf.eth0.accept_ra=2",
+                "sysctl -w net.ipv6.conf.wlan0.accept_ra=2",
+                "sysctl -w net.ipv6.conf.all.forwarding=1",
+            ]
+        );
+        // An internal network switches neither on; an IPv4 one leaves IPv6 alone.
+        let mut internal = net6(Driver::Bridge);
+        internal.internal = true;
+        let (steps, _) = network_up(&internal, &[], None, OWNER);
+        assert!(!steps.iter().any(Step::is_forwarding));
+        let (mut steps, _) = network_up(&net(Driver::Bridge, false), &[], None, OWNER);
+        keep_router_advertisements(&mut steps, &["eth0".into()]);
+        assert!(!steps.contains(&Step::forwarding6()));
+        assert!(!steps.iter().any(|s| s.render().contains("accept_ra")));
+        // A reload switches it on again (after a reboot); a deleted bridge's restore does not (never undone).
+        let reload = firewall_reload(&[net6(Driver::Bridge)], &[], OWNER);
+        assert!(reload.steps.contains(&Step::forwarding6()));
+        let reload = firewall_reload(&[internal, net(Driver::Bridge, false)], &[], OWNER);
+        assert!(!reload.steps.contains(&Step::forwarding6()));
+        let plan = network_teardown(&net6(Driver::Bridge), &[], OWNER);
+        assert!(!plan
+            .undo_of(plan.steps.len() - 1)
+            .iter()
+            .any(Step::is_forwarding));
     }
 
     #[test]

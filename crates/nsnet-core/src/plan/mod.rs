@@ -68,16 +68,24 @@ pub enum Step {
     /// `ip link add NAME type bridge`, up, with a fixed MAC: a bridge without one takes its lowest port's
     /// address, so the gateway's MAC would change as sandboxes come and go (stale ARP in every sandbox).
     /// Tagged with `tag` (its alias), as every host link nsnet makes: see [`Step::DeleteLink`].
+    /// Without `ipv6` (an IPv4 network) the bridge has IPv6 off. With it (a dual-stack network) IPv6 is on
+    /// but the bridge makes no link-local address of its own (`addrgenmode none`: nsnet adds `fe80::1`) and
+    /// takes no router advertisements (`accept_ra=0`: a sandbox's must never give the host a route).
     CreateBridge {
         name: String,
         mtu: u32,
         mac: Mac,
         #[serde(default)]
         tag: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        ipv6: bool,
     },
     /// A veth pair, host end in the host (on `master` if given), peer created inside `peer_ns`; both left down
-    /// until configured ([`Step::LinkUp`]). The networks are IPv4, so neither end gets an IPv6 address: IPv6 is
-    /// off on the host end and the peer has no link-local address (see [`crate::kernel::sysctl::disable_ipv6`]).
+    /// until configured ([`Step::LinkUp`]). Neither end makes IPv6 addresses of its own: IPv6 is off on the
+    /// host end and the peer has no link-local address (see [`crate::kernel::sysctl::disable_ipv6`]); on a
+    /// dual-stack network nsnet adds the peer's addresses itself, without DAD. With `host_ipv6` (the veth
+    /// driver on a dual-stack network, whose host end is the gateway) the host end is treated like a
+    /// dual-stack bridge ([`Step::CreateBridge`]): IPv6 on, `addrgenmode none`, `accept_ra=0`.
     CreateVeth {
         host: String,
         peer: String,
@@ -89,6 +97,8 @@ pub enum Step {
         /// The host end's alias: see [`Step::DeleteLink`].
         #[serde(default)]
         tag: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        host_ipv6: bool,
     },
     /// `ip link set NAME up`. A veth's host end comes up last: the carrier it brings makes the bridge
     /// re-evaluate every port under the kernel's RTNL lock (a cost that grows with the bridge), and no later
@@ -377,11 +387,17 @@ impl Step {
                 mtu,
                 mac,
                 tag,
+                ipv6,
             } => {
-                format!(
+                let mut out = format!(
                     "ip link add {name} address {mac} mtu {mtu} type bridge\n\
                      ip link set {name} alias {tag} up"
-                )
+                );
+                if *ipv6 {
+                    out.push('\n');
+                    out.push_str(&render_ipv6_gateway_link(&Ns::Host, name));
+                }
+                out
             }
             Step::CreateVeth {
                 host,
@@ -392,6 +408,7 @@ impl Step {
                 peer_mac,
                 host_mac,
                 tag,
+                host_ipv6,
             } => {
                 let netns = match peer_ns {
                     Ns::Host => String::new(),
@@ -404,10 +421,15 @@ impl Step {
                     .as_ref()
                     .map(|m| format!(" master {m}"))
                     .unwrap_or_default();
+                let host_v6 = if *host_ipv6 {
+                    render_ipv6_gateway_link(&Ns::Host, host)
+                } else {
+                    format!("sysctl -w net.ipv6.conf.{host}.disable_ipv6=1")
+                };
                 format!(
                     "ip link add {host} address {host_mac} mtu {mtu}{master} type veth peer name {peer} address {peer_mac}{netns}\n\
                      ip link set {host} alias {tag}\n\
-                     sysctl -w net.ipv6.conf.{host}.disable_ipv6=1\n\
+                     {host_v6}\n\
                      {} link set {peer} addrgenmode none",
                     peer_ns.ip()
                 )
@@ -632,6 +654,22 @@ fn render_peer(o: &PeerLink, peer: &Peer, verb: &str) -> String {
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What a dual-stack gateway link (a bridge, or the veth driver's host end) gets besides its addresses: no
+/// automatic link-local address, no router advertisements taken, IPv6 on (`disable_ipv6=0` is written only
+/// where the host's default turned it off).
+fn render_ipv6_gateway_link(ns: &Ns, name: &str) -> String {
+    format!(
+        "{} link set {name} addrgenmode none\n\
+         sysctl -w net.ipv6.conf.{name}.accept_ra=0\n\
+         sysctl -w net.ipv6.conf.{name}.disable_ipv6=0",
+        ns.ip()
+    )
+}
+
 impl Step {
     /// `net.ipv4.ip_forward=1`.
     pub fn forwarding() -> Step {
@@ -640,6 +678,32 @@ impl Step {
             key: "net/ipv4/ip_forward".into(),
             value: "1".into(),
         }
+    }
+
+    /// `net.ipv6.conf.all.forwarding=1`: IPv6 forwarding is global (a link's own `forwarding` only picks host
+    /// or router behaviour). It also makes every link a router, which purges the routes router advertisements
+    /// gave and ignores later ones, except on links with `accept_ra=2` ([`Step::accept_ra_as_router`]).
+    pub fn forwarding6() -> Step {
+        Step::Sysctl {
+            ns: Ns::Host,
+            key: "net/ipv6/conf/all/forwarding".into(),
+            value: "1".into(),
+        }
+    }
+
+    /// `net.ipv6.conf.IFNAME.accept_ra=2`: the link keeps taking router advertisements once the host forwards
+    /// IPv6. Never reverted, like forwarding itself.
+    pub fn accept_ra_as_router(interface: &str) -> Step {
+        Step::Sysctl {
+            ns: Ns::Host,
+            key: format!("net/ipv6/conf/{interface}/accept_ra"),
+            value: "2".into(),
+        }
+    }
+
+    /// Whether this step switches forwarding on, for either family (never undone, so never restored).
+    pub fn is_forwarding(&self) -> bool {
+        *self == Step::forwarding() || *self == Step::forwarding6()
     }
 
     /// `net.ipv4.conf.IFNAME.route_localnet=1`: lets the host reach published ports through 127.0.0.1 (the
@@ -766,6 +830,14 @@ mod tests {
         assert_eq!(
             render(Step::forwarding()),
             "sysctl -w net.ipv4.ip_forward=1"
+        );
+        assert_eq!(
+            render(Step::forwarding6()),
+            "sysctl -w net.ipv6.conf.all.forwarding=1"
+        );
+        assert_eq!(
+            render(Step::accept_ra_as_router("eth0")),
+            "sysctl -w net.ipv6.conf.eth0.accept_ra=2"
         );
         // Addresses and routes go with their link: no undo of their own.
         assert_eq!(addr("fd89::2/64").undo(), None);
