@@ -1015,21 +1015,26 @@ impl Netlink {
 
     /// Every IPv4 route of the main table.
     fn main_routes(&mut self) -> Result<Vec<RouteMessage>, KernelError> {
+        Ok(self
+            .routes_of(AddressFamily::Inet)?
+            .into_iter()
+            .filter(|m| m.header.table == RouteHeader::RT_TABLE_MAIN)
+            .collect())
+    }
+
+    /// Every route of `family` in this namespace, all tables (one dump).
+    fn routes_of(&mut self, family: AddressFamily) -> Result<Vec<RouteMessage>, KernelError> {
         let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
-        let replies = self.request(
-            "list routes",
-            RouteNetlinkMessage::GetRoute(req),
-            NLM_F_DUMP,
-        )?;
+        req.header.address_family = family;
+        let what = match family {
+            AddressFamily::Inet6 => "list IPv6 routes",
+            _ => "list routes",
+        };
+        let replies = self.request(what, RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
         Ok(replies
             .into_iter()
             .filter_map(|r| match r {
-                RouteNetlinkMessage::NewRoute(m)
-                    if m.header.table == RouteHeader::RT_TABLE_MAIN =>
-                {
-                    Some(m)
-                }
+                RouteNetlinkMessage::NewRoute(m) => Some(m),
                 _ => None,
             })
             .collect())
@@ -1127,18 +1132,8 @@ impl Netlink {
 
     /// The links that hold an IPv6 route learnt from a router advertisement (`proto ra`), by index, each once.
     pub fn ipv6_ra_route_links(&mut self) -> Result<Vec<u32>, KernelError> {
-        let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet6;
-        let replies = self.request(
-            "list IPv6 routes",
-            RouteNetlinkMessage::GetRoute(req),
-            NLM_F_DUMP,
-        )?;
         let mut out = Vec::new();
-        for r in replies {
-            let RouteNetlinkMessage::NewRoute(m) = r else {
-                continue;
-            };
+        for m in self.routes_of(AddressFamily::Inet6)? {
             if m.header.protocol != RouteProtocol::Ra {
                 continue;
             }
@@ -1153,18 +1148,8 @@ impl Netlink {
 
     /// Destinations of the IPv6 routes in this namespace's main table, default routes left out.
     pub fn ipv6_routes(&mut self) -> Result<Vec<Ipv6Net>, KernelError> {
-        let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet6;
-        let replies = self.request(
-            "list IPv6 routes",
-            RouteNetlinkMessage::GetRoute(req),
-            NLM_F_DUMP,
-        )?;
         let mut out = Vec::new();
-        for r in replies {
-            let RouteNetlinkMessage::NewRoute(m) = r else {
-                continue;
-            };
+        for m in self.routes_of(AddressFamily::Inet6)? {
             let len = m.header.destination_prefix_length;
             if m.header.table != RouteHeader::RT_TABLE_MAIN
                 || m.header.kind != RouteType::Unicast
