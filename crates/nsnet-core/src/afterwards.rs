@@ -7,10 +7,11 @@
 //!
 //! A binary that exits right after its command opts in ([`enable`]) and calls [`finish`] last, once everything
 //! is printed. `finish` forks once, without `exec` and without waiting for the child: the child waits until
-//! the command has closed its own copies of the sockets (a pipe's end of file tells it), starts the reaper,
-//! and closes the sockets once nf_tables has finished with them, all after the command has exited. A process that has not opted in (a library
-//! user, the agent, the tests' in-process calls) keeps today's behaviour: sockets closed by a short-lived
-//! grandchild, the reaper spawned at once.
+//! the command has closed its own copies of the sockets (a pipe's end of file tells it, right after the
+//! fork), starts the reaper, and closes the sockets once nf_tables has finished with them, by which time the
+//! command has long exited. A process that has not opted in (a library user, the agent, the tests'
+//! in-process calls) keeps the plain way: sockets closed by a short-lived grandchild, the reaper spawned at
+//! once.
 //!
 //! Before forking, `finish` points the command's stdin, stdout and stderr at /dev/null, and the child closes
 //! every other descriptor first thing: a runtime reading the command's output until end of file, or the next
