@@ -6,11 +6,11 @@
 mod common;
 
 use std::fs;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{holders, processes_with, sh, within, TestHost};
+use common::{drain, holders, processes_with, sh, within, TestHost};
 use serde_json::{json, Value};
 
 /// What the runtime got: success, stdout, stderr, and how long after the plugin's exit the last of its
@@ -50,15 +50,6 @@ fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply
             .write_all(conf.to_string().as_bytes())
             .expect("write stdin");
     }
-    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut text);
-            }
-            (text, Instant::now())
-        })
-    };
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let extra = drain(Some(Box::new(std::fs::File::from(extra_read)) as _));

@@ -7,11 +7,10 @@
 mod common;
 
 use std::fs;
-use std::io::Read as _;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{holders, host_veth, nsnet_bin, processes_with, sh, within, TestHost};
+use common::{drain, holders, host_veth, nsnet_bin, processes_with, sh, within, TestHost};
 use serde_json::Value;
 
 /// What a run with its output on pipes gave: its status, its stdout, and how long after its exit the later of
@@ -40,15 +39,6 @@ fn piped(h: &TestHost, args: &[&str]) -> Piped {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn nsnet");
-    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut text);
-            }
-            (text, Instant::now())
-        })
-    };
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let status = child.wait().expect("wait for nsnet");

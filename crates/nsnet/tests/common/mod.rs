@@ -1000,3 +1000,16 @@ pub fn processes_with(marker: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Read `pipe` to its end on a thread of its own; the thread returns what it read and when the end came.
+pub fn drain(
+    pipe: Option<Box<dyn std::io::Read + Send>>,
+) -> std::thread::JoinHandle<(String, std::time::Instant)> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_string(&mut text);
+        }
+        (text, std::time::Instant::now())
+    })
+}
