@@ -1,13 +1,13 @@
 //! The CNI commands on top of nsnet's operations. Each validates all it can before anything changes.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nsnet_core::model::{Mac, Network, Sandbox};
 use nsnet_core::ops::{AttachRequest, Nsnet, Target, Terms};
 use serde_json::Value;
 
-use crate::config::NetConf;
+use crate::config::{NetConf, Subnets};
 use crate::delegate::Delegate;
 use crate::env::Env;
 use crate::error::{code, CniError, CniResult};
@@ -51,14 +51,17 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
     let netns = env.netns_path()?;
     let ports = conf.ports()?;
     let mac = conf.mac()?;
-    let requested = conf.requested_ip(env.ip.as_deref())?;
+    let requested = conf.requested_ips(env.ip.as_deref())?;
     let prev = match &conf.prev_result {
         Some(v) => AddResult::from_value(v)?,
         None => AddResult::default(),
     };
     let mut nsnet = nsnet(conf)?;
-    if let Some((_, field)) = requested {
+    if let Some((_, field)) = requested.v4 {
         nsnet.terms.ip = field;
+    }
+    if let Some((_, field)) = requested.v6 {
+        nsnet.terms.ip6 = field;
     }
     let delegate = conf.ipam_plugin().map(Delegate::find).transpose()?;
     if delegate.is_none() {
@@ -66,20 +69,30 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
     }
 
     let mut ipam_dns = None;
-    let (ip, delegated) = match &delegate {
-        None => (requested.map(|(ip, _)| ip), None),
+    let (ip, ip6, delegated) = match &delegate {
+        None => (
+            requested.v4.map(|(ip, _)| ip),
+            requested.v6.map(|(ip, _)| ip),
+            None,
+        ),
         Some(d) => {
             let lease = AddResult::from_value(&d.run("ADD", raw)?)?;
-            match first_ipv4(&lease) {
-                Some((addr, gw)) => {
+            match lease_addresses(&lease) {
+                (Some((addr, gw)), v6) => {
                     ipam_dns = lease.dns;
-                    (Some(addr.addr()), Some((addr.trunc(), gw)))
+                    let subnets = Subnets {
+                        v4: Some(addr.trunc()),
+                        gateway4: gw,
+                        v6: v6.map(|(a, g)| (a.trunc(), g)),
+                    };
+                    (Some(addr.addr()), v6.map(|(a, _)| a.addr()), Some(subnets))
                 }
-                None => {
+                (None, _) => {
                     let _ = d.run("DEL", raw);
                     return Err(CniError::new(
                         code::FAILED,
-                        "the ipam plugin handed out no IPv4 address; nsnet networks are IPv4",
+                        "the ipam plugin handed out no IPv4 address; nsnet networks need one (IPv6-only \
+                         networks are not supported yet)",
                     ));
                 }
             }
@@ -102,7 +115,7 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
                 .cloned()
                 .unwrap_or_default(),
             dns_servers: vec![],
-            ip6: None,
+            ip6,
         };
         if let Err(e) = nsnet.attach(&Target::Path(netns.clone()), Some(&env.container_id), &req) {
             if created {
@@ -136,12 +149,22 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
     attached
 }
 
-/// The first IPv4 address of an IPAM result, with its gateway.
-fn first_ipv4(r: &AddResult) -> Option<(Ipv4Net, Option<Ipv4Addr>)> {
-    r.ips.iter().find_map(|ip| {
+/// The first address of each family in an IPAM result, with its gateway.
+type Lease4 = (Ipv4Net, Option<Ipv4Addr>);
+type Lease6 = (Ipv6Net, Option<Ipv6Addr>);
+fn lease_addresses(r: &AddResult) -> (Option<Lease4>, Option<Lease6>) {
+    fn gateway<A: std::str::FromStr>(ip: &crate::result::IpConfig) -> Option<A> {
+        ip.gateway.as_deref().and_then(|g| g.parse().ok())
+    }
+    let v4 = r.ips.iter().find_map(|ip| {
         let addr = ip.address.parse::<Ipv4Net>().ok()?;
-        Some((addr, ip.gateway.as_deref().and_then(|g| g.parse().ok())))
-    })
+        Some((addr, gateway(ip)))
+    });
+    let v6 = r.ips.iter().find_map(|ip| {
+        let addr = ip.address.parse::<Ipv6Net>().ok()?;
+        Some((addr, gateway(ip)))
+    });
+    (v4, v6)
 }
 
 /// `prev` with this attachment's interfaces (bridge, host veth, container side), address and default route.
@@ -182,11 +205,24 @@ fn result_for(
         gateway: Some(ep.gateway.to_string()),
         interface: Some(base + 2),
     });
+    if let Some(ep6) = &ep.ipv6 {
+        prev.ips.push(IpConfig {
+            address: ep6.address.to_string(),
+            gateway: Some(ep6.gateway.to_string()),
+            interface: Some(base + 2),
+        });
+    }
     if ep.default_route {
         prev.routes.push(Route {
             dst: "0.0.0.0/0".into(),
             gw: Some(ep.gateway.to_string()),
         });
+        if let Some(ep6) = &ep.ipv6 {
+            prev.routes.push(Route {
+                dst: "::/0".into(),
+                gw: Some(ep6.gateway.to_string()),
+            });
+        }
     }
     prev.dns = dns;
     prev
@@ -288,6 +324,18 @@ pub fn check(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
                         ep.address, env.ifname
                     ));
                 }
+                if let Some(ep6) = &ep.ipv6 {
+                    let listed = prev.ips.iter().any(|ip| {
+                        ip.interface == Some(index)
+                            && ip.address.parse::<Ipv6Net>().ok() == Some(ep6.address)
+                    });
+                    if !listed {
+                        problems.push(format!(
+                            "address {} of {} is not in prevResult",
+                            ep6.address, env.ifname
+                        ));
+                    }
+                }
             }
         }
         for spec in ports.iter().filter(|p| p.host_port.is_some()) {
@@ -372,14 +420,24 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
         let net = &record.settings;
         // Addresses of veths retired moments ago count as free: an ADD deletes them and takes one.
         let allocations = record.allocations.without_retired();
-        if delegate.is_none() && nsnet_core::ipam::allocate(net, &allocations, None).is_err() {
-            return Err(CniError::new(
+        let exhausted = |subnet: String| {
+            CniError::new(
                 code::UNAVAILABLE,
                 format!(
-                    "network '{}' has no free address left in {}; remove containers or use a larger subnet",
-                    net.name, net.subnet
+                    "network '{}' has no free address left in {subnet}; remove containers or use a larger subnet",
+                    net.name
                 ),
-            ));
+            )
+        };
+        if delegate.is_none() {
+            if nsnet_core::ipam::allocate(net, &allocations, None).is_err() {
+                return Err(exhausted(net.subnet.to_string()));
+            }
+            if let Some(n6) = &net.ipv6 {
+                if nsnet_core::ipam::allocate6(&net.name, n6, &allocations, None).is_err() {
+                    return Err(exhausted(n6.subnet.to_string()));
+                }
+            }
         }
     }
     match delegate {

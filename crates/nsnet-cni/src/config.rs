@@ -1,13 +1,13 @@
 //! The network configuration on stdin, typed, and turned into nsnet requests. Every check that can fail does
 //! so here, before anything changes, with a message naming the field.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nsnet_core::firewall::Backend;
 use nsnet_core::model::{Driver, GatewayMode, Mac, NetOptions};
-use nsnet_core::ops::NetworkRequest;
+use nsnet_core::ops::{Ipv6Request, NetworkRequest};
 use nsnet_core::portmap::{PortSpec, Proto};
 use serde::Deserialize;
 use serde_json::Value;
@@ -63,7 +63,8 @@ pub struct IpamConf {
     #[serde(rename = "type")]
     pub plugin: Option<String>,
     pub subnet: Option<String>,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
+    /// One range set per IP family (host-local's shape), each with one range: `[[{v4}], [{v6}]]` is dual stack.
     pub ranges: Option<Vec<Vec<Range>>>,
 }
 
@@ -71,7 +72,23 @@ pub struct IpamConf {
 #[derive(Debug, Deserialize)]
 pub struct Range {
     pub subnet: String,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
+}
+
+/// The subnets a configuration asks nsnet's IPAM for, or a delegated plugin handed out: IPv4 (`None` picks a
+/// free one from nsnet's pool) and, for a dual-stack network, IPv6.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subnets {
+    pub v4: Option<Ipv4Net>,
+    pub gateway4: Option<Ipv4Addr>,
+    pub v6: Option<(Ipv6Net, Option<Ipv6Addr>)>,
+}
+
+/// The addresses a runtime asks for, at most one per family, each with the field it came from (for messages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub v4: Option<(Ipv4Addr, &'static str)>,
+    pub v6: Option<(Ipv6Addr, &'static str)>,
 }
 
 /// Capability arguments from the runtime.
@@ -157,43 +174,124 @@ impl NetConf {
             .filter(|p| *p != "nsnet")
     }
 
-    /// The subnet and gateway nsnet's own IPAM uses: `ipam.ranges[0][0]` or `ipam.subnet`; `None` picks a free
-    /// subnet from nsnet's pool.
-    fn own_subnet(&self) -> CniResult<(Option<Ipv4Net>, Option<Ipv4Addr>)> {
+    /// The subnets nsnet's own IPAM uses: `ipam.ranges` (one range set per family) or `ipam.subnet`; no IPv4
+    /// subnet picks a free one from nsnet's pool.
+    fn own_subnets(&self) -> CniResult<Subnets> {
         let Some(ipam) = &self.ipam else {
-            return Ok((None, None));
+            return Ok(Subnets::default());
         };
-        let (text, gateway, field) = match (&ipam.ranges, &ipam.subnet) {
+        let mut out = Subnets::default();
+        let given: Vec<(&str, Option<IpAddr>, String)> = match (&ipam.ranges, &ipam.subnet) {
             (Some(ranges), _) => {
-                let all: Vec<&Range> = ranges.iter().flatten().collect();
-                match all.as_slice() {
-                    [] => return Err(bad("ipam.ranges", "is empty; give one range or leave it out")),
-                    [one] => (one.subnet.as_str(), one.gateway, "ipam.ranges[0][0].subnet"),
-                    _ => {
+                if ranges.iter().all(Vec::is_empty) {
+                    return Err(bad(
+                        "ipam.ranges",
+                        "is empty; give one range or leave it out",
+                    ));
+                }
+                let mut given = Vec::new();
+                for (i, set) in ranges.iter().enumerate() {
+                    if set.len() > 1 {
                         return Err(CniError::new(
                             code::UNSUPPORTED_FIELD,
                             format!(
-                                "ipam.ranges: {} ranges given; nsnet's IPAM serves one IPv4 subnet per network \
-                                 (use host-local as the ipam type for several)",
-                                all.len()
+                                "ipam.ranges[{i}]: {} ranges in one range set; nsnet's IPAM serves one subnet \
+                                 per IP family (use host-local as the ipam type for several)",
+                                set.len()
                             ),
-                        ))
+                        ));
+                    }
+                    if let Some(r) = set.first() {
+                        given.push((r.subnet.as_str(), r.gateway, format!("ipam.ranges[{i}][0]")));
                     }
                 }
+                given
             }
-            (None, Some(s)) => (s.as_str(), ipam.gateway, "ipam.subnet"),
-            (None, None) => return Ok((None, ipam.gateway)),
+            (None, Some(s)) => vec![(s.as_str(), ipam.gateway, "ipam".to_string())],
+            (None, None) => {
+                return match ipam.gateway {
+                    None => Ok(out),
+                    Some(IpAddr::V4(g)) => Ok(Subnets {
+                        gateway4: Some(g),
+                        ..out
+                    }),
+                    Some(IpAddr::V6(g)) => Err(bad(
+                        "ipam.gateway",
+                        format!("{g} is IPv6, and no IPv6 subnet is given; add one in ipam.ranges"),
+                    )),
+                };
+            }
         };
-        let subnet = nsnet_core::ipam::parse_subnet(text).map_err(|e| bad(field, e))?;
-        Ok((Some(subnet), gateway))
+        for (text, gateway, field) in given {
+            let subnet_field = format!("{field}.subnet");
+            let gateway_field = format!("{field}.gateway");
+            let family_twice = |family: &str| {
+                CniError::new(
+                    code::UNSUPPORTED_FIELD,
+                    format!(
+                        "{subnet_field}: a second {family} subnet; nsnet's IPAM serves one subnet per IP family \
+                         (use host-local as the ipam type for several)"
+                    ),
+                )
+            };
+            if text.contains(':') {
+                let subnet =
+                    nsnet_core::ipam::parse_subnet6(text).map_err(|e| bad(&subnet_field, e))?;
+                let gateway = match gateway {
+                    None => None,
+                    Some(IpAddr::V6(g)) => {
+                        nsnet_core::ipam::check_gateway6(&subnet, g)
+                            .map_err(|e| bad(&gateway_field, e))?;
+                        Some(g)
+                    }
+                    Some(IpAddr::V4(g)) => {
+                        return Err(bad(
+                            &gateway_field,
+                            format!("{g} is not an IPv6 address, as {subnet} is"),
+                        ))
+                    }
+                };
+                if out.v6.replace((subnet, gateway)).is_some() {
+                    return Err(family_twice("IPv6"));
+                }
+            } else {
+                let subnet =
+                    nsnet_core::ipam::parse_subnet(text).map_err(|e| bad(&subnet_field, e))?;
+                let gateway = match gateway {
+                    None => None,
+                    Some(IpAddr::V4(g)) => {
+                        nsnet_core::ipam::check_gateway(&subnet, g)
+                            .map_err(|e| bad(&gateway_field, e))?;
+                        Some(g)
+                    }
+                    Some(IpAddr::V6(g)) => {
+                        return Err(bad(
+                            &gateway_field,
+                            format!("{g} is not an IPv4 address, as {subnet} is"),
+                        ))
+                    }
+                };
+                if out.v4.replace(subnet).is_some() {
+                    return Err(family_twice("IPv4"));
+                }
+                out.gateway4 = gateway;
+            }
+        }
+        if out.v4.is_none() {
+            // IPv6-only networks are issue #19's last step: taking this as dual stack would hand out an IPv4
+            // address nobody asked for.
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                "ipam: only an IPv6 subnet is given; nsnet networks need an IPv4 subnet too for now (add an \
+                 IPv4 range set)",
+            ));
+        }
+        Ok(out)
     }
 
     /// The nsnet network this configuration stands for. `delegated` is the subnet and gateway a delegated IPAM
     /// plugin handed out.
-    pub fn network_request(
-        &self,
-        delegated: Option<(Ipv4Net, Option<Ipv4Addr>)>,
-    ) -> CniResult<NetworkRequest> {
+    pub fn network_request(&self, delegated: Option<Subnets>) -> CniResult<NetworkRequest> {
         nsnet_core::names::check_name("network", &self.name).map_err(|e| bad("name", e))?;
         if let Some(b) = &self.bridge {
             nsnet_core::names::check_ifname(b).map_err(|e| bad("bridge", e))?;
@@ -203,10 +301,11 @@ impl NetConf {
                 return Err(bad("mtu", format!("{m} is out of range; use 68 to 65535")));
             }
         }
-        let (subnet, gateway) = match delegated {
-            Some((s, g)) => (Some(s), g),
-            None => self.own_subnet()?,
+        let subnets = match delegated {
+            Some(d) => d,
+            None => self.own_subnets()?,
         };
+        let (subnet, gateway) = (subnets.v4, subnets.gateway4);
         if let (Some(s), Some(g)) = (subnet, gateway) {
             nsnet_core::ipam::check_gateway(&s, g).map_err(|e| bad("gateway", e))?;
         }
@@ -233,8 +332,12 @@ impl NetConf {
                 Some(true) => self.nameservers(),
                 _ => vec![],
             },
-            // Dual-stack ranges come with issue #19's CNI step.
-            ipv6: None,
+            // As the reference bridge plugin: ipMasq covers both families.
+            ipv6: subnets.v6.map(|(subnet, gateway)| Ipv6Request {
+                subnet: Some(subnet),
+                gateway,
+                nat: self.ip_masq.unwrap_or(true),
+            }),
         })
     }
 
@@ -266,13 +369,12 @@ impl NetConf {
                     ))
                 }
             };
+            // `::` is every IPv6 address, as `-p [::]:…`; whether an address is one nsnet can publish on is
+            // the library's check, on ADD.
             let host_ip = match p.host_ip.as_deref() {
                 None | Some("") | Some("0.0.0.0") => None,
-                Some(text) => Some(text.parse::<Ipv4Addr>().map_err(|_| {
-                    bad(
-                        &field("hostIP"),
-                        format!("'{text}' is not an IPv4 address (nsnet publishes IPv4 only)"),
-                    )
+                Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
+                    bad(&field("hostIP"), format!("'{text}' is not an IP address"))
                 })?),
             };
             if p.container_port == 0 {
@@ -286,7 +388,7 @@ impl NetConf {
                 ));
             }
             out.push(PortSpec {
-                host_ip: host_ip.map(Into::into),
+                host_ip,
                 host_port: Some(p.host_port),
                 container_port: p.container_port,
                 count: 1,
@@ -296,30 +398,54 @@ impl NetConf {
         Ok(out)
     }
 
-    /// The address asked for: the `ips` capability, then `args.cni.ips`, then `CNI_ARGS` `IP=`; with the field
-    /// it came from, for messages about it.
-    pub fn requested_ip(
-        &self,
-        cni_args_ip: Option<&str>,
-    ) -> CniResult<Option<(Ipv4Addr, &'static str)>> {
-        let (text, field) = if let Some(ip) = self.runtime_config.ips.first() {
-            (ip.as_str(), "runtimeConfig.ips")
-        } else if let Some(ip) = self
+    /// The addresses asked for, at most one per family: from the `ips` capability, else `args.cni.ips`, else
+    /// `CNI_ARGS` `IP=` (comma-separated, as host-local reads it).
+    pub fn requested_ips(&self, cni_args_ip: Option<&str>) -> CniResult<Requested> {
+        let from_args = self
             .args
             .as_ref()
             .and_then(|a| a.cni.as_ref())
-            .and_then(|c| c.ips.first())
-        {
-            (ip.as_str(), "args.cni.ips")
+            .map(|c| c.ips.as_slice())
+            .unwrap_or_default();
+        let (texts, field): (Vec<&str>, &'static str) = if !self.runtime_config.ips.is_empty() {
+            let ips = self.runtime_config.ips.iter().map(String::as_str);
+            (ips.collect(), "runtimeConfig.ips")
+        } else if !from_args.is_empty() {
+            (
+                from_args.iter().map(String::as_str).collect(),
+                "args.cni.ips",
+            )
         } else if let Some(ip) = cni_args_ip {
-            (ip, "CNI_ARGS IP")
+            (ip.split(',').map(str::trim).collect(), "CNI_ARGS IP")
         } else {
-            return Ok(None);
+            return Ok(Requested::default());
         };
-        let addr = text.split('/').next().unwrap_or(text);
-        addr.parse::<Ipv4Addr>()
-            .map(|ip| Some((ip, field)))
-            .map_err(|_| bad(field, format!("'{text}' is not an IPv4 address")))
+        let mut out = Requested::default();
+        for text in texts {
+            let addr = text.split('/').next().unwrap_or(text);
+            let twice = |family: &str| {
+                bad(
+                    field,
+                    format!(
+                        "gives a second {family} address ({text}); give at most one per family"
+                    ),
+                )
+            };
+            match addr.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => {
+                    if out.v4.replace((ip, field)).is_some() {
+                        return Err(twice("IPv4"));
+                    }
+                }
+                Ok(IpAddr::V6(ip)) => {
+                    if out.v6.replace((ip, field)).is_some() {
+                        return Err(twice("IPv6"));
+                    }
+                }
+                Err(_) => return Err(bad(field, format!("'{text}' is not an IP address"))),
+            }
+        }
+        Ok(out)
     }
 
     /// The `mac` capability: a unicast address (whether another endpoint has it is nsnet's check, on ADD).
@@ -371,10 +497,86 @@ mod tests {
             (Some(8080), Proto::Udp)
         );
         assert_eq!(
-            c.requested_ip(None).unwrap(),
-            Some(("10.7.0.9".parse().unwrap(), "runtimeConfig.ips"))
+            c.requested_ips(None).unwrap(),
+            Requested {
+                v4: Some(("10.7.0.9".parse().unwrap(), "runtimeConfig.ips")),
+                v6: None
+            }
         );
         assert!(c.mac().unwrap().is_some());
+        assert!(req.ipv6.is_none());
+    }
+
+    #[test]
+    fn dual_stack_ranges_addresses_and_ports() {
+        let c = conf(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"nsnet","ipMasq":false,
+                "ipam":{"ranges":[[{"subnet":"10.7.0.0/24"}],[{"subnet":"fd07::/64","gateway":"fd07::fe"}]]},
+                "runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"hostIP":"::"}],
+                                 "ips":["fd07::9/64","10.7.0.9/24"]}}"#,
+        )
+        .unwrap();
+        let req = c.network_request(None).unwrap();
+        assert_eq!(req.subnet, Some("10.7.0.0/24".parse().unwrap()));
+        let v6 = req.ipv6.unwrap();
+        assert_eq!(v6.subnet, Some("fd07::/64".parse().unwrap()));
+        assert_eq!(v6.gateway, Some("fd07::fe".parse().unwrap()));
+        // ipMasq covers NAT66 too, as in the reference bridge plugin.
+        assert!(!v6.nat);
+        assert_eq!(c.ports().unwrap()[0].host_ip, Some("::".parse().unwrap()));
+        let r = c.requested_ips(None).unwrap();
+        assert_eq!(r.v4.map(|a| a.0), Some("10.7.0.9".parse().unwrap()));
+        assert_eq!(r.v6.map(|a| a.0), Some("fd07::9".parse().unwrap()));
+        // CNI_ARGS IP= takes one address per family, comma-separated.
+        let plain = conf(r#"{"cniVersion":"1.1.0","name":"n","type":"nsnet"}"#).unwrap();
+        let r = plain.requested_ips(Some("10.7.0.3,fd07::3")).unwrap();
+        assert_eq!(r.v6, Some(("fd07::3".parse().unwrap(), "CNI_ARGS IP")));
+    }
+
+    #[test]
+    fn dual_stack_refusals_name_the_field() {
+        let refused = |ipam: &str| {
+            let c = conf(&format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"nsnet","ipam":{ipam}}}"#
+            ))
+            .unwrap();
+            c.network_request(None).unwrap_err()
+        };
+        let e = refused(r#"{"ranges":[[{"subnet":"10.7.0.0/24"},{"subnet":"10.8.0.0/24"}]]}"#);
+        assert!(
+            e.code == code::UNSUPPORTED_FIELD && e.msg.starts_with("ipam.ranges[0]:"),
+            "{e}"
+        );
+        let e = refused(r#"{"ranges":[[{"subnet":"fd07::/64"}],[{"subnet":"fd08::/64"}]]}"#);
+        assert_eq!(e.code, code::UNSUPPORTED_FIELD, "{e}");
+        let e = refused(
+            r#"{"ranges":[[{"subnet":"10.7.0.0/24"}],[{"subnet":"fd08::/64"}],[{"subnet":"fd09::/64"}]]}"#,
+        );
+        assert!(
+            e.msg.starts_with("ipam.ranges[2][0].subnet: a second IPv6"),
+            "{e}"
+        );
+        let e = refused(r#"{"subnet":"fd07::/64"}"#);
+        assert!(e.msg.contains("IPv4 subnet too"), "{e}");
+        let e = refused(
+            r#"{"ranges":[[{"subnet":"10.7.0.0/24"}],[{"subnet":"fd07::/64","gateway":"10.7.0.1"}]]}"#,
+        );
+        assert!(
+            e.msg
+                .starts_with("ipam.ranges[1][0].gateway: 10.7.0.1 is not an IPv6"),
+            "{e}"
+        );
+        let e = refused(r#"{"ranges":[[{"subnet":"10.7.0.0/24"}],[{"subnet":"fe80::/64"}]]}"#);
+        assert!(e.msg.starts_with("ipam.ranges[1][0].subnet:"), "{e}");
+        let twice = conf(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"nsnet","runtimeConfig":{"ips":["fd07::2","fd07::3"]}}"#,
+        )
+        .unwrap();
+        let e = twice.requested_ips(None).unwrap_err();
+        assert!(
+            e.msg.starts_with("runtimeConfig.ips: gives a second IPv6"),
+            "{e}"
+        );
     }
 
     #[test]

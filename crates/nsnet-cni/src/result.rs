@@ -83,7 +83,8 @@ impl AddResult {
             .map_err(|e| CniError::new(code::DECODE, format!("prevResult: cannot decode it: {e}")))
     }
 
-    /// The result as `version` writes it: before 1.0.0 every address carries `"version": "4"`.
+    /// The result as `version` writes it: before 1.0.0 every address carries its family, `"version": "4"` or
+    /// `"6"`.
     pub fn to_json(&self, version: &str) -> Value {
         let old = Version::parse(version).is_ok_and(|v| v < Version::new(1, 0, 0));
         let ips: Vec<Value> = self
@@ -92,7 +93,8 @@ impl AddResult {
             .map(|ip| {
                 let mut v = serde_json::to_value(ip).unwrap_or_default();
                 if old {
-                    v["version"] = "4".into();
+                    let six = ip.address.contains(':');
+                    v["version"] = if six { "6" } else { "4" }.into();
                 }
                 v
             })

@@ -1523,3 +1523,315 @@ fn resolver_names_containers_by_id_and_alias() {
     }
     h.ok(&["network", "rm", "cninet"]);
 }
+
+/// The gate that lets IPv6 through while issue #19 is unfinished; the plugin reads it from the runtime's
+/// environment, as it reads `NSNET_STATE_DIR`.
+const GATE: (&str, &str) = ("NSNET_IPV6", "1");
+
+/// A container's environment with the IPv6 gate set.
+fn ctr6<'a>(id: &'a str, ns: &'a str, ifname: &'a str) -> Vec<(&'static str, &'a str)> {
+    let mut env = ctr(id, ns, ifname).to_vec();
+    env.push(GATE);
+    env
+}
+
+/// The address of `family` ("4" or "6", by its form) the result gave the container interface, without prefix.
+fn address_of(result: &Value, six: bool) -> String {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .find(|a| a.contains(':') == six)
+        .and_then(|a| a.split('/').next())
+        .expect("an address of that family")
+        .to_string()
+}
+
+#[test]
+fn dual_stack_add_check_del_with_real_traffic() {
+    let h = TestHost::with_lan6("cni6");
+    // nsnet turns IPv6 forwarding on and never back off (as IPv4's): on beforehand, so that the uplink's
+    // subnet-router anycast routes that come with it are in the "before" picture too.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    sh(&["ip", "netns", "add", &a]);
+    sh(&["ip", "netns", "add", &b]);
+    let (a_ns, b_ns) = (h.sb_path("a"), h.sb_path("b"));
+    let (a_path, b_path) = (
+        a_ns.to_string_lossy().into_owned(),
+        b_ns.to_string_lossy().into_owned(),
+    );
+    let ranges =
+        json!([[{"subnet": "10.67.0.0/24"}], [{"subnet": "fd67::/64", "gateway": "fd67::fe"}]]);
+    let c = conf(
+        &h,
+        "1.1.0",
+        json!({"bridge": "cnibr6", "ipam": {"ranges": ranges}}),
+    );
+
+    // Without the gate: refused in one line, nothing made.
+    let before = h.snapshot();
+    let refused = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
+    assert_eq!(refused.code("1.1.0"), 7, "{}", refused.out);
+    assert!(
+        refused.out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("IPv6"),
+        "{}",
+        refused.out
+    );
+    assert_eq!(h.snapshot(), before, "a refused ADD changes nothing");
+
+    let ra = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    assert!(ra.ok, "{} {}", ra.out, ra.stderr);
+    let r = &ra.out;
+    // Both addresses on the container interface, both default routes.
+    assert_eq!(r["ips"].as_array().map(Vec::len), Some(2), "{r}");
+    assert_eq!(r["ips"][1]["interface"], 2, "{r}");
+    assert_eq!(r["ips"][1]["gateway"], "fd67::fe", "{r}");
+    assert!(
+        r["ips"][1]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/64"),
+        "{r}"
+    );
+    let routes = r["routes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        routes.contains(&json!({"dst": "0.0.0.0/0", "gw": "10.67.0.1"})),
+        "{r}"
+    );
+    assert!(
+        routes.contains(&json!({"dst": "::/0", "gw": "fd67::fe"})),
+        "{r}"
+    );
+
+    // b asks for its addresses, one per family (the `ips` capability), in a pre-1.0 result shape.
+    let mut cb = conf(
+        &h,
+        "0.4.0",
+        json!({"bridge": "cnibr6", "ipam": {"ranges": ranges}}),
+    );
+    cb["runtimeConfig"] = json!({"ips": ["fd67::99/64", "10.67.0.99/24"]});
+    let rb = cni(&h, "ADD", &cb, &ctr6(&b, &b_path, "eth0"));
+    assert!(rb.ok, "{} {}", rb.out, rb.stderr);
+    assert_eq!(address_of(&rb.out, true), "fd67::99", "{}", rb.out);
+    assert_eq!(address_of(&rb.out, false), "10.67.0.99", "{}", rb.out);
+    let versions: Vec<&str> = rb.out["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["version"].as_str())
+        .collect();
+    assert_eq!(versions, ["4", "6"], "{}", rb.out);
+
+    // Real traffic over IPv6 between the two containers, and to the gateway.
+    let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (
+        address_of(&ra.out, true).parse().expect("ip"),
+        address_of(&rb.out, true).parse().expect("ip"),
+    );
+    assert!(probe::ping6(&a_ns, b6).expect("ping"), "a -> b over IPv6");
+    assert!(probe::ping6(&b_ns, a6).expect("ping"), "b -> a over IPv6");
+    assert!(
+        probe::ping6(&a_ns, "fd67::fe".parse().expect("ip")).expect("ping"),
+        "a -> gateway"
+    );
+    assert!(
+        probe::ping(&a_ns, "10.67.0.99".parse().expect("ip")).expect("ping"),
+        "a -> b over IPv4"
+    );
+
+    // An existing dual-stack network does not take an IPv4-only configuration (or the reverse).
+    let v4_only = conf(
+        &h,
+        "1.1.0",
+        json!({"bridge": "cnibr6", "ipam": {"subnet": "10.67.0.0/24"}}),
+    );
+    let (c_id, c_ns) = (h.sb("c"), h.sb_path("c"));
+    sh(&["ip", "netns", "add", &c_id]);
+    let before = h.snapshot();
+    let mismatch = cni(
+        &h,
+        "ADD",
+        &v4_only,
+        &ctr6(&c_id, &c_ns.to_string_lossy(), "eth0"),
+    );
+    assert_eq!(mismatch.code("1.1.0"), 7, "{}", mismatch.out);
+    assert!(
+        mismatch.out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ipam.ranges"),
+        "{}",
+        mismatch.out
+    );
+    assert_eq!(h.snapshot(), before);
+    sh(&["ip", "netns", "del", &c_id]);
+
+    // CHECK passes on the ADD's result; it names a lost IPv6 address or default route.
+    let check = || {
+        cni(
+            &h,
+            "CHECK",
+            &with_prev(c.clone(), &ra.out),
+            &ctr6(&a, &a_path, "eth0"),
+        )
+    };
+    let ok = check();
+    assert!(ok.ok, "{} {}", ok.out, ok.stderr);
+    let mut no_v6 = ra.out.clone();
+    if let Some(ips) = no_v6["ips"].as_array_mut() {
+        ips.truncate(1);
+    }
+    let bad = cni(
+        &h,
+        "CHECK",
+        &with_prev(c.clone(), &no_v6),
+        &ctr6(&a, &a_path, "eth0"),
+    );
+    assert_eq!(bad.code("1.1.0"), 100);
+    assert!(
+        bad.out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&a6.to_string()),
+        "{}",
+        bad.out
+    );
+    sh(&["ip", "-n", &a, "-6", "route", "del", "default"]);
+    let bad = check();
+    assert!(
+        bad.out["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("IPv6 default route"),
+        "{}",
+        bad.out
+    );
+    sh(&[
+        "ip", "-n", &a, "-6", "route", "add", "default", "via", "fd67::fe", "dev", "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &a,
+        "-6",
+        "addr",
+        "del",
+        &format!("{a6}/64"),
+        "dev",
+        "eth0",
+    ]);
+    let bad = check();
+    assert!(
+        bad.out["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("lost address {a6}/64")),
+        "{}",
+        bad.out
+    );
+
+    // STATUS: the IPv6 pool counts as well as the IPv4 one.
+    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+    for (id, ns, conf) in [(&a, &a_path, &c), (&b, &b_path, &cb)] {
+        let del = cni(&h, "DEL", conf, &ctr6(id, ns, "eth0"));
+        assert!(del.ok, "{} {}", del.out, del.stderr);
+    }
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    sh(&["ip", "netns", "del", &b]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn dual_stack_status_sees_an_exhausted_ipv6_pool() {
+    let h = TestHost::with_ipv6("cni6st");
+    let empty = h.snapshot();
+    let a = h.sb("a");
+    sh(&["ip", "netns", "add", &a]);
+    let a_path = format!("/run/netns/{a}");
+    // A /120: 256 addresses, of which the subnet-router address and the gateway are never handed out.
+    let c = conf(
+        &h,
+        "1.1.0",
+        json!({"ipam": {"ranges": [[{"subnet": "10.67.1.0/24"}], [{"subnet": "fd67:1::/120"}]]}}),
+    );
+    let r = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+    // Everything else in the IPv6 pool held, as a ledger of 253 more sandboxes would say (IPv4 has room).
+    let ledger = h.state.join("networks/cninet.ledger");
+    let text = std::fs::read_to_string(&ledger).expect("ledger");
+    let held: String = (3..=255)
+        .map(|n| format!("+ip fd67:1::{n:x} other{n}\n"))
+        .collect();
+    std::fs::write(&ledger, format!("{text}{held}")).expect("write");
+    let full = cni(&h, "STATUS", &c, &[GATE]);
+    assert_eq!(full.code("1.1.0"), 50, "{}", full.out);
+    assert!(
+        full.out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fd67:1::/120"),
+        "{}",
+        full.out
+    );
+    std::fs::write(&ledger, text).expect("restore");
+    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+
+    assert!(cni(&h, "DEL", &c, &ctr6(&a, &a_path, "eth0")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn dual_stack_delegated_ipam_host_local() {
+    let h = TestHost::with_ipv6("cni6ipam");
+    let empty = h.snapshot();
+    let data = tempfile::tempdir().expect("tempdir");
+    let a = h.sb("a");
+    sh(&["ip", "netns", "add", &a]);
+    let a_path = format!("/run/netns/{a}");
+    let c = conf(
+        &h,
+        "1.0.0",
+        json!({"ipam": {"type": "host-local", "dataDir": data.path(),
+                        "ranges": [[{"subnet": "10.67.5.0/24", "rangeStart": "10.67.5.100"}],
+                                   [{"subnet": "fd67:5::/64", "rangeStart": "fd67:5::100"}]]}}),
+    );
+    let r = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    assert!(r.ok, "{} {}", r.out, r.stderr);
+    assert_eq!(address_of(&r.out, false), "10.67.5.100", "{}", r.out);
+    assert_eq!(address_of(&r.out, true), "fd67:5::100", "{}", r.out);
+    assert!(
+        data.path().join("cninet/fd67:5::100").exists(),
+        "host-local holds the IPv6 lease"
+    );
+    let net = nsnet_json(&h, &["network", "inspect", "cninet", "--json"]);
+    assert_eq!(net["ipv6"]["subnet"], "fd67:5::/64", "{net}");
+    // The address is really there, reachable at once.
+    assert!(probe::ping6(&h.sb_path("a"), "fd67:5::1".parse().expect("ip")).expect("ping"));
+    assert!(
+        cni(
+            &h,
+            "CHECK",
+            &with_prev(c.clone(), &r.out),
+            &ctr6(&a, &a_path, "eth0")
+        )
+        .ok,
+        "CHECK"
+    );
+    assert!(cni(&h, "DEL", &c, &ctr6(&a, &a_path, "eth0")).ok);
+    assert!(
+        !data.path().join("cninet/fd67:5::100").exists(),
+        "DEL released the IPv6 lease"
+    );
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    assert_eq!(h.snapshot(), empty);
+}

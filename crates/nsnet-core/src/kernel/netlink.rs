@@ -6,7 +6,7 @@
 //! threads that sit in different namespaces.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -62,6 +62,13 @@ pub const RETIRED_GROUP: u32 = 0x6e73_7274;
 pub struct DefaultRoute {
     pub oif: Option<u32>,
     pub gateway: Option<Ipv4Addr>,
+}
+
+/// An IPv6 default route: its output link and gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultRoute6 {
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv6Addr>,
 }
 
 /// What a new veth pair looks like; the host end stays in the socket's namespace. Both ends are created down.
@@ -1106,6 +1113,51 @@ impl Netlink {
 
     /// Every IPv6 address in this namespace, in CIDR form (link-local ones included).
     pub fn ipv6_addresses(&mut self) -> Result<Vec<Ipv6Net>, KernelError> {
+        Ok(self
+            .ipv6_addresses_by_index()?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// The IPv6 addresses of one link (link-local ones included).
+    pub fn ipv6_addresses_of(&mut self, name: &str) -> Result<Vec<Ipv6Net>, KernelError> {
+        let index = self.link_index(name)?;
+        Ok(self
+            .ipv6_addresses_by_index()?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// The IPv6 default routes in the main table: output link and gateway.
+    pub fn ipv6_default_routes(&mut self) -> Result<Vec<DefaultRoute6>, KernelError> {
+        let mut out = Vec::new();
+        for m in self.routes_of(AddressFamily::Inet6)? {
+            if m.header.table != RouteHeader::RT_TABLE_MAIN
+                || m.header.destination_prefix_length != 0
+            {
+                continue;
+            }
+            let mut route = DefaultRoute6 {
+                oif: None,
+                gateway: None,
+            };
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Oif(i) => route.oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => route.gateway = Some(*ip),
+                    _ => {}
+                }
+            }
+            out.push(route);
+        }
+        Ok(out)
+    }
+
+    /// Every IPv6 address with the index of its link.
+    fn ipv6_addresses_by_index(&mut self) -> Result<Vec<(u32, Ipv6Net)>, KernelError> {
         let mut req = AddressMessage::default();
         req.header.family = AddressFamily::Inet6;
         let replies = self.request(
@@ -1124,7 +1176,7 @@ impl Netlink {
                 _ => None,
             });
             if let Some(net) = ip.and_then(|ip| Ipv6Net::new(ip, a.header.prefix_len).ok()) {
-                out.push(net);
+                out.push((a.header.index, net));
             }
         }
         Ok(out)

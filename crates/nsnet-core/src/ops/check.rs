@@ -117,6 +117,24 @@ impl Nsnet {
                             ep.gateway, ep.interface
                         ));
                     }
+                    if let Some(ep6) = &ep.ipv6 {
+                        if !inside.addresses6_of(&ep.interface)?.contains(&ep6.address) {
+                            problems.push(format!(
+                                "interface {} has lost address {}",
+                                ep.interface, ep6.address
+                            ));
+                        }
+                        let via6 = crate::kernel::netlink::DefaultRoute6 {
+                            oif: Some(link.index),
+                            gateway: Some(ep6.gateway),
+                        };
+                        if ep.default_route && !inside.default_routes6()?.contains(&via6) {
+                            problems.push(format!(
+                                "the IPv6 default route via {} on {} is missing",
+                                ep6.gateway, ep.interface
+                            ));
+                        }
+                    }
                 }
             }
         }

@@ -112,6 +112,16 @@ impl Host {
         Ok(self.nl()?.ipv6_addresses()?)
     }
 
+    /// The IPv6 addresses of link `name` (link-local ones included).
+    pub(crate) fn addresses6_of(&mut self, name: &str) -> Result<Vec<ipnet::Ipv6Net>> {
+        Ok(self.nl()?.ipv6_addresses_of(name)?)
+    }
+
+    /// The IPv6 default routes of the main table: output link and gateway.
+    pub(crate) fn default_routes6(&mut self) -> Result<Vec<crate::kernel::netlink::DefaultRoute6>> {
+        Ok(self.nl()?.ipv6_default_routes()?)
+    }
+
     /// The destinations of every IPv6 route of the main table (default routes left out).
     pub(crate) fn ipv6_routes(&mut self) -> Result<Vec<ipnet::Ipv6Net>> {
         Ok(self.nl()?.ipv6_routes()?)
