@@ -1,7 +1,7 @@
 //! The network configuration on stdin, typed, and turned into nsnet requests. Every check that can fail does
 //! so here, before anything changes, with a message naming the field.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -229,8 +229,9 @@ impl NetConf {
             overlay: None,
             dns: self.resolver.unwrap_or(false),
             // With the resolver on, the configuration's own nameservers are where it forwards.
+            // IPv4 ones only until issue #19's CNI step (an IPv6 one is dropped, as it always was).
             dns_servers: match self.resolver {
-                Some(true) => self.nameservers(),
+                Some(true) => self.nameservers().into_iter().map(IpAddr::V4).collect(),
                 _ => vec![],
             },
             // Dual-stack ranges come with issue #19's CNI step.
