@@ -410,6 +410,28 @@ fn it_works_beside_a_dns_server_on_the_hosts_port_53() {
     drop(hostdns);
 }
 
+/// The resolver outlives upgrades, so a record it cannot read may be one a newer nsnet wrote (an IPv6 `--dns`
+/// server before this version read them): it leaves such a record where it is, serves the others, and the
+/// next command (which warns where someone sees it) decides what to do with it.
+#[test]
+fn the_resolver_never_sets_a_record_aside() {
+    let h = TestHost::new("aside");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.26.0/24"]);
+    let newer = h.state.join("sandboxes/newer.json");
+    let text = r#"{"name":"newer","netns":"/run/netns/none","owned":true,"endpoints":[],"dns_servers":["a server from the future"]}"#;
+    fs::write(&newer, text).expect("record");
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    // The resolver read every record when it started, before create returned.
+    assert!(h.resolver_pid().is_some());
+    assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
+    assert_eq!(fs::read_to_string(&newer).ok().as_deref(), Some(text));
+    assert!(!h.state.join("quarantine").exists());
+    fs::remove_file(&newer).expect("remove");
+    remove(&h, &[&a, &b]);
+}
+
 #[test]
 fn a_killed_resolver_is_reported_and_brought_back() {
     let h = TestHost::new("revive");
