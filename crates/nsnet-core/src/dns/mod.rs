@@ -144,6 +144,10 @@ pub fn check_servers(servers: &[IpAddr]) -> Result<(), String> {
             ));
         }
         if let IpAddr::V6(ip) = bad {
+            // Checked (and recorded) as what it is, so no IPv4 address passes in IPv6 clothes.
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Err(format!("{bad}: an IPv4-mapped address; give it as {v4}"));
+            }
             if ip.segments()[0] & 0xffc0 == 0xfe80 {
                 return Err(format!(
                     "{bad}: a link-local address needs an interface, which an upstream server cannot name; give a global address like 2001:db8::53"
@@ -273,6 +277,8 @@ mod tests {
             "ff02::1",
             "fe80::1",
             "febf::1",
+            "::ffff:224.0.0.1",
+            "::ffff:192.0.2.53",
         ] {
             let e = check_servers(&[ip("192.0.2.53"), ip(bad)]).unwrap_err();
             assert!(e.starts_with(bad) && !e.contains('\n'), "{e}");
