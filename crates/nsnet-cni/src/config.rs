@@ -155,8 +155,9 @@ fn bad(field: &str, why: impl std::fmt::Display) -> CniError {
 }
 
 impl NetConf {
-    /// The IPv4 `dns.nameservers` of the configuration (others are not servers the resolver can use).
-    fn nameservers(&self) -> Vec<Ipv4Addr> {
+    /// The `dns.nameservers` of the configuration that are IP addresses (others are not servers the resolver
+    /// can use).
+    fn nameservers(&self) -> Vec<IpAddr> {
         self.dns
             .as_ref()
             .and_then(|d| d["nameservers"].as_array())
@@ -327,9 +328,14 @@ impl NetConf {
             },
             overlay: None,
             dns: self.resolver.unwrap_or(false),
-            // With the resolver on, the configuration's own nameservers are where it forwards.
+            // With the resolver on, the configuration's own nameservers are where it forwards. IPv6 ones only
+            // on a dual-stack network: an IPv4-only configuration keeps dropping them, as it always has.
             dns_servers: match self.resolver {
-                Some(true) => self.nameservers(),
+                Some(true) => self
+                    .nameservers()
+                    .into_iter()
+                    .filter(|ip| ip.is_ipv4() || subnets.v6.is_some())
+                    .collect(),
                 _ => vec![],
             },
             // As the reference bridge plugin: ipMasq covers both families.
@@ -531,6 +537,27 @@ mod tests {
         let plain = conf(r#"{"cniVersion":"1.1.0","name":"n","type":"nsnet"}"#).unwrap();
         let r = plain.requested_ips(Some("10.7.0.3,fd07::3")).unwrap();
         assert_eq!(r.v6, Some(("fd07::3".parse().unwrap(), "CNI_ARGS IP")));
+    }
+
+    #[test]
+    fn ipv6_nameservers_go_to_the_resolver_of_a_dual_stack_network_only() {
+        let with = |ipam: &str| {
+            conf(&format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"nsnet","resolver":true,
+                     "dns":{{"nameservers":["10.0.0.53","fd00::53","not-an-ip"]}},"ipam":{ipam}}}"#
+            ))
+            .unwrap()
+            .network_request(None)
+            .unwrap()
+            .dns_servers
+        };
+        let v4: IpAddr = "10.0.0.53".parse().unwrap();
+        let v6: IpAddr = "fd00::53".parse().unwrap();
+        assert_eq!(with(r#"{"subnet":"10.7.0.0/24"}"#), [v4]);
+        assert_eq!(
+            with(r#"{"ranges":[[{"subnet":"10.7.0.0/24"}],[{"subnet":"fd07::/64"}]]}"#),
+            [v4, v6]
+        );
     }
 
     #[test]

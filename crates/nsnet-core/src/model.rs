@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -76,7 +76,7 @@ pub struct Network {
     /// Where the resolver forwards names that are not the network's own (`--dns IP`); empty: the host's
     /// resolvers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_servers: Vec<Ipv4Addr>,
+    pub dns_servers: Vec<IpAddr>,
     /// The network's IPv6 part, on a dual-stack network (`--ipv6`); absent on IPv4-only networks, whose
     /// records then read and write exactly as before IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -413,7 +413,7 @@ pub struct Sandbox {
     /// Where the resolver forwards this sandbox's queries for names that are not local (`--dns IP`); before
     /// its networks' servers and the host's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_servers: Vec<Ipv4Addr>,
+    pub dns_servers: Vec<IpAddr>,
 }
 
 impl Sandbox {

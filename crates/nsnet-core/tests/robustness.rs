@@ -75,6 +75,59 @@ proptest! {
         }
     }
 
+    /// Whatever a sandbox asks under ip6.arpa, the table never panics, and answers a pointer only for the
+    /// exact name (in any case) of an address it holds; the name of any address reads back to it.
+    #[test]
+    fn ip6_arpa_questions_never_panic_and_name_only_their_address(
+        text in "([0-9a-gA-G.\\\\]{0,3}\\.){0,40}ip6\\.arpa\\.?",
+        ip in any::<u128>(),
+        upper in any::<bool>(),
+    ) {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        use nsnet_core::dns::names::{Answer, Kind, Names};
+        use nsnet_core::dns::{Member, OnNetwork};
+        let held = Ipv6Addr::from(ip);
+        let mut t = Names::default();
+        for (name, address6) in [("asker", Ipv6Addr::LOCALHOST), ("held", held)] {
+            t.up(Member {
+                name: name.into(),
+                netns: "/run/netns/x".into(),
+                netns_id: None,
+                servers: vec![],
+                networks: vec![OnNetwork {
+                    network: "n".into(),
+                    address: Ipv4Addr::new(10, 0, 0, if name == "held" { 2 } else { 3 }),
+                    address6: Some(address6),
+                    aliases: vec![],
+                    internal: false,
+                    servers: vec![],
+                }],
+            });
+        }
+        let nibbles: Vec<String> = (0..32).map(|i| format!("{:x}", (ip >> (4 * i)) & 0xf)).collect();
+        let mut exact = format!("{}.ip6.arpa", nibbles.join("."));
+        if upper {
+            exact = exact.to_uppercase();
+        }
+        let held_name = exact.clone();
+        for (q, want) in [(text, None), (exact, Some("held"))] {
+            let answer = t.lookup("asker", &q, Kind::Ptr, &[]);
+            match (&answer, want) {
+                (Answer::Pointer(p), Some(w)) => prop_assert_eq!(p.as_str(), w),
+                // A random name may happen to be the exact one (then it must point at held).
+                (Answer::Pointer(p), None) => {
+                    let q = q.trim_end_matches('.');
+                    let own = format!("1{}.ip6.arpa", ".0".repeat(31));
+                    let exact = (p == "held" && q.eq_ignore_ascii_case(&held_name))
+                        || (p == "asker" && q.eq_ignore_ascii_case(&own));
+                    prop_assert!(exact, "{q} -> {p}");
+                }
+                (other, Some(_)) => prop_assert!(false, "{q}: {other:?}"),
+                (_, None) => {}
+            }
+        }
+    }
+
     #[test]
     fn macs_never_panic(text in "\\PC{0,30}") {
         let _ = text.parse::<Mac>();

@@ -188,8 +188,8 @@ struct AttachArgs {
     aliases: Vec<String>,
     /// An upstream resolver for this sandbox's other names (repeatable), instead of its network's or the
     /// host's.
-    #[arg(long = "dns", value_name = "IP")]
-    dns: Vec<Ipv4Addr>,
+    #[arg(long = "dns", value_name = "IP", value_parser = nsnet_core::dns::parse_server)]
+    dns: Vec<IpAddr>,
 }
 
 impl AttachArgs {
@@ -210,15 +210,16 @@ impl AttachArgs {
 #[derive(Clone, Copy)]
 enum DnsArg {
     On(bool),
-    Server(Ipv4Addr),
+    Server(IpAddr),
 }
 
 fn parse_dns(text: &str) -> std::result::Result<DnsArg, String> {
     match text {
         "true" => Ok(DnsArg::On(true)),
         "false" => Ok(DnsArg::On(false)),
+        _ if text.contains('%') => nsnet_core::dns::parse_server(text).map(DnsArg::Server),
         _ => text.parse().map(DnsArg::Server).map_err(|_| {
-            format!("'{text}' is neither true, false nor an IPv4 address like 192.0.2.53")
+            format!("'{text}' is neither true, false nor an IP address like 192.0.2.53")
         }),
     }
 }
@@ -505,7 +506,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gateway: gateway6,
                 nat: ipv6_nat.unwrap_or(true),
             });
-            let servers: Vec<Ipv4Addr> = dns
+            let servers: Vec<IpAddr> = dns
                 .iter()
                 .filter_map(|d| match d {
                     DnsArg::Server(ip) => Some(*ip),

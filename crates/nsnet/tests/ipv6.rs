@@ -5,6 +5,7 @@ mod common;
 
 use std::net::{Ipv6Addr, SocketAddr};
 
+use common::dns::dig;
 use common::{TestHost, HOST_IP6, LAN_IP6};
 use ipnet::Ipv6Net;
 use nsnet_core::probe;
@@ -678,4 +679,441 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "ds"]);
     h.ok(&["network", "rm", "v4"]);
+}
+
+// Names (C13): the `names.rs` twins over IPv6. The resolver stays on 127.0.0.11 in every sandbox; AAAA and
+// `ip6.arpa` questions reach it over IPv4 loopback, as any question does.
+
+/// An endpoint's IPv6 address (its `n`th), as dig prints it.
+fn address6_of(h: &TestHost, sb: &str, n: usize) -> String {
+    let ep = &h.inspect(sb)["endpoints"][n];
+    ep["ipv6"]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("an IPv6 address")
+        .to_string()
+}
+
+/// An address's `ip6.arpa` name: 32 nibbles, lowest first.
+fn arpa6(ip: Ipv6Addr) -> String {
+    let n = u128::from(ip);
+    let nibbles: Vec<String> = (0..32)
+        .map(|i| format!("{:x}", (n >> (4 * i)) & 0xf))
+        .collect();
+    format!("{}.ip6.arpa", nibbles.join("."))
+}
+
+/// `names.rs::names_resolve_within_a_network_and_never_across` on dual-stack networks: AAAA and `dig -x` of
+/// an IPv6 address answer within a network and never across; a name with no IPv6 address has none (NOERROR,
+/// empty), and A still answers IPv4.
+#[test]
+fn dual_stack_names_resolve_within_a_network_and_never_across() {
+    let h = TestHost::with_ipv6("v6names");
+    let (a, b, c, d, e) = (h.sb("a"), h.sb("b"), h.sb("c"), h.sb("d"), h.sb("e"));
+    ok6(&h, &["network", "create", "front", "--ipv6"]);
+    ok6(&h, &["network", "create", "back", "--ipv6"]);
+    h.ok(&["network", "create", "plain"]);
+    ok6(&h, &["create", &a, "--network", "front"]);
+    ok6(&h, &["create", &b, "--network", "front", "--alias", "web"]);
+    ok6(&h, &["create", &c, "--network", "back", "--alias", "db"]);
+    // d is on both, its second endpoint through attach; e on the IPv4 network and front.
+    ok6(&h, &["create", &d, "--network", "front"]);
+    ok6(&h, &["attach", &d, "--network", "back", "--alias", "cache"]);
+    h.ok(&["create", &e, "--network", "plain"]);
+    ok6(&h, &["attach", &e, "--network", "front"]);
+    let (b6, c6) = (address6(&h, &b), address6(&h, &c));
+
+    for name in [b.as_str(), "web", "WEB."] {
+        let r = dig(&h, &a, &[name, "AAAA"]);
+        assert_eq!(
+            (r.status.as_str(), r.answers.clone()),
+            ("NOERROR", vec![b6.to_string()]),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        dig(&h, &a, &["web"]).answers,
+        vec![address4(&h, &b).to_string()]
+    );
+    let r = dig(&h, &a, &["-x", &b6.to_string()]);
+    assert_eq!(r.answers, vec![format!("{b}.")], "{r:?}");
+    // As the C library asks: both families of a name.
+    let got = h.ok(&["exec", &a, "--", "getent", "ahostsv6", "web"]);
+    assert!(got.starts_with(&b6.to_string()), "{got}");
+    // e's endpoint on front is its second; from front, e has that address only, AAAA included.
+    assert_eq!(
+        dig(&h, &a, &[&e, "AAAA"]).answers,
+        vec![address6_of(&h, &e, 1)]
+    );
+
+    // Across networks: NXDOMAIN for AAAA as for A, and never the other network's address.
+    for (from, name) in [(&a, c.as_str()), (&a, "db"), (&a, "cache"), (&c, "web")] {
+        let r = dig(&h, from, &[name, "AAAA"]);
+        assert_eq!(r.status, "NXDOMAIN", "{from} asking for {name}: {r:?}");
+    }
+    // c's address from a: not local to a, so it goes the way of other names (no upstream here: NXDOMAIN).
+    let r = dig(&h, &a, &["-x", &c6.to_string()]);
+    assert!(r.answers.is_empty(), "{r:?}");
+    assert_eq!(dig(&h, &d, &[&c, "AAAA"]).answers, vec![c6.to_string()]);
+    assert_eq!(
+        dig(&h, &c, &["cache", "AAAA"]).answers,
+        vec![address6_of(&h, &d, 1)]
+    );
+    assert_eq!(
+        dig(&h, &c, &["-x", &address6_of(&h, &d, 1)]).answers,
+        vec![format!("{d}.")]
+    );
+    // On the IPv4 network, e has no IPv6 address: no data, not NXDOMAIN; A answers.
+    let f = h.sb("f");
+    h.ok(&["create", &f, "--network", "plain"]);
+    let r = dig(&h, &f, &[&e, "AAAA"]);
+    assert_eq!(
+        (r.status.as_str(), r.answers.len()),
+        ("NOERROR", 0),
+        "{r:?}"
+    );
+    assert_eq!(
+        dig(&h, &f, &[&e]).answers,
+        vec![address4(&h, &e).to_string()]
+    );
+
+    for sb in [&a, &b, &c, &d, &e, &f] {
+        h.ok(&["rm", sb]);
+    }
+    assert!(
+        common::within(std::time::Duration::from_secs(3), || h
+            .resolver_pid()
+            .is_none()),
+        "the resolver outlived its last sandbox"
+    );
+    assert!(h.etc_netns().is_empty());
+    for n in ["front", "back", "plain"] {
+        h.ok(&["network", "rm", n]);
+    }
+}
+
+/// `names.rs::a_shared_alias_answers_every_address_turning_each_time` for AAAA.
+#[test]
+fn a_shared_alias_answers_every_ipv6_address_turning_each_time() {
+    let h = TestHost::with_ipv6("v6alias");
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    let names: Vec<String> = (1..=3).map(|i| h.sb(&format!("w{i}"))).collect();
+    for n in &names {
+        ok6(&h, &["create", n, "--network", "n", "--alias", "web"]);
+    }
+    let mut want: Vec<String> = names.iter().map(|n| address6(&h, n).to_string()).collect();
+    want.sort();
+    let mut firsts = Vec::new();
+    for _ in 0..3 {
+        let r = dig(&h, &names[0], &["web", "AAAA"]);
+        let mut got = r.answers.clone();
+        got.sort();
+        assert_eq!(got, want, "{r:?}");
+        firsts.push(r.answers[0].clone());
+    }
+    firsts.sort();
+    assert_eq!(firsts, want, "each address comes first in turn");
+    for n in &names {
+        h.ok(&["rm", n]);
+    }
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// `names.rs::a_name_answers_when_create_returns_and_is_gone_when_rm_returns` for AAAA and `ip6.arpa`.
+#[test]
+fn a_dual_stack_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
+    let h = TestHost::with_ipv6("v6nowait");
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    let (asker, x) = (h.sb("asker"), h.sb("x"));
+    ok6(&h, &["create", &asker, "--network", "n"]);
+    for round in 0..3 {
+        ok6(&h, &["create", &x, "--network", "n"]);
+        let x6 = address6(&h, &x).to_string();
+        let r = dig(&h, &asker, &[&x, "AAAA"]);
+        assert_eq!(r.answers, vec![x6.clone()], "round {round}: {r:?}");
+        assert_eq!(dig(&h, &asker, &["-x", &x6]).answers, vec![format!("{x}.")]);
+        h.ok(&["rm", &x]);
+        let r = dig(&h, &asker, &[&x, "AAAA"]);
+        assert_eq!(r.status, "NXDOMAIN", "round {round}: {r:?}");
+        assert!(dig(&h, &asker, &["-x", &x6]).answers.is_empty());
+    }
+    h.ok(&["rm", &asker]);
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// `names.rs::a_sandbox_or_a_network_can_name_its_own_upstream` with an IPv6 upstream (dnsmasq on the LAN
+/// peer's IPv6 address), and the host's resolv.conf naming one; a scoped or link-local upstream is refused in
+/// one line, and an IPv6 one without the gate, changing nothing.
+#[test]
+fn an_ipv6_upstream_answers_for_a_sandbox_a_network_and_the_host() {
+    let h = TestHost::with_lan6("v6up53");
+    let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    ok6(&h, &["network", "create", "m", "--ipv6", "--dns", LAN_IP6]);
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+    ok6(&h, &["create", &a, "--network", "n", "--dns", LAN_IP6]);
+    ok6(&h, &["create", &b, "--network", "n"]);
+    ok6(&h, &["create", &c, "--network", "m"]);
+    let net = json(&h.ok(&["network", "inspect", "m", "--json"]));
+    assert_eq!(net["dns_servers"], serde_json::json!([LAN_IP6]), "{net}");
+    for sb in [&a, &c] {
+        assert_eq!(
+            dig(&h, sb, &["www.example.test"]).answers,
+            vec!["192.0.2.7".to_string()],
+            "{sb}"
+        );
+        assert_eq!(
+            dig(&h, sb, &["www.example.test", "AAAA"]).answers,
+            vec!["2001:db8::7".to_string()]
+        );
+        // Over TCP, forwarded over TCP to the IPv6 server.
+        assert_eq!(
+            dig(&h, sb, &["+tcp", "www.example.test"]).answers,
+            vec!["192.0.2.7".to_string()]
+        );
+    }
+    // b has no server to ask: NXDOMAIN; then the host's resolv.conf names the IPv6 server.
+    assert_eq!(dig(&h, &b, &["www.example.test"]).status, "NXDOMAIN");
+    std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
+    assert!(
+        common::within(std::time::Duration::from_secs(10), || dig(
+            &h,
+            &b,
+            &["www.example.test"]
+        )
+        .answers
+            == vec!["192.0.2.7".to_string()]),
+        "the host's IPv6 upstream is used"
+    );
+
+    // Refused in one line, nothing changed: link-local, scoped, and IPv6 without the gate.
+    let before = h.snapshot();
+    let x = h.sb("x");
+    let cases: Vec<(Vec<&str>, &str, bool)> = vec![
+        (
+            vec!["create", &x, "--network", "n", "--dns", "fe80::1"],
+            "link-local",
+            true,
+        ),
+        (
+            vec!["create", &x, "--network", "n", "--dns", "fe80::1%uplink0"],
+            "scoped",
+            true,
+        ),
+        (
+            vec!["network", "create", "o", "--dns", "fe80::53"],
+            "link-local",
+            true,
+        ),
+        (
+            vec!["network", "create", "o", "--dns", "fe80::53%2"],
+            "scoped",
+            true,
+        ),
+        (
+            vec!["create", &x, "--network", "n", "--dns", "ff02::1"],
+            "not the address of a DNS server",
+            true,
+        ),
+        (
+            vec!["network", "create", "o", "--dns", LAN_IP6],
+            "IPv6 is not finished yet",
+            false,
+        ),
+        (
+            vec!["create", &x, "--network", "n", "--dns", LAN_IP6],
+            "IPv6 is not finished yet",
+            false,
+        ),
+    ];
+    for (args, want, gate) in cases {
+        let env: &[(&str, &str)] = if gate { &GATE } else { &[] };
+        let out = h.nsnet_env(&args, env);
+        let line = common::check_one_line_failure(&args, out);
+        assert!(line.contains(want), "{args:?}: {line}");
+        assert_eq!(
+            h.snapshot(),
+            before,
+            "{args:?} changed something:\n{}",
+            before.diff(&h.snapshot())
+        );
+    }
+    for sb in [&a, &b, &c] {
+        h.ok(&["rm", sb]);
+    }
+    h.ok(&["network", "rm", "n"]);
+    h.ok(&["network", "rm", "m"]);
+    drop(dnsmasq);
+}
+
+/// `names.rs::internal_networks_resolve_their_own_names_and_forward_nothing` on a dual-stack internal
+/// network, with the host's upstream on IPv6: its own names (AAAA, `ip6.arpa`) answer, nothing goes out.
+#[test]
+fn internal_dual_stack_networks_resolve_their_own_names_and_forward_nothing() {
+    let h = TestHost::with_lan6("v6intern");
+    let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
+    std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
+    ok6(&h, &["network", "create", "in", "--internal", "--ipv6"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "in"]);
+    ok6(&h, &["create", &b, "--network", "in"]);
+    let b6 = address6(&h, &b).to_string();
+    assert_eq!(dig(&h, &a, &[&b, "AAAA"]).answers, vec![b6.clone()]);
+    assert_eq!(dig(&h, &a, &["-x", &b6]).answers, vec![format!("{b}.")]);
+    assert_eq!(
+        dig(&h, &a, &["www.example.test", "AAAA"]).status,
+        "NXDOMAIN"
+    );
+    let r = dig(&h, &a, &["-x", "2001:db8::7"]);
+    assert_eq!(
+        (r.status.as_str(), r.answers.len()),
+        ("NXDOMAIN", 0),
+        "{r:?}"
+    );
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "in"]);
+    drop(dnsmasq);
+}
+
+/// A DNS query with raw `labels` (any bytes) and `qtype`, with `id`.
+fn raw_query(id: u16, labels: &[&[u8]], qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in labels {
+        q.push(u8::try_from(label.len()).expect("short label"));
+        q.extend_from_slice(label);
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+/// `names.rs::a_hostile_sandbox_cannot_crash_or_turn_the_resolver` with malformed `ip6.arpa` questions: each
+/// gets NXDOMAIN or FORMERR at once (never another sandbox's name, never a crash, nothing sent upstream),
+/// over UDP and TCP; the same resolver answers afterwards.
+#[test]
+fn a_hostile_sandbox_sending_malformed_ip6_arpa_questions_does_not_break_the_resolver() {
+    use std::io::{Read as _, Write as _};
+    let h = TestHost::with_lan6("v6hostile");
+    // The host's upstream: a socket on the LAN peer that never answers and counts what reaches it (a
+    // forwarded question would come back SERVFAIL, and show up here).
+    let lan = nsnet_core::kernel::netns::open(&h.lan_path()).expect("the LAN peer");
+    let upstream = nsnet_core::kernel::netns::run_in(&lan, || {
+        std::net::UdpSocket::bind(SocketAddr::new(v6(LAN_IP6).into(), 53)).expect("bind")
+    })
+    .expect("enter");
+    upstream.set_nonblocking(true).expect("nonblocking");
+    std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
+    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "n"]);
+    ok6(&h, &["create", &b, "--network", "n"]);
+    let pid = h.resolver_pid().expect("a resolver");
+    let b6 = address6(&h, &b);
+    let name = arpa6(b6);
+    let nibbles: Vec<&str> = name.trim_end_matches(".ip6.arpa").split('.').collect();
+    let with = |edit: &dyn Fn(&mut Vec<Vec<u8>>)| {
+        let mut labels: Vec<Vec<u8>> = nibbles.iter().map(|n| n.as_bytes().to_vec()).collect();
+        edit(&mut labels);
+        labels.push(b"ip6".to_vec());
+        labels.push(b"arpa".to_vec());
+        labels
+    };
+    const PTR: u16 = 12;
+    let hostile: Vec<Vec<Vec<u8>>> = vec![
+        with(&|l| {
+            l.remove(0);
+        }), // 31 nibbles
+        with(&|l| l.insert(0, b"0".to_vec())), // 33
+        with(&|l| l[0] = b"00".to_vec()),
+        with(&|l| l[0] = b"g".to_vec()),
+        with(&|l| l[0] = b"1.2".to_vec()), // a dot inside a label
+        with(&|l| l[0] = vec![0xff]),
+        with(&|l| l[0] = vec![0]),
+        with(&|l| l[5] = b"-".to_vec()),
+        with(&|l| l.truncate(1)),
+        with(&|l| l.extend((0..60).map(|_| b"f".to_vec()))), // 92 nibbles, still a legal name
+    ];
+    let fd = nsnet_core::kernel::netns::open(&h.sb_path("a")).expect("a's namespace");
+    let (udp, tcp) = nsnet_core::kernel::netns::run_in(&fd, || {
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        udp.connect("127.0.0.11:53").expect("connect");
+        udp.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        let tcp = std::net::TcpStream::connect("127.0.0.11:53").expect("tcp");
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        (udp, tcp)
+    })
+    .expect("enter");
+    let mut buf = [0u8; 1500];
+    for (i, labels) in hostile.iter().enumerate() {
+        let refs: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
+        let id = 0x100 + u16::try_from(i).expect("few");
+        udp.send(&raw_query(id, &refs, PTR)).expect("send");
+        let n = udp.recv(&mut buf).expect("an answer to each question");
+        let rcode = buf[3] & 0x0f;
+        assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), id, "case {i}");
+        assert!(rcode == 3 || rcode == 1, "case {i}: rcode {rcode}");
+        assert_eq!(&buf[6..8], &[0, 0], "case {i}: an answer record");
+        assert!(n >= 12);
+    }
+    // A compression pointer into itself, under ip6.arpa.
+    let mut looped = raw_query(0x200, &[b"0"], PTR);
+    looped.truncate(12);
+    looped.extend_from_slice(&[1, b'0', 0xc0, 12, 0, 12, 0, 1]);
+    udp.send(&looped).expect("send");
+    let _ = udp.recv(&mut buf).expect("FORMERR");
+    assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
+    // Over TCP: a malformed one, then the upper-case form of b's name (case does not matter in DNS).
+    let mut tcp = tcp;
+    let upper: Vec<Vec<u8>> = with(&|l| {
+        for n in l.iter_mut() {
+            n.make_ascii_uppercase();
+        }
+    });
+    for (id, labels, want) in [(0x300u16, &hostile[0], 3u8), (0x301, &upper, 0)] {
+        let refs: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
+        let q = raw_query(id, &refs, PTR);
+        let mut framed = u16::try_from(q.len())
+            .expect("short")
+            .to_be_bytes()
+            .to_vec();
+        framed.extend_from_slice(&q);
+        tcp.write_all(&framed).expect("write");
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).expect("a length");
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        tcp.read_exact(&mut answer).expect("an answer");
+        assert_eq!(u16::from_be_bytes([answer[0], answer[1]]), id);
+        assert_eq!(answer[3] & 0x0f, want, "{id:#x}");
+    }
+    drop(tcp);
+    let mut got = [0u8; 512];
+    assert!(
+        upstream.recv(&mut got).is_err(),
+        "a malformed question went upstream"
+    );
+    // While a well-formed name that is not local does go there (so the check above can see one).
+    let far = arpa6(v6("2001:db8::7"));
+    let far: Vec<&[u8]> = far.split('.').map(str::as_bytes).collect();
+    udp.send(&raw_query(0x400, &far, PTR)).expect("send");
+    assert!(
+        common::within(std::time::Duration::from_secs(2), || upstream
+            .recv(&mut got)
+            .is_ok()),
+        "a well-formed name was not forwarded"
+    );
+    // Still the same resolver, answering.
+    assert_eq!(
+        dig(&h, &a, &["-x", &b6.to_string()]).answers,
+        vec![format!("{b}.")]
+    );
+    assert_eq!(dig(&h, &a, &[&b, "AAAA"]).answers, vec![b6.to_string()]);
+    assert_eq!(h.resolver_pid(), Some(pid));
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
 }

@@ -5,65 +5,11 @@
 mod common;
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::dns::*;
 use common::*;
-
-/// A dig answer: its status, and the data of its answer records, in order.
-#[derive(Debug)]
-struct Dig {
-    status: String,
-    answers: Vec<String>,
-    truncated: bool,
-}
-
-/// `dig` run inside sandbox `sb` (through `nsnet exec`) against its resolver; `extra` are dig's options.
-fn dig(h: &TestHost, sb: &str, extra: &[&str]) -> Dig {
-    let mut args = vec![
-        "exec",
-        sb,
-        "--",
-        "dig",
-        "+time=3",
-        "+tries=1",
-        "+nocookie",
-        "@127.0.0.11",
-    ];
-    args.extend_from_slice(extra);
-    let out = h.nsnet(&args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    parse_dig(&text)
-}
-
-fn parse_dig(text: &str) -> Dig {
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("NO ANSWER")
-        .to_string();
-    let truncated = text
-        .lines()
-        .find(|l| l.contains(";; flags:"))
-        .is_some_and(|l| l.split(';').nth(2).is_some_and(|f| f.contains(" tc")));
-    let answers = text
-        .split(";; ANSWER SECTION:")
-        .nth(1)
-        .map(|sec| {
-            sec.lines()
-                .skip(1)
-                .take_while(|l| !l.trim().is_empty())
-                .filter_map(|l| l.split_whitespace().last().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    Dig {
-        status,
-        answers,
-        truncated,
-    }
-}
 
 fn address(h: &TestHost, sb: &str) -> String {
     let v = h.inspect(sb);
@@ -74,66 +20,9 @@ fn address(h: &TestHost, sb: &str) -> String {
         .to_string()
 }
 
-/// A process the test started, killed when the test ends however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// dnsmasq on the LAN peer (10.0.1.26:53), answering `*.example.test` with 192.0.2.7 and nothing else.
+/// dnsmasq on the LAN peer (10.0.1.26:53), answering `*.example.test` with 192.0.2.7 ([`dnsmasq`]).
 fn upstream(h: &TestHost) -> Killed {
-    let child = Killed(upstream_process(h));
-    let lan = format!("--net={}", h.lan_path().display());
-    // Ready when it answers.
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        let out = Command::new("nsenter")
-            .args([
-                &lan,
-                "--",
-                "dig",
-                "+time=1",
-                "+tries=1",
-                "@10.0.1.26",
-                "www.example.test",
-            ])
-            .output()
-            .expect("dig");
-        if String::from_utf8_lossy(&out.stdout).contains("192.0.2.7") {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("dnsmasq did not answer");
-}
-
-fn upstream_process(h: &TestHost) -> Child {
-    let lan = format!("--net={}", h.lan_path().display());
-    Command::new("nsenter")
-        .args([
-            &lan,
-            "--",
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=10.0.1.26",
-            "--address=/example.test/192.0.2.7",
-            // No such names: NXDOMAIN (without, dnsmasq refuses what it cannot forward).
-            "--address=/invalid/",
-            "--pid-file=",
-            "--user=root",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq")
+    dnsmasq(h, LAN_IP)
 }
 
 /// Network `n` on `subnet`, with sandboxes `a` and `b` on it; their names.
@@ -521,6 +410,28 @@ fn it_works_beside_a_dns_server_on_the_hosts_port_53() {
     drop(hostdns);
 }
 
+/// The resolver outlives upgrades, so a record it cannot read may be one a newer nsnet wrote (an IPv6 `--dns`
+/// server before this version read them): it leaves such a record where it is, serves the others, and the
+/// next command (which warns where someone sees it) decides what to do with it.
+#[test]
+fn the_resolver_never_sets_a_record_aside() {
+    let h = TestHost::new("aside");
+    h.ok(&["network", "create", "n", "--subnet", "10.77.26.0/24"]);
+    let newer = h.state.join("sandboxes/newer.json");
+    let text = r#"{"name":"newer","netns":"/run/netns/none","owned":true,"endpoints":[],"dns_servers":["a server from the future"]}"#;
+    fs::write(&newer, text).expect("record");
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
+    // The resolver read every record when it started, before create returned.
+    assert!(h.resolver_pid().is_some());
+    assert_eq!(dig(&h, &a, &[&b]).answers, vec![address(&h, &b)]);
+    assert_eq!(fs::read_to_string(&newer).ok().as_deref(), Some(text));
+    assert!(!h.state.join("quarantine").exists());
+    fs::remove_file(&newer).expect("remove");
+    remove(&h, &[&a, &b]);
+}
+
 #[test]
 fn a_killed_resolver_is_reported_and_brought_back() {
     let h = TestHost::new("revive");
@@ -643,7 +554,7 @@ fn bad_names_and_servers_are_refused_and_change_nothing() {
         ),
         (
             vec!["network", "create", "m", "--dns", "maybe"],
-            "neither true, false nor an IPv4 address",
+            "neither true, false nor an IP address",
         ),
         (
             vec![

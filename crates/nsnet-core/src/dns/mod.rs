@@ -22,8 +22,9 @@
 //! and stops once no sandbox is on a network with names. Nothing restarts, so no query is dropped for an update.
 //!
 //! **What it answers** ([`names`]): A records for the names and aliases of the sandboxes on the asker's
-//! networks (several sandboxes with one alias: every address, rotated one place per answer), PTR records for
-//! their addresses, an empty answer for any other type of a local name. Everything else goes upstream
+//! networks (several sandboxes with one alias: every address, rotated one place per answer), AAAA records for
+//! their IPv6 addresses on dual-stack networks, PTR records for their addresses (`in-addr.arpa` and
+//! `ip6.arpa`), an empty answer for any other type of a local name. Everything else goes upstream
 //! ([`upstream`]), unless every network of the asker is `--internal` (then: NXDOMAIN).
 
 pub mod client;
@@ -32,7 +33,7 @@ pub mod server;
 pub mod upstream;
 mod wire;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -61,7 +62,7 @@ pub struct Member {
     pub netns_id: Option<(u64, u64)>,
     /// The sandbox's own upstream resolvers (`--dns IP`).
     #[serde(default)]
-    pub servers: Vec<Ipv4Addr>,
+    pub servers: Vec<IpAddr>,
     /// Its endpoints on networks with names (and only those).
     pub networks: Vec<OnNetwork>,
 }
@@ -71,6 +72,10 @@ pub struct Member {
 pub struct OnNetwork {
     pub network: String,
     pub address: Ipv4Addr,
+    /// Its global IPv6 address on a dual-stack network. Absent (and read as none) otherwise, so updates to
+    /// and from a resolver of the version before IPv6 read as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
     #[serde(default)]
     pub aliases: Vec<String>,
     /// The network forwards nothing upstream.
@@ -78,7 +83,7 @@ pub struct OnNetwork {
     pub internal: bool,
     /// The network's upstream resolvers (`network create --dns IP`).
     #[serde(default)]
-    pub servers: Vec<Ipv4Addr>,
+    pub servers: Vec<IpAddr>,
 }
 
 impl Member {
@@ -97,6 +102,7 @@ impl Member {
                 Some(OnNetwork {
                     network: ep.network.clone(),
                     address: ep.address.addr(),
+                    address6: ep.ipv6.map(|v6| v6.address.addr()),
                     aliases: ep.aliases.clone(),
                     internal: net.internal,
                     servers: net.dns_servers.clone(),
@@ -124,17 +130,44 @@ pub enum Update {
     Down(String),
 }
 
-/// Refuse an upstream resolver nothing can be sent to.
-pub fn check_servers(servers: &[Ipv4Addr]) -> Result<(), String> {
-    if let Some(bad) = servers
-        .iter()
-        .find(|s| s.is_unspecified() || s.is_multicast() || s.is_broadcast())
-    {
-        return Err(format!(
-            "{bad}: not the address of a DNS server; give a unicast address like 192.0.2.53"
-        ));
+/// Refuse an upstream resolver nothing can be sent to: not unicast, or IPv6 link-local (`fe80::/10`), whose
+/// address means nothing without the interface it is on (the resolver keeps no scope).
+pub fn check_servers(servers: &[IpAddr]) -> Result<(), String> {
+    for bad in servers {
+        let unusable = match bad {
+            IpAddr::V4(ip) => ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast(),
+            IpAddr::V6(ip) => ip.is_unspecified() || ip.is_multicast(),
+        };
+        if unusable {
+            return Err(format!(
+                "{bad}: not the address of a DNS server; give a unicast address like 192.0.2.53"
+            ));
+        }
+        if let IpAddr::V6(ip) = bad {
+            // Checked (and recorded) as what it is, so no IPv4 address passes in IPv6 clothes.
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Err(format!("{bad}: an IPv4-mapped address; give it as {v4}"));
+            }
+            if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                return Err(format!(
+                    "{bad}: a link-local address needs an interface, which an upstream server cannot name; give a global address like 2001:db8::53"
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// Read one upstream server (`--dns IP`), of either family; a scoped IPv6 address (`fe80::1%eth0`) is
+/// refused by name rather than as "not an address".
+pub fn parse_server(text: &str) -> Result<IpAddr, String> {
+    if text.contains(':') && text.contains('%') {
+        return Err(format!(
+            "'{text}': a scoped IPv6 address cannot name an upstream server; give a global address like 2001:db8::53"
+        ));
+    }
+    text.parse()
+        .map_err(|_| format!("'{text}' is not an IP address like 192.0.2.53 or 2001:db8::53"))
 }
 
 /// The text nsnet puts in `/etc/netns/NAME/resolv.conf` for a sandbox with names (used by `ip netns exec`,
@@ -233,10 +266,63 @@ mod tests {
 
     #[test]
     fn bad_upstream_servers_are_refused_by_address() {
-        assert!(check_servers(&[Ipv4Addr::new(192, 0, 2, 53)]).is_ok());
-        let e = check_servers(&[Ipv4Addr::new(224, 0, 0, 1)]).unwrap_err();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(check_servers(&[ip("192.0.2.53"), ip("2001:db8::53"), ip("::1")]).is_ok());
+        let e = check_servers(&[ip("224.0.0.1")]).unwrap_err();
         assert!(e.contains("224.0.0.1"), "{e}");
-        assert!(check_servers(&[Ipv4Addr::UNSPECIFIED]).is_err());
+        for bad in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "::",
+            "ff02::1",
+            "fe80::1",
+            "febf::1",
+            "::ffff:224.0.0.1",
+            "::ffff:192.0.2.53",
+        ] {
+            let e = check_servers(&[ip("192.0.2.53"), ip(bad)]).unwrap_err();
+            assert!(e.starts_with(bad) && !e.contains('\n'), "{e}");
+        }
+        // Just outside fe80::/10: a (deprecated site-local) address, not refused as link-local.
+        assert!(check_servers(&[ip("fec0::1")]).is_ok());
+    }
+
+    #[test]
+    fn upstream_servers_parse_in_either_family_and_scoped_ones_are_named() {
+        assert_eq!(
+            parse_server("192.0.2.53"),
+            Ok(IpAddr::from([192, 0, 2, 53]))
+        );
+        assert_eq!(
+            parse_server("2001:db8::53"),
+            Ok("2001:db8::53".parse().unwrap())
+        );
+        let e = parse_server("fe80::1%eth0").unwrap_err();
+        assert!(e.contains("scoped"), "{e}");
+        let e = parse_server("not-an-ip").unwrap_err();
+        assert!(e.contains("'not-an-ip'"), "{e}");
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_gives_its_ipv6_address_and_older_updates_still_read() {
+        let a = net("a", true, false);
+        let mut ep = endpoint("a", 2);
+        ep.ipv6 = Some(crate::model::Ep6 {
+            address: "fd00:1::2/64".parse().unwrap(),
+            gateway: "fd00:1::1".parse().unwrap(),
+        });
+        let m = Member::of(&sandbox(vec![ep]), &[&a]).expect("on a network with names");
+        assert_eq!(m.networks[0].address6, Some("fd00:1::2".parse().unwrap()));
+        // An IPv4 endpoint's update is written as before IPv6, and one from then reads with no IPv6 address.
+        let m4 = Member::of(&sandbox(vec![endpoint("a", 3)]), &[&a]).unwrap();
+        let line = serde_json::to_string(&Update::Up(m4.clone())).unwrap();
+        assert!(!line.contains("address6"), "{line}");
+        let old = r#"{"up":{"name":"app","netns":"/run/netns/app","servers":["192.0.2.1"],"networks":[{"network":"a","address":"10.89.0.3","aliases":["db"],"internal":false,"servers":[]}]}}"#;
+        let Update::Up(back) = serde_json::from_str(old).unwrap() else {
+            panic!("an up");
+        };
+        assert_eq!(back.networks[0].address6, None);
+        assert_eq!(back.servers, vec![IpAddr::from([192, 0, 2, 1])]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! on a network it does not share gets the same answer as a name nobody has.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{upstream, Member};
 
@@ -12,24 +12,26 @@ use super::{upstream, Member};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     A,
+    Aaaa,
     Ptr,
-    /// Any other type: a local name has none of them (an empty answer, not NXDOMAIN, so the asker's A query is
-    /// not spoiled by a failed AAAA one).
+    /// Any other type (MX, TXT, …): a local name has none of them (an empty answer, not NXDOMAIN, which
+    /// would say the name does not exist at all).
     Other,
 }
 
 /// The table's answer to one question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// A local name's addresses, in this answer's order.
-    Addresses(Vec<Ipv4Addr>),
-    /// A local name, with nothing of the type asked.
+    /// A local name's addresses of the family asked (A: IPv4, AAAA: IPv6), in this answer's order.
+    Addresses(Vec<IpAddr>),
+    /// A local name, with nothing of the type asked (AAAA of a sandbox with no IPv6 address, say).
     NoData,
     /// A local address's name.
     Pointer(String),
     /// Not local: ask these servers.
     Forward(Vec<SocketAddr>),
-    /// Not local, and the asker's networks forward nothing (`--internal`), or there is no server to ask.
+    /// Not local, and the asker's networks forward nothing (`--internal`), or there is no server to ask; or a
+    /// PTR question under `ip6.arpa` that names no address.
     NxDomain,
     /// The asker is not a sandbox the table knows (it was removed a moment ago).
     Refused,
@@ -44,11 +46,16 @@ pub struct Names {
     turn: usize,
 }
 
-/// One network's names (lowercase, no trailing dot) and addresses.
+/// One network's names (lowercase, no trailing dot) and addresses, of both families.
 #[derive(Debug, Default)]
 struct Network {
-    addresses: HashMap<String, Vec<Ipv4Addr>>,
-    names: HashMap<Ipv4Addr, String>,
+    addresses: HashMap<String, Vec<IpAddr>>,
+    names: HashMap<IpAddr, String>,
+}
+
+/// An endpoint's addresses: its IPv4 one, and its IPv6 one on a dual-stack network.
+fn addresses_of(on: &super::OnNetwork) -> impl Iterator<Item = IpAddr> {
+    std::iter::once(IpAddr::V4(on.address)).chain(on.address6.map(IpAddr::V6))
 }
 
 impl Names {
@@ -57,14 +64,16 @@ impl Names {
         self.down(&m.name);
         for on in &m.networks {
             let net = self.networks.entry(on.network.clone()).or_default();
-            for name in std::iter::once(&m.name).chain(&on.aliases) {
-                let addrs = net.addresses.entry(normal(name)).or_default();
-                if !addrs.contains(&on.address) {
-                    addrs.push(on.address);
-                    addrs.sort_unstable();
+            for address in addresses_of(on) {
+                for name in std::iter::once(&m.name).chain(&on.aliases) {
+                    let addrs = net.addresses.entry(normal(name)).or_default();
+                    if !addrs.contains(&address) {
+                        addrs.push(address);
+                        addrs.sort_unstable();
+                    }
                 }
+                net.names.insert(address, m.name.clone());
             }
-            net.names.insert(on.address, m.name.clone());
         }
         self.members.insert(m.name.clone(), m);
     }
@@ -76,17 +85,19 @@ impl Names {
             let Some(net) = self.networks.get_mut(&on.network) else {
                 continue;
             };
-            for n in std::iter::once(&old.name).chain(&on.aliases) {
-                let key = normal(n);
-                if let Some(addrs) = net.addresses.get_mut(&key) {
-                    addrs.retain(|a| *a != on.address);
-                    if addrs.is_empty() {
-                        net.addresses.remove(&key);
+            for address in addresses_of(on) {
+                for n in std::iter::once(&old.name).chain(&on.aliases) {
+                    let key = normal(n);
+                    if let Some(addrs) = net.addresses.get_mut(&key) {
+                        addrs.retain(|a| *a != address);
+                        if addrs.is_empty() {
+                            net.addresses.remove(&key);
+                        }
                     }
                 }
-            }
-            if net.names.get(&on.address) == Some(&old.name) {
-                net.names.remove(&on.address);
+                if net.names.get(&address) == Some(&old.name) {
+                    net.names.remove(&address);
+                }
             }
             if net.names.is_empty() {
                 self.networks.remove(&on.network);
@@ -121,25 +132,40 @@ impl Names {
         };
         match kind {
             Kind::Ptr => {
-                if let Some(found) =
-                    reverse(&name).and_then(|ip| shared().find_map(|n| n.names.get(&ip)))
-                {
+                let Some(ip) = reverse(&name) else {
+                    // Under ip6.arpa but not one address's name (too few or too many nibbles, a label
+                    // that is not one hex digit): no pointer anywhere has it, so none is asked upstream.
+                    if name.ends_with(".ip6.arpa") {
+                        return Answer::NxDomain;
+                    }
+                    return self.elsewhere(asker, &name, host);
+                };
+                if let Some(found) = shared().find_map(|n| n.names.get(&ip)) {
                     return Answer::Pointer(found.clone());
                 }
             }
-            Kind::A | Kind::Other => {
-                let mut addrs: Vec<Ipv4Addr> = Vec::new();
+            Kind::A | Kind::Aaaa | Kind::Other => {
+                let mut local = false;
+                let mut addrs: Vec<IpAddr> = Vec::new();
                 for net in shared() {
                     for a in net.addresses.get(&name).into_iter().flatten() {
-                        if !addrs.contains(a) {
+                        local = true;
+                        let wanted = match kind {
+                            Kind::A => a.is_ipv4(),
+                            Kind::Aaaa => a.is_ipv6(),
+                            _ => false,
+                        };
+                        if wanted && !addrs.contains(a) {
                             addrs.push(*a);
                         }
                     }
                 }
+                // A local name with nothing of the type asked: an empty answer, not NXDOMAIN (which would
+                // spoil the asker's lookup of the other family).
+                if local && addrs.is_empty() {
+                    return Answer::NoData;
+                }
                 if !addrs.is_empty() {
-                    if kind == Kind::Other {
-                        return Answer::NoData;
-                    }
                     self.turn = self.turn.wrapping_add(1);
                     let by = self.turn % addrs.len();
                     addrs.rotate_left(by);
@@ -147,13 +173,21 @@ impl Names {
                 }
             }
         }
-        // Not local. A single label (`db`) is a sandbox's name or nothing: never sent upstream, where it
-        // would leak the names sandboxes look for and wait on a server that has none of them. Forwarded
-        // otherwise, unless every network of the asker is internal.
+        self.elsewhere(asker, &name, host)
+    }
+
+    /// The answer for a name (`normal`) that is not local to `asker`.
+    fn elsewhere(&self, asker: &str, name: &str, host: &[SocketAddr]) -> Answer {
+        let Some(m) = self.members.get(asker) else {
+            return Answer::Refused;
+        };
+        // A single label (`db`) is a sandbox's name or nothing: never sent upstream, where it would leak the
+        // names sandboxes look for and wait on a server that has none of them. Forwarded otherwise, unless
+        // every network of the asker is internal.
         if !name.contains('.') || m.networks.iter().all(|on| on.internal) {
             return Answer::NxDomain;
         }
-        let nets: Vec<&[Ipv4Addr]> = m
+        let nets: Vec<&[IpAddr]> = m
             .networks
             .iter()
             .filter(|on| !on.internal)
@@ -171,8 +205,40 @@ fn normal(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// The address a reverse name (`4.3.2.10.in-addr.arpa`) stands for.
-fn reverse(name: &str) -> Option<Ipv4Addr> {
+/// The address a reverse name stands for: `4.3.2.10.in-addr.arpa`, or 32 nibbles, lowest first, under
+/// `ip6.arpa` (`name` is lowercase, as [`normal`] makes it).
+fn reverse(name: &str) -> Option<IpAddr> {
+    if let Some(nibbles) = name.strip_suffix(".ip6.arpa") {
+        return reverse6(nibbles).map(IpAddr::V6);
+    }
+    reverse4(name).map(IpAddr::V4)
+}
+
+/// `2.0.0.0.….d.f` (32 labels of one hex digit each, lowest first) as the address it stands for.
+fn reverse6(nibbles: &str) -> Option<Ipv6Addr> {
+    let mut value: u128 = 0;
+    let mut count = 0;
+    for label in nibbles.split('.') {
+        // One lowercase hex digit, nothing else (no "0x", no "00", no empty label).
+        let [c] = label.as_bytes() else {
+            return None;
+        };
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        if count == 32 {
+            return None;
+        }
+        value |= u128::from(digit) << (4 * count);
+        count += 1;
+    }
+    (count == 32).then_some(Ipv6Addr::from(value))
+}
+
+/// The address an `in-addr.arpa` name stands for.
+fn reverse4(name: &str) -> Option<Ipv4Addr> {
     let digits = name.strip_suffix(".in-addr.arpa")?;
     let mut octets = [0u8; 4];
     let mut parts = digits.split('.');
@@ -203,6 +269,7 @@ mod tests {
                 .map(|(net, last, aliases)| OnNetwork {
                     network: net.to_string(),
                     address: Ipv4Addr::new(10, 0, 0, *last),
+                    address6: None,
                     aliases: aliases.iter().map(|a| a.to_string()).collect(),
                     internal,
                     servers: vec![],
@@ -215,8 +282,8 @@ mod tests {
         vec![SocketAddr::from(([192, 0, 2, 53], 53))]
     }
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, last)
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
 
     #[test]
@@ -304,7 +371,7 @@ mod tests {
             Answer::NxDomain
         );
         let mut m = member("b", &[("outer", 3, &[])], false);
-        m.servers = vec![Ipv4Addr::new(198, 51, 100, 1)];
+        m.servers = vec![IpAddr::from([198, 51, 100, 1])];
         t.up(m);
         assert_eq!(
             t.lookup("b", "example.com", Kind::A, &host()),
@@ -335,11 +402,146 @@ mod tests {
         assert!(t.networks.is_empty());
     }
 
+    /// `name` on network `net` with IPv4 address 10.0.0.`last` and, when given, IPv6 address fd00::`last`.
+    fn dual(name: &str, net: &str, last: u8, v6: bool, aliases: &[&str]) -> Member {
+        let mut m = member(name, &[(net, last, aliases)], false);
+        m.networks[0].address6 = v6.then(|| Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last.into()));
+        m
+    }
+
+    fn ip6(last: u8) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last.into()))
+    }
+
+    /// The `ip6.arpa` name of `ip`: 32 nibbles, lowest first.
+    fn arpa6(ip: IpAddr) -> String {
+        let IpAddr::V6(v6) = ip else {
+            panic!("not IPv6");
+        };
+        let n = u128::from(v6);
+        let nibbles: Vec<String> = (0..32)
+            .map(|i| format!("{:x}", (n >> (4 * i)) & 0xf))
+            .collect();
+        format!("{}.ip6.arpa", nibbles.join("."))
+    }
+
+    #[test]
+    fn aaaa_answers_ipv6_addresses_and_a_name_without_one_has_no_data() {
+        let mut t = Names::default();
+        t.up(dual("a", "ds", 2, true, &["web"]));
+        t.up(dual("b", "ds", 3, true, &["web"]));
+        // On the same network, joined by a resolver that does not know IPv6 yet, or an IPv4 endpoint.
+        t.up(dual("c", "ds", 4, false, &[]));
+        t.up(dual("x", "other", 5, true, &[]));
+        let h = host();
+        assert_eq!(
+            t.lookup("c", "A.", Kind::Aaaa, &h),
+            Answer::Addresses(vec![ip6(2)])
+        );
+        assert_eq!(
+            t.lookup("c", "a", Kind::A, &h),
+            Answer::Addresses(vec![ip(2)])
+        );
+        // The shared alias: every IPv6 address, each first in turn; A answers only IPv4 ones.
+        let mut firsts = vec![];
+        for _ in 0..2 {
+            let Answer::Addresses(got) = t.lookup("a", "web", Kind::Aaaa, &h) else {
+                panic!("web is local");
+            };
+            let mut sorted = got.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![ip6(2), ip6(3)]);
+            firsts.push(got[0]);
+        }
+        firsts.sort();
+        assert_eq!(firsts, vec![ip6(2), ip6(3)]);
+        let Answer::Addresses(mut v4) = t.lookup("a", "web", Kind::A, &h) else {
+            panic!("web is local");
+        };
+        v4.sort();
+        assert_eq!(v4, vec![ip(2), ip(3)]);
+        // A local name with no IPv6 address: NOERROR with nothing in it, as a real server answers.
+        assert_eq!(t.lookup("a", "c", Kind::Aaaa, &h), Answer::NoData);
+        // Another network's name: not local, for AAAA as for A.
+        assert_eq!(t.lookup("a", "x", Kind::Aaaa, &h), Answer::NxDomain);
+        // PTR of an IPv6 address: on a shared network only; elsewhere it goes upstream, as for IPv4.
+        assert_eq!(
+            t.lookup("c", &arpa6(ip6(3)), Kind::Ptr, &h),
+            Answer::Pointer("b".into())
+        );
+        assert_eq!(
+            t.lookup("c", &arpa6(ip6(3)).to_uppercase(), Kind::Ptr, &h),
+            Answer::Pointer("b".into())
+        );
+        assert_eq!(
+            t.lookup("a", &arpa6(ip6(5)), Kind::Ptr, &h),
+            Answer::Forward(h.clone())
+        );
+        // Gone with the sandbox: every address of every name.
+        t.down("b");
+        assert_eq!(
+            t.lookup("a", "web", Kind::Aaaa, &h),
+            Answer::Addresses(vec![ip6(2)])
+        );
+        assert_eq!(
+            t.lookup("a", &arpa6(ip6(3)), Kind::Ptr, &h),
+            Answer::Forward(h.clone())
+        );
+        for n in ["a", "c", "x"] {
+            t.down(n);
+        }
+        assert!(t.networks.is_empty());
+    }
+
+    #[test]
+    fn ip6_arpa_names_parse_only_as_32_nibbles_lowest_first() {
+        let addr: Ipv6Addr = "2001:db8:1:2:3:4:5:6789".parse().unwrap();
+        let name = arpa6(IpAddr::V6(addr));
+        assert!(name.starts_with("9.8.7.6.5.0.0.0."), "{name}");
+        assert_eq!(reverse(&name), Some(IpAddr::V6(addr)));
+        assert_eq!(reverse(&arpa6(ip6(0))), Some(ip6(0)));
+        let all_f = ["f"; 32].join(".") + ".ip6.arpa";
+        assert_eq!(reverse(&all_f), Some(IpAddr::V6(Ipv6Addr::from(u128::MAX))));
+        let drop_first = name.split_once('.').unwrap().1.to_string();
+        let bad = [
+            drop_first.clone(),            // 31 nibbles
+            format!("0.{name}"),           // 33
+            name.replacen("9.", "09.", 1), // two digits in a label
+            name.replacen("9.", "g.", 1),  // not hex
+            name.replacen("9.", "9..", 1), // an empty label
+            name.replacen("9.", "x9.", 1),
+            name.replacen("9.", "\\046.", 1), // an escaped dot, as hickory writes one
+            name.replacen("9.", "+.", 1),
+            name.replacen("9.", "9\\.", 1),
+            name.replace(".ip6.arpa", ".ip6.arpa.example"),
+            "ip6.arpa".into(),
+            ".ip6.arpa".into(),
+            "..ip6.arpa".into(),
+            [["0"; 64].join("."), "ip6.arpa".into()].join("."),
+            format!("{}ip6.arpa", "0.".repeat(5000)),
+        ];
+        for b in &bad {
+            assert_eq!(reverse(b), None, "{b}");
+        }
+        // As questions: PTR for a name under ip6.arpa that is no address is NXDOMAIN at once (none is sent
+        // upstream); other types of such names go the usual way.
+        let mut t = Names::default();
+        t.up(dual("a", "ds", 2, true, &[]));
+        let h = host();
+        for b in bad.iter().filter(|b| b.ends_with(".ip6.arpa")) {
+            assert_eq!(t.lookup("a", b, Kind::Ptr, &h), Answer::NxDomain, "{b}");
+        }
+        assert_eq!(
+            t.lookup("a", &drop_first, Kind::Other, &h),
+            Answer::Forward(h.clone())
+        );
+    }
+
     #[test]
     fn reverse_names_parse_only_when_they_are_an_address() {
         assert_eq!(
             reverse("4.3.2.10.in-addr.arpa"),
-            Some(Ipv4Addr::new(10, 2, 3, 4))
+            Some(IpAddr::from([10, 2, 3, 4]))
         );
         assert_eq!(reverse("3.2.10.in-addr.arpa"), None);
         assert_eq!(reverse("5.4.3.2.10.in-addr.arpa"), None);

@@ -126,7 +126,10 @@ pub fn main(state_dir: &Path) -> u8 {
 /// Run the resolver for `state_dir` until no sandbox needs it. `Ok(false)`: another resolver holds the state
 /// dir (exit with [`BUSY`]).
 pub fn serve(state_dir: &Path) -> Result<bool, String> {
-    let store = Store::new(state_dir);
+    // Read only: the resolver writes no record, and it keeps running across an upgrade (until no sandbox needs
+    // it), so a record it cannot read may simply be newer than it is (an IPv6 `--dns` server, say). Setting
+    // such a record aside would lose a sandbox; and its warnings go nowhere. The next command decides.
+    let store = Store::new(state_dir).read_only();
     let lock = File::create(state_dir.join(LOCK)).map_err(|e| format!("open {LOCK}: {e}"))?;
     // One resolver per state dir: a second one started in a race leaves.
     let Ok(_lock) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)

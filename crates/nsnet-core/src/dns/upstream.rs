@@ -6,7 +6,7 @@
 //! where nothing listens on it. Only if that file is missing does the stub itself serve (the resolver runs in
 //! the host's namespace, where the stub answers).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// Overrides the host's resolv.conf the resolver reads (for packagers, and for tests' throwaway worlds).
@@ -91,11 +91,7 @@ pub fn host_servers() -> Vec<SocketAddr> {
 }
 
 /// The servers for one query: the first non-empty of the sandbox's, its networks' (in order), the host's.
-pub fn choose(
-    sandbox: &[Ipv4Addr],
-    networks: &[&[Ipv4Addr]],
-    host: &[SocketAddr],
-) -> Vec<SocketAddr> {
+pub fn choose(sandbox: &[IpAddr], networks: &[&[IpAddr]], host: &[SocketAddr]) -> Vec<SocketAddr> {
     let own = std::iter::once(sandbox)
         .chain(networks.iter().copied())
         .find(|s| !s.is_empty());
@@ -103,7 +99,7 @@ pub fn choose(
         Some(servers) => servers
             .iter()
             .take(MAX_SERVERS)
-            .map(|ip| SocketAddr::new(IpAddr::V4(*ip), 53))
+            .map(|ip| SocketAddr::new(*ip, 53))
             .collect(),
         None => host.to_vec(),
     }
@@ -136,11 +132,17 @@ mod tests {
     #[test]
     fn the_sandboxs_servers_come_first_then_its_networks_then_the_hosts() {
         let host = vec![SocketAddr::from(([10, 0, 0, 2], 53))];
-        let own = [Ipv4Addr::new(192, 0, 2, 1)];
-        let net = [Ipv4Addr::new(192, 0, 2, 2)];
+        let own = [IpAddr::from([192, 0, 2, 1])];
+        let net = [IpAddr::from([192, 0, 2, 2])];
         let at = |ip: [u8; 4]| SocketAddr::from((ip, 53));
         assert_eq!(choose(&own, &[&net], &host), vec![at([192, 0, 2, 1])]);
         assert_eq!(choose(&[], &[&[], &net], &host), vec![at([192, 0, 2, 2])]);
         assert_eq!(choose(&[], &[&[]], &host), host);
+        // An IPv6 server is asked on port 53 of its own family.
+        let v6: [IpAddr; 1] = ["2001:db8::53".parse().unwrap()];
+        assert_eq!(
+            choose(&v6, &[&net], &host),
+            vec!["[2001:db8::53]:53".parse::<SocketAddr>().unwrap()]
+        );
     }
 }

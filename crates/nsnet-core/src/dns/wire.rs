@@ -1,7 +1,7 @@
 //! DNS messages in and out, through hickory-proto (no hand-written wire format).
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::names::{Answer, Kind};
@@ -57,6 +57,7 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     };
     let kind = match query.query_type() {
         RecordType::A => Kind::A,
+        RecordType::AAAA => Kind::Aaaa,
         RecordType::PTR => Kind::Ptr,
         _ => Kind::Other,
     };
@@ -95,7 +96,11 @@ pub fn respond(q: &Question, answer: &Answer, limit: usize) -> Option<Vec<u8>> {
         Answer::Addresses(addrs) => {
             out.set_authoritative(true);
             for a in addrs {
-                out.add_answer(Record::from_rdata(qname.clone(), TTL, RData::A(A(*a))));
+                let data = match a {
+                    std::net::IpAddr::V4(ip) => RData::A(A(*ip)),
+                    std::net::IpAddr::V6(ip) => RData::AAAA(AAAA(*ip)),
+                };
+                out.add_answer(Record::from_rdata(qname.clone(), TTL, data));
             }
         }
         Answer::NoData => {
@@ -139,16 +144,28 @@ pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
 
 /// An address's reverse name.
 #[cfg(test)]
-fn reverse_name(ip: std::net::Ipv4Addr) -> String {
-    let o = ip.octets();
-    format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+fn reverse_name(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(ip) => {
+            let o = ip.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        std::net::IpAddr::V6(ip) => {
+            let n = u128::from(ip);
+            let mut name: String = (0..32)
+                .map(|i| format!("{:x}.", (n >> (4 * i)) & 0xf))
+                .collect();
+            name.push_str("ip6.arpa");
+            name
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use hickory_proto::op::Query;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv6Addr};
 
     fn query(name: &str, t: RecordType, edns: Option<u16>) -> Vec<u8> {
         let mut m = Message::new();
@@ -175,16 +192,16 @@ mod tests {
         let q = question(&query("web.", RecordType::A, None));
         assert_eq!(q.name, "web.");
         assert_eq!(q.kind, Kind::A);
-        let addrs = vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)];
+        let addrs = vec![IpAddr::from([10, 0, 0, 2]), IpAddr::from([10, 0, 0, 3])];
         let out = respond(&q, &Answer::Addresses(addrs.clone()), 512).unwrap();
         let m = Message::from_vec(&out).unwrap();
         assert_eq!(m.id(), 0x1234);
         assert!(m.authoritative() && m.recursion_available() && !m.truncated());
-        let got: Vec<Ipv4Addr> = m
+        let got: Vec<IpAddr> = m
             .answers()
             .iter()
             .map(|r| match r.data() {
-                RData::A(a) => a.0,
+                RData::A(a) => IpAddr::V4(a.0),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -195,7 +212,7 @@ mod tests {
     #[test]
     fn an_answer_too_long_for_udp_is_truncated_so_the_asker_uses_tcp() {
         let q = question(&query("many.", RecordType::A, None));
-        let addrs: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect();
+        let addrs: Vec<IpAddr> = (1..=60).map(|i| IpAddr::from([10, 0, 1, i])).collect();
         let small = respond(&q, &Answer::Addresses(addrs.clone()), udp_limit(&q)).unwrap();
         let m = Message::from_vec(&small).unwrap();
         assert!(m.truncated() && m.answers().is_empty());
@@ -232,8 +249,71 @@ mod tests {
         }
         assert!(matches!(parse(&[1, 2, 3]), Parsed::Drop));
         assert_eq!(
-            reverse_name(Ipv4Addr::new(10, 0, 0, 2)),
+            reverse_name(IpAddr::from([10, 0, 0, 2])),
             "2.0.0.10.in-addr.arpa"
         );
+    }
+
+    #[test]
+    fn an_aaaa_question_gets_aaaa_records_and_an_empty_answer_is_authoritative() {
+        let q = question(&query("web.", RecordType::AAAA, None));
+        assert_eq!(q.kind, Kind::Aaaa);
+        let addrs: Vec<IpAddr> = vec!["fd00:1::2".parse().unwrap(), "2001:db8::3".parse().unwrap()];
+        let out = respond(&q, &Answer::Addresses(addrs.clone()), 512).unwrap();
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!((m.id(), m.response_code()), (0x1234, ResponseCode::NoError));
+        let got: Vec<IpAddr> = m
+            .answers()
+            .iter()
+            .map(|r| match r.data() {
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, addrs);
+        assert!(m
+            .answers()
+            .iter()
+            .all(|r| r.ttl() == 0 && r.record_type() == RecordType::AAAA));
+        // A name with no IPv6 address: NOERROR, no records, authoritative (NODATA, not NXDOMAIN).
+        let none = Message::from_vec(&respond(&q, &Answer::NoData, 512).unwrap()).unwrap();
+        assert_eq!(none.response_code(), ResponseCode::NoError);
+        assert!(none.answers().is_empty() && none.authoritative());
+        // 60 IPv6 addresses do not fit in 512 bytes: truncated, so the asker comes back over TCP.
+        let many: Vec<IpAddr> = (1..=60u16)
+            .map(|i| IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, i)))
+            .collect();
+        let small =
+            Message::from_vec(&respond(&q, &Answer::Addresses(many), 512).unwrap()).unwrap();
+        assert!(small.truncated() && small.answers().is_empty());
+    }
+
+    #[test]
+    fn ip6_arpa_questions_read_as_pointers_whatever_their_labels() {
+        let ip: IpAddr = "fd00:1::2".parse().unwrap();
+        let name = reverse_name(ip);
+        assert_eq!(
+            name,
+            "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa"
+        );
+        let q = question(&query(&format!("{name}."), RecordType::PTR, None));
+        assert_eq!(
+            (q.kind, q.name.as_str()),
+            (Kind::Ptr, format!("{name}.").as_str())
+        );
+        // Hostile labels reach the table as text it can refuse: a dot inside a label comes escaped, bytes
+        // outside ASCII likewise, so no label can pass for two nibbles.
+        let mut m = Message::new();
+        let odd = Name::from_labels(vec![
+            b"1.2".to_vec(),
+            vec![0xff],
+            b"ip6".to_vec(),
+            b"arpa".to_vec(),
+        ])
+        .unwrap();
+        m.set_id(7).add_query(Query::query(odd, RecordType::PTR));
+        let q = question(&m.to_vec().unwrap());
+        assert_eq!(q.kind, Kind::Ptr);
+        assert!(q.name.starts_with("1\\.2."), "{}", q.name);
     }
 }

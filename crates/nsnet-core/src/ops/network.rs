@@ -1,6 +1,6 @@
 //! `nsnet network create | rm`.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -37,8 +37,8 @@ pub struct NetworkRequest {
     pub overlay: Option<Overlay>,
     /// Sandboxes find each other by name ([`crate::dns`]).
     pub dns: bool,
-    /// Upstream resolvers for the network's sandboxes (`--dns IP`); empty: the host's.
-    pub dns_servers: Vec<Ipv4Addr>,
+    /// Upstream resolvers for the network's sandboxes (`--dns IP`, either family); empty: the host's.
+    pub dns_servers: Vec<IpAddr>,
     /// The network's IPv6 part (`--ipv6`, or an IPv6 `--subnet`); `None`: IPv4 only.
     pub ipv6: Option<Ipv6Request>,
 }
@@ -645,11 +645,11 @@ fn default_interface(driver: Driver, name: &str) -> String {
 
 /// Refuse upstream resolvers nothing can be sent to, and servers for a network that would never use them.
 pub(super) fn check_dns_servers(
-    servers: &[Ipv4Addr],
+    servers: &[IpAddr],
     dns: bool,
     internal: bool,
     t: &super::Terms,
-) -> Result<Vec<Ipv4Addr>> {
+) -> Result<Vec<IpAddr>> {
     if servers.is_empty() {
         return Ok(vec![]);
     }
@@ -666,8 +666,17 @@ pub(super) fn check_dns_servers(
             t.dns
         ));
     }
-    crate::dns::check_servers(servers).map_err(|e| invalid!("{} {e}", t.dns))?;
+    check_upstreams(servers, t)?;
     Ok(servers.to_vec())
+}
+
+/// Refuse upstream resolvers nothing can be sent to; an IPv6 one waits behind the IPv6 gate.
+pub(super) fn check_upstreams(servers: &[IpAddr], t: &super::Terms) -> Result<()> {
+    crate::dns::check_servers(servers).map_err(|e| invalid!("{} {e}", t.dns))?;
+    if let Some(v6) = servers.iter().find(|s| s.is_ipv6()) {
+        ipv6_gate(&format!("{} {v6}", t.dns))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

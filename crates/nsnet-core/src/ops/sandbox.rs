@@ -1,6 +1,6 @@
 //! `nsnet create | attach | rm`: sandboxes and their endpoints.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ pub struct AttachRequest {
     /// More names for the sandbox on this network (`--alias`).
     pub aliases: Vec<String>,
     /// The sandbox's own upstream resolvers (`--dns IP`); kept for the sandbox, replacing earlier ones.
-    pub dns_servers: Vec<Ipv4Addr>,
+    pub dns_servers: Vec<IpAddr>,
     /// The IPv6 address to take on a dual-stack network (`--ip6`) instead of the next free one.
     pub ip6: Option<Ipv6Addr>,
 }
@@ -226,8 +226,7 @@ impl Nsnet {
         } = joined;
 
         if !req.dns_servers.is_empty() {
-            crate::dns::check_servers(&req.dns_servers)
-                .map_err(|e| invalid!("{} {e}", self.terms.dns))?;
+            super::network::check_upstreams(&req.dns_servers, &self.terms)?;
             sb.dns_servers = req.dns_servers.clone();
         }
         // The sandbox's first network with names gives a sandbox nsnet made its resolv.conf.

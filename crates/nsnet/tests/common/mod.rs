@@ -2,6 +2,8 @@
 //! "LAN peer" namespace on the host's uplink, and removes everything it made when dropped.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::fs;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
