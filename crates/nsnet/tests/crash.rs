@@ -100,6 +100,14 @@ fn whole_or_absent(h: &TestHost, name: &str, port: u16) -> bool {
                 has_ns && has_port && h.link_names().contains(&veth),
                 "{name}: recorded but incomplete"
             );
+            // A dual-stack sandbox's IPv6 address is in its namespace, usable (not tentative).
+            if let Some(addr) = sb["endpoints"][0]["ipv6"]["address"].as_str() {
+                let inside = common::sh(&["ip", "-n", name, "-6", "addr", "show", "dev", "eth0"]);
+                assert!(
+                    inside.contains(addr) && !inside.contains("tentative"),
+                    "{name}: recorded with {addr}, its namespace has {inside}"
+                );
+            }
             true
         }
         None => {
@@ -116,22 +124,59 @@ fn whole_or_absent(h: &TestHost, name: &str, port: u16) -> bool {
 fn killed_commands_are_finished_or_rolled_back() {
     let h = TestHost::new("crash");
     h.ok(&["network", "create", "n", "--subnet", "172.16.3.0/24"]);
+    kill_creates_and_removals(&h, "killed_commands_are_finished_or_rolled_back", 200, 60);
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// The same on a dual-stack network: the sandbox's IPv6 address, route and ledger line go or stay with the
+/// rest (issue #19).
+#[test]
+fn killed_dual_stack_commands_are_finished_or_rolled_back() {
+    let h = TestHost::with_ipv6("crash6");
+    let out = h.nsnet_env(
+        &[
+            "network",
+            "create",
+            "n",
+            "--subnet",
+            "172.16.4.0/24",
+            "--ipv6",
+        ],
+        &[("NSNET_IPV6", "1")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kill_creates_and_removals(
+        &h,
+        "killed_dual_stack_commands_are_finished_or_rolled_back",
+        100,
+        40,
+    );
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// SIGKILL `creates` creates and then `rms` removals on network `n` at random points; after each, `gc` must
+/// leave the sandbox whole or absent and the host exactly as before.
+fn kill_creates_and_removals(h: &TestHost, test: &str, creates: u16, rms: u16) {
     let baseline = h.snapshot();
-    let seed = seed("killed_commands_are_finished_or_rolled_back");
+    let seed = seed(test);
     let mut rng = Rng::new(seed);
     let (mut kept, mut rolled_back, mut recovered) = (0, 0, 0);
-    for i in 0..200u16 {
+    for i in 0..creates {
         let name = h.sb(&format!("k{i}"));
         let port = 20000 + i;
         let p = format!("{port}:80");
         kill_after(
-            spawn(&h, &["create", &name, "--network", "n", "-p", &p]),
+            spawn(h, &["create", &name, "--network", "n", "-p", &p]),
             rng.below(15_000),
         );
         if h.ok(&["gc"]).contains("the interrupted") {
             recovered += 1;
         }
-        if whole_or_absent(&h, &name, port) {
+        if whole_or_absent(h, &name, port) {
             kept += 1;
             h.ok(&["rm", &name]);
         } else {
@@ -153,7 +198,7 @@ fn killed_commands_are_finished_or_rolled_back() {
     assert!(recovered > 0, "no kill landed while a create was in flight");
 
     let (mut finished, mut untouched, mut recovered) = (0, 0, 0);
-    for i in 0..60u16 {
+    for i in 0..rms {
         let name = h.sb(&format!("r{i}"));
         let port = 30000 + i;
         h.ok(&[
@@ -165,11 +210,11 @@ fn killed_commands_are_finished_or_rolled_back() {
             &format!("{port}:80"),
         ]);
         // rm is done in ~5 ms: kills spread over 15 ms land in flight often enough to be sure of some.
-        kill_after(spawn(&h, &["rm", &name]), rng.below(15_000));
+        kill_after(spawn(h, &["rm", &name]), rng.below(15_000));
         if h.ok(&["gc"]).contains("finished the interrupted") {
             recovered += 1;
         }
-        if whole_or_absent(&h, &name, port) {
+        if whole_or_absent(h, &name, port) {
             untouched += 1;
             h.ok(&["rm", &name]);
         } else {
@@ -183,7 +228,6 @@ fn killed_commands_are_finished_or_rolled_back() {
     }
     eprintln!("rm: {finished} finished, {untouched} not started, {recovered} finished by gc");
     assert!(recovered > 0, "no kill landed while an rm was in flight");
-    h.ok(&["network", "rm", "n"]);
 }
 
 /// `ls` right after a killed create (before any gc) shows the sandbox whole, its address allocated, or not at all:
