@@ -684,3 +684,41 @@ fn create_returns_with_the_sandbox_reachable() {
     h.ok(&["network", "rm", "busy"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// A point-to-point (veth driver) network's host end carries the network's name: `rm` deletes it before it
+/// returns, so the network's next sandbox, or the network made again, can have it at once.
+#[test]
+fn a_point_to_point_network_takes_its_next_sandbox_right_after_rm() {
+    let h = TestHost::new("p2pnext");
+    let empty = h.snapshot();
+    for round in 0..2 {
+        h.ok(&[
+            "network",
+            "create",
+            "p",
+            "--driver",
+            "veth",
+            "--subnet",
+            "10.77.0.0/30",
+        ]);
+        for i in 0..8 {
+            let s = h.sb(&format!("s{round}{i}"));
+            h.ok(&["create", &s, "--network", "p"]);
+            assert!(
+                probe::ping(
+                    &h.sb_path(&format!("s{round}{i}")),
+                    "10.77.0.1".parse().expect("ip")
+                )
+                .expect("ping"),
+                "{s} -> its gateway"
+            );
+            h.ok(&["rm", &s]);
+            assert!(
+                !h.link_names().contains(&"nsve-p".to_string()),
+                "nsve-p outlived rm"
+            );
+        }
+        h.ok(&["network", "rm", "p"]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}

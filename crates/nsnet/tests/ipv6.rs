@@ -478,11 +478,10 @@ fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
     h.ok(&["rm", &s]);
     h.ok(&["network", "rm", "p"]);
     // The veth driver's host end is one end of the sandbox's pair: the kernel takes it with the sandbox's
-    // namespace, in the background, moments after `rm` returns.
+    // namespace, in the background, moments after `rm` returns (`settle` waits for it).
+    h.settle();
     assert!(
-        common::within(std::time::Duration::from_secs(3), || !h
-            .link_names()
-            .contains(&host_end)),
+        !h.link_names().contains(&host_end),
         "{host_end} outlived its namespace"
     );
     assert_eq!(h.snapshot(), empty);

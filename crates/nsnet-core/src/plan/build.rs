@@ -473,6 +473,19 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, veths: Veth
         let mut restore = vec![create];
         for ep in &sb.endpoints {
             let net = nets.iter().find(|n| n.name == ep.network);
+            if net.is_some_and(|n| n.driver == Driver::Veth) {
+                // A point-to-point host end is named after its network (and holds its gateway): left to the
+                // namespace's destruction, it would keep that name for a while after `rm` returns, and the
+                // network's next sandbox could not be made. Deleted now, and brought back on its own.
+                plan = plan.then(endpoint_teardown(
+                    sb,
+                    ep,
+                    net,
+                    owner,
+                    EndpointRemoval::Delete,
+                ));
+                continue;
+            }
             leave_fast_path(&mut plan, sb, ep, net);
             if let Some(net) = net {
                 restore.extend(endpoint_up(net, ep, &ns, owner).0);
@@ -1159,6 +1172,44 @@ mod tests {
         };
         let fw = network_down(&net(Driver::Bridge, false), &[], Some(tables.clone()));
         assert_eq!(fw.0.last(), Some(&Change::Delete(Rule::Tables(tables))));
+    }
+
+    #[test]
+    fn a_point_to_point_host_end_goes_before_its_namespace() {
+        let n = net(Driver::Veth, false);
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: true,
+            netns_id: None,
+            cni: false,
+            endpoints: vec![ep(vec![])],
+            removing: false,
+            dns_servers: vec![],
+        };
+        let plan = sandbox_teardown(
+            &sb,
+            std::slice::from_ref(&n),
+            OWNER,
+            VethRemoval::WithNamespace,
+        );
+        // Its name is the network's: deleted now, so the network's next sandbox can have it at once.
+        assert_eq!(
+            plan.steps,
+            [
+                delete_host_link("veth12345678", OWNER, sb.endpoints[0].mac.host_end()),
+                Step::DeleteNetns {
+                    name: "netns2".into()
+                }
+            ]
+        );
+        // Each brings back its own: the namespace does not make the pair the link's restore makes too.
+        let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns(), OWNER);
+        assert_eq!(plan.undo_of(0), up);
+        assert!(!plan
+            .undo_of(1)
+            .iter()
+            .any(|s| matches!(s, Step::CreateVeth { .. })));
     }
 
     #[test]

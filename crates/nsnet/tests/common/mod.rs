@@ -563,11 +563,13 @@ impl TestHost {
                 }
             }
             let links = self.link_names();
+            // A sandbox's host veth (`vethXXXXXXXX`), or a veth-driver network's (`nsve-…`), that no record
+            // holds: the kernel deletes it with its namespace, moments after the command returns.
             let stray = links.iter().any(|l| {
-                l.len() == 12
+                let hashed = l.len() == 12
                     && l.starts_with("veth")
-                    && l[4..].chars().all(|c| c.is_ascii_hexdigit())
-                    && !owned.contains(l)
+                    && l[4..].chars().all(|c| c.is_ascii_hexdigit());
+                (hashed || l.starts_with("nsve-")) && !owned.contains(l)
             });
             // Retired veths (strays above, until deleted) go with their reaper, which then gives their
             // addresses back.
