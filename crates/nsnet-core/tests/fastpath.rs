@@ -421,6 +421,78 @@ fn ipv6_takes_only_tcp_and_udp_between_sandboxes_and_leaves_neighbour_discovery_
     });
 }
 
+/// A fast path made before nsnet carried IPv6 has no `local6`: it is still found (its maps told apart by type
+/// and key size), still carries IPv4, and leaves IPv6 to its bridge: adding an IPv6 address puts nothing in a
+/// map, and there is no IPv6 entry to find or miss.
+#[test]
+fn a_fast_path_made_before_ipv6_is_still_found_and_leaves_ipv6_to_the_bridge() {
+    use nsnet_core::kernel::bpf::Map;
+    use nsnet_core::kernel::fastpath::{program, Fds, NAME};
+    use std::os::fd::AsRawFd;
+    in_private_netns(|| {
+        let mut nl = Netlink::open().expect("netlink");
+        nl.create_bridge("br0", 1500, GW_MAC).expect("bridge");
+        let bridge = nl.link_index("br0").expect("bridge index");
+        let me = std::fs::File::open("/proc/thread-self/ns/net").expect("own namespace");
+        for (host, peer) in [("ha", "pa"), ("hb", "pb")] {
+            nl.create_veth(&VethSpec {
+                host,
+                peer,
+                peer_netns: me.as_fd(),
+                master: Some(bridge),
+                mtu: 1500,
+                peer_mac: None,
+                host_mac: None,
+            })
+            .expect("veth");
+        }
+        let (ha, hb) = (nl.link_index("ha").unwrap(), nl.link_index("hb").unwrap());
+        // The maps an older nsnet made: the IPv4 hash, the tunnel's array and trie. Today's program with
+        // the IPv4 map in local6's place holds exactly those (the kernel lists a map once).
+        let local = Map::hash(NAME, 4, 12, 1024).expect("map");
+        let config = Map::array(NAME, 16, 1).expect("config");
+        let remote = Map::lpm(NAME, 8, 4, 16).expect("remote");
+        let fds = Fds {
+            local: local.fd().as_raw_fd(),
+            local6: local.fd().as_raw_fd(),
+            config: config.fd().as_raw_fd(),
+            remote: remote.fd().as_raw_fd(),
+        };
+        let prog = Program::load_sched_cls(NAME, &program(fds, bridge).unwrap(), "Apache-2.0")
+            .expect("load");
+        let block = block_of("br0");
+        nl.add_ingress_qdisc(bridge, block).expect("qdisc");
+        nl.add_bpf_filter(FilterAt::Block(block), prog.fd().as_fd(), NAME)
+            .expect("filter");
+        drop((prog, local, config, remote));
+
+        let fp = FastPath::ensure(&mut nl, "br0").unwrap().expect("found");
+        assert!(fp.carries(IpAddr::V4(A_IP)) && !fp.carries(IpAddr::V6(A6)));
+        for (port, ip4, ip6, mac) in [(ha, A_IP, A6, A_MAC), (hb, B_IP, B6, B_MAC)] {
+            fp.add(&mut nl, port, ip4, mac).expect("add IPv4");
+            fp.add(&mut nl, port, ip6, mac)
+                .expect("IPv6: nothing to add");
+        }
+        assert_eq!(fp.entry(B6).unwrap(), None);
+        fp.remove(B6).expect("IPv6: nothing to remove");
+        let entries: Vec<IpAddr> = fp.entries().unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert!(entries.iter().all(IpAddr::is_ipv4));
+        // The ports joined the block all the same; IPv4 takes the fast path, IPv6 the bridge.
+        assert_eq!(
+            nl.bpf_filters(FilterAt::Link(hb, TcHook::Ingress)).unwrap(),
+            nl.bpf_filters(FilterAt::Block(block)).unwrap()
+        );
+        let ok4 = frame(B_MAC, A_MAC, 0x0800, A_IP, B_IP);
+        assert_eq!(fp.verdict(&ok4, ha).unwrap(), REDIRECTED);
+        let tcp6 = frame6(B_MAC, A_MAC, TCP, A6, B6, &SEGMENT);
+        assert_eq!(fp.verdict(&tcp6, ha).unwrap(), PASSED);
+        for link in ["ha", "hb", "br0"] {
+            nl.delete_link(link).expect("delete");
+        }
+    });
+}
+
 /// Across hosts: with a tunnel configured, the program sends a sandbox's routed frames for a remote block out
 /// by the tunnel's device, and delivers what that device receives from a remote block to the sandbox. What
 /// the bridge or the firewall must judge still passes: spoofed senders, blocks nobody holds, frames not sent
