@@ -4,6 +4,7 @@
 mod common;
 
 use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 
 use common::dns::dig;
 use common::{TestHost, HOST_IP6, LAN_IP6};
@@ -373,6 +374,7 @@ fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
     for expected in [
         format!("ip -n {s} addr add fd89:5:5:5::2/64 dev eth0 nodad"),
         format!("ip -n {s} -6 route add default via fd89:5:5:5::1 dev eth0"),
+        "# fast path: fd89:5:5:5::2 -> veth".to_string(),
     ] {
         assert!(plan.contains(&expected), "missing {expected:?} in:\n{plan}");
     }
@@ -1115,4 +1117,279 @@ fn a_hostile_sandbox_sending_malformed_ip6_arpa_questions_does_not_break_the_res
     h.ok(&["rm", &a]);
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "n"]);
+}
+
+/// (packets the host end of `sb`'s veth transmitted, packets `sb`'s eth0 received).
+fn port_and_eth0(h: &TestHost, sb: &str) -> (u64, u64) {
+    let packets = |text: &str, dir: &str| -> u64 {
+        let v: Value = serde_json::from_str(text).expect("ip -s -j");
+        v[0]["stats64"][dir]["packets"].as_u64().expect("packets")
+    };
+    let port = h.inspect(sb)["endpoints"][0]["host_interface"]
+        .as_str()
+        .expect("host interface")
+        .to_string();
+    let tx = packets(
+        &h.in_host(&["ip", "-s", "-j", "link", "show", "dev", &port]),
+        "tx",
+    );
+    let rx = packets(
+        &common::sh(&["ip", "-n", sb, "-s", "-j", "link", "show", "dev", "eth0"]),
+        "rx",
+    );
+    (tx, rx)
+}
+
+/// How many packets `to`'s bridge port transmitted and its eth0 received while `f` ran.
+fn through(h: &TestHost, to: &str, f: impl FnOnce()) -> (u64, u64) {
+    let before = port_and_eth0(h, to);
+    f();
+    let after = port_and_eth0(h, to);
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// 40 TCP and 40 UDP greetings from `from` to `to`'s IPv6 address: 200 packets or more reach `to`.
+fn tcp_and_udp6(h: &TestHost, from: &str, to: &str) {
+    let dst = address6(h, to);
+    let (server, client) = (
+        PathBuf::from("/run/netns").join(to),
+        PathBuf::from("/run/netns").join(from),
+    );
+    for port in 7000..7040 {
+        let srv = probe::tcp_server(&server, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
+            .expect("listen");
+        probe::tcp_hello(&client, SocketAddr::new(dst.into(), port)).expect("tcp over IPv6");
+        assert!(srv.wait().is_ok());
+        let srv = probe::udp_server(&server, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
+            .expect("bind");
+        probe::udp_hello(&client, SocketAddr::new(dst.into(), port)).expect("udp over IPv6");
+        assert!(srv.wait().is_ok());
+    }
+}
+
+/// `n` UDP datagrams to `to`'s IPv6 address from `from`'s namespace, sent from address `src` (answered or
+/// not: nothing waits for a reply).
+fn datagrams6(h: &TestHost, from: &str, src: Ipv6Addr, to: &str, n: usize) {
+    let ns =
+        nsnet_core::kernel::netns::open(&PathBuf::from("/run/netns").join(from)).expect("open");
+    let sock = nsnet_core::kernel::netns::run_in(&ns, || {
+        std::net::UdpSocket::bind(SocketAddr::new(src.into(), 0))
+    })
+    .expect("enter")
+    .expect("bind");
+    let dst = SocketAddr::new(address6(h, to).into(), 7100);
+    for _ in 0..n {
+        sock.send_to(b"hello", dst).expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// The fast path's entries for `ip` (any bridge's).
+fn fast_path_lines(h: &TestHost, ip: impl std::fmt::Display) -> Vec<String> {
+    let ip = format!(" fast path: {ip} -> ");
+    h.fast_path()
+        .into_iter()
+        .filter(|l| l.contains(&ip))
+        .collect()
+}
+
+/// What CHECK (`Nsnet::check_endpoint`, CNI `CHECK`'s) finds wrong with `sb` on `net`.
+fn check(h: &TestHost, sb: &str, net: &str) -> Vec<String> {
+    let nsnet = nsnet_core::ops::Nsnet::new(h.state.clone(), false);
+    let host = nsnet_core::kernel::netns::open(&h.host_path()).expect("host namespace");
+    nsnet_core::kernel::netns::run_in(&host, || nsnet.check_endpoint(sb, net))
+        .expect("enter")
+        .expect("check")
+        .0
+}
+
+/// `fastpath.rs::sandbox_traffic_skips_the_bridge_only_where_the_bridge_would_forward_it` over IPv6: TCP and
+/// UDP between two dual-stack sandboxes go veth to veth (the receiver's bridge port never transmits them),
+/// over both families; ICMPv6 (ping6, and with it neighbour discovery) still crosses the bridge, and so does a
+/// forged source address (the bridge's rules judge it: nothing reaches the receiver that its port did not
+/// send). `--fast-path=false` sends it all through the bridge. CHECK reports a missing IPv6 entry, and a
+/// detach (its veth retired: a process holds the namespace) and `rm` leave no entry behind.
+#[test]
+fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
+    let h = TestHost::with_ipv6("v6fast");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "fast", "--ipv6", "--bridge", "nsbr-f6"],
+    );
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "slow",
+            "--ipv6",
+            "--bridge",
+            "nsbr-s6",
+            "--fast-path=false",
+        ],
+    );
+    let (a, b, c, d) = (h.sb("a"), h.sb("b"), h.sb("c"), h.sb("d"));
+    for (sb, net) in [(&a, "fast"), (&b, "fast"), (&c, "slow"), (&d, "slow")] {
+        ok6(&h, &["create", sb, "--network", net]);
+    }
+    // Both families of a and b; nobody on the slow network.
+    for sb in [&a, &b] {
+        assert_eq!(
+            fast_path_lines(&h, address6(&h, sb)).len(),
+            1,
+            "{:#?}",
+            h.fast_path()
+        );
+        assert_eq!(
+            fast_path_lines(&h, address4(&h, sb)).len(),
+            1,
+            "{:#?}",
+            h.fast_path()
+        );
+    }
+    assert_eq!(
+        h.fast_path()
+            .iter()
+            .filter(|l| l.contains("fast path:"))
+            .count(),
+        4,
+        "{:#?}",
+        h.fast_path()
+    );
+    assert!(check(&h, &a, "fast").is_empty());
+
+    // TCP and UDP: b receives them without its bridge port sending them (neighbour discovery at most); over
+    // the slow network every one crosses the bridge.
+    let (port_tx, rx) = through(&h, &b, || tcp_and_udp6(&h, &a, &b));
+    assert!(rx >= 200, "b received {rx}");
+    assert!(port_tx < 20, "fast: b's bridge port sent {port_tx} of {rx}");
+    let (port_tx, rx) = through(&h, &a, || tcp_and_udp6(&h, &b, &a));
+    assert!(
+        rx >= 200 && port_tx < 20,
+        "b -> a: port {port_tx}, a got {rx}"
+    );
+    let (port_tx, rx) = through(&h, &d, || tcp_and_udp6(&h, &c, &d));
+    assert!(
+        port_tx >= 200 && rx >= 200,
+        "slow: d's port sent {port_tx}, d got {rx}"
+    );
+
+    // ping6 is ICMPv6: the bridge carries it, fast path or not.
+    let ping6 = |from: &str, to: &str| {
+        let dst = address6(&h, to).to_string();
+        let ns = format!("--net=/run/netns/{from}");
+        let out = common::sh(&[
+            "nsenter", &ns, "ping", "-6", "-q", "-c", "100", "-i", "0.002", "-W", "1", &dst,
+        ]);
+        assert!(out.contains("100 received"), "{from} -> {to}: {out}");
+    };
+    let (port_tx, rx) = through(&h, &b, || ping6(&a, &b));
+    assert!(
+        port_tx >= 100 && rx >= 100,
+        "ping6: b's port sent {port_tx}, b got {rx}"
+    );
+
+    // A forged source address: not the fast path's to take. Until the bridge's IPv6 anti-spoofing (C8)
+    // drops them, the bridge delivers them; either way, through b's port.
+    let forged = Ipv6Addr::from(u128::from(address6(&h, &a)) + 0x77);
+    let ns = format!("--net=/run/netns/{a}");
+    let forged_cidr = format!("{forged}/64");
+    common::sh(&[
+        "nsenter",
+        &ns,
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &forged_cidr,
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let (port_tx, rx) = through(&h, &b, || datagrams6(&h, &a, forged, &b, 50));
+    assert!(
+        rx <= port_tx + 5,
+        "forged: b got {rx}, its port sent only {port_tx}"
+    );
+    common::sh(&[
+        "nsenter",
+        &ns,
+        "ip",
+        "-6",
+        "addr",
+        "del",
+        &forged_cidr,
+        "dev",
+        "eth0",
+    ]);
+    // The same from a's own address is the fast path's.
+    let (port_tx, rx) = through(&h, &b, || datagrams6(&h, &a, address6(&h, &a), &b, 50));
+    assert!(
+        rx >= 50 && port_tx < 10,
+        "a's own: port {port_tx}, b got {rx}"
+    );
+
+    // CHECK reports a missing IPv6 entry, as it does an IPv4 one.
+    let a6 = address6(&h, &a);
+    let entry = h.with_fast_path("nsbr-f6", |fp, _| {
+        let entry = fp
+            .entry(a6)
+            .expect("entry")
+            .expect("a's IPv6 is on the fast path");
+        fp.remove(a6).expect("remove");
+        entry
+    });
+    let problems = check(&h, &a, "fast");
+    assert!(
+        problems.len() == 1 && problems[0].contains(&format!("the fast path does not send {a6}")),
+        "{problems:?}"
+    );
+    h.with_fast_path("nsbr-f6", |fp, nl| {
+        fp.add(nl, entry.0, a6, entry.1).expect("put back")
+    });
+    assert!(check(&h, &a, "fast").is_empty());
+
+    // Detached while a process keeps its namespace (the veth is retired): both entries go; attached
+    // again, both come back.
+    let mut inside = std::process::Command::new("nsenter")
+        .args([ns.as_str(), "--", "sleep", "60"])
+        .spawn()
+        .expect("sleep inside a");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let a4 = address4(&h, &a);
+    ok6(&h, &["detach", &a, "--network", "fast"]);
+    assert!(fast_path_lines(&h, a6).is_empty() && fast_path_lines(&h, a4).is_empty());
+    ok6(&h, &["attach", &a, "--network", "fast"]);
+    assert_eq!(
+        fast_path_lines(&h, address6(&h, &a)).len(),
+        1,
+        "{:#?}",
+        h.fast_path()
+    );
+    assert!(check(&h, &a, "fast").is_empty());
+    let _ = inside.kill();
+    let _ = inside.wait();
+
+    // Removing b takes both its entries away; a no longer reaches its IPv6 address.
+    let b6 = address6(&h, &b);
+    h.ok(&["rm", &b]);
+    assert!(fast_path_lines(&h, b6).is_empty(), "{:#?}", h.fast_path());
+    h.settle();
+    assert!(
+        !probe::ping6(&h.sb_path("a"), b6).expect("ping"),
+        "a still reaches b"
+    );
+    assert!(
+        probe::tcp_hello(&h.sb_path("a"), SocketAddr::new(b6.into(), 7000)).is_err(),
+        "a still reaches b over TCP"
+    );
+
+    for sb in [&a, &c, &d] {
+        h.ok(&["rm", sb]);
+    }
+    h.ok(&["network", "rm", "fast"]);
+    h.ok(&["network", "rm", "slow"]);
+    h.settle();
+    assert_eq!(h.snapshot(), empty);
 }

@@ -407,8 +407,8 @@ impl Map {
         unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
     }
 
-    /// The map's type (`BPF_MAP_TYPE_*`), from the kernel.
-    pub fn map_type(&self) -> io::Result<MapType> {
+    /// The map's type (`BPF_MAP_TYPE_*`) and key size, from the kernel.
+    pub fn shape(&self) -> io::Result<(MapType, usize)> {
         let mut info = MapInfo::default();
         let mut attr = InfoAttr {
             bpf_fd: fd_u32(&self.0)?,
@@ -418,12 +418,15 @@ impl Map {
         // SAFETY: InfoAttr is the BPF_OBJ_GET_INFO_BY_FD member; `info` is writable for info_len bytes and
         // alive for the call.
         unsafe { sys_bpf(OBJ_GET_INFO_BY_FD, &mut attr) }?;
-        Ok(match info.map_type {
+        let kind = match info.map_type {
             MAP_TYPE_HASH => MapType::Hash,
             MAP_TYPE_ARRAY => MapType::Array,
             MAP_TYPE_LPM_TRIE => MapType::LpmTrie,
             _ => MapType::Other,
-        })
+        };
+        let key_size = usize::try_from(info.key_size)
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+        Ok((kind, key_size))
     }
 
     /// The map with this id, if it still exists.

@@ -29,7 +29,8 @@ pub struct NetworkRequest {
     pub internal: bool,
     /// Keep sandboxes on other networks from reaching this network's addresses directly.
     pub isolate: bool,
-    /// Sandbox-to-sandbox IPv4 skips the bridge (bridge networks; see [`crate::kernel::fastpath`]).
+    /// Sandbox-to-sandbox IPv4, and IPv6 TCP and UDP, skip the bridge (bridge networks; see
+    /// [`crate::kernel::fastpath`]).
     pub fast_path: bool,
     pub mtu: Option<u32>,
     pub options: NetOptions,

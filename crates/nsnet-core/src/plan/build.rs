@@ -7,7 +7,7 @@ use crate::model::{
 };
 use crate::plan::{Ns, PeerLink, Plan, Step};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 fn gateway_cidr(net: &Network) -> Ipv4Net {
     // The subnet is valid, so the gateway with its prefix length is too.
@@ -748,13 +748,15 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
     // Before the host end comes up: bringing it up sets off the bridge's walk over every port under RTNL,
     // and the fast path's netlink requests would queue behind it.
     if let Some(bridge) = fast_path_bridge(net) {
-        steps.push(Step::FastPathAdd {
-            bridge,
-            port: ep.host_interface.clone(),
-            peer_ns: ns.clone(),
-            ip: ep.address.addr(),
-            mac: ep.mac,
-        });
+        for ip in fast_path_addresses(ep) {
+            steps.push(Step::FastPathAdd {
+                bridge: bridge.clone(),
+                port: ep.host_interface.clone(),
+                peer_ns: ns.clone(),
+                ip,
+                mac: ep.mac,
+            });
+        }
     }
     steps.push(Step::LinkUp {
         ns: Ns::Host,
@@ -772,20 +774,30 @@ fn fast_path_bridge(net: &Network) -> Option<String> {
     (net.driver == Driver::Bridge && net.fast_path).then(|| net.interface.clone())
 }
 
+/// The addresses an endpoint has on its network's fast path: its IPv4 address and its global IPv6 one. Its
+/// link-local address is not there: what is sent to it takes the bridge.
+fn fast_path_addresses(ep: &Endpoint) -> Vec<IpAddr> {
+    let mut out = vec![IpAddr::V4(ep.address.addr())];
+    out.extend(ep.ipv6.map(|e6| IpAddr::V6(e6.address.addr())));
+    out
+}
+
 /// Take the endpoint of sandbox `sb` off its network's fast path, first thing in its teardown (undone by
 /// putting it back).
 fn leave_fast_path(plan: &mut Plan, sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) {
     if let Some(bridge) = net.and_then(fast_path_bridge) {
-        plan.push_teardown(
-            Step::FastPathRemove {
-                bridge,
-                port: ep.host_interface.clone(),
-                peer_ns: Ns::Path(sb.netns.clone()),
-                ip: ep.address.addr(),
-                mac: ep.mac,
-            },
-            vec![],
-        );
+        for ip in fast_path_addresses(ep) {
+            plan.push_teardown(
+                Step::FastPathRemove {
+                    bridge: bridge.clone(),
+                    port: ep.host_interface.clone(),
+                    peer_ns: Ns::Path(sb.netns.clone()),
+                    ip,
+                    mac: ep.mac,
+                },
+                vec![],
+            );
+        }
     }
 }
 
@@ -1028,6 +1040,76 @@ mod tests {
         let (_, fw) = endpoint_up(&net(Driver::Bridge, false), &ep(vec![]), &ns(), OWNER);
         let text = Plan::setup(vec![], fw, Default::default()).render();
         assert!(!text.contains("endpoint_ifs6"), "{text}");
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_joins_the_fast_path_with_both_addresses_and_leaves_with_both() {
+        let n = net6(Driver::Bridge);
+        let (steps, fw) = endpoint_up(&n, &ep6(), &ns(), OWNER);
+        let adds: Vec<&Step> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::FastPathAdd { .. }))
+            .collect();
+        let ips: Vec<String> = adds
+            .iter()
+            .filter_map(|s| match s {
+                Step::FastPathAdd { ip, .. } => Some(ip.to_string()),
+                _ => None,
+            })
+            .collect();
+        // The global address only: what is sent to the link-local one takes the bridge.
+        assert_eq!(ips, ["172.16.0.102", "fd89:1:2:3::2"]);
+        let text = Plan::setup(steps.clone(), fw, Default::default()).render();
+        assert!(
+            text.contains(
+                "# fast path: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
+                 nsnet_fastpath of br0\n\
+                 tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
+                 # fast path: fd89:1:2:3::2 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
+                 nsnet_fastpath of br0\n\
+                 ip link set veth12345678 up\n"
+            ),
+            "{text}"
+        );
+        // Both before the host end comes up.
+        let up = steps
+            .iter()
+            .position(|s| matches!(s, Step::LinkUp { ns: Ns::Host, .. }))
+            .expect("host end up");
+        assert!(steps[up - 1] == *adds[1] && steps[up - 2] == *adds[0]);
+
+        // The teardown takes both off first, and each comes back as it was.
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: true,
+            netns_id: None,
+            cni: false,
+            endpoints: vec![ep6()],
+            removing: false,
+            dns_servers: vec![],
+        };
+        for removal in [VethRemoval::WithNamespace, VethRemoval::OneByOne] {
+            let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, removal);
+            for (i, add) in adds.iter().enumerate() {
+                assert_eq!(plan.steps[i], add.undo().expect("undo"), "{removal:?}");
+                assert_eq!(plan.undo_of(i), vec![(*add).clone()]);
+            }
+        }
+        // A sandbox whose namespace vanished: both entries go.
+        let gone = sandbox_gone(&sb, std::slice::from_ref(&n));
+        assert_eq!(gone.steps.len(), 2);
+        assert_eq!(
+            gone.steps[1].render(),
+            "# fast path: fd89:1:2:3::2 off the map of bpf program nsnet_fastpath of br0"
+        );
+        // Without the fast path, neither.
+        let slow = Network {
+            fast_path: false,
+            ..n
+        };
+        let (steps, _) = endpoint_up(&slow, &ep6(), &ns(), OWNER);
+        assert!(!steps.iter().any(|s| matches!(s, Step::FastPathAdd { .. })));
     }
 
     #[test]

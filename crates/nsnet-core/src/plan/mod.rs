@@ -145,14 +145,14 @@ pub enum Step {
     /// filter of a tc block the bridge's ingress is bound to. Goes with the bridge, so it needs no undo of
     /// its own.
     FastPathInit { bridge: String },
-    /// Put a sandbox on its network's fast path ([`crate::kernel::fastpath`]): its address, host `port` and
-    /// MAC into the map of `bridge`'s program, and the port's ingress onto the program's block. Where the
+    /// Put a sandbox on its network's fast path ([`crate::kernel::fastpath`]): its address (one step per
+    /// family), host `port` and MAC into the map of `bridge`'s program, and the port's ingress onto the program's block. Where the
     /// kernel or the caller cannot run bpf programs there is no fast path, and the bridge carries everything.
     FastPathAdd {
         bridge: String,
         port: String,
         peer_ns: Ns,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
     },
     /// Take a sandbox's address off its network's fast path; frames from its port then all go to the bridge.
@@ -161,7 +161,7 @@ pub enum Step {
         bridge: String,
         port: String,
         peer_ns: Ns,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
     },
     /// Cross-host traffic on `bridge`'s fast path ([`crate::kernel::fastpath`]): its program sends a
