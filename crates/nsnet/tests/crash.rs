@@ -85,7 +85,7 @@ fn whole_or_absent(h: &TestHost, name: &str, port: u16) -> bool {
         .flatten()
         .find(|s| s["name"] == name)
         .cloned();
-    let ports = h.in_host(&["nft", "list", "map", "ip", "nsnet", "ports"]);
+    let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
     let has_port = ports.contains(&format!("tcp . {port} :"));
     let has_ns = h
         .sb_path(name.trim_start_matches(&format!("{}-", h.tag)))

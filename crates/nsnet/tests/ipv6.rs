@@ -650,23 +650,32 @@ fn dual_stack_commands_at_once() {
     assert_eq!(h.snapshot(), empty);
 }
 
-/// Tables an older nsnet made lack the bridge set that lets a dual-stack port's IPv6 through (and drop all of
-/// it): a dual-stack network is refused in one line, changing nothing, until `firewall reload` brings them up
-/// to date.
+/// Tables an older nsnet made (`ip nsnet`, and a bridge table without the set that lets a dual-stack port's
+/// IPv6 through) are brought up to date by the first dual-stack network's create itself: it reloads the
+/// firewall first, which migrates `ip nsnet` to `inet nsnet`.
 #[test]
 fn tables_from_before_dual_stack_are_reloaded_first() {
     let h = TestHost::with_ipv6("v6old");
+    let empty = h.snapshot();
     h.ok(&["network", "create", "v4"]);
-    // As an older nsnet left them: no endpoint_ifs6 and no rules using it.
+    // As an older nsnet left them: the main table as `ip nsnet`, no endpoint_ifs6 and no rules using it.
+    let inet = h.in_host(&["nft", "list", "table", "inet", "nsnet"]);
+    let legacy = inet
+        .replace("table inet nsnet", "table ip nsnet")
+        .replace("meta nfproto ipv4 ", "");
+    let file = h.state.with_file_name("legacy.nft");
+    std::fs::write(&file, format!("delete table inet nsnet\n{legacy}")).expect("write");
+    h.in_host(&["nft", "-f", &file.to_string_lossy()]);
+    std::fs::remove_file(&file).expect("remove");
     h.in_host(&["nft", "flush", "chain", "bridge", "nsnet", "prerouting"]);
     h.in_host(&["nft", "delete", "set", "bridge", "nsnet", "endpoint_ifs6"]);
-    let before = h.snapshot();
-    let out = h.nsnet_env(&["network", "create", "ds", "--ipv6"], &GATE);
-    let err = common::check_one_line_failure(&[], out);
-    assert!(err.contains("run `nsnet firewall reload` once"), "{err}");
-    assert_eq!(h.snapshot(), before, "the refusal changed something");
-    h.ok(&["firewall", "reload"]);
     ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let tables = h.in_host(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("table ip nsnet") && tables.contains("table inet nsnet"),
+        "{tables}"
+    );
+    h.in_host(&["nft", "list", "set", "bridge", "nsnet", "endpoint_ifs6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
     ok6(&h, &["create", &a, "--network", "ds"]);
     ok6(&h, &["create", &b, "--network", "ds"]);
@@ -678,4 +687,5 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "ds"]);
     h.ok(&["network", "rm", "v4"]);
+    assert_eq!(h.snapshot(), empty);
 }

@@ -11,26 +11,28 @@ use crate::portmap::Proto;
 /// Which of nsnet's two nftables tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// `ip nsnet`.
-    Ip,
+    /// `inet nsnet` (both IP families; `ip nsnet` on a host an older nsnet set up, until a reset migrates it).
+    Inet,
     /// `bridge nsnet`.
     Bridge,
 }
 
 impl Family {
-    /// The table as `nft` names it.
-    pub fn table(self) -> &'static str {
-        match self {
-            Family::Ip => "ip nsnet",
-            Family::Bridge => "bridge nsnet",
+    /// The table as `nft` names it; with `legacy`, the main table is an older nsnet's `ip nsnet`.
+    pub fn table(self, legacy: bool) -> &'static str {
+        match (self, legacy) {
+            (Family::Inet, false) => "inet nsnet",
+            (Family::Inet, true) => "ip nsnet",
+            (Family::Bridge, _) => "bridge nsnet",
         }
     }
 
-    /// The netfilter protocol family (NFPROTO_IPV4, NFPROTO_BRIDGE).
-    pub fn nfproto(self) -> u8 {
-        match self {
-            Family::Ip => 2,
-            Family::Bridge => 7,
+    /// The netfilter protocol family (NFPROTO_INET, NFPROTO_BRIDGE; NFPROTO_IPV4 for `ip nsnet`).
+    pub fn nfproto(self, legacy: bool) -> u8 {
+        match (self, legacy) {
+            (Family::Inet, false) => 1,
+            (Family::Inet, true) => 2,
+            (Family::Bridge, _) => 7,
         }
     }
 }
@@ -152,17 +154,17 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             internal,
         } => {
             let mut out = vec![
-                Element::new(Ip, "ifaces", vec![Ifname(interface.clone())]),
-                Element::new(Ip, "same_net", vec![Net(*subnet), Net(*subnet)]),
+                Element::new(Inet, "ifaces", vec![Ifname(interface.clone())]),
+                Element::new(Inet, "same_net", vec![Net(*subnet), Net(*subnet)]),
             ];
             if *internal {
                 out.push(Element::new(
-                    Ip,
+                    Inet,
                     "internal",
                     vec![Ifname(interface.clone())],
                 ));
                 out.push(Element::new(
-                    Ip,
+                    Inet,
                     "internal_self",
                     vec![Ifname(interface.clone()), Ifname(interface.clone())],
                 ));
@@ -170,33 +172,33 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             out
         }
         Rule::Masquerade { subnet, interface } => vec![
-            Element::new(Ip, "masq_nets", vec![Net(*subnet)]),
+            Element::new(Inet, "masq_nets", vec![Net(*subnet)]),
             Element::new(
-                Ip,
+                Inet,
                 "own_nets",
                 vec![Ifname(interface.clone()), Net(*subnet)],
             ),
         ],
         Rule::PublishedOnly { interface } => vec![Element::new(
-            Ip,
+            Inet,
             "published_only",
             vec![Ifname(interface.clone())],
         )],
         Rule::Isolate { from, to } => {
             vec![Element::new(
-                Ip,
+                Inet,
                 "isolation",
                 vec![Ifname(from.clone()), Ifname(to.clone())],
             )]
         }
-        // Checked in both tables: bridged packets in `bridge nsnet`, point-to-point ones in `ip nsnet`.
+        // Checked in both tables: bridged packets in `bridge nsnet`, point-to-point ones in `inet nsnet`.
         // A dual-stack port is also in the bridge's `endpoint_ifs6`, whose IPv6 passes (bar router
         // advertisements and the like); every other port's IPv6 is dropped.
         Rule::Endpoint {
             host_interface,
             address,
             ipv6,
-        } => [Ip, Bridge]
+        } => [Inet, Bridge]
             .into_iter()
             .flat_map(|family| {
                 [
@@ -222,15 +224,15 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             subnet,
         } => vec![
             Element::new(
-                Ip,
+                Inet,
                 "overlay_in",
                 vec![Ifname(device.clone()), Net(*cluster), Net(*subnet)],
             ),
-            Element::new(Ip, "no_masq", vec![Net(*subnet), Net(*cluster)]),
+            Element::new(Inet, "no_masq", vec![Net(*subnet), Net(*cluster)]),
         ],
-        Rule::VxlanPort { port } => vec![Element::new(Ip, "vxlan_ports", vec![Port(*port)])],
+        Rule::VxlanPort { port } => vec![Element::new(Inet, "vxlan_ports", vec![Port(*port)])],
         Rule::VxlanMember { underlay, port } => vec![Element::new(
-            Ip,
+            Inet,
             "vxlan_members",
             vec![Ipv4(*underlay), Port(*port)],
         )],
@@ -245,7 +247,7 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
                 };
                 key.extend([Proto(mapping.protocol), Port(host_port)]);
                 Some(Element {
-                    family: Ip,
+                    family: Inet,
                     set,
                     key,
                     value: vec![Ipv4(*target), Port(container_port)],

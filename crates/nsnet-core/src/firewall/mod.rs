@@ -25,7 +25,7 @@ use crate::portmap::PortMapping;
 pub enum Rule {
     /// nsnet's tables with their chains, sets and maps, holding no elements. Adding resets them (so it also
     /// repairs a damaged ruleset) but never touches the `user` chain. Deleting keeps the `user` chain, and so
-    /// the `ip nsnet` table, when it holds the user's rules.
+    /// the `inet nsnet` table, when it holds the user's rules.
     Tables(Tables),
     /// A network's host interface: no loopback traffic may enter from it, traffic that is DNATed back into
     /// its own subnet is masqueraded (hairpin), and an internal network forwards to nothing else.
@@ -216,7 +216,7 @@ fn run_tool(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// nftables tables `ip nsnet` and `bridge nsnet`, element changes (the default).
+    /// nftables tables `inet nsnet` and `bridge nsnet`, element changes (the default).
     #[default]
     Nftables,
     /// `NSNET-*` iptables chains, one `iptables-restore --noflush` per operation (hosts on iptables).

@@ -863,10 +863,12 @@ mod tests {
              handle 1 bpf direct-action on block 2611281037\n\
              ip addr add 172.16.0.100/24 dev br0\n\
              sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
-             nft -f - <<'EOF'\ntable ip nsnet { comment \"nsnet:/s: managed by nsnet"
+             nft -f - <<'EOF'\ntable inet nsnet { comment \"nsnet:/s: managed by nsnet"
         ), "{text}");
-        assert!(text.contains("add element ip nsnet masq_nets { 172.16.0.0/24 }\n"));
-        assert!(text.contains("add element ip nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n"));
+        assert!(text.contains("add element inet nsnet masq_nets { 172.16.0.0/24 }\n"));
+        assert!(
+            text.contains("add element inet nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n")
+        );
     }
 
     #[test]
@@ -922,7 +924,7 @@ mod tests {
              ip link set veth12345678 up\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
-        assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
+        assert!(text.contains("add element inet nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
         assert!(text
             .contains("add element bridge nsnet endpoints { \"veth12345678\" . 172.16.0.102 }\n"));
     }
