@@ -354,26 +354,13 @@ fn published_on(h: &TestHost, name: &str, port: u16) -> bool {
     served && hello.is_ok()
 }
 
-/// Turn this host's nsnet tables into what an nsnet before issue #19 kept: the main table as `ip nsnet`
-/// (the same sets, elements, chains and rules), with no `inet nsnet`.
-fn make_legacy(h: &TestHost) {
-    let inet = h.in_host(&["nft", "list", "table", "inet", "nsnet"]);
-    let legacy = inet
-        .replace("table inet nsnet", "table ip nsnet")
-        .replace("meta nfproto ipv4 ", "");
-    let file = h.state.with_file_name("legacy.nft");
-    std::fs::write(&file, format!("delete table inet nsnet\n{legacy}")).expect("write legacy.nft");
-    h.in_host(&["nft", "-f", &file.to_string_lossy()]);
-    std::fs::remove_file(&file).expect("remove legacy.nft");
-}
-
 #[test]
 fn a_legacy_ip_table_is_migrated_with_the_users_rules() {
     let h = TestHost::with_lan("legacy");
     let empty = h.snapshot();
     let (s, t) = (h.sb("s"), h.sb("t"));
     h.ok(&["create", &s, "-p", "8080:80"]);
-    make_legacy(&h);
+    h.make_legacy_tables();
     // The user's rule in the old table, in force: the LAN peer may not reach published ports.
     h.in_host(&[
         "nft",
@@ -461,7 +448,7 @@ fn the_last_network_going_takes_a_legacy_table_along() {
     let empty = h.snapshot();
     let s = h.sb("s");
     h.ok(&["create", &s, "-p", "8080:80"]);
-    make_legacy(&h);
+    h.make_legacy_tables();
     h.ok(&["rm", &s]);
     h.ok(&["network", "rm", "nsnet0"]);
     assert_eq!(h.snapshot(), empty);

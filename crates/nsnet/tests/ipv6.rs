@@ -659,14 +659,7 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     let empty = h.snapshot();
     h.ok(&["network", "create", "v4"]);
     // As an older nsnet left them: the main table as `ip nsnet`, no endpoint_ifs6 and no rules using it.
-    let inet = h.in_host(&["nft", "list", "table", "inet", "nsnet"]);
-    let legacy = inet
-        .replace("table inet nsnet", "table ip nsnet")
-        .replace("meta nfproto ipv4 ", "");
-    let file = h.state.with_file_name("legacy.nft");
-    std::fs::write(&file, format!("delete table inet nsnet\n{legacy}")).expect("write");
-    h.in_host(&["nft", "-f", &file.to_string_lossy()]);
-    std::fs::remove_file(&file).expect("remove");
+    h.make_legacy_tables();
     h.in_host(&["nft", "flush", "chain", "bridge", "nsnet", "prerouting"]);
     h.in_host(&["nft", "delete", "set", "bridge", "nsnet", "endpoint_ifs6"]);
     ok6(&h, &["network", "create", "ds", "--ipv6"]);
@@ -687,5 +680,214 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "ds"]);
     h.ok(&["network", "rm", "v4"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// A sandbox's MAC, from `inspect`.
+fn mac6(h: &TestHost, sb: &str) -> [u8; 6] {
+    let text = h.inspect(sb)["endpoints"][0]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut mac = [0u8; 6];
+    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
+        *slot = u8::from_str_radix(part, 16).expect("a MAC from inspect");
+    }
+    mac
+}
+
+/// A sandbox's link-local address, as its eth0 holds it.
+fn link_local(h: &TestHost, sb: &str) -> Ipv6Addr {
+    let ns = format!("--net={}", h.sb_path(sb).display());
+    let text = common::sh(&[
+        "nsenter", &ns, "--", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+    ]);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("a link-local address")
+}
+
+/// A sandbox's IPv6 neighbours: (address, lladdr) of each entry that has one.
+fn neighbours6(h: &TestHost, sb: &str) -> Vec<(String, String)> {
+    let ns = format!("--net={}", h.sb_path(sb).display());
+    let text = common::sh(&[
+        "nsenter", &ns, "--", "ip", "-6", "neigh", "show", "dev", "eth0",
+    ]);
+    let mut out: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "lladdr")?;
+            Some((words[0].to_string(), words.get(at + 1)?.to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// ICMPv6 echo requests a sandbox has received (its namespace's Icmp6InEchos).
+fn echoes_in(h: &TestHost, sb: &str) -> u64 {
+    let ns = format!("--net={}", h.sb_path(sb).display());
+    common::sh(&["nsenter", &ns, "--", "cat", "/proc/net/snmp6"])
+        .lines()
+        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Icmp6InEchos")
+}
+
+/// An Ethernet frame with an ICMPv6 message behind a Destination Options header (one PadN option).
+fn icmpv6_behind_dest_options(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    body: &[u8],
+) -> Vec<u8> {
+    let plain = common::icmpv6_frame(dst_mac, src_mac, src, dst, kind, 0, body);
+    let icmp = &plain[14 + 40..];
+    let dest_options = [58, 0, 1, 4, 0, 0, 0, 0];
+    let mut frame = plain[..14].to_vec();
+    frame.extend(common::ipv6_header(
+        60,
+        src,
+        dst,
+        dest_options.len() + icmp.len(),
+    ));
+    frame.extend(dest_options);
+    frame.extend(icmp);
+    frame
+}
+
+/// A neighbour advertisement's body (after the checksum): override flag, `target`, and `mac` as its target
+/// link-layer address.
+fn advert_body(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+    let mut body = vec![0x20, 0, 0, 0];
+    body.extend(target.octets());
+    body.extend([2, 1]);
+    body.extend(mac);
+    body
+}
+
+/// `ports.rs::sandboxes_cannot_spoof_source_addresses` over IPv6, with its neighbour-discovery half: a
+/// dual-stack sandbox sends only from its own addresses (`::` included), and its neighbour advertisements name
+/// only its own addresses, also behind a Destination Options header; its neighbour's cache stays as it was.
+#[test]
+fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
+    let h = TestHost::with_ipv6("v6spf");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-spf6"],
+    );
+    let (evil, victim, other) = (h.sb("evil"), h.sb("victim"), h.sb("other"));
+    for sb in [&evil, &victim, &other] {
+        ok6(&h, &["create", sb, "--network", "ds"]);
+    }
+    let (gw, victim_ip, other_ip) = (
+        gateway6(&h, "ds"),
+        address6(&h, &victim),
+        address6(&h, &other),
+    );
+    let (evil_mac, victim_mac) = (mac6(&h, &evil), mac6(&h, &victim));
+    let evil_ll = link_local(&h, "evil");
+    let send = |frames: &[Vec<u8>]| {
+        probe::send_frames(&h.sb_path("evil"), "eth0", frames).expect("send raw frames");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let echo = |src: Ipv6Addr| {
+        common::icmpv6_frame(victim_mac, evil_mac, src, victim_ip, 128, 0, &[0, 7, 0, 1])
+    };
+
+    // Sources: its own addresses pass (the frames themselves are good), anyone else's and `::` do not.
+    let before = echoes_in(&h, "victim");
+    send(&[echo(address6(&h, &evil)), echo(evil_ll)]);
+    assert_eq!(
+        echoes_in(&h, "victim"),
+        before + 2,
+        "evil's own sources pass"
+    );
+    send(&[
+        echo(other_ip),
+        echo(gw),
+        echo(v6("::")),
+        echo(v6("fd00::bad")),
+        echo(v6("fe80::bad")),
+    ]);
+    assert_eq!(
+        echoes_in(&h, "victim"),
+        before + 2,
+        "a forged IPv6 source reached the victim"
+    );
+
+    // The victim knows its gateway and its neighbour.
+    assert!(probe::ping6(&h.sb_path("victim"), gw).expect("ping"));
+    assert!(probe::ping6(&h.sb_path("victim"), other_ip).expect("ping"));
+    assert!(probe::ping6(&h.sb_path("victim"), address6(&h, &evil)).expect("ping"));
+    // An advertisement for evil's own address, with another MAC, takes effect: the frames are good.
+    let fake = [0x02, 0x0b, 0xad, 0, 0, 1];
+    let advert = |src: Ipv6Addr, target: Ipv6Addr| {
+        common::icmpv6_frame(
+            victim_mac,
+            evil_mac,
+            src,
+            victim_ip,
+            136,
+            0,
+            &advert_body(target, fake),
+        )
+    };
+    send(&[advert(evil_ll, address6(&h, &evil))]);
+    let own = address6(&h, &evil).to_string();
+    assert!(
+        neighbours6(&h, "victim").contains(&(own.clone(), "02:0b:ad:00:00:01".into())),
+        "the control advertisement did not take: {:?}",
+        neighbours6(&h, "victim")
+    );
+    let cache = neighbours6(&h, "victim");
+    let hidden = |target: Ipv6Addr| {
+        icmpv6_behind_dest_options(
+            victim_mac,
+            evil_mac,
+            evil_ll,
+            victim_ip,
+            136,
+            &advert_body(target, fake),
+        )
+    };
+    for target in [gw, v6("fe80::1"), other_ip] {
+        send(&[
+            advert(evil_ll, target),
+            hidden(target),
+            advert(v6("::"), target),
+        ]);
+    }
+    assert_eq!(
+        neighbours6(&h, "victim"),
+        cache,
+        "an advertisement for another's address took"
+    );
+    assert!(
+        neighbours6(&h, "victim")
+            .iter()
+            .all(|(a, mac)| a == &own || mac != "02:0b:ad:00:00:01"),
+        "{:?}",
+        neighbours6(&h, "victim")
+    );
+    assert!(
+        probe::ping6(&h.sb_path("victim"), gw).expect("ping"),
+        "victim -> gateway"
+    );
+    assert!(
+        probe::ping6(&h.sb_path("victim"), other_ip).expect("ping"),
+        "victim -> other"
+    );
+    for sb in [&evil, &victim, &other] {
+        h.ok(&["rm", sb]);
+    }
+    h.ok(&["network", "rm", "ds"]);
     assert_eq!(h.snapshot(), empty);
 }

@@ -1,7 +1,7 @@
 //! The set and map elements each [`Rule`] stands for, described once and written two ways: as `nft` text
 //! ([`super::nftables`]) and as nf_tables netlink bytes ([`super::nft_netlink`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 
@@ -42,6 +42,10 @@ impl Family {
 pub enum Field {
     Ifname(String),
     Ipv4(Ipv4Addr),
+    Ipv6(Ipv6Addr),
+    /// An IPv6 address as a 128-bit raw payload field (`@th,64,128`: a neighbour advertisement's target),
+    /// which nft writes as an integer; the same bytes as [`Field::Ipv6`].
+    Raw128(Ipv6Addr),
     /// A prefix: only in interval sets, which have no netlink encoding here.
     Net(Ipv4Net),
     Proto(Proto),
@@ -53,6 +57,8 @@ impl Field {
         match self {
             Field::Ifname(name) => format!("\"{name}\""),
             Field::Ipv4(ip) => ip.to_string(),
+            Field::Ipv6(ip) => ip.to_string(),
+            Field::Raw128(ip) => format!("0x{:032x}", u128::from(*ip)),
             Field::Net(net) => net.to_string(),
             Field::Proto(p) => p.to_string(),
             Field::Port(p) => p.to_string(),
@@ -68,6 +74,7 @@ impl Field {
                 v
             }
             Field::Ipv4(ip) => ip.octets().to_vec(),
+            Field::Ipv6(ip) | Field::Raw128(ip) => ip.octets().to_vec(),
             Field::Net(_) => return None,
             Field::Proto(Proto::Tcp) => vec![6],
             Field::Proto(Proto::Udp) => vec![17],
@@ -192,32 +199,41 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             )]
         }
         // Checked in both tables: bridged packets in `bridge nsnet`, point-to-point ones in `inet nsnet`.
-        // A dual-stack port is also in the bridge's `endpoint_ifs6`, whose IPv6 passes (bar router
-        // advertisements and the like); every other port's IPv6 is dropped.
+        // A dual-stack port's IPv6 addresses (link-local and global) are the only sources it may send from
+        // and the only targets it may advertise (`nd_targets`, the same bytes as a 128-bit payload field);
+        // every other port's IPv6 is dropped, having no addresses there.
         Rule::Endpoint {
             host_interface,
             address,
             ipv6,
-        } => [Inet, Bridge]
-            .into_iter()
-            .flat_map(|family| {
-                [
-                    Element::new(family, "endpoint_ifs", vec![Ifname(host_interface.clone())]),
-                    Element::new(
-                        family,
-                        "endpoints",
-                        vec![Ifname(host_interface.clone()), Ipv4(*address)],
-                    ),
-                ]
-            })
-            .chain((!ipv6.is_empty()).then(|| {
-                Element::new(
+        } => {
+            let port = || Ifname(host_interface.clone());
+            let mut out: Vec<Element> = [Inet, Bridge]
+                .into_iter()
+                .flat_map(|family| {
+                    [
+                        Element::new(family, "endpoint_ifs", vec![port()]),
+                        Element::new(family, "endpoints", vec![port(), Ipv4(*address)]),
+                    ]
+                })
+                .collect();
+            if !ipv6.is_empty() {
+                out.push(Element::new(Bridge, "endpoint_ifs6", vec![port()]));
+            }
+            for family in [Inet, Bridge] {
+                for ip in ipv6 {
+                    out.push(Element::new(family, "endpoints6", vec![port(), Ipv6(*ip)]));
+                }
+            }
+            for ip in ipv6 {
+                out.push(Element::new(
                     Bridge,
-                    "endpoint_ifs6",
-                    vec![Ifname(host_interface.clone())],
-                )
-            }))
-            .collect(),
+                    "nd_targets",
+                    vec![port(), Raw128(*ip)],
+                ));
+            }
+            out
+        }
         Rule::Overlay {
             device,
             cluster,
@@ -297,6 +313,40 @@ mod tests {
         });
         assert_eq!(net[1].text(), "\"br\" . 10.89.0.0/24");
         assert_eq!(net[1].key_bytes(), None);
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_guards_its_ipv6_addresses() {
+        let (ll, global): (Ipv6Addr, Ipv6Addr) = (
+            "fe80::6e:aff:fe59:2".parse().unwrap(),
+            "fd89::2".parse().unwrap(),
+        );
+        let ep = elements(&Rule::Endpoint {
+            host_interface: "veth1".into(),
+            address: Ipv4Addr::new(10, 89, 0, 2),
+            ipv6: vec![ll, global],
+        });
+        let in_set = |family, set| {
+            ep.iter()
+                .filter(|e| e.family == family && e.set == set)
+                .map(Element::text)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            in_set(Family::Bridge, "endpoints6"),
+            ["\"veth1\" . fe80::6e:aff:fe59:2", "\"veth1\" . fd89::2"]
+        );
+        assert_eq!(in_set(Family::Inet, "endpoints6").len(), 2);
+        let targets = in_set(Family::Bridge, "nd_targets");
+        assert_eq!(targets[1], "\"veth1\" . 0xfd890000000000000000000000000002");
+        // Over netlink, a target is the address's own bytes, as in endpoints6.
+        let bytes = |set| {
+            ep.iter()
+                .find(|e| e.family == Family::Bridge && e.set == set)
+                .and_then(Element::key_bytes)
+        };
+        assert_eq!(bytes("nd_targets"), bytes("endpoints6"));
+        assert_eq!(bytes("nd_targets").map(|b| b.len()), Some(32));
     }
 
     #[test]

@@ -44,9 +44,9 @@ pub enum Rule {
     /// to a published port.
     Isolate { from: String, to: String },
     /// A sandbox's endpoint: packets entering from `host_interface` must carry `address` as their source.
-    /// `ipv6`: its IPv6 addresses (link-local, then global) on a dual-stack network, where IPv6 from it is
-    /// let through the bridge but router advertisements, redirects and MLD are not; on an IPv4 network
-    /// (empty) every IPv6 frame from it is dropped. Per-address IPv6 anti-spoofing is C8's (issue #19).
+    /// `ipv6`: its IPv6 addresses (link-local, then global) on a dual-stack network, the only IPv6 sources it
+    /// may send from and the only targets its neighbour advertisements may name; router advertisements,
+    /// redirects and MLD from it never pass. On an IPv4 network (empty) every IPv6 frame from it is dropped.
     Endpoint {
         host_interface: String,
         address: Ipv4Addr,

@@ -2,9 +2,9 @@
 //!
 //! nsnet owns two tables. `inet nsnet` does NAT, forwarding policy and loopback guards for both IP families
 //! (the rules that do not depend on the family exist once; a rule per family says so with an address match or
-//! `meta nfproto`); `bridge nsnet` stops sandboxes on a bridge from sending with another source address, and
-//! IPv4 networks' sandboxes from sending IPv6 at all (a router advertisement would otherwise configure the
-//! neighbours). Networks, endpoints and published ports are elements of their sets and maps, so adding or
+//! `meta nfproto`); `bridge nsnet` stops sandboxes on a bridge from sending with another source address or
+//! advertising another's IPv6 address, and IPv4 networks' sandboxes from sending IPv6 at all (a router
+//! advertisement would otherwise configure the neighbours). Networks, endpoints and published ports are elements of their sets and maps, so adding or
 //! removing one is an element change, and the packet path does one hash lookup per set, whatever the number
 //! of entries. The rules are written as nft text: Debian 12's nft 1.0.6 cannot load maps with concatenated
 //! values from JSON.
@@ -72,6 +72,9 @@ const DECLARE: &str = r#"table inet nsnet {
 	set endpoints {
 		type ifname . ipv4_addr
 	}
+	set endpoints6 {
+		type ifname . ipv6_addr
+	}
 	map ports {
 		type inet_proto . inet_service : ipv4_addr . inet_service
 	}
@@ -123,6 +126,12 @@ table bridge nsnet {
 	set endpoints {
 		type ifname . ipv4_addr
 	}
+	set endpoints6 {
+		type ifname . ipv6_addr
+	}
+	set nd_targets {
+		typeof iifname . @th,64,128
+	}
 	chain prerouting {
 		type filter hook prerouting priority -200; policy accept;
 	}
@@ -130,7 +139,7 @@ table bridge nsnet {
 "#;
 
 /// nsnet's own sets and maps in `inet nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
-const SETS: [(&str, &str); 16] = [
+const SETS: [(&str, &str); 17] = [
     ("set", "ifaces"),
     ("set", "internal"),
     ("set", "internal_self"),
@@ -141,6 +150,7 @@ const SETS: [(&str, &str); 16] = [
     ("set", "published_only"),
     ("set", "endpoint_ifs"),
     ("set", "endpoints"),
+    ("set", "endpoints6"),
     ("map", "ports"),
     ("map", "ports_ip"),
     ("set", "overlay_in"),
@@ -167,11 +177,18 @@ const RULES: &[(&str, &str, &str)] = &[
     // ordinary traffic costs one compare per rule and no set lookup.
     (TABLE, "guard", "ip saddr 127.0.0.0/8 iifname @ifaces drop"),
     (TABLE, "guard", "ip daddr 127.0.0.0/8 iifname @ifaces drop"),
+    (TABLE, "guard", "ip6 saddr ::1 iifname @ifaces drop"),
+    (TABLE, "guard", "ip6 daddr ::1 iifname @ifaces drop"),
     // A point-to-point sandbox's packets arrive on its host veth; bridged ones are checked in `bridge nsnet`.
     (
         TABLE,
         "guard",
         "iifname @endpoint_ifs iifname . ip saddr != @endpoints drop",
+    ),
+    (
+        TABLE,
+        "guard",
+        "iifname @endpoint_ifs iifname . ip6 saddr != @endpoints6 drop",
     ),
     // Published ports: (`dnat ip` in `inet` gets no `meta nfproto ipv4` from nft, so the rules state it)
     // from outside, never for loopback destinations (a LAN peer that routes 127.0.0.0/8 to
@@ -275,27 +292,28 @@ const RULES: &[(&str, &str, &str)] = &[
         "prerouting",
         "ether type arp iifname @endpoint_ifs iifname . arp saddr ip != @endpoints drop",
     ),
-    // A dual-stack sandbox's IPv6 passes, but never a router advertisement, a router solicitation, a
-    // redirect or an MLD message: a sandbox must not give a neighbour (or, if its bridge took them, the
-    // host) a route or an address. Written `icmpv6 type`, which also matches behind extension headers.
-    // Per-address anti-spoofing (neighbour advertisements included) is C8's (issue #19).
+    // IPv6 from a sandbox port carries one of its own addresses (link-local or global) as its source: `::`
+    // (DAD, MLD before a link-local address) and every IPv6 frame of an IPv4 network's sandbox have none.
+    (
+        BRIDGE_TABLE,
+        "prerouting",
+        "ether type ip6 iifname @endpoint_ifs iifname . ip6 saddr != @endpoints6 drop",
+    ),
+    // Never a router advertisement, a router solicitation, a redirect or an MLD message: a sandbox must not
+    // give a neighbour (or, if its bridge took them, the host) a route or an address. Written `icmpv6 type`,
+    // which also matches behind extension headers (`ip6 nexthdr` would not).
     (
         BRIDGE_TABLE,
         "prerouting",
         "iifname @endpoint_ifs6 icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect, \
          mld-listener-query, mld-listener-report, mld2-listener-report, mld-listener-done } drop",
     ),
+    // A neighbour advertisement names only the sandbox's own addresses as its target (bytes 8..24 of the
+    // ICMPv6 message; nft 1.0.6 has no `icmpv6 taddr`): no taking over a neighbour's or the gateway's.
     (
         BRIDGE_TABLE,
         "prerouting",
-        "ether type ip6 iifname @endpoint_ifs6 accept",
-    ),
-    // An IPv4 network's sandbox: nothing IPv6 from it reaches a neighbour or the host, router
-    // advertisements, neighbour advertisements and redirects included (those bridges have IPv6 off too).
-    (
-        BRIDGE_TABLE,
-        "prerouting",
-        "ether type ip6 iifname @endpoint_ifs drop",
+        "iifname @endpoint_ifs icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @nd_targets drop",
     ),
 ];
 
@@ -318,7 +336,8 @@ fn render_reset(out: &mut String, owner: &str) {
     let _ = writeln!(
         out,
         "flush set {BRIDGE_TABLE} endpoint_ifs\nflush set {BRIDGE_TABLE} endpoints\n\
-         flush set {BRIDGE_TABLE} endpoint_ifs6"
+         flush set {BRIDGE_TABLE} endpoint_ifs6\nflush set {BRIDGE_TABLE} endpoints6\n\
+         flush set {BRIDGE_TABLE} nd_targets"
     );
     let _ = writeln!(out, "flush chain {BRIDGE_TABLE} prerouting");
     for (table, chain, rule) in RULES {
@@ -499,7 +518,11 @@ pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
 
 /// Sets that only the newest tables have, as (family, set): tables that lack one were made by an older nsnet
 /// and are brought up to date by a reset ([`render_reset`]).
-const NEWEST_SETS: [(&str, &str); 2] = [("inet", "endpoint_ifs"), ("bridge", "endpoint_ifs6")];
+const NEWEST_SETS: [(&str, &str); 3] = [
+    ("inet", "endpoints6"),
+    ("bridge", "endpoint_ifs6"),
+    ("bridge", "nd_targets"),
+];
 
 /// Whether nsnet's tables are the newest kind (no `ip nsnet` of an older nsnet, and every set of
 /// [`NEWEST_SETS`]): a dual-stack network needs them. One terse listing of every set on the host.
