@@ -891,3 +891,261 @@ fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
     h.ok(&["network", "rm", "ds"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// `ports.rs::networks_are_isolated_unless_both_opt_out` over IPv6: the isolation rules are the same inet
+/// rules for both families.
+#[test]
+fn dual_stack_networks_are_isolated_unless_both_opt_out() {
+    let h = TestHost::with_ipv6("v6iso");
+    let empty = h.snapshot();
+    for (net, open) in [
+        ("n1", false),
+        ("n2", false),
+        ("open1", true),
+        ("open2", true),
+    ] {
+        let mut args = vec!["network", "create", net, "--ipv6"];
+        if open {
+            args.push("--isolate=false");
+        }
+        ok6(&h, &args);
+    }
+    let sandboxes = [
+        ("a", "n1"),
+        ("b", "n1"),
+        ("c", "n2"),
+        ("e", "open1"),
+        ("f", "open2"),
+    ];
+    let mut addrs = Vec::new();
+    for (name, net) in sandboxes {
+        ok6(&h, &["create", &h.sb(name), "--network", net]);
+        addrs.push((name, net, address6(&h, &h.sb(name))));
+    }
+    let open = |n: &str| n.starts_with("open");
+    // Every ordered pair, in parallel: a blocked ping costs its whole timeout.
+    std::thread::scope(|scope| {
+        for (from, from_net, _) in &addrs {
+            for (to, to_net, to_ip) in &addrs {
+                if from == to {
+                    continue;
+                }
+                let h = &h;
+                scope.spawn(move || {
+                    let expect = from_net == to_net || (open(from_net) && open(to_net));
+                    let got = probe::ping6(&h.sb_path(from), *to_ip).expect("ping");
+                    assert_eq!(
+                        got, expect,
+                        "{from} ({from_net}) -> {to} ({to_net}): reached={got}"
+                    );
+                });
+            }
+        }
+    });
+    for (name, _) in sandboxes {
+        h.ok(&["rm", &h.sb(name)]);
+    }
+    for n in ["n1", "n2", "open1", "open2"] {
+        h.ok(&["network", "rm", n]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `internal_network_has_no_way_out` and `an_internal_network_cannot_inject_into_another_…` over IPv6, as a
+/// hostile sandbox tries it: it adds a default route through its gateway itself, and a LAN peer routes the
+/// internal subnet to the host. IPv6 forwarding is on (another dual-stack network needs it), yet nothing
+/// crosses: not to the LAN, not to another network, not from either.
+#[test]
+fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() {
+    let h = TestHost::with_lan6("v6int");
+    // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    ok6(&h, &["network", "create", "int", "--ipv6", "--internal"]);
+    ok6(&h, &["network", "create", "int2", "--ipv6", "--internal"]);
+    ok6(
+        &h,
+        &["network", "create", "out", "--ipv6", "--isolate=false"],
+    );
+    let (s, t, o) = (h.sb("s"), h.sb("t"), h.sb("o"));
+    ok6(&h, &["create", &s, "--network", "int"]);
+    ok6(&h, &["create", &t, "--network", "int2"]);
+    ok6(&h, &["create", &o, "--network", "out"]);
+    let forwarding = h.in_host(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
+    assert_eq!(forwarding.trim(), "1", "the test needs IPv6 forwarding on");
+    let gw = gateway6(&h, "int");
+    let ns = format!("--net={}", h.sb_path("s").display());
+    let routes = common::sh(&["nsenter", &ns, "--", "ip", "-6", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+    common::sh(&[
+        "nsenter",
+        &ns,
+        "--",
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &gw.to_string(),
+    ]);
+    let lan = format!("--net={}", h.lan_path().display());
+    let subnet = json(&h.ok(&["network", "inspect", "int", "--json"]))["ipv6"]["subnet"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    common::sh(&[
+        "nsenter", &lan, "--", "ip", "-6", "route", "add", &subnet, "via", HOST_IP6,
+    ]);
+    let (s_ip, t_ip, o_ip) = (address6(&h, &s), address6(&h, &t), address6(&h, &o));
+    assert!(
+        probe::ping6(&h.sb_path("s"), gw).expect("ping"),
+        "the gateway is reachable"
+    );
+    std::thread::scope(|scope| {
+        let pairs = [
+            ("s", v6(LAN_IP6), "the LAN"),
+            ("s", o_ip, "another network"),
+            ("s", t_ip, "another internal network"),
+            ("o", s_ip, "into the internal network"),
+            ("t", s_ip, "from another internal network"),
+        ];
+        for (from, to, what) in pairs {
+            let h = &h;
+            scope.spawn(move || {
+                assert!(
+                    !probe::ping6(&h.sb_path(from), to).expect("ping"),
+                    "{from} reached {what}"
+                );
+            });
+        }
+        scope.spawn(|| {
+            assert!(
+                !probe::ping6(&h.lan_path(), s_ip).expect("ping"),
+                "the LAN reached the internal sandbox"
+            );
+        });
+    });
+    for sb in [&s, &t, &o] {
+        h.ok(&["rm", sb]);
+    }
+    for n in ["int", "int2", "out"] {
+        h.ok(&["network", "rm", n]);
+    }
+    common::sh(&[
+        "nsenter", &lan, "--", "ip", "-6", "route", "del", &subnet, "via", HOST_IP6,
+    ]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `ports.rs::the_user_chain_runs_first_and_is_never_flushed` for both families: one rule in `inet nsnet
+/// user` stops IPv4 and IPv6 between two networks that opted out of isolation, and survives networks coming
+/// and going.
+#[test]
+fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
+    let h = TestHost::with_ipv6("v6user");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "p",
+            "--ipv6",
+            "--isolate=false",
+            "--bridge",
+            "nsbr-up",
+        ],
+    );
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "q",
+            "--ipv6",
+            "--isolate=false",
+            "--bridge",
+            "nsbr-uq",
+        ],
+    );
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    ok6(&h, &["create", &a, "--network", "p"]);
+    ok6(&h, &["create", &b, "--network", "q"]);
+    let (b4, b6) = (address4(&h, &b), address6(&h, &b));
+    let both = |h: &TestHost| {
+        (
+            probe::ping(&h.sb_path("a"), b4).expect("ping"),
+            probe::ping6(&h.sb_path("a"), b6).expect("ping"),
+        )
+    };
+    assert_eq!(both(&h), (true, true), "open networks reach each other");
+    h.in_host(&[
+        "nft", "add", "rule", "inet", "nsnet", "user", "iifname", "nsbr-up", "oifname", "nsbr-uq",
+        "drop",
+    ]);
+    assert_eq!(
+        both(&h),
+        (false, false),
+        "the user's rule stops both families"
+    );
+    ok6(&h, &["network", "create", "other", "--ipv6"]);
+    h.ok(&["network", "rm", "other"]);
+    h.ok(&["firewall", "reload"]);
+    assert_eq!(both(&h), (false, false), "the user's rule outlives resets");
+    h.in_host(&["nft", "flush", "chain", "inet", "nsnet", "user"]);
+    assert_eq!(both(&h), (true, true));
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "p"]);
+    h.ok(&["network", "rm", "q"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `firewall.rs::works_on_a_host_whose_forward_chain_drops` over IPv6: the host's own `ip6 filter FORWARD`
+/// and `inet filter forward` chains drop by default; nsnet's accepts there let a dual-stack sandbox reach the
+/// LAN over IPv6 (the LAN peer routes the subnet back), and go with the network.
+#[test]
+fn a_dual_stack_network_works_on_a_host_whose_ipv6_forward_chains_drop() {
+    let h = TestHost::with_lan6("v6drop");
+    // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    for cmd in [
+        "add table ip6 filter",
+        "add chain ip6 filter FORWARD { type filter hook forward priority filter; policy drop; }",
+        "add table inet filter",
+        "add chain inet filter forward { type filter hook forward priority filter; policy drop; }",
+    ] {
+        h.in_host(&["nft", cmd]);
+    }
+    let host_firewall = h.snapshot();
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "ds"]);
+    let lan = format!("--net={}", h.lan_path().display());
+    let subnet = json(&h.ok(&["network", "inspect", "ds", "--json"]))["ipv6"]["subnet"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    common::sh(&[
+        "nsenter", &lan, "--", "ip", "-6", "route", "add", &subnet, "via", HOST_IP6,
+    ]);
+    assert!(
+        probe::ping6(&h.sb_path("s"), v6(LAN_IP6)).expect("ping"),
+        "the sandbox cannot get out over IPv6"
+    );
+    for chain in [["ip6", "filter", "FORWARD"], ["inet", "filter", "forward"]] {
+        let text = h.in_host(&["nft", "list", "chain", chain[0], chain[1], chain[2]]);
+        assert_eq!(text.matches("comment \"nsnet ").count(), 3, "{text}");
+    }
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "ds"]);
+    common::sh(&[
+        "nsenter", &lan, "--", "ip", "-6", "route", "del", &subnet, "via", HOST_IP6,
+    ]);
+    assert_eq!(
+        h.snapshot(),
+        host_firewall,
+        "nsnet left rules in the host's chains"
+    );
+}

@@ -659,7 +659,8 @@ pub fn forward_drop_chains() -> Result<Vec<HostChain>, FirewallError> {
         .collect())
 }
 
-/// Base chains of other tables on the IPv4 forward hook, each with whether its policy is drop.
+/// Base chains of other tables on the forward hook (families ip, ip6 and inet), each with whether its policy
+/// is drop.
 pub fn forward_chains() -> Result<Vec<(HostChain, bool)>, FirewallError> {
     let text = nft(&["-j", "list", "chains"])?;
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -674,7 +675,7 @@ pub fn forward_chains() -> Result<Vec<(HostChain, bool)>, FirewallError> {
             let family = c["family"].as_str()?;
             let table = c["table"].as_str()?;
             let ours = table == "nsnet" && matches!(family, "inet" | "ip" | "bridge");
-            let forward = c["hook"] == "forward" && matches!(family, "ip" | "inet");
+            let forward = c["hook"] == "forward" && matches!(family, "ip" | "ip6" | "inet");
             let name = c["name"].as_str()?;
             let chain = HostChain {
                 family: family.into(),

@@ -58,6 +58,7 @@ pub(super) fn refresh_host_chains(nets: &mut [Network]) -> Result<Vec<Network>> 
         let wanted: Vec<_> = chains
             .iter()
             .filter(|(c, drop)| *drop || net.host_chains.contains(c))
+            .filter(|(c, _)| c.family != "ip6" || net.ipv6.is_some())
             .map(|(c, _)| c.clone())
             .collect();
         if wanted != net.host_chains {

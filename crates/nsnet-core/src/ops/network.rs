@@ -363,7 +363,11 @@ impl Nsnet {
             (None, None) => Backend::default(),
         };
         let host_chains = match firewall {
-            Backend::Nftables => Host::forward_drop_chains()?,
+            // An ip6 family chain drops only what an IPv4 network never forwards.
+            Backend::Nftables => Host::forward_drop_chains()?
+                .into_iter()
+                .filter(|c| c.family != "ip6" || req.ipv6.is_some())
+                .collect(),
             // iptables: nsnet's own accepts sit in FORWARD itself; none: the user manages the firewall.
             Backend::Iptables | Backend::None => vec![],
         };
