@@ -1149,3 +1149,150 @@ fn a_dual_stack_network_works_on_a_host_whose_ipv6_forward_chains_drop() {
         "nsnet left rules in the host's chains"
     );
 }
+
+/// `ports.rs::a_published_port_works_from_every_path` over IPv6: `-p 8080:80` on a dual-stack network is
+/// published on both families (one element in `ports`, one in `ports6`); over IPv6 it is reached from a LAN
+/// peer through the host's uplink address (the sandbox sees the peer's real address), from the host itself,
+/// from a sandbox of the same and of another network, and by the sandbox itself (hairpin). A port on one host
+/// IPv6 address is there only.
+#[test]
+fn a_published_port_works_over_ipv6_from_every_path() {
+    let h = TestHost::with_lan6("v6pub");
+    // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    ok6(&h, &["network", "create", "other", "--ipv6"]);
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+    ok6(
+        &h,
+        &[
+            "create",
+            &a,
+            "--network",
+            "ds",
+            "-p",
+            "8080:80",
+            "-p",
+            &format!("[{HOST_IP6}]:8081:80"),
+        ],
+    );
+    ok6(&h, &["create", &b, "--network", "ds"]);
+    ok6(&h, &["create", &c, "--network", "other"]);
+    let a6 = address6(&h, &a);
+    let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
+    let ports6 = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports6"]);
+    let ports6_ip = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports6_ip"]);
+    assert!(ports.contains("tcp . 8080 : "), "{ports}");
+    assert!(
+        ports6.contains(&format!("tcp . 8080 : {a6} . 80")),
+        "{ports6}"
+    );
+    assert!(
+        !ports6.contains("8081") && !ports.contains("8081"),
+        "{ports}{ports6}"
+    );
+    assert!(
+        ports6_ip.contains(&format!("{HOST_IP6} . tcp . 8081 : {a6} . 80")),
+        "{ports6_ip}"
+    );
+
+    let to = |port| SocketAddr::new(v6(HOST_IP6).into(), port);
+    let a_ns = h.sb_path("a");
+    let gw = std::net::IpAddr::from(gateway6(&h, "ds"));
+    assert_eq!(
+        common::reach_any(&a_ns, 80, &h.lan_path(), to(8080)),
+        Some(v6(LAN_IP6).into()),
+        "LAN peer -> host over IPv6: the sandbox sees the real client"
+    );
+    assert_eq!(
+        common::reach_any(&a_ns, 80, &h.lan_path(), to(8081)),
+        Some(v6(LAN_IP6).into()),
+        "LAN peer -> the port on the host's one IPv6 address"
+    );
+    let v4 = SocketAddr::new(common::HOST_IP.parse().expect("address"), 8081);
+    assert_eq!(
+        common::reach_any(&a_ns, 80, &h.lan_path(), v4),
+        None,
+        "[v6]:8081 is not on IPv4"
+    );
+    assert!(
+        common::reach_any(&a_ns, 80, &h.host_path(), to(8080)).is_some(),
+        "host -> own IPv6 address"
+    );
+    assert_eq!(
+        common::reach_any(&a_ns, 80, &h.sb_path("b"), to(8080)),
+        Some(gw),
+        "same network"
+    );
+    assert_eq!(
+        common::reach_any(&a_ns, 80, &h.sb_path("c"), to(8080)),
+        Some(gw),
+        "other network"
+    );
+    assert_eq!(
+        common::reach_any(&a_ns, 80, &a_ns, to(8080)),
+        Some(gw),
+        "hairpin to itself"
+    );
+    // IPv4 as before.
+    let v4 = SocketAddr::new(common::HOST_IP.parse().expect("address"), 8080);
+    assert_eq!(
+        common::reach_any(&a_ns, 80, &h.lan_path(), v4),
+        Some(common::LAN_IP.parse().expect("address")),
+        "LAN peer -> host over IPv4"
+    );
+    for sb in [&a, &b, &c] {
+        h.ok(&["rm", sb]);
+    }
+    h.ok(&["network", "rm", "ds"]);
+    h.ok(&["network", "rm", "other"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// NAT66: a dual-stack network's sandbox reaches the LAN peer over IPv6 from the host's address (the ULA
+/// subnet is masqueraded), while on a network made with `--ipv6-nat=false` it keeps its own address (the LAN
+/// peer routes that subnet to the host) and nothing is masqueraded.
+#[test]
+fn nat66_by_default_and_the_sandboxs_own_address_without_it() {
+    let h = TestHost::with_lan6("v6nat");
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    ok6(&h, &["network", "create", "nat", "--ipv6"]);
+    ok6(
+        &h,
+        &["network", "create", "routed", "--ipv6", "--ipv6-nat=false"],
+    );
+    let (s, r) = (h.sb("s"), h.sb("r"));
+    ok6(&h, &["create", &s, "--network", "nat"]);
+    ok6(&h, &["create", &r, "--network", "routed"]);
+    let masq = h.in_host(&["nft", "list", "set", "inet", "nsnet", "masq_nets6"]);
+    let routed = json(&h.ok(&["network", "inspect", "routed", "--json"]))["ipv6"]["subnet"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!masq.contains(&routed), "{masq}");
+    let lan = SocketAddr::new(v6(LAN_IP6).into(), 9000);
+    assert_eq!(
+        common::reach_any(&h.lan_path(), 9000, &h.sb_path("s"), lan),
+        Some(v6(HOST_IP6).into()),
+        "NAT66: the LAN peer sees the host's address"
+    );
+    let lan_ns = format!("--net={}", h.lan_path().display());
+    common::sh(&[
+        "nsenter", &lan_ns, "--", "ip", "-6", "route", "add", &routed, "via", HOST_IP6,
+    ]);
+    assert_eq!(
+        common::reach_any(&h.lan_path(), 9000, &h.sb_path("r"), lan),
+        Some(address6(&h, &r).into()),
+        "--ipv6-nat=false: the LAN peer sees the sandbox's own address"
+    );
+    common::sh(&[
+        "nsenter", &lan_ns, "--", "ip", "-6", "route", "del", &routed, "via", HOST_IP6,
+    ]);
+    h.ok(&["rm", &s]);
+    h.ok(&["rm", &r]);
+    h.ok(&["network", "rm", "nat"]);
+    h.ok(&["network", "rm", "routed"]);
+    assert_eq!(h.snapshot(), empty);
+}

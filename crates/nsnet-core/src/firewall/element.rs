@@ -3,7 +3,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::Rule;
 use crate::portmap::Proto;
@@ -48,6 +50,7 @@ pub enum Field {
     Raw128(Ipv6Addr),
     /// A prefix: only in interval sets, which have no netlink encoding here.
     Net(Ipv4Net),
+    Net6(Ipv6Net),
     Proto(Proto),
     Port(u16),
 }
@@ -60,6 +63,7 @@ impl Field {
             Field::Ipv6(ip) => ip.to_string(),
             Field::Raw128(ip) => format!("0x{:032x}", u128::from(*ip)),
             Field::Net(net) => net.to_string(),
+            Field::Net6(net) => net.to_string(),
             Field::Proto(p) => p.to_string(),
             Field::Port(p) => p.to_string(),
         }
@@ -75,7 +79,7 @@ impl Field {
             }
             Field::Ipv4(ip) => ip.octets().to_vec(),
             Field::Ipv6(ip) | Field::Raw128(ip) => ip.octets().to_vec(),
-            Field::Net(_) => return None,
+            Field::Net(_) | Field::Net6(_) => return None,
             Field::Proto(Proto::Tcp) => vec![6],
             Field::Proto(Proto::Udp) => vec![17],
             Field::Port(p) => p.to_be_bytes().to_vec(),
@@ -159,11 +163,19 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             interface,
             subnet,
             internal,
+            subnet6,
         } => {
             let mut out = vec![
                 Element::new(Inet, "ifaces", vec![Ifname(interface.clone())]),
                 Element::new(Inet, "same_net", vec![Net(*subnet), Net(*subnet)]),
             ];
+            if let Some(net6) = subnet6 {
+                out.push(Element::new(
+                    Inet,
+                    "same_net6",
+                    vec![Net6(*net6), Net6(*net6)],
+                ));
+            }
             if *internal {
                 out.push(Element::new(
                     Inet,
@@ -178,14 +190,16 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             }
             out
         }
-        Rule::Masquerade { subnet, interface } => vec![
-            Element::new(Inet, "masq_nets", vec![Net(*subnet)]),
-            Element::new(
-                Inet,
-                "own_nets",
-                vec![Ifname(interface.clone()), Net(*subnet)],
-            ),
-        ],
+        Rule::Masquerade { subnet, interface } => {
+            let (masq, own, net) = match subnet {
+                IpNet::V4(n) => ("masq_nets", "own_nets", Net(*n)),
+                IpNet::V6(n) => ("masq_nets6", "own_nets6", Net6(*n)),
+            };
+            vec![
+                Element::new(Inet, masq, vec![net.clone()]),
+                Element::new(Inet, own, vec![Ifname(interface.clone()), net]),
+            ]
+        }
         Rule::PublishedOnly { interface } => vec![Element::new(
             Inet,
             "published_only",
@@ -252,21 +266,30 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             "vxlan_members",
             vec![Ipv4(*underlay), Port(*port)],
         )],
+        // A port on every address of the target's family (`-p 8080:80`, or `[::]` for IPv6) is keyed by protocol
+        // and port; one on a host address by that address too.
         Rule::Port { mapping, target } => mapping
             .pairs()
             .filter_map(|(host_port, container_port)| {
-                let (set, mut key) = match mapping.host_ip {
-                    Some(std::net::IpAddr::V4(ip)) => ("ports_ip", vec![Ipv4(ip)]),
-                    // IPv6 ports have no sets yet (issue #19's C8); validation refuses them until then.
-                    Some(std::net::IpAddr::V6(_)) => return None,
-                    None => ("ports", vec![]),
+                let (set, mut key, value) = match (mapping.host_ip, target) {
+                    (None, IpAddr::V4(t)) => ("ports", vec![], Ipv4(*t)),
+                    (Some(IpAddr::V4(ip)), IpAddr::V4(t)) => ("ports_ip", vec![Ipv4(ip)], Ipv4(*t)),
+                    (None, IpAddr::V6(t)) => ("ports6", vec![], Ipv6(*t)),
+                    (Some(IpAddr::V6(ip)), IpAddr::V6(t)) if ip.is_unspecified() => {
+                        ("ports6", vec![], Ipv6(*t))
+                    }
+                    (Some(IpAddr::V6(ip)), IpAddr::V6(t)) => {
+                        ("ports6_ip", vec![Ipv6(ip)], Ipv6(*t))
+                    }
+                    // A host address of the other family: never planned.
+                    (Some(_), _) => return None,
                 };
                 key.extend([Proto(mapping.protocol), Port(host_port)]);
                 Some(Element {
                     family: Inet,
                     set,
                     key,
-                    value: vec![Ipv4(*target), Port(container_port)],
+                    value: vec![value, Port(container_port)],
                 })
             })
             .collect(),
@@ -288,7 +311,7 @@ mod tests {
                 count: 1,
                 protocol: Proto::Tcp,
             },
-            target: Ipv4Addr::new(10, 89, 0, 2),
+            target: Ipv4Addr::new(10, 89, 0, 2).into(),
         };
         let e = &elements(&rule)[0];
         assert_eq!(e.set, "ports_ip");
@@ -347,6 +370,56 @@ mod tests {
         };
         assert_eq!(bytes("nd_targets"), bytes("endpoints6"));
         assert_eq!(bytes("nd_targets").map(|b| b.len()), Some(32));
+    }
+
+    #[test]
+    fn ipv6_ports_and_nat66_have_their_own_sets() {
+        let to: Ipv6Addr = "fd89::2".parse().unwrap();
+        let port = |host_ip: Option<IpAddr>| {
+            elements(&Rule::Port {
+                mapping: PortMapping {
+                    host_ip,
+                    host_port: 8080,
+                    container_port: 80,
+                    count: 1,
+                    protocol: Proto::Tcp,
+                },
+                target: to.into(),
+            })
+            .into_iter()
+            .map(|e| (e.set, e.text()))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            port(None),
+            [("ports6", "tcp . 8080 : fd89::2 . 80".to_string())]
+        );
+        assert_eq!(port(Some("::".parse().unwrap())), port(None));
+        assert_eq!(
+            port(Some("2001:db8::5".parse().unwrap())),
+            [(
+                "ports6_ip",
+                "2001:db8::5 . tcp . 8080 : fd89::2 . 80".to_string()
+            )]
+        );
+        assert!(port(Some("10.0.1.48".parse().unwrap())).is_empty());
+        let e = &elements(&Rule::Port {
+            mapping: PortMapping {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                count: 1,
+                protocol: Proto::Tcp,
+            },
+            target: to.into(),
+        })[0];
+        assert_eq!(e.value_bytes().map(|v| v.len()), Some(20));
+        let nat = elements(&Rule::Masquerade {
+            subnet: "fd89::/64".parse().unwrap(),
+            interface: "br".into(),
+        });
+        assert_eq!((nat[0].set, nat[1].set), ("masq_nets6", "own_nets6"));
+        assert_eq!(nat[1].text(), "\"br\" . fd89::/64");
     }
 
     #[test]

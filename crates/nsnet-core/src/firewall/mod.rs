@@ -9,9 +9,9 @@ mod nft_netlink;
 pub mod nftables;
 pub mod trace;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use std::fmt;
 use std::str::FromStr;
@@ -29,14 +29,17 @@ pub enum Rule {
     Tables(Tables),
     /// A network's host interface: no loopback traffic may enter from it, traffic that is DNATed back into
     /// its own subnet is masqueraded (hairpin), and an internal network forwards to nothing else.
+    /// `subnet6`: a dual-stack network's IPv6 subnet, for the same hairpin masquerade.
     Interface {
         interface: String,
         subnet: Ipv4Net,
         internal: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subnet6: Option<Ipv6Net>,
     },
     /// Masquerade traffic from `subnet` that leaves through any interface but `interface`
-    /// (the article's `-s SUBNET ! -o br0 -j MASQUERADE`).
-    Masquerade { subnet: Ipv4Net, interface: String },
+    /// (the article's `-s SUBNET ! -o br0 -j MASQUERADE`); an IPv6 subnet is NAT66.
+    Masquerade { subnet: IpNet, interface: String },
     /// Connections from beyond nsnet's interfaces reach `interface` only through published ports: one routed
     /// in to a sandbox's own address is dropped unless DNATed (gateway mode nat).
     PublishedOnly { interface: String },
@@ -53,10 +56,11 @@ pub enum Rule {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ipv6: Vec<Ipv6Addr>,
     },
-    /// DNAT a published port (every port of its range) on the host's addresses to `target`.
+    /// DNAT a published port (every port of its range) on the host's addresses of `target`'s family to
+    /// `target` (a dual-stack sandbox's port on every address has one rule per family).
     Port {
         mapping: PortMapping,
-        target: Ipv4Addr,
+        target: IpAddr,
     },
     /// Narrow accepts for a network's interface in a host forward chain whose policy is drop: the only rules
     /// nsnet puts outside its own tables, each tagged with a comment naming the interface.

@@ -363,7 +363,7 @@ mod tests {
                 count: 1000,
                 protocol: Proto::Tcp,
             },
-            target: Ipv4Addr::new(10, 89, 0, 2),
+            target: Ipv4Addr::new(10, 89, 0, 2).into(),
         });
         let (_, seqs) = encode(&b, false).unwrap();
         assert_eq!(seqs.len(), 1000_usize.div_ceil(ELEMENTS_PER_MESSAGE));

@@ -60,6 +60,18 @@ const DECLARE: &str = r#"table inet nsnet {
 		type ifname . ipv4_addr
 		flags interval
 	}
+	set same_net6 {
+		type ipv6_addr . ipv6_addr
+		flags interval
+	}
+	set masq_nets6 {
+		type ipv6_addr
+		flags interval
+	}
+	set own_nets6 {
+		type ifname . ipv6_addr
+		flags interval
+	}
 	set isolation {
 		type ifname . ifname
 	}
@@ -80,6 +92,12 @@ const DECLARE: &str = r#"table inet nsnet {
 	}
 	map ports_ip {
 		type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
+	}
+	map ports6 {
+		type inet_proto . inet_service : ipv6_addr . inet_service
+	}
+	map ports6_ip {
+		type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service
 	}
 	set overlay_in {
 		type ifname . ipv4_addr . ipv4_addr
@@ -139,13 +157,16 @@ table bridge nsnet {
 "#;
 
 /// nsnet's own sets and maps in `inet nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
-const SETS: [(&str, &str); 17] = [
+const SETS: [(&str, &str); 22] = [
     ("set", "ifaces"),
     ("set", "internal"),
     ("set", "internal_self"),
     ("set", "same_net"),
     ("set", "masq_nets"),
     ("set", "own_nets"),
+    ("set", "same_net6"),
+    ("set", "masq_nets6"),
+    ("set", "own_nets6"),
     ("set", "isolation"),
     ("set", "published_only"),
     ("set", "endpoint_ifs"),
@@ -153,6 +174,8 @@ const SETS: [(&str, &str); 17] = [
     ("set", "endpoints6"),
     ("map", "ports"),
     ("map", "ports_ip"),
+    ("map", "ports6"),
+    ("map", "ports6_ip"),
     ("set", "overlay_in"),
     ("set", "no_masq"),
     ("set", "vxlan_ports"),
@@ -198,6 +221,12 @@ const RULES: &[(&str, &str, &str)] = &[
         "prerouting",
         "ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto { tcp, udp } jump published",
     ),
+    // IPv6 has no route_localnet, and a DNAT of ::1 never completes: ::1 is C10's (issue #19), never DNATed.
+    (
+        TABLE,
+        "prerouting",
+        "meta nfproto ipv6 fib daddr type local meta l4proto { tcp, udp } jump published",
+    ),
     (
         TABLE,
         "output",
@@ -212,6 +241,16 @@ const RULES: &[(&str, &str, &str)] = &[
         TABLE,
         "published",
         "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports",
+    ),
+    (
+        TABLE,
+        "published",
+        "meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports6_ip",
+    ),
+    (
+        TABLE,
+        "published",
+        "meta nfproto ipv6 ip6 daddr != ::1 dnat ip6 to meta l4proto . th dport map @ports6",
     ),
     (TABLE, "forward", "jump user"),
     // A sandbox never sends VXLAN to a member host: masqueraded, it would carry this host's (a member's)
@@ -282,6 +321,15 @@ const RULES: &[(&str, &str, &str)] = &[
         "udp dport @vxlan_ports ip saddr . udp dport != @vxlan_members drop",
     ),
     (TABLE, "postrouting", "ip saddr @masq_nets masquerade"),
+    // The same for IPv6: hairpin, a network's own traffic, then NAT66 of the networks that have it (ULA
+    // subnets by default; `--ipv6-nat=false` puts a network in none of these).
+    (
+        TABLE,
+        "postrouting",
+        "ct status dnat ip6 saddr . ip6 daddr @same_net6 masquerade",
+    ),
+    (TABLE, "postrouting", "oifname . ip6 saddr @own_nets6 return"),
+    (TABLE, "postrouting", "ip6 saddr @masq_nets6 masquerade"),
     (
         BRIDGE_TABLE,
         "prerouting",
@@ -518,8 +566,9 @@ pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
 
 /// Sets that only the newest tables have, as (family, set): tables that lack one were made by an older nsnet
 /// and are brought up to date by a reset ([`render_reset`]).
-const NEWEST_SETS: [(&str, &str); 3] = [
+const NEWEST_SETS: [(&str, &str); 4] = [
     ("inet", "endpoints6"),
+    ("inet", "ports6_ip"),
     ("bridge", "endpoint_ifs6"),
     ("bridge", "nd_targets"),
 ];
@@ -631,10 +680,14 @@ pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
             Rule::Port { mapping, target } => mapping.pairs().any(|(host, container)| {
                 let to = serde_json::json!({"concat": [target.to_string(), container]});
                 let proto = mapping.protocol.to_string();
-                match mapping.host_ip {
-                    None => !has("ports", serde_json::json!([{"concat": [proto, host]}, to])),
+                let (plain, keyed) = match target {
+                    std::net::IpAddr::V4(_) => ("ports", "ports_ip"),
+                    std::net::IpAddr::V6(_) => ("ports6", "ports6_ip"),
+                };
+                match mapping.host_ip.filter(|ip| !ip.is_unspecified()) {
+                    None => !has(plain, serde_json::json!([{"concat": [proto, host]}, to])),
                     Some(ip) => !has(
-                        "ports_ip",
+                        keyed,
                         serde_json::json!([{"concat": [ip.to_string(), proto, host]}, to]),
                     ),
                 }
@@ -855,7 +908,7 @@ mod tests {
                 count,
                 protocol: Proto::Tcp,
             },
-            target: Ipv4Addr::new(10, 89, 0, 2),
+            target: Ipv4Addr::new(10, 89, 0, 2).into(),
         }
     }
 

@@ -49,11 +49,23 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
         interface: net.interface.clone(),
         subnet: net.subnet,
         internal: net.internal,
+        subnet6: net.ipv6.as_ref().map(|v6| v6.subnet),
     }];
     let nat = net.options.gateway_mode == GatewayMode::Nat;
     if !net.internal && nat && net.options.masquerade {
         rules.push(Rule::Masquerade {
-            subnet: net.subnet,
+            subnet: net.subnet.into(),
+            interface: net.interface.clone(),
+        });
+    }
+    // NAT66 for the ULA subnets nsnet picks; a routed (global) subnet opts out with `--ipv6-nat=false`.
+    if let Some(v6) = net
+        .ipv6
+        .as_ref()
+        .filter(|v6| !net.internal && nat && v6.nat)
+    {
+        rules.push(Rule::Masquerade {
+            subnet: v6.subnet.into(),
             interface: net.interface.clone(),
         });
     }
@@ -659,11 +671,21 @@ pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
         address: ep.address.addr(),
         ipv6: endpoint_addresses6(ep).iter().map(|a| a.addr()).collect(),
     }];
+    // A port on every address goes to both families of a dual-stack sandbox; one on a host address, or on
+    // `[::]`, to its own family only.
     for mapping in &ep.ports {
-        rules.push(Rule::Port {
-            mapping: *mapping,
-            target: ep.address.addr(),
-        });
+        if !matches!(mapping.host_ip, Some(std::net::IpAddr::V6(_))) {
+            rules.push(Rule::Port {
+                mapping: *mapping,
+                target: ep.address.addr().into(),
+            });
+        }
+        if let (None | Some(std::net::IpAddr::V6(_)), Some(e6)) = (mapping.host_ip, &ep.ipv6) {
+            rules.push(Rule::Port {
+                mapping: *mapping,
+                target: e6.address.addr().into(),
+            });
+        }
     }
     rules
 }
@@ -882,7 +904,8 @@ mod tests {
         assert!(fw.0.contains(&Change::Add(Rule::Interface {
             interface: "br0".into(),
             subnet: "172.16.0.0/24".parse().unwrap(),
-            internal: true
+            internal: true,
+            subnet6: None,
         })));
     }
 
