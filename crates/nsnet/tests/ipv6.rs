@@ -970,7 +970,7 @@ fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() 
     let (s, t, o) = (h.sb("s"), h.sb("t"), h.sb("o"));
     ok6(&h, &["create", &s, "--network", "int"]);
     ok6(&h, &["create", &t, "--network", "int2"]);
-    ok6(&h, &["create", &o, "--network", "out"]);
+    ok6(&h, &["create", &o, "--network", "out", "-p", "8080:80"]);
     let forwarding = h.in_host(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
     assert_eq!(forwarding.trim(), "1", "the test needs IPv6 forwarding on");
     let gw = gateway6(&h, "int");
@@ -1026,6 +1026,15 @@ fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() 
             );
         });
     });
+    // Nor through another network's published port, on the host's address or the gateway's.
+    for to in [v6(HOST_IP6), gw] {
+        let to = SocketAddr::new(to.into(), 8080);
+        assert_eq!(
+            common::reach_any(&h.sb_path("o"), 80, &h.sb_path("s"), to),
+            None,
+            "the internal sandbox reached a published port through {to}"
+        );
+    }
     for sb in [&s, &t, &o] {
         h.ok(&["rm", sb]);
     }
@@ -1286,6 +1295,11 @@ fn nat66_by_default_and_the_sandboxs_own_address_without_it() {
         common::reach_any(&h.lan_path(), 9000, &h.sb_path("r"), lan),
         Some(address6(&h, &r).into()),
         "--ipv6-nat=false: the LAN peer sees the sandbox's own address"
+    );
+    // Routed to, the sandbox is still reached only through published ports (gateway mode nat).
+    assert!(
+        !probe::ping6(&h.lan_path(), address6(&h, &r)).expect("ping"),
+        "the LAN peer reached an unpublished sandbox directly"
     );
     common::sh(&[
         "nsenter", &lan_ns, "--", "ip", "-6", "route", "del", &routed, "via", HOST_IP6,

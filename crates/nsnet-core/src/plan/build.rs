@@ -962,6 +962,61 @@ mod tests {
         n
     }
 
+    #[test]
+    fn dual_stack_rules_cover_both_families() {
+        // A port on every address goes to both families; on `[::]` or a host IPv6 address to IPv6 only; on a
+        // host IPv4 address to IPv4 only.
+        let spec = |s: &str| {
+            let spec: crate::portmap::PortSpec = s.parse().unwrap();
+            spec.with_host_port(8088)
+        };
+        let targets = |m: PortMapping| -> Vec<std::net::IpAddr> {
+            endpoint_rules(&Endpoint {
+                ports: vec![m],
+                ..ep6()
+            })
+            .into_iter()
+            .filter_map(|r| match r {
+                Rule::Port { target, .. } => Some(target),
+                _ => None,
+            })
+            .collect()
+        };
+        let (v4, v6): (std::net::IpAddr, std::net::IpAddr) = (
+            "172.16.0.102".parse().unwrap(),
+            "fd89:1:2:3::2".parse().unwrap(),
+        );
+        assert_eq!(targets(spec("8088:80")), [v4, v6]);
+        assert_eq!(targets(spec("[::]:8088:80")), [v6]);
+        assert_eq!(targets(spec("[2001:db8::5]:8088:80")), [v6]);
+        assert_eq!(targets(spec("10.0.1.48:8088:80")), [v4]);
+        let v4_only = endpoint_rules(&ep(vec![port()]));
+        assert_eq!(
+            v4_only
+                .iter()
+                .filter(|r| matches!(r, Rule::Port { .. }))
+                .count(),
+            1,
+            "an IPv4 network's sandbox"
+        );
+        // NAT66 by default, none with --ipv6-nat=false; the hairpin set knows the IPv6 subnet either way.
+        let masq6 = |n: &Network| {
+            network_rules(n, &[]).into_iter().any(
+                |r| matches!(r, Rule::Masquerade { subnet: ipnet::IpNet::V6(s), .. } if s.to_string() == "fd89:1:2:3::/64"),
+            )
+        };
+        let mut routed = net6(Driver::Bridge);
+        assert!(masq6(&routed));
+        routed.ipv6 = routed
+            .ipv6
+            .map(|v6| crate::model::Net6 { nat: false, ..v6 });
+        assert!(!masq6(&routed));
+        assert!(network_rules(&routed, &[]).iter().any(|r| matches!(
+            r,
+            Rule::Interface { subnet6: Some(s), .. } if s.to_string() == "fd89:1:2:3::/64"
+        )));
+    }
+
     fn ep6() -> Endpoint {
         Endpoint {
             ipv6: Some(crate::model::Ep6 {
