@@ -1310,3 +1310,113 @@ fn nat66_by_default_and_the_sandboxs_own_address_without_it() {
     h.ok(&["network", "rm", "routed"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// The veth driver's sandboxes are guarded in `inet nsnet` (their packets never cross a bridge): a
+/// forged IPv6 source never reaches the host, while the sandbox's own addresses do.
+#[test]
+fn a_point_to_point_sandbox_cannot_spoof_its_ipv6_source() {
+    let h = TestHost::with_ipv6("v6p2ps");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "p", "--driver", "veth", "--ipv6"],
+    );
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "p"]);
+    let host_end = h.inspect(&s)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let link: Value = json(&h.in_host(&["ip", "-j", "link", "show", "dev", &host_end]));
+    let mut host_mac = [0u8; 6];
+    let text = link[0]["address"].as_str().unwrap_or_default().to_string();
+    for (slot, part) in host_mac.iter_mut().zip(text.split(':')) {
+        *slot = u8::from_str_radix(part, 16).expect("a MAC");
+    }
+    let gw = gateway6(&h, "p");
+    let echoes = || -> u64 {
+        h.in_host(&["cat", "/proc/net/snmp6"])
+            .lines()
+            .find_map(|l| l.strip_prefix("Icmp6InEchos"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Icmp6InEchos")
+    };
+    let echo = |src: Ipv6Addr| {
+        common::icmpv6_frame(host_mac, mac6(&h, &s), src, gw, 128, 0, &[0, 9, 0, 1])
+    };
+    let send = |frames: &[Vec<u8>]| {
+        probe::send_frames(&h.sb_path("s"), "eth0", frames).expect("send raw frames");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let before = echoes();
+    send(&[echo(address6(&h, &s)), echo(link_local(&h, "s"))]);
+    assert_eq!(echoes(), before + 2, "the sandbox's own sources pass");
+    send(&[echo(v6("fd00::bad")), echo(v6("::")), echo(v6("fe80::bad"))]);
+    assert_eq!(
+        echoes(),
+        before + 2,
+        "a forged IPv6 source reached the host"
+    );
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "p"]);
+    assert!(common::within(std::time::Duration::from_secs(3), || !h
+        .link_names()
+        .contains(&host_end)));
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `udp_ports_and_ports_bound_to_one_host_address` and `reload_restores_a_flushed_ruleset_and_is_idempotent`
+/// on a dual-stack network: a UDP port on the host's one IPv6 address answers the LAN peer with its real
+/// address; after `nft flush ruleset`, `firewall reload` brings back the same ruleset (IPv6 sets, elements
+/// and rules included) and the ports work again; a second reload changes nothing.
+#[test]
+fn a_flushed_dual_stack_ruleset_is_reloaded_and_udp_ports_work_over_ipv6() {
+    let h = TestHost::with_lan6("v6rel");
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let s = h.sb("s");
+    let udp = format!("[{HOST_IP6}]:5353:53/udp");
+    ok6(
+        &h,
+        &["create", &s, "--network", "ds", "-p", &udp, "-p", "8080:80"],
+    );
+    let works = |h: &TestHost| {
+        let server = probe::udp_server(
+            &h.sb_path("s"),
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 53),
+        )
+        .expect("listen");
+        let answer = probe::udp_hello(&h.lan_path(), SocketAddr::new(v6(HOST_IP6).into(), 5353));
+        let udp = matches!((answer, server.wait()), (Ok(_), Ok(peer)) if peer.ip() == v6(LAN_IP6));
+        let tcp = common::reach_any(
+            &h.sb_path("s"),
+            80,
+            &h.lan_path(),
+            SocketAddr::new(v6(HOST_IP6).into(), 8080),
+        ) == Some(v6(LAN_IP6).into());
+        udp && tcp
+    };
+    assert!(works(&h), "UDP and TCP over IPv6 before the flush");
+    let content = |h: &TestHost| {
+        let mut items: Vec<String> = h
+            .in_host(&["nft", "-s", "list", "ruleset"])
+            .split(['\n', ',', '{', '}'])
+            .map(|s| s.trim().trim_start_matches("elements = ").to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        items.sort();
+        items
+    };
+    let intact = content(&h);
+    assert!(intact.iter().any(|l| l.contains("ports6_ip")), "{intact:?}");
+    h.in_host(&["nft", "flush", "ruleset"]);
+    h.ok(&["firewall", "reload"]);
+    assert_eq!(content(&h), intact);
+    assert!(works(&h), "UDP and TCP over IPv6 after the reload");
+    h.ok(&["firewall", "reload"]);
+    assert_eq!(content(&h), intact);
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "ds"]);
+    assert_eq!(h.snapshot(), empty);
+}
