@@ -385,6 +385,19 @@ fn a_legacy_ip_table_is_migrated_with_the_users_rules() {
     h.ok(&["create", &t, "-p", "8081:80"]);
     let ports = h.in_host(&["nft", "list", "map", "ip", "nsnet", "ports"]);
     assert!(ports.contains("8081"), "{ports}");
+    // A second network's elements (written by nft, not netlink) go there too, isolation included.
+    h.ok(&[
+        "network",
+        "create",
+        "other",
+        "--subnet",
+        "172.16.9.0/24",
+        "--bridge",
+        "nsbr-lother",
+    ]);
+    let isolation = h.in_host(&["nft", "list", "set", "ip", "nsnet", "isolation"]);
+    assert!(isolation.contains("nsbr-lother"), "{isolation}");
+    assert!(!h.in_host(&["nft", "list", "tables"]).contains("inet nsnet"));
 
     // A user rule that cannot move (it jumps to a chain of the old table) fails the reset, naming it, and
     // nothing changes.
@@ -436,8 +449,11 @@ fn a_legacy_ip_table_is_migrated_with_the_users_rules() {
     h.in_host(&["nft", "flush", "chain", "inet", "nsnet", "user"]);
     assert!(published_on(&h, "s", 8080) && published_on(&h, "t", 8081));
 
+    let isolation = h.in_host(&["nft", "list", "set", "inet", "nsnet", "isolation"]);
+    assert!(isolation.contains("nsbr-lother"), "{isolation}");
     h.ok(&["rm", &s]);
     h.ok(&["rm", &t]);
+    h.ok(&["network", "rm", "other"]);
     h.ok(&["network", "rm", "nsnet0"]);
     assert_eq!(h.snapshot(), empty);
 }
