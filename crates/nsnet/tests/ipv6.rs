@@ -1420,3 +1420,67 @@ fn a_flushed_dual_stack_ruleset_is_reloaded_and_udp_ports_work_over_ipv6() {
     h.ok(&["network", "rm", "ds"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// `attacks.rs::a_sandbox_cannot_take_a_neighbours_mac` with IPv6 frames: a dual-stack sandbox that sends
+/// from its neighbour's MAC (an ICMPv6 echo from its own address, an unsolicited neighbour advertisement for
+/// its own address) does not move that MAC to its port, and the neighbour is still reached over IPv6.
+#[test]
+fn a_dual_stack_sandbox_cannot_take_a_neighbours_mac() {
+    let h = TestHost::with_ipv6("v6mac");
+    ok6(
+        &h,
+        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-mac6"],
+    );
+    let (attacker, victim) = (h.sb("a"), h.sb("v"));
+    ok6(&h, &["create", &attacker, "--network", "ds"]);
+    ok6(&h, &["create", &victim, "--network", "ds"]);
+    let victim_mac = mac6(&h, &victim);
+    let victim_port = h.inspect(&victim)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let fdb_ports = || -> Vec<String> {
+        let want = victim_mac.map(|b| format!("{b:02x}")).join(":");
+        json(&h.in_host(&["bridge", "-j", "fdb", "show", "br", "nsbr-mac6"]))
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["mac"] == want.as_str())
+            .filter_map(|e| e["ifname"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (own, own_ll, gw) = (
+        address6(&h, &attacker),
+        link_local(&h, "a"),
+        gateway6(&h, "ds"),
+    );
+    let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
+    let frames = [
+        common::icmpv6_frame(all_nodes, victim_mac, own, gw, 128, 0, &[0, 3, 0, 1]),
+        common::icmpv6_frame(
+            all_nodes,
+            victim_mac,
+            own_ll,
+            v6("ff02::1"),
+            136,
+            0,
+            &advert_body(own, victim_mac),
+        ),
+    ];
+    for _ in 0..3 {
+        probe::send_frames(&h.sb_path("a"), "eth0", &frames).expect("send raw frames");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        fdb_ports(),
+        vec![victim_port],
+        "the bridge put the victim's MAC on another port"
+    );
+    assert!(
+        probe::ping6(&h.host_path(), address6(&h, &victim)).expect("ping"),
+        "the host no longer reaches the victim over IPv6"
+    );
+    h.ok(&["rm", &attacker]);
+    h.ok(&["rm", &victim]);
+    h.ok(&["network", "rm", "ds"]);
+}
