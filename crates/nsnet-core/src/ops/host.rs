@@ -411,11 +411,11 @@ impl Host {
         backend.user_chain_has_rules()
     }
 
-    /// Whether nsnet's nftables tables, made before, know dual-stack ports
-    /// ([`nftables::knows_dual_stack_ports`]); other backends have nothing to know.
-    pub(crate) fn firewall_knows_dual_stack(backend: Backend) -> Result<bool> {
+    /// Whether nsnet's nftables tables are the newest kind, which dual-stack networks need
+    /// ([`nftables::tables_current`]); other backends have nothing to bring up to date.
+    pub(crate) fn firewall_current(backend: Backend) -> Result<bool> {
         match backend {
-            Backend::Nftables => Ok(nftables::knows_dual_stack_ports()?),
+            Backend::Nftables => Ok(nftables::tables_current()?),
             Backend::Iptables | Backend::None => Ok(true),
         }
     }

@@ -831,6 +831,15 @@ fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms)
                 t.ipv6
             ));
         }
+        // A DNAT of ::1 never completes (IPv6 has no route_localnet): loopback-only IPv6 ports need the
+        // socket-level translation of C10 (issue #19).
+        if asked6.iter().any(Ipv6Addr::is_loopback) {
+            return Err(invalid!(
+                "{}: ports on [::1] are not supported yet; publish on [::] or a host IPv6 address, or on \
+                 127.0.0.1 for the host alone",
+                t.host_ip
+            ));
+        }
         let own = host.ipv6_addresses()?;
         let theirs = |ip: &Ipv6Addr| {
             ip.is_loopback() || ip.is_unspecified() || own.iter().any(|a| a.addr() == *ip)

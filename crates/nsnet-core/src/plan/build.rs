@@ -49,11 +49,23 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
         interface: net.interface.clone(),
         subnet: net.subnet,
         internal: net.internal,
+        subnet6: net.ipv6.as_ref().map(|v6| v6.subnet),
     }];
     let nat = net.options.gateway_mode == GatewayMode::Nat;
     if !net.internal && nat && net.options.masquerade {
         rules.push(Rule::Masquerade {
-            subnet: net.subnet,
+            subnet: net.subnet.into(),
+            interface: net.interface.clone(),
+        });
+    }
+    // NAT66 for the ULA subnets nsnet picks; a routed (global) subnet opts out with `--ipv6-nat=false`.
+    if let Some(v6) = net
+        .ipv6
+        .as_ref()
+        .filter(|v6| !net.internal && nat && v6.nat)
+    {
+        rules.push(Rule::Masquerade {
+            subnet: v6.subnet.into(),
             interface: net.interface.clone(),
         });
     }
@@ -672,11 +684,21 @@ pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
         address: ep.address.addr(),
         ipv6: endpoint_addresses6(ep).iter().map(|a| a.addr()).collect(),
     }];
+    // A port on every address goes to both families of a dual-stack sandbox; one on a host address, or on
+    // `[::]`, to its own family only.
     for mapping in &ep.ports {
-        rules.push(Rule::Port {
-            mapping: *mapping,
-            target: ep.address.addr(),
-        });
+        if !matches!(mapping.host_ip, Some(std::net::IpAddr::V6(_))) {
+            rules.push(Rule::Port {
+                mapping: *mapping,
+                target: ep.address.addr().into(),
+            });
+        }
+        if let (None | Some(std::net::IpAddr::V6(_)), Some(e6)) = (mapping.host_ip, &ep.ipv6) {
+            rules.push(Rule::Port {
+                mapping: *mapping,
+                target: e6.address.addr().into(),
+            });
+        }
     }
     rules
 }
@@ -888,10 +910,12 @@ mod tests {
              handle 1 bpf direct-action on block 2611281037\n\
              ip addr add 172.16.0.100/24 dev br0\n\
              sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
-             nft -f - <<'EOF'\ntable ip nsnet { comment \"nsnet:/s: managed by nsnet"
+             nft -f - <<'EOF'\ntable inet nsnet { comment \"nsnet:/s: managed by nsnet"
         ), "{text}");
-        assert!(text.contains("add element ip nsnet masq_nets { 172.16.0.0/24 }\n"));
-        assert!(text.contains("add element ip nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n"));
+        assert!(text.contains("add element inet nsnet masq_nets { 172.16.0.0/24 }\n"));
+        assert!(
+            text.contains("add element inet nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n")
+        );
     }
 
     #[test]
@@ -905,7 +929,8 @@ mod tests {
         assert!(fw.0.contains(&Change::Add(Rule::Interface {
             interface: "br0".into(),
             subnet: "172.16.0.0/24".parse().unwrap(),
-            internal: true
+            internal: true,
+            subnet6: None,
         })));
     }
 
@@ -947,7 +972,7 @@ mod tests {
              ip link set veth12345678 up\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
-        assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
+        assert!(text.contains("add element inet nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
         assert!(text
             .contains("add element bridge nsnet endpoints { \"veth12345678\" . 172.16.0.102 }\n"));
     }
@@ -960,6 +985,61 @@ mod tests {
             nat: true,
         });
         n
+    }
+
+    #[test]
+    fn dual_stack_rules_cover_both_families() {
+        // A port on every address goes to both families; on `[::]` or a host IPv6 address to IPv6 only; on a
+        // host IPv4 address to IPv4 only.
+        let spec = |s: &str| {
+            let spec: crate::portmap::PortSpec = s.parse().unwrap();
+            spec.with_host_port(8088)
+        };
+        let targets = |m: PortMapping| -> Vec<std::net::IpAddr> {
+            endpoint_rules(&Endpoint {
+                ports: vec![m],
+                ..ep6()
+            })
+            .into_iter()
+            .filter_map(|r| match r {
+                Rule::Port { target, .. } => Some(target),
+                _ => None,
+            })
+            .collect()
+        };
+        let (v4, v6): (std::net::IpAddr, std::net::IpAddr) = (
+            "172.16.0.102".parse().unwrap(),
+            "fd89:1:2:3::2".parse().unwrap(),
+        );
+        assert_eq!(targets(spec("8088:80")), [v4, v6]);
+        assert_eq!(targets(spec("[::]:8088:80")), [v6]);
+        assert_eq!(targets(spec("[2001:db8::5]:8088:80")), [v6]);
+        assert_eq!(targets(spec("10.0.1.48:8088:80")), [v4]);
+        let v4_only = endpoint_rules(&ep(vec![port()]));
+        assert_eq!(
+            v4_only
+                .iter()
+                .filter(|r| matches!(r, Rule::Port { .. }))
+                .count(),
+            1,
+            "an IPv4 network's sandbox"
+        );
+        // NAT66 by default, none with --ipv6-nat=false; the hairpin set knows the IPv6 subnet either way.
+        let masq6 = |n: &Network| {
+            network_rules(n, &[]).into_iter().any(
+                |r| matches!(r, Rule::Masquerade { subnet: ipnet::IpNet::V6(s), .. } if s.to_string() == "fd89:1:2:3::/64"),
+            )
+        };
+        let mut routed = net6(Driver::Bridge);
+        assert!(masq6(&routed));
+        routed.ipv6 = routed
+            .ipv6
+            .map(|v6| crate::model::Net6 { nat: false, ..v6 });
+        assert!(!masq6(&routed));
+        assert!(network_rules(&routed, &[]).iter().any(|r| matches!(
+            r,
+            Rule::Interface { subnet6: Some(s), .. } if s.to_string() == "fd89:1:2:3::/64"
+        )));
     }
 
     fn ep6() -> Endpoint {
