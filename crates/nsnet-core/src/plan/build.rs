@@ -969,9 +969,13 @@ mod tests {
              tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
              # fast path: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
              nsnet_fastpath of br0\n\
-             ip link set veth12345678 up\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
+        // The sandbox's guard is in before its veth gets a carrier: the host end comes up last.
+        assert!(
+            text.ends_with("EOF\nip link set veth12345678 up\n"),
+            "{text}"
+        );
         assert!(text.contains("add element inet nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
         assert!(text
             .contains("add element bridge nsnet endpoints { \"veth12345678\" . 172.16.0.102 }\n"));
@@ -1146,8 +1150,7 @@ mod tests {
                  nsnet_fastpath of br0\n\
                  tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
                  # fast path: fd89:1:2:3::2 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
-                 nsnet_fastpath of br0\n\
-                 ip link set veth12345678 up\n"
+                 nsnet_fastpath of br0\n"
             ),
             "{text}"
         );

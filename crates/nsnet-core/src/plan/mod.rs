@@ -717,6 +717,17 @@ impl Step {
     }
 }
 
+/// The step that brings a veth's host end up (and so both ends' carrier), the first of them: a `LinkUp` in the
+/// host of a link an earlier step created as a veth's host end.
+fn first_carrier(steps: &[Step]) -> Option<usize> {
+    steps.iter().enumerate().position(|(i, step)| match step {
+        Step::LinkUp { ns: Ns::Host, name } => steps[..i]
+            .iter()
+            .any(|s| matches!(s, Step::CreateVeth { host, .. } if host == name)),
+        _ => false,
+    })
+}
+
 /// An ordered list of steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
@@ -729,11 +740,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Set-up order: kernel objects first, then the firewall batch (rules for addresses that now exist).
+    /// Set-up order: the kernel objects, with the firewall batch (one transaction) just before the first
+    /// sandbox's veth gets its carrier, when its host end comes up. Until then no frame of the sandbox's
+    /// reaches a bridge or the host, so none gets past before its anti-spoofing elements are in: not the
+    /// MLD reports a new interface sends at once, nor a process already running in an attached namespace.
+    /// The rules name interfaces and addresses, not links, so every one of them can be in before the links
+    /// are up. Without a veth, the batch comes last.
     pub fn setup(kernel: Vec<Step>, fw: Batch, backend: Backend) -> Plan {
         let mut steps = kernel;
         if !fw.is_empty() {
-            steps.push(Step::Firewall { backend, batch: fw });
+            let at = first_carrier(&steps).unwrap_or(steps.len());
+            steps.insert(at, Step::Firewall { backend, batch: fw });
         }
         Plan {
             steps,
