@@ -487,3 +487,44 @@ fn iptables_backend_on_an_ipv6_forward_drop_policy() {
     // The IPv4 user chain, empty, stays with it (one decision for both families).
     assert_eq!(nsnet_rules(&h), vec![":NSNET-USER - [0:0]"]);
 }
+
+/// A restore commits table by table, and the two families are two restores: when one is refused after
+/// others landed, they are undone, in place. A user's rule that jumps to NSNET-PORTS (IPv4's nat table) makes
+/// the last `network rm` fail at deleting that chain, after ip6tables' tables and iptables' filter table
+/// committed; all of them are then exactly as before (rules in the same order: deleted ones back at their
+/// places, flushed chains refilled).
+#[test]
+fn a_refused_restore_undoes_what_landed_before_it() {
+    let h = iptables_host6("ipt6undo");
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "ds", "-p", "8080:80"]);
+    h.ok(&["rm", &s]);
+    h.in_host(&["iptables", "-t", "nat", "-I", "OUTPUT", "-j", "NSNET-PORTS"]);
+    let ordered = |tool: &str| {
+        h.in_host(&[tool])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (v4, v6) = (ordered("iptables-save"), ordered("ip6tables-save"));
+    assert!(v6.iter().any(|l| l.contains("NSNET-ACCEPT -i")), "{v6:#?}");
+    let err =
+        common::check_one_line_failure(&["network", "rm", "ds"], h.nsnet(&["network", "rm", "ds"]));
+    assert!(err.contains("iptables-restore"), "{err}");
+    assert_eq!(
+        ordered("ip6tables-save"),
+        v6,
+        "the IPv6 restore was not undone"
+    );
+    assert_eq!(
+        ordered("iptables-save"),
+        v4,
+        "the IPv4 filter table was not undone"
+    );
+    h.in_host(&["iptables", "-t", "nat", "-D", "OUTPUT", "-j", "NSNET-PORTS"]);
+    h.ok(&["network", "rm", "ds"]);
+    assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
+}

@@ -460,6 +460,15 @@ impl Current {
         cur
     }
 
+    /// One table's chains and rules.
+    fn table(&self, table: &str) -> Vec<(&String, &Vec<String>)> {
+        self.chains
+            .iter()
+            .filter(|((t, _), _)| t == table)
+            .map(|((_, c), rules)| (c, rules))
+            .collect()
+    }
+
     fn has_chain(&self, table: &str, chain: &str) -> bool {
         self.chains
             .contains_key(&(table.to_string(), chain.to_string()))
@@ -514,10 +523,11 @@ impl Script {
     }
 
     /// The script that undoes this one on the state it was written against: each table's lines, reversed.
-    fn undo_text(&self) -> String {
+    fn undo_text(&self, only: impl Fn(&str) -> bool) -> String {
         let tables = self
             .undo
             .iter()
+            .filter(|(t, _)| only(t))
             .map(|(t, changes)| (*t, changes.iter().rev().flatten().cloned().collect()))
             .collect();
         Script::text(&tables)
@@ -658,7 +668,9 @@ fn families() -> Vec<Family> {
 }
 
 /// Apply a batch with one `ip6tables-restore --noflush` and one `iptables-restore --noflush`: all of it, or
-/// none of it (a refused IPv4 half undoes the IPv6 half).
+/// none of it. A restore commits table by table (each `COMMIT`), so a refused one may have committed the
+/// tables before the one refused: those are undone (the tables that differ from what was read before), and
+/// then every family applied before it.
 pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     if batch.is_empty() {
         return Ok(());
@@ -666,22 +678,31 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     // Both read and written before anything is applied: a failure reading leaves everything as it was.
     let mut scripts = Vec::new();
     for family in families() {
-        let mut current = Current::parse(&super::run_tool(family.save(), &[], None)?);
-        let s = script(batch, family, Some(&mut current));
-        scripts.push((family, Script::text(&s.tables), s.undo_text()));
+        let before = Current::parse(&super::run_tool(family.save(), &[], None)?);
+        let mut after = before.clone();
+        let s = script(batch, family, Some(&mut after));
+        scripts.push((family, s, before));
     }
     let mut done: Vec<(Family, String)> = Vec::new();
-    for (family, text, undo) in scripts {
+    for (family, s, before) in scripts {
+        let text = Script::text(&s.tables);
         if text.is_empty() {
             continue;
         }
         if let Err(e) = super::run_tool(family.restore(), &["--noflush"], Some(&text)) {
+            let now = super::run_tool(family.save(), &[], None).map(|t| Current::parse(&t));
+            if let Ok(now) = now {
+                let partial = s.undo_text(|t| now.table(t) != before.table(t));
+                done.push((family, partial));
+            }
             for (f, undo) in done.iter().rev() {
-                let _ = super::run_tool(f.restore(), &["--noflush"], Some(undo));
+                if !undo.is_empty() {
+                    let _ = super::run_tool(f.restore(), &["--noflush"], Some(undo));
+                }
             }
             return Err(e);
         }
-        done.push((family, undo));
+        done.push((family, s.undo_text(|_| true)));
     }
     Ok(())
 }
@@ -890,7 +911,7 @@ mod tests {
         b.add(endpoint6());
         let s = script(&b, Family::V6, Some(&mut cur));
         // Play the undo script on the simulated state: it must come back to what was there.
-        let undo = s.undo_text();
+        let undo = s.undo_text(|_| true);
         for line in undo.lines() {
             let mut words = line.splitn(2, ' ');
             let (op, rest) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
