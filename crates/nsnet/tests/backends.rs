@@ -528,3 +528,43 @@ fn a_refused_restore_undoes_what_landed_before_it() {
     assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
     assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
 }
+
+/// A host whose chains an nsnet without the IPv6 side made (ip6tables holds none of them): the next command
+/// that adds anything makes them first, for the same owner, and removing what the older nsnet added (with no
+/// IPv6 rules) deletes nothing that is not there.
+#[test]
+fn chains_from_before_the_ipv6_side_are_made_on_the_next_add() {
+    let h = iptables_host("ipt6old");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.5.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    // What an older nsnet leaves: nothing in ip6tables (iptables-nft makes its tables on first use).
+    for table in ["raw", "nat", "filter"] {
+        h.in_host(&["nft", "delete", "table", "ip6", table]);
+    }
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
+    h.ok(&["create", &b, "--network", "n"]);
+    let rules6 = nsnet_rules_of(&h, "ip6tables-save");
+    let port = h.inspect(&b)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for want in [
+        "-A PREROUTING -j NSNET-GUARD".to_string(),
+        format!("-A NSNET-GUARD -m physdev --physdev-in {port} -j DROP"),
+    ] {
+        assert!(rules6.contains(&want), "{want} not in {rules6:#?}");
+    }
+    let owner = |tool: &str| {
+        h.in_host(&[tool, "-t", "nat"])
+            .lines()
+            .find(|l| l.starts_with("-A NSNET-POSTROUTING -m comment"))
+            .map(str::to_string)
+    };
+    assert_eq!(owner("ip6tables-save"), owner("iptables-save"));
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+    assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
+}

@@ -188,19 +188,12 @@ fn owner_mark(owner: &str) -> String {
 /// Who made nsnet's chains: the owner marker in NSNET-POSTROUTING (of `iptables`, which always holds them).
 pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
     let current = Current::parse(&super::run_tool("iptables-save", &["-t", "nat"], None)?);
-    let Some(rules) = current
-        .chains
-        .get(&("nat".to_string(), "NSNET-POSTROUTING".to_string()))
-    else {
+    if !current.has_chain("nat", "NSNET-POSTROUTING") {
         return Ok(TablesOwner::Absent);
-    };
-    let mark = rules.iter().find_map(|spec| {
-        let owner = spec
-            .strip_prefix("-m comment --comment \"")?
-            .strip_suffix('"')?;
-        Some(owner.to_string())
-    });
-    Ok(mark.map_or(TablesOwner::Unknown, TablesOwner::Of))
+    }
+    Ok(current
+        .owner()
+        .map_or(TablesOwner::Unknown, TablesOwner::Of))
 }
 
 /// The rules of one family a firewall rule stands for.
@@ -460,6 +453,19 @@ impl Current {
         cur
     }
 
+    /// The owner written in NSNET-POSTROUTING, when the chain is there and has one.
+    fn owner(&self) -> Option<String> {
+        let rules = self
+            .chains
+            .get(&("nat".to_string(), "NSNET-POSTROUTING".to_string()))?;
+        rules.iter().find_map(|spec| {
+            let owner = spec
+                .strip_prefix("-m comment --comment \"")?
+                .strip_suffix('"')?;
+            Some(owner.to_string())
+        })
+    }
+
     /// One table's chains and rules.
     fn table(&self, table: &str) -> Vec<(&String, &Vec<String>)> {
         self.chains
@@ -667,6 +673,26 @@ fn families() -> Vec<Family> {
     }
 }
 
+/// The batch for ip6tables on a host whose iptables chains an nsnet without the IPv6 side made (so ip6tables
+/// has none of them): it makes them first when it adds anything, for the same owner, as a reset would.
+fn with_v6_chains(batch: &Batch, live: &Current, owner: &str) -> Batch {
+    let adds = batch.0.iter().any(|c| matches!(c, Change::Add(_)));
+    let resets = batch
+        .0
+        .iter()
+        .any(|c| matches!(c, Change::Add(Rule::Tables(_))));
+    if !adds || resets || live.has_chain("nat", "NSNET-POSTROUTING") {
+        return batch.clone();
+    }
+    let mut out = Batch::default();
+    out.add(Rule::Tables(Tables {
+        keep_user_chain: false,
+        owner: owner.to_string(),
+    }));
+    out.0.extend(batch.0.iter().cloned());
+    out
+}
+
 /// Apply a batch with one `ip6tables-restore --noflush` and one `iptables-restore --noflush`: all of it, or
 /// none of it. A restore commits table by table (each `COMMIT`), so a refused one may have committed the
 /// tables before the one refused: those are undone (the tables that differ from what was read before), and
@@ -676,11 +702,28 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
         return Ok(());
     }
     // Both read and written before anything is applied: a failure reading leaves everything as it was.
-    let mut scripts = Vec::new();
+    let mut read = Vec::new();
     for family in families() {
-        let before = Current::parse(&super::run_tool(family.save(), &[], None)?);
+        read.push((
+            family,
+            Current::parse(&super::run_tool(family.save(), &[], None)?),
+        ));
+    }
+    let owner = read
+        .iter()
+        .find(|(f, _)| *f == Family::V4)
+        .and_then(|(_, c)| c.owner());
+    let mut scripts = Vec::new();
+    for (family, before) in read {
         let mut after = before.clone();
-        let s = script(batch, family, Some(&mut after));
+        let s = match (family, &owner) {
+            (Family::V6, Some(owner)) => script(
+                &with_v6_chains(batch, &before, owner),
+                family,
+                Some(&mut after),
+            ),
+            _ => script(batch, family, Some(&mut after)),
+        };
         scripts.push((family, s, before));
     }
     let mut done: Vec<(Family, String)> = Vec::new();
