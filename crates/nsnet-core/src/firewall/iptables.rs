@@ -8,21 +8,23 @@
 //! deletes when absent. That keeps every operation idempotent. Rule specs are written the way the save tools
 //! print them, so they compare as text.
 //!
-//! The two families are two transactions. The IPv6 one goes first; when the IPv4 one is refused after it, the
-//! IPv6 one is undone by a script written from the same reading of `ip6tables-save` (every line it wrote,
-//! reversed, deleted rules put back at their places), so an operation still lands whole or not at all.
+//! A restore commits table by table, and the two families are two restores (IPv6 first). When one is
+//! refused, what landed before it is undone by a script written from the same reading of the save tool
+//! (every line it wrote, reversed: deleted rules put back at their places, flushed chains refilled), so an
+//! operation still lands whole or not at all. Chains an nsnet without the IPv6 side made (none in ip6tables)
+//! get their IPv6 side with the next batch that adds anything.
 //!
 //! Anti-spoofing (`physdev` on bridge ports, the port itself for point-to-point sandboxes): IPv4 sources, and
 //! on IPv6 the sandbox's own addresses (link-local and global) and nothing else; a sandbox of an IPv4 network
 //! sends no IPv6 at all, and none sends a router solicitation or advertisement, a redirect or MLD. Not
 //! filtered: ARP, and the target of an IPv6 neighbour advertisement (iptables cannot match it).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::restore::{entry, At, Current, Entry, Script};
 use super::{Batch, Change, FirewallError, Rule, Tables, TablesOwner};
 
 /// The chain the user owns (like Docker's DOCKER-USER); created once, never flushed by nsnet.
@@ -81,32 +83,6 @@ impl Family {
 /// Whether this kernel has IPv6 at all: without it there is no IPv6 to filter, and no ip6tables to write to.
 fn ipv6_kernel() -> bool {
     std::path::Path::new("/proc/sys/net/ipv6").exists()
-}
-
-/// Where a rule goes in its chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum At {
-    Append,
-    /// Insert at this 1-based position.
-    Insert(u32),
-}
-
-/// One iptables rule: table, chain, spec (as `iptables-save` prints it), position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    table: &'static str,
-    chain: &'static str,
-    spec: String,
-    at: At,
-}
-
-fn entry(table: &'static str, chain: &'static str, spec: String, at: At) -> Entry {
-    Entry {
-        table,
-        chain,
-        spec,
-        at,
-    }
 }
 
 /// The jumps from the built-in chains, then nsnet's fixed rules. NSNET-FORWARD is fixed: it passes a packet
@@ -419,124 +395,6 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
                 })
                 .collect()
         }
-    }
-}
-
-/// What `iptables-save` shows: every chain of every table with its rules, in order.
-#[derive(Debug, Default, Clone)]
-struct Current {
-    chains: BTreeMap<(String, String), Vec<String>>,
-}
-
-impl Current {
-    fn parse(text: &str) -> Current {
-        let mut cur = Current::default();
-        let mut table = String::new();
-        for line in text.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                table = t.to_string();
-            } else if let Some(decl) = line.strip_prefix(':') {
-                if let Some(chain) = decl.split_whitespace().next() {
-                    cur.chains
-                        .entry((table.clone(), chain.to_string()))
-                        .or_default();
-                }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                if let Some((chain, spec)) = rule.split_once(' ') {
-                    cur.chains
-                        .entry((table.clone(), chain.to_string()))
-                        .or_default()
-                        .push(spec.to_string());
-                }
-            }
-        }
-        cur
-    }
-
-    /// The owner written in NSNET-POSTROUTING, when the chain is there and has one.
-    fn owner(&self) -> Option<String> {
-        let rules = self
-            .chains
-            .get(&("nat".to_string(), "NSNET-POSTROUTING".to_string()))?;
-        rules.iter().find_map(|spec| {
-            let owner = spec
-                .strip_prefix("-m comment --comment \"")?
-                .strip_suffix('"')?;
-            Some(owner.to_string())
-        })
-    }
-
-    /// One table's chains and rules.
-    fn table(&self, table: &str) -> Vec<(&String, &Vec<String>)> {
-        self.chains
-            .iter()
-            .filter(|((t, _), _)| t == table)
-            .map(|((_, c), rules)| (c, rules))
-            .collect()
-    }
-
-    fn has_chain(&self, table: &str, chain: &str) -> bool {
-        self.chains
-            .contains_key(&(table.to_string(), chain.to_string()))
-    }
-
-    /// Where the rule is in its chain (0-based; iptables deletes the first match).
-    fn position(&self, e: &Entry) -> Option<usize> {
-        self.chains
-            .get(&(e.table.to_string(), e.chain.to_string()))?
-            .iter()
-            .position(|s| *s == e.spec)
-    }
-
-    fn has_rule(&self, e: &Entry) -> bool {
-        self.position(e).is_some()
-    }
-
-    fn chain_is_empty(&self, table: &str, chain: &str) -> bool {
-        self.chains
-            .get(&(table.to_string(), chain.to_string()))
-            .is_none_or(Vec::is_empty)
-    }
-}
-
-/// Restore lines per table, and the lines that undo them (per change, in the order they are written).
-#[derive(Default)]
-struct Script {
-    tables: BTreeMap<&'static str, Vec<String>>,
-    undo: BTreeMap<&'static str, Vec<Vec<String>>>,
-}
-
-impl Script {
-    fn line(&mut self, table: &'static str, line: String, undo: Vec<String>) {
-        self.tables.entry(table).or_default().push(line);
-        self.undo.entry(table).or_default().push(undo);
-    }
-
-    fn text(tables: &BTreeMap<&'static str, Vec<String>>) -> String {
-        let mut out = String::new();
-        for (table, lines) in tables {
-            let _ = writeln!(out, "*{table}");
-            // Chain declarations first: iptables-restore wants them before the rules that use them.
-            for l in lines.iter().filter(|l| l.starts_with(':')) {
-                let _ = writeln!(out, "{l}");
-            }
-            for l in lines.iter().filter(|l| !l.starts_with(':')) {
-                let _ = writeln!(out, "{l}");
-            }
-            let _ = writeln!(out, "COMMIT");
-        }
-        out
-    }
-
-    /// The script that undoes this one on the state it was written against: each table's lines, reversed.
-    fn undo_text(&self, only: impl Fn(&str) -> bool) -> String {
-        let tables = self
-            .undo
-            .iter()
-            .filter(|(t, _)| only(t))
-            .map(|(t, changes)| (*t, changes.iter().rev().flatten().cloned().collect()))
-            .collect();
-        Script::text(&tables)
     }
 }
 

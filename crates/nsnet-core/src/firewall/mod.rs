@@ -7,6 +7,7 @@ pub mod element;
 pub mod iptables;
 mod nft_netlink;
 pub mod nftables;
+mod restore;
 pub mod trace;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
