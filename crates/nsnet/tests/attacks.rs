@@ -555,31 +555,27 @@ fn router_advertisement(mac: [u8; 6], prefix: [u8; 16]) -> Vec<u8> {
 
 #[test]
 fn a_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_advertisements() {
-    // nftables guards the host and the neighbours (the bridge table drops the sandbox's IPv6); with the
-    // iptables driver, which filters nothing at the bridge, the host is still guarded (its bridge has IPv6
-    // off).
-    for (backend, neighbours) in [("nftables", true), ("iptables", false)] {
-        router_advertisements(backend, neighbours);
+    // nftables drops the IPv4 network's sandbox's IPv6 in its bridge table, iptables in ip6tables' raw table
+    // (physdev); the host is guarded by its bridge having IPv6 off in any case.
+    for backend in ["nftables", "iptables"] {
+        router_advertisements(backend, true);
     }
 }
 
-/// The twin on a dual-stack network: the sandboxes talk IPv6 now, so the bridge table lets their IPv6
-/// through, but never a router advertisement (the bridge itself takes none either: `accept_ra=0`). The
-/// iptables driver filters no IPv6 between sandboxes yet, so it refuses dual-stack networks.
+/// The twin on a dual-stack network: the sandboxes talk IPv6 now, so the firewall lets their IPv6 through,
+/// but never a router advertisement (the bridge itself takes none either: `accept_ra=0`): `bridge nsnet` with
+/// nftables, ip6tables' raw table (physdev, `--icmpv6-type`) with iptables.
 #[test]
 fn a_dual_stack_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_advertisements() {
+    for backend in ["nftables", "iptables"] {
+        dual_stack_router_advertisements(backend);
+    }
+}
+
+fn dual_stack_router_advertisements(backend: &'static str) {
     const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
     let mut h = TestHost::with_ipv6("ra6");
-    h.firewall = Some("iptables");
-    let before = h.snapshot();
-    let out = h.nsnet_env(&["network", "create", "n", "--ipv6"], &GATE);
-    let err = common::check_one_line_failure(&[], out);
-    assert!(
-        err.contains("iptables firewall does not filter IPv6"),
-        "{err}"
-    );
-    assert_eq!(h.snapshot(), before);
-    h.firewall = Some("nftables");
+    h.firewall = Some(backend);
     let ok = |args: &[&str]| {
         let out = h.nsnet_env(args, &GATE);
         assert!(
@@ -637,14 +633,18 @@ fn a_dual_stack_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_
         let text = seen(ns);
         assert!(
             !text.contains("2001:db8:bad") && !text.contains("fe80::bad"),
-            "{who} took the sandbox's router advertisement:\n{text}"
+            "{backend}: {who} took the sandbox's router advertisement:\n{text}"
         );
-        assert_eq!(text, was, "{who}");
+        assert_eq!(text, was, "{backend}: {who}");
     }
     assert!(!seen(&host).contains("default"));
     h.ok(&["rm", &evil]);
     h.ok(&["rm", &victim]);
     h.ok(&["network", "rm", "n"]);
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let text = h.in_host(&[tool]);
+        assert!(!text.contains("NSNET"), "{backend}: {tool}:\n{text}");
+    }
 }
 
 fn router_advertisements(backend: &'static str, neighbours: bool) {
