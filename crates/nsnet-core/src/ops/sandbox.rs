@@ -842,6 +842,16 @@ fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms)
                 t.host_ip
             ));
         }
+        // [::1] is served by translating the host's own sockets (kernel::loopback6): no DNAT can do it.
+        if asked6.iter().any(|ip| ip.is_loopback()) {
+            if let Some(why) = crate::kernel::loopback6::unsupported_reason() {
+                return Err(invalid!(
+                    "{}: [::1] needs cgroup2 and bpf on this host, and {why}; publish on :: or on one of the \
+                     host's IPv6 addresses instead",
+                    t.host_ip
+                ));
+            }
+        }
     }
     let asked: Vec<Ipv4Addr> = specs
         .iter()

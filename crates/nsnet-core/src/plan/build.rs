@@ -5,9 +5,9 @@ use crate::firewall::{Batch, Rule, Tables};
 use crate::model::{
     Driver, Endpoint, GatewayMode, Mac, Network, Overlay, OverlayBackend, Peer, Sandbox,
 };
-use crate::plan::{Ns, PeerLink, Plan, Step};
+use crate::plan::{Loopback, Ns, PeerLink, Plan, Step};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 fn gateway_cidr(net: &Network) -> Ipv4Net {
     // The subnet is valid, so the gateway with its prefix length is too.
@@ -633,6 +633,20 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox], owner: &str) -> 
     if nets.iter().any(|n| !n.internal && n.ipv6.is_some()) {
         steps.push(Step::forwarding6());
     }
+    // The [::1] translation too: a lost program comes back, and every port's entry is written again.
+    let loopback: Vec<Step> = sandboxes
+        .iter()
+        .filter(|sb| !sb.removing)
+        .flat_map(|sb| sb.endpoints.iter())
+        .filter(|ep| !ep.removing)
+        .filter_map(|ep| Some((nets.iter().find(|n| n.name == ep.network)?, ep)))
+        .flat_map(|(net, ep)| loopback_ports(net, ep))
+        .map(Step::LoopbackPortAdd)
+        .collect();
+    if !loopback.is_empty() {
+        steps.push(Step::LoopbackInit);
+        steps.extend(loopback);
+    }
     Plan::setup(steps, fw, nets[0].firewall)
 }
 
@@ -747,6 +761,11 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
         ns: Ns::Host,
         name: ep.host_interface.clone(),
     });
+    let loopback = loopback_ports(net, ep);
+    if !loopback.is_empty() {
+        steps.push(Step::LoopbackInit);
+        steps.extend(loopback.into_iter().map(Step::LoopbackPortAdd));
+    }
     let mut fw = Batch::default();
     for rule in endpoint_rules(ep) {
         fw.add(rule);
@@ -759,9 +778,50 @@ fn fast_path_bridge(net: &Network) -> Option<String> {
     (net.driver == Driver::Bridge && net.fast_path).then(|| net.interface.clone())
 }
 
-/// Take the endpoint of sandbox `sb` off its network's fast path, first thing in its teardown (undone by
-/// putting it back).
+/// The published ports of `ep` the host reaches at `[::1]` through the socket translation
+/// ([`crate::kernel::loopback6`]): on a dual-stack network, those on every address (`-p P:…`, `-p [::]:P:…`,
+/// which also cover the host's own IPv6 addresses) and those on `[::1]` alone. IPv4 has `route_localnet`
+/// and DNAT instead; a port on one host IPv6 address is the firewall's (DNAT works there).
+pub fn loopback_ports(net: &Network, ep: &Endpoint) -> Vec<Loopback> {
+    let (Some(_), Some(e6)) = (net.ipv6, ep.ipv6) else {
+        return Vec::new();
+    };
+    ep.ports
+        .iter()
+        .filter_map(|m| {
+            let every = match m.host_ip {
+                None => true,
+                Some(IpAddr::V6(ip)) if ip.is_unspecified() => true,
+                Some(IpAddr::V6(ip)) if ip.is_loopback() => false,
+                _ => return None,
+            };
+            Some(Loopback {
+                proto: m.protocol,
+                host_port: m.host_port,
+                count: m.count,
+                target: e6.address.addr(),
+                container_port: m.container_port,
+                every,
+            })
+        })
+        .collect()
+}
+
+/// Take the endpoint's ports out of the `[::1]` translation, first thing in its teardown (undone by putting
+/// them back).
+fn leave_loopback(plan: &mut Plan, ep: &Endpoint, net: Option<&Network>) {
+    for l in net.map(|net| loopback_ports(net, ep)).unwrap_or_default() {
+        plan.push_teardown(
+            Step::LoopbackPortRemove(l.clone()),
+            vec![Step::LoopbackPortAdd(l)],
+        );
+    }
+}
+
+/// Take the endpoint of sandbox `sb` off its network's fast path and out of the `[::1]` translation, first
+/// thing in its teardown (undone by putting it back).
 fn leave_fast_path(plan: &mut Plan, sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) {
+    leave_loopback(plan, ep, net);
     if let Some(bridge) = net.and_then(fast_path_bridge) {
         plan.push_teardown(
             Step::FastPathRemove {
