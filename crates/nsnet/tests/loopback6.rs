@@ -301,3 +301,47 @@ fn a_loopback6_dry_run_names_the_programs_and_changes_nothing() {
     assert!(after == before, "{}", after.diff(&before));
     h.ok(&["network", "rm", "ds"]);
 }
+
+/// Where the cgroup is not a cgroup2 one (or bpf cannot be loaded), `-p [::1]` is refused in one line and
+/// nothing changes; a port on every address is still published (the translation is then left out).
+#[test]
+fn loopback6_without_a_cgroup2_is_refused_in_one_line() {
+    let h = TestHost::with_ipv6("lo6no");
+    ok6(
+        &h,
+        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6n"],
+    );
+    let before = h.snapshot();
+    let not_cgroup2 = h
+        .state
+        .parent()
+        .expect("the test's temporary dir")
+        .to_path_buf();
+    let s = h.sb("s");
+    let args = [
+        "create",
+        s.as_str(),
+        "--network",
+        "ds",
+        "-p",
+        "[::1]:8080:80",
+    ];
+    let env = [
+        GATE[0],
+        ("NSNET_CGROUP", not_cgroup2.to_str().expect("a UTF-8 path")),
+    ];
+    let line = common::check_one_line_failure(&args, h.nsnet_env(&args, &env));
+    assert!(line.contains("[::1] needs cgroup2 and bpf"), "{line}");
+    assert!(line.contains("is not a cgroup2 directory"), "{line}");
+    let after = h.snapshot();
+    assert!(after == before, "{}", after.diff(&before));
+    let out = h.nsnet_env(&["create", &s, "--network", "ds", "-p", "8080:80"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.loopback6(), Vec::<String>::new());
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "ds"]);
+}

@@ -476,7 +476,7 @@ impl Loopback6 {
 /// This namespace's programs, made if they are not there (see [`Loopback6::ensure`]), with the host's IPv6
 /// addresses (from `nl`) written afresh. `None` where there is no cgroup2, no bpf, or no right to either.
 pub fn init(nl: &mut super::Netlink) -> Result<Option<Loopback6>, KernelError> {
-    let Some(cg) = cgroup() else {
+    let Some(cg) = cgroup().filter(|cg| is_cgroup2(cg)) else {
         return Ok(None);
     };
     let lo = match Loopback6::ensure(&cg) {
@@ -496,7 +496,7 @@ pub fn init(nl: &mut super::Netlink) -> Result<Option<Loopback6>, KernelError> {
 
 /// This namespace's programs if they are there; `None` too where there cannot be any.
 pub fn existing() -> Result<Option<Loopback6>, KernelError> {
-    let Some(cg) = cgroup() else {
+    let Some(cg) = cgroup().filter(|cg| is_cgroup2(cg)) else {
         return Ok(None);
     };
     match Loopback6::find(&cg) {

@@ -1103,6 +1103,104 @@ mod tests {
         );
     }
 
+    fn mapping(spec: &str) -> PortMapping {
+        let spec: crate::portmap::PortSpec = spec.parse().unwrap();
+        spec.with_host_port(spec.host_port.unwrap_or(9000))
+    }
+
+    #[test]
+    fn loopback6_covers_every_address_ports_and_loopback_ones_of_dual_stack_endpoints_only() {
+        let ports = [
+            "8080:80",
+            "[::]:8081:81",
+            "[::1]:8082:82/udp",
+            "127.0.0.1:8083:83",
+            "[2001:db8::5]:8084:84",
+        ];
+        let e = Endpoint {
+            ports: ports.iter().map(|p| mapping(p)).collect(),
+            ..ep6()
+        };
+        let got: Vec<(u16, u16, bool)> = loopback_ports(&net6(Driver::Bridge), &e)
+            .iter()
+            .map(|l| (l.host_port, l.container_port, l.every))
+            .collect();
+        assert_eq!(got, [(8080, 80, true), (8081, 81, true), (8082, 82, false)]);
+        let all = loopback_ports(&net6(Driver::Bridge), &e);
+        assert!(all
+            .iter()
+            .all(|l| l.target == "fd89:1:2:3::2".parse::<Ipv6Addr>().unwrap()));
+        assert_eq!(all[2].proto, crate::portmap::Proto::Udp);
+        // An IPv4 network (or endpoint) has route_localnet and DNAT instead.
+        assert!(loopback_ports(&net(Driver::Bridge, false), &e).is_empty());
+        assert!(loopback_ports(&net6(Driver::Bridge), &ep(vec![mapping("8080:80")])).is_empty());
+    }
+
+    #[test]
+    fn loopback6_ports_come_with_the_endpoint_go_first_in_its_teardown_and_come_back_with_reload() {
+        let n = net6(Driver::Bridge);
+        let e = Endpoint {
+            ports: vec![mapping("[::1]:8080:80")],
+            ..ep6()
+        };
+        let (up, _) = endpoint_up(&n, &e, &ns(), OWNER);
+        let init = up
+            .iter()
+            .position(|s| *s == Step::LoopbackInit)
+            .expect("LoopbackInit");
+        let Some(Step::LoopbackPortAdd(l)) = up.get(init + 1) else {
+            panic!("no LoopbackPortAdd after LoopbackInit: {up:?}");
+        };
+        assert_eq!((l.host_port, l.container_port, l.every), (8080, 80, false));
+        assert_eq!(Step::LoopbackInit.undo(), Some(Step::LoopbackRelease));
+        let remove = Step::LoopbackPortAdd(l.clone()).undo().expect("undo");
+        assert_eq!(remove, Step::LoopbackPortRemove(l.clone()));
+        assert_eq!(remove.undo(), Some(Step::LoopbackPortAdd(l.clone())));
+        let text = Step::LoopbackPortAdd(l.clone()).render();
+        assert_eq!(
+            text,
+            "bpftool map update name nsnet_loopback6 key tcp [::1]:8080 value [fd89:1:2:3::2]:80"
+        );
+
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: true,
+            netns_id: None,
+            cni: false,
+            endpoints: vec![e.clone()],
+            removing: false,
+            dns_servers: vec![],
+        };
+        for veths in [VethRemoval::WithNamespace, VethRemoval::OneByOne] {
+            let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, veths);
+            assert_eq!(
+                plan.steps[0],
+                Step::LoopbackPortRemove(l.clone()),
+                "{veths:?}"
+            );
+            assert_eq!(plan.undo_of(0), [Step::LoopbackPortAdd(l.clone())]);
+        }
+        assert_eq!(
+            sandbox_gone(&sb, std::slice::from_ref(&n)).steps[0],
+            Step::LoopbackPortRemove(l.clone())
+        );
+        let reload = firewall_reload(std::slice::from_ref(&n), std::slice::from_ref(&sb), OWNER);
+        let i = reload
+            .steps
+            .iter()
+            .position(|s| *s == Step::LoopbackInit)
+            .expect("reload puts the programs back");
+        assert_eq!(reload.steps[i + 1], Step::LoopbackPortAdd(l.clone()));
+        // Not for a sandbox on its way out.
+        let going = Sandbox {
+            removing: true,
+            ..sb
+        };
+        let reload = firewall_reload(std::slice::from_ref(&n), &[going], OWNER);
+        assert!(!reload.steps.contains(&Step::LoopbackInit));
+    }
+
     #[test]
     fn a_retired_dual_stack_veth_comes_back_with_its_ipv6_addresses_and_route() {
         let n = net6(Driver::Bridge);
