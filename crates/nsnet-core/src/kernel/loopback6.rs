@@ -226,17 +226,22 @@ fn port_value(e: &Entry) -> [u8; PORT_VALUE] {
 /// The programs of this namespace's nsnet on one cgroup, and their maps.
 #[derive(Debug)]
 pub struct Loopback6 {
-    cgroup: OwnedFd,
+    cgroup: Cgroup,
     /// The hooks nsnet's programs are attached to, with the program.
     attached: Vec<(CgroupHook, Program)>,
     ports: Map,
     host: Map,
 }
 
-fn open_cgroup(path: &Path) -> Result<OwnedFd, KernelError> {
+/// The cgroup directory, flocked for as long as the caller holds it: two commands at once must not both
+/// find no programs and each attach a set (the second set's map would hold ports the first's never sees).
+fn open_cgroup(path: &Path) -> Result<Cgroup, KernelError> {
     let f = std::fs::File::open(path).map_err(io("open the cgroup for the [::1] programs"))?;
-    Ok(OwnedFd::from(f))
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| KernelError::io("lock the cgroup for the [::1] programs", e.into()))
 }
+
+type Cgroup = nix::fcntl::Flock<std::fs::File>;
 
 /// The maps of a program, by name.
 struct Maps {
@@ -293,7 +298,7 @@ impl Loopback6 {
     /// `sendmsg6` program, if one is there.
     #[allow(clippy::type_complexity)]
     fn ours(
-        cgroup: &OwnedFd,
+        cgroup: &Cgroup,
         cookie: u64,
     ) -> Result<(Vec<(CgroupHook, Program)>, Option<(Map, Map, Map, Map)>), KernelError> {
         let mut attached = Vec::new();
