@@ -345,3 +345,49 @@ fn loopback6_without_a_cgroup2_is_refused_in_one_line() {
     h.ok(&["rm", &s]);
     h.ok(&["network", "rm", "ds"]);
 }
+
+/// Commands at once: sandboxes with `[::1]` ports created and removed side by side attach one set of
+/// programs (the cgroup is flocked while nsnet finds or makes them) holding every live port, and the last
+/// `rm` takes them.
+#[test]
+fn loopback6_ports_published_at_once_share_one_set_of_programs() {
+    let h = TestHost::with_ipv6("lo6many");
+    let empty = h.snapshot();
+    ok6(
+        &h,
+        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6m"],
+    );
+    let names: Vec<String> = (0..8).map(|i| h.sb(&format!("m{i}"))).collect();
+    let port = |i: usize| format!("[::1]:{}:80", 9100 + i);
+    std::thread::scope(|s| {
+        for (i, name) in names.iter().enumerate() {
+            let (h, p) = (&h, port(i));
+            s.spawn(move || ok6(h, &["create", name, "--network", "ds", "-p", &p]));
+        }
+    });
+    let mut expected: Vec<String> = (0..8)
+        .map(|i| format!("[::1] port 6/{}", 9100 + i))
+        .collect();
+    for (hook, name) in [
+        ("cgroup_inet6_connect", "conn"),
+        ("cgroup_udp6_sendmsg", "send"),
+        ("cgroup_udp6_recvmsg", "recv"),
+        ("cgroup_inet6_getpeername", "peer"),
+    ] {
+        expected.push(format!("cgroup {hook} nsnet_lo6_{name}"));
+    }
+    expected.sort();
+    assert_eq!(h.loopback6(), expected);
+    let host = h.host_path();
+    let (seen, _) = tcp(&h, &names[5], &host, "::1", 9105);
+    assert!(seen.starts_with("[::1]:9105 hello"), "{seen}");
+    std::thread::scope(|s| {
+        for name in &names {
+            let h = &h;
+            s.spawn(move || h.ok(&["rm", name]));
+        }
+    });
+    h.ok(&["network", "rm", "ds"]);
+    let after = h.snapshot();
+    assert!(after == empty, "{}", after.diff(&empty));
+}
