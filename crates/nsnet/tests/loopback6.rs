@@ -143,9 +143,23 @@ fn loopback6_only_ports_are_reachable_from_the_host_alone() {
     expected.sort();
     assert_eq!(h.loopback6(), expected);
 
-    // A hostile sandbox, in the programs' cgroup, to its own [::1]:8080: nothing listens there, and the
-    // translation must not carry it to s. Then the LAN peer and another sandbox, at every host address.
+    // A hostile sandbox, in the programs' cgroup, to its own [::1]:8080, where it listens itself: it reaches
+    // its own listener, never s. Then with nothing listening there (the translation must not carry it on).
     let t_ns = h.sb_path("t");
+    let own = (Ipv6Addr::LOCALHOST, 8080);
+    let mine = probe::tcp_server(&t_ns, own).expect("listen in t");
+    let (seen, server) = tcp(&h, &s, &t_ns, "::1", 8080);
+    assert!(seen.starts_with("[::1]:8080 hello [::1]:"), "t: {seen}");
+    assert_eq!(server, None, "t's own [::1] was carried to s");
+    assert!(mine.wait().is_ok_and(|c| c.ip() == Ipv6Addr::LOCALHOST));
+    let mine = probe::udp_server(&t_ns, own).expect("listen in t");
+    let (seen, server) = udp(&h, &s, &t_ns, "::1", 8080);
+    assert!(
+        seen.starts_with("[::1]:8080 hello [::1]:"),
+        "t over UDP: {seen}"
+    );
+    assert_eq!(server, None, "t's own [::1] was carried to s over UDP");
+    assert!(mine.wait().is_ok());
     let (seen, server) = tcp(&h, &s, &t_ns, "::1", 8080);
     assert!(
         seen.starts_with("ERR"),
