@@ -343,6 +343,19 @@ impl Applier {
                     }
                 }
             }
+            Step::LoopbackSync(ports) => {
+                let want: Vec<loopback6::Entry> = ports.iter().flat_map(loopback_entries).collect();
+                if want.is_empty() {
+                    if let Some(lo) = loopback6::existing()? {
+                        lo.detach()?;
+                    }
+                } else if let Some(lo) = loopback6::init(self.netlink(&Ns::Host)?)? {
+                    lo.retain(&want)?;
+                    for e in &want {
+                        lo.add(e)?;
+                    }
+                }
+            }
             Step::FastPathRemove { bridge, ip, .. } => {
                 // No bridge, no block: nothing to take the address off.
                 if let Some(fp) = FastPath::of_bridge(self.netlink(&Ns::Host)?, bridge)? {

@@ -240,7 +240,8 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
     assert!(seen.starts_with("[::1]:8082 hello"), "{seen}");
     assert_ne!(address6(&h, &a), address6(&h, &b));
 
-    // A program detached by hand comes back with gc, and with firewall reload.
+    // A program detached by hand comes back with gc, and with firewall reload; an entry no record holds
+    // (tcp 9999, put in by hand) goes.
     let full = h.loopback6();
     let cg = h.cgroup.to_string_lossy().into_owned();
     for repair in [&["gc"][..], &["firewall", "reload"][..]] {
@@ -253,6 +254,18 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
             .find(|p| p["name"] == "nsnet_lo6_conn")
             .and_then(|p| p["id"].as_u64())
             .expect("the connect6 program");
+        let map = loopback_map(conn);
+        let mut key: Vec<String> = [0x27u8, 0x0f, 0, 0].iter().map(|b| b.to_string()).collect();
+        key.extend(6u32.to_ne_bytes().iter().map(|b| b.to_string()));
+        let value: Vec<String> = (0..24)
+            .map(|i| if i == 0 { "253" } else { "0" }.to_string())
+            .collect();
+        let mut args = vec!["bpftool", "map", "update", "id", map.as_str(), "key"];
+        args.extend(key.iter().map(String::as_str));
+        args.push("value");
+        args.extend(value.iter().map(String::as_str));
+        common::sh(&args);
+        assert!(h.loopback6().contains(&"[::1] port 6/9999".to_string()));
         common::sh(&[
             "bpftool",
             "cgroup",
@@ -404,4 +417,30 @@ fn loopback6_ports_published_at_once_share_one_set_of_programs() {
     h.ok(&["network", "rm", "ds"]);
     let after = h.snapshot();
     assert!(after == empty, "{}", after.diff(&empty));
+}
+
+/// The id of the `nsnet_loopback6` map of program `prog`.
+fn loopback_map(prog: u64) -> String {
+    let shown: Value = serde_json::from_str(&common::sh(&[
+        "bpftool",
+        "-j",
+        "prog",
+        "show",
+        "id",
+        &prog.to_string(),
+    ]))
+    .expect("JSON");
+    shown["map_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .map(|id| id.to_string())
+        .find(|id| {
+            let m: Value =
+                serde_json::from_str(&common::sh(&["bpftool", "-j", "map", "show", "id", id]))
+                    .expect("JSON");
+            m["name"] == "nsnet_loopback6"
+        })
+        .expect("the ports map")
 }

@@ -416,6 +416,23 @@ impl Loopback6 {
             .map_err(io("remove a port from the [::1] map"))
     }
 
+    /// Delete every port but those of `keep` from the map.
+    pub fn retain(&self, keep: &[Entry]) -> Result<(), KernelError> {
+        let keep: Vec<[u8; PORT_KEY]> = keep.iter().map(|e| port_key(e.proto, e.port)).collect();
+        for key in self
+            .ports
+            .keys(PORT_KEY)
+            .map_err(io("list the [::1] map"))?
+        {
+            if !keep.iter().any(|k| k[..] == key[..]) {
+                self.ports
+                    .delete(&key, PORT_KEY)
+                    .map_err(io("remove a port from the [::1] map"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The ports translated, as (protocol number, port), in the map's order.
     pub fn ports(&self) -> Result<Vec<(u32, u16)>, KernelError> {
         let keys = self

@@ -633,19 +633,18 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox], owner: &str) -> 
     if nets.iter().any(|n| !n.internal && n.ipv6.is_some()) {
         steps.push(Step::forwarding6());
     }
-    // The [::1] translation too: a lost program comes back, and every port's entry is written again.
-    let loopback: Vec<Step> = sandboxes
+    // The [::1] translation too: a lost program comes back, every port's entry is written again, and
+    // entries no record holds go (with the programs, when no port is left).
+    let loopback: Vec<Loopback> = sandboxes
         .iter()
         .filter(|sb| !sb.removing)
         .flat_map(|sb| sb.endpoints.iter())
         .filter(|ep| !ep.removing)
         .filter_map(|ep| Some((nets.iter().find(|n| n.name == ep.network)?, ep)))
         .flat_map(|(net, ep)| loopback_ports(net, ep))
-        .map(Step::LoopbackPortAdd)
         .collect();
-    if !loopback.is_empty() {
-        steps.push(Step::LoopbackInit);
-        steps.extend(loopback);
+    if nets.iter().any(|n| n.ipv6.is_some()) {
+        steps.push(Step::LoopbackSync(loopback));
     }
     Plan::setup(steps, fw, nets[0].firewall)
 }
@@ -1186,19 +1185,24 @@ mod tests {
             Step::LoopbackPortRemove(l.clone())
         );
         let reload = firewall_reload(std::slice::from_ref(&n), std::slice::from_ref(&sb), OWNER);
-        let i = reload
-            .steps
-            .iter()
-            .position(|s| *s == Step::LoopbackInit)
-            .expect("reload puts the programs back");
-        assert_eq!(reload.steps[i + 1], Step::LoopbackPortAdd(l.clone()));
-        // Not for a sandbox on its way out.
+        assert!(
+            reload.steps.contains(&Step::LoopbackSync(vec![l.clone()])),
+            "reload puts the programs and the port back"
+        );
+        // Not for a sandbox on its way out: with no port left, the programs go.
         let going = Sandbox {
             removing: true,
             ..sb
         };
         let reload = firewall_reload(std::slice::from_ref(&n), &[going], OWNER);
-        assert!(!reload.steps.contains(&Step::LoopbackInit));
+        assert!(reload.steps.contains(&Step::LoopbackSync(vec![])));
+        // An IPv4-only host has nothing of it.
+        let v4 = net(Driver::Bridge, false);
+        let reload = firewall_reload(std::slice::from_ref(&v4), &[], OWNER);
+        assert!(!reload
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::LoopbackSync(_))));
     }
 
     #[test]

@@ -223,6 +223,10 @@ pub enum Step {
     /// Undo [`Step::LoopbackPortAdd`]: the ports out of the map, and the programs off the cgroup when it is
     /// left empty. Already gone is fine.
     LoopbackPortRemove(Loopback),
+    /// The `[::1]` translation made exactly `ports` (`gc`, `firewall reload`): with ports, the programs made
+    /// or given back a lost one ([`Step::LoopbackInit`]), every port written and any other entry of the map
+    /// deleted; with none, the programs go. A repair, with no undo.
+    LoopbackSync(Vec<Loopback>),
     /// One atomic firewall transaction, on the given backend.
     Firewall { backend: Backend, batch: Batch },
     /// An overlay network's VXLAN device, up: learning off (peers are programmed, never learned), no local
@@ -581,6 +585,20 @@ impl Step {
                 p = crate::kernel::loopback6::PREFIX,
                 env = crate::kernel::loopback6::CGROUP_ENV,
             ),
+            Step::LoopbackSync(ports) if ports.is_empty() => Step::LoopbackRelease.render(),
+            Step::LoopbackSync(ports) => {
+                let mut out = Step::LoopbackInit.render();
+                for l in ports {
+                    out.push('\n');
+                    out.push_str(&Step::LoopbackPortAdd(l.clone()).render());
+                }
+                let _ = write!(
+                    out,
+                    "\n# and every other key of {} deleted",
+                    crate::kernel::loopback6::PORTS_MAP
+                );
+                out
+            }
             Step::LoopbackPortAdd(l) => {
                 format!("bpftool map update name {} {}", crate::kernel::loopback6::PORTS_MAP, render_loopback(l))
             }
@@ -664,18 +682,25 @@ impl Step {
 /// A peer's entries as `bridge`/`ip` commands: `verb` is `replace` or `del`.
 /// A `[::1]` translation entry in words: key and value as bpftool would be given them, spelled out.
 fn render_loopback(l: &Loopback) -> String {
-    let last = l.host_port.saturating_add(l.count.saturating_sub(1));
-    let ports = if last == l.host_port {
-        l.host_port.to_string()
-    } else {
-        format!("{}-{last}", l.host_port)
+    let range = |first: u16| {
+        let last = first.saturating_add(l.count.saturating_sub(1));
+        if last == first {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        }
     };
     format!(
-        "key {} [::1]{}:{ports} value [{}]:{}",
+        "key {} [::1]:{} value [{}]:{}{}",
         l.proto,
-        if l.every { " and host addresses" } else { "" },
+        range(l.host_port),
         l.target,
-        l.container_port
+        range(l.container_port),
+        if l.every {
+            " (and at the host's own IPv6 addresses)"
+        } else {
+            ""
+        }
     )
 }
 
