@@ -131,10 +131,12 @@ pub fn unsupported_reason() -> Option<String> {
     if !is_cgroup2(&cg) {
         return Some(format!("{} is not a cgroup2 directory", cg.display()));
     }
-    match Map::array(CONFIG_MAP, CONFIG, 1) {
-        Ok(_) => None,
-        Err(e) => Some(format!("bpf programs cannot be loaded here ({e})")),
+    if let Err(e) = Map::array(CONFIG_MAP, CONFIG, 1) {
+        return Some(format!("bpf programs cannot be loaded here ({e})"));
     }
+    netns_cookie()
+        .err()
+        .map(|e| format!("this kernel cannot tell namespaces apart ({e})"))
 }
 
 /// A caller without `CAP_BPF`, a kernel without bpf or these hooks, no such cgroup: no translation.
@@ -147,6 +149,8 @@ pub fn unsupported(e: &KernelError) -> bool {
             | Some(libc::ENOENT)
             | Some(libc::ENOTDIR)
             | Some(libc::EBADF)
+            // No SO_NETNS_COOKIE (before Linux 5.14).
+            | Some(libc::ENOPROTOOPT)
     )
 }
 
