@@ -28,7 +28,11 @@ pub struct Curve {
 /// the table shows their median run; the peers take minutes per run and run once.
 fn runs_of(kind: Kind) -> usize {
     match kind {
-        Kind::Nsnet(_) | Kind::NsnetCni | Kind::NsnetAttach | Kind::Floor => 3,
+        Kind::Nsnet(_)
+        | Kind::NsnetDualStack
+        | Kind::NsnetCni
+        | Kind::NsnetAttach
+        | Kind::Floor => 3,
         Kind::Netavark(..) | Kind::CniChain => 1,
     }
 }

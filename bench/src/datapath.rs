@@ -153,12 +153,30 @@ pub fn run_with(secs: u32, reps: usize, pin: bool) -> Result<String> {
             &lan,
         ),
     ];
+    let pin = pin && thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let paths = measure(&cases, secs, reps, pin)?;
+    for s in [&other, &s1, &s2] {
+        nsnet(&w.host, &w.state, &["rm", s])?;
+    }
+    nsnet(&w.host, &w.state, &["network", "rm", "slow"])?;
+    drop(w);
+    drop(hb);
+    drop(hv);
+    Ok(table("", &paths, secs, reps, pin))
+}
+
+/// Each case's throughput, interleaved over `reps` rounds, and its round trip; the first case is the ceiling.
+fn measure(
+    cases: &[(&'static str, &str, &str, &str)],
+    secs: u32,
+    reps: usize,
+    pin: bool,
+) -> Result<Vec<Path>> {
     // Interleaved (A B C D, A B C D, ...), so the machine's drift hits every path alike; each path's
     // same-round ratio to the ceiling cancels what drift is left. iperf3's two ends pinned to two CPUs, the
     // client to CPU 0 and the server to CPU 1: with veths the sender's CPU carries the whole path in softirq
     // and the receiver's the copy to user space, and left to the scheduler that split changes from run to
     // run (both ends on one CPU is another path altogether).
-    let pin = pin && thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for round in 0..reps {
         for (i, (name, server, client, ip)) in cases.iter().enumerate() {
@@ -179,13 +197,11 @@ pub fn run_with(secs: u32, reps: usize, pin: bool) -> Result<String> {
             rtt_us: rtt(client, ip)?,
         });
     }
-    for s in [&other, &s1, &s2] {
-        nsnet(&w.host, &w.state, &["rm", s])?;
-    }
-    nsnet(&w.host, &w.state, &["network", "rm", "slow"])?;
-    drop(w);
-    drop(hb);
-    drop(hv);
+    Ok(paths)
+}
+
+/// The results table; `family` goes into its title (" over IPv6", or nothing).
+fn table(family: &str, paths: &[Path], secs: u32, reps: usize, pin: bool) -> String {
     let mut s = String::new();
     let pinned = if pin {
         "iperf3's client on CPU 0, its server on CPU 1"
@@ -194,7 +210,7 @@ pub fn run_with(secs: u32, reps: usize, pin: bool) -> Result<String> {
     };
     let _ = writeln!(
         s,
-        "### Data path: one TCP stream (iperf3, {secs} s, {reps} runs per path, paths interleaved; {pinned}) \
+        "### Data path{family}: one TCP stream (iperf3, {secs} s, {reps} runs per path, paths interleaved; {pinned}) \
          and ping round trip (500 pings)\n"
     );
     let _ = writeln!(
@@ -203,7 +219,7 @@ pub fn run_with(secs: u32, reps: usize, pin: bool) -> Result<String> {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     let ceiling = paths.first().map(|p| p.gbps).unwrap_or(f64::NAN);
-    for p in &paths {
+    for p in paths {
         let _ = writeln!(
             s,
             "| {} | {:.1} Gbit/s | {:.1}–{:.1} | {:.1}% | {:.1}% ({:.1}–{:.1}%) | {:.0} µs |",
@@ -218,5 +234,90 @@ pub fn run_with(secs: u32, reps: usize, pin: bool) -> Result<String> {
             p.rtt_us
         );
     }
-    Ok(s)
+    s
+}
+
+/// The IPv6 data path (issue #19): sandbox to sandbox on a dual-stack network, with and without the fast
+/// path, against a bare veth pair carrying IPv6 (target: the fast path at 95% of it or more).
+pub fn run6(secs: u32, reps: usize, pin: bool) -> Result<String> {
+    let hv = Host::new("dp6v")?;
+    let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
+    sh(&["ip", "netns", "add", &a])?;
+    sh(&["ip", "netns", "add", &b])?;
+    sh(&[
+        "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ])?;
+    for (ns, ip) in [(&a, "fd00:250::1/64"), (&b, "fd00:250::2/64")] {
+        sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0", "nodad"])?;
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    }
+    // nsnet: two dual-stack networks, one with the fast path (the default), one without.
+    let h = Host::new("dp6n")?;
+    let gate = |args: &[&str]| -> Result<String> {
+        let nsnet =
+            std::env::var("NSNET_BIN_DIR").unwrap_or_else(|_| "target/release".into()) + "/nsnet";
+        let out = h
+            .cmd(&nsnet)
+            .args(args)
+            .env("NSNET_STATE_DIR", &h.state)
+            .env("NSNET_IPV6", "1")
+            .output()?;
+        if !out.status.success() {
+            bail!("nsnet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let names: Vec<String> = ["f1", "f2", "s1", "s2"]
+        .iter()
+        .map(|n| format!("{}-{n}", h.prefix))
+        .collect();
+    gate(&[
+        "network",
+        "create",
+        "fast",
+        "--ipv6",
+        "--subnet",
+        "fd00:251::/64",
+        "--dns=false",
+    ])?;
+    gate(&[
+        "network",
+        "create",
+        "slow",
+        "--ipv6",
+        "--subnet",
+        "fd00:252::/64",
+        "--fast-path=false",
+        "--dns=false",
+    ])?;
+    for (name, net) in names.iter().zip(["fast", "fast", "slow", "slow"]) {
+        gate(&["create", name, "--network", net])?;
+    }
+    // Addresses are handed out from ::2 in order: the second sandbox of each network is ::3.
+    let cases: [(&'static str, &str, &str, &str); 3] = [
+        ("bare veth pair over IPv6 (ceiling)", &b, &a, "fd00:250::2"),
+        (
+            "nsnet: sandbox -> sandbox over IPv6 (fast path, the default)",
+            &names[1],
+            &names[0],
+            "fd00:251::3",
+        ),
+        (
+            "nsnet --fast-path=false: sandbox -> sandbox over IPv6, over the bridge",
+            &names[3],
+            &names[2],
+            "fd00:252::3",
+        ),
+    ];
+    let pin = pin && thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let paths = measure(&cases, secs, reps, pin)?;
+    for name in &names {
+        gate(&["rm", name])?;
+    }
+    gate(&["network", "rm", "fast"])?;
+    gate(&["network", "rm", "slow"])?;
+    drop(h);
+    drop(hv);
+    Ok(table(" over IPv6", &paths, secs, reps, pin))
 }

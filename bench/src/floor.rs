@@ -1,10 +1,10 @@
 //! The kernel floor: what one sandbox costs the kernel alone. `nsnet-bench floor up NAME I` makes exactly the
 //! objects `nsnet create` makes (a named namespace with `lo` up, a veth pair on the bridge with IPv6 off, the
 //! address and the default route, the port on the fast path), through the same netlink and bpf calls in the
-//! same order, and nothing else: no state, no lock, no firewall, no hairpin, no checks. `floor down NAME I`
-//! takes the address off the fast path and removes the namespace as `nsnet rm` does for an idle one;
-//! `floor bridge` gives the bridge its fast path, as `nsnet network create` does. The gap between nsnet and
-//! this row is nsnet's own work.
+//! same order, waiting as it does for the new bridge port to forward, and nothing else: no state, no lock, no
+//! firewall, no hairpin, no checks. `floor down NAME I` takes the address off the fast path and removes the
+//! namespace as `nsnet rm` does for an idle one; `floor bridge` gives the bridge its fast path, as `nsnet
+//! network create` does. The gap between nsnet and this row is nsnet's own work.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd as _;
@@ -51,6 +51,9 @@ pub fn up(name: &str, i: u32) -> Result<()> {
         fp.add(&mut host, port, ip, mac.0)?;
     }
     host.set_up(&veth)?;
+    // As `nsnet create` does before it returns: wait until the new bridge port forwards, so the sandbox is
+    // reachable (the kernel's link-watch work moves it there, under RTNL).
+    host.wait_forwarding(&veth, std::time::Duration::from_secs(1))?;
     Ok(())
 }
 

@@ -159,7 +159,7 @@ pub fn machine() -> String {
 
 const USAGE: &str = "usage: nsnet-bench all [--out bench/results] [--quick] [--only nsnet,netavark,CNI,floor]
        nsnet-bench lifecycle [--reps 30] | concurrent [--creators 16] [--each 8] | curve [--n 1000]
-       nsnet-bench datapath [--secs 4] [--reps 10] [--unpinned] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
+       nsnet-bench datapath [-6] [--secs 4] [--reps 10] [--unpinned] | ports [--sizes 1,1000,10000] [--reps 15] [--portmap-max 1000]
        nsnet-bench soak [--cycles 2000]
        nsnet-bench overlay [--out bench/results] [--quick] [--secs 4] [--reps 10] [--hosts 3,50] [--cycles 12] [--window 30]
        nsnet-bench dns [--out bench/results] [--quick] [--rounds 5] [--secs 2] [--window 16] [--creates 20] [--names 1000]";
@@ -277,14 +277,16 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("datapath") => {
-            print!(
-                "{}",
-                datapath::run_with(
-                    u32::try_from(number("--secs", 4)?).context("--secs is too large")?,
-                    number("--reps", 10)?,
-                    !args.iter().any(|a| a == "--unpinned"),
-                )?
+            let (secs, reps, pin) = (
+                u32::try_from(number("--secs", 4)?).context("--secs is too large")?,
+                number("--reps", 10)?,
+                !args.iter().any(|a| a == "--unpinned"),
             );
+            if args.iter().any(|a| a == "-6") {
+                print!("{}", datapath::run6(secs, reps, pin)?);
+            } else {
+                print!("{}", datapath::run_with(secs, reps, pin)?);
+            }
             Ok(())
         }
         Some("ports") => {

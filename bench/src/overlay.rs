@@ -1401,7 +1401,7 @@ fn measure_cost(c: &Cluster, window: u64) -> Result<Cost> {
     let neigh = neigh.as_array().map_or(0, Vec::len);
     let set: serde_json::Value = serde_json::from_str(&run_in_ns(
         &h,
-        &["nft", "-j", "list", "set", "ip", "nsnet", "vxlan_members"],
+        &["nft", "-j", "list", "set", "inet", "nsnet", "vxlan_members"],
     )?)?;
     let members = set["nftables"]
         .as_array()

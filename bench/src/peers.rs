@@ -26,6 +26,9 @@ pub enum Kind {
     /// `nsnet attach NS -p` / `nsnet rm`: the CLI on a namespace the runtime made (like for like with the
     /// CNI-style peers).
     NsnetAttach,
+    /// `nsnet create -p` / `nsnet rm` on a dual-stack network (nftables): what IPv6 adds to a sandbox
+    /// (issue #19; behind `NSNET_IPV6=1` until it is finished).
+    NsnetDualStack,
     /// netavark `setup` / `teardown`: the binary, and the firewall driver it is told to use (`NETAVARK_FW`;
     /// `None` for Debian's 1.4, whose only driver is iptables and which has no such setting).
     Netavark(&'static str, Option<&'static str>),
@@ -41,6 +44,7 @@ impl Kind {
             Kind::Nsnet(fw) => format!("nsnet ({fw})"),
             Kind::NsnetCni => "nsnet-cni (ADD/DEL)".into(),
             Kind::NsnetAttach => "nsnet attach + rm (runtime's namespace)".into(),
+            Kind::NsnetDualStack => "nsnet (nftables), dual stack".into(),
             // Named by what ran: the binary's own version, and the driver it used.
             Kind::Netavark(path, driver) => {
                 let v = sh(&[path, "--version"]).unwrap_or_default();
@@ -51,6 +55,15 @@ impl Kind {
         }
     }
 
+    /// The firewall backend of an nsnet row that makes its own network (`None`: not such a row).
+    pub fn nsnet_firewall(self) -> Option<&'static str> {
+        match self {
+            Kind::Nsnet(fw) => Some(fw),
+            Kind::NsnetAttach | Kind::NsnetDualStack => Some("nftables"),
+            _ => None,
+        }
+    }
+
     /// The peers this machine has, nsnet first.
     pub fn available() -> Vec<Kind> {
         let mut out = vec![
@@ -58,6 +71,7 @@ impl Kind {
             Kind::Nsnet("iptables"),
             Kind::NsnetCni,
             Kind::NsnetAttach,
+            Kind::NsnetDualStack,
         ];
         if Path::new(NETAVARK).exists() {
             out.push(Kind::Netavark(NETAVARK, None));
@@ -117,25 +131,22 @@ impl Peer {
                 p.nsnet.display()
             );
         }
-        let fw = match kind {
-            Kind::Nsnet(fw) => Some(fw),
-            Kind::NsnetAttach => Some("nftables"),
-            _ => None,
-        };
-        if let Some(fw) = fw {
-            let out = p
-                .nsnet_cmd(fw)
-                // Like for like: the peers run without names (netavark's `dns_enabled: false`); the names'
-                // cost is `nsnet-bench dns`'s business.
-                .args([
-                    "network",
-                    "create",
-                    "bench",
-                    "--subnet",
-                    "10.90.0.0/16",
-                    "--dns=false",
-                ])
-                .output()?;
+        if let Some(fw) = kind.nsnet_firewall() {
+            let mut create = p.nsnet_cmd(fw);
+            // Like for like: the peers run without names (netavark's `dns_enabled: false`); the names'
+            // cost is `nsnet-bench dns`'s business.
+            create.args([
+                "network",
+                "create",
+                "bench",
+                "--subnet",
+                "10.90.0.0/16",
+                "--dns=false",
+            ]);
+            if kind == Kind::NsnetDualStack {
+                create.arg("--ipv6");
+            }
+            let out = create.output()?;
             if !out.status.success() {
                 bail!(
                     "nsnet network create: {}",
@@ -167,6 +178,9 @@ impl Peer {
         let mut c = self.host.cmd(&self.nsnet.to_string_lossy());
         c.env("NSNET_STATE_DIR", &self.host.state)
             .env("NSNET_FIREWALL", fw);
+        if self.kind == Kind::NsnetDualStack {
+            c.env("NSNET_IPV6", "1");
+        }
         c
     }
 
@@ -184,7 +198,10 @@ impl Peer {
 
     /// What the runtime does before asking for a network: make the namespace (not timed).
     pub fn prepare(&self, i: usize) -> Result<()> {
-        if !matches!(self.kind, Kind::Nsnet(_) | Kind::Floor) {
+        if !matches!(
+            self.kind,
+            Kind::Nsnet(_) | Kind::NsnetDualStack | Kind::Floor
+        ) {
             sh(&["ip", "netns", "add", &self.host.sandbox(i)])?;
         }
         Ok(())
@@ -192,7 +209,10 @@ impl Peer {
 
     /// After the teardown: remove the namespace the runtime made (not timed).
     pub fn cleanup(&self, i: usize) -> Result<()> {
-        if !matches!(self.kind, Kind::Nsnet(_) | Kind::Floor) {
+        if !matches!(
+            self.kind,
+            Kind::Nsnet(_) | Kind::NsnetDualStack | Kind::Floor
+        ) {
             sh(&["ip", "netns", "del", &self.host.sandbox(i)])?;
         }
         Ok(())
@@ -202,7 +222,8 @@ impl Peer {
     pub fn up(&self, i: usize, port: u16) -> Result<Vec<Run>> {
         let name = self.host.sandbox(i);
         let runs = match self.kind {
-            Kind::Nsnet(fw) => {
+            Kind::Nsnet(_) | Kind::NsnetDualStack => {
+                let fw = self.kind.nsnet_firewall().unwrap_or("nftables");
                 let p = format!("{port}:80");
                 vec![measured(
                     self.nsnet_cmd(fw)
@@ -244,6 +265,11 @@ impl Peer {
         let runs = match self.kind {
             Kind::Nsnet(fw) => vec![measured(
                 self.nsnet_cmd(fw).args(["rm", &self.host.sandbox(i)]),
+                None,
+            )?],
+            Kind::NsnetDualStack => vec![measured(
+                self.nsnet_cmd("nftables")
+                    .args(["rm", &self.host.sandbox(i)]),
                 None,
             )?],
             Kind::NsnetCni => vec![self.nsnet_cni("DEL", i, port)?],

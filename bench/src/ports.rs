@@ -58,7 +58,7 @@ impl Peer {
                 let mut batch = Batch::default();
                 let rule = Rule::Port {
                     mapping,
-                    target: SANDBOX_IP,
+                    target: SANDBOX_IP.into(),
                 };
                 if add {
                     batch.add(rule);

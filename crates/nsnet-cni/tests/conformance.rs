@@ -238,7 +238,9 @@ fn add_check_del_with_real_traffic() {
         .contains("prevResult"));
 
     let element = format!("{{ tcp . 8080 : {ip_a} . 80 }}");
-    h.in_host(&["nft", "delete", "element", "ip", "nsnet", "ports", &element]);
+    h.in_host(&[
+        "nft", "delete", "element", "inet", "nsnet", "ports", &element,
+    ]);
     let bad = check(&ctr(&a, &a_path, "eth0"));
     assert_eq!(bad.code("1.1.0"), 100);
     assert!(
@@ -246,7 +248,7 @@ fn add_check_del_with_real_traffic() {
         "{}",
         bad.out
     );
-    h.in_host(&["nft", "add", "element", "ip", "nsnet", "ports", &element]);
+    h.in_host(&["nft", "add", "element", "inet", "nsnet", "ports", &element]);
     assert!(check(&ctr(&a, &a_path, "eth0")).ok);
 
     sh(&["ip", "-n", &a, "addr", "flush", "dev", "eth0"]);
@@ -666,7 +668,7 @@ fn capabilities_and_options() {
     // hairpinMode=false: ports are not in hairpin mode.
     let br = h.in_host(&["ip", "-4", "addr", "show", "cnibr1"]);
     assert!(!br.contains("inet "), "{br}");
-    let masq = h.in_host(&["nft", "list", "set", "ip", "nsnet", "masq_nets"]);
+    let masq = h.in_host(&["nft", "list", "set", "inet", "nsnet", "masq_nets"]);
     assert!(!masq.contains("10.66.2.0/24"), "{masq}");
     let ports = h.in_host(&["ip", "-d", "link", "show", "master", "cnibr1"]);
     assert!(

@@ -20,7 +20,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{BufRead as _, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -352,6 +352,8 @@ struct Containerd {
     cgroup: String,
     execs: usize,
     stopped: bool,
+    /// Pass `NSNET_IPV6=1` to the plugin (through ctr, which runs it), for dual-stack configurations.
+    ipv6_gate: bool,
     dir: tempfile::TempDir,
 }
 
@@ -402,6 +404,7 @@ impl Containerd {
             cgroup: format!("nsnet-{}", h.tag),
             execs: 0,
             stopped: false,
+            ipv6_gate: false,
             dir,
         };
         let mut line = String::new();
@@ -447,6 +450,9 @@ impl Containerd {
         .env_remove("NSNET_STATE_DIR")
         .env_remove("CONTAINERD_ADDRESS")
         .env_remove("CONTAINERD_NAMESPACE");
+        if self.ipv6_gate {
+            cmd.env("NSNET_IPV6", "1");
+        }
         cmd
     }
 
@@ -646,6 +652,25 @@ impl Containerd {
     }
 
     /// Container `id`'s address on eth0, as busybox `ip` shows it inside.
+    /// Container `id`'s global IPv6 address on eth0, without prefix.
+    fn address6(&mut self, id: &str) -> Ipv6Addr {
+        let out = self.exec(
+            id,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+            ],
+        );
+        assert!(out.status.success(), "ip -6 addr in {id}: {}", text(&out));
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        shown
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no global IPv6 address on {id}'s eth0: {shown}"))
+    }
+
     fn address(&mut self, id: &str) -> String {
         let out = self.exec(id, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
         assert!(out.status.success(), "ip addr in {id}: {}", text(&out));
@@ -883,6 +908,63 @@ fn containerd_runs_containers_on_nsnet_cni() {
     assert!(veths(&h).is_empty(), "veths left: {:?}", veths(&h));
     // The network CNI ADD made stays for the next container; removing it leaves the host as it was.
     h.ok(&["network", "rm", "ctrd"]);
+    let after = h.snapshot();
+    assert!(after == empty, "{}", after.diff(&empty));
+    c.stop();
+    assert_eq!(machine(), before, "the machine itself changed");
+}
+
+/// A dual-stack conflist (issue #19, behind its gate): containers get both addresses and talk over IPv6.
+#[test]
+fn containerd_runs_dual_stack_containers_on_nsnet_cni() {
+    require_tools();
+    let before = machine();
+    let h = TestHost::with_ipv6("ctrd6");
+    // nsnet turns IPv6 forwarding on and never off (as IPv4's): on beforehand, in the before picture.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    let mut list = conflist(&h, "ctrd6", "ctrdbr6", "10.66.21.0/24");
+    list["plugins"][0]["ipam"] =
+        json!({"ranges": [[{"subnet": "10.66.21.0/24"}], [{"subnet": "fd66:21::/64"}]]});
+    let mut c = Containerd::start(&h, &list);
+    c.ipv6_gate = true;
+
+    c.run_attached("a", &greeter("a"));
+    c.run_attached("b", &greeter("b"));
+    let (a6, b6) = (c.address6("a"), c.address6("b"));
+    assert!(
+        ip(&c.address("a")).octets()[..3] == [10, 66, 21],
+        "a's IPv4 address"
+    );
+    for (id, addr) in [("a", a6), ("b", b6)] {
+        assert!(addr.segments()[..2] == [0xfd66, 0x21], "{id}: {addr}");
+        let sb = h.inspect(&format!("{CTR_NS}-{id}"));
+        assert_eq!(
+            sb["endpoints"][0]["ipv6"]["address"],
+            format!("{addr}/64"),
+            "{sb}"
+        );
+    }
+    // Container to container over IPv6: ICMPv6 and TCP, with busybox inside containerd's containers.
+    let ping = c.exec("a", &["ping", "-6", "-c", "1", "-W", "3", &b6.to_string()]);
+    assert!(
+        ping.status.success(),
+        "a pings b over IPv6: {}",
+        text(&ping)
+    );
+    let tcp = c.exec("a", &["nc", "-w", "3", &b6.to_string(), &PORT.to_string()]);
+    assert_eq!(text(&tcp).trim(), "hello-from-b", "a -> b over TCP/IPv6");
+    // The host reaches both through the bridge's IPv6 gateway.
+    let hello = probe::tcp_hello(&h.host_path(), SocketAddr::from((a6, PORT)))
+        .unwrap_or_else(|e| panic!("host -> [{a6}]:{PORT}: {e}"));
+    assert_eq!(hello, "hello-from-a");
+
+    c.remove_attached("a");
+    c.remove_attached("b");
+    assert!(sandboxes(&h).is_empty(), "{:?}", sandboxes(&h));
+    h.settle();
+    assert!(veths(&h).is_empty(), "veths left: {:?}", veths(&h));
+    h.ok(&["network", "rm", "ctrd6"]);
     let after = h.snapshot();
     assert!(after == empty, "{}", after.diff(&empty));
     c.stop();

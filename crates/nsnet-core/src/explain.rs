@@ -163,7 +163,7 @@ pub struct Facts {
     pub routes: Vec<(Ipv4Addr, Option<HostRoute>)>,
     /// The firewall backend nsnet's networks use.
     pub backend: Backend,
-    /// The user chain (`ip nsnet user` / `NSNET-USER`) holds rules explain cannot evaluate.
+    /// The user chain (`inet nsnet user` / `NSNET-USER`) holds rules explain cannot evaluate.
     pub user_rules: bool,
     /// Other tables' forward chains whose policy is drop.
     pub drop_chains: Vec<HostChain>,
@@ -176,7 +176,7 @@ pub struct Facts {
 /// A rule of the ruleset, as the firewall driver writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleRef {
-    /// Where it is: `ip nsnet forward`, `filter NSNET-ISOLATE`, the kernel's routing, ...
+    /// Where it is: `inet nsnet forward`, `filter NSNET-ISOLATE`, the kernel's routing, ...
     pub chain: String,
     /// The rule's text (with the element that matched, when a set decides).
     pub rule: String,
@@ -285,7 +285,7 @@ pub struct ProbeReport {
 /// One rule a traced packet met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TraceStep {
-    /// `ip nsnet forward`.
+    /// `inet nsnet forward`.
     pub chain: String,
     /// The rule's text, or `policy`.
     pub rule: String,
@@ -376,7 +376,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
                 ),
             ),
             (true, Driver::Veth) => r(
-                "ip nsnet guard",
+                "inet nsnet guard",
                 format!(
                     "iifname @endpoint_ifs iifname . ip saddr != @endpoints drop (only \"{host_if}\" . {own} is in @endpoints for this interface)"
                 ),
@@ -396,15 +396,15 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
             let p = mapping.protocol;
             match (nft, mapping.host_ip) {
                 (true, Some(ip)) => r(
-                    "ip nsnet published",
+                    "inet nsnet published",
                     format!(
-                        "dnat ip to ip daddr . meta l4proto . th dport map @ports_ip (element {ip} . {p} . {host_port} : {target} . {container_port})"
+                        "meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @ports_ip (element {ip} . {p} . {host_port} : {target} . {container_port})"
                     ),
                 ),
                 (true, None) => r(
-                    "ip nsnet published",
+                    "inet nsnet published",
                     format!(
-                        "dnat ip to meta l4proto . th dport map @ports (element {p} . {host_port} : {target} . {container_port})"
+                        "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @ports (element {p} . {host_port} : {target} . {container_port})"
                     ),
                 ),
                 (false, ip) => r(
@@ -419,7 +419,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::NoLoopbackDnat => {
             if nft {
                 r(
-                    "ip nsnet prerouting",
+                    "inet nsnet prerouting",
                     "ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto { tcp, udp } jump published".into(),
                 )
             } else {
@@ -432,7 +432,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::InternalIn(i) => {
             if nft {
                 r(
-                    "ip nsnet forward",
+                    "inet nsnet forward",
                     format!("iifname @internal iifname . oifname != @internal_self drop (\"{i}\" is internal)"),
                 )
             } else {
@@ -442,7 +442,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::InternalOut(i) => {
             if nft {
                 r(
-                    "ip nsnet forward",
+                    "inet nsnet forward",
                     format!("oifname @internal iifname . oifname != @internal_self drop (\"{i}\" is internal)"),
                 )
             } else {
@@ -451,7 +451,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         }
         Fw::DnatAccept => {
             if nft {
-                r("ip nsnet forward", "ct status dnat accept".into())
+                r("inet nsnet forward", "ct status dnat accept".into())
             } else {
                 r("filter NSNET-FORWARD", "-m conntrack --ctstate DNAT -j ACCEPT".into())
             }
@@ -459,7 +459,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::Isolation(a, b) => {
             if nft {
                 r(
-                    "ip nsnet forward",
+                    "inet nsnet forward",
                     format!("iifname . oifname @isolation drop (element \"{a}\" . \"{b}\")"),
                 )
             } else {
@@ -469,7 +469,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::PublishedOnly(i) => {
             if nft {
                 r(
-                    "ip nsnet forward",
+                    "inet nsnet forward",
                     format!("oifname @published_only iifname != @ifaces drop (\"{i}\" is published-only)"),
                 )
             } else {
@@ -479,7 +479,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::AcceptFrom(i) => {
             if nft {
                 r(
-                    "ip nsnet forward",
+                    "inet nsnet forward",
                     format!("no rule drops it: the chain's policy accepts (from \"{i}\")"),
                 )
             } else {
@@ -489,7 +489,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::HairpinMasquerade(s) => {
             if nft {
                 r(
-                    "ip nsnet postrouting",
+                    "inet nsnet postrouting",
                     format!("ct status dnat ip saddr . ip daddr @same_net masquerade (element {s} . {s})"),
                 )
             } else {
@@ -501,7 +501,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         }
         Fw::LoopbackMasquerade => {
             if nft {
-                r("ip nsnet postrouting", "ct status dnat ip saddr 127.0.0.0/8 masquerade".into())
+                r("inet nsnet postrouting", "ct status dnat ip saddr 127.0.0.0/8 masquerade".into())
             } else {
                 r(
                     "nat NSNET-POSTROUTING",
@@ -512,7 +512,7 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
         Fw::Masquerade(s, i) => {
             if nft {
                 r(
-                    "ip nsnet postrouting",
+                    "inet nsnet postrouting",
                     format!("ip saddr @masq_nets masquerade (element {s})"),
                 )
             } else {
@@ -520,12 +520,12 @@ fn fw(backend: Backend, rule: Fw) -> RuleRef {
             }
         }
         Fw::OwnNetReturn(i, s) => r(
-            "ip nsnet postrouting",
+            "inet nsnet postrouting",
             format!("oifname . ip saddr @own_nets return (element \"{i}\" . {s})"),
         ),
         Fw::UserChain => {
             if nft {
-                r("ip nsnet forward", "jump user".into())
+                r("inet nsnet forward", "jump user".into())
             } else {
                 r("filter NSNET-FORWARD", "-j NSNET-USER".into())
             }
@@ -1104,7 +1104,7 @@ fn local_delivery(w: &mut Walk<'_>, q: &Query, dst: Ipv4Addr, mut probe: ProbePl
             );
             let rule = if m.host_ip.is_some_and(|ip| ip.is_loopback()) && !dst.is_loopback() {
                 Some(RuleRef {
-                    chain: "ip nsnet published".into(),
+                    chain: "inet nsnet published".into(),
                     rule: format!(
                         "the only element for {proto} . {port} is in @ports_ip, keyed by 127.0.0.1"
                     ),

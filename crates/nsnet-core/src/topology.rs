@@ -396,7 +396,7 @@ fn sandbox_node(
                 .map(|m| {
                     let rule = Rule::Port {
                         mapping: *m,
-                        target: ep.address.addr(),
+                        target: ep.address.addr().into(),
                     };
                     let mut problems = Vec::new();
                     if !removing && facts.missing_rules.contains(&rule) {
@@ -827,7 +827,7 @@ mod tests {
         facts.tagged_namespaces.push("leftover".into());
         facts.missing_rules.push(Rule::Port {
             mapping: sbs[0].endpoints[0].ports[0],
-            target: Ipv4Addr::new(172, 16, 0, 2),
+            target: Ipv4Addr::new(172, 16, 0, 2).into(),
         });
         let t = build(&nets, &sbs, &facts, TAG);
         assert_eq!(t.networks[1].state, State::Broken);

@@ -703,3 +703,101 @@ fn router_advertisements(backend: &'static str, neighbours: bool) {
     h.ok(&["rm", &victim]);
     h.ok(&["network", "rm", "n"]);
 }
+
+/// A process already in a namespace that `attach` joins to a network floods forged frames from the moment
+/// its interface appears: not one gets through, because the sandbox's guard is in the firewall before its veth
+/// has a carrier (the locked bridge port stops forged MACs; the guard stops forged addresses). Its frames
+/// from its own address do arrive, so the frames are real.
+#[test]
+fn a_process_in_an_attached_namespace_gets_no_forged_frame_out_while_it_is_joined() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let h = TestHost::new("attachflood");
+    h.ok(&["network", "create", "n", "--subnet", "10.79.0.0/24"]);
+    let victim = h.sb("v");
+    h.ok(&["create", &victim, "--network", "n"]);
+    let victim_ip: Ipv4Addr = "10.79.0.2".parse().expect("ip");
+    let victim_mac = mac_of(&h, &victim);
+    let attacker = h.sb("x");
+    common::sh(&["ip", "netns", "add", &attacker]);
+    let forged: Ipv4Addr = "10.79.0.77".parse().expect("ip");
+    let own: Ipv4Addr = "10.79.0.3".parse().expect("ip");
+
+    // The victim counts every datagram on port 9, by source.
+    let victim_fd = nsnet_core::kernel::netns::open(&h.sb_path("v")).expect("victim ns");
+    let socket =
+        nsnet_core::kernel::netns::run_in(&victim_fd, || std::net::UdpSocket::bind("0.0.0.0:9"))
+            .expect("enter")
+            .expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let stop = AtomicBool::new(false);
+    let (seen, sent) = std::thread::scope(|s| {
+        let listener = s.spawn(|| {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    seen.push(from.ip());
+                }
+            }
+            seen
+        });
+        let flooder = s.spawn(|| {
+            let ns = h.sb_path("x");
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            // Wait for eth0 to appear, then send forged frames as fast as this loop goes.
+            let mac = loop {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &attacker, "-j", "link", "show", "eth0"])
+                    .output()
+                    .expect("ip");
+                if out.status.success() {
+                    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+                    let text = v[0]["address"].as_str().unwrap_or_default().to_string();
+                    let mut mac = [0u8; 6];
+                    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
+                        *slot = u8::from_str_radix(part, 16).unwrap_or_default();
+                    }
+                    break mac;
+                }
+                assert!(std::time::Instant::now() < until, "eth0 never appeared");
+            };
+            let frames = vec![udp_frame(victim_mac, mac, forged, victim_ip); 32];
+            let mut sent = 0;
+            let flood_until = std::time::Instant::now() + Duration::from_millis(800);
+            while std::time::Instant::now() < flood_until {
+                // Refused while eth0 is down; some go out (to be dropped or not) from when it is up.
+                if probe::send_frames(&ns, "eth0", &frames).is_ok() {
+                    sent += frames.len();
+                }
+            }
+            sent
+        });
+        h.ok(&["attach", &attacker, "--network", "n"]);
+        let sent = flooder.join().expect("flooder");
+        // From its own address, the same path delivers.
+        let mac = mac_of(&h, &attacker);
+        let honest = vec![udp_frame(victim_mac, mac, own, victim_ip); 4];
+        probe::send_frames(&h.sb_path("x"), "eth0", &honest).expect("send");
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        (listener.join().expect("listener"), sent)
+    });
+    assert!(sent > 0, "no forged frame could be sent at all");
+    assert!(
+        !seen.contains(&std::net::IpAddr::V4(forged)),
+        "{} forged datagrams reached the victim (of {sent} sent)",
+        seen.iter()
+            .filter(|ip| **ip == std::net::IpAddr::V4(forged))
+            .count()
+    );
+    assert!(
+        seen.contains(&std::net::IpAddr::V4(own)),
+        "its own datagrams did not arrive either: {seen:?}"
+    );
+    h.ok(&["rm", &attacker]);
+    common::sh(&["ip", "netns", "del", &attacker]);
+    h.ok(&["rm", &victim]);
+    h.ok(&["network", "rm", "n"]);
+}

@@ -345,7 +345,7 @@ fn internal_network_has_no_way_out() {
         !probe::ping(&h.sb_path("s"), ip(LAN_IP)).expect("ping"),
         "the LAN is not"
     );
-    let ruleset = h.in_host(&["nft", "list", "set", "ip", "nsnet", "masq_nets"]);
+    let ruleset = h.in_host(&["nft", "list", "set", "inet", "nsnet", "masq_nets"]);
     assert!(!ruleset.contains("172.20.0.0"), "{ruleset}");
     h.ok(&["rm", &s]);
     h.ok(&["network", "rm", "int"]);
@@ -447,8 +447,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
         &format!("ip netns add {s}"),
         &format!("ip -n {s} addr add 10.89.0.2/24 dev eth0"),
         &format!("ip -n {s} route add default via 10.89.0.1 dev eth0"),
-        "add element ip nsnet masq_nets { 10.89.0.0/24 }",
-        "add element ip nsnet ports { tcp . 8088 : 10.89.0.2 . 80 }",
+        "add element inet nsnet masq_nets { 10.89.0.0/24 }",
+        "add element inet nsnet ports { tcp . 8088 : 10.89.0.2 . 80 }",
     ] {
         assert!(plan.contains(expected), "missing {expected:?} in:\n{plan}");
     }
@@ -481,7 +481,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(plan.contains(&format!("ip netns del {s}")), "{plan}");
     let plan = h.ok(&["--dry-run", "network", "rm", "nsnet0", "--force"]);
     assert!(
-        plan.contains("ip link del nsnet0") && plan.contains("delete table ip nsnet"),
+        plan.contains("ip link del nsnet0") && plan.contains("delete table inet nsnet"),
         "{plan}"
     );
     assert_eq!(h.snapshot(), created);
@@ -682,5 +682,43 @@ fn create_returns_with_the_sandbox_reachable() {
     }
     h.ok(&["network", "rm", "n"]);
     h.ok(&["network", "rm", "busy"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// A point-to-point (veth driver) network's host end carries the network's name: `rm` deletes it before it
+/// returns, so the network's next sandbox, or the network made again, can have it at once.
+#[test]
+fn a_point_to_point_network_takes_its_next_sandbox_right_after_rm() {
+    let h = TestHost::new("p2pnext");
+    let empty = h.snapshot();
+    for round in 0..2 {
+        h.ok(&[
+            "network",
+            "create",
+            "p",
+            "--driver",
+            "veth",
+            "--subnet",
+            "10.77.0.0/30",
+        ]);
+        for i in 0..8 {
+            let s = h.sb(&format!("s{round}{i}"));
+            h.ok(&["create", &s, "--network", "p"]);
+            assert!(
+                probe::ping(
+                    &h.sb_path(&format!("s{round}{i}")),
+                    "10.77.0.1".parse().expect("ip")
+                )
+                .expect("ping"),
+                "{s} -> its gateway"
+            );
+            h.ok(&["rm", &s]);
+            assert!(
+                !h.link_names().contains(&"nsve-p".to_string()),
+                "nsve-p outlived rm"
+            );
+        }
+        h.ok(&["network", "rm", "p"]);
+    }
     assert_eq!(h.snapshot(), empty);
 }

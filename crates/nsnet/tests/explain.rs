@@ -296,7 +296,7 @@ fn explain_agrees_with_real_packets() {
 
     // The user chain: explain says it cannot see its rules; the probe shows what they do.
     h.in_host(&[
-        "nft", "add", "rule", "ip", "nsnet", "user", "ip", "saddr", LAN_IP, "tcp", "dport", "80",
+        "nft", "add", "rule", "inet", "nsnet", "user", "ip", "saddr", LAN_IP, "tcp", "dport", "80",
         "drop",
     ]);
     let (code, answer) = explain(&h, &[LAN_IP, &format!("{HOST_IP}:8080")]);
@@ -318,10 +318,10 @@ fn explain_agrees_with_real_packets() {
     assert_eq!(probed["probe"]["agrees"], false);
     let trace = probed["probe"]["trace"].to_string();
     assert!(
-        trace.contains("ip nsnet user") && trace.contains("drop"),
+        trace.contains("inet nsnet user") && trace.contains("drop"),
         "{trace}"
     );
-    h.in_host(&["nft", "flush", "chain", "ip", "nsnet", "user"]);
+    h.in_host(&["nft", "flush", "chain", "inet", "nsnet", "user"]);
 
     for sb in [&a, &b, &c, &i, &t] {
         h.ok(&["rm", sb]);
@@ -434,7 +434,7 @@ fn the_text_names_hops_and_the_rule() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("verdict: DROPPED"), "{text}");
     assert!(
-        text.contains("decided by: ip nsnet forward: iifname . oifname @isolation drop"),
+        text.contains("decided by: inet nsnet forward: iifname . oifname @isolation drop"),
         "{text}"
     );
     let ip: Ipv4Addr = h.inspect(&c)["endpoints"][0]["address"]

@@ -339,3 +339,133 @@ fn a_host_taking_router_advertisements_keeps_its_default_route() {
     assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
     assert!(has_default());
 }
+
+/// LAN peer -> host:`port` reaches sandbox `name`'s port 80 (a new server each time).
+fn published_on(h: &TestHost, name: &str, port: u16) -> bool {
+    let Ok(server) = probe::tcp_server(
+        &h.sb_path(name),
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80),
+    ) else {
+        return false;
+    };
+    let hello = probe::tcp_hello(&h.lan_path(), addr(HOST_IP, port));
+    // A dropped connection leaves the server waiting: its timeout ends it.
+    let served = server.wait().is_ok();
+    served && hello.is_ok()
+}
+
+#[test]
+fn a_legacy_ip_table_is_migrated_with_the_users_rules() {
+    let h = TestHost::with_lan("legacy");
+    let empty = h.snapshot();
+    let (s, t) = (h.sb("s"), h.sb("t"));
+    h.ok(&["create", &s, "-p", "8080:80"]);
+    h.make_legacy_tables();
+    // The user's rule in the old table, in force: the LAN peer may not reach published ports.
+    h.in_host(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "nsnet",
+        "user",
+        "ip",
+        "saddr",
+        LAN_IP,
+        "tcp",
+        "dport",
+        "80",
+        "counter",
+        "drop",
+        "comment",
+        "\"no lan\"",
+    ]);
+    assert!(!published_on(&h, "s", 8080), "the legacy user rule drops");
+    // Commands that only add or remove elements keep using the old table until a reset migrates it.
+    h.ok(&["create", &t, "-p", "8081:80"]);
+    let ports = h.in_host(&["nft", "list", "map", "ip", "nsnet", "ports"]);
+    assert!(ports.contains("8081"), "{ports}");
+    // A second network's elements (written by nft, not netlink) go there too, isolation included.
+    h.ok(&[
+        "network",
+        "create",
+        "other",
+        "--subnet",
+        "172.16.9.0/24",
+        "--bridge",
+        "nsbr-lother",
+    ]);
+    let isolation = h.in_host(&["nft", "list", "set", "ip", "nsnet", "isolation"]);
+    assert!(isolation.contains("nsbr-lother"), "{isolation}");
+    assert!(!h.in_host(&["nft", "list", "tables"]).contains("inet nsnet"));
+
+    // A user rule that cannot move (it jumps to a chain of the old table) fails the reset, naming it, and
+    // nothing changes.
+    h.in_host(&["nft", "add", "chain", "ip", "nsnet", "mine"]);
+    h.in_host(&["nft", "add", "rule", "ip", "nsnet", "user", "jump", "mine"]);
+    let before = h.snapshot();
+    let err = h.fails(&["firewall", "reload"]);
+    assert!(
+        err.contains("`jump mine`") && err.contains("ip nsnet user"),
+        "{err}"
+    );
+    assert_eq!(h.snapshot(), before);
+    let handle = h
+        .in_host(&["nft", "-a", "list", "chain", "ip", "nsnet", "user"])
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("jump mine # handle ")
+                .map(str::to_string)
+        })
+        .expect("the jump's handle");
+    h.in_host(&[
+        "nft", "delete", "rule", "ip", "nsnet", "user", "handle", &handle,
+    ]);
+    h.in_host(&["nft", "delete", "chain", "ip", "nsnet", "mine"]);
+
+    // The reset migrates: the rule sits in inet nsnet user and still drops; ip nsnet is gone.
+    h.ok(&["firewall", "reload"]);
+    let tables = h.in_host(&["nft", "list", "tables"]);
+    assert!(!tables.contains("table ip nsnet"), "{tables}");
+    let user = h.in_host(&["nft", "list", "chain", "inet", "nsnet", "user"]);
+    assert!(
+        user.contains("ip saddr 10.0.1.26 tcp dport 80 counter packets")
+            && user.contains("drop comment \"no lan\""),
+        "{user}"
+    );
+    assert!(
+        !published_on(&h, "s", 8080),
+        "the migrated rule still drops"
+    );
+    assert!(!published_on(&h, "t", 8081));
+    // Idempotent: a second reset changes nothing.
+    let migrated = content(&h.in_host(&["nft", "-s", "list", "ruleset"]));
+    h.ok(&["firewall", "reload"]);
+    assert_eq!(
+        content(&h.in_host(&["nft", "-s", "list", "ruleset"])),
+        migrated
+    );
+    h.in_host(&["nft", "flush", "chain", "inet", "nsnet", "user"]);
+    assert!(published_on(&h, "s", 8080) && published_on(&h, "t", 8081));
+
+    let isolation = h.in_host(&["nft", "list", "set", "inet", "nsnet", "isolation"]);
+    assert!(isolation.contains("nsbr-lother"), "{isolation}");
+    h.ok(&["rm", &s]);
+    h.ok(&["rm", &t]);
+    h.ok(&["network", "rm", "other"]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+#[test]
+fn the_last_network_going_takes_a_legacy_table_along() {
+    let h = TestHost::with_lan("legacy2");
+    let empty = h.snapshot();
+    let s = h.sb("s");
+    h.ok(&["create", &s, "-p", "8080:80"]);
+    h.make_legacy_tables();
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "nsnet0"]);
+    assert_eq!(h.snapshot(), empty);
+}

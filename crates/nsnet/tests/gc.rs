@@ -69,7 +69,7 @@ fn gc_reconciles_records_and_kernel() {
         "nft",
         "add",
         "element",
-        "ip",
+        "inet",
         "nsnet",
         "ports",
         "{ tcp . 9999 : 172.16.4.77 . 80 }",
@@ -118,7 +118,7 @@ fn gc_reconciles_records_and_kernel() {
         done.contains("deleted link veth0badbeef") && done.contains("deleted link nsbr-stray"),
         "{done}"
     );
-    let ports = h.in_host(&["nft", "list", "map", "ip", "nsnet", "ports"]);
+    let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
     assert!(
         !ports.contains("9999") && !ports.contains("8080"),
         "{ports}"

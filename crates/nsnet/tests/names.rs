@@ -432,6 +432,57 @@ fn the_resolver_never_sets_a_record_aside() {
     remove(&h, &[&a, &b]);
 }
 
+/// A resolver keeps running across an upgrade. One of an older generation (those wrote no generation file)
+/// steps down for the next command, which starts its own; a pid file naming another process (a reused pid,
+/// or one planted there) gets no signal.
+#[test]
+fn an_older_resolver_steps_down_and_a_planted_pid_is_never_signalled() {
+    let h = TestHost::new("stepdown");
+    let (a, b) = two_on_a_network(&h, "10.77.27.0/24");
+    let old = h.resolver_pid().expect("a resolver runs");
+    let generation = h.state.join("dns.generation");
+    assert_eq!(
+        fs::read_to_string(&generation).expect("generation").trim(),
+        "2"
+    );
+    fs::remove_file(&generation).expect("look older");
+
+    let c = h.sb("c");
+    h.ok(&["create", &c, "--network", "n"]);
+    let new = h.resolver_pid().expect("a resolver runs");
+    assert_ne!(new, old, "the older resolver still serves");
+    // Gone, or a zombie until whoever inherited it reaps it.
+    let exited = || {
+        fs::read_to_string(format!("/proc/{old}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(wait(exited), "the older resolver is still running");
+    assert!(generation.exists());
+    // The new one serves every sandbox, the ones from before it too.
+    assert_eq!(dig(&h, &a, &[&c]).answers, vec![address(&h, &c)]);
+    assert_eq!(dig(&h, &c, &[&b]).answers, vec![address(&h, &b)]);
+
+    // The pid file now names a process of someone else's, and the generation file is gone again.
+    let mut decoy = Command::new("sleep").arg("60").spawn().expect("sleep");
+    fs::write(h.state.join("dns.pid"), format!("{}\n", decoy.id())).expect("plant");
+    fs::remove_file(&generation).expect("look older");
+    let d = h.sb("d");
+    h.ok(&["create", &d, "--network", "n"]);
+    assert!(
+        decoy.try_wait().expect("wait").is_none(),
+        "the decoy was signalled"
+    );
+    // The running resolver was not stopped either: it serves the new sandbox as before.
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(new), None).is_ok());
+    assert_eq!(dig(&h, &a, &[&d]).answers, vec![address(&h, &d)]);
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    remove(&h, &[&a, &b, &c, &d]);
+}
+
 #[test]
 fn a_killed_resolver_is_reported_and_brought_back() {
     let h = TestHost::new("revive");

@@ -374,7 +374,7 @@ fn the_user_chain_runs_first_and_is_never_flushed() {
     assert!(reach(&h.sb_path("s"), 80, &h.lan_path(), addr(HOST_IP, 8080)).is_some());
     // The user blocks the LAN peer from published ports (after DNAT the port is the sandbox's).
     h.in_host(&[
-        "nft", "add", "rule", "ip", "nsnet", "user", "ip", "saddr", LAN_IP, "tcp", "dport", "80",
+        "nft", "add", "rule", "inet", "nsnet", "user", "ip", "saddr", LAN_IP, "tcp", "dport", "80",
         "drop",
     ]);
     assert_eq!(
@@ -401,7 +401,7 @@ fn the_user_chain_runs_first_and_is_never_flushed() {
         reach(&h.sb_path("s"), 80, &h.lan_path(), addr(HOST_IP, 8080)),
         None
     );
-    h.in_host(&["nft", "flush", "chain", "ip", "nsnet", "user"]);
+    h.in_host(&["nft", "flush", "chain", "inet", "nsnet", "user"]);
     assert!(reach(&h.sb_path("s"), 80, &h.lan_path(), addr(HOST_IP, 8080)).is_some());
     h.ok(&["rm", &s]);
     h.ok(&["network", "rm", "nsnet0"]);

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::server::{BUSY, SOCKET};
+use super::server::{BUSY, GENERATION, GENERATION_FILE, PID, SOCKET};
 use super::{Update, RESOLVER_ENV};
 
 /// How long a command waits for a resolver it started to listen, and for its answers.
@@ -25,8 +25,15 @@ pub fn tell(state_dir: &Path, program: Option<&Path>, updates: &[Update]) -> Res
     if updates.is_empty() {
         return Ok(());
     }
-    let ups = updates.iter().any(|u| matches!(u, Update::Up(_)));
+    let mut ups = updates.iter().any(|u| matches!(u, Update::Up(_)));
     let sent = match UnixStream::connect(state_dir.join(SOCKET)) {
+        // One of an older generation may not read what these updates (or the records) now hold: it steps
+        // down, and this command starts its own, which reads the records whole.
+        Ok(conn) if older(state_dir) && step_down(state_dir) => {
+            drop(conn);
+            ups = true;
+            Err("an older resolver stepped down".to_string())
+        }
         Ok(conn) => send(conn, updates),
         Err(_) if !ups => return Ok(()),
         Err(e) => Err(e.to_string()),
@@ -39,6 +46,48 @@ pub fn tell(state_dir: &Path, program: Option<&Path>, updates: &[Update]) -> Res
         (Err(e), None) if ups => Err(format!("{e}; and this command cannot start a resolver")),
         (Err(e), _) => Err(e),
     }
+}
+
+/// Whether the resolver serving `state_dir` is of an older generation than this build's ([`GENERATION`]):
+/// it says so in its generation file, or (before generations) wrote none.
+fn older(state_dir: &Path) -> bool {
+    std::fs::read_to_string(state_dir.join(GENERATION_FILE))
+        .ok()
+        .and_then(|g| g.trim().parse::<u32>().ok())
+        .is_none_or(|g| g < GENERATION)
+}
+
+/// Ask the resolver of `state_dir` to stop (SIGTERM) and wait until it has. Only a process that is that
+/// state dir's resolver (its environment says so) is signalled: the pid file may name a pid that was reused
+/// by another process since. False when there was none to stop, or it did not stop.
+fn step_down(state_dir: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(state_dir.join(PID))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return false;
+    };
+    let mut want = format!("{RESOLVER_ENV}=").into_bytes();
+    want.extend_from_slice(state_dir.as_os_str().as_encoded_bytes());
+    let is_resolver = std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|entry| entry == want.as_slice()));
+    if !is_resolver {
+        return false;
+    }
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+        return false;
+    }
+    // Its listening socket goes with it (a connection is refused then), and so does its lock.
+    let until = Instant::now() + WAIT;
+    while Instant::now() < until {
+        if UnixStream::connect(state_dir.join(SOCKET)).is_err() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }
 
 fn send(conn: UnixStream, updates: &[Update]) -> Result<(), String> {

@@ -32,10 +32,17 @@ use super::{upstream, Member, Update, RESOLVER_ADDR};
 use crate::kernel::{dnsport, netns};
 use crate::store::Store;
 
-/// Files in the state dir: the control socket, the flock one resolver holds, its pid.
+/// Files in the state dir: the control socket, the flock one resolver holds, its pid, its generation.
 pub const SOCKET: &str = "dns.sock";
 const LOCK: &str = "dns.lock";
 pub const PID: &str = "dns.pid";
+pub const GENERATION_FILE: &str = "dns.generation";
+
+/// What this build's resolver understands of records and updates. A resolver keeps running across an
+/// upgrade, so a command that finds one of an older generation asks it to step down and starts its own
+/// (`client::tell`). 2: IPv6 (AAAA answers, IPv6 upstream servers and port addresses in records, records read
+/// without ever being set aside). Resolvers before it wrote no generation file.
+pub const GENERATION: u32 = 2;
 
 /// How often the resolver reads the whole state again (and the host's resolv.conf).
 const RESYNC: Duration = Duration::from_secs(5);
@@ -140,29 +147,37 @@ pub fn serve(state_dir: &Path) -> Result<bool, String> {
     let control_path = state_dir.join(SOCKET);
     // Left by a resolver that died: this one holds the lock, so no other listens there.
     let _ = fs::remove_file(&control_path);
-    let mut r = Resolver::new(store)?;
-    r.resync();
-    if r.names().is_empty() {
-        remove_files(state_dir);
-        return Ok(true);
-    }
-    let control = UnixListener::bind(&control_path)
-        .map_err(|e| format!("bind {}: {e}", control_path.display()))?;
-    fs::set_permissions(&control_path, fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", control_path.display()))?;
-    control.set_nonblocking(true).map_err(|e| e.to_string())?;
-    r.watch(&control, Source::Control)?;
+    // Before the socket exists, so no command ever finds this resolver without its generation (and takes it
+    // for an older one).
     let _ = fs::write(state_dir.join(PID), format!("{}\n", std::process::id()));
-    let result = r.run(&control);
-    // Gone before the lock is let go, so the next resolver binds a fresh socket.
+    let _ = fs::write(state_dir.join(GENERATION_FILE), format!("{GENERATION}\n"));
+    let result = serve_locked(store, &control_path);
+    // Gone before the lock is let go, so the next resolver binds a fresh socket; and after a failure too, so
+    // no command takes a pid or generation file for a resolver that is not there.
     remove_files(state_dir);
     result.map(|()| true)
 }
 
-/// The resolver's files in the state dir: its socket, its pid, and its lock file (unlinked while still held:
+/// [`serve`] once this resolver holds the state dir's lock and has written its pid and generation.
+fn serve_locked(store: Store, control_path: &Path) -> Result<(), String> {
+    let mut r = Resolver::new(store)?;
+    r.resync();
+    if r.names().is_empty() {
+        return Ok(());
+    }
+    let control = UnixListener::bind(control_path)
+        .map_err(|e| format!("bind {}: {e}", control_path.display()))?;
+    fs::set_permissions(control_path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", control_path.display()))?;
+    control.set_nonblocking(true).map_err(|e| e.to_string())?;
+    r.watch(&control, Source::Control)?;
+    r.run(&control)
+}
+
+/// The resolver's files in the state dir: its socket, its pid, its generation, and its lock file (unlinked while still held:
 /// a resolver started meanwhile locks a new one, and this one serves nothing any more).
 fn remove_files(state_dir: &Path) {
-    for f in [SOCKET, PID, LOCK] {
+    for f in [SOCKET, PID, GENERATION_FILE, LOCK] {
         let _ = fs::remove_file(state_dir.join(f));
     }
 }

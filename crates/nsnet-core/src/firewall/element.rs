@@ -1,9 +1,11 @@
 //! The set and map elements each [`Rule`] stands for, described once and written two ways: as `nft` text
 //! ([`super::nftables`]) and as nf_tables netlink bytes ([`super::nft_netlink`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::Rule;
 use crate::portmap::Proto;
@@ -11,26 +13,28 @@ use crate::portmap::Proto;
 /// Which of nsnet's two nftables tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// `ip nsnet`.
-    Ip,
+    /// `inet nsnet` (both IP families; `ip nsnet` on a host an older nsnet set up, until a reset migrates it).
+    Inet,
     /// `bridge nsnet`.
     Bridge,
 }
 
 impl Family {
-    /// The table as `nft` names it.
-    pub fn table(self) -> &'static str {
-        match self {
-            Family::Ip => "ip nsnet",
-            Family::Bridge => "bridge nsnet",
+    /// The table as `nft` names it; with `legacy`, the main table is an older nsnet's `ip nsnet`.
+    pub fn table(self, legacy: bool) -> &'static str {
+        match (self, legacy) {
+            (Family::Inet, false) => "inet nsnet",
+            (Family::Inet, true) => "ip nsnet",
+            (Family::Bridge, _) => "bridge nsnet",
         }
     }
 
-    /// The netfilter protocol family (NFPROTO_IPV4, NFPROTO_BRIDGE).
-    pub fn nfproto(self) -> u8 {
-        match self {
-            Family::Ip => 2,
-            Family::Bridge => 7,
+    /// The netfilter protocol family (NFPROTO_INET, NFPROTO_BRIDGE; NFPROTO_IPV4 for `ip nsnet`).
+    pub fn nfproto(self, legacy: bool) -> u8 {
+        match (self, legacy) {
+            (Family::Inet, false) => 1,
+            (Family::Inet, true) => 2,
+            (Family::Bridge, _) => 7,
         }
     }
 }
@@ -40,8 +44,13 @@ impl Family {
 pub enum Field {
     Ifname(String),
     Ipv4(Ipv4Addr),
+    Ipv6(Ipv6Addr),
+    /// An IPv6 address as a 128-bit raw payload field (`@th,64,128`: a neighbour advertisement's target),
+    /// which nft writes as an integer; the same bytes as [`Field::Ipv6`].
+    Raw128(Ipv6Addr),
     /// A prefix: only in interval sets, which have no netlink encoding here.
     Net(Ipv4Net),
+    Net6(Ipv6Net),
     Proto(Proto),
     Port(u16),
 }
@@ -51,7 +60,10 @@ impl Field {
         match self {
             Field::Ifname(name) => format!("\"{name}\""),
             Field::Ipv4(ip) => ip.to_string(),
+            Field::Ipv6(ip) => ip.to_string(),
+            Field::Raw128(ip) => format!("0x{:032x}", u128::from(*ip)),
             Field::Net(net) => net.to_string(),
+            Field::Net6(net) => net.to_string(),
             Field::Proto(p) => p.to_string(),
             Field::Port(p) => p.to_string(),
         }
@@ -66,7 +78,8 @@ impl Field {
                 v
             }
             Field::Ipv4(ip) => ip.octets().to_vec(),
-            Field::Net(_) => return None,
+            Field::Ipv6(ip) | Field::Raw128(ip) => ip.octets().to_vec(),
+            Field::Net(_) | Field::Net6(_) => return None,
             Field::Proto(Proto::Tcp) => vec![6],
             Field::Proto(Proto::Udp) => vec![17],
             Field::Port(p) => p.to_be_bytes().to_vec(),
@@ -150,105 +163,133 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             interface,
             subnet,
             internal,
+            subnet6,
         } => {
             let mut out = vec![
-                Element::new(Ip, "ifaces", vec![Ifname(interface.clone())]),
-                Element::new(Ip, "same_net", vec![Net(*subnet), Net(*subnet)]),
+                Element::new(Inet, "ifaces", vec![Ifname(interface.clone())]),
+                Element::new(Inet, "same_net", vec![Net(*subnet), Net(*subnet)]),
             ];
+            if let Some(net6) = subnet6 {
+                out.push(Element::new(
+                    Inet,
+                    "same_net6",
+                    vec![Net6(*net6), Net6(*net6)],
+                ));
+            }
             if *internal {
                 out.push(Element::new(
-                    Ip,
+                    Inet,
                     "internal",
                     vec![Ifname(interface.clone())],
                 ));
                 out.push(Element::new(
-                    Ip,
+                    Inet,
                     "internal_self",
                     vec![Ifname(interface.clone()), Ifname(interface.clone())],
                 ));
             }
             out
         }
-        Rule::Masquerade { subnet, interface } => vec![
-            Element::new(Ip, "masq_nets", vec![Net(*subnet)]),
-            Element::new(
-                Ip,
-                "own_nets",
-                vec![Ifname(interface.clone()), Net(*subnet)],
-            ),
-        ],
+        Rule::Masquerade { subnet, interface } => {
+            let (masq, own, net) = match subnet {
+                IpNet::V4(n) => ("masq_nets", "own_nets", Net(*n)),
+                IpNet::V6(n) => ("masq_nets6", "own_nets6", Net6(*n)),
+            };
+            vec![
+                Element::new(Inet, masq, vec![net.clone()]),
+                Element::new(Inet, own, vec![Ifname(interface.clone()), net]),
+            ]
+        }
         Rule::PublishedOnly { interface } => vec![Element::new(
-            Ip,
+            Inet,
             "published_only",
             vec![Ifname(interface.clone())],
         )],
         Rule::Isolate { from, to } => {
             vec![Element::new(
-                Ip,
+                Inet,
                 "isolation",
                 vec![Ifname(from.clone()), Ifname(to.clone())],
             )]
         }
-        // Checked in both tables: bridged packets in `bridge nsnet`, point-to-point ones in `ip nsnet`.
-        // A dual-stack port is also in the bridge's `endpoint_ifs6`, whose IPv6 passes (bar router
-        // advertisements and the like); every other port's IPv6 is dropped.
+        // Checked in both tables: bridged packets in `bridge nsnet`, point-to-point ones in `inet nsnet`.
+        // A dual-stack port's IPv6 addresses (link-local and global) are the only sources it may send from
+        // and the only targets it may advertise (`nd_targets`, the same bytes as a 128-bit payload field);
+        // every other port's IPv6 is dropped, having no addresses there.
         Rule::Endpoint {
             host_interface,
             address,
             ipv6,
-        } => [Ip, Bridge]
-            .into_iter()
-            .flat_map(|family| {
-                [
-                    Element::new(family, "endpoint_ifs", vec![Ifname(host_interface.clone())]),
-                    Element::new(
-                        family,
-                        "endpoints",
-                        vec![Ifname(host_interface.clone()), Ipv4(*address)],
-                    ),
-                ]
-            })
-            .chain((!ipv6.is_empty()).then(|| {
-                Element::new(
+        } => {
+            let port = || Ifname(host_interface.clone());
+            let mut out: Vec<Element> = [Inet, Bridge]
+                .into_iter()
+                .flat_map(|family| {
+                    [
+                        Element::new(family, "endpoint_ifs", vec![port()]),
+                        Element::new(family, "endpoints", vec![port(), Ipv4(*address)]),
+                    ]
+                })
+                .collect();
+            if !ipv6.is_empty() {
+                out.push(Element::new(Bridge, "endpoint_ifs6", vec![port()]));
+            }
+            for family in [Inet, Bridge] {
+                for ip in ipv6 {
+                    out.push(Element::new(family, "endpoints6", vec![port(), Ipv6(*ip)]));
+                }
+            }
+            for ip in ipv6 {
+                out.push(Element::new(
                     Bridge,
-                    "endpoint_ifs6",
-                    vec![Ifname(host_interface.clone())],
-                )
-            }))
-            .collect(),
+                    "nd_targets",
+                    vec![port(), Raw128(*ip)],
+                ));
+            }
+            out
+        }
         Rule::Overlay {
             device,
             cluster,
             subnet,
         } => vec![
             Element::new(
-                Ip,
+                Inet,
                 "overlay_in",
                 vec![Ifname(device.clone()), Net(*cluster), Net(*subnet)],
             ),
-            Element::new(Ip, "no_masq", vec![Net(*subnet), Net(*cluster)]),
+            Element::new(Inet, "no_masq", vec![Net(*subnet), Net(*cluster)]),
         ],
-        Rule::VxlanPort { port } => vec![Element::new(Ip, "vxlan_ports", vec![Port(*port)])],
+        Rule::VxlanPort { port } => vec![Element::new(Inet, "vxlan_ports", vec![Port(*port)])],
         Rule::VxlanMember { underlay, port } => vec![Element::new(
-            Ip,
+            Inet,
             "vxlan_members",
             vec![Ipv4(*underlay), Port(*port)],
         )],
+        // A port on every address of the target's family (`-p 8080:80`, or `[::]` for IPv6) is keyed by protocol
+        // and port; one on a host address by that address too.
         Rule::Port { mapping, target } => mapping
             .pairs()
             .filter_map(|(host_port, container_port)| {
-                let (set, mut key) = match mapping.host_ip {
-                    Some(std::net::IpAddr::V4(ip)) => ("ports_ip", vec![Ipv4(ip)]),
-                    // IPv6 ports have no sets yet (issue #19's C8); validation refuses them until then.
-                    Some(std::net::IpAddr::V6(_)) => return None,
-                    None => ("ports", vec![]),
+                let (set, mut key, value) = match (mapping.host_ip, target) {
+                    (None, IpAddr::V4(t)) => ("ports", vec![], Ipv4(*t)),
+                    (Some(IpAddr::V4(ip)), IpAddr::V4(t)) => ("ports_ip", vec![Ipv4(ip)], Ipv4(*t)),
+                    (None, IpAddr::V6(t)) => ("ports6", vec![], Ipv6(*t)),
+                    (Some(IpAddr::V6(ip)), IpAddr::V6(t)) if ip.is_unspecified() => {
+                        ("ports6", vec![], Ipv6(*t))
+                    }
+                    (Some(IpAddr::V6(ip)), IpAddr::V6(t)) => {
+                        ("ports6_ip", vec![Ipv6(ip)], Ipv6(*t))
+                    }
+                    // A host address of the other family: never planned.
+                    (Some(_), _) => return None,
                 };
                 key.extend([Proto(mapping.protocol), Port(host_port)]);
                 Some(Element {
-                    family: Ip,
+                    family: Inet,
                     set,
                     key,
-                    value: vec![Ipv4(*target), Port(container_port)],
+                    value: vec![value, Port(container_port)],
                 })
             })
             .collect(),
@@ -270,7 +311,7 @@ mod tests {
                 count: 1,
                 protocol: Proto::Tcp,
             },
-            target: Ipv4Addr::new(10, 89, 0, 2),
+            target: Ipv4Addr::new(10, 89, 0, 2).into(),
         };
         let e = &elements(&rule)[0];
         assert_eq!(e.set, "ports_ip");
@@ -295,6 +336,90 @@ mod tests {
         });
         assert_eq!(net[1].text(), "\"br\" . 10.89.0.0/24");
         assert_eq!(net[1].key_bytes(), None);
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_guards_its_ipv6_addresses() {
+        let (ll, global): (Ipv6Addr, Ipv6Addr) = (
+            "fe80::6e:aff:fe59:2".parse().unwrap(),
+            "fd89::2".parse().unwrap(),
+        );
+        let ep = elements(&Rule::Endpoint {
+            host_interface: "veth1".into(),
+            address: Ipv4Addr::new(10, 89, 0, 2),
+            ipv6: vec![ll, global],
+        });
+        let in_set = |family, set| {
+            ep.iter()
+                .filter(|e| e.family == family && e.set == set)
+                .map(Element::text)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            in_set(Family::Bridge, "endpoints6"),
+            ["\"veth1\" . fe80::6e:aff:fe59:2", "\"veth1\" . fd89::2"]
+        );
+        assert_eq!(in_set(Family::Inet, "endpoints6").len(), 2);
+        let targets = in_set(Family::Bridge, "nd_targets");
+        assert_eq!(targets[1], "\"veth1\" . 0xfd890000000000000000000000000002");
+        // Over netlink, a target is the address's own bytes, as in endpoints6.
+        let bytes = |set| {
+            ep.iter()
+                .find(|e| e.family == Family::Bridge && e.set == set)
+                .and_then(Element::key_bytes)
+        };
+        assert_eq!(bytes("nd_targets"), bytes("endpoints6"));
+        assert_eq!(bytes("nd_targets").map(|b| b.len()), Some(32));
+    }
+
+    #[test]
+    fn ipv6_ports_and_nat66_have_their_own_sets() {
+        let to: Ipv6Addr = "fd89::2".parse().unwrap();
+        let port = |host_ip: Option<IpAddr>| {
+            elements(&Rule::Port {
+                mapping: PortMapping {
+                    host_ip,
+                    host_port: 8080,
+                    container_port: 80,
+                    count: 1,
+                    protocol: Proto::Tcp,
+                },
+                target: to.into(),
+            })
+            .into_iter()
+            .map(|e| (e.set, e.text()))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            port(None),
+            [("ports6", "tcp . 8080 : fd89::2 . 80".to_string())]
+        );
+        assert_eq!(port(Some("::".parse().unwrap())), port(None));
+        assert_eq!(
+            port(Some("2001:db8::5".parse().unwrap())),
+            [(
+                "ports6_ip",
+                "2001:db8::5 . tcp . 8080 : fd89::2 . 80".to_string()
+            )]
+        );
+        assert!(port(Some("10.0.1.48".parse().unwrap())).is_empty());
+        let e = &elements(&Rule::Port {
+            mapping: PortMapping {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                count: 1,
+                protocol: Proto::Tcp,
+            },
+            target: to.into(),
+        })[0];
+        assert_eq!(e.value_bytes().map(|v| v.len()), Some(20));
+        let nat = elements(&Rule::Masquerade {
+            subnet: "fd89::/64".parse().unwrap(),
+            interface: "br".into(),
+        });
+        assert_eq!((nat[0].set, nat[1].set), ("masq_nets6", "own_nets6"));
+        assert_eq!(nat[1].text(), "\"br\" . fd89::/64");
     }
 
     #[test]

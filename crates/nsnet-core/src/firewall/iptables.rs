@@ -146,7 +146,7 @@ fn entries(rule: &Rule) -> Vec<Entry> {
     use At::*;
     match rule {
         Rule::Tables(_) | Rule::HostAccept { .. } => vec![],
-        Rule::Interface { interface: i, subnet: s, internal } => {
+        Rule::Interface { interface: i, subnet: s, internal, .. } => {
             let mut out = vec![
                 entry("raw", "NSNET-GUARD", format!("-s 127.0.0.0/8 -i {i} -j DROP"), Append),
                 entry("raw", "NSNET-GUARD", format!("-d 127.0.0.0/8 -i {i} -j DROP"), Append),
@@ -161,6 +161,8 @@ fn entries(rule: &Rule) -> Vec<Entry> {
             }
             out
         }
+        // IPv6 is ip6tables' (C9 of issue #19); dual-stack networks are refused on this backend until then.
+        Rule::Masquerade { subnet: ipnet::IpNet::V6(_), .. } | Rule::Port { target: std::net::IpAddr::V6(_), .. } => vec![],
         Rule::Masquerade { subnet, interface } => {
             vec![entry("nat", "NSNET-POSTROUTING", format!("-s {subnet} ! -o {interface} -j MASQUERADE"), Append)]
         }
@@ -400,7 +402,7 @@ mod tests {
                 count: 1,
                 protocol: Proto::Tcp,
             },
-            target: Ipv4Addr::new(10, 89, 0, 2),
+            target: Ipv4Addr::new(10, 89, 0, 2).into(),
         }
     }
 

@@ -9,9 +9,9 @@ mod nft_netlink;
 pub mod nftables;
 pub mod trace;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,18 +25,21 @@ use crate::portmap::PortMapping;
 pub enum Rule {
     /// nsnet's tables with their chains, sets and maps, holding no elements. Adding resets them (so it also
     /// repairs a damaged ruleset) but never touches the `user` chain. Deleting keeps the `user` chain, and so
-    /// the `ip nsnet` table, when it holds the user's rules.
+    /// the `inet nsnet` table, when it holds the user's rules.
     Tables(Tables),
     /// A network's host interface: no loopback traffic may enter from it, traffic that is DNATed back into
     /// its own subnet is masqueraded (hairpin), and an internal network forwards to nothing else.
+    /// `subnet6`: a dual-stack network's IPv6 subnet, for the same hairpin masquerade.
     Interface {
         interface: String,
         subnet: Ipv4Net,
         internal: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subnet6: Option<Ipv6Net>,
     },
     /// Masquerade traffic from `subnet` that leaves through any interface but `interface`
-    /// (the article's `-s SUBNET ! -o br0 -j MASQUERADE`).
-    Masquerade { subnet: Ipv4Net, interface: String },
+    /// (the article's `-s SUBNET ! -o br0 -j MASQUERADE`); an IPv6 subnet is NAT66.
+    Masquerade { subnet: IpNet, interface: String },
     /// Connections from beyond nsnet's interfaces reach `interface` only through published ports: one routed
     /// in to a sandbox's own address is dropped unless DNATed (gateway mode nat).
     PublishedOnly { interface: String },
@@ -44,19 +47,20 @@ pub enum Rule {
     /// to a published port.
     Isolate { from: String, to: String },
     /// A sandbox's endpoint: packets entering from `host_interface` must carry `address` as their source.
-    /// `ipv6`: its IPv6 addresses (link-local, then global) on a dual-stack network, where IPv6 from it is
-    /// let through the bridge but router advertisements, redirects and MLD are not; on an IPv4 network
-    /// (empty) every IPv6 frame from it is dropped. Per-address IPv6 anti-spoofing is C8's (issue #19).
+    /// `ipv6`: its IPv6 addresses (link-local, then global) on a dual-stack network, the only IPv6 sources it
+    /// may send from and the only targets its neighbour advertisements may name; router advertisements,
+    /// redirects and MLD from it never pass. On an IPv4 network (empty) every IPv6 frame from it is dropped.
     Endpoint {
         host_interface: String,
         address: Ipv4Addr,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ipv6: Vec<Ipv6Addr>,
     },
-    /// DNAT a published port (every port of its range) on the host's addresses to `target`.
+    /// DNAT a published port (every port of its range) on the host's addresses of `target`'s family to
+    /// `target` (a dual-stack sandbox's port on every address has one rule per family).
     Port {
         mapping: PortMapping,
-        target: Ipv4Addr,
+        target: IpAddr,
     },
     /// Narrow accepts for a network's interface in a host forward chain whose policy is drop: the only rules
     /// nsnet puts outside its own tables, each tagged with a comment naming the interface.
@@ -216,7 +220,7 @@ fn run_tool(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// nftables tables `ip nsnet` and `bridge nsnet`, element changes (the default).
+    /// nftables tables `inet nsnet` and `bridge nsnet`, element changes (the default).
     #[default]
     Nftables,
     /// `NSNET-*` iptables chains, one `iptables-restore --noflush` per operation (hosts on iptables).

@@ -22,7 +22,7 @@ use nix::unistd::{fork, pipe2, read, ForkResult};
 use super::element::{elements, Element};
 use super::{Batch, Change, Rule};
 
-/// The name of both of nsnet's tables (`ip nsnet`, `bridge nsnet`); the family tells them apart.
+/// The name of both of nsnet's tables (`inet nsnet`, `bridge nsnet`); the family tells them apart.
 const TABLE_NAME: &str = "nsnet";
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -121,7 +121,8 @@ const ELEMENTS_PER_MESSAGE: usize = 256;
 
 /// The whole batch as one nfnetlink transaction. Consecutive elements of the same set and operation share a
 /// message (one ack each, not one per element). Returns the bytes and the sequence numbers that get acks.
-fn encode(batch: &Batch) -> io::Result<(Vec<u8>, Vec<u32>)> {
+/// `legacy`: the main table is an older nsnet's `ip nsnet`.
+fn encode(batch: &Batch, legacy: bool) -> io::Result<(Vec<u8>, Vec<u32>)> {
     // (message type, element) in batch order.
     let mut ops: Vec<(u16, Element)> = Vec::new();
     for change in &batch.0 {
@@ -184,7 +185,7 @@ fn encode(batch: &Batch) -> io::Result<(Vec<u8>, Vec<u32>)> {
             (NFNL_SUBSYS_NFTABLES << 8) | kind,
             flags,
             seq,
-            first.family.nfproto(),
+            first.family.nfproto(legacy),
             0,
             &attrs.0,
         )?);
@@ -208,9 +209,9 @@ fn buffer_size(size: usize) -> usize {
 }
 
 /// Apply a fast-path batch as one kernel transaction. Errors carry the kernel's errno (the whole batch is
-/// rolled back by the kernel when any message fails).
-pub fn apply(batch: &Batch) -> io::Result<()> {
-    let (bytes, seqs) = encode(batch)?;
+/// rolled back by the kernel when any message fails). `legacy`: write to an older nsnet's `ip nsnet`.
+pub fn apply(batch: &Batch, legacy: bool) -> io::Result<()> {
+    let (bytes, seqs) = encode(batch, legacy)?;
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
@@ -362,9 +363,9 @@ mod tests {
                 count: 1000,
                 protocol: Proto::Tcp,
             },
-            target: Ipv4Addr::new(10, 89, 0, 2),
+            target: Ipv4Addr::new(10, 89, 0, 2).into(),
         });
-        let (_, seqs) = encode(&b).unwrap();
+        let (_, seqs) = encode(&b, false).unwrap();
         assert_eq!(seqs.len(), 1000_usize.div_ceil(ELEMENTS_PER_MESSAGE));
     }
 
@@ -393,7 +394,7 @@ mod tests {
             address: Ipv4Addr::new(1, 2, 3, 4),
             ipv6: vec![],
         });
-        let (bytes, seqs) = encode(&b).unwrap();
+        let (bytes, seqs) = encode(&b, false).unwrap();
         assert_eq!(seqs.len(), 4);
         assert_eq!(
             u16::from_ne_bytes([bytes[4], bytes[5]]),

@@ -426,15 +426,18 @@ impl Map {
         unsafe { sys_bpf_fd(MAP_CREATE, &mut attr) }.map(Map)
     }
 
-    /// The map's type (`BPF_MAP_TYPE_*`), from the kernel.
-    pub fn map_type(&self) -> io::Result<MapType> {
+    /// The map's type (`BPF_MAP_TYPE_*`) and key size, from the kernel.
+    pub fn shape(&self) -> io::Result<(MapType, usize)> {
         let info = self.info()?;
-        Ok(match info.map_type {
+        let kind = match info.map_type {
             MAP_TYPE_HASH => MapType::Hash,
             MAP_TYPE_ARRAY => MapType::Array,
             MAP_TYPE_LPM_TRIE => MapType::LpmTrie,
             _ => MapType::Other,
-        })
+        };
+        let key_size = usize::try_from(info.key_size)
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+        Ok((kind, key_size))
     }
 
     /// The map's name, from the kernel.

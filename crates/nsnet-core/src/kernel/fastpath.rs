@@ -1,16 +1,20 @@
-//! The fast path: IPv4 between two sandboxes on one bridge network skips the bridge.
+//! The fast path: IPv4, and IPv6 TCP and UDP, between two sandboxes on one bridge network skip the bridge.
 //!
 //! A frame a sandbox sends arrives on the host end of its veth. A small eBPF program there (a tc filter)
 //! looks up both addresses in the network's map. If the frame is exactly one the bridge would forward port
 //! to port, the program hands it straight to the other sandbox's end with `bpf_redirect_peer`. Otherwise
 //! the frame goes on to the bridge as before. "Exactly one" means:
 //!
-//! - untagged IPv4;
+//! - untagged IPv4, or untagged IPv6 whose next header is TCP or UDP;
 //! - the source address, source MAC and arrival port all belong to one sandbox (the bridge's anti-spoofing
 //!   rules would drop anything else, so it goes there to be dropped);
 //! - the destination address and destination MAC belong to one sandbox.
 //!
-//! ARP, broadcast, multicast, and traffic to the gateway or beyond all take the bridge. The frame still
+//! ARP, broadcast, multicast, and traffic to the gateway or beyond all take the bridge. So does every other
+//! IPv6 frame: ICMPv6 (neighbour discovery, whose target the bridge's rules check) and anything behind an
+//! extension header, which the program does not walk. IPv6 addresses have a map of their own (`local6`,
+//! 16-byte keys, the same values); a program made before nsnet carried IPv6 has none, and its bridge
+//! carries its network's IPv6. The frame still
 //! enters the other namespace through its `eth0`, just as it would from the bridge. It skips one veth
 //! transmit, one backlog queue and the bridge's netfilter hooks (br_netfilter): the cost a bridge adds over
 //! a bare veth pair.
@@ -66,13 +70,13 @@
 //! here, holding the RTNL lock), a qdisc on a new veth takes ~30 µs.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd};
 
 use ipnet::Ipv4Net;
 
 use super::bpf::op::*;
-use super::bpf::{Asm, Insn, Map, MapType, Program};
+use super::bpf::{Asm, Insn, Label, Map, MapType, Program};
 use super::{BpfFilter, FilterAt, KernelError, Netlink, TcHook};
 
 /// The name of the program, of its map and of its tc filters (`tc filter show`, `bpftool prog show`).
@@ -81,6 +85,8 @@ pub const NAME: &str = "nsnet_fastpath";
 const MAX_ENTRIES: u32 = 1024;
 /// The key is an IPv4 address in network order.
 const KEY: usize = 4;
+/// `local6`'s key is an IPv6 address in network order (its key size is how [`FastPath::open`] tells it apart).
+const KEY6: usize = 16;
 /// [`peer`]: the host end's ifindex, then the sandbox end's MAC, then 2 bytes of padding.
 const VALUE: usize = 12;
 /// The program is nsnet's own; it calls no GPL-only helper.
@@ -105,6 +111,8 @@ pub const PASSED: u32 = u32::MAX;
 pub struct FastPath {
     prog: Program,
     map: Map,
+    /// The sandboxes' IPv6 addresses (`local6`); `None` for a program made before nsnet had it.
+    map6: Option<Map>,
     /// The tunnel's maps (`config`, `remote`); `None` for a program made before nsnet had them.
     tunnel: Option<(Map, Map)>,
     /// The shared tc block its ports join ([`block_of`] the bridge).
@@ -166,14 +174,15 @@ impl FastPath {
             let info = prog
                 .info()
                 .map_err(io("read the fast path's program info"))?;
-            let (mut map, mut config, mut remote) = (None, None, None);
+            let (mut map, mut map6, mut config, mut remote) = (None, None, None, None);
             for &id in &info.map_ids {
                 let m = Map::from_id(id).map_err(io("open the fast path's maps"))?;
-                match m.map_type().map_err(io("read a fast path map's type"))? {
-                    MapType::Hash => map = Some(m),
-                    MapType::Array => config = Some(m),
-                    MapType::LpmTrie => remote = Some(m),
-                    MapType::Other => {}
+                match m.shape().map_err(io("read a fast path map's type"))? {
+                    (MapType::Hash, KEY) => map = Some(m),
+                    (MapType::Hash, KEY6) => map6 = Some(m),
+                    (MapType::Array, _) => config = Some(m),
+                    (MapType::LpmTrie, _) => remote = Some(m),
+                    _ => {}
                 }
             }
             let Some(map) = map else {
@@ -183,6 +192,7 @@ impl FastPath {
             return Ok(Some(FastPath {
                 prog,
                 map,
+                map6,
                 tunnel,
                 block,
             }));
@@ -195,17 +205,19 @@ impl FastPath {
     /// kernel or this caller cannot have one, or when the bridge's ingress is already someone else's.
     fn create(nl: &mut Netlink, block: u32, index: u32) -> Result<Option<FastPath>, KernelError> {
         let maps = Map::hash(NAME, KEY, VALUE, MAX_ENTRIES).and_then(|map| {
+            let map6 = Map::hash(NAME, KEY6, VALUE, MAX_ENTRIES)?;
             let config = Map::array(NAME, CONFIG, 1)?;
             let remote = Map::lpm(NAME, REMOTE_KEY, REMOTE_VALUE, MAX_REMOTE)?;
-            Ok((map, config, remote))
+            Ok((map, map6, config, remote))
         });
-        let (map, config, remote) = match maps {
+        let (map, map6, config, remote) = match maps {
             Ok(m) => m,
             Err(e) if unsupported(&e) => return Ok(None),
             Err(e) => return Err(KernelError::io("create the fast path's maps", e)),
         };
         let fds = Fds {
             local: map.fd().as_raw_fd(),
+            local6: map6.fd().as_raw_fd(),
             config: config.fd().as_raw_fd(),
             remote: remote.fd().as_raw_fd(),
         };
@@ -222,6 +234,7 @@ impl FastPath {
             Ok(()) => Ok(Some(FastPath {
                 prog,
                 map,
+                map6: Some(map6),
                 tunnel,
                 block,
             })),
@@ -235,36 +248,57 @@ impl FastPath {
         }
     }
 
+    /// The map for `ip`'s family and `ip` as its key; `None` for IPv6 on a program made before nsnet had
+    /// `local6` (its bridge carries the network's IPv6).
+    fn slot(&self, ip: IpAddr) -> Option<(&Map, Vec<u8>)> {
+        match ip {
+            IpAddr::V4(a) => Some((&self.map, a.octets().to_vec())),
+            IpAddr::V6(a) => self.map6.as_ref().map(|m| (m, a.octets().to_vec())),
+        }
+    }
+
+    /// Whether this fast path can carry `ip`'s family (IPv6 needs a program made with `local6`).
+    pub fn carries(&self, ip: IpAddr) -> bool {
+        self.slot(ip).is_some()
+    }
+
     /// Put the sandbox with address `ip` and MAC `mac`, behind host port `port` (an ifindex), on the fast
-    /// path: the port's ingress onto the network's block, and the sandbox in the map. Doing it twice is fine.
+    /// path: the port's ingress onto the network's block, and the sandbox in the map of `ip`'s family (for
+    /// IPv6 on a program without `local6`, only the port). Doing it twice is fine.
     pub fn add(
         &self,
         nl: &mut Netlink,
         port: u32,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         mac: [u8; 6],
     ) -> Result<(), KernelError> {
         nl.add_ingress_qdisc(port, self.block)?;
-        self.map
-            .update(&ip.octets(), &peer(port, mac), (KEY, VALUE))
+        let Some((map, key)) = self.slot(ip.into()) else {
+            return Ok(());
+        };
+        map.update(&key, &peer(port, mac), (key.len(), VALUE))
             .map_err(io("add a sandbox to the fast path's map"))
     }
 
     /// Take address `ip` off the fast path. The program may stay on the sandbox's port: with no entry for
     /// its sender, every frame from there goes to the bridge (and the port is on its way out anyway).
-    pub fn remove(&self, ip: Ipv4Addr) -> Result<(), KernelError> {
-        self.map
-            .delete(&ip.octets(), KEY)
+    pub fn remove(&self, ip: impl Into<IpAddr>) -> Result<(), KernelError> {
+        let Some((map, key)) = self.slot(ip.into()) else {
+            return Ok(());
+        };
+        map.delete(&key, key.len())
             .map(drop)
             .map_err(io("remove a sandbox from the fast path's map"))
     }
 
     /// The (port, MAC) the map holds for `ip`.
-    pub fn entry(&self, ip: Ipv4Addr) -> Result<Option<(u32, [u8; 6])>, KernelError> {
+    pub fn entry(&self, ip: impl Into<IpAddr>) -> Result<Option<(u32, [u8; 6])>, KernelError> {
+        let Some((map, key)) = self.slot(ip.into()) else {
+            return Ok(None);
+        };
         let mut value = [0u8; VALUE];
-        let found = self
-            .map
-            .lookup(&ip.octets(), &mut value, (KEY, VALUE))
+        let found = map
+            .lookup(&key, &mut value, (key.len(), VALUE))
             .map_err(io("read the fast path's map"))?;
         Ok(found.then(|| {
             let port = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
@@ -274,15 +308,23 @@ impl FastPath {
         }))
     }
 
-    /// Every entry of the map: address, port, MAC.
-    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, u32, [u8; 6])>, KernelError> {
-        let keys = self.map.keys(KEY).map_err(io("list the fast path's map"))?;
+    /// Every entry of the maps, IPv4 first: address, port, MAC.
+    pub fn entries(&self) -> Result<Vec<(IpAddr, u32, [u8; 6])>, KernelError> {
+        let mut keys = Vec::new();
+        for (map, size) in [(Some(&self.map), KEY), (self.map6.as_ref(), KEY6)] {
+            if let Some(map) = map {
+                keys.extend(map.keys(size).map_err(io("list the fast path's map"))?);
+            }
+        }
         let mut out = Vec::new();
         for key in keys {
-            let Ok(octets) = <[u8; KEY]>::try_from(key.as_slice()) else {
+            let ip = match key.len() {
+                KEY => <[u8; KEY]>::try_from(key.as_slice()).map(IpAddr::from),
+                _ => <[u8; KEY6]>::try_from(key.as_slice()).map(IpAddr::from),
+            };
+            let Ok(ip) = ip else {
                 continue;
             };
-            let ip = Ipv4Addr::from(octets);
             if let Some((port, mac)) = self.entry(ip)? {
                 out.push((ip, port, mac));
             }
@@ -621,14 +663,24 @@ const IP_TTL: i16 = 22;
 const IP_SADDR: i16 = 26;
 const IP_DADDR: i16 = 30;
 const HEADERS: i32 = 34;
+// The IPv6 header's next header and addresses.
+const IP6_NEXT: i16 = 20;
+const IP6_SADDR: i16 = 22;
+const IP6_DADDR: i16 = 38;
+const HEADERS6: i32 = 54;
+/// `IPPROTO_TCP`, `IPPROTO_UDP`: the only next headers the IPv6 branch takes.
+const TCP: i32 = 6;
+const UDP: i32 = 17;
 
-// The stack (below r10): the addresses as keys of the sandboxes' map, the config key, a trie key, and the
-// next hop for `bpf_redirect_neigh`.
+// The stack (below r10): the addresses as keys of the sandboxes' map, the config key, a trie key, the
+// next hop for `bpf_redirect_neigh`, and the IPv6 addresses as keys of `local6`.
 const AT_SADDR: i16 = -8;
 const AT_DADDR: i16 = -4;
 const AT_CONFIG_KEY: i16 = -12;
 const AT_TRIE_KEY: i16 = -20;
 const AT_NEXT_HOP: i16 = -40;
+const AT_SADDR6: i16 = -56;
+const AT_DADDR6: i16 = -72;
 
 /// The fast path's own instructions, on top of the shared assembler.
 impl Asm {
@@ -671,6 +723,31 @@ impl Asm {
         self.op(STX_H, R7, R2, frame + 4, 0);
     }
 
+    /// From a sandbox to a sandbox, with both addresses as keys of `map` at `saddr` and `daddr` on the stack:
+    /// the sender must be a sandbox of this network, on the port the frame came in by, with its own MAC; the
+    /// receiver one addressed by its own MAC, whose host port's peer gets the frame. No entry for the
+    /// receiver: on to `miss`, or else to `pass`.
+    fn sandbox_to_sandbox(&mut self, map: i32, saddr: i16, daddr: i16, miss: Option<Label>) {
+        self.lookup_or_pass(map, saddr);
+        self.op(LDX_W, R2, R0, 0, 0);
+        self.op(LDX_W, R3, R6, SKB_IFINDEX, 0);
+        self.or_pass(JNE_X, R2, R3, 0);
+        self.same_mac_or_pass(R0, 4, ETH_SRC);
+        match miss {
+            Some(miss) => {
+                self.lookup(map, daddr);
+                self.jump(JEQ_K, R0, 0, 0, miss);
+            }
+            None => self.lookup_or_pass(map, daddr),
+        }
+        self.same_mac_or_pass(R0, 4, ETH_DST);
+        // Into the receiver's namespace, through the peer of its host port.
+        self.op(LDX_W, R1, R0, 0, 0);
+        self.op(MOV64_K, R2, 0, 0, 0);
+        self.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
+        self.op(EXIT, 0, 0, 0, 0);
+    }
+
     /// The trie key for the address stored at `addr` on the stack: a full-length prefix.
     fn trie_key(&mut self, addr: i16) {
         self.op(ST_W, R10, 0, AT_TRIE_KEY, 32);
@@ -683,6 +760,7 @@ impl Asm {
 #[derive(Debug, Clone, Copy)]
 pub struct Fds {
     pub local: i32,
+    pub local6: i32,
     pub config: i32,
     pub remote: i32,
 }
@@ -693,7 +771,7 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     // with the 32-bit ifindex the program loads, so only an index that fits in an i32 compares right.
     let bridge = i32::try_from(bridge).map_err(|_| invalid("bridge ifindex out of range"))?;
     let mut a = Asm::new();
-    let (remote, decap) = (a.label(), a.label());
+    let (remote, decap, ipv6) = (a.label(), a.label(), a.label());
     a.op(MOV64_X, R6, R1, 0, 0); // r6 = skb
                                  // On the bridge itself the program only holds the maps; leave at once.
     a.op(LDX_W, R2, R6, SKB_IFINDEX, 0);
@@ -708,6 +786,13 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     a.op(ADD64_K, R2, 0, 0, HEADERS);
     a.or_pass(JGT_X, R2, R3, 0);
     a.op(LDX_H, R2, R7, ETH_TYPE, 0);
+    a.jump(
+        JEQ_K,
+        R2,
+        0,
+        i32::from(u16::from_ne_bytes([0x86, 0xdd])),
+        ipv6,
+    );
     a.or_pass(JNE_K, R2, 0, i32::from(u16::from_ne_bytes([0x08, 0x00])));
     // The addresses on the stack, as keys.
     a.op(LDX_W, R2, R7, IP_SADDR, 0);
@@ -723,21 +808,8 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     a.op(LDX_W, R3, R8, 4, 0);
     a.jump(JEQ_X, R2, R3, 0, decap);
 
-    // The sender: a sandbox of this network, on the port the frame came in by, with its own MAC.
-    a.lookup_or_pass(fds.local, AT_SADDR);
-    a.op(LDX_W, R2, R0, 0, 0);
-    a.op(LDX_W, R3, R6, SKB_IFINDEX, 0);
-    a.or_pass(JNE_X, R2, R3, 0);
-    a.same_mac_or_pass(R0, 4, ETH_SRC);
-    // The receiver: a sandbox of this network, addressed by its own MAC; or else maybe a remote one.
-    a.lookup(fds.local, AT_DADDR);
-    a.jump(JEQ_K, R0, 0, 0, remote);
-    a.same_mac_or_pass(R0, 4, ETH_DST);
-    // Into the receiver's namespace, through the peer of its host port.
-    a.op(LDX_W, R1, R0, 0, 0);
-    a.op(MOV64_K, R2, 0, 0, 0);
-    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
-    a.op(EXIT, 0, 0, 0, 0);
+    // Sandbox to sandbox; a receiver that is no sandbox here may be a remote one.
+    a.sandbox_to_sandbox(fds.local, AT_SADDR, AT_DADDR, Some(remote));
 
     // Another host's block: routed, so addressed to the gateway; out by the tunnel's device, to the next
     // hop its route names (the kernel's neighbour entry gives the MACs).
@@ -788,6 +860,26 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     a.op(MOV64_K, R2, 0, 0, 0);
     a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
     a.op(EXIT, 0, 0, 0, 0);
+
+    // IPv6, between sandboxes of this network only (no tunnel yet). r3 still holds the frame's end.
+    a.bind(ipv6);
+    a.op(MOV64_X, R2, R7, 0, 0);
+    a.op(ADD64_K, R2, 0, 0, HEADERS6);
+    a.or_pass(JGT_X, R2, R3, 0);
+    // TCP or UDP right after the fixed header. ICMPv6 goes to the bridge, whose rules judge neighbour
+    // discovery (an advertisement's target), and so does an extension header, whatever it leads to.
+    let transport = a.label();
+    a.op(LDX_B, R2, R7, IP6_NEXT, 0);
+    a.jump(JEQ_K, R2, 0, TCP, transport);
+    a.or_pass(JNE_K, R2, 0, UDP);
+    a.bind(transport);
+    for word in [0, 4, 8, 12] {
+        a.op(LDX_W, R2, R7, IP6_SADDR + word, 0);
+        a.op(STX_W, R10, R2, AT_SADDR6 + word, 0);
+        a.op(LDX_W, R2, R7, IP6_DADDR + word, 0);
+        a.op(STX_W, R10, R2, AT_DADDR6 + word, 0);
+    }
+    a.sandbox_to_sandbox(fds.local6, AT_SADDR6, AT_DADDR6, None);
     a.finish()
 }
 
@@ -797,6 +889,7 @@ mod tests {
 
     const FDS: Fds = Fds {
         local: 3,
+        local6: 6,
         config: 4,
         remote: 5,
     };
@@ -811,19 +904,19 @@ mod tests {
         let jumps: Vec<usize> = (0..n)
             .filter(|&i| matches!(p[i].code, JEQ_K | JEQ_X | JNE_K | JNE_X | JGT_X | JLT_K))
             .collect();
-        assert!(jumps.len() > 15, "{}", jumps.len());
+        assert!(jumps.len() > 20, "{}", jumps.len());
         let to_pass = jumps
             .iter()
             .filter(|&&i| (i + 1).checked_add_signed(isize::from(p[i].off)) == Some(n - 2))
             .count();
-        assert!(to_pass >= 15, "{to_pass}");
+        assert!(to_pass >= 20, "{to_pass}");
         for i in jumps {
             assert!(p[i].off >= 0, "jump at {i} goes back");
             let to = (i + 1).checked_add_signed(isize::from(p[i].off));
             assert!(to.is_some_and(|t| t < n), "jump at {i} leaves the program");
         }
-        // Every way out is an exit after a verdict: three redirects, and pass.
-        assert_eq!(p.iter().filter(|i| i.code == EXIT).count(), 4);
+        // Every way out is an exit after a verdict: four redirects, and pass.
+        assert_eq!(p.iter().filter(|i| i.code == EXIT).count(), 5);
     }
 
     #[test]
@@ -832,7 +925,7 @@ mod tests {
         let loads: Vec<&Insn> = p.iter().filter(|i| i.code == LD_DW_IMM).collect();
         assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD));
         let fds: std::collections::BTreeSet<i32> = loads.iter().map(|i| i.imm).collect();
-        assert_eq!(fds, [3, 4, 5].into());
+        assert_eq!(fds, [3, 4, 5, 6].into());
         assert!(p.iter().any(|i| i.code == JEQ_K && i.imm == 9));
         let calls: Vec<i32> = p.iter().filter(|i| i.code == CALL).map(|i| i.imm).collect();
         assert_eq!(
@@ -847,8 +940,34 @@ mod tests {
                 HELPER_MAP_LOOKUP_ELEM,
                 HELPER_MAP_LOOKUP_ELEM,
                 HELPER_REDIRECT_PEER,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_REDIRECT_PEER,
             ]
         );
+    }
+
+    #[test]
+    fn ipv6_takes_only_tcp_and_udp_behind_a_whole_header_and_looks_up_local6() {
+        let p = program(FDS, 9).expect("assembles");
+        let at = |code: u8, imm: i32| p.iter().position(|i| i.code == code && i.imm == imm);
+        let ipv6 = at(JEQ_K, i32::from(u16::from_ne_bytes([0x86, 0xdd]))).expect("0x86dd");
+        let ipv4 = at(JNE_K, i32::from(u16::from_ne_bytes([0x08, 0x00]))).expect("0x0800");
+        assert_eq!(ipv4, ipv6 + 1, "IPv6 is told apart before IPv4 is required");
+        let branch = ipv6 + 1 + usize::try_from(p[ipv6].off).unwrap();
+        // Its own bounds check (Ethernet and the fixed IPv6 header), then the next header.
+        assert_eq!(p[branch + 1].imm, HEADERS6);
+        assert_eq!(p[branch + 2].code, JGT_X);
+        assert_eq!((p[branch + 3].code, p[branch + 3].off), (LDX_B, IP6_NEXT));
+        assert_eq!((p[branch + 4].code, p[branch + 4].imm), (JEQ_K, TCP));
+        assert_eq!((p[branch + 5].code, p[branch + 5].imm), (JNE_K, UDP));
+        // Both lookups go to local6, none to the IPv4 map.
+        let maps: Vec<i32> = p[branch..]
+            .iter()
+            .filter(|i| i.code == LD_DW_IMM)
+            .map(|i| i.imm)
+            .collect();
+        assert_eq!(maps, [6, 6]);
     }
 
     #[test]

@@ -85,7 +85,12 @@ impl Nsnet {
             }
         }
         // Without nft to list them, no host chain is known to drop (iptables-legacy hosts).
-        let drop_chains = Host::forward_drop_chains().unwrap_or_default();
+        // explain follows IPv4 packets: an ip6 family chain never sees them.
+        let drop_chains: Vec<_> = Host::forward_drop_chains()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.family != "ip6")
+            .collect();
         let mut unread = Vec::new();
         if !nix::unistd::geteuid().is_root() {
             unread.push(

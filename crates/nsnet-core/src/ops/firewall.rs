@@ -14,6 +14,11 @@ impl Nsnet {
     /// Host forward chains that turned `policy drop` since a network was made get its accepts too.
     pub fn firewall_reload(&self) -> Result<Plan> {
         let _lock = self.lock()?;
+        self.reload_locked()
+    }
+
+    /// [`Nsnet::firewall_reload`], for a caller that holds the lock.
+    pub(super) fn reload_locked(&self) -> Result<Plan> {
         let mut nets = self.store.networks()?;
         if let Some(net) = nets.first() {
             self.check_tables_owner(net.firewall)?;
@@ -53,6 +58,7 @@ pub(super) fn refresh_host_chains(nets: &mut [Network]) -> Result<Vec<Network>> 
         let wanted: Vec<_> = chains
             .iter()
             .filter(|(c, drop)| *drop || net.host_chains.contains(c))
+            .filter(|(c, _)| c.family != "ip6" || net.ipv6.is_some())
             .map(|(c, _)| c.clone())
             .collect();
         if wanted != net.host_chains {

@@ -4,7 +4,7 @@
 //! elements). Validation and CNI `CHECK` ask these; [`crate::apply`] is the only code that changes the kernel
 //! or the firewall.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::Ipv4Net;
@@ -296,15 +296,17 @@ impl Host {
     }
 
     /// Where bridge `bridge`'s fast path sends `ip` (host port ifindex, sandbox MAC): `None` inside when the
-    /// map has no entry, `None` outside when the bridge has no fast path.
+    /// map has no entry, `None` outside when the bridge has no fast path for `ip`'s family (none at all, or
+    /// one made before nsnet carried IPv6).
     pub(crate) fn fast_path_entry(
         &mut self,
         bridge: &str,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
     ) -> Result<Option<Option<FastPathEntry>>> {
+        let ip = ip.into();
         match FastPath::of_bridge(self.nl()?, bridge)? {
-            None => Ok(None),
-            Some(fp) => Ok(Some(fp.entry(ip)?)),
+            Some(fp) if fp.carries(ip) => Ok(Some(fp.entry(ip)?)),
+            _ => Ok(None),
         }
     }
 
@@ -409,11 +411,11 @@ impl Host {
         backend.user_chain_has_rules()
     }
 
-    /// Whether nsnet's nftables tables, made before, know dual-stack ports
-    /// ([`nftables::knows_dual_stack_ports`]); other backends have nothing to know.
-    pub(crate) fn firewall_knows_dual_stack(backend: Backend) -> Result<bool> {
+    /// Whether nsnet's nftables tables are the newest kind, which dual-stack networks need
+    /// ([`nftables::tables_current`]); other backends have nothing to bring up to date.
+    pub(crate) fn firewall_current(backend: Backend) -> Result<bool> {
         match backend {
-            Backend::Nftables => Ok(nftables::knows_dual_stack_ports()?),
+            Backend::Nftables => Ok(nftables::tables_current()?),
             Backend::Iptables | Backend::None => Ok(true),
         }
     }

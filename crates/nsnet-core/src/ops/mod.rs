@@ -728,7 +728,7 @@ impl Nsnet {
                 let dir = other.strip_prefix("nsnet:").unwrap_or(&other);
                 let what = match backend {
                     Backend::Iptables => "iptables chains (NSNET-*)",
-                    _ => "nftables tables (ip nsnet, bridge nsnet)",
+                    _ => "nftables tables (inet nsnet, bridge nsnet)",
                 };
                 Err(invalid!(
                     "nsnet's {what} on this host belong to the state dir {dir}, and one state dir per host \

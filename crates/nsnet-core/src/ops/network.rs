@@ -29,7 +29,8 @@ pub struct NetworkRequest {
     pub internal: bool,
     /// Keep sandboxes on other networks from reaching this network's addresses directly.
     pub isolate: bool,
-    /// Sandbox-to-sandbox IPv4 skips the bridge (bridge networks; see [`crate::kernel::fastpath`]).
+    /// Sandbox-to-sandbox IPv4, and IPv6 TCP and UDP, skip the bridge (bridge networks; see
+    /// [`crate::kernel::fastpath`]).
     pub fast_path: bool,
     pub mtu: Option<u32>,
     pub options: NetOptions,
@@ -122,10 +123,24 @@ impl Nsnet {
         let mut host = Host::new();
         let net = self.validate_network(req, nets, &mut host)?;
         let tables = self.tables_change(nets.len(), net.firewall)?;
+        // Tables an older nsnet made drop all IPv6 from sandbox ports, and lack the sets dual-stack ports go
+        // in: a reload brings them up to date first (migrating `ip nsnet` too), committed on its own, as
+        // `nsnet firewall reload` does; it changes nothing the other networks rely on.
+        let reload =
+            if tables.is_none() && net.ipv6.is_some() && !Host::firewall_current(net.firewall)? {
+                self.reload_locked()?
+            } else {
+                Plan::default()
+            };
         let (mut steps, fw) = build::network_up(&net, nets, tables, &self.store.owner_tag());
         host.keep_router_advertisements(&mut steps)?;
         let plan = Plan::setup(steps, fw, net.firewall);
-        let plan = self.bring_up(plan, vec![Record::Network(NetworkRecord::new(net.clone()))])?;
+        let mut plan =
+            self.bring_up(plan, vec![Record::Network(NetworkRecord::new(net.clone()))])?;
+        if !reload.steps.is_empty() {
+            plan.steps.splice(0..0, reload.steps);
+            plan.restore.clear();
+        }
         Ok((plan, net))
     }
 
@@ -349,7 +364,11 @@ impl Nsnet {
             (None, None) => Backend::default(),
         };
         let host_chains = match firewall {
-            Backend::Nftables => Host::forward_drop_chains()?,
+            // An ip6 family chain drops only what an IPv4 network never forwards.
+            Backend::Nftables => Host::forward_drop_chains()?
+                .into_iter()
+                .filter(|c| c.family != "ip6" || req.ipv6.is_some())
+                .collect(),
             // iptables: nsnet's own accepts sit in FORWARD itself; none: the user manages the firewall.
             Backend::Iptables | Backend::None => vec![],
         };
@@ -390,16 +409,6 @@ impl Nsnet {
                  or leave out {}",
                 self.terms.ipv6,
                 self.terms.ipv6
-            ));
-        }
-        // Tables an older nsnet made drop all IPv6 from sandbox ports and lack the set that lets a dual-stack
-        // port's through; only a reset brings them up to date (the first network's create does one). Until
-        // C7 migrates tables on its own, the user runs it.
-        if net.ipv6.is_some() && !nets.is_empty() && !Host::firewall_knows_dual_stack(net.firewall)?
-        {
-            return Err(invalid!(
-                "nsnet's firewall tables on this host predate dual-stack networks; run `nsnet firewall \
-                 reload` once, then create the network again"
             ));
         }
         // host-gw's fast path hangs a filter on the underlay's ingress: the qdisc is nsnet's to make (and to

@@ -842,7 +842,8 @@ fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms)
                 t.host_ip
             ));
         }
-        // [::1] is served by translating the host's own sockets (kernel::loopback6): no DNAT can do it.
+        // [::1] is served by translating the host's own sockets (kernel::loopback6): a DNAT of ::1 never
+        // completes (IPv6 has no route_localnet).
         if asked6.iter().any(|ip| ip.is_loopback()) {
             if let Some(why) = crate::kernel::loopback6::unsupported_reason() {
                 return Err(invalid!(

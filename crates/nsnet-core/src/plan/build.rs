@@ -49,11 +49,23 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
         interface: net.interface.clone(),
         subnet: net.subnet,
         internal: net.internal,
+        subnet6: net.ipv6.as_ref().map(|v6| v6.subnet),
     }];
     let nat = net.options.gateway_mode == GatewayMode::Nat;
     if !net.internal && nat && net.options.masquerade {
         rules.push(Rule::Masquerade {
-            subnet: net.subnet,
+            subnet: net.subnet.into(),
+            interface: net.interface.clone(),
+        });
+    }
+    // NAT66 for the ULA subnets nsnet picks; a routed (global) subnet opts out with `--ipv6-nat=false`.
+    if let Some(v6) = net
+        .ipv6
+        .as_ref()
+        .filter(|v6| !net.internal && nat && v6.nat)
+    {
+        rules.push(Rule::Masquerade {
+            subnet: v6.subnet.into(),
             interface: net.interface.clone(),
         });
     }
@@ -473,6 +485,19 @@ pub fn sandbox_teardown(sb: &Sandbox, nets: &[Network], owner: &str, veths: Veth
         let mut restore = vec![create];
         for ep in &sb.endpoints {
             let net = nets.iter().find(|n| n.name == ep.network);
+            if net.is_some_and(|n| n.driver == Driver::Veth) {
+                // A point-to-point host end is named after its network (and holds its gateway): left to the
+                // namespace's destruction, it would keep that name for a while after `rm` returns, and the
+                // network's next sandbox could not be made. Deleted now, and brought back on its own.
+                plan = plan.then(endpoint_teardown(
+                    sb,
+                    ep,
+                    net,
+                    owner,
+                    EndpointRemoval::Delete,
+                ));
+                continue;
+            }
             leave_fast_path(&mut plan, sb, ep, net);
             if let Some(net) = net {
                 restore.extend(endpoint_up(net, ep, &ns, owner).0);
@@ -672,11 +697,27 @@ pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
         address: ep.address.addr(),
         ipv6: endpoint_addresses6(ep).iter().map(|a| a.addr()).collect(),
     }];
+    // A port on every address goes to both families of a dual-stack sandbox; one on a host address, or on
+    // `[::]`, to its own family only.
     for mapping in &ep.ports {
-        rules.push(Rule::Port {
-            mapping: *mapping,
-            target: ep.address.addr(),
-        });
+        if !matches!(mapping.host_ip, Some(std::net::IpAddr::V6(_))) {
+            rules.push(Rule::Port {
+                mapping: *mapping,
+                target: ep.address.addr().into(),
+            });
+        }
+        // `[::1]` is never DNATed (it never completes): the socket translation serves it (loopback_ports).
+        let loopback = mapping
+            .host_ip
+            .is_some_and(|ip| ip.is_ipv6() && ip.is_loopback());
+        if let (None | Some(std::net::IpAddr::V6(_)), Some(e6), false) =
+            (mapping.host_ip, &ep.ipv6, loopback)
+        {
+            rules.push(Rule::Port {
+                mapping: *mapping,
+                target: e6.address.addr().into(),
+            });
+        }
     }
     rules
 }
@@ -748,13 +789,15 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
     // Before the host end comes up: bringing it up sets off the bridge's walk over every port under RTNL,
     // and the fast path's netlink requests would queue behind it.
     if let Some(bridge) = fast_path_bridge(net) {
-        steps.push(Step::FastPathAdd {
-            bridge,
-            port: ep.host_interface.clone(),
-            peer_ns: ns.clone(),
-            ip: ep.address.addr(),
-            mac: ep.mac,
-        });
+        for ip in fast_path_addresses(ep) {
+            steps.push(Step::FastPathAdd {
+                bridge: bridge.clone(),
+                port: ep.host_interface.clone(),
+                peer_ns: ns.clone(),
+                ip,
+                mac: ep.mac,
+            });
+        }
     }
     steps.push(Step::LinkUp {
         ns: Ns::Host,
@@ -775,6 +818,14 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
 /// The bridge whose fast path the network's sandboxes join, if it has one.
 fn fast_path_bridge(net: &Network) -> Option<String> {
     (net.driver == Driver::Bridge && net.fast_path).then(|| net.interface.clone())
+}
+
+/// The addresses an endpoint has on its network's fast path: its IPv4 address and its global IPv6 one. Its
+/// link-local address is not there: what is sent to it takes the bridge.
+fn fast_path_addresses(ep: &Endpoint) -> Vec<IpAddr> {
+    let mut out = vec![IpAddr::V4(ep.address.addr())];
+    out.extend(ep.ipv6.map(|e6| IpAddr::V6(e6.address.addr())));
+    out
 }
 
 /// The published ports of `ep` the host reaches at `[::1]` through the socket translation
@@ -822,16 +873,18 @@ fn leave_loopback(plan: &mut Plan, ep: &Endpoint, net: Option<&Network>) {
 fn leave_fast_path(plan: &mut Plan, sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) {
     leave_loopback(plan, ep, net);
     if let Some(bridge) = net.and_then(fast_path_bridge) {
-        plan.push_teardown(
-            Step::FastPathRemove {
-                bridge,
-                port: ep.host_interface.clone(),
-                peer_ns: Ns::Path(sb.netns.clone()),
-                ip: ep.address.addr(),
-                mac: ep.mac,
-            },
-            vec![],
-        );
+        for ip in fast_path_addresses(ep) {
+            plan.push_teardown(
+                Step::FastPathRemove {
+                    bridge: bridge.clone(),
+                    port: ep.host_interface.clone(),
+                    peer_ns: Ns::Path(sb.netns.clone()),
+                    ip,
+                    mac: ep.mac,
+                },
+                vec![],
+            );
+        }
     }
 }
 
@@ -922,10 +975,12 @@ mod tests {
              handle 1 bpf direct-action on block 2611281037\n\
              ip addr add 172.16.0.100/24 dev br0\n\
              sysctl -w net.ipv4.conf.br0.route_localnet=1\n\
-             nft -f - <<'EOF'\ntable ip nsnet { comment \"nsnet:/s: managed by nsnet"
+             nft -f - <<'EOF'\ntable inet nsnet { comment \"nsnet:/s: managed by nsnet"
         ), "{text}");
-        assert!(text.contains("add element ip nsnet masq_nets { 172.16.0.0/24 }\n"));
-        assert!(text.contains("add element ip nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n"));
+        assert!(text.contains("add element inet nsnet masq_nets { 172.16.0.0/24 }\n"));
+        assert!(
+            text.contains("add element inet nsnet same_net { 172.16.0.0/24 . 172.16.0.0/24 }\n")
+        );
     }
 
     #[test]
@@ -939,7 +994,8 @@ mod tests {
         assert!(fw.0.contains(&Change::Add(Rule::Interface {
             interface: "br0".into(),
             subnet: "172.16.0.0/24".parse().unwrap(),
-            internal: true
+            internal: true,
+            subnet6: None,
         })));
     }
 
@@ -978,10 +1034,14 @@ mod tests {
              tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
              # fast path: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
              nsnet_fastpath of br0\n\
-             ip link set veth12345678 up\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
-        assert!(text.contains("add element ip nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
+        // The sandbox's guard is in before its veth gets a carrier: the host end comes up last.
+        assert!(
+            text.ends_with("EOF\nip link set veth12345678 up\n"),
+            "{text}"
+        );
+        assert!(text.contains("add element inet nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
         assert!(text
             .contains("add element bridge nsnet endpoints { \"veth12345678\" . 172.16.0.102 }\n"));
     }
@@ -994,6 +1054,61 @@ mod tests {
             nat: true,
         });
         n
+    }
+
+    #[test]
+    fn dual_stack_rules_cover_both_families() {
+        // A port on every address goes to both families; on `[::]` or a host IPv6 address to IPv6 only; on a
+        // host IPv4 address to IPv4 only.
+        let spec = |s: &str| {
+            let spec: crate::portmap::PortSpec = s.parse().unwrap();
+            spec.with_host_port(8088)
+        };
+        let targets = |m: PortMapping| -> Vec<std::net::IpAddr> {
+            endpoint_rules(&Endpoint {
+                ports: vec![m],
+                ..ep6()
+            })
+            .into_iter()
+            .filter_map(|r| match r {
+                Rule::Port { target, .. } => Some(target),
+                _ => None,
+            })
+            .collect()
+        };
+        let (v4, v6): (std::net::IpAddr, std::net::IpAddr) = (
+            "172.16.0.102".parse().unwrap(),
+            "fd89:1:2:3::2".parse().unwrap(),
+        );
+        assert_eq!(targets(spec("8088:80")), [v4, v6]);
+        assert_eq!(targets(spec("[::]:8088:80")), [v6]);
+        assert_eq!(targets(spec("[2001:db8::5]:8088:80")), [v6]);
+        assert_eq!(targets(spec("10.0.1.48:8088:80")), [v4]);
+        let v4_only = endpoint_rules(&ep(vec![port()]));
+        assert_eq!(
+            v4_only
+                .iter()
+                .filter(|r| matches!(r, Rule::Port { .. }))
+                .count(),
+            1,
+            "an IPv4 network's sandbox"
+        );
+        // NAT66 by default, none with --ipv6-nat=false; the hairpin set knows the IPv6 subnet either way.
+        let masq6 = |n: &Network| {
+            network_rules(n, &[]).into_iter().any(
+                |r| matches!(r, Rule::Masquerade { subnet: ipnet::IpNet::V6(s), .. } if s.to_string() == "fd89:1:2:3::/64"),
+            )
+        };
+        let mut routed = net6(Driver::Bridge);
+        assert!(masq6(&routed));
+        routed.ipv6 = routed
+            .ipv6
+            .map(|v6| crate::model::Net6 { nat: false, ..v6 });
+        assert!(!masq6(&routed));
+        assert!(network_rules(&routed, &[]).iter().any(|r| matches!(
+            r,
+            Rule::Interface { subnet6: Some(s), .. } if s.to_string() == "fd89:1:2:3::/64"
+        )));
     }
 
     fn ep6() -> Endpoint {
@@ -1077,6 +1192,75 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_endpoint_joins_the_fast_path_with_both_addresses_and_leaves_with_both() {
+        let n = net6(Driver::Bridge);
+        let (steps, fw) = endpoint_up(&n, &ep6(), &ns(), OWNER);
+        let adds: Vec<&Step> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::FastPathAdd { .. }))
+            .collect();
+        let ips: Vec<String> = adds
+            .iter()
+            .filter_map(|s| match s {
+                Step::FastPathAdd { ip, .. } => Some(ip.to_string()),
+                _ => None,
+            })
+            .collect();
+        // The global address only: what is sent to the link-local one takes the bridge.
+        assert_eq!(ips, ["172.16.0.102", "fd89:1:2:3::2"]);
+        let text = Plan::setup(steps.clone(), fw, Default::default()).render();
+        assert!(
+            text.contains(
+                "# fast path: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
+                 nsnet_fastpath of br0\n\
+                 tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
+                 # fast path: fd89:1:2:3::2 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
+                 nsnet_fastpath of br0\n"
+            ),
+            "{text}"
+        );
+        // Both before the host end comes up.
+        let up = steps
+            .iter()
+            .position(|s| matches!(s, Step::LinkUp { ns: Ns::Host, .. }))
+            .expect("host end up");
+        assert!(steps[up - 1] == *adds[1] && steps[up - 2] == *adds[0]);
+
+        // The teardown takes both off first, and each comes back as it was.
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: true,
+            netns_id: None,
+            cni: false,
+            endpoints: vec![ep6()],
+            removing: false,
+            dns_servers: vec![],
+        };
+        for removal in [VethRemoval::WithNamespace, VethRemoval::OneByOne] {
+            let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, removal);
+            for (i, add) in adds.iter().enumerate() {
+                assert_eq!(plan.steps[i], add.undo().expect("undo"), "{removal:?}");
+                assert_eq!(plan.undo_of(i), vec![(*add).clone()]);
+            }
+        }
+        // A sandbox whose namespace vanished: both entries go.
+        let gone = sandbox_gone(&sb, std::slice::from_ref(&n));
+        assert_eq!(gone.steps.len(), 2);
+        assert_eq!(
+            gone.steps[1].render(),
+            "# fast path: fd89:1:2:3::2 off the map of bpf program nsnet_fastpath of br0"
+        );
+        // Without the fast path, neither.
+        let slow = Network {
+            fast_path: false,
+            ..n
+        };
+        let (steps, _) = endpoint_up(&slow, &ep6(), &ns(), OWNER);
+        assert!(!steps.iter().any(|s| matches!(s, Step::FastPathAdd { .. })));
+    }
+
+    #[test]
     fn a_dual_stack_point_to_point_host_end_is_the_ipv6_gateway() {
         let mut e = ep6();
         e.host_interface = "vh1".into();
@@ -1151,6 +1335,10 @@ mod tests {
             panic!("no LoopbackPortAdd after LoopbackInit: {up:?}");
         };
         assert_eq!((l.host_port, l.container_port, l.every), (8080, 80, false));
+        // Never DNATed: the firewall has no element for it.
+        assert!(!endpoint_rules(&e)
+            .iter()
+            .any(|r| matches!(r, Rule::Port { .. })));
         assert_eq!(Step::LoopbackInit.undo(), Some(Step::LoopbackRelease));
         let remove = Step::LoopbackPortAdd(l.clone()).undo().expect("undo");
         assert_eq!(remove, Step::LoopbackPortRemove(l.clone()));
@@ -1321,6 +1509,44 @@ mod tests {
         };
         let fw = network_down(&net(Driver::Bridge, false), &[], Some(tables.clone()));
         assert_eq!(fw.0.last(), Some(&Change::Delete(Rule::Tables(tables))));
+    }
+
+    #[test]
+    fn a_point_to_point_host_end_goes_before_its_namespace() {
+        let n = net(Driver::Veth, false);
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: true,
+            netns_id: None,
+            cni: false,
+            endpoints: vec![ep(vec![])],
+            removing: false,
+            dns_servers: vec![],
+        };
+        let plan = sandbox_teardown(
+            &sb,
+            std::slice::from_ref(&n),
+            OWNER,
+            VethRemoval::WithNamespace,
+        );
+        // Its name is the network's: deleted now, so the network's next sandbox can have it at once.
+        assert_eq!(
+            plan.steps,
+            [
+                delete_host_link("veth12345678", OWNER, sb.endpoints[0].mac.host_end()),
+                Step::DeleteNetns {
+                    name: "netns2".into()
+                }
+            ]
+        );
+        // Each brings back its own: the namespace does not make the pair the link's restore makes too.
+        let (up, _) = endpoint_up(&n, &sb.endpoints[0], &ns(), OWNER);
+        assert_eq!(plan.undo_of(0), up);
+        assert!(!plan
+            .undo_of(1)
+            .iter()
+            .any(|s| matches!(s, Step::CreateVeth { .. })));
     }
 
     #[test]

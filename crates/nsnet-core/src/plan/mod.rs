@@ -157,14 +157,14 @@ pub enum Step {
     /// filter of a tc block the bridge's ingress is bound to. Goes with the bridge, so it needs no undo of
     /// its own.
     FastPathInit { bridge: String },
-    /// Put a sandbox on its network's fast path ([`crate::kernel::fastpath`]): its address, host `port` and
-    /// MAC into the map of `bridge`'s program, and the port's ingress onto the program's block. Where the
+    /// Put a sandbox on its network's fast path ([`crate::kernel::fastpath`]): its address (one step per
+    /// family), host `port` and MAC into the map of `bridge`'s program, and the port's ingress onto the program's block. Where the
     /// kernel or the caller cannot run bpf programs there is no fast path, and the bridge carries everything.
     FastPathAdd {
         bridge: String,
         port: String,
         peer_ns: Ns,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
     },
     /// Take a sandbox's address off its network's fast path; frames from its port then all go to the bridge.
@@ -173,7 +173,7 @@ pub enum Step {
         bridge: String,
         port: String,
         peer_ns: Ns,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: Mac,
     },
     /// Cross-host traffic on `bridge`'s fast path ([`crate::kernel::fastpath`]): its program sends a
@@ -813,6 +813,17 @@ impl Step {
     }
 }
 
+/// The step that brings a veth's host end up (and so both ends' carrier), the first of them: a `LinkUp` in the
+/// host of a link an earlier step created as a veth's host end.
+fn first_carrier(steps: &[Step]) -> Option<usize> {
+    steps.iter().enumerate().position(|(i, step)| match step {
+        Step::LinkUp { ns: Ns::Host, name } => steps[..i]
+            .iter()
+            .any(|s| matches!(s, Step::CreateVeth { host, .. } if host == name)),
+        _ => false,
+    })
+}
+
 /// An ordered list of steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
@@ -825,11 +836,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Set-up order: kernel objects first, then the firewall batch (rules for addresses that now exist).
+    /// Set-up order: the kernel objects, with the firewall batch (one transaction) just before the first
+    /// sandbox's veth gets its carrier, when its host end comes up. Until then no frame of the sandbox's
+    /// reaches a bridge or the host, so none gets past before its anti-spoofing elements are in: not the
+    /// MLD reports a new interface sends at once, nor a process already running in an attached namespace.
+    /// The rules name interfaces and addresses, not links, so every one of them can be in before the links
+    /// are up. Without a veth, the batch comes last.
     pub fn setup(kernel: Vec<Step>, fw: Batch, backend: Backend) -> Plan {
         let mut steps = kernel;
         if !fw.is_empty() {
-            steps.push(Step::Firewall { backend, batch: fw });
+            let at = first_carrier(&steps).unwrap_or(steps.len());
+            steps.insert(at, Step::Firewall { backend, batch: fw });
         }
         Plan {
             steps,

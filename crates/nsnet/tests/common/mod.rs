@@ -397,6 +397,43 @@ impl TestHost {
         check_one_line_failure(args, self.nsnet(args))
     }
 
+    /// Turn this host's nsnet tables into what an nsnet before issue #19's C7 kept: the main table as
+    /// `ip nsnet` (the same IPv4 sets, elements, chains and rules; no IPv6 set or rule), no `inet nsnet`.
+    pub fn make_legacy_tables(&self) {
+        let inet = self.in_host(&["nft", "list", "table", "inet", "nsnet"]);
+        let mut legacy = String::new();
+        let mut lines = inet.lines().peekable();
+        while let Some(line) = lines.next() {
+            let t = line.trim();
+            if t.starts_with("set ") || t.starts_with("map ") {
+                let mut block = vec![line];
+                for inner in lines.by_ref() {
+                    block.push(inner);
+                    if inner.trim() == "}" {
+                        break;
+                    }
+                }
+                if !block.iter().any(|l| l.contains("ipv6_addr")) {
+                    block
+                        .iter()
+                        .for_each(|l| legacy.push_str(&format!("{l}\n")));
+                }
+                continue;
+            }
+            if t.contains("ip6 ") || t.contains("nfproto ipv6") {
+                continue;
+            }
+            let line = line
+                .replace("table inet nsnet", "table ip nsnet")
+                .replace("meta nfproto ipv4 ", "");
+            legacy.push_str(&format!("{line}\n"));
+        }
+        let file = self.state.with_file_name("legacy.nft");
+        fs::write(&file, format!("delete table inet nsnet\n{legacy}")).expect("write legacy.nft");
+        self.in_host(&["nft", "-f", &file.to_string_lossy()]);
+        fs::remove_file(&file).expect("remove legacy.nft");
+    }
+
     /// `nsnet inspect NAME --json`, parsed.
     pub fn inspect(&self, name: &str) -> Value {
         serde_json::from_str(&self.ok(&["inspect", name, "--json"]))
@@ -671,11 +708,13 @@ except Exception as e:
                 }
             }
             let links = self.link_names();
+            // A sandbox's host veth (`vethXXXXXXXX`), or a veth-driver network's (`nsve-…`), that no record
+            // holds: the kernel deletes it with its namespace, moments after the command returns.
             let stray = links.iter().any(|l| {
-                l.len() == 12
+                let hashed = l.len() == 12
                     && l.starts_with("veth")
-                    && l[4..].chars().all(|c| c.is_ascii_hexdigit())
-                    && !owned.contains(l)
+                    && l[4..].chars().all(|c| c.is_ascii_hexdigit());
+                (hashed || l.starts_with("nsve-")) && !owned.contains(l)
             });
             // Retired veths (strays above, until deleted) go with their reaper, which then gives their
             // addresses back.
