@@ -1069,6 +1069,7 @@ fn a_cni_container_on_the_overlay_reaches_a_sandbox_on_another_host() {
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/nonexistent")
             .env("NSNET_STATE_DIR", w.state_dir(2))
+            .env("NSNET_CGROUP", w.state_dir(2))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
