@@ -146,7 +146,9 @@ fn entries(rule: &Rule) -> Vec<Entry> {
     use At::*;
     match rule {
         Rule::Tables(_) | Rule::HostAccept { .. } => vec![],
-        Rule::Interface { interface: i, subnet: s, internal, .. } => {
+        // IPv6-only networks are refused on this backend (C14 of issue #19): nothing of theirs reaches here.
+        Rule::Interface { subnet: None, .. } | Rule::Endpoint { address: None, .. } => vec![],
+        Rule::Interface { interface: i, subnet: Some(s), internal, .. } => {
             let mut out = vec![
                 entry("raw", "NSNET-GUARD", format!("-s 127.0.0.0/8 -i {i} -j DROP"), Append),
                 entry("raw", "NSNET-GUARD", format!("-d 127.0.0.0/8 -i {i} -j DROP"), Append),
@@ -173,7 +175,7 @@ fn entries(rule: &Rule) -> Vec<Entry> {
         Rule::PublishedOnly { interface: i } => {
             vec![entry("filter", "NSNET-INBOUND", format!("-o {i} -j DROP"), Append)]
         }
-        Rule::Endpoint { host_interface: h, address: a, .. } => vec![
+        Rule::Endpoint { host_interface: h, address: Some(a), .. } => vec![
             entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -m physdev --physdev-in {h} -j DROP"), Append),
             entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -i {h} -j DROP"), Append),
         ],
