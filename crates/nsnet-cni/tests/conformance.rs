@@ -973,6 +973,12 @@ fn add_refuses_bad_macs_ports_and_host_addresses() {
             7,
             "derives sandbox MACs",
         ),
+        // IPv6-only endpoints' derived MACs (C14).
+        (
+            with(json!({"mac": "02:6c:0a:42:08:09"})),
+            7,
+            "derives sandbox MACs",
+        ),
         (
             with(json!({"mac": "01:00:5e:00:00:01"})),
             7,

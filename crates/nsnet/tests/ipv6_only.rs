@@ -119,7 +119,10 @@ fn a_published_port_works_on_an_ipv6_only_network_from_every_path() {
     let h = TestHost::with_lan6("v6opub");
     // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    // IPv4 forwarding off in the throwaway host: an IPv6-only network must not turn it on.
+    h.in_host(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     let forward4 = h.in_host(&["sysctl", "-n", "net.ipv4.ip_forward"]);
+    assert_eq!(forward4.trim(), "0");
     let empty = h.snapshot();
     create_only6(&h, "v6o", &["--bridge", "nsbr-v6o"]);
     create_only6(&h, "other", &[]);
@@ -178,6 +181,13 @@ fn a_published_port_works_on_an_ipv6_only_network_from_every_path() {
     assert!(!ports.contains("8080"), "no IPv4 DNAT: {ports}");
 
     let a6 = address6(&h, &a);
+    // Same-network IPv6 takes the fast path, as on a dual-stack network.
+    let fast = h.fast_path();
+    assert!(
+        fast.iter()
+            .any(|l| l.contains(&format!(" fast path: {a6} -> "))),
+        "{fast:?}"
+    );
     let ports6 = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports6"]);
     assert!(
         ports6.contains(&format!("tcp . 8080 : {a6} . 80")),
@@ -466,4 +476,38 @@ fn ipv6_only_bad_input_is_refused_and_changes_nothing() {
     assert!(line.contains("IPv6 is not finished yet"), "{line}");
     assert_eq!(h.snapshot(), before);
     h.ok(&["network", "rm", "v6o"]);
+}
+
+/// The veth driver on an IPv6-only network: the host end holds the IPv6 gateway alone; `firewall reload` and
+/// `gc` keep the sandbox working and write no IPv4 forwarding; everything goes with `rm`.
+#[test]
+fn the_veth_driver_reload_and_gc_on_an_ipv6_only_network() {
+    let h = TestHost::with_ipv6("v6oveth");
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    // IPv4 forwarding off in the throwaway host: an IPv6-only network must not turn it on.
+    h.in_host(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    let forward4 = h.in_host(&["sysctl", "-n", "net.ipv4.ip_forward"]);
+    assert_eq!(forward4.trim(), "0");
+    let empty = h.snapshot();
+    create_only6(&h, "p2p", &["--driver", "veth", "--bridge", "nsve-v6o"]);
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "p2p"]);
+    let host_end = h.in_host(&["ip", "-o", "addr", "show", "dev", "nsve-v6o"]);
+    assert!(!host_end.contains("inet "), "{host_end}");
+    let gw = gateway6(&h, "p2p");
+    assert!(host_end.contains(&gw.to_string()), "{host_end}");
+    assert!(probe::ping6(&h.sb_path("s"), gw).expect("ping"));
+    h.ok(&["firewall", "reload"]);
+    h.ok(&["gc"]);
+    assert!(
+        probe::ping6(&h.sb_path("s"), gw).expect("ping"),
+        "after reload and gc"
+    );
+    assert_eq!(
+        h.in_host(&["sysctl", "-n", "net.ipv4.ip_forward"]),
+        forward4
+    );
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "p2p"]);
+    assert_eq!(h.snapshot(), empty);
 }

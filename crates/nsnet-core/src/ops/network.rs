@@ -259,6 +259,10 @@ impl Nsnet {
         }
         let on = |yes: bool| if yes { "on" } else { "off" }.to_string();
         check(t.ipv6, on(req.ipv6.is_some()), on(net.ipv6.is_some()))?;
+        // An IPv6-only request for a network with IPv4 (or the reverse) would get an address it did not ask
+        // for (or none it did).
+        let only = req.ipv6.is_some_and(|r6| r6.only);
+        check("IPv4", on(!only), on(!net.ipv6_only()))?;
         if let (Some(r6), Some(n6)) = (req.ipv6, net.ipv6) {
             if let Some(s) = r6.subnet {
                 check(t.subnet, s.to_string(), n6.subnet.to_string())?;
