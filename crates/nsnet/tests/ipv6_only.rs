@@ -511,3 +511,59 @@ fn the_veth_driver_reload_and_gc_on_an_ipv6_only_network() {
     h.ok(&["network", "rm", "p2p"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// Which requests make an IPv6-only network: `--ipv4=false`, or an IPv6 `--subnet` alone; `--ipv6` with an
+/// IPv6 subnet, or `--ipv4=true`, stays dual stack.
+#[test]
+fn only_an_ipv6_subnet_asks_for_ipv6_only() {
+    let h = TestHost::with_ipv6("v6osub");
+    let empty = h.snapshot();
+    let has_ipv4 = |net: &str| {
+        let n = json(&h.ok(&["network", "inspect", net, "--json"]));
+        assert!(n["ipv6"]["subnet"].is_string(), "{n}");
+        n.get("subnet").is_some()
+    };
+    ok6(&h, &["network", "create", "a", "--subnet", "fd89:71::/64"]);
+    assert!(!has_ipv4("a"), "an IPv6 subnet alone");
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "b",
+            "--ipv6",
+            "--subnet",
+            "fd89:72::/64",
+        ],
+    );
+    assert!(has_ipv4("b"), "--ipv6 with an IPv6 subnet");
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "c",
+            "--subnet",
+            "fd89:73::/64",
+            "--ipv4=true",
+        ],
+    );
+    assert!(has_ipv4("c"), "--ipv4=true");
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "d",
+            "--subnet",
+            "fd89:74::/64",
+            "--subnet",
+            "10.89.74.0/24",
+        ],
+    );
+    assert!(has_ipv4("d"), "both subnets");
+    for n in ["a", "b", "c", "d"] {
+        h.ok(&["network", "rm", n]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}
