@@ -630,6 +630,45 @@ mod tests {
         assert!("zz:6e:0a:59:00:02".parse::<Mac>().is_err());
     }
 
+    /// IPv6-only MACs: `02:6c:` and the 32-bit FNV-1a of the address's 16 bytes (values from an independent
+    /// implementation); an IPv6-only network's bridge MAC comes from its IPv6 gateway, any other's from IPv4.
+    #[test]
+    fn ipv6_only_macs_are_02_6c_and_fnv1a() {
+        assert_eq!(
+            Mac::for_ipv6(Ipv6Addr::UNSPECIFIED).to_string(),
+            "02:6c:69:69:19:05"
+        );
+        let ep6 = Ep6 {
+            address: "fd89:1:2:3::2/64".parse().unwrap(),
+            gateway: "fd89:1:2:3::1".parse().unwrap(),
+        };
+        assert_eq!(
+            Mac::derived(None, Some(&ep6)).to_string(),
+            "02:6c:7a:4b:a7:a1"
+        );
+        assert_eq!(Mac::derived(None, Some(&ep6)).host_end().0[1], 0x6d);
+        let v4: Ipv4Net = "10.89.0.2/24".parse().unwrap();
+        assert_eq!(Mac::derived(Some(v4), Some(&ep6)), Mac::for_ipv4(v4.addr()));
+        let mut net = Network::bridge(
+            "n",
+            "10.0.0.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+            "br0",
+        );
+        net.ipv6 = Some(Net6 {
+            subnet: "fd89:1:2:3::/64".parse().unwrap(),
+            gateway: "fd89:1:2:3::1".parse().unwrap(),
+            nat: true,
+        });
+        assert_eq!(net.gateway_mac(), Mac::for_ipv4(Ipv4Addr::new(10, 0, 0, 1)));
+        (net.subnet, net.gateway) = (None, None);
+        assert!(net.ipv6_only());
+        assert_eq!(
+            net.gateway_mac(),
+            Mac::for_ipv6("fd89:1:2:3::1".parse().unwrap())
+        );
+    }
+
     #[test]
     fn only_unicast_macs_pass() {
         let mac = |s: &str| s.parse::<Mac>().unwrap();
