@@ -1219,7 +1219,7 @@ fn from_sandbox(
                     _ => None,
                 };
                 return dropped(
-                    "no route: the sandbox's networks are internal (no default route), so nothing is sent",
+                    "no route: the sandbox's networks are internal or IPv6-only (no default route for IPv4), so nothing is sent",
                     Some(kernel("route lookup in the sandbox: network unreachable")),
                     src.map(|src| probe(src, receiver)),
                 );

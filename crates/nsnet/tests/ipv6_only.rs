@@ -567,3 +567,43 @@ fn only_an_ipv6_subnet_asks_for_ipv6_only() {
     }
     assert_eq!(h.snapshot(), empty);
 }
+
+/// `explain` and `topology` follow IPv4 only: with an IPv6-only network beside an IPv4 one, both still
+/// answer (explain says an IPv6-only sandbox has no IPv4 way to the LAN, in one line), and the IPv4
+/// network's answers are as before.
+#[test]
+fn explain_and_topology_live_beside_an_ipv6_only_network() {
+    let h = TestHost::with_ipv6("v6oexpl");
+    create_only6(&h, "v6o", &[]);
+    h.ok(&["network", "create", "n4", "--subnet", "172.16.9.0/24"]);
+    let (s, t) = (h.sb("s"), h.sb("t"));
+    ok6(&h, &["create", &s, "--network", "v6o"]);
+    h.ok(&["create", &t, "--network", "n4"]);
+    let topo = h.ok(&["topology"]);
+    assert!(
+        topo.contains("v6o") && topo.contains("172.16.9.0/24"),
+        "{topo}"
+    );
+    let json_topo = h.ok(&["--json", "topology"]);
+    assert!(json_topo.contains("\"v6o\""), "{json_topo}");
+    let out = h.nsnet(&["explain", &s, common::LAN_IP]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "dropped: {stdout}{stderr}");
+    assert!(
+        stdout.contains("IPv6-only (no default route for IPv4)"),
+        "{stdout}"
+    );
+    let out = h.nsnet(&["explain", &t, "172.16.9.1"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.ok(&["rm", &s]);
+    h.ok(&["rm", &t]);
+    h.ok(&["network", "rm", "v6o"]);
+    h.ok(&["network", "rm", "n4"]);
+}
