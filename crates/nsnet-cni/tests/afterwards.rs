@@ -32,6 +32,8 @@ fn cni(h: &TestHost, command: &str, conf: &Value, env: &[(&str, &str)]) -> Reply
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_nsnet-cni"))
         .env_remove("NSNET_STATE_DIR")
+        // The [::1] translation's programs go to the test's throwaway cgroup, never the machine's root.
+        .env("NSNET_CGROUP", &h.cgroup)
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", "/usr/lib/cni")
         .stdin(Stdio::piped())

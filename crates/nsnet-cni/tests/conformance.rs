@@ -60,6 +60,8 @@ fn cni_spawn(
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_nsnet-cni"))
         .env_remove("NSNET_STATE_DIR")
+        // The [::1] translation's programs go to the test's throwaway cgroup, never the machine's root.
+        .env("NSNET_CGROUP", &h.cgroup)
         .env("CNI_COMMAND", command)
         .env("CNI_PATH", "/usr/lib/cni")
         .stdin(Stdio::piped())
@@ -1260,6 +1262,7 @@ fn readers_wait_for_a_writer_mid_append() {
                 .arg(common::nsnet_bin())
                 .args(args)
                 .env("NSNET_STATE_DIR", &h.state)
+                .env("NSNET_CGROUP", &h.cgroup)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kernel::fastpath::{self, FastPath};
+use crate::kernel::loopback6;
 use crate::kernel::netlink::{RouteSpec, VxlanSpec, RETIRED_GROUP};
 use crate::kernel::{netns, sysctl, KernelError, Link, Netlink, VethSpec};
 use crate::model::{Mac, OverlayBackend, Peer};
@@ -320,6 +321,41 @@ impl Applier {
                     fp.add(nl, port.index, *ip, mac.0)?;
                 }
             }
+            Step::LoopbackInit => {
+                loopback6::init(self.netlink(&Ns::Host)?)?;
+            }
+            Step::LoopbackRelease => loopback6::release()?,
+            Step::LoopbackPortAdd(l) => {
+                if let Some(lo) = loopback6::init(self.netlink(&Ns::Host)?)? {
+                    for e in loopback_entries(l) {
+                        lo.add(&e)?;
+                    }
+                }
+            }
+            Step::LoopbackPortRemove(l) => {
+                if let Some(lo) = loopback6::existing()? {
+                    for e in loopback_entries(l) {
+                        lo.remove(e.proto, e.port)?;
+                    }
+                    // The last port takes the programs with it.
+                    if lo.ports()?.is_empty() {
+                        lo.detach()?;
+                    }
+                }
+            }
+            Step::LoopbackSync(ports) => {
+                let want: Vec<loopback6::Entry> = ports.iter().flat_map(loopback_entries).collect();
+                if want.is_empty() {
+                    if let Some(lo) = loopback6::existing()? {
+                        lo.detach()?;
+                    }
+                } else if let Some(lo) = loopback6::init(self.netlink(&Ns::Host)?)? {
+                    lo.retain(&want)?;
+                    for e in &want {
+                        lo.add(e)?;
+                    }
+                }
+            }
             Step::FastPathRemove { bridge, ip, .. } => {
                 // No bridge, no block: nothing to take the address off.
                 if let Some(fp) = FastPath::of_bridge(self.netlink(&Ns::Host)?, bridge)? {
@@ -553,4 +589,17 @@ fn tag_new_link(nl: &mut Netlink, name: &str, tag: &str) -> Result<()> {
         return Err(e.into());
     }
     Ok(())
+}
+
+/// The ports of a [`crate::plan::Loopback`] one by one, each with its container port.
+fn loopback_entries(l: &crate::plan::Loopback) -> impl Iterator<Item = loopback6::Entry> + '_ {
+    (0..l.count).map_while(move |i| {
+        Some(loopback6::Entry {
+            proto: l.proto,
+            port: l.host_port.checked_add(i)?,
+            target: l.target,
+            target_port: l.container_port.checked_add(i)?,
+            every: l.every,
+        })
+    })
 }

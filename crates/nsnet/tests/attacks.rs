@@ -555,31 +555,27 @@ fn router_advertisement(mac: [u8; 6], prefix: [u8; 16]) -> Vec<u8> {
 
 #[test]
 fn a_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_advertisements() {
-    // nftables guards the host and the neighbours (the bridge table drops the sandbox's IPv6); with the
-    // iptables driver, which filters nothing at the bridge, the host is still guarded (its bridge has IPv6
-    // off).
-    for (backend, neighbours) in [("nftables", true), ("iptables", false)] {
-        router_advertisements(backend, neighbours);
+    // nftables drops the IPv4 network's sandbox's IPv6 in its bridge table, iptables in ip6tables' raw table
+    // (physdev); the host is guarded by its bridge having IPv6 off in any case.
+    for backend in ["nftables", "iptables"] {
+        router_advertisements(backend, true);
     }
 }
 
-/// The twin on a dual-stack network: the sandboxes talk IPv6 now, so the bridge table lets their IPv6
-/// through, but never a router advertisement (the bridge itself takes none either: `accept_ra=0`). The
-/// iptables driver filters no IPv6 between sandboxes yet, so it refuses dual-stack networks.
+/// The twin on a dual-stack network: the sandboxes talk IPv6 now, so the firewall lets their IPv6 through,
+/// but never a router advertisement (the bridge itself takes none either: `accept_ra=0`): `bridge nsnet` with
+/// nftables, ip6tables' raw table (physdev, `--icmpv6-type`) with iptables.
 #[test]
 fn a_dual_stack_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_advertisements() {
+    for backend in ["nftables", "iptables"] {
+        dual_stack_router_advertisements(backend);
+    }
+}
+
+fn dual_stack_router_advertisements(backend: &'static str) {
     const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
     let mut h = TestHost::with_ipv6("ra6");
-    h.firewall = Some("iptables");
-    let before = h.snapshot();
-    let out = h.nsnet_env(&["network", "create", "n", "--ipv6"], &GATE);
-    let err = common::check_one_line_failure(&[], out);
-    assert!(
-        err.contains("iptables firewall does not filter IPv6"),
-        "{err}"
-    );
-    assert_eq!(h.snapshot(), before);
-    h.firewall = Some("nftables");
+    h.firewall = Some(backend);
     let ok = |args: &[&str]| {
         let out = h.nsnet_env(args, &GATE);
         assert!(
@@ -637,14 +633,18 @@ fn a_dual_stack_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_
         let text = seen(ns);
         assert!(
             !text.contains("2001:db8:bad") && !text.contains("fe80::bad"),
-            "{who} took the sandbox's router advertisement:\n{text}"
+            "{backend}: {who} took the sandbox's router advertisement:\n{text}"
         );
-        assert_eq!(text, was, "{who}");
+        assert_eq!(text, was, "{backend}: {who}");
     }
     assert!(!seen(&host).contains("default"));
     h.ok(&["rm", &evil]);
     h.ok(&["rm", &victim]);
     h.ok(&["network", "rm", "n"]);
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let text = h.in_host(&[tool]);
+        assert!(!text.contains("NSNET"), "{backend}: {tool}:\n{text}");
+    }
 }
 
 fn router_advertisements(backend: &'static str, neighbours: bool) {
@@ -700,6 +700,104 @@ fn router_advertisements(backend: &'static str, neighbours: bool) {
         );
     }
     h.ok(&["rm", &evil]);
+    h.ok(&["rm", &victim]);
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// A process already in a namespace that `attach` joins to a network floods forged frames from the moment
+/// its interface appears: not one gets through, because the sandbox's guard is in the firewall before its veth
+/// has a carrier (the locked bridge port stops forged MACs; the guard stops forged addresses). Its frames
+/// from its own address do arrive, so the frames are real.
+#[test]
+fn a_process_in_an_attached_namespace_gets_no_forged_frame_out_while_it_is_joined() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let h = TestHost::new("attachflood");
+    h.ok(&["network", "create", "n", "--subnet", "10.79.0.0/24"]);
+    let victim = h.sb("v");
+    h.ok(&["create", &victim, "--network", "n"]);
+    let victim_ip: Ipv4Addr = "10.79.0.2".parse().expect("ip");
+    let victim_mac = mac_of(&h, &victim);
+    let attacker = h.sb("x");
+    common::sh(&["ip", "netns", "add", &attacker]);
+    let forged: Ipv4Addr = "10.79.0.77".parse().expect("ip");
+    let own: Ipv4Addr = "10.79.0.3".parse().expect("ip");
+
+    // The victim counts every datagram on port 9, by source.
+    let victim_fd = nsnet_core::kernel::netns::open(&h.sb_path("v")).expect("victim ns");
+    let socket =
+        nsnet_core::kernel::netns::run_in(&victim_fd, || std::net::UdpSocket::bind("0.0.0.0:9"))
+            .expect("enter")
+            .expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let stop = AtomicBool::new(false);
+    let (seen, sent) = std::thread::scope(|s| {
+        let listener = s.spawn(|| {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    seen.push(from.ip());
+                }
+            }
+            seen
+        });
+        let flooder = s.spawn(|| {
+            let ns = h.sb_path("x");
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            // Wait for eth0 to appear, then send forged frames as fast as this loop goes.
+            let mac = loop {
+                let out = std::process::Command::new("ip")
+                    .args(["-n", &attacker, "-j", "link", "show", "eth0"])
+                    .output()
+                    .expect("ip");
+                if out.status.success() {
+                    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+                    let text = v[0]["address"].as_str().unwrap_or_default().to_string();
+                    let mut mac = [0u8; 6];
+                    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
+                        *slot = u8::from_str_radix(part, 16).unwrap_or_default();
+                    }
+                    break mac;
+                }
+                assert!(std::time::Instant::now() < until, "eth0 never appeared");
+            };
+            let frames = vec![udp_frame(victim_mac, mac, forged, victim_ip); 32];
+            let mut sent = 0;
+            let flood_until = std::time::Instant::now() + Duration::from_millis(800);
+            while std::time::Instant::now() < flood_until {
+                // Refused while eth0 is down; some go out (to be dropped or not) from when it is up.
+                if probe::send_frames(&ns, "eth0", &frames).is_ok() {
+                    sent += frames.len();
+                }
+            }
+            sent
+        });
+        h.ok(&["attach", &attacker, "--network", "n"]);
+        let sent = flooder.join().expect("flooder");
+        // From its own address, the same path delivers.
+        let mac = mac_of(&h, &attacker);
+        let honest = vec![udp_frame(victim_mac, mac, own, victim_ip); 4];
+        probe::send_frames(&h.sb_path("x"), "eth0", &honest).expect("send");
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        (listener.join().expect("listener"), sent)
+    });
+    assert!(sent > 0, "no forged frame could be sent at all");
+    assert!(
+        !seen.contains(&std::net::IpAddr::V4(forged)),
+        "{} forged datagrams reached the victim (of {sent} sent)",
+        seen.iter()
+            .filter(|ip| **ip == std::net::IpAddr::V4(forged))
+            .count()
+    );
+    assert!(
+        seen.contains(&std::net::IpAddr::V4(own)),
+        "its own datagrams did not arrive either: {seen:?}"
+    );
+    h.ok(&["rm", &attacker]);
+    common::sh(&["ip", "netns", "del", &attacker]);
     h.ok(&["rm", &victim]);
     h.ok(&["network", "rm", "n"]);
 }

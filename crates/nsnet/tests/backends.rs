@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
-use common::{reach, TestHost, HOST_IP, LAN_IP};
+use common::{reach, reach_any, TestHost, HOST_IP, HOST_IP6, LAN_IP, LAN_IP6};
 use nsnet_core::probe;
 
 fn addr(s: &str, port: u16) -> SocketAddrV4 {
@@ -20,11 +20,87 @@ fn iptables_host(test: &str) -> TestHost {
 
 /// What nsnet's iptables chains hold right now.
 fn nsnet_rules(h: &TestHost) -> Vec<String> {
-    h.in_host(&["iptables-save"])
+    nsnet_rules_of(h, "iptables-save")
+}
+
+/// What nsnet's chains hold right now in `tool`'s (`iptables-save` or `ip6tables-save`) tables.
+fn nsnet_rules_of(h: &TestHost, tool: &str) -> Vec<String> {
+    h.in_host(&[tool])
         .lines()
         .filter(|l| l.contains("NSNET"))
         .map(str::to_string)
         .collect()
+}
+
+/// The environment that lets IPv6 through while it is unfinished.
+const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
+
+/// nsnet with the IPv6 gate open; it must succeed.
+fn ok6(h: &TestHost, args: &[&str]) -> String {
+    let out = h.nsnet_env(args, &GATE);
+    assert!(
+        out.status.success(),
+        "nsnet {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A dual-stack iptables host with a LAN peer, IPv6 forwarding on (as a host that routes IPv6 has it).
+fn iptables_host6(test: &str) -> TestHost {
+    let mut h = TestHost::with_lan6(test);
+    h.firewall = Some("iptables");
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    h
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("test address")
+}
+
+/// A sandbox's IPv6 address (without its prefix), from its record.
+fn address6(h: &TestHost, sb: &str) -> Ipv6Addr {
+    v6(h.inspect(sb)["endpoints"][0]["ipv6"]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default())
+}
+
+/// A sandbox's MAC, from its record.
+fn mac(h: &TestHost, sb: &str) -> [u8; 6] {
+    let text = h.inspect(sb)["endpoints"][0]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut mac = [0u8; 6];
+    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
+        *slot = u8::from_str_radix(part, 16).expect("a MAC from inspect");
+    }
+    mac
+}
+
+/// A sandbox's link-local address, as its eth0 holds it.
+fn link_local(h: &TestHost, sb: &str) -> Ipv6Addr {
+    let ns = format!("--net={}", h.sb_path(sb).display());
+    let text = common::sh(&[
+        "nsenter", &ns, "--", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+    ]);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("a link-local address")
+}
+
+/// ICMPv6 echo requests a sandbox has received (its namespace's Icmp6InEchos).
+fn echoes_in(h: &TestHost, sb: &str) -> u64 {
+    let ns = format!("--net={}", h.sb_path(sb).display());
+    common::sh(&["nsenter", &ns, "--", "cat", "/proc/net/snmp6"])
+        .lines()
+        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Icmp6InEchos")
 }
 
 #[test]
@@ -218,4 +294,277 @@ fn firewall_none_writes_no_rules_and_refuses_ports() {
     h.ok(&["rm", &s]);
     h.ok(&["network", "rm", "nsnet0"]);
     assert_eq!(h.snapshot(), empty);
+}
+
+/// `iptables_backend_publishes_isolates_and_cleans_up` on dual-stack networks: the IPv6 side lives in
+/// ip6tables. A published port is reached over IPv6 from every path, sandboxes get out with NAT66, networks
+/// are isolated over IPv6 too, a forged IPv6 source is dropped at the bridge (physdev) while the sandbox's
+/// own addresses pass, `firewall reload` puts back what was removed by hand, and after `network rm` nothing of
+/// nsnet is left in either family (the snapshot holds the whole ruleset, ip6tables-nft's tables included).
+#[test]
+fn iptables_backend_on_dual_stack_networks_publishes_isolates_and_cleans_up() {
+    let h = iptables_host6("ipt6");
+    // A first cycle lets iptables-nft create its (empty) built-in tables of both families.
+    ok6(&h, &["network", "create", "warm", "--ipv6"]);
+    h.ok(&["network", "rm", "warm"]);
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
+    let baseline = h.snapshot();
+
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "n1",
+            "--ipv6",
+            "--subnet",
+            "172.16.1.0/24",
+        ],
+    );
+    ok6(
+        &h,
+        &[
+            "network",
+            "create",
+            "n2",
+            "--ipv6",
+            "--subnet",
+            "172.16.2.0/24",
+        ],
+    );
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+    ok6(&h, &["create", &a, "--network", "n1", "-p", "8080:80"]);
+    ok6(&h, &["create", &b, "--network", "n1"]);
+    ok6(&h, &["create", &c, "--network", "n2"]);
+    let (a6, b6) = (address6(&h, &a), address6(&h, &b));
+    let rules6 = nsnet_rules_of(&h, "ip6tables-save");
+    assert!(
+        rules6
+            .iter()
+            .any(|r| r.ends_with(&format!("--to-destination [{a6}]:80"))),
+        "{rules6:#?}"
+    );
+    assert!(
+        h.in_host(&["nft", "list", "tables"])
+            .lines()
+            .all(|t| !t.contains("nsnet")),
+        "nft tables on iptables"
+    );
+
+    // The published port over IPv6, from every path; IPv4 as before.
+    let a_ns = h.sb_path("a");
+    let to = SocketAddr::new(v6(HOST_IP6).into(), 8080);
+    let gw: IpAddr = v6(h.inspect(&a)["endpoints"][0]["ipv6"]["gateway"]
+        .as_str()
+        .unwrap_or_default())
+    .into();
+    assert_eq!(
+        reach_any(&a_ns, 80, &h.lan_path(), to),
+        Some(v6(LAN_IP6).into()),
+        "LAN peer -> host over IPv6: the sandbox sees the real client"
+    );
+    assert!(
+        reach_any(&a_ns, 80, &h.host_path(), to).is_some(),
+        "host -> own IPv6 address"
+    );
+    assert_eq!(
+        reach_any(&a_ns, 80, &h.sb_path("b"), to),
+        Some(gw),
+        "same network"
+    );
+    assert!(
+        reach_any(&a_ns, 80, &h.sb_path("c"), to).is_some(),
+        "other network"
+    );
+    assert_eq!(
+        reach_any(&a_ns, 80, &a_ns, to),
+        Some(gw),
+        "hairpin to itself"
+    );
+    common::assert_every_path(&h, "a", "b", "c", 8080);
+
+    // Egress with NAT66; isolation between networks over IPv6, not within one.
+    let lan = SocketAddr::new(v6(LAN_IP6).into(), 9000);
+    assert_eq!(
+        reach_any(&h.lan_path(), 9000, &h.sb_path("b"), lan),
+        Some(v6(HOST_IP6).into()),
+        "NAT66: the LAN peer sees the host's address"
+    );
+    assert!(probe::ping6(&h.sb_path("a"), b6).expect("ping"), "a -> b");
+    assert!(
+        !probe::ping6(&h.sb_path("c"), a6).expect("ping"),
+        "c -> a over IPv6"
+    );
+
+    // Spoofing: b's own sources (global and link-local) reach a, anyone else's and `::` do not.
+    let (a_mac, b_mac, b_ll) = (mac(&h, &a), mac(&h, &b), link_local(&h, "b"));
+    let echo = |src: Ipv6Addr| common::icmpv6_frame(a_mac, b_mac, src, a6, 128, 0, &[0, 7, 0, 1]);
+    let send = |frames: &[Vec<u8>]| {
+        probe::send_frames(&h.sb_path("b"), "eth0", frames).expect("send raw frames");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let before = echoes_in(&h, "a");
+    send(&[echo(b6), echo(b_ll)]);
+    assert_eq!(echoes_in(&h, "a"), before + 2, "b's own sources pass");
+    let c6 = address6(&h, &c);
+    send(&[
+        echo(c6),
+        echo(v6("::")),
+        echo(v6("fe80::bad")),
+        echo(v6("fd00::bad")),
+    ]);
+    assert_eq!(
+        echoes_in(&h, "a"),
+        before + 2,
+        "a forged IPv6 source reached a"
+    );
+
+    // Reload after nsnet's IPv6 rules were removed by hand: the same rules come back.
+    let mut before = nsnet_rules_of(&h, "ip6tables-save");
+    for (table, chain) in [
+        ("raw", "NSNET-GUARD"),
+        ("nat", "NSNET-PORTS"),
+        ("filter", "NSNET-ACCEPT"),
+    ] {
+        h.in_host(&["ip6tables", "-t", table, "-F", chain]);
+    }
+    h.ok(&["firewall", "reload"]);
+    h.ok(&["firewall", "reload"]);
+    let mut got = nsnet_rules_of(&h, "ip6tables-save");
+    got.sort();
+    before.sort();
+    assert_eq!(got, before);
+    assert_eq!(
+        reach_any(&a_ns, 80, &h.lan_path(), to),
+        Some(v6(LAN_IP6).into()),
+        "after reload"
+    );
+
+    for s in [&a, &b, &c] {
+        h.ok(&["rm", s]);
+    }
+    h.ok(&["network", "rm", "n1"]);
+    h.ok(&["network", "rm", "n2"]);
+    assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
+    let left = nsnet_rules_of(&h, "ip6tables-save");
+    assert!(left.is_empty(), "{left:?}");
+    let after = h.snapshot();
+    assert_eq!(after, baseline, "{}", after.diff(&baseline));
+}
+
+/// `iptables_backend_on_a_forward_drop_policy` on a dual-stack network, with `ip6tables -P FORWARD DROP`:
+/// egress over IPv6 and the published port work, the IPv6 user chain runs first, and removing the network
+/// leaves only the user's chain and rule.
+#[test]
+fn iptables_backend_on_an_ipv6_forward_drop_policy() {
+    let h = iptables_host6("ipt6drop");
+    h.in_host(&["iptables", "-P", "FORWARD", "DROP"]);
+    h.in_host(&["ip6tables", "-P", "FORWARD", "DROP"]);
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "ds", "-p", "8080:80"]);
+    let lan = SocketAddr::new(v6(LAN_IP6).into(), 9000);
+    assert_eq!(
+        reach_any(&h.lan_path(), 9000, &h.sb_path("s"), lan),
+        Some(v6(HOST_IP6).into()),
+        "egress over IPv6 through a DROP policy"
+    );
+    let to = SocketAddr::new(v6(HOST_IP6).into(), 8080);
+    assert!(reach_any(&h.sb_path("s"), 80, &h.lan_path(), to).is_some());
+    assert!(reach(&h.sb_path("s"), 80, &h.lan_path(), addr(HOST_IP, 8080)).is_some());
+    // The user chain runs first.
+    h.in_host(&["ip6tables", "-A", "NSNET-USER", "-s", LAN_IP6, "-j", "DROP"]);
+    assert_eq!(reach_any(&h.sb_path("s"), 80, &h.lan_path(), to), None);
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "ds"]);
+    assert_eq!(
+        nsnet_rules_of(&h, "ip6tables-save"),
+        vec![
+            ":NSNET-USER - [0:0]".to_string(),
+            format!("-A NSNET-USER -s {LAN_IP6}/128 -j DROP")
+        ]
+    );
+    // The IPv4 user chain, empty, stays with it (one decision for both families).
+    assert_eq!(nsnet_rules(&h), vec![":NSNET-USER - [0:0]"]);
+}
+
+/// A restore commits table by table, and the two families are two restores: when one is refused after
+/// others landed, they are undone, in place. A user's rule that jumps to NSNET-PORTS (IPv4's nat table) makes
+/// the last `network rm` fail at deleting that chain, after ip6tables' tables and iptables' filter table
+/// committed; all of them are then exactly as before (rules in the same order: deleted ones back at their
+/// places, flushed chains refilled).
+#[test]
+fn a_refused_restore_undoes_what_landed_before_it() {
+    let h = iptables_host6("ipt6undo");
+    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    let s = h.sb("s");
+    ok6(&h, &["create", &s, "--network", "ds", "-p", "8080:80"]);
+    h.ok(&["rm", &s]);
+    h.in_host(&["iptables", "-t", "nat", "-I", "OUTPUT", "-j", "NSNET-PORTS"]);
+    let ordered = |tool: &str| {
+        h.in_host(&[tool])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (v4, v6) = (ordered("iptables-save"), ordered("ip6tables-save"));
+    assert!(v6.iter().any(|l| l.contains("NSNET-ACCEPT -i")), "{v6:#?}");
+    let err =
+        common::check_one_line_failure(&["network", "rm", "ds"], h.nsnet(&["network", "rm", "ds"]));
+    assert!(err.contains("iptables-restore"), "{err}");
+    assert_eq!(
+        ordered("ip6tables-save"),
+        v6,
+        "the IPv6 restore was not undone"
+    );
+    assert_eq!(
+        ordered("iptables-save"),
+        v4,
+        "the IPv4 filter table was not undone"
+    );
+    h.in_host(&["iptables", "-t", "nat", "-D", "OUTPUT", "-j", "NSNET-PORTS"]);
+    h.ok(&["network", "rm", "ds"]);
+    assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
+}
+
+/// A host whose chains an nsnet without the IPv6 side made (ip6tables holds none of them): the next command
+/// that adds anything makes them first, for the same owner, and removing what the older nsnet added (with no
+/// IPv6 rules) deletes nothing that is not there.
+#[test]
+fn chains_from_before_the_ipv6_side_are_made_on_the_next_add() {
+    let h = iptables_host("ipt6old");
+    h.ok(&["network", "create", "n", "--subnet", "172.16.5.0/24"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    // What an older nsnet leaves: nothing in ip6tables (iptables-nft makes its tables on first use).
+    for table in ["raw", "nat", "filter"] {
+        h.in_host(&["nft", "delete", "table", "ip6", table]);
+    }
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
+    h.ok(&["create", &b, "--network", "n"]);
+    let rules6 = nsnet_rules_of(&h, "ip6tables-save");
+    let port = h.inspect(&b)["endpoints"][0]["host_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for want in [
+        "-A PREROUTING -j NSNET-GUARD".to_string(),
+        format!("-A NSNET-GUARD -m physdev --physdev-in {port} -j DROP"),
+    ] {
+        assert!(rules6.contains(&want), "{want} not in {rules6:#?}");
+    }
+    let owner = |tool: &str| {
+        h.in_host(&[tool, "-t", "nat"])
+            .lines()
+            .find(|l| l.starts_with("-A NSNET-POSTROUTING -m comment"))
+            .map(str::to_string)
+    };
+    assert_eq!(owner("ip6tables-save"), owner("iptables-save"));
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+    assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
 }

@@ -495,10 +495,6 @@ fn ipv6_bad_input_is_refused_and_changes_nothing() {
             "2001:db8:9::1 is not an address of this host",
         ),
         (
-            &["create", &new, "--network", "ds", "-p", "[::1]:8080:80"],
-            "ports on [::1] are not supported yet",
-        ),
-        (
             &["create", &new, "--network", "ds", "--ip6", "fd00:89:1::1"],
             "is the IPv6 gateway of network ds",
         ),

@@ -63,6 +63,8 @@ fn spawn(h: &TestHost, args: &[&str]) -> Child {
         .arg(env!("CARGO_BIN_EXE_nsnet"))
         .args(args)
         .env("NSNET_STATE_DIR", &h.state)
+        // The [::1] translation's programs go to the test's throwaway cgroup, never the machine's root.
+        .env("NSNET_CGROUP", &h.cgroup)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -291,6 +291,7 @@ fn a_silent_upstream_stalls_no_local_answer_and_ends_in_servfail() {
     let slow = Command::new("nsenter")
         .args([&host, "--"])
         .arg(nsnet_bin())
+        .env("NSNET_CGROUP", &h.cgroup)
         .args([
             "exec",
             &a,

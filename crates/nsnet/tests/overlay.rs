@@ -1069,6 +1069,7 @@ fn a_cni_container_on_the_overlay_reaches_a_sandbox_on_another_host() {
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/nonexistent")
             .env("NSNET_STATE_DIR", w.state_dir(2))
+            .env("NSNET_CGROUP", w.state_dir(2))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -1442,7 +1443,8 @@ fn host_gw_leaves_another_tool_s_filter_and_qdisc_on_the_underlay_alone() {
                 "tc", "filter", "del", "dev", "eth0", "ingress", "pref", &pref,
             ],
         );
-        assert!(!eth0_filters(&w, i).contains("nsnet_fastpath"));
+        // (`tc filter del` succeeded: it was there and went. Not checked again here: the agent may put it back
+        // before a second look, which is what is tested next.)
         assert!(
             wait_until(CONVERGE, || eth0_filters(&w, i).contains("nsnet_fastpath")),
             "host {i}: the agent did not put the filter back:\n{}",

@@ -265,8 +265,9 @@ fn network_rm_force_shows_progress_only_on_a_terminal() {
     // nsnet with a pseudo-terminal for stdout and stderr: what it wrote to them, together.
     let on_terminal = |args: &str| {
         let line = format!(
-            "NSNET_STATE_DIR={} NSNET_RESOLV_CONF={} nsenter --net={} -- {} {args}",
+            "NSNET_STATE_DIR={} NSNET_CGROUP={} NSNET_RESOLV_CONF={} nsenter --net={} -- {} {args}",
             h.state.display(),
+            h.cgroup.display(),
             h.resolv_conf().display(),
             h.host_path().display(),
             nsnet_bin().display()

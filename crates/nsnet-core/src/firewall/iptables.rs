@@ -1,23 +1,37 @@
-//! The iptables driver, for hosts on iptables: the same rules as the nftables driver, as `NSNET-*` chains,
-//! applied with one `iptables-restore --noflush` per operation.
+//! The iptables driver, for hosts on iptables: the same rules as the nftables driver, as `NSNET-*` chains in
+//! both `iptables` and `ip6tables`, applied with one `iptables-restore --noflush` and one
+//! `ip6tables-restore --noflush` per operation.
 //!
 //! iptables has no maps, so each published port is a rule of its own (the packet path walks them). Deleting a
-//! rule that is not there would abort the whole restore, so the driver reads `iptables-save` first and writes
-//! only the changes that are still needed: adds are skipped when present, deletes when absent. That keeps every
-//! operation idempotent. Rule specs are written the way `iptables-save` prints them, so they compare as text.
-//! Anti-spoofing covers IPv4 sources (`physdev` on bridge ports); ARP and IPv6 between sandboxes are not
-//! filtered by this driver (the host itself takes no IPv6 from them: its bridges have IPv6 off).
+//! rule that is not there would abort the whole restore, so the driver reads `iptables-save` (and
+//! `ip6tables-save`) first and writes only the changes that are still needed: adds are skipped when present,
+//! deletes when absent. That keeps every operation idempotent. Rule specs are written the way the save tools
+//! print them, so they compare as text.
+//!
+//! A restore commits table by table, and the two families are two restores (IPv6 first). When one is
+//! refused, what landed before it is undone by a script written from the same reading of the save tool
+//! (every line it wrote, reversed: deleted rules put back at their places, flushed chains refilled), so an
+//! operation still lands whole or not at all. Chains an nsnet without the IPv6 side made (none in ip6tables)
+//! get their IPv6 side with the next batch that adds anything.
+//!
+//! Anti-spoofing (`physdev` on bridge ports, the port itself for point-to-point sandboxes): IPv4 sources, and
+//! on IPv6 the sandbox's own addresses (link-local and global) and nothing else; a sandbox of an IPv4 network
+//! sends no IPv6 at all, and none sends a router solicitation or advertisement, a redirect or MLD. Not
+//! filtered: ARP, and the target of an IPv6 neighbour advertisement (iptables cannot match it).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
+use ipnet::IpNet;
+
+use super::restore::{entry, At, Current, Entry, Script};
 use super::{Batch, Change, FirewallError, Rule, Tables, TablesOwner};
 
 /// The chain the user owns (like Docker's DOCKER-USER); created once, never flushed by nsnet.
 pub const USER_CHAIN: &str = "NSNET-USER";
 
-/// nsnet's chains, by table. Deleted in this order (chains that jump first, the user chain last, and only when
-/// empty).
+/// nsnet's chains, by table, the same in both families. Deleted in this order (chains that jump first, the
+/// user chain last, and only when empty).
 const CHAINS: [(&str, &str); 10] = [
     ("raw", "NSNET-GUARD"),
     ("filter", "NSNET-INPUT"),
@@ -31,30 +45,44 @@ const CHAINS: [(&str, &str); 10] = [
     ("filter", USER_CHAIN),
 ];
 
-/// Where a rule goes in its chain.
+/// ICMPv6 types a sandbox never sends: router solicitation and advertisement, redirect, and MLD (query,
+/// report, done, MLDv2 report). A neighbour's (or the host's) routes and addresses are not the sandbox's to set.
+const ICMPV6_DROPPED: [u8; 7] = [133, 134, 137, 130, 131, 132, 143];
+
+/// Which of the two tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum At {
-    Append,
-    /// Insert at this 1-based position.
-    Insert(u32),
+enum Family {
+    V4,
+    V6,
 }
 
-/// One iptables rule: table, chain, spec (as `iptables-save` prints it), position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    table: &'static str,
-    chain: &'static str,
-    spec: String,
-    at: At,
-}
-
-fn entry(table: &'static str, chain: &'static str, spec: String, at: At) -> Entry {
-    Entry {
-        table,
-        chain,
-        spec,
-        at,
+impl Family {
+    fn save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
     }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+
+    /// The loopback network, as the save tools print it.
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+}
+
+/// Whether this kernel has IPv6 at all: without it there is no IPv6 to filter, and no ip6tables to write to.
+fn ipv6_kernel() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
 /// The jumps from the built-in chains, then nsnet's fixed rules. NSNET-FORWARD is fixed: it passes a packet
@@ -62,22 +90,27 @@ fn entry(table: &'static str, chain: &'static str, spec: String, at: At) -> Entr
 /// made in: the user's rules; internal networks' drops (before anything accepts, published ports
 /// included); published ports; isolation; each network's own traffic and replies; and last, the drops for
 /// connections routed in from outside to networks in gateway mode nat.
-fn skeleton(owner: &str) -> Vec<Entry> {
+fn skeleton(owner: &str, family: Family) -> Vec<Entry> {
     use At::*;
-    vec![
+    let lo = family.loopback();
+    let mut out = vec![
         // Who the chains belong to: a rule with no target, matched by the first packet of each connection.
         entry("nat", "NSNET-POSTROUTING", owner_mark(owner), Append),
         entry("raw", "PREROUTING", "-j NSNET-GUARD".into(), Insert(1)),
         entry(
             "nat",
             "PREROUTING",
-            "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j NSNET-PORTS".into(),
+            format!("! -d {lo} -m addrtype --dst-type LOCAL -j NSNET-PORTS"),
             Append,
         ),
+        // IPv6 has no route_localnet, and a DNAT of ::1 never completes: ::1 is never DNATed (C10's, issue #19).
         entry(
             "nat",
             "OUTPUT",
-            "-m addrtype --dst-type LOCAL -j NSNET-PORTS".into(),
+            match family {
+                Family::V4 => "-m addrtype --dst-type LOCAL -j NSNET-PORTS".into(),
+                Family::V6 => format!("! -d {lo} -m addrtype --dst-type LOCAL -j NSNET-PORTS"),
+            },
             Append,
         ),
         entry(
@@ -86,12 +119,16 @@ fn skeleton(owner: &str) -> Vec<Entry> {
             "-j NSNET-POSTROUTING".into(),
             Insert(1),
         ),
-        entry(
+    ];
+    if family == Family::V4 {
+        out.push(entry(
             "nat",
             "NSNET-POSTROUTING",
             "-s 127.0.0.0/8 -m conntrack --ctstate DNAT -j MASQUERADE".into(),
             Append,
-        ),
+        ));
+    }
+    out.extend([
         entry("filter", "FORWARD", "-j NSNET-FORWARD".into(), Insert(1)),
         entry("filter", "INPUT", "-j NSNET-INPUT".into(), Insert(1)),
         entry(
@@ -115,7 +152,8 @@ fn skeleton(owner: &str) -> Vec<Entry> {
         entry("filter", "NSNET-FORWARD", "-j NSNET-ISOLATE".into(), Append),
         entry("filter", "NSNET-FORWARD", "-j NSNET-ACCEPT".into(), Append),
         entry("filter", "NSNET-FORWARD", "-j NSNET-INBOUND".into(), Append),
-    ]
+    ]);
+    out
 }
 
 /// The owner marker as `iptables-save` prints it.
@@ -123,183 +161,288 @@ fn owner_mark(owner: &str) -> String {
     format!("-m comment --comment \"{}\"", owner.replace('"', "'"))
 }
 
-/// Who made nsnet's chains: the owner marker in NSNET-POSTROUTING.
+/// Who made nsnet's chains: the owner marker in NSNET-POSTROUTING (of `iptables`, which always holds them).
 pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
     let current = Current::parse(&super::run_tool("iptables-save", &["-t", "nat"], None)?);
-    if !current
-        .chains
-        .contains(&("nat".to_string(), "NSNET-POSTROUTING".to_string()))
-    {
+    if !current.has_chain("nat", "NSNET-POSTROUTING") {
         return Ok(TablesOwner::Absent);
     }
-    let mark = current.rules.iter().find_map(|(t, c, spec)| {
-        let owner = spec
-            .strip_prefix("-m comment --comment \"")?
-            .strip_suffix('"')?;
-        (t == "nat" && c == "NSNET-POSTROUTING").then(|| owner.to_string())
-    });
-    Ok(mark.map_or(TablesOwner::Unknown, TablesOwner::Of))
+    Ok(current
+        .owner()
+        .map_or(TablesOwner::Unknown, TablesOwner::Of))
 }
 
-/// The iptables rules a firewall rule stands for.
-fn entries(rule: &Rule) -> Vec<Entry> {
+/// The rules of one family a firewall rule stands for.
+fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
     use At::*;
-    match rule {
-        Rule::Tables(_) | Rule::HostAccept { .. } => vec![],
-        // IPv6-only networks are refused on this backend (C14 of issue #19): nothing of theirs reaches here.
-        Rule::Interface { subnet: None, .. } | Rule::Endpoint { address: None, .. } => vec![],
-        Rule::Interface { interface: i, subnet: Some(s), internal, .. } => {
+    use Family::*;
+    match (rule, family) {
+        (Rule::Tables(_) | Rule::HostAccept { .. }, _) => vec![],
+        (
+            Rule::Interface {
+                interface: i,
+                subnet,
+                internal,
+                subnet6,
+            },
+            _,
+        ) => {
+            let s = match (family, subnet, subnet6) {
+                (V4, Some(s), _) => s.to_string(),
+                (V6, _, Some(s6)) => s6.to_string(),
+                // An IPv4 network's sandboxes send no IPv6, nor an IPv6-only network's IPv4 (see the
+                // endpoint's rules).
+                _ => return vec![],
+            };
+            let lo = family.loopback();
+            // On IPv6 the loopback guards go first in NSNET-GUARD: an endpoint's rules RETURN from it.
+            let at = if family == V6 { Insert(1) } else { Append };
             let mut out = vec![
-                entry("raw", "NSNET-GUARD", format!("-s 127.0.0.0/8 -i {i} -j DROP"), Append),
-                entry("raw", "NSNET-GUARD", format!("-d 127.0.0.0/8 -i {i} -j DROP"), Append),
-                entry("nat", "NSNET-POSTROUTING", format!("-s {s} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"), Append),
+                entry("raw", "NSNET-GUARD", format!("-s {lo} -i {i} -j DROP"), at),
+                entry("raw", "NSNET-GUARD", format!("-d {lo} -i {i} -j DROP"), at),
+                entry(
+                    "nat",
+                    "NSNET-POSTROUTING",
+                    format!("-s {s} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"),
+                    Append,
+                ),
                 // iptables' FORWARD may have policy DROP: let the network's own traffic and its replies through.
-                entry("filter", "NSNET-ACCEPT", format!("-i {i} -j ACCEPT"), Append),
-                entry("filter", "NSNET-ACCEPT", format!("-o {i} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"), Append),
+                entry(
+                    "filter",
+                    "NSNET-ACCEPT",
+                    format!("-i {i} -j ACCEPT"),
+                    Append,
+                ),
+                entry(
+                    "filter",
+                    "NSNET-ACCEPT",
+                    format!("-o {i} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+                    Append,
+                ),
             ];
             if *internal {
-                out.push(entry("filter", "NSNET-INTERNAL", format!("-i {i} ! -o {i} -j DROP"), Append));
-                out.push(entry("filter", "NSNET-INTERNAL", format!("! -i {i} -o {i} -j DROP"), Append));
+                out.push(entry(
+                    "filter",
+                    "NSNET-INTERNAL",
+                    format!("-i {i} ! -o {i} -j DROP"),
+                    Append,
+                ));
+                out.push(entry(
+                    "filter",
+                    "NSNET-INTERNAL",
+                    format!("! -i {i} -o {i} -j DROP"),
+                    Append,
+                ));
             }
             out
         }
-        // IPv6 is ip6tables' (C9 of issue #19); dual-stack networks are refused on this backend until then.
-        Rule::Masquerade { subnet: ipnet::IpNet::V6(_), .. } | Rule::Port { target: std::net::IpAddr::V6(_), .. } => vec![],
-        Rule::Masquerade { subnet, interface } => {
-            vec![entry("nat", "NSNET-POSTROUTING", format!("-s {subnet} ! -o {interface} -j MASQUERADE"), Append)]
-        }
-        Rule::Isolate { from, to } => {
-            vec![entry("filter", "NSNET-ISOLATE", format!("-i {from} -o {to} -j DROP"), Append)]
+        (Rule::Masquerade { subnet, interface }, _) => match (subnet, family) {
+            (IpNet::V4(_), V4) | (IpNet::V6(_), V6) => {
+                vec![entry(
+                    "nat",
+                    "NSNET-POSTROUTING",
+                    format!("-s {subnet} ! -o {interface} -j MASQUERADE"),
+                    Append,
+                )]
+            }
+            _ => vec![],
+        },
+        (Rule::Isolate { from, to }, _) => {
+            vec![entry(
+                "filter",
+                "NSNET-ISOLATE",
+                format!("-i {from} -o {to} -j DROP"),
+                Append,
+            )]
         }
         // What is left by here is a new connection that no network of nsnet's accepted as its own.
-        Rule::PublishedOnly { interface: i } => {
-            vec![entry("filter", "NSNET-INBOUND", format!("-o {i} -j DROP"), Append)]
+        (Rule::PublishedOnly { interface: i }, _) => {
+            vec![entry(
+                "filter",
+                "NSNET-INBOUND",
+                format!("-o {i} -j DROP"),
+                Append,
+            )]
         }
-        Rule::Endpoint { host_interface: h, address: Some(a), .. } => vec![
-            entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -m physdev --physdev-in {h} -j DROP"), Append),
-            entry("raw", "NSNET-GUARD", format!("! -s {a}/32 -i {h} -j DROP"), Append),
+        (
+            Rule::Endpoint {
+                host_interface: h,
+                address: Some(a),
+                ..
+            },
+            V4,
+        ) => vec![
+            entry(
+                "raw",
+                "NSNET-GUARD",
+                format!("! -s {a}/32 -m physdev --physdev-in {h} -j DROP"),
+                Append,
+            ),
+            entry(
+                "raw",
+                "NSNET-GUARD",
+                format!("! -s {a}/32 -i {h} -j DROP"),
+                Append,
+            ),
         ],
+        // An IPv6-only network's sandbox has no IPv4 address: all its IPv4 is dropped.
+        (
+            Rule::Endpoint {
+                host_interface: h,
+                address: None,
+                ..
+            },
+            V4,
+        ) => vec![
+            entry(
+                "raw",
+                "NSNET-GUARD",
+                format!("-m physdev --physdev-in {h} -j DROP"),
+                Append,
+            ),
+            entry("raw", "NSNET-GUARD", format!("-i {h} -j DROP"), Append),
+        ],
+        // One of its own addresses or nothing, first through the bridge (physdev), then on the port itself
+        // (point to point). `::` (DAD, early MLD) is none of them. An IPv4 network's sandbox has no IPv6
+        // address, so all its IPv6 is dropped.
+        (
+            Rule::Endpoint {
+                host_interface: h,
+                ipv6,
+                ..
+            },
+            V6,
+        ) => {
+            let mut out: Vec<Entry> = ICMPV6_DROPPED
+                .iter()
+                .filter(|_| !ipv6.is_empty())
+                .map(|t| {
+                    let spec = format!("-p ipv6-icmp -m physdev --physdev-in {h} -m icmp6 --icmpv6-type {t} -j DROP");
+                    entry("raw", "NSNET-GUARD", spec, Append)
+                })
+                .collect();
+            for on in [format!("-m physdev --physdev-in {h}"), format!("-i {h}")] {
+                for a in ipv6 {
+                    out.push(entry(
+                        "raw",
+                        "NSNET-GUARD",
+                        format!("-s {a}/128 {on} -j RETURN"),
+                        Append,
+                    ));
+                }
+                out.push(entry("raw", "NSNET-GUARD", format!("{on} -j DROP"), Append));
+            }
+            out
+        }
         // Accepted in NSNET-ACCEPT, which comes before NSNET-INBOUND's drops; hairpin masquerades (DNATed) still
         // apply, so the return leaves them alone.
-        Rule::Overlay { device: d, cluster: c, subnet: s } => vec![
-            entry("filter", "NSNET-ACCEPT", format!("-s {c} -d {s} -i {d} -j ACCEPT"), Append),
-            entry("nat", "NSNET-POSTROUTING", format!("-s {s} -d {c} -m conntrack ! --ctstate DNAT -j RETURN"), Insert(1)),
+        (
+            Rule::Overlay {
+                device: d,
+                cluster: c,
+                subnet: s,
+            },
+            V4,
+        ) => vec![
+            entry(
+                "filter",
+                "NSNET-ACCEPT",
+                format!("-s {c} -d {s} -i {d} -j ACCEPT"),
+                Append,
+            ),
+            entry(
+                "nat",
+                "NSNET-POSTROUTING",
+                format!("-s {s} -d {c} -m conntrack ! --ctstate DNAT -j RETURN"),
+                Insert(1),
+            ),
             // A published port reached from the cluster through the gateway address: its replies must come
             // back to this host (the fast path does no NAT), as with nftables.
-            entry("nat", "NSNET-POSTROUTING", format!("-s {c} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"), Insert(1)),
+            entry(
+                "nat",
+                "NSNET-POSTROUTING",
+                format!("-s {c} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"),
+                Insert(1),
+            ),
         ],
         // Members' returns are inserted first in NSNET-INPUT, the port's drop appended after them.
-        Rule::VxlanPort { port } => {
-            vec![entry("filter", "NSNET-INPUT", format!("-p udp -m udp --dport {port} -j DROP"), Append)]
+        (Rule::VxlanPort { port }, V4) => {
+            vec![entry(
+                "filter",
+                "NSNET-INPUT",
+                format!("-p udp -m udp --dport {port} -j DROP"),
+                Append,
+            )]
         }
         // Forwarded VXLAN to a member is dropped before anything accepts (NSNET-INTERNAL comes first): a sandbox
         // sending it would be masqueraded to this host's address, a member's, and inject frames into the overlay.
-        Rule::VxlanMember { underlay, port } => vec![
-            entry("filter", "NSNET-INPUT", format!("-s {underlay}/32 -p udp -m udp --dport {port} -j RETURN"), Insert(1)),
-            entry("filter", "NSNET-INTERNAL", format!("-d {underlay}/32 -p udp -m udp --dport {port} -j DROP"), Insert(1)),
+        (Rule::VxlanMember { underlay, port }, V4) => vec![
+            entry(
+                "filter",
+                "NSNET-INPUT",
+                format!("-s {underlay}/32 -p udp -m udp --dport {port} -j RETURN"),
+                Insert(1),
+            ),
+            entry(
+                "filter",
+                "NSNET-INTERNAL",
+                format!("-d {underlay}/32 -p udp -m udp --dport {port} -j DROP"),
+                Insert(1),
+            ),
         ],
-        Rule::Port { mapping, target } => mapping
-            .pairs()
-            .map(|(host_port, container_port)| {
-                let dest = mapping.host_ip.map(|ip| format!("-d {ip}/32 ")).unwrap_or_default();
-                let p = mapping.protocol;
-                let spec = format!("{dest}-p {p} -m {p} --dport {host_port} -j DNAT --to-destination {target}:{container_port}");
-                entry("nat", "NSNET-PORTS", spec, Append)
-            })
-            .collect(),
-    }
-}
-
-/// What `iptables-save` shows: chains and rules per table.
-#[derive(Debug, Default)]
-struct Current {
-    chains: BTreeSet<(String, String)>,
-    rules: BTreeSet<(String, String, String)>,
-}
-
-impl Current {
-    fn parse(text: &str) -> Current {
-        let mut cur = Current::default();
-        let mut table = String::new();
-        for line in text.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                table = t.to_string();
-            } else if let Some(decl) = line.strip_prefix(':') {
-                if let Some(chain) = decl.split_whitespace().next() {
-                    cur.chains.insert((table.clone(), chain.to_string()));
-                }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                if let Some((chain, spec)) = rule.split_once(' ') {
-                    cur.rules
-                        .insert((table.clone(), chain.to_string(), spec.to_string()));
-                }
-            }
+        // Overlays are IPv4 only.
+        (Rule::Overlay { .. } | Rule::VxlanPort { .. } | Rule::VxlanMember { .. }, V6) => vec![],
+        (Rule::Port { mapping, target }, _) => {
+            let to = match (target, family) {
+                (IpAddr::V4(t), V4) => t.to_string(),
+                (IpAddr::V6(t), V6) => format!("[{t}]"),
+                _ => return vec![],
+            };
+            // `::` is every IPv6 address, as no address is.
+            let dest = match mapping.host_ip.filter(|ip| !ip.is_unspecified()) {
+                Some(IpAddr::V4(ip)) => format!("-d {ip}/32 "),
+                Some(IpAddr::V6(ip)) => format!("-d {ip}/128 "),
+                None => String::new(),
+            };
+            mapping
+                .pairs()
+                .map(|(host_port, container_port)| {
+                    let p = mapping.protocol;
+                    let spec = format!("{dest}-p {p} -m {p} --dport {host_port} -j DNAT --to-destination {to}:{container_port}");
+                    entry("nat", "NSNET-PORTS", spec, Append)
+                })
+                .collect()
         }
-        cur
-    }
-
-    fn has_rule(&self, e: &Entry) -> bool {
-        self.rules
-            .contains(&(e.table.into(), e.chain.into(), e.spec.clone()))
-    }
-
-    fn chain_is_empty(&self, table: &str, chain: &str) -> bool {
-        !self.rules.iter().any(|(t, c, _)| t == table && c == chain)
     }
 }
 
-/// Restore lines per table.
-#[derive(Default)]
-struct Script {
-    tables: BTreeMap<&'static str, Vec<String>>,
-}
-
-impl Script {
-    fn line(&mut self, table: &'static str, line: String) {
-        self.tables.entry(table).or_default().push(line);
-    }
-
-    fn text(&self) -> String {
-        let mut out = String::new();
-        for (table, lines) in &self.tables {
-            let _ = writeln!(out, "*{table}");
-            // Chain declarations first: iptables-restore wants them before the rules that use them.
-            for l in lines.iter().filter(|l| l.starts_with(':')) {
-                let _ = writeln!(out, "{l}");
-            }
-            for l in lines.iter().filter(|l| !l.starts_with(':')) {
-                let _ = writeln!(out, "{l}");
-            }
-            let _ = writeln!(out, "COMMIT");
-        }
-        out
-    }
-}
-
-/// Write the restore script for a batch. With `current` (the live rules), only what is still needed is
-/// written and the simulated state follows along; without it (a dry run), everything is written.
-fn script(batch: &Batch, mut current: Option<&mut Current>) -> String {
+/// Write the restore script of one family for a batch. With `current` (the live rules), only what is still
+/// needed is written and the simulated state follows along; without it (a dry run), everything is written.
+fn script(batch: &Batch, family: Family, mut current: Option<&mut Current>) -> Script {
     let mut out = Script::default();
     for change in &batch.0 {
         match change {
             Change::Add(Rule::Tables(Tables { owner, .. })) => {
                 for (table, chain) in CHAINS {
-                    let key = (table.to_string(), chain.to_string());
-                    if current.as_ref().is_none_or(|c| !c.chains.contains(&key)) {
-                        out.line(table, format!(":{chain} - [0:0]"));
+                    if current.as_ref().is_none_or(|c| !c.has_chain(table, chain)) {
+                        out.line(
+                            table,
+                            format!(":{chain} - [0:0]"),
+                            vec![format!("-X {chain}")],
+                        );
                         if let Some(c) = current.as_deref_mut() {
-                            c.chains.insert(key);
+                            c.chains.insert((table.into(), chain.into()), vec![]);
                         }
                     }
                 }
-                add(&mut out, &mut current, skeleton(owner));
+                add(&mut out, &mut current, skeleton(owner, family));
             }
             Change::Delete(Rule::Tables(Tables {
                 keep_user_chain,
                 owner,
             })) => {
                 // The jumps out of the built-in chains first, then nsnet's chains.
-                let jumps: Vec<Entry> = skeleton(owner)
+                let jumps: Vec<Entry> = skeleton(owner, family)
                     .into_iter()
                     .filter(|e| !e.chain.starts_with("NSNET"))
                     .collect();
@@ -308,22 +451,27 @@ fn script(batch: &Batch, mut current: Option<&mut Current>) -> String {
                     if chain == USER_CHAIN && *keep_user_chain {
                         continue;
                     }
-                    let key = (table.to_string(), chain.to_string());
-                    if current.as_ref().is_none_or(|c| c.chains.contains(&key)) {
-                        out.line(table, format!("-F {chain}"));
-                        out.line(table, format!("-X {chain}"));
-                        if let Some(c) = current.as_deref_mut() {
-                            c.chains.remove(&key);
-                            c.rules.retain(|(t, ch, _)| !(t == table && ch == chain));
-                        }
+                    if current.as_ref().is_none_or(|c| c.has_chain(table, chain)) {
+                        let key = (table.to_string(), chain.to_string());
+                        let rules = current
+                            .as_deref_mut()
+                            .and_then(|c| c.chains.remove(&key))
+                            .unwrap_or_default();
+                        let restore = rules.iter().map(|r| format!("-A {chain} {r}")).collect();
+                        out.line(table, format!("-F {chain}"), restore);
+                        out.line(
+                            table,
+                            format!("-X {chain}"),
+                            vec![format!(":{chain} - [0:0]")],
+                        );
                     }
                 }
             }
-            Change::Add(rule) => add(&mut out, &mut current, entries(rule)),
-            Change::Delete(rule) => delete(&mut out, &mut current, entries(rule)),
+            Change::Add(rule) => add(&mut out, &mut current, entries(rule, family)),
+            Change::Delete(rule) => delete(&mut out, &mut current, entries(rule, family)),
         }
     }
-    out.text()
+    out
 }
 
 fn add(out: &mut Script, current: &mut Option<&mut Current>, entries: Vec<Entry>) {
@@ -335,58 +483,176 @@ fn add(out: &mut Script, current: &mut Option<&mut Current>, entries: Vec<Entry>
             At::Append => format!("-A {} {}", e.chain, e.spec),
             At::Insert(n) => format!("-I {} {n} {}", e.chain, e.spec),
         };
-        out.line(e.table, line);
+        out.line(e.table, line, vec![format!("-D {} {}", e.chain, e.spec)]);
         if let Some(c) = current.as_deref_mut() {
-            c.rules.insert((e.table.into(), e.chain.into(), e.spec));
+            let rules = c
+                .chains
+                .entry((e.table.into(), e.chain.into()))
+                .or_default();
+            match e.at {
+                At::Append => rules.push(e.spec),
+                At::Insert(n) => {
+                    let at = usize::try_from(n.saturating_sub(1))
+                        .unwrap_or(0)
+                        .min(rules.len());
+                    rules.insert(at, e.spec);
+                }
+            }
         }
     }
 }
 
 fn delete(out: &mut Script, current: &mut Option<&mut Current>, entries: Vec<Entry>) {
     for e in entries {
-        if current.as_ref().is_some_and(|c| !c.has_rule(&e)) {
-            continue;
-        }
-        out.line(e.table, format!("-D {} {}", e.chain, e.spec));
-        if let Some(c) = current.as_deref_mut() {
-            c.rules.remove(&(e.table.into(), e.chain.into(), e.spec));
-        }
+        let at = match current.as_deref_mut() {
+            Some(c) => match c.position(&e) {
+                Some(at) => {
+                    if let Some(rules) = c.chains.get_mut(&(e.table.into(), e.chain.into())) {
+                        rules.remove(at);
+                    }
+                    at
+                }
+                None => continue,
+            },
+            None => 0,
+        };
+        // Put back where it was.
+        let undo = format!("-I {} {} {}", e.chain, at + 1, e.spec);
+        out.line(e.table, format!("-D {} {}", e.chain, e.spec), vec![undo]);
     }
 }
 
-/// The batch as an `iptables-restore --noflush` script, for display (`--dry-run`).
+/// The batch as the `iptables-restore --noflush` and `ip6tables-restore --noflush` commands that apply it,
+/// for display (`--dry-run`).
 pub fn render(batch: &Batch) -> String {
-    script(batch, None)
+    let mut out = String::new();
+    for family in [Family::V4, Family::V6] {
+        let text = Script::text(&script(batch, family, None).tables);
+        if !text.is_empty() {
+            let tool = family.restore();
+            let _ = write!(
+                out,
+                "{}{tool} --noflush <<'EOF'\n{text}EOF",
+                if out.is_empty() { "" } else { "\n" }
+            );
+        }
+    }
+    out
 }
 
-/// Apply a batch with one `iptables-restore --noflush`: all of it, or none of it.
+/// The families this host filters: IPv4, and IPv6 when the kernel has it.
+fn families() -> Vec<Family> {
+    if ipv6_kernel() {
+        vec![Family::V6, Family::V4]
+    } else {
+        vec![Family::V4]
+    }
+}
+
+/// The batch for ip6tables on a host whose iptables chains an nsnet without the IPv6 side made (so ip6tables
+/// has none of them): it makes them first when it adds anything, for the same owner, as a reset would.
+fn with_v6_chains(batch: &Batch, live: &Current, owner: &str) -> Batch {
+    let adds = batch.0.iter().any(|c| matches!(c, Change::Add(_)));
+    let resets = batch
+        .0
+        .iter()
+        .any(|c| matches!(c, Change::Add(Rule::Tables(_))));
+    if !adds || resets || live.has_chain("nat", "NSNET-POSTROUTING") {
+        return batch.clone();
+    }
+    let mut out = Batch::default();
+    out.add(Rule::Tables(Tables {
+        keep_user_chain: false,
+        owner: owner.to_string(),
+    }));
+    out.0.extend(batch.0.iter().cloned());
+    out
+}
+
+/// Apply a batch with one `ip6tables-restore --noflush` and one `iptables-restore --noflush`: all of it, or
+/// none of it. A restore commits table by table (each `COMMIT`), so a refused one may have committed the
+/// tables before the one refused: those are undone (the tables that differ from what was read before), and
+/// then every family applied before it.
 pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     if batch.is_empty() {
         return Ok(());
     }
-    let mut current = Current::parse(&super::run_tool("iptables-save", &[], None)?);
-    let text = script(batch, Some(&mut current));
-    if text.is_empty() {
-        return Ok(());
+    // Both read and written before anything is applied: a failure reading leaves everything as it was.
+    let mut read = Vec::new();
+    for family in families() {
+        read.push((
+            family,
+            Current::parse(&super::run_tool(family.save(), &[], None)?),
+        ));
     }
-    super::run_tool("iptables-restore", &["--noflush"], Some(&text)).map(|_| ())
+    let owner = read
+        .iter()
+        .find(|(f, _)| *f == Family::V4)
+        .and_then(|(_, c)| c.owner());
+    let mut scripts = Vec::new();
+    for (family, before) in read {
+        let mut after = before.clone();
+        let s = match (family, &owner) {
+            (Family::V6, Some(owner)) => script(
+                &with_v6_chains(batch, &before, owner),
+                family,
+                Some(&mut after),
+            ),
+            _ => script(batch, family, Some(&mut after)),
+        };
+        scripts.push((family, s, before));
+    }
+    let mut done: Vec<(Family, String)> = Vec::new();
+    for (family, s, before) in scripts {
+        let text = Script::text(&s.tables);
+        if text.is_empty() {
+            continue;
+        }
+        if let Err(e) = super::run_tool(family.restore(), &["--noflush"], Some(&text)) {
+            let now = super::run_tool(family.save(), &[], None).map(|t| Current::parse(&t));
+            if let Ok(now) = now {
+                let partial = s.undo_text(|t| now.table(t) != before.table(t));
+                done.push((family, partial));
+            }
+            for (f, undo) in done.iter().rev() {
+                if !undo.is_empty() {
+                    let _ = super::run_tool(f.restore(), &["--noflush"], Some(undo));
+                }
+            }
+            return Err(e);
+        }
+        done.push((family, s.undo_text(|_| true)));
+    }
+    Ok(())
 }
 
-/// The rules of `rules` whose iptables rules are not all in place.
+/// The rules of `rules` whose iptables (or ip6tables) rules are not all in place.
 pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
-    let current = Current::parse(&super::run_tool("iptables-save", &[], None)?);
+    let mut live = Vec::new();
+    for family in families() {
+        live.push((
+            family,
+            Current::parse(&super::run_tool(family.save(), &[], None)?),
+        ));
+    }
     Ok(rules
         .iter()
-        .filter(|r| !entries(r).iter().all(|e| current.has_rule(e)))
+        .filter(|r| {
+            !live
+                .iter()
+                .all(|(f, current)| entries(r, *f).iter().all(|e| current.has_rule(e)))
+        })
         .cloned()
         .collect())
 }
 
-/// Whether the user chain holds rules (then removing the last network keeps it).
+/// Whether a user chain (of either family) holds rules (then removing the last network keeps them).
 pub fn user_chain_has_rules() -> bool {
-    super::run_tool("iptables-save", &["-t", "filter"], None)
-        .map(|text| !Current::parse(&text).chain_is_empty("filter", USER_CHAIN))
-        .unwrap_or(false)
+    families().iter().any(|f| {
+        super::run_tool(f.save(), &["-t", "filter"], None)
+            .map(|text| !Current::parse(&text).chain_is_empty("filter", USER_CHAIN))
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]
@@ -429,7 +695,17 @@ mod tests {
             "-A NSNET-PORTS -p tcp -m tcp --dport 8088 -j DNAT --to-destination 10.89.0.2:80\n"
         ));
         assert!(text.contains("-A NSNET-POSTROUTING -s 10.89.0.0/24 ! -o nsnet0 -j MASQUERADE\n"));
-        assert_eq!(text.matches("COMMIT").count(), 3);
+        let (v4, v6) = text.split_once("ip6tables-restore").expect("both families");
+        assert_eq!(v4.matches("COMMIT").count(), 3, "{text}");
+        // No IPv6 subnet or target: the IPv6 side has nsnet's chains and jumps only.
+        assert!(
+            !v6.contains("MASQUERADE") && !v6.contains("--to-destination"),
+            "{v6}"
+        );
+        assert!(
+            v6.contains("-A PREROUTING ! -d ::1/128 -m addrtype --dst-type LOCAL -j NSNET-PORTS\n"),
+            "{v6}"
+        );
     }
 
     #[test]
@@ -439,12 +715,14 @@ mod tests {
         let mut cur = Current::parse(live);
         let mut add = Batch::default();
         add.add(port());
-        assert_eq!(script(&add, Some(&mut cur)), "", "already there");
+        let text =
+            |b: &Batch, c: &mut Current| Script::text(&script(b, Family::V4, Some(c)).tables);
+        assert_eq!(text(&add, &mut cur), "", "already there");
         let mut del = Batch::default();
         del.delete(port());
         del.delete(port());
         assert_eq!(
-            script(&del, Some(&mut cur)),
+            text(&del, &mut cur),
             "*nat\n-D NSNET-PORTS -p tcp -m tcp --dport 8088 -j DNAT --to-destination 10.89.0.2:80\nCOMMIT\n"
         );
     }
@@ -459,11 +737,150 @@ mod tests {
             keep_user_chain: true,
             owner: "nsnet:/s".into(),
         }));
-        let text = script(&b, Some(&mut cur));
+        let text = Script::text(&script(&b, Family::V4, Some(&mut cur)).tables);
         assert!(
             text.contains("-D FORWARD -j NSNET-FORWARD\n-F NSNET-FORWARD\n-X NSNET-FORWARD\n"),
             "{text}"
         );
         assert!(!text.contains("NSNET-USER"), "{text}");
+    }
+
+    fn endpoint6() -> Rule {
+        Rule::Endpoint {
+            host_interface: "nsv1".into(),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
+            ipv6: vec!["fe80::1".parse().unwrap(), "fd00::2".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn an_ipv6_endpoint_returns_its_own_sources_and_drops_the_rest() {
+        let specs: Vec<String> = entries(&endpoint6(), Family::V6)
+            .into_iter()
+            .map(|e| e.spec)
+            .collect();
+        // Router advertisements and the like go first: a good source must not RETURN them.
+        let ra = "-p ipv6-icmp -m physdev --physdev-in nsv1 -m icmp6 --icmpv6-type 134 -j DROP";
+        let ret = "-s fe80::1/128 -m physdev --physdev-in nsv1 -j RETURN";
+        let pos = |s: &str| specs.iter().position(|x| x == s).expect(s);
+        assert!(pos(ra) < pos(ret), "{specs:#?}");
+        assert!(
+            pos("-s fd00::2/128 -m physdev --physdev-in nsv1 -j RETURN")
+                < pos("-m physdev --physdev-in nsv1 -j DROP")
+        );
+        assert!(pos("-s fd00::2/128 -i nsv1 -j RETURN") < pos("-i nsv1 -j DROP"));
+        // An IPv4 network's sandbox: no IPv6 at all.
+        let v4only = Rule::Endpoint {
+            host_interface: "nsv1".into(),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
+            ipv6: vec![],
+        };
+        let specs: Vec<String> = entries(&v4only, Family::V6)
+            .into_iter()
+            .map(|e| e.spec)
+            .collect();
+        assert_eq!(
+            specs,
+            ["-m physdev --physdev-in nsv1 -j DROP", "-i nsv1 -j DROP"]
+        );
+    }
+
+    /// An IPv6-only network (C14): its sandbox sends no IPv4 at all, and its bridge has no IPv4 rules.
+    #[test]
+    fn an_ipv6_only_endpoint_sends_no_ipv4() {
+        let only6 = Rule::Endpoint {
+            host_interface: "nsv1".into(),
+            address: None,
+            ipv6: vec!["fe80::1".parse().unwrap(), "fd00::2".parse().unwrap()],
+        };
+        let specs: Vec<String> = entries(&only6, Family::V4)
+            .into_iter()
+            .map(|e| e.spec)
+            .collect();
+        assert_eq!(
+            specs,
+            ["-m physdev --physdev-in nsv1 -j DROP", "-i nsv1 -j DROP"]
+        );
+        assert_eq!(
+            entries(&only6, Family::V6).len(),
+            entries(&endpoint6(), Family::V6).len()
+        );
+        let bridge = Rule::Interface {
+            interface: "nsbr".into(),
+            subnet: None,
+            internal: false,
+            subnet6: Some("fd00::/64".parse().unwrap()),
+        };
+        assert!(entries(&bridge, Family::V4).is_empty());
+        assert!(!entries(&bridge, Family::V6).is_empty());
+    }
+
+    #[test]
+    fn ipv6_ports_and_nat66_go_to_ip6tables_only() {
+        let port6 = Rule::Port {
+            mapping: PortMapping {
+                host_ip: Some("::".parse().unwrap()),
+                host_port: 8088,
+                container_port: 80,
+                count: 1,
+                protocol: Proto::Udp,
+            },
+            target: "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().into(),
+        };
+        assert!(entries(&port6, Family::V4).is_empty());
+        assert_eq!(
+            entries(&port6, Family::V6)[0].spec,
+            "-p udp -m udp --dport 8088 -j DNAT --to-destination [fd00::2]:80"
+        );
+        assert!(entries(&port(), Family::V6).is_empty());
+        let masq6 = Rule::Masquerade {
+            subnet: "fd00::/64".parse().unwrap(),
+            interface: "nsnet0".into(),
+        };
+        assert!(entries(&masq6, Family::V4).is_empty());
+        assert_eq!(
+            entries(&masq6, Family::V6)[0].spec,
+            "-s fd00::/64 ! -o nsnet0 -j MASQUERADE"
+        );
+    }
+
+    #[test]
+    fn the_undo_script_puts_everything_back() {
+        let live = "*raw\n:PREROUTING ACCEPT [0:0]\n:NSNET-GUARD - [0:0]\n-A PREROUTING -j NSNET-GUARD\n\
+                    -A NSNET-GUARD -s ::1/128 -i nsnet0 -j DROP\n-A NSNET-GUARD -m physdev --physdev-in old -j DROP\n\
+                    -A NSNET-GUARD -i old -j DROP\nCOMMIT\n";
+        let before = Current::parse(live);
+        let mut cur = before.clone();
+        let mut b = Batch::default();
+        b.delete(Rule::Endpoint {
+            host_interface: "old".into(),
+            address: Some(Ipv4Addr::new(10, 89, 0, 9)),
+            ipv6: vec![],
+        });
+        b.add(endpoint6());
+        let s = script(&b, Family::V6, Some(&mut cur));
+        // Play the undo script on the simulated state: it must come back to what was there.
+        let undo = s.undo_text(|_| true);
+        for line in undo.lines() {
+            let mut words = line.splitn(2, ' ');
+            let (op, rest) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let Some((chain, spec)) = rest.split_once(' ') else {
+                continue;
+            };
+            let key = ("raw".to_string(), chain.to_string());
+            let rules = cur.chains.entry(key).or_default();
+            match op {
+                "-D" => {
+                    let at = rules.iter().position(|r| r == spec).expect(spec);
+                    rules.remove(at);
+                }
+                "-I" => {
+                    let (n, spec) = spec.split_once(' ').unwrap();
+                    rules.insert(n.parse::<usize>().unwrap() - 1, spec.to_string());
+                }
+                _ => panic!("{line}"),
+            }
+        }
+        assert_eq!(cur.chains, before.chains, "{undo}");
     }
 }

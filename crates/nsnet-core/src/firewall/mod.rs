@@ -7,6 +7,7 @@ pub mod element;
 pub mod iptables;
 mod nft_netlink;
 pub mod nftables;
+mod restore;
 pub mod trace;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -183,7 +184,7 @@ fn run_tool(
 ) -> Result<String, FirewallError> {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    let package = if tool.starts_with("iptables") {
+    let package = if tool.starts_with("iptables") || tool.starts_with("ip6tables") {
         "iptables"
     } else {
         "nftables"
@@ -227,7 +228,8 @@ pub enum Backend {
     /// nftables tables `inet nsnet` and `bridge nsnet`, element changes (the default).
     #[default]
     Nftables,
-    /// `NSNET-*` iptables chains, one `iptables-restore --noflush` per operation (hosts on iptables).
+    /// `NSNET-*` iptables and ip6tables chains, one `iptables-restore --noflush` and one
+    /// `ip6tables-restore --noflush` per operation (hosts on iptables).
     Iptables,
     /// No rules at all: no masquerade, no published ports, no isolation; the user manages the firewall.
     None,
@@ -247,10 +249,7 @@ impl Backend {
     pub fn render(self, batch: &Batch) -> String {
         match self {
             Backend::Nftables => format!("nft -f - <<'EOF'\n{}EOF", nftables::render(batch)),
-            Backend::Iptables => format!(
-                "iptables-restore --noflush <<'EOF'\n{}EOF",
-                iptables::render(batch)
-            ),
+            Backend::Iptables => iptables::render(batch),
             Backend::None => "# --firewall none: no firewall rules".into(),
         }
     }

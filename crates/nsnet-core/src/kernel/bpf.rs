@@ -20,13 +20,20 @@ const PROG_TEST_RUN: libc::c_long = 10;
 const PROG_GET_FD_BY_ID: libc::c_long = 13;
 const MAP_GET_FD_BY_ID: libc::c_long = 14;
 const OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const PROG_ATTACH: libc::c_long = 8;
+const PROG_DETACH: libc::c_long = 9;
+const PROG_QUERY: libc::c_long = 16;
 
 const MAP_TYPE_HASH: u32 = 1;
 const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_LPM_TRIE: u32 = 11;
+const MAP_TYPE_LRU_HASH: u32 = 9;
 /// `BPF_F_NO_PREALLOC`: entries are allocated as they are added, not all up front.
 const F_NO_PREALLOC: u32 = 1;
 const PROG_TYPE_SCHED_CLS: u32 = 3;
+const PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+/// `BPF_F_ALLOW_MULTI`: a cgroup hook runs every program attached with it, in order, beside other tools' ones.
+const F_ALLOW_MULTI: u32 = 2;
 const OBJ_NAME_LEN: usize = 16;
 
 /// Calls `bpf(cmd, attr, sizeof attr)`.
@@ -216,6 +223,8 @@ pub mod op {
     pub const LDX_W: u8 = 0x61;
     pub const LDX_H: u8 = 0x69;
     pub const LDX_B: u8 = 0x71;
+    pub const LDX_DW: u8 = 0x79;
+    pub const STX_DW: u8 = 0x7b;
     pub const STX_W: u8 = 0x63;
     pub const STX_H: u8 = 0x6b;
     pub const ST_W: u8 = 0x62;
@@ -299,11 +308,16 @@ impl Asm {
 
     /// Appends `pass: r0 = TC_ACT_UNSPEC; exit` and points every jump at its label. A jump's offset is an
     /// `i16`: a program too long for one is an error.
-    pub(crate) fn finish(mut self) -> io::Result<Vec<Insn>> {
+    pub(crate) fn finish(self) -> io::Result<Vec<Insn>> {
+        self.finish_with(-1)
+    }
+
+    /// [`Asm::finish`] with `pass` returning `verdict` (a cgroup hook's "go on" is 1).
+    pub(crate) fn finish_with(mut self, verdict: i32) -> io::Result<Vec<Insn>> {
         let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_string());
         let pass = self.pass;
         self.bind(pass);
-        self.op(op::MOV64_K, op::R0, 0, 0, -1);
+        self.op(op::MOV64_K, op::R0, 0, 0, verdict);
         self.op(op::EXIT, 0, 0, 0, 0);
         for (at, label) in self.jumps {
             let to = self.bound[label.0].ok_or_else(|| invalid("a jump to a label never bound"))?;
@@ -372,6 +386,11 @@ impl Map {
         Self::create(MAP_TYPE_ARRAY, 0, name, size_of::<u32>(), value_size, max)
     }
 
+    /// A hash map the kernel keeps at most `max` entries of, evicting the least recently used.
+    pub fn lru_hash(name: &str, key_size: usize, value_size: usize, max: u32) -> io::Result<Map> {
+        Self::create(MAP_TYPE_LRU_HASH, 0, name, key_size, value_size, max)
+    }
+
     /// A longest-prefix-match trie: keys are a `u32` prefix length (native order) and then the address
     /// bytes; a lookup with a full-length key finds the longest prefix holding it. The kernel allocates its
     /// entries as they come (it refuses a preallocated trie).
@@ -409,15 +428,7 @@ impl Map {
 
     /// The map's type (`BPF_MAP_TYPE_*`) and key size, from the kernel.
     pub fn shape(&self) -> io::Result<(MapType, usize)> {
-        let mut info = MapInfo::default();
-        let mut attr = InfoAttr {
-            bpf_fd: fd_u32(&self.0)?,
-            info_len: len_u32(size_of::<MapInfo>())?,
-            info: &mut info as *mut MapInfo as u64,
-        };
-        // SAFETY: InfoAttr is the BPF_OBJ_GET_INFO_BY_FD member; `info` is writable for info_len bytes and
-        // alive for the call.
-        unsafe { sys_bpf(OBJ_GET_INFO_BY_FD, &mut attr) }?;
+        let info = self.info()?;
         let kind = match info.map_type {
             MAP_TYPE_HASH => MapType::Hash,
             MAP_TYPE_ARRAY => MapType::Array,
@@ -427,6 +438,30 @@ impl Map {
         let key_size = usize::try_from(info.key_size)
             .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
         Ok((kind, key_size))
+    }
+
+    /// The map's name, from the kernel.
+    pub fn name(&self) -> io::Result<String> {
+        let info = self.info()?;
+        let end = info
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(OBJ_NAME_LEN);
+        Ok(String::from_utf8_lossy(&info.name[..end]).into_owned())
+    }
+
+    fn info(&self) -> io::Result<MapInfo> {
+        let mut info = MapInfo::default();
+        let mut attr = InfoAttr {
+            bpf_fd: fd_u32(&self.0)?,
+            info_len: len_u32(size_of::<MapInfo>())?,
+            info: &mut info as *mut MapInfo as u64,
+        };
+        // SAFETY: InfoAttr is the BPF_OBJ_GET_INFO_BY_FD member; `info` is writable for info_len bytes and
+        // alive for the call.
+        unsafe { sys_bpf(OBJ_GET_INFO_BY_FD, &mut attr) }?;
+        Ok(info)
     }
 
     /// The map with this id, if it still exists.
@@ -525,11 +560,38 @@ impl Program {
     /// Load a traffic-control classifier (`sched_cls`, for a tc filter in direct-action mode). On a verifier
     /// rejection the error carries the verifier's log.
     pub fn load_sched_cls(name: &str, insns: &[Insn], license: &str) -> io::Result<Program> {
+        Self::load(PROG_TYPE_SCHED_CLS, 0, name, insns, license)
+    }
+
+    /// Load a cgroup `sock_addr` program for the hook `attach` (`BPF_CGROUP_*`, see [`CgroupHook`]).
+    pub fn load_sock_addr(
+        name: &str,
+        attach: CgroupHook,
+        insns: &[Insn],
+        license: &str,
+    ) -> io::Result<Program> {
+        Self::load(
+            PROG_TYPE_CGROUP_SOCK_ADDR,
+            attach as u32,
+            name,
+            insns,
+            license,
+        )
+    }
+
+    fn load(
+        prog_type: u32,
+        expected_attach_type: u32,
+        name: &str,
+        insns: &[Insn],
+        license: &str,
+    ) -> io::Result<Program> {
         let license = std::ffi::CString::new(license)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let mut log = vec![0u8; 64 * 1024];
         let mut attr = ProgLoadAttr {
-            prog_type: PROG_TYPE_SCHED_CLS,
+            prog_type,
+            expected_attach_type,
             insn_cnt: len_u32(insns.len())?,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
@@ -627,4 +689,99 @@ impl Program {
         unsafe { sys_bpf(PROG_TEST_RUN, &mut attr) }?;
         Ok(attr.retval)
     }
+}
+
+/// The cgroup hooks nsnet attaches programs to (`enum bpf_attach_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CgroupHook {
+    Inet6Connect = 11,
+    Udp6Sendmsg = 15,
+    Udp6Recvmsg = 20,
+    Inet6Getpeername = 30,
+}
+
+/// The `BPF_PROG_ATTACH` / `BPF_PROG_DETACH` member of `bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct AttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// The `BPF_PROG_QUERY` member of `bpf_attr`, through `revision`: newer kernels write that field back
+/// whatever size they are given, so it must be ours to write.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+fn raw_u32(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))
+}
+
+/// Attach `prog` to the cgroup open at `cgroup` for `hook`, beside the programs already there
+/// (`BPF_F_ALLOW_MULTI`).
+pub fn cgroup_attach(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    prog: &Program,
+    hook: CgroupHook,
+) -> io::Result<()> {
+    let mut attr = AttachAttr {
+        target_fd: raw_u32(cgroup)?,
+        attach_bpf_fd: fd_u32(&prog.0)?,
+        attach_type: hook as u32,
+        attach_flags: F_ALLOW_MULTI,
+        ..Default::default()
+    };
+    // SAFETY: AttachAttr is the BPF_PROG_ATTACH member; it holds no pointers.
+    unsafe { sys_bpf(PROG_ATTACH, &mut attr) }.map(drop)
+}
+
+/// Detach `prog` (and only it) from `hook` of the cgroup open at `cgroup`.
+pub fn cgroup_detach(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    prog: &Program,
+    hook: CgroupHook,
+) -> io::Result<()> {
+    let mut attr = AttachAttr {
+        target_fd: raw_u32(cgroup)?,
+        attach_bpf_fd: fd_u32(&prog.0)?,
+        attach_type: hook as u32,
+        ..Default::default()
+    };
+    // SAFETY: AttachAttr is the BPF_PROG_DETACH member; it holds no pointers.
+    unsafe { sys_bpf(PROG_DETACH, &mut attr) }.map(drop)
+}
+
+/// The ids of the programs attached to `hook` of the cgroup open at `cgroup` itself (not inherited).
+pub fn cgroup_query(cgroup: std::os::fd::BorrowedFd<'_>, hook: CgroupHook) -> io::Result<Vec<u32>> {
+    // A hook runs at most 64 programs (BPF_CGROUP_MAX_PROGS).
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: raw_u32(cgroup)?,
+        attach_type: hook as u32,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: len_u32(ids.len())?,
+        ..Default::default()
+    };
+    // SAFETY: QueryAttr is the BPF_PROG_QUERY member through every field the kernel writes back; prog_ids
+    // points to prog_cnt writable u32s alive for the call, the other pointers are null (not asked for).
+    unsafe { sys_bpf(PROG_QUERY, &mut attr) }?;
+    let n = usize::try_from(attr.prog_cnt).map_or(ids.len(), |n| n.min(ids.len()));
+    Ok(ids[..n].to_vec())
 }

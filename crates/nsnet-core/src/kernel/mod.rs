@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod dnsport;
 pub mod fastpath;
+pub mod loopback6;
 pub mod netlink;
 pub mod netns;
 pub mod sockets;

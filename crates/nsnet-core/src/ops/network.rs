@@ -428,16 +428,6 @@ impl Nsnet {
                 None => None,
             },
         };
-        // The iptables firewall filters no IPv6 between sandboxes yet (C9 of issue #19): a sandbox's router
-        // advertisement would configure its neighbours.
-        if net.ipv6.is_some() && net.firewall == Backend::Iptables {
-            return Err(invalid!(
-                "{}: the iptables firewall does not filter IPv6 between sandboxes yet; use the nftables one, \
-                 or leave out {}",
-                self.terms.ipv6,
-                self.terms.ipv6
-            ));
-        }
         // host-gw's fast path hangs a filter on the underlay's ingress: the qdisc is nsnet's to make (and to
         // remove) only when there is none.
         if crate::plan::build::underlay_filter(&net).is_some() {

@@ -900,15 +900,6 @@ fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms)
                 t.ipv6
             ));
         }
-        // A DNAT of ::1 never completes (IPv6 has no route_localnet): loopback-only IPv6 ports need the
-        // socket-level translation of C10 (issue #19).
-        if asked6.iter().any(Ipv6Addr::is_loopback) {
-            return Err(invalid!(
-                "{}: ports on [::1] are not supported yet; publish on [::] or a host IPv6 address, or on \
-                 127.0.0.1 for the host alone",
-                t.host_ip
-            ));
-        }
         let own = host.ipv6_addresses()?;
         let theirs = |ip: &Ipv6Addr| {
             ip.is_loopback() || ip.is_unspecified() || own.iter().any(|a| a.addr() == *ip)
@@ -919,6 +910,17 @@ fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms)
                  ::1, or :: for all of them",
                 t.host_ip
             ));
+        }
+        // [::1] is served by translating the host's own sockets (kernel::loopback6): a DNAT of ::1 never
+        // completes (IPv6 has no route_localnet).
+        if asked6.iter().any(|ip| ip.is_loopback()) {
+            if let Some(why) = crate::kernel::loopback6::unsupported_reason() {
+                return Err(invalid!(
+                    "{}: [::1] needs cgroup2 and bpf on this host, and {why}; publish on :: or on one of the \
+                     host's IPv6 addresses instead",
+                    t.host_ip
+                ));
+            }
         }
     }
     let asked: Vec<Ipv4Addr> = specs

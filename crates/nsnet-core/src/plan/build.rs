@@ -5,7 +5,7 @@ use crate::firewall::{Batch, Rule, Tables};
 use crate::model::{
     Driver, Endpoint, GatewayMode, Mac, Network, Overlay, OverlayBackend, Peer, Sandbox,
 };
-use crate::plan::{Ns, PeerLink, Plan, Step};
+use crate::plan::{Loopback, Ns, PeerLink, Plan, Step};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -670,6 +670,19 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox], owner: &str) -> 
     if nets.iter().any(|n| !n.internal && n.ipv6.is_some()) {
         steps.push(Step::forwarding6());
     }
+    // The [::1] translation too: a lost program comes back, every port's entry is written again, and
+    // entries no record holds go (with the programs, when no port is left).
+    let loopback: Vec<Loopback> = sandboxes
+        .iter()
+        .filter(|sb| !sb.removing)
+        .flat_map(|sb| sb.endpoints.iter())
+        .filter(|ep| !ep.removing)
+        .filter_map(|ep| Some((nets.iter().find(|n| n.name == ep.network)?, ep)))
+        .flat_map(|(net, ep)| loopback_ports(net, ep))
+        .collect();
+    if nets.iter().any(|n| n.ipv6.is_some()) {
+        steps.push(Step::LoopbackSync(loopback));
+    }
     Plan::setup(steps, fw, nets[0].firewall)
 }
 
@@ -710,7 +723,13 @@ pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
                 target: a.addr().into(),
             });
         }
-        if let (None | Some(std::net::IpAddr::V6(_)), Some(e6)) = (mapping.host_ip, &ep.ipv6) {
+        // `[::1]` is never DNATed (it never completes): the socket translation serves it (loopback_ports).
+        let loopback = mapping
+            .host_ip
+            .is_some_and(|ip| ip.is_ipv6() && ip.is_loopback());
+        if let (None | Some(std::net::IpAddr::V6(_)), Some(e6), false) =
+            (mapping.host_ip, &ep.ipv6, loopback)
+        {
             rules.push(Rule::Port {
                 mapping: *mapping,
                 target: e6.address.addr().into(),
@@ -805,6 +824,11 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
         ns: Ns::Host,
         name: ep.host_interface.clone(),
     });
+    let loopback = loopback_ports(net, ep);
+    if !loopback.is_empty() {
+        steps.push(Step::LoopbackInit);
+        steps.extend(loopback.into_iter().map(Step::LoopbackPortAdd));
+    }
     let mut fw = Batch::default();
     for rule in endpoint_rules(ep) {
         fw.add(rule);
@@ -825,9 +849,50 @@ fn fast_path_addresses(ep: &Endpoint) -> Vec<IpAddr> {
     out
 }
 
-/// Take the endpoint of sandbox `sb` off its network's fast path, first thing in its teardown (undone by
-/// putting it back).
+/// The published ports of `ep` the host reaches at `[::1]` through the socket translation
+/// ([`crate::kernel::loopback6`]): on a dual-stack network, those on every address (`-p P:…`, `-p [::]:P:…`,
+/// which also cover the host's own IPv6 addresses) and those on `[::1]` alone. IPv4 has `route_localnet`
+/// and DNAT instead; a port on one host IPv6 address is the firewall's (DNAT works there).
+pub fn loopback_ports(net: &Network, ep: &Endpoint) -> Vec<Loopback> {
+    let (Some(_), Some(e6)) = (net.ipv6, ep.ipv6) else {
+        return Vec::new();
+    };
+    ep.ports
+        .iter()
+        .filter_map(|m| {
+            let every = match m.host_ip {
+                None => true,
+                Some(IpAddr::V6(ip)) if ip.is_unspecified() => true,
+                Some(IpAddr::V6(ip)) if ip.is_loopback() => false,
+                _ => return None,
+            };
+            Some(Loopback {
+                proto: m.protocol,
+                host_port: m.host_port,
+                count: m.count,
+                target: e6.address.addr(),
+                container_port: m.container_port,
+                every,
+            })
+        })
+        .collect()
+}
+
+/// Take the endpoint's ports out of the `[::1]` translation, first thing in its teardown (undone by putting
+/// them back).
+fn leave_loopback(plan: &mut Plan, ep: &Endpoint, net: Option<&Network>) {
+    for l in net.map(|net| loopback_ports(net, ep)).unwrap_or_default() {
+        plan.push_teardown(
+            Step::LoopbackPortRemove(l.clone()),
+            vec![Step::LoopbackPortAdd(l)],
+        );
+    }
+}
+
+/// Take the endpoint of sandbox `sb` off its network's fast path and out of the `[::1]` translation, first
+/// thing in its teardown (undone by putting it back).
 fn leave_fast_path(plan: &mut Plan, sb: &Sandbox, ep: &Endpoint, net: Option<&Network>) {
+    leave_loopback(plan, ep, net);
     if let Some(bridge) = net.and_then(fast_path_bridge) {
         for ip in fast_path_addresses(ep) {
             plan.push_teardown(
@@ -990,9 +1055,13 @@ mod tests {
              tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
              # fast path: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
              nsnet_fastpath of br0\n\
-             ip link set veth12345678 up\n\
              nft -f - <<'EOF'\n"
         ), "{text}");
+        // The sandbox's guard is in before its veth gets a carrier: the host end comes up last.
+        assert!(
+            text.ends_with("EOF\nip link set veth12345678 up\n"),
+            "{text}"
+        );
         assert!(text.contains("add element inet nsnet ports { tcp . 8088 : 172.16.0.102 . 80 }\n"));
         assert!(text
             .contains("add element bridge nsnet endpoints { \"veth12345678\" . 172.16.0.102 }\n"));
@@ -1253,8 +1322,7 @@ mod tests {
                  nsnet_fastpath of br0\n\
                  tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
                  # fast path: fd89:1:2:3::2 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
-                 nsnet_fastpath of br0\n\
-                 ip link set veth12345678 up\n"
+                 nsnet_fastpath of br0\n"
             ),
             "{text}"
         );
@@ -1323,6 +1391,113 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    fn mapping(spec: &str) -> PortMapping {
+        let spec: crate::portmap::PortSpec = spec.parse().unwrap();
+        spec.with_host_port(spec.host_port.unwrap_or(9000))
+    }
+
+    #[test]
+    fn loopback6_covers_every_address_ports_and_loopback_ones_of_dual_stack_endpoints_only() {
+        let ports = [
+            "8080:80",
+            "[::]:8081:81",
+            "[::1]:8082:82/udp",
+            "127.0.0.1:8083:83",
+            "[2001:db8::5]:8084:84",
+        ];
+        let e = Endpoint {
+            ports: ports.iter().map(|p| mapping(p)).collect(),
+            ..ep6()
+        };
+        let got: Vec<(u16, u16, bool)> = loopback_ports(&net6(Driver::Bridge), &e)
+            .iter()
+            .map(|l| (l.host_port, l.container_port, l.every))
+            .collect();
+        assert_eq!(got, [(8080, 80, true), (8081, 81, true), (8082, 82, false)]);
+        let all = loopback_ports(&net6(Driver::Bridge), &e);
+        assert!(all
+            .iter()
+            .all(|l| l.target == "fd89:1:2:3::2".parse::<Ipv6Addr>().unwrap()));
+        assert_eq!(all[2].proto, crate::portmap::Proto::Udp);
+        // An IPv4 network (or endpoint) has route_localnet and DNAT instead.
+        assert!(loopback_ports(&net(Driver::Bridge, false), &e).is_empty());
+        assert!(loopback_ports(&net6(Driver::Bridge), &ep(vec![mapping("8080:80")])).is_empty());
+    }
+
+    #[test]
+    fn loopback6_ports_come_with_the_endpoint_go_first_in_its_teardown_and_come_back_with_reload() {
+        let n = net6(Driver::Bridge);
+        let e = Endpoint {
+            ports: vec![mapping("[::1]:8080:80")],
+            ..ep6()
+        };
+        let (up, _) = endpoint_up(&n, &e, &ns(), OWNER);
+        let init = up
+            .iter()
+            .position(|s| *s == Step::LoopbackInit)
+            .expect("LoopbackInit");
+        let Some(Step::LoopbackPortAdd(l)) = up.get(init + 1) else {
+            panic!("no LoopbackPortAdd after LoopbackInit: {up:?}");
+        };
+        assert_eq!((l.host_port, l.container_port, l.every), (8080, 80, false));
+        // Never DNATed: the firewall has no element for it.
+        assert!(!endpoint_rules(&e)
+            .iter()
+            .any(|r| matches!(r, Rule::Port { .. })));
+        assert_eq!(Step::LoopbackInit.undo(), Some(Step::LoopbackRelease));
+        let remove = Step::LoopbackPortAdd(l.clone()).undo().expect("undo");
+        assert_eq!(remove, Step::LoopbackPortRemove(l.clone()));
+        assert_eq!(remove.undo(), Some(Step::LoopbackPortAdd(l.clone())));
+        let text = Step::LoopbackPortAdd(l.clone()).render();
+        assert_eq!(
+            text,
+            "bpftool map update name nsnet_loopback6 key tcp [::1]:8080 value [fd89:1:2:3::2]:80"
+        );
+
+        let sb = Sandbox {
+            name: "netns2".into(),
+            netns: "/run/netns/netns2".into(),
+            owned: true,
+            netns_id: None,
+            cni: false,
+            endpoints: vec![e.clone()],
+            removing: false,
+            dns_servers: vec![],
+        };
+        for veths in [VethRemoval::WithNamespace, VethRemoval::OneByOne] {
+            let plan = sandbox_teardown(&sb, std::slice::from_ref(&n), OWNER, veths);
+            assert_eq!(
+                plan.steps[0],
+                Step::LoopbackPortRemove(l.clone()),
+                "{veths:?}"
+            );
+            assert_eq!(plan.undo_of(0), [Step::LoopbackPortAdd(l.clone())]);
+        }
+        assert_eq!(
+            sandbox_gone(&sb, std::slice::from_ref(&n)).steps[0],
+            Step::LoopbackPortRemove(l.clone())
+        );
+        let reload = firewall_reload(std::slice::from_ref(&n), std::slice::from_ref(&sb), OWNER);
+        assert!(
+            reload.steps.contains(&Step::LoopbackSync(vec![l.clone()])),
+            "reload puts the programs and the port back"
+        );
+        // Not for a sandbox on its way out: with no port left, the programs go.
+        let going = Sandbox {
+            removing: true,
+            ..sb
+        };
+        let reload = firewall_reload(std::slice::from_ref(&n), &[going], OWNER);
+        assert!(reload.steps.contains(&Step::LoopbackSync(vec![])));
+        // An IPv4-only host has nothing of it.
+        let v4 = net(Driver::Bridge, false);
+        let reload = firewall_reload(std::slice::from_ref(&v4), &[], OWNER);
+        assert!(!reload
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::LoopbackSync(_))));
     }
 
     #[test]

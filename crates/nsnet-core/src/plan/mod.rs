@@ -57,6 +57,18 @@ impl Ns {
     }
 }
 
+/// Published ports as the `[::1]` translation holds them ([`Step::LoopbackPortAdd`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Loopback {
+    pub proto: crate::portmap::Proto,
+    pub host_port: u16,
+    pub count: u16,
+    pub target: std::net::Ipv6Addr,
+    pub container_port: u16,
+    /// Published on every host address, not only on `[::1]`.
+    pub every: bool,
+}
+
 /// One change to the system.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
@@ -197,6 +209,24 @@ pub enum Step {
         handle: u32,
         qdisc: bool,
     },
+    /// The host's `[::1]` translation ([`crate::kernel::loopback6`]): its cgroup `sock_addr` programs on
+    /// the cgroup `NSNET_CGROUP` names (by default the cgroup2 root), made and attached if they are not
+    /// there, a hook that lost its program given it back, and the host's IPv6 addresses written afresh.
+    /// Where bpf or cgroup2 is missing, nothing (a `-p [::1]` was refused in validation).
+    LoopbackInit,
+    /// Undo [`Step::LoopbackInit`]: the programs go if no port is left in their map.
+    LoopbackRelease,
+    /// Translate the host's `[::1]:host_port` (and with `every` its own IPv6 addresses) for `proto`, `count`
+    /// ports from `host_port`, to `target` and the container port at the same offset from `container_port`.
+    /// Makes the programs first if they are not there ([`Step::LoopbackInit`]).
+    LoopbackPortAdd(Loopback),
+    /// Undo [`Step::LoopbackPortAdd`]: the ports out of the map, and the programs off the cgroup when it is
+    /// left empty. Already gone is fine.
+    LoopbackPortRemove(Loopback),
+    /// The `[::1]` translation made exactly `ports` (`gc`, `firewall reload`): with ports, the programs made
+    /// or given back a lost one ([`Step::LoopbackInit`]), every port written and any other entry of the map
+    /// deleted; with none, the programs go. A repair, with no undo.
+    LoopbackSync(Vec<Loopback>),
     /// One atomic firewall transaction, on the given backend.
     Firewall { backend: Backend, batch: Batch },
     /// An overlay network's VXLAN device, up: learning off (peers are programmed, never learned), no local
@@ -358,6 +388,9 @@ impl Step {
                 netns: netns.clone(),
                 text: text.clone(),
             }),
+            Step::LoopbackInit => Some(Step::LoopbackRelease),
+            Step::LoopbackPortAdd(l) => Some(Step::LoopbackPortRemove(l.clone())),
+            Step::LoopbackPortRemove(l) => Some(Step::LoopbackPortAdd(l.clone())),
             Step::FastPathRemove {
                 bridge,
                 port,
@@ -535,6 +568,45 @@ impl Step {
                     name = crate::kernel::fastpath::NAME
                 )
             }
+            // Loaded from memory and attached by descriptor: bpftool's nearest commands, with the cgroup.
+            Step::LoopbackInit => format!(
+                "# [::1] translation: cgroup sock_addr programs {p}_conn/_send/_recv/_peer, if not there\n\
+                 bpftool cgroup attach \"${{{env}:-/sys/fs/cgroup}}\" connect6 name {p}_conn multi\n\
+                 bpftool cgroup attach \"${{{env}:-/sys/fs/cgroup}}\" sendmsg6 name {p}_send multi\n\
+                 bpftool cgroup attach \"${{{env}:-/sys/fs/cgroup}}\" recvmsg6 name {p}_recv multi\n\
+                 bpftool cgroup attach \"${{{env}:-/sys/fs/cgroup}}\" getpeername6 name {p}_peer multi",
+                p = crate::kernel::loopback6::PREFIX,
+                env = crate::kernel::loopback6::CGROUP_ENV,
+            ),
+            Step::LoopbackRelease => format!(
+                "# [::1] translation: when map {} is empty\n\
+                 bpftool cgroup detach \"${{{env}:-/sys/fs/cgroup}}\" connect6 name {p}_conn (and _send, _recv, _peer)",
+                crate::kernel::loopback6::PORTS_MAP,
+                p = crate::kernel::loopback6::PREFIX,
+                env = crate::kernel::loopback6::CGROUP_ENV,
+            ),
+            Step::LoopbackSync(ports) if ports.is_empty() => Step::LoopbackRelease.render(),
+            Step::LoopbackSync(ports) => {
+                let mut out = Step::LoopbackInit.render();
+                for l in ports {
+                    out.push('\n');
+                    out.push_str(&Step::LoopbackPortAdd(l.clone()).render());
+                }
+                let _ = write!(
+                    out,
+                    "\n# and every other key of {} deleted",
+                    crate::kernel::loopback6::PORTS_MAP
+                );
+                out
+            }
+            Step::LoopbackPortAdd(l) => {
+                format!("bpftool map update name {} {}", crate::kernel::loopback6::PORTS_MAP, render_loopback(l))
+            }
+            Step::LoopbackPortRemove(l) => format!(
+                "bpftool map delete name {} {} (the programs go with the last port)",
+                crate::kernel::loopback6::PORTS_MAP,
+                render_loopback(l)
+            ),
             Step::RemoveUnderlayFilter {
                 device,
                 handle,
@@ -608,6 +680,30 @@ impl Step {
 }
 
 /// A peer's entries as `bridge`/`ip` commands: `verb` is `replace` or `del`.
+/// A `[::1]` translation entry in words: key and value as bpftool would be given them, spelled out.
+fn render_loopback(l: &Loopback) -> String {
+    let range = |first: u16| {
+        let last = first.saturating_add(l.count.saturating_sub(1));
+        if last == first {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        }
+    };
+    format!(
+        "key {} [::1]:{} value [{}]:{}{}",
+        l.proto,
+        range(l.host_port),
+        l.target,
+        range(l.container_port),
+        if l.every {
+            " (and at the host's own IPv6 addresses)"
+        } else {
+            ""
+        }
+    )
+}
+
 fn render_peer(o: &PeerLink, peer: &Peer, verb: &str) -> String {
     let (dev, src, subnet) = (&o.device, o.src, peer.subnet);
     let proto = crate::kernel::netlink::NSNET_ROUTE_PROTOCOL;
@@ -717,6 +813,17 @@ impl Step {
     }
 }
 
+/// The step that brings a veth's host end up (and so both ends' carrier), the first of them: a `LinkUp` in the
+/// host of a link an earlier step created as a veth's host end.
+fn first_carrier(steps: &[Step]) -> Option<usize> {
+    steps.iter().enumerate().position(|(i, step)| match step {
+        Step::LinkUp { ns: Ns::Host, name } => steps[..i]
+            .iter()
+            .any(|s| matches!(s, Step::CreateVeth { host, .. } if host == name)),
+        _ => false,
+    })
+}
+
 /// An ordered list of steps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
@@ -729,11 +836,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Set-up order: kernel objects first, then the firewall batch (rules for addresses that now exist).
+    /// Set-up order: the kernel objects, with the firewall batch (one transaction) just before the first
+    /// sandbox's veth gets its carrier, when its host end comes up. Until then no frame of the sandbox's
+    /// reaches a bridge or the host, so none gets past before its anti-spoofing elements are in: not the
+    /// MLD reports a new interface sends at once, nor a process already running in an attached namespace.
+    /// The rules name interfaces and addresses, not links, so every one of them can be in before the links
+    /// are up. Without a veth, the batch comes last.
     pub fn setup(kernel: Vec<Step>, fw: Batch, backend: Backend) -> Plan {
         let mut steps = kernel;
         if !fw.is_empty() {
-            steps.push(Step::Firewall { backend, batch: fw });
+            let at = first_carrier(&steps).unwrap_or(steps.len());
+            steps.insert(at, Step::Firewall { backend, batch: fw });
         }
         Plan {
             steps,

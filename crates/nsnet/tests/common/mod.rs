@@ -120,6 +120,20 @@ pub struct TestHost {
     pub state: PathBuf,
     /// `NSNET_FIREWALL` for every nsnet run, when set.
     pub firewall: Option<&'static str>,
+    /// A throwaway cgroup v2 (`NSNET_CGROUP` for every nsnet run): the `[::1]` translation's programs go
+    /// there, never onto the machine's real root cgroup. Removed on drop.
+    pub cgroup: PathBuf,
+}
+
+/// The root of the cgroup2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -164,6 +178,12 @@ impl TestHost {
         // for a real resolver (tests that forward name one they start).
         fs::write(tmp.path().join("resolv.conf"), "# test host: no upstream\n")
             .expect("resolv.conf");
+        // Without cgroup2, a path in the test's own temporary dir: nsnet then has no [::1] translation.
+        let cgroup = match cgroup2_root() {
+            Some(root) => root.join(format!("nsnet-test-{tag}")),
+            None => tmp.path().join("no-cgroup2"),
+        };
+        fs::create_dir(&cgroup).expect("a throwaway cgroup");
         let h = TestHost {
             host,
             lan: None,
@@ -171,6 +191,7 @@ impl TestHost {
             _tmp: tmp,
             state,
             firewall: None,
+            cgroup,
         };
         h.in_host(&["ip", "link", "set", "lo", "up"]);
         if !ipv6 {
@@ -333,6 +354,7 @@ impl TestHost {
             .args(args);
         cmd.env("NSNET_STATE_DIR", &self.state);
         cmd.env("NSNET_RESOLV_CONF", self.resolv_conf());
+        cmd.env("NSNET_CGROUP", &self.cgroup);
         if let Some(backend) = self.firewall {
             cmd.env("NSNET_FIREWALL", backend);
         }
@@ -491,6 +513,7 @@ impl TestHost {
         let mut namespaces = self.tagged_namespaces();
         namespaces.extend(self.etc_netns());
         let fast_path = self.fast_path_of(&link_list);
+        let loopback6 = self.loopback6();
         Snapshot {
             links,
             addrs,
@@ -499,7 +522,92 @@ impl TestHost {
             state,
             namespaces,
             fast_path,
+            loopback6,
         }
+    }
+
+    /// The `[::1]` translation on this test's cgroup: every program named `nsnet_*` attached there (hook and
+    /// name, as `bpftool cgroup show` lists them), and the published ports in the map of this host's ones.
+    pub fn loopback6(&self) -> Vec<String> {
+        let mut out = self.loopback6_programs();
+        let fd =
+            nsnet_core::kernel::netns::open(&self.host_path()).expect("open the host namespace");
+        let cgroup = self.cgroup.clone();
+        let ports = nsnet_core::kernel::netns::run_in(&fd, move || {
+            nsnet_core::kernel::loopback6::Loopback6::find(&cgroup)
+                .expect("find the [::1] programs")
+                .map(|lo| lo.ports().expect("list the [::1] map"))
+                .unwrap_or_default()
+        })
+        .expect("enter the host namespace");
+        out.extend(
+            ports
+                .iter()
+                .map(|(proto, port)| format!("[::1] port {proto}/{port}")),
+        );
+        out.sort();
+        out
+    }
+
+    /// The programs named `nsnet_*` attached to this test's cgroup: "cgroup HOOK NAME" each.
+    pub fn loopback6_programs(&self) -> Vec<String> {
+        // Not a cgroup (a host without cgroup2): nothing can be attached there.
+        let out = run(Command::new("bpftool")
+            .args(["-j", "cgroup", "show"])
+            .arg(&self.cgroup));
+        let shown = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || shown.trim().is_empty() {
+            return Vec::new();
+        }
+        let progs: Value = serde_json::from_str(&shown).expect("bpftool -j cgroup show");
+        progs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("nsnet")))
+            .map(|p| {
+                let text = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                format!("cgroup {} {}", text("attach_type"), text("name"))
+            })
+            .collect()
+    }
+
+    /// Run `python3` client `mode` (`tcp` or `udp`) to `[host]:port` from namespace `ns`, as a process of
+    /// this test's cgroup (where the `[::1]` programs act); returns "[peer]:port greeting" as the client saw
+    /// it, or "ERR ...".
+    pub fn client6(&self, ns: &Path, mode: &str, host: &str, port: u16) -> String {
+        const CLIENT: &str = r#"
+import socket, sys
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if mode == "tcp":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.settimeout(3)
+        s.connect((host, port))
+        peer = s.getpeername()
+        line = s.makefile().readline().strip()
+    else:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.settimeout(3)
+        s.sendto(b"hi", (host, port))
+        data, peer = s.recvfrom(128)
+        line = data.decode()
+    print("[%s]:%d %s" % (peer[0], peer[1], line))
+except Exception as e:
+    print("ERR", e)
+"#;
+        let procs = self.cgroup.join("cgroup.procs");
+        let join = format!(
+            "echo $$ > {} && exec python3 -c \"$0\" \"$@\"",
+            procs.display()
+        );
+        let net = format!("--net={}", ns.display());
+        let port = port.to_string();
+        sh(&[
+            "nsenter", &net, "--", "sh", "-c", &join, CLIENT, mode, host, &port,
+        ])
+        .trim()
+        .to_string()
     }
 
     /// The fast path as the kernel holds it in the host namespace: the tc bpf filters on every link (by
@@ -914,6 +1022,7 @@ pub struct Snapshot {
     pub state: Vec<String>,
     pub namespaces: Vec<String>,
     pub fast_path: Vec<String>,
+    pub loopback6: Vec<String>,
 }
 
 impl Snapshot {
@@ -933,6 +1042,7 @@ impl Snapshot {
         field("state", &self.state, &other.state);
         field("namespaces", &self.namespaces, &other.namespaces);
         field("fast_path", &self.fast_path, &other.fast_path);
+        field("loopback6", &self.loopback6, &other.loopback6);
         out
     }
 }
@@ -965,6 +1075,9 @@ impl Drop for TestHost {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.host])
             .status();
+        // The cgroup goes last: removing it also frees any program still attached (a test that left its
+        // sandboxes to the namespaces' deletion; the snapshot is where a leak shows).
+        let _ = fs::remove_dir(&self.cgroup);
         let leftovers: Vec<String> = fs::read_dir("/run/netns")
             .map(|d| {
                 d.filter_map(|e| e.ok())
@@ -978,6 +1091,11 @@ impl Drop for TestHost {
                 "namespaces left behind: {leftovers:?}"
             );
             assert!(etc.is_empty(), "files left behind: {etc:?}");
+            assert!(
+                !self.cgroup.exists(),
+                "cgroup left behind: {:?}",
+                self.cgroup
+            );
         }
     }
 }

@@ -440,6 +440,8 @@ impl World {
     fn nsnet_command(&self, i: usize, args: &[&str]) -> Command {
         let mut cmd = command_in(&self.host_path(i), nsnet_bin(), args);
         cmd.env("NSNET_STATE_DIR", self.state_dir(i))
+            // Not a cgroup: no [::1] translation in the world, never on the machine's root cgroup.
+            .env("NSNET_CGROUP", self.state_dir(i))
             .env(TAG_ENV, &self.tag)
             // No upstream resolver: nothing is forwarded beyond the world.
             .env("NSNET_RESOLV_CONF", "/dev/null");
@@ -630,7 +632,7 @@ impl World {
             &self.host_path(i),
             &nsnet_bin(),
             &args,
-            &[("NSNET_STATE_DIR", &state)],
+            &[("NSNET_STATE_DIR", &state), ("NSNET_CGROUP", &state)],
             &self.agent_log_path(i),
         ));
     }
