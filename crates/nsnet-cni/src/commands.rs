@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use nsnet_core::model::{Mac, Network, Sandbox};
+use nsnet_core::model::{Network, Sandbox};
 use nsnet_core::ops::{AttachRequest, Nsnet, Target, Terms};
 use serde_json::Value;
 
@@ -78,22 +78,27 @@ pub fn add(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<Value> {
         Some(d) => {
             let lease = AddResult::from_value(&d.run("ADD", raw)?)?;
             match lease_addresses(&lease) {
-                (Some((addr, gw)), v6) => {
-                    ipam_dns = lease.dns;
-                    let subnets = Subnets {
-                        v4: Some(addr.trunc()),
-                        gateway4: gw,
-                        v6: v6.map(|(a, g)| (a.trunc(), g)),
-                    };
-                    (Some(addr.addr()), v6.map(|(a, _)| a.addr()), Some(subnets))
-                }
-                (None, _) => {
+                (None, None) => {
                     let _ = d.run("DEL", raw);
                     return Err(CniError::new(
                         code::FAILED,
-                        "the ipam plugin handed out no IPv4 address; nsnet networks need one (IPv6-only \
-                         networks are not supported yet)",
+                        "the ipam plugin handed out no address; nsnet networks need an IPv4 or an IPv6 one",
                     ));
+                }
+                // No IPv4 address handed out: an IPv6-only network.
+                (v4, v6) => {
+                    ipam_dns = lease.dns;
+                    let subnets = Subnets {
+                        v4: v4.map(|(a, _)| a.trunc()),
+                        gateway4: v4.and_then(|(_, g)| g),
+                        v6: v6.map(|(a, g)| (a.trunc(), g)),
+                        ipv6_only: v4.is_none(),
+                    };
+                    (
+                        v4.map(|(a, _)| a.addr()),
+                        v6.map(|(a, _)| a.addr()),
+                        Some(subnets),
+                    )
                 }
             }
         }
@@ -183,7 +188,7 @@ fn result_for(
     prev.interfaces.extend([
         Interface {
             name: net.interface.clone(),
-            mac: Mac::for_ipv4(net.gateway).to_string(),
+            mac: net.gateway_mac().to_string(),
             mtu: Some(net.mtu),
             sandbox: String::new(),
         },
@@ -200,11 +205,13 @@ fn result_for(
             sandbox: netns.to_string(),
         },
     ]);
-    prev.ips.push(IpConfig {
-        address: ep.address.to_string(),
-        gateway: Some(ep.gateway.to_string()),
-        interface: Some(base + 2),
-    });
+    if let Some(address) = ep.address {
+        prev.ips.push(IpConfig {
+            address: address.to_string(),
+            gateway: ep.gateway.map(|g| g.to_string()),
+            interface: Some(base + 2),
+        });
+    }
     if let Some(ep6) = &ep.ipv6 {
         prev.ips.push(IpConfig {
             address: ep6.address.to_string(),
@@ -213,10 +220,12 @@ fn result_for(
         });
     }
     if ep.default_route {
-        prev.routes.push(Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(ep.gateway.to_string()),
-        });
+        if let Some(gateway) = ep.gateway {
+            prev.routes.push(Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some(gateway.to_string()),
+            });
+        }
         if let Some(ep6) = &ep.ipv6 {
             prev.routes.push(Route {
                 dst: "::/0".into(),
@@ -314,15 +323,17 @@ pub fn check(conf: &NetConf, raw: &Value, env: &Env) -> CniResult<()> {
                         env.ifname, ep.mac, prev.interfaces[index].mac
                     ));
                 }
-                let listed = prev
-                    .ips
-                    .iter()
-                    .any(|ip| ip.interface == Some(index) && ip.address == ep.address.to_string());
-                if !listed {
-                    problems.push(format!(
-                        "address {} of {} is not in prevResult",
-                        ep.address, env.ifname
-                    ));
+                if let Some(address) = ep.address {
+                    let listed = prev
+                        .ips
+                        .iter()
+                        .any(|ip| ip.interface == Some(index) && ip.address == address.to_string());
+                    if !listed {
+                        problems.push(format!(
+                            "address {address} of {} is not in prevResult",
+                            env.ifname
+                        ));
+                    }
                 }
                 if let Some(ep6) = &ep.ipv6 {
                     let listed = prev.ips.iter().any(|ip| {
@@ -430,8 +441,10 @@ pub fn status(conf: &NetConf, raw: &Value) -> CniResult<()> {
             )
         };
         if delegate.is_none() {
-            if nsnet_core::ipam::allocate(net, &allocations, None).is_err() {
-                return Err(exhausted(net.subnet.to_string()));
+            if let Some(subnet) = net.subnet {
+                if nsnet_core::ipam::allocate(net, &allocations, None).is_err() {
+                    return Err(exhausted(subnet.to_string()));
+                }
             }
             if let Some(n6) = &net.ipv6 {
                 if nsnet_core::ipam::allocate6(&net.name, n6, &allocations, None).is_err() {

@@ -82,6 +82,8 @@ pub struct Subnets {
     pub v4: Option<Ipv4Net>,
     pub gateway4: Option<Ipv4Addr>,
     pub v6: Option<(Ipv6Net, Option<Ipv6Addr>)>,
+    /// Only an IPv6 subnet was given (or handed out): an IPv6-only network, with no IPv4 at all.
+    pub ipv6_only: bool,
 }
 
 /// The addresses a runtime asks for, at most one per family, each with the field it came from (for messages).
@@ -278,15 +280,9 @@ impl NetConf {
                 out.gateway4 = gateway;
             }
         }
-        if out.v4.is_none() {
-            // IPv6-only networks are issue #19's last step: taking this as dual stack would hand out an IPv4
-            // address nobody asked for.
-            return Err(CniError::new(
-                code::UNSUPPORTED_FIELD,
-                "ipam: only an IPv6 subnet is given; nsnet networks need an IPv4 subnet too for now (add an \
-                 IPv4 range set)",
-            ));
-        }
+        // Only an IPv6 subnet given: an IPv6-only network (taking it as dual stack would hand out an IPv4
+        // address nobody asked for).
+        out.ipv6_only = out.v4.is_none();
         Ok(out)
     }
 
@@ -343,6 +339,7 @@ impl NetConf {
                 subnet: Some(subnet),
                 gateway,
                 nat: self.ip_masq.unwrap_or(true),
+                only: subnets.ipv6_only,
             }),
         })
     }
@@ -583,8 +580,15 @@ mod tests {
             e.msg.starts_with("ipam.ranges[2][0].subnet: a second IPv6"),
             "{e}"
         );
-        let e = refused(r#"{"subnet":"fd07::/64"}"#);
-        assert!(e.msg.contains("IPv4 subnet too"), "{e}");
+        // Only an IPv6 subnet: an IPv6-only network, with no IPv4 subnet picked for it.
+        let only6 = conf(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"nsnet","ipam":{"subnet":"fd07::/64"}}"#,
+        )
+        .unwrap()
+        .network_request(None)
+        .unwrap();
+        assert_eq!(only6.subnet, None);
+        assert!(only6.ipv6.is_some_and(|r6| r6.only), "{:?}", only6.ipv6);
         let e = refused(
             r#"{"ranges":[[{"subnet":"10.7.0.0/24"}],[{"subnet":"fd07::/64","gateway":"10.7.0.1"}]]}"#,
         );

@@ -975,6 +975,12 @@ fn add_refuses_bad_macs_ports_and_host_addresses() {
             7,
             "derives sandbox MACs",
         ),
+        // IPv6-only endpoints' derived MACs (C14).
+        (
+            with(json!({"mac": "02:6c:0a:42:08:09"})),
+            7,
+            "derives sandbox MACs",
+        ),
         (
             with(json!({"mac": "01:00:5e:00:00:01"})),
             7,
@@ -1838,5 +1844,111 @@ fn dual_stack_delegated_ipam_host_local() {
     );
     h.ok(&["network", "rm", "cninet"]);
     sh(&["ip", "netns", "del", &a]);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `dual_stack_add_check_del_with_real_traffic` with a configuration whose only subnet is IPv6: an IPv6-only
+/// network (C14). The result lists the IPv6 address and `::/0` only; the containers talk over IPv6 and have
+/// no IPv4 at all; CHECK passes and names a lost address; a delegated host-local lease with IPv6 alone is
+/// taken as well; DEL leaves nothing.
+#[test]
+fn ipv6_only_add_check_del_with_real_traffic() {
+    let h = TestHost::with_ipv6("cni6o");
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    sh(&["ip", "netns", "add", &a]);
+    sh(&["ip", "netns", "add", &b]);
+    let (a_ns, b_ns) = (h.sb_path("a"), h.sb_path("b"));
+    let (a_path, b_path) = (
+        a_ns.to_string_lossy().into_owned(),
+        b_ns.to_string_lossy().into_owned(),
+    );
+    let c = conf(
+        &h,
+        "1.1.0",
+        json!({"bridge": "cnibr6o", "ipam": {"ranges": [[{"subnet": "fd68::/64", "gateway": "fd68::fe"}]]}}),
+    );
+    let ra = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    assert!(ra.ok, "{} {}", ra.out, ra.stderr);
+    let r = &ra.out;
+    assert_eq!(r["ips"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(r["ips"][0]["gateway"], "fd68::fe", "{r}");
+    assert_eq!(
+        r["routes"],
+        json!([{"dst": "::/0", "gw": "fd68::fe"}]),
+        "{r}"
+    );
+    let net = nsnet_json(&h, &["network", "inspect", "cninet", "--json"]);
+    assert!(net.get("subnet").is_none(), "no IPv4 subnet: {net}");
+    assert_eq!(net["ipv6"]["subnet"], "fd68::/64", "{net}");
+    let rb = cni(&h, "ADD", &c, &ctr6(&b, &b_path, "eth0"));
+    assert!(rb.ok, "{} {}", rb.out, rb.stderr);
+    let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (
+        address_of(&ra.out, true).parse().expect("ip"),
+        address_of(&rb.out, true).parse().expect("ip"),
+    );
+    assert!(probe::ping6(&a_ns, b6).expect("ping"), "a -> b over IPv6");
+    assert!(probe::ping6(&b_ns, a6).expect("ping"), "b -> a over IPv6");
+    assert!(
+        probe::ping6(&a_ns, "fd68::fe".parse().expect("ip")).expect("ping"),
+        "a -> gateway"
+    );
+    let v4 = sh(&["ip", "-n", &a, "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(v4.trim().is_empty(), "no IPv4 in the container: {v4}");
+
+    let check = || {
+        cni(
+            &h,
+            "CHECK",
+            &with_prev(c.clone(), &ra.out),
+            &ctr6(&a, &a_path, "eth0"),
+        )
+    };
+    let ok = check();
+    assert!(ok.ok, "{} {}", ok.out, ok.stderr);
+    sh(&[
+        "ip",
+        "-n",
+        &a,
+        "-6",
+        "addr",
+        "del",
+        &format!("{a6}/64"),
+        "dev",
+        "eth0",
+    ]);
+    let bad = check();
+    assert!(
+        bad.out["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("lost address {a6}/64")),
+        "{}",
+        bad.out
+    );
+    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+    for (id, ns) in [(&a, &a_path), (&b, &b_path)] {
+        let del = cni(&h, "DEL", &c, &ctr6(id, ns, "eth0"));
+        assert!(del.ok, "{} {}", del.out, del.stderr);
+    }
+    h.ok(&["network", "rm", "cninet"]);
+
+    // A delegated plugin handing out an IPv6 address alone.
+    let data = tempfile::tempdir().expect("tempdir");
+    let d = conf(
+        &h,
+        "1.0.0",
+        json!({"ipam": {"type": "host-local", "dataDir": data.path(),
+                        "ranges": [[{"subnet": "fd68:5::/64", "rangeStart": "fd68:5::100"}]]}}),
+    );
+    let rd = cni(&h, "ADD", &d, &ctr6(&a, &a_path, "eth0"));
+    assert!(rd.ok, "{} {}", rd.out, rd.stderr);
+    assert_eq!(address_of(&rd.out, true), "fd68:5::100", "{}", rd.out);
+    assert!(probe::ping6(&a_ns, "fd68:5::1".parse().expect("ip")).expect("ping"));
+    assert!(cni(&h, "DEL", &d, &ctr6(&a, &a_path, "eth0")).ok);
+    h.ok(&["network", "rm", "cninet"]);
+    sh(&["ip", "netns", "del", &a]);
+    sh(&["ip", "netns", "del", &b]);
     assert_eq!(h.snapshot(), empty);
 }

@@ -357,6 +357,17 @@ enum Fw<'a> {
     UserChain,
 }
 
+/// An IPv4 subnet or address of the facts: always there, since IPv6-only networks and endpoints are left out
+/// of them (`Nsnet::explain_facts`); the fallback, 255.255.255.255/32, matches nothing a sandbox uses.
+fn v4(net: Option<Ipv4Net>) -> Ipv4Net {
+    net.unwrap_or_else(|| Ipv4Net::from(Ipv4Addr::BROADCAST))
+}
+
+/// An IPv4 gateway of the facts (see [`v4`]).
+fn gw4(gateway: Option<Ipv4Addr>) -> Ipv4Addr {
+    gateway.unwrap_or(Ipv4Addr::BROADCAST)
+}
+
 fn fw(backend: Backend, rule: Fw) -> RuleRef {
     let r = |chain: &str, rule: String| RuleRef {
         chain: chain.into(),
@@ -562,7 +573,7 @@ struct Ep<'a> {
 
 impl Ep<'_> {
     fn ip(&self) -> Ipv4Addr {
-        self.ep.address.addr()
+        v4(self.ep.address).addr()
     }
     fn name(&self) -> &str {
         &self.sb.sandbox.name
@@ -645,7 +656,12 @@ impl<'a> Walk<'a> {
         if let Some(ep) = self.endpoints().find(|e| e.ip() == ip) {
             return Dest::Sandbox(ep);
         }
-        if let Some(net) = self.facts.networks.iter().find(|n| n.subnet.contains(&ip)) {
+        if let Some(net) = self
+            .facts
+            .networks
+            .iter()
+            .find(|n| v4(n.subnet).contains(&ip))
+        {
             return Dest::Nobody(ip, net);
         }
         Dest::Beyond(ip)
@@ -834,12 +850,12 @@ impl<'a> Walk<'a> {
             .facts
             .networks
             .iter()
-            .find(|n| dnat && n.subnet.contains(&src) && n.subnet.contains(&dst))
+            .find(|n| dnat && v4(n.subnet).contains(&src) && v4(n.subnet).contains(&dst))
         {
             self.hop(
                 "host",
                 format!("hairpin masquerade: the source becomes {out_if}'s address{to}"),
-                Some(fw(b, Fw::HairpinMasquerade(n.subnet))),
+                Some(fw(b, Fw::HairpinMasquerade(v4(n.subnet)))),
             );
             return;
         }
@@ -851,11 +867,11 @@ impl<'a> Walk<'a> {
             .networks
             .iter()
             .filter(masq)
-            .find(|n| n.subnet.contains(&src))
+            .find(|n| v4(n.subnet).contains(&src))
         {
             if n.interface == out_if {
                 if b == Backend::Nftables {
-                    let rule = fw(b, Fw::OwnNetReturn(out_if, n.subnet));
+                    let rule = fw(b, Fw::OwnNetReturn(out_if, v4(n.subnet)));
                     self.hop(
                         "host",
                         "no masquerade (back into its own network)",
@@ -867,7 +883,7 @@ impl<'a> Walk<'a> {
             self.hop(
                 "host",
                 format!("masquerade: the source {src} becomes {out_if}'s address{to}"),
-                Some(fw(b, Fw::Masquerade(n.subnet, &n.interface))),
+                Some(fw(b, Fw::Masquerade(v4(n.subnet), &n.interface))),
             );
             return;
         }
@@ -1071,7 +1087,7 @@ fn host_address_for(w: &Walk<'_>, from: &From<'_>) -> Option<Ipv4Addr> {
                 .iter()
                 .find(|e| e.default_route)
                 .or_else(|| sb.sandbox.endpoints.first())?;
-            Some(ep.gateway)
+            ep.gateway
         }
         From::Host => Some(Ipv4Addr::LOCALHOST),
         From::Peer(ip) => {
@@ -1154,7 +1170,11 @@ fn from_sandbox(
 ) -> Outcome {
     let name = sb.sandbox.name.clone();
     let at = format!("sandbox {name}");
-    let own = sb.sandbox.endpoints.iter().any(|e| e.address.addr() == dst);
+    let own = sb
+        .sandbox
+        .endpoints
+        .iter()
+        .any(|e| v4(e.address).addr() == dst);
     let probe = |src: Ipv4Addr, receiver: Option<(String, Option<u16>)>| ProbePlan {
         sender: name.clone(),
         src,
@@ -1181,11 +1201,11 @@ fn from_sandbox(
         .sandbox
         .endpoints
         .iter()
-        .find(|e| e.address.trunc().contains(&dst));
+        .find(|e| v4(e.address).trunc().contains(&dst));
     let (ep, via) = match on_link {
         Some(e) => (e, None),
         None => match sb.sandbox.endpoints.iter().find(|e| e.default_route) {
-            Some(e) => (e, Some(e.gateway)),
+            Some(e) => (e, e.gateway),
             None => {
                 w.hop(
                     &at,
@@ -1193,13 +1213,13 @@ fn from_sandbox(
                     None,
                 );
                 // A probe still tries, and meets the same missing route.
-                let src = sb.sandbox.endpoints.first().map(|e| e.address.addr());
+                let src = sb.sandbox.endpoints.first().map(|e| v4(e.address).addr());
                 let receiver = match dest {
                     Dest::Sandbox(e) => Some((e.name().to_string(), q.port)),
                     _ => None,
                 };
                 return dropped(
-                    "no route: the sandbox's networks are internal (no default route), so nothing is sent",
+                    "no route: the sandbox's networks are internal or IPv6-only (no default route for IPv4), so nothing is sent",
                     Some(kernel("route lookup in the sandbox: network unreachable")),
                     src.map(|src| probe(src, receiver)),
                 );
@@ -1213,7 +1233,7 @@ fn from_sandbox(
             None,
         );
     };
-    let src = q.src.unwrap_or(ep.address.addr());
+    let src = q.src.unwrap_or(v4(ep.address).addr());
     let via_text = via.map(|g| format!(" via {g}")).unwrap_or_default();
     w.hop(
         &at,
@@ -1241,7 +1261,7 @@ fn from_sandbox(
         Dest::Sandbox(e) => Some((e.name().to_string(), q.port)),
         _ => None,
     };
-    if src != ep.address.addr() {
+    if src != v4(ep.address).addr() {
         if w.facts.backend == Backend::None {
             w.caveats.push(format!(
                 "network {} has no firewall: nothing checks the source address (only the bridge's MAC binding)",
@@ -1253,7 +1273,7 @@ fn from_sandbox(
                 Fw::AntiSpoof {
                     driver: net.driver,
                     host_if: &ep.host_interface,
-                    own: ep.address.addr(),
+                    own: v4(ep.address).addr(),
                 },
             );
             w.hop(
@@ -1267,7 +1287,7 @@ fn from_sandbox(
             return dropped(
                 format!(
                     "anti-spoofing: {name} may only send from {} on {}",
-                    ep.address.addr(),
+                    v4(ep.address).addr(),
                     net.name
                 ),
                 Some(rule),
@@ -1549,7 +1569,7 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
         }
         Dest::Sandbox(t) => {
             let t = *t;
-            probe.src = t.net.gateway;
+            probe.src = gw4(t.net.gateway);
             probe.receiver = Some((t.name().to_string(), q.port));
             w.hop(
                 "host",
@@ -1557,7 +1577,7 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
                     "route to {}: dev {} (the network's connected route), source {}",
                     t.ip(),
                     t.net.interface,
-                    t.net.gateway
+                    gw4(t.net.gateway)
                 ),
                 None,
             );
@@ -1571,7 +1591,8 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
                 ),
                 Some(kernel(&format!(
                     "route {} dev {}",
-                    t.net.subnet, t.net.interface
+                    v4(t.net.subnet),
+                    t.net.interface
                 ))),
                 Some(probe),
             )
@@ -1645,7 +1666,7 @@ fn from_peer(
             format!("peer {peer}"),
             format!(
                 "sends to {dst}, assuming it routes {} via this host; enters on {in_if}",
-                t.net.subnet
+                v4(t.net.subnet)
             ),
             None,
         ),
@@ -1658,7 +1679,7 @@ fn from_peer(
     if let Dest::Sandbox(t) = dest {
         w.caveats.push(format!(
             "explain cannot see {peer}'s routes: this assumes it sends {} via this host",
-            t.net.subnet
+            v4(t.net.subnet)
         ));
     }
     if let Dest::Loopback(_) = dest {
@@ -1706,7 +1727,7 @@ mod tests {
     }
 
     fn sandbox(name: &str, net: &Network, last: u8, ports: Vec<PortMapping>) -> SandboxFacts {
-        let o = net.subnet.network().octets();
+        let o = net.subnet.unwrap().network().octets();
         let ip = Ipv4Addr::new(o[0], o[1], o[2], last);
         SandboxFacts {
             sandbox: Sandbox {
@@ -1720,7 +1741,7 @@ mod tests {
                     interface: "eth0".into(),
                     host_interface: format!("veth{name}"),
                     mac: Mac::for_ipv4(ip),
-                    address: Ipv4Net::new(ip, net.subnet.prefix_len()).unwrap(),
+                    address: Some(Ipv4Net::new(ip, net.subnet.unwrap().prefix_len()).unwrap()),
                     gateway: net.gateway,
                     default_route: !net.internal,
                     mtu: 1500,
@@ -1769,7 +1790,10 @@ mod tests {
         ];
         let mut host_addresses = vec![("uplink0".to_string(), "10.0.1.48/24".parse().unwrap())];
         for n in [&n1, &n2, &int, &r] {
-            host_addresses.push((n.interface.clone(), Ipv4Net::new(n.gateway, 24).unwrap()));
+            host_addresses.push((
+                n.interface.clone(),
+                Ipv4Net::new(n.gateway.unwrap(), 24).unwrap(),
+            ));
         }
         host_addresses.push(("lo".into(), "127.0.0.1/8".parse().unwrap()));
         Facts {

@@ -165,18 +165,21 @@ pub fn allocate(
     allocated: &impl Allocated,
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, String> {
+    let (Some(subnet), Some(gateway)) = (net.subnet, net.gateway) else {
+        return Err(format!("network {} has no IPv4 subnet", net.name));
+    };
     if let Some(ip) = requested {
-        if !is_host(&net.subnet, ip) {
+        if !is_host(&subnet, ip) {
             return Err(format!(
                 "address {ip} is outside network {}'s subnet {} (or is its network/broadcast address); \
                  pick one between {} and {}",
                 net.name,
-                net.subnet,
-                first_host(&net.subnet),
-                last_host(&net.subnet)
+                subnet,
+                first_host(&subnet),
+                last_host(&subnet)
             ));
         }
-        if ip == net.gateway {
+        if ip == gateway {
             return Err(format!(
                 "address {ip} is the gateway of network {}; pick another address",
                 net.name
@@ -186,8 +189,8 @@ pub fn allocate(
         return Ok(ip);
     }
     let (first, last) = (
-        u32::from(first_host(&net.subnet)),
-        u32::from(last_host(&net.subnet)),
+        u32::from(first_host(&subnet)),
+        u32::from(last_host(&subnet)),
     );
     next_fit(
         u128::from(first),
@@ -195,7 +198,7 @@ pub fn allocate(
         allocated.cursor().map(|c| u128::from(u32::from(c))),
         |n| {
             let ip = Ipv4Addr::from(u32::try_from(n).unwrap_or_default());
-            ip != net.gateway && !allocated.is_allocated(ip)
+            ip != gateway && !allocated.is_allocated(ip)
         },
     )
     .and_then(|n| u32::try_from(n).ok())
@@ -203,7 +206,7 @@ pub fn allocate(
     .ok_or_else(|| {
         format!(
             "network {} has no free address left in {}; remove a sandbox or create a larger network",
-            net.name, net.subnet
+            net.name, subnet
         )
     })
 }

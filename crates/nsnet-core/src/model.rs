@@ -38,8 +38,13 @@ impl fmt::Display for Driver {
 pub struct Network {
     pub name: String,
     pub driver: Driver,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// The IPv4 subnet; absent on an IPv6-only network (`--ipv4=false`), and then left out of the record,
+    /// so IPv4 and dual-stack records read and write exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv4 gateway; absent exactly when `subnet` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// The host-side interface that holds the gateway: the bridge, or the host end of the veth.
     pub interface: String,
     pub internal: bool,
@@ -346,8 +351,8 @@ impl Network {
         Network {
             name: name.into(),
             driver: Driver::Bridge,
-            subnet,
-            gateway,
+            subnet: Some(subnet),
+            gateway: Some(gateway),
             interface: interface.into(),
             internal: false,
             isolate: true,
@@ -361,6 +366,21 @@ impl Network {
             dns: false,
             dns_servers: vec![],
             ipv6: None,
+        }
+    }
+
+    /// Whether the network has no IPv4 part (`--ipv4=false`): only its [`Network::ipv6`] side exists.
+    pub fn ipv6_only(&self) -> bool {
+        self.subnet.is_none()
+    }
+
+    /// The MAC address of the network's bridge (or veth host end): derived from its gateway, the IPv4 one
+    /// when the network has IPv4 ([`Mac::for_ipv4`], as always), else the IPv6 one ([`Mac::for_ipv6`]).
+    pub fn gateway_mac(&self) -> Mac {
+        match (self.gateway, &self.ipv6) {
+            (None, Some(v6)) => Mac::for_ipv6(v6.gateway),
+            // A network with neither family never passes validation.
+            (g, _) => Mac::for_ipv4(g.unwrap_or(Ipv4Addr::UNSPECIFIED)),
         }
     }
 
@@ -434,9 +454,12 @@ pub struct Endpoint {
     /// Interface name of the host end.
     pub host_interface: String,
     pub mac: Mac,
-    /// The sandbox's address in CIDR form.
-    pub address: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// The sandbox's IPv4 address in CIDR form; absent on an IPv6-only network (and left out of the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Net>,
+    /// Its network's IPv4 gateway; absent exactly when `address` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// Whether this endpoint carries the sandbox's default route.
     pub default_route: bool,
     pub mtu: u32,
@@ -463,6 +486,11 @@ pub struct Ep6 {
     pub gateway: Ipv6Addr,
 }
 
+/// An optional address as text: the value, or `none` (an IPv6-only network's IPv4 fields).
+pub fn or_none<T: fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
 /// An Ethernet address, written `02:6e:0a:59:00:02`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Mac(pub [u8; 6]);
@@ -473,6 +501,29 @@ impl Mac {
     pub fn for_ipv4(ip: Ipv4Addr) -> Mac {
         let o = ip.octets();
         Mac([0x02, 0x6e, o[0], o[1], o[2], o[3]])
+    }
+
+    /// The MAC nsnet derives for an endpoint when none is asked for: from its IPv4 address, else (on an
+    /// IPv6-only network) from its global IPv6 one.
+    pub fn derived(address: Option<Ipv4Net>, ipv6: Option<&Ep6>) -> Mac {
+        match (address, ipv6) {
+            (None, Some(v6)) => Mac::for_ipv6(v6.address.addr()),
+            (a, _) => Mac::for_ipv4(a.map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr())),
+        }
+    }
+
+    /// The derived MAC of an IPv6-only endpoint or bridge: `02:6c:` plus the 32-bit FNV-1a hash of the
+    /// address. A hash can collide, so the plan checks it against the network's other MACs; its host end is
+    /// `02:6d:` ([`Mac::host_end`]).
+    pub fn for_ipv6(ip: Ipv6Addr) -> Mac {
+        let h = ip
+            .octets()
+            .iter()
+            .fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+            })
+            .to_be_bytes();
+        Mac([0x02, 0x6c, h[0], h[1], h[2], h[3]])
     }
 
     /// The fixed link-local address of the interface holding this MAC: `fe80::/64` plus the modified EUI-64
@@ -579,6 +630,45 @@ mod tests {
         assert!("zz:6e:0a:59:00:02".parse::<Mac>().is_err());
     }
 
+    /// IPv6-only MACs: `02:6c:` and the 32-bit FNV-1a of the address's 16 bytes (values from an independent
+    /// implementation); an IPv6-only network's bridge MAC comes from its IPv6 gateway, any other's from IPv4.
+    #[test]
+    fn ipv6_only_macs_are_02_6c_and_fnv1a() {
+        assert_eq!(
+            Mac::for_ipv6(Ipv6Addr::UNSPECIFIED).to_string(),
+            "02:6c:69:69:19:05"
+        );
+        let ep6 = Ep6 {
+            address: "fd89:1:2:3::2/64".parse().unwrap(),
+            gateway: "fd89:1:2:3::1".parse().unwrap(),
+        };
+        assert_eq!(
+            Mac::derived(None, Some(&ep6)).to_string(),
+            "02:6c:7a:4b:a7:a1"
+        );
+        assert_eq!(Mac::derived(None, Some(&ep6)).host_end().0[1], 0x6d);
+        let v4: Ipv4Net = "10.89.0.2/24".parse().unwrap();
+        assert_eq!(Mac::derived(Some(v4), Some(&ep6)), Mac::for_ipv4(v4.addr()));
+        let mut net = Network::bridge(
+            "n",
+            "10.0.0.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+            "br0",
+        );
+        net.ipv6 = Some(Net6 {
+            subnet: "fd89:1:2:3::/64".parse().unwrap(),
+            gateway: "fd89:1:2:3::1".parse().unwrap(),
+            nat: true,
+        });
+        assert_eq!(net.gateway_mac(), Mac::for_ipv4(Ipv4Addr::new(10, 0, 0, 1)));
+        (net.subnet, net.gateway) = (None, None);
+        assert!(net.ipv6_only());
+        assert_eq!(
+            net.gateway_mac(),
+            Mac::for_ipv6("fd89:1:2:3::1".parse().unwrap())
+        );
+    }
+
     #[test]
     fn only_unicast_macs_pass() {
         let mac = |s: &str| s.parse::<Mac>().unwrap();
@@ -602,7 +692,7 @@ mod tests {
         let text = include_str!("../tests/golden/network-ipv4.json");
         let net: Network = serde_json::from_str(text).unwrap();
         assert_eq!(net.ipv6, None);
-        assert_eq!(net.subnet, "10.89.3.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(net.subnet, Some("10.89.3.0/24".parse::<Ipv4Net>().unwrap()));
         assert_eq!(pretty(&net), text);
         let text = include_str!("../tests/golden/sandbox-ipv4.json");
         let sb: Sandbox = serde_json::from_str(text).unwrap();

@@ -69,8 +69,11 @@ pub struct NetworkNode {
     pub driver: String,
     /// The bridge, or the host end of a veth network, holding the gateway.
     pub interface: String,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// Absent on an IPv6-only network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     pub internal: bool,
     pub isolate: bool,
     pub fast_path: bool,
@@ -124,9 +127,12 @@ pub struct EndpointNode {
     pub interface: String,
     /// The host's end.
     pub host_interface: String,
-    pub address: Ipv4Net,
+    /// Absent on an IPv6-only network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Net>,
     pub mac: Mac,
-    pub gateway: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     pub default_route: bool,
     pub ports: Vec<PortNode>,
     pub state: State,
@@ -141,7 +147,8 @@ pub struct PortNode {
     /// `None`: every host address.
     pub host_ip: Option<std::net::IpAddr>,
     pub host_port: u16,
-    pub target: Ipv4Addr,
+    /// The sandbox's IPv4 address (its IPv6 one on an IPv6-only network).
+    pub target: std::net::IpAddr,
     pub container_port: u16,
     /// How many consecutive ports (a range).
     pub count: u16,
@@ -394,9 +401,13 @@ fn sandbox_node(
                 .ports
                 .iter()
                 .map(|m| {
+                    let target = match (ep.address, ep.ipv6) {
+                        (None, Some(e6)) => e6.address.addr().into(),
+                        (a, _) => a.map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr()).into(),
+                    };
                     let rule = Rule::Port {
                         mapping: *m,
-                        target: ep.address.addr().into(),
+                        target,
                     };
                     let mut problems = Vec::new();
                     if !removing && facts.missing_rules.contains(&rule) {
@@ -406,7 +417,7 @@ fn sandbox_node(
                         protocol: m.protocol,
                         host_ip: m.host_ip,
                         host_port: m.host_port,
-                        target: ep.address.addr(),
+                        target,
                         container_port: m.container_port,
                         count: m.count,
                         state: match (removing, facts.firewall_unread.is_some()) {
@@ -502,8 +513,8 @@ fn endpoint_problems(
             if mac.is_some_and(|m| m != ep.mac.0) {
                 problems.push(format!("{} has another MAC than {}", ep.interface, ep.mac));
             }
-            if !addresses.contains(&ep.address) {
-                problems.push(format!("{} has lost address {}", ep.interface, ep.address));
+            if let Some(address) = ep.address.filter(|a| !addresses.contains(a)) {
+                problems.push(format!("{} has lost address {address}", ep.interface));
             }
         }
     }
@@ -645,7 +656,7 @@ mod tests {
             interface: "eth0".into(),
             host_interface: host.into(),
             mac: Mac::for_ipv4(addr),
-            address: Ipv4Net::new(addr, 24).expect("prefix"),
+            address: Some(Ipv4Net::new(addr, 24).expect("prefix")),
             gateway: net.gateway,
             default_route: true,
             mtu: 1500,
@@ -738,7 +749,11 @@ mod tests {
                 sb.name.clone(),
                 Inside::Links(vec![
                     ("lo".into(), None, vec![]),
-                    ("eth0".into(), Some(ep.mac.0), vec![ep.address]),
+                    (
+                        "eth0".into(),
+                        Some(ep.mac.0),
+                        ep.address.into_iter().collect(),
+                    ),
                 ]),
             );
         }

@@ -96,7 +96,7 @@ proptest! {
                 servers: vec![],
                 networks: vec![OnNetwork {
                     network: "n".into(),
-                    address: Ipv4Addr::new(10, 0, 0, if name == "held" { 2 } else { 3 }),
+                    address: Some(Ipv4Addr::new(10, 0, 0, if name == "held" { 2 } else { 3 })),
                     address6: Some(address6),
                     aliases: vec![],
                     internal: false,

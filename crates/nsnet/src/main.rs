@@ -275,6 +275,11 @@ enum NetworkCmd {
         /// Dual stack: give the network an IPv6 subnet too (unfinished: needs NSNET_IPV6=1).
         #[arg(long)]
         ipv6: bool,
+        /// false: an IPv6-only network, with no IPv4 subnet (needs --ipv6 or an IPv6 --subnet). The default
+        /// is true, except with an IPv6 --subnet and neither --ipv6 nor an IPv4 --subnet or --gateway, which
+        /// asks for IPv6 only (unfinished: needs NSNET_IPV6=1).
+        #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+        ipv4: Option<bool>,
         /// Masquerade IPv6 leaving the host (NAT66, the default); false for routed global addresses.
         #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
         ipv6_nat: Option<bool>,
@@ -471,6 +476,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             subnet,
             gateway,
             ipv6,
+            ipv4,
             ipv6_nat,
             bridge,
             internal,
@@ -493,6 +499,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 })?;
             // IPv6 is asked for with --ipv6 or an IPv6 subnet; its other settings need one of them.
             let wants6 = *ipv6 || subnet6.is_some();
+            // Only an IPv6 subnet given (no --ipv6, nothing IPv4): IPv6 only, rather than an IPv4 subnet
+            // nobody asked for (as a CNI configuration with only an IPv6 range).
+            let ipv4 =
+                ipv4.unwrap_or(*ipv6 || subnet6.is_none() || subnet.is_some() || gateway.is_some());
+            if !ipv4 {
+                if !wants6 {
+                    bail!("--ipv4=false leaves the network no address family; add --ipv6 (or an IPv6 --subnet) for an IPv6-only network");
+                }
+                if let Some(what) = subnet
+                    .map(|s| format!("--subnet {s}"))
+                    .or(gateway.map(|g| format!("--gateway {g}")))
+                {
+                    bail!("{what} is IPv4, but --ipv4=false makes the network IPv6-only; leave one of them out");
+                }
+            }
             if !wants6 {
                 if let Some(g) = gateway6 {
                     bail!("--gateway {g} is IPv6, but the network has no IPv6; add --ipv6 (or an IPv6 --subnet)");
@@ -505,6 +526,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 subnet: subnet6,
                 gateway: gateway6,
                 nat: ipv6_nat.unwrap_or(true),
+                only: !ipv4,
             });
             let servers: Vec<IpAddr> = dns
                 .iter()

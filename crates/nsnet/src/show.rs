@@ -61,8 +61,8 @@ pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
             vec![
                 n.name.clone(),
                 driver,
-                n.subnet.to_string(),
-                n.gateway.to_string(),
+                subnet_of(n),
+                gateway_of(n),
                 n.interface.clone(),
                 format!("{}{flag}", record.allocations.users().len()),
             ]
@@ -88,6 +88,30 @@ fn find_network(nsnet: &Nsnet, name: &str) -> Result<NetworkRecord> {
         .with_context(|| format!("no network named '{name}'; `nsnet network ls` lists them"))
 }
 
+/// A network's IPv4 subnet, or its IPv6 one on an IPv6-only network.
+fn subnet_of(n: &nsnet_core::model::Network) -> String {
+    n.subnet
+        .map(|s| s.to_string())
+        .or(n.ipv6.map(|v6| v6.subnet.to_string()))
+        .unwrap_or_default()
+}
+
+/// A network's IPv4 gateway, or its IPv6 one on an IPv6-only network.
+fn gateway_of(n: &nsnet_core::model::Network) -> String {
+    n.gateway
+        .map(|g| g.to_string())
+        .or(n.ipv6.map(|v6| v6.gateway.to_string()))
+        .unwrap_or_default()
+}
+
+/// An endpoint's IPv4 address, or its IPv6 one on an IPv6-only network.
+fn address_of(e: &Endpoint) -> String {
+    e.address
+        .map(|a| a.to_string())
+        .or(e.ipv6.map(|e6| e6.address.to_string()))
+        .unwrap_or_default()
+}
+
 /// `nsnet network inspect NAME`.
 pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
     let record = find_network(nsnet, name)?;
@@ -97,8 +121,8 @@ pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
     let n = &record.settings;
     println!("name:       {}", n.name);
     println!("driver:     {}", n.driver);
-    println!("subnet:     {}", n.subnet);
-    println!("gateway:    {}", n.gateway);
+    println!("subnet:     {}", subnet_of(n));
+    println!("gateway:    {}", gateway_of(n));
     println!("interface:  {}", n.interface);
     println!("internal:   {}", n.internal);
     println!("isolate:    {}", n.isolate);
@@ -158,7 +182,7 @@ pub fn sandboxes(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
                 sb.name.clone(),
                 sb.netns.display().to_string(),
                 joined(each(&|e| e.network.clone())),
-                joined(each(&|e| e.address.to_string())),
+                joined(each(&address_of)),
                 joined(ports),
                 status.to_string(),
             ]
@@ -208,9 +232,12 @@ pub fn sandbox(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
             "{}: network {} address {} mac {} gateway {}{} host {}",
             e.interface,
             e.network,
-            e.address,
+            address_of(e),
             e.mac,
-            e.gateway,
+            e.gateway
+                .map(|g| g.to_string())
+                .or(e.ipv6.map(|e6| e6.gateway.to_string()))
+                .unwrap_or_default(),
             if e.default_route {
                 " (default route)"
             } else {

@@ -8,6 +8,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use nsnet_core::model::or_none;
 use nsnet_core::ops::Nsnet;
 use nsnet_core::topology::{EndpointNode, NetworkNode, SandboxNode, State, Topology};
 
@@ -124,7 +125,7 @@ fn endpoint_line(e: &EndpointNode) -> String {
     format!(
         "{} {} {} <-veth-> {}{}",
         e.interface,
-        e.address,
+        or_none(e.address),
         e.mac,
         e.host_interface,
         if e.default_route {
@@ -158,8 +159,8 @@ pub fn text(t: &Topology, colour: bool) -> String {
             n.name,
             n.driver,
             n.interface,
-            n.subnet,
-            n.gateway,
+            or_none(n.subnet),
+            or_none(n.gateway),
             traits(n),
             mark(n.state, &n.problems, colour)
         ));
@@ -307,8 +308,8 @@ pub fn dot(t: &Topology) -> String {
         let lines = with_problems(
             vec![
                 format!("network {} ({})", n.name, n.driver),
-                format!("{} {}", n.interface, n.subnet),
-                format!("gateway {}", n.gateway),
+                format!("{} {}", n.interface, or_none(n.subnet)),
+                format!("gateway {}", or_none(n.gateway)),
                 traits(n),
             ],
             n.state,
@@ -373,7 +374,7 @@ pub fn dot(t: &Topology) -> String {
             let lines = with_problems(
                 vec![
                     format!("{} <-> {}", e.host_interface, e.interface),
-                    e.address.to_string(),
+                    or_none(e.address),
                     e.mac.to_string(),
                 ],
                 e.state,
@@ -568,8 +569,8 @@ pub fn svg(t: &Topology) -> String {
             with_problems(
                 vec![
                     format!("network {} ({})", n.name, n.driver),
-                    format!("{} {}", n.interface, n.subnet),
-                    format!("gateway {}", n.gateway),
+                    format!("{} {}", n.interface, or_none(n.subnet)),
+                    format!("gateway {}", or_none(n.gateway)),
                     traits(n),
                 ],
                 n.state,
@@ -597,7 +598,7 @@ pub fn svg(t: &Topology) -> String {
         .map(|s| {
             let mut lines = vec![format!("sandbox {}", s.name), s.netns.display().to_string()];
             for e in &s.endpoints {
-                lines.push(format!("{} {}", e.interface, e.address));
+                lines.push(format!("{} {}", e.interface, or_none(e.address)));
                 lines.push(format!("  {}", e.mac));
                 for p in &e.ports {
                     lines.push(format!("  port {}/{}", p.container_port, p.protocol));
@@ -824,8 +825,8 @@ mod tests {
             name: name.into(),
             driver: "bridge".into(),
             interface: format!("nsbr-{name}"),
-            subnet: format!("172.16.{third}.0/24").parse().expect("subnet"),
-            gateway: Ipv4Addr::new(172, 16, third, 1),
+            subnet: Some(format!("172.16.{third}.0/24").parse().expect("subnet")),
+            gateway: Some(Ipv4Addr::new(172, 16, third, 1)),
             internal,
             isolate: true,
             fast_path: true,
@@ -856,9 +857,9 @@ mod tests {
                 network: net.into(),
                 interface: "eth0".into(),
                 host_interface: format!("veth-{name}"),
-                address: ipnet::Ipv4Net::new(addr, 24).expect("prefix"),
+                address: Some(ipnet::Ipv4Net::new(addr, 24).expect("prefix")),
                 mac: Mac::for_ipv4(addr),
-                gateway: Ipv4Addr::new(ip[0], ip[1], ip[2], 1),
+                gateway: Some(Ipv4Addr::new(ip[0], ip[1], ip[2], 1)),
                 default_route: true,
                 ports,
                 state: if broken { State::Broken } else { State::Ok },
@@ -880,7 +881,7 @@ mod tests {
             protocol: Proto::Tcp,
             host_ip: None,
             host_port: 8088,
-            target: Ipv4Addr::new(172, 16, 0, 2),
+            target: Ipv4Addr::new(172, 16, 0, 2).into(),
             container_port: 80,
             count: 1,
             state: State::Ok,

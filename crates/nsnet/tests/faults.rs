@@ -265,6 +265,45 @@ fn every_dual_stack_step_rolls_back() {
     assert_eq!(h.snapshot(), empty);
 }
 
+/// The same on an IPv6-only network (C14): its plans have no IPv4 steps, and every failed step still
+/// leaves everything as before.
+#[test]
+fn every_ipv6_only_step_rolls_back() {
+    let h = TestHost::with_ipv6("faults6o");
+    let empty = h.snapshot();
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    let steps = fail_every_step_with(
+        &h,
+        &["network", "create", "v6o", "--ipv6", "--ipv4=false"],
+        &GATE,
+    );
+    assert!(steps >= 4, "network create has {steps} steps");
+    fail_every_step_with(
+        &h,
+        &["create", &a, "--network", "v6o", "-p", "8080:80"],
+        &GATE,
+    );
+    fail_every_step_with(&h, &["create", &b, "--network", "v6o"], &GATE);
+    let ns = format!("--net=/run/netns/{a}");
+    let mut sleeper = std::process::Command::new("nsenter")
+        .args([ns.as_str(), "--", "sleep", "60"])
+        .spawn()
+        .expect("sleep inside a");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let before = inside(&[&a]);
+    assert!(
+        before[0].contains("fe80::") && before[0].contains("default via fd"),
+        "{before:?}"
+    );
+    fail_every_teardown_step_with(&h, &["rm", &a], &[&a, &b], &GATE);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    h.settle();
+    fail_every_teardown_step_with(&h, &["network", "rm", "v6o", "--force"], &[&b], &GATE);
+    h.ok(&["rm", &b]);
+    assert_eq!(h.snapshot(), empty);
+}
+
 /// `-v` prints each step just before it runs, as `--dry-run` renders it: a create that succeeds prints its
 /// whole plan, and one whose third step fails has printed its first three steps (not the rest), then the
 /// steps that undo the first two.

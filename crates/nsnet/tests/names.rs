@@ -444,7 +444,7 @@ fn an_older_resolver_steps_down_and_a_planted_pid_is_never_signalled() {
     let generation = h.state.join("dns.generation");
     assert_eq!(
         fs::read_to_string(&generation).expect("generation").trim(),
-        "2"
+        "3"
     );
     fs::remove_file(&generation).expect("look older");
 

@@ -399,7 +399,7 @@ impl Agent {
         let remembered = local
             .as_ref()
             .filter(|r| r.settings.overlay.is_some())
-            .map(|r| r.settings.subnet);
+            .and_then(|r| r.settings.subnet);
         let (me, hostname) = (self.me.clone(), self.hostname.clone());
         let value = |subnet: Ipv4Net| LeaseValue {
             host: me.clone(),
@@ -496,7 +496,7 @@ impl Agent {
             let remembered = local
                 .as_ref()
                 .filter(|r| r.settings.overlay.is_some())
-                .map(|r| r.settings.subnet);
+                .and_then(|r| r.settings.subnet);
             let subnet = match view.held_by(&spec.name, &self.me) {
                 Some((s, _)) => s,
                 None => match cluster::candidates(spec, &view, &self.me, remembered).first() {

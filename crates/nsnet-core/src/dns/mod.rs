@@ -71,7 +71,9 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnNetwork {
     pub network: String,
-    pub address: Ipv4Addr,
+    /// Its IPv4 address; absent on an IPv6-only network (where an A question gets no answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
     /// Its global IPv6 address on a dual-stack network. Absent (and read as none) otherwise, so updates to
     /// and from a resolver of the version before IPv6 read as they did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,7 +103,7 @@ impl Member {
                 let net = nets.iter().find(|n| n.name == ep.network && n.dns)?;
                 Some(OnNetwork {
                     network: ep.network.clone(),
-                    address: ep.address.addr(),
+                    address: ep.address.map(|a| a.addr()),
                     address6: ep.ipv6.map(|v6| v6.address.addr()),
                     aliases: ep.aliases.clone(),
                     internal: net.internal,
@@ -211,8 +213,8 @@ mod tests {
             interface: "eth0".into(),
             host_interface: "vethx".into(),
             mac: Mac::for_ipv4(ip),
-            address: ipnet::Ipv4Net::new(ip, 24).unwrap(),
-            gateway: Ipv4Addr::new(10, 89, 0, 1),
+            address: Some(ipnet::Ipv4Net::new(ip, 24).unwrap()),
+            gateway: Some(Ipv4Addr::new(10, 89, 0, 1)),
             default_route: true,
             mtu: 1500,
             ports: vec![],

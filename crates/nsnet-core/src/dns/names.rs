@@ -53,9 +53,12 @@ struct Network {
     names: HashMap<IpAddr, String>,
 }
 
-/// An endpoint's addresses: its IPv4 one, and its IPv6 one on a dual-stack network.
+/// An endpoint's addresses: its IPv4 one (none on an IPv6-only network), and its IPv6 one with IPv6.
 fn addresses_of(on: &super::OnNetwork) -> impl Iterator<Item = IpAddr> {
-    std::iter::once(IpAddr::V4(on.address)).chain(on.address6.map(IpAddr::V6))
+    on.address
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(on.address6.map(IpAddr::V6))
 }
 
 impl Names {
@@ -268,7 +271,7 @@ mod tests {
                 .iter()
                 .map(|(net, last, aliases)| OnNetwork {
                     network: net.to_string(),
-                    address: Ipv4Addr::new(10, 0, 0, *last),
+                    address: Some(Ipv4Addr::new(10, 0, 0, *last)),
                     address6: None,
                     aliases: aliases.iter().map(|a| a.to_string()).collect(),
                     internal,

@@ -41,8 +41,9 @@ pub const GENERATION_FILE: &str = "dns.generation";
 /// What this build's resolver understands of records and updates. A resolver keeps running across an
 /// upgrade, so a command that finds one of an older generation asks it to step down and starts its own
 /// (`client::tell`). 2: IPv6 (AAAA answers, IPv6 upstream servers and port addresses in records, records read
-/// without ever being set aside). Resolvers before it wrote no generation file.
-pub const GENERATION: u32 = 2;
+/// without ever being set aside). 3: IPv6-only members (no IPv4 address). Resolvers before 2 wrote no
+/// generation file.
+pub const GENERATION: u32 = 3;
 
 /// How often the resolver reads the whole state again (and the host's resolv.conf).
 const RESYNC: Duration = Duration::from_secs(5);

@@ -165,10 +165,18 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             internal,
             subnet6,
         } => {
-            let mut out = vec![
-                Element::new(Inet, "ifaces", vec![Ifname(interface.clone())]),
-                Element::new(Inet, "same_net", vec![Net(*subnet), Net(*subnet)]),
-            ];
+            let mut out = vec![Element::new(
+                Inet,
+                "ifaces",
+                vec![Ifname(interface.clone())],
+            )];
+            if let Some(subnet) = subnet {
+                out.push(Element::new(
+                    Inet,
+                    "same_net",
+                    vec![Net(*subnet), Net(*subnet)],
+                ));
+            }
             if let Some(net6) = subnet6 {
                 out.push(Element::new(
                     Inet,
@@ -225,10 +233,9 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             let mut out: Vec<Element> = [Inet, Bridge]
                 .into_iter()
                 .flat_map(|family| {
-                    [
-                        Element::new(family, "endpoint_ifs", vec![port()]),
-                        Element::new(family, "endpoints", vec![port(), Ipv4(*address)]),
-                    ]
+                    std::iter::once(Element::new(family, "endpoint_ifs", vec![port()])).chain(
+                        address.map(|a| Element::new(family, "endpoints", vec![port(), Ipv4(a)])),
+                    )
                 })
                 .collect();
             if !ipv6.is_empty() {
@@ -323,7 +330,7 @@ mod tests {
         assert_eq!(e.value_bytes(), Some(vec![10, 89, 0, 2, 0, 80, 0, 0]));
         let ep = elements(&Rule::Endpoint {
             host_interface: "veth1".into(),
-            address: Ipv4Addr::new(10, 89, 0, 2),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
             ipv6: vec![],
         });
         assert_eq!(ep.len(), 4);
@@ -346,7 +353,7 @@ mod tests {
         );
         let ep = elements(&Rule::Endpoint {
             host_interface: "veth1".into(),
-            address: Ipv4Addr::new(10, 89, 0, 2),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
             ipv6: vec![ll, global],
         });
         let in_set = |family, set| {

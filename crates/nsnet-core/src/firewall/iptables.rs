@@ -187,11 +187,12 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
             },
             _,
         ) => {
-            let s = match (family, subnet6) {
-                (V4, _) => subnet.to_string(),
-                (V6, Some(s6)) => s6.to_string(),
-                // An IPv4 network's sandboxes send no IPv6 (see the endpoint's rules).
-                (V6, None) => return vec![],
+            let s = match (family, subnet, subnet6) {
+                (V4, Some(s), _) => s.to_string(),
+                (V6, _, Some(s6)) => s6.to_string(),
+                // An IPv4 network's sandboxes send no IPv6, nor an IPv6-only network's IPv4 (see the
+                // endpoint's rules).
+                _ => return vec![],
             };
             let lo = family.loopback();
             // On IPv6 the loopback guards go first in NSNET-GUARD: an endpoint's rules RETURN from it.
@@ -266,7 +267,7 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
         (
             Rule::Endpoint {
                 host_interface: h,
-                address: a,
+                address: Some(a),
                 ..
             },
             V4,
@@ -283,6 +284,23 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
                 format!("! -s {a}/32 -i {h} -j DROP"),
                 Append,
             ),
+        ],
+        // An IPv6-only network's sandbox has no IPv4 address: all its IPv4 is dropped.
+        (
+            Rule::Endpoint {
+                host_interface: h,
+                address: None,
+                ..
+            },
+            V4,
+        ) => vec![
+            entry(
+                "raw",
+                "NSNET-GUARD",
+                format!("-m physdev --physdev-in {h} -j DROP"),
+                Append,
+            ),
+            entry("raw", "NSNET-GUARD", format!("-i {h} -j DROP"), Append),
         ],
         // One of its own addresses or nothing, first through the bridge (physdev), then on the port itself
         // (point to point). `::` (DAD, early MLD) is none of them. An IPv4 network's sandbox has no IPv6
@@ -730,7 +748,7 @@ mod tests {
     fn endpoint6() -> Rule {
         Rule::Endpoint {
             host_interface: "nsv1".into(),
-            address: Ipv4Addr::new(10, 89, 0, 2),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
             ipv6: vec!["fe80::1".parse().unwrap(), "fd00::2".parse().unwrap()],
         }
     }
@@ -754,7 +772,7 @@ mod tests {
         // An IPv4 network's sandbox: no IPv6 at all.
         let v4only = Rule::Endpoint {
             host_interface: "nsv1".into(),
-            address: Ipv4Addr::new(10, 89, 0, 2),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
             ipv6: vec![],
         };
         let specs: Vec<String> = entries(&v4only, Family::V6)
@@ -765,6 +783,36 @@ mod tests {
             specs,
             ["-m physdev --physdev-in nsv1 -j DROP", "-i nsv1 -j DROP"]
         );
+    }
+
+    /// An IPv6-only network (C14): its sandbox sends no IPv4 at all, and its bridge has no IPv4 rules.
+    #[test]
+    fn an_ipv6_only_endpoint_sends_no_ipv4() {
+        let only6 = Rule::Endpoint {
+            host_interface: "nsv1".into(),
+            address: None,
+            ipv6: vec!["fe80::1".parse().unwrap(), "fd00::2".parse().unwrap()],
+        };
+        let specs: Vec<String> = entries(&only6, Family::V4)
+            .into_iter()
+            .map(|e| e.spec)
+            .collect();
+        assert_eq!(
+            specs,
+            ["-m physdev --physdev-in nsv1 -j DROP", "-i nsv1 -j DROP"]
+        );
+        assert_eq!(
+            entries(&only6, Family::V6).len(),
+            entries(&endpoint6(), Family::V6).len()
+        );
+        let bridge = Rule::Interface {
+            interface: "nsbr".into(),
+            subnet: None,
+            internal: false,
+            subnet6: Some("fd00::/64".parse().unwrap()),
+        };
+        assert!(entries(&bridge, Family::V4).is_empty());
+        assert!(!entries(&bridge, Family::V6).is_empty());
     }
 
     #[test]
@@ -806,7 +854,7 @@ mod tests {
         let mut b = Batch::default();
         b.delete(Rule::Endpoint {
             host_interface: "old".into(),
-            address: Ipv4Addr::new(10, 89, 0, 9),
+            address: Some(Ipv4Addr::new(10, 89, 0, 9)),
             ipv6: vec![],
         });
         b.add(endpoint6());

@@ -33,7 +33,9 @@ pub enum Rule {
     /// `subnet6`: a dual-stack network's IPv6 subnet, for the same hairpin masquerade.
     Interface {
         interface: String,
-        subnet: Ipv4Net,
+        /// None on an IPv6-only network.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subnet: Option<Ipv4Net>,
         internal: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subnet6: Option<Ipv6Net>,
@@ -53,7 +55,9 @@ pub enum Rule {
     /// redirects and MLD from it never pass. On an IPv4 network (empty) every IPv6 frame from it is dropped.
     Endpoint {
         host_interface: String,
-        address: Ipv4Addr,
+        /// None on an IPv6-only network: the port is then in no IPv4 set, so all its IPv4 and ARP is dropped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<Ipv4Addr>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ipv6: Vec<Ipv6Addr>,
     },

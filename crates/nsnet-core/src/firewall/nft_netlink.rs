@@ -374,7 +374,7 @@ mod tests {
         let mut b = Batch::default();
         b.add(Rule::Endpoint {
             host_interface: "v".into(),
-            address: Ipv4Addr::new(1, 2, 3, 4),
+            address: Some(Ipv4Addr::new(1, 2, 3, 4)),
             ipv6: vec![],
         });
         assert!(handles(&b));
@@ -391,7 +391,7 @@ mod tests {
         let mut b = Batch::default();
         b.delete(Rule::Endpoint {
             host_interface: "v".into(),
-            address: Ipv4Addr::new(1, 2, 3, 4),
+            address: Some(Ipv4Addr::new(1, 2, 3, 4)),
             ipv6: vec![],
         });
         let (bytes, seqs) = encode(&b, false).unwrap();

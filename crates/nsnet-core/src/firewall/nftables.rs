@@ -671,7 +671,7 @@ pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
         .filter(|r| match r {
             Rule::Endpoint {
                 host_interface,
-                address,
+                address: Some(address),
                 ..
             } => !has(
                 "endpoints",
@@ -946,7 +946,7 @@ mod tests {
         let mut b = Batch::default();
         b.add(Rule::Endpoint {
             host_interface: "veth1".into(),
-            address: Ipv4Addr::new(10, 89, 0, 2),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
             ipv6: vec![],
         });
         let text = render(&b);

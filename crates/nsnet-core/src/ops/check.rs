@@ -42,11 +42,12 @@ impl Nsnet {
         };
         let (net, allocations) = (&record.settings, &record.allocations);
         let mut problems = Vec::new();
-        let ip = ep.address.addr();
-        if allocations.addresses.get(&ip).map(String::as_str) != Some(name) {
-            problems.push(format!(
-                "address {ip} is not reserved for '{name}' on network '{network}'"
-            ));
+        if let Some(ip) = ep.address.map(|a| a.addr()) {
+            if allocations.addresses.get(&ip).map(String::as_str) != Some(name) {
+                problems.push(format!(
+                    "address {ip} is not reserved for '{name}' on network '{network}'"
+                ));
+            }
         }
         for m in &ep.ports {
             if !allocations
@@ -71,7 +72,8 @@ impl Nsnet {
                 }
                 // A bridge without a fast path is a kernel (or caller) that cannot have one, and one made
                 // before nsnet carried IPv6 has no IPv6 map: nothing to check there.
-                let mut ips = vec![IpAddr::V4(ip)];
+                let mut ips: Vec<IpAddr> =
+                    ep.address.iter().map(|a| IpAddr::V4(a.addr())).collect();
                 ips.extend(ep.ipv6.map(|e6| IpAddr::V6(e6.address.addr())));
                 for ip in ips {
                     let fast_path = match bridge {
@@ -108,21 +110,23 @@ impl Nsnet {
                             ep.interface, ep.mac
                         ));
                     }
-                    if !inside.addresses_of(&ep.interface)?.contains(&ep.address) {
-                        problems.push(format!(
-                            "interface {} has lost address {}",
-                            ep.interface, ep.address
-                        ));
-                    }
-                    let via = DefaultRoute {
-                        oif: Some(link.index),
-                        gateway: Some(ep.gateway),
-                    };
-                    if ep.default_route && !inside.default_routes()?.contains(&via) {
-                        problems.push(format!(
-                            "the default route via {} on {} is missing",
-                            ep.gateway, ep.interface
-                        ));
+                    if let (Some(address), Some(gateway)) = (ep.address, ep.gateway) {
+                        if !inside.addresses_of(&ep.interface)?.contains(&address) {
+                            problems.push(format!(
+                                "interface {} has lost address {address}",
+                                ep.interface
+                            ));
+                        }
+                        let via = DefaultRoute {
+                            oif: Some(link.index),
+                            gateway: Some(gateway),
+                        };
+                        if ep.default_route && !inside.default_routes()?.contains(&via) {
+                            problems.push(format!(
+                                "the default route via {gateway} on {} is missing",
+                                ep.interface
+                            ));
+                        }
                     }
                     if let Some(ep6) = &ep.ipv6 {
                         if !inside.addresses6_of(&ep.interface)?.contains(&ep6.address) {
@@ -156,7 +160,10 @@ impl Nsnet {
                     address,
                     ..
                 } => {
-                    format!("the firewall lacks the anti-spoofing entry {host_interface} {address}")
+                    format!(
+                        "the firewall lacks the anti-spoofing entry {host_interface} {}",
+                        crate::model::or_none(address)
+                    )
                 }
                 other => format!("the firewall lacks {other:?}"),
             });

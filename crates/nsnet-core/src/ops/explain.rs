@@ -30,7 +30,16 @@ impl Nsnet {
             let _read = self.read_lock()?;
             (self.store.network_records()?, self.store.sandboxes()?)
         };
-        let networks: Vec<_> = records.into_iter().map(|r| r.settings).collect();
+        // `explain` follows IPv4: IPv6-only networks and endpoints are not part of its world.
+        let networks: Vec<_> = records
+            .into_iter()
+            .map(|r| r.settings)
+            .filter(|n| !n.ipv6_only())
+            .collect();
+        let mut sandboxes = sandboxes;
+        for sb in &mut sandboxes {
+            sb.endpoints.retain(|e| e.address.is_some());
+        }
         // One backend per host: the networks' own, else the one new networks would get.
         let backend = networks
             .first()
@@ -66,7 +75,7 @@ impl Nsnet {
                 || sb.endpoints.iter().any(|e| {
                     [&q.from, &q.to]
                         .iter()
-                        .any(|p| **p == Party::Address(e.address.addr()))
+                        .any(|p| e.address.is_some_and(|a| **p == Party::Address(a.addr())))
                 });
             if !asked {
                 continue;
@@ -78,7 +87,10 @@ impl Nsnet {
                 if net.driver != Driver::Bridge || !net.fast_path {
                     continue;
                 }
-                let ip = ep.address.addr();
+                // `explain` follows IPv4 only: an IPv6-only endpoint has nothing to show here.
+                let Some(ip) = ep.address.map(|a| a.addr()) else {
+                    continue;
+                };
                 if matches!(host.fast_path_entry(&net.interface, ip), Ok(Some(Some(_)))) {
                     fast_path.insert(ip);
                 }

@@ -10,7 +10,7 @@ use crate::firewall::Backend;
 use crate::invalid;
 use crate::ipam;
 use crate::model::{
-    Allocations, Driver, Net6, NetOptions, Network, NetworkRecord, Overlay, Sandbox,
+    or_none, Allocations, Driver, Net6, NetOptions, Network, NetworkRecord, Overlay, Sandbox,
 };
 use crate::names;
 use crate::names::short_hash;
@@ -53,6 +53,9 @@ pub struct Ipv6Request {
     pub gateway: Option<Ipv6Addr>,
     /// Masquerade IPv6 leaving the host (NAT66); `--ipv6-nat=false` turns it off.
     pub nat: bool,
+    /// No IPv4 part at all: an IPv6-only network (`--ipv4=false`, or a CNI configuration whose only subnet
+    /// is IPv6).
+    pub only: bool,
 }
 
 impl Default for Ipv6Request {
@@ -61,6 +64,7 @@ impl Default for Ipv6Request {
             subnet: None,
             gateway: None,
             nat: true,
+            only: false,
         }
     }
 }
@@ -156,13 +160,16 @@ impl Nsnet {
             // runtime's configuration names it, and only a subnet it gives must agree.
             match &net.overlay {
                 Some(o) => {
-                    if let Some(s) = req.subnet.filter(|s| *s != net.subnet && *s != o.cluster) {
+                    if let Some(s) = req
+                        .subnet
+                        .filter(|s| Some(*s) != net.subnet && *s != o.cluster)
+                    {
                         return Err(invalid!(
                             "network '{}' is an overlay network of {} (this host: {}), not {s}; leave the \
                              subnet out or give one of those",
                             req.name,
                             o.cluster,
-                            net.subnet
+                            or_none(net.subnet)
                         ));
                     }
                 }
@@ -199,10 +206,10 @@ impl Nsnet {
             }
         };
         if let Some(s) = req.subnet {
-            check(t.subnet, s.to_string(), net.subnet.to_string())?;
+            check(t.subnet, s.to_string(), or_none(net.subnet))?;
         }
         if let Some(g) = req.gateway {
-            check("gateway", g.to_string(), net.gateway.to_string())?;
+            check("gateway", g.to_string(), or_none(net.gateway))?;
         }
         if let Some(i) = &req.interface {
             check(t.bridge, i.clone(), net.interface.clone())?;
@@ -252,6 +259,10 @@ impl Nsnet {
         }
         let on = |yes: bool| if yes { "on" } else { "off" }.to_string();
         check(t.ipv6, on(req.ipv6.is_some()), on(net.ipv6.is_some()))?;
+        // An IPv6-only request for a network with IPv4 (or the reverse) would get an address it did not ask
+        // for (or none it did).
+        let only = req.ipv6.is_some_and(|r6| r6.only);
+        check("IPv4", on(!only), on(!net.ipv6_only()))?;
         if let (Some(r6), Some(n6)) = (req.ipv6, net.ipv6) {
             if let Some(s) = r6.subnet {
                 check(t.subnet, s.to_string(), n6.subnet.to_string())?;
@@ -309,9 +320,23 @@ impl Nsnet {
 
         // nsnet's own subnets first (the better message), then the host's addresses and routes: a new subnet
         // may overlap none of them.
+        let ipv6_only = req.ipv6.is_some_and(|r6| r6.only);
+        if ipv6_only {
+            if let Some(what) = req
+                .subnet
+                .map(|s| s.to_string())
+                .or(req.gateway.map(|g| g.to_string()))
+            {
+                return Err(invalid!(
+                    "{what} is IPv4, but the network is IPv6-only; leave it out"
+                ));
+            }
+        }
         let mut taken: Vec<(Ipv4Net, String)> = Vec::new();
         for n in nets {
-            taken.push((n.subnet, format!("network '{}' ({})", n.name, n.subnet)));
+            if let Some(subnet) = n.subnet {
+                taken.push((subnet, format!("network '{}' ({subnet})", n.name)));
+            }
         }
         for a in host.ipv4_addresses()? {
             if !a.addr().is_loopback() {
@@ -324,6 +349,7 @@ impl Nsnet {
             }
         }
         let subnet = match req.subnet {
+            _ if ipv6_only => None,
             Some(s) => {
                 ipam::check_usable(&s).map_err(Error::Invalid)?;
                 if let Some((_, what)) = taken.iter().find(|(t, _)| ipam::overlaps(&s, t)) {
@@ -332,20 +358,20 @@ impl Nsnet {
                         self.terms.subnet
                     ));
                 }
-                s
+                Some(s)
             }
             None => {
                 let nets: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
-                ipam::pick_subnet(ipam::DEFAULT_POOL, ipam::POOL_PREFIX, &nets).ok_or_else(
-                    || {
+                ipam::pick_subnet(ipam::DEFAULT_POOL, ipam::POOL_PREFIX, &nets)
+                    .map(Some)
+                    .ok_or_else(|| {
                         Error::Exhausted(format!(
                             "no free /{} left in {}; give one with {}",
                             ipam::POOL_PREFIX,
                             ipam::DEFAULT_POOL,
                             self.terms.subnet
                         ))
-                    },
-                )?
+                    })?
             }
         };
         // One backend per host: nsnet's chains and tables are shared by all its networks.
@@ -372,12 +398,13 @@ impl Nsnet {
             // iptables: nsnet's own accepts sit in FORWARD itself; none: the user manages the firewall.
             Backend::Iptables | Backend::None => vec![],
         };
-        let gateway = match req.gateway {
-            Some(g) => {
+        let gateway = match (subnet, req.gateway) {
+            (None, _) => None,
+            (Some(subnet), Some(g)) => {
                 ipam::check_gateway(&subnet, g).map_err(Error::Invalid)?;
-                g
+                Some(g)
             }
-            None => ipam::default_gateway(&subnet),
+            (Some(subnet), None) => Some(ipam::default_gateway(&subnet)),
         };
         let mut net = Network {
             name: req.name.clone(),

@@ -233,7 +233,9 @@ impl Nsnet {
             }
             Some(entries) => {
                 for p in accepted.iter().filter(|p| overlay.peers.contains(p)) {
-                    if let Some(lost) = lost_entry(overlay, net.gateway, p, &entries) {
+                    // Overlay networks are IPv4 only: they always have a gateway.
+                    let gateway = net.gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+                    if let Some(lost) = lost_entry(overlay, gateway, p, &entries) {
                         sync.repaired
                             .push(format!("{lost} of peer {} at {}", p.subnet, p.underlay));
                         if let Some(link) = build::peer_link(net) {
@@ -329,12 +331,12 @@ fn same_part(net: &Network, join: &OverlayJoin) -> Result<()> {
             join.name
         ));
     };
-    if net.subnet != join.subnet {
+    if net.subnet != Some(join.subnet) {
         return Err(invalid!(
             "this host's part of overlay network '{}' has subnet {}, but its lease is {}; remove the \
              sandboxes on it so the agent can rebuild it",
             join.name,
-            net.subnet,
+            crate::model::or_none(net.subnet),
             join.subnet
         ));
     }

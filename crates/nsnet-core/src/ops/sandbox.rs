@@ -266,7 +266,7 @@ impl Nsnet {
         records.push(Record::Joined {
             network: endpoint.network.clone(),
             sandbox: sb.name.clone(),
-            ip: endpoint.address.addr(),
+            ip: endpoint.address.map(|a| a.addr()),
             ip6: endpoint.ipv6.map(|e| e.address.addr()),
             ports: endpoint.ports.clone(),
         });
@@ -349,10 +349,31 @@ impl Nsnet {
             nets.iter().map(|(_, h)| h).chain([&allocated]).collect();
         let ports = resolve_ports(&net, &req.ports, &every, &self.terms)?;
         // With an address asked for, what fails is that address; without, the pool is exhausted.
-        let ip = ipam::allocate(&net, &allocated, req.ip).map_err(|e| match req.ip {
-            Some(_) => invalid!("{}: {e}", self.terms.ip),
-            None => Error::Exhausted(e),
-        })?;
+        let address = match net.subnet {
+            // An IPv6-only network: no IPv4 address to hand out, and none may be asked for.
+            None => {
+                if let Some(ip) = req.ip {
+                    return Err(invalid!(
+                        "{}: {ip} is IPv4, but network '{}' is IPv6-only; leave it out (or give {})",
+                        self.terms.ip,
+                        net.name,
+                        self.terms.ip6
+                    ));
+                }
+                None
+            }
+            Some(subnet) => {
+                let ip = ipam::allocate(&net, &allocated, req.ip).map_err(|e| match req.ip {
+                    Some(_) => invalid!("{}: {e}", self.terms.ip),
+                    None => Error::Exhausted(e),
+                })?;
+                // The prefix is the subnet's own, always valid: a failure here is a bug, not bad input.
+                Some(
+                    Ipv4Net::new(ip, subnet.prefix_len())
+                        .map_err(|e| Error::Internal(format!("address {ip} in {subnet}: {e}")))?,
+                )
+            }
+        };
         let ipv6 = match (net.ipv6, req.ip6) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -441,10 +462,11 @@ impl Nsnet {
             network: net.name.clone(),
             interface,
             host_interface,
-            mac: req.mac.unwrap_or_else(|| Mac::for_ipv4(ip)),
-            // The prefix is the subnet's own, always valid: a failure here is a bug, not bad input.
-            address: Ipv4Net::new(ip, net.subnet.prefix_len())
-                .map_err(|e| Error::Internal(format!("address {ip} in {}: {e}", net.subnet)))?,
+            mac: match req.mac {
+                Some(mac) => mac,
+                None => self.derived_mac(&net, address, ipv6.as_ref())?,
+            },
+            address,
             gateway: net.gateway,
             default_route: !net.internal && !sb.endpoints.iter().any(|e| e.default_route),
             mtu: net.mtu,
@@ -460,6 +482,39 @@ impl Nsnet {
         })
     }
 
+    /// The MAC of a new endpoint with none asked for ([`Mac::derived`]). An IPv4 one is unique by
+    /// construction; an IPv6-only one is a hash, so it is checked against the network's bridge and other
+    /// endpoints (and their host ends) here, at plan time.
+    fn derived_mac(
+        &self,
+        net: &Network,
+        address: Option<Ipv4Net>,
+        ipv6: Option<&crate::model::Ep6>,
+    ) -> Result<Mac> {
+        let mac = Mac::derived(address, ipv6);
+        if address.is_some() {
+            return Ok(mac);
+        }
+        let ours = [mac, mac.host_end()];
+        let clash = ours.contains(&net.gateway_mac())
+            || self.store.sandboxes()?.iter().any(|sb| {
+                sb.endpoints.iter().any(|e| {
+                    e.network == net.name
+                        && (ours.contains(&e.mac) || ours.contains(&e.mac.host_end()))
+                })
+            });
+        if clash {
+            return Err(invalid!(
+                "the MAC address {mac} derived from this sandbox's IPv6 address is already on network '{}'; \
+                 ask for another {} or give a {}",
+                net.name,
+                self.terms.ip6,
+                self.terms.mac
+            ));
+        }
+        Ok(mac)
+    }
+
     /// Refuse a MAC address asked for that is not a unicast address, or that is already on `net`'s segment:
     /// the bridge's, another endpoint's, or either's host end (a new endpoint's host end is derived from its
     /// MAC too). Two ports with one MAC make the bridge deliver each one's frames to the other.
@@ -468,7 +523,7 @@ impl Nsnet {
         mac.check_unicast()
             .map_err(|e| invalid!("{}: {e}", t.mac))?;
         let ours = [mac, mac.host_end()];
-        if ours.contains(&Mac::for_ipv4(net.gateway)) {
+        if ours.contains(&net.gateway_mac()) {
             return Err(invalid!(
                 "{}: {mac} is the MAC address of network '{}''s bridge {}; pick another or leave it out",
                 t.mac,
@@ -476,11 +531,12 @@ impl Nsnet {
                 net.interface
             ));
         }
-        // nsnet derives MACs from addresses, in 02:6e (sandbox ends) and 02:6f (host ends): one asked for
-        // there could be derived again for a later sandbox, and the two bridge ports would fight over it.
-        if mac.0[0] == 0x02 && matches!(mac.0[1], 0x6e | 0x6f) {
+        // nsnet derives MACs from addresses, in 02:6e (sandbox ends) and 02:6f (host ends), and 02:6c and
+        // 02:6d for IPv6-only ones: one asked for there could be derived again for a later sandbox, and the
+        // two bridge ports would fight over it.
+        if mac.0[0] == 0x02 && matches!(mac.0[1], 0x6c..=0x6f) {
             return Err(invalid!(
-                "{}: {mac} is in the range nsnet derives sandbox MACs from (02:6e:..., 02:6f:...); pick \
+                "{}: {mac} is in the range nsnet derives sandbox MACs from (02:6c:... to 02:6f:...); pick \
                  another or leave it out",
                 t.mac
             ));
@@ -813,6 +869,19 @@ fn touches_taken(
 /// (a typo, or an address that moved). 127.0.0.1 and ::1 are always the host's (even before `lo` is up); no
 /// address (0.0.0.0) means all of them, and `::` all IPv6 ones. An IPv6 address needs a network with IPv6.
 fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms) -> Result<()> {
+    // An IPv6-only sandbox has no IPv4 address to forward an IPv4 host address's port to.
+    if let Some(ip) = specs
+        .iter()
+        .filter(|_| net.ipv6_only())
+        .find_map(|s| s.host_ip.filter(std::net::IpAddr::is_ipv4))
+    {
+        return Err(invalid!(
+            "{}: {ip} is an IPv4 address, and network '{}' is IPv6-only; publish on [::] or a host IPv6 \
+             address, or leave the address out",
+            t.host_ip,
+            net.name
+        ));
+    }
     let asked6: Vec<Ipv6Addr> = specs
         .iter()
         .filter_map(|s| match s.host_ip {

@@ -9,9 +9,11 @@ use crate::plan::{Loopback, Ns, PeerLink, Plan, Step};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{IpAddr, Ipv6Addr};
 
-fn gateway_cidr(net: &Network) -> Ipv4Net {
+/// The IPv4 gateway with its subnet's prefix length; None on an IPv6-only network.
+fn gateway_cidr(net: &Network) -> Option<Ipv4Net> {
+    let (subnet, gateway) = (net.subnet?, net.gateway?);
     // The subnet is valid, so the gateway with its prefix length is too.
-    Ipv4Net::new(net.gateway, net.subnet.prefix_len()).unwrap_or(net.subnet)
+    Some(Ipv4Net::new(gateway, subnet.prefix_len()).unwrap_or(subnet))
 }
 
 /// The fixed link-local address of every dual-stack gateway link (bridge, or veth driver host end).
@@ -52,9 +54,12 @@ fn network_rules(net: &Network, others: &[Network]) -> Vec<Rule> {
         subnet6: net.ipv6.as_ref().map(|v6| v6.subnet),
     }];
     let nat = net.options.gateway_mode == GatewayMode::Nat;
-    if !net.internal && nat && net.options.masquerade {
+    if let Some(subnet) = net
+        .subnet
+        .filter(|_| !net.internal && nat && net.options.masquerade)
+    {
         rules.push(Rule::Masquerade {
-            subnet: net.subnet.into(),
+            subnet: subnet.into(),
             interface: net.interface.clone(),
         });
     }
@@ -124,13 +129,14 @@ fn interfaces(net: &Network) -> impl Iterator<Item = &str> {
 /// An overlay network's rules on this host: the cluster's traffic in and out of its subnet, and (vxlan) the
 /// member hosts that may send VXLAN.
 fn overlay_rules(net: &Network) -> Vec<Rule> {
-    let Some(o) = &net.overlay else {
+    // Overlay networks are IPv4 only.
+    let (Some(o), Some(subnet)) = (&net.overlay, net.subnet) else {
         return vec![];
     };
     let mut rules = vec![Rule::Overlay {
         device: o.device.clone(),
         cluster: o.cluster,
-        subnet: net.subnet,
+        subnet,
     }];
     if o.backend == OverlayBackend::Vxlan {
         rules.push(Rule::VxlanPort { port: o.port });
@@ -158,10 +164,11 @@ fn shared_with(rule: &Rule, net: &Network, others: &[Network]) -> bool {
 
 /// Where an overlay network's peers are programmed.
 pub fn peer_link(net: &Network) -> Option<PeerLink> {
+    let src = net.gateway?;
     net.overlay.as_ref().map(|o| PeerLink {
         backend: o.backend,
         device: o.device.clone(),
-        src: net.gateway,
+        src,
     })
 }
 
@@ -329,7 +336,10 @@ pub fn network_up(
 ) -> (Vec<Step>, Batch) {
     let mut steps = Vec::new();
     if !net.internal {
-        steps.push(Step::forwarding());
+        // An IPv6-only network has no use for IPv4 forwarding.
+        if !net.ipv6_only() {
+            steps.push(Step::forwarding());
+        }
         if net.ipv6.is_some() {
             steps.push(Step::forwarding6());
         }
@@ -338,7 +348,7 @@ pub fn network_up(
         steps.push(Step::CreateBridge {
             name: net.interface.clone(),
             mtu: net.mtu,
-            mac: Mac::for_ipv4(net.gateway),
+            mac: net.gateway_mac(),
             tag: owner.to_string(),
             ipv6: net.ipv6.is_some(),
         });
@@ -346,12 +356,14 @@ pub fn network_up(
             steps.push(Step::FastPathInit { bridge });
         }
         if net.options.host_gateway {
-            steps.push(Step::AddAddress {
-                ns: Ns::Host,
-                dev: net.interface.clone(),
-                addr: gateway_cidr(net).into(),
-            });
-            steps.push(Step::route_localnet(&net.interface));
+            if let Some(gateway) = gateway_cidr(net) {
+                steps.push(Step::AddAddress {
+                    ns: Ns::Host,
+                    dev: net.interface.clone(),
+                    addr: gateway.into(),
+                });
+                steps.push(Step::route_localnet(&net.interface));
+            }
             // IPv6 has no route_localnet: the host reaching [::1] comes with C10.
             for addr in gateway_addresses6(net) {
                 steps.push(Step::AddAddress {
@@ -455,7 +467,7 @@ pub fn network_teardown(net: &Network, users: &[Sandbox], owner: &str) -> Plan {
         {
             plan.push_teardown(delete_host_link(&o.device, owner, o.vtep_mac), overlay);
         }
-        let mac = Mac::for_ipv4(net.gateway);
+        let mac = net.gateway_mac();
         plan.push_teardown(delete_host_link(&net.interface, owner, mac), restore);
     }
     plan
@@ -652,7 +664,7 @@ pub fn firewall_reload(nets: &[Network], sandboxes: &[Sandbox], owner: &str) -> 
         }
     }
     let mut steps = Vec::new();
-    if nets.iter().any(|n| !n.internal) {
+    if nets.iter().any(|n| !n.internal && !n.ipv6_only()) {
         steps.push(Step::forwarding());
     }
     if nets.iter().any(|n| !n.internal && n.ipv6.is_some()) {
@@ -685,7 +697,9 @@ fn default_routes(ep: &Endpoint, ns: &Ns) -> Vec<Step> {
         dev: ep.interface.clone(),
         via,
     };
-    std::iter::once(route(ep.gateway.into()))
+    ep.gateway
+        .map(|g| route(g.into()))
+        .into_iter()
         .chain(ep.ipv6.map(|e6| route(e6.gateway.into())))
         .collect()
 }
@@ -694,16 +708,19 @@ fn default_routes(ep: &Endpoint, ns: &Ns) -> Vec<Step> {
 pub fn endpoint_rules(ep: &Endpoint) -> Vec<Rule> {
     let mut rules = vec![Rule::Endpoint {
         host_interface: ep.host_interface.clone(),
-        address: ep.address.addr(),
+        address: ep.address.map(|a| a.addr()),
         ipv6: endpoint_addresses6(ep).iter().map(|a| a.addr()).collect(),
     }];
     // A port on every address goes to both families of a dual-stack sandbox; one on a host address, or on
     // `[::]`, to its own family only.
     for mapping in &ep.ports {
-        if !matches!(mapping.host_ip, Some(std::net::IpAddr::V6(_))) {
+        if let Some(a) = ep
+            .address
+            .filter(|_| !matches!(mapping.host_ip, Some(std::net::IpAddr::V6(_))))
+        {
             rules.push(Rule::Port {
                 mapping: *mapping,
-                target: ep.address.addr().into(),
+                target: a.addr().into(),
             });
         }
         // `[::1]` is never DNATed (it never completes): the socket translation serves it (loopback_ports).
@@ -743,12 +760,14 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
         }),
         Driver::Veth => {
             // Point to point: the host end itself holds the gateway address.
-            steps.push(Step::AddAddress {
-                ns: Ns::Host,
-                dev: ep.host_interface.clone(),
-                addr: gateway_cidr(net).into(),
-            });
-            steps.push(Step::route_localnet(&ep.host_interface));
+            if let Some(gateway) = gateway_cidr(net) {
+                steps.push(Step::AddAddress {
+                    ns: Ns::Host,
+                    dev: ep.host_interface.clone(),
+                    addr: gateway.into(),
+                });
+                steps.push(Step::route_localnet(&ep.host_interface));
+            }
             for addr in gateway_addresses6(net) {
                 steps.push(Step::AddAddress {
                     ns: Ns::Host,
@@ -758,11 +777,13 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
             }
         }
     }
-    steps.push(Step::AddAddress {
-        ns: ns.clone(),
-        dev: ep.interface.clone(),
-        addr: ep.address.into(),
-    });
+    if let Some(address) = ep.address {
+        steps.push(Step::AddAddress {
+            ns: ns.clone(),
+            dev: ep.interface.clone(),
+            addr: address.into(),
+        });
+    }
     // Without DAD (see Step::AddAddress): usable as soon as the carrier comes, no `tentative` wait.
     for addr in endpoint_addresses6(ep) {
         steps.push(Step::AddAddress {
@@ -823,7 +844,7 @@ fn fast_path_bridge(net: &Network) -> Option<String> {
 /// The addresses an endpoint has on its network's fast path: its IPv4 address and its global IPv6 one. Its
 /// link-local address is not there: what is sent to it takes the bridge.
 fn fast_path_addresses(ep: &Endpoint) -> Vec<IpAddr> {
-    let mut out = vec![IpAddr::V4(ep.address.addr())];
+    let mut out: Vec<IpAddr> = ep.address.iter().map(|a| IpAddr::V4(a.addr())).collect();
     out.extend(ep.ipv6.map(|e6| IpAddr::V6(e6.address.addr())));
     out
 }
@@ -938,8 +959,8 @@ mod tests {
             interface: "eth0".into(),
             host_interface: "veth12345678".into(),
             mac: Mac::for_ipv4(ip),
-            address: Ipv4Net::new(ip, 24).unwrap(),
-            gateway: Ipv4Addr::new(172, 16, 0, 100),
+            address: Some(Ipv4Net::new(ip, 24).unwrap()),
+            gateway: Some(Ipv4Addr::new(172, 16, 0, 100)),
             default_route: true,
             mtu: 1500,
             ports,
@@ -993,7 +1014,7 @@ mod tests {
             .any(|c| matches!(c, Change::Add(Rule::Masquerade { .. }))));
         assert!(fw.0.contains(&Change::Add(Rule::Interface {
             interface: "br0".into(),
-            subnet: "172.16.0.0/24".parse().unwrap(),
+            subnet: Some("172.16.0.0/24".parse().unwrap()),
             internal: true,
             subnet6: None,
         })));
@@ -1119,6 +1140,92 @@ mod tests {
             }),
             ..ep(vec![])
         }
+    }
+
+    /// An IPv6-only network and endpoint (`--ipv4=false`): `net6` and `ep6` without their IPv4 parts.
+    fn only6() -> (Network, Endpoint) {
+        let mut n = net6(Driver::Bridge);
+        (n.subnet, n.gateway) = (None, None);
+        let mut e = ep6();
+        (e.address, e.gateway) = (None, None);
+        e.mac = Mac::derived(None, e.ipv6.as_ref());
+        (n, e)
+    }
+
+    #[test]
+    fn an_ipv6_only_network_has_no_ipv4_anywhere() {
+        let (n, e) = only6();
+        // The bridge's MAC comes from its IPv6 gateway (02:6c: and FNV-1a); IPv6 forwarding, not IPv4's.
+        assert_eq!(n.gateway_mac().0[..2], [0x02, 0x6c]);
+        assert_eq!(e.mac.0[..2], [0x02, 0x6c]);
+        assert_eq!(e.mac.host_end().0[..2], [0x02, 0x6d]);
+        assert_ne!(n.gateway_mac(), e.mac);
+        let (steps, fw) = network_up(&n, &[], None, OWNER);
+        assert!(!steps.contains(&Step::forwarding()), "{steps:?}");
+        assert!(steps.contains(&Step::forwarding6()), "{steps:?}");
+        let text = Plan::setup(steps, fw, Default::default()).render();
+        assert!(
+            text.contains(&format!(
+                "ip link add br0 address {} mtu 1500 type bridge",
+                n.gateway_mac()
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("route_localnet") && !text.contains("172.16."),
+            "{text}"
+        );
+        assert!(
+            !text.contains("same_net {") && !text.contains("masq_nets {"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ip addr add fd89:1:2:3::1/64 dev br0 nodad"),
+            "{text}"
+        );
+        assert!(text.contains("masq_nets6 { fd89:1:2:3::/64 }"), "{text}");
+        // The sandbox gets its IPv6 addresses and route only; its port is in no IPv4 set, so its IPv4 and
+        // ARP are dropped; a port on every address is DNATed to its IPv6 address alone.
+        let e = Endpoint {
+            ports: vec![port()],
+            ..e
+        };
+        let (steps, fw) = endpoint_up(&n, &e, &ns(), OWNER);
+        let text = Plan::setup(steps, fw, Default::default()).render();
+        assert!(
+            text.contains(
+                "ip -n netns2 addr add fd89:1:2:3::2/64 dev eth0 nodad\n\
+                 ip -n netns2 link set eth0 up\n\
+                 ip -n netns2 -6 route add default via fd89:1:2:3::1 dev eth0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("172.16.") && !text.contains("endpoints {"),
+            "{text}"
+        );
+        assert!(text.contains("endpoint_ifs { \"veth12345678\" }"), "{text}");
+        let targets: Vec<std::net::IpAddr> = endpoint_rules(&e)
+            .into_iter()
+            .filter_map(|r| match r {
+                Rule::Port { target, .. } => Some(target),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            ["fd89:1:2:3::2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // Its records leave the IPv4 fields out; an IPv4 one keeps them where they were.
+        let text = serde_json::to_string(&n).unwrap();
+        assert!(
+            !text.contains("\"subnet\":\"1") && !text.contains("\"gateway\":\"1"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Network>(&text).unwrap(), n);
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(!text.contains("\"address\":\"1"), "{text}");
+        assert_eq!(serde_json::from_str::<Endpoint>(&text).unwrap(), e);
     }
 
     #[test]
@@ -1607,7 +1714,7 @@ mod tests {
             plan.steps[1..],
             [
                 delete_host_link("veth12345678", OWNER, sb.endpoints[0].mac.host_end()),
-                delete_host_link("br0", OWNER, Mac::for_ipv4(n.gateway))
+                delete_host_link("br0", OWNER, n.gateway_mac())
             ]
         );
         assert!(matches!(plan.undo_of(2)[0], Step::CreateBridge { .. }));

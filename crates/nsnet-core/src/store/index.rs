@@ -88,6 +88,11 @@ impl Index {
         self.addresses.len()
     }
 
+    /// How many IPv6 addresses are allocated.
+    pub fn addresses6(&self) -> usize {
+        self.addresses6.len()
+    }
+
     /// The address handed out last.
     pub fn cursor(&self) -> Option<Ipv4Addr> {
         self.cursor

@@ -155,12 +155,14 @@ impl Ledger {
     /// `ports` (each `+ip` moves its family's cursor too).
     pub fn joined(
         sandbox: &str,
-        ip: Ipv4Addr,
+        ip: Option<Ipv4Addr>,
         ip6: Option<Ipv6Addr>,
         ports: &[PortMapping],
     ) -> String {
         let mut out = String::new();
-        hold(&mut out, ip.into(), sandbox);
+        if let Some(ip) = ip {
+            hold(&mut out, ip.into(), sandbox);
+        }
         if let Some(ip6) = ip6 {
             hold(&mut out, ip6.into(), sandbox);
         }
@@ -838,7 +840,7 @@ mod tests {
         let mut n = net();
         let ip = Ipv4Addr::new(10, 89, 0, 7);
         let m = published("j", 8080).mapping;
-        text.push_str(&Ledger::joined("j", ip, None, &[m]));
+        text.push_str(&Ledger::joined("j", Some(ip), None, &[m]));
         n.addresses.insert(ip, "j".into());
         n.published.push(published("j", 8080));
         n.last_allocated = Some(ip);

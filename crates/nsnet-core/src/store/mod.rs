@@ -59,7 +59,8 @@ pub enum Record {
     Joined {
         network: String,
         sandbox: String,
-        ip: std::net::Ipv4Addr,
+        /// None on an IPv6-only network.
+        ip: Option<std::net::Ipv4Addr>,
         /// Its IPv6 address, on a dual-stack network.
         ip6: Option<std::net::Ipv6Addr>,
         ports: Vec<crate::portmap::PortMapping>,
@@ -361,11 +362,12 @@ pub enum AllocationsView {
 }
 
 impl AllocationsView {
-    /// How many addresses are allocated.
+    /// How many addresses are allocated, of the family with more (each sandbox holds one of each family its
+    /// network has, so this is its number of sandboxes, IPv6-only networks included).
     pub fn addresses(&self) -> usize {
         match self {
-            AllocationsView::Index(ix) => ix.addresses(),
-            AllocationsView::Ledger(l) => l.addresses(),
+            AllocationsView::Index(ix) => ix.addresses().max(ix.addresses6()),
+            AllocationsView::Ledger(l) => l.addresses().max(l.holders6().count()),
         }
     }
 
@@ -1724,7 +1726,7 @@ mod tests {
         let join = |i: u32| Record::Joined {
             network: "a".into(),
             sandbox: format!("s{i}"),
-            ip: std::net::Ipv4Addr::from(0x0a59_0002 + i),
+            ip: Some(std::net::Ipv4Addr::from(0x0a59_0002 + i)),
             ip6: None,
             ports: vec![],
         };
@@ -1781,8 +1783,8 @@ mod tests {
                 interface: "eth0".into(),
                 host_interface: "veth0bce226a".into(),
                 mac: crate::model::Mac::for_ipv4("10.89.0.2".parse().unwrap()),
-                address: "10.89.0.2/24".parse().unwrap(),
-                gateway: "10.89.0.1".parse().unwrap(),
+                address: Some("10.89.0.2/24".parse().unwrap()),
+                gateway: Some("10.89.0.1".parse().unwrap()),
                 default_route: true,
                 mtu: 1500,
                 ports: vec![],
