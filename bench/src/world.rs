@@ -96,16 +96,23 @@ pub struct Host {
     pub name: String,
     pub prefix: String,
     pub state: PathBuf,
+    /// A throwaway cgroup for nsnet's `[::1]` translation programs (`NSNET_CGROUP`), so they never go on
+    /// this machine's own cgroup root; `None` without cgroup2.
+    cgroup: Option<PathBuf>,
 }
 
 impl Host {
     pub fn new(tag: &str) -> Result<Host> {
         let pid = std::process::id();
         let prefix = format!("nsb{pid}{tag}");
+        let cgroup = nsnet_core::kernel::loopback6::cgroup()
+            .map(|root| root.join(format!("nsnet-bench-{prefix}")))
+            .filter(|dir| std::fs::create_dir(dir).is_ok());
         let h = Host {
             name: format!("{prefix}-host"),
             state: std::env::temp_dir().join(format!("nsnet-bench-{prefix}")),
             prefix,
+            cgroup,
         };
         sh(&["ip", "netns", "add", &h.name])?;
         sh(&["ip", "-n", &h.name, "link", "set", "lo", "up"])?;
@@ -118,6 +125,13 @@ impl Host {
         c.arg(format!("--net=/run/netns/{}", self.name))
             .arg("--")
             .arg(program);
+        // A path that is no cgroup, where there is none: nsnet then refuses `[::1]` ports rather than use the
+        // machine's root.
+        let cgroup = self
+            .cgroup
+            .clone()
+            .unwrap_or_else(|| self.state.join("no-cgroup"));
+        c.env("NSNET_CGROUP", cgroup);
         c
     }
 
@@ -145,5 +159,9 @@ impl Drop for Host {
             .args(["netns", "del", &self.name])
             .status();
         let _ = std::fs::remove_dir_all(&self.state);
+        // Removing the cgroup releases whatever is still attached to it.
+        if let Some(cgroup) = &self.cgroup {
+            let _ = std::fs::remove_dir(cgroup);
+        }
     }
 }

@@ -76,6 +76,15 @@ pub fn cgroup() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(CGROUP_ENV).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
+    // Where systemd mounts it (unified, or hybrid): one statfs each. mountinfo lists every mount, a named
+    // namespace's included, so reading it costs more the more sandboxes there are.
+    for usual in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let cgroup2 = nix::sys::statfs::statfs(usual)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+        if cgroup2 {
+            return Some(PathBuf::from(usual));
+        }
+    }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     cgroup2_root(&mounts)
 }
