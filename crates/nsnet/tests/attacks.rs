@@ -11,18 +11,6 @@ use common::{ipv4_header, reach, TestHost};
 use nsnet_core::probe;
 use serde_json::Value;
 
-fn mac_of(h: &TestHost, sb: &str) -> [u8; 6] {
-    let text = h.inspect(sb)["endpoints"][0]["mac"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut mac = [0u8; 6];
-    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
-        *slot = u8::from_str_radix(part, 16).expect("a MAC from inspect");
-    }
-    mac
-}
-
 /// An Ethernet frame carrying a UDP datagram from `src` to `dst` (port 9), with the given MACs.
 fn udp_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let payload = b"forged";
@@ -75,7 +63,7 @@ fn a_sandbox_cannot_take_a_neighbours_mac() {
         let (attacker, victim) = (h.sb("a"), h.sb("v"));
         h.ok(&["create", &attacker, "--network", "n", "--ip", "172.16.2.10"]);
         h.ok(&["create", &victim, "--network", "n", "--ip", "172.16.2.20"]);
-        let victim_mac = mac_of(&h, &victim);
+        let victim_mac = h.mac(&victim);
         let victim_port = h.inspect(&victim)["endpoints"][0]["host_interface"]
             .as_str()
             .unwrap_or_default()
@@ -617,7 +605,7 @@ fn dual_stack_router_advertisements(backend: &'static str) {
     let host = format!("--net={}", h.host_path().display());
     let (host_before, victim_before) = (seen(&host), seen(&victim_ns));
     let ra = router_advertisement(
-        mac_of(&h, &evil),
+        h.mac(&evil),
         [
             0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ],
@@ -672,7 +660,7 @@ fn router_advertisements(backend: &'static str, neighbours: bool) {
     h.ok(&["create", &victim, "--network", "n"]);
     // The victim's eth0 takes router advertisements, as a sandbox's defaults have it.
     let ra = router_advertisement(
-        mac_of(&h, &evil),
+        h.mac(&evil),
         [
             0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
         ],
@@ -716,7 +704,7 @@ fn a_process_in_an_attached_namespace_gets_no_forged_frame_out_while_it_is_joine
     let victim = h.sb("v");
     h.ok(&["create", &victim, "--network", "n"]);
     let victim_ip: Ipv4Addr = "10.79.0.2".parse().expect("ip");
-    let victim_mac = mac_of(&h, &victim);
+    let victim_mac = h.mac(&victim);
     let attacker = h.sb("x");
     common::sh(&["ip", "netns", "add", &attacker]);
     let forged: Ipv4Addr = "10.79.0.77".parse().expect("ip");
@@ -754,12 +742,7 @@ fn a_process_in_an_attached_namespace_gets_no_forged_frame_out_while_it_is_joine
                     .expect("ip");
                 if out.status.success() {
                     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-                    let text = v[0]["address"].as_str().unwrap_or_default().to_string();
-                    let mut mac = [0u8; 6];
-                    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
-                        *slot = u8::from_str_radix(part, 16).unwrap_or_default();
-                    }
-                    break mac;
+                    break common::parse_mac(v[0]["address"].as_str().unwrap_or_default());
                 }
                 assert!(std::time::Instant::now() < until, "eth0 never appeared");
             };
@@ -777,7 +760,7 @@ fn a_process_in_an_attached_namespace_gets_no_forged_frame_out_while_it_is_joine
         h.ok(&["attach", &attacker, "--network", "n"]);
         let sent = flooder.join().expect("flooder");
         // From its own address, the same path delivers.
-        let mac = mac_of(&h, &attacker);
+        let mac = h.mac(&attacker);
         let honest = vec![udp_frame(victim_mac, mac, own, victim_ip); 4];
         probe::send_frames(&h.sb_path("x"), "eth0", &honest).expect("send");
         std::thread::sleep(Duration::from_millis(200));

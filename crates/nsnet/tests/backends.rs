@@ -58,51 +58,6 @@ fn v6(s: &str) -> Ipv6Addr {
     s.parse().expect("test address")
 }
 
-/// A sandbox's IPv6 address (without its prefix), from its record.
-fn address6(h: &TestHost, sb: &str) -> Ipv6Addr {
-    v6(h.inspect(sb)["endpoints"][0]["ipv6"]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_default())
-}
-
-/// A sandbox's MAC, from its record.
-fn mac(h: &TestHost, sb: &str) -> [u8; 6] {
-    let text = h.inspect(sb)["endpoints"][0]["mac"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut mac = [0u8; 6];
-    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
-        *slot = u8::from_str_radix(part, 16).expect("a MAC from inspect");
-    }
-    mac
-}
-
-/// A sandbox's link-local address, as its eth0 holds it.
-fn link_local(h: &TestHost, sb: &str) -> Ipv6Addr {
-    let ns = format!("--net={}", h.sb_path(sb).display());
-    let text = common::sh(&[
-        "nsenter", &ns, "--", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
-    ]);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("a link-local address")
-}
-
-/// ICMPv6 echo requests a sandbox has received (its namespace's Icmp6InEchos).
-fn echoes_in(h: &TestHost, sb: &str) -> u64 {
-    let ns = format!("--net={}", h.sb_path(sb).display());
-    common::sh(&["nsenter", &ns, "--", "cat", "/proc/net/snmp6"])
-        .lines()
-        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Icmp6InEchos")
-}
-
 #[test]
 fn iptables_backend_publishes_isolates_and_cleans_up() {
     let h = iptables_host("ipt");
@@ -336,7 +291,7 @@ fn iptables_backend_on_dual_stack_networks_publishes_isolates_and_cleans_up() {
     ok6(&h, &["create", &a, "--network", "n1", "-p", "8080:80"]);
     ok6(&h, &["create", &b, "--network", "n1"]);
     ok6(&h, &["create", &c, "--network", "n2"]);
-    let (a6, b6) = (address6(&h, &a), address6(&h, &b));
+    let (a6, b6) = (h.address6(&a), h.address6(&b));
     let rules6 = nsnet_rules_of(&h, "ip6tables-save");
     assert!(
         rules6
@@ -397,27 +352,23 @@ fn iptables_backend_on_dual_stack_networks_publishes_isolates_and_cleans_up() {
     );
 
     // Spoofing: b's own sources (global and link-local) reach a, anyone else's and `::` do not.
-    let (a_mac, b_mac, b_ll) = (mac(&h, &a), mac(&h, &b), link_local(&h, "b"));
+    let (a_mac, b_mac, b_ll) = (h.mac(&a), h.mac(&b), h.link_local6("b"));
     let echo = |src: Ipv6Addr| common::icmpv6_frame(a_mac, b_mac, src, a6, 128, 0, &[0, 7, 0, 1]);
     let send = |frames: &[Vec<u8>]| {
         probe::send_frames(&h.sb_path("b"), "eth0", frames).expect("send raw frames");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    let before = echoes_in(&h, "a");
+    let before = h.echoes6("a");
     send(&[echo(b6), echo(b_ll)]);
-    assert_eq!(echoes_in(&h, "a"), before + 2, "b's own sources pass");
-    let c6 = address6(&h, &c);
+    assert_eq!(h.echoes6("a"), before + 2, "b's own sources pass");
+    let c6 = h.address6(&c);
     send(&[
         echo(c6),
         echo(v6("::")),
         echo(v6("fe80::bad")),
         echo(v6("fd00::bad")),
     ]);
-    assert_eq!(
-        echoes_in(&h, "a"),
-        before + 2,
-        "a forged IPv6 source reached a"
-    );
+    assert_eq!(h.echoes6("a"), before + 2, "a forged IPv6 source reached a");
 
     // Reload after nsnet's IPv6 rules were removed by hand: the same rules come back.
     let mut before = nsnet_rules_of(&h, "ip6tables-save");

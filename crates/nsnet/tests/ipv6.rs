@@ -224,14 +224,6 @@ fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
     v6(n["ipv6"]["gateway"].as_str().unwrap_or_default())
 }
 
-fn address6(h: &TestHost, sb: &str) -> Ipv6Addr {
-    let ep = &h.inspect(sb)["endpoints"][0];
-    v6(ep["ipv6"]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_default())
-}
-
 fn address4(h: &TestHost, sb: &str) -> std::net::Ipv4Addr {
     let ep = &h.inspect(sb)["endpoints"][0];
     ep["address"]
@@ -286,7 +278,7 @@ fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
         "a -> gateway"
     );
     assert!(
-        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        probe::ping6(&h.sb_path("a"), h.address6(&b)).expect("ping"),
         "a -> b"
     );
     assert!(
@@ -437,7 +429,7 @@ fn a_dual_stack_sandbox_detached_and_attached_again_talks_ipv6() {
     ok6(&h, &["detach", &a, "--network", "ds"]);
     ok6(&h, &["attach", &a, "--network", "ds"]);
     assert!(
-        probe::ping6(&h.sb_path("b"), address6(&h, &a)).expect("ping"),
+        probe::ping6(&h.sb_path("b"), h.address6(&a)).expect("ping"),
         "b -> a"
     );
     let _ = inside.kill();
@@ -504,7 +496,7 @@ fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
     ]);
     assert_eq!(accept_ra.trim(), "0");
     assert!(
-        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        probe::ping6(&h.sb_path("a"), h.address6(&b)).expect("ping"),
         "a -> b"
     );
     h.ok(&["rm", &a]);
@@ -580,8 +572,8 @@ fn gc_repairs_dual_stack_links_deleted_by_hand() {
     };
     let (whole, inside_a) = (h.snapshot(), inside(&a));
     let talk = || {
-        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping")
-            && probe::ping6(&h.sb_path("b"), address6(&h, &a)).expect("ping")
+        probe::ping6(&h.sb_path("a"), h.address6(&b)).expect("ping")
+            && probe::ping6(&h.sb_path("b"), h.address6(&a)).expect("ping")
     };
     assert!(talk());
     let veth = h.inspect(&a)["endpoints"][0]["host_interface"]
@@ -633,9 +625,9 @@ fn dual_stack_commands_at_once() {
         }
     });
     let addrs: std::collections::BTreeSet<Ipv6Addr> =
-        created.iter().map(|s| address6(&h, s)).collect();
+        created.iter().map(|s| h.address6(s)).collect();
     assert_eq!(addrs.len(), created.len(), "IPv6 addresses are unique");
-    let first = address6(&h, &created[0]);
+    let first = h.address6(&created[0]);
     for (i, name) in created.iter().enumerate().skip(1) {
         let ns = format!("--net=/run/netns/{name}");
         let a = common::sh(&["nsenter", &ns, "--", "ip", "-6", "addr"]);
@@ -675,7 +667,7 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     ok6(&h, &["create", &a, "--network", "ds"]);
     ok6(&h, &["create", &b, "--network", "ds"]);
     assert!(
-        probe::ping6(&h.sb_path("a"), address6(&h, &b)).expect("ping"),
+        probe::ping6(&h.sb_path("a"), h.address6(&b)).expect("ping"),
         "a -> b"
     );
     h.ok(&["rm", &a]);
@@ -683,33 +675,6 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     h.ok(&["network", "rm", "ds"]);
     h.ok(&["network", "rm", "v4"]);
     assert_eq!(h.snapshot(), empty);
-}
-
-/// A sandbox's MAC, from `inspect`.
-fn mac6(h: &TestHost, sb: &str) -> [u8; 6] {
-    let text = h.inspect(sb)["endpoints"][0]["mac"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut mac = [0u8; 6];
-    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
-        *slot = u8::from_str_radix(part, 16).expect("a MAC from inspect");
-    }
-    mac
-}
-
-/// A sandbox's link-local address, as its eth0 holds it.
-fn link_local(h: &TestHost, sb: &str) -> Ipv6Addr {
-    let ns = format!("--net={}", h.sb_path(sb).display());
-    let text = common::sh(&[
-        "nsenter", &ns, "--", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
-    ]);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("a link-local address")
 }
 
 /// A sandbox's IPv6 neighbours: (address, lladdr) of each entry that has one.
@@ -728,16 +693,6 @@ fn neighbours6(h: &TestHost, sb: &str) -> Vec<(String, String)> {
         .collect();
     out.sort();
     out
-}
-
-/// ICMPv6 echo requests a sandbox has received (its namespace's Icmp6InEchos).
-fn echoes_in(h: &TestHost, sb: &str) -> u64 {
-    let ns = format!("--net={}", h.sb_path(sb).display());
-    common::sh(&["nsenter", &ns, "--", "cat", "/proc/net/snmp6"])
-        .lines()
-        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Icmp6InEchos")
 }
 
 /// An Ethernet frame with an ICMPv6 message behind a Destination Options header (one PadN option).
@@ -789,13 +744,9 @@ fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
     for sb in [&evil, &victim, &other] {
         ok6(&h, &["create", sb, "--network", "ds"]);
     }
-    let (gw, victim_ip, other_ip) = (
-        gateway6(&h, "ds"),
-        address6(&h, &victim),
-        address6(&h, &other),
-    );
-    let (evil_mac, victim_mac) = (mac6(&h, &evil), mac6(&h, &victim));
-    let evil_ll = link_local(&h, "evil");
+    let (gw, victim_ip, other_ip) = (gateway6(&h, "ds"), h.address6(&victim), h.address6(&other));
+    let (evil_mac, victim_mac) = (h.mac(&evil), h.mac(&victim));
+    let evil_ll = h.link_local6("evil");
     let send = |frames: &[Vec<u8>]| {
         probe::send_frames(&h.sb_path("evil"), "eth0", frames).expect("send raw frames");
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -805,13 +756,9 @@ fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
     };
 
     // Sources: its own addresses pass (the frames themselves are good), anyone else's and `::` do not.
-    let before = echoes_in(&h, "victim");
-    send(&[echo(address6(&h, &evil)), echo(evil_ll)]);
-    assert_eq!(
-        echoes_in(&h, "victim"),
-        before + 2,
-        "evil's own sources pass"
-    );
+    let before = h.echoes6("victim");
+    send(&[echo(h.address6(&evil)), echo(evil_ll)]);
+    assert_eq!(h.echoes6("victim"), before + 2, "evil's own sources pass");
     send(&[
         echo(other_ip),
         echo(gw),
@@ -820,7 +767,7 @@ fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
         echo(v6("fe80::bad")),
     ]);
     assert_eq!(
-        echoes_in(&h, "victim"),
+        h.echoes6("victim"),
         before + 2,
         "a forged IPv6 source reached the victim"
     );
@@ -828,7 +775,7 @@ fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
     // The victim knows its gateway and its neighbour.
     assert!(probe::ping6(&h.sb_path("victim"), gw).expect("ping"));
     assert!(probe::ping6(&h.sb_path("victim"), other_ip).expect("ping"));
-    assert!(probe::ping6(&h.sb_path("victim"), address6(&h, &evil)).expect("ping"));
+    assert!(probe::ping6(&h.sb_path("victim"), h.address6(&evil)).expect("ping"));
     // An advertisement for evil's own address, with another MAC, takes effect: the frames are good.
     let fake = [0x02, 0x0b, 0xad, 0, 0, 1];
     let advert = |src: Ipv6Addr, target: Ipv6Addr| {
@@ -842,8 +789,8 @@ fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
             &advert_body(target, fake),
         )
     };
-    send(&[advert(evil_ll, address6(&h, &evil))]);
-    let own = address6(&h, &evil).to_string();
+    send(&[advert(evil_ll, h.address6(&evil))]);
+    let own = h.address6(&evil).to_string();
     assert!(
         neighbours6(&h, "victim").contains(&(own.clone(), "02:0b:ad:00:00:01".into())),
         "the control advertisement did not take: {:?}",
@@ -922,7 +869,7 @@ fn dual_stack_networks_are_isolated_unless_both_opt_out() {
     let mut addrs = Vec::new();
     for (name, net) in sandboxes {
         ok6(&h, &["create", &h.sb(name), "--network", net]);
-        addrs.push((name, net, address6(&h, &h.sb(name))));
+        addrs.push((name, net, h.address6(&h.sb(name))));
     }
     let open = |n: &str| n.starts_with("open");
     // Every ordered pair, in parallel: a blocked ping costs its whole timeout.
@@ -999,7 +946,7 @@ fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() 
     common::sh(&[
         "nsenter", &lan, "--", "ip", "-6", "route", "add", &subnet, "via", HOST_IP6,
     ]);
-    let (s_ip, t_ip, o_ip) = (address6(&h, &s), address6(&h, &t), address6(&h, &o));
+    let (s_ip, t_ip, o_ip) = (h.address6(&s), h.address6(&t), h.address6(&o));
     assert!(
         probe::ping6(&h.sb_path("s"), gw).expect("ping"),
         "the gateway is reachable"
@@ -1083,7 +1030,7 @@ fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
     let (a, b) = (h.sb("a"), h.sb("b"));
     ok6(&h, &["create", &a, "--network", "p"]);
     ok6(&h, &["create", &b, "--network", "q"]);
-    let (b4, b6) = (address4(&h, &b), address6(&h, &b));
+    let (b4, b6) = (address4(&h, &b), h.address6(&b));
     let both = |h: &TestHost| {
         (
             probe::ping(&h.sb_path("a"), b4).expect("ping"),
@@ -1190,7 +1137,7 @@ fn a_published_port_works_over_ipv6_from_every_path() {
     );
     ok6(&h, &["create", &b, "--network", "ds"]);
     ok6(&h, &["create", &c, "--network", "other"]);
-    let a6 = address6(&h, &a);
+    let a6 = h.address6(&a);
     let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
     let ports6 = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports6"]);
     let ports6_ip = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports6_ip"]);
@@ -1295,12 +1242,12 @@ fn nat66_by_default_and_the_sandboxs_own_address_without_it() {
     ]);
     assert_eq!(
         common::reach_any(&h.lan_path(), 9000, &h.sb_path("r"), lan),
-        Some(address6(&h, &r).into()),
+        Some(h.address6(&r).into()),
         "--ipv6-nat=false: the LAN peer sees the sandbox's own address"
     );
     // Routed to, the sandbox is still reached only through published ports (gateway mode nat).
     assert!(
-        !probe::ping6(&h.lan_path(), address6(&h, &r)).expect("ping"),
+        !probe::ping6(&h.lan_path(), h.address6(&r)).expect("ping"),
         "the LAN peer reached an unpublished sandbox directly"
     );
     common::sh(&[
@@ -1338,11 +1285,7 @@ fn point_to_point_ipv6_spoofing(backend: &'static str) {
         .unwrap_or_default()
         .to_string();
     let link: Value = json(&h.in_host(&["ip", "-j", "link", "show", "dev", &host_end]));
-    let mut host_mac = [0u8; 6];
-    let text = link[0]["address"].as_str().unwrap_or_default().to_string();
-    for (slot, part) in host_mac.iter_mut().zip(text.split(':')) {
-        *slot = u8::from_str_radix(part, 16).expect("a MAC");
-    }
+    let host_mac = common::parse_mac(link[0]["address"].as_str().unwrap_or_default());
     let gw = gateway6(&h, "p");
     let echoes = || -> u64 {
         h.in_host(&["cat", "/proc/net/snmp6"])
@@ -1351,15 +1294,14 @@ fn point_to_point_ipv6_spoofing(backend: &'static str) {
             .and_then(|v| v.trim().parse().ok())
             .expect("Icmp6InEchos")
     };
-    let echo = |src: Ipv6Addr| {
-        common::icmpv6_frame(host_mac, mac6(&h, &s), src, gw, 128, 0, &[0, 9, 0, 1])
-    };
+    let echo =
+        |src: Ipv6Addr| common::icmpv6_frame(host_mac, h.mac(&s), src, gw, 128, 0, &[0, 9, 0, 1]);
     let send = |frames: &[Vec<u8>]| {
         probe::send_frames(&h.sb_path("s"), "eth0", frames).expect("send raw frames");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     let before = echoes();
-    send(&[echo(address6(&h, &s)), echo(link_local(&h, "s"))]);
+    send(&[echo(h.address6(&s)), echo(h.link_local6("s"))]);
     assert_eq!(echoes(), before + 2, "the sandbox's own sources pass");
     send(&[echo(v6("fd00::bad")), echo(v6("::")), echo(v6("fe80::bad"))]);
     assert_eq!(
@@ -1452,7 +1394,7 @@ fn a_dual_stack_sandbox_cannot_take_a_neighbours_mac() {
     let (attacker, victim) = (h.sb("a"), h.sb("v"));
     ok6(&h, &["create", &attacker, "--network", "ds"]);
     ok6(&h, &["create", &victim, "--network", "ds"]);
-    let victim_mac = mac6(&h, &victim);
+    let victim_mac = h.mac(&victim);
     let victim_port = h.inspect(&victim)["endpoints"][0]["host_interface"]
         .as_str()
         .unwrap_or_default()
@@ -1468,8 +1410,8 @@ fn a_dual_stack_sandbox_cannot_take_a_neighbours_mac() {
             .collect()
     };
     let (own, own_ll, gw) = (
-        address6(&h, &attacker),
-        link_local(&h, "a"),
+        h.address6(&attacker),
+        h.link_local6("a"),
         gateway6(&h, "ds"),
     );
     let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
@@ -1495,7 +1437,7 @@ fn a_dual_stack_sandbox_cannot_take_a_neighbours_mac() {
         "the bridge put the victim's MAC on another port"
     );
     assert!(
-        probe::ping6(&h.host_path(), address6(&h, &victim)).expect("ping"),
+        probe::ping6(&h.host_path(), h.address6(&victim)).expect("ping"),
         "the host no longer reaches the victim over IPv6"
     );
     h.ok(&["rm", &attacker]);
@@ -1543,7 +1485,7 @@ fn dual_stack_names_resolve_within_a_network_and_never_across() {
     ok6(&h, &["attach", &d, "--network", "back", "--alias", "cache"]);
     h.ok(&["create", &e, "--network", "plain"]);
     ok6(&h, &["attach", &e, "--network", "front"]);
-    let (b6, c6) = (address6(&h, &b), address6(&h, &c));
+    let (b6, c6) = (h.address6(&b), h.address6(&c));
 
     for name in [b.as_str(), "web", "WEB."] {
         let r = dig(&h, &a, &[name, "AAAA"]);
@@ -1623,7 +1565,7 @@ fn a_shared_alias_answers_every_ipv6_address_turning_each_time() {
     for n in &names {
         ok6(&h, &["create", n, "--network", "n", "--alias", "web"]);
     }
-    let mut want: Vec<String> = names.iter().map(|n| address6(&h, n).to_string()).collect();
+    let mut want: Vec<String> = names.iter().map(|n| h.address6(n).to_string()).collect();
     want.sort();
     let mut firsts = Vec::new();
     for _ in 0..3 {
@@ -1650,7 +1592,7 @@ fn a_dual_stack_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
     ok6(&h, &["create", &asker, "--network", "n"]);
     for round in 0..3 {
         ok6(&h, &["create", &x, "--network", "n"]);
-        let x6 = address6(&h, &x).to_string();
+        let x6 = h.address6(&x).to_string();
         let r = dig(&h, &asker, &[&x, "AAAA"]);
         assert_eq!(r.answers, vec![x6.clone()], "round {round}: {r:?}");
         assert_eq!(dig(&h, &asker, &["-x", &x6]).answers, vec![format!("{x}.")]);
@@ -1779,7 +1721,7 @@ fn internal_dual_stack_networks_resolve_their_own_names_and_forward_nothing() {
     let (a, b) = (h.sb("a"), h.sb("b"));
     ok6(&h, &["create", &a, "--network", "in"]);
     ok6(&h, &["create", &b, "--network", "in"]);
-    let b6 = address6(&h, &b).to_string();
+    let b6 = h.address6(&b).to_string();
     assert_eq!(dig(&h, &a, &[&b, "AAAA"]).answers, vec![b6.clone()]);
     assert_eq!(dig(&h, &a, &["-x", &b6]).answers, vec![format!("{b}.")]);
     assert_eq!(
@@ -1833,7 +1775,7 @@ fn a_hostile_sandbox_sending_malformed_ip6_arpa_questions_does_not_break_the_res
     ok6(&h, &["create", &a, "--network", "n"]);
     ok6(&h, &["create", &b, "--network", "n"]);
     let pid = h.resolver_pid().expect("a resolver");
-    let b6 = address6(&h, &b);
+    let b6 = h.address6(&b);
     let name = arpa6(b6);
     let nibbles: Vec<&str> = name.trim_end_matches(".ip6.arpa").split('.').collect();
     let with = |edit: &dyn Fn(&mut Vec<Vec<u8>>)| {
@@ -1971,7 +1913,7 @@ fn through(h: &TestHost, to: &str, f: impl FnOnce()) -> (u64, u64) {
 
 /// 40 TCP and 40 UDP greetings from `from` to `to`'s IPv6 address: 200 packets or more reach `to`.
 fn tcp_and_udp6(h: &TestHost, from: &str, to: &str) {
-    let dst = address6(h, to);
+    let dst = h.address6(to);
     let (server, client) = (
         PathBuf::from("/run/netns").join(to),
         PathBuf::from("/run/netns").join(from),
@@ -1998,7 +1940,7 @@ fn datagrams6(h: &TestHost, from: &str, src: Ipv6Addr, to: &str, n: usize) {
     })
     .expect("enter")
     .expect("bind");
-    let dst = SocketAddr::new(address6(h, to).into(), 7100);
+    let dst = SocketAddr::new(h.address6(to).into(), 7100);
     for _ in 0..n {
         sock.send_to(b"hello", dst).expect("send");
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -2057,7 +1999,7 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
     // Both families of a and b; nobody on the slow network.
     for sb in [&a, &b] {
         assert_eq!(
-            fast_path_lines(&h, address6(&h, sb)).len(),
+            fast_path_lines(&h, h.address6(sb)).len(),
             1,
             "{:#?}",
             h.fast_path()
@@ -2098,7 +2040,7 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
 
     // ping6 is ICMPv6: the bridge carries it, fast path or not.
     let ping6 = |from: &str, to: &str| {
-        let dst = address6(&h, to).to_string();
+        let dst = h.address6(to).to_string();
         let ns = format!("--net=/run/netns/{from}");
         let out = common::sh(&[
             "nsenter", &ns, "ping", "-6", "-q", "-c", "100", "-i", "0.002", "-W", "1", &dst,
@@ -2113,7 +2055,7 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
 
     // A forged source address: not the fast path's to take. Until the bridge's IPv6 anti-spoofing (C8)
     // drops them, the bridge delivers them; either way, through b's port.
-    let forged = Ipv6Addr::from(u128::from(address6(&h, &a)) + 0x77);
+    let forged = Ipv6Addr::from(u128::from(h.address6(&a)) + 0x77);
     let ns = format!("--net=/run/netns/{a}");
     let forged_cidr = format!("{forged}/64");
     common::sh(&[
@@ -2145,14 +2087,14 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
         "eth0",
     ]);
     // The same from a's own address is the fast path's.
-    let (port_tx, rx) = through(&h, &b, || datagrams6(&h, &a, address6(&h, &a), &b, 50));
+    let (port_tx, rx) = through(&h, &b, || datagrams6(&h, &a, h.address6(&a), &b, 50));
     assert!(
         rx >= 50 && port_tx < 10,
         "a's own: port {port_tx}, b got {rx}"
     );
 
     // CHECK reports a missing IPv6 entry, as it does an IPv4 one.
-    let a6 = address6(&h, &a);
+    let a6 = h.address6(&a);
     let entry = h.with_fast_path("nsbr-f6", |fp, _| {
         let entry = fp
             .entry(a6)
@@ -2183,7 +2125,7 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
     assert!(fast_path_lines(&h, a6).is_empty() && fast_path_lines(&h, a4).is_empty());
     ok6(&h, &["attach", &a, "--network", "fast"]);
     assert_eq!(
-        fast_path_lines(&h, address6(&h, &a)).len(),
+        fast_path_lines(&h, h.address6(&a)).len(),
         1,
         "{:#?}",
         h.fast_path()
@@ -2193,7 +2135,7 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
     let _ = inside.wait();
 
     // Removing b takes both its entries away; a no longer reaches its IPv6 address.
-    let b6 = address6(&h, &b);
+    let b6 = h.address6(&b);
     h.ok(&["rm", &b]);
     assert!(fast_path_lines(&h, b6).is_empty(), "{:#?}", h.fast_path());
     h.settle();

@@ -45,26 +45,6 @@ fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
     v6(n["ipv6"]["gateway"].as_str().unwrap_or_default())
 }
 
-fn address6(h: &TestHost, sb: &str) -> Ipv6Addr {
-    let ep = &h.inspect(sb)["endpoints"][0];
-    v6(ep["ipv6"]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_default())
-}
-
-fn mac_of(h: &TestHost, sb: &str) -> [u8; 6] {
-    let text = h.inspect(sb)["endpoints"][0]["mac"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let mut mac = [0u8; 6];
-    for (slot, part) in mac.iter_mut().zip(text.split(':')) {
-        *slot = u8::from_str_radix(part, 16).expect("a MAC from inspect");
-    }
-    mac
-}
-
 /// What a sandbox's namespace runs `args` to, as text.
 fn in_sb(h: &TestHost, sb: &str, args: &[&str]) -> String {
     let ns = format!("--net={}", h.sb_path(sb).display());
@@ -160,7 +140,7 @@ fn a_published_port_works_on_an_ipv6_only_network_from_every_path() {
         ep.get("address").is_none() && ep.get("gateway").is_none(),
         "{ep}"
     );
-    assert_eq!(mac_of(&h, &a)[..2], [0x02, 0x6c]);
+    assert_eq!(h.mac(&a)[..2], [0x02, 0x6c]);
     let bridge = h.in_host(&["ip", "-o", "link", "show", "nsbr-v6o"]);
     assert!(bridge.contains("link/ether 02:6c:"), "{bridge}");
     let ls = h.ok(&["network", "ls"]);
@@ -180,7 +160,7 @@ fn a_published_port_works_on_an_ipv6_only_network_from_every_path() {
     let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
     assert!(!ports.contains("8080"), "no IPv4 DNAT: {ports}");
 
-    let a6 = address6(&h, &a);
+    let a6 = h.address6(&a);
     // Same-network IPv6 takes the fast path, as on a dual-stack network.
     let fast = h.fast_path();
     assert!(
@@ -267,7 +247,7 @@ fn an_internal_ipv6_only_network_has_no_way_out() {
             &gw.to_string(),
         ],
     );
-    let (s_ip, o_ip) = (address6(&h, &s), address6(&h, &o));
+    let (s_ip, o_ip) = (h.address6(&s), h.address6(&o));
     assert!(
         probe::ping6(&h.sb_path("s"), gw).expect("ping"),
         "the gateway"
@@ -323,11 +303,11 @@ fn spoofing(backend: &'static str) {
     }
     let (gw, victim_ip, other_ip, evil_ip) = (
         gateway6(&h, "v6o"),
-        address6(&h, &victim),
-        address6(&h, &other),
-        address6(&h, &evil),
+        h.address6(&victim),
+        h.address6(&other),
+        h.address6(&evil),
     );
-    let (evil_mac, victim_mac) = (mac_of(&h, &evil), mac_of(&h, &victim));
+    let (evil_mac, victim_mac) = (h.mac(&evil), h.mac(&victim));
     assert_ne!(evil_mac, victim_mac);
     let send = |frames: &[Vec<u8>]| {
         probe::send_frames(&h.sb_path("evil"), "eth0", frames).expect("send raw frames");
@@ -408,7 +388,7 @@ fn ipv6_only_names_answer_aaaa_and_nothing_for_a() {
     let (a, b) = (h.sb("a"), h.sb("b"));
     ok6(&h, &["create", &a, "--network", "v6o"]);
     ok6(&h, &["create", &b, "--network", "v6o", "--alias", "web"]);
-    let b6 = address6(&h, &b);
+    let b6 = h.address6(&b);
     for name in [b.as_str(), "web"] {
         let r = dig(&h, &a, &[name, "AAAA"]);
         assert_eq!(

@@ -23,15 +23,6 @@ fn ok6(h: &TestHost, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn address6(h: &TestHost, sb: &str) -> Ipv6Addr {
-    let ep: &Value = &h.inspect(sb)["endpoints"][0];
-    ep["ipv6"]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("an IPv6 address")
-}
-
 fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
     let n: Value =
         serde_json::from_str(&h.ok(&["network", "inspect", net, "--json"])).expect("JSON");
@@ -238,7 +229,7 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
     }
     let (seen, _) = tcp(&h, &b, &host, "::1", 8082);
     assert!(seen.starts_with("[::1]:8082 hello"), "{seen}");
-    assert_ne!(address6(&h, &a), address6(&h, &b));
+    assert_ne!(h.address6(&a), h.address6(&b));
 
     // A program detached by hand comes back with gc, and with firewall reload; an entry no record holds
     // (tcp 9999, put in by hand) goes.

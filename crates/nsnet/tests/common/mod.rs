@@ -440,6 +440,48 @@ impl TestHost {
             .expect("inspect --json is JSON")
     }
 
+    /// The MAC of sandbox `name`'s first endpoint, from its record.
+    pub fn mac(&self, name: &str) -> [u8; 6] {
+        parse_mac(
+            self.inspect(name)["endpoints"][0]["mac"]
+                .as_str()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The global IPv6 address (without its prefix) of sandbox `name`'s first endpoint, from its record.
+    pub fn address6(&self, name: &str) -> Ipv6Addr {
+        self.inspect(name)["endpoints"][0]["ipv6"]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{name} has no IPv6 address in its record"))
+    }
+
+    /// The link-local address the eth0 of this test's sandbox `sb` holds.
+    pub fn link_local6(&self, sb: &str) -> Ipv6Addr {
+        let ns = format!("--net={}", self.sb_path(sb).display());
+        let text = sh(&[
+            "nsenter", &ns, "--", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+        ]);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .expect("a link-local address")
+    }
+
+    /// ICMPv6 echo requests this test's sandbox `sb` has received (its namespace's Icmp6InEchos).
+    pub fn echoes6(&self, sb: &str) -> u64 {
+        let ns = format!("--net={}", self.sb_path(sb).display());
+        sh(&["nsenter", &ns, "--", "cat", "/proc/net/snmp6"])
+            .lines()
+            .find_map(|l| l.strip_prefix("Icmp6InEchos"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Icmp6InEchos")
+    }
+
     /// Everything a command could change: the host's links, addresses, routes and ruleset, the state dir, and
     /// this test's namespaces.
     pub fn snapshot(&self) -> Snapshot {
@@ -824,6 +866,17 @@ pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     let _ = child.kill();
     let _ = child.wait();
     panic!("process {} did not exit within 15 s", child.id());
+}
+
+/// `02:6e:0a:59:00:02` as bytes (a malformed one fails the test).
+pub fn parse_mac(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.split(':').collect();
+    assert_eq!(parts.len(), 6, "not a MAC: {text:?}");
+    for (slot, part) in mac.iter_mut().zip(parts) {
+        *slot = u8::from_str_radix(part, 16).unwrap_or_else(|_| panic!("not a MAC: {text:?}"));
+    }
+    mac
 }
 
 /// The Internet checksum (RFC 1071) of `bytes`, ready to store big-endian: over a header whose checksum field
