@@ -72,18 +72,7 @@ pub fn run(secs: u32, reps: usize) -> Result<String> {
 /// [`run`], with iperf3's ends pinned to CPUs 0 and 1 (`pin`, where there are two) or left to the scheduler.
 pub fn run_with(secs: u32, reps: usize, pin: bool) -> Result<String> {
     // Ceiling: two namespaces joined by a bare veth pair, no bridge, no rules.
-    let hv = Host::new("dpv")?;
-    let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
-    sh(&["ip", "netns", "add", &a])?;
-    sh(&["ip", "netns", "add", &b])?;
-    sh(&[
-        "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])?;
-    for (ns, ip) in [(&a, "10.250.0.1/30"), (&b, "10.250.0.2/30")] {
-        sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
-        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-    }
+    let (hv, a, b) = bare_veth("dpv", ["10.250.0.1/30", "10.250.0.2/30"])?;
     // Reference: the same two namespaces' worth of veths on a plain Linux bridge, no firewall at all.
     let hb = Host::new("dpb")?;
     let (c, d) = (format!("{}-c", hb.prefix), format!("{}-d", hb.prefix));
@@ -240,18 +229,7 @@ fn table(family: &str, paths: &[Path], secs: u32, reps: usize, pin: bool) -> Str
 /// The IPv6 data path (issue #19): sandbox to sandbox on a dual-stack network, with and without the fast
 /// path, against a bare veth pair carrying IPv6 (target: the fast path at 95% of it or more).
 pub fn run6(secs: u32, reps: usize, pin: bool) -> Result<String> {
-    let hv = Host::new("dp6v")?;
-    let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
-    sh(&["ip", "netns", "add", &a])?;
-    sh(&["ip", "netns", "add", &b])?;
-    sh(&[
-        "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])?;
-    for (ns, ip) in [(&a, "fd00:250::1/64"), (&b, "fd00:250::2/64")] {
-        sh(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0", "nodad"])?;
-        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-    }
+    let (hv, a, b) = bare_veth("dp6v", ["fd00:250::1/64", "fd00:250::2/64"])?;
     // nsnet: two dual-stack networks, one with the fast path (the default), one without.
     let h = Host::new("dp6n")?;
     let gate = |args: &[&str]| -> Result<String> {
@@ -320,4 +298,26 @@ pub fn run6(secs: u32, reps: usize, pin: bool) -> Result<String> {
     drop(h);
     drop(hv);
     Ok(table(" over IPv6", &paths, secs, reps, pin))
+}
+
+/// The ceiling: two namespaces (`-a`, `-b` under a throwaway host `tag`) joined by a bare veth pair with
+/// `addrs` (IPv6 ones without DAD), no bridge, no rules.
+fn bare_veth(tag: &str, addrs: [&str; 2]) -> Result<(Host, String, String)> {
+    let hv = Host::new(tag)?;
+    let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
+    sh(&["ip", "netns", "add", &a])?;
+    sh(&["ip", "netns", "add", &b])?;
+    sh(&[
+        "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ])?;
+    for (ns, ip) in [(&a, addrs[0]), (&b, addrs[1])] {
+        let mut add = vec!["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"];
+        if ip.contains(':') {
+            add.push("nodad");
+        }
+        sh(&add)?;
+        sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    }
+    Ok((hv, a, b))
 }
