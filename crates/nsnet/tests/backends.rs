@@ -32,20 +32,6 @@ fn nsnet_rules_of(h: &TestHost, tool: &str) -> Vec<String> {
         .collect()
 }
 
-/// The environment that lets IPv6 through while it is unfinished.
-const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
-
-/// nsnet with the IPv6 gate open; it must succeed.
-fn ok6(h: &TestHost, args: &[&str]) -> String {
-    let out = h.nsnet_env(args, &GATE);
-    assert!(
-        out.status.success(),
-        "nsnet {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A dual-stack iptables host with a LAN peer, IPv6 forwarding on (as a host that routes IPv6 has it).
 fn iptables_host6(test: &str) -> TestHost {
     let mut h = TestHost::with_lan6(test);
@@ -260,37 +246,31 @@ fn firewall_none_writes_no_rules_and_refuses_ports() {
 fn iptables_backend_on_dual_stack_networks_publishes_isolates_and_cleans_up() {
     let h = iptables_host6("ipt6");
     // A first cycle lets iptables-nft create its (empty) built-in tables of both families.
-    ok6(&h, &["network", "create", "warm", "--ipv6"]);
+    h.ok6(&["network", "create", "warm", "--ipv6"]);
     h.ok(&["network", "rm", "warm"]);
     assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
     let baseline = h.snapshot();
 
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "n1",
-            "--ipv6",
-            "--subnet",
-            "172.16.1.0/24",
-        ],
-    );
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "n2",
-            "--ipv6",
-            "--subnet",
-            "172.16.2.0/24",
-        ],
-    );
+    h.ok6(&[
+        "network",
+        "create",
+        "n1",
+        "--ipv6",
+        "--subnet",
+        "172.16.1.0/24",
+    ]);
+    h.ok6(&[
+        "network",
+        "create",
+        "n2",
+        "--ipv6",
+        "--subnet",
+        "172.16.2.0/24",
+    ]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    ok6(&h, &["create", &a, "--network", "n1", "-p", "8080:80"]);
-    ok6(&h, &["create", &b, "--network", "n1"]);
-    ok6(&h, &["create", &c, "--network", "n2"]);
+    h.ok6(&["create", &a, "--network", "n1", "-p", "8080:80"]);
+    h.ok6(&["create", &b, "--network", "n1"]);
+    h.ok6(&["create", &c, "--network", "n2"]);
     let (a6, b6) = (h.address6(&a), h.address6(&b));
     let rules6 = nsnet_rules_of(&h, "ip6tables-save");
     assert!(
@@ -411,9 +391,9 @@ fn iptables_backend_on_an_ipv6_forward_drop_policy() {
     let h = iptables_host6("ipt6drop");
     h.in_host(&["iptables", "-P", "FORWARD", "DROP"]);
     h.in_host(&["ip6tables", "-P", "FORWARD", "DROP"]);
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
-    ok6(&h, &["create", &s, "--network", "ds", "-p", "8080:80"]);
+    h.ok6(&["create", &s, "--network", "ds", "-p", "8080:80"]);
     let lan = SocketAddr::new(v6(LAN_IP6).into(), 9000);
     assert_eq!(
         reach_any(&h.lan_path(), 9000, &h.sb_path("s"), lan),
@@ -447,9 +427,9 @@ fn iptables_backend_on_an_ipv6_forward_drop_policy() {
 #[test]
 fn a_refused_restore_undoes_what_landed_before_it() {
     let h = iptables_host6("ipt6undo");
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
-    ok6(&h, &["create", &s, "--network", "ds", "-p", "8080:80"]);
+    h.ok6(&["create", &s, "--network", "ds", "-p", "8080:80"]);
     h.ok(&["rm", &s]);
     h.in_host(&["iptables", "-t", "nat", "-I", "OUTPUT", "-j", "NSNET-PORTS"]);
     let ordered = |tool: &str| {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::IPV6_GATE as GATE;
 use common::{sh, TestHost};
 
 /// Fail step 1, 2, ... of `args` until the command gets through; after each failure nothing may have changed.
@@ -213,8 +214,6 @@ fn every_teardown_step_rolls_back() {
     assert_eq!(steps, 2);
     assert_eq!(h.snapshot(), empty);
 }
-
-const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
 
 /// The set-up and teardown twins on a dual-stack network: every failed step leaves the kernel, the state and
 /// the sandboxes' insides (IPv6 addresses and routes included, which go when a veth is retired) as before.

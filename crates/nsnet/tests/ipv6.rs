@@ -12,19 +12,7 @@ use ipnet::Ipv6Net;
 use nsnet_core::probe;
 use serde_json::Value;
 
-/// The environment that lets IPv6 through while it is unfinished.
-const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
-
-/// nsnet with the IPv6 gate open; it must succeed. Returns stdout.
-fn ok6(h: &TestHost, args: &[&str]) -> String {
-    let out = h.nsnet_env(args, &GATE);
-    assert!(
-        out.status.success(),
-        "nsnet {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::IPV6_GATE as GATE;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("JSON")
@@ -75,7 +63,7 @@ fn icmpv6_frames_carry_a_valid_checksum() {
 #[test]
 fn dual_stack_networks_and_sandboxes_are_recorded_behind_the_gate() {
     let h = TestHost::with_lan6("v6rec");
-    let net = json(&ok6(&h, &["network", "create", "ds", "--ipv6", "--json"]));
+    let net = json(&h.ok6(&["network", "create", "ds", "--ipv6", "--json"]));
     let subnet: Ipv6Net = net["ipv6"]["subnet"]
         .as_str()
         .expect("an IPv6 subnet")
@@ -88,7 +76,7 @@ fn dual_stack_networks_and_sandboxes_are_recorded_behind_the_gate() {
     assert_eq!(net["ipv6"]["gateway"], at(1).to_string());
     assert_eq!(net["ipv6"]["nat"], true);
     // The next network takes the next /64 of the same prefix.
-    let next = json(&ok6(&h, &["network", "create", "ds2", "--ipv6", "--json"]));
+    let next = json(&h.ok6(&["network", "create", "ds2", "--ipv6", "--json"]));
     let next: Ipv6Net = next["ipv6"]["subnet"]
         .as_str()
         .unwrap_or("")
@@ -104,18 +92,15 @@ fn dual_stack_networks_and_sandboxes_are_recorded_behind_the_gate() {
 
     // Sandboxes: the next free address from ::2, or the one asked for.
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "ds"]);
-    ok6(
-        &h,
-        &[
-            "create",
-            &b,
-            "--network",
-            "ds",
-            "--ip6",
-            &at(0x99).to_string(),
-        ],
-    );
+    h.ok6(&["create", &a, "--network", "ds"]);
+    h.ok6(&[
+        "create",
+        &b,
+        "--network",
+        "ds",
+        "--ip6",
+        &at(0x99).to_string(),
+    ]);
     let ep = &h.inspect(&a)["endpoints"][0];
     assert_eq!(ep["ipv6"]["address"], format!("{}/64", at(2)), "{ep}");
     assert_eq!(ep["ipv6"]["gateway"], at(1).to_string());
@@ -175,7 +160,7 @@ fn dual_stack_networks_and_sandboxes_are_recorded_behind_the_gate() {
 #[test]
 fn a_host_listener_on_ipv6_only_holds_its_port_on_dual_stack_networks() {
     let h = TestHost::with_lan6("v6lis");
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
     h.ok(&["network", "create", "v4"]);
     h.in_host(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40010"]);
     // Sockets on `::` take IPv6 only in this namespace.
@@ -200,7 +185,7 @@ fn a_host_listener_on_ipv6_only_holds_its_port_on_dual_stack_networks() {
     assert_eq!(h.snapshot(), before, "the refusal changed something");
 
     let (d, v) = (h.sb("d"), h.sb("v"));
-    ok6(&h, &["create", &d, "--network", "ds", "-p", "80"]);
+    h.ok6(&["create", &d, "--network", "ds", "-p", "80"]);
     assert_eq!(
         h.inspect(&d)["endpoints"][0]["ports"][0]["host_port"],
         40001
@@ -241,10 +226,7 @@ fn address4(h: &TestHost, sb: &str) -> std::net::Ipv4Addr {
 fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
     let h = TestHost::with_ipv6("v6up");
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-v6"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-v6"]);
     h.ok(&["network", "create", "v4", "--bridge", "nsbr-v4"]);
     let gw6 = gateway6(&h, "ds");
     let bridge = h.in_host(&["ip", "-6", "addr", "show", "dev", "nsbr-v6"]);
@@ -261,7 +243,7 @@ fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
 
     let (a, b) = (h.sb("a"), h.sb("b"));
     for s in [&a, &b] {
-        ok6(&h, &["create", s, "--network", "ds"]);
+        h.ok6(&["create", s, "--network", "ds"]);
         let ns = format!("--net=/run/netns/{s}");
         let addrs = common::sh(&[
             "nsenter", &ns, "--", "ip", "-6", "addr", "show", "dev", "eth0",
@@ -323,20 +305,17 @@ fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
 fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
     let h = TestHost::with_ipv6("v6dry");
     let empty = h.snapshot();
-    let plan = ok6(
-        &h,
-        &[
-            "--dry-run",
-            "network",
-            "create",
-            "ds",
-            "--ipv6",
-            "--bridge",
-            "nsbr-v6",
-            "--subnet",
-            "fd89:5:5:5::/64",
-        ],
-    );
+    let plan = h.ok6(&[
+        "--dry-run",
+        "network",
+        "create",
+        "ds",
+        "--ipv6",
+        "--bridge",
+        "nsbr-v6",
+        "--subnet",
+        "fd89:5:5:5::/64",
+    ]);
     for expected in [
         "ip link set nsbr-v6 addrgenmode none",
         "sysctl -w net.ipv6.conf.nsbr-v6.accept_ra=0",
@@ -347,22 +326,19 @@ fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
         assert!(plan.contains(expected), "missing {expected:?} in:\n{plan}");
     }
     assert_eq!(h.snapshot(), empty);
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "ds",
-            "--ipv6",
-            "--bridge",
-            "nsbr-v6",
-            "--subnet",
-            "fd89:5:5:5::/64",
-        ],
-    );
+    h.ok6(&[
+        "network",
+        "create",
+        "ds",
+        "--ipv6",
+        "--bridge",
+        "nsbr-v6",
+        "--subnet",
+        "fd89:5:5:5::/64",
+    ]);
     let made = h.snapshot();
     let s = h.sb("s");
-    let plan = ok6(&h, &["--dry-run", "create", &s, "--network", "ds"]);
+    let plan = h.ok6(&["--dry-run", "create", &s, "--network", "ds"]);
     for expected in [
         format!("ip -n {s} addr add fd89:5:5:5::2/64 dev eth0 nodad"),
         format!("ip -n {s} -6 route add default via fd89:5:5:5::1 dev eth0"),
@@ -388,10 +364,7 @@ fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
 fn a_kernel_failure_midway_rolls_a_dual_stack_create_back() {
     let h = TestHost::with_ipv6("v6rb");
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "n", "--ipv6", "--bridge", "nsbr-rb6"],
-    );
+    h.ok6(&["network", "create", "n", "--ipv6", "--bridge", "nsbr-rb6"]);
     // Pull the bridge out from under nsnet: the veth step will fail after the namespace was made.
     h.in_host(&["ip", "link", "del", "nsbr-rb6"]);
     let before = h.snapshot();
@@ -416,18 +389,18 @@ fn a_kernel_failure_midway_rolls_a_dual_stack_create_back() {
 #[test]
 fn a_dual_stack_sandbox_detached_and_attached_again_talks_ipv6() {
     let h = TestHost::with_ipv6("v6ret");
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "ds"]);
-    ok6(&h, &["create", &b, "--network", "ds"]);
+    h.ok6(&["create", &a, "--network", "ds"]);
+    h.ok6(&["create", &b, "--network", "ds"]);
     let ns = format!("--net=/run/netns/{a}");
     let mut inside = std::process::Command::new("nsenter")
         .args([ns.as_str(), "--", "sleep", "60"])
         .spawn()
         .expect("sleep inside a");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    ok6(&h, &["detach", &a, "--network", "ds"]);
-    ok6(&h, &["attach", &a, "--network", "ds"]);
+    h.ok6(&["detach", &a, "--network", "ds"]);
+    h.ok6(&["attach", &a, "--network", "ds"]);
     assert!(
         probe::ping6(&h.sb_path("b"), h.address6(&a)).expect("ping"),
         "b -> a"
@@ -446,12 +419,9 @@ fn a_dual_stack_sandbox_detached_and_attached_again_talks_ipv6() {
 fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
     let mut h = TestHost::with_ipv6("v6p2p");
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "p", "--driver", "veth", "--ipv6"],
-    );
+    h.ok6(&["network", "create", "p", "--driver", "veth", "--ipv6"]);
     let s = h.sb("s");
-    ok6(&h, &["create", &s, "--network", "p"]);
+    h.ok6(&["create", &s, "--network", "p"]);
     let host_end = h.inspect(&s)["endpoints"][0]["host_interface"]
         .as_str()
         .unwrap_or_default()
@@ -481,10 +451,10 @@ fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
     assert_eq!(h.snapshot(), empty);
 
     h.firewall = Some("none");
-    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    h.ok6(&["network", "create", "n", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "n"]);
-    ok6(&h, &["create", &b, "--network", "n"]);
+    h.ok6(&["create", &a, "--network", "n"]);
+    h.ok6(&["create", &b, "--network", "n"]);
     let ns = format!("--net=/run/netns/{a}");
     let accept_ra = common::sh(&[
         "nsenter",
@@ -511,11 +481,11 @@ fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
 #[test]
 fn a_second_dual_stack_network_adds_addresses_but_no_default_route() {
     let h = TestHost::with_ipv6("v6two");
-    ok6(&h, &["network", "create", "one", "--ipv6"]);
-    ok6(&h, &["network", "create", "two", "--ipv6"]);
+    h.ok6(&["network", "create", "one", "--ipv6"]);
+    h.ok6(&["network", "create", "two", "--ipv6"]);
     let s = h.sb("s");
-    ok6(&h, &["create", &s, "--network", "one"]);
-    ok6(&h, &["attach", &s, "--network", "two"]);
+    h.ok6(&["create", &s, "--network", "one"]);
+    h.ok6(&["attach", &s, "--network", "two"]);
     let ns = format!("--net=/run/netns/{s}");
     let routes = common::sh(&["nsenter", &ns, "--", "ip", "-6", "route", "show", "default"]);
     assert_eq!(routes.lines().count(), 1, "{routes}");
@@ -552,13 +522,10 @@ fn a_second_dual_stack_network_adds_addresses_but_no_default_route() {
 #[test]
 fn gc_repairs_dual_stack_links_deleted_by_hand() {
     let h = TestHost::with_ipv6("v6gc");
-    ok6(
-        &h,
-        &["network", "create", "n", "--ipv6", "--bridge", "nsbr-gc6"],
-    );
+    h.ok6(&["network", "create", "n", "--ipv6", "--bridge", "nsbr-gc6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "n"]);
-    ok6(&h, &["create", &b, "--network", "n"]);
+    h.ok6(&["create", &a, "--network", "n"]);
+    h.ok6(&["create", &b, "--network", "n"]);
     let inside = |s: &str| {
         let ns = format!("--net=/run/netns/{s}");
         let addrs = common::sh(&["nsenter", &ns, "--", "ip", "-6", "-br", "addr"]);
@@ -581,14 +548,14 @@ fn gc_repairs_dual_stack_links_deleted_by_hand() {
         .unwrap_or_default()
         .to_string();
     h.in_host(&["ip", "link", "del", &veth]);
-    let done = ok6(&h, &["gc"]);
+    let done = h.ok6(&["gc"]);
     assert!(done.contains(&format!("re-created veth {veth}")), "{done}");
     assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
     assert_eq!(inside(&a), inside_a);
     assert!(talk());
 
     h.in_host(&["ip", "link", "del", "nsbr-gc6"]);
-    let done = ok6(&h, &["gc"]);
+    let done = h.ok6(&["gc"]);
     assert!(done.contains("re-created bridge nsbr-gc6"), "{done}");
     assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
     assert!(talk());
@@ -604,10 +571,10 @@ fn gc_repairs_dual_stack_links_deleted_by_hand() {
 fn dual_stack_commands_at_once() {
     let h = TestHost::with_ipv6("v6many");
     let empty = h.snapshot();
-    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    h.ok6(&["network", "create", "n", "--ipv6"]);
     let doomed: Vec<String> = (0..8).map(|i| h.sb(&format!("d{i}"))).collect();
     for name in &doomed {
-        ok6(&h, &["create", name, "--network", "n"]);
+        h.ok6(&["create", name, "--network", "n"]);
     }
     let created: Vec<String> = (0..24).map(|i| h.sb(&format!("c{i}"))).collect();
     std::thread::scope(|s| {
@@ -615,7 +582,7 @@ fn dual_stack_commands_at_once() {
             let h = &h;
             s.spawn(move || {
                 for name in chunk {
-                    ok6(h, &["create", name, "--network", "n"]);
+                    h.ok6(&["create", name, "--network", "n"]);
                 }
             });
         }
@@ -656,7 +623,7 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     h.make_legacy_tables();
     h.in_host(&["nft", "flush", "chain", "bridge", "nsnet", "prerouting"]);
     h.in_host(&["nft", "delete", "set", "bridge", "nsnet", "endpoint_ifs6"]);
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
     let tables = h.in_host(&["nft", "list", "tables"]);
     assert!(
         !tables.contains("table ip nsnet") && tables.contains("table inet nsnet"),
@@ -664,8 +631,8 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     );
     h.in_host(&["nft", "list", "set", "bridge", "nsnet", "endpoint_ifs6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "ds"]);
-    ok6(&h, &["create", &b, "--network", "ds"]);
+    h.ok6(&["create", &a, "--network", "ds"]);
+    h.ok6(&["create", &b, "--network", "ds"]);
     assert!(
         probe::ping6(&h.sb_path("a"), h.address6(&b)).expect("ping"),
         "a -> b"
@@ -736,13 +703,10 @@ fn advert_body(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
 fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
     let h = TestHost::with_ipv6("v6spf");
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-spf6"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-spf6"]);
     let (evil, victim, other) = (h.sb("evil"), h.sb("victim"), h.sb("other"));
     for sb in [&evil, &victim, &other] {
-        ok6(&h, &["create", sb, "--network", "ds"]);
+        h.ok6(&["create", sb, "--network", "ds"]);
     }
     let (gw, victim_ip, other_ip) = (gateway6(&h, "ds"), h.address6(&victim), h.address6(&other));
     let (evil_mac, victim_mac) = (h.mac(&evil), h.mac(&victim));
@@ -857,7 +821,7 @@ fn dual_stack_networks_are_isolated_unless_both_opt_out() {
         if open {
             args.push("--isolate=false");
         }
-        ok6(&h, &args);
+        h.ok6(&args);
     }
     let sandboxes = [
         ("a", "n1"),
@@ -868,7 +832,7 @@ fn dual_stack_networks_are_isolated_unless_both_opt_out() {
     ];
     let mut addrs = Vec::new();
     for (name, net) in sandboxes {
-        ok6(&h, &["create", &h.sb(name), "--network", net]);
+        h.ok6(&["create", &h.sb(name), "--network", net]);
         addrs.push((name, net, h.address6(&h.sb(name))));
     }
     let open = |n: &str| n.starts_with("open");
@@ -910,16 +874,13 @@ fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() 
     // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    ok6(&h, &["network", "create", "int", "--ipv6", "--internal"]);
-    ok6(&h, &["network", "create", "int2", "--ipv6", "--internal"]);
-    ok6(
-        &h,
-        &["network", "create", "out", "--ipv6", "--isolate=false"],
-    );
+    h.ok6(&["network", "create", "int", "--ipv6", "--internal"]);
+    h.ok6(&["network", "create", "int2", "--ipv6", "--internal"]);
+    h.ok6(&["network", "create", "out", "--ipv6", "--isolate=false"]);
     let (s, t, o) = (h.sb("s"), h.sb("t"), h.sb("o"));
-    ok6(&h, &["create", &s, "--network", "int"]);
-    ok6(&h, &["create", &t, "--network", "int2"]);
-    ok6(&h, &["create", &o, "--network", "out", "-p", "8080:80"]);
+    h.ok6(&["create", &s, "--network", "int"]);
+    h.ok6(&["create", &t, "--network", "int2"]);
+    h.ok6(&["create", &o, "--network", "out", "-p", "8080:80"]);
     let forwarding = h.in_host(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
     assert_eq!(forwarding.trim(), "1", "the test needs IPv6 forwarding on");
     let gw = gateway6(&h, "int");
@@ -1003,33 +964,27 @@ fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() 
 fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
     let h = TestHost::with_ipv6("v6user");
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "p",
-            "--ipv6",
-            "--isolate=false",
-            "--bridge",
-            "nsbr-up",
-        ],
-    );
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "q",
-            "--ipv6",
-            "--isolate=false",
-            "--bridge",
-            "nsbr-uq",
-        ],
-    );
+    h.ok6(&[
+        "network",
+        "create",
+        "p",
+        "--ipv6",
+        "--isolate=false",
+        "--bridge",
+        "nsbr-up",
+    ]);
+    h.ok6(&[
+        "network",
+        "create",
+        "q",
+        "--ipv6",
+        "--isolate=false",
+        "--bridge",
+        "nsbr-uq",
+    ]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "p"]);
-    ok6(&h, &["create", &b, "--network", "q"]);
+    h.ok6(&["create", &a, "--network", "p"]);
+    h.ok6(&["create", &b, "--network", "q"]);
     let (b4, b6) = (address4(&h, &b), h.address6(&b));
     let both = |h: &TestHost| {
         (
@@ -1047,7 +1002,7 @@ fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
         (false, false),
         "the user's rule stops both families"
     );
-    ok6(&h, &["network", "create", "other", "--ipv6"]);
+    h.ok6(&["network", "create", "other", "--ipv6"]);
     h.ok(&["network", "rm", "other"]);
     h.ok(&["firewall", "reload"]);
     assert_eq!(both(&h), (false, false), "the user's rule outlives resets");
@@ -1077,9 +1032,9 @@ fn a_dual_stack_network_works_on_a_host_whose_ipv6_forward_chains_drop() {
         h.in_host(&["nft", cmd]);
     }
     let host_firewall = h.snapshot();
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
-    ok6(&h, &["create", &s, "--network", "ds"]);
+    h.ok6(&["create", &s, "--network", "ds"]);
     let lan = format!("--net={}", h.lan_path().display());
     let subnet = json(&h.ok(&["network", "inspect", "ds", "--json"]))["ipv6"]["subnet"]
         .as_str()
@@ -1119,24 +1074,21 @@ fn a_published_port_works_over_ipv6_from_every_path() {
     // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
-    ok6(&h, &["network", "create", "other", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "other", "--ipv6"]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    ok6(
-        &h,
-        &[
-            "create",
-            &a,
-            "--network",
-            "ds",
-            "-p",
-            "8080:80",
-            "-p",
-            &format!("[{HOST_IP6}]:8081:80"),
-        ],
-    );
-    ok6(&h, &["create", &b, "--network", "ds"]);
-    ok6(&h, &["create", &c, "--network", "other"]);
+    h.ok6(&[
+        "create",
+        &a,
+        "--network",
+        "ds",
+        "-p",
+        "8080:80",
+        "-p",
+        &format!("[{HOST_IP6}]:8081:80"),
+    ]);
+    h.ok6(&["create", &b, "--network", "ds"]);
+    h.ok6(&["create", &c, "--network", "other"]);
     let a6 = h.address6(&a);
     let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
     let ports6 = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports6"]);
@@ -1216,14 +1168,11 @@ fn nat66_by_default_and_the_sandboxs_own_address_without_it() {
     let h = TestHost::with_lan6("v6nat");
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    ok6(&h, &["network", "create", "nat", "--ipv6"]);
-    ok6(
-        &h,
-        &["network", "create", "routed", "--ipv6", "--ipv6-nat=false"],
-    );
+    h.ok6(&["network", "create", "nat", "--ipv6"]);
+    h.ok6(&["network", "create", "routed", "--ipv6", "--ipv6-nat=false"]);
     let (s, r) = (h.sb("s"), h.sb("r"));
-    ok6(&h, &["create", &s, "--network", "nat"]);
-    ok6(&h, &["create", &r, "--network", "routed"]);
+    h.ok6(&["create", &s, "--network", "nat"]);
+    h.ok6(&["create", &r, "--network", "routed"]);
     let masq = h.in_host(&["nft", "list", "set", "inet", "nsnet", "masq_nets6"]);
     let routed = json(&h.ok(&["network", "inspect", "routed", "--json"]))["ipv6"]["subnet"]
         .as_str()
@@ -1274,12 +1223,9 @@ fn point_to_point_ipv6_spoofing(backend: &'static str) {
     let mut h = TestHost::with_ipv6("v6p2ps");
     h.firewall = Some(backend);
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "p", "--driver", "veth", "--ipv6"],
-    );
+    h.ok6(&["network", "create", "p", "--driver", "veth", "--ipv6"]);
     let s = h.sb("s");
-    ok6(&h, &["create", &s, "--network", "p"]);
+    h.ok6(&["create", &s, "--network", "p"]);
     let host_end = h.inspect(&s)["endpoints"][0]["host_interface"]
         .as_str()
         .unwrap_or_default()
@@ -1334,13 +1280,10 @@ fn a_flushed_dual_stack_ruleset_is_reloaded_and_udp_ports_work_over_ipv6() {
     let h = TestHost::with_lan6("v6rel");
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    ok6(&h, &["network", "create", "ds", "--ipv6"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
     let udp = format!("[{HOST_IP6}]:5353:53/udp");
-    ok6(
-        &h,
-        &["create", &s, "--network", "ds", "-p", &udp, "-p", "8080:80"],
-    );
+    h.ok6(&["create", &s, "--network", "ds", "-p", &udp, "-p", "8080:80"]);
     let works = |h: &TestHost| {
         let server = probe::udp_server(
             &h.sb_path("s"),
@@ -1387,13 +1330,10 @@ fn a_flushed_dual_stack_ruleset_is_reloaded_and_udp_ports_work_over_ipv6() {
 #[test]
 fn a_dual_stack_sandbox_cannot_take_a_neighbours_mac() {
     let h = TestHost::with_ipv6("v6mac");
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-mac6"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-mac6"]);
     let (attacker, victim) = (h.sb("a"), h.sb("v"));
-    ok6(&h, &["create", &attacker, "--network", "ds"]);
-    ok6(&h, &["create", &victim, "--network", "ds"]);
+    h.ok6(&["create", &attacker, "--network", "ds"]);
+    h.ok6(&["create", &victim, "--network", "ds"]);
     let victim_mac = h.mac(&victim);
     let victim_port = h.inspect(&victim)["endpoints"][0]["host_interface"]
         .as_str()
@@ -1474,17 +1414,17 @@ fn arpa6(ip: Ipv6Addr) -> String {
 fn dual_stack_names_resolve_within_a_network_and_never_across() {
     let h = TestHost::with_ipv6("v6names");
     let (a, b, c, d, e) = (h.sb("a"), h.sb("b"), h.sb("c"), h.sb("d"), h.sb("e"));
-    ok6(&h, &["network", "create", "front", "--ipv6"]);
-    ok6(&h, &["network", "create", "back", "--ipv6"]);
+    h.ok6(&["network", "create", "front", "--ipv6"]);
+    h.ok6(&["network", "create", "back", "--ipv6"]);
     h.ok(&["network", "create", "plain"]);
-    ok6(&h, &["create", &a, "--network", "front"]);
-    ok6(&h, &["create", &b, "--network", "front", "--alias", "web"]);
-    ok6(&h, &["create", &c, "--network", "back", "--alias", "db"]);
+    h.ok6(&["create", &a, "--network", "front"]);
+    h.ok6(&["create", &b, "--network", "front", "--alias", "web"]);
+    h.ok6(&["create", &c, "--network", "back", "--alias", "db"]);
     // d is on both, its second endpoint through attach; e on the IPv4 network and front.
-    ok6(&h, &["create", &d, "--network", "front"]);
-    ok6(&h, &["attach", &d, "--network", "back", "--alias", "cache"]);
+    h.ok6(&["create", &d, "--network", "front"]);
+    h.ok6(&["attach", &d, "--network", "back", "--alias", "cache"]);
     h.ok(&["create", &e, "--network", "plain"]);
-    ok6(&h, &["attach", &e, "--network", "front"]);
+    h.ok6(&["attach", &e, "--network", "front"]);
     let (b6, c6) = (h.address6(&b), h.address6(&c));
 
     for name in [b.as_str(), "web", "WEB."] {
@@ -1560,10 +1500,10 @@ fn dual_stack_names_resolve_within_a_network_and_never_across() {
 #[test]
 fn a_shared_alias_answers_every_ipv6_address_turning_each_time() {
     let h = TestHost::with_ipv6("v6alias");
-    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    h.ok6(&["network", "create", "n", "--ipv6"]);
     let names: Vec<String> = (1..=3).map(|i| h.sb(&format!("w{i}"))).collect();
     for n in &names {
-        ok6(&h, &["create", n, "--network", "n", "--alias", "web"]);
+        h.ok6(&["create", n, "--network", "n", "--alias", "web"]);
     }
     let mut want: Vec<String> = names.iter().map(|n| h.address6(n).to_string()).collect();
     want.sort();
@@ -1587,11 +1527,11 @@ fn a_shared_alias_answers_every_ipv6_address_turning_each_time() {
 #[test]
 fn a_dual_stack_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
     let h = TestHost::with_ipv6("v6nowait");
-    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    h.ok6(&["network", "create", "n", "--ipv6"]);
     let (asker, x) = (h.sb("asker"), h.sb("x"));
-    ok6(&h, &["create", &asker, "--network", "n"]);
+    h.ok6(&["create", &asker, "--network", "n"]);
     for round in 0..3 {
-        ok6(&h, &["create", &x, "--network", "n"]);
+        h.ok6(&["create", &x, "--network", "n"]);
         let x6 = h.address6(&x).to_string();
         let r = dig(&h, &asker, &[&x, "AAAA"]);
         assert_eq!(r.answers, vec![x6.clone()], "round {round}: {r:?}");
@@ -1612,12 +1552,12 @@ fn a_dual_stack_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
 fn an_ipv6_upstream_answers_for_a_sandbox_a_network_and_the_host() {
     let h = TestHost::with_lan6("v6up53");
     let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
-    ok6(&h, &["network", "create", "n", "--ipv6"]);
-    ok6(&h, &["network", "create", "m", "--ipv6", "--dns", LAN_IP6]);
+    h.ok6(&["network", "create", "n", "--ipv6"]);
+    h.ok6(&["network", "create", "m", "--ipv6", "--dns", LAN_IP6]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    ok6(&h, &["create", &a, "--network", "n", "--dns", LAN_IP6]);
-    ok6(&h, &["create", &b, "--network", "n"]);
-    ok6(&h, &["create", &c, "--network", "m"]);
+    h.ok6(&["create", &a, "--network", "n", "--dns", LAN_IP6]);
+    h.ok6(&["create", &b, "--network", "n"]);
+    h.ok6(&["create", &c, "--network", "m"]);
     let net = json(&h.ok(&["network", "inspect", "m", "--json"]));
     assert_eq!(net["dns_servers"], serde_json::json!([LAN_IP6]), "{net}");
     for sb in [&a, &c] {
@@ -1717,10 +1657,10 @@ fn internal_dual_stack_networks_resolve_their_own_names_and_forward_nothing() {
     let h = TestHost::with_lan6("v6intern");
     let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
     std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
-    ok6(&h, &["network", "create", "in", "--internal", "--ipv6"]);
+    h.ok6(&["network", "create", "in", "--internal", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "in"]);
-    ok6(&h, &["create", &b, "--network", "in"]);
+    h.ok6(&["create", &a, "--network", "in"]);
+    h.ok6(&["create", &b, "--network", "in"]);
     let b6 = h.address6(&b).to_string();
     assert_eq!(dig(&h, &a, &[&b, "AAAA"]).answers, vec![b6.clone()]);
     assert_eq!(dig(&h, &a, &["-x", &b6]).answers, vec![format!("{b}.")]);
@@ -1770,10 +1710,10 @@ fn a_hostile_sandbox_sending_malformed_ip6_arpa_questions_does_not_break_the_res
     .expect("enter");
     upstream.set_nonblocking(true).expect("nonblocking");
     std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
-    ok6(&h, &["network", "create", "n", "--ipv6"]);
+    h.ok6(&["network", "create", "n", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "n"]);
-    ok6(&h, &["create", &b, "--network", "n"]);
+    h.ok6(&["create", &a, "--network", "n"]);
+    h.ok6(&["create", &b, "--network", "n"]);
     let pid = h.resolver_pid().expect("a resolver");
     let b6 = h.address6(&b);
     let name = arpa6(b6);
@@ -1976,25 +1916,19 @@ fn check(h: &TestHost, sb: &str, net: &str) -> Vec<String> {
 fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
     let h = TestHost::with_ipv6("v6fast");
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "fast", "--ipv6", "--bridge", "nsbr-f6"],
-    );
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "slow",
-            "--ipv6",
-            "--bridge",
-            "nsbr-s6",
-            "--fast-path=false",
-        ],
-    );
+    h.ok6(&["network", "create", "fast", "--ipv6", "--bridge", "nsbr-f6"]);
+    h.ok6(&[
+        "network",
+        "create",
+        "slow",
+        "--ipv6",
+        "--bridge",
+        "nsbr-s6",
+        "--fast-path=false",
+    ]);
     let (a, b, c, d) = (h.sb("a"), h.sb("b"), h.sb("c"), h.sb("d"));
     for (sb, net) in [(&a, "fast"), (&b, "fast"), (&c, "slow"), (&d, "slow")] {
-        ok6(&h, &["create", sb, "--network", net]);
+        h.ok6(&["create", sb, "--network", net]);
     }
     // Both families of a and b; nobody on the slow network.
     for sb in [&a, &b] {
@@ -2121,9 +2055,9 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
         .expect("sleep inside a");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let a4 = address4(&h, &a);
-    ok6(&h, &["detach", &a, "--network", "fast"]);
+    h.ok6(&["detach", &a, "--network", "fast"]);
     assert!(fast_path_lines(&h, a6).is_empty() && fast_path_lines(&h, a4).is_empty());
-    ok6(&h, &["attach", &a, "--network", "fast"]);
+    h.ok6(&["attach", &a, "--network", "fast"]);
     assert_eq!(
         fast_path_lines(&h, h.address6(&a)).len(),
         1,
@@ -2173,18 +2107,15 @@ fn rx_packets(h: &TestHost, sb: &str) -> u64 {
 #[test]
 fn new_sandboxes_send_nothing_to_an_idle_neighbour() {
     let h = TestHost::with_ipv6("v6quiet");
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "ds",
-            "--ipv6",
-            "--subnet",
-            "10.78.0.0/24",
-            "--dns=false",
-        ],
-    );
+    h.ok6(&[
+        "network",
+        "create",
+        "ds",
+        "--ipv6",
+        "--subnet",
+        "10.78.0.0/24",
+        "--dns=false",
+    ]);
     h.ok(&[
         "network",
         "create",

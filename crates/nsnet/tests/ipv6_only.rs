@@ -11,19 +11,7 @@ use common::{TestHost, HOST_IP6, LAN_IP6};
 use nsnet_core::probe;
 use serde_json::Value;
 
-/// The environment that lets IPv6 through while it is unfinished.
-const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
-
-/// nsnet with the IPv6 gate open; it must succeed. Returns stdout.
-fn ok6(h: &TestHost, args: &[&str]) -> String {
-    let out = h.nsnet_env(args, &GATE);
-    assert!(
-        out.status.success(),
-        "nsnet {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::IPV6_GATE as GATE;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("JSON")
@@ -37,7 +25,7 @@ fn v6(s: &str) -> Ipv6Addr {
 fn create_only6(h: &TestHost, name: &str, extra: &[&str]) {
     let mut args = vec!["network", "create", name, "--ipv6", "--ipv4=false"];
     args.extend(extra);
-    ok6(h, &args);
+    h.ok6(&args);
 }
 
 fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
@@ -107,21 +95,18 @@ fn a_published_port_works_on_an_ipv6_only_network_from_every_path() {
     create_only6(&h, "v6o", &["--bridge", "nsbr-v6o"]);
     create_only6(&h, "other", &[]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    ok6(
-        &h,
-        &[
-            "create",
-            &a,
-            "--network",
-            "v6o",
-            "-p",
-            "8080:80",
-            "-p",
-            &format!("[{HOST_IP6}]:8081:80"),
-        ],
-    );
-    ok6(&h, &["create", &b, "--network", "v6o"]);
-    ok6(&h, &["create", &c, "--network", "other"]);
+    h.ok6(&[
+        "create",
+        &a,
+        "--network",
+        "v6o",
+        "-p",
+        "8080:80",
+        "-p",
+        &format!("[{HOST_IP6}]:8081:80"),
+    ]);
+    h.ok6(&["create", &b, "--network", "v6o"]);
+    h.ok6(&["create", &c, "--network", "other"]);
 
     // Records: the IPv4 fields are left out, the IPv6 part is there.
     let n = json(&h.ok(&["network", "inspect", "v6o", "--json"]));
@@ -229,8 +214,8 @@ fn an_internal_ipv6_only_network_has_no_way_out() {
     create_only6(&h, "int", &["--internal"]);
     create_only6(&h, "out", &["--isolate=false"]);
     let (s, o) = (h.sb("s"), h.sb("o"));
-    ok6(&h, &["create", &s, "--network", "int"]);
-    ok6(&h, &["create", &o, "--network", "out", "-p", "8080:80"]);
+    h.ok6(&["create", &s, "--network", "int"]);
+    h.ok6(&["create", &o, "--network", "out", "-p", "8080:80"]);
     let gw = gateway6(&h, "int");
     let routes = in_sb(&h, "s", &["ip", "-6", "route"]);
     assert!(!routes.contains("default"), "{routes}");
@@ -299,7 +284,7 @@ fn spoofing(backend: &'static str) {
     create_only6(&h, "v6o", &["--bridge", "nsbr-v6ospf"]);
     let (evil, victim, other) = (h.sb("evil"), h.sb("victim"), h.sb("other"));
     for sb in [&evil, &victim, &other] {
-        ok6(&h, &["create", sb, "--network", "v6o"]);
+        h.ok6(&["create", sb, "--network", "v6o"]);
     }
     let (gw, victim_ip, other_ip, evil_ip) = (
         gateway6(&h, "v6o"),
@@ -386,8 +371,8 @@ fn ipv6_only_names_answer_aaaa_and_nothing_for_a() {
     let h = TestHost::with_ipv6("v6onames");
     create_only6(&h, "v6o", &[]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(&h, &["create", &a, "--network", "v6o"]);
-    ok6(&h, &["create", &b, "--network", "v6o", "--alias", "web"]);
+    h.ok6(&["create", &a, "--network", "v6o"]);
+    h.ok6(&["create", &b, "--network", "v6o", "--alias", "web"]);
     let b6 = h.address6(&b);
     for name in [b.as_str(), "web"] {
         let r = dig(&h, &a, &[name, "AAAA"]);
@@ -487,7 +472,7 @@ fn the_veth_driver_reload_and_gc_on_an_ipv6_only_network() {
     let empty = h.snapshot();
     create_only6(&h, "p2p", &["--driver", "veth", "--bridge", "nsve-v6o"]);
     let s = h.sb("s");
-    ok6(&h, &["create", &s, "--network", "p2p"]);
+    h.ok6(&["create", &s, "--network", "p2p"]);
     let host_end = h.in_host(&["ip", "-o", "addr", "show", "dev", "nsve-v6o"]);
     assert!(!host_end.contains("inet "), "{host_end}");
     let gw = gateway6(&h, "p2p");
@@ -519,44 +504,35 @@ fn only_an_ipv6_subnet_asks_for_ipv6_only() {
         assert!(n["ipv6"]["subnet"].is_string(), "{n}");
         n.get("subnet").is_some()
     };
-    ok6(&h, &["network", "create", "a", "--subnet", "fd89:71::/64"]);
+    h.ok6(&["network", "create", "a", "--subnet", "fd89:71::/64"]);
     assert!(!has_ipv4("a"), "an IPv6 subnet alone");
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "b",
-            "--ipv6",
-            "--subnet",
-            "fd89:72::/64",
-        ],
-    );
+    h.ok6(&[
+        "network",
+        "create",
+        "b",
+        "--ipv6",
+        "--subnet",
+        "fd89:72::/64",
+    ]);
     assert!(has_ipv4("b"), "--ipv6 with an IPv6 subnet");
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "c",
-            "--subnet",
-            "fd89:73::/64",
-            "--ipv4=true",
-        ],
-    );
+    h.ok6(&[
+        "network",
+        "create",
+        "c",
+        "--subnet",
+        "fd89:73::/64",
+        "--ipv4=true",
+    ]);
     assert!(has_ipv4("c"), "--ipv4=true");
-    ok6(
-        &h,
-        &[
-            "network",
-            "create",
-            "d",
-            "--subnet",
-            "fd89:74::/64",
-            "--subnet",
-            "10.89.74.0/24",
-        ],
-    );
+    h.ok6(&[
+        "network",
+        "create",
+        "d",
+        "--subnet",
+        "fd89:74::/64",
+        "--subnet",
+        "10.89.74.0/24",
+    ]);
     assert!(has_ipv4("d"), "both subnets");
     for n in ["a", "b", "c", "d"] {
         h.ok(&["network", "rm", n]);
@@ -573,7 +549,7 @@ fn explain_and_topology_live_beside_an_ipv6_only_network() {
     create_only6(&h, "v6o", &[]);
     h.ok(&["network", "create", "n4", "--subnet", "172.16.9.0/24"]);
     let (s, t) = (h.sb("s"), h.sb("t"));
-    ok6(&h, &["create", &s, "--network", "v6o"]);
+    h.ok6(&["create", &s, "--network", "v6o"]);
     h.ok(&["create", &t, "--network", "n4"]);
     let topo = h.ok(&["topology"]);
     assert!(

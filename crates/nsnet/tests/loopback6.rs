@@ -11,17 +11,7 @@ use common::{TestHost, HOST_IP6};
 use nsnet_core::probe;
 use serde_json::Value;
 
-const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
-
-fn ok6(h: &TestHost, args: &[&str]) -> String {
-    let out = h.nsnet_env(args, &GATE);
-    assert!(
-        out.status.success(),
-        "nsnet {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::IPV6_GATE as GATE;
 
 fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
     let n: Value =
@@ -81,25 +71,19 @@ fn udp(
 fn loopback6_only_ports_are_reachable_from_the_host_alone() {
     let h = with_forwarding(TestHost::with_lan6("lo6"));
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6"]);
     let (s, t) = (h.sb("s"), h.sb("t"));
-    ok6(
-        &h,
-        &[
-            "create",
-            &s,
-            "--network",
-            "ds",
-            "-p",
-            "[::1]:8080:80",
-            "-p",
-            "[::1]:8080:80/udp",
-        ],
-    );
-    ok6(&h, &["create", &t, "--network", "ds"]);
+    h.ok6(&[
+        "create",
+        &s,
+        "--network",
+        "ds",
+        "-p",
+        "[::1]:8080:80",
+        "-p",
+        "[::1]:8080:80/udp",
+    ]);
+    h.ok6(&["create", &t, "--network", "ds"]);
     let gw = gateway6(&h, "ds");
     let host = h.host_path();
 
@@ -193,25 +177,19 @@ fn loopback6_only_ports_are_reachable_from_the_host_alone() {
 fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addresses() {
     let h = with_forwarding(TestHost::with_lan6("lo6all"));
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6a"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6a"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    ok6(
-        &h,
-        &[
-            "create",
-            &a,
-            "--network",
-            "ds",
-            "-p",
-            "8081:80",
-            "-p",
-            "8081:80/udp",
-        ],
-    );
-    ok6(&h, &["create", &b, "--network", "ds", "-p", "8082:80"]);
+    h.ok6(&[
+        "create",
+        &a,
+        "--network",
+        "ds",
+        "-p",
+        "8081:80",
+        "-p",
+        "8081:80/udp",
+    ]);
+    h.ok6(&["create", &b, "--network", "ds", "-p", "8082:80"]);
     let host = h.host_path();
     let gw = gateway6(&h, "ds");
     for to in ["::1".to_string(), HOST_IP6.to_string(), gw.to_string()] {
@@ -267,7 +245,7 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
             &conn.to_string(),
         ]);
         assert_ne!(h.loopback6(), full);
-        ok6(&h, repair);
+        h.ok6(repair);
         assert_eq!(h.loopback6(), full, "after {repair:?}");
         let (seen, _) = tcp(&h, &a, &host, "::1", 8081);
         assert!(
@@ -291,24 +269,18 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
 #[test]
 fn a_loopback6_dry_run_names_the_programs_and_changes_nothing() {
     let h = TestHost::with_ipv6("lo6dry");
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6d"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6d"]);
     let before = h.snapshot();
     let s = h.sb("s");
-    let out = ok6(
-        &h,
-        &[
-            "create",
-            &s,
-            "--network",
-            "ds",
-            "-p",
-            "[::1]:8080:80",
-            "--dry-run",
-        ],
-    );
+    let out = h.ok6(&[
+        "create",
+        &s,
+        "--network",
+        "ds",
+        "-p",
+        "[::1]:8080:80",
+        "--dry-run",
+    ]);
     assert!(out.contains("bpftool cgroup attach"), "{out}");
     assert!(out.contains("connect6 name nsnet_lo6_conn multi"), "{out}");
     assert!(
@@ -325,10 +297,7 @@ fn a_loopback6_dry_run_names_the_programs_and_changes_nothing() {
 #[test]
 fn loopback6_without_a_cgroup2_is_refused_in_one_line() {
     let h = TestHost::with_ipv6("lo6no");
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6n"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6n"]);
     let before = h.snapshot();
     let not_cgroup2 = h
         .state
@@ -371,16 +340,13 @@ fn loopback6_without_a_cgroup2_is_refused_in_one_line() {
 fn loopback6_ports_published_at_once_share_one_set_of_programs() {
     let h = TestHost::with_ipv6("lo6many");
     let empty = h.snapshot();
-    ok6(
-        &h,
-        &["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6m"],
-    );
+    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6m"]);
     let names: Vec<String> = (0..8).map(|i| h.sb(&format!("m{i}"))).collect();
     let port = |i: usize| format!("[::1]:{}:80", 9100 + i);
     std::thread::scope(|s| {
         for (i, name) in names.iter().enumerate() {
             let (h, p) = (&h, port(i));
-            s.spawn(move || ok6(h, &["create", name, "--network", "ds", "-p", &p]));
+            s.spawn(move || h.ok6(&["create", name, "--network", "ds", "-p", &p]));
         }
     });
     let mut expected: Vec<String> = (0..8)
