@@ -652,6 +652,19 @@ impl Containerd {
     }
 
     /// Container `id`'s address on eth0, as busybox `ip` shows it inside.
+    /// What container `from` gets from the greeter at `addr` ([`PORT`]), over TCP with busybox's nc. A task
+    /// counts as running before its greeter listens: asked again for up to 10 s while the answer is empty.
+    fn greeting(&mut self, from: &str, addr: &str) -> String {
+        let mut last = String::new();
+        let got = poll(Duration::from_secs(10), || {
+            last = text(&self.exec(from, &["nc", "-w", "3", addr, &PORT.to_string()]))
+                .trim()
+                .to_string();
+            (!last.is_empty()).then(|| last.clone())
+        });
+        got.unwrap_or(last)
+    }
+
     /// Container `id`'s global IPv6 address on eth0, without prefix.
     fn address6(&mut self, id: &str) -> Ipv6Addr {
         let out = self.exec(
@@ -860,11 +873,8 @@ fn containerd_runs_containers_on_nsnet_cni() {
     // Container to container: ICMP and TCP, with busybox inside containerd's containers.
     let ping = c.exec("a", &["ping", "-c", "1", "-W", "3", &ip_b.to_string()]);
     assert!(ping.status.success(), "a pings b: {}", text(&ping));
-    let tcp = c.exec(
-        "a",
-        &["nc", "-w", "3", &ip_b.to_string(), &PORT.to_string()],
-    );
-    assert_eq!(text(&tcp).trim(), "hello-from-b", "a -> b over TCP");
+    let tcp = c.greeting("a", &ip_b.to_string());
+    assert_eq!(tcp, "hello-from-b", "a -> b over TCP");
     // The host namespace reaches both.
     assert!(
         probe::ping(&h.host_path(), ip_a).expect("ping"),
@@ -889,16 +899,10 @@ fn containerd_runs_containers_on_nsnet_cni() {
     c.run_attached("c", &greeter("c"));
     let ip_c = ip(&c.address("c"));
     assert!(ip_c != ip_b, "c got b's address");
-    let tcp = c.exec(
-        "c",
-        &["nc", "-w", "3", &ip_b.to_string(), &PORT.to_string()],
-    );
-    assert_eq!(text(&tcp).trim(), "hello-from-b", "c -> b over TCP");
-    let tcp = c.exec(
-        "b",
-        &["nc", "-w", "3", &ip_c.to_string(), &PORT.to_string()],
-    );
-    assert_eq!(text(&tcp).trim(), "hello-from-c", "b -> c over TCP");
+    let tcp = c.greeting("c", &ip_b.to_string());
+    assert_eq!(tcp, "hello-from-b", "c -> b over TCP");
+    let tcp = c.greeting("b", &ip_c.to_string());
+    assert_eq!(tcp, "hello-from-c", "b -> c over TCP");
     assert_eq!(greeting_from_host(&h, ip_c), "hello-from-c");
 
     c.remove_attached("b");
@@ -952,8 +956,8 @@ fn containerd_runs_dual_stack_containers_on_nsnet_cni() {
         "a pings b over IPv6: {}",
         text(&ping)
     );
-    let tcp = c.exec("a", &["nc", "-w", "3", &b6.to_string(), &PORT.to_string()]);
-    assert_eq!(text(&tcp).trim(), "hello-from-b", "a -> b over TCP/IPv6");
+    let tcp = c.greeting("a", &b6.to_string());
+    assert_eq!(tcp, "hello-from-b", "a -> b over TCP/IPv6");
     // The host reaches both through the bridge's IPv6 gateway.
     let hello = probe::tcp_hello(&h.host_path(), SocketAddr::from((a6, PORT)))
         .unwrap_or_else(|e| panic!("host -> [{a6}]:{PORT}: {e}"));
