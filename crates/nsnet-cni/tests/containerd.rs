@@ -345,6 +345,10 @@ struct Containerd {
     holder: Child,
     /// The mount namespace's nsfs inode: every process in it (daemon, shims, ctr, nsnet-cni) is this test's.
     mnt_ns: u64,
+    /// The mount namespace itself, held open until this is dropped: a namespace's inode number is free for a
+    /// new one once the namespace is gone, and the teardown, which kills every process in `mnt_ns`, must never
+    /// find a parallel test's containerd there.
+    mnt_ns_held: Option<File>,
     daemon: Option<Child>,
     /// Attached `ctr run --rm --cni` clients, by container ID: they DEL when their task exits.
     clients: Vec<(String, Child)>,
@@ -398,6 +402,7 @@ impl Containerd {
             .expect("start the mount namespace's holder");
         let mut c = Containerd {
             mnt_ns: 0,
+            mnt_ns_held: None,
             holder,
             daemon: None,
             clients: Vec::new(),
@@ -417,9 +422,10 @@ impl Containerd {
             "the private mount namespace: {}",
             fs::read_to_string(c.path("holder.log")).unwrap_or_default()
         );
-        c.mnt_ns = fs::metadata(format!("/proc/{}/ns/mnt", c.holder.id()))
-            .expect("the holder's mount namespace")
-            .ino();
+        let held = File::open(format!("/proc/{}/ns/mnt", c.holder.id()))
+            .expect("the holder's mount namespace");
+        c.mnt_ns = held.metadata().expect("its nsfs inode").ino();
+        c.mnt_ns_held = Some(held);
         c.start_daemon();
         let out = c.ctr(&[
             "images",
