@@ -356,22 +356,7 @@ pub fn network_up(
             steps.push(Step::FastPathInit { bridge });
         }
         if net.options.host_gateway {
-            if let Some(gateway) = gateway_cidr(net) {
-                steps.push(Step::AddAddress {
-                    ns: Ns::Host,
-                    dev: net.interface.clone(),
-                    addr: gateway.into(),
-                });
-                steps.push(Step::route_localnet(&net.interface));
-            }
-            // IPv6 has no route_localnet: the host reaching [::1] comes with C10.
-            for addr in gateway_addresses6(net) {
-                steps.push(Step::AddAddress {
-                    ns: Ns::Host,
-                    dev: net.interface.clone(),
-                    addr,
-                });
-            }
+            steps.extend(gateway_on(net, &net.interface));
         }
         steps.extend(overlay_up(net, owner));
     }
@@ -758,24 +743,8 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
             mac: ep.mac,
             hairpin: net.options.hairpin,
         }),
-        Driver::Veth => {
-            // Point to point: the host end itself holds the gateway address.
-            if let Some(gateway) = gateway_cidr(net) {
-                steps.push(Step::AddAddress {
-                    ns: Ns::Host,
-                    dev: ep.host_interface.clone(),
-                    addr: gateway.into(),
-                });
-                steps.push(Step::route_localnet(&ep.host_interface));
-            }
-            for addr in gateway_addresses6(net) {
-                steps.push(Step::AddAddress {
-                    ns: Ns::Host,
-                    dev: ep.host_interface.clone(),
-                    addr,
-                });
-            }
-        }
+        // Point to point: the host end itself holds the gateway addresses.
+        Driver::Veth => steps.extend(gateway_on(net, &ep.host_interface)),
     }
     if let Some(address) = ep.address {
         steps.push(Step::AddAddress {
@@ -834,6 +803,29 @@ pub fn endpoint_up(net: &Network, ep: &Endpoint, ns: &Ns, owner: &str) -> (Vec<S
         fw.add(rule);
     }
     (steps, fw)
+}
+
+/// The network's gateway side on host device `dev` (its bridge, or a point-to-point host end): the IPv4
+/// gateway with `route_localnet` (so 127.0.0.1 can reach published ports), then the IPv6 gateway addresses
+/// (IPv6 has no `route_localnet`: `[::1]` goes through `kernel::loopback6`).
+fn gateway_on(net: &Network, dev: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(gateway) = gateway_cidr(net) {
+        steps.push(Step::AddAddress {
+            ns: Ns::Host,
+            dev: dev.to_string(),
+            addr: gateway.into(),
+        });
+        steps.push(Step::route_localnet(dev));
+    }
+    for addr in gateway_addresses6(net) {
+        steps.push(Step::AddAddress {
+            ns: Ns::Host,
+            dev: dev.to_string(),
+            addr,
+        });
+    }
+    steps
 }
 
 /// The bridge whose fast path the network's sandboxes join, if it has one.
