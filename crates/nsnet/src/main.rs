@@ -175,8 +175,7 @@ struct AttachArgs {
     /// Address to take instead of the next free one.
     #[arg(long, value_name = "IP")]
     ip: Option<Ipv4Addr>,
-    /// IPv6 address to take on a dual-stack network instead of the next free one (unfinished: needs
-    /// NSNET_IPV6=1).
+    /// IPv6 address to take on a network with IPv6 instead of the next free one.
     #[arg(long, value_name = "IP6")]
     ip6: Option<Ipv6Addr>,
     /// Publish ports: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]; without HOST_PORT, a free
@@ -272,12 +271,12 @@ enum NetworkCmd {
         /// Gateway address, at most one per family (default: the subnet's first address, ::1 for IPv6).
         #[arg(long, value_name = "IP")]
         gateway: Vec<IpAddr>,
-        /// Dual stack: give the network an IPv6 subnet too (unfinished: needs NSNET_IPV6=1).
+        /// Dual stack: give the network an IPv6 subnet too (a free ULA /64 unless --subnet names one).
         #[arg(long)]
         ipv6: bool,
         /// false: an IPv6-only network, with no IPv4 subnet (needs --ipv6 or an IPv6 --subnet). The default
         /// is true, except with an IPv6 --subnet and neither --ipv6 nor an IPv4 --subnet or --gateway, which
-        /// asks for IPv6 only (unfinished: needs NSNET_IPV6=1).
+        /// asks for IPv6 only.
         #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
         ipv4: Option<bool>,
         /// Masquerade IPv6 leaving the host (NAT66, the default); false for routed global addresses.

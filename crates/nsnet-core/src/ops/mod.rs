@@ -19,7 +19,7 @@ mod sandbox;
 mod topology;
 
 pub use host::Underlay;
-pub use network::{Ipv6Request, NetworkRequest, IPV6_GATE};
+pub use network::{Ipv6Request, NetworkRequest};
 pub use overlay::{vtep_mac, vxlan_device, OverlayJoin, PeerSync, VXLAN_OVERHEAD};
 pub use query::SandboxStatus;
 pub(crate) use reap::detach;

@@ -69,21 +69,6 @@ impl Default for Ipv6Request {
     }
 }
 
-/// The environment variable that lets IPv6 through while it is unfinished (issue #19): with `NSNET_IPV6=1`
-/// nsnet accepts dual-stack networks, `--ip6` and IPv6 published ports; without it, it refuses them in one
-/// line. It goes once IPv6 is whole.
-pub const IPV6_GATE: &str = "NSNET_IPV6";
-
-/// Refuse `what` (an IPv6 request) unless [`IPV6_GATE`] is set to 1.
-pub(crate) fn ipv6_gate(what: &str) -> Result<()> {
-    if std::env::var(IPV6_GATE).is_ok_and(|v| v == "1") {
-        return Ok(());
-    }
-    Err(invalid!(
-        "{what}: IPv6 is not finished yet in this nsnet (issue #19); leave it out for now"
-    ))
-}
-
 impl NetworkRequest {
     /// The request behind the default network.
     pub fn default_network() -> NetworkRequest {
@@ -449,7 +434,6 @@ impl Nsnet {
         host: &mut Host,
     ) -> Result<Net6> {
         let t = &self.terms;
-        ipv6_gate(t.ipv6)?;
         if req.overlay.is_some() {
             return Err(invalid!(
                 "{}: overlay networks are IPv4 only for now; leave it out",
@@ -696,13 +680,9 @@ pub(super) fn check_dns_servers(
     Ok(servers.to_vec())
 }
 
-/// Refuse upstream resolvers nothing can be sent to; an IPv6 one waits behind the IPv6 gate.
+/// Refuse upstream resolvers nothing can be sent to.
 pub(super) fn check_upstreams(servers: &[IpAddr], t: &super::Terms) -> Result<()> {
-    crate::dns::check_servers(servers).map_err(|e| invalid!("{} {e}", t.dns))?;
-    if let Some(v6) = servers.iter().find(|s| s.is_ipv6()) {
-        ipv6_gate(&format!("{} {v6}", t.dns))?;
-    }
-    Ok(())
+    crate::dns::check_servers(servers).map_err(|e| invalid!("{} {e}", t.dns))
 }
 
 #[cfg(test)]

@@ -385,9 +385,6 @@ impl Nsnet {
                 ))
             }
             (Some(n6), asked) => {
-                if asked.is_some() {
-                    super::network::ipv6_gate(self.terms.ip6)?;
-                }
                 let ip6 =
                     ipam::allocate6(&net.name, &n6, &allocated, asked).map_err(
                         |e| match asked {
@@ -890,7 +887,6 @@ fn check_host_ips(net: &Network, specs: &[PortSpec], host: &mut Host, t: &Terms)
         })
         .collect();
     if let Some(ip) = asked6.first() {
-        super::network::ipv6_gate(&format!("{} [{ip}]", t.host_ip))?;
         if net.ipv6.is_none() {
             return Err(invalid!(
                 "{}: {ip} is an IPv6 address, and network '{}' has no IPv6; use an IPv4 address, or a network \
