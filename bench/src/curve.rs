@@ -21,6 +21,10 @@ pub struct Curve {
     /// The trend-line ratio (#n / #10) of every run of this tool's creates; the series above is the
     /// run with the median one.
     pub runs: Vec<f64>,
+    /// Frames the first sandbox, idle, received per later create: what each new sandbox floods to its
+    /// neighbours (neighbour discovery, MLD, router solicitations): (frames, creates). It should be 0
+    /// frames, but for the bridge's own one-off IGMP/MLD report when it lands inside the window.
+    pub idle_rx: Option<(u64, usize)>,
 }
 
 /// How many times each tool's curve runs. A run's figures move with the VM's moment-to-moment noise (the
@@ -67,6 +71,8 @@ pub fn run(kinds: &[Kind], n: usize) -> Result<Vec<Curve>> {
         chosen.state_bytes = runs[0].state_bytes;
         chosen.ls = runs[0].ls;
         chosen.bridge_full = runs[0].bridge_full.clone();
+        // The worst run's flooding: one run that saw any is enough to tell.
+        chosen.idle_rx = runs.iter().filter_map(|c| c.idle_rx).max();
         chosen.runs = ratios;
         out.push(chosen);
     }
@@ -84,10 +90,19 @@ fn run_one(kind: Kind, tag: &str, n: usize, extras: bool) -> Result<Curve> {
         ls: None,
         bridge_full: None,
         runs: vec![],
+        idle_rx: None,
     };
+    let mut idle_before = None;
     for i in 0..n {
         p.prepare(i)?;
         c.create.push(total_ms(&p.up(i, port_of(i)?)?));
+        if i == 0 {
+            idle_before = rx_packets(&p.host.sandbox(0));
+        }
+    }
+    if let (Some(before), Some(after), true) = (idle_before, rx_packets(&p.host.sandbox(0)), n > 1)
+    {
+        c.idle_rx = Some((after.saturating_sub(before), n - 1));
     }
     if let (Kind::Nsnet(fw), true) = (kind, extras) {
         c.state_bytes = Some(dir_bytes(&p.host.state));
@@ -128,6 +143,30 @@ fn run_one(kind: Kind, tag: &str, n: usize, extras: bool) -> Result<Curve> {
         p.cleanup(i)?;
     }
     Ok(c)
+}
+
+/// Packets received by every interface but `lo` of the namespace `/run/netns/NAME` (from its
+/// `/proc/net/dev`, which follows the reader's namespace); `None` if it cannot be read.
+fn rx_packets(name: &str) -> Option<u64> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{name}"))
+        .args(["cat", "/proc/net/dev"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    for line in text.lines().skip(2) {
+        let (ifname, counters) = line.split_once(':')?;
+        if ifname.trim() == "lo" {
+            continue;
+        }
+        // Receive bytes, then receive packets.
+        total += counters.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 /// The trend line's value at #n over its value at #10.
@@ -223,6 +262,15 @@ pub fn table(rows: &[Curve], n: usize) -> String {
                 f64_of_u64(bytes) / 1024.0,
                 f64_of_u64(bytes) / f64_of(n),
                 f64_of_i64(kib) / 1024.0
+            );
+        }
+        if let Some((frames, creates)) = r.idle_rx {
+            let _ = writeln!(
+                s,
+                "\n{}: the first sandbox, idle, received {frames} frames during the {creates} creates after it \
+                 ({:.2} per create; the most of any run).",
+                r.kind.name(),
+                f64_of_u64(frames) / f64_of(creates)
             );
         }
         if let Some(full) = &r.bridge_full {

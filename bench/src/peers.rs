@@ -27,7 +27,7 @@ pub enum Kind {
     /// CNI-style peers).
     NsnetAttach,
     /// `nsnet create -p` / `nsnet rm` on a dual-stack network (nftables): what IPv6 adds to a sandbox
-    /// (issue #19; behind `NSNET_IPV6=1` until it is finished).
+    /// (issue #19).
     NsnetDualStack,
     /// netavark `setup` / `teardown`: the binary, and the firewall driver it is told to use (`NETAVARK_FW`;
     /// `None` for Debian's 1.4, whose only driver is iptables and which has no such setting).
@@ -178,9 +178,6 @@ impl Peer {
         let mut c = self.host.cmd(&self.nsnet.to_string_lossy());
         c.env("NSNET_STATE_DIR", &self.host.state)
             .env("NSNET_FIREWALL", fw);
-        if self.kind == Kind::NsnetDualStack {
-            c.env("NSNET_IPV6", "1");
-        }
         c
     }
 
