@@ -1,9 +1,10 @@
 //! The seed article's walkthrough, in one place: the networks, sandboxes and published port it builds with
-//! nsnet's own commands, and every check it makes with real packets. `nsnet demo` runs it and prints each
+//! nsnet's own commands, and every check it makes with real packets; then the same on a dual-stack network,
+//! checked over IPv6. `nsnet demo` runs it and prints each
 //! check; `tests/article.rs` runs it and asserts each one. Each supplies a [`Runner`]: the throwaway host and
 //! LAN peer namespaces, how to run nsnet in the host, and what a check's outcome does.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use crate::kernel::netns;
@@ -13,12 +14,16 @@ use crate::probe;
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 48);
 /// The LAN peer's address, on the other end of the uplink.
 pub const LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 26);
+/// The host's IPv6 address on its uplink (a /64 of the documentation prefix).
+pub const HOST_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x48);
+/// The LAN peer's IPv6 address.
+pub const LAN_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x26);
 
 /// What the scenario runs on: a host namespace with an uplink to a LAN peer namespace, in which nsnet runs.
 pub trait Runner {
-    /// The namespace nsnet runs in, with `uplink0` holding [`HOST_IP`].
+    /// The namespace nsnet runs in, with `uplink0` holding [`HOST_IP`] and [`HOST_IP6`].
     fn host(&self) -> PathBuf;
-    /// The LAN peer's namespace, holding [`LAN_IP`].
+    /// The LAN peer's namespace, holding [`LAN_IP`] and [`LAN_IP6`].
     fn lan(&self) -> PathBuf;
     /// The name to give the scenario's sandbox `name` (`netns1`, ...): namespaces are host-wide, so each
     /// runner makes them its own.
@@ -135,6 +140,91 @@ pub fn run(r: &mut impl Runner) {
     r.nsnet(&["rm", &ns3]);
     r.nsnet(&["network", "rm", "br0net"]);
     r.clean("the teardown");
+
+    dual_stack(r, (&ns2, &p2), (&ns3, &p3));
+}
+
+/// Beyond the article: parts 2 to 5 again on a dual-stack network, checked over IPv6.
+fn dual_stack(r: &mut impl Runner, (ns2, p2): (&str, &Path), (ns3, p3): (&str, &Path)) {
+    let lan = r.lan();
+    let ip6 = |d: u16| Ipv6Addr::new(0xfd00, 0x16, 0, 0, 0, 0, 0, d);
+    let at = |ip: Ipv6Addr, port: u16| SocketAddr::new(IpAddr::V6(ip), port);
+    r.step(
+        "6. Beyond the article, dual stack: br1 holds 172.16.0.100 and fd00:16::100, the sandboxes both families",
+    );
+    r.nsnet(&[
+        "network",
+        "create",
+        "br1net",
+        "--subnet",
+        "172.16.0.0/24",
+        "--subnet",
+        "fd00:16::/64",
+        "--gateway",
+        "172.16.0.100",
+        "--gateway",
+        "fd00:16::100",
+        "--bridge",
+        "br1",
+    ]);
+    r.nsnet(&[
+        "create",
+        ns2,
+        "--network",
+        "br1net",
+        "--ip",
+        "172.16.0.102",
+        "--ip6",
+        "fd00:16::102",
+        "-p",
+        "8088:80",
+    ]);
+    r.nsnet(&[
+        "create",
+        ns3,
+        "--network",
+        "br1net",
+        "--ip",
+        "172.16.0.103",
+        "--ip6",
+        "fd00:16::103",
+    ]);
+    ping(r, p2, "netns2 -> netns3", Ipv4Addr::new(172, 16, 0, 103));
+    ping6(r, p2, "netns2 -> netns3", ip6(0x103));
+    ping6(r, p3, "netns3 -> netns2", ip6(0x102));
+    connect(
+        r,
+        (p3, at(ip6(0x103), 7000)),
+        (p2, at(ip6(0x103), 7000)),
+        IpAddr::V6(ip6(0x102)),
+        "netns2 -> [fd00:16::103]:7000",
+    );
+    connect(
+        r,
+        (&lan, at(LAN_IP6, 9000)),
+        (p2, at(LAN_IP6, 9000)),
+        IpAddr::V6(HOST_IP6),
+        "netns2 -> LAN peer [2001:db8:1::26]:9000 (NAT66)",
+    );
+    connect(
+        r,
+        (p2, at(Ipv6Addr::UNSPECIFIED, 80)),
+        (&lan, at(HOST_IP6, 8088)),
+        IpAddr::V6(LAN_IP6),
+        &format!("LAN peer -> [{HOST_IP6}]:8088"),
+    );
+    r.nsnet(&["rm", ns2]);
+    r.nsnet(&["rm", ns3]);
+    r.nsnet(&["network", "rm", "br1net"]);
+    r.clean("the dual-stack part");
+}
+
+fn ping6(r: &mut impl Runner, from: &Path, label: &str, to: Ipv6Addr) {
+    let (ok, why) = match probe::ping6(from, to) {
+        Ok(ok) => (ok, String::new()),
+        Err(e) => (false, format!(" ({e})")),
+    };
+    r.check(ok, &format!("{label}: ping {to}{why}"));
 }
 
 fn ping(r: &mut impl Runner, from: &Path, label: &str, to: Ipv4Addr) {
@@ -149,11 +239,12 @@ fn ping(r: &mut impl Runner, from: &Path, label: &str, to: Ipv4Addr) {
 /// which must see the client as `seen`.
 fn connect(
     r: &mut impl Runner,
-    (server, at): (&Path, SocketAddrV4),
-    (from, to): (&Path, SocketAddrV4),
-    seen: Ipv4Addr,
+    (server, at): (&Path, impl Into<SocketAddr>),
+    (from, to): (&Path, impl Into<SocketAddr>),
+    seen: impl Into<IpAddr>,
     label: &str,
 ) {
+    let (at, to, seen) = (at.into(), to.into(), seen.into());
     let listening = match probe::tcp_server(server, at) {
         Ok(s) => s,
         Err(e) => return r.check(false, &format!("{label}: cannot listen on {at}: {e}")),

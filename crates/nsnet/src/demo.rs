@@ -7,14 +7,18 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result};
+use nsnet_core::kernel::loopback6;
 use nsnet_core::kernel::{netns, Netlink, VethSpec};
-use nsnet_core::scenario::{self, Runner, HOST_IP, LAN_IP};
+use nsnet_core::scenario::{self, Runner, HOST_IP, HOST_IP6, LAN_IP, LAN_IP6};
 
 /// The throwaway world: a "host" namespace with an uplink to a "LAN peer" namespace.
 struct World {
     host: String,
     lan: String,
     state: PathBuf,
+    /// A cgroup of the demo's own for nsnet's `[::1]` translation programs (`NSNET_CGROUP`), so they never
+    /// go on this machine's cgroup root; `None` without cgroup2 (nsnet then goes without them).
+    cgroup: Option<PathBuf>,
     passed: usize,
     failed: usize,
 }
@@ -25,6 +29,10 @@ impl Drop for World {
         let _ = netns::delete(&self.lan);
         let _ = netns::delete(&self.host);
         let _ = std::fs::remove_dir_all(&self.state);
+        // Removing the cgroup releases whatever is still attached to it.
+        if let Some(cgroup) = &self.cgroup {
+            let _ = std::fs::remove_dir(cgroup);
+        }
     }
 }
 
@@ -35,6 +43,9 @@ impl World {
             host: format!("nsnet-demo-{pid}"),
             lan: format!("nsnet-demo-{pid}-lan"),
             state: std::env::temp_dir().join(format!("nsnet-demo-{pid}")),
+            cgroup: loopback6::cgroup()
+                .map(|root| root.join(format!("nsnet-demo-{pid}")))
+                .filter(|dir| std::fs::create_dir(dir).is_ok()),
             passed: 0,
             failed: 0,
         };
@@ -53,8 +64,10 @@ impl World {
         })?;
         host.set_up("uplink0")?;
         host.add_address("uplink0", ipnet::Ipv4Net::new(HOST_IP, 24)?.into())?;
+        host.add_address("uplink0", ipnet::Ipv6Net::new(HOST_IP6, 64)?.into())?;
         lan.set_up("lan0")?;
         lan.add_address("lan0", ipnet::Ipv4Net::new(LAN_IP, 24)?.into())?;
+        lan.add_address("lan0", ipnet::Ipv6Net::new(LAN_IP6, 64)?.into())?;
         Ok(world)
     }
 
@@ -63,6 +76,13 @@ impl World {
         println!("$ nsnet {}", args.join(" "));
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("--state-dir").arg(&self.state).args(args);
+        // Where there is no cgroup of the demo's own, a path that is no cgroup: nsnet then goes without the
+        // `[::1]` translation rather than use this machine's cgroup root.
+        let cgroup = self.cgroup.clone();
+        cmd.env(
+            loopback6::CGROUP_ENV,
+            cgroup.unwrap_or_else(|| self.state.join("no-cgroup")),
+        );
         netns::command_in(&mut cmd, netns::open(&self.host())?);
         let out = cmd.output().context("running nsnet")?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -153,7 +173,7 @@ impl Runner for World {
 pub fn run() -> Result<ExitCode> {
     let mut w = World::new()?;
     println!(
-        "The seed article's topology, inside throwaway namespace {} (host {HOST_IP}, uplink0) with a LAN peer {} ({LAN_IP}).",
+        "The seed article's topology, inside throwaway namespace {} (host {HOST_IP} and {HOST_IP6}, uplink0) with a LAN peer {} ({LAN_IP}, {LAN_IP6}).",
         w.host, w.lan
     );
     scenario::run(&mut w);

@@ -1,4 +1,4 @@
-//! The seed article's walkthrough ([`nsnet_core::scenario`], the one `nsnet demo` runs) as one test, on the
+//! The seed article's walkthrough ([`nsnet_core::scenario`], the one `nsnet demo` runs, with its dual-stack twin) as one test, on the
 //! real kernel, with real packets: every check is an assertion, and each part must leave the host as it found
 //! it.
 
@@ -49,7 +49,10 @@ impl Runner for Article {
 
 #[test]
 fn article_walkthrough() {
-    let h = TestHost::with_lan("article");
+    let h = TestHost::with_lan6("article");
+    // The dual-stack part turns IPv6 forwarding on, and it stays on (as IPv4's does), with the uplink's
+    // subnet-router anycast route: on from the start, so the snapshots compare what nsnet made.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
     scenario::run(&mut Article { h, empty });
 }
