@@ -885,8 +885,21 @@ impl Plan {
     /// The whole plan as shell commands, one step after another.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        // A dual-stack port has one `FastPathAdd` per family; its qdisc line is shown once.
+        let mut on_block: Vec<&str> = Vec::new();
         for step in &self.steps {
-            let _ = writeln!(out, "{}", step.render());
+            let text = step.render();
+            let text = match step {
+                Step::FastPathAdd { port, .. } if on_block.contains(&port.as_str()) => {
+                    text.lines().skip(1).collect::<Vec<_>>().join("\n")
+                }
+                Step::FastPathAdd { port, .. } => {
+                    on_block.push(port);
+                    text
+                }
+                _ => text,
+            };
+            let _ = writeln!(out, "{text}");
         }
         out
     }
@@ -895,6 +908,28 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dual_stack_port_joins_the_fast_path_block_once_in_the_rendering() {
+        let add = |ip: &str| Step::FastPathAdd {
+            bridge: "nsbr-web".into(),
+            port: "veth1".into(),
+            peer_ns: Ns::Path(PathBuf::from("/run/netns/app")),
+            ip: ip.parse().unwrap(),
+            mac: Mac([2, 0x6e, 10, 89, 1, 2]),
+        };
+        let plan = Plan {
+            steps: vec![add("10.89.1.2"), add("fd00:89:1::2")],
+            ..Plan::default()
+        };
+        let text = plan.render();
+        assert_eq!(text.matches("tc qdisc add dev veth1").count(), 1, "{text}");
+        assert!(text.contains("# fast path: 10.89.1.2 -> veth1"), "{text}");
+        assert!(
+            text.contains("# fast path: fd00:89:1::2 -> veth1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn steps_of_either_family_render_as_the_commands_that_do_the_same() {
