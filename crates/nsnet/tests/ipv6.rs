@@ -61,7 +61,7 @@ fn icmpv6_frames_carry_a_valid_checksum() {
 }
 
 #[test]
-fn dual_stack_networks_and_sandboxes_are_recorded_behind_the_gate() {
+fn dual_stack_networks_and_sandboxes_are_recorded() {
     let h = TestHost::with_lan6("v6rec");
     let net = json(&h.ok6(&["network", "create", "ds", "--ipv6", "--json"]));
     let subnet: Ipv6Net = net["ipv6"]["subnet"]
@@ -110,16 +110,7 @@ fn dual_stack_networks_and_sandboxes_are_recorded_behind_the_gate() {
     );
     let ledger = std::fs::read_to_string(h.state.join("networks/ds.ledger")).expect("ledger");
     assert!(ledger.contains(&format!("+ip {} {a}\n", at(2))), "{ledger}");
-    // Taken addresses are refused by whom, also without the gate (the network exists).
-    let err = h.fails(&[
-        "create",
-        &h.sb("c"),
-        "--network",
-        "ds",
-        "--ip6",
-        &at(2).to_string(),
-    ]);
-    assert!(err.contains("IPv6 is not finished yet"), "{err}");
+    // Taken addresses are refused, naming by whom.
     let out = h.nsnet_env(
         &[
             "create",
@@ -1590,7 +1581,7 @@ fn an_ipv6_upstream_answers_for_a_sandbox_a_network_and_the_host() {
         "the host's IPv6 upstream is used"
     );
 
-    // Refused in one line, nothing changed: link-local, scoped, and IPv6 without the gate.
+    // Refused in one line, nothing changed: link-local, scoped and multicast servers.
     let before = h.snapshot();
     let x = h.sb("x");
     let cases: Vec<(Vec<&str>, &str, bool)> = vec![
@@ -1618,16 +1609,6 @@ fn an_ipv6_upstream_answers_for_a_sandbox_a_network_and_the_host() {
             vec!["create", &x, "--network", "n", "--dns", "ff02::1"],
             "not the address of a DNS server",
             true,
-        ),
-        (
-            vec!["network", "create", "o", "--dns", LAN_IP6],
-            "IPv6 is not finished yet",
-            false,
-        ),
-        (
-            vec!["create", &x, "--network", "n", "--dns", LAN_IP6],
-            "IPv6 is not finished yet",
-            false,
         ),
     ];
     for (args, want, gate) in cases {

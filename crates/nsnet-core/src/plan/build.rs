@@ -1312,7 +1312,6 @@ mod tests {
             text.contains(
                 "# fast path: 172.16.0.102 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
                  nsnet_fastpath of br0\n\
-                 tc qdisc add dev veth12345678 ingress_block 2611281037 ingress\n\
                  # fast path: fd89:1:2:3::2 -> veth12345678 02:6e:ac:10:00:66 in the map of bpf program \
                  nsnet_fastpath of br0\n"
             ),
