@@ -1538,7 +1538,7 @@ fn a_dual_stack_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
 
 /// `names.rs::a_sandbox_or_a_network_can_name_its_own_upstream` with an IPv6 upstream (dnsmasq on the LAN
 /// peer's IPv6 address), and the host's resolv.conf naming one; a scoped or link-local upstream is refused in
-/// one line, and an IPv6 one without the gate, changing nothing.
+/// one line, changing nothing.
 #[test]
 fn an_ipv6_upstream_answers_for_a_sandbox_a_network_and_the_host() {
     let h = TestHost::with_lan6("v6up53");
