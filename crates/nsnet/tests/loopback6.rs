@@ -192,7 +192,13 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
     h.ok6(&["create", &b, "--network", "ds", "-p", "8082:80"]);
     let host = h.host_path();
     let gw = gateway6(&h, "ds");
-    for to in ["::1".to_string(), HOST_IP6.to_string(), gw.to_string()] {
+    // An IPv4-mapped address is IPv4 on the wire: 127.0.0.1's own DNAT serves it, from an IPv6 socket.
+    for to in [
+        "::1".to_string(),
+        HOST_IP6.to_string(),
+        gw.to_string(),
+        "::ffff:127.0.0.1".to_string(),
+    ] {
         let (seen, server) = tcp(&h, &a, &host, &to, 8081);
         assert!(
             seen.starts_with(&format!("[{to}]:8081 hello")),
