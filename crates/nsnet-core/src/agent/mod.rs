@@ -401,12 +401,7 @@ impl Agent {
             .filter(|r| r.settings.overlay.is_some())
             .and_then(|r| r.settings.subnet);
         let (me, hostname) = (self.me.clone(), self.hostname.clone());
-        let value = |subnet: Ipv4Net| LeaseValue {
-            host: me.clone(),
-            hostname: hostname.clone(),
-            underlay: underlay.ip,
-            vtep_mac: (spec.backend == OverlayBackend::Vxlan).then(|| vtep_mac(subnet)),
-        };
+        let value = |subnet: Ipv4Net| lease_value(spec, subnet, &me, &hostname, underlay);
         let subnet = match view.held_by(&spec.name, &self.me) {
             Some((subnet, _)) => {
                 // Not being able to publish (etcd away) stops nothing here: the block is this host's.
@@ -426,7 +421,7 @@ impl Agent {
                 },
             },
         };
-        let peers = view.peers(&spec.name, &self.me);
+        let peers = view.peers(spec, &self.me);
         let (_, made) = self
             .nsnet
             .overlay_join(&join_of(spec, subnet, underlay, &peers))?;
@@ -514,7 +509,7 @@ impl Agent {
                 "# network {}: this host holds {subnet}\n",
                 spec.name
             ));
-            let peers = view.peers(&spec.name, &self.me);
+            let peers = view.peers(spec, &self.me);
             let (_, plan) = self
                 .nsnet
                 .overlay_join(&join_of(spec, subnet, &underlay, &peers))?;
@@ -595,6 +590,28 @@ impl Agent {
     }
 }
 
+/// What host `me` publishes with its lease of block `subnet` of network `spec`: with the IPv6 block that goes
+/// with it on a dual-stack network (and, for host-gw, the underlay MAC its IPv6 route is bound to).
+pub fn lease_value(
+    spec: &NetworkSpec,
+    subnet: Ipv4Net,
+    me: &str,
+    hostname: &str,
+    underlay: &Underlay,
+) -> LeaseValue {
+    let subnet6 = spec.block6(subnet);
+    LeaseValue {
+        host: me.to_string(),
+        hostname: hostname.to_string(),
+        underlay: underlay.ip,
+        vtep_mac: (spec.backend == OverlayBackend::Vxlan).then(|| vtep_mac(subnet)),
+        subnet6,
+        underlay_mac: underlay
+            .mac
+            .filter(|_| subnet6.is_some() && spec.backend == OverlayBackend::HostGw),
+    }
+}
+
 /// The join request for network `spec` on this host.
 fn join_of(
     spec: &NetworkSpec,
@@ -605,6 +622,9 @@ fn join_of(
     OverlayJoin {
         name: spec.name.clone(),
         subnet,
+        subnet6: spec.block6(subnet),
+        cluster6: spec.subnet6,
+        ipv6_nat: spec.ipv6_nat,
         cluster: spec.subnet,
         backend: spec.backend,
         vni: spec.vni,

@@ -45,6 +45,8 @@ pub struct Underlay {
     pub ip: Ipv4Addr,
     pub interface: String,
     pub mtu: u32,
+    /// The interface's MAC: host-gw peers bind this host's IPv6 block to it (dual-stack overlays).
+    pub mac: Option<crate::model::Mac>,
 }
 
 impl Host {
@@ -259,11 +261,14 @@ impl Host {
                 (link.name, a.addr())
             }
         };
-        let mtu = nl.link(&name)?.and_then(|l| l.mtu).unwrap_or(1500);
+        let link = nl.link(&name)?;
+        let mtu = link.as_ref().and_then(|l| l.mtu).unwrap_or(1500);
+        let mac = link.and_then(|l| l.mac).map(crate::model::Mac);
         Ok(Underlay {
             ip: address,
             interface: name,
             mtu,
+            mac,
         })
     }
 
