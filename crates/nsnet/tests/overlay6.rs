@@ -554,3 +554,43 @@ fn bad_dual_stack_overlay_input_is_refused_and_dry_runs_show_the_ipv6_steps() {
         w.agent_log(2)
     );
 }
+
+/// The IPv6 twin of `entries_deleted_by_hand_come_back`: a peer's IPv6 route and neighbour entry deleted by
+/// hand (on vxlan's device, and on host-gw's underlay), and the VXLAN device itself, come back within the
+/// agent's resync, and IPv6 flows again.
+#[test]
+fn ipv6_entries_deleted_by_hand_come_back() {
+    for backend in ["vxlan", "host-gw"] {
+        let w = cluster(&format!("ov6rep{}", &backend[..1]), 2, &["--backend", backend]);
+        let _a = sandbox(&w, 1, "a");
+        let b = sandbox(&w, 2, "b");
+        let h1 = w.host_path(1);
+        let dev = if backend == "vxlan" { "nsvx1" } else { "eth0" };
+        let state = || {
+            let mut v = lines(&w, 1, &["ip", "-6", "route", "show", "proto", "110"]);
+            v.extend(lines(&w, 1, &["ip", "-6", "neigh", "show", "nud", "permanent"]));
+            v
+        };
+        let want = state();
+        assert_eq!(want.len(), 2, "{want:?}");
+        let back = |what: &str| {
+            assert!(
+                wait_until(Duration::from_secs(10), || state() == want),
+                "{backend}: {what} did not come back: {:?}\n{}",
+                state(),
+                w.agent_log(1)
+            );
+            assert!(pings6(&w.sb_path("a"), b), "{backend}: a -> b after {what} came back");
+        };
+        let block2 = block6(&w, 2);
+        in_ns(&h1, &["ip", "-6", "route", "del", &block2.to_string(), "dev", dev]);
+        back("the IPv6 route");
+        in_ns(&h1, &["ip", "-6", "neigh", "del", &block2.network().to_string(), "dev", dev]);
+        back("the IPv6 neighbour entry");
+        if backend == "vxlan" {
+            in_ns(&h1, &["ip", "link", "del", "nsvx1"]);
+            back("the VXLAN device");
+        }
+        teardown(&w, &[(1, "a"), (2, "b")]);
+    }
+}

@@ -180,6 +180,8 @@ pub const NUD_PERMANENT: u16 = 0x80;
 
 /// A neighbour entry: address, MAC and `ndm_state` (NUD_* bits).
 pub type Neighbour = (Ipv4Addr, [u8; 6], u16);
+/// An IPv6 neighbour entry, as [`Neighbour`].
+pub type Neighbour6 = (Ipv6Addr, [u8; 6], u16);
 
 /// A VXLAN FDB entry: MAC and the underlay address frames for it are sent to.
 pub type FdbEntry = ([u8; 6], Option<Ipv4Addr>);
@@ -1600,6 +1602,66 @@ impl Netlink {
             };
             route.dst = dst;
             out.push(route);
+        }
+        Ok(out)
+    }
+
+    /// The IPv6 twin of [`Self::routes_with_protocol`]: the main table's IPv6 unicast routes with protocol
+    /// `proto` that have a gateway and an output link (as [`Self::route6_replace`] makes them).
+    pub fn routes6_with_protocol(&mut self, proto: u8) -> Result<Vec<RouteSpec6>, KernelError> {
+        let mut out = Vec::new();
+        for m in self.routes_of(AddressFamily::Inet6)? {
+            if m.header.table != RouteHeader::RT_TABLE_MAIN
+                || u8::from(m.header.protocol) != proto
+                || m.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let (mut dst, mut via, mut dev_index, mut prefsrc) = (None, None, 0, None);
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = Some(*ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => via = Some(*ip),
+                    RouteAttribute::Oif(i) => dev_index = *i,
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => prefsrc = Some(*ip),
+                    _ => {}
+                }
+            }
+            let dst = dst.and_then(|d| Ipv6Net::new(d, m.header.destination_prefix_length).ok());
+            if let (Some(dst), Some(via)) = (dst, via) {
+                out.push(RouteSpec6 {
+                    dst,
+                    via,
+                    dev_index,
+                    prefsrc,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The IPv6 twin of [`Self::neighbours`]: link `dev_index`'s IPv6 neighbour entries that have a MAC,
+    /// with their `ndm_state`.
+    pub fn neighbours6(&mut self, dev_index: u32) -> Result<Vec<Neighbour6>, KernelError> {
+        let mut req = neighbour_of(AddressFamily::Inet6, 0, None, None);
+        req.attributes.push(NeighbourAttribute::IfIndex(dev_index));
+        let mut out = Vec::new();
+        let what = format!("list the IPv6 neighbours of link {dev_index}");
+        for m in self.dump_neighbours(&what, req, dev_index)? {
+            if m.header.family != AddressFamily::Inet6 {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac, u16::from(m.header.state)));
+            }
         }
         Ok(out)
     }

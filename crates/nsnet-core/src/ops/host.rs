@@ -37,6 +37,9 @@ pub(crate) struct OverlayEntries {
     pub neighbours: Vec<(Ipv4Addr, [u8; 6])>,
     /// nsnet's overlay routes through the device.
     pub routes: Vec<RouteSpec>,
+    /// The IPv6 twins (dual-stack overlays): neighbour entries, and nsnet's routes through the device.
+    pub neighbours6: Vec<(std::net::Ipv6Addr, [u8; 6])>,
+    pub routes6: Vec<crate::kernel::netlink::RouteSpec6>,
 }
 
 /// The host's underlay ([`Host::underlay`]).
@@ -203,6 +206,16 @@ impl Host {
                 .map(|(ip, mac, _)| (ip, mac))
                 .collect(),
             routes,
+            neighbours6: nl
+                .neighbours6(link.index)?
+                .into_iter()
+                .map(|(ip, mac, _)| (ip, mac))
+                .collect(),
+            routes6: nl
+                .routes6_with_protocol(NSNET_ROUTE_PROTOCOL)?
+                .into_iter()
+                .filter(|r| r.dev_index == link.index)
+                .collect(),
         }))
     }
 

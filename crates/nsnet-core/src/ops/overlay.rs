@@ -247,7 +247,11 @@ impl Nsnet {
                 for p in accepted.iter().filter(|p| overlay.peers.contains(p)) {
                     // Overlay networks are IPv4 only: they always have a gateway.
                     let gateway = net.gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-                    if let Some(lost) = lost_entry(overlay, gateway, p, &entries) {
+                    let lost = lost_entry(overlay, gateway, p, &entries).or_else(|| {
+                        let gateway6 = net.ipv6.filter(|_| overlay.cluster6.is_some())?.gateway;
+                        lost_entry6(overlay.backend, gateway6, p, &entries)
+                    });
+                    if let Some(lost) = lost {
                         sync.repaired
                             .push(format!("{lost} of peer {} at {}", p.subnet, p.underlay));
                         if let Some(link) = build::peer_link(net) {
@@ -445,6 +449,27 @@ fn lost_entry(
         }
         (OverlayBackend::Vxlan, None) => None,
         (OverlayBackend::HostGw, _) => (!route_ok(peer.underlay)).then_some("route"),
+    }
+}
+
+/// The first IPv6 entry of `peer` (dual-stack overlays) the kernel no longer has, or has pointing elsewhere.
+fn lost_entry6(
+    backend: OverlayBackend,
+    gateway6: std::net::Ipv6Addr,
+    peer: &Peer,
+    have: &OverlayEntries,
+) -> Option<&'static str> {
+    let (block, via, mac) = peer.gateway6(backend)?;
+    if !have.neighbours6.contains(&(via, mac.0)) {
+        Some("IPv6 neighbour entry")
+    } else if !have
+        .routes6
+        .iter()
+        .any(|r| r.dst == block && r.via == via && r.prefsrc == Some(gateway6))
+    {
+        Some("IPv6 route")
+    } else {
+        None
     }
 }
 
