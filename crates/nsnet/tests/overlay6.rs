@@ -6,6 +6,7 @@
 
 mod world;
 
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +25,11 @@ const CONVERGE: Duration = Duration::from_secs(15);
 
 /// A dual-stack world of `hosts` hosts, the overlay network made with `extra`, every host's agent joined.
 fn cluster(test: &str, hosts: usize, extra: &[&str]) -> World {
+    cluster_with(test, hosts, extra, &[])
+}
+
+/// [`cluster`], the agents run with `agent_extra` (`--firewall iptables`).
+fn cluster_with(test: &str, hosts: usize, extra: &[&str], agent_extra: &[&str]) -> World {
     let w = World::new6(test, hosts);
     let url = w.etcd_url();
     let mut args = vec![
@@ -32,8 +38,10 @@ fn cluster(test: &str, hosts: usize, extra: &[&str]) -> World {
     ];
     args.extend_from_slice(extra);
     w.ok(1, &args);
+    let mut agent = vec!["--lease-ttl", TTL];
+    agent.extend_from_slice(agent_extra);
     for i in 1..=hosts {
-        w.start_agent(i, &["--lease-ttl", TTL]);
+        w.start_agent(i, &agent);
     }
     for i in 1..=hosts {
         let ok = wait_until(CONVERGE, || {
@@ -561,14 +569,22 @@ fn bad_dual_stack_overlay_input_is_refused_and_dry_runs_show_the_ipv6_steps() {
 #[test]
 fn ipv6_entries_deleted_by_hand_come_back() {
     for backend in ["vxlan", "host-gw"] {
-        let w = cluster(&format!("ov6rep{}", &backend[..1]), 2, &["--backend", backend]);
+        let w = cluster(
+            &format!("ov6rep{}", &backend[..1]),
+            2,
+            &["--backend", backend],
+        );
         let _a = sandbox(&w, 1, "a");
         let b = sandbox(&w, 2, "b");
         let h1 = w.host_path(1);
         let dev = if backend == "vxlan" { "nsvx1" } else { "eth0" };
         let state = || {
             let mut v = lines(&w, 1, &["ip", "-6", "route", "show", "proto", "110"]);
-            v.extend(lines(&w, 1, &["ip", "-6", "neigh", "show", "nud", "permanent"]));
+            v.extend(lines(
+                &w,
+                1,
+                &["ip", "-6", "neigh", "show", "nud", "permanent"],
+            ));
             v
         };
         let want = state();
@@ -580,12 +596,29 @@ fn ipv6_entries_deleted_by_hand_come_back() {
                 state(),
                 w.agent_log(1)
             );
-            assert!(pings6(&w.sb_path("a"), b), "{backend}: a -> b after {what} came back");
+            assert!(
+                pings6(&w.sb_path("a"), b),
+                "{backend}: a -> b after {what} came back"
+            );
         };
         let block2 = block6(&w, 2);
-        in_ns(&h1, &["ip", "-6", "route", "del", &block2.to_string(), "dev", dev]);
+        in_ns(
+            &h1,
+            &["ip", "-6", "route", "del", &block2.to_string(), "dev", dev],
+        );
         back("the IPv6 route");
-        in_ns(&h1, &["ip", "-6", "neigh", "del", &block2.network().to_string(), "dev", dev]);
+        in_ns(
+            &h1,
+            &[
+                "ip",
+                "-6",
+                "neigh",
+                "del",
+                &block2.network().to_string(),
+                "dev",
+                dev,
+            ],
+        );
         back("the IPv6 neighbour entry");
         if backend == "vxlan" {
             in_ns(&h1, &["ip", "link", "del", "nsvx1"]);
@@ -593,4 +626,151 @@ fn ipv6_entries_deleted_by_hand_come_back() {
         }
         teardown(&w, &[(1, "a"), (2, "b")]);
     }
+}
+
+/// The iptables backend on a dual-stack overlay, both backends: IPv6 between sandboxes on different hosts
+/// keeps its addresses (ip6tables' overlay entries accept and exempt it from NAT66), IPv6 leaving the cluster
+/// is masqueraded, from the underlay only the cluster's prefix gets in (host-gw), and nothing of nsnet's is
+/// left in ip6tables afterwards.
+#[test]
+fn the_iptables_backend_keeps_the_same_ipv6_guarantees() {
+    for backend in ["vxlan", "host-gw"] {
+        let test = format!("ov6ipt{}", &backend[..1]);
+        let w = cluster_with(
+            &test,
+            2,
+            &["--backend", backend],
+            &["--firewall", "iptables"],
+        );
+        let a = sandbox(&w, 1, "a");
+        let b = sandbox(&w, 2, "b");
+        let (pa, pb) = (w.sb_path("a"), w.sb_path("b"));
+        assert!(pings6(&pa, b) && pings6(&pb, a), "{backend}: a <-> b");
+        let seen = reach_any(&pb, 80, &pa, SocketAddr::new(b.into(), 80));
+        assert_eq!(seen, Some(IpAddr::V6(a)), "{backend}: no NAT66 inside");
+        let seen = reach_any(
+            &w.outside_path(),
+            82,
+            &pb,
+            SocketAddr::new(OUTSIDE_IP6.into(), 82),
+        );
+        assert_eq!(
+            seen,
+            Some(IpAddr::V6(w.host_ip6(2))),
+            "{backend}: NAT66 leaving"
+        );
+        let rules = in_ns(&w.host_path(1), &["ip6tables-save"]);
+        assert!(
+            rules.contains(&format!("-s {CLUSTER6} -d {}", block6(&w, 1))),
+            "{rules}"
+        );
+        if backend == "host-gw" {
+            let out_mac = world::mac_of(&w.outside_path(), "eth0");
+            let forged = echo6(w.host_mac(2), out_mac, OUTSIDE_IP6, b);
+            assert_raw_dropped(
+                &w.outside_path(),
+                &forged,
+                &pb,
+                "iptables: the outside's own address",
+            );
+        }
+        teardown(&w, &[(1, "a"), (2, "b")]);
+        for i in [1, 2] {
+            let left = in_ns(&w.host_path(i), &["ip6tables-save"]);
+            assert!(
+                !left.contains("NSNET"),
+                "host {i} keeps nsnet's ip6tables chains:\n{left}"
+            );
+        }
+    }
+}
+
+/// The IPv6 twin of `a_cni_container_on_the_overlay_reaches_a_sandbox_on_another_host`: a CNI container joining
+/// this host's part of a dual-stack overlay gets an IPv6 address of its block too, and reaches a sandbox on
+/// another host by it.
+#[test]
+fn a_cni_container_on_a_dual_stack_overlay_reaches_a_sandbox_on_another_host_over_ipv6() {
+    let w = cluster("ov6cni", 2, &[]);
+    let a = sandbox(&w, 1, "a");
+    let cni = world::nsnet_bin().with_file_name("nsnet-cni");
+    assert!(
+        cni.exists(),
+        "{} is not built; run `cargo test --workspace`",
+        cni.display()
+    );
+    let ctr = w.sb("ctr");
+    world::sh(&["ip", "netns", "add", &ctr]);
+    let conf = r#"{"cniVersion": "1.0.0", "name": "pods", "type": "nsnet"}"#;
+    let cni_run = |command: &str| {
+        let ns = format!("--net={}", w.host_path(2).display());
+        let mut child = std::process::Command::new("nsenter")
+            .args([ns.as_str(), "--"])
+            .arg(&cni)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &ctr)
+            .env("CNI_NETNS", format!("/run/netns/{ctr}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/nonexistent")
+            .env("NSNET_STATE_DIR", w.state_dir(2))
+            .env("NSNET_CGROUP", w.state_dir(2))
+            .envs(world::common::IPV6_GATE)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nsnet-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.as_bytes())
+            .expect("config");
+        let out = child.wait_with_output().expect("nsnet-cni");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = cni_run("ADD");
+    let cleanup = || {
+        let _ = cni_run("DEL");
+        world::sh(&["ip", "netns", "del", &ctr]);
+    };
+    if !ok {
+        cleanup();
+        panic!("CNI ADD: {text}");
+    }
+    let result: Value = serde_json::from_str(&text).expect("a CNI result");
+    let ip6: Option<Ipv6Addr> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+        .next();
+    let ctr_path = Path::new("/run/netns").join(&ctr);
+    let reached = ip6.map(|ip6| {
+        let ok = pings6(&ctr_path, a);
+        let seen = reach_any(
+            &w.sb_path("a"),
+            80,
+            &ctr_path,
+            SocketAddr::new(a.into(), 80),
+        );
+        (ip6, ok, seen)
+    });
+    cleanup();
+    let Some((ip6, pinged, seen)) = reached else {
+        panic!("no IPv6 address in the CNI result: {text}")
+    };
+    assert!(
+        block6(&w, 2).contains(&ip6),
+        "{ip6} is not of host 2's block"
+    );
+    assert!(pinged, "container on host 2 -> a on host 1");
+    assert_eq!(
+        seen,
+        Some(IpAddr::V6(ip6)),
+        "a sees the container's own address"
+    );
+    teardown(&w, &[(1, "a")]);
 }
