@@ -396,6 +396,7 @@ impl Applier {
                 device,
                 decap,
                 routes,
+                routes6,
             } => {
                 let nl = self.netlink(&Ns::Host)?;
                 // No fast path on this bridge (or on this kernel): the slow path carries it all.
@@ -409,6 +410,7 @@ impl Applier {
                     .ok_or_else(|| KernelError::Missing(bridge.clone()))?;
                 fp.set_tunnel(nl, out, decap.then_some(out), bridge_mac)?;
                 fp.set_remotes(routes)?;
+                fp.set_remotes6(routes6)?;
             }
             Step::UnderlayFilter {
                 bridge,

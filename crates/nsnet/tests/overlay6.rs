@@ -432,6 +432,7 @@ fn ipv6_frames_that_would_expire_on_the_way_expire() {
     assert!(pings6(&pa, b), "a -> b");
     let (_, gw1_mac) = gateway6(&w, 1);
     let frame = echo6(gw1_mac, world::mac_of(&pa, "eth0"), a, b);
+    // ICMPv6 takes the slow path, which expires it.
     let expired = |i: usize| snmp6(&w.host_path(i), "Icmp6OutTimeExcds");
     for (hops, host) in [(0, 1), (1, 1), (2, 2)] {
         let before = expired(host);
@@ -449,7 +450,79 @@ fn ipv6_frames_that_would_expire_on_the_way_expire() {
         }
     }
     assert_raw_delivered(&pa, &with_hops(frame, 3), &pb, "hop limit 3");
+    // UDP, which the fast path takes: the same.
+    let udp = udp6(gw1_mac, world::mac_of(&pa, "eth0"), a, b);
+    let no_port = || snmp6(&pb, "Udp6NoPorts");
+    for (hops, host) in [(1, 1), (2, 2)] {
+        let (before, arrived) = (expired(host), no_port());
+        probe::send_frames(&pa, "eth0", &[with_hops(udp.clone(), hops)]).expect("send");
+        assert!(
+            wait_until(Duration::from_secs(3), || expired(host) > before),
+            "UDP hop limit {hops}: host {host} sent no time exceeded"
+        );
+        assert_eq!(no_port(), arrived, "UDP hop limit {hops} arrived");
+    }
+    let arrived = no_port();
+    probe::send_frames(&pa, "eth0", &[with_hops(udp, 3)]).expect("send");
+    assert!(
+        wait_until(Duration::from_secs(3), || no_port() > arrived),
+        "UDP hop limit 3"
+    );
     teardown(&w, &[(1, "a"), (2, "b")]);
+}
+
+/// A UDP datagram (to a port nobody listens on) as an Ethernet frame, its checksum right.
+fn udp6(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut udp = vec![0x9c, 0x40, 0x9c, 0x41, 0, 12, 0, 0, 1, 2, 3, 4];
+    let sum = world::common::ipv6_checksum(17, src, dst, &udp);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = dst_mac.to_vec();
+    frame.extend(src_mac);
+    frame.extend(0x86ddu16.to_be_bytes());
+    frame.extend(world::common::ipv6_header(17, src, dst, udp.len()));
+    frame.extend(udp);
+    frame
+}
+
+/// IPv6 TCP and UDP between sandboxes on different hosts take the fast path on both hosts (no IPv6 forwarding
+/// counted by either kernel), on vxlan and host-gw; ICMPv6 takes the slow path (the counter counts).
+#[test]
+fn cross_host_ipv6_tcp_and_udp_are_never_routed_by_either_host() {
+    for backend in ["vxlan", "host-gw"] {
+        let w = cluster(
+            &format!("ov6fst{}", &backend[..1]),
+            2,
+            &["--backend", backend],
+        );
+        let a = sandbox(&w, 1, "a");
+        let b = sandbox(&w, 2, "b");
+        let (pa, pb) = (w.sb_path("a"), w.sb_path("b"));
+        let (h1, h2) = (w.host_path(1), w.host_path(2));
+        // Neighbours learned on both bridges first.
+        assert!(pings6(&pa, b) && pings6(&pb, a), "{backend}: a <-> b");
+        let forwarded = |ns: &Path| snmp6(ns, "Ip6OutForwDatagrams");
+        let before = (forwarded(&h1), forwarded(&h2));
+        for port in 80..84 {
+            let seen = reach_any(&pb, port, &pa, SocketAddr::new(b.into(), port));
+            assert_eq!(seen, Some(IpAddr::V6(a)), "{backend}: a -> b:{port}");
+            let seen = reach_any(&pa, port, &pb, SocketAddr::new(a.into(), port));
+            assert_eq!(seen, Some(IpAddr::V6(b)), "{backend}: b -> a:{port}");
+        }
+        let server = probe::udp_server(&pb, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 5353))
+            .expect("udp");
+        let reply = probe::udp_hello(&pa, SocketAddr::new(b.into(), 5353)).expect("UDP a -> b");
+        assert!(reply.contains(&a.to_string()), "{reply}");
+        assert_eq!(server.wait().expect("udp peer").ip(), IpAddr::V6(a));
+        let routed = (forwarded(&h1) - before.0, forwarded(&h2) - before.1);
+        assert!(
+            routed.0 < 5 && routed.1 < 5,
+            "{backend}: eight TCP exchanges and a UDP one, routed {routed:?} times by hosts 1 and 2"
+        );
+        let before = forwarded(&h1);
+        assert!(pings6(&pa, b), "{backend}: a -> b");
+        assert!(forwarded(&h1) > before, "{backend}: ICMPv6 is routed");
+        teardown(&w, &[(1, "a"), (2, "b")]);
+    }
 }
 
 /// Bad dual-stack overlay settings are refused in one line, with nothing written to etcd; without the gate

@@ -271,11 +271,19 @@ fn fast_path_tunnel(net: &Network, peers: &[Peer]) -> Option<Step> {
             (p.subnet, via)
         })
         .collect();
+    // A dual-stack overlay's IPv6 blocks, by the next hop their routes name (see `Peer::gateway6`).
+    let routes6 = peers
+        .iter()
+        .filter(|_| net.ipv6.is_some() && o.cluster6.is_some())
+        .filter_map(|p| p.gateway6(o.backend))
+        .map(|(block, via, _)| (block, via))
+        .collect();
     Some(Step::FastPathTunnel {
         bridge,
         device: o.device.clone(),
         decap,
         routes,
+        routes6,
     })
 }
 
@@ -1971,6 +1979,20 @@ mod tests {
                     Change::Add(r) | Change::Delete(r) => r,
                 })
                 .collect();
+        // The fast path knows the peer's IPv6 block, by the same next hop.
+        let Some(Step::FastPathTunnel { routes6, .. }) = steps
+            .iter()
+            .find(|s| matches!(s, Step::FastPathTunnel { .. }))
+        else {
+            panic!("no tunnel: {steps:?}")
+        };
+        assert_eq!(
+            routes6,
+            &[(
+                "fd00:10:244:2::/64".parse().unwrap(),
+                "fd00:10:244:2::".parse().unwrap()
+            )]
+        );
         assert!(rules.contains(&&Rule::Overlay6 {
             device: "nsvx1".into(),
             cluster: "fd00:10:244::/56".parse().unwrap(),
@@ -1993,7 +2015,10 @@ mod tests {
             .any(|c| matches!(c, Change::Add(Rule::Overlay6 { .. }))));
         let json = serde_json::to_string(&steps4).unwrap();
         assert!(
-            !json.contains("src6") && !json.contains("subnet6") && !json.contains("\"ipv6\""),
+            !json.contains("src6")
+                && !json.contains("subnet6")
+                && !json.contains("routes6")
+                && !json.contains("\"ipv6\""),
             "{json}"
         );
     }

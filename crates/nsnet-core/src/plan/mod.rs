@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::firewall::{Backend, Batch};
 use crate::model::{Mac, OverlayBackend, Peer};
@@ -187,6 +187,10 @@ pub enum Step {
         device: String,
         decap: bool,
         routes: Vec<(Ipv4Net, Ipv4Addr)>,
+        /// A dual-stack overlay's remote IPv6 blocks and their next hops (each block's first address);
+        /// empty, and left out of intents, on an IPv4-only one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        routes6: Vec<(Ipv6Net, Ipv6Addr)>,
     },
     /// host-gw's receiving side of `bridge`'s fast path: its program becomes one tc filter on the ingress of
     /// `device`, the host's underlay interface (not nsnet's), with a preference and handle of the network's
@@ -532,6 +536,7 @@ impl Step {
                 device,
                 decap,
                 routes,
+                routes6,
             } => {
                 let mut out = String::new();
                 if *decap {
@@ -544,6 +549,11 @@ impl Step {
                 let blocks: Vec<String> = routes
                     .iter()
                     .map(|(block, via)| format!("{block} via {via}"))
+                    .chain(
+                        routes6
+                            .iter()
+                            .map(|(block, via)| format!("{block} via {via}")),
+                    )
                     .collect();
                 let _ = write!(
                     out,
