@@ -847,3 +847,52 @@ fn a_cni_container_on_a_dual_stack_overlay_reaches_a_sandbox_on_another_host_ove
     );
     teardown(&w, &[(1, "a")]);
 }
+
+/// The IPv6 twin of `a_member_s_frames_the_kernel_would_not_route_are_not_delivered`: a member host's VXLAN
+/// whose inner IPv6 frame (UDP, which the fast path takes) the kernel would not route to the sandbox (for
+/// another MAC than the VTEP's, or the sandbox's own, broadcast, multicast; hop limit 1 or 0) is not
+/// delivered by the fast path either, from host 2's block (the fast path's) or from no block (the slow
+/// path's); to the VTEP's MAC, hop limit 2, it arrives.
+#[test]
+fn a_member_s_ipv6_frames_the_kernel_would_not_route_are_not_delivered() {
+    let w = cluster("ov6mem", 2, &[]);
+    let a = sandbox(&w, 1, "a");
+    let pa = w.sb_path("a");
+    let h2 = w.host_path(2);
+    let vtep1 = world::mac_of(&w.host_path(1), "nsvx1");
+    let mac_a = world::mac_of(&pa, "eth0");
+    let member = [0x0e, 0x6e, 1, 2, 3, 4];
+    let arrived = || snmp6(&pa, "Udp6NoPorts");
+    let send =
+        |frame: &[u8]| world::send_forged_vxlan(&h2, w.host_ip(1), world::VXLAN_PORT, 1, frame);
+    let in_block2 = Ipv6Addr::from(u128::from(block6(&w, 2).network()) + 77);
+    let no_block: Ipv6Addr = "fd00:10:244:ff::7".parse().expect("an address");
+    for src in [in_block2, no_block] {
+        let before = arrived();
+        for (mac, what) in [
+            ([0x02, 0, 0, 0, 0, 0x99], "another MAC"),
+            (mac_a, "the sandbox's MAC"),
+            ([0xff; 6], "broadcast"),
+            ([0x33, 0x33, 0, 0, 0, 1], "multicast"),
+        ] {
+            for _ in 0..3 {
+                send(&udp6(mac, member, src, a));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(arrived(), before, "delivered: {what} from {src}");
+        }
+        for hops in [0, 1] {
+            for _ in 0..3 {
+                send(&with_hops(udp6(vtep1, member, src, a), hops));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(arrived(), before, "delivered: hop limit {hops} from {src}");
+        }
+        send(&with_hops(udp6(vtep1, member, src, a), 2));
+        assert!(
+            wait_until(Duration::from_secs(3), || arrived() > before),
+            "the control did not arrive from {src}"
+        );
+    }
+    teardown(&w, &[(1, "a")]);
+}
