@@ -896,3 +896,51 @@ fn a_member_s_ipv6_frames_the_kernel_would_not_route_are_not_delivered() {
     }
     teardown(&w, &[(1, "a")]);
 }
+
+/// A dual-stack host-gw overlay on a host whose underlay interface has IPv6 off: the agent says so and does
+/// not make the network there (its IPv6 routes, and with them its IPv4 ones, would be refused), and nothing of
+/// it is left on the host.
+#[test]
+fn host_gw_with_ipv6_off_on_the_underlay_is_refused_with_a_reason() {
+    let w = World::new6("ov6off", 1);
+    let url = w.etcd_url();
+    w.ok(
+        1,
+        &[
+            "network",
+            "create",
+            NET,
+            "--driver",
+            "overlay",
+            "--subnet",
+            CLUSTER,
+            "--subnet",
+            CLUSTER6,
+            "--backend",
+            "host-gw",
+            "--etcd",
+            &url,
+        ],
+    );
+    in_ns(
+        &w.host_path(1),
+        &["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"],
+    );
+    w.start_agent(1, &["--lease-ttl", TTL]);
+    assert!(
+        wait_until(CONVERGE, || w
+            .agent_log(1)
+            .contains("net.ipv6.conf.eth0.disable_ipv6 is not 0")),
+        "{}",
+        w.agent_log(1)
+    );
+    assert!(local(&w, 1).is_none(), "the network was made");
+    assert!(lines(&w, 1, &["ip", "-o", "link"])
+        .iter()
+        .all(|l| !l.contains("nsbr")));
+    assert_eq!(
+        lines(&w, 1, &["ip", "-6", "route", "show", "proto", "110"]),
+        Vec::<String>::new()
+    );
+    w.ok(1, &["network", "rm", NET, "--etcd", &url]);
+}

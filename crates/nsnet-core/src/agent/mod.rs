@@ -718,3 +718,51 @@ pub fn describe(etcd: &Etcd) -> Result<Vec<ClusterNetwork>, AgentError> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Mac;
+
+    #[test]
+    fn a_lease_carries_the_ipv6_block_and_host_gw_s_underlay_mac_only_on_dual_stack() {
+        let mut spec = NetworkSpec {
+            name: "pods".into(),
+            subnet: "10.244.0.0/16".parse().unwrap(),
+            host_subnet_len: 24,
+            backend: OverlayBackend::HostGw,
+            vni: 1,
+            port: cluster::DEFAULT_VXLAN_PORT,
+            mtu: None,
+            subnet6: None,
+            host_subnet6_len: None,
+            ipv6_nat: true,
+        };
+        let underlay = Underlay {
+            ip: Ipv4Addr::new(192, 168, 200, 11),
+            interface: "eth0".into(),
+            mtu: 1500,
+            mac: Some(Mac([2, 0, 0, 0, 0, 0x11])),
+        };
+        let block: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        // IPv4 only: what an IPv4-only agent published, byte for byte.
+        let v = lease_value(&spec, block, "me", "h1", &underlay);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"host":"me","hostname":"h1","underlay":"192.168.200.11"}"#
+        );
+        spec.subnet6 = Some("fd00:10:244::/56".parse().unwrap());
+        spec.host_subnet6_len = Some(64);
+        let v = lease_value(&spec, block, "me", "h1", &underlay);
+        assert_eq!(v.subnet6, Some("fd00:10:244:7::/64".parse().unwrap()));
+        assert_eq!(v.underlay_mac, underlay.mac);
+        assert_eq!(v.vtep_mac, None);
+        // vxlan binds the IPv6 next hop to the VTEP MAC, which the lease has already.
+        spec.backend = OverlayBackend::Vxlan;
+        let v = lease_value(&spec, block, "me", "h1", &underlay);
+        assert_eq!((v.underlay_mac, v.vtep_mac), (None, Some(vtep_mac(block))));
+        let join = join_of(&spec, block, &underlay, &[]);
+        assert_eq!(join.subnet6, v.subnet6);
+        assert_eq!(join.cluster6, spec.subnet6);
+    }
+}

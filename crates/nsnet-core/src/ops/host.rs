@@ -138,6 +138,12 @@ impl Host {
         sysctl::get("net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0")
     }
 
+    /// Whether interface `name` has IPv6 on (`disable_ipv6` is 0): the kernel routes no IPv6 through one
+    /// that has it off.
+    pub(crate) fn ipv6_on(name: &str) -> bool {
+        sysctl::get(&format!("net/ipv6/conf/{name}/disable_ipv6")).is_ok_and(|v| v.trim() == "0")
+    }
+
     /// The machine's identity (`/etc/machine-id`), empty when there is none: the seed of the host's ULA
     /// prefix, with the state dir's tag.
     pub(crate) fn machine_id() -> String {

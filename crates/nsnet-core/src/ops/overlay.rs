@@ -127,6 +127,18 @@ impl Nsnet {
             same_part(net, join)?;
             return Ok((net.clone(), Plan::default()));
         }
+        // host-gw's IPv6 routes leave by the underlay interface (not nsnet's to change): with IPv6 off there,
+        // every peer's IPv6 route would be refused, and the peers' IPv4 routes with them.
+        let iface = &join.underlay.interface;
+        if join.subnet6.is_some() && join.backend == OverlayBackend::HostGw && !Host::ipv6_on(iface)
+        {
+            return Err(invalid!(
+                "overlay network '{}' is dual stack, and host-gw routes its IPv6 by the underlay interface \
+                 {iface}, which has IPv6 off (net.ipv6.conf.{iface}.disable_ipv6 is not 0); turn it on \
+                 there (no IPv6 address is needed on it)",
+                join.name
+            ));
+        }
         let mut host = Host::new();
         for p in &join.peers {
             if refusal(&mut host, &want, p)?.is_none() {
