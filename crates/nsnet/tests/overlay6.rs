@@ -944,3 +944,79 @@ fn host_gw_with_ipv6_off_on_the_underlay_is_refused_with_a_reason() {
     );
     w.ok(1, &["network", "rm", NET, "--etcd", &url]);
 }
+
+/// The IPv6 twin of `a_removed_sandbox_or_a_lost_host_gets_nothing_and_nobody_gets_its_frames`, with UDP (the
+/// fast path's): b removed, its frames reach neither c nor host 2; b's address taken by b2, they reach b2;
+/// host 2 lost, host 1 withdraws its IPv6 block and they go nowhere; host 2 back, they arrive again.
+#[test]
+fn a_removed_sandbox_or_a_lost_host_gets_nothing_over_ipv6() {
+    let w = cluster("ov6old", 2, &[]);
+    let a = sandbox(&w, 1, "a");
+    let b = sandbox(&w, 2, "b");
+    let c = sandbox(&w, 2, "c");
+    let (pa, pc) = (w.sb_path("a"), w.sb_path("c"));
+    assert!(pings6(&pa, b) && pings6(&pa, c), "a -> b, c");
+    let (_, gw1_mac) = gateway6(&w, 1);
+    let to_b = udp6(gw1_mac, world::mac_of(&pa, "eth0"), a, b);
+    let got = |ns: &Path| snmp6(ns, "Udp6NoPorts");
+    let dropped = |victim: &Path, what: &str| {
+        let before = got(victim);
+        probe::send_frames(&pa, "eth0", &vec![to_b.clone(); 5]).expect("send");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(got(victim), before, "delivered: {what}");
+    };
+    let delivered = |victim: &Path, what: &str| {
+        let before = got(victim);
+        probe::send_frames(&pa, "eth0", &[to_b.clone()]).expect("send");
+        assert!(
+            wait_until(Duration::from_secs(3), || got(victim) > before),
+            "not delivered: {what}"
+        );
+    };
+    w.ok(2, &["rm", &w.sb("b")]);
+    dropped(&pc, "b's frames, b gone, to c");
+    dropped(&w.host_path(2), "b's frames, b gone, to host 2");
+    let b2 = w.sb("b2");
+    w.ok(
+        2,
+        &["create", &b2, "--network", NET, "--ip6", &b.to_string()],
+    );
+    let pb2 = w.sb_path("b2");
+    delivered(&pb2, "to b's address, now b2's");
+    dropped(&pc, "b2's frames, to c");
+
+    w.kill_agent(2, world::Signal::SIGKILL);
+    assert!(
+        wait_until(CONVERGE, || local(&w, 1).is_some_and(|v| v["overlay"]
+            ["peers"]
+            .as_array()
+            .map(Vec::len)
+            == Some(0))),
+        "host 1 did not withdraw host 2:\n{}",
+        w.agent_log(1)
+    );
+    assert_eq!(
+        lines(&w, 1, &["ip", "-6", "route", "show", "proto", "110"]),
+        Vec::<String>::new()
+    );
+    dropped(&pb2, "to a lost host's sandbox");
+    assert!(!pings6(&pa, c), "a -> c, host 2 lost");
+    w.start_agent(2, &["--lease-ttl", TTL]);
+    for i in [1, 2] {
+        assert!(
+            wait_until(CONVERGE, || local(&w, i).is_some_and(|v| v["overlay"]
+                ["peers"]
+                .as_array()
+                .map(Vec::len)
+                == Some(1))),
+            "host {i} did not rejoin:\n{}",
+            w.agent_log(i)
+        );
+    }
+    assert!(
+        wait_until(CONVERGE, || pings6(&pa, c)),
+        "a -> c, host 2 back"
+    );
+    delivered(&pb2, "to b2, host 2 back");
+    teardown(&w, &[(1, "a"), (2, "b2"), (2, "c")]);
+}
