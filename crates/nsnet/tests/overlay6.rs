@@ -967,7 +967,7 @@ fn a_removed_sandbox_or_a_lost_host_gets_nothing_over_ipv6() {
     };
     let delivered = |victim: &Path, what: &str| {
         let before = got(victim);
-        probe::send_frames(&pa, "eth0", &[to_b.clone()]).expect("send");
+        probe::send_frames(&pa, "eth0", std::slice::from_ref(&to_b)).expect("send");
         assert!(
             wait_until(Duration::from_secs(3), || got(victim) > before),
             "not delivered: {what}"
