@@ -370,6 +370,7 @@ impl Applier {
                 mtu,
                 mac,
                 tag,
+                ipv6,
             } => {
                 let nl = self.netlink(&Ns::Host)?;
                 nl.create_vxlan(&VxlanSpec {
@@ -381,7 +382,13 @@ impl Applier {
                     underlay_dev: None,
                 })?;
                 tag_new_link(nl, name, tag)?;
-                sysctl::disable_ipv6(name)?;
+                if *ipv6 {
+                    // Peers' IPv6 blocks are routed through it: IPv6 on (a host whose default is off
+                    // included), with no address of its own and no router advertisements taken.
+                    ipv6_gateway_link(nl, name)?;
+                } else {
+                    sysctl::disable_ipv6(name)?;
+                }
                 nl.set_up(name)?;
             }
             Step::FastPathTunnel {
@@ -389,6 +396,7 @@ impl Applier {
                 device,
                 decap,
                 routes,
+                routes6,
             } => {
                 let nl = self.netlink(&Ns::Host)?;
                 // No fast path on this bridge (or on this kernel): the slow path carries it all.
@@ -402,6 +410,7 @@ impl Applier {
                     .ok_or_else(|| KernelError::Missing(bridge.clone()))?;
                 fp.set_tunnel(nl, out, decap.then_some(out), bridge_mac)?;
                 fp.set_remotes(routes)?;
+                fp.set_remotes6(routes6)?;
             }
             Step::UnderlayFilter {
                 bridge,
@@ -438,6 +447,14 @@ impl Applier {
                     nl.neigh_replace(dev, peer.vxlan_gateway(), mac.0)?;
                 }
                 nl.route_replace(&route)?;
+                // The IPv6 block: the same way for both backends, its next hop bound to a MAC (the VTEP's, or
+                // the underlay interface's: an IPv6 route cannot have an IPv4 next hop), never solicited.
+                if let (Some(src), Some((block, via, mac))) =
+                    (overlay.src6, peer.gateway6(overlay.backend))
+                {
+                    nl.neigh6_replace(dev, via, mac.0)?;
+                    nl.route6_replace(&route6(block, via, dev, Some(src)))?;
+                }
             }
             Step::RemovePeer { overlay, peer } => {
                 let nl = self.netlink(&Ns::Host)?;
@@ -445,6 +462,12 @@ impl Applier {
                 let Some(link) = nl.link(&overlay.device)? else {
                     return Ok(());
                 };
+                if let (Some(_), Some((block, via, _))) =
+                    (overlay.src6, peer.gateway6(overlay.backend))
+                {
+                    nl.route6_delete(&route6(block, via, link.index, None))?;
+                    nl.neigh6_delete(link.index, via)?;
+                }
                 if let Some(route) = peer_route(overlay, peer, link.index) {
                     nl.route_delete(&route)?;
                 }
@@ -533,6 +556,21 @@ fn peer_route(o: &PeerLink, peer: &Peer, dev_index: u32) -> Option<RouteSpec> {
         onlink,
         prefsrc: Some(o.src),
     })
+}
+
+/// The route to a peer's IPv6 block: onlink via the block's first address (see [`Peer::gateway6`]).
+fn route6(
+    block: ipnet::Ipv6Net,
+    via: std::net::Ipv6Addr,
+    dev_index: u32,
+    prefsrc: Option<std::net::Ipv6Addr>,
+) -> crate::kernel::netlink::RouteSpec6 {
+    crate::kernel::netlink::RouteSpec6 {
+        dst: block,
+        via,
+        dev_index,
+        prefsrc,
+    }
 }
 
 /// A link nsnet may delete or retire: one with `tag` as its alias, or (made before links were tagged, or by a

@@ -141,6 +141,10 @@ impl FromStr for OverlayBackend {
 pub struct Overlay {
     /// The whole network across every host; this host's subnet is one block of it.
     pub cluster: Ipv4Net,
+    /// The cluster's IPv6 prefix on a dual-stack overlay (its network's `ipv6` is this host's block of it);
+    /// absent, and left out of the record, on an IPv4-only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster6: Option<Ipv6Net>,
     pub backend: OverlayBackend,
     pub vni: u32,
     /// The VXLAN UDP port.
@@ -171,9 +175,33 @@ pub struct Peer {
     /// Its VTEP MAC (vxlan backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<Mac>,
+    /// Its block of the cluster's IPv6 prefix (dual-stack overlays; absent for a host that leased none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    /// host-gw on a dual-stack overlay: the MAC of its underlay interface, which its IPv6 block's route is
+    /// bound to by a permanent neighbour entry (an IPv6 route cannot have an IPv4 next hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_mac: Option<Mac>,
 }
 
 impl Peer {
+    /// The IPv6 twin of [`Peer::vxlan_gateway`], for both backends: the first address of the peer's IPv6
+    /// block (never handed out), the next hop of an onlink route to the block, bound by a permanent
+    /// neighbour entry to [`Peer::mac6`], so no neighbour solicitation ever crosses between hosts. `None`
+    /// when the peer has no IPv6 block, or no MAC to bind it to.
+    pub fn gateway6(&self, backend: OverlayBackend) -> Option<(Ipv6Net, Ipv6Addr, Mac)> {
+        let block = self.subnet6?;
+        Some((block, block.network(), self.mac6(backend)?))
+    }
+
+    /// The MAC the IPv6 next hop is bound to: the VTEP's (vxlan), the underlay interface's (host-gw).
+    pub fn mac6(&self, backend: OverlayBackend) -> Option<Mac> {
+        match backend {
+            OverlayBackend::Vxlan => self.vtep_mac,
+            OverlayBackend::HostGw => self.underlay_mac,
+        }
+    }
+
     /// The address the route to this peer's subnet goes via on a VXLAN device: the subnet's first address
     /// (never handed out), bound to the peer's VTEP MAC by a permanent neighbour entry, so nothing ARPs.
     pub fn vxlan_gateway(&self) -> Ipv4Addr {

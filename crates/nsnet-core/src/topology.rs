@@ -875,6 +875,7 @@ mod tests {
         let (mut nets, sbs, mut facts) = world();
         nets[0].settings.overlay = Some(crate::model::Overlay {
             cluster: "172.16.0.0/16".parse().expect("cluster"),
+            cluster6: None,
             backend: OverlayBackend::Vxlan,
             vni: 7,
             port: 4789,
@@ -885,11 +886,15 @@ mod tests {
                     subnet: "172.16.5.0/24".parse().expect("block"),
                     underlay: Ipv4Addr::new(192, 0, 2, 11),
                     vtep_mac: None,
+                    subnet6: None,
+                    underlay_mac: None,
                 },
                 crate::model::Peer {
                     subnet: "172.16.6.0/24".parse().expect("block"),
                     underlay: Ipv4Addr::new(192, 0, 2, 12),
                     vtep_mac: None,
+                    subnet6: None,
+                    underlay_mac: None,
                 },
             ],
             underlay_qdisc: false,

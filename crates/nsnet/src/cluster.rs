@@ -12,7 +12,7 @@ use nsnet_core::agent::cluster::{self, NetworkSpec, DEFAULT_VXLAN_PORT};
 use nsnet_core::agent::{self, Agent, AgentConfig, DEFAULT_LEASE_TTL};
 use nsnet_core::etcd::Etcd;
 use nsnet_core::model::OverlayBackend;
-use nsnet_core::ops::Nsnet;
+use nsnet_core::ops::{Ipv6Request, Nsnet};
 
 /// `nsnet network create --driver overlay` options.
 #[derive(Args, Default)]
@@ -32,6 +32,9 @@ pub struct OverlayArgs {
     /// Overlay: the VXLAN UDP port (default 4789).
     #[arg(long, value_name = "PORT")]
     pub vxlan_port: Option<u16>,
+    /// Overlay with IPv6: the prefix length of each host's block of the IPv6 --subnet (default 64).
+    #[arg(long, value_name = "LEN")]
+    pub host_subnet6_len: Option<u8>,
 }
 
 impl OverlayArgs {
@@ -41,6 +44,7 @@ impl OverlayArgs {
             (self.backend.is_some(), "--backend"),
             (self.vni.is_some(), "--vni"),
             (self.vxlan_port.is_some(), "--vxlan-port"),
+            (self.host_subnet6_len.is_some(), "--host-subnet6-len"),
         ]
         .into_iter()
         .find_map(|(given, flag)| given.then_some(flag))
@@ -81,6 +85,8 @@ pub fn check_not_overlay(args: &OverlayArgs) -> Result<()> {
 pub struct Common<'a> {
     pub name: &'a str,
     pub subnet: Option<Ipv4Net>,
+    /// `--ipv6` (or an IPv6 `--subnet`): dual stack.
+    pub ipv6: Option<Ipv6Request>,
     pub mtu: Option<u32>,
     /// A bridge-only option that was given, to refuse.
     pub bridge_only: Option<&'static str>,
@@ -91,8 +97,25 @@ pub fn create(args: &OverlayArgs, c: &Common<'_>, dry_run: bool, json: bool) -> 
     if let Some(flag) = c.bridge_only {
         bail!("{flag} does not apply to --driver overlay (each host's part is made by nsnet agent); leave it out");
     }
+    if c.ipv6.is_some_and(|r6| r6.only) {
+        bail!("--driver overlay needs IPv4 (hosts lease IPv4 blocks, and VXLAN runs over IPv4): leave out --ipv4=false, and give an IPv4 --subnet too");
+    }
     let Some(subnet) = c.subnet else {
         bail!("--driver overlay needs --subnet, the whole cluster's range (e.g. --subnet 10.244.0.0/16)");
+    };
+    let subnet6 = match c.ipv6 {
+        None => {
+            if args.host_subnet6_len.is_some() {
+                bail!("--host-subnet6-len needs an IPv6 --subnet, the cluster's IPv6 prefix");
+            }
+            None
+        }
+        Some(r6) => {
+            let Some(s6) = r6.subnet else {
+                bail!("--driver overlay --ipv6 needs an IPv6 --subnet too, the whole cluster's IPv6 prefix (e.g. --subnet fd00:10:244::/56): every host takes a block of it");
+            };
+            Some(s6)
+        }
     };
     let Some(urls) = &args.etcd else {
         bail!("--driver overlay needs --etcd http://IP:2379 (or NSNET_ETCD): the network's settings live in etcd");
@@ -105,6 +128,12 @@ pub fn create(args: &OverlayArgs, c: &Common<'_>, dry_run: bool, json: bool) -> 
         vni: args.vni.unwrap_or(1),
         port: args.vxlan_port.unwrap_or(DEFAULT_VXLAN_PORT),
         mtu: c.mtu,
+        subnet6,
+        host_subnet6_len: subnet6.map(|_| {
+            args.host_subnet6_len
+                .unwrap_or(cluster::DEFAULT_HOST_SUBNET6_LEN)
+        }),
+        ipv6_nat: c.ipv6.is_none_or(|r6| r6.nat),
     };
     if let Err(e) = spec.validate() {
         bail!("{e}");
@@ -122,8 +151,12 @@ pub fn create(args: &OverlayArgs, c: &Common<'_>, dry_run: bool, json: bool) -> 
     if json {
         println!("{text}");
     } else {
+        let six = match (spec.subnet6, spec.host_subnet6_len) {
+            (Some(s6), Some(len6)) => format!(" and {s6} /{len6} per host"),
+            _ => String::new(),
+        };
         println!(
-            "overlay network {} ({}, {} /{} per host); start `nsnet agent --etcd {urls}` on every host",
+            "overlay network {} ({}, {} /{} per host{six}); start `nsnet agent --etcd {urls}` on every host",
             spec.name, spec.subnet, spec.backend, spec.host_subnet_len
         );
     }
@@ -187,14 +220,23 @@ pub fn show(urls: &str, name: Option<&str>, json: bool) -> Result<ExitCode> {
     println!("name:       {}", s.name);
     println!("driver:     overlay ({})", s.backend);
     println!("subnet:     {} (/{} per host)", s.subnet, s.host_subnet_len);
+    if let (Some(s6), Some(len6)) = (s.subnet6, s.host_subnet6_len) {
+        let nat = if s.ipv6_nat { "" } else { ", no NAT66" };
+        println!("subnet6:    {s6} (/{len6} per host{nat})");
+    }
     println!("vni:        {} (UDP port {})", s.vni, s.port);
     if let Some(mtu) = s.mtu {
         println!("mtu:        {mtu}");
     }
     println!("hosts:");
     for h in &n.hosts {
+        let six = h
+            .lease
+            .subnet6
+            .map(|s6| format!(" {s6}"))
+            .unwrap_or_default();
         println!(
-            "  {:<18} {:<15} {} {}",
+            "  {:<18}{six} {:<15} {} {}",
             h.subnet.to_string(),
             h.lease.underlay.to_string(),
             h.lease.hostname,

@@ -536,12 +536,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .collect();
             let names = !dns.iter().any(|d| matches!(d, DnsArg::On(false)));
             if matches!(driver, DriverArg::Overlay) {
-                if ipv6.is_some() {
-                    bail!("--ipv6 (or an IPv6 --subnet) does not apply to --driver overlay: overlay networks are IPv4 only for now; leave it out");
-                }
                 let bridge_only = [
                     (!dns.is_empty(), "--dns"),
-                    (gateway.is_some(), "--gateway"),
+                    (gateway.is_some() || gateway6.is_some(), "--gateway"),
                     (bridge.is_some(), "--bridge"),
                     (*internal, "--internal"),
                     (
@@ -554,6 +551,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let common = cluster::Common {
                     name,
                     subnet,
+                    ipv6,
                     mtu: *mtu,
                     bridge_only,
                 };

@@ -401,12 +401,7 @@ impl Agent {
             .filter(|r| r.settings.overlay.is_some())
             .and_then(|r| r.settings.subnet);
         let (me, hostname) = (self.me.clone(), self.hostname.clone());
-        let value = |subnet: Ipv4Net| LeaseValue {
-            host: me.clone(),
-            hostname: hostname.clone(),
-            underlay: underlay.ip,
-            vtep_mac: (spec.backend == OverlayBackend::Vxlan).then(|| vtep_mac(subnet)),
-        };
+        let value = |subnet: Ipv4Net| lease_value(spec, subnet, &me, &hostname, underlay);
         let subnet = match view.held_by(&spec.name, &self.me) {
             Some((subnet, _)) => {
                 // Not being able to publish (etcd away) stops nothing here: the block is this host's.
@@ -426,7 +421,7 @@ impl Agent {
                 },
             },
         };
-        let peers = view.peers(&spec.name, &self.me);
+        let peers = view.peers(spec, &self.me);
         let (_, made) = self
             .nsnet
             .overlay_join(&join_of(spec, subnet, underlay, &peers))?;
@@ -514,7 +509,7 @@ impl Agent {
                 "# network {}: this host holds {subnet}\n",
                 spec.name
             ));
-            let peers = view.peers(&spec.name, &self.me);
+            let peers = view.peers(spec, &self.me);
             let (_, plan) = self
                 .nsnet
                 .overlay_join(&join_of(spec, subnet, &underlay, &peers))?;
@@ -595,6 +590,28 @@ impl Agent {
     }
 }
 
+/// What host `me` publishes with its lease of block `subnet` of network `spec`: with the IPv6 block that goes
+/// with it on a dual-stack network (and, for host-gw, the underlay MAC its IPv6 route is bound to).
+pub fn lease_value(
+    spec: &NetworkSpec,
+    subnet: Ipv4Net,
+    me: &str,
+    hostname: &str,
+    underlay: &Underlay,
+) -> LeaseValue {
+    let subnet6 = spec.block6(subnet);
+    LeaseValue {
+        host: me.to_string(),
+        hostname: hostname.to_string(),
+        underlay: underlay.ip,
+        vtep_mac: (spec.backend == OverlayBackend::Vxlan).then(|| vtep_mac(subnet)),
+        subnet6,
+        underlay_mac: underlay
+            .mac
+            .filter(|_| subnet6.is_some() && spec.backend == OverlayBackend::HostGw),
+    }
+}
+
 /// The join request for network `spec` on this host.
 fn join_of(
     spec: &NetworkSpec,
@@ -605,6 +622,9 @@ fn join_of(
     OverlayJoin {
         name: spec.name.clone(),
         subnet,
+        subnet6: spec.block6(subnet),
+        cluster6: spec.subnet6,
+        ipv6_nat: spec.ipv6_nat,
         cluster: spec.subnet,
         backend: spec.backend,
         vni: spec.vni,
@@ -697,4 +717,52 @@ pub fn describe(etcd: &Etcd) -> Result<Vec<ClusterNetwork>, AgentError> {
             ClusterNetwork { spec, hosts }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Mac;
+
+    #[test]
+    fn a_lease_carries_the_ipv6_block_and_host_gw_s_underlay_mac_only_on_dual_stack() {
+        let mut spec = NetworkSpec {
+            name: "pods".into(),
+            subnet: "10.244.0.0/16".parse().unwrap(),
+            host_subnet_len: 24,
+            backend: OverlayBackend::HostGw,
+            vni: 1,
+            port: cluster::DEFAULT_VXLAN_PORT,
+            mtu: None,
+            subnet6: None,
+            host_subnet6_len: None,
+            ipv6_nat: true,
+        };
+        let underlay = Underlay {
+            ip: Ipv4Addr::new(192, 168, 200, 11),
+            interface: "eth0".into(),
+            mtu: 1500,
+            mac: Some(Mac([2, 0, 0, 0, 0, 0x11])),
+        };
+        let block: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        // IPv4 only: what an IPv4-only agent published, byte for byte.
+        let v = lease_value(&spec, block, "me", "h1", &underlay);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"host":"me","hostname":"h1","underlay":"192.168.200.11"}"#
+        );
+        spec.subnet6 = Some("fd00:10:244::/56".parse().unwrap());
+        spec.host_subnet6_len = Some(64);
+        let v = lease_value(&spec, block, "me", "h1", &underlay);
+        assert_eq!(v.subnet6, Some("fd00:10:244:7::/64".parse().unwrap()));
+        assert_eq!(v.underlay_mac, underlay.mac);
+        assert_eq!(v.vtep_mac, None);
+        // vxlan binds the IPv6 next hop to the VTEP MAC, which the lease has already.
+        spec.backend = OverlayBackend::Vxlan;
+        let v = lease_value(&spec, block, "me", "h1", &underlay);
+        assert_eq!((v.underlay_mac, v.vtep_mac), (None, Some(vtep_mac(block))));
+        let join = join_of(&spec, block, &underlay, &[]);
+        assert_eq!(join.subnet6, v.subnet6);
+        assert_eq!(join.cluster6, spec.subnet6);
+    }
 }

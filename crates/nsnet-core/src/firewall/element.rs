@@ -267,6 +267,18 @@ pub fn elements(rule: &Rule) -> Vec<Element> {
             ),
             Element::new(Inet, "no_masq", vec![Net(*subnet), Net(*cluster)]),
         ],
+        Rule::Overlay6 {
+            device,
+            cluster,
+            subnet,
+        } => vec![
+            Element::new(
+                Inet,
+                "overlay_in6",
+                vec![Ifname(device.clone()), Net6(*cluster), Net6(*subnet)],
+            ),
+            Element::new(Inet, "no_masq6", vec![Net6(*subnet), Net6(*cluster)]),
+        ],
         Rule::VxlanPort { port } => vec![Element::new(Inet, "vxlan_ports", vec![Port(*port)])],
         Rule::VxlanMember { underlay, port } => vec![Element::new(
             Inet,
@@ -440,6 +452,17 @@ mod tests {
         });
         assert_eq!(e[0].text(), "\"nsvx1\" . 10.244.0.0/16 . 10.244.3.0/24");
         assert_eq!(e[1].text(), "10.244.3.0/24 . 10.244.0.0/16");
+        let e6 = elements(&Rule::Overlay6 {
+            device: "eth0".into(),
+            cluster: "fd00:10:244::/56".parse().unwrap(),
+            subnet: "fd00:10:244:3::/64".parse().unwrap(),
+        });
+        assert_eq!((e6[0].set, e6[1].set), ("overlay_in6", "no_masq6"));
+        assert_eq!(
+            e6[0].text(),
+            "\"eth0\" . fd00:10:244::/56 . fd00:10:244:3::/64"
+        );
+        assert_eq!(e6[1].text(), "fd00:10:244:3::/64 . fd00:10:244::/56");
         let m = &elements(&Rule::VxlanMember {
             underlay: Ipv4Addr::new(192, 168, 200, 12),
             port: 4789,

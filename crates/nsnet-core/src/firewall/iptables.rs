@@ -390,8 +390,37 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
                 Insert(1),
             ),
         ],
-        // Overlays are IPv4 only.
-        (Rule::Overlay { .. } | Rule::VxlanPort { .. } | Rule::VxlanMember { .. }, V6) => vec![],
+        // A dual-stack overlay's IPv6: the same three entries, in ip6tables.
+        (
+            Rule::Overlay6 {
+                device: d,
+                cluster: c,
+                subnet: s,
+            },
+            V6,
+        ) => vec![
+            entry(
+                "filter",
+                "NSNET-ACCEPT",
+                format!("-s {c} -d {s} -i {d} -j ACCEPT"),
+                Append,
+            ),
+            entry(
+                "nat",
+                "NSNET-POSTROUTING",
+                format!("-s {s} -d {c} -m conntrack ! --ctstate DNAT -j RETURN"),
+                Insert(1),
+            ),
+            entry(
+                "nat",
+                "NSNET-POSTROUTING",
+                format!("-s {c} -d {s} -m conntrack --ctstate DNAT -j MASQUERADE"),
+                Insert(1),
+            ),
+        ],
+        // VXLAN runs over the IPv4 underlay; an overlay's IPv4 rules are IPv4's.
+        (Rule::Overlay { .. } | Rule::VxlanPort { .. } | Rule::VxlanMember { .. }, V6)
+        | (Rule::Overlay6 { .. }, V4) => vec![],
         (Rule::Port { mapping, target }, _) => {
             let to = match (target, family) {
                 (IpAddr::V4(t), V4) => t.to_string(),

@@ -78,6 +78,12 @@ pub enum Rule {
         cluster: Ipv4Net,
         subnet: Ipv4Net,
     },
+    /// [`Rule::Overlay`] for a dual-stack overlay's IPv6: the cluster's IPv6 prefix and this host's block.
+    Overlay6 {
+        device: String,
+        cluster: Ipv6Net,
+        subnet: Ipv6Net,
+    },
     /// VXLAN to UDP `port` is dropped unless it comes from a member host ([`Rule::VxlanMember`]): VXLAN has
     /// no authentication, so without this anyone who can send UDP to the host can inject frames.
     VxlanPort { port: u16 },

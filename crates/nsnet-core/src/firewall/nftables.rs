@@ -107,6 +107,14 @@ const DECLARE: &str = r#"table inet nsnet {
 		type ipv4_addr . ipv4_addr
 		flags interval
 	}
+	set overlay_in6 {
+		type ifname . ipv6_addr . ipv6_addr
+		flags interval
+	}
+	set no_masq6 {
+		type ipv6_addr . ipv6_addr
+		flags interval
+	}
 	set vxlan_ports {
 		type inet_service
 	}
@@ -157,7 +165,7 @@ table bridge nsnet {
 "#;
 
 /// nsnet's own sets and maps in `inet nsnet`, as (kind, name): everything is flushed on reset, nothing else is.
-const SETS: [(&str, &str); 22] = [
+const SETS: [(&str, &str); 24] = [
     ("set", "ifaces"),
     ("set", "internal"),
     ("set", "internal_self"),
@@ -178,6 +186,8 @@ const SETS: [(&str, &str); 22] = [
     ("map", "ports6_ip"),
     ("set", "overlay_in"),
     ("set", "no_masq"),
+    ("set", "overlay_in6"),
+    ("set", "no_masq6"),
     ("set", "vxlan_ports"),
     ("set", "vxlan_members"),
 ];
@@ -283,6 +293,13 @@ const RULES: &[(&str, &str, &str)] = &[
         "forward",
         "iifname . ip saddr . ip daddr @overlay_in accept",
     ),
+    // The same over IPv6 (dual-stack overlays): from the cluster's prefix to this host's block only, so the
+    // underlay (host-gw) or a member's tunnel cannot bring in other sources.
+    (
+        TABLE,
+        "forward",
+        "iifname . ip6 saddr . ip6 daddr @overlay_in6 accept",
+    ),
     // A LAN peer that routes a subnet via this host reaches its sandboxes only through published ports,
     // unless the network is routed. Other nsnet networks are isolation's business.
     (
@@ -328,6 +345,13 @@ const RULES: &[(&str, &str, &str)] = &[
         "postrouting",
         "ct status dnat ip6 saddr . ip6 daddr @same_net6 masquerade",
     ),
+    (
+        TABLE,
+        "postrouting",
+        "ct status dnat iifname . ip6 saddr . ip6 daddr @overlay_in6 masquerade",
+    ),
+    // Between a dual-stack overlay's hosts, sandboxes keep their IPv6 addresses: no NAT66 in the cluster.
+    (TABLE, "postrouting", "ip6 saddr . ip6 daddr @no_masq6 return"),
     (TABLE, "postrouting", "oifname . ip6 saddr @own_nets6 return"),
     (TABLE, "postrouting", "ip6 saddr @masq_nets6 masquerade"),
     (
@@ -566,8 +590,10 @@ pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
 
 /// Sets that only the newest tables have, as (family, set): tables that lack one were made by an older nsnet
 /// and are brought up to date by a reset ([`render_reset`]).
-const NEWEST_SETS: [(&str, &str); 4] = [
+const NEWEST_SETS: [(&str, &str); 6] = [
     ("inet", "endpoints6"),
+    ("inet", "overlay_in6"),
+    ("inet", "no_masq6"),
     ("inet", "ports6_ip"),
     ("bridge", "endpoint_ifs6"),
     ("bridge", "nd_targets"),

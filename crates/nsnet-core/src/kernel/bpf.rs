@@ -641,7 +641,8 @@ impl Program {
     }
 
     pub fn info(&self) -> io::Result<ProgramInfo> {
-        let mut ids = [0u32; 4];
+        // Room for every map a program of nsnet's uses (the fast path has five), and then some.
+        let mut ids = [0u32; 8];
         let mut info = ProgInfo {
             nr_map_ids: len_u32(ids.len())?,
             map_ids: ids.as_mut_ptr() as u64,

@@ -52,6 +52,12 @@
 //!   anything not IPv4 leaves after the first checks, and the host's own IPv4 after one hash lookup (the
 //!   destination is no sandbox).
 //!
+//! A dual-stack overlay's IPv6 takes the same two branches, for TCP and UDP only (ICMPv6 and extension
+//! headers stay on the slow path, as between sandboxes of one host), with a trie of its own (`remote6`:
+//! block -> next hop, the block's first address, which the slow path's route names and whose permanent
+//! neighbour entry on the device gives the MAC; `bpf_redirect_neigh` with `AF_INET6`) and the hop limit in
+//! place of the TTL. A program made before nsnet had `remote6` leaves IPv6 to the slow path.
+//!
 //! Neither branch decrements the TTL (a sandbox sees the sender's): a frame the slow path would expire on
 //! the way (TTL 2 or less out, 1 or less in) takes the slow path, which expires it and says so (ICMP).
 //!
@@ -70,10 +76,10 @@
 //! here, holding the RTNL lock), a qdisc on a new veth takes ~30 µs.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::bpf::op::*;
 use super::bpf::{Asm, Insn, Label, Map, MapType, Program};
@@ -98,6 +104,10 @@ const CONFIG: usize = 16;
 /// hop (IPv4, network order).
 const REMOTE_KEY: usize = 8;
 const REMOTE_VALUE: usize = 4;
+/// The `remote6` trie (dual-stack overlays): a prefix length (`u32`, native order) and an IPv6 address; a
+/// value, the next hop (IPv6, network order). Its key size is how [`FastPath::open`] tells it from `remote`.
+const REMOTE6_KEY: usize = 20;
+const REMOTE6_VALUE: usize = 16;
 /// Remote blocks one network can have: a /8 cut into /24s.
 const MAX_REMOTE: u32 = 65_536;
 
@@ -115,6 +125,9 @@ pub struct FastPath {
     map6: Option<Map>,
     /// The tunnel's maps (`config`, `remote`); `None` for a program made before nsnet had them.
     tunnel: Option<(Map, Map)>,
+    /// The remote IPv6 blocks (`remote6`); `None` for a program made before nsnet had it (the slow path then
+    /// carries a dual-stack overlay's IPv6).
+    remote6: Option<Map>,
     /// The shared tc block its ports join ([`block_of`] the bridge).
     block: u32,
 }
@@ -174,13 +187,15 @@ impl FastPath {
             let info = prog
                 .info()
                 .map_err(io("read the fast path's program info"))?;
-            let (mut map, mut map6, mut config, mut remote) = (None, None, None, None);
+            let (mut map, mut map6, mut config, mut remote, mut remote6) =
+                (None, None, None, None, None);
             for &id in &info.map_ids {
                 let m = Map::from_id(id).map_err(io("open the fast path's maps"))?;
                 match m.shape().map_err(io("read a fast path map's type"))? {
                     (MapType::Hash, KEY) => map = Some(m),
                     (MapType::Hash, KEY6) => map6 = Some(m),
                     (MapType::Array, _) => config = Some(m),
+                    (MapType::LpmTrie, REMOTE6_KEY) => remote6 = Some(m),
                     (MapType::LpmTrie, _) => remote = Some(m),
                     _ => {}
                 }
@@ -194,6 +209,7 @@ impl FastPath {
                 map,
                 map6,
                 tunnel,
+                remote6,
                 block,
             }));
         }
@@ -208,9 +224,10 @@ impl FastPath {
             let map6 = Map::hash(NAME, KEY6, VALUE, MAX_ENTRIES)?;
             let config = Map::array(NAME, CONFIG, 1)?;
             let remote = Map::lpm(NAME, REMOTE_KEY, REMOTE_VALUE, MAX_REMOTE)?;
-            Ok((map, map6, config, remote))
+            let remote6 = Map::lpm(NAME, REMOTE6_KEY, REMOTE6_VALUE, MAX_REMOTE)?;
+            Ok((map, map6, config, remote, remote6))
         });
-        let (map, map6, config, remote) = match maps {
+        let (map, map6, config, remote, remote6) = match maps {
             Ok(m) => m,
             Err(e) if unsupported(&e) => return Ok(None),
             Err(e) => return Err(KernelError::io("create the fast path's maps", e)),
@@ -220,6 +237,7 @@ impl FastPath {
             local6: map6.fd().as_raw_fd(),
             config: config.fd().as_raw_fd(),
             remote: remote.fd().as_raw_fd(),
+            remote6: remote6.fd().as_raw_fd(),
         };
         let insns = program(fds, index).map_err(io("assemble the fast path's program"))?;
         let tunnel = Some((config, remote));
@@ -236,6 +254,7 @@ impl FastPath {
                 map,
                 map6: Some(map6),
                 tunnel,
+                remote6: Some(remote6),
                 block,
             })),
             // No ingress qdisc or cls_bpf in this kernel, or the bridge's ingress is not on our block.
@@ -477,6 +496,58 @@ impl FastPath {
         Ok(out)
     }
 
+    /// The IPv6 twin of [`FastPath::set_remotes`]: the remote IPv6 blocks become exactly `routes` (block,
+    /// next hop). Nothing on a program made without `remote6`.
+    pub fn set_remotes6(&self, routes: &[(Ipv6Net, Ipv6Addr)]) -> Result<(), KernelError> {
+        let Some(remote6) = &self.remote6 else {
+            return Ok(());
+        };
+        for (block, _) in self.remotes6()? {
+            if !routes.iter().any(|(b, _)| *b == block) {
+                remote6
+                    .delete(&remote6_key(block), REMOTE6_KEY)
+                    .map_err(io("remove a remote IPv6 block from the fast path"))?;
+            }
+        }
+        for (block, via) in routes {
+            remote6
+                .update(
+                    &remote6_key(*block),
+                    &via.octets(),
+                    (REMOTE6_KEY, REMOTE6_VALUE),
+                )
+                .map_err(io("add a remote IPv6 block to the fast path"))?;
+        }
+        Ok(())
+    }
+
+    /// Every remote IPv6 block and its next hop.
+    pub fn remotes6(&self) -> Result<Vec<(Ipv6Net, Ipv6Addr)>, KernelError> {
+        let Some(remote6) = &self.remote6 else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for key in remote6
+            .keys(REMOTE6_KEY)
+            .map_err(io("list the fast path's remote IPv6 blocks"))?
+        {
+            let mut via = [0u8; REMOTE6_VALUE];
+            let found = remote6
+                .lookup(&key, &mut via, (REMOTE6_KEY, REMOTE6_VALUE))
+                .map_err(io("read a remote IPv6 block"))?;
+            let len = u32::from_ne_bytes([key[0], key[1], key[2], key[3]]);
+            let addr = <[u8; 16]>::try_from(&key[4..]).map(Ipv6Addr::from).ok();
+            let block = u8::try_from(len)
+                .ok()
+                .zip(addr)
+                .and_then(|(len, addr)| Ipv6Net::new(addr, len).ok());
+            if let (true, Some(block)) = (found, block) {
+                out.push((block, Ipv6Addr::from(via)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Run the program on `frame` as if port `ifindex` had received it: [`REDIRECTED`] or [`PASSED`].
     pub fn verdict(&self, frame: &[u8], ifindex: u32) -> Result<u32, KernelError> {
         self.prog
@@ -636,6 +707,14 @@ fn remote_key(block: Ipv4Net) -> [u8; REMOTE_KEY] {
     k
 }
 
+/// A `remote6` trie key: the prefix length (native order), then the block's address.
+fn remote6_key(block: Ipv6Net) -> [u8; REMOTE6_KEY] {
+    let mut k = [0u8; REMOTE6_KEY];
+    k[..4].copy_from_slice(&u32::from(block.prefix_len()).to_ne_bytes());
+    k[4..].copy_from_slice(&block.network().octets());
+    k
+}
+
 /// A map value: the port's ifindex as the program loads it (native order), then the MAC.
 fn peer(port: u32, mac: [u8; 6]) -> [u8; VALUE] {
     let mut v = [0u8; VALUE];
@@ -665,6 +744,7 @@ const IP_DADDR: i16 = 30;
 const HEADERS: i32 = 34;
 // The IPv6 header's next header and addresses.
 const IP6_NEXT: i16 = 20;
+const IP6_HOPS: i16 = 21;
 const IP6_SADDR: i16 = 22;
 const IP6_DADDR: i16 = 38;
 const HEADERS6: i32 = 54;
@@ -681,6 +761,7 @@ const AT_TRIE_KEY: i16 = -20;
 const AT_NEXT_HOP: i16 = -40;
 const AT_SADDR6: i16 = -56;
 const AT_DADDR6: i16 = -72;
+const AT_TRIE6_KEY: i16 = -92;
 
 /// The fast path's own instructions, on top of the shared assembler.
 impl Asm {
@@ -748,6 +829,15 @@ impl Asm {
         self.op(EXIT, 0, 0, 0, 0);
     }
 
+    /// The `remote6` key for the IPv6 address stored at `addr` on the stack: a full-length prefix.
+    fn trie6_key(&mut self, addr: i16) {
+        self.op(ST_W, R10, 0, AT_TRIE6_KEY, 128);
+        for word in [0, 4, 8, 12] {
+            self.op(LDX_W, R2, R10, addr + word, 0);
+            self.op(STX_W, R10, R2, AT_TRIE6_KEY + 4 + word, 0);
+        }
+    }
+
     /// The trie key for the address stored at `addr` on the stack: a full-length prefix.
     fn trie_key(&mut self, addr: i16) {
         self.op(ST_W, R10, 0, AT_TRIE_KEY, 32);
@@ -763,6 +853,7 @@ pub struct Fds {
     pub local6: i32,
     pub config: i32,
     pub remote: i32,
+    pub remote6: i32,
 }
 
 /// The program for the bridge with index `bridge` and the maps `fds` (see the module doc for what it does).
@@ -861,7 +952,7 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
     a.op(EXIT, 0, 0, 0, 0);
 
-    // IPv6, between sandboxes of this network only (no tunnel yet). r3 still holds the frame's end.
+    // IPv6: as IPv4, for TCP and UDP only. r3 still holds the frame's end.
     a.bind(ipv6);
     a.op(MOV64_X, R2, R7, 0, 0);
     a.op(ADD64_K, R2, 0, 0, HEADERS6);
@@ -879,7 +970,56 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
         a.op(LDX_W, R2, R7, IP6_DADDR + word, 0);
         a.op(STX_W, R10, R2, AT_DADDR6 + word, 0);
     }
-    a.sandbox_to_sandbox(fds.local6, AT_SADDR6, AT_DADDR6, None);
+    // The tunnel's config, as for IPv4; received by the tunnel's device: delivery, below.
+    let (remote6, decap6) = (a.label(), a.label());
+    a.op(ST_W, R10, 0, AT_CONFIG_KEY, 0);
+    a.lookup_or_pass(fds.config, AT_CONFIG_KEY);
+    a.op(MOV64_X, R8, R0, 0, 0);
+    a.op(LDX_W, R2, R6, SKB_IFINDEX, 0);
+    a.op(LDX_W, R3, R8, 4, 0);
+    a.jump(JEQ_X, R2, R3, 0, decap6);
+    a.sandbox_to_sandbox(fds.local6, AT_SADDR6, AT_DADDR6, Some(remote6));
+
+    // Another host's IPv6 block (`remote6`: block -> next hop, the block's first address, whose permanent
+    // neighbour entry on the device gives the MAC), as for IPv4, the hop limit in place of the TTL.
+    a.bind(remote6);
+    a.op(LDX_W, R2, R8, 0, 0);
+    a.or_pass(JEQ_K, R2, 0, 0);
+    a.same_mac_or_pass(R8, 8, ETH_DST);
+    a.op(LDX_B, R2, R7, IP6_HOPS, 0);
+    a.or_pass(JLT_K, R2, 0, 3);
+    a.trie6_key(AT_DADDR6);
+    a.lookup_or_pass(fds.remote6, AT_TRIE6_KEY);
+    a.op(ST_W, R10, 0, AT_NEXT_HOP, libc::AF_INET6);
+    for word in [0, 4, 8, 12] {
+        a.op(LDX_W, R2, R0, word, 0);
+        a.op(STX_W, R10, R2, AT_NEXT_HOP + 4 + word, 0);
+    }
+    a.op(LDX_W, R1, R8, 0, 0);
+    a.op(MOV64_X, R2, R10, 0, 0);
+    a.op(ADD64_K, R2, 0, 0, i32::from(AT_NEXT_HOP));
+    a.op(MOV64_K, R3, 0, 0, REDIR_NEIGH);
+    a.op(MOV64_K, R4, 0, 0, 0);
+    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_NEIGH);
+    a.op(EXIT, 0, 0, 0, 0);
+
+    // Decapsulated (or, host-gw, received on the underlay): from another host's IPv6 block, for a sandbox
+    // here, addressed to the device's own MAC, not expiring here; delivered as the bridge would.
+    a.bind(decap6);
+    a.op(LDX_W, R2, R6, SKB_PKT_TYPE, 0);
+    a.or_pass(JNE_K, R2, 0, PACKET_HOST);
+    a.op(LDX_B, R2, R7, IP6_HOPS, 0);
+    a.or_pass(JLT_K, R2, 0, 2);
+    a.lookup_or_pass(fds.local6, AT_DADDR6);
+    a.op(MOV64_X, R9, R0, 0, 0);
+    a.trie6_key(AT_SADDR6);
+    a.lookup_or_pass(fds.remote6, AT_TRIE6_KEY);
+    a.put_mac(R9, 4, ETH_DST);
+    a.put_mac(R8, 8, ETH_SRC);
+    a.op(LDX_W, R1, R9, 0, 0);
+    a.op(MOV64_K, R2, 0, 0, 0);
+    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
+    a.op(EXIT, 0, 0, 0, 0);
     a.finish()
 }
 
@@ -892,6 +1032,7 @@ mod tests {
         local6: 6,
         config: 4,
         remote: 5,
+        remote6: 8,
     };
 
     #[test]
@@ -915,8 +1056,8 @@ mod tests {
             let to = (i + 1).checked_add_signed(isize::from(p[i].off));
             assert!(to.is_some_and(|t| t < n), "jump at {i} leaves the program");
         }
-        // Every way out is an exit after a verdict: four redirects, and pass.
-        assert_eq!(p.iter().filter(|i| i.code == EXIT).count(), 5);
+        // Every way out is an exit after a verdict: three redirects per family, and pass.
+        assert_eq!(p.iter().filter(|i| i.code == EXIT).count(), 7);
     }
 
     #[test]
@@ -925,7 +1066,7 @@ mod tests {
         let loads: Vec<&Insn> = p.iter().filter(|i| i.code == LD_DW_IMM).collect();
         assert!(loads.iter().all(|i| i.regs >> 4 == PSEUDO_MAP_FD));
         let fds: std::collections::BTreeSet<i32> = loads.iter().map(|i| i.imm).collect();
-        assert_eq!(fds, [3, 4, 5, 6].into());
+        assert_eq!(fds, [3, 4, 5, 6, 8].into());
         assert!(p.iter().any(|i| i.code == JEQ_K && i.imm == 9));
         let calls: Vec<i32> = p.iter().filter(|i| i.code == CALL).map(|i| i.imm).collect();
         assert_eq!(
@@ -940,6 +1081,13 @@ mod tests {
                 HELPER_MAP_LOOKUP_ELEM,
                 HELPER_MAP_LOOKUP_ELEM,
                 HELPER_REDIRECT_PEER,
+                // IPv6: the config, sandbox to sandbox, a remote block, delivery.
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_REDIRECT_PEER,
+                HELPER_MAP_LOOKUP_ELEM,
+                HELPER_REDIRECT_NEIGH,
                 HELPER_MAP_LOOKUP_ELEM,
                 HELPER_MAP_LOOKUP_ELEM,
                 HELPER_REDIRECT_PEER,
@@ -961,13 +1109,13 @@ mod tests {
         assert_eq!((p[branch + 3].code, p[branch + 3].off), (LDX_B, IP6_NEXT));
         assert_eq!((p[branch + 4].code, p[branch + 4].imm), (JEQ_K, TCP));
         assert_eq!((p[branch + 5].code, p[branch + 5].imm), (JNE_K, UDP));
-        // Both lookups go to local6, none to the IPv4 map.
+        // The config, then local6 and remote6 only, never the IPv4 maps.
         let maps: Vec<i32> = p[branch..]
             .iter()
             .filter(|i| i.code == LD_DW_IMM)
             .map(|i| i.imm)
             .collect();
-        assert_eq!(maps, [6, 6]);
+        assert_eq!(maps, [4, 6, 6, 8, 6, 8]);
     }
 
     #[test]
@@ -975,6 +1123,14 @@ mod tests {
         assert!(program(FDS, i32::MAX.unsigned_abs()).is_ok());
         let e = program(FDS, i32::MAX.unsigned_abs() + 1).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn remote6_keys_are_the_prefix_length_then_the_block() {
+        let k = remote6_key("fd00:10:244:2::/64".parse().unwrap());
+        assert_eq!(&k[..4], &64u32.to_ne_bytes());
+        assert_eq!(&k[4..6], &[0xfd, 0]);
+        assert_eq!(k.len(), 20);
     }
 
     #[test]

@@ -180,6 +180,8 @@ pub const NUD_PERMANENT: u16 = 0x80;
 
 /// A neighbour entry: address, MAC and `ndm_state` (NUD_* bits).
 pub type Neighbour = (Ipv4Addr, [u8; 6], u16);
+/// An IPv6 neighbour entry, as [`Neighbour`].
+pub type Neighbour6 = (Ipv6Addr, [u8; 6], u16);
 
 /// A VXLAN FDB entry: MAC and the underlay address frames for it are sent to.
 pub type FdbEntry = ([u8; 6], Option<Ipv4Addr>);
@@ -224,6 +226,17 @@ pub struct RouteSpec {
     pub onlink: bool,
     /// The source address of packets this host sends by the route.
     pub prefsrc: Option<Ipv4Addr>,
+}
+
+/// The IPv6 twin of [`RouteSpec`] for a peer's IPv6 block: always onlink through `via` (a permanent
+/// neighbour entry's address), in the main table, with protocol [`NSNET_ROUTE_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec6 {
+    pub dst: Ipv6Net,
+    pub via: Ipv6Addr,
+    pub dev_index: u32,
+    /// The source address of packets this host sends by the route (ignored when deleting).
+    pub prefsrc: Option<Ipv6Addr>,
 }
 
 /// `TCA_INGRESS_BLOCK`: the shared block a qdisc's ingress filters come from (not in netlink-packet-route).
@@ -1347,6 +1360,60 @@ impl Netlink {
         self.replace_neighbour(AddressFamily::Inet, dev_index, ip, mac, what)
     }
 
+    /// `ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`: the IPv6 twin of [`Self::neigh_replace`]
+    /// (a dual-stack overlay's peer block's next hop), so no neighbour solicitation crosses between hosts.
+    pub fn neigh6_replace(
+        &mut self,
+        dev_index: u32,
+        ip: Ipv6Addr,
+        mac: [u8; 6],
+    ) -> Result<(), KernelError> {
+        let msg = neighbour_of(AddressFamily::Inet6, dev_index, Some(ip.into()), Some(mac));
+        let what = |dev: &str| format!("add neighbour {ip} -> {} on {dev}", mac_str(mac));
+        self.request_on(
+            dev_index,
+            what,
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// `ip -6 neigh del IP dev INDEX`. Returns false when there was no such entry.
+    pub fn neigh6_delete(&mut self, dev_index: u32, ip: Ipv6Addr) -> Result<bool, KernelError> {
+        let msg = neighbour_of(AddressFamily::Inet6, dev_index, Some(ip.into()), None);
+        let what = |dev: &str| format!("delete neighbour {ip} on {dev}");
+        gone_ok(self.request_on(dev_index, what, RouteNetlinkMessage::DelNeighbour(msg), 0))
+    }
+
+    /// `ip -6 route replace DST via VIA dev INDEX onlink [src PREFSRC] proto 0x6e`: the IPv6 twin of
+    /// [`Self::route_replace`]. The device must have IPv6 on ("IPv6 is disabled on nexthop device").
+    pub fn route6_replace(&mut self, route: &RouteSpec6) -> Result<(), KernelError> {
+        let mut msg = route6_message(route);
+        msg.header.scope = RouteScope::Universe;
+        msg.header.flags |= RouteFlags::Onlink;
+        if let Some(src) = route.prefsrc {
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::Inet6(src)));
+        }
+        let what = |dev: &str| format!("add route {} via {} dev {dev}", route.dst, route.via);
+        self.request_on(
+            route.dev_index,
+            what,
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// `ip -6 route del DST via VIA dev INDEX proto 0x6e`. Returns false when there was no such route.
+    pub fn route6_delete(&mut self, route: &RouteSpec6) -> Result<bool, KernelError> {
+        let mut msg = route6_message(route);
+        msg.header.scope = RouteScope::NoWhere;
+        let what = |dev: &str| format!("delete route {} via {} dev {dev}", route.dst, route.via);
+        gone_ok(self.request_on(route.dev_index, what, RouteNetlinkMessage::DelRoute(msg), 0))
+    }
+
     /// Create or replace one permanent entry: an ARP neighbour (`Inet`) or an FDB entry (`Bridge`).
     fn replace_neighbour(
         &mut self,
@@ -1539,6 +1606,66 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The IPv6 twin of [`Self::routes_with_protocol`]: the main table's IPv6 unicast routes with protocol
+    /// `proto` that have a gateway and an output link (as [`Self::route6_replace`] makes them).
+    pub fn routes6_with_protocol(&mut self, proto: u8) -> Result<Vec<RouteSpec6>, KernelError> {
+        let mut out = Vec::new();
+        for m in self.routes_of(AddressFamily::Inet6)? {
+            if m.header.table != RouteHeader::RT_TABLE_MAIN
+                || u8::from(m.header.protocol) != proto
+                || m.header.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let (mut dst, mut via, mut dev_index, mut prefsrc) = (None, None, 0, None);
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = Some(*ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => via = Some(*ip),
+                    RouteAttribute::Oif(i) => dev_index = *i,
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => prefsrc = Some(*ip),
+                    _ => {}
+                }
+            }
+            let dst = dst.and_then(|d| Ipv6Net::new(d, m.header.destination_prefix_length).ok());
+            if let (Some(dst), Some(via)) = (dst, via) {
+                out.push(RouteSpec6 {
+                    dst,
+                    via,
+                    dev_index,
+                    prefsrc,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The IPv6 twin of [`Self::neighbours`]: link `dev_index`'s IPv6 neighbour entries that have a MAC,
+    /// with their `ndm_state`.
+    pub fn neighbours6(&mut self, dev_index: u32) -> Result<Vec<Neighbour6>, KernelError> {
+        let mut req = neighbour_of(AddressFamily::Inet6, 0, None, None);
+        req.attributes.push(NeighbourAttribute::IfIndex(dev_index));
+        let mut out = Vec::new();
+        let what = format!("list the IPv6 neighbours of link {dev_index}");
+        for m in self.dump_neighbours(&what, req, dev_index)? {
+            if m.header.family != AddressFamily::Inet6 {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac, u16::from(m.header.state)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The link holding IPv4 address IP (its name and index) and the address with its prefix: which
     /// interface an underlay address belongs to. The first one when several links hold it.
     pub fn address_owner(
@@ -1647,6 +1774,16 @@ fn neighbour(
     ip: Option<Ipv4Addr>,
     mac: Option<[u8; 6]>,
 ) -> NeighbourMessage {
+    neighbour_of(family, index, ip.map(IpAddr::V4), mac)
+}
+
+/// [`neighbour`] for an address of either family.
+fn neighbour_of(
+    family: AddressFamily,
+    index: u32,
+    ip: Option<IpAddr>,
+    mac: Option<[u8; 6]>,
+) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = family;
     msg.header.ifindex = index;
@@ -1657,8 +1794,11 @@ fn neighbour(
         }
     }
     if let Some(ip) = ip {
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let dst = match ip {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        };
+        msg.attributes.push(NeighbourAttribute::Destination(dst));
     }
     if let Some(mac) = mac {
         msg.attributes
@@ -1683,6 +1823,25 @@ fn route_message(route: &RouteSpec) -> RouteMessage {
         msg.attributes
             .push(RouteAttribute::Gateway(RouteAddress::Inet(route.via)));
     }
+    if route.dev_index != 0 {
+        msg.attributes.push(RouteAttribute::Oif(route.dev_index));
+    }
+    msg
+}
+
+/// The IPv6 twin of [`route_message`].
+fn route6_message(route: &RouteSpec6) -> RouteMessage {
+    let dst = route.dst.trunc();
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet6;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(NSNET_ROUTE_PROTOCOL);
+    msg.header.kind = RouteType::Unicast;
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet6(dst.addr())));
+    msg.attributes
+        .push(RouteAttribute::Gateway(RouteAddress::Inet6(route.via)));
     if route.dev_index != 0 {
         msg.attributes.push(RouteAttribute::Oif(route.dev_index));
     }

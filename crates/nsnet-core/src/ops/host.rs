@@ -37,6 +37,9 @@ pub(crate) struct OverlayEntries {
     pub neighbours: Vec<(Ipv4Addr, [u8; 6])>,
     /// nsnet's overlay routes through the device.
     pub routes: Vec<RouteSpec>,
+    /// The IPv6 twins (dual-stack overlays): neighbour entries, and nsnet's routes through the device.
+    pub neighbours6: Vec<(std::net::Ipv6Addr, [u8; 6])>,
+    pub routes6: Vec<crate::kernel::netlink::RouteSpec6>,
 }
 
 /// The host's underlay ([`Host::underlay`]).
@@ -45,6 +48,8 @@ pub struct Underlay {
     pub ip: Ipv4Addr,
     pub interface: String,
     pub mtu: u32,
+    /// The interface's MAC: host-gw peers bind this host's IPv6 block to it (dual-stack overlays).
+    pub mac: Option<crate::model::Mac>,
 }
 
 impl Host {
@@ -133,6 +138,12 @@ impl Host {
         sysctl::get("net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0")
     }
 
+    /// Whether interface `name` has IPv6 on (`disable_ipv6` is 0): the kernel routes no IPv6 through one
+    /// that has it off.
+    pub(crate) fn ipv6_on(name: &str) -> bool {
+        sysctl::get(&format!("net/ipv6/conf/{name}/disable_ipv6")).is_ok_and(|v| v.trim() == "0")
+    }
+
     /// The machine's identity (`/etc/machine-id`), empty when there is none: the seed of the host's ULA
     /// prefix, with the state dir's tag.
     pub(crate) fn machine_id() -> String {
@@ -201,6 +212,16 @@ impl Host {
                 .map(|(ip, mac, _)| (ip, mac))
                 .collect(),
             routes,
+            neighbours6: nl
+                .neighbours6(link.index)?
+                .into_iter()
+                .map(|(ip, mac, _)| (ip, mac))
+                .collect(),
+            routes6: nl
+                .routes6_with_protocol(NSNET_ROUTE_PROTOCOL)?
+                .into_iter()
+                .filter(|r| r.dev_index == link.index)
+                .collect(),
         }))
     }
 
@@ -259,11 +280,14 @@ impl Host {
                 (link.name, a.addr())
             }
         };
-        let mtu = nl.link(&name)?.and_then(|l| l.mtu).unwrap_or(1500);
+        let link = nl.link(&name)?;
+        let mtu = link.as_ref().and_then(|l| l.mtu).unwrap_or(1500);
+        let mac = link.and_then(|l| l.mac).map(crate::model::Mac);
         Ok(Underlay {
             ip: address,
             interface: name,
             mtu,
+            mac,
         })
     }
 

@@ -409,7 +409,7 @@ impl Nsnet {
             dns: req.dns,
             dns_servers: check_dns_servers(&req.dns_servers, req.dns, req.internal, &self.terms)?,
             ipv6: match &req.ipv6 {
-                Some(r6) => Some(self.validate_ipv6(req, r6, mtu, nets, host)?),
+                Some(r6) => Some(self.validate_ipv6(r6, mtu, nets, host)?),
                 None => None,
             },
         };
@@ -427,19 +427,12 @@ impl Nsnet {
     /// after the IPv4 part, whose messages come first.
     fn validate_ipv6(
         &self,
-        req: &NetworkRequest,
         r6: &Ipv6Request,
         mtu: u32,
         nets: &[Network],
         host: &mut Host,
     ) -> Result<Net6> {
         let t = &self.terms;
-        if req.overlay.is_some() {
-            return Err(invalid!(
-                "{}: overlay networks are IPv4 only for now; leave it out",
-                t.ipv6
-            ));
-        }
         if !Host::has_ipv6() {
             return Err(invalid!(
                 "{}: this host has IPv6 turned off (net.ipv6.conf.all.disable_ipv6 is not 0, or the kernel \

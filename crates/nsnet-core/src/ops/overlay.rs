@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::host::{OverlayEntries, Underlay};
 use super::{Host, NetworkRequest, Nsnet};
@@ -22,6 +22,11 @@ pub struct OverlayJoin {
     /// This host's lease: its block of the cluster subnet.
     pub subnet: Ipv4Net,
     pub cluster: Ipv4Net,
+    /// Dual stack: this host's IPv6 block, the cluster's IPv6 prefix, and whether IPv6 leaving the cluster
+    /// is masqueraded (NAT66).
+    pub subnet6: Option<Ipv6Net>,
+    pub cluster6: Option<Ipv6Net>,
+    pub ipv6_nat: bool,
     pub backend: OverlayBackend,
     pub vni: u32,
     pub port: u16,
@@ -48,6 +53,7 @@ impl OverlayJoin {
     fn overlay(&self) -> Overlay {
         Overlay {
             cluster: self.cluster,
+            cluster6: self.cluster6.filter(|_| self.subnet6.is_some()),
             backend: self.backend,
             vni: self.vni,
             port: self.port,
@@ -121,6 +127,18 @@ impl Nsnet {
             same_part(net, join)?;
             return Ok((net.clone(), Plan::default()));
         }
+        // host-gw's IPv6 routes leave by the underlay interface (not nsnet's to change): with IPv6 off there,
+        // every peer's IPv6 route would be refused, and the peers' IPv4 routes with them.
+        let iface = &join.underlay.interface;
+        if join.subnet6.is_some() && join.backend == OverlayBackend::HostGw && !Host::ipv6_on(iface)
+        {
+            return Err(invalid!(
+                "overlay network '{}' is dual stack, and host-gw routes its IPv6 by the underlay interface \
+                 {iface}, which has IPv6 off (net.ipv6.conf.{iface}.disable_ipv6 is not 0); turn it on \
+                 there (no IPv6 address is needed on it)",
+                join.name
+            ));
+        }
         let mut host = Host::new();
         for p in &join.peers {
             if refusal(&mut host, &want, p)?.is_none() {
@@ -144,7 +162,13 @@ impl Nsnet {
             // The resolver knows this host's sandboxes only; names across hosts would need etcd's view.
             dns: false,
             dns_servers: vec![],
-            ipv6: None,
+            // The block's first address is the peers' next hop to it (never handed out); `::1` the gateway.
+            ipv6: join.subnet6.map(|s| super::Ipv6Request {
+                subnet: Some(s),
+                gateway: None,
+                nat: join.ipv6_nat,
+                only: false,
+            }),
         };
         self.create_network(&req, &nets)
             .map(|(plan, net)| (net, plan))
@@ -235,7 +259,11 @@ impl Nsnet {
                 for p in accepted.iter().filter(|p| overlay.peers.contains(p)) {
                     // Overlay networks are IPv4 only: they always have a gateway.
                     let gateway = net.gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-                    if let Some(lost) = lost_entry(overlay, gateway, p, &entries) {
+                    let lost = lost_entry(overlay, gateway, p, &entries).or_else(|| {
+                        let gateway6 = net.ipv6.filter(|_| overlay.cluster6.is_some())?.gateway;
+                        lost_entry6(overlay.backend, gateway6, p, &entries)
+                    });
+                    if let Some(lost) = lost {
                         sync.repaired
                             .push(format!("{lost} of peer {} at {}", p.subnet, p.underlay));
                         if let Some(link) = build::peer_link(net) {
@@ -340,6 +368,22 @@ fn same_part(net: &Network, join: &OverlayJoin) -> Result<()> {
             join.subnet
         ));
     }
+    let have6 = net.ipv6.map(|v6| (v6.subnet, v6.nat));
+    let want6 = join.subnet6.map(|s| (s, join.ipv6_nat));
+    if have6 != want6 || have.cluster6 != want.cluster6 {
+        let show = |v: Option<(Ipv6Net, bool)>| {
+            v.map_or("no IPv6".to_string(), |(s, nat)| {
+                format!("IPv6 {s}{}", if nat { "" } else { " without NAT66" })
+            })
+        };
+        return Err(invalid!(
+            "this host's part of overlay network '{}' has {}, but the cluster gives it {}; remove its \
+             sandboxes so the agent can rebuild it",
+            join.name,
+            show(have6),
+            show(want6)
+        ));
+    }
     let same = have.cluster == want.cluster
         && have.backend == want.backend
         && have.vni == want.vni
@@ -360,6 +404,16 @@ fn same_part(net: &Network, join: &OverlayJoin) -> Result<()> {
 
 /// Why this host cannot program `peer`, if it cannot.
 fn refusal(host: &mut Host, o: &Overlay, peer: &Peer) -> Result<Option<String>> {
+    if let Some(s6) = peer.subnet6 {
+        if !o.cluster6.is_some_and(|c| c.contains(&s6)) {
+            return Ok(Some(format!(
+                "peer {} at {} has IPv6 block {s6}, outside the cluster's IPv6 prefix {}",
+                peer.subnet,
+                peer.underlay,
+                crate::model::or_none(o.cluster6)
+            )));
+        }
+    }
     if !o.cluster.contains(&peer.subnet) {
         return Ok(Some(format!(
             "peer subnet {} is outside the cluster subnet {}",
@@ -410,6 +464,27 @@ fn lost_entry(
     }
 }
 
+/// The first IPv6 entry of `peer` (dual-stack overlays) the kernel no longer has, or has pointing elsewhere.
+fn lost_entry6(
+    backend: OverlayBackend,
+    gateway6: std::net::Ipv6Addr,
+    peer: &Peer,
+    have: &OverlayEntries,
+) -> Option<&'static str> {
+    let (block, via, mac) = peer.gateway6(backend)?;
+    if !have.neighbours6.contains(&(via, mac.0)) {
+        Some("IPv6 neighbour entry")
+    } else if !have
+        .routes6
+        .iter()
+        .any(|r| r.dst == block && r.via == via && r.prefsrc == Some(gateway6))
+    {
+        Some("IPv6 route")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +504,9 @@ mod tests {
             name: "pods".into(),
             subnet: "10.244.3.0/24".parse().unwrap(),
             cluster: "10.244.0.0/16".parse().unwrap(),
+            subnet6: None,
+            cluster6: None,
+            ipv6_nat: true,
             backend: OverlayBackend::Vxlan,
             vni: 1,
             port: 4789,
@@ -437,6 +515,7 @@ mod tests {
                 ip: Ipv4Addr::new(192, 168, 200, 11),
                 interface: "eth0".into(),
                 mtu: 1500,
+                mac: None,
             },
             peers: vec![],
         };

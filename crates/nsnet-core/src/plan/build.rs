@@ -129,7 +129,6 @@ fn interfaces(net: &Network) -> impl Iterator<Item = &str> {
 /// An overlay network's rules on this host: the cluster's traffic in and out of its subnet, and (vxlan) the
 /// member hosts that may send VXLAN.
 fn overlay_rules(net: &Network) -> Vec<Rule> {
-    // Overlay networks are IPv4 only.
     let (Some(o), Some(subnet)) = (&net.overlay, net.subnet) else {
         return vec![];
     };
@@ -138,6 +137,14 @@ fn overlay_rules(net: &Network) -> Vec<Rule> {
         cluster: o.cluster,
         subnet,
     }];
+    // Dual stack: the same for the cluster's IPv6 prefix and this host's block of it.
+    if let (Some(cluster), Some(v6)) = (o.cluster6, net.ipv6) {
+        rules.push(Rule::Overlay6 {
+            device: o.device.clone(),
+            cluster,
+            subnet: v6.subnet,
+        });
+    }
     if o.backend == OverlayBackend::Vxlan {
         rules.push(Rule::VxlanPort { port: o.port });
         rules.extend(o.peers.iter().map(|p| member(o, p)));
@@ -169,6 +176,10 @@ pub fn peer_link(net: &Network) -> Option<PeerLink> {
         backend: o.backend,
         device: o.device.clone(),
         src,
+        src6: net
+            .ipv6
+            .filter(|_| o.cluster6.is_some())
+            .map(|v6| v6.gateway),
     })
 }
 
@@ -260,11 +271,19 @@ fn fast_path_tunnel(net: &Network, peers: &[Peer]) -> Option<Step> {
             (p.subnet, via)
         })
         .collect();
+    // A dual-stack overlay's IPv6 blocks, by the next hop their routes name (see `Peer::gateway6`).
+    let routes6 = peers
+        .iter()
+        .filter(|_| net.ipv6.is_some() && o.cluster6.is_some())
+        .filter_map(|p| p.gateway6(o.backend))
+        .map(|(block, via, _)| (block, via))
+        .collect();
     Some(Step::FastPathTunnel {
         bridge,
         device: o.device.clone(),
         decap,
         routes,
+        routes6,
     })
 }
 
@@ -297,6 +316,7 @@ pub fn overlay_up(net: &Network, owner: &str) -> Vec<Step> {
             mtu: net.mtu,
             mac: o.vtep_mac,
             tag: owner.to_string(),
+            ipv6: net.ipv6.is_some(),
         });
     }
     steps.extend(peers_up(net));
@@ -1848,6 +1868,7 @@ mod tests {
         Network {
             overlay: Some(Overlay {
                 cluster: "10.244.0.0/16".parse().unwrap(),
+                cluster6: None,
                 backend,
                 vni: 1,
                 port: 4789,
@@ -1869,7 +1890,172 @@ mod tests {
             subnet: block.parse().unwrap(),
             underlay: Ipv4Addr::from(ip),
             vtep_mac: Some(Mac([0x0e, 0x6e, 0, 0, 0, ip[3]])),
+            subnet6: None,
+            underlay_mac: None,
         }
+    }
+
+    /// [`overlay_net`] made dual stack: the cluster's IPv6 prefix `fd00:10:244::/56`, this host's block the
+    /// /64 numbered as its IPv4 block, and each peer's the same (with `mac` as a host-gw peer's underlay MAC).
+    fn overlay_net6(net: Network, mac: Option<Mac>) -> Network {
+        let six = |b: Ipv4Net| -> Ipv6Net {
+            format!("fd00:10:244:{:x}::/64", b.network().octets()[2])
+                .parse()
+                .unwrap()
+        };
+        let mut n = net;
+        let block = six(n.subnet.unwrap());
+        n.ipv6 = Some(crate::model::Net6 {
+            subnet: block,
+            gateway: crate::ipam::default_gateway6(&block),
+            nat: true,
+        });
+        if let Some(o) = n.overlay.as_mut() {
+            o.cluster6 = Some("fd00:10:244::/56".parse().unwrap());
+            for p in &mut o.peers {
+                p.subnet6 = Some(six(p.subnet));
+                p.underlay_mac = mac.filter(|_| o.backend == OverlayBackend::HostGw);
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_dual_stack_overlay_routes_each_peer_s_ipv6_block_onlink_via_a_permanent_neighbour() {
+        let four = overlay_net(
+            "pods",
+            "10.244.1.0/24",
+            OverlayBackend::Vxlan,
+            &[("10.244.2.0/24", [192, 168, 200, 12])],
+        );
+        let n = overlay_net6(four.clone(), None);
+        let (steps, fw) = network_up(&n, &[], None, OWNER);
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, Step::CreateVxlan { ipv6: true, .. })));
+        let text = Plan {
+            steps: steps.clone(),
+            restore: vec![],
+        }
+        .render();
+        let (vtep2, proto) = (
+            "0e:6e:00:00:00:0c",
+            crate::kernel::netlink::NSNET_ROUTE_PROTOCOL,
+        );
+        for line in [
+            format!("ip -6 neigh replace fd00:10:244:2:: lladdr {vtep2} dev nsvx1 nud permanent"),
+            format!(
+                "ip -6 route replace fd00:10:244:2::/64 via fd00:10:244:2:: dev nsvx1 onlink src \
+                 fd00:10:244:1::1 proto {proto}"
+            ),
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
+        }
+        // After the IPv4 route; removed before it.
+        let at = |t: &str, l: &str| t.find(l).unwrap();
+        assert!(at(&text, "ip route replace 10.244.2.0/24") < at(&text, "ip -6 route replace"));
+        let Some(Step::SetPeer { overlay, peer }) =
+            steps.iter().find(|s| matches!(s, Step::SetPeer { .. }))
+        else {
+            panic!("no peer: {steps:?}")
+        };
+        let del = Step::RemovePeer {
+            overlay: overlay.clone(),
+            peer: peer.clone(),
+        }
+        .render();
+        assert!(
+            at(&del, "ip -6 route del") < at(&del, "ip route del"),
+            "{del}"
+        );
+        assert!(
+            del.contains("ip -6 neigh del fd00:10:244:2:: dev nsvx1"),
+            "{del}"
+        );
+        let rules: Vec<&Rule> =
+            fw.0.iter()
+                .map(|c| match c {
+                    Change::Add(r) | Change::Delete(r) => r,
+                })
+                .collect();
+        // The fast path knows the peer's IPv6 block, by the same next hop.
+        let Some(Step::FastPathTunnel { routes6, .. }) = steps
+            .iter()
+            .find(|s| matches!(s, Step::FastPathTunnel { .. }))
+        else {
+            panic!("no tunnel: {steps:?}")
+        };
+        assert_eq!(
+            routes6,
+            &[(
+                "fd00:10:244:2::/64".parse().unwrap(),
+                "fd00:10:244:2::".parse().unwrap()
+            )]
+        );
+        assert!(rules.contains(&&Rule::Overlay6 {
+            device: "nsvx1".into(),
+            cluster: "fd00:10:244::/56".parse().unwrap(),
+            subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        }));
+        // IPv4 only: no IPv6 line, no IPv6 rule, and the peer's step serializes as before (no `src6`).
+        let (steps4, fw4) = network_up(&four, &[], None, OWNER);
+        let text4 = Plan {
+            steps: steps4.clone(),
+            restore: vec![],
+        }
+        .render();
+        assert!(
+            !text4.contains("ip -6") && !text4.contains("nsvx1/"),
+            "{text4}"
+        );
+        assert!(!fw4
+            .0
+            .iter()
+            .any(|c| matches!(c, Change::Add(Rule::Overlay6 { .. }))));
+        let json = serde_json::to_string(&steps4).unwrap();
+        assert!(
+            !json.contains("src6")
+                && !json.contains("subnet6")
+                && !json.contains("routes6")
+                && !json.contains("\"ipv6\""),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn host_gw_binds_a_peer_s_ipv6_block_to_its_underlay_mac_and_skips_a_peer_without_one() {
+        let four = overlay_net(
+            "pods",
+            "10.244.1.0/24",
+            OverlayBackend::HostGw,
+            &[("10.244.2.0/24", [192, 168, 200, 12])],
+        );
+        let mac = Mac([2, 0, 0, 0, 0, 0x12]);
+        let text = peers_up(&overlay_net6(four.clone(), Some(mac)))
+            .iter()
+            .map(Step::render)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains(
+                "ip route replace 10.244.2.0/24 via 192.168.200.12 dev eth0 src 10.244.1.1"
+            ) && text.contains(&format!(
+                "ip -6 neigh replace fd00:10:244:2:: lladdr {mac} dev eth0 nud permanent"
+            )) && text.contains(
+                "ip -6 route replace fd00:10:244:2::/64 via fd00:10:244:2:: dev eth0 onlink"
+            ),
+            "{text}"
+        );
+        // A peer that published no underlay MAC (an older agent) gets its IPv4 route only.
+        let text = peers_up(&overlay_net6(four, None))
+            .iter()
+            .map(Step::render)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains("ip route replace 10.244.2.0/24") && !text.contains("ip -6"),
+            "{text}"
+        );
     }
 
     #[test]

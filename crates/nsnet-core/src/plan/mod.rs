@@ -6,10 +6,10 @@
 pub mod build;
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::firewall::{Backend, Batch};
 use crate::model::{Mac, OverlayBackend, Peer};
@@ -187,6 +187,10 @@ pub enum Step {
         device: String,
         decap: bool,
         routes: Vec<(Ipv4Net, Ipv4Addr)>,
+        /// A dual-stack overlay's remote IPv6 blocks and their next hops (each block's first address);
+        /// empty, and left out of intents, on an IPv4-only one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        routes6: Vec<(Ipv6Net, Ipv6Addr)>,
     },
     /// host-gw's receiving side of `bridge`'s fast path: its program becomes one tc filter on the ingress of
     /// `device`, the host's underlay interface (not nsnet's), with a preference and handle of the network's
@@ -239,6 +243,10 @@ pub enum Step {
         mtu: u32,
         mac: Mac,
         tag: String,
+        /// A dual-stack overlay's device carries IPv6 too: IPv6 on, as on a dual-stack bridge
+        /// ([`Step::CreateBridge`]) but with no address at all; off (the default) it has IPv6 off.
+        #[serde(default, skip_serializing_if = "is_false")]
+        ipv6: bool,
     },
     /// Program one remote host of an overlay network, replacing whatever is there (idempotent): for vxlan
     /// its FDB entry, its permanent neighbour entry and an onlink route to its subnet; for host-gw a route
@@ -292,6 +300,10 @@ pub struct PeerLink {
     /// The VXLAN device (vxlan) or the underlay interface (host-gw).
     pub device: String,
     pub src: Ipv4Addr,
+    /// The source of routes to peers' IPv6 blocks: this host's IPv6 gateway, on a dual-stack overlay (whose
+    /// peers get IPv6 routes); absent, and left out of intents, on an IPv4-only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src6: Option<Ipv6Addr>,
 }
 
 impl Step {
@@ -524,6 +536,7 @@ impl Step {
                 device,
                 decap,
                 routes,
+                routes6,
             } => {
                 let mut out = String::new();
                 if *decap {
@@ -536,6 +549,11 @@ impl Step {
                 let blocks: Vec<String> = routes
                     .iter()
                     .map(|(block, via)| format!("{block} via {via}"))
+                    .chain(
+                        routes6
+                            .iter()
+                            .map(|(block, via)| format!("{block} via {via}")),
+                    )
                     .collect();
                 let _ = write!(
                     out,
@@ -628,10 +646,18 @@ impl Step {
                 mtu,
                 mac,
                 tag,
-            } => format!(
-                "ip link add {name} type vxlan id {vni} dstport {port} nolearning\n\
-                 ip link set {name} address {mac} mtu {mtu} alias {tag} up"
-            ),
+                ipv6,
+            } => {
+                let mut out = format!(
+                    "ip link add {name} type vxlan id {vni} dstport {port} nolearning\n\
+                     ip link set {name} address {mac} mtu {mtu} alias {tag} up"
+                );
+                if *ipv6 {
+                    out.push('\n');
+                    out.push_str(&render_ipv6_gateway_link(&Ns::Host, name));
+                }
+                out
+            }
             Step::RetireVeth {
                 host,
                 peer,
@@ -707,7 +733,7 @@ fn render_loopback(l: &Loopback) -> String {
 fn render_peer(o: &PeerLink, peer: &Peer, verb: &str) -> String {
     let (dev, src, subnet) = (&o.device, o.src, peer.subnet);
     let proto = crate::kernel::netlink::NSNET_ROUTE_PROTOCOL;
-    match (o.backend, peer.vtep_mac) {
+    let four = match (o.backend, peer.vtep_mac) {
         (OverlayBackend::Vxlan, Some(mac)) => {
             let via = peer.vxlan_gateway();
             let dst = peer.underlay;
@@ -747,7 +773,32 @@ fn render_peer(o: &PeerLink, peer: &Peer, verb: &str) -> String {
                 format!("ip route replace {subnet} via {via} dev {dev} src {src} proto {proto}")
             }
         }
+    };
+    match render_peer6(o, peer, verb) {
+        // Set up after the IPv4 entries, removed before them.
+        Some(six) if verb == "del" => format!("{six}\n{four}"),
+        Some(six) => format!("{four}\n{six}"),
+        None => four,
     }
+}
+
+/// A peer's IPv6 entries (dual-stack overlays): a permanent neighbour for its IPv6 block's first address, and
+/// an onlink route to the block via it, for both backends.
+fn render_peer6(o: &PeerLink, peer: &Peer, verb: &str) -> Option<String> {
+    let src = o.src6?;
+    let (block, via, mac) = peer.gateway6(o.backend)?;
+    let (dev, proto) = (&o.device, crate::kernel::netlink::NSNET_ROUTE_PROTOCOL);
+    Some(if verb == "del" {
+        format!(
+            "ip -6 route del {block} via {via} dev {dev} onlink proto {proto}\n\
+             ip -6 neigh del {via} dev {dev}"
+        )
+    } else {
+        format!(
+            "ip -6 neigh replace {via} lladdr {mac} dev {dev} nud permanent\n\
+             ip -6 route replace {block} via {via} dev {dev} onlink src {src} proto {proto}"
+        )
+    })
 }
 
 fn is_false(b: &bool) -> bool {

@@ -19,7 +19,7 @@ pub mod common;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +40,8 @@ pub const UNDERLAY_PREFIX: u8 = 24;
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 2);
 /// The outside peer's address on the underlay.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 200);
+/// The outside peer's IPv6 address on the underlay, in a dual-stack world ([`World::new6`]).
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0xc8);
 /// The IANA VXLAN port (RFC 7348).
 pub const VXLAN_PORT: u16 = 4789;
 /// Set on every process the world starts, so [`leftovers_of`] can find any that outlive it (children
@@ -63,6 +65,9 @@ pub struct World {
     etcd: Mutex<Option<Child>>,
     agents: Mutex<Vec<Option<Child>>>,
     tmp: Option<tempfile::TempDir>,
+    /// A dual-stack world ([`World::new6`]): IPv6 on in the hosts and the outside peer, and the IPv6 gate
+    /// open for every nsnet it runs.
+    ipv6: bool,
 }
 
 /// A command run inside the namespace at `ns` (by `nsenter`, which execs it: the child's pid is the program's).
@@ -303,6 +308,7 @@ impl World {
             etcd: Mutex::new(None),
             agents: Mutex::new((0..n_hosts).map(|_| None).collect()),
             tmp: Some(tmp),
+            ipv6: false,
         };
         let ul = w.add_ns("ul");
         sh(&["ip", "-n", &ul, "link", "add", "ul0", "type", "bridge"]);
@@ -318,6 +324,51 @@ impl World {
         w.plug(&out, "out", OUTSIDE_IP);
         w.start_etcd();
         w
+    }
+
+    /// A dual-stack world: as [`World::new`], then IPv6 on in every host and the outside peer (only inside
+    /// these throwaway namespaces), each with a fixed underlay address in `fd00:200::/64`
+    /// ([`World::host_ip6`], [`OUTSIDE_IP6`]) without DAD; and every nsnet the world runs, agents included,
+    /// gets the IPv6 gate.
+    pub fn new6(test: &str, n_hosts: usize) -> World {
+        let mut w = World::new(test, n_hosts);
+        w.ipv6 = true;
+        let mut on: Vec<(PathBuf, Ipv6Addr)> = (1..=n_hosts)
+            .map(|i| (w.host_path(i), w.host_ip6(i)))
+            .collect();
+        on.push((w.outside_path(), OUTSIDE_IP6));
+        for (ns, ip) in on {
+            for conf in ["all", "default", "eth0"] {
+                in_ns(
+                    &ns,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{conf}.disable_ipv6=0"),
+                    ],
+                );
+            }
+            in_ns(
+                &ns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{ip}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+        }
+        w
+    }
+
+    /// Host `i`'s IPv6 underlay address (a dual-stack world's, [`World::new6`]): `fd00:200::` and its IPv4
+    /// address's last byte.
+    pub fn host_ip6(&self, i: usize) -> Ipv6Addr {
+        let last = self.host_ip(i).octets()[3];
+        Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, u16::from(last))
     }
 
     /// Add namespace `nsnt-<tag>-<what>` with `lo` up and IPv6 off (set before any link is made or moved in,
@@ -445,6 +496,9 @@ impl World {
             .env(TAG_ENV, &self.tag)
             // No upstream resolver: nothing is forwarded beyond the world.
             .env("NSNET_RESOLV_CONF", "/dev/null");
+        if self.ipv6 {
+            cmd.envs(common::IPV6_GATE);
+        }
         cmd
     }
 
@@ -628,11 +682,18 @@ impl World {
         let mut args = vec!["agent", "--etcd", url.as_str(), "--iface", "eth0"];
         args.extend_from_slice(extra);
         let state = self.state_dir(i);
+        let mut env = vec![
+            ("NSNET_STATE_DIR", state.as_path()),
+            ("NSNET_CGROUP", &state),
+        ];
+        if self.ipv6 {
+            env.extend(common::IPV6_GATE.map(|(k, v)| (k, Path::new(v))));
+        }
         agents[at] = Some(self.spawn_logged(
             &self.host_path(i),
             &nsnet_bin(),
             &args,
-            &[("NSNET_STATE_DIR", &state), ("NSNET_CGROUP", &state)],
+            &env,
             &self.agent_log_path(i),
         ));
     }
