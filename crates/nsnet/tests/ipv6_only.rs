@@ -792,3 +792,50 @@ fn internal_ipv6_only_networks_resolve_their_own_names_and_forward_nothing() {
     h.ok(&["network", "rm", "in"]);
     drop(dnsmasq);
 }
+
+/// Host processes and an IPv6-only network's published ports: only IPv6 holders count. A process on IPv4
+/// alone (`0.0.0.0:P`) holds nothing the network publishes, so `-p P:80` is taken and `nsnet port` marks
+/// nothing, and the process keeps its IPv4 connections; one on the host's IPv6 address holds the port, so
+/// `-p Q:80` is refused in one line and nothing changes; one that binds the published port's IPv6 side later
+/// is marked.
+#[test]
+fn only_ipv6_host_processes_hold_an_ipv6_only_networks_ports() {
+    let h = TestHost::with_lan6("v6ohold");
+    create_only6(&h, "v6o", &[]);
+    let (s, t) = (h.sb("s"), h.sb("t"));
+    let v4 = probe::tcp_server(&h.host_path(), (Ipv4Addr::UNSPECIFIED, 8095)).expect("listen");
+    h.ok6(&["create", &s, "--network", "v6o", "-p", "8095:80"]);
+    assert_eq!(h.ok(&["port", &s]).trim(), "80/tcp -> 0.0.0.0:8095");
+    let host4: Ipv4Addr = common::HOST_IP.parse().expect("address");
+    assert!(probe::tcp_hello(&h.lan_path(), (host4, 8095)).is_ok());
+    assert_eq!(
+        v4.wait().ok().map(|p| p.ip()),
+        Some(common::LAN_IP.parse().expect("address")),
+        "the IPv4 process keeps its connections"
+    );
+    let _held = probe::tcp_server(&h.host_path(), (v6(HOST_IP6), 8096)).expect("listen");
+    let before = h.snapshot();
+    let args = ["create", &t, "--network", "v6o", "-p", "8096:80"];
+    let line = common::check_one_line_failure(&args, h.nsnet_env(&args, &GATE));
+    assert!(
+        line.contains("host port 8096/tcp is already in use"),
+        "{line}"
+    );
+    assert_eq!(h.snapshot(), before, "the refused create changed something");
+    let later = probe::tcp_server(&h.host_path(), (Ipv6Addr::UNSPECIFIED, 8095)).expect("listen");
+    let shown = h.ok(&["port", &s]);
+    assert!(shown.contains("a host process listens here too"), "{shown}");
+    assert_eq!(
+        common::reach_any(
+            &h.sb_path("s"),
+            80,
+            &h.lan_path(),
+            SocketAddr::new(v6(HOST_IP6).into(), 8095)
+        ),
+        Some(v6(LAN_IP6).into()),
+        "the sandbox still gets the LAN peer's connections"
+    );
+    assert!(later.wait().is_err(), "the later IPv6 listener got one");
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "v6o"]);
+}

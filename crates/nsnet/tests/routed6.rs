@@ -381,10 +381,16 @@ fn a_routed_dual_stack_sandbox_cannot_spoof_its_source_to_the_lan() {
 /// The gateway side of a point-to-point network is its host end (`gateway_on`), and an IPv6-only network has
 /// no IPv4 at all: routed, both are reached directly by the LAN peer routing their subnet to the host (at
 /// once, with the real client) and reach it with their own addresses; unrouted ports stay closed on the
-/// nat-mode twin of each.
+/// nat-mode twin of each. On both firewall backends.
 #[test]
 fn routed_point_to_point_and_ipv6_only_sandboxes_are_reached_directly() {
-    let h = lan_host("r6p2p", "nftables");
+    for backend in ["nftables", "iptables"] {
+        routed_kinds(backend);
+    }
+}
+
+fn routed_kinds(backend: &'static str) {
+    let h = lan_host("r6p2p", backend);
     let empty = h.snapshot();
     let kinds: [(&str, &[&str]); 2] = [
         ("p2p", &["--driver", "veth", "--ipv6"]),
@@ -405,19 +411,19 @@ fn routed_point_to_point_and_ipv6_only_sandboxes_are_reached_directly() {
             assert_eq!(
                 common::reach_any(&s_ns, 81, &lan, at(s6, 81)),
                 routed.then_some(v6(LAN_IP6).into()),
-                "{net}: the LAN peer to the sandbox directly"
+                "{backend}, {net}: the LAN peer to the sandbox directly"
             );
             // Out: its own address when routed; NAT66 (the host's address) otherwise.
             let out = if routed { s6 } else { v6(HOST_IP6) };
             assert_eq!(
                 common::reach_any(&lan, 82, &s_ns, at(v6(LAN_IP6), 82)),
                 Some(out.into()),
-                "{net}: the sandbox to the LAN peer"
+                "{backend}, {net}: the sandbox to the LAN peer"
             );
             h.ok(&["rm", &s]);
             h.ok(&["network", "rm", &net]);
             lan_route(&h, "del", &subnet);
         }
     }
-    assert_eq!(h.snapshot(), empty);
+    assert_clean(&h, backend, &empty);
 }
