@@ -139,10 +139,16 @@ fn a_lan_peer_routing_to_dual_stack_sandboxes_reaches_published_ports_only_unles
 /// `ports.rs::a_published_port_works_from_every_path` on a routed dual-stack network: the DNAT does not care
 /// how the network reaches out. Over IPv6 from the LAN peer (the real client), the host's own address and
 /// `[::1]`, a sandbox of the same and of another network, and the sandbox itself (hairpin); over IPv4 from the
-/// LAN peer.
+/// LAN peer. On both firewall backends.
 #[test]
 fn a_published_port_on_a_routed_dual_stack_network_works_from_every_path() {
-    let h = lan_host("r6pub", "nftables");
+    for backend in ["nftables", "iptables"] {
+        every_path(backend);
+    }
+}
+
+fn every_path(backend: &'static str) {
+    let h = lan_host("r6pub", backend);
     let empty = h.snapshot();
     h.ok6(&[
         "network",
@@ -162,18 +168,24 @@ fn a_published_port_on_a_routed_dual_stack_network_works_from_every_path() {
     assert_eq!(
         common::reach_any(&a_ns, 80, &h.lan_path(), host(8080)),
         Some(v6(LAN_IP6).into()),
-        "LAN peer -> host over IPv6"
+        "{backend}: LAN peer -> host over IPv6"
     );
     assert!(
         common::reach_any(&a_ns, 80, &h.host_path(), host(8080)).is_some(),
-        "host -> own IPv6 address"
+        "{backend}: host -> own IPv6 address"
     );
     if common::cgroup2_root().is_some() {
         // From the test's cgroup, where the [::1] translation acts.
         let srv = probe::tcp_server(&a_ns, at(Ipv6Addr::UNSPECIFIED, 80)).expect("listen");
         let seen = h.client6(&h.host_path(), "tcp", "::1", 8080);
-        assert!(seen.starts_with("[::1]:8080 "), "host -> [::1]: {seen}");
-        assert!(srv.wait().is_ok(), "host -> [::1]: the sandbox saw nobody");
+        assert!(
+            seen.starts_with("[::1]:8080 "),
+            "{backend}: host -> [::1]: {seen}"
+        );
+        assert!(
+            srv.wait().is_ok(),
+            "{backend}: host -> [::1]: the sandbox saw nobody"
+        );
     }
     for (from, what) in [
         ("b", "same network"),
@@ -182,29 +194,35 @@ fn a_published_port_on_a_routed_dual_stack_network_works_from_every_path() {
     ] {
         assert!(
             common::reach_any(&a_ns, 80, &h.sb_path(from), host(8080)).is_some(),
-            "{what}"
+            "{backend}: {what}"
         );
     }
     let v4 = SocketAddr::new(common::HOST_IP.parse().expect("address"), 8080);
     assert_eq!(
         common::reach_any(&a_ns, 80, &h.lan_path(), v4),
         Some(common::LAN_IP.parse().expect("address")),
-        "LAN peer -> host over IPv4"
+        "{backend}: LAN peer -> host over IPv4"
     );
     for sb in [&a, &b, &c] {
         h.ok(&["rm", sb]);
     }
     h.ok(&["network", "rm", "r"]);
     h.ok(&["network", "rm", "other"]);
-    assert_eq!(h.snapshot(), empty);
+    assert_clean(&h, backend, &empty);
 }
 
 /// `ipv6.rs::dual_stack_networks_are_isolated_unless_both_opt_out` with routed networks: a routed network's
 /// sandboxes reach the LAN directly, never another network's (routed or nat) over IPv6 or IPv4, nor they its,
-/// and the LAN peer routing every subnet to the host reaches the routed ones only.
+/// and the LAN peer routing every subnet to the host reaches the routed ones only. On both firewall backends.
 #[test]
 fn routed_dual_stack_networks_are_isolated() {
-    let h = lan_host("r6iso", "nftables");
+    for backend in ["nftables", "iptables"] {
+        routed_isolation(backend);
+    }
+}
+
+fn routed_isolation(backend: &'static str) {
+    let h = lan_host("r6iso", backend);
     let empty = h.snapshot();
     let routed = ["--ipv6", "--gateway-mode", "routed"];
     for (net, extra) in [
@@ -239,7 +257,7 @@ fn routed_dual_stack_networks_are_isolated() {
                     assert_eq!(
                         got,
                         from_net == to_net,
-                        "{from} ({from_net}) -> {to} ({to_net})"
+                        "{backend}: {from} ({from_net}) -> {to} ({to_net})"
                     );
                 });
             }
@@ -247,7 +265,7 @@ fn routed_dual_stack_networks_are_isolated() {
             scope.spawn(move || {
                 let lan = v6(LAN_IP6);
                 let got = probe::ping6(&h.sb_path(from), lan).expect("ping");
-                assert!(got, "{from} cannot reach the LAN");
+                assert!(got, "{backend}: {from} cannot reach the LAN");
             });
         }
         for (to, to_net, to_ip) in &addrs {
@@ -257,7 +275,7 @@ fn routed_dual_stack_networks_are_isolated() {
                 assert_eq!(
                     got,
                     to_net.starts_with('r'),
-                    "the LAN peer -> {to} ({to_net})"
+                    "{backend}: the LAN peer -> {to} ({to_net})"
                 );
             });
         }
@@ -269,7 +287,7 @@ fn routed_dual_stack_networks_are_isolated() {
         assert_eq!(
             common::reach_any(&a_ns, 90, from, at(a_ip, 90)),
             None,
-            "{what} reached a routed sandbox's open port"
+            "{backend}: {what} reached a routed sandbox's open port"
         );
     }
     let a4: std::net::Ipv4Addr = h.inspect(&h.sb("a"))["endpoints"][0]["address"]
@@ -280,7 +298,7 @@ fn routed_dual_stack_networks_are_isolated() {
     assert_eq!(
         common::reach_any(&a_ns, 90, &c_ns, SocketAddr::new(a4.into(), 90)),
         None,
-        "another routed network reached it over IPv4"
+        "{backend}: another routed network reached it over IPv4"
     );
     for (name, _) in sandboxes {
         h.ok(&["rm", &h.sb(name)]);
@@ -291,7 +309,7 @@ fn routed_dual_stack_networks_are_isolated() {
     for subnet in &subnets {
         lan_route(&h, "del", subnet);
     }
-    assert_eq!(h.snapshot(), empty);
+    assert_clean(&h, backend, &empty);
 }
 
 /// ICMPv6 echo requests the LAN peer has received.
