@@ -804,8 +804,22 @@ fn only_ipv6_host_processes_hold_an_ipv6_only_networks_ports() {
     create_only6(&h, "v6o", &[]);
     let (s, t) = (h.sb("s"), h.sb("t"));
     let v4 = probe::tcp_server(&h.host_path(), (Ipv4Addr::UNSPECIFIED, 8095)).expect("listen");
-    h.ok6(&["create", &s, "--network", "v6o", "-p", "8095:80"]);
-    assert_eq!(h.ok(&["port", &s]).trim(), "80/tcp -> 0.0.0.0:8095");
+    let one = format!("[{HOST_IP6}]:8097:81");
+    h.ok6(&[
+        "create",
+        &s,
+        "--network",
+        "v6o",
+        "-p",
+        "8095:80",
+        "-p",
+        &one,
+    ]);
+    // Every address of an IPv6-only network is every IPv6 address; an IPv6 address is written in brackets.
+    assert_eq!(
+        h.ok(&["port", &s]).trim(),
+        format!("80/tcp -> [::]:8095\n81/tcp -> [{HOST_IP6}]:8097")
+    );
     let host4: Ipv4Addr = common::HOST_IP.parse().expect("address");
     assert!(probe::tcp_hello(&h.lan_path(), (host4, 8095)).is_ok());
     assert_eq!(
