@@ -683,6 +683,9 @@ fn lan_dns_traffic(h: &TestHost) -> u64 {
 #[test]
 fn an_ipv6_upstream_answers_for_ipv6_only_sandboxes_and_networks() {
     let h = TestHost::with_lan6("v6oup");
+    // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
     let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
     create_only6(&h, "n", &[]);
     create_only6(&h, "m", &["--dns", LAN_IP6]);
@@ -745,6 +748,7 @@ fn an_ipv6_upstream_answers_for_ipv6_only_sandboxes_and_networks() {
     h.ok(&["network", "rm", "n"]);
     h.ok(&["network", "rm", "m"]);
     drop(dnsmasq);
+    assert_eq!(h.snapshot(), empty);
 }
 
 /// `names.rs::internal_networks_resolve_their_own_names_and_forward_nothing` on an internal IPv6-only
@@ -753,6 +757,7 @@ fn an_ipv6_upstream_answers_for_ipv6_only_sandboxes_and_networks() {
 #[test]
 fn internal_ipv6_only_networks_resolve_their_own_names_and_forward_nothing() {
     let h = TestHost::with_lan6("v6ointn");
+    let empty = h.snapshot();
     let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
     std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
     create_only6(&h, "in", &["--internal"]);
@@ -791,6 +796,7 @@ fn internal_ipv6_only_networks_resolve_their_own_names_and_forward_nothing() {
     h.ok(&["rm", &b]);
     h.ok(&["network", "rm", "in"]);
     drop(dnsmasq);
+    assert_eq!(h.snapshot(), empty);
 }
 
 /// Host processes and an IPv6-only network's published ports: only IPv6 holders count. A process on IPv4
