@@ -657,7 +657,6 @@ impl Containerd {
         self.ctr(&all)
     }
 
-    /// Container `id`'s address on eth0, as busybox `ip` shows it inside.
     /// What container `from` gets from the greeter at `addr` ([`PORT`]), over TCP with busybox's nc. A task
     /// counts as running before its greeter listens: asked again for up to 10 s while the answer is empty.
     fn greeting(&mut self, from: &str, addr: &str) -> String {
@@ -690,6 +689,7 @@ impl Containerd {
             .unwrap_or_else(|| panic!("no global IPv6 address on {id}'s eth0: {shown}"))
     }
 
+    /// Container `id`'s IPv4 address on eth0, as busybox `ip` shows it inside.
     fn address(&mut self, id: &str) -> String {
         let out = self.exec(id, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
         assert!(out.status.success(), "ip addr in {id}: {}", text(&out));
@@ -975,6 +975,68 @@ fn containerd_runs_dual_stack_containers_on_nsnet_cni() {
     h.settle();
     assert!(veths(&h).is_empty(), "veths left: {:?}", veths(&h));
     h.ok(&["network", "rm", "ctrd6"]);
+    let after = h.snapshot();
+    assert!(after == empty, "{}", after.diff(&empty));
+    c.stop();
+    assert_eq!(machine(), before, "the machine itself changed");
+}
+
+/// An IPv6-only conflist (issue #19's C14, behind its gate: only an IPv6 range): containers get an IPv6
+/// address and no IPv4 at all (neither inside nor in nsnet's record), talk to each other over ICMPv6 and TCP,
+/// and the host reaches them through the bridge's IPv6 gateway; everything goes with the containers and the
+/// network.
+#[test]
+fn containerd_runs_ipv6_only_containers_on_nsnet_cni() {
+    require_tools();
+    let before = machine();
+    let h = TestHost::with_ipv6("ctrd6o");
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    let mut list = conflist(&h, "ctrd6o", "ctrdbr6o", "fd66:22::/64");
+    list["plugins"][0]["ipam"] = json!({"ranges": [[{"subnet": "fd66:22::/64"}]]});
+    let mut c = Containerd::start(&h, &list);
+    c.ipv6_gate = true;
+
+    c.run_attached("a", &greeter("a"));
+    c.run_attached("b", &greeter("b"));
+    let (a6, b6) = (c.address6("a"), c.address6("b"));
+    assert_ne!(a6, b6);
+    for (id, addr) in [("a", a6), ("b", b6)] {
+        assert!(addr.segments()[..2] == [0xfd66, 0x22], "{id}: {addr}");
+        let sb = h.inspect(&format!("{CTR_NS}-{id}"));
+        assert_eq!(sb["cni"], true, "{sb}");
+        assert_eq!(
+            sb["endpoints"][0]["ipv6"]["address"],
+            format!("{addr}/64"),
+            "{sb}"
+        );
+        assert!(sb["endpoints"][0].get("address").is_none(), "{sb}");
+        let v4 = c.exec(id, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+        assert!(
+            String::from_utf8_lossy(&v4.stdout).trim().is_empty(),
+            "{id} has IPv4: {}",
+            text(&v4)
+        );
+    }
+    let net: Value = serde_json::from_str(&h.ok(&["network", "inspect", "ctrd6o", "--json"]))
+        .expect("network inspect --json");
+    assert!(net.get("subnet").is_none(), "{net}");
+    let ping = c.exec("a", &["ping", "-6", "-c", "1", "-W", "3", &b6.to_string()]);
+    assert!(ping.status.success(), "a pings b: {}", text(&ping));
+    assert_eq!(c.greeting("a", &b6.to_string()), "hello-from-b", "a -> b");
+    assert_eq!(c.greeting("b", &a6.to_string()), "hello-from-a", "b -> a");
+    for (id, addr) in [("a", a6), ("b", b6)] {
+        let hello = probe::tcp_hello(&h.host_path(), SocketAddr::from((addr, PORT)))
+            .unwrap_or_else(|e| panic!("host -> [{addr}]:{PORT}: {e}"));
+        assert_eq!(hello, format!("hello-from-{id}"));
+    }
+
+    c.remove_attached("a");
+    c.remove_attached("b");
+    assert!(sandboxes(&h).is_empty(), "{:?}", sandboxes(&h));
+    h.settle();
+    assert!(veths(&h).is_empty(), "veths left: {:?}", veths(&h));
+    h.ok(&["network", "rm", "ctrd6o"]);
     let after = h.snapshot();
     assert!(after == empty, "{}", after.diff(&empty));
     c.stop();

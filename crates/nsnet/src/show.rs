@@ -259,28 +259,42 @@ pub fn sandbox(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `nsnet port` says a port of endpoint `ep` is published: its host address, an IPv6 one in brackets
+/// (`[::1]:8080`, as `docker port` writes it); on every address `0.0.0.0`, which in nsnet means both
+/// families on a dual-stack network, and `[::]` on an IPv6-only one, which has no IPv4 to publish on.
+fn port_host(ep: &Endpoint, host_ip: Option<std::net::IpAddr>) -> String {
+    match host_ip {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Some(ip) => ip.to_string(),
+        None if ep.address.is_none() => "[::]".to_string(),
+        None => "0.0.0.0".to_string(),
+    }
+}
+
 /// `nsnet port NAME`: one line per published port, like `docker port`.
 pub fn ports(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
-    let mappings = nsnet
-        .ports(name)?
-        .with_context(|| format!("no sandbox named '{name}'; `nsnet ls` lists them"))?;
+    let sb = find_sandbox(nsnet, name)?;
     if as_json {
+        let mappings: Vec<_> = sb.endpoints.iter().flat_map(|e| e.ports.iter()).collect();
         return json(&mappings);
     }
-    for m in &mappings {
-        let host = m.host_ip.map_or("0.0.0.0".to_string(), |ip| ip.to_string());
-        for (host_port, container_port) in m.pairs() {
-            // nsnet refuses a port a host process holds, but cannot stop one from binding it afterwards; the
-            // DNAT then sends that process's connections to the sandbox, so say so where the user looks.
-            let note = if nsnet.port_shadowed(m, host_port) {
-                "  (a host process listens here too; it gets no connections, the sandbox gets them all)"
-            } else {
-                ""
-            };
-            println!(
-                "{container_port}/{} -> {host}:{host_port}{note}",
-                m.protocol
-            );
+    for e in &sb.endpoints {
+        for m in &e.ports {
+            let host = port_host(e, m.host_ip);
+            for (host_port, container_port) in m.pairs() {
+                // nsnet refuses a port a host process holds, but cannot stop one from binding it afterwards;
+                // the DNAT then sends that process's connections to the sandbox, so say so where the user
+                // looks.
+                let note = if nsnet.port_shadowed(e, m, host_port) {
+                    "  (a host process listens here too; it gets no connections, the sandbox gets them all)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{container_port}/{} -> {host}:{host_port}{note}",
+                    m.protocol
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -78,7 +78,14 @@ fn kill_after(mut child: Child, micros: u64) {
     let _ = child.wait();
 }
 
-/// The sandbox is either wholly there (record, namespace, host veth, port element) or wholly absent.
+/// Whether the firewall's map `map` (`ports`, `ports6`) holds an element for TCP host port `port`.
+fn in_map(h: &TestHost, map: &str, port: u16) -> bool {
+    h.in_host(&["nft", "list", "map", "inet", "nsnet", map])
+        .contains(&format!("tcp . {port} :"))
+}
+
+/// The sandbox is either wholly there (record, namespace, host veth, the port element of each family its
+/// endpoint has) or wholly absent.
 fn whole_or_absent(h: &TestHost, name: &str, port: u16) -> bool {
     let ls: Value = serde_json::from_str(&h.ok(&["ls", "--json"])).expect("json");
     let recorded = ls
@@ -87,8 +94,7 @@ fn whole_or_absent(h: &TestHost, name: &str, port: u16) -> bool {
         .flatten()
         .find(|s| s["name"] == name)
         .cloned();
-    let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
-    let has_port = ports.contains(&format!("tcp . {port} :"));
+    let (port4, port6) = (in_map(h, "ports", port), in_map(h, "ports6", port));
     let has_ns = h
         .sb_path(name.trim_start_matches(&format!("{}-", h.tag)))
         .exists();
@@ -98,6 +104,8 @@ fn whole_or_absent(h: &TestHost, name: &str, port: u16) -> bool {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            let ep = &sb["endpoints"][0];
+            let has_port = (ep["address"].is_null() || port4) && (ep["ipv6"].is_null() || port6);
             assert!(
                 has_ns && has_port && h.link_names().contains(&veth),
                 "{name}: recorded but incomplete"
@@ -114,7 +122,7 @@ fn whole_or_absent(h: &TestHost, name: &str, port: u16) -> bool {
         }
         None => {
             assert!(
-                !has_ns && !has_port,
+                !has_ns && !port4 && !port6,
                 "{name}: not recorded, but its namespace or port is there"
             );
             false
@@ -162,6 +170,30 @@ fn killed_dual_stack_commands_are_finished_or_rolled_back() {
     kill_creates_and_removals(
         &h,
         "killed_dual_stack_commands_are_finished_or_rolled_back",
+        100,
+        40,
+        40_000,
+    );
+    h.ok(&["network", "rm", "n"]);
+}
+
+/// The same on an IPv6-only network: no IPv4 anywhere, the IPv6 port element, address and ledger line go or
+/// stay with the rest (issue #19, C14).
+#[test]
+fn killed_ipv6_only_commands_are_finished_or_rolled_back() {
+    let h = TestHost::with_ipv6("crash6o");
+    let out = h.nsnet_env(
+        &["network", "create", "n", "--ipv6", "--ipv4=false"],
+        &[("NSNET_IPV6", "1")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kill_creates_and_removals(
+        &h,
+        "killed_ipv6_only_commands_are_finished_or_rolled_back",
         100,
         40,
         40_000,

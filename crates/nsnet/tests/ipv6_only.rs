@@ -574,3 +574,283 @@ fn explain_and_topology_live_beside_an_ipv6_only_network() {
     h.ok(&["network", "rm", "v6o"]);
     h.ok(&["network", "rm", "n4"]);
 }
+
+/// `ports.rs::networks_are_isolated_unless_both_opt_out` between IPv6-only networks, and between one and a
+/// dual-stack network: every ordered pair of sandboxes pings over IPv6 only within its network, or between
+/// two networks that both opted out; a TCP port a sandbox opens is reached the same way and no other.
+#[test]
+fn ipv6_only_networks_are_isolated_unless_both_opt_out() {
+    let h = TestHost::with_ipv6("v6oiso");
+    let empty = h.snapshot();
+    create_only6(&h, "n1", &[]);
+    create_only6(&h, "n2", &[]);
+    create_only6(&h, "open1", &["--isolate=false"]);
+    create_only6(&h, "open2", &["--isolate=false"]);
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    let sandboxes = [
+        ("a", "n1"),
+        ("b", "n1"),
+        ("c", "n2"),
+        ("e", "open1"),
+        ("f", "open2"),
+        ("g", "ds"),
+    ];
+    let mut addrs = Vec::new();
+    for (name, net) in sandboxes {
+        h.ok6(&["create", &h.sb(name), "--network", net]);
+        addrs.push((name, net, h.address6(&h.sb(name))));
+    }
+    let open = |n: &str| n.starts_with("open");
+    // Every ordered pair, in parallel: a blocked ping costs its whole timeout.
+    std::thread::scope(|scope| {
+        for (from, from_net, _) in &addrs {
+            for (to, to_net, to_ip) in &addrs {
+                if from == to {
+                    continue;
+                }
+                let h = &h;
+                scope.spawn(move || {
+                    let expect = from_net == to_net || (open(from_net) && open(to_net));
+                    let got = probe::ping6(&h.sb_path(from), *to_ip).expect("ping");
+                    assert_eq!(got, expect, "{from} ({from_net}) -> {to} ({to_net})");
+                });
+            }
+        }
+    });
+    // TCP as well, to a port a's own process opened: its network only; and between the open networks.
+    let a_ip = addrs[0].2;
+    for (from, expect) in [("b", true), ("c", false), ("e", false), ("g", false)] {
+        let got = common::reach_any(
+            &h.sb_path("a"),
+            90,
+            &h.sb_path(from),
+            SocketAddr::new(a_ip.into(), 90),
+        );
+        assert_eq!(got.is_some(), expect, "{from} -> a:90");
+    }
+    let e_ip = addrs[3].2;
+    let got = common::reach_any(
+        &h.sb_path("e"),
+        90,
+        &h.sb_path("f"),
+        SocketAddr::new(e_ip.into(), 90),
+    );
+    // Masqueraded to open1's gateway on its way in, as IPv4 between networks is (NAT66 covers the subnet).
+    assert_eq!(got, Some(gateway6(&h, "open1").into()), "open2 -> open1");
+    for (name, _) in sandboxes {
+        h.ok(&["rm", &h.sb(name)]);
+    }
+    for n in ["n1", "n2", "open1", "open2", "ds"] {
+        h.ok(&["network", "rm", n]);
+    }
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// Datagrams the LAN peer's kernel has taken in, UDP over both families plus TCP connections opened to it:
+/// what would move if anything were forwarded to its DNS server.
+fn lan_dns_traffic(h: &TestHost) -> u64 {
+    let ns = format!("--net={}", h.lan_path().display());
+    let snmp = common::sh(&["nsenter", &ns, "--", "cat", "/proc/net/snmp"]);
+    let field = |proto: &str, name: &str| -> u64 {
+        let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            panic!("no {proto} lines in {snmp}");
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("the counter")
+    };
+    let udp6: u64 = common::sh(&["nsenter", &ns, "--", "cat", "/proc/net/snmp6"])
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6InDatagrams"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Udp6InDatagrams");
+    field("Udp:", "InDatagrams") + field("Tcp:", "PassiveOpens") + udp6
+}
+
+/// `names.rs::a_sandbox_or_a_network_can_name_its_own_upstream` on IPv6-only networks, with an IPv6 upstream
+/// (dnsmasq on the LAN peer): a sandbox's `--dns`, a network's `--dns`, and the host's resolv.conf, over UDP
+/// and TCP; the resolver forwards from the host, so an IPv6-only sandbox gets A answers too. Names still stay
+/// within a network: the other network's sandbox is NXDOMAIN, never forwarded.
+#[test]
+fn an_ipv6_upstream_answers_for_ipv6_only_sandboxes_and_networks() {
+    let h = TestHost::with_lan6("v6oup");
+    // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
+    create_only6(&h, "n", &[]);
+    create_only6(&h, "m", &["--dns", LAN_IP6]);
+    let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
+    h.ok6(&["create", &a, "--network", "n", "--dns", LAN_IP6]);
+    h.ok6(&["create", &b, "--network", "n"]);
+    h.ok6(&["create", &c, "--network", "m"]);
+    let net = json(&h.ok(&["network", "inspect", "m", "--json"]));
+    assert_eq!(net["dns_servers"], serde_json::json!([LAN_IP6]), "{net}");
+    for sb in [&a, &c] {
+        assert_eq!(
+            dig(&h, sb, &["www.example.test", "AAAA"]).answers,
+            vec!["2001:db8::7".to_string()],
+            "{sb}"
+        );
+        assert_eq!(
+            dig(&h, sb, &["www.example.test"]).answers,
+            vec!["192.0.2.7".to_string()],
+            "{sb}"
+        );
+        assert_eq!(
+            dig(&h, sb, &["+tcp", "www.example.test", "AAAA"]).answers,
+            vec!["2001:db8::7".to_string()],
+            "{sb} over TCP"
+        );
+    }
+    // Another network's sandbox is no name here, and the question is not forwarded.
+    let before = lan_dns_traffic(&h);
+    let r = dig(&h, &c, &[&a, "AAAA"]);
+    assert_eq!(
+        (r.status.as_str(), r.answers.len()),
+        ("NXDOMAIN", 0),
+        "{r:?}"
+    );
+    assert_eq!(
+        dig(&h, &b, &[&a, "AAAA"]).answers,
+        vec![h.address6(&a).to_string()]
+    );
+    assert_eq!(
+        lan_dns_traffic(&h),
+        before,
+        "a sandbox's name went upstream"
+    );
+    // b has no server to ask: NXDOMAIN; then the host's resolv.conf names the IPv6 server.
+    assert_eq!(dig(&h, &b, &["www.example.test"]).status, "NXDOMAIN");
+    std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
+    assert!(
+        common::within(std::time::Duration::from_secs(10), || dig(
+            &h,
+            &b,
+            &["www.example.test", "AAAA"]
+        )
+        .answers
+            == vec!["2001:db8::7".to_string()]),
+        "the host's IPv6 upstream is used"
+    );
+    for sb in [&a, &b, &c] {
+        h.ok(&["rm", sb]);
+    }
+    h.ok(&["network", "rm", "n"]);
+    h.ok(&["network", "rm", "m"]);
+    drop(dnsmasq);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// `names.rs::internal_networks_resolve_their_own_names_and_forward_nothing` on an internal IPv6-only
+/// network, with the host's upstream on IPv6 and the network naming one itself: its own names answer (AAAA,
+/// `ip6.arpa`, A with nothing), and nothing reaches the upstream, whatever a sandbox asks, over UDP or TCP.
+#[test]
+fn internal_ipv6_only_networks_resolve_their_own_names_and_forward_nothing() {
+    let h = TestHost::with_lan6("v6ointn");
+    let empty = h.snapshot();
+    let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
+    std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
+    create_only6(&h, "in", &["--internal"]);
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok6(&["create", &a, "--network", "in", "--dns", LAN_IP6]);
+    h.ok6(&["create", &b, "--network", "in"]);
+    let b6 = h.address6(&b).to_string();
+    let before = lan_dns_traffic(&h);
+    assert_eq!(dig(&h, &a, &[&b, "AAAA"]).answers, vec![b6.clone()]);
+    let r = dig(&h, &a, &[&b, "A"]);
+    assert_eq!(
+        (r.status.as_str(), r.answers.len()),
+        ("NOERROR", 0),
+        "{r:?}"
+    );
+    assert_eq!(dig(&h, &a, &["-x", &b6]).answers, vec![format!("{b}.")]);
+    for (sb, extra) in [
+        (&a, &["www.example.test", "AAAA"][..]),
+        (&a, &["+tcp", "www.example.test"][..]),
+        (&b, &["www.example.test"][..]),
+        (&b, &["-x", "2001:db8::7"][..]),
+    ] {
+        let r = dig(&h, sb, extra);
+        assert_eq!(
+            (r.status.as_str(), r.answers.len()),
+            ("NXDOMAIN", 0),
+            "{sb} {extra:?}: {r:?}"
+        );
+    }
+    assert_eq!(
+        lan_dns_traffic(&h),
+        before,
+        "an internal network's question went upstream"
+    );
+    h.ok(&["rm", &a]);
+    h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "in"]);
+    drop(dnsmasq);
+    assert_eq!(h.snapshot(), empty);
+}
+
+/// Host processes and an IPv6-only network's published ports: only IPv6 holders count. A process on IPv4
+/// alone (`0.0.0.0:P`) holds nothing the network publishes, so `-p P:80` is taken and `nsnet port` marks
+/// nothing, and the process keeps its IPv4 connections; one on the host's IPv6 address holds the port, so
+/// `-p Q:80` is refused in one line and nothing changes; one that binds the published port's IPv6 side later
+/// is marked.
+#[test]
+fn only_ipv6_host_processes_hold_an_ipv6_only_networks_ports() {
+    let h = TestHost::with_lan6("v6ohold");
+    create_only6(&h, "v6o", &[]);
+    let (s, t) = (h.sb("s"), h.sb("t"));
+    let v4 = probe::tcp_server(&h.host_path(), (Ipv4Addr::UNSPECIFIED, 8095)).expect("listen");
+    let one = format!("[{HOST_IP6}]:8097:81");
+    h.ok6(&[
+        "create",
+        &s,
+        "--network",
+        "v6o",
+        "-p",
+        "8095:80",
+        "-p",
+        &one,
+    ]);
+    // Every address of an IPv6-only network is every IPv6 address; an IPv6 address is written in brackets.
+    assert_eq!(
+        h.ok(&["port", &s]).trim(),
+        format!("80/tcp -> [::]:8095\n81/tcp -> [{HOST_IP6}]:8097")
+    );
+    let host4: Ipv4Addr = common::HOST_IP.parse().expect("address");
+    assert!(probe::tcp_hello(&h.lan_path(), (host4, 8095)).is_ok());
+    assert_eq!(
+        v4.wait().ok().map(|p| p.ip()),
+        Some(common::LAN_IP.parse().expect("address")),
+        "the IPv4 process keeps its connections"
+    );
+    let _held = probe::tcp_server(&h.host_path(), (v6(HOST_IP6), 8096)).expect("listen");
+    let before = h.snapshot();
+    let args = ["create", &t, "--network", "v6o", "-p", "8096:80"];
+    let line = common::check_one_line_failure(&args, h.nsnet_env(&args, &GATE));
+    assert!(
+        line.contains("host port 8096/tcp is already in use"),
+        "{line}"
+    );
+    assert_eq!(h.snapshot(), before, "the refused create changed something");
+    let later = probe::tcp_server(&h.host_path(), (Ipv6Addr::UNSPECIFIED, 8095)).expect("listen");
+    let shown = h.ok(&["port", &s]);
+    assert!(shown.contains("a host process listens here too"), "{shown}");
+    assert_eq!(
+        common::reach_any(
+            &h.sb_path("s"),
+            80,
+            &h.lan_path(),
+            SocketAddr::new(v6(HOST_IP6).into(), 8095)
+        ),
+        Some(v6(LAN_IP6).into()),
+        "the sandbox still gets the LAN peer's connections"
+    );
+    assert!(later.wait().is_err(), "the later IPv6 listener got one");
+    h.ok(&["rm", &s]);
+    h.ok(&["network", "rm", "v6o"]);
+}

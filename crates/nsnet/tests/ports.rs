@@ -435,3 +435,74 @@ fn a_port_a_host_process_binds_later_is_marked() {
     h.ok(&["rm", &s]);
     h.ok(&["network", "rm", "n"]);
 }
+
+/// `a_port_a_host_process_binds_later_is_marked` over IPv6 (issue #19): on a dual-stack network, a host
+/// process that binds the published port afterwards on the host's IPv6 address, or on `[::1]`, is marked by
+/// `nsnet port` too (the port is taken on both families), and gets none of the connections: the LAN peer's
+/// go to the sandbox through the DNAT, the host's own to `[::1]` through the socket translation. On an IPv4
+/// network the same IPv6 listener shadows nothing and is not marked.
+#[test]
+fn a_port_a_host_process_binds_later_on_ipv6_is_marked() {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    let h = TestHost::with_lan6("shadow6");
+    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "v4", "--subnet", "172.16.17.0/24"]);
+    let (s, t) = (h.sb("s"), h.sb("t"));
+    h.ok6(&["create", &s, "--network", "ds", "-p", "8090:80"]);
+    h.ok(&["create", &t, "--network", "v4", "-p", "8091:80"]);
+    assert_eq!(h.ok(&["port", &s]).trim(), "80/tcp -> 0.0.0.0:8090");
+    let host6: Ipv6Addr = common::HOST_IP6.parse().expect("test address");
+    let lan6: IpAddr = common::LAN_IP6.parse().expect("test address");
+    for at in [host6, Ipv6Addr::LOCALHOST] {
+        let listener =
+            probe::tcp_server(&h.host_path(), SocketAddr::new(at.into(), 8090)).expect("listen");
+        let shown = h.ok(&["port", &s]);
+        assert!(
+            shown.contains("80/tcp -> 0.0.0.0:8090")
+                && shown.contains("a host process listens here too"),
+            "a listener on [{at}]:8090: {shown}"
+        );
+        // The listener is not what answers: the LAN peer reaches the sandbox, with its own address.
+        assert_eq!(
+            common::reach_any(
+                &h.sb_path("s"),
+                80,
+                &h.lan_path(),
+                SocketAddr::new(host6.into(), 8090)
+            ),
+            Some(lan6),
+            "the LAN peer, with [{at}]:8090 bound on the host"
+        );
+        if common::cgroup2_root().is_some() {
+            let srv =
+                probe::tcp_server(&h.sb_path("s"), (Ipv6Addr::UNSPECIFIED, 80)).expect("listen");
+            let seen = h.client6(&h.host_path(), "tcp", "::1", 8090);
+            assert!(
+                seen.starts_with("[::1]:8090 hello"),
+                "host -> [::1]: {seen}"
+            );
+            assert!(
+                srv.wait().is_ok(),
+                "host -> [::1] did not reach the sandbox"
+            );
+        }
+        assert!(
+            listener.wait().is_err(),
+            "the host listener on [{at}] got a connection"
+        );
+    }
+    // An IPv4 network's port on every address is IPv4's only: an IPv6 listener does not shadow it.
+    let listener =
+        probe::tcp_server(&h.host_path(), SocketAddr::new(host6.into(), 8091)).expect("listen");
+    assert_eq!(h.ok(&["port", &t]).trim(), "80/tcp -> 0.0.0.0:8091");
+    assert!(probe::tcp_hello(&h.lan_path(), SocketAddr::new(host6.into(), 8091)).is_ok());
+    assert_eq!(
+        listener.wait().ok().map(|peer| peer.ip()),
+        Some(lan6),
+        "the IPv6 listener beside an IPv4 network's port gets its connections"
+    );
+    h.ok(&["rm", &s]);
+    h.ok(&["rm", &t]);
+    h.ok(&["network", "rm", "ds"]);
+    h.ok(&["network", "rm", "v4"]);
+}

@@ -6,9 +6,10 @@
 
 use std::path::Path;
 
+use super::sandbox::host_probes;
 use super::{Host, Nsnet};
 use crate::error::Result;
-use crate::model::{NetworkRecord, Sandbox};
+use crate::model::{Endpoint, NetworkRecord, Sandbox};
 use crate::portmap::PortMapping;
 
 /// What `nsnet ls` says of a sandbox.
@@ -68,11 +69,15 @@ impl Nsnet {
         }))
     }
 
-    /// Whether a host process listens on `host_port` of published port `m` too: nsnet refuses such a port,
-    /// but cannot stop a process from binding it afterwards, and the DNAT then sends that process's
-    /// connections to the sandbox. False when the host cannot say.
-    pub fn port_shadowed(&self, m: &PortMapping, host_port: u16) -> bool {
-        Host::port_in_use(m.protocol, m.host_ip, host_port).unwrap_or(false)
+    /// Whether a host process listens on `host_port` of published port `m` (of endpoint `ep`) too: nsnet
+    /// refuses such a port, but cannot stop a process from binding it afterwards, and the DNAT then sends that
+    /// process's connections to the sandbox. On every address, that is on each family `ep` has (a process on
+    /// `[::]` alone is shadowed on a dual-stack or IPv6-only network, not on an IPv4 one). False when the host
+    /// cannot say.
+    pub fn port_shadowed(&self, ep: &Endpoint, m: &PortMapping, host_port: u16) -> bool {
+        host_probes(m, (ep.address.is_some(), ep.ipv6.is_some()))
+            .into_iter()
+            .any(|ip| Host::port_in_use(m.protocol, ip, host_port).unwrap_or(false))
     }
 
     /// What `nsnet ls` says of `sb`: removing, its namespace gone, or up.

@@ -968,9 +968,7 @@ fn resolve_ports(
             t.port
         ));
     }
-    // On a dual-stack network a port on every address takes it on both families: a host process on IPv6
-    // alone (`[::]:P`, v6only) holds it too.
-    let dual = net.ipv6.is_some();
+    let families = (net.subnet.is_some(), net.ipv6.is_some());
     let published: Vec<(&str, &PortMapping)> = allocated
         .iter()
         .filter_map(|h| h.ledger())
@@ -984,7 +982,7 @@ fn resolve_ports(
                 if let Some(why) = conflict(&m, &out, &published, t) {
                     return Err(Error::Invalid(why));
                 }
-                if let Some(why) = held_by_host(&m, dual)? {
+                if let Some(why) = held_by_host(&m, families)? {
                     return Err(Error::Invalid(why));
                 }
                 m
@@ -996,7 +994,7 @@ fn resolve_ports(
                 for start in low..=last_start {
                     let m = spec.with_host_port(start);
                     if conflict(&m, &out, &published, t).is_none()
-                        && held_by_host(&m, dual)?.is_none()
+                        && held_by_host(&m, families)?.is_none()
                     {
                         found = Some(m);
                         break;
@@ -1048,17 +1046,37 @@ fn lowest_clash<'a, T>(
         .min_by_key(|(port, _)| *port)
 }
 
+/// Where a bind probe looks for a host process holding `port` of `m`, on a network with IPv4 and/or IPv6
+/// (`families`): `m`'s own address; on every address, IPv4's any-address on a network with IPv4 (which also
+/// meets a dual-stack `[::]` socket) and IPv6's (`[::]`, probed v6only) on a network with IPv6, since the
+/// port is taken on each family the network has. `None` is IPv4's any-address ([`Host::port_in_use`]).
+pub(crate) fn host_probes(m: &PortMapping, families: (bool, bool)) -> Vec<Option<IpAddr>> {
+    match m.host_ip {
+        Some(ip) => vec![Some(ip)],
+        None => {
+            let (v4, v6) = families;
+            let mut out = Vec::new();
+            if v4 {
+                out.push(None);
+            }
+            if v6 {
+                out.push(Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+            }
+            out
+        }
+    }
+}
+
 /// Why `m` cannot be published because a host process holds one of its ports (the DNAT would silently shadow
 /// it). A bind probe per port answers in microseconds; only a taken port costs a read of /proc/net (a
-/// millisecond a read: the kernel walks its whole socket hash) to say who holds it. `dual`: the network has
-/// IPv6, so a mapping on every address is probed on IPv6's every address too.
-fn held_by_host(m: &PortMapping, dual: bool) -> Result<Option<String>> {
-    let also6 =
-        (dual && m.host_ip.is_none()).then_some(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+/// millisecond a read: the kernel walks its whole socket hash) to say who holds it. `families`: whether the
+/// network has IPv4 and IPv6 ([`host_probes`]).
+fn held_by_host(m: &PortMapping, families: (bool, bool)) -> Result<Option<String>> {
+    let probes = host_probes(m, families);
     for port in m.host_ports() {
-        let mut in_use = Host::port_in_use(m.protocol, m.host_ip, port)?;
-        if let Some(any6) = also6 {
-            in_use = in_use || Host::port_in_use(m.protocol, Some(any6), port)?;
+        let mut in_use = false;
+        for ip in &probes {
+            in_use = in_use || Host::port_in_use(m.protocol, *ip, port)?;
         }
         if !in_use {
             continue;
@@ -1100,6 +1118,20 @@ mod tests {
             ip,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_port_on_every_address_is_probed_on_each_family_the_network_has() {
+        let mapping = |text: &str| text.parse::<PortSpec>().unwrap().with_host_port(8080);
+        let every = mapping("8080:80");
+        let any6 = Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        assert_eq!(host_probes(&every, (true, false)), vec![None]);
+        assert_eq!(host_probes(&every, (true, true)), vec![None, any6]);
+        assert_eq!(host_probes(&every, (false, true)), vec![any6]);
+        for one in ["[::1]:8080:80", "10.0.0.1:8080:80", "[::]:8080:80"] {
+            let m = mapping(one);
+            assert_eq!(host_probes(&m, (true, true)), vec![m.host_ip], "{one}");
         }
     }
 
