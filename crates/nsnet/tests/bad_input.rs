@@ -455,7 +455,7 @@ fn ipv6_bad_input_is_refused_and_changes_nothing() {
                 "--subnet",
                 "10.244.0.0/16",
             ],
-            "overlay networks are IPv4 only",
+            "needs an IPv6 --subnet too, the whole cluster's IPv6 prefix",
         ),
         (
             &["create", &new, "--network", "v4", "--ip6", "fd00:89:1::5"],
