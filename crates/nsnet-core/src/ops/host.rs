@@ -310,6 +310,15 @@ impl Host {
         }
     }
 
+    /// The ports the `[::1]` translation's programs carry, as (protocol number, port); `None` when this
+    /// namespace has no such programs, or not all of them.
+    pub(crate) fn loopback6_ports() -> Result<Option<Vec<(u32, u16)>>> {
+        match crate::kernel::loopback6::existing()? {
+            Some(lo) if lo.is_complete() => Ok(Some(lo.ports()?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The host's name (the UTS namespace's), or `?` when it cannot be read.
     pub(crate) fn hostname() -> String {
         sysctl::get("kernel/hostname")
