@@ -546,6 +546,88 @@ fn topology_shows_ipv6_and_marks_lost_ipv6_objects() {
     }
     assert!(!text.contains('✗'), "{text}");
 
+    // The listings: IPv6 columns beside the IPv4 ones (`-` where a family is absent), JSON with the IPv6 fields.
+    let ls = h.ok(&["ls"]);
+    let head: Vec<&str> = ls.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        head,
+        [
+            "NAME",
+            "NETNS",
+            "NETWORKS",
+            "ADDRESSES",
+            "IPV6",
+            "PORTS",
+            "STATUS"
+        ],
+        "{ls}"
+    );
+    let row = |table: &str, name: &str| -> Vec<String> {
+        let line = table.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        row(&ls, &d)[3..5],
+        ["172.16.6.2/24", "fd00:6::2/64"],
+        "{ls}"
+    );
+    assert_eq!(row(&ls, &o)[3..5], ["-", "fd00:7::2/64"], "{ls}");
+    let nets = h.ok(&["network", "ls"]);
+    let head: Vec<&str> = nets
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        head,
+        [
+            "NAME",
+            "DRIVER",
+            "SUBNET",
+            "GATEWAY",
+            "SUBNET6",
+            "GATEWAY6",
+            "INTERFACE",
+            "SANDBOXES"
+        ],
+        "{nets}"
+    );
+    assert_eq!(
+        row(&nets, "dual")[2..6],
+        ["172.16.6.0/24", "172.16.6.1", "fd00:6::/64", "fd00:6::1"],
+        "{nets}"
+    );
+    assert_eq!(
+        row(&nets, "only")[2..6],
+        ["-", "-", "fd00:7::/64", "fd00:7::1"],
+        "{nets}"
+    );
+    let ls_json = json(&h.ok(&["ls", "--json"]));
+    let d_json = ls_json
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == d.as_str()))
+        .expect("d in ls --json");
+    assert_eq!(d_json["endpoints"][0]["ipv6"]["address"], "fd00:6::2/64");
+    let inspect = h.ok(&["network", "inspect", "only"]);
+    for want in [
+        "subnet:     none\n",
+        "subnet6:    fd00:7::/64\n",
+        "gateway6:   fd00:7::1 (fe80::1)\n",
+        "nat66:      true\n",
+    ] {
+        assert!(inspect.contains(want), "{want} in {inspect}");
+    }
+    let inspect = h.ok(&["inspect", &d]);
+    assert!(inspect.contains("address 172.16.6.2/24 "), "{inspect}");
+    assert!(
+        inspect.contains("  ipv6 fd00:6::2/64 link-local fe80::"),
+        "{inspect}"
+    );
+
     // Behind nsnet's back: the dual-stack port's IPv6 DNAT element, the IPv6-only sandbox's anti-spoofing
     // element for its global address, the bridge's fe80::1 and the dual-stack sandbox's IPv6 address.
     h.in_host(&[
