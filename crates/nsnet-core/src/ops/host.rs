@@ -112,6 +112,19 @@ impl Host {
         Ok(self.nl()?.ipv6_addresses()?)
     }
 
+    /// Every IPv6 address, with its link's name (link-local ones included).
+    pub(crate) fn addresses6_by_link(&mut self) -> Result<Vec<(String, ipnet::Ipv6Net)>> {
+        Ok(self.nl()?.ipv6_addresses_by_link()?)
+    }
+
+    /// The link and gateway the kernel would route IPv6 address `ip` by; `None` when it is unreachable.
+    pub(crate) fn route6_to(
+        &mut self,
+        ip: std::net::Ipv6Addr,
+    ) -> Result<Option<(String, Option<std::net::Ipv6Addr>)>> {
+        Ok(self.nl()?.route_get6_named(ip)?)
+    }
+
     /// The IPv6 addresses of link `name` (link-local ones included).
     pub(crate) fn addresses6_of(&mut self, name: &str) -> Result<Vec<ipnet::Ipv6Net>> {
         Ok(self.nl()?.ipv6_addresses_of(name)?)
