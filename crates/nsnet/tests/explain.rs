@@ -665,6 +665,7 @@ fn explain_follows_ipv6_and_names_what_is_broken() {
     for (port, sb, target) in [("8096", "d", "fd00:16::2"), ("8097", "o", "fd00:17::2")] {
         let (code, v) = explain(&h, &[LAN_IP6, &format!("[{HOST_IP6}]:{port}")]);
         assert_eq!(code, 0, "{v:#}");
+        assert_eq!(v["to"], format!("[{HOST_IP6}]"));
         let rule = v["verdict"]["rule"]["rule"].as_str().unwrap_or_default();
         assert!(
             rule.contains(&format!("@ports6 (element tcp . {port} : {target} . 80)")),

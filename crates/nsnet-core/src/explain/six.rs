@@ -486,6 +486,8 @@ pub(super) fn explain6(q: &Query, facts: &Facts) -> Result<Explanation, BadInput
     let to_text = match &q.to {
         Party::Sandbox(n) => format!("{n} ({dst})"),
         Party::Host => format!("host ({dst})"),
+        // In brackets when a port follows it (`[fd00::2]:80`), as it is written.
+        _ if q.port.is_some() => format!("[{dst}]"),
         _ => dst.to_string(),
     };
     let from_text = match (&q.from, from) {

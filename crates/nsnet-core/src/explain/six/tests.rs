@@ -241,6 +241,11 @@ fn published_ports_over_ipv6_and_the_loopback_translation() {
     let e = ask(&f, "2001:db8:1::26", "[2001:db8:1::48]:8080", None);
     assert!(e.verdict.delivered, "{e}");
     assert!(
+        e.to_string()
+            .starts_with("peer 2001:db8:1::26 -> [2001:db8:1::48]:8080 (tcp, IPv6)\n"),
+        "{e}"
+    );
+    assert!(
         e.verdict.rule.as_ref().is_some_and(|r| r
             .rule
             .contains("@ports6 (element tcp . 8080 : fd00:1::2 . 80)")),
