@@ -252,6 +252,9 @@ pub struct Facts {
     /// The `[::1]` translation's ports, as (protocol number, port), when its programs are all there; `None`:
     /// no programs (or not all of them). Read only when a sandbox publishes on `[::1]`.
     pub loopback6_ports: Option<Vec<(u32, u16)>>,
+    /// This host can have the `[::1]` translation's programs (cgroup2, bpf): without them, a port on every
+    /// address is published without it, and that is no breakage.
+    pub loopback6_supported: bool,
 }
 
 /// One link inside a sandbox's namespace: its name, MAC and addresses (read for the endpoints' links only).
@@ -481,7 +484,7 @@ fn sandbox_node(
             let ports = ep
                 .ports
                 .iter()
-                .flat_map(|m| port_nodes(m, ep, &rules, removing, facts))
+                .flat_map(|m| port_nodes(m, ep, net, &rules, removing, facts))
                 .collect();
             // The endpoint's first rule is its anti-spoofing one.
             let anti_spoofing = crate::plan::build::endpoint_rules(ep).into_iter().next();
@@ -538,14 +541,21 @@ fn sandbox_node(
 }
 
 /// The published port `m` of `ep`, one node per family it reaches: each DNAT element in `rules` (the
-/// endpoint's), checked against the firewall, and `[::1]`'s socket translation, checked in its map.
+/// endpoint's), checked against the firewall, and `[::1]`'s socket translation, checked in its map (which
+/// also carries an IPv6 port on every address: its IPv6 node says when the map lacks it).
 fn port_nodes(
     m: &crate::portmap::PortMapping,
     ep: &crate::model::Endpoint,
+    net: Option<&NetworkRecord>,
     rules: &[Rule],
     removing: bool,
     facts: &Facts,
 ) -> Vec<PortNode> {
+    let translated = net
+        .map(|n| crate::plan::build::loopback_ports(&n.settings, ep))
+        .unwrap_or_default()
+        .iter()
+        .any(|l| l.proto == m.protocol && l.host_port == m.host_port);
     let node = |target: IpAddr, translated: bool, problems: Vec<String>, unread: bool| PortNode {
         protocol: m.protocol,
         host_ip: m.host_ip,
@@ -577,35 +587,50 @@ fn port_nodes(
                 let family = if target.is_ipv6() { "IPv6 " } else { "" };
                 problems.push(format!("the firewall lacks its {family}DNAT element"));
             }
+            // A host without the programs publishes on every address without the translation.
+            if !removing && target.is_ipv6() && translated {
+                loopback6_problems(m, facts, !facts.loopback6_supported, &mut problems);
+            }
             node(target, false, problems, facts.firewall_unread.is_some())
         })
         .collect();
     let loopback6 = m.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_loopback());
     if let (true, Some(e6)) = (loopback6, ep.ipv6) {
-        let proto = match m.protocol {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        };
         let mut problems = Vec::new();
-        let lacking: Vec<u16> = match &facts.loopback6_ports {
-            Some(have) => m
-                .host_ports()
-                .filter(|p| !have.contains(&(proto, *p)))
-                .collect(),
-            None => {
-                problems.push("the [::1] translation's cgroup bpf programs are missing".into());
-                vec![]
-            }
-        };
-        if let Some(p) = lacking.first() {
-            problems.push(format!(
-                "the [::1] translation's map lacks {p}/{}",
-                m.protocol
-            ));
+        if !removing {
+            loopback6_problems(m, facts, false, &mut problems);
         }
         out.push(node(e6.address.addr().into(), true, problems, false));
     }
     out
+}
+
+/// What the `[::1]` translation lacks of mapping `m`: its programs (unless `without` is fine: the host
+/// cannot have them), or a port in their map.
+fn loopback6_problems(
+    m: &crate::portmap::PortMapping,
+    facts: &Facts,
+    without: bool,
+    problems: &mut Vec<String>,
+) {
+    let proto = match m.protocol {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+    };
+    match &facts.loopback6_ports {
+        Some(have) => {
+            if let Some(p) = m.host_ports().find(|p| !have.contains(&(proto, *p))) {
+                problems.push(format!(
+                    "the [::1] translation's map lacks {p}/{}",
+                    m.protocol
+                ));
+            }
+        }
+        None if !without => {
+            problems.push("the [::1] translation's cgroup bpf programs are missing".into())
+        }
+        None => {}
+    }
 }
 
 /// What is wrong with one endpoint: its host end, its bridge port (or a point-to-point host end's IPv6
@@ -1205,7 +1230,7 @@ mod tests {
                 addresses6: crate::plan::build::endpoint_addresses6(&ep),
             }]),
         );
-        facts.loopback6_ports = Some(vec![(6, 9000)]);
+        facts.loopback6_ports = Some(vec![(6, 9000), (6, 8088)]);
         let t = build(&nets, &sbs, &facts, TAG);
         assert!(t.broken.is_empty(), "{:#?}", t.broken);
         assert!(t.networks[0].subnet.is_none());
@@ -1221,7 +1246,18 @@ mod tests {
                 "[::1]:9000/tcp -> [fd00:1::2]:90  (socket translation)"
             ]
         );
-        facts.loopback6_ports = Some(vec![]);
+        // The map carries the port on every address too.
+        facts.loopback6_ports = Some(vec![(6, 9000)]);
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
+        assert!(
+            t.broken[0].ends_with(
+                "[::]:8088/tcp -> [fd00:1::2]:80: the [::1] translation's map lacks 8088/tcp"
+            ),
+            "{:#?}",
+            t.broken
+        );
+        facts.loopback6_ports = Some(vec![(6, 8088)]);
         let t = build(&nets, &sbs, &facts, TAG);
         assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
         assert!(
@@ -1229,12 +1265,17 @@ mod tests {
             "{:#?}",
             t.broken
         );
+        // No programs: broken for [::1], and for every address only where the host can have them.
         facts.loopback6_ports = None;
         let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
         assert!(
             t.broken[0].ends_with("cgroup bpf programs are missing"),
             "{:#?}",
             t.broken
         );
+        facts.loopback6_supported = true;
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 2, "{:#?}", t.broken);
     }
 }

@@ -679,6 +679,11 @@ fn explain_follows_ipv6_and_names_what_is_broken() {
         );
     }
 
+    // From the host to [::1]: the cgroup programs translate the socket (the test's cgroup holds them).
+    let (code, v) = explain(&h, &["host", "[::1]:8096"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(words(&v).contains("cgroup bpf nsnet_lo6"), "{v:#}");
+
     // Behind nsnet's back: the dual-stack port's IPv6 DNAT element.
     h.in_host(&[
         "nft",

@@ -52,6 +52,8 @@ pub struct Facts6 {
     pub missing: Option<Vec<Rule>>,
     /// The `[::1]` translation's ports, as (protocol number, port); `None`: no programs (or not all).
     pub loopback6_ports: Option<Vec<(u32, u16)>>,
+    /// This host can have the translation's programs (cgroup2, bpf).
+    pub loopback6_supported: bool,
     /// Other tables' forward chains of family `ip6` or `inet` whose policy is drop.
     pub drop_chains: Vec<HostChain>,
 }
@@ -344,9 +346,14 @@ fn nd_rule(b: Backend) -> RuleRef {
     )
 }
 
+/// A mapping on every address of its family: no host address, or `[::]`.
+fn every(m: &PortMapping) -> bool {
+    m.host_ip.is_none_or(|ip| ip.is_unspecified())
+}
+
 fn dnat6(b: Backend, m: &PortMapping, port: u16, target: Ipv6Addr, cport: u16) -> RuleRef {
     let p = m.protocol;
-    match (b != Backend::Iptables, m.host_ip) {
+    match (b != Backend::Iptables, m.host_ip.filter(|_| !every(m))) {
         (true, Some(ip)) => r(
             "inet nsnet published",
             format!("meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports6_ip (element {ip} . {p} . {port} : {target} . {cport})"),
@@ -898,7 +905,7 @@ fn published<'a>(
             }
             match m.host_ip {
                 Some(std::net::IpAddr::V6(ip)) if ip == dst => return Some((e, m)),
-                None if best.is_none() => best = Some((e, m)),
+                _ if every(m) && best.is_none() => best = Some((e, m)),
                 _ => {}
             }
         }
@@ -1242,12 +1249,10 @@ fn from_host(s: &mut Six<'_>, q: &Query, dest: Dest<'_>, dst: Ipv6Addr) -> Outco
                         .find(|m| {
                             m.protocol == proto
                                 && m.host_ports().contains(&port)
-                                && match m.host_ip {
-                                    Some(ip) => {
+                                && (every(m)
+                                    || m.host_ip.is_some_and(|ip| {
                                         ip.is_loopback() && ip.is_ipv6() && dst.is_loopback()
-                                    }
-                                    None => true,
-                                }
+                                    }))
                         })
                         .map(|m| (e, m))
                 });
@@ -1257,7 +1262,41 @@ fn from_host(s: &mut Six<'_>, q: &Query, dest: Dest<'_>, dst: Ipv6Addr) -> Outco
                         .loopback6_ports
                         .as_ref()
                         .map(|ps| ps.contains(&(proto_number(proto), port)));
-                    let only_lo = m.host_ip.is_some();
+                    let only_lo = !every(m);
+                    // Without the programs on a host that cannot have them, an every-address port is
+                    // published without the translation: no breakage.
+                    let expected = only_lo || s.six().loopback6_supported;
+                    let lost = match carried {
+                        Some(false) => {
+                            Some(format!("the [::1] translation's map lacks {port}/{proto}"))
+                        }
+                        None if expected => Some(
+                            "the [::1] translation's cgroup bpf programs are missing".to_string(),
+                        ),
+                        _ => None,
+                    };
+                    if carried.is_none() && !expected && dst.is_loopback() {
+                        s.hop(
+                            "host",
+                            "no socket translation: this host cannot have its programs (no cgroup2 or bpf), and ::1 is never DNATed; the packet stays with the host's own stack",
+                            None,
+                        );
+                        return dropped(
+                            format!("not delivered to the published port: {port}/{proto} reaches {} at the host's IPv6 addresses only, not at [::1], on this host", t.name()),
+                            None,
+                            None,
+                        );
+                    }
+                    if let Some(lost) = lost.filter(|_| !only_lo) {
+                        s.broken.push(lost.clone());
+                        if dst.is_loopback() {
+                            return dropped(
+                                format!("broken: {lost}, so [::1]:{port} reaches no sandbox"),
+                                None,
+                                None,
+                            );
+                        }
+                    }
                     match carried {
                         Some(true) => {
                             let cp = cport(m, port);

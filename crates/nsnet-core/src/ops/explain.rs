@@ -190,6 +190,7 @@ fn facts6(q: &Query, facts: &Facts, host: &mut Host) -> Result<Facts6> {
     }
     if q.port.is_some() {
         six.loopback6_ports = Host::loopback6_ports().unwrap_or(None);
+        six.loopback6_supported = Host::loopback6_supported();
     }
     six.drop_chains = Host::forward_drop_chains()
         .unwrap_or_default()

@@ -332,6 +332,11 @@ impl Host {
         }
     }
 
+    /// Whether this host can have the `[::1]` translation's programs (cgroup2, bpf maps, namespace cookies).
+    pub(crate) fn loopback6_supported() -> bool {
+        crate::kernel::loopback6::unsupported_reason().is_none()
+    }
+
     /// The host's name (the UTS namespace's), or `?` when it cannot be read.
     pub(crate) fn hostname() -> String {
         sysctl::get("kernel/hostname")

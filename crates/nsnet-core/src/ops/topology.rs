@@ -98,16 +98,18 @@ impl Nsnet {
             }
         }
         // The `[::1]` translation's map, read only when some port needs it.
+        // An IPv6 port on every address is in that map too.
         let loopback6 = sandboxes.iter().flat_map(|s| s.endpoints.iter()).any(|e| {
             e.ipv6.is_some()
-                && e.ports
-                    .iter()
-                    .any(|m| m.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_loopback()))
+                && e.ports.iter().any(|m| match m.host_ip {
+                    None => true,
+                    Some(ip) => ip.is_ipv6() && (ip.is_loopback() || ip.is_unspecified()),
+                })
         });
-        let loopback6_ports = if loopback6 {
-            Host::loopback6_ports()?
+        let (loopback6_ports, loopback6_supported) = if loopback6 {
+            (Host::loopback6_ports()?, Host::loopback6_supported())
         } else {
-            None
+            (None, false)
         };
 
         let mut overlay_routes = BTreeMap::new();
@@ -130,6 +132,7 @@ impl Nsnet {
             overlay_routes,
             gateway_addresses6,
             loopback6_ports,
+            loopback6_supported,
         };
         Ok(build(&networks, &sandboxes, &facts, &tag))
     }

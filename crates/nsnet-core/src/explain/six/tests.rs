@@ -265,6 +265,31 @@ fn published_ports_over_ipv6_and_the_loopback_translation() {
     f.six.loopback6_ports = None;
     let e = ask(&f, "host", "[::1]:9090", None);
     assert!(e.broken[0].contains("programs are missing"), "{e}");
+    // A port on every address is in the map too; without the programs where the host can have them, it
+    // is broken at [::1] and still DNATed at the host's address.
+    let e = ask(&f, "host", "[::1]:8080", None);
+    assert!(!e.verdict.delivered && e.broken.is_empty(), "{e}");
+    f.six.loopback6_supported = true;
+    let e = ask(&f, "host", "[::1]:8080", None);
+    assert!(
+        !e.verdict.delivered && e.broken[0].contains("programs are missing"),
+        "{e}"
+    );
+    let e = ask(&f, "host", "[2001:db8:1::48]:8080", None);
+    assert!(e.verdict.delivered && e.broken.len() == 1, "{e}");
+    assert!(
+        e.verdict
+            .rule
+            .as_ref()
+            .is_some_and(|r| r.rule.contains("@ports6")),
+        "{e}"
+    );
+    f.six.loopback6_ports = Some(vec![(6, 8080)]);
+    let e = ask(&f, "host", "[2001:db8:1::48]:8080", None);
+    assert!(
+        e.verdict.delivered && e.broken.is_empty() && rules(&e).contains("nsnet_lo6"),
+        "{e}"
+    );
 }
 
 #[test]
