@@ -53,12 +53,18 @@ pub struct HostNode {
     pub uplink: Option<Uplink>,
 }
 
-/// The host's way out: the default route's interface and gateway.
+/// The host's way out: the default route's interface and gateway (the IPv4 one's, else the IPv6 one's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Uplink {
     pub interface: String,
     pub addresses: Vec<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
+    /// Its global IPv6 addresses (link-local ones left out); left out of the JSON when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses6: Vec<Ipv6Net>,
+    /// The gateway of the IPv6 default route on it, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// One network on this host.
@@ -907,6 +913,8 @@ mod tests {
                 interface: "eth0".into(),
                 addresses: vec!["192.0.2.10/24".parse().expect("address")],
                 gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                addresses6: vec![],
+                gateway6: None,
             }),
             tagged_namespaces: vec!["app".into(), "api".into(), "pg".into()],
             ..Default::default()

@@ -126,6 +126,17 @@ fn traits(n: &NetworkNode) -> String {
     words.join(", ")
 }
 
+/// The uplink's addresses: IPv4 ones, then global IPv6 ones.
+fn uplink_addresses(u: &nsnet_core::topology::Uplink) -> String {
+    let addrs: Vec<String> = u
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .chain(u.addresses6.iter().map(ToString::to_string))
+        .collect();
+    addrs.join(" ")
+}
+
 /// The network's subnets and gateways, one `SUBNET gateway GW` per family it has (IPv4 first); an IPv4-only
 /// network's as always.
 fn subnets(n: &NetworkNode) -> Vec<String> {
@@ -180,9 +191,18 @@ pub fn text(t: &Topology, colour: bool) -> String {
     let mut out = String::new();
     let uplink = match &t.host.uplink {
         Some(u) => {
-            let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-            let via = u.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-            format!("uplink {} {}{via}", u.interface, addrs.join(" "))
+            let gateways: Vec<String> = u
+                .gateway
+                .iter()
+                .map(ToString::to_string)
+                .chain(u.gateway6.iter().map(ToString::to_string))
+                .collect();
+            let via = if gateways.is_empty() {
+                String::new()
+            } else {
+                format!(" via {}", gateways.join(", "))
+            };
+            format!("uplink {} {}{via}", u.interface, uplink_addresses(u))
         }
         None => "no default route".into(),
     };
@@ -366,8 +386,7 @@ pub fn dot(t: &Topology) -> String {
     let _ = writeln!(out, "  edge [fontname=\"monospace\", fontsize=9];");
     let mut host = vec![format!("host {}", t.host.name)];
     if let Some(u) = &t.host.uplink {
-        let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-        host.push(format!("uplink {} {}", u.interface, addrs.join(" ")));
+        host.push(format!("uplink {} {}", u.interface, uplink_addresses(u)));
     }
     let _ = writeln!(out, "  host [label={}, shape=box3d];", dot_str(&host));
     for n in &t.networks {
@@ -603,8 +622,7 @@ pub fn svg(t: &Topology) -> String {
     // Boxes, row by row.
     let mut host_lines = vec![format!("host {}", t.host.name)];
     if let Some(u) = &t.host.uplink {
-        let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-        host_lines.push(format!("uplink {} {}", u.interface, addrs.join(" ")));
+        host_lines.push(format!("uplink {} {}", u.interface, uplink_addresses(u)));
     }
     for s in &t.sandboxes {
         for p in s.endpoints.iter().flat_map(|e| &e.ports) {
@@ -944,6 +962,8 @@ mod tests {
                     interface: "eth0".into(),
                     addresses: vec!["192.0.2.10/24".parse().expect("address")],
                     gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                    addresses6: vec![],
+                    gateway6: None,
                 }),
             },
             networks: vec![
@@ -1106,6 +1126,10 @@ mod tests {
         t.strays.clear();
         t.broken.clear();
         t.networks.truncate(1);
+        if let Some(u) = t.host.uplink.as_mut() {
+            u.addresses6 = vec!["2001:db8::10/64".parse().expect("address")];
+            u.gateway6 = Some("fe80::1".parse().expect("gateway"));
+        }
         let v6 = |subnet: &str, gateway: &str, nat: bool| Net6Node {
             subnet: subnet.parse().expect("subnet"),
             gateway: gateway.parse().expect("gateway"),
@@ -1162,6 +1186,10 @@ mod tests {
     fn ipv6_sides_are_drawn_in_every_format() {
         let t = model6();
         let out = text(&t, false);
+        assert!(
+            out.contains("uplink eth0 192.0.2.10/24 2001:db8::10/64 via 192.0.2.1, fe80::1\n"),
+            "{out}"
+        );
         assert!(out.contains("network web  bridge nsbr-web  172.16.0.0/24 gateway 172.16.0.1, fd00:1::/64 gateway fd00:1::1 (fe80::1)  nat, isolated, fast path, nat66\n"), "{out}");
         assert!(out.contains("network six  bridge nsbr-six  2001:db8:6::/64 gateway 2001:db8:6::1 (fe80::1)  nat, isolated, fast path, no nat66\n"), "{out}");
         assert!(out.contains("eth0 172.16.0.2/24 fd00:1::2/64 fe80::6e:acff:fe10:2/64 02:6e:ac:10:00:02 <-veth-> veth-app"), "{out}");

@@ -451,7 +451,21 @@ fn topology_shows_an_overlay_networks_other_hosts() {
 /// firewall's elements and a deleted veth back.
 #[test]
 fn topology_shows_ipv6_and_marks_lost_ipv6_objects() {
-    let h = TestHost::with_ipv6("topo6");
+    let h = TestHost::with_lan6("topo6");
+    // An IPv6-only uplink: a default route via the LAN peer for IPv6 alone.
+    h.in_host(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        world::common::LAN_IP6,
+        "dev",
+        "uplink0",
+    ]);
+    // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
     let (d, o) = (h.sb("d"), h.sb("o"));
     h.ok6(&[
@@ -482,6 +496,14 @@ fn topology_shows_ipv6_and_marks_lost_ipv6_objects() {
 
     let t = json(&h.ok(&["topology", "--json"]));
     assert_eq!(broken(&t), Vec::<String>::new(), "{t:#}");
+    let uplink = &t["host"]["uplink"];
+    assert_eq!(uplink["interface"], "uplink0", "{t:#}");
+    assert_eq!(
+        uplink["addresses6"][0],
+        format!("{}/64", world::common::HOST_IP6)
+    );
+    assert_eq!(uplink["gateway6"], world::common::LAN_IP6);
+    assert!(uplink["gateway"].is_null(), "{t:#}");
     let net = |name: &str| {
         t["networks"]
             .as_array()

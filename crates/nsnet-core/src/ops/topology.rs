@@ -21,19 +21,32 @@ impl Nsnet {
         let tag = self.store.owner_tag();
         let mut host = Host::new();
         let links = host.links()?;
-        let uplink = match host
+        // The IPv4 default route's link, else the IPv6 one's (an IPv6-only host).
+        let routes6: Vec<(u32, Option<std::net::Ipv6Addr>)> = host
+            .default_routes6()?
+            .into_iter()
+            .filter_map(|r| r.oif.map(|i| (i, r.gateway)))
+            .collect();
+        let route4 = host
             .default_routes()?
             .into_iter()
-            .find_map(|r| r.oif.map(|i| (i, r.gateway)))
-        {
-            Some((index, gateway)) => match links.iter().find(|l| l.index == index) {
-                Some(link) => Some(Uplink {
-                    interface: link.name.clone(),
-                    addresses: host.addresses_of(&link.name)?,
-                    gateway,
-                }),
-                None => None,
-            },
+            .find_map(|r| r.oif.map(|i| (i, r.gateway)));
+        let index = route4.map(|(i, _)| i).or(routes6.first().map(|(i, _)| *i));
+        let uplink = match index.and_then(|i| links.iter().find(|l| l.index == i)) {
+            Some(link) => Some(Uplink {
+                interface: link.name.clone(),
+                addresses: host.addresses_of(&link.name)?,
+                gateway: route4.and_then(|(_, g)| g),
+                addresses6: host
+                    .addresses6_of(&link.name)?
+                    .into_iter()
+                    .filter(|a| a.addr().segments()[0] & 0xffc0 != 0xfe80)
+                    .collect(),
+                gateway6: routes6
+                    .iter()
+                    .find(|(i, _)| *i == link.index)
+                    .and_then(|(_, g)| *g),
+            }),
             None => None,
         };
 
