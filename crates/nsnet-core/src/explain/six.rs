@@ -322,15 +322,20 @@ fn anti_spoof(b: Backend, e: E6<'_>) -> RuleRef {
             "inet nsnet guard",
             format!("iifname @endpoint_ifs iifname . ip6 saddr != @endpoints6 drop (only {own} are in @endpoints6 for this interface)"),
         ),
-        (false, _) => r(
-            "ip6tables raw NSNET-GUARD",
-            format!(
-                "-s {}/128 -j RETURN, -s {}/128 -j RETURN, then -j DROP (for {})",
-                e.link_local(),
-                e.ip,
-                e.ep.host_interface
-            ),
-        ),
+        (false, driver) => {
+            let on = match driver {
+                Driver::Bridge => format!("-m physdev --physdev-in {}", e.ep.host_interface),
+                Driver::Veth => format!("-i {}", e.ep.host_interface),
+            };
+            r(
+                "ip6tables raw NSNET-GUARD",
+                format!(
+                    "{on} -j DROP (after -s {}/128 {on} -j RETURN and -s {}/128 {on} -j RETURN)",
+                    e.link_local(),
+                    e.ip
+                ),
+            )
+        }
     }
 }
 

@@ -423,3 +423,29 @@ fn questions_in_ipv6() {
         "{json}"
     );
 }
+
+#[test]
+fn the_iptables_backend_names_its_ip6tables_rules() {
+    let mut f = world();
+    f.backend = Backend::Iptables;
+    let e = ask(&f, "a", "b:80", Some("fd00:1::99"));
+    let rule = e.verdict.rule.clone().expect("a rule");
+    assert_eq!(rule.chain, "ip6tables raw NSNET-GUARD", "{e}");
+    assert!(
+        rule.rule
+            .starts_with("-m physdev --physdev-in vetha -j DROP (after -s fe80::"),
+        "{e}"
+    );
+    let e = ask(&f, "2001:db8:1::26", "[2001:db8:1::48]:8080", None);
+    assert!(e.verdict.delivered, "{e}");
+    assert_eq!(
+        e.verdict.rule.as_ref().map(ToString::to_string).as_deref(),
+        Some("ip6tables nat NSNET-PORTS: -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:1::2]:80")
+    );
+    let e = ask(&f, "a", "[2001:db8:1::26]:443", None);
+    assert!(
+        rules(&e)
+            .contains("ip6tables nat NSNET-POSTROUTING: -s fd00:1::/64 ! -o nsbr-d -j MASQUERADE"),
+        "{e}"
+    );
+}
