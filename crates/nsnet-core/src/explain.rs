@@ -8,11 +8,14 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::Ipv4Net;
+
+mod six;
 use serde::Serialize;
+pub use six::{Facts6, HostRoute6, Inside6};
 
 use crate::firewall::{Backend, HostChain};
 use crate::model::{Driver, Endpoint, GatewayMode, Network, Sandbox};
@@ -55,6 +58,8 @@ pub enum Party {
     Sandbox(String),
     Host,
     Address(Ipv4Addr),
+    /// An IPv6 address (written bare, or in brackets).
+    Address6(Ipv6Addr),
 }
 
 impl FromStr for Party {
@@ -65,6 +70,16 @@ impl FromStr for Party {
         }
         if let Ok(ip) = s.parse::<Ipv4Addr>() {
             return Ok(Party::Address(ip));
+        }
+        let bare = s
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .unwrap_or(s);
+        if let Ok(ip) = bare.parse::<Ipv6Addr>() {
+            return Ok(Party::Address6(ip));
+        }
+        if s.contains(':') {
+            return Err(format!("'{s}' is not an IPv6 address"));
         }
         if s.chars().all(|c| c.is_ascii_digit() || c == '.') {
             return Err(format!("'{s}' is not an IPv4 address"));
@@ -83,14 +98,43 @@ pub struct Query {
     pub protocol: Protocol,
     /// A forged source address for a packet from a sandbox (`--src`).
     pub src: Option<Ipv4Addr>,
+    /// The forged source when it is an IPv6 address.
+    pub src6: Option<Ipv6Addr>,
+    /// The packet is IPv6: asked with `-6`, or an address in the question is IPv6. Without either, a question
+    /// between sandboxes that have no IPv4 is about IPv6 too ([`explain`] decides that).
+    pub ipv6: bool,
 }
 
 impl Query {
     /// Parse `FROM` and `TO[:PORT[/PROTO]]`: without a port the packet is an ICMP echo request, with one it is
     /// TCP unless PROTO says udp.
     pub fn parse(from: &str, to: &str, src: Option<Ipv4Addr>) -> Result<Query, String> {
+        Query::parse_ip(from, to, src.map(IpAddr::V4), false)
+    }
+
+    /// [`Query::parse`] with a `--src` of either family and `ipv6` (`-6`): the packet is IPv6. TO may be an
+    /// IPv6 address, bare without a port (`fd00::2`), in brackets with one (`[fd00::2]:80/tcp`).
+    pub fn parse_ip(
+        from: &str,
+        to: &str,
+        src: Option<IpAddr>,
+        ipv6: bool,
+    ) -> Result<Query, String> {
         let from: Party = from.parse()?;
-        let (target, port, protocol) = match to.rsplit_once(':') {
+        // A bare IPv6 address has colons of its own: only a bracketed one carries a port.
+        let split = match to.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((_, "")) => None,
+                Some((addr, tail)) => match tail.strip_prefix(':') {
+                    Some(port) => Some((&to[..addr.len() + 2], port)),
+                    None => return Err(format!("'{to}': write [IPV6]:PORT[/PROTO]")),
+                },
+                None => return Err(format!("'{to}': a '[' with no ']'")),
+            },
+            None if to.parse::<Ipv6Addr>().is_ok() => None,
+            None => to.rsplit_once(':'),
+        };
+        let (target, port, protocol) = match split {
             None => (to, None, Protocol::Icmp),
             Some((target, rest)) => {
                 let (port, proto) = match rest.split_once('/') {
@@ -128,12 +172,28 @@ impl Query {
                 "--src asks about a forged source from a sandbox: FROM must be a sandbox".into(),
             );
         }
+        let v6 = |p: &Party| matches!(p, Party::Address6(_));
+        let v4 = |p: &Party| matches!(p, Party::Address(_));
+        let ipv6 = ipv6 || v6(&from) || v6(&to) || src.is_some_and(|s| s.is_ipv6());
+        if ipv6 && (v4(&from) || v4(&to) || src.is_some_and(|s| s.is_ipv4())) {
+            return Err(
+                "the question mixes IPv4 and IPv6: a packet has one family (-6 asks about IPv6)"
+                    .into(),
+            );
+        }
+        let (src, src6) = match src {
+            Some(IpAddr::V4(a)) => (Some(a), None),
+            Some(IpAddr::V6(a)) => (None, Some(a)),
+            None => (None, None),
+        };
         Ok(Query {
             from,
             to,
             port,
             protocol,
             src,
+            src6,
+            ipv6,
         })
     }
 }
@@ -171,6 +231,20 @@ pub struct Facts {
     pub fast_path: BTreeSet<Ipv4Addr>,
     /// What could not be read (without root, the ruleset): said with the verdict.
     pub unread: Vec<String>,
+    /// What IPv6 questions are decided from (read only for them).
+    pub six: Facts6,
+}
+
+impl Facts {
+    /// These facts without IPv6-only networks and endpoints: what an IPv4 question is decided from.
+    fn ipv4_part(&self) -> Facts {
+        let mut f = self.clone();
+        f.networks.retain(|n| !n.ipv6_only());
+        for sb in &mut f.sandboxes {
+            sb.sandbox.endpoints.retain(|e| e.address.is_some());
+        }
+        f
+    }
 }
 
 /// A rule of the ruleset, as the firewall driver writes it.
@@ -238,6 +312,13 @@ pub struct Explanation {
     pub port: Option<u16>,
     pub hops: Vec<Hop>,
     pub verdict: Verdict,
+    /// The packet is IPv6 (left out of the JSON for IPv4, as before).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6: bool,
+    /// Kernel objects the path needs that the kernel lacks (an address, a route, a firewall element, a fast
+    /// path entry): each one line, naming it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub broken: Vec<String>,
     /// `None` when nothing would be sent (no route in the sandbox, say): the verdict needs no probe.
     #[serde(skip)]
     pub probe: Option<ProbePlan>,
@@ -246,7 +327,12 @@ pub struct Explanation {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
-        writeln!(f, "{} -> {}{port} ({})", self.from, self.to, self.protocol)?;
+        let family = if self.ipv6 { ", IPv6" } else { "" };
+        writeln!(
+            f,
+            "{} -> {}{port} ({}{family})",
+            self.from, self.to, self.protocol
+        )?;
         for (n, hop) in self.hops.iter().enumerate() {
             writeln!(f, "  {}. [{}] {}", n + 1, hop.at, hop.what)?;
             if let Some(rule) = &hop.rule {
@@ -261,6 +347,9 @@ impl fmt::Display for Explanation {
         }
         for c in &v.caveats {
             writeln!(f, "  note: {c}")?;
+        }
+        for b in &self.broken {
+            writeln!(f, "BROKEN: {b}")?;
         }
         Ok(())
     }
@@ -594,6 +683,8 @@ struct Walk<'a> {
     facts: &'a Facts,
     hops: Vec<Hop>,
     caveats: Vec<String>,
+    /// The packet is IPv6: the forward hook's facts are IPv6's.
+    six: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -754,7 +845,11 @@ impl<'a> Walk<'a> {
         let b = self.facts.backend;
         let in_net = self.net_of_iface(in_if);
         let out_net = self.net_of_iface(out_if);
-        let mut last = kernel("forwarded (net.ipv4.ip_forward=1)");
+        let mut last = kernel(if self.six {
+            "forwarded (net.ipv6.conf.all.forwarding=1)"
+        } else {
+            "forwarded (net.ipv4.ip_forward=1)"
+        });
         if b != Backend::None {
             self.user_chain();
             if let Some(n) = in_net.filter(|n| n.internal && in_if != out_if) {
@@ -793,15 +888,21 @@ impl<'a> Walk<'a> {
         }
         // The host's own chains with policy drop: nsnet's accepts there (commented "nsnet IFACE") cover the
         // network's own traffic and connections to its published ports.
-        for chain in &self.facts.drop_chains {
+        let chains = if self.six {
+            &self.facts.six.drop_chains
+        } else {
+            &self.facts.drop_chains
+        };
+        for chain in chains {
             // With iptables, nsnet's own chains hang off `filter FORWARD` itself, and accept there what comes
             // from its networks (NSNET-ACCEPT) and DNATed connections.
+            let family = if self.six { "ip6" } else { "ip" };
             let ours = b == Backend::Iptables
                 && (
                     chain.family.as_str(),
                     chain.table.as_str(),
                     chain.chain.as_str(),
-                ) == ("ip", "filter", "FORWARD");
+                ) == (family, "filter", "FORWARD");
             let from_ok = in_net.is_some_and(|n| ours || n.host_chains.contains(chain));
             let to_ok = dnat && out_net.is_some_and(|n| ours || n.host_chains.contains(chain));
             let rule = |text: String| RuleRef {
@@ -931,13 +1032,26 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// Whether `q` is about an IPv6 packet given the records in `facts`: asked so, or a sandbox in it has IPv6
+/// and no IPv4. Its facts then need [`Facts::six`].
+pub fn wants_ipv6(q: &Query, facts: &Facts) -> bool {
+    q.ipv6 || six::only_ipv6(q, facts)
+}
+
 /// Decide the path and the verdict of `q` from `facts`. `Err` is bad input: an unknown sandbox, a question
 /// with neither end on this host.
 pub fn explain(q: &Query, facts: &Facts) -> Result<Explanation, BadInput> {
+    if wants_ipv6(q, facts) {
+        return six::explain6(q, facts);
+    }
+    // IPv4 follows IPv4 only: IPv6-only networks and endpoints are not part of its world.
+    let ipv4 = facts.ipv4_part();
+    let facts = &ipv4;
     let mut w = Walk {
         facts,
         hops: vec![],
         caveats: vec![],
+        six: false,
     };
     let from_sb = match &q.from {
         Party::Sandbox(n) => Some(w.sandbox(n)?),
@@ -959,6 +1073,7 @@ pub fn explain(q: &Query, facts: &Facts) -> Result<Explanation, BadInput> {
             _ => From::Peer(*ip),
         },
         (Party::Sandbox(_), None) => return Err(BadInput("unreachable: sandbox lookup".into())),
+        (Party::Address6(_), None) => return Err(BadInput("unreachable: an IPv6 address".into())),
     };
     let dest = match &q.to {
         Party::Sandbox(n) => {
@@ -991,6 +1106,7 @@ pub fn explain(q: &Query, facts: &Facts) -> Result<Explanation, BadInput> {
             )
         })?),
         Party::Address(ip) => w.dest_of_ip(*ip),
+        Party::Address6(_) => return Err(BadInput("unreachable: an IPv6 address".into())),
     };
     if let (From::Peer(_), Dest::Beyond(_)) = (&from, &dest) {
         return Err(BadInput(
@@ -1005,6 +1121,7 @@ pub fn explain(q: &Query, facts: &Facts) -> Result<Explanation, BadInput> {
         Party::Sandbox(n) => format!("{n} ({dst_ip})"),
         Party::Host => format!("host ({dst_ip})"),
         Party::Address(ip) => ip.to_string(),
+        Party::Address6(ip) => ip.to_string(),
     };
     let from_text = match (&q.from, &from) {
         (Party::Host, _) => "host".to_string(),
@@ -1036,6 +1153,8 @@ pub fn explain(q: &Query, facts: &Facts) -> Result<Explanation, BadInput> {
             rule,
             caveats: w.caveats,
         },
+        ipv6: false,
+        broken: vec![],
         probe,
     })
 }
@@ -1815,6 +1934,7 @@ mod tests {
                 .iter()
                 .map(|s| s.parse().unwrap())
                 .collect(),
+            six: Facts6::default(),
         }
     }
 

@@ -4,10 +4,10 @@
 //! draws the result as text, dot or SVG, or prints it as JSON.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use crate::firewall::Rule;
@@ -53,12 +53,18 @@ pub struct HostNode {
     pub uplink: Option<Uplink>,
 }
 
-/// The host's way out: the default route's interface and gateway.
+/// The host's way out: the default route's interface and gateway (the IPv4 one's, else the IPv6 one's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Uplink {
     pub interface: String,
     pub addresses: Vec<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
+    /// Its global IPv6 addresses (link-local ones left out); left out of the JSON when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses6: Vec<Ipv6Net>,
+    /// The gateway of the IPv6 default route on it, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// One network on this host.
@@ -74,6 +80,9 @@ pub struct NetworkNode {
     pub subnet: Option<Ipv4Net>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 side of a dual-stack or IPv6-only network; absent (and left out of the JSON) on IPv4 ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Net6Node>,
     pub internal: bool,
     pub isolate: bool,
     pub fast_path: bool,
@@ -83,6 +92,26 @@ pub struct NetworkNode {
     pub state: State,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+/// A network's IPv6 side: its subnet, its gateway (with the fixed link-local address every gateway link
+/// holds) and whether IPv6 leaving the host is masqueraded (NAT66).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Net6Node {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    /// `fe80::1`, on the bridge (or each point-to-point host end) beside the gateway.
+    pub link_local: Ipv6Addr,
+    pub nat: bool,
+}
+
+/// An endpoint's IPv6 side: its global address, the link-local one derived from its MAC, and the gateway its
+/// IPv6 default route goes via.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ep6Node {
+    pub address: Ipv6Net,
+    pub link_local: Ipv6Addr,
+    pub gateway: Ipv6Addr,
 }
 
 /// This host's part of an overlay network, and the other hosts as the record knows them.
@@ -133,6 +162,9 @@ pub struct EndpointNode {
     pub mac: Mac,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 side on a dual-stack or IPv6-only network; absent (and left out of the JSON) otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ep6Node>,
     pub default_route: bool,
     pub ports: Vec<PortNode>,
     pub state: State,
@@ -140,25 +172,29 @@ pub struct EndpointNode {
     pub problems: Vec<String>,
 }
 
-/// A published port: host address and port(s) to the sandbox's address and port(s).
+/// A published port of one address family: host address and port(s) to the sandbox's address and port(s). A
+/// port on every address of a dual-stack sandbox is two of these, one per family (one DNAT element each).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PortNode {
     pub protocol: Proto,
-    /// `None`: every host address.
-    pub host_ip: Option<std::net::IpAddr>,
+    /// `None`: every host address (of the target's family).
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
-    /// The sandbox's IPv4 address (its IPv6 one on an IPv6-only network).
-    pub target: std::net::IpAddr,
+    /// The sandbox's address this family's packets go to.
+    pub target: IpAddr,
     pub container_port: u16,
     /// How many consecutive ports (a range).
     pub count: u16,
+    /// `[::1]`: not DNATed but translated at the socket by the cgroup bpf programs (checked in their map).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub translated: bool,
     pub state: State,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
 
 impl PortNode {
-    /// `0.0.0.0:8088/tcp -> 10.89.0.2:80` (ranges as `8000-8010`).
+    /// `0.0.0.0:8088/tcp -> 10.89.0.2:80`, `[::]:8088/tcp -> [fd00::2]:80` (ranges as `8000-8010`).
     pub fn describe(&self) -> String {
         let range = |start: u16| {
             if self.count > 1 {
@@ -167,16 +203,25 @@ impl PortNode {
                 start.to_string()
             }
         };
-        let host = match self.host_ip {
-            None => Ipv4Addr::UNSPECIFIED.to_string(),
-            Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-            Some(ip) => ip.to_string(),
+        let host = match (self.host_ip, self.target) {
+            (None, IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.to_string(),
+            (None, IpAddr::V6(_)) => "[::]".to_string(),
+            (Some(IpAddr::V6(ip)), _) => format!("[{ip}]"),
+            (Some(ip), _) => ip.to_string(),
+        };
+        let target = match self.target {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let how = if self.translated {
+            "  (socket translation)"
+        } else {
+            ""
         };
         format!(
-            "{host}:{}/{} -> {}:{}",
+            "{host}:{}/{} -> {target}:{}{how}",
             range(self.host_port),
             self.protocol,
-            self.target,
             range(self.container_port)
         )
     }
@@ -207,6 +252,25 @@ pub struct Facts {
     pub firewall_unread: Option<String>,
     /// The destinations of nsnet's routes on each overlay network's device; `None`: no such device.
     pub overlay_routes: BTreeMap<String, Option<Vec<Ipv4Net>>>,
+    /// The IPv6 addresses on the host links that hold an IPv6 gateway (bridges, point-to-point host ends), by
+    /// link name; a link with no entry was not read.
+    pub gateway_addresses6: BTreeMap<String, Vec<Ipv6Net>>,
+    /// The `[::1]` translation's ports, as (protocol number, port), when its programs are all there; `None`:
+    /// no programs (or not all of them). Read only when a sandbox publishes on `[::1]`.
+    pub loopback6_ports: Option<Vec<(u32, u16)>>,
+    /// This host can have the `[::1]` translation's programs (cgroup2, bpf): without them, a port on every
+    /// address is published without it, and that is no breakage.
+    pub loopback6_supported: bool,
+}
+
+/// One link inside a sandbox's namespace: its name, MAC and addresses (read for the endpoints' links only).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InsideLink {
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub addresses: Vec<Ipv4Net>,
+    /// IPv6 addresses, link-local ones included.
+    pub addresses6: Vec<Ipv6Net>,
 }
 
 /// A sandbox's namespace as seen from inside.
@@ -216,8 +280,8 @@ pub enum Inside {
     Gone,
     /// It is there, but could not be entered or read (the reason).
     Unreadable(String),
-    /// Its links: name, MAC, IPv4 addresses.
-    Links(Vec<(String, Option<[u8; 6]>, Vec<Ipv4Net>)>),
+    /// Its links.
+    Links(Vec<InsideLink>),
 }
 
 /// The picture of `networks` and `sandboxes` as the kernel (`facts`) has them; `tag` is this state dir's
@@ -315,8 +379,13 @@ fn network_node(r: &NetworkRecord, facts: &Facts, links: &BTreeMap<&str, &Link>)
         Driver::Bridge => "bridge",
         Driver::Veth => "host end",
     };
-    if !n.removing && !links.contains_key(n.interface.as_str()) {
+    let present = links.contains_key(n.interface.as_str());
+    if !n.removing && !present {
         problems.push(format!("{what} {} is missing", n.interface));
+    }
+    // The bridge holds the IPv6 gateway side (a point-to-point network's host ends are its endpoints').
+    if !n.removing && present && n.driver == Driver::Bridge && n.options.host_gateway {
+        lost_gateway6(n, &n.interface, facts, &mut problems);
     }
     let overlay = n.overlay.as_ref().map(|o| {
         let routes = facts.overlay_routes.get(&o.device);
@@ -362,6 +431,12 @@ fn network_node(r: &NetworkRecord, facts: &Facts, links: &BTreeMap<&str, &Link>)
         interface: n.interface.clone(),
         subnet: n.subnet,
         gateway: n.gateway,
+        ipv6: n.ipv6.map(|v6| Net6Node {
+            subnet: v6.subnet,
+            gateway: v6.gateway,
+            link_local: crate::plan::build::GATEWAY_LINK_LOCAL6,
+            nat: v6.nat,
+        }),
         internal: n.internal,
         isolate: n.isolate,
         fast_path: n.fast_path && n.driver == Driver::Bridge,
@@ -373,6 +448,20 @@ fn network_node(r: &NetworkRecord, facts: &Facts, links: &BTreeMap<&str, &Link>)
             state_of(&problems)
         },
         problems,
+    }
+}
+
+/// The IPv6 gateway addresses (`fe80::1`, the gateway) network `n` wants on `link` that it lacks.
+fn lost_gateway6(n: &crate::model::Network, link: &str, facts: &Facts, problems: &mut Vec<String>) {
+    let Some(have) = facts.gateway_addresses6.get(link) else {
+        return;
+    };
+    for want in crate::plan::build::gateway_addresses6(n) {
+        if let IpNet::V6(want) = want {
+            if !have.contains(&want) {
+                problems.push(format!("{link} has lost IPv6 address {want}"));
+            }
+        }
     }
 }
 
@@ -395,39 +484,13 @@ fn sandbox_node(
             let mut problems = Vec::new();
             let removing = sb.removing || ep.removing;
             if !removing {
-                endpoint_problems(ep, net, inside, links, &mut problems);
+                endpoint_problems(ep, net, inside, links, facts, &mut problems);
             }
+            let rules = crate::plan::build::endpoint_rules(ep);
             let ports = ep
                 .ports
                 .iter()
-                .map(|m| {
-                    let target = match (ep.address, ep.ipv6) {
-                        (None, Some(e6)) => e6.address.addr().into(),
-                        (a, _) => a.map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr()).into(),
-                    };
-                    let rule = Rule::Port {
-                        mapping: *m,
-                        target,
-                    };
-                    let mut problems = Vec::new();
-                    if !removing && facts.missing_rules.contains(&rule) {
-                        problems.push("the firewall lacks its DNAT element".to_string());
-                    }
-                    PortNode {
-                        protocol: m.protocol,
-                        host_ip: m.host_ip,
-                        host_port: m.host_port,
-                        target,
-                        container_port: m.container_port,
-                        count: m.count,
-                        state: match (removing, facts.firewall_unread.is_some()) {
-                            (true, _) => State::Removing,
-                            (false, true) => State::Unknown,
-                            (false, false) => state_of(&problems),
-                        },
-                        problems,
-                    }
-                })
+                .flat_map(|m| port_nodes(m, ep, net, &rules, removing, facts))
                 .collect();
             // The endpoint's first rule is its anti-spoofing one.
             let anti_spoofing = crate::plan::build::endpoint_rules(ep).into_iter().next();
@@ -452,6 +515,11 @@ fn sandbox_node(
                 address: ep.address,
                 mac: ep.mac,
                 gateway: ep.gateway,
+                ipv6: ep.ipv6.map(|e6| Ep6Node {
+                    address: e6.address,
+                    link_local: ep.mac.link_local6(),
+                    gateway: e6.gateway,
+                }),
                 default_route: ep.default_route,
                 ports,
                 state,
@@ -478,13 +546,107 @@ fn sandbox_node(
     }
 }
 
-/// What is wrong with one endpoint: its host end, its bridge port, and inside the sandbox its interface,
-/// MAC and address.
+/// The published port `m` of `ep`, one node per family it reaches: each DNAT element in `rules` (the
+/// endpoint's), checked against the firewall, and `[::1]`'s socket translation, checked in its map (which
+/// also carries an IPv6 port on every address: its IPv6 node says when the map lacks it).
+fn port_nodes(
+    m: &crate::portmap::PortMapping,
+    ep: &crate::model::Endpoint,
+    net: Option<&NetworkRecord>,
+    rules: &[Rule],
+    removing: bool,
+    facts: &Facts,
+) -> Vec<PortNode> {
+    let translated = net
+        .map(|n| crate::plan::build::loopback_ports(&n.settings, ep))
+        .unwrap_or_default()
+        .iter()
+        .any(|l| l.proto == m.protocol && l.host_port == m.host_port);
+    let node = |target: IpAddr, translated: bool, problems: Vec<String>, unread: bool| PortNode {
+        protocol: m.protocol,
+        host_ip: m.host_ip,
+        host_port: m.host_port,
+        target,
+        container_port: m.container_port,
+        count: m.count,
+        translated,
+        state: match (removing, unread) {
+            (true, _) => State::Removing,
+            (false, true) => State::Unknown,
+            (false, false) => state_of(&problems),
+        },
+        problems,
+    };
+    let mut out: Vec<PortNode> = rules
+        .iter()
+        .filter_map(|r| match r {
+            Rule::Port { mapping, target } if mapping == m => Some(*target),
+            _ => None,
+        })
+        .map(|target| {
+            let rule = Rule::Port {
+                mapping: *m,
+                target,
+            };
+            let mut problems = Vec::new();
+            if !removing && facts.missing_rules.contains(&rule) {
+                let family = if target.is_ipv6() { "IPv6 " } else { "" };
+                problems.push(format!("the firewall lacks its {family}DNAT element"));
+            }
+            // A host without the programs publishes on every address without the translation.
+            if !removing && target.is_ipv6() && translated {
+                loopback6_problems(m, facts, !facts.loopback6_supported, &mut problems);
+            }
+            node(target, false, problems, facts.firewall_unread.is_some())
+        })
+        .collect();
+    let loopback6 = m.host_ip.is_some_and(|ip| ip.is_ipv6() && ip.is_loopback());
+    if let (true, Some(e6)) = (loopback6, ep.ipv6) {
+        let mut problems = Vec::new();
+        if !removing {
+            loopback6_problems(m, facts, false, &mut problems);
+        }
+        out.push(node(e6.address.addr().into(), true, problems, false));
+    }
+    out
+}
+
+/// What the `[::1]` translation lacks of mapping `m`: its programs (unless `without` is fine: the host
+/// cannot have them), or a port in their map.
+fn loopback6_problems(
+    m: &crate::portmap::PortMapping,
+    facts: &Facts,
+    without: bool,
+    problems: &mut Vec<String>,
+) {
+    let proto = match m.protocol {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+    };
+    match &facts.loopback6_ports {
+        Some(have) => {
+            if let Some(p) = m.host_ports().find(|p| !have.contains(&(proto, *p))) {
+                problems.push(format!(
+                    "the [::1] translation's map lacks {p}/{}",
+                    m.protocol
+                ));
+            }
+        }
+        None if !without => {
+            problems.push("the [::1] translation's cgroup bpf programs are missing".into())
+        }
+        None => {}
+    }
+}
+
+/// What is wrong with one endpoint: its host end, its bridge port (or a point-to-point host end's IPv6
+/// gateway side), and inside the sandbox its interface, MAC and addresses (IPv6 ones with the link-local).
 fn endpoint_problems(
     ep: &crate::model::Endpoint,
     net: Option<&NetworkRecord>,
     inside: Option<&Inside>,
     links: &BTreeMap<&str, &Link>,
+    facts: &Facts,
     problems: &mut Vec<String>,
 ) {
     let Some(net) = net else {
@@ -502,19 +664,24 @@ fn endpoint_problems(
                 ));
             }
         }
-        Some(_) => {}
+        Some(_) => lost_gateway6(&net.settings, &ep.host_interface, facts, problems),
     }
     let Some(Inside::Links(inside)) = inside else {
         return;
     };
-    match inside.iter().find(|(name, _, _)| *name == ep.interface) {
+    match inside.iter().find(|l| l.name == ep.interface) {
         None => problems.push(format!("{} is missing inside the sandbox", ep.interface)),
-        Some((_, mac, addresses)) => {
-            if mac.is_some_and(|m| m != ep.mac.0) {
+        Some(link) => {
+            if link.mac.is_some_and(|m| m != ep.mac.0) {
                 problems.push(format!("{} has another MAC than {}", ep.interface, ep.mac));
             }
-            if let Some(address) = ep.address.filter(|a| !addresses.contains(a)) {
+            if let Some(address) = ep.address.filter(|a| !link.addresses.contains(a)) {
                 problems.push(format!("{} has lost address {address}", ep.interface));
+            }
+            for address in crate::plan::build::endpoint_addresses6(ep) {
+                if !link.addresses6.contains(&address) {
+                    problems.push(format!("{} has lost IPv6 address {address}", ep.interface));
+                }
             }
         }
     }
@@ -667,6 +834,13 @@ mod tests {
         }
     }
 
+    fn lo() -> InsideLink {
+        InsideLink {
+            name: "lo".into(),
+            ..InsideLink::default()
+        }
+    }
+
     fn sandbox(name: &str, endpoints: Vec<Endpoint>) -> Sandbox {
         Sandbox {
             name: name.into(),
@@ -739,6 +913,8 @@ mod tests {
                 interface: "eth0".into(),
                 addresses: vec!["192.0.2.10/24".parse().expect("address")],
                 gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                addresses6: vec![],
+                gateway6: None,
             }),
             tagged_namespaces: vec!["app".into(), "api".into(), "pg".into()],
             ..Default::default()
@@ -748,12 +924,13 @@ mod tests {
             facts.inside.insert(
                 sb.name.clone(),
                 Inside::Links(vec![
-                    ("lo".into(), None, vec![]),
-                    (
-                        "eth0".into(),
-                        Some(ep.mac.0),
-                        ep.address.into_iter().collect(),
-                    ),
+                    lo(),
+                    InsideLink {
+                        name: "eth0".into(),
+                        mac: Some(ep.mac.0),
+                        addresses: ep.address.into_iter().collect(),
+                        addresses6: crate::plan::build::endpoint_addresses6(ep),
+                    },
                 ]),
             );
         }
@@ -785,10 +962,7 @@ mod tests {
         let (nets, sbs, mut facts) = world();
         facts.links.retain(|l| l.name != "veth-api");
         // The kernel deletes both ends of a pair.
-        facts.inside.insert(
-            "api".into(),
-            Inside::Links(vec![("lo".into(), None, vec![])]),
-        );
+        facts.inside.insert("api".into(), Inside::Links(vec![lo()]));
         let t = build(&nets, &sbs, &facts, TAG);
         assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
         assert!(t.broken[0].starts_with("sandbox api eth0 on web: host end veth-api is missing"));
@@ -816,7 +990,11 @@ mod tests {
         let (nets, sbs, mut facts) = world();
         facts.inside.insert(
             "app".into(),
-            Inside::Links(vec![("eth0".into(), Some([2, 0, 0, 0, 0, 1]), vec![])]),
+            Inside::Links(vec![InsideLink {
+                name: "eth0".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                ..InsideLink::default()
+            }]),
         );
         if let Some(l) = facts.links.iter_mut().find(|l| l.name == "veth-app") {
             l.master = None;
@@ -925,5 +1103,192 @@ mod tests {
         assert_eq!(pg.sandboxes.len(), 1);
         assert_eq!(pg.networks[0].name, "db");
         assert!(t.only("nope").is_none());
+    }
+
+    /// `world` with network web dual stack and sandbox app on it, the kernel agreeing.
+    fn world6() -> (Vec<NetworkRecord>, Vec<Sandbox>, Facts) {
+        let (mut nets, mut sbs, mut facts) = world();
+        nets[0].settings.ipv6 = Some(crate::model::Net6 {
+            subnet: "fd00:1::/64".parse().expect("subnet"),
+            gateway: "fd00:1::1".parse().expect("gateway"),
+            nat: true,
+        });
+        let ep = &mut sbs[0].endpoints[0];
+        ep.ipv6 = Some(crate::model::Ep6 {
+            address: "fd00:1::2/64".parse().expect("address"),
+            gateway: "fd00:1::1".parse().expect("gateway"),
+        });
+        let ep = ep.clone();
+        facts.inside.insert(
+            "app".into(),
+            Inside::Links(vec![
+                lo(),
+                InsideLink {
+                    name: "eth0".into(),
+                    mac: Some(ep.mac.0),
+                    addresses: ep.address.into_iter().collect(),
+                    addresses6: crate::plan::build::endpoint_addresses6(&ep),
+                },
+            ]),
+        );
+        facts.gateway_addresses6.insert(
+            "nsbr-web".into(),
+            vec![
+                "fe80::1/64".parse().expect("link-local"),
+                "fd00:1::1/64".parse().expect("gateway"),
+            ],
+        );
+        (nets, sbs, facts)
+    }
+
+    #[test]
+    fn a_dual_stack_sandbox_shows_both_families_and_one_port_per_family() {
+        let (nets, sbs, facts) = world6();
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert!(t.broken.is_empty(), "{:#?}", t.broken);
+        let v6 = t.networks[0].ipv6.expect("ipv6 side");
+        assert_eq!(v6.link_local.to_string(), "fe80::1");
+        assert!(v6.nat);
+        assert!(t.networks[1].ipv6.is_none());
+        let app = &t.sandboxes[0].endpoints[0];
+        let e6 = app.ipv6.expect("endpoint ipv6");
+        assert_eq!(e6.address.to_string(), "fd00:1::2/64");
+        assert_eq!(e6.link_local, app.mac.link_local6());
+        let ports: Vec<String> = app.ports.iter().map(PortNode::describe).collect();
+        assert_eq!(
+            ports,
+            [
+                "0.0.0.0:8088/tcp -> 172.16.0.2:80",
+                "[::]:8088/tcp -> [fd00:1::2]:80"
+            ]
+        );
+        // IPv4-only parts serialize as before: no ipv6 key, no translated flag.
+        let json = serde_json::to_string(&t.networks[1]).expect("json");
+        assert!(!json.contains("ipv6"), "{json}");
+        let json = serde_json::to_string(&t.sandboxes[0].endpoints[0].ports[0]).expect("json");
+        assert!(!json.contains("translated"), "{json}");
+    }
+
+    #[test]
+    fn lost_ipv6_addresses_and_elements_are_broken() {
+        let (nets, sbs, mut facts) = world6();
+        let ep = sbs[0].endpoints[0].clone();
+        facts.inside.insert(
+            "app".into(),
+            Inside::Links(vec![InsideLink {
+                name: "eth0".into(),
+                mac: Some(ep.mac.0),
+                addresses: ep.address.into_iter().collect(),
+                addresses6: vec![],
+            }]),
+        );
+        facts
+            .gateway_addresses6
+            .insert("nsbr-web".into(), vec!["fd00:1::1/64".parse().expect("gw")]);
+        facts.missing_rules.push(Rule::Port {
+            mapping: ep.ports[0],
+            target: "fd00:1::2".parse::<Ipv6Addr>().expect("target").into(),
+        });
+        facts
+            .missing_rules
+            .push(crate::plan::build::endpoint_rules(&ep)[0].clone());
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(
+            t.networks[0].problems,
+            ["nsbr-web has lost IPv6 address fe80::1/64"]
+        );
+        let app = &t.sandboxes[0].endpoints[0];
+        assert_eq!(app.state, State::Broken);
+        assert!(
+            app.problems[0].starts_with("eth0 has lost IPv6 address fe80::"),
+            "{:#?}",
+            app.problems
+        );
+        assert_eq!(app.problems[1], "eth0 has lost IPv6 address fd00:1::2/64");
+        assert_eq!(
+            app.problems[2],
+            "the firewall lacks its anti-spoofing element"
+        );
+        assert_eq!(app.ports[0].state, State::Ok);
+        assert_eq!(app.ports[1].state, State::Broken);
+        assert_eq!(
+            app.ports[1].problems,
+            ["the firewall lacks its IPv6 DNAT element"]
+        );
+        assert_eq!(t.broken.len(), 3, "{:#?}", t.broken);
+    }
+
+    #[test]
+    fn an_ipv6_only_sandbox_and_a_loopback6_port() {
+        let (mut nets, mut sbs, mut facts) = world6();
+        nets[0].settings.subnet = None;
+        nets[0].settings.gateway = None;
+        let ep = &mut sbs[0].endpoints[0];
+        ep.address = None;
+        ep.gateway = None;
+        ep.ports.push(PortMapping {
+            host_ip: Some("::1".parse().expect("::1")),
+            host_port: 9000,
+            container_port: 90,
+            count: 1,
+            protocol: Proto::Tcp,
+        });
+        let ep = ep.clone();
+        facts.inside.insert(
+            "app".into(),
+            Inside::Links(vec![InsideLink {
+                name: "eth0".into(),
+                mac: Some(ep.mac.0),
+                addresses: vec![],
+                addresses6: crate::plan::build::endpoint_addresses6(&ep),
+            }]),
+        );
+        facts.loopback6_ports = Some(vec![(6, 9000), (6, 8088)]);
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert!(t.broken.is_empty(), "{:#?}", t.broken);
+        assert!(t.networks[0].subnet.is_none());
+        let ports: Vec<String> = t.sandboxes[0].endpoints[0]
+            .ports
+            .iter()
+            .map(PortNode::describe)
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                "[::]:8088/tcp -> [fd00:1::2]:80",
+                "[::1]:9000/tcp -> [fd00:1::2]:90  (socket translation)"
+            ]
+        );
+        // The map carries the port on every address too.
+        facts.loopback6_ports = Some(vec![(6, 9000)]);
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
+        assert!(
+            t.broken[0].ends_with(
+                "[::]:8088/tcp -> [fd00:1::2]:80: the [::1] translation's map lacks 8088/tcp"
+            ),
+            "{:#?}",
+            t.broken
+        );
+        facts.loopback6_ports = Some(vec![(6, 8088)]);
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
+        assert!(
+            t.broken[0].ends_with("the [::1] translation's map lacks 9000/tcp"),
+            "{:#?}",
+            t.broken
+        );
+        // No programs: broken for [::1], and for every address only where the host can have them.
+        facts.loopback6_ports = None;
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 1, "{:#?}", t.broken);
+        assert!(
+            t.broken[0].ends_with("cgroup bpf programs are missing"),
+            "{:#?}",
+            t.broken
+        );
+        facts.loopback6_supported = true;
+        let t = build(&nets, &sbs, &facts, TAG);
+        assert_eq!(t.broken.len(), 2, "{:#?}", t.broken);
     }
 }

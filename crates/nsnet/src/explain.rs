@@ -2,7 +2,7 @@
 //! Exit status: 0 delivered, 1 dropped, 2 bad input, 3 when nsnet could not answer (a kernel or firewall
 //! failure); with `--probe`, the real packet's outcome decides.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,14 +14,19 @@ use nsnet_core::ops::Nsnet;
 /// `nsnet explain`'s arguments.
 #[derive(Args)]
 pub struct ExplainArgs {
-    /// Where the packet starts: a sandbox, `host`, or an IPv4 address (a LAN peer).
+    /// Where the packet starts: a sandbox, `host`, or an address (a LAN peer).
     from: String,
     /// Where it goes: a sandbox, `host` or an address, with an optional PORT and PROTO (tcp, udp; icmp when
-    /// no port is given), e.g. `web:80`, `10.0.1.48:8080/udp`.
+    /// no port is given), e.g. `web:80`, `10.0.1.48:8080/udp`, `[fd00::2]:80` (a bare IPv6 address has no
+    /// port).
     to: String,
     /// Ask about a packet a sandbox forges with this source address.
     #[arg(long, value_name = "IP")]
-    src: Option<Ipv4Addr>,
+    src: Option<IpAddr>,
+    /// Ask about an IPv6 packet between sandboxes, or a sandbox and the host (an IPv6 address in FROM, TO
+    /// or --src, or a sandbox with no IPv4, asks that already).
+    #[arg(short = '6', long = "ipv6")]
+    ipv6: bool,
     /// Send a real packet (with a listener where it should land) and trace the rules it meets.
     #[arg(long)]
     probe: bool,
@@ -50,7 +55,7 @@ fn answer<T>(r: nsnet_core::Result<T>) -> std::result::Result<T, ExitCode> {
 
 /// Run `nsnet explain`.
 pub fn run(nsnet: &Nsnet, args: &ExplainArgs, json: bool) -> Result<ExitCode> {
-    let q = match Query::parse(&args.from, &args.to, args.src) {
+    let q = match Query::parse_ip(&args.from, &args.to, args.src, args.ipv6) {
         Ok(q) => q,
         Err(e) => return Ok(bad(e)),
     };

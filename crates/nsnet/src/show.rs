@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use nsnet_core::model::{Endpoint, NetworkRecord, Sandbox};
+use nsnet_core::model::{or_none, Endpoint, NetworkRecord, Sandbox};
 use nsnet_core::ops::{Nsnet, SandboxStatus};
 
 /// Print `value` as pretty JSON, the shape every `--json` output has.
@@ -43,12 +43,14 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// `nsnet network ls`.
+/// `nsnet network ls`. With IPv6 on some network, SUBNET and GATEWAY are the IPv4 ones (`-` for none) and
+/// SUBNET6 and GATEWAY6 follow them; with none, the table is exactly as before IPv6 (scripts parse it).
 pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
     let nets = nsnet.networks()?;
     if as_json {
         return json(&nets);
     }
+    let six = nets.iter().any(|r| r.settings.ipv6.is_some());
     let rows: Vec<Vec<String>> = nets
         .iter()
         .map(|record| {
@@ -58,17 +60,35 @@ pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
                 Some(o) => format!("overlay/{}", o.backend),
                 None => n.driver.to_string(),
             };
-            vec![
-                n.name.clone(),
-                driver,
-                subnet_of(n),
-                gateway_of(n),
+            let mut row = vec![n.name.clone(), driver];
+            if six {
+                row.extend([dash(n.subnet), dash(n.gateway)]);
+                row.extend([
+                    dash(n.ipv6.map(|v6| v6.subnet)),
+                    dash(n.ipv6.map(|v6| v6.gateway)),
+                ]);
+            } else {
+                row.extend([subnet_of(n), gateway_of(n)]);
+            }
+            row.extend([
                 n.interface.clone(),
                 format!("{}{flag}", record.allocations.users().len()),
-            ]
+            ]);
+            row
         })
         .collect();
-    table(
+    let header: &[&str] = if six {
+        &[
+            "NAME",
+            "DRIVER",
+            "SUBNET",
+            "GATEWAY",
+            "SUBNET6",
+            "GATEWAY6",
+            "INTERFACE",
+            "SANDBOXES",
+        ]
+    } else {
         &[
             "NAME",
             "DRIVER",
@@ -76,10 +96,15 @@ pub fn networks(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
             "GATEWAY",
             "INTERFACE",
             "SANDBOXES",
-        ],
-        &rows,
-    );
+        ]
+    };
+    table(header, &rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A value, or `-` in a table cell where it is absent.
+fn dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 fn find_network(nsnet: &Nsnet, name: &str) -> Result<NetworkRecord> {
@@ -121,8 +146,23 @@ pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
     let n = &record.settings;
     println!("name:       {}", n.name);
     println!("driver:     {}", n.driver);
-    println!("subnet:     {}", subnet_of(n));
-    println!("gateway:    {}", gateway_of(n));
+    match &n.ipv6 {
+        None => {
+            println!("subnet:     {}", subnet_of(n));
+            println!("gateway:    {}", gateway_of(n));
+        }
+        Some(v6) => {
+            println!("subnet:     {}", or_none(n.subnet));
+            println!("gateway:    {}", or_none(n.gateway));
+            println!("subnet6:    {}", v6.subnet);
+            println!(
+                "gateway6:   {} ({})",
+                v6.gateway,
+                nsnet_core::plan::build::GATEWAY_LINK_LOCAL6
+            );
+            println!("nat66:      {}", v6.nat);
+        }
+    }
     println!("interface:  {}", n.interface);
     println!("internal:   {}", n.internal);
     println!("isolate:    {}", n.isolate);
@@ -154,7 +194,8 @@ pub fn network(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `nsnet ls`.
+/// `nsnet ls`. With IPv6 on some sandbox, ADDRESSES holds the IPv4 addresses (`-` for none) and IPV6 the
+/// global IPv6 ones, one per network each; with none, the table is exactly as before IPv6.
 pub fn sandboxes(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
     let sbs = nsnet.sandboxes()?;
     if as_json {
@@ -167,6 +208,9 @@ pub fn sandboxes(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
             items.join(",")
         }
     };
+    let six = sbs
+        .iter()
+        .any(|sb| sb.endpoints.iter().any(|e| e.ipv6.is_some()));
     let statuses: Vec<SandboxStatus> = sbs.iter().map(|sb| nsnet.status(sb)).collect();
     let rows: Vec<Vec<String>> = sbs
         .iter()
@@ -178,20 +222,35 @@ pub fn sandboxes(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
                 .iter()
                 .flat_map(|e| e.ports.iter().map(|p| p.to_string()))
                 .collect();
-            vec![
+            let mut row = vec![
                 sb.name.clone(),
                 sb.netns.display().to_string(),
                 joined(each(&|e| e.network.clone())),
-                joined(each(&address_of)),
-                joined(ports),
-                status.to_string(),
-            ]
+            ];
+            if six {
+                row.push(joined(each(&|e| dash(e.address))));
+                row.push(joined(each(&|e| dash(e.ipv6.map(|e6| e6.address)))));
+            } else {
+                row.push(joined(each(&address_of)));
+            }
+            row.extend([joined(ports), status.to_string()]);
+            row
         })
         .collect();
-    table(
-        &["NAME", "NETNS", "NETWORKS", "ADDRESSES", "PORTS", "STATUS"],
-        &rows,
-    );
+    let header: &[&str] = if six {
+        &[
+            "NAME",
+            "NETNS",
+            "NETWORKS",
+            "ADDRESSES",
+            "IPV6",
+            "PORTS",
+            "STATUS",
+        ]
+    } else {
+        &["NAME", "NETNS", "NETWORKS", "ADDRESSES", "PORTS", "STATUS"]
+    };
+    table(header, &rows);
     if statuses.contains(&SandboxStatus::NamespaceGone) {
         // On stderr, so the table on stdout stays as it is for scripts.
         eprintln!(
@@ -207,6 +266,16 @@ pub fn sandboxes(nsnet: &Nsnet, as_json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An endpoint's aliases and published ports, under its line in `nsnet inspect`.
+fn print_extras(e: &Endpoint) {
+    if !e.aliases.is_empty() {
+        println!("  aliases {}", e.aliases.join(", "));
+    }
+    for p in &e.ports {
+        println!("  publish {p}");
+    }
 }
 
 fn find_sandbox(nsnet: &Nsnet, name: &str) -> Result<Sandbox> {
@@ -228,6 +297,31 @@ pub fn sandbox(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
         if sb.owned { "" } else { " (attached)" }
     );
     for e in &sb.endpoints {
+        if let Some(e6) = e.ipv6 {
+            // Both families: the IPv4 line as always (`none` on an IPv6-only network), the IPv6 one under it.
+            println!(
+                "{}: network {} address {} mac {} gateway {}{} host {}",
+                e.interface,
+                e.network,
+                or_none(e.address),
+                e.mac,
+                or_none(e.gateway),
+                if e.default_route {
+                    " (default route)"
+                } else {
+                    ""
+                },
+                e.host_interface
+            );
+            println!(
+                "  ipv6 {} link-local {} gateway {}",
+                e6.address,
+                e.mac.link_local6(),
+                e6.gateway
+            );
+            print_extras(e);
+            continue;
+        }
         println!(
             "{}: network {} address {} mac {} gateway {}{} host {}",
             e.interface,
@@ -245,12 +339,7 @@ pub fn sandbox(nsnet: &Nsnet, name: &str, as_json: bool) -> Result<ExitCode> {
             },
             e.host_interface
         );
-        if !e.aliases.is_empty() {
-            println!("  aliases {}", e.aliases.join(", "));
-        }
-        for p in &e.ports {
-            println!("  publish {p}");
-        }
+        print_extras(e);
     }
     if !sb.dns_servers.is_empty() {
         let servers: Vec<String> = sb.dns_servers.iter().map(|s| s.to_string()).collect();

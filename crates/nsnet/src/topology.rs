@@ -118,14 +118,63 @@ fn traits(n: &NetworkNode) -> String {
     if n.fast_path {
         words.push("fast path".into());
     }
+    match n.ipv6 {
+        Some(v6) if v6.nat && !n.internal => words.push("nat66".into()),
+        Some(v6) if !v6.nat => words.push("no nat66".into()),
+        _ => {}
+    }
     words.join(", ")
+}
+
+/// The uplink's addresses: IPv4 ones, then global IPv6 ones.
+fn uplink_addresses(u: &nsnet_core::topology::Uplink) -> String {
+    let addrs: Vec<String> = u
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .chain(u.addresses6.iter().map(ToString::to_string))
+        .collect();
+    addrs.join(" ")
+}
+
+/// The network's subnets and gateways, one `SUBNET gateway GW` per family it has (IPv4 first); an IPv4-only
+/// network's as always.
+fn subnets(n: &NetworkNode) -> Vec<String> {
+    let mut out = Vec::new();
+    if n.subnet.is_some() || n.ipv6.is_none() {
+        out.push(format!(
+            "{} gateway {}",
+            or_none(n.subnet),
+            or_none(n.gateway)
+        ));
+    }
+    if let Some(v6) = n.ipv6 {
+        out.push(format!(
+            "{} gateway {} ({})",
+            v6.subnet, v6.gateway, v6.link_local
+        ));
+    }
+    out
+}
+
+/// The endpoint's addresses: its IPv4 one, then its global and link-local IPv6 ones (`none` with neither).
+fn addresses(e: &EndpointNode) -> String {
+    let mut out: Vec<String> = e.address.iter().map(ToString::to_string).collect();
+    if let Some(v6) = e.ipv6 {
+        out.push(v6.address.to_string());
+        out.push(format!("{}/64", v6.link_local));
+    }
+    if out.is_empty() {
+        out.push(or_none(e.address));
+    }
+    out.join(" ")
 }
 
 fn endpoint_line(e: &EndpointNode) -> String {
     format!(
         "{} {} {} <-veth-> {}{}",
         e.interface,
-        or_none(e.address),
+        addresses(e),
         e.mac,
         e.host_interface,
         if e.default_route {
@@ -142,9 +191,18 @@ pub fn text(t: &Topology, colour: bool) -> String {
     let mut out = String::new();
     let uplink = match &t.host.uplink {
         Some(u) => {
-            let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-            let via = u.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
-            format!("uplink {} {}{via}", u.interface, addrs.join(" "))
+            let gateways: Vec<String> = u
+                .gateway
+                .iter()
+                .map(ToString::to_string)
+                .chain(u.gateway6.iter().map(ToString::to_string))
+                .collect();
+            let via = if gateways.is_empty() {
+                String::new()
+            } else {
+                format!(" via {}", gateways.join(", "))
+            };
+            format!("uplink {} {}{via}", u.interface, uplink_addresses(u))
         }
         None => "no default route".into(),
     };
@@ -155,12 +213,11 @@ pub fn text(t: &Topology, colour: bool) -> String {
     };
     for n in &t.networks {
         let mut net = leaf(format!(
-            "network {}  {} {}  {} gateway {}  {}{}",
+            "network {}  {} {}  {}  {}{}",
             n.name,
             n.driver,
             n.interface,
-            or_none(n.subnet),
-            or_none(n.gateway),
+            subnets(n).join(", "),
             traits(n),
             mark(n.state, &n.problems, colour)
         ));
@@ -286,6 +343,36 @@ fn with_problems(mut lines: Vec<String>, state: State, problems: &[String]) -> V
     lines
 }
 
+/// A network's box in dot and SVG: its name, interface and IPv4 subnet, gateway, the IPv6 side, traits.
+fn network_lines(n: &NetworkNode) -> Vec<String> {
+    let mut lines = vec![format!("network {} ({})", n.name, n.driver)];
+    if n.subnet.is_some() || n.ipv6.is_none() {
+        lines.push(format!("{} {}", n.interface, or_none(n.subnet)));
+        lines.push(format!("gateway {}", or_none(n.gateway)));
+    } else {
+        lines.push(n.interface.clone());
+    }
+    if let Some(v6) = n.ipv6 {
+        lines.push(v6.subnet.to_string());
+        lines.push(format!("gateway {} {}", v6.gateway, v6.link_local));
+    }
+    lines.push(traits(n));
+    lines
+}
+
+/// A veth pair's edge label in dot: its ends, addresses and MAC.
+fn endpoint_lines(e: &EndpointNode) -> Vec<String> {
+    let mut lines = vec![format!("{} <-> {}", e.host_interface, e.interface)];
+    if e.address.is_some() || e.ipv6.is_none() {
+        lines.push(or_none(e.address));
+    }
+    if let Some(v6) = e.ipv6 {
+        lines.push(v6.address.to_string());
+    }
+    lines.push(e.mac.to_string());
+    lines
+}
+
 /// The graph in Graphviz's language: boxes for the host, networks and sandboxes, edges for the bridges and
 /// the veth pairs, dotted edges for published ports.
 pub fn dot(t: &Topology) -> String {
@@ -299,22 +386,12 @@ pub fn dot(t: &Topology) -> String {
     let _ = writeln!(out, "  edge [fontname=\"monospace\", fontsize=9];");
     let mut host = vec![format!("host {}", t.host.name)];
     if let Some(u) = &t.host.uplink {
-        let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-        host.push(format!("uplink {} {}", u.interface, addrs.join(" ")));
+        host.push(format!("uplink {} {}", u.interface, uplink_addresses(u)));
     }
     let _ = writeln!(out, "  host [label={}, shape=box3d];", dot_str(&host));
     for n in &t.networks {
         let id = dot_str(&[format!("net:{}", n.name)]);
-        let lines = with_problems(
-            vec![
-                format!("network {} ({})", n.name, n.driver),
-                format!("{} {}", n.interface, or_none(n.subnet)),
-                format!("gateway {}", or_none(n.gateway)),
-                traits(n),
-            ],
-            n.state,
-            &n.problems,
-        );
+        let lines = with_problems(network_lines(n), n.state, &n.problems);
         let _ = writeln!(
             out,
             "  {id} [label={}{}];",
@@ -371,15 +448,7 @@ pub fn dot(t: &Topology) -> String {
         );
         for e in &s.endpoints {
             let net = dot_str(&[format!("net:{}", e.network)]);
-            let lines = with_problems(
-                vec![
-                    format!("{} <-> {}", e.host_interface, e.interface),
-                    or_none(e.address),
-                    e.mac.to_string(),
-                ],
-                e.state,
-                &e.problems,
-            );
+            let lines = with_problems(endpoint_lines(e), e.state, &e.problems);
             let _ = writeln!(
                 out,
                 "  {net} -- {id} [label={}{}];",
@@ -553,8 +622,7 @@ pub fn svg(t: &Topology) -> String {
     // Boxes, row by row.
     let mut host_lines = vec![format!("host {}", t.host.name)];
     if let Some(u) = &t.host.uplink {
-        let addrs: Vec<String> = u.addresses.iter().map(ToString::to_string).collect();
-        host_lines.push(format!("uplink {} {}", u.interface, addrs.join(" ")));
+        host_lines.push(format!("uplink {} {}", u.interface, uplink_addresses(u)));
     }
     for s in &t.sandboxes {
         for p in s.endpoints.iter().flat_map(|e| &e.ports) {
@@ -566,16 +634,7 @@ pub fn svg(t: &Topology) -> String {
     let mut nets: Vec<Boxed> = Vec::new();
     for (i, n) in t.networks.iter().enumerate() {
         nets.push(Boxed::new(
-            with_problems(
-                vec![
-                    format!("network {} ({})", n.name, n.driver),
-                    format!("{} {}", n.interface, or_none(n.subnet)),
-                    format!("gateway {}", or_none(n.gateway)),
-                    traits(n),
-                ],
-                n.state,
-                &n.problems,
-            ),
+            with_problems(network_lines(n), n.state, &n.problems),
             n.state,
         ));
         for p in n.overlay.iter().flat_map(|o| &o.peers) {
@@ -598,7 +657,13 @@ pub fn svg(t: &Topology) -> String {
         .map(|s| {
             let mut lines = vec![format!("sandbox {}", s.name), s.netns.display().to_string()];
             for e in &s.endpoints {
-                lines.push(format!("{} {}", e.interface, or_none(e.address)));
+                match (e.address, e.ipv6) {
+                    (None, Some(v6)) => lines.push(format!("{} {}", e.interface, v6.address)),
+                    (a, v6) => {
+                        lines.push(format!("{} {}", e.interface, or_none(a)));
+                        lines.extend(v6.map(|v6| format!("  {}", v6.address)));
+                    }
+                }
                 lines.push(format!("  {}", e.mac));
                 for p in &e.ports {
                     lines.push(format!("  port {}/{}", p.container_port, p.protocol));
@@ -827,6 +892,7 @@ mod tests {
             interface: format!("nsbr-{name}"),
             subnet: Some(format!("172.16.{third}.0/24").parse().expect("subnet")),
             gateway: Some(Ipv4Addr::new(172, 16, third, 1)),
+            ipv6: None,
             internal,
             isolate: true,
             fast_path: true,
@@ -860,6 +926,7 @@ mod tests {
                 address: Some(ipnet::Ipv4Net::new(addr, 24).expect("prefix")),
                 mac: Mac::for_ipv4(addr),
                 gateway: Some(Ipv4Addr::new(ip[0], ip[1], ip[2], 1)),
+                ipv6: None,
                 default_route: true,
                 ports,
                 state: if broken { State::Broken } else { State::Ok },
@@ -884,6 +951,7 @@ mod tests {
             target: Ipv4Addr::new(172, 16, 0, 2).into(),
             container_port: 80,
             count: 1,
+            translated: false,
             state: State::Ok,
             problems: vec![],
         };
@@ -894,6 +962,8 @@ mod tests {
                     interface: "eth0".into(),
                     addresses: vec!["192.0.2.10/24".parse().expect("address")],
                     gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                    addresses6: vec![],
+                    gateway6: None,
                 }),
             },
             networks: vec![
@@ -1046,5 +1116,106 @@ mod tests {
             }
         }
         assert!(rects.iter().all(|r| r.2 <= width));
+    }
+
+    /// A dual-stack network and an IPv6-only one: each family's subnet and gateway, the endpoints' IPv6
+    /// addresses, one port line per family (a broken IPv6 one marked) and the socket-translated `[::1]`.
+    fn model6() -> Topology {
+        use nsnet_core::topology::{Ep6Node, Net6Node};
+        let mut t = model();
+        t.strays.clear();
+        t.broken.clear();
+        t.networks.truncate(1);
+        if let Some(u) = t.host.uplink.as_mut() {
+            u.addresses6 = vec!["2001:db8::10/64".parse().expect("address")];
+            u.gateway6 = Some("fe80::1".parse().expect("gateway"));
+        }
+        let v6 = |subnet: &str, gateway: &str, nat: bool| Net6Node {
+            subnet: subnet.parse().expect("subnet"),
+            gateway: gateway.parse().expect("gateway"),
+            link_local: "fe80::1".parse().expect("link-local"),
+            nat,
+        };
+        t.networks[0].ipv6 = Some(v6("fd00:1::/64", "fd00:1::1", true));
+        t.networks.push(NetworkNode {
+            subnet: None,
+            gateway: None,
+            ipv6: Some(v6("2001:db8:6::/64", "2001:db8:6::1", false)),
+            ..net("six", 6, State::Ok, false)
+        });
+        let port = |target: &str, host_ip: Option<&str>, translated: bool, broken: bool| PortNode {
+            protocol: Proto::Tcp,
+            host_ip: host_ip.map(|ip| ip.parse().expect("host ip")),
+            host_port: 8088,
+            target: target.parse().expect("target"),
+            container_port: 80,
+            count: 1,
+            translated,
+            state: if broken { State::Broken } else { State::Ok },
+            problems: if broken {
+                vec!["the firewall lacks its IPv6 DNAT element".into()]
+            } else {
+                vec![]
+            },
+        };
+        let mut app = sandbox("app", "web", [172, 16, 0, 2], vec![], false);
+        app.endpoints[0].ipv6 = Some(Ep6Node {
+            address: "fd00:1::2/64".parse().expect("address"),
+            link_local: "fe80::6e:acff:fe10:2".parse().expect("link-local"),
+            gateway: "fd00:1::1".parse().expect("gateway"),
+        });
+        app.endpoints[0].ports = vec![
+            port("172.16.0.2", None, false, false),
+            port("fd00:1::2", None, false, true),
+            port("fd00:1::2", Some("::1"), true, false),
+        ];
+        let mut only = sandbox("only", "six", [0, 0, 0, 0], vec![], false);
+        only.endpoints[0].address = None;
+        only.endpoints[0].gateway = None;
+        only.endpoints[0].ipv6 = Some(Ep6Node {
+            address: "2001:db8:6::2/64".parse().expect("address"),
+            link_local: "fe80::6c:1:2".parse().expect("link-local"),
+            gateway: "2001:db8:6::1".parse().expect("gateway"),
+        });
+        t.sandboxes = vec![app, only];
+        t.broken = vec!["sandbox app port [::]:8088/tcp -> [fd00:1::2]:80: the firewall lacks its IPv6 DNAT element".into()];
+        t
+    }
+
+    #[test]
+    fn ipv6_sides_are_drawn_in_every_format() {
+        let t = model6();
+        let out = text(&t, false);
+        assert!(
+            out.contains("uplink eth0 192.0.2.10/24 2001:db8::10/64 via 192.0.2.1, fe80::1\n"),
+            "{out}"
+        );
+        assert!(out.contains("network web  bridge nsbr-web  172.16.0.0/24 gateway 172.16.0.1, fd00:1::/64 gateway fd00:1::1 (fe80::1)  nat, isolated, fast path, nat66\n"), "{out}");
+        assert!(out.contains("network six  bridge nsbr-six  2001:db8:6::/64 gateway 2001:db8:6::1 (fe80::1)  nat, isolated, fast path, no nat66\n"), "{out}");
+        assert!(out.contains("eth0 172.16.0.2/24 fd00:1::2/64 fe80::6e:acff:fe10:2/64 02:6e:ac:10:00:02 <-veth-> veth-app"), "{out}");
+        assert!(
+            out.contains("eth0 2001:db8:6::2/64 fe80::6c:1:2/64 "),
+            "{out}"
+        );
+        assert!(
+            out.contains("port 0.0.0.0:8088/tcp -> 172.16.0.2:80\n"),
+            "{out}"
+        );
+        assert!(out.contains("port [::]:8088/tcp -> [fd00:1::2]:80  ✗ BROKEN: the firewall lacks its IPv6 DNAT element\n"), "{out}");
+        assert!(
+            out.contains("port [::1]:8088/tcp -> [fd00:1::2]:80  (socket translation)\n"),
+            "{out}"
+        );
+        assert!(!out.contains("none"), "{out}");
+        let d = dot(&t);
+        assert!(d.contains("fd00:1::/64\\ngateway fd00:1::1 fe80::1"), "{d}");
+        assert!(d.contains("nsbr-six\\n2001:db8:6::/64"), "{d}");
+        assert!(
+            d.contains("veth-only <-> eth0\\n2001:db8:6::2/64\\n"),
+            "{d}"
+        );
+        let g = svg(&t);
+        assert!(g.contains("eth0 2001:db8:6::2/64"), "{g}");
+        assert!(g.contains("fd00:1::2/64"), "{g}");
     }
 }

@@ -585,3 +585,189 @@ fn the_probe_leaves_no_table_behind() {
     h.ok(&["network", "rm", "n1"]);
     h.ok(&["network", "rm", "n2"]);
 }
+
+/// IPv6 (behind the gate): a dual-stack and an IPv6-only network, each with a sandbox publishing a port.
+/// explain names the IPv6 facts (addresses with the link-local one, the default route via the gateway, the
+/// gateway on the bridge, neighbour discovery, NAT66, the IPv6 DNAT element) and real connections agree; an
+/// IPv6 object deleted by hand (a port's DNAT element, the sandbox's address) is named as broken and the
+/// packet dropped, and `gc` puts the firewall's element back. Bad IPv6 input exits 2 and changes nothing.
+#[test]
+fn explain_follows_ipv6_and_names_what_is_broken() {
+    use common::{reach_any, HOST_IP6, LAN_IP6};
+    use std::net::SocketAddr;
+    let h = TestHost::with_lan6("expl6");
+    // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
+    h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    let empty = h.snapshot();
+    h.ok6(&[
+        "network",
+        "create",
+        "dual",
+        "--subnet",
+        "172.16.16.0/24",
+        "--ipv6",
+        "--subnet",
+        "fd00:16::/64",
+    ]);
+    h.ok6(&[
+        "network",
+        "create",
+        "only",
+        "--ipv6",
+        "--ipv4=false",
+        "--subnet",
+        "fd00:17::/64",
+    ]);
+    let (d, e, o) = (h.sb("d"), h.sb("e"), h.sb("o"));
+    h.ok6(&["create", &d, "--network", "dual", "-p", "8096:80"]);
+    h.ok6(&["create", &e, "--network", "dual"]);
+    h.ok6(&["create", &o, "--network", "only", "-p", "8097:80"]);
+    let words = |v: &Value| v.to_string();
+    let v6 = |s: &str| -> std::net::IpAddr { s.parse().expect("test address") };
+
+    // Same network: neighbour discovery, then the fast path (or the bridge).
+    let (code, v) = explain(&h, &["-6", &d, &format!("{e}:80")]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["ipv6"], true);
+    let text = words(&v);
+    assert!(
+        text.contains("@nd_targets") && text.contains("fd00:16::3"),
+        "{v:#}"
+    );
+    assert!(text.contains("link-local fe80::"), "{v:#}");
+    assert!(reach_any(
+        &h.sb_path("e"),
+        80,
+        &h.sb_path("d"),
+        SocketAddr::new(v6("fd00:16::3"), 80)
+    )
+    .is_some());
+
+    // Out to the LAN peer: the default route via the gateway, the gateway on the bridge, NAT66.
+    let (code, v) = explain(&h, &[&d, &format!("[{LAN_IP6}]:443")]);
+    assert_eq!(code, 0, "{v:#}");
+    let text = words(&v);
+    assert!(text.contains("default via fd00:16::1 dev eth0"), "{v:#}");
+    assert!(
+        text.contains("fd00:16::1 (and fe80::1) is nsbr-dual's"),
+        "{v:#}"
+    );
+    assert!(
+        text.contains("@masq_nets6 masquerade (element fd00:16::/64)"),
+        "{v:#}"
+    );
+    // An IPv6-only sandbox's question is IPv6 without -6.
+    let (code, v) = explain(&h, &[&o, "host"]);
+    assert_eq!((code, &v["ipv6"]), (0, &Value::Bool(true)), "{v:#}");
+    assert!(words(&v).contains("fd00:17::1"), "{v:#}");
+
+    // Published ports over IPv6, from the LAN peer; the real connection agrees.
+    for (port, sb, target) in [("8096", "d", "fd00:16::2"), ("8097", "o", "fd00:17::2")] {
+        let (code, v) = explain(&h, &[LAN_IP6, &format!("[{HOST_IP6}]:{port}")]);
+        assert_eq!(code, 0, "{v:#}");
+        assert_eq!(v["to"], format!("[{HOST_IP6}]"));
+        let rule = v["verdict"]["rule"]["rule"].as_str().unwrap_or_default();
+        assert!(
+            rule.contains(&format!("@ports6 (element tcp . {port} : {target} . 80)")),
+            "{v:#}"
+        );
+        let to = SocketAddr::new(v6(HOST_IP6), port.parse().expect("port"));
+        assert_eq!(
+            reach_any(&h.sb_path(sb), 80, &h.lan_path(), to),
+            Some(v6(LAN_IP6)),
+            "{port}"
+        );
+    }
+
+    // From the host to [::1]: the cgroup programs translate the socket (the test's cgroup holds them).
+    let (code, v) = explain(&h, &["host", "[::1]:8096"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(words(&v).contains("cgroup bpf nsnet_lo6"), "{v:#}");
+
+    // Behind nsnet's back: the dual-stack port's IPv6 DNAT element.
+    h.in_host(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "nsnet",
+        "ports6",
+        "{ tcp . 8096 }",
+    ]);
+    let (code, v) = explain(&h, &[LAN_IP6, &format!("[{HOST_IP6}]:8096")]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(
+        v["broken"][0]
+            .as_str()
+            .is_some_and(|b| b.contains("lacks the IPv6 DNAT element")),
+        "{v:#}"
+    );
+    let out = h.nsnet(&["explain", LAN_IP6, &format!("[{HOST_IP6}]:8096")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("BROKEN: the firewall lacks the IPv6 DNAT element"),
+        "{text}"
+    );
+    let to = SocketAddr::new(v6(HOST_IP6), 8096);
+    assert_eq!(reach_any(&h.sb_path("d"), 80, &h.lan_path(), to), None);
+    h.ok(&["gc"]);
+    let (code, v) = explain(&h, &[LAN_IP6, &format!("[{HOST_IP6}]:8096")]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(v.get("broken").is_none(), "{v:#}");
+
+    // The sandbox's IPv6 address: broken, nothing is sent from it (gc restores links and the firewall, not
+    // addresses: put back by hand).
+    common::sh(&[
+        "ip",
+        "-n",
+        &d,
+        "addr",
+        "del",
+        "fd00:16::2/64",
+        "dev",
+        "eth0",
+    ]);
+    let (code, v) = explain(&h, &[&d, &format!("[{LAN_IP6}]:443")]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(
+        v["broken"][0],
+        format!("sandbox {d}: eth0 has lost IPv6 address fd00:16::2/64")
+    );
+    common::sh(&[
+        "ip",
+        "-n",
+        &d,
+        "addr",
+        "add",
+        "fd00:16::2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let (code, v) = explain(&h, &[&d, &format!("[{LAN_IP6}]:443")]);
+    assert_eq!(code, 0, "{v:#}");
+
+    // Bad input: one line, exit 2, nothing changed.
+    let before = h.snapshot();
+    for args in [
+        vec!["explain", "-6", &d, "10.0.1.26"],
+        vec!["explain", &d, "[fd00:16::3]80"],
+        vec!["explain", &d, "fd00::zz"],
+        vec!["explain", LAN_IP, "fd00:16::3"],
+        vec!["explain", &d, &e, "--src", "172.16.16.9", "-6"],
+        vec!["explain", LAN_IP6, "[2001:db8:9::1]:80"],
+        vec!["explain", "-6", &d, &e, "--probe"],
+    ] {
+        let out = h.nsnet(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        common::check_one_line_failure(&args, out);
+    }
+    assert_eq!(h.snapshot(), before);
+
+    h.ok(&["rm", &d]);
+    h.ok(&["rm", &e]);
+    h.ok(&["rm", &o]);
+    h.ok(&["network", "rm", "dual"]);
+    h.ok(&["network", "rm", "only"]);
+    assert_eq!(h.snapshot(), empty);
+}

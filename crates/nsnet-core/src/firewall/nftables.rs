@@ -695,14 +695,24 @@ pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
     Ok(rules
         .iter()
         .filter(|r| match r {
+            // Its IPv4 element, and one per IPv6 address (link-local and global).
             Rule::Endpoint {
                 host_interface,
-                address: Some(address),
-                ..
-            } => !has(
-                "endpoints",
-                serde_json::json!({"concat": [host_interface, address.to_string()]}),
-            ),
+                address,
+                ipv6,
+            } => {
+                address.is_some_and(|a| {
+                    !has(
+                        "endpoints",
+                        serde_json::json!({"concat": [host_interface, a.to_string()]}),
+                    )
+                }) || ipv6.iter().any(|a| {
+                    !has(
+                        "endpoints6",
+                        serde_json::json!({"concat": [host_interface, a.to_string()]}),
+                    )
+                })
+            }
             Rule::Port { mapping, target } => mapping.pairs().any(|(host, container)| {
                 let to = serde_json::json!({"concat": [target.to_string(), container]});
                 let proto = mapping.protocol.to_string();

@@ -1133,6 +1133,65 @@ impl Netlink {
             .collect())
     }
 
+    /// Every IPv6 address with its link's name (link-local ones included).
+    pub fn ipv6_addresses_by_link(&mut self) -> Result<Vec<(String, Ipv6Net)>, KernelError> {
+        let links = self.links()?;
+        Ok(self
+            .ipv6_addresses_by_index()?
+            .into_iter()
+            .filter_map(|(i, a)| {
+                links
+                    .iter()
+                    .find(|l| l.index == i)
+                    .map(|l| (l.name.clone(), a))
+            })
+            .collect())
+    }
+
+    /// `ip -6 route get DST` with the output link by name and the gateway: `None` when DST is unreachable.
+    pub fn route_get6_named(
+        &mut self,
+        dst: Ipv6Addr,
+    ) -> Result<Option<(String, Option<Ipv6Addr>)>, KernelError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.header.destination_prefix_length = 128;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(dst)));
+        let replies = match self.request(
+            &format!("look up the route to {dst}"),
+            RouteNetlinkMessage::GetRoute(msg),
+            0,
+        ) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        for r in replies {
+            let RouteNetlinkMessage::NewRoute(m) = r else {
+                continue;
+            };
+            let (mut oif, mut gw) = (None, None);
+            for attr in &m.attributes {
+                match attr {
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some(*ip),
+                    _ => {}
+                }
+            }
+            let Some(oif) = oif else { return Ok(None) };
+            return Ok(self.link_name(oif)?.map(|name| (name, gw)));
+        }
+        Ok(None)
+    }
+
     /// The IPv6 addresses of one link (link-local ones included).
     pub fn ipv6_addresses_of(&mut self, name: &str) -> Result<Vec<Ipv6Net>, KernelError> {
         let index = self.link_index(name)?;

@@ -158,11 +158,15 @@ impl Nsnet {
                 Rule::Endpoint {
                     host_interface,
                     address,
-                    ..
+                    ipv6,
                 } => {
+                    // Its IPv4 element or one of its IPv6 ones (`endpoints6`): name every address it stands for.
+                    let mut addresses: Vec<String> =
+                        address.iter().map(|a| a.to_string()).collect();
+                    addresses.extend(ipv6.iter().map(|a| a.to_string()));
                     format!(
                         "the firewall lacks the anti-spoofing entry {host_interface} {}",
-                        crate::model::or_none(address)
+                        addresses.join(" ")
                     )
                 }
                 other => format!("the firewall lacks {other:?}"),

@@ -117,6 +117,19 @@ impl Host {
         Ok(self.nl()?.ipv6_addresses()?)
     }
 
+    /// Every IPv6 address, with its link's name (link-local ones included).
+    pub(crate) fn addresses6_by_link(&mut self) -> Result<Vec<(String, ipnet::Ipv6Net)>> {
+        Ok(self.nl()?.ipv6_addresses_by_link()?)
+    }
+
+    /// The link and gateway the kernel would route IPv6 address `ip` by; `None` when it is unreachable.
+    pub(crate) fn route6_to(
+        &mut self,
+        ip: std::net::Ipv6Addr,
+    ) -> Result<Option<(String, Option<std::net::Ipv6Addr>)>> {
+        Ok(self.nl()?.route_get6_named(ip)?)
+    }
+
     /// The IPv6 addresses of link `name` (link-local ones included).
     pub(crate) fn addresses6_of(&mut self, name: &str) -> Result<Vec<ipnet::Ipv6Net>> {
         Ok(self.nl()?.ipv6_addresses_of(name)?)
@@ -332,6 +345,20 @@ impl Host {
             Some(fp) if fp.carries(ip) => Ok(Some(fp.entry(ip)?)),
             _ => Ok(None),
         }
+    }
+
+    /// The ports the `[::1]` translation's programs carry, as (protocol number, port); `None` when this
+    /// namespace has no such programs, or not all of them.
+    pub(crate) fn loopback6_ports() -> Result<Option<Vec<(u32, u16)>>> {
+        match crate::kernel::loopback6::existing()? {
+            Some(lo) if lo.is_complete() => Ok(Some(lo.ports()?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether this host can have the `[::1]` translation's programs (cgroup2, bpf maps, namespace cookies).
+    pub(crate) fn loopback6_supported() -> bool {
+        crate::kernel::loopback6::unsupported_reason().is_none()
     }
 
     /// The host's name (the UTS namespace's), or `?` when it cannot be read.

@@ -7,7 +7,7 @@ use super::{Host, Nsnet};
 use crate::error::Result;
 use crate::firewall::Backend;
 use crate::plan::build as plans;
-use crate::topology::{build, Facts, Inside, Topology, Uplink};
+use crate::topology::{build, Facts, Inside, InsideLink, Topology, Uplink};
 
 impl Nsnet {
     /// What exists now: every network and sandbox as the records have them, each checked against the kernel
@@ -21,19 +21,32 @@ impl Nsnet {
         let tag = self.store.owner_tag();
         let mut host = Host::new();
         let links = host.links()?;
-        let uplink = match host
+        // The IPv4 default route's link, else the IPv6 one's (an IPv6-only host).
+        let routes6: Vec<(u32, Option<std::net::Ipv6Addr>)> = host
+            .default_routes6()?
+            .into_iter()
+            .filter_map(|r| r.oif.map(|i| (i, r.gateway)))
+            .collect();
+        let route4 = host
             .default_routes()?
             .into_iter()
-            .find_map(|r| r.oif.map(|i| (i, r.gateway)))
-        {
-            Some((index, gateway)) => match links.iter().find(|l| l.index == index) {
-                Some(link) => Some(Uplink {
-                    interface: link.name.clone(),
-                    addresses: host.addresses_of(&link.name)?,
-                    gateway,
-                }),
-                None => None,
-            },
+            .find_map(|r| r.oif.map(|i| (i, r.gateway)));
+        let index = route4.map(|(i, _)| i).or(routes6.first().map(|(i, _)| *i));
+        let uplink = match index.and_then(|i| links.iter().find(|l| l.index == i)) {
+            Some(link) => Some(Uplink {
+                interface: link.name.clone(),
+                addresses: host.addresses_of(&link.name)?,
+                gateway: route4.and_then(|(_, g)| g),
+                addresses6: host
+                    .addresses6_of(&link.name)?
+                    .into_iter()
+                    .filter(|a| a.addr().segments()[0] & 0xffc0 != 0xfe80)
+                    .collect(),
+                gateway6: routes6
+                    .iter()
+                    .find(|(i, _)| *i == link.index)
+                    .and_then(|(_, g)| *g),
+            }),
             None => None,
         };
 
@@ -75,6 +88,43 @@ impl Nsnet {
             }
         }
 
+        // The IPv6 gateway side: on the bridge, or on each point-to-point host end.
+        let mut gateway_addresses6 = BTreeMap::new();
+        for n in networks
+            .iter()
+            .map(|r| &r.settings)
+            .filter(|n| n.ipv6.is_some())
+        {
+            let mut gateway_links = vec![n.interface.clone()];
+            if n.driver == crate::model::Driver::Veth {
+                gateway_links = sandboxes
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter())
+                    .filter(|e| e.network == n.name)
+                    .map(|e| e.host_interface.clone())
+                    .collect();
+            }
+            for link in gateway_links {
+                if links.iter().any(|l| l.name == link) {
+                    gateway_addresses6.insert(link.clone(), host.addresses6_of(&link)?);
+                }
+            }
+        }
+        // The `[::1]` translation's map, read only when some port needs it.
+        // An IPv6 port on every address is in that map too.
+        let loopback6 = sandboxes.iter().flat_map(|s| s.endpoints.iter()).any(|e| {
+            e.ipv6.is_some()
+                && e.ports.iter().any(|m| match m.host_ip {
+                    None => true,
+                    Some(ip) => ip.is_ipv6() && (ip.is_loopback() || ip.is_unspecified()),
+                })
+        });
+        let (loopback6_ports, loopback6_supported) = if loopback6 {
+            (Host::loopback6_ports()?, Host::loopback6_supported())
+        } else {
+            (None, false)
+        };
+
         let mut overlay_routes = BTreeMap::new();
         for o in networks.iter().filter_map(|n| n.settings.overlay.as_ref()) {
             let routes = host
@@ -93,24 +143,34 @@ impl Nsnet {
             missing_rules,
             firewall_unread,
             overlay_routes,
+            gateway_addresses6,
+            loopback6_ports,
+            loopback6_supported,
         };
         Ok(build(&networks, &sandboxes, &facts, &tag))
     }
 }
 
-/// The links of a sandbox's namespace that its endpoints name, with their MACs and addresses.
-type InsideLinks = Vec<(String, Option<[u8; 6]>, Vec<ipnet::Ipv4Net>)>;
-
-fn read_inside(sb: &crate::model::Sandbox) -> Result<InsideLinks> {
+/// The links of a sandbox's namespace, with their MACs and (for the links its endpoints name) addresses.
+fn read_inside(sb: &crate::model::Sandbox) -> Result<Vec<InsideLink>> {
     let mut view = Host::inside(&sb.netns)?;
     let mut out = Vec::new();
     for link in view.links()? {
-        let addresses = if sb.endpoints.iter().any(|e| e.interface == link.name) {
-            view.addresses_of(&link.name)?
-        } else {
-            vec![]
+        let ep = sb.endpoints.iter().find(|e| e.interface == link.name);
+        let addresses = match ep {
+            Some(_) => view.addresses_of(&link.name)?,
+            None => vec![],
         };
-        out.push((link.name, link.mac, addresses));
+        let addresses6 = match ep {
+            Some(e) if e.ipv6.is_some() => view.addresses6_of(&link.name)?,
+            _ => vec![],
+        };
+        out.push(InsideLink {
+            name: link.name,
+            mac: link.mac,
+            addresses,
+            addresses6,
+        });
     }
     Ok(out)
 }

@@ -17,11 +17,11 @@ fn gateway_cidr(net: &Network) -> Option<Ipv4Net> {
 }
 
 /// The fixed link-local address of every dual-stack gateway link (bridge, or veth driver host end).
-const GATEWAY_LINK_LOCAL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+pub const GATEWAY_LINK_LOCAL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// A dual-stack network's gateway addresses, in the order they are added: `fe80::1/64`, then the gateway
 /// with its subnet's prefix length. None on an IPv4 network.
-fn gateway_addresses6(net: &Network) -> Vec<IpNet> {
+pub fn gateway_addresses6(net: &Network) -> Vec<IpNet> {
     let Some(n6) = &net.ipv6 else {
         return Vec::new();
     };
@@ -37,7 +37,7 @@ fn link_local6(addr: Ipv6Addr) -> Ipv6Net {
 
 /// The addresses a dual-stack endpoint's sandbox end gets, in order: its link-local address (derived from its
 /// MAC; without one the kernel sends no neighbour-unreachability probes), then its global one.
-fn endpoint_addresses6(ep: &Endpoint) -> Vec<Ipv6Net> {
+pub fn endpoint_addresses6(ep: &Endpoint) -> Vec<Ipv6Net> {
     ep.ipv6
         .iter()
         .flat_map(|e6| [link_local6(ep.mac.link_local6()), e6.address])
