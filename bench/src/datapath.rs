@@ -301,7 +301,9 @@ pub fn run6(secs: u32, reps: usize, pin: bool) -> Result<String> {
 }
 
 /// The ceiling: two namespaces (`-a`, `-b` under a throwaway host `tag`) joined by a bare veth pair with
-/// `addrs` (IPv6 ones without DAD), no bridge, no rules.
+/// `addrs`, no bridge, no rules. IPv6 ends are set up as nsnet sets up a sandbox's `eth0`: no generated
+/// link-local address (`addrgenmode none`), a link-local one added without DAD, and the address without DAD,
+/// so neither side of the comparison has a tentative address (or its DAD and MLD traffic) at the start.
 fn bare_veth(tag: &str, addrs: [&str; 2]) -> Result<(Host, String, String)> {
     let hv = Host::new(tag)?;
     let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
@@ -310,10 +312,17 @@ fn bare_veth(tag: &str, addrs: [&str; 2]) -> Result<(Host, String, String)> {
     sh(&[
         "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
     ])?;
-    for (ns, ip) in [(&a, addrs[0]), (&b, addrs[1])] {
+    for ((ns, ip), link_local) in [(&a, addrs[0]), (&b, addrs[1])]
+        .into_iter()
+        .zip(["fe80::1/64", "fe80::2/64"])
+    {
         let mut add = vec!["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"];
         if ip.contains(':') {
             add.push("nodad");
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "addrgenmode", "none"])?;
+            sh(&[
+                "ip", "-n", ns, "addr", "add", link_local, "dev", "eth0", "nodad",
+            ])?;
         }
         sh(&add)?;
         sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
