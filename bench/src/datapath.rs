@@ -7,7 +7,7 @@ use std::thread;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::overlay::iperf;
+use crate::overlay::iperf_run;
 use crate::world::{Host, World, LAN_IP};
 use crate::{median, quantile, sh};
 
@@ -46,6 +46,8 @@ struct Path {
     p90: f64,
     /// Each round's throughput over the ceiling's in the same round.
     same_round: Vec<f64>,
+    /// The sender's retransmitted segments per run (median).
+    retransmits: f64,
     rtt_us: f64,
 }
 
@@ -167,11 +169,16 @@ fn measure(
     // and the receiver's the copy to user space, and left to the scheduler that split changes from run to
     // run (both ends on one CPU is another path altogether).
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut retrans: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for round in 0..reps {
         for (i, (name, server, client, ip)) in cases.iter().enumerate() {
-            let g = iperf(server, client, ip, secs, pin)?;
-            eprintln!("datapath: round {}: {name}: {g:.2} Gbit/s", round + 1);
+            let (g, r) = iperf_run(server, client, ip, secs, pin)?;
+            eprintln!(
+                "datapath: round {}: {name}: {g:.2} Gbit/s, {r} retransmits",
+                round + 1
+            );
             gbps[i].push(g);
+            retrans[i].push(f64::from(u32::try_from(r).unwrap_or(u32::MAX)));
         }
     }
     let mut paths = Vec::new();
@@ -183,6 +190,7 @@ fn measure(
             p10: quantile(&gbps[i], 0.1),
             p90: quantile(&gbps[i], 0.9),
             same_round,
+            retransmits: median(retrans[i].clone()),
             rtt_us: rtt(client, ip)?,
         });
     }
@@ -204,14 +212,14 @@ fn table(family: &str, paths: &[Path], secs: u32, reps: usize, pin: bool) -> Str
     );
     let _ = writeln!(
         s,
-        "| path | throughput (median) | p10–p90 | vs bare veth | same round vs bare veth: median (p10–p90) | round trip |"
+        "| path | throughput (median) | p10–p90 | vs bare veth | same round vs bare veth: median (p10–p90) | retransmits per run (median) | round trip |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     let ceiling = paths.first().map(|p| p.gbps).unwrap_or(f64::NAN);
     for p in paths {
         let _ = writeln!(
             s,
-            "| {} | {:.1} Gbit/s | {:.1}–{:.1} | {:.1}% | {:.1}% ({:.1}–{:.1}%) | {:.0} µs |",
+            "| {} | {:.1} Gbit/s | {:.1}–{:.1} | {:.1}% | {:.1}% ({:.1}–{:.1}%) | {:.0} | {:.0} µs |",
             p.name,
             p.gbps,
             p.p10,
@@ -220,6 +228,7 @@ fn table(family: &str, paths: &[Path], secs: u32, reps: usize, pin: bool) -> Str
             100.0 * quantile(&p.same_round, 0.5),
             100.0 * quantile(&p.same_round, 0.1),
             100.0 * quantile(&p.same_round, 0.9),
+            p.retransmits,
             p.rtt_us
         );
     }
