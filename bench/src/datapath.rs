@@ -7,7 +7,7 @@ use std::thread;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::overlay::iperf;
+use crate::overlay::iperf_run;
 use crate::world::{Host, World, LAN_IP};
 use crate::{median, quantile, sh};
 
@@ -46,6 +46,8 @@ struct Path {
     p90: f64,
     /// Each round's throughput over the ceiling's in the same round.
     same_round: Vec<f64>,
+    /// The sender's retransmitted segments per run (median).
+    retransmits: f64,
     rtt_us: f64,
 }
 
@@ -167,11 +169,16 @@ fn measure(
     // and the receiver's the copy to user space, and left to the scheduler that split changes from run to
     // run (both ends on one CPU is another path altogether).
     let mut gbps: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut retrans: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for round in 0..reps {
         for (i, (name, server, client, ip)) in cases.iter().enumerate() {
-            let g = iperf(server, client, ip, secs, pin)?;
-            eprintln!("datapath: round {}: {name}: {g:.2} Gbit/s", round + 1);
+            let (g, r) = iperf_run(server, client, ip, secs, pin)?;
+            eprintln!(
+                "datapath: round {}: {name}: {g:.2} Gbit/s, {r} retransmits",
+                round + 1
+            );
             gbps[i].push(g);
+            retrans[i].push(f64::from(u32::try_from(r).unwrap_or(u32::MAX)));
         }
     }
     let mut paths = Vec::new();
@@ -183,6 +190,7 @@ fn measure(
             p10: quantile(&gbps[i], 0.1),
             p90: quantile(&gbps[i], 0.9),
             same_round,
+            retransmits: median(retrans[i].clone()),
             rtt_us: rtt(client, ip)?,
         });
     }
@@ -204,14 +212,14 @@ fn table(family: &str, paths: &[Path], secs: u32, reps: usize, pin: bool) -> Str
     );
     let _ = writeln!(
         s,
-        "| path | throughput (median) | p10–p90 | vs bare veth | same round vs bare veth: median (p10–p90) | round trip |"
+        "| path | throughput (median) | p10–p90 | vs bare veth | same round vs bare veth: median (p10–p90) | retransmits per run (median) | round trip |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     let ceiling = paths.first().map(|p| p.gbps).unwrap_or(f64::NAN);
     for p in paths {
         let _ = writeln!(
             s,
-            "| {} | {:.1} Gbit/s | {:.1}–{:.1} | {:.1}% | {:.1}% ({:.1}–{:.1}%) | {:.0} µs |",
+            "| {} | {:.1} Gbit/s | {:.1}–{:.1} | {:.1}% | {:.1}% ({:.1}–{:.1}%) | {:.0} | {:.0} µs |",
             p.name,
             p.gbps,
             p.p10,
@@ -220,6 +228,7 @@ fn table(family: &str, paths: &[Path], secs: u32, reps: usize, pin: bool) -> Str
             100.0 * quantile(&p.same_round, 0.5),
             100.0 * quantile(&p.same_round, 0.1),
             100.0 * quantile(&p.same_round, 0.9),
+            p.retransmits,
             p.rtt_us
         );
     }
@@ -301,7 +310,9 @@ pub fn run6(secs: u32, reps: usize, pin: bool) -> Result<String> {
 }
 
 /// The ceiling: two namespaces (`-a`, `-b` under a throwaway host `tag`) joined by a bare veth pair with
-/// `addrs` (IPv6 ones without DAD), no bridge, no rules.
+/// `addrs`, no bridge, no rules. IPv6 ends are set up as nsnet sets up a sandbox's `eth0`: no generated
+/// link-local address (`addrgenmode none`), a link-local one added without DAD, and the address without DAD,
+/// so neither side of the comparison has a tentative address (or its DAD and MLD traffic) at the start.
 fn bare_veth(tag: &str, addrs: [&str; 2]) -> Result<(Host, String, String)> {
     let hv = Host::new(tag)?;
     let (a, b) = (format!("{}-a", hv.prefix), format!("{}-b", hv.prefix));
@@ -310,10 +321,17 @@ fn bare_veth(tag: &str, addrs: [&str; 2]) -> Result<(Host, String, String)> {
     sh(&[
         "ip", "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
     ])?;
-    for (ns, ip) in [(&a, addrs[0]), (&b, addrs[1])] {
+    for ((ns, ip), link_local) in [(&a, addrs[0]), (&b, addrs[1])]
+        .into_iter()
+        .zip(["fe80::1/64", "fe80::2/64"])
+    {
         let mut add = vec!["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"];
         if ip.contains(':') {
             add.push("nodad");
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "addrgenmode", "none"])?;
+            sh(&[
+                "ip", "-n", ns, "addr", "add", link_local, "dev", "eth0", "nodad",
+            ])?;
         }
         sh(&add)?;
         sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;

@@ -292,6 +292,12 @@ impl FastPath {
         mac: [u8; 6],
     ) -> Result<(), KernelError> {
         nl.add_ingress_qdisc(port, self.block)?;
+        self.put(port, ip, mac)
+    }
+
+    /// [`FastPath::add`] without the qdisc, for a port whose ingress is already on the block (a second
+    /// address of a sandbox just added).
+    pub fn put(&self, port: u32, ip: impl Into<IpAddr>, mac: [u8; 6]) -> Result<(), KernelError> {
         let Some((map, key)) = self.slot(ip.into()) else {
             return Ok(());
         };

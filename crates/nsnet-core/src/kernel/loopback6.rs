@@ -256,28 +256,29 @@ fn open_cgroup(path: &Path) -> Result<Cgroup, KernelError> {
 
 type Cgroup = nix::fcntl::Flock<std::fs::File>;
 
-/// The maps of a program, by name.
+/// The maps of a program, by name, and the config map's id.
 struct Maps {
     ports: Option<Map>,
     host: Option<Map>,
     rev: Option<Map>,
-    config: Option<Map>,
+    config: Option<(u32, Map)>,
 }
 
-fn maps_of(prog: &Program) -> io::Result<Maps> {
+/// The maps whose ids a program's info lists.
+fn maps_of(ids: &[u32]) -> io::Result<Maps> {
     let mut m = Maps {
         ports: None,
         host: None,
         rev: None,
         config: None,
     };
-    for id in prog.info()?.map_ids {
+    for &id in ids {
         let map = Map::from_id(id)?;
         match map.name()?.as_str() {
             PORTS_MAP => m.ports = Some(map),
             HOST_MAP => m.host = Some(map),
             REV_MAP => m.rev = Some(map),
-            CONFIG_MAP => m.config = Some(map),
+            CONFIG_MAP => m.config = Some((id, map)),
             _ => {}
         }
     }
@@ -316,6 +317,9 @@ impl Loopback6 {
     ) -> Result<(Vec<(CgroupHook, Program)>, Option<(Map, Map, Map, Map)>), KernelError> {
         let mut attached = Vec::new();
         let mut maps = None;
+        // The map ids of the first complete set found, config first: a later program whose maps are all
+        // among them reads the same config, so it is ours without opening its maps again.
+        let mut ours: Vec<u32> = Vec::new();
         for (hook, name) in HOOKS {
             let ids = bpf::cgroup_query(cgroup.as_fd(), hook)
                 .map_err(io("list the programs of a cgroup hook"))?;
@@ -328,24 +332,35 @@ impl Loopback6 {
                 if info.name != name {
                     continue;
                 }
-                let m = maps_of(&prog).map_err(io("open the [::1] programs' maps"))?;
-                let Some(config) = &m.config else {
+                let known = ours.first().is_some_and(|config| {
+                    info.map_ids.contains(config) && info.map_ids.iter().all(|m| ours.contains(m))
+                });
+                if known {
+                    attached.push((hook, prog));
+                    continue;
+                }
+                let m = maps_of(&info.map_ids).map_err(io("open the [::1] programs' maps"))?;
+                let Some((config_id, config)) = &m.config else {
                     continue;
                 };
                 if read_cookie(config).map_err(io("read the [::1] programs' config"))? != cookie {
                     continue;
                 }
+                let config_id = *config_id;
                 if let (
                     None,
                     Maps {
                         ports: Some(p),
                         host: Some(h),
                         rev: Some(r),
-                        config: Some(c),
+                        config: Some((_, c)),
                     },
                 ) = (&maps, m)
                 {
                     maps = Some((p, h, r, c));
+                    ours = std::iter::once(config_id)
+                        .chain(info.map_ids.iter().copied().filter(|&m| m != config_id))
+                        .collect();
                 }
                 attached.push((hook, prog));
             }
