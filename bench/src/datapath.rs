@@ -248,7 +248,6 @@ pub fn run6(secs: u32, reps: usize, pin: bool) -> Result<String> {
             .cmd(&nsnet)
             .args(args)
             .env("NSNET_STATE_DIR", &h.state)
-            .env("NSNET_IPV6", "1")
             .output()?;
         if !out.status.success() {
             bail!("nsnet {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -1535,17 +1535,6 @@ fn resolver_names_containers_by_id_and_alias() {
     h.ok(&["network", "rm", "cninet"]);
 }
 
-/// The gate that lets IPv6 through while issue #19 is unfinished; the plugin reads it from the runtime's
-/// environment, as it reads `NSNET_STATE_DIR`.
-const GATE: (&str, &str) = ("NSNET_IPV6", "1");
-
-/// A container's environment with the IPv6 gate set.
-fn ctr6<'a>(id: &'a str, ns: &'a str, ifname: &'a str) -> Vec<(&'static str, &'a str)> {
-    let mut env = ctr(id, ns, ifname).to_vec();
-    env.push(GATE);
-    env
-}
-
 /// The address of `family` ("4" or "6", by its form) the result gave the container interface, without prefix.
 fn address_of(result: &Value, six: bool) -> String {
     result["ips"]
@@ -1582,7 +1571,7 @@ fn dual_stack_add_check_del_with_real_traffic() {
         json!({"bridge": "cnibr6", "ipam": {"ranges": ranges}}),
     );
 
-    let ra = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    let ra = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
     assert!(ra.ok, "{} {}", ra.out, ra.stderr);
     let r = &ra.out;
     // Both addresses on the container interface, both default routes.
@@ -1613,7 +1602,7 @@ fn dual_stack_add_check_del_with_real_traffic() {
         json!({"bridge": "cnibr6", "ipam": {"ranges": ranges}}),
     );
     cb["runtimeConfig"] = json!({"ips": ["fd67::99/64", "10.67.0.99/24"]});
-    let rb = cni(&h, "ADD", &cb, &ctr6(&b, &b_path, "eth0"));
+    let rb = cni(&h, "ADD", &cb, &ctr(&b, &b_path, "eth0"));
     assert!(rb.ok, "{} {}", rb.out, rb.stderr);
     assert_eq!(address_of(&rb.out, true), "fd67::99", "{}", rb.out);
     assert_eq!(address_of(&rb.out, false), "10.67.0.99", "{}", rb.out);
@@ -1654,7 +1643,7 @@ fn dual_stack_add_check_del_with_real_traffic() {
         &h,
         "ADD",
         &v4_only,
-        &ctr6(&c_id, &c_ns.to_string_lossy(), "eth0"),
+        &ctr(&c_id, &c_ns.to_string_lossy(), "eth0"),
     );
     assert_eq!(mismatch.code("1.1.0"), 7, "{}", mismatch.out);
     assert!(
@@ -1674,7 +1663,7 @@ fn dual_stack_add_check_del_with_real_traffic() {
             &h,
             "CHECK",
             &with_prev(c.clone(), &ra.out),
-            &ctr6(&a, &a_path, "eth0"),
+            &ctr(&a, &a_path, "eth0"),
         )
     };
     let ok = check();
@@ -1687,7 +1676,7 @@ fn dual_stack_add_check_del_with_real_traffic() {
         &h,
         "CHECK",
         &with_prev(c.clone(), &no_v6),
-        &ctr6(&a, &a_path, "eth0"),
+        &ctr(&a, &a_path, "eth0"),
     );
     assert_eq!(bad.code("1.1.0"), 100);
     assert!(
@@ -1733,9 +1722,9 @@ fn dual_stack_add_check_del_with_real_traffic() {
     );
 
     // STATUS: the IPv6 pool counts as well as the IPv4 one.
-    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+    assert!(cni(&h, "STATUS", &c, &[]).ok);
     for (id, ns, conf) in [(&a, &a_path, &c), (&b, &b_path, &cb)] {
-        let del = cni(&h, "DEL", conf, &ctr6(id, ns, "eth0"));
+        let del = cni(&h, "DEL", conf, &ctr(id, ns, "eth0"));
         assert!(del.ok, "{} {}", del.out, del.stderr);
     }
     h.ok(&["network", "rm", "cninet"]);
@@ -1757,9 +1746,9 @@ fn dual_stack_status_sees_an_exhausted_ipv6_pool() {
         "1.1.0",
         json!({"ipam": {"ranges": [[{"subnet": "10.67.1.0/24"}], [{"subnet": "fd67:1::/120"}]]}}),
     );
-    let r = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    let r = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
     assert!(r.ok, "{} {}", r.out, r.stderr);
-    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+    assert!(cni(&h, "STATUS", &c, &[]).ok);
     // Everything else in the IPv6 pool held, as a ledger of 253 more sandboxes would say (IPv4 has room).
     let ledger = h.state.join("networks/cninet.ledger");
     let text = std::fs::read_to_string(&ledger).expect("ledger");
@@ -1767,7 +1756,7 @@ fn dual_stack_status_sees_an_exhausted_ipv6_pool() {
         .map(|n| format!("+ip fd67:1::{n:x} other{n}\n"))
         .collect();
     std::fs::write(&ledger, format!("{text}{held}")).expect("write");
-    let full = cni(&h, "STATUS", &c, &[GATE]);
+    let full = cni(&h, "STATUS", &c, &[]);
     assert_eq!(full.code("1.1.0"), 50, "{}", full.out);
     assert!(
         full.out["msg"]
@@ -1778,9 +1767,9 @@ fn dual_stack_status_sees_an_exhausted_ipv6_pool() {
         full.out
     );
     std::fs::write(&ledger, text).expect("restore");
-    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+    assert!(cni(&h, "STATUS", &c, &[]).ok);
 
-    assert!(cni(&h, "DEL", &c, &ctr6(&a, &a_path, "eth0")).ok);
+    assert!(cni(&h, "DEL", &c, &ctr(&a, &a_path, "eth0")).ok);
     h.ok(&["network", "rm", "cninet"]);
     sh(&["ip", "netns", "del", &a]);
     assert_eq!(h.snapshot(), empty);
@@ -1801,7 +1790,7 @@ fn dual_stack_delegated_ipam_host_local() {
                         "ranges": [[{"subnet": "10.67.5.0/24", "rangeStart": "10.67.5.100"}],
                                    [{"subnet": "fd67:5::/64", "rangeStart": "fd67:5::100"}]]}}),
     );
-    let r = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    let r = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
     assert!(r.ok, "{} {}", r.out, r.stderr);
     assert_eq!(address_of(&r.out, false), "10.67.5.100", "{}", r.out);
     assert_eq!(address_of(&r.out, true), "fd67:5::100", "{}", r.out);
@@ -1818,12 +1807,12 @@ fn dual_stack_delegated_ipam_host_local() {
             &h,
             "CHECK",
             &with_prev(c.clone(), &r.out),
-            &ctr6(&a, &a_path, "eth0")
+            &ctr(&a, &a_path, "eth0")
         )
         .ok,
         "CHECK"
     );
-    assert!(cni(&h, "DEL", &c, &ctr6(&a, &a_path, "eth0")).ok);
+    assert!(cni(&h, "DEL", &c, &ctr(&a, &a_path, "eth0")).ok);
     assert!(
         !data.path().join("cninet/fd67:5::100").exists(),
         "DEL released the IPv6 lease"
@@ -1855,7 +1844,7 @@ fn ipv6_only_add_check_del_with_real_traffic() {
         "1.1.0",
         json!({"bridge": "cnibr6o", "ipam": {"ranges": [[{"subnet": "fd68::/64", "gateway": "fd68::fe"}]]}}),
     );
-    let ra = cni(&h, "ADD", &c, &ctr6(&a, &a_path, "eth0"));
+    let ra = cni(&h, "ADD", &c, &ctr(&a, &a_path, "eth0"));
     assert!(ra.ok, "{} {}", ra.out, ra.stderr);
     let r = &ra.out;
     assert_eq!(r["ips"].as_array().map(Vec::len), Some(1), "{r}");
@@ -1868,7 +1857,7 @@ fn ipv6_only_add_check_del_with_real_traffic() {
     let net = nsnet_json(&h, &["network", "inspect", "cninet", "--json"]);
     assert!(net.get("subnet").is_none(), "no IPv4 subnet: {net}");
     assert_eq!(net["ipv6"]["subnet"], "fd68::/64", "{net}");
-    let rb = cni(&h, "ADD", &c, &ctr6(&b, &b_path, "eth0"));
+    let rb = cni(&h, "ADD", &c, &ctr(&b, &b_path, "eth0"));
     assert!(rb.ok, "{} {}", rb.out, rb.stderr);
     let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (
         address_of(&ra.out, true).parse().expect("ip"),
@@ -1888,7 +1877,7 @@ fn ipv6_only_add_check_del_with_real_traffic() {
             &h,
             "CHECK",
             &with_prev(c.clone(), &ra.out),
-            &ctr6(&a, &a_path, "eth0"),
+            &ctr(&a, &a_path, "eth0"),
         )
     };
     let ok = check();
@@ -1913,9 +1902,9 @@ fn ipv6_only_add_check_del_with_real_traffic() {
         "{}",
         bad.out
     );
-    assert!(cni(&h, "STATUS", &c, &[GATE]).ok);
+    assert!(cni(&h, "STATUS", &c, &[]).ok);
     for (id, ns) in [(&a, &a_path), (&b, &b_path)] {
-        let del = cni(&h, "DEL", &c, &ctr6(id, ns, "eth0"));
+        let del = cni(&h, "DEL", &c, &ctr(id, ns, "eth0"));
         assert!(del.ok, "{} {}", del.out, del.stderr);
     }
     h.ok(&["network", "rm", "cninet"]);
@@ -1928,11 +1917,11 @@ fn ipv6_only_add_check_del_with_real_traffic() {
         json!({"ipam": {"type": "host-local", "dataDir": data.path(),
                         "ranges": [[{"subnet": "fd68:5::/64", "rangeStart": "fd68:5::100"}]]}}),
     );
-    let rd = cni(&h, "ADD", &d, &ctr6(&a, &a_path, "eth0"));
+    let rd = cni(&h, "ADD", &d, &ctr(&a, &a_path, "eth0"));
     assert!(rd.ok, "{} {}", rd.out, rd.stderr);
     assert_eq!(address_of(&rd.out, true), "fd68:5::100", "{}", rd.out);
     assert!(probe::ping6(&a_ns, "fd68:5::1".parse().expect("ip")).expect("ping"));
-    assert!(cni(&h, "DEL", &d, &ctr6(&a, &a_path, "eth0")).ok);
+    assert!(cni(&h, "DEL", &d, &ctr(&a, &a_path, "eth0")).ok);
     h.ok(&["network", "rm", "cninet"]);
     sh(&["ip", "netns", "del", &a]);
     sh(&["ip", "netns", "del", &b]);

@@ -356,8 +356,6 @@ struct Containerd {
     cgroup: String,
     execs: usize,
     stopped: bool,
-    /// Pass `NSNET_IPV6=1` to the plugin (through ctr, which runs it), for dual-stack configurations.
-    ipv6_gate: bool,
     dir: tempfile::TempDir,
 }
 
@@ -409,7 +407,6 @@ impl Containerd {
             cgroup: format!("nsnet-{}", h.tag),
             execs: 0,
             stopped: false,
-            ipv6_gate: false,
             dir,
         };
         let mut line = String::new();
@@ -456,9 +453,6 @@ impl Containerd {
         .env_remove("NSNET_STATE_DIR")
         .env_remove("CONTAINERD_ADDRESS")
         .env_remove("CONTAINERD_NAMESPACE");
-        if self.ipv6_gate {
-            cmd.env("NSNET_IPV6", "1");
-        }
         cmd
     }
 
@@ -937,7 +931,6 @@ fn containerd_runs_dual_stack_containers_on_nsnet_cni() {
     list["plugins"][0]["ipam"] =
         json!({"ranges": [[{"subnet": "10.66.21.0/24"}], [{"subnet": "fd66:21::/64"}]]});
     let mut c = Containerd::start(&h, &list);
-    c.ipv6_gate = true;
 
     c.run_attached("a", &greeter("a"));
     c.run_attached("b", &greeter("b"));
@@ -995,7 +988,6 @@ fn containerd_runs_ipv6_only_containers_on_nsnet_cni() {
     let mut list = conflist(&h, "ctrd6o", "ctrdbr6o", "fd66:22::/64");
     list["plugins"][0]["ipam"] = json!({"ranges": [[{"subnet": "fd66:22::/64"}]]});
     let mut c = Containerd::start(&h, &list);
-    c.ipv6_gate = true;
 
     c.run_attached("a", &greeter("a"));
     c.run_attached("b", &greeter("b"));

@@ -186,7 +186,7 @@ fn libcni_runs_nsnet_chained_with_reference_plugins() {
     assert!(after == empty, "{}", after.diff(&empty));
 }
 
-/// The same chain on an IPv6-only configuration (issue #19's C14, behind its gate: only an IPv6 range):
+/// The same chain on an IPv6-only configuration (issue #19's C14: only an IPv6 range):
 /// libcni gets a result with one IPv6 address and `::/0`, the reference plugins do their part (tuning's IPv6
 /// sysctl, bandwidth's shaping), the sandboxes talk over IPv6, the published port is reached from the LAN peer
 /// over IPv6 with its real address and not over IPv4; CHECK passes, then notices a broken attachment; DEL
@@ -215,12 +215,11 @@ fn libcni_runs_nsnet_ipv6_only_chained_with_reference_plugins() {
         ],
     });
     let rt = runtime(&h, tmp.path(), &conflist);
-    let gate = ("NSNET_IPV6", "1");
     let (a, b) = (h.sb("a"), h.sb("b"));
     sh(&["ip", "netns", "add", &a]);
     sh(&["ip", "netns", "add", &b]);
     let (a_path, b_path) = (format!("/run/netns/{a}"), format!("/run/netns/{b}"));
-    let (ok, out) = rt.run_with("add", &a_path, "ctr-a", &[("HOST_PORT", "8080"), gate]);
+    let (ok, out) = rt.run_with("add", &a_path, "ctr-a", &[("HOST_PORT", "8080")]);
     assert!(ok, "AddNetworkList: {out}");
     let result: Value = serde_json::from_str(&out).expect("result JSON");
     let ips = result["ips"].as_array().cloned().unwrap_or_default();
@@ -257,7 +256,7 @@ fn libcni_runs_nsnet_ipv6_only_chained_with_reference_plugins() {
     let v4 = sh(&["ip", "-n", &a, "-4", "-o", "addr", "show", "dev", "eth0"]);
     assert!(v4.trim().is_empty(), "{v4}");
 
-    let (ok, out) = rt.run_with("add", &b_path, "ctr-b", &[gate]);
+    let (ok, out) = rt.run_with("add", &b_path, "ctr-b", &[]);
     assert!(ok, "AddNetworkList b: {out}");
     let rb: Value = serde_json::from_str(&out).expect("result JSON");
     let ip_b: std::net::Ipv6Addr = rb["ips"][0]["address"]
@@ -281,15 +280,15 @@ fn libcni_runs_nsnet_ipv6_only_chained_with_reference_plugins() {
         "an IPv6-only container's port is not on IPv4"
     );
 
-    let (ok, out) = rt.run_with("check", &a_path, "ctr-a", &[("HOST_PORT", "8080"), gate]);
+    let (ok, out) = rt.run_with("check", &a_path, "ctr-a", &[("HOST_PORT", "8080")]);
     assert!(ok, "CheckNetworkList: {out}");
     h.in_host(&["ip", "link", "set", &host_veth, "nomaster"]);
-    let (ok, out) = rt.run_with("check", &a_path, "ctr-a", &[("HOST_PORT", "8080"), gate]);
+    let (ok, out) = rt.run_with("check", &a_path, "ctr-a", &[("HOST_PORT", "8080")]);
     assert!(!ok && out.contains("not on bridge"), "{out}");
 
     for (id, path) in [("ctr-a", &a_path), ("ctr-b", &b_path)] {
         for _ in 0..2 {
-            let (ok, out) = rt.run_with("del", path, id, &[gate]);
+            let (ok, out) = rt.run_with("del", path, id, &[]);
             assert!(ok, "DelNetworkList {id}: {out}");
         }
     }

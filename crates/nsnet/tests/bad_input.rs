@@ -334,42 +334,22 @@ fn bad_input_on_a_fresh_host_creates_no_state() {
     }
 }
 
-/// Like [`rejects`], with extra environment (the IPv6 gate).
-fn rejects_with(h: &TestHost, env: &[(&str, &str)], args: &[&str], expect: &str) {
-    let before = h.snapshot();
-    let line = check_one_line_failure(args, h.nsnet_env(args, env));
-    assert!(
-        line.contains(expect),
-        "nsnet {args:?}: expected {expect:?} in {line:?}"
-    );
-    let after = h.snapshot();
-    assert!(
-        after == before,
-        "nsnet {args:?} changed something:\n{}",
-        before.diff(&after)
-    );
-}
-
 /// Each IPv6 refusal is one line and changes nothing.
 #[test]
 fn ipv6_bad_input_is_refused_and_changes_nothing() {
     let h = TestHost::with_lan6("badin6");
-    let gate = [("NSNET_IPV6", "1")];
     h.ok(&["network", "create", "v4", "--subnet", "172.16.0.0/24"]);
     let new = h.sb("new");
 
     // A dual-stack network to refuse things against.
-    let out = h.nsnet_env(
-        &[
-            "network",
-            "create",
-            "ds",
-            "--subnet",
-            "fd00:89:1::/64",
-            "--ipv6-nat=false",
-        ],
-        &gate,
-    );
+    let out = h.nsnet(&[
+        "network",
+        "create",
+        "ds",
+        "--subnet",
+        "fd00:89:1::/64",
+        "--ipv6-nat=false",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -490,13 +470,12 @@ fn ipv6_bad_input_is_refused_and_changes_nothing() {
         ),
     ];
     for (args, expect) in bad {
-        rejects_with(&h, &gate, args, expect);
+        rejects(&h, args, expect);
     }
     // The host turning IPv6 off: refused for new dual-stack networks.
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    rejects_with(
+    rejects(
         &h,
-        &gate,
         &["network", "create", "x", "--ipv6"],
         "this host has IPv6 turned off",
     );

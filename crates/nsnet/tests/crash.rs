@@ -149,17 +149,14 @@ fn killed_commands_are_finished_or_rolled_back() {
 #[test]
 fn killed_dual_stack_commands_are_finished_or_rolled_back() {
     let h = TestHost::with_ipv6("crash6");
-    let out = h.nsnet_env(
-        &[
-            "network",
-            "create",
-            "n",
-            "--subnet",
-            "172.16.4.0/24",
-            "--ipv6",
-        ],
-        &[("NSNET_IPV6", "1")],
-    );
+    let out = h.nsnet(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.4.0/24",
+        "--ipv6",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -182,10 +179,7 @@ fn killed_dual_stack_commands_are_finished_or_rolled_back() {
 #[test]
 fn killed_ipv6_only_commands_are_finished_or_rolled_back() {
     let h = TestHost::with_ipv6("crash6o");
-    let out = h.nsnet_env(
-        &["network", "create", "n", "--ipv6", "--ipv4=false"],
-        &[("NSNET_IPV6", "1")],
-    );
+    let out = h.nsnet(&["network", "create", "n", "--ipv6", "--ipv4=false"]);
     assert!(
         out.status.success(),
         "{}",

@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::IPV6_GATE as GATE;
 use common::{sh, TestHost};
 
 /// Fail step 1, 2, ... of `args` until the command gets through; after each failure nothing may have changed.
@@ -222,7 +221,7 @@ fn every_dual_stack_step_rolls_back() {
     let h = TestHost::with_ipv6("faults6");
     let empty = h.snapshot();
     let (a, b) = (h.sb("a"), h.sb("b"));
-    let steps = fail_every_step_with(
+    let steps = fail_every_step(
         &h,
         &[
             "network",
@@ -232,15 +231,10 @@ fn every_dual_stack_step_rolls_back() {
             "--subnet",
             "172.16.4.0/24",
         ],
-        &GATE,
     );
     assert!(steps >= 4, "network create has {steps} steps");
-    fail_every_step_with(
-        &h,
-        &["create", &a, "--network", "ds", "-p", "8080:80"],
-        &GATE,
-    );
-    fail_every_step_with(&h, &["create", &b, "--network", "ds"], &GATE);
+    fail_every_step(&h, &["create", &a, "--network", "ds", "-p", "8080:80"]);
+    fail_every_step(&h, &["create", &b, "--network", "ds"]);
     // rm while a process keeps a's namespace: its veth is retired, and a failure after that must give the
     // sandbox back its IPv6 addresses and default route.
     let ns = format!("--net=/run/netns/{a}");
@@ -255,11 +249,11 @@ fn every_dual_stack_step_rolls_back() {
         before[0].contains("fe80::") && before[0].contains("default via fd"),
         "{before:?}"
     );
-    fail_every_teardown_step_with(&h, &["rm", &a], &[&a, &b], &GATE);
+    fail_every_teardown_step(&h, &["rm", &a], &[&a, &b]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     h.settle();
-    fail_every_teardown_step_with(&h, &["network", "rm", "ds", "--force"], &[&b], &GATE);
+    fail_every_teardown_step(&h, &["network", "rm", "ds", "--force"], &[&b]);
     h.ok(&["rm", &b]);
     assert_eq!(h.snapshot(), empty);
 }
@@ -271,18 +265,10 @@ fn every_ipv6_only_step_rolls_back() {
     let h = TestHost::with_ipv6("faults6o");
     let empty = h.snapshot();
     let (a, b) = (h.sb("a"), h.sb("b"));
-    let steps = fail_every_step_with(
-        &h,
-        &["network", "create", "v6o", "--ipv6", "--ipv4=false"],
-        &GATE,
-    );
+    let steps = fail_every_step(&h, &["network", "create", "v6o", "--ipv6", "--ipv4=false"]);
     assert!(steps >= 4, "network create has {steps} steps");
-    fail_every_step_with(
-        &h,
-        &["create", &a, "--network", "v6o", "-p", "8080:80"],
-        &GATE,
-    );
-    fail_every_step_with(&h, &["create", &b, "--network", "v6o"], &GATE);
+    fail_every_step(&h, &["create", &a, "--network", "v6o", "-p", "8080:80"]);
+    fail_every_step(&h, &["create", &b, "--network", "v6o"]);
     let ns = format!("--net=/run/netns/{a}");
     let mut sleeper = std::process::Command::new("nsenter")
         .args([ns.as_str(), "--", "sleep", "60"])
@@ -294,11 +280,11 @@ fn every_ipv6_only_step_rolls_back() {
         before[0].contains("fe80::") && before[0].contains("default via fd"),
         "{before:?}"
     );
-    fail_every_teardown_step_with(&h, &["rm", &a], &[&a, &b], &GATE);
+    fail_every_teardown_step(&h, &["rm", &a], &[&a, &b]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     h.settle();
-    fail_every_teardown_step_with(&h, &["network", "rm", "v6o", "--force"], &[&b], &GATE);
+    fail_every_teardown_step(&h, &["network", "rm", "v6o", "--force"], &[&b]);
     h.ok(&["rm", &b]);
     assert_eq!(h.snapshot(), empty);
 }

@@ -1,5 +1,5 @@
-//! IPv6 (issue #19), behind `NSNET_IPV6=1` until it is finished: the harness's IPv6 host and LAN, and the
-//! dual-stack behaviour as it lands.
+//! IPv6 (issue #19): the harness's IPv6 host and LAN, and the dual-stack behaviour, each test the twin of an
+//! IPv4 one.
 
 mod common;
 
@@ -11,8 +11,6 @@ use common::{TestHost, HOST_IP6, LAN_IP6};
 use ipnet::Ipv6Net;
 use nsnet_core::probe;
 use serde_json::Value;
-
-use common::IPV6_GATE as GATE;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("JSON")
@@ -63,7 +61,7 @@ fn icmpv6_frames_carry_a_valid_checksum() {
 #[test]
 fn dual_stack_networks_and_sandboxes_are_recorded() {
     let h = TestHost::with_lan6("v6rec");
-    let net = json(&h.ok6(&["network", "create", "ds", "--ipv6", "--json"]));
+    let net = json(&h.ok(&["network", "create", "ds", "--ipv6", "--json"]));
     let subnet: Ipv6Net = net["ipv6"]["subnet"]
         .as_str()
         .expect("an IPv6 subnet")
@@ -76,7 +74,7 @@ fn dual_stack_networks_and_sandboxes_are_recorded() {
     assert_eq!(net["ipv6"]["gateway"], at(1).to_string());
     assert_eq!(net["ipv6"]["nat"], true);
     // The next network takes the next /64 of the same prefix.
-    let next = json(&h.ok6(&["network", "create", "ds2", "--ipv6", "--json"]));
+    let next = json(&h.ok(&["network", "create", "ds2", "--ipv6", "--json"]));
     let next: Ipv6Net = next["ipv6"]["subnet"]
         .as_str()
         .unwrap_or("")
@@ -92,8 +90,8 @@ fn dual_stack_networks_and_sandboxes_are_recorded() {
 
     // Sandboxes: the next free address from ::2, or the one asked for.
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "ds"]);
-    h.ok6(&[
+    h.ok(&["create", &a, "--network", "ds"]);
+    h.ok(&[
         "create",
         &b,
         "--network",
@@ -111,17 +109,14 @@ fn dual_stack_networks_and_sandboxes_are_recorded() {
     let ledger = std::fs::read_to_string(h.state.join("networks/ds.ledger")).expect("ledger");
     assert!(ledger.contains(&format!("+ip {} {a}\n", at(2))), "{ledger}");
     // Taken addresses are refused, naming by whom.
-    let out = h.nsnet_env(
-        &[
-            "create",
-            &h.sb("c"),
-            "--network",
-            "ds",
-            "--ip6",
-            &at(2).to_string(),
-        ],
-        &GATE,
-    );
+    let out = h.nsnet(&[
+        "create",
+        &h.sb("c"),
+        "--network",
+        "ds",
+        "--ip6",
+        &at(2).to_string(),
+    ]);
     let err = common::check_one_line_failure(&[], out);
     assert!(err.contains(&format!("in use by sandbox {a}")), "{err}");
     // A sandbox on an IPv4 network beside them has no IPv6.
@@ -151,7 +146,7 @@ fn dual_stack_networks_and_sandboxes_are_recorded() {
 #[test]
 fn a_host_listener_on_ipv6_only_holds_its_port_on_dual_stack_networks() {
     let h = TestHost::with_lan6("v6lis");
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     h.ok(&["network", "create", "v4"]);
     h.in_host(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40010"]);
     // Sockets on `::` take IPv6 only in this namespace.
@@ -164,10 +159,7 @@ fn a_host_listener_on_ipv6_only_holds_its_port_on_dual_stack_networks() {
     .expect("bind");
 
     let before = h.snapshot();
-    let out = h.nsnet_env(
-        &["create", &h.sb("x"), "--network", "ds", "-p", "40000:80"],
-        &GATE,
-    );
+    let out = h.nsnet(&["create", &h.sb("x"), "--network", "ds", "-p", "40000:80"]);
     let err = common::check_one_line_failure(&[], out);
     assert!(
         err.contains("host port 40000/tcp is already in use by a process"),
@@ -176,7 +168,7 @@ fn a_host_listener_on_ipv6_only_holds_its_port_on_dual_stack_networks() {
     assert_eq!(h.snapshot(), before, "the refusal changed something");
 
     let (d, v) = (h.sb("d"), h.sb("v"));
-    h.ok6(&["create", &d, "--network", "ds", "-p", "80"]);
+    h.ok(&["create", &d, "--network", "ds", "-p", "80"]);
     assert_eq!(
         h.inspect(&d)["endpoints"][0]["ports"][0]["host_port"],
         40001
@@ -217,7 +209,7 @@ fn address4(h: &TestHost, sb: &str) -> std::net::Ipv4Addr {
 fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
     let h = TestHost::with_ipv6("v6up");
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-v6"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-v6"]);
     h.ok(&["network", "create", "v4", "--bridge", "nsbr-v4"]);
     let gw6 = gateway6(&h, "ds");
     let bridge = h.in_host(&["ip", "-6", "addr", "show", "dev", "nsbr-v6"]);
@@ -234,7 +226,7 @@ fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
 
     let (a, b) = (h.sb("a"), h.sb("b"));
     for s in [&a, &b] {
-        h.ok6(&["create", s, "--network", "ds"]);
+        h.ok(&["create", s, "--network", "ds"]);
         let ns = format!("--net=/run/netns/{s}");
         let addrs = common::sh(&[
             "nsenter", &ns, "--", "ip", "-6", "addr", "show", "dev", "eth0",
@@ -296,7 +288,7 @@ fn a_dual_stack_sandbox_reaches_its_gateway_and_a_neighbour_at_once() {
 fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
     let h = TestHost::with_ipv6("v6dry");
     let empty = h.snapshot();
-    let plan = h.ok6(&[
+    let plan = h.ok(&[
         "--dry-run",
         "network",
         "create",
@@ -317,7 +309,7 @@ fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
         assert!(plan.contains(expected), "missing {expected:?} in:\n{plan}");
     }
     assert_eq!(h.snapshot(), empty);
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "ds",
@@ -329,7 +321,7 @@ fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
     ]);
     let made = h.snapshot();
     let s = h.sb("s");
-    let plan = h.ok6(&["--dry-run", "create", &s, "--network", "ds"]);
+    let plan = h.ok(&["--dry-run", "create", &s, "--network", "ds"]);
     for expected in [
         format!("ip -n {s} addr add fd89:5:5:5::2/64 dev eth0 nodad"),
         format!("ip -n {s} -6 route add default via fd89:5:5:5::1 dev eth0"),
@@ -355,14 +347,11 @@ fn a_dual_stack_dry_run_prints_the_ipv6_steps_and_changes_nothing() {
 fn a_kernel_failure_midway_rolls_a_dual_stack_create_back() {
     let h = TestHost::with_ipv6("v6rb");
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "n", "--ipv6", "--bridge", "nsbr-rb6"]);
+    h.ok(&["network", "create", "n", "--ipv6", "--bridge", "nsbr-rb6"]);
     // Pull the bridge out from under nsnet: the veth step will fail after the namespace was made.
     h.in_host(&["ip", "link", "del", "nsbr-rb6"]);
     let before = h.snapshot();
-    let out = h.nsnet_env(
-        &["create", &h.sb("s"), "--network", "n", "-p", "8000:80"],
-        &GATE,
-    );
+    let out = h.nsnet(&["create", &h.sb("s"), "--network", "n", "-p", "8000:80"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nsbr-rb6") && err.contains("undone"), "{err}");
@@ -380,18 +369,18 @@ fn a_kernel_failure_midway_rolls_a_dual_stack_create_back() {
 #[test]
 fn a_dual_stack_sandbox_detached_and_attached_again_talks_ipv6() {
     let h = TestHost::with_ipv6("v6ret");
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "ds"]);
-    h.ok6(&["create", &b, "--network", "ds"]);
+    h.ok(&["create", &a, "--network", "ds"]);
+    h.ok(&["create", &b, "--network", "ds"]);
     let ns = format!("--net=/run/netns/{a}");
     let mut inside = std::process::Command::new("nsenter")
         .args([ns.as_str(), "--", "sleep", "60"])
         .spawn()
         .expect("sleep inside a");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    h.ok6(&["detach", &a, "--network", "ds"]);
-    h.ok6(&["attach", &a, "--network", "ds"]);
+    h.ok(&["detach", &a, "--network", "ds"]);
+    h.ok(&["attach", &a, "--network", "ds"]);
     assert!(
         probe::ping6(&h.sb_path("b"), h.address6(&a)).expect("ping"),
         "b -> a"
@@ -410,9 +399,9 @@ fn a_dual_stack_sandbox_detached_and_attached_again_talks_ipv6() {
 fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
     let mut h = TestHost::with_ipv6("v6p2p");
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "p", "--driver", "veth", "--ipv6"]);
+    h.ok(&["network", "create", "p", "--driver", "veth", "--ipv6"]);
     let s = h.sb("s");
-    h.ok6(&["create", &s, "--network", "p"]);
+    h.ok(&["create", &s, "--network", "p"]);
     let host_end = h.inspect(&s)["endpoints"][0]["host_interface"]
         .as_str()
         .unwrap_or_default()
@@ -442,10 +431,10 @@ fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
     assert_eq!(h.snapshot(), empty);
 
     h.firewall = Some("none");
-    h.ok6(&["network", "create", "n", "--ipv6"]);
+    h.ok(&["network", "create", "n", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "n"]);
-    h.ok6(&["create", &b, "--network", "n"]);
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
     let ns = format!("--net=/run/netns/{a}");
     let accept_ra = common::sh(&[
         "nsenter",
@@ -472,11 +461,11 @@ fn the_veth_driver_and_the_none_firewall_on_a_dual_stack_network() {
 #[test]
 fn a_second_dual_stack_network_adds_addresses_but_no_default_route() {
     let h = TestHost::with_ipv6("v6two");
-    h.ok6(&["network", "create", "one", "--ipv6"]);
-    h.ok6(&["network", "create", "two", "--ipv6"]);
+    h.ok(&["network", "create", "one", "--ipv6"]);
+    h.ok(&["network", "create", "two", "--ipv6"]);
     let s = h.sb("s");
-    h.ok6(&["create", &s, "--network", "one"]);
-    h.ok6(&["attach", &s, "--network", "two"]);
+    h.ok(&["create", &s, "--network", "one"]);
+    h.ok(&["attach", &s, "--network", "two"]);
     let ns = format!("--net=/run/netns/{s}");
     let routes = common::sh(&["nsenter", &ns, "--", "ip", "-6", "route", "show", "default"]);
     assert_eq!(routes.lines().count(), 1, "{routes}");
@@ -513,10 +502,10 @@ fn a_second_dual_stack_network_adds_addresses_but_no_default_route() {
 #[test]
 fn gc_repairs_dual_stack_links_deleted_by_hand() {
     let h = TestHost::with_ipv6("v6gc");
-    h.ok6(&["network", "create", "n", "--ipv6", "--bridge", "nsbr-gc6"]);
+    h.ok(&["network", "create", "n", "--ipv6", "--bridge", "nsbr-gc6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "n"]);
-    h.ok6(&["create", &b, "--network", "n"]);
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
     let inside = |s: &str| {
         let ns = format!("--net=/run/netns/{s}");
         let addrs = common::sh(&["nsenter", &ns, "--", "ip", "-6", "-br", "addr"]);
@@ -539,14 +528,14 @@ fn gc_repairs_dual_stack_links_deleted_by_hand() {
         .unwrap_or_default()
         .to_string();
     h.in_host(&["ip", "link", "del", &veth]);
-    let done = h.ok6(&["gc"]);
+    let done = h.ok(&["gc"]);
     assert!(done.contains(&format!("re-created veth {veth}")), "{done}");
     assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
     assert_eq!(inside(&a), inside_a);
     assert!(talk());
 
     h.in_host(&["ip", "link", "del", "nsbr-gc6"]);
-    let done = h.ok6(&["gc"]);
+    let done = h.ok(&["gc"]);
     assert!(done.contains("re-created bridge nsbr-gc6"), "{done}");
     assert_eq!(h.snapshot(), whole, "{}", h.snapshot().diff(&whole));
     assert!(talk());
@@ -562,10 +551,10 @@ fn gc_repairs_dual_stack_links_deleted_by_hand() {
 fn dual_stack_commands_at_once() {
     let h = TestHost::with_ipv6("v6many");
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "n", "--ipv6"]);
+    h.ok(&["network", "create", "n", "--ipv6"]);
     let doomed: Vec<String> = (0..8).map(|i| h.sb(&format!("d{i}"))).collect();
     for name in &doomed {
-        h.ok6(&["create", name, "--network", "n"]);
+        h.ok(&["create", name, "--network", "n"]);
     }
     let created: Vec<String> = (0..24).map(|i| h.sb(&format!("c{i}"))).collect();
     std::thread::scope(|s| {
@@ -573,7 +562,7 @@ fn dual_stack_commands_at_once() {
             let h = &h;
             s.spawn(move || {
                 for name in chunk {
-                    h.ok6(&["create", name, "--network", "n"]);
+                    h.ok(&["create", name, "--network", "n"]);
                 }
             });
         }
@@ -614,7 +603,7 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     h.make_legacy_tables();
     h.in_host(&["nft", "flush", "chain", "bridge", "nsnet", "prerouting"]);
     h.in_host(&["nft", "delete", "set", "bridge", "nsnet", "endpoint_ifs6"]);
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     let tables = h.in_host(&["nft", "list", "tables"]);
     assert!(
         !tables.contains("table ip nsnet") && tables.contains("table inet nsnet"),
@@ -622,8 +611,8 @@ fn tables_from_before_dual_stack_are_reloaded_first() {
     );
     h.in_host(&["nft", "list", "set", "bridge", "nsnet", "endpoint_ifs6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "ds"]);
-    h.ok6(&["create", &b, "--network", "ds"]);
+    h.ok(&["create", &a, "--network", "ds"]);
+    h.ok(&["create", &b, "--network", "ds"]);
     assert!(
         probe::ping6(&h.sb_path("a"), h.address6(&b)).expect("ping"),
         "a -> b"
@@ -694,10 +683,10 @@ fn advert_body(target: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
 fn sandboxes_cannot_spoof_ipv6_addresses_or_advertise_a_neighbours() {
     let h = TestHost::with_ipv6("v6spf");
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-spf6"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-spf6"]);
     let (evil, victim, other) = (h.sb("evil"), h.sb("victim"), h.sb("other"));
     for sb in [&evil, &victim, &other] {
-        h.ok6(&["create", sb, "--network", "ds"]);
+        h.ok(&["create", sb, "--network", "ds"]);
     }
     let (gw, victim_ip, other_ip) = (gateway6(&h, "ds"), h.address6(&victim), h.address6(&other));
     let (evil_mac, victim_mac) = (h.mac(&evil), h.mac(&victim));
@@ -812,7 +801,7 @@ fn dual_stack_networks_are_isolated_unless_both_opt_out() {
         if open {
             args.push("--isolate=false");
         }
-        h.ok6(&args);
+        h.ok(&args);
     }
     let sandboxes = [
         ("a", "n1"),
@@ -823,7 +812,7 @@ fn dual_stack_networks_are_isolated_unless_both_opt_out() {
     ];
     let mut addrs = Vec::new();
     for (name, net) in sandboxes {
-        h.ok6(&["create", &h.sb(name), "--network", net]);
+        h.ok(&["create", &h.sb(name), "--network", net]);
         addrs.push((name, net, h.address6(&h.sb(name))));
     }
     let open = |n: &str| n.starts_with("open");
@@ -865,13 +854,13 @@ fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() 
     // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "int", "--ipv6", "--internal"]);
-    h.ok6(&["network", "create", "int2", "--ipv6", "--internal"]);
-    h.ok6(&["network", "create", "out", "--ipv6", "--isolate=false"]);
+    h.ok(&["network", "create", "int", "--ipv6", "--internal"]);
+    h.ok(&["network", "create", "int2", "--ipv6", "--internal"]);
+    h.ok(&["network", "create", "out", "--ipv6", "--isolate=false"]);
     let (s, t, o) = (h.sb("s"), h.sb("t"), h.sb("o"));
-    h.ok6(&["create", &s, "--network", "int"]);
-    h.ok6(&["create", &t, "--network", "int2"]);
-    h.ok6(&["create", &o, "--network", "out", "-p", "8080:80"]);
+    h.ok(&["create", &s, "--network", "int"]);
+    h.ok(&["create", &t, "--network", "int2"]);
+    h.ok(&["create", &o, "--network", "out", "-p", "8080:80"]);
     let forwarding = h.in_host(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
     assert_eq!(forwarding.trim(), "1", "the test needs IPv6 forwarding on");
     let gw = gateway6(&h, "int");
@@ -955,7 +944,7 @@ fn an_internal_dual_stack_network_has_no_way_out_and_reaches_no_other_network() 
 fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
     let h = TestHost::with_ipv6("v6user");
     let empty = h.snapshot();
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "p",
@@ -964,7 +953,7 @@ fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
         "--bridge",
         "nsbr-up",
     ]);
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "q",
@@ -974,8 +963,8 @@ fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
         "nsbr-uq",
     ]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "p"]);
-    h.ok6(&["create", &b, "--network", "q"]);
+    h.ok(&["create", &a, "--network", "p"]);
+    h.ok(&["create", &b, "--network", "q"]);
     let (b4, b6) = (address4(&h, &b), h.address6(&b));
     let both = |h: &TestHost| {
         (
@@ -993,7 +982,7 @@ fn one_user_rule_acts_on_both_families_and_is_never_flushed() {
         (false, false),
         "the user's rule stops both families"
     );
-    h.ok6(&["network", "create", "other", "--ipv6"]);
+    h.ok(&["network", "create", "other", "--ipv6"]);
     h.ok(&["network", "rm", "other"]);
     h.ok(&["firewall", "reload"]);
     assert_eq!(both(&h), (false, false), "the user's rule outlives resets");
@@ -1023,9 +1012,9 @@ fn a_dual_stack_network_works_on_a_host_whose_ipv6_forward_chains_drop() {
         h.in_host(&["nft", cmd]);
     }
     let host_firewall = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
-    h.ok6(&["create", &s, "--network", "ds"]);
+    h.ok(&["create", &s, "--network", "ds"]);
     let lan = format!("--net={}", h.lan_path().display());
     let subnet = json(&h.ok(&["network", "inspect", "ds", "--json"]))["ipv6"]["subnet"]
         .as_str()
@@ -1065,10 +1054,10 @@ fn a_published_port_works_over_ipv6_from_every_path() {
     // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
-    h.ok6(&["network", "create", "other", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "other", "--ipv6"]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    h.ok6(&[
+    h.ok(&[
         "create",
         &a,
         "--network",
@@ -1078,8 +1067,8 @@ fn a_published_port_works_over_ipv6_from_every_path() {
         "-p",
         &format!("[{HOST_IP6}]:8081:80"),
     ]);
-    h.ok6(&["create", &b, "--network", "ds"]);
-    h.ok6(&["create", &c, "--network", "other"]);
+    h.ok(&["create", &b, "--network", "ds"]);
+    h.ok(&["create", &c, "--network", "other"]);
     let a6 = h.address6(&a);
     let ports = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports"]);
     let ports6 = h.in_host(&["nft", "list", "map", "inet", "nsnet", "ports6"]);
@@ -1159,11 +1148,11 @@ fn nat66_by_default_and_the_sandboxs_own_address_without_it() {
     let h = TestHost::with_lan6("v6nat");
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "nat", "--ipv6"]);
-    h.ok6(&["network", "create", "routed", "--ipv6", "--ipv6-nat=false"]);
+    h.ok(&["network", "create", "nat", "--ipv6"]);
+    h.ok(&["network", "create", "routed", "--ipv6", "--ipv6-nat=false"]);
     let (s, r) = (h.sb("s"), h.sb("r"));
-    h.ok6(&["create", &s, "--network", "nat"]);
-    h.ok6(&["create", &r, "--network", "routed"]);
+    h.ok(&["create", &s, "--network", "nat"]);
+    h.ok(&["create", &r, "--network", "routed"]);
     let masq = h.in_host(&["nft", "list", "set", "inet", "nsnet", "masq_nets6"]);
     let routed = json(&h.ok(&["network", "inspect", "routed", "--json"]))["ipv6"]["subnet"]
         .as_str()
@@ -1214,9 +1203,9 @@ fn point_to_point_ipv6_spoofing(backend: &'static str) {
     let mut h = TestHost::with_ipv6("v6p2ps");
     h.firewall = Some(backend);
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "p", "--driver", "veth", "--ipv6"]);
+    h.ok(&["network", "create", "p", "--driver", "veth", "--ipv6"]);
     let s = h.sb("s");
-    h.ok6(&["create", &s, "--network", "p"]);
+    h.ok(&["create", &s, "--network", "p"]);
     let host_end = h.inspect(&s)["endpoints"][0]["host_interface"]
         .as_str()
         .unwrap_or_default()
@@ -1271,10 +1260,10 @@ fn a_flushed_dual_stack_ruleset_is_reloaded_and_udp_ports_work_over_ipv6() {
     let h = TestHost::with_lan6("v6rel");
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
     let udp = format!("[{HOST_IP6}]:5353:53/udp");
-    h.ok6(&["create", &s, "--network", "ds", "-p", &udp, "-p", "8080:80"]);
+    h.ok(&["create", &s, "--network", "ds", "-p", &udp, "-p", "8080:80"]);
     let works = |h: &TestHost| {
         let server = probe::udp_server(
             &h.sb_path("s"),
@@ -1321,10 +1310,10 @@ fn a_flushed_dual_stack_ruleset_is_reloaded_and_udp_ports_work_over_ipv6() {
 #[test]
 fn a_dual_stack_sandbox_cannot_take_a_neighbours_mac() {
     let h = TestHost::with_ipv6("v6mac");
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-mac6"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-mac6"]);
     let (attacker, victim) = (h.sb("a"), h.sb("v"));
-    h.ok6(&["create", &attacker, "--network", "ds"]);
-    h.ok6(&["create", &victim, "--network", "ds"]);
+    h.ok(&["create", &attacker, "--network", "ds"]);
+    h.ok(&["create", &victim, "--network", "ds"]);
     let victim_mac = h.mac(&victim);
     let victim_port = h.inspect(&victim)["endpoints"][0]["host_interface"]
         .as_str()
@@ -1405,17 +1394,17 @@ fn arpa6(ip: Ipv6Addr) -> String {
 fn dual_stack_names_resolve_within_a_network_and_never_across() {
     let h = TestHost::with_ipv6("v6names");
     let (a, b, c, d, e) = (h.sb("a"), h.sb("b"), h.sb("c"), h.sb("d"), h.sb("e"));
-    h.ok6(&["network", "create", "front", "--ipv6"]);
-    h.ok6(&["network", "create", "back", "--ipv6"]);
+    h.ok(&["network", "create", "front", "--ipv6"]);
+    h.ok(&["network", "create", "back", "--ipv6"]);
     h.ok(&["network", "create", "plain"]);
-    h.ok6(&["create", &a, "--network", "front"]);
-    h.ok6(&["create", &b, "--network", "front", "--alias", "web"]);
-    h.ok6(&["create", &c, "--network", "back", "--alias", "db"]);
+    h.ok(&["create", &a, "--network", "front"]);
+    h.ok(&["create", &b, "--network", "front", "--alias", "web"]);
+    h.ok(&["create", &c, "--network", "back", "--alias", "db"]);
     // d is on both, its second endpoint through attach; e on the IPv4 network and front.
-    h.ok6(&["create", &d, "--network", "front"]);
-    h.ok6(&["attach", &d, "--network", "back", "--alias", "cache"]);
+    h.ok(&["create", &d, "--network", "front"]);
+    h.ok(&["attach", &d, "--network", "back", "--alias", "cache"]);
     h.ok(&["create", &e, "--network", "plain"]);
-    h.ok6(&["attach", &e, "--network", "front"]);
+    h.ok(&["attach", &e, "--network", "front"]);
     let (b6, c6) = (h.address6(&b), h.address6(&c));
 
     for name in [b.as_str(), "web", "WEB."] {
@@ -1491,10 +1480,10 @@ fn dual_stack_names_resolve_within_a_network_and_never_across() {
 #[test]
 fn a_shared_alias_answers_every_ipv6_address_turning_each_time() {
     let h = TestHost::with_ipv6("v6alias");
-    h.ok6(&["network", "create", "n", "--ipv6"]);
+    h.ok(&["network", "create", "n", "--ipv6"]);
     let names: Vec<String> = (1..=3).map(|i| h.sb(&format!("w{i}"))).collect();
     for n in &names {
-        h.ok6(&["create", n, "--network", "n", "--alias", "web"]);
+        h.ok(&["create", n, "--network", "n", "--alias", "web"]);
     }
     let mut want: Vec<String> = names.iter().map(|n| h.address6(n).to_string()).collect();
     want.sort();
@@ -1518,11 +1507,11 @@ fn a_shared_alias_answers_every_ipv6_address_turning_each_time() {
 #[test]
 fn a_dual_stack_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
     let h = TestHost::with_ipv6("v6nowait");
-    h.ok6(&["network", "create", "n", "--ipv6"]);
+    h.ok(&["network", "create", "n", "--ipv6"]);
     let (asker, x) = (h.sb("asker"), h.sb("x"));
-    h.ok6(&["create", &asker, "--network", "n"]);
+    h.ok(&["create", &asker, "--network", "n"]);
     for round in 0..3 {
-        h.ok6(&["create", &x, "--network", "n"]);
+        h.ok(&["create", &x, "--network", "n"]);
         let x6 = h.address6(&x).to_string();
         let r = dig(&h, &asker, &[&x, "AAAA"]);
         assert_eq!(r.answers, vec![x6.clone()], "round {round}: {r:?}");
@@ -1543,12 +1532,12 @@ fn a_dual_stack_name_answers_when_create_returns_and_is_gone_when_rm_returns() {
 fn an_ipv6_upstream_answers_for_a_sandbox_a_network_and_the_host() {
     let h = TestHost::with_lan6("v6up53");
     let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
-    h.ok6(&["network", "create", "n", "--ipv6"]);
-    h.ok6(&["network", "create", "m", "--ipv6", "--dns", LAN_IP6]);
+    h.ok(&["network", "create", "n", "--ipv6"]);
+    h.ok(&["network", "create", "m", "--ipv6", "--dns", LAN_IP6]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    h.ok6(&["create", &a, "--network", "n", "--dns", LAN_IP6]);
-    h.ok6(&["create", &b, "--network", "n"]);
-    h.ok6(&["create", &c, "--network", "m"]);
+    h.ok(&["create", &a, "--network", "n", "--dns", LAN_IP6]);
+    h.ok(&["create", &b, "--network", "n"]);
+    h.ok(&["create", &c, "--network", "m"]);
     let net = json(&h.ok(&["network", "inspect", "m", "--json"]));
     assert_eq!(net["dns_servers"], serde_json::json!([LAN_IP6]), "{net}");
     for sb in [&a, &c] {
@@ -1584,36 +1573,30 @@ fn an_ipv6_upstream_answers_for_a_sandbox_a_network_and_the_host() {
     // Refused in one line, nothing changed: link-local, scoped and multicast servers.
     let before = h.snapshot();
     let x = h.sb("x");
-    let cases: Vec<(Vec<&str>, &str, bool)> = vec![
+    let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["create", &x, "--network", "n", "--dns", "fe80::1"],
             "link-local",
-            true,
         ),
         (
             vec!["create", &x, "--network", "n", "--dns", "fe80::1%uplink0"],
             "scoped",
-            true,
         ),
         (
             vec!["network", "create", "o", "--dns", "fe80::53"],
             "link-local",
-            true,
         ),
         (
             vec!["network", "create", "o", "--dns", "fe80::53%2"],
             "scoped",
-            true,
         ),
         (
             vec!["create", &x, "--network", "n", "--dns", "ff02::1"],
             "not the address of a DNS server",
-            true,
         ),
     ];
-    for (args, want, gate) in cases {
-        let env: &[(&str, &str)] = if gate { &GATE } else { &[] };
-        let out = h.nsnet_env(&args, env);
+    for (args, want) in cases {
+        let out = h.nsnet(&args);
         let line = common::check_one_line_failure(&args, out);
         assert!(line.contains(want), "{args:?}: {line}");
         assert_eq!(
@@ -1638,10 +1621,10 @@ fn internal_dual_stack_networks_resolve_their_own_names_and_forward_nothing() {
     let h = TestHost::with_lan6("v6intern");
     let dnsmasq = common::dns::dnsmasq(&h, LAN_IP6);
     std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
-    h.ok6(&["network", "create", "in", "--internal", "--ipv6"]);
+    h.ok(&["network", "create", "in", "--internal", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "in"]);
-    h.ok6(&["create", &b, "--network", "in"]);
+    h.ok(&["create", &a, "--network", "in"]);
+    h.ok(&["create", &b, "--network", "in"]);
     let b6 = h.address6(&b).to_string();
     assert_eq!(dig(&h, &a, &[&b, "AAAA"]).answers, vec![b6.clone()]);
     assert_eq!(dig(&h, &a, &["-x", &b6]).answers, vec![format!("{b}.")]);
@@ -1691,10 +1674,10 @@ fn a_hostile_sandbox_sending_malformed_ip6_arpa_questions_does_not_break_the_res
     .expect("enter");
     upstream.set_nonblocking(true).expect("nonblocking");
     std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
-    h.ok6(&["network", "create", "n", "--ipv6"]);
+    h.ok(&["network", "create", "n", "--ipv6"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "n"]);
-    h.ok6(&["create", &b, "--network", "n"]);
+    h.ok(&["create", &a, "--network", "n"]);
+    h.ok(&["create", &b, "--network", "n"]);
     let pid = h.resolver_pid().expect("a resolver");
     let b6 = h.address6(&b);
     let name = arpa6(b6);
@@ -1897,8 +1880,8 @@ fn check(h: &TestHost, sb: &str, net: &str) -> Vec<String> {
 fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
     let h = TestHost::with_ipv6("v6fast");
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "fast", "--ipv6", "--bridge", "nsbr-f6"]);
-    h.ok6(&[
+    h.ok(&["network", "create", "fast", "--ipv6", "--bridge", "nsbr-f6"]);
+    h.ok(&[
         "network",
         "create",
         "slow",
@@ -1909,7 +1892,7 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
     ]);
     let (a, b, c, d) = (h.sb("a"), h.sb("b"), h.sb("c"), h.sb("d"));
     for (sb, net) in [(&a, "fast"), (&b, "fast"), (&c, "slow"), (&d, "slow")] {
-        h.ok6(&["create", sb, "--network", net]);
+        h.ok(&["create", sb, "--network", net]);
     }
     // Both families of a and b; nobody on the slow network.
     for sb in [&a, &b] {
@@ -2036,9 +2019,9 @@ fn dual_stack_tcp_and_udp_skip_the_bridge_and_icmpv6_does_not() {
         .expect("sleep inside a");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let a4 = address4(&h, &a);
-    h.ok6(&["detach", &a, "--network", "fast"]);
+    h.ok(&["detach", &a, "--network", "fast"]);
     assert!(fast_path_lines(&h, a6).is_empty() && fast_path_lines(&h, a4).is_empty());
-    h.ok6(&["attach", &a, "--network", "fast"]);
+    h.ok(&["attach", &a, "--network", "fast"]);
     assert_eq!(
         fast_path_lines(&h, h.address6(&a)).len(),
         1,
@@ -2088,7 +2071,7 @@ fn rx_packets(h: &TestHost, sb: &str) -> u64 {
 #[test]
 fn new_sandboxes_send_nothing_to_an_idle_neighbour() {
     let h = TestHost::with_ipv6("v6quiet");
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "ds",

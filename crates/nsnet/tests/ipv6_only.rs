@@ -1,4 +1,4 @@
-//! IPv6-only networks (C14 of issue #19, behind `NSNET_IPV6=1`): `network create --ipv6 --ipv4=false`. The
+//! IPv6-only networks (C14 of issue #19): `network create --ipv6 --ipv4=false`. The
 //! twins of the IPv4 and dual-stack behaviour tests (published ports from every path, an internal network
 //! with no way out, spoofing, names), the refusals, and the records.
 
@@ -10,8 +10,6 @@ use common::dns::dig;
 use common::{TestHost, HOST_IP6, LAN_IP6};
 use nsnet_core::probe;
 use serde_json::Value;
-
-use common::IPV6_GATE as GATE;
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("JSON")
@@ -25,7 +23,7 @@ fn v6(s: &str) -> Ipv6Addr {
 fn create_only6(h: &TestHost, name: &str, extra: &[&str]) {
     let mut args = vec!["network", "create", name, "--ipv6", "--ipv4=false"];
     args.extend(extra);
-    h.ok6(&args);
+    h.ok(&args);
 }
 
 fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
@@ -95,7 +93,7 @@ fn a_published_port_works_on_an_ipv6_only_network_from_every_path() {
     create_only6(&h, "v6o", &["--bridge", "nsbr-v6o"]);
     create_only6(&h, "other", &[]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    h.ok6(&[
+    h.ok(&[
         "create",
         &a,
         "--network",
@@ -105,8 +103,8 @@ fn a_published_port_works_on_an_ipv6_only_network_from_every_path() {
         "-p",
         &format!("[{HOST_IP6}]:8081:80"),
     ]);
-    h.ok6(&["create", &b, "--network", "v6o"]);
-    h.ok6(&["create", &c, "--network", "other"]);
+    h.ok(&["create", &b, "--network", "v6o"]);
+    h.ok(&["create", &c, "--network", "other"]);
 
     // Records: the IPv4 fields are left out, the IPv6 part is there.
     let n = json(&h.ok(&["network", "inspect", "v6o", "--json"]));
@@ -214,8 +212,8 @@ fn an_internal_ipv6_only_network_has_no_way_out() {
     create_only6(&h, "int", &["--internal"]);
     create_only6(&h, "out", &["--isolate=false"]);
     let (s, o) = (h.sb("s"), h.sb("o"));
-    h.ok6(&["create", &s, "--network", "int"]);
-    h.ok6(&["create", &o, "--network", "out", "-p", "8080:80"]);
+    h.ok(&["create", &s, "--network", "int"]);
+    h.ok(&["create", &o, "--network", "out", "-p", "8080:80"]);
     let gw = gateway6(&h, "int");
     let routes = in_sb(&h, "s", &["ip", "-6", "route"]);
     assert!(!routes.contains("default"), "{routes}");
@@ -284,7 +282,7 @@ fn spoofing(backend: &'static str) {
     create_only6(&h, "v6o", &["--bridge", "nsbr-v6ospf"]);
     let (evil, victim, other) = (h.sb("evil"), h.sb("victim"), h.sb("other"));
     for sb in [&evil, &victim, &other] {
-        h.ok6(&["create", sb, "--network", "v6o"]);
+        h.ok(&["create", sb, "--network", "v6o"]);
     }
     let (gw, victim_ip, other_ip, evil_ip) = (
         gateway6(&h, "v6o"),
@@ -371,8 +369,8 @@ fn ipv6_only_names_answer_aaaa_and_nothing_for_a() {
     let h = TestHost::with_ipv6("v6onames");
     create_only6(&h, "v6o", &[]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "v6o"]);
-    h.ok6(&["create", &b, "--network", "v6o", "--alias", "web"]);
+    h.ok(&["create", &a, "--network", "v6o"]);
+    h.ok(&["create", &b, "--network", "v6o", "--alias", "web"]);
     let b6 = h.address6(&b);
     for name in [b.as_str(), "web"] {
         let r = dig(&h, &a, &[name, "AAAA"]);
@@ -447,7 +445,7 @@ fn ipv6_only_bad_input_is_refused_and_changes_nothing() {
         ),
     ];
     for (args, expected) in bad {
-        let line = common::check_one_line_failure(args, h.nsnet_env(args, &GATE));
+        let line = common::check_one_line_failure(args, h.nsnet(args));
         assert!(line.contains(expected), "{args:?}: {line}");
         assert_eq!(h.snapshot(), before, "{args:?} changed something");
     }
@@ -467,7 +465,7 @@ fn the_veth_driver_reload_and_gc_on_an_ipv6_only_network() {
     let empty = h.snapshot();
     create_only6(&h, "p2p", &["--driver", "veth", "--bridge", "nsve-v6o"]);
     let s = h.sb("s");
-    h.ok6(&["create", &s, "--network", "p2p"]);
+    h.ok(&["create", &s, "--network", "p2p"]);
     let host_end = h.in_host(&["ip", "-o", "addr", "show", "dev", "nsve-v6o"]);
     assert!(!host_end.contains("inet "), "{host_end}");
     let gw = gateway6(&h, "p2p");
@@ -499,9 +497,9 @@ fn only_an_ipv6_subnet_asks_for_ipv6_only() {
         assert!(n["ipv6"]["subnet"].is_string(), "{n}");
         n.get("subnet").is_some()
     };
-    h.ok6(&["network", "create", "a", "--subnet", "fd89:71::/64"]);
+    h.ok(&["network", "create", "a", "--subnet", "fd89:71::/64"]);
     assert!(!has_ipv4("a"), "an IPv6 subnet alone");
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "b",
@@ -510,7 +508,7 @@ fn only_an_ipv6_subnet_asks_for_ipv6_only() {
         "fd89:72::/64",
     ]);
     assert!(has_ipv4("b"), "--ipv6 with an IPv6 subnet");
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "c",
@@ -519,7 +517,7 @@ fn only_an_ipv6_subnet_asks_for_ipv6_only() {
         "--ipv4=true",
     ]);
     assert!(has_ipv4("c"), "--ipv4=true");
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "d",
@@ -544,7 +542,7 @@ fn explain_and_topology_live_beside_an_ipv6_only_network() {
     create_only6(&h, "v6o", &[]);
     h.ok(&["network", "create", "n4", "--subnet", "172.16.9.0/24"]);
     let (s, t) = (h.sb("s"), h.sb("t"));
-    h.ok6(&["create", &s, "--network", "v6o"]);
+    h.ok(&["create", &s, "--network", "v6o"]);
     h.ok(&["create", &t, "--network", "n4"]);
     let topo = h.ok(&["topology"]);
     assert!(
@@ -586,7 +584,7 @@ fn ipv6_only_networks_are_isolated_unless_both_opt_out() {
     create_only6(&h, "n2", &[]);
     create_only6(&h, "open1", &["--isolate=false"]);
     create_only6(&h, "open2", &["--isolate=false"]);
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     let sandboxes = [
         ("a", "n1"),
         ("b", "n1"),
@@ -597,7 +595,7 @@ fn ipv6_only_networks_are_isolated_unless_both_opt_out() {
     ];
     let mut addrs = Vec::new();
     for (name, net) in sandboxes {
-        h.ok6(&["create", &h.sb(name), "--network", net]);
+        h.ok(&["create", &h.sb(name), "--network", net]);
         addrs.push((name, net, h.address6(&h.sb(name))));
     }
     let open = |n: &str| n.starts_with("open");
@@ -685,9 +683,9 @@ fn an_ipv6_upstream_answers_for_ipv6_only_sandboxes_and_networks() {
     create_only6(&h, "n", &[]);
     create_only6(&h, "m", &["--dns", LAN_IP6]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    h.ok6(&["create", &a, "--network", "n", "--dns", LAN_IP6]);
-    h.ok6(&["create", &b, "--network", "n"]);
-    h.ok6(&["create", &c, "--network", "m"]);
+    h.ok(&["create", &a, "--network", "n", "--dns", LAN_IP6]);
+    h.ok(&["create", &b, "--network", "n"]);
+    h.ok(&["create", &c, "--network", "m"]);
     let net = json(&h.ok(&["network", "inspect", "m", "--json"]));
     assert_eq!(net["dns_servers"], serde_json::json!([LAN_IP6]), "{net}");
     for sb in [&a, &c] {
@@ -757,8 +755,8 @@ fn internal_ipv6_only_networks_resolve_their_own_names_and_forward_nothing() {
     std::fs::write(h.resolv_conf(), format!("nameserver {LAN_IP6}\n")).expect("resolv.conf");
     create_only6(&h, "in", &["--internal"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&["create", &a, "--network", "in", "--dns", LAN_IP6]);
-    h.ok6(&["create", &b, "--network", "in"]);
+    h.ok(&["create", &a, "--network", "in", "--dns", LAN_IP6]);
+    h.ok(&["create", &b, "--network", "in"]);
     let b6 = h.address6(&b).to_string();
     let before = lan_dns_traffic(&h);
     assert_eq!(dig(&h, &a, &[&b, "AAAA"]).answers, vec![b6.clone()]);
@@ -806,7 +804,7 @@ fn only_ipv6_host_processes_hold_an_ipv6_only_networks_ports() {
     let (s, t) = (h.sb("s"), h.sb("t"));
     let v4 = probe::tcp_server(&h.host_path(), (Ipv4Addr::UNSPECIFIED, 8095)).expect("listen");
     let one = format!("[{HOST_IP6}]:8097:81");
-    h.ok6(&[
+    h.ok(&[
         "create",
         &s,
         "--network",
@@ -831,7 +829,7 @@ fn only_ipv6_host_processes_hold_an_ipv6_only_networks_ports() {
     let _held = probe::tcp_server(&h.host_path(), (v6(HOST_IP6), 8096)).expect("listen");
     let before = h.snapshot();
     let args = ["create", &t, "--network", "v6o", "-p", "8096:80"];
-    let line = common::check_one_line_failure(&args, h.nsnet_env(&args, &GATE));
+    let line = common::check_one_line_failure(&args, h.nsnet(&args));
     assert!(
         line.contains("host port 8096/tcp is already in use"),
         "{line}"

@@ -1,5 +1,5 @@
 //! The host reaching published ports at `[::1]` (issue #19, C10): the cgroup `sock_addr` translation
-//! (`kernel::loopback6`), behind `NSNET_IPV6=1`. Every program goes onto the test's throwaway cgroup
+//! (`kernel::loopback6`). Every program goes onto the test's throwaway cgroup
 //! (`TestHost::cgroup`, `NSNET_CGROUP`), and every client that should meet it runs inside that cgroup
 //! (`TestHost::client6`), never on this machine's real root cgroup.
 
@@ -10,8 +10,6 @@ use std::net::{Ipv6Addr, SocketAddr};
 use common::{TestHost, HOST_IP6};
 use nsnet_core::probe;
 use serde_json::Value;
-
-use common::IPV6_GATE as GATE;
 
 fn gateway6(h: &TestHost, net: &str) -> Ipv6Addr {
     let n: Value =
@@ -71,9 +69,9 @@ fn udp(
 fn loopback6_only_ports_are_reachable_from_the_host_alone() {
     let h = with_forwarding(TestHost::with_lan6("lo6"));
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6"]);
     let (s, t) = (h.sb("s"), h.sb("t"));
-    h.ok6(&[
+    h.ok(&[
         "create",
         &s,
         "--network",
@@ -83,7 +81,7 @@ fn loopback6_only_ports_are_reachable_from_the_host_alone() {
         "-p",
         "[::1]:8080:80/udp",
     ]);
-    h.ok6(&["create", &t, "--network", "ds"]);
+    h.ok(&["create", &t, "--network", "ds"]);
     let gw = gateway6(&h, "ds");
     let host = h.host_path();
 
@@ -177,9 +175,9 @@ fn loopback6_only_ports_are_reachable_from_the_host_alone() {
 fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addresses() {
     let h = with_forwarding(TestHost::with_lan6("lo6all"));
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6a"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6a"]);
     let (a, b) = (h.sb("a"), h.sb("b"));
-    h.ok6(&[
+    h.ok(&[
         "create",
         &a,
         "--network",
@@ -189,7 +187,7 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
         "-p",
         "8081:80/udp",
     ]);
-    h.ok6(&["create", &b, "--network", "ds", "-p", "8082:80"]);
+    h.ok(&["create", &b, "--network", "ds", "-p", "8082:80"]);
     let host = h.host_path();
     let gw = gateway6(&h, "ds");
     // An IPv4-mapped address is IPv4 on the wire: 127.0.0.1's own DNAT serves it, from an IPv6 socket.
@@ -251,7 +249,7 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
             &conn.to_string(),
         ]);
         assert_ne!(h.loopback6(), full);
-        h.ok6(repair);
+        h.ok(repair);
         assert_eq!(h.loopback6(), full, "after {repair:?}");
         let (seen, _) = tcp(&h, &a, &host, "::1", 8081);
         assert!(
@@ -275,10 +273,10 @@ fn every_address_ports_are_reachable_from_the_host_at_loopback6_and_its_own_addr
 #[test]
 fn a_loopback6_dry_run_names_the_programs_and_changes_nothing() {
     let h = TestHost::with_ipv6("lo6dry");
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6d"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6d"]);
     let before = h.snapshot();
     let s = h.sb("s");
-    let out = h.ok6(&[
+    let out = h.ok(&[
         "create",
         &s,
         "--network",
@@ -303,7 +301,7 @@ fn a_loopback6_dry_run_names_the_programs_and_changes_nothing() {
 #[test]
 fn loopback6_without_a_cgroup2_is_refused_in_one_line() {
     let h = TestHost::with_ipv6("lo6no");
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6n"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6n"]);
     let before = h.snapshot();
     let not_cgroup2 = h
         .state
@@ -319,10 +317,7 @@ fn loopback6_without_a_cgroup2_is_refused_in_one_line() {
         "-p",
         "[::1]:8080:80",
     ];
-    let env = [
-        GATE[0],
-        ("NSNET_CGROUP", not_cgroup2.to_str().expect("a UTF-8 path")),
-    ];
+    let env = [("NSNET_CGROUP", not_cgroup2.to_str().expect("a UTF-8 path"))];
     let line = common::check_one_line_failure(&args, h.nsnet_env(&args, &env));
     assert!(line.contains("[::1] needs cgroup2 and bpf"), "{line}");
     assert!(line.contains("is not a cgroup2 directory"), "{line}");
@@ -346,13 +341,13 @@ fn loopback6_without_a_cgroup2_is_refused_in_one_line() {
 fn loopback6_ports_published_at_once_share_one_set_of_programs() {
     let h = TestHost::with_ipv6("lo6many");
     let empty = h.snapshot();
-    h.ok6(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6m"]);
+    h.ok(&["network", "create", "ds", "--ipv6", "--bridge", "nsbr-lo6m"]);
     let names: Vec<String> = (0..8).map(|i| h.sb(&format!("m{i}"))).collect();
     let port = |i: usize| format!("[::1]:{}:80", 9100 + i);
     std::thread::scope(|s| {
         for (i, name) in names.iter().enumerate() {
             let (h, p) = (&h, port(i));
-            s.spawn(move || h.ok6(&["create", name, "--network", "ds", "-p", &p]));
+            s.spawn(move || h.ok(&["create", name, "--network", "ds", "-p", &p]));
         }
     });
     let mut expected: Vec<String> = (0..8)

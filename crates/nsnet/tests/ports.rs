@@ -445,10 +445,10 @@ fn a_port_a_host_process_binds_later_is_marked() {
 fn a_port_a_host_process_binds_later_on_ipv6_is_marked() {
     use std::net::{IpAddr, Ipv6Addr, SocketAddr};
     let h = TestHost::with_lan6("shadow6");
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     h.ok(&["network", "create", "v4", "--subnet", "172.16.17.0/24"]);
     let (s, t) = (h.sb("s"), h.sb("t"));
-    h.ok6(&["create", &s, "--network", "ds", "-p", "8090:80"]);
+    h.ok(&["create", &s, "--network", "ds", "-p", "8090:80"]);
     h.ok(&["create", &t, "--network", "v4", "-p", "8091:80"]);
     assert_eq!(h.ok(&["port", &s]).trim(), "80/tcp -> 0.0.0.0:8090");
     let host6: Ipv6Addr = common::HOST_IP6.parse().expect("test address");

@@ -1,5 +1,5 @@
 //! `--gateway-mode routed` on dual-stack networks (issue #19): the IPv6 twins of the routed-mode tests in
-//! `attacks.rs`, behind `NSNET_IPV6=1`. A routed network's sandboxes are reached directly by whoever routes its
+//! `attacks.rs`. A routed network's sandboxes are reached directly by whoever routes its
 //! subnet to the host, and reach out with their own addresses; everything else still holds: published ports,
 //! isolation, and the anti-spoofing guard, which is all that stands between a sandbox and a forged source on
 //! the LAN once nothing is masqueraded.
@@ -72,8 +72,8 @@ fn a_lan_peer_routing_to_dual_stack_sandboxes_reaches_published_ports_only_unles
     for backend in ["nftables", "iptables"] {
         let h = lan_host("r6lan", backend);
         let empty = h.snapshot();
-        h.ok6(&["network", "create", "n", "--ipv6"]);
-        h.ok6(&[
+        h.ok(&["network", "create", "n", "--ipv6"]);
+        h.ok(&[
             "network",
             "create",
             "r",
@@ -87,8 +87,8 @@ fn a_lan_peer_routing_to_dual_stack_sandboxes_reaches_published_ports_only_unles
             lan_route(&h, "add", subnet);
         }
         let (s, t) = (h.sb("s"), h.sb("t"));
-        h.ok6(&["create", &s, "--network", "n", "-p", "8080:80"]);
-        h.ok6(&["create", &t, "--network", "r"]);
+        h.ok(&["create", &s, "--network", "n", "-p", "8080:80"]);
+        h.ok(&["create", &t, "--network", "r"]);
         let (s6, t6) = (h.address6(&s), h.address6(&t));
         let (s_ns, t_ns, lan) = (h.sb_path("s"), h.sb_path("t"), h.lan_path());
         // At once: the first try, no neighbour or address settling first.
@@ -150,7 +150,7 @@ fn a_published_port_on_a_routed_dual_stack_network_works_from_every_path() {
 fn every_path(backend: &'static str) {
     let h = lan_host("r6pub", backend);
     let empty = h.snapshot();
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "r",
@@ -158,11 +158,11 @@ fn every_path(backend: &'static str) {
         "--gateway-mode",
         "routed",
     ]);
-    h.ok6(&["network", "create", "other", "--ipv6"]);
+    h.ok(&["network", "create", "other", "--ipv6"]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    h.ok6(&["create", &a, "--network", "r", "-p", "8080:80"]);
-    h.ok6(&["create", &b, "--network", "r"]);
-    h.ok6(&["create", &c, "--network", "other"]);
+    h.ok(&["create", &a, "--network", "r", "-p", "8080:80"]);
+    h.ok(&["create", &b, "--network", "r"]);
+    h.ok(&["create", &c, "--network", "other"]);
     let a_ns = h.sb_path("a");
     let host = |port| at(v6(HOST_IP6), port);
     assert_eq!(
@@ -232,7 +232,7 @@ fn routed_isolation(backend: &'static str) {
     ] {
         let mut args = vec!["network", "create", net];
         args.extend_from_slice(extra);
-        h.ok6(&args);
+        h.ok(&args);
     }
     let subnets: Vec<String> = ["r1", "r2", "n"].iter().map(|n| net6(&h, n).0).collect();
     for subnet in &subnets {
@@ -241,7 +241,7 @@ fn routed_isolation(backend: &'static str) {
     let sandboxes = [("a", "r1"), ("b", "r1"), ("c", "r2"), ("d", "n")];
     let mut addrs = Vec::new();
     for (name, net) in sandboxes {
-        h.ok6(&["create", &h.sb(name), "--network", net]);
+        h.ok(&["create", &h.sb(name), "--network", net]);
         addrs.push((name, net, h.address6(&h.sb(name))));
     }
     // Every ordered pair, and the LAN peer to each, in parallel: a blocked ping costs its whole timeout.
@@ -331,7 +331,7 @@ fn a_routed_dual_stack_sandbox_cannot_spoof_its_source_to_the_lan() {
     for backend in ["nftables", "iptables"] {
         let h = lan_host("r6spf", backend);
         let empty = h.snapshot();
-        h.ok6(&[
+        h.ok(&[
             "network",
             "create",
             "r",
@@ -341,13 +341,13 @@ fn a_routed_dual_stack_sandbox_cannot_spoof_its_source_to_the_lan() {
             "--bridge",
             "nsbr-r6spf",
         ]);
-        h.ok6(&["network", "create", "n", "--ipv6"]);
+        h.ok(&["network", "create", "n", "--ipv6"]);
         let (r_subnet, _) = net6(&h, "r");
         lan_route(&h, "add", &r_subnet);
         let (evil, victim, other) = (h.sb("evil"), h.sb("victim"), h.sb("other"));
-        h.ok6(&["create", &evil, "--network", "r"]);
-        h.ok6(&["create", &victim, "--network", "r"]);
-        h.ok6(&["create", &other, "--network", "n"]);
+        h.ok(&["create", &evil, "--network", "r"]);
+        h.ok(&["create", &victim, "--network", "r"]);
+        h.ok(&["create", &other, "--network", "n"]);
         let link = json(&h.in_host(&["ip", "-j", "link", "show", "dev", "nsbr-r6spf"]));
         let bridge_mac = common::parse_mac(link[0]["address"].as_str().unwrap_or_default());
         let evil_mac = h.mac(&evil);
@@ -419,11 +419,11 @@ fn routed_kinds(backend: &'static str) {
             let net = format!("{kind}-{mode}");
             let mut args = vec!["network", "create", &net, "--gateway-mode", mode];
             args.extend_from_slice(extra);
-            h.ok6(&args);
+            h.ok(&args);
             let (subnet, _) = net6(&h, &net);
             lan_route(&h, "add", &subnet);
             let s = h.sb(&net);
-            h.ok6(&["create", &s, "--network", &net]);
+            h.ok(&["create", &s, "--network", &net]);
             let (s6, s_ns, lan) = (h.address6(&s), h.sb_path(&net), h.lan_path());
             let routed = mode == "routed";
             assert_eq!(
