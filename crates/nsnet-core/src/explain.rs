@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 
 mod six;
 use serde::Serialize;
-pub use six::{Facts6, HostRoute6, Inside6};
+pub use six::{Facts6, HostRoute6, Inside6, OverlayKernel6};
 
 use crate::firewall::{Backend, HostChain};
 use crate::model::{Driver, Endpoint, GatewayMode, Network, Sandbox};

@@ -56,6 +56,9 @@ pub struct Facts6 {
     pub loopback6_supported: bool,
     /// Other tables' forward chains of family `ip6` or `inet` whose policy is drop.
     pub drop_chains: Vec<HostChain>,
+    /// Each dual-stack overlay network's device and fast path as the kernel holds them, by network name
+    /// (read when the question names an IPv6 address); `None`: its device is not there.
+    pub overlay: BTreeMap<String, Option<OverlayKernel6>>,
 }
 
 /// Whether a question that names no IPv6 address is still about IPv6: a sandbox in it has IPv6 and no IPv4.
@@ -772,6 +775,12 @@ fn from_sandbox(
         ),
         None,
     );
+    // Another host's IPv6 block of a dual-stack overlay: the route and neighbour to it, the device, the fast path.
+    if let Dest::Beyond(_) = dest {
+        if let Some((o, p)) = cross::peer_of(e, dst) {
+            return cross::to_peer(s, q, e, o, p, src, dst);
+        }
+    }
     let in_if = in_if(e).to_string();
     host_ip_layer(s, q, &in_if, src, dest, dst)
 }
@@ -1458,6 +1467,9 @@ fn from_peer(s: &mut Six<'_>, q: &Query, peer: Ipv6Addr, dest: Dest<'_>, dst: Ip
     }
     host_ip_layer(s, q, &in_if, peer, dest, dst)
 }
+
+mod cross;
+pub use cross::OverlayKernel6;
 
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use super::{Host, Nsnet};
 use crate::error::{Error, Result};
 use crate::explain::{
-    self, Explanation, Facts, Facts6, HostRoute, HostRoute6, Inside6, Party, ProbeReport, Protocol,
-    Query, SandboxFacts, TraceStep,
+    self, Explanation, Facts, Facts6, HostRoute, HostRoute6, Inside6, OverlayKernel6, Party,
+    ProbeReport, Protocol, Query, SandboxFacts, TraceStep,
 };
 use crate::firewall::trace::{self, TraceEvent, TraceMatch, Tracer};
 use crate::firewall::Backend;
@@ -191,6 +191,32 @@ fn facts6(q: &Query, facts: &Facts, host: &mut Host) -> Result<Facts6> {
     if q.port.is_some() {
         six.loopback6_ports = Host::loopback6_ports().unwrap_or(None);
         six.loopback6_supported = Host::loopback6_supported();
+    }
+    // A dual-stack overlay's other hosts: what its device and fast path hold for their IPv6 blocks.
+    if [&q.from, &q.to]
+        .iter()
+        .any(|p| matches!(p, Party::Address6(_)))
+    {
+        for n in &facts.networks {
+            let Some(o) = n.overlay.as_ref().filter(|o| o.cluster6.is_some()) else {
+                continue;
+            };
+            let kernel = host.overlay_entries(&o.device)?.map(|e| OverlayKernel6 {
+                routes: e.routes6.iter().map(|r| (r.dst, r.via)).collect(),
+                neighbours: e.neighbours6,
+                fdb: e.fdb,
+                remote6: None,
+            });
+            let kernel = match kernel {
+                Some(mut k) if n.fast_path => {
+                    // A fast path that cannot be read is taken as none: the slow path is described.
+                    k.remote6 = host.fast_path_remotes6(&n.interface).unwrap_or(None);
+                    Some(k)
+                }
+                k => k,
+            };
+            six.overlay.insert(n.name.clone(), kernel);
+        }
     }
     six.drop_chains = Host::forward_drop_chains()
         .unwrap_or_default()
