@@ -1054,7 +1054,18 @@ fn broken_of(e: &Value) -> Vec<String> {
 /// neighbour entry too, which drops both; the agent's return puts it right.
 #[test]
 fn explain_follows_ipv6_to_another_host_and_names_what_is_broken() {
-    let w = cluster("ov6expl", 2, &[]);
+    for backend in ["vxlan", "host-gw"] {
+        explain_across_hosts(backend);
+    }
+}
+
+fn explain_across_hosts(backend: &str) {
+    let w = cluster(
+        &format!("ov6exp{}", &backend[..1]),
+        2,
+        &["--backend", backend],
+    );
+    let dev = if backend == "vxlan" { "nsvx1" } else { "eth0" };
     let a = sandbox(&w, 1, "a");
     let b = sandbox(&w, 2, "b");
     let (sa, sb) = (w.sb_path("a"), w.sb_path("b"));
@@ -1075,10 +1086,16 @@ fn explain_follows_ipv6_to_another_host_and_names_what_is_broken() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("neighbour {via} lladdr ")) && text.contains("PERMANENT on nsvx1"),
+        text.contains(&format!("neighbour {via} lladdr "))
+            && text.contains(&format!("PERMANENT on {dev}")),
         "{text}"
     );
-    assert!(text.contains("VXLAN, VNI"), "{text}");
+    let device = if backend == "vxlan" {
+        "VXLAN, VNI"
+    } else {
+        "on the underlay's segment"
+    };
+    assert!(text.contains(device), "{backend}: {text}");
     assert!(
         e["verdict"]["reason"]
             .as_str()
@@ -1094,7 +1111,7 @@ fn explain_follows_ipv6_to_another_host_and_names_what_is_broken() {
     assert_eq!(code, 0, "{e:#}");
     let text = hops(&e);
     assert!(
-        text.contains(&format!("route {block2} via {via} dev nsvx1 onlink")),
+        text.contains(&format!("route {block2} via {via} dev {dev} onlink")),
         "{text}"
     );
     assert!(
@@ -1111,17 +1128,9 @@ fn explain_follows_ipv6_to_another_host_and_names_what_is_broken() {
     let h1 = w.host_path(1);
     in_ns(
         &h1,
-        &[
-            "ip",
-            "-6",
-            "route",
-            "del",
-            &block2.to_string(),
-            "dev",
-            "nsvx1",
-        ],
+        &["ip", "-6", "route", "del", &block2.to_string(), "dev", dev],
     );
-    let route = format!("no IPv6 route to {block2} via {via} on nsvx1 (the agent puts it back)");
+    let route = format!("no IPv6 route to {block2} via {via} on {dev} (the agent puts it back)");
     let (code, e) = explain(&w, 1, &w.sb("a"), &icmp);
     assert_eq!(code, 1, "{e:#}");
     assert_eq!(broken_of(&e), vec![route.clone()], "{e:#}");
@@ -1135,7 +1144,7 @@ fn explain_follows_ipv6_to_another_host_and_names_what_is_broken() {
         "TCP a -> b by the fast path, without the route"
     );
     // Then the neighbour entry: nothing crosses.
-    in_ns(&h1, &["ip", "-6", "neigh", "del", &via, "dev", "nsvx1"]);
+    in_ns(&h1, &["ip", "-6", "neigh", "del", &via, "dev", dev]);
     let (code, e) = explain(&w, 1, &w.sb("a"), &tcp);
     assert_eq!(code, 1, "{e:#}");
     let lost = broken_of(&e);
