@@ -1012,7 +1012,14 @@ fn a_removed_sandbox_or_a_lost_host_gets_nothing_over_ipv6() {
 
 /// Host `i`'s `nsnet explain FROM TO --json`: exit status and answer.
 fn explain(w: &World, i: usize, from: &str, to: &str) -> (i32, Value) {
-    let out = w.nsnet(i, &["--json", "explain", from, to]);
+    explain_with(w, i, from, to, &[])
+}
+
+/// [`explain`] with `extra` arguments (`--probe`).
+fn explain_with(w: &World, i: usize, from: &str, to: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["--json", "explain", from, to];
+    args.extend_from_slice(extra);
+    let out = w.nsnet(i, &args);
     let code = out.status.code().unwrap_or(-1);
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -1123,6 +1130,34 @@ fn explain_across_hosts(backend: &str) {
     );
     assert!(pings6(&sa, b), "ping6 a -> b");
 
+    // --probe sends them for real: ICMPv6 through the host's hooks (traced), TCP by the fast path (no hook
+    // sees it; nothing listens on b, and its refusal comes back).
+    let (code, e) = explain_with(&w, 1, &w.sb("a"), &icmp, &["--probe"]);
+    let p = &e["probe"];
+    assert!(
+        code == 0 && p["delivered"] == true && p["agrees"] == true,
+        "{e:#}"
+    );
+    assert!(
+        p["trace"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|s| s["chain"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("inet nsnet")))),
+        "{e:#}"
+    );
+    let (code, e) = explain_with(&w, 1, &w.sb("a"), &tcp, &["--probe"]);
+    let p = &e["probe"];
+    assert!(
+        code == 0 && p["delivered"] == true && p["agrees"] == true,
+        "{e:#}"
+    );
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("refused")),
+        "{e:#}"
+    );
+    assert!(p["notes"].to_string().contains("the fast path"), "{e:#}");
+
     // The agent away, the IPv6 route goes: ICMPv6 is dropped, TCP takes the fast path still.
     w.kill_agent(1, Signal::SIGKILL);
     let h1 = w.host_path(1);
@@ -1135,6 +1170,12 @@ fn explain_across_hosts(backend: &str) {
     assert_eq!(code, 1, "{e:#}");
     assert_eq!(broken_of(&e), vec![route.clone()], "{e:#}");
     assert!(!pings6(&sa, b), "ping6 a -> b without the route");
+    let (code, e) = explain_with(&w, 1, &w.sb("a"), &icmp, &["--probe"]);
+    let p = &e["probe"];
+    assert!(
+        code == 1 && p["delivered"] == false && p["agrees"] == true,
+        "{e:#}"
+    );
     let (code, e) = explain(&w, 1, &w.sb("a"), &tcp);
     assert_eq!(code, 0, "{e:#}");
     assert_eq!(broken_of(&e), vec![route.clone()], "{e:#}");

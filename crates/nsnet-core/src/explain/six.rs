@@ -121,6 +121,8 @@ enum From<'a> {
 struct Six<'a> {
     w: Walk<'a>,
     broken: Vec<String>,
+    /// What `--probe` sends, once the walk knows the packet leaves its sandbox.
+    probe: Option<super::ProbePlan>,
 }
 
 fn e6_of<'a>(facts: &'a Facts, sb: &'a SandboxFacts, ep: &'a Endpoint) -> Option<E6<'a>> {
@@ -402,6 +404,7 @@ pub(super) fn explain6(q: &Query, facts: &Facts) -> Result<Explanation, BadInput
             six: true,
         },
         broken: vec![],
+        probe: None,
     };
     let from = match &q.from {
         Party::Sandbox(n) => {
@@ -515,7 +518,23 @@ pub(super) fn explain6(q: &Query, facts: &Facts) -> Result<Explanation, BadInput
         From::Host => from_host(&mut s, q, dest, dst),
         From::Peer(ip) => from_peer(&mut s, q, ip, dest, dst),
     };
-    let Six { mut w, broken } = s;
+    let Six {
+        mut w,
+        broken,
+        probe,
+    } = s;
+    // A real probe sends from a sandbox, with its own source (IP_TRANSPARENT for IPv6 is not done yet).
+    let probe_refused = match from {
+        From::Sandbox(_) if q.src6.is_some() => Some(
+            "--probe does not send a forged IPv6 source yet: leave it out to have the path explained"
+                .to_string(),
+        ),
+        From::Sandbox(_) => None,
+        _ => Some(
+            "--probe sends IPv6 from a sandbox only, for now: leave it out to have this IPv6 path explained"
+                .to_string(),
+        ),
+    };
     if !broken.is_empty() {
         w.caveats.push(
             "broken: `nsnet gc` rebuilds the firewall and re-creates missing links; a lost address or route comes back when the sandbox is attached again (`nsnet topology` shows all that is broken)".into(),
@@ -546,8 +565,8 @@ pub(super) fn explain6(q: &Query, facts: &Facts) -> Result<Explanation, BadInput
         },
         ipv6: true,
         broken,
-        // A real probe sends IPv4 only, for now.
-        probe: None,
+        probe: probe.filter(|_| probe_refused.is_none()),
+        probe_refused,
     })
 }
 
@@ -664,6 +683,17 @@ fn from_sandbox(
             None,
         );
     }
+    s.probe = Some(super::ProbePlan {
+        sender: name.clone(),
+        src: src.into(),
+        dst: dst.into(),
+        port: q.port,
+        protocol: q.protocol,
+        receiver: match dest {
+            Dest::Sandbox(t) => Some((t.name().to_string(), q.port)),
+            _ => None,
+        },
+    });
     if !addresses_ok && q.src6.is_none() {
         return dropped(
             format!(
