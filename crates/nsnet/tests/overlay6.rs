@@ -1056,7 +1056,9 @@ fn broken_of(e: &Value) -> Vec<String> {
 /// `nsnet explain` from a sandbox to a sandbox on another host by its IPv6 address, checked against real
 /// packets: TCP by the fast path's `remote6` entry, ICMPv6 by the onlink route via the peer block's first
 /// address and the forward chain, both by the permanent neighbour entry and the VXLAN device, with no NAT66
-/// (the receiver sees the sender's own address). With the agent away, the IPv6 route deleted by hand is
+/// (the receiver sees the sender's own address); `--probe` sends both for real and agrees. On the receiving
+/// host, from the sender's address: TCP by the device's fast path, ICMPv6 by `overlay_in6`. Both backends.
+/// With the agent away, the IPv6 route deleted by hand is
 /// named broken and ICMPv6 is dropped (TCP still crosses by the fast path, which needs no route), then the
 /// neighbour entry too, which drops both; the agent's return puts it right.
 #[test]
@@ -1157,6 +1159,21 @@ fn explain_across_hosts(backend: &str) {
         "{e:#}"
     );
     assert!(p["notes"].to_string().contains("the fast path"), "{e:#}");
+
+    // On host 2, from a's address: the device's ingress hands TCP to b, ICMPv6 takes overlay_in6.
+    let (code, e) = explain(&w, 2, &a.to_string(), &format!("{}:80", w.sb("b")));
+    assert_eq!(code, 0, "{e:#}");
+    assert_eq!(broken_of(&e), Vec::<String>::new(), "{e:#}");
+    assert!(hops(&e).contains("bpf_redirect_peer"), "{backend}: {e:#}");
+    let (code, e) = explain(&w, 2, &a.to_string(), &w.sb("b"));
+    assert_eq!(code, 0, "{e:#}");
+    assert!(
+        hops(&e).contains(&format!(
+            "@overlay_in6 accept (element \\\"{dev}\\\" . {CLUSTER6} . {block2})"
+        )),
+        "{backend}: {}",
+        hops(&e)
+    );
 
     // The agent away, the IPv6 route goes: ICMPv6 is dropped, TCP takes the fast path still.
     w.kill_agent(1, Signal::SIGKILL);

@@ -1461,6 +1461,12 @@ fn from_host(s: &mut Six<'_>, q: &Query, dest: Dest<'_>, dst: Ipv6Addr) -> Outco
 }
 
 fn from_peer(s: &mut Six<'_>, q: &Query, peer: Ipv6Addr, dest: Dest<'_>, dst: Ipv6Addr) -> Outcome {
+    // A sandbox of another host of a dual-stack overlay, to one of this host's part of it.
+    if let Dest::Sandbox(t) = dest {
+        if let Some((o, p)) = cross::peer_of(t, peer) {
+            return cross::from_peer(s, q, peer, t, o, p);
+        }
+    }
     let Some(route) = s.route(peer).cloned() else {
         s.hop(
             format!("peer {peer}"),

@@ -1,7 +1,8 @@
 //! An IPv6 packet from a sandbox to another host's block of a dual-stack overlay: the onlink route via the
 //! peer block's first address, the permanent neighbour entry binding that address to the peer's MAC, the
 //! VXLAN device's FDB entry (or host-gw's underlay), and the fast path's `remote6` entry (TCP and UDP) or
-//! the slow path through the forward chain, with no NAT66 inside the cluster. Each is checked against
+//! the slow path through the forward chain, with no NAT66 inside the cluster; and the other way, into a
+//! sandbox here from another host's (the device's fast path, or `overlay_in6`). Each is checked against
 //! [`OverlayKernel6`]; a missing one is named broken. Explain reads this host only: the peer's side is
 //! described, not checked.
 
@@ -309,4 +310,119 @@ pub(super) fn to_peer(
         Some(last),
         None,
     )
+}
+
+/// Into sandbox `t` from `peer`, a sandbox address in peer host `p`'s IPv6 block of overlay `o`: decapsulated
+/// (vxlan) or taken off the underlay (host-gw), then the fast path (TCP, UDP) or the forward chain's
+/// `overlay_in6` accept, with no NAT66. The way back to `p`'s block is checked too: answers need it.
+pub(super) fn from_peer(
+    s: &mut Six<'_>,
+    q: &Query,
+    peer: Ipv6Addr,
+    t: E6<'_>,
+    o: &Overlay,
+    p: &Peer,
+) -> Outcome {
+    let device = o.device.as_str();
+    let bridge = t.net.interface.as_str();
+    let block = p.subnet6.unwrap_or_default();
+    let how = match o.backend {
+        OverlayBackend::Vxlan => format!("in VXLAN to this host, and {device} decapsulates it"),
+        OverlayBackend::HostGw => format!("on {device} from the underlay's segment"),
+    };
+    s.hop(
+        format!("host at {}", p.underlay),
+        format!(
+            "its sandbox {peer} ({block}) sends to {}; it arrives {how}",
+            t.ip
+        ),
+        None,
+    );
+    s.w.caveats.push(format!(
+        "explain reads this host's kernel only: `nsnet explain` on the host at {} checks the way there",
+        p.underlay
+    ));
+    let k = match s.six().overlay.get(&t.net.name) {
+        Some(None) => {
+            s.broken.push(format!(
+                "{device}, the overlay device of network {}, is missing (the agent, or `nsnet gc`, makes it again)",
+                t.net.name
+            ));
+            return dropped(
+                format!("broken: {device} is missing, so nothing from the other hosts arrives"),
+                None,
+                None,
+            );
+        }
+        Some(Some(k)) => Some(k),
+        None => None,
+    };
+    // The answers go back by the route and neighbour entry to the peer's block.
+    if let Some((block, via, mac)) = p.gateway6(o.backend) {
+        if k.is_some_and(|k| !k.routes.contains(&(block, via))) {
+            s.broken.push(format!(
+                "no IPv6 route to {block} via {via} on {device} (the agent puts it back)"
+            ));
+        }
+        if k.is_some_and(|k| !k.neighbours.contains(&(via, mac.0))) {
+            s.broken.push(format!(
+                "no IPv6 neighbour entry {via} -> {mac} on {device} (the agent puts it back)"
+            ));
+        }
+    }
+    if !s.broken.is_empty() {
+        s.w.caveats.push(format!(
+            "{}'s answers to {peer} may find no way back (see broken)",
+            t.name()
+        ));
+    }
+    let tcp_udp = q.protocol != Protocol::Icmp;
+    let decap = k.is_some_and(|k| k.remote6.is_some());
+    if t.net.fast_path && tcp_udp && decap && s.six().fast_path.contains(&t.ip) {
+        let rule = r(
+            &format!("tc ingress of {device}"),
+            format!(
+                "bpf nsnet_fastpath: {block} is a remote block, {} in local6, bpf_redirect_peer",
+                t.ip
+            ),
+        );
+        s.hop(
+            "host",
+            format!(
+                "fast path: the bpf program on {device}'s ingress hands the packet to {}'s {} (bpf_redirect_peer), MACs as the bridge would set them; it skips the bridge and netfilter",
+                t.name(),
+                t.ep.interface
+            ),
+            Some(rule.clone()),
+        );
+        return super::enter(s, t, false, rule);
+    }
+    let b = s.facts().backend;
+    let own = t.net.ipv6.map(|v6| v6.subnet).unwrap_or_default();
+    let cluster = o.cluster6.unwrap_or_default();
+    let rule = match b {
+        Backend::None => kernel("forwarded (net.ipv6.conf.all.forwarding=1)"),
+        Backend::Iptables => r(
+            "ip6tables filter NSNET-ACCEPT",
+            format!("-s {cluster} -d {own} -i {device} -j ACCEPT"),
+        ),
+        Backend::Nftables => r(
+            "inet nsnet forward",
+            format!("iifname . ip6 saddr . ip6 daddr @overlay_in6 accept (element \"{device}\" . {cluster} . {own})"),
+        ),
+    };
+    if b != Backend::None {
+        s.w.user_chain();
+    }
+    s.hop(
+        "host",
+        format!("forward {device} -> {bridge}: accepted (from the cluster's {cluster} to this host's block)"),
+        Some(rule.clone()),
+    );
+    s.hop(
+        "host",
+        format!("no NAT66 inside the cluster: the receiver sees {peer}"),
+        None,
+    );
+    super::enter(s, t, false, rule)
 }

@@ -583,3 +583,32 @@ fn another_hosts_block_by_route_neighbour_and_the_fast_path() {
         "{e}"
     );
 }
+
+/// From another host's sandbox: TCP by the fast path on the device's ingress, ICMPv6 by `overlay_in6`; a
+/// lost route back is named broken (the answers need it).
+#[test]
+fn from_another_hosts_block_by_the_fast_path_or_overlay_in6() {
+    let f = overlay_world();
+    let e = ask(&f, "fd00:5::2", "a:80", None);
+    assert!(e.verdict.delivered && e.broken.is_empty(), "{e}");
+    let text = rules(&e);
+    assert!(text.contains("nsvx-d decapsulates it"), "{text}");
+    assert!(text.contains("bpf_redirect_peer"), "{text}");
+    let e = ask(&f, "fd00:5::2", "a", None);
+    assert!(e.verdict.delivered && e.broken.is_empty(), "{e}");
+    let text = rules(&e);
+    assert!(
+        text.contains("@overlay_in6 accept (element \"nsvx-d\" . fd00::/16 . fd00:1::/64)"),
+        "{text}"
+    );
+    assert!(text.contains("the receiver sees fd00:5::2"), "{text}");
+    let mut f = overlay_world();
+    if let Some(Some(k)) = f.six.overlay.get_mut("d") {
+        k.routes.clear();
+    }
+    let e = ask(&f, "fd00:5::2", "a", None);
+    assert_eq!(
+        e.broken,
+        vec!["no IPv6 route to fd00:5::/64 via fd00:5:: on nsvx-d (the agent puts it back)"]
+    );
+}
