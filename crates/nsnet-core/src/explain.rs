@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 
 mod six;
 use serde::Serialize;
-pub use six::{Facts6, HostRoute6, Inside6};
+pub use six::{Facts6, HostRoute6, Inside6, OverlayKernel6};
 
 use crate::firewall::{Backend, HostChain};
 use crate::model::{Driver, Endpoint, GatewayMode, Network, Sandbox};
@@ -294,8 +294,8 @@ pub struct ProbePlan {
     /// Who sends: a sandbox's name, `host`, or the LAN peer's address.
     pub sender: String,
     /// The source address the packet leaves with.
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub port: Option<u16>,
     pub protocol: Protocol,
     /// The sandbox where the packet should land (after any DNAT), and its port there.
@@ -322,6 +322,9 @@ pub struct Explanation {
     /// `None` when nothing would be sent (no route in the sandbox, say): the verdict needs no probe.
     #[serde(skip)]
     pub probe: Option<ProbePlan>,
+    /// Why `--probe` cannot send this packet (some IPv6 questions, for now).
+    #[serde(skip)]
+    pub probe_refused: Option<String>,
 }
 
 impl fmt::Display for Explanation {
@@ -1156,6 +1159,7 @@ pub fn explain(q: &Query, facts: &Facts) -> Result<Explanation, BadInput> {
         ipv6: false,
         broken: vec![],
         probe,
+        probe_refused: None,
     })
 }
 
@@ -1296,8 +1300,8 @@ fn from_sandbox(
         .any(|e| v4(e.address).addr() == dst);
     let probe = |src: Ipv4Addr, receiver: Option<(String, Option<u16>)>| ProbePlan {
         sender: name.clone(),
-        src,
-        dst,
+        src: src.into(),
+        dst: dst.into(),
         port: q.port,
         protocol: q.protocol,
         receiver,
@@ -1644,8 +1648,8 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
     let b = w.facts.backend;
     let mut probe = ProbePlan {
         sender: "host".into(),
-        src: dst,
-        dst,
+        src: dst.into(),
+        dst: dst.into(),
         port: q.port,
         protocol: q.protocol,
         receiver: None,
@@ -1688,7 +1692,7 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
         }
         Dest::Sandbox(t) => {
             let t = *t;
-            probe.src = gw4(t.net.gateway);
+            probe.src = gw4(t.net.gateway).into();
             probe.receiver = Some((t.name().to_string(), q.port));
             w.hop(
                 "host",
@@ -1732,7 +1736,8 @@ fn from_host(w: &mut Walk<'_>, q: &Query, dest: &Dest<'_>, dst: Ipv4Addr) -> Out
             Some(r) => {
                 probe.src = w
                     .iface_address(&r.interface)
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    .into();
                 w.hop("host", format!("route to {ip}: dev {}", r.interface), None);
                 delivered(
                     format!("leaves the host by {}", r.interface),
@@ -1758,8 +1763,8 @@ fn from_peer(
 ) -> Outcome {
     let probe = ProbePlan {
         sender: peer.to_string(),
-        src: peer,
-        dst,
+        src: peer.into(),
+        dst: dst.into(),
         port: q.port,
         protocol: q.protocol,
         receiver: match dest {

@@ -4,9 +4,7 @@
 //! tells it the address it came from, and reports that address back, so a check can see NAT at work.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -198,33 +196,50 @@ fn link_addr(ll: &libc::sockaddr_ll) -> io::Result<LinkAddr> {
 pub fn bound_socket(
     ns: &Path,
     stream: bool,
-    src: SocketAddrV4,
+    src: SocketAddr,
     forged: bool,
 ) -> io::Result<(std::os::fd::OwnedFd, u16)> {
-    use nix::sys::socket::{bind, getsockname, setsockopt, sockopt, SockaddrIn};
+    use nix::sys::socket::{bind, getsockname, setsockopt, sockopt, SockaddrIn, SockaddrIn6};
     let kind = if stream {
         SockType::Stream
     } else {
         SockType::Datagram
     };
     in_ns(ns, move || {
-        let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)?;
+        let family = if src.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)?;
         if forged {
             setsockopt(&fd, sockopt::IpTransparent, &true)?;
         }
-        bind(fd.as_raw_fd(), &SockaddrIn::from(src))?;
-        let port = getsockname::<SockaddrIn>(fd.as_raw_fd())?.port();
+        let port = match src {
+            SocketAddr::V4(a) => {
+                bind(fd.as_raw_fd(), &SockaddrIn::from(a))?;
+                getsockname::<SockaddrIn>(fd.as_raw_fd())?.port()
+            }
+            SocketAddr::V6(a) => {
+                bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?;
+                getsockname::<SockaddrIn6>(fd.as_raw_fd())?.port()
+            }
+        };
         Ok((fd, port))
     })
 }
 
 /// Connect a socket from [`bound_socket`] over TCP within [`TIMEOUT`].
-pub fn connect_bound(fd: std::os::fd::OwnedFd, to: SocketAddrV4) -> io::Result<TcpStream> {
-    use nix::sys::socket::{connect, setsockopt, sockopt, SockaddrIn};
+pub fn connect_bound(fd: std::os::fd::OwnedFd, to: SocketAddr) -> io::Result<TcpStream> {
+    use nix::sys::socket::{connect, setsockopt, sockopt, SockaddrIn, SockaddrIn6};
     // A blocking connect gives up after the send timeout (EINPROGRESS).
     let limit = nix::sys::time::TimeVal::new(i64::try_from(TIMEOUT.as_secs()).unwrap_or(3), 0);
     setsockopt(&fd, sockopt::SendTimeout, &limit)?;
-    match connect(fd.as_raw_fd(), &SockaddrIn::from(to)) {
+    let done = match to {
+        SocketAddr::V4(a) => connect(fd.as_raw_fd(), &SockaddrIn::from(a)),
+        SocketAddr::V6(a) => connect(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+    };
+    match done {
         Ok(()) => Ok(TcpStream::from(fd)),
         Err(nix::errno::Errno::EINPROGRESS) => {
             Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"))
@@ -235,7 +250,7 @@ pub fn connect_bound(fd: std::os::fd::OwnedFd, to: SocketAddrV4) -> io::Result<T
 
 /// Send one datagram from a socket from [`bound_socket`] and wait for an answer: `Ok` with it, or the error
 /// (connection refused: an ICMP port unreachable came back; timed out: nothing did).
-pub fn udp_exchange(fd: std::os::fd::OwnedFd, to: SocketAddrV4) -> io::Result<String> {
+pub fn udp_exchange(fd: std::os::fd::OwnedFd, to: SocketAddr) -> io::Result<String> {
     let sock = UdpSocket::from(fd);
     sock.connect(to)?;
     sock.set_read_timeout(Some(TIMEOUT))?;

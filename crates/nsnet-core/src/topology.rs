@@ -118,6 +118,9 @@ pub struct Ep6Node {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OverlayNode {
     pub cluster: Ipv4Net,
+    /// The cluster's IPv6 prefix on a dual-stack overlay (this host's IPv6 block is the network's `ipv6`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster6: Option<Ipv6Net>,
     pub backend: String,
     /// The VXLAN device, or the underlay interface (host-gw).
     pub device: String,
@@ -130,6 +133,15 @@ pub struct OverlayNode {
 pub struct PeerNode {
     pub subnet: Ipv4Net,
     pub underlay: Ipv4Addr,
+    /// Its IPv6 block (dual-stack overlays), reached by an onlink route via the block's first address
+    /// ([`PeerNode::via6`]), which a permanent neighbour entry binds to [`PeerNode::mac6`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via6: Option<Ipv6Addr>,
+    /// The VTEP's MAC (vxlan), the underlay interface's (host-gw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac6: Option<Mac>,
     pub state: State,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -252,6 +264,9 @@ pub struct Facts {
     pub firewall_unread: Option<String>,
     /// The destinations of nsnet's routes on each overlay network's device; `None`: no such device.
     pub overlay_routes: BTreeMap<String, Option<Vec<Ipv4Net>>>,
+    /// nsnet's IPv6 routes and the IPv6 neighbour entries on each dual-stack overlay's device, by device; a
+    /// device with no entry was not read (or is not there: [`Facts::overlay_routes`] says).
+    pub overlay6: BTreeMap<String, Overlay6>,
     /// The IPv6 addresses on the host links that hold an IPv6 gateway (bridges, point-to-point host ends), by
     /// link name; a link with no entry was not read.
     pub gateway_addresses6: BTreeMap<String, Vec<Ipv6Net>>,
@@ -261,6 +276,15 @@ pub struct Facts {
     /// This host can have the `[::1]` translation's programs (cgroup2, bpf): without them, a port on every
     /// address is published without it, and that is no breakage.
     pub loopback6_supported: bool,
+}
+
+/// What a dual-stack overlay's device holds for its peers' IPv6 blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Overlay6 {
+    /// nsnet's IPv6 routes through the device: destination and next hop.
+    pub routes: Vec<(Ipv6Net, Ipv6Addr)>,
+    /// Its IPv6 neighbour entries: address and MAC.
+    pub neighbours: Vec<(Ipv6Addr, [u8; 6])>,
 }
 
 /// One link inside a sandbox's namespace: its name, MAC and addresses (read for the endpoints' links only).
@@ -405,9 +429,18 @@ fn network_node(r: &NetworkRecord, facts: &Facts, links: &BTreeMap<&str, &Link>)
                     Some(None) => problems.push(format!("{} is missing", o.device)),
                     _ => {}
                 }
+                let gateway6 = p.gateway6(o.backend);
+                if let (Some((block, via, mac)), Some(have)) =
+                    (gateway6, facts.overlay6.get(&o.device))
+                {
+                    lost_peer6(&o.device, block, via, mac, have, &mut problems);
+                }
                 PeerNode {
                     subnet: p.subnet,
                     underlay: p.underlay,
+                    subnet6: p.subnet6,
+                    via6: gateway6.map(|(_, via, _)| via),
+                    mac6: gateway6.map(|(_, _, mac)| mac),
                     state: state_of(&problems),
                     problems,
                 }
@@ -415,6 +448,7 @@ fn network_node(r: &NetworkRecord, facts: &Facts, links: &BTreeMap<&str, &Link>)
             .collect();
         OverlayNode {
             cluster: o.cluster,
+            cluster6: o.cluster6,
             backend: o.backend.to_string(),
             device: o.device.clone(),
             vni: o.vni,
@@ -448,6 +482,28 @@ fn network_node(r: &NetworkRecord, facts: &Facts, links: &BTreeMap<&str, &Link>)
             state_of(&problems)
         },
         problems,
+    }
+}
+
+/// What the kernel lacks of a peer's IPv6 block on overlay device `device`: the permanent neighbour entry
+/// binding `via` to `mac`, and the onlink route to `block` via `via`.
+fn lost_peer6(
+    device: &str,
+    block: Ipv6Net,
+    via: Ipv6Addr,
+    mac: Mac,
+    have: &Overlay6,
+    problems: &mut Vec<String>,
+) {
+    if !have.neighbours.contains(&(via, mac.0)) {
+        problems.push(format!(
+            "no IPv6 neighbour entry {via} -> {mac} on {device} (the agent puts it back)"
+        ));
+    }
+    if !have.routes.contains(&(block, via)) {
+        problems.push(format!(
+            "no IPv6 route to {block} via {via} on {device} (the agent puts it back)"
+        ));
     }
 }
 
@@ -1089,6 +1145,79 @@ mod tests {
         assert_eq!(o.peers[1].state, State::Broken);
         assert!(t.strays.is_empty());
         assert_eq!(t.broken.len(), 1);
+        // An IPv4-only overlay's JSON has none of the IPv6 fields.
+        let json = serde_json::to_string(o).expect("json");
+        assert!(
+            !json.contains("cluster6") && !json.contains("subnet6") && !json.contains("via6"),
+            "{json}"
+        );
+    }
+
+    /// A dual-stack overlay: each peer's IPv6 block with its route's next hop and neighbour MAC; a lost IPv6
+    /// route or neighbour entry breaks exactly that peer, and names what is lost.
+    #[test]
+    fn overlay_peers_lose_ipv6_routes_and_neighbours() {
+        let (mut nets, sbs, mut facts) = world();
+        let peer = |n: u8| crate::model::Peer {
+            subnet: format!("172.16.{n}.0/24").parse().expect("block"),
+            underlay: Ipv4Addr::new(192, 0, 2, 10 + n),
+            vtep_mac: Some(Mac([2, 0, 0, 0, 0, n])),
+            subnet6: Some(format!("fd00:10:244:{n}::/64").parse().expect("block6")),
+            underlay_mac: None,
+        };
+        nets[0].settings.overlay = Some(crate::model::Overlay {
+            cluster: "172.16.0.0/16".parse().expect("cluster"),
+            cluster6: Some("fd00:10:244::/56".parse().expect("cluster6")),
+            backend: OverlayBackend::Vxlan,
+            vni: 7,
+            port: 4789,
+            device: "nsvx-web".into(),
+            vtep_mac: Mac([2, 0, 0, 0, 0, 9]),
+            peers: vec![peer(5), peer(6), peer(7)],
+            underlay_qdisc: false,
+        });
+        facts.links.push(link(40, "nsvx-web", None, true));
+        facts.overlay_routes.insert(
+            "nsvx-web".into(),
+            Some(
+                ["172.16.5.0/24", "172.16.6.0/24", "172.16.7.0/24"]
+                    .iter()
+                    .map(|b| b.parse().expect("block"))
+                    .collect(),
+            ),
+        );
+        let via = |n: u8| Ipv6Addr::new(0xfd00, 0x10, 0x244, n.into(), 0, 0, 0, 0);
+        let block = |n: u8| Ipv6Net::new(via(n), 64).expect("block6");
+        facts.overlay6.insert(
+            "nsvx-web".into(),
+            Overlay6 {
+                // Peer 6 lost its route, peer 7 its neighbour entry.
+                routes: vec![(block(5), via(5)), (block(7), via(7))],
+                neighbours: vec![(via(5), [2, 0, 0, 0, 0, 5]), (via(6), [2, 0, 0, 0, 0, 6])],
+            },
+        );
+        let t = build(&nets, &sbs, &facts, TAG);
+        let o = t.networks[0].overlay.as_ref().expect("overlay");
+        assert_eq!(
+            o.cluster6,
+            Some("fd00:10:244::/56".parse().expect("cluster6"))
+        );
+        assert_eq!(o.peers[0].state, State::Ok);
+        assert_eq!(o.peers[0].subnet6, Some(block(5)));
+        assert_eq!(o.peers[0].via6, Some(via(5)));
+        assert_eq!(o.peers[0].mac6, Some(Mac([2, 0, 0, 0, 0, 5])));
+        assert_eq!(o.peers[1].state, State::Broken);
+        assert_eq!(
+            o.peers[1].problems,
+            vec!["no IPv6 route to fd00:10:244:6::/64 via fd00:10:244:6:: on nsvx-web (the agent puts it back)"]
+        );
+        assert_eq!(o.peers[2].state, State::Broken);
+        assert_eq!(
+            o.peers[2].problems,
+            vec!["no IPv6 neighbour entry fd00:10:244:7:: -> 02:00:00:00:00:07 on nsvx-web (the agent puts it back)"]
+        );
+        assert_eq!(t.broken.len(), 2, "{:#?}", t.broken);
+        assert_eq!(t.networks[0].state, State::Ok);
     }
 
     #[test]

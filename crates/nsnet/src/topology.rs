@@ -157,6 +157,23 @@ fn subnets(n: &NetworkNode) -> Vec<String> {
     out
 }
 
+/// A peer's IPv6 block with its route's next hop and the neighbour entry binding it:
+/// `fd00:10:244:1::/64 via fd00:10:244:1:: (neighbour 0e:6e:...)`.
+fn peer6(p: &nsnet_core::topology::PeerNode) -> Option<String> {
+    let block = p.subnet6?;
+    Some(match (p.via6, p.mac6) {
+        (Some(via), Some(mac)) => format!("{block} via {via} (neighbour {mac})"),
+        _ => format!("{block} (no MAC to bind it to yet)"),
+    })
+}
+
+/// A peer's box or node: `host UNDERLAY`, its block, its IPv6 block with the route's next hop.
+fn peer_lines(p: &nsnet_core::topology::PeerNode) -> Vec<String> {
+    let mut lines = vec![format!("host {}", p.underlay), p.subnet.to_string()];
+    lines.extend(peer6(p));
+    lines
+}
+
 /// The endpoint's addresses: its IPv4 one, then its global and link-local IPv6 ones (`none` with neither).
 fn addresses(e: &EndpointNode) -> String {
     let mut out: Vec<String> = e.address.iter().map(ToString::to_string).collect();
@@ -222,15 +239,17 @@ pub fn text(t: &Topology, colour: bool) -> String {
             mark(n.state, &n.problems, colour)
         ));
         if let Some(o) = &n.overlay {
+            let cluster6 = o.cluster6.map(|c| format!(" and {c}")).unwrap_or_default();
             let mut overlay = leaf(format!(
-                "overlay {} vni {} by {}, cluster {}",
+                "overlay {} vni {} by {}, cluster {}{cluster6}",
                 o.backend, o.vni, o.device, o.cluster
             ));
             for p in &o.peers {
                 overlay.children.push(leaf(format!(
-                    "host at {} has {}{}",
+                    "host at {} has {}{}{}",
                     p.underlay,
                     p.subnet,
+                    peer6(p).map(|l| format!(" and {l}")).unwrap_or_default(),
                     mark(p.state, &p.problems, colour)
                 )));
             }
@@ -411,11 +430,7 @@ pub fn dot(t: &Topology) -> String {
         {
             let (o, p) = p;
             let pid = dot_str(&[format!("peer:{}:{}", n.name, p.subnet)]);
-            let lines = with_problems(
-                vec![format!("host {}", p.underlay), p.subnet.to_string()],
-                p.state,
-                &p.problems,
-            );
+            let lines = with_problems(peer_lines(p), p.state, &p.problems);
             let _ = writeln!(
                 out,
                 "  {pid} [label={}, shape=box3d{}];",
@@ -640,14 +655,7 @@ pub fn svg(t: &Topology) -> String {
         for p in n.overlay.iter().flat_map(|o| &o.peers) {
             peers.push((
                 i,
-                Boxed::new(
-                    with_problems(
-                        vec![format!("host {}", p.underlay), p.subnet.to_string()],
-                        p.state,
-                        &p.problems,
-                    ),
-                    p.state,
-                ),
+                Boxed::new(with_problems(peer_lines(p), p.state, &p.problems), p.state),
             ));
         }
     }
@@ -1180,6 +1188,46 @@ mod tests {
         t.sandboxes = vec![app, only];
         t.broken = vec!["sandbox app port [::]:8088/tcp -> [fd00:1::2]:80: the firewall lacks its IPv6 DNAT element".into()];
         t
+    }
+
+    /// A dual-stack overlay's cluster prefix and a peer's IPv6 block with its next hop and neighbour, in
+    /// every format.
+    #[test]
+    fn a_dual_stack_overlays_peer_blocks_are_drawn() {
+        use nsnet_core::model::Mac;
+        use nsnet_core::topology::{OverlayNode, PeerNode};
+        let mut t = model6();
+        t.networks[0].overlay = Some(OverlayNode {
+            cluster: "172.16.0.0/16".parse().expect("cluster"),
+            cluster6: Some("fd00:10:244::/56".parse().expect("cluster6")),
+            backend: "vxlan".into(),
+            device: "nsvx-web".into(),
+            vni: 1,
+            peers: vec![PeerNode {
+                subnet: "172.16.5.0/24".parse().expect("block"),
+                underlay: "192.0.2.11".parse().expect("underlay"),
+                subnet6: Some("fd00:10:244:5::/64".parse().expect("block6")),
+                via6: Some("fd00:10:244:5::".parse().expect("via")),
+                mac6: Some(Mac([0x0e, 0x6e, 10, 244, 5, 0])),
+                state: State::Broken,
+                problems: vec!["no IPv6 route to fd00:10:244:5::/64 via fd00:10:244:5:: on nsvx-web (the agent puts it back)".into()],
+            }],
+        });
+        let out = text(&t, false);
+        assert!(
+            out.contains(
+                "overlay vxlan vni 1 by nsvx-web, cluster 172.16.0.0/16 and fd00:10:244::/56\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("host at 192.0.2.11 has 172.16.5.0/24 and fd00:10:244:5::/64 via fd00:10:244:5:: (neighbour 0e:6e:0a:f4:05:00)  ✗ BROKEN: no IPv6 route"), "{out}");
+        let d = dot(&t);
+        assert!(
+            d.contains("172.16.5.0/24\\nfd00:10:244:5::/64 via fd00:10:244:5::"),
+            "{d}"
+        );
+        let g = svg(&t);
+        assert!(g.contains("fd00:10:244:5::/64 via fd00:10:244:5::"), "{g}");
     }
 
     #[test]

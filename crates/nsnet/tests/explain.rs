@@ -643,6 +643,38 @@ fn explain_follows_ipv6_and_names_what_is_broken() {
     )
     .is_some());
 
+    // --probe: a real IPv6 packet, a listener in e; ICMPv6 takes the bridge, whose rules the trace names;
+    // to the LAN peer, NAT66 in the trace.
+    let (code, v) = explain(&h, &["-6", &d, &format!("{e}:80"), "--probe"]);
+    let p = &v["probe"];
+    assert!(
+        code == 0 && p["delivered"] == true && p["agrees"] == true,
+        "{v:#}"
+    );
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains("received it from [fd00:16::2]")),
+        "{v:#}"
+    );
+    let (code, v) = explain(&h, &["-6", &d, &e, "--probe"]);
+    let p = &v["probe"];
+    assert!(
+        code == 0 && p["delivered"] == true && p["agrees"] == true,
+        "{v:#}"
+    );
+    assert!(
+        p["trace"].to_string().contains("bridge nsnet prerouting"),
+        "{v:#}"
+    );
+    let (code, v) = explain(&h, &[&d, &format!("[{LAN_IP6}]:443"), "--probe"]);
+    let p = &v["probe"];
+    assert!(
+        code == 0 && p["delivered"] == true && p["agrees"] == true,
+        "{v:#}"
+    );
+    assert!(p["trace"].to_string().contains("@masq_nets6"), "{v:#}");
+
     // Out to the LAN peer: the default route via the gateway, the gateway on the bridge, NAT66.
     let (code, v) = explain(&h, &[&d, &format!("[{LAN_IP6}]:443")]);
     assert_eq!(code, 0, "{v:#}");
@@ -756,7 +788,9 @@ fn explain_follows_ipv6_and_names_what_is_broken() {
         vec!["explain", LAN_IP, "fd00:16::3"],
         vec!["explain", &d, &e, "--src", "172.16.16.9", "-6"],
         vec!["explain", LAN_IP6, "[2001:db8:9::1]:80"],
-        vec!["explain", "-6", &d, &e, "--probe"],
+        // --probe sends IPv6 from a sandbox, with its own source, only.
+        vec!["explain", "-6", "host", &e, "--probe"],
+        vec!["explain", &d, &e, "--src", "fd00:16::99", "--probe"],
     ] {
         let out = h.nsnet(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

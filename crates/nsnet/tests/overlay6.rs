@@ -15,7 +15,7 @@ use ipnet::Ipv6Net;
 use nsnet_core::probe;
 use serde_json::Value;
 use world::common::{icmpv6_frame, reach_any};
-use world::{in_ns, try_in_ns, wait_until, World, OUTSIDE_IP6};
+use world::{in_ns, try_in_ns, wait_until, Signal, World, OUTSIDE_IP6};
 
 const NET: &str = "pods";
 const CLUSTER: &str = "10.244.0.0/16";
@@ -1008,4 +1008,226 @@ fn a_removed_sandbox_or_a_lost_host_gets_nothing_over_ipv6() {
     );
     delivered(&pb2, "to b2, host 2 back");
     teardown(&w, &[(1, "a"), (2, "b2"), (2, "c")]);
+}
+
+/// Host `i`'s `nsnet explain FROM TO --json`: exit status and answer.
+fn explain(w: &World, i: usize, from: &str, to: &str) -> (i32, Value) {
+    explain_with(w, i, from, to, &[])
+}
+
+/// [`explain`] with `extra` arguments (`--probe`).
+fn explain_with(w: &World, i: usize, from: &str, to: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["--json", "explain", from, to];
+    args.extend_from_slice(extra);
+    let out = w.nsnet(i, &args);
+    let code = out.status.code().unwrap_or(-1);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "explain {from} {to} (exit {code}) printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, json)
+}
+
+/// Every hop of an answer, with its rule, one per line.
+fn hops(e: &Value) -> String {
+    e["hops"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .map(|h| format!("{} {}", h["what"], h["rule"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn broken_of(e: &Value) -> Vec<String> {
+    e["broken"]
+        .as_array()
+        .map(|b| {
+            b.iter()
+                .filter_map(|l| l.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `nsnet explain` from a sandbox to a sandbox on another host by its IPv6 address, checked against real
+/// packets: TCP by the fast path's `remote6` entry, ICMPv6 by the onlink route via the peer block's first
+/// address and the forward chain, both by the permanent neighbour entry and the VXLAN device, with no NAT66
+/// (the receiver sees the sender's own address); `--probe` sends both for real and agrees. On the receiving
+/// host, from the sender's address: TCP by the device's fast path, ICMPv6 by `overlay_in6`. Both backends.
+/// With the agent away, the IPv6 route deleted by hand is
+/// named broken and ICMPv6 is dropped (TCP still crosses by the fast path, which needs no route), then the
+/// neighbour entry too, which drops both; the agent's return puts it right.
+#[test]
+fn explain_follows_ipv6_to_another_host_and_names_what_is_broken() {
+    for backend in ["vxlan", "host-gw"] {
+        explain_across_hosts(backend);
+    }
+}
+
+fn explain_across_hosts(backend: &str) {
+    let w = cluster(
+        &format!("ov6exp{}", &backend[..1]),
+        2,
+        &["--backend", backend],
+    );
+    let dev = if backend == "vxlan" { "nsvx1" } else { "eth0" };
+    let a = sandbox(&w, 1, "a");
+    let b = sandbox(&w, 2, "b");
+    let (sa, sb) = (w.sb_path("a"), w.sb_path("b"));
+    let block2 = block6(&w, 2);
+    let via = block2.network().to_string();
+    let tcp = format!("[{b}]:80");
+    let icmp = b.to_string();
+    let to_b = SocketAddr::new(b.into(), 80);
+
+    let (code, e) = explain(&w, 1, &w.sb("a"), &tcp);
+    assert_eq!(code, 0, "{e:#}");
+    assert_eq!(broken_of(&e), Vec::<String>::new(), "{e:#}");
+    let text = hops(&e);
+    assert!(
+        text.contains(&format!(
+            "remote6 entry {block2} -> {via}, bpf_redirect_neigh"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("neighbour {via} lladdr "))
+            && text.contains(&format!("PERMANENT on {dev}")),
+        "{text}"
+    );
+    let device = if backend == "vxlan" {
+        "VXLAN, VNI"
+    } else {
+        "on the underlay's segment"
+    };
+    assert!(text.contains(device), "{backend}: {text}");
+    assert!(
+        e["verdict"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no NAT66 inside the cluster")),
+        "{e:#}"
+    );
+    assert_eq!(
+        reach_any(&sb, 80, &sa, to_b),
+        Some(IpAddr::V6(a)),
+        "TCP a -> b"
+    );
+    let (code, e) = explain(&w, 1, &w.sb("a"), &icmp);
+    assert_eq!(code, 0, "{e:#}");
+    let text = hops(&e);
+    assert!(
+        text.contains(&format!("route {block2} via {via} dev {dev} onlink")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "@no_masq6 return (element {} . {CLUSTER6})",
+            block6(&w, 1)
+        )),
+        "{text}"
+    );
+    assert!(pings6(&sa, b), "ping6 a -> b");
+
+    // --probe sends them for real: ICMPv6 through the host's hooks (traced), TCP by the fast path (no hook
+    // sees it; nothing listens on b, and its refusal comes back).
+    let (code, e) = explain_with(&w, 1, &w.sb("a"), &icmp, &["--probe"]);
+    let p = &e["probe"];
+    assert!(
+        code == 0 && p["delivered"] == true && p["agrees"] == true,
+        "{e:#}"
+    );
+    assert!(
+        p["trace"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|s| s["chain"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("inet nsnet")))),
+        "{e:#}"
+    );
+    let (code, e) = explain_with(&w, 1, &w.sb("a"), &tcp, &["--probe"]);
+    let p = &e["probe"];
+    assert!(
+        code == 0 && p["delivered"] == true && p["agrees"] == true,
+        "{e:#}"
+    );
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("refused")),
+        "{e:#}"
+    );
+    assert!(p["notes"].to_string().contains("the fast path"), "{e:#}");
+
+    // On host 2, from a's address: the device's ingress hands TCP to b, ICMPv6 takes overlay_in6.
+    let (code, e) = explain(&w, 2, &a.to_string(), &format!("{}:80", w.sb("b")));
+    assert_eq!(code, 0, "{e:#}");
+    assert_eq!(broken_of(&e), Vec::<String>::new(), "{e:#}");
+    assert!(hops(&e).contains("bpf_redirect_peer"), "{backend}: {e:#}");
+    let (code, e) = explain(&w, 2, &a.to_string(), &w.sb("b"));
+    assert_eq!(code, 0, "{e:#}");
+    assert!(
+        hops(&e).contains(&format!(
+            "@overlay_in6 accept (element \\\"{dev}\\\" . {CLUSTER6} . {block2})"
+        )),
+        "{backend}: {}",
+        hops(&e)
+    );
+
+    // The agent away, the IPv6 route goes: ICMPv6 is dropped, TCP takes the fast path still.
+    w.kill_agent(1, Signal::SIGKILL);
+    let h1 = w.host_path(1);
+    in_ns(
+        &h1,
+        &["ip", "-6", "route", "del", &block2.to_string(), "dev", dev],
+    );
+    let route = format!("no IPv6 route to {block2} via {via} on {dev} (the agent puts it back)");
+    let (code, e) = explain(&w, 1, &w.sb("a"), &icmp);
+    assert_eq!(code, 1, "{e:#}");
+    assert_eq!(broken_of(&e), vec![route.clone()], "{e:#}");
+    assert!(!pings6(&sa, b), "ping6 a -> b without the route");
+    let (code, e) = explain_with(&w, 1, &w.sb("a"), &icmp, &["--probe"]);
+    let p = &e["probe"];
+    assert!(
+        code == 1 && p["delivered"] == false && p["agrees"] == true,
+        "{e:#}"
+    );
+    let (code, e) = explain(&w, 1, &w.sb("a"), &tcp);
+    assert_eq!(code, 0, "{e:#}");
+    assert_eq!(broken_of(&e), vec![route.clone()], "{e:#}");
+    assert_eq!(
+        reach_any(&sb, 80, &sa, to_b),
+        Some(IpAddr::V6(a)),
+        "TCP a -> b by the fast path, without the route"
+    );
+    // Then the neighbour entry: nothing crosses.
+    in_ns(&h1, &["ip", "-6", "neigh", "del", &via, "dev", dev]);
+    let (code, e) = explain(&w, 1, &w.sb("a"), &tcp);
+    assert_eq!(code, 1, "{e:#}");
+    let lost = broken_of(&e);
+    assert!(
+        lost.len() == 2 && lost[1].starts_with(&format!("no IPv6 neighbour entry {via} -> ")),
+        "{lost:#?}"
+    );
+    assert_eq!(
+        reach_any(&sb, 80, &sa, to_b),
+        None,
+        "TCP a -> b without the neighbour"
+    );
+    let out = w.nsnet(1, &["explain", &w.sb("a"), &tcp]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("BROKEN: {route}")), "{text}");
+
+    w.start_agent(1, &["--lease-ttl", TTL]);
+    assert!(
+        wait_until(CONVERGE, || {
+            let (code, e) = explain(&w, 1, &w.sb("a"), &icmp);
+            code == 0 && broken_of(&e).is_empty()
+        }),
+        "the agent did not put the route and neighbour back: {}",
+        w.agent_log(1)
+    );
+    assert!(pings6(&sa, b), "ping6 a -> b once put back");
+    teardown(&w, &[(1, "a"), (2, "b")]);
 }

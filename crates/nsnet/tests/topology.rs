@@ -746,3 +746,124 @@ fn topology_shows_ipv6_and_marks_lost_ipv6_objects() {
     h.ok(&["network", "rm", "only"]);
     assert_eq!(h.snapshot(), empty);
 }
+
+/// A dual-stack overlay network: the cluster's IPv6 prefix, this host's IPv6 block (the network's IPv6
+/// subnet), and each other host's IPv6 block with its route's next hop (the block's first address) and the
+/// permanent neighbour entry binding it to that host's VTEP MAC, all as the kernel has them. An IPv6 route
+/// and a neighbour entry deleted while the agent is away are each marked; the agent's return puts them back.
+#[test]
+fn topology_shows_a_dual_stack_overlays_ipv6_blocks() {
+    let w = World::new6("topoov6", 2);
+    let url = w.etcd_url();
+    w.ok(
+        1,
+        &[
+            "network",
+            "create",
+            "pods",
+            "--driver",
+            "overlay",
+            "--subnet",
+            "10.244.0.0/16",
+            "--subnet",
+            "fd00:10:244::/56",
+            "--etcd",
+            &url,
+        ],
+    );
+    for i in 1..=2 {
+        w.start_agent(i, &["--lease-ttl", "3"]);
+    }
+    let topo = |i: usize| json(&w.ok(i, &["topology", "--json"]));
+    let peers = |t: &Value| {
+        t["networks"][0]["overlay"]["peers"]
+            .as_array()
+            .map(Vec::len)
+    };
+    for i in 1..=2 {
+        assert!(
+            wait_until(Duration::from_secs(15), || peers(&topo(i)) == Some(1)),
+            "host {i} did not join: {}",
+            w.agent_log(i)
+        );
+    }
+    let (t1, t2) = (topo(1), topo(2));
+    assert_eq!(broken(&t1), Vec::<String>::new(), "{t1:#}");
+    let net = &t1["networks"][0];
+    assert_eq!(net["overlay"]["cluster6"], "fd00:10:244::/56");
+    let block1 = net["ipv6"]["subnet"].as_str().expect("host 1's IPv6 block");
+    let block2 = t2["networks"][0]["ipv6"]["subnet"]
+        .as_str()
+        .expect("host 2's IPv6 block")
+        .to_string();
+    assert_ne!(block1, block2);
+    let via = block2.trim_end_matches("/64").to_string();
+    assert!(via.ends_with("::"), "{via}");
+    let inspect2: Value =
+        serde_json::from_str(&w.ok(2, &["network", "inspect", "pods", "--json"])).expect("JSON");
+    let vtep2 = inspect2["overlay"]["vtep_mac"]
+        .as_str()
+        .expect("host 2's VTEP MAC")
+        .to_string();
+    let peer = &net["overlay"]["peers"][0];
+    assert_eq!(peer["subnet6"], block2.as_str());
+    assert_eq!(peer["via6"], via.as_str());
+    assert_eq!(peer["mac6"], vtep2.as_str());
+    assert_eq!(peer["state"], "ok");
+    let device = net["overlay"]["device"]
+        .as_str()
+        .expect("device")
+        .to_string();
+    let text = w.ok(1, &["topology"]);
+    assert!(
+        text.contains(&format!(
+            "host at {} has {} and {block2} via {via} (neighbour {vtep2})",
+            w.host_ip(2),
+            peer["subnet"].as_str().expect("block")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("cluster 10.244.0.0/16 and fd00:10:244::/56"),
+        "{text}"
+    );
+
+    // The agent away, the IPv6 route and the neighbour entry to host 2's block go.
+    w.kill_agent(1, Signal::SIGKILL);
+    in_ns(&w.host_path(1), &["ip", "-6", "route", "del", &block2]);
+    in_ns(
+        &w.host_path(1),
+        &["ip", "-6", "neigh", "del", &via, "dev", &device],
+    );
+    let t = topo(1);
+    let lines = broken(&t);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains(&format!("no IPv6 route to {block2} via {via} on {device}"))
+            && lines[0].contains(&format!(
+                "no IPv6 neighbour entry {via} -> {vtep2} on {device}"
+            )),
+        "{lines:#?}"
+    );
+    assert_eq!(t["networks"][0]["overlay"]["peers"][0]["state"], "broken");
+    assert_eq!(t["networks"][0]["state"], "ok");
+    assert!(w.ok(1, &["topology"]).contains("✗ BROKEN"));
+    w.start_agent(1, &["--lease-ttl", "3"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || broken(&topo(1)).is_empty()),
+        "the agent did not put the IPv6 route and neighbour back: {}",
+        w.agent_log(1)
+    );
+
+    w.ok(1, &["network", "rm", "pods", "--etcd", &url]);
+    for i in 1..=2 {
+        assert!(
+            wait_until(Duration::from_secs(15), || !w
+                .nsnet(i, &["network", "inspect", "pods"])
+                .status
+                .success()),
+            "host {i} kept its part: {}",
+            w.agent_log(i)
+        );
+    }
+}

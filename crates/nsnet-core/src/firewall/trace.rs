@@ -1,9 +1,9 @@
 //! nftables tracing of one probe packet (`nsnet explain --probe`).
 //!
 //! [`Tracer::start`] subscribes to the kernel's trace events (nfnetlink group `NFNLGRP_NFTRACE`) first, then
-//! adds two short-lived tables of nsnet's own, `ip nsnet_probe_PID` and `bridge nsnet_probe_PID`, whose only
-//! rules set `meta nftrace` on packets of the probe's exact addresses, protocol and ports, at a priority before
-//! every other chain. Only that packet is traced; nothing else in the ruleset is touched. The tables go when
+//! adds two short-lived tables of nsnet's own, `ip nsnet_probe_PID` (`ip6` for an IPv6 probe) and
+//! `bridge nsnet_probe_PID`, whose only rules set `meta nftrace` on packets of the probe's exact addresses,
+//! protocol and ports, at a priority before every other chain. Only that packet is traced; nothing else in the ruleset is touched. The tables go when
 //! the tracer is dropped (on error too), and a later probe deletes those of a probe that was killed.
 
 use std::io;
@@ -30,11 +30,11 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// The prefix of the probe tables' names; the rest is the probing process's pid.
 const TABLE_PREFIX: &str = "nsnet_probe_";
 
-/// The packet to trace: an IPv4 5-tuple (ports for TCP and UDP, an echo request for ICMP).
+/// The packet to trace: an IPv4 or IPv6 5-tuple (ports for TCP and UDP, an echo request for ICMP or ICMPv6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceMatch {
-    pub src: std::net::Ipv4Addr,
-    pub dst: std::net::Ipv4Addr,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
     /// `tcp`, `udp` or `icmp`.
     pub protocol: &'static str,
     pub sport: Option<u16>,
@@ -42,11 +42,25 @@ pub struct TraceMatch {
 }
 
 impl TraceMatch {
+    /// The nftables family of the packet's IP layer: `ip` or `ip6`.
+    pub fn family(&self) -> &'static str {
+        if self.dst.is_ipv6() {
+            "ip6"
+        } else {
+            "ip"
+        }
+    }
+
     /// The match as nft rule text.
     pub fn text(&self) -> String {
-        let mut out = format!("ip saddr {} ip daddr {}", self.src, self.dst);
+        let ip = self.family();
+        let mut out = format!("{ip} saddr {} {ip} daddr {}", self.src, self.dst);
         if self.protocol == "icmp" {
-            out.push_str(" icmp type echo-request");
+            out.push_str(if self.dst.is_ipv6() {
+                " icmpv6 type echo-request"
+            } else {
+                " icmp type echo-request"
+            });
         } else {
             out.push_str(&format!(" meta l4proto {}", self.protocol));
             if let Some(p) = self.sport {
@@ -82,6 +96,8 @@ pub struct TraceEvent {
 pub struct Tracer {
     sock: Socket,
     table: String,
+    /// The IP family of its tables besides `bridge`: `ip` or `ip6`.
+    family: &'static str,
 }
 
 fn family_name(f: u8) -> &'static str {
@@ -242,17 +258,22 @@ impl Tracer {
         sock.add_membership(NFNLGRP_NFTRACE).map_err(refused)?;
         sock.set_rx_buf_sz(1 << 20).map_err(refused)?;
         let table = format!("{TABLE_PREFIX}{}", std::process::id());
-        let tracer = Tracer { sock, table };
+        let tracer = Tracer {
+            sock,
+            table,
+            family: m.family(),
+        };
         let rule = m.text();
         let script = format!(
-            "table ip {t} {{\n\
+            "table {family} {t} {{\n\
              \tchain pre {{ type filter hook prerouting priority -350; policy accept; {rule} meta nftrace set 1; }}\n\
              \tchain out {{ type filter hook output priority -350; policy accept; {rule} meta nftrace set 1; }}\n\
              }}\n\
              table bridge {t} {{\n\
              \tchain pre {{ type filter hook prerouting priority -350; policy accept; {rule} meta nftrace set 1; }}\n\
              }}\n",
-            t = tracer.table
+            t = tracer.table,
+            family = m.family()
         );
         // On failure the tracer's drop deletes whatever part was made.
         super::run_tool("nft", &["-f", "-"], Some(&script))?;
@@ -284,7 +305,7 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        for family in ["ip", "bridge"] {
+        for family in [self.family, "bridge"] {
             let _ = super::run_tool(
                 "nft",
                 &["delete", "table", family, self.table.as_str()],
@@ -371,6 +392,18 @@ mod tests {
         assert_eq!(
             m.text(),
             "ip saddr 172.16.1.2 ip daddr 10.0.1.48 meta l4proto tcp th sport 40000 th dport 8080"
+        );
+        let m6 = TraceMatch {
+            src: "fd00:1::2".parse().unwrap(),
+            dst: "fd00:2::3".parse().unwrap(),
+            protocol: "icmp",
+            sport: None,
+            dport: None,
+        };
+        assert_eq!(m6.family(), "ip6");
+        assert_eq!(
+            m6.text(),
+            "ip6 saddr fd00:1::2 ip6 daddr fd00:2::3 icmpv6 type echo-request"
         );
     }
 }

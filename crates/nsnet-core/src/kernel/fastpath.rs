@@ -276,6 +276,12 @@ impl FastPath {
         }
     }
 
+    /// Whether this program has the `remote6` trie (dual-stack overlays): one made before it sends every
+    /// IPv6 packet for another host to the slow path.
+    pub fn has_remote6(&self) -> bool {
+        self.remote6.is_some()
+    }
+
     /// Whether this fast path can carry `ip`'s family (IPv6 needs a program made with `local6`).
     pub fn carries(&self, ip: IpAddr) -> bool {
         self.slot(ip).is_some()

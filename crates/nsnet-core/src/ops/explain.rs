@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use super::{Host, Nsnet};
 use crate::error::{Error, Result};
 use crate::explain::{
-    self, Explanation, Facts, Facts6, HostRoute, HostRoute6, Inside6, Party, ProbeReport, Protocol,
-    Query, SandboxFacts, TraceStep,
+    self, Explanation, Facts, Facts6, HostRoute, HostRoute6, Inside6, OverlayKernel6, Party,
+    ProbeReport, Protocol, Query, SandboxFacts, TraceStep,
 };
 use crate::firewall::trace::{self, TraceEvent, TraceMatch, Tracer};
 use crate::firewall::Backend;
@@ -192,6 +192,32 @@ fn facts6(q: &Query, facts: &Facts, host: &mut Host) -> Result<Facts6> {
         six.loopback6_ports = Host::loopback6_ports().unwrap_or(None);
         six.loopback6_supported = Host::loopback6_supported();
     }
+    // A dual-stack overlay's other hosts: what its device and fast path hold for their IPv6 blocks.
+    if [&q.from, &q.to]
+        .iter()
+        .any(|p| matches!(p, Party::Address6(_)))
+    {
+        for n in &facts.networks {
+            let Some(o) = n.overlay.as_ref().filter(|o| o.cluster6.is_some()) else {
+                continue;
+            };
+            let kernel = host.overlay_entries(&o.device)?.map(|e| OverlayKernel6 {
+                routes: e.routes6.iter().map(|r| (r.dst, r.via)).collect(),
+                neighbours: e.neighbours6,
+                fdb: e.fdb,
+                remote6: None,
+            });
+            let kernel = match kernel {
+                Some(mut k) if n.fast_path => {
+                    // A fast path that cannot be read is taken as none: the slow path is described.
+                    k.remote6 = host.fast_path_remotes6(&n.interface).unwrap_or(None);
+                    Some(k)
+                }
+                k => k,
+            };
+            six.overlay.insert(n.name.clone(), kernel);
+        }
+    }
     six.drop_chains = Host::forward_drop_chains()
         .unwrap_or_default()
         .into_iter()
@@ -228,7 +254,8 @@ impl Nsnet {
     /// `--probe`: send the packet `e` explains for real, from FROM's namespace (`peer_netns` for a LAN peer:
     /// nsnet has no way onto another machine), with a one-shot listener where it should land when that is a
     /// sandbox, and trace it through nftables (the nftables backend only). Says whether it arrived and
-    /// whether that agrees with `e`'s verdict.
+    /// whether that agrees with `e`'s verdict. An IPv6 packet is sent from a sandbox with its own source only
+    /// (`e.probe_refused` says why not otherwise).
     pub fn explain_probe(
         &self,
         q: &Query,
@@ -242,11 +269,8 @@ impl Nsnet {
                     .into(),
             ));
         }
-        if e.ipv6 {
-            return Err(Error::Invalid(
-                "--probe sends IPv4 packets only, for now: leave it out to have the IPv6 path explained"
-                    .into(),
-            ));
+        if let Some(why) = &e.probe_refused {
+            return Err(Error::Invalid(why.clone()));
         }
         let Some(plan) = e.probe.clone() else {
             return Ok(ProbeReport {
@@ -291,14 +315,19 @@ impl Nsnet {
             Some((name, port)) => Some((name.clone(), self.sandbox_netns(name)?, port.or(dport))),
             None => None,
         };
-        let dst = SocketAddrV4::new(plan.dst, dport.unwrap_or(0));
+        let dst = SocketAddr::new(plan.dst, dport.unwrap_or(0));
+        let any: IpAddr = if plan.dst.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
         // From here until the trace tables are gone, a ^C (or a kill) waits: it would leave them behind. Held
         // before any thread starts, so none of them takes it either.
         let _hold = HoldSignals::new();
         // The listener, where the packet should land.
         let server = match (&receiver, protocol) {
             (Some((name, ns, Some(port))), Protocol::Tcp | Protocol::Udp) => {
-                let at = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port);
+                let at = SocketAddr::new(any, *port);
                 let made = if protocol == Protocol::Tcp {
                     probe::tcp_server(ns, at)
                 } else {
@@ -329,7 +358,7 @@ impl Nsnet {
         let socket = match protocol {
             Protocol::Icmp => None,
             _ => {
-                let src = SocketAddrV4::new(plan.src, 0);
+                let src = SocketAddr::new(plan.src, 0);
                 let stream = protocol == Protocol::Tcp;
                 Some(
                     probe::bound_socket(&sender, stream, src, forged).map_err(|err| {
@@ -364,7 +393,7 @@ impl Nsnet {
         let ours = server.is_some();
         // Sent: Ok(text) when an answer came (or the receiver got it), Err when nothing arrived.
         let sent: std::result::Result<String, String> = match (protocol, socket) {
-            (Protocol::Icmp, _) | (_, None) => match probe::ping(&sender, plan.dst) {
+            (Protocol::Icmp, _) | (_, None) => match ping(&sender, plan.dst) {
                 Ok(true) => Ok(format!("ping {} answered", plan.dst)),
                 Ok(false) => Err(format!("ping {} got no answer", plan.dst)),
                 Err(err) => Err(format!("ping failed: {err}")),
@@ -377,19 +406,28 @@ impl Nsnet {
                         let mut line = String::new();
                         let _ = io::BufRead::read_line(&mut io::BufReader::new(stream), &mut line);
                     }
-                    Ok(format!("tcp {}:{sport} -> {dst} connected", plan.src))
+                    Ok(format!(
+                        "tcp {} -> {dst} connected",
+                        SocketAddr::new(plan.src, sport)
+                    ))
                 }
                 Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => Ok(format!(
-                    "tcp {}:{sport} -> {dst}: connection refused (it arrived where nothing listens)",
-                    plan.src
+                    "tcp {} -> {dst}: connection refused (it arrived where nothing listens)",
+                    SocketAddr::new(plan.src, sport)
                 )),
-                Err(err) => Err(format!("tcp {}:{sport} -> {dst}: {err}", plan.src)),
+                Err(err) => Err(format!(
+                    "tcp {} -> {dst}: {err}",
+                    SocketAddr::new(plan.src, sport)
+                )),
             },
             (Protocol::Udp, Some((fd, sport))) => match probe::udp_exchange(fd, dst) {
-                Ok(_) => Ok(format!("udp {}:{sport} -> {dst} answered", plan.src)),
+                Ok(_) => Ok(format!(
+                    "udp {} -> {dst} answered",
+                    SocketAddr::new(plan.src, sport)
+                )),
                 Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => Ok(format!(
-                    "udp {}:{sport} -> {dst}: port unreachable (it arrived where nothing listens)",
-                    plan.src
+                    "udp {} -> {dst}: port unreachable (it arrived where nothing listens)",
+                    SocketAddr::new(plan.src, sport)
                 )),
                 Err(err)
                     if matches!(
@@ -397,9 +435,15 @@ impl Nsnet {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    Err(format!("udp {}:{sport} -> {dst}: no answer", plan.src))
+                    Err(format!(
+                        "udp {} -> {dst}: no answer",
+                        SocketAddr::new(plan.src, sport)
+                    ))
                 }
-                Err(err) => Err(format!("udp {}:{sport} -> {dst}: {err}", plan.src)),
+                Err(err) => Err(format!(
+                    "udp {} -> {dst}: {err}",
+                    SocketAddr::new(plan.src, sport)
+                )),
             },
         };
         let (delivered, detail) = match server {
@@ -518,6 +562,14 @@ impl Drop for HoldSignals {
         if let Some(old) = self.0 {
             let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         }
+    }
+}
+
+/// One ping of `ip`'s family from `ns`.
+fn ping(ns: &Path, ip: IpAddr) -> std::result::Result<bool, crate::kernel::KernelError> {
+    match ip {
+        IpAddr::V4(ip) => probe::ping(ns, ip),
+        IpAddr::V6(ip) => probe::ping6(ns, ip),
     }
 }
 

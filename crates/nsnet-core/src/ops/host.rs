@@ -347,6 +347,18 @@ impl Host {
         }
     }
 
+    /// The remote IPv6 blocks (block, next hop) in `bridge`'s fast path (`remote6`); `None` when the bridge
+    /// has no fast path, or one made without `remote6`.
+    pub(crate) fn fast_path_remotes6(
+        &mut self,
+        bridge: &str,
+    ) -> Result<Option<Vec<(ipnet::Ipv6Net, std::net::Ipv6Addr)>>> {
+        match FastPath::of_bridge(self.nl()?, bridge)? {
+            Some(fp) if fp.has_remote6() => Ok(Some(fp.remotes6()?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The ports the `[::1]` translation's programs carry, as (protocol number, port); `None` when this
     /// namespace has no such programs, or not all of them.
     pub(crate) fn loopback6_ports() -> Result<Option<Vec<(u32, u16)>>> {

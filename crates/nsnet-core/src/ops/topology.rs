@@ -7,7 +7,7 @@ use super::{Host, Nsnet};
 use crate::error::Result;
 use crate::firewall::Backend;
 use crate::plan::build as plans;
-use crate::topology::{build, Facts, Inside, InsideLink, Topology, Uplink};
+use crate::topology::{build, Facts, Inside, InsideLink, Overlay6, Topology, Uplink};
 
 impl Nsnet {
     /// What exists now: every network and sandbox as the records have them, each checked against the kernel
@@ -126,10 +126,19 @@ impl Nsnet {
         };
 
         let mut overlay_routes = BTreeMap::new();
+        let mut overlay6 = BTreeMap::new();
         for o in networks.iter().filter_map(|n| n.settings.overlay.as_ref()) {
-            let routes = host
-                .overlay_entries(&o.device)?
-                .map(|e| e.routes.into_iter().map(|r| r.dst).collect());
+            let entries = host.overlay_entries(&o.device)?;
+            if let (Some(e), Some(_)) = (&entries, o.cluster6) {
+                overlay6.insert(
+                    o.device.clone(),
+                    Overlay6 {
+                        routes: e.routes6.iter().map(|r| (r.dst, r.via)).collect(),
+                        neighbours: e.neighbours6.clone(),
+                    },
+                );
+            }
+            let routes = entries.map(|e| e.routes.into_iter().map(|r| r.dst).collect());
             overlay_routes.insert(o.device.clone(), routes);
         }
 
@@ -143,6 +152,7 @@ impl Nsnet {
             missing_rules,
             firewall_unread,
             overlay_routes,
+            overlay6,
             gateway_addresses6,
             loopback6_ports,
             loopback6_supported,

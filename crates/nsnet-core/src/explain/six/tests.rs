@@ -449,3 +449,166 @@ fn the_iptables_backend_names_its_ip6tables_rules() {
         "{e}"
     );
 }
+
+/// Network `d` as a dual-stack VXLAN overlay (cluster fd00::/16) with one other host holding fd00:5::/64,
+/// and the kernel agreeing: the route via fd00:5::, its permanent neighbour, the FDB entry, remote6.
+fn overlay_world() -> Facts {
+    let mut f = world();
+    let vtep = Mac([0x0e, 0x6e, 10, 0, 5, 0]);
+    let underlay: std::net::Ipv4Addr = "192.0.2.12".parse().expect("underlay");
+    f.networks[0].overlay = Some(crate::model::Overlay {
+        cluster: "172.16.0.0/16".parse().expect("cluster"),
+        cluster6: Some("fd00::/16".parse().expect("cluster6")),
+        backend: crate::model::OverlayBackend::Vxlan,
+        vni: 7,
+        port: 4789,
+        device: "nsvx-d".into(),
+        vtep_mac: Mac([0x0e, 0x6e, 172, 16, 1, 0]),
+        peers: vec![crate::model::Peer {
+            subnet: "172.16.5.0/24".parse().expect("block"),
+            underlay,
+            vtep_mac: Some(vtep),
+            subnet6: Some("fd00:5::/64".parse().expect("block6")),
+            underlay_mac: None,
+        }],
+        underlay_qdisc: false,
+    });
+    let block: Ipv6Net = "fd00:5::/64".parse().expect("block6");
+    f.six.overlay.insert(
+        "d".into(),
+        Some(OverlayKernel6 {
+            routes: vec![(block, v6("fd00:5::"))],
+            neighbours: vec![(v6("fd00:5::"), vtep.0)],
+            fdb: vec![(vtep.0, Some(underlay))],
+            remote6: Some(vec![(block, v6("fd00:5::"))]),
+        }),
+    );
+    f.six.routes.push((
+        v6("fd00:5::2"),
+        Some(HostRoute6 {
+            interface: "nsvx-d".into(),
+            gateway: Some(v6("fd00:5::")),
+        }),
+    ));
+    f
+}
+
+/// Across hosts: TCP on the fast path (remote6), ICMPv6 on the slow path with no NAT66 in the cluster; the
+/// route, the neighbour entry, the FDB entry, remote6 and the device each taken away is named broken.
+#[test]
+fn another_hosts_block_by_route_neighbour_and_the_fast_path() {
+    let f = overlay_world();
+    let e = ask(&f, "a", "[fd00:5::2]:80", None);
+    assert!(e.verdict.delivered && e.broken.is_empty(), "{e}");
+    let text = rules(&e);
+    assert!(
+        text.contains("neighbour fd00:5:: lladdr 0e:6e:0a:00:05:00 PERMANENT on nsvx-d"),
+        "{text}"
+    );
+    assert!(
+        text.contains("remote6 entry fd00:5::/64 -> fd00:5::, bpf_redirect_neigh"),
+        "{text}"
+    );
+    assert!(
+        text.contains("VXLAN, VNI 7, UDP to 192.0.2.12:4789"),
+        "{text}"
+    );
+    assert!(!text.contains("masquerade"), "{text}");
+    assert!(
+        e.verdict.reason.contains("no NAT66 inside the cluster"),
+        "{e}"
+    );
+
+    // ICMPv6: the forward chain, then no NAT66.
+    let e = ask(&f, "a", "fd00:5::2", None);
+    assert!(e.verdict.delivered && e.broken.is_empty(), "{e}");
+    let text = rules(&e);
+    assert!(
+        text.contains("forward nsbr-d -> nsvx-d: accepted"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ip6 saddr . ip6 daddr @no_masq6 return (element fd00:1::/64 . fd00::/16)"),
+        "{text}"
+    );
+    assert!(!text.contains("bpf_redirect_neigh"), "{text}");
+
+    let lose_to = |to: &str, what: &dyn Fn(&mut OverlayKernel6)| {
+        let mut f = overlay_world();
+        if let Some(Some(k)) = f.six.overlay.get_mut("d") {
+            what(k);
+        }
+        ask(&f, "a", to, None)
+    };
+    let lose = |what: &dyn Fn(&mut OverlayKernel6)| lose_to("[fd00:5::2]:80", what);
+    // Without the route, ICMPv6 goes nowhere; TCP still leaves by the fast path, which needs no route.
+    let route =
+        vec!["no IPv6 route to fd00:5::/64 via fd00:5:: on nsvx-d (the agent puts it back)"];
+    let e = lose_to("fd00:5::2", &|k| k.routes.clear());
+    assert!(!e.verdict.delivered, "{e}");
+    assert_eq!(e.broken, route);
+    let e = lose(&|k| k.routes.clear());
+    assert!(
+        e.verdict.delivered && rules(&e).contains("remote6 entry"),
+        "{e}"
+    );
+    assert_eq!(e.broken, route);
+    let e = lose(&|k| k.neighbours.clear());
+    assert!(!e.verdict.delivered, "{e}");
+    assert_eq!(
+        e.broken,
+        vec!["no IPv6 neighbour entry fd00:5:: -> 0e:6e:0a:00:05:00 on nsvx-d (the agent puts it back)"]
+    );
+    let e = lose(&|k| k.fdb.clear());
+    assert!(!e.verdict.delivered, "{e}");
+    assert!(
+        e.broken[0].starts_with("no FDB entry 0e:6e:0a:00:05:00 -> 192.0.2.12"),
+        "{e}"
+    );
+    // Without its remote6 entry, the slow path still delivers it.
+    let e = lose(&|k| k.remote6 = Some(vec![]));
+    assert!(e.verdict.delivered, "{e}");
+    assert_eq!(
+        e.broken,
+        vec![
+            "the fast path of nsbr-d has no remote6 entry for fd00:5::/64 (the agent puts it back)"
+        ]
+    );
+    assert!(rules(&e).contains("@no_masq6 return"), "{e}");
+    let mut f = overlay_world();
+    f.six.overlay.insert("d".into(), None);
+    let e = ask(&f, "a", "[fd00:5::2]:80", None);
+    assert!(
+        !e.verdict.delivered && e.broken[0].contains("nsvx-d"),
+        "{e}"
+    );
+}
+
+/// From another host's sandbox: TCP by the fast path on the device's ingress, ICMPv6 by `overlay_in6`; a
+/// lost route back is named broken (the answers need it).
+#[test]
+fn from_another_hosts_block_by_the_fast_path_or_overlay_in6() {
+    let f = overlay_world();
+    let e = ask(&f, "fd00:5::2", "a:80", None);
+    assert!(e.verdict.delivered && e.broken.is_empty(), "{e}");
+    let text = rules(&e);
+    assert!(text.contains("nsvx-d decapsulates it"), "{text}");
+    assert!(text.contains("bpf_redirect_peer"), "{text}");
+    let e = ask(&f, "fd00:5::2", "a", None);
+    assert!(e.verdict.delivered && e.broken.is_empty(), "{e}");
+    let text = rules(&e);
+    assert!(
+        text.contains("@overlay_in6 accept (element \"nsvx-d\" . fd00::/16 . fd00:1::/64)"),
+        "{text}"
+    );
+    assert!(text.contains("the receiver sees fd00:5::2"), "{text}");
+    let mut f = overlay_world();
+    if let Some(Some(k)) = f.six.overlay.get_mut("d") {
+        k.routes.clear();
+    }
+    let e = ask(&f, "fd00:5::2", "a", None);
+    assert_eq!(
+        e.broken,
+        vec!["no IPv6 route to fd00:5::/64 via fd00:5:: on nsvx-d (the agent puts it back)"]
+    );
+}
