@@ -599,7 +599,7 @@ fn explain_follows_ipv6_and_names_what_is_broken() {
     // IPv6 forwarding stays on once on (with the uplink's subnet-router anycast routes): as a host has it.
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "dual",
@@ -609,7 +609,7 @@ fn explain_follows_ipv6_and_names_what_is_broken() {
         "--subnet",
         "fd00:16::/64",
     ]);
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "only",
@@ -619,9 +619,9 @@ fn explain_follows_ipv6_and_names_what_is_broken() {
         "fd00:17::/64",
     ]);
     let (d, e, o) = (h.sb("d"), h.sb("e"), h.sb("o"));
-    h.ok6(&["create", &d, "--network", "dual", "-p", "8096:80"]);
-    h.ok6(&["create", &e, "--network", "dual"]);
-    h.ok6(&["create", &o, "--network", "only", "-p", "8097:80"]);
+    h.ok(&["create", &d, "--network", "dual", "-p", "8096:80"]);
+    h.ok(&["create", &e, "--network", "dual"]);
+    h.ok(&["create", &o, "--network", "only", "-p", "8097:80"]);
     let words = |v: &Value| v.to_string();
     let v6 = |s: &str| -> std::net::IpAddr { s.parse().expect("test address") };
 

@@ -468,7 +468,7 @@ fn topology_shows_ipv6_and_marks_lost_ipv6_objects() {
     h.in_host(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let empty = h.snapshot();
     let (d, o) = (h.sb("d"), h.sb("o"));
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "dual",
@@ -480,7 +480,7 @@ fn topology_shows_ipv6_and_marks_lost_ipv6_objects() {
         "--bridge",
         "nst6dual",
     ]);
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "only",
@@ -491,8 +491,8 @@ fn topology_shows_ipv6_and_marks_lost_ipv6_objects() {
         "--bridge",
         "nst6only",
     ]);
-    h.ok6(&["create", &d, "--network", "dual", "-p", "8086:80"]);
-    h.ok6(&["create", &o, "--network", "only", "-p", "8087:80"]);
+    h.ok(&["create", &d, "--network", "dual", "-p", "8086:80"]);
+    h.ok(&["create", &o, "--network", "only", "-p", "8087:80"]);
 
     let t = json(&h.ok(&["topology", "--json"]));
     assert_eq!(broken(&t), Vec::<String>::new(), "{t:#}");
