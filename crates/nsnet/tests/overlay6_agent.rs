@@ -117,6 +117,24 @@ fn remote6(w: &World, i: usize) -> Vec<String> {
     out
 }
 
+/// Empty host `i`'s fast path's remote IPv6 blocks, as a hand (or a crash) might.
+fn set_remote6_empty(w: &World, i: usize) {
+    let bridge = local(w, i).expect("joined")["interface"]
+        .as_str()
+        .expect("a bridge")
+        .to_string();
+    let fd = netns::open(&w.host_path(i)).expect("open the host namespace");
+    netns::run_in(&fd, || {
+        let mut nl = Netlink::open().expect("netlink");
+        FastPath::of_bridge(&mut nl, &bridge)
+            .expect("find the fast path")
+            .expect("the bridge has a fast path")
+            .set_remotes6(&[])
+            .expect("empty remote6")
+    })
+    .expect("enter the host namespace");
+}
+
 /// Host `i`'s IPv6 block, from its record.
 fn block6(w: &World, i: usize) -> String {
     local(w, i).expect("joined")["ipv6"]["subnet"]
@@ -213,8 +231,9 @@ fn teardown(w: &World, names: &[(usize, &str)]) {
 
 /// An IPv6 TCP connection across hosts survives host 1's agent being SIGKILLed and SIGTERMed and started
 /// again; the restarted agent finds its IPv6 routes, permanent neighbours and `remote6` blocks as they are and
-/// changes none (nor does gc). Host 2's agent stopped, its lease expires: host 1 withdraws host 2's IPv6
-/// route, neighbour and `remote6` block; back, each is there once, and IPv6 works again.
+/// changes none (nor does gc); entries lost while it is away it puts back, once. Host 2's agent stopped, its
+/// lease expires: host 1 withdraws host 2's IPv6 route, neighbour and `remote6` block; back, each is there
+/// once, and IPv6 works again.
 #[test]
 fn an_agent_restart_or_crash_changes_no_ipv6_entry_and_a_leaving_peer_takes_its_own() {
     let w = cluster("ov6rst", 2, 2, &[]);
@@ -268,6 +287,35 @@ fn an_agent_restart_or_crash_changes_no_ipv6_entry_and_a_leaving_peer_takes_its_
     drop(client);
     drop(reader);
     let _ = server.join();
+
+    // Lost while the agent is away (deleted by hand): the agent, started, puts each back, once.
+    w.kill_agent(1, Signal::SIGKILL);
+    in_ns(
+        &w.host_path(1),
+        &["ip", "-6", "route", "flush", "proto", "110"],
+    );
+    in_ns(
+        &w.host_path(1),
+        &["ip", "-6", "neigh", "flush", "nud", "permanent"],
+    );
+    set_remote6_empty(&w, 1);
+    assert!(routes6(&w, 1).is_empty() && neigh6(&w, 1).is_empty() && remote6(&w, 1).is_empty());
+    w.start_agent(1, &["--lease-ttl", TTL]);
+    assert!(
+        wait_until(CONVERGE, || kernel_state(&w, 1) == before),
+        "the agent did not put back its IPv6 entries as they were: {:?}\n{}",
+        kernel_state(&w, 1),
+        w.agent_log(1)
+    );
+    assert!(pings6(&pa, b), "a -> b, entries put back");
+    // Said once: put back, the blocks are as wanted (no rewriting them every round).
+    std::thread::sleep(Duration::from_secs(2));
+    let log = w.agent_log(1);
+    assert_eq!(
+        log.matches("put back fast path's remote blocks").count(),
+        1,
+        "{log}"
+    );
 
     // Host 2 leaves: host 1 withdraws all three of its IPv6 entries.
     w.kill_agent(2, Signal::SIGKILL);
@@ -405,6 +453,10 @@ fn host_gw_ipv6_follows_a_peer_s_new_underlay_mac() {
         wait_until(CONVERGE, || pings6(&pa, b) && pings6(&pb, a)),
         "a <-> b over IPv6 after host 2's MAC changed"
     );
+    for i in [1, 2] {
+        let log = w.agent_log(i);
+        assert!(!log.contains("remote blocks"), "host {i}: {log}");
+    }
     // IPv4 (a route via host 2's address, its MAC from ARP) follows on its own.
     let b4 = w.address(2, "b");
     assert!(

@@ -4,10 +4,10 @@
 //! elements). Validation and CNI `CHECK` ask these; [`crate::apply`] is the only code that changes the kernel
 //! or the firewall.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::{Error, Result};
 use crate::firewall::{nftables, Backend, HostChain, Rule, TablesOwner};
@@ -325,6 +325,20 @@ impl Host {
             return Ok(Some(OnUnderlay::Blocked));
         };
         Ok(fastpath::on_underlay(nl, bridge, link.index)?)
+    }
+
+    /// Whether bridge `bridge`'s fast path holds other remote blocks than `routes` and `routes6` (see
+    /// [`FastPath::remotes_are`]); a bridge without a fast path holds none to be wrong.
+    pub(crate) fn fast_path_remotes_differ(
+        &mut self,
+        bridge: &str,
+        routes: &[(Ipv4Net, Ipv4Addr)],
+        routes6: &[(Ipv6Net, Ipv6Addr)],
+    ) -> Result<bool> {
+        match FastPath::of_bridge(self.nl()?, bridge)? {
+            Some(fp) => Ok(!fp.remotes_are(routes, routes6)?),
+            None => Ok(false),
+        }
     }
 
     /// Fast path filters on underlay devices whose bridge is gone: (device, handle).
