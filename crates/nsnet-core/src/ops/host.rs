@@ -4,10 +4,10 @@
 //! elements). Validation and CNI `CHECK` ask these; [`crate::apply`] is the only code that changes the kernel
 //! or the firewall.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
 use crate::firewall::{nftables, Backend, HostChain, Rule, TablesOwner};
@@ -327,18 +327,35 @@ impl Host {
         Ok(fastpath::on_underlay(nl, bridge, link.index)?)
     }
 
-    /// Whether bridge `bridge`'s fast path holds other remote blocks than `routes` and `routes6` (see
-    /// [`FastPath::remotes_are`]); a bridge without a fast path holds none to be wrong.
-    pub(crate) fn fast_path_remotes_differ(
+    /// `tunnel` (an overlay network's [`Step::FastPathTunnel`]), with its bridge, when that bridge's fast path
+    /// holds other remote blocks than it writes ([`FastPath::remotes_are`]); `None` when they are right, the
+    /// bridge has no fast path, or `plan` writes them anyway.
+    pub(crate) fn lost_fast_path_remotes(
         &mut self,
-        bridge: &str,
-        routes: &[(Ipv4Net, Ipv4Addr)],
-        routes6: &[(Ipv6Net, Ipv6Addr)],
-    ) -> Result<bool> {
-        match FastPath::of_bridge(self.nl()?, bridge)? {
-            Some(fp) => Ok(!fp.remotes_are(routes, routes6)?),
-            None => Ok(false),
+        plan: &crate::plan::Plan,
+        tunnel: Option<Step>,
+    ) -> Result<Option<(String, Step)>> {
+        if plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::FastPathTunnel { .. }))
+        {
+            return Ok(None);
         }
+        let Some(Step::FastPathTunnel {
+            bridge,
+            routes,
+            routes6,
+            ..
+        }) = &tunnel
+        else {
+            return Ok(None);
+        };
+        let lost = match FastPath::of_bridge(self.nl()?, bridge)? {
+            Some(fp) => !fp.remotes_are(routes, routes6)?,
+            None => false,
+        };
+        Ok(lost.then(|| bridge.clone()).zip(tunnel))
     }
 
     /// Fast path filters on underlay devices whose bridge is gone: (device, handle).

@@ -276,27 +276,13 @@ impl Nsnet {
                 }
             }
         }
-        // The fast path's remote blocks, unless the plan writes them anyway: lost (by hand, or with a map
-        // emptied), the peers' traffic takes the slow path until they are put back.
-        if !plan
-            .steps
-            .iter()
-            .any(|s| matches!(s, Step::FastPathTunnel { .. }))
-        {
-            let step = build::fast_path_tunnel(&wanted, &accepted);
-            if let Some(Step::FastPathTunnel {
-                bridge,
-                routes,
-                routes6,
-                ..
-            }) = &step
-            {
-                if host.fast_path_remotes_differ(bridge, routes, routes6)? {
-                    sync.repaired
-                        .push(format!("fast path's remote blocks on {bridge}"));
-                    plan.steps.extend(step);
-                }
-            }
+        // The fast path's remote blocks: lost (by hand, or with a map emptied), the peers' traffic takes the
+        // slow path until they are put back.
+        let tunnel = build::fast_path_tunnel(&wanted, &accepted);
+        if let Some((bridge, step)) = host.lost_fast_path_remotes(&plan, tunnel)? {
+            sync.repaired
+                .push(format!("fast path's remote blocks on {bridge}"));
+            plan.steps.push(step);
         }
         // host-gw's fast path on the underlay: its filter can go with someone else's qdisc, and a re-created
         // bridge has a new program.
