@@ -560,6 +560,24 @@ impl FastPath {
         Ok(out)
     }
 
+    /// Whether the remote blocks of both families are exactly `routes` and `routes6` (in any order). A
+    /// program made without a family's map matches whatever is wanted of it: there is nothing to put back.
+    pub fn remotes_are(
+        &self,
+        routes: &[(Ipv4Net, Ipv4Addr)],
+        routes6: &[(Ipv6Net, Ipv6Addr)],
+    ) -> Result<bool, KernelError> {
+        fn same<T: Ord + Clone>(mut have: Vec<T>, want: &[T]) -> bool {
+            let mut want = want.to_vec();
+            have.sort();
+            want.sort();
+            have == want
+        }
+        let v4 = self.tunnel.is_none() || same(self.remotes()?, routes);
+        let v6 = self.remote6.is_none() || same(self.remotes6()?, routes6);
+        Ok(v4 && v6)
+    }
+
     /// Run the program on `frame` as if port `ifindex` had received it: [`REDIRECTED`] or [`PASSED`].
     pub fn verdict(&self, frame: &[u8], ifindex: u32) -> Result<u32, KernelError> {
         self.prog

@@ -327,6 +327,37 @@ impl Host {
         Ok(fastpath::on_underlay(nl, bridge, link.index)?)
     }
 
+    /// `tunnel` (an overlay network's [`Step::FastPathTunnel`]), with its bridge, when that bridge's fast path
+    /// holds other remote blocks than it writes ([`FastPath::remotes_are`]); `None` when they are right, the
+    /// bridge has no fast path, or `plan` writes them anyway.
+    pub(crate) fn lost_fast_path_remotes(
+        &mut self,
+        plan: &crate::plan::Plan,
+        tunnel: Option<Step>,
+    ) -> Result<Option<(String, Step)>> {
+        if plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::FastPathTunnel { .. }))
+        {
+            return Ok(None);
+        }
+        let Some(Step::FastPathTunnel {
+            bridge,
+            routes,
+            routes6,
+            ..
+        }) = &tunnel
+        else {
+            return Ok(None);
+        };
+        let lost = match FastPath::of_bridge(self.nl()?, bridge)? {
+            Some(fp) => !fp.remotes_are(routes, routes6)?,
+            None => false,
+        };
+        Ok(lost.then(|| bridge.clone()).zip(tunnel))
+    }
+
     /// Fast path filters on underlay devices whose bridge is gone: (device, handle).
     pub(crate) fn stale_underlay_filters(&mut self, links: &[Link]) -> Result<Vec<(String, u32)>> {
         Ok(fastpath::stale_underlay_filters(self.nl()?, links)?)

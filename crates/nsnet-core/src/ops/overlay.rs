@@ -276,6 +276,14 @@ impl Nsnet {
                 }
             }
         }
+        // The fast path's remote blocks: lost (by hand, or with a map emptied), the peers' traffic takes the
+        // slow path until they are put back.
+        let tunnel = build::fast_path_tunnel(&wanted, &accepted);
+        if let Some((bridge, step)) = host.lost_fast_path_remotes(&plan, tunnel)? {
+            sync.repaired
+                .push(format!("fast path's remote blocks on {bridge}"));
+            plan.steps.push(step);
+        }
         // host-gw's fast path on the underlay: its filter can go with someone else's qdisc, and a re-created
         // bridge has a new program.
         if overlay.backend == OverlayBackend::HostGw {

@@ -260,7 +260,7 @@ fn peers_up(net: &Network) -> Vec<Step> {
 
 /// The fast path's part in an overlay network with `peers` ([`Step::FastPathTunnel`]): every peer's block
 /// by the next hop its route names. `None` without a fast path.
-fn fast_path_tunnel(net: &Network, peers: &[Peer]) -> Option<Step> {
+pub fn fast_path_tunnel(net: &Network, peers: &[Peer]) -> Option<Step> {
     let (o, bridge) = (net.overlay.as_ref()?, fast_path_bridge(net)?);
     let decap = o.backend == OverlayBackend::Vxlan;
     let routes = peers
