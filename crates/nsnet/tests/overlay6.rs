@@ -1,8 +1,8 @@
 //! Dual-stack overlay networks (issue #19, Phase 4): the IPv6 twins of `overlay.rs` and `overlay_attacks.rs`,
-//! in a dual-stack world ([`World::new6`]: IPv6 on in the throwaway hosts, the IPv6 gate open for every nsnet
-//! it runs). Sandboxes on different hosts reach each other by their own IPv6 addresses (no NAT66 inside the
-//! cluster), traffic leaving the cluster is masqueraded unless `--ipv6-nat=false`, and the IPv4 overlay's
-//! guarantees hold over IPv6: forged sources, another network, hop limits.
+//! in a dual-stack world ([`World::new6`]: IPv6 on in the throwaway hosts). Sandboxes on different hosts
+//! reach each other by their own IPv6 addresses (no NAT66 inside the cluster), traffic leaving the cluster is
+//! masqueraded unless `--ipv6-nat=false`, and the IPv4 overlay's guarantees hold over IPv6: forged sources,
+//! another network, hop limits.
 
 mod world;
 

@@ -496,9 +496,6 @@ impl World {
             .env(TAG_ENV, &self.tag)
             // No upstream resolver: nothing is forwarded beyond the world.
             .env("NSNET_RESOLV_CONF", "/dev/null");
-        if self.ipv6 {
-            cmd.envs(common::IPV6_GATE);
-        }
         cmd
     }
 
@@ -682,13 +679,10 @@ impl World {
         let mut args = vec!["agent", "--etcd", url.as_str(), "--iface", "eth0"];
         args.extend_from_slice(extra);
         let state = self.state_dir(i);
-        let mut env = vec![
+        let env = vec![
             ("NSNET_STATE_DIR", state.as_path()),
             ("NSNET_CGROUP", &state),
         ];
-        if self.ipv6 {
-            env.extend(common::IPV6_GATE.map(|(k, v)| (k, Path::new(v))));
-        }
         agents[at] = Some(self.spawn_logged(
             &self.host_path(i),
             &nsnet_bin(),
