@@ -473,6 +473,18 @@ fn chains_from_before_the_ipv6_side_are_made_on_the_next_add() {
     for table in ["raw", "nat", "filter"] {
         h.in_host(&["nft", "delete", "table", "ip6", table]);
     }
+    // Nor the mark of IPv6 dropped per network (an older nsnet dropped it per endpoint).
+    h.in_host(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "NSNET-POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "nsnet:ipv6-guard-per-network",
+    ]);
     assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
     h.ok(&["create", &b, "--network", "n"]);
     let rules6 = nsnet_rules_of(&h, "ip6tables-save");
