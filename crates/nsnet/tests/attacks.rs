@@ -717,6 +717,138 @@ fn router_advertisements(backend: &'static str, mode: &str) {
     h.ok(&["network", "rm", "n"]);
 }
 
+/// A sandbox of a routed IPv4 network on iptables sends IPv6 straight at its neighbour's MAC: a UDP datagram
+/// to the neighbour's link-local address, an unsolicited neighbour advertisement, a router advertisement. The
+/// neighbour, listening on `[::]:9`, gets nothing, and its eth0 counts no advertisement in. That is one
+/// ip6tables drop for the whole network (`-i BRIDGE`, br_netfilter): taken out by hand, the datagram
+/// arrives (so the frames are real); `firewall reload` puts it back, and nothing arrives again.
+#[test]
+fn a_sandbox_of_an_ipv4_network_gets_no_ipv6_to_its_neighbour_on_iptables() {
+    let mut h = TestHost::new("v4no6");
+    h.firewall = Some("iptables");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.31.0/24",
+        "--bridge",
+        "nsbr-v4no6",
+        "--gateway-mode",
+        "routed",
+    ]);
+    let (evil, victim) = (h.sb("evil"), h.sb("victim"));
+    h.ok(&["create", &evil, "--network", "n"]);
+    h.ok(&["create", &victim, "--network", "n"]);
+    // An address of the victim's own on eth0 (without DAD: usable at once), for the datagram to go to.
+    let victim_ns = format!("--net={}", h.sb_path("victim").display());
+    common::sh(&[
+        "nsenter",
+        &victim_ns,
+        "--",
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fe80::2/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let (from, to): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (
+        "fe80::bad".parse().expect("ip"),
+        "fe80::2".parse().expect("ip"),
+    );
+    let (evil_mac, victim_mac) = (h.mac(&evil), h.mac(&victim));
+    let mut udp = vec![0x04, 0xd2, 0, 9, 0, 14, 0, 0];
+    udp.extend(b"ipv6!!");
+    let sum = common::ipv6_checksum(17, from, to, &udp);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    let mut datagram = [victim_mac, evil_mac].concat();
+    datagram.extend(0x86ddu16.to_be_bytes());
+    datagram.extend(common::ipv6_header(17, from, to, udp.len()));
+    datagram.extend(&udp);
+    // Neighbour advertisement, override flag: "fe80::1 is at my MAC".
+    let mut na = vec![0x20, 0, 0, 0];
+    na.extend(
+        "fe80::1"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("ip")
+            .octets(),
+    );
+    na.extend([2, 1]);
+    na.extend(evil_mac);
+    let na = common::icmpv6_frame(victim_mac, evil_mac, from, to, 136, 0, &na);
+    let ra = router_advertisement(
+        evil_mac,
+        [
+            0x20, 0x01, 0x0d, 0xb8, 0x0b, 0xad, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+    );
+    let victim_fd = nsnet_core::kernel::netns::open(&h.sb_path("victim")).expect("victim ns");
+    let socket =
+        nsnet_core::kernel::netns::run_in(&victim_fd, || std::net::UdpSocket::bind("[::]:9"))
+            .expect("enter")
+            .expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let received = |frames: &[Vec<u8>]| {
+        probe::send_frames(&h.sb_path("evil"), "eth0", frames).expect("send");
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while socket.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    };
+    let counted = |key: &str| {
+        common::sh(&[
+            "nsenter",
+            &victim_ns,
+            "--",
+            "cat",
+            "/proc/net/dev_snmp6/eth0",
+        ])
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+    };
+    let all = [datagram.clone(), na, ra];
+    assert_eq!(received(&all), 0, "the neighbour took the sandbox's IPv6");
+    for key in [
+        "Icmp6InNeighborAdvertisements",
+        "Icmp6InRouterAdvertisements",
+    ] {
+        assert_eq!(counted(key).as_deref(), Some("0"), "{key}");
+    }
+    h.in_host(&[
+        "ip6tables",
+        "-t",
+        "raw",
+        "-D",
+        "NSNET-GUARD",
+        "-i",
+        "nsbr-v4no6",
+        "-j",
+        "DROP",
+    ]);
+    assert!(
+        received(std::slice::from_ref(&datagram)) > 0,
+        "the frames are not real"
+    );
+    h.ok(&["firewall", "reload"]);
+    assert_eq!(
+        received(std::slice::from_ref(&datagram)),
+        0,
+        "reload did not put the drop back"
+    );
+    drop(socket);
+    h.ok(&["rm", &evil]);
+    h.ok(&["rm", &victim]);
+    h.ok(&["network", "rm", "n"]);
+}
+
 /// A process already in a namespace that `attach` joins to a network floods forged frames from the moment
 /// its interface appears: not one gets through, because the sandbox's guard is in the firewall before its veth
 /// has a carrier (the locked bridge port stops forged MACs; the guard stops forged addresses). Its frames

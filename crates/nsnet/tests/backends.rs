@@ -473,6 +473,18 @@ fn chains_from_before_the_ipv6_side_are_made_on_the_next_add() {
     for table in ["raw", "nat", "filter"] {
         h.in_host(&["nft", "delete", "table", "ip6", table]);
     }
+    // Nor the mark of IPv6 dropped per network (an older nsnet dropped it per endpoint).
+    h.in_host(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "NSNET-POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "nsnet:ipv6-guard-per-network",
+    ]);
     assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
     h.ok(&["create", &b, "--network", "n"]);
     let rules6 = nsnet_rules_of(&h, "ip6tables-save");
@@ -495,6 +507,112 @@ fn chains_from_before_the_ipv6_side_are_made_on_the_next_add() {
     assert_eq!(owner("ip6tables-save"), owner("iptables-save"));
     h.ok(&["rm", &a]);
     h.ok(&["rm", &b]);
+    h.ok(&["network", "rm", "n"]);
+    assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
+    assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
+}
+
+/// An IPv4 network's sandboxes send no IPv6: on chains this nsnet made, one ip6tables drop per network
+/// (`-i BRIDGE`), and a sandbox's set-up and removal leave ip6tables as it is. On chains an older nsnet made
+/// (no mark in iptables, one drop pair per endpoint in ip6tables), `rm` still deletes its endpoint's pair and
+/// `create` writes one, until `firewall reload` moves the host over: the pairs go, the network's drop and the
+/// mark come.
+#[test]
+fn ipv4_networks_drop_ipv6_per_network_and_older_per_endpoint_drops_still_go() {
+    let h = iptables_host("ipt6net");
+    h.ok(&[
+        "network",
+        "create",
+        "n",
+        "--subnet",
+        "172.16.6.0/24",
+        "--bridge",
+        "nsbr-ipt6n",
+    ]);
+    let guard = "-A NSNET-GUARD -i nsbr-ipt6n -j DROP".to_string();
+    let mark = "-A NSNET-POSTROUTING -m comment --comment \"nsnet:ipv6-guard-per-network\"";
+    assert!(nsnet_rules_of(&h, "ip6tables-save").contains(&guard));
+    assert!(nsnet_rules(&h).iter().any(|r| r == mark));
+    let before = nsnet_rules_of(&h, "ip6tables-save");
+    let (a, b) = (h.sb("a"), h.sb("b"));
+    h.ok(&["create", &a, "--network", "n"]);
+    assert_eq!(nsnet_rules_of(&h, "ip6tables-save"), before);
+    let port = |sb: &str| {
+        h.inspect(sb)["endpoints"][0]["host_interface"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let pair = |p: &str| {
+        [
+            format!("-A NSNET-GUARD -m physdev --physdev-in {p} -j DROP"),
+            format!("-A NSNET-GUARD -i {p} -j DROP"),
+        ]
+    };
+    // What an older nsnet left: no mark, no network drop, a drop pair for the endpoint.
+    h.in_host(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "NSNET-POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "nsnet:ipv6-guard-per-network",
+    ]);
+    h.in_host(&[
+        "ip6tables",
+        "-t",
+        "raw",
+        "-D",
+        "NSNET-GUARD",
+        "-i",
+        "nsbr-ipt6n",
+        "-j",
+        "DROP",
+    ]);
+    let pa = port(&a);
+    h.in_host(&[
+        "ip6tables",
+        "-t",
+        "raw",
+        "-A",
+        "NSNET-GUARD",
+        "-m",
+        "physdev",
+        "--physdev-in",
+        &pa,
+        "-j",
+        "DROP",
+    ]);
+    h.in_host(&[
+        "ip6tables",
+        "-t",
+        "raw",
+        "-A",
+        "NSNET-GUARD",
+        "-i",
+        &pa,
+        "-j",
+        "DROP",
+    ]);
+    h.ok(&["create", &b, "--network", "n"]);
+    let rules6 = nsnet_rules_of(&h, "ip6tables-save");
+    for want in pair(&port(&b)) {
+        assert!(rules6.contains(&want), "{want} not in {rules6:#?}");
+    }
+    h.ok(&["rm", &a]);
+    let rules6 = nsnet_rules_of(&h, "ip6tables-save");
+    assert!(!rules6.iter().any(|r| r.contains(&pa)), "{rules6:#?}");
+    h.ok(&["firewall", "reload"]);
+    let rules6 = nsnet_rules_of(&h, "ip6tables-save");
+    assert!(rules6.contains(&guard), "{rules6:#?}");
+    assert!(!rules6.iter().any(|r| r.contains(&port(&b))), "{rules6:#?}");
+    assert!(nsnet_rules(&h).iter().any(|r| r == mark));
+    let before = nsnet_rules_of(&h, "ip6tables-save");
+    h.ok(&["rm", &b]);
+    assert_eq!(nsnet_rules_of(&h, "ip6tables-save"), before);
     h.ok(&["network", "rm", "n"]);
     assert!(nsnet_rules(&h).is_empty(), "{:?}", nsnet_rules(&h));
     assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());

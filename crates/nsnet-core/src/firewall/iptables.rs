@@ -18,6 +18,14 @@
 //! on IPv6 the sandbox's own addresses (link-local and global) and nothing else; a sandbox of an IPv4 network
 //! sends no IPv6 at all, and none sends a router solicitation or advertisement, a redirect or MLD. Not
 //! filtered: ARP, and the target of an IPv6 neighbour advertisement (iptables cannot match it).
+//!
+//! The IPv6 drop of an IPv4 network is one rule per network (`-i BRIDGE -j DROP` in ip6tables: with
+//! br_netfilter a bridged packet's input device is the bridge, so it covers every port, and what is sent to
+//! the bridge itself), made with the network, so a sandbox of an IPv4 network is set up and removed without
+//! reading or writing ip6tables at all. Chains an older nsnet made hold one such drop per endpoint instead
+//! (no [`GUARD6_MARK`] in iptables): there every operation keeps doing what it did, until a batch that
+//! rebuilds everything (`firewall reload`, `gc`, the first network's create) removes the per-endpoint drops
+//! and writes the mark.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -48,6 +56,45 @@ const CHAINS: [(&str, &str); 10] = [
 /// ICMPv6 types a sandbox never sends: router solicitation and advertisement, redirect, and MLD (query,
 /// report, done, MLDv2 report). A neighbour's (or the host's) routes and addresses are not the sandbox's to set.
 const ICMPV6_DROPPED: [u8; 7] = [133, 134, 137, 130, 131, 132, 143];
+
+/// Written in iptables' NSNET-POSTROUTING (a rule with no target, as the owner's): ip6tables drops an IPv4
+/// network's IPv6 per network, not per endpoint.
+pub(super) const GUARD6_MARK: &str = "-m comment --comment \"nsnet:ipv6-guard-per-network\"";
+
+/// Where ip6tables drops the IPv6 of IPv4 networks, as read from iptables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard6 {
+    /// One drop per network (chains this nsnet made, or ones it moved over).
+    PerNetwork,
+    /// One drop pair per endpoint (chains an older nsnet made): kept as they are.
+    PerEndpoint,
+    /// Chains an older nsnet made, and a batch that rebuilds everything: the per-endpoint drops go, the
+    /// networks' drops come with the batch, and the mark is written.
+    Move,
+}
+
+impl Guard6 {
+    fn of(v4: &Current, batch: &Batch) -> Guard6 {
+        let old = v4.has_chain("nat", "NSNET-POSTROUTING")
+            && !v4.has_rule(&entry(
+                "nat",
+                "NSNET-POSTROUTING",
+                GUARD6_MARK.into(),
+                At::Append,
+            ));
+        match (
+            old,
+            batch
+                .0
+                .iter()
+                .any(|c| matches!(c, Change::Add(Rule::Tables(_)))),
+        ) {
+            (false, _) => Guard6::PerNetwork,
+            (true, false) => Guard6::PerEndpoint,
+            (true, true) => Guard6::Move,
+        }
+    }
+}
 
 /// Which of the two tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +143,16 @@ fn skeleton(owner: &str, family: Family) -> Vec<Entry> {
     let mut out = vec![
         // Who the chains belong to: a rule with no target, matched by the first packet of each connection.
         entry("nat", "NSNET-POSTROUTING", owner_mark(owner), Append),
+    ];
+    if family == Family::V4 {
+        out.push(entry(
+            "nat",
+            "NSNET-POSTROUTING",
+            GUARD6_MARK.into(),
+            Append,
+        ));
+    }
+    out.extend([
         entry("raw", "PREROUTING", "-j NSNET-GUARD".into(), Insert(1)),
         entry(
             "nat",
@@ -119,7 +176,7 @@ fn skeleton(owner: &str, family: Family) -> Vec<Entry> {
             "-j NSNET-POSTROUTING".into(),
             Insert(1),
         ),
-    ];
+    ]);
     if family == Family::V4 {
         out.push(entry(
             "nat",
@@ -172,10 +229,12 @@ pub fn tables_owner() -> Result<TablesOwner, FirewallError> {
         .map_or(TablesOwner::Unknown, TablesOwner::Of))
 }
 
-/// The rules of one family a firewall rule stands for.
-fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
+/// The rules of one family a firewall rule stands for, with IPv4 networks' IPv6 dropped per network or (on
+/// chains an older nsnet made) per endpoint.
+fn entries(rule: &Rule, family: Family, guard6: Guard6) -> Vec<Entry> {
     use At::*;
     use Family::*;
+    let per_endpoint = guard6 == Guard6::PerEndpoint;
     match (rule, family) {
         (Rule::Tables(_) | Rule::HostAccept { .. }, _) => vec![],
         (
@@ -190,8 +249,17 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
             let s = match (family, subnet, subnet6) {
                 (V4, Some(s), _) => s.to_string(),
                 (V6, _, Some(s6)) => s6.to_string(),
-                // An IPv4 network's sandboxes send no IPv6, nor an IPv6-only network's IPv4 (see the
-                // endpoint's rules).
+                // An IPv4 network's sandboxes send no IPv6: every port's, and what reaches the bridge itself
+                // (or the point-to-point host end), dropped at once.
+                (V6, _, None) if !per_endpoint => {
+                    return vec![entry(
+                        "raw",
+                        "NSNET-GUARD",
+                        format!("-i {i} -j DROP"),
+                        Append,
+                    )]
+                }
+                // An IPv6-only network's sandboxes send no IPv4 (see the endpoint's rules).
                 _ => return vec![],
             };
             let lo = family.loopback();
@@ -302,9 +370,10 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
             ),
             entry("raw", "NSNET-GUARD", format!("-i {h} -j DROP"), Append),
         ],
+        // An IPv4 network's sandbox: its network drops all its IPv6 (older chains: these rules did).
+        (Rule::Endpoint { ipv6, .. }, V6) if ipv6.is_empty() && !per_endpoint => vec![],
         // One of its own addresses or nothing, first through the bridge (physdev), then on the port itself
-        // (point to point). `::` (DAD, early MLD) is none of them. An IPv4 network's sandbox has no IPv6
-        // address, so all its IPv6 is dropped.
+        // (point to point). `::` (DAD, early MLD) is none of them.
         (
             Rule::Endpoint {
                 host_interface: h,
@@ -447,8 +516,17 @@ fn entries(rule: &Rule, family: Family) -> Vec<Entry> {
 
 /// Write the restore script of one family for a batch. With `current` (the live rules), only what is still
 /// needed is written and the simulated state follows along; without it (a dry run), everything is written.
-fn script(batch: &Batch, family: Family, mut current: Option<&mut Current>) -> Script {
+fn script(
+    batch: &Batch,
+    family: Family,
+    mut current: Option<&mut Current>,
+    guard6: Guard6,
+) -> Script {
     let mut out = Script::default();
+    if let (Family::V6, Guard6::Move, Some(c)) = (family, guard6, current.as_deref()) {
+        let old = per_endpoint_drops(c);
+        delete(&mut out, &mut current, old);
+    }
     for change in &batch.0 {
         match change {
             Change::Add(Rule::Tables(Tables { owner, .. })) => {
@@ -496,11 +574,42 @@ fn script(batch: &Batch, family: Family, mut current: Option<&mut Current>) -> S
                     }
                 }
             }
-            Change::Add(rule) => add(&mut out, &mut current, entries(rule, family)),
-            Change::Delete(rule) => delete(&mut out, &mut current, entries(rule, family)),
+            Change::Add(rule) => add(&mut out, &mut current, entries(rule, family, guard6)),
+            Change::Delete(rule) => delete(&mut out, &mut current, entries(rule, family, guard6)),
         }
     }
     out
+}
+
+/// The drop pairs an older nsnet wrote per endpoint of an IPv4 network into ip6tables: a port's physdev
+/// drop with no return before it (a dual-stack or IPv6-only endpoint returns its own addresses), and its
+/// `-i` drop.
+fn per_endpoint_drops(v6: &Current) -> Vec<Entry> {
+    let Some(rules) = v6
+        .chains
+        .get(&("raw".to_string(), "NSNET-GUARD".to_string()))
+    else {
+        return vec![];
+    };
+    let guard = |spec: String| entry("raw", "NSNET-GUARD", spec, At::Append);
+    rules
+        .iter()
+        .filter_map(|r| {
+            r.strip_prefix("-m physdev --physdev-in ")?
+                .strip_suffix(" -j DROP")
+        })
+        .filter(|h| !h.contains(' '))
+        .filter(|h| {
+            let returns = format!("-m physdev --physdev-in {h} -j RETURN");
+            !rules.iter().any(|r| r.ends_with(&returns))
+        })
+        .flat_map(|h| {
+            [
+                guard(format!("-m physdev --physdev-in {h} -j DROP")),
+                guard(format!("-i {h} -j DROP")),
+            ]
+        })
+        .collect()
 }
 
 fn add(out: &mut Script, current: &mut Option<&mut Current>, entries: Vec<Entry>) {
@@ -556,7 +665,7 @@ fn delete(out: &mut Script, current: &mut Option<&mut Current>, entries: Vec<Ent
 pub fn render(batch: &Batch) -> String {
     let mut out = String::new();
     for family in [Family::V4, Family::V6] {
-        let text = Script::text(&script(batch, family, None).tables);
+        let text = Script::text(&script(batch, family, None, Guard6::PerNetwork).tables);
         if !text.is_empty() {
             let tool = family.restore();
             let _ = write!(
@@ -601,23 +710,26 @@ fn with_v6_chains(batch: &Batch, live: &Current, owner: &str) -> Batch {
 /// Apply a batch with one `ip6tables-restore --noflush` and one `iptables-restore --noflush`: all of it, or
 /// none of it. A restore commits table by table (each `COMMIT`), so a refused one may have committed the
 /// tables before the one refused: those are undone (the tables that differ from what was read before), and
-/// then every family applied before it.
+/// then every family applied before it. A family the batch has nothing for (ip6tables, for a sandbox of an
+/// IPv4 network) is neither read nor written.
 pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     if batch.is_empty() {
         return Ok(());
     }
     // Both read and written before anything is applied: a failure reading leaves everything as it was.
+    // iptables first: it says who owns the chains and where IPv4 networks' IPv6 is dropped.
+    let v4 = Current::parse(&super::run_tool(Family::V4.save(), &[], None)?);
+    let guard6 = Guard6::of(&v4, batch);
+    let owner = v4.owner();
     let mut read = Vec::new();
     for family in families() {
-        read.push((
-            family,
-            Current::parse(&super::run_tool(family.save(), &[], None)?),
-        ));
+        let current = match family {
+            Family::V4 => v4.clone(),
+            _ if !touches(batch, family, guard6) => continue,
+            _ => Current::parse(&super::run_tool(family.save(), &[], None)?),
+        };
+        read.push((family, current));
     }
-    let owner = read
-        .iter()
-        .find(|(f, _)| *f == Family::V4)
-        .and_then(|(_, c)| c.owner());
     let mut scripts = Vec::new();
     for (family, before) in read {
         let mut after = before.clone();
@@ -626,11 +738,14 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
                 &with_v6_chains(batch, &before, owner),
                 family,
                 Some(&mut after),
+                guard6,
             ),
-            _ => script(batch, family, Some(&mut after)),
+            _ => script(batch, family, Some(&mut after), guard6),
         };
         scripts.push((family, s, before));
     }
+    // IPv6 first, as before.
+    scripts.sort_by_key(|(f, _, _)| *f == Family::V4);
     let mut done: Vec<(Family, String)> = Vec::new();
     for (family, s, before) in scripts {
         let text = Script::text(&s.tables);
@@ -655,21 +770,32 @@ pub fn apply(batch: &Batch) -> Result<(), FirewallError> {
     Ok(())
 }
 
+/// Whether the batch writes anything to this family (as a dry run would: with nothing read).
+fn touches(batch: &Batch, family: Family, guard6: Guard6) -> bool {
+    guard6 == Guard6::Move || !script(batch, family, None, guard6).tables.is_empty()
+}
+
 /// The rules of `rules` whose iptables (or ip6tables) rules are not all in place.
 pub fn missing(rules: &[Rule]) -> Result<Vec<Rule>, FirewallError> {
+    let v4 = Current::parse(&super::run_tool(Family::V4.save(), &[], None)?);
+    // Not a rebuild: the chains as they are.
+    let guard6 = Guard6::of(&v4, &Batch::default());
     let mut live = Vec::new();
     for family in families() {
-        live.push((
-            family,
-            Current::parse(&super::run_tool(family.save(), &[], None)?),
-        ));
+        let needed = rules.iter().any(|r| !entries(r, family, guard6).is_empty());
+        let current = match family {
+            Family::V4 => v4.clone(),
+            _ if !needed => continue,
+            _ => Current::parse(&super::run_tool(family.save(), &[], None)?),
+        };
+        live.push((family, current));
     }
     Ok(rules
         .iter()
         .filter(|r| {
             !live
                 .iter()
-                .all(|(f, current)| entries(r, *f).iter().all(|e| current.has_rule(e)))
+                .all(|(f, current)| entries(r, *f, guard6).iter().all(|e| current.has_rule(e)))
         })
         .cloned()
         .collect())
@@ -744,8 +870,9 @@ mod tests {
         let mut cur = Current::parse(live);
         let mut add = Batch::default();
         add.add(port());
-        let text =
-            |b: &Batch, c: &mut Current| Script::text(&script(b, Family::V4, Some(c)).tables);
+        let text = |b: &Batch, c: &mut Current| {
+            Script::text(&script(b, Family::V4, Some(c), Guard6::PerNetwork).tables)
+        };
         assert_eq!(text(&add, &mut cur), "", "already there");
         let mut del = Batch::default();
         del.delete(port());
@@ -766,7 +893,7 @@ mod tests {
             keep_user_chain: true,
             owner: "nsnet:/s".into(),
         }));
-        let text = Script::text(&script(&b, Family::V4, Some(&mut cur)).tables);
+        let text = Script::text(&script(&b, Family::V4, Some(&mut cur), Guard6::PerNetwork).tables);
         assert!(
             text.contains("-D FORWARD -j NSNET-FORWARD\n-F NSNET-FORWARD\n-X NSNET-FORWARD\n"),
             "{text}"
@@ -784,7 +911,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_endpoint_returns_its_own_sources_and_drops_the_rest() {
-        let specs: Vec<String> = entries(&endpoint6(), Family::V6)
+        let specs: Vec<String> = entries(&endpoint6(), Family::V6, Guard6::PerNetwork)
             .into_iter()
             .map(|e| e.spec)
             .collect();
@@ -804,7 +931,7 @@ mod tests {
             address: Some(Ipv4Addr::new(10, 89, 0, 2)),
             ipv6: vec![],
         };
-        let specs: Vec<String> = entries(&v4only, Family::V6)
+        let specs: Vec<String> = entries(&v4only, Family::V6, Guard6::PerEndpoint)
             .into_iter()
             .map(|e| e.spec)
             .collect();
@@ -822,7 +949,7 @@ mod tests {
             address: None,
             ipv6: vec!["fe80::1".parse().unwrap(), "fd00::2".parse().unwrap()],
         };
-        let specs: Vec<String> = entries(&only6, Family::V4)
+        let specs: Vec<String> = entries(&only6, Family::V4, Guard6::PerNetwork)
             .into_iter()
             .map(|e| e.spec)
             .collect();
@@ -831,8 +958,8 @@ mod tests {
             ["-m physdev --physdev-in nsv1 -j DROP", "-i nsv1 -j DROP"]
         );
         assert_eq!(
-            entries(&only6, Family::V6).len(),
-            entries(&endpoint6(), Family::V6).len()
+            entries(&only6, Family::V6, Guard6::PerNetwork).len(),
+            entries(&endpoint6(), Family::V6, Guard6::PerNetwork).len()
         );
         let bridge = Rule::Interface {
             interface: "nsbr".into(),
@@ -840,8 +967,8 @@ mod tests {
             internal: false,
             subnet6: Some("fd00::/64".parse().unwrap()),
         };
-        assert!(entries(&bridge, Family::V4).is_empty());
-        assert!(!entries(&bridge, Family::V6).is_empty());
+        assert!(entries(&bridge, Family::V4, Guard6::PerNetwork).is_empty());
+        assert!(!entries(&bridge, Family::V6, Guard6::PerNetwork).is_empty());
     }
 
     #[test]
@@ -856,19 +983,19 @@ mod tests {
             },
             target: "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().into(),
         };
-        assert!(entries(&port6, Family::V4).is_empty());
+        assert!(entries(&port6, Family::V4, Guard6::PerNetwork).is_empty());
         assert_eq!(
-            entries(&port6, Family::V6)[0].spec,
+            entries(&port6, Family::V6, Guard6::PerNetwork)[0].spec,
             "-p udp -m udp --dport 8088 -j DNAT --to-destination [fd00::2]:80"
         );
-        assert!(entries(&port(), Family::V6).is_empty());
+        assert!(entries(&port(), Family::V6, Guard6::PerNetwork).is_empty());
         let masq6 = Rule::Masquerade {
             subnet: "fd00::/64".parse().unwrap(),
             interface: "nsnet0".into(),
         };
-        assert!(entries(&masq6, Family::V4).is_empty());
+        assert!(entries(&masq6, Family::V4, Guard6::PerNetwork).is_empty());
         assert_eq!(
-            entries(&masq6, Family::V6)[0].spec,
+            entries(&masq6, Family::V6, Guard6::PerNetwork)[0].spec,
             "-s fd00::/64 ! -o nsnet0 -j MASQUERADE"
         );
     }
@@ -887,7 +1014,7 @@ mod tests {
             ipv6: vec![],
         });
         b.add(endpoint6());
-        let s = script(&b, Family::V6, Some(&mut cur));
+        let s = script(&b, Family::V6, Some(&mut cur), Guard6::PerEndpoint);
         // Play the undo script on the simulated state: it must come back to what was there.
         let undo = s.undo_text(|_| true);
         for line in undo.lines() {
@@ -911,5 +1038,104 @@ mod tests {
             }
         }
         assert_eq!(cur.chains, before.chains, "{undo}");
+    }
+
+    /// An IPv4 network drops its sandboxes' IPv6 with one rule, so its sandboxes' batches have nothing for
+    /// ip6tables (and the driver neither reads nor writes it); chains an older nsnet made keep their
+    /// per-endpoint drops until a rebuild moves them over.
+    #[test]
+    fn an_ipv4_network_drops_ipv6_once_and_its_sandboxes_leave_ip6tables_alone() {
+        let bridge = Rule::Interface {
+            interface: "nsbr".into(),
+            subnet: Some("10.89.0.0/24".parse().unwrap()),
+            internal: false,
+            subnet6: None,
+        };
+        let specs = |r: &Rule, g| -> Vec<String> {
+            entries(r, Family::V6, g)
+                .into_iter()
+                .map(|e| e.spec)
+                .collect()
+        };
+        assert_eq!(specs(&bridge, Guard6::PerNetwork), ["-i nsbr -j DROP"]);
+        assert!(specs(&bridge, Guard6::PerEndpoint).is_empty());
+        let v4only = Rule::Endpoint {
+            host_interface: "nsv1".into(),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
+            ipv6: vec![],
+        };
+        assert!(specs(&v4only, Guard6::PerNetwork).is_empty());
+        let mut up = Batch::default();
+        up.add(v4only.clone());
+        up.add(port());
+        assert!(!touches(&up, Family::V6, Guard6::PerNetwork));
+        assert!(touches(&up, Family::V6, Guard6::PerEndpoint));
+        assert!(touches(&up, Family::V4, Guard6::PerNetwork));
+        let mut dual = Batch::default();
+        dual.delete(endpoint6());
+        assert!(touches(&dual, Family::V6, Guard6::PerNetwork));
+
+        // Which chains: made by this nsnet (marked), by an older one (not), or not made yet.
+        let mark = format!(
+            "*nat\n:NSNET-POSTROUTING - [0:0]\n-A NSNET-POSTROUTING {}\n-A NSNET-POSTROUTING {GUARD6_MARK}\nCOMMIT\n",
+            owner_mark("nsnet:/s")
+        );
+        let old = format!(
+            "*nat\n:NSNET-POSTROUTING - [0:0]\n-A NSNET-POSTROUTING {}\nCOMMIT\n",
+            owner_mark("nsnet:/s")
+        );
+        let mut reload = Batch::default();
+        reload.add(Rule::Tables(Tables {
+            keep_user_chain: true,
+            owner: "nsnet:/s".into(),
+        }));
+        let of = |t: &str, b: &Batch| Guard6::of(&Current::parse(t), b);
+        assert_eq!(of(&mark, &up), Guard6::PerNetwork);
+        assert_eq!(of(&old, &up), Guard6::PerEndpoint);
+        assert_eq!(of(&old, &reload), Guard6::Move);
+        assert_eq!(of("", &reload), Guard6::PerNetwork);
+        // The mark is no owner.
+        assert_eq!(Current::parse(&mark).owner().as_deref(), Some("nsnet:/s"));
+        // A fresh skeleton writes the mark.
+        let fresh = Script::text(&script(&reload, Family::V4, None, Guard6::PerNetwork).tables);
+        assert!(
+            fresh.contains(&format!("-A NSNET-POSTROUTING {GUARD6_MARK}\n")),
+            "{fresh}"
+        );
+    }
+
+    /// A rebuild on older chains deletes the per-endpoint drops of IPv4 networks' endpoints (not a
+    /// dual-stack endpoint's drop after its returns), before the batch adds the networks' drops.
+    #[test]
+    fn a_rebuild_moves_older_chains_to_per_network_drops() {
+        let live = "*raw\n:PREROUTING ACCEPT [0:0]\n:NSNET-GUARD - [0:0]\n-A PREROUTING -j NSNET-GUARD\n\
+                    -A NSNET-GUARD -m physdev --physdev-in old -j DROP\n-A NSNET-GUARD -i old -j DROP\n\
+                    -A NSNET-GUARD -s fe80::1/128 -m physdev --physdev-in ds -j RETURN\n\
+                    -A NSNET-GUARD -m physdev --physdev-in ds -j DROP\n-A NSNET-GUARD -i ds -j DROP\n\
+                    -A NSNET-GUARD -m physdev --physdev-in nsve-p -j DROP\n-A NSNET-GUARD -i nsve-p -j DROP\nCOMMIT\n";
+        let mut cur = Current::parse(live);
+        let mut b = Batch::default();
+        b.add(Rule::Interface {
+            interface: "nsve-p".into(),
+            subnet: Some("10.89.0.0/30".parse().unwrap()),
+            internal: false,
+            subnet6: None,
+        });
+        b.add(Rule::Endpoint {
+            host_interface: "nsve-p".into(),
+            address: Some(Ipv4Addr::new(10, 89, 0, 2)),
+            ipv6: vec![],
+        });
+        script(&b, Family::V6, Some(&mut cur), Guard6::Move);
+        let guard = &cur.chains[&("raw".to_string(), "NSNET-GUARD".to_string())];
+        assert_eq!(
+            guard,
+            &[
+                "-s fe80::1/128 -m physdev --physdev-in ds -j RETURN",
+                "-m physdev --physdev-in ds -j DROP",
+                "-i ds -j DROP",
+                "-i nsve-p -j DROP",
+            ]
+        );
     }
 }

@@ -66,12 +66,16 @@ impl Current {
         let rules = self
             .chains
             .get(&("nat".to_string(), "NSNET-POSTROUTING".to_string()))?;
-        rules.iter().find_map(|spec| {
-            let owner = spec
-                .strip_prefix("-m comment --comment \"")?
-                .strip_suffix('"')?;
-            Some(owner.to_string())
-        })
+        // The IPv6 guard's mark is a comment too, and not an owner.
+        rules
+            .iter()
+            .filter(|s| *s != super::iptables::GUARD6_MARK)
+            .find_map(|spec| {
+                let owner = spec
+                    .strip_prefix("-m comment --comment \"")?
+                    .strip_suffix('"')?;
+                Some(owner.to_string())
+            })
     }
 
     /// One table's chains and rules.
