@@ -568,11 +568,10 @@ fn a_dual_stack_sandbox_cannot_configure_the_host_or_its_neighbours_with_router_
 }
 
 fn dual_stack_router_advertisements(backend: &'static str) {
-    const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
     let mut h = TestHost::with_ipv6("ra6");
     h.firewall = Some(backend);
     let ok = |args: &[&str]| {
-        let out = h.nsnet_env(args, &GATE);
+        let out = h.nsnet(args);
         assert!(
             out.status.success(),
             "{args:?}: {}",

@@ -246,12 +246,12 @@ fn firewall_none_writes_no_rules_and_refuses_ports() {
 fn iptables_backend_on_dual_stack_networks_publishes_isolates_and_cleans_up() {
     let h = iptables_host6("ipt6");
     // A first cycle lets iptables-nft create its (empty) built-in tables of both families.
-    h.ok6(&["network", "create", "warm", "--ipv6"]);
+    h.ok(&["network", "create", "warm", "--ipv6"]);
     h.ok(&["network", "rm", "warm"]);
     assert!(nsnet_rules_of(&h, "ip6tables-save").is_empty());
     let baseline = h.snapshot();
 
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "n1",
@@ -259,7 +259,7 @@ fn iptables_backend_on_dual_stack_networks_publishes_isolates_and_cleans_up() {
         "--subnet",
         "172.16.1.0/24",
     ]);
-    h.ok6(&[
+    h.ok(&[
         "network",
         "create",
         "n2",
@@ -268,9 +268,9 @@ fn iptables_backend_on_dual_stack_networks_publishes_isolates_and_cleans_up() {
         "172.16.2.0/24",
     ]);
     let (a, b, c) = (h.sb("a"), h.sb("b"), h.sb("c"));
-    h.ok6(&["create", &a, "--network", "n1", "-p", "8080:80"]);
-    h.ok6(&["create", &b, "--network", "n1"]);
-    h.ok6(&["create", &c, "--network", "n2"]);
+    h.ok(&["create", &a, "--network", "n1", "-p", "8080:80"]);
+    h.ok(&["create", &b, "--network", "n1"]);
+    h.ok(&["create", &c, "--network", "n2"]);
     let (a6, b6) = (h.address6(&a), h.address6(&b));
     let rules6 = nsnet_rules_of(&h, "ip6tables-save");
     assert!(
@@ -391,9 +391,9 @@ fn iptables_backend_on_an_ipv6_forward_drop_policy() {
     let h = iptables_host6("ipt6drop");
     h.in_host(&["iptables", "-P", "FORWARD", "DROP"]);
     h.in_host(&["ip6tables", "-P", "FORWARD", "DROP"]);
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
-    h.ok6(&["create", &s, "--network", "ds", "-p", "8080:80"]);
+    h.ok(&["create", &s, "--network", "ds", "-p", "8080:80"]);
     let lan = SocketAddr::new(v6(LAN_IP6).into(), 9000);
     assert_eq!(
         reach_any(&h.lan_path(), 9000, &h.sb_path("s"), lan),
@@ -427,9 +427,9 @@ fn iptables_backend_on_an_ipv6_forward_drop_policy() {
 #[test]
 fn a_refused_restore_undoes_what_landed_before_it() {
     let h = iptables_host6("ipt6undo");
-    h.ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     let s = h.sb("s");
-    h.ok6(&["create", &s, "--network", "ds", "-p", "8080:80"]);
+    h.ok(&["create", &s, "--network", "ds", "-p", "8080:80"]);
     h.ok(&["rm", &s]);
     h.in_host(&["iptables", "-t", "nat", "-I", "OUTPUT", "-j", "NSNET-PORTS"]);
     let ordered = |tool: &str| {

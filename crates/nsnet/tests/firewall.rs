@@ -264,17 +264,7 @@ fn lan_router_advertisement(h: &TestHost, lifetime: u16) -> Vec<u8> {
 /// nothing on, and an IPv4 network leaves IPv6 forwarding alone.
 #[test]
 fn a_host_taking_router_advertisements_keeps_its_default_route() {
-    const GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
     let h = TestHost::with_lan6("v6fwd");
-    let ok6 = |args: &[&str]| {
-        let out = h.nsnet_env(args, &GATE);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let sysctl = |key: &str| h.in_host(&["sysctl", "-n", key]).trim().to_string();
     let advertise = |lifetime: u16| {
         let ra = lan_router_advertisement(&h, lifetime);
@@ -302,18 +292,18 @@ fn a_host_taking_router_advertisements_keeps_its_default_route() {
 
     // Neither an IPv4 network nor an internal dual-stack one switches IPv6 forwarding on.
     h.ok(&["network", "create", "v4"]);
-    ok6(&["network", "create", "int", "--ipv6", "--internal"]);
+    h.ok(&["network", "create", "int", "--ipv6", "--internal"]);
     assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "0");
     assert_eq!(sysctl("net.ipv6.conf.uplink0.accept_ra"), "1");
 
-    let plan = ok6(&["--dry-run", "network", "create", "ds", "--ipv6"]);
+    let plan = h.ok(&["--dry-run", "network", "create", "ds", "--ipv6"]);
     assert!(
         plan.contains(
             "sysctl -w net.ipv6.conf.uplink0.accept_ra=2\nsysctl -w net.ipv6.conf.all.forwarding=1\n"
         ),
         "{plan}"
     );
-    ok6(&["network", "create", "ds", "--ipv6"]);
+    h.ok(&["network", "create", "ds", "--ipv6"]);
     assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
     assert_eq!(sysctl("net.ipv6.conf.uplink0.accept_ra"), "2");
     assert!(
@@ -327,7 +317,7 @@ fn a_host_taking_router_advertisements_keeps_its_default_route() {
     advertise(1800);
     assert!(wait_for(true), "the router's advertisement went unheard");
     // A reload (forwarding already on) plans no accept_ra change, and removing the network reverts nothing.
-    let plan = ok6(&["--dry-run", "firewall", "reload"]);
+    let plan = h.ok(&["--dry-run", "firewall", "reload"]);
     assert!(
         plan.contains("sysctl -w net.ipv6.conf.all.forwarding=1"),
         "{plan}"

@@ -775,7 +775,6 @@ fn a_cni_container_on_a_dual_stack_overlay_reaches_a_sandbox_on_another_host_ove
             .env("CNI_PATH", "/nonexistent")
             .env("NSNET_STATE_DIR", w.state_dir(2))
             .env("NSNET_CGROUP", w.state_dir(2))
-            .envs(world::common::IPV6_GATE)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

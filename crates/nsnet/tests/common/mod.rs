@@ -19,9 +19,6 @@ pub const LAN_IP: &str = "10.0.1.26";
 /// Their IPv6 addresses on the same link ([`TestHost::with_lan6`]; documentation prefix, RFC 3849).
 pub const HOST_IP6: &str = "2001:db8:1::48";
 pub const LAN_IP6: &str = "2001:db8:1::26";
-/// The environment that lets IPv6 through while it is unfinished (issue #19): the IPv6 tests pass it
-/// themselves, so the refusals without it can be tested too.
-pub const IPV6_GATE: [(&str, &str); 1] = [("NSNET_IPV6", "1")];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -441,17 +438,6 @@ impl TestHost {
     pub fn inspect(&self, name: &str) -> Value {
         serde_json::from_str(&self.ok(&["inspect", name, "--json"]))
             .expect("inspect --json is JSON")
-    }
-
-    /// nsnet with the IPv6 gate open ([`IPV6_GATE`]); it must succeed. Returns stdout.
-    pub fn ok6(&self, args: &[&str]) -> String {
-        let out = self.nsnet_env(args, &IPV6_GATE);
-        assert!(
-            out.status.success(),
-            "nsnet {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The MAC of sandbox `name`'s first endpoint, from its record.
