@@ -1068,7 +1068,10 @@ impl Netlink {
                 continue;
             }
             let (oif, gw) = oif_and_gateway(&m);
-            out.push(DefaultRoute { oif, gateway: gw });
+            out.push(DefaultRoute {
+                oif,
+                gateway: gw.and_then(v4),
+            });
         }
         Ok(out)
     }
@@ -1153,43 +1156,14 @@ impl Netlink {
         &mut self,
         dst: Ipv6Addr,
     ) -> Result<Option<(String, Option<Ipv6Addr>)>, KernelError> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet6;
-        msg.header.destination_prefix_length = 128;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet6(dst)));
-        let replies = match self.request(
-            &format!("look up the route to {dst}"),
-            RouteNetlinkMessage::GetRoute(msg),
-            0,
-        ) {
-            Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.errno(),
-                    Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+        let Some((oif, gw)) = self.route_lookup(dst.into())? else {
+            return Ok(None);
         };
-        for r in replies {
-            let RouteNetlinkMessage::NewRoute(m) = r else {
-                continue;
-            };
-            let (mut oif, mut gw) = (None, None);
-            for attr in &m.attributes {
-                match attr {
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some(*ip),
-                    _ => {}
-                }
-            }
-            let Some(oif) = oif else { return Ok(None) };
-            return Ok(self.link_name(oif)?.map(|name| (name, gw)));
-        }
-        Ok(None)
+        let gw = gw.and_then(|g| match g {
+            IpAddr::V6(g) => Some(g),
+            IpAddr::V4(_) => None,
+        });
+        Ok(self.link_name(oif)?.map(|name| (name, gw)))
     }
 
     /// The IPv6 addresses of one link (link-local ones included).
@@ -1744,11 +1718,22 @@ impl Netlink {
         &mut self,
         dst: Ipv4Addr,
     ) -> Result<Option<(u32, Option<Ipv4Addr>)>, KernelError> {
+        Ok(self
+            .route_lookup(dst.into())?
+            .map(|(oif, gw)| (oif, gw.and_then(v4))))
+    }
+
+    /// `ip route get DST` for either family: the output link's index and the gateway, `None` when DST is
+    /// unreachable.
+    fn route_lookup(&mut self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, KernelError> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = 32;
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let (family, len, addr) = match dst {
+            IpAddr::V4(d) => (AddressFamily::Inet, 32, RouteAddress::Inet(d)),
+            IpAddr::V6(d) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(d)),
+        };
+        msg.header.address_family = family;
+        msg.header.destination_prefix_length = len;
+        msg.attributes.push(RouteAttribute::Destination(addr));
         let replies = match self.request(
             &format!("look up the route to {dst}"),
             RouteNetlinkMessage::GetRoute(msg),
@@ -1813,12 +1798,21 @@ fn gone_ok(reply: Result<Vec<RouteNetlinkMessage>, KernelError>) -> Result<bool,
 }
 
 /// A route's output link and IPv4 gateway, when it has them.
-fn oif_and_gateway(m: &RouteMessage) -> (Option<u32>, Option<Ipv4Addr>) {
+/// The IPv4 address `ip` is, if it is one.
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn oif_and_gateway(m: &RouteMessage) -> (Option<u32>, Option<IpAddr>) {
     let (mut oif, mut gw) = (None, None);
     for attr in &m.attributes {
         match attr {
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(IpAddr::V4(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gw = Some(IpAddr::V6(*ip)),
             _ => {}
         }
     }
