@@ -13,14 +13,8 @@ use std::time::Duration;
 
 use nsnet_core::kernel::{fastpath::FastPath, netns, Netlink};
 use nsnet_core::probe;
-use serde_json::Value;
-use world::{in_ns, try_in_ns, wait_until, Signal, World};
-
-const NET: &str = "pods";
-const CLUSTER: &str = "10.244.0.0/16";
-const CLUSTER6: &str = "fd00:10:244::/56";
-const TTL: &str = "3";
-const CONVERGE: Duration = Duration::from_secs(15);
+use world::six::{lines, local, pings6, sandbox, CLUSTER, CLUSTER6, CONVERGE, NET, TTL};
+use world::{in_ns, wait_until, Signal, World};
 
 /// A dual-stack world of `hosts` hosts, the overlay network made with `extra`, the first `joined` hosts'
 /// agents joined.
@@ -41,14 +35,6 @@ fn cluster(test: &str, hosts: usize, joined: usize, extra: &[&str]) -> World {
     w
 }
 
-/// Host `i`'s record of the overlay network, once its agent made it.
-fn local(w: &World, i: usize) -> Option<Value> {
-    let out = w.nsnet(i, &["network", "inspect", NET, "--json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).expect("inspect --json is JSON"))
-}
-
 /// Wait until each of `hosts` has made the network and has `peers` peers.
 fn wait_joined(w: &World, hosts: &[usize], peers: usize) {
     for &i in hosts {
@@ -58,32 +44,6 @@ fn wait_joined(w: &World, hosts: &[usize], peers: usize) {
         });
         assert!(ok, "host {i} has not {peers} peer(s):\n{}", w.agent_log(i));
     }
-}
-
-/// Create sandbox `name` on host `i`; returns its IPv6 address.
-fn sandbox(w: &World, i: usize, name: &str) -> Ipv6Addr {
-    w.ok(i, &["create", &w.sb(name), "--network", NET]);
-    let v: Value =
-        serde_json::from_str(&w.ok(i, &["inspect", &w.sb(name), "--json"])).expect("JSON");
-    v["endpoints"][0]["ipv6"]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("an IPv6 address")
-}
-
-fn pings6(from: &Path, to: Ipv6Addr) -> bool {
-    probe::ping6(from, to).unwrap_or(false)
-}
-
-/// The lines of `cmd` in host `i`'s namespace.
-fn lines(w: &World, i: usize, cmd: &[&str]) -> Vec<String> {
-    let out = try_in_ns(&w.host_path(i), cmd);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
 }
 
 fn routes6(w: &World, i: usize) -> Vec<String> {

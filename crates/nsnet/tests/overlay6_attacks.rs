@@ -10,48 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use nsnet_core::probe;
-use serde_json::Value;
-use world::common::icmpv6_frame;
-use world::{in_ns, try_in_ns, wait_until, World};
-
-const NET: &str = "pods";
-const CLUSTER: &str = "10.244.0.0/16";
-const CLUSTER6: &str = "fd00:10:244::/56";
-const TTL: &str = "3";
-const CONVERGE: Duration = Duration::from_secs(15);
-
-/// A dual-stack world of `hosts` hosts, the overlay network made with `extra`, every host's agent run with
-/// `agent_extra` and joined.
-fn cluster(test: &str, hosts: usize, extra: &[&str], agent_extra: &[&str]) -> World {
-    let w = World::new6(test, hosts);
-    let url = w.etcd_url();
-    let mut args = vec![
-        "network", "create", NET, "--driver", "overlay", "--subnet", CLUSTER, "--subnet", CLUSTER6,
-        "--etcd", &url,
-    ];
-    args.extend_from_slice(extra);
-    w.ok(1, &args);
-    let mut agent = vec!["--lease-ttl", TTL];
-    agent.extend_from_slice(agent_extra);
-    for i in 1..=hosts {
-        w.start_agent(i, &agent);
-    }
-    for i in 1..=hosts {
-        let ok = wait_until(CONVERGE, || {
-            local(&w, i)
-                .is_some_and(|v| v["overlay"]["peers"].as_array().map(Vec::len) == Some(hosts - 1))
-        });
-        assert!(ok, "host {i} did not join:\n{}", w.agent_log(i));
-    }
-    w
-}
-
-fn local(w: &World, i: usize) -> Option<Value> {
-    let out = w.nsnet(i, &["network", "inspect", NET, "--json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).expect("inspect --json is JSON"))
-}
+use world::six::*;
+use world::{in_ns, wait_until, World};
 
 /// Host `i`'s IPv6 block's first address plus `n`.
 fn in_block6(w: &World, i: usize, n: u128) -> Ipv6Addr {
@@ -60,32 +20,6 @@ fn in_block6(w: &World, i: usize, n: u128) -> Ipv6Addr {
         .and_then(|s| s.parse().ok())
         .expect("an IPv6 block");
     Ipv6Addr::from(u128::from(block.network()) + n)
-}
-
-/// Create sandbox `name` on host `i`; returns its IPv6 address.
-fn sandbox(w: &World, i: usize, name: &str) -> Ipv6Addr {
-    w.ok(i, &["create", &w.sb(name), "--network", NET]);
-    let v: Value =
-        serde_json::from_str(&w.ok(i, &["inspect", &w.sb(name), "--json"])).expect("JSON");
-    v["endpoints"][0]["ipv6"]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect("an IPv6 address")
-}
-
-fn pings6(from: &Path, to: Ipv6Addr) -> bool {
-    probe::ping6(from, to).unwrap_or(false)
-}
-
-fn snmp6(ns: &Path, field: &str) -> u64 {
-    in_ns(ns, &["cat", "/proc/net/snmp6"])
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            (it.next() == Some(field)).then(|| it.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no counter {field}"))
 }
 
 /// What reached the namespace at `ns` of the frames these tests send: ICMPv6 echo requests (the slow path's)
@@ -99,64 +33,11 @@ fn forwarded6(ns: &Path) -> u64 {
     snmp6(ns, "Ip6OutForwDatagrams")
 }
 
-/// An ICMPv6 echo request frame (hop limit 255).
-fn echo6(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
-    icmpv6_frame(
-        dst_mac,
-        src_mac,
-        src,
-        dst,
-        128,
-        0,
-        &[0, 7, 0, 1, 0xab, 0xcd],
-    )
-}
-
-/// A UDP datagram (to a port nobody listens on) as an Ethernet frame, its checksum right: what the fast
-/// path takes (ICMPv6 always takes the slow path).
-fn udp6(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
-    let mut udp = vec![0x9c, 0x40, 0x9c, 0x41, 0, 12, 0, 0, 1, 2, 3, 4];
-    let sum = world::common::ipv6_checksum(17, src, dst, &udp);
-    udp[6..8].copy_from_slice(&sum.to_be_bytes());
-    let mut frame = dst_mac.to_vec();
-    frame.extend(src_mac);
-    frame.extend(0x86ddu16.to_be_bytes());
-    frame.extend(world::common::ipv6_header(17, src, dst, udp.len()));
-    frame.extend(udp);
-    frame
-}
-
-/// `frame` with IPv6 hop limit `hops` (no IPv6 header checksum; the upper layer's does not cover it).
-fn with_hops(mut frame: Vec<u8>, hops: u8) -> Vec<u8> {
-    frame[21] = hops;
-    frame
-}
-
 fn assert_raw_dropped(from: &Path, frame: &[u8], victim: &Path, what: &str) {
     let before = hits(victim);
     probe::send_frames(from, "eth0", &vec![frame.to_vec(); 5]).expect("send frames");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hits(victim), before, "delivered: {what}");
-}
-
-/// Remove sandboxes `names` (host, name) and the overlay network; every host lets it go.
-fn teardown(w: &World, names: &[(usize, &str)]) {
-    for (i, name) in names {
-        w.ok(*i, &["rm", &w.sb(name)]);
-    }
-    w.ok(1, &["network", "rm", NET, "--etcd", &w.etcd_url()]);
-    for i in 1..=w.hosts() {
-        assert!(
-            wait_until(CONVERGE, || local(w, i).is_none()),
-            "host {i} kept its part of the network:\n{}",
-            w.agent_log(i)
-        );
-        let routes = try_in_ns(
-            &w.host_path(i),
-            &["ip", "-6", "route", "show", "proto", "110"],
-        );
-        assert!(routes.stdout.is_empty(), "host {i}'s IPv6 routes");
-    }
 }
 
 /// The IPv6 twin of `a_lan_peer_cannot_use_a_member_as_a_router_into_the_overlay`: a LAN peer that is no

@@ -16,6 +16,7 @@
 
 #[path = "../common/mod.rs"]
 pub mod common;
+pub mod six;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
