@@ -1476,19 +1476,37 @@ impl Netlink {
     /// The IPv4 neighbour entries of link `dev_index` that have a MAC, with their `ndm_state` (NUD_* bits;
     /// [`NUD_PERMANENT`] marks those [`Self::neigh_replace`] makes).
     pub fn neighbours(&mut self, dev_index: u32) -> Result<Vec<Neighbour>, KernelError> {
-        let mut req = neighbour(AddressFamily::Inet, 0, None, None);
+        Ok(self
+            .neighbours_of(AddressFamily::Inet, dev_index)?
+            .into_iter()
+            .filter_map(|(ip, mac, state)| v4(ip).map(|ip| (ip, mac, state)))
+            .collect())
+    }
+
+    /// Link `dev_index`'s neighbour entries of `family` that have a MAC, with their `ndm_state`.
+    fn neighbours_of(
+        &mut self,
+        family: AddressFamily,
+        dev_index: u32,
+    ) -> Result<Vec<(IpAddr, [u8; 6], u16)>, KernelError> {
+        let mut req = neighbour_of(family, 0, None, None);
         // NDA_IFINDEX: the kernel dumps only this link's entries.
         req.attributes.push(NeighbourAttribute::IfIndex(dev_index));
         let mut out = Vec::new();
         let what = format!("list the neighbours of link {dev_index}");
         for m in self.dump_neighbours(&what, req, dev_index)? {
-            if m.header.family != AddressFamily::Inet {
+            if m.header.family != family {
                 continue;
             }
             let (mut ip, mut mac) = (None, None);
             for attr in &m.attributes {
                 match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        ip = Some(IpAddr::V4(*a))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        ip = Some(IpAddr::V6(*a))
+                    }
                     NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
                     _ => {}
                 }
@@ -1676,27 +1694,14 @@ impl Netlink {
     /// The IPv6 twin of [`Self::neighbours`]: link `dev_index`'s IPv6 neighbour entries that have a MAC,
     /// with their `ndm_state`.
     pub fn neighbours6(&mut self, dev_index: u32) -> Result<Vec<Neighbour6>, KernelError> {
-        let mut req = neighbour_of(AddressFamily::Inet6, 0, None, None);
-        req.attributes.push(NeighbourAttribute::IfIndex(dev_index));
-        let mut out = Vec::new();
-        let what = format!("list the IPv6 neighbours of link {dev_index}");
-        for m in self.dump_neighbours(&what, req, dev_index)? {
-            if m.header.family != AddressFamily::Inet6 {
-                continue;
-            }
-            let (mut ip, mut mac) = (None, None);
-            for attr in &m.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(*a),
-                    NeighbourAttribute::LinkLayerAddress(a) => mac = mac6(a),
-                    _ => {}
-                }
-            }
-            if let (Some(ip), Some(mac)) = (ip, mac) {
-                out.push((ip, mac, u16::from(m.header.state)));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .neighbours_of(AddressFamily::Inet6, dev_index)?
+            .into_iter()
+            .filter_map(|(ip, mac, state)| match ip {
+                IpAddr::V6(ip) => Some((ip, mac, state)),
+                IpAddr::V4(_) => None,
+            })
+            .collect())
     }
 
     /// The link holding IPv4 address IP (its name and index) and the address with its prefix: which
