@@ -100,18 +100,27 @@ impl NetworkSpec {
 
     /// The IPv6 part of [`NetworkSpec::validate`]: every IPv4 block must have an IPv6 block of its own.
     fn validate6(&self) -> Result<(), String> {
-        let (Some(net6), Some(len6)) = (self.subnet6, self.host_subnet6_len) else {
-            if let Some(len6) = self.host_subnet6_len {
+        let (net6, len6) = match (self.subnet6, self.host_subnet6_len) {
+            (None, None) => return Ok(()),
+            (Some(net6), Some(len6)) => (net6, len6),
+            (None, Some(len6)) => {
                 return Err(format!(
                     "--host-subnet6-len {len6} needs an IPv6 --subnet, the cluster's IPv6 prefix"
-                ));
+                ))
             }
-            return Ok(());
+            // Only settings written into etcd by hand get here: the CLI always gives both.
+            (Some(net6), None) => {
+                return Err(format!(
+                    "the IPv6 cluster prefix {net6} has no host_subnet6_len; set it (nsnet's default is \
+                     {DEFAULT_HOST_SUBNET6_LEN})"
+                ))
+            }
         };
         // A sandbox's block is a /48 to /120, as on a single-host network.
         if !(net6.prefix_len() < len6 && (48..=120).contains(&len6)) {
             return Err(format!(
-                "--host-subnet6-len {len6} does not fit the IPv6 cluster prefix {net6}: give a length longer                  than {} and from 48 to 120 (default {DEFAULT_HOST_SUBNET6_LEN})",
+                "--host-subnet6-len {len6} does not fit the IPv6 cluster prefix {net6}: give a length longer \
+                 than {} and from 48 to 120 (default {DEFAULT_HOST_SUBNET6_LEN})",
                 net6.prefix_len()
             ));
         }
@@ -125,7 +134,8 @@ impl NetworkSpec {
         let bits6 = len6 - net6.prefix_len();
         if bits6 < bits4 {
             return Err(format!(
-                "the IPv6 cluster prefix {net6} has {} /{len6} blocks, fewer than the {} /{} blocks of {}: every                  host needs one of each; give a shorter IPv6 prefix (at most /{}) or a longer --host-subnet6-len",
+                "the IPv6 cluster prefix {net6} has {} /{len6} blocks, fewer than the {} /{} blocks of {}: every \
+                 host needs one of each; give a shorter IPv6 prefix (at most /{}) or a longer --host-subnet6-len",
                 blocks(bits6),
                 blocks(bits4),
                 self.host_subnet_len,
@@ -428,6 +438,13 @@ mod tests {
         );
         let no_prefix = bad(|s| s.subnet6 = None);
         assert!(no_prefix.contains("needs an IPv6 --subnet"), "{no_prefix}");
+        // Settings written by hand with a prefix and no block length: refused, not run as IPv4 only.
+        let no_len = bad(|s| s.host_subnet6_len = None);
+        assert!(no_len.contains("has no host_subnet6_len"), "{no_len}");
+        // Messages are one line with single spaces (a string continued without `\` keeps the indent).
+        for m in [few, no_len] {
+            assert!(!m.contains("  "), "{m:?}");
+        }
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl Nsnet {
             }
             Some(entries) => {
                 for p in accepted.iter().filter(|p| overlay.peers.contains(p)) {
-                    // Overlay networks are IPv4 only: they always have a gateway.
+                    // Overlay networks always have IPv4, and so an IPv4 gateway.
                     let gateway = net.gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
                     let lost = lost_entry(overlay, gateway, p, &entries).or_else(|| {
                         let gateway6 = net.ipv6.filter(|_| overlay.cluster6.is_some())?.gateway;

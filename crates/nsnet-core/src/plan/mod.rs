@@ -936,20 +936,20 @@ impl Plan {
     /// The whole plan as shell commands, one step after another.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        // A dual-stack port has one `FastPathAdd` per family; its qdisc line is shown once.
-        let mut on_block: Vec<&str> = Vec::new();
+        // A dual-stack port has one `FastPathAdd` per family, one right after the other; the second only
+        // updates the map (the applier keeps the first's fast path), so its qdisc line is not shown.
+        let mut previous: Option<&Step> = None;
         for step in &self.steps {
             let text = step.render();
-            let text = match step {
-                Step::FastPathAdd { port, .. } if on_block.contains(&port.as_str()) => {
+            let text = match (previous, step) {
+                (Some(Step::FastPathAdd { port: before, .. }), Step::FastPathAdd { port, .. })
+                    if before == port =>
+                {
                     text.lines().skip(1).collect::<Vec<_>>().join("\n")
-                }
-                Step::FastPathAdd { port, .. } => {
-                    on_block.push(port);
-                    text
                 }
                 _ => text,
             };
+            previous = Some(step);
             let _ = writeln!(out, "{text}");
         }
         out
