@@ -827,6 +827,29 @@ impl Asm {
     }
 
     /// Write the 6 bytes at `value` bytes into the map value at `reg` over the MAC at `frame` in the frame.
+    /// Out by the tunnel's device (its index in the config entry r8 points at) to the next hop written at
+    /// `AT_NEXT_HOP` (`struct bpf_redir_neigh`), whose neighbour entry gives the MACs; the verdict is final.
+    fn out_to_next_hop(&mut self) {
+        self.op(LDX_W, R1, R8, 0, 0);
+        self.op(MOV64_X, R2, R10, 0, 0);
+        self.op(ADD64_K, R2, 0, 0, i32::from(AT_NEXT_HOP));
+        self.op(MOV64_K, R3, 0, 0, REDIR_NEIGH);
+        self.op(MOV64_K, R4, 0, 0, 0);
+        self.op(CALL, 0, 0, 0, HELPER_REDIRECT_NEIGH);
+        self.op(EXIT, 0, 0, 0, 0);
+    }
+
+    /// A frame from another host's block to the sandbox whose entry r9 points at, as the bridge would hand
+    /// it over (the sandbox's MAC as destination, the gateway's from the config entry in r8 as source).
+    fn deliver_from_tunnel(&mut self) {
+        self.put_mac(R9, 4, ETH_DST);
+        self.put_mac(R8, 8, ETH_SRC);
+        self.op(LDX_W, R1, R9, 0, 0);
+        self.op(MOV64_K, R2, 0, 0, 0);
+        self.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
+        self.op(EXIT, 0, 0, 0, 0);
+    }
+
     fn put_mac(&mut self, reg: u8, value: i16, frame: i16) {
         self.op(LDX_W, R2, reg, value, 0);
         self.op(STX_W, R7, R2, frame, 0);
@@ -950,13 +973,7 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     for word in [8, 12, 16] {
         a.op(ST_W, R10, 0, AT_NEXT_HOP + word, 0);
     }
-    a.op(LDX_W, R1, R8, 0, 0);
-    a.op(MOV64_X, R2, R10, 0, 0);
-    a.op(ADD64_K, R2, 0, 0, i32::from(AT_NEXT_HOP));
-    a.op(MOV64_K, R3, 0, 0, REDIR_NEIGH);
-    a.op(MOV64_K, R4, 0, 0, 0);
-    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_NEIGH);
-    a.op(EXIT, 0, 0, 0, 0);
+    a.out_to_next_hop();
 
     // Decapsulated: from another host's block, for a sandbox of this network; delivered as the bridge would
     // (the sandbox's MAC as destination, the gateway's as source).
@@ -975,12 +992,7 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     a.op(MOV64_X, R9, R0, 0, 0);
     a.trie_key(AT_SADDR);
     a.lookup_or_pass(fds.remote, AT_TRIE_KEY);
-    a.put_mac(R9, 4, ETH_DST);
-    a.put_mac(R8, 8, ETH_SRC);
-    a.op(LDX_W, R1, R9, 0, 0);
-    a.op(MOV64_K, R2, 0, 0, 0);
-    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
-    a.op(EXIT, 0, 0, 0, 0);
+    a.deliver_from_tunnel();
 
     // IPv6: as IPv4, for TCP and UDP only. r3 still holds the frame's end.
     a.bind(ipv6);
@@ -1025,13 +1037,7 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
         a.op(LDX_W, R2, R0, word, 0);
         a.op(STX_W, R10, R2, AT_NEXT_HOP + 4 + word, 0);
     }
-    a.op(LDX_W, R1, R8, 0, 0);
-    a.op(MOV64_X, R2, R10, 0, 0);
-    a.op(ADD64_K, R2, 0, 0, i32::from(AT_NEXT_HOP));
-    a.op(MOV64_K, R3, 0, 0, REDIR_NEIGH);
-    a.op(MOV64_K, R4, 0, 0, 0);
-    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_NEIGH);
-    a.op(EXIT, 0, 0, 0, 0);
+    a.out_to_next_hop();
 
     // Decapsulated (or, host-gw, received on the underlay): from another host's IPv6 block, for a sandbox
     // here, addressed to the device's own MAC, not expiring here; delivered as the bridge would.
@@ -1044,12 +1050,7 @@ pub fn program(fds: Fds, bridge: u32) -> io::Result<Vec<Insn>> {
     a.op(MOV64_X, R9, R0, 0, 0);
     a.trie6_key(AT_SADDR6);
     a.lookup_or_pass(fds.remote6, AT_TRIE6_KEY);
-    a.put_mac(R9, 4, ETH_DST);
-    a.put_mac(R8, 8, ETH_SRC);
-    a.op(LDX_W, R1, R9, 0, 0);
-    a.op(MOV64_K, R2, 0, 0, 0);
-    a.op(CALL, 0, 0, 0, HELPER_REDIRECT_PEER);
-    a.op(EXIT, 0, 0, 0, 0);
+    a.deliver_from_tunnel();
     a.finish()
 }
 
